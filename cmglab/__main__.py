@@ -1,0 +1,3 @@
+from cmglab.cli import main
+
+main()

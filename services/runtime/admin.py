@@ -1,0 +1,243 @@
+"""What every service has besides its protocol (lab contract §5):
+
+- `GET /_lab/health` (no auth), for compose health checks;
+- `GET /_lab/requests`: the recorded requests, newest first, bounded;
+- `POST /_lab/reset` and `GET|POST|DELETE /_lab/faults`, guarded by the lab admin token
+  (`Authorization: Bearer <admin-token>`).
+
+The recorder and the fault injector are plain ASGI middleware around the whole app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from pydantic import BaseModel
+
+from services.runtime.certinfo import client_cert, subject, thumbprint
+from services.runtime.lab import Lab
+
+RECORD_KEY = "cmglab.record"
+ADMIN_PREFIX = "/_lab/"
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def record(request: Request) -> dict[str, Any]:
+    """The current request's record: routes add auth_kind, auth_subject, rewritten_url, ... to it."""
+    return request.scope.setdefault(RECORD_KEY, {})
+
+
+class FaultRule(BaseModel):
+    path: str  # regular expression, searched in the path, case-insensitive
+    method: str | None = None
+    delay_ms: int = 0
+    status: int | None = None  # answer this status instead of calling the service
+    drop: bool = False  # start the reply, then drop the connection
+    times: int | None = None  # how many requests it applies to (None: until removed)
+
+
+@dataclass
+class _Fault:
+    id: int
+    rule: FaultRule
+    pattern: re.Pattern[str] = field(repr=False)
+    hits: int = 0
+
+
+class LabState:
+    """Recorded requests and fault rules of one process."""
+
+    def __init__(self, service: str, size: int) -> None:
+        self.service = service
+        self.requests: deque[dict[str, Any]] = deque(maxlen=size)
+        self.faults: list[_Fault] = []
+        self._ids = itertools.count(1)
+
+    def add_fault(self, rule: FaultRule) -> _Fault:
+        fault = _Fault(next(self._ids), rule, re.compile(rule.path, re.IGNORECASE))
+        self.faults.append(fault)
+        return fault
+
+    def match_fault(self, method: str, path: str) -> _Fault | None:
+        for fault in self.faults:
+            if fault.rule.method and fault.rule.method.upper() != method.upper():
+                continue
+            if not fault.pattern.search(path):
+                continue
+            fault.hits += 1
+            if fault.rule.times is not None and fault.hits >= fault.rule.times:
+                self.faults.remove(fault)
+            return fault
+        return None
+
+    def clear(self) -> None:
+        self.requests.clear()
+        self.faults.clear()
+
+
+def _external_url(scope: Scope) -> str:
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+    path = (scope.get("raw_path") or b"").decode("latin-1") or scope["path"]
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{scope.get('scheme', 'https')}://{host}{path}" + (f"?{query}" if query else "")
+
+
+class LabMiddleware:
+    """Records every request (except /_lab/ ones) and applies matching fault rules."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], state: LabState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(ADMIN_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        rec: dict[str, Any] = scope.setdefault(RECORD_KEY, {})
+        headers = dict(scope["headers"])
+        sizes = {"in": 0, "out": 0, "status": 0}
+
+        async def counting_receive() -> dict[str, Any]:
+            message = await receive()
+            sizes["in"] += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                sizes["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                sizes["out"] += len(message.get("body", b""))
+            await send(message)
+
+        error: str | None = None
+        try:
+            fault = self.state.match_fault(scope["method"], scope["path"])
+            if fault is not None:
+                rec["fault"] = fault.id
+                if fault.rule.delay_ms:
+                    await asyncio.sleep(fault.rule.delay_ms / 1000)
+                if fault.rule.drop:
+                    await counting_send({"type": "http.response.start", "status": 200,
+                                         "headers": [(b"content-length", b"1024")]})
+                    raise ConnectionAbortedError("fault injection: connection dropped")
+                if fault.rule.status is not None:
+                    await _plain(counting_send, fault.rule.status, b"fault injected by cmglab\n")
+                    return
+            await self.app(scope, counting_receive, counting_send)
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            self._finish(scope, rec, headers, sizes, started, error)
+
+    def _finish(self, scope: Scope, rec: dict[str, Any], headers: dict[bytes, bytes],
+                sizes: dict[str, int], started: float, error: str | None) -> None:
+        cert = client_cert_from_scope(scope)
+        entry = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "service": self.state.service,
+            "method": scope["method"],
+            "url": _external_url(scope),
+            "path": scope["path"],
+            "status": sizes["status"] or (500 if error else 0),
+            "request_bytes": sizes["in"],
+            "response_bytes": sizes["out"],
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+            "client_cert_subject": subject(cert) if cert else None,
+            "client_cert_thumbprint": thumbprint(cert) if cert else None,
+            "traceparent": headers.get(b"traceparent", b"").decode("latin-1") or None,
+            "user_agent": headers.get(b"user-agent", b"").decode("latin-1") or None,
+        }
+        if error:
+            entry["error"] = error
+        entry.update(rec)
+        self.state.requests.appendleft(entry)
+
+
+def client_cert_from_scope(scope: Scope):  # type: ignore[no-untyped-def]
+    return client_cert(_ScopeOnly(scope))  # type: ignore[arg-type]
+
+
+class _ScopeOnly:
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+
+async def _plain(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
+                      reset: Callable[[], Any] | None = None,
+                      health: Callable[[], dict[str, Any]] | None = None) -> LabState:
+    """Add the /_lab endpoints and the recorder/fault middleware to a service's app."""
+    state = LabState(service, lab.settings.request_log_size)
+    token = lab.admin_token()
+
+    def require_admin(authorization: str | None = Header(default=None)) -> None:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given or not secrets.compare_digest(given, token):
+            raise HTTPException(401, "the lab admin token is required (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    router = APIRouter(prefix="/_lab", tags=["lab"])
+
+    @router.get("/health")
+    async def lab_health() -> dict[str, Any]:
+        return {"service": service, "status": "ok", **(health() if health else {})}
+
+    @router.get("/requests")
+    async def lab_requests(limit: int = 200, path: str | None = None) -> dict[str, Any]:
+        items = list(state.requests)
+        if path:
+            pattern = re.compile(path, re.IGNORECASE)
+            items = [r for r in items if pattern.search(r["path"])]
+        return {"service": service, "requests": items[: max(0, min(limit, len(items)))]}
+
+    @router.post("/reset", dependencies=[Depends(require_admin)])
+    async def lab_reset() -> dict[str, str]:
+        if reset is not None:
+            result = reset()
+            if inspect.isawaitable(result):
+                await result
+        state.clear()
+        return {"service": service, "status": "reset"}
+
+    @router.get("/faults")
+    async def list_faults() -> dict[str, Any]:
+        return {"faults": [{"id": f.id, "hits": f.hits, **f.rule.model_dump()} for f in state.faults]}
+
+    @router.post("/faults", dependencies=[Depends(require_admin)], status_code=201)
+    async def add_fault(rule: FaultRule) -> dict[str, Any]:
+        try:
+            fault = state.add_fault(rule)
+        except re.error as e:
+            raise HTTPException(422, f"bad path pattern: {e}") from e
+        return {"id": fault.id, **rule.model_dump()}
+
+    @router.delete("/faults", dependencies=[Depends(require_admin)])
+    async def clear_faults() -> dict[str, int]:
+        n = len(state.faults)
+        state.faults.clear()
+        return {"removed": n}
+
+    app.include_router(router)
+    app.add_middleware(LabMiddleware, state=state)  # type: ignore[arg-type]
+    app.state.lab = state
+    return state

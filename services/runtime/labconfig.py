@@ -1,0 +1,237 @@
+"""The lab configuration (`<lab>/lab.json`): every name, ID, account and port the parts agree on.
+
+Generated once by `cmglab init` with the lab contract's defaults and fresh IDs/passwords, then kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+CONFIG_VERSION = 1
+
+# Seed 001 values: the ConfigMgr client app, its resource, the site code and the client build.
+CONFIGMGR_CLIENT_APP_ID = "0b7c8ab3-9ea1-4ffa-b2b9-8ffdd944bd8b"
+CONFIGMGR_RESOURCE_URI = "https://ConfigMgrService"
+DRS_RESOURCE = "urn:ms-drs:enterpriseregistration.windows.net"
+DEFAULT_ROLE_ID = 72057594037927939  # 2**56 + 3: real role IDs have this form
+# services whose lab listener is plain HTTP: the CRL host, and the connection point's admin listener
+PLAIN_HTTP_SERVICES = ("pki", "cmg-connection-point")
+
+
+def _guid() -> str:
+    return str(uuid.uuid4())
+
+
+def _password() -> str:
+    return "Lab-" + secrets.token_urlsafe(9)
+
+
+def _sid_base() -> str:
+    parts = [secrets.randbelow(2**31) for _ in range(3)]
+    return "S-1-5-21-" + "-".join(str(p) for p in parts)
+
+
+class User(BaseModel):
+    upn: str
+    password: str = Field(default_factory=_password)
+    object_id: str = Field(default_factory=_guid)
+    display_name: str = ""
+    onprem_sid: str | None = None
+
+
+class Domain(BaseModel):
+    name: str
+    federated: bool = False
+
+
+class Tenant(BaseModel):
+    tenant_id: str = Field(default_factory=_guid)
+    display_name: str
+    initial_domain: str
+    domains: list[Domain] = []
+    users: list[User] = []
+    onboarded: bool = True  # onboarded to the ConfigMgr site (cloud services)
+    region: str = "NA"
+
+
+class App(BaseModel):
+    app_id: str
+    display_name: str
+    identifier_uri: str | None = None
+    client_secret: str | None = None
+    public_client: bool = True
+    access_token_version: int = 1
+
+
+class DomainAccount(BaseModel):
+    """An on-premises AD account the MP's Windows authentication accepts (`NAME$` for computers)."""
+
+    name: str
+    password: str = Field(default_factory=_password)
+    sid: str | None = None
+
+
+class ActiveDirectory(BaseModel):
+    netbios_name: str = "CORP"
+    dns_name: str = "corp.lab.test"
+    domain_sid: str = Field(default_factory=_sid_base)
+    accounts: list[DomainAccount] = []
+
+
+class NetworkAccessAccount(BaseModel):
+    username: str = "CORP\\svc-naa"
+    password: str = Field(default_factory=_password)
+
+
+class Site(BaseModel):
+    code: str = "MEM"
+    name: str = "cmglab primary site"
+    role_id: int = DEFAULT_ROLE_ID
+    hierarchy_id: str = Field(default_factory=_guid)
+    client_version: str = "5.00.8968.1000"
+    client_product_code: str = "{66653948-0717-4D50-B0B9-ED66FDED2DDB}"
+    mp_build: int = 8968
+    allow_cmg: bool = True  # "Allow Configuration Manager cloud management gateway traffic"
+    auto_approve: str = "domain"  # all | domain | none: approval of self-signed registrations
+    client_crl_check: bool = True  # "Clients check the CRL for site systems"
+    content_enabled_cmg: bool = True
+    client_package_id: str = "MEM00001"
+    network_access_account: NetworkAccessAccount = NetworkAccessAccount()
+
+
+class Hosts(BaseModel):
+    entra: list[str] = [
+        "login.microsoftonline.com",
+        "enterpriseregistration.windows.net",
+        "login.windows.net",
+        "login.microsoft.com",
+        "device.login.microsoftonline.com",
+        "login.lab.test",
+    ]
+    cmg: str = "cmg.lab.test"
+    cmg_connection_point: str = "cmgcp.corp.lab.test"
+    management_point: str = "mp.corp.lab.test"
+    pki: str = "pki.lab.test"
+    # compose service names, added to the server certificates
+    compose: dict[str, str] = {
+        "entra": "entra",
+        "cmg": "cmg",
+        "management-point": "management-point",
+        "cmg-connection-point": "cmg-connection-point",
+        "pki": "pki",
+    }
+
+
+class Ports(BaseModel):
+    entra: int = 8443
+    cmg: int = 8444
+    cmg_connector: int = 10140
+    management_point: int = 8445
+    management_point_http: int = 8080
+    pki: int = 8081
+    cmg_connection_point: int = 8446  # its admin listener (plain HTTP, internal network only)
+
+
+class LabConfig(BaseModel):
+    version: int = CONFIG_VERSION
+    site: Site = Site()
+    tenants: list[Tenant]
+    apps: list[App]
+    active_directory: ActiveDirectory
+    hosts: Hosts = Hosts()
+    ports: Ports = Ports()
+    bind_address: str = "127.0.0.1"
+    compose: bool = False  # services reach each other by DNS on 443/80 instead of the hosts file
+
+    @property
+    def primary_tenant(self) -> Tenant:
+        return self.tenants[0]
+
+    def tenant(self, key: str) -> Tenant | None:
+        """A tenant by ID or by one of its domain names (case-insensitive)."""
+        key = key.lower()
+        for t in self.tenants:
+            if t.tenant_id == key or any(d.name.lower() == key for d in t.domains):
+                return t
+        return None
+
+    @property
+    def pki_url(self) -> str:
+        if self.compose:
+            return f"http://{self.hosts.pki}"
+        return f"http://{self.hosts.pki}:{self.ports.pki}"
+
+    def service_port(self, service: str) -> int:
+        if self.compose:
+            return 80 if service in PLAIN_HTTP_SERVICES else 443
+        return int(getattr(self.ports, service.replace("-", "_")))
+
+
+def default_config(*, compose: bool = False) -> LabConfig:
+    """A fresh lab: one onboarded tenant with users, one tenant that is not onboarded."""
+    ad = ActiveDirectory()
+    alice_sid = f"{ad.domain_sid}-1604"
+    ad.accounts = [
+        DomainAccount(name="alice", sid=alice_sid),
+        DomainAccount(name="LAB01$", sid=f"{ad.domain_sid}-1105"),
+    ]
+    contoso = Tenant(
+        display_name="cmglab",
+        initial_domain="cmglab.onmicrosoft.com",
+        domains=[
+            Domain(name="cmglab.onmicrosoft.com"),
+            Domain(name="lab.test"),
+            Domain(name="fed.lab.test", federated=True),
+        ],
+        users=[
+            User(upn="alice@lab.test", display_name="Alice Lab", onprem_sid=alice_sid),
+            User(upn="bob@lab.test", display_name="Bob Lab"),
+        ],
+    )
+    other = Tenant(
+        display_name="fabrikam",
+        initial_domain="fabrikam.onmicrosoft.com",
+        domains=[Domain(name="fabrikam.onmicrosoft.com")],
+        users=[User(upn="eve@fabrikam.onmicrosoft.com", display_name="Eve Fabrikam")],
+        onboarded=False,
+        region="EU",
+    )
+    apps = [
+        App(app_id=CONFIGMGR_CLIENT_APP_ID, display_name="ConfigMgr client"),
+        App(
+            app_id=_guid(),
+            display_name="ConfigMgr server",
+            identifier_uri=CONFIGMGR_RESOURCE_URI,
+            client_secret=secrets.token_urlsafe(24),
+            public_client=False,
+        ),
+        App(app_id="1b730954-1685-4b74-9bfd-dac224a7b894", display_name="Azure AD PowerShell"),
+        App(app_id="29d9ed98-a469-4536-ade2-f981bc1d605e", display_name="Microsoft Authentication Broker"),
+        App(app_id="01cb2876-7ebd-4aa4-9cc9-d28bd4d359a9", display_name="Device Registration Service",
+            identifier_uri=DRS_RESOURCE, public_client=False),
+    ]
+    return LabConfig(tenants=[contoso, other], apps=apps, active_directory=ad, compose=compose)
+
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write a file readable by its owner only (keys, tokens, the config with passwords)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    os.chmod(path, 0o600)
+
+
+def load_config(path: Path) -> LabConfig:
+    return LabConfig.model_validate(json.loads(path.read_text()))
+
+
+def save_config(config: LabConfig, path: Path) -> None:
+    write_private(path, config.model_dump_json(indent=2) + "\n")

@@ -1,0 +1,123 @@
+"""The two ConfigMgr log formats (research/configmgr-wire.md §5), as formatters and file loggers.
+
+CMTrace (clients):
+    <![LOG[text]LOG]!><time="HH:MM:SS.mmm+BIAS" date="MM-DD-YYYY" component="C" context="" type="1" thread="N" file="f.cpp:1">
+SMS trace (site systems, CMG):
+    text  $$<Component><MM-DD-YYYY HH:MM:SS.mmm+BIAS><thread=N (0xHEX)>
+BIAS is the Windows time-zone bias in minutes (UTC = local + bias). Records end in CRLF; an SMS-trace
+message's line breaks become `~~`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+from pathlib import Path
+
+_TYPES = {logging.DEBUG: 1, logging.INFO: 1, logging.WARNING: 2, logging.ERROR: 3, logging.CRITICAL: 3}
+
+
+def _bias(when: datetime) -> int:
+    offset = when.utcoffset()
+    return -int(offset.total_seconds() // 60) if offset else 0
+
+
+def format_cmtrace(message: str, *, component: str, when: datetime, type_: int = 1, thread: int = 0,
+                   file: str = "", context: str = "") -> str:
+    bias = _bias(when)
+    bias_s = "+000" if bias == 0 else f"{bias:+d}"
+    return (
+        f'<![LOG[{message}]LOG]!><time="{when:%H:%M:%S}.{when.microsecond // 1000:03d}{bias_s}" '
+        f'date="{when:%m-%d-%Y}" component="{component}" context="{context}" type="{type_}" '
+        f'thread="{thread}" file="{file}">'
+    )
+
+
+def format_smstrace(message: str, *, component: str, when: datetime, thread: int = 0) -> str:
+    bias = _bias(when)
+    bias_s = "+00" if bias == 0 else f"{bias:+d}"
+    text = message.replace("\r\n", "~~").replace("\n", "~~")
+    return (
+        f"{text}  $$<{component}><{when:%m-%d-%Y %H:%M:%S}.{when.microsecond // 1000:03d}{bias_s}>"
+        f"<thread={thread} (0x{thread:04X})>"
+    )
+
+
+def _when(record: logging.LogRecord) -> datetime:
+    return datetime.fromtimestamp(record.created).astimezone()
+
+
+class CMTraceFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return format_cmtrace(
+            record.getMessage(), component=getattr(record, "component", record.name),
+            when=_when(record), type_=_TYPES.get(record.levelno, 1), thread=record.thread or 0,
+            file=f"{record.filename}:{record.lineno}",
+        )
+
+
+class SMSTraceFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return format_smstrace(record.getMessage(), component=getattr(record, "component", record.name),
+                               when=_when(record), thread=record.thread or 0)
+
+
+class _Component(logging.Filter):
+    def __init__(self, component: str) -> None:
+        super().__init__()
+        self.component = component
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.component = self.component
+        return True
+
+
+class _CRLFFileHandler(logging.FileHandler):
+    terminator = "\r\n"
+
+
+_handlers: dict[tuple[Path, str], logging.Handler] = {}
+_lock = threading.Lock()
+
+
+def _file_logger(path: Path, component: str, formatter: logging.Formatter) -> logging.Logger:
+    path = path.absolute()
+    logger = logging.getLogger(f"cmglab.log.{path}.{component}")
+    with _lock:
+        if not logger.handlers:
+            key = (path, type(formatter).__name__)
+            handler = _handlers.get(key)
+            if handler is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handler = _CRLFFileHandler(path, encoding="utf-8")
+                handler.setFormatter(formatter)
+                _handlers[key] = handler
+            logger.addHandler(handler)
+            logger.addFilter(_Component(component))
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False
+    return logger
+
+
+def cmtrace_logger(path: Path, component: str) -> logging.Logger:
+    """A logger writing CMTrace records into `path` (e.g. <device>/Windows/CCM/Logs/CcmMessaging.log)."""
+    return _file_logger(path, component, CMTraceFormatter())
+
+
+def smstrace_logger(path: Path, component: str) -> logging.Logger:
+    """A logger writing SMS-trace records into `path` (e.g. <lab>/logs/management-point/CCM_STS.log)."""
+    return _file_logger(path, component, SMSTraceFormatter())
+
+
+def close_file_loggers(prefix: Path | None = None) -> None:
+    """Close the log files under `prefix` (all when None): a device or lab that is being removed."""
+    with _lock:
+        for (path, kind), handler in list(_handlers.items()):
+            if prefix is None or path.is_relative_to(prefix.absolute()):
+                handler.close()
+                del _handlers[(path, kind)]
+                for name in list(logging.root.manager.loggerDict):
+                    logger = logging.root.manager.loggerDict[name]
+                    if isinstance(logger, logging.Logger) and handler in logger.handlers:
+                        logger.removeHandler(handler)

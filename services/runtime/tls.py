@@ -1,0 +1,124 @@
+"""TLS for the services under uvicorn.
+
+- `TLSScope*Protocol`: stock uvicorn does not hand the peer certificate to the app; these protocol
+  subclasses put it into `scope["extensions"]["tls"]["client_cert_chain"]` (ASGI TLS extension shape,
+  research/mtls-in-asgi.md §1). The handshake is complete when `connection_made` runs.
+- `server_context`: client certificate none/optional/required, CRL checking of the leaf, and the
+  CRL files re-read when they change (checked at each handshake, a stat call), so a revoke is seen
+  by the next connection without a restart.
+- `LoggingSSLObject`: asyncio logs nothing about a refused handshake; this says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("cmglab.tls")
+
+ClientCertMode = Literal["none", "optional", "required"]
+_VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+class LoggingSSLObject(ssl.SSLObject):
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLCertVerificationError as e:
+            log.warning("TLS handshake refused: client certificate failed verification: %s (code %s)",
+                        e.verify_message, e.verify_code)
+            raise
+        except ssl.SSLError as e:
+            log.warning("TLS handshake failed: %s", e.reason or e)
+            raise
+
+
+class _CRLWatch:
+    """Loads the CRL files into the context again whenever one of them changes on disk."""
+
+    def __init__(self, ctx: ssl.SSLContext, files: Sequence[Path]) -> None:
+        self.ctx, self.files = ctx, list(files)
+        self.stamps: dict[Path, float] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        for f in self.files:
+            try:
+                stamp = f.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if self.stamps.get(f) != stamp:
+                self.ctx.load_verify_locations(cafile=str(f))
+                self.stamps[f] = stamp
+
+    def __call__(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        try:
+            self.refresh()
+        except (OSError, ssl.SSLError) as e:  # a half-written file: keep the CRL already loaded
+            log.warning("could not reload CRL: %s", e)
+
+
+def server_context(*, certfile: Path, keyfile: Path, client_cert: ClientCertMode = "none",
+                   client_ca: Path | None = None, crl_files: Sequence[Path] = (),
+                   crl_check: bool = True) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(certfile), str(keyfile))
+    ctx.verify_mode = _VERIFY[client_cert]
+    if client_cert != "none":
+        if client_ca is None:
+            raise ValueError("a listener that takes client certificates needs client_ca")
+        ctx.load_verify_locations(cafile=str(client_ca))
+        if crl_check and crl_files:
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+            ctx.sni_callback = _CRLWatch(ctx, crl_files)
+    ctx.sslobject_class = LoggingSSLObject
+    return ctx
+
+
+def tls_extension(ssl_object: ssl.SSLObject) -> dict[str, Any]:
+    der = ssl_object.getpeercert(binary_form=True)
+    if der and hasattr(ssl_object, "get_verified_chain"):  # Python >= 3.13
+        chain = list(ssl_object.get_verified_chain())
+    else:
+        chain = [der] if der else []
+    return {
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(c) for c in chain],
+        "client_cert_der": der,
+        "tls_version": ssl_object.version(),
+        "cipher": ssl_object.cipher()[0] if ssl_object.cipher() else None,
+    }
+
+
+class _TLSScopeMixin:
+    app: Any
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:  # plain HTTP: no TLS extension
+            return
+        tls = tls_extension(ssl_object)
+        inner = self.app
+
+        async def app_with_tls(scope: Any, receive: Any, send: Any) -> None:
+            scope.setdefault("extensions", {})["tls"] = tls
+            await inner(scope, receive, send)
+
+        self.app = app_with_tls  # per connection; uvicorn reads self.app for every request
+
+
+class TLSScopeHttpToolsProtocol(_TLSScopeMixin, HttpToolsProtocol):
+    pass
+
+
+class TLSScopeH11Protocol(_TLSScopeMixin, H11Protocol):
+    pass
