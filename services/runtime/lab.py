@@ -11,6 +11,7 @@ from certs.pki import LabPKI
 from services.runtime import httpclient
 from services.runtime.labconfig import PLAIN_HTTP_SERVICES, LabConfig, Ports, default_config, load_config, save_config, write_private
 from services.runtime.settings import Settings
+from services.runtime.site_tokens import SiteSigner
 
 # service name -> the lab config's host attribute
 SERVICE_HOSTS = {
@@ -126,6 +127,18 @@ class Lab:
 
     def admin_token(self) -> str:
         return (self.dir / "admin-token").read_text().strip()
+
+    def site_signer(self) -> SiteSigner:
+        ident = self.pki.site_signing
+        return SiteSigner(self.config.site.hierarchy_id, ident.key(), ident.cert())
+
+    def entra_jwks_url(self) -> str:
+        return f"{self.url('entra')}/common/discovery/keys"
+
+    @property
+    def content_dir(self) -> Path:
+        """Client package content the site distributes (the MP serves it, a content-enabled CMG too)."""
+        return self.dir / "content"
 
     def http_client(self, *, client_cert: tuple[Path, Path] | None = None, crl_check: bool = False,
                     timeout: float | None = None, **kwargs: object) -> httpx.AsyncClient:
