@@ -6,7 +6,7 @@ import base64
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -21,7 +21,7 @@ RSAKey = rsa.RSAPrivateKey
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_key(bits: int = 2048) -> RSAKey:

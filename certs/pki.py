@@ -31,6 +31,7 @@ LAB_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cmglab")
 
 SERVER_SERVICES = ("entra", "cmg", "management-point")
 CA_NAMES = ("root-ca", "issuing-ca")
+CRL_BACKDATE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -256,10 +257,11 @@ class LabPKI:
 
     def write_crls(self) -> None:
         """Regenerate both CRLs. lastUpdate always moves forward so that a process that already
-        loaded the previous CRL prefers the new one (OpenSSL keeps the newest lastUpdate)."""
+        loaded the previous CRL prefers the new one (OpenSSL keeps the newest lastUpdate); it is
+        backdated so that quick successive revokes never date a CRL in the future ("not yet valid")."""
         index = self._index()
         previous = index.get("crl_last_update")
-        last_update = b.utcnow().replace(microsecond=0)
+        last_update = (b.utcnow() - CRL_BACKDATE).replace(microsecond=0)
         if previous and last_update <= datetime.fromisoformat(previous):
             last_update = datetime.fromisoformat(previous) + timedelta(seconds=1)
         number = int(index.get("crl_number", 0)) + 1

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
@@ -148,7 +148,7 @@ class LabMiddleware:
                 sizes: dict[str, int], started: float, error: str | None) -> None:
         cert = client_cert_from_scope(scope)
         entry = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "service": self.state.service,
             "method": scope["method"],
             "url": _external_url(scope),

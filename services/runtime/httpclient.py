@@ -25,9 +25,10 @@ def parse_resolve(entries: Iterable[str]) -> HostMap:
         entry = raw.strip()
         if not entry or entry.startswith("#"):
             continue
-        host, port, addr = entry.split(":", 2)
-        if not host or not port.isdigit() or not addr:
+        parts = entry.split(":", 2)
+        if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2]:
             raise ValueError(f"bad resolve entry {raw!r}: expected HOST:PORT:ADDR")
+        host, port, addr = parts
         mapping[(host.lower(), int(port))] = addr.strip("[]")
     return mapping
 

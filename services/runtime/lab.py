@@ -9,7 +9,15 @@ import httpx
 
 from certs.pki import LabPKI
 from services.runtime import httpclient
-from services.runtime.labconfig import PLAIN_HTTP_SERVICES, LabConfig, Ports, default_config, load_config, save_config, write_private
+from services.runtime.labconfig import (
+    PLAIN_HTTP_SERVICES,
+    LabConfig,
+    Ports,
+    default_config,
+    load_config,
+    save_config,
+    write_private,
+)
 from services.runtime.settings import Settings
 from services.runtime.site_tokens import SiteSigner
 
@@ -141,8 +149,8 @@ class Lab:
         return self.dir / "content"
 
     def http_client(self, *, client_cert: tuple[Path, Path] | None = None, crl_check: bool = False,
-                    timeout: float | None = None, **kwargs: object) -> httpx.AsyncClient:
+                    timeout: float | None = None, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
         ctx = httpclient.ssl_context(ca_bundle=self.pki.ca_bundle, client_cert=client_cert,
                                      crl_files=[self.pki.crl_bundle], crl_check=crl_check)
         return httpclient.async_client(ctx=ctx, resolve=self.resolve(),
-                                       timeout=timeout or self.settings.upstream_timeout, **kwargs)
+                                       timeout=timeout or self.settings.upstream_timeout, limits=limits)

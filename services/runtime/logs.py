@@ -1,7 +1,8 @@
 """The two ConfigMgr log formats (research/configmgr-wire.md §5), as formatters and file loggers.
 
 CMTrace (clients):
-    <![LOG[text]LOG]!><time="HH:MM:SS.mmm+BIAS" date="MM-DD-YYYY" component="C" context="" type="1" thread="N" file="f.cpp:1">
+    <![LOG[text]LOG]!><time="HH:MM:SS.mmm+BIAS" date="MM-DD-YYYY" component="C" context="" type="1"
+        thread="N" file="f.cpp:1">   (one line)
 SMS trace (site systems, CMG):
     text  $$<Component><MM-DD-YYYY HH:MM:SS.mmm+BIAS><thread=N (0xHEX)>
 BIAS is the Windows time-zone bias in minutes (UTC = local + bias). Records end in CRLF; an SMS-trace

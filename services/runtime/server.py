@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ class Listener:
 class Service:
     name: str
     listeners: list[Listener]
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -76,11 +76,11 @@ async def serve(service: Service, *, access_log: bool = False,
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
             loop.add_signal_handler(sig, stop.set)
 
-    serving = [asyncio.create_task(s.serve(), name=f"listener:{l.name}")
-               for s, l in zip(servers, service.listeners, strict=True)]
+    serving = [asyncio.create_task(s.serve(), name=f"listener:{listener.name}")
+               for s, listener in zip(servers, service.listeners, strict=True)]
     background = [asyncio.create_task(job(), name=f"background:{service.name}")
                   for job in service.background]
     for listener in service.listeners:

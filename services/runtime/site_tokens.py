@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -59,10 +59,11 @@ class SiteSigner:
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"typ": "JWT", "x5t": x5t(self.cert)})
 
     def _times(self, lifetime: timedelta, now: datetime | None) -> tuple[int, int]:
-        start = now or datetime.now(timezone.utc)
+        start = now or datetime.now(UTC)
         return int(start.timestamp()), int((start + lifetime).timestamp())
 
-    def bulk_token(self, *, minutes: int = BULK_DEFAULT_MINUTES, now: datetime | None = None) -> tuple[str, str, datetime, datetime]:
+    def bulk_token(self, *, minutes: int = BULK_DEFAULT_MINUTES,
+                   now: datetime | None = None) -> tuple[str, str, datetime, datetime]:
         """A bulk registration token: (token, its GUID, valid from, valid to)."""
         if not 1 <= minutes <= BULK_MAX_MINUTES:
             raise ValueError(f"lifetime must be 1..{BULK_MAX_MINUTES} minutes")
@@ -105,7 +106,7 @@ class SiteSigner:
 
 
 def _dt(ts: int) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)
+    return datetime.fromtimestamp(ts, UTC)
 
 
 def verify(token: str, *, cert: x509.Certificate, hierarchy_id: str,

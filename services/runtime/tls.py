@@ -94,7 +94,7 @@ def tls_extension(ssl_object: ssl.SSLObject) -> dict[str, Any]:
         "client_cert_chain": [ssl.DER_cert_to_PEM_cert(c) for c in chain],
         "client_cert_der": der,
         "tls_version": ssl_object.version(),
-        "cipher": ssl_object.cipher()[0] if ssl_object.cipher() else None,
+        "cipher": (ssl_object.cipher() or (None,))[0],
     }
 
 

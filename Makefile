@@ -1,0 +1,21 @@
+PY ?= python3
+LAB ?= .cmglab
+
+.PHONY: install test lint typecheck check lab
+
+install:
+	$(PY) -m pip install -e ".[test]"
+
+test:
+	$(PY) -m pytest -q
+
+lint:
+	$(PY) -m ruff check .
+
+typecheck:
+	$(PY) -m mypy
+
+check: lint typecheck test
+
+lab:
+	cmglab init --lab $(LAB)

@@ -1,0 +1,53 @@
+"""The two ConfigMgr log formats, byte for byte against the examples in research/configmgr-wire.md §4-5."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+from services.runtime.logs import cmtrace_logger, format_cmtrace, format_smstrace, smstrace_logger
+
+CMTRACE_EXAMPLE = ('<![LOG[Sending StatusMessage]LOG]!><time="10:35:33.086-60" date="09-07-2022" '
+                   'component="TSManager" context="" type="1" thread="2000" file="libsmsmessaging.cpp:4570">')
+SMSTRACE_EXAMPLE = ("RequestUri: /CCM_PROXY_SERVERAUTH/72057594037937981/CCM_STS  RequestCount: 1  "
+                    "RequestSize: 1974 Bytes  ResponseCount: 1  ResponseSize: 1566 Bytes  "
+                    "AverageElapsedTime: 218 ms~~  $$<CMGService><06-24-2020 15:31:46.376+00>"
+                    "<thread=4992 (0x1380)>")
+
+
+def test_cmtrace_line_matches_the_research_example() -> None:
+    when = datetime(2022, 9, 7, 10, 35, 33, 86000, tzinfo=timezone(timedelta(hours=1)))  # UTC+1: bias -60
+    line = format_cmtrace("Sending StatusMessage", component="TSManager", when=when, type_=1, thread=2000,
+                          file="libsmsmessaging.cpp:4570")
+    assert line == CMTRACE_EXAMPLE
+
+
+def test_cmtrace_bias_in_utc_and_west_of_utc() -> None:
+    utc = datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC)
+    assert 'time="03:04:05.006+000" date="01-02-2026"' in format_cmtrace("x", component="c", when=utc)
+    west = utc.astimezone(timezone(timedelta(hours=-5)))
+    assert 'time="22:04:05.006+300"' in format_cmtrace("x", component="c", when=west)
+
+
+def test_smstrace_line_matches_the_cmgservice_example() -> None:
+    when = datetime(2020, 6, 24, 15, 31, 46, 376000, tzinfo=UTC)
+    message = ("RequestUri: /CCM_PROXY_SERVERAUTH/72057594037937981/CCM_STS  RequestCount: 1  "
+               "RequestSize: 1974 Bytes  ResponseCount: 1  ResponseSize: 1566 Bytes  AverageElapsedTime: 218 ms\n")
+    assert format_smstrace(message, component="CMGService", when=when, thread=4992) == SMSTRACE_EXAMPLE
+
+
+def test_file_loggers_write_crlf_records_in_their_format(tmp_path: Path) -> None:
+    client_log = tmp_path / "Windows/CCM/Logs/CcmMessaging.log"
+    cmtrace_logger(client_log, "CcmMessaging").info("Target URL scheme is HTTPS: https://cmg.lab.test/x")
+    cmtrace_logger(client_log, "CcmMessaging").warning("second")
+    raw = client_log.read_bytes()
+    assert raw.count(b"\r\n") == 2
+    first, second = raw.decode().split("\r\n")[:2]
+    assert first.startswith("<![LOG[Target URL scheme is HTTPS: https://cmg.lab.test/x]LOG]!><time=")
+    assert 'component="CcmMessaging"' in first and 'type="1"' in first and 'file="test_log_formats.py:' in first
+    assert 'type="2"' in second
+
+    site_log = tmp_path / "CCM_STS.log"
+    smstrace_logger(site_log, "CCM_STS").info("ProcessRequest - Start")
+    line = site_log.read_bytes().decode()
+    assert line.startswith("ProcessRequest - Start  $$<CCM_STS><") and line.endswith(")>\r\n")

@@ -1,0 +1,144 @@
+"""The shared TLS runtime on real sockets: client certificates seen by the app, refused at the
+handshake when they must be, CRL checking on and off, and the lab's name mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from certs import builders as b
+from services.runtime import httpclient
+from services.runtime.certinfo import client_cert, describe
+from services.runtime.lab import Lab
+from services.runtime.server import TLS, Listener, Service
+from tests.conftest import free_ports, new_lab
+from tests.threaded import ThreadedService
+
+
+def whoami_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/whoami")
+    def whoami(request: Request) -> dict[str, str] | dict[str, None]:
+        cert = client_cert(request)
+        return describe(cert) if cert else {"subject": None}
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def tls_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return new_lab(tmp_path_factory.mktemp("tls") / "lab")
+
+
+@pytest.fixture(scope="module")
+def listeners(tls_lab: Lab) -> Iterator[dict[str, int]]:
+    """One listener per client-certificate mode, all serving the cmg certificate."""
+    ident = tls_lab.pki.server("cmg")
+    ports = dict(zip(["optional", "required", "required-nocrl", "none"], free_ports(4), strict=True))
+
+    def tls(mode: str, crl: bool = True) -> TLS:
+        return TLS(ident.cert_path, ident.key_path, client_cert=mode,  # type: ignore[arg-type]
+                   client_ca=tls_lab.pki.ca_bundle, crl_files=[tls_lab.pki.crl_bundle], crl_check=crl)
+
+    service = Service("tls-test", [
+        Listener("optional", whoami_app(), ports["optional"], tls=tls("optional")),
+        Listener("required", whoami_app(), ports["required"], tls=tls("required")),
+        Listener("required-nocrl", whoami_app(), ports["required-nocrl"], tls=tls("required", crl=False)),
+        Listener("none", whoami_app(), ports["none"], tls=tls("none")),
+    ])
+    with ThreadedService(service):
+        yield ports
+
+
+def client(lab: Lab, port: int, cert: tuple[Path, Path] | None = None,
+           names: tuple[str, ...] = ("cmg.lab.test",)) -> httpx.Client:
+    ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=cert)
+    return httpclient.client(ctx=ctx, resolve=[f"{n}:{port}:127.0.0.1" for n in names], timeout=5)
+
+
+def pair(ident) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    return ident.cert_path, ident.key_path
+
+
+def foreign_client_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A client certificate from a CA the lab does not know."""
+    ca_key = b.new_key()
+    ca = b.self_signed_ca(ca_key, b.name("Rogue CA"))
+    key = b.new_key()
+    cert = b.leaf(key.public_key(), b.name("rogue-client"), ca, ca_key, ekus=[b.CLIENT_AUTH], san=["rogue"])
+    (tmp_path / "rogue.crt").write_bytes(b.cert_pem(cert))
+    (tmp_path / "rogue.key").write_bytes(b.key_pem(key))
+    return tmp_path / "rogue.crt", tmp_path / "rogue.key"
+
+
+def refused(c: httpx.Client, url: str) -> bool:
+    try:
+        c.get(url)
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError):
+        return True
+    return False
+
+
+def test_good_client_certificate_is_seen_by_the_app(tls_lab: Lab, listeners: dict[str, int]) -> None:
+    ident = tls_lab.pki.issue_client("good-client")
+    cert = ident.cert()
+    for mode in ("optional", "required"):
+        with client(tls_lab, listeners[mode], pair(ident)) as c:
+            reply = c.get(f"https://cmg.lab.test:{listeners[mode]}/whoami").json()
+        assert reply["subject"] == cert.subject.rfc4514_string()
+        assert reply["thumbprint"] == b.sha1_thumbprint(cert)
+
+
+def test_optional_listener_without_certificate_reaches_the_app(tls_lab: Lab, listeners: dict[str, int]) -> None:
+    with client(tls_lab, listeners["optional"]) as c:
+        assert c.get(f"https://cmg.lab.test:{listeners['optional']}/whoami").json() == {"subject": None}
+
+
+def test_required_listener_refuses_no_certificate(tls_lab: Lab, listeners: dict[str, int]) -> None:
+    with client(tls_lab, listeners["required"]) as c:
+        assert refused(c, f"https://cmg.lab.test:{listeners['required']}/whoami")
+
+
+def test_foreign_ca_certificate_is_refused(tls_lab: Lab, listeners: dict[str, int], tmp_path: Path) -> None:
+    rogue = foreign_client_cert(tmp_path)
+    for mode in ("optional", "required"):
+        with client(tls_lab, listeners[mode], rogue) as c:
+            assert refused(c, f"https://cmg.lab.test:{listeners[mode]}/whoami")
+
+
+def test_revoked_certificate_refused_with_crl_check_and_accepted_without(
+        tls_lab: Lab, listeners: dict[str, int], caplog: pytest.LogCaptureFixture) -> None:
+    ident = tls_lab.pki.issue_client("soon-revoked")
+    with client(tls_lab, listeners["required"], pair(ident)) as c:
+        assert c.get(f"https://cmg.lab.test:{listeners['required']}/whoami").status_code == 200
+    tls_lab.pki.revoke("soon-revoked")  # the running listener picks the new CRL up at the next handshake
+
+    with caplog.at_level("WARNING", logger="cmglab.tls"), client(tls_lab, listeners["required"], pair(ident)) as c:
+        assert refused(c, f"https://cmg.lab.test:{listeners['required']}/whoami")
+    assert "certificate revoked" in caplog.text
+
+    with client(tls_lab, listeners["required-nocrl"], pair(ident)) as c:
+        assert c.get(f"https://cmg.lab.test:{listeners['required-nocrl']}/whoami").status_code == 200
+
+
+def test_name_mapping_keeps_certificate_checks_on_the_real_name(tls_lab: Lab, listeners: dict[str, int]) -> None:
+    port = listeners["none"]
+    with client(tls_lab, port, names=("cmg.lab.test", "wrong.lab.test")) as c:
+        reply = c.get(f"https://cmg.lab.test:{port}/whoami")
+        assert reply.status_code == 200 and reply.url.host == "cmg.lab.test"
+        # the pool already holds a connection verified for cmg.lab.test: it must not be reused
+        with pytest.raises(httpx.ConnectError, match="Hostname mismatch"):
+            c.get(f"https://wrong.lab.test:{port}/whoami")
+        assert c.get(f"https://cmg.lab.test:{port}/whoami").status_code == 200
+
+
+def test_resolve_entries_are_parsed_like_curl() -> None:
+    assert httpclient.parse_resolve(["a.test:443:10.0.0.1", "# comment", "", "B.test:80:[::1]"]) == {
+        ("a.test", 443): "10.0.0.1", ("b.test", 80): "::1"}
+    with pytest.raises(ValueError, match="HOST:PORT:ADDR"):
+        httpclient.parse_resolve(["nonsense"])
