@@ -191,3 +191,124 @@ def pki_show(lab: LabOption = DEFAULT_LAB,
 
 def main() -> None:
     app()
+
+
+@app.command()
+def up(lab: LabOption = DEFAULT_LAB,
+       detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the lab running in the background.")]
+       = False) -> None:
+    """Initialise what is missing, start the CRL host and the four services on loopback, print how to
+    install a device. Ctrl-C stops everything (or `cmglab down` after --detach)."""
+    from cmglab import orchestrate
+    from cmglab.processes import ServiceFailed
+
+    with console.status("preparing the lab..."):
+        the_lab, created = Lab.init(lab)
+    if created:
+        console.print(f"created {', '.join(created)} in {the_lab.dir}")
+    try:
+        with console.status("starting pki, entra, management-point, cmg, cmg-connection-point..."):
+            orchestrate.start_all(the_lab, detach=detach)
+    except ServiceFailed as e:
+        console.print(f"[red]{e}[/red]")
+        orchestrate.stop_pids(the_lab)
+        raise typer.Exit(1) from e
+    t = Table(title=f"cmglab is up ({the_lab.dir})")
+    for col in ("service", "url"):
+        t.add_column(col)
+    for name in ("entra", "cmg", "management-point", "pki"):
+        t.add_row(name, the_lab.url(name))
+    console.print(t)
+    console.print(f"hosts mapping: {the_lab.dir / 'hosts'} (clients take it from CMGLAB_HOSTS_FILE or --resolve)")
+    console.print("install a device:")
+    for cmd in orchestrate.device_commands(the_lab):
+        console.print(f"  [bold]{cmd}[/bold]", soft_wrap=True)
+    if detach:
+        console.print("running in the background; stop it with [bold]cmglab down[/bold]")
+        return
+    console.print("Ctrl-C stops the lab")
+    import signal as _signal
+
+    stop = {"now": False}
+
+    def _stop(_sig: int, _frame: object) -> None:
+        stop["now"] = True
+
+    _signal.signal(_signal.SIGINT, _stop)
+    _signal.signal(_signal.SIGTERM, _stop)
+    import time as _time
+
+    while not stop["now"]:
+        _time.sleep(0.2)
+    stopped = orchestrate.stop_pids(the_lab)
+    console.print(f"stopped {', '.join(stopped) or 'nothing'}")
+
+
+@app.command()
+def down(lab: LabOption = DEFAULT_LAB) -> None:
+    """Stop a lab started with `cmglab up --detach`."""
+    from cmglab import orchestrate
+
+    stopped = orchestrate.stop_pids(load_lab(lab))
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status(lab: LabOption = DEFAULT_LAB,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each service's process and health."""
+    from cmglab import orchestrate
+
+    the_lab = load_lab(lab)
+    pids = orchestrate.running_pids(the_lab)
+    states = orchestrate.health(the_lab)
+    if as_json:
+        typer.echo(json.dumps({s: {"pid": pids.get(s), "health": h} for s, h in states.items()}, indent=2))
+    else:
+        t = Table(title="cmglab status")
+        for col in ("service", "pid", "health", "url"):
+            t.add_column(col)
+        for s, h in states.items():
+            t.add_row(s, str(pids.get(s, "")), h, the_lab.url(s))
+        console.print(t)
+    if any(h != "healthy" for h in states.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def health(service: Annotated[str, typer.Argument(help=" | ".join(SERVICE_MODULES))],
+           lab: LabOption = DEFAULT_LAB) -> None:
+    """Exit 0 when SERVICE answers /_lab/health (the compose health checks use this)."""
+    from cmglab import orchestrate
+
+    if service not in SERVICE_MODULES:
+        console.print(f"[red]unknown service {service!r}[/red]")
+        raise typer.Exit(2)
+    state = orchestrate.health(load_lab(lab), (service,))[service]
+    typer.echo(f"{service}: {state}")
+    if state != "healthy":
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(service: Annotated[str | None, typer.Argument(help="One service; all when omitted.")] = None,
+         lab: LabOption = DEFAULT_LAB,
+         follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f")] = True) -> None:
+    """Print the site systems' product logs (SMS-trace format) and follow them."""
+    from cmglab import orchestrate
+
+    the_lab = load_lab(lab)
+    if service is not None and service not in orchestrate.LOG_FILES:
+        console.print(f"[red]unknown service {service!r}[/red]")
+        raise typer.Exit(2)
+    paths = orchestrate.log_paths(the_lab, service)
+    for p in paths:
+        if p.exists():
+            for line in p.read_text(errors="replace").splitlines():
+                typer.echo(f"{p.name}: {line}")
+    if follow:
+        try:
+            for line in orchestrate.follow(paths):
+                typer.echo(line)
+        except KeyboardInterrupt:
+            pass

@@ -46,6 +46,7 @@ class LabProcesses:
     lab: Lab
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
+    detach: bool = False  # own session: the services outlive the terminal that started them
 
     def health_url(self, name: str) -> str:
         return f"{self.lab.url(name)}/_lab/health"
@@ -66,6 +67,7 @@ class LabProcesses:
             [sys.executable, "-m", "cmglab", "serve", name, "--lab", str(self.lab.dir)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "CMGLAB_LAB_DIR": str(self.lab.dir), **self.env},
+            start_new_session=self.detach,
         )
         out.close()
         sp = ServiceProcess(name, proc, log_path)

@@ -77,7 +77,9 @@ class Lab:
         created += [f"pki/{c}" for c in lab.pki.init(force=force)]
         hosts = lab.dir / "hosts"
         if force or not hosts.exists():
-            hosts.write_text("\n".join(lab.loopback_resolve()) + "\n")
+            # compose: DNS and the network aliases answer, no mapping
+            entries = [] if lab.config.compose else lab.loopback_resolve()
+            hosts.write_text("".join(f"{e}\n" for e in entries))
             created.append("hosts")
         for sub in ("data", "logs"):
             (lab.dir / sub).mkdir(exist_ok=True)

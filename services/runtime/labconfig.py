@@ -216,7 +216,8 @@ def default_config(*, compose: bool = False) -> LabConfig:
         App(app_id="01cb2876-7ebd-4aa4-9cc9-d28bd4d359a9", display_name="Device Registration Service",
             identifier_uri=DRS_RESOURCE, public_client=False),
     ]
-    return LabConfig(tenants=[contoso, other], apps=apps, active_directory=ad, compose=compose)
+    return LabConfig(tenants=[contoso, other], apps=apps, active_directory=ad, compose=compose,
+                     bind_address="0.0.0.0" if compose else "127.0.0.1")
 
 
 def write_private(path: Path, data: str | bytes) -> None:
