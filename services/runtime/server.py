@@ -12,11 +12,11 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
-from services.runtime.tls import ClientCertMode, TLSScopeHttpToolsProtocol, server_context
+from services.runtime.tls import ClientCertMode, TLSScopeH11Protocol, TLSScopeHttpToolsProtocol, server_context
 
 log = logging.getLogger("cmglab.server")
 
@@ -38,6 +38,9 @@ class Listener:
     port: int
     host: str = "127.0.0.1"
     tls: TLS | None = None
+    # "h11" for listeners that must accept non-standard verbs (CcmMessaging's CCM_POST): llhttp
+    # (httptools) refuses any method it does not know
+    http: Literal["httptools", "h11"] = "httptools"
 
 
 @dataclass
@@ -64,7 +67,8 @@ def _config(listener: Listener, access_log: bool) -> uvicorn.Config:
                                   crl_files=tls.crl_files, crl_check=tls.crl_check)
         kwargs["ssl_context_factory"] = factory
     return uvicorn.Config(
-        listener.app, host=listener.host, port=listener.port, http=TLSScopeHttpToolsProtocol,
+        listener.app, host=listener.host, port=listener.port,
+        http=TLSScopeH11Protocol if listener.http == "h11" else TLSScopeHttpToolsProtocol,
         loop="uvloop", lifespan="on", access_log=access_log, log_level="warning",
         timeout_graceful_shutdown=5, proxy_headers=False, server_header=False, **kwargs,
     )
