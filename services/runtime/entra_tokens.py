@@ -13,7 +13,10 @@ from typing import Any
 
 import httpx
 import jwt
+from cryptography import x509
 from jwt import PyJWK
+
+from certs.builders import x5t
 
 LEEWAY = 300  # Entra tolerates 5 minutes of clock skew
 REFETCH_INTERVAL = 5.0
@@ -26,23 +29,35 @@ class EntraTokenError(Exception):
 
 
 class EntraKeys:
-    def __init__(self, client: httpx.AsyncClient, jwks_url: str) -> None:
+    """Entra's signing keys by `kid`: fetched from the JWKS URL, or (`from_certificates`) the copy of
+    the tenant's signing certificates a site keeps — the MP sits on the internal network with no
+    route to Entra, as in the compose lab, so it validates with the keys the site synchronised."""
+
+    def __init__(self, client: httpx.AsyncClient | None, jwks_url: str | None) -> None:
         self.client, self.jwks_url = client, jwks_url
         self.keys: dict[str, Any] = {}
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
 
+    @classmethod
+    def from_certificates(cls, certs: list[x509.Certificate]) -> EntraKeys:
+        keys = cls(None, None)
+        keys.keys = {x5t(c): c.public_key() for c in certs}
+        return keys
+
     async def key(self, kid: str) -> Any:
         if kid in self.keys:
             return self.keys[kid]
         async with self._lock:
-            if kid not in self.keys and time.monotonic() - self._fetched_at > REFETCH_INTERVAL:
+            if (self.client is not None and kid not in self.keys
+                    and time.monotonic() - self._fetched_at > REFETCH_INTERVAL):
                 await self._fetch()
         if kid not in self.keys:
             raise EntraTokenError(f"signing key {kid!r} is not one of Entra's keys")
         return self.keys[kid]
 
     async def _fetch(self) -> None:
+        assert self.client is not None and self.jwks_url is not None
         self._fetched_at = time.monotonic()
         try:
             reply = await self.client.get(self.jwks_url)
