@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +20,31 @@ import httpx
 
 from services.runtime import httpclient
 from services.runtime.lab import Lab
+from services.runtime.labconfig import Ports
 
 # start order: the CRL host first (clients may check CRLs), the MP before the connection point
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def isolated_lab(path: Path) -> Lab:
+    """A fresh lab on free loopback ports, so that it can run beside another one (tests, benchmarks)."""
+    p = free_ports(7)
+    ports = Ports(entra=p[0], cmg=p[1], cmg_connector=p[2], management_point=p[3],
+                  management_point_http=p[4], pki=p[5], cmg_connection_point=p[6])
+    lab, _ = Lab.init(path, ports=ports)
+    return lab
 
 
 class ServiceFailed(RuntimeError):

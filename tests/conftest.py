@@ -3,36 +3,17 @@ started once per session the way `cmglab up` starts them."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cmglab.processes import LabProcesses
+from cmglab.processes import LabProcesses, free_ports
+from cmglab.processes import isolated_lab as new_lab
 from services.runtime import httpclient
 from services.runtime.lab import Lab
-from services.runtime.labconfig import Ports
 
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def new_lab(path: Path) -> Lab:
-    p = free_ports(7)
-    ports = Ports(entra=p[0], cmg=p[1], cmg_connector=p[2], management_point=p[3],
-                  management_point_http=p[4], pki=p[5], cmg_connection_point=p[6])
-    lab, _ = Lab.init(path, ports=ports)
-    return lab
+__all__ = ["free_ports", "new_lab"]
 
 
 @pytest.fixture(scope="session")
