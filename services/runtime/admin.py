@@ -183,18 +183,25 @@ async def _plain(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def require_admin(lab: Lab) -> Callable[..., None]:
+    """A FastAPI dependency: the request must carry `Authorization: Bearer <lab admin token>`."""
+    token = lab.admin_token()
+
+    def check(authorization: str | None = Header(default=None)) -> None:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given or not secrets.compare_digest(given, token):
+            raise HTTPException(401, "the lab admin token is required (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
 def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
                       reset: Callable[[], Any] | None = None,
                       health: Callable[[], dict[str, Any]] | None = None) -> LabState:
     """Add the /_lab endpoints and the recorder/fault middleware to a service's app."""
     state = LabState(service, lab.settings.request_log_size)
-    token = lab.admin_token()
-
-    def require_admin(authorization: str | None = Header(default=None)) -> None:
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not secrets.compare_digest(given, token):
-            raise HTTPException(401, "the lab admin token is required (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": "Bearer"})
+    admin_only = require_admin(lab)
 
     router = APIRouter(prefix="/_lab", tags=["lab"])
 
@@ -210,7 +217,7 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
             items = [r for r in items if pattern.search(r["path"])]
         return {"service": service, "requests": items[: max(0, min(limit, len(items)))]}
 
-    @router.post("/reset", dependencies=[Depends(require_admin)])
+    @router.post("/reset", dependencies=[Depends(admin_only)])
     async def lab_reset() -> dict[str, str]:
         if reset is not None:
             result = reset()
@@ -223,7 +230,7 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
     async def list_faults() -> dict[str, Any]:
         return {"faults": [{"id": f.id, "hits": f.hits, **f.rule.model_dump()} for f in state.faults]}
 
-    @router.post("/faults", dependencies=[Depends(require_admin)], status_code=201)
+    @router.post("/faults", dependencies=[Depends(admin_only)], status_code=201)
     async def add_fault(rule: FaultRule) -> dict[str, Any]:
         try:
             fault = state.add_fault(rule)
@@ -231,7 +238,7 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
             raise HTTPException(422, f"bad path pattern: {e}") from e
         return {"id": fault.id, **rule.model_dump()}
 
-    @router.delete("/faults", dependencies=[Depends(require_admin)])
+    @router.delete("/faults", dependencies=[Depends(admin_only)])
     async def clear_faults() -> dict[str, int]:
         n = len(state.faults)
         state.faults.clear()

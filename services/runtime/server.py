@@ -16,7 +16,13 @@ from typing import Any, Literal
 
 import uvicorn
 
-from services.runtime.tls import ClientCertMode, TLSScopeH11Protocol, TLSScopeHttpToolsProtocol, server_context
+from services.runtime.tls import (
+    ClientCertMode,
+    TLSScopeH11Protocol,
+    TLSScopeHttpToolsProtocol,
+    TLSScopeWSProtocol,
+    server_context,
+)
 
 log = logging.getLogger("cmglab.server")
 
@@ -69,6 +75,7 @@ def _config(listener: Listener, access_log: bool) -> uvicorn.Config:
     return uvicorn.Config(
         listener.app, host=listener.host, port=listener.port,
         http=TLSScopeH11Protocol if listener.http == "h11" else TLSScopeHttpToolsProtocol,
+        ws=TLSScopeWSProtocol,  # WebSocket upgrades see the client certificate too (CMG connector)
         loop="uvloop", lifespan="on", access_log=access_log, log_level="warning",
         timeout_graceful_shutdown=5, proxy_headers=False, server_header=False, **kwargs,
     )
@@ -109,8 +116,18 @@ async def serve(service: Service, *, access_log: bool = False,
         raise SystemExit(f"{service.name}: a listener could not start (port in use?)")
 
 
+def raise_open_file_limit() -> None:
+    """A CMG instance holds thousands of client connections: lift the soft descriptor limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run_service(service: Service, *, access_log: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raise_open_file_limit()
     import uvloop
 
     uvloop.run(serve(service, access_log=access_log))

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     lab_dir: Path = Path(".cmglab")
     # bind address for listeners; the lab config's bind_address when unset
     bind: str | None = None
+    # listen port of a single-listener service; its lab port when unset (a second instance of a service
+    # on another address and port, e.g. Entra on <alias>:443 for unmodified clients that need port 443)
+    listen_port: int | None = None
     # SQLAlchemy URL for this process' store; a SQLite file under <lab>/data when unset
     database_url: str | None = None
     # curl-style HOST:PORT:ADDR file for outbound calls; <lab>/hosts when unset (embedded lab)

@@ -2,7 +2,8 @@
 
 - `TLSScope*Protocol`: stock uvicorn does not hand the peer certificate to the app; these protocol
   subclasses put it into `scope["extensions"]["tls"]["client_cert_chain"]` (ASGI TLS extension shape,
-  research/mtls-in-asgi.md §1). The handshake is complete when `connection_made` runs.
+  research/mtls-in-asgi.md §1). The handshake is complete when `connection_made` runs. The WebSocket
+  one covers upgraded connections (the CMG connector channel).
 - `server_context`: client certificate none/optional/required, CRL checking of the leaf, and the
   CRL files re-read when they change (checked at each handshake, a stat call), so a revoke is seen
   by the next connection without a restart.
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 log = logging.getLogger("cmglab.tls")
 
@@ -122,3 +124,8 @@ class TLSScopeHttpToolsProtocol(_TLSScopeMixin, HttpToolsProtocol):
 
 class TLSScopeH11Protocol(_TLSScopeMixin, H11Protocol):
     pass
+
+
+class TLSScopeWSProtocol(_TLSScopeMixin, WSProtocol):
+    """WebSocket connections: uvicorn hands an upgraded connection to a separate protocol object
+    built from `config.loaded_app`, so it needs the same wrapper to see the client certificate."""

@@ -1,0 +1,37 @@
+"""Connection-point-only settings (env prefix `CMGLAB_CP_`); the shared ones are in
+services/runtime/settings.py (heartbeat, backoff, timeouts, limits, CRL checking)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.runtime.cmg_channel import PATH
+from services.runtime.lab import Lab
+
+
+class CPSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CMGLAB_CP_", extra="ignore")
+
+    # the CMG instances to dial, comma-separated `wss://host:port` (default: the lab's CMG connector)
+    cmg_urls: str = ""
+    # where the site publishes its CMG configuration (default: the lab's MP; GET <site_url>/CCM_Cloud/config)
+    site_url: str = ""
+    # this point's name in the channel HELLO (default: the lab's connection point host name)
+    name: str = ""
+    # the admin listener's port (default: the lab's; a second point in one lab needs its own)
+    admin_port: int | None = None
+
+    def channel_urls(self, lab: Lab) -> list[str]:
+        urls = [u.strip().rstrip("/") for u in self.cmg_urls.split(",") if u.strip()]
+        if not urls:
+            urls = [f"wss://{lab.config.hosts.cmg}:{lab.config.ports.cmg_connector}"]
+        return [u if u.endswith(PATH) else u + PATH for u in urls]
+
+    def config_url(self, lab: Lab) -> str:
+        return (self.site_url.rstrip("/") or lab.url("management-point")) + "/CCM_Cloud/config"
+
+    def point_name(self, lab: Lab) -> str:
+        return self.name or lab.config.hosts.cmg_connection_point
+
+    def port(self, lab: Lab) -> int:
+        return self.admin_port or lab.port("cmg-connection-point")

@@ -1,0 +1,350 @@
+"""The CMG channel, routing, URL filter, rewrite, limits and logs, with real sockets and TLS:
+client -> CMG (subprocess) -> channel -> connection point (subprocess) -> a test-only upstream
+that stands where the MP would be (same name, port and certificate, in a lab of its own) and echoes
+what it got. The MP itself is exercised in test_cmg_flows.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from cmglab.processes import LabProcesses
+from services.cmg.app import AnyMethod
+from services.runtime.admin import install_lab_admin
+from services.runtime.certinfo import client_cert
+from services.runtime.lab import Lab
+from services.runtime.server import TLS, Listener, Service
+from tests.conftest import lab_client, new_lab
+from tests.threaded import ThreadedService
+
+PATHS = ["CCM_STS", "ccm_system/request", "ccm_system_tokenauth/request", "echo", "slow", "big", "drip"]
+FAST_ENV = {
+    "CMGLAB_CHANNEL_HEARTBEAT": "1",
+    "CMGLAB_CHANNEL_BACKOFF_MAX": "1",
+    "CMGLAB_UPSTREAM_TIMEOUT": "3",
+    "CMGLAB_MAX_BODY_BYTES": str(4 * 1024 * 1024),
+    "CMGLAB_CMG_SUMMARY_INTERVAL": "1",
+}
+
+
+@dataclass
+class Upstream:
+    """A stand-in for the MP on the MP's name, port and certificate: mutual TLS, echo routes."""
+
+    lab: Lab
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    threaded: ThreadedService | None = None
+
+    def config(self) -> dict[str, Any]:
+        site = self.lab.config.site
+        tenant = self.lab.config.primary_tenant
+        return {
+            "site_code": site.code, "allow_cmg": True,
+            "endpoints": {str(site.role_id): {"internal_url": self.lab.url("management-point"), "paths": PATHS}},
+            "tenants": [{"tenant_id": tenant.tenant_id, "client_app_id": "0b7c8ab3-9ea1-4ffa-b2b9-8ffdd944bd8b",
+                         "resource_uri": "https://ConfigMgrService",
+                         "authority": f"https://login.microsoftonline.com/{tenant.tenant_id}"}],
+            "content": {"package_id": site.client_package_id, "version": 1},
+        }
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+        install_lab_admin(app, service="upstream", lab=self.lab)
+
+        @app.get("/CCM_Cloud/config")
+        def cloud_config() -> dict[str, Any]:
+            return self.config()
+
+        async def echo(request: Request) -> Response:
+            body = await request.body()
+            cert = client_cert(request)
+            self.seen.append({"method": request.method, "path": request.url.path, "query": request.url.query,
+                              "headers": dict(request.headers), "body": body,
+                              "tls_subject": cert.subject.rfc4514_string() if cert else None})
+            return Response(body, media_type="application/octet-stream",
+                            headers={"X-Body-SHA256": hashlib.sha256(body).hexdigest(), "Set-Cookie": "a=1"})
+
+        async def slow(request: Request) -> Response:
+            await asyncio.sleep(float(request.query_params.get("s", "10")))
+            return Response(b"finally")
+
+        async def big(request: Request) -> Response:
+            size = int(request.query_params.get("n", "1000000"))
+            return Response(_pattern(size), media_type="application/octet-stream")
+
+        async def drip(request: Request) -> Response:
+            async def gen() -> AsyncIterator[bytes]:
+                for _ in range(int(request.query_params.get("n", "10"))):
+                    yield b"x" * 1000
+                    await asyncio.sleep(float(request.query_params.get("every", "0.2")))
+            return StreamingResponse(gen())
+
+        routes = {"/echo": echo, "/ccm_sts": echo, "/ccm_system/request": echo,
+                  "/ccm_system_tokenauth/request": echo, "/slow": slow, "/big": big, "/drip": drip}
+
+        async def dispatch(request: Request) -> Response:  # case-insensitive, like IIS
+            handler = routes.get(request.url.path.lower())
+            if handler is None:
+                return JSONResponse({"unexpected": request.url.path}, 418)
+            return await handler(request)
+
+        app.router.routes.append(Route("/{rest:path}", AnyMethod(dispatch)))  # any method, CCM_POST too
+        return app
+
+    def start(self) -> None:
+        ident = self.lab.pki.server("management-point")
+        tls = TLS(ident.cert_path, ident.key_path, client_cert="required", client_ca=self.lab.pki.ca_bundle)
+        service = Service("upstream", [Listener("upstream", self.app(), self.lab.port("management-point"),
+                                                tls=tls, http="h11")])
+        self.threaded = ThreadedService(service).__enter__()
+
+    def stop(self) -> None:
+        if self.threaded is not None:
+            self.threaded.__exit__(None, None, None)
+            self.threaded = None
+
+
+def _pattern(size: int) -> bytes:
+    return (hashlib.sha256(b"cmglab").digest() * (size // 32 + 1))[:size]
+
+
+def wait_for(predicate: Any, timeout: float = 15, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def cp_health(lab: Lab, port: int | None = None) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port or lab.port('cmg-connection-point')}/_lab/health"
+    try:
+        return httpx.get(url, timeout=2).json()
+    except httpx.HTTPError:
+        return {}
+
+
+def channel_up(lab: Lab, port: int | None = None) -> bool:
+    channels = cp_health(lab, port).get("channels") or []
+    return bool(channels) and all(c["state"] == "connected" for c in channels)
+
+
+def cmg_points(lab: Lab) -> list[dict[str, Any]]:
+    with lab_client(lab) as c:
+        return c.get(f"{lab.url('cmg')}/_lab/health").json()["connection_points"]
+
+
+def proxy_url(lab: Lab, path: str, family: str = "ServerAuth") -> str:
+    return f"{lab.url('cmg')}/CCM_Proxy_{family}/{lab.config.site.role_id}/{path}"
+
+
+def bearer(lab: Lab) -> dict[str, str]:
+    token, _ = lab.site_signer().ccm_token(token_type="Device", sms_id="GUID:11111111-2222-3333-4444-555555555555")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def log_text(lab: Lab, service: str, name: str) -> str:
+    path = lab.dir / "logs" / service / name
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def chan_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return new_lab(tmp_path_factory.mktemp("cmgchan") / "lab")
+
+
+@pytest.fixture(scope="module")
+def upstream(chan_lab: Lab) -> Iterator[Upstream]:
+    up = Upstream(chan_lab)
+    up.start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def procs(chan_lab: Lab, upstream: Upstream) -> Iterator[LabProcesses]:
+    p = LabProcesses(chan_lab, env=dict(FAST_ENV))
+    p.ensure("cmg", "cmg-connection-point")
+    wait_for(lambda: channel_up(chan_lab) and cmg_points(chan_lab), what="channel up")
+    with lab_client(chan_lab) as c:
+        wait_for(lambda: c.get(f"{chan_lab.url('cmg')}/_lab/health").json()["site_config"], what="site config")
+    yield p
+    p.stop_all()
+
+
+@pytest.fixture
+def client(chan_lab: Lab, procs: LabProcesses) -> Iterator[httpx.Client]:
+    with lab_client(chan_lab) as c:
+        yield c
+
+
+def test_channel_is_up_and_reported(chan_lab: Lab, procs: LabProcesses) -> None:
+    health = cp_health(chan_lab)
+    (channel,) = health["channels"]
+    assert channel["state"] == "connected" and channel["channel"]
+    assert health["site_config"] is True
+    (point,) = cmg_points(chan_lab)
+    assert point["name"] == chan_lab.config.hosts.cmg_connection_point
+    assert point["channel"] == channel["channel"]
+    assert "CN=cmgcp.corp.lab.test" in point["subject"]
+    log = log_text(chan_lab, "cmg", "CMGService.log")
+    assert re.search(r"Connection point cmgcp\.corp\.lab\.test connected: channel \w+", log)
+
+
+def test_bodies_pass_byte_identical_both_ways(chan_lab: Lab, client: httpx.Client, upstream: Upstream) -> None:
+    body = os.urandom(300_000) + b"\x00\xff" * 10
+    auth = bearer(chan_lab)
+    r = client.request("CCM_POST", proxy_url(chan_lab, "echo"), content=body,
+                       headers={**auth, "Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    assert r.content == body
+    assert r.headers["x-body-sha256"] == hashlib.sha256(body).hexdigest()
+    seen = upstream.seen[-1]
+    assert seen["method"] == "CCM_POST" and seen["body"] == body
+    assert seen["tls_subject"].startswith("CN=cmgcp.corp.lab.test")  # the point's own certificate
+    assert seen["headers"]["authorization"] == auth["Authorization"]  # the MP checks the token again
+
+
+def test_chunked_request_and_streamed_reply(chan_lab: Lab, client: httpx.Client, upstream: Upstream) -> None:
+    parts = [os.urandom(70_000) for _ in range(5)]
+
+    def gen() -> Iterator[bytes]:
+        yield from parts
+
+    r = client.post(proxy_url(chan_lab, "echo"), content=gen(), headers=bearer(chan_lab))
+    assert r.status_code == 200 and r.content == b"".join(parts)
+    r = client.get(proxy_url(chan_lab, "big?n=3000000"), headers=bearer(chan_lab))
+    assert r.status_code == 200 and r.content == _pattern(3_000_000)
+    r = client.get(proxy_url(chan_lab, "drip?n=5&every=0.1"), headers=bearer(chan_lab))
+    assert r.status_code == 200 and r.content == b"x" * 5000
+
+
+def test_paths_are_case_insensitive_and_rewritten(chan_lab: Lab, client: httpx.Client, upstream: Upstream) -> None:
+    url = f"{chan_lab.url('cmg')}/ccm_proxy_SERVERAUTH/{chan_lab.config.site.role_id}/Echo?x=1&y=%20z"
+    r = client.post(url, content=b"hello", headers=bearer(chan_lab))
+    assert r.status_code == 200 and r.content == b"hello"
+    assert upstream.seen[-1]["path"] == "/Echo" and upstream.seen[-1]["query"] == "x=1&y=%20z"
+    cmg = client.get(f"{chan_lab.url('cmg')}/_lab/requests?path=echo").json()["requests"][0]
+    assert cmg["rewritten_url"] == f"{chan_lab.url('management-point')}/Echo?x=1&y=%20z"
+    assert cmg["auth_kind"] == "CCMToken" and cmg["connection_point"].startswith("cmgcp.corp.lab.test#")
+    cp = httpx.get(f"http://127.0.0.1:{chan_lab.port('cmg-connection-point')}/_lab/requests").json()["requests"][0]
+    assert cp["rewritten_url"] == cmg["rewritten_url"] and cp["status"] == 200
+    assert cp["url"] == url
+
+
+def test_unpublished_urls_are_404_at_the_cmg(chan_lab: Lab, client: httpx.Client, upstream: Upstream) -> None:
+    before = len(upstream.seen)
+    role = chan_lab.config.site.role_id
+    for path in (f"/CCM_Proxy_ServerAuth/{role}/SMS_MP/.sms_aut?MPLIST",  # not in this site's list
+                 f"/CCM_Proxy_ServerAuth/{role + 1}/echo",  # unknown role ID
+                 "/CCM_Proxy_ServerAuth/notanumber/echo", "/something/else", "/CCM_Proxy_MutualAuth"):
+        r = client.get(f"{chan_lab.url('cmg')}{path}", headers=bearer(chan_lab))
+        assert r.status_code == 404, path
+        assert r.json()["Error"] == "NotFound"
+    assert len(upstream.seen) == before
+
+
+def test_mutual_auth_identity_reaches_the_upstream(chan_lab: Lab, procs: LabProcesses, upstream: Upstream) -> None:
+    device = chan_lab.pki.issue_client("device-chan")
+    with lab_client(chan_lab, cert=(device.cert_path, device.key_path)) as c:
+        r = c.post(proxy_url(chan_lab, "echo", "MutualAuth"), content=b"pki",
+                   headers={"Client-Cert": ":AAAA:"})  # a client cannot speak for the CMG
+    assert r.status_code == 200 and r.content == b"pki"
+    header = upstream.seen[-1]["headers"]["client-cert"]
+    assert header.startswith(":") and header.endswith(":")
+    forwarded = x509.load_der_x509_certificate(base64.b64decode(header.strip(":")))
+    assert forwarded == device.cert()
+    # ServerAuth never forwards a client certificate, and strips the client's header
+    with lab_client(chan_lab) as c:
+        r = c.post(proxy_url(chan_lab, "echo"), content=b"t", headers={**bearer(chan_lab), "Client-Cert": ":AAAA:"})
+    assert r.status_code == 200 and "client-cert" not in upstream.seen[-1]["headers"]
+
+
+def test_body_limit_is_413(chan_lab: Lab, client: httpx.Client, upstream: Upstream) -> None:
+    before = len(upstream.seen)
+    too_big = b"x" * (4 * 1024 * 1024 + 1)
+    r = client.post(proxy_url(chan_lab, "echo"), content=too_big, headers=bearer(chan_lab))
+    assert r.status_code == 413
+
+    def gen() -> Iterator[bytes]:
+        for _ in range(70):
+            yield b"y" * 65536
+
+    r = client.post(proxy_url(chan_lab, "echo"), content=gen(), headers=bearer(chan_lab))
+    assert r.status_code == 413
+    assert len(upstream.seen) == before
+    r = client.get(proxy_url(chan_lab, "big?n=5000000"), headers=bearer(chan_lab))
+    assert r.status_code == 502  # the reply is over the limit too
+
+
+def test_slow_upstream_is_cut_off(chan_lab: Lab, client: httpx.Client) -> None:
+    started = time.monotonic()
+    r = client.get(proxy_url(chan_lab, "slow?s=20"), headers=bearer(chan_lab))
+    elapsed = time.monotonic() - started
+    assert r.status_code == 504, r.text
+    assert 2.5 < elapsed < 8
+    assert "did not answer within 3 s" in r.json()["Reason"]
+
+
+def test_logs_have_the_seed_lines(chan_lab: Lab, client: httpx.Client) -> None:
+    for _ in range(3):
+        assert client.post(proxy_url(chan_lab, "CCM_STS"), content=b"{}",
+                           headers={"Authorization": "Bearer x"}).status_code == 401
+    token, *_ = chan_lab.site_signer().bulk_token()
+    r = client.post(proxy_url(chan_lab, "CCM_STS"), content=b'{"ProofType":"BulkRegistration"}',
+                    headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
+    role = chan_lab.config.site.role_id
+    summary = re.compile(rf"RequestUri: /CCM_PROXY_SERVERAUTH/{role}/CCM_STS\s+RequestCount: (\d+)\s+RequestSize: "
+                         r"\d+ Bytes\s+ResponseCount: \d+\s+ResponseSize: \d+ Bytes\s+AverageElapsedTime: \d+ ms"
+                         r"  \$\$<CMGService><\d\d-\d\d-\d{4} [\d:.]+[+-]\d+><thread=\d+ \(0x[0-9A-F]+\)>")
+    wait_for(lambda: summary.search(log_text(chan_lab, "cmg", "CMGService.log")), what="CMGService summary")
+    cp_log = log_text(chan_lab, "cmg-connection-point", "SMS_CLOUD_PROXYCONNECTOR.log")
+    assert re.search(r"Switched to internal URL\. Replaced '\S+' in\s+'\S+' with '\S+' and got '", cp_log)
+    assert re.search(r"MessageID: [0-9a-f-]{36} RequestURI: https://\S+/CCM_STS EndpointName: CCM_STS "
+                     r"ResponseHeader: HTTP/1\.1 200 OK.*ElapsedTime: \d+ ms", cp_log)
+    assert re.search(rf"Replaced 'https://{chan_lab.config.hosts.cmg}:\d+/CCM_Proxy_ServerAuth/{role}/CCM_STS' in\s+"
+                     rf"'\S+' with 'https://{chan_lab.config.hosts.management_point}:\d+/CCM_STS'", cp_log)
+
+
+def test_connector_takes_only_registered_points(chan_lab: Lab, procs: LabProcesses) -> None:
+    from services.runtime import httpclient
+    from services.runtime.cmg_channel import PATH
+
+    other = chan_lab.pki.issue_client("not-a-cp.corp.lab.test")
+    ctx = httpclient.ssl_context(ca_bundle=chan_lab.pki.ca_bundle, client_cert=(other.cert_path, other.key_path))
+
+    async def attempt() -> int:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus
+
+        try:
+            async with connect(f"wss://{chan_lab.config.hosts.cmg}:{chan_lab.config.ports.cmg_connector}{PATH}",
+                               ssl=ctx, proxy=None, host="127.0.0.1", port=chan_lab.config.ports.cmg_connector,
+                               server_hostname=chan_lab.config.hosts.cmg):
+                return 101
+        except InvalidStatus as e:
+            return e.response.status_code
+
+    assert asyncio.run(attempt()) == 403
+    log = log_text(chan_lab, "cmg", "CMGService.log")
+    assert re.search(r"Rejected connection point channel from .*CN=not-a-cp\.corp\.lab\.test.* is not a registered "
+                     r"connection point", log)
+    assert len(cmg_points(chan_lab)) == 1
