@@ -53,7 +53,7 @@ class CMTraceFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return format_cmtrace(
             record.getMessage(), component=getattr(record, "component", record.name),
-            when=_when(record), type_=_TYPES.get(record.levelno, 1), thread=record.thread or 0,
+            when=_when(record), type_=_TYPES.get(record.levelno, 1), thread=getattr(record, "tid", 0),
             file=f"{record.filename}:{record.lineno}",
         )
 
@@ -61,7 +61,7 @@ class CMTraceFormatter(logging.Formatter):
 class SMSTraceFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return format_smstrace(record.getMessage(), component=getattr(record, "component", record.name),
-                               when=_when(record), thread=record.thread or 0)
+                               when=_when(record), thread=getattr(record, "tid", 0))
 
 
 class _Component(logging.Filter):
@@ -71,6 +71,7 @@ class _Component(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.component = self.component
+        record.tid = threading.get_native_id()  # the OS thread ID, as Windows logs show it
         return True
 
 

@@ -1,0 +1,49 @@
+"""The MP's FastAPI app: CcmMessaging, SMS_MP, CCM_STS, CCM_Cloud, CCM_Client and the lab views."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.management_point import routes_lab, routes_messaging, routes_site, routes_sms_mp
+from services.management_point.content import build_package
+from services.management_point.mplogs import MPLogs
+from services.management_point.policy import default_policies
+from services.management_point.site import MP
+from services.management_point.store import Store
+from services.management_point.sts import TokenService
+from services.management_point.windowsauth import WindowsAuth
+from services.runtime.admin import install_lab_admin
+from services.runtime.entra_tokens import EntraKeys
+from services.runtime.lab import Lab
+
+
+def create_mp(lab: Lab) -> MP:
+    return MP(lab, Store(lab, policy_factory=default_policies), MPLogs.open(lab))
+
+
+def create_app(lab: Lab, mp: MP | None = None) -> FastAPI:
+    mp = mp or create_mp(lab)
+    build_package(lab)
+    sts = TokenService(mp, None)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        client = lab.http_client()
+        sts.entra = EntraKeys(client, lab.entra_jwks_url())
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(title="cmglab management point", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.mp = mp
+    app.include_router(routes_messaging.router(mp, WindowsAuth(lab)))
+    app.include_router(routes_sms_mp.router(mp))
+    app.include_router(routes_site.router(mp, sts))
+    app.include_router(routes_lab.router(mp))
+    install_lab_admin(app, service="management-point", lab=lab, reset=mp.store.reset)
+    return app

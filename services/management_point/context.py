@@ -1,0 +1,33 @@
+"""Who sent a request, as the transport established it (no HTTP here: routes fill it in)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+
+@dataclass
+class Caller:
+    vdir: str = "ccm_system"  # ccm_system | ccm_system_windowsauth | ccm_system_altauth | ccm_system_tokenauth
+    scheme: str = "http"
+    host: str = ""  # the Host the client addressed (without port)
+    pki_cert: x509.Certificate | None = None  # PKI client cert: TLS, or Client-Cert from a connection point
+    via_connection_point: bool = False  # the request came through the CMG and a connection point
+    domain_account: str | None = None  # CORP\NAME$ after Windows authentication
+    ccm_claims: dict[str, Any] | None = None  # a verified CCM token (Authorization: Bearer)
+
+    @property
+    def internet(self) -> bool:
+        return self.via_connection_point
+
+    @property
+    def auth_kind(self) -> str:
+        if self.ccm_claims is not None:
+            return "ccm-token"
+        if self.domain_account:
+            return "windows"
+        if self.pki_cert is not None:
+            return "pki-certificate"
+        return "anonymous"

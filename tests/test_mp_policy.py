@@ -1,0 +1,186 @@
+"""MP_PolicyManager and `.sms_pol`: assignments for a signed registered client, policy bodies,
+secret policies only to the registered key, as CMS to its encryption certificate; `.sms_aut`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from cmglab.processes import LabProcesses
+from services.management_point.policy_crypto import deobfuscate_secret
+from services.runtime import ccm_messaging as cm
+from services.runtime.lab import Lab
+from tests.test_mp_support import (
+    Device,
+    ccm_post,
+    client,
+    cms_decrypt,
+    http_url,
+    https_url,
+    lab_rows,
+    register,
+    reply_body,
+    set_site,
+    wait_log,
+)
+
+
+@pytest.fixture(scope="module")
+def mp(lab: Lab, lab_services: LabProcesses) -> Iterator[Lab]:
+    lab_services.ensure("management-point")
+    set_site(lab, auto_approve="all")
+    yield lab
+    set_site(lab, auto_approve=lab.config.site.auto_approve)
+
+
+@pytest.fixture(scope="module")
+def device(mp: Lab) -> Device:
+    d = Device("POL01")
+    register(mp, d)
+    return d
+
+
+def assignments(mp: Lab, device: Device) -> str:
+    with client(mp) as c:
+        resp = ccm_post(c, f"{http_url(mp)}/ccm_system/request",
+                        device.signed_message("MP_PolicyManager", device.assignments_body()))
+    return reply_body(resp)
+
+
+def test_reply_assignments_shape(mp: Lab, device: Device) -> None:
+    body = assignments(mp, device)
+    root = cm.parse_xml(body)
+    assert root.tag == "ReplyAssignments"
+    assert root.findtext("Identification/Machine/ClientID") == device.sms_id
+    pas = root.findall("PolicyAssignment")
+    assert {p.find("Policy").get("PolicyCategory") for p in pas} >= {"NAAConfig", "ClientAgentConfig"}  # type: ignore[union-attr]
+    for pa in pas:
+        pol = pa.find("Policy")
+        assert pol is not None and pol[0].tag == "PolicyLocation"  # first child (SCCMSecrets)
+        assert re.fullmatch(r"http://<mp>/SMS_MP/\.sms_pol\?\{[0-9A-F-]{36}\}\.\d_\d\d", pol[0].text or "")
+    assert re.search(r'PolicyCategory="NAAConfig".*?<!\[CDATA\[http://<mp>/SMS_MP/\.sms_pol\?', body)  # sccmwtf
+    naa = next(pa.find("Policy") for pa in pas if pa.find("Policy").get("PolicyCategory") == "NAAConfig")  # type: ignore[union-attr]
+    assert int(naa.get("PolicyFlags")) & 4  # type: ignore[union-attr,arg-type]
+    rows = {c["sms_id"]: c for c in lab_rows(mp, "clients")}
+    assert rows[device.sms_id]["last_policy_request"]
+    wait_log(mp, "MP_Policy.log", rf"Replied \d+ policy assignment\(s\) \(1 secret\) to {device.sms_id}")
+
+
+def _naa_path(mp: Lab, device: Device) -> str:
+    m = re.search(r'PolicyCategory="NAAConfig".*?<!\[CDATA\[http://<mp>([^]]+)', assignments(mp, device))
+    assert m
+    return m.group(1)
+
+
+def test_non_secret_policy_body(mp: Lab, device: Device) -> None:
+    body = assignments(mp, device)
+    path = re.search(r'PolicyCategory="ClientAgentConfig".*?<!\[CDATA\[http://<mp>([^]]+)', body).group(1)  # type: ignore[union-attr]
+    with client(mp) as c:
+        resp = c.get(http_url(mp) + path)
+    assert resp.status_code == 200
+    text = resp.content.decode("utf-16").rstrip("\x00")
+    assert cm.parse_xml(text).find(".//instance").get("class") == "CCM_ClientAgentConfig"  # type: ignore[union-attr]
+
+
+def test_secret_policy_needs_the_registered_key(mp: Lab, device: Device) -> None:
+    path = _naa_path(mp, device)
+    with client(mp) as c:
+        anonymous = c.get(http_url(mp) + path)
+        assert anonymous.text.startswith("<HTML>")
+        other = Device("POL02")
+        other.sms_id = device.sms_id  # claims the identity, signs with another key
+        forged = c.get(http_url(mp) + path, headers=other.client_token_headers())
+        assert forged.text.startswith("<HTML>")
+    wait_log(mp, "ClientAuth.log", rf"Policy request from {device.sms_id}: ClientTokenSignature does not verify")
+
+
+@pytest.mark.parametrize("digest_info", [True, False])
+def test_secret_policy_is_cms_to_the_encryption_certificate(mp: Lab, device: Device, digest_info: bool) -> None:
+    path = _naa_path(mp, device)
+    token = f"{device.sms_id};{cm.utc_timestamp()};2"
+    headers = {"ClientToken": token,
+               "ClientTokenSignature": cm.sign_hex(device.key, cm.utf16(token) + b"\x00\x00", digest_info=digest_info)}
+    with client(mp) as c:
+        resp = c.get(http_url(mp) + path, headers=headers)
+    assert resp.status_code == 200 and resp.content[:1] == b"\x30"
+    plain = cms_decrypt(resp.content, device.key)
+    xml = plain.decode("utf-16-le").rstrip("\x00")
+    root = cm.parse_xml(xml)
+    props = {p.get("name"): p.findtext("value") for p in root.iter("property")}
+    naa = mp.config.site.network_access_account
+    user_blob = props["NetworkAccessUsername"] or ""
+    assert user_blob.startswith("8913") and user_blob[112:116] == "0366"
+    assert deobfuscate_secret(user_blob) == naa.username
+    assert deobfuscate_secret(props["NetworkAccessPassword"] or "") == naa.password
+    wait_log(mp, "MP_Policy.log", rf"Served secret policy .* \(NAAConfig\) to {device.sms_id}")
+
+
+def test_ccmclientid_headers(mp: Lab, device: Device) -> None:
+    path = _naa_path(mp, device)
+    stamp = cm.utc_timestamp()
+    assert device.sms_id
+    headers = {
+        "CCMClientID": device.sms_id,
+        "CCMClientIDSignature": cm.sign_hex(device.key, cm.utf16(device.sms_id) + b"\x00\x00", digest_info=False),
+        "CCMClientTimestamp": stamp,
+        "CCMClientTimestampSignature": cm.sign_hex(device.key, cm.utf16(stamp) + b"\x00\x00", digest_info=False),
+    }
+    with client(mp) as c:
+        resp = c.get(http_url(mp) + path, headers=headers)
+    assert resp.status_code == 200 and resp.content[:1] == b"\x30"
+
+
+def test_unsigned_or_unknown_policy_requests_get_an_empty_reply(mp: Lab, device: Device) -> None:
+    stranger = Device("POL03")
+    stranger.sms_id = "GUID:00000000-1111-2222-3333-444444444444"
+    impostor = Device("POL04")
+    impostor.sms_id = device.sms_id
+    unsigned = cm.encode_request(device.header("MP_PolicyManager", source_id=device.sms_id), device.assignments_body())
+    with client(mp) as c:
+        for raw in (stranger.signed_message("MP_PolicyManager", stranger.assignments_body()),
+                    impostor.signed_message("MP_PolicyManager", impostor.assignments_body()), unsigned):
+            resp = ccm_post(c, f"{http_url(mp)}/ccm_system/request", raw)
+            assert resp.status_code == 200 and resp.headers["content-length"] == "0" and resp.content == b""
+    wait_log(mp, "ClientAuth.log", r"from unknown client 'GUID:00000000-1111-2222-3333-444444444444': not registered")
+    wait_log(mp, "ClientAuth.log", rf"PayloadSignature of {device.sms_id} does not verify")
+
+
+def test_sms_aut(mp: Lab) -> None:
+    with client(mp) as c:
+        mplist = cm.parse_xml(c.get(f"{http_url(mp)}/SMS_MP/.sms_aut?MPLIST").text)
+        assert mplist.find("MP").get("FQDN") == mp.config.hosts.management_point  # type: ignore[union-attr]
+        assert mplist.findtext("MP/Version") == str(mp.config.site.mp_build)
+        keyinfo = cm.parse_xml(c.get(f"{http_url(mp)}/SMS_MP/.sms_aut?MPKEYINFORMATIONMEDIA").text)
+        assert keyinfo.findtext("SITECODE") == mp.config.site.code
+        assert keyinfo.find("UnknownMachines").get("x64UnknownMachineGUID")  # type: ignore[union-attr]
+        assert cm.parse_xml(c.get(f"{http_url(mp)}/SMS_MP/.sms_aut?MPKEYINFORMATION").text).find(
+            "UnknownMachines") is None
+        sign = cm.parse_xml(c.get(f"{https_url(mp)}/SMS_MP/.sms_aut?SITESIGNCERT").text)
+        from cryptography import x509
+
+        cert = x509.load_der_x509_certificate(bytes.fromhex(sign.text or ""))
+        assert cert == mp.pki.site_signing.cert()
+        mpcert = cm.parse_xml(c.get(f"{https_url(mp)}/SMS_MP/.sms_aut?MPCERT").text)
+        assert x509.load_der_x509_certificate(bytes.fromhex(mpcert.findtext("Certificate") or "")) == \
+            mp.pki.server("management-point").cert()
+        assert c.get(f"{http_url(mp)}/SMS_MP/.sms_aut?NOSUCHTHING").status_code == 404
+
+
+def test_ddr_is_stored(mp: Lab, device: Device) -> None:
+    report = (f"<Report><ReportHeader><Identification><Machine><ClientInstalled>1</ClientInstalled><ClientType>1"
+              f"</ClientType><ClientID>{device.sms_id}</ClientID><ClientVersion>5.00.8968.1000</ClientVersion>"
+              f"<NetBIOSName>{device.name}</NetBIOSName><CodePage>437</CodePage><SystemDefaultLCID>1033"
+              f"</SystemDefaultLCID><Priority /></Machine></Identification><ReportDetails><ReportContent>"
+              f"Inventory Data</ReportContent><ReportType>Full</ReportType><Date>20240101000000.000000+000</Date>"
+              f"<Version>1.0</Version><Format>1.1</Format></ReportDetails><InventoryAction ActionType=\"Predefined\">"
+              f"<InventoryActionID>{{00000000-0000-0000-0000-000000000003}}</InventoryActionID><Description>"
+              f"Discovery</Description></InventoryAction></ReportHeader><ReportBody /></Report>")
+    raw = device.signed_message("MP_DdrEndpoint", report, reply_mode="Async")
+    with client(mp) as c:
+        resp = ccm_post(c, f"{http_url(mp)}/ccm_system/request", raw)
+    assert resp.status_code == 200
+    ddrs = [d for d in lab_rows(mp, "ddrs") if d["sms_id"] == device.sms_id]
+    assert ddrs and ddrs[-1]["signed"] is True and ddrs[-1]["netbios_name"] == device.name
+    wait_log(mp, "MP_DDR.log", rf"Received DDR \d+ from {device.sms_id}")

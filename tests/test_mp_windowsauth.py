@@ -1,0 +1,100 @@
+"""`/ccm_system_windowsauth`: IIS-style 401 (Negotiate, NTLM), a real NTLM exchange with the lab's
+domain accounts (pyspnego as the client), and auto-approval of domain-authenticated registrations."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+import spnego
+
+from cmglab.processes import LabProcesses
+from services.runtime import ccm_messaging as cm
+from services.runtime.lab import Lab
+from tests.test_mp_support import Device, client, http_url, https_url, lab_rows, reply_body, wait_log
+
+
+@pytest.fixture(scope="module")
+def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
+    lab_services.ensure("management-point")
+    return lab
+
+
+def account(lab: Lab, name: str) -> tuple[str, str]:
+    a = next(x for x in lab.config.active_directory.accounts if x.name == name)
+    return a.name, a.password
+
+
+def ntlm_post(c: httpx.Client, url: str, raw: bytes, user: str, password: str, scheme: str = "NTLM",
+              protocol: str = "ntlm") -> httpx.Response:
+    """requests_ntlm's dance on one connection: anonymous → 401, negotiate → challenge, authenticate."""
+    headers = {"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT}
+    first = c.request("CCM_POST", url, content=raw, headers=headers)
+    assert first.status_code == 401
+    assert first.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
+    ctx = spnego.client(user, password, hostname="mp.corp.lab.test", service="HTTP", protocol=protocol)
+    token = ctx.step() or b""
+    challenge = c.request("CCM_POST", url, content=raw,
+                          headers={**headers, "Authorization": f"{scheme} {base64.b64encode(token).decode()}"})
+    assert challenge.status_code == 401
+    value = challenge.headers["www-authenticate"]
+    assert value.startswith(f"{scheme} ")
+    token = ctx.step(base64.b64decode(value.split(" ", 1)[1])) or b""
+    return c.request("CCM_POST", url, content=raw,
+                     headers={**headers, "Authorization": f"{scheme} {base64.b64encode(token or b'').decode()}"})
+
+
+def test_probe_answers_401_with_both_schemes(mp: Lab) -> None:
+    with client(mp) as c:
+        for base in (http_url(mp), https_url(mp)):
+            r = c.get(f"{base}/ccm_system_windowsauth/")
+            assert r.status_code == 401
+            assert r.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
+            assert "401 - Unauthorized" in r.text
+
+
+def test_computer_account_registration_is_auto_approved(mp: Lab) -> None:
+    user, password = account(mp, "LAB01$")
+    device = Device("LAB01")
+    with client(mp) as c:
+        resp = ntlm_post(c, f"{http_url(mp)}/ccm_system_windowsauth/request", device.registration_message(),
+                         f"CORP\\{user}", password)
+    root = cm.parse_xml(reply_body(resp))
+    assert root.get("Status") == "0" and root.get("ApprovalStatus") == "1" and root.get("PreAuthToken")
+    row = next(r for r in lab_rows(mp, "clients") if r["sms_id"] == root.get("SMSID"))
+    assert row["auth_kind"] == "domain" and row["domain_account"] == "CORP\\LAB01$" and row["approval"] == 1
+    wait_log(mp, "ClientAuth.log", r"Windows authentication succeeded for CORP\\LAB01\$")
+    wait_log(mp, "MP_RegistrationManager.log", r"Registering device authenticated as domain account CORP\\LAB01\$")
+
+
+def test_user_account_with_negotiate_over_https(mp: Lab) -> None:
+    user, password = account(mp, "alice")
+    device = Device("LAB02")
+    with client(mp) as c:
+        resp = ntlm_post(c, f"{https_url(mp)}/ccm_system_windowsauth/request", device.registration_message(),
+                         user, password, scheme="Negotiate", protocol="negotiate")
+    assert cm.parse_xml(reply_body(resp)).get("ApprovalStatus") == "1"
+
+
+def test_wrong_password_and_unknown_account(mp: Lab) -> None:
+    user, _ = account(mp, "LAB01$")
+    for name, password in ((f"CORP\\{user}", "wrong"), ("CORP\\nobody$", "whatever")):
+        device = Device("LAB03")
+        with client(mp) as c:
+            resp = ntlm_post(c, f"{http_url(mp)}/ccm_system_windowsauth/request", device.registration_message(),
+                             name, password)
+        assert resp.status_code == 401
+        assert resp.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
+    wait_log(mp, "ClientAuth.log", r"Windows authentication failed on /ccm_system_windowsauth/request")
+    assert "LAB03" not in {r["netbios_name"] for r in lab_rows(mp, "clients")}
+
+
+def test_garbage_authorization(mp: Lab) -> None:
+    with client(mp) as c:
+        r = c.request("CCM_POST", f"{http_url(mp)}/ccm_system_windowsauth/request", content=b"x",
+                      headers={"Authorization": "NTLM !!!notbase64"})
+        assert r.status_code == 401
+        r = c.request("CCM_POST", f"{http_url(mp)}/ccm_system_windowsauth/request", content=b"x",
+                      headers={"Authorization": "NTLM " + base64.b64encode(b"NTLMSSP\x00\x03garbage").decode()})
+        assert r.status_code == 401
