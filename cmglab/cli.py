@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from certs.pki import PKIError
+from services.management_point.bulk_token_tool import bulk_token_app
 from services.runtime.lab import Lab, LabNotInitialised
 from services.runtime.settings import Settings
 
@@ -19,6 +20,7 @@ app = typer.Typer(help="cmglab: an Entra ID + ConfigMgr CMG/MP lab.", no_args_is
                   add_completion=False)
 pki_app = typer.Typer(help="The lab PKI: CAs, certificates, CRLs.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
+app.add_typer(bulk_token_app, name="bulk-token")
 console = Console()
 
 SERVICE_MODULES = {
