@@ -19,3 +19,7 @@ check: lint typecheck test
 
 lab:
 	cmglab init --lab $(LAB)
+
+.PHONY: bench
+bench:
+	$(PY) -m cmglab bench --out bench/results

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from certs.pki import PKIError
+from cmglab.bench.cli import bench as bench_command
 from services.management_point.bulk_token_tool import bulk_token_app
 from services.runtime.lab import Lab, LabNotInitialised
 from services.runtime.settings import Settings
@@ -21,6 +22,7 @@ app = typer.Typer(help="cmglab: an Entra ID + ConfigMgr CMG/MP lab.", no_args_is
 pki_app = typer.Typer(help="The lab PKI: CAs, certificates, CRLs.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(bulk_token_app, name="bulk-token")
+app.command("bench")(bench_command)
 console = Console()
 
 SERVICE_MODULES = {
@@ -29,6 +31,7 @@ SERVICE_MODULES = {
     "cmg-connection-point": "services.cmg_connection_point.service",
     "management-point": "services.management_point.service",
     "pki": "certs.crl_host",
+    "console": "services.console.service",
 }
 
 LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]

@@ -55,6 +55,7 @@ def start_all(lab: Lab, *, detach: bool = False) -> LabProcesses:
             path.parent.mkdir(exist_ok=True)
             path.write_text(f"{sp.proc.pid}\n")
     procs.wait_healthy(SERVICES, timeout=60)
+    procs.wait_channel()
     return procs
 
 

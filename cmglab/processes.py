@@ -22,8 +22,9 @@ from services.runtime import httpclient
 from services.runtime.lab import Lab
 from services.runtime.labconfig import Ports
 
-# start order: the CRL host first (clients may check CRLs), the MP before the connection point
-SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
+# start order: the CRL host first (clients may check CRLs), the MP before the connection point, the console
+# (which only reads the others) last
+SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point", "console")
 
 
 def free_ports(n: int) -> list[int]:
@@ -40,9 +41,9 @@ def free_ports(n: int) -> list[int]:
 
 def isolated_lab(path: Path) -> Lab:
     """A fresh lab on free loopback ports, so that it can run beside another one (tests, benchmarks)."""
-    p = free_ports(7)
+    p = free_ports(8)
     ports = Ports(entra=p[0], cmg=p[1], cmg_connector=p[2], management_point=p[3],
-                  management_point_http=p[4], pki=p[5], cmg_connection_point=p[6])
+                  management_point_http=p[4], pki=p[5], cmg_connection_point=p[6], console=p[7])
     lab, _ = Lab.init(path, ports=ports)
     return lab
 
@@ -70,6 +71,7 @@ class LabProcesses:
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
     detach: bool = False  # own session: the services outlive the terminal that started them
+    prefix: list[str] = field(default_factory=list)  # e.g. taskset: where the benchmarks pin services
 
     def health_url(self, name: str) -> str:
         return f"{self.lab.url(name)}/_lab/health"
@@ -87,7 +89,7 @@ class LabProcesses:
         log_path = out_dir / f"{name}.out"
         out = log_path.open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cmglab", "serve", name, "--lab", str(self.lab.dir)],
+            [*self.prefix, sys.executable, "-m", "cmglab", "serve", name, "--lab", str(self.lab.dir)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "CMGLAB_LAB_DIR": str(self.lab.dir), **self.env},
             start_new_session=self.detach,
@@ -105,6 +107,24 @@ class LabProcesses:
         for name in wanted:
             self.start(name, wait=False)
         self.wait_healthy(wanted)
+        if "cmg-connection-point" in wanted:
+            self.wait_channel()
+
+    def wait_channel(self, timeout: float = 30) -> None:
+        """Healthy is not ready for the CMG: wait until a connection point has connected and published
+        the site's configuration (until then the CMG answers 503)."""
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while True:
+                try:
+                    state = c.get(self.health_url("cmg")).json()
+                    if state.get("connection_points") and state.get("site_config"):
+                        return
+                except (httpx.HTTPError, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServiceFailed(f"no connection point connected to the CMG within {timeout}s")
+                time.sleep(0.1)
 
     def wait_healthy(self, names: Iterable[str], timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

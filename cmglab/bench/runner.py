@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cmglab.bench import loadgen
+from cmglab.bench import loadgen, scenarios
+from cmglab.processes import LabProcesses
 from services.runtime import httpclient
 from services.runtime.lab import Lab
 
@@ -64,9 +65,48 @@ def transport_ceiling(lab: Lab, port: int, duration: float, connections: int) ->
             "columns": ["name", "requests", "errors", "rps", "p50_ms", "p95_ms", "p99_ms"], "rows": rows}
 
 
+def _measure(chosen: list[scenarios.Scenario], duration: float, connections: int) -> list[dict[str, Any]]:
+    rows = []
+    for s in chosen:
+        def repeat(_i: int, request: loadgen.Request = s.request) -> loadgen.Request:
+            return request
+
+        result = asyncio.run(loadgen.run(s.name, s.target, repeat, connections=connections, duration=duration))
+        rows.append(result.summary())
+    return rows
+
+
+def services_sections(lab: Lab, ceiling_rps: float, duration: float, connections: int) -> dict[str, Any]:
+    """Sections 2 and 3: each service's hot endpoint alone against the ceiling, and the CMG path
+    against the same request sent to the MP directly."""
+    procs = LabProcesses(lab, prefix=pin_command([]))
+    procs.ensure("pki", "entra", "management-point", "cmg", "cmg-connection-point")
+    try:
+        alone = _measure([scenarios.entra_token(lab), *scenarios.mp_direct(lab)], duration, connections)
+        for row in alone:
+            row["ratio_to_ceiling"] = round(row["rps"] / ceiling_rps, 3) if ceiling_rps else 0
+        via_cmg = _measure(scenarios.through_cmg(lab), duration, connections)
+        for direct, proxied in zip(alone[1:], via_cmg, strict=True):
+            proxied["ratio_to_mp_direct"] = round(proxied["rps"] / direct["rps"], 3) if direct["rps"] else 0
+    finally:
+        procs.stop_all()
+    columns = ["name", "requests", "errors", "rps", "p50_ms", "p95_ms", "p99_ms"]
+    return {
+        "services": {"title": "2. Hot endpoints, each service alone (ratio to the keep-alive ceiling)",
+                     "note": "Keep-alive connections; every service process pinned to the server CPU.",
+                     "columns": [*columns, "ratio_to_ceiling"], "rows": alone},
+        "cmg_path": {"title": "3. Through the CMG: client -> CMG -> channel -> connection point -> MP",
+                     "note": "The same requests as section 2, ratio to the MP answering directly. "
+                             "CMG, connection point and MP share the server CPU.",
+                     "columns": [*columns, "ratio_to_mp_direct"], "rows": via_cmg},
+    }
+
+
 def run(lab: Lab, out_dir: Path, *, duration: float, connections: int, port: int) -> tuple[Path, Path]:
     from cmglab.bench import report
 
     pin_self()
-    sections = {"ceiling": transport_ceiling(lab, port, duration, connections)}
+    sections: dict[str, Any] = {"ceiling": transport_ceiling(lab, port, duration, connections)}
+    ceiling_rps = sections["ceiling"]["rows"][0]["rps"]
+    sections.update(services_sections(lab, ceiling_rps, duration, connections))
     return report.write(out_dir, sections)
