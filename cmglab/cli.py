@@ -21,6 +21,7 @@ app = typer.Typer(help="cmglab: an Entra ID + ConfigMgr CMG/MP lab.", no_args_is
                   add_completion=False)
 pki_app = typer.Typer(help="The lab PKI: CAs, certificates, CRLs.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
+app.add_typer(importlib.import_module("client_agent.devicecli").app, name="device")
 app.add_typer(bulk_token_app, name="bulk-token")
 app.command("bench")(bench_command)
 console = Console()

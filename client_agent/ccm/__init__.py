@@ -1,0 +1,1 @@
+"""The installed ConfigMgr client (CcmExec's components), shared by ccmsetup and ccmexec."""

@@ -1,0 +1,233 @@
+"""The installed client's identity and its way to the site: the one object every component uses
+(anchors-and-style.md §1.7: one object owning the device identity, one method per protocol step).
+
+- `ccm_token(mp)`: a cached CCM token, renewed when expired or close to it, with the client's proof
+  (Entra token, bulk registration token during ccmsetup only, the MP-issued unique token, or the
+  PKI certificate);
+- `send(mp, endpoint, body)`: one CcmMessaging exchange (CCM_POST) on the right vdir:
+  `ccm_system_tokenauth` with the CCM token through the CMG, `ccm_system` with the PKI certificate
+  (CCM_Proxy_MutualAuth or HTTPS) or anonymous HTTP, `ccm_system_windowsauth` with NTLM.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from client_agent.adal import AadTokenError, AdalOperationProvider, Logs
+from client_agent.ccm.context import AAD, BULK, PKI, ClientState, Connections, ManagementPoint, sms_certificates
+from client_agent.ccm.tokens import ClientTokenStore, StsError, TokenCache, local_time, request_ccm_token
+from client_agent.certstore import StoredCert
+from client_agent.device import SYSTEM_SID, Device
+from client_agent.network import DeviceNetwork, NetworkError, classify
+from services.runtime import ccm_messaging as cm
+
+MACHINE_ACCOUNT_PURPOSE = "LSA machine account"
+
+
+class MessagingError(Exception):
+    def __init__(self, message: str, *, status: int = 0, code: str = "", hresult: int = 0x87D00231) -> None:
+        super().__init__(message)
+        self.status, self.code, self.hresult = status, code, hresult
+
+
+class TokenUnavailable(Exception):
+    """No CCM token could be obtained: the client cannot use token authentication."""
+
+    def __init__(self, message: str, *, code: str = "", hresult: int = 0x87D00455) -> None:
+        super().__init__(message)
+        self.code, self.hresult = code, hresult
+
+
+@dataclass
+class Reply:
+    header: cm.MsgHeader
+    body: str
+
+
+def machine_account(device: Device) -> dict[str, str] | None:
+    value = device.dpapi.load(device.home / "State" / "LSA" / "machine.bin", MACHINE_ACCOUNT_PURPOSE)
+    return value if isinstance(value, dict) else None
+
+
+class CcmClient:
+    def __init__(self, device: Device, network: DeviceNetwork, state: ClientState, *,
+                 regtoken: str | None = None) -> None:
+        self.device, self.network, self.state = device, network, state
+        self._regtoken = regtoken  # in memory only, for the life of this ccmsetup
+        self.conns = Connections(network)
+        self.signing, self.encryption = sms_certificates(device)
+        self.cache = TokenCache(device)
+        self.client_tokens = ClientTokenStore(device)
+
+    def close(self) -> None:
+        self.conns.close()
+        self._regtoken = None
+
+    # -- identity -------------------------------------------------------------------------------
+    @property
+    def pki_cert(self) -> StoredCert | None:
+        if self.state.pki_thumbprint:
+            return self.device.stores.get("My", self.state.pki_thumbprint)
+        return None
+
+    def http(self, mp: ManagementPoint) -> httpx.Client:
+        use_cert = mp.pki or (not mp.internet and mp.scheme == "https" and self.state.auth_mode == PKI)
+        return self.conns.get(self.pki_cert if use_cert else None)
+
+    # -- CCM tokens -----------------------------------------------------------------------------
+    def ccm_token(self, mp: ManagementPoint, log: logging.Logger, *, announce_expiry: bool = True) -> str:
+        token = self.cache.valid()
+        if token is not None:
+            return token
+        expires = self.cache.expires()
+        if expires is not None and announce_expiry:
+            log.info(f"CCM Token for '{SYSTEM_SID}' ({local_time(expires)}) is already expired or close to expire")
+        return self.renew_token(mp, log)
+
+    def renew_token(self, mp: ManagementPoint, log: logging.Logger, *, adal_logs: Logs | None = None) -> str:
+        reply, proof = self.obtain(mp, log, adal_logs or Logs(log))
+        expires = self.cache.put(reply, proof)
+        log.info(f"Cached encrypted token for '{SYSTEM_SID}'. Will expire at '{local_time(expires)}'")
+        if reply.get("ClientToken"):
+            self.client_tokens.put(reply["ClientToken"], reply.get("ClientTokenExpiresOn"))
+            log.info(f"Renewed the client's unique token; valid until {reply.get('ClientTokenExpiresOn')}")
+        return str(reply["Token"])
+
+    def obtain(self, mp: ManagementPoint, log: logging.Logger, adal_logs: Logs) -> tuple[dict[str, Any], str]:
+        """A CCM token reply for the client's proof."""
+        http = self.http(mp)
+        mode, sms_id = self.state.auth_mode, self.state.sms_id
+        try:
+            if mode == AAD:
+                aad = self.state.aad or {}
+                adal = AdalOperationProvider(self.device, self.conns.get(), self.network.resolve, adal_logs)
+                try:
+                    token = adal.get_token(client_id=aad["AADCLIENTAPPID"], resource=aad["AADRESOURCEURI"],
+                                           tenant_id=aad.get("AADTENANTID"))
+                except AadTokenError as e:
+                    raise TokenUnavailable(str(e), code="AADTokenUnavailable", hresult=e.hresult) from e
+                return request_ccm_token(http, mp, proof_type="AAD", bearer=token.token, signing=self.signing,
+                                         client_id=sms_id, log=log), "AAD"
+            if mode == PKI:
+                return request_ccm_token(http, mp, proof_type="Certificate", bearer=None, signing=self.signing,
+                                         client_id=sms_id, log=log), "Certificate"
+            stored = self.client_tokens.get()
+            if stored is not None:
+                renew = self.client_tokens.due_for_renewal()
+                if renew:
+                    log.info("The client's unique token is a month old: asking for a new one")
+                return request_ccm_token(http, mp, proof_type="ClientToken", bearer=stored["Token"],
+                                         signing=self.signing, client_id=sms_id, log=log,
+                                         renew_client_token=renew), "ClientToken"
+            if mode == BULK and self._regtoken:
+                return request_ccm_token(http, mp, proof_type="BulkRegistration", bearer=self._regtoken,
+                                         signing=self.signing, client_id=sms_id, log=log), "BulkRegistration"
+        except StsError as e:
+            raise TokenUnavailable(f"CCM_STS refused the {mode} proof: {e.code}: {e.reason}", code=e.code) from e
+        raise TokenUnavailable(f"the client has no proof for a CCM token (auth mode {mode or 'none'}, "
+                               "no unique client token)", code="NoProof")
+
+    # -- CcmMessaging ---------------------------------------------------------------------------
+    def vdir(self, mp: ManagementPoint, *, windows_auth: bool = False) -> str:
+        if mp.token_auth:
+            return "ccm_system_tokenauth"
+        if windows_auth:
+            return "ccm_system_windowsauth"
+        return "ccm_system"
+
+    def send(self, mp: ManagementPoint, endpoint: str, body: str, *, log: logging.Logger, signed: bool = False,
+             windows_auth: bool = False, prefix: str = "ccmhttp", flags: str = "0x4200",
+             options: str = "0x1e0", remote_sync: bool = False) -> Reply:
+        info = self.device.info
+        header = cm.MsgHeader(target_endpoint=endpoint, target_host=mp.host, source_host=info.name,
+                              source_id=self.state.sms_id if signed else None,
+                              reply_to=f"direct:{info.name}:SccmMessaging")
+        if remote_sync:
+            log.info(f"Sending remote sync message '{header.id}' to host '{mp.name}' endpoint '{endpoint}'. "
+                     f"Flags 0x280, sender account {SYSTEM_SID}")
+        token = self.ccm_token(mp, log) if mp.token_auth else None
+        raw = cm.encode_request(header, body, signer=self.signing.key() if signed else None)
+        path = mp.path(f"{self.vdir(mp, windows_auth=windows_auth)}/request")
+        url = mp.base + path
+        log.info(f"{prefix}: Host={mp.host}, Path={path}, Port={mp.port}, Protocol={mp.scheme}, "
+                 f"CcmTokenAuth={int(token is not None)}, Flags={flags}, Options={options}")
+        if mp.scheme == "https":
+            log.info(f"Target URL scheme is HTTPS: {url}")
+        headers = {"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT}
+        if token is not None:
+            log.info("Appending CCM Token to the header.")
+            headers["Authorization"] = f"Bearer {token}"
+        http = self.http(mp)
+        try:
+            if windows_auth:
+                reply = self._negotiate(http, url, raw, headers)
+            else:
+                reply = http.request("CCM_POST", url, content=raw, headers=headers)
+        except httpx.HTTPError as e:
+            err = classify(e)
+            log.error(f"Failed to send message '{header.id}' to {url}: {err.text}. Error 0x{err.hresult:08X}")
+            raise MessagingError(f"{err.text} (0x{err.hresult:08X})", hresult=err.hresult) from e
+        if reply.status_code != 200:
+            code, reason = _error_body(reply)
+            log.error(f"Message '{header.id}' to {url} failed: HTTP {reply.status_code} {code}: {reason}")
+            raise MessagingError(f"HTTP {reply.status_code} {code}: {reason}", status=reply.status_code, code=code)
+        if not reply.content:
+            log.error(f"Message '{header.id}' got an empty reply from {url} (not registered, or a bad signature)")
+            raise MessagingError("empty reply", status=200, code="EmptyReply")
+        try:
+            reply_header, reply_body = cm.decode_reply(reply.content, reply.headers.get("content-type"))
+        except cm.CcmMessageError as e:
+            log.error(f"Message '{header.id}': the reply cannot be parsed: {e}")
+            raise MessagingError(f"bad reply: {e}") from e
+        log.info(f"Message '{header.id}' got reply message '{reply_header.id}' to endpoint 'dummy'")
+        return Reply(reply_header, reply_body)
+
+    def _negotiate(self, http: httpx.Client, url: str, raw: bytes, headers: dict[str, str]) -> httpx.Response:
+        """NTLM over one connection, as the machine account (LSA secret of a domain-joined device)."""
+        import spnego
+
+        account = machine_account(self.device)
+        if account is None:
+            raise NetworkError(0x8009030E, "this device has no domain machine account (not domain joined)")
+        ctx = spnego.client(account["username"], account["password"], hostname=httpx.URL(url).host,
+                            service="HTTP", protocol="ntlm")
+        def auth(token: bytes | None) -> dict[str, str]:
+            return {**headers, "Authorization": f"NTLM {base64.b64encode(token or b'').decode()}"}
+
+        reply = http.request("CCM_POST", url, content=raw, headers=auth(ctx.step()))
+        for _ in range(2):
+            if reply.status_code != 401:
+                return reply
+            challenge = next((v.split(" ", 1)[1] for k, v in reply.headers.multi_items()
+                              if k.lower() == "www-authenticate" and v.startswith(("NTLM ", "Negotiate "))), None)
+            if challenge is None:
+                return reply
+            reply = http.request("CCM_POST", url, content=raw, headers=auth(ctx.step(base64.b64decode(challenge))))
+        return reply
+
+    # -- plain GETs through the same door (content, policy bodies) ------------------------------
+    def get(self, mp: ManagementPoint, url: str, log: logging.Logger, *, token: bool | None = None,
+            headers: dict[str, str] | None = None) -> httpx.Response:
+        hdrs = dict(headers or {})
+        if token if token is not None else mp.token_auth:
+            hdrs["Authorization"] = f"Bearer {self.ccm_token(mp, log)}"
+            log.info("Appending CCM Token to the header.")
+        try:
+            return self.http(mp).get(url, headers=hdrs)
+        except httpx.HTTPError as e:
+            err = classify(e)
+            log.error(f"Failed to get {url}: {err.text}. Error 0x{err.hresult:08X}")
+            raise MessagingError(f"{err.text} (0x{err.hresult:08X})", hresult=err.hresult) from e
+
+
+def _error_body(reply: httpx.Response) -> tuple[str, str]:
+    try:
+        body = reply.json()
+        return str(body.get("Error", "")), str(body.get("Reason", ""))
+    except ValueError:
+        return "", reply.text[:200]

@@ -1,0 +1,5 @@
+import sys
+
+from client_agent.ccmexec import main
+
+sys.exit(main())

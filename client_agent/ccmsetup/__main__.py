@@ -1,0 +1,5 @@
+import sys
+
+from client_agent.ccmsetup import main
+
+sys.exit(main())

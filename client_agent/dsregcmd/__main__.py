@@ -1,0 +1,5 @@
+import sys
+
+from client_agent.dsregcmd.cli import main
+
+sys.exit(main())

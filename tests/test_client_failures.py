@@ -1,0 +1,214 @@
+"""Flow 8: the seed's common failures. Each: a non-zero ccmsetup exit code, the reason in ccmsetup.log,
+nothing half-written (no client state, no cached token), and a re-run that succeeds once the cause is
+fixed. Plus the seed's user-token fallback when the device token fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from client_agent.certstore import ROOT
+from client_agent.device import Device
+from client_agent.testing import assert_lines, log_of, new_device, run, wait_cmg_ready
+from cmglab.processes import LabProcesses
+from services.runtime.lab import Lab
+from tests.conftest import lab_client
+from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup, joined_device
+
+
+@pytest.fixture(scope="module", autouse=True)
+def services(lab: Lab, lab_services: LabProcesses) -> None:
+    lab_services.ensure(*SERVICES)
+    with lab_client(lab) as c:
+        wait_cmg_ready(lab.url("cmg"), lab.config.site.role_id, c)
+
+
+def assert_clean(device: Device) -> None:
+    assert not device.client_path.exists(), "client state left behind"
+    assert not device.token_cache_path.exists(), "a CCM token left behind"
+    assert not device.client_token_path.exists()
+    assert not (device.ccm_dir / "client.msi").exists()
+
+
+def install(lab: Lab, device: Device, *extra: str) -> subprocess.CompletedProcess[str]:
+    return ccmsetup(device, f"CCMHOSTNAME={ccmhostname(lab)}", "SMSSITECODE=MEM", *extra)
+
+
+def test_root_ca_missing(lab: Lab, tmp_path: Path) -> None:
+    device = joined_device(lab, tmp_path / "dev")
+    roots = [(c.cert(), c.friendly_name) for c in device.stores.certificates(ROOT)]
+    for c in device.stores.certificates(ROOT):
+        device.stores.remove(ROOT, c.thumbprint)
+    r = install(lab, device)
+    assert r.returncode == 6
+    assert_lines(device, "ccmsetup.log", r"0x800B0109", r"not in the device's Trusted Root store",
+                 r"CcmSetup is exiting with return code 6")
+    assert_clean(device)
+    for cert, friendly in roots:
+        device.stores.add(ROOT, cert, friendly_name=friendly)
+    assert install(lab, device).returncode == 0
+
+
+def test_crl_unreachable_then_nocrlcheck(lab: Lab, tmp_path: Path) -> None:
+    device = joined_device(lab, tmp_path / "dev")
+    shutil.rmtree(device.crl_cache)  # a device that never fetched the CRLs
+    hosts = device.hosts_path.read_text()
+    pki = lab.config.hosts.pki
+    # the CRL host is unreachable from this device (its address answers nothing)
+    device.write_hosts([line if not line.startswith(f"{pki}:") else line.rsplit(":", 1)[0] + ":127.0.0.9"
+                        for line in hosts.splitlines()])
+    r = install(lab, device)
+    assert r.returncode == 6
+    assert_lines(device, "ccmsetup.log", r"0x80092013", r"revocation server was offline",
+                 r"Certificate revocation check failed: .*/nocrlcheck")
+    assert_clean(device)
+    r = install(lab, device, "/nocrlcheck")
+    assert r.returncode == 0, r.stderr
+    assert "Enabled SSL revocation check." not in log_of(device, "ccmsetup.log").split("/nocrlcheck")[-1]
+
+
+def test_no_wpj_certificate(lab: Lab, tmp_path: Path) -> None:
+    device = new_device(lab.dir, tmp_path / "dev")
+    r = install(lab, device)
+    assert r.returncode == 6
+    assert_lines(device, "ccmsetup.log", r"the WPJ certificate is not found", r"dsregcmd /status")
+    assert_clean(device)
+    u = lab.config.primary_tenant.users[0]
+    assert run("client_agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
+               "--password", u.password).returncode == 0
+    assert install(lab, device).returncode == 0
+
+
+def test_tenant_not_onboarded(lab: Lab, tmp_path: Path) -> None:
+    other = lab.config.tenants[1]
+    assert not other.onboarded
+    device = joined_device(lab, tmp_path / "dev", tenant=1)
+    r = install(lab, device)
+    assert r.returncode == 6
+    assert_lines(device, "ccmsetup.log", r"Getting AAD info from CMG '",
+                 rf"no AAD information for tenant {other.tenant_id}: the tenant is not onboarded")
+    assert_clean(device)
+    # fixed by joining the onboarded tenant
+    assert run("client_agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
+    u = lab.config.primary_tenant.users[0]
+    assert run("client_agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
+               "--password", u.password).returncode == 0
+    assert install(lab, device).returncode == 0
+
+
+def test_device_and_user_token_both_unavailable(lab: Lab, tmp_path: Path) -> None:
+    device = joined_device(lab, tmp_path / "dev")
+    # the device object is deleted in Entra (from a copy of the device): Entra refuses both tokens
+    copy = tmp_path / "copy"
+    shutil.copytree(device.home, copy)
+    assert run("client_agent.dsregcmd", "/leave", "--home", str(copy)).returncode == 0
+    r = install(lab, device)
+    assert r.returncode == 6
+    assert_lines(device, "ccmsetup.log", r"Getting AAD \(device\) token with",
+                 r"Failed to get AAD token for 'S-1-5-18' from WAM API\. Error 0x",
+                 r"Falling back to get user '\S+' token for system\.\.\.",
+                 r"Getting AAD \(user\) token with: ClientId = ", r"Failed to get AAD \(user\) token",
+                 r"Failed to get a CCM token: neither a device nor a user token is available")
+    assert_clean(device)
+    assert run("client_agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
+    u = lab.config.primary_tenant.users[0]
+    assert run("client_agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
+               "--password", u.password).returncode == 0
+    assert install(lab, device).returncode == 0
+
+
+def test_user_token_fallback(lab: Lab, tmp_path: Path, admin_headers: dict[str, str]) -> None:
+    """Seed 001: the WAM device-token request fails, the user token is used instead."""
+    device = joined_device(lab, tmp_path / "dev")
+    with lab_client(lab) as c:
+        r = c.post(f"{lab.url('entra')}/_lab/faults", headers=admin_headers,
+                   json={"path": "/oauth2/token", "method": "POST", "status": 500, "times": 1})
+        assert r.status_code in (200, 201), r.text
+        try:
+            result = install(lab, device)
+        finally:
+            c.delete(f"{lab.url('entra')}/_lab/faults", headers=admin_headers)
+    assert result.returncode == 0, result.stderr
+    assert_lines(device, "ccmsetup.log", r"WAM token request failed\. Status 5",
+                 r"Falling back to get user '\S+' token for system\.\.\.",
+                 r"Getting AAD \(user\) token with: ClientId = [0-9a-f-]+, ResourceUrl = \S+, AccountId = \S+",
+                 r"Retrieved AAD token for AAD user '[0-9a-f-]{36}'")
+
+
+def new_bulk_token(lab: Lab, minutes: int = 60) -> dict[str, str]:
+    r = run("cmglab", "bulk-token", "new", "--lab", str(lab.dir), "--lifetime", str(minutes), "--json")
+    assert r.returncode == 0, r.stderr
+    doc: dict[str, str] = json.loads(r.stdout)
+    return doc
+
+
+def test_blocked_bulk_token(lab: Lab, tmp_path: Path) -> None:
+    bulk = new_bulk_token(lab)
+    guid = next(v for k, v in bulk.items() if k.lower() in ("guid", "token_guid", "unique_id", "id"))
+    assert run("cmglab", "bulk-token", "block", guid, "--lab", str(lab.dir)).returncode == 0
+    device = new_device(lab.dir, tmp_path / "dev")
+    r = install(lab, device, f"/regtoken:{bulk['token']}")
+    assert r.returncode == 6
+    assert_lines(device, "ccmsetup.log", r"BulkTokenBlocked", r"/regtoken:<redacted \d+ characters>")
+    assert_clean(device)
+    assert bulk["token"] not in log_of(device, "ccmsetup.log")
+    assert run("cmglab", "bulk-token", "unblock", guid, "--lab", str(lab.dir)).returncode == 0
+    r = install(lab, device, f"/regtoken:{bulk['token']}")
+    assert r.returncode == 0, r.stderr
+
+
+def test_revoked_client_certificate(lab: Lab, tmp_path: Path) -> None:
+    device = new_device(lab.dir, tmp_path / "dev", "--name", "REVOKED1")
+    enrol = run("cmglab", "device", "enrol", "--lab", str(lab.dir), "--home", str(device.home))
+    assert enrol.returncode == 0, enrol.stderr
+    label = enrol.stdout.strip()
+    assert run("cmglab", "pki", "revoke", label, "--lab", str(lab.dir)).returncode == 0
+    time.sleep(1.5)  # the CMG reloads the CRL files when they change
+    r = install(lab, device, "/usepkicert")
+    assert r.returncode == 6
+    assert_lines(device, "ccmsetup.log", r"Found a valid PKI client authentication certificate",
+                 r"CCM_STS refused the pki proof: 0x80072(EFD|F8F)",
+                 r"it refused the client authentication certificate \(revoked")
+    assert_clean(device)
+    # fixed: the revoked certificate replaced by a new one
+    revoked = [c.thumbprint for c in device.stores.certificates("My")]
+    assert run("cmglab", "device", "enrol", "--lab", str(lab.dir), "--home", str(device.home)).returncode == 0
+    for thumbprint in revoked:
+        device.stores.remove("My", thumbprint)
+    assert len(device.stores.pki_client_certs()) == 1
+    r = install(lab, device, "/usepkicert")
+    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-2000:]
+
+
+def test_allow_cmg_off(lab: Lab, tmp_path: Path, admin_headers: dict[str, str]) -> None:
+    device = joined_device(lab, tmp_path / "dev")
+    mp = lab.url("management-point")
+    heartbeat = lab.settings.channel_heartbeat
+
+    def set_allow(value: bool) -> None:
+        with lab_client(lab) as c:
+            assert c.post(f"{mp}/_lab/site", headers=admin_headers, json={"allow_cmg": value}).status_code == 200
+            deadline = time.monotonic() + 4 * heartbeat + 10
+            while time.monotonic() < deadline:  # until the connection point republished the config
+                reply = c.get(f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/{lab.config.site.role_id}/CCM_STS")
+                if (reply.status_code == 404) != value:
+                    return
+                time.sleep(0.5)
+            raise AssertionError("the CMG did not pick up the site setting")
+
+    set_allow(False)
+    try:
+        r = install(lab, device)
+        assert r.returncode == 6
+        assert_lines(device, "ccmsetup.log", r"HTTP 404", r"Allow clients to use a cloud management gateway")
+        assert_clean(device)
+    finally:
+        set_allow(True)
+    assert install(lab, device).returncode == 0
+
+
