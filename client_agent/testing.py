@@ -48,20 +48,3 @@ def new_device(lab_dir: Path, home: Path, *options: str) -> Device:
     result = run("cmglab", "device", "create", "--lab", str(lab_dir), "--home", str(home), *options)
     assert result.returncode == 0, result.stderr + result.stdout
     return Device.open(home)
-
-
-def wait_cmg_ready(cmg_url: str, role_id: int, client: object, timeout: float = 40) -> None:
-    """Until the connection point has published the site to the CMG (no more 503 SiteNotConnected)."""
-    import time
-
-    import httpx
-
-    assert isinstance(client, httpx.Client)
-    deadline = time.monotonic() + timeout
-    while True:
-        reply = client.get(f"{cmg_url}/CCM_Proxy_ServerAuth/{role_id}/CCM_STS")
-        if reply.status_code != 503:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the CMG is not ready: {reply.text}")
-        time.sleep(0.5)

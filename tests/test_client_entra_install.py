@@ -12,10 +12,9 @@ import pytest
 from client_agent.ccm.context import ClientState
 from client_agent.ccm.tokens import TokenCache
 from client_agent.device import Device
-from client_agent.testing import assert_lines, log_of, new_device, run, wait_cmg_ready
+from client_agent.testing import assert_lines, log_of, new_device, run
 from cmglab.processes import LabProcesses
 from services.runtime.lab import Lab
-from tests.conftest import lab_client
 
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 
@@ -23,8 +22,6 @@ SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 @pytest.fixture(scope="module", autouse=True)
 def services(lab: Lab, lab_services: LabProcesses) -> None:
     lab_services.ensure(*SERVICES)
-    with lab_client(lab) as c:
-        wait_cmg_ready(lab.url("cmg"), lab.config.site.role_id, c)
 
 
 def ccmhostname(lab: Lab) -> str:

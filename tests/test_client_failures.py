@@ -14,7 +14,7 @@ import pytest
 
 from client_agent.certstore import ROOT
 from client_agent.device import Device
-from client_agent.testing import assert_lines, log_of, new_device, run, wait_cmg_ready
+from client_agent.testing import assert_lines, log_of, new_device, run
 from cmglab.processes import LabProcesses
 from services.runtime.lab import Lab
 from tests.conftest import lab_client
@@ -24,8 +24,6 @@ from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup, joi
 @pytest.fixture(scope="module", autouse=True)
 def services(lab: Lab, lab_services: LabProcesses) -> None:
     lab_services.ensure(*SERVICES)
-    with lab_client(lab) as c:
-        wait_cmg_ready(lab.url("cmg"), lab.config.site.role_id, c)
 
 
 def assert_clean(device: Device) -> None:

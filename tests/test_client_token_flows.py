@@ -11,10 +11,9 @@ import pytest
 from client_agent.ccm.context import ClientState
 from client_agent.ccm.tokens import ClientTokenStore
 from client_agent.device import Device
-from client_agent.testing import assert_lines, log_of, new_device, run, wait_cmg_ready
+from client_agent.testing import assert_lines, log_of, new_device, run
 from cmglab.processes import LabProcesses
 from services.runtime.lab import Lab
-from tests.conftest import lab_client
 from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup
 from tests.test_client_failures import assert_clean, new_bulk_token
 
@@ -22,8 +21,6 @@ from tests.test_client_failures import assert_clean, new_bulk_token
 @pytest.fixture(scope="module", autouse=True)
 def services(lab: Lab, lab_services: LabProcesses) -> None:
     lab_services.ensure(*SERVICES)
-    with lab_client(lab) as c:
-        wait_cmg_ready(lab.url("cmg"), lab.config.site.role_id, c)
 
 
 def everything(device: Device) -> bytes:

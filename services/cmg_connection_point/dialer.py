@@ -49,7 +49,7 @@ class SiteConfig:
 
     async def get(self) -> dict[str, Any] | None:
         async with self._lock:
-            if time.monotonic() - self.fetched_at < self.max_age:
+            if self.value is not None and time.monotonic() - self.fetched_at < self.max_age:
                 return self.value
             self.fetched_at = time.monotonic()
             try:
@@ -185,7 +185,8 @@ class Channel:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat)
+            # until the site's configuration arrives (the MP may start after the point), ask every second
+            await asyncio.sleep(self.heartbeat if self.site.value is not None else min(1.0, self.heartbeat))
             if time.monotonic() - self.last_heard > self.heartbeat * 3:
                 raise TimeoutError(f"no answer from the CMG for {self.heartbeat * 3:g} s")
             await self._send_config()

@@ -66,7 +66,7 @@ def site_information(mp: MP, root: Element, caller: Caller) -> str:
         f'<Capabilities SchemaVersion="1.0"><Property Name="SSLState" Value="63"/>'
         f'<Property Name="TokenAuth" Value="1"/></Capabilities>'
         f"<Forest>{escape(mp.lab.config.active_directory.dns_name)}</Forest>"
-        f"<OnInternet>{int(caller.internet)}</OnInternet><InternetName>{mp.lab.config.hosts.cmg}</InternetName>"
+        f"<OnInternet>{int(caller.internet)}</OnInternet><InternetName>{cmg_authority(mp)}</InternetName>"
         f"<IntranetName>{mp.fqdn}</IntranetName></Site></SiteInfoReply>"
     )
 
@@ -79,6 +79,11 @@ def _der():  # type: ignore[no-untyped-def]
 
 def cmg_base(mp: MP) -> str:
     return mp.lab.url("cmg")
+
+
+def cmg_authority(mp: MP) -> str:
+    """The CMG as clients name it in CCMHOSTNAME and MP lists: host[:port] (the port when not 443)."""
+    return cmg_base(mp).removeprefix("https://")
 
 
 def content_location(mp: MP, root: Element, caller: Caller) -> str:
@@ -137,7 +142,7 @@ def mp_location(mp: MP, root: Element, caller: Caller) -> str:
     mps = []
     if caller.internet:
         prefix = "CCM_Proxy_MutualAuth"
-        mps.append((f"{mp.lab.config.hosts.cmg}/{prefix}/{site.role_id}", "1"))
+        mps.append((f"{cmg_authority(mp)}/{prefix}/{site.role_id}", "1"))
     mps.append((mp.fqdn, "0"))
     mp.logs.location.info(f"MP location request ({root.tag}): {', '.join(m[0] for m in mps)}")
     records = "".join(
