@@ -5,3 +5,6 @@
 - `ccmexec`: the installed client (CcmExec: ClientIDManagerStartup, CcmMessaging, LocationServices,
   PolicyAgent), one cycle or a loop.
 """
+
+# the device's console scripts (ccmsetup, dsregcmd, ccmexec) need the same sys.path repair as cmglab's
+import cmglab  # noqa: F401

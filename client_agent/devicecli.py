@@ -83,3 +83,23 @@ def enrol_cmd(home: HomeOption, lab: LabOption = Path(".cmglab")) -> None:
     """Enrol a PKI client-authentication certificate (prints its PKI name, for `cmglab pki revoke`)."""
     dev = Device.open(home)
     typer.echo(enrol(dev, _lab(lab)))
+
+
+@app.command()
+def onboard(home: HomeOption, lab: LabOption = Path(".cmglab")) -> None:
+    """Make the device if needed, join it to Entra and install the client through the CMG: the commands
+    `cmglab up` prints, run in order (the compose lab's `client` service runs this)."""
+    import subprocess
+
+    from cmglab.orchestrate import device_commands
+
+    the_lab = _lab(lab)
+    steps = device_commands(the_lab, str(home))
+    if (home / "device.json").exists():
+        steps = steps[1:]
+    for argv in steps:
+        typer.echo(f"> {' '.join(argv[:2])} ...")
+        code = subprocess.run(argv).returncode
+        if code != 0:
+            typer.echo(f"{argv[0]} exited with {code}", err=True)
+            raise typer.Exit(code)

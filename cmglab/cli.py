@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -227,8 +228,8 @@ def up(lab: LabOption = DEFAULT_LAB,
     console.print(t)
     console.print(f"hosts mapping: {the_lab.dir / 'hosts'} (clients take it from CMGLAB_HOSTS_FILE or --resolve)")
     console.print("install a device:")
-    for cmd in orchestrate.device_commands(the_lab):
-        console.print(f"  [bold]{cmd}[/bold]", soft_wrap=True)
+    for argv in orchestrate.device_commands(the_lab):
+        console.print(f"  {shlex.join(argv)}", soft_wrap=True, markup=False, highlight=False)
     if detach:
         console.print("running in the background; stop it with [bold]cmglab down[/bold]")
         return

@@ -90,17 +90,17 @@ def health(lab: Lab, services: tuple[str, ...] = SERVICES) -> dict[str, str]:
     return out
 
 
-def device_commands(lab: Lab, home: str = "./device01") -> list[str]:
-    """The commands that join a device to Entra and install the client through the CMG."""
+def device_commands(lab: Lab, home: str = "./device01") -> list[list[str]]:
+    """The commands that make a device, join it to Entra and install the client through the CMG
+    (`cmglab device create` gives the device the lab's root CA and name mapping)."""
     c = lab.config
     user = c.primary_tenant.users[0]
-    cmg = c.hosts.cmg if lab.port("cmg") == 443 else f"{c.hosts.cmg}:{lab.port('cmg')}"
-    hosts = "" if c.compose else f"CMGLAB_HOSTS_FILE={lab.dir / 'hosts'} "
+    cmg = lab.url("cmg").removeprefix("https://")
     return [
-        f"cmglab device create --lab {lab.dir} --home {home}",
-        f"{hosts}dsregcmd /join --home {home} --username {user.upn} --password '{user.password}'",
-        f"{hosts}ccmsetup --home {home} CCMHOSTNAME={cmg}/CCM_Proxy_MutualAuth/{c.site.role_id} "
-        f"SMSSITECODE={c.site.code}",
+        ["cmglab", "device", "create", "--lab", str(lab.dir), "--home", home],
+        ["dsregcmd", "/join", "--home", home, "--username", user.upn, "--password", user.password],
+        ["ccmsetup", "--home", home, f"CCMHOSTNAME={cmg}/CCM_Proxy_MutualAuth/{c.site.role_id}",
+         f"SMSSITECODE={c.site.code}"],
     ]
 
 
