@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from fastapi import FastAPI
 
 from services.management_point import routes_lab, routes_messaging, routes_site, routes_sms_mp
@@ -27,19 +24,10 @@ def create_mp(lab: Lab) -> MP:
 def create_app(lab: Lab, mp: MP | None = None) -> FastAPI:
     mp = mp or create_mp(lab)
     build_package(lab)
-    sts = TokenService(mp, None)
+    # the site's synchronised copy of Entra's signing keys: the MP has no route to Entra (internal network)
+    sts = TokenService(mp, EntraKeys.from_certificates([lab.pki.entra_signing.cert()]))
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        client = lab.http_client()
-        sts.entra = EntraKeys(client, lab.entra_jwks_url())
-        try:
-            yield
-        finally:
-            await client.aclose()
-
-    app = FastAPI(title="cmglab management point", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
+    app = FastAPI(title="cmglab management point", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.mp = mp
     app.include_router(routes_messaging.router(mp, WindowsAuth(lab)))
     app.include_router(routes_sms_mp.router(mp))

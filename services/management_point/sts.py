@@ -82,7 +82,7 @@ def _unique_id(token: str) -> str:
 
 
 class TokenService:
-    def __init__(self, mp: MP, entra: EntraKeys | None) -> None:
+    def __init__(self, mp: MP, entra: EntraKeys) -> None:
         self.mp, self.entra = mp, entra
         self.log = mp.logs.sts
 
@@ -120,8 +120,6 @@ class TokenService:
     async def aad(self, req: STSRequest) -> dict[str, Any]:
         if not req.bearer:
             raise STSError(401, "InvalidProof", "an AAD proof needs the Entra token in Authorization: Bearer")
-        if self.entra is None:
-            raise STSError(503, "InvalidProof", "Entra keys are not available")
         tenants = await run_in_threadpool(self.mp.store.tenants, False)
         audiences = sorted({t["resource_uri"] for t in tenants} | {t["server_app_id"] for t in tenants})
         try:
