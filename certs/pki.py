@@ -29,7 +29,7 @@ MS_ORG_ACCESS_NAME = x509.Name([
 ])
 LAB_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cmglab")
 
-SERVER_SERVICES = ("entra", "cmg", "management-point")
+SERVER_SERVICES = ("entra", "cmg", "management-point", "console")
 CA_NAMES = ("root-ca", "issuing-ca")
 CRL_BACKDATE = timedelta(minutes=10)
 
@@ -200,8 +200,9 @@ class LabPKI:
             "entra": list(hosts.entra),
             "cmg": [hosts.cmg],
             "management-point": [hosts.management_point],
+            "console": [hosts.console],
         }[service]
-        return [*names, hosts.compose[service], "localhost", "127.0.0.1"]
+        return [*names, hosts.compose_name(service), "localhost", "127.0.0.1"]
 
     def issue(self, name: str, identity: Identity, san: list[str], ekus: list[x509.ObjectIdentifier],
               *, days: int = 825, not_before: datetime | None = None) -> Identity:

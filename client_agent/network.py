@@ -23,7 +23,7 @@ from cryptography import x509
 
 from client_agent.certstore import StoredCert
 from client_agent.device import Device
-from services.runtime import httpclient
+from services.runtime import httpclient, tracing
 
 # Windows error codes the device's logs report
 CERT_E_UNTRUSTEDROOT = 0x800B0109
@@ -223,4 +223,6 @@ class DeviceNetwork:
         ctx = self.ssl_context(client_cert)
         hosts = httpclient.parse_resolve(self.resolve)
         inner = httpclient.HostMapTransport(hosts, lambda: httpx.HTTPTransport(verify=ctx))
-        return httpx.Client(transport=_CheckingTransport(inner, self.checker()), timeout=self.timeout)
+        # every request carries W3C trace headers tagged with the device and its step (the lab console)
+        return httpx.Client(transport=_CheckingTransport(inner, self.checker()), timeout=self.timeout,
+                            event_hooks={"request": [tracing.httpx_hook(self.device.info.name)]})

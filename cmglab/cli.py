@@ -223,7 +223,7 @@ def up(lab: LabOption = DEFAULT_LAB,
     t = Table(title=f"cmglab is up ({the_lab.dir})")
     for col in ("service", "url"):
         t.add_column(col)
-    for name in ("entra", "cmg", "management-point", "pki"):
+    for name in ("entra", "cmg", "management-point", "pki", "console"):
         t.add_row(name, the_lab.url(name))
     console.print(t)
     console.print(f"hosts mapping: {the_lab.dir / 'hosts'} (clients take it from CMGLAB_HOSTS_FILE or --resolve)")
@@ -233,8 +233,8 @@ def up(lab: LabOption = DEFAULT_LAB,
     if detach:
         console.print("running in the background; stop it with [bold]cmglab down[/bold]")
         return
-    console.print("Ctrl-C stops the lab")
     import signal as _signal
+    import time as _time
 
     stop = {"now": False}
 
@@ -243,8 +243,7 @@ def up(lab: LabOption = DEFAULT_LAB,
 
     _signal.signal(_signal.SIGINT, _stop)
     _signal.signal(_signal.SIGTERM, _stop)
-    import time as _time
-
+    console.print("Ctrl-C stops the lab")  # only now: the handler is in place
     while not stop["now"]:
         _time.sleep(0.2)
     stopped = orchestrate.stop_pids(the_lab)

@@ -21,6 +21,7 @@ LOG_FILES = {
                          "MP_Policy.log"],
     "cmg": ["CMGService.log"],
     "cmg-connection-point": ["SMS_CLOUD_PROXYCONNECTOR.log"],
+    "console": [],
 }
 
 

@@ -38,6 +38,7 @@ def test_the_mp_is_reachable_only_through_the_connection_point(compose: dict[str
     assert networks(s["cmg"]) == {"internet"} and networks(s["entra"]) == {"internet"}
     assert networks(s["client"]) == {"internet"}
     assert networks(s["pki"]) == {"internet", "internal"}
+    assert networks(s["console"]) == {"internet", "internal"}  # it reads the MP's records too
 
 
 def test_entra_answers_to_the_real_microsoft_names(compose: dict[str, Any]) -> None:
@@ -48,8 +49,10 @@ def test_entra_answers_to_the_real_microsoft_names(compose: dict[str, Any]) -> N
 def test_services_wait_for_init_and_health(compose: dict[str, Any]) -> None:
     s = compose["services"]
     assert s["init"]["command"] == ["init", "--lab", "/lab", "--compose"]
-    for name in ("pki", "entra", "management-point", "cmg", "cmg-connection-point"):
+    for name in ("pki", "entra", "management-point", "cmg", "cmg-connection-point", "console"):
         assert s[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
         assert s[name]["healthcheck"]["test"] == ["CMD", "cmglab", "health", name]
     assert s["cmg-connection-point"]["depends_on"]["management-point"]["condition"] == "service_healthy"
+    for name in ("pki", "entra", "management-point", "cmg", "cmg-connection-point"):
+        assert s["console"]["depends_on"][name]["condition"] == "service_healthy"
     assert s["client"]["profiles"] == ["client"]

@@ -90,11 +90,13 @@ def test_the_printed_commands_install_a_device_and_both_sides_log_seed_001(
     wait_for(r"\[RegTask\] - Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. "
              r"Approval status 3", lambda: (logs / "CCM/Logs/ClientIDManagerStartup.log").read_text())
 
-    wait_for(r"Validated AAD token\. TokenType: UDA TenantId: ", lambda: site_log(lab, "management-point", "CCM_STS.log"))
-    sts = site_log(lab, "management-point", "CCM_STS.log")
+    def sts() -> str:
+        return site_log(lab, "management-point", "CCM_STS.log")
+
+    wait_for(r"Validated AAD token\. TokenType: UDA TenantId: ", sts)
     for line in ("ProcessRequest - Start", r"Incoming request URL: https://\S+/CCM_STS", "Issued token",
                  "Return token to client", r"Created SCCM token, token type: UDA, hierarchyId: "):
-        assert re.search(line, sts), line
+        assert re.search(line, sts()), line
     registration = site_log(lab, "management-point", "MP_RegistrationManager.log")
     assert re.search(r"Registering device using AAD auth: DeviceId='[0-9a-f-]{36}\s*', TenantId='[0-9a-f-]{36}'",
                      registration)

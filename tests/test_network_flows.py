@@ -53,11 +53,12 @@ class Network:
         return done.stdout
 
     def requests(self, service: str, from_host: str) -> list[dict]:
-        """A service's recorded requests, oldest first, asked from a host that can reach it."""
+        """A service's recorded requests in the order they arrived, asked from a host that can reach it
+        (records are kept in the order requests finish: a streamed reply can finish after the next arrives)."""
         code = (f"import httpx,json;from cmglab.processes import LabProcesses;from services.runtime.lab import Lab;"
                 f"c=LabProcesses(Lab.load()).client();"
                 f"print(json.dumps(c.get('{self.lab.url(service)}/_lab/requests?limit=2000').json()['requests']))")
-        return list(reversed(json.loads(self.python(self.hosts[from_host], code))))
+        return sorted(json.loads(self.python(self.hosts[from_host], code)), key=lambda r: r["started"])
 
 
 def host_mappings(lab: Lab, topo: Topology, hosts: dict[str, Host]) -> dict[str, list[str]]:

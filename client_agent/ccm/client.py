@@ -25,6 +25,7 @@ from client_agent.certstore import StoredCert
 from client_agent.device import SYSTEM_SID, Device
 from client_agent.network import DeviceNetwork, NetworkError, classify
 from services.runtime import ccm_messaging as cm
+from services.runtime import tracing
 
 MACHINE_ACCOUNT_PURPOSE = "LSA machine account"
 
@@ -87,6 +88,8 @@ class CcmClient:
         expires = self.cache.expires()
         if expires is not None and announce_expiry:
             log.info(f"CCM Token for '{SYSTEM_SID}' ({local_time(expires)}) is already expired or close to expire")
+            with tracing.operation(self.device.info.name, "renewal"):
+                return self.renew_token(mp, log)
         return self.renew_token(mp, log)
 
     def renew_token(self, mp: ManagementPoint, log: logging.Logger, *, adal_logs: Logs | None = None) -> str:

@@ -9,6 +9,7 @@ from client_agent.ccm.client import CcmClient, MessagingError
 from client_agent.ccm.cms import CMSError, decrypt_enveloped
 from client_agent.ccm.context import ManagementPoint
 from client_agent.protect import write_private
+from services.runtime import tracing
 from services.runtime.ccm_messaging import client_token_headers, decode_utf16, parse_xml, utc_timestamp
 
 SECRET_FLAG = 4
@@ -85,9 +86,10 @@ class PolicyAgent:
         return text
 
     def evaluate(self, mp: ManagementPoint) -> int:
-        assignments = self.request_assignments(mp)
-        for a in assignments:
-            self.download(mp, a)
+        with tracing.operation(self.client.device.info.name, "policy"):
+            assignments = self.request_assignments(mp)
+            for a in assignments:
+                self.download(mp, a)
         self.client.state.last_policy = utc_timestamp()
         self.client.state.save(self.client.device)
         self.log.info(f"Policy evaluation complete: {len(assignments)} policies applied")

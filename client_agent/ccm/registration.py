@@ -10,6 +10,7 @@ import uuid
 from client_agent.adal import Logs
 from client_agent.ccm.client import CcmClient, MessagingError, TokenUnavailable
 from client_agent.ccm.context import AAD, BULK, DOMAIN, PKI, SELF_SIGNED, TOKEN, ManagementPoint
+from services.runtime import tracing
 from services.runtime.ccm_messaging import cert_hex, parse_xml, registration_request, utc_timestamp
 
 ATTEMPTS_ENV = "CMGLAB_REGTASK_ATTEMPTS"
@@ -60,7 +61,8 @@ class ClientIDManager:
         for attempt in range(1, attempts + 1):
             self.log.info(f"[RegTask] - Starting registration, attempt {attempt}.")
             try:
-                self._attempt(mp, proposed)
+                with tracing.operation(self.client.device.info.name, "registration"):
+                    self._attempt(mp, proposed)
                 return
             except (MessagingError, TokenUnavailable, RegistrationFailed) as e:
                 last = e

@@ -41,6 +41,7 @@ from client_agent.entra import (
 )
 from client_agent.network import DeviceNetwork
 from client_agent.protect import write_private
+from services.runtime import tracing
 
 WAM_PURPOSE = "WAM accounts"
 
@@ -71,7 +72,7 @@ class Joiner:
         domain = username.rpartition("@")[2]
         if not domain:
             raise JoinError(f"{username!r} is not a user principal name (user@domain)")
-        with self.network.client() as http:
+        with self.network.client() as http, tracing.operation(self.device.info.name, "join"):
             entra = self._client(http)
             self.log.info(f"Stage A: OpenID discovery for '{domain}'")
             oidc = entra.openid_configuration(domain)

@@ -18,7 +18,9 @@ from starlette.responses import Response, StreamingResponse
 
 from services.cmg.channel import Aborted, ChannelClosed, Hub, Stream
 from services.cmg.errors import CMGError, no_point
+from services.runtime.admin import current_span
 from services.runtime.cmg_channel import RequestHead, end_to_end
+from services.runtime.tracing import propagate
 
 # a client may not speak for the CMG: identity headers come from the CMG's own checks only
 _DROP_FROM_CLIENT = frozenset({"client-cert", "client-cert-chain", "x-forwarded-for", "x-forwarded-host",
@@ -71,7 +73,9 @@ class Proxy:
         url = external_url(request)
         head = RequestHead(
             method=request.method, url=url,
-            headers=end_to_end(list(request.headers.items()), drop=_DROP_FROM_CLIENT),
+            # the frame carries the client's trace on, with the CMG's span as the point's parent
+            headers=propagate(end_to_end(list(request.headers.items()), drop=_DROP_FROM_CLIENT),
+                              current_span(request)),
             client_cert=client_cert, client=request.client.host if request.client else None,
             auth_kind=auth_kind, content_length=int(length) if length and length.isdigit() else None,
             has_body=(length is not None and length != "0") or "transfer-encoding" in request.headers,

@@ -30,6 +30,7 @@ from services.runtime.cmg_channel import (
     encode,
     end_to_end,
 )
+from services.runtime.tracing import TRACEPARENT, TRACESTATE, ServerSpan, header_value, propagate
 
 Send = Callable[[bytes], Awaitable[None]]
 BodyItem = bytes | None | BaseException  # a chunk, the end, or an abort from the CMG
@@ -62,12 +63,15 @@ class Forwarder:
                      config: dict[str, Any] | None, cmg: str) -> None:
         started = time.perf_counter()
         sizes = {"in": 0, "out": 0}
+        traceparent = header_value(head.headers, TRACEPARENT)
+        span = ServerSpan.incoming(traceparent, header_value(head.headers, TRACESTATE))
         rec: dict[str, Any] = {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "service": "cmg-connection-point",
+            "started": datetime.now(UTC).isoformat(timespec="microseconds"), "service": "cmg-connection-point",
             "method": head.method, "url": head.url, "path": head.url.split("://", 1)[-1].partition("/")[2],
             "status": 0, "message_id": str(msg_id), "connection_point": self.name, "cmg": cmg,
             "auth_kind": head.auth_kind, "client_cert_subject": _subject_of(head.client_cert),
-            "client_cert_forwarded": head.client_cert is not None,
+            "client_cert_forwarded": head.client_cert is not None, "traceparent": traceparent,
+            **span.record_fields(),
         }
         rec["path"] = "/" + rec["path"].split("?", 1)[0]
         rw: Rewrite | None = None
@@ -78,7 +82,7 @@ class Forwarder:
                 raise _Abort(404, str(e)) from e
             rec["rewritten_url"] = rw.internal_url
             self.log.info(rw.log_line())
-            status, reason = await self._call(msg_id, head, rw, body, send, sizes)
+            status, reason = await self._call(msg_id, head, rw, body, send, sizes, span)
             rec["status"] = status
             elapsed = round((time.perf_counter() - started) * 1000)
             self.log.info(f"MessageID: {msg_id} RequestURI: {rw.internal_url} EndpointName: {rw.endpoint} "
@@ -105,7 +109,9 @@ class Forwarder:
         finally:
             rec["request_bytes"], rec["response_bytes"] = sizes["in"], sizes["out"]
             rec["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            self.state.requests.appendleft(rec)
+            # like the recorder middleware's records: `time` is when the hop ended (start = time - elapsed)
+            rec["time"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+            self.state.add(rec)
 
     async def _body(self, body: asyncio.Queue[BodyItem], sizes: dict[str, int]) -> AsyncIterator[bytes]:
         while True:
@@ -118,7 +124,7 @@ class Forwarder:
             yield item
 
     async def _call(self, msg_id: uuid.UUID, head: RequestHead, rw: Rewrite, body: asyncio.Queue[BodyItem],
-                    send: Send, sizes: dict[str, int]) -> tuple[int, str]:
+                    send: Send, sizes: dict[str, int], span: ServerSpan) -> tuple[int, str]:
         fault = self.state.match_fault(head.method, "/" + rw.internal_url.split("://", 1)[-1].partition("/")[2])
         if fault is not None:
             if fault.rule.delay_ms:
@@ -127,7 +133,7 @@ class Forwarder:
                 raise _Abort(fault.rule.status, "fault injected at the connection point")
             if fault.rule.drop:
                 raise _Abort(502, "fault injected at the connection point: dropped")
-        headers = end_to_end(head.headers, drop=_DROP)
+        headers = propagate(end_to_end(head.headers, drop=_DROP), span)  # the MP's parent is this hop
         if head.client_cert:
             headers.append((CLIENT_CERT_HEADER, f":{head.client_cert}:"))
         content = self._body(body, sizes) if head.has_body else None

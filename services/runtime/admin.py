@@ -5,7 +5,9 @@
 - `POST /_lab/reset` and `GET|POST|DELETE /_lab/faults`, guarded by the lab admin token
   (`Authorization: Bearer <admin-token>`).
 
-The recorder and the fault injector are plain ASGI middleware around the whole app.
+The recorder and the fault injector are plain ASGI middleware around the whole app. Each record is
+also the request's server span (`services.runtime.tracing`): trace and span IDs, the caller's span, the
+`tracestate`; with `CMGLAB_OTLP_ENDPOINT` set it is exported to an OpenTelemetry collector as well.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import json
 import re
 import secrets
 import time
@@ -27,8 +30,12 @@ from pydantic import BaseModel
 
 from services.runtime.certinfo import client_cert, subject, thumbprint
 from services.runtime.lab import Lab
+from services.runtime.tracing import TRACEPARENT, TRACESTATE, ServerSpan, SpanExporter
 
 RECORD_KEY = "cmglab.record"
+SPAN_KEY = "cmglab.span"
+# an error reply's JSON body is read up to this size for the reason a service gave (the console shows it)
+_REASON_BODY_MAX = 8192
 ADMIN_PREFIX = "/_lab/"
 
 Scope = dict[str, Any]
@@ -39,6 +46,15 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 def record(request: Request) -> dict[str, Any]:
     """The current request's record: routes add auth_kind, auth_subject, rewritten_url, ... to it."""
     return request.scope.setdefault(RECORD_KEY, {})
+
+
+def current_span(request: Request) -> ServerSpan:
+    """The request's server span: what a call made on its behalf carries on (`tracing.propagate`)."""
+    span = request.scope.get(SPAN_KEY)
+    if span is None:  # an app without the recorder (unit tests): a span of its own
+        span = request.scope[SPAN_KEY] = ServerSpan.incoming(request.headers.get(TRACEPARENT),
+                                                              request.headers.get(TRACESTATE))
+    return span  # type: ignore[no-any-return]
 
 
 class FaultRule(BaseModel):
@@ -61,11 +77,21 @@ class _Fault:
 class LabState:
     """Recorded requests and fault rules of one process."""
 
-    def __init__(self, service: str, size: int) -> None:
+    def __init__(self, service: str, size: int, exporter: SpanExporter | None = None) -> None:
         self.service = service
         self.requests: deque[dict[str, Any]] = deque(maxlen=size)
         self.faults: list[_Fault] = []
         self._ids = itertools.count(1)
+        self.last_seq = 0  # never reset: a reader polls with ?after=<the last seq it saw>
+        self.exporter = exporter
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Record one request (newest first) and export it as a span when a collector is configured."""
+        self.last_seq += 1
+        entry["seq"] = self.last_seq
+        self.requests.appendleft(entry)
+        if self.exporter is not None:
+            self.exporter.export(entry)
 
     def add_fault(self, rule: FaultRule) -> _Fault:
         fault = _Fault(next(self._ids), rule, re.compile(rule.path, re.IGNORECASE))
@@ -108,8 +134,12 @@ class LabMiddleware:
             return
         started = time.perf_counter()
         rec: dict[str, Any] = scope.setdefault(RECORD_KEY, {})
+        rec["started"] = datetime.now(UTC).isoformat(timespec="microseconds")  # order of arrival
         headers = dict(scope["headers"])
         sizes = {"in": 0, "out": 0, "status": 0}
+        scope[SPAN_KEY] = ServerSpan.incoming(headers.get(b"traceparent", b"").decode("latin-1"),
+                                              headers.get(b"tracestate", b"").decode("latin-1"))
+        error_body = bytearray()
 
         async def counting_receive() -> dict[str, Any]:
             message = await receive()
@@ -120,7 +150,10 @@ class LabMiddleware:
             if message["type"] == "http.response.start":
                 sizes["status"] = message["status"]
             elif message["type"] == "http.response.body":
-                sizes["out"] += len(message.get("body", b""))
+                body = message.get("body", b"")
+                sizes["out"] += len(body)
+                if sizes["status"] >= 400 and len(error_body) < _REASON_BODY_MAX:
+                    error_body.extend(body[:_REASON_BODY_MAX - len(error_body)])
             await send(message)
 
         error: str | None = None
@@ -142,10 +175,10 @@ class LabMiddleware:
             error = f"{type(e).__name__}: {e}"
             raise
         finally:
-            self._finish(scope, rec, headers, sizes, started, error)
+            self._finish(scope, rec, headers, sizes, started, error, bytes(error_body))
 
     def _finish(self, scope: Scope, rec: dict[str, Any], headers: dict[bytes, bytes],
-                sizes: dict[str, int], started: float, error: str | None) -> None:
+                sizes: dict[str, int], started: float, error: str | None, error_body: bytes) -> None:
         cert = client_cert_from_scope(scope)
         entry = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -161,11 +194,29 @@ class LabMiddleware:
             "client_cert_thumbprint": thumbprint(cert) if cert else None,
             "traceparent": headers.get(b"traceparent", b"").decode("latin-1") or None,
             "user_agent": headers.get(b"user-agent", b"").decode("latin-1") or None,
+            **scope[SPAN_KEY].record_fields(),
         }
         if error:
             entry["error"] = error
+        reason = error_reason(error_body)
+        if reason:
+            entry["reason"] = reason
         entry.update(rec)
-        self.state.requests.appendleft(entry)
+        self.state.add(entry)
+
+
+def error_reason(body: bytes) -> str | None:
+    """The reason in an error reply's JSON (`Reason`, AADSTS `error_description`, FastAPI `detail`)."""
+    try:
+        doc = json.loads(body) if body[:1] == b"{" else None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    code = doc.get("Error") or doc.get("error")
+    text = doc.get("Reason") or doc.get("error_description") or doc.get("detail")
+    parts = [str(p).splitlines()[0] for p in (code, text) if p and isinstance(p, str | int)]
+    return ": ".join(parts)[:300] or None
 
 
 def client_cert_from_scope(scope: Scope):  # type: ignore[no-untyped-def]
@@ -200,7 +251,8 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
                       reset: Callable[[], Any] | None = None,
                       health: Callable[[], dict[str, Any]] | None = None) -> LabState:
     """Add the /_lab endpoints and the recorder/fault middleware to a service's app."""
-    state = LabState(service, lab.settings.request_log_size)
+    endpoint = lab.settings.otlp_endpoint
+    state = LabState(service, lab.settings.request_log_size, SpanExporter(endpoint, service) if endpoint else None)
     admin_only = require_admin(lab)
 
     router = APIRouter(prefix="/_lab", tags=["lab"])
@@ -210,12 +262,13 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
         return {"service": service, "status": "ok", **(health() if health else {})}
 
     @router.get("/requests")
-    async def lab_requests(limit: int = 200, path: str | None = None) -> dict[str, Any]:
-        items = list(state.requests)
+    async def lab_requests(limit: int = 200, path: str | None = None, after: int = 0) -> dict[str, Any]:
+        items = [r for r in state.requests if r["seq"] > after] if after else list(state.requests)
         if path:
             pattern = re.compile(path, re.IGNORECASE)
             items = [r for r in items if pattern.search(r["path"])]
-        return {"service": service, "requests": items[: max(0, min(limit, len(items)))]}
+        return {"service": service, "requests": items[: max(0, min(limit, len(items)))],
+                "last_seq": state.last_seq}
 
     @router.post("/reset", dependencies=[Depends(admin_only)])
     async def lab_reset() -> dict[str, str]:

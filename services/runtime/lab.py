@@ -27,6 +27,7 @@ SERVICE_HOSTS = {
     "management-point": "management_point",
     "cmg-connection-point": "cmg_connection_point",
     "pki": "pki",
+    "console": "console",
 }
 
 
@@ -76,11 +77,18 @@ class Lab:
             created.append("admin-token")
         created += [f"pki/{c}" for c in lab.pki.init(force=force)]
         hosts = lab.dir / "hosts"
+        # compose: DNS and the network aliases answer, no mapping
+        entries = [] if lab.config.compose else lab.loopback_resolve()
         if force or not hosts.exists():
-            # compose: DNS and the network aliases answer, no mapping
-            entries = [] if lab.config.compose else lab.loopback_resolve()
             hosts.write_text("".join(f"{e}\n" for e in entries))
             created.append("hosts")
+        else:  # a lab made before a service existed (the console): map its names, keep the rest as it is
+            mapped = {tuple(e.split(":")[:2]) for e in httpclient.read_hosts_file(hosts)}
+            missing = [e for e in entries if tuple(e.split(":")[:2]) not in mapped]
+            if missing:
+                with hosts.open("a") as f:
+                    f.writelines(f"{e}\n" for e in missing)
+                created.append("hosts (" + ", ".join(e.split(":")[0] for e in missing) + ")")
         for sub in ("data", "logs"):
             (lab.dir / sub).mkdir(exist_ok=True)
         return lab, created
@@ -113,6 +121,7 @@ class Lab:
             f"{c.hosts.management_point}:{c.ports.management_point_http}:{addr}",
             f"{c.hosts.pki}:{c.ports.pki}:{addr}",
             f"{c.hosts.cmg_connection_point}:{c.ports.cmg_connection_point}:{addr}",
+            f"{c.hosts.console}:{c.ports.console}:{addr}",
         ]
         return entries
 

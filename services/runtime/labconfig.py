@@ -118,6 +118,7 @@ class Hosts(BaseModel):
     cmg_connection_point: str = "cmgcp.corp.lab.test"
     management_point: str = "mp.corp.lab.test"
     pki: str = "pki.lab.test"
+    console: str = "console.lab.test"
     # compose service names, added to the server certificates
     compose: dict[str, str] = {
         "entra": "entra",
@@ -125,7 +126,12 @@ class Hosts(BaseModel):
         "management-point": "management-point",
         "cmg-connection-point": "cmg-connection-point",
         "pki": "pki",
+        "console": "console",
     }
+
+    def compose_name(self, service: str) -> str:
+        """A service's compose name; a lab.json written before the service existed lacks its entry."""
+        return self.compose.get(service, service)
 
 
 class Ports(BaseModel):
@@ -136,6 +142,7 @@ class Ports(BaseModel):
     management_point_http: int = 8080
     pki: int = 8081
     cmg_connection_point: int = 8446  # its admin listener (plain HTTP, internal network only)
+    console: int = 8447  # the lab console (HTTPS)
 
 
 class LabConfig(BaseModel):

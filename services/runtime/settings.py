@@ -37,3 +37,7 @@ class Settings(BaseSettings):
     request_log_size: int = 2000
     # uvicorn access log on stderr (off: the recorder and the product logs say it all)
     access_log: bool = False
+    # OTLP/HTTP collector (e.g. http://localhost:4318): every recorded request is exported as a server span
+    otlp_endpoint: str | None = None
+    # how often the lab console polls the services' /_lab/requests
+    console_poll_interval: float = 0.5
