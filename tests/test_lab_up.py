@@ -130,17 +130,21 @@ def test_up_in_the_foreground_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "cmglab", "up", "--lab", str(lab.dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "Ctrl-C stops the lab" in line:
-            break
-    else:
-        pytest.fail("".join(seen))
-    pids = orchestrate.running_pids(lab)
-    assert set(pids) == set(SERVICES)
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, rest
-    assert "stopped" in rest
-    assert orchestrate.running_pids(lab) == {}
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "Ctrl-C stops the lab" in line:
+                break
+        else:
+            pytest.fail("".join(seen))
+        pids = orchestrate.running_pids(lab)
+        assert set(pids) == set(SERVICES)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, rest
+        assert "stopped" in rest
+        assert orchestrate.running_pids(lab) == {}
+    finally:  # never leave a lab running behind a failed test
+        proc.kill()
+        orchestrate.stop_pids(lab)
