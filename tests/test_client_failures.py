@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,24 @@ def test_blocked_bulk_token(lab: Lab, tmp_path: Path) -> None:
     assert bulk["token"] not in log_of(device, "ccmsetup.log")
     assert run("cmglab", "bulk-token", "unblock", guid, "--lab", str(lab.dir)).returncode == 0
     r = install(lab, device, f"/regtoken:{bulk['token']}")
+    assert r.returncode == 0, r.stderr
+
+
+def test_expired_bulk_token(lab: Lab, tmp_path: Path) -> None:
+    """A token past its lifetime (minted as BulkRegistrationTokenTool would have, ten minutes ago) is refused
+    at the CMG before the site sees it; a fresh one then works."""
+    from services.management_point.policy import default_policies
+    from services.management_point.store import Store
+
+    token, guid, start, end = lab.site_signer().bulk_token(minutes=1, now=datetime.now(UTC) - timedelta(minutes=10))
+    Store(lab, policy_factory=default_policies).add_bulk_token(guid, 1, start, end)
+    device = new_device(lab.dir, tmp_path / "dev")
+    r = install(lab, device, f"/regtoken:{token}")
+    assert r.returncode == 6
+    assert_lines(device, "ccmsetup.log", r"TokenExpired", r"/regtoken:<redacted \d+ characters>")
+    assert_clean(device)
+    assert token not in log_of(device, "ccmsetup.log")
+    r = install(lab, device, f"/regtoken:{new_bulk_token(lab)['token']}")
     assert r.returncode == 0, r.stderr
 
 
