@@ -21,7 +21,7 @@ from services.cmg.channel import Hub
 from services.cmg.content import ContentStore
 from services.cmg.errors import CMGError, not_found
 from services.cmg.proxy import Proxy
-from services.cmg.stats import StatsMiddleware, TrafficStats
+from services.cmg.stats import TrafficStats
 from services.runtime.admin import install_lab_admin, record
 from services.runtime.certinfo import client_cert
 from services.runtime.lab import Lab
@@ -63,7 +63,8 @@ class AnyMethod:
 
 def create_app(cmg: CMG) -> FastAPI:
     app = FastAPI(title="cmglab cloud management gateway", docs_url=None, redoc_url=None, openapi_url=None)
-    install_lab_admin(app, service="cmg", lab=cmg.lab, health=cmg.hub.snapshot)
+    state = install_lab_admin(app, service="cmg", lab=cmg.lab, health=cmg.hub.snapshot)
+    state.observers.append(cmg.stats.observe(routing.stats_uri))  # CMGService.log counts what the recorder sees
     log = cmg.log
 
     async def server_auth(request: Request, endpoint: str | None) -> Identity:
@@ -145,5 +146,4 @@ def create_app(cmg: CMG) -> FastAPI:
 
     # an ASGI endpoint (not a function) takes every method, CCM_POST included, as IIS does
     app.router.routes.append(Route("/{path:path}", AnyMethod(handle), include_in_schema=False))
-    app.add_middleware(StatsMiddleware, stats=cmg.stats, uri_of=routing.stats_uri)  # type: ignore[arg-type]
     return app

@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-Scope = dict[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
-                   Awaitable[None]]
 
 
 @dataclass
@@ -41,13 +36,18 @@ class TrafficStats:
         self.log = log
         self.current: dict[str, UriStats] = {}
 
-    def add(self, uri: str, request_size: int, response_size: int, responded: bool, elapsed_ms: float) -> None:
-        s = self.current.setdefault(uri, UriStats())
-        s.request_count += 1
-        s.request_size += request_size
-        s.response_count += 1 if responded else 0
-        s.response_size += response_size
-        s.elapsed_ms += elapsed_ms
+    def observe(self, uri_of: Callable[[str], str]) -> Callable[[dict[str, Any]], None]:
+        """A recorder observer (`LabState.observers`): count each recorded client request under its URI."""
+
+        def count(entry: dict[str, Any]) -> None:
+            s = self.current.setdefault(uri_of(entry["path"]), UriStats())
+            s.request_count += 1
+            s.request_size += entry["request_bytes"]
+            s.response_count += 1 if entry["status"] else 0
+            s.response_size += entry["response_bytes"]
+            s.elapsed_ms += entry["elapsed_ms"]
+
+        return count
 
     def flush(self) -> int:
         current, self.current = self.current, {}
@@ -59,36 +59,3 @@ class TrafficStats:
         while True:
             await asyncio.sleep(interval)
             self.flush()
-
-
-class StatsMiddleware:
-    """Counts every client request (except /_lab/) into `stats` under `uri_of(path)`."""
-
-    def __init__(self, app: ASGIApp, stats: TrafficStats, uri_of: Callable[[str], str]) -> None:
-        self.app, self.stats, self.uri_of = app, stats, uri_of
-
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[dict[str, Any]]],
-                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-        if scope["type"] != "http" or scope["path"].startswith("/_lab/"):
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        sizes = {"in": 0, "out": 0, "responded": 0}
-
-        async def counting_receive() -> dict[str, Any]:
-            message = await receive()
-            sizes["in"] += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                sizes["responded"] = 1
-            elif message["type"] == "http.response.body":
-                sizes["out"] += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, counting_send)
-        finally:
-            self.stats.add(self.uri_of(scope["path"]), sizes["in"], sizes["out"], bool(sizes["responded"]),
-                           (time.perf_counter() - started) * 1000)

@@ -84,6 +84,7 @@ class LabState:
         self._ids = itertools.count(1)
         self.last_seq = 0  # never reset: a reader polls with ?after=<the last seq it saw>
         self.exporter = exporter
+        self.observers: list[Callable[[dict[str, Any]], None]] = []  # e.g. the CMG's per-URI summaries
 
     def add(self, entry: dict[str, Any]) -> None:
         """Record one request (newest first) and export it as a span when a collector is configured."""
@@ -92,6 +93,8 @@ class LabState:
         self.requests.appendleft(entry)
         if self.exporter is not None:
             self.exporter.export(entry)
+        for observe in self.observers:
+            observe(entry)
 
     def add_fault(self, rule: FaultRule) -> _Fault:
         fault = _Fault(next(self._ids), rule, re.compile(rule.path, re.IGNORECASE))
@@ -146,6 +149,14 @@ class LabMiddleware:
             sizes["in"] += len(message.get("body", b""))
             return message
 
+        recorded = False
+
+        def finish(error: str | None) -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self._finish(scope, rec, headers, sizes, started, error, bytes(error_body))
+
         async def counting_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 sizes["status"] = message["status"]
@@ -154,6 +165,9 @@ class LabMiddleware:
                 sizes["out"] += len(body)
                 if sizes["status"] >= 400 and len(error_body) < _REASON_BODY_MAX:
                     error_body.extend(body[:_REASON_BODY_MAX - len(error_body)])
+                if not message.get("more_body", False):
+                    # recorded before the client holds the whole reply, so that what it asks next sees it
+                    finish(None)
             await send(message)
 
         error: str | None = None
@@ -175,7 +189,7 @@ class LabMiddleware:
             error = f"{type(e).__name__}: {e}"
             raise
         finally:
-            self._finish(scope, rec, headers, sizes, started, error, bytes(error_body))
+            finish(error)
 
     def _finish(self, scope: Scope, rec: dict[str, Any], headers: dict[bytes, bytes],
                 sizes: dict[str, int], started: float, error: str | None, error_body: bytes) -> None:
