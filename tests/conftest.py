@@ -3,6 +3,7 @@ started once per session the way `cmglab up` starts them."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,18 @@ from services.runtime import httpclient
 from services.runtime.lab import Lab
 
 __all__ = ["free_ports", "new_lab"]
+
+_CREATE_DEFAULT_CONTEXT = ssl.create_default_context
+
+
+@pytest.fixture(autouse=True)
+def _tls_verification_untouched() -> Iterator[None]:
+    """Some third-party clients patch `ssl.create_default_context` at import (impacket's examples turn all
+    verification off): that must never leak into the tests that follow and silently void their checks."""
+    yield
+    if ssl.create_default_context is not _CREATE_DEFAULT_CONTEXT:
+        ssl.create_default_context = _CREATE_DEFAULT_CONTEXT
+        pytest.fail("this test left ssl.create_default_context replaced (certificate checks off process-wide)")
 
 
 @pytest.fixture(scope="session")

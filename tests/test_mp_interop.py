@@ -17,6 +17,7 @@ import hashlib
 import http.client
 import json
 import re
+import ssl
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -256,7 +257,12 @@ class RelayedConnection(http.client.HTTPConnection):
 
 
 def test_impacket_sccm_policies_attack_unmodified(mp: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secure = ssl.create_default_context
     from impacket.examples.ntlmrelayx.attacks.httpattacks import sccmpoliciesattack as attack_module
+
+    # importing impacket.examples replaces ssl.create_default_context process-wide with one that verifies
+    # nothing; the attack talks plain HTTP, so put the real one back for every test after this one
+    ssl.create_default_context = secure
 
     monkeypatch.chdir(tmp_path)
     computer = next(a for a in mp.config.active_directory.accounts if a.name.endswith("$"))
