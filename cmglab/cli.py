@@ -25,6 +25,7 @@ app.add_typer(pki_app, name="pki")
 app.add_typer(importlib.import_module("client_agent.devicecli").app, name="device")
 app.add_typer(bulk_token_app, name="bulk-token")
 app.command("bench")(bench_command)
+app.add_typer(importlib.import_module("cmglab.fleet.cli").app, name="fleet")
 console = Console()
 
 SERVICE_MODULES = {

@@ -9,9 +9,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from certs.builders import name as x509_name
-from certs.builders import new_key, self_signed
+from certs.builders import self_signed
 from client_agent.certstore import SMS, SMS_EKU, SMS_ENCRYPTION, SMS_SIGNING, SMS_SIGNING_EKU, StoredCert
 from client_agent.device import Device
+from client_agent.keys import new_key
 from client_agent.network import DeviceNetwork
 
 MUTUAL_AUTH = "CCM_Proxy_MutualAuth"

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from certs.builders import name as x509_name
-from certs.builders import new_key, self_signed, sha1_thumbprint
+from certs.builders import self_signed, sha1_thumbprint
 from client_agent.certstore import MY
 from client_agent.device import Device
 from client_agent.entra import (
@@ -39,6 +39,7 @@ from client_agent.entra import (
     csr,
     transport_key_blob,
 )
+from client_agent.keys import new_key
 from client_agent.network import DeviceNetwork
 from client_agent.protect import write_private
 from services.runtime import tracing

@@ -7,15 +7,26 @@ from __future__ import annotations
 
 import json
 import ssl
+import uuid
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from certs.builders import SMS_EKU, SMS_SIGNING_EKU, new_key, self_signed
+from certs.builders import name as x509_name
 from cmglab.bench.loadgen import Request, Target
 from services.runtime import ccm_messaging as cm
 from services.runtime import httpclient, site_tokens
 from services.runtime.lab import Lab
 from services.runtime.labconfig import CONFIGMGR_CLIENT_APP_ID, CONFIGMGR_RESOURCE_URI
 
+# a PKI client's registration (the carrier is the TLS client certificate): the <Data> the agent sends
+REGISTRATION = ('<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="{sms_id}" RequestType="Registration" '
+                'TimeStamp="{time}"><AgentInformation AgentIdentity="CcmExec.exe" AgentVersion="5.00.8968.1000" '
+                'AgentType="0" /><Certificates><Encryption Encoding="HexBinary" KeyType="1">{cert}</Encryption>'
+                '<Signing Encoding="HexBinary" KeyType="1">{cert}</Signing></Certificates><DiscoveryProperties>'
+                '<Property Name="Netbios Name" Value="BENCH01" /><Property Name="FQ Name" Value="bench01.lab.test" />'
+                '<Property Name="Locale ID" Value="1033" /><Property Name="InternetFlag" Value="0" />'
+                '</DiscoveryProperties></Data>')
 SITE_INFO = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="{code}"/></SiteInformationRequest>'
 
 
@@ -63,11 +74,29 @@ def location_request(lab: Lab, path: str = "/ccm_system_tokenauth/request") -> R
                                       "Authorization": f"Bearer {token}"}, raw)
 
 
+def registration_request(lab: Lab) -> Request:
+    """One registration, replayed: the MP re-registers the same SMSID each time (a full registration's work:
+    signature check, certificates, the client row and its token record in one transaction)."""
+    key = new_key()
+    cert = self_signed(key, x509_name("SMS"), ekus=[SMS_SIGNING_EKU, SMS_EKU])
+    data = REGISTRATION.format(sms_id="GUID:" + str(uuid.uuid4()).upper(), time=cm.utc_timestamp(),
+                               cert=cm.cert_hex(cert))
+    header = cm.MsgHeader(target_endpoint="MP_ClientRegistration", target_address="mp:[http]MP_ClientRegistration",
+                          target_host=lab.config.hosts.management_point, source_host="BENCH01",
+                          reply_to="direct:BENCH01:SccmMessaging")
+    raw = cm.encode_request(header, cm.registration_request(data, key))
+    return Request("CCM_POST", "/ccm_system/request", {"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT},
+                   raw)
+
+
 def mp_direct(lab: Lab) -> list[Scenario]:
+    """The MP's hot endpoints; the first two are also measured through the CMG (`through_cmg`)."""
     return [
         Scenario("MP CCM_STS (Certificate proof)", _target(lab, "management-point", client_cert=True), sts_request()),
         Scenario("MP location request (ccm_system_tokenauth)", _target(lab, "management-point"),
                  location_request(lab)),
+        Scenario("MP registration (PKI client)", _target(lab, "management-point", client_cert=True),
+                 registration_request(lab)),
     ]
 
 

@@ -77,7 +77,10 @@ def _config(listener: Listener, access_log: bool) -> uvicorn.Config:
         http=TLSScopeH11Protocol if listener.http == "h11" else TLSScopeHttpToolsProtocol,
         ws=TLSScopeWSProtocol,  # WebSocket upgrades see the client certificate too (CMG connector)
         loop="uvloop", lifespan="on", access_log=access_log, log_level="warning",
-        timeout_graceful_shutdown=5, proxy_headers=False, server_header=False, **kwargs,
+        timeout_graceful_shutdown=5, proxy_headers=False, server_header=False,
+        # IIS's connection timeout (120 s), not uvicorn's 5 s: a CMG holds its clients' idle keep-alive
+        # connections (a real CMG VM instance: 6,000 of them), it does not make them reconnect
+        timeout_keep_alive=120, **kwargs,
     )
 
 
