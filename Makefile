@@ -23,3 +23,7 @@ lab:
 .PHONY: bench
 bench:
 	$(PY) -m cmglab bench --out bench/results
+
+.PHONY: reliability
+reliability:
+	$(PY) -m cmglab.reliability --out reliability/results $(if $(BUDGET),--budget $(BUDGET))

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import jwt
 from cryptography import x509
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import delete
 
 from certs.builders import sha1_thumbprint
@@ -33,6 +33,9 @@ HYBRID_JOIN = 6
 ADMINISTRATORS = "S-1-5-32-544"
 # the role and group whose members a joined device makes local administrators (their S-1-12-1 SIDs)
 _ADMIN_OBJECTS = ("Global Administrator", "Microsoft Entra Joined Device Local Administrator")
+# Entra's device displayName limit (Graph: "maximum length is 256 characters"); without it a join
+# stored whatever size the body had
+DISPLAY_NAME_MAX = 256
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -47,7 +50,7 @@ class JoinRequest(BaseModel):
     TargetDomain: str | None = None
     DeviceType: str = "Windows"
     OSVersion: str = ""
-    DeviceDisplayName: str = ""
+    DeviceDisplayName: str = Field("", max_length=DISPLAY_NAME_MAX)
     JoinType: int = 0
 
 
@@ -63,7 +66,7 @@ class ServerAdJoinData(BaseModel):
     TargetDomainId: str | None = None
     DeviceType: str = "Windows"
     OSVersion: str = ""
-    DeviceDisplayName: str = ""
+    DeviceDisplayName: str = Field("", max_length=DISPLAY_NAME_MAX)
     ClientIdentity: ClientIdentity
 
 

@@ -2,6 +2,7 @@
 
 - `GET /_lab/health` (no auth), for compose health checks;
 - `GET /_lab/requests`: the recorded requests, newest first, bounded;
+- `GET /_lab/openapi.json`: the OpenAPI of the routes that declare a schema (what schemathesis fuzzes);
 - `POST /_lab/reset` and `GET|POST|DELETE /_lab/faults`, guarded by the lab admin token
   (`Authorization: Bearer <admin-token>`).
 
@@ -279,7 +280,10 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
     async def lab_requests(limit: int = 200, path: str | None = None, after: int = 0) -> dict[str, Any]:
         items = [r for r in state.requests if r["seq"] > after] if after else list(state.requests)
         if path:
-            pattern = re.compile(path, re.IGNORECASE)
+            try:
+                pattern = re.compile(path, re.IGNORECASE)
+            except re.error as e:
+                raise HTTPException(422, f"bad path pattern: {e}") from e
             items = [r for r in items if pattern.search(r["path"])]
         return {"service": service, "requests": items[: max(0, min(limit, len(items)))],
                 "last_seq": state.last_seq}
@@ -292,6 +296,14 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
                 await result
         state.clear()
         return {"service": service, "status": "reset"}
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def lab_openapi() -> dict[str, Any]:
+        """The app's own OpenAPI for the routes that declare a schema (the services turn FastAPI's
+        /openapi.json off, as the real products have none): what the reliability campaign fuzzes.
+        The wire-protocol routes (CcmMessaging, CCM_STS, the CMG's proxy) opt out with
+        include_in_schema=False; their hostile inputs are the campaign's hand-made corpus."""
+        return app.openapi()  # FastAPI builds it from the routes with include_in_schema (the default)
 
     @router.get("/faults")
     async def list_faults() -> dict[str, Any]:

@@ -92,10 +92,12 @@ def inflate(data: bytes, limit: int = MAX_DECOMPRESSED) -> bytes:
     """zlib-decompress at most `limit` bytes (a zlib bomb is refused, not expanded)."""
     d = zlib.decompressobj()
     try:
-        out = d.decompress(data, limit)
+        # one byte over the limit tells "too big" apart from "exactly the limit" (and max_length=0
+        # would mean no limit at all)
+        out = d.decompress(data, limit + 1)
     except zlib.error as e:
         raise CcmMessageError(f"bad zlib data: {e}") from e
-    if d.unconsumed_tail:
+    if len(out) > limit:
         raise CcmMessageError(f"decompressed body exceeds {limit} bytes")
     if not d.eof:
         raise CcmMessageError("bad zlib data: truncated stream")

@@ -23,6 +23,8 @@ from __future__ import annotations
 import enum
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -65,6 +67,15 @@ class Frame:
         if not isinstance(value, dict):
             raise FrameError(f"{self.kind.name} frame: JSON object expected")
         return value
+
+
+@contextmanager
+def _malformed(kind: str) -> Iterator[None]:
+    """A head with a missing field or a wrong type is the peer's protocol error, not ours."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as e:
+        raise FrameError(f"{kind} frame: malformed head: {type(e).__name__}: {e}") from e
 
 
 def encode(kind: Kind, msg_id: uuid.UUID = ZERO_ID, payload: bytes | dict[str, Any] = b"") -> bytes:
@@ -112,11 +123,12 @@ class RequestHead:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RequestHead:
-        return cls(method=str(data["method"]), url=str(data["url"]),
-                   headers=[(str(k), str(v)) for k, v in data.get("headers", [])],
-                   client_cert=data.get("client_cert"), client=data.get("client"),
-                   auth_kind=data.get("auth_kind"), content_length=data.get("content_length"),
-                   has_body=bool(data.get("has_body")))
+        with _malformed("REQUEST"):
+            return cls(method=str(data["method"]), url=str(data["url"]),
+                       headers=[(str(k), str(v)) for k, v in data.get("headers", [])],
+                       client_cert=data.get("client_cert"), client=data.get("client"),
+                       auth_kind=data.get("auth_kind"), content_length=data.get("content_length"),
+                       has_body=bool(data.get("has_body")))
 
 
 @dataclass
@@ -133,10 +145,11 @@ class ResponseHead:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ResponseHead:
-        return cls(status=int(data["status"]), reason=str(data.get("reason", "")),
-                   headers=[(str(k), str(v)) for k, v in data.get("headers", [])],
-                   internal_url=data.get("internal_url"), connection_point=data.get("connection_point"),
-                   extra=dict(data.get("extra") or {}))
+        with _malformed("RESPONSE"):
+            return cls(status=int(data["status"]), reason=str(data.get("reason", "")),
+                       headers=[(str(k), str(v)) for k, v in data.get("headers", [])],
+                       internal_url=data.get("internal_url"), connection_point=data.get("connection_point"),
+                       extra=dict(data.get("extra") or {}))
 
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones a proxy sets itself: never forwarded either way.

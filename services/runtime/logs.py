@@ -38,7 +38,8 @@ def format_cmtrace(message: str, *, component: str, when: datetime, type_: int =
 def format_smstrace(message: str, *, component: str, when: datetime, thread: int = 0) -> str:
     bias = _bias(when)
     bias_s = "+00" if bias == 0 else f"{bias:+d}"
-    text = message.replace("\r\n", "~~").replace("\n", "~~")
+    # every line break, a lone CR included, becomes ~~: one record per message, one CRLF at its end
+    text = message.replace("\r\n", "~~").replace("\n", "~~").replace("\r", "~~")
     return (
         f"{text}  $$<{component}><{when:%m-%d-%Y %H:%M:%S}.{when.microsecond // 1000:03d}{bias_s}>"
         f"<thread={thread} (0x{thread:04X})>"
