@@ -168,13 +168,14 @@ def _websocket(lab: Lab, cert: CertFiles | None, headers: dict[str, str]) -> int
         ws = websockets.sync.client.connect(f"wss://{lab.config.bind_address}:{port}{cmg_channel.PATH}", ssl=ctx,
                                             server_hostname=lab.config.hosts.cmg, additional_headers=headers,
                                             open_timeout=10)
-        with contextlib.suppress(websockets.exceptions.WebSocketException, OSError):
-            ws.close()  # the CMG expects a HELLO first; how it ends an idle channel is not the question
-        return 101
     except websockets.exceptions.InvalidStatus as e:
         return e.response.status_code
     except (OSError, websockets.exceptions.WebSocketException):
         return 0  # the connector requires a client certificate at TLS: without one, or a bad one, it hangs up
+    # the CMG expects a HELLO first; how it ends an idle channel is not the question
+    with contextlib.suppress(websockets.exceptions.WebSocketException, OSError), ws:
+        pass
+    return 101
 
 
 def outcome(status: int) -> str:
