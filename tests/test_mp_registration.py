@@ -4,7 +4,9 @@ Confirmation, PKI (TLS and the connection point's Client-Cert header), the clien
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -96,6 +98,24 @@ def test_client_proposed_smsid_is_kept(mp: Lab, approve_all: None) -> None:
     with client(mp) as c:
         resp = ccm_post(c, f"{http_url(mp)}/ccm_system/request", intruder.registration_message(sms_id=proposed))
     assert cm.parse_xml(reply_body(resp)).get("SMSID") != proposed
+
+
+def test_one_registration_sent_many_times_at_once(mp: Lab, approve_all: None) -> None:
+    """A client's retry racing its first attempt: every copy is answered with the same SMSID, none with a
+    500, and the site has one row."""
+    device = Device("RACE01")
+    proposed = "GUID:" + str(uuid.uuid4()).upper()
+    message = device.registration_message(sms_id=proposed)
+
+    def send(_: int) -> tuple[int, str | None]:
+        with client(mp) as c:
+            resp = ccm_post(c, f"{http_url(mp)}/ccm_system/request", message)
+            return resp.status_code, cm.parse_xml(reply_body(resp)).get("SMSID") if resp.status_code == 200 else None
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(send, range(32)))
+    assert answers == [(200, proposed)] * 32
+    assert [c["sms_id"] for c in lab_rows(mp, "clients")].count(proposed) == 1
 
 
 def test_reply_envelope_bytes(mp: Lab, approve_all: None) -> None:

@@ -25,6 +25,7 @@ from xml.sax.saxutils import quoteattr
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy.exc import IntegrityError
 
 from services.management_point.context import Caller
 from services.management_point.site import MP
@@ -187,45 +188,54 @@ def register(mp: MP, data: Element, raw_data: str, signature: str, caller: Calle
     else:
         approval = APPROVED if auto == "all" else NOT_APPROVED
 
-    with mp.store.session() as s:
-        existing = s.get(Client, proposed) if proposed else None
-        if existing is not None and existing.signing_thumbprint != signing_tp and kind == "self-signed":
-            # an unauthenticated request cannot take over a registered identity: give it a new one
-            log.warning(f"SMSID {proposed} is registered with another certificate; assigning a new ClientID")
-            existing, proposed = None, None
-        sms_id = proposed or new_sms_id()
-        log.info(f"Processing Registration request from Client '{sms_id}'")
-        if bulk_guid is not None:
-            bulk_row = s.get(BulkToken, bulk_guid)
-            if bulk_row is None or bulk_row.blocked:  # re-read inside the transaction
-                raise RegistrationRefused(f"bulk registration token {bulk_guid} is blocked")
-        client = existing or Client(sms_id=sms_id, registered_at=utcnow())
-        client.netbios_name, client.fqdn = netbios, fqdn
-        client.signing_cert, client.encryption_cert = _hex(signing), _hex(encryption)
-        client.signing_thumbprint = signing_tp
-        client.pki_thumbprint = pki_tp or (client.pki_thumbprint if existing else None)
-        client.auth_kind = kind
-        client.domain_account = caller.domain_account
-        client.aad_device_id = aad_device.lower() if aad_device else client.aad_device_id
-        client.aad_tenant_id = aad_tenant.lower() if aad_tenant else client.aad_tenant_id
-        client.bulk_token_guid = bulk_guid or client.bulk_token_guid
-        client.approval = max(approval, client.approval if existing else NOT_APPROVED) \
-            if kind != "aad" else AAD_APPROVED
-        client.internet = caller.internet
-        client.agent_identity = agent.get("AgentIdentity", "") if agent is not None else ""
-        client.agent_version = agent.get("AgentVersion", "") if agent is not None else ""
-        client.updated_at = utcnow()
-        if existing is None:
-            s.add(client)
-        token = None
-        if wants_token and client.approval != NOT_APPROVED:
-            token, expires = mp.signer.client_token(sms_id=sms_id, cert_thumbprint=signing_tp)
-            unique = site_tokens_unique_id(token)
-            s.add(IssuedToken(unique_id=unique, kind="client", token_type=site_tokens.CLIENT,
-                              proof="Registration", sms_id=sms_id, cert_thumbprint=signing_tp,
-                              bulk_token_guid=bulk_guid, issued_at=utcnow(),
-                              expires_at=expires.astimezone(UTC).replace(tzinfo=None)))
-        final_approval = client.approval
+    # Two copies of one registration at once (a client's retry racing its first attempt): both find no row
+    # and one insert loses on the primary key; that one runs again and updates the row the other made.
+    for attempt in (1, 2):
+        try:
+            with mp.store.session() as s:
+                existing = s.get(Client, proposed) if proposed else None
+                if existing is not None and existing.signing_thumbprint != signing_tp and kind == "self-signed":
+                    # an unauthenticated request cannot take over a registered identity: give it a new one
+                    log.warning(f"SMSID {proposed} is registered with another certificate; assigning a new ClientID")
+                    existing, proposed = None, None
+                sms_id = proposed or new_sms_id()
+                log.info(f"Processing Registration request from Client '{sms_id}'")
+                if bulk_guid is not None:
+                    bulk_row = s.get(BulkToken, bulk_guid)
+                    if bulk_row is None or bulk_row.blocked:  # re-read inside the transaction
+                        raise RegistrationRefused(f"bulk registration token {bulk_guid} is blocked")
+                client = existing or Client(sms_id=sms_id, registered_at=utcnow())
+                client.netbios_name, client.fqdn = netbios, fqdn
+                client.signing_cert, client.encryption_cert = _hex(signing), _hex(encryption)
+                client.signing_thumbprint = signing_tp
+                client.pki_thumbprint = pki_tp or (client.pki_thumbprint if existing else None)
+                client.auth_kind = kind
+                client.domain_account = caller.domain_account
+                client.aad_device_id = aad_device.lower() if aad_device else client.aad_device_id
+                client.aad_tenant_id = aad_tenant.lower() if aad_tenant else client.aad_tenant_id
+                client.bulk_token_guid = bulk_guid or client.bulk_token_guid
+                client.approval = max(approval, client.approval if existing else NOT_APPROVED) \
+                    if kind != "aad" else AAD_APPROVED
+                client.internet = caller.internet
+                client.agent_identity = agent.get("AgentIdentity", "") if agent is not None else ""
+                client.agent_version = agent.get("AgentVersion", "") if agent is not None else ""
+                client.updated_at = utcnow()
+                if existing is None:
+                    s.add(client)
+                token = None
+                if wants_token and client.approval != NOT_APPROVED:
+                    token, expires = mp.signer.client_token(sms_id=sms_id, cert_thumbprint=signing_tp)
+                    unique = site_tokens_unique_id(token)
+                    s.add(IssuedToken(unique_id=unique, kind="client", token_type=site_tokens.CLIENT,
+                                      proof="Registration", sms_id=sms_id, cert_thumbprint=signing_tp,
+                                      bulk_token_guid=bulk_guid, issued_at=utcnow(),
+                                      expires_at=expires.astimezone(UTC).replace(tzinfo=None)))
+                final_approval = client.approval
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            log.info(f"Registration of {proposed} raced another for the same client; processing it again")
     log.info(f"Client {sms_id} registered ({kind}, message {message_id}); approval status {final_approval}"
              + ("; issued a unique client token" if token else ""))
     return Outcome("Registration", REGISTERED, sms_id, final_approval, token)
