@@ -23,6 +23,7 @@ from cryptography import x509
 
 from client_agent.certstore import StoredCert
 from client_agent.device import Device
+from client_agent.settings import AgentSettings
 from services.runtime import httpclient, tracing
 
 # Windows error codes the device's logs report
@@ -194,11 +195,11 @@ class _CheckingTransport(httpx.BaseTransport):
 
 class DeviceNetwork:
     def __init__(self, device: Device, *, crl_check: bool = True, resolve: list[str] | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float | None = None) -> None:
         self.device = device
         self.crl_check = crl_check
         self.resolve = device.resolve(resolve)
-        self.timeout = timeout
+        self.timeout = timeout if timeout is not None else AgentSettings().client_timeout
         self._checker: RevocationChecker | None = None
 
     def ssl_context(self, client_cert: StoredCert | None = None) -> ssl.SSLContext:
@@ -219,10 +220,13 @@ class DeviceNetwork:
             self._checker = RevocationChecker(self.device, self.ssl_context(), self.resolve)
         return self._checker
 
-    def client(self, client_cert: StoredCert | None = None) -> httpx.Client:
-        ctx = self.ssl_context(client_cert)
+    def transport(self, ctx: ssl.SSLContext) -> httpx.BaseTransport:
+        """What sends the device's requests once revocation is checked (a fleet wraps it to watch them)."""
         hosts = httpclient.parse_resolve(self.resolve)
-        inner = httpclient.HostMapTransport(hosts, lambda: httpx.HTTPTransport(verify=ctx))
+        return httpclient.HostMapTransport(hosts, lambda: httpx.HTTPTransport(verify=ctx))
+
+    def client(self, client_cert: StoredCert | None = None) -> httpx.Client:
+        inner = self.transport(self.ssl_context(client_cert))
         # every request carries W3C trace headers tagged with the device and its step (the lab console)
         return httpx.Client(transport=_CheckingTransport(inner, self.checker()), timeout=self.timeout,
                             event_hooks={"request": [tracing.httpx_hook(self.device.info.name)]})

@@ -7,14 +7,21 @@
 - `send(mp, endpoint, body)`: one CcmMessaging exchange (CCM_POST) on the right vdir:
   `ccm_system_tokenauth` with the CCM token through the CMG, `ccm_system` with the PKI certificate
   (CCM_Proxy_MutualAuth or HTTPS) or anonymous HTTP, `ccm_system_windowsauth` with NTLM.
+
+A message, a GET and a CCM_STS request that fail transiently (no connection, a timeout, a dropped
+reply, a 5xx such as the CMG's 503 while no connection point is connected) are sent again with a
+doubling pause (`client_agent.settings`), each failure logged as CCMHTTP logs it; a 4xx is final.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from http import HTTPStatus
+from typing import Any, TypeVar
 
 import httpx
 
@@ -24,24 +31,36 @@ from client_agent.ccm.tokens import ClientTokenStore, StsError, TokenCache, loca
 from client_agent.certstore import StoredCert
 from client_agent.device import SYSTEM_SID, Device
 from client_agent.network import DeviceNetwork, NetworkError, classify
+from client_agent.settings import AgentSettings
 from services.runtime import ccm_messaging as cm
 from services.runtime import tracing
 
 MACHINE_ACCOUNT_PURPOSE = "LSA machine account"
+CCM_E_TRANSIENT = 0x87D00231  # what CcmMessaging reports for a post that failed ("Post to ... failed with")
+# the WinHTTP error names CCMHTTP logs for a request that got no answer (HRESULT_FROM_WIN32 low word)
+_WINHTTP_NAMES = {12002: "ERROR_WINHTTP_TIMEOUT", 12029: "ERROR_WINHTTP_CANNOT_CONNECT",
+                  12175: "ERROR_WINHTTP_SECURE_FAILURE"}
+T = TypeVar("T")
 
 
 class MessagingError(Exception):
-    def __init__(self, message: str, *, status: int = 0, code: str = "", hresult: int = 0x87D00231) -> None:
+    def __init__(self, message: str, *, status: int = 0, code: str = "", hresult: int = CCM_E_TRANSIENT,
+                 transient: bool = False) -> None:
         super().__init__(message)
-        self.status, self.code, self.hresult = status, code, hresult
+        self.status, self.code, self.hresult, self.transient = status, code, hresult, transient
 
 
 class TokenUnavailable(Exception):
     """No CCM token could be obtained: the client cannot use token authentication."""
 
-    def __init__(self, message: str, *, code: str = "", hresult: int = 0x87D00455) -> None:
+    def __init__(self, message: str, *, code: str = "", hresult: int = 0x87D00455, transient: bool = False) -> None:
         super().__init__(message)
-        self.code, self.hresult = code, hresult
+        self.code, self.hresult, self.transient = code, hresult, transient
+
+
+def transient_status(status: int) -> bool:
+    """A 5xx is the site (or the way to it) failing for now; a 4xx is its answer."""
+    return status >= 500
 
 
 @dataclass
@@ -93,7 +112,8 @@ class CcmClient:
         return self.renew_token(mp, log)
 
     def renew_token(self, mp: ManagementPoint, log: logging.Logger, *, adal_logs: Logs | None = None) -> str:
-        reply, proof = self.obtain(mp, log, adal_logs or Logs(log))
+        reply, proof = retrying(lambda: self.obtain(mp, log, adal_logs or Logs(log)), log,
+                                     "Failed to get CCM token")
         expires = self.cache.put(reply, proof)
         log.info(f"Cached encrypted token for '{SYSTEM_SID}'. Will expire at '{local_time(expires)}'")
         if reply.get("ClientToken"):
@@ -131,7 +151,8 @@ class CcmClient:
                 return request_ccm_token(http, mp, proof_type="BulkRegistration", bearer=self._regtoken,
                                          signing=self.signing, client_id=sms_id, log=log), "BulkRegistration"
         except StsError as e:
-            raise TokenUnavailable(f"CCM_STS refused the {mode} proof: {e.code}: {e.reason}", code=e.code) from e
+            raise TokenUnavailable(f"CCM_STS refused the {mode} proof: {e.code}: {e.reason}", code=e.code,
+                                   transient=e.status == 0 or transient_status(e.status)) from e
         raise TokenUnavailable(f"the client has no proof for a CCM token (auth mode {mode or 'none'}, "
                                "no unique client token)", code="NoProof")
 
@@ -145,7 +166,8 @@ class CcmClient:
 
     def send(self, mp: ManagementPoint, endpoint: str, body: str, *, log: logging.Logger, signed: bool = False,
              windows_auth: bool = False, prefix: str = "ccmhttp", flags: str = "0x4200",
-             options: str = "0x1e0", remote_sync: bool = False) -> Reply:
+             options: str = "0x1e0", remote_sync: bool = False, retry: bool = True) -> Reply:
+        """One message, sent again (same message ID) while it fails transiently, unless `retry` is off."""
         info = self.device.info
         header = cm.MsgHeader(target_endpoint=endpoint, target_host=mp.host, source_host=info.name,
                               source_id=self.state.sms_id if signed else None,
@@ -153,9 +175,20 @@ class CcmClient:
         if remote_sync:
             log.info(f"Sending remote sync message '{header.id}' to host '{mp.name}' endpoint '{endpoint}'. "
                      f"Flags 0x280, sender account {SYSTEM_SID}")
-        token = self.ccm_token(mp, log) if mp.token_auth else None
         raw = cm.encode_request(header, body, signer=self.signing.key() if signed else None)
         path = mp.path(f"{self.vdir(mp, windows_auth=windows_auth)}/request")
+        token = self.ccm_token(mp, log) if mp.token_auth else None  # renewed (and retried) on its own
+
+        def post() -> Reply:
+            return self._post(mp, path, header, raw, token, log=log, windows_auth=windows_auth, prefix=prefix,
+                              flags=flags, options=options)
+
+        if not retry:
+            return post()
+        return retrying(post, log, f"Failed to send message '{header.id}' to endpoint '{endpoint}'")
+
+    def _post(self, mp: ManagementPoint, path: str, header: cm.MsgHeader, raw: bytes, token: str | None, *,
+              log: logging.Logger, windows_auth: bool, prefix: str, flags: str, options: str) -> Reply:
         url = mp.base + path
         log.info(f"{prefix}: Host={mp.host}, Path={path}, Port={mp.port}, Protocol={mp.scheme}, "
                  f"CcmTokenAuth={int(token is not None)}, Flags={flags}, Options={options}")
@@ -173,12 +206,16 @@ class CcmClient:
                 reply = http.request("CCM_POST", url, content=raw, headers=headers)
         except httpx.HTTPError as e:
             err = classify(e)
-            log.error(f"Failed to send message '{header.id}' to {url}: {err.text}. Error 0x{err.hresult:08X}")
-            raise MessagingError(f"{err.text} (0x{err.hresult:08X})", hresult=err.hresult) from e
+            ccmhttp_failure(log, mp, url, int(options, 16), error=err)
+            log.error(f"Post to {url} failed with 0x{CCM_E_TRANSIENT:08x}.")
+            raise MessagingError(f"{err.text} (0x{err.hresult:08X})", hresult=err.hresult, transient=True) from e
         if reply.status_code != 200:
             code, reason = _error_body(reply)
+            ccmhttp_failure(log, mp, url, int(options, 16), status=reply.status_code)
+            log.error(f"Post to {url} failed with 0x{CCM_E_TRANSIENT:08x}.")
             log.error(f"Message '{header.id}' to {url} failed: HTTP {reply.status_code} {code}: {reason}")
-            raise MessagingError(f"HTTP {reply.status_code} {code}: {reason}", status=reply.status_code, code=code)
+            raise MessagingError(f"HTTP {reply.status_code} {code}: {reason}", status=reply.status_code, code=code,
+                                 transient=transient_status(reply.status_code))
         if not reply.content:
             log.error(f"Message '{header.id}' got an empty reply from {url} (not registered, or a bad signature)")
             raise MessagingError("empty reply", status=200, code="EmptyReply")
@@ -216,16 +253,65 @@ class CcmClient:
     # -- plain GETs through the same door (content, policy bodies) ------------------------------
     def get(self, mp: ManagementPoint, url: str, log: logging.Logger, *, token: bool | None = None,
             headers: dict[str, str] | None = None) -> httpx.Response:
+        """The reply to a GET (any status below 500); sent again while it fails transiently."""
         hdrs = dict(headers or {})
-        if token if token is not None else mp.token_auth:
-            hdrs["Authorization"] = f"Bearer {self.ccm_token(mp, log)}"
-            log.info("Appending CCM Token to the header.")
+        with_token = token if token is not None else mp.token_auth
+        if with_token:
+            hdrs["Authorization"] = f"Bearer {self.ccm_token(mp, log)}"  # renewed (and retried) on its own
+
+        def attempt() -> httpx.Response:
+            if with_token:
+                log.info("Appending CCM Token to the header.")
+            try:
+                reply = self.http(mp).get(url, headers=hdrs)
+            except httpx.HTTPError as e:
+                err = classify(e)
+                ccmhttp_failure(log, mp, url, 0xE0, error=err)
+                raise MessagingError(f"{err.text} (0x{err.hresult:08X})", hresult=err.hresult, transient=True) from e
+            if transient_status(reply.status_code):
+                ccmhttp_failure(log, mp, url, 0xE0, status=reply.status_code)
+                raise MessagingError(f"GET {url}: HTTP {reply.status_code}", status=reply.status_code, transient=True)
+            return reply
+
+        return retrying(attempt, log, f"Failed to get '{url}'")
+
+
+def retrying(attempt: Callable[[], T], log: logging.Logger, what: str) -> T:
+    """`attempt()` until it succeeds, fails for good (not transient) or the attempts are spent."""
+    settings = AgentSettings()
+    n = 1
+    while True:
         try:
-            return self.http(mp).get(url, headers=hdrs)
-        except httpx.HTTPError as e:
-            err = classify(e)
-            log.error(f"Failed to get {url}: {err.text}. Error 0x{err.hresult:08X}")
-            raise MessagingError(f"{err.text} (0x{err.hresult:08X})", hresult=err.hresult) from e
+            return attempt()
+        except (MessagingError, TokenUnavailable) as e:
+            if not e.transient or n >= settings.ccmhttp_attempts:
+                raise
+            delay = settings.retry_delay(n)
+            log.warning(f"{what} (attempt {n} of {settings.ccmhttp_attempts}): {e}. Will retry in {delay:g} second(s).")
+            time.sleep(delay)
+            n += 1
+
+
+def ccmhttp_failure(log: logging.Logger, mp: ManagementPoint, url: str, options: int, *, status: int = 0,
+                    error: NetworkError | None = None) -> None:
+    """The lines CCMHTTP writes for a request that failed (a real client's CcmMessaging.log,
+    LocationServices.log): no answer → the WinHTTP error; an answer → its HTTP status."""
+    if error is not None:
+        code = error.hresult & 0xFFFF if error.hresult >> 16 == 0x8007 else 0
+        text = _WINHTTP_NAMES.get(code, f"0x{error.hresult:08X}")
+        log.error(f"[CCMHTTP] ERROR: URL={url}, Port={mp.port}, Options={options}, Code={code}, Text={text}")
+    else:
+        log.error(f"[CCMHTTP] ERROR: URL={url}, Port={mp.port}, Options={options}, Code=0, "
+                  "Text=CCM_E_BAD_HTTP_STATUS_CODE")
+        log.error(f"[CCMHTTP] ERROR INFO: StatusCode={status} StatusText={_phrase(status)}")
+    log.info(f"Successfully queued event on HTTP/HTTPS failure for server '{mp.host}'.")
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _error_body(reply: httpx.Response) -> tuple[str, str]:

@@ -17,10 +17,11 @@ class ContentLocation:
 
 
 def site_info(client: CcmClient, mp: ManagementPoint, site_code: str, log: logging.Logger,
-              prefix: str = "ccmhttp") -> str:
+              prefix: str = "ccmhttp", *, retry: bool = True) -> str:
     body = f'<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="{site_code}"/></SiteInformationRequest>'
     log.info(f"Sending location request to '{mp.name}' with payload '{body}'")
-    reply = client.send(mp, "MP_LocationManager", body, log=log, prefix=prefix, flags="0x4100", options="0xe0")
+    reply = client.send(mp, "MP_LocationManager", body, log=log, prefix=prefix, flags="0x4100", options="0xe0",
+                        retry=retry)
     log.info(f"Received message '{reply.body}'")
     return reply.body
 

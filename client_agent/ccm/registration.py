@@ -3,22 +3,21 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
 from client_agent.adal import Logs
 from client_agent.ccm.client import CcmClient, MessagingError, TokenUnavailable
 from client_agent.ccm.context import AAD, BULK, DOMAIN, PKI, SELF_SIGNED, TOKEN, ManagementPoint
+from client_agent.settings import AgentSettings
 from services.runtime import tracing
 from services.runtime.ccm_messaging import cert_hex, parse_xml, registration_request, utc_timestamp
 
-ATTEMPTS_ENV = "CMGLAB_REGTASK_ATTEMPTS"
-INTERVAL_ENV = "CMGLAB_REGTASK_INTERVAL"  # seconds between attempts (the real client waits minutes)
-
 
 class RegistrationFailed(Exception):
-    pass
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient  # the site could not be reached (not: it refused the registration)
 
 
 def _data_xml(client: CcmClient, sms_id: str, internet: bool) -> str:
@@ -53,8 +52,11 @@ class ClientIDManager:
         self.register(mp)
 
     def register(self, mp: ManagementPoint) -> None:
-        attempts = int(os.environ.get(ATTEMPTS_ENV, "3"))
-        interval = float(os.environ.get(INTERVAL_ENV, "2"))
+        """RegTask: attempts with a sleep between them (the real task sleeps minutes, then tries again);
+        the proposed SMSID stays the same across attempts, so a registration the site completed but
+        whose reply was lost is the same client when the next attempt arrives."""
+        settings = AgentSettings()
+        attempts, interval = settings.regtask_attempts, settings.regtask_interval
         st = self.client.state
         proposed = "GUID:" + str(uuid.uuid4()).upper()
         last: Exception | None = None
@@ -64,15 +66,19 @@ class ClientIDManager:
                 with tracing.operation(self.client.device.info.name, "registration"):
                     self._attempt(mp, proposed)
                 return
-            except (MessagingError, TokenUnavailable, RegistrationFailed) as e:
+            except (MessagingError, TokenUnavailable) as e:
                 last = e
-                if attempt < attempts:
-                    self.log.warning(f"[RegTask] - Registration attempt {attempt} failed: {e}. "
-                                     f"Will retry in {interval:g} second(s).")
-                    time.sleep(interval)
+                self.log.error(f"RegTask: Failed to send registration request message. Error: 0x{e.hresult:08x}")
+            except RegistrationFailed as e:
+                last = e
+                self.log.error(f"[RegTask] - {e}")
+            if attempt < attempts:
+                self.log.info(f"[RegTask] - Sleeping for {interval:g} seconds ...")
+                time.sleep(interval)
         self.log.error(f"[RegTask] - Client registration failed after {attempts} attempt(s): {last}")
         st.sms_id, st.approval = None, None
-        raise RegistrationFailed(str(last))
+        raise RegistrationFailed(str(last), transient=isinstance(last, (MessagingError, TokenUnavailable))
+                                 and last.transient)
 
     def _attempt(self, mp: ManagementPoint, proposed: str) -> None:
         client, st = self.client, self.client.state

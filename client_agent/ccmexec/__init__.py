@@ -28,8 +28,8 @@ def choose_mp(client: CcmClient) -> ManagementPoint | None:
     loc_log, cl_log = dev.ccm_log("LocationServices.log"), dev.ccm_log("ClientLocation.log")
     if st.intranet_mp:
         mp = ManagementPoint(**st.intranet_mp)
-        try:
-            site_info(client, mp, st.site_code, loc_log)
+        try:  # a probe: one unanswered request means the client is not on the intranet
+            site_info(client, mp, st.site_code, loc_log, retry=False)
             cl_log.info(f"Client is on the intranet: assigned management point '{mp.name}'")
             return mp
         except MessagingError as e:

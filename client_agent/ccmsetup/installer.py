@@ -195,7 +195,7 @@ class Installer:
                 if st.auth_mode == PKI and e.code in ("0x80072EFD", "0x80072F8F"):
                     self.log.error("The CMG closed the connection after the TLS handshake: it refused the client "
                                    "authentication certificate (revoked, expired or not trusted by the site)")
-                raise SetupFailure(str(e)) from e
+                raise (Retryable if e.transient else SetupFailure)(str(e)) from e
             self.connected(source)
         prefix = "ccmsetup"
         try:
@@ -224,7 +224,7 @@ class Installer:
                 raise SetupFailure(str(e)) from e
             raise Retryable(str(e)) from e
         except TokenUnavailable as e:
-            raise SetupFailure(str(e)) from e
+            raise (Retryable if e.transient else SetupFailure)(str(e)) from e
 
     def download(self, client: CcmClient, mp: ManagementPoint, locations: list[Any]) -> Package:
         self.download_dir.mkdir(parents=True, exist_ok=True)
@@ -322,16 +322,16 @@ class Installer:
                 state.installed = True
                 state.save(self.device)
                 return ExitCode.SUCCESS
-            except RegistrationFailed as e:
-                self.log.error(f"The client was installed but could not register: {e}")
+            except (Retryable, RegistrationFailed) as e:
                 self.rollback()
-                return ExitCode.ERROR
-            except Retryable as e:
-                self.rollback()
+                if isinstance(e, RegistrationFailed):
+                    self.log.error(f"The client was installed but could not register: {e}")
+                    if not e.transient:  # the site refused it: trying again changes nothing
+                        return ExitCode.ERROR
                 retry = self.args.retry_minutes
                 if retry is None or time.monotonic() + retry * 60 > deadline:
                     self.log.error(f"CcmSetup failed: {e}")
-                    return e.code
+                    return e.code if isinstance(e, SetupFailure) else ExitCode.ERROR
                 self.log.info(f"Failed: {e}. Next retry in {retry:g} minute(s)...")
                 time.sleep(retry * 60)
             except SetupFailure as e:

@@ -26,7 +26,7 @@ from services.runtime.tracing import propagate
 _DROP_FROM_CLIENT = frozenset({"client-cert", "client-cert-chain", "x-forwarded-for", "x-forwarded-host",
                                "x-forwarded-proto"})
 # the channel's own margin: the point cuts the MP off at upstream_timeout and says so first
-_MARGIN = 5.0
+CHANNEL_MARGIN = 5.0
 
 
 class BodyTooLarge(Exception):
@@ -85,7 +85,7 @@ class Proxy:
         try:
             await stream.send_head(head)
             pump = asyncio.create_task(_pump(request, stream, self.max_body))
-            reply = asyncio.create_task(stream.response(self.timeout + _MARGIN))
+            reply = asyncio.create_task(stream.response(self.timeout + CHANNEL_MARGIN))
             await asyncio.wait({pump, reply}, return_when=asyncio.FIRST_COMPLETED)
             if pump.done() and pump.exception() is not None and not reply.done():
                 reply.cancel()
@@ -121,7 +121,7 @@ class Proxy:
         async def body() -> AsyncIterator[bytes]:
             sent = 0
             try:
-                async for chunk in stream.body(self.timeout + _MARGIN):
+                async for chunk in stream.body(self.timeout + CHANNEL_MARGIN):
                     sent += len(chunk)
                     if sent > self.max_body:
                         raise Aborted(502, f"reply body exceeds {self.max_body} bytes")
