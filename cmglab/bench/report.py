@@ -1,4 +1,8 @@
-"""The benchmark report: one JSON document and a Markdown rendering of it."""
+"""The benchmark report: one JSON document and a Markdown rendering of it.
+
+A section is a title, a note, and either one table (`columns` + `rows`) or several (`tables`: each a
+title, columns and rows); a row's value for a column may be missing (rendered empty).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+NOTE = ("Measurements, not tests: the machine may be shared with other work while they run, so treat single "
+        "numbers as noisy and compare within one report.")
+
 
 def machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "platform": platform.platform(),
             "cpus": os.cpu_count(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
-def write(out_dir: Path, sections: dict[str, Any]) -> tuple[Path, Path]:
+def write(out_dir: Path, sections: dict[str, Any], *, settings: dict[str, Any] | None = None) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"machine": machine(), **sections}
+    doc = {"machine": machine(), "settings": settings or {}, **sections}
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
     md_path = out_dir / "report.md"
@@ -25,19 +32,32 @@ def write(out_dir: Path, sections: dict[str, Any]) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return head + "".join("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |\n" for r in rows)
+    return head + "".join("| " + " | ".join(_cell(r.get(c)) for c in columns) + " |\n" for r in rows)
 
 
 def render(doc: dict[str, Any]) -> str:
     m = doc["machine"]
+    settings = ", ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list | tuple) else v}"
+                         for k, v in doc.get("settings", {}).items())
     parts = [f"# cmglab benchmark report\n\n{m['date']} · Python {m['python']} · {m['cpus']} CPUs · "
-             f"{m['platform']}\n"]
+             f"{m['platform']}\n\n{settings + '. ' if settings else ''}{NOTE}\n"]
     for key, section in doc.items():
-        if key == "machine":
+        if key in ("machine", "settings"):
             continue
         parts.append(f"\n## {section.get('title', key)}\n\n{section.get('note', '')}\n\n")
         if section.get("rows"):
-            parts.append(_table(section["rows"], section["columns"]))
+            parts.append(table(section["rows"], section["columns"]))
+        for sub in section.get("tables", []):
+            parts.append(f"\n**{sub['title']}**\n\n" + (table(sub["rows"], sub["columns"]) if sub["rows"] else
+                                                        "(nothing measured)\n"))
     return "".join(parts)

@@ -27,6 +27,8 @@ REGISTRATION = ('<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="{sms_id}" Re
                 '<Property Name="Netbios Name" Value="BENCH01" /><Property Name="FQ Name" Value="bench01.lab.test" />'
                 '<Property Name="Locale ID" Value="1033" /><Property Name="InternetFlag" Value="0" />'
                 '</DiscoveryProperties></Data>')
+MP_STS = "MP CCM_STS (Certificate proof)"
+MP_LOCATION = "MP location request (ccm_system_tokenauth)"
 SITE_INFO = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="{code}"/></SiteInformationRequest>'
 
 
@@ -35,6 +37,7 @@ class Scenario:
     name: str
     target: Target
     request: Request
+    direct: str = ""  # through the CMG: the name of the same request sent to the MP directly
 
 
 def _ctx(lab: Lab, client_cert: bool) -> ssl.SSLContext:
@@ -47,6 +50,11 @@ def _ctx(lab: Lab, client_cert: bool) -> ssl.SSLContext:
 
 def _target(lab: Lab, service: str, client_cert: bool = False) -> Target:
     return Target(lab.config.bind_address, lab.port(service), lab.host(service), _ctx(lab, client_cert))
+
+
+def cmg_mutual_target(lab: Lab) -> Target:
+    """A PKI client's connection to the CMG: its certificate presented at TLS."""
+    return _target(lab, "cmg", client_cert=True)
 
 
 def entra_token(lab: Lab) -> Scenario:
@@ -92,9 +100,8 @@ def registration_request(lab: Lab) -> Request:
 def mp_direct(lab: Lab) -> list[Scenario]:
     """The MP's hot endpoints; the first two are also measured through the CMG (`through_cmg`)."""
     return [
-        Scenario("MP CCM_STS (Certificate proof)", _target(lab, "management-point", client_cert=True), sts_request()),
-        Scenario("MP location request (ccm_system_tokenauth)", _target(lab, "management-point"),
-                 location_request(lab)),
+        Scenario(MP_STS, _target(lab, "management-point", client_cert=True), sts_request()),
+        Scenario(MP_LOCATION, _target(lab, "management-point"), location_request(lab)),
         Scenario("MP registration (PKI client)", _target(lab, "management-point", client_cert=True),
                  registration_request(lab)),
     ]
@@ -103,8 +110,14 @@ def mp_direct(lab: Lab) -> list[Scenario]:
 def through_cmg(lab: Lab) -> list[Scenario]:
     role = lab.config.site.role_id
     return [
-        Scenario("CMG -> CP -> MP CCM_STS (MutualAuth)", _target(lab, "cmg", client_cert=True),
-                 sts_request(f"/CCM_Proxy_MutualAuth/{role}/CCM_STS")),
+        Scenario("CMG -> CP -> MP CCM_STS (MutualAuth)", cmg_mutual_target(lab),
+                 sts_request(f"/CCM_Proxy_MutualAuth/{role}/CCM_STS"), direct=MP_STS),
         Scenario("CMG -> CP -> MP location request (ServerAuth)", _target(lab, "cmg"),
-                 location_request(lab, f"/CCM_Proxy_ServerAuth/{role}/ccm_system_tokenauth/request")),
+                 location_request(lab, f"/CCM_Proxy_ServerAuth/{role}/ccm_system_tokenauth/request"),
+                 direct=MP_LOCATION),
     ]
+
+
+def aad_auth_info(lab: Lab) -> Request:
+    """What ccmsetup asks the CMG first (answered by the CMG itself from the site's published tenants)."""
+    return Request(path=f"/CCM_Proxy_ServerAuth/AADAuthInfo?TenantID={lab.config.primary_tenant.tenant_id}")

@@ -16,13 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from cryptography import x509
 
 from services.cmg_connection_point.rewrite import Rewrite, RewriteError, rewrite
+from services.cmg_connection_point.upstream import Upstream, UpstreamError, UpstreamTimeout
 from services.runtime.admin import LabState
 from services.runtime.cmg_channel import (
-    CHUNK,
     CLIENT_CERT_HEADER,
     Kind,
     RequestHead,
@@ -54,9 +53,9 @@ def _subject_of(b64: str | None) -> str | None:
 
 
 class Forwarder:
-    def __init__(self, client: httpx.AsyncClient, log: logging.Logger, state: LabState, *, name: str,
+    def __init__(self, upstream: Upstream, log: logging.Logger, state: LabState, *, name: str,
                  max_body: int, timeout: float) -> None:
-        self.client, self.log, self.state = client, log, state
+        self.upstream, self.log, self.state = upstream, log, state
         self.name, self.max_body, self.timeout = name, max_body, timeout
 
     async def handle(self, msg_id: uuid.UUID, head: RequestHead, body: asyncio.Queue[BodyItem], send: Send,
@@ -137,33 +136,30 @@ class Forwarder:
         if head.client_cert:
             headers.append((CLIENT_CERT_HEADER, f":{head.client_cert}:"))
         content = self._body(body, sizes) if head.has_body else None
-        request = self.client.build_request(head.method, rw.internal_url, headers=headers, content=content)
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException as e:
-            raise _Abort(504, f"the management point did not answer within {self.timeout:g} s "
-                              f"({type(e).__name__})") from e
-        except httpx.HTTPError as e:
-            raise _Abort(502, f"could not reach the management point {rw.internal_base}: "
-                              f"{type(e).__name__}: {e}") from e
+            response = await self.upstream.request(head.method, rw.internal_url, headers, content)
+        except UpstreamTimeout as e:
+            raise _Abort(504, f"the management point did not answer within {self.timeout:g} s ({e})") from e
+        except UpstreamError as e:
+            raise _Abort(502, f"could not reach the management point {rw.internal_base}: {e}") from e
         try:
-            length = response.headers.get("content-length")
+            headers_in = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
+            length = next((v for k, v in headers_in if k.lower() == "content-length"), None)
             if length and length.isdigit() and int(length) > self.max_body:
                 raise _Abort(502, f"the management point's reply of {length} bytes exceeds {self.max_body}")
-            reply = ResponseHead(response.status_code, response.reason_phrase,
-                                 [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw],
+            reply = ResponseHead(response.status_code, response.reason_phrase, headers_in,
                                  internal_url=rw.internal_url, connection_point=self.name)
             await send(encode(Kind.RESPONSE, msg_id, reply.to_json()))
             try:
-                async for chunk in response.aiter_raw(CHUNK):
+                async for chunk in response.body():
                     sizes["out"] += len(chunk)
                     if sizes["out"] > self.max_body:
                         raise _Abort(502, f"the management point's reply exceeds {self.max_body} bytes")
                     await send(encode(Kind.RESPONSE_BODY, msg_id, chunk))
-            except httpx.TimeoutException as e:
+            except UpstreamTimeout as e:
                 raise _Abort(504, f"the management point stopped sending its reply for {self.timeout:g} s") from e
-            except httpx.HTTPError as e:
-                raise _Abort(502, f"the management point's reply broke off: {type(e).__name__}: {e}") from e
+            except UpstreamError as e:
+                raise _Abort(502, f"the management point's reply broke off: {e}") from e
             await send(encode(Kind.RESPONSE_END, msg_id))
             return response.status_code, response.reason_phrase
         finally:

@@ -1,0 +1,56 @@
+"""`cmglab bench --quick` end to end: every section of the report is written, as JSON and Markdown, and
+nothing that should succeed failed. It asserts no speed: the benchmarks are measurements, not tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("ceiling", "services", "cmg_path", "onboarding", "connections", "profiles")
+
+
+def only_ok(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        assert row["requests"] > 0 and row["errors"] == 0, row
+        assert set(row["statuses"]) == {"200"}, row  # JSON keys: the status codes as strings
+
+
+def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    # a process of its own: the bench pins itself to a CPU and lifts its open-files limit
+    run = subprocess.run([sys.executable, "-m", "cmglab", "bench", "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    assert set(SECTIONS) <= set(report) and report["settings"]["hold"] == 200
+    for number, key in enumerate(SECTIONS, 1):
+        assert f"## {number}. " in markdown and report[key]["title"].startswith(f"{number}. ")
+
+    only_ok(report["ceiling"]["rows"])
+    only_ok(report["services"]["rows"])
+    only_ok(report["cmg_path"]["rows"])
+    assert all(row["ratio_to_mp_direct"] > 0 and row["server_cpu_ms"] > 0 for row in report["cmg_path"]["rows"])
+
+    onboarding = report["onboarding"]
+    assert [(r["devices"], r["succeeded"], r["failed"]) for r in onboarding["rows"]] == [(5, 5, 0)]
+    memory = onboarding["tables"][0]["rows"]
+    assert {r["service"] for r in memory} >= {"entra", "management-point", "cmg", "cmg-connection-point"}
+    assert all(r["peak_rss_mb"] >= r["rss_start_mb"] > 0 for r in memory)
+    steps = {r["step"] for r in onboarding["tables"][1]["rows"]}
+    assert {"join", "registration", "policy assignments", "whole onboarding"} <= steps
+
+    held = report["connections"]["rows"][0]
+    assert held["held"] == held["target"] == held["still_answering"] == 200 and held["open_failures"] == 0
+    assert held["established_at_cmg"] >= 200 and held["cmg_rss_held_mb"] > 0
+    latency, failures = report["connections"]["tables"]
+    assert {r["held"] for r in latency["rows"]} == {"0", "200"} and failures["rows"] == []
+    only_ok(latency["rows"])
+
+    profiles = report["profiles"]
+    assert profiles["profiled"] == [] and "Not profiled" in profiles["note"]
+    fixes = profiles["tables"][0]["rows"]
+    assert fixes and all(f["after_rps"] for f in fixes)  # each fix's scenario was measured in this run
