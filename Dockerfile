@@ -9,9 +9,9 @@ COPY cmglab ./cmglab
 COPY certs ./certs
 COPY services ./services
 COPY client_agent ./client_agent
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir '.[postgres]'
 
 VOLUME ["/lab"]
-EXPOSE 443 80 10140
+EXPOSE 443 80 10140-10155
 ENTRYPOINT ["cmglab"]
 CMD ["--help"]

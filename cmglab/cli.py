@@ -284,14 +284,17 @@ def status(lab: LabOption = DEFAULT_LAB,
 
 @app.command()
 def health(service: Annotated[str, typer.Argument(help=" | ".join(SERVICE_MODULES))],
-           lab: LabOption = DEFAULT_LAB) -> None:
+           lab: LabOption = DEFAULT_LAB,
+           address: Annotated[str | None, typer.Option(
+               help="Ask the process at this address, not whichever the service's name resolves to "
+                    "(replicas share the name; compose: 127.0.0.1, the container itself).")] = None) -> None:
     """Exit 0 when SERVICE answers /_lab/health (the compose health checks use this)."""
     from cmglab import orchestrate
 
     if service not in SERVICE_MODULES:
         console.print(f"[red]unknown service {service!r}[/red]")
         raise typer.Exit(2)
-    state = orchestrate.health(load_lab(lab), (service,))[service]
+    state = orchestrate.health(load_lab(lab), (service,), address)[service]
     typer.echo(f"{service}: {state}")
     if state != "healthy":
         raise typer.Exit(1)

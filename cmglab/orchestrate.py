@@ -78,10 +78,12 @@ def stop_pids(lab: Lab, timeout: float = 10) -> list[str]:
     return list(pids)
 
 
-def health(lab: Lab, services: tuple[str, ...] = SERVICES) -> dict[str, str]:
-    """Each service's health as its /_lab/health answers (or why it does not)."""
+def health(lab: Lab, services: tuple[str, ...] = SERVICES, address: str | None = None) -> dict[str, str]:
+    """Each service's health as its /_lab/health answers (or why it does not); with `address`, as the
+    process listening there answers (replicas share their service's name)."""
     out = {}
-    with LabProcesses(lab).client() as c:
+    pinned = [f"{lab.host(s)}:{lab.port(s)}:{address}" for s in services] if address else []
+    with LabProcesses(lab).client(pinned) as c:
         for service in services:
             try:
                 reply = c.get(f"{lab.url(service)}/_lab/health")

@@ -72,13 +72,16 @@ class LabProcesses:
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
     detach: bool = False  # own session: the services outlive the terminal that started them
     prefix: list[str] = field(default_factory=list)  # e.g. taskset: where the benchmarks pin services
+    # a second process of the same services (scale-out replicas; `env` says how it differs): names its output
+    replica: str = ""
 
     def health_url(self, name: str) -> str:
         return f"{self.lab.url(name)}/_lab/health"
 
-    def client(self) -> httpx.Client:
+    def client(self, resolve: Iterable[str] = ()) -> httpx.Client:
+        """A client with the lab's name mapping, overridden by `resolve` (HOST:PORT:ADDR) entries."""
         ctx = httpclient.ssl_context(ca_bundle=self.lab.pki.ca_bundle)
-        return httpclient.client(ctx=ctx, resolve=self.lab.resolve(), timeout=5)
+        return httpclient.client(ctx=ctx, resolve=[*self.lab.resolve(), *resolve], timeout=5)
 
     def start(self, name: str, *, wait: bool = True, timeout: float = 30) -> ServiceProcess:
         existing = self.procs.get(name)
@@ -86,7 +89,7 @@ class LabProcesses:
             return existing
         out_dir = self.lab.dir / "logs" / "processes"
         out_dir.mkdir(parents=True, exist_ok=True)
-        log_path = out_dir / f"{name}.out"
+        log_path = out_dir / (f"{name}@{self.replica}.out" if self.replica else f"{name}.out")
         out = log_path.open("ab")
         proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "cmglab", "serve", name, "--lab", str(self.lab.dir)],

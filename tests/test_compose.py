@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,13 +14,29 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
+SITE_DB = "postgresql://cmglab:cmglab@postgres/cmglab"
+
+
+def config(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is needed (Debian package docker-compose; .ci/run installs it)"
-    out = subprocess.run([exe, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    clean = {k: v for k, v in os.environ.items() if k not in ("CMGLAB_DATABASE_URL", "CMGLAB_CMG_INSTANCES")}
+    out = subprocess.run([exe, *args, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**clean, **(env or {})})
     assert out.returncode == 0, out.stderr
-    return yaml.safe_load(out.stdout)
+    loaded: dict[str, Any] = yaml.safe_load(out.stdout)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return config()
+
+
+@pytest.fixture(scope="module")
+def scaled() -> dict[str, Any]:
+    """The scale profile as its README section starts it."""
+    return config("--profile", "scale", env={"CMGLAB_DATABASE_URL": SITE_DB, "CMGLAB_CMG_INSTANCES": "2"})
 
 
 def networks(svc: dict[str, Any]) -> set[str]:
@@ -51,8 +68,36 @@ def test_services_wait_for_init_and_health(compose: dict[str, Any]) -> None:
     assert s["init"]["command"] == ["init", "--lab", "/lab", "--compose"]
     for name in ("pki", "entra", "management-point", "cmg", "cmg-connection-point", "console"):
         assert s[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
-        assert s[name]["healthcheck"]["test"] == ["CMD", "cmglab", "health", name]
+        # replicated services ask their own process: their names answer for every replica
+        own = ["--address", "127.0.0.1"] if name in ("management-point", "cmg") else []
+        assert s[name]["healthcheck"]["test"] == ["CMD", "cmglab", "health", name, *own]
     assert s["cmg-connection-point"]["depends_on"]["management-point"]["condition"] == "service_healthy"
     for name in ("pki", "entra", "management-point", "cmg", "cmg-connection-point"):
         assert s["console"]["depends_on"][name]["condition"] == "service_healthy"
     assert s["client"]["profiles"] == ["client"]
+
+
+def test_default_lab_keeps_sqlite_and_one_cmg_instance(compose: dict[str, Any]) -> None:
+    s = compose["services"]
+    assert s["management-point"]["environment"]["CMGLAB_DATABASE_URL"] == ""  # SQLite in the lab volume
+    assert s["cmg-connection-point"]["environment"]["CMGLAB_CP_CMG_INSTANCES"] == "1"
+    for name in ("postgres", "management-point-2", "cmg-2"):
+        assert s[name]["profiles"] == ["scale"]
+
+
+def test_scale_profile_runs_replicas_on_one_postgres_site_database(scaled: dict[str, Any]) -> None:
+    s = scaled["services"]
+    assert networks(s["postgres"]) == {"internal"}  # the site database: no route from the internet
+    assert s["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    for mp in ("management-point", "management-point-2"):
+        assert s[mp]["command"] == ["serve", "management-point"]
+        assert s[mp]["environment"]["CMGLAB_DATABASE_URL"] == SITE_DB
+        assert networks(s[mp]) == {"internal"}
+        assert s[mp]["networks"]["internal"]["aliases"] == ["mp.corp.lab.test"]
+    assert s["management-point-2"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # the second CMG VM instance: same name and client port, its own connector port, no second host port
+    assert s["cmg-2"]["command"] == ["serve", "cmg"]
+    assert s["cmg-2"]["environment"]["CMGLAB_CMG_INSTANCE"] == "1"
+    assert s["cmg-2"]["networks"]["internet"]["aliases"] == s["cmg"]["networks"]["internet"]["aliases"]
+    assert not s["cmg-2"].get("ports") and s["cmg"]["ports"]
+    assert s["cmg-connection-point"]["environment"]["CMGLAB_CP_CMG_INSTANCES"] == "2"

@@ -1,8 +1,12 @@
-"""`cmglab fleet --count N [--concurrency C]` and `cmglab fleet keys --count N`."""
+"""`cmglab fleet --count N [--concurrency C]`, `cmglab fleet keys --count N`, and Locust: `cmglab fleet locust
+ARGS` (every Locust user one device, distributed over machines) with `cmglab fleet export` for its workers."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -82,3 +86,38 @@ def keys(lab: LabOption = Path(".cmglab"),
     with console.status(f"generating {count * 4} RSA keys..."):
         total = generate(path, count)
     console.print(f"{total} keys in {path}: use `cmglab fleet --key-pool {path} ...`")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def locust(ctx: typer.Context) -> None:
+    """Run Locust on the fleet's locustfile: each Locust user is one device. Every argument goes to locust:
+    its own (`cmglab fleet locust -- --help`) and the fleet's: --lab, --key-pool, --fleet-dir, --cycle-wait,
+    --renew-every, --no-crl-check (README, "Many machines: Locust")."""
+    # exec'd, never imported here: Locust monkey-patches the standard library (gevent) when imported
+    locustfile = Path(__file__).with_name("locustfile.py")
+    os.execv(sys.executable, [sys.executable, "-m", "locust", "-f", str(locustfile), *ctx.args])
+
+
+@app.command()
+def export(address: Annotated[str, typer.Option(help="The lab machine's address as the worker machines reach "
+                                                     "it (its services listening there: CMGLAB_BIND=0.0.0.0).")],
+           out: Annotated[Path, typer.Option(help="Directory to write (copy it to each worker machine).")],
+           lab: LabOption = Path(".cmglab"),
+           key_pool: Annotated[Path | None, typer.Option(help="Also copy this key pool (workers share it out "
+                                                              "by worker index).")] = None,
+           ) -> None:
+    """What a Locust worker on another machine needs of the lab: lab.json, the CA bundle and a hosts file
+    mapping every lab name to ADDRESS. No CA or service keys, no admin token (lab.json has the lab users'
+    passwords: devices join with them)."""
+    from cmglab.cli import load_lab
+
+    the_lab = load_lab(lab)
+    (out / "pki").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(the_lab.config_path(the_lab.dir), out / "lab.json")
+    shutil.copy2(the_lab.pki.ca_bundle, out / "pki" / the_lab.pki.ca_bundle.name)
+    entries = [":".join([*entry.split(":", 2)[:2], address]) for entry in the_lab.loopback_resolve()]
+    (out / "hosts").write_text("".join(f"{e}\n" for e in entries))
+    if key_pool is not None:
+        shutil.copy2(key_pool, out / "keypool.pem")
+    pool = f" --key-pool {out / 'keypool.pem'}" if key_pool is not None else ""
+    console.print(f"{out}: on each worker, `cmglab fleet locust --worker --master-host MASTER --lab {out}{pool}`")

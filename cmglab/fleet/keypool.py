@@ -49,11 +49,12 @@ class KeyPool:
         self.fresh = 0  # keys generated because the pool was empty
 
     @classmethod
-    def load(cls, path: Path) -> KeyPool:
-        blob = path.read_bytes()
+    def load(cls, path: Path, *, share: int = 0, shares: int = 1) -> KeyPool:
+        """The pool in `path`, or one of `shares` disjoint shares of it (processes sharing one pool file)."""
+        pems = [part for part in path.read_bytes().split(_END) if part.strip()][share::shares]
         # these keys were made by generate(): skipping the (slow) RSA consistency check is safe here
-        keys = [serialization.load_pem_private_key(part + _END, None, unsafe_skip_rsa_key_validation=True)
-                for part in blob.split(_END) if part.strip()]
+        keys = [serialization.load_pem_private_key(pem + _END, None, unsafe_skip_rsa_key_validation=True)
+                for pem in pems]
         return cls([k for k in keys if isinstance(k, rsa.RSAPrivateKey)])
 
     def __len__(self) -> int:

@@ -47,10 +47,19 @@ def plan(lab: Lab, root: Path, *, crl_check: bool = True) -> FleetPlan:
                      traffic=Traffic(by_port))
 
 
+def run_id() -> str:
+    """What makes a run's device names its own, so that runs (and Locust worker processes) share one lab."""
+    return uuid.uuid4().hex[:5].upper()
+
+
+def device_name(run: str, number: int) -> str:
+    """A NetBIOS-sized name (15 characters)."""
+    return f"F{run}{number:06d}"[:15]
+
+
 def device_names(count: int) -> list[str]:
-    """NetBIOS-sized names (15 characters), unique per run so that runs can share one lab."""
-    run = uuid.uuid4().hex[:5].upper()
-    return [f"F{run}{i:06d}"[:15] for i in range(1, count + 1)]
+    run = run_id()
+    return [device_name(run, i) for i in range(1, count + 1)]
 
 
 def run(lab: Lab, count: int, *, concurrency: int = 8, root: Path | None = None, key_pool: Path | None = None,

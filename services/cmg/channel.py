@@ -151,9 +151,10 @@ class PointChannel:
 class Hub:
     """Every connected point, the site's published configuration, and round-robin over the points."""
 
-    def __init__(self, log: logging.Logger, heartbeat: float) -> None:
+    def __init__(self, log: logging.Logger, heartbeat: float, instance: int = 0) -> None:
         self.log = log
         self.heartbeat = heartbeat
+        self.instance = instance  # this CMG VM instance's number (several CMG processes: which one answered)
         self.points: list[PointChannel] = []
         self.config: dict[str, Any] | None = None
         self.config_from: str | None = None
@@ -229,5 +230,5 @@ class Hub:
             self.log.warning(f"Ignored unexpected {frame.kind.name} frame from {point.label}")
 
     def snapshot(self) -> dict[str, Any]:
-        return {"connection_points": [p.snapshot() for p in self.points],
+        return {"instance": self.instance, "connection_points": [p.snapshot() for p in self.points],
                 "site_config": self.config is not None, "site_config_from": self.config_from}

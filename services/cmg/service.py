@@ -23,7 +23,8 @@ from services.runtime.server import TLS, Listener, Service
 def build(lab: Lab) -> Service:
     settings = CMGSettings()
     log = smstrace_logger(lab.log_dir("cmg") / "CMGService.log", "CMGService")
-    hub = Hub(log, lab.settings.channel_heartbeat)
+    hub = Hub(log, lab.settings.channel_heartbeat, settings.instance)
+    connector_port = lab.config.ports.cmg_connector + settings.instance
     entra = EntraKeys(lab.http_client(timeout=10), lab.entra_jwks_url())
     secret = hmac.new(lab.admin_token().encode(), b"cmg-content-urls", hashlib.sha256).digest()
     content = ContentStore(lab.content_dir, lab.url("cmg"), secret, enabled=lab.config.site.content_enabled_cmg,
@@ -42,15 +43,15 @@ def build(lab: Lab) -> Service:
     async def final_summary() -> None:
         stats.flush()
 
-    log.info(f"CMG {lab.config.hosts.cmg} starting: clients on port {lab.port('cmg')}, "
-             f"connection points on port {lab.config.ports.cmg_connector}")
+    log.info(f"CMG {lab.config.hosts.cmg} instance {settings.instance} starting: clients on port {lab.port('cmg')}, "
+             f"connection points on port {connector_port}")
     return Service(
         "cmg",
         [
             # h11: CcmMessaging's CCM_POST verb must pass (httptools refuses unknown methods)
             Listener("cmg", create_app(cmg), lab.port("cmg"), lab.bind(), tls("optional"), http="h11"),
             Listener("cmg-connector", create_connector_app(lab, hub, Registry(lab, settings.extra_points()), log),
-                     lab.config.ports.cmg_connector, lab.bind(), tls("required")),
+                     connector_port, lab.bind(), tls("required")),
         ],
         background=[functools.partial(stats.run, settings.summary_interval)],
         on_stop=[final_summary],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +18,10 @@ class CMGSettings(BaseSettings):
     connection_points: str = ""
     # lifetime of the signed content URLs that getcontentxmlsecure hands out
     content_url_lifetime: int = 3600
+    # which VM instance this process is (scale-out: several CMG processes, one per instance). As on the real
+    # CMG, instance n takes connection points on its own port, the connector port + n (10140-10155), so that
+    # a point can reach every instance behind the one CMG name (CMGLAB_CP_CMG_INSTANCES)
+    instance: Annotated[int, Field(ge=0, le=15)] = 0
 
     def extra_points(self) -> set[str]:
         return {p.strip().lower() for p in self.connection_points.split(",") if p.strip()}

@@ -12,6 +12,7 @@ from services.cmg_connection_point.app import create_app
 from services.cmg_connection_point.dialer import Channel, SiteConfig
 from services.cmg_connection_point.forwarder import Forwarder
 from services.cmg_connection_point.settings import CPSettings
+from services.cmg_connection_point.upstream import Upstream
 from services.runtime import httpclient
 from services.runtime.lab import Lab
 from services.runtime.logs import smstrace_logger
@@ -36,10 +37,11 @@ def build(lab: Lab) -> Service:
                 "site_config": site.value is not None, "site_config_error": site.error}
 
     app, state = create_app(lab, health)
-    forwarder = Forwarder(mp, log, state, name=name, max_body=s.max_body_bytes, timeout=s.upstream_timeout)
     ssl_ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=cert,
                                      crl_files=[lab.pki.crl_bundle], crl_check=s.crl_check)
     mapping = httpclient.parse_resolve(lab.resolve())
+    upstream = Upstream(ssl_ctx, mapping, timeout=s.upstream_timeout)
+    forwarder = Forwarder(upstream, log, state, name=name, max_body=s.max_body_bytes, timeout=s.upstream_timeout)
     instance = uuid.uuid4().hex[:12]
     for url in settings.channel_urls(lab):
         parts = urlsplit(url)
@@ -56,6 +58,7 @@ def build(lab: Lab) -> Service:
 
     async def close_client() -> None:
         await mp.aclose()
+        await upstream.aclose()
 
     return Service("cmg-connection-point",
                    [Listener("cmg-connection-point", app, settings.port(lab), lab.bind())],

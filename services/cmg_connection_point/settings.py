@@ -3,6 +3,9 @@ services/runtime/settings.py (heartbeat, backoff, timeouts, limits, CRL checking
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.cmg_channel import PATH
@@ -12,8 +15,11 @@ from services.runtime.lab import Lab
 class CPSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CMGLAB_CP_", extra="ignore")
 
-    # the CMG instances to dial, comma-separated `wss://host:port` (default: the lab's CMG connector)
+    # the CMG instances to dial, comma-separated `wss://host:port` (default: every instance of the lab's CMG)
     cmg_urls: str = ""
+    # how many VM instances the lab's CMG has: like the real point, dial each on its own port behind the one
+    # CMG name, the connector port + n (10140, 10141, ... up to 10155)
+    cmg_instances: Annotated[int, Field(ge=1, le=16)] = 1
     # where the site publishes its CMG configuration (default: the lab's MP; GET <site_url>/CCM_Cloud/config)
     site_url: str = ""
     # this point's name in the channel HELLO (default: the lab's connection point host name)
@@ -24,7 +30,8 @@ class CPSettings(BaseSettings):
     def channel_urls(self, lab: Lab) -> list[str]:
         urls = [u.strip().rstrip("/") for u in self.cmg_urls.split(",") if u.strip()]
         if not urls:
-            urls = [f"wss://{lab.config.hosts.cmg}:{lab.config.ports.cmg_connector}"]
+            urls = [f"wss://{lab.config.hosts.cmg}:{lab.config.ports.cmg_connector + n}"
+                    for n in range(self.cmg_instances)]
         return [u if u.endswith(PATH) else u + PATH for u in urls]
 
     def config_url(self, lab: Lab) -> str:

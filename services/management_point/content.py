@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,9 @@ def build_package(lab: Lab, *, force: bool = False) -> Path:
     ).encode()
     cab = _cab({"ccmsetup.xml": ccmsetup_xml})
     blobs = {"ccmsetup.cab": cab, "client.msi": msi}
+    # per-process temporary names: MP replicas starting together each write the same bytes, then rename
     for name, blob in blobs.items():
-        tmp = folder / (name + ".tmp")
+        tmp = folder / f"{name}.{os.getpid()}.tmp"
         tmp.write_bytes(blob)
         tmp.replace(folder / name)
     manifest = {
@@ -106,7 +108,7 @@ def build_package(lab: Lab, *, force: bool = False) -> Path:
         "client_version": site.client_version, "product_code": site.client_product_code,
         "files": [_entry(n, b) for n, b in blobs.items()],
     }
-    tmp = folder / "manifest.json.tmp"
+    tmp = folder / f"manifest.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(manifest_path)
     return folder

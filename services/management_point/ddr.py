@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.management_point.policy import verify_signed_message
+from services.management_point.registration import normalise_sms_id
 from services.management_point.site import MP
 from services.runtime.ccm_messaging import CcmMessage, CcmMessageError, decode_utf16, parse_xml
 
@@ -12,7 +13,8 @@ def handle(mp: MP, msg: CcmMessage) -> None:
     root = parse_xml(msg.body)
     if root.tag != "Report":
         raise CcmMessageError(f"MP_DdrEndpoint cannot process <{root.tag}>")
-    claimed = (root.findtext("ReportHeader/Identification/Machine/ClientID") or "").strip().upper() or None
+    # an SMSID, or none: the site keeps no free text as a client's ID
+    claimed = normalise_sms_id(root.findtext("ReportHeader/Identification/Machine/ClientID"))
     netbios = (root.findtext("ReportHeader/Identification/Machine/NetBIOSName") or "").strip()
     signed = verify_signed_message(mp, msg) if msg.header.clientauth else None
     sms_id = signed.sms_id if signed else claimed

@@ -62,10 +62,12 @@ NOT_APPROVED, APPROVED, AAD_APPROVED = 0, 1, 3
 
 
 class Client(Base):
+    # What the client sends of itself (names, agent identity and version) is kept as Text: SQLite never
+    # enforced a VARCHAR length, PostgreSQL refuses a longer value, and the MP does not judge these.
     __tablename__ = "clients"
     sms_id: Mapped[str] = mapped_column(String(48), primary_key=True)  # GUID:<UPPER>
-    netbios_name: Mapped[str] = mapped_column(String(64), default="")
-    fqdn: Mapped[str] = mapped_column(String(256), default="")
+    netbios_name: Mapped[str] = mapped_column(Text, default="")
+    fqdn: Mapped[str] = mapped_column(Text, default="")
     signing_cert: Mapped[str] = mapped_column(Text)  # hex DER (self-signed SMS signing)
     encryption_cert: Mapped[str] = mapped_column(Text)  # hex DER (SMS encryption)
     signing_thumbprint: Mapped[str] = mapped_column(String(40), index=True)
@@ -78,8 +80,8 @@ class Client(Base):
     bulk_token_guid: Mapped[str | None] = mapped_column(String(36), nullable=True)
     approval: Mapped[int] = mapped_column(Integer, default=NOT_APPROVED)
     internet: Mapped[bool] = mapped_column(Boolean, default=False)
-    agent_identity: Mapped[str] = mapped_column(String(64), default="")
-    agent_version: Mapped[str] = mapped_column(String(32), default="")
+    agent_identity: Mapped[str] = mapped_column(Text, default="")
+    agent_version: Mapped[str] = mapped_column(Text, default="")
     registered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_policy_request: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -159,8 +161,8 @@ class Policy(Base):
 class Ddr(Base):
     __tablename__ = "ddrs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sms_id: Mapped[str | None] = mapped_column(String(48), index=True, nullable=True)
-    netbios_name: Mapped[str] = mapped_column(String(64), default="")
+    sms_id: Mapped[str | None] = mapped_column(String(48), index=True, nullable=True)  # a GUID: SMSID or none
+    netbios_name: Mapped[str] = mapped_column(Text, default="")  # as the report says (see Client)
     signed: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     body: Mapped[str] = mapped_column(Text)
@@ -172,7 +174,7 @@ class Store:
     def __init__(self, lab: Lab, url: str | None = None,
                  policy_factory: Callable[[Lab], list[Policy]] | None = None) -> None:
         self.lab = lab
-        self.db = Database(url or lab.database_url("management-point"), Base)
+        self.db = Database(url or lab.database_url("management-point"), Base, "management-point")
         self.policy_factory = policy_factory
         self.seed()
 
@@ -181,30 +183,32 @@ class Store:
 
     # -- seeding / reset ---------------------------------------------------------------------
     def seed(self) -> None:
+        with self.db.exclusive() as s:  # MP replicas starting together: one seeds, the others find the rows
+            self._seed(s)
+
+    def _seed(self, s: Session) -> None:
         site = self.lab.config.site
         defaults = {"allow_cmg": site.allow_cmg, "auto_approve": site.auto_approve,
                     "content_enabled_cmg": site.content_enabled_cmg, "network_access_account": True}
         server_app = next((a for a in self.lab.config.apps if a.identifier_uri and not a.public_client),
                           self.lab.config.apps[0])
         client_app = self.lab.config.apps[0]
-        with self.session() as s:
-            for name, value in defaults.items():
-                if s.get(SiteSetting, name) is None:
-                    s.add(SiteSetting(name=name, value=json.dumps(value)))
-            for t in self.lab.config.tenants:
-                if s.get(Tenant, t.tenant_id) is None:
-                    s.add(Tenant(tenant_id=t.tenant_id, name=t.display_name, client_app_id=client_app.app_id,
-                                 server_app_id=server_app.app_id,
-                                 resource_uri=server_app.identifier_uri or "https://ConfigMgrService",
-                                 onboarded=t.onboarded))
-            has_policies = s.scalars(select(Policy).limit(1)).first() is not None
-            if not has_policies and self.policy_factory is not None:
-                for p in self.policy_factory(self.lab):
-                    s.add(p)
+        for name, value in defaults.items():
+            if s.get(SiteSetting, name) is None:
+                s.add(SiteSetting(name=name, value=json.dumps(value)))
+        for t in self.lab.config.tenants:
+            if s.get(Tenant, t.tenant_id) is None:
+                s.add(Tenant(tenant_id=t.tenant_id, name=t.display_name, client_app_id=client_app.app_id,
+                             server_app_id=server_app.app_id,
+                             resource_uri=server_app.identifier_uri or "https://ConfigMgrService",
+                             onboarded=t.onboarded))
+        has_policies = s.scalars(select(Policy).limit(1)).first() is not None
+        if not has_policies and self.policy_factory is not None:
+            for p in self.policy_factory(self.lab):
+                s.add(p)
 
     def reset(self) -> None:
-        self.db.reset()
-        self.seed()
+        self.db.reset(self._seed)
 
     # -- settings ----------------------------------------------------------------------------
     def setting(self, name: str, default: Any = None) -> Any:
