@@ -105,7 +105,7 @@ def test_entra_install_journey_in_seed_order(lab: Lab, page: Any, tmp_path: Path
         drawn = drawn_requests(page)
         return drawn if "registration" in {d["step"] for d in drawn} else None
 
-    drawn = wait_for(journey, what="the registration drawn")
+    drawn = wait_for(journey, timeout=45, what="the registration drawn")  # the console polls; a busy CI machine is slow
     steps = [d["step"] for d in drawn]
     at = -1
     for step in expected:  # each step drawn after the one before it (the join has its own login token)
