@@ -53,6 +53,18 @@ async def _exchange(conn: Connection, raw: bytes) -> int:
     return await loadgen.read_response(reader)
 
 
+async def _ask(conn: Connection, raw: bytes, failures: Counter[str]) -> int | None:
+    """One request on `conn`: its status, or None when the connection failed (counted by reason)."""
+    try:
+        status = await asyncio.wait_for(_exchange(conn, raw), 30)
+    except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ValueError, TimeoutError) as e:
+        failures[_reason(e)] += 1
+        return None
+    if status != 200:
+        failures[f"HTTP {status}"] += 1
+    return status
+
+
 async def open_held(target: loadgen.Target, count: int, raw: bytes) -> tuple[list[Connection], Counter[str]]:
     """`count` connections, each with one answered request; failures counted by reason."""
     gate = asyncio.Semaphore(OPENING)
@@ -63,13 +75,10 @@ async def open_held(target: loadgen.Target, count: int, raw: bytes) -> tuple[lis
             try:
                 conn = await asyncio.open_connection(target.addr, target.port, ssl=target.ctx,
                                                      server_hostname=target.host)
-                status = await asyncio.wait_for(_exchange(conn, raw), 30)
-            except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ValueError, TimeoutError) as e:
+            except (OSError, ssl.SSLError, TimeoutError) as e:
                 failures[_reason(e)] += 1
                 return None
-            if status != 200:
-                failures[f"HTTP {status}"] += 1
-            return conn
+            return conn if await _ask(conn, raw, failures) is not None else None
 
     opened = await asyncio.gather(*(one() for _ in range(count)))
     return [c for c in opened if c is not None], failures
@@ -82,14 +91,7 @@ async def still_answering(conns: list[Connection], raw: bytes) -> tuple[int, Cou
 
     async def one(conn: Connection) -> bool:
         async with gate:
-            try:
-                status = await asyncio.wait_for(_exchange(conn, raw), 30)
-            except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ValueError, TimeoutError) as e:
-                failures[_reason(e)] += 1
-                return False
-            if status != 200:
-                failures[f"HTTP {status}"] += 1
-            return status == 200
+            return await _ask(conn, raw, failures) == 200
 
     answered = await asyncio.gather(*(one(c) for c in conns))
     return sum(answered), failures
