@@ -236,31 +236,37 @@ async function refreshTraces() {
 }
 
 async function refreshAll() {
+  listen();  // subscribe before reading: a trace that lands while the view loads still redraws it
   const { services, steps } = await api("/api/services");
   renderServices(services);
   for (const s of steps) addOption($("#filter-step"), s);
   await Promise.all([refreshTraces(), refreshDevices()]);
   await showView();
-  listen();
 }
 
 // -- live updates ---------------------------------------------------------------------------------
 let redraw = null;
+function scheduleRedraw(traceId) {
+  clearTimeout(redraw);  // a burst of hops redraws once
+  redraw = setTimeout(() => {
+    if (!state.traceId || state.traceId === traceId) showView(); else renderTraceList();
+    refreshDevices();
+  }, 250);
+}
 function listen() {
   if (state.source) state.source.close();
   const source = new EventSource(`/api/events?device=${enc(state.device)}&step=${enc(state.step)}`);
   state.source = source;
-  source.onopen = () => { $("#live").textContent = "live"; $("#live").className = "badge on"; };
+  source.onopen = () => {
+    $("#live").textContent = "live"; $("#live").className = "badge on";
+    scheduleRedraw(state.traceId);  // (re)connected: what was published before the stream opened is read now
+  };
   source.onerror = () => { $("#live").textContent = "reconnecting…"; $("#live").className = "badge off"; };
   source.addEventListener("services", (e) => renderServices(JSON.parse(e.data)));
   source.addEventListener("trace", (e) => {
     const t = JSON.parse(e.data);
     state.traces.set(t.trace_id, t);
-    clearTimeout(redraw);  // a burst of hops redraws once
-    redraw = setTimeout(() => {
-      if (!state.traceId || state.traceId === t.trace_id) showView(); else renderTraceList();
-      refreshDevices();
-    }, 250);
+    scheduleRedraw(t.trace_id);
   });
 }
 
