@@ -101,9 +101,12 @@ def test_entra_install_journey_in_seed_order(lab: Lab, page: Any, tmp_path: Path
     expected = ["join", "aadinfo", "token", "ccmsts", "location", "download", "registration"]
 
     def journey() -> list[dict[str, str]] | None:
+        """The drawing once the registration's last hops are in: the view is redrawn as the console collects
+        them, service by service (the CMG records its hop after the MP and the point have answered)."""
         page.wait_for_timeout(300)
         drawn = drawn_requests(page)
-        return drawn if "registration" in {d["step"] for d in drawn} else None
+        hops = {(d["step"], d["service"]) for d in drawn}
+        return drawn if {("registration", s) for s in ("cmg", CP, MP)} <= hops else None
 
     drawn = wait_for(journey, what="the registration drawn")
     steps = [d["step"] for d in drawn]
@@ -160,11 +163,13 @@ def test_blocked_bulk_token_refused_at_the_mp_live(lab: Lab, page: Any) -> None:
     page.wait_for_selector("#live.on")  # subscribed to the event stream before anything happens
     reply, headers = traced_sts(lab, Device(name="BLOCK01"), bulk_token(lab, blocked=True))
     assert reply.status_code == 403
-    refusal = page.wait_for_selector('#sequence g.hop.reply.fail[data-service="management-point"]', timeout=10_000)
+    # MP -> point -> CMG -> client, all red (drawn as the console collects each service's hop)
+    wait_for(lambda: page.wait_for_timeout(200) or page.locator("#sequence g.hop.reply.fail").count() == 3,
+             what="the refusal drawn on every hop")
+    refusal = page.wait_for_selector('#sequence g.hop.reply.fail[data-service="management-point"]')
     assert refusal.get_attribute("data-status") == "403"
     reason = refusal.query_selector("text.reason")
     assert reason is not None and (reason.text_content() or "").startswith("BulkTokenBlocked: bulk registration token")
-    assert page.locator("#sequence g.hop.reply.fail").count() == 3  # MP -> point -> CMG -> client, all red
     color = refusal.evaluate("g => getComputedStyle(g.querySelector('line')).stroke")
     assert color == "rgb(198, 40, 40)"
 

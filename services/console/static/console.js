@@ -192,7 +192,9 @@ function pickHop(traceId, index) {
 }
 
 // -- views ----------------------------------------------------------------------------------------
+let viewReads = 0;
 async function showView() {
+  const read = ++viewReads;
   let traces, title, note;
   if (state.traceId) {
     try { traces = [await api("/api/traces/" + state.traceId)]; } catch { traces = []; }
@@ -200,9 +202,13 @@ async function showView() {
     title = t ? `${t.step || "trace"} · ${t.device || "untagged"}` : "Trace not found";
     note = t ? `trace ${t.trace_id} · ${t.hops} hops · started ${t.start.replace("T", " ")}` :
       `The console has no trace ${state.traceId} (yet).`;
-    $("#permalink").href = "/trace/" + state.traceId; $("#permalink").hidden = false; $("#back").hidden = false;
   } else {
     traces = (await api(`/api/journey?device=${enc(state.device)}&step=${enc(state.step)}&limit=100`)).traces;
+  }
+  if (read !== viewReads) return;  // a newer read started while this one waited: never draw an older view
+  if (state.traceId) {
+    $("#permalink").href = "/trace/" + state.traceId; $("#permalink").hidden = false; $("#back").hidden = false;
+  } else {
     title = state.device ? `Journey of ${state.device}` : "Journey (all devices)";
     if (state.step) title += ` · ${state.step}`;
     note = traces.length ? `${traces.length} traces, oldest first; live.` : "No traces yet: waiting for requests.";
