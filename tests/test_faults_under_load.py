@@ -33,7 +33,7 @@ def test_faults_under_load_lose_nothing_and_every_device_recovers(tmp_path: Path
     # each fault was applied once, without error, while devices were onboarding
     applied = [f.fault for f in report.faults]
     assert applied == [f.name for f in faults.schedule(upstream_timeout=2.0, client_timeout=10.0, concurrency=8)]
-    assert all(not f.error and f.devices_active > 0 for f in report.faults), report.faults
+    assert [f for f in report.faults if f.error or f.devices_active == 0] == []
     # the faults were felt (the clients saw 5xx answers and unanswered requests) and ridden out by retrying
     assert report.client_requests["no reply"] > 0
     assert {502, 503, 504} <= set(report.client_requests["by status"])

@@ -202,11 +202,16 @@ class Injector(threading.Thread):
             self.last_begun.set()
 
     def _apply(self, fault: Fault, started: float) -> Applied:
+        if len(self.applied) == len(self.faults) - 1:
+            # release the held-back devices first and let them begin: by the time every other device has
+            # finished, a quick fault (a /_lab/faults rule) could otherwise land on an idle lab
+            self.last_begun.set()
+            deadline = time.monotonic() + 5
+            while self.progress.running == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
         begun = time.monotonic()
         running, starts = self.progress.running, self.progress.started
         entry = Applied(fault.name, round(begun - started, 1), 0.0, self.progress.done, 0)
-        if len(self.applied) == len(self.faults) - 1:
-            self.last_begun.set()
         try:
             entry.detail = fault.apply(self.ctx)
         except Exception as e:  # noted in the report: a fault that could not be applied fails the run
