@@ -127,11 +127,15 @@ class Inject:
 
 
 def schedule(*, upstream_timeout: float, client_timeout: float, concurrency: int) -> list[Fault]:
-    """One of each: the three restarts, the database, delays past each hop's timeout, drops, 5xx."""
+    """One of each: the three restarts, the database, delays past each hop's timeout, drops, 5xx.
+
+    Entra comes first: only a device that is joining asks it for tokens, and late in the run the devices in
+    flight may all be past that step (`Injector` sees to it that devices are still to start)."""
     n = concurrency
     late_for_point = int((upstream_timeout + 1) * 1000)
     late_for_client = int((client_timeout + 1) * 1000)
     return [
+        Inject("entra", {"path": "/oauth2/token", "delay_ms": 1500, "times": 2 * n}, "Entra tokens 1.5 s late"),
         Kill("cmg-connection-point"),
         Inject("management-point", {"path": "^/CCM_STS$", "delay_ms": late_for_point, "times": n},
                f"CCM_STS answers {late_for_point} ms late, after the connection point's timeout"),
@@ -142,7 +146,6 @@ def schedule(*, upstream_timeout: float, client_timeout: float, concurrency: int
         Kill("cmg"),
         Inject("management-point", {"path": "ccm_system_tokenauth/request", "status": 503, "times": n},
                "CcmMessaging answered 503"),
-        Inject("entra", {"path": "/oauth2/token", "delay_ms": 1500, "times": 2 * n}, "Entra tokens 1.5 s late"),
         Inject("cmg", {"path": "AADAuthInfo", "delay_ms": late_for_client, "times": 1},
                f"AADAuthInfo answers {late_for_client} ms late, after the client's timeout"),
     ]
@@ -181,15 +184,25 @@ class Progress:
 
 
 class Injector(threading.Thread):
-    """Applies the faults in order: fault i once `thresholds[i]` devices have finished. `last_begun` is set
-    when the last fault begins: the fleet holds its last devices back until then, so that the load
-    outlasts the faults however long they take."""
+    """Applies the faults in order: fault i once `thresholds[i]` devices have finished. The fleet paces
+    itself on it (`wait_turn`): device k starts only once every fault whose threshold is at most
+    k - `ahead` has begun. So each fault begins with devices still to start, which go through every step of
+    an onboarding while it lasts, whatever step the fault hurts and however long the faults before it took."""
 
-    def __init__(self, faults: list[Fault], ctx: FaultContext, thresholds: list[int], progress: Progress) -> None:
+    def __init__(self, faults: list[Fault], ctx: FaultContext, thresholds: list[int], progress: Progress,
+                 ahead: int) -> None:
         super().__init__(name="faults", daemon=True)
-        self.faults, self.ctx, self.thresholds, self.progress = faults, ctx, thresholds, progress
+        self.faults, self.ctx, self.thresholds, self.progress, self.ahead = faults, ctx, thresholds, progress, ahead
         self.applied: list[Applied] = []
-        self.last_begun = threading.Event()
+        self._begun = 0
+        self._over = False
+        self._turn = threading.Condition()
+
+    def wait_turn(self, device: int, timeout: float) -> None:
+        """Until device number `device` may start (at once when the faults are over or failed)."""
+        needed = sum(1 for t in self.thresholds if t + self.ahead <= device)
+        with self._turn:
+            self._turn.wait_for(lambda: self._over or self._begun >= needed, timeout)
 
     def run(self) -> None:
         started = time.monotonic()
@@ -199,18 +212,16 @@ class Injector(threading.Thread):
                     time.sleep(0.1)
                 self.applied.append(self._apply(fault, started))
         finally:
-            self.last_begun.set()
+            with self._turn:
+                self._over = True
+                self._turn.notify_all()
 
     def _apply(self, fault: Fault, started: float) -> Applied:
-        if len(self.applied) == len(self.faults) - 1:
-            # release the held-back devices first and let them begin: by the time every other device has
-            # finished, a quick fault (a /_lab/faults rule) could otherwise land on an idle lab
-            self.last_begun.set()
-            deadline = time.monotonic() + 5
-            while self.progress.running == 0 and time.monotonic() < deadline:
-                time.sleep(0.05)
         begun = time.monotonic()
         running, starts = self.progress.running, self.progress.started
+        with self._turn:  # the devices waiting for this fault start now
+            self._begun += 1
+            self._turn.notify_all()
         entry = Applied(fault.name, round(begun - started, 1), 0.0, self.progress.done, 0)
         try:
             entry.detail = fault.apply(self.ctx)
@@ -221,6 +232,7 @@ class Injector(threading.Thread):
         return entry
 
 
-def thresholds(devices: int, faults: int) -> list[int]:
-    """Evenly through the run, the last well before its end (faults take time; the load must outlast them)."""
-    return [devices * (i + 1) // (faults + 3) for i in range(faults)]
+def thresholds(devices: int, faults: int, ahead: int) -> list[int]:
+    """Evenly through the run, the last `ahead` devices or more before its end: those, held back by
+    `Injector.wait_turn`, onboard under the last fault."""
+    return [(devices - 2 * ahead) * (i + 1) // (faults + 1) for i in range(faults)]

@@ -23,7 +23,6 @@ import os
 import re
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -50,7 +49,7 @@ from services.cmg.proxy import CHANNEL_MARGIN
 
 # ccmsetup as the real one runs, retrying a site it cannot reach (the product's default is every 10 minutes)
 CCMSETUP_RETRY = ["/retry:0.05", "/downloadtimeout:2"]
-HOLD_MAX_S = 600  # the longest the last devices wait for the last fault to begin
+PACE_MAX_S = 600  # the longest a device waits for the fault it is held back for to begin
 _ASSIGNED = re.compile(r"Server assigned ClientID is (GUID:[0-9A-F-]{36})")
 RETRY_LINES = {
     "CcmMessaging message sent again": re.compile(r"Failed to send message '[^']+' to endpoint '\w+' \(attempt"),
@@ -108,11 +107,12 @@ def _run(report: FaultsReport, plan: FleetPlan, watch: RequestWatch, procs: LabP
     plan_faults = faults.schedule(upstream_timeout=upstream, client_timeout=watch.bound,
                                   concurrency=report.concurrency)
     progress = faults.Progress()
+    ahead = report.concurrency
     injector = faults.Injector(plan_faults, faults.FaultContext(lab, procs, view.http, records.collect),
-                               faults.thresholds(len(names), len(plan_faults)), progress)
+                               faults.thresholds(len(names), len(plan_faults), ahead), progress, ahead)
     injector.start()
     cycle_started = time.monotonic()
-    first = fleet(plan, names, onboard, report.concurrency, progress, hold_last=injector.last_begun)
+    first = fleet(plan, names, onboard, report.concurrency, progress, pace=injector.wait_turn)
     progress.finished = True
     injector.join()
     report.cycle_s["first"] = round(time.monotonic() - cycle_started, 1)
@@ -140,13 +140,13 @@ def _run(report: FaultsReport, plan: FleetPlan, watch: RequestWatch, procs: LabP
 
 
 def fleet(plan: FleetPlan, names: list[str], cycle: Callable[[FleetPlan, str], DeviceResult], concurrency: int,
-          progress: faults.Progress, hold_last: threading.Event | None = None) -> dict[str, DeviceResult]:
-    """Every device's `cycle`, `concurrency` at a time; the last `concurrency` devices wait for `hold_last`."""
-    last = set(names[-concurrency:])
+          progress: faults.Progress, pace: Callable[[int, float], None] | None = None) -> dict[str, DeviceResult]:
+    """Every device's `cycle`, `concurrency` at a time, each started when `pace` lets it."""
 
-    def one(name: str) -> DeviceResult:
-        if hold_last is not None and name in last:
-            hold_last.wait(HOLD_MAX_S)
+    def one(numbered: tuple[int, str]) -> DeviceResult:
+        number, name = numbered
+        if pace is not None:
+            pace(number, PACE_MAX_S)
         progress.start()
         try:
             return cycle(plan, name)
@@ -154,7 +154,7 @@ def fleet(plan: FleetPlan, names: list[str], cycle: Callable[[FleetPlan, str], D
             progress.finish()
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="fleet") as workers:
-        return {r.name: r for r in workers.map(one, names)}
+        return {r.name: r for r in workers.map(one, enumerate(names))}
 
 
 def lost_at_the_site(plan: FleetPlan, names: list[str], view: LabView, report: FaultsReport) -> list[str]:
