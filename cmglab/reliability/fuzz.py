@@ -4,6 +4,7 @@ negative cases for every operation, sent over TLS to the service's loopback port
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from services.runtime.lab import Lab
 
 
 class _OutOfTime(Exception):
-    pass
+    """The budget is spent: raised from inside schemathesis's loop to leave it at once."""
 
 
 @dataclass
@@ -55,15 +56,11 @@ def run(lab: Lab, view: LabView, report: Report, *, deadline: float, examples: i
             operations.append(result.ok())
         report.operations[target.service] = len(operations)
         plan += [(target, op) for op in operations]
-    try:
+    with session, contextlib.suppress(_OutOfTime):
         while time.monotonic() < deadline:
             for target, op in plan:
                 for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                     _fuzz(op, mode, target, session, report, deadline, examples)
-    except _OutOfTime:
-        pass
-    finally:
-        session.close()
 
 
 def _fuzz(op: schemathesis.APIOperation, mode: GenerationMode, target: Target, session: requests.Session,

@@ -30,7 +30,7 @@ class UpstreamError(Exception):
 
 
 class UpstreamTimeout(UpstreamError):
-    pass
+    """The MP did not answer within the connection point's timeout: a 504, where a broken exchange is a 502."""
 
 
 @dataclass
