@@ -6,9 +6,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/cmglab
 COPY pyproject.toml README.md ./
 COPY cmglab ./cmglab
-COPY certs ./certs
-COPY services ./services
-COPY client_agent ./client_agent
 RUN pip install --no-cache-dir '.[postgres]'
 
 VOLUME ["/lab"]

@@ -27,4 +27,4 @@ bench:
 .PHONY: reliability
 reliability:
 	$(PY) -m cmglab.reliability --out reliability/results $(if $(BUDGET),--budget $(BUDGET))
-	$(PY) -m cmglab.reliability.underload --out reliability/results $(if $(DEVICES),--devices $(DEVICES))
+	$(PY) -m cmglab.tools.reliability.underload --out reliability/results $(if $(DEVICES),--devices $(DEVICES))

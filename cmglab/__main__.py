@@ -1,3 +1,3 @@
-from cmglab.cli import main
+from cmglab.tools.cli import main
 
 main()

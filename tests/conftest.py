@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cmglab.processes import LabProcesses, free_ports
-from cmglab.processes import isolated_lab as new_lab
-from services.runtime import httpclient
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses, free_ports
+from cmglab.tools.processes import isolated_lab as new_lab
+from cmglab.wire import httpclient
 
 __all__ = ["free_ports", "new_lab"]
 

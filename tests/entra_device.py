@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
 
 PLACEHOLDER_CN = "7E980AD9-B86D-4306-9425-9AC066FB014A"  # what every client puts in its CSR

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from cmglab.processes import LabProcesses
-from services.runtime import httpclient
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import httpclient
 
 PORT = 443
 

@@ -1,4 +1,4 @@
-"""The authorization matrix (`cmglab/reliability/matrix.py`), executed: every route family × every
+"""The authorization matrix (`cmglab/tools/reliability/matrix.py`), executed: every route family × every
 credential over real sockets against the session lab, compared with the table; and the README's
 "Authorization matrix" section is that same table.
 
@@ -19,13 +19,13 @@ import httpx
 import pytest
 import websockets.sync.client
 
-from cmglab.processes import LabProcesses
-from cmglab.reliability import matrix
-from cmglab.reliability.material import CertFiles, Material
-from services.runtime import ccm_messaging as cm
-from services.runtime import cmg_channel
-from services.runtime.lab import Lab
-from services.runtime.labconfig import DRS_RESOURCE
+from cmglab.core.labconfig import DRS_RESOURCE
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.tools.reliability import matrix
+from cmglab.tools.reliability.material import CertFiles, Material
+from cmglab.wire import ccm_messaging as cm
+from cmglab.wire import cmg_channel
 from tests.conftest import lab_client
 from tests.entra_device import EntraClient, join_body, new_key
 from tests.test_cmg_channel import proxy_url
@@ -198,4 +198,4 @@ def test_readme_shows_the_matrix() -> None:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Authorization matrix", 1)[1].split("\n## ", 1)[0]
     table = "\n".join(line for line in section.splitlines() if line.startswith("|")) + "\n"
-    assert table == matrix.markdown(), "README.md is stale: python -m cmglab.reliability.matrix --markdown"
+    assert table == matrix.markdown(), "README.md is stale: python -m cmglab.tools.reliability.matrix --markdown"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from client_agent.ccm.context import ManagementPoint
-from client_agent.ccmsetup import main
-from client_agent.ccmsetup.cmdline import CommandLineError, ExitCode, parse
+from cmglab.agent.ccm.context import ManagementPoint
+from cmglab.agent.ccmsetup import main
+from cmglab.agent.ccmsetup.cmdline import CommandLineError, ExitCode, parse
 
 
 def test_exit_codes_are_ccmsetups() -> None:

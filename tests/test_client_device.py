@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from certs import builders as b
-from client_agent.ccm.cms import decrypt_enveloped
-from client_agent.ccm.context import sms_certificates
-from client_agent.certstore import MY, ROOT, SMS_ENCRYPTION, SMS_SIGNING
-from client_agent.device import Device, DeviceError
-from client_agent.protect import ProtectError
-from services.management_point.policy_crypto import envelope
+from cmglab.agent.ccm.cms import decrypt_enveloped
+from cmglab.agent.ccm.context import sms_certificates
+from cmglab.agent.certstore import MY, ROOT, SMS_ENCRYPTION, SMS_SIGNING
+from cmglab.agent.device import Device, DeviceError
+from cmglab.agent.protect import ProtectError
+from cmglab.pki import builders as b
+from cmglab.services.management_point.policy_crypto import envelope
 
 
 @pytest.fixture

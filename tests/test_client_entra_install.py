@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from client_agent.ccm.context import ClientState
-from client_agent.ccm.tokens import TokenCache
-from client_agent.device import Device
-from client_agent.testing import assert_lines, log_of, new_device, run
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.agent.ccm.context import ClientState
+from cmglab.agent.ccm.tokens import TokenCache
+from cmglab.agent.device import Device
+from cmglab.agent.testing import assert_lines, log_of, new_device, run
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 
@@ -31,13 +31,13 @@ def ccmhostname(lab: Lab) -> str:
 def joined_device(lab: Lab, home: Path, *, user: int = 0, tenant: int = 0) -> Device:
     device = new_device(lab.dir, home)
     u = lab.config.tenants[tenant].users[user]
-    r = run("client_agent.dsregcmd", "/join", "--home", str(home), "--username", u.upn, "--password", u.password)
+    r = run("cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", u.upn, "--password", u.password)
     assert r.returncode == 0, r.stderr
     return device
 
 
 def ccmsetup(device: Device, *args: str) -> subprocess.CompletedProcess[str]:
-    return run("client_agent.ccmsetup", "--home", str(device.home), *args)
+    return run("cmglab.agent.ccmsetup", "--home", str(device.home), *args)
 
 
 def test_entra_install_register_renew_policy_uninstall(lab: Lab, tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_entra_install_register_renew_policy_uninstall(lab: Lab, tmp_path: Path)
     assert entry is not None
     entry["ExpiresOn"] = "2020-01-01T00:00:00Z"
     cache.put(entry, entry["Proof"])
-    r = run("client_agent.ccmexec", "--home", str(device.home))
+    r = run("cmglab.agent.ccmexec", "--home", str(device.home))
     assert r.returncode == 0, r.stderr
     assert_lines(device, "CcmMessaging.log",
                  r"Sending remote sync message '\{[0-9A-F-]{36}\}' to host '\S+' endpoint 'MP_PolicyManager'",
@@ -117,14 +117,14 @@ def test_entra_install_register_renew_policy_uninstall(lab: Lab, tmp_path: Path)
     assert r.returncode == 0
     assert not device.client_path.exists() and not device.token_cache_path.exists()
     assert not device.policy_dir.exists() and not (device.ccm_dir / "client.msi").exists()
-    assert run("client_agent.ccmexec", "--home", str(device.home)).returncode == 2
+    assert run("cmglab.agent.ccmexec", "--home", str(device.home)).returncode == 2
 
 
 def test_aad_properties_on_the_command_line(lab: Lab, tmp_path: Path) -> None:
     """With AADTENANTID/AADCLIENTAPPID/AADRESOURCEURI given, ccmsetup does not ask the CMG; the device
     token alone suffices (no signed-in user account left after /cleanupaccounts)."""
     device = joined_device(lab, tmp_path / "dev")
-    assert run("client_agent.dsregcmd", "/cleanupaccounts", "--home", str(device.home)).returncode == 0
+    assert run("cmglab.agent.dsregcmd", "/cleanupaccounts", "--home", str(device.home)).returncode == 0
     r = ccmsetup(device, f"CCMHOSTNAME={ccmhostname(lab)}", "SMSSITECODE=MEM",
                  f"AADTENANTID={lab.config.primary_tenant.tenant_id}", f"AADCLIENTAPPID={lab.config.apps[0].app_id}",
                  "AADRESOURCEURI=https://ConfigMgrService")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from client_agent.testing import assert_lines
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.agent.testing import assert_lines
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
 from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup, joined_device
 from tests.test_client_failures import assert_clean, install

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from client_agent.certstore import ROOT
-from client_agent.device import Device
-from client_agent.testing import assert_lines, log_of, new_device, run
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.agent.certstore import ROOT
+from cmglab.agent.device import Device
+from cmglab.agent.testing import assert_lines, log_of, new_device, run
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
 from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup, joined_device
 
@@ -78,7 +78,7 @@ def test_no_wpj_certificate(lab: Lab, tmp_path: Path) -> None:
     assert_lines(device, "ccmsetup.log", r"the WPJ certificate is not found", r"dsregcmd /status")
     assert_clean(device)
     u = lab.config.primary_tenant.users[0]
-    assert run("client_agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
+    assert run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
                "--password", u.password).returncode == 0
     assert install(lab, device).returncode == 0
 
@@ -93,9 +93,9 @@ def test_tenant_not_onboarded(lab: Lab, tmp_path: Path) -> None:
                  rf"no AAD information for tenant {other.tenant_id}: the tenant is not onboarded")
     assert_clean(device)
     # fixed by joining the onboarded tenant
-    assert run("client_agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
+    assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
     u = lab.config.primary_tenant.users[0]
-    assert run("client_agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
+    assert run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
                "--password", u.password).returncode == 0
     assert install(lab, device).returncode == 0
 
@@ -105,7 +105,7 @@ def test_device_and_user_token_both_unavailable(lab: Lab, tmp_path: Path) -> Non
     # the device object is deleted in Entra (from a copy of the device): Entra refuses both tokens
     copy = tmp_path / "copy"
     shutil.copytree(device.home, copy)
-    assert run("client_agent.dsregcmd", "/leave", "--home", str(copy)).returncode == 0
+    assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(copy)).returncode == 0
     r = install(lab, device)
     assert r.returncode == 6
     assert_lines(device, "ccmsetup.log", r"Getting AAD \(device\) token with",
@@ -114,9 +114,9 @@ def test_device_and_user_token_both_unavailable(lab: Lab, tmp_path: Path) -> Non
                  r"Getting AAD \(user\) token with: ClientId = ", r"Failed to get AAD \(user\) token",
                  r"Failed to get a CCM token: neither a device nor a user token is available")
     assert_clean(device)
-    assert run("client_agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
+    assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
     u = lab.config.primary_tenant.users[0]
-    assert run("client_agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
+    assert run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
                "--password", u.password).returncode == 0
     assert install(lab, device).returncode == 0
 
@@ -164,8 +164,8 @@ def test_blocked_bulk_token(lab: Lab, tmp_path: Path) -> None:
 def test_expired_bulk_token(lab: Lab, tmp_path: Path) -> None:
     """A token past its lifetime (minted as BulkRegistrationTokenTool would have, ten minutes ago) is refused
     at the CMG before the site sees it; a fresh one then works."""
-    from services.management_point.policy import default_policies
-    from services.management_point.store import Store
+    from cmglab.services.management_point.policy import default_policies
+    from cmglab.services.management_point.store import Store
 
     token, guid, start, end = lab.site_signer().bulk_token(minutes=1, now=datetime.now(UTC) - timedelta(minutes=10))
     Store(lab, policy_factory=default_policies).add_bulk_token(guid, 1, start, end)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from client_agent.ccm.context import ClientState
-from client_agent.ccm.tokens import ClientTokenStore
-from client_agent.device import Device
-from client_agent.testing import assert_lines, log_of, new_device, run
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.agent.ccm.context import ClientState
+from cmglab.agent.ccm.tokens import ClientTokenStore
+from cmglab.agent.device import Device
+from cmglab.agent.testing import assert_lines, log_of, new_device, run
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup
 from tests.test_client_failures import assert_clean, new_bulk_token
 
@@ -50,7 +50,7 @@ def test_bulk_registration_token(lab: Lab, tmp_path: Path) -> None:
     guid = next(v for k, v in bulk.items() if k.lower() in ("guid", "token_guid", "unique_id", "id"))
     assert run("cmglab", "bulk-token", "block", guid, "--lab", str(lab.dir)).returncode == 0
     device.token_cache_path.unlink()
-    r = run("client_agent.ccmexec", "--home", str(device.home))
+    r = run("cmglab.agent.ccmexec", "--home", str(device.home))
     assert r.returncode == 0, r.stderr
     assert_lines(device, "CcmMessaging.log", r"Getting CCM Token from https://\S+/CCM_STS",
                  r"endpoint 'MP_PolicyManager'")
@@ -64,7 +64,7 @@ def test_bulk_registration_token(lab: Lab, tmp_path: Path) -> None:
     entry["IssuedAt"] = "2020-01-01T00:00:00Z"
     device.dpapi.save(path, entry, "CCM client unique token")
     device.token_cache_path.unlink()
-    r = run("client_agent.ccmexec", "--home", str(device.home))
+    r = run("cmglab.agent.ccmexec", "--home", str(device.home))
     assert r.returncode == 0, r.stderr
     fresh = ClientTokenStore(device).get()
     assert fresh is not None and fresh["Token"] != old["Token"]
@@ -83,13 +83,13 @@ def test_internal_registration_then_roaming(lab: Lab, tmp_path: Path) -> None:
                  r"\[RegTask\] - Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. "
                  r"Approval status 1", r"unique token")
     assert ClientTokenStore(device).get() is not None
-    r = run("client_agent.ccmexec", "--home", str(device.home))
+    r = run("cmglab.agent.ccmexec", "--home", str(device.home))
     assert r.returncode == 0, r.stderr
     assert "Client is on the intranet" in log_of(device, "ClientLocation.log")
     # roam: the corporate network (the MP's name) is gone
     device.write_hosts([line for line in device.hosts_path.read_text().splitlines()
                         if not line.startswith(lab.config.hosts.management_point + ":")])
-    r = run("client_agent.ccmexec", "--home", str(device.home))
+    r = run("cmglab.agent.ccmexec", "--home", str(device.home))
     assert r.returncode == 0, r.stderr
     assert_lines(device, "ClientLocation.log", r"Client is on internet",
                  r"Rotating internet management point, new management point \[1\] is: https://\S+/"
@@ -108,7 +108,7 @@ def test_pki_client(lab: Lab, tmp_path: Path) -> None:
     assert "Getting AAD" not in text
     state = ClientState.load(device)
     assert state is not None and state.auth_mode == "pki" and state.approval == 1
-    r = run("client_agent.ccmexec", "--home", str(device.home))
+    r = run("cmglab.agent.ccmexec", "--home", str(device.home))
     assert r.returncode == 0, r.stderr
     assert_lines(device, "CcmMessaging.log", r"Path=/CCM_Proxy_MutualAuth/\d+/ccm_system/request.*CcmTokenAuth=0")
 

@@ -20,17 +20,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 
-from certs import builders as b
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
-from services.runtime.server import TLS, Listener, Service
+from cmglab.pki import builders as b
+from cmglab.runtime.lab import Lab
+from cmglab.runtime.server import TLS, Listener, Service
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client, new_lab
 from tests.test_cmg_channel import FAST_ENV, channel_up, cmg_points, proxy_url, wait_for
 from tests.test_cmg_flows import cmg_health, cmg_requests, mp_requests, new_bulk_token
 from tests.test_mp_support import Device, ccm_post
 from tests.threaded import ThreadedService
 
-REAL_ENTRA = (Path(__file__).parent.parent / "services" / "entra" / "service.py").exists()
+REAL_ENTRA = (Path(__file__).parent.parent / "cmglab" / "services" / "entra" / "service.py").exists()
 
 
 def entra_token(lab: Lab, tenant_id: str, *, audience: str = "https://ConfigMgrService",
@@ -46,7 +46,7 @@ def entra_token(lab: Lab, tenant_id: str, *, audience: str = "https://ConfigMgrS
 
 
 def jwks_app(lab: Lab) -> FastAPI:
-    """Until services/entra serves it: Entra's JWKS endpoint on Entra's name, port and certificate."""
+    """Until cmglab/services/entra serves it: Entra's JWKS endpoint on Entra's name, port and certificate."""
     app = FastAPI()
     cert = lab.pki.entra_signing.cert()
     numbers = lab.pki.entra_signing.key().public_key().public_numbers()

@@ -22,12 +22,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cmglab.processes import LabProcesses
-from services.cmg.app import AnyMethod
-from services.runtime.admin import install_lab_admin
-from services.runtime.certinfo import client_cert
-from services.runtime.lab import Lab
-from services.runtime.server import TLS, Listener, Service
+from cmglab.runtime.admin import install_lab_admin
+from cmglab.runtime.certinfo import client_cert
+from cmglab.runtime.lab import Lab
+from cmglab.runtime.server import TLS, Listener, Service
+from cmglab.services.cmg.app import AnyMethod
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client, new_lab
 from tests.threaded import ThreadedService
 
@@ -325,8 +325,8 @@ def test_logs_have_the_seed_lines(chan_lab: Lab, client: httpx.Client) -> None:
 
 
 def test_connector_takes_only_registered_points(chan_lab: Lab, procs: LabProcesses) -> None:
-    from services.runtime import httpclient
-    from services.runtime.cmg_channel import PATH
+    from cmglab.wire import httpclient
+    from cmglab.wire.cmg_channel import PATH
 
     other = chan_lab.pki.issue_client("not-a-cp.corp.lab.test")
     ctx = httpclient.ssl_context(ca_bundle=chan_lab.pki.ca_bundle, client_cert=(other.cert_path, other.key_path))

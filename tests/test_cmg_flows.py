@@ -15,9 +15,9 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 
-from cmglab.processes import LabProcesses
-from services.runtime import ccm_messaging as cm
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import ccm_messaging as cm
 from tests.conftest import lab_client, new_lab
 from tests.test_cmg_channel import FAST_ENV, channel_up, cmg_points, log_text, proxy_url, wait_for
 from tests.test_mp_support import Device, ccm_post, reply_body
@@ -92,7 +92,7 @@ def ccm_token(flow_lab: Lab, services: LabProcesses, device: Device) -> str:
 
 def test_ccm_sts_through_the_cmg(flow_lab: Lab, ccm_token: str) -> None:
     claims = flow_lab.site_signer()  # the token verifies against the site's signing certificate
-    from services.runtime import site_tokens
+    from cmglab.wire import site_tokens
 
     verified = site_tokens.verify(ccm_token, cert=claims.cert, hierarchy_id=flow_lab.config.site.hierarchy_id,
                                   types=site_tokens.CCM_TYPES)

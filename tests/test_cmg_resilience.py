@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import free_ports, lab_client, new_lab
 from tests.test_cmg_channel import FAST_ENV, bearer, channel_up, cmg_points, cp_health, proxy_url, wait_for
 from tests.test_cmg_flows import cmg_health, cmg_requests

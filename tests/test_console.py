@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from cmglab.processes import SERVICES, LabProcesses
-from services.runtime.lab import Lab
-from services.runtime.tracing import TraceParent
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import SERVICES, LabProcesses
+from cmglab.wire.tracing import TraceParent
 from tests.conftest import lab_client, new_lab
 from tests.test_cmg_channel import wait_for
 from tests.test_mp_support import Device
@@ -140,7 +140,7 @@ def test_the_page_and_its_permalinks(lab: Lab) -> None:
         assert c.get(f"{lab.url('console')}/api/traces/0123456789abcdef0123456789abcdef").status_code == 404
     # nothing loaded from elsewhere (scripts, styles, fonts): the lab has no internet
     external = re.compile(r"""(src|href)\s*=\s*["']https?:|url\(\s*["']?https?:|@import|fetch\(\s*["']https?:""")
-    static = Path(__file__).resolve().parents[1] / "services" / "console" / "static"
+    static = Path(__file__).resolve().parents[1] / "cmglab" / "services" / "console" / "static"
     for f in static.iterdir():
         assert not external.search(f.read_text()), f.name
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from cmglab.processes import SERVICES, LabProcesses
-from services.runtime.lab import Lab
-from services.runtime.tracing import TraceParent
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import SERVICES, LabProcesses
+from cmglab.wire.tracing import TraceParent
 from tests.conftest import lab_client
 from tests.test_cmg_channel import wait_for
 from tests.test_mp_support import Device
@@ -81,10 +81,10 @@ def install_with_entra(lab: Lab, home: Path, name: str) -> None:
                               "--home", str(home), "--name", name], capture_output=True, text=True, check=False)
     assert created.returncode == 0, created.stderr
     user = lab.config.primary_tenant.users[0]
-    agent(lab, "client_agent.dsregcmd", "/join", "--home", str(home), "--username", user.upn,
+    agent(lab, "cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", user.upn,
           "--password", user.password)
     cmg = lab.url("cmg").removeprefix("https://")
-    agent(lab, "client_agent.ccmsetup", "--home", str(home),
+    agent(lab, "cmglab.agent.ccmsetup", "--home", str(home),
           f"CCMHOSTNAME={cmg}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}", f"SMSSITECODE={lab.config.site.code}")
 
 

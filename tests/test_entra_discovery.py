@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from cryptography import x509
 
-from cmglab.processes import LabProcesses
-from services.runtime.entra_tokens import EntraKeys
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire.entra_tokens import EntraKeys
 from tests.entra_device import DRS_RESOURCE, EntraClient, entra_client
 
 

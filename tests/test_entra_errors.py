@@ -14,9 +14,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from certs.pki import MS_ORG_ACCESS_NAME
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.pki.labpki import MS_ORG_ACCESS_NAME
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import new_lab
 from tests.entra_device import (
     CONFIGMGR_CLIENT,

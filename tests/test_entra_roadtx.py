@@ -18,8 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
 from tests.entra_device import CONFIGMGR_CLIENT, DRS_RESOURCE, claims, self_signed
 from tests.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts

@@ -14,8 +14,8 @@ from typing import Any
 import jwt
 import pytest
 
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 from tests.entra_device import (
     AAD_POWERSHELL,
     CONFIGMGR_CLIENT,

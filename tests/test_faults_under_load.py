@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from cmglab.reliability import faults, underload
+from cmglab.tools.reliability import faults, underload
 
 DEVICES = 32  # enough that every fault lands among devices in flight, small enough for CI
 # what the clients wrote while riding the faults out: CCMHTTP's and CcmMessaging's own lines, then the retry

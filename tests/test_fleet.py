@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from client_agent.ccm.context import ClientState
-from client_agent.device import Device
-from cmglab.fleet import keypool, runner, summary
-from cmglab.fleet.steps import STEPS
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.agent.ccm.context import ClientState
+from cmglab.agent.device import Device
+from cmglab.runtime.lab import Lab
+from cmglab.tools.fleet import keypool, runner, summary
+from cmglab.tools.fleet.steps import STEPS
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
 
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
@@ -62,7 +62,7 @@ def test_failures_are_grouped_by_reason(lab: Lab, tmp_path: Path) -> None:
     plan = runner.plan(lab, tmp_path / "fleet")
     plan.ccmsetup = [a.replace(str(lab.port("cmg")), "1") if a.startswith("CCMHOSTNAME=") else a
                      for a in plan.ccmsetup]
-    from cmglab.fleet.device import onboard
+    from cmglab.tools.fleet.device import onboard
 
     results = [onboard(plan, name) for name in runner.device_names(2)]
     assert not any(r.ok for r in results)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from client_agent.ccm.context import ClientState
-from client_agent.device import Device
-from cmglab.fleet import keypool
-from cmglab.fleet.cli import NEEDED
-from cmglab.fleet.steps import STEPS
-from cmglab.processes import LabProcesses, free_ports
-from services.runtime.lab import Lab
+from cmglab.agent.ccm.context import ClientState
+from cmglab.agent.device import Device
+from cmglab.runtime.lab import Lab
+from cmglab.tools.fleet import keypool
+from cmglab.tools.fleet.cli import NEEDED
+from cmglab.tools.fleet.steps import STEPS
+from cmglab.tools.processes import LabProcesses, free_ports
 from tests.conftest import lab_client
 
 FLOWS = ("onboarding", "policy cycle", "token renewal")

@@ -8,10 +8,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.runtime import httpclient
-from services.runtime.admin import install_lab_admin
-from services.runtime.lab import Lab
-from services.runtime.server import TLS, Listener, Service
+from cmglab.runtime.admin import install_lab_admin
+from cmglab.runtime.lab import Lab
+from cmglab.runtime.server import TLS, Listener, Service
+from cmglab.wire import httpclient
 from tests.conftest import free_ports, new_lab
 from tests.threaded import ThreadedService
 

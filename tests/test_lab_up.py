@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cmglab import orchestrate
-from cmglab.processes import SERVICES, isolated_lab
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools import orchestrate
+from cmglab.tools.processes import SERVICES, isolated_lab
 from tests.conftest import lab_client
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from services.runtime.logs import cmtrace_logger, format_cmtrace, format_smstrace, smstrace_logger
+from cmglab.core.logs import cmtrace_logger, format_cmtrace, format_smstrace, smstrace_logger
 
 CMTRACE_EXAMPLE = ('<![LOG[Sending StatusMessage]LOG]!><time="10:35:33.086-60" date="09-07-2022" '
                    'component="TSManager" context="" type="1" thread="2000" file="libsmsmessaging.cpp:4570">')

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
-from cmglab.processes import LabProcesses
-from services.runtime import ccm_messaging as cm
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import ccm_messaging as cm
 from tests.test_mp_support import Device, ccm_post, client, https_url, lab_rows, reply_body, wait_log
 
 
@@ -132,13 +132,13 @@ def test_blocked_expired_and_foreign_bulk_tokens_are_refused(mp: Lab) -> None:
 
     signer = mp.site_signer()
     old, guid, start, end = signer.bulk_token(minutes=5, now=datetime.now(UTC) - timedelta(hours=1))
-    from services.management_point.store import Store
+    from cmglab.services.management_point.store import Store
 
     Store(mp).add_bulk_token(guid, 5, start, end)  # recorded like the tool does, but long expired
     status, reply = sts(mp, old, device.proof("BulkRegistration", old))
     assert status == 401 and reply["Error"] == "TokenExpired"
 
-    from services.runtime.site_tokens import SiteSigner
+    from cmglab.wire.site_tokens import SiteSigner
 
     foreign_signer = SiteSigner("11111111-2222-3333-4444-555555555555", signer.key, signer.cert)
     foreign, _, _, _ = foreign_signer.bulk_token()

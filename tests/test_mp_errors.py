@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cmglab.processes import LabProcesses
-from services.runtime import ccm_messaging as cm
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import ccm_messaging as cm
 from tests.test_mp_support import Device, ccm_post, client, http_url, lab_rows, reply_body, set_site, wait_log
 
 

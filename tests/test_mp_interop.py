@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.x509.oid import NameOID
 
-from cmglab.processes import LabProcesses
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
 
 B = "aAbBcCdDv1234567890VxXyYzZ"

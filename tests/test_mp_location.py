@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
-from cmglab.processes import LabProcesses
-from services.management_point.content import read_cab
-from services.runtime import ccm_messaging as cm
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.services.management_point.content import read_cab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import ccm_messaging as cm
 from tests.test_mp_support import Device, ccm_post, client, http_url, https_url, reply_body, set_site, wait_log
 
 SITE_INFO = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="MEM"/></SiteInformationRequest>'

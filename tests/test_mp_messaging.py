@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from services.runtime import ccm_messaging as cm
+from cmglab.wire import ccm_messaging as cm
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 

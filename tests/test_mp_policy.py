@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from cmglab.processes import LabProcesses
-from services.management_point.policy_crypto import deobfuscate_secret
-from services.runtime import ccm_messaging as cm
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.services.management_point.policy_crypto import deobfuscate_secret
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import ccm_messaging as cm
 from tests.test_mp_support import (
     Device,
     ccm_post,

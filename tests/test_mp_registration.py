@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmglab.processes import LabProcesses
-from services.runtime import ccm_messaging as cm
-from services.runtime.lab import Lab
-from services.runtime.site_tokens import CLIENT, verify
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import ccm_messaging as cm
+from cmglab.wire.site_tokens import CLIENT, verify
 from tests.test_mp_support import (
     Device,
     ccm_post,
@@ -53,7 +53,7 @@ def test_self_signed_registration_over_http_auto_approved(mp: Lab, approve_all: 
     claims = verify(attrs["PreAuthToken"], cert=mp.pki.site_signing.cert(), hierarchy_id=mp.config.site.hierarchy_id,
                     types=(CLIENT,))
     assert claims["DeviceId"] == attrs["SMSID"]
-    from services.runtime.certinfo import thumbprint
+    from cmglab.runtime.certinfo import thumbprint
 
     assert claims["CertThumbprint"] == thumbprint(device.cert)
     rows = {c["sms_id"]: c for c in lab_rows(mp, "clients")}
@@ -162,7 +162,7 @@ def test_pki_client_registers_with_its_tls_certificate(mp: Lab) -> None:
         attrs = register(mp, device, c, f"{https_url(mp)}/ccm_system/request")
     assert attrs["Status"] == "0" and attrs["ApprovalStatus"] == "1" and "PreAuthToken" not in attrs
     row = next(r for r in lab_rows(mp, "clients") if r["sms_id"] == device.sms_id)
-    from services.runtime.certinfo import thumbprint
+    from cmglab.runtime.certinfo import thumbprint
 
     assert row["auth_kind"] == "pki" and row["pki_thumbprint"] == thumbprint(ident.cert())
     wait_log(mp, "MP_RegistrationManager.log", r"Registering device using PKI certificate")

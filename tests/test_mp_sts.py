@@ -11,9 +11,9 @@ from typing import Any
 import jwt
 import pytest
 
-from cmglab.processes import LabProcesses
-from services.runtime import ccm_messaging as cm
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import ccm_messaging as cm
 from tests.test_mp_support import (
     Device,
     ccm_post,
@@ -71,7 +71,7 @@ def test_client_token_renewal(mp: Lab, token_client: tuple[Device, str]) -> None
     fresh = jwt.decode(reply["ClientToken"], options={"verify_signature": False})
     assert fresh["DeviceId"] == device.sms_id and fresh["exp"] - fresh["nbf"] == 90 * 86400
     # a token older than a month is renewed without being asked (monthly renewal)
-    from services.runtime.certinfo import thumbprint
+    from cmglab.runtime.certinfo import thumbprint
 
     old, _ = mp.site_signer().client_token(sms_id=device.sms_id or "", cert_thumbprint=thumbprint(device.cert),
                                            now=datetime.now(UTC) - timedelta(days=31))
@@ -124,7 +124,7 @@ def entra(mp: Lab, lab_services: LabProcesses) -> Lab:
 def entra_token(lab: Lab, *, tenant: str | None = None, audience: str = "https://ConfigMgrService",
                 device_id: str | None = None, user: bool = True, key: object = None, lifetime: int = 3600) -> str:
     """An Entra-shaped v1 access token signed with the lab's Entra signing key (kid = x5t)."""
-    from certs.builders import x5t
+    from cmglab.pki.builders import x5t
 
     t = lab.config.primary_tenant if tenant is None else next(x for x in lab.config.tenants if x.tenant_id == tenant)
     now = int(time.time())
@@ -185,7 +185,7 @@ def test_aad_refusals(entra: Lab) -> None:
     assert status == 401 and reply["Error"] == "InvalidProof" and "audience" in reply["Reason"]
     status, reply = sts(mp, entra_token(mp, lifetime=-600), {"ProofType": "AAD"})
     assert status == 401 and reply["Error"] == "TokenExpired"
-    from certs.builders import new_key
+    from cmglab.pki.builders import new_key
 
     status, reply = sts(mp, entra_token(mp, key=new_key()), {"ProofType": "AAD"})
     assert status == 401 and reply["Error"] == "InvalidProof"

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from certs.builders import SMS_EKU, SMS_SIGNING_EKU
-from services.runtime import ccm_messaging as cm
-from services.runtime.lab import Lab
+from cmglab.pki.builders import SMS_EKU, SMS_SIGNING_EKU
+from cmglab.runtime.lab import Lab
+from cmglab.wire import ccm_messaging as cm
 from tests.conftest import lab_client
 
 

@@ -9,9 +9,9 @@ import httpx
 import pytest
 import spnego
 
-from cmglab.processes import LabProcesses
-from services.runtime import ccm_messaging as cm
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import ccm_messaging as cm
 from tests.test_mp_support import Device, client, http_url, https_url, lab_rows, reply_body, wait_log
 
 

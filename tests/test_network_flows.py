@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from cmglab import orchestrate
-from cmglab.processes import isolated_lab
-from services.runtime.lab import Lab
+from cmglab.runtime.lab import Lab
+from cmglab.tools import orchestrate
+from cmglab.tools.processes import isolated_lab
 from tests.netns import Host, Topology, netns_available
 
 pytestmark = [pytest.mark.netns,
@@ -55,7 +55,7 @@ class Network:
     def requests(self, service: str, from_host: str) -> list[dict]:
         """A service's recorded requests in the order they arrived, asked from a host that can reach it
         (records are kept in the order requests finish: a streamed reply can finish after the next arrives)."""
-        code = (f"import httpx,json;from cmglab.processes import LabProcesses;from services.runtime.lab import Lab;"
+        code = (f"import httpx,json;from cmglab.tools.processes import LabProcesses;from cmglab.runtime.lab import Lab;"
                 f"c=LabProcesses(Lab.load()).client();"
                 f"print(json.dumps(c.get('{self.lab.url(service)}/_lab/requests?limit=2000').json()['requests']))")
         return sorted(json.loads(self.python(self.hosts[from_host], code)), key=lambda r: r["started"])
@@ -112,9 +112,10 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
                                     env={**net.env(host), "CMGLAB_BIND": bind},
                                     log=base / f"{service}.out"))
         for service, (host_name, _) in PLACEMENT.items():
-            net.python(hosts[host_name], "from cmglab.processes import LabProcesses;from services.runtime.lab import "
-                       f"Lab;LabProcesses(Lab.load()).wait_healthy(['{service}'], timeout=60)", timeout=90)
-        net.python(hosts["cmg"], "from cmglab.processes import LabProcesses;from services.runtime.lab import Lab;"
+            net.python(hosts[host_name], "from cmglab.tools.processes import LabProcesses;"
+                       "from cmglab.runtime.lab import Lab;"
+                       f"LabProcesses(Lab.load()).wait_healthy(['{service}'], timeout=60)", timeout=90)
+        net.python(hosts["cmg"], "from cmglab.tools.processes import LabProcesses;from cmglab.runtime.lab import Lab;"
                    "LabProcesses(Lab.load()).wait_channel(timeout=60)", timeout=90)
         yield net
     finally:

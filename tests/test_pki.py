@@ -14,9 +14,9 @@ from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from certs.builders import x5t
-from certs.pki import MS_ORG_ACCESS_NAME
-from services.runtime.lab import Lab
+from cmglab.pki.builders import x5t
+from cmglab.pki.labpki import MS_ORG_ACCESS_NAME
+from cmglab.runtime.lab import Lab
 from tests.conftest import new_lab
 
 

@@ -24,15 +24,15 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from client_agent.testing import log_of, new_device, run
-from cmglab.fleet import runner
-from cmglab.processes import LabProcesses, isolated_lab
-from services.entra.store import Store as EntraStore
-from services.management_point.policy import default_policies
-from services.management_point.store import Store as MPStore
-from services.runtime.db import make_engine
-from services.runtime.lab import Lab
-from services.runtime.settings import Settings
+from cmglab.agent.testing import log_of, new_device, run
+from cmglab.core.settings import Settings
+from cmglab.runtime.db import make_engine
+from cmglab.runtime.lab import Lab
+from cmglab.services.entra.store import Store as EntraStore
+from cmglab.services.management_point.policy import default_policies
+from cmglab.services.management_point.store import Store as MPStore
+from cmglab.tools.fleet import runner
+from cmglab.tools.processes import LabProcesses, isolated_lab
 from tests.conftest import lab_client
 from tests.test_client_entra_install import ccmsetup
 from tests.test_mp_support import Device, lab_rows, register
@@ -226,7 +226,7 @@ def test_registered_at_one_mp_served_by_the_other(site: Site, tmp_path: Path) ->
     r = ccmsetup(device, f"/mp:{mp_http}", f"SMSMP={mp_http}", "SMSSITECODE=MEM")
     assert r.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
     device.write_hosts(on_replica(device.hosts_path.read_text().split(), lambda h, _: h == c.hosts.management_point))
-    r = run("client_agent.ccmexec", "--home", str(device.home))
+    r = run("cmglab.agent.ccmexec", "--home", str(device.home))
     assert r.returncode == 0, r.stderr + log_of(device, "PolicyAgent.log")[-2000:]
 
     def steps(which: Lab) -> set[str]:

@@ -18,15 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from certs import builders as b
-from services.entra.drs import check_csr, parse_transport_key
-from services.entra.errors import DRSError
-from services.runtime import ccm_messaging as cm
-from services.runtime import cmg_channel as ch
-from services.runtime import site_tokens
-from services.runtime.entra_tokens import EntraKeys, EntraTokenError
-from services.runtime.httpclient import parse_resolve
-from services.runtime.logs import close_file_loggers, format_cmtrace, format_smstrace, smstrace_logger
+from cmglab.core.logs import close_file_loggers, format_cmtrace, format_smstrace, smstrace_logger
+from cmglab.pki import builders as b
+from cmglab.services.entra.drs import check_csr, parse_transport_key
+from cmglab.services.entra.errors import DRSError
+from cmglab.wire import ccm_messaging as cm
+from cmglab.wire import cmg_channel as ch
+from cmglab.wire import site_tokens
+from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
+from cmglab.wire.httpclient import parse_resolve
 
 FEW = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 SOME = settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cmglab.reliability import campaign
-from cmglab.reliability.labview import SERVICES
+from cmglab.tools.reliability import campaign
+from cmglab.tools.reliability.labview import SERVICES
 
 CI_BUDGET = 75.0  # seconds, start-up included
 

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from certs import builders as b
-from services.runtime import httpclient
-from services.runtime.certinfo import client_cert, describe
-from services.runtime.lab import Lab
-from services.runtime.server import TLS, Listener, Service
+from cmglab.pki import builders as b
+from cmglab.runtime.certinfo import client_cert, describe
+from cmglab.runtime.lab import Lab
+from cmglab.runtime.server import TLS, Listener, Service
+from cmglab.wire import httpclient
 from tests.conftest import free_ports, new_lab
 from tests.threaded import ThreadedService
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from client_agent.ccm.tokens import ClientTokenStore, TokenCache
-from client_agent.protect import MAGIC
-from client_agent.testing import new_device
-from cmglab.processes import LabProcesses
-from cmglab.reliability.material import Material
-from services.runtime import ccm_messaging as cm
-from services.runtime.lab import Lab
+from cmglab.agent.ccm.tokens import ClientTokenStore, TokenCache
+from cmglab.agent.protect import MAGIC
+from cmglab.agent.testing import new_device
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.tools.reliability.material import Material
+from cmglab.wire import ccm_messaging as cm
 from tests.conftest import lab_client
 from tests.test_mp_support import Device, ccm_post, https_url, reply_body
 

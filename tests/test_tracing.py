@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from cmglab.processes import LabProcesses
-from services.runtime import tracing
-from services.runtime.lab import Lab
-from services.runtime.tracing import TraceContext, TraceParent
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import tracing
+from cmglab.wire.tracing import TraceContext, TraceParent
 from tests.conftest import lab_client, new_lab
 from tests.test_cmg_channel import FAST_ENV, channel_up, cmg_points, proxy_url, wait_for
 from tests.test_mp_support import Device

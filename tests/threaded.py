@@ -7,7 +7,7 @@ import threading
 import time
 from types import TracebackType
 
-from services.runtime.server import Service, serve
+from cmglab.runtime.server import Service, serve
 
 
 class ThreadedService:

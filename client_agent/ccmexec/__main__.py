@@ -1,5 +1,0 @@
-import sys
-
-from client_agent.ccmexec import main
-
-sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from client_agent.ccmsetup import main
-
-sys.exit(main())

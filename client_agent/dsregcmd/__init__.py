@@ -1,5 +1,0 @@
-"""`dsregcmd`: Entra join, hybrid join, leave and status (Windows' dsregcmd.exe)."""
-
-from client_agent.dsregcmd.cli import main
-
-__all__ = ["main"]

@@ -1,0 +1,5 @@
+import sys
+
+from cmglab.agent.ccmexec import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from cmglab.agent.ccmsetup import main
+
+sys.exit(main())

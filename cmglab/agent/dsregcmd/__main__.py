@@ -1,0 +1,5 @@
+import sys
+
+from cmglab.agent.dsregcmd.cli import main
+
+sys.exit(main())

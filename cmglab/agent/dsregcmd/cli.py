@@ -1,0 +1,159 @@
+"""dsregcmd's command line: `/join`, `/leave`, `/status`, `/cleanupaccounts` (or `--join`, ...), with
+`/debug` echoing the join stages. Lab options: `--home DIR`, `--resolve HOST:PORT:ADDR`,
+`--username UPN --password PW` (the user who signs in to join), `--hybrid [--tenant DOMAIN]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cmglab.agent.device import Device, DeviceError
+from cmglab.agent.dsregcmd.join import Joiner, JoinError, join_state, wam_account
+from cmglab.agent.entra import EntraError
+from cmglab.agent.network import DeviceNetwork, NetworkError, classify
+from cmglab.core.logs import cmtrace_logger
+
+ACTIONS = ("join", "leave", "status", "cleanupaccounts")
+
+
+def _normalise(argv: list[str]) -> list[str]:
+    out = []
+    for a in argv:
+        low = a.lower()
+        if low.startswith("/") and low[1:] in (*ACTIONS, "debug", "hybrid", "?"):
+            out.append("--help" if low == "/?" else "--" + low[1:])
+        else:
+            out.append(a)
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dsregcmd", description="Device registration (Entra join) for a lab device.")
+    group = p.add_mutually_exclusive_group(required=True)
+    for action in ACTIONS:
+        group.add_argument(f"--{action}", action="store_true", help=f"/{action}")
+    p.add_argument("--debug", action="store_true", help="/debug: print each join stage")
+    p.add_argument("--home", type=Path, help="the device directory (default $CMGLAB_DEVICE_HOME)")
+    p.add_argument("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR")
+    p.add_argument("--username", help="UPN of the user who joins the device")
+    p.add_argument("--password", help="that user's password")
+    p.add_argument("--hybrid", action="store_true", help="hybrid join (JoinType 6) of a domain-joined device")
+    p.add_argument("--tenant", help="hybrid join: the tenant the service connection point names (domain or ID)")
+    return p
+
+
+def _row(key: str, value: Any) -> str:
+    return f"{key:>30} : {value}"
+
+
+def _box(title: str) -> list[str]:
+    bar = "+" + "-" * 70 + "+"
+    return [bar, f"| {title:<68} |", bar, ""]
+
+
+def _validity(cert: Any) -> str:
+    def fmt(d: datetime) -> str:
+        return f"{d:%Y-%m-%d %H:%M:%S}.000 UTC"
+
+    return f"[ {fmt(cert.not_valid_before_utc)} -- {fmt(cert.not_valid_after_utc)} ]"
+
+
+def status(device: Device) -> str:
+    state = join_state(device) or {}
+    info = device.info
+    joined = bool(state)
+    hybrid = state.get("JoinType") == "Hybrid"
+    cert = device.stores.device_cert()
+    lines = _box("Device State")
+    lines += [_row("AzureAdJoined", "YES" if joined else "NO"), _row("EnterpriseJoined", "NO"),
+              _row("DomainJoined", "YES" if info.domain else "NO")]
+    if info.domain:
+        lines.append(_row("DomainName", info.domain.split(".")[0].upper()))
+    lines += [_row("Virtual Desktop", "NOT SET"), _row("Device Name", info.fqdn), ""]
+    if joined:
+        lines += _box("Device Details")
+        lines += [_row("DeviceId", state["DeviceId"]), _row("Thumbprint", state["Thumbprint"])]
+        if cert is not None:
+            lines.append(_row("DeviceCertificateValidity", _validity(cert.cert())))
+        lines += [_row("KeyContainerId", state["Thumbprint"].lower()),
+                  _row("KeyProvider", "Microsoft Software Key Storage Provider"), _row("TpmProtected", "NO"),
+                  _row("DeviceAuthStatus", "SUCCESS" if cert is not None else
+                       "FAILED. Device certificate not found in the Personal store"), ""]
+        lines += _box("Tenant Details")
+        lines += [_row("TenantName", state.get("TenantName", "")), _row("TenantId", state.get("TenantId", "")),
+                  _row("AuthCodeUrl", state.get("AuthCodeUrl", "")),
+                  _row("AccessTokenUrl", state.get("AccessTokenUrl", "")), _row("MdmUrl", ""),
+                  _row("MdmTouUrl", ""), _row("MdmComplianceUrl", ""), _row("SettingsUrl", ""),
+                  _row("JoinSrvVersion", "2.0"), _row("JoinSrvUrl", state.get("JoinSrvUrl", "")),
+                  _row("JoinSrvId", "urn:ms-drs:enterpriseregistration.windows.net"),
+                  _row("KeySrvVersion", "1.0"), _row("KeySrvUrl", state.get("KeySrvUrl", "")),
+                  _row("KeySrvId", "urn:ms-drs:enterpriseregistration.windows.net"), ""]
+    account = wam_account(device) if joined else None
+    lines += _box("User State")
+    lines += [_row("NgcSet", "NO"), _row("WorkplaceJoined", "NO"),
+              _row("WamDefaultSet", "YES" if account else "NO")]
+    if account:
+        lines += [_row("WamDefaultAuthority", "organizations"), _row("WamDefaultId", "https://login.microsoft.com"),
+                  _row("WamDefaultGUID", "{B16898C6-A148-4967-9171-64D755DA8520} (AzureAd)")]
+    lines += ["", *_box("SSO State"), _row("AzureAdPrt", "YES" if account else "NO")]
+    if hybrid:
+        lines.append(_row("OnPremTgt", "NO"))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(_normalise(sys.argv[1:] if argv is None else argv))
+    try:
+        device = Device.open(args.home)
+    except DeviceError as e:
+        print(f"dsregcmd: {e}", file=sys.stderr)
+        return 2
+    if args.status:
+        print(status(device))
+        return 0
+    log = cmtrace_logger(device.home / "Windows" / "Logs" / "dsreg.log", "dsreg")
+    network = DeviceNetwork(device, resolve=args.resolve)
+    joiner = Joiner(device, network, log)
+    try:
+        if args.cleanupaccounts:
+            device.wam_path.unlink(missing_ok=True)
+            print("WAM accounts were deleted.")
+            return 0
+        if args.leave:
+            state = joiner.leave()
+            print("This device is not joined to Azure AD." if state is None else
+                  f"Device {state['DeviceId']} left Azure AD tenant {state['TenantId']}.")
+            return 0
+        if args.hybrid:
+            tenant = args.tenant or (args.username or "").rpartition("@")[2]
+            if not tenant:
+                print("dsregcmd: /join --hybrid needs --tenant (the domain the service connection point names)",
+                      file=sys.stderr)
+                return 2
+            state = joiner.hybrid_join(tenant)
+        else:
+            if not args.username or not args.password:
+                print("dsregcmd: /join needs --username UPN --password PASSWORD (the user who joins)",
+                      file=sys.stderr)
+                return 2
+            state = joiner.join(args.username, args.password)
+    except (JoinError, EntraError) as e:
+        log.error(f"Join failed: {e}")
+        print(f"DSREG: join failed: {e}", file=sys.stderr)
+        return 1
+    except (NetworkError, OSError) as e:
+        err = classify(e)
+        log.error(f"Join failed: {err.text} (0x{err.hresult:08X})")
+        print(f"DSREG: join failed: {err}", file=sys.stderr)
+        return 1
+    finally:
+        device.close_logs()
+    if args.debug:
+        print((device.home / "Windows" / "Logs" / "dsreg.log").read_text(errors="replace"))
+    print(f"Device {state['DeviceId']} joined tenant {state['TenantId']} ({state['JoinType']}).")
+    return 0

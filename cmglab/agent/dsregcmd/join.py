@@ -1,0 +1,210 @@
+"""Entra join as Windows does it (seed 002, managed environment, stages A–H), hybrid join, leave.
+
+A  GET  <login>/<domain>/.well-known/openid-configuration       OpenID discovery
+B/C GET <login>/common/userrealm/<upn>                          user realm: managed or federated
+C  POST <token endpoint> grant_type=password                    the user's credentials (ROPC) for the DRS
+D  mdm_tou_url claim                                            MDM terms of use (none in the lab)
+E  GET  <drs>/<domain>/discover                                 DRS discovery
+F  device key + transport key, CSR signed with the device key
+G  POST <JoinEndpoint>?api-version=2.0                          JoinType 0 (4 = register, 6 = hybrid)
+H  device certificate (CN=<deviceId>) into the My store, join state saved
+
+The signed-in user's account is kept for WAM (protected): the ADAL stand-in uses it for the user-token
+fallback, like the PRT a Windows sign-in leaves behind. `dsregcmd /cleanupaccounts` removes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from cmglab.agent.certstore import MY
+from cmglab.agent.device import Device
+from cmglab.agent.entra import (
+    BROKER_CLIENT_ID,
+    DRS_RESOURCE,
+    OS_VERSION,
+    EntraClient,
+    EntraError,
+    csr,
+    transport_key_blob,
+)
+from cmglab.agent.keys import new_key
+from cmglab.agent.network import DeviceNetwork
+from cmglab.agent.protect import write_private
+from cmglab.pki.builders import name as x509_name
+from cmglab.pki.builders import self_signed, sha1_thumbprint
+from cmglab.wire import tracing
+
+WAM_PURPOSE = "WAM accounts"
+
+
+class JoinError(Exception):
+    pass
+
+
+def wam_account(device: Device) -> dict[str, Any] | None:
+    value = device.dpapi.load(device.wam_path, WAM_PURPOSE)
+    return value if isinstance(value, dict) else None
+
+
+def join_state(device: Device) -> dict[str, Any] | None:
+    return device.read_json(device.join_path)
+
+
+class Joiner:
+    def __init__(self, device: Device, network: DeviceNetwork, log: logging.Logger) -> None:
+        self.device, self.network, self.log = device, network, log
+
+    def _client(self, http: Any) -> EntraClient:
+        return EntraClient(http, self.network.resolve)
+
+    def join(self, username: str, password: str) -> dict[str, Any]:
+        if join_state(self.device):
+            raise JoinError("This device is already joined to Azure AD: run `dsregcmd /leave` first")
+        domain = username.rpartition("@")[2]
+        if not domain:
+            raise JoinError(f"{username!r} is not a user principal name (user@domain)")
+        with self.network.client() as http, tracing.operation(self.device.info.name, "join"):
+            entra = self._client(http)
+            self.log.info(f"Stage A: OpenID discovery for '{domain}'")
+            oidc = entra.openid_configuration(domain)
+            self.log.info(f"Stage B/C: user realm discovery for '{username}'")
+            realm = entra.user_realm(username)
+            if realm.get("account_type") == "Federated":
+                raise JoinError(f"{domain} is a federated domain: the lab joins managed domains only")
+            if realm.get("account_type") != "Managed":
+                raise JoinError(f"{domain} is not a domain of any Azure AD tenant (account_type "
+                                f"{realm.get('account_type')!r})")
+            self.log.info("Stage C: managed environment; signing in with the user's password for the DRS")
+            drs_token = entra.password_token(oidc["token_endpoint"], client_id=BROKER_CLIENT_ID,
+                                             resource=DRS_RESOURCE, username=username, password=password)
+            tenant_id = str(drs_token.claims.get("tid", ""))
+            if drs_token.claims.get("mdm_tou_url"):
+                self.log.info("Stage D: MDM terms of use accepted")
+            else:
+                self.log.info("Stage D: no MDM terms of use (mdm_tou_url absent)")
+            self.log.info(f"Stage E: DRS discovery for '{domain}'")
+            discovery = entra.drs_discover(domain)
+            self.log.info("Stage F: creating the device key and the transport key")
+            device_key, transport_key = new_key(), new_key()
+            body = {
+                "CertificateRequest": {"Type": "pkcs10", "Data": base64.b64encode(csr(device_key)).decode()},
+                "TransportKey": transport_key_blob(transport_key.public_key()),
+                "TargetDomain": domain, "DeviceType": "Windows", "OSVersion": OS_VERSION,
+                "DeviceDisplayName": self.device.info.name, "JoinType": 0,
+                "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"},
+            }
+            endpoint = discovery["DeviceJoinService"]["JoinEndpoint"]
+            self.log.info(f"Stage G: device registration request to {endpoint} (JoinType 0)")
+            reply = entra.join(endpoint, drs_token.access_token, body)
+        state = self._complete(reply, device_key, transport_key, discovery, tenant_id, "AzureAdJoined")
+        account = {"upn": username, "password": password, "object_id": drs_token.claims.get("oid"),
+                   "tenant_id": tenant_id, "onprem_sid": drs_token.claims.get("onprem_sid")}
+        self.device.dpapi.save(self.device.wam_path, account, WAM_PURPOSE)
+        return state
+
+    def hybrid_join(self, tenant: str) -> dict[str, Any]:
+        """Hybrid join (JoinType 6, managed): the computer authenticates with the private key of the
+        userCertificate that Entra Connect synchronised from its AD computer object."""
+        if join_state(self.device):
+            raise JoinError("This device is already joined: run `dsregcmd /leave` first")
+        info = self.device.info
+        if not info.domain or not info.machine_sid:
+            raise JoinError("This device is not domain joined: create it with `cmglab device create --domain ...`")
+        user_cert = self.user_certificate()
+        object_guid = user_cert.cert().subject.rfc4514_string().removeprefix("CN=")
+        with self.network.client() as http:
+            entra = self._client(http)
+            self.log.info(f"Stage B: service connection point names tenant '{tenant}'")
+            discovery = entra.drs_discover(tenant)
+            tenant_id = discovery["TenantInfo"]["TenantId"]
+            device_key, transport_key = new_key(), new_key()
+            sid = f"{info.machine_sid}.{datetime.now(UTC):%Y-%m-%d %H:%M:%S}Z"
+            signed = user_cert.key().sign(sid.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+            body = {
+                "CertificateRequest": {"Type": "pkcs10", "Data": base64.b64encode(csr(device_key)).decode()},
+                "ServerAdJoinData": {
+                    "TransportKey": transport_key_blob(transport_key.public_key()), "TargetDomain": tenant_id,
+                    "DeviceType": "Windows", "OSVersion": OS_VERSION, "DeviceDisplayName": info.name,
+                    "TargetDomainId": tenant_id, "SourceDomainController": f"dc.{info.domain}",
+                    "ClientIdentity": {"Type": "sha256signed", "Sid": sid,
+                                       "SignedBlob": base64.b64encode(signed).decode()},
+                },
+                "JoinType": 6,
+                "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"},
+            }
+            endpoint = discovery["DeviceJoinService"]["JoinEndpoint"]
+            self.log.info(f"Stage G: hybrid registration request PUT {endpoint}{object_guid} (JoinType 6)")
+            reply = entra.hybrid_join(endpoint, object_guid, body)
+        return self._complete(reply, device_key, transport_key, discovery, tenant_id, "Hybrid")
+
+    def user_certificate(self) -> Any:
+        """The self-signed `CN=<objectGUID>` certificate the computer writes to its AD userCertificate."""
+        for sc in self.device.stores.certificates(MY):
+            if sc.friendly_name == "userCertificate" and sc.has_key:
+                return sc
+        guid = str(uuid.uuid4())
+        key = new_key()
+        cert = self_signed(key, x509_name(guid), ekus=[], days=365)
+        return self.device.stores.add(MY, cert, key, "userCertificate")
+
+    def _complete(self, reply: dict[str, Any], device_key: rsa.RSAPrivateKey, transport_key: rsa.RSAPrivateKey,
+                  discovery: dict[str, Any], tenant_id: str, join_type: str) -> dict[str, Any]:
+        raw = (reply.get("Certificate") or {}).get("RawBody")
+        if not raw:
+            raise JoinError("the DRS reply has no device certificate")
+        cert = x509.load_der_x509_certificate(base64.b64decode(raw))
+        device_id = cert.subject.rfc4514_string().split(",")[0].removeprefix("CN=")
+        # Stage H: key first, certificate, then the state that says "joined"
+        write_private(self.device.transport_key_path, transport_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        self.device.stores.add(MY, cert, device_key, "MS-Organization-Access device")
+        info = discovery.get("TenantInfo") or {}
+        oauth = (discovery.get("AuthenticationService") or {}).get("OAuth2") or {}
+        state = {
+            "JoinType": join_type, "DeviceId": device_id, "Thumbprint": sha1_thumbprint(cert),
+            "TenantId": tenant_id or info.get("TenantId"), "TenantName": info.get("DisplayName", ""),
+            "TenantDomain": info.get("TenantName", ""), "AuthCodeUrl": oauth.get("AuthCodeEndpoint", ""),
+            "AccessTokenUrl": oauth.get("TokenEndpoint", ""),
+            "JoinSrvUrl": (discovery.get("DeviceJoinService") or {}).get("JoinEndpoint", ""),
+            "KeySrvUrl": (discovery.get("KeyProvisioningService") or {}).get("KeyProvisionEndpoint", ""),
+            "JoinedAt": datetime.now(UTC).isoformat(), "User": (reply.get("User") or {}).get("Upn"),
+            "Host": socket.gethostname(),
+        }
+        self.device.write_json(self.device.join_path, state)
+        self.log.info(f"Stage H: device registration complete: DeviceId {device_id}, thumbprint {state['Thumbprint']}")
+        return state
+
+    def leave(self) -> dict[str, Any] | None:
+        """Delete the device object (DRS, device certificate at TLS), then forget the join locally."""
+        state = join_state(self.device)
+        if state is None:
+            return None
+        cert = self.device.stores.device_cert()
+        error: Exception | None = None
+        if cert is not None:
+            try:
+                with self.network.client(client_cert=cert) as http:
+                    self._client(http).delete(state["JoinSrvUrl"], state["DeviceId"])
+            except (EntraError, OSError, Exception) as e:  # the local leave happens regardless
+                error = e
+        self.forget(state)
+        if error is not None:
+            self.log.warning(f"The device object could not be deleted in Azure AD: {error}")
+        return state
+
+    def forget(self, state: dict[str, Any]) -> None:
+        cert = self.device.stores.device_cert()
+        if cert is not None:
+            self.device.stores.remove(MY, cert.thumbprint)
+        for path in (self.device.join_path, self.device.transport_key_path, self.device.wam_path):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,232 @@
+"""The device's HTTP clients, with Windows' trust rules:
+
+- TLS trusts the device's Root store only (no system CAs): a device without the lab root CA fails
+  like Windows with CERT_E_UNTRUSTEDROOT;
+- revocation checking is on by default (ccmsetup's "Enabled SSL revocation check."): before the
+  first request to a host the server's chain is checked against the CRLs named in each certificate's
+  CDP, fetched over plain HTTP (cached in CryptnetUrlCache). A CRL the device cannot fetch fails with
+  CRYPT_E_REVOCATION_OFFLINE unless `/nocrlcheck`; a revoked certificate with CRYPT_E_REVOKED;
+- an optional client certificate from a store (PKI client, Entra device certificate);
+- names mapped curl-style (`HOST:PORT:ADDR`) so URLs, SNI and name checks keep the real names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+
+from cmglab.agent.certstore import StoredCert
+from cmglab.agent.device import Device
+from cmglab.agent.settings import AgentSettings
+from cmglab.wire import httpclient, tracing
+
+# Windows error codes the device's logs report
+CERT_E_UNTRUSTEDROOT = 0x800B0109
+CRYPT_E_REVOKED = 0x80092010
+CRYPT_E_REVOCATION_OFFLINE = 0x80092013
+WININET_E_CANNOT_CONNECT = 0x80072EFD
+WININET_E_TIMEOUT = 0x80072EE2
+WININET_E_SECURE_FAILURE = 0x80072F8F
+
+
+class NetworkError(httpx.TransportError):
+    """A request that failed the way Windows reports it: an HRESULT and its text."""
+
+    def __init__(self, hresult: int, text: str) -> None:
+        super().__init__(f"{text} (0x{hresult:08X})")
+        self.hresult, self.text = hresult, text
+
+
+def classify(exc: BaseException) -> NetworkError:
+    """Any failure of a device request as the HRESULT Windows would log."""
+    if isinstance(exc, NetworkError):
+        return exc
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(chain) < 10:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for e in chain:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return NetworkError(CERT_E_UNTRUSTEDROOT,
+                                f"A certificate chain processed, but terminated in a root certificate which is "
+                                f"not trusted by the trust provider ({e.verify_message})")
+        if isinstance(e, ssl.SSLError):
+            return NetworkError(WININET_E_SECURE_FAILURE, f"A security error occurred ({e.reason or e})")
+    text = str(exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return NetworkError(WININET_E_TIMEOUT, f"The operation timed out ({text})")
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return NetworkError(CERT_E_UNTRUSTEDROOT, f"A certificate chain terminated in an untrusted root ({text})")
+    if "SSL" in text or "TLS" in text or "alert" in text:
+        return NetworkError(WININET_E_SECURE_FAILURE, f"A security error occurred ({text})")
+    return NetworkError(WININET_E_CANNOT_CONNECT, f"A connection with the server could not be established ({text})")
+
+
+def _cdp(cert: x509.Certificate) -> str | None:
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return None
+    for point in points:
+        for name in point.full_name or []:
+            if isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith("http"):
+                return str(name.value)
+    return None
+
+
+class RevocationChecker:
+    """Checks a server's certificate chain against its CDP CRLs, once per host:port per process."""
+
+    def __init__(self, device: Device, ctx: ssl.SSLContext, resolve: list[str], timeout: float = 10) -> None:
+        self.device, self.ctx, self.timeout = device, ctx, timeout
+        self.resolve = resolve
+        self.hosts = httpclient.parse_resolve(resolve)
+        self.checked: set[tuple[str, int]] = set()
+
+    def ensure(self, host: str, port: int) -> None:
+        key = (host.lower(), port)
+        if key in self.checked:
+            return
+        leaf = self._peer_certificate(host, port)
+        self.check_chain(leaf)
+        self.checked.add(key)
+
+    def _peer_certificate(self, host: str, port: int) -> x509.Certificate:
+        addr = self.hosts.get((host.lower(), port), host)
+        try:
+            with socket.create_connection((addr, port), timeout=self.timeout) as sock, \
+                    self.ctx.wrap_socket(sock, server_hostname=host) as tls:
+                der = tls.getpeercert(binary_form=True)
+        except OSError as e:
+            raise classify(e) from e
+        if not der:
+            raise NetworkError(WININET_E_SECURE_FAILURE, f"{host} presented no certificate")
+        return x509.load_der_x509_certificate(der)
+
+    def check_chain(self, cert: x509.Certificate) -> None:
+        roots = self.device.stores.roots()
+        current = cert
+        for _ in range(5):
+            if current.subject == current.issuer:
+                return  # a trusted root: nothing revokes it
+            issuer = next((r for r in roots if r.subject == current.issuer), None)
+            if issuer is None:
+                raise NetworkError(CERT_E_UNTRUSTEDROOT, f"no trusted issuer for {current.subject.rfc4514_string()}")
+            url = _cdp(current)
+            if url is None:
+                raise NetworkError(CRYPT_E_REVOCATION_OFFLINE,
+                                   f"{current.subject.rfc4514_string()} names no CRL distribution point")
+            crl = self._crl(url, issuer)
+            if crl.get_revoked_certificate_by_serial_number(current.serial_number) is not None:
+                raise NetworkError(CRYPT_E_REVOKED,
+                                   f"The certificate is revoked: {current.subject.rfc4514_string()} "
+                                   f"(serial {current.serial_number:x})")
+            current = issuer
+
+    def _cache_path(self, url: str) -> Path:
+        return self.device.crl_cache / (hashlib.sha1(url.encode()).hexdigest().upper() + ".crl")
+
+    def _crl(self, url: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
+        now = datetime.now(UTC)
+        cache = self._cache_path(url)
+        data: bytes | None = None
+        error = ""
+        try:
+            with httpclient.client(ctx=self.ctx, resolve=self.resolve, timeout=self.timeout) as c:
+                reply = c.get(url)
+            if reply.status_code == 200:
+                data = reply.content
+            else:
+                error = f"HTTP {reply.status_code}"
+        except httpx.HTTPError as e:
+            error = str(e) or type(e).__name__
+        crl = _load_crl(data) if data else None
+        if crl is None and cache.exists():  # offline: a cached CRL still within its NextUpdate does
+            cached = _load_crl(cache.read_bytes())
+            if cached is not None and (cached.next_update_utc or now) > now:
+                crl = cached
+        if crl is None:
+            raise NetworkError(CRYPT_E_REVOCATION_OFFLINE,
+                               f"The revocation function was unable to check revocation because the revocation "
+                               f"server was offline: {url} ({error or 'not a CRL'})")
+        if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            raise NetworkError(CRYPT_E_REVOCATION_OFFLINE, f"the CRL from {url} is not signed by its issuer")
+        if crl.next_update_utc is not None and crl.next_update_utc < now:
+            raise NetworkError(CRYPT_E_REVOCATION_OFFLINE, f"the CRL from {url} has expired")
+        if data:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_bytes(data)
+        return crl
+
+
+def _load_crl(data: bytes) -> x509.CertificateRevocationList | None:
+    try:
+        if data.lstrip().startswith(b"-----"):
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError:
+        return None
+
+
+class _CheckingTransport(httpx.BaseTransport):
+    def __init__(self, inner: httpx.BaseTransport, checker: RevocationChecker | None) -> None:
+        self.inner, self.checker = inner, checker
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            if self.checker is not None and request.url.scheme == "https":
+                self.checker.ensure(request.url.host, request.url.port or 443)
+            return self.inner.handle_request(request)
+        except NetworkError:
+            raise
+        except (httpx.TransportError, OSError) as e:
+            raise classify(e) from e
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class DeviceNetwork:
+    def __init__(self, device: Device, *, crl_check: bool = True, resolve: list[str] | None = None,
+                 timeout: float | None = None) -> None:
+        self.device = device
+        self.crl_check = crl_check
+        self.resolve = device.resolve(resolve)
+        self.timeout = timeout if timeout is not None else AgentSettings().client_timeout
+        self._checker: RevocationChecker | None = None
+
+    def ssl_context(self, client_cert: StoredCert | None = None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no system CAs: the Root store only
+        ctx.check_hostname = True
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        bundle = self.device.stores.trust_bundle()
+        if bundle:
+            ctx.load_verify_locations(cadata=bundle.decode())
+        if client_cert is not None and client_cert.key_path is not None:
+            ctx.load_cert_chain(str(client_cert.cert_path), str(client_cert.key_path))
+        return ctx
+
+    def checker(self) -> RevocationChecker | None:
+        if not self.crl_check:
+            return None
+        if self._checker is None:
+            self._checker = RevocationChecker(self.device, self.ssl_context(), self.resolve)
+        return self._checker
+
+    def transport(self, ctx: ssl.SSLContext) -> httpx.BaseTransport:
+        """What sends the device's requests once revocation is checked (a fleet wraps it to watch them)."""
+        hosts = httpclient.parse_resolve(self.resolve)
+        return httpclient.HostMapTransport(hosts, lambda: httpx.HTTPTransport(verify=ctx))
+
+    def client(self, client_cert: StoredCert | None = None) -> httpx.Client:
+        inner = self.transport(self.ssl_context(client_cert))
+        # every request carries W3C trace headers tagged with the device and its step (the lab console)
+        return httpx.Client(transport=_CheckingTransport(inner, self.checker()), timeout=self.timeout,
+                            event_hooks={"request": [tracing.httpx_hook(self.device.info.name)]})

@@ -1,0 +1,43 @@
+"""Process settings: every option is also an environment variable with the prefix `CMGLAB_`.
+
+The lab directory holds what the parts agree on (lab.json, PKI); these settings hold how one process
+runs (where the lab is, which database, whether to check CRLs, limits and timeouts).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CMGLAB_", extra="ignore")
+
+    lab_dir: Path = Path(".cmglab")
+    # bind address for listeners; the lab config's bind_address when unset
+    bind: str | None = None
+    # listen port of a single-listener service; its lab port when unset (a second instance of a service
+    # on another address and port, e.g. Entra on <alias>:443 for unmodified clients that need port 443)
+    listen_port: int | None = None
+    # SQLAlchemy URL for this process' store; a SQLite file under <lab>/data when unset
+    database_url: str | None = None
+    # curl-style HOST:PORT:ADDR file for outbound calls; <lab>/hosts when unset (embedded lab)
+    hosts_file: Path | None = None
+    # check client certificates against the lab CRLs on listeners that take them
+    crl_check: bool = True
+    # largest request or reply body a service accepts or forwards
+    max_body_bytes: int = 16 * 1024 * 1024
+    # how long the CMG waits for a connection point's reply, and the point for the MP
+    upstream_timeout: float = 30.0
+    # connection point <-> CMG channel heartbeat and reconnect backoff
+    channel_heartbeat: float = 10.0
+    channel_backoff_max: float = 10.0
+    # how many request records /_lab/requests keeps
+    request_log_size: int = 2000
+    # uvicorn access log on stderr (off: the recorder and the product logs say it all)
+    access_log: bool = False
+    # OTLP/HTTP collector (e.g. http://localhost:4318): every recorded request is exported as a server span
+    otlp_endpoint: str | None = None
+    # how often the lab console polls the cmglab.services' /_lab/requests
+    console_poll_interval: float = 0.5

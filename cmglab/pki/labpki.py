@@ -1,0 +1,304 @@
+"""The lab PKI on disk: one folder per identity, files named by role, keys 0600, an index of issued
+certificates and CRLs for both CAs (PEM and DER) regenerated on every revoke.
+
+Idempotent: `init()` creates only what is missing; `init(force=True)` regenerates everything.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from cmglab.core.labconfig import LabConfig, write_private
+from cmglab.pki import builders as b
+
+# Issuer DN of Entra device certificates (research/entra-drs.md §3.2): DC=net + DC=windows +
+# CN=MS-Organization-Access + OU=82dbaca4-3e81-46ca-9c73-0950c1eaca97.
+MS_ORG_ACCESS_NAME = x509.Name([
+    x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "net"),
+    x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "windows"),
+    x509.NameAttribute(NameOID.COMMON_NAME, "MS-Organization-Access"),
+    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "82dbaca4-3e81-46ca-9c73-0950c1eaca97"),
+])
+LAB_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cmglab")
+
+SERVER_SERVICES = ("entra", "cmg", "management-point", "console")
+CA_NAMES = ("root-ca", "issuing-ca")
+CRL_BACKDATE = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A certificate (leaf first, then its chain) and its private key on disk."""
+
+    cert_path: Path
+    key_path: Path
+
+    def exists(self) -> bool:
+        return self.cert_path.exists() and self.key_path.exists()
+
+    def cert(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+
+    def key(self) -> b.RSAKey:
+        key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        assert isinstance(key, b.rsa.RSAPrivateKey)
+        return key
+
+
+class PKIError(Exception):
+    pass
+
+
+class LabPKI:
+    def __init__(self, root: Path, config: LabConfig) -> None:
+        self.root = root
+        self.config = config
+
+    # -- paths ---------------------------------------------------------------------------------
+    def identity(self, name: str, folder: str | None = None) -> Identity:
+        base = self.root / folder / name if folder else self.root / name
+        return Identity(base / f"{name}.crt", base / f"{name}.key")
+
+    @property
+    def root_ca(self) -> Identity:
+        return self.identity("root-ca")
+
+    @property
+    def issuing_ca(self) -> Identity:
+        return self.identity("issuing-ca")
+
+    @property
+    def device_ca(self) -> Identity:
+        return self.identity("ms-organization-access")
+
+    @property
+    def entra_signing(self) -> Identity:
+        return self.identity("entra-token-signing")
+
+    @property
+    def site_signing(self) -> Identity:
+        return self.identity("site-signing")
+
+    @property
+    def connection_point(self) -> Identity:
+        return self.identity("cmg-connection-point")
+
+    def server(self, service: str) -> Identity:
+        return self.identity(service)
+
+    def client(self, name: str) -> Identity:
+        return self.identity(name, "clients")
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.root / "ca-bundle.pem"
+
+    def crl_path(self, ca: str, pem: bool = False) -> Path:
+        return self.root / "crl" / (f"{ca}.crl.pem" if pem else f"{ca}.crl")
+
+    @property
+    def crl_bundle(self) -> Path:
+        return self.root / "crl" / "crl-bundle.pem"
+
+    def aia_path(self, ca: str) -> Path:
+        return self.root / "aia" / f"{ca}.crt"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.json"
+
+    def cdp_url(self, ca: str) -> str:
+        return f"{self.config.pki_url}/crl/{ca}.crl"
+
+    def aia_url(self, ca: str) -> str:
+        return f"{self.config.pki_url}/aia/{ca}.crt"
+
+    # -- index ---------------------------------------------------------------------------------
+    def _index(self) -> dict:
+        if self.index_path.exists():
+            return json.loads(self.index_path.read_text())
+        return {"crl_number": 0, "crl_last_update": None, "certificates": {}}
+
+    def _save_index(self, index: dict) -> None:
+        self.index_path.write_text(json.dumps(index, indent=2) + "\n")
+
+    def _record(self, name: str, cert: x509.Certificate, issuer: str, path: Path) -> None:
+        index = self._index()
+        index["certificates"][format(cert.serial_number, "x")] = {
+            "name": name,
+            "subject": cert.subject.rfc4514_string(),
+            "issuer": issuer,
+            "path": str(path.relative_to(self.root)),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "thumbprint": b.sha1_thumbprint(cert),
+            "revoked_at": None,
+        }
+        self._save_index(index)
+
+    # -- creation ------------------------------------------------------------------------------
+    def init(self, force: bool = False) -> list[str]:
+        """Create every missing part of the PKI; returns what was created."""
+        if force and self.root.exists():
+            shutil.rmtree(self.root)
+        created: list[str] = []
+        self.root.mkdir(parents=True, exist_ok=True)
+
+        if not self.root_ca.exists():
+            key = b.new_key()
+            cert = b.self_signed_ca(key, b.name("cmglab Root CA", LAB_ORG), days=3650)
+            self._write(self.root_ca, cert, key)
+            created.append("root-ca")
+        if not self.issuing_ca.exists():
+            root_cert, root_key = self.root_ca.cert(), self.root_ca.key()
+            key = b.new_key()
+            cert = b.sub_ca(key, b.name("cmglab Issuing CA", LAB_ORG), root_cert, root_key,
+                            cdp=self.cdp_url("root-ca"), aia=self.aia_url("root-ca"))
+            self._write(self.issuing_ca, cert, key)
+            self._record("issuing-ca", cert, "root-ca", self.issuing_ca.cert_path)
+            created.append("issuing-ca")
+        if not self.device_ca.exists():
+            key = b.new_key()
+            cert = b.self_signed_ca(key, MS_ORG_ACCESS_NAME, days=3650)
+            self._write(self.device_ca, cert, key)
+            created.append("ms-organization-access")
+        if not self.entra_signing.exists():
+            key = b.new_key()
+            cert = b.self_signed(key, b.name("accounts.accesscontrol.windows.net"), ekus=[], days=1825)
+            self._write(self.entra_signing, cert, key)
+            created.append("entra-token-signing")
+        if not self.site_signing.exists():
+            key = b.new_key()
+            cert = b.self_signed(key, b.name("Site Server"), ekus=[b.SMS_SIGNING_EKU], days=1825)
+            self._write(self.site_signing, cert, key)
+            created.append("site-signing")
+        for service in SERVER_SERVICES:
+            if not self.server(service).exists():
+                self.issue(service, self.server(service), self.server_names(service), [b.SERVER_AUTH])
+                created.append(service)
+        if not self.connection_point.exists():
+            cp = self.config.hosts.cmg_connection_point
+            self.issue("cmg-connection-point", self.connection_point,
+                       [cp, self.config.hosts.compose["cmg-connection-point"]], [b.CLIENT_AUTH])
+            created.append("cmg-connection-point")
+
+        self._write_bundle_and_aia()
+        if created or not self.crl_bundle.exists():
+            self.write_crls()
+        return created
+
+    def server_names(self, service: str) -> list[str]:
+        hosts = self.config.hosts
+        names = {
+            "entra": list(hosts.entra),
+            "cmg": [hosts.cmg],
+            "management-point": [hosts.management_point],
+            "console": [hosts.console],
+        }[service]
+        return [*names, hosts.compose_name(service), "localhost", "127.0.0.1"]
+
+    def issue(self, name: str, identity: Identity, san: list[str], ekus: list[x509.ObjectIdentifier],
+              *, days: int = 825, not_before: datetime | None = None) -> Identity:
+        """Issue a leaf from the issuing CA with CDP/AIA, written as leaf + chain and a 0600 key."""
+        ca_cert, ca_key = self.issuing_ca.cert(), self.issuing_ca.key()
+        key = b.new_key()
+        cert = b.leaf(key.public_key(), b.name(san[0], LAB_ORG), ca_cert, ca_key, ekus=ekus, san=san,
+                      days=days, cdp=self.cdp_url("issuing-ca"), aia=self.aia_url("issuing-ca"),
+                      not_before=not_before)
+        self._write(identity, cert, key, chain=[ca_cert])
+        self._record(name, cert, "issuing-ca", identity.cert_path)
+        return identity
+
+    def issue_client(self, name: str, *, san: list[str] | None = None, days: int = 365,
+                     not_before: datetime | None = None) -> Identity:
+        """A PKI client-authentication certificate (what `/usepkicert` and CCM_Proxy_MutualAuth use)."""
+        identity = self.client(name)
+        return self.issue(name, identity, san or [name], [b.CLIENT_AUTH], days=days, not_before=not_before)
+
+    def _write(self, identity: Identity, cert: x509.Certificate, key: b.RSAKey,
+               chain: list[x509.Certificate] | None = None) -> None:
+        identity.cert_path.parent.mkdir(parents=True, exist_ok=True)
+        identity.cert_path.write_bytes(b"".join(b.cert_pem(c) for c in [cert, *(chain or [])]))
+        write_private(identity.key_path, b.key_pem(key))
+
+    def _write_bundle_and_aia(self) -> None:
+        root, issuing = self.root_ca.cert(), self.issuing_ca.cert()
+        self.ca_bundle.write_bytes(b.cert_pem(root) + b.cert_pem(issuing))
+        (self.root / "aia").mkdir(exist_ok=True)
+        self.aia_path("root-ca").write_bytes(b.cert_der(root))
+        self.aia_path("issuing-ca").write_bytes(b.cert_der(issuing))
+
+    # -- revocation ----------------------------------------------------------------------------
+    def find(self, name_or_serial: str) -> list[str]:
+        """Serials (hex) of the certificates issued under that name, or that serial."""
+        certs = self._index()["certificates"]
+        key = name_or_serial.lower()
+        if key in certs:
+            return [key]
+        return [serial for serial, entry in certs.items() if entry["name"] == name_or_serial]
+
+    def revoke(self, name_or_serial: str) -> list[str]:
+        serials = self.find(name_or_serial)
+        if not serials:
+            raise PKIError(f"no certificate named or numbered {name_or_serial!r} in {self.index_path}")
+        index = self._index()
+        now = b.utcnow().isoformat()
+        for serial in serials:
+            index["certificates"][serial]["revoked_at"] = index["certificates"][serial]["revoked_at"] or now
+        self._save_index(index)
+        self.write_crls()
+        return serials
+
+    def write_crls(self) -> None:
+        """Regenerate both CRLs. lastUpdate always moves forward so that a process that already
+        loaded the previous CRL prefers the new one (OpenSSL keeps the newest lastUpdate); it is
+        backdated so that quick successive revokes never date a CRL in the future ("not yet valid")."""
+        index = self._index()
+        previous = index.get("crl_last_update")
+        last_update = (b.utcnow() - CRL_BACKDATE).replace(microsecond=0)
+        if previous and last_update <= datetime.fromisoformat(previous):
+            last_update = datetime.fromisoformat(previous) + timedelta(seconds=1)
+        number = int(index.get("crl_number", 0)) + 1
+        (self.root / "crl").mkdir(exist_ok=True)
+        pems = []
+        for ca_name, ca in (("root-ca", self.root_ca), ("issuing-ca", self.issuing_ca)):
+            revoked = [
+                (int(serial, 16), datetime.fromisoformat(entry["revoked_at"]))
+                for serial, entry in index["certificates"].items()
+                if entry["issuer"] == ca_name and entry["revoked_at"]
+            ]
+            crl = b.build_crl(ca.cert(), ca.key(), revoked, number=number, last_update=last_update)
+            pem = crl.public_bytes(serialization.Encoding.PEM)
+            self.crl_path(ca_name).write_bytes(crl.public_bytes(serialization.Encoding.DER))
+            self.crl_path(ca_name, pem=True).write_bytes(pem)
+            pems.append(pem)
+        tmp = self.crl_bundle.with_suffix(".tmp")
+        tmp.write_bytes(b"".join(pems))
+        tmp.replace(self.crl_bundle)
+        index["crl_number"] = number
+        index["crl_last_update"] = last_update.isoformat()
+        self._save_index(index)
+
+    def show(self) -> list[dict]:
+        index = self._index()
+        rows = [
+            {"serial": serial, **entry} for serial, entry in index["certificates"].items()
+        ]
+        for name, ident in (("root-ca", self.root_ca), ("ms-organization-access", self.device_ca),
+                            ("entra-token-signing", self.entra_signing),
+                            ("site-signing", self.site_signing)):
+            if ident.cert_path.exists():
+                cert = ident.cert()
+                rows.insert(0, {"serial": format(cert.serial_number, "x"), "name": name,
+                                "subject": cert.subject.rfc4514_string(), "issuer": "self",
+                                "path": str(ident.cert_path.relative_to(self.root)),
+                                "not_after": cert.not_valid_after_utc.isoformat(),
+                                "thumbprint": b.sha1_thumbprint(cert), "revoked_at": None})
+        return rows

@@ -1,0 +1,329 @@
+"""What every service has besides its protocol (lab contract §5):
+
+- `GET /_lab/health` (no auth), for compose health checks;
+- `GET /_lab/requests`: the recorded requests, newest first, bounded;
+- `GET /_lab/openapi.json`: the OpenAPI of the routes that declare a schema (what schemathesis fuzzes);
+- `POST /_lab/reset` and `GET|POST|DELETE /_lab/faults`, guarded by the lab admin token
+  (`Authorization: Bearer <admin-token>`).
+
+The recorder and the fault injector are plain ASGI middleware around the whole app. Each record is
+also the request's server span (`cmglab.runtime.tracing`): trace and span IDs, the caller's span, the
+`tracestate`; with `CMGLAB_OTLP_ENDPOINT` set it is exported to an OpenTelemetry collector as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import json
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from pydantic import BaseModel
+
+from cmglab.runtime.certinfo import client_cert, subject, thumbprint
+from cmglab.runtime.lab import Lab
+from cmglab.wire.tracing import TRACEPARENT, TRACESTATE, ServerSpan, SpanExporter
+
+RECORD_KEY = "cmglab.record"
+SPAN_KEY = "cmglab.span"
+# an error reply's JSON body is read up to this size for the reason a service gave (the console shows it)
+_REASON_BODY_MAX = 8192
+ADMIN_PREFIX = "/_lab/"
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def record(request: Request) -> dict[str, Any]:
+    """The current request's record: routes add auth_kind, auth_subject, rewritten_url, ... to it."""
+    return request.scope.setdefault(RECORD_KEY, {})
+
+
+def current_span(request: Request) -> ServerSpan:
+    """The request's server span: what a call made on its behalf carries on (`tracing.propagate`)."""
+    span = request.scope.get(SPAN_KEY)
+    if span is None:  # an app without the recorder (unit tests): a span of its own
+        span = request.scope[SPAN_KEY] = ServerSpan.incoming(request.headers.get(TRACEPARENT),
+                                                              request.headers.get(TRACESTATE))
+    return span  # type: ignore[no-any-return]
+
+
+class FaultRule(BaseModel):
+    path: str  # regular expression, searched in the path, case-insensitive
+    method: str | None = None
+    delay_ms: int = 0
+    status: int | None = None  # answer this status instead of calling the service
+    drop: bool = False  # start the reply, then drop the connection
+    times: int | None = None  # how many requests it applies to (None: until removed)
+
+
+@dataclass
+class _Fault:
+    id: int
+    rule: FaultRule
+    pattern: re.Pattern[str] = field(repr=False)
+    hits: int = 0
+
+
+class LabState:
+    """Recorded requests and fault rules of one process."""
+
+    def __init__(self, service: str, size: int, exporter: SpanExporter | None = None) -> None:
+        self.service = service
+        self.requests: deque[dict[str, Any]] = deque(maxlen=size)
+        self.faults: list[_Fault] = []
+        self._ids = itertools.count(1)
+        self.last_seq = 0  # never reset: a reader polls with ?after=<the last seq it saw>
+        self.exporter = exporter
+        self.observers: list[Callable[[dict[str, Any]], None]] = []  # e.g. the CMG's per-URI summaries
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Record one request (newest first) and export it as a span when a collector is configured."""
+        self.last_seq += 1
+        entry["seq"] = self.last_seq
+        self.requests.appendleft(entry)
+        if self.exporter is not None:
+            self.exporter.export(entry)
+        for observe in self.observers:
+            observe(entry)
+
+    def add_fault(self, rule: FaultRule) -> _Fault:
+        fault = _Fault(next(self._ids), rule, re.compile(rule.path, re.IGNORECASE))
+        self.faults.append(fault)
+        return fault
+
+    def match_fault(self, method: str, path: str) -> _Fault | None:
+        for fault in self.faults:
+            if fault.rule.method and fault.rule.method.upper() != method.upper():
+                continue
+            if not fault.pattern.search(path):
+                continue
+            fault.hits += 1
+            if fault.rule.times is not None and fault.hits >= fault.rule.times:
+                self.faults.remove(fault)
+            return fault
+        return None
+
+    def clear(self) -> None:
+        self.requests.clear()
+        self.faults.clear()
+
+
+def _external_url(scope: Scope) -> str:
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+    path = (scope.get("raw_path") or b"").decode("latin-1") or scope["path"]
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{scope.get('scheme', 'https')}://{host}{path}" + (f"?{query}" if query else "")
+
+
+class LabMiddleware:
+    """Records every request (except /_lab/ ones) and applies matching fault rules."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], state: LabState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(ADMIN_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        rec: dict[str, Any] = scope.setdefault(RECORD_KEY, {})
+        rec["started"] = datetime.now(UTC).isoformat(timespec="microseconds")  # order of arrival
+        headers = dict(scope["headers"])
+        sizes = {"in": 0, "out": 0, "status": 0}
+        scope[SPAN_KEY] = ServerSpan.incoming(headers.get(b"traceparent", b"").decode("latin-1"),
+                                              headers.get(b"tracestate", b"").decode("latin-1"))
+        error_body = bytearray()
+
+        async def counting_receive() -> dict[str, Any]:
+            message = await receive()
+            sizes["in"] += len(message.get("body", b""))
+            return message
+
+        recorded = False
+
+        def finish(error: str | None) -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self._finish(scope, rec, headers, sizes, started, error, bytes(error_body))
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                sizes["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                sizes["out"] += len(body)
+                if sizes["status"] >= 400 and len(error_body) < _REASON_BODY_MAX:
+                    error_body.extend(body[:_REASON_BODY_MAX - len(error_body)])
+                if not message.get("more_body", False):
+                    # recorded before the client holds the whole reply, so that what it asks next sees it
+                    finish(None)
+            await send(message)
+
+        error: str | None = None
+        try:
+            fault = self.state.match_fault(scope["method"], scope["path"])
+            if fault is not None:
+                rec["fault"] = fault.id
+                if fault.rule.delay_ms:
+                    await asyncio.sleep(fault.rule.delay_ms / 1000)
+                if fault.rule.drop:
+                    await counting_send({"type": "http.response.start", "status": 200,
+                                         "headers": [(b"content-length", b"1024")]})
+                    raise ConnectionAbortedError("fault injection: connection dropped")
+                if fault.rule.status is not None:
+                    await _plain(counting_send, fault.rule.status, b"fault injected by cmglab\n")
+                    return
+            await self.app(scope, counting_receive, counting_send)
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            finish(error)
+
+    def _finish(self, scope: Scope, rec: dict[str, Any], headers: dict[bytes, bytes],
+                sizes: dict[str, int], started: float, error: str | None, error_body: bytes) -> None:
+        cert = client_cert_from_scope(scope)
+        entry = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "service": self.state.service,
+            "method": scope["method"],
+            "url": _external_url(scope),
+            "path": scope["path"],
+            "status": sizes["status"] or (500 if error else 0),
+            "request_bytes": sizes["in"],
+            "response_bytes": sizes["out"],
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+            "client_cert_subject": subject(cert) if cert else None,
+            "client_cert_thumbprint": thumbprint(cert) if cert else None,
+            "traceparent": headers.get(b"traceparent", b"").decode("latin-1") or None,
+            "user_agent": headers.get(b"user-agent", b"").decode("latin-1") or None,
+            **scope[SPAN_KEY].record_fields(),
+        }
+        if error:
+            entry["error"] = error
+        reason = error_reason(error_body)
+        if reason:
+            entry["reason"] = reason
+        entry.update(rec)
+        self.state.add(entry)
+
+
+def error_reason(body: bytes) -> str | None:
+    """The reason in an error reply's JSON (`Reason`, AADSTS `error_description`, FastAPI `detail`)."""
+    try:
+        doc = json.loads(body) if body[:1] == b"{" else None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    code = doc.get("Error") or doc.get("error")
+    text = doc.get("Reason") or doc.get("error_description") or doc.get("detail")
+    parts = [str(p).splitlines()[0] for p in (code, text) if p and isinstance(p, str | int)]
+    return ": ".join(parts)[:300] or None
+
+
+def client_cert_from_scope(scope: Scope):  # type: ignore[no-untyped-def]
+    return client_cert(_ScopeOnly(scope))  # type: ignore[arg-type]
+
+
+class _ScopeOnly:
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+
+async def _plain(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def require_admin(lab: Lab) -> Callable[..., None]:
+    """A FastAPI dependency: the request must carry `Authorization: Bearer <lab admin token>`."""
+    token = lab.admin_token()
+
+    def check(authorization: str | None = Header(default=None)) -> None:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given or not secrets.compare_digest(given, token):
+            raise HTTPException(401, "the lab admin token is required (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
+                      reset: Callable[[], Any] | None = None,
+                      health: Callable[[], dict[str, Any]] | None = None) -> LabState:
+    """Add the /_lab endpoints and the recorder/fault middleware to a service's app."""
+    endpoint = lab.settings.otlp_endpoint
+    state = LabState(service, lab.settings.request_log_size, SpanExporter(endpoint, service) if endpoint else None)
+    admin_only = require_admin(lab)
+
+    router = APIRouter(prefix="/_lab", tags=["lab"])
+
+    @router.get("/health")
+    async def lab_health() -> dict[str, Any]:
+        return {"service": service, "status": "ok", **(health() if health else {})}
+
+    @router.get("/requests")
+    async def lab_requests(limit: int = 200, path: str | None = None, after: int = 0) -> dict[str, Any]:
+        items = [r for r in state.requests if r["seq"] > after] if after else list(state.requests)
+        if path:
+            try:
+                pattern = re.compile(path, re.IGNORECASE)
+            except re.error as e:
+                raise HTTPException(422, f"bad path pattern: {e}") from e
+            items = [r for r in items if pattern.search(r["path"])]
+        return {"service": service, "requests": items[: max(0, min(limit, len(items)))],
+                "last_seq": state.last_seq}
+
+    @router.post("/reset", dependencies=[Depends(admin_only)])
+    async def lab_reset() -> dict[str, str]:
+        if reset is not None:
+            result = reset()
+            if inspect.isawaitable(result):
+                await result
+        state.clear()
+        return {"service": service, "status": "reset"}
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def lab_openapi() -> dict[str, Any]:
+        """The app's own OpenAPI for the routes that declare a schema (the services turn FastAPI's
+        /openapi.json off, as the real products have none): what the reliability campaign fuzzes.
+        The wire-protocol routes (CcmMessaging, CCM_STS, the CMG's proxy) opt out with
+        include_in_schema=False; their hostile inputs are the campaign's hand-made corpus."""
+        return app.openapi()  # FastAPI builds it from the routes with include_in_schema (the default)
+
+    @router.get("/faults")
+    async def list_faults() -> dict[str, Any]:
+        return {"faults": [{"id": f.id, "hits": f.hits, **f.rule.model_dump()} for f in state.faults]}
+
+    @router.post("/faults", dependencies=[Depends(admin_only)], status_code=201)
+    async def add_fault(rule: FaultRule) -> dict[str, Any]:
+        try:
+            fault = state.add_fault(rule)
+        except re.error as e:
+            raise HTTPException(422, f"bad path pattern: {e}") from e
+        return {"id": fault.id, **rule.model_dump()}
+
+    @router.delete("/faults", dependencies=[Depends(admin_only)])
+    async def clear_faults() -> dict[str, int]:
+        n = len(state.faults)
+        state.faults.clear()
+        return {"removed": n}
+
+    app.include_router(router)
+    app.add_middleware(LabMiddleware, state=state)  # type: ignore[arg-type]
+    app.state.lab = state
+    return state

@@ -1,0 +1,35 @@
+"""The client certificate of the current request, as the TLS layer verified it."""
+
+from __future__ import annotations
+
+from cryptography import x509
+from starlette.requests import HTTPConnection
+
+from cmglab.pki.builders import sha1_thumbprint
+
+
+def client_cert(conn: HTTPConnection) -> x509.Certificate | None:
+    tls = conn.scope.get("extensions", {}).get("tls")
+    if not tls or not tls.get("client_cert_der"):
+        return None
+    cached = tls.get("_parsed")
+    if cached is None:  # one parse per connection: the dict is shared by its requests
+        cached = tls["_parsed"] = x509.load_der_x509_certificate(tls["client_cert_der"])
+    return cached
+
+
+def thumbprint(cert: x509.Certificate) -> str:
+    return sha1_thumbprint(cert)
+
+
+def subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
+def describe(cert: x509.Certificate) -> dict[str, str]:
+    return {
+        "subject": subject(cert),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "thumbprint": thumbprint(cert),
+    }

@@ -1,0 +1,91 @@
+"""SQLAlchemy 2 engine and session helpers shared by the cmglab.services' stores.
+
+SQLite files by default (WAL, a busy timeout so that concurrent writers wait instead of failing);
+any SQLAlchemy URL by configuration. PostgreSQL is the scale-out path (several replicas of a service on
+one site database): there each service keeps its tables in a schema named after it (`management_point`,
+`entra`: both have a `tenants` table, and one URL may serve every service), and schema creation, seeding
+and reset run under an advisory lock, so replicas that start or reset at the same moment do not race.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, make_url, select, text
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+Seed = Callable[[Session], None]
+
+
+def make_engine(url: str, schema: str | None = None) -> Engine:
+    """An engine for `url`; on PostgreSQL, unqualified table names resolve in `schema`."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    args: dict[str, Any] = {}
+    if u.get_backend_name() == "postgresql":
+        if u.drivername == "postgresql":  # SQLAlchemy's driver for the bare scheme is psycopg2; the lab ships psycopg 3
+            u = u.set(drivername="postgresql+psycopg")
+        if schema:
+            args["options"] = f"-c search_path={schema}"
+    return create_engine(u, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=args)
+
+
+class Database:
+    """An engine, its session factory and the metadata of one service's store (`name`: the service)."""
+
+    def __init__(self, url: str, base: type[DeclarativeBase], name: str) -> None:
+        self.postgres = make_url(url).get_backend_name() == "postgresql"
+        self.schema = name.replace("-", "_")
+        self.lock_id = zlib.crc32(self.schema.encode())
+        self.engine = make_engine(url, self.schema if self.postgres else None)
+        self.base = base
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with self.exclusive() as s:
+            self._create(s, None)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed when the block ends, rolled back if it raises."""
+        with self.sessions() as s, s.begin():
+            yield s
+
+    @contextmanager
+    def exclusive(self) -> Iterator[Session]:
+        """A unit of work that no other process of this service runs at the same time, for check-then-create
+        work (schema, seed rows). PostgreSQL: an advisory lock, held until the transaction ends; SQLite needs
+        none (one process per database file)."""
+        with self.session() as s:
+            if self.postgres:
+                s.execute(select(func.pg_advisory_xact_lock(self.lock_id)))
+            yield s
+
+    def _create(self, s: Session, seed: Seed | None) -> None:
+        if self.postgres:
+            s.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+        self.base.metadata.create_all(s.connection())
+        if seed is not None:
+            seed(s)
+
+    def reset(self, seed: Seed | None = None) -> None:
+        """Empty the store: drop, recreate and seed in one transaction (on PostgreSQL the other replicas see
+        the old tables or the new ones, never none)."""
+        with self.exclusive() as s:
+            self.base.metadata.drop_all(s.connection())
+            self._create(s, seed)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

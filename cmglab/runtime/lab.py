@@ -1,0 +1,167 @@
+"""A loaded lab directory: the config, the PKI, this process' settings and the host mapping."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import httpx
+
+from cmglab.core.labconfig import (
+    PLAIN_HTTP_SERVICES,
+    LabConfig,
+    Ports,
+    default_config,
+    load_config,
+    save_config,
+    write_private,
+)
+from cmglab.core.settings import Settings
+from cmglab.pki.labpki import LabPKI
+from cmglab.wire import httpclient
+from cmglab.wire.site_tokens import SiteSigner
+
+# service name -> the lab config's host attribute
+SERVICE_HOSTS = {
+    "cmg": "cmg",
+    "management-point": "management_point",
+    "cmg-connection-point": "cmg_connection_point",
+    "pki": "pki",
+    "console": "console",
+}
+
+
+class LabNotInitialised(Exception):
+    pass
+
+
+class Lab:
+    def __init__(self, lab_dir: Path, config: LabConfig, settings: Settings) -> None:
+        self.dir = lab_dir
+        self.config = config
+        self.settings = settings
+        self.pki = LabPKI(lab_dir / "pki", config)
+
+    # -- creation and loading ------------------------------------------------------------------
+    @staticmethod
+    def config_path(lab_dir: Path) -> Path:
+        return lab_dir / "lab.json"
+
+    @classmethod
+    def load(cls, lab_dir: Path | None = None, settings: Settings | None = None) -> Lab:
+        settings = settings or Settings()
+        lab_dir = (lab_dir or settings.lab_dir).absolute()
+        path = cls.config_path(lab_dir)
+        if not path.exists():
+            raise LabNotInitialised(f"no lab at {lab_dir}: run `cmglab init --lab {lab_dir}` first")
+        return cls(lab_dir, load_config(path), settings)
+
+    @classmethod
+    def init(cls, lab_dir: Path, *, force: bool = False, compose: bool = False,
+             ports: Ports | None = None, settings: Settings | None = None) -> tuple[Lab, list[str]]:
+        """Create what is missing (config, admin token, PKI, hosts file); `force` regenerates all."""
+        lab_dir = lab_dir.absolute()
+        created: list[str] = []
+        path = cls.config_path(lab_dir)
+        if force or not path.exists():
+            lab_dir.mkdir(parents=True, exist_ok=True)
+            config = default_config(compose=compose)
+            if ports is not None:
+                config.ports = ports
+            save_config(config, path)
+            created.append("lab.json")
+        lab = cls(lab_dir, load_config(path), settings or Settings(lab_dir=lab_dir))
+        token = lab.dir / "admin-token"
+        if force or not token.exists():
+            write_private(token, secrets.token_urlsafe(32) + "\n")
+            created.append("admin-token")
+        created += [f"pki/{c}" for c in lab.pki.init(force=force)]
+        hosts = lab.dir / "hosts"
+        # compose: DNS and the network aliases answer, no mapping
+        entries = [] if lab.config.compose else lab.loopback_resolve()
+        if force or not hosts.exists():
+            hosts.write_text("".join(f"{e}\n" for e in entries))
+            created.append("hosts")
+        else:  # a lab made before a service existed (the console): map its names, keep the rest as it is
+            mapped = {tuple(e.split(":")[:2]) for e in httpclient.read_hosts_file(hosts)}
+            missing = [e for e in entries if tuple(e.split(":")[:2]) not in mapped]
+            if missing:
+                with hosts.open("a") as f:
+                    f.writelines(f"{e}\n" for e in missing)
+                created.append("hosts (" + ", ".join(e.split(":")[0] for e in missing) + ")")
+        for sub in ("data", "logs"):
+            (lab.dir / sub).mkdir(exist_ok=True)
+        return lab, created
+
+    # -- facts ---------------------------------------------------------------------------------
+    def host(self, service: str) -> str:
+        if service == "entra":
+            return self.config.hosts.entra[0]
+        return str(getattr(self.config.hosts, SERVICE_HOSTS[service]))
+
+    def port(self, service: str) -> int:
+        return self.config.service_port(service)
+
+    def url(self, service: str, host: str | None = None) -> str:
+        port = self.port(service)
+        scheme = "http" if service in PLAIN_HTTP_SERVICES else "https"
+        default = 80 if scheme == "http" else 443
+        name = host or self.host(service)
+        return f"{scheme}://{name}" + ("" if port == default else f":{port}")
+
+    def loopback_resolve(self) -> list[str]:
+        """Every name the lab answers to, mapped to loopback on its embedded port."""
+        addr = self.config.bind_address
+        c = self.config
+        entries = [f"{h}:{c.ports.entra}:{addr}" for h in c.hosts.entra]
+        entries += [
+            f"{c.hosts.cmg}:{c.ports.cmg}:{addr}",
+            f"{c.hosts.cmg}:{c.ports.cmg_connector}:{addr}",
+            f"{c.hosts.management_point}:{c.ports.management_point}:{addr}",
+            f"{c.hosts.management_point}:{c.ports.management_point_http}:{addr}",
+            f"{c.hosts.pki}:{c.ports.pki}:{addr}",
+            f"{c.hosts.cmg_connection_point}:{c.ports.cmg_connection_point}:{addr}",
+            f"{c.hosts.console}:{c.ports.console}:{addr}",
+        ]
+        return entries
+
+    def resolve(self) -> list[str]:
+        """The mapping outbound clients of this process use (none in compose: DNS answers)."""
+        path = self.settings.hosts_file or (self.dir / "hosts")
+        return httpclient.read_hosts_file(path)
+
+    def bind(self) -> str:
+        return self.settings.bind or self.config.bind_address
+
+    def database_url(self, service: str) -> str:
+        if self.settings.database_url:
+            return self.settings.database_url
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.dir / 'data' / service}.db"
+
+    def log_dir(self, service: str) -> Path:
+        path = self.dir / "logs" / service
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def admin_token(self) -> str:
+        return (self.dir / "admin-token").read_text().strip()
+
+    def site_signer(self) -> SiteSigner:
+        ident = self.pki.site_signing
+        return SiteSigner(self.config.site.hierarchy_id, ident.key(), ident.cert())
+
+    def entra_jwks_url(self) -> str:
+        return f"{self.url('entra')}/common/discovery/keys"
+
+    @property
+    def content_dir(self) -> Path:
+        """Client package content the site distributes (the MP serves it, a content-enabled CMG too)."""
+        return self.dir / "content"
+
+    def http_client(self, *, client_cert: tuple[Path, Path] | None = None, crl_check: bool = False,
+                    timeout: float | None = None, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
+        ctx = httpclient.ssl_context(ca_bundle=self.pki.ca_bundle, client_cert=client_cert,
+                                     crl_files=[self.pki.crl_bundle], crl_check=crl_check)
+        return httpclient.async_client(ctx=ctx, resolve=self.resolve(),
+                                       timeout=timeout or self.settings.upstream_timeout, limits=limits)

@@ -1,0 +1,149 @@
+"""The CMG's client listener (HTTPS; client certificate optional at TLS, decided per route family).
+
+Transport only: parse the URL (routing), decide who may pass (auth), then forward (proxy), answer
+AADAuthInfo, or serve content. Every refusal happens here, before the site sees anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from cmglab.runtime.admin import install_lab_admin, record
+from cmglab.runtime.certinfo import client_cert
+from cmglab.runtime.lab import Lab
+from cmglab.services.cmg import routing
+from cmglab.services.cmg.auth import Authenticator, AuthError, Identity
+from cmglab.services.cmg.channel import Hub
+from cmglab.services.cmg.content import ContentStore
+from cmglab.services.cmg.errors import CMGError, not_found
+from cmglab.services.cmg.proxy import Proxy
+from cmglab.services.cmg.stats import TrafficStats
+
+
+@dataclass
+class CMG:
+    lab: Lab
+    hub: Hub
+    auth: Authenticator
+    proxy: Proxy
+    content: ContentStore
+    stats: TrafficStats
+    log: logging.Logger
+
+
+def _query(request: Request, name: str) -> str | None:
+    """A query parameter by name, case-insensitively (IIS)."""
+    for key, value in request.query_params.multi_items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _annotate(rec: dict[str, Any], identity: Identity) -> None:
+    rec["auth_kind"], rec["auth_subject"] = identity.kind, identity.subject
+
+
+class AnyMethod:
+    """A request handler as a plain ASGI app: Starlette limits function endpoints to GET/HEAD."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        response = await self.handler(Request(scope, receive))
+        await response(scope, receive, send)
+
+
+def create_app(cmg: CMG) -> FastAPI:
+    app = FastAPI(title="cmglab cloud management gateway", docs_url=None, redoc_url=None, openapi_url=None)
+    state = install_lab_admin(app, service="cmg", lab=cmg.lab, health=cmg.hub.snapshot)
+    state.observers.append(cmg.stats.observe(routing.stats_uri))  # CMGService.log counts what the recorder sees
+    log = cmg.log
+
+    async def server_auth(request: Request, endpoint: str | None) -> Identity:
+        try:
+            return await cmg.auth.server(request.headers.get("authorization"), endpoint, cmg.hub.config)
+        except AuthError as e:
+            raise CMGError(e.status, e.code, e.reason) from e
+
+    async def proxied(request: Request, route: routing.ProxyRoute) -> Response:
+        rec = record(request)
+        if cmg.hub.config is None:
+            raise CMGError(503, "SiteNotConnected",
+                           "no connection point has connected yet: the site has published no URLs to this gateway")
+        if routing.published(cmg.hub.config, route) is None:
+            raise not_found(request.url.path)
+        if route.family == routing.MUTUAL:
+            try:
+                identity = cmg.auth.mutual(client_cert(request))
+            except AuthError as e:
+                raise CMGError(e.status, e.code, e.reason) from e
+        else:
+            identity = await server_auth(request, route.endpoint)
+        _annotate(rec, identity)
+        return await cmg.proxy.forward(request, auth_kind=identity.kind, client_cert=identity.client_cert, rec=rec)
+
+    def aad_auth_info(request: Request) -> Response:
+        tenant_id = (_query(request, "TenantID") or "").strip()
+        if not tenant_id:
+            raise CMGError(400, "InvalidRequest", "AADAuthInfo needs ?TenantID=<tenant GUID>")
+        if cmg.hub.config is None:
+            raise CMGError(503, "SiteNotConnected", "the site has not published its Entra tenants to this gateway")
+        for tenant in cmg.hub.config.get("tenants") or []:
+            if str(tenant.get("tenant_id", "")).lower() == tenant_id.lower():
+                return JSONResponse({
+                    "AADTENANTID": tenant["tenant_id"],
+                    "AADCLIENTAPPID": tenant.get("client_app_id"),
+                    "AADRESOURCEURI": tenant.get("resource_uri"),
+                    "AADAUTHORITY": tenant.get("authority"),
+                })
+        raise CMGError(404, "TenantNotOnboarded", f"tenant {tenant_id} is not onboarded to this site",
+                       TenantID=tenant_id)
+
+    async def content_xml(request: Request) -> Response:
+        identity = await server_auth(request, None)
+        _annotate(record(request), identity)
+        pid, cid = _query(request, "pid"), _query(request, "cid")
+        if not pid or not cid:
+            raise CMGError(400, "InvalidRequest", "getcontentxmlsecure needs ?pid=<package>&cid=<content>")
+        xml = cmg.content.content_xml(pid, cid, cmg.hub.config)
+        return Response(xml, media_type="application/xml; charset=utf-8")
+
+    async def content_file(request: Request, route: routing.ContentFileRoute) -> Response:
+        rec = record(request)
+        if cmg.content.signed(route.package_id, route.filename, _query(request, "se"), _query(request, "sig")):
+            rec["auth_kind"], rec["auth_subject"] = "SignedURL", f"{route.package_id}/{route.filename}"
+        else:
+            _annotate(rec, await server_auth(request, None))
+        path = cmg.content.path(route.package_id, route.filename, cmg.hub.config)
+        return FileResponse(path, media_type="application/octet-stream")
+
+    async def handle(request: Request) -> Response:
+        route = routing.parse(request.url.path)
+        try:
+            if isinstance(route, routing.ProxyRoute):
+                return await proxied(request, route)
+            if isinstance(route, routing.AADAuthInfoRoute) and request.method in ("GET", "HEAD"):
+                return aad_auth_info(request)
+            if isinstance(route, routing.ContentXmlRoute) and request.method in ("GET", "HEAD"):
+                return await content_xml(request)
+            if isinstance(route, routing.ContentFileRoute) and request.method in ("GET", "HEAD"):
+                return await content_file(request, route)
+            raise not_found(request.url.path)
+        except CMGError as e:
+            rec = record(request)
+            rec["refused"] = e.code
+            client = request.client.host if request.client else "?"
+            log.warning(f"{request.method} {request.url.path} from {client}: {e.status} {e.code}: {e.reason}")
+            return e.response()
+
+    # an ASGI endpoint (not a function) takes every method, CCM_POST included, as IIS does
+    app.router.routes.append(Route("/{path:path}", AnyMethod(handle), include_in_schema=False))
+    return app

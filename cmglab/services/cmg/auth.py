@@ -1,0 +1,137 @@
+"""Who may pass the CMG: the decisions, with no HTTP in them.
+
+- MutualAuth: a client certificate the TLS layer verified (lab CA chain, CRL when checking is on),
+  issued by the lab issuing CA, with the clientAuth EKU.
+- ServerAuth: `Authorization: Bearer <token>`, checked here before anything is forwarded:
+  a CCM token (site signature, audience, issuer, expiry; types UDA/Device) for every route; on
+  `CCM_STS` instead the proof token: an Entra token (Entra's JWKS, audience = the site's resource,
+  tenant onboarded to the site) or a site-signed bulk registration / client unique token.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from cmglab.pki.builders import x5t
+from cmglab.runtime.certinfo import subject, thumbprint
+from cmglab.runtime.lab import Lab
+from cmglab.wire import site_tokens
+from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
+
+STS_ENDPOINT = "ccm_sts"
+
+# auth_kind values (recorded at the CMG and sent to the point)
+MUTUAL = "MutualAuth"
+CCM_TOKEN = "CCMToken"
+ENTRA_TOKEN = "EntraToken"
+BULK_TOKEN = "BulkRegistrationToken"
+CLIENT_TOKEN = "ClientToken"
+
+
+@dataclass
+class Identity:
+    kind: str
+    subject: str
+    client_cert: str | None = None  # base64 DER, MutualAuth only
+    claims: dict[str, Any] | None = None
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.code, self.reason = status, code, reason
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class Authenticator:
+    def __init__(self, lab: Lab, entra: EntraKeys) -> None:
+        self.lab = lab
+        self.entra = entra
+        self.site_cert = lab.pki.site_signing.cert()
+        self.site_x5t = x5t(self.site_cert)
+        self.issuing_ca = lab.pki.issuing_ca.cert()
+
+    # -- MutualAuth ------------------------------------------------------------------------------
+    def mutual(self, cert: x509.Certificate | None) -> Identity:
+        if cert is None:
+            raise AuthError(403, "CertificateRequired",
+                            "CCM_Proxy_MutualAuth needs a client authentication certificate (none presented)")
+        try:
+            cert.verify_directly_issued_by(self.issuing_ca)
+        except Exception as e:  # ValueError, TypeError, InvalidSignature
+            raise AuthError(403, "CertificateNotTrusted",
+                            f"client certificate {subject(cert)} is not issued by the lab issuing CA: {e}") from e
+        try:
+            ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            ekus = None
+        if ekus is None or ExtendedKeyUsageOID.CLIENT_AUTH not in ekus:
+            raise AuthError(403, "CertificateNotClientAuth",
+                            f"client certificate {subject(cert)} has no client authentication EKU")
+        der = cert.public_bytes(Encoding.DER)
+        return Identity(MUTUAL, f"{subject(cert)} ({thumbprint(cert)})", base64.b64encode(der).decode())
+
+    # -- ServerAuth ------------------------------------------------------------------------------
+    async def server(self, authorization: str | None, endpoint: str | None,
+                     config: dict[str, Any] | None) -> Identity:
+        """`endpoint` is the first path segment after the role ID (None: a CMG-local route)."""
+        token = _bearer(authorization)
+        if token is None:
+            raise AuthError(401, "TokenRequired", "CCM_Proxy_ServerAuth needs Authorization: Bearer <token>")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as e:
+            raise AuthError(401, "InvalidToken", f"bearer token is not a JWT: {e}") from e
+        sts = (endpoint or "").lower() == STS_ENDPOINT
+        if header.get("x5t") == self.site_x5t:
+            types = (site_tokens.BULK, site_tokens.CLIENT) if sts else site_tokens.CCM_TYPES
+            return self._site(token, types)
+        if sts:
+            return await self._entra(token, config)
+        return self._site(token, site_tokens.CCM_TYPES)  # refused with the site module's reason
+
+    def _site(self, token: str, types: tuple[str, ...]) -> Identity:
+        try:
+            claims = site_tokens.verify(token, cert=self.site_cert, hierarchy_id=self.lab.config.site.hierarchy_id,
+                                        types=types)
+        except site_tokens.SiteTokenError as e:
+            code = "TokenExpired" if "expired" in e.reason else "InvalidToken"
+            raise AuthError(401, code, f"site token refused: {e.reason}") from e
+        kind = {site_tokens.BULK: BULK_TOKEN, site_tokens.CLIENT: CLIENT_TOKEN}.get(claims.get("Type", ""), CCM_TOKEN)
+        who = claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId") or "?"
+        return Identity(kind, f"{claims.get('Type')} {who}", claims=claims)
+
+    async def _entra(self, token: str, config: dict[str, Any] | None) -> Identity:
+        tenants = [t for t in (config or {}).get("tenants") or [] if t.get("tenant_id")]
+        onboarded = {str(t["tenant_id"]).lower() for t in tenants}
+        audiences = {str(t["resource_uri"]) for t in tenants if t.get("resource_uri")}
+        for app in self.lab.config.apps:  # the server app: v2 tokens carry its app ID as audience
+            if app.identifier_uri and app.identifier_uri in audiences:
+                audiences.add(app.app_id)
+        try:
+            claims = await self.entra.validate(token, audiences=sorted(audiences) or ["https://ConfigMgrService"],
+                                               tenants=onboarded)
+        except EntraTokenError as e:
+            if "not onboarded" in e.reason:
+                raise AuthError(403, "TenantNotOnboarded", e.reason) from e
+            if e.reason.startswith("could not fetch"):
+                raise AuthError(503, "EntraUnavailable", e.reason) from e
+            code = "TokenExpired" if "expired" in e.reason else "InvalidToken"
+            raise AuthError(401, code, e.reason) from e
+        who = claims.get("upn") or claims.get("unique_name") or claims.get("deviceid") or claims.get("oid") or "?"
+        return Identity(ENTRA_TOKEN, f"{who} (tenant {claims.get('tid')})", claims=claims)

@@ -1,0 +1,81 @@
+"""The CMG's connector listener (default port 10140, TLS client certificate required): connection
+points open their channel here (cmglab/wire/cmg_channel.py). Only registered connection points
+get in: a certificate from the lab issuing CA, with the clientAuth EKU, whose subject CN is the
+lab's connection point name (or listed in CMGLAB_CMG_CONNECTION_POINTS by CN or thumbprint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from fastapi import FastAPI, WebSocket
+
+from cmglab.runtime.admin import install_lab_admin
+from cmglab.runtime.certinfo import client_cert, subject, thumbprint
+from cmglab.runtime.lab import Lab
+from cmglab.services.cmg.channel import Hub, PointChannel
+from cmglab.wire.cmg_channel import PATH, FrameError, Hello, Kind, decode, encode
+
+HELLO_TIMEOUT = 10.0
+
+
+class Registry:
+    """The connection points registered with this CMG."""
+
+    def __init__(self, lab: Lab, extra: set[str]) -> None:
+        self.names = {lab.config.hosts.cmg_connection_point.lower(), *extra}
+        self.issuing_ca = lab.pki.issuing_ca.cert()
+
+    def refuse(self, cert: x509.Certificate | None) -> str | None:
+        """Why this certificate may not open a channel (None: it may)."""
+        if cert is None:
+            return "no client certificate"
+        try:
+            cert.verify_directly_issued_by(self.issuing_ca)
+        except Exception:
+            return f"certificate {subject(cert)} is not issued by the lab issuing CA"
+        try:
+            ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            return f"certificate {subject(cert)} has no EKU extension"
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in ekus:
+            return f"certificate {subject(cert)} has no client authentication EKU"
+        cns = [str(a.value).lower() for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if not any(cn in self.names for cn in cns) and thumbprint(cert).lower() not in self.names:
+            return (f"certificate {subject(cert)} ({thumbprint(cert)}) is not a registered connection point "
+                    f"(registered: {', '.join(sorted(self.names))})")
+        return None
+
+
+def create_connector_app(lab: Lab, hub: Hub, registry: Registry, log: logging.Logger) -> FastAPI:
+    app = FastAPI(title="cmglab CMG connector", docs_url=None, redoc_url=None, openapi_url=None)
+    install_lab_admin(app, service="cmg-connector", lab=lab, health=hub.snapshot)
+
+    @app.websocket(PATH)
+    async def channel(ws: WebSocket) -> None:
+        cert = client_cert(ws)
+        peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
+        problem = registry.refuse(cert)
+        if problem is not None or cert is None:
+            log.warning(f"Rejected connection point channel from {peer}: {problem}")
+            await ws.close(code=1008, reason="not a registered connection point")
+            return
+        await ws.accept()
+        try:
+            frame = decode(await asyncio.wait_for(ws.receive_bytes(), HELLO_TIMEOUT))
+            if frame.kind != Kind.HELLO:
+                raise FrameError(f"expected HELLO, got {frame.kind.name}")
+            info = frame.json()
+            hello = Hello(str(info["connection_point"]), str(info.get("instance", "")), int(info.get("version", 1)))
+        except Exception as e:
+            log.warning(f"Connection point channel from {peer} ({subject(cert)}) closed: bad opening: {e}")
+            await ws.close(code=1002, reason="HELLO expected")
+            return
+        point = PointChannel(ws, hello.connection_point, subject(cert), thumbprint(cert), instance=hello.instance)
+        await ws.send_bytes(encode(Kind.WELCOME, payload={"channel": point.id}))
+        await hub.serve(point)
+
+    return app

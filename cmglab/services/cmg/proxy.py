@@ -1,0 +1,143 @@
+"""Send one client request through a connection point's channel and stream its reply back.
+
+Fail fast: no point connected -> 503 at once; the point's channel drops before the reply starts ->
+502 (after it started: the client connection is cut, never a silently short body); no reply head in
+time -> 504; request body over the limit -> 413; reply body over the limit -> cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+
+from cmglab.runtime.admin import current_span
+from cmglab.services.cmg.channel import Aborted, ChannelClosed, Hub, Stream
+from cmglab.services.cmg.errors import CMGError, no_point
+from cmglab.wire.cmg_channel import RequestHead, end_to_end
+from cmglab.wire.tracing import propagate
+
+# a client may not speak for the CMG: identity headers come from the CMG's own checks only
+_DROP_FROM_CLIENT = frozenset({"client-cert", "client-cert-chain", "x-forwarded-for", "x-forwarded-host",
+                               "x-forwarded-proto"})
+# the channel's own margin: the point cuts the MP off at upstream_timeout and says so first
+CHANNEL_MARGIN = 5.0
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def external_url(request: Request) -> str:
+    scope = request.scope
+    host = request.headers.get("host", "")
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"https://{host}{path}" + (f"?{query}" if query else "")
+
+
+async def _pump(request: Request, stream: Stream, limit: int) -> int:
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes")
+        if chunk:
+            await stream.send_body(chunk)
+    await stream.send_end()
+    return total
+
+
+def _raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in end_to_end(headers)]
+
+
+class Proxy:
+    def __init__(self, hub: Hub, log: logging.Logger, *, max_body: int, timeout: float) -> None:
+        self.hub, self.log, self.max_body, self.timeout = hub, log, max_body, timeout
+
+    async def forward(self, request: Request, *, auth_kind: str, client_cert: str | None,
+                      rec: dict[str, Any]) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body:
+            raise CMGError(413, "RequestTooLarge", f"request body of {length} bytes exceeds {self.max_body}")
+        point = self.hub.pick()
+        if point is None:
+            raise no_point()
+        rec["connection_point"] = point.label
+        url = external_url(request)
+        head = RequestHead(
+            method=request.method, url=url,
+            # the frame carries the client's trace on, with the CMG's span as the point's parent
+            headers=propagate(end_to_end(list(request.headers.items()), drop=_DROP_FROM_CLIENT),
+                              current_span(request)),
+            client_cert=client_cert, client=request.client.host if request.client else None,
+            auth_kind=auth_kind, content_length=int(length) if length and length.isdigit() else None,
+            has_body=(length is not None and length != "0") or "transfer-encoding" in request.headers,
+        )
+        stream = point.open_stream()
+        pump: asyncio.Task[int] | None = None
+        try:
+            await stream.send_head(head)
+            pump = asyncio.create_task(_pump(request, stream, self.max_body))
+            reply = asyncio.create_task(stream.response(self.timeout + CHANNEL_MARGIN))
+            await asyncio.wait({pump, reply}, return_when=asyncio.FIRST_COMPLETED)
+            if pump.done() and pump.exception() is not None and not reply.done():
+                reply.cancel()
+                raise pump.exception()  # type: ignore[misc]
+            response_head = await reply
+        except BodyTooLarge as e:
+            await stream.abort(413, str(e))
+            stream.close()
+            raise CMGError(413, "RequestTooLarge", str(e)) from e
+        except ClientDisconnect:
+            await stream.abort(499, "client went away")
+            stream.close()
+            raise
+        except ChannelClosed as e:
+            stream.close()
+            self.log.warning(f"Request {request.method} {url} failed: connection point {point.label} dropped: {e}")
+            raise CMGError(502, "ConnectionPointLost", f"the connection point dropped the request: {e}") from e
+        except Aborted as e:
+            await stream.abort(e.status, e.reason)
+            stream.close()
+            self.log.warning(f"Request {request.method} {url} failed at {point.label}: {e.status} {e.reason}")
+            raise CMGError(e.status, "UpstreamError" if e.status != 504 else "UpstreamTimeout", e.reason) from e
+        except BaseException:
+            await stream.abort(502, "CMG error")
+            stream.close()
+            if pump is not None:
+                pump.cancel()
+            raise
+        rec["rewritten_url"] = response_head.internal_url
+        if response_head.connection_point:
+            rec["connection_point"] = f"{response_head.connection_point}#{point.id}"
+
+        async def body() -> AsyncIterator[bytes]:
+            sent = 0
+            try:
+                async for chunk in stream.body(self.timeout + CHANNEL_MARGIN):
+                    sent += len(chunk)
+                    if sent > self.max_body:
+                        raise Aborted(502, f"reply body exceeds {self.max_body} bytes")
+                    yield chunk
+            except (ChannelClosed, Aborted) as e:
+                self.log.warning(f"Reply to {request.method} {url} cut after {sent} bytes: {e}")
+                raise
+            finally:
+                await stream.abort(499, "client went away")  # no-op when the reply completed
+                stream.close()
+                if pump is not None and not pump.done():
+                    pump.cancel()
+                if pump is not None:
+                    with contextlib.suppress(BaseException):
+                        await pump
+
+        response = StreamingResponse(body(), status_code=response_head.status)
+        response.raw_headers = _raw_headers(response_head.headers)
+        return response

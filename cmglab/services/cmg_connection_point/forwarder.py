@@ -1,0 +1,166 @@
+"""One request from the CMG: rewrite its URL to the internal MP, call the MP over mutual TLS with the
+point's own client-authentication certificate, stream the reply back over the channel.
+
+For a MutualAuth request the client's certificate (verified by the CMG) goes to the MP in
+`Client-Cert: :<base64 DER>:` (RFC 9440); a header of that name from the client never passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+
+from cmglab.runtime.admin import LabState
+from cmglab.services.cmg_connection_point.rewrite import Rewrite, RewriteError, rewrite
+from cmglab.services.cmg_connection_point.upstream import Upstream, UpstreamError, UpstreamTimeout
+from cmglab.wire.cmg_channel import (
+    CLIENT_CERT_HEADER,
+    Kind,
+    RequestHead,
+    ResponseHead,
+    encode,
+    end_to_end,
+)
+from cmglab.wire.tracing import TRACEPARENT, TRACESTATE, ServerSpan, header_value, propagate
+
+Send = Callable[[bytes], Awaitable[None]]
+BodyItem = bytes | None | BaseException  # a chunk, the end, or an abort from the CMG
+
+_DROP = frozenset({"client-cert", "client-cert-chain"})
+
+
+class _Abort(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _subject_of(b64: str | None) -> str | None:
+    if not b64:
+        return None
+    try:
+        return x509.load_der_x509_certificate(base64.b64decode(b64)).subject.rfc4514_string()
+    except ValueError:
+        return None
+
+
+class Forwarder:
+    def __init__(self, upstream: Upstream, log: logging.Logger, state: LabState, *, name: str,
+                 max_body: int, timeout: float) -> None:
+        self.upstream, self.log, self.state = upstream, log, state
+        self.name, self.max_body, self.timeout = name, max_body, timeout
+
+    async def handle(self, msg_id: uuid.UUID, head: RequestHead, body: asyncio.Queue[BodyItem], send: Send,
+                     config: dict[str, Any] | None, cmg: str) -> None:
+        started = time.perf_counter()
+        sizes = {"in": 0, "out": 0}
+        traceparent = header_value(head.headers, TRACEPARENT)
+        span = ServerSpan.incoming(traceparent, header_value(head.headers, TRACESTATE))
+        rec: dict[str, Any] = {
+            "started": datetime.now(UTC).isoformat(timespec="microseconds"), "service": "cmg-connection-point",
+            "method": head.method, "url": head.url, "path": head.url.split("://", 1)[-1].partition("/")[2],
+            "status": 0, "message_id": str(msg_id), "connection_point": self.name, "cmg": cmg,
+            "auth_kind": head.auth_kind, "client_cert_subject": _subject_of(head.client_cert),
+            "client_cert_forwarded": head.client_cert is not None, "traceparent": traceparent,
+            **span.record_fields(),
+        }
+        rec["path"] = "/" + rec["path"].split("?", 1)[0]
+        rw: Rewrite | None = None
+        try:
+            try:
+                rw = rewrite(head.url, config)
+            except RewriteError as e:
+                raise _Abort(404, str(e)) from e
+            rec["rewritten_url"] = rw.internal_url
+            self.log.info(rw.log_line())
+            status, reason = await self._call(msg_id, head, rw, body, send, sizes, span)
+            rec["status"] = status
+            elapsed = round((time.perf_counter() - started) * 1000)
+            self.log.info(f"MessageID: {msg_id} RequestURI: {rw.internal_url} EndpointName: {rw.endpoint} "
+                          f"ResponseHeader: HTTP/1.1 {status} {reason} \n ResponseBodySize: {sizes['out']} "
+                          f"ElapsedTime: {elapsed} ms")
+        except _Abort as e:
+            rec["status"], rec["error"] = e.status, e.reason
+            target = rw.internal_url if rw else head.url
+            self.log.warning(f"MessageID: {msg_id} RequestURI: {target} failed: {e.status} {e.reason}")
+            try:
+                await send(encode(Kind.ABORT, msg_id, {"status": e.status, "reason": e.reason}))
+            except Exception as send_error:
+                rec["error"] += f"; channel: {send_error}"
+        except asyncio.CancelledError:
+            rec["status"], rec["error"] = 499, "cancelled: the CMG aborted the request or the channel closed"
+            self.log.warning(f"MessageID: {msg_id} RequestURI: {rw.internal_url if rw else head.url} cancelled "
+                             "(aborted by the CMG or the channel closed)")
+            raise
+        except Exception as e:  # the channel went away under the reply: nobody left to tell
+            rec["status"] = rec["status"] or 502
+            rec["error"] = f"{type(e).__name__}: {e}"
+            self.log.warning(f"MessageID: {msg_id} RequestURI: {rw.internal_url if rw else head.url} failed: "
+                             f"channel lost while replying: {rec['error']}")
+        finally:
+            rec["request_bytes"], rec["response_bytes"] = sizes["in"], sizes["out"]
+            rec["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            # like the recorder middleware's records: `time` is when the hop ended (start = time - elapsed)
+            rec["time"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+            self.state.add(rec)
+
+    async def _body(self, body: asyncio.Queue[BodyItem], sizes: dict[str, int]) -> AsyncIterator[bytes]:
+        while True:
+            item = await body.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            sizes["in"] += len(item)
+            yield item
+
+    async def _call(self, msg_id: uuid.UUID, head: RequestHead, rw: Rewrite, body: asyncio.Queue[BodyItem],
+                    send: Send, sizes: dict[str, int], span: ServerSpan) -> tuple[int, str]:
+        fault = self.state.match_fault(head.method, "/" + rw.internal_url.split("://", 1)[-1].partition("/")[2])
+        if fault is not None:
+            if fault.rule.delay_ms:
+                await asyncio.sleep(fault.rule.delay_ms / 1000)
+            if fault.rule.status is not None:
+                raise _Abort(fault.rule.status, "fault injected at the connection point")
+            if fault.rule.drop:
+                raise _Abort(502, "fault injected at the connection point: dropped")
+        headers = propagate(end_to_end(head.headers, drop=_DROP), span)  # the MP's parent is this hop
+        if head.client_cert:
+            headers.append((CLIENT_CERT_HEADER, f":{head.client_cert}:"))
+        content = self._body(body, sizes) if head.has_body else None
+        try:
+            response = await self.upstream.request(head.method, rw.internal_url, headers, content)
+        except UpstreamTimeout as e:
+            raise _Abort(504, f"the management point did not answer within {self.timeout:g} s ({e})") from e
+        except UpstreamError as e:
+            raise _Abort(502, f"could not reach the management point {rw.internal_base}: {e}") from e
+        try:
+            headers_in = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
+            length = next((v for k, v in headers_in if k.lower() == "content-length"), None)
+            if length and length.isdigit() and int(length) > self.max_body:
+                raise _Abort(502, f"the management point's reply of {length} bytes exceeds {self.max_body}")
+            reply = ResponseHead(response.status_code, response.reason_phrase, headers_in,
+                                 internal_url=rw.internal_url, connection_point=self.name)
+            await send(encode(Kind.RESPONSE, msg_id, reply.to_json()))
+            try:
+                async for chunk in response.body():
+                    sizes["out"] += len(chunk)
+                    if sizes["out"] > self.max_body:
+                        raise _Abort(502, f"the management point's reply exceeds {self.max_body} bytes")
+                    await send(encode(Kind.RESPONSE_BODY, msg_id, chunk))
+            except UpstreamTimeout as e:
+                raise _Abort(504, f"the management point stopped sending its reply for {self.timeout:g} s") from e
+            except UpstreamError as e:
+                raise _Abort(502, f"the management point's reply broke off: {e}") from e
+            await send(encode(Kind.RESPONSE_END, msg_id))
+            return response.status_code, response.reason_phrase
+        finally:
+            await response.aclose()

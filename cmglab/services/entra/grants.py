@@ -1,0 +1,196 @@
+"""The token endpoint's grants (research/entra-drs.md §2.3): password, client_credentials,
+refresh_token, device_code, srv_challenge, and the device-certificate-signed `jwt-bearer` request
+(inner grants `device_token`, `password`, `refresh_token`) that gives device tokens and device-bound
+user tokens.
+
+Runs in a worker thread (database and RSA work); raises `AADSTSError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from cryptography import x509
+from sqlalchemy.orm import Session
+
+from cmglab.pki.builders import sha1_thumbprint
+from cmglab.services.entra import store as st
+from cmglab.services.entra.device_code import DEVICE_CODE_GRANT, DeviceCodes
+from cmglab.services.entra.drs import DeviceCA, device_id_of
+from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra.issuance import Issuer, require, user_principal
+from cmglab.services.entra.tokens import Issue, Principal, service_principal_id
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+NONCE_LIFETIME = 300  # a srv_challenge nonce is good for one request within five minutes
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    segment: str  # the tenant segment of the path
+    v2: bool  # /oauth2/v2.0/token
+    form: Mapping[str, str]
+    ipaddr: str | None
+
+
+@dataclass
+class TokenResult:
+    body: dict[str, Any]
+    auth_kind: str
+    auth_subject: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Grants:
+    def __init__(self, issuer: Issuer, device_ca: DeviceCA, device_codes: DeviceCodes) -> None:
+        self.issuer, self.store, self.device_ca, self.device_codes = issuer, issuer.store, device_ca, device_codes
+        self.handlers: dict[str, Callable[[Session, TokenRequest], TokenResult]] = {
+            "password": self._password,
+            "client_credentials": self._client_credentials,
+            "refresh_token": self._refresh_token,
+            DEVICE_CODE_GRANT: self._device_code,
+            JWT_BEARER: self._device_signed,
+        }
+
+    def token(self, req: TokenRequest) -> TokenResult:
+        grant = require(req.form, "grant_type")
+        if grant == "srv_challenge":  # no tenant or client: a nonce for a signed request to come
+            with self.store.session() as s:
+                return TokenResult({"Nonce": st.issue_nonce(s, NONCE_LIFETIME)}, "srv_challenge")
+        handler = self.handlers.get(grant)
+        if handler is None:
+            raise AADSTSError(70003, "unsupported_grant_type", f"The app requested an unsupported grant type "
+                                                               f"'{grant}'.")
+        with self.store.session() as s:
+            return handler(s, req)
+
+    # -- grants --------------------------------------------------------------------------------
+    def _password(self, s: Session, req: TokenRequest) -> TokenResult:
+        tenant = self.issuer.tenant(s, req.segment)
+        client = self.issuer.client(s, req.form, req.segment)
+        resource, oidc = self.issuer.resource(s, req.form, v2=req.v2, tenant_name=req.segment)
+        user = self.issuer.sign_in(s, tenant, require(req.form, "username"), require(req.form, "password"))
+        issue = Issue(user_principal(user), resource, client.app_id, client.auth, ("pwd",), req.ipaddr)
+        return TokenResult(self._user_reply(s, issue, req, oidc), "password", user.upn)
+
+    def _client_credentials(self, s: Session, req: TokenRequest) -> TokenResult:
+        tenant = self.issuer.tenant(s, req.segment)
+        if tenant is None:
+            raise AADSTSError(9001023, "invalid_request",
+                              "The grant type isn't supported over the /common or /consumers endpoints. "
+                              "Please use the /organizations or tenant-specific endpoint.")
+        client = self.issuer.client(s, req.form, tenant.tenant_id)
+        if client.auth == 0:
+            raise AADSTSError(7000218, "invalid_client", "The request body must contain the following parameter: "
+                                                         "'client_assertion' or 'client_secret'.", 401)
+        resource, _ = self.issuer.resource(s, req.form, v2=req.v2, tenant_name=tenant.tenant_id)
+        sp = Principal("app", tenant.tenant_id, service_principal_id(tenant.tenant_id, client.app_id))
+        issue = Issue(sp, resource, client.app_id, client.auth, (), req.ipaddr)
+        body = self.issuer.reply(s, issue, v2=req.v2, refresh=False, id_token=False, with_client_info=False)
+        return TokenResult(body, "client_credentials", client.app_id)
+
+    def _refresh_token(self, s: Session, req: TokenRequest) -> TokenResult:
+        tenant = self.issuer.tenant(s, req.segment)
+        client = self.issuer.client(s, req.form, req.segment)
+        row = self.issuer.redeem_refresh(s, require(req.form, "refresh_token"), client.app_id, tenant)
+        resource, oidc = self.issuer.resource(s, req.form, v2=req.v2, tenant_name=req.segment)
+        user = s.get(st.User, row.user_id)
+        assert user is not None  # refresh tokens go with their user (cascade)
+        issue = Issue(user_principal(user, row.device_id), resource, client.app_id, client.auth,
+                      tuple(row.amr.split()), req.ipaddr)
+        return TokenResult(self._user_reply(s, issue, req, oidc), "refresh_token", user.upn)
+
+    def _device_code(self, s: Session, req: TokenRequest) -> TokenResult:
+        client = self.issuer.client(s, req.form, req.segment)
+        # v1 polls with `code`, v2 with `device_code`
+        code = req.form.get("device_code") or req.form.get("code") or ""
+        pending = self.device_codes.redeem(s, code, client.app_id, v2=req.v2)
+        user = s.get(st.User, pending.user_id)
+        assert user is not None
+        params = {"scope": pending.scope} if req.v2 else {"resource": pending.resource}
+        resource, oidc = self.issuer.resource(s, params, v2=req.v2, tenant_name=user.tenant_id)
+        issue = Issue(user_principal(user), resource, client.app_id, client.auth, ("pwd",), req.ipaddr)
+        return TokenResult(self._user_reply(s, issue, req, oidc), "device_code", user.upn)
+
+    def _user_reply(self, s: Session, issue: Issue, req: TokenRequest, oidc: set[str]) -> dict[str, Any]:
+        """v1 always returns a refresh and an ID token to a user; v2 when offline_access/openid were asked."""
+        return self.issuer.reply(s, issue, v2=req.v2, refresh=not req.v2 or "offline_access" in oidc,
+                                 id_token=not req.v2 or "openid" in oidc,
+                                 with_client_info=req.form.get("client_info") == "1")
+
+    # -- the device-certificate-signed request -------------------------------------------------
+    def _device_signed(self, s: Session, req: TokenRequest) -> TokenResult:
+        """`request` is a JWS signed by the device key, its certificate in the `x5c` header; its payload
+        carries a fresh srv_challenge nonce and an inner grant."""
+        payload, device = self._verify_device_request(s, require(req.form, "request"), req.segment)
+        inner = require(payload, "grant_type")
+        tenant = s.get(st.Tenant, device.tenant_id)
+        assert tenant is not None
+        if inner == "device_token":
+            resource, _ = self.issuer.resource(s, payload, v2=req.v2, tenant_name=tenant.tenant_id)
+            require(payload, "client_id")
+            principal = Principal("device", device.tenant_id, device.object_id, onprem_sid=device.onprem_sid,
+                                  device_id=device.device_id)
+            issue = Issue(principal, resource, None, 2, ("rsa",), req.ipaddr)
+            # a device token reply is v1-shaped whatever the endpoint, without refresh or ID token
+            body = self.issuer.reply(s, issue, v2=False, refresh=False, id_token=False, with_client_info=False)
+            return TokenResult(body, "device_token", device.device_id)
+        if inner not in ("password", "refresh_token"):
+            raise AADSTSError(70003, "unsupported_grant_type",
+                              f"The app requested an unsupported grant type '{inner}' in the signed request.")
+        client = self.issuer.client(s, payload, tenant.tenant_id)
+        if inner == "password":
+            user = self.issuer.sign_in(s, tenant, require(payload, "username"), require(payload, "password"))
+            amr: tuple[str, ...] = ("pwd", "rsa")
+        else:
+            row = self.issuer.redeem_refresh(s, require(payload, "refresh_token"), client.app_id, tenant)
+            found = s.get(st.User, row.user_id)
+            assert found is not None
+            user, amr = found, tuple(dict.fromkeys([*row.amr.split(), "rsa"]))
+        resource, oidc = self.issuer.resource(s, payload, v2=req.v2, tenant_name=tenant.tenant_id)
+        issue = Issue(user_principal(user, device.device_id), resource, client.app_id, client.auth, amr, req.ipaddr)
+        return TokenResult(self._user_reply(s, issue, req, oidc), f"device_{inner}", user.upn,
+                           {"device_id": device.device_id})
+
+    def _verify_device_request(self, s: Session, request: str, segment: str) -> tuple[dict[str, Any], st.Device]:
+        try:
+            header = jwt.get_unverified_header(request)
+            x5c = header.get("x5c")
+            der = base64.b64decode(x5c[0] if isinstance(x5c, list) else x5c or "", validate=True)
+            cert = x509.load_der_x509_certificate(der)
+        except (jwt.PyJWTError, binascii.Error, ValueError, TypeError) as e:
+            raise AADSTSError(50027, "invalid_request",
+                              "JWT token is invalid or malformed: the request must be a JWS with the device "
+                              "certificate in its x5c header.") from e
+        if not self.device_ca.issued(cert, datetime.now(UTC)):
+            raise AADSTSError(50155, "invalid_grant",
+                              "Device authentication failed: the certificate is not a valid device certificate "
+                              "issued by MS-Organization-Access.")
+        try:
+            payload: dict[str, Any] = jwt.decode(request, cert.public_key(), algorithms=["RS256"],  # type: ignore[arg-type]
+                                                 options={"verify_aud": False, "verify_iss": False})
+        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as e:
+            raise AADSTSError(50013, "invalid_grant", "Assertion is invalid: it is not within its valid time "
+                                                      "range.") from e
+        except jwt.PyJWTError as e:
+            raise AADSTSError(50155, "invalid_grant", "Device authentication failed: the request signature does "
+                                                      "not verify with the device certificate.") from e
+        device_id = device_id_of(cert) or ""
+        device = st.device_by_id(s, device_id)
+        tenant = self.issuer.tenant(s, segment)
+        if (device is None or not device.enabled or device.cert_thumbprint != sha1_thumbprint(cert)
+                or (tenant is not None and tenant.tenant_id != device.tenant_id)):
+            raise AADSTSError(700003, "invalid_grant",
+                              f"Device object was not found in the tenant '{segment}' directory.")
+        nonce = require(payload, "request_nonce")
+        with self.store.session() as own:  # committed now: a failure later still spends the nonce
+            if not st.consume_nonce(own, nonce):
+                raise AADSTSError(50013, "invalid_grant",
+                                  "Assertion is invalid: the request nonce is unknown, expired or already used.")
+        return payload, device

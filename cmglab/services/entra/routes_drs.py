@@ -1,0 +1,51 @@
+"""Device Registration Service endpoints (enterpriseregistration.windows.net)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from cmglab.runtime.admin import record
+from cmglab.runtime.certinfo import client_cert
+from cmglab.services.entra.context import Entra
+from cmglab.services.entra.grants import NONCE_LIFETIME
+
+
+def router(entra: Entra) -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/{tenant}/discover")
+    @r.get("/{tenant}/Discover")
+    def discover(tenant: str, request: Request) -> dict[str, Any]:
+        drs_url, login_url = entra.drs_and_login_urls(request)
+        return entra.registration.discover(tenant, drs_url=drs_url, login_url=login_url)
+
+    @r.get("/EnrollmentServer/nonce/{tenant}/")
+    def nonce(tenant: str) -> dict[str, Any]:
+        return entra.registration.nonce(tenant, NONCE_LIFETIME)
+
+    @r.post("/EnrollmentServer/device/")
+    @r.post("/EnrollmentServer/device")
+    async def join(request: Request) -> JSONResponse:
+        body = await request.body()
+        reply = await run_in_threadpool(entra.registration.join, request.headers.get("authorization"), body)
+        record(request).update(auth_kind="drs_join", auth_subject=reply.get("User", {}).get("Upn"))
+        return JSONResponse(reply, status_code=201)
+
+    @r.put("/EnrollmentServer/device/{device_id}")
+    async def hybrid_join(device_id: str, request: Request) -> JSONResponse:
+        body = await request.body()
+        reply = await run_in_threadpool(entra.registration.hybrid_join, device_id, body)
+        record(request).update(auth_kind="drs_hybrid_join", auth_subject=device_id)
+        return JSONResponse(reply)
+
+    @r.delete("/EnrollmentServer/device/{device_id}")
+    def delete(device_id: str, request: Request) -> dict[str, Any]:
+        reply = entra.registration.delete(device_id, client_cert(request))
+        record(request).update(auth_kind="device_certificate", auth_subject=device_id)
+        return reply
+
+    return r

@@ -1,0 +1,76 @@
+"""Login host discovery: OpenID configurations, JWKS, instance discovery, user realm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from cmglab.services.entra import discovery
+from cmglab.services.entra import store as st
+from cmglab.services.entra.context import Entra, base_url
+from cmglab.services.entra.issuance import Issuer
+from cmglab.services.entra.tokens import V2_ISSUER
+
+# what Entra sends with its discovery documents
+CACHED = {"Cache-Control": "max-age=86400, private", "Access-Control-Allow-Origin": "*"}
+
+
+def _json(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, headers=CACHED)
+
+
+def router(entra: Entra) -> APIRouter:
+    r = APIRouter()
+
+    def tenant_segment(segment: str) -> tuple[str, str | None]:
+        """The segment the documents use (the tenant GUID, or common/organizations) and the region."""
+        with entra.store.session() as s:
+            tenant = Issuer.tenant(s, segment, error="invalid_tenant")
+        return (tenant.tenant_id, tenant.region) if tenant else (segment.lower(), None)
+
+    @r.get("/{tenant}/.well-known/openid-configuration")
+    def openid_v1(tenant: str, request: Request) -> JSONResponse:
+        segment, region = tenant_segment(tenant)
+        return _json(discovery.openid_v1(base_url(request), segment, region))
+
+    @r.get("/{tenant}/v2.0/.well-known/openid-configuration")
+    def openid_v2(tenant: str, request: Request) -> JSONResponse:
+        segment, region = tenant_segment(tenant)
+        return _json(discovery.openid_v2(base_url(request), segment, region))
+
+    @r.get("/common/discovery/keys")
+    @r.get("/discovery/keys")
+    def keys_v1() -> JSONResponse:
+        return _json({"keys": [entra.signer.jwk()]})
+
+    @r.get("/{tenant}/discovery/keys")
+    def tenant_keys_v1(tenant: str) -> JSONResponse:
+        tenant_segment(tenant)
+        return keys_v1()
+
+    @r.get("/{tenant}/discovery/v2.0/keys")
+    def keys_v2(tenant: str) -> JSONResponse:
+        tenant_segment(tenant)  # the key is shared by every tenant: its issuer is the template
+        return _json({"keys": [entra.signer.jwk(V2_ISSUER.format(tid="{tenantid}"))]})
+
+    @r.get("/common/discovery/instance")
+    def instance(request: Request, authorization_endpoint: str = "") -> JSONResponse:
+        return _json(discovery.instance_discovery(
+            base_url(request), request.url.hostname or "", authorization_endpoint,
+            request.query_params.get("api-version", "1.1"), entra.lab_hosts))
+
+    @r.get("/common/userrealm/{upn}")
+    @r.get("/common/UserRealm/{upn}")
+    def userrealm(upn: str, request: Request) -> JSONResponse:
+        with entra.store.session() as s:
+            domain = s.get(st.Domain, upn.rpartition("@")[2].lower())
+            tenant = s.get(st.Tenant, domain.tenant_id) if domain else None
+            name, federated = (domain.name, domain.federated) if domain else (None, False)
+            brand = tenant.display_name if tenant else None
+        if request.query_params.get("api-version") == "2.0":
+            return JSONResponse(discovery.userrealm_v2(upn, name, federated, brand))
+        return JSONResponse(discovery.userrealm_v1(upn, name, federated))
+
+    return r

@@ -1,0 +1,254 @@
+"""The directory (tenants, domains, users, apps, devices) and the login host's short-lived state
+(refresh tokens, device codes, server nonces) in SQLAlchemy.
+
+Secrets are kept hashed: user passwords and client secrets with PBKDF2, refresh tokens and device
+codes with SHA-256 (they are long random strings). Times are UNIX seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import ForeignKey, LargeBinary, String, delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from cmglab.core.labconfig import LabConfig
+from cmglab.runtime.db import Database
+
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+
+# First-party apps every tenant has, besides the lab config's: Microsoft Graph (the resource of a v2
+# request that names no other), Azure AD Graph (roadtx's default resource), Intune enrollment (the
+# resource of the real device token sample), Azure CLI (roadtx deviceauth's default client) and the
+# Windows sign-in client that asks for PRTs.
+FIRST_PARTY_APPS = (
+    (GRAPH_APP_ID, "Microsoft Graph", "https://graph.microsoft.com"),
+    ("00000002-0000-0000-c000-000000000000", "Windows Azure Active Directory", "https://graph.windows.net"),
+    ("d4ebce55-015a-49b5-a083-c84d1797ae8c", "Microsoft Intune Enrollment", "https://enrollment.manage.microsoft.com/"),
+    ("04b07795-8ddb-461a-bbee-02f9e1bf7b46", "Microsoft Azure CLI", None),
+    ("38aa3b87-a06d-4817-b275-7a316988d93b", "Windows Sign In", None),
+)
+# A lab cost, still a real KDF (NIST SP 800-132's minimum): 20,000 rounds made PBKDF2 ~55% of an ROPC
+# token request (the bench's profile). Stored hashes carry their own count, so older lab databases verify.
+PBKDF2_ROUNDS = 1_000
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def hash_secret(secret: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, PBKDF2_ROUNDS)
+    return f"pbkdf2_sha256${PBKDF2_ROUNDS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_secret(secret: str, stored: str | None) -> bool:
+    if not stored:
+        return False
+    _, rounds, salt, digest = stored.split("$")
+    given = hashlib.pbkdf2_hmac("sha256", secret.encode(), base64.b64decode(salt), int(rounds))
+    return hmac.compare_digest(given, base64.b64decode(digest))
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    display_name: Mapped[str]
+    initial_domain: Mapped[str]
+    region: Mapped[str] = mapped_column(default="NA")
+    onboarded: Mapped[bool] = mapped_column(default=True)
+
+
+class Domain(Base):
+    __tablename__ = "domains"
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)  # lower case
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True)
+    federated: Mapped[bool] = mapped_column(default=False)
+
+
+class User(Base):
+    __tablename__ = "users"
+    object_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True)
+    upn: Mapped[str] = mapped_column(String(320), unique=True)  # lower case
+    display_name: Mapped[str] = mapped_column(default="")
+    password_hash: Mapped[str]
+    onprem_sid: Mapped[str | None]
+    enabled: Mapped[bool] = mapped_column(default=True)
+
+
+class App(Base):
+    __tablename__ = "apps"
+    app_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    display_name: Mapped[str]
+    identifier_uri: Mapped[str | None] = mapped_column(unique=True)
+    secret_hash: Mapped[str | None]
+    public_client: Mapped[bool] = mapped_column(default=True)
+    access_token_version: Mapped[int] = mapped_column(default=1)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    object_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(36), unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True)
+    display_name: Mapped[str] = mapped_column(default="")
+    device_type: Mapped[str] = mapped_column(default="Windows")
+    os_version: Mapped[str] = mapped_column(default="")
+    trust_type: Mapped[str]  # AzureAd (joined) | Workplace (registered) | ServerAd (hybrid)
+    join_type: Mapped[int | None]
+    owner_id: Mapped[str | None]  # the registering user's object ID
+    onprem_sid: Mapped[str | None]  # hybrid: the computer's SID, synced by Entra Connect
+    user_certificate: Mapped[bytes | None] = mapped_column(LargeBinary)  # hybrid: AD userCertificate (DER)
+    cert_thumbprint: Mapped[str | None]  # the device certificate the DRS issued
+    transport_key: Mapped[bytes | None] = mapped_column(LargeBinary)  # SubjectPublicKeyInfo DER
+    auth_methods: Mapped[str] = mapped_column(default="")  # RegistrationAuthMethods: the token's amr
+    created_at: Mapped[int] = mapped_column(default=now)
+    registered_at: Mapped[int | None]
+    enabled: Mapped[bool] = mapped_column(default=True)
+
+
+class RefreshToken(Base):
+    __tablename__ = "refresh_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.object_id", ondelete="CASCADE"))
+    client_id: Mapped[str]
+    device_id: Mapped[str | None]
+    amr: Mapped[str]  # space separated
+    created_at: Mapped[int] = mapped_column(default=now)
+    expires_at: Mapped[int]
+
+
+class DeviceCode(Base):
+    __tablename__ = "device_codes"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_code: Mapped[str] = mapped_column(String(16), unique=True)
+    tenant_key: Mapped[str]  # the tenant segment of the request: an ID, a domain, common, organizations
+    client_id: Mapped[str]
+    resource: Mapped[str | None]  # v1
+    scope: Mapped[str | None]  # v2
+    expires_at: Mapped[int]
+    user_id: Mapped[str | None]  # set when the user signed in at /devicelogin
+
+
+class Nonce(Base):
+    __tablename__ = "nonces"
+    value: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires_at: Mapped[int]
+
+
+class Store:
+    def __init__(self, url: str, config: LabConfig) -> None:
+        self.db = Database(url, Base, "entra")
+        self.config = config
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.db.session() as s:
+            yield s
+
+    def seed(self) -> None:
+        """Add what the lab config names and the store lacks; rows already there are kept (they may
+        have been changed through the admin API), so a restart never duplicates or resets anything."""
+        try:
+            self._seed()
+        except IntegrityError:  # SQLite: another process of this service seeded at the same moment
+            self._seed()
+
+    def _seed(self) -> None:
+        with self.db.exclusive() as s:
+            self._fill(s)
+
+    def _fill(self, s: Session) -> None:
+        c = self.config
+        for t in c.tenants:
+            if s.get(Tenant, t.tenant_id) is None:
+                s.add(Tenant(tenant_id=t.tenant_id, display_name=t.display_name,
+                             initial_domain=t.initial_domain, region=t.region, onboarded=t.onboarded))
+            domains = {d.name.lower(): d.federated for d in t.domains}
+            domains.setdefault(t.initial_domain.lower(), False)
+            for name, federated in domains.items():
+                if s.get(Domain, name) is None:
+                    s.add(Domain(name=name, tenant_id=t.tenant_id, federated=federated))
+            for u in t.users:
+                if s.get(User, u.object_id) is None:
+                    s.add(User(object_id=u.object_id, tenant_id=t.tenant_id, upn=u.upn.lower(),
+                               display_name=u.display_name, password_hash=hash_secret(u.password),
+                               onprem_sid=u.onprem_sid))
+        first_party = [(i, n, uri, None, True, 1) for i, n, uri in FIRST_PARTY_APPS]
+        configured = [(a.app_id, a.display_name, a.identifier_uri, a.client_secret, a.public_client,
+                       a.access_token_version) for a in c.apps]
+        for app_id, name, uri, secret, public, version in [*first_party, *configured]:
+            if s.get(App, app_id) is None:
+                s.add(App(app_id=app_id, display_name=name, identifier_uri=uri,
+                          secret_hash=hash_secret(secret) if secret else None, public_client=public,
+                          access_token_version=version))
+
+    def reset(self) -> None:
+        self.db.reset(self._fill)
+
+
+# -- lookups -----------------------------------------------------------------------------------
+def tenant_by_key(s: Session, key: str) -> Tenant | None:
+    """A tenant by its ID or one of its domain names (case-insensitive)."""
+    key = key.lower()
+    tenant = s.get(Tenant, key)
+    if tenant is not None:
+        return tenant
+    domain = s.get(Domain, key)
+    return s.get(Tenant, domain.tenant_id) if domain else None
+
+
+def user_by_upn(s: Session, upn: str) -> User | None:
+    return s.scalar(select(User).where(User.upn == upn.lower()))
+
+
+def app_by_id(s: Session, app_id: str) -> App | None:
+    return s.get(App, app_id.lower())
+
+
+def app_by_resource(s: Session, resource: str) -> App | None:
+    """The app a resource names: its identifier URI (case-insensitive, trailing slash optional) or ID."""
+    key = resource.lower().rstrip("/")
+    found = s.scalar(select(App).where(func.rtrim(func.lower(App.identifier_uri), "/") == key))
+    return found or s.get(App, key)
+
+
+def device_by_id(s: Session, device_id: str) -> Device | None:
+    return s.scalar(select(Device).where(Device.device_id == device_id.lower()))
+
+
+def new_guid() -> str:
+    return str(uuid.uuid4())
+
+
+# -- server nonces (srv_challenge, DRS nonce service) -------------------------------------------
+def issue_nonce(s: Session, lifetime: int) -> str:
+    s.execute(delete(Nonce).where(Nonce.expires_at < now()))
+    value = "AwABEgEAAAADAOz_BQD0_" + secrets.token_urlsafe(48)
+    s.add(Nonce(value=value, expires_at=now() + lifetime))
+    return value
+
+
+def consume_nonce(s: Session, value: str) -> bool:
+    """True once for a nonce that was issued and has not expired: the delete is the use."""
+    result = s.execute(delete(Nonce).where(Nonce.value == value, Nonce.expires_at >= now()))
+    return bool(result.rowcount)  # type: ignore[attr-defined]

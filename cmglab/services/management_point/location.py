@@ -1,0 +1,162 @@
+"""MP_LocationManager (anonymous): site information, content location, MP location.
+
+Content location for a request that came through the CMG points at the content-enabled CMG
+(`https://<cmg>/downloadrestservice.svc/getcontentxmlsecure?pid=<package>&cid=<package>`, seed 001)
+first and at the MP's `CCM_Client` through the CMG second; an internal request gets the MP's
+`CCM_Client` URL.
+"""
+
+from __future__ import annotations
+
+from xml.etree.ElementTree import Element
+from xml.sax.saxutils import escape, quoteattr
+
+from cmglab.services.management_point.context import Caller
+from cmglab.services.management_point.site import MP
+from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml
+
+
+def handle(mp: MP, msg: CcmMessage, caller: Caller) -> str:
+    root = parse_xml(msg.body)
+    handlers = {
+        "SiteInformationRequest": site_information,
+        "ContentLocationRequest": content_location,
+        "LocalMPLocationRequest": mp_location,
+        "EnumerateMPLocationRequest": mp_location,
+        "MPLocationRequest": mp_location,
+        "AssignedSiteRequest": assigned_site,
+    }
+    handler = handlers.get(root.tag)
+    if handler is None:
+        raise CcmMessageError(f"MP_LocationManager cannot process <{root.tag}>")
+    return handler(mp, root, caller)
+
+
+def _site_code_of(root: Element) -> str | None:
+    for path in ("SiteCode", "AssignedSite"):
+        el = root.find(path)
+        if el is not None:
+            return el.get("Name") or el.get("SiteCode")
+    return None
+
+
+def site_information(mp: MP, root: Element, caller: Caller) -> str:
+    site = mp.lab.config.site
+    asked = _site_code_of(root)
+    log = mp.logs.location
+    if asked and asked.upper() != site.code.upper():
+        log.warning(f"SiteInformationRequest for unknown site {asked}")
+        return '<SiteInfoReply SchemaVersion="1.00"/>'
+    cert_hex = mp.site_cert().public_bytes(_der()).hex().upper()
+    mp_ports = mp.lab.config.ports
+    http_port = 80 if mp.lab.config.compose else mp_ports.management_point_http
+    https_port = 443 if mp.lab.config.compose else mp_ports.management_point
+    log.info(f"Site information requested for {site.code} ({caller.auth_kind}, "
+             f"{'internet' if caller.internet else 'intranet'})")
+    return (
+        f'<SiteInfoReply SchemaVersion="1.00"><Site><SiteCode>{site.code}</SiteCode>'
+        f"<SiteName>{escape(site.name)}</SiteName><Version>{site.client_version}</Version>"
+        f"<BuildNumber>{site.mp_build}</BuildNumber><HierarchyID>{site.hierarchy_id}</HierarchyID>"
+        f"<DefaultMP>{mp.fqdn}</DefaultMP>"
+        f"<SecurityConfiguration><SecurityModeMask>0</SecurityModeMask><SecurityModeMaskEx>1088</SecurityModeMaskEx>"
+        f"<HTTPPort>{http_port}</HTTPPort><HTTPSPort>{https_port}</HTTPSPort>"
+        f"<CertificateSelectionCriteria></CertificateSelectionCriteria><CertificateStoreName></CertificateStoreName>"
+        f"<CertificateSelectFirstFlag>1</CertificateSelectFirstFlag>"
+        f"<SiteSigningCert>{cert_hex}</SiteSigningCert></SecurityConfiguration>"
+        f'<Capabilities SchemaVersion="1.0"><Property Name="SSLState" Value="63"/>'
+        f'<Property Name="TokenAuth" Value="1"/></Capabilities>'
+        f"<Forest>{escape(mp.lab.config.active_directory.dns_name)}</Forest>"
+        f"<OnInternet>{int(caller.internet)}</OnInternet><InternetName>{cmg_authority(mp)}</InternetName>"
+        f"<IntranetName>{mp.fqdn}</IntranetName></Site></SiteInfoReply>"
+    )
+
+
+def _der():  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.DER
+
+
+def cmg_base(mp: MP) -> str:
+    return mp.lab.url("cmg")
+
+
+def cmg_authority(mp: MP) -> str:
+    """The CMG as clients name it in CCMHOSTNAME and MP lists: host[:port] (the port when not 443)."""
+    return cmg_base(mp).removeprefix("https://")
+
+
+def content_location(mp: MP, root: Element, caller: Caller) -> str:
+    site = mp.lab.config.site
+    log = mp.logs.location
+    package = root.find("Package")
+    client_pkg = root.find("ClientPackage")
+    package_id = (package.get("ID") if package is not None else None) or site.client_package_id
+    version = package.get("Version", "1") if package is not None else "1"
+    if client_pkg is None and package_id != site.client_package_id:
+        log.warning(f"Content location request for unknown package {package_id}")
+        return '<ContentLocationReply SchemaVersion="1.00"><Sites/></ContentLocationReply>'
+    records = []
+    if caller.internet:
+        settings = mp.store.settings()
+        base = cmg_base(mp)
+        if settings.get("content_enabled_cmg", True):
+            url = f"{base}/downloadrestservice.svc/getcontentxmlsecure?pid={package_id}&cid={package_id}"
+            records.append(_record(url, mp.lab.config.hosts.cmg, "CLOUD", 1))
+        prefix = "CCM_Proxy_MutualAuth" if caller.pki_cert is not None else "CCM_Proxy_ServerAuth"
+        records.append(_record(f"{base}/{prefix}/{site.role_id}/CCM_Client", mp.lab.config.hosts.cmg, "MP", 1))
+    else:
+        scheme = caller.scheme
+        base = mp.lab.url("management-point") if scheme == "https" else _mp_http_url(mp)
+        records.append(_record(f"{base}/CCM_Client", mp.fqdn, "MP", int(scheme == "https") * 63))
+    log.info(f"Content location request for {package_id} ({'internet' if caller.internet else 'intranet'}): "
+             + ", ".join(r[0] for r in records))
+    body = "".join(r[1] for r in records)
+    return (
+        f'<ContentLocationReply SchemaVersion="1.00"><ContentInfo PackageFlags="0" PackageID={quoteattr(package_id)}'
+        f" Version={quoteattr(version)}><ContentHashValues/></ContentInfo><Sites><Site>"
+        f'<MPSite SiteCode="{site.code}" MasterSiteCode="{site.code}" SiteLocality="LOCAL" IISPreferedPort="80" '
+        f'IISSSLPreferedPort="443"/><LocationRecords>{body}</LocationRecords></Site></Sites>'
+        f"<RelatedContentIDs/></ContentLocationReply>"
+    )
+
+
+def _mp_http_url(mp: MP) -> str:
+    port = 80 if mp.lab.config.compose else mp.lab.config.ports.management_point_http
+    return f"http://{mp.fqdn}" + ("" if port == 80 else f":{port}")
+
+
+def _record(url: str, server: str, dp_type: str, ssl_state: int) -> tuple[str, str]:
+    xml = (f"<LocationRecord><URL Name={quoteattr(url)} Signature={quoteattr(url)}/>"
+           f'<ADSite Name="Default-First-Site-Name"/><IPSubnets><IPSubnet Address=""/></IPSubnets>'
+           f'<Metric Value=""/><Version>8968</Version><Capabilities SchemaVersion="1.0">'
+           f'<Property Name="SSLState" Value="{ssl_state}"/></Capabilities>'
+           f"<ServerRemoteName>{escape(server)}</ServerRemoteName><DPType>{dp_type}</DPType>"
+           f'<Windows Trust="1"/><Locality>{"INTERNET" if dp_type == "CLOUD" else "LOCAL"}</Locality>'
+           f"</LocationRecord>")
+    return url, xml
+
+
+def mp_location(mp: MP, root: Element, caller: Caller) -> str:
+    site = mp.lab.config.site
+    mps = []
+    if caller.internet:
+        prefix = "CCM_Proxy_MutualAuth"
+        mps.append((f"{cmg_authority(mp)}/{prefix}/{site.role_id}", "1"))
+    mps.append((mp.fqdn, "0"))
+    mp.logs.location.info(f"MP location request ({root.tag}): {', '.join(m[0] for m in mps)}")
+    records = "".join(
+        f'<LocationRecord MPBGRFallbackType="None" MPFallbackTime="0"><Name>{escape(name.split("/")[0])}</Name>'
+        f"<FQDN>{escape(name)}</FQDN><SiteCode>{site.code}</SiteCode><Version>{site.mp_build}</Version>"
+        f'<Capabilities SchemaVersion="1.0"><Property Name="SSL" Version="1"/></Capabilities>'
+        f"<Internet>{internet}</Internet></LocationRecord>"
+        for name, internet in mps)
+    return (f'<MPLocationReply SchemaVersion="1.00"><Sites><Site><MPSite SiteCode="{site.code}" '
+            f'MasterSiteCode="{site.code}" SiteLocality="LOCAL"/><LocationRecords>{records}</LocationRecords>'
+            f"</Site></Sites></MPLocationReply>")
+
+
+def assigned_site(mp: MP, root: Element, caller: Caller) -> str:
+    code = mp.lab.config.site.code
+    mp.logs.location.info(f"Assigned site request: {code}")
+    return f'<AssignedSiteReply SchemaVersion="1.00"><SITECODE>{code}</SITECODE></AssignedSiteReply>'

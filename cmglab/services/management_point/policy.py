@@ -1,0 +1,250 @@
+"""MP_PolicyManager (RequestAssignments → ReplyAssignments) and policy bodies (`.sms_pol`).
+
+- RequestAssignments must be signed by a registered client (Hook2 clientauth: PayloadSignature over
+  the body bytes as sent, with the key registered for SourceID). Otherwise the MP answers an empty
+  reply (Content-Length 0), as the real one does.
+- Secret policies (PolicyFlags & 4) are listed only for approved clients, and their bodies are served
+  only to a request signed by the registered key (ClientToken/ClientTokenSignature, or the
+  CCMClientID* headers), as CMS EnvelopedData to the client's registered encryption certificate.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from xml.sax.saxutils import escape
+
+from cryptography import x509
+
+from cmglab.runtime.lab import Lab
+from cmglab.services.management_point import policy_crypto
+from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.store import NOT_APPROVED, Client, Policy, utcnow
+from cmglab.wire.ccm_messaging import (
+    CcmMessage,
+    CcmMessageError,
+    client_token_candidates,
+    parse_client_token,
+    parse_timestamp,
+    parse_xml,
+    utf16,
+    verify,
+    verify_any,
+)
+
+HTML_ERROR = "<HTML><HEAD><TITLE>ERROR</TITLE></HEAD><BODY></BODY></HTML>"
+CLIENT_TOKEN_SKEW = timedelta(hours=15)  # local time sent as "Z" by some tools (any time zone)
+FLAGS_SECRET_NAA = 2 | 4 | 16  # RequiresAuth, Secret, PersistWholePolicy
+NAA_CATEGORY = "NAAConfig"
+
+
+def _guid() -> str:
+    return "{" + str(uuid.uuid4()).upper() + "}"
+
+
+def _policy_xml(policy_id: str, version: str, site: str, instances: str) -> str:
+    return (f'<Policy PolicyID="{policy_id}" PolicyVersion="{version}" PolicyType="Machine" '
+            f'PolicySource="SMS:{site}"><PolicyRule PolicyRuleID="{_guid()}">'
+            f'<PolicyAction PolicyActionType="WMI-XML">{instances}</PolicyAction></PolicyRule></Policy>')
+
+
+def default_policies(lab: Lab) -> list[Policy]:
+    """The lab site's machine policies: client agent settings, client settings and, because the
+    site has a network access account, the secret NAAConfig policy."""
+    site = lab.config.site
+    out = []
+    pid = _guid()
+    agent = ('<instance class="CCM_ClientAgentConfig"><property name="SiteSettingsKey" type="19"><value>1</value>'
+             '</property><property name="PolicyRequestAssignmentTimeout" type="19"><value>60</value></property>'
+             '</instance>')
+    out.append(Policy(policy_id=pid, version="2.00", category="ClientAgentConfig", flags=0, assignment_id=_guid(),
+                      body=_policy_xml(pid, "2.00", site.code, agent)))
+    pid = _guid()
+    cmg = ('<instance class="CCM_ClientCloudManagementGatewayConfig"><property name="SiteSettingsKey" type="19">'
+           f'<value>1</value></property><property name="AllowCMG" type="11"><value>{int(site.allow_cmg)}</value>'
+           '</property></instance>')
+    out.append(Policy(policy_id=pid, version="1.00", category="ClientSettings", flags=0, assignment_id=_guid(),
+                      body=_policy_xml(pid, "1.00", site.code, cmg)))
+    naa = site.network_access_account
+    pid = _guid()
+    instances = ('<instance class="CCM_NetworkAccessAccount">'
+                 '<property name="SiteSettingsKey" type="19"><value>1</value></property>'
+                 '<property name="NetworkAccessUsername" type="8" secret="1"><value><![CDATA['
+                 f'{policy_crypto.obfuscate_secret(naa.username)}]]></value></property>'
+                 '<property name="NetworkAccessPassword" type="8" secret="1"><value><![CDATA['
+                 f'{policy_crypto.obfuscate_secret(naa.password)}]]></value></property>'
+                 '<property name="Reserved1" type="8"><value></value></property></instance>')
+    out.append(Policy(policy_id=pid, version="2.00", category=NAA_CATEGORY, flags=FLAGS_SECRET_NAA,
+                      assignment_id=_guid(), body=_policy_xml(pid, "2.00", site.code, instances)))
+    return out
+
+
+def policy_url_version(version: str) -> str:
+    return version.replace(".", "_")
+
+
+# -- assignments ----------------------------------------------------------------------------------
+
+@dataclass
+class SignedClient:
+    sms_id: str
+    client: Client
+
+
+def verify_signed_message(mp: MP, msg: CcmMessage) -> SignedClient | None:
+    """The registered client that signed `msg`, or None (logged in ClientAuth.log)."""
+    log = mp.logs.clientauth
+    h = msg.header
+    auth = h.clientauth
+    if not h.source_id or auth is None or not auth.get("PayloadSignature"):
+        log.warning(f"Message {h.id} to {h.target_endpoint} is not signed (no clientauth hook / SourceID)")
+        return None
+    from cmglab.services.management_point.registration import normalise_sms_id
+
+    sms_id = normalise_sms_id(h.source_id)
+    client = mp.store.get_client(sms_id) if sms_id else None
+    if client is None or sms_id is None:
+        log.warning(f"Message {h.id} from unknown client '{h.source_id}': not registered")
+        return None
+    cert = x509.load_der_x509_certificate(bytes.fromhex(client.signing_cert))
+    if not verify(cert.public_key(), msg.payload, auth["PayloadSignature"]):
+        log.warning(f"Message {h.id}: PayloadSignature of {sms_id} does not verify with its registered key")
+        return None
+    return SignedClient(sms_id, client)
+
+
+def reply_assignments(mp: MP, msg: CcmMessage) -> str | None:
+    """ReplyAssignments XML, or None for the empty reply (unsigned, unknown client, bad signature)."""
+    log = mp.logs.policy
+    root = parse_xml(msg.body)
+    if root.tag != "RequestAssignments":
+        raise CcmMessageError(f"MP_PolicyManager cannot process <{root.tag}>")
+    signed = verify_signed_message(mp, msg)
+    if signed is None:
+        log.warning(f"Policy assignment request {msg.header.id} refused: not signed by a registered client")
+        return None
+    client = signed.client
+    claimed = (root.findtext("Identification/Machine/ClientID") or "").strip()
+    if claimed and claimed.upper() != signed.sms_id:
+        log.warning(f"Policy assignment request names ClientID {claimed} but is signed by {signed.sms_id}")
+        return None
+    with mp.store.session() as s:
+        row = s.get(Client, signed.sms_id)
+        if row is not None:
+            row.last_policy_request = utcnow()
+    policies = [p for p in mp.store.policies() if not p.secret or client.approval != NOT_APPROVED]
+    resource = root.find("Resource")
+    resource_type = resource.get("ResourceType", "Machine") if resource is not None else "Machine"
+    parts = [
+        f'<ReplyAssignments SchemaVersion="1.00" ReplyType="Full"><Identification><Machine>'
+        f"<ClientID>{signed.sms_id}</ClientID><NetBIOSName>{escape(client.netbios_name)}</NetBIOSName>"
+        f"<FQDN>{escape(client.fqdn)}</FQDN><SID/></Machine></Identification>"
+        f"<PolicySource>SMS:{mp.site_code}</PolicySource><Resource ResourceType=\"{escape(resource_type)}\"/>"
+        f"<ServerCookie>{datetime.now(UTC):%Y-%m-%d %H:%M:%S}</ServerCookie>"
+    ]
+    for p in policies:
+        url = f"http://<mp>/SMS_MP/.sms_pol?{p.policy_id}.{policy_url_version(p.version)}"
+        parts.append(
+            f'<PolicyAssignment PolicyAssignmentID="{p.assignment_id}">'
+            f'<Policy PolicyID="{p.policy_id}" PolicyVersion="{p.version}" PolicyType="{p.policy_type}" '
+            f'PolicyCategory="{p.category}" PolicyFlags="{p.flags}">'
+            f'<PolicyLocation PolicyHash="SHA256:{_hash(p.body)}"><![CDATA[{url}]]></PolicyLocation>'
+            f"</Policy></PolicyAssignment>")
+    parts.append("</ReplyAssignments>")
+    secret = sum(1 for p in policies if p.secret)
+    log.info(f"Replied {len(policies)} policy assignment(s) ({secret} secret) to {signed.sms_id}"
+             + ("" if client.approval != NOT_APPROVED else " (client not approved: no secret policies)"))
+    return "".join(parts)
+
+
+def _hash(body: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(utf16(body)).hexdigest().upper()
+
+
+# -- policy bodies --------------------------------------------------------------------------------
+
+class PolicyDenied(Exception):
+    pass
+
+
+@dataclass
+class PolicyBody:
+    content: bytes
+    media_type: str
+
+
+def parse_policy_query(query: str) -> tuple[str, str | None]:
+    """`{ID}.2_00` (or `%7BID%7D.2_00`, or `{ID}.SHA256:...`) → (`{ID}` upper, version or None)."""
+    from urllib.parse import unquote
+
+    q = unquote(query).strip()
+    ident, _, version = q.partition(".")
+    ident = ident.strip("{}")
+    try:
+        uuid.UUID(ident)
+    except ValueError as e:
+        raise PolicyDenied(f"bad policy ID {q!r}") from e
+    return "{" + ident.upper() + "}", version or None
+
+
+def authenticate_policy_request(mp: MP, headers: dict[str, str]) -> Client:
+    """The registered client that signed a policy GET (ClientToken or CCMClientID headers)."""
+    log = mp.logs.clientauth
+    token = headers.get("clienttoken")
+    if token:
+        sig = headers.get("clienttokensignature", "")
+        sms_id, stamp = parse_client_token(token)
+        candidates = client_token_candidates(token)
+    elif headers.get("ccmclientid"):
+        sms_id, _ = parse_client_token(headers["ccmclientid"] + ";x")
+        stamp = headers.get("ccmclienttimestamp", "")
+        sig = headers.get("ccmclientidsignature", "")
+        ident = headers["ccmclientid"]
+        candidates = [utf16(ident) + b"\x00\x00", utf16(ident)]
+        ts_sig = headers.get("ccmclienttimestampsignature", "")
+        if not ts_sig:
+            raise PolicyDenied("CCMClientTimestampSignature missing")
+    else:
+        raise PolicyDenied("no ClientToken / CCMClientID headers")
+    client = mp.store.get_client(sms_id)
+    if client is None:
+        log.warning(f"Policy request from unknown client {sms_id}")
+        raise PolicyDenied(f"unknown client {sms_id}")
+    when = parse_timestamp(stamp)
+    if abs(datetime.now(UTC) - when) > CLIENT_TOKEN_SKEW:
+        log.warning(f"Policy request from {sms_id}: token time {stamp} is too far from now")
+        raise PolicyDenied("stale ClientToken")
+    cert = x509.load_der_x509_certificate(bytes.fromhex(client.signing_cert))
+    if not verify_any(cert.public_key(), candidates, sig):
+        log.warning(f"Policy request from {sms_id}: ClientTokenSignature does not verify with its registered key")
+        raise PolicyDenied("bad signature")
+    if headers.get("ccmclientid") and not verify_any(
+            cert.public_key(), [utf16(stamp) + b"\x00\x00", utf16(stamp)], headers["ccmclienttimestampsignature"]):
+        raise PolicyDenied("bad timestamp signature")
+    return client
+
+
+def policy_body(mp: MP, query: str, headers: dict[str, str]) -> PolicyBody:
+    log = mp.logs.policy
+    policy_id, _version = parse_policy_query(query)
+    policy = mp.store.policy(policy_id)
+    if policy is None:
+        raise LookupError(policy_id)
+    if not policy.secret:
+        log.info(f"Served policy {policy_id} ({policy.category})")
+        return PolicyBody(b"\xff\xfe" + utf16(policy.body) + b"\x00\x00", "text/xml; charset=UTF-16")
+    try:
+        client = authenticate_policy_request(mp, headers)
+    except CcmMessageError as e:
+        raise PolicyDenied(str(e)) from e
+    if client.approval == NOT_APPROVED:
+        log.warning(f"Secret policy {policy_id} refused to {client.sms_id}: client not approved")
+        raise PolicyDenied("client not approved")
+    cert = x509.load_der_x509_certificate(bytes.fromhex(client.encryption_cert))
+    envelope = policy_crypto.envelope(utf16(policy.body) + b"\x00\x00", cert)
+    log.info(f"Served secret policy {policy_id} ({policy.category}) to {client.sms_id}, encrypted to its "
+             "encryption certificate (CMS, 3DES)")
+    return PolicyBody(envelope, "application/octet-stream")

@@ -1,0 +1,81 @@
+"""Site database views for tests and administrators (the console's Devices / Certificates nodes):
+read-only GETs without a token; changes (approve, site settings) need the lab admin token."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from cmglab.services.management_point.site import MP
+
+
+class SettingsChange(BaseModel):
+    allow_cmg: bool | None = None
+    auto_approve: str | None = None
+    content_enabled_cmg: bool | None = None
+
+
+def router(mp: MP) -> APIRouter:
+    r = APIRouter(prefix="/_lab")
+    token = mp.lab.admin_token()
+
+    def require_admin(authorization: str | None = Header(default=None)) -> None:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given or not secrets.compare_digest(given, token):
+            raise HTTPException(401, "the lab admin token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    @r.get("/clients")
+    async def clients() -> dict[str, Any]:
+        return {"clients": await run_in_threadpool(mp.store.clients)}
+
+    @r.get("/clients/{sms_id}")
+    async def client(sms_id: str) -> dict[str, Any]:
+        row = await run_in_threadpool(mp.store.get_client, sms_id)
+        if row is None:
+            raise HTTPException(404, "no such client")
+        return row.as_dict()
+
+    @r.post("/clients/{sms_id}/approve", dependencies=[Depends(require_admin)])
+    async def approve(sms_id: str, approved: bool = True) -> dict[str, Any]:
+        if not await run_in_threadpool(mp.store.approve, sms_id, approved):
+            raise HTTPException(404, "no such client")
+        mp.logs.registration.info(f"Client {sms_id.upper()} {'approved' if approved else 'unapproved'} by the admin")
+        return {"sms_id": sms_id.upper(), "approved": approved}
+
+    @r.get("/tokens")
+    async def tokens() -> dict[str, Any]:
+        return {"tokens": await run_in_threadpool(mp.store.tokens)}
+
+    @r.get("/bulk-tokens")
+    async def bulk_tokens() -> dict[str, Any]:
+        return {"bulk_tokens": await run_in_threadpool(mp.store.bulk_tokens)}
+
+    @r.get("/ddrs")
+    async def ddrs() -> dict[str, Any]:
+        return {"ddrs": await run_in_threadpool(mp.store.ddrs)}
+
+    @r.get("/policies")
+    async def policies() -> dict[str, Any]:
+        rows = await run_in_threadpool(mp.store.policies)
+        return {"policies": [{"policy_id": p.policy_id, "version": p.version, "category": p.category,
+                              "flags": p.flags, "secret": p.secret} for p in rows]}
+
+    @r.get("/site")
+    async def site() -> dict[str, Any]:
+        settings = await run_in_threadpool(mp.store.settings)
+        tenants = await run_in_threadpool(mp.store.tenants, False)
+        return {"site_code": mp.site_code, "settings": settings, "tenants": tenants}
+
+    @r.post("/site", dependencies=[Depends(require_admin)])
+    async def change_site(change: SettingsChange) -> dict[str, Any]:
+        if change.auto_approve is not None and change.auto_approve not in ("all", "domain", "none"):
+            raise HTTPException(422, "auto_approve is all, domain or none")
+        for name, value in change.model_dump(exclude_none=True).items():
+            await run_in_threadpool(mp.store.set_setting, name, value)
+        return {"settings": await run_in_threadpool(mp.store.settings)}
+
+    return r

@@ -1,0 +1,85 @@
+"""`CCM_POST /ccm_system*/request` (CcmMessaging) and the probes IIS answers on those vdirs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from cmglab.runtime.admin import record
+from cmglab.services.management_point.messages import dispatch
+from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.transport import caller_of, read_body, require_ccm_token
+from cmglab.services.management_point.windowsauth import IIS_401, WindowsAuth
+
+VDIRS = ("ccm_system", "ccm_system_windowsauth", "ccm_system_altauth", "ccm_system_tokenauth")
+CERT_REQUIRED = ("<html><head><title>403 - Forbidden: Client certificate required</title></head><body>"
+                 "<h2>403.7 - Forbidden: Client certificate required.</h2></body></html>")
+FORBIDDEN = "<html><head><title>403 - Forbidden: Access is denied.</title></head><body></body></html>"
+
+
+def _unauthorized(headers: list[tuple[str, str]]) -> Response:
+    resp = Response(IIS_401, status_code=401, media_type="text/html")
+    for name, value in headers:
+        resp.headers.append(name, value)
+    return resp
+
+
+def router(mp: MP, windows: WindowsAuth) -> APIRouter:
+    r = APIRouter()
+
+    async def windows_login(request: Request) -> tuple[str | None, Response | None]:
+        scope = request.scope
+        key = (tuple(scope.get("client") or ()), tuple(scope.get("server") or ()))
+        step = await run_in_threadpool(windows.step, key, request.headers.get("authorization"))
+        if not step.done:
+            if step.error:
+                mp.logs.clientauth.warning(f"Windows authentication failed on {request.url.path}: {step.error}")
+            return None, _unauthorized(step.headers)
+        rec = record(request)
+        rec["auth_kind"], rec["auth_subject"] = "windows", step.account
+        mp.logs.clientauth.info(f"Windows authentication succeeded for {step.account}")
+        return step.account, None
+
+    async def ccm_post(request: Request, vdir: str) -> Response:
+        raw = await read_body(request, mp.lab.settings.max_body_bytes)  # read first: NTLM keeps the connection
+        caller = caller_of(request, mp, vdir)
+        if vdir == "ccm_system" and caller.scheme == "https" and caller.pki_cert is None:
+            mp.logs.isapi.warning(f"CCM_POST {request.url.path} over HTTPS without a client certificate: 403.7")
+            return Response(CERT_REQUIRED, status_code=403, media_type="text/html")
+        if vdir == "ccm_system_windowsauth":
+            account, challenge = await windows_login(request)
+            if challenge is not None:
+                return challenge
+            caller.domain_account = account
+        elif vdir == "ccm_system_tokenauth":
+            await require_ccm_token(request, mp, caller)
+        if not raw:
+            return Response(b"", status_code=200)
+        reply = await run_in_threadpool(dispatch, mp, raw, request.headers.get("content-type"), caller)
+        if reply.reason:
+            record(request)["result"] = reply.reason
+        if reply.status != 200:
+            return Response(reply.reason or "", status_code=reply.status, media_type="text/plain")
+        return Response(reply.body, status_code=200, media_type=reply.content_type)
+
+    for vdir in VDIRS:
+        async def endpoint(request: Request, _vdir: str = vdir) -> Response:
+            return await ccm_post(request, _vdir)
+
+        r.add_api_route(f"/{vdir}/request", endpoint, methods=["CCM_POST"], include_in_schema=False,
+                        name=f"{vdir}_request")
+
+    @r.api_route("/ccm_system_windowsauth/{rest:path}", methods=["GET", "HEAD", "POST"], include_in_schema=False)
+    async def windowsauth_probe(request: Request, rest: str) -> Response:
+        _, challenge = await windows_login(request)
+        if challenge is not None:
+            return challenge
+        return Response(FORBIDDEN, status_code=403, media_type="text/html")  # no directory browsing
+
+    @r.api_route("/ccm_system_altauth/{rest:path}", methods=["GET", "HEAD", "POST"], include_in_schema=False)
+    @r.api_route("/ccm_system/{rest:path}", methods=["GET", "HEAD", "POST"], include_in_schema=False)
+    @r.api_route("/ccm_system_tokenauth/{rest:path}", methods=["GET", "HEAD", "POST"], include_in_schema=False)
+    async def forbidden_probe(rest: str) -> Response:
+        return Response(FORBIDDEN, status_code=403, media_type="text/html")
+
+    return r

@@ -1,0 +1,89 @@
+"""`POST /CCM_STS`, `GET /CCM_Cloud/config` (connection point only), `/CCM_Client/<file>`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from cmglab.runtime.admin import record
+from cmglab.services.management_point.content import FILES, package_dir
+from cmglab.services.management_point.content import manifest as package_manifest
+from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.sts import STSError, STSRequest, TokenService
+from cmglab.services.management_point.transport import bearer, caller_of, read_body, require_ccm_token
+
+CLOUD_PATHS = ["CCM_STS", "ccm_system/request", "ccm_system_tokenauth/request", "ccm_system_altauth/request",
+               "SMS_MP", "SMS_MP_TokenAuth", "CCM_Client"]
+
+
+def cloud_config(mp: MP) -> dict[str, Any]:
+    site = mp.lab.config.site
+    settings = mp.store.settings()
+    allow = bool(settings.get("allow_cmg", True))
+    endpoints = {str(site.role_id): {"internal_url": mp.lab.url("management-point"), "paths": CLOUD_PATHS}} \
+        if allow else {}
+    tenants = [{"tenant_id": t["tenant_id"], "client_app_id": t["client_app_id"], "resource_uri": t["resource_uri"],
+                "authority": f"https://login.microsoftonline.com/{t['tenant_id']}"}
+               for t in mp.store.tenants(onboarded_only=True)]
+    try:
+        version = int(package_manifest(mp.lab).get("version", 1))
+    except (OSError, ValueError):
+        version = 1
+    return {"site_code": site.code, "allow_cmg": allow, "endpoints": endpoints, "tenants": tenants,
+            "content": {"package_id": site.client_package_id, "version": version,
+                        "enabled": bool(settings.get("content_enabled_cmg", True))}}
+
+
+def router(mp: MP, sts: TokenService) -> APIRouter:
+    r = APIRouter()
+
+    @r.post("/ccm_sts", include_in_schema=False)
+    async def ccm_sts(request: Request) -> Response:
+        caller = caller_of(request, mp, "ccm_sts")
+        if caller.scheme != "https":
+            mp.logs.sts.warning(f"Refused a CCM_STS request over {caller.scheme}: the token service is HTTPS only")
+            err = STSError(403, "InvalidRequest", "CCM_STS is served over HTTPS only")
+            return JSONResponse(err.body(), status_code=err.status)
+        raw = await read_body(request, 1024 * 1024)
+        try:
+            doc = json.loads(raw or b"null")
+            req = STSRequest.from_json(doc, bearer(request))
+            url = f"https://{request.headers.get('host', mp.fqdn)}/CCM_STS"
+            reply = await sts.process(req, caller, url)
+        except json.JSONDecodeError:
+            mp.logs.sts.warning("ProcessRequest - the request body is not JSON")
+            err = STSError(400, "InvalidRequest", "the request body is not JSON")
+            return JSONResponse(err.body(), status_code=400)
+        except STSError as e:
+            record(request)["result"] = f"{e.code}: {e.reason}"
+            headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+            return JSONResponse(e.body(), status_code=e.status, headers=headers)
+        rec = record(request)
+        rec["auth_kind"] = f"sts:{req.proof_type}"
+        return JSONResponse(reply)
+
+    @r.get("/ccm_cloud/config", include_in_schema=False)
+    async def ccm_cloud_config(request: Request) -> Response:
+        caller = caller_of(request, mp, "ccm_cloud")
+        if not caller.via_connection_point:
+            raise HTTPException(403, "only a CMG connection point of this site may read the cloud configuration")
+        return JSONResponse(await run_in_threadpool(cloud_config, mp))
+
+    @r.api_route("/ccm_client/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+    async def ccm_client(request: Request, name: str) -> Response:
+        caller = caller_of(request, mp, "ccm_client")
+        if bearer(request) is not None or (caller.via_connection_point and caller.pki_cert is None):
+            await require_ccm_token(request, mp, caller)
+        allowed = (*FILES, "manifest.json")
+        if name not in allowed:
+            raise HTTPException(404, "no such file in the client package")
+        path = package_dir(mp.lab) / name
+        if not path.exists():
+            raise HTTPException(404, "the client package has not been distributed")
+        return FileResponse(path, media_type="application/octet-stream")
+
+    return r

@@ -1,0 +1,49 @@
+"""`/SMS_MP*/.sms_aut` (getauth.dll) and `/SMS_MP*/.sms_pol` (getpolicy.dll)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from cmglab.runtime.admin import record
+from cmglab.services.management_point import policy as policy_logic
+from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.sms_aut import answer as sms_aut_answer
+from cmglab.services.management_point.transport import caller_of, require_ccm_token
+from cmglab.wire.ccm_messaging import CcmMessageError
+
+MP_VDIRS = ("sms_mp", "sms_mp_altauth", "sms_mp_tokenauth", "sms_mp_windowsauth")
+
+
+def router(mp: MP) -> APIRouter:
+    r = APIRouter()
+
+    for vdir in MP_VDIRS:
+        async def sms_aut(request: Request, _vdir: str = vdir) -> Response:
+            caller = caller_of(request, mp, _vdir)
+            if _vdir == "sms_mp_tokenauth":
+                await require_ccm_token(request, mp, caller)
+            result = await run_in_threadpool(sms_aut_answer, mp, request.url.query, caller)
+            if result is None:
+                return Response("", status_code=404)
+            return Response(result.encode("utf-8"), media_type="text/xml; charset=utf-8")
+
+        async def sms_pol(request: Request, _vdir: str = vdir) -> Response:
+            caller = caller_of(request, mp, _vdir)
+            if _vdir == "sms_mp_tokenauth":
+                await require_ccm_token(request, mp, caller)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            try:
+                body = await run_in_threadpool(policy_logic.policy_body, mp, request.url.query, headers)
+            except LookupError as e:
+                mp.logs.policy.warning(f"Policy request for unknown policy {e}")
+                raise HTTPException(404, "no such policy") from e
+            except (policy_logic.PolicyDenied, CcmMessageError) as e:
+                mp.logs.policy.warning(f"Policy request {request.url.query} refused: {e}")
+                record(request)["result"] = f"refused: {e}"
+                return Response(policy_logic.HTML_ERROR, status_code=403, media_type="text/html")
+            return Response(body.content, media_type=body.media_type)
+
+        r.add_api_route(f"/{vdir}/.sms_aut", sms_aut, methods=["GET", "HEAD"], include_in_schema=False)
+        r.add_api_route(f"/{vdir}/.sms_pol", sms_pol, methods=["GET", "HEAD"], include_in_schema=False)
+    return r

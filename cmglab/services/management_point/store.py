@@ -1,0 +1,328 @@
+"""The site database slice the MP needs (SQLAlchemy): site settings, onboarded tenants, clients,
+issued tokens (records only, never the token), bulk registration token records, policies, DDRs.
+
+In this lab the site server's database is the MP process' database: `cmglab bulk-token` writes into
+it directly, as BulkRegistrationTokenTool.exe writes into the real site database.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Boolean, DateTime, Integer, String, Text, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from cmglab.runtime.db import Database
+from cmglab.runtime.lab import Lab
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    v = as_utc(value)
+    return v.strftime("%Y-%m-%dT%H:%M:%SZ") if v else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SiteSetting(Base):
+    __tablename__ = "site_settings"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)  # JSON
+
+
+class Tenant(Base):
+    """An Entra tenant onboarded to the site (Cloud Services > Azure Services)."""
+
+    __tablename__ = "tenants"
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    client_app_id: Mapped[str] = mapped_column(String(36))
+    server_app_id: Mapped[str] = mapped_column(String(36))
+    resource_uri: Mapped[str] = mapped_column(String(256))
+    onboarded: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+# ApprovalStatus values in ClientRegistrationResponse (lab-defined numbering, docs/architecture.md)
+NOT_APPROVED, APPROVED, AAD_APPROVED = 0, 1, 3
+
+
+class Client(Base):
+    # What the client sends of itself (names, agent identity and version) is kept as Text: SQLite never
+    # enforced a VARCHAR length, PostgreSQL refuses a longer value, and the MP does not judge these.
+    __tablename__ = "clients"
+    sms_id: Mapped[str] = mapped_column(String(48), primary_key=True)  # GUID:<UPPER>
+    netbios_name: Mapped[str] = mapped_column(Text, default="")
+    fqdn: Mapped[str] = mapped_column(Text, default="")
+    signing_cert: Mapped[str] = mapped_column(Text)  # hex DER (self-signed SMS signing)
+    encryption_cert: Mapped[str] = mapped_column(Text)  # hex DER (SMS encryption)
+    signing_thumbprint: Mapped[str] = mapped_column(String(40), index=True)
+    pki_thumbprint: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    # self-signed | domain | pki | aad | bulk | token
+    auth_kind: Mapped[str] = mapped_column(String(16))
+    domain_account: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    aad_device_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)
+    aad_tenant_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    bulk_token_guid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    approval: Mapped[int] = mapped_column(Integer, default=NOT_APPROVED)
+    internet: Mapped[bool] = mapped_column(Boolean, default=False)
+    agent_identity: Mapped[str] = mapped_column(Text, default="")
+    agent_version: Mapped[str] = mapped_column(Text, default="")
+    registered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_policy_request: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sms_id": self.sms_id, "netbios_name": self.netbios_name, "fqdn": self.fqdn,
+            "signing_thumbprint": self.signing_thumbprint, "pki_thumbprint": self.pki_thumbprint,
+            "auth_kind": self.auth_kind, "domain_account": self.domain_account,
+            "aad_device_id": self.aad_device_id, "aad_tenant_id": self.aad_tenant_id,
+            "bulk_token_guid": self.bulk_token_guid, "approval": self.approval, "internet": self.internet,
+            "agent_identity": self.agent_identity, "agent_version": self.agent_version,
+            "registered_at": iso(self.registered_at), "updated_at": iso(self.updated_at),
+            "last_policy_request": iso(self.last_policy_request),
+        }
+
+
+class IssuedToken(Base):
+    """A token the site issued: its unique ID, kind and binding, never the token itself."""
+
+    __tablename__ = "issued_tokens"
+    unique_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # ccm | client
+    token_type: Mapped[str] = mapped_column(String(16))  # UDA | Device | ClientToken
+    proof: Mapped[str] = mapped_column(String(24))  # AAD | BulkRegistration | ClientToken | Certificate | Registration
+    sms_id: Mapped[str | None] = mapped_column(String(48), index=True, nullable=True)
+    cert_thumbprint: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    bulk_token_guid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    aad_tenant_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    aad_device_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    aad_user_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    issued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"unique_id": self.unique_id, "kind": self.kind, "token_type": self.token_type,
+                "proof": self.proof, "sms_id": self.sms_id, "cert_thumbprint": self.cert_thumbprint,
+                "bulk_token_guid": self.bulk_token_guid, "aad_tenant_id": self.aad_tenant_id,
+                "aad_device_id": self.aad_device_id, "aad_user_id": self.aad_user_id,
+                "issued_at": iso(self.issued_at), "expires_at": iso(self.expires_at)}
+
+
+class BulkToken(Base):
+    """What the site keeps of a bulk registration token: GUID and lifetime, never the token."""
+
+    __tablename__ = "bulk_tokens"
+    guid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    lifetime_minutes: Mapped[int] = mapped_column(Integer)
+    not_before: Mapped[datetime] = mapped_column(DateTime)
+    not_after: Mapped[datetime] = mapped_column(DateTime)
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    blocked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"guid": self.guid, "lifetime_minutes": self.lifetime_minutes,
+                "not_before": iso(self.not_before), "not_after": iso(self.not_after),
+                "blocked": self.blocked, "created_at": iso(self.created_at), "blocked_at": iso(self.blocked_at),
+                "expired": as_utc(self.not_after) < datetime.now(UTC)}  # type: ignore[operator]
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    policy_id: Mapped[str] = mapped_column(String(40), primary_key=True)  # {guid}
+    version: Mapped[str] = mapped_column(String(16), default="2.00")
+    category: Mapped[str] = mapped_column(String(64))
+    policy_type: Mapped[str] = mapped_column(String(16), default="Machine")
+    flags: Mapped[int] = mapped_column(Integer, default=0)
+    assignment_id: Mapped[str] = mapped_column(String(40))
+    body: Mapped[str] = mapped_column(Text)  # policy XML
+
+    @property
+    def secret(self) -> bool:
+        return bool(self.flags & 4)
+
+
+class Ddr(Base):
+    __tablename__ = "ddrs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sms_id: Mapped[str | None] = mapped_column(String(48), index=True, nullable=True)  # a GUID: SMSID or none
+    netbios_name: Mapped[str] = mapped_column(Text, default="")  # as the report says (see Client)
+    signed: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class Store:
+    """The MP's database. `seed` fills the site settings, tenants and policies from the lab config."""
+
+    def __init__(self, lab: Lab, url: str | None = None,
+                 policy_factory: Callable[[Lab], list[Policy]] | None = None) -> None:
+        self.lab = lab
+        self.db = Database(url or lab.database_url("management-point"), Base, "management-point")
+        self.policy_factory = policy_factory
+        self.seed()
+
+    def session(self):  # type: ignore[no-untyped-def]
+        return self.db.session()
+
+    # -- seeding / reset ---------------------------------------------------------------------
+    def seed(self) -> None:
+        with self.db.exclusive() as s:  # MP replicas starting together: one seeds, the others find the rows
+            self._seed(s)
+
+    def _seed(self, s: Session) -> None:
+        site = self.lab.config.site
+        defaults = {"allow_cmg": site.allow_cmg, "auto_approve": site.auto_approve,
+                    "content_enabled_cmg": site.content_enabled_cmg, "network_access_account": True}
+        server_app = next((a for a in self.lab.config.apps if a.identifier_uri and not a.public_client),
+                          self.lab.config.apps[0])
+        client_app = self.lab.config.apps[0]
+        for name, value in defaults.items():
+            if s.get(SiteSetting, name) is None:
+                s.add(SiteSetting(name=name, value=json.dumps(value)))
+        for t in self.lab.config.tenants:
+            if s.get(Tenant, t.tenant_id) is None:
+                s.add(Tenant(tenant_id=t.tenant_id, name=t.display_name, client_app_id=client_app.app_id,
+                             server_app_id=server_app.app_id,
+                             resource_uri=server_app.identifier_uri or "https://ConfigMgrService",
+                             onboarded=t.onboarded))
+        has_policies = s.scalars(select(Policy).limit(1)).first() is not None
+        if not has_policies and self.policy_factory is not None:
+            for p in self.policy_factory(self.lab):
+                s.add(p)
+
+    def reset(self) -> None:
+        self.db.reset(self._seed)
+
+    # -- settings ----------------------------------------------------------------------------
+    def setting(self, name: str, default: Any = None) -> Any:
+        with self.session() as s:
+            row = s.get(SiteSetting, name)
+            return json.loads(row.value) if row else default
+
+    def set_setting(self, name: str, value: Any) -> None:
+        with self.session() as s:
+            row = s.get(SiteSetting, name)
+            if row is None:
+                s.add(SiteSetting(name=name, value=json.dumps(value)))
+            else:
+                row.value = json.dumps(value)
+
+    def settings(self) -> dict[str, Any]:
+        with self.session() as s:
+            return {r.name: json.loads(r.value) for r in s.scalars(select(SiteSetting))}
+
+    def tenants(self, onboarded_only: bool = True) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(Tenant))
+            return [{"tenant_id": t.tenant_id, "name": t.name, "client_app_id": t.client_app_id,
+                     "server_app_id": t.server_app_id, "resource_uri": t.resource_uri, "onboarded": t.onboarded}
+                    for t in rows if t.onboarded or not onboarded_only]
+
+    # -- clients ------------------------------------------------------------------------------
+    @staticmethod
+    def client(s: Session, sms_id: str) -> Client | None:
+        return s.get(Client, sms_id.upper())
+
+    def get_client(self, sms_id: str) -> Client | None:
+        with self.session() as s:
+            return self.client(s, sms_id)
+
+    def clients(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [c.as_dict() for c in s.scalars(select(Client).order_by(Client.registered_at))]
+
+    def client_by_pki(self, thumbprint: str) -> Client | None:
+        with self.session() as s:
+            return s.scalars(select(Client).where(Client.pki_thumbprint == thumbprint.upper())).first()
+
+    def client_by_aad_device(self, device_id: str) -> Client | None:
+        with self.session() as s:
+            return s.scalars(select(Client).where(Client.aad_device_id == device_id.lower())).first()
+
+    def approve(self, sms_id: str, approved: bool = True) -> bool:
+        with self.session() as s:
+            c = self.client(s, sms_id)
+            if c is None:
+                return False
+            c.approval = APPROVED if approved else NOT_APPROVED
+            c.updated_at = utcnow()
+            return True
+
+    def tokens(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [t.as_dict() for t in s.scalars(select(IssuedToken).order_by(IssuedToken.issued_at))]
+
+    def issued(self, unique_id: str) -> IssuedToken | None:
+        with self.session() as s:
+            return s.get(IssuedToken, unique_id)
+
+    def record_token(self, **fields: Any) -> None:
+        with self.session() as s:
+            s.add(IssuedToken(**fields))
+
+    # -- bulk registration tokens -------------------------------------------------------------
+    def add_bulk_token(self, guid: str, minutes: int, not_before: datetime, not_after: datetime) -> None:
+        with self.session() as s:
+            s.add(BulkToken(guid=guid.lower(), lifetime_minutes=minutes,
+                            not_before=not_before.astimezone(UTC).replace(tzinfo=None),
+                            not_after=not_after.astimezone(UTC).replace(tzinfo=None)))
+
+    def bulk_token(self, guid: str) -> BulkToken | None:
+        with self.session() as s:
+            return s.get(BulkToken, guid.lower())
+
+    def bulk_tokens(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [b.as_dict() for b in s.scalars(select(BulkToken).order_by(BulkToken.created_at))]
+
+    def set_bulk_blocked(self, guid: str, blocked: bool) -> bool:
+        with self.session() as s:
+            row = s.get(BulkToken, guid.lower())
+            if row is None:
+                return False
+            row.blocked = blocked
+            row.blocked_at = utcnow() if blocked else None
+            return True
+
+    # -- policies and DDRs --------------------------------------------------------------------
+    def policies(self) -> list[Policy]:
+        with self.session() as s:
+            return list(s.scalars(select(Policy).order_by(Policy.category)))
+
+    def policy(self, policy_id: str) -> Policy | None:
+        with self.session() as s:
+            return s.get(Policy, policy_id.upper())
+
+    def add_ddr(self, *, sms_id: str | None, netbios_name: str, signed: bool, body: str) -> int:
+        with self.session() as s:
+            row = Ddr(sms_id=sms_id, netbios_name=netbios_name, signed=signed, body=body)
+            s.add(row)
+            s.flush()
+            return int(row.id)
+
+    def ddrs(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [{"id": d.id, "sms_id": d.sms_id, "netbios_name": d.netbios_name, "signed": d.signed,
+                     "received_at": iso(d.received_at), "size": len(d.body)}
+                    for d in s.scalars(select(Ddr).order_by(Ddr.id))]
+
+
+def new_sms_id() -> str:
+    return "GUID:" + str(uuid.uuid4()).upper()

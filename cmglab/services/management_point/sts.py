@@ -1,0 +1,253 @@
+"""CCM_STS: exchange a proof for a CCM token (lab-defined request/reply, docs/architecture.md).
+
+Proofs: `AAD` (an Entra access token for the site's resource URI, from an onboarded tenant),
+`BulkRegistration` (a bulk registration token + the self-signed certificate + a signature by its key),
+`ClientToken` (the MP-issued unique token + the same proof of possession), `Certificate` (the PKI
+client certificate from TLS). CCM tokens live 8 hours. A `ClientToken` exchange also renews the
+unique token when asked (`"RenewClientToken": true`) or when it is older than 30 days.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from starlette.concurrency import run_in_threadpool
+
+from cmglab.runtime.certinfo import thumbprint
+from cmglab.services.management_point.context import Caller
+from cmglab.services.management_point.registration import normalise_sms_id
+from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.store import NOT_APPROVED, IssuedToken, utcnow
+from cmglab.wire import site_tokens
+from cmglab.wire.ccm_messaging import parse_timestamp, utf16, verify
+from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
+
+PROOF_SKEW = timedelta(minutes=15)
+PROOFS = ("AAD", "BulkRegistration", "ClientToken", "Certificate")
+
+
+class STSError(Exception):
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.code, self.reason = status, code, reason
+
+    def body(self) -> dict[str, str]:
+        return {"Error": self.code, "Reason": self.reason}
+
+
+@dataclass
+class STSRequest:
+    proof_type: str
+    bearer: str | None
+    client_id: str | None
+    certificate_hex: str | None
+    timestamp: str | None
+    signature: str | None
+    renew_client_token: bool = False
+
+    @classmethod
+    def from_json(cls, doc: Any, bearer: str | None) -> STSRequest:
+        if not isinstance(doc, dict):
+            raise STSError(400, "InvalidRequest", "the request body must be a JSON object")
+        proof = doc.get("ProofType")
+        if proof not in PROOFS:
+            raise STSError(400, "InvalidRequest", f"ProofType must be one of {', '.join(PROOFS)}")
+
+        def text(name: str) -> str | None:
+            v = doc.get(name)
+            if v is not None and not isinstance(v, str):
+                raise STSError(400, "InvalidRequest", f"{name} must be a string")
+            return v
+
+        return cls(proof, bearer, text("ClientId"), text("Certificate"), text("Timestamp"), text("Signature"),
+                   bool(doc.get("RenewClientToken", False)))
+
+
+def _ccm_reply(token: str, token_type: str, expires: datetime) -> dict[str, Any]:
+    return {"Token": token, "TokenType": token_type, "ExpiresOn": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def _naive(dt: datetime) -> datetime:
+    return dt.astimezone(UTC).replace(tzinfo=None)
+
+
+def _unique_id(token: str) -> str:
+    import jwt
+
+    return str(jwt.decode(token, options={"verify_signature": False})["UniqueId"])
+
+
+class TokenService:
+    def __init__(self, mp: MP, entra: EntraKeys) -> None:
+        self.mp, self.entra = mp, entra
+        self.log = mp.logs.sts
+
+    async def process(self, req: STSRequest, caller: Caller, url: str) -> dict[str, Any]:
+        self.log.info("ProcessRequest - Start")
+        self.log.info(f"Incoming request URL: {url}")
+        try:
+            if req.proof_type == "AAD":
+                result = await self.aad(req)
+            elif req.proof_type == "BulkRegistration":
+                result = await run_in_threadpool(self.bulk, req)
+            elif req.proof_type == "ClientToken":
+                result = await run_in_threadpool(self.client_token, req)
+            else:
+                result = await run_in_threadpool(self.certificate, req, caller)
+        except STSError as e:
+            self.log.warning(f"Failed to issue token ({req.proof_type} proof): {e.code}: {e.reason}")
+            raise
+        self.log.info("Issued token")
+        self.log.info("Return token to client")
+        return result
+
+    # -- proofs ---------------------------------------------------------------------------------
+    def _issue(self, *, token_type: str, proof: str, sms_id: str | None, cert_tp: str | None = None,
+               bulk_guid: str | None = None, tenant: str | None = None, user: str | None = None,
+               device: str | None = None, user_sid: str | None = None) -> tuple[str, datetime]:
+        token, expires = self.mp.signer.ccm_token(token_type=token_type, sms_id=sms_id, tenant_id=tenant,
+                                                  user_id=user, device_id=device, user_sid=user_sid)
+        self.mp.store.record_token(unique_id=_unique_id(token), kind="ccm", token_type=token_type, proof=proof,
+                                   sms_id=sms_id, cert_thumbprint=cert_tp, bulk_token_guid=bulk_guid,
+                                   aad_tenant_id=tenant, aad_device_id=device, aad_user_id=user,
+                                   issued_at=utcnow(), expires_at=_naive(expires))
+        return token, expires
+
+    async def aad(self, req: STSRequest) -> dict[str, Any]:
+        if not req.bearer:
+            raise STSError(401, "InvalidProof", "an AAD proof needs the Entra token in Authorization: Bearer")
+        tenants = await run_in_threadpool(self.mp.store.tenants, False)
+        audiences = sorted({t["resource_uri"] for t in tenants} | {t["server_app_id"] for t in tenants})
+        try:
+            claims = await self.entra.validate(req.bearer, audiences=audiences)
+        except EntraTokenError as e:
+            code = "TokenExpired" if "expired" in e.reason else "InvalidProof"
+            raise STSError(401, code, e.reason) from e
+        tid = str(claims.get("tid", "")).lower()
+        onboarded = {t["tenant_id"].lower() for t in tenants if t["onboarded"]}
+        if tid not in onboarded:
+            raise STSError(403, "TenantNotOnboarded", f"tenant {tid} is not onboarded to site {self.mp.site_code}")
+        device = str(claims.get("deviceid") or "").lower()
+        user = str(claims.get("oid") or "").lower()
+        is_user = claims.get("idtyp", "user") != "device" and bool(claims.get("upn") or claims.get("unique_name")
+                                                                    or claims.get("scp"))
+        if not device:
+            raise STSError(401, "InvalidProof", "the Entra token names no device (deviceid claim)")
+        token_type = site_tokens.UDA if is_user else site_tokens.DEVICE
+        user_sid = str(claims.get("onprem_sid") or "")
+        self.log.info(f"Validated AAD token. TokenType: {token_type} TenantId: {tid} UserId: {user if is_user else ''}"
+                      f" DeviceId: {device} OnPrem_UserSid: {user_sid} OnPrem_DeviceSid: ")
+        self.log.info(f"TokenType is {token_type}")
+        return await run_in_threadpool(self._aad_issue, req, token_type, tid, user if is_user else None, device,
+                                       user_sid or None)
+
+    def _aad_issue(self, req: STSRequest, token_type: str, tid: str, user: str | None, device: str,
+                   user_sid: str | None) -> dict[str, Any]:
+        sms_id = None
+        wanted = normalise_sms_id(req.client_id)
+        if wanted:
+            client = self.mp.store.get_client(wanted)
+            if client is not None and client.aad_device_id in (None, device):
+                sms_id = wanted
+        if sms_id is None:
+            known = self.mp.store.client_by_aad_device(device)
+            sms_id = known.sms_id if known else "GUID:" + str(uuid.uuid4()).upper()
+        sccm_user = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sccm-user:{tid}:{user}")) if user else ""
+        token, expires = self._issue(token_type=token_type, proof="AAD", sms_id=sms_id, tenant=tid, user=user,
+                                     device=device, user_sid=user_sid)
+        self.log.info(f"Created SCCM token, token type: {token_type}, hierarchyId: "
+                      f"{self.mp.lab.config.site.hierarchy_id}, userId: {sccm_user}, deviceId: {sms_id}")
+        return _ccm_reply(token, token_type, expires)
+
+    def _possession(self, req: STSRequest) -> x509.Certificate:
+        """The self-signed certificate of the request, after checking its signature over token;time."""
+        if not req.certificate_hex or not req.timestamp or not req.signature or not req.bearer:
+            raise STSError(400, "InvalidRequest", "Certificate, Timestamp and Signature are required with this proof")
+        try:
+            cert = x509.load_der_x509_certificate(bytes.fromhex(req.certificate_hex))
+            when = parse_timestamp(req.timestamp)
+        except Exception as e:
+            raise STSError(400, "InvalidRequest", f"bad Certificate or Timestamp: {e}") from e
+        if abs(datetime.now(UTC) - when) > PROOF_SKEW:
+            raise STSError(401, "InvalidProof", "the proof's Timestamp is too far from the server's time")
+        if not verify(cert.public_key(), utf16(f"{req.bearer};{req.timestamp}"), req.signature):
+            self.mp.logs.clientauth.warning(f"CCM_STS proof of possession failed for certificate {thumbprint(cert)}")
+            raise STSError(401, "InvalidProof", "the signature does not verify with the certificate's key")
+        return cert
+
+    def _site_token(self, token: str | None, kind: str) -> dict[str, Any]:
+        if not token:
+            raise STSError(401, "InvalidProof", f"a {kind} proof needs the token in Authorization: Bearer")
+        try:
+            return site_tokens.verify(token, cert=self.mp.signer.cert, hierarchy_id=self.mp.signer.hierarchy_id,
+                                      types=(kind,))
+        except site_tokens.SiteTokenError as e:
+            code = "TokenExpired" if "expired" in e.reason else "InvalidProof"
+            raise STSError(401, code, e.reason) from e
+
+    def bulk(self, req: STSRequest) -> dict[str, Any]:
+        claims = self._site_token(req.bearer, site_tokens.BULK)
+        guid = str(claims.get("UniqueId", "")).lower()
+        record = self.mp.store.bulk_token(guid)
+        if record is None:
+            raise STSError(401, "InvalidProof", f"bulk registration token {guid} was not issued by this site")
+        if record.blocked:
+            raise STSError(403, "BulkTokenBlocked", f"bulk registration token {guid} is blocked")
+        cert = self._possession(req)
+        tp = thumbprint(cert)
+        sms_id = normalise_sms_id(req.client_id)
+        if sms_id:
+            client = self.mp.store.get_client(sms_id)
+            sms_id = sms_id if client is not None and client.signing_thumbprint == tp else None
+        self.log.info(f"Validated bulk registration token {guid} (certificate {tp})")
+        token, expires = self._issue(token_type=site_tokens.DEVICE, proof="BulkRegistration", sms_id=sms_id,
+                                     cert_tp=tp, bulk_guid=guid)
+        self.log.info(f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
+                      f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}")
+        return _ccm_reply(token, site_tokens.DEVICE, expires)
+
+    def client_token(self, req: STSRequest) -> dict[str, Any]:
+        claims = self._site_token(req.bearer, site_tokens.CLIENT)
+        cert = self._possession(req)
+        tp = thumbprint(cert)
+        if str(claims.get("CertThumbprint", "")).upper() != tp:
+            raise STSError(401, "InvalidProof", "the client token is bound to another certificate")
+        sms_id = str(claims.get("DeviceId", ""))
+        client = self.mp.store.get_client(sms_id)
+        if client is None or client.signing_thumbprint != tp:
+            raise STSError(403, "NotRegistered", f"{sms_id} is not registered with this certificate")
+        if client.approval == NOT_APPROVED:
+            raise STSError(403, "NotRegistered", f"{sms_id} is not approved")
+        self.log.info(f"Validated client token of {sms_id} (certificate {tp})")
+        token, expires = self._issue(token_type=site_tokens.DEVICE, proof="ClientToken", sms_id=sms_id, cert_tp=tp)
+        self.log.info(f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
+                      f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id}")
+        reply = _ccm_reply(token, site_tokens.DEVICE, expires)
+        issued_at = datetime.fromtimestamp(int(claims.get("iat", claims["nbf"])), UTC)
+        if req.renew_client_token or datetime.now(UTC) - issued_at >= site_tokens.CLIENT_TOKEN_RENEWAL:
+            fresh, fresh_exp = self.mp.signer.client_token(sms_id=sms_id, cert_thumbprint=tp)
+            with self.mp.store.session() as s:
+                s.add(IssuedToken(unique_id=_unique_id(fresh), kind="client", token_type=site_tokens.CLIENT,
+                                  proof="ClientToken", sms_id=sms_id, cert_thumbprint=tp, issued_at=utcnow(),
+                                  expires_at=_naive(fresh_exp)))
+            self.log.info(f"Renewed the unique client token of {sms_id}; valid until {fresh_exp:%Y-%m-%d %H:%M:%S}")
+            reply["ClientToken"] = fresh
+            reply["ClientTokenExpiresOn"] = fresh_exp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return reply
+
+    def certificate(self, req: STSRequest, caller: Caller) -> dict[str, Any]:
+        cert = caller.pki_cert
+        if cert is None:
+            raise STSError(403, "CertificateRequired", "a Certificate proof needs a PKI client certificate at TLS")
+        tp = thumbprint(cert)
+        client = self.mp.store.client_by_pki(tp)
+        sms_id = client.sms_id if client else None
+        self.log.info(f"Validated client certificate {tp} ({cert.subject.rfc4514_string()})")
+        token, expires = self._issue(token_type=site_tokens.DEVICE, proof="Certificate", sms_id=sms_id, cert_tp=tp)
+        self.log.info(f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
+                      f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}")
+        return _ccm_reply(token, site_tokens.DEVICE, expires)

@@ -1,0 +1,124 @@
+"""HTTP plumbing shared by the MP's routes: IIS-style paths, bounded bodies, who the caller is."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from cmglab.runtime.admin import record
+from cmglab.runtime.certinfo import client_cert
+from cmglab.services.management_point.context import Caller
+from cmglab.services.management_point.site import MP
+from cmglab.wire import site_tokens
+
+Scope = dict[str, Any]
+
+
+class IISPaths:
+    """IIS matches paths case-insensitively and takes absolute-form request targets
+    (`CCM_POST http://mp/ccm_system/request`): route on the lower-cased origin-form path."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            lower = path.lower()
+            if lower.startswith(("http://", "https://")):
+                rest = path.split("://", 1)[1]
+                path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+            if not path.startswith("/_lab/"):
+                path = path.lower()
+            if path != scope["path"]:
+                scope = {**scope, "path": path}
+        await self.app(scope, receive, send)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body larger than {limit} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise HTTPException(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _cn(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
+def is_connection_point(mp: MP, cert: x509.Certificate | None) -> bool:
+    """The connection point's client-auth certificate (TLS already chained it to the lab CA)."""
+    if cert is None:
+        return False
+    expected = mp.connection_point_cert
+    return _cn(cert.subject).lower() == _cn(expected.subject).lower() and cert.issuer == expected.issuer
+
+
+def forwarded_client_cert(value: str) -> x509.Certificate:
+    """RFC 9440 `Client-Cert: :<base64 DER>:`."""
+    raw = value.strip()
+    if raw.startswith(":") and raw.endswith(":"):
+        raw = raw[1:-1]
+    try:
+        return x509.load_der_x509_certificate(base64.b64decode(raw, validate=True))
+    except (binascii.Error, ValueError) as e:
+        raise HTTPException(400, f"bad Client-Cert header: {e}") from e
+
+
+def caller_of(request: Request, mp: MP, vdir: str) -> Caller:
+    tls_cert = client_cert(request)
+    via_cp = is_connection_point(mp, tls_cert)
+    pki: x509.Certificate | None = None
+    if via_cp:
+        header = request.headers.get("client-cert")
+        if header:
+            pki = forwarded_client_cert(header)
+    else:
+        pki = tls_cert
+    host = (request.headers.get("host") or "").rsplit(":", 1)[0]
+    caller = Caller(vdir=vdir, scheme=request.url.scheme, host=host, pki_cert=pki, via_connection_point=via_cp)
+    rec = record(request)
+    if pki is not None:
+        rec["auth_kind"], rec["auth_subject"] = "pki-certificate", pki.subject.rfc4514_string()
+    if via_cp:
+        rec["via"] = "connection-point"
+    return caller
+
+
+def bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization") or ""
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def require_ccm_token(request: Request, mp: MP, caller: Caller) -> None:
+    """Authorization: Bearer <CCM token> (8-hour token from CCM_STS); 401 otherwise."""
+    token = bearer(request)
+    log = mp.logs.clientauth
+    if token is None:
+        log.warning(f"{request.method} {request.url.path}: no CCM token (Authorization: Bearer) on a token-auth path")
+        raise HTTPException(401, "a CCM token is required", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        claims = await run_in_threadpool(site_tokens.verify, token, cert=mp.signer.cert,
+                                         hierarchy_id=mp.signer.hierarchy_id, types=site_tokens.CCM_TYPES)
+    except site_tokens.SiteTokenError as e:
+        log.warning(f"{request.method} {request.url.path}: CCM token refused: {e.reason}")
+        raise HTTPException(401, f"CCM token refused: {e.reason}",
+                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from e
+    caller.ccm_claims = claims
+    rec = record(request)
+    rec["auth_kind"] = "ccm-token"
+    rec["auth_subject"] = str(claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId"))

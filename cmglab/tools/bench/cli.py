@@ -1,0 +1,54 @@
+"""`cmglab bench [--quick]`: run the benchmarks and write bench/results/report.{json,md}."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from cmglab.runtime.lab import Lab
+
+console = Console()
+
+
+def bench(out: Annotated[Path, typer.Option(help="Where report.json and report.md go.")] = Path("bench/results"),
+          quick: Annotated[bool, typer.Option(help="Every section at tiny sizes (seconds, not minutes), no "
+                                                   "profiling: a smoke run.")] = False,
+          duration: Annotated[float | None, typer.Option(help="Seconds per measurement.")] = None,
+          connections: Annotated[int | None, typer.Option(help="Concurrent connections of the load "
+                                                               "generator.")] = None,
+          fleet: Annotated[list[int] | None, typer.Option(help="Fleet sizes of section 4 (repeat the "
+                                                               "option).")] = None,
+          fleet_concurrency: Annotated[int | None, typer.Option(help="Devices onboarding at once.")] = None,
+          hold: Annotated[int | None, typer.Option(help="Keep-alive connections held at the CMG.")] = None,
+          profile: Annotated[bool | None, typer.Option(help="Profile the hot endpoints with py-spy.")] = None,
+          lab: Annotated[Path | None, typer.Option(help="Lab directory; by default a fresh one in OUT/lab, "
+                                                        "remade for every run.")] = None,
+          ) -> None:
+    """Measure the transport ceiling, the services against it, whole onboardings, held connections and
+    profiles (measurements, not timed tests)."""
+    from cmglab.tools.bench import runner
+    from cmglab.tools.processes import free_ports, isolated_lab
+
+    base = runner.QUICK if quick else runner.Options()
+    given: dict[str, Any] = {"duration": duration, "connections": connections,
+                             "fleet_sizes": tuple(fleet) if fleet else None, "fleet_concurrency": fleet_concurrency,
+                             "hold": hold, "profile": profile}
+    opts = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    if lab is not None and (lab / "lab.json").exists():
+        the_lab = Lab.load(lab)
+    else:  # fresh: an empty site, and ports that are free now (a lab's ports are chosen when it is made)
+        lab_dir = lab or out / "lab"
+        shutil.rmtree(lab_dir, ignore_errors=True)
+        the_lab = isolated_lab(lab_dir)
+    (port,) = free_ports(1)
+    # the key pool outlives the lab: 4 RSA keys per device take minutes to make for 1,000 devices
+    pool = out / "keypool.pem"
+    with console.status("benchmarking (minutes; --quick for a smoke run)..."):
+        json_path, md_path = runner.run(the_lab, out, opts, port=port, pool=pool)
+    print(md_path.read_text())
+    console.print(f"report: {json_path} and {md_path}")

@@ -1,0 +1,129 @@
+"""Section 6: where the hot endpoints spend their time (py-spy on the service processes while the load
+generator drives them), and what the fixes made of it: the "before" numbers are static, measured on this
+machine before each change; "after" is this run's row for the same scenario (sections 2 and 3)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from cmglab.runtime.lab import Lab
+from cmglab.tools.bench import loadgen, profile, scenarios
+from cmglab.tools.bench.pinned import CpuMeter
+
+CMG_PATH = ("cmg", "cmg-connection-point", "management-point")
+# what the profiles and the CPU split per request showed (sections 2, 3 and the tables below)
+FINDINGS = (
+    "Why the CMG path reaches only a fraction of the MP alone: a request through the CMG is served by three "
+    "processes on the one server core (CMG: TLS, HTTP, the client's authentication, channel frames; connection "
+    "point: frames, URL rewrite, HTTPS to the MP; then the MP), so the ratio cannot pass the MP's CPU per request "
+    "over the three's (section 3: mp_direct_cpu_ms / server_cpu_ms). Before the fix the connection point took ~4 ms"
+    " of CPU per request, most of it in httpx: anyio's TLS stream runs TLS through memory BIOs in Python, and "
+    "httpcore's pool polls every pooled socket on each request; its own HTTP/1.1 client on the event loop's TLS "
+    "(uvloop, in C), which sends a small request in one write, takes ~1.5 ms. What remains is spread thin: the "
+    "CMG's ~2 ms (uvicorn's h11, Starlette's middleware, wsproto: three WebSocket messages each way) and the MP's, "
+    "which is higher through the CMG than alone (cpu_split against mp_direct_cpu_ms). Entra ROPC: at 20,000 rounds "
+    "PBKDF2 was ~60% of a token request's CPU (10.7 -> ~4 ms); now two RSA signatures (access and ID token), SQLite"
+    " and the 1,000-round PBKDF2 share it. Crypto stays off the event loop: Entra's grants and the MP's token and "
+    "message handling run in the thread pool (the CMG's per-request checks, a certificate or JWT signature "
+    "verification, are ~0.1 ms). Next lever on the CMG path: the channel protocol, a small request or reply in "
+    "one frame instead of three (head, body, end)."
+)
+MIN_SECONDS = 3.0  # fewer samples than this say little
+
+
+@dataclass(frozen=True)
+class Fix:
+    scenario: str  # the row name in section 2 or 3
+    change: str
+    process: str  # the service process the change is in
+    rps: float
+    p50_ms: float
+    server_cpu_ms: float  # every service process, per request
+    process_cpu_ms: float  # `process` alone, per request
+
+
+# Before each change, on this 2-CPU machine (shared with other work): the bench's scenarios (16 keep-alive
+# connections, 8 s), the mean of two runs interleaved with two of the changed code, on commit 1dc448f's tree
+# with the change reverted.
+BEFORE = "1dc448f with the change reverted, 16 connections, 8 s, mean of 2 runs"
+FIXES = (
+    Fix("Entra token (ROPC, v1)", "PBKDF2 rounds 20,000 -> 1,000 (cmglab/services/entra/store.py)", "entra",
+        rps=90.5, p50_ms=170.3, server_cpu_ms=10.69, process_cpu_ms=10.69),
+    Fix("CMG -> CP -> MP CCM_STS (MutualAuth)", "connection point: its own HTTP/1.1 client on the event loop's TLS "
+        "instead of httpx, a small request in one write (cmglab/services/cmg_connection_point/upstream.py)",
+        "cmg-connection-point",
+        rps=77.9, p50_ms=179.3, server_cpu_ms=12.72, process_cpu_ms=4.41),
+    Fix("CMG -> CP -> MP location request (ServerAuth)", "the same", "cmg-connection-point",
+        rps=89.9, p50_ms=149.2, server_cpu_ms=10.23, process_cpu_ms=3.93),
+)
+
+
+def _profiled(lab: Lab) -> list[tuple[scenarios.Scenario, tuple[str, ...]]]:
+    return [(scenarios.entra_token(lab), ("entra",)), *((s, CMG_PATH) for s in scenarios.through_cmg(lab))]
+
+
+def profile_section(lab: Lab, service_pids: dict[str, int], duration: float) -> list[dict[str, Any]] | str:
+    """Each profiled scenario under load with py-spy on its processes; a string says why nothing was sampled."""
+    if not profile.available():
+        return "py-spy is not installed (pip install py-spy): no profiles."
+    seconds = max(duration, MIN_SECONDS)
+    found = []
+    for s, names in _profiled(lab):
+        def repeat(_i: int, request: loadgen.Request = s.request) -> loadgen.Request:
+            return request
+
+        chosen = {name: service_pids[name] for name in names}
+        meter = CpuMeter(chosen)
+        sampler = profile.Sampler(chosen, seconds)
+        result = asyncio.run(loadgen.run(s.name, s.target, repeat, connections=16, duration=seconds))
+        try:
+            stacks = sampler.stacks()
+        except RuntimeError as e:  # no ptrace here (not root, no CAP_SYS_PTRACE)
+            return str(e)
+        cpu = meter.per_request(result.requests)
+        for name in names:
+            found.append({"scenario": s.name, "process": name, "rps_while_sampled": round(result.rps, 1),
+                          "cpu_ms_per_request": cpu.get(name, 0.0), "busy_samples": sum(profile.busy(stacks[name])
+                                                                                         .values()),
+                          "frames": profile.top_frames(stacks[name])})
+    return found
+
+
+def _rows_by_name(sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["name"]: row for key in ("services", "cmg_path") for row in sections.get(key, {}).get("rows", [])}
+
+
+def section(profiles: list[dict[str, Any]] | str | None, sections: dict[str, Any]) -> dict[str, Any]:
+    now = _rows_by_name(sections)
+    fixes = []
+    for f in FIXES:
+        after = now.get(f.scenario, {})
+        fixes.append({"scenario": f.scenario, "change": f.change, "before_rps": f.rps, "after_rps": after.get("rps"),
+                      "before_p50_ms": f.p50_ms, "after_p50_ms": after.get("p50_ms"),
+                      "before_cpu_ms": f.server_cpu_ms, "after_cpu_ms": after.get("server_cpu_ms"),
+                      "process": f.process, "before_process_cpu_ms": f.process_cpu_ms,
+                      "after_process_cpu_ms": after.get("cpu_ms_per_service", {}).get(f.process)})
+    tables = [{"title": f"Before and after the fixes (before: {BEFORE}; after: this run, at its own settings). "
+                        "cpu_ms: CPU time per request of every service process; process_cpu_ms: of the process "
+                        "the change is in",
+               "columns": ["scenario", "change", "before_rps", "after_rps", "before_p50_ms", "after_p50_ms",
+                           "before_cpu_ms", "after_cpu_ms", "process", "before_process_cpu_ms",
+                           "after_process_cpu_ms"], "rows": fixes}]
+    if profiles is None:
+        note = "Not profiled in this run (--quick or --no-profile). "
+    elif isinstance(profiles, str):
+        note = profiles + " "
+    else:
+        note = ("py-spy at 200 Hz on each process of the scenario while 16 keep-alive connections drive it; "
+                "shares of the busy samples (idle event loop and waiting threads left out). Wall-clock samples: "
+                "a process waiting for the shared core counts where it was preempted, which inflates socket "
+                "sends that wake another service. ")
+        for p in profiles:
+            tables.append({"title": f"{p['scenario']} — {p['process']} ({p['cpu_ms_per_request']} ms CPU per "
+                                    f"request, {p['busy_samples']} busy samples, {p['rps_while_sampled']} req/s "
+                                    "while sampled)",
+                           "columns": ["frame", "total_pct", "self_pct"], "rows": p["frames"]})
+    return {"title": "6. Profiles", "note": note + FINDINGS, "profiled": profiles if isinstance(profiles, list) else [],
+            "tables": tables}

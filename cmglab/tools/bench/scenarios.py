@@ -1,0 +1,123 @@
+"""The requests the benchmarks send, built once (crypto off the measured path) and replayed.
+
+Each scenario is a named target plus one request; the load generator repeats it.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from cmglab.core.labconfig import CONFIGMGR_CLIENT_APP_ID, CONFIGMGR_RESOURCE_URI
+from cmglab.pki.builders import SMS_EKU, SMS_SIGNING_EKU, new_key, self_signed
+from cmglab.pki.builders import name as x509_name
+from cmglab.runtime.lab import Lab
+from cmglab.tools.bench.loadgen import Request, Target
+from cmglab.wire import ccm_messaging as cm
+from cmglab.wire import httpclient, site_tokens
+
+# a PKI client's registration (the carrier is the TLS client certificate): the <Data> the agent sends
+REGISTRATION = ('<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="{sms_id}" RequestType="Registration" '
+                'TimeStamp="{time}"><AgentInformation AgentIdentity="CcmExec.exe" AgentVersion="5.00.8968.1000" '
+                'AgentType="0" /><Certificates><Encryption Encoding="HexBinary" KeyType="1">{cert}</Encryption>'
+                '<Signing Encoding="HexBinary" KeyType="1">{cert}</Signing></Certificates><DiscoveryProperties>'
+                '<Property Name="Netbios Name" Value="BENCH01" /><Property Name="FQ Name" Value="bench01.lab.test" />'
+                '<Property Name="Locale ID" Value="1033" /><Property Name="InternetFlag" Value="0" />'
+                '</DiscoveryProperties></Data>')
+MP_STS = "MP CCM_STS (Certificate proof)"
+MP_LOCATION = "MP location request (ccm_system_tokenauth)"
+SITE_INFO = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="{code}"/></SiteInformationRequest>'
+
+
+@dataclass
+class Scenario:
+    name: str
+    target: Target
+    request: Request
+    direct: str = ""  # through the CMG: the name of the same request sent to the MP directly
+
+
+def _ctx(lab: Lab, client_cert: bool) -> ssl.SSLContext:
+    cert = lab.pki.client("bench-client") if client_cert else None
+    if cert is not None and not cert.exists():
+        lab.pki.issue_client("bench-client")
+    return httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle,
+                                  client_cert=(cert.cert_path, cert.key_path) if cert else None)
+
+
+def _target(lab: Lab, service: str, client_cert: bool = False) -> Target:
+    return Target(lab.config.bind_address, lab.port(service), lab.host(service), _ctx(lab, client_cert))
+
+
+def cmg_mutual_target(lab: Lab) -> Target:
+    """A PKI client's connection to the CMG: its certificate presented at TLS."""
+    return _target(lab, "cmg", client_cert=True)
+
+
+def entra_token(lab: Lab) -> Scenario:
+    tenant = lab.config.primary_tenant
+    user = tenant.users[0]
+    body = urlencode({"grant_type": "password", "client_id": CONFIGMGR_CLIENT_APP_ID,
+                      "resource": CONFIGMGR_RESOURCE_URI, "username": user.upn, "password": user.password})
+    return Scenario("Entra token (ROPC, v1)", _target(lab, "entra"),
+                    Request("POST", f"/{tenant.tenant_id}/oauth2/token",
+                            {"Content-Type": "application/x-www-form-urlencoded"}, body.encode()))
+
+
+def sts_request(path: str = "/CCM_STS") -> Request:
+    return Request("POST", path, {"Content-Type": "application/json"},
+                   json.dumps({"ProofType": "Certificate"}).encode())
+
+
+def location_request(lab: Lab, path: str = "/ccm_system_tokenauth/request") -> Request:
+    token, _ = lab.site_signer().ccm_token(token_type=site_tokens.DEVICE)
+    header = cm.MsgHeader(target_endpoint="MP_LocationManager", target_address="mp:[http]MP_LocationManager",
+                          target_host=lab.config.hosts.management_point, source_host="BENCH01",
+                          reply_to="direct:BENCH01:LS_ReplyLocations")
+    raw = cm.encode_request(header, SITE_INFO.format(code=lab.config.site.code))
+    return Request("CCM_POST", path, {"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT,
+                                      "Authorization": f"Bearer {token}"}, raw)
+
+
+def registration_request(lab: Lab) -> Request:
+    """One registration, replayed: the MP re-registers the same SMSID each time (a full registration's work:
+    signature check, certificates, the client row and its token record in one transaction)."""
+    key = new_key()
+    cert = self_signed(key, x509_name("SMS"), ekus=[SMS_SIGNING_EKU, SMS_EKU])
+    data = REGISTRATION.format(sms_id="GUID:" + str(uuid.uuid4()).upper(), time=cm.utc_timestamp(),
+                               cert=cm.cert_hex(cert))
+    header = cm.MsgHeader(target_endpoint="MP_ClientRegistration", target_address="mp:[http]MP_ClientRegistration",
+                          target_host=lab.config.hosts.management_point, source_host="BENCH01",
+                          reply_to="direct:BENCH01:SccmMessaging")
+    raw = cm.encode_request(header, cm.registration_request(data, key))
+    return Request("CCM_POST", "/ccm_system/request", {"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT},
+                   raw)
+
+
+def mp_direct(lab: Lab) -> list[Scenario]:
+    """The MP's hot endpoints; the first two are also measured through the CMG (`through_cmg`)."""
+    return [
+        Scenario(MP_STS, _target(lab, "management-point", client_cert=True), sts_request()),
+        Scenario(MP_LOCATION, _target(lab, "management-point"), location_request(lab)),
+        Scenario("MP registration (PKI client)", _target(lab, "management-point", client_cert=True),
+                 registration_request(lab)),
+    ]
+
+
+def through_cmg(lab: Lab) -> list[Scenario]:
+    role = lab.config.site.role_id
+    return [
+        Scenario("CMG -> CP -> MP CCM_STS (MutualAuth)", cmg_mutual_target(lab),
+                 sts_request(f"/CCM_Proxy_MutualAuth/{role}/CCM_STS"), direct=MP_STS),
+        Scenario("CMG -> CP -> MP location request (ServerAuth)", _target(lab, "cmg"),
+                 location_request(lab, f"/CCM_Proxy_ServerAuth/{role}/ccm_system_tokenauth/request"),
+                 direct=MP_LOCATION),
+    ]
+
+
+def aad_auth_info(lab: Lab) -> Request:
+    """What ccmsetup asks the CMG first (answered by the CMG itself from the site's published tenants)."""
+    return Request(path=f"/CCM_Proxy_ServerAuth/AADAuthInfo?TenantID={lab.config.primary_tenant.tenant_id}")

@@ -1,0 +1,97 @@
+"""`cmglab bulk-token`: BulkRegistrationTokenTool.exe for the lab site (seeds 003/004).
+
+`new [--lifetime MIN]` signs a bulk registration token with the site signing key and records its
+GUID and lifetime in the site database (never the token); `list`, `block GUID`, `unblock GUID`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cmglab.core.settings import Settings
+from cmglab.runtime.lab import Lab, LabNotInitialised
+from cmglab.wire.site_tokens import BULK_DEFAULT_MINUTES, BULK_MAX_MINUTES
+
+bulk_token_app = typer.Typer(help="Bulk registration tokens (BulkRegistrationTokenTool.exe).", no_args_is_help=True)
+console = Console()
+LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
+DEFAULT_LAB = Path(".cmglab")
+
+
+def _store(lab_dir: Path):  # type: ignore[no-untyped-def]
+    from cmglab.services.management_point.policy import default_policies
+    from cmglab.services.management_point.store import Store
+
+    try:
+        lab = Lab.load(lab_dir, Settings(lab_dir=lab_dir))
+    except LabNotInitialised as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    return lab, Store(lab, policy_factory=default_policies)
+
+
+@bulk_token_app.command("new")
+def new(lab: LabOption = DEFAULT_LAB,
+        lifetime: Annotated[int, typer.Option("--lifetime", help=f"Validity in minutes (max {BULK_MAX_MINUTES}).")]
+        = BULK_DEFAULT_MINUTES,
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Create a bulk registration token: prints its GUID, validity period and the token."""
+    if not 1 <= lifetime <= BULK_MAX_MINUTES:
+        console.print(f"[red]The lifetime must be between 1 and {BULK_MAX_MINUTES} minutes (7 days).[/red]")
+        raise typer.Exit(1)
+    the_lab, store = _store(lab)
+    token, guid, start, end = the_lab.site_signer().bulk_token(minutes=lifetime)
+    store.add_bulk_token(guid, lifetime, start, end)
+    if as_json:
+        typer.echo(json.dumps({"guid": guid, "not_before": start.isoformat(), "not_after": end.isoformat(),
+                               "lifetime_minutes": lifetime, "token": token}))
+        return
+    typer.echo(f"Token GUID: {guid}")
+    typer.echo(f"Token validity: from {start:%Y-%m-%d %H:%M:%S}Z to {end:%Y-%m-%d %H:%M:%S}Z "
+               f"({lifetime} minutes)")
+    typer.echo("Bulk registration token (it is not stored by the site: copy it now):")
+    typer.echo(token)
+
+
+@bulk_token_app.command("list")
+def list_tokens(lab: LabOption = DEFAULT_LAB,
+                as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """The bulk registration tokens the site knows (GUID, lifetime, state)."""
+    _, store = _store(lab)
+    rows = store.bulk_tokens()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    t = Table(title="bulk registration tokens")
+    for col in ("GUID", "lifetime (min)", "valid from", "valid to", "state"):
+        t.add_column(col)
+    for r in rows:
+        state = "blocked" if r["blocked"] else ("expired" if r["expired"] else "active")
+        t.add_row(r["guid"], str(r["lifetime_minutes"]), r["not_before"], r["not_after"], state)
+    console.print(t)
+
+
+def _set_blocked(lab_dir: Path, guid: str, blocked: bool) -> None:
+    _, store = _store(lab_dir)
+    if not store.set_bulk_blocked(guid, blocked):
+        console.print(f"[red]No bulk registration token with GUID {guid}.[/red]")
+        raise typer.Exit(1)
+    typer.echo(f"Bulk registration token {guid.lower()} {'blocked' if blocked else 'unblocked'}.")
+
+
+@bulk_token_app.command("block")
+def block(guid: str, lab: LabOption = DEFAULT_LAB) -> None:
+    """Block a bulk registration token: clients can no longer register with it."""
+    _set_blocked(lab, guid, True)
+
+
+@bulk_token_app.command("unblock")
+def unblock(guid: str, lab: LabOption = DEFAULT_LAB) -> None:
+    """Unblock a previously blocked bulk registration token."""
+    _set_blocked(lab, guid, False)

@@ -1,0 +1,324 @@
+"""`cmglab`: create a lab, show its facts, manage its PKI and run its services."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cmglab.core.settings import Settings
+from cmglab.pki.labpki import PKIError
+from cmglab.runtime.lab import Lab, LabNotInitialised
+from cmglab.tools.bench.cli import bench as bench_command
+from cmglab.tools.bulk_token_cli import bulk_token_app
+
+app = typer.Typer(help="cmglab: an Entra ID + ConfigMgr CMG/MP lab.", no_args_is_help=True,
+                  add_completion=False)
+pki_app = typer.Typer(help="The lab PKI: CAs, certificates, CRLs.", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
+app.add_typer(importlib.import_module("cmglab.tools.devicecli").app, name="device")
+app.add_typer(bulk_token_app, name="bulk-token")
+app.command("bench")(bench_command)
+app.add_typer(importlib.import_module("cmglab.tools.fleet.cli").app, name="fleet")
+console = Console()
+
+SERVICE_MODULES = {
+    "entra": "cmglab.services.entra.service",
+    "cmg": "cmglab.services.cmg.service",
+    "cmg-connection-point": "cmglab.services.cmg_connection_point.service",
+    "management-point": "cmglab.services.management_point.service",
+    "pki": "cmglab.services.crl_host.service",
+    "console": "cmglab.services.console.service",
+}
+
+LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
+DEFAULT_LAB = Path(".cmglab")
+
+
+def load_lab(lab_dir: Path) -> Lab:
+    try:
+        return Lab.load(lab_dir, Settings(lab_dir=lab_dir))
+    except LabNotInitialised as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+
+
+@app.command()
+def init(lab: LabOption = DEFAULT_LAB,
+         force: Annotated[bool, typer.Option(help="Regenerate everything, PKI included.")] = False,
+         compose: Annotated[bool, typer.Option(help="Services reach each other by DNS on 443/80.")] = False,
+         ) -> None:
+    """Create the lab directory: config, admin token, PKI, hosts mapping. Idempotent."""
+    with console.status("creating the lab (keys take a moment)..."):
+        the_lab, created = Lab.init(lab, force=force, compose=compose)
+    if created:
+        console.print(f"[green]lab ready at {the_lab.dir}[/green]; created: {', '.join(created)}")
+    else:
+        console.print(f"lab at {the_lab.dir} is complete; nothing changed")
+
+
+def lab_facts(lab: Lab) -> dict[str, Any]:
+    c = lab.config
+    services = {
+        name: {"url": lab.url(name), "port": lab.port(name), "host": lab.host(name)}
+        for name in ("entra", "cmg", "management-point", "pki")
+    }
+    services["cmg"]["connector_port"] = c.ports.cmg_connector if not c.compose else 10140
+    services["management-point"]["http_port"] = c.ports.management_point_http if not c.compose else 80
+    services["entra"]["names"] = c.hosts.entra
+    return {
+        "lab_dir": str(lab.dir),
+        "services": services,
+        "hosts_file": str(lab.dir / "hosts"),
+        "resolve": lab.resolve(),
+        "site": {"code": c.site.code, "role_id": c.site.role_id, "hierarchy_id": c.site.hierarchy_id,
+                 "allow_cmg": c.site.allow_cmg, "client_version": c.site.client_version},
+        "cmg_hostname": f"{c.hosts.cmg}/CCM_Proxy_MutualAuth/{c.site.role_id}",
+        "tenants": [
+            {"tenant_id": t.tenant_id, "name": t.display_name, "onboarded": t.onboarded,
+             "domains": [d.name for d in t.domains],
+             "users": [{"upn": u.upn, "password": u.password, "object_id": u.object_id} for u in t.users]}
+            for t in c.tenants
+        ],
+        "configmgr_app": {"client_app_id": c.apps[0].app_id, "resource_uri": c.apps[1].identifier_uri},
+        "domain_accounts": [{"name": f"{c.active_directory.netbios_name}\\{a.name}", "password": a.password}
+                            for a in c.active_directory.accounts],
+        "ca_bundle": str(lab.pki.ca_bundle),
+        "crl_bundle": str(lab.pki.crl_bundle),
+        "admin_token_file": str(lab.dir / "admin-token"),
+    }
+
+
+@app.command()
+def info(lab: LabOption = DEFAULT_LAB,
+         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Print the lab's facts: URLs, ports, names, tenant, users, site, CA bundle, admin token."""
+    facts = lab_facts(load_lab(lab))
+    if as_json:
+        typer.echo(json.dumps(facts, indent=2))
+        return
+    t = Table(title="services", show_lines=False)
+    for col in ("service", "url", "port"):
+        t.add_column(col)
+    for name, s in facts["services"].items():
+        t.add_row(name, s["url"], str(s["port"]))
+    console.print(t)
+    console.print(f"site code [bold]{facts['site']['code']}[/bold], MP role ID {facts['site']['role_id']}, "
+                  f"CMG host name {facts['cmg_hostname']}")
+    users = Table(title="Entra tenants and users")
+    for col in ("tenant", "tenant ID", "onboarded", "user", "password"):
+        users.add_column(col)
+    for tenant in facts["tenants"]:
+        for u in tenant["users"]:
+            users.add_row(tenant["name"], tenant["tenant_id"], "yes" if tenant["onboarded"] else "no",
+                          u["upn"], u["password"])
+    console.print(users)
+    for a in facts["domain_accounts"]:
+        console.print(f"domain account {a['name']} / {a['password']}")
+    console.print(f"CA bundle: {facts['ca_bundle']}")
+    console.print(f"admin token: {facts['admin_token_file']}")
+    console.print(f"hosts mapping ({facts['hosts_file']}):")
+    for line in facts["resolve"]:
+        console.print(f"  {line}")
+
+
+@app.command()
+def serve(service: Annotated[str, typer.Argument(help=" | ".join(SERVICE_MODULES))],
+          lab: LabOption = DEFAULT_LAB) -> None:
+    """Run one lab service in the foreground (what `cmglab up` and the compose lab start)."""
+    if service not in SERVICE_MODULES:
+        console.print(f"[red]unknown service {service!r}; one of {', '.join(SERVICE_MODULES)}[/red]")
+        raise typer.Exit(2)
+    the_lab = load_lab(lab)
+    from cmglab.runtime.server import run_service
+
+    module = importlib.import_module(SERVICE_MODULES[service])
+    run_service(module.build(the_lab), access_log=the_lab.settings.access_log)
+
+
+@pki_app.command("init")
+def pki_init(lab: LabOption = DEFAULT_LAB,
+             force: Annotated[bool, typer.Option(help="Regenerate the whole PKI.")] = False) -> None:
+    """Create the missing parts of the PKI (CAs, service certificates, CRLs)."""
+    the_lab = load_lab(lab)
+    created = the_lab.pki.init(force=force)
+    console.print(f"created: {', '.join(created)}" if created else "PKI complete; nothing changed")
+
+
+@pki_app.command("issue-client")
+def pki_issue_client(name: str, lab: LabOption = DEFAULT_LAB,
+                     days: Annotated[int, typer.Option(help="Validity in days.")] = 365) -> None:
+    """Issue a PKI client-authentication certificate from the issuing CA."""
+    the_lab = load_lab(lab)
+    ident = the_lab.pki.issue_client(name, days=days)
+    console.print(f"certificate {ident.cert_path}\nkey         {ident.key_path}")
+
+
+@pki_app.command("revoke")
+def pki_revoke(name: str, lab: LabOption = DEFAULT_LAB) -> None:
+    """Revoke every certificate issued under NAME (or the one with that serial); CRLs regenerated."""
+    the_lab = load_lab(lab)
+    try:
+        serials = the_lab.pki.revoke(name)
+    except PKIError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from e
+    console.print(f"revoked {', '.join(serials)}; CRLs regenerated")
+
+
+@pki_app.command("crl")
+def pki_crl(lab: LabOption = DEFAULT_LAB) -> None:
+    """Regenerate both CRLs (new lastUpdate/nextUpdate)."""
+    the_lab = load_lab(lab)
+    the_lab.pki.write_crls()
+    console.print(f"CRLs written to {the_lab.pki.crl_bundle.parent}")
+
+
+@pki_app.command("show")
+def pki_show(lab: LabOption = DEFAULT_LAB,
+             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the lab's certificates with their thumbprints and revocation state."""
+    rows = load_lab(lab).pki.show()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    t = Table(title="lab certificates")
+    for col in ("name", "subject", "issuer", "thumbprint", "not after", "revoked"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["subject"], r["issuer"], r["thumbprint"], r["not_after"][:10],
+                  r["revoked_at"][:19] if r["revoked_at"] else "")
+    console.print(t)
+
+
+def main() -> None:
+    app()
+
+
+@app.command()
+def up(lab: LabOption = DEFAULT_LAB,
+       detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the lab running in the background.")]
+       = False) -> None:
+    """Initialise what is missing, start the CRL host and the four services on loopback, print how to
+    install a device. Ctrl-C stops everything (or `cmglab down` after --detach)."""
+    from cmglab.tools import orchestrate
+    from cmglab.tools.processes import ServiceFailed
+
+    with console.status("preparing the lab..."):
+        the_lab, created = Lab.init(lab)
+    if created:
+        console.print(f"created {', '.join(created)} in {the_lab.dir}")
+    try:
+        with console.status("starting pki, entra, management-point, cmg, cmg-connection-point..."):
+            orchestrate.start_all(the_lab, detach=detach)
+    except ServiceFailed as e:
+        console.print(f"[red]{e}[/red]")
+        orchestrate.stop_pids(the_lab)
+        raise typer.Exit(1) from e
+    t = Table(title=f"cmglab is up ({the_lab.dir})")
+    for col in ("service", "url"):
+        t.add_column(col)
+    for name in ("entra", "cmg", "management-point", "pki", "console"):
+        t.add_row(name, the_lab.url(name))
+    console.print(t)
+    console.print(f"hosts mapping: {the_lab.dir / 'hosts'} (clients take it from CMGLAB_HOSTS_FILE or --resolve)")
+    console.print("install a device:")
+    for argv in orchestrate.device_commands(the_lab):
+        console.print(f"  {shlex.join(argv)}", soft_wrap=True, markup=False, highlight=False)
+    if detach:
+        console.print("running in the background; stop it with [bold]cmglab down[/bold]")
+        return
+    import signal as _signal
+    import time as _time
+
+    stop = {"now": False}
+
+    def _stop(_sig: int, _frame: object) -> None:
+        stop["now"] = True
+
+    _signal.signal(_signal.SIGINT, _stop)
+    _signal.signal(_signal.SIGTERM, _stop)
+    console.print("Ctrl-C stops the lab")  # only now: the handler is in place
+    while not stop["now"]:
+        _time.sleep(0.2)
+    stopped = orchestrate.stop_pids(the_lab)
+    console.print(f"stopped {', '.join(stopped) or 'nothing'}")
+
+
+@app.command()
+def down(lab: LabOption = DEFAULT_LAB) -> None:
+    """Stop a lab started with `cmglab up --detach`."""
+    from cmglab.tools import orchestrate
+
+    stopped = orchestrate.stop_pids(load_lab(lab))
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status(lab: LabOption = DEFAULT_LAB,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each service's process and health."""
+    from cmglab.tools import orchestrate
+
+    the_lab = load_lab(lab)
+    pids = orchestrate.running_pids(the_lab)
+    states = orchestrate.health(the_lab)
+    if as_json:
+        typer.echo(json.dumps({s: {"pid": pids.get(s), "health": h} for s, h in states.items()}, indent=2))
+    else:
+        t = Table(title="cmglab status")
+        for col in ("service", "pid", "health", "url"):
+            t.add_column(col)
+        for s, h in states.items():
+            t.add_row(s, str(pids.get(s, "")), h, the_lab.url(s))
+        console.print(t)
+    if any(h != "healthy" for h in states.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def health(service: Annotated[str, typer.Argument(help=" | ".join(SERVICE_MODULES))],
+           lab: LabOption = DEFAULT_LAB,
+           address: Annotated[str | None, typer.Option(
+               help="Ask the process at this address, not whichever the service's name resolves to "
+                    "(replicas share the name; compose: 127.0.0.1, the container itself).")] = None) -> None:
+    """Exit 0 when SERVICE answers /_lab/health (the compose health checks use this)."""
+    from cmglab.tools import orchestrate
+
+    if service not in SERVICE_MODULES:
+        console.print(f"[red]unknown service {service!r}[/red]")
+        raise typer.Exit(2)
+    state = orchestrate.health(load_lab(lab), (service,), address)[service]
+    typer.echo(f"{service}: {state}")
+    if state != "healthy":
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(service: Annotated[str | None, typer.Argument(help="One service; all when omitted.")] = None,
+         lab: LabOption = DEFAULT_LAB,
+         follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f")] = True) -> None:
+    """Print the site systems' product logs (SMS-trace format) and follow them."""
+    from cmglab.tools import orchestrate
+
+    the_lab = load_lab(lab)
+    if service is not None and service not in orchestrate.LOG_FILES:
+        console.print(f"[red]unknown service {service!r}[/red]")
+        raise typer.Exit(2)
+    paths = orchestrate.log_paths(the_lab, service)
+    for p in paths:
+        if p.exists():
+            for line in p.read_text(errors="replace").splitlines():
+                typer.echo(f"{p.name}: {line}")
+    if follow:
+        try:
+            for line in orchestrate.follow(paths):
+                typer.echo(line)
+        except KeyboardInterrupt:
+            pass

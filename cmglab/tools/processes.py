@@ -1,0 +1,167 @@
+"""Start, watch and stop the lab's service processes (`cmglab serve <service>` each).
+
+Used by `cmglab up` and by the test fixtures, so that the tests start the services exactly the way
+a user does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from cmglab.core.labconfig import Ports
+from cmglab.runtime.lab import Lab
+from cmglab.wire import httpclient
+
+# start order: the CRL host first (clients may check CRLs), the MP before the connection point, the console
+# (which only reads the others) last
+SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point", "console")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def isolated_lab(path: Path) -> Lab:
+    """A fresh lab on free loopback ports, so that it can run beside another one (tests, benchmarks)."""
+    p = free_ports(8)
+    ports = Ports(entra=p[0], cmg=p[1], cmg_connector=p[2], management_point=p[3],
+                  management_point_http=p[4], pki=p[5], cmg_connection_point=p[6], console=p[7])
+    lab, _ = Lab.init(path, ports=ports)
+    return lab
+
+
+class ServiceFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class LabProcesses:
+    lab: Lab
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, ServiceProcess] = field(default_factory=dict)
+    detach: bool = False  # own session: the services outlive the terminal that started them
+    prefix: list[str] = field(default_factory=list)  # e.g. taskset: where the benchmarks pin services
+    # a second process of the same services (scale-out replicas; `env` says how it differs): names its output
+    replica: str = ""
+
+    def health_url(self, name: str) -> str:
+        return f"{self.lab.url(name)}/_lab/health"
+
+    def client(self, resolve: Iterable[str] = ()) -> httpx.Client:
+        """A client with the lab's name mapping, overridden by `resolve` (HOST:PORT:ADDR) entries."""
+        ctx = httpclient.ssl_context(ca_bundle=self.lab.pki.ca_bundle)
+        return httpclient.client(ctx=ctx, resolve=[*self.lab.resolve(), *resolve], timeout=5)
+
+    def start(self, name: str, *, wait: bool = True, timeout: float = 30) -> ServiceProcess:
+        existing = self.procs.get(name)
+        if existing and existing.alive():
+            return existing
+        out_dir = self.lab.dir / "logs" / "processes"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = out_dir / (f"{name}@{self.replica}.out" if self.replica else f"{name}.out")
+        out = log_path.open("ab")
+        proc = subprocess.Popen(
+            [*self.prefix, sys.executable, "-m", "cmglab", "serve", name, "--lab", str(self.lab.dir)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "CMGLAB_LAB_DIR": str(self.lab.dir), **self.env},
+            start_new_session=self.detach,
+        )
+        out.close()
+        sp = ServiceProcess(name, proc, log_path)
+        self.procs[name] = sp
+        if wait:
+            self.wait_healthy([name], timeout=timeout)
+        return sp
+
+    def ensure(self, *names: str) -> None:
+        """Start those services (in the lab's start order) unless they already run."""
+        wanted = [n for n in SERVICES if n in names]
+        for name in wanted:
+            self.start(name, wait=False)
+        self.wait_healthy(wanted)
+        if "cmg-connection-point" in wanted:
+            self.wait_channel()
+
+    def wait_channel(self, timeout: float = 30) -> None:
+        """Healthy is not ready for the CMG: wait until a connection point has connected and published
+        the site's configuration (until then the CMG answers 503)."""
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while True:
+                try:
+                    state = c.get(self.health_url("cmg")).json()
+                    if state.get("connection_points") and state.get("site_config"):
+                        return
+                except (httpx.HTTPError, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServiceFailed(f"no connection point connected to the CMG within {timeout}s")
+                time.sleep(0.1)
+
+    def wait_healthy(self, names: Iterable[str], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            for name in names:
+                while True:
+                    sp = self.procs.get(name)
+                    if sp is not None and not sp.alive():
+                        raise ServiceFailed(f"{name} exited with {sp.proc.returncode}:\n{sp.output()[-3000:]}")
+                    try:
+                        if c.get(self.health_url(name)).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() > deadline:
+                        tail = sp.output()[-3000:] if sp else ""
+                        raise ServiceFailed(f"{name} not healthy after {timeout}s:\n{tail}")
+                    time.sleep(0.1)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        sp = self.procs.pop(name, None)
+        if sp is None or not sp.alive():
+            return
+        sp.proc.send_signal(sig)
+        try:
+            sp.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            sp.proc.kill()
+            sp.proc.wait(5)
+
+    def kill(self, name: str) -> None:
+        """kill -9: no graceful shutdown, as a crash would."""
+        self.stop(name, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)

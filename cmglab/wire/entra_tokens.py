@@ -1,0 +1,98 @@
+"""Validation of Entra access tokens by the site's services (the CMG and the MP's CCM_STS).
+
+Keys come from Entra's JWKS over HTTPS (`https://login.microsoftonline.com/common/discovery/keys`,
+reached through the lab mapping), cached by `kid` and fetched again when an unknown `kid` appears
+(at most once every few seconds, so a flood of forged kids cannot hammer Entra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import jwt
+from cryptography import x509
+from jwt import PyJWK
+
+from cmglab.pki.builders import x5t
+
+LEEWAY = 300  # Entra tolerates 5 minutes of clock skew
+REFETCH_INTERVAL = 5.0
+
+
+class EntraTokenError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class EntraKeys:
+    """Entra's signing keys by `kid`: fetched from the JWKS URL, or (`from_certificates`) the copy of
+    the tenant's signing certificates a site keeps — the MP sits on the internal network with no
+    route to Entra, as in the compose lab, so it validates with the keys the site synchronised."""
+
+    def __init__(self, client: httpx.AsyncClient | None, jwks_url: str | None) -> None:
+        self.client, self.jwks_url = client, jwks_url
+        self.keys: dict[str, Any] = {}
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_certificates(cls, certs: list[x509.Certificate]) -> EntraKeys:
+        keys = cls(None, None)
+        keys.keys = {x5t(c): c.public_key() for c in certs}
+        return keys
+
+    async def key(self, kid: str) -> Any:
+        if kid in self.keys:
+            return self.keys[kid]
+        async with self._lock:
+            if (self.client is not None and kid not in self.keys
+                    and time.monotonic() - self._fetched_at > REFETCH_INTERVAL):
+                await self._fetch()
+        if kid not in self.keys:
+            raise EntraTokenError(f"signing key {kid!r} is not one of Entra's keys")
+        return self.keys[kid]
+
+    async def _fetch(self) -> None:
+        assert self.client is not None and self.jwks_url is not None
+        self._fetched_at = time.monotonic()
+        try:
+            reply = await self.client.get(self.jwks_url)
+            reply.raise_for_status()
+            doc = reply.json()
+        except (httpx.HTTPError, ValueError) as e:
+            raise EntraTokenError(f"could not fetch Entra keys from {self.jwks_url}: {e}") from e
+        self.keys = {k["kid"]: PyJWK(k).key for k in doc.get("keys", []) if "kid" in k}
+
+    async def validate(self, token: str, *, audiences: list[str], tenants: set[str] | None = None) -> dict[str, Any]:
+        """Claims of an Entra token: RS256 signature by an Entra key, Entra issuer matching `tid`,
+        one of `audiences`, lifetime, and (when given) a tenant in `tenants`."""
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as e:
+            raise EntraTokenError(f"not a JWT: {e}") from e
+        if header.get("alg") != "RS256":
+            raise EntraTokenError(f"algorithm {header.get('alg')!r} not accepted")
+        tid = str(unverified.get("tid", ""))
+        key = await self.key(str(header.get("kid") or header.get("x5t") or ""))
+        issuers = [f"https://sts.windows.net/{tid}/", f"https://login.microsoftonline.com/{tid}/v2.0"]
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=["RS256"], audience=audiences, issuer=issuers, leeway=LEEWAY,
+                options={"require": ["exp", "iss", "aud", "tid"]},
+            )
+        except jwt.ExpiredSignatureError as e:
+            raise EntraTokenError("Entra token expired") from e
+        except jwt.InvalidAudienceError as e:
+            raise EntraTokenError(f"Entra token audience {unverified.get('aud')!r} is not {audiences}") from e
+        except jwt.InvalidIssuerError as e:
+            raise EntraTokenError(f"Entra token issuer {unverified.get('iss')!r} does not match its tenant") from e
+        except jwt.PyJWTError as e:
+            raise EntraTokenError(f"Entra token rejected: {e}") from e
+        if tenants is not None and tid.lower() not in tenants:
+            raise EntraTokenError(f"tenant {tid} is not onboarded to this site")
+        return claims

@@ -1,0 +1,145 @@
+"""Tokens the ConfigMgr site signs (lab contract §3): JWTs, RS256, `x5t` of the site signing cert.
+
+- bulk registration token: the published shape (research/configmgr-wire.md §3.3);
+- CCM token: what CCM_STS issues, 8 hours, token type UDA (Entra user+device) or Device;
+- client unique token: what the MP gives a token-registered client, bound to the thumbprint of its
+  self-signed certificate, 90 days, renewed monthly.
+
+The MP issues them; the CMG and the MP verify them. This module is the one place that knows their
+shape, so a real format could replace it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from cryptography import x509
+
+from cmglab.pki.builders import RSAKey, x5t
+
+AUDIENCE = "urn:sccm:service"
+CCM_TOKEN_LIFETIME = timedelta(hours=8)
+CLIENT_TOKEN_LIFETIME = timedelta(days=90)
+CLIENT_TOKEN_RENEWAL = timedelta(days=30)
+BULK_DEFAULT_MINUTES = 4320
+BULK_MAX_MINUTES = 10080
+LEEWAY = 60
+
+# token "Type" claim values
+BULK = "BulkRegistration"
+CLIENT = "ClientToken"
+UDA = "UDA"  # user + device, from an Entra token that named both
+DEVICE = "Device"
+CCM_TYPES = (UDA, DEVICE)
+
+
+class SiteTokenError(Exception):
+    """A site token that must be refused; `reason` is what the service logs and answers."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def issuer(hierarchy_id: str) -> str:
+    return f"urn:sccm:oauth2:{hierarchy_id.lower()}"
+
+
+@dataclass(frozen=True)
+class SiteSigner:
+    hierarchy_id: str
+    key: RSAKey
+    cert: x509.Certificate
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"typ": "JWT", "x5t": x5t(self.cert)})
+
+    def _times(self, lifetime: timedelta, now: datetime | None) -> tuple[int, int]:
+        start = now or datetime.now(UTC)
+        return int(start.timestamp()), int((start + lifetime).timestamp())
+
+    def bulk_token(self, *, minutes: int = BULK_DEFAULT_MINUTES,
+                   now: datetime | None = None) -> tuple[str, str, datetime, datetime]:
+        """A bulk registration token: (token, its GUID, valid from, valid to)."""
+        if not 1 <= minutes <= BULK_MAX_MINUTES:
+            raise ValueError(f"lifetime must be 1..{BULK_MAX_MINUTES} minutes")
+        nbf, exp = self._times(timedelta(minutes=minutes), now)
+        unique = str(uuid.uuid4())
+        token = self._sign({
+            "SCCMTokenCategory": "SCCMPreAuthToken", "Authority": "SCCM", "License": "SCCM",
+            "Type": BULK, "TenantId": self.hierarchy_id.upper(), "UniqueId": unique,
+            "iss": issuer(self.hierarchy_id), "aud": AUDIENCE, "exp": exp, "nbf": nbf,
+        })
+        return token, unique, _dt(nbf), _dt(exp)
+
+    def ccm_token(self, *, token_type: str, sms_id: str | None = None, tenant_id: str | None = None,
+                  user_id: str | None = None, device_id: str | None = None, user_sid: str | None = None,
+                  now: datetime | None = None) -> tuple[str, datetime]:
+        """A CCM token and its expiry. sms_id is `GUID:...` once the client is registered."""
+        if token_type not in CCM_TYPES:
+            raise ValueError(f"unknown CCM token type {token_type}")
+        nbf, exp = self._times(CCM_TOKEN_LIFETIME, now)
+        claims: dict[str, Any] = {
+            "SCCMTokenCategory": "SCCMClientAccessToken", "Authority": "SCCM", "License": "SCCM",
+            "Type": token_type, "HierarchyId": self.hierarchy_id, "UniqueId": str(uuid.uuid4()),
+            "iss": issuer(self.hierarchy_id), "aud": AUDIENCE, "exp": exp, "nbf": nbf, "iat": nbf,
+        }
+        optional = {"DeviceId": sms_id, "AADTenantId": tenant_id, "AADUserId": user_id,
+                    "AADDeviceId": device_id, "OnPremUserSid": user_sid}
+        claims.update({k: v for k, v in optional.items() if v})
+        return self._sign(claims), _dt(exp)
+
+    def client_token(self, *, sms_id: str, cert_thumbprint: str, now: datetime | None = None) -> tuple[str, datetime]:
+        """The MP-issued unique token of a token-registered client, bound to its self-signed cert."""
+        nbf, exp = self._times(CLIENT_TOKEN_LIFETIME, now)
+        token = self._sign({
+            "SCCMTokenCategory": "SCCMPreAuthToken", "Authority": "SCCM", "License": "SCCM",
+            "Type": CLIENT, "DeviceId": sms_id, "CertThumbprint": cert_thumbprint.upper(),
+            "UniqueId": str(uuid.uuid4()), "iss": issuer(self.hierarchy_id), "aud": AUDIENCE,
+            "exp": exp, "nbf": nbf, "iat": nbf,
+        })
+        return token, _dt(exp)
+
+
+def _dt(ts: int) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def verify(token: str, *, cert: x509.Certificate, hierarchy_id: str,
+           types: tuple[str, ...] | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Claims of a site token after checking signature, x5t, issuer, audience, lifetime and type."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as e:
+        raise SiteTokenError(f"not a JWT: {e}") from e
+    if header.get("alg") != "RS256":
+        raise SiteTokenError(f"algorithm {header.get('alg')!r} not accepted")
+    if header.get("x5t") != x5t(cert):
+        raise SiteTokenError("token not signed by this site's signing certificate (x5t)")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, cert.public_key(), algorithms=["RS256"], audience=AUDIENCE,  # type: ignore[arg-type]
+            issuer=issuer(hierarchy_id), leeway=LEEWAY,
+            options={"require": ["exp", "nbf", "iss", "aud"], "verify_iat": False},
+        )
+    except jwt.ExpiredSignatureError as e:
+        raise SiteTokenError("token expired") from e
+    except jwt.ImmatureSignatureError as e:
+        raise SiteTokenError("token not yet valid") from e
+    except jwt.InvalidAudienceError as e:
+        raise SiteTokenError("wrong audience") from e
+    except jwt.InvalidIssuerError as e:
+        raise SiteTokenError("wrong issuer (another hierarchy)") from e
+    except jwt.InvalidSignatureError as e:
+        raise SiteTokenError("signature does not verify") from e
+    except jwt.PyJWTError as e:
+        raise SiteTokenError(f"invalid token: {e}") from e
+    if now is not None and claims["exp"] < now.timestamp():
+        raise SiteTokenError("token expired")
+    if types is not None and claims.get("Type") not in types:
+        raise SiteTokenError(f"token type {claims.get('Type')!r} not accepted here")
+    return claims
