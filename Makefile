@@ -26,5 +26,5 @@ bench:
 
 .PHONY: reliability
 reliability:
-	$(PY) -m cmglab.reliability --out reliability/results $(if $(BUDGET),--budget $(BUDGET))
+	$(PY) -m cmglab.tools.reliability --out reliability/results $(if $(BUDGET),--budget $(BUDGET))
 	$(PY) -m cmglab.tools.reliability.underload --out reliability/results $(if $(DEVICES),--devices $(DEVICES))

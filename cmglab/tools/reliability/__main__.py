@@ -1,4 +1,4 @@
-"""`python -m cmglab.reliability --out reliability/results [--budget SECONDS] [--lab-dir DIR]`."""
+"""`python -m cmglab.tools.reliability --out reliability/results [--budget SECONDS] [--lab-dir DIR]`."""
 
 from __future__ import annotations
 
