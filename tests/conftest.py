@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses, free_ports
+from cmglab.runtime.sockets import reserve_ports
+from cmglab.tools.processes import LabProcesses
 from cmglab.tools.processes import isolated_lab as new_lab
 from cmglab.wire import httpclient
 
-__all__ = ["free_ports", "new_lab"]
+__all__ = ["new_lab", "reserve_ports"]
 
 _CREATE_DEFAULT_CONTEXT = ssl.create_default_context
 

@@ -17,7 +17,7 @@ import pytest
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
-from tests.conftest import free_ports, lab_client, new_lab
+from tests.conftest import lab_client, new_lab, reserve_ports
 from tests.test_cmg_channel import FAST_ENV, bearer, channel_up, cmg_points, cp_health, proxy_url, wait_for
 from tests.test_cmg_flows import cmg_health, cmg_requests
 
@@ -83,7 +83,7 @@ def test_the_point_redials_a_restarted_cmg_by_itself(res_lab: Lab, procs: LabPro
 
 
 def test_two_points_share_the_load(res_lab: Lab, procs: LabProcesses) -> None:
-    (port,) = free_ports(1)
+    (port,) = reserve_ports(1)
     second = LabProcesses(res_lab, env=dict(FAST_ENV, CMGLAB_CP_ADMIN_PORT=str(port),
                                             CMGLAB_CP_NAME="cmgcp2.corp.lab.test"))
     second.start("cmg-connection-point", wait=False)

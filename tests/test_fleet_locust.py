@@ -16,10 +16,11 @@ import pytest
 from cmglab.agent.ccm.context import ClientState
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
+from cmglab.runtime.sockets import free_port_now
 from cmglab.tools.fleet import keypool
 from cmglab.tools.fleet.cli import NEEDED
 from cmglab.tools.fleet.steps import STEPS
-from cmglab.tools.processes import LabProcesses, free_ports
+from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
 
 FLOWS = ("onboarding", "policy cycle", "token renewal")
@@ -76,7 +77,7 @@ def test_distributed_master_and_worker(lab: Lab, tmp_path: Path) -> None:
                           "--out", str(exported)), check=True, capture_output=True, timeout=60)
     assert sorted(str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file()) == [
         "hosts", "lab.json", "pki/ca-bundle.pem"]
-    port = str(free_ports(1)[0])
+    port = str(free_port_now())  # locust binds it itself
     worker_log = tmp_path / "worker.log"
     with worker_log.open("w") as log:
         worker = subprocess.Popen(cmglab("fleet", "locust", "--worker", "--master-host", "127.0.0.1",

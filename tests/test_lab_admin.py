@@ -12,7 +12,7 @@ from cmglab.runtime.admin import install_lab_admin
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.wire import httpclient
-from tests.conftest import free_ports, new_lab
+from tests.conftest import new_lab, reserve_ports
 from tests.threaded import ThreadedService
 
 
@@ -32,7 +32,7 @@ def service(admin_lab: Lab) -> Iterator[tuple[str, list[int]]]:
 
     install_lab_admin(app, service="demo", lab=admin_lab, reset=lambda: resets.append(1),
                       health=lambda: {"detail": "fine"})
-    (port,) = free_ports(1)
+    (port,) = reserve_ports(1)
     ident = admin_lab.pki.server("cmg")
     with ThreadedService(Service("demo", [Listener("demo", app, port, tls=TLS(ident.cert_path, ident.key_path))])):
         yield f"https://cmg.lab.test:{port}", resets

@@ -4,6 +4,7 @@ lines on both sides (the device's CMTrace logs and the site systems' SMS-trace l
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -15,13 +16,17 @@ from pathlib import Path
 import pytest
 
 from cmglab.runtime.lab import Lab
+from cmglab.runtime.sockets import handover
 from cmglab.tools import orchestrate
 from cmglab.tools.processes import SERVICES, isolated_lab
 from tests.conftest import lab_client
 
 
 def cmglab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cmglab", *args], capture_output=True, text=True, timeout=timeout)
+    """`cmglab ...`, handed the sockets of the ports this test process reserved (`up` passes them on)."""
+    with handover("127.0.0.1") as (env, fds):
+        return subprocess.run([sys.executable, "-m", "cmglab", *args], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, **env}, pass_fds=fds)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +132,10 @@ def test_down_stops_everything_and_the_cmg_writes_its_traffic_summary(up_lab: tu
 
 def test_up_in_the_foreground_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     lab = isolated_lab(tmp_path / "lab")
-    proc = subprocess.Popen([sys.executable, "-m", "cmglab", "up", "--lab", str(lab.dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with handover("127.0.0.1") as (env, fds):
+        proc = subprocess.Popen([sys.executable, "-m", "cmglab", "up", "--lab", str(lab.dir)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, **env}, pass_fds=fds)
     assert proc.stdout is not None
     try:
         seen = []

@@ -15,7 +15,7 @@ from cmglab.runtime.certinfo import client_cert, describe
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.wire import httpclient
-from tests.conftest import free_ports, new_lab
+from tests.conftest import new_lab, reserve_ports
 from tests.threaded import ThreadedService
 
 
@@ -39,7 +39,7 @@ def tls_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 def listeners(tls_lab: Lab) -> Iterator[dict[str, int]]:
     """One listener per client-certificate mode, all serving the cmg certificate."""
     ident = tls_lab.pki.server("cmg")
-    ports = dict(zip(["optional", "required", "required-nocrl", "none"], free_ports(4), strict=True))
+    ports = dict(zip(["optional", "required", "required-nocrl", "none"], reserve_ports(4), strict=True))
 
     def tls(mode: str, crl: bool = True) -> TLS:
         return TLS(ident.cert_path, ident.key_path, client_cert=mode,  # type: ignore[arg-type]

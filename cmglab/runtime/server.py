@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any, Literal
 
 import uvicorn
 
+from cmglab.runtime import sockets
 from cmglab.runtime.tls import (
     ClientCertMode,
     TLSScopeH11Protocol,
@@ -25,6 +28,8 @@ from cmglab.runtime.tls import (
 )
 
 log = logging.getLogger("cmglab.server")
+
+PORT_IN_USE_EXIT = sockets.PORT_IN_USE_EXIT
 
 
 @dataclass
@@ -84,8 +89,35 @@ def _config(listener: Listener, access_log: bool) -> uvicorn.Config:
     )
 
 
+_inherited: dict[tuple[str, int], socket.socket] | None = None
+
+
+def listening_sockets(service: Service) -> list[socket.socket]:
+    """One bound socket per listener: handed over by the parent (`CMGLAB_LISTEN_FDS`), made on a port this
+    process reserved, or bound here. Handed-over sockets this service does not use are closed."""
+    global _inherited
+    if _inherited is None:
+        _inherited = sockets.inherited_sockets()
+    made: list[socket.socket] = []
+    try:
+        for listener in service.listeners:
+            where = (listener.host, listener.port)
+            sock = (_inherited.pop(where, None) or sockets.claim(*where)
+                    or sockets.bind_listener(listener.host, listener.port, listener.name))
+            made.append(sock)
+    except BaseException:
+        for s in made:
+            s.close()
+        raise
+    for s in _inherited.values():
+        s.close()
+    _inherited.clear()
+    return made
+
+
 async def serve(service: Service, *, access_log: bool = False,
                 stop: asyncio.Event | None = None) -> None:
+    bound = listening_sockets(service)
     servers = [_Server(_config(listener, access_log)) for listener in service.listeners]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,8 +125,8 @@ async def serve(service: Service, *, access_log: bool = False,
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
             loop.add_signal_handler(sig, stop.set)
 
-    serving = [asyncio.create_task(s.serve(), name=f"listener:{listener.name}")
-               for s, listener in zip(servers, service.listeners, strict=True)]
+    serving = [asyncio.create_task(s.serve(sockets=[sock]), name=f"listener:{listener.name}")
+               for s, sock, listener in zip(servers, bound, service.listeners, strict=True)]
     background = [asyncio.create_task(job(), name=f"background:{service.name}")
                   for job in service.background]
     for listener in service.listeners:
@@ -116,7 +148,7 @@ async def serve(service: Service, *, access_log: bool = False,
     if failed:
         raise failed[0].exception()  # type: ignore[misc]
     if any(not s.started for s in servers):
-        raise SystemExit(f"{service.name}: a listener could not start (port in use?)")
+        raise SystemExit(f"{service.name}: a listener could not start (its error is in the log above)")
 
 
 def raise_open_file_limit() -> None:
@@ -133,4 +165,8 @@ def run_service(service: Service, *, access_log: bool = False) -> None:
     raise_open_file_limit()
     import uvloop
 
-    uvloop.run(serve(service, access_log=access_log))
+    try:
+        uvloop.run(serve(service, access_log=access_log))
+    except sockets.PortInUse as e:  # one line that says what to do, no traceback
+        print(f"cmglab: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(PORT_IN_USE_EXIT) from None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import httpx
 
 from cmglab.core.labconfig import Ports
 from cmglab.runtime.lab import Lab
+from cmglab.runtime.sockets import PORT_IN_USE_EXIT, adopt_inherited, handover, reserve_ports
 from cmglab.wire import httpclient
 
 # start order: the CRL host first (clients may check CRLs), the MP before the connection point, the console
@@ -27,21 +27,11 @@ from cmglab.wire import httpclient
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point", "console")
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def isolated_lab(path: Path) -> Lab:
-    """A fresh lab on free loopback ports, so that it can run beside another one (tests, benchmarks)."""
-    p = free_ports(8)
+    """A fresh lab on loopback ports reserved by this process, so that it can run beside another one (tests,
+    benchmarks): its services must be started from this process (`LabProcesses`), which hands each one its
+    sockets, so that no other program can take a port in between (cmglab/runtime/sockets.py)."""
+    p = reserve_ports(8)
     ports = Ports(entra=p[0], cmg=p[1], cmg_connector=p[2], management_point=p[3],
                   management_point_http=p[4], pki=p[5], cmg_connection_point=p[6], console=p[7])
     lab, _ = Lab.init(path, ports=ports)
@@ -75,6 +65,9 @@ class LabProcesses:
     # a second process of the same services (scale-out replicas; `env` says how it differs): names its output
     replica: str = ""
 
+    def __post_init__(self) -> None:
+        adopt_inherited()  # ports reserved by whoever started us (a test running `cmglab up`) pass through
+
     def health_url(self, name: str) -> str:
         return f"{self.lab.url(name)}/_lab/health"
 
@@ -91,13 +84,17 @@ class LabProcesses:
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = out_dir / (f"{name}@{self.replica}.out" if self.replica else f"{name}.out")
         out = log_path.open("ab")
-        proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "cmglab", "serve", name, "--lab", str(self.lab.dir)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "CMGLAB_LAB_DIR": str(self.lab.dir), **self.env},
-            start_new_session=self.detach,
-        )
-        out.close()
+        # the ports this process reserved: the service listens on fresh sockets made on them here
+        try:
+            with handover(self.env.get("CMGLAB_BIND") or self.lab.config.bind_address) as (handed_env, fds):
+                proc = subprocess.Popen(
+                    [*self.prefix, sys.executable, "-m", "cmglab", "serve", name, "--lab", str(self.lab.dir)],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env={**os.environ, "CMGLAB_LAB_DIR": str(self.lab.dir), **self.env, **handed_env},
+                    start_new_session=self.detach, pass_fds=fds,
+                )
+        finally:
+            out.close()
         sp = ServiceProcess(name, proc, log_path)
         self.procs[name] = sp
         if wait:
@@ -136,6 +133,8 @@ class LabProcesses:
                 while True:
                     sp = self.procs.get(name)
                     if sp is not None and not sp.alive():
+                        if sp.proc.returncode == PORT_IN_USE_EXIT:  # the service's own one line says it all
+                            raise ServiceFailed(sp.output().strip().splitlines()[-1])
                         raise ServiceFailed(f"{name} exited with {sp.proc.returncode}:\n{sp.output()[-3000:]}")
                     try:
                         if c.get(self.health_url(name)).status_code == 200:

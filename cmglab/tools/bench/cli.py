@@ -31,8 +31,9 @@ def bench(out: Annotated[Path, typer.Option(help="Where report.json and report.m
           ) -> None:
     """Measure the transport ceiling, the services against it, whole onboardings, held connections and
     profiles (measurements, not timed tests)."""
+    from cmglab.runtime.sockets import reserve_ports
     from cmglab.tools.bench import runner
-    from cmglab.tools.processes import free_ports, isolated_lab
+    from cmglab.tools.processes import isolated_lab
 
     base = runner.QUICK if quick else runner.Options()
     given: dict[str, Any] = {"duration": duration, "connections": connections,
@@ -45,7 +46,7 @@ def bench(out: Annotated[Path, typer.Option(help="Where report.json and report.m
         lab_dir = lab or out / "lab"
         shutil.rmtree(lab_dir, ignore_errors=True)
         the_lab = isolated_lab(lab_dir)
-    (port,) = free_ports(1)
+    (port,) = reserve_ports(1)  # the transport ceiling's: handed to it by the runner
     # the key pool outlives the lab: 4 RSA keys per device take minutes to make for 1,000 devices
     pool = out / "keypool.pem"
     with console.status("benchmarking (minutes; --quick for a smoke run)..."):

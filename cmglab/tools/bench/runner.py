@@ -4,6 +4,7 @@ load generator to CPU 1 (when the machine has two), so the numbers say what one 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cmglab.runtime import sockets
 from cmglab.runtime.lab import Lab
 from cmglab.tools.bench import held, hotspots, loadgen, onboarding, procinfo, report, scenarios
 from cmglab.tools.bench.pinned import LOAD_CPU, SERVER_CPU, CpuMeter, pids, pin_command, pin_self, running
@@ -47,9 +49,11 @@ def wait_port(addr: str, port: int, timeout: float = 20) -> None:
 
 def transport_ceiling(lab: Lab, port: int, opts: Options) -> dict[str, Any]:
     """Section 1: a trivial endpoint on the same runtime: keep-alive and one new handshake per request."""
-    proc = subprocess.Popen(pin_command([sys.executable, "-m", "cmglab.tools.bench.ceiling", "--lab", str(lab.dir),
-                                         "--port", str(port)]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with sockets.handover("127.0.0.1") as (handed_env, fds):  # the reserved port, no race
+        proc = subprocess.Popen(pin_command([sys.executable, "-m", "cmglab.tools.bench.ceiling", "--lab",
+                                             str(lab.dir), "--port", str(port)]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, **handed_env}, pass_fds=fds)
     try:
         wait_port("127.0.0.1", port)
         client = lab.pki.issue_client("bench-client")
