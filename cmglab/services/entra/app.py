@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import install_lab_admin, require_admin
 from cmglab.runtime.lab import Lab
-from cmglab.services.entra import routes_admin, routes_drs, routes_oidc, routes_token
+from cmglab.services.entra import routes_admin, routes_authorize, routes_drs, routes_oidc, routes_token
 from cmglab.services.entra.context import Entra
 from cmglab.services.entra.errors import install_error_handler
 
@@ -20,6 +20,7 @@ def create_app(lab: Lab) -> FastAPI:
     app.include_router(routes_admin.router(entra, require_admin(lab)))
     app.include_router(routes_oidc.router(entra))
     app.include_router(routes_token.router(entra))
+    app.include_router(routes_authorize.router(entra))
     app.include_router(routes_drs.router(entra))
     # the reseed hashes passwords: off the event loop
     install_lab_admin(app, service="entra", lab=lab, reset=lambda: run_in_threadpool(entra.store.reset))

@@ -25,6 +25,7 @@ from cmglab.services.entra.device_code import DEVICE_CODE_GRANT, DeviceCodes
 from cmglab.services.entra.drs import DeviceCA, device_id_of
 from cmglab.services.entra.errors import AADSTSError
 from cmglab.services.entra.issuance import Issuer, require, user_principal
+from cmglab.services.entra.prt import Prts, wants_prt
 from cmglab.services.entra.tokens import Issue, Principal, service_principal_id
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -45,17 +46,20 @@ class TokenResult:
     auth_kind: str
     auth_subject: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    jwe: str | None = None  # a reply encrypted with a PRT session key, sent as it is instead of `body`
 
 
 class Grants:
     def __init__(self, issuer: Issuer, device_ca: DeviceCA, device_codes: DeviceCodes) -> None:
         self.issuer, self.store, self.device_ca, self.device_codes = issuer, issuer.store, device_ca, device_codes
+        self.prts = Prts(issuer)
         self.handlers: dict[str, Callable[[Session, TokenRequest], TokenResult]] = {
             "password": self._password,
             "client_credentials": self._client_credentials,
             "refresh_token": self._refresh_token,
             DEVICE_CODE_GRANT: self._device_code,
             JWT_BEARER: self._device_signed,
+            "authorization_code": self._authorization_code,
         }
 
     def token(self, req: TokenRequest) -> TokenResult:
@@ -118,6 +122,10 @@ class Grants:
         issue = Issue(user_principal(user), resource, client.app_id, client.auth, ("pwd",), req.ipaddr)
         return TokenResult(self._user_reply(s, issue, req, oidc), "device_code", user.upn)
 
+    def _authorization_code(self, s: Session, req: TokenRequest) -> TokenResult:
+        body, upn = self.prts.redeem_code(s, dict(req.form), req.segment, req.v2, req.ipaddr)
+        return TokenResult(body, "authorization_code", upn)
+
     def _user_reply(self, s: Session, issue: Issue, req: TokenRequest, oidc: set[str]) -> dict[str, Any]:
         """v1 always returns a refresh and an ID token to a user; v2 when offline_access/openid were asked."""
         return self.issuer.reply(s, issue, v2=req.v2, refresh=not req.v2 or "offline_access" in oidc,
@@ -128,7 +136,11 @@ class Grants:
     def _device_signed(self, s: Session, req: TokenRequest) -> TokenResult:
         """`request` is a JWS signed by the device key, its certificate in the `x5c` header; its payload
         carries a fresh srv_challenge nonce and an inner grant."""
-        payload, device = self._verify_device_request(s, require(req.form, "request"), req.segment)
+        request = require(req.form, "request")
+        if _session_key_signed(request):  # a request made with a PRT ([MS-OAPXBC] 3.1.5.1.3)
+            jwe, use, kind = self.prts.signed_request(s, request, req.segment, req.ipaddr)
+            return TokenResult({}, kind, use.user.upn, {"device_id": use.row.device_id}, jwe=jwe)
+        payload, device = self._verify_device_request(s, request, req.segment)
         inner = require(payload, "grant_type")
         tenant = s.get(st.Tenant, device.tenant_id)
         assert tenant is not None
@@ -153,6 +165,9 @@ class Grants:
             found = s.get(st.User, row.user_id)
             assert found is not None
             user, amr = found, tuple(dict.fromkeys([*row.amr.split(), "rsa"]))
+        if wants_prt(payload):  # scope "openid aza ugs": a primary refresh token ([MS-OAPXBC] 3.1.5.1.2)
+            body = self.prts.issue(s, user=user, device=device, amr=amr, client_id=client.app_id, ipaddr=req.ipaddr)
+            return TokenResult(body, f"prt_{inner}", user.upn, {"device_id": device.device_id})
         resource, oidc = self.issuer.resource(s, payload, v2=req.v2, tenant_name=tenant.tenant_id)
         issue = Issue(user_principal(user, device.device_id), resource, client.app_id, client.auth, amr, req.ipaddr)
         return TokenResult(self._user_reply(s, issue, req, oidc), f"device_{inner}", user.upn,
@@ -194,3 +209,12 @@ class Grants:
                 raise AADSTSError(50013, "invalid_grant",
                                   "Assertion is invalid: the request nonce is unknown, expired or already used.")
         return payload, device
+
+
+def _session_key_signed(request: str) -> bool:
+    """An HS256 request with a `ctx` header is signed with a PRT session key, not the device key."""
+    try:
+        header = jwt.get_unverified_header(request)
+    except jwt.PyJWTError:
+        return False
+    return header.get("alg") == "HS256" and "ctx" in header and "x5c" not in header

@@ -6,7 +6,7 @@ import html
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
@@ -32,19 +32,21 @@ async def form_of(request: Request) -> dict[str, str]:
 def router(entra: Entra) -> APIRouter:
     r = APIRouter()
 
-    async def token(request: Request, tenant: str, v2: bool) -> JSONResponse:
+    async def token(request: Request, tenant: str, v2: bool) -> Response:
         req = TokenRequest(tenant, v2, await form_of(request), request.client.host if request.client else None)
         result = await run_in_threadpool(entra.grants.token, req)
         rec = record(request)
         rec.update(auth_kind=result.auth_kind, auth_subject=result.auth_subject, **result.extra)
+        if result.jwe is not None:  # a reply to a PRT-signed request: a JWE under the session key
+            return Response(result.jwe, media_type="application/jose", headers=NO_STORE)
         return JSONResponse(result.body, headers=NO_STORE)
 
     @r.post("/{tenant}/oauth2/token")
-    async def token_v1(tenant: str, request: Request) -> JSONResponse:
+    async def token_v1(tenant: str, request: Request) -> Response:
         return await token(request, tenant, v2=False)
 
     @r.post("/{tenant}/oauth2/v2.0/token")
-    async def token_v2(tenant: str, request: Request) -> JSONResponse:
+    async def token_v2(tenant: str, request: Request) -> Response:
         return await token(request, tenant, v2=True)
 
     async def devicecode(request: Request, tenant: str, v2: bool) -> JSONResponse:

@@ -137,6 +137,36 @@ class RefreshToken(Base):
     expires_at: Mapped[int]
 
 
+class PrimaryRefreshToken(Base):
+    """A PRT ([MS-OAPXBC] 3.1.5.1.2): bound to a user and a device, with the session key that proves it.
+    The real PRT carries its session key sealed inside the token; the lab keeps it here instead (the
+    token itself is only a random handle, stored hashed)."""
+
+    __tablename__ = "primary_refresh_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.object_id", ondelete="CASCADE"))
+    device_id: Mapped[str] = mapped_column(String(36), index=True)  # the device's deviceId (certificate CN)
+    session_key: Mapped[bytes] = mapped_column(LargeBinary)
+    amr: Mapped[str]  # space separated
+    issued_at: Mapped[int] = mapped_column(default=now)
+    expires_at: Mapped[int]
+
+
+class AuthorizationCode(Base):
+    """An authorization code the authorize endpoint gave for a PRT cookie (single use, short-lived)."""
+
+    __tablename__ = "authorization_codes"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.object_id", ondelete="CASCADE"))
+    device_id: Mapped[str | None]
+    client_id: Mapped[str]
+    redirect_uri: Mapped[str]
+    amr: Mapped[str]
+    expires_at: Mapped[int]
+
+
 class DeviceCode(Base):
     __tablename__ = "device_codes"
     code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
