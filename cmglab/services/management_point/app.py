@@ -29,8 +29,9 @@ def create_app(lab: Lab, mp: MP | None = None) -> FastAPI:
 
     app = FastAPI(title="cmglab management point", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.mp = mp
-    app.include_router(routes_messaging.router(mp, WindowsAuth(lab)))
-    app.include_router(routes_sms_mp.router(mp))
+    windows = WindowsAuth(lab)
+    app.include_router(routes_messaging.router(mp, windows))
+    app.include_router(routes_sms_mp.router(mp, windows))
     app.include_router(routes_site.router(mp, sts))
     app.include_router(routes_lab.router(mp))
     install_lab_admin(app, service="management-point", lab=lab, reset=mp.store.reset)

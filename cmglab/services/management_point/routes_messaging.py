@@ -9,7 +9,7 @@ from cmglab.runtime.admin import record
 from cmglab.services.management_point.messages import dispatch
 from cmglab.services.management_point.site import MP
 from cmglab.services.management_point.transport import caller_of, read_body, require_ccm_token
-from cmglab.services.management_point.windowsauth import IIS_401, WindowsAuth
+from cmglab.services.management_point.windowsauth import WindowsAuth, windows_logon
 
 VDIRS = ("ccm_system", "ccm_system_windowsauth", "ccm_system_altauth", "ccm_system_tokenauth")
 CERT_REQUIRED = ("<html><head><title>403 - Forbidden: Client certificate required</title></head><body>"
@@ -17,28 +17,11 @@ CERT_REQUIRED = ("<html><head><title>403 - Forbidden: Client certificate require
 FORBIDDEN = "<html><head><title>403 - Forbidden: Access is denied.</title></head><body></body></html>"
 
 
-def _unauthorized(headers: list[tuple[str, str]]) -> Response:
-    resp = Response(IIS_401, status_code=401, media_type="text/html")
-    for name, value in headers:
-        resp.headers.append(name, value)
-    return resp
-
-
 def router(mp: MP, windows: WindowsAuth) -> APIRouter:
     r = APIRouter()
 
     async def windows_login(request: Request) -> tuple[str | None, Response | None]:
-        scope = request.scope
-        key = (tuple(scope.get("client") or ()), tuple(scope.get("server") or ()))
-        step = await run_in_threadpool(windows.step, key, request.headers.get("authorization"))
-        if not step.done:
-            if step.error:
-                mp.logs.clientauth.warning(f"Windows authentication failed on {request.url.path}: {step.error}")
-            return None, _unauthorized(step.headers)
-        rec = record(request)
-        rec["auth_kind"], rec["auth_subject"] = "windows", step.account
-        mp.logs.clientauth.info(f"Windows authentication succeeded for {step.account}")
-        return step.account, None
+        return await windows_logon(mp, windows, request)
 
     async def ccm_post(request: Request, vdir: str) -> Response:
         raw = await read_body(request, mp.lab.settings.max_body_bytes)  # read first: NTLM keeps the connection

@@ -7,22 +7,33 @@ from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
 from cmglab.services.management_point import policy as policy_logic
+from cmglab.services.management_point.context import Caller
 from cmglab.services.management_point.site import MP
 from cmglab.services.management_point.sms_aut import answer as sms_aut_answer
 from cmglab.services.management_point.transport import caller_of, require_ccm_token
+from cmglab.services.management_point.windowsauth import WindowsAuth, windows_logon
 from cmglab.wire.ccm_messaging import CcmMessageError
 
 MP_VDIRS = ("sms_mp", "sms_mp_altauth", "sms_mp_tokenauth", "sms_mp_windowsauth")
 
 
-def router(mp: MP) -> APIRouter:
+def router(mp: MP, windows: WindowsAuth) -> APIRouter:
     r = APIRouter()
+
+    async def authenticate(request: Request, vdir: str, caller: Caller) -> Response | None:
+        """The vdir's IIS authentication: a CCM token, Windows (NTLM/Negotiate) or none."""
+        if vdir == "sms_mp_tokenauth":
+            await require_ccm_token(request, mp, caller)
+        elif vdir == "sms_mp_windowsauth":
+            caller.domain_account, challenge = await windows_logon(mp, windows, request)
+            return challenge
+        return None
 
     for vdir in MP_VDIRS:
         async def sms_aut(request: Request, _vdir: str = vdir) -> Response:
             caller = caller_of(request, mp, _vdir)
-            if _vdir == "sms_mp_tokenauth":
-                await require_ccm_token(request, mp, caller)
+            if (challenge := await authenticate(request, _vdir, caller)) is not None:
+                return challenge
             result = await run_in_threadpool(sms_aut_answer, mp, request.url.query, caller)
             if result is None:
                 return Response("", status_code=404)
@@ -30,8 +41,8 @@ def router(mp: MP) -> APIRouter:
 
         async def sms_pol(request: Request, _vdir: str = vdir) -> Response:
             caller = caller_of(request, mp, _vdir)
-            if _vdir == "sms_mp_tokenauth":
-                await require_ccm_token(request, mp, caller)
+            if (challenge := await authenticate(request, _vdir, caller)) is not None:
+                return challenge
             headers = {k.lower(): v for k, v in request.headers.items()}
             try:
                 body = await run_in_threadpool(policy_logic.policy_body, mp, request.url.query, headers)

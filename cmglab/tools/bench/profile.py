@@ -23,7 +23,7 @@ _PLUMBING = ("run_forever", "_run_once", "_run (asyncio", "run (uvloop", "__call
              "_bootstrap", "run (threading", "worker (concurrent", "run (concurrent", "call_next", "dispatch (",
              "wrap (", "coro (", "run_endpoint_function", "_serve", "startup (", "run (asyncio", "run (uvicorn",
              "(typer/", "(click/", "<frozen runpy>", "Queue.get (queue", "Condition.wait (threading",
-             "WorkerThread.run (anyio", "app_with_tls (", "_handle_selected (fastapi", "main (cmglab",
+             "WorkerThread.run (anyio", "app_with_connection (", "_handle_selected (fastapi", "main (cmglab",
              "Runner.run (asyncio", "run_sync_in_worker_thread (anyio", "run_in_threadpool (starlette")
 # leaves of a process with nothing to do: the event loop in C (uvloop) or a thread waiting for work
 _IDLE = ("Runner.run (asyncio", "run_forever (asyncio", "WorkerThread.run (anyio", "Condition.wait (threading",
