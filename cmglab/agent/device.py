@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,14 @@ class DeviceInfo:
     machine_sid: str | None = None
 
 
+def computer_name_for(home: Path) -> str:
+    """The default computer name: the device directory's name as a NetBIOS name (letters, digits and
+    hyphens, 15 at most), so that devices made side by side on one machine get different names in
+    the MP and the console (the machine's host name would make them all the same)."""
+    name = re.sub(r"[^A-Z0-9-]+", "-", home.absolute().name.upper())[:15].strip("-")
+    return name or "LAB01"
+
+
 def default_home() -> Path:
     env = os.environ.get(HOME_ENV)
     return Path(env) if env else Path("device")
@@ -76,7 +84,7 @@ class Device:
         dev = cls(home)
         if dev.info_path.exists():
             raise DeviceError(f"a device already exists at {dev.home}")
-        host = (name or socket.gethostname().split(".")[0] or "LAB01").upper()[:15]
+        host = (name or computer_name_for(dev.home)).upper()[:15]
         fqdn = f"{host.lower()}.{domain}" if domain else f"{host.lower()}.lab.test"
         dev.home.mkdir(parents=True, exist_ok=True)
         for sub in ("State/AAD", "State/CCM", "Windows/ccmsetup/Logs", "Windows/CCM/Logs", "CryptnetUrlCache"):

@@ -12,6 +12,7 @@ message's line breaks become `~~`.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -124,3 +125,25 @@ def close_file_loggers(prefix: Path | None = None) -> None:
                     logger = logging.root.manager.loggerDict[name]
                     if isinstance(logger, logging.Logger) and handler in logger.handlers:
                         logger.removeHandler(handler)
+
+
+_CMTRACE_ENTRY = re.compile(r'<!\[LOG\[(?P<text>.*?)\]LOG\]!><[^>]*\btype="(?P<type>\d)"', re.DOTALL)
+
+
+def cmtrace_entries(text: str) -> list[tuple[int, str]]:
+    """(type, message) of each CMTrace entry: type 1 information, 2 warning, 3 error."""
+    return [(int(m["type"]), m["text"]) for m in _CMTRACE_ENTRY.finditer(text)]
+
+
+def last_cmtrace_error(path: Path, since: str = "") -> str | None:
+    """The last error entry of a CMTrace log, after the last entry containing `since` (a run's start)."""
+    try:
+        entries = cmtrace_entries(path.read_text(errors="replace"))
+    except OSError:
+        return None
+    if since:
+        starts = [i for i, (_, text) in enumerate(entries) if since in text]
+        entries = entries[starts[-1]:] if starts else entries
+    errors = [text for kind, text in entries if kind == 3]
+    return errors[-1] if errors else None
+

@@ -269,12 +269,13 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
     endpoint = lab.settings.otlp_endpoint
     state = LabState(service, lab.settings.request_log_size, SpanExporter(endpoint, service) if endpoint else None)
     admin_only = require_admin(lab)
+    lab_id = lab.lab_id()
 
     router = APIRouter(prefix="/_lab", tags=["lab"])
 
     @router.get("/health")
     async def lab_health() -> dict[str, Any]:
-        return {"service": service, "status": "ok", **(health() if health else {})}
+        return {"service": service, "status": "ok", "lab_id": lab_id, **(health() if health else {})}
 
     @router.get("/requests")
     async def lab_requests(limit: int = 200, path: str | None = None, after: int = 0) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from pathlib import Path
 
@@ -146,6 +147,11 @@ class Lab:
 
     def admin_token(self) -> str:
         return (self.dir / "admin-token").read_text().strip()
+
+    def lab_id(self) -> str:
+        """Names this lab without revealing its admin token: every service reports it in /_lab/health, so
+        that `cmglab status` can tell its own lab from another one answering on the same port."""
+        return hashlib.sha256(b"cmglab lab id\0" + self.admin_token().encode()).hexdigest()[:16]
 
     def site_signer(self) -> SiteSigner:
         ident = self.pki.site_signing

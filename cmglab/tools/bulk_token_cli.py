@@ -12,10 +12,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from cmglab.core.settings import Settings
 from cmglab.runtime.lab import Lab, LabNotInitialised
+from cmglab.tools.output import print_rows
 from cmglab.wire.site_tokens import BULK_DEFAULT_MINUTES, BULK_MAX_MINUTES
 
 bulk_token_app = typer.Typer(help="Bulk registration tokens (BulkRegistrationTokenTool.exe).", no_args_is_help=True)
@@ -62,19 +62,21 @@ def new(lab: LabOption = DEFAULT_LAB,
 @bulk_token_app.command("list")
 def list_tokens(lab: LabOption = DEFAULT_LAB,
                 as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """The bulk registration tokens the site knows (GUID, lifetime, state)."""
+    """The bulk registration tokens the site knows (GUID, lifetime, state): the GUID is what `block` and
+    `unblock` take."""
     _, store = _store(lab)
     rows = store.bulk_tokens()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    t = Table(title="bulk registration tokens")
-    for col in ("GUID", "lifetime (min)", "valid from", "valid to", "state"):
-        t.add_column(col)
-    for r in rows:
-        state = "blocked" if r["blocked"] else ("expired" if r["expired"] else "active")
-        t.add_row(r["guid"], str(r["lifetime_minutes"]), r["not_before"], r["not_after"], state)
-    console.print(t)
+    print_rows(console, "bulk registration tokens", ("GUID", "state", "valid from (UTC)", "valid to (UTC)"),
+               [(r["guid"], "blocked" if r["blocked"] else ("expired" if r["expired"] else "active"),
+                 _when(r["not_before"]), _when(r["not_after"])) for r in rows])
+
+
+def _when(iso: str) -> str:
+    """2026-11-25T15:45:12.123+00:00 -> 2026-11-25 15:45:12 (the listing's times are UTC)."""
+    return iso[:19].replace("T", " ")
 
 
 def _set_blocked(lab_dir: Path, guid: str, blocked: bool) -> None:

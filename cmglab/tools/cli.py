@@ -10,13 +10,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from cmglab.core.settings import Settings
 from cmglab.pki.labpki import PKIError
 from cmglab.runtime.lab import Lab, LabNotInitialised
 from cmglab.tools.bench.cli import bench as bench_command
 from cmglab.tools.bulk_token_cli import bulk_token_app
+from cmglab.tools.output import print_rows, print_value
+from cmglab.tools.processes import SERVICES
 
 app = typer.Typer(help="cmglab: an Entra ID + ConfigMgr CMG/MP lab.", no_args_is_help=True,
                   add_completion=False)
@@ -53,21 +54,36 @@ def load_lab(lab_dir: Path) -> Lab:
 def init(lab: LabOption = DEFAULT_LAB,
          force: Annotated[bool, typer.Option(help="Regenerate everything, PKI included.")] = False,
          compose: Annotated[bool, typer.Option(help="Services reach each other by DNS on 443/80.")] = False,
+         free_ports: Annotated[bool, typer.Option(
+             "--free-ports", help="Pick ports no process listens on now and write them to lab.json (and the "
+                                  "hosts mapping), so that this lab runs beside another one.")] = False,
          ) -> None:
     """Create the lab directory: config, admin token, PKI, hosts mapping. Idempotent."""
+    from cmglab.tools.labports import pick_free_ports, use_ports
+
     with console.status("creating the lab (keys take a moment)..."):
         the_lab, created = Lab.init(lab, force=force, compose=compose)
+    if free_ports:
+        use_ports(the_lab, pick_free_ports())
+        created.append("ports")
+        ports = the_lab.config.ports
+        console.print("ports: " + ", ".join(f"{k} {v}" for k, v in ports.model_dump().items()))
     if created:
         console.print(f"[green]lab ready at {the_lab.dir}[/green]; created: {', '.join(created)}")
     else:
         console.print(f"lab at {the_lab.dir} is complete; nothing changed")
 
 
+def cmg_address(lab: Lab) -> str:
+    """The CMG as a client addresses it: host name, and the port unless it is 443."""
+    return lab.url("cmg").removeprefix("https://")
+
+
 def lab_facts(lab: Lab) -> dict[str, Any]:
     c = lab.config
     services = {
         name: {"url": lab.url(name), "port": lab.port(name), "host": lab.host(name)}
-        for name in ("entra", "cmg", "management-point", "pki")
+        for name in ("entra", "cmg", "management-point", "pki", "console", "cmg-connection-point")
     }
     services["cmg"]["connector_port"] = c.ports.cmg_connector if not c.compose else 10140
     services["management-point"]["http_port"] = c.ports.management_point_http if not c.compose else 80
@@ -79,7 +95,8 @@ def lab_facts(lab: Lab) -> dict[str, Any]:
         "resolve": lab.resolve(),
         "site": {"code": c.site.code, "role_id": c.site.role_id, "hierarchy_id": c.site.hierarchy_id,
                  "allow_cmg": c.site.allow_cmg, "client_version": c.site.client_version},
-        "cmg_hostname": f"{c.hosts.cmg}/CCM_Proxy_MutualAuth/{c.site.role_id}",
+        # CCMHOSTNAME= takes the CMG's name with its port (unless 443)
+        "cmg_hostname": f"{cmg_address(lab)}/CCM_Proxy_MutualAuth/{c.site.role_id}",
         "tenants": [
             {"tenant_id": t.tenant_id, "name": t.display_name, "onboarded": t.onboarded,
              "domains": [d.name for d in t.domains],
@@ -98,34 +115,28 @@ def lab_facts(lab: Lab) -> dict[str, Any]:
 @app.command()
 def info(lab: LabOption = DEFAULT_LAB,
          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Print the lab's facts: URLs, ports, names, tenant, users, site, CA bundle, admin token."""
+    """Print the lab's facts: URLs, ports, names, tenant, users, site, CA bundle, admin token.
+    Values are never cut: a listing too wide for the terminal is printed one record per block."""
     facts = lab_facts(load_lab(lab))
     if as_json:
         typer.echo(json.dumps(facts, indent=2))
         return
-    t = Table(title="services", show_lines=False)
-    for col in ("service", "url", "port"):
-        t.add_column(col)
-    for name, s in facts["services"].items():
-        t.add_row(name, s["url"], str(s["port"]))
-    console.print(t)
-    console.print(f"site code [bold]{facts['site']['code']}[/bold], MP role ID {facts['site']['role_id']}, "
-                  f"CMG host name {facts['cmg_hostname']}")
-    users = Table(title="Entra tenants and users")
-    for col in ("tenant", "tenant ID", "onboarded", "user", "password"):
-        users.add_column(col)
-    for tenant in facts["tenants"]:
-        for u in tenant["users"]:
-            users.add_row(tenant["name"], tenant["tenant_id"], "yes" if tenant["onboarded"] else "no",
-                          u["upn"], u["password"])
-    console.print(users)
+    print_rows(console, "services", ("service", "url", "port"),
+               [(name, s["url"], str(s["port"])) for name, s in facts["services"].items()])
+    print_value(console, f"site code {facts['site']['code']}, MP role ID {facts['site']['role_id']}")
+    print_value(console, f"CMG host name (CCMHOSTNAME=): {facts['cmg_hostname']}")
+    print_value(console, "  (with its port: without it ccmsetup cannot connect, 0x80072EFD)")
+    print_rows(console, "Entra tenants", ("tenant", "tenant ID", "onboarded"),
+               [(t["name"], t["tenant_id"], "yes" if t["onboarded"] else "no") for t in facts["tenants"]])
+    print_rows(console, "Entra users", ("user", "password", "tenant"),
+               [(u["upn"], u["password"], t["name"]) for t in facts["tenants"] for u in t["users"]])
     for a in facts["domain_accounts"]:
-        console.print(f"domain account {a['name']} / {a['password']}")
-    console.print(f"CA bundle: {facts['ca_bundle']}")
-    console.print(f"admin token: {facts['admin_token_file']}")
-    console.print(f"hosts mapping ({facts['hosts_file']}):")
+        print_value(console, f"domain account {a['name']} / {a['password']}")
+    print_value(console, f"CA bundle: {facts['ca_bundle']}")
+    print_value(console, f"admin token: {facts['admin_token_file']}")
+    print_value(console, f"hosts mapping ({facts['hosts_file']}):")
     for line in facts["resolve"]:
-        console.print(f"  {line}")
+        print_value(console, f"  {line}")
 
 
 @app.command()
@@ -152,9 +163,13 @@ def pki_init(lab: LabOption = DEFAULT_LAB,
 
 
 @pki_app.command("issue-client")
-def pki_issue_client(name: str, lab: LabOption = DEFAULT_LAB,
+def pki_issue_client(name: Annotated[str, typer.Argument(
+                         help="A label of your choice: the certificate's file names under <lab>/pki, its "
+                              "subject CN and DNS name, and what `cmglab pki revoke NAME` and `pki show` use.")],
+                     lab: LabOption = DEFAULT_LAB,
                      days: Annotated[int, typer.Option(help="Validity in days.")] = 365) -> None:
-    """Issue a PKI client-authentication certificate from the issuing CA."""
+    """Issue a PKI client-authentication certificate from the issuing CA (for a device:
+    `cmglab device enrol --home DIR` issues one and puts it in the device's My store)."""
     the_lab = load_lab(lab)
     ident = the_lab.pki.issue_client(name, days=days)
     console.print(f"certificate {ident.cert_path}\nkey         {ident.key_path}")
@@ -182,31 +197,28 @@ def pki_crl(lab: LabOption = DEFAULT_LAB) -> None:
 
 @pki_app.command("show")
 def pki_show(lab: LabOption = DEFAULT_LAB,
-             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the lab's certificates with their thumbprints and revocation state."""
+             as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the lab's certificates with their thumbprints and revocation state (NAME is what
+    `cmglab pki revoke` takes)."""
     rows = load_lab(lab).pki.show()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    t = Table(title="lab certificates")
-    for col in ("name", "subject", "issuer", "thumbprint", "not after", "revoked"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["name"], r["subject"], r["issuer"], r["thumbprint"], r["not_after"][:10],
-                  r["revoked_at"][:19] if r["revoked_at"] else "")
-    console.print(t)
+    print_rows(console, "lab certificates", ("name", "subject", "issuer", "thumbprint", "not after", "revoked"),
+               [(r["name"], r["subject"], r["issuer"], r["thumbprint"], r["not_after"][:10],
+                 r["revoked_at"][:19] if r["revoked_at"] else "") for r in rows])
 
 
 def main() -> None:
     app()
 
 
-@app.command()
+@app.command(help=f"Initialise what is missing, start the lab's {len(SERVICES)} service processes on loopback "
+                  f"({', '.join(SERVICES)}), wait until they are healthy and print how to install a device. "
+                  "Ctrl-C stops everything (or `cmglab down` after --detach).")
 def up(lab: LabOption = DEFAULT_LAB,
        detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the lab running in the background.")]
        = False) -> None:
-    """Initialise what is missing, start the CRL host and the four services on loopback, print how to
-    install a device. Ctrl-C stops everything (or `cmglab down` after --detach)."""
     from cmglab.tools import orchestrate
     from cmglab.tools.processes import ServiceFailed
 
@@ -215,18 +227,14 @@ def up(lab: LabOption = DEFAULT_LAB,
     if created:
         console.print(f"created {', '.join(created)} in {the_lab.dir}")
     try:
-        with console.status("starting pki, entra, management-point, cmg, cmg-connection-point..."):
+        with console.status(f"starting {', '.join(SERVICES)}..."):
             orchestrate.start_all(the_lab, detach=detach)
     except ServiceFailed as e:
         console.print(f"[red]{e}[/red]")
         orchestrate.stop_pids(the_lab)
         raise typer.Exit(1) from e
-    t = Table(title=f"cmglab is up ({the_lab.dir})")
-    for col in ("service", "url"):
-        t.add_column(col)
-    for name in ("entra", "cmg", "management-point", "pki", "console"):
-        t.add_row(name, the_lab.url(name))
-    console.print(t)
+    print_rows(console, f"cmglab is up ({the_lab.dir})", ("service", "url"),
+               [(name, the_lab.url(name)) for name in ("entra", "cmg", "management-point", "pki", "console")])
     console.print(f"hosts mapping: {the_lab.dir / 'hosts'} (clients take it from CMGLAB_HOSTS_FILE or --resolve)")
     console.print("install a device:")
     for argv in orchestrate.device_commands(the_lab):
@@ -262,22 +270,22 @@ def down(lab: LabOption = DEFAULT_LAB) -> None:
 
 @app.command()
 def status(lab: LabOption = DEFAULT_LAB,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Each service's process and health."""
+           as_json: Annotated[bool, typer.Option(
+               "--json", help='Machine-readable: {"SERVICE": {"pid": PID or null, "health": STATE, "url": URL}}.'
+           )] = False) -> None:
+    """Each service's process and health. A service counts as healthy only when what answers at its
+    address is this lab (it knows this lab's ID); exits 1 unless every service is healthy."""
     from cmglab.tools import orchestrate
 
     the_lab = load_lab(lab)
     pids = orchestrate.running_pids(the_lab)
     states = orchestrate.health(the_lab)
     if as_json:
-        typer.echo(json.dumps({s: {"pid": pids.get(s), "health": h} for s, h in states.items()}, indent=2))
+        typer.echo(json.dumps({s: {"pid": pids.get(s), "health": h, "url": the_lab.url(s)}
+                               for s, h in states.items()}, indent=2))
     else:
-        t = Table(title="cmglab status")
-        for col in ("service", "pid", "health", "url"):
-            t.add_column(col)
-        for s, h in states.items():
-            t.add_row(s, str(pids.get(s, "")), h, the_lab.url(s))
-        console.print(t)
+        print_rows(console, f"cmglab status ({the_lab.dir})", ("service", "pid", "health", "url"),
+                   [(s, str(pids.get(s, "-")), h, the_lab.url(s)) for s, h in states.items()])
     if any(h != "healthy" for h in states.values()):
         raise typer.Exit(1)
 

@@ -35,7 +35,9 @@ def _lab(path: Path) -> Lab:
 
 @app.command()
 def create(home: HomeOption, lab: LabOption = Path(".cmglab"),
-           name: Annotated[str | None, typer.Option(help="Computer name (NetBIOS).")] = None,
+           name: Annotated[str | None, typer.Option(
+               help="Computer name (NetBIOS, 15 characters); default: the device directory's name "
+                    "(./device01 -> DEVICE01).")] = None,
            root_ca: Annotated[bool, typer.Option("--root-ca/--no-root-ca",
                                                  help="Put the lab CA bundle in the Root store.")] = True,
            domain: Annotated[bool, typer.Option("--domain", help="Join the lab's AD domain.")] = False,

@@ -83,14 +83,33 @@ def health(lab: Lab, services: tuple[str, ...] = SERVICES, address: str | None =
     process listening there answers (replicas share their service's name)."""
     out = {}
     pinned = [f"{lab.host(s)}:{lab.port(s)}:{address}" for s in services] if address else []
+    lab_id = lab.lab_id()
     with LabProcesses(lab).client(pinned) as c:
         for service in services:
             try:
                 reply = c.get(f"{lab.url(service)}/_lab/health")
-                out[service] = "healthy" if reply.status_code == 200 else f"HTTP {reply.status_code}"
+            except httpx.ConnectError as e:
+                # a certificate this lab's CA did not sign: another lab (or program) holds the port
+                out[service] = ("another lab answers (certificate not from this lab's CA)"
+                                if "CERTIFICATE_VERIFY_FAILED" in str(e) else "down (nothing listens)")
+                continue
             except httpx.HTTPError as e:
                 out[service] = f"down ({type(e).__name__})"
+                continue
+            out[service] = health_state(reply, lab_id)
     return out
+
+
+def health_state(reply: httpx.Response, lab_id: str) -> str:
+    if reply.status_code != 200:
+        return f"HTTP {reply.status_code}"
+    try:
+        answered = reply.json().get("lab_id")
+    except (ValueError, AttributeError):
+        answered = None
+    if answered != lab_id:
+        return f"another lab answers (its lab ID is {answered or 'missing'})"
+    return "healthy"
 
 
 def device_commands(lab: Lab, home: str = "./device01") -> list[list[str]]:

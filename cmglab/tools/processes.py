@@ -101,14 +101,29 @@ class LabProcesses:
             self.wait_healthy([name], timeout=timeout)
         return sp
 
+    def __enter__(self) -> LabProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
     def ensure(self, *names: str) -> None:
-        """Start those services (in the lab's start order) unless they already run."""
+        """Start those services (in the lab's start order) unless they already run. When one fails to
+        start (or the channel never comes up), the ones this call started are stopped before it raises:
+        a failed start leaves nothing running behind."""
         wanted = [n for n in SERVICES if n in names]
-        for name in wanted:
-            self.start(name, wait=False)
-        self.wait_healthy(wanted)
-        if "cmg-connection-point" in wanted:
-            self.wait_channel()
+        before = {n for n, sp in self.procs.items() if sp.alive()}
+        try:
+            for name in wanted:
+                self.start(name, wait=False)
+            self.wait_healthy(wanted)
+            if "cmg-connection-point" in wanted:
+                self.wait_channel()
+        except BaseException:
+            for name in reversed(wanted):
+                if name not in before:
+                    self.stop(name)
+            raise
 
     def wait_channel(self, timeout: float = 30) -> None:
         """Healthy is not ready for the CMG: wait until a connection point has connected and published

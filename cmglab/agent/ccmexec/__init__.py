@@ -39,6 +39,13 @@ def choose_mp(client: CcmClient) -> ManagementPoint | None:
     return rotate_internet_mp(client, [loc_log, cl_log])
 
 
+def cycle_summary(state: ClientState, mp: ManagementPoint, policies: int) -> str:
+    """The one line a successful cycle prints (CcmExec itself is a silent service; the lab says what it did)."""
+    where = f"internet, through the CMG {mp.name}" if mp.internet else f"intranet, MP {mp.name}"
+    return (f"ccmexec: cycle complete: client {state.sms_id or 'not registered'} (approval {state.approval}, "
+            f"auth {state.auth_mode or 'none'}), {where}, {policies} policies applied")
+
+
 def cycle(device: Device, resolve: list[str]) -> int:
     state = ClientState.load(device)
     if state is None or not state.installed:
@@ -57,8 +64,9 @@ def cycle(device: Device, resolve: list[str]) -> int:
             reg_log.info("The client's unique token is due for its monthly renewal")
             if mp.token_auth:
                 client.renew_token(mp, reg_log)
-        PolicyAgent(client).evaluate(mp)
+        policies = PolicyAgent(client).evaluate(mp)
         log.info("CcmExec cycle complete")
+        print(cycle_summary(state, mp, policies))
         return 0
     except (MessagingError, TokenUnavailable, RegistrationFailed) as e:
         log.error(f"CcmExec cycle failed: {e}")

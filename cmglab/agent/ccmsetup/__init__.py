@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cmglab.agent.ccmsetup.cmdline import USAGE, CommandLineError, ExitCode, parse
 from cmglab.agent.device import Device, DeviceError
+from cmglab.core.logs import last_cmtrace_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     from cmglab.agent.ccmsetup.installer import Installer, lock, uninstall
 
     log = device.ccmsetup_log()
-    log.info(f"==========[ ccmsetup started in process {os.getpid()} ]==========")
+    started = f"==========[ ccmsetup started in process {os.getpid()} ]=========="
+    log.info(started)
     log.info(f"Running on '{platform.system()} {platform.release()}' as lab device '{device.info.name}'")
     log.info(f"Command line: ccmsetup {args.redacted()}")
     held = lock(device)
@@ -43,5 +45,15 @@ def main(argv: list[str] | None = None) -> int:
             held.close()
     log.info(f"CcmSetup is exiting with return code {int(code)}")
     device.close_logs()
-    print(f"ccmsetup: exit code {int(code)}; log {device.ccmsetup_log_path}", file=sys.stderr)
+    print(exit_summary(int(code), device.ccmsetup_log_path, started), file=sys.stderr)
     return int(code)
+
+
+def exit_summary(code: int, log_path: Path, started: str) -> str:
+    """The line ccmsetup prints as it exits. ccmsetup.exe prints nothing; the lab adds the reason (this
+    run's last error in the log) so that a failure says why without opening the log."""
+    line = f"ccmsetup: exit code {code}"
+    reason = last_cmtrace_error(log_path, since=started) if code != 0 else None
+    if reason:
+        line += f": {' '.join(reason.split())}"
+    return f"{line}; log {log_path}"

@@ -32,16 +32,28 @@ def _normalise(argv: list[str]) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dsregcmd", description="Device registration (Entra join) for a lab device.")
-    group = p.add_mutually_exclusive_group(required=True)
+    # the actions are shown the Windows way (/join); --join is accepted too
+    p = argparse.ArgumentParser(
+        prog="dsregcmd", formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="dsregcmd /join | /leave | /status | /cleanupaccounts [/debug] [/hybrid] [options]",
+        description="Device registration (Entra join) for a lab device.\n\n"
+                    "actions (one of):\n"
+                    "  /join              join the device to Entra (--username UPN --password PW)\n"
+                    "  /join /hybrid      hybrid join (JoinType 6) of a domain-joined device (--tenant)\n"
+                    "  /leave             leave Entra\n"
+                    "  /status            print the device state (AzureAdJoined, DeviceId, TenantId, ...)\n"
+                    "  /cleanupaccounts   remove the signed-in user's WAM account\n"
+                    "  /debug             with /join: print each join stage",
+        epilog="example: dsregcmd /join --home ./device01 --username alice@lab.test --password '<from cmglab info>'")
+    group = p.add_mutually_exclusive_group()  # one is required: main() says so in the Windows words
     for action in ACTIONS:
-        group.add_argument(f"--{action}", action="store_true", help=f"/{action}")
-    p.add_argument("--debug", action="store_true", help="/debug: print each join stage")
+        group.add_argument(f"--{action}", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--home", type=Path, help="the device directory (default $CMGLAB_DEVICE_HOME)")
     p.add_argument("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR")
     p.add_argument("--username", help="UPN of the user who joins the device")
     p.add_argument("--password", help="that user's password")
-    p.add_argument("--hybrid", action="store_true", help="hybrid join (JoinType 6) of a domain-joined device")
+    p.add_argument("--hybrid", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tenant", help="hybrid join: the tenant the service connection point names (domain or ID)")
     return p
 
@@ -107,7 +119,10 @@ def status(device: Device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(_normalise(sys.argv[1:] if argv is None else argv))
+    p = parser()
+    args = p.parse_args(_normalise(sys.argv[1:] if argv is None else argv))
+    if not any(getattr(args, action) for action in ACTIONS):
+        p.error("one action is required: /join, /leave, /status or /cleanupaccounts")
     try:
         device = Device.open(args.home)
     except DeviceError as e:
