@@ -26,8 +26,18 @@ class Settings(BaseSettings):
     hosts_file: Path | None = None
     # check client certificates against the lab CRLs on listeners that take them
     crl_check: bool = True
-    # largest request or reply body a service accepts or forwards
+    # largest request or reply body a service accepts or forwards (413 while reading, before any authentication)
     max_body_bytes: int = 16 * 1024 * 1024
+    # every listener: longest request line (414) and request head, request line and header fields (431)
+    max_url_bytes: int = 16 * 1024
+    max_header_bytes: int = 64 * 1024
+    # seconds from a request head's first byte to its end (408; slowloris), and for a TLS handshake
+    head_timeout: float = 20.0
+    tls_handshake_timeout: float = 10.0
+    # per process, all listeners: open connections (past it new ones are closed at once), and of them how many
+    # may be in their TLS handshake (past it the oldest is dropped for the newcomer)
+    max_connections: int = 20_000
+    max_handshakes: int = 1_000
     # how long the CMG waits for a connection point's reply, and the point for the MP
     upstream_timeout: float = 30.0
     # connection point <-> CMG channel heartbeat and reconnect backoff

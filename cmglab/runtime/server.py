@@ -18,7 +18,10 @@ from typing import Any, Literal
 
 import uvicorn
 
+from cmglab.core.settings import Settings
 from cmglab.runtime import sockets
+from cmglab.runtime.acceptor import Acceptor, Budget
+from cmglab.runtime.limits import H11HeadLimits, HttpToolsHeadLimits, Limits, limit_body
 from cmglab.runtime.tls import (
     ClientCertMode,
     TLSScopeH11Protocol,
@@ -62,13 +65,70 @@ class Service:
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
+class _H11Protocol(H11HeadLimits, TLSScopeH11Protocol):
+    pass
+
+
+class _HttpToolsProtocol(HttpToolsHeadLimits, TLSScopeHttpToolsProtocol):
+    pass
+
+
+def limits_from(settings: Settings, listener: str = "") -> Limits:
+    return Limits(max_header_bytes=settings.max_header_bytes, max_url_bytes=settings.max_url_bytes,
+                  max_body_bytes=settings.max_body_bytes, head_timeout=settings.head_timeout,
+                  idle_timeout=KEEP_ALIVE_TIMEOUT, listener=listener)
+
+
+FD_HEADROOM = 256  # descriptors kept for the database, logs, upstream calls and the listeners themselves
+
+
+def budget_from(settings: Settings) -> Budget:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    most = settings.max_connections if soft == resource.RLIM_INFINITY else max(soft - FD_HEADROOM, 64)
+    return Budget(max_connections=min(settings.max_connections, most),
+                  max_handshakes=min(settings.max_handshakes, settings.max_connections),
+                  handshake_timeout=settings.tls_handshake_timeout)
+
+
 class _Server(uvicorn.Server):
+    """A uvicorn server whose listening socket is served by an `Acceptor` (connection budget, handshake
+    timeout) instead of `loop.create_server`."""
+
+    def __init__(self, config: uvicorn.Config, budget: Budget, name: str) -> None:
+        super().__init__(config)
+        self.budget, self.name = budget, name
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:  # run_service owns the signals
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the application's startup failed
+        config = self.config
 
-def _config(listener: Listener, access_log: bool) -> uvicorn.Config:
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state)
+
+        self.budget.established.append(self.server_state.connections)
+        acceptors = [Acceptor(sock, create_protocol, config.ssl, self.budget, config.backlog, self.name)
+                     for sock in sockets or []]
+        for a in acceptors:
+            a.start()
+        self.servers = acceptors  # type: ignore[assignment]  # close() and wait_closed() are all uvicorn uses
+        self.started = True
+
+
+# IIS's connection timeout (120 s), not uvicorn's 5 s: a CMG holds its clients' idle keep-alive
+# connections (a real CMG VM instance: 6,000 of them), it does not make them reconnect
+KEEP_ALIVE_TIMEOUT = 120
+
+
+def _config(listener: Listener, access_log: bool, limits: Limits) -> uvicorn.Config:
     kwargs: dict[str, Any] = {}
     tls = listener.tls
     if tls is not None:
@@ -77,15 +137,16 @@ def _config(listener: Listener, access_log: bool) -> uvicorn.Config:
                                   client_cert=tls.client_cert, client_ca=tls.client_ca,
                                   crl_files=tls.crl_files, crl_check=tls.crl_check)
         kwargs["ssl_context_factory"] = factory
+    base = _H11Protocol if listener.http == "h11" else _HttpToolsProtocol
+    protocol = type(base.__name__, (base,), {"limits": limits})  # this listener's limits
     return uvicorn.Config(
-        listener.app, host=listener.host, port=listener.port,
-        http=TLSScopeH11Protocol if listener.http == "h11" else TLSScopeHttpToolsProtocol,
+        limit_body(listener.app, limits), host=listener.host, port=listener.port, http=protocol,
+        # ours (limits.py) answers 431 first; h11's own limit would answer a bare 400
+        h11_max_incomplete_event_size=limits.max_header_bytes + 4096,
         ws=TLSScopeWSProtocol,  # WebSocket upgrades see the client certificate too (CMG connector)
         loop="uvloop", lifespan="on", access_log=access_log, log_level="warning",
         timeout_graceful_shutdown=5, proxy_headers=False, server_header=False,
-        # IIS's connection timeout (120 s), not uvicorn's 5 s: a CMG holds its clients' idle keep-alive
-        # connections (a real CMG VM instance: 6,000 of them), it does not make them reconnect
-        timeout_keep_alive=120, **kwargs,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT, **kwargs,
     )
 
 
@@ -115,10 +176,13 @@ def listening_sockets(service: Service) -> list[socket.socket]:
     return made
 
 
-async def serve(service: Service, *, access_log: bool = False,
-                stop: asyncio.Event | None = None) -> None:
+async def serve(service: Service, *, access_log: bool = False, stop: asyncio.Event | None = None,
+                settings: Settings | None = None) -> None:
+    settings = settings or Settings()
     bound = listening_sockets(service)
-    servers = [_Server(_config(listener, access_log)) for listener in service.listeners]
+    budget = budget_from(settings)  # one per process: descriptors are the process'
+    servers = [_Server(_config(listener, access_log, limits_from(settings, listener.name)), budget, listener.name)
+               for listener in service.listeners]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,207 @@
+"""Request limits enforced while reading, before any application code or authentication runs.
+
+- The request head (request line and header fields) is counted as its bytes arrive, ahead of the HTTP parser:
+  over `max_url_bytes` on the request line answers 414, over `max_header_bytes` for the whole head 431, and the
+  connection closes. Neither llhttp (httptools) nor h11 bound a head by itself the way we need (httptools has no
+  limit at all: 256 MiB of headers were once answered 200).
+- A head must arrive within `head_timeout` of its first byte (408), and a new connection must start one within
+  `idle_timeout` (closed silently): half-sent heads no longer hold connections forever (slowloris).
+- A body over `max_body_bytes` answers 413: at once from Content-Length, or as soon as a chunked body passes the
+  cap (the application never buffers more).
+
+Every refusal is logged (`cmglab.limits`) with the peer and the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+
+log = logging.getLogger("cmglab.limits")
+
+REASONS = {408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
+           431: "Request Header Fields Too Large"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 64 * 1024
+    max_url_bytes: int = 16 * 1024
+    max_body_bytes: int = 16 * 1024 * 1024
+    head_timeout: float = 20.0
+    idle_timeout: float = 120.0
+    listener: str = ""
+
+
+def plain_response(status: int, detail: str) -> bytes:
+    body = f"{status} {REASONS[status]}: {detail}\n".encode()
+    return (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+class _HeadLimitsMixin:
+    """For uvicorn's HTTP protocols: counts each request head's bytes before the parser sees them."""
+
+    limits: Limits
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    client: tuple[str, int] | None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_reset()
+        self._arm(self.limits.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(delay, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_reset(self) -> None:
+        """The next bytes begin a new request head."""
+        self._reading_head, self._head_bytes, self._carry, self._line_done = True, 0, b"", False
+
+    def _head_done(self) -> None:
+        self._reading_head = False
+        self._disarm()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self._reading_head and self._head_bytes:
+            self._refuse(408, f"request head not complete within {self.limits.head_timeout:g} s")
+        else:  # a connection that never sent anything
+            self.transport.close()
+
+    def _refuse(self, status: int, detail: str) -> None:
+        log.warning("%s: refused %s from %s: %s", self.limits.listener, status,
+                    self.client[0] if self.client else "?", detail)
+        self._reading_head = False
+        self._disarm()
+        self.transport.write(plain_response(status, detail))
+        self.transport.close()
+
+    def _head_within_limits(self, data: bytes) -> bool:
+        if self._head_bytes == 0 and not self._carry:
+            data_start = len(data) - len(data.lstrip(b"\r\n"))  # empty lines before a request are allowed
+            if data_start == len(data):
+                return True
+            self._arm(self.limits.head_timeout)
+        else:
+            data_start = 0
+        buf = self._carry + data
+        base = self._head_bytes - len(self._carry)  # where buf[0] lies in this head
+        if not self._line_done:
+            nl = buf.find(b"\n", data_start)
+            line = base + (nl if nl >= 0 else len(buf)) - data_start
+            if line > self.limits.max_url_bytes:
+                self._refuse(414, f"request line over {self.limits.max_url_bytes} bytes")
+                return False
+            self._line_done = nl >= 0
+        end = buf.find(b"\r\n\r\n")
+        head = base + (end + 4 if end >= 0 else len(buf))
+        if head > self.limits.max_header_bytes:
+            self._refuse(431, f"request head over {self.limits.max_header_bytes} bytes")
+            return False
+        self._head_bytes += len(data)
+        self._carry = buf[-3:]
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_head and not self._head_within_limits(data):
+            return
+        super().data_received(data)  # type: ignore[misc]
+        self._after_feed()
+
+    def _after_feed(self) -> None:
+        pass
+
+
+class HttpToolsHeadLimits(_HeadLimitsMixin):
+    def on_headers_complete(self) -> None:
+        self._head_done()
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def on_message_complete(self) -> None:  # a pipelined next head is counted from here
+        super().on_message_complete()  # type: ignore[misc]
+        self._head_reset()
+
+
+class H11HeadLimits(_HeadLimitsMixin):
+    conn: h11.Connection
+
+    def _after_feed(self) -> None:
+        if self._reading_head and self.conn.their_state is not h11.IDLE:
+            self._head_done()
+
+    def on_response_complete(self) -> None:  # h11 holds a pipelined head until here (uvicorn pauses reading)
+        self._head_reset()
+        super().on_response_complete()  # type: ignore[misc]
+        self._after_feed()
+
+
+def limit_body(app: Any, limits: Limits) -> Any:
+    """ASGI wrapper: 413 for a body over the cap, before the application has buffered more than the cap."""
+    cap = limits.max_body_bytes
+
+    async def refuse(send: Any, scope: Any, detail: str) -> None:
+        client = scope.get("client") or ("?",)
+        log.warning("%s: refused 413 from %s: %s", limits.listener, client[0], detail)
+        body = f"413 {REASONS[413]}: {detail}\n".encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def limited(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > cap:
+            await refuse(send, scope, f"body of {int(length)} bytes over {cap}")
+            return
+        received, refused, started = 0, False, False
+
+        async def counted_receive() -> Any:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > cap:
+                    refused = True
+                    if not started:
+                        await refuse(send, scope, f"body over {cap} bytes")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            nonlocal started
+            if refused:  # the 413 went out; the application's answer to a cut-off body does not
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
+
+    return limited
