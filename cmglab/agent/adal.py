@@ -1,8 +1,9 @@
 """ADALOperationProvider: Entra tokens for the ConfigMgr client through WAM (seed 001).
 
 The device token comes first: a jwt-bearer request signed with the Entra device key (the WPJ
-certificate). When it fails the client falls back to a token of the signed-in user (the WAM account
-dsregcmd kept at join), also signed with the device key so that it names the device. Neither → stop.
+certificate). When it fails the client falls back to a token of the signed-in user: WAM asks for it with
+the user's primary refresh token (agent/prt.py; renewed first when 4 hours old), so that it names the
+device too. Neither → stop.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from cmglab.agent.device import SYSTEM_SID, Device
 from cmglab.agent.dsregcmd.join import join_state, wam_account
 from cmglab.agent.entra import EntraClient, EntraError, TokenReply
 from cmglab.agent.network import NetworkError, classify
+from cmglab.agent.prt import PrtClient, fresh
+from cmglab.agent.prt import load as load_prt
+from cmglab.agent.prt import valid as prt_valid
 
 # the HRESULTs WAM reports
 NTE_BAD_KEYSET = 0xD0090016  # seed 001: "AAD WAM extension error" (no usable device key)
@@ -103,15 +107,18 @@ class AdalOperationProvider:
         account = wam_account(self.device)
         user_sid = (account or {}).get("onprem_sid") or (account or {}).get("object_id") or "<none>"
         self.log.info(f"Falling back to get user '{user_sid}' token for system...")
-        if account is None:
-            self.log.error("Failed to get AAD (user) token: no Azure AD account is signed in to WAM on this device.")
+        record = load_prt(self.device)
+        if account is None or not prt_valid(record):
+            self.log.error("Failed to get AAD (user) token: no Azure AD account with a primary refresh token is "
+                           "signed in to WAM on this device.")
             raise AadTokenError("neither a device nor a user token is available", WAM_NO_ACCOUNT)
+        assert record is not None
         self.log.info(f"Getting AAD (user) token with: ClientId = {client_id}, ResourceUrl = {resource}, "
                       f"AccountId = {account.get('object_id')}")
         try:
-            reply = self.entra.device_user_token(str(tenant), cert.cert(), cert.key(), client_id=client_id,
-                                                 resource=resource, username=account["upn"],
-                                                 password=account["password"])
+            prt_client = PrtClient(self.entra)
+            record = fresh(self.device, prt_client, record)
+            reply = prt_client.token(record, client_id=client_id, resource=resource)
         except (EntraError, httpx.HTTPError) as e:
             err = e if isinstance(e, EntraError) else classify(e)
             hr = _hresult(err)

@@ -162,15 +162,6 @@ class EntraClient:
             "redirect_uri": f"ms-appx-web://Microsoft.AAD.BrokerPlugin/{client_id}", "iss": "aad:brokerplugin",
         }, "device token")
 
-    def device_user_token(self, tenant: str, cert: x509.Certificate, key: rsa.RSAPrivateKey, *, client_id: str,
-                          resource: str, username: str, password: str) -> TokenReply:
-        """A user token bound to the device (WAM signs the request with the device key: `deviceid` claim)."""
-        return self.device_signed_request(tenant, cert, key, {
-            "resource": resource, "client_id": client_id, "win_ver": OS_VERSION, "grant_type": "password",
-            "username": username, "password": password, "scope": "openid",
-            "redirect_uri": f"ms-appx-web://Microsoft.AAD.BrokerPlugin/{client_id}", "iss": "aad:brokerplugin",
-        }, "user token")
-
     # -- DRS ----------------------------------------------------------------------------------
     def _drs_headers(self) -> dict[str, str]:
         return {"User-Agent": USER_AGENT, "ocp-adrs-client-name": "Dsreg", "ocp-adrs-client-version": "10.0",

@@ -1,13 +1,14 @@
 """dsregcmd's command line: `/join`, `/leave`, `/status`, `/cleanupaccounts` (or `--join`, ...), with
 `/debug` echoing the join stages. Lab options: `--home DIR`, `--resolve HOST:PORT:ADDR`,
-`--username UPN --password PW` (the user who signs in to join), `--hybrid [--tenant DOMAIN]`.
+`--username UPN --password PW` (the user who signs in to join), `--hybrid [--tenant DOMAIN]`, and
+`/signin --username UPN --password PW` (a user signs in on the joined device: a primary refresh token).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,12 @@ from cmglab.agent.device import Device, DeviceError
 from cmglab.agent.dsregcmd.join import Joiner, JoinError, join_state, wam_account
 from cmglab.agent.entra import EntraError
 from cmglab.agent.network import DeviceNetwork, NetworkError, classify
+from cmglab.agent.prt import forget as forget_prt
+from cmglab.agent.prt import load as load_prt
+from cmglab.agent.prt import valid as prt_valid
 from cmglab.core.logs import cmtrace_logger
 
-ACTIONS = ("join", "leave", "status", "cleanupaccounts")
+ACTIONS = ("join", "leave", "status", "cleanupaccounts", "signin")
 
 
 def _normalise(argv: list[str]) -> list[str]:
@@ -74,6 +78,20 @@ def _validity(cert: Any) -> str:
     return f"[ {fmt(cert.not_valid_before_utc)} -- {fmt(cert.not_valid_after_utc)} ]"
 
 
+def _utc(stamp: int) -> str:
+    return f"{datetime.fromtimestamp(stamp, UTC):%Y-%m-%d %H:%M:%S}.000 UTC"
+
+
+def sso_state(device: Device | None) -> list[str]:
+    """AzureAdPrt YES only with a PRT that has not expired; its times and authority as dsregcmd shows them."""
+    record = load_prt(device) if device is not None else None
+    if record is None or not prt_valid(record):
+        return [_row("AzureAdPrt", "NO"), _row("EnterprisePrt", "NO")]
+    return [_row("AzureAdPrt", "YES"), _row("AzureAdPrtUpdateTime", _utc(record.updated_at)),
+            _row("AzureAdPrtExpiryTime", _utc(record.expires_at)), _row("AzureAdPrtAuthority", record.authority),
+            _row("EnterprisePrt", "NO"), _row("EnterprisePrtAuthority", "")]
+
+
 def status(device: Device) -> str:
     state = join_state(device) or {}
     info = device.info
@@ -111,7 +129,7 @@ def status(device: Device) -> str:
     if account:
         lines += [_row("WamDefaultAuthority", "organizations"), _row("WamDefaultId", "https://login.microsoft.com"),
                   _row("WamDefaultGUID", "{B16898C6-A148-4967-9171-64D755DA8520} (AzureAd)")]
-    lines += ["", *_box("SSO State"), _row("AzureAdPrt", "YES" if account else "NO")]
+    lines += ["", *_box("SSO State"), *sso_state(device if joined else None)]
     if hybrid:
         lines.append(_row("OnPremTgt", "NO"))
     lines.append("")
@@ -137,7 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cleanupaccounts:
             device.wam_path.unlink(missing_ok=True)
+            forget_prt(device)
             print("WAM accounts were deleted.")
+            return 0
+        if args.signin:
+            if not args.username or not args.password:
+                print("dsregcmd: /signin needs --username UPN --password PASSWORD", file=sys.stderr)
+                return 2
+            record = joiner.sign_in(args.username, args.password)
+            print(f"{args.username} signed in: primary refresh token from {record.authority}.")
             return 0
         if args.leave:
             state = joiner.leave()

@@ -9,8 +9,11 @@ F  device key + transport key, CSR signed with the device key
 G  POST <JoinEndpoint>?api-version=2.0                          JoinType 0 (4 = register, 6 = hybrid)
 H  device certificate (CN=<deviceId>) into the My store, join state saved
 
-The signed-in user's account is kept for WAM (protected): the ADAL stand-in uses it for the user-token
-fallback, like the PRT a Windows sign-in leaves behind. `dsregcmd /cleanupaccounts` removes it.
+The user who joins signs in (as the first sign-in after a Windows join does): the device asks for a
+primary refresh token with the user's password, signed with the new device key, and keeps it sealed
+(agent/prt.py); the WAM account names that user (no password is kept). The ADAL stand-in uses the PRT for
+the user-token fallback. `dsregcmd /cleanupaccounts` removes both; `dsregcmd /signin` (lab) signs a user in
+on a joined device (a hybrid device has no user at join).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from cmglab.agent import prt as prts
 from cmglab.agent.certstore import MY
 from cmglab.agent.device import Device
 from cmglab.agent.entra import (
@@ -38,8 +42,9 @@ from cmglab.agent.entra import (
     transport_key_blob,
 )
 from cmglab.agent.keys import new_key
-from cmglab.agent.network import DeviceNetwork
+from cmglab.agent.network import DeviceNetwork, NetworkError
 from cmglab.agent.protect import write_private
+from cmglab.agent.prt import PrtClient
 from cmglab.pki.builders import name as x509_name
 from cmglab.pki.builders import self_signed, sha1_thumbprint
 from cmglab.wire import tracing
@@ -107,10 +112,32 @@ class Joiner:
             self.log.info(f"Stage G: device registration request to {endpoint} (JoinType 0)")
             reply = entra.join(endpoint, drs_token.access_token, body)
         state = self._complete(reply, device_key, transport_key, discovery, tenant_id, "AzureAdJoined")
-        account = {"upn": username, "password": password, "object_id": drs_token.claims.get("oid"),
-                   "tenant_id": tenant_id, "onprem_sid": drs_token.claims.get("onprem_sid")}
-        self.device.dpapi.save(self.device.wam_path, account, WAM_PURPOSE)
+        try:
+            self.sign_in(username, password)
+        except (EntraError, NetworkError, OSError) as e:  # joined all the same: the PRT comes at the next sign-in
+            self.log.warning(f"The user signed in without a primary refresh token: {e}")
         return state
+
+    def sign_in(self, username: str, password: str) -> prts.PrtRecord:
+        """A user signs in on the joined device: CloudAP asks for a PRT with the password, signed with the
+        device key, unwraps the session key with the transport key, keeps both sealed; WAM gets the account."""
+        state = join_state(self.device)
+        cert = self.device.stores.device_cert()
+        if state is None or cert is None:
+            raise JoinError("This device is not joined to Azure AD: run `dsregcmd /join` first")
+        transport = serialization.load_pem_private_key(self.device.transport_key_path.read_bytes(), None)
+        assert isinstance(transport, rsa.RSAPrivateKey)
+        with self.network.client() as http:
+            self.log.info(f"Requesting a primary refresh token for '{username}' (scope openid aza ugs)")
+            record = PrtClient(self._client(http)).acquire(str(state["TenantId"]), cert.cert(), cert.key(), transport,
+                                                           username=username, password=password)
+        prts.save(self.device, record)
+        account = {"upn": username, "object_id": record.object_id, "tenant_id": record.tenant_id,
+                   "onprem_sid": record.onprem_sid}
+        self.device.dpapi.save(self.device.wam_path, account, WAM_PURPOSE)
+        self.log.info(f"Primary refresh token acquired for '{username}': authority {record.authority}, expires "
+                      f"{datetime.fromtimestamp(record.expires_at, UTC):%Y-%m-%d %H:%M:%S} UTC")
+        return record
 
     def hybrid_join(self, tenant: str) -> dict[str, Any]:
         """Hybrid join (JoinType 6, managed): the computer authenticates with the private key of the
@@ -208,3 +235,4 @@ class Joiner:
             self.device.stores.remove(MY, cert.thumbprint)
         for path in (self.device.join_path, self.device.transport_key_path, self.device.wam_path):
             path.unlink(missing_ok=True)
+        prts.forget(self.device)
