@@ -105,6 +105,17 @@ class Site(BaseModel):
     network_access_account: NetworkAccessAccount = NetworkAccessAccount()
 
 
+class DistributionPoint(BaseModel):
+    """The DP's properties in the console (Distribution point properties, General tab)."""
+
+    # "Allow clients to connect anonymously": off (the default) asks Windows authentication of every
+    # content request (a domain account or the network access account)
+    allow_anonymous: bool = False
+    # HTTPS instead of HTTP: the content vdirs then require SSL and a PKI client certificate
+    # (NOCERT_SMS_DP_SMSPKG$ does not ask for the certificate)
+    https: bool = False
+
+
 class Hosts(BaseModel):
     entra: list[str] = [
         "login.microsoftonline.com",
@@ -119,6 +130,7 @@ class Hosts(BaseModel):
     management_point: str = "mp.corp.lab.test"
     pki: str = "pki.lab.test"
     console: str = "console.lab.test"
+    distribution_point: str = "dp.corp.lab.test"
     # compose service names, added to the server certificates
     compose: dict[str, str] = {
         "entra": "entra",
@@ -127,6 +139,7 @@ class Hosts(BaseModel):
         "cmg-connection-point": "cmg-connection-point",
         "pki": "pki",
         "console": "console",
+        "distribution-point": "distribution-point",
     }
 
     def compose_name(self, service: str) -> str:
@@ -143,6 +156,8 @@ class Ports(BaseModel):
     pki: int = 8081
     cmg_connection_point: int = 8446  # its admin listener (plain HTTP, internal network only)
     console: int = 8447  # the lab console (HTTPS)
+    distribution_point: int = 8448  # the DP's HTTPS binding
+    distribution_point_http: int = 8082  # the DP's HTTP binding
 
 
 class LabConfig(BaseModel):
@@ -153,6 +168,7 @@ class LabConfig(BaseModel):
     active_directory: ActiveDirectory
     hosts: Hosts = Hosts()
     ports: Ports = Ports()
+    distribution_point: DistributionPoint = DistributionPoint()
     bind_address: str = "127.0.0.1"
     compose: bool = False  # services reach each other by DNS on 443/80 instead of the hosts file
 

@@ -29,7 +29,7 @@ MS_ORG_ACCESS_NAME = x509.Name([
 ])
 LAB_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cmglab")
 
-SERVER_SERVICES = ("entra", "cmg", "management-point", "console")
+SERVER_SERVICES = ("entra", "cmg", "management-point", "console", "distribution-point")
 CA_NAMES = ("root-ca", "issuing-ca")
 CRL_BACKDATE = timedelta(minutes=10)
 
@@ -201,6 +201,7 @@ class LabPKI:
             "cmg": [hosts.cmg],
             "management-point": [hosts.management_point],
             "console": [hosts.console],
+            "distribution-point": [hosts.distribution_point],
         }[service]
         return [*names, hosts.compose_name(service), "localhost", "127.0.0.1"]
 

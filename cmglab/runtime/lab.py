@@ -29,6 +29,7 @@ SERVICE_HOSTS = {
     "cmg-connection-point": "cmg_connection_point",
     "pki": "pki",
     "console": "console",
+    "distribution-point": "distribution_point",
 }
 
 
@@ -123,6 +124,8 @@ class Lab:
             f"{c.hosts.pki}:{c.ports.pki}:{addr}",
             f"{c.hosts.cmg_connection_point}:{c.ports.cmg_connection_point}:{addr}",
             f"{c.hosts.console}:{c.ports.console}:{addr}",
+            f"{c.hosts.distribution_point}:{c.ports.distribution_point}:{addr}",
+            f"{c.hosts.distribution_point}:{c.ports.distribution_point_http}:{addr}",
         ]
         return entries
 

@@ -25,6 +25,7 @@ pki_app = typer.Typer(help="The lab PKI: CAs, certificates, CRLs.", no_args_is_h
 app.add_typer(pki_app, name="pki")
 app.add_typer(importlib.import_module("cmglab.tools.devicecli").app, name="device")
 app.add_typer(bulk_token_app, name="bulk-token")
+app.add_typer(importlib.import_module("cmglab.tools.contentcli").app, name="content")
 app.command("bench")(bench_command)
 app.add_typer(importlib.import_module("cmglab.tools.fleet.cli").app, name="fleet")
 console = Console()
@@ -36,6 +37,7 @@ SERVICE_MODULES = {
     "management-point": "cmglab.services.management_point.service",
     "pki": "cmglab.services.crl_host.service",
     "console": "cmglab.services.console.service",
+    "distribution-point": "cmglab.services.distribution_point.service",
 }
 
 LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
@@ -234,7 +236,8 @@ def up(lab: LabOption = DEFAULT_LAB,
         orchestrate.stop_pids(the_lab)
         raise typer.Exit(1) from e
     print_rows(console, f"cmglab is up ({the_lab.dir})", ("service", "url"),
-               [(name, the_lab.url(name)) for name in ("entra", "cmg", "management-point", "pki", "console")])
+               [(name, the_lab.url(name)) for name in ("entra", "cmg", "management-point", "distribution-point",
+                                                                      "pki", "console")])
     console.print(f"hosts mapping: {the_lab.dir / 'hosts'} (clients take it from CMGLAB_HOSTS_FILE or --resolve)")
     console.print("install a device:")
     for argv in orchestrate.device_commands(the_lab):

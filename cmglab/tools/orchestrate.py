@@ -22,6 +22,7 @@ LOG_FILES = {
     "cmg": ["CMGService.log"],
     "cmg-connection-point": ["SMS_CLOUD_PROXYCONNECTOR.log"],
     "console": [],
+    "distribution-point": ["u_ex.log"],
 }
 
 

@@ -24,16 +24,17 @@ from cmglab.wire import httpclient
 
 # start order: the CRL host first (clients may check CRLs), the MP before the connection point, the console
 # (which only reads the others) last
-SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point", "console")
+SERVICES = ("pki", "entra", "management-point", "distribution-point", "cmg", "cmg-connection-point", "console")
 
 
 def isolated_lab(path: Path) -> Lab:
     """A fresh lab on loopback ports reserved by this process, so that it can run beside another one (tests,
     benchmarks): its services must be started from this process (`LabProcesses`), which hands each one its
     sockets, so that no other program can take a port in between (cmglab/runtime/sockets.py)."""
-    p = reserve_ports(8)
+    p = reserve_ports(10)
     ports = Ports(entra=p[0], cmg=p[1], cmg_connector=p[2], management_point=p[3],
-                  management_point_http=p[4], pki=p[5], cmg_connection_point=p[6], console=p[7])
+                  management_point_http=p[4], pki=p[5], cmg_connection_point=p[6], console=p[7],
+                  distribution_point=p[8], distribution_point_http=p[9])
     lab, _ = Lab.init(path, ports=ports)
     return lab
 

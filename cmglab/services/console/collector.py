@@ -21,7 +21,7 @@ from cmglab.services.console.traces import TraceStore
 log = logging.getLogger("cmglab.console")
 
 # the services the console watches, in the order the page lists them
-WATCHED = ("entra", "cmg", "cmg-connection-point", "management-point", "pki")
+WATCHED = ("entra", "cmg", "cmg-connection-point", "management-point", "distribution-point", "pki")
 HEALTH_EVERY = 3.0  # seconds between health polls (requests are polled every interval)
 
 

@@ -1,0 +1,39 @@
+"""What the DP is made of, built once per process and handed to `create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cmglab.runtime.contentlib import ContentLibrary
+from cmglab.runtime.lab import Lab
+from cmglab.runtime.windowsauth import WindowsAuthenticator, write_user_file
+from cmglab.services.distribution_point.iislog import IISLog
+from cmglab.services.distribution_point.samples import ensure_samples
+
+
+@dataclass
+class DPParts:
+    lab: Lab
+    library: ContentLibrary
+    auth: WindowsAuthenticator
+    iislog: IISLog
+
+    @classmethod
+    def build(cls, lab: Lab) -> DPParts:
+        # the client package is the MP's build (the site's); the DP serves the same folder
+        from cmglab.services.management_point.content import build_package
+
+        build_package(lab)
+        library = ContentLibrary(lab.content_dir, lab.config)
+        ensure_samples(library)
+        return cls(lab, library, windows_auth(lab), IISLog(lab.log_dir("distribution-point") / "u_ex.log"))
+
+
+def windows_auth(lab: Lab) -> WindowsAuthenticator:
+    """Windows authentication against the domain's accounts and the network access account (what
+    clients that are not domain members use for content)."""
+    ad, naa = lab.config.active_directory, lab.config.site.network_access_account
+    accounts = {a.name: a.password for a in ad.accounts} | {naa.username.split("\\")[-1]: naa.password}
+    path = write_user_file(lab.dir / "data" / "distribution-point-ntlm-users", (ad.netbios_name, ad.dns_name),
+                           accounts)
+    return WindowsAuthenticator(ad.netbios_name, list(accounts), path)

@@ -1,0 +1,56 @@
+"""`cmglab content ...`: the site's packages, as the console's "Distribute Content" puts them on the DP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cmglab.core.settings import Settings
+from cmglab.runtime.contentlib import ContentLibrary
+from cmglab.runtime.lab import Lab, LabNotInitialised
+
+app = typer.Typer(help="Packages and applications on the distribution point.", no_args_is_help=True)
+LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
+console = Console()
+
+
+def _library(path: Path) -> tuple[Lab, ContentLibrary]:
+    try:
+        lab = Lab.load(path, Settings(lab_dir=path))
+    except LabNotInitialised as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from e
+    return lab, ContentLibrary(lab.content_dir, lab.config)
+
+
+@app.command()
+def add(path: Annotated[Path, typer.Argument(help="A folder (its files and subfolders) or one file.")],
+        name: Annotated[str, typer.Option(help="The package's name.")],
+        application: Annotated[bool, typer.Option(help="An application's content (Content_<GUID>).")] = False,
+        lab: LabOption = Path(".cmglab")) -> None:
+    """Add a package to the site and distribute it to the DP (served at once, no restart)."""
+    lab_, library = _library(lab)
+    if not path.exists():
+        typer.echo(f"{path}: no such file or folder", err=True)
+        raise typer.Exit(2)
+    entry = library.add(path, name, kind="application" if application else "package")
+    files = library.files(entry)
+    console.print(f"added {entry.package_id} ({entry.name}): content {entry.content_version}, {len(files)} files")
+    console.print(f"  {lab_.url('distribution-point')}/SMS_DP_SMSPKG$/{entry.content_version}", soft_wrap=True)
+
+
+@app.command("list")
+def list_(lab: LabOption = Path(".cmglab")) -> None:
+    """The packages on the DP: IDs, content IDs, files."""
+    _, library = _library(lab)
+    t = Table(title="content on the distribution point")
+    for col in ("package", "name", "kind", "content", "files", "bytes"):
+        t.add_column(col)
+    for p in library.packages():
+        files = library.files(p)
+        t.add_row(p.package_id, p.name, p.kind, p.content_version, str(len(files)), str(sum(f.size for f in files)))
+    console.print(t)
