@@ -241,12 +241,15 @@ def test_paths_are_case_insensitive_and_rewritten(chan_lab: Lab, client: httpx.C
     r = client.post(url, content=b"hello", headers=bearer(chan_lab))
     assert r.status_code == 200 and r.content == b"hello"
     assert upstream.seen[-1]["path"] == "/Echo" and upstream.seen[-1]["query"] == "x=1&y=%20z"
-    cmg = client.get(f"{chan_lab.url('cmg')}/_lab/requests?path=echo").json()["requests"][0]
+    cmg = client.get(f"{chan_lab.url('cmg')}/_lab/requests?path=echo",
+                     headers={"Authorization": f"Bearer {chan_lab.admin_token()}"}).json()["requests"][0]
     assert cmg["rewritten_url"] == f"{chan_lab.url('management-point')}/Echo?x=1&y=%20z"
     assert cmg["auth_kind"] == "CCMToken" and cmg["connection_point"].startswith("cmgcp.corp.lab.test#")
     cp = httpx.get(f"http://127.0.0.1:{chan_lab.port('cmg-connection-point')}/_lab/requests").json()["requests"][0]
     assert cp["rewritten_url"] == cmg["rewritten_url"] and cp["status"] == 200
-    assert cp["url"] == url
+    # what was really forwarded: the gateway's own name, the canonical family, the parsed parts
+    assert cp["url"] == cmg["forwarded_url"] == (f"https://{chan_lab.config.hosts.cmg}/CCM_Proxy_ServerAuth/"
+                                                 f"{chan_lab.config.site.role_id}/Echo?x=1&y=%20z")
 
 
 def test_unpublished_urls_are_404_at_the_cmg(chan_lab: Lab, client: httpx.Client, upstream: Upstream) -> None:
@@ -320,7 +323,7 @@ def test_logs_have_the_seed_lines(chan_lab: Lab, client: httpx.Client) -> None:
     assert re.search(r"Switched to internal URL\. Replaced '\S+' in\s+'\S+' with '\S+' and got '", cp_log)
     assert re.search(r"MessageID: [0-9a-f-]{36} RequestURI: https://\S+/CCM_STS EndpointName: CCM_STS "
                      r"ResponseHeader: HTTP/1\.1 200 OK.*ElapsedTime: \d+ ms", cp_log)
-    assert re.search(rf"Replaced 'https://{chan_lab.config.hosts.cmg}:\d+/CCM_Proxy_ServerAuth/{role}/CCM_STS' in\s+"
+    assert re.search(rf"Replaced 'https://{chan_lab.config.hosts.cmg}/CCM_Proxy_ServerAuth/{role}/CCM_STS' in\s+"
                      rf"'\S+' with 'https://{chan_lab.config.hosts.management_point}:\d+/CCM_STS'", cp_log)
 
 

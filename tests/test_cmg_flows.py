@@ -50,7 +50,8 @@ def mp_requests(lab: Lab, path: str = "") -> list[dict[str, Any]]:
 
 def cmg_requests(lab: Lab, path: str = "") -> list[dict[str, Any]]:
     with lab_client(lab) as c:
-        return c.get(f"{lab.url('cmg')}/_lab/requests", params={"path": path}).json()["requests"]
+        return c.get(f"{lab.url('cmg')}/_lab/requests", params={"path": path},  # admin only at the CMG
+                     headers={"Authorization": f"Bearer {lab.admin_token()}"}).json()["requests"]
 
 
 def cp_requests(lab: Lab) -> list[dict[str, Any]]:

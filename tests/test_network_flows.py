@@ -57,7 +57,8 @@ class Network:
         (records are kept in the order requests finish: a streamed reply can finish after the next arrives)."""
         code = (f"import httpx,json;from cmglab.tools.processes import LabProcesses;from cmglab.runtime.lab import Lab;"
                 f"c=LabProcesses(Lab.load()).client();"
-                f"print(json.dumps(c.get('{self.lab.url(service)}/_lab/requests?limit=2000').json()['requests']))")
+                f"print(json.dumps(c.get('{self.lab.url(service)}/_lab/requests?limit=2000',"
+                f"headers={{'Authorization':'Bearer {self.lab.admin_token()}'}}).json()['requests']))")
         return sorted(json.loads(self.python(self.hosts[from_host], code)), key=lambda r: r["started"])
 
 

@@ -133,7 +133,8 @@ class Site:
 
     def requests(self, which: Lab, service: str, **params: Any) -> list[dict[str, Any]]:
         with lab_client(which) as c:
-            reply = c.get(f"{which.url(service)}/_lab/requests", params={"limit": 2000, **params})
+            reply = c.get(f"{which.url(service)}/_lab/requests", params={"limit": 2000, **params},
+                          headers={"Authorization": f"Bearer {which.admin_token()}"})
         return list(reply.json()["requests"])
 
     def rows(self, sql: str) -> list[Any]:

@@ -51,7 +51,8 @@ def traced_sts(lab: Lab, device: Device, token: str, step: str = "ccmsts") -> tu
 def records(lab: Lab, service: str, trace_id: str) -> list[dict[str, Any]]:
     url = (f"http://127.0.0.1:{lab.port(service)}" if service == "cmg-connection-point" else lab.url(service))
     with lab_client(lab) as c:
-        rows = c.get(f"{url}/_lab/requests").json()["requests"]
+        rows = c.get(f"{url}/_lab/requests",
+                     headers={"Authorization": f"Bearer {lab.admin_token()}"}).json()["requests"]
     return [r for r in rows if r.get("trace_id") == trace_id]
 
 
@@ -209,7 +210,8 @@ def test_an_untraced_client_still_gets_one_trace_behind_the_cmg(trace_lab: Lab) 
 
 def records_all(lab: Lab, service: str) -> list[dict[str, Any]]:
     with lab_client(lab) as c:
-        return c.get(f"{lab.url(service)}/_lab/requests").json()["requests"]  # type: ignore[no-any-return]
+        return c.get(f"{lab.url(service)}/_lab/requests",  # type: ignore[no-any-return]
+                     headers={"Authorization": f"Bearer {lab.admin_token()}"}).json()["requests"]
 
 
 def test_spans_are_exported_over_otlp(trace_lab: Lab, otlp: Collector) -> None:

@@ -264,12 +264,15 @@ def require_admin(lab: Lab) -> Callable[..., None]:
 
 def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
                       reset: Callable[[], Any] | None = None,
-                      health: Callable[[], dict[str, Any]] | None = None) -> LabState:
-    """Add the /_lab endpoints and the recorder/fault middleware to a service's app."""
+                      health: Callable[[], dict[str, Any]] | None = None, private: bool = False) -> LabState:
+    """Add the /_lab endpoints and the recorder/fault middleware to a service's app. `private`: a listener
+    on the internet (the CMG's client listener), where every /_lab endpoint but health needs the admin token:
+    the recorded requests hold every client's identity and replayable signed content URLs."""
     endpoint = lab.settings.otlp_endpoint
     state = LabState(service, lab.settings.request_log_size, SpanExporter(endpoint, service) if endpoint else None)
     admin_only = require_admin(lab)
     lab_id = lab.lab_id()
+    reads = [Depends(admin_only)] if private else []
 
     router = APIRouter(prefix="/_lab", tags=["lab"])
 
@@ -277,7 +280,7 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
     async def lab_health() -> dict[str, Any]:
         return {"service": service, "status": "ok", "lab_id": lab_id, **(health() if health else {})}
 
-    @router.get("/requests")
+    @router.get("/requests", dependencies=reads)
     async def lab_requests(limit: int = 200, path: str | None = None, after: int = 0) -> dict[str, Any]:
         items = [r for r in state.requests if r["seq"] > after] if after else list(state.requests)
         if path:
@@ -298,7 +301,7 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
         state.clear()
         return {"service": service, "status": "reset"}
 
-    @router.get("/openapi.json", include_in_schema=False)
+    @router.get("/openapi.json", include_in_schema=False, dependencies=reads)
     async def lab_openapi() -> dict[str, Any]:
         """The app's own OpenAPI for the routes that declare a schema (the services turn FastAPI's
         /openapi.json off, as the real products have none): what the reliability campaign fuzzes.
@@ -306,7 +309,7 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
         include_in_schema=False; their hostile inputs are the campaign's hand-made corpus."""
         return app.openapi()  # FastAPI builds it from the routes with include_in_schema (the default)
 
-    @router.get("/faults")
+    @router.get("/faults", dependencies=reads)
     async def list_faults() -> dict[str, Any]:
         return {"faults": [{"id": f.id, "hits": f.hits, **f.rule.model_dump()} for f in state.faults]}
 

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -25,6 +26,7 @@ from cmglab.services.cmg.content import ContentStore
 from cmglab.services.cmg.errors import CMGError, not_found
 from cmglab.services.cmg.proxy import Proxy
 from cmglab.services.cmg.stats import TrafficStats
+from cmglab.wire import cmg_urls
 
 
 @dataclass
@@ -63,7 +65,7 @@ class AnyMethod:
 
 def create_app(cmg: CMG) -> FastAPI:
     app = FastAPI(title="cmglab cloud management gateway", docs_url=None, redoc_url=None, openapi_url=None)
-    state = install_lab_admin(app, service="cmg", lab=cmg.lab, health=cmg.hub.snapshot)
+    state = install_lab_admin(app, service="cmg", lab=cmg.lab, health=cmg.hub.snapshot, private=True)
     state.observers.append(cmg.stats.observe(routing.stats_uri))  # CMGService.log counts what the recorder sees
     log = cmg.log
 
@@ -79,7 +81,7 @@ def create_app(cmg: CMG) -> FastAPI:
             raise CMGError(503, "SiteNotConnected",
                            "no connection point has connected yet: the site has published no URLs to this gateway")
         if routing.published(cmg.hub.config, route) is None:
-            raise not_found(request.url.path)
+            raise not_found(request.scope["path"])
         if route.family == routing.MUTUAL:
             try:
                 identity = cmg.auth.mutual(client_cert(request))
@@ -88,7 +90,8 @@ def create_app(cmg: CMG) -> FastAPI:
         else:
             identity = await server_auth(request, route.endpoint)
         _annotate(rec, identity)
-        return await cmg.proxy.forward(request, auth_kind=identity.kind, client_cert=identity.client_cert, rec=rec)
+        return await cmg.proxy.forward(request, route, auth_kind=identity.kind, client_cert=identity.client_cert,
+                                       rec=rec)
 
     def aad_auth_info(request: Request) -> Response:
         tenant_id = (_query(request, "TenantID") or "").strip()
@@ -125,9 +128,26 @@ def create_app(cmg: CMG) -> FastAPI:
         path = cmg.content.path(route.package_id, route.filename, cmg.hub.config)
         return FileResponse(path, media_type="application/octet-stream")
 
-    async def handle(request: Request) -> Response:
-        route = routing.parse(request.url.path)
+    def route_of(request: Request) -> routing.Route | None:
+        """The route, read from the raw target only when the client named this gateway in `Host` (one
+        header, the CMG's name and port): the forwarded URL is built from the CMG's name, never the client's."""
+        hosts = request.headers.getlist("host")
+        if len(hosts) != 1 or not cmg_urls.same_authority(hosts[0], cmg.lab.config.hosts.cmg, cmg.lab.port("cmg")):
+            raise CMGError(400, "InvalidHostname", f"the request names host {', '.join(hosts)[:120]!r}, "
+                           f"not this gateway ({cmg.lab.config.hosts.cmg})")
+        if "transfer-encoding" in request.headers and "content-length" in request.headers:
+            # h11 lets chunked win; a hop that read Content-Length instead would see another request
+            raise CMGError(400, "InvalidRequest", "the request has both Content-Length and Transfer-Encoding")
+        scope = request.scope
+        raw = (scope.get("raw_path") or quote(scope["path"]).encode()).decode("latin-1")
         try:
+            return routing.parse(raw, scope.get("query_string", b"").decode("latin-1"))
+        except routing.UrlRefused as e:
+            raise CMGError(400, "InvalidUrl", str(e)) from e
+
+    async def handle(request: Request) -> Response:
+        try:
+            route = route_of(request)
             if isinstance(route, routing.ProxyRoute):
                 return await proxied(request, route)
             if isinstance(route, routing.AADAuthInfoRoute) and request.method in ("GET", "HEAD"):
@@ -136,12 +156,12 @@ def create_app(cmg: CMG) -> FastAPI:
                 return await content_xml(request)
             if isinstance(route, routing.ContentFileRoute) and request.method in ("GET", "HEAD"):
                 return await content_file(request, route)
-            raise not_found(request.url.path)
+            raise not_found(request.scope["path"])
         except CMGError as e:
             rec = record(request)
             rec["refused"] = e.code
             client = request.client.host if request.client else "?"
-            log.warning(f"{request.method} {request.url.path} from {client}: {e.status} {e.code}: {e.reason}")
+            log.warning(f"{request.method} {request.scope['path']} from {client}: {e.status} {e.code}: {e.reason}")
             return e.response()
 
     # an ASGI endpoint (not a function) takes every method, CCM_POST included, as IIS does

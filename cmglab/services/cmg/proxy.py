@@ -20,6 +20,7 @@ from cmglab.runtime.admin import current_span
 from cmglab.services.cmg.channel import Aborted, ChannelClosed, Hub, Stream
 from cmglab.services.cmg.errors import CMGError, no_point
 from cmglab.wire.cmg_channel import RequestHead, end_to_end
+from cmglab.wire.cmg_urls import ProxyTarget
 from cmglab.wire.tracing import propagate
 
 # a client may not speak for the CMG: identity headers come from the CMG's own checks only
@@ -31,14 +32,6 @@ CHANNEL_MARGIN = 5.0
 
 class BodyTooLarge(Exception):
     pass
-
-
-def external_url(request: Request) -> str:
-    scope = request.scope
-    host = request.headers.get("host", "")
-    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-    query = scope.get("query_string", b"").decode("latin-1")
-    return f"https://{host}{path}" + (f"?{query}" if query else "")
 
 
 async def _pump(request: Request, stream: Stream, limit: int) -> int:
@@ -58,11 +51,13 @@ def _raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 
 
 class Proxy:
-    def __init__(self, hub: Hub, log: logging.Logger, *, max_body: int, timeout: float) -> None:
-        self.hub, self.log, self.max_body, self.timeout = hub, log, max_body, timeout
+    def __init__(self, hub: Hub, log: logging.Logger, *, name: str, max_body: int, timeout: float) -> None:
+        self.hub, self.log, self.name, self.max_body, self.timeout = hub, log, name, max_body, timeout
 
-    async def forward(self, request: Request, *, auth_kind: str, client_cert: str | None,
+    async def forward(self, request: Request, route: ProxyTarget, *, auth_kind: str, client_cert: str | None,
                       rec: dict[str, Any]) -> Response:
+        """Forward the request whose `route` was authorised: the URL sent on is built from that route's parts
+        and this gateway's name only, and recorded as `forwarded_url`."""
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body:
             raise CMGError(413, "RequestTooLarge", f"request body of {length} bytes exceeds {self.max_body}")
@@ -70,7 +65,7 @@ class Proxy:
         if point is None:
             raise no_point()
         rec["connection_point"] = point.label
-        url = external_url(request)
+        url = rec["forwarded_url"] = route.url(self.name)
         head = RequestHead(
             method=request.method, url=url,
             # the frame carries the client's trace on, with the CMG's span as the point's parent

@@ -9,27 +9,17 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-Family = Literal["MutualAuth", "ServerAuth"]
-MUTUAL: Family = "MutualAuth"
-SERVER: Family = "ServerAuth"
+from cmglab.wire import cmg_urls
+from cmglab.wire.cmg_urls import ProxyTarget as ProxyRoute
+from cmglab.wire.cmg_urls import UrlRefused
 
-_PROXY = re.compile(r"^/ccm_proxy_(mutualauth|serverauth)/([^/]+)(?:/(.*))?$", re.IGNORECASE)
-_CONTENT = re.compile(r"^/downloadrestservice\.svc/(getcontentxmlsecure|content/([^/]+)/([^/]+))$", re.IGNORECASE)
+__all__ = ["AADAuthInfoRoute", "ContentFileRoute", "ContentXmlRoute", "ProxyRoute", "Route", "UrlRefused",
+           "parse", "published", "stats_uri"]
 
-
-@dataclass(frozen=True)
-class ProxyRoute:
-    family: Family
-    role_id: str
-    rest: str  # the path after the role ID, case as sent (no leading slash)
-
-    @property
-    def endpoint(self) -> str:
-        return self.rest.split("/", 1)[0]
+MUTUAL, SERVER = "MutualAuth", "ServerAuth"
 
 
 @dataclass(frozen=True)
@@ -51,40 +41,27 @@ class ContentFileRoute:
 Route = ProxyRoute | AADAuthInfoRoute | ContentXmlRoute | ContentFileRoute
 
 
-def parse(path: str) -> Route | None:
-    m = _PROXY.match(path)
-    if m:
-        family: Family = MUTUAL if m.group(1).lower() == "mutualauth" else SERVER
-        second, rest = m.group(2), m.group(3)
-        if rest is None:
-            if family == SERVER and second.lower() == "aadauthinfo":
-                return AADAuthInfoRoute()
-            return None
-        if not rest or not second.isdigit():
-            return None
-        return ProxyRoute(family, second, rest)
-    m = _CONTENT.match(path)
-    if m:
-        if m.group(1).lower() == "getcontentxmlsecure":
+def parse(raw_path: str, query: str = "") -> Route | None:
+    """The route of a request target as the client sent it (raw, percent-encoded): every route is read from
+    the same validated segments that a proxied request is later rebuilt from. UrlRefused: a target that
+    could be read two ways (cmglab/wire/cmg_urls.py)."""
+    parts = cmg_urls.segments(raw_path)
+    lower = [p.lower() for p in parts]
+    if lower[0].startswith("ccm_proxy_"):
+        if lower == ["ccm_proxy_serverauth", "aadauthinfo"]:
+            return AADAuthInfoRoute()
+        return cmg_urls.proxy_target(raw_path, query)
+    if lower[0] == "downloadrestservice.svc":
+        if lower[1:] == ["getcontentxmlsecure"]:
             return ContentXmlRoute()
-        return ContentFileRoute(m.group(2), m.group(3))
+        if len(parts) == 4 and lower[1] == "content":
+            return ContentFileRoute(parts[2], parts[3])
     return None
 
 
 def published(config: dict[str, Any] | None, route: ProxyRoute) -> str | None:
-    """The published path that lets `route` through, or None (404 at the CMG). A published path
-    matches the same path or anything below it, case-insensitively."""
-    if not config or not config.get("allow_cmg", True):
-        return None
-    endpoint = (config.get("endpoints") or {}).get(route.role_id)
-    if not endpoint:
-        return None
-    rest = route.rest.lower()
-    for path in endpoint.get("paths") or []:
-        p = str(path).strip("/").lower()
-        if rest == p or rest.startswith(p + "/"):
-            return str(path)
-    return None
+    """The published path that lets `route` through, or None (404 at the CMG)."""
+    return cmg_urls.published(config, route.role_id, route.rest)
 
 
 def stats_uri(path: str) -> str:

@@ -32,7 +32,8 @@ def build(lab: Lab) -> Service:
                            lifetime=settings.content_url_lifetime)
     stats = TrafficStats(log)
     cmg = CMG(lab=lab, hub=hub, auth=Authenticator(lab, entra),
-              proxy=Proxy(hub, log, max_body=lab.settings.max_body_bytes, timeout=lab.settings.upstream_timeout),
+              proxy=Proxy(hub, log, name=lab.config.hosts.cmg, max_body=lab.settings.max_body_bytes,
+                          timeout=lab.settings.upstream_timeout),
               content=content, stats=stats, log=log)
     ident = lab.pki.server("cmg")
 

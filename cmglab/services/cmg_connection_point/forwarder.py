@@ -53,9 +53,10 @@ def _subject_of(b64: str | None) -> str | None:
 
 
 class Forwarder:
-    def __init__(self, upstream: Upstream, log: logging.Logger, state: LabState, *, name: str,
+    def __init__(self, upstream: Upstream, log: logging.Logger, state: LabState, *, name: str, cmg_name: str,
                  max_body: int, timeout: float) -> None:
         self.upstream, self.log, self.state = upstream, log, state
+        self.cmg_name = cmg_name  # the only authority a forwarded URL may name
         self.name, self.max_body, self.timeout = name, max_body, timeout
 
     async def handle(self, msg_id: uuid.UUID, head: RequestHead, body: asyncio.Queue[BodyItem], send: Send,
@@ -76,7 +77,7 @@ class Forwarder:
         rw: Rewrite | None = None
         try:
             try:
-                rw = rewrite(head.url, config)
+                rw = rewrite(head.url, config, self.cmg_name)
             except RewriteError as e:
                 raise _Abort(404, str(e)) from e
             rec["rewritten_url"] = rw.internal_url

@@ -1,16 +1,19 @@
 """External CMG URL -> internal MP URL, from the role-ID table the site publishes (lab contract §3):
 
     https://<cmg>/CCM_Proxy_(MutualAuth|ServerAuth)/<roleId>/<path>?<q>  ->  <internal_url>/<path>?<q>
+
+The point trusts nothing in the URL the CMG sends beyond what it parses again here
+(cmglab/wire/cmg_urls.py): the authority must be the CMG's name, and `<path>` must be one the site
+published for that role ID (the same allowlist the CMG applied); the internal URL is built from the
+parsed parts, so no client-chosen byte can change which host or vdir the MP call goes to.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-_PROXY = re.compile(r"^(/ccm_proxy_(?:mutualauth|serverauth)/(\d+))/(.+)$", re.IGNORECASE)
+from cmglab.wire import cmg_urls
 
 
 class RewriteError(Exception):
@@ -19,7 +22,7 @@ class RewriteError(Exception):
 
 @dataclass(frozen=True)
 class Rewrite:
-    external_url: str  # as the client sent it, query included
+    external_url: str  # as the CMG sent it, query included
     replaced: str  # the external URL without the query: what gets replaced
     internal_base: str  # the MP URL the role ID maps to, plus the path
     internal_url: str  # internal_base plus the query
@@ -31,16 +34,17 @@ class Rewrite:
                 f"'{self.internal_base}' and got '{self.internal_url}'")
 
 
-def rewrite(external_url: str, config: dict[str, Any] | None) -> Rewrite:
-    parts = urlsplit(external_url)
-    m = _PROXY.match(parts.path)
-    if not m:
-        raise RewriteError(f"{parts.path} is not a CCM_Proxy URL")
-    role_id, rest = m.group(2), m.group(3)
-    endpoint = ((config or {}).get("endpoints") or {}).get(role_id)
+def rewrite(external_url: str, config: dict[str, Any] | None, cmg_name: str) -> Rewrite:
+    """RewriteError: not a URL of `cmg_name`, not a CCM_Proxy path, or a path the site did not publish."""
+    try:
+        target = cmg_urls.parse_url(external_url, cmg_name)
+    except cmg_urls.UrlRefused as e:
+        raise RewriteError(str(e)) from e
+    endpoint = ((config or {}).get("endpoints") or {}).get(target.role_id)
     if not endpoint or not endpoint.get("internal_url"):
-        raise RewriteError(f"role ID {role_id} is not in the site's published endpoint table")
-    base = f"{str(endpoint['internal_url']).rstrip('/')}/{rest}"
-    replaced = external_url.split("?", 1)[0]
-    internal = base + (f"?{parts.query}" if parts.query else "")
-    return Rewrite(external_url, replaced, base, internal, role_id, rest.split("/", 1)[0])
+        raise RewriteError(f"role ID {target.role_id} is not in the site's published endpoint table")
+    if cmg_urls.published(config, target.role_id, target.rest) is None:
+        raise RewriteError(f"{target.rest[:120]} is not a path the site published for role ID {target.role_id}")
+    base = f"{str(endpoint['internal_url']).rstrip('/')}/{target.quoted_rest()}"
+    internal = base + (f"?{target.query}" if target.query else "")
+    return Rewrite(external_url, external_url.split("?", 1)[0], base, internal, target.role_id, target.endpoint)

@@ -41,7 +41,8 @@ def build(lab: Lab) -> Service:
                                      crl_files=[lab.pki.crl_bundle], crl_check=s.crl_check)
     mapping = httpclient.parse_resolve(lab.resolve())
     upstream = Upstream(ssl_ctx, mapping, timeout=s.upstream_timeout)
-    forwarder = Forwarder(upstream, log, state, name=name, max_body=s.max_body_bytes, timeout=s.upstream_timeout)
+    forwarder = Forwarder(upstream, log, state, name=name, cmg_name=lab.config.hosts.cmg, max_body=s.max_body_bytes,
+                          timeout=s.upstream_timeout)
     instance = uuid.uuid4().hex[:12]
     for url in settings.channel_urls(lab):
         parts = urlsplit(url)
