@@ -147,6 +147,8 @@ def attempt(creds: Credentials, route: str, cred: str) -> int:
                 return c.get(f"{https_url(lab)}/CCM_Cloud/config", headers=headers).status_code
             if route == "lab_reset":
                 return c.post(f"{lab.url('cmg')}/_lab/reset", headers=headers).status_code
+            if route == "cmg_lab_requests":
+                return c.get(f"{lab.url('cmg')}/_lab/requests", headers=headers).status_code
             url = {"cmg_mutual": proxy_url(lab, "ccm_system/request", "MutualAuth"),
                    "cmg_server_other": proxy_url(lab, "ccm_system_tokenauth/request"),
                    "mp_ccm_system_http": f"{http_url(lab)}/ccm_system/request",

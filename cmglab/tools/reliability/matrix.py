@@ -49,6 +49,7 @@ ROUTES: list[tuple[str, str]] = [
     ("mp_sms_pol", "MP `SMS_MP_TokenAuth/.sms_pol` (secret policy)"),
     ("mp_cloud_config", "MP `GET /CCM_Cloud/config`"),
     ("lab_reset", "`POST /_lab/reset`"),
+    ("cmg_lab_requests", "CMG `GET /_lab/requests` (internet listener)"),
 ]
 
 # the credentials each route family lets through; every other pair is "deny"
@@ -75,6 +76,8 @@ ALLOW: dict[str, frozenset[str]] = {
     "mp_sms_pol": frozenset({"ccm"}),
     "mp_cloud_config": frozenset({"connection_point"}),
     "lab_reset": frozenset({"admin"}),
+    # every client's identity and replayable signed content URLs: the lab admin's only (issue 15)
+    "cmg_lab_requests": frozenset({"admin"}),
 }
 
 
