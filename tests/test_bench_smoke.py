@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("ceiling", "services", "cmg_path", "onboarding", "connections", "profiles")
+SECTIONS = ("ceiling", "services", "cmg_path", "onboarding", "connections", "profiles", "storm")
 
 
 def only_ok(rows: list[dict[str, Any]]) -> None:
@@ -49,6 +49,10 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     latency, failures = report["connections"]["tables"]
     assert {r["held"] for r in latency["rows"]} == {"0", "200"} and failures["rows"] == []
     only_ok(latency["rows"])
+
+    storms = report["storm"]["rows"]
+    assert [r["kind"] for r in storms] == ["silent", "half ClientHello", "whole ClientHello"]
+    assert all(r["connections"] == 200 and r["real_client_served"] and r["rss_after_mb"] > 0 for r in storms)
 
     profiles = report["profiles"]
     assert profiles["profiled"] == [] and "Not profiled" in profiles["note"]

@@ -25,6 +25,7 @@ def bench(out: Annotated[Path, typer.Option(help="Where report.json and report.m
                                                                "option).")] = None,
           fleet_concurrency: Annotated[int | None, typer.Option(help="Devices onboarding at once.")] = None,
           hold: Annotated[int | None, typer.Option(help="Keep-alive connections held at the CMG.")] = None,
+          storm: Annotated[int | None, typer.Option(help="Connections of each kind in the handshake storms.")] = None,
           profile: Annotated[bool | None, typer.Option(help="Profile the hot endpoints with py-spy.")] = None,
           lab: Annotated[Path | None, typer.Option(help="Lab directory; by default a fresh one in OUT/lab, "
                                                         "remade for every run.")] = None,
@@ -38,7 +39,7 @@ def bench(out: Annotated[Path, typer.Option(help="Where report.json and report.m
     base = runner.QUICK if quick else runner.Options()
     given: dict[str, Any] = {"duration": duration, "connections": connections,
                              "fleet_sizes": tuple(fleet) if fleet else None, "fleet_concurrency": fleet_concurrency,
-                             "hold": hold, "profile": profile}
+                             "hold": hold, "storm": storm, "profile": profile}
     opts = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     if lab is not None and (lab / "lab.json").exists():
         the_lab = Lab.load(lab)

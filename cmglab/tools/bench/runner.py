@@ -15,7 +15,7 @@ from typing import Any
 
 from cmglab.runtime import sockets
 from cmglab.runtime.lab import Lab
-from cmglab.tools.bench import held, hotspots, loadgen, onboarding, procinfo, report, scenarios
+from cmglab.tools.bench import held, hotspots, loadgen, onboarding, procinfo, report, scenarios, storm
 from cmglab.tools.bench.pinned import LOAD_CPU, SERVER_CPU, CpuMeter, pids, pin_command, pin_self, running
 from cmglab.wire import httpclient
 
@@ -29,11 +29,13 @@ class Options:
     fleet_sizes: tuple[int, ...] = (100, 1000)
     fleet_concurrency: int = 16
     hold: int = 6000  # keep-alive connections held open at one CMG
+    storm: int = 5000  # connections of each kind that never finish a handshake (section 6)
     profile: bool = True  # py-spy the hot endpoints (needs ptrace: root)
 
 
 # a smoke run: every section, tiny sizes, no profiling (tests/test_bench_smoke.py)
-QUICK = Options(duration=0.5, connections=4, fleet_sizes=(5,), fleet_concurrency=5, hold=200, profile=False)
+QUICK = Options(duration=0.5, connections=4, fleet_sizes=(5,), fleet_concurrency=5, hold=200, storm=200,
+                profile=False)
 
 
 def wait_port(addr: str, port: int, timeout: float = 20) -> None:
@@ -134,4 +136,5 @@ def run(lab: Lab, out_dir: Path, opts: Options, *, port: int, pool: Path) -> tup
     sections["onboarding"] = onboarding.onboarding_section(lab, opts.fleet_sizes, opts.fleet_concurrency, pool)
     sections["connections"] = held.connections_section(lab, opts.hold, opts.duration, nofile)
     sections["profiles"] = hotspots.section(profiles, sections)
+    sections["storm"] = storm.storm_section(lab, opts.storm, nofile)
     return report.write(out_dir, sections, settings=asdict(opts))
