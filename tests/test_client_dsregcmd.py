@@ -3,6 +3,7 @@ over real TLS (and mutual TLS with the device certificate for the delete)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 from cmglab.agent.certstore import MY
 from cmglab.agent.device import Device
 from cmglab.agent.testing import messages, new_device, run
+from cmglab.core.ad import LabDirectory
+from cmglab.core.labconfig import load_config
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 
@@ -86,35 +89,46 @@ def test_cleanupaccounts_removes_the_wam_account(lab: Lab, tmp_path: Path) -> No
     assert "WamDefaultSet : NO" in run("cmglab.agent.dsregcmd", "/status", "--home", str(device.home)).stdout
 
 
-def test_hybrid_join(lab: Lab, tmp_path: Path, admin_headers: dict[str, str]) -> None:
-    """Seed 002, hybrid managed: the computer's userCertificate (stage C) is synchronised by Entra Connect
-    (stage D: the lab admin API stands in for it), then the computer joins with JoinType 6 (F-H)."""
-    import base64
-    import logging
-
-    from cmglab.agent.dsregcmd.join import Joiner
-    from cmglab.agent.network import DeviceNetwork
-    from cmglab.pki.builders import cert_der
-    from tests.conftest import lab_client
-
-    device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "LAB01")
+def test_hybrid_join(lab: Lab, tmp_path: Path) -> None:
+    """Seed 002, hybrid managed, as a newcomer runs it: a new computer joins the lab's AD, finds its tenant in
+    the service connection point, writes its certificate to its computer object; pending until Entra Connect
+    syncs it (`cmglab entra sync`), then joined (JoinType 6)."""
+    device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "HYB-PC07")
     info = device.info
-    assert info.domain and info.machine_sid
-    user_cert = Joiner(device, DeviceNetwork(device), logging.getLogger("test")).user_certificate()
-    object_guid = user_cert.cert().subject.rfc4514_string().removeprefix("CN=")
-    tenant = lab.config.primary_tenant
-    # before the sync, the DRS does not know the computer
-    early = run("cmglab.agent.dsregcmd", "/join", "--hybrid", "--tenant", "lab.test", "--home", str(device.home))
-    assert early.returncode == 1 and not device.join_path.exists()
-    with lab_client(lab) as c:
-        r = c.post(f"{lab.url('entra')}/_lab/devices", headers=admin_headers, json={
-            "tenant": tenant.tenant_id, "device_id": object_guid, "onprem_sid": info.machine_sid,
-            "user_certificate": base64.b64encode(cert_der(user_cert.cert())).decode(), "display_name": info.name})
-        assert r.status_code == 201, r.text
-    result = run("cmglab.agent.dsregcmd", "/join", "--hybrid", "--tenant", "lab.test", "--home", str(device.home))
+    assert info.domain and info.machine_sid and info.ad_directory
+    directory = LabDirectory(Path(info.ad_directory))
+    computer = directory.computer("HYB-PC07$")
+    assert computer is not None and computer["objectSid"] == info.machine_sid
+    assert any(a.name == "HYB-PC07$" for a in load_config(lab.dir / "lab.json").active_directory.accounts)
+    # before the sync: the DRS does not know the computer; the attempt is pending
+    early = run("cmglab.agent.dsregcmd", "/join", "--hybrid", "--home", str(device.home))
+    assert early.returncode == 1 and "0x801c03f2" in early.stderr and "cmglab entra sync" in early.stderr
+    assert not device.join_path.exists()
+    status = run("cmglab.agent.dsregcmd", "/status", "--home", str(device.home)).stdout
+    assert re.search(r"^\s+AzureAdJoined : NO$", status, re.M)
+    assert re.search(r"^\s+Client ErrorCode : 0x801c03f2$", status, re.M)
+    assert re.search(r"^\s+Server ErrorCode : DirectoryError$", status, re.M)
+    assert re.search(rf"Server Message : .*The device object by the given id \({computer['objectGUID']}\) is not "
+                     r"found", status)
+    written = directory.computer("HYB-PC07$")
+    assert written is not None and len(written["userCertificate"]) == 1
+    log = "\n".join(messages(device.home / "Windows" / "Logs" / "dsreg.log"))
+    assert "Stage A: service connection point" in log and "azureADId" in log and "Stage C: the self-signed" in log
+    # Entra Connect
+    sync = run("cmglab", "entra", "sync", "--lab", str(lab.dir), "--json")
+    assert sync.returncode == 0, sync.stderr
+    assert computer["objectGUID"] in json.loads(sync.stdout)["added"]
+    result = run("cmglab.agent.dsregcmd", "/join", "--hybrid", "--home", str(device.home))
     assert result.returncode == 0, result.stderr
     status = run("cmglab.agent.dsregcmd", "/status", "--home", str(device.home)).stdout
     assert re.search(r"^\s+AzureAdJoined : YES$", status, re.M)
     assert re.search(r"^\s+DomainJoined : YES$", status, re.M)
-    assert re.search(rf"^\s+DeviceId : {object_guid}$", status, re.M)
-    assert device.stores.device_cert() is not None
+    assert re.search(rf"^\s+DeviceId : {computer['objectGUID']}$", status, re.M)
+    assert "Diagnostic Data" not in status and device.stores.device_cert() is not None
+    # a user signs in on the hybrid device: a PRT
+    alice = lab.config.primary_tenant.users[0]
+    signin = run("cmglab.agent.dsregcmd", "/signin", "--home", str(device.home), "--username", alice.upn,
+                 "--password", alice.password)
+    assert signin.returncode == 0, signin.stderr
+    assert re.search(r"^\s+AzureAdPrt : YES$", run("cmglab.agent.dsregcmd", "/status", "--home",
+                                                   str(device.home)).stdout, re.M)

@@ -7,6 +7,8 @@
     State/AAD/join.json                      Entra join state (dsregcmd)
     State/AAD/transport.key                  the DRS transport key (0600)
     State/AAD/wam-accounts.bin               the signed-in user's WAM account (protected)
+    State/AAD/prt.bin                        the primary refresh token and its session key (protected)
+    State/AAD/attempt.json                   the last failed (pending) join attempt
     State/CCM/client.json                    the installed client (ccmsetup/ccmexec)
     State/CCM/tokens.bin                     CCM token cache (protected, with expiry)
     State/CCM/client-token.bin               the MP-issued unique client token (protected)
@@ -56,6 +58,7 @@ class DeviceInfo:
     fqdn: str
     domain: str | None = None  # AD DNS domain when domain-joined
     machine_sid: str | None = None
+    ad_directory: str | None = None  # where the lab's AD answers (core/ad.py): the domain controller
 
 
 def computer_name_for(home: Path) -> str:
@@ -80,7 +83,8 @@ class Device:
     # -- creation ------------------------------------------------------------------------------
     @classmethod
     def create(cls, home: Path, *, name: str | None = None, domain: str | None = None,
-               machine_sid: str | None = None, hosts: list[str] | None = None) -> Device:
+               machine_sid: str | None = None, hosts: list[str] | None = None,
+               ad_directory: str | None = None) -> Device:
         dev = cls(home)
         if dev.info_path.exists():
             raise DeviceError(f"a device already exists at {dev.home}")
@@ -92,7 +96,8 @@ class Device:
         dev.write_hosts(hosts or [])
         dev.dpapi.protect(b"", "init")  # the machine key is made once, here
         write_private(dev.info_path, json.dumps(
-            {"name": host, "fqdn": fqdn, "domain": domain, "machine_sid": machine_sid}, indent=2).encode())
+            {"name": host, "fqdn": fqdn, "domain": domain, "machine_sid": machine_sid, "ad_directory": ad_directory},
+            indent=2).encode())
         return dev
 
     @classmethod
@@ -110,7 +115,8 @@ class Device:
     @property
     def info(self) -> DeviceInfo:
         data = json.loads(self.info_path.read_text())
-        return DeviceInfo(data["name"], data["fqdn"], data.get("domain"), data.get("machine_sid"))
+        return DeviceInfo(data["name"], data["fqdn"], data.get("domain"), data.get("machine_sid"),
+                          data.get("ad_directory"))
 
     @property
     def hosts_path(self) -> Path:
@@ -146,6 +152,11 @@ class Device:
     @property
     def transport_key_path(self) -> Path:
         return self.aad_dir / "transport.key"
+
+    @property
+    def attempt_path(self) -> Path:
+        """The last failed join attempt (dsregcmd /status: Diagnostic Data)."""
+        return self.aad_dir / "attempt.json"
 
     @property
     def wam_path(self) -> Path:

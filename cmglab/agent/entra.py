@@ -36,9 +36,11 @@ USER_AGENT = f"Dsreg/10.0 (Windows {OS_VERSION})"
 class EntraError(Exception):
     """A refusal by Entra or the DRS: `code` is the AADSTS number when the reply has one."""
 
-    def __init__(self, message: str, *, status: int = 0, code: int | None = None, error: str = "") -> None:
+    def __init__(self, message: str, *, status: int = 0, code: int | None = None, error: str = "",
+                 error_type: str = "", server_message: str = "") -> None:
         super().__init__(message)
         self.status, self.code, self.error = status, code, error
+        self.error_type, self.server_message = error_type, server_message  # the DRS's ErrorType and Message
 
 
 def base_url(host: str, resolve: list[str]) -> str:
@@ -62,7 +64,8 @@ def _error(reply: httpx.Response, what: str) -> EntraError:
         code = int(digits) if digits.isdigit() else None
     first = str(desc).split("\r\n", 1)[0]
     return EntraError(f"{what} failed: HTTP {reply.status_code} {body.get('error', body.get('ErrorType', ''))}: "
-                      f"{first}", status=reply.status_code, code=code, error=str(body.get("error", "")))
+                      f"{first}", status=reply.status_code, code=code, error=str(body.get("error", "")),
+                      error_type=str(body.get("ErrorType", "")), server_message=first)
 
 
 def transport_key_blob(key: rsa.RSAPublicKey) -> str:

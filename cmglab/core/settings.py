@@ -49,5 +49,7 @@ class Settings(BaseSettings):
     access_log: bool = False
     # OTLP/HTTP collector (e.g. http://localhost:4318): every recorded request is exported as a server span
     otlp_endpoint: str | None = None
+    # seconds between the Entra service's Entra Connect sync cycles (lab AD computers -> hybrid devices; 0: none)
+    entra_sync_interval: float = 1800.0
     # how often the lab console polls the cmglab.services' /_lab/requests
     console_poll_interval: float = 0.5

@@ -24,6 +24,7 @@ app = typer.Typer(help="cmglab: an Entra ID + ConfigMgr CMG/MP lab.", no_args_is
 pki_app = typer.Typer(help="The lab PKI: CAs, certificates, CRLs.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(importlib.import_module("cmglab.tools.devicecli").app, name="device")
+app.add_typer(importlib.import_module("cmglab.tools.entracli").app, name="entra")
 app.add_typer(bulk_token_app, name="bulk-token")
 app.add_typer(importlib.import_module("cmglab.tools.contentcli").app, name="content")
 app.command("bench")(bench_command)

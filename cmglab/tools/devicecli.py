@@ -5,6 +5,7 @@ dsregcmd and ccmsetup never touch the Root store themselves."""
 
 from __future__ import annotations
 
+import fcntl
 import secrets
 import uuid
 from pathlib import Path
@@ -15,7 +16,9 @@ from cryptography import x509
 
 from cmglab.agent.ccm.client import MACHINE_ACCOUNT_PURPOSE
 from cmglab.agent.certstore import MY, ROOT
-from cmglab.agent.device import Device, DeviceError
+from cmglab.agent.device import Device, DeviceError, computer_name_for
+from cmglab.core.ad import LabDirectory, ad_path
+from cmglab.core.labconfig import DomainAccount, load_config, save_config
 from cmglab.core.settings import Settings
 from cmglab.runtime.lab import Lab, LabNotInitialised
 
@@ -47,16 +50,15 @@ def create(home: HomeOption, lab: LabOption = Path(".cmglab"),
     the_lab = _lab(lab)
     ad = the_lab.config.active_directory
     account = None
-    if domain:
-        name = name or "LAB01"
-        account = next((a for a in ad.accounts if a.name.upper() == f"{name.upper()}$"), None)
-        if account is None:
-            typer.echo(f"the lab's AD has no computer account {name.upper()}$", err=True)
-            raise typer.Exit(1)
-    sid = (account.sid or f"{ad.domain_sid}-{1100 + secrets.randbelow(8000)}") if account else None
+    directory = LabDirectory(ad_path(the_lab.dir), the_lab.config)
+    if domain:  # a domain join: the computer account, in lab.json (Windows auth) and in the directory
+        name = (name or computer_name_for(home)).upper()[:15]
+        account = computer_account(the_lab, name)
+        directory.add_computer(account.name, str(account.sid))
+    sid = account.sid if account else None
     try:
         dev = Device.create(home, name=name, domain=ad.dns_name if domain else None, machine_sid=sid,
-                            hosts=the_lab.resolve())
+                            hosts=the_lab.resolve(), ad_directory=str(directory.path) if domain else None)
     except DeviceError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from e
@@ -70,6 +72,29 @@ def create(home: HomeOption, lab: LabOption = Path(".cmglab"),
     if pki_cert:
         enrol(dev, the_lab)
     typer.echo(f"device {dev.info.name} ({dev.info.fqdn}) at {dev.home}")
+
+
+def computer_account(lab: Lab, name: str) -> DomainAccount:
+    """NAME$ in lab.json's AD accounts, made with a new SID and password when the name is new (the file is
+    rewritten under a lock: devices may be created side by side). A running MP learns new accounts at restart."""
+    sam = f"{name.upper()}$"
+    path = lab.dir / "lab.json"
+    with open(path.with_name("lab.json.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        config = load_config(path)
+        ad = config.active_directory
+        account = next((a for a in ad.accounts if a.name.upper() == sam), None)
+        if account is None:
+            taken = {a.sid for a in ad.accounts}
+            sid = next(s for s in (f"{ad.domain_sid}-{1100 + secrets.randbelow(8000)}" for _ in range(100))
+                       if s not in taken)
+            account = DomainAccount(name=sam, sid=sid)
+            ad.accounts.append(account)
+            save_config(config, path)
+        elif account.sid is None:
+            account.sid = f"{ad.domain_sid}-{1100 + secrets.randbelow(8000)}"
+            save_config(config, path)
+    return account
 
 
 def enrol(dev: Device, lab: Lab) -> str:

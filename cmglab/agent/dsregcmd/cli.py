@@ -58,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--username", help="UPN of the user who joins the device")
     p.add_argument("--password", help="that user's password")
     p.add_argument("--hybrid", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--tenant", help="hybrid join: the tenant the service connection point names (domain or ID)")
+    p.add_argument("--tenant", help="hybrid join: a tenant (domain or ID) instead of the one the service connection "
+                                    "point names")
     return p
 
 
@@ -133,6 +134,20 @@ def status(device: Device) -> str:
     if hybrid:
         lines.append(_row("OnPremTgt", "NO"))
     lines.append("")
+    attempt = device.read_json(device.attempt_path) if not joined else None
+    if attempt:
+        lines += _box("Diagnostic Data")
+        lines += [_row("Diagnostics Reference", "www.microsoft.com/aadjerrors"), _row("User Context", "SYSTEM"),
+                  _row("Client Time", attempt["Time"]), _row("AD Connectivity Test", "PASS"),
+                  _row("AD Configuration Test", "PASS"), _row("DRS Discovery Test", "PASS"),
+                  _row("DRS Connectivity Test", "PASS"), _row("Token acquisition Test", "SKIPPED"),
+                  _row("Fallback to Sync-Join", "ENABLED"), "",
+                  _row("Previous Registration", attempt["Time"]),
+                  _row("Registration Type", attempt["RegistrationType"]), _row("Error Phase", attempt["ErrorPhase"]),
+                  _row("Client ErrorCode", attempt["ClientErrorCode"]),
+                  _row("Server ErrorCode", attempt["ServerErrorCode"]),
+                  _row("Server Message", attempt["ServerMessage"]), _row("Https Status", attempt["HttpsStatus"]),
+                  ""]
     return "\n".join(lines)
 
 
@@ -171,12 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"Device {state['DeviceId']} left Azure AD tenant {state['TenantId']}.")
             return 0
         if args.hybrid:
-            tenant = args.tenant or (args.username or "").rpartition("@")[2]
-            if not tenant:
-                print("dsregcmd: /join --hybrid needs --tenant (the domain the service connection point names)",
-                      file=sys.stderr)
-                return 2
-            state = joiner.hybrid_join(tenant)
+            state = joiner.hybrid_join(args.tenant)
         else:
             if not args.username or not args.password:
                 print("dsregcmd: /join needs --username UPN --password PASSWORD (the user who joins)",
@@ -186,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     except (JoinError, EntraError) as e:
         log.error(f"Join failed: {e}")
         print(f"DSREG: join failed: {e}", file=sys.stderr)
+        attempt = device.read_json(device.attempt_path) if args.hybrid else None
+        if attempt and attempt.get("ClientErrorCode") == "0x801c03f2":
+            print("DSREG: the hybrid join is pending (0x801c03f2, DSREG_E_DIRECTORY_FAILURE): Entra Connect has not "
+                  "synchronised this computer yet. Run `cmglab entra sync` (or wait for the sync cycle), then "
+                  "`dsregcmd /join --hybrid` again.", file=sys.stderr)
         return 1
     except (NetworkError, OSError) as e:
         err = classify(e)

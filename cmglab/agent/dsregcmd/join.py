@@ -23,6 +23,7 @@ import logging
 import socket
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -45,11 +46,14 @@ from cmglab.agent.keys import new_key
 from cmglab.agent.network import DeviceNetwork, NetworkError
 from cmglab.agent.protect import write_private
 from cmglab.agent.prt import PrtClient
+from cmglab.core.ad import ADError, LabDirectory
+from cmglab.pki.builders import cert_der, self_signed, sha1_thumbprint
 from cmglab.pki.builders import name as x509_name
-from cmglab.pki.builders import self_signed, sha1_thumbprint
 from cmglab.wire import tracing
 
 WAM_PURPOSE = "WAM accounts"
+DSREG_E_DIRECTORY_FAILURE = 0x801C03F2  # the DRS does not find the device object (not synced yet)
+DSREG_E_JOIN_FAILED = 0x801C03F3
 
 
 class JoinError(Exception):
@@ -139,19 +143,39 @@ class Joiner:
                       f"{datetime.fromtimestamp(record.expires_at, UTC):%Y-%m-%d %H:%M:%S} UTC")
         return record
 
-    def hybrid_join(self, tenant: str) -> dict[str, Any]:
-        """Hybrid join (JoinType 6, managed): the computer authenticates with the private key of the
-        userCertificate that Entra Connect synchronised from its AD computer object."""
+    def hybrid_join(self, tenant: str | None = None) -> dict[str, Any]:
+        """Hybrid join (JoinType 6, managed; seed 002): the computer reads its tenant from the service
+        connection point, writes its self-signed certificate to its AD object (Entra Connect syncs it),
+        then proves its SID with that certificate's key. Before the sync the DRS does not know the device:
+        the attempt is kept as pending (0x801c03f2, DirectoryError) for `dsregcmd /status`."""
         if join_state(self.device):
             raise JoinError("This device is already joined: run `dsregcmd /leave` first")
         info = self.device.info
-        if not info.domain or not info.machine_sid:
+        if not info.domain or not info.machine_sid or not info.ad_directory:
             raise JoinError("This device is not domain joined: create it with `cmglab device create --domain ...`")
-        user_cert = self.user_certificate()
-        object_guid = user_cert.cert().subject.rfc4514_string().removeprefix("CN=")
+        directory = LabDirectory(Path(info.ad_directory))
+        sam = f"{info.name}$"
+        try:
+            computer = directory.computer(sam)
+            scp = directory.scp()
+        except (ADError, OSError, ValueError) as e:
+            raise JoinError(f"the domain controller cannot be reached: {e}") from e
+        if computer is None:
+            raise JoinError(f"the computer account {sam} is not in {info.domain}: join the domain again")
+        self.log.info(f"Stage A: service connection point {scp}")
+        tenant = tenant or scp.get("azureADId") or scp.get("azureADName")
+        if not tenant:
+            raise JoinError("the service connection point names no tenant (azureADName/azureADId)")
+        object_guid = str(computer["objectGUID"])
+        user_cert = self.user_certificate(object_guid)
+        der = cert_der(user_cert.cert())
+        if base64.b64encode(der).decode() not in (computer.get("userCertificate") or []):
+            directory.set_user_certificate(sam, der)
+            self.log.info(f"Stage C: the self-signed certificate CN={object_guid} was written to the userCertificate "
+                          f"of {computer['distinguishedName']}; Entra Connect synchronises it")
         with self.network.client() as http:
             entra = self._client(http)
-            self.log.info(f"Stage B: service connection point names tenant '{tenant}'")
+            self.log.info(f"Stage E: DRS discovery for '{tenant}'")
             discovery = entra.drs_discover(tenant)
             tenant_id = discovery["TenantInfo"]["TenantId"]
             device_key, transport_key = new_key(), new_key()
@@ -171,15 +195,35 @@ class Joiner:
             }
             endpoint = discovery["DeviceJoinService"]["JoinEndpoint"]
             self.log.info(f"Stage G: hybrid registration request PUT {endpoint}{object_guid} (JoinType 6)")
-            reply = entra.hybrid_join(endpoint, object_guid, body)
+            try:
+                reply = entra.hybrid_join(endpoint, object_guid, body)
+            except EntraError as e:
+                self._pending(e, object_guid)
+                raise
+        self.device.attempt_path.unlink(missing_ok=True)
         return self._complete(reply, device_key, transport_key, discovery, tenant_id, "Hybrid")
 
-    def user_certificate(self) -> Any:
+    def _pending(self, e: EntraError, object_guid: str) -> None:
+        """What Windows records for a failed sync join: the phase, its client and server codes."""
+        missing = e.status == 400 and e.code == 700003
+        attempt = {"Time": datetime.now(UTC).isoformat(), "ErrorPhase": "join", "RegistrationType": "sync",
+                   "ClientErrorCode": f"0x{DSREG_E_DIRECTORY_FAILURE if missing else DSREG_E_JOIN_FAILED:08x}",
+                   "ServerErrorCode": e.error_type or e.error, "ServerMessage": e.server_message,
+                   "HttpsStatus": e.status, "DeviceId": object_guid}
+        self.device.write_json(self.device.attempt_path, attempt)
+        if missing:
+            self.log.warning(f"Hybrid join pending: the device object {object_guid} is not in Azure AD yet (Entra "
+                             f"Connect has not synchronised the computer). Error {attempt['ClientErrorCode']}")
+
+    def user_certificate(self, object_guid: str | None = None) -> Any:
         """The self-signed `CN=<objectGUID>` certificate the computer writes to its AD userCertificate."""
         for sc in self.device.stores.certificates(MY):
             if sc.friendly_name == "userCertificate" and sc.has_key:
-                return sc
-        guid = str(uuid.uuid4())
+                cn = sc.cert().subject.rfc4514_string().removeprefix("CN=")
+                if object_guid is None or cn == object_guid:
+                    return sc
+                self.device.stores.remove(MY, sc.thumbprint)
+        guid = object_guid or str(uuid.uuid4())
         key = new_key()
         cert = self_signed(key, x509_name(guid), ekus=[], days=365)
         return self.device.stores.add(MY, cert, key, "userCertificate")
@@ -233,6 +277,7 @@ class Joiner:
         cert = self.device.stores.device_cert()
         if cert is not None:
             self.device.stores.remove(MY, cert.thumbprint)
-        for path in (self.device.join_path, self.device.transport_key_path, self.device.wam_path):
+        for path in (self.device.join_path, self.device.transport_key_path, self.device.wam_path,
+                     self.device.attempt_path):
             path.unlink(missing_ok=True)
         prts.forget(self.device)
