@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -83,7 +84,26 @@ def test_no_wpj_certificate(lab: Lab, tmp_path: Path) -> None:
     assert install(lab, device).returncode == 0
 
 
+def cmglab(lab: Lab, *args: str) -> str:
+    result = run("cmglab", *args, "--lab", str(lab.dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def wait_cmg(lab: Lab, url: str, ok: Callable[[int], bool]) -> None:
+    """Until the CMG answers `url` as `ok` wants: the connection point republishes the site's
+    configuration with every heartbeat."""
+    deadline = time.monotonic() + 4 * lab.settings.channel_heartbeat + 10
+    with lab_client(lab) as c:
+        while time.monotonic() < deadline:
+            if ok(c.get(url).status_code):
+                return
+            time.sleep(0.5)
+    raise AssertionError(f"the CMG did not pick up the site change ({url})")
+
+
 def test_tenant_not_onboarded(lab: Lab, tmp_path: Path) -> None:
+    """README remedy: `cmglab tenant onboard NAME` on the running lab."""
     other = lab.config.tenants[1]
     assert not other.onboarded
     device = joined_device(lab, tmp_path / "dev", tenant=1)
@@ -92,12 +112,17 @@ def test_tenant_not_onboarded(lab: Lab, tmp_path: Path) -> None:
     assert_lines(device, "ccmsetup.log", r"Getting AAD info from CMG '",
                  rf"no AAD information for tenant {other.tenant_id}: the tenant is not onboarded")
     assert_clean(device)
-    # fixed by joining the onboarded tenant
-    assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
-    u = lab.config.primary_tenant.users[0]
-    assert run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
-               "--password", u.password).returncode == 0
-    assert install(lab, device).returncode == 0
+    aad_info = f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/AADAuthInfo?TenantID={other.tenant_id}"
+    cmglab(lab, "tenant", "onboard", other.display_name)
+    try:
+        view = json.loads(cmglab(lab, "site", "show", "--json"))
+        assert next(t for t in view["tenants"] if t["tenant_id"] == other.tenant_id)["enforced"] is True
+        wait_cmg(lab, aad_info, lambda status: status == 200)
+        r = install(lab, device)
+        assert r.returncode == 0, log_of(device, "ccmsetup.log")[-2000:]
+    finally:
+        cmglab(lab, "tenant", "offboard", other.display_name)
+    wait_cmg(lab, aad_info, lambda status: status == 404)
 
 
 def test_device_and_user_token_both_unavailable(lab: Lab, tmp_path: Path) -> None:
@@ -202,30 +227,18 @@ def test_revoked_client_certificate(lab: Lab, tmp_path: Path) -> None:
     assert r.returncode == 0, log_of(device, "ccmsetup.log")[-2000:]
 
 
-def test_allow_cmg_off(lab: Lab, tmp_path: Path, admin_headers: dict[str, str]) -> None:
+def test_allow_cmg_off(lab: Lab, tmp_path: Path) -> None:
+    """README remedy: `cmglab site set allow-cmg true` on the running lab."""
     device = joined_device(lab, tmp_path / "dev")
-    mp = lab.url("management-point")
-    heartbeat = lab.settings.channel_heartbeat
-
-    def set_allow(value: bool) -> None:
-        with lab_client(lab) as c:
-            assert c.post(f"{mp}/_lab/site", headers=admin_headers, json={"allow_cmg": value}).status_code == 200
-            deadline = time.monotonic() + 4 * heartbeat + 10
-            while time.monotonic() < deadline:  # until the connection point republished the config
-                reply = c.get(f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/{lab.config.site.role_id}/CCM_STS")
-                if (reply.status_code == 404) != value:
-                    return
-                time.sleep(0.5)
-            raise AssertionError("the CMG did not pick up the site setting")
-
-    set_allow(False)
+    sts = f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/{lab.config.site.role_id}/CCM_STS"
+    cmglab(lab, "site", "set", "allow-cmg", "false")
     try:
+        wait_cmg(lab, sts, lambda status: status == 404)
         r = install(lab, device)
         assert r.returncode == 6
         assert_lines(device, "ccmsetup.log", r"HTTP 404", r"Allow clients to use a cloud management gateway")
         assert_clean(device)
     finally:
-        set_allow(True)
+        cmglab(lab, "site", "set", "allow-cmg", "true")
+    wait_cmg(lab, sts, lambda status: status != 404)
     assert install(lab, device).returncode == 0
-
-

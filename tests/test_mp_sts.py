@@ -11,6 +11,7 @@ from typing import Any
 import jwt
 import pytest
 
+from cmglab.agent.testing import run
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
@@ -190,3 +191,21 @@ def test_aad_refusals(entra: Lab) -> None:
     status, reply = sts(mp, entra_token(mp, key=new_key()), {"ProofType": "AAD"})
     assert status == 401 and reply["Error"] == "InvalidProof"
     wait_log(mp, "CCM_STS.log", r"Failed to issue token \(AAD proof\): TenantNotOnboarded")
+
+
+def test_ccm_token_lifetime_is_the_site_setting(mp: Lab, token_client: tuple[Device, str]) -> None:
+    """`cmglab site set ccm-token-lifetime MINUTES` applies to the running MP's next token."""
+    device, unique = token_client
+
+    def site_set(value: str) -> None:
+        result = run("cmglab", "site", "set", "ccm-token-lifetime", value, "--lab", str(mp.dir))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    site_set("30")
+    try:
+        status, reply = sts(mp, unique, device.proof("ClientToken", unique))
+        assert status == 200
+        claims = jwt.decode(reply["Token"], options={"verify_signature": False})
+        assert claims["exp"] - claims["nbf"] == 30 * 60
+    finally:
+        site_set("480")

@@ -101,6 +101,8 @@ class Site(BaseModel):
     auto_approve: str = "domain"  # all | domain | none: approval of self-signed registrations
     client_crl_check: bool = True  # "Clients check the CRL for site systems"
     content_enabled_cmg: bool = True
+    ccm_token_lifetime_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)  # CCM_STS tokens: 8 hours
+    https_only: bool = False  # Communication Security "HTTPS only": the MP refuses client traffic over HTTP
     client_package_id: str = "MEM00001"
     network_access_account: NetworkAccessAccount = NetworkAccessAccount()
 
@@ -114,6 +116,18 @@ class DistributionPoint(BaseModel):
     # HTTPS instead of HTTP: the content vdirs then require SSL and a PKI client certificate
     # (NOCERT_SMS_DP_SMSPKG$ does not ask for the certificate)
     https: bool = False
+
+
+# the site settings a running lab enforces: `cmglab site set NAME VALUE` name → lab.json `site` field
+SITE_SETTINGS = {
+    "allow-cmg": "allow_cmg",
+    "auto-approve": "auto_approve",
+    "content-enabled-cmg": "content_enabled_cmg",
+    "crl-check": "client_crl_check",
+    "https-only": "https_only",
+    "ccm-token-lifetime": "ccm_token_lifetime_minutes",
+}
+AUTO_APPROVE = ("all", "domain", "none")
 
 
 class Hosts(BaseModel):

@@ -18,6 +18,7 @@ from cmglab.tools.bench.cli import bench as bench_command
 from cmglab.tools.bulk_token_cli import bulk_token_app
 from cmglab.tools.output import print_rows, print_value
 from cmglab.tools.processes import SERVICES
+from cmglab.tools.sitecli import print_site, site_app, site_view, tenant_app
 
 app = typer.Typer(help="cmglab: an Entra ID + ConfigMgr CMG/MP lab.", no_args_is_help=True,
                   add_completion=False)
@@ -27,6 +28,8 @@ app.add_typer(importlib.import_module("cmglab.tools.devicecli").app, name="devic
 app.add_typer(importlib.import_module("cmglab.tools.entracli").app, name="entra")
 app.add_typer(bulk_token_app, name="bulk-token")
 app.add_typer(importlib.import_module("cmglab.tools.contentcli").app, name="content")
+app.add_typer(site_app, name="site")
+app.add_typer(tenant_app, name="tenant")
 app.command("bench")(bench_command)
 app.add_typer(importlib.import_module("cmglab.tools.fleet.cli").app, name="fleet")
 console = Console()
@@ -120,7 +123,13 @@ def info(lab: LabOption = DEFAULT_LAB,
          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Print the lab's facts: URLs, ports, names, tenant, users, site, CA bundle, admin token.
     Values are never cut: a listing too wide for the terminal is printed one record per block."""
-    facts = lab_facts(load_lab(lab))
+    the_lab = load_lab(lab)
+    facts = lab_facts(the_lab)
+    site = site_view(the_lab)  # what the site database holds: what the MP and CMG enforce
+    facts["site"]["allow_cmg"] = site["settings"]["allow-cmg"]["enforced"]
+    facts["site"]["settings"] = {name: v["enforced"] for name, v in site["settings"].items()}
+    for tenant in facts["tenants"]:
+        tenant["onboarded"] = next(x["enforced"] for x in site["tenants"] if x["tenant_id"] == tenant["tenant_id"])
     if as_json:
         typer.echo(json.dumps(facts, indent=2))
         return
@@ -133,6 +142,7 @@ def info(lab: LabOption = DEFAULT_LAB,
                [(t["name"], t["tenant_id"], "yes" if t["onboarded"] else "no") for t in facts["tenants"]])
     print_rows(console, "Entra users", ("user", "password", "tenant"),
                [(u["upn"], u["password"], t["name"]) for t in facts["tenants"] for u in t["users"]])
+    print_site(site)
     for a in facts["domain_accounts"]:
         print_value(console, f"domain account {a['name']} / {a['password']}")
     print_value(console, f"CA bundle: {facts['ca_bundle']}")

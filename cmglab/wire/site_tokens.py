@@ -78,11 +78,11 @@ class SiteSigner:
 
     def ccm_token(self, *, token_type: str, sms_id: str | None = None, tenant_id: str | None = None,
                   user_id: str | None = None, device_id: str | None = None, user_sid: str | None = None,
-                  now: datetime | None = None) -> tuple[str, datetime]:
+                  now: datetime | None = None, lifetime: timedelta = CCM_TOKEN_LIFETIME) -> tuple[str, datetime]:
         """A CCM token and its expiry. sms_id is `GUID:...` once the client is registered."""
         if token_type not in CCM_TYPES:
             raise ValueError(f"unknown CCM token type {token_type}")
-        nbf, exp = self._times(CCM_TOKEN_LIFETIME, now)
+        nbf, exp = self._times(lifetime, now)
         claims: dict[str, Any] = {
             "SCCMTokenCategory": "SCCMClientAccessToken", "Authority": "SCCM", "License": "SCCM",
             "Type": token_type, "HierarchyId": self.hierarchy_id, "UniqueId": str(uuid.uuid4()),

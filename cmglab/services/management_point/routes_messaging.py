@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from cmglab.runtime.admin import record
 from cmglab.services.management_point.messages import dispatch
 from cmglab.services.management_point.site import MP
-from cmglab.services.management_point.transport import caller_of, read_body, require_ccm_token
+from cmglab.services.management_point.transport import caller_of, read_body, refused_http, require_ccm_token
 from cmglab.services.management_point.windowsauth import WindowsAuth, windows_logon
 
 VDIRS = ("ccm_system", "ccm_system_windowsauth", "ccm_system_altauth", "ccm_system_tokenauth")
@@ -26,6 +26,8 @@ def router(mp: MP, windows: WindowsAuth) -> APIRouter:
     async def ccm_post(request: Request, vdir: str) -> Response:
         raw = await read_body(request, mp.lab.settings.max_body_bytes)  # read first: NTLM keeps the connection
         caller = caller_of(request, mp, vdir)
+        if (refused := await refused_http(request, mp, caller)) is not None:
+            return refused
         if vdir == "ccm_system" and caller.scheme == "https" and caller.pki_cert is None:
             mp.logs.isapi.warning(f"CCM_POST {request.url.path} over HTTPS without a client certificate: 403.7")
             return Response(CERT_REQUIRED, status_code=403, media_type="text/html")

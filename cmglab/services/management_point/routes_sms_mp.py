@@ -10,7 +10,7 @@ from cmglab.services.management_point import policy as policy_logic
 from cmglab.services.management_point.context import Caller
 from cmglab.services.management_point.site import MP
 from cmglab.services.management_point.sms_aut import answer as sms_aut_answer
-from cmglab.services.management_point.transport import caller_of, require_ccm_token
+from cmglab.services.management_point.transport import caller_of, refused_http, require_ccm_token
 from cmglab.services.management_point.windowsauth import WindowsAuth, windows_logon
 from cmglab.wire.ccm_messaging import CcmMessageError
 
@@ -22,6 +22,8 @@ def router(mp: MP, windows: WindowsAuth) -> APIRouter:
 
     async def authenticate(request: Request, vdir: str, caller: Caller) -> Response | None:
         """The vdir's IIS authentication: a CCM token, Windows (NTLM/Negotiate) or none."""
+        if (refused := await refused_http(request, mp, caller)) is not None:
+            return refused
         if vdir == "sms_mp_tokenauth":
             await require_ccm_token(request, mp, caller)
         elif vdir == "sms_mp_windowsauth":

@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import Boolean, DateTime, Integer, String, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from cmglab.core.labconfig import SITE_SETTINGS
+from cmglab.core.labconfig import Site as LabSite
 from cmglab.runtime.db import Database
 from cmglab.runtime.lab import Lab
 
@@ -168,15 +170,25 @@ class Ddr(Base):
     body: Mapped[str] = mapped_column(Text)
 
 
+def site_settings(site: LabSite) -> dict[str, Any]:
+    """The site settings the services enforce, from lab.json's `site` (names as the database keeps them)."""
+    return {name: getattr(site, name) for name in SITE_SETTINGS.values()}
+
+
 class Store:
-    """The MP's database. `seed` fills the site settings, tenants and policies from the lab config."""
+    """The MP's database. `seed` fills the site settings, tenants and policies from the lab config.
+
+    lab.json is the single source of the site settings and of which tenants are onboarded: every start
+    (and reset) writes them over the database's rows, so an edit of lab.json applies on restart, and
+    `cmglab site set` / `cmglab tenant onboard` write lab.json and these rows together (live)."""
 
     def __init__(self, lab: Lab, url: str | None = None,
-                 policy_factory: Callable[[Lab], list[Policy]] | None = None) -> None:
+                 policy_factory: Callable[[Lab], list[Policy]] | None = None, seed: bool = True) -> None:
         self.lab = lab
         self.db = Database(url or lab.database_url("management-point"), Base, "management-point")
         self.policy_factory = policy_factory
-        self.seed()
+        if seed:  # False: a reader of what the running site holds (`cmglab site show`)
+            self.seed()
 
     def session(self):  # type: ignore[no-untyped-def]
         return self.db.session()
@@ -187,17 +199,21 @@ class Store:
             self._seed(s)
 
     def _seed(self, s: Session) -> None:
-        site = self.lab.config.site
-        defaults = {"allow_cmg": site.allow_cmg, "auto_approve": site.auto_approve,
-                    "content_enabled_cmg": site.content_enabled_cmg, "network_access_account": True}
+        defaults = {**site_settings(self.lab.config.site), "network_access_account": True}
         server_app = next((a for a in self.lab.config.apps if a.identifier_uri and not a.public_client),
                           self.lab.config.apps[0])
         client_app = self.lab.config.apps[0]
         for name, value in defaults.items():
-            if s.get(SiteSetting, name) is None:
+            row = s.get(SiteSetting, name)
+            if row is None:
                 s.add(SiteSetting(name=name, value=json.dumps(value)))
+            else:
+                row.value = json.dumps(value)
         for t in self.lab.config.tenants:
-            if s.get(Tenant, t.tenant_id) is None:
+            existing = s.get(Tenant, t.tenant_id)
+            if existing is not None:
+                existing.onboarded = t.onboarded
+            else:
                 s.add(Tenant(tenant_id=t.tenant_id, name=t.display_name, client_app_id=client_app.app_id,
                              server_app_id=server_app.app_id,
                              resource_uri=server_app.identifier_uri or "https://ConfigMgrService",
@@ -227,6 +243,14 @@ class Store:
     def settings(self) -> dict[str, Any]:
         with self.session() as s:
             return {r.name: json.loads(r.value) for r in s.scalars(select(SiteSetting))}
+
+    def set_onboarded(self, tenant_id: str, onboarded: bool) -> bool:
+        with self.session() as s:
+            row = s.get(Tenant, tenant_id)
+            if row is None:
+                return False
+            row.onboarded = onboarded
+            return True
 
     def tenants(self, onboarded_only: bool = True) -> list[dict[str, Any]]:
         with self.session() as s:

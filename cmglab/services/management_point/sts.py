@@ -109,8 +109,10 @@ class TokenService:
     def _issue(self, *, token_type: str, proof: str, sms_id: str | None, cert_tp: str | None = None,
                bulk_guid: str | None = None, tenant: str | None = None, user: str | None = None,
                device: str | None = None, user_sid: str | None = None) -> tuple[str, datetime]:
+        minutes = int(self.mp.store.setting("ccm_token_lifetime_minutes", 480))  # the site's setting, live
         token, expires = self.mp.signer.ccm_token(token_type=token_type, sms_id=sms_id, tenant_id=tenant,
-                                                  user_id=user, device_id=device, user_sid=user_sid)
+                                                  user_id=user, device_id=device, user_sid=user_sid,
+                                                  lifetime=timedelta(minutes=minutes))
         self.mp.store.record_token(unique_id=_unique_id(token), kind="ccm", token_type=token_type, proof=proof,
                                    sms_id=sms_id, cert_thumbprint=cert_tp, bulk_token_guid=bulk_guid,
                                    aad_tenant_id=tenant, aad_device_id=device, aad_user_id=user,

@@ -8,7 +8,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
@@ -122,3 +122,16 @@ async def require_ccm_token(request: Request, mp: MP, caller: Caller) -> None:
     rec = record(request)
     rec["auth_kind"] = "ccm-token"
     rec["auth_subject"] = str(claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId"))
+
+
+SSL_REQUIRED = ("<html><head><title>403 - Forbidden: SSL is required</title></head><body>"
+                "<h2>403.4 - Forbidden: SSL is required to view this resource.</h2></body></html>")
+
+
+async def refused_http(request: Request, mp: MP, caller: Caller) -> Response | None:
+    """Site setting "HTTPS only" (Communication Security): the MP's vdirs require SSL, 403.4 over HTTP."""
+    if caller.scheme != "http" or not await run_in_threadpool(mp.store.setting, "https_only", False):
+        return None
+    mp.logs.isapi.warning(f"{request.method} {request.url.path} over HTTP refused: the site is HTTPS only (403.4)")
+    record(request)["result"] = "refused: HTTPS only"
+    return Response(SSL_REQUIRED, status_code=403, media_type="text/html")

@@ -1,0 +1,165 @@
+"""`cmglab site` and `cmglab tenant`: the site's settings (Administration > Site Configuration) and the
+Entra tenants onboarded to it (Cloud Services > Azure Services), on a lab that may be running.
+
+lab.json is the single source: a command writes lab.json and the site database's rows together, so
+the change applies to the running lab at once (the MP reads its settings per request; the CMG gets
+them with the connection point's next heartbeat) and persists across restarts. A hand edit of
+lab.json applies at the MP's next start, which writes lab.json over the database rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from cmglab.core.labconfig import AUTO_APPROVE, SITE_SETTINGS, save_config
+from cmglab.core.settings import Settings
+from cmglab.runtime.lab import Lab, LabNotInitialised
+from cmglab.tools.output import print_rows
+
+site_app = typer.Typer(help="Site settings that apply to the running lab and persist in lab.json.",
+                       no_args_is_help=True)
+tenant_app = typer.Typer(help="Onboard or offboard an Entra tenant to the site (Cloud Services > Azure Services).",
+                         no_args_is_help=True)
+console = Console()
+LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
+DEFAULT_LAB = Path(".cmglab")
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _lab(lab_dir: Path) -> Lab:
+    try:
+        return Lab.load(lab_dir, Settings(lab_dir=lab_dir))
+    except LabNotInitialised as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+
+
+def _apply(lab: Lab) -> None:
+    """Persist lab.json, then write it over the site database's rows (what the services enforce)."""
+    from cmglab.services.management_point.policy import default_policies
+    from cmglab.services.management_point.store import Store
+
+    save_config(lab.config, Lab.config_path(lab.dir))
+    Store(lab, policy_factory=default_policies)  # its seed writes lab.json's settings and tenants over the rows
+
+
+def parse_value(name: str, raw: str) -> Any:
+    field = SITE_SETTINGS[name]
+    if field == "auto_approve":
+        if raw.lower() not in AUTO_APPROVE:
+            raise ValueError(f"auto-approve is one of {', '.join(AUTO_APPROVE)}")
+        return raw.lower()
+    if field == "ccm_token_lifetime_minutes":
+        if not raw.isdigit() or not 1 <= int(raw) <= 7 * 24 * 60:
+            raise ValueError("ccm-token-lifetime is minutes, 1 to 10080")
+        return int(raw)
+    if raw.lower() in TRUE:
+        return True
+    if raw.lower() in FALSE:
+        return False
+    raise ValueError(f"{name} is true or false")
+
+
+def enforced(lab: Lab) -> dict[str, Any]:
+    """The settings and tenants as the site database holds them (what the MP and CMG enforce)."""
+    from cmglab.services.management_point.store import Store
+
+    store = Store(lab, seed=False)  # read only: nothing written over what the running services hold
+    settings = store.settings()
+    if not settings:
+        raise LookupError("the site database was never seeded (the MP has not started yet)")
+    return {"settings": {name: settings.get(field) for name, field in SITE_SETTINGS.items()},
+            "tenants": {t["tenant_id"]: t["onboarded"] for t in store.tenants(False)}}
+
+
+def site_view(lab: Lab) -> dict[str, Any]:
+    site = lab.config.site
+    configured = {name: getattr(site, field) for name, field in SITE_SETTINGS.items()}
+    try:
+        live = enforced(lab)
+    except LookupError:  # no site database yet (the MP never started): lab.json is what it will enforce
+        live = {"settings": configured, "tenants": {t.tenant_id: t.onboarded for t in lab.config.tenants}}
+    return {
+        "site_code": site.code,
+        "settings": {name: {"lab_json": value, "enforced": live["settings"].get(name)}
+                     for name, value in configured.items()},
+        "tenants": [{"name": t.display_name, "tenant_id": t.tenant_id, "lab_json": t.onboarded,
+                     "enforced": live["tenants"].get(t.tenant_id)} for t in lab.config.tenants],
+    }
+
+
+def print_site(view: dict[str, Any]) -> None:
+    rows = []
+    for name, v in view["settings"].items():
+        note = "" if v["enforced"] == v["lab_json"] else " (applies at the MP's next start)"
+        rows.append((name, json.dumps(v["enforced"]), f"{json.dumps(v['lab_json'])}{note}"))
+    print_rows(console, f"site {view['site_code']} settings", ("setting", "enforced", "lab.json"), rows)
+    print_rows(console, "tenants onboarded to the site", ("tenant", "tenant ID", "onboarded", "lab.json"),
+               [(x["name"], x["tenant_id"], json.dumps(x["enforced"]), json.dumps(x["lab_json"]))
+                for x in view["tenants"]])
+
+
+@site_app.command("show")
+def show(lab: LabOption = DEFAULT_LAB,
+         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """The site settings and onboarded tenants: what the services enforce, and lab.json."""
+    view = site_view(_lab(lab))
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+    else:
+        print_site(view)
+
+
+@site_app.command("set")
+def set_setting(name: Annotated[str, typer.Argument(help=" | ".join(SITE_SETTINGS))],
+                value: Annotated[str, typer.Argument(help="true/false; all/domain/none; minutes")],
+                lab: LabOption = DEFAULT_LAB) -> None:
+    """Change a site setting in lab.json and in the running site (e.g. `cmglab site set allow-cmg false`)."""
+    if name not in SITE_SETTINGS:
+        console.print(f"[red]unknown setting {name!r}: one of {', '.join(SITE_SETTINGS)}[/red]")
+        raise typer.Exit(2)
+    try:
+        parsed = parse_value(name, value)
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    the_lab = _lab(lab)
+    setattr(the_lab.config.site, SITE_SETTINGS[name], parsed)
+    _apply(the_lab)
+    typer.echo(f"{name} = {json.dumps(parsed)} (lab.json and the site database; the CMG takes it with the "
+               "connection point's next heartbeat)")
+
+
+def _onboard(tenant: str, lab_dir: Path, onboarded: bool) -> None:
+    the_lab = _lab(lab_dir)
+    key = tenant.lower()
+    match = [t for t in the_lab.config.tenants
+             if key in (t.display_name.lower(), t.tenant_id.lower(), t.initial_domain.lower())
+             or key == t.initial_domain.lower().split(".")[0]]
+    if not match:
+        names = ", ".join(f"{t.display_name} ({t.initial_domain})" for t in the_lab.config.tenants)
+        console.print(f"[red]no tenant {tenant!r} in the lab: {names}[/red]")
+        raise typer.Exit(2)
+    match[0].onboarded = onboarded
+    _apply(the_lab)
+    typer.echo(f"tenant {match[0].display_name} ({match[0].tenant_id}) "
+               f"{'onboarded to' if onboarded else 'offboarded from'} site {the_lab.config.site.code}")
+
+
+@tenant_app.command("onboard")
+def onboard(tenant: Annotated[str, typer.Argument(help="Display name, tenant ID or domain.")],
+            lab: LabOption = DEFAULT_LAB) -> None:
+    """Onboard the tenant: its devices get AADAuthInfo and CCM tokens through the CMG."""
+    _onboard(tenant, lab, True)
+
+
+@tenant_app.command("offboard")
+def offboard(tenant: Annotated[str, typer.Argument(help="Display name, tenant ID or domain.")],
+             lab: LabOption = DEFAULT_LAB) -> None:
+    """Offboard the tenant (seed 001: the CMG then gives its devices no AAD info)."""
+    _onboard(tenant, lab, False)

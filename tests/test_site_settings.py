@@ -1,0 +1,83 @@
+"""`cmglab site` / `cmglab tenant`: site settings that apply to the running lab and persist in lab.json,
+lab.json as the single source (a hand edit applies at the MP's next start), and `cmglab info` showing
+what the services enforce."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cmglab.agent.testing import run
+from cmglab.core.labconfig import load_config, save_config
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.wire import ccm_messaging as cm
+from tests.conftest import lab_client
+
+
+@pytest.fixture(scope="module")
+def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
+    lab_services.ensure("management-point")
+    return lab
+
+
+def cmglab(lab: Lab, *args: str, expect: int = 0) -> str:
+    result = run("cmglab", *args, "--lab", str(lab.dir))
+    assert result.returncode == expect, result.stdout + result.stderr
+    return result.stdout
+
+
+def enforced(lab: Lab) -> dict[str, object]:
+    return {name: v["enforced"] for name, v in json.loads(cmglab(lab, "site", "show", "--json"))["settings"].items()}
+
+
+def test_bad_setting_or_value_changes_nothing(mp: Lab) -> None:
+    before = Lab.config_path(mp.dir).read_text()
+    cmglab(mp, "site", "set", "no-such-setting", "true", expect=2)
+    cmglab(mp, "site", "set", "auto-approve", "sometimes", expect=2)
+    cmglab(mp, "site", "set", "ccm-token-lifetime", "0", expect=2)
+    cmglab(mp, "tenant", "onboard", "nobody", expect=2)
+    assert Lab.config_path(mp.dir).read_text() == before
+
+
+def test_https_only(mp: Lab) -> None:
+    http = f"http://{mp.config.hosts.management_point}:{mp.config.ports.management_point_http}"
+    cmglab(mp, "site", "set", "https-only", "true")
+    try:
+        assert enforced(mp)["https-only"] is True
+        with lab_client(mp) as c:
+            r = c.request("CCM_POST", f"{http}/ccm_system/request", content=b"",
+                          headers={"Content-Type": cm.CONTENT_TYPE})
+            assert r.status_code == 403 and "403.4" in r.text
+            assert c.get(f"{http}/SMS_MP/.sms_aut?MPLIST").status_code == 403
+            assert c.get(f"{mp.url('management-point')}/SMS_MP/.sms_aut?MPLIST").status_code == 200
+    finally:
+        cmglab(mp, "site", "set", "https-only", "false")
+    with lab_client(mp) as c:
+        assert c.get(f"{http}/SMS_MP/.sms_aut?MPLIST").status_code == 200
+
+
+def test_lab_json_edit_applies_on_restart(mp: Lab, lab_services: LabProcesses) -> None:
+    path = Lab.config_path(mp.dir)
+    original = path.read_text()
+    config = load_config(path)
+    config.site.auto_approve = "none"
+    config.tenants[1].onboarded = True
+    save_config(config, path)
+    try:
+        assert enforced(mp)["auto-approve"] == mp.config.site.auto_approve  # not yet: the MP holds its copy
+        lab_services.stop("management-point")
+        lab_services.start("management-point")
+        assert enforced(mp)["auto-approve"] == "none"
+        info = json.loads(cmglab(mp, "info", "--json"))
+        assert info["site"]["settings"]["auto-approve"] == "none"
+        assert next(t for t in info["tenants"] if t["tenant_id"] == config.tenants[1].tenant_id)["onboarded"]
+        with lab_client(mp) as c:
+            site = c.get(f"{mp.url('management-point')}/_lab/site").json()
+        assert site["settings"]["auto_approve"] == "none"
+    finally:
+        path.write_text(original)
+        lab_services.stop("management-point")
+        lab_services.start("management-point")
+    assert enforced(mp)["auto-approve"] == mp.config.site.auto_approve
