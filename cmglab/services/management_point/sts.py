@@ -140,9 +140,11 @@ class TokenService:
         if not device:
             raise STSError(401, "InvalidProof", "the Entra token names no device (deviceid claim)")
         token_type = site_tokens.UDA if is_user else site_tokens.DEVICE
-        user_sid = str(claims.get("onprem_sid") or "")
+        # onprem_sid is the user's SID in a user token, the computer's in a hybrid device's token
+        onprem_sid = str(claims.get("onprem_sid") or "")
+        user_sid, device_sid = (onprem_sid, "") if is_user else ("", onprem_sid)
         self.log.info(f"Validated AAD token. TokenType: {token_type} TenantId: {tid} UserId: {user if is_user else ''}"
-                      f" DeviceId: {device} OnPrem_UserSid: {user_sid} OnPrem_DeviceSid: ")
+                      f" DeviceId: {device} OnPrem_UserSid: {user_sid} OnPrem_DeviceSid: {device_sid}")
         self.log.info(f"TokenType is {token_type}")
         return await run_in_threadpool(self._aad_issue, req, token_type, tid, user if is_user else None, device,
                                        user_sid or None)
