@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # may be in their TLS handshake (past it the oldest is dropped for the newcomer)
     max_connections: int = 20_000
     max_handshakes: int = 1_000
+    # worker processes on one listener for the services whose state is in their database (Entra, MP, CRL host)
+    workers: int = 1
     # how long the CMG waits for a connection point's reply, and the point for the MP
     upstream_timeout: float = 30.0
     # connection point <-> CMG channel heartbeat and reconnect backoff

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import uvicorn
 
 from cmglab.core.settings import Settings
-from cmglab.runtime import sockets
+from cmglab.runtime import sockets, workers
 from cmglab.runtime.acceptor import Acceptor, Budget
 from cmglab.runtime.limits import H11HeadLimits, HttpToolsHeadLimits, Limits, limit_body
 from cmglab.runtime.tls import (
@@ -177,9 +178,16 @@ def listening_sockets(service: Service) -> list[socket.socket]:
 
 
 async def serve(service: Service, *, access_log: bool = False, stop: asyncio.Event | None = None,
-                settings: Settings | None = None) -> None:
+                settings: Settings | None = None, worker_argv: Sequence[str] = ()) -> None:
+    """Serve SERVICE until STOP (or SIGINT/SIGTERM). With `worker_argv` (how to start this service again) and
+    settings.workers > 1, that many more processes serve the same sockets (cmglab/runtime/workers.py)."""
     settings = settings or Settings()
     bound = listening_sockets(service)
+    count = workers.effective_workers(service.name, settings.workers) if worker_argv else 1
+    children = workers.start_workers(count - 1, bound, worker_argv) if count > 1 else []
+    if children:
+        log.info("%s: %d workers on the same listeners (pids %s and this one, %d)", service.name, count,
+                 ", ".join(str(c.pid) for c in children), os.getpid())
     budget = budget_from(settings)  # one per process: descriptors are the process'
     servers = [_Server(_config(listener, access_log, limits_from(settings, listener.name)), budget, listener.name)
                for listener in service.listeners]
@@ -208,6 +216,7 @@ async def serve(service: Service, *, access_log: bool = False, stop: asyncio.Eve
     await asyncio.gather(*serving, *background, return_exceptions=True)
     for hook in service.on_stop:
         await hook()
+    await asyncio.to_thread(workers.stop_workers, children)
     waiter.cancel()
     if failed:
         raise failed[0].exception()  # type: ignore[misc]
@@ -224,13 +233,16 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def run_service(service: Service, *, access_log: bool = False) -> None:
+def run_service(service: Service, *, access_log: bool = False, worker_argv: Sequence[str] = ()) -> None:
+    """Run SERVICE in this process until SIGINT/SIGTERM; `worker_argv` (e.g. `-m cmglab serve entra --lab DIR`)
+    lets it start CMGLAB_WORKERS - 1 more workers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    workers.die_with_parent()
     raise_open_file_limit()
     import uvloop
 
     try:
-        uvloop.run(serve(service, access_log=access_log))
+        uvloop.run(serve(service, access_log=access_log, worker_argv=worker_argv))
     except sockets.PortInUse as e:  # one line that says what to do, no traceback
         print(f"cmglab: {e}", file=sys.stderr, flush=True)
         raise SystemExit(PORT_IN_USE_EXIT) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Annotated, Any
@@ -154,16 +155,28 @@ def info(lab: LabOption = DEFAULT_LAB,
 
 @app.command()
 def serve(service: Annotated[str, typer.Argument(help=" | ".join(SERVICE_MODULES))],
-          lab: LabOption = DEFAULT_LAB) -> None:
+          lab: LabOption = DEFAULT_LAB,
+          workers: Annotated[int | None, typer.Option(
+              help="Worker processes on the same listeners (entra, management-point, pki); default "
+                   "CMGLAB_WORKERS or 1.")] = None) -> None:
     """Run one lab service in the foreground (what `cmglab up` and the compose lab start)."""
     if service not in SERVICE_MODULES:
         console.print(f"[red]unknown service {service!r}; one of {', '.join(SERVICE_MODULES)}[/red]")
         raise typer.Exit(2)
+    from cmglab.runtime.workers import MULTI_WORKER
+
+    if workers is not None and workers > 1 and service not in MULTI_WORKER:
+        console.print(f"[red]{service} keeps its state in one process: --workers is for "
+                      f"{', '.join(sorted(MULTI_WORKER))}[/red]")
+        raise typer.Exit(2)
+    if workers is not None:
+        os.environ["CMGLAB_WORKERS"] = str(workers)
     the_lab = load_lab(lab)
     from cmglab.runtime.server import run_service
 
     module = importlib.import_module(SERVICE_MODULES[service])
-    run_service(module.build(the_lab), access_log=the_lab.settings.access_log)
+    run_service(module.build(the_lab), access_log=the_lab.settings.access_log,
+                worker_argv=["-m", "cmglab", "serve", service, "--lab", str(the_lab.dir)])
 
 
 @pki_app.command("init")
@@ -231,7 +244,9 @@ def main() -> None:
                   "Ctrl-C stops everything (or `cmglab down` after --detach).")
 def up(lab: LabOption = DEFAULT_LAB,
        detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the lab running in the background.")]
-       = False) -> None:
+       = False,
+       workers: Annotated[int, typer.Option(help="Worker processes for Entra, the MP and the CRL host (the others "
+                                                 "keep state in one process).", min=1)] = 1) -> None:
     from cmglab.tools import orchestrate
     from cmglab.tools.processes import ServiceFailed
 
@@ -241,7 +256,7 @@ def up(lab: LabOption = DEFAULT_LAB,
         console.print(f"created {', '.join(created)} in {the_lab.dir}")
     try:
         with console.status(f"starting {', '.join(SERVICES)}..."):
-            orchestrate.start_all(the_lab, detach=detach)
+            orchestrate.start_all(the_lab, detach=detach, workers=workers)
     except ServiceFailed as e:
         console.print(f"[red]{e}[/red]")
         orchestrate.stop_pids(the_lab)

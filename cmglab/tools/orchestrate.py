@@ -46,9 +46,10 @@ def running_pids(lab: Lab) -> dict[str, int]:
     return pids
 
 
-def start_all(lab: Lab, *, detach: bool = False) -> LabProcesses:
-    """Start every service that is not already running, then wait until all are healthy."""
-    procs = LabProcesses(lab, detach=detach)
+def start_all(lab: Lab, *, detach: bool = False, workers: int = 1) -> LabProcesses:
+    """Start every service that is not already running, then wait until all are healthy; `workers` processes
+    for each service that can have several (Entra, MP, CRL host)."""
+    procs = LabProcesses(lab, detach=detach, workers=workers)
     already = running_pids(lab)
     for service in SERVICES:
         if service not in already:

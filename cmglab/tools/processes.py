@@ -20,6 +20,7 @@ import httpx
 from cmglab.core.labconfig import Ports
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.sockets import PORT_IN_USE_EXIT, adopt_inherited, handover, reserve_ports
+from cmglab.runtime.workers import MULTI_WORKER
 from cmglab.wire import httpclient
 
 # start order: the CRL host first (clients may check CRLs), the MP before the connection point, the console
@@ -65,6 +66,7 @@ class LabProcesses:
     prefix: list[str] = field(default_factory=list)  # e.g. taskset: where the benchmarks pin services
     # a second process of the same services (scale-out replicas; `env` says how it differs): names its output
     replica: str = ""
+    workers: int = 1  # worker processes for the services that can have several (cmglab/runtime/workers.py)
 
     def __post_init__(self) -> None:
         adopt_inherited()  # ports reserved by whoever started us (a test running `cmglab up`) pass through
@@ -85,13 +87,15 @@ class LabProcesses:
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = out_dir / (f"{name}@{self.replica}.out" if self.replica else f"{name}.out")
         out = log_path.open("ab")
+        several = {"CMGLAB_WORKERS": str(self.workers)} if name in MULTI_WORKER and self.workers > 1 else {}
         # the ports this process reserved: the service listens on fresh sockets made on them here
         try:
             with handover(self.env.get("CMGLAB_BIND") or self.lab.config.bind_address) as (handed_env, fds):
                 proc = subprocess.Popen(
                     [*self.prefix, sys.executable, "-m", "cmglab", "serve", name, "--lab", str(self.lab.dir)],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, "CMGLAB_LAB_DIR": str(self.lab.dir), **self.env, **handed_env},
+                    env={**os.environ, "CMGLAB_LAB_DIR": str(self.lab.dir), **self.env, **handed_env,
+                         **several},
                     start_new_session=self.detach, pass_fds=fds,
                 )
         finally:
