@@ -46,10 +46,14 @@ def test_site_information(mp: Lab) -> None:
     wait_log(mp, "MP_Location.log", r"Site information requested for MEM")
 
 
-def test_internal_content_location_points_at_the_mp(mp: Lab) -> None:
+def test_internal_content_location_points_at_the_dp_then_the_mp(mp: Lab) -> None:
     root = cm.parse_xml(location(mp, CLIENT_CONTENT))
     urls = [u.get("Name") for u in root.iter("URL")]
-    assert urls == [f"{http_url(mp)}/CCM_Client"]
+    dp = f"http://{mp.config.hosts.distribution_point}:{mp.config.ports.distribution_point_http}"
+    assert urls == [f"{dp}/SMS_DP_SMSPKG$/MEM00001", f"{http_url(mp)}/CCM_Client"]
+    assert next(u.get("Signature") for u in root.iter("URL")) == f"{dp}/SMS_DP_SMSSIG$/MEM00001.1.tar"
+    assert [r.findtext("DPType") for r in root.iter("LocationRecord")] == ["SERVER", "MP"]
+    assert root.find("BoundaryGroups/BoundaryGroup") is not None  # the intranet boundary group
 
 
 def test_content_location_through_the_cmg(mp: Lab) -> None:

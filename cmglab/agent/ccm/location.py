@@ -13,7 +13,8 @@ from cmglab.wire.ccm_messaging import parse_xml
 @dataclass
 class ContentLocation:
     url: str
-    dp_type: str  # CLOUD (content-enabled CMG) or MP
+    dp_type: str  # CLOUD (content-enabled CMG), SERVER (distribution point) or MP
+    signature: str = ""  # the DP's signature file URL (SMS_DP_SMSSIG$/<content>.<version>.tar)
 
 
 def site_info(client: CcmClient, mp: ManagementPoint, site_code: str, log: logging.Logger,
@@ -39,14 +40,37 @@ def content_locations(client: CcmClient, mp: ManagementPoint, site_code: str, pa
             f"</ClientLocationInfo></ContentLocationRequest>")
     log.info(f"Sending message body '{body}'")
     reply = client.send(mp, "MP_LocationManager", body, log=log, prefix=prefix, flags="0x4100", options="0xe0")
-    root = parse_xml(reply.body)
-    out = []
-    for rec in root.iter("LocationRecord"):
-        url = rec.find("URL")
-        if url is not None and url.get("Name"):
-            out.append(ContentLocation(url.get("Name", ""), rec.findtext("DPType") or ""))
+    out = _records(reply.body)
     for loc in out:
         log.info(f"The location '{loc.url}' ({loc.dp_type}) was found for the client package {package_id}")
+    return out
+
+
+def _records(reply: str) -> list[ContentLocation]:
+    out = []
+    for rec in parse_xml(reply).iter("LocationRecord"):
+        url = rec.find("URL")
+        if url is not None and url.get("Name"):
+            out.append(ContentLocation(url.get("Name", ""), rec.findtext("DPType") or "", url.get("Signature", "")))
+    return out
+
+
+def package_locations(client: CcmClient, mp: ManagementPoint, site_code: str, package_id: str, version: int,
+                      log: logging.Logger) -> list[ContentLocation]:
+    """Where a package's content is (ContentTransferManager's location request for a deployment)."""
+    internet = int(mp.internet)
+    body = (f'<ContentLocationRequest SchemaVersion="1.00" ExcludeFileList="" BGRVersion="1">'
+            f'<Package ID="{package_id}" Version="{version}"/><AssignedSite SiteCode="{site_code}"/>'
+            f'<ClientLocationInfo LocationType="SMSPackage" DistributeOnDemand="0" UseAzure="{internet}" '
+            f'AllowWUMU="0" UseProtected="1" AllowCaching="0" BranchDPFlags="0" UseInternetDP="{internet}" '
+            f'AllowHTTP="1" AllowSMB="0" AllowMulticast="0"><ADSite Name="Default-First-Site-Name"/>'
+            f'<Forest Name=""/><Domain Name=""/><IPAddresses><IPAddress SubnetAddress="127.0.0.0" '
+            f'Address="127.0.0.1"/></IPAddresses></ClientLocationInfo></ContentLocationRequest>')
+    log.info(f"Queued location request for {package_id}.{version}: '{body}'")
+    reply = client.send(mp, "MP_LocationManager", body, log=log, prefix="ccmhttp", flags="0x4100", options="0xe0")
+    out = _records(reply.body)
+    for loc in out:
+        log.info(f"Location update: '{loc.url}' ({loc.dp_type}) for {package_id}.{version}")
     return out
 
 

@@ -46,7 +46,21 @@ def cycle_summary(state: ClientState, mp: ManagementPoint, policies: int) -> str
             f"auth {state.auth_mode or 'none'}), {where}, {policies} policies applied")
 
 
-def cycle(device: Device, resolve: list[str]) -> int:
+def download(client: CcmClient, mp: ManagementPoint, package_id: str) -> int:
+    """A deployment's content: ContentTransferManager asks where it is, DataTransferService fetches it."""
+    from cmglab.agent.ccm.content import ContentTransfer, DownloadError
+
+    try:
+        dest = ContentTransfer(client).download(mp, package_id)
+    except DownloadError as e:
+        print(f"ccmexec: content {package_id} could not be downloaded: {e} (0x{e.hresult:08X})", file=sys.stderr)
+        return 1
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    print(f"ccmexec: content {package_id} downloaded to {dest}: {', '.join(files)}")
+    return 0
+
+
+def cycle(device: Device, resolve: list[str], download_package: str | None = None) -> int:
     state = ClientState.load(device)
     if state is None or not state.installed:
         print("ccmexec: the ConfigMgr client is not installed on this device (run ccmsetup)", file=sys.stderr)
@@ -64,6 +78,8 @@ def cycle(device: Device, resolve: list[str]) -> int:
             reg_log.info("The client's unique token is due for its monthly renewal")
             if mp.token_auth:
                 client.renew_token(mp, reg_log)
+        if download_package:
+            return download(client, mp, download_package)
         policies = PolicyAgent(client).evaluate(mp)
         log.info("CcmExec cycle complete")
         print(cycle_summary(state, mp, policies))
@@ -83,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR")
     p.add_argument("--loop", action="store_true", help="keep running (one cycle every --interval seconds)")
     p.add_argument("--interval", type=float, default=3600.0, help="seconds between cycles with --loop")
+    p.add_argument("--download", metavar="PACKAGE_ID",
+                   help="download a package's content from the distribution point into the client cache")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         device = Device.open(args.home)
@@ -90,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ccmexec: {e}", file=sys.stderr)
         return 2
     if not args.loop:
-        return cycle(device, args.resolve)
+        return cycle(device, args.resolve, args.download)
     stop = {"now": False}
 
     def _stop(_sig: int, _frame: object) -> None:

@@ -234,6 +234,8 @@ class Installer:
             try:
                 if "getcontentxmlsecure" in loc.url.lower():
                     files, hashes = self._cloud(client, mp, loc.url)
+                elif loc.dp_type == "SERVER":
+                    files, hashes = self._dp(client, loc)
                 else:
                     files = {name: self._get(client, mp, f"{loc.url}/{name}")
                              for name in ("ccmsetup.cab", "client.msi")}
@@ -262,6 +264,24 @@ class Installer:
         self.log.info("Validated the client package against the ccmsetup manifest (SHA-256)")
         return Package(self.download_dir, root.get("Version", ""), root.get("ProductCode", ""),
                        self.download_dir / "client.msi")
+
+    def _dp(self, client: CcmClient, loc: Any) -> tuple[dict[str, bytes], dict[str, str]]:
+        """From a distribution point, as the computer account when it asks for Windows authentication;
+        each file checked against the content library's hash (DownloadError otherwise)."""
+        from cmglab.agent.ccm.content import DownloadError, DPSession, content_version_of
+
+        self.log.info(f"Downloading the client package from the distribution point '{loc.url}'")
+        session = DPSession(client.conns.get(None), machine_account(client.device), self.log)
+        try:
+            fetched = session.fetch(loc.url, content_version_of(loc), {"ccmsetup.cab", "client.msi"})
+        except (DownloadError, httpx.HTTPError) as e:
+            raise MessagingError(f"{loc.url}: {e}") from e
+        for f in fetched:
+            self.log.info(f"Downloaded '{loc.url}/{f.path}' ({len(f.data)} bytes), SHA-256 matches the content "
+                          f"library's hash")
+        if {f.path for f in fetched} != {"ccmsetup.cab", "client.msi"}:
+            raise MessagingError(f"the distribution point's {loc.url} lacks the client files")
+        return {f.path: f.data for f in fetched}, {f.path: f.sha256 for f in fetched}
 
     def _get(self, client: CcmClient, mp: ManagementPoint, url: str) -> bytes:
         reply = client.get(mp, url, self.log)

@@ -2,8 +2,10 @@
 
 Content location for a request that came through the CMG points at the content-enabled CMG
 (`https://<cmg>/downloadrestservice.svc/getcontentxmlsecure?pid=<package>&cid=<package>`, seed 001)
-first and at the MP's `CCM_Client` through the CMG second; an internal request gets the MP's
-`CCM_Client` URL.
+first and at the MP's `CCM_Client` through the CMG second (the client package only: the cloud holds
+nothing else). An internal request is in the intranet boundary group: the distribution point first
+(`http://<dp>/SMS_DP_SMSPKG$/<content>`, its signature `SMS_DP_SMSSIG$/<content>.<version>.tar`,
+DPType SERVER), then, for the client package, the MP's `CCM_Client` URL.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape, quoteattr
 
+from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.services.management_point.context import Caller
 from cmglab.services.management_point.site import MP
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml
@@ -93,32 +96,55 @@ def content_location(mp: MP, root: Element, caller: Caller) -> str:
     client_pkg = root.find("ClientPackage")
     package_id = (package.get("ID") if package is not None else None) or site.client_package_id
     version = package.get("Version", "1") if package is not None else "1"
-    if client_pkg is None and package_id != site.client_package_id:
+    distributed = ContentLibrary(mp.lab.content_dir, mp.lab.config).find(package_id)
+    if client_pkg is None and distributed is None:
         log.warning(f"Content location request for unknown package {package_id}")
         return '<ContentLocationReply SchemaVersion="1.00"><Sites/></ContentLocationReply>'
+    is_client = distributed is None or distributed.package_id == site.client_package_id
     records = []
     if caller.internet:
-        settings = mp.store.settings()
-        base = cmg_base(mp)
-        if settings.get("content_enabled_cmg", True):
-            url = f"{base}/downloadrestservice.svc/getcontentxmlsecure?pid={package_id}&cid={package_id}"
-            records.append(_record(url, mp.lab.config.hosts.cmg, "CLOUD", 1))
-        prefix = "CCM_Proxy_MutualAuth" if caller.pki_cert is not None else "CCM_Proxy_ServerAuth"
-        records.append(_record(f"{base}/{prefix}/{site.role_id}/CCM_Client", mp.lab.config.hosts.cmg, "MP", 1))
+        # the cloud holds the client package only (content-enabled CMG); other content stays on the intranet DP
+        if is_client:
+            settings = mp.store.settings()
+            base = cmg_base(mp)
+            if settings.get("content_enabled_cmg", True):
+                url = f"{base}/downloadrestservice.svc/getcontentxmlsecure?pid={package_id}&cid={package_id}"
+                records.append(_record(url, mp.lab.config.hosts.cmg, "CLOUD", 1))
+            prefix = "CCM_Proxy_MutualAuth" if caller.pki_cert is not None else "CCM_Proxy_ServerAuth"
+            records.append(_record(f"{base}/{prefix}/{site.role_id}/CCM_Client", mp.lab.config.hosts.cmg, "MP", 1))
     else:
-        scheme = caller.scheme
-        base = mp.lab.url("management-point") if scheme == "https" else _mp_http_url(mp)
-        records.append(_record(f"{base}/CCM_Client", mp.fqdn, "MP", int(scheme == "https") * 63))
+        # the intranet boundary (the lab's internal network) has the distribution point: it comes first
+        if distributed is not None:
+            dp_https = mp.lab.config.distribution_point.https
+            base = mp.lab.url("distribution-point") if dp_https else _dp_http_url(mp)
+            dp_host = mp.lab.config.hosts.distribution_point
+            records.append(_record(f"{base}/SMS_DP_SMSPKG$/{distributed.content_id}", dp_host, "SERVER",
+                                   63 if dp_https else 0,
+                                   signature=f"{base}/SMS_DP_SMSSIG$/{distributed.content_version}.tar"))
+        if is_client:
+            scheme = caller.scheme
+            base = mp.lab.url("management-point") if scheme == "https" else _mp_http_url(mp)
+            records.append(_record(f"{base}/CCM_Client", mp.fqdn, "MP", int(scheme == "https") * 63))
     log.info(f"Content location request for {package_id} ({'internet' if caller.internet else 'intranet'}): "
-             + ", ".join(r[0] for r in records))
+             + (", ".join(r[0] for r in records) or "no location"))
     body = "".join(r[1] for r in records)
+    boundary = "" if caller.internet else (
+        '<BoundaryGroups BoundaryGroupListRetrieveTime="2026-01-01T00:00:00.000" IsOnVPN="0">'
+        '<BoundaryGroup GroupID="1" GroupGUID="2B1B6FFE-3C2E-4B5B-9E55-4C1A6B7D0001" GroupFlag="0"/>'
+        "</BoundaryGroups>")
     return (
-        f'<ContentLocationReply SchemaVersion="1.00"><ContentInfo PackageFlags="0" PackageID={quoteattr(package_id)}'
-        f" Version={quoteattr(version)}><ContentHashValues/></ContentInfo><Sites><Site>"
+        f'<ContentLocationReply SchemaVersion="1.00" BGRVersion="1">{boundary}<ContentInfo PackageFlags="0" '
+        f"PackageID={quoteattr(package_id)} Version={quoteattr(version)}><ContentHashValues/></ContentInfo>"
+        f"<Sites><Site>"
         f'<MPSite SiteCode="{site.code}" MasterSiteCode="{site.code}" SiteLocality="LOCAL" IISPreferedPort="80" '
         f'IISSSLPreferedPort="443"/><LocationRecords>{body}</LocationRecords></Site></Sites>'
         f"<RelatedContentIDs/></ContentLocationReply>"
     )
+
+
+def _dp_http_url(mp: MP) -> str:
+    port = 80 if mp.lab.config.compose else mp.lab.config.ports.distribution_point_http
+    return f"http://{mp.lab.config.hosts.distribution_point}" + ("" if port == 80 else f":{port}")
 
 
 def _mp_http_url(mp: MP) -> str:
@@ -126,8 +152,9 @@ def _mp_http_url(mp: MP) -> str:
     return f"http://{mp.fqdn}" + ("" if port == 80 else f":{port}")
 
 
-def _record(url: str, server: str, dp_type: str, ssl_state: int) -> tuple[str, str]:
-    xml = (f"<LocationRecord><URL Name={quoteattr(url)} Signature={quoteattr(url)}/>"
+def _record(url: str, server: str, dp_type: str, ssl_state: int, *, signature: str | None = None
+            ) -> tuple[str, str]:
+    xml = (f"<LocationRecord><URL Name={quoteattr(url)} Signature={quoteattr(signature or url)}/>"
            f'<ADSite Name="Default-First-Site-Name"/><IPSubnets><IPSubnet Address=""/></IPSubnets>'
            f'<Metric Value=""/><Version>8968</Version><Capabilities SchemaVersion="1.0">'
            f'<Property Name="SSLState" Value="{ssl_state}"/></Capabilities>'
