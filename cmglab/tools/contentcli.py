@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cmglab.core.labconfig import save_config
 from cmglab.core.settings import Settings
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.runtime.lab import Lab, LabNotInitialised
@@ -54,3 +55,22 @@ def list_(lab: LabOption = Path(".cmglab")) -> None:
         files = library.files(p)
         t.add_row(p.package_id, p.name, p.kind, p.content_version, str(len(files)), str(sum(f.size for f in files)))
     console.print(t)
+
+
+@app.command("dp")
+def dp_settings(anonymous: Annotated[bool | None, typer.Option(
+                    "--anonymous/--no-anonymous", help="Allow clients to connect anonymously.")] = None,
+                https: Annotated[bool | None, typer.Option(
+                    "--https/--http", help="HTTPS only, with PKI client certificates (NOCERT_ vdir excepted).")]
+                = None,
+                lab: LabOption = Path(".cmglab")) -> None:
+    """Show or change the distribution point's properties (applied by a running DP at its next request)."""
+    lab_, _ = _library(lab)
+    dp = lab_.config.distribution_point
+    if anonymous is not None:
+        dp.allow_anonymous = anonymous
+    if https is not None:
+        dp.https = https
+    if anonymous is not None or https is not None:
+        save_config(lab_.config, Lab.config_path(lab_.dir))
+    console.print(f"allow clients to connect anonymously: {dp.allow_anonymous}; HTTPS only: {dp.https}")

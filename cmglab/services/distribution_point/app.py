@@ -131,7 +131,7 @@ def create_app(parts: DPParts) -> FastAPI:
             if not parts_ or parts_[0].lower() not in VDIRS:
                 raise not_found("/" + "/".join(parts_))
             vdir = parts_[0].lower()
-            site = lab.config.distribution_point
+            site = parts.site()
             if site.https and scheme != "https":
                 raise IISError(403, "the content vdirs require SSL", substatus=4)
             if site.https and vdir != "nocert_sms_dp_smspkg$" and client_cert(request) is None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from cmglab.core.labconfig import DistributionPoint, load_config
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.windowsauth import WindowsAuthenticator, write_user_file
@@ -17,6 +18,20 @@ class DPParts:
     library: ContentLibrary
     auth: WindowsAuthenticator
     iislog: IISLog
+    _site: tuple[int, DistributionPoint] | None = field(default=None, repr=False)
+
+    def site(self) -> DistributionPoint:
+        """The DP's properties (anonymous access, HTTPS) as lab.json has them now: `cmglab content dp`
+        changes them on a running DP, as the console does, without a restart."""
+        path = Lab.config_path(self.lab.dir)
+        try:
+            stamp = path.stat().st_mtime_ns
+            if self._site is None or self._site[0] != stamp:
+                self._site = (stamp, load_config(path).distribution_point)
+        except (OSError, ValueError):  # half-written: keep what was read last
+            if self._site is None:
+                return self.lab.config.distribution_point
+        return self._site[1]
 
     @classmethod
     def build(cls, lab: Lab) -> DPParts:
