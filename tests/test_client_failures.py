@@ -5,6 +5,7 @@ fixed. Plus the seed's user-token fallback when the device token fails."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -162,6 +163,35 @@ def test_user_token_fallback(lab: Lab, tmp_path: Path, admin_headers: dict[str, 
                  r"Falling back to get user '\S+' token for system\.\.\.",
                  r"Getting AAD \(user\) token with: ClientId = [0-9a-f-]+, ResourceUrl = \S+, AccountId = \S+",
                  r"Retrieved AAD token for AAD user '[0-9a-f-]{36}'")
+
+
+def test_device_key_unusable_falls_back_to_the_user_token(lab: Lab, tmp_path: Path) -> None:
+    """Seed 001's own sample run, by a documented command: the device key is unusable (NTE_BAD_KEYSET), WAM's
+    device token fails, ccmsetup falls back to the signed-in user's token, and CCM_STS issues a UDA token."""
+    device = joined_device(lab, tmp_path / "dev")
+    r = run("cmglab", "device", "break", "device-key", "--home", str(device.home), "--lab", str(lab.dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = install(lab, device)
+    assert result.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
+    user = lab.config.primary_tenant.users[0]
+    text = log_of(device, "ccmsetup.log")
+    seed_lines = [
+        "WAM token request failed. Status 5, Details 'AAD WAM extension error'",
+        "Failed to get AAD token..",
+        "Unknown error (Error: D0090016; Source: Unknown)",
+        "Failed to get AAD token for 'S-1-5-18' from WAM API. Error 0xd0090016",
+        f"Falling back to get user '{user.onprem_sid}' token for system...",
+        f"Retrieved AAD token for AAD user '{user.object_id}'",
+    ]
+    lines = text.splitlines()
+    found = [next((n for n, line in enumerate(lines) if line == want), -1) for want in seed_lines]
+    assert -1 not in found and found == sorted(found), (seed_lines, found, text[-3000:])
+    assert_lines(device, "ccmsetup.log", r"^Getting AAD \(user\) token with: ClientId = [0-9a-f-]{36}, "
+                 r"ResourceUrl = \S+, AccountId = " + user.object_id + "$")
+    sts_log = (lab.dir / "logs" / "management-point" / "CCM_STS.log").read_text(errors="replace")
+    assert re.search(rf"Validated AAD token\. TokenType: UDA TenantId: {lab.config.primary_tenant.tenant_id} "
+                     rf"UserId: {user.object_id} DeviceId: [0-9a-f-]{{36}}", sts_log), sts_log[-2000:]
+    assert "TokenType is UDA" in sts_log
 
 
 def new_bulk_token(lab: Lab, minutes: int = 60) -> dict[str, str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from cmglab.agent.certstore import KeysetError
 from cmglab.agent.device import SYSTEM_SID, Device
 from cmglab.agent.dsregcmd.join import join_state, wam_account
 from cmglab.agent.entra import EntraClient, EntraError, TokenReply
@@ -22,7 +23,7 @@ from cmglab.agent.prt import load as load_prt
 from cmglab.agent.prt import valid as prt_valid
 
 # the HRESULTs WAM reports
-NTE_BAD_KEYSET = 0xD0090016  # seed 001: "AAD WAM extension error" (no usable device key)
+WAM_BAD_KEYSET = 0xD0090016  # seed 001: "AAD WAM extension error", NTE_BAD_KEYSET as WAM reports it
 WAM_NO_ACCOUNT = 0x80070520  # no signed-in user account for the fallback
 
 
@@ -89,7 +90,7 @@ class AdalOperationProvider:
         if state is None or cert is None or not tenant:
             self.log.error("Failed to get AAD token: the device is not Azure AD joined or its WPJ certificate "
                            "(MS-Organization-Access) is not in the Personal store. Check 'dsregcmd /status'.")
-            raise NoWpjCertificate("the WPJ certificate is not found", NTE_BAD_KEYSET)
+            raise NoWpjCertificate("the WPJ certificate is not found", WAM_BAD_KEYSET)
         account_url = f"{self.entra.login}/common/oauth2/token"
         self.log.info(f"Getting AAD (device) token with: ClientId = {client_id}, ResourceUrl = {resource}, "
                       f"AccountId = {account_url}")
@@ -98,6 +99,12 @@ class AdalOperationProvider:
                                             resource=resource)
             self.log.info(f"Retrieved AAD token for AAD device '{reply.claims.get('deviceid', state['DeviceId'])}'")
             return AadToken("device", reply)
+        except KeysetError:
+            # the device key cannot sign: WAM's AAD extension fails before any request (seed 001's sample run)
+            self.log.warning("WAM token request failed. Status 5, Details 'AAD WAM extension error'")
+            self.log.warning("Failed to get AAD token..")
+            self.log.warning(f"Unknown error (Error: {WAM_BAD_KEYSET:08X}; Source: Unknown)")
+            self.log.warning(f"Failed to get AAD token for '{SYSTEM_SID}' from WAM API. Error 0x{WAM_BAD_KEYSET:08x}")
         except (EntraError, httpx.HTTPError) as e:
             err = e if isinstance(e, EntraError) else classify(e)
             hr = _hresult(err)

@@ -32,6 +32,15 @@ SMS_SIGNING = "SMS Signing"
 SMS_ENCRYPTION = "SMS Encryption"
 
 
+NTE_BAD_KEYSET = 0x80090016  # "Keyset does not exist": the certificate's private key container is unusable
+
+
+class KeysetError(Exception):
+    """The certificate names a private key that cannot be used (CNG/CAPI NTE_BAD_KEYSET)."""
+
+    hresult = NTE_BAD_KEYSET
+
+
 @dataclass(frozen=True)
 class StoredCert:
     store: str
@@ -48,9 +57,13 @@ class StoredCert:
             raise KeyError(f"certificate {self.thumbprint} has no private key")
         # The store holds only keys the agent made or `import_pem` checked on the way in: the RSA consistency
         # check (~70 ms a load) would otherwise run again for every signed message and token request.
-        key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None,
-                                                 unsafe_skip_rsa_key_validation=True)
-        assert isinstance(key, rsa.RSAPrivateKey)
+        try:
+            key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None,
+                                                     unsafe_skip_rsa_key_validation=True)
+        except (OSError, ValueError, TypeError) as e:  # a damaged key container (`cmglab device break`)
+            raise KeysetError(f"Keyset does not exist ({self.key_path.name}: {e})") from e
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise KeysetError(f"Keyset does not exist ({self.key_path.name}: not an RSA key)")
         return key
 
     @property

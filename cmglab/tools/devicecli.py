@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from cmglab.agent.ccm.client import MACHINE_ACCOUNT_PURPOSE
 from cmglab.agent.certstore import MY, ROOT
@@ -67,11 +68,65 @@ def create(home: HomeOption, lab: LabOption = Path(".cmglab"),
                        {"username": f"{ad.netbios_name}\\{account.name}", "password": account.password},
                        MACHINE_ACCOUNT_PURPOSE)
     if root_ca:
-        for cert in x509.load_pem_x509_certificates(the_lab.pki.ca_bundle.read_bytes()):
-            dev.stores.add(ROOT, cert, friendly_name=cert.subject.rfc4514_string())
+        trust_lab_root(dev, the_lab)
     if pki_cert:
         enrol(dev, the_lab)
     typer.echo(f"device {dev.info.name} ({dev.info.fqdn}) at {dev.home}")
+
+
+def trust_lab_root(dev: Device, lab: Lab) -> None:
+    """The organisation's root CA in the device's Root store (what Group Policy or the image does)."""
+    for cert in x509.load_pem_x509_certificates(lab.pki.ca_bundle.read_bytes()):
+        dev.stores.add(ROOT, cert, friendly_name=cert.subject.rfc4514_string())
+
+
+BREAKAGES = {
+    "device-key": "the Entra device key (the WPJ certificate's private key) is unusable: NTE_BAD_KEYSET "
+                  "(seed 001's sample run: WAM fails, ccmsetup falls back to the user token)",
+    "wpj-cert": "the WPJ certificate (MS-Organization-Access) is gone from the Personal store "
+                "(seed 001: 'The WPJ certificate isn't found')",
+    "root-ca": "the organisation's root CA is gone from the Root store (seed 001: 'Root CA not present')",
+}
+
+
+@app.command("break", help="Break one part of a device the way the seeds' failures need: "
+             + "; ".join(f"{k}: {v}" for k, v in BREAKAGES.items()))
+def break_device(what: Annotated[str, typer.Argument(help=" | ".join(BREAKAGES))], home: HomeOption,
+                 lab: LabOption = Path(".cmglab")) -> None:
+    if what not in BREAKAGES:
+        typer.echo(f"unknown breakage {what!r}: one of {', '.join(BREAKAGES)}", err=True)
+        raise typer.Exit(2)
+    dev = Device.open(home)
+    if what in ("device-key", "wpj-cert"):
+        cert = dev.stores.device_cert()
+        if cert is None or cert.key_path is None:
+            typer.echo("the device has no WPJ certificate (not Entra joined): nothing to break", err=True)
+            raise typer.Exit(1)
+        if what == "device-key":  # the key container stays referenced but holds nothing usable
+            cert.key_path.write_bytes(b"")
+        else:
+            dev.stores.remove(MY, cert.thumbprint)
+    else:
+        organisation = {c.fingerprint(hashes.SHA256())
+                        for c in x509.load_pem_x509_certificates(_lab(lab).pki.ca_bundle.read_bytes())}
+        for sc in dev.stores.certificates(ROOT):
+            if sc.cert().fingerprint(hashes.SHA256()) in organisation:
+                dev.stores.remove(ROOT, sc.thumbprint)
+    typer.echo(f"{dev.info.name}: {BREAKAGES[what]}")
+
+
+@app.command("repair")
+def repair_device(what: Annotated[str, typer.Argument(help="root-ca")], home: HomeOption,
+                  lab: LabOption = Path(".cmglab")) -> None:
+    """Undo a breakage an administrator undoes in place: root-ca puts the lab root CA back in the Root store.
+    (device-key and wpj-cert: join again, `dsregcmd /leave` then `dsregcmd /join`.)"""
+    if what != "root-ca":
+        typer.echo("only root-ca is repaired in place; for device-key and wpj-cert join again "
+                   "(dsregcmd /leave, dsregcmd /join)", err=True)
+        raise typer.Exit(2)
+    dev = Device.open(home)
+    trust_lab_root(dev, _lab(lab))
+    typer.echo(f"{dev.info.name}: the lab root CA is in the Root store")
 
 
 def computer_account(lab: Lab, name: str) -> DomainAccount:
