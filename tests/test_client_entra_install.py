@@ -83,17 +83,19 @@ def test_entra_install_register_renew_policy_uninstall(lab: Lab, tmp_path: Path)
     assert cache.get() is not None and b"eyJ" not in device.token_cache_path.read_bytes()  # encrypted at rest
     # the site's view
     assert state.sms_id in (lab.dir / "logs" / "management-point" / "MP_RegistrationManager.log").read_text()
-    # flow 4: the 8-hour token near expiry is renewed before the MP_PolicyManager message
+    # flow 4: CcmMessaging renews the token before the MP_PolicyManager message (`--renew-token`: now, as when
+    # the 8-hour token is close to expiry)
     entry = cache.get()
     assert entry is not None
-    entry["ExpiresOn"] = "2020-01-01T00:00:00Z"
-    cache.put(entry, entry["Proof"])
-    r = run("cmglab.agent.ccmexec", "--home", str(device.home))
+    r = run("cmglab.agent.ccmexec", "--home", str(device.home), "--renew-token")
     assert r.returncode == 0, r.stderr
+    fresh = cache.get()
+    assert fresh is not None and fresh["Token"] != entry["Token"]
     assert_lines(device, "CcmMessaging.log",
                  r"Sending remote sync message '\{[0-9A-F-]{36}\}' to host '\S+' endpoint 'MP_PolicyManager'",
                  r"CCM Token for '\S+' \(.*\) is already expired or close to expire",
-                 r"Getting CCM Token from https://\S+/CCM_STS",
+                 r"Getting CCM Token from https://\S+/CCM_Proxy_ServerAuth/\d+/CCM_STS",
+                 r"Cached encrypted token for 'S-1-5-18'\. Will expire at '\d\d/\d\d/\d{4} \d\d:\d\d:\d\d'",
                  r"ccmhttp: Host=\S+, Path=/CCM_Proxy_ServerAuth/\d+/ccm_system_tokenauth/request.*CcmTokenAuth=1",
                  r"Target URL scheme is HTTPS: https://", r"Appending CCM Token to the header\.",
                  r"Message '\{[0-9A-F-]{36}\}' got reply message '\{[0-9A-F-]{36}\}'")

@@ -82,6 +82,7 @@ class CcmClient:
         self.conns = Connections(network)
         self.signing, self.encryption = sms_certificates(device)
         self.cache = TokenCache(device)
+        self.force_token_renewal = False  # `ccmexec --renew-token`: the next message renews the CCM token
         self.client_tokens = ClientTokenStore(device)
 
     def close(self) -> None:
@@ -101,9 +102,10 @@ class CcmClient:
 
     # -- CCM tokens -----------------------------------------------------------------------------
     def ccm_token(self, mp: ManagementPoint, log: logging.Logger, *, announce_expiry: bool = True) -> str:
-        token = self.cache.valid()
+        token = None if self.force_token_renewal else self.cache.valid()
         if token is not None:
             return token
+        self.force_token_renewal = False
         expires = self.cache.expires()
         if expires is not None and announce_expiry:
             log.info(f"CCM Token for '{SYSTEM_SID}' ({local_time(expires)}) is already expired or close to expire")

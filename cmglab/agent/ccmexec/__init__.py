@@ -3,7 +3,7 @@
 A cycle: pick the management point (the intranet MP when it answers, else rotate to the internet MP,
 the CMG), finish registration if needed (ClientIDManagerStartup), renew the MP-issued unique token
 when it is a month old, then request machine policy and download the bodies (PolicyAgent); CCM
-tokens are renewed by CcmMessaging when expired or close to it.
+tokens are renewed by CcmMessaging when expired or close to it (`--renew-token`: now).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def download(client: CcmClient, mp: ManagementPoint, package_id: str) -> int:
     return 0
 
 
-def cycle(device: Device, resolve: list[str], download_package: str | None = None) -> int:
+def cycle(device: Device, resolve: list[str], download_package: str | None = None,
+          renew_token: bool = False) -> int:
     state = ClientState.load(device)
     if state is None or not state.installed:
         print("ccmexec: the ConfigMgr client is not installed on this device (run ccmsetup)", file=sys.stderr)
@@ -80,6 +81,11 @@ def cycle(device: Device, resolve: list[str], download_package: str | None = Non
                 client.renew_token(mp, reg_log)
         if download_package:
             return download(client, mp, download_package)
+        if renew_token:
+            if not mp.token_auth:
+                print(f"ccmexec: the client does not use a CCM token with {mp.name} (no token authentication): "
+                      "nothing to renew", file=sys.stderr)
+            client.force_token_renewal = True  # CcmMessaging renews it for the policy request, as in seed 001
         policies = PolicyAgent(client).evaluate(mp)
         log.info("CcmExec cycle complete")
         print(cycle_summary(state, mp, policies))
@@ -101,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=3600.0, help="seconds between cycles with --loop")
     p.add_argument("--download", metavar="PACKAGE_ID",
                    help="download a package's content from the distribution point into the client cache")
+    p.add_argument("--renew-token", action="store_true",
+                   help="renew the CCM token now (CcmMessaging's renewal, as when it is close to expiry)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         device = Device.open(args.home)
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ccmexec: {e}", file=sys.stderr)
         return 2
     if not args.loop:
-        return cycle(device, args.resolve, args.download)
+        return cycle(device, args.resolve, args.download, args.renew_token)
     stop = {"now": False}
 
     def _stop(_sig: int, _frame: object) -> None:
