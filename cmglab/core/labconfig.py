@@ -138,6 +138,7 @@ class Hosts(BaseModel):
         "login.microsoft.com",
         "device.login.microsoftonline.com",
         "login.lab.test",
+        "sts.fed.lab.test",  # the lab's federation service (AD FS stand-in) for fed.lab.test
     ]
     cmg: str = "cmg.lab.test"
     cmg_connection_point: str = "cmgcp.corp.lab.test"
@@ -229,6 +230,7 @@ def default_config(*, compose: bool = False) -> LabConfig:
         users=[
             User(upn="alice@lab.test", display_name="Alice Lab", onprem_sid=alice_sid),
             User(upn="bob@lab.test", display_name="Bob Lab"),
+            User(upn="carol@fed.lab.test", display_name="Carol Federated"),  # signs in at sts.fed.lab.test
         ],
     )
     other = Tenant(

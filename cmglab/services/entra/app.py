@@ -9,10 +9,19 @@ from starlette.concurrency import run_in_threadpool
 from cmglab.core.ad import ad_path
 from cmglab.runtime.admin import install_lab_admin, require_admin
 from cmglab.runtime.lab import Lab
-from cmglab.services.entra import routes_admin, routes_authorize, routes_drs, routes_oidc, routes_sync, routes_token
+from cmglab.services.entra import (
+    routes_admin,
+    routes_authorize,
+    routes_drs,
+    routes_federation,
+    routes_oidc,
+    routes_sync,
+    routes_token,
+)
 from cmglab.services.entra.connect_sync import ConnectSync
 from cmglab.services.entra.context import Entra
 from cmglab.services.entra.errors import install_error_handler
+from cmglab.services.entra.federation import FederationService
 
 
 def create_app(lab: Lab) -> FastAPI:
@@ -26,6 +35,7 @@ def create_app(lab: Lab) -> FastAPI:
     app.include_router(routes_oidc.router(entra))
     app.include_router(routes_token.router(entra))
     app.include_router(routes_authorize.router(entra))
+    app.include_router(routes_federation.router(FederationService(entra.store, entra.grants.federation_key)))
     app.include_router(routes_drs.router(entra))
     # the reseed hashes passwords: off the event loop
     install_lab_admin(app, service="entra", lab=lab, reset=lambda: run_in_threadpool(entra.store.reset))

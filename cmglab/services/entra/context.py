@@ -39,7 +39,8 @@ class Entra:
         ca = DeviceCA(lab.pki.device_ca.cert(), lab.pki.device_ca.key())
         issuer = Issuer(store, signer)
         device_codes = DeviceCodes(issuer)
-        return cls(store=store, signer=signer, grants=Grants(issuer, ca, device_codes), device_codes=device_codes,
+        grants = Grants(issuer, ca, device_codes, lab.dir / "data" / "federation")
+        return cls(store=store, signer=signer, grants=grants, device_codes=device_codes,
                    registration=Registration(store, signer, ca), directory=Directory(store),
                    lab_hosts=list(lab.config.hosts.entra), login_host=lab.host("entra"))
 

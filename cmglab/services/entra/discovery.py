@@ -104,16 +104,17 @@ def instance_discovery(base: str, host: str, authorization_endpoint: str, api_ve
             "api-version": api_version, "metadata": instance_metadata(host, lab_hosts)}
 
 
-def userrealm_v1(upn: str, domain: str | None, federated: bool) -> dict[str, Any]:
+def userrealm_v1(upn: str, domain: str | None, federated: bool, sts: str | None = None) -> dict[str, Any]:
+    """`sts`: the federation service's trust URL (https://sts.<domain>[:port]/adfs/services/trust)."""
     base = {"ver": "1.0", "cloud_instance_name": "microsoftonline.com",
             "cloud_audience_urn": "urn:federation:MicrosoftOnline"}
     if domain is None:
         return {"ver": "1.0", "account_type": "Unknown", "cloud_instance_name": "microsoftonline.com"}
     if not federated:
         return {**base, "account_type": "Managed", "domain_name": domain}
-    sts = f"https://sts.{domain}/adfs/services/trust"
+    sts = sts or f"https://sts.{domain}/adfs/services/trust"
     return {**base, "account_type": "Federated", "domain_name": domain, "federation_protocol": "WSTrust",
-            "federation_metadata_url": f"{sts}/mex", "federation_active_auth_url": f"{sts}/2005/usernamemixed"}
+            "federation_metadata_url": f"{sts}/mex", "federation_active_auth_url": f"{sts}/13/usernamemixed"}
 
 
 def userrealm_v2(upn: str, domain: str | None, federated: bool, brand: str | None) -> dict[str, Any]:

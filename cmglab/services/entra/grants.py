@@ -13,6 +13,7 @@ import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -24,11 +25,13 @@ from cmglab.services.entra import store as st
 from cmglab.services.entra.device_code import DEVICE_CODE_GRANT, DeviceCodes
 from cmglab.services.entra.drs import DeviceCA, device_id_of
 from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra.federation import FederationKey, redeem_assertion
 from cmglab.services.entra.issuance import Issuer, require, user_principal
 from cmglab.services.entra.prt import Prts, wants_prt
 from cmglab.services.entra.tokens import Issue, Principal, service_principal_id
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+SAML11_GRANT = "urn:ietf:params:oauth:grant-type:saml1_1-bearer"
 NONCE_LIFETIME = 300  # a srv_challenge nonce is good for one request within five minutes
 
 
@@ -50,9 +53,10 @@ class TokenResult:
 
 
 class Grants:
-    def __init__(self, issuer: Issuer, device_ca: DeviceCA, device_codes: DeviceCodes) -> None:
+    def __init__(self, issuer: Issuer, device_ca: DeviceCA, device_codes: DeviceCodes, federation_dir: Path) -> None:
         self.issuer, self.store, self.device_ca, self.device_codes = issuer, issuer.store, device_ca, device_codes
         self.prts = Prts(issuer)
+        self.federation_key = FederationKey(federation_dir)
         self.handlers: dict[str, Callable[[Session, TokenRequest], TokenResult]] = {
             "password": self._password,
             "client_credentials": self._client_credentials,
@@ -60,6 +64,7 @@ class Grants:
             DEVICE_CODE_GRANT: self._device_code,
             JWT_BEARER: self._device_signed,
             "authorization_code": self._authorization_code,
+            SAML11_GRANT: self._saml,
         }
 
     def token(self, req: TokenRequest) -> TokenResult:
@@ -122,6 +127,15 @@ class Grants:
         issue = Issue(user_principal(user), resource, client.app_id, client.auth, ("pwd",), req.ipaddr)
         return TokenResult(self._user_reply(s, issue, req, oidc), "device_code", user.upn)
 
+    def _saml(self, s: Session, req: TokenRequest) -> TokenResult:
+        """A SAML 1.1 assertion from a federated domain's STS (MSAL/roadlib's WS-Trust flow)."""
+        tenant = self.issuer.tenant(s, req.segment)
+        client = self.issuer.client(s, req.form, req.segment)
+        resource, oidc = self.issuer.resource(s, req.form, v2=req.v2, tenant_name=req.segment)
+        fed = redeem_assertion(s, self.federation_key, require(req.form, "assertion"), tenant)
+        issue = Issue(user_principal(fed.user), resource, client.app_id, client.auth, fed.amr, req.ipaddr)
+        return TokenResult(self._user_reply(s, issue, req, oidc), "saml1_1", fed.user.upn)
+
     def _authorization_code(self, s: Session, req: TokenRequest) -> TokenResult:
         body, upn = self.prts.redeem_code(s, dict(req.form), req.segment, req.v2, req.ipaddr)
         return TokenResult(body, "authorization_code", upn)
@@ -153,13 +167,16 @@ class Grants:
             # a device token reply is v1-shaped whatever the endpoint, without refresh or ID token
             body = self.issuer.reply(s, issue, v2=False, refresh=False, id_token=False, with_client_info=False)
             return TokenResult(body, "device_token", device.device_id)
-        if inner not in ("password", "refresh_token"):
+        if inner not in ("password", "refresh_token", SAML11_GRANT):
             raise AADSTSError(70003, "unsupported_grant_type",
                               f"The app requested an unsupported grant type '{inner}' in the signed request.")
         client = self.issuer.client(s, payload, tenant.tenant_id)
         if inner == "password":
             user = self.issuer.sign_in(s, tenant, require(payload, "username"), require(payload, "password"))
             amr: tuple[str, ...] = ("pwd", "rsa")
+        elif inner == SAML11_GRANT:  # a federated user's sign-in ([MS-OAPXBC] 3.1.5.1.2.1)
+            fed = redeem_assertion(s, self.federation_key, require(payload, "assertion"), tenant)
+            user, amr = fed.user, (*fed.amr, "rsa")
         else:
             row = self.issuer.redeem_refresh(s, require(payload, "refresh_token"), client.app_id, tenant)
             found = s.get(st.User, row.user_id)

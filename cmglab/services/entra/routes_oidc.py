@@ -71,6 +71,8 @@ def router(entra: Entra) -> APIRouter:
             brand = tenant.display_name if tenant else None
         if request.query_params.get("api-version") == "2.0":
             return JSONResponse(discovery.userrealm_v2(upn, name, federated, brand))
-        return JSONResponse(discovery.userrealm_v1(upn, name, federated))
+        port = request.url.port
+        sts = f"https://sts.{name}{f':{port}' if port and port != 443 else ''}/adfs/services/trust"
+        return JSONResponse(discovery.userrealm_v1(upn, name, federated, sts))
 
     return r
