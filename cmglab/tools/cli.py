@@ -90,10 +90,12 @@ def lab_facts(lab: Lab) -> dict[str, Any]:
     c = lab.config
     services = {
         name: {"url": lab.url(name), "port": lab.port(name), "host": lab.host(name)}
-        for name in ("entra", "cmg", "management-point", "pki", "console", "cmg-connection-point")
+        for name in ("entra", "cmg", "management-point", "distribution-point", "pki", "console",
+                     "cmg-connection-point")
     }
     services["cmg"]["connector_port"] = c.ports.cmg_connector if not c.compose else 10140
     services["management-point"]["http_port"] = c.ports.management_point_http if not c.compose else 80
+    services["distribution-point"]["http_port"] = c.ports.distribution_point_http if not c.compose else 80
     services["entra"]["names"] = c.hosts.entra
     return {
         "lab_dir": str(lab.dir),
