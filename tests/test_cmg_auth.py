@@ -73,20 +73,22 @@ def auth_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 def services(auth_lab: Lab) -> Iterator[LabProcesses]:
     p = LabProcesses(auth_lab, env=dict(FAST_ENV, CMGLAB_UPSTREAM_TIMEOUT="20"))
     jwks: ThreadedService | None = None
-    if REAL_ENTRA:
-        p.ensure("entra")
-    else:
-        ident = auth_lab.pki.server("entra")
-        jwks = ThreadedService(Service("entra-jwks", [Listener("jwks", jwks_app(auth_lab), auth_lab.port("entra"),
-                                                               tls=TLS(ident.cert_path, ident.key_path))]))
-        jwks.__enter__()
-    p.ensure("management-point", "cmg", "cmg-connection-point")
-    wait_for(lambda: channel_up(auth_lab) and cmg_points(auth_lab), what="channel up")
-    wait_for(lambda: cmg_health(auth_lab)["site_config"], what="site configuration at the CMG")
-    yield p
-    p.stop_all()
-    if jwks is not None:
-        jwks.__exit__(None, None, None)
+    try:  # stopped on every way out, a failed start included
+        if REAL_ENTRA:
+            p.ensure("entra")
+        else:
+            ident = auth_lab.pki.server("entra")
+            jwks = ThreadedService(Service("entra-jwks", [Listener("jwks", jwks_app(auth_lab), auth_lab.port("entra"),
+                                                                   tls=TLS(ident.cert_path, ident.key_path))]))
+            jwks.__enter__()
+        p.ensure("management-point", "cmg", "cmg-connection-point")
+        wait_for(lambda: channel_up(auth_lab) and cmg_points(auth_lab), what="channel up")
+        wait_for(lambda: cmg_health(auth_lab)["site_config"], what="site configuration at the CMG")
+        yield p
+    finally:
+        p.stop_all()
+        if jwks is not None:
+            jwks.__exit__(None, None, None)
 
 
 def site_paths(lab: Lab) -> list[str]:

@@ -180,13 +180,12 @@ def upstream(chan_lab: Lab) -> Iterator[Upstream]:
 
 @pytest.fixture(scope="module")
 def procs(chan_lab: Lab, upstream: Upstream) -> Iterator[LabProcesses]:
-    p = LabProcesses(chan_lab, env=dict(FAST_ENV))
-    p.ensure("cmg", "cmg-connection-point")
-    wait_for(lambda: channel_up(chan_lab) and cmg_points(chan_lab), what="channel up")
-    with lab_client(chan_lab) as c:
-        wait_for(lambda: c.get(f"{chan_lab.url('cmg')}/_lab/health").json()["site_config"], what="site config")
-    yield p
-    p.stop_all()
+    with LabProcesses(chan_lab, env=dict(FAST_ENV)) as p:  # stopped on every way out, a failed start included
+        p.ensure("cmg", "cmg-connection-point")
+        wait_for(lambda: channel_up(chan_lab) and cmg_points(chan_lab), what="channel up")
+        with lab_client(chan_lab) as c:
+            wait_for(lambda: c.get(f"{chan_lab.url('cmg')}/_lab/health").json()["site_config"], what="site config")
+        yield p
 
 
 @pytest.fixture

@@ -30,12 +30,11 @@ def flow_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 @pytest.fixture(scope="module")
 def services(flow_lab: Lab) -> Iterator[LabProcesses]:
-    p = LabProcesses(flow_lab, env=dict(FAST_ENV, CMGLAB_UPSTREAM_TIMEOUT="20"))
-    p.ensure("management-point", "cmg", "cmg-connection-point")
-    wait_for(lambda: channel_up(flow_lab) and cmg_points(flow_lab), what="channel up")
-    wait_for(lambda: cmg_health(flow_lab)["site_config"], what="site configuration at the CMG")
-    yield p
-    p.stop_all()
+    with LabProcesses(flow_lab, env=dict(FAST_ENV, CMGLAB_UPSTREAM_TIMEOUT="20")) as p:  # stopped on every way out
+        p.ensure("management-point", "cmg", "cmg-connection-point")
+        wait_for(lambda: channel_up(flow_lab) and cmg_points(flow_lab), what="channel up")
+        wait_for(lambda: cmg_health(flow_lab)["site_config"], what="site configuration at the CMG")
+        yield p
 
 
 def cmg_health(lab: Lab) -> dict[str, Any]:

@@ -31,11 +31,10 @@ def res_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 @pytest.fixture(scope="module")
 def procs(res_lab: Lab) -> Iterator[LabProcesses]:
-    p = LabProcesses(res_lab, env=dict(FAST_ENV, CMGLAB_UPSTREAM_TIMEOUT="10"))
-    p.ensure("management-point", "cmg", "cmg-connection-point")
-    wait_up(res_lab)
-    yield p
-    p.stop_all()
+    with LabProcesses(res_lab, env=dict(FAST_ENV, CMGLAB_UPSTREAM_TIMEOUT="10")) as p:  # stopped on every way out
+        p.ensure("management-point", "cmg", "cmg-connection-point")
+        wait_up(res_lab)
+        yield p
 
 
 def wait_up(lab: Lab, points: int = 1, timeout: float = 20) -> None:

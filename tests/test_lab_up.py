@@ -59,6 +59,8 @@ def test_up_prints_the_commands_that_install_a_device(up_lab: tuple[Lab, str]) -
         assert " ".join(argv[:3]) in flat
     assert f"CCMHOSTNAME=cmg.lab.test:{lab.config.ports.cmg}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}" in flat
     assert "cmglab down" in flat
+    for argv in orchestrate.check_commands(lab):  # the README's `dsregcmd /status` and `ccmexec` lines
+        assert " ".join(argv) in flat
 
     status = cmglab("status", "--json", "--lab", str(lab.dir))
     assert status.returncode == 0, status.stdout
@@ -114,6 +116,14 @@ def test_the_printed_commands_install_a_device_and_both_sides_log_seed_001(
 
     logs_out = cmglab("logs", "--no-follow", "management-point", "--lab", str(lab.dir))
     assert logs_out.returncode == 0 and "CCM_STS.log: ProcessRequest - Start" in logs_out.stdout
+
+    status, ccmexec = (subprocess.run(argv, capture_output=True, text=True, timeout=180)
+                       for argv in orchestrate.check_commands(lab, home))
+    assert status.returncode == 0 and re.search(r"AzureAdJoined : YES", status.stdout), status.stdout
+    assert ccmexec.returncode == 0, ccmexec.stdout + ccmexec.stderr
+    assert re.fullmatch(r"ccmexec: cycle complete: client GUID:[0-9A-F-]{36} \(approval 3, auth aad\), internet, "
+                        r"through the CMG cmg\.lab\.test:\d+/CCM_Proxy_MutualAuth/\d+, \d+ policies applied\n",
+                        ccmexec.stdout), ccmexec.stdout
 
 
 def test_down_stops_everything_and_the_cmg_writes_its_traffic_summary(up_lab: tuple[Lab, str]) -> None:

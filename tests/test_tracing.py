@@ -114,13 +114,13 @@ def otlp() -> Iterator[Collector]:
 def trace_lab(tmp_path_factory: pytest.TempPathFactory, otlp: Collector) -> Iterator[Lab]:
     lab = new_lab(tmp_path_factory.mktemp("tracing") / "lab")
     env = dict(FAST_ENV, CMGLAB_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp.server_address[1]}")
-    procs = LabProcesses(lab, env=env)
-    procs.ensure("management-point", "cmg", "cmg-connection-point")
-    wait_for(lambda: channel_up(lab) and cmg_points(lab), what="channel up")
-    with lab_client(lab) as c:
-        wait_for(lambda: c.get(f"{lab.url('cmg')}/_lab/health").json()["site_config"], what="site config at the CMG")
-    yield lab
-    procs.stop_all()
+    with LabProcesses(lab, env=env) as procs:  # stopped on every way out, a failed start included
+        procs.ensure("management-point", "cmg", "cmg-connection-point")
+        wait_for(lambda: channel_up(lab) and cmg_points(lab), what="channel up")
+        with lab_client(lab) as c:
+            wait_for(lambda: c.get(f"{lab.url('cmg')}/_lab/health").json()["site_config"],
+                     what="site config at the CMG")
+        yield lab
 
 
 # -- the header formats -----------------------------------------------------------------------------------

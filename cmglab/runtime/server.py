@@ -146,7 +146,8 @@ def _config(listener: Listener, access_log: bool, limits: Limits) -> uvicorn.Con
         h11_max_incomplete_event_size=limits.max_header_bytes + 4096,
         ws=TLSScopeWSProtocol,  # WebSocket upgrades see the client certificate too (CMG connector)
         loop="uvloop", lifespan="on", access_log=access_log, log_level="warning",
-        timeout_graceful_shutdown=5, proxy_headers=False, server_header=False,
+        # Ctrl-C stops a lab within 2 s: requests in flight (an event stream, a held channel) get 1 s
+        timeout_graceful_shutdown=1, proxy_headers=False, server_header=False,
         timeout_keep_alive=KEEP_ALIVE_TIMEOUT, **kwargs,
     )
 

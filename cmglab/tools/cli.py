@@ -258,36 +258,57 @@ def up(lab: LabOption = DEFAULT_LAB,
         console.print(f"created {', '.join(created)} in {the_lab.dir}")
     try:
         with console.status(f"starting {', '.join(SERVICES)}..."):
-            orchestrate.start_all(the_lab, detach=detach, workers=workers)
-    except ServiceFailed as e:
-        console.print(f"[red]{e}[/red]")
-        orchestrate.stop_pids(the_lab)
+            procs = orchestrate.start_all(the_lab, detach=detach, workers=workers)
+    except ServiceFailed as e:  # start_all has stopped what it started
+        console.print(str(e), style="red", markup=False, highlight=False)
         raise typer.Exit(1) from e
+    except KeyboardInterrupt as e:
+        console.print("interrupted; stopped what had started")
+        raise typer.Exit(130) from e
     print_rows(console, f"cmglab is up ({the_lab.dir})", ("service", "url"),
                [(name, the_lab.url(name)) for name in ("entra", "cmg", "management-point", "distribution-point",
                                                                       "pki", "console")])
-    console.print(f"hosts mapping: {the_lab.dir / 'hosts'} (clients take it from CMGLAB_HOSTS_FILE or --resolve)")
+    print_value(console, f"hosts mapping: {the_lab.dir / 'hosts'} (clients take it from CMGLAB_HOSTS_FILE or "
+                         "--resolve)")
     console.print("install a device:")
     for argv in orchestrate.device_commands(the_lab):
-        console.print(f"  {shlex.join(argv)}", soft_wrap=True, markup=False, highlight=False)
+        print_value(console, f"  {shlex.join(argv)}")
+    console.print("then check it:")
+    for argv in orchestrate.check_commands(the_lab):
+        print_value(console, f"  {shlex.join(argv)}")
     if detach:
         console.print("running in the background; stop it with [bold]cmglab down[/bold]")
         return
-    import signal as _signal
-    import time as _time
+    run_foreground(the_lab, procs)
+
+
+def run_foreground(the_lab: Lab, procs: Any) -> None:
+    """Until Ctrl-C: report a service that dies at once and restart it (with a limit); then stop the lab
+    within 2 s."""
+    import signal
+    import time
+
+    from cmglab.tools import orchestrate
 
     stop = {"now": False}
 
     def _stop(_sig: int, _frame: object) -> None:
         stop["now"] = True
 
-    _signal.signal(_signal.SIGINT, _stop)
-    _signal.signal(_signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     console.print("Ctrl-C stops the lab")  # only now: the handler is in place
+    supervisor = orchestrate.Supervisor(the_lab, procs)
     while not stop["now"]:
-        _time.sleep(0.2)
-    stopped = orchestrate.stop_pids(the_lab)
-    console.print(f"stopped {', '.join(stopped) or 'nothing'}")
+        for event in supervisor.check():
+            console.print(event, style="yellow", markup=False, highlight=False)
+        time.sleep(0.2)
+    began = time.monotonic()
+    mine = list(procs.procs)
+    procs.stop_all(timeout=orchestrate.STOP_TIMEOUT)  # ours: waited for (reaped), killed after the timeout
+    others = orchestrate.stop_pids(the_lab, timeout=orchestrate.STOP_TIMEOUT)  # a --detach lab's, if any
+    stopped = [*mine, *(o for o in others if o not in mine)]
+    print_value(console, f"stopped {', '.join(stopped) or 'nothing'} in {time.monotonic() - began:.1f} s")
 
 
 @app.command()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -46,36 +48,107 @@ def running_pids(lab: Lab) -> dict[str, int]:
     return pids
 
 
+def write_pid(lab: Lab, service: str, pid: int) -> None:
+    path = pid_file(lab, service)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"{pid}\n")
+
+
 def start_all(lab: Lab, *, detach: bool = False, workers: int = 1) -> LabProcesses:
     """Start every service that is not already running, then wait until all are healthy; `workers` processes
-    for each service that can have several (Entra, MP, CRL host)."""
+    for each service that can have several (Entra, MP, CRL host). When one fails (or Ctrl-C comes first),
+    the services this call started are stopped before it raises."""
     procs = LabProcesses(lab, detach=detach, workers=workers)
     already = running_pids(lab)
-    for service in SERVICES:
-        if service not in already:
-            sp = procs.start(service, wait=False)
-            path = pid_file(lab, service)
-            path.parent.mkdir(exist_ok=True)
-            path.write_text(f"{sp.proc.pid}\n")
-    procs.wait_healthy(SERVICES, timeout=60)
-    procs.wait_channel()
+    try:
+        for service in SERVICES:
+            if service not in already:
+                write_pid(lab, service, procs.start(service, wait=False).proc.pid)
+        procs.wait_healthy(SERVICES, timeout=60)
+        procs.wait_channel()
+    except BaseException:
+        started = list(procs.procs)
+        procs.stop_all(timeout=STOP_TIMEOUT)
+        for service in started:
+            pid_file(lab, service).unlink(missing_ok=True)
+        raise
     return procs
+
+
+# Ctrl-C stops a lab within 2 s: what has not stopped by then is killed
+STOP_TIMEOUT = 1.0
+# a service that dies is restarted, as a service manager would, at most this often
+RESTART_LIMIT, RESTART_WINDOW = 3, 60.0
+
+
+@dataclass
+class Supervisor:
+    """Watches a foreground lab's services: reports one that dies at once (and reaps it: no zombie),
+    restarts it up to RESTART_LIMIT times within RESTART_WINDOW seconds, says when it answers again."""
+
+    lab: Lab
+    procs: LabProcesses
+    restarts: dict[str, list[float]] = field(default_factory=dict)
+    coming_back: set[str] = field(default_factory=set)
+
+    def check(self) -> list[str]:
+        events = []
+        now = time.monotonic()
+        for name, sp in list(self.procs.procs.items()):
+            code = sp.proc.poll()  # reaps a dead child
+            if code is None:
+                continue
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW]
+            if len(recent) >= RESTART_LIMIT:
+                del self.procs.procs[name]
+                pid_file(self.lab, name).unlink(missing_ok=True)
+                self.coming_back.discard(name)
+                events.append(f"{name} {how}; not restarted: {RESTART_LIMIT} restarts within {RESTART_WINDOW:.0f} s "
+                              f"(its output: {sp.log_path})")
+                continue
+            self.restarts[name] = [*recent, now]
+            new = self.procs.start(name, wait=False)
+            write_pid(self.lab, name, new.proc.pid)
+            self.coming_back.add(name)
+            events.append(f"{name} {how}; restarted as pid {new.proc.pid} "
+                          f"(restart {len(recent) + 1} of {RESTART_LIMIT} within {RESTART_WINDOW:.0f} s)")
+        if self.coming_back:
+            states = health(self.lab, tuple(self.coming_back))
+            for name, state in states.items():
+                if state == "healthy":
+                    self.coming_back.discard(name)
+                    events.append(f"{name} is healthy again")
+        return events
+
+
+def _gone(pid: int) -> bool:
+    """Whether the process has exited; a child of ours that has is reaped here (a zombie still answers kill 0)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:  # not our child
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def stop_pids(lab: Lab, timeout: float = 10) -> list[str]:
     pids = running_pids(lab)
     for pid in pids.values():
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for service, pid in pids.items():
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+        while not _gone(pid):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
                 break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
         pid_file(lab, service).unlink(missing_ok=True)
     return list(pids)
 
@@ -126,6 +199,11 @@ def device_commands(lab: Lab, home: str = "./device01") -> list[list[str]]:
         ["ccmsetup", "--home", home, f"CCMHOSTNAME={cmg}/CCM_Proxy_MutualAuth/{c.site.role_id}",
          f"SMSSITECODE={c.site.code}"],
     ]
+
+
+def check_commands(lab: Lab, home: str = "./device01") -> list[list[str]]:
+    """What shows the device worked: its Entra join state and one client cycle (a one-line summary)."""
+    return [["dsregcmd", "/status", "--home", home], ["ccmexec", "--home", home]]
 
 
 def follow(paths: list[Path], poll: float = 0.5) -> Iterator[str]:

@@ -181,6 +181,16 @@ class LabProcesses:
         """kill -9: no graceful shutdown, as a crash would."""
         self.stop(name, signal.SIGKILL)
 
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
+    def stop_all(self, timeout: float = 10) -> None:
+        """Signal every service at once, then wait for them together (`timeout` in all), killing what is left."""
+        procs = [self.procs.pop(name) for name in reversed(list(self.procs))]
+        for sp in procs:
+            if sp.alive():
+                sp.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for sp in procs:
+            try:
+                sp.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                sp.proc.kill()
+                sp.proc.wait(5)

@@ -1,0 +1,137 @@
+"""`cmglab up` and the test harness as a newcomer meets them (issue 21): a service that dies under a
+foreground lab is reported at once and restarted (no zombie), Ctrl-C stops the lab within 2 s, and a lab
+that fails to start one service stops the ones it had started (`cmglab up` and `LabProcesses.ensure`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cmglab.runtime.lab import Lab
+from cmglab.runtime.sockets import handover
+from cmglab.tools import orchestrate
+from cmglab.tools.processes import SERVICES, LabProcesses, ServiceFailed, isolated_lab
+
+
+def lab_processes(lab: Lab) -> list[int]:
+    """Live (not zombie) processes whose command line names this lab."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if str(lab.dir) in cmdline and "Z" not in state.split()[1]:
+            found.append(int(entry.name))
+    return found
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" in status
+
+
+def break_cmg(lab: Lab) -> None:
+    """The CMG cannot load its TLS key: it exits at start, the other services start normally."""
+    (lab.dir / "pki" / "cmg" / "cmg.key").write_text("not a key\n")
+
+
+def start_up(lab: Lab, *args: str) -> subprocess.Popen[str]:
+    with handover("127.0.0.1") as (env, fds):  # the ports this test reserved, passed on to the services
+        return subprocess.Popen([sys.executable, "-m", "cmglab", "up", "--lab", str(lab.dir), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "COLUMNS": "80", **env}, pass_fds=fds)
+
+
+def read_until(proc: subprocess.Popen[str], text: str, seen: list[str], timeout: float = 150) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return
+        assert time.monotonic() < deadline, "".join(seen)
+    pytest.fail(f"{text!r} never printed:\n{''.join(seen)}")
+
+
+@pytest.fixture
+def up_process(tmp_path: Path) -> Iterator[tuple[Lab, subprocess.Popen[str], list[str]]]:
+    lab = isolated_lab(tmp_path / "lab")
+    proc = start_up(lab)
+    seen: list[str] = []
+    try:
+        read_until(proc, "Ctrl-C stops the lab", seen)
+        yield lab, proc, seen
+    finally:  # never leave a lab behind a failed test
+        proc.kill()
+        proc.wait(10)
+        orchestrate.stop_pids(lab, timeout=5)
+
+
+def test_foreground_up_restarts_a_killed_service_and_stops_within_2_s(
+        up_process: tuple[Lab, subprocess.Popen[str], list[str]]) -> None:
+    lab, proc, seen = up_process
+    printed = "".join(seen)
+    for argv in orchestrate.check_commands(lab):  # the README's dsregcmd /status and ccmexec lines
+        assert " ".join(argv[:2]) in printed
+    pids = orchestrate.running_pids(lab)
+    assert set(pids) == set(SERVICES)
+    os.kill(pids["cmg"], signal.SIGKILL)
+    read_until(proc, "cmg was killed by SIGKILL; restarted as pid", seen, timeout=10)
+    assert not is_zombie(pids["cmg"]), "the killed CMG was never reaped"
+    read_until(proc, "cmg is healthy again", seen, timeout=90)
+    new = orchestrate.running_pids(lab)["cmg"]
+    assert new != pids["cmg"] and orchestrate.health(lab, ("cmg",))["cmg"] == "healthy"
+
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    read_until(proc, "stopped ", seen, timeout=30)
+    took = time.monotonic() - started  # until the lab is stopped: the command's own exit follows
+    stopped = re.search(r"stopped (.*) in (\d+\.\d) s", seen[-1])
+    assert stopped and set(stopped[1].split(", ")) == set(SERVICES), seen[-1]
+    assert float(stopped[2]) <= 2.0 and took < 2.5, f"Ctrl-C took {took:.1f} s: {seen[-1]}"
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert orchestrate.running_pids(lab) == {} and lab_processes(lab) == []
+
+
+def test_up_that_cannot_start_a_service_stops_the_others(tmp_path: Path) -> None:
+    lab = isolated_lab(tmp_path / "lab")
+    break_cmg(lab)
+    proc = start_up(lab, "--detach")
+    try:
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 1, out
+        assert "cmg exited with" in out, out
+        assert lab_processes(lab) == [], out
+        assert orchestrate.running_pids(lab) == {}
+        assert list((lab.dir / "run").glob("*.pid")) == []
+    finally:
+        proc.kill()
+        orchestrate.stop_pids(lab, timeout=5)
+
+
+def test_harness_that_cannot_start_a_service_stops_the_others(tmp_path: Path) -> None:
+    lab = isolated_lab(tmp_path / "lab")
+    break_cmg(lab)
+    with LabProcesses(lab) as procs:
+        procs.ensure("pki")  # started before: ensure's failure leaves it to its owner
+        with pytest.raises(ServiceFailed, match="cmg exited with"):
+            procs.ensure("management-point", "cmg", "cmg-connection-point")
+        assert list(procs.procs) == ["pki"] and procs.procs["pki"].alive()
+        assert len(lab_processes(lab)) == 1
+    assert lab_processes(lab) == []
