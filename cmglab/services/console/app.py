@@ -9,11 +9,12 @@ from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from cmglab.runtime.admin import install_lab_admin, require_admin
 from cmglab.runtime.lab import Lab
+from cmglab.services.console import static_view
 from cmglab.services.console.collector import Collector
 from cmglab.services.console.devices import Devices
 from cmglab.services.console.events import EventHub
@@ -39,9 +40,33 @@ def create_app(console: Console) -> FastAPI:
     admin_only = require_admin(console.lab)
     page = STATIC / "index.html"
 
-    @app.get("/", include_in_schema=False)
-    @app.get("/trace/{trace_id}", include_in_schema=False)
-    async def index() -> FileResponse:
+    async def static_page(device: str, step: str, trace_id: str | None) -> HTMLResponse:
+        if trace_id is not None:
+            found = console.store.get(trace_id)
+            traces = [found.detail()] if found is not None else []
+            title = f"trace {trace_id}" + ("" if traces else " (not found)")
+        else:
+            newest = console.store.summaries(device=device, step=step, limit=100)
+            traces = [t.detail() for t in (console.store.get(s["trace_id"]) for s in reversed(newest)) if t]
+            title = (f"Journey of {device}" if device else "Journey (all devices)") + (f" · {step}" if step else "")
+        html = static_view.render(
+            site_code=console.lab.config.site.code, services=console.collector.service_list(),
+            devices=(await console.devices.list())["devices"],
+            summaries=console.store.summaries(device=device, step=step, limit=300), traces=traces, title=title,
+            live_url=static_view.live_url(f"/trace/{trace_id}" if trace_id else "/", device, step))
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @app.get("/", include_in_schema=False, response_model=None)
+    async def index(static: bool = False, device: str = "", step: str = "") -> FileResponse | HTMLResponse:
+        """The live page; `?static=1` renders it once on the server (no script, no event stream)."""
+        if static:
+            return await static_page(device, step, None)
+        return FileResponse(page, media_type="text/html; charset=utf-8")
+
+    @app.get("/trace/{trace_id}", include_in_schema=False, response_model=None)
+    async def trace_page(trace_id: str, static: bool = False) -> FileResponse | HTMLResponse:
+        if static:
+            return await static_page("", "", trace_id)
         return FileResponse(page, media_type="text/html; charset=utf-8")
 
     @app.get("/api/services")
