@@ -247,6 +247,13 @@ def test_revoked_client_certificate(lab: Lab, tmp_path: Path) -> None:
                  r"CCM_STS refused the pki proof: 0x80072(EFD|F8F)",
                  r"it refused the client authentication certificate \(revoked")
     assert_clean(device)
+    # the refusal is in a product log that `cmglab logs` follows, not only on the service's stdout
+    cmg_log = lab.dir / "logs" / "cmg" / "CMGService.log"
+    deadline = time.monotonic() + 10
+    while "certificate revoked" not in cmg_log.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "TLS handshake refused: client certificate failed verification: certificate revoked" in \
+        cmg_log.read_text(errors="replace")
     # fixed: the revoked certificate replaced by a new one
     revoked = [c.thumbprint for c in device.stores.certificates("My")]
     assert run("cmglab", "device", "enrol", "--lab", str(lab.dir), "--home", str(device.home)).returncode == 0

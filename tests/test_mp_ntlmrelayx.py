@@ -62,5 +62,11 @@ def test_ntlmrelayx_sccm_policies_recovers_the_naa(mp: Lab, tmp_path: Path) -> N
     guid = (loot / "device" / "guid.txt").read_text().strip()
     with lab_client(mp) as c:
         row = c.get(f"{mp.url('management-point')}/_lab/clients/GUID:{guid}").json()
+        seen = c.get(f"{mp.url('management-point')}/_lab/requests", params={"path": "windowsauth/request"},
+                     headers={"Authorization": f"Bearer {mp.admin_token()}"}).json()["requests"]
     # registered as the relayed computer account, on a request that carried no Authorization header
     assert row["auth_kind"] == "domain" and row["domain_account"] == f"CORP\\{computer.name}"
+    # ntlmrelayx sends absolute-form targets (`CCM_POST http://127.0.0.1/...`): recorded as the URL they are
+    posted = [r for r in seen if r["method"] == "CCM_POST"]
+    assert posted and all(r["url"] == "http://127.0.0.1/ccm_system_windowsauth/request" for r in posted), posted
+    assert any(r.get("auth_kind") == "windows" for r in posted)

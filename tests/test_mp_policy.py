@@ -115,6 +115,10 @@ def test_secret_policy_is_cms_to_the_encryption_certificate(mp: Lab, device: Dev
     assert deobfuscate_secret(user_blob) == naa.username
     assert deobfuscate_secret(props["NetworkAccessPassword"] or "") == naa.password
     wait_log(mp, "MP_Policy.log", rf"Served secret policy .* \(NAAConfig\) to {device.sms_id}")
+    # ClientAuth.log (seeds 003/004 send admins there) records successes too, not only refusals
+    wait_log(mp, "ClientAuth.log", rf"Policy request from {device.sms_id}: ClientToken signature verified")
+    wait_log(mp, "ClientAuth.log", rf"to MP_PolicyManager: signed by {device.sms_id}, PayloadSignature verified")
+    wait_log(mp, "ClientAuth.log", r"Registration request \{[0-9A-F-]{36}\}: signature verified")
 
 
 def test_ccmclientid_headers(mp: Lab, device: Device) -> None:

@@ -123,6 +123,8 @@ def _external_url(scope: Scope) -> str:
     host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
     path = (scope.get("raw_path") or b"").decode("latin-1") or scope["path"]
     query = scope.get("query_string", b"").decode("latin-1")
+    if path.lower().startswith(("http://", "https://")):  # an absolute-form target (RFC 9112 §3.2.2) is the URL
+        return path + (f"?{query}" if query else "")
     return f"{scope.get('scheme', 'https')}://{host}{path}" + (f"?{query}" if query else "")
 
 

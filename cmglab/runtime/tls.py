@@ -47,6 +47,24 @@ class LoggingSSLObject(ssl.SSLObject):
             raise
 
 
+class _ProductLogHandler(logging.Handler):
+    """Re-emits the TLS refusals into a product log (a revoked certificate shows where admins look)."""
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.log(record.levelno, record.getMessage())
+
+
+def log_refusals_to(target: logging.Logger) -> None:
+    """Also write this process's refused TLS handshakes (revoked, untrusted, no certificate) into `target`,
+    e.g. the CMG's CMGService.log or the MP's ClientAuth.log, which `cmglab logs` follows."""
+    if not any(isinstance(h, _ProductLogHandler) and h.target is target for h in log.handlers):
+        log.addHandler(_ProductLogHandler(target))
+
+
 class _CRLWatch:
     """Loads the CRL files into the context again whenever one of them changes on disk."""
 

@@ -9,6 +9,7 @@ import hmac
 from cmglab.core.logs import smstrace_logger
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
+from cmglab.runtime.tls import log_refusals_to
 from cmglab.services.cmg.app import CMG, create_app
 from cmglab.services.cmg.auth import Authenticator
 from cmglab.services.cmg.channel import Hub
@@ -23,6 +24,7 @@ from cmglab.wire.entra_tokens import EntraKeys
 def build(lab: Lab) -> Service:
     settings = CMGSettings()
     log = smstrace_logger(lab.log_dir("cmg") / "CMGService.log", "CMGService")
+    log_refusals_to(log)  # a revoked client certificate refused at TLS shows in CMGService.log
     hub = Hub(log, lab.settings.channel_heartbeat, settings.instance)
     connector_port = lab.config.ports.cmg_connector + settings.instance
     entra = EntraKeys(lab.http_client(timeout=10), lab.entra_jwks_url())

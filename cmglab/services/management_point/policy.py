@@ -111,6 +111,7 @@ def verify_signed_message(mp: MP, msg: CcmMessage) -> SignedClient | None:
     if not verify(cert.public_key(), msg.payload, auth["PayloadSignature"]):
         log.warning(f"Message {h.id}: PayloadSignature of {sms_id} does not verify with its registered key")
         return None
+    log.info(f"Message {h.id} to {h.target_endpoint}: signed by {sms_id}, PayloadSignature verified")
     return SignedClient(sms_id, client)
 
 
@@ -224,6 +225,7 @@ def authenticate_policy_request(mp: MP, headers: dict[str, str]) -> Client:
     if headers.get("ccmclientid") and not verify_any(
             cert.public_key(), [utf16(stamp) + b"\x00\x00", utf16(stamp)], headers["ccmclienttimestampsignature"]):
         raise PolicyDenied("bad timestamp signature")
+    log.info(f"Policy request from {sms_id}: {'ClientToken' if token else 'CCMClientID'} signature verified")
     return client
 
 

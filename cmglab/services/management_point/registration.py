@@ -138,6 +138,8 @@ def register(mp: MP, data: Element, raw_data: str, signature: str, caller: Calle
         mp.logs.clientauth.warning(
             f"Registration signature verification failed for the signing certificate {thumbprint(signing)}")
         raise RegistrationRefused("the registration request's signature does not verify with its signing certificate")
+    mp.logs.clientauth.info(f"Registration request {message_id}: signature verified with the signing certificate "
+                            f"{thumbprint(signing)}")
     props = _properties(data)
     netbios = props.get("Netbios Name", "") or ""
     fqdn = props.get("FQ Name", "") or netbios

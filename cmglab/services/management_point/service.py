@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from cmglab.core.logs import smstrace_logger
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
+from cmglab.runtime.tls import log_refusals_to
 from cmglab.services.management_point.app import create_app
 from cmglab.services.management_point.transport import IISPaths
 
 
 def build(lab: Lab) -> Service:
     app = IISPaths(create_app(lab))
+    # a refused client certificate (revoked, foreign CA) in the product log admins read (seeds 003/004)
+    log_refusals_to(smstrace_logger(lab.log_dir("management-point") / "ClientAuth.log", "ClientAuth"))
     ident = lab.pki.server("management-point")
     https = Listener(
         "management-point", app, lab.port("management-point"), lab.bind(),

@@ -122,6 +122,8 @@ async def require_ccm_token(request: Request, mp: MP, caller: Caller) -> None:
     rec = record(request)
     rec["auth_kind"] = "ccm-token"
     rec["auth_subject"] = str(claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId"))
+    log.info(f"{request.method} {request.url.path}: CCM token accepted (type {claims.get('Type')}, "
+             f"device {rec['auth_subject']})")
 
 
 SSL_REQUIRED = ("<html><head><title>403 - Forbidden: SSL is required</title></head><body>"
