@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cmglab.agent.ccm.context import ManagementPoint
+from cmglab.agent.ccm.state import ManagementPoint
 from cmglab.agent.ccmsetup import main
 from cmglab.agent.ccmsetup.cmdline import CommandLineError, ExitCode, parse
 

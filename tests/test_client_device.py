@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cmglab.agent.ccm.cms import decrypt_enveloped
-from cmglab.agent.ccm.context import sms_certificates
+from cmglab.agent.ccm.state import sms_certificates
 from cmglab.agent.certstore import MY, ROOT, SMS_ENCRYPTION, SMS_SIGNING
 from cmglab.agent.device import Device, DeviceError
 from cmglab.agent.protect import ProtectError

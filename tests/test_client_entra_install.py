@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cmglab.agent.ccm.context import ClientState
+from cmglab.agent.ccm.state import ClientState
 from cmglab.agent.ccm.tokens import TokenCache
 from cmglab.agent.device import Device
 from cmglab.agent.testing import assert_lines, log_of, new_device, run

@@ -219,7 +219,7 @@ def test_blocked_bulk_token(lab: Lab, tmp_path: Path) -> None:
 def test_expired_bulk_token(lab: Lab, tmp_path: Path) -> None:
     """A token past its lifetime (minted as BulkRegistrationTokenTool would have, ten minutes ago) is refused
     at the CMG before the site sees it; a fresh one then works."""
-    from cmglab.services.management_point.policy import default_policies
+    from cmglab.services.management_point.policy_defaults import default_policies
     from cmglab.services.management_point.store import Store
 
     token, guid, start, end = lab.site_signer().bulk_token(minutes=1, now=datetime.now(UTC) - timedelta(minutes=10))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cmglab.agent.ccm.context import ClientState
+from cmglab.agent.ccm.state import ClientState
 from cmglab.agent.testing import assert_lines, new_device, run
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses

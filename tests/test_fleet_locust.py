@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cmglab.agent.ccm.context import ClientState
+from cmglab.agent.ccm.state import ClientState
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.sockets import free_port_now

@@ -29,7 +29,7 @@ from cmglab.core.settings import Settings
 from cmglab.runtime.db import make_engine
 from cmglab.runtime.lab import Lab
 from cmglab.services.entra.store import Store as EntraStore
-from cmglab.services.management_point.policy import default_policies
+from cmglab.services.management_point.policy_defaults import default_policies
 from cmglab.services.management_point.store import Store as MPStore
 from cmglab.tools.fleet import runner
 from cmglab.tools.processes import LabProcesses, isolated_lab

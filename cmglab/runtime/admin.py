@@ -264,14 +264,21 @@ def require_admin(lab: Lab) -> Callable[..., None]:
     return check
 
 
+def lab_state(service: str, lab: Lab) -> LabState:
+    """A service's recorded requests and fault rules, sized and exported as the lab's settings say."""
+    endpoint = lab.settings.otlp_endpoint
+    return LabState(service, lab.settings.request_log_size, SpanExporter(endpoint, service) if endpoint else None)
+
+
 def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
                       reset: Callable[[], Any] | None = None,
-                      health: Callable[[], dict[str, Any]] | None = None, private: bool = False) -> LabState:
+                      health: Callable[[], dict[str, Any]] | None = None, private: bool = False,
+                      state: LabState | None = None) -> LabState:
     """Add the /_lab endpoints and the recorder/fault middleware to a service's app. `private`: a listener
     on the internet (the CMG's client listener), where every /_lab endpoint but health needs the admin token:
-    the recorded requests hold every client's identity and replayable signed content URLs."""
-    endpoint = lab.settings.otlp_endpoint
-    state = LabState(service, lab.settings.request_log_size, SpanExporter(endpoint, service) if endpoint else None)
+    the recorded requests hold every client's identity and replayable signed content URLs. `state`: one made
+    beforehand with `lab_state`, for parts that record requests themselves (the connection point's)."""
+    state = state or lab_state(service, lab)
     admin_only = require_admin(lab)
     lab_id = lab.lab_id()
     reads = [Depends(admin_only)] if private else []

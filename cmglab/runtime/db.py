@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, make_url, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 Seed = Callable[[Session], None]
@@ -89,3 +90,34 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class Store:
+    """The one store pattern of the services: a service's tables on a `Database`, `session()` for a unit
+    of work, `seed()` at start (`fill` under the service's exclusive lock, so that replicas starting
+    together never duplicate a row), `reset()` (drop, recreate, fill). A service's store subclasses it,
+    fills the tables in `fill` and offers its queries as typed methods."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def session(self) -> AbstractContextManager[Session]:
+        """A unit of work: committed when the block ends, rolled back if it raises."""
+        return self.db.session()
+
+    def fill(self, s: Session) -> None:
+        """Bring the seed rows in line with the lab config (the service's store says which rows it keeps)."""
+
+    def seed(self) -> None:
+        try:
+            with self.db.exclusive() as s:  # replicas starting together: one seeds, the others find the rows
+                self.fill(s)
+        except IntegrityError:  # SQLite: another process of this service seeded at the same moment
+            with self.db.exclusive() as s:
+                self.fill(s)
+
+    def reset(self) -> None:
+        self.db.reset(self.fill)
+
+    def dispose(self) -> None:
+        self.db.dispose()

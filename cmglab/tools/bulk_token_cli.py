@@ -25,7 +25,7 @@ DEFAULT_LAB = Path(".cmglab")
 
 
 def _store(lab_dir: Path):  # type: ignore[no-untyped-def]
-    from cmglab.services.management_point.policy import default_policies
+    from cmglab.services.management_point.policy_defaults import default_policies
     from cmglab.services.management_point.store import Store
 
     try:

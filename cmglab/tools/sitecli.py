@@ -41,7 +41,7 @@ def _lab(lab_dir: Path) -> Lab:
 
 def _apply(lab: Lab) -> None:
     """Persist lab.json, then write it over the site database's rows (what the services enforce)."""
-    from cmglab.services.management_point.policy import default_policies
+    from cmglab.services.management_point.policy_defaults import default_policies
     from cmglab.services.management_point.store import Store
 
     save_config(lab.config, Lab.config_path(lab.dir))

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from cmglab.agent.adal import AadTokenError, AdalOperationProvider, Logs
-from cmglab.agent.ccm.context import AAD, BULK, PKI, ClientState, Connections, ManagementPoint, sms_certificates
+from cmglab.agent.ccm.state import AAD, BULK, PKI, ClientState, Connections, ManagementPoint, sms_certificates
 from cmglab.agent.ccm.tokens import ClientTokenStore, StsError, TokenCache, local_time, request_ccm_token
 from cmglab.agent.certstore import StoredCert
 from cmglab.agent.device import SYSTEM_SID, Device

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from cmglab.agent.ccm.client import CcmClient
-from cmglab.agent.ccm.context import CAPABILITIES, ManagementPoint
+from cmglab.agent.ccm.state import CAPABILITIES, ManagementPoint
 from cmglab.wire.ccm_messaging import parse_xml
 
 

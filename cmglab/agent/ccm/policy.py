@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from cmglab.agent.ccm.client import CcmClient, MessagingError
 from cmglab.agent.ccm.cms import CMSError, decrypt_enveloped
-from cmglab.agent.ccm.context import ManagementPoint
+from cmglab.agent.ccm.state import ManagementPoint
 from cmglab.agent.protect import write_private
 from cmglab.wire import tracing
 from cmglab.wire.ccm_messaging import client_token_headers, decode_utf16, parse_xml, utc_timestamp

@@ -8,7 +8,7 @@ import uuid
 
 from cmglab.agent.adal import Logs
 from cmglab.agent.ccm.client import CcmClient, MessagingError, TokenUnavailable
-from cmglab.agent.ccm.context import AAD, BULK, DOMAIN, PKI, SELF_SIGNED, TOKEN, ManagementPoint
+from cmglab.agent.ccm.state import AAD, BULK, DOMAIN, PKI, SELF_SIGNED, TOKEN, ManagementPoint
 from cmglab.agent.settings import AgentSettings
 from cmglab.wire import tracing
 from cmglab.wire.ccm_messaging import cert_hex, parse_xml, registration_request, utc_timestamp

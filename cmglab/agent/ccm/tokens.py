@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from cmglab.agent.ccm.context import ManagementPoint
+from cmglab.agent.ccm.state import ManagementPoint
 from cmglab.agent.certstore import StoredCert
 from cmglab.agent.device import SYSTEM_SID, Device
 from cmglab.agent.network import classify

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from cmglab.agent.ccm.client import CcmClient, MessagingError, TokenUnavailable
-from cmglab.agent.ccm.context import TOKEN, ClientState, ManagementPoint
 from cmglab.agent.ccm.location import rotate_internet_mp, site_info
 from cmglab.agent.ccm.policy import PolicyAgent
 from cmglab.agent.ccm.registration import ClientIDManager, RegistrationFailed
+from cmglab.agent.ccm.state import TOKEN, ClientState, ManagementPoint
 from cmglab.agent.device import Device, DeviceError
 from cmglab.agent.network import DeviceNetwork
 

@@ -21,9 +21,9 @@ import httpx
 
 from cmglab.agent.adal import Logs
 from cmglab.agent.ccm.client import CcmClient, MessagingError, TokenUnavailable, machine_account
-from cmglab.agent.ccm.context import AAD, BULK, DOMAIN, PKI, SELF_SIGNED, TOKEN, ClientState, ManagementPoint
 from cmglab.agent.ccm.location import content_locations, site_info
 from cmglab.agent.ccm.registration import ClientIDManager, RegistrationFailed
+from cmglab.agent.ccm.state import AAD, BULK, DOMAIN, PKI, SELF_SIGNED, TOKEN, ClientState, ManagementPoint
 from cmglab.agent.ccm.tokens import ClientTokenStore
 from cmglab.agent.ccmsetup.cmdline import CcmSetupArgs, ExitCode
 from cmglab.agent.device import Device

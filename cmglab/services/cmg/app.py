@@ -6,9 +6,7 @@ AADAuthInfo, or serve content. Every refusal happens here, before the site sees 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -18,26 +16,12 @@ from starlette.routing import Route
 
 from cmglab.runtime.admin import install_lab_admin, record
 from cmglab.runtime.certinfo import client_cert
-from cmglab.runtime.lab import Lab
 from cmglab.services.cmg import routing
-from cmglab.services.cmg.auth import Authenticator, AuthError, Identity
-from cmglab.services.cmg.channel import Hub
-from cmglab.services.cmg.content import ContentStore
-from cmglab.services.cmg.errors import CMGError, not_found
-from cmglab.services.cmg.proxy import Proxy
-from cmglab.services.cmg.stats import TrafficStats
+from cmglab.services.cmg.auth import Identity
+from cmglab.services.cmg.errors import CMGError, install_error_handler, not_found
+from cmglab.services.cmg.parts import Parts
 from cmglab.wire import cmg_urls
-
-
-@dataclass
-class CMG:
-    lab: Lab
-    hub: Hub
-    auth: Authenticator
-    proxy: Proxy
-    content: ContentStore
-    stats: TrafficStats
-    log: logging.Logger
+from cmglab.wire.kinds import AuthKind
 
 
 def _query(request: Request, name: str) -> str | None:
@@ -63,17 +47,15 @@ class AnyMethod:
         await response(scope, receive, send)
 
 
-def create_app(cmg: CMG) -> FastAPI:
+def create_app(parts: Parts) -> FastAPI:
+    cmg = parts
     app = FastAPI(title="cmglab cloud management gateway", docs_url=None, redoc_url=None, openapi_url=None)
     state = install_lab_admin(app, service="cmg", lab=cmg.lab, health=cmg.hub.snapshot, private=True)
     state.observers.append(cmg.stats.observe(routing.stats_uri))  # CMGService.log counts what the recorder sees
-    log = cmg.log
+    install_error_handler(app, cmg.log)
 
     async def server_auth(request: Request, endpoint: str | None) -> Identity:
-        try:
-            return await cmg.auth.server(request.headers.get("authorization"), endpoint, cmg.hub.config)
-        except AuthError as e:
-            raise CMGError(e.status, e.code, e.reason) from e
+        return await cmg.auth.server(request.headers.get("authorization"), endpoint, cmg.hub.config)
 
     async def proxied(request: Request, route: routing.ProxyRoute) -> Response:
         rec = record(request)
@@ -83,10 +65,7 @@ def create_app(cmg: CMG) -> FastAPI:
         if routing.published(cmg.hub.config, route) is None:
             raise not_found(request.scope["path"])
         if route.family == routing.MUTUAL:
-            try:
-                identity = cmg.auth.mutual(client_cert(request))
-            except AuthError as e:
-                raise CMGError(e.status, e.code, e.reason) from e
+            identity = cmg.auth.mutual(client_cert(request))
         else:
             identity = await server_auth(request, route.endpoint)
         _annotate(rec, identity)
@@ -122,7 +101,7 @@ def create_app(cmg: CMG) -> FastAPI:
     async def content_file(request: Request, route: routing.ContentFileRoute) -> Response:
         rec = record(request)
         if cmg.content.signed(route.package_id, route.filename, _query(request, "se"), _query(request, "sig")):
-            rec["auth_kind"], rec["auth_subject"] = "SignedURL", f"{route.package_id}/{route.filename}"
+            rec["auth_kind"], rec["auth_subject"] = AuthKind.SIGNED_URL, f"{route.package_id}/{route.filename}"
         else:
             _annotate(rec, await server_auth(request, None))
         path = cmg.content.path(route.package_id, route.filename, cmg.hub.config)
@@ -146,23 +125,16 @@ def create_app(cmg: CMG) -> FastAPI:
             raise CMGError(400, "InvalidUrl", str(e)) from e
 
     async def handle(request: Request) -> Response:
-        try:
-            route = route_of(request)
-            if isinstance(route, routing.ProxyRoute):
-                return await proxied(request, route)
-            if isinstance(route, routing.AADAuthInfoRoute) and request.method in ("GET", "HEAD"):
-                return aad_auth_info(request)
-            if isinstance(route, routing.ContentXmlRoute) and request.method in ("GET", "HEAD"):
-                return await content_xml(request)
-            if isinstance(route, routing.ContentFileRoute) and request.method in ("GET", "HEAD"):
-                return await content_file(request, route)
-            raise not_found(request.scope["path"])
-        except CMGError as e:
-            rec = record(request)
-            rec["refused"] = e.code
-            client = request.client.host if request.client else "?"
-            log.warning(f"{request.method} {request.scope['path']} from {client}: {e.status} {e.code}: {e.reason}")
-            return e.response()
+        route = route_of(request)
+        if isinstance(route, routing.ProxyRoute):
+            return await proxied(request, route)
+        if isinstance(route, routing.AADAuthInfoRoute) and request.method in ("GET", "HEAD"):
+            return aad_auth_info(request)
+        if isinstance(route, routing.ContentXmlRoute) and request.method in ("GET", "HEAD"):
+            return await content_xml(request)
+        if isinstance(route, routing.ContentFileRoute) and request.method in ("GET", "HEAD"):
+            return await content_file(request, route)
+        raise not_found(request.scope["path"])
 
     # an ASGI endpoint (not a function) takes every method, CCM_POST included, as IIS does
     app.router.routes.append(Route("/{path:path}", AnyMethod(handle), include_in_schema=False))

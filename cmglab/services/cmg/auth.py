@@ -22,31 +22,31 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cmglab.pki.builders import x5t
 from cmglab.runtime.certinfo import subject, thumbprint
 from cmglab.runtime.lab import Lab
+from cmglab.services.cmg.errors import CMGError
 from cmglab.wire import site_tokens
 from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
+from cmglab.wire.kinds import AuthKind
 
 STS_ENDPOINT = "ccm_sts"
 
 # auth_kind values (recorded at the CMG and sent to the point)
-MUTUAL = "MutualAuth"
-CCM_TOKEN = "CCMToken"
-ENTRA_TOKEN = "EntraToken"
-BULK_TOKEN = "BulkRegistrationToken"
-CLIENT_TOKEN = "ClientToken"
+MUTUAL = AuthKind.MUTUAL
+CCM_TOKEN = AuthKind.CMG_CCM_TOKEN
+ENTRA_TOKEN = AuthKind.ENTRA_TOKEN
+BULK_TOKEN = AuthKind.BULK_TOKEN
+CLIENT_TOKEN = AuthKind.CLIENT_TOKEN
 
 
 @dataclass
 class Identity:
-    kind: str
+    kind: AuthKind
     subject: str
     client_cert: str | None = None  # base64 DER, MutualAuth only
     claims: dict[str, Any] | None = None
 
 
-class AuthError(Exception):
-    def __init__(self, status: int, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.code, self.reason = status, code, reason
+class AuthError(CMGError):
+    """A refusal of the caller's credentials (rendered like every other CMG refusal)."""
 
 
 def _bearer(authorization: str | None) -> str | None:

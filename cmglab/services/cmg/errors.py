@@ -3,15 +3,21 @@ site's CCM_STS uses) and written to CMGService.log."""
 
 from __future__ import annotations
 
+import logging
+
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from cmglab.runtime import errors
+from cmglab.runtime.admin import record
 
-class CMGError(Exception):
+
+class CMGError(errors.ServiceError):
     def __init__(self, status: int, code: str, reason: str, **extra: str) -> None:
         super().__init__(reason)
         self.status, self.code, self.reason, self.extra = status, code, reason, extra
 
-    def response(self) -> JSONResponse:
+    def response(self, request: Request | None = None) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
         return JSONResponse({"Error": self.code, "Reason": self.reason, **self.extra}, status_code=self.status,
                             headers=headers)
@@ -23,3 +29,14 @@ def not_found(path: str) -> CMGError:
 
 def no_point() -> CMGError:
     return CMGError(503, "NoConnectionPoint", "no CMG connection point is connected to this gateway")
+
+
+def install_error_handler(app: FastAPI, log: logging.Logger) -> None:
+    """Every refusal is recorded (`refused`: its code) and written to CMGService.log."""
+
+    def observe(request: Request, e: CMGError) -> None:
+        record(request)["refused"] = e.code
+        client = request.client.host if request.client else "?"
+        log.warning(f"{request.method} {request.scope['path']} from {client}: {e.status} {e.code}: {e.reason}")
+
+    errors.install_error_handler(app, CMGError, observe)

@@ -3,16 +3,13 @@ forwards for the CMG are recorded here too, so `/_lab/requests` shows each one w
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from fastapi import FastAPI
 
-from cmglab.runtime.admin import LabState, install_lab_admin
-from cmglab.runtime.lab import Lab
+from cmglab.runtime.admin import install_lab_admin
+from cmglab.services.cmg_connection_point.parts import SERVICE, Parts
 
 
-def create_app(lab: Lab, health: Callable[[], dict[str, Any]]) -> tuple[FastAPI, LabState]:
+def create_app(parts: Parts) -> FastAPI:
     app = FastAPI(title="cmglab CMG connection point", docs_url=None, redoc_url=None, openapi_url=None)
-    state = install_lab_admin(app, service="cmg-connection-point", lab=lab, health=health)
-    return app, state
+    install_lab_admin(app, service=SERVICE, lab=parts.lab, health=parts.health, state=parts.state)
+    return app

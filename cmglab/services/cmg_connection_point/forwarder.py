@@ -19,6 +19,7 @@ from typing import Any
 from cryptography import x509
 
 from cmglab.runtime.admin import LabState
+from cmglab.services.cmg_connection_point.errors import ForwardError
 from cmglab.services.cmg_connection_point.rewrite import Rewrite, RewriteError, rewrite
 from cmglab.services.cmg_connection_point.upstream import Upstream, UpstreamError, UpstreamTimeout
 from cmglab.wire.cmg_channel import (
@@ -35,12 +36,6 @@ Send = Callable[[bytes], Awaitable[None]]
 BodyItem = bytes | None | BaseException  # a chunk, the end, or an abort from the CMG
 
 _DROP = frozenset({"client-cert", "client-cert-chain"})
-
-
-class _Abort(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
 
 
 def _subject_of(b64: str | None) -> str | None:
@@ -79,7 +74,7 @@ class Forwarder:
             try:
                 rw = rewrite(head.url, config, self.cmg_name)
             except RewriteError as e:
-                raise _Abort(404, str(e)) from e
+                raise ForwardError(404, str(e)) from e
             rec["rewritten_url"] = rw.internal_url
             self.log.info(rw.log_line())
             status, reason = await self._call(msg_id, head, rw, body, send, sizes, span)
@@ -88,12 +83,12 @@ class Forwarder:
             self.log.info(f"MessageID: {msg_id} RequestURI: {rw.internal_url} EndpointName: {rw.endpoint} "
                           f"ResponseHeader: HTTP/1.1 {status} {reason} \n ResponseBodySize: {sizes['out']} "
                           f"ElapsedTime: {elapsed} ms")
-        except _Abort as e:
+        except ForwardError as e:
             rec["status"], rec["error"] = e.status, e.reason
             target = rw.internal_url if rw else head.url
             self.log.warning(f"MessageID: {msg_id} RequestURI: {target} failed: {e.status} {e.reason}")
             try:
-                await send(encode(Kind.ABORT, msg_id, {"status": e.status, "reason": e.reason}))
+                await send(e.frame(msg_id))
             except Exception as send_error:
                 rec["error"] += f"; channel: {send_error}"
         except asyncio.CancelledError:
@@ -130,9 +125,9 @@ class Forwarder:
             if fault.rule.delay_ms:
                 await asyncio.sleep(fault.rule.delay_ms / 1000)
             if fault.rule.status is not None:
-                raise _Abort(fault.rule.status, "fault injected at the connection point")
+                raise ForwardError(fault.rule.status, "fault injected at the connection point")
             if fault.rule.drop:
-                raise _Abort(502, "fault injected at the connection point: dropped")
+                raise ForwardError(502, "fault injected at the connection point: dropped")
         headers = propagate(end_to_end(head.headers, drop=_DROP), span)  # the MP's parent is this hop
         if head.client_cert:
             headers.append((CLIENT_CERT_HEADER, f":{head.client_cert}:"))
@@ -140,14 +135,14 @@ class Forwarder:
         try:
             response = await self.upstream.request(head.method, rw.internal_url, headers, content)
         except UpstreamTimeout as e:
-            raise _Abort(504, f"the management point did not answer within {self.timeout:g} s ({e})") from e
+            raise ForwardError(504, f"the management point did not answer within {self.timeout:g} s ({e})") from e
         except UpstreamError as e:
-            raise _Abort(502, f"could not reach the management point {rw.internal_base}: {e}") from e
+            raise ForwardError(502, f"could not reach the management point {rw.internal_base}: {e}") from e
         try:
             headers_in = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
             length = next((v for k, v in headers_in if k.lower() == "content-length"), None)
             if length and length.isdigit() and int(length) > self.max_body:
-                raise _Abort(502, f"the management point's reply of {length} bytes exceeds {self.max_body}")
+                raise ForwardError(502, f"the management point's reply of {length} bytes exceeds {self.max_body}")
             reply = ResponseHead(response.status_code, response.reason_phrase, headers_in,
                                  internal_url=rw.internal_url, connection_point=self.name)
             await send(encode(Kind.RESPONSE, msg_id, reply.to_json()))
@@ -155,12 +150,12 @@ class Forwarder:
                 async for chunk in response.body():
                     sizes["out"] += len(chunk)
                     if sizes["out"] > self.max_body:
-                        raise _Abort(502, f"the management point's reply exceeds {self.max_body} bytes")
+                        raise ForwardError(502, f"the management point's reply exceeds {self.max_body} bytes")
                     await send(encode(Kind.RESPONSE_BODY, msg_id, chunk))
             except UpstreamTimeout as e:
-                raise _Abort(504, f"the management point stopped sending its reply for {self.timeout:g} s") from e
+                raise ForwardError(504, f"the management point stopped sending its reply for {self.timeout:g} s") from e
             except UpstreamError as e:
-                raise _Abort(502, f"the management point's reply broke off: {e}") from e
+                raise ForwardError(502, f"the management point's reply broke off: {e}") from e
             await send(encode(Kind.RESPONSE_END, msg_id))
             return response.status_code, response.reason_phrase
         finally:

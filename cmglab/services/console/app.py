@@ -3,40 +3,28 @@ event stream. Everything here only reads; the one action (reset a service) needs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from cmglab.runtime.admin import install_lab_admin, require_admin
-from cmglab.runtime.lab import Lab
 from cmglab.services.console import static_view
-from cmglab.services.console.collector import Collector
-from cmglab.services.console.devices import Devices
-from cmglab.services.console.events import EventHub
-from cmglab.services.console.traces import TraceStore
+from cmglab.services.console.errors import ConsoleError, install_error_handler
+from cmglab.services.console.parts import Parts
 from cmglab.wire.tracing import STEPS
 
 STATIC = Path(__file__).parent / "static"
 
 
-@dataclass
-class Console:
-    lab: Lab
-    client: httpx.AsyncClient
-    store: TraceStore
-    hub: EventHub
-    collector: Collector
-    devices: Devices
-
-
-def create_app(console: Console) -> FastAPI:
+def create_app(parts: Parts) -> FastAPI:
+    console = parts
     app = FastAPI(title="cmglab console", docs_url=None, redoc_url=None, openapi_url=None)
     install_lab_admin(app, service="console", lab=console.lab, reset=console.store.clear)
+    install_error_handler(app)
     admin_only = require_admin(console.lab)
     page = STATIC / "index.html"
 
@@ -94,7 +82,7 @@ def create_app(console: Console) -> FastAPI:
     async def trace(trace_id: str) -> dict[str, Any]:
         found = console.store.get(trace_id)
         if found is None:
-            raise HTTPException(404, f"no trace {trace_id} (yet): the console keeps the newest "
+            raise ConsoleError(404, f"no trace {trace_id} (yet): the console keeps the newest "
                                      f"{console.store.capacity} traces")
         return found.detail()
 
@@ -113,13 +101,13 @@ def create_app(console: Console) -> FastAPI:
         """Reset one service's store and records (what `POST /_lab/reset` does, from the page)."""
         service = console.collector.services.get(name)
         if service is None:
-            raise HTTPException(404, f"no service {name!r}")
+            raise ConsoleError(404, f"no service {name!r}")
         token = console.lab.admin_token()
         try:
             reply = await console.client.post(f"{service.url}/_lab/reset",
                                               headers={"Authorization": f"Bearer {token}"}, timeout=10)
         except httpx.HTTPError as e:
-            raise HTTPException(502, f"{name}: {type(e).__name__}: {e}") from e
+            raise ConsoleError(502, f"{name}: {type(e).__name__}: {e}") from e
         return {"service": name, "status": reply.status_code}
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
-from cmglab.services.console.app import Console, create_app
-from cmglab.services.console.collector import Collector
-from cmglab.services.console.devices import Devices
-from cmglab.services.console.events import EventHub
-from cmglab.services.console.traces import TraceStore
+from cmglab.services.console.app import create_app
+from cmglab.services.console.parts import Parts
 
 
 def build(lab: Lab) -> Service:
-    client = lab.http_client(timeout=10)
-    store, hub = TraceStore(), EventHub()
-    collector = Collector(lab, client, store, hub, lab.settings.console_poll_interval)
-    console = Console(lab, client, store, hub, collector, Devices(lab, client, store))
+    parts = Parts.from_lab(lab)
     ident = lab.pki.server("console")
 
     async def close_client() -> None:
-        await client.aclose()
+        await parts.client.aclose()
 
     return Service("console",
-                   [Listener("console", create_app(console), lab.port("console"), lab.bind(),
+                   [Listener("console", create_app(parts), lab.port("console"), lab.bind(),
                              TLS(ident.cert_path, ident.key_path))],
-                   background=[collector.run], on_stop=[close_client])
+                   background=[parts.collector.run], on_stop=[close_client])

@@ -6,9 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from cmglab.core.ad import ad_path
 from cmglab.runtime.admin import install_lab_admin, require_admin
-from cmglab.runtime.lab import Lab
 from cmglab.services.entra import (
     routes_admin,
     routes_authorize,
@@ -18,27 +16,24 @@ from cmglab.services.entra import (
     routes_sync,
     routes_token,
 )
-from cmglab.services.entra.connect_sync import ConnectSync
-from cmglab.services.entra.context import Entra
 from cmglab.services.entra.errors import install_error_handler
-from cmglab.services.entra.federation import FederationService
+from cmglab.services.entra.parts import Parts
 
 
-def create_app(lab: Lab) -> FastAPI:
-    entra = Entra.from_lab(lab)
+def create_app(parts: Parts) -> FastAPI:
+    lab = parts.lab
     app = FastAPI(title="cmglab Entra ID + DRS", docs_url=None, redoc_url=None, openapi_url=None)
     # admin routes first: /_lab/... must not be taken for a tenant segment
-    app.include_router(routes_admin.router(entra, require_admin(lab)))
-    sync = ConnectSync(entra.store, ad_path(lab.dir))  # Entra Connect: the lab AD's computers -> devices
-    app.include_router(routes_sync.router(sync, require_admin(lab)))
-    routes_sync.schedule(app, sync, lab.settings.entra_sync_interval)
-    app.include_router(routes_oidc.router(entra))
-    app.include_router(routes_token.router(entra))
-    app.include_router(routes_authorize.router(entra))
-    app.include_router(routes_federation.router(FederationService(entra.store, entra.grants.federation_key)))
-    app.include_router(routes_drs.router(entra))
+    app.include_router(routes_admin.router(parts, require_admin(lab)))
+    app.include_router(routes_sync.router(parts.sync, require_admin(lab)))
+    routes_sync.schedule(app, parts.sync, lab.settings.entra_sync_interval)
+    app.include_router(routes_oidc.router(parts))
+    app.include_router(routes_token.router(parts))
+    app.include_router(routes_authorize.router(parts))
+    app.include_router(routes_federation.router(parts.federation))
+    app.include_router(routes_drs.router(parts))
     # the reseed hashes passwords: off the event loop
-    install_lab_admin(app, service="entra", lab=lab, reset=lambda: run_in_threadpool(entra.store.reset))
+    install_lab_admin(app, service="entra", lab=lab, reset=lambda: run_in_threadpool(parts.store.reset))
     install_error_handler(app)
-    app.state.entra = entra
+    app.state.parts = parts
     return app

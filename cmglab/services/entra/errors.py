@@ -18,14 +18,23 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from cmglab.runtime import errors
+
 log = logging.getLogger("cmglab.entra")
 
 
-class EntraError(Exception):
+class EntraError(errors.ServiceError):
     status: int = 400
 
     def body(self, *, trace_id: str, correlation_id: str, when: datetime) -> dict[str, Any]:
         raise NotImplementedError
+
+    def response(self, request: Request) -> JSONResponse:
+        trace_id = str(uuid.uuid4())
+        # Entra echoes the client's request ID as the correlation ID
+        correlation_id = request.headers.get("client-request-id") or str(uuid.uuid4())
+        return JSONResponse(self.body(trace_id=trace_id, correlation_id=correlation_id, when=datetime.now(UTC)),
+                            status_code=self.status)
 
 
 class AADSTSError(EntraError):
@@ -65,15 +74,9 @@ class DRSError(EntraError):
         return out
 
 
-async def _handle(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, EntraError)
-    trace_id = str(uuid.uuid4())
-    # Entra echoes the client's request ID as the correlation ID
-    correlation_id = request.headers.get("client-request-id") or str(uuid.uuid4())
+def _observe(request: Request, exc: EntraError) -> None:
     log.info("%s %s -> %d %s", request.method, request.url.path, exc.status, exc)
-    return JSONResponse(exc.body(trace_id=trace_id, correlation_id=correlation_id, when=datetime.now(UTC)),
-                        status_code=exc.status)
 
 
 def install_error_handler(app: FastAPI) -> None:
-    app.add_exception_handler(EntraError, _handle)
+    errors.install_error_handler(app, EntraError, _observe)

@@ -29,6 +29,7 @@ from cmglab.services.entra.federation import FederationKey, redeem_assertion
 from cmglab.services.entra.issuance import Issuer, require, user_principal
 from cmglab.services.entra.prt import Prts, wants_prt
 from cmglab.services.entra.tokens import Issue, Principal, service_principal_id
+from cmglab.wire.kinds import AuthKind
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SAML11_GRANT = "urn:ietf:params:oauth:grant-type:saml1_1-bearer"
@@ -46,7 +47,7 @@ class TokenRequest:
 @dataclass
 class TokenResult:
     body: dict[str, Any]
-    auth_kind: str
+    auth_kind: AuthKind
     auth_subject: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     jwe: str | None = None  # a reply encrypted with a PRT session key, sent as it is instead of `body`
@@ -71,7 +72,7 @@ class Grants:
         grant = require(req.form, "grant_type")
         if grant == "srv_challenge":  # no tenant or client: a nonce for a signed request to come
             with self.store.session() as s:
-                return TokenResult({"Nonce": st.issue_nonce(s, NONCE_LIFETIME)}, "srv_challenge")
+                return TokenResult({"Nonce": st.issue_nonce(s, NONCE_LIFETIME)}, AuthKind.SRV_CHALLENGE)
         handler = self.handlers.get(grant)
         if handler is None:
             raise AADSTSError(70003, "unsupported_grant_type", f"The app requested an unsupported grant type "
@@ -86,7 +87,7 @@ class Grants:
         resource, oidc = self.issuer.resource(s, req.form, v2=req.v2, tenant_name=req.segment)
         user = self.issuer.sign_in(s, tenant, require(req.form, "username"), require(req.form, "password"))
         issue = Issue(user_principal(user), resource, client.app_id, client.auth, ("pwd",), req.ipaddr)
-        return TokenResult(self._user_reply(s, issue, req, oidc), "password", user.upn)
+        return TokenResult(self._user_reply(s, issue, req, oidc), AuthKind.PASSWORD, user.upn)
 
     def _client_credentials(self, s: Session, req: TokenRequest) -> TokenResult:
         tenant = self.issuer.tenant(s, req.segment)
@@ -102,7 +103,7 @@ class Grants:
         sp = Principal("app", tenant.tenant_id, service_principal_id(tenant.tenant_id, client.app_id))
         issue = Issue(sp, resource, client.app_id, client.auth, (), req.ipaddr)
         body = self.issuer.reply(s, issue, v2=req.v2, refresh=False, id_token=False, with_client_info=False)
-        return TokenResult(body, "client_credentials", client.app_id)
+        return TokenResult(body, AuthKind.CLIENT_CREDENTIALS, client.app_id)
 
     def _refresh_token(self, s: Session, req: TokenRequest) -> TokenResult:
         tenant = self.issuer.tenant(s, req.segment)
@@ -113,7 +114,7 @@ class Grants:
         assert user is not None  # refresh tokens go with their user (cascade)
         issue = Issue(user_principal(user, row.device_id), resource, client.app_id, client.auth,
                       tuple(row.amr.split()), req.ipaddr)
-        return TokenResult(self._user_reply(s, issue, req, oidc), "refresh_token", user.upn)
+        return TokenResult(self._user_reply(s, issue, req, oidc), AuthKind.REFRESH_TOKEN, user.upn)
 
     def _device_code(self, s: Session, req: TokenRequest) -> TokenResult:
         client = self.issuer.client(s, req.form, req.segment)
@@ -125,7 +126,7 @@ class Grants:
         params = {"scope": pending.scope} if req.v2 else {"resource": pending.resource}
         resource, oidc = self.issuer.resource(s, params, v2=req.v2, tenant_name=user.tenant_id)
         issue = Issue(user_principal(user), resource, client.app_id, client.auth, ("pwd",), req.ipaddr)
-        return TokenResult(self._user_reply(s, issue, req, oidc), "device_code", user.upn)
+        return TokenResult(self._user_reply(s, issue, req, oidc), AuthKind.DEVICE_CODE, user.upn)
 
     def _saml(self, s: Session, req: TokenRequest) -> TokenResult:
         """A SAML 1.1 assertion from a federated domain's STS (MSAL/roadlib's WS-Trust flow)."""
@@ -134,11 +135,11 @@ class Grants:
         resource, oidc = self.issuer.resource(s, req.form, v2=req.v2, tenant_name=req.segment)
         fed = redeem_assertion(s, self.federation_key, require(req.form, "assertion"), tenant)
         issue = Issue(user_principal(fed.user), resource, client.app_id, client.auth, fed.amr, req.ipaddr)
-        return TokenResult(self._user_reply(s, issue, req, oidc), "saml1_1", fed.user.upn)
+        return TokenResult(self._user_reply(s, issue, req, oidc), AuthKind.SAML, fed.user.upn)
 
     def _authorization_code(self, s: Session, req: TokenRequest) -> TokenResult:
         body, upn = self.prts.redeem_code(s, dict(req.form), req.segment, req.v2, req.ipaddr)
-        return TokenResult(body, "authorization_code", upn)
+        return TokenResult(body, AuthKind.AUTHORIZATION_CODE, upn)
 
     def _user_reply(self, s: Session, issue: Issue, req: TokenRequest, oidc: set[str]) -> dict[str, Any]:
         """v1 always returns a refresh and an ID token to a user; v2 when offline_access/openid were asked."""
@@ -166,7 +167,7 @@ class Grants:
             issue = Issue(principal, resource, None, 2, ("rsa",), req.ipaddr)
             # a device token reply is v1-shaped whatever the endpoint, without refresh or ID token
             body = self.issuer.reply(s, issue, v2=False, refresh=False, id_token=False, with_client_info=False)
-            return TokenResult(body, "device_token", device.device_id)
+            return TokenResult(body, AuthKind.DEVICE_TOKEN, device.device_id)
         if inner not in ("password", "refresh_token", SAML11_GRANT):
             raise AADSTSError(70003, "unsupported_grant_type",
                               f"The app requested an unsupported grant type '{inner}' in the signed request.")
@@ -184,10 +185,10 @@ class Grants:
             user, amr = found, tuple(dict.fromkeys([*row.amr.split(), "rsa"]))
         if wants_prt(payload):  # scope "openid aza ugs": a primary refresh token ([MS-OAPXBC] 3.1.5.1.2)
             body = self.prts.issue(s, user=user, device=device, amr=amr, client_id=client.app_id, ipaddr=req.ipaddr)
-            return TokenResult(body, f"prt_{inner}", user.upn, {"device_id": device.device_id})
+            return TokenResult(body, AuthKind(f"prt_{inner}"), user.upn, {"device_id": device.device_id})
         resource, oidc = self.issuer.resource(s, payload, v2=req.v2, tenant_name=tenant.tenant_id)
         issue = Issue(user_principal(user, device.device_id), resource, client.app_id, client.auth, amr, req.ipaddr)
-        return TokenResult(self._user_reply(s, issue, req, oidc), f"device_{inner}", user.upn,
+        return TokenResult(self._user_reply(s, issue, req, oidc), AuthKind(f"device_{inner}"), user.upn,
                            {"device_id": device.device_id})
 
     def _verify_device_request(self, s: Session, request: str, segment: str) -> tuple[dict[str, Any], st.Device]:

@@ -32,6 +32,7 @@ from cmglab.services.entra.errors import AADSTSError
 from cmglab.services.entra.issuance import Issuer, require, user_principal
 from cmglab.services.entra.tokens import Issue, Resource, client_info, id_claims
 from cmglab.wire import prt_crypto
+from cmglab.wire.kinds import AuthKind
 
 PRT_LIFETIME = 14 * 24 * 3600  # refresh_token_expires_in: Windows renews every 4 hours of use
 CODE_LIFETIME = 600
@@ -139,7 +140,8 @@ class Prts:
         return PrtUse(row, user, verified)
 
     # -- use -----------------------------------------------------------------------------------
-    def signed_request(self, s: Session, request: str, segment: str, ipaddr: str | None) -> tuple[str, PrtUse, str]:
+    def signed_request(self, s: Session, request: str, segment: str,
+                       ipaddr: str | None) -> tuple[str, PrtUse, AuthKind]:
         """A token request signed with the session key: (the encrypted reply, the use, what it was)."""
         use = self.verify_signed(s, request, segment)
         payload, row = use.payload, use.row
@@ -155,7 +157,7 @@ class Prts:
             body = self.issue(s, user=use.user, device=device, amr=amr, client_id=client.app_id, ipaddr=ipaddr,
                               session_key=row.session_key)
             s.delete(row)  # the renewed PRT replaces it
-            kind = "prt_renew"
+            kind = AuthKind.PRT_RENEW
         else:
             principal = user_principal(use.user, row.device_id)
             if payload.get("resource"):
@@ -168,7 +170,7 @@ class Prts:
                 body = {"token_type": "Bearer", "refresh_token": self.issuer._new_refresh(s, issue),
                         "id_token": self.issuer.signer.sign(id_claims(issue, st.now(), v2=False), v1=True),
                         "client_info": client_info(principal)}
-            kind = "prt_token"
+            kind = AuthKind.PRT_TOKEN
         return prt_crypto.encrypt_reply(json.dumps(body).encode(), row.session_key), use, kind
 
     # -- PRT cookies at the authorize endpoint ------------------------------------------------------

@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from cmglab.services.entra.context import Entra
 from cmglab.services.entra.directory import AppIn, DirectoryError, SyncedDeviceIn, TenantIn, UserIn
+from cmglab.services.entra.parts import Parts
 
 
-def router(entra: Entra, admin_only: Callable[..., None]) -> APIRouter:
+def router(entra: Parts, admin_only: Callable[..., None]) -> APIRouter:
     r = APIRouter(prefix="/_lab")
     d = entra.directory
 

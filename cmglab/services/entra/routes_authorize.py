@@ -15,8 +15,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
-from cmglab.services.entra.context import Entra
 from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra.parts import Parts
+from cmglab.wire.kinds import AuthKind
 
 log = logging.getLogger("cmglab.entra")
 PRT_COOKIE = "x-ms-RefreshTokenCredential"
@@ -36,7 +37,7 @@ def redirect_allowed(uri: str, login_hosts: list[str]) -> bool:
     return parts.scheme == "https" and parts.hostname in login_hosts and parts.path == "/common/oauth2/nativeclient"
 
 
-def router(entra: Entra) -> APIRouter:
+def router(entra: Parts) -> APIRouter:
     r = APIRouter()
 
     async def authorize(request: Request, tenant: str) -> Response:
@@ -57,9 +58,9 @@ def router(entra: Entra) -> APIRouter:
             code, use = await run_in_threadpool(entra.grants.prts.authorize, cookie, tenant, client_id, redirect_uri)
         except AADSTSError as e:
             log.info("GET %s -> 200 sign-in page: %s", request.url.path, e)
-            record(request).update(auth_kind="prt_cookie", error=f"AADSTS{e.code}")
+            record(request).update(auth_kind=AuthKind.PRT_COOKIE, error=f"AADSTS{e.code}")
             return HTMLResponse(SIGN_IN_PAGE.format(message=html.escape(f"AADSTS{e.code}: {e.message}")))
-        record(request).update(auth_kind="prt_cookie", auth_subject=use.user.upn, device_id=use.row.device_id)
+        record(request).update(auth_kind=AuthKind.PRT_COOKIE, auth_subject=use.user.upn, device_id=use.row.device_id)
         params = {"code": code, "session_state": str(uuid.uuid4())}
         if q.get("state"):
             params["state"] = q["state"]

@@ -10,11 +10,12 @@ from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
 from cmglab.runtime.certinfo import client_cert
-from cmglab.services.entra.context import Entra
 from cmglab.services.entra.grants import NONCE_LIFETIME
+from cmglab.services.entra.parts import Parts
+from cmglab.wire.kinds import AuthKind
 
 
-def router(entra: Entra) -> APIRouter:
+def router(entra: Parts) -> APIRouter:
     r = APIRouter()
 
     @r.get("/{tenant}/discover")
@@ -32,20 +33,20 @@ def router(entra: Entra) -> APIRouter:
     async def join(request: Request) -> JSONResponse:
         body = await request.body()
         reply = await run_in_threadpool(entra.registration.join, request.headers.get("authorization"), body)
-        record(request).update(auth_kind="drs_join", auth_subject=reply.get("User", {}).get("Upn"))
+        record(request).update(auth_kind=AuthKind.DRS_JOIN, auth_subject=reply.get("User", {}).get("Upn"))
         return JSONResponse(reply, status_code=201)
 
     @r.put("/EnrollmentServer/device/{device_id}")
     async def hybrid_join(device_id: str, request: Request) -> JSONResponse:
         body = await request.body()
         reply = await run_in_threadpool(entra.registration.hybrid_join, device_id, body)
-        record(request).update(auth_kind="drs_hybrid_join", auth_subject=device_id)
+        record(request).update(auth_kind=AuthKind.DRS_HYBRID_JOIN, auth_subject=device_id)
         return JSONResponse(reply)
 
     @r.delete("/EnrollmentServer/device/{device_id}")
     def delete(device_id: str, request: Request) -> dict[str, Any]:
         reply = entra.registration.delete(device_id, client_cert(request))
-        record(request).update(auth_kind="device_certificate", auth_subject=device_id)
+        record(request).update(auth_kind=AuthKind.DEVICE_CERTIFICATE, auth_subject=device_id)
         return reply
 
     return r

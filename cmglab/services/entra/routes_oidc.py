@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 
 from cmglab.services.entra import discovery
 from cmglab.services.entra import store as st
-from cmglab.services.entra.context import Entra, base_url
 from cmglab.services.entra.issuance import Issuer
+from cmglab.services.entra.parts import Parts, base_url
 from cmglab.services.entra.tokens import V2_ISSUER
 
 # what Entra sends with its discovery documents
@@ -21,7 +21,7 @@ def _json(body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(body, headers=CACHED)
 
 
-def router(entra: Entra) -> APIRouter:
+def router(entra: Parts) -> APIRouter:
     r = APIRouter()
 
     def tenant_segment(segment: str) -> tuple[str, str | None]:

@@ -10,9 +10,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
-from cmglab.services.entra.context import Entra, base_url
 from cmglab.services.entra.errors import AADSTSError
 from cmglab.services.entra.grants import TokenRequest
+from cmglab.services.entra.parts import Parts, base_url
+from cmglab.wire.kinds import AuthKind
 
 NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
 LOGIN_FORM = """<!doctype html><html><head><title>Enter code</title></head><body>
@@ -29,7 +30,7 @@ async def form_of(request: Request) -> dict[str, str]:
     return dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
 
 
-def router(entra: Entra) -> APIRouter:
+def router(entra: Parts) -> APIRouter:
     r = APIRouter()
 
     async def token(request: Request, tenant: str, v2: bool) -> Response:
@@ -75,7 +76,7 @@ def router(entra: Entra) -> APIRouter:
                                           form.get("passwd", ""))
         except AADSTSError as e:
             return HTMLResponse(LOGIN_FORM.format(message=html.escape(f"AADSTS{e.code}: {e.message}")), 400)
-        record(request).update(auth_kind="devicelogin", auth_subject=upn)
+        record(request).update(auth_kind=AuthKind.DEVICE_LOGIN, auth_subject=upn)
         return HTMLResponse(f"<!doctype html><p>{html.escape(upn)} signed in. You can close this window.</p>")
 
     return r

@@ -13,15 +13,12 @@ import hmac
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from sqlalchemy import ForeignKey, LargeBinary, String, delete, func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from cmglab.core.labconfig import LabConfig
-from cmglab.runtime.db import Database
+from cmglab.runtime import db
 
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 
@@ -185,29 +182,14 @@ class Nonce(Base):
     expires_at: Mapped[int]
 
 
-class Store:
+class Store(db.Store):
+    """The directory and the login host's short-lived state, seeded from the lab config."""
+
     def __init__(self, url: str, config: LabConfig) -> None:
-        self.db = Database(url, Base, "entra")
+        super().__init__(db.Database(url, Base, "entra"))
         self.config = config
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self.db.session() as s:
-            yield s
-
-    def seed(self) -> None:
-        """Add what the lab config names and the store lacks; rows already there are kept (they may
-        have been changed through the admin API), so a restart never duplicates or resets anything."""
-        try:
-            self._seed()
-        except IntegrityError:  # SQLite: another process of this service seeded at the same moment
-            self._seed()
-
-    def _seed(self) -> None:
-        with self.db.exclusive() as s:
-            self._fill(s)
-
-    def _fill(self, s: Session) -> None:
+    def fill(self, s: Session) -> None:
         c = self.config
         for t in c.tenants:
             if s.get(Tenant, t.tenant_id) is None:
@@ -231,9 +213,6 @@ class Store:
                 s.add(App(app_id=app_id, display_name=name, identifier_uri=uri,
                           secret_hash=hash_secret(secret) if secret else None, public_client=public,
                           access_token_version=version))
-
-    def reset(self) -> None:
-        self.db.reset(self._fill)
 
 
 # -- lookups -----------------------------------------------------------------------------------

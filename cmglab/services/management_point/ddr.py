@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.policy import verify_signed_message
 from cmglab.services.management_point.registration import normalise_sms_id
-from cmglab.services.management_point.site import MP
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, decode_utf16, parse_xml
 
 
-def handle(mp: MP, msg: CcmMessage) -> None:
+def handle(mp: Parts, msg: CcmMessage) -> None:
     log = mp.logs.ddr
     root = parse_xml(msg.body)
     if root.tag != "Report":

@@ -14,12 +14,12 @@ from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape, quoteattr
 
 from cmglab.runtime.contentlib import ContentLibrary
-from cmglab.services.management_point.context import Caller
-from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.parts import Parts
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml
 
 
-def handle(mp: MP, msg: CcmMessage, caller: Caller) -> str:
+def handle(mp: Parts, msg: CcmMessage, caller: Caller) -> str:
     root = parse_xml(msg.body)
     handlers = {
         "SiteInformationRequest": site_information,
@@ -43,7 +43,7 @@ def _site_code_of(root: Element) -> str | None:
     return None
 
 
-def site_information(mp: MP, root: Element, caller: Caller) -> str:
+def site_information(mp: Parts, root: Element, caller: Caller) -> str:
     site = mp.lab.config.site
     asked = _site_code_of(root)
     log = mp.logs.location
@@ -80,16 +80,16 @@ def _der():  # type: ignore[no-untyped-def]
     return Encoding.DER
 
 
-def cmg_base(mp: MP) -> str:
+def cmg_base(mp: Parts) -> str:
     return mp.lab.url("cmg")
 
 
-def cmg_authority(mp: MP) -> str:
+def cmg_authority(mp: Parts) -> str:
     """The CMG as clients name it in CCMHOSTNAME and MP lists: host[:port] (the port when not 443)."""
     return cmg_base(mp).removeprefix("https://")
 
 
-def content_location(mp: MP, root: Element, caller: Caller) -> str:
+def content_location(mp: Parts, root: Element, caller: Caller) -> str:
     site = mp.lab.config.site
     log = mp.logs.location
     package = root.find("Package")
@@ -142,12 +142,12 @@ def content_location(mp: MP, root: Element, caller: Caller) -> str:
     )
 
 
-def _dp_http_url(mp: MP) -> str:
+def _dp_http_url(mp: Parts) -> str:
     port = 80 if mp.lab.config.compose else mp.lab.config.ports.distribution_point_http
     return f"http://{mp.lab.config.hosts.distribution_point}" + ("" if port == 80 else f":{port}")
 
 
-def _mp_http_url(mp: MP) -> str:
+def _mp_http_url(mp: Parts) -> str:
     port = 80 if mp.lab.config.compose else mp.lab.config.ports.management_point_http
     return f"http://{mp.fqdn}" + ("" if port == 80 else f":{port}")
 
@@ -164,7 +164,7 @@ def _record(url: str, server: str, dp_type: str, ssl_state: int, *, signature: s
     return url, xml
 
 
-def mp_location(mp: MP, root: Element, caller: Caller) -> str:
+def mp_location(mp: Parts, root: Element, caller: Caller) -> str:
     site = mp.lab.config.site
     mps = []
     if caller.internet:
@@ -183,7 +183,7 @@ def mp_location(mp: MP, root: Element, caller: Caller) -> str:
             f"</Site></Sites></MPLocationReply>")
 
 
-def assigned_site(mp: MP, root: Element, caller: Caller) -> str:
+def assigned_site(mp: Parts, root: Element, caller: Caller) -> str:
     code = mp.lab.config.site.code
     mp.logs.location.info(f"Assigned site request: {code}")
     return f'<AssignedSiteReply SchemaVersion="1.00"><SITECODE>{code}</SITECODE></AssignedSiteReply>'

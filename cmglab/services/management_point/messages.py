@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cmglab.services.management_point import ddr, location, policy, registration
-from cmglab.services.management_point.context import Caller
-from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.parts import Parts
 from cmglab.wire.ccm_messaging import CcmMessageError, decode_message, encode_reply
 
 
@@ -18,7 +18,7 @@ class Reply:
     reason: str | None = None  # for the request record and the log
 
 
-def dispatch(mp: MP, raw: bytes, content_type: str | None, caller: Caller) -> Reply:
+def dispatch(mp: Parts, raw: bytes, content_type: str | None, caller: Caller) -> Reply:
     log = mp.logs.isapi
     try:
         msg = decode_message(raw, content_type, max_decompressed=mp.lab.settings.max_body_bytes)

@@ -17,10 +17,9 @@ from xml.sax.saxutils import escape
 
 from cryptography import x509
 
-from cmglab.runtime.lab import Lab
 from cmglab.services.management_point import policy_crypto
-from cmglab.services.management_point.site import MP
-from cmglab.services.management_point.store import NOT_APPROVED, Client, Policy, utcnow
+from cmglab.services.management_point.parts import Parts
+from cmglab.services.management_point.store import NOT_APPROVED, Client, utcnow
 from cmglab.wire.ccm_messaging import (
     CcmMessage,
     CcmMessageError,
@@ -33,53 +32,7 @@ from cmglab.wire.ccm_messaging import (
     verify_any,
 )
 
-HTML_ERROR = "<HTML><HEAD><TITLE>ERROR</TITLE></HEAD><BODY></BODY></HTML>"
 CLIENT_TOKEN_SKEW = timedelta(hours=15)  # local time sent as "Z" by some tools (any time zone)
-FLAGS_SECRET_NAA = 2 | 4 | 16  # RequiresAuth, Secret, PersistWholePolicy
-NAA_CATEGORY = "NAAConfig"
-
-
-def _guid() -> str:
-    return "{" + str(uuid.uuid4()).upper() + "}"
-
-
-def _policy_xml(policy_id: str, version: str, site: str, instances: str) -> str:
-    return (f'<Policy PolicyID="{policy_id}" PolicyVersion="{version}" PolicyType="Machine" '
-            f'PolicySource="SMS:{site}"><PolicyRule PolicyRuleID="{_guid()}">'
-            f'<PolicyAction PolicyActionType="WMI-XML">{instances}</PolicyAction></PolicyRule></Policy>')
-
-
-def default_policies(lab: Lab) -> list[Policy]:
-    """The lab site's machine policies: client agent settings, client settings and, because the
-    site has a network access account, the secret NAAConfig policy."""
-    site = lab.config.site
-    out = []
-    pid = _guid()
-    agent = ('<instance class="CCM_ClientAgentConfig"><property name="SiteSettingsKey" type="19"><value>1</value>'
-             '</property><property name="PolicyRequestAssignmentTimeout" type="19"><value>60</value></property>'
-             '</instance>')
-    out.append(Policy(policy_id=pid, version="2.00", category="ClientAgentConfig", flags=0, assignment_id=_guid(),
-                      body=_policy_xml(pid, "2.00", site.code, agent)))
-    pid = _guid()
-    cmg = ('<instance class="CCM_ClientCloudManagementGatewayConfig"><property name="SiteSettingsKey" type="19">'
-           f'<value>1</value></property><property name="AllowCMG" type="11"><value>{int(site.allow_cmg)}</value>'
-           '</property></instance>')
-    out.append(Policy(policy_id=pid, version="1.00", category="ClientSettings", flags=0, assignment_id=_guid(),
-                      body=_policy_xml(pid, "1.00", site.code, cmg)))
-    naa = site.network_access_account
-    pid = _guid()
-    instances = ('<instance class="CCM_NetworkAccessAccount">'
-                 '<property name="SiteSettingsKey" type="19"><value>1</value></property>'
-                 '<property name="NetworkAccessUsername" type="8" secret="1"><value><![CDATA['
-                 f'{policy_crypto.obfuscate_secret(naa.username)}]]></value></property>'
-                 '<property name="NetworkAccessPassword" type="8" secret="1"><value><![CDATA['
-                 f'{policy_crypto.obfuscate_secret(naa.password)}]]></value></property>'
-                 '<property name="Reserved1" type="8"><value></value></property></instance>')
-    out.append(Policy(policy_id=pid, version="2.00", category=NAA_CATEGORY, flags=FLAGS_SECRET_NAA,
-                      assignment_id=_guid(), body=_policy_xml(pid, "2.00", site.code, instances)))
-    return out
-
-
 def policy_url_version(version: str) -> str:
     return version.replace(".", "_")
 
@@ -92,7 +45,7 @@ class SignedClient:
     client: Client
 
 
-def verify_signed_message(mp: MP, msg: CcmMessage) -> SignedClient | None:
+def verify_signed_message(mp: Parts, msg: CcmMessage) -> SignedClient | None:
     """The registered client that signed `msg`, or None (logged in ClientAuth.log)."""
     log = mp.logs.clientauth
     h = msg.header
@@ -115,7 +68,7 @@ def verify_signed_message(mp: MP, msg: CcmMessage) -> SignedClient | None:
     return SignedClient(sms_id, client)
 
 
-def reply_assignments(mp: MP, msg: CcmMessage) -> str | None:
+def reply_assignments(mp: Parts, msg: CcmMessage) -> str | None:
     """ReplyAssignments XML, or None for the empty reply (unsigned, unknown client, bad signature)."""
     log = mp.logs.policy
     root = parse_xml(msg.body)
@@ -191,7 +144,7 @@ def parse_policy_query(query: str) -> tuple[str, str | None]:
     return "{" + ident.upper() + "}", version or None
 
 
-def authenticate_policy_request(mp: MP, headers: dict[str, str]) -> Client:
+def authenticate_policy_request(mp: Parts, headers: dict[str, str]) -> Client:
     """The registered client that signed a policy GET (ClientToken or CCMClientID headers)."""
     log = mp.logs.clientauth
     token = headers.get("clienttoken")
@@ -229,7 +182,7 @@ def authenticate_policy_request(mp: MP, headers: dict[str, str]) -> Client:
     return client
 
 
-def policy_body(mp: MP, query: str, headers: dict[str, str]) -> PolicyBody:
+def policy_body(mp: Parts, query: str, headers: dict[str, str]) -> PolicyBody:
     log = mp.logs.policy
     policy_id, _version = parse_policy_query(query)
     policy = mp.store.policy(policy_id)

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy.exc import IntegrityError
 
 from cmglab.runtime.certinfo import thumbprint
-from cmglab.services.management_point.context import Caller
-from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.store import (
     AAD_APPROVED,
     APPROVED,
@@ -106,7 +106,7 @@ def _parse(msg: CcmMessage) -> tuple[Element, Element, str, str]:
     return root, data, raw.group(0), (sig.text or "").strip()
 
 
-def handle(mp: MP, msg: CcmMessage, caller: Caller) -> str:
+def handle(mp: Parts, msg: CcmMessage, caller: Caller) -> str:
     log = mp.logs.registration
     try:
         root, data, raw_data, signature = _parse(msg)
@@ -129,7 +129,7 @@ def _properties(data: Element) -> dict[str, str]:
     return props
 
 
-def register(mp: MP, data: Element, raw_data: str, signature: str, caller: Caller, message_id: str) -> Outcome:
+def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Caller, message_id: str) -> Outcome:
     log = mp.logs.registration
     signing = _load_cert(data.findtext("Certificates/Signing"), "signing")
     encryption_hex = data.findtext("Certificates/Encryption")
@@ -247,7 +247,7 @@ def site_tokens_unique_id(token: str) -> str:
     return str(jwt.decode(token, options={"verify_signature": False})["UniqueId"])
 
 
-def confirm(mp: MP, data: Element, raw_data: str, signature: str, root: Element) -> Outcome:
+def confirm(mp: Parts, data: Element, raw_data: str, signature: str, root: Element) -> Outcome:
     log = mp.logs.registration
     sms_id = normalise_sms_id(data.get("SMSID") or (root.find("Signature").get("SMSID")  # type: ignore[union-attr]
                                                     if root.find("Signature") is not None else None))

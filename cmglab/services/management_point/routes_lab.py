@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.parts import Parts
 
 
 class SettingsChange(BaseModel):
@@ -19,7 +19,7 @@ class SettingsChange(BaseModel):
     content_enabled_cmg: bool | None = None
 
 
-def router(mp: MP) -> APIRouter:
+def router(mp: Parts) -> APIRouter:
     r = APIRouter(prefix="/_lab")
     token = mp.lab.admin_token()
 

@@ -6,22 +6,24 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
+from cmglab.services.management_point.errors import CERT_REQUIRED, FORBIDDEN, IISError
 from cmglab.services.management_point.messages import dispatch
-from cmglab.services.management_point.site import MP
-from cmglab.services.management_point.transport import caller_of, read_body, refused_http, require_ccm_token
-from cmglab.services.management_point.windowsauth import WindowsAuth, windows_logon
+from cmglab.services.management_point.parts import Parts
+from cmglab.services.management_point.transport import (
+    caller_of,
+    read_body,
+    refused_http,
+    require_ccm_token,
+    windows_logon,
+)
 
 VDIRS = ("ccm_system", "ccm_system_windowsauth", "ccm_system_altauth", "ccm_system_tokenauth")
-CERT_REQUIRED = ("<html><head><title>403 - Forbidden: Client certificate required</title></head><body>"
-                 "<h2>403.7 - Forbidden: Client certificate required.</h2></body></html>")
-FORBIDDEN = "<html><head><title>403 - Forbidden: Access is denied.</title></head><body></body></html>"
 
-
-def router(mp: MP, windows: WindowsAuth) -> APIRouter:
+def router(mp: Parts) -> APIRouter:
     r = APIRouter()
 
     async def windows_login(request: Request) -> tuple[str | None, Response | None]:
-        return await windows_logon(mp, windows, request)
+        return await windows_logon(mp, request)
 
     async def ccm_post(request: Request, vdir: str) -> Response:
         raw = await read_body(request, mp.lab.settings.max_body_bytes)  # read first: NTLM keeps the connection
@@ -30,7 +32,7 @@ def router(mp: MP, windows: WindowsAuth) -> APIRouter:
             return refused
         if vdir == "ccm_system" and caller.scheme == "https" and caller.pki_cert is None:
             mp.logs.isapi.warning(f"CCM_POST {request.url.path} over HTTPS without a client certificate: 403.7")
-            return Response(CERT_REQUIRED, status_code=403, media_type="text/html")
+            raise IISError(403, CERT_REQUIRED)
         if vdir == "ccm_system_windowsauth":
             account, challenge = await windows_login(request)
             if challenge is not None:
@@ -59,12 +61,12 @@ def router(mp: MP, windows: WindowsAuth) -> APIRouter:
         _, challenge = await windows_login(request)
         if challenge is not None:
             return challenge
-        return Response(FORBIDDEN, status_code=403, media_type="text/html")  # no directory browsing
+        raise IISError(403, FORBIDDEN)  # no directory browsing
 
     @r.api_route("/ccm_system_altauth/{rest:path}", methods=["GET", "HEAD", "POST"], include_in_schema=False)
     @r.api_route("/ccm_system/{rest:path}", methods=["GET", "HEAD", "POST"], include_in_schema=False)
     @r.api_route("/ccm_system_tokenauth/{rest:path}", methods=["GET", "HEAD", "POST"], include_in_schema=False)
     async def forbidden_probe(rest: str) -> Response:
-        return Response(FORBIDDEN, status_code=403, media_type="text/html")
+        raise IISError(403, FORBIDDEN)
 
     return r

@@ -5,22 +5,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
 from cmglab.services.management_point.content import FILES, package_dir
 from cmglab.services.management_point.content import manifest as package_manifest
-from cmglab.services.management_point.site import MP
-from cmglab.services.management_point.sts import STSError, STSRequest, TokenService
+from cmglab.services.management_point.errors import HTTPError, STSError
+from cmglab.services.management_point.parts import Parts
+from cmglab.services.management_point.sts import STSRequest, TokenService
 from cmglab.services.management_point.transport import bearer, caller_of, read_body, require_ccm_token
+from cmglab.wire.kinds import AuthKind
 
 CLOUD_PATHS = ["CCM_STS", "ccm_system/request", "ccm_system_tokenauth/request", "ccm_system_altauth/request",
                "SMS_MP", "SMS_MP_TokenAuth", "CCM_Client"]
 
 
-def cloud_config(mp: MP) -> dict[str, Any]:
+def cloud_config(mp: Parts) -> dict[str, Any]:
     site = mp.lab.config.site
     settings = mp.store.settings()
     allow = bool(settings.get("allow_cmg", True))
@@ -38,7 +40,7 @@ def cloud_config(mp: MP) -> dict[str, Any]:
                         "enabled": bool(settings.get("content_enabled_cmg", True))}}
 
 
-def router(mp: MP, sts: TokenService) -> APIRouter:
+def router(mp: Parts, sts: TokenService) -> APIRouter:
     r = APIRouter()
 
     @r.post("/ccm_sts", include_in_schema=False)
@@ -46,31 +48,24 @@ def router(mp: MP, sts: TokenService) -> APIRouter:
         caller = caller_of(request, mp, "ccm_sts")
         if caller.scheme != "https":
             mp.logs.sts.warning(f"Refused a CCM_STS request over {caller.scheme}: the token service is HTTPS only")
-            err = STSError(403, "InvalidRequest", "CCM_STS is served over HTTPS only")
-            return JSONResponse(err.body(), status_code=err.status)
+            raise STSError(403, "InvalidRequest", "CCM_STS is served over HTTPS only")
         raw = await read_body(request, 1024 * 1024)
         try:
             doc = json.loads(raw or b"null")
-            req = STSRequest.from_json(doc, bearer(request))
-            url = f"https://{request.headers.get('host', mp.fqdn)}/CCM_STS"
-            reply = await sts.process(req, caller, url)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
             mp.logs.sts.warning("ProcessRequest - the request body is not JSON")
-            err = STSError(400, "InvalidRequest", "the request body is not JSON")
-            return JSONResponse(err.body(), status_code=400)
-        except STSError as e:
-            record(request)["result"] = f"{e.code}: {e.reason}"
-            headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-            return JSONResponse(e.body(), status_code=e.status, headers=headers)
-        rec = record(request)
-        rec["auth_kind"] = f"sts:{req.proof_type}"
+            raise STSError(400, "InvalidRequest", "the request body is not JSON") from e
+        req = STSRequest.from_json(doc, bearer(request))
+        url = f"https://{request.headers.get('host', mp.fqdn)}/CCM_STS"
+        reply = await sts.process(req, caller, url)
+        record(request)["auth_kind"] = AuthKind.of_proof(req.proof_type)
         return JSONResponse(reply)
 
     @r.get("/ccm_cloud/config", include_in_schema=False)
     async def ccm_cloud_config(request: Request) -> Response:
         caller = caller_of(request, mp, "ccm_cloud")
         if not caller.via_connection_point:
-            raise HTTPException(403, "only a CMG connection point of this site may read the cloud configuration")
+            raise HTTPError(403, "only a CMG connection point of this site may read the cloud configuration")
         return JSONResponse(await run_in_threadpool(cloud_config, mp))
 
     @r.api_route("/ccm_client/{name}", methods=["GET", "HEAD"], include_in_schema=False)
@@ -80,10 +75,10 @@ def router(mp: MP, sts: TokenService) -> APIRouter:
             await require_ccm_token(request, mp, caller)
         allowed = (*FILES, "manifest.json")
         if name not in allowed:
-            raise HTTPException(404, "no such file in the client package")
+            raise HTTPError(404, "no such file in the client package")
         path = package_dir(mp.lab) / name
         if not path.exists():
-            raise HTTPException(404, "the client package has not been distributed")
+            raise HTTPError(404, "the client package has not been distributed")
         return FileResponse(path, media_type="application/octet-stream")
 
     return r

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from cmglab.runtime.admin import record
 from cmglab.services.management_point import policy as policy_logic
-from cmglab.services.management_point.context import Caller
-from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.errors import HTML_ERROR, HTTPError, IISError
+from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.sms_aut import answer as sms_aut_answer
-from cmglab.services.management_point.transport import caller_of, refused_http, require_ccm_token
-from cmglab.services.management_point.windowsauth import WindowsAuth, windows_logon
+from cmglab.services.management_point.transport import caller_of, refused_http, require_ccm_token, windows_logon
 from cmglab.wire.ccm_messaging import CcmMessageError
 
 MP_VDIRS = ("sms_mp", "sms_mp_altauth", "sms_mp_tokenauth", "sms_mp_windowsauth")
 
 
-def router(mp: MP, windows: WindowsAuth) -> APIRouter:
+def router(mp: Parts) -> APIRouter:
     r = APIRouter()
 
     async def authenticate(request: Request, vdir: str, caller: Caller) -> Response | None:
@@ -27,7 +26,7 @@ def router(mp: MP, windows: WindowsAuth) -> APIRouter:
         if vdir == "sms_mp_tokenauth":
             await require_ccm_token(request, mp, caller)
         elif vdir == "sms_mp_windowsauth":
-            caller.domain_account, challenge = await windows_logon(mp, windows, request)
+            caller.domain_account, challenge = await windows_logon(mp, request)
             return challenge
         return None
 
@@ -50,11 +49,10 @@ def router(mp: MP, windows: WindowsAuth) -> APIRouter:
                 body = await run_in_threadpool(policy_logic.policy_body, mp, request.url.query, headers)
             except LookupError as e:
                 mp.logs.policy.warning(f"Policy request for unknown policy {e}")
-                raise HTTPException(404, "no such policy") from e
+                raise HTTPError(404, "no such policy") from e
             except (policy_logic.PolicyDenied, CcmMessageError) as e:
                 mp.logs.policy.warning(f"Policy request {request.url.query} refused: {e}")
-                record(request)["result"] = f"refused: {e}"
-                return Response(policy_logic.HTML_ERROR, status_code=403, media_type="text/html")
+                raise IISError(403, HTML_ERROR, result=f"refused: {e}") from e
             return Response(body.content, media_type=body.media_type)
 
         r.add_api_route(f"/{vdir}/.sms_aut", sms_aut, methods=["GET", "HEAD"], include_in_schema=False)

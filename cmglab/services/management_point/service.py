@@ -7,11 +7,12 @@ from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.runtime.tls import log_refusals_to
 from cmglab.services.management_point.app import create_app
+from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.transport import IISPaths
 
 
 def build(lab: Lab) -> Service:
-    app = IISPaths(create_app(lab))
+    app = IISPaths(create_app(Parts.from_lab(lab)))
     # a refused client certificate (revoked, foreign CA) in the product log admins read (seeds 003/004)
     log_refusals_to(smstrace_logger(lab.log_dir("management-point") / "ClientAuth.log", "ClientAuth"))
     ident = lab.pki.server("management-point")

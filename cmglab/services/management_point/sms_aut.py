@@ -6,16 +6,16 @@ import uuid
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cmglab.services.management_point.context import Caller
-from cmglab.services.management_point.site import MP
+from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.parts import Parts
 from cmglab.wire.ccm_messaging import public_key_blob
 
 
-def _unknown_machine(mp: MP, arch: str) -> str:
+def _unknown_machine(mp: Parts, arch: str) -> str:
     return "{" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"{mp.lab.config.site.hierarchy_id}:{arch}")).upper() + "}"
 
 
-def answer(mp: MP, query: str, caller: Caller) -> str | None:
+def answer(mp: Parts, query: str, caller: Caller) -> str | None:
     verb = query.split("&", 1)[0].strip().upper()
     site = mp.lab.config.site
     ssl_state = "63" if caller.scheme == "https" else "0"

@@ -18,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from cmglab.core.labconfig import SITE_SETTINGS
 from cmglab.core.labconfig import Site as LabSite
-from cmglab.runtime.db import Database
+from cmglab.runtime import db
 from cmglab.runtime.lab import Lab
 
 
@@ -74,7 +74,7 @@ class Client(Base):
     encryption_cert: Mapped[str] = mapped_column(Text)  # hex DER (SMS encryption)
     signing_thumbprint: Mapped[str] = mapped_column(String(40), index=True)
     pki_thumbprint: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
-    # self-signed | domain | pki | aad | bulk | token
+    # a RegistrationKind (cmglab/wire/kinds.py): self-signed | domain | pki | aad | bulk | token
     auth_kind: Mapped[str] = mapped_column(String(16))
     domain_account: Mapped[str | None] = mapped_column(String(128), nullable=True)
     aad_device_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)
@@ -175,8 +175,8 @@ def site_settings(site: LabSite) -> dict[str, Any]:
     return {name: getattr(site, name) for name in SITE_SETTINGS.values()}
 
 
-class Store:
-    """The MP's database. `seed` fills the site settings, tenants and policies from the lab config.
+class Store(db.Store):
+    """The MP's database. `fill` seeds the site settings, tenants and policies from the lab config.
 
     lab.json is the single source of the site settings and of which tenants are onboarded: every start
     (and reset) writes them over the database's rows, so an edit of lab.json applies on restart, and
@@ -184,21 +184,14 @@ class Store:
 
     def __init__(self, lab: Lab, url: str | None = None,
                  policy_factory: Callable[[Lab], list[Policy]] | None = None, seed: bool = True) -> None:
+        super().__init__(db.Database(url or lab.database_url("management-point"), Base, "management-point"))
         self.lab = lab
-        self.db = Database(url or lab.database_url("management-point"), Base, "management-point")
         self.policy_factory = policy_factory
         if seed:  # False: a reader of what the running site holds (`cmglab site show`)
             self.seed()
 
-    def session(self):  # type: ignore[no-untyped-def]
-        return self.db.session()
-
-    # -- seeding / reset ---------------------------------------------------------------------
-    def seed(self) -> None:
-        with self.db.exclusive() as s:  # MP replicas starting together: one seeds, the others find the rows
-            self._seed(s)
-
-    def _seed(self, s: Session) -> None:
+    # -- seeding ------------------------------------------------------------------------------
+    def fill(self, s: Session) -> None:
         defaults = {**site_settings(self.lab.config.site), "network_access_account": True}
         server_app = next((a for a in self.lab.config.apps if a.identifier_uri and not a.public_client),
                           self.lab.config.apps[0])
@@ -222,9 +215,6 @@ class Store:
         if not has_policies and self.policy_factory is not None:
             for p in self.policy_factory(self.lab):
                 s.add(p)
-
-    def reset(self) -> None:
-        self.db.reset(self._seed)
 
     # -- settings ----------------------------------------------------------------------------
     def setting(self, name: str, default: Any = None) -> Any:

@@ -18,30 +18,23 @@ from cryptography import x509
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.certinfo import thumbprint
-from cmglab.services.management_point.context import Caller
+from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.errors import STSError
+from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
-from cmglab.services.management_point.site import MP
 from cmglab.services.management_point.store import NOT_APPROVED, IssuedToken, utcnow
 from cmglab.wire import site_tokens
 from cmglab.wire.ccm_messaging import parse_timestamp, utf16, verify
 from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
+from cmglab.wire.kinds import Proof
 
 PROOF_SKEW = timedelta(minutes=15)
-PROOFS = ("AAD", "BulkRegistration", "ClientToken", "Certificate")
-
-
-class STSError(Exception):
-    def __init__(self, status: int, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.code, self.reason = status, code, reason
-
-    def body(self) -> dict[str, str]:
-        return {"Error": self.code, "Reason": self.reason}
+PROOFS = tuple(Proof)
 
 
 @dataclass
 class STSRequest:
-    proof_type: str
+    proof_type: Proof
     bearer: str | None
     client_id: str | None
     certificate_hex: str | None
@@ -63,7 +56,7 @@ class STSRequest:
                 raise STSError(400, "InvalidRequest", f"{name} must be a string")
             return v
 
-        return cls(proof, bearer, text("ClientId"), text("Certificate"), text("Timestamp"), text("Signature"),
+        return cls(Proof(proof), bearer, text("ClientId"), text("Certificate"), text("Timestamp"), text("Signature"),
                    bool(doc.get("RenewClientToken", False)))
 
 
@@ -82,7 +75,7 @@ def _unique_id(token: str) -> str:
 
 
 class TokenService:
-    def __init__(self, mp: MP, entra: EntraKeys) -> None:
+    def __init__(self, mp: Parts, entra: EntraKeys) -> None:
         self.mp, self.entra = mp, entra
         self.log = mp.logs.sts
 
@@ -90,11 +83,11 @@ class TokenService:
         self.log.info("ProcessRequest - Start")
         self.log.info(f"Incoming request URL: {url}")
         try:
-            if req.proof_type == "AAD":
+            if req.proof_type == Proof.AAD:
                 result = await self.aad(req)
-            elif req.proof_type == "BulkRegistration":
+            elif req.proof_type == Proof.BULK_REGISTRATION:
                 result = await run_in_threadpool(self.bulk, req)
-            elif req.proof_type == "ClientToken":
+            elif req.proof_type == Proof.CLIENT_TOKEN:
                 result = await run_in_threadpool(self.client_token, req)
             else:
                 result = await run_in_threadpool(self.certificate, req, caller)

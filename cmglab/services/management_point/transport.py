@@ -8,14 +8,17 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
 from cmglab.runtime.certinfo import client_cert
-from cmglab.services.management_point.context import Caller
-from cmglab.services.management_point.site import MP
+from cmglab.runtime.windowsauth import unauthorized
+from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.errors import HTTPError
+from cmglab.services.management_point.parts import Parts
 from cmglab.wire import site_tokens
+from cmglab.wire.kinds import AuthKind
 
 Scope = dict[str, Any]
 
@@ -44,12 +47,12 @@ class IISPaths:
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body larger than {limit} bytes")
+        raise HTTPError(413, f"request body larger than {limit} bytes")
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise HTTPException(413, f"request body larger than {limit} bytes")
+            raise HTTPError(413, f"request body larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -59,7 +62,7 @@ def _cn(name: x509.Name) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
-def is_connection_point(mp: MP, cert: x509.Certificate | None) -> bool:
+def is_connection_point(mp: Parts, cert: x509.Certificate | None) -> bool:
     """The connection point's client-auth certificate (TLS already chained it to the lab CA)."""
     if cert is None:
         return False
@@ -75,10 +78,10 @@ def forwarded_client_cert(value: str) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(base64.b64decode(raw, validate=True))
     except (binascii.Error, ValueError) as e:
-        raise HTTPException(400, f"bad Client-Cert header: {e}") from e
+        raise HTTPError(400, f"bad Client-Cert header: {e}") from e
 
 
-def caller_of(request: Request, mp: MP, vdir: str) -> Caller:
+def caller_of(request: Request, mp: Parts, vdir: str) -> Caller:
     tls_cert = client_cert(request)
     via_cp = is_connection_point(mp, tls_cert)
     pki: x509.Certificate | None = None
@@ -92,7 +95,7 @@ def caller_of(request: Request, mp: MP, vdir: str) -> Caller:
     caller = Caller(vdir=vdir, scheme=request.url.scheme, host=host, pki_cert=pki, via_connection_point=via_cp)
     rec = record(request)
     if pki is not None:
-        rec["auth_kind"], rec["auth_subject"] = "pki-certificate", pki.subject.rfc4514_string()
+        rec["auth_kind"], rec["auth_subject"] = AuthKind.PKI_CERTIFICATE, pki.subject.rfc4514_string()
     if via_cp:
         rec["via"] = "connection-point"
     return caller
@@ -104,23 +107,23 @@ def bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def require_ccm_token(request: Request, mp: MP, caller: Caller) -> None:
+async def require_ccm_token(request: Request, mp: Parts, caller: Caller) -> None:
     """Authorization: Bearer <CCM token> (8-hour token from CCM_STS); 401 otherwise."""
     token = bearer(request)
     log = mp.logs.clientauth
     if token is None:
         log.warning(f"{request.method} {request.url.path}: no CCM token (Authorization: Bearer) on a token-auth path")
-        raise HTTPException(401, "a CCM token is required", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPError(401, "a CCM token is required", headers={"WWW-Authenticate": "Bearer"})
     try:
         claims = await run_in_threadpool(site_tokens.verify, token, cert=mp.signer.cert,
                                          hierarchy_id=mp.signer.hierarchy_id, types=site_tokens.CCM_TYPES)
     except site_tokens.SiteTokenError as e:
         log.warning(f"{request.method} {request.url.path}: CCM token refused: {e.reason}")
-        raise HTTPException(401, f"CCM token refused: {e.reason}",
+        raise HTTPError(401, f"CCM token refused: {e.reason}",
                             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from e
     caller.ccm_claims = claims
     rec = record(request)
-    rec["auth_kind"] = "ccm-token"
+    rec["auth_kind"] = AuthKind.CCM_TOKEN
     rec["auth_subject"] = str(claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId"))
     log.info(f"{request.method} {request.url.path}: CCM token accepted (type {claims.get('Type')}, "
              f"device {rec['auth_subject']})")
@@ -130,10 +133,24 @@ SSL_REQUIRED = ("<html><head><title>403 - Forbidden: SSL is required</title></he
                 "<h2>403.4 - Forbidden: SSL is required to view this resource.</h2></body></html>")
 
 
-async def refused_http(request: Request, mp: MP, caller: Caller) -> Response | None:
+async def refused_http(request: Request, mp: Parts, caller: Caller) -> Response | None:
     """Site setting "HTTPS only" (Communication Security): the MP's vdirs require SSL, 403.4 over HTTP."""
     if caller.scheme != "http" or not await run_in_threadpool(mp.store.setting, "https_only", False):
         return None
     mp.logs.isapi.warning(f"{request.method} {request.url.path} over HTTP refused: the site is HTTPS only (403.4)")
     record(request)["result"] = "refused: HTTPS only"
     return Response(SSL_REQUIRED, status_code=403, media_type="text/html")
+
+
+async def windows_logon(mp: Parts, request: Request) -> tuple[str | None, Response | None]:
+    """IIS Windows authentication of a `*_windowsauth` request: (account, None) or (None, the 401)."""
+    step = await mp.windows.login(request)
+    if not step.done:
+        if step.error:
+            mp.logs.clientauth.warning(f"Windows authentication failed on {request.url.path}: {step.error}")
+        return None, unauthorized(step.headers)
+    rec = record(request)
+    rec["auth_kind"], rec["auth_subject"] = AuthKind.WINDOWS, step.account
+    if not step.persisted:
+        mp.logs.clientauth.info(f"Windows authentication succeeded for {step.account}")
+    return step.account, None

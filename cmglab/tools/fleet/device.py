@@ -18,9 +18,9 @@ import httpx
 from cryptography import x509
 
 from cmglab.agent.ccm.client import CcmClient
-from cmglab.agent.ccm.context import ClientState, ManagementPoint
 from cmglab.agent.ccm.location import rotate_internet_mp
 from cmglab.agent.ccm.policy import PolicyAgent
+from cmglab.agent.ccm.state import ClientState, ManagementPoint
 from cmglab.agent.ccmsetup.cmdline import ExitCode, parse
 from cmglab.agent.ccmsetup.installer import Installer
 from cmglab.agent.certstore import ROOT, StoredCert

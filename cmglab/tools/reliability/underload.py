@@ -33,7 +33,7 @@ from pathlib import Path
 import jwt
 
 from cmglab.agent import keys
-from cmglab.agent.ccm.context import ClientState
+from cmglab.agent.ccm.state import ClientState
 from cmglab.agent.ccm.tokens import TokenCache
 from cmglab.agent.device import Device
 from cmglab.agent.dsregcmd.join import join_state

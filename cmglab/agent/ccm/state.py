@@ -14,13 +14,15 @@ from cmglab.agent.keys import new_key
 from cmglab.agent.network import DeviceNetwork
 from cmglab.pki.builders import name as x509_name
 from cmglab.pki.builders import self_signed
+from cmglab.wire.kinds import RegistrationKind
 
 MUTUAL_AUTH = "CCM_Proxy_MutualAuth"
 SERVER_AUTH = "CCM_Proxy_ServerAuth"
 CAPABILITIES = '<Capabilities SchemaVersion ="1.0"><Property Name="SSL" Version="1" /></Capabilities>'
 
 # auth modes of the installed client
-AAD, BULK, TOKEN, PKI, DOMAIN, SELF_SIGNED = "aad", "bulk", "token", "pki", "domain", "self-signed"
+AAD, BULK, TOKEN, PKI = RegistrationKind.AAD, RegistrationKind.BULK, RegistrationKind.TOKEN, RegistrationKind.PKI
+DOMAIN, SELF_SIGNED = RegistrationKind.DOMAIN, RegistrationKind.SELF_SIGNED
 
 
 @dataclass

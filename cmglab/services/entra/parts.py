@@ -1,4 +1,5 @@
-"""The Entra emulator's parts, built once per process from the lab, and the request-derived URLs."""
+"""The Entra emulator's parts (what its routes use), built once per process from the lab, and the
+request-derived URLs."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from cmglab.core.ad import ad_path
 from cmglab.runtime.lab import Lab
+from cmglab.services.entra.connect_sync import ConnectSync
 from cmglab.services.entra.device_code import DeviceCodes
 from cmglab.services.entra.directory import Directory
 from cmglab.services.entra.drs import DeviceCA
+from cmglab.services.entra.federation import FederationService
 from cmglab.services.entra.grants import Grants
 from cmglab.services.entra.issuance import Issuer
 from cmglab.services.entra.registration import Registration
@@ -20,7 +24,8 @@ DRS_HOST = "enterpriseregistration.windows.net"
 
 
 @dataclass
-class Entra:
+class Parts:
+    lab: Lab
     store: Store
     signer: Signer
     grants: Grants
@@ -29,9 +34,11 @@ class Entra:
     directory: Directory
     lab_hosts: list[str]  # every name this service answers to
     login_host: str  # the canonical login host name (login.microsoftonline.com by default)
+    sync: ConnectSync  # Entra Connect: the lab AD's computers -> devices
+    federation: FederationService  # the lab's AD FS (WS-Trust, SAML)
 
     @classmethod
-    def from_lab(cls, lab: Lab) -> Entra:
+    def from_lab(cls, lab: Lab) -> Parts:
         store = Store(lab.database_url("entra"), lab.config)
         store.seed()
         signing = lab.pki.entra_signing
@@ -40,9 +47,11 @@ class Entra:
         issuer = Issuer(store, signer)
         device_codes = DeviceCodes(issuer)
         grants = Grants(issuer, ca, device_codes, lab.dir / "data" / "federation")
-        return cls(store=store, signer=signer, grants=grants, device_codes=device_codes,
+        return cls(lab=lab, store=store, signer=signer, grants=grants, device_codes=device_codes,
                    registration=Registration(store, signer, ca), directory=Directory(store),
-                   lab_hosts=list(lab.config.hosts.entra), login_host=lab.host("entra"))
+                   lab_hosts=list(lab.config.hosts.entra), login_host=lab.host("entra"),
+                   sync=ConnectSync(store, ad_path(lab.dir)),
+                   federation=FederationService(store, grants.federation_key))
 
     def drs_and_login_urls(self, request: Request) -> tuple[str, str]:
         """DRS discovery names the DRS and login hosts by their canonical names, on the port the client

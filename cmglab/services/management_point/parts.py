@@ -1,4 +1,5 @@
-"""The MP's shared state for the logic modules: lab, store, logs and the site signer."""
+"""The MP's parts (what its routes and logic modules use), built once per process from the lab: the
+store, the logs, the site signer, Windows authentication and the site's copy of Entra's signing keys."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from cryptography import x509
 
 from cmglab.runtime.lab import Lab
 from cmglab.services.management_point.mplogs import MPLogs
+from cmglab.services.management_point.policy_defaults import default_policies
 from cmglab.services.management_point.store import Store
+from cmglab.services.management_point.windowsauth import WindowsAuth
+from cmglab.wire.entra_tokens import EntraKeys
 from cmglab.wire.site_tokens import SiteSigner
 
 
 @dataclass
-class MP:
+class Parts:
     lab: Lab
     store: Store
     logs: MPLogs
@@ -22,6 +26,10 @@ class MP:
 
     def __post_init__(self) -> None:
         self.signer = self.lab.site_signer()
+
+    @classmethod
+    def from_lab(cls, lab: Lab) -> Parts:
+        return cls(lab, Store(lab, policy_factory=default_policies), MPLogs.open(lab))
 
     @property
     def site_code(self) -> str:
@@ -38,6 +46,15 @@ class MP:
     @cached_property
     def connection_point_cert(self) -> x509.Certificate:
         return self.lab.pki.connection_point.cert()
+
+    @cached_property
+    def windows(self) -> WindowsAuth:
+        return WindowsAuth(self.lab)
+
+    @cached_property
+    def entra_keys(self) -> EntraKeys:
+        """The site's synchronised copy of Entra's signing keys: the MP has no route to Entra (internal network)."""
+        return EntraKeys.from_certificates([self.lab.pki.entra_signing.cert()])
 
     def site_cert(self) -> x509.Certificate:
         return self.signer.cert

@@ -7,6 +7,8 @@ from typing import Any
 
 from cryptography import x509
 
+from cmglab.wire.kinds import AuthKind
+
 
 @dataclass
 class Caller:
@@ -23,11 +25,11 @@ class Caller:
         return self.via_connection_point
 
     @property
-    def auth_kind(self) -> str:
+    def auth_kind(self) -> AuthKind:
         if self.ccm_claims is not None:
-            return "ccm-token"
+            return AuthKind.CCM_TOKEN
         if self.domain_account:
-            return "windows"
+            return AuthKind.WINDOWS
         if self.pki_cert is not None:
-            return "pki-certificate"
-        return "anonymous"
+            return AuthKind.PKI_CERTIFICATE
+        return AuthKind.ANONYMOUS
