@@ -84,3 +84,24 @@ def test_prt_renewed_when_four_hours_old_and_not_before(lab: Lab, tmp_path: Path
         token = client.token(renewed, client_id="0b7c8ab3-9ea1-4ffa-b2b9-8ffdd944bd8b",
                              resource="https://ConfigMgrService")
         assert token.claims["deviceid"] and token.claims["upn"] == lab.config.primary_tenant.users[0].upn
+
+
+def test_federated_user_joins_through_the_federation_service(lab: Lab, tmp_path: Path) -> None:
+    """Seed 002, federated: the realm names the STS; WS-Trust usernamemixed gives the SAML assertion that
+    Entra redeems for the DRS token and, signed with the device key, for the PRT."""
+    carol = next(u for u in lab.config.primary_tenant.users if u.upn.endswith("@fed.lab.test"))
+    device = new_device(lab.dir, tmp_path / "dev")
+    wrong = run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", carol.upn,
+                "--password", "wrong")
+    assert wrong.returncode == 1 and "ID3242" in wrong.stderr, wrong.stderr
+    assert not device.join_path.exists()
+    ok = run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", carol.upn, "--password",
+             carol.password)
+    assert ok.returncode == 0, ok.stderr
+    log = "\n".join(messages(device.home / "Windows" / "Logs" / "dsreg.log"))
+    assert "Stage C: federated environment; WS-Trust sign-in at the federation service" in log
+    assert "SAML assertion" in log
+    out = status(device)
+    assert re.search(r"^\s+AzureAdJoined : YES$", out, re.M) and re.search(r"^\s+AzureAdPrt : YES$", out, re.M)
+    record = prt.load(device)
+    assert record is not None and record.upn == carol.upn

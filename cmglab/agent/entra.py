@@ -139,6 +139,13 @@ class EntraClient:
                                            "username": username, "password": password, "scope": "openid"},
                           "password sign-in")
 
+    def saml_token(self, token_endpoint: str, *, client_id: str, resource: str, assertion: str) -> TokenReply:
+        """A federated user's token: the STS's SAML 1.1 assertion (saml1_1-bearer grant)."""
+        return self.token(token_endpoint, {"grant_type": "urn:ietf:params:oauth:grant-type:saml1_1-bearer",
+                                           "client_id": client_id, "resource": resource, "scope": "openid",
+                                           "assertion": base64.b64encode(assertion.encode()).decode()},
+                          "federated sign-in")
+
     def nonce(self, tenant: str) -> str:
         reply = self.http.post(f"{self.login}/{tenant}/oauth2/token", data={"grant_type": "srv_challenge"})
         if reply.status_code != 200:

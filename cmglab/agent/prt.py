@@ -83,11 +83,16 @@ class PrtClient:
         return reply
 
     def acquire(self, tenant: str, cert: x509.Certificate, key: rsa.RSAPrivateKey, transport_key: rsa.RSAPrivateKey,
-                *, username: str, password: str) -> PrtRecord:
-        """A PRT for the user who signs in, with the device key's signature ([MS-OAPXBC] 3.1.5.1.2.1)."""
-        payload = {"client_id": WINDOWS_SIGN_IN, "request_nonce": self.entra.nonce(tenant), "scope": PRT_SCOPE,
-                   "group_sids": [], "win_ver": OS_VERSION, "grant_type": "password", "username": username,
-                   "password": password}
+                *, username: str, password: str | None = None, assertion: str | None = None) -> PrtRecord:
+        """A PRT for the user who signs in, with the device key's signature ([MS-OAPXBC] 3.1.5.1.2.1): with
+        the password (managed domain) or the federation service's SAML assertion (federated domain)."""
+        payload: dict[str, Any] = {"client_id": WINDOWS_SIGN_IN, "request_nonce": self.entra.nonce(tenant),
+                                   "scope": PRT_SCOPE, "group_sids": [], "win_ver": OS_VERSION}
+        if assertion is not None:
+            payload.update(grant_type="urn:ietf:params:oauth:grant-type:saml1_1-bearer",
+                           assertion=base64.b64encode(assertion.encode()).decode())
+        else:
+            payload.update(grant_type="password", username=username, password=password or "")
         x5c = base64.b64encode(cert_der(cert)).decode()
         request = jwt.encode(payload, key, algorithm="RS256", headers={"typ": "JWT", "x5c": x5c, "kdf_ver": 2})
         body = self._post(tenant, {"windows_api_version": "2.2", "grant_type": JWT_BEARER, "request": request,

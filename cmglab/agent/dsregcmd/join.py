@@ -46,6 +46,7 @@ from cmglab.agent.keys import new_key
 from cmglab.agent.network import DeviceNetwork, NetworkError
 from cmglab.agent.protect import write_private
 from cmglab.agent.prt import PrtClient
+from cmglab.agent.wstrust import saml_assertion
 from cmglab.core.ad import ADError, LabDirectory
 from cmglab.pki.builders import cert_der, self_signed, sha1_thumbprint
 from cmglab.pki.builders import name as x509_name
@@ -89,13 +90,19 @@ class Joiner:
             self.log.info(f"Stage B/C: user realm discovery for '{username}'")
             realm = entra.user_realm(username)
             if realm.get("account_type") == "Federated":
-                raise JoinError(f"{domain} is a federated domain: the lab joins managed domains only")
-            if realm.get("account_type") != "Managed":
+                metadata = str(realm.get("federation_metadata_url", ""))
+                self.log.info(f"Stage C: federated environment; WS-Trust sign-in at the federation service "
+                              f"({metadata})")
+                assertion = saml_assertion(http, metadata, username, password)
+                drs_token = entra.saml_token(oidc["token_endpoint"], client_id=BROKER_CLIENT_ID,
+                                             resource=DRS_RESOURCE, assertion=assertion)
+            elif realm.get("account_type") == "Managed":
+                self.log.info("Stage C: managed environment; signing in with the user's password for the DRS")
+                drs_token = entra.password_token(oidc["token_endpoint"], client_id=BROKER_CLIENT_ID,
+                                                 resource=DRS_RESOURCE, username=username, password=password)
+            else:
                 raise JoinError(f"{domain} is not a domain of any Azure AD tenant (account_type "
                                 f"{realm.get('account_type')!r})")
-            self.log.info("Stage C: managed environment; signing in with the user's password for the DRS")
-            drs_token = entra.password_token(oidc["token_endpoint"], client_id=BROKER_CLIENT_ID,
-                                             resource=DRS_RESOURCE, username=username, password=password)
             tenant_id = str(drs_token.claims.get("tid", ""))
             if drs_token.claims.get("mdm_tou_url"):
                 self.log.info("Stage D: MDM terms of use accepted")
@@ -132,9 +139,15 @@ class Joiner:
         transport = serialization.load_pem_private_key(self.device.transport_key_path.read_bytes(), None)
         assert isinstance(transport, rsa.RSAPrivateKey)
         with self.network.client() as http:
-            self.log.info(f"Requesting a primary refresh token for '{username}' (scope openid aza ugs)")
-            record = PrtClient(self._client(http)).acquire(str(state["TenantId"]), cert.cert(), cert.key(), transport,
-                                                           username=username, password=password)
+            entra = self._client(http)
+            realm = entra.user_realm(username)
+            assertion = None
+            if realm.get("account_type") == "Federated":  # CloudAP asks the federation service first
+                assertion = saml_assertion(http, str(realm.get("federation_metadata_url", "")), username, password)
+            self.log.info(f"Requesting a primary refresh token for '{username}' (scope openid aza ugs"
+                          f"{', SAML assertion' if assertion else ''})")
+            record = PrtClient(entra).acquire(str(state["TenantId"]), cert.cert(), cert.key(), transport,
+                                              username=username, password=password, assertion=assertion)
         prts.save(self.device, record)
         account = {"upn": username, "object_id": record.object_id, "tenant_id": record.tenant_id,
                    "onprem_sid": record.onprem_sid}
