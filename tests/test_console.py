@@ -50,7 +50,8 @@ def test_services_are_listed_with_their_health(lab: Lab) -> None:
         return services if all(s["health"] == "healthy" for s in services) else None
 
     services = wait_for(all_healthy, what="every service healthy at the console")
-    assert [s["name"] for s in services] == ["entra", "cmg", "cmg-connection-point", "management-point", "pki"]
+    assert [s["name"] for s in services] == ["entra", "cmg", "cmg-connection-point", "management-point",
+                                            "distribution-point", "pki"]
     cmg = next(s for s in services if s["name"] == "cmg")
     assert cmg["url"] == lab.url("cmg") and cmg["detail"]["connection_points"]
 

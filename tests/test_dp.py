@@ -8,6 +8,7 @@ import base64
 import hashlib
 import re
 import socket
+import ssl
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -340,3 +341,20 @@ def test_content_add_is_served_at_once(dp: Lab, session: Raw, tmp_path: Path) ->
     assert f"{package_id}.1" in session.request("GET", "/sms_dp_smspkg$/Datalib")[2].decode()
     status, _, body = session.request("GET", f"/sms_dp_smspkg$/{package_id}/conf/backup.ini")
     assert status == 200 and b"svc-backup" in body
+
+
+def test_admin_endpoints_and_cmglab_logs(dp: Lab, session: Raw, admin_headers: dict[str, str]) -> None:
+    from typer.testing import CliRunner
+
+    from cmglab.tools.cli import app
+
+    session.request("GET", "/sms_dp_smspkg$/MEM00003.1/unattend.xml")
+    base = f"https://127.0.0.1:{dp.config.ports.distribution_point}"
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(dp.pki.ca_bundle)), timeout=10) as c:
+        assert c.get(f"{base}/_lab/health").json()["status"] == "ok"
+        records = c.get(f"{base}/_lab/requests", headers=admin_headers).json()
+    rows = records if isinstance(records, list) else records.get("requests", [])
+    hit = next(r for r in rows if r.get("path", "").endswith("/unattend.xml"))
+    assert hit["auth_kind"] == "windows" and hit["auth_subject"] == "CORP\\alice"
+    out = CliRunner().invoke(app, ["logs", "distribution-point", "--no-follow", "--lab", str(dp.dir)]).output
+    assert "u_ex.log: #Fields: date time s-ip cs-method" in out and "/unattend.xml" in out
