@@ -132,3 +132,41 @@ def test_hybrid_join(lab: Lab, tmp_path: Path) -> None:
     assert signin.returncode == 0, signin.stderr
     assert re.search(r"^\s+AzureAdPrt : YES$", run("cmglab.agent.dsregcmd", "/status", "--home",
                                                    str(device.home)).stdout, re.M)
+
+
+def test_entra_connect_cycle_syncs_on_its_schedule(lab: Lab, tmp_path: Path) -> None:
+    """The scheduled cycle (CMGLAB_ENTRA_SYNC_INTERVAL) takes a computer's new userCertificate into Entra
+    without `cmglab entra sync` (here on a short interval, against the lab's Entra store)."""
+    import asyncio
+    import time
+
+    from cmglab.core.ad import ad_path
+    from cmglab.services.entra.connect_sync import ConnectSync
+    from cmglab.services.entra.store import Store, device_by_id
+
+    device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "HYB-SCHED1")
+    assert run("cmglab.agent.dsregcmd", "/join", "--hybrid", "--home", str(device.home)).returncode == 1
+    computer = LabDirectory(Path(str(device.info.ad_directory))).computer("HYB-SCHED1$")
+    assert computer is not None and computer["userCertificate"]
+    store = Store(lab.database_url("entra"), lab.config)
+
+    def synced() -> bool:
+        with store.session() as s:
+            return device_by_id(s, computer["objectGUID"]) is not None
+
+    async def cycle() -> bool:
+        task = asyncio.create_task(ConnectSync(store, ad_path(lab.dir)).every(0.2))
+        deadline = time.monotonic() + 20
+        try:
+            while time.monotonic() < deadline:
+                if synced():
+                    return True
+                await asyncio.sleep(0.1)
+            return False
+        finally:
+            task.cancel()
+
+    assert not synced()
+    assert asyncio.run(cycle())
+    result = run("cmglab.agent.dsregcmd", "/join", "--hybrid", "--home", str(device.home))
+    assert result.returncode == 0, result.stderr
