@@ -27,7 +27,7 @@ CANARY = "cmglab-canary-outside-the-content-library"
 @pytest.fixture(scope="module")
 def dp(lab: Lab, lab_services: LabProcesses) -> Lab:
     (lab.dir / "canary.txt").write_text(CANARY)
-    lab_services.ensure("distribution-point")
+    lab_services.ensure("management-point", "distribution-point")  # the MP builds the client package
     return lab
 
 

@@ -24,7 +24,7 @@ from tests.support.relay import QUIET, ntlmrelayx, stop, victim_authenticates, w
 
 @pytest.fixture(scope="module")
 def dp(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("distribution-point")
+    lab_services.ensure("management-point", "distribution-point")  # the MP builds the client package
     return lab
 
 

@@ -24,7 +24,7 @@ def dp_set(lab: Lab, *flags: str) -> None:
 
 @pytest.fixture()
 def anonymous_https(lab: Lab, lab_services: LabProcesses) -> Iterator[Lab]:
-    lab_services.ensure("distribution-point")
+    lab_services.ensure("management-point", "distribution-point")  # the MP builds the client package
     dp_set(lab, "--anonymous", "--https")
     try:
         yield lab

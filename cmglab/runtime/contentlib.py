@@ -109,12 +109,16 @@ class ContentLibrary:
         if folder.exists():
             raise FileExistsError(folder)
         tmp = self.root / f".{content_id}.{os.getpid()}.tmp"
-        if source.is_dir():
-            shutil.copytree(source, tmp, symlinks=False)
-        else:
-            tmp.mkdir(parents=True)
-            shutil.copy2(source, tmp / source.name)
-        tmp.replace(folder)
+        try:  # copied aside, then renamed: a failed copy leaves nothing half-distributed
+            if source.is_dir():
+                shutil.copytree(source, tmp, symlinks=False)
+            else:
+                tmp.mkdir(parents=True)
+                shutil.copy2(source, tmp / source.name)
+            tmp.replace(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         entry = Package(package_id, name, content_id, 1, kind, content_id)
         others = [p for p in self.packages()[1:]]
         self._save([*others, entry])

@@ -11,7 +11,6 @@ Every request, answered or refused, is a line in the IIS log.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,15 +26,14 @@ from starlette.routing import Route
 from cmglab.runtime.admin import install_lab_admin, record
 from cmglab.runtime.certinfo import client_cert
 from cmglab.services.distribution_point import listing, ranges
-from cmglab.services.distribution_point.errors import SERVER, IISError, not_found
-from cmglab.services.distribution_point.parts import DPParts
+from cmglab.services.distribution_point.errors import SERVER, IISError, install_error_handler, not_found, observe
+from cmglab.services.distribution_point.parts import Parts
 from cmglab.services.distribution_point.paths import segments
 from cmglab.services.distribution_point.vdirs import VDIRS, ContentView, File, Listing, Result, Text
 
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:\d{1,5})?$")
 _CHUNK = 1 << 16
 MAX_FIELD_LENGTH = 16384  # HTTP.sys MaxFieldLength: a longer header line is 400 before IIS sees it
-log = logging.getLogger("cmglab.distribution_point")
 # IIS log sc-win32-status for the authentication legs
 _WIN32_ACCESS_DENIED, _WIN32_LOGON_FAILURE, _SEC_I_CONTINUE_NEEDED = 5, 1326, 2148074254
 
@@ -79,7 +77,7 @@ def _file_response(path: Path, request: Request) -> Response:
                              media_type="application/octet-stream")
 
 
-def create_app(parts: DPParts) -> FastAPI:
+def create_app(parts: Parts) -> FastAPI:
     lab = parts.lab
     app = FastAPI(title="cmglab distribution point", docs_url=None, redoc_url=None, openapi_url=None)
     install_lab_admin(app, service="distribution-point", lab=lab)
@@ -152,13 +150,8 @@ def create_app(parts: DPParts) -> FastAPI:
             if e.status == 401:
                 win32 = {1: _SEC_I_CONTINUE_NEEDED if "continues" in e.reason else _WIN32_LOGON_FAILURE,
                          2: _WIN32_ACCESS_DENIED}.get(e.substatus, 0)
-            challenge = e.status == 401 and win32 in (_WIN32_ACCESS_DENIED, _SEC_I_CONTINUE_NEEDED)
-            if not challenge:  # the handshake's own 401s are no refusal
-                rec["refused"] = f"{e.status}.{e.substatus}"
-                client = request.client.host if request.client else "?"
-                log.warning(f"{request.method} {request.url.path} from {client}: {e.status}.{e.substatus} "
-                                f"{e.reason}")
-            response = e.response()
+            observe(request, e)
+            response = e.response(request)
             substatus = e.substatus
         else:
             substatus = 0
@@ -172,4 +165,5 @@ def create_app(parts: DPParts) -> FastAPI:
         return response
 
     app.router.routes.append(Route("/{path:path}", AnyMethod(handle), include_in_schema=False))
+    install_error_handler(app)
     return app

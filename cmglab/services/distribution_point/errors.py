@@ -3,8 +3,13 @@ place that turns them into responses."""
 
 from __future__ import annotations
 
+import logging
+
+from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from cmglab.runtime import errors
+from cmglab.runtime.admin import record
 from cmglab.runtime.windowsauth import IIS_401
 
 SERVER = "Microsoft-IIS/10.0"
@@ -52,17 +57,17 @@ def _httpsys_page(title: str, heading: str, text: str) -> str:
     )
 
 
-class IISError(Exception):
+class IISError(errors.ServiceError):
     """A refusal: status and IIS substatus (logged in the IIS log's sc-substatus), why (for the logs),
     and extra headers (WWW-Authenticate, Content-Range)."""
 
     def __init__(self, status: int, reason: str, *, substatus: int = 0,
                  headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(reason)
-        self.status, self.substatus, self.reason = status, substatus, reason
+        self.status, self.substatus, self.reason = status, substatus, reason  # type: ignore[misc]
         self.headers = headers or []
 
-    def response(self) -> Response:
+    def response(self, request: Request | None = None) -> Response:
         if self.status == 401:
             body, server = IIS_401, SERVER
         elif self.status in _HTTPSYS_PAGES:
@@ -79,3 +84,22 @@ class IISError(Exception):
 
 def not_found(what: str) -> IISError:
     return IISError(404, f"{what}: no such file or directory")
+
+
+def challenge_leg(e: IISError) -> bool:
+    """The handshake's own 401s (anonymous first request, NTLM challenge): part of the protocol, no refusal."""
+    return e.status == 401 and (e.substatus == 2 or "continues" in e.reason)
+
+
+def observe(request: Request, e: IISError) -> None:
+    """What a refusal leaves behind: the request record's `refused` and the service log's line."""
+    if challenge_leg(e):
+        return
+    record(request)["refused"] = f"{e.status}.{e.substatus}"
+    client = request.client.host if request.client else "?"
+    logging.getLogger("cmglab.distribution_point").warning(
+        f"{request.method} {request.url.path} from {client}: {e.status}.{e.substatus} {e.reason}")
+
+
+def install_error_handler(app: FastAPI) -> None:
+    errors.install_error_handler(app, IISError, observe)

@@ -1,4 +1,6 @@
-"""What the DP is made of, built once per process and handed to `create_app`."""
+"""The DP's parts, built once per process by `Parts.from_lab` and handed to `create_app`: the content
+library, Windows authentication (domain accounts and the network access account), the IIS log, and
+the DP's properties (re-read from lab.json when it changes)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from cmglab.services.distribution_point.samples import ensure_samples
 
 
 @dataclass
-class DPParts:
+class Parts:
     lab: Lab
     library: ContentLibrary
     auth: WindowsAuthenticator
@@ -34,11 +36,9 @@ class DPParts:
         return self._site[1]
 
     @classmethod
-    def build(cls, lab: Lab) -> DPParts:
-        # the client package is the MP's build (the site's); the DP serves the same folder
-        from cmglab.services.management_point.content import build_package
-
-        build_package(lab)
+    def from_lab(cls, lab: Lab) -> Parts:
+        # the client package (<lab>/content/<site>00001) is the MP's build: the DP serves that folder once
+        # it is there (the MP starts first), and the lab's own packages, made here on the first start
         library = ContentLibrary(lab.content_dir, lab.config)
         ensure_samples(library)
         return cls(lab, library, windows_auth(lab), IISLog(lab.log_dir("distribution-point") / "u_ex.log"))

@@ -6,11 +6,11 @@ from __future__ import annotations
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.services.distribution_point.app import create_app
-from cmglab.services.distribution_point.parts import DPParts
+from cmglab.services.distribution_point.parts import Parts
 
 
 def build(lab: Lab) -> Service:
-    app = create_app(DPParts.build(lab))
+    app = create_app(Parts.from_lab(lab))
     ident = lab.pki.server("distribution-point")
     https = Listener(
         "distribution-point", app, lab.port("distribution-point"), lab.bind(),

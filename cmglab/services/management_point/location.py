@@ -13,6 +13,7 @@ from __future__ import annotations
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape, quoteattr
 
+from cmglab.core.labconfig import DistributionPoint, load_config
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.parts import Parts
@@ -115,7 +116,7 @@ def content_location(mp: Parts, root: Element, caller: Caller) -> str:
     else:
         # the intranet boundary (the lab's internal network) has the distribution point: it comes first
         if distributed is not None:
-            dp_https = mp.lab.config.distribution_point.https
+            dp_https = _dp_settings(mp).https
             base = mp.lab.url("distribution-point") if dp_https else _dp_http_url(mp)
             dp_host = mp.lab.config.hosts.distribution_point
             records.append(_record(f"{base}/SMS_DP_SMSPKG$/{distributed.content_id}", dp_host, "SERVER",
@@ -140,6 +141,14 @@ def content_location(mp: Parts, root: Element, caller: Caller) -> str:
         f'IISSSLPreferedPort="443"/><LocationRecords>{body}</LocationRecords></Site></Sites>'
         f"<RelatedContentIDs/></ContentLocationReply>"
     )
+
+
+def _dp_settings(mp: Parts) -> DistributionPoint:
+    """The DP's properties as lab.json has them now (`cmglab content dp` changes them on a running lab)."""
+    try:
+        return load_config(mp.lab.config_path(mp.lab.dir)).distribution_point
+    except (OSError, ValueError):
+        return mp.lab.config.distribution_point
 
 
 def _dp_http_url(mp: Parts) -> str:
