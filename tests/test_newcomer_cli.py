@@ -169,3 +169,17 @@ def test_help_texts(lab: Lab) -> None:
     dsreg = run(sys.executable, "-m", "cmglab.agent.dsregcmd", "--help").stdout
     assert "/join" in dsreg and "--join" not in dsreg and "/status" in dsreg
     assert "dsregcmd /join --home" in README.read_text()
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_content_list_shows_whole_content_ids(lab: Lab, tmp_path: Path, columns: str | None) -> None:
+    payload = tmp_path / "tool.exe"
+    payload.write_bytes(b"MZ" + b"\0" * 100)
+    added = cmglab("content", "add", str(payload), "--name", "A tool with a long descriptive name",
+                   "--application", "--lab", str(lab.dir))
+    assert added.returncode == 0, added.stderr
+    rows = json.loads(cmglab("content", "list", "--json", "--lab", str(lab.dir)).stdout)
+    out = cmglab("content", "list", "--lab", str(lab.dir), columns=columns).stdout
+    for r in rows:
+        assert r["package_id"] in out and r["content_version"] in out, (r, out)
+    assert "…" not in out

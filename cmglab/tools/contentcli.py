@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from cmglab.core.labconfig import save_config
 from cmglab.core.settings import Settings
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.runtime.lab import Lab, LabNotInitialised
+from cmglab.tools.output import print_rows
 
 app = typer.Typer(help="Packages and applications on the distribution point.", no_args_is_help=True)
 LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
@@ -45,16 +46,18 @@ def add(path: Annotated[Path, typer.Argument(help="A folder (its files and subfo
 
 
 @app.command("list")
-def list_(lab: LabOption = Path(".cmglab")) -> None:
+def list_(lab: LabOption = Path(".cmglab"),
+          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """The packages on the DP: IDs, content IDs, files."""
     _, library = _library(lab)
-    t = Table(title="content on the distribution point")
-    for col in ("package", "name", "kind", "content", "files", "bytes"):
-        t.add_column(col)
-    for p in library.packages():
-        files = library.files(p)
-        t.add_row(p.package_id, p.name, p.kind, p.content_version, str(len(files)), str(sum(f.size for f in files)))
-    console.print(t)
+    rows = [{"package_id": p.package_id, "name": p.name, "kind": p.kind, "content_version": p.content_version,
+             "files": len(files), "bytes": sum(f.size for f in files)}
+            for p, files in ((p, library.files(p)) for p in library.packages())]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    print_rows(console, "content on the distribution point", ("package", "name", "kind", "content", "files", "bytes"),
+               [tuple(str(v) for v in r.values()) for r in rows])
 
 
 @app.command("dp")
