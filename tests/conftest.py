@@ -3,7 +3,9 @@ started once per session the way `cmglab up` starts them."""
 
 from __future__ import annotations
 
+import signal
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,13 @@ from cmglab.wire import httpclient
 __all__ = ["new_lab", "reserve_ports"]
 
 _CREATE_DEFAULT_CONTEXT = ssl.create_default_context
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped with SIGTERM (a CI timeout, `timeout`, `kill`) unwinds as Ctrl-C does: pytest then runs
+    the fixtures' teardown, which stops every service the run started (none outlives it)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ that fails to start one service stops the ones it had started (`cmglab up` and `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -135,3 +136,31 @@ def test_harness_that_cannot_start_a_service_stops_the_others(tmp_path: Path) ->
         assert list(procs.procs) == ["pki"] and procs.procs["pki"].alive()
         assert len(lab_processes(lab)) == 1
     assert lab_processes(lab) == []
+
+
+def test_a_test_run_stopped_with_sigterm_stops_its_services(tmp_path: Path) -> None:
+    """A CI timeout kills pytest with SIGTERM: its session lab's services go with it."""
+    pidfile = tmp_path / "pki.pid"
+    (tmp_path / "test_holds_a_lab.py").write_text(
+        "import time\n"
+        "def test_holds(lab_services):\n"
+        "    lab_services.ensure('pki')\n"
+        f"    open({str(pidfile)!r}, 'w').write(str(lab_services.procs['pki'].proc.pid))\n"
+        "    time.sleep(120)\n")
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+                            "--rootdir", str(tmp_path), str(tmp_path / "test_holds_a_lab.py")],
+                           cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not pidfile.exists() or not pidfile.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0]
+            time.sleep(0.2)
+        pid = int(pidfile.read_text())
+        run.send_signal(signal.SIGTERM)
+        out, _ = run.communicate(timeout=60)
+        assert not Path(f"/proc/{pid}").exists(), f"the run's CRL host (pid {pid}) outlived it:\n{out}"
+    finally:
+        run.kill()
+        with contextlib.suppress(ProcessLookupError, UnboundLocalError):
+            os.kill(pid, signal.SIGKILL)
