@@ -10,6 +10,7 @@ import os
 import secrets
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -99,6 +100,9 @@ class Site(BaseModel):
     mp_build: int = 8968
     allow_cmg: bool = True  # "Allow Configuration Manager cloud management gateway traffic"
     auto_approve: str = "domain"  # all | domain | none: approval of self-signed registrations
+    # hierarchy setting "Conflicting client records": automatic (create a new record) | manual (hold it for the
+    # admin: `cmglab clients conflicts`, `cmglab clients resolve`)
+    conflicting_records: Literal["automatic", "manual"] = "automatic"
     client_crl_check: bool = True  # "Clients check the CRL for site systems"
     content_enabled_cmg: bool = True
     ccm_token_lifetime_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)  # CCM_STS tokens: 8 hours
@@ -122,12 +126,14 @@ class DistributionPoint(BaseModel):
 SITE_SETTINGS = {
     "allow-cmg": "allow_cmg",
     "auto-approve": "auto_approve",
+    "conflicting-records": "conflicting_records",
     "content-enabled-cmg": "content_enabled_cmg",
     "crl-check": "client_crl_check",
     "https-only": "https_only",
     "ccm-token-lifetime": "ccm_token_lifetime_minutes",
 }
 AUTO_APPROVE = ("all", "domain", "none")
+CONFLICTING_RECORDS = ("automatic", "manual")
 
 
 class Hosts(BaseModel):

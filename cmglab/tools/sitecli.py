@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from cmglab.core.labconfig import AUTO_APPROVE, SITE_SETTINGS, save_config
+from cmglab.core.labconfig import AUTO_APPROVE, CONFLICTING_RECORDS, SITE_SETTINGS, save_config
 from cmglab.core.settings import Settings
 from cmglab.runtime.lab import Lab, LabNotInitialised
 from cmglab.tools.output import print_rows
@@ -53,6 +53,10 @@ def parse_value(name: str, raw: str) -> Any:
     if field == "auto_approve":
         if raw.lower() not in AUTO_APPROVE:
             raise ValueError(f"auto-approve is one of {', '.join(AUTO_APPROVE)}")
+        return raw.lower()
+    if field == "conflicting_records":
+        if raw.lower() not in CONFLICTING_RECORDS:
+            raise ValueError(f"conflicting-records is one of {', '.join(CONFLICTING_RECORDS)}")
         return raw.lower()
     if field == "ccm_token_lifetime_minutes":
         if not raw.isdigit() or not 1 <= int(raw) <= 7 * 24 * 60:

@@ -17,29 +17,24 @@ Everything a registration writes (client row, token record) is one transaction.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
+from typing import Any
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import quoteattr
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cmglab.runtime.certinfo import thumbprint
+from cmglab.services.management_point import admission
+from cmglab.services.management_point.admission import NOT_APPROVED
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.parts import Parts
-from cmglab.services.management_point.store import (
-    AAD_APPROVED,
-    APPROVED,
-    NOT_APPROVED,
-    BulkToken,
-    Client,
-    IssuedToken,
-    new_sms_id,
-    utcnow,
-)
+from cmglab.services.management_point.store import BulkToken, Client, ConflictRecord, IssuedToken, new_sms_id, utcnow
 from cmglab.wire import site_tokens
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml, utc_timestamp, utf16, verify
 
@@ -129,7 +124,44 @@ def _properties(data: Element) -> dict[str, str]:
     return props
 
 
+@dataclass(frozen=True)
+class Registrant:
+    """Who a verified registration request says it is, and what its authentication proved."""
+
+    kind: str  # admission.KINDS
+    proposed: str | None  # the SMSID it proposes (normalised)
+    signing: x509.Certificate
+    encryption: x509.Certificate
+    signing_tp: str
+    netbios: str
+    fqdn: str
+    agent_identity: str
+    agent_version: str
+    domain_account: str | None
+    internet: bool
+    aad_device: str | None = None
+    aad_tenant: str | None = None
+    bulk_guid: str | None = None
+    pki_tp: str | None = None
+
+
 def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Caller, message_id: str) -> Outcome:
+    """Verify the request, tell who it is, then admit it (admission.py) in one transaction the store retries."""
+    who = _registrant(mp, data, raw_data, signature, caller, message_id)
+    settings = mp.store.settings()
+    log = mp.logs.registration
+    outcome = mp.store.retrying(
+        lambda s: _admit(mp, s, who, settings),
+        on_race=lambda: log.info(f"Registration of {who.proposed} raced another for the same client; "
+                                 "processing it again"))
+    if outcome.status == REGISTERED:
+        log.info(f"Client {outcome.sms_id} registered ({who.kind}, message {message_id}); approval status "
+                 f"{outcome.approval}" + ("; issued a unique client token" if outcome.pre_auth_token else ""))
+    return outcome
+
+
+def _registrant(mp: Parts, data: Element, raw_data: str, signature: str, caller: Caller,
+                message_id: str) -> Registrant:
     log = mp.logs.registration
     signing = _load_cert(data.findtext("Certificates/Signing"), "signing")
     encryption_hex = data.findtext("Certificates/Encryption")
@@ -141,106 +173,146 @@ def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Ca
     mp.logs.clientauth.info(f"Registration request {message_id}: signature verified with the signing certificate "
                             f"{thumbprint(signing)}")
     props = _properties(data)
-    netbios = props.get("Netbios Name", "") or ""
-    fqdn = props.get("FQ Name", "") or netbios
     agent = data.find("AgentInformation")
-    proposed = normalise_sms_id(data.get("SMSID"))
-    signing_tp = thumbprint(signing)
-    settings = mp.store.settings()
-    auto = str(settings.get("auto_approve", "domain")).lower()
-
-    kind, approval, wants_token = "self-signed", NOT_APPROVED, True
-    aad_device = aad_tenant = bulk_guid = None
-    pki_tp = None
-    claims = caller.ccm_claims
-    if claims is not None:
-        issued = mp.store.issued(str(claims.get("UniqueId", "")))
-        if issued is None:
-            raise RegistrationRefused("the CCM token was not issued by this site's token service")
-        if issued.proof == "AAD":
-            kind, approval, wants_token = "aad", AAD_APPROVED, False
-            aad_device, aad_tenant = issued.aad_device_id, issued.aad_tenant_id
-            log.info(f"Registering device using AAD auth: DeviceId='{aad_device} ', TenantId='{aad_tenant}'")
-        elif issued.proof == "BulkRegistration":
-            if (issued.cert_thumbprint or "") != signing_tp:
-                raise RegistrationRefused("the bulk-token CCM token is bound to another certificate")
-            bulk = mp.store.bulk_token(issued.bulk_token_guid or "")
-            if bulk is None or bulk.blocked:
-                raise RegistrationRefused(f"bulk registration token {issued.bulk_token_guid} is blocked or unknown")
-            kind, approval, bulk_guid = "bulk", APPROVED, bulk.guid
-            log.info(f"Registering device using bulk registration token {bulk.guid}")
-        elif issued.proof == "ClientToken":
-            if (issued.cert_thumbprint or "") != signing_tp:
-                raise RegistrationRefused("the client-token CCM token is bound to another certificate")
-            kind, approval = "token", APPROVED
-            proposed = proposed or issued.sms_id
-        elif issued.proof == "Certificate":
-            kind, approval, wants_token = "pki", APPROVED, False
-            pki_tp = issued.cert_thumbprint
-        else:
-            raise RegistrationRefused(f"a CCM token from a {issued.proof} proof cannot register a client")
-    elif caller.pki_cert is not None:
-        kind, approval, wants_token = "pki", APPROVED, False
+    who = Registrant(kind="self-signed", proposed=normalise_sms_id(data.get("SMSID")), signing=signing,
+                     encryption=encryption, signing_tp=thumbprint(signing), netbios=props.get("Netbios Name", "") or "",
+                     fqdn=props.get("FQ Name", "") or props.get("Netbios Name", "") or "",
+                     agent_identity=agent.get("AgentIdentity", "") if agent is not None else "",
+                     agent_version=agent.get("AgentVersion", "") if agent is not None else "",
+                     domain_account=caller.domain_account, internet=caller.internet)
+    if caller.ccm_claims is not None:
+        return _token_registrant(mp, caller.ccm_claims, who)
+    if caller.pki_cert is not None:
         pki_tp = thumbprint(caller.pki_cert)
         log.info(f"Registering device using PKI certificate {pki_tp} ({caller.pki_cert.subject.rfc4514_string()})")
-    elif caller.domain_account:
-        kind = "domain"
-        approval = APPROVED if auto in ("all", "domain") else NOT_APPROVED
+        return replace(who, kind="pki", pki_tp=pki_tp)
+    if caller.domain_account:
         log.info(f"Registering device authenticated as domain account {caller.domain_account}")
-    else:
-        approval = APPROVED if auto == "all" else NOT_APPROVED
+        return replace(who, kind="domain")
+    return who
 
-    # Two copies of one registration at once (a client's retry racing its first attempt): both find no row
-    # and one insert loses on the primary key; that one runs again and updates the row the other made.
-    for attempt in (1, 2):
-        try:
-            with mp.store.session() as s:
-                existing = s.get(Client, proposed) if proposed else None
-                if existing is not None and existing.signing_thumbprint != signing_tp and kind == "self-signed":
-                    # an unauthenticated request cannot take over a registered identity: give it a new one
-                    log.warning(f"SMSID {proposed} is registered with another certificate; assigning a new ClientID")
-                    existing, proposed = None, None
-                sms_id = proposed or new_sms_id()
-                log.info(f"Processing Registration request from Client '{sms_id}'")
-                if bulk_guid is not None:
-                    bulk_row = s.get(BulkToken, bulk_guid)
-                    if bulk_row is None or bulk_row.blocked:  # re-read inside the transaction
-                        raise RegistrationRefused(f"bulk registration token {bulk_guid} is blocked")
-                client = existing or Client(sms_id=sms_id, registered_at=utcnow())
-                client.netbios_name, client.fqdn = netbios, fqdn
-                client.signing_cert, client.encryption_cert = _hex(signing), _hex(encryption)
-                client.signing_thumbprint = signing_tp
-                client.pki_thumbprint = pki_tp or (client.pki_thumbprint if existing else None)
-                client.auth_kind = kind
-                client.domain_account = caller.domain_account
-                client.aad_device_id = aad_device.lower() if aad_device else client.aad_device_id
-                client.aad_tenant_id = aad_tenant.lower() if aad_tenant else client.aad_tenant_id
-                client.bulk_token_guid = bulk_guid or client.bulk_token_guid
-                client.approval = max(approval, client.approval if existing else NOT_APPROVED) \
-                    if kind != "aad" else AAD_APPROVED
-                client.internet = caller.internet
-                client.agent_identity = agent.get("AgentIdentity", "") if agent is not None else ""
-                client.agent_version = agent.get("AgentVersion", "") if agent is not None else ""
-                client.updated_at = utcnow()
-                if existing is None:
-                    s.add(client)
-                token = None
-                if wants_token and client.approval != NOT_APPROVED:
-                    token, expires = mp.signer.client_token(sms_id=sms_id, cert_thumbprint=signing_tp)
-                    unique = site_tokens_unique_id(token)
-                    s.add(IssuedToken(unique_id=unique, kind="client", token_type=site_tokens.CLIENT,
-                                      proof="Registration", sms_id=sms_id, cert_thumbprint=signing_tp,
-                                      bulk_token_guid=bulk_guid, issued_at=utcnow(),
-                                      expires_at=expires.astimezone(UTC).replace(tzinfo=None)))
-                final_approval = client.approval
-            break
-        except IntegrityError:
-            if attempt == 2:
-                raise
-            log.info(f"Registration of {proposed} raced another for the same client; processing it again")
-    log.info(f"Client {sms_id} registered ({kind}, message {message_id}); approval status {final_approval}"
-             + ("; issued a unique client token" if token else ""))
-    return Outcome("Registration", REGISTERED, sms_id, final_approval, token)
+
+def _token_registrant(mp: Parts, claims: dict[str, Any], who: Registrant) -> Registrant:
+    """A registration over ccm_system_tokenauth: the CCM token's proof decides the kind."""
+    log = mp.logs.registration
+    issued = mp.store.issued(str(claims.get("UniqueId", "")))
+    if issued is None:
+        raise RegistrationRefused("the CCM token was not issued by this site's token service")
+    if issued.proof == "AAD":
+        log.info(f"Registering device using AAD auth: DeviceId='{issued.aad_device_id} ', "
+                 f"TenantId='{issued.aad_tenant_id}'")
+        return replace(who, kind="aad", aad_device=(issued.aad_device_id or "").lower() or None,
+                       aad_tenant=(issued.aad_tenant_id or "").lower() or None)
+    if issued.proof in ("BulkRegistration", "ClientToken") and (issued.cert_thumbprint or "") != who.signing_tp:
+        raise RegistrationRefused(f"the {issued.proof} CCM token is bound to another certificate")
+    if issued.proof == "BulkRegistration":
+        log.info(f"Registering device using bulk registration token {issued.bulk_token_guid}")
+        return replace(who, kind="bulk", bulk_guid=issued.bulk_token_guid or "")
+    if issued.proof == "ClientToken":
+        return replace(who, kind="token", proposed=who.proposed or issued.sms_id)
+    if issued.proof == "Certificate":
+        return replace(who, kind="pki", pki_tp=issued.cert_thumbprint)
+    raise RegistrationRefused(f"a CCM token from a {issued.proof} proof cannot register a client")
+
+
+def _admit(mp: Parts, s: Session, who: Registrant, settings: dict[str, object]) -> Outcome:
+    """One attempt, inside the store's transaction: read the proposed record, decide, write."""
+    existing = s.get(Client, who.proposed) if who.proposed else None
+    owner = existing is not None and admission.same_owner(
+        record_signing=existing.signing_thumbprint, record_aad_device=existing.aad_device_id,
+        record_pki=existing.pki_thumbprint, kind=who.kind, signing=who.signing_tp, aad_device=who.aad_device,
+        pki=who.pki_tp)
+    conflict = _conflict(s, existing.sms_id, who.signing_tp) if existing is not None and not owner else None
+    bulk = s.get(BulkToken, who.bulk_guid) if who.bulk_guid is not None else None
+    decision = admission.admit(admission.Request(
+        kind=who.kind, auto_approve=str(settings.get("auto_approve", "domain")).lower(),
+        existing_approval=existing.approval if existing is not None else None, same_owner=owner,
+        conflicts=str(settings.get("conflicting_records", admission.AUTOMATIC)),
+        resolution=conflict.status if conflict is not None else None,
+        token_blocked=who.bulk_guid is not None and (bulk is None or bulk.blocked)))
+    log = mp.logs.registration
+    if decision.action is admission.Action.REFUSE:
+        raise RegistrationRefused(decision.reason)
+    if existing is not None and not owner:
+        conflict = _note_conflict(mp, s, conflict, existing, who, decision)
+    if decision.action is admission.Action.HOLD:
+        return Outcome("Registration", PENDING)
+    if decision.action is admission.Action.NEW_RECORD:
+        client = _new_record(s, conflict, who)
+    else:
+        client = existing or Client(sms_id=who.proposed or new_sms_id(), registered_at=utcnow())
+    log.info(f"Processing Registration request from Client '{client.sms_id}'")
+    _write(client, who, decision.approval or NOT_APPROVED, keep=client in s)
+    s.add(client)
+    token = _client_token(mp, s, client.sms_id, who) if decision.client_token else None
+    return Outcome("Registration", REGISTERED, client.sms_id, client.approval, token)
+
+
+def _conflict(s: Session, sms_id: str, signing_tp: str) -> ConflictRecord | None:
+    return s.scalars(select(ConflictRecord).where(ConflictRecord.sms_id == sms_id,
+                                                  ConflictRecord.signing_thumbprint == signing_tp)
+                     .order_by(ConflictRecord.id.desc())).first()
+
+
+def _note_conflict(mp: Parts, s: Session, conflict: ConflictRecord | None, existing: Client, who: Registrant,
+                   decision: admission.Decision) -> ConflictRecord:
+    """Record (or count again) a conflicting record, and say so in MP_RegistrationManager.log."""
+    log = mp.logs.registration
+    if conflict is None:
+        conflict = ConflictRecord(sms_id=existing.sms_id, signing_thumbprint=who.signing_tp, kind=who.kind,
+                                  netbios_name=who.netbios, aad_device_id=who.aad_device, pki_thumbprint=who.pki_tp,
+                                  status="pending", attempts=0)
+        s.add(conflict)
+        log.warning(f"Conflicting record detected for client '{existing.sms_id}': it is registered with signing "
+                    f"certificate {existing.signing_thumbprint}, this {who.kind} registration request is signed "
+                    f"with {who.signing_tp} (Netbios Name '{who.netbios}')")
+    conflict.attempts += 1
+    conflict.last_seen = utcnow()
+    if decision.action is admission.Action.HOLD:
+        s.flush()
+        log.warning(f"Conflicting client records are resolved manually: the registration request is pending "
+                    f"(conflicting record {conflict.id}, `cmglab clients resolve {conflict.id}`)")
+    elif decision.action is admission.Action.NEW_RECORD and conflict.status == "pending":
+        conflict.status, conflict.resolved_at = "new", utcnow()
+    return conflict
+
+
+def _new_record(s: Session, conflict: ConflictRecord | None, who: Registrant) -> Client:
+    """The record a conflicting request gets: the one its resolution made before (its retries), or a new one."""
+    if conflict is not None and conflict.new_sms_id:
+        earlier = s.get(Client, conflict.new_sms_id)
+        if earlier is not None and earlier.signing_thumbprint == who.signing_tp:
+            return earlier
+    client = Client(sms_id=new_sms_id(), registered_at=utcnow())
+    if conflict is not None:
+        conflict.new_sms_id = client.sms_id
+    return client
+
+
+def _write(client: Client, who: Registrant, approval: int, *, keep: bool) -> None:
+    """The record as this request describes it; `keep`: an existing record keeps what this request lacks."""
+    client.netbios_name, client.fqdn = who.netbios, who.fqdn
+    client.signing_cert, client.encryption_cert = _hex(who.signing), _hex(who.encryption)
+    client.signing_thumbprint = who.signing_tp
+    client.pki_thumbprint = who.pki_tp or (client.pki_thumbprint if keep else None)
+    client.auth_kind = who.kind
+    client.domain_account = who.domain_account
+    client.aad_device_id = who.aad_device or (client.aad_device_id if keep else None)
+    client.aad_tenant_id = who.aad_tenant or (client.aad_tenant_id if keep else None)
+    client.bulk_token_guid = who.bulk_guid or (client.bulk_token_guid if keep else None)
+    client.approval = approval
+    client.internet = who.internet
+    client.agent_identity, client.agent_version = who.agent_identity, who.agent_version
+    client.updated_at = utcnow()
+
+
+def _client_token(mp: Parts, s: Session, sms_id: str, who: Registrant) -> str:
+    token, expires = mp.signer.client_token(sms_id=sms_id, cert_thumbprint=who.signing_tp)
+    s.add(IssuedToken(unique_id=site_tokens_unique_id(token), kind="client", token_type=site_tokens.CLIENT,
+                      proof="Registration", sms_id=sms_id, cert_thumbprint=who.signing_tp,
+                      bulk_token_guid=who.bulk_guid, issued_at=utcnow(),
+                      expires_at=expires.astimezone(UTC).replace(tzinfo=None)))
+    return token
 
 
 def site_tokens_unique_id(token: str) -> str:

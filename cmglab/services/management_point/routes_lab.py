@@ -4,7 +4,7 @@ read-only GETs without a token; changes (approve, site settings) need the lab ad
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel
@@ -17,6 +17,11 @@ class SettingsChange(BaseModel):
     allow_cmg: bool | None = None
     auto_approve: str | None = None
     content_enabled_cmg: bool | None = None
+    conflicting_records: Literal["automatic", "manual"] | None = None
+
+
+class Resolution(BaseModel):
+    action: Literal["new", "merge", "block"]
 
 
 def router(mp: Parts) -> APIRouter:
@@ -45,6 +50,19 @@ def router(mp: Parts) -> APIRouter:
             raise HTTPException(404, "no such client")
         mp.logs.registration.info(f"Client {sms_id.upper()} {'approved' if approved else 'unapproved'} by the admin")
         return {"sms_id": sms_id.upper(), "approved": approved}
+
+    @r.get("/conflicts")
+    async def conflicts() -> dict[str, Any]:
+        return {"conflicts": await run_in_threadpool(mp.store.conflicts)}
+
+    @r.post("/conflicts/{conflict_id}/resolve", dependencies=[Depends(require_admin)])
+    async def resolve(conflict_id: int, resolution: Resolution) -> dict[str, Any]:
+        row = await run_in_threadpool(mp.store.resolve_conflict, conflict_id, resolution.action)
+        if row is None:
+            raise HTTPException(404, "no such conflicting record")
+        mp.logs.registration.info(f"Conflicting record {conflict_id} for client '{row['sms_id']}' resolved by the "
+                                  f"admin: {resolution.action}")
+        return row
 
     @r.get("/tokens")
     async def tokens() -> dict[str, Any]:

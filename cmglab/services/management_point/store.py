@@ -11,15 +11,19 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Boolean, DateTime, Integer, String, Text, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from cmglab.core.labconfig import SITE_SETTINGS
 from cmglab.core.labconfig import Site as LabSite
 from cmglab.runtime import db
 from cmglab.runtime.lab import Lab
+from cmglab.services.management_point.admission import APPROVED, NOT_APPROVED
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -59,8 +63,6 @@ class Tenant(Base):
     onboarded: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
-# ApprovalStatus values in ClientRegistrationResponse (lab-defined numbering, docs/architecture.md)
-NOT_APPROVED, APPROVED, AAD_APPROVED = 0, 1, 3
 
 
 class Client(Base):
@@ -145,6 +147,34 @@ class BulkToken(Base):
                 "expired": as_utc(self.not_after) < datetime.now(UTC)}  # type: ignore[operator]
 
 
+class ConflictRecord(Base):
+    """A registration that proposed a registered SMSID without being its owner (Monitoring > Conflicting
+    Records). `status`: pending (held for the admin), new (a new record was created: `new_sms_id`), merge
+    (the admin said it is the same machine: it updates the record), block (refused)."""
+
+    __tablename__ = "conflicting_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sms_id: Mapped[str] = mapped_column(String(48), index=True)  # the registered SMSID it proposed
+    signing_thumbprint: Mapped[str] = mapped_column(String(40), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    netbios_name: Mapped[str] = mapped_column(Text, default="")
+    aad_device_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    pki_thumbprint: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    new_sms_id: Mapped[str | None] = mapped_column(String(48), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    detected_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "sms_id": self.sms_id, "signing_thumbprint": self.signing_thumbprint,
+                "kind": self.kind, "netbios_name": self.netbios_name, "aad_device_id": self.aad_device_id,
+                "pki_thumbprint": self.pki_thumbprint, "status": self.status, "new_sms_id": self.new_sms_id,
+                "attempts": self.attempts, "detected_at": iso(self.detected_at), "last_seen": iso(self.last_seen),
+                "resolved_at": iso(self.resolved_at)}
+
+
 class Policy(Base):
     __tablename__ = "policies"
     policy_id: Mapped[str] = mapped_column(String(40), primary_key=True)  # {guid}
@@ -189,6 +219,19 @@ class Store(db.Store):
         self.policy_factory = policy_factory
         if seed:  # False: a reader of what the running site holds (`cmglab site show`)
             self.seed()
+
+    def retrying(self, work: Callable[[Session], T], on_race: Callable[[], None] | None = None) -> T:
+        """`work` in one transaction. Two copies of one request at once (a client's retry racing its first
+        attempt) can both find no row, and one insert then loses on the primary key: that one runs again, in
+        a new transaction, and finds the row the other made."""
+        try:
+            with self.session() as s:
+                return work(s)
+        except IntegrityError:
+            if on_race is not None:
+                on_race()
+        with self.session() as s:
+            return work(s)
 
     # -- seeding ------------------------------------------------------------------------------
     def fill(self, s: Session) -> None:
@@ -290,6 +333,20 @@ class Store(db.Store):
     def record_token(self, **fields: Any) -> None:
         with self.session() as s:
             s.add(IssuedToken(**fields))
+
+    # -- conflicting records ------------------------------------------------------------------
+    def conflicts(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [c.as_dict() for c in s.scalars(select(ConflictRecord).order_by(ConflictRecord.id))]
+
+    def resolve_conflict(self, conflict_id: int, action: str) -> dict[str, Any] | None:
+        """The admin's resolution (new | merge | block), taken by the client's next registration attempt."""
+        with self.session() as s:
+            row = s.get(ConflictRecord, conflict_id)
+            if row is None:
+                return None
+            row.status, row.resolved_at = action, utcnow()
+            return row.as_dict()
 
     # -- bulk registration tokens -------------------------------------------------------------
     def add_bulk_token(self, guid: str, minutes: int, not_before: datetime, not_after: datetime) -> None:

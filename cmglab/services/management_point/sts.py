@@ -148,7 +148,9 @@ class TokenService:
         wanted = normalise_sms_id(req.client_id)
         if wanted:
             client = self.mp.store.get_client(wanted)
-            if client is not None and client.aad_device_id in (None, device):
+            # only the Entra device that registered it: an AAD proof proves no SMS key, so a record without a
+            # device ID (registered any other way) is not this device's to claim (issue 15)
+            if client is not None and client.aad_device_id == device:
                 sms_id = wanted
         if sms_id is None:
             known = self.mp.store.client_by_aad_device(device)

@@ -1,0 +1,115 @@
+"""Registration admission: what one registration request may do to the site database, decided with no I/O.
+
+`admit(Request)` is the whole rule; `tests/test_mp_admission.py` checks it row by row against this table.
+
+| proposed SMSID's record | same owner | conflicting records | earlier resolution | decision |
+|---|---|---|---|---|
+| any | any | any | any, and the proof token is blocked | REFUSE |
+| none | – | – | – | CREATE (the proposed SMSID, or a new one) |
+| exists | yes | – | – | UPDATE (approval: the higher of the record's and the earned one) |
+| exists | no | any | `block` | REFUSE |
+| exists | no | any | `merge` | UPDATE (the admin said: the same machine) |
+| exists | no | any | `new` | NEW_RECORD (the record that resolution created, or a new one) |
+| exists | no | automatic | none | NEW_RECORD (a new SMSID; the conflict is recorded as resolved `new`) |
+| exists | no | manual | none / `pending` | HOLD (Status 1, no SMSID; the conflict waits for the admin) |
+
+"Same owner" (`same_owner`): the request is signed with the record's registered key, or comes from the same
+Entra device (AAD) or the same PKI client certificate. Anything else proposing a registered SMSID is a
+conflicting record, never an update: the record's key, device ID, name and approval stay the owner's.
+
+Approval earned by the kind of registration (`earned`):
+
+| kind | approval | unique client token |
+|---|---|---|
+| aad | 3 (approved by Entra; an update keeps 3) | no |
+| bulk, token, pki | 1 | bulk, token: yes; pki: no |
+| domain | 1 if auto_approve is all or domain, else 0 | when approved |
+| self-signed | 1 if auto_approve is all, else 0 | when approved |
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+NOT_APPROVED, APPROVED, AAD_APPROVED = 0, 1, 3
+KINDS = ("aad", "bulk", "token", "pki", "domain", "self-signed")
+AUTOMATIC, MANUAL = "automatic", "manual"  # hierarchy setting "conflicting client records"
+RESOLUTIONS = ("pending", "new", "merge", "block")
+
+
+class Action(enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    NEW_RECORD = "new-record"
+    HOLD = "hold"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str  # one of KINDS
+    auto_approve: str  # all | domain | none
+    existing_approval: int | None  # the proposed SMSID's record's approval; None: no such record
+    same_owner: bool = False
+    conflicts: str = AUTOMATIC
+    resolution: str | None = None  # an earlier resolution of this conflict (RESOLUTIONS)
+    token_blocked: bool = False  # the bulk token the proof came from is blocked (re-read in the transaction)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    approval: int | None = None
+    client_token: bool = False  # issue a unique client token (PreAuthToken)
+    reason: str = ""
+
+
+def earned(kind: str, auto_approve: str) -> int:
+    if kind == "aad":
+        return AAD_APPROVED
+    if kind in ("bulk", "token", "pki"):
+        return APPROVED
+    if kind == "domain":
+        return APPROVED if auto_approve in ("all", "domain") else NOT_APPROVED
+    return APPROVED if auto_approve == "all" else NOT_APPROVED
+
+
+def wants_token(kind: str) -> bool:
+    return kind not in ("aad", "pki")
+
+
+def same_owner(*, record_signing: str, record_aad_device: str | None, record_pki: str | None, kind: str,
+               signing: str, aad_device: str | None, pki: str | None) -> bool:
+    """The request comes from the record's owner: its registered key, or its Entra device / PKI identity."""
+    if record_signing.upper() == signing.upper():
+        return True
+    if kind == "aad" and aad_device and record_aad_device:
+        return record_aad_device.lower() == aad_device.lower()
+    if kind == "pki" and pki and record_pki:
+        return record_pki.upper() == pki.upper()
+    return False
+
+
+def _granted(action: Action, req: Request, approval: int, reason: str) -> Decision:
+    return Decision(action, approval, wants_token(req.kind) and approval != NOT_APPROVED, reason)
+
+
+def admit(req: Request) -> Decision:
+    """The decision for one registration request (the module's table)."""
+    if req.token_blocked:
+        return Decision(Action.REFUSE, reason="the bulk registration token is blocked")
+    earn = earned(req.kind, req.auto_approve)
+    if req.existing_approval is None:
+        return _granted(Action.CREATE, req, earn, "a new client")
+    if req.same_owner:
+        approval = AAD_APPROVED if req.kind == "aad" else max(earn, req.existing_approval)
+        return _granted(Action.UPDATE, req, approval, "the record's owner")
+    if req.resolution == "block":
+        return Decision(Action.REFUSE, reason="the conflicting record was blocked by the administrator")
+    if req.resolution == "merge":
+        approval = AAD_APPROVED if req.kind == "aad" else max(earn, req.existing_approval)
+        return _granted(Action.UPDATE, req, approval, "the administrator merged the conflicting record")
+    if req.resolution == "new" or req.conflicts == AUTOMATIC:
+        return _granted(Action.NEW_RECORD, req, earn, "conflicting record: a new record")
+    return Decision(Action.HOLD, reason="conflicting record: held for manual resolution")

@@ -1,0 +1,93 @@
+"""The registration admission rule (cmglab/services/management_point/admission.py), row by row against the
+tables in its docstring: pure, no database, no network."""
+
+from __future__ import annotations
+
+import pytest
+
+from cmglab.services.management_point.admission import (
+    AAD_APPROVED,
+    APPROVED,
+    AUTOMATIC,
+    KINDS,
+    MANUAL,
+    NOT_APPROVED,
+    Action,
+    Request,
+    admit,
+    earned,
+    same_owner,
+)
+
+# the decision table: (existing approval, same owner, conflicts, resolution, token blocked) -> action
+DECISIONS = [
+    (None, False, AUTOMATIC, None, True, Action.REFUSE),
+    (APPROVED, True, MANUAL, None, True, Action.REFUSE),
+    (None, False, AUTOMATIC, None, False, Action.CREATE),
+    (None, False, MANUAL, None, False, Action.CREATE),
+    (APPROVED, True, AUTOMATIC, None, False, Action.UPDATE),
+    (APPROVED, True, MANUAL, "block", False, Action.UPDATE),  # the owner itself is never a conflict
+    (APPROVED, False, AUTOMATIC, "block", False, Action.REFUSE),
+    (APPROVED, False, MANUAL, "block", False, Action.REFUSE),
+    (APPROVED, False, MANUAL, "merge", False, Action.UPDATE),
+    (APPROVED, False, AUTOMATIC, "merge", False, Action.UPDATE),
+    (APPROVED, False, MANUAL, "new", False, Action.NEW_RECORD),
+    (APPROVED, False, AUTOMATIC, "new", False, Action.NEW_RECORD),
+    (APPROVED, False, AUTOMATIC, None, False, Action.NEW_RECORD),
+    (NOT_APPROVED, False, AUTOMATIC, None, False, Action.NEW_RECORD),
+    (APPROVED, False, MANUAL, None, False, Action.HOLD),
+    (APPROVED, False, MANUAL, "pending", False, Action.HOLD),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("existing,owner,conflicts,resolution,blocked,action", DECISIONS)
+def test_decision_table(kind: str, existing: int | None, owner: bool, conflicts: str, resolution: str | None,
+                        blocked: bool, action: Action) -> None:
+    decision = admit(Request(kind=kind, auto_approve="all", existing_approval=existing, same_owner=owner,
+                             conflicts=conflicts, resolution=resolution, token_blocked=blocked))
+    assert decision.action is action
+    if action in (Action.REFUSE, Action.HOLD):
+        assert decision.approval is None and not decision.client_token and decision.reason
+
+
+# the approval table: kind, auto_approve -> approval earned, unique client token (when approved)
+APPROVALS = [
+    ("aad", "none", AAD_APPROVED, False), ("bulk", "none", APPROVED, True), ("token", "none", APPROVED, True),
+    ("pki", "none", APPROVED, False), ("domain", "domain", APPROVED, True), ("domain", "all", APPROVED, True),
+    ("domain", "none", NOT_APPROVED, False), ("self-signed", "all", APPROVED, True),
+    ("self-signed", "domain", NOT_APPROVED, False), ("self-signed", "none", NOT_APPROVED, False),
+]
+
+
+@pytest.mark.parametrize("kind,auto,approval,token", APPROVALS)
+def test_approval_table(kind: str, auto: str, approval: int, token: bool) -> None:
+    assert earned(kind, auto) == approval
+    created = admit(Request(kind=kind, auto_approve=auto, existing_approval=None))
+    assert (created.action, created.approval, created.client_token) == (Action.CREATE, approval, token)
+    # a conflicting record starts from what its own kind earns, never the registered record's approval
+    new = admit(Request(kind=kind, auto_approve=auto, existing_approval=APPROVED, same_owner=False))
+    assert (new.action, new.approval) == (Action.NEW_RECORD, approval)
+
+
+def test_an_update_keeps_the_higher_approval() -> None:
+    assert admit(Request("self-signed", "none", APPROVED, same_owner=True)).approval == APPROVED
+    assert admit(Request("domain", "all", NOT_APPROVED, same_owner=True)).approval == APPROVED
+    assert admit(Request("aad", "none", APPROVED, same_owner=True)).approval == AAD_APPROVED
+
+
+@pytest.mark.parametrize("kind,record,request_,owner", [
+    ("bulk", ("AA", None, None), ("aa", None, None), True),  # the registered key, any case
+    ("bulk", ("AA", "dev", "PKI"), ("BB", "dev", "PKI"), False),  # another key: device/PKI only count for their kind
+    ("aad", ("AA", "dev-1", None), ("BB", "DEV-1", None), True),
+    ("aad", ("AA", "dev-1", None), ("BB", "dev-2", None), False),
+    ("aad", ("AA", None, None), ("BB", "dev-1", None), False),  # a record with no device is not this device's
+    ("pki", ("AA", None, "P1"), ("BB", None, "p1"), True),
+    ("pki", ("AA", None, "P1"), ("BB", None, "P2"), False),
+    ("pki", ("AA", None, None), ("BB", None, "P2"), False),
+    ("self-signed", ("AA", None, None), ("BB", None, None), False),
+])
+def test_same_owner(kind: str, record: tuple[str, str | None, str | None],
+                    request_: tuple[str, str | None, str | None], owner: bool) -> None:
+    assert same_owner(record_signing=record[0], record_aad_device=record[1], record_pki=record[2], kind=kind,
+                      signing=request_[0], aad_device=request_[1], pki=request_[2]) is owner

@@ -1,0 +1,167 @@
+"""Issue 15: no SMSID takeover at registration. A victim registers; an attacker with its own key proposes the
+victim's SMSID over every registration door (self-signed, bulk token, client token, AAD, PKI). The victim's
+record (key, name, device ID, approval) never changes; the attacker gets a conflicting record, handled as
+the hierarchy setting says: automatic -> a new record, manual -> held (Status 1) until `cmglab clients
+resolve` says new, merge or block. The record's owner (same key, same Entra device, same PKI certificate)
+still updates it. Over real sockets against the lab's MP (and Entra for the AAD proof)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+from cmglab.tools.reliability.material import Material
+from tests.support.sec_registration import (
+    Box,
+    ccm_token,
+    mp_https,
+    post_registration,
+    set_site,
+    site_client,
+    site_rows,
+    via_tokenauth,
+)
+
+
+@pytest.fixture(scope="module")
+def mp(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    lab_services.ensure("entra", "management-point")
+    set_site(lab, auto_approve="all", conflicting_records="automatic")
+    yield lab
+    set_site(lab, auto_approve=lab.config.site.auto_approve, conflicting_records=lab.config.site.conflicting_records)
+
+
+@pytest.fixture(scope="module")
+def material(mp: Lab, tmp_path_factory: pytest.TempPathFactory) -> Material:
+    return Material(mp, tmp_path_factory.mktemp("sec-reg"))
+
+
+def cli(lab: Lab, *args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "cmglab", "clients", *args, "--lab", str(lab.dir)],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def victim(mp: Lab, material: Material) -> tuple[Box, str, dict[str, object]]:
+    """A client registered with a bulk token (approved): its box, SMSID and record."""
+    box = Box(f"VICTIM{uuid.uuid4().hex[:4].upper()}")
+    attrs = via_tokenauth(mp, box, ccm_token(mp, box, "BulkRegistration", material.bulk_token()))
+    assert attrs["Status"] == "0" and attrs["ApprovalStatus"] == "1", attrs
+    return box, attrs["SMSID"], site_client(mp, attrs["SMSID"])
+
+
+def attack_self_signed(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[str, str]:
+    return post_registration(mp, box, sms_id)
+
+
+def attack_bulk(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[str, str]:
+    return via_tokenauth(mp, box, ccm_token(mp, box, "BulkRegistration", material.bulk_token()), sms_id)
+
+
+def attack_client_token(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[str, str]:
+    own = via_tokenauth(mp, box, ccm_token(mp, box, "BulkRegistration", material.bulk_token()))  # its own record
+    token = ccm_token(mp, box, "ClientToken", own["PreAuthToken"], own["SMSID"])
+    return via_tokenauth(mp, box, token, sms_id)
+
+
+def attack_aad(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[str, str]:
+    entra = material.entra_token(user=False, deviceid=str(uuid.uuid4()))
+    return via_tokenauth(mp, box, ccm_token(mp, box, "AAD", entra, sms_id), sms_id)
+
+
+def attack_pki(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[str, str]:
+    name = f"attacker-{uuid.uuid4().hex[:6]}.corp.lab.test"
+    ident = mp.pki.issue_client(name)
+    return post_registration(mp, box, sms_id, url=f"{mp_https(mp)}/ccm_system/request",
+                             cert=(Path(ident.cert_path), Path(ident.key_path)))
+
+
+ATTACKS: dict[str, Callable[[Lab, Material, Box, str], dict[str, str]]] = {
+    "self-signed": attack_self_signed, "bulk": attack_bulk, "token": attack_client_token, "aad": attack_aad,
+    "pki": attack_pki,
+}
+KEPT = ("signing_thumbprint", "netbios_name", "approval", "aad_device_id", "pki_thumbprint", "auth_kind",
+        "registered_at")
+
+
+@pytest.mark.parametrize("kind", list(ATTACKS))
+def test_proposing_a_registered_smsid_gets_a_new_record(mp: Lab, material: Material, kind: str) -> None:
+    box, sms_id, before = victim(mp, material)
+    attacker = Box(f"EVIL{uuid.uuid4().hex[:4].upper()}")
+    attrs = ATTACKS[kind](mp, material, attacker, sms_id)
+    assert attrs["Status"] == "0" and attrs["SMSID"] != sms_id, attrs
+    after = site_client(mp, sms_id)
+    assert {k: after[k] for k in KEPT} == {k: before[k] for k in KEPT}
+    assert site_client(mp, attrs["SMSID"])["signing_thumbprint"] == attacker.thumbprint
+    conflict = next(c for c in site_rows(mp, "conflicts") if c["signing_thumbprint"] == attacker.thumbprint)
+    assert (conflict["sms_id"], conflict["status"], conflict["new_sms_id"], conflict["kind"]) == (
+        sms_id, "new", attrs["SMSID"], kind)
+    # its retry is the same new record, not another
+    again = ATTACKS[kind](mp, material, attacker, sms_id) if kind in ("self-signed", "bulk") else attrs
+    assert again["SMSID"] == attrs["SMSID"]
+    # the owner is untouched: its confirmation still verifies with its registered key
+    assert post_registration(mp, box, sms_id, request_type="Confirmation")["Status"] == "0"
+    log = (mp.dir / "logs" / "management-point" / "MP_RegistrationManager.log").read_text(errors="replace")
+    assert f"Conflicting record detected for client '{sms_id}'" in log
+
+
+def test_the_owner_still_updates_its_record(mp: Lab, material: Material) -> None:
+    box, sms_id, _ = victim(mp, material)
+    again = via_tokenauth(mp, box, ccm_token(mp, box, "BulkRegistration", material.bulk_token()), sms_id)
+    assert again["Status"] == "0" and again["SMSID"] == sms_id
+    # the same Entra device with a new key (a reinstalled client) updates its own record
+    device = str(uuid.uuid4())
+    first, second = Box("AADPC"), Box("AADPC")
+    one = via_tokenauth(mp, first, ccm_token(mp, first, "AAD", material.entra_token(user=False, deviceid=device)))
+    two = via_tokenauth(mp, second, ccm_token(mp, second, "AAD", material.entra_token(user=False, deviceid=device),
+                                              one["SMSID"]), one["SMSID"])
+    assert two["SMSID"] == one["SMSID"] and two["ApprovalStatus"] == "3"
+    assert site_client(mp, one["SMSID"])["signing_thumbprint"] == second.thumbprint
+
+
+def test_manual_resolution(mp: Lab, material: Material) -> None:
+    set_site(mp, conflicting_records="manual")
+    try:
+        _, sms_id, before = victim(mp, material)
+        held, blocked, merged = (Box(f"HOLD{n}") for n in range(3))
+        clients_before = len(site_rows(mp, "clients"))
+        for box in (held, blocked, merged):
+            attrs = attack_self_signed(mp, material, box, sms_id)
+            assert attrs["Status"] == "1" and "SMSID" not in attrs, attrs
+        assert len(site_rows(mp, "clients")) == clients_before  # held: no record written
+        pending = {c["signing_thumbprint"]: c for c in json.loads(cli(mp, "conflicts", "--json"))}
+        assert {pending[b.thumbprint]["status"] for b in (held, blocked, merged)} == {"pending"}
+        assert attack_self_signed(mp, material, held, sms_id)["Status"] == "1"  # still pending on retry
+        assert pending[held.thumbprint]["attempts"] == 1
+
+        cli(mp, "resolve", str(pending[held.thumbprint]["id"]), "new")
+        cli(mp, "resolve", str(pending[blocked.thumbprint]["id"]), "block")
+        cli(mp, "resolve", str(pending[merged.thumbprint]["id"]), "merge")
+        new = attack_self_signed(mp, material, held, sms_id)
+        assert new["Status"] == "0" and new["SMSID"] != sms_id
+        assert attack_self_signed(mp, material, blocked, sms_id)["Status"] == "3"
+        assert {k: site_client(mp, sms_id)[k] for k in KEPT} == {k: before[k] for k in KEPT}
+        merge = attack_self_signed(mp, material, merged, sms_id)  # the admin said: the same machine
+        assert merge["Status"] == "0" and merge["SMSID"] == sms_id
+        assert site_client(mp, sms_id)["signing_thumbprint"] == merged.thumbprint
+        assert "Conflicting client records are resolved manually" in (
+            mp.dir / "logs" / "management-point" / "MP_RegistrationManager.log").read_text(errors="replace")
+    finally:
+        set_site(mp, conflicting_records="automatic")
+
+
+def test_an_aad_proof_cannot_claim_another_clients_smsid(mp: Lab, material: Material) -> None:
+    """CCM_STS with an AAD proof names the SMSID it wants: only the Entra device that registered it gets it."""
+    import jwt
+
+    _, sms_id, _ = victim(mp, material)
+    attacker = Box("EVILAAD")
+    token = ccm_token(mp, attacker, "AAD", material.entra_token(user=False, deviceid=str(uuid.uuid4())), sms_id)
+    assert jwt.decode(token, options={"verify_signature": False})["DeviceId"] != sms_id
