@@ -24,19 +24,25 @@ from tests.support.sec_registration import (
     ccm_token,
     mp_https,
     post_registration,
-    set_site,
     site_client,
     site_rows,
     via_tokenauth,
 )
 
 
+def site_set(lab: Lab, name: str, value: str) -> None:
+    """`cmglab site set`: lab.json and the running site together (a CLI run re-seeds from lab.json)."""
+    subprocess.run([sys.executable, "-m", "cmglab", "site", "set", name, value, "--lab", str(lab.dir)], check=True,
+                   capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def mp(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab_services.ensure("entra", "management-point")
-    set_site(lab, auto_approve="all", conflicting_records="automatic")
+    auto = lab.config.site.auto_approve
+    site_set(lab, "auto-approve", "all")
     yield lab
-    set_site(lab, auto_approve=lab.config.site.auto_approve, conflicting_records=lab.config.site.conflicting_records)
+    site_set(lab, "auto-approve", auto)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +133,7 @@ def test_the_owner_still_updates_its_record(mp: Lab, material: Material) -> None
 
 
 def test_manual_resolution(mp: Lab, material: Material) -> None:
-    set_site(mp, conflicting_records="manual")
+    site_set(mp, "conflicting-records", "manual")
     try:
         _, sms_id, before = victim(mp, material)
         held, blocked, merged = (Box(f"HOLD{n}") for n in range(3))
@@ -154,7 +160,7 @@ def test_manual_resolution(mp: Lab, material: Material) -> None:
         assert "Conflicting client records are resolved manually" in (
             mp.dir / "logs" / "management-point" / "MP_RegistrationManager.log").read_text(errors="replace")
     finally:
-        set_site(mp, conflicting_records="automatic")
+        site_set(mp, "conflicting-records", "automatic")
 
 
 def test_an_aad_proof_cannot_claim_another_clients_smsid(mp: Lab, material: Material) -> None:

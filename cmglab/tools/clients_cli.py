@@ -17,11 +17,27 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cmglab.tools.bulk_token_cli import DEFAULT_LAB, LabOption, _store
+from cmglab.core.settings import Settings
+from cmglab.runtime.lab import Lab, LabNotInitialised
+from cmglab.tools.bulk_token_cli import DEFAULT_LAB, LabOption
 from cmglab.tools.output import print_rows
 
-app = typer.Typer(help="The site's clients and conflicting records.", no_args_is_help=True)
 console = Console()
+
+
+def _store(lab_dir: Path):  # type: ignore[no-untyped-def]
+    """The site database as the running site holds it (no seeding: nothing written over its settings)."""
+    from cmglab.services.management_point.store import Store
+
+    try:
+        lab = Lab.load(lab_dir, Settings(lab_dir=lab_dir))
+    except LabNotInitialised as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    return lab, Store(lab, seed=False)
+
+
+app = typer.Typer(help="The site's clients and conflicting records.", no_args_is_help=True)
 ACTIONS = ("new", "merge", "block")
 
 
