@@ -4,6 +4,7 @@ policy decrypted), and /uninstall. Every step against the running services over 
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def test_entra_install_register_renew_policy_uninstall(lab: Lab, tmp_path: Path)
                  rf"Path=/CCM_Proxy_ServerAuth/AADAuthInfo\?TenantID={tenant}.*CcmTokenAuth=0",
                  r"Created connection on port \d+", r"Enabled SSL revocation check\.",
                  r"Getting AAD \(device\) token with: ClientId = [0-9a-f-]+, ResourceUrl = \S+, AccountId = \S+",
-                 r"Getting CCM Token from STS server '", r"Getting CCM Token from https://\S+/CCM_STS",
+                 r"Getting CCM Token from STS server '\S+/CCM_Proxy_MutualAuth/\d+'",
+                 r"Getting CCM Token from https://\S+/CCM_Proxy_MutualAuth/\d+/CCM_STS",  # seed 001 §3.1
                  r"Cached encrypted token for 'S-1-5-18'\. Will expire at '",
                  r"Path=/CCM_Proxy_ServerAuth/\d+/ccm_system_tokenauth/request.*CcmTokenAuth=1",
                  r"Sending location request to '", r"Appending CCM Token to the header\.",
@@ -63,6 +65,16 @@ def test_entra_install_register_renew_policy_uninstall(lab: Lab, tmp_path: Path)
                  r"Installing version 5\.00\.\d+\.\d+ of the client with product code \{[0-9A-F-]{36}\}",
                  r"Running installation package", r"Package:\s+\S*client\.msi",
                  r"CcmSetup is exiting with return code 0")
+    # seed 001 §4 in its order: the token, the connection (Host=, then Created connection), the location request
+    lines = log_of(device, "ccmsetup.log").splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("Cached encrypted token for 'S-1-5-18'"))
+    order = [r"ccmsetup: Host=\S+, Path=/CCM_Proxy_ServerAuth/\d+/ccm_system_tokenauth/request, Port=\d+, "
+             r"Protocol=https, CcmTokenAuth=1, Flags=0x4100, Options=0xe0$", r"Created connection on port \d+$",
+             r"Sending location request to '", r"Appending CCM Token to the header\.$",
+             r"Received message '<SiteInfoReply"]
+    following = [line for line in lines[start + 1:]  # lines the seed's excerpt leaves out
+                 if line != "Enabled SSL revocation check." and not line.startswith("Message '{")][:len(order)]
+    assert all(re.match(rx, line) for rx, line in zip(order, following, strict=True)), following
     # flow 3: registration with Entra auth
     assert_lines(device, "ClientIDManagerStartup.log",
                  r"AADJoinStatusTask: Client hasn't been registered yet\.",

@@ -36,7 +36,7 @@ def test_bulk_registration_token(lab: Lab, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert token.encode() not in everything(device)  # never written anywhere on the device
     assert_lines(device, "ccmsetup.log", r"/regtoken:<redacted \d+ characters>",
-                 r"Getting CCM Token from https://\S+/CCM_Proxy_ServerAuth/\d+/CCM_STS",
+                 r"Getting CCM Token from https://\S+/CCM_Proxy_MutualAuth/\d+/CCM_STS",  # as CCMHOSTNAME names it
                  r"Cached encrypted token for 'S-1-5-18'")
     assert_lines(device, "ClientIDManagerStartup.log", r"Registering client using bulk registration token\.",
                  r"Received the client's unique token from the management point \(valid 90 days\)",

@@ -26,7 +26,16 @@ from typing import Any, TypeVar
 import httpx
 
 from cmglab.agent.adal import AadTokenError, AdalOperationProvider, Logs
-from cmglab.agent.ccm.state import AAD, BULK, PKI, ClientState, Connections, ManagementPoint, sms_certificates
+from cmglab.agent.ccm.state import (
+    AAD,
+    BULK,
+    MUTUAL_AUTH,
+    PKI,
+    ClientState,
+    Connections,
+    ManagementPoint,
+    sms_certificates,
+)
 from cmglab.agent.ccm.tokens import ClientTokenStore, StsError, TokenCache, local_time, request_ccm_token
 from cmglab.agent.certstore import StoredCert
 from cmglab.agent.device import SYSTEM_SID, Device
@@ -67,6 +76,11 @@ def transient_status(status: int) -> bool:
 class Reply:
     header: cm.MsgHeader
     body: str
+
+
+def host_line(prefix: str, mp: ManagementPoint, path: str, token_auth: bool, flags: str, options: str) -> str:
+    return (f"{prefix}: Host={mp.host}, Path={path}, Port={mp.port}, Protocol={mp.scheme}, "
+            f"CcmTokenAuth={int(token_auth)}, Flags={flags}, Options={options}")
 
 
 def machine_account(device: Device) -> dict[str, str] | None:
@@ -113,8 +127,11 @@ class CcmClient:
                 return self.renew_token(mp, log)
         return self.renew_token(mp, log)
 
-    def renew_token(self, mp: ManagementPoint, log: logging.Logger, *, adal_logs: Logs | None = None) -> str:
-        reply, proof = retrying(lambda: self.obtain(mp, log, adal_logs or Logs(log)), log,
+    def renew_token(self, mp: ManagementPoint, log: logging.Logger, *, adal_logs: Logs | None = None,
+                    as_named: bool = False) -> str:
+        """as_named: log the STS URL under the name the client was given (ccmsetup's CCMHOSTNAME, seed 001
+        §3.1), though a token request always goes to the CMG's ServerAuth path."""
+        reply, proof = retrying(lambda: self.obtain(mp, log, adal_logs or Logs(log), as_named), log,
                                      "Failed to get CCM token")
         expires = self.cache.put(reply, proof)
         log.info(f"Cached encrypted token for '{SYSTEM_SID}'. Will expire at '{local_time(expires)}'")
@@ -123,9 +140,11 @@ class CcmClient:
             log.info(f"Renewed the client's unique token; valid until {reply.get('ClientTokenExpiresOn')}")
         return str(reply["Token"])
 
-    def obtain(self, mp: ManagementPoint, log: logging.Logger, adal_logs: Logs) -> tuple[dict[str, Any], str]:
+    def obtain(self, mp: ManagementPoint, log: logging.Logger, adal_logs: Logs,
+               as_named: bool = False) -> tuple[dict[str, Any], str]:
         """A CCM token reply for the client's proof."""
         http = self.http(mp)
+        shown = mp.url("CCM_STS", family=MUTUAL_AUTH) if as_named and mp.internet else None
         mode, sms_id = self.state.auth_mode, self.state.sms_id
         try:
             if mode == AAD:
@@ -137,10 +156,10 @@ class CcmClient:
                 except AadTokenError as e:
                     raise TokenUnavailable(str(e), code="AADTokenUnavailable", hresult=e.hresult) from e
                 return request_ccm_token(http, mp, proof_type="AAD", bearer=token.token, signing=self.signing,
-                                         client_id=sms_id, log=log), "AAD"
+                                         client_id=sms_id, log=log, shown_url=shown), "AAD"
             if mode == PKI:
                 return request_ccm_token(http, mp, proof_type="Certificate", bearer=None, signing=self.signing,
-                                         client_id=sms_id, log=log), "Certificate"
+                                         client_id=sms_id, log=log, shown_url=shown), "Certificate"
             stored = self.client_tokens.get()
             if stored is not None:
                 renew = self.client_tokens.due_for_renewal()
@@ -148,10 +167,11 @@ class CcmClient:
                     log.info("The client's unique token is a month old: asking for a new one")
                 return request_ccm_token(http, mp, proof_type="ClientToken", bearer=stored["Token"],
                                          signing=self.signing, client_id=sms_id, log=log,
-                                         renew_client_token=renew), "ClientToken"
+                                         renew_client_token=renew, shown_url=shown), "ClientToken"
             if mode == BULK and self._regtoken:
                 return request_ccm_token(http, mp, proof_type="BulkRegistration", bearer=self._regtoken,
-                                         signing=self.signing, client_id=sms_id, log=log), "BulkRegistration"
+                                         signing=self.signing, client_id=sms_id, log=log,
+                                         shown_url=shown), "BulkRegistration"
         except StsError as e:
             raise TokenUnavailable(f"CCM_STS refused the {mode} proof: {e.code}: {e.reason}", code=e.code,
                                    transient=e.status == 0 or transient_status(e.status)) from e
@@ -168,7 +188,7 @@ class CcmClient:
 
     def send(self, mp: ManagementPoint, endpoint: str, body: str, *, log: logging.Logger, signed: bool = False,
              windows_auth: bool = False, prefix: str = "ccmhttp", flags: str = "0x4200",
-             options: str = "0x1e0", remote_sync: bool = False, retry: bool = True) -> Reply:
+             options: str = "0x1e0", remote_sync: bool = False, retry: bool = True, announced: bool = False) -> Reply:
         """One message, sent again (same message ID) while it fails transiently, unless `retry` is off."""
         info = self.device.info
         header = cm.MsgHeader(target_endpoint=endpoint, target_host=mp.host, source_host=info.name,
@@ -183,19 +203,20 @@ class CcmClient:
 
         def post() -> Reply:
             return self._post(mp, path, header, raw, token, log=log, windows_auth=windows_auth, prefix=prefix,
-                              flags=flags, options=options)
+                              flags=flags, options=options, announced=announced)
 
         if not retry:
             return post()
         return retrying(post, log, f"Failed to send message '{header.id}' to endpoint '{endpoint}'")
 
     def _post(self, mp: ManagementPoint, path: str, header: cm.MsgHeader, raw: bytes, token: str | None, *,
-              log: logging.Logger, windows_auth: bool, prefix: str, flags: str, options: str) -> Reply:
+              log: logging.Logger, windows_auth: bool, prefix: str, flags: str, options: str,
+              announced: bool = False) -> Reply:
         url = mp.base + path
-        log.info(f"{prefix}: Host={mp.host}, Path={path}, Port={mp.port}, Protocol={mp.scheme}, "
-                 f"CcmTokenAuth={int(token is not None)}, Flags={flags}, Options={options}")
-        if mp.scheme == "https":
-            log.info(f"Target URL scheme is HTTPS: {url}")
+        if not announced:  # else the caller logged the connection (ccmsetup: Host=, then Created connection)
+            log.info(host_line(prefix, mp, path, token is not None, flags, options))
+            if mp.scheme == "https":
+                log.info(f"Target URL scheme is HTTPS: {url}")
         headers = {"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT}
         if token is not None:
             log.info("Appending CCM Token to the header.")

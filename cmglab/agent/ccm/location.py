@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from cmglab.agent.ccm.client import CcmClient
+from cmglab.agent.ccm.client import CcmClient, host_line
 from cmglab.agent.ccm.state import CAPABILITIES, ManagementPoint
 from cmglab.wire.ccm_messaging import parse_xml
 
@@ -18,11 +19,17 @@ class ContentLocation:
 
 
 def site_info(client: CcmClient, mp: ManagementPoint, site_code: str, log: logging.Logger,
-              prefix: str = "ccmhttp", *, retry: bool = True) -> str:
+              prefix: str = "ccmhttp", *, retry: bool = True,
+              connected: Callable[[], None] | None = None) -> str:
+    """`connected`: ccmsetup's order (seed 001 §4): its Host= line, "Created connection" (what `connected`
+    logs), then the request."""
     body = f'<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="{site_code}"/></SiteInformationRequest>'
+    if connected is not None:
+        log.info(host_line(prefix, mp, mp.path(f"{client.vdir(mp)}/request"), mp.token_auth, "0x4100", "0xe0"))
+        connected()
     log.info(f"Sending location request to '{mp.name}' with payload '{body}'")
     reply = client.send(mp, "MP_LocationManager", body, log=log, prefix=prefix, flags="0x4100", options="0xe0",
-                        retry=retry)
+                        retry=retry, announced=connected is not None)
     log.info(f"Received message '{reply.body}'")
     return reply.body
 

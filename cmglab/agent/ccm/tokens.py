@@ -107,11 +107,12 @@ class ClientTokenStore:
 
 def request_ccm_token(http: httpx.Client, mp: ManagementPoint, *, proof_type: str, bearer: str | None,
                       signing: StoredCert, client_id: str | None, log: logging.Logger,
-                      renew_client_token: bool = False) -> dict[str, Any]:
-    """POST CCM_STS with a proof; the reply {"Token", "TokenType", "ExpiresOn"[, "ClientToken", ...]}."""
+                      renew_client_token: bool = False, shown_url: str | None = None) -> dict[str, Any]:
+    """POST CCM_STS with a proof; the reply {"Token", "TokenType", "ExpiresOn"[, "ClientToken", ...]}.
+    `shown_url`: the URL the log names, when it is not the one posted to (ccmsetup, seed 001 §3.1)."""
     url = mp.url("CCM_STS") if mp.internet else f"https://{mp.host}{_https_port(mp)}/CCM_STS"
     log.info(f"Getting CCM Token from STS server '{mp.name}'")
-    log.info(f"Getting CCM Token from {url}")
+    log.info(f"Getting CCM Token from {shown_url or url}")
     stamp = utc_timestamp()
     body: dict[str, Any] = {"ProofType": proof_type, "ClientId": client_id,
                             "Certificate": signing.cert().public_bytes(_der()).hex().upper(), "Timestamp": stamp}

@@ -187,7 +187,7 @@ class Installer:
         if source.internet:
             self.log.info("Getting a CCM token for the site's token service")
             try:
-                client.renew_token(source, self.log, adal_logs=Logs(self.log))
+                client.renew_token(source, self.log, adal_logs=Logs(self.log), as_named=True)
             except TokenUnavailable as e:
                 self.log.error(f"Failed to get a CCM token: {e}. CcmSetup cannot continue.")
                 if e.code == "NotFound":
@@ -196,10 +196,10 @@ class Installer:
                     self.log.error("The CMG closed the connection after the TLS handshake: it refused the client "
                                    "authentication certificate (revoked, expired or not trusted by the site)")
                 raise (Retryable if e.transient else SetupFailure)(str(e)) from e
-            self.connected(source)
         prefix = "ccmsetup"
         try:
-            reply = site_info(client, source, st.site_code or "", self.log, prefix=prefix)
+            reply = site_info(client, source, st.site_code or "", self.log, prefix=prefix,
+                              connected=(lambda: self.connected(source)) if source.internet else None)
             site = parse_xml(reply).find("Site")
             if site is None:
                 raise SetupFailure(f"the management point knows no site {st.site_code!r}")
