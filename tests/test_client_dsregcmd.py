@@ -17,6 +17,7 @@ from cmglab.core.ad import LabDirectory
 from cmglab.core.labconfig import load_config
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
+from tests.conftest import lab_client
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -170,3 +171,24 @@ def test_entra_connect_cycle_syncs_on_its_schedule(lab: Lab, tmp_path: Path) -> 
     assert asyncio.run(cycle())
     result = run("cmglab.agent.dsregcmd", "/join", "--hybrid", "--home", str(device.home))
     assert result.returncode == 0, result.stderr
+
+
+def test_federated_hybrid_join_with_on_premises_claims(lab: Lab, tmp_path: Path) -> None:
+    """Seed 002, federated hybrid: the computer signs in to the federation service with its machine account
+    (WS-Trust windowstransport, NTLM), Entra turns its on-premises claims into a DRS token (account_type DJ),
+    and the join (JoinType 6) needs no Entra Connect sync."""
+    device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "FEDHYB-PC1")
+    computer = LabDirectory(Path(str(device.info.ad_directory))).computer("FEDHYB-PC1$")
+    assert computer is not None
+    result = run("cmglab.agent.dsregcmd", "/join", "--hybrid", "--tenant", "fed.lab.test", "--home", str(device.home))
+    assert result.returncode == 0, result.stderr
+    log = "\n".join(messages(device.home / "Windows" / "Logs" / "dsreg.log"))
+    assert "signs in at the federation service (windowstransport" in log
+    assert f"account_type DJ, on_prem_id {computer['objectGUID']}" in log
+    status = run("cmglab.agent.dsregcmd", "/status", "--home", str(device.home)).stdout
+    assert re.search(rf"^\s+DeviceId : {computer['objectGUID']}$", status, re.M)
+    assert re.search(r"^\s+DomainJoined : YES$", status, re.M) and re.search(r"^\s+AzureAdJoined : YES$", status, re.M)
+    with lab_client(lab) as c:
+        found = {d["device_id"]: d for d in c.get(f"{lab.url('entra')}/_lab/devices").json()["devices"]}
+    assert found[computer["objectGUID"]]["onprem_sid"] == device.info.machine_sid
+    assert found[computer["objectGUID"]]["join_type"] == 6 and found[computer["objectGUID"]]["trust_type"] == "ServerAd"

@@ -46,7 +46,7 @@ from cmglab.agent.keys import new_key
 from cmglab.agent.network import DeviceNetwork, NetworkError
 from cmglab.agent.protect import write_private
 from cmglab.agent.prt import PrtClient
-from cmglab.agent.wstrust import saml_assertion
+from cmglab.agent.wstrust import saml_assertion, windows_assertion
 from cmglab.core.ad import ADError, LabDirectory
 from cmglab.pki.builders import cert_der, self_signed, sha1_thumbprint
 from cmglab.pki.builders import name as x509_name
@@ -191,6 +191,13 @@ class Joiner:
             self.log.info(f"Stage E: DRS discovery for '{tenant}'")
             discovery = entra.drs_discover(tenant)
             tenant_id = discovery["TenantInfo"]["TenantId"]
+            if "." in tenant:  # a domain name: a federated domain joins through its federation service
+                realm = entra.user_realm(f"{info.name.lower()}@{tenant}")
+                if realm.get("account_type") == "Federated":
+                    reply, device_key, transport_key = self._federated_hybrid(http, entra, realm, discovery,
+                                                                              object_guid)
+                    self.device.attempt_path.unlink(missing_ok=True)
+                    return self._complete(reply, device_key, transport_key, discovery, tenant_id, "Hybrid")
             device_key, transport_key = new_key(), new_key()
             sid = f"{info.machine_sid}.{datetime.now(UTC):%Y-%m-%d %H:%M:%S}Z"
             signed = user_cert.key().sign(sid.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
@@ -215,6 +222,36 @@ class Joiner:
                 raise
         self.device.attempt_path.unlink(missing_ok=True)
         return self._complete(reply, device_key, transport_key, discovery, tenant_id, "Hybrid")
+
+    def _federated_hybrid(self, http: Any, entra: EntraClient, realm: dict[str, Any], discovery: dict[str, Any],
+                          object_guid: str) -> tuple[dict[str, Any], rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
+        """Seed 002, federated hybrid: the computer authenticates to the federation service with its machine
+        account (windowstransport) and gets its on-premises claims (accounttype DJ, onpremobjectguid,
+        primarysid); Entra turns them into a DRS token; the join (JoinType 6) needs no Entra Connect sync."""
+        from cmglab.agent.ccm.client import machine_account  # the LSA secret (ccm imports this module)
+
+        account = machine_account(self.device)
+        if account is None:
+            raise JoinError("this computer has no machine account secret: join the domain again")
+        metadata = str(realm.get("federation_metadata_url", ""))
+        self.log.info(f"Stage C: federated environment; the computer signs in at the federation service "
+                      f"(windowstransport, {metadata})")
+        assertion = windows_assertion(http, metadata, account["username"], account["password"])
+        oauth = (discovery.get("AuthenticationService") or {}).get("OAuth2") or {}
+        drs_token = entra.saml_token(oauth.get("TokenEndpoint") or f"{entra.login}/common/oauth2/token",
+                                     client_id=BROKER_CLIENT_ID, resource=DRS_RESOURCE, assertion=assertion)
+        self.log.info(f"Stage D: DRS token with on-premises claims (account_type "
+                      f"{drs_token.claims.get('account_type')}, on_prem_id {drs_token.claims.get('on_prem_id')})")
+        device_key, transport_key = new_key(), new_key()
+        info = self.device.info
+        body = {"CertificateRequest": {"Type": "pkcs10", "Data": base64.b64encode(csr(device_key)).decode()},
+                "TransportKey": transport_key_blob(transport_key.public_key()),
+                "TargetDomain": discovery["TenantInfo"]["TenantId"], "DeviceType": "Windows",
+                "OSVersion": OS_VERSION, "DeviceDisplayName": info.name, "JoinType": 6,
+                "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"}}
+        endpoint = discovery["DeviceJoinService"]["JoinEndpoint"]
+        self.log.info(f"Stage G: federated hybrid registration request to {endpoint} (JoinType 6, {object_guid})")
+        return entra.join(endpoint, drs_token.access_token, body), device_key, transport_key
 
     def _pending(self, e: EntraError, object_guid: str) -> None:
         """What Windows records for a failed sync join: the phase, its client and server codes."""

@@ -30,7 +30,7 @@ def create_app(parts: Parts) -> FastAPI:
     app.include_router(routes_oidc.router(parts))
     app.include_router(routes_token.router(parts))
     app.include_router(routes_authorize.router(parts))
-    app.include_router(routes_federation.router(parts.federation))
+    app.include_router(routes_federation.router(parts.federation, lab))
     app.include_router(routes_drs.router(parts))
     # the reseed hashes passwords: off the event loop
     install_lab_admin(app, service="entra", lab=lab, reset=lambda: run_in_threadpool(parts.store.reset))

@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -140,13 +141,30 @@ def parse_rst(body: bytes) -> RstRequest:
                       else "")
 
 
+def parse_rst_body(body: bytes) -> str:
+    """The AppliesTo of a WS-Trust 1.3 RST without credentials (windowstransport: HTTP authentication)."""
+    try:
+        root = SafeET.fromstring(body)
+    except SafeET.ParseError as e:  # type: ignore[attr-defined]
+        raise SoapFault("InvalidSecurity", f"ID3137: the message is not well-formed XML: {e}") from e
+    applies = root.find("s:Body/wst:RequestSecurityToken/wsp:AppliesTo/wsa:EndpointReference/wsa:Address", NS)
+    return (applies.text or "").strip() if applies is not None else ""
+
+
 class FederationService:
     def __init__(self, store: st.Store, key: FederationKey) -> None:
         self.store, self.key = store, key
 
     def mex(self, base: str) -> str:
-        """WSDL + policy naming the WS-Trust 1.3 usernamemixed endpoint (what roadlib's Mex looks for)."""
+        """WSDL + policy naming the WS-Trust 1.3 usernamemixed and windowstransport endpoints (what roadlib's and
+        MSAL's Mex parser look for: UsernameToken over TLS, and NegotiateAuthentication)."""
         address = f"{base}/adfs/services/trust/13/usernamemixed"
+        iwa_policy = ('<wsp:Policy wsu:Id="WindowsTransportBinding_IWSTrust13Async_policy" '
+                      'xmlns:http="http://schemas.microsoft.com/ws/06/2004/policy/http" '
+                      'xmlns:sp2005="http://schemas.xmlsoap.org/ws/2005/07/securitypolicy"><wsp:ExactlyOne><wsp:All>'
+                      '<http:NegotiateAuthentication/><sp2005:TransportBinding><wsp:Policy><sp2005:TransportToken>'
+                      '<wsp:Policy><sp2005:HttpsToken RequireClientCertificate="false"/></wsp:Policy>'
+                      '</sp2005:TransportToken></wsp:Policy></sp2005:TransportBinding>')
         definitions = ('<wsdl:definitions name="SecurityTokenService" '
                        'targetNamespace="http://schemas.microsoft.com/ws/2008/06/identity/securitytokenservice" '
                        'xmlns:wsdl="http://schemas.xmlsoap.org/wsdl/" '
@@ -162,6 +180,13 @@ class FederationService:
 <sp:SignedEncryptedSupportingTokens><wsp:Policy><sp:UsernameToken sp:IncludeToken="http://docs.oasis-open.org/ws-sx/ws-securitypolicy/200702/IncludeToken/AlwaysToRecipient"><wsp:Policy><sp:WssUsernameToken10/></wsp:Policy></sp:UsernameToken></wsp:Policy></sp:SignedEncryptedSupportingTokens>
 <sp:Wss11><wsp:Policy/></sp:Wss11><sp:Trust13><wsp:Policy><sp:MustSupportIssuedTokens/><sp:RequireClientEntropy/><sp:RequireServerEntropy/></wsp:Policy></sp:Trust13>
 </wsp:All></wsp:ExactlyOne></wsp:Policy>
+{iwa_policy}
+</wsp:All></wsp:ExactlyOne></wsp:Policy>
+<wsdl:binding name="WindowsTransportBinding_IWSTrust13Async" type="tns:IWSTrust13Async">
+<wsp:PolicyReference URI="#WindowsTransportBinding_IWSTrust13Async_policy"/>
+<soap12:binding transport="http://schemas.xmlsoap.org/soap/http"/>
+<wsdl:operation name="Trust13IssueAsync"><soap12:operation soapAction="{ACTION_13}" style="document"/></wsdl:operation>
+</wsdl:binding>
 <wsdl:binding name="UserNameWSTrustBinding_IWSTrust13Async" type="tns:IWSTrust13Async">
 <wsp:PolicyReference URI="#UserNameWSTrustBinding_IWSTrust13Async_policy"/>
 <soap12:binding transport="http://schemas.xmlsoap.org/soap/http"/>
@@ -171,6 +196,10 @@ class FederationService:
 <wsdl:port name="UserNameWSTrustBinding_IWSTrust13Async" binding="tns:UserNameWSTrustBinding_IWSTrust13Async">
 <soap12:address location="{address}"/>
 <wsa10:EndpointReference><wsa10:Address>{address}</wsa10:Address></wsa10:EndpointReference>
+</wsdl:port>
+<wsdl:port name="WindowsTransportBinding_IWSTrust13Async" binding="tns:WindowsTransportBinding_IWSTrust13Async">
+<soap12:address location="{base}/adfs/services/trust/13/windowstransport"/>
+<wsa10:EndpointReference><wsa10:Address>{base}/adfs/services/trust/13/windowstransport</wsa10:Address></wsa10:EndpointReference>
 </wsdl:port></wsdl:service></wsdl:definitions>'''
 
     def issue(self, domain: str, body: bytes) -> str:
@@ -187,7 +216,22 @@ class FederationService:
                 raise SoapFault("FailedAuthentication", "ID3242: The security token could not be authenticated or "
                                                         "authorized.")
             upn, immutable_id = user.upn, base64.b64encode(uuid.UUID(user.object_id).bytes_le).decode()
-        assertion = self.assertion(domain, upn, immutable_id)
+        return self.rstr(self.assertion(domain, upn, immutable_id))
+
+    def issue_for_computer(self, domain: str, body: bytes, computer: dict[str, str]) -> str:
+        """windowstransport: the Windows-authenticated computer account gets the on-premises claims a
+        federated hybrid join needs (accounttype DJ, onpremobjectguid, primarysid)."""
+        rst = parse_rst_body(body)
+        if rst and rst != AUDIENCE:
+            raise SoapFault("InvalidRequest", f"MSIS3127: the relying party '{rst}' is not known.")
+        guid = base64.b64encode(uuid.UUID(computer["objectGUID"]).bytes_le).decode()
+        extra = {("accounttype", "http://schemas.microsoft.com/ws/2012/01"): "DJ",
+                 ("onpremobjectguid", "http://schemas.microsoft.com/identity/claims"): guid,
+                 ("primarysid", "http://schemas.microsoft.com/ws/2008/06/identity/claims"): computer["objectSid"]}
+        return self.rstr(self.assertion(domain, None, guid, extra=extra,
+                                        method="urn:federation:authentication:windows"))
+
+    def rstr(self, assertion: str) -> str:
         now = datetime.now(UTC)
         return (f'<s:Envelope xmlns:s="{NS["s"]}" xmlns:a="{NS["wsa"]}" xmlns:u="{NS["wsu"]}"><s:Header>'
                 f'<a:Action s:mustUnderstand="1">http://docs.oasis-open.org/ws-sx/ws-trust/200512/RSTRC/IssueFinal'
@@ -204,26 +248,30 @@ class FederationService:
                 f'</trust:RequestSecurityTokenResponse></trust:RequestSecurityTokenResponseCollection></s:Body>'
                 f'</s:Envelope>')
 
-    def assertion(self, domain: str, upn: str, immutable_id: str, *, now: datetime | None = None,
-                  lifetime: int = ASSERTION_LIFETIME) -> str:
+    def assertion(self, domain: str, upn: str | None, immutable_id: str, *, now: datetime | None = None,
+                  lifetime: int = ASSERTION_LIFETIME, extra: dict[tuple[str, str], str] | None = None,
+                  method: str = "urn:oasis:names:tc:SAML:1.0:am:password") -> str:
         now = now or datetime.now(UTC)
         aid = "_" + str(uuid.uuid4())
         subject = (f'<saml:Subject><saml:NameIdentifier Format="urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified">'
                    f'{immutable_id}</saml:NameIdentifier><saml:SubjectConfirmation><saml:ConfirmationMethod>'
                    f'urn:oasis:names:tc:SAML:1.0:cm:bearer</saml:ConfirmationMethod></saml:SubjectConfirmation>'
                    f'</saml:Subject>')
+        upn_attr = (f'<saml:Attribute AttributeName="UPN" AttributeNamespace="http://schemas.xmlsoap.org/claims">'
+                    f'<saml:AttributeValue>{html.escape(upn)}</saml:AttributeValue></saml:Attribute>') if upn else ""
+        extra_attrs = "".join(f'<saml:Attribute AttributeName="{n}" AttributeNamespace="{ns}"><saml:AttributeValue>'
+                              f'{html.escape(v)}</saml:AttributeValue></saml:Attribute>'
+                              for (n, ns), v in (extra or {}).items())
         xml = (f'<saml:Assertion xmlns:saml="{SAML_NS}" MajorVersion="1" MinorVersion="1" AssertionID="{aid}" '
                f'Issuer="{issuer_of(domain)}" IssueInstant="{_t(now)}"><saml:Conditions NotBefore="{_t(now)}" '
                f'NotOnOrAfter="{_t(now + timedelta(seconds=lifetime))}"><saml:AudienceRestrictionCondition>'
                f'<saml:Audience>{AUDIENCE}</saml:Audience></saml:AudienceRestrictionCondition></saml:Conditions>'
-               f'<saml:AttributeStatement>{subject}'
-               f'<saml:Attribute AttributeName="UPN" AttributeNamespace="http://schemas.xmlsoap.org/claims">'
-               f'<saml:AttributeValue>{html.escape(upn)}</saml:AttributeValue></saml:Attribute>'
+               f'<saml:AttributeStatement>{subject}{upn_attr}{extra_attrs}'
                f'<saml:Attribute AttributeName="ImmutableID" '
                f'AttributeNamespace="http://schemas.microsoft.com/LiveID/Federation/2008/05">'
                f'<saml:AttributeValue>{immutable_id}</saml:AttributeValue></saml:Attribute>'
                f'</saml:AttributeStatement><saml:AuthenticationStatement '
-               f'AuthenticationMethod="urn:oasis:names:tc:SAML:1.0:am:password" AuthenticationInstant="{_t(now)}">'
+               f'AuthenticationMethod="{method}" AuthenticationInstant="{_t(now)}">'
                f'{subject}</saml:AuthenticationStatement></saml:Assertion>')
         key, cert = self.key.pair()
         signer = XMLSigner(c14n_algorithm="http://www.w3.org/2001/10/xml-exc-c14n#")
@@ -240,13 +288,32 @@ class FederatedSignIn:
     amr: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class FederatedComputer:
+    """A domain computer's windowstransport assertion: the on-premises claims of a federated hybrid join."""
+
+    tenant_id: str
+    object_guid: str
+    sid: str
+
+
+def computer_claims(c: FederatedComputer, resource: str, client_id: str, iat: int) -> dict[str, Any]:
+    """The DRS token of a federated hybrid join (research §2.5: account_type DJ, on_prem_id, primary_sid,
+    amr wia)."""
+    return {"aud": resource, "iss": f"https://sts.windows.net/{c.tenant_id}/", "iat": iat, "nbf": iat,
+            "exp": iat + 3599, "account_type": "DJ", "amr": ["wia"], "appid": client_id, "appidacr": "0",
+            "on_prem_id": c.object_guid, "primary_sid": c.sid, "tid": c.tenant_id, "ver": "1.0",
+            "uti": base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")}
+
+
 def _when(value: str | None) -> datetime:
     if not value:
         raise ValueError("no time")
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def redeem_assertion(s: Session, key: FederationKey, assertion_b64: str, tenant: st.Tenant | None) -> FederatedSignIn:
+def redeem_assertion(s: Session, key: FederationKey, assertion_b64: str,
+                     tenant: st.Tenant | None) -> FederatedSignIn | FederatedComputer:
     """A SAML 1.1 assertion from the federation of the user's domain: signature, validity, audience, issuer,
     then the user by UPN (the ImmutableID must be the user's)."""
     try:
@@ -282,6 +349,10 @@ def redeem_assertion(s: Session, key: FederationKey, assertion_b64: str, tenant:
                             "", ns).strip()
     immutable = verified.findtext("saml:AttributeStatement/saml:Attribute[@AttributeName='ImmutableID']/"
                                   "saml:AttributeValue", "", ns).strip()
+    account_type = verified.findtext("saml:AttributeStatement/saml:Attribute[@AttributeName='accounttype']/"
+                                     "saml:AttributeValue", "", ns).strip()
+    if account_type == "DJ":
+        return _computer(s, verified, audience, tenant)
     domain = upn.rpartition("@")[2].lower()
     if audience != AUDIENCE or verified.get("Issuer") != issuer_of(domain):
         raise AADSTSError(50008, "invalid_grant", "The SAML assertion is not for urn:federation:MicrosoftOnline or "
@@ -295,3 +366,28 @@ def redeem_assertion(s: Session, key: FederationKey, assertion_b64: str, tenant:
     if not user.enabled:
         raise AADSTSError(50057, "invalid_grant", "The user account is disabled.")
     return FederatedSignIn(user, ("fed",))
+
+
+def _computer(s: Session, verified: Any, audience: str, tenant: st.Tenant | None) -> FederatedComputer:
+    ns = {"saml": SAML_NS}
+
+    def attribute(name: str) -> str:
+        return str(verified.findtext(f"saml:AttributeStatement/saml:Attribute[@AttributeName='{name}']/"
+                                     "saml:AttributeValue", "", ns)).strip()
+
+    issuer = str(verified.get("Issuer") or "")
+    domain = issuer.removeprefix("http://sts.").removesuffix("/adfs/services/trust").lower()
+    row = s.get(st.Domain, domain)
+    if audience != AUDIENCE or issuer != issuer_of(domain) or row is None or not row.federated:
+        raise AADSTSError(50008, "invalid_grant", "The SAML assertion is not for urn:federation:MicrosoftOnline or "
+                                                  "not from the federation service of a federated domain.")
+    if tenant is not None and row.tenant_id != tenant.tenant_id:
+        raise AADSTSError(50008, "invalid_grant", "The SAML assertion's federation belongs to another tenant.")
+    try:
+        guid = str(uuid.UUID(bytes_le=base64.b64decode(attribute("onpremobjectguid"), validate=True)))
+    except (ValueError, binascii.Error) as e:
+        raise AADSTSError(50008, "invalid_grant", "The SAML assertion's onpremobjectguid is not a GUID.") from e
+    sid = attribute("primarysid")
+    if not sid.startswith("S-1-5-21-"):
+        raise AADSTSError(50008, "invalid_grant", "The SAML assertion's primarysid is not a domain SID.")
+    return FederatedComputer(row.tenant_id, guid, sid)

@@ -20,14 +20,16 @@ import jwt
 from cryptography import x509
 from sqlalchemy.orm import Session
 
+from cmglab.core.labconfig import DRS_RESOURCE
 from cmglab.pki.builders import sha1_thumbprint
 from cmglab.services.entra import store as st
 from cmglab.services.entra.device_code import DEVICE_CODE_GRANT, DeviceCodes
 from cmglab.services.entra.drs import DeviceCA, device_id_of
 from cmglab.services.entra.errors import AADSTSError
-from cmglab.services.entra.federation import FederationKey, redeem_assertion
+from cmglab.services.entra.federation import FederatedComputer, FederationKey, computer_claims, redeem_assertion
 from cmglab.services.entra.issuance import Issuer, require, user_principal
 from cmglab.services.entra.prt import Prts, wants_prt
+from cmglab.services.entra.registration import DRS_APP_ID
 from cmglab.services.entra.tokens import Issue, Principal, service_principal_id
 from cmglab.wire.kinds import AuthKind
 
@@ -134,6 +136,16 @@ class Grants:
         client = self.issuer.client(s, req.form, req.segment)
         resource, oidc = self.issuer.resource(s, req.form, v2=req.v2, tenant_name=req.segment)
         fed = redeem_assertion(s, self.federation_key, require(req.form, "assertion"), tenant)
+        if isinstance(fed, FederatedComputer):  # a federated hybrid join's computer: a DRS token only
+            if resource.requested.lower() != DRS_RESOURCE.lower() and resource.app_id != DRS_APP_ID:
+                raise AADSTSError(500011, "invalid_resource", "A domain computer's token is for the device "
+                                                              "registration service only.")
+            iat = st.now()
+            token = self.issuer.signer.sign(computer_claims(fed, resource.requested, client.app_id, iat), v1=True)
+            body = {"token_type": "Bearer", "expires_in": "3599", "ext_expires_in": "3599",
+                    "expires_on": str(iat + 3599), "not_before": str(iat), "resource": resource.requested,
+                    "access_token": token}
+            return TokenResult(body, AuthKind.SAML, fed.object_guid)
         issue = Issue(user_principal(fed.user), resource, client.app_id, client.auth, fed.amr, req.ipaddr)
         return TokenResult(self._user_reply(s, issue, req, oidc), AuthKind.SAML, fed.user.upn)
 
@@ -177,6 +189,9 @@ class Grants:
             amr: tuple[str, ...] = ("pwd", "rsa")
         elif inner == SAML11_GRANT:  # a federated user's sign-in ([MS-OAPXBC] 3.1.5.1.2.1)
             fed = redeem_assertion(s, self.federation_key, require(payload, "assertion"), tenant)
+            if isinstance(fed, FederatedComputer):
+                raise AADSTSError(50008, "invalid_grant", "A primary refresh token is for a user: the SAML "
+                                                          "assertion names a computer.")
             user, amr = fed.user, (*fed.amr, "rsa")
         else:
             row = self.issuer.redeem_refresh(s, require(payload, "refresh_token"), client.app_id, tenant)

@@ -143,6 +143,8 @@ class Registration:
 
     def join(self, authorization: str | None, body: bytes) -> dict[str, Any]:
         claims = self._bearer(authorization)
+        if claims.get("account_type") == "DJ":  # federated hybrid join: the computer's token from its STS claims
+            return self._federated_hybrid(claims, body)
         if claims.get("idtyp") != "user":
             raise DRSError(401, "AuthenticationError", 50027, "Invalid JWT token: it does not identify a user.")
         req = _parse(JoinRequest, body)
@@ -169,6 +171,35 @@ class Registration:
                             transport_key=drs.spki(transport), auth_methods=" ".join(claims.get("amr", [])),
                             registered_at=st.now()))
             return _reply(cert, tenant.tenant_id, user.upn)
+
+    def _federated_hybrid(self, claims: dict[str, Any], body: bytes) -> dict[str, Any]:
+        """JoinType 6 with a DJ token (seed 002, federated hybrid): the device object is made from the
+        token's on-premises claims (objectGUID, computer SID), no Entra Connect sync needed."""
+        req = _parse(JoinRequest, body)
+        if req.JoinType != HYBRID_JOIN:
+            raise DRSError(400, "InvalidParameter", 90014, "A domain computer's token joins with JoinType 6 only.")
+        device_key = drs.check_csr(req.CertificateRequest.Data)
+        transport = drs.parse_transport_key(req.TransportKey)
+        device_id, sid = str(claims.get("on_prem_id", "")).lower(), str(claims.get("primary_sid", ""))
+        with self.store.session() as s:
+            tenant = s.get(st.Tenant, claims.get("tid", ""))
+            if tenant is None or not device_id:
+                raise DRSError(401, "AuthenticationError", 50027, "Invalid JWT token: no tenant or on_prem_id.")
+            device = st.device_by_id(s, device_id)
+            if device is not None and device.tenant_id != tenant.tenant_id:
+                raise DRSError(400, "DirectoryError", 700003,
+                               f"The device object by the given id ({device_id}) is not found.")
+            cert = self.ca.issue(device_key, device_id=device_id, user_id=None, tenant_id=tenant.tenant_id,
+                                 joined=True, region=tenant.region)
+            if device is None:
+                device = st.Device(object_id=st.new_guid(), device_id=device_id, tenant_id=tenant.tenant_id,
+                                   trust_type="ServerAd", join_type=HYBRID_JOIN, onprem_sid=sid)
+                s.add(device)
+            device.join_type, device.onprem_sid, device.cert_thumbprint = HYBRID_JOIN, sid, cert.thumbprint
+            device.transport_key, device.registered_at = drs.spki(transport), st.now()
+            device.display_name, device.device_type = req.DeviceDisplayName, req.DeviceType
+            device.os_version, device.auth_methods = req.OSVersion, " ".join(claims.get("amr", []))
+            return _reply(cert, tenant.tenant_id, None)
 
     def hybrid_join(self, device_id: str, body: bytes) -> dict[str, Any]:
         req = _parse(HybridJoinRequest, body)

@@ -8,14 +8,27 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from cmglab.core.ad import ADError, LabDirectory, ad_path
+from cmglab.core.labconfig import load_config
 from cmglab.runtime.admin import record
+from cmglab.runtime.lab import Lab
+from cmglab.runtime.windowsauth import WindowsAuthenticator, unauthorized, write_user_file
 from cmglab.services.entra import store as st
 from cmglab.services.entra.federation import FederationService, SoapFault
 
 SOAP = "application/soap+xml; charset=utf-8"
 
 
-def router(sts: FederationService) -> APIRouter:
+def windows_authenticator(lab: Lab) -> WindowsAuthenticator:
+    """The lab AD's accounts as they are now (a domain join adds computers while the lab runs)."""
+    ad = load_config(lab.dir / "lab.json").active_directory
+    accounts = {a.name: a.password for a in ad.accounts}
+    user_file = write_user_file(lab.dir / "data" / "federation" / "ntlm-users", (ad.netbios_name, ad.dns_name),
+                                accounts)
+    return WindowsAuthenticator(ad.netbios_name, list(accounts), user_file)
+
+
+def router(sts: FederationService, lab: Lab) -> APIRouter:
     r = APIRouter()
 
     def federated_domain(request: Request) -> tuple[str, str]:
@@ -45,5 +58,37 @@ def router(sts: FederationService) -> APIRouter:
             return Response(e.envelope(), status_code=500, media_type=SOAP)
         record(request).update(auth_kind="wstrust")
         return Response(rstr, media_type=SOAP)
+
+    @r.post("/adfs/services/trust/13/windowstransport")
+    async def windowstransport(request: Request) -> Response:
+        """WS-Trust with Windows integrated authentication (NTLM/Negotiate on the connection): a domain
+        computer gets its on-premises claims for the federated hybrid join."""
+        domain, _ = federated_domain(request)
+        auth = await run_in_threadpool(windows_authenticator, lab)
+        step = await auth.login(request)
+        if not step.done:
+            record(request).update(auth_kind="wstrust_windows", error=step.error)
+            return unauthorized(step.headers)
+        sam = (step.account or "").split("\\")[-1]
+        body = await request.body()
+        try:
+            if not sam.endswith("$"):
+                raise SoapFault("RequestFailed", "MSIS7068: the lab's windowstransport endpoint issues tokens to "
+                                                 "domain computers only.")
+            try:
+                computer = LabDirectory(ad_path(lab.dir), lab.config).computer(sam)
+            except (ADError, OSError, ValueError) as e:
+                raise SoapFault("RequestFailed", f"the directory cannot be read: {e}") from e
+            if computer is None:
+                raise SoapFault("FailedAuthentication", f"ID3242: no computer object {sam} in the directory.")
+            rstr = await run_in_threadpool(sts.issue_for_computer, domain, body, computer)
+        except SoapFault as e:
+            record(request).update(auth_kind="wstrust_windows", auth_subject=step.account, error=e.subcode)
+            return Response(e.envelope(), status_code=500, media_type=SOAP)
+        record(request).update(auth_kind="wstrust_windows", auth_subject=step.account)
+        reply = Response(rstr, media_type=SOAP)
+        for name, value in step.headers:
+            reply.headers.append(name, value)
+        return reply
 
     return r
