@@ -17,7 +17,7 @@ from cmglab.tools.processes import LabProcesses
 
 @pytest.fixture(scope="module", autouse=True)
 def services(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure("management-point", "distribution-point")
+    lab_services.ensure("pki", "management-point", "distribution-point")  # clients check the DP certificate's CRL
 
 
 def test_intranet_client_installs_and_downloads_from_the_dp(lab: Lab, tmp_path: Path) -> None:
@@ -64,3 +64,24 @@ def test_a_device_without_a_domain_account_is_refused_by_the_dp(lab: Lab, tmp_pa
     text = log_of(device, "ccmsetup.log")
     assert "HTTP 401 (access denied); trying the next location" in text, text[-3000:]
     assert "/CCM_Client/ccmsetup.cab" in text
+
+
+def test_https_dp_takes_the_clients_pki_certificate(lab: Lab, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cmglab.tools.cli import app
+
+    device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "LAB01", "--pki-cert")
+    mp_http = f"http://{lab.config.hosts.management_point}:{lab.config.ports.management_point_http}"
+    r = run("cmglab.agent.ccmsetup", "--home", str(device.home), f"/mp:{mp_http}", f"SMSMP={mp_http}",
+            "SMSSITECODE=MEM", "/usepkicert")
+    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
+    assert CliRunner().invoke(app, ["content", "dp", "--https", "--lab", str(lab.dir)]).exit_code == 0
+    try:
+        r = run("cmglab.agent.ccmexec", "--home", str(device.home), "--download", "MEM00002")
+        assert r.returncode == 0, r.stderr + log_of(device, "DataTransferService.log")[-2000:]
+        dp_https = f"https://{lab.config.hosts.distribution_point}:{lab.config.ports.distribution_point}"
+        assert_lines(device, "ContentTransferManager.log",
+                     rf"started download from '{dp_https}/SMS_DP_SMSPKG\$/MEM00002' for full content download")
+    finally:
+        assert CliRunner().invoke(app, ["content", "dp", "--http", "--lab", str(lab.dir)]).exit_code == 0

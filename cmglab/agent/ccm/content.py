@@ -198,7 +198,8 @@ class ContentTransfer:
     def _dts(self, job: str, loc: ContentLocation) -> list[Fetched]:
         cv = content_version_of(loc)
         self.dts.info(f"DTSJob {job} in state 'DownloadingManifest'.")
-        session = DPSession(self.client.conns.get(None), machine_account(self.client.device), self.dts)
+        session = DPSession(self.client.conns.get(self.client.pki_cert if loc.url.startswith("https:") else None),
+                            machine_account(self.client.device), self.dts)
         self.dts.info(f"DTSJob {job} in state 'PendingDownload'.")
         self.dts.info(f"DTSJob {job} in state 'DownloadingData'.")
         files = session.fetch(loc.url, cv)

@@ -271,7 +271,8 @@ class Installer:
         from cmglab.agent.ccm.content import DownloadError, DPSession, content_version_of
 
         self.log.info(f"Downloading the client package from the distribution point '{loc.url}'")
-        session = DPSession(client.conns.get(None), machine_account(client.device), self.log)
+        session = DPSession(client.conns.get(client.pki_cert if loc.url.startswith("https:") else None),
+                            machine_account(client.device), self.log)
         try:
             fetched = session.fetch(loc.url, content_version_of(loc), {"ccmsetup.cab", "client.msi"})
         except (DownloadError, httpx.HTTPError) as e:
