@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import struct
 import uuid
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from cmglab.pki import builders as b
 from cmglab.services.entra.errors import DRSError
+from cmglab.wire import jsonlimits
 
 # 1.2.840.113556.1.5.284.*: the private extensions of Entra device certificates
 OID_DEVICE_ID = x509.ObjectIdentifier("1.2.840.113556.1.5.284.2")
@@ -71,7 +71,7 @@ def parse_transport_key(value_b64: str) -> rsa.RSAPublicKey:
         n = int.from_bytes(raw[24 + e_len:], "big")
     else:
         try:
-            jwk = json.loads(raw)
+            jwk = jsonlimits.loads(raw)
             e = int.from_bytes(base64.b64decode(jwk["e"]), "big")
             n = int.from_bytes(base64.b64decode(jwk["n"]), "big")
             bits = n.bit_length()

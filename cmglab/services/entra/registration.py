@@ -9,7 +9,6 @@ Runs in a worker thread; raises `DRSError`.
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -26,6 +25,7 @@ from cmglab.services.entra import store as st
 from cmglab.services.entra.discovery import drs_discovery
 from cmglab.services.entra.errors import DRSError
 from cmglab.services.entra.tokens import Signer
+from cmglab.wire import jsonlimits
 
 DRS_APP_ID = "01cb2876-7ebd-4aa4-9cc9-d28bd4d359a9"
 JOIN_TRUST = {0: "AzureAd", 8: "AzureAd", 4: "Workplace"}  # JoinType -> deviceTrustType
@@ -78,7 +78,7 @@ class HybridJoinRequest(BaseModel):
 
 def _parse(model: type[M], body: bytes) -> M:
     try:
-        data = json.loads(body)
+        data = jsonlimits.loads(body)  # nesting bounded before parsing: TooDeep is a ValueError (400)
     except (ValueError, UnicodeDecodeError) as e:
         raise DRSError(400, "InvalidParameter", 90014, "The request body is not valid JSON.") from e
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -16,6 +15,7 @@ from cmglab.services.management_point.errors import HTTPError, STSError
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.sts import STSRequest, TokenService
 from cmglab.services.management_point.transport import bearer, caller_of, read_body, require_ccm_token
+from cmglab.wire import jsonlimits
 from cmglab.wire.kinds import AuthKind
 
 CLOUD_PATHS = ["CCM_STS", "ccm_system/request", "ccm_system_tokenauth/request", "ccm_system_altauth/request",
@@ -51,8 +51,8 @@ def router(mp: Parts, sts: TokenService) -> APIRouter:
             raise STSError(403, "InvalidRequest", "CCM_STS is served over HTTPS only")
         raw = await read_body(request, 1024 * 1024)
         try:
-            doc = json.loads(raw or b"null")
-        except json.JSONDecodeError as e:
+            doc = jsonlimits.loads(raw or b"null")  # nesting bounded before parsing (RecursionError: a 500)
+        except (ValueError, UnicodeDecodeError) as e:
             mp.logs.sts.warning("ProcessRequest - the request body is not JSON")
             raise STSError(400, "InvalidRequest", "the request body is not JSON") from e
         req = STSRequest.from_json(doc, bearer(request))
