@@ -11,7 +11,7 @@ import httpx
 from cmglab.core.labconfig import DRS_RESOURCE
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses, isolated_lab
-from cmglab.tools.reliability import corpus, fuzz, invariants
+from cmglab.tools.reliability import corpus, invariants
 from cmglab.tools.reliability.labview import SERVICES, LabView, lab_http, process_tracebacks
 from cmglab.tools.reliability.material import CertFiles, Material
 from cmglab.tools.reliability.report import Report
@@ -49,6 +49,9 @@ def _campaign(lab: Lab, report: Report, workdir: Path, *, deadline: float) -> No
         seqs = {s: view.last_seq(s) for s in SERVICES}
         tracebacks = process_tracebacks(lab)
         kit = corpus.Kit(Material(lab, workdir), drs_token(lab))
+        # schemathesis and hypothesis come with the `e2e` extra: only the campaign needs them, not the lab
+        from cmglab.tools.reliability import fuzz
+
         fuzz.run(lab, view, report, deadline=time.monotonic() + (deadline - time.monotonic()) * FUZZ_SHARE)
         send_corpus(kit, report)
         _collect(lab, view, report, seqs, tracebacks)
