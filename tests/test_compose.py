@@ -101,3 +101,27 @@ def test_scale_profile_runs_replicas_on_one_postgres_site_database(scaled: dict[
     assert s["cmg-2"]["networks"]["internet"]["aliases"] == s["cmg"]["networks"]["internet"]["aliases"]
     assert not s["cmg-2"].get("ports") and s["cmg"]["ports"]
     assert s["cmg-connection-point"]["environment"]["CMGLAB_CP_CMG_INSTANCES"] == "2"
+
+
+def test_one_image_built_once(compose: dict[str, Any]) -> None:
+    """`init` builds cmglab:latest; every other service of the project runs that image, none builds it again."""
+    s = compose["services"]
+    assert s["init"]["image"] == "cmglab:latest" and "build" in s["init"]
+    builders = [name for name, svc in s.items() if "build" in svc]
+    assert builders == ["init"]
+    assert all(svc["image"] == "cmglab:latest" for name, svc in s.items() if name != "postgres")
+
+
+def test_init_has_no_network_and_only_the_cmg_and_console_publish_ports(compose: dict[str, Any]) -> None:
+    s = compose["services"]
+    assert s["init"]["network_mode"] == "none" and "networks" not in s["init"]
+    published = {name: svc["ports"] for name, svc in s.items() if svc.get("ports")}
+    assert set(published) == {"cmg", "console"}
+    # the console is the lab's admin view: this machine only
+    console = published["console"][0]
+    assert (console if isinstance(console, str) else f"{console['host_ip']}:{console['published']}:"
+            f"{console['target']}").removesuffix("/tcp") == "127.0.0.1:8447:443"
+
+
+def test_each_client_run_is_a_new_device(compose: dict[str, Any]) -> None:
+    assert compose["services"]["client"]["entrypoint"] == ["cmglab", "device", "onboard", "--new-in", "/devices"]

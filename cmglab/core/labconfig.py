@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 CONFIG_VERSION = 1
 
@@ -275,8 +275,25 @@ def write_private(path: Path, data: str | bytes) -> None:
     os.chmod(path, 0o600)
 
 
+class LabConfigError(Exception):
+    """lab.json exists but this cmglab cannot use it: damaged, half-written, or from another lab version."""
+
+
 def load_config(path: Path) -> LabConfig:
-    return LabConfig.model_validate(json.loads(path.read_text()))
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # a half-written file is not JSON
+        raise LabConfigError(f"{path} is damaged (not a lab config: {e})") from e
+    version = raw.get("version") if isinstance(raw, dict) else None
+    if version != CONFIG_VERSION:
+        raise LabConfigError(f"{path} belongs to another cmglab version (lab version {version!r}; "
+                             f"this cmglab reads version {CONFIG_VERSION})")
+    try:
+        return LabConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise LabConfigError(f"{path} is damaged ({e.error_count()} invalid fields; {where}: {first['msg']})") from e
 
 
 def save_config(config: LabConfig, path: Path) -> None:

@@ -11,6 +11,7 @@ import httpx
 from cmglab.core.labconfig import (
     PLAIN_HTTP_SERVICES,
     LabConfig,
+    LabConfigError,
     Ports,
     default_config,
     load_config,
@@ -37,6 +38,22 @@ class LabNotInitialised(Exception):
     pass
 
 
+class LabUnusable(LabNotInitialised):
+    """A lab directory this cmglab cannot use as it is; the message says how to start again."""
+
+
+def way_out(lab_dir: Path) -> str:
+    return (f"start again from nothing: `cmglab init --force --lab {lab_dir}` (the compose lab: "
+            "`docker compose --profile client down -v`, then `docker compose up -d`)")
+
+
+def _load_config(path: Path) -> LabConfig:
+    try:
+        return load_config(path)
+    except LabConfigError as e:
+        raise LabUnusable(f"{e}: {way_out(path.parent)}") from e
+
+
 class Lab:
     def __init__(self, lab_dir: Path, config: LabConfig, settings: Settings) -> None:
         self.dir = lab_dir
@@ -56,7 +73,7 @@ class Lab:
         path = cls.config_path(lab_dir)
         if not path.exists():
             raise LabNotInitialised(f"no lab at {lab_dir}: run `cmglab init --lab {lab_dir}` first")
-        return cls(lab_dir, load_config(path), settings)
+        return cls(lab_dir, _load_config(path), settings)
 
     @classmethod
     def init(cls, lab_dir: Path, *, force: bool = False, compose: bool = False,
@@ -72,7 +89,10 @@ class Lab:
                 config.ports = ports
             save_config(config, path)
             created.append("lab.json")
-        lab = cls(lab_dir, load_config(path), settings or Settings(lab_dir=lab_dir))
+        lab = cls(lab_dir, _load_config(path), settings or Settings(lab_dir=lab_dir))
+        if compose and not lab.config.compose:
+            raise LabUnusable(f"{lab_dir} holds a lab made for one machine (`cmglab up`), not for compose: "
+                              f"{way_out(lab_dir)}")
         token = lab.dir / "admin-token"
         if force or not token.exists():
             write_private(token, secrets.token_urlsafe(32) + "\n")

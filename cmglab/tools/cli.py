@@ -54,7 +54,7 @@ def load_lab(lab_dir: Path) -> Lab:
     try:
         return Lab.load(lab_dir, Settings(lab_dir=lab_dir))
     except LabNotInitialised as e:
-        console.print(f"[red]{e}[/red]")
+        console.print(str(e), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2) from e
 
 
@@ -69,8 +69,12 @@ def init(lab: LabOption = DEFAULT_LAB,
     """Create the lab directory: config, admin token, PKI, hosts mapping. Idempotent."""
     from cmglab.tools.labports import pick_free_ports, use_ports
 
-    with console.status("creating the lab (keys take a moment)..."):
-        the_lab, created = Lab.init(lab, force=force, compose=compose)
+    try:
+        with console.status("creating the lab (keys take a moment)..."):
+            the_lab, created = Lab.init(lab, force=force, compose=compose)
+    except LabNotInitialised as e:  # a lab this cmglab cannot use: say so and how to start again, once
+        console.print(str(e), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from e
     if free_ports:
         use_ports(the_lab, pick_free_ports())
         created.append("ports")
@@ -151,9 +155,12 @@ def info(lab: LabOption = DEFAULT_LAB,
         print_value(console, f"domain account {a['name']} / {a['password']}")
     print_value(console, f"CA bundle: {facts['ca_bundle']}")
     print_value(console, f"admin token: {facts['admin_token_file']}")
-    print_value(console, f"hosts mapping ({facts['hosts_file']}):")
-    for line in facts["resolve"]:
-        print_value(console, f"  {line}")
+    if facts["resolve"]:
+        print_value(console, f"hosts mapping ({facts['hosts_file']}):")
+        for line in facts["resolve"]:
+            print_value(console, f"  {line}")
+    else:  # compose: the networks' DNS answers the lab's names (service names and aliases)
+        print_value(console, "names: resolved by DNS (no hosts mapping)")
 
 
 @app.command()

@@ -167,18 +167,60 @@ def enrol_cmd(home: HomeOption, lab: LabOption = Path(".cmglab")) -> None:
     typer.echo(enrol(dev, _lab(lab)))
 
 
+def next_device_home(devices: Path) -> Path:
+    """The first free `deviceNN` directory under DEVICES (device01, device02, ...)."""
+    n = 1
+    while (devices / f"device{n:02d}").exists():
+        n += 1
+    return devices / f"device{n:02d}"
+
+
+def joined_elsewhere(home: Path, lab: Lab) -> str | None:
+    """The tenant a device at HOME is joined to when that tenant is not this lab's (a device of an earlier lab)."""
+    from cmglab.agent.dsregcmd.join import join_state
+
+    if not (home / "device.json").exists():
+        return None
+    state = join_state(Device.open(home))
+    tenant = str(state.get("TenantId", "")) if state else ""
+    return tenant if tenant and lab.config.tenant(tenant) is None else None
+
+
 @app.command()
-def onboard(home: HomeOption, lab: LabOption = Path(".cmglab")) -> None:
+def onboard(home: Annotated[Path | None, typer.Option("--home", envvar="CMGLAB_DEVICE_HOME",
+                                                      help="The device directory (made if missing).")] = None,
+            new_in: Annotated[Path | None, typer.Option(
+                "--new-in", help="Make a new device in this directory (device01, device02, ...) each run.")] = None,
+            lab: LabOption = Path(".cmglab")) -> None:
     """Make the device if needed, join it to Entra and install the client through the CMG: the commands
-    `cmglab up` prints, run in order (the compose lab's `client` service runs this)."""
+    `cmglab up` prints, run in order (the compose lab's `client` service runs this with --new-in).
+    A device already joined to this lab's tenant is not joined again; one joined to another tenant (an earlier
+    lab's) is refused, never reused."""
     import subprocess
 
+    from cmglab.agent.dsregcmd.join import join_state
     from cmglab.tools.orchestrate import device_commands
 
+    if (home is None) == (new_in is None):
+        typer.echo("give exactly one of --home DIR and --new-in DIR", err=True)
+        raise typer.Exit(2)
     the_lab = _lab(lab)
-    steps = device_commands(the_lab, str(home))
+    if new_in is not None:
+        new_in.mkdir(parents=True, exist_ok=True)
+        home = next_device_home(new_in)
+    assert home is not None
+    other = joined_elsewhere(home, the_lab)
+    if other:
+        typer.echo(f"the device at {home} is joined to tenant {other}, which this lab does not have (a device of an "
+                   "earlier lab): give another --home, or remove that device", err=True)
+        raise typer.Exit(2)
+    create, join, install = device_commands(the_lab, str(home))
+    steps = [create, join, install]
     if (home / "device.json").exists():
-        steps = steps[1:]
+        steps.remove(create)
+        if join_state(Device.open(home)):
+            steps.remove(join)  # joined to this lab's tenant already: install (or check) the client only
+    typer.echo(f"device {home}")
     for argv in steps:
         typer.echo(f"> {' '.join(argv[:2])} ...")
         code = subprocess.run(argv).returncode

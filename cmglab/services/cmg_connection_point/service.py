@@ -24,5 +24,5 @@ def build(lab: Lab) -> Service:
         await parts.mp.aclose()
         await parts.upstream.aclose()
 
-    return Service(SERVICE, [Listener(SERVICE, create_app(parts), parts.settings.port(lab), lab.bind())],
+    return Service(SERVICE, [Listener(SERVICE, create_app(parts), parts.settings.port(lab), parts.settings.bind(lab))],
                    background=[run_channels], on_stop=[close_client])

@@ -3,6 +3,7 @@ cmglab/core/settings.py (heartbeat, backoff, timeouts, limits, CRL checking)."""
 
 from __future__ import annotations
 
+import socket
 from typing import Annotated
 
 from pydantic import Field
@@ -26,6 +27,8 @@ class CPSettings(BaseSettings):
     name: str = ""
     # the admin listener's port (default: the lab's; a second point in one lab needs its own)
     admin_port: int | None = None
+    # the admin listener's address (default: the lab's bind address; in compose, the point's internal address)
+    admin_bind: str = ""
 
     def channel_urls(self, lab: Lab) -> list[str]:
         urls = [u.strip().rstrip("/") for u in self.cmg_urls.split(",") if u.strip()]
@@ -42,3 +45,13 @@ class CPSettings(BaseSettings):
 
     def port(self, lab: Lab) -> int:
         return self.admin_port or lab.port("cmg-connection-point")
+
+    def bind(self, lab: Lab) -> str:
+        """Where the admin listener listens. The point sits on both networks in compose, and its /_lab/ endpoints
+        are for the internal one: bind the address its internal name (an alias on that network only) resolves to,
+        so nothing on the internet network reaches the listener at all."""
+        if self.admin_bind:
+            return self.admin_bind
+        if lab.config.compose and not lab.settings.bind:
+            return socket.gethostbyname(lab.config.hosts.cmg_connection_point)
+        return lab.bind()
