@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cmglab.runtime.sockets import handover
 from cmglab.tools.processes import isolated_lab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +84,11 @@ def test_every_module_imports_without_an_extra(base_venv: Path) -> None:
 def test_cmglab_up_and_one_device_onboard_with_the_base_install(base_venv: Path, tmp_path: Path) -> None:
     env = base_env(base_venv)
     cmglab = str(base_venv / "bin" / "cmglab")
-    lab = isolated_lab(tmp_path / "lab")  # free ports; the lab's files are the same whatever installed them
+    lab = isolated_lab(tmp_path / "lab")  # reserved ports; the lab's files are the same whatever installed them
 
-    up = subprocess.run([cmglab, "up", "--detach", "--lab", str(lab.dir)], capture_output=True, text=True,
-                        timeout=180, env=env, cwd=tmp_path)
+    with handover("127.0.0.1") as (fds_env, fds):  # the ports this process reserved, as test_lab_up hands them
+        up = subprocess.run([cmglab, "up", "--detach", "--lab", str(lab.dir)], capture_output=True, text=True,
+                            timeout=180, env={**env, **fds_env}, cwd=tmp_path, pass_fds=fds)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         home = tmp_path / "device01"
