@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from cmglab.agent.certstore import ROOT
 from cmglab.agent.device import Device
 from cmglab.agent.testing import assert_lines, log_of, new_device, run
 from cmglab.runtime.lab import Lab
@@ -41,17 +40,17 @@ def install(lab: Lab, device: Device, *extra: str) -> subprocess.CompletedProces
 
 
 def test_root_ca_missing(lab: Lab, tmp_path: Path) -> None:
+    """README remedy: the root CA back in the device's Root store (`cmglab device repair root-ca`)."""
     device = joined_device(lab, tmp_path / "dev")
-    roots = [(c.cert(), c.friendly_name) for c in device.stores.certificates(ROOT)]
-    for c in device.stores.certificates(ROOT):
-        device.stores.remove(ROOT, c.thumbprint)
+    r = run("cmglab", "device", "break", "root-ca", "--home", str(device.home), "--lab", str(lab.dir))
+    assert r.returncode == 0, r.stdout + r.stderr
     r = install(lab, device)
     assert r.returncode == 6
     assert_lines(device, "ccmsetup.log", r"0x800B0109", r"not in the device's Trusted Root store",
                  r"CcmSetup is exiting with return code 6")
     assert_clean(device)
-    for cert, friendly in roots:
-        device.stores.add(ROOT, cert, friendly_name=friendly)
+    r = run("cmglab", "device", "repair", "root-ca", "--home", str(device.home), "--lab", str(lab.dir))
+    assert r.returncode == 0, r.stdout + r.stderr
     assert install(lab, device).returncode == 0
 
 
@@ -74,14 +73,20 @@ def test_crl_unreachable_then_nocrlcheck(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_no_wpj_certificate(lab: Lab, tmp_path: Path) -> None:
-    device = new_device(lab.dir, tmp_path / "dev")
+    """README remedy: join again (dsregcmd /leave, dsregcmd /join), then check dsregcmd /status."""
+    device = joined_device(lab, tmp_path / "dev")
+    r = run("cmglab", "device", "break", "wpj-cert", "--home", str(device.home), "--lab", str(lab.dir))
+    assert r.returncode == 0, r.stdout + r.stderr
     r = install(lab, device)
     assert r.returncode == 6
     assert_lines(device, "ccmsetup.log", r"the WPJ certificate is not found", r"dsregcmd /status")
     assert_clean(device)
+    assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
     u = lab.config.primary_tenant.users[0]
     assert run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
                "--password", u.password).returncode == 0
+    status = run("cmglab.agent.dsregcmd", "/status", "--home", str(device.home))
+    assert re.search(r"AzureAdJoined\s*:\s*YES", status.stdout), status.stdout
     assert install(lab, device).returncode == 0
 
 
