@@ -143,3 +143,50 @@ def test_roadtx_federated_user_joins_a_device(roadtx: Roadtx, lab: Lab, tmp_path
     assert claims(tokens["accessToken"])["upn"] == user and claims(tokens["accessToken"])["amr"] == ["fed"]
     out = roadtx("device", "-a", "join", "-n", "LAB-FEDRTX", cwd=tmp_path).stdout
     assert re.search(r"Device ID: [0-9a-f-]{36}", out), out
+
+
+def test_computer_assertion_is_for_the_drs_only(entra: EntraClient, lab: Lab) -> None:
+    """A windowstransport-style assertion (accounttype DJ) gives a DRS token with the on-premises claims,
+    nothing else: another resource is refused (AADSTS500011), a PRT too (AADSTS50008); a tampered SID breaks
+    the signature (AADSTS50006)."""
+    import uuid
+
+    sts = FederationService(None, FederationKey(lab.dir / "data" / "federation"))  # type: ignore[arg-type]
+    guid, sid = str(uuid.uuid4()), f"{lab.config.active_directory.domain_sid}-4242"
+    extra = {("accounttype", "http://schemas.microsoft.com/ws/2012/01"): "DJ",
+             ("onpremobjectguid", "http://schemas.microsoft.com/identity/claims"):
+                 base64.b64encode(uuid.UUID(guid).bytes_le).decode(),
+             ("primarysid", "http://schemas.microsoft.com/ws/2008/06/identity/claims"): sid}
+    assertion = sts.assertion("fed.lab.test", None, "x", extra=extra, method="urn:federation:authentication:windows")
+    token = saml_token(entra, assertion)
+    assert token.status_code == 200, token.text
+    drs = claims(token.json()["access_token"])
+    assert drs["account_type"] == "DJ" and drs["on_prem_id"] == guid and drs["primary_sid"] == sid
+    assert drs["amr"] == ["wia"] and "refresh_token" not in token.json()
+    assert saml_token(entra, assertion, resource="https://ConfigMgrService").json()["error_codes"] == [500011]
+    assert saml_token(entra, assertion.replace(sid, sid + "1")).json()["error_codes"] == [50006]
+    key, transport = new_key(), new_key()
+    joined = entra.join(join_body(key, transport, name="LAB-FEDPRT"), entra.drs_token())
+    cert = x509.load_der_x509_certificate(base64.b64decode(joined.json()["Certificate"]["RawBody"]))
+    prt = entra.device_request(Joined("", cert, key, Path("."), Path(".")), {
+        "client_id": "38aa3b87-a06d-4817-b275-7a316988d93b", "scope": "openid aza ugs", "grant_type": SAML11,
+        "assertion": base64.b64encode(assertion.encode()).decode()})
+    assert prt.json()["error_codes"] == [50008]
+
+
+def test_windowstransport_refuses_a_wrong_machine_password(entra: EntraClient, lab: Lab) -> None:
+    import spnego
+
+    realm = entra.http.get(f"{entra.login}/common/userrealm/x@fed.lab.test", params={"api-version": "1.0"}).json()
+    endpoint = realm["federation_active_auth_url"].replace("usernamemixed", "windowstransport")
+    ctx = spnego.client(f"{lab.config.active_directory.netbios_name}\\LAB01$", "wrong", hostname="sts.fed.lab.test",
+                        service="HTTP", protocol="ntlm")
+    headers = {"Content-Type": "application/soap+xml; charset=utf-8"}
+    first = entra.http.post(endpoint, content=RST, headers={
+        **headers, "Authorization": f"NTLM {base64.b64encode(ctx.step() or b'').decode()}"})
+    assert first.status_code == 401
+    challenge = next(v.split(" ", 1)[1] for k, v in first.headers.multi_items()
+                     if k.lower() == "www-authenticate" and v.startswith("NTLM "))
+    second = entra.http.post(endpoint, content=RST, headers={
+        **headers, "Authorization": f"NTLM {base64.b64encode(ctx.step(base64.b64decode(challenge)) or b'').decode()}"})
+    assert second.status_code == 401 and "RequestedSecurityToken" not in second.text
