@@ -166,6 +166,8 @@ def test_help_texts(lab: Lab) -> None:
     assert "pki revoke NAME" in issue.replace("`", "").replace("│", "").replace("  ", " ")
     up = " ".join(cmglab("up", "--help").stdout.replace("│", " ").split())
     assert f"{len(SERVICES)} service processes" in up and "four" not in up
+    words = {6: "six", 7: "seven", 8: "eight"}
+    assert f"starts its {words[len(SERVICES)]} service" in " ".join(README.read_text().split())
     dsreg = run(sys.executable, "-m", "cmglab.agent.dsregcmd", "--help").stdout
     assert "/join" in dsreg and "--join" not in dsreg and "/status" in dsreg
     assert "dsregcmd /join --home" in README.read_text()
