@@ -38,6 +38,7 @@ FAST_ENV = {
     "CMGLAB_UPSTREAM_TIMEOUT": "3",
     "CMGLAB_MAX_BODY_BYTES": str(4 * 1024 * 1024),
     "CMGLAB_CMG_SUMMARY_INTERVAL": "1",
+    "CMGLAB_CMG_LOG_SYNC_INTERVAL": "1",
 }
 
 
@@ -318,6 +319,9 @@ def test_logs_have_the_seed_lines(chan_lab: Lab, client: httpx.Client) -> None:
                          r"\d+ Bytes\s+ResponseCount: \d+\s+ResponseSize: \d+ Bytes\s+AverageElapsedTime: \d+ ms"
                          r"  \$\$<CMGService><\d\d-\d\d-\d{4} [\d:.]+[+-]\d+><thread=\d+ \(0x[0-9A-F]+\)>")
     wait_for(lambda: summary.search(log_text(chan_lab, "cmg", "CMGService.log")), what="CMGService summary")
+    # seed 001 §3.2: the site server's copy, CMG-<CMG name>-ProxyService_IN_<instance>-CMGService.log
+    synced = f"CMG-{chan_lab.config.hosts.cmg.split('.')[0]}-ProxyService_IN_0-CMGService.log"
+    wait_for(lambda: summary.search(log_text(chan_lab, "site-server", synced)), what="the site server's copy")
     cp_log = log_text(chan_lab, "cmg-connection-point", "SMS_CLOUD_PROXYCONNECTOR.log")
     assert re.search(r"Switched to internal URL\. Replaced '\S+' in\s+'\S+' with '\S+' and got '", cp_log)
     assert re.search(r"MessageID: [0-9a-f-]{36} RequestURI: https://\S+/CCM_STS EndpointName: CCM_STS "

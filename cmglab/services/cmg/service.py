@@ -9,6 +9,7 @@ from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.runtime.tls import log_refusals_to
 from cmglab.services.cmg.app import create_app
 from cmglab.services.cmg.connector import Registry, create_connector_app
+from cmglab.services.cmg.logsync import LogSync
 from cmglab.services.cmg.parts import Parts
 
 
@@ -23,8 +24,12 @@ def build(lab: Lab) -> Service:
         return TLS(ident.cert_path, ident.key_path, client_cert=mode,  # type: ignore[arg-type]
                    client_ca=lab.pki.ca_bundle, crl_files=[lab.pki.crl_bundle], crl_check=lab.settings.crl_check)
 
+    sync = LogSync(lab.log_dir("cmg") / "CMGService.log", lab.log_dir("site-server"), lab.config.hosts.cmg,
+                   settings.instance)
+
     async def final_summary() -> None:
         stats.flush()
+        await sync.final()
 
     log.info(f"CMG {lab.config.hosts.cmg} instance {settings.instance} starting: clients on port {lab.port('cmg')}, "
              f"connection points on port {connector_port}")
@@ -36,6 +41,7 @@ def build(lab: Lab) -> Service:
             Listener("cmg-connector", create_connector_app(lab, hub, Registry(lab, settings.extra_points()), log),
                      connector_port, lab.bind(), tls("required")),
         ],
-        background=[functools.partial(stats.run, settings.summary_interval)],
+        background=[functools.partial(stats.run, settings.summary_interval),
+                    functools.partial(sync.run, settings.log_sync_interval)],
         on_stop=[final_summary],
     )

@@ -13,6 +13,8 @@ class CMGSettings(BaseSettings):
 
     # how often CMGService.log gets its per-URI traffic summaries (the real CMG: 5 minutes)
     summary_interval: float = 300.0
+    # how often CMGService.log is copied to the site server's Logs folder (seed 001: every five minutes)
+    log_sync_interval: Annotated[float, Field(gt=0)] = 300.0
     # connection points the connector accepts besides the lab's own (CN=<hosts.cmg_connection_point>):
     # comma-separated certificate subject CNs or SHA-1 thumbprints, all issued by the lab issuing CA
     connection_points: str = ""
