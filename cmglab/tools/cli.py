@@ -344,8 +344,9 @@ def status(lab: LabOption = DEFAULT_LAB,
         typer.echo(json.dumps({s: {"pid": pids.get(s), "health": h, "url": the_lab.url(s)}
                                for s, h in states.items()}, indent=2))
     else:
-        print_rows(console, f"cmglab status ({the_lab.dir})", ("service", "pid", "health", "url"),
-                   [(s, str(pids.get(s, "-")), h, the_lab.url(s)) for s, h in states.items()])
+        # the port, not the URL, so that the table fits 80 columns (`--json` and `cmglab info` have the URLs)
+        print_rows(console, f"cmglab status ({the_lab.dir})", ("service", "pid", "port", "health"),
+                   [(s, str(pids.get(s, "-")), str(the_lab.port(s)), h) for s, h in states.items()])
     if any(h != "healthy" for h in states.values()):
         raise typer.Exit(1)
 
