@@ -181,6 +181,15 @@ class Ports(BaseModel):
     distribution_point_http: int = 8082  # the DP's HTTP binding
 
 
+class SmartLockout(BaseModel):
+    """Entra smart lockout (Authentication methods > Password protection): after `threshold` wrong passwords
+    the account answers AADSTS50053 for `duration_seconds` (Entra's defaults: 10 failures, 60 seconds);
+    `cmglab entra unlock UPN` ends it early."""
+
+    threshold: int = Field(default=10, ge=1)
+    duration_seconds: int = Field(default=60, ge=1)
+
+
 class LabConfig(BaseModel):
     version: int = CONFIG_VERSION
     site: Site = Site()
@@ -190,6 +199,7 @@ class LabConfig(BaseModel):
     hosts: Hosts = Hosts()
     ports: Ports = Ports()
     distribution_point: DistributionPoint = DistributionPoint()
+    smart_lockout: SmartLockout = SmartLockout()
     bind_address: str = "127.0.0.1"
     compose: bool = False  # services reach each other by DNS on 443/80 instead of the hosts file
 

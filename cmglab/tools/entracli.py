@@ -16,7 +16,7 @@ from cmglab.core.settings import Settings
 from cmglab.runtime.lab import Lab, LabNotInitialised
 from cmglab.wire import httpclient
 
-app = typer.Typer(help="The lab's Entra ID (Entra Connect sync).", no_args_is_help=True)
+app = typer.Typer(help="The lab's Entra ID (Entra Connect sync, smart lockout).", no_args_is_help=True)
 LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
 
 
@@ -51,3 +51,23 @@ def sync(lab: LabOption = Path(".cmglab"),
         typer.echo(f"  added   {device_id}")
     for device_id in result["updated"]:
         typer.echo(f"  updated {device_id}")
+
+
+@app.command()
+def unlock(upn: Annotated[str, typer.Argument(help="The user's UPN, e.g. alice@contoso.onmicrosoft.com")],
+           lab: LabOption = Path(".cmglab")) -> None:
+    """End a smart lockout (AADSTS50053) now and forget the user's wrong-password count."""
+    from cmglab.services.entra.lockout import Lockouts
+    from cmglab.services.entra.store import Store
+
+    try:
+        the_lab = Lab.load(lab, Settings(lab_dir=lab))
+    except LabNotInitialised as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from e
+    store = Store(the_lab.database_url("entra"), the_lab.config)
+    try:
+        unlocked = Lockouts(store, the_lab.config.smart_lockout).unlock(upn)
+    finally:
+        store.dispose()
+    typer.echo(f"{upn}: unlocked." if unlocked else f"{upn}: no failed sign-ins recorded; nothing to unlock.")

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from cmglab.services.entra import store as st
 from cmglab.services.entra.discovery import MULTI_TENANT
 from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra.lockout import LOCKED, Lockouts
 from cmglab.services.entra.tokens import (
     ACCESS_LIFETIME,
     Issue,
@@ -55,8 +56,8 @@ def user_principal(user: st.User, device_id: str | None = None) -> Principal:
 
 
 class Issuer:
-    def __init__(self, store: st.Store, signer: Signer) -> None:
-        self.store, self.signer = store, signer
+    def __init__(self, store: st.Store, signer: Signer, lockouts: Lockouts) -> None:
+        self.store, self.signer, self.lockouts = store, signer, lockouts
 
     # -- who and what --------------------------------------------------------------------------
     @staticmethod
@@ -114,8 +115,7 @@ class Issuer:
                               "the administrator of the tenant.")
         return Resource(app.app_id, requested, app.access_token_version), oidc
 
-    @staticmethod
-    def sign_in(s: Session, tenant: st.Tenant | None, username: str, password: str) -> st.User:
+    def sign_in(self, s: Session, tenant: st.Tenant | None, username: str, password: str) -> st.User:
         user = st.user_by_upn(s, username)
         if user is None or (tenant is not None and user.tenant_id != tenant.tenant_id):
             where = tenant.display_name if tenant else username.rpartition("@")[2]
@@ -124,9 +124,13 @@ class Issuer:
                               "into this application, the account must be added to the directory.")
         if not user.enabled:
             raise AADSTSError(50057, "invalid_grant", "The user account is disabled.")
+        self.lockouts.check(user.upn)
         if not st.verify_secret(password, user.password_hash):
+            if self.lockouts.failed(user.upn, password):
+                raise AADSTSError(50053, "invalid_grant", LOCKED)
             raise AADSTSError(50126, "invalid_grant",
                               "Error validating credentials due to invalid username or password.")
+        self.lockouts.succeeded(user.upn)
         return user
 
     @staticmethod

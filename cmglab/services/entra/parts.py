@@ -16,6 +16,7 @@ from cmglab.services.entra.drs import DeviceCA
 from cmglab.services.entra.federation import FederationService
 from cmglab.services.entra.grants import Grants
 from cmglab.services.entra.issuance import Issuer
+from cmglab.services.entra.lockout import Lockouts
 from cmglab.services.entra.registration import Registration
 from cmglab.services.entra.store import Store
 from cmglab.services.entra.tokens import Signer
@@ -44,7 +45,7 @@ class Parts:
         signing = lab.pki.entra_signing
         signer = Signer(signing.key(), signing.cert())
         ca = DeviceCA(lab.pki.device_ca.cert(), lab.pki.device_ca.key())
-        issuer = Issuer(store, signer)
+        issuer = Issuer(store, signer, Lockouts(store, lab.config.smart_lockout))
         device_codes = DeviceCodes(issuer)
         grants = Grants(issuer, ca, device_codes, lab.dir / "data" / "federation")
         return cls(lab=lab, store=store, signer=signer, grants=grants, device_codes=device_codes,

@@ -182,6 +182,16 @@ class Nonce(Base):
     expires_at: Mapped[int]
 
 
+class Lockout(Base):
+    """Smart lockout state per user: wrong passwords counted, and until when the account is locked."""
+
+    __tablename__ = "lockouts"
+    upn: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower case
+    failures: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[int] = mapped_column(default=0)  # epoch seconds; 0: not locked
+    recent: Mapped[str] = mapped_column(default="")  # digests of the last three wrong passwords, space-separated
+
+
 class Store(db.Store):
     """The directory and the login host's short-lived state, seeded from the lab config."""
 

@@ -1,0 +1,75 @@
+"""Issue 15: Entra smart lockout. After `threshold` distinct wrong passwords the account answers AADSTS50053
+for the lockout period, even to the right password; the same wrong password again is not counted; the lock
+ends by itself (polled, no sleep) or at once with `cmglab entra unlock`. A lab of its own (lab.json
+`smart_lockout`: threshold 10, a short period), so that no other test's user is locked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cmglab.core.labconfig import DRS_RESOURCE, save_config
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses, isolated_lab
+from tests.support.sec_attacks import client, wait_for
+
+AAD_POWERSHELL = "1b730954-1685-4b74-9bfd-dac224a7b894"
+PERIOD = 4
+
+
+@pytest.fixture(scope="module")
+def entra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    lab = isolated_lab(tmp_path_factory.mktemp("lockout") / "lab")
+    lab.config.smart_lockout.duration_seconds = PERIOD
+    save_config(lab.config, Lab.config_path(lab.dir))
+    procs = LabProcesses(lab)
+    procs.ensure("entra")
+    yield lab
+    procs.stop_all()
+
+
+def ropc(lab: Lab, upn: str, password: str) -> dict[str, Any]:
+    tenant = lab.config.primary_tenant.tenant_id
+    with client(lab) as c:
+        reply = c.post(f"{lab.url('entra')}/{tenant}/oauth2/token", data={
+            "client_id": AAD_POWERSHELL, "grant_type": "password", "resource": DRS_RESOURCE,
+            "username": upn, "password": password})
+    body: dict[str, Any] = reply.json()
+    body["status"] = reply.status_code
+    return body
+
+
+def code(reply: dict[str, Any]) -> int:
+    return int(reply.get("error_codes", [0])[0]) if reply["status"] != 200 else 0
+
+
+def test_ten_wrong_passwords_lock_the_account(entra: Lab) -> None:
+    user = entra.config.primary_tenant.users[0]
+    for _ in range(20):  # a client retrying one stale password is not locked out
+        assert code(ropc(entra, user.upn, "stale-password")) == 50126
+    for n in range(1, 9):
+        assert code(ropc(entra, user.upn, f"guess-{n}")) == 50126  # 9 distinct so far
+    locked = ropc(entra, user.upn, "guess-9")
+    assert code(locked) == 50053 and locked["error"] == "invalid_grant"
+    assert "AADSTS50053" in locked["error_description"]
+    assert code(ropc(entra, user.upn, user.password)) == 50053  # the right password too, while locked
+    started = time.monotonic()
+    wait_for(lambda: code(ropc(entra, user.upn, user.password)) == 0, PERIOD + 10, "the lockout to end")
+    assert time.monotonic() - started < PERIOD + 10
+
+
+def test_unlock_ends_it_now(entra: Lab) -> None:
+    user = entra.config.primary_tenant.users[1] if len(entra.config.primary_tenant.users) > 1 \
+        else entra.config.primary_tenant.users[0]
+    for n in range(10):
+        last = ropc(entra, user.upn, f"wrong-{n}")
+    assert code(last) == 50053
+    out = subprocess.run([sys.executable, "-m", "cmglab", "entra", "unlock", user.upn, "--lab", str(entra.dir)],
+                         check=True, capture_output=True, text=True).stdout
+    assert "unlocked" in out
+    assert code(ropc(entra, user.upn, user.password)) == 0
