@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,8 @@ def test_ntlmrelayx_sccm_policies_recovers_the_naa(mp: Lab, tmp_path: Path) -> N
     http_port = free_port_now()  # ntlmrelayx binds its listener itself
     target = f"http://127.0.0.1:{mp.config.ports.management_point_http}/ccm_system_windowsauth/request"
     out = tmp_path / "ntlmrelayx.out"
+    # other tests' devices use the same vdir in the session's lab: look only at what came after this start
+    started = datetime.now(UTC).isoformat(timespec="milliseconds")
     with out.open("wb") as sink:
         proc = subprocess.Popen(
             [ntlmrelayx(), "-t", target, "--sccm-policies", "--sccm-policies-sleep", "0",
@@ -67,6 +70,6 @@ def test_ntlmrelayx_sccm_policies_recovers_the_naa(mp: Lab, tmp_path: Path) -> N
     # registered as the relayed computer account, on a request that carried no Authorization header
     assert row["auth_kind"] == "domain" and row["domain_account"] == f"CORP\\{computer.name}"
     # ntlmrelayx sends absolute-form targets (`CCM_POST http://127.0.0.1/...`): recorded as the URL they are
-    posted = [r for r in seen if r["method"] == "CCM_POST"]
+    posted = [r for r in seen if r["method"] == "CCM_POST" and r["time"] >= started]
     assert posted and all(r["url"] == "http://127.0.0.1/ccm_system_windowsauth/request" for r in posted), posted
     assert any(r.get("auth_kind") == "windows" for r in posted)
