@@ -125,3 +125,12 @@ def test_init_has_no_network_and_only_the_cmg_and_console_publish_ports(compose:
 
 def test_each_client_run_is_a_new_device(compose: dict[str, Any]) -> None:
     assert compose["services"]["client"]["entrypoint"] == ["cmglab", "device", "onboard", "--new-in", "/devices"]
+
+
+def test_the_dp_is_on_the_internal_network_after_the_mp(compose: dict[str, Any]) -> None:
+    dp = compose["services"]["distribution-point"]
+    assert dp["command"] == ["serve", "distribution-point"]
+    assert networks(dp) == {"internal"} and dp["networks"]["internal"]["aliases"] == ["dp.corp.lab.test"]
+    assert dp["depends_on"]["management-point"]["condition"] == "service_healthy"  # it builds the client package
+    assert dp["healthcheck"]["test"] == ["CMD", "cmglab", "health", "distribution-point", "--address", "127.0.0.1"]
+    assert not dp.get("ports")  # intranet only: internet clients get content from the CMG
