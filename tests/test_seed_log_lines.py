@@ -1,0 +1,75 @@
+"""docs/seed-log-lines.md, row by row: every line seeds 001 and 004 quote, written by the lab in the log the
+seed names, after the documented commands only (device create, dsregcmd /join, cmglab device break
+device-key, ccmsetup, ccmexec --renew-token)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cmglab.agent.device import Device
+from cmglab.agent.testing import messages, new_device, run
+from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
+
+SPEC = Path(__file__).resolve().parent.parent / "docs" / "seed-log-lines.md"
+SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
+SITE_LOGS = {"CMGService.log": "cmg", "SMS_CLOUD_PROXYCONNECTOR.log": "cmg-connection-point"}
+
+
+def spec_rows() -> list[tuple[str, str]]:
+    rows = []
+    for line in SPEC.read_text().splitlines():
+        if not line.startswith("| ") or line.startswith(("| file", "|---")):
+            continue
+        name = line.split(" | ", 1)[0].removeprefix("| ").strip()
+        pattern = line[line.index("`") + 1:line.rindex("`")].replace("\\|", "|")
+        rows.append((name, pattern))
+    return rows
+
+
+def test_the_spec_parses() -> None:
+    rows = spec_rows()
+    assert len(rows) > 70
+    for _, pattern in rows:
+        re.compile(pattern)
+
+
+@pytest.fixture(scope="module")
+def seed_run(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Device:
+    lab_services.ensure(*SERVICES)
+    home = tmp_path_factory.mktemp("seed") / "seed01"
+    device = new_device(lab.dir, home)
+    user = lab.config.primary_tenant.users[0]
+    cmg = f"{lab.url('cmg').removeprefix('https://')}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}"
+    for command in (
+        ("cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", user.upn, "--password", user.password),
+        ("cmglab", "device", "break", "device-key", "--home", str(home), "--lab", str(lab.dir)),
+        ("cmglab.agent.ccmsetup", "--home", str(home), f"CCMHOSTNAME={cmg}", f"SMSSITECODE={lab.config.site.code}"),
+        ("cmglab.agent.ccmexec", "--home", str(home), "--renew-token"),
+    ):
+        result = run(*command)
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+    # the CMG writes its per-URI summaries every five minutes and when it stops (as `cmglab down` stops it)
+    lab_services.stop("cmg")
+    lab_services.start("cmg")
+    return device
+
+
+def log_text(lab: Lab, device: Device, name: str) -> str:
+    if name == "ccmsetup.log":
+        return "\n".join(messages(device.ccmsetup_log_path))
+    if name == "*.log":
+        return "\n".join("\n".join(messages(p)) for p in sorted(device.ccm_log_path("x").parent.glob("*.log")))
+    if device.ccm_log_path(name).exists():
+        return "\n".join(messages(device.ccm_log_path(name)))
+    path = lab.dir / "logs" / SITE_LOGS.get(name, "management-point") / name
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.mark.parametrize(("name", "pattern"), spec_rows(), ids=lambda v: str(v)[:60])
+def test_seed_line(lab: Lab, seed_run: Device, name: str, pattern: str) -> None:
+    text = log_text(lab, seed_run, name)
+    assert re.search(pattern, text, re.IGNORECASE | re.MULTILINE), f"{name} lacks {pattern!r}:\n{text[-3000:]}"
