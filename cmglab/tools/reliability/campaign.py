@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 import tempfile
 import time
 from pathlib import Path
@@ -80,7 +82,7 @@ def send_corpus(kit: corpus.Kit, report: Report) -> None:
             for _ in range(req.times):
                 tally.inputs += 1
                 tally.corpus += 1
-                status = _send(clients[req.cert], req)
+                status = _send(clients[req.cert], req, kit.lab.pki.ca_bundle)
                 if status is None:
                     tally.server_errors += 1
                     report.finding("connection failure", probe.service, probe.name)
@@ -96,11 +98,33 @@ def send_corpus(kit: corpus.Kit, report: Report) -> None:
             c.close()
 
 
-def _send(client: httpx.Client, req: corpus.Req) -> int | None:
+def raw_status(to: tuple[str, int, str], data: bytes, ca_bundle: Path, timeout: float = 30) -> int | None:
+    """Send `data` as is over TLS (to: address, port, the server's name) and read the status line's code."""
+    address, port, name = to
+    ctx = ssl.create_default_context(cafile=str(ca_bundle))
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock, \
+                ctx.wrap_socket(sock, server_hostname=name) as tls:
+            tls.sendall(data)
+            head = b""
+            while b"\r\n" not in head and len(head) < 4096:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+    except (OSError, ssl.SSLError):
+        return None
+    parts = head.split(b"\r\n", 1)[0].split()
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+
+def _send(client: httpx.Client, req: corpus.Req, ca_bundle: Path) -> int | None:
     """The answer's status; `corpus.TLS` when a client certificate was presented and the server closed
     the connection before answering (TLS 1.3 refuses a certificate after the handshake, so the refusal
     shows as a disconnect); None when the connection failed otherwise. A crash behind a disconnect is
     still counted: the service's records and tracebacks say so."""
+    if req.raw_to is not None:
+        return raw_status(req.raw_to, req.content, ca_bundle)
     try:
         return client.request(req.method, req.url, headers=req.headers, content=req.content).status_code
     except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):

@@ -46,6 +46,7 @@ class Req:
     content: bytes = b""
     cert: CertFiles | None = None
     times: int = 1  # a replay sends the same bytes again
+    raw_to: tuple[str, int, str] | None = None  # (address, port, TLS name): `content` is sent as is over TLS
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Kit:
         self.login = self.lab.url("entra")
         self.drs = self.lab.url("entra", host="enterpriseregistration.windows.net")
         self.tenant = c.primary_tenant.tenant_id
+        self._victim: str | None = None
 
     def proxy(self, path: str, family: str = "ServerAuth") -> str:
         return f"{self.lab.url('cmg')}/CCM_Proxy_{family}/{self.lab.config.site.role_id}/{path}"
@@ -85,6 +87,18 @@ class Kit:
                 f'KeyType="1">{cert}</Encryption><Signing Encoding="HexBinary" KeyType="1">{cert}</Signing>'
                 f'</Certificates><DiscoveryProperties><Property Name="Netbios Name" Value="RELIAB01" />'
                 f'<Property Name="FQ Name" Value="RELIAB01.corp.lab.test" /></DiscoveryProperties></Data>')
+
+    def victim(self) -> str:
+        """The SMSID the kit's own identity registered (registered once, anonymously, on first use)."""
+        if self._victim is None:
+            from cmglab.tools.reliability.labview import lab_http
+
+            with lab_http(self.lab) as c:
+                reply = c.request("CCM_POST", f"{self.mp_http}/ccm_system/request", content=self.registration(),
+                                  headers={"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT})
+            _, body = cm.decode_reply(reply.content, reply.headers.get("content-type"))
+            self._victim = cm.parse_xml(body).get("SMSID", "")
+        return self._victim
 
     def registration(self, body: str | None = None) -> bytes:
         xml = body if body is not None else cm.registration_request(self.registration_data(), self.m.sms_key)
@@ -525,4 +539,92 @@ def json_probes() -> list[Probe]:
 
 
 def probes() -> list[Probe]:
-    return [*messaging_probes(), *jwt_probes(), *certificate_probes(), *json_probes()]
+    return [*messaging_probes(), *jwt_probes(), *certificate_probes(), *json_probes(), *attack_probes()]
+
+
+# -- issue 15: the CMG as a way around itself, smuggling, takeover, nesting --------------------------------
+def raw(service: str, data: Callable[[Kit], bytes]) -> Callable[[Kit], Req]:
+    """Bytes an HTTP library would refuse to send, written as they are over TLS to `service`."""
+    def build(k: Kit) -> Req:
+        lab = k.lab
+        return Req("RAW", lab.url(service), content=data(k),
+                   raw_to=(lab.config.bind_address, lab.port(service), lab.host(service)))
+    return build
+
+
+def _cmg_request(target: str, *, host: str | None = None, extra: str = "", body: bytes = b"",
+                 method: str = "CCM_POST") -> Callable[[Kit], bytes]:
+    """A request to the CMG with a valid CCM token; `{role}` in the target or Host is the site's role ID."""
+    def data(k: Kit) -> bytes:
+        role = str(k.lab.config.site.role_id)
+        name = host if host is not None else f"{k.lab.config.hosts.cmg}:{k.lab.port('cmg')}"
+        framed = "Content-Length" in extra or "Transfer-Encoding" in extra
+        framing = "" if framed else f"Content-Length: {len(body)}\r\n"
+        head = (f"{method} {target} HTTP/1.1\r\nHost: {name}\r\nAuthorization: Bearer {k.m.ccm_token()}\r\n"
+                f"{extra}{framing}Connection: close\r\n\r\n")
+        return head.replace("{role}", role).encode("latin-1") + body
+    return data
+
+
+TOKENAUTH = "/CCM_Proxy_ServerAuth/{role}/ccm_system_tokenauth/request"
+SMUGGLED = b"0\r\n\r\nGET /_lab/clients HTTP/1.1\r\nHost: mp\r\n\r\n"
+CMG_RAW: list[tuple[str, Callable[[Kit], bytes], frozenset[int]]] = [
+    ("Host smuggling a path to the MP's /_lab/clients",
+     _cmg_request(TOKENAUTH, host="x/CCM_Proxy_ServerAuth/{role}/_lab/clients?"), E400),
+    ("Host smuggling CCM_Cloud/config", _cmg_request(TOKENAUTH, host="x/CCM_Proxy_ServerAuth/{role}/CCM_Cloud/config?"),
+     E400),
+    ("Host of another name", _cmg_request(TOKENAUTH, host="evil.example"), E400),
+    ("two Host headers", _cmg_request(TOKENAUTH, extra="Host: evil.example\r\n"), E400),
+    ("absolute-form target of another host", _cmg_request("https://evil" + TOKENAUTH), frozenset({400, 404})),
+    ("dot-dot to /_lab", _cmg_request(TOKENAUTH + "/../../_lab/clients"), E400),
+    ("encoded slash to /_lab", _cmg_request("/CCM_Proxy_ServerAuth/{role}/ccm_system_tokenauth%2f..%2f_lab"), E400),
+    ("double-encoded dot-dot", _cmg_request("/CCM_Proxy_ServerAuth/{role}/CCM_STS/%252e%252e/x"), E400),
+    ("backslash traversal", _cmg_request("/CCM_Proxy_ServerAuth/{role}/CCM_STS\\..\\ccm_system_windowsauth"),
+     E400),
+    ("unpublished ccm_system_windowsauth", _cmg_request("/CCM_Proxy_ServerAuth/{role}/ccm_system_windowsauth/request"),
+     frozenset({404})),
+    ("unpublished CCM_Cloud/config", _cmg_request("/CCM_Proxy_ServerAuth/{role}/CCM_Cloud/config", method="GET"),
+     frozenset({404})),
+    ("unpublished /_lab through the proxy", _cmg_request("/CCM_Proxy_ServerAuth/{role}/_lab/clients", method="GET"),
+     frozenset({404})),
+    ("role ID tampered", _cmg_request("/CCM_Proxy_ServerAuth/{role}0/ccm_system_tokenauth/request"),
+     frozenset({404})),
+    ("role ID in Arabic-Indic digits", _cmg_request("/CCM_Proxy_ServerAuth/%D9%A1/ccm_system_tokenauth/request"),
+     frozenset({404})),
+    ("Content-Length and Transfer-Encoding",
+     _cmg_request(TOKENAUTH, extra="Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", body=SMUGGLED), E400),
+    ("two Content-Lengths", _cmg_request(TOKENAUTH, extra="Content-Length: 4\r\nContent-Length: 40\r\n",
+                                         body=b"abcd"), E400),
+    ("Transfer-Encoding other than chunked",
+     _cmg_request(TOKENAUTH, extra="Transfer-Encoding: gzip, chunked\r\n", body=SMUGGLED), frozenset({400, 501})),
+]
+
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+
+
+def _takeover(k: Kit) -> bytes:
+    """Another key proposing the SMSID the kit's own identity registered: a conflicting record, never an update."""
+    other = b.new_key()
+    cert = b.self_signed(other, b.name("ConfigMgr Client"), ekus=[b.SMS_SIGNING_EKU, b.SMS_EKU],
+                         data_encipherment=True)
+    data = k.registration_data(cm.cert_hex(cert)).replace('SMSID=""', f'SMSID="{k.victim()}"')
+    return k.registration(cm.registration_request(data, other))
+
+
+def attack_probes() -> list[Probe]:
+    probes = [Probe("cmg", "cmg_url", f"CMG: {name}", raw("cmg", data), expect) for name, data, expect in CMG_RAW]
+    probes.append(Probe("cmg", "cmg_url", "CMG /_lab/requests without the admin token",
+                        lambda k: Req("GET", f"{k.lab.url('cmg')}/_lab/requests"), E401))
+    probes.append(Probe("management-point", "registration", "registration proposing another client's SMSID",
+                        ccm_post(mp_anonymous, _takeover), E200))
+    probes.append(Probe("management-point", "sts_json", "CCM_STS: JSON nested 100,000 deep",
+                        _sts(lambda k: DEEP_JSON), E400))
+    probes.append(Probe("cmg", "sts_json", "CCM_STS through the CMG: JSON nested 100,000 deep",
+                        lambda k: Req("POST", k.proxy("CCM_STS"), {"Content-Type": "application/json",
+                                                                   "Authorization": f"Bearer {k.m.bulk_token()}"},
+                                      DEEP_JSON), E400))
+    probes.append(Probe("entra", "drs_json", "DRS join: JSON nested 100,000 deep", _join(lambda k: DEEP_JSON), E400))
+    probes.append(Probe("entra", "drs_json", "hybrid-join PUT: JSON nested 100,000 deep",
+                        lambda k: Req("PUT", f"{k.drs}/EnrollmentServer/device/{uuid.uuid4()}?api-version=2.0",
+                                      {"Content-Type": "application/json"}, DEEP_JSON), E400))
+    return probes

@@ -5,6 +5,7 @@ negative cases for every operation, sent over TLS to the service's loopback port
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ def run(lab: Lab, view: LabView, report: Report, *, deadline: float, examples: i
     """Fuzz every operation of every service in passes of `examples` cases per operation and mode,
     round robin, until `deadline` (monotonic): a longer budget buys more passes, not a skewed spread."""
     session = requests.Session()
-    plan: list[tuple[Target, schemathesis.APIOperation]] = []
+    per_service: list[list[tuple[Target, schemathesis.APIOperation]]] = []
     for target in targets(lab):
         schema = schemathesis.openapi.from_dict(view.get(target.service, "/_lab/openapi.json"))
         operations = []
@@ -55,7 +56,9 @@ def run(lab: Lab, view: LabView, report: Report, *, deadline: float, examples: i
                 raise result.err()
             operations.append(result.ok())
         report.operations[target.service] = len(operations)
-        plan += [(target, op) for op in operations]
+        per_service.append([(target, op) for op in operations])
+    # interleaved, one operation of each service in turn: a short budget still reaches every service
+    plan = [pair for group in itertools.zip_longest(*per_service) for pair in group if pair is not None]
     with session, contextlib.suppress(_OutOfTime):
         while time.monotonic() < deadline:
             for target, op in plan:

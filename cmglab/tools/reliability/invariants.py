@@ -32,6 +32,24 @@ def mp_clients(view: LabView) -> list[str]:
     return bad
 
 
+def mp_conflicts(view: LabView) -> list[str]:
+    """No SMSID takeover (issue 15): a conflicting record never became the record it proposed, unless the
+    admin merged it; one resolved `new` has a record of its own with its key."""
+    clients = {c["sms_id"]: c for c in view.listing("management-point", "clients")}
+    bad = []
+    for c in view.listing("management-point", "conflicts"):
+        proposed = clients.get(c["sms_id"])
+        if c["status"] not in ("pending", "new", "merge", "block"):
+            bad.append(f"conflict {c['id']}: status {c['status']!r}")
+        if c["status"] != "merge" and proposed and proposed["signing_thumbprint"] == c["signing_thumbprint"]:
+            bad.append(f"conflict {c['id']}: {c['sms_id']} was taken over by certificate {c['signing_thumbprint']}")
+        if c["status"] == "new":
+            own = clients.get(c.get("new_sms_id") or "")
+            if own is None or own["signing_thumbprint"] != c["signing_thumbprint"] or own["sms_id"] == c["sms_id"]:
+                bad.append(f"conflict {c['id']}: resolved new, but {c.get('new_sms_id')} is not its own record")
+    return bad
+
+
 def mp_tokens(view: LabView) -> list[str]:
     bad = []
     for t in view.listing("management-point", "tokens"):
@@ -58,7 +76,7 @@ def entra_devices(view: LabView) -> list[str]:
 
 
 CHECKS: dict[str, list[Callable[[LabView], list[str]]]] = {
-    "management-point": [mp_clients, mp_tokens],
+    "management-point": [mp_clients, mp_tokens, mp_conflicts],
     "entra": [entra_devices],
 }
 
