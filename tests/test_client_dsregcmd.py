@@ -12,12 +12,12 @@ import pytest
 
 from cmglab.agent.certstore import MY
 from cmglab.agent.device import Device
-from cmglab.agent.testing import messages, new_device, run
 from cmglab.core.ad import LabDirectory
 from cmglab.core.labconfig import load_config
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
+from tests.support.agent import messages, new_device, run
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -13,9 +13,9 @@ import pytest
 from cmglab.agent.ccm.state import ClientState
 from cmglab.agent.ccm.tokens import TokenCache
 from cmglab.agent.device import Device
-from cmglab.agent.testing import assert_lines, log_of, new_device, run
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
+from tests.support.agent import assert_lines, log_of, new_device, run
 
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cmglab.agent.testing import assert_lines
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
+from tests.support.agent import assert_lines
 from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup, joined_device
 from tests.test_client_failures import assert_clean, install
 

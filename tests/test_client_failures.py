@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from cmglab.agent.device import Device
-from cmglab.agent.testing import assert_lines, log_of, new_device, run
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
+from tests.support.agent import assert_lines, log_of, new_device, run
 from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup, joined_device
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from cmglab.agent.ccm.state import ClientState
-from cmglab.agent.testing import assert_lines, new_device, run
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
+from tests.support.agent import assert_lines, new_device, run
 
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 

@@ -13,9 +13,9 @@ from cmglab.agent import prt
 from cmglab.agent.device import Device
 from cmglab.agent.entra import EntraClient
 from cmglab.agent.network import DeviceNetwork
-from cmglab.agent.testing import messages, new_device, run
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
+from tests.support.agent import messages, new_device, run
 
 
 @pytest.fixture(scope="module", autouse=True)

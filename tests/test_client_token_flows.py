@@ -11,9 +11,9 @@ import pytest
 from cmglab.agent.ccm.state import ClientState
 from cmglab.agent.ccm.tokens import ClientTokenStore
 from cmglab.agent.device import Device
-from cmglab.agent.testing import assert_lines, log_of, new_device, run
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
+from tests.support.agent import assert_lines, log_of, new_device, run
 from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup
 from tests.test_client_failures import assert_clean, new_bulk_token
 

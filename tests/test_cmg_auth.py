@@ -25,10 +25,10 @@ from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client, new_lab
+from tests.support.threaded import ThreadedService
 from tests.test_cmg_channel import FAST_ENV, channel_up, cmg_points, proxy_url, wait_for
 from tests.test_cmg_flows import cmg_health, cmg_requests, mp_requests, new_bulk_token
 from tests.test_mp_support import Device, ccm_post
-from tests.threaded import ThreadedService
 
 REAL_ENTRA = (Path(__file__).parent.parent / "cmglab" / "services" / "entra" / "service.py").exists()
 

@@ -29,7 +29,7 @@ from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.services.cmg.app import AnyMethod
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client, new_lab
-from tests.threaded import ThreadedService
+from tests.support.threaded import ThreadedService
 
 PATHS = ["CCM_STS", "ccm_system/request", "ccm_system_tokenauth/request", "echo", "slow", "big", "drip"]
 FAST_ENV = {

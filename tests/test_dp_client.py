@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cmglab.agent.testing import assert_lines, log_of, new_device, run
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
+from tests.support.agent import assert_lines, log_of, new_device, run
 
 
 @pytest.fixture(scope="module", autouse=True)

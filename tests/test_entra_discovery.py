@@ -14,7 +14,7 @@ from cryptography import x509
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire.entra_tokens import EntraKeys
-from tests.entra_device import DRS_RESOURCE, EntraClient, entra_client
+from tests.support.entra_device import DRS_RESOURCE, EntraClient, entra_client
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from cmglab.pki.labpki import MS_ORG_ACCESS_NAME
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import new_lab
-from tests.entra_device import (
+from tests.support.entra_device import (
     CONFIGMGR_CLIENT,
     EntraClient,
     Joined,

@@ -22,8 +22,8 @@ from cmglab.runtime.lab import Lab
 from cmglab.services.entra.federation import FederationKey, FederationService
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import prt_crypto
-from tests.entra_device import DRS_RESOURCE, EntraClient, Joined, claims, entra_client, join_body, new_key
-from tests.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
+from tests.support.entra_device import DRS_RESOURCE, EntraClient, Joined, claims, entra_client, join_body, new_key
+from tests.support.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
 
 SAML11 = "urn:ietf:params:oauth:grant-type:saml1_1-bearer"
 

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
-from tests.entra_device import (
+from tests.support.entra_device import (
     DRS_RESOURCE,
     EntraClient,
     bcrypt_blob_b64,

@@ -24,7 +24,15 @@ from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import prt_crypto
 from tests.conftest import lab_client
-from tests.entra_device import CONFIGMGR_CLIENT, JWT_BEARER, EntraClient, claims, entra_client, join_body, new_key
+from tests.support.entra_device import (
+    CONFIGMGR_CLIENT,
+    JWT_BEARER,
+    EntraClient,
+    claims,
+    entra_client,
+    join_body,
+    new_key,
+)
 
 WINDOWS_SIGN_IN = "38aa3b87-a06d-4817-b275-7a316988d93b"
 CONFIGMGR = "https://ConfigMgrService"

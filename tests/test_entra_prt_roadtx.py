@@ -14,8 +14,8 @@ import pytest
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
-from tests.entra_device import CONFIGMGR_CLIENT, DRS_RESOURCE, claims
-from tests.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
+from tests.support.entra_device import CONFIGMGR_CLIENT, DRS_RESOURCE, claims
+from tests.support.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
 
 pytestmark = pytest.mark.netns
 

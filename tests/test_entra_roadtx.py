@@ -1,6 +1,6 @@
 """ROADtools roadtx, unmodified, against the lab: it hard-codes login.microsoftonline.com and
 enterpriseregistration.windows.net, so it runs with those names resolved to the lab's Entra on 443
-(tests/resolved_names.py) and the lab CA in REQUESTS_CA_BUNDLE."""
+(tests/support/resolved_names.py) and the lab CA in REQUESTS_CA_BUNDLE."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from cryptography.x509.oid import NameOID
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
-from tests.entra_device import CONFIGMGR_CLIENT, DRS_RESOURCE, claims, self_signed
-from tests.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
+from tests.support.entra_device import CONFIGMGR_CLIENT, DRS_RESOURCE, claims, self_signed
+from tests.support.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
 
 pytestmark = pytest.mark.netns
 

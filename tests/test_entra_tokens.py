@@ -16,7 +16,7 @@ import pytest
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
-from tests.entra_device import (
+from tests.support.entra_device import (
     AAD_POWERSHELL,
     CONFIGMGR_CLIENT,
     EntraClient,
@@ -24,7 +24,7 @@ from tests.entra_device import (
     device_token_request,
     entra_client,
 )
-from tests.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
+from tests.support.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
 
 CONFIGMGR = "https://ConfigMgrService"
 

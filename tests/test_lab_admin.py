@@ -13,7 +13,7 @@ from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.wire import httpclient
 from tests.conftest import new_lab, reserve_ports
-from tests.threaded import ThreadedService
+from tests.support.threaded import ThreadedService
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import hashlib
 import pytest
 
 from cmglab.runtime.lab import Lab
-from cmglab.services.management_point.content import read_cab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
+from cmglab.wire.cabinet import read_cab
 from tests.test_mp_support import Device, ccm_post, client, http_url, https_url, reply_body, set_site, wait_log
 
 SITE_INFO = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="MEM"/></SiteInformationRequest>'

@@ -11,10 +11,10 @@ from typing import Any
 import jwt
 import pytest
 
-from cmglab.agent.testing import run
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
+from tests.support.agent import run
 from tests.test_mp_support import (
     Device,
     ccm_post,

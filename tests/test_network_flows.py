@@ -23,7 +23,7 @@ import pytest
 from cmglab.runtime.lab import Lab
 from cmglab.tools import orchestrate
 from cmglab.tools.processes import isolated_lab
-from tests.netns import Host, Topology, netns_available
+from tests.support.netns import Host, Topology, netns_available
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(not netns_available(), reason="needs root and `ip netns` (CI runs as root)")]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cmglab.agent.testing import log_of, new_device, run
 
 from cmglab.agent.device import Device
-from cmglab.agent.testing import log_of, new_device, run
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client

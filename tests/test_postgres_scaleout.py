@@ -24,7 +24,6 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from cmglab.agent.testing import log_of, new_device, run
 from cmglab.core.settings import Settings
 from cmglab.runtime.db import make_engine
 from cmglab.runtime.lab import Lab
@@ -34,6 +33,7 @@ from cmglab.services.management_point.store import Store as MPStore
 from cmglab.tools.fleet import runner
 from cmglab.tools.processes import LabProcesses, isolated_lab
 from tests.conftest import lab_client
+from tests.support.agent import log_of, new_device, run
 from tests.test_client_entra_install import ccmsetup
 from tests.test_mp_support import Device, lab_rows, register
 

@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from cmglab.agent.testing import run
 from cmglab.core.labconfig import load_config, save_config
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
 from tests.conftest import lab_client
+from tests.support.agent import run
 
 
 @pytest.fixture(scope="module")

@@ -213,3 +213,12 @@ class Device:
 
     def close_logs(self) -> None:
         close_file_loggers(self.home)
+
+
+MACHINE_ACCOUNT_PURPOSE = "LSA machine account"
+
+
+def machine_account(device: Device) -> dict[str, str] | None:
+    """The computer's machine account secret (the LSA's), when it joined the domain."""
+    value = device.dpapi.load(device.home / "State" / "LSA" / "machine.bin", MACHINE_ACCOUNT_PURPOSE)
+    return value if isinstance(value, dict) else None

@@ -2,61 +2,70 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shlex
-from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
-from cmglab.core.settings import Settings
 from cmglab.pki.labpki import PKIError
 from cmglab.runtime.lab import Lab, LabNotInitialised
+from cmglab.tools import clients_cli, contentcli, devicecli, entracli
 from cmglab.tools.bench.cli import bench as bench_command
 from cmglab.tools.bulk_token_cli import bulk_token_app
+from cmglab.tools.fleet import cli as fleet_cli
+from cmglab.tools.labdir import DEFAULT_LAB, LabOption, console, load_lab
 from cmglab.tools.output import print_rows, print_value
 from cmglab.tools.processes import SERVICES
 from cmglab.tools.sitecli import print_site, site_app, site_view, tenant_app
+
+if TYPE_CHECKING:  # uvicorn is imported only by `cmglab serve`
+    from cmglab.runtime.server import Service
 
 app = typer.Typer(help="cmglab: an Entra ID + ConfigMgr CMG/MP lab.", no_args_is_help=True,
                   add_completion=False)
 pki_app = typer.Typer(help="The lab PKI: CAs, certificates, CRLs.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
-app.add_typer(importlib.import_module("cmglab.tools.devicecli").app, name="device")
-app.add_typer(importlib.import_module("cmglab.tools.entracli").app, name="entra")
+app.add_typer(devicecli.app, name="device")
+app.add_typer(entracli.app, name="entra")
 app.add_typer(bulk_token_app, name="bulk-token")
-app.add_typer(importlib.import_module("cmglab.tools.clients_cli").app, name="clients")
-app.add_typer(importlib.import_module("cmglab.tools.contentcli").app, name="content")
+app.add_typer(clients_cli.app, name="clients")
+app.add_typer(contentcli.app, name="content")
 app.add_typer(site_app, name="site")
 app.add_typer(tenant_app, name="tenant")
 app.command("bench")(bench_command)
-app.add_typer(importlib.import_module("cmglab.tools.fleet.cli").app, name="fleet")
-console = Console()
+app.add_typer(fleet_cli.app, name="fleet")
 
-SERVICE_MODULES = {
-    "entra": "cmglab.services.entra.service",
-    "cmg": "cmglab.services.cmg.service",
-    "cmg-connection-point": "cmglab.services.cmg_connection_point.service",
-    "management-point": "cmglab.services.management_point.service",
-    "pki": "cmglab.services.crl_host.service",
-    "console": "cmglab.services.console.service",
-    "distribution-point": "cmglab.services.distribution_point.service",
-}
-
-LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
-DEFAULT_LAB = Path(".cmglab")
+SERVICES_RUN = ("entra", "cmg", "cmg-connection-point", "management-point", "pki", "console", "distribution-point")
 
 
-def load_lab(lab_dir: Path) -> Lab:
-    try:
-        return Lab.load(lab_dir, Settings(lab_dir=lab_dir))
-    except LabNotInitialised as e:
-        console.print(str(e), style="red", markup=False, soft_wrap=True)
-        raise typer.Exit(2) from e
-
+def service_builder(name: str) -> Callable[[Lab], Service]:
+    """The `build` of the service `cmglab serve NAME` runs, imported only then (each pulls in its own stack)."""
+    match name:
+        case "entra":
+            from cmglab.services.entra.service import build as entra
+            return entra
+        case "cmg":
+            from cmglab.services.cmg.service import build as cmg
+            return cmg
+        case "cmg-connection-point":
+            from cmglab.services.cmg_connection_point.service import build as connection_point
+            return connection_point
+        case "management-point":
+            from cmglab.services.management_point.service import build as management_point
+            return management_point
+        case "pki":
+            from cmglab.services.crl_host.service import build as crl_host
+            return crl_host
+        case "console":
+            from cmglab.services.console.service import build as console_service
+            return console_service
+        case "distribution-point":
+            from cmglab.services.distribution_point.service import build as distribution_point
+            return distribution_point
+    raise KeyError(name)
 
 @app.command()
 def init(lab: LabOption = DEFAULT_LAB,
@@ -164,14 +173,14 @@ def info(lab: LabOption = DEFAULT_LAB,
 
 
 @app.command()
-def serve(service: Annotated[str, typer.Argument(help=" | ".join(SERVICE_MODULES))],
+def serve(service: Annotated[str, typer.Argument(help=" | ".join(SERVICES_RUN))],
           lab: LabOption = DEFAULT_LAB,
           workers: Annotated[int | None, typer.Option(
               help="Worker processes on the same listeners (entra, management-point, pki); default "
                    "CMGLAB_WORKERS or 1.")] = None) -> None:
     """Run one lab service in the foreground (what `cmglab up` and the compose lab start)."""
-    if service not in SERVICE_MODULES:
-        console.print(f"[red]unknown service {service!r}; one of {', '.join(SERVICE_MODULES)}[/red]")
+    if service not in SERVICES_RUN:
+        console.print(f"[red]unknown service {service!r}; one of {', '.join(SERVICES_RUN)}[/red]")
         raise typer.Exit(2)
     from cmglab.runtime.workers import MULTI_WORKER
 
@@ -184,8 +193,7 @@ def serve(service: Annotated[str, typer.Argument(help=" | ".join(SERVICE_MODULES
     the_lab = load_lab(lab)
     from cmglab.runtime.server import run_service
 
-    module = importlib.import_module(SERVICE_MODULES[service])
-    run_service(module.build(the_lab), access_log=the_lab.settings.access_log,
+    run_service(service_builder(service)(the_lab), access_log=the_lab.settings.access_log,
                 worker_argv=["-m", "cmglab", "serve", service, "--lab", str(the_lab.dir)])
 
 
@@ -352,7 +360,7 @@ def status(lab: LabOption = DEFAULT_LAB,
 
 
 @app.command()
-def health(service: Annotated[str, typer.Argument(help=" | ".join(SERVICE_MODULES))],
+def health(service: Annotated[str, typer.Argument(help=" | ".join(SERVICES_RUN))],
            lab: LabOption = DEFAULT_LAB,
            address: Annotated[str | None, typer.Option(
                help="Ask the process at this address, not whichever the service's name resolves to "
@@ -360,7 +368,7 @@ def health(service: Annotated[str, typer.Argument(help=" | ".join(SERVICE_MODULE
     """Exit 0 when SERVICE answers /_lab/health (the compose health checks use this)."""
     from cmglab.tools import orchestrate
 
-    if service not in SERVICE_MODULES:
+    if service not in SERVICES_RUN:
         console.print(f"[red]unknown service {service!r}[/red]")
         raise typer.Exit(2)
     state = orchestrate.health(load_lab(lab), (service,), address)[service]

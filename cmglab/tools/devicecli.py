@@ -15,9 +15,8 @@ import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from cmglab.agent.ccm.client import MACHINE_ACCOUNT_PURPOSE
 from cmglab.agent.certstore import MY, ROOT
-from cmglab.agent.device import Device, DeviceError, computer_name_for
+from cmglab.agent.device import MACHINE_ACCOUNT_PURPOSE, Device, DeviceError, computer_name_for
 from cmglab.core.ad import LabDirectory, ad_path
 from cmglab.core.labconfig import DomainAccount, load_config, save_config
 from cmglab.core.settings import Settings

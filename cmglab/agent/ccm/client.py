@@ -38,13 +38,12 @@ from cmglab.agent.ccm.state import (
 )
 from cmglab.agent.ccm.tokens import ClientTokenStore, StsError, TokenCache, local_time, request_ccm_token
 from cmglab.agent.certstore import StoredCert
-from cmglab.agent.device import SYSTEM_SID, Device
+from cmglab.agent.device import SYSTEM_SID, Device, machine_account
 from cmglab.agent.network import DeviceNetwork, NetworkError, classify
 from cmglab.agent.settings import AgentSettings
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire import tracing
 
-MACHINE_ACCOUNT_PURPOSE = "LSA machine account"
 CCM_E_TRANSIENT = 0x87D00231  # what CcmMessaging reports for a post that failed ("Post to ... failed with")
 # the WinHTTP error names CCMHTTP logs for a request that got no answer (HRESULT_FROM_WIN32 low word)
 _WINHTTP_NAMES = {12002: "ERROR_WINHTTP_TIMEOUT", 12029: "ERROR_WINHTTP_CANNOT_CONNECT",
@@ -81,11 +80,6 @@ class Reply:
 def host_line(prefix: str, mp: ManagementPoint, path: str, token_auth: bool, flags: str, options: str) -> str:
     return (f"{prefix}: Host={mp.host}, Path={path}, Port={mp.port}, Protocol={mp.scheme}, "
             f"CcmTokenAuth={int(token_auth)}, Flags={flags}, Options={options}")
-
-
-def machine_account(device: Device) -> dict[str, str] | None:
-    value = device.dpapi.load(device.home / "State" / "LSA" / "machine.bin", MACHINE_ACCOUNT_PURPOSE)
-    return value if isinstance(value, dict) else None
 
 
 class CcmClient:

@@ -24,9 +24,10 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from cmglab.agent.ccm.client import CcmClient, MessagingError, machine_account
+from cmglab.agent.ccm.client import CcmClient, MessagingError
 from cmglab.agent.ccm.location import ContentLocation, package_locations
 from cmglab.agent.ccm.state import ManagementPoint
+from cmglab.agent.device import machine_account
 
 E_HASH_MISMATCH = 0x80091007  # CRYPT_E_HASH_VALUE
 E_ACCESS_DENIED = 0x80190191  # BG_E_HTTP_ERROR_401

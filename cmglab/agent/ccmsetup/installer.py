@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,15 +19,16 @@ from xml.etree.ElementTree import Element
 import httpx
 
 from cmglab.agent.adal import Logs
-from cmglab.agent.ccm.client import CcmClient, MessagingError, TokenUnavailable, machine_account
+from cmglab.agent.ccm.client import CcmClient, MessagingError, TokenUnavailable
 from cmglab.agent.ccm.location import content_locations, site_info
 from cmglab.agent.ccm.registration import ClientIDManager, RegistrationFailed
 from cmglab.agent.ccm.state import AAD, BULK, DOMAIN, PKI, SELF_SIGNED, TOKEN, ClientState, ManagementPoint
 from cmglab.agent.ccm.tokens import ClientTokenStore
 from cmglab.agent.ccmsetup.cmdline import CcmSetupArgs, ExitCode
-from cmglab.agent.device import Device
+from cmglab.agent.device import Device, machine_account
 from cmglab.agent.dsregcmd.join import join_state
 from cmglab.agent.network import CRYPT_E_REVOCATION_OFFLINE, CRYPT_E_REVOKED, DeviceNetwork, NetworkError, classify
+from cmglab.wire.cabinet import read_cab
 from cmglab.wire.ccm_messaging import parse_xml
 
 
@@ -48,29 +48,6 @@ class Package:
     version: str
     product_code: str
     msi: Any
-
-
-def read_cab(blob: bytes) -> dict[str, bytes]:
-    """Files of an uncompressed single-folder cabinet (MS-CAB: CFHEADER, CFFOLDER, CFFILE, CFDATA)."""
-    if blob[:4] != b"MSCF":
-        raise ValueError("not a cabinet (no MSCF signature)")
-    coff_files = struct.unpack_from("<I", blob, 16)[0]
-    n_files = struct.unpack_from("<H", blob, 28)[0]
-    first_data, n_blocks, compression = struct.unpack_from("<IHH", blob, 36)
-    if compression != 0:
-        raise ValueError("compressed cabinets are not supported")
-    pos, entries = coff_files, []
-    for _ in range(n_files):
-        size, off = struct.unpack_from("<II", blob, pos)
-        end = blob.index(b"\x00", pos + 16)
-        entries.append((blob[pos + 16:end].decode("ascii"), size, off))
-        pos = end + 1
-    data, pos = b"", first_data
-    for _ in range(n_blocks):
-        _, cb, _ = struct.unpack_from("<IHH", blob, pos)
-        data += blob[pos + 8:pos + 8 + cb]
-        pos += 8 + cb
-    return {name: data[off:off + size] for name, size, off in entries}
 
 
 class Installer:

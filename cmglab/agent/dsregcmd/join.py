@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from cmglab.agent import prt as prts
 from cmglab.agent.certstore import MY
-from cmglab.agent.device import Device
+from cmglab.agent.device import Device, machine_account
 from cmglab.agent.entra import (
     BROKER_CLIENT_ID,
     DRS_RESOURCE,
@@ -228,8 +228,6 @@ class Joiner:
         """Seed 002, federated hybrid: the computer authenticates to the federation service with its machine
         account (windowstransport) and gets its on-premises claims (accounttype DJ, onpremobjectguid,
         primarysid); Entra turns them into a DRS token; the join (JoinType 6) needs no Entra Connect sync."""
-        from cmglab.agent.ccm.client import machine_account  # the LSA secret (ccm imports this module)
-
         account = machine_account(self.device)
         if account is None:
             raise JoinError("this computer has no machine account secret: join the domain again")

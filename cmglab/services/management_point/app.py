@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from cmglab.runtime.admin import install_lab_admin
+from cmglab.runtime.client_package import build_package
 from cmglab.services.management_point import routes_lab, routes_messaging, routes_site, routes_sms_mp
-from cmglab.services.management_point.content import build_package
 from cmglab.services.management_point.errors import install_error_handler
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.sts import TokenService

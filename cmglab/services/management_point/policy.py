@@ -19,6 +19,7 @@ from cryptography import x509
 
 from cmglab.services.management_point import policy_crypto
 from cmglab.services.management_point.parts import Parts
+from cmglab.services.management_point.registration import normalise_sms_id
 from cmglab.services.management_point.store import NOT_APPROVED, Client, utcnow
 from cmglab.wire.ccm_messaging import (
     CcmMessage,
@@ -53,8 +54,6 @@ def verify_signed_message(mp: Parts, msg: CcmMessage) -> SignedClient | None:
     if not h.source_id or auth is None or not auth.get("PayloadSignature"):
         log.warning(f"Message {h.id} to {h.target_endpoint} is not signed (no clientauth hook / SourceID)")
         return None
-    from cmglab.services.management_point.registration import normalise_sms_id
-
     sms_id = normalise_sms_id(h.source_id)
     client = mp.store.get_client(sms_id) if sms_id else None
     if client is None or sms_id is None:

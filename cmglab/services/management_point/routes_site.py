@@ -9,8 +9,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
-from cmglab.services.management_point.content import FILES, package_dir
-from cmglab.services.management_point.content import manifest as package_manifest
+from cmglab.runtime.client_package import FILES, package_dir
+from cmglab.runtime.client_package import manifest as package_manifest
 from cmglab.services.management_point.errors import HTTPError, STSError
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.sts import STSRequest, TokenService

@@ -38,8 +38,8 @@ def fleet(ctx: typer.Context, lab: LabOption = Path(".cmglab"),
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cmglab.tools.cli import load_lab
     from cmglab.tools.fleet import runner, summary
+    from cmglab.tools.labdir import load_lab
     from cmglab.tools.orchestrate import health
     from cmglab.tools.processes import LabProcesses
 
@@ -109,7 +109,7 @@ def export(address: Annotated[str, typer.Option(help="The lab machine's address 
     """What a Locust worker on another machine needs of the lab: lab.json, the CA bundle and a hosts file
     mapping every lab name to ADDRESS. No CA or service keys, no admin token (lab.json has the lab users'
     passwords: devices join with them)."""
-    from cmglab.tools.cli import load_lab
+    from cmglab.tools.labdir import load_lab
 
     the_lab = load_lab(lab)
     (out / "pki").mkdir(parents=True, exist_ok=True)
