@@ -15,12 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cmglab.agent.testing import log_of, new_device, run
 
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.conftest import lab_client
+from tests.support.agent import log_of, new_device, run
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NEEDED = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cmglab.agent.device import Device
-from cmglab.agent.testing import messages, new_device, run
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
+from tests.support.agent import messages, new_device, run
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "seed-log-lines.md"
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
