@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("ceiling", "services", "cmg_path", "onboarding", "connections", "profiles", "storm")
+SECTIONS = ("ceiling", "services", "cmg_path", "onboarding", "connections", "profiles", "storm", "workers")
 
 
 def only_ok(rows: list[dict[str, Any]]) -> None:
@@ -53,6 +53,10 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     storms = report["storm"]["rows"]
     assert [r["kind"] for r in storms] == ["silent", "half ClientHello", "whole ClientHello"]
     assert all(r["connections"] == 200 and r["real_client_served"] and r["rss_after_mb"] > 0 for r in storms)
+
+    scaled = report["workers"]["rows"]
+    assert sorted({r["workers"] for r in scaled}) == [1, 2] and all(r["scaling"] for r in scaled)
+    only_ok(scaled)
 
     profiles = report["profiles"]
     assert profiles["profiled"] == [] and "Not profiled" in profiles["note"]

@@ -1,11 +1,11 @@
 """Several worker processes on one listener (issue 20): `cmglab serve entra --workers 2` serves from two
 processes on the same socket, each able to answer alone; stopping the first stops all; killing it outright
-takes the others with it; services that keep state in one process refuse --workers."""
+takes the others with it (nothing left listening); services that keep state in one process refuse --workers."""
 
 from __future__ import annotations
 
 import os
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cmglab.core.labconfig import Ports
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses, isolated_lab
+from cmglab.runtime.sockets import PORT_IN_USE_EXIT, reserve_ports
+from cmglab.tools.processes import LabProcesses, isolated_lab, listening_on
 from tests.conftest import lab_client
 
 AAD_POWERSHELL = "1b730954-1685-4b74-9bfd-dac224a7b894"
@@ -66,18 +68,26 @@ def token(lab: Lab) -> int:
             "username": user.upn, "password": user.password}).status_code
 
 
+def sockets_of(pid: int) -> int:
+    fd_dir = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fd_dir.iterdir() if os.readlink(fd).startswith("socket:"))
+
+
 def test_two_workers_serve_one_listener(workers_lab: Lab, entra: LabProcesses) -> None:
+    """Each worker listens on a socket of its own (SO_REUSEPORT): the kernel spreads 32 connections over both
+    (all 32 on one: odds 2^-31), and requests on new connections are all answered."""
     first = entra.procs["entra"].proc.pid
-    wait_until(lambda: len(children(first)) == 1, "a second worker")
     (second,) = children(first)
+    before = {pid: sockets_of(pid) for pid in (first, second)}
+    held = [socket.create_connection(("127.0.0.1", workers_lab.port("entra"))) for _ in range(32)]
+    try:
+        wait_until(lambda: sum(sockets_of(p) - n for p, n in before.items()) >= 32, "32 connections accepted")
+        assert all(sockets_of(pid) > before[pid] for pid in (first, second))
+    finally:
+        for s in held:
+            s.close()
     with ThreadPoolExecutor(4) as pool:
         assert set(pool.map(lambda _: token(workers_lab), range(12))) == {200}
-    for paused in (first, second):  # the other one alone serves the listener
-        os.kill(paused, signal.SIGSTOP)
-        try:
-            assert token(workers_lab) == 200
-        finally:
-            os.kill(paused, signal.SIGCONT)
     entra.stop("entra")
     assert gone(first) and gone(second)
 
@@ -96,3 +106,24 @@ def test_stateful_services_refuse_workers(workers_lab: Lab) -> None:
     run = subprocess.run([sys.executable, "-m", "cmglab", "serve", "cmg", "--workers", "2",
                           "--lab", str(workers_lab.dir)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "one process" in run.stdout + run.stderr
+
+
+def test_a_second_lab_with_workers_on_the_same_port_is_refused(tmp_path: Path) -> None:
+    """Workers listen with SO_REUSEPORT, which would let a second lab's workers join the same port and take
+    half its connections: a lock per port refuses it, with the usual one line."""
+    (port,) = reserve_ports(1)  # held here; the services below are started without it, as a user would
+    lab = Lab.init(tmp_path / "lab", ports=Ports(pki=port))[0]
+    argv = [sys.executable, "-m", "cmglab", "serve", "pki", "--workers", "2", "--lab", str(lab.dir)]
+    env = {**os.environ, "CMGLAB_LAB_DIR": str(lab.dir)}
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: listening_on(port) == 2, "two workers listening")
+        for again in (argv, argv[:5] + argv[7:]):  # with workers, and without
+            run = subprocess.run(again, env=env, capture_output=True, text=True, timeout=60)
+            assert run.returncode == PORT_IN_USE_EXIT, run.stderr
+            assert f"port {port}" in run.stderr and "Traceback" not in run.stderr
+        assert listening_on(port) == 2
+    finally:
+        first.terminate()
+        first.wait(15)
+    wait_until(lambda: listening_on(port) == 0, "all workers gone")

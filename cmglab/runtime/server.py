@@ -155,9 +155,10 @@ def _config(listener: Listener, access_log: bool, limits: Limits) -> uvicorn.Con
 _inherited: dict[tuple[str, int], socket.socket] | None = None
 
 
-def listening_sockets(service: Service) -> list[socket.socket]:
+def listening_sockets(service: Service, shared: bool = False) -> list[socket.socket]:
     """One bound socket per listener: handed over by the parent (`CMGLAB_LISTEN_FDS`), made on a port this
-    process reserved, or bound here. Handed-over sockets this service does not use are closed."""
+    process reserved, or bound here (`shared`: for several workers). Handed-over sockets this service does not
+    use are closed."""
     global _inherited
     if _inherited is None:
         _inherited = sockets.inherited_sockets()
@@ -165,8 +166,8 @@ def listening_sockets(service: Service) -> list[socket.socket]:
     try:
         for listener in service.listeners:
             where = (listener.host, listener.port)
-            sock = (_inherited.pop(where, None) or sockets.claim(*where)
-                    or sockets.bind_listener(listener.host, listener.port, listener.name))
+            bind = sockets.bind_shared if shared else sockets.bind_listener
+            sock = _inherited.pop(where, None) or sockets.claim(*where) or bind(*where, listener.name)
             made.append(sock)
     except BaseException:
         for s in made:
@@ -183,8 +184,8 @@ async def serve(service: Service, *, access_log: bool = False, stop: asyncio.Eve
     """Serve SERVICE until STOP (or SIGINT/SIGTERM). With `worker_argv` (how to start this service again) and
     settings.workers > 1, that many more processes serve the same sockets (cmglab/runtime/workers.py)."""
     settings = settings or Settings()
-    bound = listening_sockets(service)
     count = workers.effective_workers(service.name, settings.workers) if worker_argv else 1
+    bound = listening_sockets(service, shared=count > 1)
     children = workers.start_workers(count - 1, bound, worker_argv) if count > 1 else []
     if children:
         log.info("%s: %d workers on the same listeners (pids %s and this one, %d)", service.name, count,

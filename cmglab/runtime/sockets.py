@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 PORT_IN_USE_EXIT = 98  # EADDRINUSE: the exit code of a service whose port is taken (its one line says which)
 FDS_ENV = "CMGLAB_LISTEN_FDS"  # "HOST:PORT=FD,HOST:PORT=FD": sockets handed over by the parent process
@@ -130,6 +133,37 @@ def bind_listener(host: str, port: int, service: str) -> socket.socket:
             raise PortInUse(host, port, service) from None
         raise
     return s
+
+
+_locks: list[int] = []
+
+
+def bind_shared(host: str, port: int, service: str) -> socket.socket:
+    """For a service with several workers, each on a socket of its own (SO_REUSEPORT: the kernel spreads the
+    connections over them; one shared socket gave one worker all 16 of 16). SO_REUSEPORT would also let a
+    second lab with workers on the same port join silently, so a lock file per port stands in for the
+    exclusive bind: held by this process while it lives."""
+    lock_dir = Path(tempfile.gettempdir()) / f"cmglab-ports-{os.getuid()}"
+    lock_dir.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(lock_dir / f"{host.replace(':', '_')}-{port}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        s = _reuseport_socket(host, port)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EADDRINUSE, errno.EWOULDBLOCK):
+            raise PortInUse(host, port, service) from None
+        raise
+    _locks.append(fd)
+    return s
+
+
+def sibling(sock: socket.socket) -> socket.socket:
+    """Another socket on SOCK's address for a worker: its own (SO_REUSEPORT) when SOCK allows it, else SOCK."""
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+        return sock
+    host, port = sock.getsockname()[:2]
+    return _reuseport_socket(host, port)
 
 
 def free_port_now(host: str = "127.0.0.1") -> int:

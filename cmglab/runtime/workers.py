@@ -1,10 +1,10 @@
 """N worker processes on one listener (pre-forked socket): `cmglab serve entra --workers 2` / CMGLAB_WORKERS.
 
-The first process binds the listening sockets (or takes the ones it was handed), starts N-1 more copies of
-itself that inherit exactly those sockets, and serves as worker 0. Every worker accepts on the same sockets:
-the kernel wakes them in turn and each takes one connection at a time (cmglab/runtime/acceptor.py), so a busy
-worker takes fewer. Stopping the first stops the others; if it is killed outright the others get SIGTERM from
-the kernel (PR_SET_PDEATHSIG) and stop too.
+The first process binds the listening sockets (or takes the ones it was handed) with SO_REUSEPORT, starts
+N-1 more copies of itself, each handed sockets of its own on the same addresses, and serves as worker 0: the
+kernel spreads new connections over the workers' sockets. (One shared socket was tried first: whichever
+process the kernel woke first took every connection, 16 of 16.) Stopping the first stops the others; if it is
+killed outright the others get SIGTERM from the kernel (PR_SET_PDEATHSIG) and stop too.
 
 Only services whose state lives in their database may run several workers (`MULTI_WORKER`): Entra and the MP
 (and the CRL host, which serves files). The CMG and the connection point hold their channels in one process,
@@ -25,7 +25,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from cmglab.runtime.sockets import FDS_ENV
+from cmglab.runtime import sockets
 
 log = logging.getLogger("cmglab.workers")
 
@@ -56,14 +56,20 @@ def die_with_parent() -> None:
 
 
 def start_workers(count: int, socks: Sequence[socket.socket], argv: Sequence[str]) -> list[subprocess.Popen[bytes]]:
-    """Workers 1..count, each `python ARGV` handed SOCKS (the very same listening sockets)."""
-    spec = ",".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}={s.fileno()}" for s in socks)
+    """Workers 1..count, each `python ARGV` handed a socket of its own on each of SOCKS' addresses."""
     children = []
     for index in range(1, count + 1):
-        env = {**os.environ, FDS_ENV: spec, "CMGLAB_WORKERS": "1", WORKER_OF_ENV: str(os.getpid()),
+        own = [sockets.sibling(s) for s in socks]
+        spec = ",".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}={s.fileno()}" for s in own)
+        env = {**os.environ, sockets.FDS_ENV: spec, "CMGLAB_WORKERS": "1", WORKER_OF_ENV: str(os.getpid()),
                WORKER_INDEX_ENV: str(index)}
-        children.append(subprocess.Popen([sys.executable, *argv], env=env, pass_fds=[s.fileno() for s in socks],
-                                         stdin=subprocess.DEVNULL))
+        try:
+            children.append(subprocess.Popen([sys.executable, *argv], env=env, pass_fds=[s.fileno() for s in own],
+                                             stdin=subprocess.DEVNULL))
+        finally:
+            for mine, theirs in zip(socks, own, strict=True):
+                if theirs is not mine:
+                    theirs.close()
     return children
 
 

@@ -6,6 +6,7 @@ a user does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,6 +39,19 @@ def isolated_lab(path: Path) -> Lab:
                   distribution_point=p[8], distribution_point_http=p[9])
     lab, _ = Lab.init(path, ports=ports)
     return lab
+
+
+def listening_on(port: int) -> int:
+    """How many sockets listen on PORT in this network namespace (one per worker: /proc/net/tcp)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
 
 
 class ServiceFailed(RuntimeError):
@@ -157,7 +171,7 @@ class LabProcesses:
                             raise ServiceFailed(sp.output().strip().splitlines()[-1])
                         raise ServiceFailed(f"{name} exited with {sp.proc.returncode}:\n{sp.output()[-3000:]}")
                     try:
-                        if c.get(self.health_url(name)).status_code == 200:
+                        if c.get(self.health_url(name)).status_code == 200 and self._all_workers_listen(name):
                             break
                     except httpx.HTTPError:
                         pass
@@ -165,6 +179,12 @@ class LabProcesses:
                         tail = sp.output()[-3000:] if sp else ""
                         raise ServiceFailed(f"{name} not healthy after {timeout}s:\n{tail}")
                     time.sleep(0.1)
+
+    def _all_workers_listen(self, name: str) -> bool:
+        """Healthy is one worker answering: with several, wait until each listens on its own socket."""
+        if self.workers < 2 or name not in MULTI_WORKER:
+            return True
+        return listening_on(self.lab.port(name)) >= self.workers
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
         sp = self.procs.pop(name, None)

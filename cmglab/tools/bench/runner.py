@@ -15,7 +15,7 @@ from typing import Any
 
 from cmglab.runtime import sockets
 from cmglab.runtime.lab import Lab
-from cmglab.tools.bench import held, hotspots, loadgen, onboarding, procinfo, report, scenarios, storm
+from cmglab.tools.bench import held, hotspots, loadgen, onboarding, procinfo, report, scaling, scenarios, storm
 from cmglab.tools.bench.pinned import LOAD_CPU, SERVER_CPU, CpuMeter, pids, pin_command, pin_self, running
 from cmglab.wire import httpclient
 
@@ -137,4 +137,5 @@ def run(lab: Lab, out_dir: Path, opts: Options, *, port: int, pool: Path) -> tup
     sections["connections"] = held.connections_section(lab, opts.hold, opts.duration, nofile)
     sections["profiles"] = hotspots.section(profiles, sections)
     sections["storm"] = storm.storm_section(lab, opts.storm, nofile)
+    sections["workers"] = scaling.scaling_section(lab, opts.connections, opts.duration)
     return report.write(out_dir, sections, settings=asdict(opts))

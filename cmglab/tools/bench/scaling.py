@@ -1,0 +1,68 @@
+"""Section 8: one listener served by 1 and then 2 worker processes (`--workers`), Entra and the MP.
+
+Unlike the other sections nothing is pinned here: the workers may use every CPU, and so may the load
+generator, which shares them (on a 2-CPU machine it takes part of the second core, so 2x is out of reach by
+construction; the report gives the factor measured, not a goal met).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from cmglab.runtime.lab import Lab
+from cmglab.tools.bench import loadgen, scenarios
+from cmglab.tools.bench.pinned import CpuMeter
+from cmglab.tools.processes import LabProcesses
+
+COLUMNS = ["name", "workers", "requests", "errors", "rps", "p50_ms", "p99_ms", "server_cpu_ms", "scaling"]
+
+
+def worker_pids(procs: LabProcesses, names: tuple[str, ...]) -> dict[str, int]:
+    """Every worker of the named services: the first process and its children."""
+    found = {}
+    for name in names:
+        first = procs.procs[name].proc.pid
+        found[name] = first
+        children = Path(f"/proc/{first}/task/{first}/children").read_text().split()
+        found.update({f"{name}#{i}": int(pid) for i, pid in enumerate(children, 1)})
+    return found
+
+
+def _measure(s: scenarios.Scenario, pids: dict[str, int], connections: int, duration: float) -> dict[str, Any]:
+    def repeat(_i: int, request: loadgen.Request = s.request) -> loadgen.Request:
+        return request
+
+    asyncio.run(loadgen.run(s.name, s.target, repeat, connections=connections, duration=2))  # warm every worker
+    meter = CpuMeter(pids)
+    result = asyncio.run(loadgen.run(s.name, s.target, repeat, connections=connections, duration=duration))
+    return {**result.summary(), "server_cpu_ms": round(sum(meter.per_request(result.requests).values()), 2)}
+
+
+def scaling_section(lab: Lab, connections: int, duration: float, counts: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    pinned = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    rows: list[dict[str, Any]] = []
+    try:
+        for workers in counts:
+            procs = LabProcesses(lab, workers=workers)
+            try:
+                procs.ensure("pki", "entra", "management-point")
+                pids = worker_pids(procs, ("entra", "management-point"))
+                chosen = [scenarios.entra_token(lab), *scenarios.mp_direct(lab)[:2]]
+                rows += [{**_measure(s, pids, connections, duration), "workers": workers} for s in chosen]
+            finally:
+                procs.stop_all()
+    finally:
+        os.sched_setaffinity(0, pinned)
+    one = {r["name"]: r["rps"] for r in rows if r["workers"] == 1}
+    for r in rows:
+        r["scaling"] = round(r["rps"] / one[r["name"]], 2) if one.get(r["name"]) else None
+    return {"title": "8. Worker processes on one listener (Entra, MP): 1 and 2 workers",
+            "note": f"cmglab serve --workers N: N processes accept on the same socket. {connections} keep-alive "
+                    f"connections, {duration:g} s per row, nothing pinned: the workers and the load generator share "
+                    f"the machine's {os.cpu_count()} CPUs. scaling: rps over the same request with 1 worker. "
+                    "server_cpu_ms: CPU of every worker process per request.",
+            "columns": COLUMNS, "rows": rows}
