@@ -113,7 +113,7 @@ async def _latency(lab: Lab, label: str, duration: float) -> list[dict[str, Any]
 
 async def _measure(lab: Lab, cmg_pid: int, count: int, duration: float) -> dict[str, Any]:
     holder = scenarios.cmg_mutual_target(lab)
-    raw = scenarios.aad_auth_info(lab).encode(holder.host, keepalive=True)
+    raw = scenarios.aad_auth_info(lab).encode(holder.authority, keepalive=True)
     latency = await _latency(lab, "0", duration)
     rss_before = procinfo.rss_mb(cmg_pid)
     started = time.perf_counter()

@@ -22,6 +22,13 @@ class Target:
     host: str  # the real name: SNI, certificate check, Host header
     ctx: ssl.SSLContext | None
 
+    @property
+    def authority(self) -> str:
+        """The Host header a client sends: the name, and the port unless it is the scheme's default (the CMG
+        refuses a Host that does not name it, port included)."""
+        default = 443 if self.ctx is not None else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
 
 @dataclass
 class Request:
@@ -110,7 +117,7 @@ async def run(name: str, target: Target, make_request: Callable[[int], Request],
         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         while more():
             counter += 1
-            request = make_request(counter).encode(target.host, keepalive)
+            request = make_request(counter).encode(target.authority, keepalive)
             started = time.perf_counter()
             try:
                 if conn is None:

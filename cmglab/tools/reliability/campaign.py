@@ -13,16 +13,17 @@ import httpx
 from cmglab.core.labconfig import DRS_RESOURCE
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses, isolated_lab
-from cmglab.tools.reliability import corpus, invariants
+from cmglab.tools.reliability import corpus, invariants, transport
 from cmglab.tools.reliability.labview import SERVICES, LabView, lab_http, process_tracebacks
 from cmglab.tools.reliability.material import CertFiles, Material
-from cmglab.tools.reliability.report import Report
+from cmglab.tools.reliability.report import Report, ServiceTally
 
 LAB_SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 ENV = {
     "CMGLAB_REQUEST_LOG_SIZE": "1000000",  # keep every record of the run: the counts come from them
     "CMGLAB_MAX_BODY_BYTES": str(4 * 1024 * 1024),  # the size-cap probe stays cheap
     "CMGLAB_CHANNEL_HEARTBEAT": "2",
+    **transport.ENV,  # small head caps and timeouts: the listener attacks stay cheap
 }
 AAD_POWERSHELL = "1b730954-1685-4b74-9bfd-dac224a7b894"  # the public client dsregcmd's ROPC uses
 FUZZ_SHARE = 0.6  # of the budget left after start-up; the corpus (~135 requests, ~10 s) and the checks follow
@@ -36,8 +37,9 @@ def run(out: Path, budget: float, *, lab_dir: Path | None = None) -> Report:
         lab = isolated_lab((lab_dir or Path(tmp)) / "lab")
         procs = LabProcesses(lab, env=ENV)
         try:
-            procs.ensure(*LAB_SERVICES)
+            procs.ensure(*LAB_SERVICES, "distribution-point", "console")  # every listener meets the attacks
             _campaign(lab, report, Path(tmp) / "material", deadline=started + budget)
+            attack_listeners(lab, procs, report)
         finally:
             procs.stop_all()
         report.elapsed_s = time.monotonic() - started
@@ -59,6 +61,29 @@ def _campaign(lab: Lab, report: Report, workdir: Path, *, deadline: float) -> No
         _collect(lab, view, report, seqs, tracebacks)
     finally:
         view.close()
+
+
+def attack_listeners(lab: Lab, procs: LabProcesses, report: Report) -> None:
+    """The raw-socket attacks on every listener (cmglab/tools/reliability/transport.py), counted as corpus."""
+    pids = {name: sp.proc.pid for name, sp in procs.procs.items()}
+    ident = lab.pki.issue_client("reliability-listener-attacker")
+    cert = (ident.cert_path, ident.key_path)
+    outcomes = list(transport.campaign(lab, pids, cert))
+    cap = int(ENV["CMGLAB_MAX_BODY_BYTES"])
+    for t in transport.targets(lab):
+        if t.listener in ("entra", "management-point-http"):
+            method, path = ((b"POST", b"/common/oauth2/token") if t.listener == "entra"
+                            else (b"CCM_POST", b"/ccm_system/request"))
+            got = transport.chunked_body(lab, t, cert, method, path, cap=cap)
+            outcomes.append(transport.Outcome(t.listener, t.service, "chunked body over the cap", got == 413,
+                                              f"answered {got}, expected 413"))
+    for o in outcomes:
+        tally = report.services.setdefault(o.service, ServiceTally())  # pki and console too
+        tally.inputs += 1
+        tally.corpus += 1
+        if not o.ok:
+            tally.unexpected += 1
+            report.finding("listener attack not refused", o.service, f"{o.listener}: {o.attack}", o.detail)
 
 
 def drs_token(lab: Lab) -> str:

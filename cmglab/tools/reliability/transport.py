@@ -1,0 +1,224 @@
+"""Attacks on the listeners themselves, over raw sockets (a client library would refuse to send these bytes):
+a request line and a head past their caps, a body past its cap (declared, and chunked), heads begun and never
+finished, TCP connections that never say ClientHello, and a flood of them with a real client in the middle.
+Each must be refused while reading (414/431/413/408, or closed), and leave nothing open behind it.
+
+Used by the reliability campaign (`make reliability`) and by tests/test_listener_limits.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmglab.runtime.lab import Lab
+from cmglab.wire import httpclient
+
+# the limits a campaign lab runs with: small, so that each attack is cheap
+ENV = {
+    "CMGLAB_MAX_URL_BYTES": "4096", "CMGLAB_MAX_HEADER_BYTES": "16384",
+    "CMGLAB_HEAD_TIMEOUT": "1", "CMGLAB_TLS_HANDSHAKE_TIMEOUT": "1", "CMGLAB_MAX_HANDSHAKES": "40",
+}
+MAX_BODY = 1024 * 1024  # CMGLAB_MAX_BODY_BYTES for the chunked-body attack (the campaign's own cap may be larger)
+
+
+@dataclass(frozen=True)
+class Target:
+    listener: str
+    service: str
+    port: int
+    host: str  # the name it answers to (SNI, Host)
+    tls: bool
+
+
+def targets(lab: Lab) -> list[Target]:
+    p, h = lab.config.ports, lab.config.hosts
+    return [
+        Target("entra", "entra", p.entra, h.entra[0], True),
+        Target("cmg", "cmg", p.cmg, h.cmg, True),
+        Target("cmg-connector", "cmg", p.cmg_connector, h.cmg, True),
+        Target("management-point", "management-point", p.management_point, h.management_point, True),
+        Target("management-point-http", "management-point", p.management_point_http, h.management_point, False),
+        Target("pki", "pki", p.pki, h.pki, False),
+        Target("cmg-connection-point", "cmg-connection-point", p.cmg_connection_point, h.cmg_connection_point,
+               False),
+        Target("console", "console", p.console, h.console, True),
+        Target("distribution-point", "distribution-point", p.distribution_point, h.distribution_point, True),
+        Target("distribution-point-http", "distribution-point", p.distribution_point_http, h.distribution_point,
+               False),
+    ]
+
+
+def connect(lab: Lab, t: Target, cert: tuple[Path, Path] | None, timeout: float = 10) -> socket.socket:
+    raw = socket.create_connection(("127.0.0.1", t.port), timeout=timeout)
+    if not t.tls:
+        return raw
+    ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
+    if cert:  # the connector listener wants one; the others take it or leave it
+        ctx.load_cert_chain(*map(str, cert))
+    return ctx.wrap_socket(raw, server_hostname=t.host)
+
+
+def read_all(s: socket.socket) -> bytes:
+    """Everything until the server closes (a refusal always closes)."""
+    out = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, ssl.SSLError, TimeoutError):
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def send_then_read(s: socket.socket, data: bytes) -> bytes:
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+        pass  # refused mid-send: the answer is still there to read
+    return read_all(s)
+
+
+def status(answer: bytes) -> int | None:
+    return int(answer[9:12]) if answer.startswith(b"HTTP/1.1 ") and answer[9:12].isdigit() else None
+
+
+def long_url(lab: Lab, t: Target, cert: tuple[Path, Path] | None) -> int | None:
+    with connect(lab, t, cert) as s:
+        return status(send_then_read(s, b"GET /" + b"a" * 8192 + b" HTTP/1.1\r\nHost: " + t.host.encode()
+                                     + b"\r\n\r\n"))
+
+
+def oversized_head(lab: Lab, t: Target, cert: tuple[Path, Path] | None) -> int | None:
+    head = b"POST /x HTTP/1.1\r\nHost: " + t.host.encode() + b"\r\n"
+    with connect(lab, t, cert) as s:
+        return status(send_then_read(s, head + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(20))))
+
+
+def declared_body(lab: Lab, t: Target, cert: tuple[Path, Path] | None) -> int | None:
+    with connect(lab, t, cert) as s:
+        return status(send_then_read(s, b"POST /anything HTTP/1.1\r\nHost: " + t.host.encode()
+                                     + b"\r\nContent-Length: 268435456\r\n\r\n"))
+
+
+def chunked_body(lab: Lab, t: Target, cert: tuple[Path, Path] | None, method: bytes, path: bytes,
+                 cap: int = MAX_BODY) -> int | None:
+    chunk = b"%x\r\n%s\r\n" % (65536, b"a" * 65536)
+    with connect(lab, t, cert) as s:
+        s.sendall(method + b" " + path + b" HTTP/1.1\r\nHost: " + t.host.encode()
+                  + b"\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n")
+        return status(send_then_read(s, chunk * (cap // 65536 + 8)))
+
+
+def half_sent_heads(lab: Lab, t: Target, cert: tuple[Path, Path] | None, count: int = 20) -> list[int | None]:
+    socks = [connect(lab, t, cert) for _ in range(count)]
+    try:
+        for s in socks:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: " + t.host.encode() + b"\r\nX-Slow: ")
+        return [status(read_all(s)) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def silent_connection_closed_in(t: Target, limit: float = 8) -> float | None:
+    """Seconds until the server closed a connection that sent nothing (None: still open after `limit`)."""
+    with socket.create_connection(("127.0.0.1", t.port), timeout=limit) as s:
+        started = time.monotonic()
+        try:
+            s.recv(1)
+        except TimeoutError:
+            return None
+        except OSError:
+            pass
+        return time.monotonic() - started
+
+
+def real_client_ok(lab: Lab, service: str) -> bool:
+    ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle)
+    try:
+        with httpclient.client(ctx=ctx, resolve=lab.resolve(), timeout=10) as c:
+            return c.get(f"{lab.url(service)}/_lab/health").status_code == 200
+    except Exception:  # any failure is the finding
+        return False
+
+
+@dataclass
+class Flood:
+    held_fds_max: int  # the service's descriptors while the flood was held
+    real_client_served: bool
+
+
+def handshake_flood(lab: Lab, t: Target, pid: int, count: int = 1000) -> Flood:
+    """COUNT connections that never say ClientHello; a real client in the middle of them."""
+    flood: list[socket.socket] = []
+    served, most = False, 0
+    try:
+        for i in range(count):
+            flood.append(socket.create_connection(("127.0.0.1", t.port), timeout=10))
+            if i == count // 2:
+                served = real_client_ok(lab, t.service)
+            if i % 100 == 0:
+                most = max(most, open_fds(pid))
+        most = max(most, open_fds(pid))
+    finally:
+        for s in flood:
+            s.close()
+    return Flood(most, served)
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def settle(check: Callable[[], bool], timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@dataclass(frozen=True)
+class Outcome:
+    listener: str
+    service: str
+    attack: str
+    ok: bool
+    detail: str = ""
+
+
+def campaign(lab: Lab, pids: dict[str, int], cert: tuple[Path, Path] | None) -> Iterator[Outcome]:
+    """Every attack on every listener; PIDS: each service's process, for its descriptors."""
+    for t in targets(lab):
+        before = open_fds(pids[t.service])
+        for attack, run, want in (("request line over the cap", long_url, 414),
+                                  ("head over the cap", oversized_head, 431),
+                                  ("declared body over the cap", declared_body, 413)):
+            got = run(lab, t, cert)
+            yield Outcome(t.listener, t.service, attack, got == want, f"answered {got}, expected {want}")
+        answers = half_sent_heads(lab, t, cert)
+        yield Outcome(t.listener, t.service, "half-sent heads", set(answers) == {408}, f"answered {set(answers)}")
+        if t.tls:
+            took = silent_connection_closed_in(t)
+            yield Outcome(t.listener, t.service, "no ClientHello", took is not None,
+                          f"closed after {took:.1f} s" if took is not None else "still open after 8 s")
+        back = settle(lambda t=t, before=before: open_fds(pids[t.service]) <= before)  # type: ignore[misc]
+        yield Outcome(t.listener, t.service, "descriptors back after the attacks", back,
+                      f"{open_fds(pids[t.service])} open, {before} before")
+    cmg = next(t for t in targets(lab) if t.listener == "cmg")
+    before = open_fds(pids["cmg"])
+    flood = handshake_flood(lab, cmg, pids["cmg"])
+    yield Outcome("cmg", "cmg", "1,000 connections without ClientHello, a real client among them",
+                  flood.real_client_served and flood.held_fds_max <= before + 60,
+                  f"real client served: {flood.real_client_served}; descriptors at most {flood.held_fds_max} "
+                  f"({before} before)")
+    back = settle(lambda: open_fds(pids["cmg"]) <= before)
+    yield Outcome("cmg", "cmg", "descriptors back after the flood", back, f"{open_fds(pids['cmg'])} open")
