@@ -59,6 +59,9 @@ class Tenant(BaseModel):
     users: list[User] = []
     onboarded: bool = True  # onboarded to the ConfigMgr site (cloud services)
     region: str = "NA"
+    # Device settings "Maximum number of devices per user": Entra's default 50, at most 100, null = Unlimited
+    # (labs made by tests and tools are Unlimited: a fleet joins all its devices as one user)
+    max_devices_per_user: int | None = Field(default=50, ge=1, le=100)
 
 
 class App(BaseModel):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from cmglab.core.labconfig import Ports
+from cmglab.core.labconfig import Ports, save_config
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.sockets import PORT_IN_USE_EXIT, adopt_inherited, handover, reserve_ports
 from cmglab.runtime.workers import MULTI_WORKER
@@ -38,6 +38,9 @@ def isolated_lab(path: Path) -> Lab:
                   management_point_http=p[4], pki=p[5], cmg_connection_point=p[6], console=p[7],
                   distribution_point=p[8], distribution_point_http=p[9])
     lab, _ = Lab.init(path, ports=ports)
+    for tenant in lab.config.tenants:  # a fleet or bench joins every device as one user: no device quota
+        tenant.max_devices_per_user = None
+    save_config(lab.config, Lab.config_path(path))
     return lab
 
 

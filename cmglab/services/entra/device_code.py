@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ class DeviceCodes:
             client = self.issuer.client(s, params, segment)
             self.issuer.resource(s, params, v2=v2, tenant_name=segment)  # fail now, not at the poll
             s.execute(delete(st.DeviceCode).where(st.DeviceCode.expires_at < st.now()))
+            s.execute(delete(st.DeviceCodePoll).where(st.DeviceCodePoll.last_poll < st.now() - LIFETIME))
             device_code = "DAQABAAEAAA" + secrets.token_urlsafe(96)
             user_code = "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(9))
             s.add(st.DeviceCode(code_hash=st.token_hash(device_code), user_code=user_code,
@@ -58,8 +60,19 @@ class DeviceCodes:
             row.user_id = user.object_id
             return user.upn
 
-    @staticmethod
-    def redeem(s: Session, device_code: str, client_id: str, *, v2: bool) -> st.DeviceCode:
+    def _too_soon(self, code_hash: str) -> bool:
+        """Record this pending poll in a transaction of its own (the poll's own rolls back with its error);
+        True when it came sooner than the interval after the previous one."""
+        now = time.time()
+        with self.store.session() as s:
+            row = s.get(st.DeviceCodePoll, code_hash)
+            if row is None:
+                s.add(st.DeviceCodePoll(code_hash=code_hash, last_poll=now))
+                return False
+            last, row.last_poll = row.last_poll, now
+            return now - last < INTERVAL
+
+    def redeem(self, s: Session, device_code: str, client_id: str, *, v2: bool) -> st.DeviceCode:
         """The approved code, spent; Entra's polling errors otherwise."""
         if not device_code:
             raise missing("device_code" if v2 else "code")
@@ -71,6 +84,9 @@ class DeviceCodes:
             raise AADSTSError(70019, "expired_token" if v2 else "code_expired",
                               "Verification code expired.")
         if row.user_id is None:
+            if self._too_soon(row.code_hash):  # RFC 8628 §3.5: polled faster than the interval
+                raise AADSTSError(70016, "slow_down", "OAuth 2.0 device flow error. Polling too fast: wait the "
+                                                      f"interval ({INTERVAL} s) between requests.")
             raise AADSTSError(70016, "authorization_pending",
                               "OAuth 2.0 device flow error. Authorization is pending. Continue polling.")
         s.delete(row)

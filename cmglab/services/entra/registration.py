@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import jwt
 from cryptography import x509
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from cmglab.core.labconfig import DRS_RESOURCE
 from cmglab.pki.builders import sha1_thumbprint
@@ -161,6 +162,7 @@ class Registration:
             tenant, user = s.get(st.Tenant, claims["tid"]), s.get(st.User, claims.get("oid", ""))
             if tenant is None or user is None or not user.enabled:
                 raise DRSError(401, "AuthenticationError", 50034, "The user of the token does not exist.")
+            self._within_quota(s, tenant.tenant_id, user.object_id)
             device_id = st.new_guid()
             cert = self.ca.issue(device_key, device_id=device_id, user_id=user.object_id, tenant_id=tenant.tenant_id,
                                  joined=trust == "AzureAd", region=tenant.region)
@@ -171,6 +173,18 @@ class Registration:
                             transport_key=drs.spki(transport), auth_methods=" ".join(claims.get("amr", [])),
                             registered_at=st.now()))
             return _reply(cert, tenant.tenant_id, user.upn)
+
+    def _within_quota(self, s: Session, tenant_id: str, user_id: str) -> None:
+        """Device settings "Maximum number of devices per user": a user's joined and registered devices."""
+        configured = self.store.config.tenant(tenant_id)
+        quota = configured.max_devices_per_user if configured is not None else 50
+        if quota is None:  # Unlimited
+            return
+        owned = s.scalar(select(func.count()).select_from(st.Device).where(st.Device.owner_id == user_id)) or 0
+        if owned >= quota:
+            raise DRSError(400, "AuthorizationError", 240001,
+                           "The maximum number of devices that can be joined to the workplace by the user has been "
+                           f"reached ({quota}).")
 
     def _federated_hybrid(self, claims: dict[str, Any], body: bytes) -> dict[str, Any]:
         """JoinType 6 with a DJ token (seed 002, federated hybrid): the device object is made from the

@@ -176,6 +176,14 @@ class DeviceCode(Base):
     user_id: Mapped[str | None]  # set when the user signed in at /devicelogin
 
 
+class DeviceCodePoll(Base):
+    """When a device code was last polled while pending (a table of its own: labs made before it keep working)."""
+
+    __tablename__ = "device_code_polls"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_poll: Mapped[float]  # epoch seconds
+
+
 class Nonce(Base):
     __tablename__ = "nonces"
     value: Mapped[str] = mapped_column(String(128), primary_key=True)
