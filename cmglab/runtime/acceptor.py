@@ -132,7 +132,8 @@ class Acceptor:
             if self.ssl is None:
                 try:
                     await loop.connect_accepted_socket(self.factory, conn)
-                except OSError:  # the peer already left
+                except Exception as e:  # the peer already left, or worse: never let it end the accept loop
+                    log.debug("%s: connection not set up: %s", self.name, e)
                     conn.close()
                 continue
             task = loop.create_task(self._handshake(conn))
@@ -147,7 +148,7 @@ class Acceptor:
         except asyncio.CancelledError:  # dropped for a newer one, or the listener stops
             with contextlib.suppress(OSError):
                 conn.close()
-        except (TimeoutError, OSError, ssl.SSLError) as e:
+        except Exception as e:  # timeouts, resets, TLS alerts: the connection is gone, the listener is not
             log.debug("%s: handshake did not complete: %s", self.name, e)
             with contextlib.suppress(OSError):
                 conn.close()
