@@ -18,7 +18,7 @@ import pytest
 from cmglab.core.labconfig import DRS_RESOURCE, save_config
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses, isolated_lab
-from tests.entra_device import join_body, new_key
+from tests.support.entra_device import join_body, new_key
 from tests.support.sec_attacks import client, wait_for
 
 AAD_POWERSHELL = "1b730954-1685-4b74-9bfd-dac224a7b894"

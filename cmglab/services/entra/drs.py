@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from cmglab.pki import builders as b
 from cmglab.services.entra.errors import DRSError
-from cmglab.wire import jsonlimits
+from cmglab.wire import jsonlimits, key_limits
 
 # 1.2.840.113556.1.5.284.*: the private extensions of Entra device certificates
 OID_DEVICE_ID = x509.ObjectIdentifier("1.2.840.113556.1.5.284.2")
@@ -47,12 +47,15 @@ def _b64(value: str, what: str) -> bytes:
 def check_csr(data_b64: str) -> rsa.RSAPublicKey:
     """The device key from a PKCS#10 request whose signature verifies with that key."""
     try:
+        if len(data_b64) > 2 * key_limits.MAX_CERT_BYTES:
+            raise _invalid(f"CertificateRequest.Data is over {key_limits.MAX_CERT_BYTES} bytes.")
         csr = x509.load_der_x509_csr(_b64(data_b64, "CertificateRequest.Data"))
     except ValueError as e:
         raise _invalid("CertificateRequest.Data is not a DER PKCS#10 certificate request.") from e
     key = csr.public_key()
-    if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
-        raise _invalid(f"The certificate request must carry an RSA key of at least {MIN_RSA_BITS} bits.", 50032)
+    if not isinstance(key, rsa.RSAPublicKey) or not MIN_RSA_BITS <= key.key_size <= key_limits.MAX_RSA_BITS:
+        raise _invalid(f"The certificate request must carry an RSA key of {MIN_RSA_BITS} to "
+                       f"{key_limits.MAX_RSA_BITS} bits.", 50032)
     if not csr.is_signature_valid:
         raise _invalid("The certificate request signature is invalid.", 50006)
     return key
@@ -81,8 +84,8 @@ def parse_transport_key(value_b64: str) -> rsa.RSAPublicKey:
         key = rsa.RSAPublicNumbers(e, n).public_key()
     except ValueError as exc:
         raise _invalid("TransportKey is not a valid RSA public key.") from exc
-    if key.key_size < MIN_RSA_BITS or key.key_size != bits:
-        raise _invalid(f"TransportKey must be an RSA key of at least {MIN_RSA_BITS} bits.", 50032)
+    if not MIN_RSA_BITS <= key.key_size <= key_limits.MAX_RSA_BITS or key.key_size != bits:
+        raise _invalid(f"TransportKey must be an RSA key of {MIN_RSA_BITS} to {key_limits.MAX_RSA_BITS} bits.", 50032)
     return key
 
 

@@ -35,7 +35,7 @@ from cmglab.services.management_point.admission import NOT_APPROVED
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.store import BulkToken, Client, ConflictRecord, IssuedToken, new_sms_id, utcnow
-from cmglab.wire import site_tokens
+from cmglab.wire import key_limits, site_tokens
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml, utc_timestamp, utf16, verify
 
 # Status values of ClientRegistrationResponse (SDK cc144675; sccmhunter)
@@ -78,7 +78,9 @@ def _load_cert(hex_der: str | None, what: str) -> x509.Certificate:
     if not hex_der:
         raise RegistrationRefused(f"no {what} certificate in the request")
     try:
-        return x509.load_der_x509_certificate(bytes.fromhex(hex_der.strip()))
+        return key_limits.load_hex_cert(hex_der, f"the {what} certificate")
+    except key_limits.TooLarge as e:
+        raise RegistrationRefused(str(e)) from e
     except ValueError as e:
         raise RegistrationRefused(f"the {what} certificate is not a DER certificate: {e}") from e
 

@@ -23,7 +23,7 @@ from cmglab.services.management_point.errors import STSError
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
 from cmglab.services.management_point.store import NOT_APPROVED, IssuedToken, utcnow
-from cmglab.wire import site_tokens
+from cmglab.wire import key_limits, site_tokens
 from cmglab.wire.ccm_messaging import parse_timestamp, utf16, verify
 from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
 from cmglab.wire.kinds import Proof
@@ -167,7 +167,7 @@ class TokenService:
         if not req.certificate_hex or not req.timestamp or not req.signature or not req.bearer:
             raise STSError(400, "InvalidRequest", "Certificate, Timestamp and Signature are required with this proof")
         try:
-            cert = x509.load_der_x509_certificate(bytes.fromhex(req.certificate_hex))
+            cert = key_limits.load_hex_cert(req.certificate_hex, "Certificate")
             when = parse_timestamp(req.timestamp)
         except Exception as e:
             raise STSError(400, "InvalidRequest", f"bad Certificate or Timestamp: {e}") from e
