@@ -131,7 +131,7 @@ def test_blocked_bulk_token(lab: Lab, tmp_path: Path) -> None:
 
 def test_expired_bulk_token(lab: Lab, tmp_path: Path) -> None:
     """Minted as BulkRegistrationTokenTool would have ten minutes ago, for one minute."""
-    from cmglab.services.management_point.policy import default_policies
+    from cmglab.services.management_point.policy_defaults import default_policies
     from cmglab.services.management_point.store import Store
 
     cause = "expired"
