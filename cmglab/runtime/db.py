@@ -9,9 +9,11 @@ and reset run under an advisory lock, so replicas that start or reset at the sam
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, make_url, select, text
@@ -21,10 +23,25 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 Seed = Callable[[Session], None]
 
 
+def _owner_only(database: str | None) -> None:
+    """A SQLite database file is created 0600 (it holds the site's clients and secrets): SQLite gives its WAL
+    and shared-memory files the database file's permissions."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+    for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if side.exists():
+            os.chmod(side, 0o600)
+
+
 def make_engine(url: str, schema: str | None = None) -> Engine:
     """An engine for `url`; on PostgreSQL, unqualified table names resolve in `schema`."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
+        _owner_only(u.database)
         engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

@@ -22,6 +22,7 @@ from cmglab.core.labconfig import Site as LabSite
 from cmglab.runtime import db
 from cmglab.runtime.lab import Lab
 from cmglab.services.management_point.admission import APPROVED, NOT_APPROVED
+from cmglab.services.management_point.sealing import Sealer, site_key
 
 T = TypeVar("T")
 
@@ -216,6 +217,7 @@ class Store(db.Store):
                  policy_factory: Callable[[Lab], list[Policy]] | None = None, seed: bool = True) -> None:
         super().__init__(db.Database(url or lab.database_url("management-point"), Base, "management-point"))
         self.lab = lab
+        self.sealer = Sealer(site_key(lab.dir))
         self.policy_factory = policy_factory
         if seed:  # False: a reader of what the running site holds (`cmglab site show`)
             self.seed()
@@ -257,6 +259,7 @@ class Store(db.Store):
         has_policies = s.scalars(select(Policy).limit(1)).first() is not None
         if not has_policies and self.policy_factory is not None:
             for p in self.policy_factory(self.lab):
+                p.body = self.sealer.seal(p.body)  # at rest under the site key (the NAA secret policy)
                 s.add(p)
 
     # -- settings ----------------------------------------------------------------------------
@@ -375,11 +378,18 @@ class Store(db.Store):
     # -- policies and DDRs --------------------------------------------------------------------
     def policies(self) -> list[Policy]:
         with self.session() as s:
-            return list(s.scalars(select(Policy).order_by(Policy.category)))
+            rows = list(s.scalars(select(Policy).order_by(Policy.category)))
+        return [self._opened(p) for p in rows]
 
     def policy(self, policy_id: str) -> Policy | None:
         with self.session() as s:
-            return s.get(Policy, policy_id.upper())
+            row = s.get(Policy, policy_id.upper())
+        return self._opened(row) if row is not None else None
+
+    def _opened(self, row: Policy) -> Policy:
+        """A policy with its body opened, detached from its session (never written back in the clear)."""
+        row.body = self.sealer.open(row.body)
+        return row
 
     def add_ddr(self, *, sms_id: str | None, netbios_name: str, signed: bool, body: str) -> int:
         with self.session() as s:
