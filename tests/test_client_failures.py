@@ -54,6 +54,20 @@ def test_root_ca_missing(lab: Lab, tmp_path: Path) -> None:
     assert install(lab, device).returncode == 0
 
 
+def test_no_root_ca_device_joins_but_cannot_reach_the_cmg(lab: Lab, tmp_path: Path) -> None:
+    """Seed 001's "Root CA not present" on the Entra path: Microsoft's names chain to a public CA every device
+    trusts, so the join works; the CMG's certificate chains to the organisation's root, so ccmsetup fails."""
+    device = new_device(lab.dir, tmp_path / "dev", "--no-root-ca")
+    u = lab.config.primary_tenant.users[0]
+    join = run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
+               "--password", u.password)
+    assert join.returncode == 0, join.stdout + join.stderr
+    r = install(lab, device)
+    assert r.returncode == 6
+    assert_lines(device, "ccmsetup.log", r"0x800B0109", r"not in the device's Trusted Root store")
+    assert_clean(device)
+
+
 def test_crl_unreachable_then_nocrlcheck(lab: Lab, tmp_path: Path) -> None:
     device = joined_device(lab, tmp_path / "dev")
     shutil.rmtree(device.crl_cache)  # a device that never fetched the CRLs

@@ -28,9 +28,15 @@ MS_ORG_ACCESS_NAME = x509.Name([
     x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "82dbaca4-3e81-46ca-9c73-0950c1eaca97"),
 ])
 LAB_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cmglab")
+# The Microsoft names (login.microsoftonline.com, enterpriseregistration.windows.net, ...) present a
+# certificate from a public CA that every Windows device trusts (the trusted root programme), not the
+# organisation's: a device without the organisation's root still reaches Entra (seed 001's "Root CA
+# not present" breaks the CMG, not the join). The lab's stand-in for that public CA:
+PUBLIC_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cmglab public trust (stands in for a public CA)")
+PUBLIC_SERVICES = ("entra",)
 
 SERVER_SERVICES = ("entra", "cmg", "management-point", "console", "distribution-point")
-CA_NAMES = ("root-ca", "issuing-ca")
+CA_NAMES = ("root-ca", "issuing-ca", "public-root-ca")
 CRL_BACKDATE = timedelta(minutes=10)
 
 
@@ -74,6 +80,18 @@ class LabPKI:
     @property
     def issuing_ca(self) -> Identity:
         return self.identity("issuing-ca")
+
+    @property
+    def public_root_ca(self) -> Identity:
+        return self.identity("public-root-ca")
+
+    def organisation_roots(self) -> list[x509.Certificate]:
+        """The organisation's CA certificates: what Group Policy puts in a device's Root store."""
+        return [self.root_ca.cert(), self.issuing_ca.cert()]
+
+    def public_roots(self) -> list[x509.Certificate]:
+        """The public CA every device trusts out of the box (Microsoft's names chain to it)."""
+        return [self.public_root_ca.cert()]
 
     @property
     def device_ca(self) -> Identity:
@@ -164,6 +182,11 @@ class LabPKI:
             self._write(self.issuing_ca, cert, key)
             self._record("issuing-ca", cert, "root-ca", self.issuing_ca.cert_path)
             created.append("issuing-ca")
+        if not self.public_root_ca.exists():
+            key = b.new_key()
+            cert = b.self_signed_ca(key, b.name("cmglab Public Root CA", PUBLIC_ORG), days=3650)
+            self._write(self.public_root_ca, cert, key)
+            created.append("public-root-ca")
         if not self.device_ca.exists():
             key = b.new_key()
             cert = b.self_signed_ca(key, MS_ORG_ACCESS_NAME, days=3650)
@@ -179,9 +202,14 @@ class LabPKI:
             cert = b.self_signed(key, b.name("Site Server"), ekus=[b.SMS_SIGNING_EKU], days=1825)
             self._write(self.site_signing, cert, key)
             created.append("site-signing")
+        public = self.public_root_ca.cert()
         for service in SERVER_SERVICES:
-            if not self.server(service).exists():
-                self.issue(service, self.server(service), self.server_names(service), [b.SERVER_AUTH])
+            ca = "public-root-ca" if service in PUBLIC_SERVICES else "issuing-ca"
+            identity = self.server(service)
+            # a lab made before the public CA existed: Microsoft's names move to it
+            stale = identity.exists() and ca == "public-root-ca" and identity.cert().issuer != public.subject
+            if not identity.exists() or stale:
+                self.issue(service, identity, self.server_names(service), [b.SERVER_AUTH], ca=ca)
                 created.append(service)
         if not self.connection_point.exists():
             cp = self.config.hosts.cmg_connection_point
@@ -206,15 +234,17 @@ class LabPKI:
         return [*names, hosts.compose_name(service), "localhost", "127.0.0.1"]
 
     def issue(self, name: str, identity: Identity, san: list[str], ekus: list[x509.ObjectIdentifier],
-              *, days: int = 825, not_before: datetime | None = None) -> Identity:
-        """Issue a leaf from the issuing CA with CDP/AIA, written as leaf + chain and a 0600 key."""
-        ca_cert, ca_key = self.issuing_ca.cert(), self.issuing_ca.key()
+              *, days: int = 825, not_before: datetime | None = None, ca: str = "issuing-ca") -> Identity:
+        """Issue a leaf from the issuing CA (or the public root) with CDP/AIA, written as leaf + chain and
+        a 0600 key."""
+        issuer = self.public_root_ca if ca == "public-root-ca" else self.issuing_ca
+        ca_cert, ca_key = issuer.cert(), issuer.key()
         key = b.new_key()
-        cert = b.leaf(key.public_key(), b.name(san[0], LAB_ORG), ca_cert, ca_key, ekus=ekus, san=san,
-                      days=days, cdp=self.cdp_url("issuing-ca"), aia=self.aia_url("issuing-ca"),
-                      not_before=not_before)
-        self._write(identity, cert, key, chain=[ca_cert])
-        self._record(name, cert, "issuing-ca", identity.cert_path)
+        org = PUBLIC_ORG if ca == "public-root-ca" else LAB_ORG
+        cert = b.leaf(key.public_key(), b.name(san[0], org), ca_cert, ca_key, ekus=ekus, san=san,
+                      days=days, cdp=self.cdp_url(ca), aia=self.aia_url(ca), not_before=not_before)
+        self._write(identity, cert, key, chain=[] if ca == "public-root-ca" else [ca_cert])
+        self._record(name, cert, ca, identity.cert_path)
         return identity
 
     def issue_client(self, name: str, *, san: list[str] | None = None, days: int = 365,
@@ -230,11 +260,13 @@ class LabPKI:
         write_private(identity.key_path, b.key_pem(key))
 
     def _write_bundle_and_aia(self) -> None:
-        root, issuing = self.root_ca.cert(), self.issuing_ca.cert()
-        self.ca_bundle.write_bytes(b.cert_pem(root) + b.cert_pem(issuing))
+        root, issuing, public = self.root_ca.cert(), self.issuing_ca.cert(), self.public_root_ca.cert()
+        # everything the lab's own tools trust: the organisation's CAs and the public one
+        self.ca_bundle.write_bytes(b.cert_pem(root) + b.cert_pem(issuing) + b.cert_pem(public))
         (self.root / "aia").mkdir(exist_ok=True)
         self.aia_path("root-ca").write_bytes(b.cert_der(root))
         self.aia_path("issuing-ca").write_bytes(b.cert_der(issuing))
+        self.aia_path("public-root-ca").write_bytes(b.cert_der(public))
 
     # -- revocation ----------------------------------------------------------------------------
     def find(self, name_or_serial: str) -> list[str]:
@@ -269,7 +301,8 @@ class LabPKI:
         number = int(index.get("crl_number", 0)) + 1
         (self.root / "crl").mkdir(exist_ok=True)
         pems = []
-        for ca_name, ca in (("root-ca", self.root_ca), ("issuing-ca", self.issuing_ca)):
+        for ca_name, ca in (("root-ca", self.root_ca), ("issuing-ca", self.issuing_ca),
+                            ("public-root-ca", self.public_root_ca)):
             revoked = [
                 (int(serial, 16), datetime.fromisoformat(entry["revoked_at"]))
                 for serial, entry in index["certificates"].items()
@@ -292,7 +325,8 @@ class LabPKI:
         rows = [
             {"serial": serial, **entry} for serial, entry in index["certificates"].items()
         ]
-        for name, ident in (("root-ca", self.root_ca), ("ms-organization-access", self.device_ca),
+        for name, ident in (("root-ca", self.root_ca), ("public-root-ca", self.public_root_ca),
+                            ("ms-organization-access", self.device_ca),
                             ("entra-token-signing", self.entra_signing),
                             ("site-signing", self.site_signing)):
             if ident.cert_path.exists():

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from cmglab.agent.certstore import MY, ROOT
@@ -42,7 +41,9 @@ def create(home: HomeOption, lab: LabOption = Path(".cmglab"),
                help="Computer name (NetBIOS, 15 characters); default: the device directory's name "
                     "(./device01 -> DEVICE01).")] = None,
            root_ca: Annotated[bool, typer.Option("--root-ca/--no-root-ca",
-                                                 help="Put the lab CA bundle in the Root store.")] = True,
+                                                 help="Put the organisation's (lab) root CA in the Root "
+                                                      "store; the public CA that Microsoft's names chain to "
+                                                      "is always there.")] = True,
            domain: Annotated[bool, typer.Option("--domain", help="Join the lab's AD domain.")] = False,
            pki_cert: Annotated[bool, typer.Option("--pki-cert", help="Enrol a PKI client certificate.")] = False,
            ) -> None:
@@ -66,6 +67,8 @@ def create(home: HomeOption, lab: LabOption = Path(".cmglab"),
         dev.dpapi.save(dev.home / "State" / "LSA" / "machine.bin",
                        {"username": f"{ad.netbios_name}\\{account.name}", "password": account.password},
                        MACHINE_ACCOUNT_PURPOSE)
+    for cert in the_lab.pki.public_roots():  # Windows' trusted root programme: every device has it
+        dev.stores.add(ROOT, cert, friendly_name=cert.subject.rfc4514_string())
     if root_ca:
         trust_lab_root(dev, the_lab)
     if pki_cert:
@@ -75,7 +78,7 @@ def create(home: HomeOption, lab: LabOption = Path(".cmglab"),
 
 def trust_lab_root(dev: Device, lab: Lab) -> None:
     """The organisation's root CA in the device's Root store (what Group Policy or the image does)."""
-    for cert in x509.load_pem_x509_certificates(lab.pki.ca_bundle.read_bytes()):
+    for cert in lab.pki.organisation_roots():
         dev.stores.add(ROOT, cert, friendly_name=cert.subject.rfc4514_string())
 
 
@@ -106,8 +109,7 @@ def break_device(what: Annotated[str, typer.Argument(help=" | ".join(BREAKAGES))
         else:
             dev.stores.remove(MY, cert.thumbprint)
     else:
-        organisation = {c.fingerprint(hashes.SHA256())
-                        for c in x509.load_pem_x509_certificates(_lab(lab).pki.ca_bundle.read_bytes())}
+        organisation = {c.fingerprint(hashes.SHA256()) for c in _lab(lab).pki.organisation_roots()}
         for sc in dev.stores.certificates(ROOT):
             if sc.cert().fingerprint(hashes.SHA256()) in organisation:
                 dev.stores.remove(ROOT, sc.thumbprint)
