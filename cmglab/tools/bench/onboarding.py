@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.bench import procinfo
+from cmglab.tools.bench import floor, procinfo
 from cmglab.tools.bench.pinned import LOAD_CPU, SERVER_CPU, CpuMeter, pids, running
 from cmglab.tools.fleet import keypool, runner, summary
 
@@ -84,3 +84,18 @@ def onboarding_section(lab: Lab, sizes: tuple[int, ...], concurrency: int, pool:
                         "columns": ["devices", "service", "rss_start_mb", "peak_rss_mb", "cpu_s",
                                     "cpu_ms_per_onboarding"],
                         "rows": memory}, *tables]}
+
+
+def floor_table(section: dict[str, Any], transport_ms: float, prims: dict[str, float]) -> dict[str, Any]:
+    """The itemised floor of one onboarding beside each service's measured CPU, from the largest fleet."""
+    fleet = section["fleet_summaries"][-1]
+    done = max(1, fleet["succeeded"])
+    asked = {service: n / done for service, n in fleet["requests"].items()}
+    forwarded = asked.get("management-point (via CMG)", 0.0)
+    requests = {"entra": asked.get("entra", 0.0), "cmg": asked.get("cmg", 0.0), "pki": asked.get("pki", 0.0),
+                "management-point": asked.get("management-point", 0.0) + forwarded,
+                "cmg-connection-point": forwarded}
+    largest = section["rows"][-1]["devices"]
+    measured = {r["service"]: r["cpu_ms_per_onboarding"] for r in section["tables"][0]["rows"]
+                if r["devices"] == largest}
+    return floor.onboarding_floor(prims, transport_ms, requests, measured)
