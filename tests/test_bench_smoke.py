@@ -31,8 +31,14 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         assert f"## {number}. " in markdown and report[key]["title"].startswith(f"{number}. ")
 
     only_ok(report["ceiling"]["rows"])
+    crypto, inventory = report["ceiling"]["tables"]  # the floor's parts, timed in the same run
+    assert {r["operation"] for r in crypto["rows"]} >= {"rsa_sign", "rsa_verify", "jwt_encode", "jwt_decode",
+                                                         "pbkdf2", "rsa_oaep", "tls_handshake"}
+    assert all(r["cpu_ms"] > 0 for r in crypto["rows"]) and all(r["floor_ms"] > 0 for r in inventory["rows"])
     only_ok(report["services"]["rows"])
     only_ok(report["cmg_path"]["rows"])
+    for row in report["services"]["rows"] + report["cmg_path"]["rows"]:  # every hot endpoint has its floor
+        assert row["floor_ms"] > 0 and row["ratio_to_floor"] > 0 and row["cpu_ratio_to_floor"] > 0, row
     assert all(row["ratio_to_mp_direct"] > 0 and row["server_cpu_ms"] > 0 for row in report["cmg_path"]["rows"])
 
     onboarding = report["onboarding"]
@@ -40,7 +46,10 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     memory = onboarding["tables"][0]["rows"]
     assert {r["service"] for r in memory} >= {"entra", "management-point", "cmg", "cmg-connection-point"}
     assert all(r["peak_rss_mb"] >= r["rss_start_mb"] > 0 for r in memory)
-    steps = {r["step"] for r in onboarding["tables"][1]["rows"]}
+    floor = {r["service"]: r for r in onboarding["tables"][1]["rows"]}
+    assert floor["total"]["floor_ms"] > 0 and floor["entra"]["signatures"] > 0 and floor["entra"]["pbkdf2"] == 1
+    assert all(r["measured_cpu_ms"] for r in floor.values())
+    steps = {r["step"] for r in onboarding["tables"][2]["rows"]}
     assert {"join", "registration", "policy assignments", "whole onboarding"} <= steps
 
     held = report["connections"]["rows"][0]

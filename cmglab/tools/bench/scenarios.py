@@ -11,9 +11,13 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from cmglab.core.labconfig import CONFIGMGR_CLIENT_APP_ID, CONFIGMGR_RESOURCE_URI
 from cmglab.pki.builders import SMS_EKU, SMS_SIGNING_EKU, new_key, self_signed
 from cmglab.pki.builders import name as x509_name
+from cmglab.runtime.certinfo import thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.tools.bench.loadgen import Request, Target
 from cmglab.wire import ccm_messaging as cm
@@ -28,7 +32,14 @@ REGISTRATION = ('<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="{sms_id}" Re
                 '<Property Name="Locale ID" Value="1033" /><Property Name="InternetFlag" Value="0" />'
                 '</DiscoveryProperties></Data>')
 MP_STS = "MP CCM_STS (Certificate proof)"
+MP_STS_CLIENT = "MP CCM_STS (ClientToken proof)"
 MP_LOCATION = "MP location request (ccm_system_tokenauth)"
+MP_REGISTRATION = "MP registration (PKI client)"
+MP_POLICY = "MP policy assignments (signed request)"
+ASSIGNMENTS = ('<RequestAssignments SchemaVersion="1.00" ACK="false" RequestType="Always"><Identification><Machine>'
+               '<ClientID>{sms_id}</ClientID><FQDN>bench01.lab.test</FQDN><NetBIOSName>BENCH01</NetBIOSName><SID />'
+               '</Machine><User /></Identification><PolicySource>SMS:{code}</PolicySource>'
+               '<Resource ResourceType="Machine" /><ServerCookie /></RequestAssignments>')
 SITE_INFO = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="{code}"/></SiteInformationRequest>'
 
 
@@ -82,13 +93,29 @@ def location_request(lab: Lab, path: str = "/ccm_system_tokenauth/request") -> R
                                       "Authorization": f"Bearer {token}"}, raw)
 
 
-def registration_request(lab: Lab) -> Request:
+@dataclass
+class BenchClient:
+    """The one client the MP scenarios speak for: its SMS signing key and self-signed certificate. The
+    registration scenario registers it (first request, before the measurement); the scenarios after it
+    prove possession of its key."""
+
+    sms_id: str
+    key: rsa.RSAPrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def new(cls) -> BenchClient:
+        key = new_key()
+        return cls("GUID:" + str(uuid.uuid4()).upper(), key,
+                   self_signed(key, x509_name("SMS"), ekus=[SMS_SIGNING_EKU, SMS_EKU]))
+
+
+def registration_request(lab: Lab, client: BenchClient | None = None) -> Request:
     """One registration, replayed: the MP re-registers the same SMSID each time (a full registration's work:
     signature check, certificates, the client row and its token record in one transaction)."""
-    key = new_key()
-    cert = self_signed(key, x509_name("SMS"), ekus=[SMS_SIGNING_EKU, SMS_EKU])
-    data = REGISTRATION.format(sms_id="GUID:" + str(uuid.uuid4()).upper(), time=cm.utc_timestamp(),
-                               cert=cm.cert_hex(cert))
+    client = client or BenchClient.new()
+    key, cert = client.key, client.cert
+    data = REGISTRATION.format(sms_id=client.sms_id, time=cm.utc_timestamp(), cert=cm.cert_hex(cert))
     header = cm.MsgHeader(target_endpoint="MP_ClientRegistration", target_address="mp:[http]MP_ClientRegistration",
                           target_host=lab.config.hosts.management_point, source_host="BENCH01",
                           reply_to="direct:BENCH01:SccmMessaging")
@@ -97,13 +124,42 @@ def registration_request(lab: Lab) -> Request:
                    raw)
 
 
+def client_token_sts_request(lab: Lab, client: BenchClient) -> Request:
+    """CCM_STS with a ClientToken proof: the client's unique token (minted with the site's key, as the MP
+    issues it at registration) and a signature over token;timestamp with the registered key. Replayable for
+    the proof's 15-minute skew."""
+    token, _ = lab.site_signer().client_token(sms_id=client.sms_id, cert_thumbprint=thumbprint(client.cert))
+    when = cm.utc_timestamp()
+    body = {"ProofType": "ClientToken", "ClientId": client.sms_id, "Certificate": cm.cert_hex(client.cert),
+            "Timestamp": when, "Signature": cm.sign_hex(client.key, cm.utf16(f"{token};{when}"))}
+    return Request("POST", "/CCM_STS", {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+                   json.dumps(body).encode())
+
+
+def policy_request(lab: Lab, client: BenchClient) -> Request:
+    """RequestAssignments over tokenauth, signed by the registered client (clientauth hook)."""
+    token, _ = lab.site_signer().ccm_token(token_type=site_tokens.DEVICE, sms_id=client.sms_id)
+    header = cm.MsgHeader(target_endpoint="MP_PolicyManager", target_address="mp:[http]MP_PolicyManager",
+                          target_host=lab.config.hosts.management_point, source_host="BENCH01",
+                          source_id=client.sms_id, reply_to="direct:BENCH01:PolicyAgent_ReplyAssignments")
+    raw = cm.encode_request(header, ASSIGNMENTS.format(sms_id=client.sms_id, code=lab.config.site.code),
+                            signer=client.key)
+    return Request("CCM_POST", "/ccm_system_tokenauth/request", {"Content-Type": cm.CONTENT_TYPE,
+                                                                 "User-Agent": cm.USER_AGENT,
+                                                                 "Authorization": f"Bearer {token}"}, raw)
+
+
 def mp_direct(lab: Lab) -> list[Scenario]:
-    """The MP's hot endpoints; the first two are also measured through the CMG (`through_cmg`)."""
+    """The MP's hot endpoints; CCM_STS (Certificate) and location are also measured through the CMG
+    (`through_cmg`). The registration comes before the scenarios that need its client registered."""
+    client = BenchClient.new()
     return [
         Scenario(MP_STS, _target(lab, "management-point", client_cert=True), sts_request()),
         Scenario(MP_LOCATION, _target(lab, "management-point"), location_request(lab)),
-        Scenario("MP registration (PKI client)", _target(lab, "management-point", client_cert=True),
-                 registration_request(lab)),
+        Scenario(MP_REGISTRATION, _target(lab, "management-point", client_cert=True),
+                 registration_request(lab, client)),
+        Scenario(MP_STS_CLIENT, _target(lab, "management-point"), client_token_sts_request(lab, client)),
+        Scenario(MP_POLICY, _target(lab, "management-point"), policy_request(lab, client)),
     ]
 
 
