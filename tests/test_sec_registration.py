@@ -171,3 +171,22 @@ def test_an_aad_proof_cannot_claim_another_clients_smsid(mp: Lab, material: Mate
     attacker = Box("EVILAAD")
     token = ccm_token(mp, attacker, "AAD", material.entra_token(user=False, deviceid=str(uuid.uuid4())), sms_id)
     assert jwt.decode(token, options={"verify_signature": False})["DeviceId"] != sms_id
+
+
+def test_the_console_shows_conflicting_records(mp: Lab, material: Material, lab_services: LabProcesses) -> None:
+    from tests.support.sec_attacks import client, wait_for
+
+    lab_services.ensure("console")
+    _, sms_id, _ = victim(mp, material)
+    attacker = Box("EVILCONS")
+    attack_self_signed(mp, material, attacker, sms_id)
+
+    def listed() -> bool:
+        with client(mp) as c:
+            rows = c.get(f"{mp.url('console')}/api/devices").json().get("conflicts", [])
+        return any(r["sms_id"] == sms_id and r["netbios_name"] == "EVILCONS" for r in rows)
+
+    wait_for(listed, 30, "the conflicting record at the console")
+    with client(mp) as c:
+        page = c.get(f"{mp.url('console')}/", params={"static": "1"}).text
+    assert "Conflicting records" in page and sms_id in page

@@ -37,9 +37,10 @@ def create_app(parts: Parts) -> FastAPI:
             newest = console.store.summaries(device=device, step=step, limit=100)
             traces = [t.detail() for t in (console.store.get(s["trace_id"]) for s in reversed(newest)) if t]
             title = (f"Journey of {device}" if device else "Journey (all devices)") + (f" · {step}" if step else "")
+        listed = await console.devices.list()
         html = static_view.render(
             site_code=console.lab.config.site.code, services=console.collector.service_list(),
-            devices=(await console.devices.list())["devices"],
+            devices=listed["devices"], conflicts=listed.get("conflicts"),
             summaries=console.store.summaries(device=device, step=step, limit=300), traces=traces, title=title,
             live_url=static_view.live_url(f"/trace/{trace_id}" if trace_id else "/", device, step))
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})

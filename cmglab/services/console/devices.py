@@ -2,6 +2,7 @@
 
 - Entra (`GET /_lab/devices`): joined devices (device ID, name, join type);
 - the site (MP `GET /_lab/clients`, `GET /_lab/tokens`): registered clients, approval, token expiry;
+  and its conflicting records (`GET /_lab/conflicts`): registrations that proposed another client's SMSID;
 - the traces: device names the agent tagged its requests with, and the steps that succeeded
   (a successful `download` step means the client was installed through the gateway).
 
@@ -46,11 +47,13 @@ class Devices:
         if self._cache and time.monotonic() - self._cache[0] < CACHE_SECONDS:
             return self._cache[1]
         errors: list[str] = []
-        joined, clients, tokens = await asyncio.gather(
+        joined, clients, tokens, conflicts = await asyncio.gather(
             self._get(f"{self.entra}/_lab/devices", "devices", errors),
             self._get(f"{self.mp}/_lab/clients", "clients", errors),
-            self._get(f"{self.mp}/_lab/tokens", "tokens", errors))
-        result = {"devices": merge(joined, clients, tokens, self.store.devices()), "errors": errors}
+            self._get(f"{self.mp}/_lab/tokens", "tokens", errors),
+            self._get(f"{self.mp}/_lab/conflicts", "conflicts", errors))
+        result = {"devices": merge(joined, clients, tokens, self.store.devices()), "conflicts": conflicts,
+                  "errors": errors}
         self._cache = (time.monotonic(), result)
         return result
 

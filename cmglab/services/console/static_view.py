@@ -31,12 +31,15 @@ def _bytes(n: Any) -> str:
 
 
 def render(*, site_code: str, services: list[dict[str, Any]], devices: list[dict[str, Any]],
-           summaries: list[dict[str, Any]], traces: list[dict[str, Any]], title: str, live_url: str) -> str:
+           summaries: list[dict[str, Any]], traces: list[dict[str, Any]], title: str, live_url: str,
+           conflicts: list[dict[str, Any]] | None = None) -> str:
     service_rows = [_row((s["name"], s["health"], s["url"]), "" if s["health"] == "healthy" else "fail")
                     for s in services]
     device_rows = [_row((d["name"], "yes" if d.get("joined") else "no", "yes" if d.get("installed") else "no",
                          "yes" if d.get("registered") else "no",
                          (d.get("ccm_token_expires") or "").replace("T", " ")[:19])) for d in devices]
+    conflict_rows = [_row((c["sms_id"], c.get("netbios_name") or "", c["kind"], c["status"], c.get("new_sms_id") or ""),
+                          "fail" if c["status"] == "pending" else "") for c in conflicts or []]
     trace_rows = [
         f'<tr class="{"fail" if t["failed"] else ""}"><td>{escape(t["start"].replace("T", " ")[:19])}</td>'
         f'<td>{escape(t.get("step") or "-")}</td><td>{escape(t.get("device") or "(untagged)")}</td>'
@@ -74,6 +77,8 @@ def render(*, site_code: str, services: list[dict[str, Any]], devices: list[dict
     <section><h2>Services</h2>{_table("services", ("service", "health", "url"), service_rows, "no services")}</section>
     <section><h2>Devices</h2>{_table("devices", ("device", "joined", "installed", "registered",
                                                   "CCM token expires"), device_rows, "no devices yet")}</section>
+    <section><h2>Conflicting records</h2>{_table("conflicts", ("SMSID proposed", "device", "kind", "status",
+                                                               "new SMSID"), conflict_rows, "none")}</section>
     <section><h2>Traces</h2>{_table("traces", ("start", "flow", "device", "first request", "status"), trace_rows,
                                     "no traces yet")}</section>
   </aside>

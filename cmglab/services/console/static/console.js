@@ -56,7 +56,13 @@ function renderServices(list) {
 function yesNo(v) { return html("td", { class: v ? "yes" : "no" }, v ? "yes" : "no"); }
 
 async function refreshDevices() {
-  const { devices } = await api("/api/devices");
+  const { devices, conflicts } = await api("/api/devices");
+  // registrations that proposed another client's SMSID: `cmglab clients resolve ID new|merge|block`
+  $("#conflicts tbody").replaceChildren(...(conflicts || []).map((c) => {
+    const tr = html("tr", { "data-conflict": String(c.id), class: c.status === "pending" ? "fail" : "" });
+    tr.append(...[c.sms_id, c.netbios_name, c.kind, c.status, c.new_sms_id || ""].map((v) => html("td", {}, v)));
+    return tr;
+  }));
   $("#devices tbody").replaceChildren(...devices.map((d) => {
     const tr = html("tr", { "data-device": d.name });
     const name = html("td"); const a = html("a", { href: "#" }, d.name);
