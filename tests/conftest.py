@@ -7,17 +7,12 @@ import signal
 import ssl
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from cmglab.runtime.lab import Lab
-from cmglab.runtime.sockets import reserve_ports
 from cmglab.tools.processes import LabProcesses
-from cmglab.tools.processes import isolated_lab as new_lab
-from cmglab.wire import httpclient
-
-__all__ = ["new_lab", "reserve_ports"]
+from tests.support.lab import new_lab
 
 _CREATE_DEFAULT_CONTEXT = ssl.create_default_context
 
@@ -55,11 +50,3 @@ def lab_services(lab: Lab) -> Iterator[LabProcesses]:
 @pytest.fixture(scope="session")
 def admin_headers(lab: Lab) -> dict[str, str]:
     return {"Authorization": f"Bearer {lab.admin_token()}"}
-
-
-def lab_client(lab: Lab, *, cert: tuple[Path, Path] | None = None, crl_check: bool = False,
-               timeout: float = 15):  # type: ignore[no-untyped-def]
-    """A sync httpx client as a device would have: lab CA trusted, names mapped to loopback."""
-    ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=cert,
-                                 crl_files=[lab.pki.crl_bundle], crl_check=crl_check)
-    return httpclient.client(ctx=ctx, resolve=lab.resolve(), timeout=timeout)

@@ -26,10 +26,10 @@ from cmglab.tools.reliability import matrix
 from cmglab.tools.reliability.material import CertFiles, Material
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire import cmg_channel
-from tests.conftest import lab_client
+from tests.support.cmg import proxy_url
 from tests.support.entra_device import EntraClient, join_body, new_key
-from tests.test_cmg_channel import proxy_url
-from tests.test_mp_support import Device, ccm_post, http_url, https_url, lab_rows, reply_body
+from tests.support.lab import lab_client
+from tests.support.mp import Device, ccm_post, http_url, https_url, lab_rows, reply_body
 
 ROOT = Path(__file__).parent.parent
 CERT_CREDENTIALS = {"pki", "pki_revoked", "foreign_ca", "sms_self_signed", "connection_point"}

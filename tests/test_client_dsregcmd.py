@@ -8,21 +8,15 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from cmglab.agent.certstore import MY
 from cmglab.agent.device import Device
 from cmglab.core.ad import LabDirectory
 from cmglab.core.labconfig import load_config
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
 from tests.support.agent import messages, new_device, run
+from tests.support.lab import lab_client, lab_fixture
 
-
-@pytest.fixture(scope="module", autouse=True)
-def services(lab_services: LabProcesses) -> None:
-    lab_services.ensure("pki", "entra")
+services = lab_fixture("pki", "entra", autouse=True)
 
 
 def join(lab: Lab, home: Path, user: int = 0, tenant: int = 0) -> tuple[Device, subprocess.CompletedProcess[str]]:

@@ -5,40 +5,16 @@ policy decrypted), and /uninstall. Every step against the running services over 
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
-
-import pytest
 
 from cmglab.agent.ccm.state import ClientState
 from cmglab.agent.ccm.tokens import TokenCache
-from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
-from tests.support.agent import assert_lines, log_of, new_device, run
+from tests.support.agent import assert_lines, log_of, run
+from tests.support.client import SERVICES, ccmhostname, ccmsetup, joined_device
+from tests.support.lab import lab_fixture
 
-SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def services(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure(*SERVICES)
-
-
-def ccmhostname(lab: Lab) -> str:
-    return f"{lab.url('cmg').removeprefix('https://')}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}"
-
-
-def joined_device(lab: Lab, home: Path, *, user: int = 0, tenant: int = 0) -> Device:
-    device = new_device(lab.dir, home)
-    u = lab.config.tenants[tenant].users[user]
-    r = run("cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", u.upn, "--password", u.password)
-    assert r.returncode == 0, r.stderr
-    return device
-
-
-def ccmsetup(device: Device, *args: str) -> subprocess.CompletedProcess[str]:
-    return run("cmglab.agent.ccmsetup", "--home", str(device.home), *args)
+services = lab_fixture(*SERVICES, autouse=True)
 
 
 def test_entra_install_register_renew_policy_uninstall(lab: Lab, tmp_path: Path) -> None:

@@ -7,19 +7,12 @@ from __future__ import annotations
 import fcntl
 from pathlib import Path
 
-import pytest
-
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
 from tests.support.agent import assert_lines
-from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup, joined_device
-from tests.test_client_failures import assert_clean, install
+from tests.support.client import SERVICES, assert_clean, ccmhostname, ccmsetup, install, joined_device
+from tests.support.lab import lab_client, lab_fixture
 
-
-@pytest.fixture(scope="module", autouse=True)
-def services(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure(*SERVICES)
+services = lab_fixture(*SERVICES, autouse=True)
 
 
 def test_already_running_is_exit_8(lab: Lab, tmp_path: Path) -> None:

@@ -7,36 +7,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
-from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
 from tests.support.agent import assert_lines, log_of, new_device, run
-from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup, joined_device
+from tests.support.client import SERVICES, assert_clean, install, joined_device, new_bulk_token
+from tests.support.lab import lab_client, lab_fixture
 
-
-@pytest.fixture(scope="module", autouse=True)
-def services(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure(*SERVICES)
-
-
-def assert_clean(device: Device) -> None:
-    assert not device.client_path.exists(), "client state left behind"
-    assert not device.token_cache_path.exists(), "a CCM token left behind"
-    assert not device.client_token_path.exists()
-    assert not (device.ccm_dir / "client.msi").exists()
-
-
-def install(lab: Lab, device: Device, *extra: str) -> subprocess.CompletedProcess[str]:
-    return ccmsetup(device, f"CCMHOSTNAME={ccmhostname(lab)}", "SMSSITECODE=MEM", *extra)
+services = lab_fixture(*SERVICES, autouse=True)
 
 
 def test_root_ca_missing(lab: Lab, tmp_path: Path) -> None:
@@ -211,13 +192,6 @@ def test_device_key_unusable_falls_back_to_the_user_token(lab: Lab, tmp_path: Pa
     assert re.search(rf"Validated AAD token\. TokenType: UDA TenantId: {lab.config.primary_tenant.tenant_id} "
                      rf"UserId: {user.object_id} DeviceId: [0-9a-f-]{{36}}", sts_log), sts_log[-2000:]
     assert "TokenType is UDA" in sts_log
-
-
-def new_bulk_token(lab: Lab, minutes: int = 60) -> dict[str, str]:
-    r = run("cmglab", "bulk-token", "new", "--lab", str(lab.dir), "--lifetime", str(minutes), "--json")
-    assert r.returncode == 0, r.stderr
-    doc: dict[str, str] = json.loads(r.stdout)
-    return doc
 
 
 def test_blocked_bulk_token(lab: Lab, tmp_path: Path) -> None:

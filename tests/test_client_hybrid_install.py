@@ -7,20 +7,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 from cmglab.agent.ccm.state import ClientState
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
 from tests.support.agent import assert_lines, new_device, run
+from tests.support.lab import lab_client, lab_fixture
 
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def services(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure(*SERVICES)
+services = lab_fixture(*SERVICES, autouse=True)
 
 
 def sts_log(lab: Lab) -> str:

@@ -7,20 +7,15 @@ import re
 import time
 from pathlib import Path
 
-import pytest
-
 from cmglab.agent import prt
 from cmglab.agent.device import Device
 from cmglab.agent.entra import EntraClient
 from cmglab.agent.network import DeviceNetwork
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from tests.support.agent import messages, new_device, run
+from tests.support.lab import lab_fixture
 
-
-@pytest.fixture(scope="module", autouse=True)
-def services(lab_services: LabProcesses) -> None:
-    lab_services.ensure("pki", "entra")
+services = lab_fixture("pki", "entra", autouse=True)
 
 
 def joined(lab: Lab, home: Path) -> Device:

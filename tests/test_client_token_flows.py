@@ -6,21 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from cmglab.agent.ccm.state import ClientState
 from cmglab.agent.ccm.tokens import ClientTokenStore
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from tests.support.agent import assert_lines, log_of, new_device, run
-from tests.test_client_entra_install import SERVICES, ccmhostname, ccmsetup
-from tests.test_client_failures import assert_clean, new_bulk_token
+from tests.support.client import SERVICES, assert_clean, ccmhostname, ccmsetup, new_bulk_token
+from tests.support.lab import lab_fixture
 
-
-@pytest.fixture(scope="module", autouse=True)
-def services(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure(*SERVICES)
+services = lab_fixture(*SERVICES, autouse=True)
 
 
 def everything(device: Device) -> bytes:

@@ -24,11 +24,20 @@ from cmglab.pki import builders as b
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client, new_lab
+from tests.support.cmg import (
+    FAST_ENV,
+    channel_up,
+    cmg_health,
+    cmg_points,
+    cmg_requests,
+    mp_requests,
+    new_bulk_token,
+    proxy_url,
+    wait_for,
+)
+from tests.support.lab import lab_client, new_lab
+from tests.support.mp import Device, ccm_post
 from tests.support.threaded import ThreadedService
-from tests.test_cmg_channel import FAST_ENV, channel_up, cmg_points, proxy_url, wait_for
-from tests.test_cmg_flows import cmg_health, cmg_requests, mp_requests, new_bulk_token
-from tests.test_mp_support import Device, ccm_post
 
 REAL_ENTRA = (Path(__file__).parent.parent / "cmglab" / "services" / "entra" / "service.py").exists()
 

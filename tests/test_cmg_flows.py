@@ -1,4 +1,4 @@
-"""Client -> CMG -> channel -> connection point -> the real MP and back (lab contract §2 flows 2, 3, 7):
+"""Client -> CMG -> channel -> connection point -> the real MP and back (docs/protocol-notes.md, Lab §2 flows 2, 3, 7):
 CCM_STS, a ccm_system_tokenauth location request, a ccm_system registration, the client package,
 AADAuthInfo. Services run as subprocesses in a lab of their own (short heartbeat and summary interval)."""
 
@@ -6,21 +6,29 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
-from typing import Any
 from xml.etree import ElementTree
 
-import httpx
 import pytest
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
-from tests.conftest import lab_client, new_lab
-from tests.test_cmg_channel import FAST_ENV, channel_up, cmg_points, log_text, proxy_url, wait_for
-from tests.test_mp_support import Device, ccm_post, reply_body
+from tests.support.cmg import (
+    FAST_ENV,
+    channel_up,
+    cmg_health,
+    cmg_points,
+    cmg_requests,
+    cp_requests,
+    log_text,
+    mp_requests,
+    new_bulk_token,
+    proxy_url,
+    wait_for,
+)
+from tests.support.lab import lab_client, new_lab
+from tests.support.mp import Device, ccm_post, reply_body
 
 
 @pytest.fixture(scope="module")
@@ -35,32 +43,6 @@ def services(flow_lab: Lab) -> Iterator[LabProcesses]:
         wait_for(lambda: channel_up(flow_lab) and cmg_points(flow_lab), what="channel up")
         wait_for(lambda: cmg_health(flow_lab)["site_config"], what="site configuration at the CMG")
         yield p
-
-
-def cmg_health(lab: Lab) -> dict[str, Any]:
-    with lab_client(lab) as c:
-        return c.get(f"{lab.url('cmg')}/_lab/health").json()  # type: ignore[no-any-return]
-
-
-def mp_requests(lab: Lab, path: str = "") -> list[dict[str, Any]]:
-    with lab_client(lab) as c:
-        return c.get(f"{lab.url('management-point')}/_lab/requests", params={"path": path}).json()["requests"]
-
-
-def cmg_requests(lab: Lab, path: str = "") -> list[dict[str, Any]]:
-    with lab_client(lab) as c:
-        return c.get(f"{lab.url('cmg')}/_lab/requests", params={"path": path},  # admin only at the CMG
-                     headers={"Authorization": f"Bearer {lab.admin_token()}"}).json()["requests"]
-
-
-def cp_requests(lab: Lab) -> list[dict[str, Any]]:
-    return httpx.get(f"http://127.0.0.1:{lab.port('cmg-connection-point')}/_lab/requests").json()["requests"]
-
-
-def new_bulk_token(lab: Lab) -> str:
-    out = subprocess.run([sys.executable, "-m", "cmglab", "bulk-token", "new", "--json", "--lab", str(lab.dir)],
-                         check=True, capture_output=True, text=True).stdout
-    return str(json.loads(out)["token"])
 
 
 @pytest.fixture(scope="module")

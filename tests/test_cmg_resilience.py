@@ -17,9 +17,18 @@ import pytest
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client, new_lab, reserve_ports
-from tests.test_cmg_channel import FAST_ENV, bearer, channel_up, cmg_points, cp_health, proxy_url, wait_for
-from tests.test_cmg_flows import cmg_health, cmg_requests
+from tests.support.cmg import (
+    FAST_ENV,
+    bearer,
+    channel_up,
+    cmg_health,
+    cmg_points,
+    cmg_requests,
+    cp_health,
+    proxy_url,
+    wait_for,
+)
+from tests.support.lab import lab_client, new_lab, reserve_ports
 
 MANIFEST = "CCM_Client/manifest.json"
 

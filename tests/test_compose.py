@@ -1,4 +1,4 @@
-"""The compose lab: `docker-compose config` accepts it, and it draws the lab contract's topology."""
+"""The compose lab: `docker-compose config` accepts it, and it draws the lab's topology."""
 
 from __future__ import annotations
 

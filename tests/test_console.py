@@ -15,10 +15,10 @@ from cryptography import x509
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import SERVICES, LabProcesses
 from cmglab.wire.tracing import TraceParent
-from tests.conftest import lab_client, new_lab
-from tests.test_cmg_channel import wait_for
-from tests.test_mp_support import Device
-from tests.test_tracing import bulk_token, traced_sts
+from tests.support.cmg import wait_for
+from tests.support.lab import lab_client, new_lab
+from tests.support.mp import Device
+from tests.support.tracing import bulk_token, traced_sts
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +41,7 @@ def trace_of(lab: Lab, device: str, hops: int) -> dict[str, Any]:
         traces = api(lab, "/api/traces", device=device)["traces"]
         return traces[0] if traces and traces[0]["hops"] >= hops else None
 
-    return wait_for(found, what=f"a {hops}-hop trace of {device} at the console")  # type: ignore[no-any-return]
+    return wait_for(found, what=f"a {hops}-hop trace of {device} at the console")
 
 
 def test_services_are_listed_with_their_health(lab: Lab) -> None:

@@ -17,10 +17,10 @@ import pytest
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import SERVICES, LabProcesses
 from cmglab.wire.tracing import TraceParent
-from tests.conftest import lab_client
-from tests.test_cmg_channel import wait_for
-from tests.test_mp_support import Device
-from tests.test_tracing import bulk_token, traced_sts
+from tests.support.cmg import wait_for
+from tests.support.lab import lab_client
+from tests.support.mp import Device
+from tests.support.tracing import bulk_token, traced_sts
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -90,7 +90,7 @@ def install_with_entra(lab: Lab, home: Path, name: str) -> None:
 
 def drawn_requests(page: Any) -> list[dict[str, str]]:
     """The diagram's request arrows, top to bottom."""
-    return page.eval_on_selector_all(  # type: ignore[no-any-return]
+    return page.eval_on_selector_all(
         "#sequence g.hop.request",
         "gs => gs.map(g => ({step: g.dataset.step, caller: g.dataset.caller, service: g.dataset.service}))")
 

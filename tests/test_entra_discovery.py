@@ -62,7 +62,7 @@ def test_jwks_and_the_site_validator(entra: EntraClient, lab: Lab) -> None:
     # the CMG/MP validator accepts a token, fetching these keys over the lab's names
     token = entra.ropc("https://ConfigMgrService").json()["access_token"]
 
-    async def validate() -> dict:  # type: ignore[type-arg]
+    async def validate() -> dict:
         async with lab.http_client() as client:
             return await EntraKeys(client, lab.entra_jwks_url()).validate(token, audiences=["https://ConfigMgrService"])
 

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import hashes
 from cmglab.pki.labpki import MS_ORG_ACCESS_NAME
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
-from tests.conftest import new_lab
 from tests.support.entra_device import (
     CONFIGMGR_CLIENT,
     EntraClient,
@@ -28,6 +27,7 @@ from tests.support.entra_device import (
     join_body,
     new_key,
 )
+from tests.support.lab import new_lab
 
 
 @pytest.fixture(scope="module")

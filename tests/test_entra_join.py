@@ -18,7 +18,6 @@ from cryptography.x509.oid import NameOID
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
 from tests.support.entra_device import (
     DRS_RESOURCE,
     EntraClient,
@@ -31,6 +30,7 @@ from tests.support.entra_device import (
     new_key,
     self_signed,
 )
+from tests.support.lab import lab_client
 
 MS_ORG_ACCESS = "OU=82dbaca4-3e81-46ca-9c73-0950c1eaca97,CN=MS-Organization-Access,DC=windows,DC=net"
 

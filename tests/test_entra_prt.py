@@ -1,4 +1,4 @@
-"""Primary refresh tokens over httpx, built from the wire contract ([MS-OAPXBC]; research/entra-drs.md §2.3):
+"""Primary refresh tokens over httpx, built from the wire contract ([MS-OAPXBC]; docs/protocol-notes.md, Entra §2.3):
 issuance and use with both KDF versions, and the bad input — malformed, replayed, wrongly signed, from
 another tenant, after the device was deleted — each refused with its AADSTS code and nothing stored."""
 
@@ -23,7 +23,6 @@ from cryptography.x509.oid import NameOID
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import prt_crypto
-from tests.conftest import lab_client
 from tests.support.entra_device import (
     CONFIGMGR_CLIENT,
     JWT_BEARER,
@@ -33,6 +32,7 @@ from tests.support.entra_device import (
     join_body,
     new_key,
 )
+from tests.support.lab import lab_client
 
 WINDOWS_SIGN_IN = "38aa3b87-a06d-4817-b275-7a316988d93b"
 CONFIGMGR = "https://ConfigMgrService"

@@ -20,8 +20,8 @@ from cryptography.x509.oid import NameOID
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
 from tests.support.entra_device import CONFIGMGR_CLIENT, DRS_RESOURCE, claims, self_signed
+from tests.support.lab import lab_client
 from tests.support.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
 
 pytestmark = pytest.mark.netns
@@ -46,7 +46,7 @@ def roadtx(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPa
         yield run
 
 
-def devices(lab: Lab) -> dict[str, dict]:  # type: ignore[type-arg]
+def devices(lab: Lab) -> dict[str, dict]:
     with lab_client(lab) as c:
         return {d["device_id"]: d for d in c.get(f"{lab.url('entra')}/_lab/devices").json()["devices"]}
 

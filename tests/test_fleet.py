@@ -5,22 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from cmglab.agent.ccm.state import ClientState
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
 from cmglab.tools.fleet import keypool, runner, summary
 from cmglab.tools.fleet.steps import STEPS
-from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
+from tests.support.lab import lab_client, lab_fixture
 
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def services(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure(*SERVICES)
+services = lab_fixture(*SERVICES, autouse=True)
 
 
 def test_key_pool_hands_out_each_key_once(tmp_path: Path) -> None:

@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from cmglab.agent.ccm.state import ClientState
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
@@ -20,8 +18,7 @@ from cmglab.runtime.sockets import free_port_now
 from cmglab.tools.fleet import keypool
 from cmglab.tools.fleet.cli import NEEDED
 from cmglab.tools.fleet.steps import STEPS
-from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
+from tests.support.lab import lab_client, lab_fixture
 
 FLOWS = ("onboarding", "policy cycle", "token renewal")
 DEVICES = 3
@@ -30,9 +27,7 @@ RUN = ("--headless", "-u", str(DEVICES), "-r", str(DEVICES), "--run-time", "15s"
        "--only-summary")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def services(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure(*NEEDED)
+services = lab_fixture(*NEEDED, autouse=True)
 
 
 def cmglab(*args: str) -> list[str]:

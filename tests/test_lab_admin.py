@@ -12,7 +12,7 @@ from cmglab.runtime.admin import install_lab_admin
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.wire import httpclient
-from tests.conftest import new_lab, reserve_ports
+from tests.support.lab import new_lab, reserve_ports
 from tests.support.threaded import ThreadedService
 
 

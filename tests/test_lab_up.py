@@ -19,7 +19,7 @@ from cmglab.runtime.lab import Lab
 from cmglab.runtime.sockets import handover
 from cmglab.tools import orchestrate
 from cmglab.tools.processes import SERVICES, isolated_lab
-from tests.conftest import lab_client
+from tests.support.lab import lab_client
 
 
 def cmglab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from cmglab.core.labconfig import Ports
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.sockets import PORT_IN_USE_EXIT, reserve_ports
 from cmglab.tools.processes import LabProcesses, isolated_lab, listening_on
-from tests.conftest import lab_client
+from tests.support.lab import lab_client
 
 AAD_POWERSHELL = "1b730954-1685-4b74-9bfd-dac224a7b894"
 DRS_RESOURCE = "urn:ms-drs:enterpriseregistration.windows.net"

@@ -10,12 +10,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import jwt
-import pytest
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
-from tests.test_mp_support import Device, ccm_post, client, https_url, lab_rows, reply_body, wait_log
+from tests.support.lab import lab_fixture
+from tests.support.mp import Device, ccm_post, client, https_url, lab_rows, reply_body, wait_log
 
 
 def cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
@@ -32,10 +31,7 @@ def new_token(lab: Lab, lifetime: int | None = None) -> dict[str, str]:
     return data
 
 
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("management-point")
-    return lab
+mp = lab_fixture("management-point")
 
 
 def sts(mp: Lab, bearer: str | None, doc: dict) -> tuple[int, dict]:

@@ -4,22 +4,15 @@ half-registered."""
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
 
 import pytest
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
-from tests.test_mp_support import Device, ccm_post, client, http_url, lab_rows, reply_body, set_site, wait_log
+from tests.support.lab import lab_fixture
+from tests.support.mp import Device, ccm_post, client, http_url, lab_rows, reply_body, wait_log
 
-
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses) -> Iterator[Lab]:
-    lab_services.ensure("management-point")
-    set_site(lab, auto_approve="all")
-    yield lab
-    set_site(lab, auto_approve=lab.config.site.auto_approve)
+mp = lab_fixture("management-point", site={"auto_approve": "all"})
 
 
 def post(mp: Lab, raw: bytes, content_type: str = cm.CONTENT_TYPE):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Interoperability: an independent client written only from research/configmgr-wire.md §2's byte layout, the way
+"""Interoperability: an independent client written only from docs/protocol-notes.md, ConfigMgr §2's byte layout, the way
    sccmwtf/SCCMSecrets are written (httpx + cryptography, hand-built bytes; it does NOT import the
    project's codec): registration, confirmation, policy assignment, secret policy download, CMS
    decryption and NAA blob deobfuscation.
@@ -14,7 +14,6 @@ import zlib
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,16 +23,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.x509.oid import NameOID
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
+from tests.support.lab import lab_client, lab_fixture
 
 B = "aAbBcCdDv1234567890VxXyYzZ"
 
 
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("management-point")
-    return lab
+mp = lab_fixture("management-point")
 
 
 # -- the independent client ------------------------------------------------------------------------

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
-
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire.cabinet import read_cab
-from tests.test_mp_support import Device, ccm_post, client, http_url, https_url, reply_body, set_site, wait_log
+from tests.support.lab import lab_fixture
+from tests.support.mp import Device, ccm_post, client, http_url, https_url, reply_body, set_site, wait_log
 
 SITE_INFO = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="MEM"/></SiteInformationRequest>'
 CLIENT_CONTENT = ('<ContentLocationRequest SchemaVersion="1.00" BGRVersion="1"><AssignedSite SiteCode="MEM"/>'
@@ -23,10 +21,7 @@ CLIENT_CONTENT = ('<ContentLocationRequest SchemaVersion="1.00" BGRVersion="1"><
                   '</ContentLocationRequest>')
 
 
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("management-point")
-    return lab
+mp = lab_fixture("management-point")
 
 
 def location(mp: Lab, body: str, url: str | None = None, cert: object = None, headers: dict | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The shared CcmMessaging codec: byte layout as research/configmgr-wire.md §2 shows, round trips,
+"""The shared CcmMessaging codec: byte layout as docs/protocol-notes.md, ConfigMgr §2 shows, round trips,
 signatures (DigestInfo and CRYPT_NOHASHOID), PUBLICKEYBLOB, ClientToken; parse errors are typed."""
 
 from __future__ import annotations

@@ -16,19 +16,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.sockets import free_port_now
-from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
+from tests.support.lab import lab_client, lab_fixture
 from tests.support.relay import QUIET, ntlmrelayx, stop, victim_authenticates, wait_listening
 
-
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("management-point")
-    return lab
+mp = lab_fixture("management-point")
 
 
 def test_ntlmrelayx_sccm_policies_recovers_the_naa(mp: Lab, tmp_path: Path) -> None:

@@ -4,15 +4,14 @@ secret policies only to the registered key, as CMS to its encryption certificate
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from cmglab.runtime.lab import Lab
 from cmglab.services.management_point.policy_crypto import deobfuscate_secret
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
-from tests.test_mp_support import (
+from tests.support.lab import lab_fixture
+from tests.support.mp import (
     Device,
     ccm_post,
     client,
@@ -22,17 +21,10 @@ from tests.test_mp_support import (
     lab_rows,
     register,
     reply_body,
-    set_site,
     wait_log,
 )
 
-
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses) -> Iterator[Lab]:
-    lab_services.ensure("management-point")
-    set_site(lab, auto_approve="all")
-    yield lab
-    set_site(lab, auto_approve=lab.config.site.auto_approve)
+mp = lab_fixture("management-point", site={"auto_approve": "all"})
 
 
 @pytest.fixture(scope="module")

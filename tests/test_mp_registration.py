@@ -12,10 +12,10 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire.site_tokens import CLIENT, verify
-from tests.test_mp_support import (
+from tests.support.lab import lab_fixture
+from tests.support.mp import (
     Device,
     ccm_post,
     client,
@@ -28,11 +28,7 @@ from tests.test_mp_support import (
     wait_log,
 )
 
-
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("management-point")
-    return lab
+mp = lab_fixture("management-point")
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
 from tests.support.agent import run
-from tests.test_mp_support import (
+from tests.support.lab import lab_fixture
+from tests.support.mp import (
     Device,
     ccm_post,
     client,
@@ -28,11 +29,7 @@ from tests.test_mp_support import (
     wait_log,
 )
 
-
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("management-point")
-    return lab
+mp = lab_fixture("management-point")
 
 
 def sts(mp: Lab, bearer: str | None, doc: object, cert: object = None) -> tuple[int, dict]:

@@ -6,19 +6,14 @@ from __future__ import annotations
 import base64
 
 import httpx
-import pytest
 import spnego
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
-from tests.test_mp_support import Device, client, http_url, https_url, lab_rows, reply_body, wait_log
+from tests.support.lab import lab_fixture
+from tests.support.mp import Device, client, http_url, https_url, lab_rows, reply_body, wait_log
 
-
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("management-point")
-    return lab
+mp = lab_fixture("management-point")
 
 
 def account(lab: Lab, name: str) -> tuple[str, str]:

@@ -14,7 +14,7 @@ import pytest
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import SERVICES, LabProcesses
 from cmglab.wire.tracing import TraceContext
-from tests.conftest import lab_client
+from tests.support.lab import lab_client
 
 CHROMIUM = "/usr/bin/chromium"
 DEVICE = "STATIC01"

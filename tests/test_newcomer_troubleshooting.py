@@ -14,21 +14,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import pytest
 
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
 from tests.support.agent import log_of, new_device, run
+from tests.support.lab import lab_client, lab_fixture
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NEEDED = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def services(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure(*NEEDED)
+services = lab_fixture(*NEEDED, autouse=True)
 
 
 def row(cause: str) -> str:

@@ -17,7 +17,7 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from cmglab.pki.builders import x5t
 from cmglab.pki.labpki import MS_ORG_ACCESS_NAME
 from cmglab.runtime.lab import Lab
-from tests.conftest import new_lab
+from tests.support.lab import new_lab
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,10 @@ from cmglab.services.management_point.policy_defaults import default_policies
 from cmglab.services.management_point.store import Store as MPStore
 from cmglab.tools.fleet import runner
 from cmglab.tools.processes import LabProcesses, isolated_lab
-from tests.conftest import lab_client
 from tests.support.agent import log_of, new_device, run
-from tests.test_client_entra_install import ccmsetup
-from tests.test_mp_support import Device, lab_rows, register
+from tests.support.client import ccmsetup
+from tests.support.lab import lab_client
+from tests.support.mp import Device, lab_rows, register
 
 REPLICA_ADDR = "127.0.0.2"
 ENV = {"CMGLAB_CHANNEL_HEARTBEAT": "1", "CMGLAB_CHANNEL_BACKOFF_MAX": "1", "CMGLAB_CP_CMG_INSTANCES": "2"}

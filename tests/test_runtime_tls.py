@@ -15,7 +15,7 @@ from cmglab.runtime.certinfo import client_cert, describe
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.wire import httpclient
-from tests.conftest import new_lab, reserve_ports
+from tests.support.lab import new_lab, reserve_ports
 from tests.support.threaded import ThreadedService
 
 

@@ -24,9 +24,9 @@ from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.tools.reliability.material import Material
 from cmglab.wire import ccm_messaging as cm
-from tests.conftest import lab_client
 from tests.support.agent import new_device
-from tests.test_mp_support import Device, ccm_post, https_url, reply_body
+from tests.support.lab import lab_client
+from tests.support.mp import Device, ccm_post, https_url, reply_body
 
 JWT = re.compile(rb"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{16,}")
 MINTED: list[str] = []  # bulk tokens this module minted: none may appear anywhere in the lab

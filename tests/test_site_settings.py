@@ -6,20 +6,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from cmglab.core.labconfig import load_config, save_config
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
-from tests.conftest import lab_client
 from tests.support.agent import run
+from tests.support.lab import lab_client, lab_fixture
 
-
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("management-point")
-    return lab
+mp = lab_fixture("management-point")
 
 
 def cmglab(lab: Lab, *args: str, expect: int = 0) -> str:

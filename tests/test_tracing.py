@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,33 +17,13 @@ import pytest
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import tracing
-from cmglab.wire.tracing import TraceContext, TraceParent
-from tests.conftest import lab_client, new_lab
-from tests.test_cmg_channel import FAST_ENV, channel_up, cmg_points, proxy_url, wait_for
-from tests.test_mp_support import Device
+from cmglab.wire.tracing import TraceParent
+from tests.support.cmg import FAST_ENV, channel_up, cmg_points, proxy_url, wait_for
+from tests.support.lab import lab_client, new_lab
+from tests.support.mp import Device
+from tests.support.tracing import bulk_token, traced_sts
 
 # -- helpers the console tests share: traced requests as the agent sends them ---------------------------
-
-
-def bulk_token(lab: Lab, *, blocked: bool = False) -> str:
-    def cli(*args: str) -> str:
-        return subprocess.run([sys.executable, "-m", "cmglab", "bulk-token", *args, "--lab", str(lab.dir)],
-                              check=True, capture_output=True, text=True).stdout
-
-    created = json.loads(cli("new", "--json"))
-    if blocked:
-        cli("block", created["guid"])
-    return str(created["token"])
-
-
-def traced_sts(lab: Lab, device: Device, token: str, step: str = "ccmsts") -> tuple[httpx.Response, dict[str, str]]:
-    """CCM_STS with a bulk registration token through CCM_Proxy_ServerAuth, as one traced operation."""
-    headers = TraceContext.start(device.name, step)
-    body = json.dumps(device.proof("BulkRegistration", token)).encode()
-    with lab_client(lab) as c:
-        reply = c.post(proxy_url(lab, "CCM_STS"), content=body,
-                       headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", **headers})
-    return reply, headers
 
 
 def records(lab: Lab, service: str, trace_id: str) -> list[dict[str, Any]]:
@@ -62,7 +40,7 @@ def hop_chain(lab: Lab, trace_id: str) -> dict[str, dict[str, Any]]:
         found = {s: records(lab, s, trace_id) for s in ("cmg", "cmg-connection-point", "management-point")}
         return {s: rows[0] for s, rows in found.items()} if all(found.values()) else None
 
-    return wait_for(chain, what=f"trace {trace_id} at CMG, connection point and MP")  # type: ignore[no-any-return]
+    return wait_for(chain, what=f"trace {trace_id} at CMG, connection point and MP")
 
 
 # -- a tiny OTLP/HTTP collector ---------------------------------------------------------------------------
@@ -210,7 +188,7 @@ def test_an_untraced_client_still_gets_one_trace_behind_the_cmg(trace_lab: Lab) 
 
 def records_all(lab: Lab, service: str) -> list[dict[str, Any]]:
     with lab_client(lab) as c:
-        return c.get(f"{lab.url(service)}/_lab/requests",  # type: ignore[no-any-return]
+        return c.get(f"{lab.url(service)}/_lab/requests",
                      headers={"Authorization": f"Bearer {lab.admin_token()}"}).json()["requests"]
 
 

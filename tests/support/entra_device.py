@@ -1,4 +1,4 @@
-"""A device's side of Entra join, built here from the wire contract (research/entra-drs.md §3), not
+"""A device's side of Entra join, built here from the wire contract (docs/protocol-notes.md, Entra §3), not
 from the emulator's code: keys, the CSR, the BCRYPT transport key, join bodies, signed requests."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
-from tests.conftest import lab_client
+from tests.support.lab import lab_client
 
 PLACEHOLDER_CN = "7E980AD9-B86D-4306-9425-9AC066FB014A"  # what every client puts in its CSR
 DRS_RESOURCE = "urn:ms-drs:enterpriseregistration.windows.net"

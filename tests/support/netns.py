@@ -1,4 +1,4 @@
-"""The lab contract's topology in Linux network namespaces (needs root).
+"""The lab's topology (README, "Networks") in Linux network namespaces (needs root).
 
 One namespace per host, each with its own address and hosts files; two L2 segments (bridges in a
 "switch" namespace): `internet` (agent, entra, cmg, pki, connection point) and `internal` (mp,

@@ -15,7 +15,7 @@ import random
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +57,7 @@ class AliasedEntra(LabProcesses):
     def health_url(self, name: str) -> str:
         return f"https://{self.lab.host(name)}/_lab/health"
 
-    def client(self) -> httpx.Client:
+    def client(self, resolve: Iterable[str] = ()) -> httpx.Client:  # names on port 443: its own mapping
         ctx = httpclient.ssl_context(ca_bundle=self.lab.pki.ca_bundle)
         return httpclient.client(ctx=ctx, resolve=[f"{h}:{PORT}:{self.addr}" for h in self.lab.config.hosts.entra],
                                  timeout=5)

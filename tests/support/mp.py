@@ -1,5 +1,5 @@
-"""Shared helpers of the MP tests: a device with its self-signed SMS certificate that builds messages
-with the shared codec, plus URLs and small readers. (A few self-checks of the helpers at the end.)"""
+"""The MP tests' helpers: a device with its self-signed SMS certificate that builds messages with the shared
+codec, URLs, the site's rows and logs, and a CMS decryptor as the Python tools decrypt."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from cmglab.pki.builders import SMS_EKU, SMS_SIGNING_EKU
 from cmglab.runtime.lab import Lab
 from cmglab.wire import ccm_messaging as cm
-from tests.conftest import lab_client
+from tests.support.lab import lab_client, set_site  # noqa: F401 (set_site: the MP tests' own)
 
 
 def self_signed_sms_cert(key: rsa.RSAPrivateKey, cn: str = "ConfigMgr Client") -> x509.Certificate:
@@ -112,7 +112,7 @@ def https_url(lab: Lab) -> str:
 
 
 def client(lab: Lab, cert: tuple[Path, Path] | None = None) -> httpx.Client:
-    return lab_client(lab, cert=cert)  # type: ignore[no-any-return]
+    return lab_client(lab, cert=cert)
 
 
 def ccm_post(c: httpx.Client, url: str, raw: bytes, headers: dict[str, str] | None = None,
@@ -144,13 +144,6 @@ def register(lab: Lab, device: Device, c: httpx.Client | None = None, url: str |
     return attrs
 
 
-def set_site(lab: Lab, **settings: Any) -> None:
-    with client(lab) as c:
-        r = c.post(f"{https_url(lab)}/_lab/site", json=settings,
-                   headers={"Authorization": f"Bearer {lab.admin_token()}"})
-        r.raise_for_status()
-
-
 def lab_rows(lab: Lab, what: str) -> list[dict[str, Any]]:
     with client(lab) as c:
         r = c.get(f"{https_url(lab)}/_lab/{what}")
@@ -175,13 +168,6 @@ def wait_log(lab: Lab, name: str, pattern: str, timeout: float = 5.0) -> str:
         if time.monotonic() > deadline:
             raise AssertionError(f"no line matching {pattern!r} in {name}:\n{text[-2000:]}")
         time.sleep(0.05)
-
-
-def test_device_messages_round_trip() -> None:
-    d = Device()
-    msg = cm.decode_message(d.registration_message(), cm.CONTENT_TYPE)
-    assert msg.header.target_endpoint == "MP_ClientRegistration"
-    assert msg.body.startswith("<ClientRegistrationRequest><Data ")
 
 
 def cms_decrypt(der: bytes, key: rsa.RSAPrivateKey) -> bytes:
