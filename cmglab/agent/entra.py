@@ -1,4 +1,4 @@
-"""The Entra ID and DRS protocol as the device speaks it (research/entra-drs.md), one method per step.
+"""The Entra ID and DRS protocol as the device speaks it (docs/protocol-notes.md (Entra)), one method per step.
 
 Used by dsregcmd (join, hybrid join, leave) and by the ADAL/WAM stand-in (device and user tokens).
 Well-known hosts keep their real names; in the embedded lab the device's name mapping also says which
@@ -157,7 +157,7 @@ class EntraClient:
 
     def device_signed_request(self, tenant: str, cert: x509.Certificate, key: rsa.RSAPrivateKey,
                               payload: dict[str, Any], what: str) -> TokenReply:
-        """The device-certificate-signed jwt-bearer request (research/entra-drs.md §2.3)."""
+        """The device-certificate-signed jwt-bearer request (docs/protocol-notes.md, Entra §2.3)."""
         payload = {"request_nonce": self.nonce(tenant), **payload}
         request = jwt.encode(payload, key, algorithm="RS256",
                              headers={"typ": "JWT", "x5c": base64.b64encode(cert_der(cert)).decode(), "kdf_ver": 2})

@@ -1,5 +1,5 @@
 """A federated user's sign-in, as Windows does it for a federated domain (seed 002, federated join; the
-WS-Trust flow MSAL and ROADtools implement, research/entra-drs.md §1.5): the user realm names the federation
+WS-Trust flow MSAL and ROADtools implement, docs/protocol-notes.md, Entra §1.5): the user realm names the federation
 service's metadata (MEX); the device sends the user's credentials to its WS-Trust 1.3 `usernamemixed`
 endpoint and gets a SAML 1.1 assertion for `urn:federation:MicrosoftOnline`, which Entra redeems."""
 
@@ -77,7 +77,7 @@ def saml_assertion(http: httpx.Client, metadata_url: str, username: str, passwor
         return found.group(1)
     try:
         reason = SafeET.fromstring(answer.text).findtext("s:Body/s:Fault/s:Reason/s:Text", "", NS)
-    except SafeET.ParseError:  # type: ignore[attr-defined]
+    except SafeET.ParseError:
         reason = answer.text[:200]
     raise EntraError(f"the federation service refused the sign-in: HTTP {answer.status_code} {reason}",
                      status=answer.status_code)

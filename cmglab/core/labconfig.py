@@ -1,6 +1,6 @@
 """The lab configuration (`<lab>/lab.json`): every name, ID, account and port the parts agree on.
 
-Generated once by `cmglab init` with the lab contract's defaults and fresh IDs/passwords, then kept.
+Generated once by `cmglab init` with the lab's defaults and fresh IDs/passwords, then kept.
 """
 
 from __future__ import annotations

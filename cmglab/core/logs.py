@@ -1,4 +1,4 @@
-"""The two ConfigMgr log formats (research/configmgr-wire.md §5), as formatters and file loggers.
+"""The two ConfigMgr log formats (docs/protocol-notes.md, ConfigMgr §5), as formatters and file loggers.
 
 CMTrace (clients):
     <![LOG[text]LOG]!><time="HH:MM:SS.mmm+BIAS" date="MM-DD-YYYY" component="C" context="" type="1"

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from cmglab.core.labconfig import LabConfig, write_private
 from cmglab.pki import builders as b
 
-# Issuer DN of Entra device certificates (research/entra-drs.md §3.2): DC=net + DC=windows +
+# Issuer DN of Entra device certificates (docs/protocol-notes.md, Entra §3.2): DC=net + DC=windows +
 # CN=MS-Organization-Access + OU=82dbaca4-3e81-46ca-9c73-0950c1eaca97.
 MS_ORG_ACCESS_NAME = x509.Name([
     x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "net"),

@@ -1,4 +1,4 @@
-"""What every service has besides its protocol (lab contract §5):
+"""What every service has besides its protocol (docs/protocol-notes.md, Lab §5):
 
 - `GET /_lab/health` (no auth), for compose health checks;
 - `GET /_lab/requests`: the recorded requests, newest first, bounded;
@@ -55,7 +55,7 @@ def current_span(request: Request) -> ServerSpan:
     if span is None:  # an app without the recorder (unit tests): a span of its own
         span = request.scope[SPAN_KEY] = ServerSpan.incoming(request.headers.get(TRACEPARENT),
                                                               request.headers.get(TRACESTATE))
-    return span  # type: ignore[no-any-return]
+    return span
 
 
 class FaultRule(BaseModel):
@@ -337,6 +337,6 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
         return {"removed": n}
 
     app.include_router(router)
-    app.add_middleware(LabMiddleware, state=state)  # type: ignore[arg-type]
+    app.add_middleware(LabMiddleware, state=state)
     app.state.lab = state
     return state

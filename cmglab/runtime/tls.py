@@ -2,7 +2,7 @@
 
 - `TLSScope*Protocol`: stock uvicorn does not hand the peer certificate to the app; these protocol
   subclasses put it into `scope["extensions"]["tls"]["client_cert_chain"]` (ASGI TLS extension shape,
-  research/mtls-in-asgi.md §1). The handshake is complete when `connection_made` runs. The WebSocket
+  docs/protocol-notes.md, mTLS §1). The handshake is complete when `connection_made` runs. The WebSocket
   one covers upgraded connections (the CMG connector channel).
 - `server_context`: client certificate none/optional/required, CRL checking of the leaf, and the
   CRL files re-read when they change (checked at each handshake, a stat call), so a revoke is seen

@@ -1,4 +1,4 @@
-"""`cmglab up/down/status/logs/health`: the embedded lab (lab contract §4) on one machine."""
+"""`cmglab up/down/status/logs/health`: the embedded lab (docs/protocol-notes.md, Lab §4) on one machine."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The CcmMessaging wire codec (research/configmgr-wire.md §2), shared by the MP and the client agent.
+"""The CcmMessaging wire codec (docs/protocol-notes.md, ConfigMgr §2), shared by the MP and the client agent.
 
 Request (`CCM_POST /ccm_system*/request`, `Content-Type: multipart/mixed; boundary="..."`):
 

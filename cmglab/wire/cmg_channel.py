@@ -1,4 +1,4 @@
-"""The CMG channel: what the connection point and the CMG say to each other (lab contract §3).
+"""The CMG channel: what the connection point and the CMG say to each other (docs/protocol-notes.md, Lab §3).
 
 Transport: one WebSocket per (connection point, CMG instance), opened by the connection point to
 the CMG's connector listener (`wss://<cmg>:<connector port>/CloudProxyChannel/v1`) with TLS client

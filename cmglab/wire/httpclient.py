@@ -4,7 +4,7 @@ curl-style `HOST:PORT:ADDR` name mapping.
 The mapping keeps URLs, Host headers, SNI and certificate name checks on the real name while the
 socket goes to the mapped address. httpcore pools connections by the (rewritten) address and ignores
 the SNI name, so each mapped name gets its own inner transport: a connection verified for one name is
-never reused for another (research/mtls-in-asgi.md §4).
+never reused for another (docs/protocol-notes.md, mTLS §4).
 """
 
 from __future__ import annotations

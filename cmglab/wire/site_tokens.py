@@ -1,6 +1,6 @@
-"""Tokens the ConfigMgr site signs (lab contract §3): JWTs, RS256, `x5t` of the site signing cert.
+"""Tokens the ConfigMgr site signs (docs/protocol-notes.md, Lab §3): JWTs, RS256, `x5t` of the site signing cert.
 
-- bulk registration token: the published shape (research/configmgr-wire.md §3.3);
+- bulk registration token: the published shape (docs/protocol-notes.md, ConfigMgr §3.3);
 - CCM token: what CCM_STS issues, 8 hours, token type UDA (Entra user+device) or Device;
 - client unique token: what the MP gives a token-registered client, bound to the thumbprint of its
   self-signed certificate, 90 days, renewed monthly.

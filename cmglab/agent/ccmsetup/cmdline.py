@@ -1,4 +1,4 @@
-"""ccmsetup's command line (research/configmgr-wire.md §5): `/param[:value]` switches, then
+"""ccmsetup's command line (docs/protocol-notes.md, ConfigMgr §5): `/param[:value]` switches, then
 `NAME=value` properties, case-insensitive; plus the lab-only `--home DIR` and `--resolve H:P:A`.
 
 Anything unknown is refused with a message naming it (ccmsetup exits 6), rather than ignored.

@@ -1,4 +1,4 @@
-"""External CMG URL -> internal MP URL, from the role-ID table the site publishes (lab contract §3):
+"""External CMG URL -> internal MP URL, from the role-ID table the site publishes (docs/protocol-notes.md, Lab §3):
 
     https://<cmg>/CCM_Proxy_(MutualAuth|ServerAuth)/<roleId>/<path>?<q>  ->  <internal_url>/<path>?<q>
 

@@ -64,7 +64,7 @@ class IISError(errors.ServiceError):
     def __init__(self, status: int, reason: str, *, substatus: int = 0,
                  headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(reason)
-        self.status, self.substatus, self.reason = status, substatus, reason  # type: ignore[misc]
+        self.status, self.substatus, self.reason = status, substatus, reason
         self.headers = headers or []
 
     def response(self, request: Request | None = None) -> Response:

@@ -1,4 +1,4 @@
-"""The device authorization grant (research/entra-drs.md §2.4): `/oauth2/devicecode` and
+"""The device authorization grant (docs/protocol-notes.md, Entra §2.4): `/oauth2/devicecode` and
 `/oauth2/v2.0/devicecode` hand out a device code and a user code; the user signs in at the lab's
 `/devicelogin` page (the real service's microsoft.com/devicelogin); the client polls the token endpoint.
 """

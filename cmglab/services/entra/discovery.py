@@ -1,4 +1,4 @@
-"""Discovery documents of the login host and the DRS (research/entra-drs.md §1 and §3.1).
+"""Discovery documents of the login host and the DRS (docs/protocol-notes.md, Entra §1 and §3.1).
 
 Endpoint URLs are built on the base URL the client used (its Host header), so they are right on the
 real names, on the `login.lab.test` alias, with the embedded lab's port and in compose. Issuers are

@@ -1,4 +1,4 @@
-"""Device registration crypto (research/entra-drs.md §3.2–3.4): the CSR, the transport key, the
+"""Device registration crypto (docs/protocol-notes.md, Entra §3.2–3.4): the CSR, the transport key, the
 hybrid join's signed SID, and device certificates from the MS-Organization-Access CA.
 
 Pure functions and one small CA class; every check raises `DRSError` before anything is written.

@@ -1,6 +1,6 @@
 """Typed errors of the Entra emulator and the one handler that renders them.
 
-The login host answers in Entra's OAuth envelope (research/entra-drs.md §2.6): `error`,
+The login host answers in Entra's OAuth envelope (docs/protocol-notes.md, Entra §2.6): `error`,
 `error_description` ("AADSTSnnnn: ...\\r\\nTrace ID: ...\\r\\nCorrelation ID: ...\\r\\nTimestamp: ..."),
 `error_codes`, `timestamp`, `trace_id`, `correlation_id`, `error_uri`. The DRS answers with the shape
 AADInternals and dsreg read (`ErrorType`, `Message`, optional `SubCode`, `TraceId`, `Time`); its

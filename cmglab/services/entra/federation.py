@@ -3,7 +3,7 @@ side of federation: SAML 1.1 assertions redeemed with the `saml1_1-bearer` grant
 
 The STS speaks WS-Trust 1.3 `usernamemixed` (WS-Security UsernameToken over TLS) and publishes a
 metadata-exchange document (MEX, WSDL + WS-SecurityPolicy) that names the endpoint, as MSAL and ROADtools
-read it (research/entra-drs.md §1.5; roadlib `wstrust.Mex`, `build_rst`, `parse_wstrust_response`). It issues
+read it (docs/protocol-notes.md, Entra §1.5; roadlib `wstrust.Mex`, `build_rst`, `parse_wstrust_response`). It issues
 SAML 1.1 assertions for `urn:federation:MicrosoftOnline` with the claims Entra needs: the UPN
 (`http://schemas.xmlsoap.org/claims/UPN`), the ImmutableID (the NameIdentifier and
 `http://schemas.microsoft.com/LiveID/Federation/2008/05/ImmutableID`; the lab uses the user's object ID),
@@ -123,7 +123,7 @@ def parse_rst(body: bytes) -> RstRequest:
     """A WS-Trust 1.3 RequestSecurityToken with a UsernameToken (roadlib/MSAL `build_rst`)."""
     try:
         root = SafeET.fromstring(body)
-    except SafeET.ParseError as e:  # type: ignore[attr-defined]
+    except SafeET.ParseError as e:
         raise SoapFault("InvalidSecurity", f"ID3137: the message is not well-formed XML: {e}") from e
     token = root.find("s:Header/wsse:Security/wsse:UsernameToken", NS)
     if token is None:
@@ -145,7 +145,7 @@ def parse_rst_body(body: bytes) -> str:
     """The AppliesTo of a WS-Trust 1.3 RST without credentials (windowstransport: HTTP authentication)."""
     try:
         root = SafeET.fromstring(body)
-    except SafeET.ParseError as e:  # type: ignore[attr-defined]
+    except SafeET.ParseError as e:
         raise SoapFault("InvalidSecurity", f"ID3137: the message is not well-formed XML: {e}") from e
     applies = root.find("s:Body/wst:RequestSecurityToken/wsp:AppliesTo/wsa:EndpointReference/wsa:Address", NS)
     return (applies.text or "").strip() if applies is not None else ""

@@ -1,4 +1,4 @@
-"""The token endpoint's grants (research/entra-drs.md §2.3): password, client_credentials,
+"""The token endpoint's grants (docs/protocol-notes.md, Entra §2.3): password, client_credentials,
 refresh_token, device_code, srv_challenge, and the device-certificate-signed `jwt-bearer` request
 (inner grants `device_token`, `password`, `refresh_token`) that gives device tokens and device-bound
 user tokens.

@@ -1,7 +1,7 @@
 """What every grant needs: the tenant of the request, the client and its authentication, the resource
 (and with it the token version), user sign-in, refresh tokens, and the token response itself.
 
-Each check raises the AADSTS error Entra gives for it (research/entra-drs.md §2.6).
+Each check raises the AADSTS error Entra gives for it (docs/protocol-notes.md, Entra §2.6).
 """
 
 from __future__ import annotations

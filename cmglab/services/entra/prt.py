@@ -1,4 +1,4 @@
-"""Primary refresh tokens ([MS-OAPXBC]; the wire format ROADtools roadlib speaks, research/entra-drs.md §2.3).
+"""Primary refresh tokens ([MS-OAPXBC]; the wire format ROADtools roadlib speaks, docs/protocol-notes.md, Entra §2.3).
 
 - Issuance (3.1.5.1.2): a device-certificate-signed jwt-bearer request whose inner grant is `password` or
   `refresh_token` and whose scope holds `aza` returns a PRT (`token_type: pop`, `refresh_token`,

@@ -1,4 +1,4 @@
-"""The Device Registration Service's flows (research/entra-drs.md §3): discovery, join/register
+"""The Device Registration Service's flows (docs/protocol-notes.md, Entra §3): discovery, join/register
 (POST), hybrid join of a device Entra Connect synced (PUT), delete with the device certificate
 (DELETE), the nonce service, and the sync that pre-creates hybrid devices.
 

@@ -1,6 +1,6 @@
 """Entra-shaped JWTs: the signing key and JWKS, and the claims of access and ID tokens.
 
-Claims follow research/entra-drs.md §2.5: v1 tokens (`ver` 1.0, issuer `https://sts.windows.net/<tid>/`,
+Claims follow docs/protocol-notes.md, Entra §2.5: v1 tokens (`ver` 1.0, issuer `https://sts.windows.net/<tid>/`,
 `appid`, `upn`, `unique_name`, `amr`) for resources that accept v1 (the default, as for
 `https://ConfigMgrService`), v2 tokens for resources set to version 2. Device tokens carry the device
 object ID as `oid` and the device ID as `sub` and `deviceid`; user tokens obtained with a device

@@ -1,7 +1,7 @@
 """Secret policy crypto: the obfuscated secret blobs inside policies, and the CMS EnvelopedData that
 carries a secret policy to the client's registered encryption certificate.
 
-Obfuscated blob (research/configmgr-wire.md §1.4, the layout SCCMSecrets/sccmwtf parse):
+Obfuscated blob (docs/protocol-notes.md, ConfigMgr §1.4, the layout SCCMSecrets/sccmwtf parse):
     [0:2]   89 13          3DES (8a 13 would be AES-256)
     [4:44]  key material   the 3DES key is CryptDeriveKey(SHA-1(key material), CALG_3DES)
     [52:56] data length    little-endian

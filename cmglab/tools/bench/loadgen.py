@@ -1,5 +1,5 @@
 """A small load generator: raw HTTP/1.1 over asyncio + TLS, light enough to saturate one uvicorn worker
-(httpx is the bottleneck at these rates, research/mtls-in-asgi.md §5).
+(httpx is the bottleneck at these rates, docs/protocol-notes.md, mTLS §5).
 
 Keep-alive mode reuses each connection; handshake mode opens a new TLS connection per request (the
 full mutual-TLS handshake is what dominates a CMG's cost).
