@@ -178,15 +178,18 @@ def test_the_console_shows_conflicting_records(mp: Lab, material: Material, lab_
 
     lab_services.ensure("console")
     _, sms_id, _ = victim(mp, material)
-    attacker = Box("EVILCONS")
+    # the name is the attacker's: markup in it reaches the admin's console as text, never as markup
+    attacker = Box("EVIL&lt;script&gt;alert(1)&lt;/script&gt;")
     attack_self_signed(mp, material, attacker, sms_id)
+    name = "EVIL<script>alert(1)</script>"
 
     def listed() -> bool:
         with client(mp) as c:
             rows = c.get(f"{mp.url('console')}/api/devices").json().get("conflicts", [])
-        return any(r["sms_id"] == sms_id and r["netbios_name"] == "EVILCONS" for r in rows)
+        return any(r["sms_id"] == sms_id and r["netbios_name"] == name for r in rows)
 
     wait_for(listed, 30, "the conflicting record at the console")
     with client(mp) as c:
         page = c.get(f"{mp.url('console')}/", params={"static": "1"}).text
     assert "Conflicting records" in page and sms_id in page
+    assert name not in page and "EVIL&lt;script&gt;alert(1)&lt;/script&gt;" in page
