@@ -164,3 +164,22 @@ def test_a_test_run_stopped_with_sigterm_stops_its_services(tmp_path: Path) -> N
         run.kill()
         with contextlib.suppress(ProcessLookupError, UnboundLocalError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_service_that_keeps_dying_is_restarted_three_times_then_left(tmp_path: Path) -> None:
+    lab = isolated_lab(tmp_path / "lab")
+    break_cmg(lab)  # it exits at every start
+    with LabProcesses(lab) as procs:
+        procs.start("cmg", wait=False)
+        supervisor = orchestrate.Supervisor(lab, procs)
+        events: list[str] = []
+        deadline = time.monotonic() + 120
+        while not any("not restarted" in e for e in events):
+            assert time.monotonic() < deadline, events
+            events += supervisor.check()
+            time.sleep(0.2)
+    restarted = [e for e in events if "restarted as pid" in e]
+    assert [re.search(r"restart (\d) of 3", e)[1] for e in restarted] == ["1", "2", "3"], events  # type: ignore[index]
+    assert re.fullmatch(r"cmg exited with code \d+; not restarted: 3 restarts within 60 s \(its output: \S+cmg\.out\)",
+                        events[-1]), events
+    assert "cmg" not in procs.procs and not orchestrate.pid_file(lab, "cmg").exists()

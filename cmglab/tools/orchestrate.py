@@ -90,6 +90,7 @@ class Supervisor:
     procs: LabProcesses
     restarts: dict[str, list[float]] = field(default_factory=dict)
     coming_back: set[str] = field(default_factory=set)
+    asked: float = 0.0  # when the restarted services' health was last asked (once a second)
 
     def check(self) -> list[str]:
         events = []
@@ -113,7 +114,8 @@ class Supervisor:
             self.coming_back.add(name)
             events.append(f"{name} {how}; restarted as pid {new.proc.pid} "
                           f"(restart {len(recent) + 1} of {RESTART_LIMIT} within {RESTART_WINDOW:.0f} s)")
-        if self.coming_back:
+        if self.coming_back and now - self.asked >= 1.0:
+            self.asked = now
             states = health(self.lab, tuple(self.coming_back))
             for name, state in states.items():
                 if state == "healthy":
