@@ -192,3 +192,19 @@ def test_lab_endpoints_on_the_internet_listener_need_the_admin_token(cmg_lab: La
             assert c.get(f"{cmg_lab.url('cmg')}{path}", headers={"Authorization": "Bearer x"}).status_code == 401
             assert c.get(f"{cmg_lab.url('cmg')}{path}", headers=admin(cmg_lab)).status_code == 200, path
         assert c.get(f"{cmg_lab.url('cmg')}/_lab/health").status_code == 200  # compose health checks
+
+
+def test_the_connector_listeners_lab_endpoints_need_the_admin_token(cmg_lab: Lab) -> None:
+    """The connector listener takes any lab-CA client certificate at TLS (a device's PKI one too)."""
+    from pathlib import Path
+
+    from cmglab.wire import httpclient
+
+    ident = cmg_lab.pki.issue_client(f"conn-{cmg_lab.port('cmg')}.corp.lab.test")
+    port = cmg_lab.config.ports.cmg_connector
+    ctx = httpclient.ssl_context(ca_bundle=cmg_lab.pki.ca_bundle, client_cert=(Path(ident.cert_path),
+                                                                              Path(ident.key_path)))
+    url = f"https://{cmg_lab.config.hosts.cmg}:{port}/_lab/requests"
+    with httpclient.client(ctx=ctx, resolve=[f"{cmg_lab.config.hosts.cmg}:{port}:127.0.0.1"], timeout=10) as c:
+        assert c.get(url).status_code == 401
+        assert c.get(url, headers=admin(cmg_lab)).status_code == 200

@@ -52,7 +52,8 @@ class Registry:
 
 def create_connector_app(lab: Lab, hub: Hub, registry: Registry, log: logging.Logger) -> FastAPI:
     app = FastAPI(title="cmglab CMG connector", docs_url=None, redoc_url=None, openapi_url=None)
-    install_lab_admin(app, service="cmg-connector", lab=lab, health=hub.snapshot)
+    # any lab-CA client certificate (a device's PKI one too) passes this listener's TLS: /_lab is the admin's
+    install_lab_admin(app, service="cmg-connector", lab=lab, health=hub.snapshot, private=True)
 
     @app.websocket(PATH)
     async def channel(ws: WebSocket) -> None:
