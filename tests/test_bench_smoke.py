@@ -50,7 +50,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert floor["total"]["floor_ms"] > 0 and floor["entra"]["signatures"] > 0 and floor["entra"]["pbkdf2"] == 1
     assert all(r["measured_cpu_ms"] for r in floor.values())
     steps = {r["step"] for r in onboarding["tables"][2]["rows"]}
-    assert {"join", "registration", "policy assignments", "whole onboarding"} <= steps
+    assert {"join", "registration", "policy (assignments)", "whole onboarding"} <= steps
 
     held = report["connections"]["rows"][0]
     assert held["held"] == held["target"] == held["still_answering"] == 200 and held["open_failures"] == 0

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from cmglab.runtime.certinfo import client_cert, subject, thumbprint
 from cmglab.runtime.lab import Lab
+from cmglab.wire.requests import RequestRecord
 from cmglab.wire.tracing import TRACEPARENT, TRACESTATE, ServerSpan, SpanExporter
 
 RECORD_KEY = "cmglab.record"
@@ -44,9 +45,13 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def record(request: Request) -> dict[str, Any]:
-    """The current request's record: routes add auth_kind, auth_subject, rewritten_url, ... to it."""
-    return request.scope.setdefault(RECORD_KEY, {})
+def record(request: Request) -> RequestRecord:
+    """The current request's record (`cmglab.wire.requests`): routes note who called and what became of it."""
+    rec = request.scope.get(RECORD_KEY)
+    if rec is None:
+        rec = request.scope[RECORD_KEY] = RequestRecord()
+    assert isinstance(rec, RequestRecord)
+    return rec
 
 
 def current_span(request: Request) -> ServerSpan:
@@ -139,8 +144,8 @@ class LabMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        rec: dict[str, Any] = scope.setdefault(RECORD_KEY, {})
-        rec["started"] = datetime.now(UTC).isoformat(timespec="microseconds")  # order of arrival
+        rec: RequestRecord = scope.setdefault(RECORD_KEY, RequestRecord())
+        rec.started = datetime.now(UTC).isoformat(timespec="microseconds")  # order of arrival
         headers = dict(scope["headers"])
         sizes = {"in": 0, "out": 0, "status": 0}
         scope[SPAN_KEY] = ServerSpan.incoming(headers.get(b"traceparent", b"").decode("latin-1"),
@@ -177,7 +182,7 @@ class LabMiddleware:
         try:
             fault = self.state.match_fault(scope["method"], scope["path"])
             if fault is not None:
-                rec["fault"] = fault.id
+                rec.fault = fault.id
                 if fault.rule.delay_ms:
                     await asyncio.sleep(fault.rule.delay_ms / 1000)
                 if fault.rule.drop:
@@ -194,7 +199,7 @@ class LabMiddleware:
         finally:
             finish(error)
 
-    def _finish(self, scope: Scope, rec: dict[str, Any], headers: dict[bytes, bytes],
+    def _finish(self, scope: Scope, rec: RequestRecord, headers: dict[bytes, bytes],
                 sizes: dict[str, int], started: float, error: str | None, error_body: bytes) -> None:
         cert = client_cert_from_scope(scope)
         entry = {
@@ -218,7 +223,7 @@ class LabMiddleware:
         reason = error_reason(error_body)
         if reason:
             entry["reason"] = reason
-        entry.update(rec)
+        entry.update(rec.as_dict())
         self.state.add(entry)
 
 

@@ -66,6 +66,8 @@ class AuthKind(StrEnum):
     PRT_TOKEN = "prt_token"
     PRT_COOKIE = "prt_cookie"  # the authorize endpoint, signed in by a PRT cookie
     DEVICE_LOGIN = "devicelogin"
+    WSTRUST = "wstrust"  # the lab AD FS: a user's username/password WS-Trust request
+    WSTRUST_WINDOWS = "wstrust_windows"  # the same, Windows-integrated (the computer's account)
     DRS_JOIN = "drs_join"
     DRS_HYBRID_JOIN = "drs_hybrid_join"
     DEVICE_CERTIFICATE = "device_certificate"

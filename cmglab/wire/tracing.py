@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -30,7 +31,33 @@ import httpx
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 VENDOR = "cmglab"  # our tracestate key
-STEPS = ("join", "aadinfo", "token", "ccmsts", "location", "download", "registration", "policy", "renewal")
+
+
+class Step(StrEnum):
+    """The lab's one vocabulary of request steps: the agent's operations (what it puts in `tracestate`), and
+    what `step_of` derives for a request the agent named none for. The console filters by these, the fleet
+    times by them (`cmglab.tools.fleet.steps` adds a detail where one step holds two timings) and the
+    reliability tools report by them."""
+
+    JOIN = "join"
+    AADINFO = "aadinfo"
+    TOKEN = "token"
+    CCMSTS = "ccmsts"
+    LOCATION = "location"
+    DOWNLOAD = "download"
+    REGISTRATION = "registration"
+    POLICY = "policy"
+    RENEWAL = "renewal"
+    # derived only (single requests outside an operation)
+    DISCOVERY = "discovery"
+    CRL = "crl"
+    DDR = "ddr"
+    MESSAGING = "messaging"
+
+
+# the agent's operations, in onboarding order
+STEPS = (Step.JOIN, Step.AADINFO, Step.TOKEN, Step.CCMSTS, Step.LOCATION, Step.DOWNLOAD, Step.REGISTRATION,
+         Step.POLICY, Step.RENEWAL)
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _UNSAFE = re.compile(r"[^\x21-\x7e]|[,=;:]")  # what may not appear inside one of our sub-values
@@ -180,19 +207,19 @@ def operation(device: str, step: str) -> Iterator[TraceContext]:
 
 # CcmMessaging's header part is UTF-16LE XML naming the MP component the message is for
 _CCM_TARGETS = tuple((name.encode("utf-16-le"), step) for name, step in (
-    ("MP_LocationManager", "location"), ("MP_ClientRegistration", "registration"), ("MP_PolicyManager", "policy"),
-    ("MP_DdrEndpoint", "ddr")))
-_PATH_STEPS = (("aadauthinfo", "aadinfo"), ("/ccm_sts", "ccmsts"), ("enrollmentserver", "join"),
-               ("/oauth2/", "token"), ("openid-configuration", "discovery"), ("/userrealm", "discovery"),
-               ("/discover", "discovery"), ("/crl/", "crl"), ("/aia/", "crl"), ("ccm_client", "download"),
-               ("downloadrestservice", "download"), ("sms_mp", "policy"))
+    ("MP_LocationManager", Step.LOCATION), ("MP_ClientRegistration", Step.REGISTRATION),
+    ("MP_PolicyManager", Step.POLICY), ("MP_DdrEndpoint", Step.DDR)))
+_PATH_STEPS = (("aadauthinfo", Step.AADINFO), ("/ccm_sts", Step.CCMSTS), ("enrollmentserver", Step.JOIN),
+               ("/oauth2/", Step.TOKEN), ("openid-configuration", Step.DISCOVERY), ("/userrealm", Step.DISCOVERY),
+               ("/discover", Step.DISCOVERY), ("/crl/", Step.CRL), ("/aia/", Step.CRL), ("ccm_client", Step.DOWNLOAD),
+               ("downloadrestservice", Step.DOWNLOAD), ("sms_mp", Step.POLICY))
 
 
 def step_of(method: str, path: str, body: bytes = b"") -> str:
     """A request's step when the agent named none: good enough to group one-request operations."""
     p = path.lower()
     if "ccm_system" in p:
-        return next((step for marker, step in _CCM_TARGETS if marker in body), "messaging")
+        return next((step for marker, step in _CCM_TARGETS if marker in body), Step.MESSAGING)
     return next((step for marker, step in _PATH_STEPS if marker in p), method.lower())
 
 

@@ -117,7 +117,7 @@ class CcmClient:
         expires = self.cache.expires()
         if expires is not None and announce_expiry:
             log.info(f"CCM Token for '{SYSTEM_SID}' ({local_time(expires)}) is already expired or close to expire")
-            with tracing.operation(self.device.info.name, "renewal"):
+            with tracing.operation(self.device.info.name, tracing.Step.RENEWAL):
                 return self.renew_token(mp, log)
         return self.renew_token(mp, log)
 

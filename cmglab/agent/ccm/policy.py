@@ -86,7 +86,7 @@ class PolicyAgent:
         return text
 
     def evaluate(self, mp: ManagementPoint) -> int:
-        with tracing.operation(self.client.device.info.name, "policy"):
+        with tracing.operation(self.client.device.info.name, tracing.Step.POLICY):
             assignments = self.request_assignments(mp)
             for a in assignments:
                 self.download(mp, a)

@@ -63,7 +63,7 @@ class ClientIDManager:
         for attempt in range(1, attempts + 1):
             self.log.info(f"[RegTask] - Starting registration, attempt {attempt}.")
             try:
-                with tracing.operation(self.client.device.info.name, "registration"):
+                with tracing.operation(self.client.device.info.name, tracing.Step.REGISTRATION):
                     self._attempt(mp, proposed)
                 return
             except (MessagingError, TokenUnavailable) as e:

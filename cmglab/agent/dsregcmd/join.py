@@ -83,7 +83,7 @@ class Joiner:
         domain = username.rpartition("@")[2]
         if not domain:
             raise JoinError(f"{username!r} is not a user principal name (user@domain)")
-        with self.network.client() as http, tracing.operation(self.device.info.name, "join"):
+        with self.network.client() as http, tracing.operation(self.device.info.name, tracing.Step.JOIN):
             entra = self._client(http)
             self.log.info(f"Stage A: OpenID discovery for '{domain}'")
             oidc = entra.openid_configuration(domain)

@@ -22,6 +22,7 @@ from cmglab.services.cmg.errors import CMGError, install_error_handler, not_foun
 from cmglab.services.cmg.parts import Parts
 from cmglab.wire import cmg_urls
 from cmglab.wire.kinds import AuthKind
+from cmglab.wire.requests import RequestRecord
 
 
 def _query(request: Request, name: str) -> str | None:
@@ -32,8 +33,8 @@ def _query(request: Request, name: str) -> str | None:
     return None
 
 
-def _annotate(rec: dict[str, Any], identity: Identity) -> None:
-    rec["auth_kind"], rec["auth_subject"] = identity.kind, identity.subject
+def _annotate(rec: RequestRecord, identity: Identity) -> None:
+    rec.authenticated(identity.kind, identity.subject)
 
 
 class AnyMethod:
@@ -101,7 +102,7 @@ def create_app(parts: Parts) -> FastAPI:
     async def content_file(request: Request, route: routing.ContentFileRoute) -> Response:
         rec = record(request)
         if cmg.content.signed(route.package_id, route.filename, _query(request, "se"), _query(request, "sig")):
-            rec["auth_kind"], rec["auth_subject"] = AuthKind.SIGNED_URL, f"{route.package_id}/{route.filename}"
+            rec.authenticated(AuthKind.SIGNED_URL, f"{route.package_id}/{route.filename}")
         else:
             _annotate(rec, await server_auth(request, None))
         path = cmg.content.path(route.package_id, route.filename, cmg.hub.config)

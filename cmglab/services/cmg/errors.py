@@ -35,7 +35,7 @@ def install_error_handler(app: FastAPI, log: logging.Logger) -> None:
     """Every refusal is recorded (`refused`: its code) and written to CMGService.log."""
 
     def observe(request: Request, e: CMGError) -> None:
-        record(request)["refused"] = e.code
+        record(request).refused = e.code
         client = request.client.host if request.client else "?"
         log.warning(f"{request.method} {request.scope['path']} from {client}: {e.status} {e.code}: {e.reason}")
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
@@ -21,6 +20,7 @@ from cmglab.services.cmg.channel import Aborted, ChannelClosed, Hub, Stream
 from cmglab.services.cmg.errors import CMGError, no_point
 from cmglab.wire.cmg_channel import RequestHead, end_to_end
 from cmglab.wire.cmg_urls import ProxyTarget
+from cmglab.wire.requests import RequestRecord
 from cmglab.wire.tracing import propagate
 
 # a client may not speak for the CMG: identity headers come from the CMG's own checks only
@@ -55,7 +55,7 @@ class Proxy:
         self.hub, self.log, self.name, self.max_body, self.timeout = hub, log, name, max_body, timeout
 
     async def forward(self, request: Request, route: ProxyTarget, *, auth_kind: str, client_cert: str | None,
-                      rec: dict[str, Any]) -> Response:
+                      rec: RequestRecord) -> Response:
         """Forward the request whose `route` was authorised: the URL sent on is built from that route's parts
         and this gateway's name only, and recorded as `forwarded_url`."""
         length = request.headers.get("content-length")
@@ -64,8 +64,8 @@ class Proxy:
         point = self.hub.pick()
         if point is None:
             raise no_point()
-        rec["connection_point"] = point.label
-        url = rec["forwarded_url"] = route.url(self.name)
+        rec.connection_point = point.label
+        url = rec.forwarded_url = route.url(self.name)
         head = RequestHead(
             method=request.method, url=url,
             # the frame carries the client's trace on, with the CMG's span as the point's parent
@@ -109,9 +109,9 @@ class Proxy:
             if pump is not None:
                 pump.cancel()
             raise
-        rec["rewritten_url"] = response_head.internal_url
+        rec.rewritten_url = response_head.internal_url
         if response_head.connection_point:
-            rec["connection_point"] = f"{response_head.connection_point}#{point.id}"
+            rec.connection_point = f"{response_head.connection_point}#{point.id}"
 
         async def body() -> AsyncIterator[bytes]:
             sent = 0

@@ -30,6 +30,7 @@ from cmglab.services.distribution_point.errors import SERVER, IISError, install_
 from cmglab.services.distribution_point.parts import Parts
 from cmglab.services.distribution_point.paths import segments
 from cmglab.services.distribution_point.vdirs import VDIRS, ContentView, File, Listing, Result, Text
+from cmglab.wire.kinds import AuthKind
 
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:\d{1,5})?$")
 _CHUNK = 1 << 16
@@ -137,9 +138,9 @@ def create_app(parts: Parts) -> FastAPI:
             final: list[tuple[str, str]] = []
             if not site.allow_anonymous:
                 user, final = await authenticate(request)
-                rec["auth_kind"], rec["auth_subject"] = "windows", user
+                rec.authenticated(AuthKind.WINDOWS, user)
             else:
-                rec["auth_kind"] = "anonymous"
+                rec.auth_kind = AuthKind.ANONYMOUS
             if request.method not in ("GET", "HEAD"):
                 raise IISError(405, f"verb {request.method}")
             result = await run_in_threadpool(view.resolve, parts_)

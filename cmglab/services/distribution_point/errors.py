@@ -95,7 +95,7 @@ def observe(request: Request, e: IISError) -> None:
     """What a refusal leaves behind: the request record's `refused` and the service log's line."""
     if challenge_leg(e):
         return
-    record(request)["refused"] = f"{e.status}.{e.substatus}"
+    record(request).refused = f"{e.status}.{e.substatus}"
     client = request.client.host if request.client else "?"
     logging.getLogger("cmglab.distribution_point").warning(
         f"{request.method} {request.url.path} from {client}: {e.status}.{e.substatus} {e.reason}")

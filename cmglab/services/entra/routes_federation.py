@@ -15,6 +15,7 @@ from cmglab.runtime.lab import Lab
 from cmglab.runtime.windowsauth import WindowsAuthenticator, unauthorized, write_user_file
 from cmglab.services.entra import store as st
 from cmglab.services.entra.federation import FederationService, SoapFault
+from cmglab.wire.kinds import AuthKind
 
 SOAP = "application/soap+xml; charset=utf-8"
 
@@ -54,9 +55,9 @@ def router(sts: FederationService, lab: Lab) -> APIRouter:
         try:
             rstr = await run_in_threadpool(sts.issue, domain, body)
         except SoapFault as e:
-            record(request).update(auth_kind="wstrust", error=e.subcode)
+            record(request).update(auth_kind=AuthKind.WSTRUST, error=e.subcode)
             return Response(e.envelope(), status_code=500, media_type=SOAP)
-        record(request).update(auth_kind="wstrust")
+        record(request).update(auth_kind=AuthKind.WSTRUST)
         return Response(rstr, media_type=SOAP)
 
     @r.post("/adfs/services/trust/13/windowstransport")
@@ -67,7 +68,7 @@ def router(sts: FederationService, lab: Lab) -> APIRouter:
         auth = await run_in_threadpool(windows_authenticator, lab)
         step = await auth.login(request)
         if not step.done:
-            record(request).update(auth_kind="wstrust_windows", error=step.error)
+            record(request).update(auth_kind=AuthKind.WSTRUST_WINDOWS, error=step.error)
             return unauthorized(step.headers)
         sam = (step.account or "").split("\\")[-1]
         body = await request.body()
@@ -83,9 +84,9 @@ def router(sts: FederationService, lab: Lab) -> APIRouter:
                 raise SoapFault("FailedAuthentication", f"ID3242: no computer object {sam} in the directory.")
             rstr = await run_in_threadpool(sts.issue_for_computer, domain, body, computer)
         except SoapFault as e:
-            record(request).update(auth_kind="wstrust_windows", auth_subject=step.account, error=e.subcode)
+            record(request).update(auth_kind=AuthKind.WSTRUST_WINDOWS, auth_subject=step.account, error=e.subcode)
             return Response(e.envelope(), status_code=500, media_type=SOAP)
-        record(request).update(auth_kind="wstrust_windows", auth_subject=step.account)
+        record(request).update(auth_kind=AuthKind.WSTRUST_WINDOWS, auth_subject=step.account)
         reply = Response(rstr, media_type=SOAP)
         for name, value in step.headers:
             reply.headers.append(name, value)

@@ -64,7 +64,7 @@ class HTTPError(MPError):
 
 def _observe(request: Request, exc: MPError) -> None:
     if exc.result is not None:
-        record(request)["result"] = exc.result
+        record(request).result = exc.result
 
 
 def install_error_handler(app: FastAPI) -> None:

@@ -44,7 +44,7 @@ def router(mp: Parts) -> APIRouter:
             return Response(b"", status_code=200)
         reply = await run_in_threadpool(dispatch, mp, raw, request.headers.get("content-type"), caller)
         if reply.reason:
-            record(request)["result"] = reply.reason
+            record(request).result = reply.reason
         if reply.status != 200:
             return Response(reply.reason or "", status_code=reply.status, media_type="text/plain")
         return Response(reply.body, status_code=200, media_type=reply.content_type)

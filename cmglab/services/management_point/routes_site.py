@@ -58,7 +58,7 @@ def router(mp: Parts, sts: TokenService) -> APIRouter:
         req = STSRequest.from_json(doc, bearer(request))
         url = f"https://{request.headers.get('host', mp.fqdn)}/CCM_STS"
         reply = await sts.process(req, caller, url)
-        record(request)["auth_kind"] = AuthKind.of_proof(req.proof_type)
+        record(request).auth_kind = AuthKind.of_proof(req.proof_type)
         return JSONResponse(reply)
 
     @r.get("/ccm_cloud/config", include_in_schema=False)

@@ -95,9 +95,9 @@ def caller_of(request: Request, mp: Parts, vdir: str) -> Caller:
     caller = Caller(vdir=vdir, scheme=request.url.scheme, host=host, pki_cert=pki, via_connection_point=via_cp)
     rec = record(request)
     if pki is not None:
-        rec["auth_kind"], rec["auth_subject"] = AuthKind.PKI_CERTIFICATE, pki.subject.rfc4514_string()
+        rec.authenticated(AuthKind.PKI_CERTIFICATE, pki.subject.rfc4514_string())
     if via_cp:
-        rec["via"] = "connection-point"
+        rec.via = "connection-point"
     return caller
 
 
@@ -123,10 +123,10 @@ async def require_ccm_token(request: Request, mp: Parts, caller: Caller) -> None
                             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from e
     caller.ccm_claims = claims
     rec = record(request)
-    rec["auth_kind"] = AuthKind.CCM_TOKEN
-    rec["auth_subject"] = str(claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId"))
+    subject = claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId")
+    rec.authenticated(AuthKind.CCM_TOKEN, str(subject))
     log.info(f"{request.method} {request.url.path}: CCM token accepted (type {claims.get('Type')}, "
-             f"device {rec['auth_subject']})")
+             f"device {rec.auth_subject})")
 
 
 SSL_REQUIRED = ("<html><head><title>403 - Forbidden: SSL is required</title></head><body>"
@@ -138,7 +138,7 @@ async def refused_http(request: Request, mp: Parts, caller: Caller) -> Response 
     if caller.scheme != "http" or not await run_in_threadpool(mp.store.setting, "https_only", False):
         return None
     mp.logs.isapi.warning(f"{request.method} {request.url.path} over HTTP refused: the site is HTTPS only (403.4)")
-    record(request)["result"] = "refused: HTTPS only"
+    record(request).result = "refused: HTTPS only"
     return Response(SSL_REQUIRED, status_code=403, media_type="text/html")
 
 
@@ -150,7 +150,7 @@ async def windows_logon(mp: Parts, request: Request) -> tuple[str | None, Respon
             mp.logs.clientauth.warning(f"Windows authentication failed on {request.url.path}: {step.error}")
         return None, unauthorized(step.headers)
     rec = record(request)
-    rec["auth_kind"], rec["auth_subject"] = AuthKind.WINDOWS, step.account
+    rec.authenticated(AuthKind.WINDOWS, step.account)
     if not step.persisted:
         mp.logs.clientauth.info(f"Windows authentication succeeded for {step.account}")
     return step.account, None

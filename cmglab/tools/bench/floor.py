@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from cmglab.runtime.lab import Lab
 from cmglab.services.entra.store import PBKDF2_ROUNDS
+from cmglab.tools.fleet.steps import label
+from cmglab.wire.tracing import Step
 
 # -- the primitives ------------------------------------------------------------------------------------
 
@@ -109,9 +111,10 @@ THROUGH_CMG = {"CMG -> CP -> MP CCM_STS (MutualAuth)": STS_CERT,
 # costs transport only; the number of requests per onboarding is what the fleet counted in the same run.
 ONBOARDING: dict[str, list[tuple[str, str, int]]] = {
     "entra": [("user token for the DRS (ROPC)", ROPC, 1), ("DRS join", DRS_JOIN, 1),
-              ("device token", DEVICE_TOKEN, 1)],
-    "management-point": [("ccm token", STS_AAD, 1), ("registration", REGISTRATION, 1),
-                         ("ccm token (registered)", STS_AAD, 1), ("policy assignments", POLICY, 1)],
+              (label(Step.TOKEN, "device"), DEVICE_TOKEN, 1)],
+    "management-point": [(label(Step.CCMSTS), STS_AAD, 1), (label(Step.REGISTRATION), REGISTRATION, 1),
+                         (label(Step.CCMSTS, "registered"), STS_AAD, 1),
+                         (label(Step.POLICY, "assignments"), POLICY, 1)],
     "cmg": [("ServerAuth requests forwarded (token checked)", CMG_FORWARD, 4)],
     "cmg-connection-point": [],
     "pki": [],  # the CRL host

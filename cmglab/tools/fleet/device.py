@@ -198,7 +198,7 @@ def policy_cycle(device: Device, network: DeviceNetwork) -> None:
 def token_renewal(device: Device, network: DeviceNetwork) -> None:
     """CcmMessaging renewing the CCM token before it expires: a new Entra device token exchanged at CCM_STS
     through the CMG (a fleet run does it far more often than the token's hours of validity would)."""
-    with internet_client(device, network) as (client, mp), tracing.operation(device.info.name, "renewal"):
+    with internet_client(device, network) as (client, mp), tracing.operation(device.info.name, tracing.Step.RENEWAL):
         client.renew_token(mp, device.ccm_log("CcmMessaging.log"))
 
 

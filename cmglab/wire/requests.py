@@ -1,0 +1,94 @@
+"""The request record: what a service keeps of each request it answers (`GET /_lab/requests`), read by
+the console (its traces), the reliability tools (their findings and timings) and the tests.
+
+The recorder (`cmglab.runtime.admin`) fills what every request has (method, URL, status, sizes, timing, the
+client certificate, the trace context); the routes fill what only they know (`RequestRecord`: who the caller
+was and how it authenticated, what became of the request). One record is one JSON object; absent fields are
+left out, so a record carries only what was learnt of its request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, TypedDict
+
+from cmglab.wire.kinds import AuthKind
+
+
+@dataclass
+class RequestRecord:
+    """What the routes of a service note about the current request (`cmglab.runtime.admin.record(request)`)."""
+
+    started: str | None = None  # ISO time of arrival (the recorder's)
+    fault: int | None = None  # the /_lab/faults rule that applied (the recorder's)
+    auth_kind: AuthKind | None = None  # how the caller was authenticated
+    auth_subject: str | None = None  # who it was (a UPN, a device ID, a certificate subject, ...)
+    via: str | None = None  # "connection-point": the MP saw it through the CMG and a connection point
+    result: str | None = None  # the service's verdict on a request it refused or answered specially
+    refused: str | None = None  # the refusal's code (CMG: its Error code; DP: status.substatus)
+    error: str | None = None  # what went wrong, when the service's answer names an error
+    forwarded_url: str | None = None  # CMG: the URL it sent down the channel
+    rewritten_url: str | None = None  # CMG, connection point: the MP URL the request became
+    connection_point: str | None = None  # CMG: the point that carried it
+    details: dict[str, Any] = field(default_factory=dict)  # protocol details (token claims, device IDs, ...)
+
+    def authenticated(self, kind: AuthKind, subject: str | None = None) -> None:
+        self.auth_kind, self.auth_subject = kind, subject
+
+    def update(self, *, auth_kind: AuthKind | None = None, auth_subject: str | None = None, error: str | None = None,
+               result: str | None = None, **details: Any) -> None:
+        """Set the fields given (None leaves a field as it is); other names are protocol details."""
+        for name, value in (("auth_kind", auth_kind), ("auth_subject", auth_subject), ("error", error),
+                            ("result", result)):
+            if value is not None:
+                setattr(self, name, value)
+        self.details.update(details)
+
+    def note(self, **details: Any) -> None:
+        """Protocol details beyond the common fields (Entra: `amr`, `appid`, `device_id`, ...)."""
+        self.details.update(details)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}
+        return {**{k: v for k, v in out.items() if v is not None}, **self.details}
+
+
+class Recorded(TypedDict, total=False):
+    """One record as `GET /_lab/requests` returns it (and the console and reliability tools read it): the
+    recorder's fields, then a `RequestRecord`'s (`as_dict`), then its details under their own names."""
+
+    seq: int  # per process, never reset: a reader polls with ?after=<the last seq it saw>
+    time: str  # ISO time the reply ended
+    service: str
+    method: str
+    url: str  # as the client addressed it (scheme, Host, raw path, query)
+    path: str
+    status: int
+    request_bytes: int
+    response_bytes: int
+    elapsed_ms: float
+    client_cert_subject: str | None
+    client_cert_thumbprint: str | None
+    traceparent: str | None  # as received
+    user_agent: str | None
+    trace_id: str  # the server span (cmglab.wire.tracing.ServerSpan.record_fields)
+    span_id: str
+    parent_span_id: str | None
+    tracestate: str | None
+    reason: str  # an error reply's reason, read from its JSON body
+    started: str
+    fault: int
+    auth_kind: str
+    auth_subject: str
+    via: str
+    result: str
+    refused: str
+    error: str
+    forwarded_url: str
+    rewritten_url: str
+    connection_point: str
+    message_id: str  # connection point: the channel message it forwarded
+    cmg: str  # connection point: the CMG instance the message came from
+
+
+COMMON = frozenset(f.name for f in fields(RequestRecord)) - {"details"}

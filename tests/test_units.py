@@ -1,0 +1,116 @@
+"""In-process unit tests of the services' pure logic, beside the network tests: Entra's grants and the MP's
+CCM_STS proofs, called directly on parts built from a fresh lab (no process, no socket). The CMG's URL
+rewrite has its own in tests/test_sec_cmg_urls.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cmglab.runtime.lab import Lab
+from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra.grants import TokenRequest
+from cmglab.services.entra.parts import Parts as EntraParts
+from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.errors import STSError
+from cmglab.services.management_point.parts import Parts as MPParts
+from cmglab.services.management_point.sts import STSRequest, TokenService
+from cmglab.wire.kinds import AuthKind, Proof
+from tests.support.lab import new_lab
+
+
+@pytest.fixture(scope="module")
+def unit_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return new_lab(tmp_path_factory.mktemp("units") / "lab")
+
+
+@pytest.fixture(scope="module")
+def entra(unit_lab: Lab) -> EntraParts:
+    return EntraParts.from_lab(unit_lab)
+
+
+@pytest.fixture(scope="module")
+def sts(unit_lab: Lab) -> TokenService:
+    mp = MPParts.from_lab(unit_lab)
+    return TokenService(mp, mp.entra_keys)
+
+
+def token_request(lab: Lab, **form: str) -> TokenRequest:
+    form.setdefault("resource", "https://graph.microsoft.com")
+    return TokenRequest(segment=lab.config.primary_tenant.tenant_id, v2=False, form=form, ipaddr="192.0.2.1")
+
+
+# -- Entra's grants ------------------------------------------------------------------------------------
+
+def test_password_grant_signs_the_user_in(unit_lab: Lab, entra: EntraParts) -> None:
+    user = unit_lab.config.primary_tenant.users[0]
+    app = unit_lab.config.apps[0]
+    result = entra.grants.token(token_request(unit_lab, grant_type="password", username=user.upn,
+                                              password=user.password, client_id=app.app_id))
+    assert result.auth_kind is AuthKind.PASSWORD and result.auth_subject == user.upn.lower()
+    assert result.body["token_type"] == "Bearer" and result.body["access_token"].count(".") == 2
+
+
+@pytest.mark.parametrize(("form", "code"), [
+    ({"grant_type": "magic"}, 70003),  # an unsupported grant type
+    ({"grant_type": "password", "username": "nobody@nowhere.test", "password": "x"}, 50034),
+    ({"grant_type": "password", "password": "x"}, 900144),  # a missing parameter
+])
+def test_a_bad_grant_is_refused_with_its_aadsts_code(unit_lab: Lab, entra: EntraParts, form: dict[str, str],
+                                                      code: int) -> None:
+    app = unit_lab.config.apps[0]
+    with pytest.raises(AADSTSError) as refused:
+        entra.grants.token(token_request(unit_lab, client_id=app.app_id, **form))
+    assert refused.value.code == code
+
+
+def test_wrong_password_is_50126(unit_lab: Lab, entra: EntraParts) -> None:
+    user, app = unit_lab.config.primary_tenant.users[0], unit_lab.config.apps[0]
+    with pytest.raises(AADSTSError) as refused:
+        entra.grants.token(token_request(unit_lab, grant_type="password", username=user.upn,
+                                         password=user.password + "-wrong", client_id=app.app_id))
+    assert refused.value.code == 50126
+
+
+def test_srv_challenge_hands_out_a_nonce(unit_lab: Lab, entra: EntraParts) -> None:
+    result = entra.grants.token(token_request(unit_lab, grant_type="srv_challenge"))
+    assert result.auth_kind is AuthKind.SRV_CHALLENGE and result.body["Nonce"]
+
+
+# -- CCM_STS proofs ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("doc", "reason"), [
+    (["AAD"], "must be a JSON object"),
+    ({}, "ProofType must be one of"),
+    ({"ProofType": "Password"}, "ProofType must be one of"),
+    ({"ProofType": "ClientToken", "ClientId": 7}, "ClientId must be a string"),
+])
+def test_a_malformed_sts_request_is_400(doc: Any, reason: str) -> None:
+    with pytest.raises(STSError) as refused:
+        STSRequest.from_json(doc, None)
+    assert refused.value.status == 400 and reason in refused.value.reason
+
+
+def test_an_sts_request_names_its_proof() -> None:
+    req = STSRequest.from_json({"ProofType": "BulkRegistration", "Certificate": "00", "RenewClientToken": True}, "t")
+    assert req.proof_type is Proof.BULK_REGISTRATION and req.bearer == "t" and req.renew_client_token
+
+
+@pytest.mark.parametrize("proof", [Proof.BULK_REGISTRATION, Proof.CLIENT_TOKEN])
+def test_a_token_proof_without_its_token_is_401(sts: TokenService, proof: Proof) -> None:
+    with pytest.raises(STSError) as refused:
+        (sts.bulk if proof is Proof.BULK_REGISTRATION else sts.client_token)(
+            STSRequest(proof, None, None, None, None, None))
+    assert refused.value.status == 401
+
+
+def test_a_certificate_proof_needs_the_tls_certificate(sts: TokenService) -> None:
+    with pytest.raises(STSError) as refused:
+        sts.certificate(STSRequest(Proof.CERTIFICATE, None, None, None, None, None), Caller(scheme="https"))
+    assert (refused.value.status, refused.value.code) == (403, "CertificateRequired")
+
+
+def test_no_unit_test_here_needs_a_port(unit_lab: Lab) -> None:
+    assert not list(Path(unit_lab.dir / "logs").glob("processes/*.out"))  # nothing was started
