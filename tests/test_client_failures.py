@@ -272,3 +272,22 @@ def test_allow_cmg_off(lab: Lab, tmp_path: Path) -> None:
         cmglab(lab, "site", "set", "allow-cmg", "true")
     wait_cmg(lab, sts, lambda status: status != 404)
     assert install(lab, device).returncode == 0
+
+
+def test_client_setting_allow_cmg_off(lab: Lab, tmp_path: Path) -> None:
+    """Seed 003: with the client setting "Allow clients to use a cloud management gateway" off, a client does not
+    use the CMG whatever token it holds; the setting reaches it by policy (`cmglab site set client-allow-cmg`)."""
+    device = joined_device(lab, tmp_path / "dev")
+    assert install(lab, device).returncode == 0
+    cmglab(lab, "site", "set", "client-allow-cmg", "false")
+    try:
+        first = run("cmglab.agent.ccmexec", "--home", str(device.home))  # through the CMG: gets the new policy
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert_lines(device, "PolicyAgent.log",
+                     r"Client setting 'Allow clients to use a cloud management gateway' is now off")
+        second = run("cmglab.agent.ccmexec", "--home", str(device.home))
+        assert second.returncode == 1
+        assert_lines(device, "LocationServices.log", r"'Allow clients to use a cloud management gateway' is off: "
+                     r"the client does not use the cloud management gateway")
+    finally:
+        cmglab(lab, "site", "set", "client-allow-cmg", "true")

@@ -102,6 +102,8 @@ class Site(BaseModel):
     client_product_code: str = "{66653948-0717-4D50-B0B9-ED66FDED2DDB}"
     mp_build: int = 8968
     allow_cmg: bool = True  # "Allow Configuration Manager cloud management gateway traffic"
+    # client setting (Cloud Services): "Allow clients to use a cloud management gateway", delivered by policy
+    client_allow_cmg: bool = True
     auto_approve: str = "domain"  # all | domain | none: approval of self-signed registrations
     # hierarchy setting "Conflicting client records": automatic (create a new record) | manual (hold it for the
     # admin: `cmglab clients conflicts`, `cmglab clients resolve`)
@@ -128,6 +130,7 @@ class DistributionPoint(BaseModel):
 # the site settings a running lab enforces: `cmglab site set NAME VALUE` name → lab.json `site` field
 SITE_SETTINGS = {
     "allow-cmg": "allow_cmg",
+    "client-allow-cmg": "client_allow_cmg",
     "auto-approve": "auto_approve",
     "conflicting-records": "conflicting_records",
     "content-enabled-cmg": "content_enabled_cmg",

@@ -85,6 +85,11 @@ def rotate_internet_mp(client: CcmClient, logs: list[logging.Logger]) -> Managem
     """Put the first internet MP (the CMG) in use, as LocationServices does when the client is on the
     internet (seed 004's line, in LocationServices.log and ClientLocation.log)."""
     mps = [ManagementPoint(**m) for m in client.state.internet_mps]
+    if mps and not client.state.allow_cmg:  # seed 003: without the client setting, no CMG whatever the token
+        for log in logs:
+            log.warning("The client setting 'Allow clients to use a cloud management gateway' is off: the client "
+                        "does not use the cloud management gateway on the internet")
+        return None
     if not mps:
         for log in logs:
             log.warning("There are no internet management points: the client cannot reach its site from the internet")

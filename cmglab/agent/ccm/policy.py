@@ -3,6 +3,7 @@ policies decrypted with the SMS Encryption key (CMS EnvelopedData)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from cmglab.agent.ccm.client import CcmClient, MessagingError
@@ -83,7 +84,21 @@ class PolicyAgent:
             text = decode_utf16(reply.content)
             write_private(self.client.device.policy_dir / f"{assignment.policy_id}.xml", text.encode())
             self.log.info(f"Downloaded policy {assignment.policy_id} ({assignment.category}) from {url}")
+            self.apply_client_settings(text)
         return text
+
+    def apply_client_settings(self, text: str) -> None:
+        """Client settings, Cloud Services: "Allow clients to use a cloud management gateway"."""
+        m = re.search(r'class="CCM_ClientCloudManagementGatewayConfig".*?name="AllowCMG"[^>]*><value>(\d)</value>',
+                      text, re.S)
+        if m is None:
+            return
+        allowed = m.group(1) == "1"
+        st = self.client.state
+        if allowed != st.allow_cmg:
+            self.log.info(f"Client setting 'Allow clients to use a cloud management gateway' is now "
+                          f"{'on' if allowed else 'off'}")
+        st.allow_cmg = allowed
 
     def evaluate(self, mp: ManagementPoint) -> int:
         with tracing.operation(self.client.device.info.name, tracing.Step.POLICY):

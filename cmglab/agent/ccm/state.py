@@ -116,6 +116,7 @@ class ClientState:
     installed_at: str | None = None
     last_policy: str | None = None
     aad: dict[str, str] | None = None  # AADTENANTID / AADCLIENTAPPID / AADRESOURCEURI in use
+    allow_cmg: bool = True  # client settings policy: "Allow clients to use a cloud management gateway"
 
     @classmethod
     def load(cls, device: Device) -> ClientState | None:

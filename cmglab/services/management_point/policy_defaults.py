@@ -22,6 +22,15 @@ def _policy_xml(policy_id: str, version: str, site: str, instances: str) -> str:
             f'<PolicyAction PolicyActionType="WMI-XML">{instances}</PolicyAction></PolicyRule></Policy>')
 
 
+def client_settings_xml(policy_id: str, version: str, site_code: str, allow_cmg: bool) -> str:
+    """Default client settings, Cloud Services: "Allow clients to use a cloud management gateway" (seed 003:
+    without it a client does not talk to the CMG, whatever token it has)."""
+    cmg = ('<instance class="CCM_ClientCloudManagementGatewayConfig"><property name="SiteSettingsKey" type="19">'
+           f'<value>1</value></property><property name="AllowCMG" type="11"><value>{int(allow_cmg)}</value>'
+           '</property></instance>')
+    return _policy_xml(policy_id, version, site_code, cmg)
+
+
 def default_policies(lab: Lab) -> list[Policy]:
     """The lab site's machine policies: client agent settings, client settings and, because the
     site has a network access account, the secret NAAConfig policy."""
@@ -34,11 +43,8 @@ def default_policies(lab: Lab) -> list[Policy]:
     out.append(Policy(policy_id=pid, version="2.00", category="ClientAgentConfig", flags=0, assignment_id=_guid(),
                       body=_policy_xml(pid, "2.00", site.code, agent)))
     pid = _guid()
-    cmg = ('<instance class="CCM_ClientCloudManagementGatewayConfig"><property name="SiteSettingsKey" type="19">'
-           f'<value>1</value></property><property name="AllowCMG" type="11"><value>{int(site.allow_cmg)}</value>'
-           '</property></instance>')
     out.append(Policy(policy_id=pid, version="1.00", category="ClientSettings", flags=0, assignment_id=_guid(),
-                      body=_policy_xml(pid, "1.00", site.code, cmg)))
+                      body=client_settings_xml(pid, "1.00", site.code, site.client_allow_cmg)))
     naa = site.network_access_account
     pid = _guid()
     instances = ('<instance class="CCM_NetworkAccessAccount">'

@@ -261,6 +261,18 @@ class Store(db.Store):
             for p in self.policy_factory(self.lab):
                 p.body = self.sealer.seal(p.body)  # at rest under the site key (the NAA secret policy)
                 s.add(p)
+        self._apply_client_settings(s)
+
+    def _apply_client_settings(self, s: Session) -> None:
+        """The client settings policy follows lab.json: a changed value is a new policy version."""
+        from cmglab.services.management_point.policy_defaults import client_settings_xml
+
+        site = self.lab.config.site
+        for p in s.scalars(select(Policy).where(Policy.category == "ClientSettings")):
+            if f'name="AllowCMG" type="11"><value>{int(site.client_allow_cmg)}</value>' in self.sealer.open(p.body):
+                continue
+            p.version = f"{float(p.version) + 1:.2f}"
+            p.body = self.sealer.seal(client_settings_xml(p.policy_id, p.version, site.code, site.client_allow_cmg))
 
     # -- settings ----------------------------------------------------------------------------
     def setting(self, name: str, default: Any = None) -> Any:
