@@ -181,3 +181,26 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     pair = [Import("cmglab.tools.fleet.cli", "cmglab.tools.cli", 1),
             Import("cmglab.tools.cli", "cmglab.tools.fleet.cli", 1)]
     assert cycles(pair) == [["cmglab.tools.cli", "cmglab.tools.fleet"]]
+
+
+SERVICES = sorted(p.name for p in (PACKAGE / "services").iterdir() if (p / "__init__.py").exists())
+
+
+def top_level(path: Path) -> dict[str, ast.stmt]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_service_has_the_one_shape(name: str) -> None:
+    """parts.py `Parts.from_lab`, app.py `create_app(parts: Parts)`, errors.py `install_error_handler`,
+    service.py `build(lab)` (docs/architecture.md, "A service")."""
+    package = PACKAGE / "services" / name
+    parts = top_level(package / "parts.py").get("Parts")
+    assert isinstance(parts, ast.ClassDef), f"{name}/parts.py has no class Parts"
+    assert "from_lab" in {n.name for n in parts.body if isinstance(n, ast.FunctionDef)}, f"{name}: no Parts.from_lab"
+    create = top_level(package / "app.py").get("create_app")
+    assert isinstance(create, ast.FunctionDef) and [(a.arg, ast.unparse(a.annotation or ast.Constant(None)))
+                                                    for a in create.args.args] == [("parts", "Parts")], name
+    assert "install_error_handler" in top_level(package / "errors.py") or name == "cmg_connection_point", name
+    assert "build" in top_level(package / "service.py"), name
