@@ -127,3 +127,4 @@ def test_a_second_lab_with_workers_on_the_same_port_is_refused(tmp_path: Path) -
         first.terminate()
         first.wait(15)
     wait_until(lambda: listening_on(port) == 0, "all workers gone")
+

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 Seed = Callable[[Session], None]
+SQLITE_POOL, SQLITE_OVERFLOW = 20, 80
 
 
 def _owner_only(database: str | None) -> None:
@@ -42,7 +43,12 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         _owner_only(u.database)
-        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30})
+        # a pool big enough for two sessions per request thread (anyio's 40): a request that opens a second
+        # session inside its first (Entra's smart lockout records a failure in a transaction of its own) once
+        # exhausted the default 5 + 10 at 16 concurrent sign-ins, every thread waiting for a second connection
+        # (QueuePool timeout after 30 s, then 500); SQLite connections are only file handles
+        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=SQLITE_POOL, max_overflow=SQLITE_OVERFLOW)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
