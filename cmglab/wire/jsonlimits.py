@@ -22,6 +22,8 @@ class TooDeep(ValueError):
 def check_depth(raw: bytes | str, limit: int = MAX_DEPTH) -> None:
     """TooDeep when a container opens more than `limit` levels deep (brackets inside strings do not count)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if data.count(b"[") + data.count(b"{") <= limit:  # the depth cannot pass the openers: no scan (C speed)
+        return
     depth = 0
     for m in _TOKENS.finditer(data):
         token = m.group()

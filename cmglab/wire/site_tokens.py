@@ -11,7 +11,10 @@ shape, so a real format could replace it.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -143,3 +146,48 @@ def verify(token: str, *, cert: x509.Certificate, hierarchy_id: str,
     if types is not None and claims.get("Type") not in types:
         raise SiteTokenError(f"token type {claims.get('Type')!r} not accepted here")
     return claims
+
+
+class VerifiedTokens:
+    """`verify` for one site, remembering what it verified: a client sends the same CCM token with every
+    request for hours, and the RSA verification (and the thread hop that keeps it off the event loop) is most
+    of what checking it costs. A token seen again is found by its exact text, and its lifetime and type are
+    checked again on each use; a token that differs by one byte is a miss and verified in full. Bounded: the
+    oldest entries go first, expired ones when met."""
+
+    def __init__(self, cert: x509.Certificate, hierarchy_id: str, size: int = 8192) -> None:
+        self.cert, self.hierarchy_id, self.size = cert, hierarchy_id, size
+        self._claims: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def known(self, token: str, types: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+        """The claims of a token verified before (lifetime and type checked now), or None if it is not known.
+        Raises SiteTokenError as `verify` would for a known token that has expired or is of another type."""
+        with self._lock:
+            claims = self._claims.get(token)
+        if claims is None:
+            return None
+        now = time.time()
+        if claims["exp"] + LEEWAY < now:
+            with self._lock:
+                self._claims.pop(token, None)
+            raise SiteTokenError("token expired")
+        if claims["nbf"] - LEEWAY > now:
+            raise SiteTokenError("token not yet valid")
+        if types is not None and claims.get("Type") not in types:
+            raise SiteTokenError(f"token type {claims.get('Type')!r} not accepted here")
+        return dict(claims)
+
+    def verify(self, token: str, types: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """`known`, else `verify` in full (then remembered; its type is checked after, as for a known one)."""
+        claims = self.known(token, types)
+        if claims is not None:
+            return claims
+        claims = verify(token, cert=self.cert, hierarchy_id=self.hierarchy_id)
+        with self._lock:
+            self._claims[token] = dict(claims)
+            while len(self._claims) > self.size:
+                self._claims.popitem(last=False)
+        if types is not None and claims.get("Type") not in types:
+            raise SiteTokenError(f"token type {claims.get('Type')!r} not accepted here")
+        return claims

@@ -64,6 +64,8 @@ class Authenticator:
         self.entra = entra
         self.site_cert = lab.pki.site_signing.cert()
         self.site_x5t = x5t(self.site_cert)
+        # every request of a ServerAuth client carries the same CCM token: verified once, then known by its text
+        self.site_tokens = site_tokens.VerifiedTokens(self.site_cert, lab.config.site.hierarchy_id)
         self.issuing_ca = lab.pki.issuing_ca.cert()
 
     # -- MutualAuth ------------------------------------------------------------------------------
@@ -107,8 +109,7 @@ class Authenticator:
 
     def _site(self, token: str, types: tuple[str, ...]) -> Identity:
         try:
-            claims = site_tokens.verify(token, cert=self.site_cert, hierarchy_id=self.lab.config.site.hierarchy_id,
-                                        types=types)
+            claims = self.site_tokens.verify(token, types)
         except site_tokens.SiteTokenError as e:
             code = "TokenExpired" if "expired" in e.reason else "InvalidToken"
             raise AuthError(401, code, f"site token refused: {e.reason}") from e

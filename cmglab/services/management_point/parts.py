@@ -14,7 +14,7 @@ from cmglab.services.management_point.policy_defaults import default_policies
 from cmglab.services.management_point.store import Store
 from cmglab.services.management_point.windowsauth import WindowsAuth
 from cmglab.wire.entra_tokens import EntraKeys
-from cmglab.wire.site_tokens import SiteSigner
+from cmglab.wire.site_tokens import SiteSigner, VerifiedTokens
 
 
 @dataclass
@@ -38,6 +38,11 @@ class Parts:
     @property
     def fqdn(self) -> str:
         return self.lab.config.hosts.management_point
+
+    @cached_property
+    def ccm_tokens(self) -> VerifiedTokens:
+        """CCM tokens verified once, then known by their text (what every tokenauth request carries)."""
+        return VerifiedTokens(self.signer.cert, self.signer.hierarchy_id)
 
     @cached_property
     def server_cert(self) -> x509.Certificate:
