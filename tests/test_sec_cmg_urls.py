@@ -169,6 +169,7 @@ def test_request_smuggling_shapes_are_refused(cmg_lab: Lab) -> None:
         ("TE not chunked", "Transfer-Encoding: gzip, chunked\r\n", smuggled),
         ("TE obfuscated", "Transfer-Encoding : chunked\r\n", smuggled),
         ("negative CL", "Content-Length: -1\r\n", b""),
+        ("a second Authorization", "Authorization: Bearer other\r\nContent-Length: 0\r\n", b""),
     ]
     for name, extra, body in shapes:
         status, seen = _attack(cmg_lab, _request(cmg_lab, target, method="CCM_POST", extra=extra, body=body))

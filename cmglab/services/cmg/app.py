@@ -115,6 +115,9 @@ def create_app(parts: Parts) -> FastAPI:
         if len(hosts) != 1 or not cmg_urls.same_authority(hosts[0], cmg.lab.config.hosts.cmg, cmg.lab.port("cmg")):
             raise CMGError(400, "InvalidHostname", f"the request names host {', '.join(hosts)[:120]!r}, "
                            f"not this gateway ({cmg.lab.config.hosts.cmg})")
+        if len(request.headers.getlist("authorization")) > 1:
+            # the CMG checks one credential; the site must never be handed another to read instead
+            raise CMGError(400, "InvalidRequest", "the request has more than one Authorization header")
         if "transfer-encoding" in request.headers and "content-length" in request.headers:
             # h11 lets chunked win; a hop that read Content-Length instead would see another request
             raise CMGError(400, "InvalidRequest", "the request has both Content-Length and Transfer-Encoding")

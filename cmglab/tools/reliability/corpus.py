@@ -595,11 +595,12 @@ CMG_RAW: list[tuple[str, Callable[[Kit], bytes], frozenset[int]]] = [
      _cmg_request(TOKENAUTH, extra="Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", body=SMUGGLED), E400),
     ("two Content-Lengths", _cmg_request(TOKENAUTH, extra="Content-Length: 4\r\nContent-Length: 40\r\n",
                                          body=b"abcd"), E400),
+    ("a second Authorization header", _cmg_request(TOKENAUTH, extra="Authorization: Bearer other\r\n"), E400),
     ("Transfer-Encoding other than chunked",
      _cmg_request(TOKENAUTH, extra="Transfer-Encoding: gzip, chunked\r\n", body=SMUGGLED), frozenset({400, 501})),
 ]
 
-DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+DEEP_JSON = b"[" * 20_000 + b"]" * 20_000  # 20 times the parser's recursion limit
 
 
 def _takeover(k: Kit) -> bytes:
@@ -617,14 +618,14 @@ def attack_probes() -> list[Probe]:
                         lambda k: Req("GET", f"{k.lab.url('cmg')}/_lab/requests"), E401))
     probes.append(Probe("management-point", "registration", "registration proposing another client's SMSID",
                         ccm_post(mp_anonymous, _takeover), E200))
-    probes.append(Probe("management-point", "sts_json", "CCM_STS: JSON nested 100,000 deep",
+    probes.append(Probe("management-point", "sts_json", "CCM_STS: JSON nested 20,000 deep",
                         _sts(lambda k: DEEP_JSON), E400))
-    probes.append(Probe("cmg", "sts_json", "CCM_STS through the CMG: JSON nested 100,000 deep",
+    probes.append(Probe("cmg", "sts_json", "CCM_STS through the CMG: JSON nested 20,000 deep",
                         lambda k: Req("POST", k.proxy("CCM_STS"), {"Content-Type": "application/json",
                                                                    "Authorization": f"Bearer {k.m.bulk_token()}"},
                                       DEEP_JSON), E400))
-    probes.append(Probe("entra", "drs_json", "DRS join: JSON nested 100,000 deep", _join(lambda k: DEEP_JSON), E400))
-    probes.append(Probe("entra", "drs_json", "hybrid-join PUT: JSON nested 100,000 deep",
+    probes.append(Probe("entra", "drs_json", "DRS join: JSON nested 20,000 deep", _join(lambda k: DEEP_JSON), E400))
+    probes.append(Probe("entra", "drs_json", "hybrid-join PUT: JSON nested 20,000 deep",
                         lambda k: Req("PUT", f"{k.drs}/EnrollmentServer/device/{uuid.uuid4()}?api-version=2.0",
                                       {"Content-Type": "application/json"}, DEEP_JSON), E400))
     return probes
