@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from xml.etree.ElementTree import Element
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 from lxml import etree
 from signxml import InvalidInput, InvalidSignature, SignatureConfiguration, XMLSigner, XMLVerifier
@@ -42,6 +44,7 @@ from cmglab.pki.builders import name as x509_name
 from cmglab.pki.builders import self_signed
 from cmglab.services.entra import store as st
 from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra.lockout import Lockouts
 
 log = logging.getLogger("cmglab.entra")
 
@@ -119,12 +122,21 @@ class RstRequest:
     applies_to: str
 
 
-def parse_rst(body: bytes) -> RstRequest:
-    """A WS-Trust 1.3 RequestSecurityToken with a UsernameToken (roadlib/MSAL `build_rst`)."""
+def _envelope(body: bytes) -> Element:
+    """The SOAP message parsed without DTDs or entities (XXE, billion laughs): a fault, never a 500."""
     try:
-        root = SafeET.fromstring(body)
+        root: Element = SafeET.fromstring(body, forbid_dtd=True)
     except SafeET.ParseError as e:
         raise SoapFault("InvalidSecurity", f"ID3137: the message is not well-formed XML: {e}") from e
+    except DefusedXmlException as e:
+        raise SoapFault("InvalidSecurity", "ID3137: the message carries a DTD or an entity declaration, "
+                                           "which the service does not accept.") from e
+    return root
+
+
+def parse_rst(body: bytes) -> RstRequest:
+    """A WS-Trust 1.3 RequestSecurityToken with a UsernameToken (roadlib/MSAL `build_rst`)."""
+    root = _envelope(body)
     token = root.find("s:Header/wsse:Security/wsse:UsernameToken", NS)
     if token is None:
         raise SoapFault("InvalidSecurity", "ID3134: the message has no UsernameToken in its Security header.")
@@ -143,17 +155,17 @@ def parse_rst(body: bytes) -> RstRequest:
 
 def parse_rst_body(body: bytes) -> str:
     """The AppliesTo of a WS-Trust 1.3 RST without credentials (windowstransport: HTTP authentication)."""
-    try:
-        root = SafeET.fromstring(body)
-    except SafeET.ParseError as e:
-        raise SoapFault("InvalidSecurity", f"ID3137: the message is not well-formed XML: {e}") from e
+    root = _envelope(body)
     applies = root.find("s:Body/wst:RequestSecurityToken/wsp:AppliesTo/wsa:EndpointReference/wsa:Address", NS)
     return (applies.text or "").strip() if applies is not None else ""
 
 
 class FederationService:
-    def __init__(self, store: st.Store, key: FederationKey) -> None:
-        self.store, self.key = store, key
+    """`lockouts`: the same smart lockout as Entra's password sign-in (AD FS extranet lockout): without it the
+    STS would be a way around Entra's lockout, an unlimited password oracle for every federated user."""
+
+    def __init__(self, store: st.Store, key: FederationKey, lockouts: Lockouts | None = None) -> None:
+        self.store, self.key, self.lockouts = store, key, lockouts
 
     def mex(self, base: str) -> str:
         """WSDL + policy naming the WS-Trust 1.3 usernamemixed and windowstransport endpoints (what roadlib's and
@@ -207,15 +219,29 @@ class FederationService:
         rst = parse_rst(body)
         if rst.applies_to and rst.applies_to != AUDIENCE:
             raise SoapFault("InvalidRequest", f"MSIS3127: the relying party '{rst.applies_to}' is not known.")
+        failed = SoapFault("FailedAuthentication", "ID3242: The security token could not be authenticated or "
+                                                   "authorized.")
         with self.store.session() as s:
             user = st.user_by_upn(s, rst.username)
             user_domain = rst.username.rpartition("@")[2].lower()
-            if (user is None or user_domain != domain or not user.enabled
-                    or not st.verify_secret(rst.password, user.password_hash)):
+            if user is None or user_domain != domain or not user.enabled:
                 log.info("STS %s: authentication failed for %r", domain, rst.username)
-                raise SoapFault("FailedAuthentication", "ID3242: The security token could not be authenticated or "
-                                                        "authorized.")
+                raise failed
             upn, immutable_id = user.upn, base64.b64encode(uuid.UUID(user.object_id).bytes_le).decode()
+            password_hash = user.password_hash
+        if self.lockouts is not None:
+            try:
+                self.lockouts.check(upn)
+            except AADSTSError:  # AD FS answers a locked account as any failure (event 516 on the server)
+                log.info("STS %s: %s is locked out (extranet lockout), not verified", domain, upn)
+                raise failed from None
+        if not st.verify_secret(rst.password, password_hash):
+            locked = self.lockouts is not None and self.lockouts.failed(upn, rst.password)
+            log.info("STS %s: authentication failed for %r%s", domain, rst.username,
+                     ": now locked out" if locked else "")
+            raise failed
+        if self.lockouts is not None:
+            self.lockouts.succeeded(upn)
         return self.rstr(self.assertion(domain, upn, immutable_id))
 
     def issue_for_computer(self, domain: str, body: bytes, computer: dict[str, str]) -> str:

@@ -52,7 +52,7 @@ class Parts:
                    registration=Registration(store, signer, ca), directory=Directory(store),
                    lab_hosts=list(lab.config.hosts.entra), login_host=lab.host("entra"),
                    sync=ConnectSync(store, ad_path(lab.dir)),
-                   federation=FederationService(store, grants.federation_key))
+                   federation=FederationService(store, grants.federation_key, issuer.lockouts))
 
     def drs_and_login_urls(self, request: Request) -> tuple[str, str]:
         """DRS discovery names the DRS and login hosts by their canonical names, on the port the client
