@@ -166,5 +166,13 @@ def create_app(parts: Parts) -> FastAPI:
         return response
 
     app.router.routes.append(Route("/{path:path}", AnyMethod(handle), include_in_schema=False))
+    # Starlette's `{path:path}` stops at a decoded newline: such a path would get FastAPI's JSON 404 and no
+    # IIS log line (a probe the log never shows); every HTTP request not routed above is IIS's to answer
+    fallback = app.router.default
+
+    async def unrouted(scope: Any, receive: Any, send: Any) -> None:
+        await (AnyMethod(handle) if scope["type"] == "http" else fallback)(scope, receive, send)
+
+    app.router.default = unrouted
     install_error_handler(app)
     return app

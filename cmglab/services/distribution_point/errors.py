@@ -97,8 +97,11 @@ def observe(request: Request, e: IISError) -> None:
         return
     record(request).refused = f"{e.status}.{e.substatus}"
     client = request.client.host if request.client else "?"
+    # the path as it came on the wire (still escaped): a decoded %0a would forge a line in the service log
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw.decode("latin-1").encode("unicode_escape").decode("ascii")
     logging.getLogger("cmglab.distribution_point").warning(
-        f"{request.method} {request.url.path} from {client}: {e.status}.{e.substatus} {e.reason}")
+        f"{request.method} {path} from {client}: {e.status}.{e.substatus} {e.reason}")
 
 
 def install_error_handler(app: FastAPI) -> None:
