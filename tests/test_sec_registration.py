@@ -193,3 +193,18 @@ def test_the_console_shows_conflicting_records(mp: Lab, material: Material, lab_
         page = c.get(f"{mp.url('console')}/", params={"static": "1"}).text
     assert "Conflicting records" in page and sms_id in page
     assert name not in page and "EVIL&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_copies_of_one_conflicting_request_at_once(mp: Lab, material: Material) -> None:
+    """A client's retries racing each other: one conflicting record, one new record, every copy answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, sms_id, _ = victim(mp, material)
+    attacker = Box("RACER")
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: attack_self_signed(mp, material, attacker, sms_id), range(8)))
+    assert {r["Status"] for r in replies} == {"0"}
+    assert len({r["SMSID"] for r in replies}) == 1 and replies[0]["SMSID"] != sms_id
+    mine = [c for c in site_rows(mp, "conflicts") if c["signing_thumbprint"] == attacker.thumbprint]
+    assert len(mine) == 1 and mine[0]["new_sms_id"] == replies[0]["SMSID"]
+    assert [c["sms_id"] for c in site_rows(mp, "clients")].count(replies[0]["SMSID"]) == 1

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Boolean, DateTime, Integer, String, Text, select
+from sqlalchemy import Boolean, DateTime, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -154,6 +154,9 @@ class ConflictRecord(Base):
     (the admin said it is the same machine: it updates the record), block (refused)."""
 
     __tablename__ = "conflicting_records"
+    # one record per (SMSID proposed, key): two copies of one request at once race on it, and the store's
+    # retry then finds the row the other wrote
+    __table_args__ = (UniqueConstraint("sms_id", "signing_thumbprint"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     sms_id: Mapped[str] = mapped_column(String(48), index=True)  # the registered SMSID it proposed
     signing_thumbprint: Mapped[str] = mapped_column(String(40), index=True)
