@@ -164,6 +164,7 @@ class LabProcesses:
                 time.sleep(0.1)
 
     def wait_healthy(self, names: Iterable[str], timeout: float = 30) -> None:
+        timeout *= max(1, self.workers)  # the first worker builds the service, then the others do, in turn
         deadline = time.monotonic() + timeout
         with self.client() as c:
             for name in names:

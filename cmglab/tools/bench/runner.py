@@ -33,13 +33,14 @@ class Options:
     fleet_sizes: tuple[int, ...] = (100, 1000)
     fleet_concurrency: int = 16
     hold: int = 6000  # keep-alive connections held open at one CMG
-    storm: int = 5000  # connections of each kind that never finish a handshake (section 6)
+    storm: int = 5000  # connections of each kind that never finish a handshake (section 7)
+    scaling_rounds: int = 2  # interleaved 1- and 2-worker rounds in section 8, the best of each kept
     profile: bool = True  # py-spy the hot endpoints (needs ptrace: root)
 
 
 # a smoke run: every section, tiny sizes, no profiling (tests/test_bench_smoke.py)
 QUICK = Options(duration=0.5, connections=4, fleet_sizes=(5,), fleet_concurrency=5, hold=200, storm=200,
-                profile=False)
+                scaling_rounds=1, profile=False)
 
 
 def wait_port(addr: str, port: int, timeout: float = 20) -> None:
@@ -165,5 +166,5 @@ def run(lab: Lab, out_dir: Path, opts: Options, *, port: int, pool: Path) -> tup
     sections["connections"] = held.connections_section(lab, opts.hold, opts.duration, nofile)
     sections["profiles"] = hotspots.section(profiles, sections)
     sections["storm"] = storm.storm_section(lab, opts.storm, nofile)
-    sections["workers"] = scaling.scaling_section(lab, opts.connections, opts.duration)
+    sections["workers"] = scaling.scaling_section(lab, opts.connections, opts.duration, rounds=opts.scaling_rounds)
     return report.write(out_dir, sections, settings=asdict(opts))
