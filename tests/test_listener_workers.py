@@ -5,6 +5,7 @@ takes the others with it (nothing left listening); services that keep state in o
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from cmglab.core.labconfig import Ports
 from cmglab.runtime.lab import Lab
@@ -128,3 +130,20 @@ def test_a_second_lab_with_workers_on_the_same_port_is_refused(tmp_path: Path) -
         first.wait(15)
     wait_until(lambda: listening_on(port) == 0, "all workers gone")
 
+
+
+def test_workers_are_settable_in_up_serve_and_compose() -> None:
+    for command in ("up", "serve"):
+        shown = subprocess.run([sys.executable, "-m", "cmglab", command, "--help"], capture_output=True, text=True,
+                               timeout=60, env={**os.environ, "COLUMNS": "200"})
+        assert "--workers" in shown.stdout, command
+    exe = shutil.which("docker-compose")
+    assert exe, "docker-compose is needed (Debian package docker-compose)"
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([exe, "config"], cwd=root, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "CMGLAB_WORKERS": "2"})
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    assert {s for s, v in services.items() if v.get("environment", {}).get("CMGLAB_WORKERS") == "2"} >= {
+        "entra", "management-point"}
+    assert "CMGLAB_WORKERS" not in services["cmg"].get("environment", {})
