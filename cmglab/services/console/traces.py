@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+from cmglab.wire.requests import Recorded
 from cmglab.wire.tracing import cmglab_fields
 
 CLIENT = "client"
@@ -27,15 +28,16 @@ _REASONS = ("reason", "result", "error", "refused")
 BACKGROUND_PATHS = frozenset({"/ccm_cloud/config"})
 
 
-def _start(record: dict[str, Any]) -> str:
+def _start(record: Recorded) -> str:
     end = datetime.fromisoformat(record["time"])
     return (end - timedelta(milliseconds=float(record.get("elapsed_ms") or 0))).isoformat(timespec="milliseconds")
 
 
-def hop_of(record: dict[str, Any]) -> dict[str, Any]:
-    hop = {k: record.get(k) for k in _KEPT}
+def hop_of(record: Recorded) -> dict[str, Any]:
+    fields = cast(dict[str, Any], record)  # read by name from the lists below
+    hop = {k: fields.get(k) for k in _KEPT}
     hop["start"] = _start(record)
-    hop["reason"] = next((str(record[k]) for k in _REASONS if record.get(k)), None)
+    hop["reason"] = next((str(fields[k]) for k in _REASONS if fields.get(k)), None)
     hop.update(cmglab_fields(record.get("tracestate")))
     return hop
 
@@ -118,7 +120,7 @@ class TraceStore:
         self.capacity = capacity
         self.traces: OrderedDict[str, Trace] = OrderedDict()
 
-    def add(self, record: dict[str, Any]) -> Trace | None:
+    def add(self, record: Recorded) -> Trace | None:
         if not record.get("trace_id") or not record.get("span_id") or not record.get("time"):
             return None  # a record from a service that predates tracing
         hop = hop_of(record)

@@ -11,6 +11,7 @@ import httpx
 
 from cmglab.runtime.lab import Lab
 from cmglab.wire import httpclient
+from cmglab.wire.requests import Recorded
 
 # the services whose inputs the campaign counts; the connection point is reached only through the CMG
 SERVICES = ("entra", "cmg", "management-point", "cmg-connection-point")
@@ -43,7 +44,7 @@ class LabView:
     def last_seq(self, service: str) -> int:
         return int(self.get(service, "/_lab/requests", limit=0)["last_seq"])
 
-    def records_after(self, service: str, seq: int) -> list[dict[str, Any]]:
+    def records_after(self, service: str, seq: int) -> list[Recorded]:
         """Every request the service recorded after `seq` (the campaign sizes the log to keep them all)."""
         data = self.get(service, "/_lab/requests", after=seq, limit=10**9)
         return list(data["requests"])

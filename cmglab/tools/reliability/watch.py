@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
@@ -22,6 +21,7 @@ from cmglab.agent.device import Device
 from cmglab.services.cmg.proxy import CHANNEL_MARGIN
 from cmglab.tools.fleet.device import DeviceTimer, FleetNetwork, FleetPlan
 from cmglab.tools.reliability.labview import LabView
+from cmglab.wire.requests import Recorded
 
 SLACK_S = 2.0  # beyond the bound: scheduling on a loaded 2-core machine, TLS set-up, reading the reply
 
@@ -130,7 +130,7 @@ class RecordCollector:
     def __init__(self, view: LabView, services: tuple[str, ...]) -> None:
         self.view = view
         self.seen = {s: 0 for s in services}
-        self.records: dict[str, list[dict[str, Any]]] = {s: [] for s in services}
+        self.records: dict[str, list[Recorded]] = {s: [] for s in services}
 
     def collect(self, service: str) -> None:
         last = self.view.last_seq(service)
