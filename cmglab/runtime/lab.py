@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shutil
 from pathlib import Path
 
 import httpx
@@ -47,6 +48,19 @@ def way_out(lab_dir: Path) -> str:
             "`docker compose --profile client down -v`, then `docker compose up -d`)")
 
 
+# what the services make from a lab's config on their first start: stale once `init --force` remakes it
+LAB_STATE = ("data", "content", "site-key")
+
+
+def discard_state(lab_dir: Path) -> None:
+    for name in LAB_STATE:
+        target = lab_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
 def _load_config(path: Path) -> LabConfig:
     try:
         return load_config(path)
@@ -83,6 +97,8 @@ class Lab:
         created: list[str] = []
         path = cls.config_path(lab_dir)
         if force or not path.exists():
+            if force:  # the old lab's databases, content and site key hold its tenants, users and keys
+                discard_state(lab_dir)
             lab_dir.mkdir(parents=True, exist_ok=True)
             config = default_config(compose=compose)
             if ports is not None:

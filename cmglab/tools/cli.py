@@ -78,14 +78,22 @@ def init(lab: LabOption = DEFAULT_LAB,
     """Create the lab directory: config, admin token, PKI, hosts mapping. Idempotent."""
     from cmglab.tools.labports import pick_free_ports, use_ports
 
+    # a new lab gets its ports before its PKI: the certificates name the CRL host's port (CRL and AIA URLs)
+    fresh = force or not Lab.config_path(lab.absolute()).exists()
     try:
         with console.status("creating the lab (keys take a moment)..."):
-            the_lab, created = Lab.init(lab, force=force, compose=compose)
+            the_lab, created = Lab.init(lab, force=force, compose=compose,
+                                        ports=pick_free_ports() if free_ports and fresh else None)
     except LabNotInitialised as e:  # a lab this cmglab cannot use: say so and how to start again, once
         console.print(str(e), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2) from e
     if free_ports:
-        use_ports(the_lab, pick_free_ports())
+        if not fresh:  # an existing PKI names the CRL host's port: keep it, move the rest
+            picked = pick_free_ports()
+            picked.pki = the_lab.config.ports.pki
+            use_ports(the_lab, picked)
+            console.print(f"pki keeps port {picked.pki}: the lab's certificates name it in their CRL and AIA "
+                          "URLs (--force regenerates the lab, PKI included, on new ports)", soft_wrap=True)
         created.append("ports")
         ports = the_lab.config.ports
         console.print("ports: " + ", ".join(f"{k} {v}" for k, v in ports.model_dump().items()))

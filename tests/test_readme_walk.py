@@ -1,0 +1,63 @@
+"""What a newcomer following the README meets (the walk-through of README.md): `cmglab init --free-ports`
+makes a lab whose certificates name the CRL host where it really listens, so `dsregcmd /join` can check
+revocation on a lab beside another one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from cmglab.runtime.lab import Lab
+
+
+def cmglab(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "80"}
+    return subprocess.run([sys.executable, "-m", "cmglab", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+def crl_and_aia_ports(cert_file: Path) -> set[int]:
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    urls = [n.value for dp in cdp for n in dp.full_name or []] + [d.access_location.value for d in aia]
+    assert urls and all(u.startswith("http://pki.lab.test:") for u in urls), urls
+    return {int(u.split(":")[2].split("/")[0]) for u in urls}
+
+
+def test_free_ports_lab_certificates_name_its_crl_host(tmp_path: Path) -> None:
+    made = cmglab("init", "--lab", str(tmp_path / "lab"), "--free-ports")
+    assert made.returncode == 0, made.stdout + made.stderr
+    lab = Lab.load(tmp_path / "lab")
+    pki_port = lab.config.ports.pki
+    assert pki_port != 8081
+    for service in ("entra", "cmg"):
+        assert crl_and_aia_ports(lab.dir / "pki" / service / f"{service}.crt") == {pki_port}
+    assert f"pki.lab.test:{pki_port}:127.0.0.1" in (lab.dir / "hosts").read_text()
+    # an existing lab moves its other ports, and the CRL host stays where its certificates say
+    again = cmglab("init", "--lab", str(lab.dir), "--free-ports")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"pki keeps port {pki_port}" in again.stdout
+    moved = Lab.load(lab.dir).config.ports
+    assert moved.pki == pki_port and moved.cmg != lab.config.ports.cmg
+
+
+def test_init_force_starts_from_a_clean_state(tmp_path: Path) -> None:
+    """`cmglab init --force` remakes the tenant and its users: Entra seeded from the old lab.json once
+    crashed on start (UNIQUE constraint failed: users.upn) and `cmglab up` waited 60 s for it."""
+    from cmglab.tools.processes import LabProcesses
+
+    made = cmglab("init", "--lab", str(tmp_path / "lab"), "--free-ports")
+    assert made.returncode == 0, made.stdout + made.stderr
+    with LabProcesses(Lab.load(tmp_path / "lab")) as procs:
+        procs.ensure("entra")
+    assert (tmp_path / "lab" / "data" / "entra.db").exists()
+    again = cmglab("init", "--lab", str(tmp_path / "lab"), "--free-ports", "--force")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not (tmp_path / "lab" / "data" / "entra.db").exists()
+    with LabProcesses(Lab.load(tmp_path / "lab")) as procs:
+        procs.ensure("entra")  # raises ServiceFailed if Entra cannot start
