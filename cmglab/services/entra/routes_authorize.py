@@ -28,10 +28,17 @@ NATIVE_REDIRECTS = ("urn:ietf:wg:oauth:2.0:oob", "ms-appx-web://microsoft.aad.br
 
 
 def redirect_allowed(uri: str, login_hosts: list[str]) -> bool:
+    """A registered native redirect URI, matched as Entra matches (the whole URI, not a prefix of it). A URI
+    with user information, a backslash or whitespace is refused outright: browsers and urlsplit disagree on
+    where its host is (`http://evil.example\\@localhost/` is evil.example to a browser)."""
     low = uri.lower()
-    if low.startswith(NATIVE_REDIRECTS):
+    if low == NATIVE_REDIRECTS[0] or low.startswith(NATIVE_REDIRECTS[1]):
         return True
+    if "\\" in uri or any(c.isspace() or ord(c) < 0x20 for c in uri):
+        return False
     parts = urlsplit(low)
+    if parts.username is not None or parts.password is not None:
+        return False
     if parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1"):
         return True
     return parts.scheme == "https" and parts.hostname in login_hosts and parts.path == "/common/oauth2/nativeclient"
