@@ -539,7 +539,7 @@ def json_probes() -> list[Probe]:
 
 
 def probes() -> list[Probe]:
-    return [*messaging_probes(), *jwt_probes(), *certificate_probes(), *json_probes(), *attack_probes()]
+    return [*messaging_probes(), *jwt_probes(), *certificate_probes(), *json_probes(), *attack_probes(), *dp_probes()]
 
 
 # -- issue 15: the CMG as a way around itself, smuggling, takeover, nesting --------------------------------
@@ -629,3 +629,28 @@ def attack_probes() -> list[Probe]:
                         lambda k: Req("PUT", f"{k.drs}/EnrollmentServer/device/{uuid.uuid4()}?api-version=2.0",
                                       {"Content-Type": "application/json"}, DEEP_JSON), E400))
     return probes
+
+
+# -- the distribution point's paths (red team): refused by HTTP.sys's rules before authentication ------------
+def _dp_request(target: str) -> Callable[[Kit], bytes]:
+    def data(k: Kit) -> bytes:
+        name = f"{k.lab.host('distribution-point')}:{k.lab.port('distribution-point')}"
+        return f"GET {target} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode("latin-1")
+    return data
+
+
+DP_RAW: list[tuple[str, str, frozenset[int]]] = [
+    ("a decoded newline in the path (log forging)", "/SMS_DP_SMSPKG$/x%0d%0a2026-01-01%20forged", E400),
+    ("a newline outside any vdir", "/%0aforged", E400),
+    ("dot-dot above the site root", "/SMS_DP_SMSPKG$/../../../etc/passwd", E400),
+    ("encoded dot-dot and backslash", "/SMS_DP_SMSPKG$/..%5c..%5c..%5cetc%5cpasswd", E400),
+    ("double-encoded dot-dot", "/SMS_DP_SMSPKG$/%252e%252e/%252e%252e/lab.json", frozenset({404})),
+    ("overlong UTF-8 dot", "/SMS_DP_SMSPKG$/%c0%ae%c0%ae/lab.json", E400),
+    ("NUL in the path", "/SMS_DP_SMSPKG$/MEM00001%00.txt", E400),
+    ("an alternate data stream", "/SMS_DP_SMSPKG$/MEM00001::$DATA", E400),
+]
+
+
+def dp_probes() -> list[Probe]:
+    return [Probe("distribution-point", "dp_path", f"DP: {name}", raw("distribution-point", _dp_request(target)),
+                  expect) for name, target, expect in DP_RAW]

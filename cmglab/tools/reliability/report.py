@@ -33,7 +33,7 @@ class Report:
     findings: list[dict[str, Any]] = field(default_factory=list)
 
     def tally(self, service: str) -> ServiceTally:
-        return self.services[service]
+        return self.services.setdefault(service, ServiceTally())  # the DP's and console's probes too
 
     def finding(self, kind: str, service: str, what: str, detail: str = "") -> None:
         self.findings.append({"kind": kind, "service": service, "what": what, "detail": detail[:_DETAIL_MAX]})
