@@ -12,6 +12,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+import pytest
+
 from cmglab.runtime.lab import Lab
 from tests.support.agent import assert_lines, log_of, new_device, run
 from tests.support.client import SERVICES, assert_clean, install, joined_device, new_bulk_token
@@ -291,3 +294,24 @@ def test_client_setting_allow_cmg_off(lab: Lab, tmp_path: Path) -> None:
                      r"the client does not use the cloud management gateway")
     finally:
         cmglab(lab, "site", "set", "client-allow-cmg", "true")
+
+
+def test_public_ca_client_certificate_is_refused(lab: Lab, tmp_path: Path) -> None:
+    """The public CA that Microsoft's names chain to is trusted by devices, never as a client-certificate issuer
+    for the site: a client certificate it issued is refused at the MP's TLS handshake."""
+
+    from cmglab.pki import builders as b
+    from cmglab.wire import httpclient
+
+    public = lab.pki.public_root_ca
+    key = b.new_key()
+    cert = b.leaf(key.public_key(), b.name("PUBLIC01"), public.cert(), public.key(), ekus=[b.CLIENT_AUTH],
+                  san=["PUBLIC01"])
+    cert_file, key_file = tmp_path / "client.crt", tmp_path / "client.key"
+    cert_file.write_bytes(b.cert_pem(cert))
+    key_file.write_bytes(b.key_pem(key))
+    ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=(cert_file, key_file))
+    with httpclient.client(ctx=ctx, resolve=lab.resolve(), timeout=10) as c, pytest.raises(httpx.HTTPError):
+        c.get(f"{lab.url('management-point')}/SMS_MP/.sms_aut?MPLIST")
+    with lab_client(lab) as c:  # without the certificate the same request is served
+        assert c.get(f"{lab.url('management-point')}/SMS_MP/.sms_aut?MPLIST").status_code == 200

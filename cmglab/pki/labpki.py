@@ -7,6 +7,7 @@ Idempotent: `init()` creates only what is missing; `init(force=True)` regenerate
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -118,6 +119,17 @@ class LabPKI:
     @property
     def ca_bundle(self) -> Path:
         return self.root / "ca-bundle.pem"
+
+    @property
+    def client_ca_bundle(self) -> Path:
+        """The CAs whose client certificates the site accepts: the organisation's only, never the public one
+        (written on first use for a lab made before the public CA existed)."""
+        path = self.root / "client-ca-bundle.pem"
+        if not path.exists() and self.root_ca.exists() and self.issuing_ca.exists():
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+            tmp.write_bytes(b.cert_pem(self.root_ca.cert()) + b.cert_pem(self.issuing_ca.cert()))
+            tmp.replace(path)
+        return path
 
     def crl_path(self, ca: str, pem: bool = False) -> Path:
         return self.root / "crl" / (f"{ca}.crl.pem" if pem else f"{ca}.crl")
@@ -263,6 +275,7 @@ class LabPKI:
         root, issuing, public = self.root_ca.cert(), self.issuing_ca.cert(), self.public_root_ca.cert()
         # everything the lab's own tools trust: the organisation's CAs and the public one
         self.ca_bundle.write_bytes(b.cert_pem(root) + b.cert_pem(issuing) + b.cert_pem(public))
+        self.client_ca_bundle.write_bytes(b.cert_pem(root) + b.cert_pem(issuing))
         (self.root / "aia").mkdir(exist_ok=True)
         self.aia_path("root-ca").write_bytes(b.cert_der(root))
         self.aia_path("issuing-ca").write_bytes(b.cert_der(issuing))

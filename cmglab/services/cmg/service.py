@@ -22,7 +22,7 @@ def build(lab: Lab) -> Service:
 
     def tls(mode: str) -> TLS:
         return TLS(ident.cert_path, ident.key_path, client_cert=mode,  # type: ignore[arg-type]
-                   client_ca=lab.pki.ca_bundle, crl_files=[lab.pki.crl_bundle], crl_check=lab.settings.crl_check)
+                   client_ca=lab.pki.client_ca_bundle, crl_files=[lab.pki.crl_bundle], crl_check=lab.settings.crl_check)
 
     sync = LogSync(lab.log_dir("cmg") / "CMGService.log", lab.log_dir("site-server"), lab.config.hosts.cmg,
                    settings.instance)

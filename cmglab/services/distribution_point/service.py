@@ -14,7 +14,7 @@ def build(lab: Lab) -> Service:
     ident = lab.pki.server("distribution-point")
     https = Listener(
         "distribution-point", app, lab.port("distribution-point"), lab.bind(),
-        tls=TLS(ident.cert_path, ident.key_path, client_cert="optional", client_ca=lab.pki.ca_bundle,
+        tls=TLS(ident.cert_path, ident.key_path, client_cert="optional", client_ca=lab.pki.client_ca_bundle,
                 crl_files=[lab.pki.crl_bundle], crl_check=lab.settings.crl_check),
     )  # httptools: it takes absolute-form request targets (impacket requests the listing's http:// links)
     http_port = 80 if lab.config.compose else lab.config.ports.distribution_point_http

@@ -18,7 +18,7 @@ def build(lab: Lab) -> Service:
     ident = lab.pki.server("management-point")
     https = Listener(
         "management-point", app, lab.port("management-point"), lab.bind(),
-        tls=TLS(ident.cert_path, ident.key_path, client_cert="optional", client_ca=lab.pki.ca_bundle,
+        tls=TLS(ident.cert_path, ident.key_path, client_cert="optional", client_ca=lab.pki.client_ca_bundle,
                 crl_files=[lab.pki.crl_bundle], crl_check=lab.settings.crl_check),
         http="h11",  # CCM_POST
     )
