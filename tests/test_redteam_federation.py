@@ -105,3 +105,15 @@ def test_an_assertion_with_a_dtd_is_refused(fed: Lab) -> None:
             "grant_type": "urn:ietf:params:oauth:grant-type:saml1_1-bearer",
             "assertion": base64.b64encode((doctype + assertion).encode()).decode()})
     assert reply.status_code == 400 and reply.json()["error_codes"] == [50006], reply.text
+
+
+def test_anonymous_windowstransport_requests_write_nothing(fed: Lab) -> None:
+    url = f"{fed.url('entra', host='sts.fed.lab.test')}/adfs/services/trust/13/windowstransport"
+    users = fed.dir / "data" / "federation" / "ntlm-users"
+    with client(fed) as c:
+        assert c.post(url, content=b"<x/>", headers=SOAP).status_code == 401
+        stamp = users.stat().st_mtime_ns
+        for _ in range(20):
+            reply = c.post(url, content=b"<x/>", headers=SOAP)
+            assert reply.status_code == 401 and reply.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
+    assert users.stat().st_mtime_ns == stamp  # the account file was written once, not per request

@@ -4,6 +4,8 @@ fault answers with HTTP 500, as AD FS does."""
 
 from __future__ import annotations
 
+import threading
+
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -29,8 +31,26 @@ def windows_authenticator(lab: Lab) -> WindowsAuthenticator:
     return WindowsAuthenticator(ad.netbios_name, list(accounts), user_file)
 
 
+class CurrentAuthenticator:
+    """The authenticator for the lab AD as lab.json has it now, rebuilt (its account file rewritten) only when
+    lab.json changed: an anonymous request must not make the service load the lab and write a file."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self._built: tuple[int, WindowsAuthenticator] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> WindowsAuthenticator:
+        stamp = Lab.config_path(self.lab.dir).stat().st_mtime_ns
+        with self._lock:
+            if self._built is None or self._built[0] != stamp:
+                self._built = (stamp, windows_authenticator(self.lab))
+            return self._built[1]
+
+
 def router(sts: FederationService, lab: Lab) -> APIRouter:
     r = APIRouter()
+    current = CurrentAuthenticator(lab)
 
     def federated_domain(request: Request) -> tuple[str, str]:
         """(the federated domain the Host header names as sts.<domain>, the base URL the client used)."""
@@ -65,7 +85,7 @@ def router(sts: FederationService, lab: Lab) -> APIRouter:
         """WS-Trust with Windows integrated authentication (NTLM/Negotiate on the connection): a domain
         computer gets its on-premises claims for the federated hybrid join."""
         domain, _ = federated_domain(request)
-        auth = await run_in_threadpool(windows_authenticator, lab)
+        auth = await run_in_threadpool(current.get)
         step = await auth.login(request)
         if not step.done:
             record(request).update(auth_kind=AuthKind.WSTRUST_WINDOWS, error=step.error)
