@@ -79,6 +79,7 @@ def test_entra_install_register_renew_policy_uninstall(lab: Lab, tmp_path: Path)
     assert r.returncode == 0, r.stderr
     fresh = cache.get()
     assert fresh is not None and fresh["Token"] != entry["Token"]
+    assert f"ccmexec: CCM token renewed (CcmMessaging.log), valid until {fresh['ExpiresOn']}" in r.stdout
     assert_lines(device, "CcmMessaging.log",
                  r"Sending remote sync message '\{[0-9A-F-]{36}\}' to host '\S+' endpoint 'MP_PolicyManager'",
                  r"CCM Token for '\S+' \(.*\) is already expired or close to expire",

@@ -61,3 +61,20 @@ def test_init_force_starts_from_a_clean_state(tmp_path: Path) -> None:
     assert not (tmp_path / "lab" / "data" / "entra.db").exists()
     with LabProcesses(Lab.load(tmp_path / "lab")) as procs:
         procs.ensure("entra")  # raises ServiceFailed if Entra cannot start
+
+
+def test_dsregcmd_status_into_a_closed_pipe_prints_no_traceback(tmp_path: Path) -> None:
+    """`dsregcmd /status | head` once ended in a BrokenPipeError traceback."""
+    made = cmglab("init", "--lab", str(tmp_path / "lab"), "--free-ports")
+    assert made.returncode == 0, made.stdout + made.stderr
+    home = tmp_path / "device01"
+    created = cmglab("device", "create", "--lab", str(tmp_path / "lab"), "--home", str(home))
+    assert created.returncode == 0, created.stdout + created.stderr
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before dsregcmd writes: as `| head` after its lines
+    try:
+        done = subprocess.run([sys.executable, "-m", "cmglab.agent.dsregcmd", "/status", "--home", str(home)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr

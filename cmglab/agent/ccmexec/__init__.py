@@ -86,9 +86,13 @@ def cycle(device: Device, resolve: list[str], download_package: str | None = Non
                 print(f"ccmexec: the client does not use a CCM token with {mp.name} (no token authentication): "
                       "nothing to renew", file=sys.stderr)
             client.force_token_renewal = True  # CcmMessaging renews it for the policy request, as in seed 001
+        before = client.cache.get()
         policies = PolicyAgent(client).evaluate(mp)
         log.info("CcmExec cycle complete")
         print(cycle_summary(state, mp, policies))
+        after = client.cache.get()
+        if renew_token and after is not None and after != before:  # say so: the summary alone looks the same
+            print(f"ccmexec: CCM token renewed (CcmMessaging.log), valid until {after['ExpiresOn']}")
         return 0
     except (MessagingError, TokenUnavailable, RegistrationFailed) as e:
         log.error(f"CcmExec cycle failed: {e}")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsregcmd: {e}", file=sys.stderr)
         return 2
     if args.status:
-        print(status(device))
+        try:
+            print(status(device), flush=True)
+        except BrokenPipeError:  # `dsregcmd /status | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     log = cmtrace_logger(device.home / "Windows" / "Logs" / "dsreg.log", "dsreg")
     network = DeviceNetwork(device, resolve=args.resolve)
