@@ -78,3 +78,14 @@ def test_dsregcmd_status_into_a_closed_pipe_prints_no_traceback(tmp_path: Path) 
     finally:
         os.close(write_end)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_readme_layout_matches_the_packages_and_draws_one_diagram() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed = {line.split("/")[1] for line in layout.splitlines() if line.startswith("cmglab/")}
+    package_root = Path(__file__).resolve().parents[1] / "cmglab"
+    packages = {p.name for p in package_root.iterdir() if (p / "__init__.py").exists()}
+    assert listed == packages
+    blocks = readme.split("```")[1::2]
+    assert sum("──▶" in b for b in blocks) == 1  # the one architecture diagram ("What runs")
