@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from cmglab.runtime.lab import Lab
+from cmglab.tools.processes import LabProcesses
 from tests.support.agent import assert_lines, log_of, new_device, run
 from tests.support.client import SERVICES, assert_clean, install, joined_device, new_bulk_token
 from tests.support.lab import lab_client, lab_fixture
@@ -315,3 +316,32 @@ def test_public_ca_client_certificate_is_refused(lab: Lab, tmp_path: Path) -> No
         c.get(f"{lab.url('management-point')}/SMS_MP/.sms_aut?MPLIST")
     with lab_client(lab) as c:  # without the certificate the same request is served
         assert c.get(f"{lab.url('management-point')}/SMS_MP/.sms_aut?MPLIST").status_code == 200
+
+
+def test_no_connection_point_is_503_until_it_comes_back(lab: Lab, lab_services: LabProcesses) -> None:
+    """README remedy for "the CMG answers 503": `cmglab status` names the connection point that is down; once it
+    runs again it dials the CMG by itself and the CMG answers again."""
+    url = f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/{lab.config.site.role_id}/CCM_STS"
+    token, *_ = lab.site_signer().bulk_token()  # a request the CMG lets through to the site
+
+    def wait_status(ok: Callable[[int], bool]) -> None:
+        deadline = time.monotonic() + 4 * lab.settings.channel_heartbeat + 20
+        seen = None
+        with lab_client(lab) as c:
+            while time.monotonic() < deadline:
+                seen = c.post(url, content=b'{"ProofType":"BulkRegistration"}',
+                              headers={"Authorization": f"Bearer {token}"}).status_code
+                if ok(seen):
+                    return
+                time.sleep(0.5)
+        raise AssertionError(f"the CMG still answers {seen}")
+
+    lab_services.stop("cmg-connection-point")
+    try:
+        wait_status(lambda status: status == 503)
+        status = run("cmglab", "status", "--json", "--lab", str(lab.dir))
+        assert status.returncode == 1
+        assert json.loads(status.stdout)["cmg-connection-point"]["health"] != "healthy"
+    finally:
+        lab_services.start("cmg-connection-point")
+    wait_status(lambda status: status != 503)
