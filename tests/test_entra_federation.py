@@ -157,20 +157,23 @@ def test_computer_assertion_is_for_the_drs_only(entra: EntraClient, lab: Lab) ->
              ("onpremobjectguid", "http://schemas.microsoft.com/identity/claims"):
                  base64.b64encode(uuid.UUID(guid).bytes_le).decode(),
              ("primarysid", "http://schemas.microsoft.com/ws/2008/06/identity/claims"): sid}
-    assertion = sts.assertion("fed.lab.test", None, "x", extra=extra, method="urn:federation:authentication:windows")
+    def fresh() -> str:  # an assertion is redeemed once: each check gets its own
+        return sts.assertion("fed.lab.test", None, "x", extra=extra, method="urn:federation:authentication:windows")
+
+    assertion = fresh()
     token = saml_token(entra, assertion)
     assert token.status_code == 200, token.text
     drs = claims(token.json()["access_token"])
     assert drs["account_type"] == "DJ" and drs["on_prem_id"] == guid and drs["primary_sid"] == sid
     assert drs["amr"] == ["wia"] and "refresh_token" not in token.json()
-    assert saml_token(entra, assertion, resource="https://ConfigMgrService").json()["error_codes"] == [500011]
-    assert saml_token(entra, assertion.replace(sid, sid + "1")).json()["error_codes"] == [50006]
+    assert saml_token(entra, fresh(), resource="https://ConfigMgrService").json()["error_codes"] == [500011]
+    assert saml_token(entra, fresh().replace(sid, sid + "1")).json()["error_codes"] == [50006]
     key, transport = new_key(), new_key()
     joined = entra.join(join_body(key, transport, name="LAB-FEDPRT"), entra.drs_token())
     cert = x509.load_der_x509_certificate(base64.b64decode(joined.json()["Certificate"]["RawBody"]))
     prt = entra.device_request(Joined("", cert, key, Path("."), Path(".")), {
         "client_id": "38aa3b87-a06d-4817-b275-7a316988d93b", "scope": "openid aza ugs", "grant_type": SAML11,
-        "assertion": base64.b64encode(assertion.encode()).decode()})
+        "assertion": base64.b64encode(fresh().encode()).decode()})
     assert prt.json()["error_codes"] == [50008]
 
 

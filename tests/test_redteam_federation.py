@@ -6,7 +6,8 @@ over the network:
 - password guessing at usernamemixed is under the same smart lockout as Entra's password sign-in (AD FS
   extranet lockout): after `threshold` distinct wrong passwords even the right one is ID3242 until the period
   ends; without it the STS was an unlimited password oracle beside Entra's lockout;
-- an assertion carrying a DTD at the token endpoint is AADSTS50006, as any unverifiable signature.
+- an assertion carrying a DTD at the token endpoint is AADSTS50006, as any unverifiable signature; a bearer
+  assertion is redeemed once (a replay is AADSTS50013);
 
 A lab of its own (a short lockout), so that no other test's user is locked.
 """
@@ -117,3 +118,20 @@ def test_anonymous_windowstransport_requests_write_nothing(fed: Lab) -> None:
             reply = c.post(url, content=b"<x/>", headers=SOAP)
             assert reply.status_code == 401 and reply.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
     assert users.stat().st_mtime_ns == stamp  # the account file was written once, not per request
+
+
+def test_an_assertion_is_redeemed_once(fed: Lab) -> None:
+    user, password = federated_user(fed)
+    rstr = sign_in(fed, user, password).text
+    assertion = rstr[rstr.index("<saml:Assertion"):rstr.index("</saml:Assertion>") + len("</saml:Assertion>")]
+    form = {"client_id": "1b730954-1685-4b74-9bfd-dac224a7b894", "resource": DRS_RESOURCE,
+            "grant_type": "urn:ietf:params:oauth:grant-type:saml1_1-bearer",
+            "assertion": base64.b64encode(assertion.encode()).decode()}
+    with client(fed) as c:
+        refused = c.post(f"{fed.url('entra')}/common/oauth2/token", data={**form, "resource": "https://nosuch"})
+        first = c.post(f"{fed.url('entra')}/common/oauth2/token", data=form)
+        replay = c.post(f"{fed.url('entra')}/common/oauth2/token", data=form)
+    assert refused.status_code == 400  # a refused redemption does not spend it
+    assert first.status_code == 200, first.text
+    assert replay.status_code == 400 and replay.json()["error_codes"] == [50013], replay.text
+    assert "already redeemed" in replay.json()["error_description"]

@@ -370,6 +370,9 @@ def redeem_assertion(s: Session, key: FederationKey, assertion_b64: str,
     if not (not_before - timedelta(minutes=5) <= now < not_after):
         raise AADSTSError(50013, "invalid_grant", "Assertion is invalid: it is not within its valid time range "
                                                   "(expired or not yet valid).")
+    if not st.spend_assertion(s, str(verified.get("AssertionID") or ""), int(not_after.timestamp())):
+        log.info("SAML assertion %s refused: already redeemed", verified.get("AssertionID"))
+        raise AADSTSError(50013, "invalid_grant", "Assertion is invalid: the SAML assertion was already redeemed.")
     audience = verified.findtext("saml:Conditions/saml:AudienceRestrictionCondition/saml:Audience", "", ns)
     upn = verified.findtext("saml:AttributeStatement/saml:Attribute[@AttributeName='UPN']/saml:AttributeValue",
                             "", ns).strip()

@@ -15,6 +15,7 @@ import time
 import uuid
 
 from sqlalchemy import ForeignKey, LargeBinary, String, delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from cmglab.core.labconfig import LabConfig
@@ -190,6 +191,14 @@ class Nonce(Base):
     expires_at: Mapped[int]
 
 
+class SpentAssertion(Base):
+    """SAML assertions redeemed, kept until they expire: a bearer assertion is good for one redemption."""
+
+    __tablename__ = "spent_assertions"
+    assertion_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires_at: Mapped[int]
+
+
 class Lockout(Base):
     """Smart lockout state per user: wrong passwords counted, and until when the account is locked."""
 
@@ -279,3 +288,15 @@ def consume_nonce(s: Session, value: str) -> bool:
     """True once for a nonce that was issued and has not expired: the delete is the use."""
     result = s.execute(delete(Nonce).where(Nonce.value == value, Nonce.expires_at >= now()))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def spend_assertion(s: Session, assertion_id: str, expires_at: int) -> bool:
+    """True the first time an assertion ID is redeemed (a savepoint: a concurrent second redemption waits for
+    the first and then finds it); undone with the sign-in's transaction if that fails later."""
+    s.execute(delete(SpentAssertion).where(SpentAssertion.expires_at < now()))
+    try:
+        with s.begin_nested():
+            s.add(SpentAssertion(assertion_id=assertion_id[:128], expires_at=expires_at))
+    except IntegrityError:
+        return False
+    return True
