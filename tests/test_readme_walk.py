@@ -89,3 +89,20 @@ def test_readme_layout_matches_the_packages_and_draws_one_diagram() -> None:
     assert listed == packages
     blocks = readme.split("```")[1::2]
     assert sum("──▶" in b for b in blocks) == 1  # the one architecture diagram ("What runs")
+
+
+
+def test_a_service_process_output_is_its_own_run_only(tmp_path: Path) -> None:
+    """`cmglab up` once answered a failed start with the previous run's lines from the appended
+    `<lab>/logs/processes/<service>.out` ("entra listening on ..."), which hid the real error."""
+    from cmglab.tools.processes import LabProcesses, isolated_lab
+
+    lab = isolated_lab(tmp_path / "lab")
+    out = lab.dir / "logs" / "processes" / "pki.out"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("an earlier run: pki listening on http://127.0.0.1:1\n")
+    with LabProcesses(lab) as procs:
+        procs.ensure("pki")
+        mine = procs.procs["pki"].output()
+    assert "pki listening on" in mine and "an earlier run" not in mine, mine
+    assert "an earlier run" in out.read_text()  # the file keeps every run's output

@@ -66,12 +66,18 @@ class ServiceProcess:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    start_offset: int = 0  # the file is appended to across runs: where this process's output begins
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """This process's output only (an earlier run's lines would pass for its failure)."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as f:
+            f.seek(self.start_offset)
+            return f.read().decode(errors="replace")
 
 
 @dataclass
@@ -104,6 +110,7 @@ class LabProcesses:
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = out_dir / (f"{name}@{self.replica}.out" if self.replica else f"{name}.out")
         out = log_path.open("ab")
+        start_offset = out.tell()
         several = {"CMGLAB_WORKERS": str(self.workers)} if name in MULTI_WORKER and self.workers > 1 else {}
         # the ports this process reserved: the service listens on fresh sockets made on them here
         try:
@@ -117,7 +124,7 @@ class LabProcesses:
                 )
         finally:
             out.close()
-        sp = ServiceProcess(name, proc, log_path)
+        sp = ServiceProcess(name, proc, log_path, start_offset)
         self.procs[name] = sp
         if wait:
             self.wait_healthy([name], timeout=timeout)
