@@ -106,3 +106,18 @@ def test_a_service_process_output_is_its_own_run_only(tmp_path: Path) -> None:
         mine = procs.procs["pki"].output()
     assert "pki listening on" in mine and "an earlier run" not in mine, mine
     assert "an earlier run" in out.read_text()  # the file keeps every run's output
+
+
+def test_top_level_help_texts_have_no_line_breaks_inside_a_paragraph() -> None:
+    """`cmglab --help` prints a help text's line breaks where they fall ("...held connections and" then
+    "profiles" alone on the next line, at 80 columns)."""
+    import re
+
+    import typer
+
+    from cmglab.tools.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        text = (command.help or "").strip()
+        assert not re.search(r"[^\n]\n[^\n]", text), f"cmglab {name}: {text!r}"

@@ -146,8 +146,7 @@ def lab_facts(lab: Lab) -> dict[str, Any]:
 @app.command()
 def info(lab: LabOption = DEFAULT_LAB,
          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Print the lab's facts: URLs, ports, names, tenant, users, site, CA bundle, admin token.
-    Values are never cut: a listing too wide for the terminal is printed one record per block."""
+    """Print the lab's facts: URLs, ports, names, tenant, users, site, CA bundle, admin token. Values are never cut: a listing too wide for the terminal is printed one record per block."""  # noqa: E501
     the_lab = load_lab(lab)
     facts = lab_facts(the_lab)
     site = site_view(the_lab)  # what the site database holds: what the MP and CMG enforce
@@ -349,8 +348,8 @@ def status(lab: LabOption = DEFAULT_LAB,
            as_json: Annotated[bool, typer.Option(
                "--json", help='Machine-readable: {"SERVICE": {"pid": PID or null, "health": STATE, "url": URL}}.'
            )] = False) -> None:
-    """Each service's process and health. A service counts as healthy only when what answers at its
-    address is this lab (it knows this lab's ID); exits 1 unless every service is healthy."""
+    # one line in the docstring's place: --help prints a docstring's line breaks where they fall
+    """Each service's process and health. A service counts as healthy only when what answers at its address is this lab (it knows this lab's ID); exits 1 unless every service is healthy."""  # noqa: E501
     from cmglab.tools import orchestrate
 
     the_lab = load_lab(lab)

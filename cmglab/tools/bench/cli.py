@@ -30,8 +30,7 @@ def bench(out: Annotated[Path, typer.Option(help="Where report.json and report.m
           lab: Annotated[Path | None, typer.Option(help="Lab directory; by default a fresh one in OUT/lab, "
                                                         "remade for every run.")] = None,
           ) -> None:
-    """Measure the transport ceiling, the services against it, whole onboardings, held connections and
-    profiles (measurements, not timed tests)."""
+    """Measure the transport ceiling, the services against it, whole onboardings, held connections and profiles (measurements, not timed tests)."""  # noqa: E501
     from cmglab.runtime.sockets import reserve_ports
     from cmglab.tools.bench import runner
     from cmglab.tools.processes import isolated_lab
