@@ -121,3 +121,12 @@ def test_top_level_help_texts_have_no_line_breaks_inside_a_paragraph() -> None:
     for name, command in group.commands.items():  # type: ignore[attr-defined]
         text = (command.help or "").strip()
         assert not re.search(r"[^\n]\n[^\n]", text), f"cmglab {name}: {text!r}"
+
+
+def test_content_add_counts_one_file_in_the_singular(tmp_path: Path) -> None:
+    lab_dir = tmp_path / "lab"
+    assert cmglab("init", "--lab", str(lab_dir), "--free-ports").returncode == 0
+    (tmp_path / "Map-Drives.ps1").write_text("net use S: \\\\fs01\\share\n")
+    added = cmglab("content", "add", str(tmp_path / "Map-Drives.ps1"), "--name", "Logon script", "--lab", str(lab_dir))
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert ", 1 file\n" in added.stdout and "1 files" not in added.stdout, added.stdout

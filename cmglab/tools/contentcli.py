@@ -41,7 +41,8 @@ def add(path: Annotated[Path, typer.Argument(help="A folder (its files and subfo
         raise typer.Exit(2)
     entry = library.add(path, name, kind="application" if application else "package")
     files = library.files(entry)
-    console.print(f"added {entry.package_id} ({entry.name}): content {entry.content_version}, {len(files)} files")
+    console.print(f"added {entry.package_id} ({entry.name}): content {entry.content_version}, "
+                  f"{len(files)} file{'' if len(files) == 1 else 's'}")
     console.print(f"  {lab_.url('distribution-point')}/SMS_DP_SMSPKG$/{entry.content_version}", soft_wrap=True)
 
 
