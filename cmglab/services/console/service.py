@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.services.console.app import create_app
@@ -9,6 +11,8 @@ from cmglab.services.console.parts import Parts
 
 
 def build(lab: Lab) -> Service:
+    # the collector polls every service every second: httpx's line per request filled console.out (90 MB a day)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     parts = Parts.from_lab(lab)
     ident = lab.pki.server("console")
 
