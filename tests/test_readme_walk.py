@@ -153,3 +153,24 @@ def test_console_output_is_not_a_line_per_poll(tmp_path: Path) -> None:
         assert polled, page
         output = procs.procs["console"].output()
     assert "console listening on" in output and "HTTP Request:" not in output, output[-2000:]
+
+
+def test_up_detach_names_the_lab_in_its_down_command(tmp_path: Path) -> None:
+    """`cmglab up --detach --lab DIR` said "stop it with cmglab down", which stops ./.cmglab, not DIR."""
+    from cmglab.runtime.sockets import handover
+    from cmglab.tools import orchestrate
+    from cmglab.tools.processes import isolated_lab
+
+    lab = isolated_lab(tmp_path / "lab")
+    try:
+        with handover("127.0.0.1") as (env, fds):  # the ports this test reserved, passed on to the services
+            up = subprocess.run([sys.executable, "-m", "cmglab", "up", "--detach", "--lab", str(lab.dir)],
+                                capture_output=True, text=True, timeout=240, pass_fds=fds,
+                                env={**os.environ, "COLUMNS": "80", **env})
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"stop it with cmglab down --lab {lab.dir}\n" in up.stdout, up.stdout
+        down = cmglab("down", "--lab", str(lab.dir))
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert orchestrate.running_pids(lab) == {}
+    finally:
+        orchestrate.stop_pids(lab, timeout=5)

@@ -300,7 +300,9 @@ def up(lab: LabOption = DEFAULT_LAB,
     for argv in orchestrate.check_commands(the_lab):
         print_value(console, f"  {shlex.join(argv)}")
     if detach:
-        console.print("running in the background; stop it with [bold]cmglab down[/bold]")
+        down = ["cmglab", "down"] if the_lab.dir == DEFAULT_LAB.absolute() else ["cmglab", "down", "--lab",
+                                                                                  str(the_lab.dir)]
+        print_value(console, f"running in the background; stop it with {shlex.join(down)}")
         return
     run_foreground(the_lab, procs)
 
