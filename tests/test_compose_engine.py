@@ -163,7 +163,9 @@ def engine() -> Iterator[Engine]:
 INSTANCE_REQUESTS = """
 import json, ssl, sys, urllib.request
 ctx = ssl.create_default_context(cafile="/lab/pki/ca-bundle.pem")
-with urllib.request.urlopen(f"https://127.0.0.1{sys.argv[1]}", context=ctx, timeout=10) as r:
+token = open("/lab/admin-token").read().strip()
+req = urllib.request.Request(f"https://127.0.0.1{sys.argv[1]}", headers={"Authorization": f"Bearer {token}"})
+with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
     print(json.dumps(json.load(r)))
 """
 
