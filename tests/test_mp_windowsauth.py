@@ -4,6 +4,7 @@ domain accounts (pyspnego as the client), and auto-approval of domain-authentica
 from __future__ import annotations
 
 import base64
+import uuid
 
 import httpx
 import spnego
@@ -133,3 +134,23 @@ def test_sms_mp_windowsauth_needs_windows_authentication(mp: Lab) -> None:
         r = c.get(f"{http_url(mp)}/sms_mp_windowsauth/.sms_aut?MPLIST")
         assert r.status_code == 401
         assert r.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
+
+
+def test_domain_computer_created_while_the_mp_runs_authenticates_without_a_restart(mp: Lab) -> None:
+    """Issue 16: `cmglab device create --domain` adds NAME$ to lab.json while the MP runs; the running MP
+    accepts it at its next NTLM handshake and auto-approves the domain registration."""
+    from cmglab.tools.devicecli import computer_account
+
+    name = f"LATE{uuid.uuid4().hex[:6].upper()}"
+    with client(mp) as c:  # the MP has served a handshake before the account exists
+        before = ntlm_post(c, f"{http_url(mp)}/ccm_system_windowsauth/request", Device(name).registration_message(),
+                           f"CORP\\{name}$", "not-yet-an-account")
+        assert before.status_code == 401
+    account = computer_account(mp, name)
+    device = Device(name)
+    with client(mp) as c:
+        resp = ntlm_post(c, f"{http_url(mp)}/ccm_system_windowsauth/request", device.registration_message(),
+                         f"CORP\\{account.name}", account.password)
+    assert resp.status_code == 200, resp.text
+    root = cm.parse_xml(reply_body(resp))
+    assert root.get("Status") == "0" and root.get("ApprovalStatus") == "1" and root.get("PreAuthToken")

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cmglab.core.labconfig import write_private
+from cmglab.core.labconfig import LabConfig, LabConfigError, load_config, write_private
 from cmglab.runtime.connection import ConnectionState, connection_state
 
 IIS_401 = (
@@ -122,3 +123,59 @@ class WindowsAuthenticator:
         if not authorization and _ACCOUNT in state.values:
             return self.step(state, None)  # no crypto: stay on the event loop
         return await run_in_threadpool(self.step, state, authorization)
+
+
+class LabAccountsAuthenticator(WindowsAuthenticator):
+    """Windows authentication against lab.json's AD accounts as they are NOW: `cmglab device create --domain`
+    adds a computer account to lab.json while the lab runs, and a running service must accept it without a
+    restart. lab.json's mtime is checked (one stat) only on a handshake leg that carries a token, never on an
+    anonymous or already-authenticated request; the accounts (and the acceptor's file) are rebuilt only when
+    it changed. A half-written lab.json keeps the accounts read last."""
+
+    def __init__(self, lab_json: Path, user_file: Path,
+                 accounts: Callable[[LabConfig], dict[str, str]] | None = None) -> None:
+        self._lab_json, self._user_file = lab_json, user_file
+        self._accounts_of = accounts or domain_accounts
+        self._lock = threading.Lock()
+        self._stamp = self._mtime()  # before the read: a change during it is seen next time
+        config = load_config(lab_json)
+        super().__init__(config.active_directory.netbios_name, [], user_file)
+        self._load(config)
+
+    def _mtime(self) -> int | None:
+        try:
+            return self._lab_json.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def _load(self, config: LabConfig) -> None:
+        ad = config.active_directory
+        accounts = self._accounts_of(config)
+        write_user_file(self._user_file, (ad.netbios_name, ad.dns_name), accounts)
+        self.netbios = ad.netbios_name
+        self.accounts = {name.lower(): name for name in accounts}
+
+    def refresh(self) -> None:
+        """Re-read the accounts if lab.json changed since they were read."""
+        stamp = self._mtime()
+        if stamp is None or stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            try:
+                config = load_config(self._lab_json)
+            except (OSError, ValueError, LabConfigError):  # half-written (save_config is not atomic): next time
+                return
+            self._load(config)
+            self._stamp = stamp
+
+    def step(self, state: ConnectionState, authorization: str | None) -> AuthStep:
+        if authorization and authorization.strip().partition(" ")[2].strip():
+            self.refresh()
+        return super().step(state, authorization)
+
+
+def domain_accounts(config: LabConfig) -> dict[str, str]:
+    """The lab AD's accounts (computers NAME$ and users) with their passwords."""
+    return {a.name: a.password for a in config.active_directory.accounts}

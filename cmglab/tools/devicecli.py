@@ -132,7 +132,8 @@ def repair_device(what: Annotated[str, typer.Argument(help="root-ca")], home: Ho
 
 def computer_account(lab: Lab, name: str) -> DomainAccount:
     """NAME$ in lab.json's AD accounts, made with a new SID and password when the name is new (the file is
-    rewritten under a lock: devices may be created side by side). A running MP learns new accounts at restart."""
+    rewritten under a lock: devices may be created side by side). A running MP or DP accepts the new account
+    at its next handshake (runtime.windowsauth.LabAccountsAuthenticator)."""
     sam = f"{name.upper()}$"
     path = lab.dir / "lab.json"
     with open(path.with_name("lab.json.lock"), "a+") as lock:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cmglab.core.labconfig import DistributionPoint, load_config
+from cmglab.core.labconfig import DistributionPoint, LabConfig, load_config
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.runtime.lab import Lab
-from cmglab.runtime.windowsauth import WindowsAuthenticator, write_user_file
+from cmglab.runtime.windowsauth import LabAccountsAuthenticator, WindowsAuthenticator, domain_accounts
 from cmglab.services.distribution_point.iislog import IISLog
 from cmglab.services.distribution_point.samples import ensure_samples
 
@@ -45,10 +45,13 @@ class Parts:
 
 
 def windows_auth(lab: Lab) -> WindowsAuthenticator:
-    """Windows authentication against the domain's accounts and the network access account (what
-    clients that are not domain members use for content)."""
-    ad, naa = lab.config.active_directory, lab.config.site.network_access_account
-    accounts = {a.name: a.password for a in ad.accounts} | {naa.username.split("\\")[-1]: naa.password}
-    path = write_user_file(lab.dir / "data" / "distribution-point-ntlm-users", (ad.netbios_name, ad.dns_name),
-                           accounts)
-    return WindowsAuthenticator(ad.netbios_name, list(accounts), path)
+    """Windows authentication against the domain's accounts as lab.json has them now (a domain join adds
+    computers while the lab runs) and the network access account (what clients that are not domain members
+    use for content)."""
+
+    def accounts(config: LabConfig) -> dict[str, str]:
+        naa = config.site.network_access_account
+        return domain_accounts(config) | {naa.username.split("\\")[-1]: naa.password}
+
+    return LabAccountsAuthenticator(Lab.config_path(lab.dir), lab.dir / "data" / "distribution-point-ntlm-users",
+                                    accounts)
