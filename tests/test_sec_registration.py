@@ -27,6 +27,7 @@ from tests.support.sec_registration import (
     site_client,
     site_rows,
     via_tokenauth,
+    via_windowsauth,
 )
 
 
@@ -89,9 +90,17 @@ def attack_pki(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[str, 
                              cert=(Path(ident.cert_path), Path(ident.key_path)))
 
 
+def attack_domain(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[str, str]:
+    """A domain computer of its own (joined while the MP runs, `cmglab device create --domain`)."""
+    from cmglab.tools.devicecli import computer_account
+
+    account = computer_account(mp, box.name)
+    return via_windowsauth(mp, box, account.name, account.password, sms_id)
+
+
 ATTACKS: dict[str, Callable[[Lab, Material, Box, str], dict[str, str]]] = {
     "self-signed": attack_self_signed, "bulk": attack_bulk, "token": attack_client_token, "aad": attack_aad,
-    "pki": attack_pki,
+    "pki": attack_pki, "domain": attack_domain,
 }
 KEPT = ("signing_thumbprint", "netbios_name", "approval", "aad_device_id", "pki_thumbprint", "auth_kind",
         "registered_at")
@@ -110,7 +119,7 @@ def test_proposing_a_registered_smsid_gets_a_new_record(mp: Lab, material: Mater
     assert (conflict["sms_id"], conflict["status"], conflict["new_sms_id"], conflict["kind"]) == (
         sms_id, "new", attrs["SMSID"], kind)
     # its retry is the same new record, not another
-    again = ATTACKS[kind](mp, material, attacker, sms_id) if kind in ("self-signed", "bulk") else attrs
+    again = ATTACKS[kind](mp, material, attacker, sms_id) if kind in ("self-signed", "bulk", "domain") else attrs
     assert again["SMSID"] == attrs["SMSID"]
     # the owner is untouched: its confirmation still verifies with its registered key
     assert post_registration(mp, box, sms_id, request_type="Confirmation")["Status"] == "0"
@@ -159,6 +168,33 @@ def test_manual_resolution(mp: Lab, material: Material) -> None:
         assert site_client(mp, sms_id)["signing_thumbprint"] == merged.thumbprint
         assert "Conflicting client records are resolved manually" in (
             mp.dir / "logs" / "management-point" / "MP_RegistrationManager.log").read_text(errors="replace")
+    finally:
+        site_set(mp, "conflicting-records", "automatic")
+
+
+def test_domain_door_conflict_is_held_when_resolution_is_manual(mp: Lab, material: Material) -> None:
+    """The domain door (NTLM at ccm_system_windowsauth) under `conflicting-records manual`: the domain computer's
+    claim on another client's SMSID is held (Status 1, no record written), listed as pending for the admin, the
+    owner's record untouched; `block` then refuses it."""
+    site_set(mp, "conflicting-records", "manual")
+    try:
+        _, sms_id, before = victim(mp, material)
+        attacker = Box(f"DOM{uuid.uuid4().hex[:4].upper()}")
+        clients_before = len(site_rows(mp, "clients"))
+        attrs = attack_domain(mp, material, attacker, sms_id)
+        assert attrs["Status"] == "1" and "SMSID" not in attrs, attrs
+        assert len(site_rows(mp, "clients")) == clients_before
+        assert {k: site_client(mp, sms_id)[k] for k in KEPT} == {k: before[k] for k in KEPT}
+        pending = next(c for c in json.loads(cli(mp, "conflicts", "--json"))
+                       if c["signing_thumbprint"] == attacker.thumbprint)
+        assert (pending["sms_id"], pending["status"], pending["kind"]) == (sms_id, "pending", "domain")
+        cli(mp, "resolve", str(pending["id"]), "block")
+        assert attack_domain(mp, material, attacker, sms_id)["Status"] == "3"
+        assert {k: site_client(mp, sms_id)[k] for k in KEPT} == {k: before[k] for k in KEPT}
+        log = (mp.dir / "logs" / "management-point" / "MP_RegistrationManager.log").read_text(errors="replace")
+        assert f"Registering device authenticated as domain account {mp.config.active_directory.netbios_name}" \
+            f"\\{attacker.name}$" in log
+        assert f"Conflicting record detected for client '{sms_id}'" in log
     finally:
         site_set(mp, "conflicting-records", "automatic")
 

@@ -3,10 +3,12 @@ self-signed certificate) that proposes any SMSID, over each of the MP's registra
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import spnego
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -74,6 +76,25 @@ def post_registration(lab: Lab, box: Box, sms_id: str = "", *, url: str | None =
         reply = c.request("CCM_POST", url or f"{mp_http(lab)}/ccm_system/request",
                           content=box.message(sms_id, request_type),
                           headers={"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT, **(headers or {})})
+    assert reply.status_code == 200, (reply.status_code, reply.text[:300])
+    _, body = cm.decode_reply(reply.content, reply.headers.get("content-type"))
+    return dict(cm.parse_xml(body).attrib)
+
+
+def via_windowsauth(lab: Lab, box: Box, account: str, password: str, sms_id: str = "") -> dict[str, str]:
+    """Registration at `ccm_system_windowsauth` as the domain account `account` (NAME$): a real NTLM
+    handshake (pyspnego as the client) on one connection, the registration on its last leg."""
+    url = f"{mp_http(lab)}/ccm_system_windowsauth/request"
+    headers = {"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT}
+    ctx = spnego.client(f"{lab.config.active_directory.netbios_name}\\{account}", password,
+                        hostname=lab.config.hosts.management_point, service="HTTP", protocol="ntlm")
+    with client(lab) as c:
+        challenge = c.request("CCM_POST", url, content=b"", headers={
+            **headers, "Authorization": f"NTLM {base64.b64encode(ctx.step() or b'').decode()}"})
+        assert challenge.status_code == 401, challenge.status_code
+        token = ctx.step(base64.b64decode(challenge.headers["www-authenticate"].split(" ", 1)[1])) or b""
+        reply = c.request("CCM_POST", url, content=box.message(sms_id),
+                          headers={**headers, "Authorization": f"NTLM {base64.b64encode(token).decode()}"})
     assert reply.status_code == 200, (reply.status_code, reply.text[:300])
     _, body = cm.decode_reply(reply.content, reply.headers.get("content-type"))
     return dict(cm.parse_xml(body).attrib)
