@@ -162,24 +162,29 @@ def test_test_helpers_do_not_ship_in_the_product() -> None:
     assert not [p for p in PACKAGE.rglob("*.py") if p.stem in ("testing", "conftest") or p.stem.startswith("test_")]
 
 
-@pytest.mark.parametrize(("module", "target", "broken"), [
-    ("cmglab.agent.device", "cmglab.services.management_point.store", True),
-    ("cmglab.agent.device", "cmglab.runtime.lab", True),
-    ("cmglab.agent.device", "cmglab.wire.tracing", False),
-    ("cmglab.pki.labpki", "cmglab.runtime.lab", True),
-    ("cmglab.services.cmg.app", "cmglab.services.management_point.store", True),
-    ("cmglab.services.cmg.app", "cmglab.services.cmg.parts", False),
-    ("cmglab.services.cmg.app", "cmglab.tools.cli", True),
-    ("cmglab.tools.cli", "importlib", True),
-    ("cmglab.tools.cli", "cmglab.services.entra.service", False),
-])
+@pytest.mark.parametrize(
+    ("module", "target", "broken"),
+    [
+        ("cmglab.agent.device", "cmglab.services.management_point.store", True),
+        ("cmglab.agent.device", "cmglab.runtime.lab", True),
+        ("cmglab.agent.device", "cmglab.wire.tracing", False),
+        ("cmglab.pki.labpki", "cmglab.runtime.lab", True),
+        ("cmglab.services.cmg.app", "cmglab.services.management_point.store", True),
+        ("cmglab.services.cmg.app", "cmglab.services.cmg.parts", False),
+        ("cmglab.services.cmg.app", "cmglab.tools.cli", True),
+        ("cmglab.tools.cli", "importlib", True),
+        ("cmglab.tools.cli", "cmglab.services.entra.service", False),
+    ],
+)
 def test_the_rule_catches_what_it_should(module: str, target: str, broken: bool) -> None:
     assert bool(against_the_rule([Import(module, target, 1)])) is broken
 
 
 def test_the_cycle_check_finds_a_cycle() -> None:
-    pair = [Import("cmglab.tools.fleet.cli", "cmglab.tools.cli", 1),
-            Import("cmglab.tools.cli", "cmglab.tools.fleet.cli", 1)]
+    pair = [
+        Import("cmglab.tools.fleet.cli", "cmglab.tools.cli", 1),
+        Import("cmglab.tools.cli", "cmglab.tools.fleet.cli", 1),
+    ]
     assert cycles(pair) == [["cmglab.tools.cli", "cmglab.tools.fleet"]]
 
 
@@ -200,7 +205,8 @@ def test_every_service_has_the_one_shape(name: str) -> None:
     assert isinstance(parts, ast.ClassDef), f"{name}/parts.py has no class Parts"
     assert "from_lab" in {n.name for n in parts.body if isinstance(n, ast.FunctionDef)}, f"{name}: no Parts.from_lab"
     create = top_level(package / "app.py").get("create_app")
-    assert isinstance(create, ast.FunctionDef) and [(a.arg, ast.unparse(a.annotation or ast.Constant(None)))
-                                                    for a in create.args.args] == [("parts", "Parts")], name
+    assert isinstance(create, ast.FunctionDef) and [
+        (a.arg, ast.unparse(a.annotation or ast.Constant(None))) for a in create.args.args
+    ] == [("parts", "Parts")], name
     assert "install_error_handler" in top_level(package / "errors.py") or name == "cmg_connection_point", name
     assert "build" in top_level(package / "service.py"), name

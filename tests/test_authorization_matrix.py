@@ -49,18 +49,32 @@ class Credentials:
 
     def bearer(self, cred: str, audience: str = SITE_AUDIENCE) -> str | None:
         m = self.material
-        entra_other = (m.entra_token(tenant_id=m.other_tenant_id, audience=audience) if audience == SITE_AUDIENCE
-                       else m.entra_token(audience=SITE_AUDIENCE))  # Entra's own routes: another audience
-        return {"entra_user": m.entra_token(audience=audience), "entra_device": m.entra_token(user=False,
-                                                                                                audience=audience),
-                "entra_other": entra_other, "ccm": self.ccm, "ccm_expired": m.ccm_token(expired=True),
-                "client_unique": self.client_unique, "bulk": self.bulk, "bulk_blocked": self.bulk_blocked,
-                "admin": self.lab.admin_token()}.get(cred)
+        entra_other = (
+            m.entra_token(tenant_id=m.other_tenant_id, audience=audience)
+            if audience == SITE_AUDIENCE
+            else m.entra_token(audience=SITE_AUDIENCE)
+        )  # Entra's own routes: another audience
+        return {
+            "entra_user": m.entra_token(audience=audience),
+            "entra_device": m.entra_token(user=False, audience=audience),
+            "entra_other": entra_other,
+            "ccm": self.ccm,
+            "ccm_expired": m.ccm_token(expired=True),
+            "client_unique": self.client_unique,
+            "bulk": self.bulk,
+            "bulk_blocked": self.bulk_blocked,
+            "admin": self.lab.admin_token(),
+        }.get(cred)
 
     def cert(self, cred: str) -> CertFiles | None:
         m = self.material
-        return {"pki": m.pki_client, "pki_revoked": m.revoked_client, "foreign_ca": m.foreign_client,
-                "sms_self_signed": m.self_signed_sms_client, "connection_point": m.connection_point}.get(cred)
+        return {
+            "pki": m.pki_client,
+            "pki_revoked": m.revoked_client,
+            "foreign_ca": m.foreign_client,
+            "sms_self_signed": m.self_signed_sms_client,
+            "connection_point": m.connection_point,
+        }.get(cred)
 
     def headers(self, cred: str, audience: str = SITE_AUDIENCE) -> dict[str, str]:
         token = self.bearer(cred, audience)
@@ -75,23 +89,44 @@ def creds(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPat
     device = Device("MATRIX01")
     bulk = material.bulk_token()
     with lab_client(lab) as c:
-        r = c.post(f"{https_url(lab)}/CCM_STS", json=device.proof("BulkRegistration", bulk),
-                   headers={"Authorization": f"Bearer {bulk}"})
+        r = c.post(
+            f"{https_url(lab)}/CCM_STS",
+            json=device.proof("BulkRegistration", bulk),
+            headers={"Authorization": f"Bearer {bulk}"},
+        )
         assert r.status_code == 200, r.text
         bulk_ccm = r.json()["Token"]
-        reply = cm.parse_xml(reply_body(ccm_post(c, f"{https_url(lab)}/ccm_system_tokenauth/request",
-                                                 device.registration_message(),
-                                                 {"Authorization": f"Bearer {bulk_ccm}"})))
+        reply = cm.parse_xml(
+            reply_body(
+                ccm_post(
+                    c,
+                    f"{https_url(lab)}/ccm_system_tokenauth/request",
+                    device.registration_message(),
+                    {"Authorization": f"Bearer {bulk_ccm}"},
+                )
+            )
+        )
         device.sms_id, unique = reply.get("SMSID"), reply.get("PreAuthToken")
         assert device.sms_id and unique, reply.attrib
-        r = c.post(f"{https_url(lab)}/CCM_STS", json=device.proof("ClientToken", unique),
-                   headers={"Authorization": f"Bearer {unique}"})
+        r = c.post(
+            f"{https_url(lab)}/CCM_STS",
+            json=device.proof("ClientToken", unique),
+            headers={"Authorization": f"Bearer {unique}"},
+        )
         assert r.status_code == 200, r.text
         entra = EntraClient(lab, c)
         joined = entra.join(join_body(new_key(), new_key(), name="MATRIX-PC"))
         assert joined.status_code == 201, joined.text
-    return Credentials(lab, material, device, unique, r.json()["Token"], material.bulk_token(),
-                       material.blocked_bulk_token, _device_id(joined.json()))
+    return Credentials(
+        lab,
+        material,
+        device,
+        unique,
+        r.json()["Token"],
+        material.bulk_token(),
+        material.blocked_bulk_token,
+        _device_id(joined.json()),
+    )
 
 
 def _device_id(join_reply: dict[str, object]) -> str:
@@ -107,11 +142,23 @@ def _device_id(join_reply: dict[str, object]) -> str:
 
 
 # -- one request per route family ---------------------------------------------------------------------
-PROOF_OF = {"entra_user": "AAD", "entra_device": "AAD", "entra_other": "AAD", "admin": "AAD",
-            "ccm": "ClientToken", "ccm_expired": "ClientToken", "client_unique": "ClientToken",
-            "bulk": "BulkRegistration", "bulk_blocked": "BulkRegistration"}
-ROUTE_PROOF = {"mp_sts_aad": "AAD", "mp_sts_bulk": "BulkRegistration", "mp_sts_client": "ClientToken",
-               "mp_sts_certificate": "Certificate"}
+PROOF_OF = {
+    "entra_user": "AAD",
+    "entra_device": "AAD",
+    "entra_other": "AAD",
+    "admin": "AAD",
+    "ccm": "ClientToken",
+    "ccm_expired": "ClientToken",
+    "client_unique": "ClientToken",
+    "bulk": "BulkRegistration",
+    "bulk_blocked": "BulkRegistration",
+}
+ROUTE_PROOF = {
+    "mp_sts_aad": "AAD",
+    "mp_sts_bulk": "BulkRegistration",
+    "mp_sts_client": "ClientToken",
+    "mp_sts_certificate": "Certificate",
+}
 
 
 def attempt(creds: Credentials, route: str, cred: str) -> int:
@@ -125,12 +172,17 @@ def attempt(creds: Credentials, route: str, cred: str) -> int:
     try:
         with lab_client(lab, cert=cert) as c:
             if route == "entra_token":
-                return c.post(f"{lab.url('entra')}/common/oauth2/token", data={"grant_type": "srv_challenge"},
-                              headers=headers).status_code
+                return c.post(
+                    f"{lab.url('entra')}/common/oauth2/token", data={"grant_type": "srv_challenge"}, headers=headers
+                ).status_code
             if route == "drs_join":
                 drs = lab.url("entra", host="enterpriseregistration.windows.net")
-                return c.post(f"{drs}/EnrollmentServer/device/", params={"api-version": "2.0"},
-                              json=join_body(new_key(), new_key(), name="MATRIX-X"), headers=headers).status_code
+                return c.post(
+                    f"{drs}/EnrollmentServer/device/",
+                    params={"api-version": "2.0"},
+                    json=join_body(new_key(), new_key(), name="MATRIX-X"),
+                    headers=headers,
+                ).status_code
             if route == "drs_delete":
                 drs = lab.url("entra", host="enterpriseregistration.windows.net")
                 return c.delete(f"{drs}/EnrollmentServer/device/{creds.drs_device_id}", headers=headers).status_code
@@ -141,19 +193,23 @@ def attempt(creds: Credentials, route: str, cred: str) -> int:
                 return c.post(url, json=device.proof(proof, token), headers=headers).status_code
             if route == "mp_sms_pol":
                 policy = next(p["policy_id"] for p in lab_rows(lab, "policies") if p["secret"])
-                return c.get(f"{https_url(lab)}/SMS_MP_TokenAuth/.sms_pol?{policy}.{'2_00'}",
-                             headers={**headers, **device.client_token_headers()}).status_code
+                return c.get(
+                    f"{https_url(lab)}/SMS_MP_TokenAuth/.sms_pol?{policy}.{'2_00'}",
+                    headers={**headers, **device.client_token_headers()},
+                ).status_code
             if route == "mp_cloud_config":
                 return c.get(f"{https_url(lab)}/CCM_Cloud/config", headers=headers).status_code
             if route == "lab_reset":
                 return c.post(f"{lab.url('cmg')}/_lab/reset", headers=headers).status_code
             if route == "cmg_lab_requests":
                 return c.get(f"{lab.url('cmg')}/_lab/requests", headers=headers).status_code
-            url = {"cmg_mutual": proxy_url(lab, "ccm_system/request", "MutualAuth"),
-                   "cmg_server_other": proxy_url(lab, "ccm_system_tokenauth/request"),
-                   "mp_ccm_system_http": f"{http_url(lab)}/ccm_system/request",
-                   "mp_ccm_system_https": f"{https_url(lab)}/ccm_system/request",
-                   "mp_tokenauth": f"{https_url(lab)}/ccm_system_tokenauth/request"}[route]
+            url = {
+                "cmg_mutual": proxy_url(lab, "ccm_system/request", "MutualAuth"),
+                "cmg_server_other": proxy_url(lab, "ccm_system_tokenauth/request"),
+                "mp_ccm_system_http": f"{http_url(lab)}/ccm_system/request",
+                "mp_ccm_system_https": f"{https_url(lab)}/ccm_system/request",
+                "mp_tokenauth": f"{https_url(lab)}/ccm_system_tokenauth/request",
+            }[route]
             return ccm_post(c, url, Device(f"M{uuid.uuid4().hex[:6]}").registration_message(), headers).status_code
     except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
         if cert is None:
@@ -167,9 +223,13 @@ def _websocket(lab: Lab, cert: CertFiles | None, headers: dict[str, str]) -> int
         ctx.load_cert_chain(*map(str, cert))
     port = lab.config.ports.cmg_connector
     try:
-        ws = websockets.sync.client.connect(f"wss://{lab.config.bind_address}:{port}{cmg_channel.PATH}", ssl=ctx,
-                                            server_hostname=lab.config.hosts.cmg, additional_headers=headers,
-                                            open_timeout=10)
+        ws = websockets.sync.client.connect(
+            f"wss://{lab.config.bind_address}:{port}{cmg_channel.PATH}",
+            ssl=ctx,
+            server_hostname=lab.config.hosts.cmg,
+            additional_headers=headers,
+            open_timeout=10,
+        )
     except websockets.exceptions.InvalidStatus as e:
         return e.response.status_code
     except (OSError, websockets.exceptions.WebSocketException):

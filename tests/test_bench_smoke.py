@@ -21,8 +21,12 @@ def only_ok(rows: list[dict[str, Any]]) -> None:
 def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "results"
     # a process of its own: the bench pins itself to a CPU and lifts its open-files limit
-    run = subprocess.run([sys.executable, "-m", "cmglab", "bench", "--quick", "--out", str(out)],
-                         capture_output=True, text=True, timeout=240)
+    run = subprocess.run(
+        [sys.executable, "-m", "cmglab", "bench", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     markdown = (out / "report.md").read_text()
@@ -32,8 +36,15 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
 
     only_ok(report["ceiling"]["rows"])
     crypto, inventory = report["ceiling"]["tables"]  # the floor's parts, timed in the same run
-    assert {r["operation"] for r in crypto["rows"]} >= {"rsa_sign", "rsa_verify", "jwt_encode", "jwt_decode",
-                                                         "pbkdf2", "rsa_oaep", "tls_handshake"}
+    assert {r["operation"] for r in crypto["rows"]} >= {
+        "rsa_sign",
+        "rsa_verify",
+        "jwt_encode",
+        "jwt_decode",
+        "pbkdf2",
+        "rsa_oaep",
+        "tls_handshake",
+    }
     assert all(r["cpu_ms"] > 0 for r in crypto["rows"]) and all(r["floor_ms"] > 0 for r in inventory["rows"])
     only_ok(report["services"]["rows"])
     only_ok(report["cmg_path"]["rows"])

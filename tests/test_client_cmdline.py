@@ -17,14 +17,34 @@ def test_seed_command_lines_parse() -> None:
     a = parse(['CCMHOSTNAME="CMG.CLOUDAPP.NET/CCM_Proxy_MutualAuth/72186325152220500"', 'SMSSITECODE="MEM"'])
     assert a.ccmhostname == "CMG.CLOUDAPP.NET/CCM_Proxy_MutualAuth/72186325152220500"
     assert a.site_code == "MEM"
-    b = parse(["/mp:https://CONTOSO.CLOUDAPP.NET/CCM_Proxy_MutualAuth/72186325152220500",
-               "CCMHOSTNAME=CONTOSO.CLOUDAPP.NET/CCM_Proxy_MutualAuth/72186325152220500", "SMSSiteCode=ABC",
-               "/regtoken:eyJ0eXAi.eyJTQ0NN.sig", "/NoCRLCheck", "/retry:5", "SMSMP=https://mp.contoso.com"])
+    b = parse(
+        [
+            "/mp:https://CONTOSO.CLOUDAPP.NET/CCM_Proxy_MutualAuth/72186325152220500",
+            "CCMHOSTNAME=CONTOSO.CLOUDAPP.NET/CCM_Proxy_MutualAuth/72186325152220500",
+            "SMSSiteCode=ABC",
+            "/regtoken:eyJ0eXAi.eyJTQ0NN.sig",
+            "/NoCRLCheck",
+            "/retry:5",
+            "SMSMP=https://mp.contoso.com",
+        ]
+    )
     assert b.mp == ["https://CONTOSO.CLOUDAPP.NET/CCM_Proxy_MutualAuth/72186325152220500"]
     assert b.regtoken == "eyJ0eXAi.eyJTQ0NN.sig" and b.nocrlcheck and b.retry_minutes == 5
     assert b.site_code == "ABC" and b.prop("SMSMP") == "https://mp.contoso.com"
-    c = parse(["/usepkicert", "/uninstall", "AADTENANTID=t", "AADCLIENTAPPID=c", "AADRESOURCEURI=https://x",
-               "--home", "/tmp/d", "--resolve", "a:1:127.0.0.1", "--resolve=b:2:127.0.0.1"])
+    c = parse(
+        [
+            "/usepkicert",
+            "/uninstall",
+            "AADTENANTID=t",
+            "AADCLIENTAPPID=c",
+            "AADRESOURCEURI=https://x",
+            "--home",
+            "/tmp/d",
+            "--resolve",
+            "a:1:127.0.0.1",
+            "--resolve=b:2:127.0.0.1",
+        ]
+    )
     assert c.usepkicert and c.uninstall and c.home == "/tmp/d" and c.resolve == ["a:1:127.0.0.1", "b:2:127.0.0.1"]
 
 
@@ -33,18 +53,21 @@ def test_the_bulk_token_is_redacted() -> None:
     assert "SECRETTOKEN" not in a.redacted() and "/regtoken:<redacted 11 characters>" in a.redacted()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["/bogus"], "unknown parameter '/bogus'"),
-    (["FOO=bar"], "unknown property 'FOO'"),
-    (["/mp"], "needs a value"),
-    (["/nocrlcheck:1"], "takes no value"),
-    (["/mp:cmg.lab.test"], "must be a URL"),
-    (["CCMHOSTNAME=https://cmg/CCM_Proxy_MutualAuth/1"], "without https://"),
-    (["/regtoken:x"], "needs CCMHOSTNAME"),
-    (["/retry:soon"], "number of minutes"),
-    (["stray"], "unexpected argument"),
-    (["--bogus"], "unknown option"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["/bogus"], "unknown parameter '/bogus'"),
+        (["FOO=bar"], "unknown property 'FOO'"),
+        (["/mp"], "needs a value"),
+        (["/nocrlcheck:1"], "takes no value"),
+        (["/mp:cmg.lab.test"], "must be a URL"),
+        (["CCMHOSTNAME=https://cmg/CCM_Proxy_MutualAuth/1"], "without https://"),
+        (["/regtoken:x"], "needs CCMHOSTNAME"),
+        (["/retry:soon"], "number of minutes"),
+        (["stray"], "unexpected argument"),
+        (["--bogus"], "unknown option"),
+    ],
+)
 def test_unknown_or_bad_arguments_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(CommandLineError, match=message):
         parse(argv)

@@ -59,8 +59,15 @@ def test_pki_client_certificate_selection(device: Device) -> None:
     good_key = b.new_key()
     good = b.leaf(good_key.public_key(), b.name("good"), ca, ca_key, ekus=[b.CLIENT_AUTH])
     expired_key = b.new_key()
-    expired = b.leaf(expired_key.public_key(), b.name("old"), ca, ca_key, ekus=[b.CLIENT_AUTH], days=1,
-                     not_before=b.utcnow() - timedelta(days=10))
+    expired = b.leaf(
+        expired_key.public_key(),
+        b.name("old"),
+        ca,
+        ca_key,
+        ekus=[b.CLIENT_AUTH],
+        days=1,
+        not_before=b.utcnow() - timedelta(days=10),
+    )
     server_key = b.new_key()
     server = b.leaf(server_key.public_key(), b.name("srv"), ca, ca_key, ekus=[b.SERVER_AUTH])
     for cert, key in ((good, good_key), (expired, expired_key), (server, server_key)):

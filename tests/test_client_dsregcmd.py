@@ -22,8 +22,9 @@ services = lab_fixture("pki", "entra", autouse=True)
 def join(lab: Lab, home: Path, user: int = 0, tenant: int = 0) -> tuple[Device, subprocess.CompletedProcess[str]]:
     u = lab.config.tenants[tenant].users[user]
     device = new_device(lab.dir, home)
-    result = run("cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", u.upn,
-                 "--password", u.password, "/debug")
+    result = run(
+        "cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", u.upn, "--password", u.password, "/debug"
+    )
     return device, result
 
 
@@ -32,9 +33,16 @@ def test_join_status_leave(lab: Lab, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     tenant = lab.config.primary_tenant
     log = "\n".join(messages(device.home / "Windows" / "Logs" / "dsreg.log"))
-    for stage in ("Stage A: OpenID discovery", "Stage B/C: user realm", "Stage C: managed", "Stage D:",
-                  "Stage E: DRS discovery", "Stage F: creating the device key", "Stage G: device registration",
-                  "Stage H: device registration complete"):
+    for stage in (
+        "Stage A: OpenID discovery",
+        "Stage B/C: user realm",
+        "Stage C: managed",
+        "Stage D:",
+        "Stage E: DRS discovery",
+        "Stage F: creating the device key",
+        "Stage G: device registration",
+        "Stage H: device registration complete",
+    ):
         assert stage in log
     cert = device.stores.device_cert()
     assert cert is not None and cert.store == MY
@@ -47,8 +55,16 @@ def test_join_status_leave(lab: Lab, tmp_path: Path) -> None:
     for section in ("Device State", "Device Details", "Tenant Details", "User State"):
         assert f"| {section}" in status
     # joined twice: refused, nothing changes
-    again = run("cmglab.agent.dsregcmd", "--join", "--home", str(device.home), "--username", tenant.users[0].upn,
-                "--password", tenant.users[0].password)
+    again = run(
+        "cmglab.agent.dsregcmd",
+        "--join",
+        "--home",
+        str(device.home),
+        "--username",
+        tenant.users[0].upn,
+        "--password",
+        tenant.users[0].password,
+    )
     assert again.returncode == 1 and "already joined" in again.stderr
     leave = run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home))
     assert leave.returncode == 0 and device_id in leave.stdout
@@ -57,8 +73,16 @@ def test_join_status_leave(lab: Lab, tmp_path: Path) -> None:
     assert re.search(r"^\s+AzureAdJoined : NO$", status, re.M)
     # the device object is gone: a join again gives a new device
     device2 = Device.open(device.home)
-    rejoin = run("cmglab.agent.dsregcmd", "/join", "--home", str(device2.home), "--username", tenant.users[0].upn,
-                 "--password", tenant.users[0].password)
+    rejoin = run(
+        "cmglab.agent.dsregcmd",
+        "/join",
+        "--home",
+        str(device2.home),
+        "--username",
+        tenant.users[0].upn,
+        "--password",
+        tenant.users[0].password,
+    )
     assert rejoin.returncode == 0, rejoin.stderr
     assert device_id not in rejoin.stdout
 
@@ -66,12 +90,14 @@ def test_join_status_leave(lab: Lab, tmp_path: Path) -> None:
 def test_wrong_password_leaves_the_device_unjoined(lab: Lab, tmp_path: Path) -> None:
     u = lab.config.primary_tenant.users[0]
     device = new_device(lab.dir, tmp_path / "dev")
-    result = run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
-                 "--password", "wrong")
+    result = run(
+        "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password", "wrong"
+    )
     assert result.returncode == 1 and "50126" in result.stderr
     assert device.stores.device_cert() is None and not device.join_path.exists()
-    ok = run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password",
-             u.password)
+    ok = run(
+        "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password", u.password
+    )
     assert ok.returncode == 0, ok.stderr
 
 
@@ -103,8 +129,11 @@ def test_hybrid_join(lab: Lab, tmp_path: Path) -> None:
     assert re.search(r"^\s+AzureAdJoined : NO$", status, re.M)
     assert re.search(r"^\s+Client ErrorCode : 0x801c03f2$", status, re.M)
     assert re.search(r"^\s+Server ErrorCode : DirectoryError$", status, re.M)
-    assert re.search(rf"Server Message : .*The device object by the given id \({computer['objectGUID']}\) is not "
-                     r"found", status)
+    assert re.search(
+        rf"Server Message : .*The device object by the given id \({computer['objectGUID']}\) is not "
+        r"found",
+        status,
+    )
     written = directory.computer("HYB-PC07$")
     assert written is not None and len(written["userCertificate"]) == 1
     log = "\n".join(messages(device.home / "Windows" / "Logs" / "dsreg.log"))
@@ -122,11 +151,20 @@ def test_hybrid_join(lab: Lab, tmp_path: Path) -> None:
     assert "Diagnostic Data" not in status and device.stores.device_cert() is not None
     # a user signs in on the hybrid device: a PRT
     alice = lab.config.primary_tenant.users[0]
-    signin = run("cmglab.agent.dsregcmd", "/signin", "--home", str(device.home), "--username", alice.upn,
-                 "--password", alice.password)
+    signin = run(
+        "cmglab.agent.dsregcmd",
+        "/signin",
+        "--home",
+        str(device.home),
+        "--username",
+        alice.upn,
+        "--password",
+        alice.password,
+    )
     assert signin.returncode == 0, signin.stderr
-    assert re.search(r"^\s+AzureAdPrt : YES$", run("cmglab.agent.dsregcmd", "/status", "--home",
-                                                   str(device.home)).stdout, re.M)
+    assert re.search(
+        r"^\s+AzureAdPrt : YES$", run("cmglab.agent.dsregcmd", "/status", "--home", str(device.home)).stdout, re.M
+    )
 
 
 def test_entra_connect_cycle_syncs_on_its_schedule(lab: Lab, tmp_path: Path) -> None:

@@ -37,8 +37,12 @@ def test_package_not_matching_its_manifest_is_exit_10(lab: Lab, tmp_path: Path) 
     finally:
         msi.write_bytes(original)
     assert r.returncode == 10, r.stdout + r.stderr
-    assert_lines(device, "ccmsetup.log", r"client\.msi does not match the hash in the ccmsetup manifest",
-                 r"CcmSetup is exiting with return code 10")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"client\.msi does not match the hash in the ccmsetup manifest",
+        r"CcmSetup is exiting with return code 10",
+    )
     assert_clean(device)
     assert install(lab, device).returncode == 0
 

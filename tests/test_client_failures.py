@@ -31,8 +31,13 @@ def test_root_ca_missing(lab: Lab, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     r = install(lab, device)
     assert r.returncode == 6
-    assert_lines(device, "ccmsetup.log", r"0x800B0109", r"not in the device's Trusted Root store",
-                 r"CcmSetup is exiting with return code 6")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"0x800B0109",
+        r"not in the device's Trusted Root store",
+        r"CcmSetup is exiting with return code 6",
+    )
     assert_clean(device)
     r = run("cmglab", "device", "repair", "root-ca", "--home", str(device.home), "--lab", str(lab.dir))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -44,8 +49,9 @@ def test_no_root_ca_device_joins_but_cannot_reach_the_cmg(lab: Lab, tmp_path: Pa
     trusts, so the join works; the CMG's certificate chains to the organisation's root, so ccmsetup fails."""
     device = new_device(lab.dir, tmp_path / "dev", "--no-root-ca")
     u = lab.config.primary_tenant.users[0]
-    join = run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
-               "--password", u.password)
+    join = run(
+        "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password", u.password
+    )
     assert join.returncode == 0, join.stdout + join.stderr
     r = install(lab, device)
     assert r.returncode == 6
@@ -59,12 +65,21 @@ def test_crl_unreachable_then_nocrlcheck(lab: Lab, tmp_path: Path) -> None:
     hosts = device.hosts_path.read_text()
     pki = lab.config.hosts.pki
     # the CRL host is unreachable from this device (its address answers nothing)
-    device.write_hosts([line if not line.startswith(f"{pki}:") else line.rsplit(":", 1)[0] + ":127.0.0.9"
-                        for line in hosts.splitlines()])
+    device.write_hosts(
+        [
+            line if not line.startswith(f"{pki}:") else line.rsplit(":", 1)[0] + ":127.0.0.9"
+            for line in hosts.splitlines()
+        ]
+    )
     r = install(lab, device)
     assert r.returncode == 6
-    assert_lines(device, "ccmsetup.log", r"0x80092013", r"revocation server was offline",
-                 r"Certificate revocation check failed: .*/nocrlcheck")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"0x80092013",
+        r"revocation server was offline",
+        r"Certificate revocation check failed: .*/nocrlcheck",
+    )
     assert_clean(device)
     r = install(lab, device, "/nocrlcheck")
     assert r.returncode == 0, r.stderr
@@ -82,8 +97,12 @@ def test_no_wpj_certificate(lab: Lab, tmp_path: Path) -> None:
     assert_clean(device)
     assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
     u = lab.config.primary_tenant.users[0]
-    assert run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
-               "--password", u.password).returncode == 0
+    assert (
+        run(
+            "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password", u.password
+        ).returncode
+        == 0
+    )
     status = run("cmglab.agent.dsregcmd", "/status", "--home", str(device.home))
     assert re.search(r"AzureAdJoined\s*:\s*YES", status.stdout), status.stdout
     assert install(lab, device).returncode == 0
@@ -114,8 +133,12 @@ def test_tenant_not_onboarded(lab: Lab, tmp_path: Path) -> None:
     device = joined_device(lab, tmp_path / "dev", tenant=1)
     r = install(lab, device)
     assert r.returncode == 6
-    assert_lines(device, "ccmsetup.log", r"Getting AAD info from CMG '",
-                 rf"no AAD information for tenant {other.tenant_id}: the tenant is not onboarded")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"Getting AAD info from CMG '",
+        rf"no AAD information for tenant {other.tenant_id}: the tenant is not onboarded",
+    )
     assert_clean(device)
     aad_info = f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/AADAuthInfo?TenantID={other.tenant_id}"
     cmglab(lab, "tenant", "onboard", other.display_name)
@@ -138,16 +161,25 @@ def test_device_and_user_token_both_unavailable(lab: Lab, tmp_path: Path) -> Non
     assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(copy)).returncode == 0
     r = install(lab, device)
     assert r.returncode == 6
-    assert_lines(device, "ccmsetup.log", r"Getting AAD \(device\) token with",
-                 r"Failed to get AAD token for 'S-1-5-18' from WAM API\. Error 0x",
-                 r"Falling back to get user '\S+' token for system\.\.\.",
-                 r"Getting AAD \(user\) token with: ClientId = ", r"Failed to get AAD \(user\) token",
-                 r"Failed to get a CCM token: neither a device nor a user token is available")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"Getting AAD \(device\) token with",
+        r"Failed to get AAD token for 'S-1-5-18' from WAM API\. Error 0x",
+        r"Falling back to get user '\S+' token for system\.\.\.",
+        r"Getting AAD \(user\) token with: ClientId = ",
+        r"Failed to get AAD \(user\) token",
+        r"Failed to get a CCM token: neither a device nor a user token is available",
+    )
     assert_clean(device)
     assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
     u = lab.config.primary_tenant.users[0]
-    assert run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn,
-               "--password", u.password).returncode == 0
+    assert (
+        run(
+            "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password", u.password
+        ).returncode
+        == 0
+    )
     assert install(lab, device).returncode == 0
 
 
@@ -155,18 +187,25 @@ def test_user_token_fallback(lab: Lab, tmp_path: Path, admin_headers: dict[str, 
     """Seed 001: the WAM device-token request fails, the user token is used instead."""
     device = joined_device(lab, tmp_path / "dev")
     with lab_client(lab) as c:
-        r = c.post(f"{lab.url('entra')}/_lab/faults", headers=admin_headers,
-                   json={"path": "/oauth2/token", "method": "POST", "status": 500, "times": 1})
+        r = c.post(
+            f"{lab.url('entra')}/_lab/faults",
+            headers=admin_headers,
+            json={"path": "/oauth2/token", "method": "POST", "status": 500, "times": 1},
+        )
         assert r.status_code in (200, 201), r.text
         try:
             result = install(lab, device)
         finally:
             c.delete(f"{lab.url('entra')}/_lab/faults", headers=admin_headers)
     assert result.returncode == 0, result.stderr
-    assert_lines(device, "ccmsetup.log", r"WAM token request failed\. Status 5",
-                 r"Falling back to get user '\S+' token for system\.\.\.",
-                 r"Getting AAD \(user\) token with: ClientId = [0-9a-f-]+, ResourceUrl = \S+, AccountId = \S+",
-                 r"Retrieved AAD token for AAD user '[0-9a-f-]{36}'")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"WAM token request failed\. Status 5",
+        r"Falling back to get user '\S+' token for system\.\.\.",
+        r"Getting AAD \(user\) token with: ClientId = [0-9a-f-]+, ResourceUrl = \S+, AccountId = \S+",
+        r"Retrieved AAD token for AAD user '[0-9a-f-]{36}'",
+    )
 
 
 def test_device_key_unusable_falls_back_to_the_user_token(lab: Lab, tmp_path: Path) -> None:
@@ -190,11 +229,18 @@ def test_device_key_unusable_falls_back_to_the_user_token(lab: Lab, tmp_path: Pa
     lines = text.splitlines()
     found = [next((n for n, line in enumerate(lines) if line == want), -1) for want in seed_lines]
     assert -1 not in found and found == sorted(found), (seed_lines, found, text[-3000:])
-    assert_lines(device, "ccmsetup.log", r"^Getting AAD \(user\) token with: ClientId = [0-9a-f-]{36}, "
-                 r"ResourceUrl = \S+, AccountId = " + user.object_id + "$")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"^Getting AAD \(user\) token with: ClientId = [0-9a-f-]{36}, "
+        r"ResourceUrl = \S+, AccountId = " + user.object_id + "$",
+    )
     sts_log = (lab.dir / "logs" / "management-point" / "CCM_STS.log").read_text(errors="replace")
-    assert re.search(rf"Validated AAD token\. TokenType: UDA TenantId: {lab.config.primary_tenant.tenant_id} "
-                     rf"UserId: {user.object_id} DeviceId: [0-9a-f-]{{36}}", sts_log), sts_log[-2000:]
+    assert re.search(
+        rf"Validated AAD token\. TokenType: UDA TenantId: {lab.config.primary_tenant.tenant_id} "
+        rf"UserId: {user.object_id} DeviceId: [0-9a-f-]{{36}}",
+        sts_log,
+    ), sts_log[-2000:]
     assert "TokenType is UDA" in sts_log
 
 
@@ -240,17 +286,22 @@ def test_revoked_client_certificate(lab: Lab, tmp_path: Path) -> None:
     time.sleep(1.5)  # the CMG reloads the CRL files when they change
     r = install(lab, device, "/usepkicert")
     assert r.returncode == 6
-    assert_lines(device, "ccmsetup.log", r"Found a valid PKI client authentication certificate",
-                 r"CCM_STS refused the pki proof: 0x80072(EFD|F8F)",
-                 r"it refused the client authentication certificate \(revoked")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"Found a valid PKI client authentication certificate",
+        r"CCM_STS refused the pki proof: 0x80072(EFD|F8F)",
+        r"it refused the client authentication certificate \(revoked",
+    )
     assert_clean(device)
     # the refusal is in a product log that `cmglab logs` follows, not only on the service's stdout
     cmg_log = lab.dir / "logs" / "cmg" / "CMGService.log"
     deadline = time.monotonic() + 10
     while "certificate revoked" not in cmg_log.read_text(errors="replace") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert "TLS handshake refused: client certificate failed verification: certificate revoked" in \
-        cmg_log.read_text(errors="replace")
+    assert "TLS handshake refused: client certificate failed verification: certificate revoked" in cmg_log.read_text(
+        errors="replace"
+    )
     # fixed: the revoked certificate replaced by a new one
     revoked = [c.thumbprint for c in device.stores.certificates("My")]
     assert run("cmglab", "device", "enrol", "--lab", str(lab.dir), "--home", str(device.home)).returncode == 0
@@ -287,12 +338,17 @@ def test_client_setting_allow_cmg_off(lab: Lab, tmp_path: Path) -> None:
     try:
         first = run("cmglab.agent.ccmexec", "--home", str(device.home))  # through the CMG: gets the new policy
         assert first.returncode == 0, first.stdout + first.stderr
-        assert_lines(device, "PolicyAgent.log",
-                     r"Client setting 'Allow clients to use a cloud management gateway' is now off")
+        assert_lines(
+            device, "PolicyAgent.log", r"Client setting 'Allow clients to use a cloud management gateway' is now off"
+        )
         second = run("cmglab.agent.ccmexec", "--home", str(device.home))
         assert second.returncode == 1
-        assert_lines(device, "LocationServices.log", r"'Allow clients to use a cloud management gateway' is off: "
-                     r"the client does not use the cloud management gateway")
+        assert_lines(
+            device,
+            "LocationServices.log",
+            r"'Allow clients to use a cloud management gateway' is off: "
+            r"the client does not use the cloud management gateway",
+        )
     finally:
         cmglab(lab, "site", "set", "client-allow-cmg", "true")
 
@@ -306,8 +362,9 @@ def test_public_ca_client_certificate_is_refused(lab: Lab, tmp_path: Path) -> No
 
     public = lab.pki.public_root_ca
     key = b.new_key()
-    cert = b.leaf(key.public_key(), b.name("PUBLIC01"), public.cert(), public.key(), ekus=[b.CLIENT_AUTH],
-                  san=["PUBLIC01"])
+    cert = b.leaf(
+        key.public_key(), b.name("PUBLIC01"), public.cert(), public.key(), ekus=[b.CLIENT_AUTH], san=["PUBLIC01"]
+    )
     cert_file, key_file = tmp_path / "client.crt", tmp_path / "client.key"
     cert_file.write_bytes(b.cert_pem(cert))
     key_file.write_bytes(b.key_pem(key))
@@ -329,8 +386,9 @@ def test_no_connection_point_is_503_until_it_comes_back(lab: Lab, lab_services: 
         seen = None
         with lab_client(lab) as c:
             while time.monotonic() < deadline:
-                seen = c.post(url, content=b'{"ProofType":"BulkRegistration"}',
-                              headers={"Authorization": f"Bearer {token}"}).status_code
+                seen = c.post(
+                    url, content=b'{"ProofType":"BulkRegistration"}', headers={"Authorization": f"Bearer {token}"}
+                ).status_code
                 if ok(seen):
                     return
                 time.sleep(0.5)

@@ -21,8 +21,7 @@ services = lab_fixture("pki", "entra", autouse=True)
 def joined(lab: Lab, home: Path) -> Device:
     u = lab.config.primary_tenant.users[0]
     device = new_device(lab.dir, home)
-    result = run("cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", u.upn, "--password",
-                 u.password)
+    result = run("cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", u.upn, "--password", u.password)
     assert result.returncode == 0, result.stderr
     return device
 
@@ -52,11 +51,20 @@ def test_join_leaves_a_sealed_prt_and_status_shows_it(lab: Lab, tmp_path: Path) 
     assert run("cmglab.agent.dsregcmd", "/cleanupaccounts", "--home", str(device.home)).returncode == 0
     assert re.search(r"^\s+AzureAdPrt : NO$", status(device), re.M) and prt.load(device) is None
     bob = lab.config.primary_tenant.users[1]
-    wrong = run("cmglab.agent.dsregcmd", "/signin", "--home", str(device.home), "--username", bob.upn,
-                "--password", "wrong")
+    wrong = run(
+        "cmglab.agent.dsregcmd", "/signin", "--home", str(device.home), "--username", bob.upn, "--password", "wrong"
+    )
     assert wrong.returncode == 1 and "50126" in wrong.stderr and prt.load(device) is None
-    ok = run("cmglab.agent.dsregcmd", "/signin", "--home", str(device.home), "--username", bob.upn,
-             "--password", bob.password)
+    ok = run(
+        "cmglab.agent.dsregcmd",
+        "/signin",
+        "--home",
+        str(device.home),
+        "--username",
+        bob.upn,
+        "--password",
+        bob.password,
+    )
     assert ok.returncode == 0, ok.stderr
     assert re.search(r"^\s+AzureAdPrt : YES$", status(device), re.M)
     assert (again := prt.load(device)) is not None and again.upn == bob.upn
@@ -76,8 +84,9 @@ def test_prt_renewed_when_four_hours_old_and_not_before(lab: Lab, tmp_path: Path
         assert renewed.updated_at >= int(time.time()) - 5
         stored = prt.load(device)
         assert stored is not None and stored.refresh_token == renewed.refresh_token
-        token = client.token(renewed, client_id="0b7c8ab3-9ea1-4ffa-b2b9-8ffdd944bd8b",
-                             resource="https://ConfigMgrService")
+        token = client.token(
+            renewed, client_id="0b7c8ab3-9ea1-4ffa-b2b9-8ffdd944bd8b", resource="https://ConfigMgrService"
+        )
         assert token.claims["deviceid"] and token.claims["upn"] == lab.config.primary_tenant.users[0].upn
 
 
@@ -86,12 +95,21 @@ def test_federated_user_joins_through_the_federation_service(lab: Lab, tmp_path:
     Entra redeems for the DRS token and, signed with the device key, for the PRT."""
     carol = next(u for u in lab.config.primary_tenant.users if u.upn.endswith("@fed.lab.test"))
     device = new_device(lab.dir, tmp_path / "dev")
-    wrong = run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", carol.upn,
-                "--password", "wrong")
+    wrong = run(
+        "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", carol.upn, "--password", "wrong"
+    )
     assert wrong.returncode == 1 and "ID3242" in wrong.stderr, wrong.stderr
     assert not device.join_path.exists()
-    ok = run("cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", carol.upn, "--password",
-             carol.password)
+    ok = run(
+        "cmglab.agent.dsregcmd",
+        "/join",
+        "--home",
+        str(device.home),
+        "--username",
+        carol.upn,
+        "--password",
+        carol.password,
+    )
     assert ok.returncode == 0, ok.stderr
     log = "\n".join(messages(device.home / "Windows" / "Logs" / "dsreg.log"))
     assert "Stage C: federated environment; WS-Trust sign-in at the federation service" in log

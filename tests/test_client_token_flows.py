@@ -29,13 +29,21 @@ def test_bulk_registration_token(lab: Lab, tmp_path: Path) -> None:
     r = ccmsetup(device, f"/mp:https://{cmg}", f"CCMHOSTNAME={cmg}", "SMSSITECODE=MEM", f"/regtoken:{token}")
     assert r.returncode == 0, r.stderr
     assert token.encode() not in everything(device)  # never written anywhere on the device
-    assert_lines(device, "ccmsetup.log", r"/regtoken:<redacted \d+ characters>",
-                 r"Getting CCM Token from https://\S+/CCM_Proxy_MutualAuth/\d+/CCM_STS",  # as CCMHOSTNAME names it
-                 r"Cached encrypted token for 'S-1-5-18'")
-    assert_lines(device, "ClientIDManagerStartup.log", r"Registering client using bulk registration token\.",
-                 r"Received the client's unique token from the management point \(valid 90 days\)",
-                 r"\[RegTask\] - Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. "
-                 r"Approval status 1")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"/regtoken:<redacted \d+ characters>",
+        r"Getting CCM Token from https://\S+/CCM_Proxy_MutualAuth/\d+/CCM_STS",  # as CCMHOSTNAME names it
+        r"Cached encrypted token for 'S-1-5-18'",
+    )
+    assert_lines(
+        device,
+        "ClientIDManagerStartup.log",
+        r"Registering client using bulk registration token\.",
+        r"Received the client's unique token from the management point \(valid 90 days\)",
+        r"\[RegTask\] - Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. "
+        r"Approval status 1",
+    )
     state = ClientState.load(device)
     assert state is not None and state.auth_mode == "token"
     stored = ClientTokenStore(device).get()
@@ -46,8 +54,9 @@ def test_bulk_registration_token(lab: Lab, tmp_path: Path) -> None:
     device.token_cache_path.unlink()
     r = run("cmglab.agent.ccmexec", "--home", str(device.home))
     assert r.returncode == 0, r.stderr
-    assert_lines(device, "CcmMessaging.log", r"Getting CCM Token from https://\S+/CCM_STS",
-                 r"endpoint 'MP_PolicyManager'")
+    assert_lines(
+        device, "CcmMessaging.log", r"Getting CCM Token from https://\S+/CCM_STS", r"endpoint 'MP_PolicyManager'"
+    )
     # the monthly renewal of the unique token
     old = ClientTokenStore(device).get()
     assert old is not None
@@ -63,7 +72,8 @@ def test_bulk_registration_token(lab: Lab, tmp_path: Path) -> None:
     fresh = ClientTokenStore(device).get()
     assert fresh is not None and fresh["Token"] != old["Token"]
     assert "Renewed the client's unique token" in log_of(device, "CcmMessaging.log") + log_of(
-        device, "ClientIDManagerStartup.log")
+        device, "ClientIDManagerStartup.log"
+    )
 
 
 def test_internal_registration_then_roaming(lab: Lab, tmp_path: Path) -> None:
@@ -71,33 +81,59 @@ def test_internal_registration_then_roaming(lab: Lab, tmp_path: Path) -> None:
     mp_http = f"http://{lab.config.hosts.management_point}:{lab.config.ports.management_point_http}"
     r = ccmsetup(device, f"/mp:{mp_http}", f"SMSMP={mp_http}", f"CCMHOSTNAME={ccmhostname(lab)}", "SMSSITECODE=MEM")
     assert r.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
-    assert_lines(device, "ccmsetup.log", r"CCMSETUP bootstrap from Internet: 0",
-                 r"Installing version 5\.00\.\d+\.\d+ of the client")
-    assert_lines(device, "ClientIDManagerStartup.log", r"Registering client using Windows authentication",
-                 r"\[RegTask\] - Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. "
-                 r"Approval status 1", r"unique token")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"CCMSETUP bootstrap from Internet: 0",
+        r"Installing version 5\.00\.\d+\.\d+ of the client",
+    )
+    assert_lines(
+        device,
+        "ClientIDManagerStartup.log",
+        r"Registering client using Windows authentication",
+        r"\[RegTask\] - Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. "
+        r"Approval status 1",
+        r"unique token",
+    )
     assert ClientTokenStore(device).get() is not None
     r = run("cmglab.agent.ccmexec", "--home", str(device.home))
     assert r.returncode == 0, r.stderr
     assert "Client is on the intranet" in log_of(device, "ClientLocation.log")
     # roam: the corporate network (the MP's name) is gone
-    device.write_hosts([line for line in device.hosts_path.read_text().splitlines()
-                        if not line.startswith(lab.config.hosts.management_point + ":")])
+    device.write_hosts(
+        [
+            line
+            for line in device.hosts_path.read_text().splitlines()
+            if not line.startswith(lab.config.hosts.management_point + ":")
+        ]
+    )
     r = run("cmglab.agent.ccmexec", "--home", str(device.home))
     assert r.returncode == 0, r.stderr
-    assert_lines(device, "ClientLocation.log", r"Client is on internet",
-                 r"Rotating internet management point, new management point \[1\] is: https://\S+/"
-                 r"CCM_Proxy_MutualAuth/\d+")
-    assert_lines(device, "CcmMessaging.log", r"Path=/CCM_Proxy_ServerAuth/\d+/ccm_system_tokenauth/request",
-                 r"endpoint 'MP_PolicyManager'")
+    assert_lines(
+        device,
+        "ClientLocation.log",
+        r"Client is on internet",
+        r"Rotating internet management point, new management point \[1\] is: https://\S+/"
+        r"CCM_Proxy_MutualAuth/\d+",
+    )
+    assert_lines(
+        device,
+        "CcmMessaging.log",
+        r"Path=/CCM_Proxy_ServerAuth/\d+/ccm_system_tokenauth/request",
+        r"endpoint 'MP_PolicyManager'",
+    )
 
 
 def test_pki_client(lab: Lab, tmp_path: Path) -> None:
     device = new_device(lab.dir, tmp_path / "dev", "--name", "PKI01", "--pki-cert")
     r = ccmsetup(device, f"CCMHOSTNAME={ccmhostname(lab)}", "SMSSITECODE=MEM", "/usepkicert")
     assert r.returncode == 0, r.stderr
-    assert_lines(device, "ccmsetup.log", r"Found a valid PKI client authentication certificate",
-                 r"Path=/CCM_Proxy_MutualAuth/\d+/ccm_system/request")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"Found a valid PKI client authentication certificate",
+        r"Path=/CCM_Proxy_MutualAuth/\d+/ccm_system/request",
+    )
     text = log_of(device, "ccmsetup.log")
     assert "Getting AAD" not in text
     state = ClientState.load(device)

@@ -42,14 +42,24 @@ from tests.support.threaded import ThreadedService
 REAL_ENTRA = (Path(__file__).parent.parent / "cmglab" / "services" / "entra" / "service.py").exists()
 
 
-def entra_token(lab: Lab, tenant_id: str, *, audience: str = "https://ConfigMgrService",
-                key: rsa.RSAPrivateKey | None = None) -> str:
+def entra_token(
+    lab: Lab, tenant_id: str, *, audience: str = "https://ConfigMgrService", key: rsa.RSAPrivateKey | None = None
+) -> str:
     """An Entra access token (v1 shape) signed with the lab Entra signing key that Entra's JWKS publishes."""
     ident = lab.pki.entra_signing
     now = int(time.time())
-    claims = {"aud": audience, "iss": f"https://sts.windows.net/{tenant_id}/", "tid": tenant_id,
-              "iat": now, "nbf": now, "exp": now + 3600, "oid": str(uuid.uuid4()),
-              "deviceid": str(uuid.uuid4()), "upn": "eve@fabrikam.onmicrosoft.com", "ver": "1.0"}
+    claims = {
+        "aud": audience,
+        "iss": f"https://sts.windows.net/{tenant_id}/",
+        "tid": tenant_id,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "oid": str(uuid.uuid4()),
+        "deviceid": str(uuid.uuid4()),
+        "upn": "eve@fabrikam.onmicrosoft.com",
+        "ver": "1.0",
+    }
     kid = b.x5t(ident.cert())
     return jwt.encode(claims, key or ident.key(), algorithm="RS256", headers={"kid": kid, "x5t": kid})
 
@@ -66,9 +76,19 @@ def jwks_app(lab: Lab) -> FastAPI:
     @app.get("/common/discovery/keys")
     def keys() -> dict[str, Any]:
         kid = b.x5t(cert)
-        return {"keys": [{"kty": "RSA", "use": "sig", "kid": kid, "x5t": kid, "n": b64(numbers.n),
-                          "e": b64(numbers.e),
-                          "x5c": [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]}]}
+        return {
+            "keys": [
+                {
+                    "kty": "RSA",
+                    "use": "sig",
+                    "kid": kid,
+                    "x5t": kid,
+                    "n": b64(numbers.n),
+                    "e": b64(numbers.e),
+                    "x5c": [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()],
+                }
+            ]
+        }
 
     return app
 
@@ -87,8 +107,16 @@ def services(auth_lab: Lab) -> Iterator[LabProcesses]:
             p.ensure("entra")
         else:
             ident = auth_lab.pki.server("entra")
-            jwks = ThreadedService(Service("entra-jwks", [Listener("jwks", jwks_app(auth_lab), auth_lab.port("entra"),
-                                                                   tls=TLS(ident.cert_path, ident.key_path))]))
+            jwks = ThreadedService(
+                Service(
+                    "entra-jwks",
+                    [
+                        Listener(
+                            "jwks", jwks_app(auth_lab), auth_lab.port("entra"), tls=TLS(ident.cert_path, ident.key_path)
+                        )
+                    ],
+                )
+            )
             jwks.__enter__()
         p.ensure("management-point", "cmg", "cmg-connection-point")
         wait_for(lambda: channel_up(auth_lab) and cmg_points(auth_lab), what="channel up")
@@ -134,8 +162,9 @@ def _foreign_client(tmp_path: Path) -> tuple[Path, Path]:
     ca_key = b.new_key()
     ca = b.self_signed_ca(ca_key, b.name("Rogue Root CA"))
     key = b.new_key()
-    cert = b.leaf(key.public_key(), b.name("rogue.lab.test"), ca, ca_key, ekus=[b.CLIENT_AUTH],
-                  san=["rogue.lab.test"], days=30)
+    cert = b.leaf(
+        key.public_key(), b.name("rogue.lab.test"), ca, ca_key, ekus=[b.CLIENT_AUTH], san=["rogue.lab.test"], days=30
+    )
     crt, pem = tmp_path / "rogue.crt", tmp_path / "rogue.key"
     crt.write_bytes(b.cert_pem(cert) + b.cert_pem(ca))
     pem.write_bytes(b.key_pem(key))
@@ -143,8 +172,11 @@ def _foreign_client(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_mutual_auth_with_foreign_ca(auth_lab: Lab, services: LabProcesses, tmp_path: Path) -> None:
-    with MPUntouched(auth_lab), lab_client(auth_lab, cert=_foreign_client(tmp_path)) as c, \
-            pytest.raises(httpx.TransportError):
+    with (
+        MPUntouched(auth_lab),
+        lab_client(auth_lab, cert=_foreign_client(tmp_path)) as c,
+        pytest.raises(httpx.TransportError),
+    ):
         ccm_post(c, proxy_url(auth_lab, "ccm_system/request", "MutualAuth"), Device().registration_message())
 
 
@@ -162,8 +194,7 @@ def test_mutual_auth_with_revoked_certificate(auth_lab: Lab, services: LabProces
 # -- ServerAuth ------------------------------------------------------------------------------------
 def _refused(lab: Lab, path: str, headers: dict[str, str], status: int, error: str, body: bytes = b"{}") -> None:
     with MPUntouched(lab), lab_client(lab) as c:
-        r = c.request("CCM_POST" if "request" in path else "POST", proxy_url(lab, path), content=body,
-                      headers=headers)
+        r = c.request("CCM_POST" if "request" in path else "POST", proxy_url(lab, path), content=body, headers=headers)
         assert r.status_code == status, r.text
         assert r.json()["Error"] == error
         if status == 401:
@@ -179,16 +210,26 @@ def test_server_auth_with_expired_token(auth_lab: Lab, services: LabProcesses) -
     old, _ = auth_lab.site_signer().ccm_token(token_type="Device", now=datetime.now(UTC) - timedelta(hours=9))
     _refused(auth_lab, "ccm_system_tokenauth/request", {"Authorization": f"Bearer {old}"}, 401, "TokenExpired")
     bulk, *_ = auth_lab.site_signer().bulk_token(minutes=60, now=datetime.now(UTC) - timedelta(hours=3))
-    _refused(auth_lab, "CCM_STS", {"Authorization": f"Bearer {bulk}"}, 401, "TokenExpired",
-             sts_body(Device(), bulk, "BulkRegistration"))
+    _refused(
+        auth_lab,
+        "CCM_STS",
+        {"Authorization": f"Bearer {bulk}"},
+        401,
+        "TokenExpired",
+        sts_body(Device(), bulk, "BulkRegistration"),
+    )
 
 
 def test_server_auth_with_token_signed_by_another_key(auth_lab: Lab, services: LabProcesses) -> None:
     signer = auth_lab.site_signer()
     good, _ = signer.ccm_token(token_type="Device")
     claims = jwt.decode(good, options={"verify_signature": False})
-    forged = jwt.encode(claims, rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256",
-                        headers={"typ": "JWT", "x5t": b.x5t(signer.cert)})  # claims to be the site's
+    forged = jwt.encode(
+        claims,
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        algorithm="RS256",
+        headers={"typ": "JWT", "x5t": b.x5t(signer.cert)},
+    )  # claims to be the site's
     _refused(auth_lab, "ccm_system_tokenauth/request", {"Authorization": f"Bearer {forged}"}, 401, "InvalidToken")
     # an Entra-looking token signed by a key Entra does not publish
     fake = entra_token(auth_lab, auth_lab.config.primary_tenant.tenant_id, key=b.new_key())
@@ -198,20 +239,30 @@ def test_server_auth_with_token_signed_by_another_key(auth_lab: Lab, services: L
 def test_server_auth_entra_token_of_tenant_not_onboarded(auth_lab: Lab, services: LabProcesses) -> None:
     other = next(t for t in auth_lab.config.tenants if not t.onboarded)
     token = entra_token(auth_lab, other.tenant_id)
-    _refused(auth_lab, "CCM_STS", {"Authorization": f"Bearer {token}"}, 403, "TenantNotOnboarded",
-             sts_body(Device(), token, "AAD"))
+    _refused(
+        auth_lab,
+        "CCM_STS",
+        {"Authorization": f"Bearer {token}"},
+        403,
+        "TenantNotOnboarded",
+        sts_body(Device(), token, "AAD"),
+    )
     # the same token shape for the onboarded tenant passes the CMG and reaches the MP's CCM_STS
     good = entra_token(auth_lab, auth_lab.config.primary_tenant.tenant_id)
     with lab_client(auth_lab) as c:
-        r = c.post(proxy_url(auth_lab, "CCM_STS"), content=sts_body(Device(), good, "AAD"),
-                   headers={"Authorization": f"Bearer {good}"})
+        r = c.post(
+            proxy_url(auth_lab, "CCM_STS"),
+            content=sts_body(Device(), good, "AAD"),
+            headers={"Authorization": f"Bearer {good}"},
+        )
     assert r.status_code != 403 or r.json()["Error"] != "TenantNotOnboarded"
     assert mp_requests(auth_lab, "CCM_STS")[0]["status"] == r.status_code
     assert cmg_requests(auth_lab, "CCM_STS")[0]["auth_kind"] == "EntraToken"
 
 
-def test_server_auth_ccm_token_is_not_a_proof_and_a_proof_is_not_a_ccm_token(auth_lab: Lab,
-                                                                            services: LabProcesses) -> None:
+def test_server_auth_ccm_token_is_not_a_proof_and_a_proof_is_not_a_ccm_token(
+    auth_lab: Lab, services: LabProcesses
+) -> None:
     bulk = new_bulk_token(auth_lab)
     _refused(auth_lab, "ccm_system_tokenauth/request", {"Authorization": f"Bearer {bulk}"}, 401, "InvalidToken")
     ccm, _ = auth_lab.site_signer().ccm_token(token_type="Device")

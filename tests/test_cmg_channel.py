@@ -47,11 +47,17 @@ class Upstream:
         site = self.lab.config.site
         tenant = self.lab.config.primary_tenant
         return {
-            "site_code": site.code, "allow_cmg": True,
+            "site_code": site.code,
+            "allow_cmg": True,
             "endpoints": {str(site.role_id): {"internal_url": self.lab.url("management-point"), "paths": PATHS}},
-            "tenants": [{"tenant_id": tenant.tenant_id, "client_app_id": "0b7c8ab3-9ea1-4ffa-b2b9-8ffdd944bd8b",
-                         "resource_uri": "https://ConfigMgrService",
-                         "authority": f"https://login.microsoftonline.com/{tenant.tenant_id}"}],
+            "tenants": [
+                {
+                    "tenant_id": tenant.tenant_id,
+                    "client_app_id": "0b7c8ab3-9ea1-4ffa-b2b9-8ffdd944bd8b",
+                    "resource_uri": "https://ConfigMgrService",
+                    "authority": f"https://login.microsoftonline.com/{tenant.tenant_id}",
+                }
+            ],
             "content": {"package_id": site.client_package_id, "version": 1},
         }
 
@@ -66,11 +72,21 @@ class Upstream:
         async def echo(request: Request) -> Response:
             body = await request.body()
             cert = client_cert(request)
-            self.seen.append({"method": request.method, "path": request.url.path, "query": request.url.query,
-                              "headers": dict(request.headers), "body": body,
-                              "tls_subject": cert.subject.rfc4514_string() if cert else None})
-            return Response(body, media_type="application/octet-stream",
-                            headers={"X-Body-SHA256": hashlib.sha256(body).hexdigest(), "Set-Cookie": "a=1"})
+            self.seen.append(
+                {
+                    "method": request.method,
+                    "path": request.url.path,
+                    "query": request.url.query,
+                    "headers": dict(request.headers),
+                    "body": body,
+                    "tls_subject": cert.subject.rfc4514_string() if cert else None,
+                }
+            )
+            return Response(
+                body,
+                media_type="application/octet-stream",
+                headers={"X-Body-SHA256": hashlib.sha256(body).hexdigest(), "Set-Cookie": "a=1"},
+            )
 
         async def slow(request: Request) -> Response:
             await asyncio.sleep(float(request.query_params.get("s", "10")))
@@ -85,10 +101,18 @@ class Upstream:
                 for _ in range(int(request.query_params.get("n", "10"))):
                     yield b"x" * 1000
                     await asyncio.sleep(float(request.query_params.get("every", "0.2")))
+
             return StreamingResponse(gen())
 
-        routes = {"/echo": echo, "/ccm_sts": echo, "/ccm_system/request": echo,
-                  "/ccm_system_tokenauth/request": echo, "/slow": slow, "/big": big, "/drip": drip}
+        routes = {
+            "/echo": echo,
+            "/ccm_sts": echo,
+            "/ccm_system/request": echo,
+            "/ccm_system_tokenauth/request": echo,
+            "/slow": slow,
+            "/big": big,
+            "/drip": drip,
+        }
 
         async def dispatch(request: Request) -> Response:  # case-insensitive, like IIS
             handler = routes.get(request.url.path.lower())
@@ -102,8 +126,9 @@ class Upstream:
     def start(self) -> None:
         ident = self.lab.pki.server("management-point")
         tls = TLS(ident.cert_path, ident.key_path, client_cert="required", client_ca=self.lab.pki.ca_bundle)
-        service = Service("upstream", [Listener("upstream", self.app(), self.lab.port("management-point"),
-                                                tls=tls, http="h11")])
+        service = Service(
+            "upstream", [Listener("upstream", self.app(), self.lab.port("management-point"), tls=tls, http="h11")]
+        )
         self.threaded = ThreadedService(service).__enter__()
 
     def stop(self) -> None:
@@ -161,8 +186,12 @@ def test_channel_is_up_and_reported(chan_lab: Lab, procs: LabProcesses) -> None:
 def test_bodies_pass_byte_identical_both_ways(chan_lab: Lab, client: httpx.Client, upstream: Upstream) -> None:
     body = os.urandom(300_000) + b"\x00\xff" * 10
     auth = bearer(chan_lab)
-    r = client.request("CCM_POST", proxy_url(chan_lab, "echo"), content=body,
-                       headers={**auth, "Content-Type": "application/octet-stream"})
+    r = client.request(
+        "CCM_POST",
+        proxy_url(chan_lab, "echo"),
+        content=body,
+        headers={**auth, "Content-Type": "application/octet-stream"},
+    )
     assert r.status_code == 200, r.text
     assert r.content == body
     assert r.headers["x-body-sha256"] == hashlib.sha256(body).hexdigest()
@@ -191,23 +220,31 @@ def test_paths_are_case_insensitive_and_rewritten(chan_lab: Lab, client: httpx.C
     r = client.post(url, content=b"hello", headers=bearer(chan_lab))
     assert r.status_code == 200 and r.content == b"hello"
     assert upstream.seen[-1]["path"] == "/Echo" and upstream.seen[-1]["query"] == "x=1&y=%20z"
-    cmg = client.get(f"{chan_lab.url('cmg')}/_lab/requests?path=echo",
-                     headers={"Authorization": f"Bearer {chan_lab.admin_token()}"}).json()["requests"][0]
+    cmg = client.get(
+        f"{chan_lab.url('cmg')}/_lab/requests?path=echo", headers={"Authorization": f"Bearer {chan_lab.admin_token()}"}
+    ).json()["requests"][0]
     assert cmg["rewritten_url"] == f"{chan_lab.url('management-point')}/Echo?x=1&y=%20z"
     assert cmg["auth_kind"] == "CCMToken" and cmg["connection_point"].startswith("cmgcp.corp.lab.test#")
     cp = httpx.get(f"http://127.0.0.1:{chan_lab.port('cmg-connection-point')}/_lab/requests").json()["requests"][0]
     assert cp["rewritten_url"] == cmg["rewritten_url"] and cp["status"] == 200
     # what was really forwarded: the gateway's own name, the canonical family, the parsed parts
-    assert cp["url"] == cmg["forwarded_url"] == (f"https://{chan_lab.config.hosts.cmg}/CCM_Proxy_ServerAuth/"
-                                                 f"{chan_lab.config.site.role_id}/Echo?x=1&y=%20z")
+    assert (
+        cp["url"]
+        == cmg["forwarded_url"]
+        == (f"https://{chan_lab.config.hosts.cmg}/CCM_Proxy_ServerAuth/{chan_lab.config.site.role_id}/Echo?x=1&y=%20z")
+    )
 
 
 def test_unpublished_urls_are_404_at_the_cmg(chan_lab: Lab, client: httpx.Client, upstream: Upstream) -> None:
     before = len(upstream.seen)
     role = chan_lab.config.site.role_id
-    for path in (f"/CCM_Proxy_ServerAuth/{role}/SMS_MP/.sms_aut?MPLIST",  # not in this site's list
-                 f"/CCM_Proxy_ServerAuth/{role + 1}/echo",  # unknown role ID
-                 "/CCM_Proxy_ServerAuth/notanumber/echo", "/something/else", "/CCM_Proxy_MutualAuth"):
+    for path in (
+        f"/CCM_Proxy_ServerAuth/{role}/SMS_MP/.sms_aut?MPLIST",  # not in this site's list
+        f"/CCM_Proxy_ServerAuth/{role + 1}/echo",  # unknown role ID
+        "/CCM_Proxy_ServerAuth/notanumber/echo",
+        "/something/else",
+        "/CCM_Proxy_MutualAuth",
+    ):
         r = client.get(f"{chan_lab.url('cmg')}{path}", headers=bearer(chan_lab))
         assert r.status_code == 404, path
         assert r.json()["Error"] == "NotFound"
@@ -217,8 +254,9 @@ def test_unpublished_urls_are_404_at_the_cmg(chan_lab: Lab, client: httpx.Client
 def test_mutual_auth_identity_reaches_the_upstream(chan_lab: Lab, procs: LabProcesses, upstream: Upstream) -> None:
     device = chan_lab.pki.issue_client("device-chan")
     with lab_client(chan_lab, cert=(device.cert_path, device.key_path)) as c:
-        r = c.post(proxy_url(chan_lab, "echo", "MutualAuth"), content=b"pki",
-                   headers={"Client-Cert": ":AAAA:"})  # a client cannot speak for the CMG
+        r = c.post(
+            proxy_url(chan_lab, "echo", "MutualAuth"), content=b"pki", headers={"Client-Cert": ":AAAA:"}
+        )  # a client cannot speak for the CMG
     assert r.status_code == 200 and r.content == b"pki"
     header = upstream.seen[-1]["headers"]["client-cert"]
     assert header.startswith(":") and header.endswith(":")
@@ -258,26 +296,41 @@ def test_slow_upstream_is_cut_off(chan_lab: Lab, client: httpx.Client) -> None:
 
 def test_logs_have_the_seed_lines(chan_lab: Lab, client: httpx.Client) -> None:
     for _ in range(3):
-        assert client.post(proxy_url(chan_lab, "CCM_STS"), content=b"{}",
-                           headers={"Authorization": "Bearer x"}).status_code == 401
+        assert (
+            client.post(
+                proxy_url(chan_lab, "CCM_STS"), content=b"{}", headers={"Authorization": "Bearer x"}
+            ).status_code
+            == 401
+        )
     token, *_ = chan_lab.site_signer().bulk_token()
-    r = client.post(proxy_url(chan_lab, "CCM_STS"), content=b'{"ProofType":"BulkRegistration"}',
-                    headers={"Authorization": f"Bearer {token}"})
+    r = client.post(
+        proxy_url(chan_lab, "CCM_STS"),
+        content=b'{"ProofType":"BulkRegistration"}',
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert r.status_code == 200
     role = chan_lab.config.site.role_id
-    summary = re.compile(rf"RequestUri: /CCM_PROXY_SERVERAUTH/{role}/CCM_STS\s+RequestCount: (\d+)\s+RequestSize: "
-                         r"\d+ Bytes\s+ResponseCount: \d+\s+ResponseSize: \d+ Bytes\s+AverageElapsedTime: \d+ ms"
-                         r"  \$\$<CMGService><\d\d-\d\d-\d{4} [\d:.]+[+-]\d+><thread=\d+ \(0x[0-9A-F]+\)>")
+    summary = re.compile(
+        rf"RequestUri: /CCM_PROXY_SERVERAUTH/{role}/CCM_STS\s+RequestCount: (\d+)\s+RequestSize: "
+        r"\d+ Bytes\s+ResponseCount: \d+\s+ResponseSize: \d+ Bytes\s+AverageElapsedTime: \d+ ms"
+        r"  \$\$<CMGService><\d\d-\d\d-\d{4} [\d:.]+[+-]\d+><thread=\d+ \(0x[0-9A-F]+\)>"
+    )
     wait_for(lambda: summary.search(log_text(chan_lab, "cmg", "CMGService.log")), what="CMGService summary")
     # seed 001 §3.2: the site server's copy, CMG-<CMG name>-ProxyService_IN_<instance>-CMGService.log
     synced = f"CMG-{chan_lab.config.hosts.cmg.split('.')[0]}-ProxyService_IN_0-CMGService.log"
     wait_for(lambda: summary.search(log_text(chan_lab, "site-server", synced)), what="the site server's copy")
     cp_log = log_text(chan_lab, "cmg-connection-point", "SMS_CLOUD_PROXYCONNECTOR.log")
     assert re.search(r"Switched to internal URL\. Replaced '\S+' in\s+'\S+' with '\S+' and got '", cp_log)
-    assert re.search(r"MessageID: [0-9a-f-]{36} RequestURI: https://\S+/CCM_STS EndpointName: CCM_STS "
-                     r"ResponseHeader: HTTP/1\.1 200 OK.*ElapsedTime: \d+ ms", cp_log)
-    assert re.search(rf"Replaced 'https://{chan_lab.config.hosts.cmg}/CCM_Proxy_ServerAuth/{role}/CCM_STS' in\s+"
-                     rf"'\S+' with 'https://{chan_lab.config.hosts.management_point}:\d+/CCM_STS'", cp_log)
+    assert re.search(
+        r"MessageID: [0-9a-f-]{36} RequestURI: https://\S+/CCM_STS EndpointName: CCM_STS "
+        r"ResponseHeader: HTTP/1\.1 200 OK.*ElapsedTime: \d+ ms",
+        cp_log,
+    )
+    assert re.search(
+        rf"Replaced 'https://{chan_lab.config.hosts.cmg}/CCM_Proxy_ServerAuth/{role}/CCM_STS' in\s+"
+        rf"'\S+' with 'https://{chan_lab.config.hosts.management_point}:\d+/CCM_STS'",
+        cp_log,
+    )
 
 
 def test_connector_takes_only_registered_points(chan_lab: Lab, procs: LabProcesses) -> None:
@@ -292,15 +345,23 @@ def test_connector_takes_only_registered_points(chan_lab: Lab, procs: LabProcess
         from websockets.exceptions import InvalidStatus
 
         try:
-            async with connect(f"wss://{chan_lab.config.hosts.cmg}:{chan_lab.config.ports.cmg_connector}{PATH}",
-                               ssl=ctx, proxy=None, host="127.0.0.1", port=chan_lab.config.ports.cmg_connector,
-                               server_hostname=chan_lab.config.hosts.cmg):
+            async with connect(
+                f"wss://{chan_lab.config.hosts.cmg}:{chan_lab.config.ports.cmg_connector}{PATH}",
+                ssl=ctx,
+                proxy=None,
+                host="127.0.0.1",
+                port=chan_lab.config.ports.cmg_connector,
+                server_hostname=chan_lab.config.hosts.cmg,
+            ):
                 return 101
         except InvalidStatus as e:
             return e.response.status_code
 
     assert asyncio.run(attempt()) == 403
     log = log_text(chan_lab, "cmg", "CMGService.log")
-    assert re.search(r"Rejected connection point channel from .*CN=not-a-cp\.corp\.lab\.test.* is not a registered "
-                     r"connection point", log)
+    assert re.search(
+        r"Rejected connection point channel from .*CN=not-a-cp\.corp\.lab\.test.* is not a registered "
+        r"connection point",
+        log,
+    )
     assert len(cmg_points(chan_lab)) == 1

@@ -56,8 +56,11 @@ def ccm_token(flow_lab: Lab, services: LabProcesses, device: Device) -> str:
     bulk = new_bulk_token(flow_lab)
     body = json.dumps(device.proof("BulkRegistration", bulk)).encode()
     with lab_client(flow_lab) as c:
-        r = c.post(proxy_url(flow_lab, "CCM_STS"), content=body,
-                   headers={"Authorization": f"Bearer {bulk}", "Content-Type": "application/json"})
+        r = c.post(
+            proxy_url(flow_lab, "CCM_STS"),
+            content=body,
+            headers={"Authorization": f"Bearer {bulk}", "Content-Type": "application/json"},
+        )
     assert r.status_code == 200, r.text
     reply = r.json()
     assert reply["TokenType"] == "Device" and reply["Token"].count(".") == 2
@@ -76,8 +79,9 @@ def test_ccm_sts_through_the_cmg(flow_lab: Lab, ccm_token: str) -> None:
     claims = flow_lab.site_signer()  # the token verifies against the site's signing certificate
     from cmglab.wire import site_tokens
 
-    verified = site_tokens.verify(ccm_token, cert=claims.cert, hierarchy_id=flow_lab.config.site.hierarchy_id,
-                                  types=site_tokens.CCM_TYPES)
+    verified = site_tokens.verify(
+        ccm_token, cert=claims.cert, hierarchy_id=flow_lab.config.site.hierarchy_id, types=site_tokens.CCM_TYPES
+    )
     assert verified["Type"] == "Device"
     cp = next(r for r in cp_requests(flow_lab) if r["path"].endswith("/CCM_STS"))
     assert cp["rewritten_url"] == f"{flow_lab.url('management-point')}/CCM_STS" and cp["status"] == 200
@@ -87,8 +91,9 @@ def test_location_request_over_tokenauth(flow_lab: Lab, ccm_token: str, device: 
     body = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="MEM"/></SiteInformationRequest>'
     raw = cm.encode_request(device.header("MP_LocationManager"), body)
     with lab_client(flow_lab) as c:
-        r = ccm_post(c, proxy_url(flow_lab, "ccm_system_tokenauth/request"), raw,
-                     {"Authorization": f"Bearer {ccm_token}"})
+        r = ccm_post(
+            c, proxy_url(flow_lab, "ccm_system_tokenauth/request"), raw, {"Authorization": f"Bearer {ccm_token}"}
+        )
         reply = reply_body(r)
     assert reply.startswith('<SiteInfoReply SchemaVersion="1.00">')
     assert "<OnInternet>1</OnInternet>" in reply
@@ -161,10 +166,18 @@ def test_aad_auth_info(flow_lab: Lab, services: LabProcesses) -> None:
 def test_flow_logs(flow_lab: Lab, ccm_token: str) -> None:
     role = flow_lab.config.site.role_id
     cp_log = log_text(flow_lab, "cmg-connection-point", "SMS_CLOUD_PROXYCONNECTOR.log")
-    assert re.search(rf"Switched to internal URL\. Replaced 'https://\S+/CCM_Proxy_ServerAuth/{role}/CCM_STS' in\s+"
-                     rf"'\S+' with 'https://{flow_lab.config.hosts.management_point}\S*/CCM_STS' and got '", cp_log)
-    assert re.search(r"MessageID: [0-9a-f-]{36} RequestURI: https://\S+/CCM_STS EndpointName: CCM_STS "
-                     r"ResponseHeader: HTTP/1\.1 200 OK.*ElapsedTime: \d+ ms", cp_log)
-    pattern = (rf"RequestUri: /CCM_PROXY_SERVERAUTH/{role}/CCM_STS\s+RequestCount: \d+\s+RequestSize: \d+ Bytes\s+"
-               r"ResponseCount: \d+\s+ResponseSize: \d+ Bytes\s+AverageElapsedTime: \d+ ms")
+    assert re.search(
+        rf"Switched to internal URL\. Replaced 'https://\S+/CCM_Proxy_ServerAuth/{role}/CCM_STS' in\s+"
+        rf"'\S+' with 'https://{flow_lab.config.hosts.management_point}\S*/CCM_STS' and got '",
+        cp_log,
+    )
+    assert re.search(
+        r"MessageID: [0-9a-f-]{36} RequestURI: https://\S+/CCM_STS EndpointName: CCM_STS "
+        r"ResponseHeader: HTTP/1\.1 200 OK.*ElapsedTime: \d+ ms",
+        cp_log,
+    )
+    pattern = (
+        rf"RequestUri: /CCM_PROXY_SERVERAUTH/{role}/CCM_STS\s+RequestCount: \d+\s+RequestSize: \d+ Bytes\s+"
+        r"ResponseCount: \d+\s+ResponseSize: \d+ Bytes\s+AverageElapsedTime: \d+ ms"
+    )
     wait_for(lambda: re.search(pattern, log_text(flow_lab, "cmg", "CMGService.log")), what="CMGService summary")

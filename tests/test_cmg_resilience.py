@@ -47,8 +47,11 @@ def procs(res_lab: Lab) -> Iterator[LabProcesses]:
 
 
 def wait_up(lab: Lab, points: int = 1, timeout: float = 20) -> None:
-    wait_for(lambda: channel_up(lab) and len(cmg_points(lab)) == points and cmg_health(lab)["site_config"],
-             timeout=timeout, what=f"{points} connected point(s)")
+    wait_for(
+        lambda: channel_up(lab) and len(cmg_points(lab)) == points and cmg_health(lab)["site_config"],
+        timeout=timeout,
+        what=f"{points} connected point(s)",
+    )
 
 
 def manifest_bytes(lab: Lab) -> bytes:
@@ -92,8 +95,9 @@ def test_the_point_redials_a_restarted_cmg_by_itself(res_lab: Lab, procs: LabPro
 
 def test_two_points_share_the_load(res_lab: Lab, procs: LabProcesses) -> None:
     (port,) = reserve_ports(1)
-    second = LabProcesses(res_lab, env=dict(FAST_ENV, CMGLAB_CP_ADMIN_PORT=str(port),
-                                            CMGLAB_CP_NAME="cmgcp2.corp.lab.test"))
+    second = LabProcesses(
+        res_lab, env=dict(FAST_ENV, CMGLAB_CP_ADMIN_PORT=str(port), CMGLAB_CP_NAME="cmgcp2.corp.lab.test")
+    )
     second.start("cmg-connection-point", wait=False)
     try:
         wait_for(lambda: channel_up(res_lab, port), what="second point up")

@@ -21,8 +21,9 @@ def config(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is needed (Debian package docker-compose; .ci/run installs it)"
     clean = {k: v for k, v in os.environ.items() if k not in ("CMGLAB_DATABASE_URL", "CMGLAB_CMG_INSTANCES")}
-    out = subprocess.run([exe, *args, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={**clean, **(env or {})})
+    out = subprocess.run(
+        [exe, *args, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60, env={**clean, **(env or {})}
+    )
     assert out.returncode == 0, out.stderr
     loaded: dict[str, Any] = yaml.safe_load(out.stdout)
     return loaded
@@ -119,8 +120,9 @@ def test_init_has_no_network_and_only_the_cmg_and_console_publish_ports(compose:
     assert set(published) == {"cmg", "console"}
     # the console is the lab's admin view: this machine only
     console = published["console"][0]
-    assert (console if isinstance(console, str) else f"{console['host_ip']}:{console['published']}:"
-            f"{console['target']}").removesuffix("/tcp") == "127.0.0.1:8447:443"
+    assert (
+        console if isinstance(console, str) else f"{console['host_ip']}:{console['published']}:{console['target']}"
+    ).removesuffix("/tcp") == "127.0.0.1:8447:443"
 
 
 def test_each_client_run_is_a_new_device(compose: dict[str, Any]) -> None:

@@ -57,22 +57,35 @@ class Engine:
 
     @property
     def env(self) -> dict[str, str]:
-        clean = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("CMGLAB_", "DOCKER_", "COMPOSE_"))}
-        return {**clean, "DOCKERLAB_DIR": str(self.dir), "DOCKERLAB_NETNS": self.netns, "DOCKERLAB_CACHE": str(CACHE),
-                "DOCKER_HOST": f"unix://{self.dir}/docker.sock", "COMPOSE_PROJECT_NAME": PROJECT}
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("CMGLAB_", "DOCKER_", "COMPOSE_"))}
+        return {
+            **clean,
+            "DOCKERLAB_DIR": str(self.dir),
+            "DOCKERLAB_NETNS": self.netns,
+            "DOCKERLAB_CACHE": str(CACHE),
+            "DOCKER_HOST": f"unix://{self.dir}/docker.sock",
+            "COMPOSE_PROJECT_NAME": PROJECT,
+        }
 
-    def run(self, *argv: str, timeout: float = 600, env: dict[str, str] | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(list(argv), cwd=ROOT, env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              timeout=timeout, input=input)
+    def run(
+        self, *argv: str, timeout: float = 600, env: dict[str, str] | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(argv),
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
 
-    def compose(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def compose(
+        self, *args: str, timeout: float = 600, env: dict[str, str] | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return self.run("docker-compose", *args, timeout=timeout, env=env, input=input)
 
-    def ok(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None,
-           input: str | None = None) -> str:
+    def ok(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None, input: str | None = None) -> str:
         """A compose command that must succeed; its combined output."""
         out = self.compose(*args, timeout=timeout, env=env, input=input)
         assert out.returncode == 0, f"docker-compose {' '.join(args)}: exit {out.returncode}\n{out.stdout}{out.stderr}"
@@ -145,8 +158,7 @@ def engine() -> Iterator[Engine]:
             for old in CACHE.glob("wheels-*"):  # an earlier pyproject's wheels: the cache stays one directory
                 if old != wheels:
                     shutil.rmtree(old, ignore_errors=True)
-        out = eng.run(str(HARNESS / "base-images.sh"), "python", "postgres", env={"WHEELS": str(wheels)},
-                      timeout=900)
+        out = eng.run(str(HARNESS / "base-images.sh"), "python", "postgres", env={"WHEELS": str(wheels)}, timeout=900)
         assert out.returncode == 0, out.stdout + out.stderr
         eng.timings["engine and base images"] = round(time.monotonic() - started, 1)
         yield eng
@@ -155,8 +167,10 @@ def engine() -> Iterator[Engine]:
         eng.run(str(HARNESS / "engine.sh"), "stop", timeout=120)
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         shutil.rmtree(state, ignore_errors=True)
-        print(f"\ncompose end-to-end timings (s): {json.dumps(eng.timings)}\nmemory at rest: "
-              f"{json.dumps(eng.memory_at_rest)}")
+        print(
+            f"\ncompose end-to-end timings (s): {json.dumps(eng.timings)}\nmemory at rest: "
+            f"{json.dumps(eng.memory_at_rest)}"
+        )
         assert eng.netns not in netns.split(), f"namespace {eng.netns} left behind"
 
 
@@ -172,8 +186,16 @@ with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
 
 def instance_requests(eng: Engine, service: str, pattern: str) -> int:
     """How many requests matching PATTERN this one container (not its replicas) served: its own /_lab/requests."""
-    out = eng.compose("exec", "-T", service, "python", "-c", INSTANCE_REQUESTS,
-                      f"/_lab/requests?limit=1000&path={pattern}", timeout=60)
+    out = eng.compose(
+        "exec",
+        "-T",
+        service,
+        "python",
+        "-c",
+        INSTANCE_REQUESTS,
+        f"/_lab/requests?limit=1000&path={pattern}",
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return len(json.loads(out.stdout)["requests"])
 
@@ -195,8 +217,21 @@ print(json.dumps(db.execute("select sms_id, aad_tenant_id, approval from clients
 def registered_clients(eng: Engine, *, postgres: bool = False) -> list[tuple[str, str, int]]:
     """The clients in the site database, as the MP recorded them: (SMS ID, Entra tenant, approval)."""
     if postgres:
-        out = eng.ok("exec", "-T", "postgres", "psql", "-U", "cmglab", "-d", "cmglab", "-tA", "-F", "\t", "-c",
-                     "select sms_id, aad_tenant_id, approval from management_point.clients")
+        out = eng.ok(
+            "exec",
+            "-T",
+            "postgres",
+            "psql",
+            "-U",
+            "cmglab",
+            "-d",
+            "cmglab",
+            "-tA",
+            "-F",
+            "\t",
+            "-c",
+            "select sms_id, aad_tenant_id, approval from management_point.clients",
+        )
         rows = [line.split("\t") for line in out.splitlines() if line.count("\t") == 2]
         return [(r[0], r[1], int(r[2])) for r in rows]
     run = eng.compose("exec", "-T", "management-point", "python", "-c", REGISTERED_SQLITE, timeout=60)
@@ -206,8 +241,10 @@ def registered_clients(eng: Engine, *, postgres: bool = False) -> list[tuple[str
 
 def client_cannot_reach(eng: Engine, host: str, port: int) -> str:
     """Try a TCP connection from the client's network position; the error the client container met."""
-    probe = (f"import socket\ntry:\n    socket.create_connection(('{host}', {port}), timeout=5)\n"
-             f"    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e)\n")
+    probe = (
+        f"import socket\ntry:\n    socket.create_connection(('{host}', {port}), timeout=5)\n"
+        f"    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e)\n"
+    )
     out = eng.ok("--profile", "client", "run", "--rm", "--no-deps", "--entrypoint", "python", "client", "-c", probe)
     assert "connected" not in out.split(), f"the client container reached {host}:{port}"
     return out
@@ -227,8 +264,9 @@ def test_the_readme_compose_commands_on_a_real_engine(engine: Engine) -> None:
     eng.timings["up -d to healthy"] = round(time.monotonic() - started, 1)
     assert eng.health()["init"] == "exited"
     # init makes no network of its own: the project has exactly the file's two networks
-    nets = eng.run("docker", "network", "ls", "--format", "{{.Name}}",
-                   "--filter", f"label=com.docker.compose.project={PROJECT}").stdout.split()
+    nets = eng.run(
+        "docker", "network", "ls", "--format", "{{.Name}}", "--filter", f"label=com.docker.compose.project={PROJECT}"
+    ).stdout.split()
     assert sorted(nets) == [f"{PROJECT}_internal", f"{PROJECT}_internet"]
 
     started = time.monotonic()
@@ -290,10 +328,13 @@ def test_the_readme_compose_commands_on_a_real_engine(engine: Engine) -> None:
 @contextmanager
 def port_taken(eng: Engine, port: int) -> Iterator[None]:
     """Another server holding PORT on the engine's host side (inside its network namespace, never outside)."""
-    hold = ("import socket, sys, time\ns = socket.socket()\ns.bind(('0.0.0.0', int(sys.argv[1])))\ns.listen()\n"
-            "print('held', flush=True)\ntime.sleep(600)\n")
-    proc = subprocess.Popen(["ip", "netns", "exec", eng.netns, sys.executable, "-c", hold, str(port)],
-                            stdout=subprocess.PIPE, text=True)
+    hold = (
+        "import socket, sys, time\ns = socket.socket()\ns.bind(('0.0.0.0', int(sys.argv[1])))\ns.listen()\n"
+        "print('held', flush=True)\ntime.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", eng.netns, sys.executable, "-c", hold, str(port)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
         yield
@@ -328,8 +369,10 @@ def test_the_scale_profile_serves_a_client_through_both_instances(engine: Engine
     first = {s: instance_requests(eng, s, "CCM_Proxy") for s in ("cmg", "cmg-2")}
     assert sum(1 for n in first.values() if n) == 1, first
     other = "cmg-2" if first["cmg"] else "cmg"
-    pin = ("import socket; open('/lab/hosts-pinned', 'w').write("
-           "f'cmg.lab.test:443:{socket.gethostbyname(socket.gethostname())}\\n')")
+    pin = (
+        "import socket; open('/lab/hosts-pinned', 'w').write("
+        "f'cmg.lab.test:443:{socket.gethostbyname(socket.gethostname())}\\n')"
+    )
     eng.ok("exec", "-T", other, "python", "-c", pin, env=scale)
     out = eng.ok("run", "--rm", "-e", "CMGLAB_HOSTS_FILE=/lab/hosts-pinned", "client", env=scale)
     assert "already joined" not in out

@@ -37,6 +37,7 @@ def api(lab: Lab, path: str, **params: Any) -> Any:
 
 def trace_of(lab: Lab, device: str, hops: int) -> dict[str, Any]:
     """The device's newest trace once the console has all its hops."""
+
     def found() -> dict[str, Any] | None:
         traces = api(lab, "/api/traces", device=device)["traces"]
         return traces[0] if traces and traces[0]["hops"] >= hops else None
@@ -50,8 +51,14 @@ def test_services_are_listed_with_their_health(lab: Lab) -> None:
         return services if all(s["health"] == "healthy" for s in services) else None
 
     services = wait_for(all_healthy, what="every service healthy at the console")
-    assert [s["name"] for s in services] == ["entra", "cmg", "cmg-connection-point", "management-point",
-                                            "distribution-point", "pki"]
+    assert [s["name"] for s in services] == [
+        "entra",
+        "cmg",
+        "cmg-connection-point",
+        "management-point",
+        "distribution-point",
+        "pki",
+    ]
     cmg = next(s for s in services if s["name"] == "cmg")
     assert cmg["url"] == lab.url("cmg") and cmg["detail"]["connection_points"]
 
@@ -68,9 +75,18 @@ def test_a_trace_merges_the_hops_of_every_service(lab: Lab) -> None:
     trace = api(lab, f"/api/traces/{sent.trace_id}")
     hops = trace["hop_list"]
     assert [(h["caller"], h["service"]) for h in hops] == [
-        ("client", "cmg"), ("cmg", "cmg-connection-point"), ("cmg-connection-point", "management-point")]
+        ("client", "cmg"),
+        ("cmg", "cmg-connection-point"),
+        ("cmg-connection-point", "management-point"),
+    ]
     assert [(e["kind"], e["hop"]) for e in trace["events"]] == [
-        ("request", 0), ("request", 1), ("request", 2), ("reply", 2), ("reply", 1), ("reply", 0)]
+        ("request", 0),
+        ("request", 1),
+        ("request", 2),
+        ("reply", 2),
+        ("reply", 1),
+        ("reply", 0),
+    ]
     mp_url = f"{lab.url('management-point')}/CCM_STS"
     assert hops[0]["rewritten_url"] == mp_url and hops[2]["url"] == mp_url
     assert hops[0]["auth_kind"] == "BulkRegistrationToken"
@@ -97,8 +113,10 @@ def test_server_sent_events_deliver_a_new_hop(lab: Lab) -> None:
     subscribed = threading.Event()
 
     def listen() -> None:
-        with lab_client(lab, timeout=20) as c, \
-                c.stream("GET", f"{lab.url('console')}/api/events", params={"device": "CONS03"}) as stream:
+        with (
+            lab_client(lab, timeout=20) as c,
+            c.stream("GET", f"{lab.url('console')}/api/events", params={"device": "CONS03"}) as stream,
+        ):
             assert stream.headers["content-type"].startswith("text/event-stream")
             event = ""
             for line in stream.iter_lines():

@@ -27,6 +27,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CP, MP = "cmg-connection-point", "management-point"
 THROUGH_THE_CMG = [("client", "cmg"), ("cmg", CP), (CP, MP)]
 
+
 # Runs a client-agent command with `tracing.httpx_hook` on every httpx client it makes: what the agent's own
 # HTTP layer does once it carries trace headers itself (see docs/architecture.md, "Tracing").
 @pytest.fixture(scope="module", autouse=True)
@@ -42,10 +43,20 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--host-resolver-rules=MAP console.lab.test 127.0.0.1"])  # the URL keeps the console's real name
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--host-resolver-rules=MAP console.lab.test 127.0.0.1",
+            ],
+        )  # the URL keeps the console's real name
         yield b
         b.close()
 
@@ -68,8 +79,9 @@ def shot(page: Any, name: str, *, full_page: bool = True) -> None:
 
 def agent(lab: Lab, module: str, *args: str) -> None:
     env = {**os.environ, "CMGLAB_LAB_DIR": str(lab.dir), "CMGLAB_REGTASK_INTERVAL": "0.2"}
-    r = subprocess.run([sys.executable, "-m", module, *args], env=env,
-                       capture_output=True, text=True, timeout=180, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
     assert r.returncode == 0, f"{module} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
 
 
@@ -77,22 +89,46 @@ def install_with_entra(lab: Lab, home: Path, name: str) -> None:
     """Seed 001 end to end: Entra join, then ccmsetup through the CMG (AAD info, token, CCM_STS, location,
     download, registration)."""
     shutil.rmtree(home, ignore_errors=True)
-    created = subprocess.run([sys.executable, "-m", "cmglab", "device", "create", "--lab", str(lab.dir),
-                              "--home", str(home), "--name", name], capture_output=True, text=True, check=False)
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cmglab",
+            "device",
+            "create",
+            "--lab",
+            str(lab.dir),
+            "--home",
+            str(home),
+            "--name",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert created.returncode == 0, created.stderr
     user = lab.config.primary_tenant.users[0]
-    agent(lab, "cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", user.upn,
-          "--password", user.password)
+    agent(
+        lab, "cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", user.upn, "--password", user.password
+    )
     cmg = lab.url("cmg").removeprefix("https://")
-    agent(lab, "cmglab.agent.ccmsetup", "--home", str(home),
-          f"CCMHOSTNAME={cmg}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}", f"SMSSITECODE={lab.config.site.code}")
+    agent(
+        lab,
+        "cmglab.agent.ccmsetup",
+        "--home",
+        str(home),
+        f"CCMHOSTNAME={cmg}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}",
+        f"SMSSITECODE={lab.config.site.code}",
+    )
 
 
 def drawn_requests(page: Any) -> list[dict[str, str]]:
     """The diagram's request arrows, top to bottom."""
     return page.eval_on_selector_all(
         "#sequence g.hop.request",
-        "gs => gs.map(g => ({step: g.dataset.step, caller: g.dataset.caller, service: g.dataset.service}))")
+        "gs => gs.map(g => ({step: g.dataset.step, caller: g.dataset.caller, service: g.dataset.service}))",
+    )
 
 
 def test_entra_install_journey_in_seed_order(lab: Lab, page: Any, tmp_path: Path) -> None:
@@ -112,12 +148,12 @@ def test_entra_install_journey_in_seed_order(lab: Lab, page: Any, tmp_path: Path
     steps = [d["step"] for d in drawn]
     at = -1
     for step in expected:  # each step drawn after the one before it (the join has its own login token)
-        assert step in steps[at + 1:], f"seed 001 order {expected}, drawn {steps}"
+        assert step in steps[at + 1 :], f"seed 001 order {expected}, drawn {steps}"
         at = steps.index(step, at + 1)
         if step in ("ccmsts", "location", "registration"):  # the site only through CMG -> point -> MP
             # (a registration trace starts with its fresh Entra token, seed 001 "Client registration" 2)
             via = next(i for i in range(at, len(drawn)) if drawn[i]["step"] == step and drawn[i]["service"] == "cmg")
-            assert [(d["caller"], d["service"]) for d in drawn[via:via + 3]] == THROUGH_THE_CMG, step
+            assert [(d["caller"], d["service"]) for d in drawn[via : via + 3]] == THROUGH_THE_CMG, step
     assert {(d["caller"], d["service"]) for d in drawn if d["step"] in ("join", "token")} == {("client", "entra")}
     assert page.locator("#sequence g.hop.reply.fail").count() == 0
     assert "rewritten → " in (page.text_content("#sequence") or "")
@@ -143,8 +179,13 @@ def test_a_trace_collected_while_the_page_loads_is_drawn(lab: Lab, page: Any, tm
             stale.append(c.get(journey, params={"device": "LATE01"}).text)  # before the device runs
             install_with_entra(lab, tmp_path / "device", "LATE01")
             # the console has collected the registration: no event for it will follow
-            wait_for(lambda: "registration" in {t["step"] for t in c.get(journey, params={"device": "LATE01"})
-                                                .json()["traces"]}, timeout=45, what="the registration at the console")
+            wait_for(
+                lambda: (
+                    "registration" in {t["step"] for t in c.get(journey, params={"device": "LATE01"}).json()["traces"]}
+                ),
+                timeout=45,
+                what="the registration at the console",
+            )
         route.fulfill(status=200, content_type="application/json", body=stale[0])
 
     page.route("**/api/journey?*", first_read_is_stale)
@@ -164,8 +205,10 @@ def test_blocked_bulk_token_refused_at_the_mp_live(lab: Lab, page: Any) -> None:
     reply, headers = traced_sts(lab, Device(name="BLOCK01"), bulk_token(lab, blocked=True))
     assert reply.status_code == 403
     # MP -> point -> CMG -> client, all red (drawn as the console collects each service's hop)
-    wait_for(lambda: page.wait_for_timeout(200) or page.locator("#sequence g.hop.reply.fail").count() == 3,
-             what="the refusal drawn on every hop")
+    wait_for(
+        lambda: page.wait_for_timeout(200) or page.locator("#sequence g.hop.reply.fail").count() == 3,
+        what="the refusal drawn on every hop",
+    )
     refusal = page.wait_for_selector('#sequence g.hop.reply.fail[data-service="management-point"]')
     assert refusal.get_attribute("data-status") == "403"
     reason = refusal.query_selector("text.reason")

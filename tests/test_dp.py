@@ -42,6 +42,7 @@ def alice(lab: Lab) -> tuple[str, str]:
 
 # -- a raw HTTP/1.1 connection (what the attack tests and the NTLM tests speak) -------------------------
 
+
 class Raw:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -68,8 +69,9 @@ class Raw:
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
-    def request(self, method: str, target: bytes | str, headers: dict[str, str] | None = None
-                ) -> tuple[int, dict[str, list[str]], bytes]:
+    def request(
+        self, method: str, target: bytes | str, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, list[str]], bytes]:
         raw_target = target.encode() if isinstance(target, str) else target
         head = b"%s %s HTTP/1.1\r\nHost: dp.corp.lab.test\r\n" % (method.encode(), raw_target)
         for k, v in (headers or {}).items():
@@ -126,6 +128,7 @@ def links(html: bytes) -> list[tuple[str, str]]:
 
 # -- Windows authentication ---------------------------------------------------------------------------
 
+
 def test_anonymous_request_is_challenged_like_iis(dp: Lab) -> None:
     r = httpx.get(f"{http_base(dp)}/sms_dp_smspkg$/abcdefgh")
     assert r.status_code == 401  # SCCMSecrets: 401 means "anonymous DP access disabled"
@@ -176,6 +179,7 @@ def test_network_access_account_is_accepted(dp: Lab) -> None:
 
 
 # -- the content library as the tools read it ----------------------------------------------------------
+
 
 @pytest.fixture()
 def session(dp: Lab):  # type: ignore[no-untyped-def]
@@ -237,7 +241,7 @@ def test_signature_names_every_file(dp: Lab, session: Raw) -> None:
     names = []
     for m in re.finditer(re.escape(SIGNATURE_MARK), sig):
         start = m.start() - 512
-        names.append(sig[start:sig.index(b"\x00", start)].decode())
+        names.append(sig[start : sig.index(b"\x00", start)].decode())
     assert sorted(names) == sorted(f.path.replace("/", "\\") for f in library.files(pkg))
 
 
@@ -282,8 +286,13 @@ ATTACKS: list[tuple[bytes, set[int]]] = [
     (b"/sms_dp_smspkg$/Datalib/MEM00002.1/../../../canary.txt.INI", {404}),
     (b"/sms_dp_smspkg$/Datalib/MEM00002.1/../../../../canary.txt.INI", {400}),
     (b"/sms_dp_smssig$/..%2f..%2fcanary.txt", {400}),
-    (b"/sms_dp_smspkg$/FileLib/" + hashlib.sha256(CANARY.encode()).hexdigest().upper()[:4].encode() + b"/"
-     + hashlib.sha256(CANARY.encode()).hexdigest().upper().encode(), {404}),
+    (
+        b"/sms_dp_smspkg$/FileLib/"
+        + hashlib.sha256(CANARY.encode()).hexdigest().upper()[:4].encode()
+        + b"/"
+        + hashlib.sha256(CANARY.encode()).hexdigest().upper().encode(),
+        {404},
+    ),
 ]
 
 
@@ -322,8 +331,11 @@ def test_refusals_and_requests_are_in_the_iis_log(dp: Lab, session: Raw) -> None
     session.request("GET", "/sms_dp_smspkg$/MEM00002.1/readme.txt", {"User-Agent": "SMS CCM 5.0 TS"})
     log = (dp.dir / "logs" / "distribution-point" / "u_ex.log").read_text()
     assert log.startswith("#Software: Microsoft Internet Information Services 10.0")
-    assert re.search(r" GET /sms_dp_smspkg\$/MEM00002\.1/readme\.txt - \d+ CORP\\alice 127\.0\.0\.1 "
-                     r"SMS\+CCM\+5\.0\+TS - 200 0 0 \d+", log)
+    assert re.search(
+        r" GET /sms_dp_smspkg\$/MEM00002\.1/readme\.txt - \d+ CORP\\alice 127\.0\.0\.1 "
+        r"SMS\+CCM\+5\.0\+TS - 200 0 0 \d+",
+        log,
+    )
     assert re.search(r" 401 2 5 \d+$", log, re.M)  # the anonymous first leg, as IIS logs it
 
 

@@ -24,28 +24,38 @@ def test_intranet_client_installs_and_downloads_from_the_dp(lab: Lab, tmp_path: 
     device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "LAB01")
     mp_http = f"http://{lab.config.hosts.management_point}:{lab.config.ports.management_point_http}"
     dp_http = f"http://{lab.config.hosts.distribution_point}:{lab.config.ports.distribution_point_http}"
-    r = run("cmglab.agent.ccmsetup", "--home", str(device.home), f"/mp:{mp_http}", f"SMSMP={mp_http}",
-            "SMSSITECODE=MEM")
+    r = run(
+        "cmglab.agent.ccmsetup", "--home", str(device.home), f"/mp:{mp_http}", f"SMSMP={mp_http}", "SMSSITECODE=MEM"
+    )
     assert r.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
-    assert_lines(device, "ccmsetup.log",
-                 rf"The location '{dp_http}/SMS_DP_SMSPKG\$/MEM00001' \(SERVER\) was found",
-                 rf"Downloading the client package from the distribution point '{dp_http}/SMS_DP_SMSPKG\$/MEM00001'",
-                 r"Downloaded '.*/ccmsetup\.cab' \(\d+ bytes\), SHA-256 matches",
-                 r"Validated the client package against the ccmsetup manifest")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        rf"The location '{dp_http}/SMS_DP_SMSPKG\$/MEM00001' \(SERVER\) was found",
+        rf"Downloading the client package from the distribution point '{dp_http}/SMS_DP_SMSPKG\$/MEM00001'",
+        r"Downloaded '.*/ccmsetup\.cab' \(\d+ bytes\), SHA-256 matches",
+        r"Validated the client package against the ccmsetup manifest",
+    )
 
     library = ContentLibrary(lab.content_dir, lab.config)
     osd = next(p for p in library.packages() if p.name.startswith("Windows 11"))
     r = run("cmglab.agent.ccmexec", "--home", str(device.home), "--download", osd.package_id)
     assert r.returncode == 0, r.stderr + log_of(device, "DataTransferService.log")[-2000:]
-    assert_lines(device, "ContentTransferManager.log",
-                 rf"Location update: '{dp_http}/SMS_DP_SMSPKG\$/{osd.content_id}' \(SERVER\)",
-                 rf"started download from '{dp_http}/SMS_DP_SMSPKG\$/{osd.content_id}' for full content download",
-                 r"successfully processed download completion")
-    assert_lines(device, "DataTransferService.log",
-                 r"DTSJob \{[0-9A-F-]{36}\} created to download from",
-                 rf"GetDirectoryList_HTTP\('{dp_http}/SMS_DP_SMSPKG\$/{osd.content_id}'\)",
-                 r"downloaded 'unattend\.xml' \(\d+ bytes\), SHA-256 [0-9A-F]{64} matches",
-                 r"successfully completed download")
+    assert_lines(
+        device,
+        "ContentTransferManager.log",
+        rf"Location update: '{dp_http}/SMS_DP_SMSPKG\$/{osd.content_id}' \(SERVER\)",
+        rf"started download from '{dp_http}/SMS_DP_SMSPKG\$/{osd.content_id}' for full content download",
+        r"successfully processed download completion",
+    )
+    assert_lines(
+        device,
+        "DataTransferService.log",
+        r"DTSJob \{[0-9A-F-]{36}\} created to download from",
+        rf"GetDirectoryList_HTTP\('{dp_http}/SMS_DP_SMSPKG\$/{osd.content_id}'\)",
+        r"downloaded 'unattend\.xml' \(\d+ bytes\), SHA-256 [0-9A-F]{64} matches",
+        r"successfully completed download",
+    )
     dest = Path(r.stdout.split(" downloaded to ", 1)[1].split(":", 1)[0])
     got = {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
     assert set(got) == {f.path for f in library.files(osd)}
@@ -73,15 +83,25 @@ def test_https_dp_takes_the_clients_pki_certificate(lab: Lab, tmp_path: Path) ->
 
     device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "LAB01", "--pki-cert")
     mp_http = f"http://{lab.config.hosts.management_point}:{lab.config.ports.management_point_http}"
-    r = run("cmglab.agent.ccmsetup", "--home", str(device.home), f"/mp:{mp_http}", f"SMSMP={mp_http}",
-            "SMSSITECODE=MEM", "/usepkicert")
+    r = run(
+        "cmglab.agent.ccmsetup",
+        "--home",
+        str(device.home),
+        f"/mp:{mp_http}",
+        f"SMSMP={mp_http}",
+        "SMSSITECODE=MEM",
+        "/usepkicert",
+    )
     assert r.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
     assert CliRunner().invoke(app, ["content", "dp", "--https", "--lab", str(lab.dir)]).exit_code == 0
     try:
         r = run("cmglab.agent.ccmexec", "--home", str(device.home), "--download", "MEM00002")
         assert r.returncode == 0, r.stderr + log_of(device, "DataTransferService.log")[-2000:]
         dp_https = f"https://{lab.config.hosts.distribution_point}:{lab.config.ports.distribution_point}"
-        assert_lines(device, "ContentTransferManager.log",
-                     rf"started download from '{dp_https}/SMS_DP_SMSPKG\$/MEM00002' for full content download")
+        assert_lines(
+            device,
+            "ContentTransferManager.log",
+            rf"started download from '{dp_https}/SMS_DP_SMSPKG\$/MEM00002' for full content download",
+        )
     finally:
         assert CliRunner().invoke(app, ["content", "dp", "--http", "--lab", str(lab.dir)]).exit_code == 0

@@ -35,9 +35,24 @@ def test_ntlmrelayx_sccm_dp_lists_and_downloads_the_packages(dp: Lab, tmp_path: 
     out = tmp_path / "ntlmrelayx.out"
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [ntlmrelayx(), "-t", target, "--sccm-dp", "--sccm-dp-extensions", ".ps1,.bat,.xml,.txt,.config,.cmd",
-             "-ip", "127.0.0.1", "--http-port", str(http_port), *QUIET],
-            cwd=tmp_path, stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT)
+            [
+                ntlmrelayx(),
+                "-t",
+                target,
+                "--sccm-dp",
+                "--sccm-dp-extensions",
+                ".ps1,.bat,.xml,.txt,.config,.cmd",
+                "-ip",
+                "127.0.0.1",
+                "--http-port",
+                str(http_port),
+                *QUIET,
+            ],
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 90
         wait_listening(http_port, proc, deadline)

@@ -71,16 +71,23 @@ def test_jwks_and_the_site_validator(entra: EntraClient, lab: Lab) -> None:
 
 def test_instance_discovery(entra: EntraClient) -> None:
     alias = entra.lab.url("entra", host="login.lab.test")
-    reply = entra.http.get(f"{alias}/common/discovery/instance", params={
-        "api-version": "1.1", "authorization_endpoint": f"{alias}/{entra.tenant.tenant_id}/oauth2/v2.0/authorize"})
+    reply = entra.http.get(
+        f"{alias}/common/discovery/instance",
+        params={
+            "api-version": "1.1",
+            "authorization_endpoint": f"{alias}/{entra.tenant.tenant_id}/oauth2/v2.0/authorize",
+        },
+    )
     body = reply.json()
     tid = entra.tenant.tenant_id
     assert body["tenant_discovery_endpoint"] == f"{alias}/{tid}/v2.0/.well-known/openid-configuration"
     assert body["api-version"] == "1.1"
     assert "login.windows.net" in body["metadata"][0]["aliases"]
     assert any("login.lab.test" in m["aliases"] for m in body["metadata"])
-    unknown = entra.http.get(f"{entra.login}/common/discovery/instance", params={
-        "api-version": "1.1", "authorization_endpoint": "https://login.example.com/common/oauth2/authorize"})
+    unknown = entra.http.get(
+        f"{entra.login}/common/discovery/instance",
+        params={"api-version": "1.1", "authorization_endpoint": "https://login.example.com/common/oauth2/authorize"},
+    )
     assert unknown.status_code == 400 and unknown.json()["error"] == "invalid_instance"
     assert unknown.json()["error_codes"] == [50049]
 
@@ -88,9 +95,13 @@ def test_instance_discovery(entra: EntraClient) -> None:
 def test_user_realm(entra: EntraClient) -> None:
     get = entra.http.get
     managed = get(f"{entra.login}/common/userrealm/alice@lab.test", params={"api-version": "1.0"}).json()
-    assert managed == {"ver": "1.0", "account_type": "Managed", "domain_name": "lab.test",
-                       "cloud_instance_name": "microsoftonline.com",
-                       "cloud_audience_urn": "urn:federation:MicrosoftOnline"}
+    assert managed == {
+        "ver": "1.0",
+        "account_type": "Managed",
+        "domain_name": "lab.test",
+        "cloud_instance_name": "microsoftonline.com",
+        "cloud_audience_urn": "urn:federation:MicrosoftOnline",
+    }
     federated = get(f"{entra.login}/common/UserRealm/someone@fed.lab.test", params={"api-version": "1.0"}).json()
     assert federated["account_type"] == "Federated" and federated["federation_protocol"] == "WSTrust"
     assert federated["federation_metadata_url"].endswith("/adfs/services/trust/mex")
@@ -106,12 +117,18 @@ def test_user_realm(entra: EntraClient) -> None:
 def test_drs_discovery(entra: EntraClient, version: str) -> None:
     tid = entra.tenant.tenant_id
     for key, path in ((entra.tenant.initial_domain, "discover"), (tid, "Discover")):
-        reply = entra.http.get(f"{entra.drs}/{key}/{path}", params={"api-version": version},
-                               headers={"Accept": "application/json", "ocp-adrs-client-name": "dsreg"})
+        reply = entra.http.get(
+            f"{entra.drs}/{key}/{path}",
+            params={"api-version": version},
+            headers={"Accept": "application/json", "ocp-adrs-client-name": "dsreg"},
+        )
         assert reply.status_code == 200, reply.text
         doc = reply.json()
-        assert doc["DeviceJoinService"] == {"JoinEndpoint": f"{entra.drs}/EnrollmentServer/device/",
-                                            "JoinResourceId": DRS_RESOURCE, "ServiceVersion": "2.0"}
+        assert doc["DeviceJoinService"] == {
+            "JoinEndpoint": f"{entra.drs}/EnrollmentServer/device/",
+            "JoinResourceId": DRS_RESOURCE,
+            "ServiceVersion": "2.0",
+        }
         assert doc["AuthenticationService"]["OAuth2"]["TokenEndpoint"] == f"{entra.login}/{tid}/oauth2/token"
         assert doc["TenantInfo"]["TenantId"] == tid and doc["IdentityProviderService"]["Federated"] is False
         assert doc["NonceService"]["Endpoint"] == f"{entra.drs}/EnrollmentServer/nonce/{tid}/"
@@ -122,7 +139,8 @@ def test_drs_discovery(entra: EntraClient, version: str) -> None:
 
 
 def test_drs_nonce_service(entra: EntraClient) -> None:
-    reply = entra.http.get(f"{entra.drs}/EnrollmentServer/nonce/{entra.tenant.tenant_id}/",
-                           params={"api-version": "1.0"})
+    reply = entra.http.get(
+        f"{entra.drs}/EnrollmentServer/nonce/{entra.tenant.tenant_id}/", params={"api-version": "1.0"}
+    )
     assert reply.status_code == 200
     assert reply.json()["ReponseStatus"]["message"] == "Successfully created a nonce" and reply.json()["Value"]

@@ -45,8 +45,12 @@ def aadsts(reply: httpx.Response, code: int, error: str, status: int = 400) -> N
     assert reply.status_code == status, reply.text
     body = reply.json()
     assert body["error"] == error and body["error_codes"] == [code], body
-    assert re.fullmatch(rf"AADSTS{code}: .+\r\nTrace ID: [0-9a-f-]{{36}}\r\nCorrelation ID: [0-9a-f-]{{36}}"
-                        r"\r\nTimestamp: \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", body["error_description"], re.S)
+    assert re.fullmatch(
+        rf"AADSTS{code}: .+\r\nTrace ID: [0-9a-f-]{{36}}\r\nCorrelation ID: [0-9a-f-]{{36}}"
+        r"\r\nTimestamp: \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ",
+        body["error_description"],
+        re.S,
+    )
     assert body["trace_id"] in body["error_description"] and body["timestamp"] in body["error_description"]
     assert body["error_uri"] == f"https://login.microsoftonline.com/error?code={code}"
 
@@ -67,12 +71,18 @@ def test_wrong_password_unknown_user_tenant_and_client(entra: EntraClient) -> No
 
 
 def test_correlation_id_is_echoed(entra: EntraClient) -> None:
-    reply = entra.http.post(f"{entra.login}/common/oauth2/token", data={"grant_type": "password"},
-                            headers={"client-request-id": "0f0f0f0f-1111-2222-3333-444444444444"})
+    reply = entra.http.post(
+        f"{entra.login}/common/oauth2/token",
+        data={"grant_type": "password"},
+        headers={"client-request-id": "0f0f0f0f-1111-2222-3333-444444444444"},
+    )
     aadsts(reply, 900144, "invalid_request")
     assert reply.json()["correlation_id"] == "0f0f0f0f-1111-2222-3333-444444444444"
-    aadsts(entra.http.post(f"{entra.login}/common/oauth2/token", data={"grant_type": "magic"}),
-           70003, "unsupported_grant_type")
+    aadsts(
+        entra.http.post(f"{entra.login}/common/oauth2/token", data={"grant_type": "magic"}),
+        70003,
+        "unsupported_grant_type",
+    )
 
 
 def test_client_credentials_errors(entra: EntraClient) -> None:
@@ -81,22 +91,36 @@ def test_client_credentials_errors(entra: EntraClient) -> None:
     form = {"grant_type": "client_credentials", "client_id": app.app_id, "resource": "https://ConfigMgrService"}
     aadsts(entra.http.post(url, data={**form, "client_secret": "wrong"}), 7000215, "invalid_client", 401)
     aadsts(entra.http.post(url, data=form), 7000218, "invalid_client", 401)
-    aadsts(entra.http.post(f"{entra.login}/common/oauth2/token", data={**form, "client_secret": app.client_secret}),
-           9001023, "invalid_request")
+    aadsts(
+        entra.http.post(f"{entra.login}/common/oauth2/token", data={**form, "client_secret": app.client_secret}),
+        9001023,
+        "invalid_request",
+    )
 
 
 def test_bad_refresh_token(entra: EntraClient) -> None:
-    aadsts(entra.http.post(f"{entra.login}/common/oauth2/token", data={
-        "grant_type": "refresh_token", "client_id": CONFIGMGR_CLIENT, "refresh_token": "1.Anot-a-token",
-        "resource": "https://ConfigMgrService"}), 9002313, "invalid_grant")
+    aadsts(
+        entra.http.post(
+            f"{entra.login}/common/oauth2/token",
+            data={
+                "grant_type": "refresh_token",
+                "client_id": CONFIGMGR_CLIENT,
+                "refresh_token": "1.Anot-a-token",
+                "resource": "https://ConfigMgrService",
+            },
+        ),
+        9002313,
+        "invalid_grant",
+    )
 
 
 def test_replayed_and_unknown_nonce(entra: EntraClient, device: Joined) -> None:
     nonce = entra.nonce()
     assert entra.device_request(device, device_token_request(), nonce=nonce).status_code == 200
     aadsts(entra.device_request(device, device_token_request(), nonce=nonce), 50013, "invalid_grant")
-    aadsts(entra.device_request(device, device_token_request(), nonce="AwABEgEAAAADAOz_made-up"),
-           50013, "invalid_grant")
+    aadsts(
+        entra.device_request(device, device_token_request(), nonce="AwABEgEAAAADAOz_made-up"), 50013, "invalid_grant"
+    )
 
 
 def test_expired_and_foreign_signed_assertions(entra: EntraClient, device: Joined) -> None:
@@ -110,14 +134,28 @@ def test_expired_and_foreign_signed_assertions(entra: EntraClient, device: Joine
     # a certificate for the same device ID from a look-alike MS-Organization-Access CA
     fake_ca_key, key = new_key(), new_key()
     now = datetime.now(UTC) - timedelta(minutes=1)
-    forged = (x509.CertificateBuilder().subject_name(device.cert.subject).issuer_name(MS_ORG_ACCESS_NAME)
-              .public_key(key.public_key()).serial_number(x509.random_serial_number()).not_valid_before(now)
-              .not_valid_after(now + timedelta(days=30)).sign(fake_ca_key, hashes.SHA256()))
-    aadsts(entra.device_request(Joined(device.device_id, forged, key, device.cert_path, device.key_path),
-                                device_token_request()), 50155, "invalid_grant")
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(device.cert.subject)
+        .issuer_name(MS_ORG_ACCESS_NAME)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=30))
+        .sign(fake_ca_key, hashes.SHA256())
+    )
+    aadsts(
+        entra.device_request(
+            Joined(device.device_id, forged, key, device.cert_path, device.key_path), device_token_request()
+        ),
+        50155,
+        "invalid_grant",
+    )
 
-    malformed = entra.http.post(f"{entra.login}/common/oauth2/token", data={
-        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "request": "not.a.jws"})
+    malformed = entra.http.post(
+        f"{entra.login}/common/oauth2/token",
+        data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "request": "not.a.jws"},
+    )
     aadsts(malformed, 50027, "invalid_request")
 
 
@@ -136,15 +174,17 @@ def test_join_refusals_write_no_device(entra: EntraClient, tmp_path: Path) -> No
 
     drs_error(entra.http.post(url, content=b'{"CertificateRequest": {', headers=headers), 90014, 400)
     drs_error(entra.join({"TransportKey": bcrypt_blob_b64(new_key())}, token), 90014, 400)
-    drs_error(entra.join({**join_body(new_key(), new_key()), "TransportKey": base64.b64encode(b"RSA1xx").decode()},
-                         token), 90014, 400)
+    drs_error(
+        entra.join({**join_body(new_key(), new_key()), "TransportKey": base64.b64encode(b"RSA1xx").decode()}, token),
+        90014,
+        400,
+    )
 
     # a token for another audience, or none at all
     configmgr = entra.ropc("https://ConfigMgrService").json()["access_token"]
     drs_error(entra.join(join_body(new_key(), new_key()), configmgr), 50027, 401)
     drs_error(entra.http.post(url, json=join_body(new_key(), new_key())), 50027, 401)
     assert len(entra.devices()) == before
-
 
 
 def test_reset_keeps_the_seeded_directory(tmp_path: Path) -> None:

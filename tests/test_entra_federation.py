@@ -57,8 +57,11 @@ def entra(lab: Lab, lab_services: LabProcesses) -> Iterator[EntraClient]:
 def sts_assertion(entra: EntraClient, user: str, password: str) -> httpx.Response:
     realm = entra.http.get(f"{entra.login}/common/userrealm/{user}", params={"api-version": "1.0"}).json()
     assert realm["account_type"] == "Federated", realm
-    return entra.http.post(realm["federation_active_auth_url"], content=RST.format(user=user, password=password),
-                           headers={"Content-Type": "application/soap+xml; charset=utf-8"})
+    return entra.http.post(
+        realm["federation_active_auth_url"],
+        content=RST.format(user=user, password=password),
+        headers={"Content-Type": "application/soap+xml; charset=utf-8"},
+    )
 
 
 def raw_assertion(rstr: str) -> str:
@@ -68,9 +71,15 @@ def raw_assertion(rstr: str) -> str:
 
 
 def saml_token(entra: EntraClient, assertion: str, resource: str = DRS_RESOURCE) -> httpx.Response:
-    return entra.http.post(f"{entra.login}/common/oauth2/token", data={
-        "client_id": "1b730954-1685-4b74-9bfd-dac224a7b894", "grant_type": SAML11, "resource": resource,
-        "assertion": base64.b64encode(assertion.encode()).decode()})
+    return entra.http.post(
+        f"{entra.login}/common/oauth2/token",
+        data={
+            "client_id": "1b730954-1685-4b74-9bfd-dac224a7b894",
+            "grant_type": SAML11,
+            "resource": resource,
+            "assertion": base64.b64encode(assertion.encode()).decode(),
+        },
+    )
 
 
 def test_sts_assertion_gives_tokens_and_a_prt(entra: EntraClient, lab: Lab) -> None:
@@ -91,9 +100,16 @@ def test_sts_assertion_gives_tokens_and_a_prt(entra: EntraClient, lab: Lab) -> N
     cert = x509.load_der_x509_certificate(base64.b64decode(joined.json()["Certificate"]["RawBody"]))
     device = Joined("", cert, key, Path("."), Path("."))
     fresh = raw_assertion(sts_assertion(entra, user, password).text)
-    prt = entra.device_request(device, {
-        "client_id": "38aa3b87-a06d-4817-b275-7a316988d93b", "scope": "openid aza ugs", "grant_type": SAML11,
-        "assertion": base64.b64encode(fresh.encode()).decode(), "win_ver": "10.0.22631.4169"})
+    prt = entra.device_request(
+        device,
+        {
+            "client_id": "38aa3b87-a06d-4817-b275-7a316988d93b",
+            "scope": "openid aza ugs",
+            "grant_type": SAML11,
+            "assertion": base64.b64encode(fresh.encode()).decode(),
+            "win_ver": "10.0.22631.4169",
+        },
+    )
     assert prt.status_code == 200, prt.text
     assert len(prt_crypto.open_session_key(prt.json()["session_key_jwe"], transport)) == 32
     assert claims(prt.json()["id_token"])["amr"] == ["fed", "rsa"]
@@ -127,8 +143,9 @@ def roadtx(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPa
         hosts = write_hosts(tmp_path_factory.mktemp("roadtx-fed") / "hosts", addr, lab.config.hosts.entra)
 
         def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-            done = run_resolved(["roadtx", *args], hosts=hosts, cwd=cwd,
-                                env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)})
+            done = run_resolved(
+                ["roadtx", *args], hosts=hosts, cwd=cwd, env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)}
+            )
             assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
             return done
 
@@ -153,10 +170,14 @@ def test_computer_assertion_is_for_the_drs_only(entra: EntraClient, lab: Lab) ->
 
     sts = FederationService(None, FederationKey(lab.dir / "data" / "federation"))  # type: ignore[arg-type]
     guid, sid = str(uuid.uuid4()), f"{lab.config.active_directory.domain_sid}-4242"
-    extra = {("accounttype", "http://schemas.microsoft.com/ws/2012/01"): "DJ",
-             ("onpremobjectguid", "http://schemas.microsoft.com/identity/claims"):
-                 base64.b64encode(uuid.UUID(guid).bytes_le).decode(),
-             ("primarysid", "http://schemas.microsoft.com/ws/2008/06/identity/claims"): sid}
+    extra = {
+        ("accounttype", "http://schemas.microsoft.com/ws/2012/01"): "DJ",
+        ("onpremobjectguid", "http://schemas.microsoft.com/identity/claims"): base64.b64encode(
+            uuid.UUID(guid).bytes_le
+        ).decode(),
+        ("primarysid", "http://schemas.microsoft.com/ws/2008/06/identity/claims"): sid,
+    }
+
     def fresh() -> str:  # an assertion is redeemed once: each check gets its own
         return sts.assertion("fed.lab.test", None, "x", extra=extra, method="urn:federation:authentication:windows")
 
@@ -171,9 +192,15 @@ def test_computer_assertion_is_for_the_drs_only(entra: EntraClient, lab: Lab) ->
     key, transport = new_key(), new_key()
     joined = entra.join(join_body(key, transport, name="LAB-FEDPRT"), entra.drs_token())
     cert = x509.load_der_x509_certificate(base64.b64decode(joined.json()["Certificate"]["RawBody"]))
-    prt = entra.device_request(Joined("", cert, key, Path("."), Path(".")), {
-        "client_id": "38aa3b87-a06d-4817-b275-7a316988d93b", "scope": "openid aza ugs", "grant_type": SAML11,
-        "assertion": base64.b64encode(fresh().encode()).decode()})
+    prt = entra.device_request(
+        Joined("", cert, key, Path("."), Path(".")),
+        {
+            "client_id": "38aa3b87-a06d-4817-b275-7a316988d93b",
+            "scope": "openid aza ugs",
+            "grant_type": SAML11,
+            "assertion": base64.b64encode(fresh().encode()).decode(),
+        },
+    )
     assert prt.json()["error_codes"] == [50008]
 
 
@@ -182,14 +209,31 @@ def test_windowstransport_refuses_a_wrong_machine_password(entra: EntraClient, l
 
     realm = entra.http.get(f"{entra.login}/common/userrealm/x@fed.lab.test", params={"api-version": "1.0"}).json()
     endpoint = realm["federation_active_auth_url"].replace("usernamemixed", "windowstransport")
-    ctx = spnego.client(f"{lab.config.active_directory.netbios_name}\\LAB01$", "wrong", hostname="sts.fed.lab.test",
-                        service="HTTP", protocol="ntlm")
+    ctx = spnego.client(
+        f"{lab.config.active_directory.netbios_name}\\LAB01$",
+        "wrong",
+        hostname="sts.fed.lab.test",
+        service="HTTP",
+        protocol="ntlm",
+    )
     headers = {"Content-Type": "application/soap+xml; charset=utf-8"}
-    first = entra.http.post(endpoint, content=RST, headers={
-        **headers, "Authorization": f"NTLM {base64.b64encode(ctx.step() or b'').decode()}"})
+    first = entra.http.post(
+        endpoint,
+        content=RST,
+        headers={**headers, "Authorization": f"NTLM {base64.b64encode(ctx.step() or b'').decode()}"},
+    )
     assert first.status_code == 401
-    challenge = next(v.split(" ", 1)[1] for k, v in first.headers.multi_items()
-                     if k.lower() == "www-authenticate" and v.startswith("NTLM "))
-    second = entra.http.post(endpoint, content=RST, headers={
-        **headers, "Authorization": f"NTLM {base64.b64encode(ctx.step(base64.b64decode(challenge)) or b'').decode()}"})
+    challenge = next(
+        v.split(" ", 1)[1]
+        for k, v in first.headers.multi_items()
+        if k.lower() == "www-authenticate" and v.startswith("NTLM ")
+    )
+    second = entra.http.post(
+        endpoint,
+        content=RST,
+        headers={
+            **headers,
+            "Authorization": f"NTLM {base64.b64encode(ctx.step(base64.b64decode(challenge)) or b'').decode()}",
+        },
+    )
     assert second.status_code == 401 and "RequestedSecurityToken" not in second.text

@@ -60,9 +60,16 @@ def test_managed_join_stages_a_to_h(entra: EntraClient, lab: Lab) -> None:
     # C: user realm (managed, not federated), then the credentials are posted and validated
     realm = http.get(f"{entra.login}/common/userrealm/{alice.upn}", params={"api-version": "1.0"}).json()
     assert realm["account_type"] == "Managed" and realm["domain_name"] == domain
-    reply = http.post(token_endpoint, data={"client_id": "1b730954-1685-4b74-9bfd-dac224a7b894",
-                                            "grant_type": "password", "resource": DRS_RESOURCE,
-                                            "username": alice.upn, "password": alice.password})
+    reply = http.post(
+        token_endpoint,
+        data={
+            "client_id": "1b730954-1685-4b74-9bfd-dac224a7b894",
+            "grant_type": "password",
+            "resource": DRS_RESOURCE,
+            "username": alice.upn,
+            "password": alice.password,
+        },
+    )
     assert reply.status_code == 200, reply.text
     tokens = reply.json()
     id_token, access = claims(tokens["id_token"]), claims(tokens["access_token"])
@@ -71,8 +78,11 @@ def test_managed_join_stages_a_to_h(entra: EntraClient, lab: Lab) -> None:
     # D: no MDM terms of use (mdm_tou_url) in the lab: the optional step is skipped
     assert "mdm_tou_url" not in id_token
     # E: DRS discovery gives the tenant's join endpoint
-    drs = http.get(f"{entra.drs}/{domain}/discover", params={"api-version": "1.7"},
-                   headers={"ocp-adrs-client-name": "dsreg", "ocp-adrs-client-version": "10"}).json()
+    drs = http.get(
+        f"{entra.drs}/{domain}/discover",
+        params={"api-version": "1.7"},
+        headers={"ocp-adrs-client-name": "dsreg", "ocp-adrs-client-version": "10"},
+    ).json()
     join_service = drs["DeviceJoinService"]
     assert join_service["JoinResourceId"] == DRS_RESOURCE
     assert join_service["JoinEndpoint"] == f"{entra.drs}/EnrollmentServer/device/"
@@ -81,8 +91,12 @@ def test_managed_join_stages_a_to_h(entra: EntraClient, lab: Lab) -> None:
     device_key, transport_key = new_key(), new_key()
     body = join_body(device_key, transport_key, name="LAB-JOIN-AH")
     # G: the registration request with the token, the CSR and tkpub
-    reply = http.post(join_service["JoinEndpoint"], params={"api-version": "2.0"}, json=body,
-                      headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    reply = http.post(
+        join_service["JoinEndpoint"],
+        params={"api-version": "2.0"},
+        json=body,
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+    )
     assert reply.status_code == 201, reply.text
     result = reply.json()
     # H: the device ID and the device certificate, issued by MS-Organization-Access for the device key
@@ -123,13 +137,21 @@ def _computer(lab: Lab) -> tuple[str, str]:
 def _hybrid_body(key: Any, sid: str, tenant_id: str, *, when: datetime | None = None) -> dict[str, Any]:
     stamp = f"{sid}.{(when or datetime.now(UTC)).strftime('%Y-%m-%d %H:%M:%S')}Z"
     signed = base64.b64encode(key.sign(stamp.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
-    return {"CertificateRequest": {"Type": "pkcs10", "Data": csr_b64(new_key())},
-            "ServerAdJoinData": {"TransportKey": bcrypt_blob_b64(new_key()), "TargetDomain": tenant_id,
-                                 "DeviceType": "Windows", "OSVersion": "10.0.19045.3803",
-                                 "DeviceDisplayName": "LAB01", "TargetDomainId": tenant_id,
-                                 "SourceDomainController": "dc01.corp.lab.test",
-                                 "ClientIdentity": {"Type": "sha256signed", "Sid": stamp, "SignedBlob": signed}},
-            "JoinType": 6, "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"}}
+    return {
+        "CertificateRequest": {"Type": "pkcs10", "Data": csr_b64(new_key())},
+        "ServerAdJoinData": {
+            "TransportKey": bcrypt_blob_b64(new_key()),
+            "TargetDomain": tenant_id,
+            "DeviceType": "Windows",
+            "OSVersion": "10.0.19045.3803",
+            "DeviceDisplayName": "LAB01",
+            "TargetDomainId": tenant_id,
+            "SourceDomainController": "dc01.corp.lab.test",
+            "ClientIdentity": {"Type": "sha256signed", "Sid": stamp, "SignedBlob": signed},
+        },
+        "JoinType": 6,
+        "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"},
+    }
 
 
 def test_hybrid_join_of_a_synced_computer(entra: EntraClient, lab: Lab, admin_headers: dict[str, str]) -> None:
@@ -144,8 +166,13 @@ def test_hybrid_join_of_a_synced_computer(entra: EntraClient, lab: Lab, admin_he
     assert missing.status_code == 400 and missing.json()["SubCode"] == "error_missing_device"
 
     # the sync: objectGUID, computer SID and the userCertificate
-    sync = {"tenant": tid, "device_id": object_guid, "onprem_sid": sid, "display_name": name.rstrip("$"),
-            "user_certificate": base64.b64encode(user_cert.public_bytes(serialization.Encoding.DER)).decode()}
+    sync = {
+        "tenant": tid,
+        "device_id": object_guid,
+        "onprem_sid": sid,
+        "display_name": name.rstrip("$"),
+        "user_certificate": base64.b64encode(user_cert.public_bytes(serialization.Encoding.DER)).decode(),
+    }
     assert entra.http.post(f"{entra.login}/_lab/devices", json=sync).status_code == 401
     created = entra.http.post(f"{entra.login}/_lab/devices", json=sync, headers=admin_headers)
     assert created.status_code == 201, created.text

@@ -32,8 +32,9 @@ def roadtx(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPa
         hosts = write_hosts(tmp_path_factory.mktemp("roadtx-prt") / "hosts", addr, lab.config.hosts.entra)
 
         def run(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-            done = run_resolved(["roadtx", *args], hosts=hosts, cwd=cwd,
-                                env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)})
+            done = run_resolved(
+                ["roadtx", *args], hosts=hosts, cwd=cwd, env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)}
+            )
             if ok:
                 assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
             return done
@@ -53,19 +54,33 @@ def joined(roadtx: Roadtx, lab: Lab, tmp_path_factory: pytest.TempPathFactory) -
 
 def test_roadtx_prt_prtauth_renew(roadtx: Roadtx, joined: Path, lab: Lab) -> None:
     alice, tid = lab.config.primary_tenant.users[0], lab.config.primary_tenant.tenant_id
-    out = roadtx("prt", "-u", alice.upn, "-p", alice.password, "-c", "lab-prt.pem", "-k", "lab-prt.key",
-                 cwd=joined).stdout
+    out = roadtx(
+        "prt", "-u", alice.upn, "-p", alice.password, "-c", "lab-prt.pem", "-k", "lab-prt.key", cwd=joined
+    ).stdout
     assert "Obtained PRT:" in out and "Obtained session key:" in out, out
     prt = json.loads((joined / "roadtx.prt").read_text())
     assert prt["token_type"] == "pop" and prt["refresh_token_expires_in"] == 14 * 24 * 3600
     assert len(bytes.fromhex(prt["session_key"])) == 32
     id_token = claims(prt["id_token"])
-    assert id_token["upn"] == alice.upn and id_token["tid"] == tid and id_token["aud"] == \
-        "38aa3b87-a06d-4817-b275-7a316988d93b"
+    assert (
+        id_token["upn"] == alice.upn
+        and id_token["tid"] == tid
+        and id_token["aud"] == "38aa3b87-a06d-4817-b275-7a316988d93b"
+    )
 
     # a token for ConfigMgr with the PRT (the request signed with the derived key, the reply a JWE)
-    roadtx("prtauth", "-c", CONFIGMGR_CLIENT, "-r", CONFIGMGR, "-ru",
-           "https://login.microsoftonline.com/common/oauth2/nativeclient", "--tokenfile", "cm.json", cwd=joined)
+    roadtx(
+        "prtauth",
+        "-c",
+        CONFIGMGR_CLIENT,
+        "-r",
+        CONFIGMGR,
+        "-ru",
+        "https://login.microsoftonline.com/common/oauth2/nativeclient",
+        "--tokenfile",
+        "cm.json",
+        cwd=joined,
+    )
     token = claims(json.loads((joined / "cm.json").read_text())["accessToken"])
     assert token["aud"] == CONFIGMGR and token["upn"] == alice.upn and token["deviceid"]
     assert token["amr"] == ["pwd", "rsa"] and token["appid"] == CONFIGMGR_CLIENT
@@ -74,12 +89,35 @@ def test_roadtx_prt_prtauth_renew(roadtx: Roadtx, joined: Path, lab: Lab) -> Non
     roadtx("prt", "-a", "renew", cwd=joined)
     renewed = json.loads((joined / "roadtx.prt").read_text())
     assert renewed["refresh_token"] != prt["refresh_token"] and renewed["session_key"] == prt["session_key"]
-    roadtx("prtauth", "-c", CONFIGMGR_CLIENT, "-r", CONFIGMGR, "-ru",
-           "https://login.microsoftonline.com/common/oauth2/nativeclient", "--tokenfile", "cm2.json", cwd=joined)
-    old = roadtx("prtauth", "--prt", prt["refresh_token"], "--prt-sessionkey", prt["session_key"], "-c",
-                 CONFIGMGR_CLIENT, "-r", CONFIGMGR, "-ru",
-                 "https://login.microsoftonline.com/common/oauth2/nativeclient", "--tokenfile", "cm3.json",
-                 cwd=joined, ok=False)
+    roadtx(
+        "prtauth",
+        "-c",
+        CONFIGMGR_CLIENT,
+        "-r",
+        CONFIGMGR,
+        "-ru",
+        "https://login.microsoftonline.com/common/oauth2/nativeclient",
+        "--tokenfile",
+        "cm2.json",
+        cwd=joined,
+    )
+    old = roadtx(
+        "prtauth",
+        "--prt",
+        prt["refresh_token"],
+        "--prt-sessionkey",
+        prt["session_key"],
+        "-c",
+        CONFIGMGR_CLIENT,
+        "-r",
+        CONFIGMGR,
+        "-ru",
+        "https://login.microsoftonline.com/common/oauth2/nativeclient",
+        "--tokenfile",
+        "cm3.json",
+        cwd=joined,
+        ok=False,
+    )
     assert "AADSTS9002313" in old.stdout + old.stderr and not (joined / "cm3.json").exists()
 
 
@@ -87,10 +125,35 @@ def test_roadtx_prt_cookie_at_authorize(roadtx: Roadtx, joined: Path, lab: Lab) 
     """x-ms-RefreshTokenCredential (KDFv1: roadlib's KDFv2 cookie decodes the JWT body as standard base64,
     which loses its '-' and '_' characters) gives a code, then tokens bound to the device."""
     alice = lab.config.primary_tenant.users[0]
-    roadtx("prt", "-u", alice.upn, "-p", alice.password, "-c", "lab-prt.pem", "-k", "lab-prt.key", "-f",
-           "cookie.prt", cwd=joined)
+    roadtx(
+        "prt",
+        "-u",
+        alice.upn,
+        "-p",
+        alice.password,
+        "-c",
+        "lab-prt.pem",
+        "-k",
+        "lab-prt.key",
+        "-f",
+        "cookie.prt",
+        cwd=joined,
+    )
     prt = json.loads((joined / "cookie.prt").read_text())
-    roadtx("gettokens", "--prt", prt["refresh_token"], "--prt-sessionkey", prt["session_key"], "--kdf-v1",
-           "-c", CONFIGMGR_CLIENT, "-r", CONFIGMGR, "--tokenfile", "cookie.json", cwd=joined)
+    roadtx(
+        "gettokens",
+        "--prt",
+        prt["refresh_token"],
+        "--prt-sessionkey",
+        prt["session_key"],
+        "--kdf-v1",
+        "-c",
+        CONFIGMGR_CLIENT,
+        "-r",
+        CONFIGMGR,
+        "--tokenfile",
+        "cookie.json",
+        cwd=joined,
+    )
     token = claims(json.loads((joined / "cookie.json").read_text())["accessToken"])
     assert token["aud"] == CONFIGMGR and token["upn"] == alice.upn and token["deviceid"]

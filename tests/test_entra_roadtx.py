@@ -38,8 +38,9 @@ def roadtx(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPa
         hosts = write_hosts(tmp_path_factory.mktemp("roadtx") / "hosts", addr, lab.config.hosts.entra)
 
         def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-            done = run_resolved(["roadtx", *args], hosts=hosts, cwd=cwd,
-                                env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)})
+            done = run_resolved(
+                ["roadtx", *args], hosts=hosts, cwd=cwd, env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)}
+            )
             assert done.returncode == 0, done.stdout + done.stderr
             return done
 
@@ -66,8 +67,22 @@ def test_roadtx_join_device_token_and_delete(roadtx: Roadtx, lab: Lab, tmp_path:
     assert cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "MS-Organization-Access"
 
     # a device token with the certificate it received (srv_challenge nonce + device-signed request)
-    roadtx("deviceauth", "-c", "lab-roadtx.pem", "-k", "lab-roadtx.key", "-t", tid, "--client", CONFIGMGR_CLIENT,
-           "-r", "https://ConfigMgrService", "--tokenfile", "device.json", cwd=tmp_path)
+    roadtx(
+        "deviceauth",
+        "-c",
+        "lab-roadtx.pem",
+        "-k",
+        "lab-roadtx.key",
+        "-t",
+        tid,
+        "--client",
+        CONFIGMGR_CLIENT,
+        "-r",
+        "https://ConfigMgrService",
+        "--tokenfile",
+        "device.json",
+        cwd=tmp_path,
+    )
     device_token = claims(json.loads((tmp_path / "device.json").read_text())["accessToken"])
     assert device_token["deviceid"] == device_id and device_token["idtyp"] == "device"
     assert device_token["aud"] == "https://ConfigMgrService" and device_token["amr"] == ["rsa"]
@@ -85,13 +100,21 @@ def test_roadtx_hybrid_join(roadtx: Roadtx, lab: Lab, tmp_path: Path, admin_head
     object_guid, tid = str(uuid.uuid4()), lab.config.primary_tenant.tenant_id
     cert, key = self_signed(object_guid)
     (tmp_path / "lab02.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "lab02.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
+    (tmp_path / "lab02.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     with lab_client(lab) as c:
-        sync = c.post(f"{lab.url('entra')}/_lab/devices", headers=admin_headers, json={
-            "tenant": tid, "device_id": object_guid, "onprem_sid": computer.sid, "display_name": "LAB02",
-            "user_certificate": base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()})
+        sync = c.post(
+            f"{lab.url('entra')}/_lab/devices",
+            headers=admin_headers,
+            json={
+                "tenant": tid,
+                "device_id": object_guid,
+                "onprem_sid": computer.sid,
+                "display_name": "LAB02",
+                "user_certificate": base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode(),
+            },
+        )
         assert sync.status_code == 201, sync.text
 
     roadtx("hybriddevice", "-c", "lab02.pem", "-k", "lab02.key", "--sid", str(computer.sid), "-t", tid, cwd=tmp_path)

@@ -73,8 +73,11 @@ def msal_run(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.Temp
         hosts = write_hosts(tmp_path_factory.mktemp("msal") / "hosts", addr, lab.config.hosts.entra)
 
         def run(args: dict[str, Any]) -> dict[str, Any]:
-            done = run_resolved([sys.executable, "-c", MSAL, json.dumps(args)], hosts=hosts,
-                                env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)})
+            done = run_resolved(
+                [sys.executable, "-c", MSAL, json.dumps(args)],
+                hosts=hosts,
+                env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)},
+            )
             assert done.returncode == 0, done.stderr
             result: dict[str, Any] = json.loads(done.stdout)
             return result
@@ -86,8 +89,15 @@ def msal_run(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.Temp
 def test_msal_password_on_the_lab_authority(msal_run: Any, lab: Lab) -> None:
     tenant = lab.config.primary_tenant
     alice = tenant.users[0]
-    result = msal_run({"authority": f"https://login.lab.test/{tenant.tenant_id}", "client_id": CONFIGMGR_CLIENT,
-                       "username": alice.upn, "password": alice.password, "scopes": [f"{CONFIGMGR}/.default"]})
+    result = msal_run(
+        {
+            "authority": f"https://login.lab.test/{tenant.tenant_id}",
+            "client_id": CONFIGMGR_CLIENT,
+            "username": alice.upn,
+            "password": alice.password,
+            "scopes": [f"{CONFIGMGR}/.default"],
+        }
+    )
     assert "access_token" in result, result
     token = verify(lab, result["access_token"], CONFIGMGR)
     assert token["ver"] == "1.0" and token["iss"] == f"https://sts.windows.net/{tenant.tenant_id}/"
@@ -96,8 +106,15 @@ def test_msal_password_on_the_lab_authority(msal_run: Any, lab: Lab) -> None:
     assert result["accounts"][0]["home_account_id"] == f"{alice.object_id}.{tenant.tenant_id}"
     assert result["refresh_token"]
 
-    wrong = msal_run({"authority": f"https://login.lab.test/{tenant.tenant_id}", "client_id": CONFIGMGR_CLIENT,
-                      "username": alice.upn, "password": "not-it", "scopes": [f"{CONFIGMGR}/.default"]})
+    wrong = msal_run(
+        {
+            "authority": f"https://login.lab.test/{tenant.tenant_id}",
+            "client_id": CONFIGMGR_CLIENT,
+            "username": alice.upn,
+            "password": "not-it",
+            "scopes": [f"{CONFIGMGR}/.default"],
+        }
+    )
     assert wrong["error"] == "invalid_grant" and wrong["error_codes"] == [50126]
 
 
@@ -105,26 +122,42 @@ def test_msal_password_on_the_lab_authority(msal_run: Any, lab: Lab) -> None:
 def test_msal_client_credentials_validates_discovery(msal_run: Any, lab: Lab) -> None:
     tid = lab.config.primary_tenant.tenant_id
     app_id, secret = server_app(lab)
-    for where in ({"authority": f"https://login.lab.test/{tid}"},
-                  # oidc_authority: MSAL checks the document's issuer against the authority
-                  {"oidc_authority": f"https://login.lab.test/{tid}/v2.0"}):
+    for where in (
+        {"authority": f"https://login.lab.test/{tid}"},
+        # oidc_authority: MSAL checks the document's issuer against the authority
+        {"oidc_authority": f"https://login.lab.test/{tid}/v2.0"},
+    ):
         result = msal_run({**where, "client_id": app_id, "secret": secret, "scopes": [f"{CONFIGMGR}/.default"]})
         assert "access_token" in result, result
         token = verify(lab, result["access_token"], CONFIGMGR)
         assert token["idtyp"] == "app" and token["appid"] == app_id and token["appidacr"] == "1"
         assert token["tid"] == tid and "upn" not in token
 
-    wrong = msal_run({"authority": f"https://login.lab.test/{tid}", "client_id": app_id, "secret": "nope",
-                      "scopes": [f"{CONFIGMGR}/.default"]})
+    wrong = msal_run(
+        {
+            "authority": f"https://login.lab.test/{tid}",
+            "client_id": app_id,
+            "secret": "nope",
+            "scopes": [f"{CONFIGMGR}/.default"],
+        }
+    )
     assert wrong["error"] == "invalid_client" and wrong["error_codes"] == [7000215]
 
 
 # -- grants over httpx --------------------------------------------------------------------------------
 def test_v2_password_gives_a_v1_token_for_a_v1_resource(entra: EntraClient, lab: Lab) -> None:
     alice, tid = entra.alice, entra.tenant.tenant_id
-    reply = entra.http.post(f"{entra.login}/organizations/oauth2/v2.0/token", data={
-        "client_id": CONFIGMGR_CLIENT, "grant_type": "password", "username": alice.upn, "password": alice.password,
-        "scope": f"{CONFIGMGR}/.default offline_access openid profile", "client_info": "1"})
+    reply = entra.http.post(
+        f"{entra.login}/organizations/oauth2/v2.0/token",
+        data={
+            "client_id": CONFIGMGR_CLIENT,
+            "grant_type": "password",
+            "username": alice.upn,
+            "password": alice.password,
+            "scope": f"{CONFIGMGR}/.default offline_access openid profile",
+            "client_info": "1",
+        },
+    )
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert isinstance(body["expires_in"], int) and body["token_type"] == "Bearer" and body["refresh_token"]
@@ -136,9 +169,15 @@ def test_v2_password_gives_a_v1_token_for_a_v1_resource(entra: EntraClient, lab:
     assert claims(body["id_token"])["iss"] == f"https://login.microsoftonline.com/{tid}/v2.0"
 
     # refresh: the multi-resource refresh token gets a token for another resource
-    again = entra.http.post(f"{entra.login}/{tid}/oauth2/token", data={
-        "client_id": CONFIGMGR_CLIENT, "grant_type": "refresh_token", "refresh_token": body["refresh_token"],
-        "resource": "https://graph.windows.net"})
+    again = entra.http.post(
+        f"{entra.login}/{tid}/oauth2/token",
+        data={
+            "client_id": CONFIGMGR_CLIENT,
+            "grant_type": "refresh_token",
+            "refresh_token": body["refresh_token"],
+            "resource": "https://graph.windows.net",
+        },
+    )
     assert again.status_code == 200, again.text
     assert isinstance(again.json()["expires_on"], str) and again.json()["resource"] == "https://graph.windows.net"
     assert claims(again.json()["access_token"])["oid"] == alice.object_id
@@ -153,9 +192,16 @@ def test_v2_token_for_a_v2_resource(entra: EntraClient, lab: Lab, admin_headers:
     created = entra.http.post(f"{entra.login}/_lab/apps", json=api, headers=admin_headers)
     assert created.status_code == 201, created.text
     app_id = created.json()["app_id"]
-    reply = entra.http.post(f"{entra.login}/{entra.tenant.tenant_id}/oauth2/v2.0/token", data={
-        "client_id": AAD_POWERSHELL, "grant_type": "password", "username": entra.alice.upn,
-        "password": entra.alice.password, "scope": "api://lab-v2/.default"})
+    reply = entra.http.post(
+        f"{entra.login}/{entra.tenant.tenant_id}/oauth2/v2.0/token",
+        data={
+            "client_id": AAD_POWERSHELL,
+            "grant_type": "password",
+            "username": entra.alice.upn,
+            "password": entra.alice.password,
+            "scope": "api://lab-v2/.default",
+        },
+    )
     assert reply.status_code == 200, reply.text
     token = verify(lab, reply.json()["access_token"], app_id)
     assert token["ver"] == "2.0" and token["iss"] == f"https://login.microsoftonline.com/{entra.tenant.tenant_id}/v2.0"
@@ -164,21 +210,29 @@ def test_v2_token_for_a_v2_resource(entra: EntraClient, lab: Lab, admin_headers:
 
 
 def test_device_code_flow(entra: EntraClient) -> None:
-    start = entra.http.post(f"{entra.login}/organizations/oauth2/v2.0/devicecode",
-                            data={"client_id": AAD_POWERSHELL, "scope": f"{CONFIGMGR}/.default offline_access"})
+    start = entra.http.post(
+        f"{entra.login}/organizations/oauth2/v2.0/devicecode",
+        data={"client_id": AAD_POWERSHELL, "scope": f"{CONFIGMGR}/.default offline_access"},
+    )
     assert start.status_code == 200, start.text
     code = start.json()
     assert code["verification_uri"] == f"{entra.login}/devicelogin" and code["interval"] == 5
-    poll = {"client_id": AAD_POWERSHELL, "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
-            "device_code": code["device_code"]}
+    poll = {
+        "client_id": AAD_POWERSHELL,
+        "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+        "device_code": code["device_code"],
+    }
     pending = entra.http.post(f"{entra.login}/organizations/oauth2/v2.0/token", data=poll)
     assert pending.json()["error"] == "authorization_pending" and pending.json()["error_codes"] == [70016]
 
-    bad = entra.http.post(f"{entra.login}/devicelogin", data={"otc": code["user_code"], "login": entra.alice.upn,
-                                                            "passwd": "wrong"})
+    bad = entra.http.post(
+        f"{entra.login}/devicelogin", data={"otc": code["user_code"], "login": entra.alice.upn, "passwd": "wrong"}
+    )
     assert bad.status_code == 400 and "AADSTS50126" in bad.text
-    ok = entra.http.post(f"{entra.login}/devicelogin", data={"otc": code["user_code"], "login": entra.alice.upn,
-                                                           "passwd": entra.alice.password})
+    ok = entra.http.post(
+        f"{entra.login}/devicelogin",
+        data={"otc": code["user_code"], "login": entra.alice.upn, "passwd": entra.alice.password},
+    )
     assert ok.status_code == 200, ok.text
     tokens = entra.http.post(f"{entra.login}/organizations/oauth2/v2.0/token", data=poll)
     assert tokens.status_code == 200, tokens.text
@@ -199,23 +253,38 @@ def test_device_token_and_device_bound_user_token(entra: EntraClient, lab: Lab, 
     assert token["sub"] == device.device_id and token["oid"] == listed["object_id"] and "appid" not in token
     assert token["tid"] == entra.tenant.tenant_id and token["ver"] == "1.0"
 
-    user = entra.device_request(device, {"grant_type": "password", "client_id": CONFIGMGR_CLIENT,
-                                         "resource": CONFIGMGR, "username": entra.alice.upn,
-                                         "password": entra.alice.password})
+    user = entra.device_request(
+        device,
+        {
+            "grant_type": "password",
+            "client_id": CONFIGMGR_CLIENT,
+            "resource": CONFIGMGR,
+            "username": entra.alice.upn,
+            "password": entra.alice.password,
+        },
+    )
     assert user.status_code == 200, user.text
     bound = verify(lab, user.json()["access_token"], CONFIGMGR)
     assert bound["deviceid"] == device.device_id and bound["amr"] == ["pwd", "rsa"]
     assert bound["upn"] == entra.alice.upn and bound["onprem_sid"] == entra.alice.onprem_sid
 
     # the device-bound refresh token keeps the device on refresh
-    refreshed = entra.device_request(device, {"grant_type": "refresh_token", "client_id": CONFIGMGR_CLIENT,
-                                              "resource": CONFIGMGR, "refresh_token": user.json()["refresh_token"]})
+    refreshed = entra.device_request(
+        device,
+        {
+            "grant_type": "refresh_token",
+            "client_id": CONFIGMGR_CLIENT,
+            "resource": CONFIGMGR,
+            "refresh_token": user.json()["refresh_token"],
+        },
+    )
     assert refreshed.status_code == 200, refreshed.text
     assert claims(refreshed.json()["access_token"])["deviceid"] == device.device_id
 
 
-def test_keys_and_directory_survive_a_restart(entra: EntraClient, lab: Lab, lab_services: LabProcesses,
-                                              tmp_path: Path) -> None:
+def test_keys_and_directory_survive_a_restart(
+    entra: EntraClient, lab: Lab, lab_services: LabProcesses, tmp_path: Path
+) -> None:
     device = entra.join_device(tmp_path, "LAB-RESTART")
     kid = entra.http.get(f"{entra.login}/common/discovery/keys").json()["keys"][0]["kid"]
     counts = {k: len(entra.http.get(f"{entra.login}/_lab/{k}").json()[k]) for k in ("tenants", "users", "apps")}

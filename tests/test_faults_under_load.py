@@ -14,21 +14,25 @@ from cmglab.tools.reliability import faults, underload
 
 DEVICES = 32  # enough that every fault lands among devices in flight, small enough for CI
 # what the clients wrote while riding the faults out: CCMHTTP's and CcmMessaging's own lines, then the retry
-SAID = [r"\[CCMHTTP\] ERROR: URL=https://\S+, Port=\d+, Options=\d+, Code=\d+, Text=\w+",
-        r"\[CCMHTTP\] ERROR INFO: StatusCode=5\d\d StatusText=\w",
-        r"Successfully queued event on HTTP/HTTPS failure for server 'cmg\.lab\.test'\.",
-        r"Post to https://\S+/ccm_system_tokenauth/request failed with 0x87d00231\.",
-        r"Failed to send message '\{[0-9A-F-]{36}\}' to endpoint '\w+' \(attempt 1 of 3\): .*Will retry in",
-        r"Failed to get CCM token \(attempt 1 of 3\): .*Will retry in 0\.5 second\(s\)\."]
+SAID = [
+    r"\[CCMHTTP\] ERROR: URL=https://\S+, Port=\d+, Options=\d+, Code=\d+, Text=\w+",
+    r"\[CCMHTTP\] ERROR INFO: StatusCode=5\d\d StatusText=\w",
+    r"Successfully queued event on HTTP/HTTPS failure for server 'cmg\.lab\.test'\.",
+    r"Post to https://\S+/ccm_system_tokenauth/request failed with 0x87d00231\.",
+    r"Failed to send message '\{[0-9A-F-]{36}\}' to endpoint '\w+' \(attempt 1 of 3\): .*Will retry in",
+    r"Failed to get CCM token \(attempt 1 of 3\): .*Will retry in 0\.5 second\(s\)\.",
+]
 
 
 def test_faults_under_load_lose_nothing_and_every_device_recovers(tmp_path: Path) -> None:
-    report = underload.run(tmp_path / "results", DEVICES, concurrency=8, upstream_timeout=2.0,
-                           lab_dir=tmp_path / "run")
+    report = underload.run(tmp_path / "results", DEVICES, concurrency=8, upstream_timeout=2.0, lab_dir=tmp_path / "run")
     data = json.loads((tmp_path / "results" / "faults.json").read_text())
     assert (tmp_path / "results" / "faults.md").read_text().startswith("# Faults under load")
-    assert data["goals"] == {"completed operations lost": 0, "requests left hanging": 0,
-                             "devices that did not recover": 0}, report.markdown()
+    assert data["goals"] == {
+        "completed operations lost": 0,
+        "requests left hanging": 0,
+        "devices that did not recover": 0,
+    }, report.markdown()
     assert not report.invariant_violations, report.invariant_violations
     # each fault was applied once, without error, while devices were onboarding
     applied = [f.fault for f in report.faults]

@@ -55,8 +55,7 @@ def test_fleet_onboards_every_device(lab: Lab, admin_headers: dict[str, str], tm
 def test_failures_are_grouped_by_reason(lab: Lab, tmp_path: Path) -> None:
     """A device that cannot reach the CMG fails with a reason; the fleet carries on."""
     plan = runner.plan(lab, tmp_path / "fleet")
-    plan.ccmsetup = [a.replace(str(lab.port("cmg")), "1") if a.startswith("CCMHOSTNAME=") else a
-                     for a in plan.ccmsetup]
+    plan.ccmsetup = [a.replace(str(lab.port("cmg")), "1") if a.startswith("CCMHOSTNAME=") else a for a in plan.ccmsetup]
     from cmglab.tools.fleet.device import onboard
 
     results = [onboard(plan, name) for name in runner.device_names(2)]

@@ -23,8 +23,7 @@ from tests.support.lab import lab_client, lab_fixture
 FLOWS = ("onboarding", "policy cycle", "token renewal")
 DEVICES = 3
 # a client cycle every ~second: each device renews its token (first cycle) and polls policy several times
-RUN = ("--headless", "-u", str(DEVICES), "-r", str(DEVICES), "--run-time", "15s", "--cycle-wait", "1",
-       "--only-summary")
+RUN = ("--headless", "-u", str(DEVICES), "-r", str(DEVICES), "--run-time", "15s", "--cycle-wait", "1", "--only-summary")
 
 
 services = lab_fixture(*NEEDED, autouse=True)
@@ -59,8 +58,17 @@ def check_fleet(lab: Lab, csv_prefix: Path, homes: Path) -> None:
 def test_locust_drives_the_fleet(lab: Lab, tmp_path: Path) -> None:
     pool = tmp_path / "pool.pem"
     keypool.generate(pool, DEVICES)
-    run = locust(*RUN, "--lab", str(lab.dir), "--key-pool", str(pool), "--fleet-dir", str(tmp_path / "devices"),
-                 "--csv", str(tmp_path / "locust"))
+    run = locust(
+        *RUN,
+        "--lab",
+        str(lab.dir),
+        "--key-pool",
+        str(pool),
+        "--fleet-dir",
+        str(tmp_path / "devices"),
+        "--csv",
+        str(tmp_path / "locust"),
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     assert f"key pool: {DEVICES * keypool.KEYS_PER_DEVICE} keys" in run.stderr and "ran dry" not in run.stderr
     check_fleet(lab, tmp_path / "locust", tmp_path / "devices")
@@ -68,22 +76,55 @@ def test_locust_drives_the_fleet(lab: Lab, tmp_path: Path) -> None:
 
 def test_distributed_master_and_worker(lab: Lab, tmp_path: Path) -> None:
     exported = tmp_path / "worker-lab"
-    subprocess.run(cmglab("fleet", "export", "--lab", str(lab.dir), "--address", lab.config.bind_address,
-                          "--out", str(exported)), check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        cmglab("fleet", "export", "--lab", str(lab.dir), "--address", lab.config.bind_address, "--out", str(exported)),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert sorted(str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file()) == [
-        "hosts", "lab.json", "pki/ca-bundle.pem"]
+        "hosts",
+        "lab.json",
+        "pki/ca-bundle.pem",
+    ]
     port = str(free_port_now())  # locust binds it itself
     worker_log = tmp_path / "worker.log"
     with worker_log.open("w") as log:
-        worker = subprocess.Popen(cmglab("fleet", "locust", "--worker", "--master-host", "127.0.0.1",
-                                         "--master-port", port, "--lab", str(exported),
-                                         "--fleet-dir", str(tmp_path / "devices")),
-                                  stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            cmglab(
+                "fleet",
+                "locust",
+                "--worker",
+                "--master-host",
+                "127.0.0.1",
+                "--master-port",
+                port,
+                "--lab",
+                str(exported),
+                "--fleet-dir",
+                str(tmp_path / "devices"),
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             # the master's --lab names nothing: paths are each machine's own, never forwarded to workers
-            master = locust(*RUN, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
-                            "--expect-workers", "1", "--expect-workers-max-wait", "60",
-                            "--lab", str(tmp_path / "not-on-the-master"), "--csv", str(tmp_path / "locust"))
+            master = locust(
+                *RUN,
+                "--master",
+                "--master-bind-host",
+                "127.0.0.1",
+                "--master-bind-port",
+                port,
+                "--expect-workers",
+                "1",
+                "--expect-workers-max-wait",
+                "60",
+                "--lab",
+                str(tmp_path / "not-on-the-master"),
+                "--csv",
+                str(tmp_path / "locust"),
+            )
             worker.wait(timeout=60)  # the master tells its workers to quit at the end of the run
         finally:
             if worker.poll() is None:

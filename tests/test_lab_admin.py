@@ -30,8 +30,9 @@ def service(admin_lab: Lab) -> Iterator[tuple[str, list[int]]]:
     def hello() -> dict[str, str]:
         return {"hello": "world"}
 
-    install_lab_admin(app, service="demo", lab=admin_lab, reset=lambda: resets.append(1),
-                      health=lambda: {"detail": "fine"})
+    install_lab_admin(
+        app, service="demo", lab=admin_lab, reset=lambda: resets.append(1), health=lambda: {"detail": "fine"}
+    )
     (port,) = reserve_ports(1)
     ident = admin_lab.pki.server("cmg")
     with ThreadedService(Service("demo", [Listener("demo", app, port, tls=TLS(ident.cert_path, ident.key_path))])):

@@ -25,8 +25,14 @@ from tests.support.lab import lab_client
 def cmglab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`cmglab ...`, handed the sockets of the ports this test process reserved (`up` passes them on)."""
     with handover("127.0.0.1") as (env, fds):
-        return subprocess.run([sys.executable, "-m", "cmglab", *args], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, **env}, pass_fds=fds)
+        return subprocess.run(
+            [sys.executable, "-m", "cmglab", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **env},
+            pass_fds=fds,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +76,8 @@ def test_up_prints_the_commands_that_install_a_device(up_lab: tuple[Lab, str]) -
 
 
 def test_the_printed_commands_install_a_device_and_both_sides_log_seed_001(
-        up_lab: tuple[Lab, str], tmp_path: Path) -> None:
+    up_lab: tuple[Lab, str], tmp_path: Path
+) -> None:
     lab, _ = up_lab
     home = str(tmp_path / "device01")
     create, join, install = orchestrate.device_commands(lab, home)
@@ -80,50 +87,79 @@ def test_the_printed_commands_install_a_device_and_both_sides_log_seed_001(
     # seed 001's path: the WAM device token request fails once, ccmsetup falls back to the user token
     with lab_client(lab) as c:
         fault = {"path": "/oauth2/token$", "method": "POST", "status": 500, "times": 1}
-        assert c.post(f"{lab.url('entra')}/_lab/faults", json=fault,
-                      headers={"Authorization": f"Bearer {lab.admin_token()}"}).status_code == 201
+        assert (
+            c.post(
+                f"{lab.url('entra')}/_lab/faults", json=fault, headers={"Authorization": f"Bearer {lab.admin_token()}"}
+            ).status_code
+            == 201
+        )
     run = subprocess.run(install, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, f"ccmsetup: {run.stdout}{run.stderr}"
 
     logs = Path(home) / "Windows"
     ccmsetup = (logs / "ccmsetup/Logs/ccmsetup.log").read_text()
-    for line in ("Getting AAD info from CMG '", r"Getting AAD \(device\) token with: ClientId = ",
-                 r"Falling back to get user '\S+' token", r"Getting AAD \(user\) token with: ClientId = ",
-                 r"Getting CCM Token from https://\S+/CCM_STS", "Cached encrypted token for 'S-1-5-18'",
-                 r"Received message '<SiteInfoReply SchemaVersion=\"1\.00\">",
-                 r"The location 'https://\S+/downloadrestservice\.svc/getcontentxmlsecure\?pid=",
-                 r"Installing version 5\.00\.\d+\.\d+ of the client with product code \{[0-9A-F-]{36}\}"):
+    for line in (
+        "Getting AAD info from CMG '",
+        r"Getting AAD \(device\) token with: ClientId = ",
+        r"Falling back to get user '\S+' token",
+        r"Getting AAD \(user\) token with: ClientId = ",
+        r"Getting CCM Token from https://\S+/CCM_STS",
+        "Cached encrypted token for 'S-1-5-18'",
+        r"Received message '<SiteInfoReply SchemaVersion=\"1\.00\">",
+        r"The location 'https://\S+/downloadrestservice\.svc/getcontentxmlsecure\?pid=",
+        r"Installing version 5\.00\.\d+\.\d+ of the client with product code \{[0-9A-F-]{36}\}",
+    ):
         assert re.search(line, ccmsetup), line
-    wait_for(r"\[RegTask\] - Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. "
-             r"Approval status 3", lambda: (logs / "CCM/Logs/ClientIDManagerStartup.log").read_text())
+    wait_for(
+        r"\[RegTask\] - Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. "
+        r"Approval status 3",
+        lambda: (logs / "CCM/Logs/ClientIDManagerStartup.log").read_text(),
+    )
 
     def sts() -> str:
         return site_log(lab, "management-point", "CCM_STS.log")
 
     wait_for(r"Validated AAD token\. TokenType: UDA TenantId: ", sts)
-    for line in ("ProcessRequest - Start", r"Incoming request URL: https://\S+/CCM_STS", "Issued token",
-                 "Return token to client", r"Created SCCM token, token type: UDA, hierarchyId: "):
+    for line in (
+        "ProcessRequest - Start",
+        r"Incoming request URL: https://\S+/CCM_STS",
+        "Issued token",
+        "Return token to client",
+        r"Created SCCM token, token type: UDA, hierarchyId: ",
+    ):
         assert re.search(line, sts()), line
     registration = site_log(lab, "management-point", "MP_RegistrationManager.log")
-    assert re.search(r"Registering device using AAD auth: DeviceId='[0-9a-f-]{36}\s*', TenantId='[0-9a-f-]{36}'",
-                     registration)
+    assert re.search(
+        r"Registering device using AAD auth: DeviceId='[0-9a-f-]{36}\s*', TenantId='[0-9a-f-]{36}'", registration
+    )
     assert re.search(r"Processing Registration request from Client 'GUID:[0-9A-F-]{36}'", registration)
     connector = site_log(lab, "cmg-connection-point", "SMS_CLOUD_PROXYCONNECTOR.log")
-    assert re.search(r"Switched to internal URL\. Replaced '\S+/CCM_Proxy_ServerAuth/\d+/CCM_STS' in\s+'\S+' "
-                     r"with '\S+/CCM_STS' and got '", connector, re.IGNORECASE)
-    assert re.search(r"MessageID: [0-9a-f-]{36} RequestURI: https://\S+/CCM_STS EndpointName: CCM_STS "
-                     r"ResponseHeader: HTTP/1\.1 200 OK.*ElapsedTime: \d+ ms", connector)
+    assert re.search(
+        r"Switched to internal URL\. Replaced '\S+/CCM_Proxy_ServerAuth/\d+/CCM_STS' in\s+'\S+' "
+        r"with '\S+/CCM_STS' and got '",
+        connector,
+        re.IGNORECASE,
+    )
+    assert re.search(
+        r"MessageID: [0-9a-f-]{36} RequestURI: https://\S+/CCM_STS EndpointName: CCM_STS "
+        r"ResponseHeader: HTTP/1\.1 200 OK.*ElapsedTime: \d+ ms",
+        connector,
+    )
 
     logs_out = cmglab("logs", "--no-follow", "management-point", "--lab", str(lab.dir))
     assert logs_out.returncode == 0 and "CCM_STS.log: ProcessRequest - Start" in logs_out.stdout
 
-    status, ccmexec = (subprocess.run(argv, capture_output=True, text=True, timeout=180)
-                       for argv in orchestrate.check_commands(lab, home))
+    status, ccmexec = (
+        subprocess.run(argv, capture_output=True, text=True, timeout=180)
+        for argv in orchestrate.check_commands(lab, home)
+    )
     assert status.returncode == 0 and re.search(r"AzureAdJoined : YES", status.stdout), status.stdout
     assert ccmexec.returncode == 0, ccmexec.stdout + ccmexec.stderr
-    assert re.fullmatch(r"ccmexec: cycle complete: client GUID:[0-9A-F-]{36} \(approval 3, auth aad\), internet, "
-                        r"through the CMG cmg\.lab\.test:\d+/CCM_Proxy_MutualAuth/\d+, \d+ policies applied\n",
-                        ccmexec.stdout), ccmexec.stdout
+    assert re.fullmatch(
+        r"ccmexec: cycle complete: client GUID:[0-9A-F-]{36} \(approval 3, auth aad\), internet, "
+        r"through the CMG cmg\.lab\.test:\d+/CCM_Proxy_MutualAuth/\d+, \d+ policies applied\n",
+        ccmexec.stdout,
+    ), ccmexec.stdout
 
 
 def test_down_stops_everything_and_the_cmg_writes_its_traffic_summary(up_lab: tuple[Lab, str]) -> None:
@@ -135,17 +171,25 @@ def test_down_stops_everything_and_the_cmg_writes_its_traffic_summary(up_lab: tu
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     summary = site_log(lab, "cmg", "CMGService.log")  # written at shutdown too
-    assert re.search(r"RequestUri: /CCM_PROXY_SERVERAUTH/\d+/CCM_STS\s+RequestCount: \d+\s+RequestSize: \d+ Bytes"
-                     r"\s+ResponseCount: \d+\s+ResponseSize: \d+ Bytes\s+AverageElapsedTime: \d+ ms", summary)
+    assert re.search(
+        r"RequestUri: /CCM_PROXY_SERVERAUTH/\d+/CCM_STS\s+RequestCount: \d+\s+RequestSize: \d+ Bytes"
+        r"\s+ResponseCount: \d+\s+ResponseSize: \d+ Bytes\s+AverageElapsedTime: \d+ ms",
+        summary,
+    )
     assert cmglab("status", "--lab", str(lab.dir)).returncode == 1
 
 
 def test_up_in_the_foreground_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     lab = isolated_lab(tmp_path / "lab")
     with handover("127.0.0.1") as (env, fds):
-        proc = subprocess.Popen([sys.executable, "-m", "cmglab", "up", "--lab", str(lab.dir)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, **env}, pass_fds=fds)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cmglab", "up", "--lab", str(lab.dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **env},
+            pass_fds=fds,
+        )
     assert proc.stdout is not None
     try:
         seen = []

@@ -17,8 +17,13 @@ from cmglab.tools.devicecli import next_device_home
 
 
 def cmglab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cmglab", *args], capture_output=True, text=True, timeout=timeout,
-                          env={"COLUMNS": "400", "PATH": str(Path(sys.executable).parent)})
+    return subprocess.run(
+        [sys.executable, "-m", "cmglab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"COLUMNS": "400", "PATH": str(Path(sys.executable).parent)},
+    )
 
 
 def init_compose(lab: Path) -> subprocess.CompletedProcess[str]:

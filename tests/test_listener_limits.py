@@ -18,11 +18,25 @@ from cmglab.tools.processes import LabProcesses, isolated_lab
 from cmglab.tools.reliability import transport as attack
 from cmglab.tools.reliability.transport import Target
 
-LIMITS = {**attack.ENV, "CMGLAB_MAX_BODY_BYTES": str(attack.MAX_BODY),
-          "CMGLAB_CHANNEL_HEARTBEAT": "1", "CMGLAB_CHANNEL_BACKOFF_MAX": "1"}
+LIMITS = {
+    **attack.ENV,
+    "CMGLAB_MAX_BODY_BYTES": str(attack.MAX_BODY),
+    "CMGLAB_CHANNEL_HEARTBEAT": "1",
+    "CMGLAB_CHANNEL_BACKOFF_MAX": "1",
+}
 SERVICES = ("pki", "entra", "management-point", "distribution-point", "cmg", "cmg-connection-point", "console")
-LISTENERS = ("entra", "cmg", "cmg-connector", "management-point", "management-point-http", "pki",
-             "cmg-connection-point", "console", "distribution-point", "distribution-point-http")
+LISTENERS = (
+    "entra",
+    "cmg",
+    "cmg-connector",
+    "management-point",
+    "management-point-http",
+    "pki",
+    "cmg-connection-point",
+    "console",
+    "distribution-point",
+    "distribution-point-http",
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,23 +79,26 @@ def test_oversized_head_is_431_before_it_ends(limits_lab: Lab, target: Target, c
     assert attack.oversized_head(limits_lab, target, cert) == 431
 
 
-def test_body_over_the_cap_is_413_without_reading_it(limits_lab: Lab, target: Target,
-                                                       cert: tuple[Path, Path]) -> None:
+def test_body_over_the_cap_is_413_without_reading_it(limits_lab: Lab, target: Target, cert: tuple[Path, Path]) -> None:
     assert attack.declared_body(limits_lab, target, cert) == 413
 
 
-@pytest.mark.parametrize(("where", "method", "path"), [("entra", b"POST", b"/common/oauth2/token"),
-                                                        ("management-point-http", b"CCM_POST", b"/ccm_system/request")])
-def test_chunked_body_over_the_cap_is_413_while_reading(limits_lab: Lab, procs: LabProcesses, where: str,
-                                                        method: bytes, path: bytes, cert: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(
+    ("where", "method", "path"),
+    [("entra", b"POST", b"/common/oauth2/token"), ("management-point-http", b"CCM_POST", b"/ccm_system/request")],
+)
+def test_chunked_body_over_the_cap_is_413_while_reading(
+    limits_lab: Lab, procs: LabProcesses, where: str, method: bytes, path: bytes, cert: tuple[Path, Path]
+) -> None:
     """No Content-Length to refuse on: counted as it arrives, refused past 1 MiB (the cap here), before any
     token or signature is looked at."""
     t = next(t for t in attack.targets(limits_lab) if t.listener == where)
     assert attack.chunked_body(limits_lab, t, cert, method, path) == 413
 
 
-def test_half_sent_heads_are_closed(limits_lab: Lab, procs: LabProcesses, target: Target,
-                                    cert: tuple[Path, Path]) -> None:
+def test_half_sent_heads_are_closed(
+    limits_lab: Lab, procs: LabProcesses, target: Target, cert: tuple[Path, Path]
+) -> None:
     """Slowloris: heads begun and never finished; each gets 408 after the head timeout (1 s here) and is
     closed; the service's descriptors come back."""
     before = attack.open_fds(pid(procs, target.service))
@@ -89,8 +106,9 @@ def test_half_sent_heads_are_closed(limits_lab: Lab, procs: LabProcesses, target
     assert attack.settle(lambda: attack.open_fds(pid(procs, target.service)) <= before)
 
 
-def test_silent_connections_are_dropped_at_the_handshake_timeout(limits_lab: Lab, procs: LabProcesses,
-                                                                 target: Target) -> None:
+def test_silent_connections_are_dropped_at_the_handshake_timeout(
+    limits_lab: Lab, procs: LabProcesses, target: Target
+) -> None:
     """TCP connections that never send a ClientHello: closed by the server after the handshake timeout."""
     if not target.tls:
         pytest.skip("plain HTTP: no handshake (a silent connection meets the idle timeout instead)")

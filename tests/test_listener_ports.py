@@ -67,9 +67,13 @@ def test_port_clash_is_one_line(tmp_path: Path) -> None:
     port = holder.getsockname()[1]
     try:
         lab = Lab.init(tmp_path / "lab", ports=Ports(pki=port))[0]
-        run = subprocess.run([sys.executable, "-m", "cmglab", "serve", "pki", "--lab", str(lab.dir)],
-                             capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "CMGLAB_LAB_DIR": str(lab.dir)})
+        run = subprocess.run(
+            [sys.executable, "-m", "cmglab", "serve", "pki", "--lab", str(lab.dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "CMGLAB_LAB_DIR": str(lab.dir)},
+        )
         assert run.returncode == sockets.PORT_IN_USE_EXIT
         line = run.stderr.strip()
         assert "Traceback" not in run.stderr and "\n" not in line

@@ -65,9 +65,16 @@ def token(lab: Lab) -> int:
     """One ROPC token request on a new connection (state in the database: any worker may answer)."""
     user = lab.config.primary_tenant.users[0]
     with lab_client(lab, timeout=30) as c:
-        return c.post(f"{lab.url('entra')}/common/oauth2/token", data={
-            "client_id": AAD_POWERSHELL, "grant_type": "password", "resource": DRS_RESOURCE,
-            "username": user.upn, "password": user.password}).status_code
+        return c.post(
+            f"{lab.url('entra')}/common/oauth2/token",
+            data={
+                "client_id": AAD_POWERSHELL,
+                "grant_type": "password",
+                "resource": DRS_RESOURCE,
+                "username": user.upn,
+                "password": user.password,
+            },
+        ).status_code
 
 
 def sockets_of(pid: int) -> int:
@@ -105,8 +112,12 @@ def test_workers_go_when_the_first_is_killed(workers_lab: Lab, entra: LabProcess
 
 
 def test_stateful_services_refuse_workers(workers_lab: Lab) -> None:
-    run = subprocess.run([sys.executable, "-m", "cmglab", "serve", "cmg", "--workers", "2",
-                          "--lab", str(workers_lab.dir)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "cmglab", "serve", "cmg", "--workers", "2", "--lab", str(workers_lab.dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "one process" in run.stdout + run.stderr
 
 
@@ -131,19 +142,26 @@ def test_a_second_lab_with_workers_on_the_same_port_is_refused(tmp_path: Path) -
     wait_until(lambda: listening_on(port) == 0, "all workers gone")
 
 
-
 def test_workers_are_settable_in_up_serve_and_compose() -> None:
     for command in ("up", "serve"):
-        shown = subprocess.run([sys.executable, "-m", "cmglab", command, "--help"], capture_output=True, text=True,
-                               timeout=60, env={**os.environ, "COLUMNS": "200"})
+        shown = subprocess.run(
+            [sys.executable, "-m", "cmglab", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         assert "--workers" in shown.stdout, command
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is needed (Debian package docker-compose)"
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([exe, "config"], cwd=root, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "CMGLAB_WORKERS": "2"})
+    out = subprocess.run(
+        [exe, "config"], cwd=root, capture_output=True, text=True, timeout=60, env={**os.environ, "CMGLAB_WORKERS": "2"}
+    )
     assert out.returncode == 0, out.stderr
     services = yaml.safe_load(out.stdout)["services"]
     assert {s for s, v in services.items() if v.get("environment", {}).get("CMGLAB_WORKERS") == "2"} >= {
-        "entra", "management-point"}
+        "entra",
+        "management-point",
+    }
     assert "CMGLAB_WORKERS" not in services["cmg"].get("environment", {})

@@ -7,18 +7,23 @@ from pathlib import Path
 
 from cmglab.core.logs import cmtrace_logger, format_cmtrace, format_smstrace, smstrace_logger
 
-CMTRACE_EXAMPLE = ('<![LOG[Sending StatusMessage]LOG]!><time="10:35:33.086-60" date="09-07-2022" '
-                   'component="TSManager" context="" type="1" thread="2000" file="libsmsmessaging.cpp:4570">')
-SMSTRACE_EXAMPLE = ("RequestUri: /CCM_PROXY_SERVERAUTH/72057594037937981/CCM_STS  RequestCount: 1  "
-                    "RequestSize: 1974 Bytes  ResponseCount: 1  ResponseSize: 1566 Bytes  "
-                    "AverageElapsedTime: 218 ms~~  $$<CMGService><06-24-2020 15:31:46.376+00>"
-                    "<thread=4992 (0x1380)>")
+CMTRACE_EXAMPLE = (
+    '<![LOG[Sending StatusMessage]LOG]!><time="10:35:33.086-60" date="09-07-2022" '
+    'component="TSManager" context="" type="1" thread="2000" file="libsmsmessaging.cpp:4570">'
+)
+SMSTRACE_EXAMPLE = (
+    "RequestUri: /CCM_PROXY_SERVERAUTH/72057594037937981/CCM_STS  RequestCount: 1  "
+    "RequestSize: 1974 Bytes  ResponseCount: 1  ResponseSize: 1566 Bytes  "
+    "AverageElapsedTime: 218 ms~~  $$<CMGService><06-24-2020 15:31:46.376+00>"
+    "<thread=4992 (0x1380)>"
+)
 
 
 def test_cmtrace_line_matches_the_research_example() -> None:
     when = datetime(2022, 9, 7, 10, 35, 33, 86000, tzinfo=timezone(timedelta(hours=1)))  # UTC+1: bias -60
-    line = format_cmtrace("Sending StatusMessage", component="TSManager", when=when, type_=1, thread=2000,
-                          file="libsmsmessaging.cpp:4570")
+    line = format_cmtrace(
+        "Sending StatusMessage", component="TSManager", when=when, type_=1, thread=2000, file="libsmsmessaging.cpp:4570"
+    )
     assert line == CMTRACE_EXAMPLE
 
 
@@ -31,8 +36,10 @@ def test_cmtrace_bias_in_utc_and_west_of_utc() -> None:
 
 def test_smstrace_line_matches_the_cmgservice_example() -> None:
     when = datetime(2020, 6, 24, 15, 31, 46, 376000, tzinfo=UTC)
-    message = ("RequestUri: /CCM_PROXY_SERVERAUTH/72057594037937981/CCM_STS  RequestCount: 1  "
-               "RequestSize: 1974 Bytes  ResponseCount: 1  ResponseSize: 1566 Bytes  AverageElapsedTime: 218 ms\n")
+    message = (
+        "RequestUri: /CCM_PROXY_SERVERAUTH/72057594037937981/CCM_STS  RequestCount: 1  "
+        "RequestSize: 1974 Bytes  ResponseCount: 1  ResponseSize: 1566 Bytes  AverageElapsedTime: 218 ms\n"
+    )
     assert format_smstrace(message, component="CMGService", when=when, thread=4992) == SMSTRACE_EXAMPLE
 
 

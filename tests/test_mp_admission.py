@@ -42,10 +42,20 @@ DECISIONS = [
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("existing,owner,conflicts,resolution,blocked,action", DECISIONS)
-def test_decision_table(kind: str, existing: int | None, owner: bool, conflicts: str, resolution: str | None,
-                        blocked: bool, action: Action) -> None:
-    decision = admit(Request(kind=kind, auto_approve="all", existing_approval=existing, same_owner=owner,
-                             conflicts=conflicts, resolution=resolution, token_blocked=blocked))
+def test_decision_table(
+    kind: str, existing: int | None, owner: bool, conflicts: str, resolution: str | None, blocked: bool, action: Action
+) -> None:
+    decision = admit(
+        Request(
+            kind=kind,
+            auto_approve="all",
+            existing_approval=existing,
+            same_owner=owner,
+            conflicts=conflicts,
+            resolution=resolution,
+            token_blocked=blocked,
+        )
+    )
     assert decision.action is action
     if action in (Action.REFUSE, Action.HOLD):
         assert decision.approval is None and not decision.client_token and decision.reason
@@ -53,10 +63,16 @@ def test_decision_table(kind: str, existing: int | None, owner: bool, conflicts:
 
 # the approval table: kind, auto_approve -> approval earned, unique client token (when approved)
 APPROVALS = [
-    ("aad", "none", AAD_APPROVED, False), ("bulk", "none", APPROVED, True), ("token", "none", APPROVED, True),
-    ("pki", "none", APPROVED, False), ("domain", "domain", APPROVED, True), ("domain", "all", APPROVED, True),
-    ("domain", "none", NOT_APPROVED, False), ("self-signed", "all", APPROVED, True),
-    ("self-signed", "domain", NOT_APPROVED, False), ("self-signed", "none", NOT_APPROVED, False),
+    ("aad", "none", AAD_APPROVED, False),
+    ("bulk", "none", APPROVED, True),
+    ("token", "none", APPROVED, True),
+    ("pki", "none", APPROVED, False),
+    ("domain", "domain", APPROVED, True),
+    ("domain", "all", APPROVED, True),
+    ("domain", "none", NOT_APPROVED, False),
+    ("self-signed", "all", APPROVED, True),
+    ("self-signed", "domain", NOT_APPROVED, False),
+    ("self-signed", "none", NOT_APPROVED, False),
 ]
 
 
@@ -76,18 +92,37 @@ def test_an_update_keeps_the_higher_approval() -> None:
     assert admit(Request("aad", "none", APPROVED, same_owner=True)).approval == AAD_APPROVED
 
 
-@pytest.mark.parametrize("kind,record,request_,owner", [
-    ("bulk", ("AA", None, None), ("aa", None, None), True),  # the registered key, any case
-    ("bulk", ("AA", "dev", "PKI"), ("BB", "dev", "PKI"), False),  # another key: device/PKI only count for their kind
-    ("aad", ("AA", "dev-1", None), ("BB", "DEV-1", None), True),
-    ("aad", ("AA", "dev-1", None), ("BB", "dev-2", None), False),
-    ("aad", ("AA", None, None), ("BB", "dev-1", None), False),  # a record with no device is not this device's
-    ("pki", ("AA", None, "P1"), ("BB", None, "p1"), True),
-    ("pki", ("AA", None, "P1"), ("BB", None, "P2"), False),
-    ("pki", ("AA", None, None), ("BB", None, "P2"), False),
-    ("self-signed", ("AA", None, None), ("BB", None, None), False),
-])
-def test_same_owner(kind: str, record: tuple[str, str | None, str | None],
-                    request_: tuple[str, str | None, str | None], owner: bool) -> None:
-    assert same_owner(record_signing=record[0], record_aad_device=record[1], record_pki=record[2], kind=kind,
-                      signing=request_[0], aad_device=request_[1], pki=request_[2]) is owner
+@pytest.mark.parametrize(
+    "kind,record,request_,owner",
+    [
+        ("bulk", ("AA", None, None), ("aa", None, None), True),  # the registered key, any case
+        (
+            "bulk",
+            ("AA", "dev", "PKI"),
+            ("BB", "dev", "PKI"),
+            False,
+        ),  # another key: device/PKI only count for their kind
+        ("aad", ("AA", "dev-1", None), ("BB", "DEV-1", None), True),
+        ("aad", ("AA", "dev-1", None), ("BB", "dev-2", None), False),
+        ("aad", ("AA", None, None), ("BB", "dev-1", None), False),  # a record with no device is not this device's
+        ("pki", ("AA", None, "P1"), ("BB", None, "p1"), True),
+        ("pki", ("AA", None, "P1"), ("BB", None, "P2"), False),
+        ("pki", ("AA", None, None), ("BB", None, "P2"), False),
+        ("self-signed", ("AA", None, None), ("BB", None, None), False),
+    ],
+)
+def test_same_owner(
+    kind: str, record: tuple[str, str | None, str | None], request_: tuple[str, str | None, str | None], owner: bool
+) -> None:
+    assert (
+        same_owner(
+            record_signing=record[0],
+            record_aad_device=record[1],
+            record_pki=record[2],
+            kind=kind,
+            signing=request_[0],
+            aad_device=request_[1],
+            pki=request_[2],
+        )
+        is owner
+    )

@@ -18,9 +18,13 @@ from tests.support.mp import Device, ccm_post, client, https_url, lab_rows, repl
 
 
 def cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cmglab", "bulk-token", *args, "--lab", str(lab.dir)],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "CMGLAB_LAB_DIR": str(lab.dir), "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "cmglab", "bulk-token", *args, "--lab", str(lab.dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CMGLAB_LAB_DIR": str(lab.dir), "COLUMNS": "200"},
+    )
 
 
 def new_token(lab: Lab, lifetime: int | None = None) -> dict[str, str]:
@@ -43,8 +47,12 @@ def sts(mp: Lab, bearer: str | None, doc: dict) -> tuple[int, dict]:
 
 def register_with_token(mp: Lab, device: Device, ccm_token: str) -> dict[str, str]:
     with client(mp) as c:
-        resp = ccm_post(c, f"{https_url(mp)}/ccm_system_tokenauth/request", device.registration_message(),
-                        {"Authorization": f"Bearer {ccm_token}"})
+        resp = ccm_post(
+            c,
+            f"{https_url(mp)}/ccm_system_tokenauth/request",
+            device.registration_message(),
+            {"Authorization": f"Bearer {ccm_token}"},
+        )
         root = cm.parse_xml(reply_body(resp))
     if root.get("SMSID"):
         device.sms_id = root.get("SMSID")
@@ -112,9 +120,12 @@ def test_bulk_registration_end_to_end(mp: Lab) -> None:
     assert status == 200 and ccm["TokenType"] == "Device"
     assert jwt.decode(ccm["Token"], options={"verify_signature": False})["DeviceId"] == device.sms_id
     with client(mp) as c:
-        resp = ccm_post(c, f"{https_url(mp)}/ccm_system_tokenauth/request",
-                        device.signed_message("MP_PolicyManager", device.assignments_body()),
-                        {"Authorization": f"Bearer {ccm['Token']}"})
+        resp = ccm_post(
+            c,
+            f"{https_url(mp)}/ccm_system_tokenauth/request",
+            device.signed_message("MP_PolicyManager", device.assignments_body()),
+            {"Authorization": f"Bearer {ccm['Token']}"},
+        )
         assert "NAAConfig" in reply_body(resp)
 
 

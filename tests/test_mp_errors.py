@@ -56,8 +56,9 @@ def test_any_boundary_is_accepted(mp: Lab) -> None:
 
 def test_bad_zlib(mp: Lab) -> None:
     device = Device("ERR03")
-    raw = cm.build_multipart([(cm.HEADER_PART_TYPE, header_part(device)),
-                              (cm.BODY_PART_TYPE, b"\x78\x9c" + b"\x01not zlib at all")])
+    raw = cm.build_multipart(
+        [(cm.HEADER_PART_TYPE, header_part(device)), (cm.BODY_PART_TYPE, b"\x78\x9c" + b"\x01not zlib at all")]
+    )
     assert post(mp, raw).status_code == 400
     wait_log(mp, "CcmIsapi.log", r"invalid message: bad zlib data")
 
@@ -73,8 +74,12 @@ def test_zlib_bomb(mp: Lab) -> None:
 
 def test_utf16_garbage(mp: Lab) -> None:
     device = Device("ERR05")
-    raw = cm.build_multipart([(cm.HEADER_PART_TYPE, b"\xff\xfe\x00\xd8\x41\x00garbage"),
-                              (cm.BODY_PART_TYPE, zlib.compress(b"\x00\xd8" * 10))])
+    raw = cm.build_multipart(
+        [
+            (cm.HEADER_PART_TYPE, b"\xff\xfe\x00\xd8\x41\x00garbage"),
+            (cm.BODY_PART_TYPE, zlib.compress(b"\x00\xd8" * 10)),
+        ]
+    )
     assert post(mp, raw).status_code == 400
     wait_log(mp, "CcmIsapi.log", r"invalid message: (not UTF-16|header part is not UTF-16 XML)")
     body = zlib.compress("just words, no xml".encode("utf-16-le") + b"\x00\x00")
@@ -83,19 +88,25 @@ def test_utf16_garbage(mp: Lab) -> None:
     wait_log(mp, "CcmIsapi.log", r"body is not UTF-16 XML")
 
 
-@pytest.mark.parametrize("evil", [
-    '<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]><ClientRegistrationRequest>'
-    '&lol2;</ClientRegistrationRequest>',
-    '<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><ClientRegistrationRequest>&x;</ClientRegistrationRequest>',
-])
+@pytest.mark.parametrize(
+    "evil",
+    [
+        '<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]><ClientRegistrationRequest>'
+        "&lol2;</ClientRegistrationRequest>",
+        '<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><ClientRegistrationRequest>&x;</ClientRegistrationRequest>',
+    ],
+)
 def test_xml_bombs_and_external_entities(mp: Lab, evil: str) -> None:
     device = Device("ERR06")
     raw = cm.encode_request(device.header("MP_ClientRegistration"), evil)
     assert post(mp, raw).status_code == 400
     wait_log(mp, "CcmIsapi.log", r"invalid body: malformed XML: (DTD|Entit)")
-    header_bomb = cm.build_multipart([
-        (cm.HEADER_PART_TYPE, b"\xff\xfe" + cm.utf16('<!DOCTYPE m [<!ENTITY a "aaaa">]><Msg>&a;</Msg>')),
-        (cm.BODY_PART_TYPE, b"")])
+    header_bomb = cm.build_multipart(
+        [
+            (cm.HEADER_PART_TYPE, b"\xff\xfe" + cm.utf16('<!DOCTYPE m [<!ENTITY a "aaaa">]><Msg>&a;</Msg>')),
+            (cm.BODY_PART_TYPE, b""),
+        ]
+    )
     assert post(mp, header_bomb).status_code == 400
     assert "ERR06" not in names(mp)
 

@@ -11,14 +11,16 @@ from tests.support.lab import lab_fixture
 from tests.support.mp import Device, ccm_post, client, http_url, https_url, reply_body, set_site, wait_log
 
 SITE_INFO = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="MEM"/></SiteInformationRequest>'
-CLIENT_CONTENT = ('<ContentLocationRequest SchemaVersion="1.00" BGRVersion="1"><AssignedSite SiteCode="MEM"/>'
-                  '<ClientPackage RequestForLatest="0" DeploymentFlags="4098"/><ClientLocationInfo '
-                  'LocationType="SMSPACKAGE" DistributeOnDemand="0" UseAzure="1" AllowWUMU="0" UseProtected="0" '
-                  'AllowCaching="0" BranchDPFlags="0" UseInternetDP="1" AllowHTTP="1" AllowSMB="0" '
-                  'AllowMulticast="0" DPTokenAuth="1"><ADSite Name="Default-First-Site-Name"/>'
-                  '<Forest Name="lab.test"/><Domain Name="lab.test"/><IPAddresses><IPAddress '
-                  'SubnetAddress="10.0.0.0" Address="10.0.0.5"/></IPAddresses></ClientLocationInfo>'
-                  '</ContentLocationRequest>')
+CLIENT_CONTENT = (
+    '<ContentLocationRequest SchemaVersion="1.00" BGRVersion="1"><AssignedSite SiteCode="MEM"/>'
+    '<ClientPackage RequestForLatest="0" DeploymentFlags="4098"/><ClientLocationInfo '
+    'LocationType="SMSPACKAGE" DistributeOnDemand="0" UseAzure="1" AllowWUMU="0" UseProtected="0" '
+    'AllowCaching="0" BranchDPFlags="0" UseInternetDP="1" AllowHTTP="1" AllowSMB="0" '
+    'AllowMulticast="0" DPTokenAuth="1"><ADSite Name="Default-First-Site-Name"/>'
+    '<Forest Name="lab.test"/><Domain Name="lab.test"/><IPAddresses><IPAddress '
+    'SubnetAddress="10.0.0.0" Address="10.0.0.5"/></IPAddresses></ClientLocationInfo>'
+    "</ContentLocationRequest>"
+)
 
 
 mp = lab_fixture("management-point")
@@ -54,8 +56,15 @@ def test_internal_content_location_points_at_the_dp_then_the_mp(mp: Lab) -> None
 def test_content_location_through_the_cmg(mp: Lab) -> None:
     cp = mp.pki.connection_point
     token, _ = mp.site_signer().ccm_token(token_type="Device")
-    root = cm.parse_xml(location(mp, CLIENT_CONTENT, f"{https_url(mp)}/ccm_system_tokenauth/request",
-                                 (cp.cert_path, cp.key_path), {"Authorization": f"Bearer {token}"}))
+    root = cm.parse_xml(
+        location(
+            mp,
+            CLIENT_CONTENT,
+            f"{https_url(mp)}/ccm_system_tokenauth/request",
+            (cp.cert_path, cp.key_path),
+            {"Authorization": f"Bearer {token}"},
+        )
+    )
     urls = [u.get("Name") or "" for u in root.iter("URL")]
     cmg = mp.url("cmg")
     pid = mp.config.site.client_package_id
@@ -63,8 +72,15 @@ def test_content_location_through_the_cmg(mp: Lab) -> None:
     assert urls[1] == f"{cmg}/CCM_Proxy_ServerAuth/{mp.config.site.role_id}/CCM_Client"
     set_site(mp, content_enabled_cmg=False)
     try:
-        root = cm.parse_xml(location(mp, CLIENT_CONTENT, f"{https_url(mp)}/ccm_system_tokenauth/request",
-                                     (cp.cert_path, cp.key_path), {"Authorization": f"Bearer {token}"}))
+        root = cm.parse_xml(
+            location(
+                mp,
+                CLIENT_CONTENT,
+                f"{https_url(mp)}/ccm_system_tokenauth/request",
+                (cp.cert_path, cp.key_path),
+                {"Authorization": f"Bearer {token}"},
+            )
+        )
         assert [u.get("Name") for u in root.iter("URL")] == urls[1:]
     finally:
         set_site(mp, content_enabled_cmg=True)
@@ -115,8 +131,12 @@ def test_client_package(mp: Lab) -> None:
         assert cab[:4] == b"MSCF" and b"client.msi" in read_cab(cab)["ccmsetup.xml"]
         assert c.head(f"{http_url(mp)}/CCM_Client/ccmsetup.cab").status_code == 200
         assert c.get(f"{http_url(mp)}/CCM_Client/../lab.json").status_code == 404
-        assert c.get(f"{http_url(mp)}/CCM_Client/ccmsetup.cab",
-                     headers={"Authorization": "Bearer not-a-token"}).status_code == 401
+        assert (
+            c.get(
+                f"{http_url(mp)}/CCM_Client/ccmsetup.cab", headers={"Authorization": "Bearer not-a-token"}
+            ).status_code
+            == 401
+        )
     # through the connection point (internet client) a CCM token is required
     cp = mp.pki.connection_point
     token, _ = mp.site_signer().ccm_token(token_type="Device")

@@ -15,22 +15,28 @@ KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def test_request_bytes_match_the_research_layout() -> None:
-    h = cm.MsgHeader(target_endpoint="MP_ClientRegistration", id="{5DD100CD-DF1D-45F5-BA17-A327F43465F8}",
-                     sent_time="2024-01-01T12:00:00Z", source_host="LAB01", target_host="mp.lab.local",
-                     reply_to="direct:LAB01:SccmMessaging")
+    h = cm.MsgHeader(
+        target_endpoint="MP_ClientRegistration",
+        id="{5DD100CD-DF1D-45F5-BA17-A327F43465F8}",
+        sent_time="2024-01-01T12:00:00Z",
+        source_host="LAB01",
+        target_host="mp.lab.local",
+        reply_to="direct:LAB01:SccmMessaging",
+    )
     raw = cm.encode_request(h, "<ClientRegistrationRequest/>")
     prefix = f"--{cm.BOUNDARY}\r\ncontent-type: text/plain; charset=UTF-16\r\n\r\n".encode() + b"\xff\xfe"
     assert raw.startswith(prefix)
     header_end = raw.index(f"\r\n--{cm.BOUNDARY}\r\ncontent-type: application/octet-stream\r\n\r\n".encode())
-    header_xml = raw[len(prefix):header_end].decode("utf-16-le")
+    header_xml = raw[len(prefix) : header_end].decode("utf-16-le")
     assert header_xml == (
         '<Msg ReplyCompression="zlib" SchemaVersion="1.1"><Body Type="ByteRange" Length="58" Offset="0" />'
-        "<CorrelationID>{00000000-0000-0000-0000-000000000000}</CorrelationID><Hooks><Hook3 Name=\"zlib-compress\" />"
-        "</Hooks><ID>{5DD100CD-DF1D-45F5-BA17-A327F43465F8}</ID><Payload Type=\"inline\" /><Priority>0</Priority>"
+        '<CorrelationID>{00000000-0000-0000-0000-000000000000}</CorrelationID><Hooks><Hook3 Name="zlib-compress" />'
+        '</Hooks><ID>{5DD100CD-DF1D-45F5-BA17-A327F43465F8}</ID><Payload Type="inline" /><Priority>0</Priority>'
         "<Protocol>http</Protocol><ReplyMode>Sync</ReplyMode><ReplyTo>direct:LAB01:SccmMessaging</ReplyTo>"
         "<SentTime>2024-01-01T12:00:00Z</SentTime><SourceHost>LAB01</SourceHost><TargetAddress>mp:MP_ClientRegistration"
         "</TargetAddress><TargetEndpoint>MP_ClientRegistration</TargetEndpoint><TargetHost>mp.lab.local</TargetHost>"
-        "<Timeout>60000</Timeout></Msg>")
+        "<Timeout>60000</Timeout></Msg>"
+    )
     assert raw.endswith(f"\r\n--{cm.BOUNDARY}--".encode())
     body = raw.split(b"application/octet-stream\r\n\r\n")[1][: -len(f"\r\n--{cm.BOUNDARY}--")]
     assert body[:2] == b"\x78\x9c"
@@ -46,8 +52,14 @@ def test_round_trip_with_signature_and_blob() -> None:
     msg = cm.decode_message(raw, cm.CONTENT_TYPE)
     assert msg.body == "<RequestAssignments/>" and msg.header.source_id == "GUID:ABC"
     auth = msg.header.clientauth or {}
-    assert list(auth) == ["AuthSenderMachine", "PublicKey", "ClientIDSignature", "PayloadSignature",
-                          "ClientCapabilities", "HashAlgorithm"]
+    assert list(auth) == [
+        "AuthSenderMachine",
+        "PublicKey",
+        "ClientIDSignature",
+        "PayloadSignature",
+        "ClientCapabilities",
+        "HashAlgorithm",
+    ]
     assert cm.verify(KEY.public_key(), msg.payload, auth["PayloadSignature"])
     assert cm.verify(KEY.public_key(), cm.utf16("GUID:ABC") + b"\x00\x00", auth["ClientIDSignature"])
     blob = bytes.fromhex(auth["PublicKey"])
@@ -68,8 +80,9 @@ def test_signatures_are_reversed_and_both_paddings_verify() -> None:
 
 
 def test_reply_round_trip_and_no_compression() -> None:
-    req = cm.MsgHeader(target_endpoint="MP_LocationManager", source_host="LAB01",
-                       reply_to="direct:LAB01:LS_ReplyLocations")
+    req = cm.MsgHeader(
+        target_endpoint="MP_LocationManager", source_host="LAB01", reply_to="direct:LAB01:LS_ReplyLocations"
+    )
     reply = cm.encode_reply(req, '<SiteInfoReply SchemaVersion="1.00"/>', source_host="MP", boundary="bnd")
     header, body = cm.decode_reply(reply, 'multipart/mixed; boundary="bnd"')
     assert body == '<SiteInfoReply SchemaVersion="1.00"/>' and header.correlation_id == req.id
@@ -81,20 +94,31 @@ def test_reply_round_trip_and_no_compression() -> None:
 
 def test_lenient_parsing_of_real_variants() -> None:
     # PXEThief: form-data multipart, a random boundary, uncompressed body, a wrong Length, no Hook3
-    header = ('<Msg><Body Type="ByteRange" Length="728" Offset="0"/><ID>{1}</ID>'
-              "<TargetAddress>mp:[http]MP_LocationManager</TargetAddress></Msg>")
-    raw = (b"--rnd\r\nContent-Disposition: form-data; name=\"Msg\"\r\nContent-Type: text/plain; charset=UTF-16\r\n\r\n"
-           + header.encode("utf-16") + b"\r\n--rnd\r\nContent-Disposition: form-data; name=\"R\"\r\n\r\n"
-           + "<SiteInformationRequest/>".encode("utf-16-le") + b"\x00\x00\x00\r\n--rnd--\r\n")
+    header = (
+        '<Msg><Body Type="ByteRange" Length="728" Offset="0"/><ID>{1}</ID>'
+        "<TargetAddress>mp:[http]MP_LocationManager</TargetAddress></Msg>"
+    )
+    raw = (
+        b'--rnd\r\nContent-Disposition: form-data; name="Msg"\r\nContent-Type: text/plain; charset=UTF-16\r\n\r\n'
+        + header.encode("utf-16")
+        + b'\r\n--rnd\r\nContent-Disposition: form-data; name="R"\r\n\r\n'
+        + "<SiteInformationRequest/>".encode("utf-16-le")
+        + b"\x00\x00\x00\r\n--rnd--\r\n"
+    )
     msg = cm.decode_message(raw, "multipart/mixed; boundary=rnd")
     assert msg.header.target_endpoint == "MP_LocationManager" and msg.body == "<SiteInformationRequest/>"
     assert cm.decode_message(raw).boundary == "rnd"  # boundary from the first line
 
 
-@pytest.mark.parametrize("raw,ctype", [
-    (b"", cm.CONTENT_TYPE), (b"--x\r\n", "multipart/mixed; boundary=x"), (b"\x00" * 50, None),
-    (b"--" + cm.BOUNDARY.encode() + b"\r\nnoseparator", cm.CONTENT_TYPE),
-])
+@pytest.mark.parametrize(
+    "raw,ctype",
+    [
+        (b"", cm.CONTENT_TYPE),
+        (b"--x\r\n", "multipart/mixed; boundary=x"),
+        (b"\x00" * 50, None),
+        (b"--" + cm.BOUNDARY.encode() + b"\r\nnoseparator", cm.CONTENT_TYPE),
+    ],
+)
 def test_parse_raises_only_its_own_error(raw: bytes, ctype: str | None) -> None:
     with pytest.raises(cm.CcmMessageError):
         cm.decode_message(raw, ctype)
@@ -104,8 +128,9 @@ def test_client_token_helpers() -> None:
     headers = cm.client_token_headers("GUID:0DB5A7A8-1D89-4B6A-8B0B-3C8BDB0C7C11", KEY)
     ident, _stamp = cm.parse_client_token(headers["ClientToken"])
     assert ident == "GUID:0DB5A7A8-1D89-4B6A-8B0B-3C8BDB0C7C11" and headers["ClientToken"].endswith(";2")
-    assert cm.verify_any(KEY.public_key(), cm.client_token_candidates(headers["ClientToken"]),
-                         headers["ClientTokenSignature"])
+    assert cm.verify_any(
+        KEY.public_key(), cm.client_token_candidates(headers["ClientToken"]), headers["ClientTokenSignature"]
+    )
     assert cm.parse_client_token("{0db5a7a8-1d89-4b6a-8b0b-3c8bdb0c7c11};2024-01-01T00:00:00Z")[0] == ident
     with pytest.raises(cm.CcmMessageError):
         cm.parse_client_token("nonsense")

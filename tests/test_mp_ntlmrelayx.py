@@ -33,9 +33,24 @@ def test_ntlmrelayx_sccm_policies_recovers_the_naa(mp: Lab, tmp_path: Path) -> N
     started = datetime.now(UTC).isoformat(timespec="milliseconds")
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [ntlmrelayx(), "-t", target, "--sccm-policies", "--sccm-policies-sleep", "0",
-             "-ip", "127.0.0.1", "--http-port", str(http_port), *QUIET],
-            cwd=tmp_path, stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT)
+            [
+                ntlmrelayx(),
+                "-t",
+                target,
+                "--sccm-policies",
+                "--sccm-policies-sleep",
+                "0",
+                "-ip",
+                "127.0.0.1",
+                "--http-port",
+                str(http_port),
+                *QUIET,
+            ],
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         wait_listening(http_port, proc, deadline)
@@ -58,8 +73,11 @@ def test_ntlmrelayx_sccm_policies_recovers_the_naa(mp: Lab, tmp_path: Path) -> N
     guid = (loot / "device" / "guid.txt").read_text().strip()
     with lab_client(mp) as c:
         row = c.get(f"{mp.url('management-point')}/_lab/clients/GUID:{guid}").json()
-        seen = c.get(f"{mp.url('management-point')}/_lab/requests", params={"path": "windowsauth/request"},
-                     headers={"Authorization": f"Bearer {mp.admin_token()}"}).json()["requests"]
+        seen = c.get(
+            f"{mp.url('management-point')}/_lab/requests",
+            params={"path": "windowsauth/request"},
+            headers={"Authorization": f"Bearer {mp.admin_token()}"},
+        ).json()["requests"]
     # registered as the relayed computer account, on a request that carried no Authorization header
     assert row["auth_kind"] == "domain" and row["domain_account"] == f"CORP\\{computer.name}"
     # ntlmrelayx sends absolute-form targets (`CCM_POST http://127.0.0.1/...`): recorded as the URL they are

@@ -36,8 +36,11 @@ def device(mp: Lab) -> Device:
 
 def assignments(mp: Lab, device: Device) -> str:
     with client(mp) as c:
-        resp = ccm_post(c, f"{http_url(mp)}/ccm_system/request",
-                        device.signed_message("MP_PolicyManager", device.assignments_body()))
+        resp = ccm_post(
+            c,
+            f"{http_url(mp)}/ccm_system/request",
+            device.signed_message("MP_PolicyManager", device.assignments_body()),
+        )
     return reply_body(resp)
 
 
@@ -92,8 +95,10 @@ def test_secret_policy_needs_the_registered_key(mp: Lab, device: Device) -> None
 def test_secret_policy_is_cms_to_the_encryption_certificate(mp: Lab, device: Device, digest_info: bool) -> None:
     path = _naa_path(mp, device)
     token = f"{device.sms_id};{cm.utc_timestamp()};2"
-    headers = {"ClientToken": token,
-               "ClientTokenSignature": cm.sign_hex(device.key, cm.utf16(token) + b"\x00\x00", digest_info=digest_info)}
+    headers = {
+        "ClientToken": token,
+        "ClientTokenSignature": cm.sign_hex(device.key, cm.utf16(token) + b"\x00\x00", digest_info=digest_info),
+    }
     with client(mp) as c:
         resp = c.get(http_url(mp) + path, headers=headers)
     assert resp.status_code == 200 and resp.content[:1] == b"\x30"
@@ -135,8 +140,11 @@ def test_unsigned_or_unknown_policy_requests_get_an_empty_reply(mp: Lab, device:
     impostor.sms_id = device.sms_id
     unsigned = cm.encode_request(device.header("MP_PolicyManager", source_id=device.sms_id), device.assignments_body())
     with client(mp) as c:
-        for raw in (stranger.signed_message("MP_PolicyManager", stranger.assignments_body()),
-                    impostor.signed_message("MP_PolicyManager", impostor.assignments_body()), unsigned):
+        for raw in (
+            stranger.signed_message("MP_PolicyManager", stranger.assignments_body()),
+            impostor.signed_message("MP_PolicyManager", impostor.assignments_body()),
+            unsigned,
+        ):
             resp = ccm_post(c, f"{http_url(mp)}/ccm_system/request", raw)
             assert resp.status_code == 200 and resp.headers["content-length"] == "0" and resp.content == b""
     wait_log(mp, "ClientAuth.log", r"from unknown client 'GUID:00000000-1111-2222-3333-444444444444': not registered")
@@ -151,28 +159,33 @@ def test_sms_aut(mp: Lab) -> None:
         keyinfo = cm.parse_xml(c.get(f"{http_url(mp)}/SMS_MP/.sms_aut?MPKEYINFORMATIONMEDIA").text)
         assert keyinfo.findtext("SITECODE") == mp.config.site.code
         assert keyinfo.find("UnknownMachines").get("x64UnknownMachineGUID")  # type: ignore[union-attr]
-        assert cm.parse_xml(c.get(f"{http_url(mp)}/SMS_MP/.sms_aut?MPKEYINFORMATION").text).find(
-            "UnknownMachines") is None
+        assert (
+            cm.parse_xml(c.get(f"{http_url(mp)}/SMS_MP/.sms_aut?MPKEYINFORMATION").text).find("UnknownMachines") is None
+        )
         sign = cm.parse_xml(c.get(f"{https_url(mp)}/SMS_MP/.sms_aut?SITESIGNCERT").text)
         from cryptography import x509
 
         cert = x509.load_der_x509_certificate(bytes.fromhex(sign.text or ""))
         assert cert == mp.pki.site_signing.cert()
         mpcert = cm.parse_xml(c.get(f"{https_url(mp)}/SMS_MP/.sms_aut?MPCERT").text)
-        assert x509.load_der_x509_certificate(bytes.fromhex(mpcert.findtext("Certificate") or "")) == \
-            mp.pki.server("management-point").cert()
+        assert (
+            x509.load_der_x509_certificate(bytes.fromhex(mpcert.findtext("Certificate") or ""))
+            == mp.pki.server("management-point").cert()
+        )
         assert c.get(f"{http_url(mp)}/SMS_MP/.sms_aut?NOSUCHTHING").status_code == 404
 
 
 def test_ddr_is_stored(mp: Lab, device: Device) -> None:
-    report = (f"<Report><ReportHeader><Identification><Machine><ClientInstalled>1</ClientInstalled><ClientType>1"
-              f"</ClientType><ClientID>{device.sms_id}</ClientID><ClientVersion>5.00.8968.1000</ClientVersion>"
-              f"<NetBIOSName>{device.name}</NetBIOSName><CodePage>437</CodePage><SystemDefaultLCID>1033"
-              f"</SystemDefaultLCID><Priority /></Machine></Identification><ReportDetails><ReportContent>"
-              f"Inventory Data</ReportContent><ReportType>Full</ReportType><Date>20240101000000.000000+000</Date>"
-              f"<Version>1.0</Version><Format>1.1</Format></ReportDetails><InventoryAction ActionType=\"Predefined\">"
-              f"<InventoryActionID>{{00000000-0000-0000-0000-000000000003}}</InventoryActionID><Description>"
-              f"Discovery</Description></InventoryAction></ReportHeader><ReportBody /></Report>")
+    report = (
+        f"<Report><ReportHeader><Identification><Machine><ClientInstalled>1</ClientInstalled><ClientType>1"
+        f"</ClientType><ClientID>{device.sms_id}</ClientID><ClientVersion>5.00.8968.1000</ClientVersion>"
+        f"<NetBIOSName>{device.name}</NetBIOSName><CodePage>437</CodePage><SystemDefaultLCID>1033"
+        f"</SystemDefaultLCID><Priority /></Machine></Identification><ReportDetails><ReportContent>"
+        f"Inventory Data</ReportContent><ReportType>Full</ReportType><Date>20240101000000.000000+000</Date>"
+        f'<Version>1.0</Version><Format>1.1</Format></ReportDetails><InventoryAction ActionType="Predefined">'
+        f"<InventoryActionID>{{00000000-0000-0000-0000-000000000003}}</InventoryActionID><Description>"
+        f"Discovery</Description></InventoryAction></ReportHeader><ReportBody /></Report>"
+    )
     raw = device.signed_message("MP_DdrEndpoint", report, reply_mode="Async")
     with client(mp) as c:
         resp = ccm_post(c, f"{http_url(mp)}/ccm_system/request", raw)

@@ -46,8 +46,12 @@ def test_self_signed_registration_over_http_auto_approved(mp: Lab, approve_all: 
     assert attrs["SMSID"].startswith("GUID:") and attrs["SMSID"] == attrs["SMSID"].upper()
     assert attrs["ApprovalStatus"] == "1"
     # internal-network registration hands out the unique client token (seeds 003/004)
-    claims = verify(attrs["PreAuthToken"], cert=mp.pki.site_signing.cert(), hierarchy_id=mp.config.site.hierarchy_id,
-                    types=(CLIENT,))
+    claims = verify(
+        attrs["PreAuthToken"],
+        cert=mp.pki.site_signing.cert(),
+        hierarchy_id=mp.config.site.hierarchy_id,
+        types=(CLIENT,),
+    )
     assert claims["DeviceId"] == attrs["SMSID"]
     from cmglab.runtime.certinfo import thumbprint
 
@@ -68,16 +72,24 @@ def test_default_site_does_not_approve_anonymous_self_signed(mp: Lab) -> None:
     assert "PreAuthToken" not in attrs
     # an unapproved client gets no secret policy assignment
     with client(mp) as c:
-        body = reply_body(ccm_post(c, f"{http_url(mp)}/ccm_system/request",
-                                   device.signed_message("MP_PolicyManager", device.assignments_body())))
+        body = reply_body(
+            ccm_post(
+                c,
+                f"{http_url(mp)}/ccm_system/request",
+                device.signed_message("MP_PolicyManager", device.assignments_body()),
+            )
+        )
     assert "NAAConfig" not in body and "ClientAgentConfig" in body
     # the admin approves it (console: Approve); Confirmation then reports the approval
     with client(mp) as c:
-        r = c.post(f"{https_url(mp)}/_lab/clients/{device.sms_id}/approve",
-                   headers={"Authorization": f"Bearer {mp.admin_token()}"})
+        r = c.post(
+            f"{https_url(mp)}/_lab/clients/{device.sms_id}/approve",
+            headers={"Authorization": f"Bearer {mp.admin_token()}"},
+        )
         assert r.status_code == 200
-        conf = cm.parse_xml(reply_body(ccm_post(c, f"{http_url(mp)}/ccm_system/request",
-                                                device.confirmation_message())))
+        conf = cm.parse_xml(
+            reply_body(ccm_post(c, f"{http_url(mp)}/ccm_system/request", device.confirmation_message()))
+        )
     assert conf.get("ResponseType") == "Confirmation" and conf.get("Status") == "0"
     assert conf.get("SMSID") == device.sms_id and conf.get("ApprovalStatus") == "1"
 
@@ -179,8 +191,12 @@ def test_pki_client_through_the_connection_point_header(mp: Lab) -> None:
     assert row["auth_kind"] == "pki" and row["internet"] is True
     # a client cannot forge the header: without the connection point's TLS certificate it is ignored
     with client(mp) as c:
-        resp = ccm_post(c, f"{https_url(mp)}/ccm_system/request", Device("PKI04").registration_message(),
-                        headers={"Client-Cert": header})
+        resp = ccm_post(
+            c,
+            f"{https_url(mp)}/ccm_system/request",
+            Device("PKI04").registration_message(),
+            headers={"Client-Cert": header},
+        )
     assert resp.status_code == 403
 
 

@@ -57,8 +57,12 @@ def test_client_token_proof(mp: Lab, token_client: tuple[Device, str]) -> None:
     claims = jwt.decode(reply["Token"], options={"verify_signature": False})
     assert claims["iss"] == f"urn:sccm:oauth2:{mp.config.site.hierarchy_id}" and claims["aud"] == "urn:sccm:service"
     assert claims["exp"] - claims["nbf"] == 8 * 3600 and claims["DeviceId"] == device.sms_id
-    for line in ("ProcessRequest - Start", r"Incoming request URL: https://\S+/CCM_STS", "Issued token",
-                 "Return token to client"):
+    for line in (
+        "ProcessRequest - Start",
+        r"Incoming request URL: https://\S+/CCM_STS",
+        "Issued token",
+        "Return token to client",
+    ):
         wait_log(mp, "CCM_STS.log", line)
 
 
@@ -71,13 +75,15 @@ def test_client_token_renewal(mp: Lab, token_client: tuple[Device, str]) -> None
     # a token older than a month is renewed without being asked (monthly renewal)
     from cmglab.runtime.certinfo import thumbprint
 
-    old, _ = mp.site_signer().client_token(sms_id=device.sms_id or "", cert_thumbprint=thumbprint(device.cert),
-                                           now=datetime.now(UTC) - timedelta(days=31))
+    old, _ = mp.site_signer().client_token(
+        sms_id=device.sms_id or "", cert_thumbprint=thumbprint(device.cert), now=datetime.now(UTC) - timedelta(days=31)
+    )
     status, reply = sts(mp, old, device.proof("ClientToken", old))
     assert status == 200 and "ClientToken" in reply
     # an expired one cannot be exchanged: the client must come back to the intranet
-    expired, _ = mp.site_signer().client_token(sms_id=device.sms_id or "", cert_thumbprint=thumbprint(device.cert),
-                                               now=datetime.now(UTC) - timedelta(days=91))
+    expired, _ = mp.site_signer().client_token(
+        sms_id=device.sms_id or "", cert_thumbprint=thumbprint(device.cert), now=datetime.now(UTC) - timedelta(days=91)
+    )
     status, reply = sts(mp, expired, device.proof("ClientToken", expired))
     assert status == 401 and reply["Error"] == "TokenExpired"
 
@@ -113,24 +119,42 @@ def test_bad_requests(mp: Lab) -> None:
 
 # -- Entra (needs the Entra service: its JWKS is what the MP validates against) -------------------
 
+
 @pytest.fixture(scope="module")
 def entra(mp: Lab, lab_services: LabProcesses) -> Lab:
     lab_services.ensure("entra")
     return mp
 
 
-def entra_token(lab: Lab, *, tenant: str | None = None, audience: str = "https://ConfigMgrService",
-                device_id: str | None = None, user: bool = True, key: object = None, lifetime: int = 3600) -> str:
+def entra_token(
+    lab: Lab,
+    *,
+    tenant: str | None = None,
+    audience: str = "https://ConfigMgrService",
+    device_id: str | None = None,
+    user: bool = True,
+    key: object = None,
+    lifetime: int = 3600,
+) -> str:
     """An Entra-shaped v1 access token signed with the lab's Entra signing key (kid = x5t)."""
     from cmglab.pki.builders import x5t
 
     t = lab.config.primary_tenant if tenant is None else next(x for x in lab.config.tenants if x.tenant_id == tenant)
     now = int(time.time())
     u = t.users[0]
-    claims = {"aud": audience, "iss": f"https://sts.windows.net/{t.tenant_id}/", "iat": now, "nbf": now,
-              "exp": now + lifetime, "tid": t.tenant_id, "oid": u.object_id if user else str(uuid.uuid4()),
-              "deviceid": device_id or str(uuid.uuid4()), "idtyp": "user" if user else "device",
-              "appid": lab.config.apps[0].app_id, "ver": "1.0"}
+    claims = {
+        "aud": audience,
+        "iss": f"https://sts.windows.net/{t.tenant_id}/",
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime,
+        "tid": t.tenant_id,
+        "oid": u.object_id if user else str(uuid.uuid4()),
+        "deviceid": device_id or str(uuid.uuid4()),
+        "idtyp": "user" if user else "device",
+        "appid": lab.config.apps[0].app_id,
+        "ver": "1.0",
+    }
     if user:
         claims.update(upn=u.upn, unique_name=u.upn, scp="user_impersonation", onprem_sid=u.onprem_sid or "")
     signing = lab.pki.entra_signing
@@ -148,18 +172,33 @@ def test_aad_proof_and_entra_registration(entra: Lab) -> None:
     assert status == 200, reply
     assert reply["TokenType"] == "UDA"
     tid = mp.config.primary_tenant.tenant_id
-    wait_log(mp, "CCM_STS.log", rf"Validated AAD token\. TokenType: UDA TenantId: {tid} UserId: [0-9a-f-]{{36}} "
-                                rf"DeviceId: {device_id} OnPrem_UserSid: \S* OnPrem_DeviceSid:")
+    wait_log(
+        mp,
+        "CCM_STS.log",
+        rf"Validated AAD token\. TokenType: UDA TenantId: {tid} UserId: [0-9a-f-]{{36}} "
+        rf"DeviceId: {device_id} OnPrem_UserSid: \S* OnPrem_DeviceSid:",
+    )
     wait_log(mp, "CCM_STS.log", "TokenType is UDA")
-    wait_log(mp, "CCM_STS.log", r"Created SCCM token, token type: UDA, hierarchyId: [0-9a-f-]{36}, "
-                                r"userId: [0-9a-f-]{36}, deviceId: GUID:[0-9A-F-]{36}")
+    wait_log(
+        mp,
+        "CCM_STS.log",
+        r"Created SCCM token, token type: UDA, hierarchyId: [0-9a-f-]{36}, "
+        r"userId: [0-9a-f-]{36}, deviceId: GUID:[0-9A-F-]{36}",
+    )
     with client(mp) as c:
-        resp = ccm_post(c, f"{https_url(mp)}/ccm_system_tokenauth/request", device.registration_message(),
-                        {"Authorization": f"Bearer {reply['Token']}"})
+        resp = ccm_post(
+            c,
+            f"{https_url(mp)}/ccm_system_tokenauth/request",
+            device.registration_message(),
+            {"Authorization": f"Bearer {reply['Token']}"},
+        )
         root = cm.parse_xml(reply_body(resp))
     assert root.get("Status") == "0" and root.get("ApprovalStatus") == "3" and root.get("PreAuthToken") is None
-    wait_log(mp, "MP_RegistrationManager.log",
-             rf"Registering device using AAD auth: DeviceId='{device_id}\s*', TenantId='{tid}'")
+    wait_log(
+        mp,
+        "MP_RegistrationManager.log",
+        rf"Registering device using AAD auth: DeviceId='{device_id}\s*', TenantId='{tid}'",
+    )
     wait_log(mp, "MP_RegistrationManager.log", rf"Processing Registration request from Client '{root.get('SMSID')}'")
     row = next(r for r in lab_rows(mp, "clients") if r["sms_id"] == root.get("SMSID"))
     assert row["auth_kind"] == "aad" and row["aad_device_id"] == device_id and row["approval"] == 3
@@ -178,8 +217,9 @@ def test_aad_refusals(entra: Lab) -> None:
     other = next(t for t in mp.config.tenants if not t.onboarded)
     status, reply = sts(mp, entra_token(mp, tenant=other.tenant_id), {"ProofType": "AAD"})
     assert status == 403 and reply["Error"] == "TenantNotOnboarded"
-    status, reply = sts(mp, entra_token(mp, audience="urn:ms-drs:enterpriseregistration.windows.net"),
-                        {"ProofType": "AAD"})
+    status, reply = sts(
+        mp, entra_token(mp, audience="urn:ms-drs:enterpriseregistration.windows.net"), {"ProofType": "AAD"}
+    )
     assert status == 401 and reply["Error"] == "InvalidProof" and "audience" in reply["Reason"]
     status, reply = sts(mp, entra_token(mp, lifetime=-600), {"ProofType": "AAD"})
     assert status == 401 and reply["Error"] == "TokenExpired"

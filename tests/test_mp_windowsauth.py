@@ -22,8 +22,16 @@ def account(lab: Lab, name: str) -> tuple[str, str]:
     return a.name, a.password
 
 
-def ntlm_post(c: httpx.Client, url: str, raw: bytes, user: str, password: str, scheme: str = "NTLM",
-              protocol: str = "ntlm", anonymous_first: bool = True) -> httpx.Response:
+def ntlm_post(
+    c: httpx.Client,
+    url: str,
+    raw: bytes,
+    user: str,
+    password: str,
+    scheme: str = "NTLM",
+    protocol: str = "ntlm",
+    anonymous_first: bool = True,
+) -> httpx.Response:
     """requests_ntlm's dance on one connection: anonymous → 401, negotiate → challenge, authenticate."""
     headers = {"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT}
     if anonymous_first:
@@ -32,14 +40,22 @@ def ntlm_post(c: httpx.Client, url: str, raw: bytes, user: str, password: str, s
         assert first.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
     ctx = spnego.client(user, password, hostname="mp.corp.lab.test", service="HTTP", protocol=protocol)
     token = ctx.step() or b""
-    challenge = c.request("CCM_POST", url, content=raw,
-                          headers={**headers, "Authorization": f"{scheme} {base64.b64encode(token).decode()}"})
+    challenge = c.request(
+        "CCM_POST",
+        url,
+        content=raw,
+        headers={**headers, "Authorization": f"{scheme} {base64.b64encode(token).decode()}"},
+    )
     assert challenge.status_code == 401
     value = challenge.headers["www-authenticate"]
     assert value.startswith(f"{scheme} ")
     token = ctx.step(base64.b64decode(value.split(" ", 1)[1])) or b""
-    return c.request("CCM_POST", url, content=raw,
-                     headers={**headers, "Authorization": f"{scheme} {base64.b64encode(token or b'').decode()}"})
+    return c.request(
+        "CCM_POST",
+        url,
+        content=raw,
+        headers={**headers, "Authorization": f"{scheme} {base64.b64encode(token or b'').decode()}"},
+    )
 
 
 def test_probe_answers_401_with_both_schemes(mp: Lab) -> None:
@@ -55,8 +71,13 @@ def test_computer_account_registration_is_auto_approved(mp: Lab) -> None:
     user, password = account(mp, "LAB01$")
     device = Device("LAB01")
     with client(mp) as c:
-        resp = ntlm_post(c, f"{http_url(mp)}/ccm_system_windowsauth/request", device.registration_message(),
-                         f"CORP\\{user}", password)
+        resp = ntlm_post(
+            c,
+            f"{http_url(mp)}/ccm_system_windowsauth/request",
+            device.registration_message(),
+            f"CORP\\{user}",
+            password,
+        )
     root = cm.parse_xml(reply_body(resp))
     assert root.get("Status") == "0" and root.get("ApprovalStatus") == "1" and root.get("PreAuthToken")
     row = next(r for r in lab_rows(mp, "clients") if r["sms_id"] == root.get("SMSID"))
@@ -69,8 +90,15 @@ def test_user_account_with_negotiate_over_https(mp: Lab) -> None:
     user, password = account(mp, "alice")
     device = Device("LAB02")
     with client(mp) as c:
-        resp = ntlm_post(c, f"{https_url(mp)}/ccm_system_windowsauth/request", device.registration_message(),
-                         user, password, scheme="Negotiate", protocol="negotiate")
+        resp = ntlm_post(
+            c,
+            f"{https_url(mp)}/ccm_system_windowsauth/request",
+            device.registration_message(),
+            user,
+            password,
+            scheme="Negotiate",
+            protocol="negotiate",
+        )
     assert cm.parse_xml(reply_body(resp)).get("ApprovalStatus") == "1"
 
 
@@ -79,8 +107,9 @@ def test_wrong_password_and_unknown_account(mp: Lab) -> None:
     for name, password in ((f"CORP\\{user}", "wrong"), ("CORP\\nobody$", "whatever")):
         device = Device("LAB03")
         with client(mp) as c:
-            resp = ntlm_post(c, f"{http_url(mp)}/ccm_system_windowsauth/request", device.registration_message(),
-                             name, password)
+            resp = ntlm_post(
+                c, f"{http_url(mp)}/ccm_system_windowsauth/request", device.registration_message(), name, password
+            )
         assert resp.status_code == 401
         assert resp.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
     wait_log(mp, "ClientAuth.log", r"Windows authentication failed on /ccm_system_windowsauth/request")
@@ -89,11 +118,19 @@ def test_wrong_password_and_unknown_account(mp: Lab) -> None:
 
 def test_garbage_authorization(mp: Lab) -> None:
     with client(mp) as c:
-        r = c.request("CCM_POST", f"{http_url(mp)}/ccm_system_windowsauth/request", content=b"x",
-                      headers={"Authorization": "NTLM !!!notbase64"})
+        r = c.request(
+            "CCM_POST",
+            f"{http_url(mp)}/ccm_system_windowsauth/request",
+            content=b"x",
+            headers={"Authorization": "NTLM !!!notbase64"},
+        )
         assert r.status_code == 401
-        r = c.request("CCM_POST", f"{http_url(mp)}/ccm_system_windowsauth/request", content=b"x",
-                      headers={"Authorization": "NTLM " + base64.b64encode(b"NTLMSSP\x00\x03garbage").decode()})
+        r = c.request(
+            "CCM_POST",
+            f"{http_url(mp)}/ccm_system_windowsauth/request",
+            content=b"x",
+            headers={"Authorization": "NTLM " + base64.b64encode(b"NTLMSSP\x00\x03garbage").decode()},
+        )
         assert r.status_code == 401
 
 
@@ -104,9 +141,12 @@ def test_authentication_lasts_for_the_connection(mp: Lab) -> None:
         first = ntlm_post(c, f"{http_url(mp)}/ccm_system_windowsauth/request", b"", f"CORP\\{user}", password)
         assert first.status_code == 200
         device = Device("LAB04")
-        again = c.request("CCM_POST", f"{http_url(mp)}/ccm_system_windowsauth/request",  # no Authorization
-                          content=device.registration_message(),
-                          headers={"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT})
+        again = c.request(
+            "CCM_POST",
+            f"{http_url(mp)}/ccm_system_windowsauth/request",  # no Authorization
+            content=device.registration_message(),
+            headers={"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT},
+        )
         assert again.status_code == 200
         assert cm.parse_xml(reply_body(again)).get("ApprovalStatus") == "1"
         policy = c.get(f"{http_url(mp)}/sms_mp_windowsauth/.sms_aut?MPLIST")
@@ -143,14 +183,24 @@ def test_domain_computer_created_while_the_mp_runs_authenticates_without_a_resta
 
     name = f"LATE{uuid.uuid4().hex[:6].upper()}"
     with client(mp) as c:  # the MP has served a handshake before the account exists
-        before = ntlm_post(c, f"{http_url(mp)}/ccm_system_windowsauth/request", Device(name).registration_message(),
-                           f"CORP\\{name}$", "not-yet-an-account")
+        before = ntlm_post(
+            c,
+            f"{http_url(mp)}/ccm_system_windowsauth/request",
+            Device(name).registration_message(),
+            f"CORP\\{name}$",
+            "not-yet-an-account",
+        )
         assert before.status_code == 401
     account = computer_account(mp, name)
     device = Device(name)
     with client(mp) as c:
-        resp = ntlm_post(c, f"{http_url(mp)}/ccm_system_windowsauth/request", device.registration_message(),
-                         f"CORP\\{account.name}", account.password)
+        resp = ntlm_post(
+            c,
+            f"{http_url(mp)}/ccm_system_windowsauth/request",
+            device.registration_message(),
+            f"CORP\\{account.name}",
+            account.password,
+        )
     assert resp.status_code == 200, resp.text
     root = cm.parse_xml(reply_body(resp))
     assert root.get("Status") == "0" and root.get("ApprovalStatus") == "1" and root.get("PreAuthToken")

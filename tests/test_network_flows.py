@@ -25,12 +25,19 @@ from cmglab.tools import orchestrate
 from cmglab.tools.processes import isolated_lab
 from tests.support.netns import Host, Topology, netns_available
 
-pytestmark = [pytest.mark.netns,
-              pytest.mark.skipif(not netns_available(), reason="needs root and `ip netns` (CI runs as root)")]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(not netns_available(), reason="needs root and `ip netns` (CI runs as root)"),
+]
 
 # service -> (host name in the topology, the network its listeners bind to; None: every address)
-PLACEMENT = {"pki": ("pki", None), "entra": ("entra", "internet"), "management-point": ("mp", "internal"),
-             "cmg": ("cmg", "internet"), "cmg-connection-point": ("cp", "internal")}
+PLACEMENT = {
+    "pki": ("pki", None),
+    "entra": ("entra", "internet"),
+    "management-point": ("mp", "internal"),
+    "cmg": ("cmg", "internet"),
+    "cmg-connection-point": ("cp", "internal"),
+}
 
 
 @dataclass
@@ -55,10 +62,12 @@ class Network:
     def requests(self, service: str, from_host: str) -> list[dict]:
         """A service's recorded requests in the order they arrived, asked from a host that can reach it
         (records are kept in the order requests finish: a streamed reply can finish after the next arrives)."""
-        code = (f"import httpx,json;from cmglab.tools.processes import LabProcesses;from cmglab.runtime.lab import Lab;"
-                f"c=LabProcesses(Lab.load()).client();"
-                f"print(json.dumps(c.get('{self.lab.url(service)}/_lab/requests?limit=2000',"
-                f"headers={{'Authorization':'Bearer {self.lab.admin_token()}'}}).json()['requests']))")
+        code = (
+            f"import httpx,json;from cmglab.tools.processes import LabProcesses;from cmglab.runtime.lab import Lab;"
+            f"c=LabProcesses(Lab.load()).client();"
+            f"print(json.dumps(c.get('{self.lab.url(service)}/_lab/requests?limit=2000',"
+            f"headers={{'Authorization':'Bearer {self.lab.admin_token()}'}}).json()['requests']))"
+        )
         return sorted(json.loads(self.python(self.hosts[from_host], code)), key=lambda r: r["started"])
 
 
@@ -68,8 +77,10 @@ def host_mappings(lab: Lab, topo: Topology, hosts: dict[str, Host]) -> dict[str,
     names = {
         "entra": [(n, c.ports.entra) for n in c.hosts.entra],
         "cmg": [(c.hosts.cmg, c.ports.cmg), (c.hosts.cmg, c.ports.cmg_connector)],
-        "mp": [(c.hosts.management_point, c.ports.management_point),
-               (c.hosts.management_point, c.ports.management_point_http)],
+        "mp": [
+            (c.hosts.management_point, c.ports.management_point),
+            (c.hosts.management_point, c.ports.management_point_http),
+        ],
         "pki": [(c.hosts.pki, c.ports.pki)],
         "cp": [(c.hosts.cmg_connection_point, c.ports.cmg_connection_point)],
     }
@@ -91,14 +102,17 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     base = tmp_path_factory.mktemp("netns")
     lab = isolated_lab(base / "lab")
     topo = Topology("cmglf")
-    hosts = {h.name: topo.add(h) for h in (
-        Host("agent", 10, ("internet",)),
-        Host("entra", 11, ("internet",), names=list(lab.config.hosts.entra)),
-        Host("cmg", 12, ("internet",), names=[lab.config.hosts.cmg]),
-        Host("pki", 13, ("internet", "internal"), names=[lab.config.hosts.pki]),
-        Host("cp", 21, ("internet", "internal"), names=[lab.config.hosts.cmg_connection_point]),
-        Host("mp", 20, ("internal",), names=[lab.config.hosts.management_point]),
-    )}
+    hosts = {
+        h.name: topo.add(h)
+        for h in (
+            Host("agent", 10, ("internet",)),
+            Host("entra", 11, ("internet",), names=list(lab.config.hosts.entra)),
+            Host("cmg", 12, ("internet",), names=[lab.config.hosts.cmg]),
+            Host("pki", 13, ("internet", "internal"), names=[lab.config.hosts.pki]),
+            Host("cp", 21, ("internet", "internal"), names=[lab.config.hosts.cmg_connection_point]),
+            Host("mp", 20, ("internal",), names=[lab.config.hosts.management_point]),
+        )
+    }
     topo.up()
     net = Network(lab, topo, hosts, base / "mappings")
     net.mapping_dir.mkdir()
@@ -109,15 +123,28 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         for service, (host_name, network_name) in PLACEMENT.items():
             host = hosts[host_name]
             bind = host.addr(network_name) if network_name else "0.0.0.0"
-            procs.append(topo.popen(host, [sys.executable, "-m", "cmglab", "serve", service, "--lab", str(lab.dir)],
-                                    env={**net.env(host), "CMGLAB_BIND": bind},
-                                    log=base / f"{service}.out"))
+            procs.append(
+                topo.popen(
+                    host,
+                    [sys.executable, "-m", "cmglab", "serve", service, "--lab", str(lab.dir)],
+                    env={**net.env(host), "CMGLAB_BIND": bind},
+                    log=base / f"{service}.out",
+                )
+            )
         for service, (host_name, _) in PLACEMENT.items():
-            net.python(hosts[host_name], "from cmglab.tools.processes import LabProcesses;"
-                       "from cmglab.runtime.lab import Lab;"
-                       f"LabProcesses(Lab.load()).wait_healthy(['{service}'], timeout=60)", timeout=90)
-        net.python(hosts["cmg"], "from cmglab.tools.processes import LabProcesses;from cmglab.runtime.lab import Lab;"
-                   "LabProcesses(Lab.load()).wait_channel(timeout=60)", timeout=90)
+            net.python(
+                hosts[host_name],
+                "from cmglab.tools.processes import LabProcesses;"
+                "from cmglab.runtime.lab import Lab;"
+                f"LabProcesses(Lab.load()).wait_healthy(['{service}'], timeout=60)",
+                timeout=90,
+            )
+        net.python(
+            hosts["cmg"],
+            "from cmglab.tools.processes import LabProcesses;from cmglab.runtime.lab import Lab;"
+            "LabProcesses(Lab.load()).wait_channel(timeout=60)",
+            timeout=90,
+        )
         yield net
     finally:
         for p in procs:
@@ -127,9 +154,11 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         topo.down()
 
 
-CONNECT = ("import socket,sys\n"
-           "try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close(); print('open')\n"
-           "except OSError as e: print(type(e).__name__, e.errno)")
+CONNECT = (
+    "import socket,sys\n"
+    "try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close(); print('open')\n"
+    "except OSError as e: print(type(e).__name__, e.errno)"
+)
 
 
 def connect(net: Network, host: str, addr: str, port: int) -> str:
@@ -155,8 +184,9 @@ def test_the_connection_point_has_no_listener_the_internet_can_reach(network: Ne
     internal = network.hosts["cp"].addr("internal")
     assert all(a.startswith((f"{internal}:", "127.")) for a in local), local
     cp_internet = network.hosts["cp"].addr("internet")
-    assert connect(network, "agent", cp_internet, network.lab.config.ports.cmg_connection_point) \
-        .startswith("ConnectionRefusedError")
+    assert connect(network, "agent", cp_internet, network.lab.config.ports.cmg_connection_point).startswith(
+        "ConnectionRefusedError"
+    )
     assert connect(network, "agent", internal, network.lab.config.ports.cmg_connection_point).startswith("OSError 101")
 
 
@@ -168,8 +198,10 @@ def test_entra_install_and_registration_succeed_through_the_cmg(network: Network
         assert done.returncode == 0, f"{argv[0]}: {done.stdout}{done.stderr}"
     registered = Path(home) / "Windows/CCM/Logs/ClientIDManagerStartup.log"
     deadline = time.monotonic() + 30
-    while not re.search(r"Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. Approval status 3",
-                        registered.read_text() if registered.exists() else ""):
+    while not re.search(
+        r"Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. Approval status 3",
+        registered.read_text() if registered.exists() else "",
+    ):
         assert time.monotonic() < deadline, registered.read_text()
         time.sleep(0.3)
 
@@ -179,28 +211,32 @@ def test_entra_install_and_registration_succeed_through_the_cmg(network: Network
 ROLE = r"/CCM_Proxy_ServerAuth/\d+"
 # seed 001, "Client installation" 1-4 then "Client registration" 2-4, as the CMG sees them
 CMG_HOPS = [
-    ("GET", r"/CCM_Proxy_ServerAuth/AADAuthInfo"),            # 1. AAD info from the CMG
-    ("POST", rf"{ROLE}/CCM_STS"),                             # 3. CCM token (Entra device token as proof)
-    ("CCM_POST", rf"{ROLE}/ccm_system_tokenauth/request"),    # 4. site information request
-    ("GET", rf"{ROLE}/CCM_Client/ccmsetup\.cab"),             # 4. "Checking the URL .../ccmsetup.cab"
-    ("CCM_POST", rf"{ROLE}/ccm_system_tokenauth/request"),    # 4. content location request
+    ("GET", r"/CCM_Proxy_ServerAuth/AADAuthInfo"),  # 1. AAD info from the CMG
+    ("POST", rf"{ROLE}/CCM_STS"),  # 3. CCM token (Entra device token as proof)
+    ("CCM_POST", rf"{ROLE}/ccm_system_tokenauth/request"),  # 4. site information request
+    ("GET", rf"{ROLE}/CCM_Client/ccmsetup\.cab"),  # 4. "Checking the URL .../ccmsetup.cab"
+    ("CCM_POST", rf"{ROLE}/ccm_system_tokenauth/request"),  # 4. content location request
     ("GET", r"/downloadrestservice\.svc/getcontentxmlsecure"),  # 4. content-enabled CMG
     ("GET", r"/downloadrestservice\.svc/content/\w+/ccmsetup\.cab"),
     ("GET", r"/downloadrestservice\.svc/content/\w+/client\.msi"),
-    ("POST", rf"{ROLE}/CCM_STS"),                             # registration 2: fresh Entra token -> CCM token
-    ("CCM_POST", rf"{ROLE}/ccm_system_tokenauth/request"),    # registration 3: MP_ClientRegistration
-    ("POST", rf"{ROLE}/CCM_STS"),                             # registration 4: new CCM token, cached
+    ("POST", rf"{ROLE}/CCM_STS"),  # registration 2: fresh Entra token -> CCM token
+    ("CCM_POST", rf"{ROLE}/ccm_system_tokenauth/request"),  # registration 3: MP_ClientRegistration
+    ("POST", rf"{ROLE}/CCM_STS"),  # registration 4: new CCM token, cached
 ]
 ENTRA_HOPS = [  # seed 002 A-H (dsregcmd /join), then the device tokens ccmsetup and the client ask for
-    ("GET", r"/[^/]+/\.well-known/openid-configuration"), ("GET", r"/common/userrealm/[^/]+"),
-    ("POST", r"/[0-9a-f-]{36}/oauth2/token"), ("GET", r"/[^/]+/discover"), ("POST", r"/EnrollmentServer/device/"),
+    ("GET", r"/[^/]+/\.well-known/openid-configuration"),
+    ("GET", r"/common/userrealm/[^/]+"),
+    ("POST", r"/[0-9a-f-]{36}/oauth2/token"),
+    ("GET", r"/[^/]+/discover"),
+    ("POST", r"/EnrollmentServer/device/"),
 ]
 
 
 def matches(records: list[dict], expected: list[tuple[str, str]]) -> bool:
     return len(records) == len(expected) and all(
         r["method"] == m and re.fullmatch(p, r["path"], re.IGNORECASE)
-        for r, (m, p) in zip(records, expected, strict=True))
+        for r, (m, p) in zip(records, expected, strict=True)
+    )
 
 
 def assert_seed_001_hops(network: Network) -> None:
@@ -220,12 +256,13 @@ def assert_seed_001_hops(network: Network) -> None:
 
     # the MP saw the same requests, each from the connection point's certificate, never from the agent
     mp = [r for r in network.requests("management-point", "cp") if r["path"].lower() != "/ccm_cloud/config"]
-    assert [(r["method"], r["path"].lower()) for r in mp] == \
-        [(r["method"], re.sub(rf"^{ROLE}", "", r["path"], flags=re.IGNORECASE).lower()) for r in cp]
+    assert [(r["method"], r["path"].lower()) for r in mp] == [
+        (r["method"], re.sub(rf"^{ROLE}", "", r["path"], flags=re.IGNORECASE).lower()) for r in cp
+    ]
     assert {r["client_cert_subject"] for r in mp} == {lab.pki.connection_point.cert().subject.rfc4514_string()}
 
     entra = network.requests("entra", "agent")
-    assert matches(entra[:len(ENTRA_HOPS)], ENTRA_HOPS), [f"{r['method']} {r['path']}" for r in entra]
-    later = {(r["method"], r["path"]) for r in entra[len(ENTRA_HOPS):]}
+    assert matches(entra[: len(ENTRA_HOPS)], ENTRA_HOPS), [f"{r['method']} {r['path']}" for r in entra]
+    later = {(r["method"], r["path"]) for r in entra[len(ENTRA_HOPS) :]}
     tenant = lab.config.primary_tenant.tenant_id
     assert later <= {("POST", f"/{tenant}/oauth2/token"), ("GET", "/common/discovery/keys")}

@@ -152,11 +152,21 @@ def test_ccmsetup_says_why_it_failed(lab: Lab, tmp_path: Path) -> None:
     home = str(tmp_path / "device01")
     assert cmglab("device", "create", "--lab", str(lab.dir), "--home", home).returncode == 0
     role = lab.config.site.role_id
-    r = run(sys.executable, "-m", "cmglab.agent.ccmsetup", "--home", home,
-            f"CCMHOSTNAME=cmg.lab.test:{lab.config.ports.cmg}/CCM_Proxy_MutualAuth/{role}", "SMSSITECODE=MEM")
+    r = run(
+        sys.executable,
+        "-m",
+        "cmglab.agent.ccmsetup",
+        "--home",
+        home,
+        f"CCMHOSTNAME=cmg.lab.test:{lab.config.ports.cmg}/CCM_Proxy_MutualAuth/{role}",
+        "SMSSITECODE=MEM",
+    )
     assert r.returncode == 6
-    assert re.fullmatch(r"ccmsetup: exit code 6: CcmSetup failed: the WPJ certificate is not found; log \S+"
-                        r"ccmsetup\.log\n", r.stderr), r.stderr
+    assert re.fullmatch(
+        r"ccmsetup: exit code 6: CcmSetup failed: the WPJ certificate is not found; log \S+"
+        r"ccmsetup\.log\n",
+        r.stderr,
+    ), r.stderr
 
 
 def test_help_texts(lab: Lab) -> None:
@@ -177,8 +187,16 @@ def test_help_texts(lab: Lab) -> None:
 def test_content_list_shows_whole_content_ids(lab: Lab, tmp_path: Path, columns: str | None) -> None:
     payload = tmp_path / "tool.exe"
     payload.write_bytes(b"MZ" + b"\0" * 100)
-    added = cmglab("content", "add", str(payload), "--name", "A tool with a long descriptive name",
-                   "--application", "--lab", str(lab.dir))
+    added = cmglab(
+        "content",
+        "add",
+        str(payload),
+        "--name",
+        "A tool with a long descriptive name",
+        "--application",
+        "--lab",
+        str(lab.dir),
+    )
     assert added.returncode == 0, added.stderr
     rows = json.loads(cmglab("content", "list", "--json", "--lab", str(lab.dir)).stdout)
     out = cmglab("content", "list", "--lab", str(lab.dir), columns=columns).stdout

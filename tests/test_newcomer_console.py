@@ -35,8 +35,10 @@ def trace_id(lab: Lab, lab_services: LabProcesses) -> str:
     ctx = TraceContext.begin(DEVICE, "join")
     tenant = lab.config.primary_tenant.tenant_id
     with lab_client(lab) as c:
-        assert c.get(f"{lab.url('entra')}/{tenant}/.well-known/openid-configuration",
-                     headers=ctx.headers()).status_code == 200
+        assert (
+            c.get(f"{lab.url('entra')}/{tenant}/.well-known/openid-configuration", headers=ctx.headers()).status_code
+            == 200
+        )
 
         def seen() -> str | None:
             traces = c.get(f"{lab.url('console')}/api/traces", params={"device": DEVICE}).json()["traces"]
@@ -64,10 +66,23 @@ def test_static_view_over_plain_http(lab: Lab, trace_id: str) -> None:
 def chromium(lab: Lab, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed (apt-get install chromium)"
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-         "--disable-background-networking", "--disable-component-update", "--ignore-certificate-errors",
-         "--host-resolver-rules=MAP console.lab.test 127.0.0.1", *args],
-        capture_output=True, text=True, timeout=timeout)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-sync",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--ignore-certificate-errors",
+            "--host-resolver-rules=MAP console.lab.test 127.0.0.1",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_plain_chromium_dumps_and_screenshots_the_static_view(lab: Lab, trace_id: str, tmp_path: Path) -> None:

@@ -58,14 +58,13 @@ def assert_row(lab: Lab, device: Device, cause: str, before: dict[str, int]) -> 
     """Every log line the row points to was written by this failure (after `before`: each log's size)."""
     for name, text in pointers(row(cause)):
         deadline = time.monotonic() + 15  # the site's logs are written as the request ends
-        while text not in read_log(lab, device, name)[before.get(name, 0):]:
+        while text not in read_log(lab, device, name)[before.get(name, 0) :]:
             assert time.monotonic() < deadline, f"{cause}: {name} lacks {text!r}"
             time.sleep(0.2)
 
 
 def sizes(lab: Lab, device: Device, cause: str) -> dict[str, int]:
-    return {name: len(read_log(lab, device, name)) if name != "ccmsetup.log" else 0
-            for name, _ in pointers(row(cause))}
+    return {name: len(read_log(lab, device, name)) if name != "ccmsetup.log" else 0 for name, _ in pointers(row(cause))}
 
 
 def ccmhostname(lab: Lab) -> str:
@@ -73,8 +72,14 @@ def ccmhostname(lab: Lab) -> str:
 
 
 def install(lab: Lab, device: Device, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run("cmglab.agent.ccmsetup", "--home", str(device.home), f"CCMHOSTNAME={ccmhostname(lab)}",
-               "SMSSITECODE=MEM", *extra)
+    return run(
+        "cmglab.agent.ccmsetup",
+        "--home",
+        str(device.home),
+        f"CCMHOSTNAME={ccmhostname(lab)}",
+        "SMSSITECODE=MEM",
+        *extra,
+    )
 
 
 def joined(lab: Lab, home: Path) -> Device:
@@ -106,8 +111,12 @@ def test_crl_unreachable(lab: Lab, tmp_path: Path) -> None:
     device = joined(lab, tmp_path / "dev")
     shutil.rmtree(device.crl_cache)  # never fetched the CRLs, and the CRL host's name goes nowhere
     pki = lab.config.hosts.pki
-    device.write_hosts([line if not line.startswith(f"{pki}:") else line.rsplit(":", 1)[0] + ":127.0.0.9"
-                        for line in device.hosts_path.read_text().splitlines()])
+    device.write_hosts(
+        [
+            line if not line.startswith(f"{pki}:") else line.rsplit(":", 1)[0] + ":127.0.0.9"
+            for line in device.hosts_path.read_text().splitlines()
+        ]
+    )
     fails_then(lab, device, cause, lambda: ("/nocrlcheck",))
 
 

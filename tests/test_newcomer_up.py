@@ -53,9 +53,14 @@ def break_cmg(lab: Lab) -> None:
 
 def start_up(lab: Lab, *args: str) -> subprocess.Popen[str]:
     with handover("127.0.0.1") as (env, fds):  # the ports this test reserved, passed on to the services
-        return subprocess.Popen([sys.executable, "-m", "cmglab", "up", "--lab", str(lab.dir), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "COLUMNS": "80", **env}, pass_fds=fds)
+        return subprocess.Popen(
+            [sys.executable, "-m", "cmglab", "up", "--lab", str(lab.dir), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "COLUMNS": "80", **env},
+            pass_fds=fds,
+        )
 
 
 def read_until(proc: subprocess.Popen[str], text: str, seen: list[str], timeout: float = 150) -> None:
@@ -84,7 +89,8 @@ def up_process(tmp_path: Path) -> Iterator[tuple[Lab, subprocess.Popen[str], lis
 
 
 def test_foreground_up_restarts_a_killed_service_and_stops_within_2_s(
-        up_process: tuple[Lab, subprocess.Popen[str], list[str]]) -> None:
+    up_process: tuple[Lab, subprocess.Popen[str], list[str]],
+) -> None:
     lab, proc, seen = up_process
     printed = "".join(seen)
     for argv in orchestrate.check_commands(lab):  # the README's dsregcmd /status and ccmexec lines
@@ -146,11 +152,28 @@ def test_a_test_run_stopped_with_sigterm_stops_its_services(tmp_path: Path) -> N
         "def test_holds(lab_services):\n"
         "    lab_services.ensure('pki')\n"
         f"    open({str(pidfile)!r}, 'w').write(str(lab_services.procs['pki'].proc.pid))\n"
-        "    time.sleep(120)\n")
+        "    time.sleep(120)\n"
+    )
     repo = Path(__file__).resolve().parents[1]
-    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-                            "--rootdir", str(tmp_path), str(tmp_path / "test_holds_a_lab.py")],
-                           cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "tests.conftest",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path / "test_holds_a_lab.py"),
+        ],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while not pidfile.exists() or not pidfile.read_text():
@@ -180,6 +203,7 @@ def test_a_service_that_keeps_dying_is_restarted_three_times_then_left(tmp_path:
             time.sleep(0.2)
     restarted = [e for e in events if "restarted as pid" in e]
     assert [re.search(r"restart (\d) of 3", e)[1] for e in restarted] == ["1", "2", "3"], events  # type: ignore[index]
-    assert re.fullmatch(r"cmg exited with code \d+; not restarted: 3 restarts within 60 s \(its output: \S+cmg\.out\)",
-                        events[-1]), events
+    assert re.fullmatch(
+        r"cmg exited with code \d+; not restarted: 3 restarts within 60 s \(its output: \S+cmg\.out\)", events[-1]
+    ), events
     assert "cmg" not in procs.procs and not orchestrate.pid_file(lab, "cmg").exists()

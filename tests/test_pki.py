@@ -26,16 +26,26 @@ def pki_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 
 def cmglab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cmglab", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "cmglab", *args], capture_output=True, text=True, timeout=120)
 
 
 def openssl_verify(lab: Lab, cert: Path, purpose: str, *crl: str) -> subprocess.CompletedProcess[str]:
     pki = lab.pki
     return subprocess.run(
-        ["openssl", "verify", "-CAfile", str(pki.root_ca.cert_path), "-untrusted",
-         str(pki.issuing_ca.cert_path), "-purpose", purpose, *crl, str(cert)],
-        capture_output=True, text=True,
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(pki.root_ca.cert_path),
+            "-untrusted",
+            str(pki.issuing_ca.cert_path),
+            "-purpose",
+            purpose,
+            *crl,
+            str(cert),
+        ],
+        capture_output=True,
+        text=True,
     )
 
 
@@ -43,8 +53,19 @@ def openssl_verify(lab: Lab, cert: Path, purpose: str, *crl: str) -> subprocess.
 def test_server_certificates_verify_with_their_names(pki_lab: Lab, service: str) -> None:
     ident = pki_lab.pki.server(service)
     if service == "entra":  # Microsoft's names: the public CA's, not the organisation's
-        result = subprocess.run(["openssl", "verify", "-CAfile", str(pki_lab.pki.public_root_ca.cert_path),
-                                 "-purpose", "sslserver", str(ident.cert_path)], capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                "openssl",
+                "verify",
+                "-CAfile",
+                str(pki_lab.pki.public_root_ca.cert_path),
+                "-purpose",
+                "sslserver",
+                str(ident.cert_path),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr
         assert openssl_verify(pki_lab, ident.cert_path, "sslserver").returncode != 0
         return
@@ -56,15 +77,19 @@ def test_server_certificates_verify_with_their_names(pki_lab: Lab, service: str)
         identity = IPAddress(__import__("ipaddress").ip_address(name)) if name[0].isdigit() else DNSName(name)
         verifier = PolicyBuilder().store(store).build_server_verifier(identity)
         verifier.verify(chain[0], chain[1:])  # raises if chain, EKU, SAN or validity is wrong
-    assert ExtendedKeyUsageOID.SERVER_AUTH in chain[0].extensions.get_extension_for_class(
-        x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in chain[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
 
 
 def test_entra_certificate_answers_to_the_microsoft_names(pki_lab: Lab) -> None:
     cert = pki_lab.pki.server("entra").cert()
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(DNSName)
-    assert {"login.microsoftonline.com", "enterpriseregistration.windows.net", "login.lab.test", "entra",
-            "localhost"} <= set(sans)
+    assert {
+        "login.microsoftonline.com",
+        "enterpriseregistration.windows.net",
+        "login.lab.test",
+        "entra",
+        "localhost",
+    } <= set(sans)
 
 
 def test_client_certificate_has_client_auth_and_distribution_points(pki_lab: Lab) -> None:
@@ -96,12 +121,17 @@ def test_revoked_certificate_is_in_a_crl_signed_by_its_ca(pki_lab: Lab) -> None:
     pem = x509.load_pem_x509_crl(pki_lab.pki.crl_path("issuing-ca", pem=True).read_bytes())
     assert pem.get_revoked_certificate_by_serial_number(serial) is not None
 
-    with_crl = openssl_verify(pki_lab, ident.cert_path, "sslclient", "-crl_check", "-CRLfile",
-                              str(pki_lab.pki.crl_bundle))
+    with_crl = openssl_verify(
+        pki_lab, ident.cert_path, "sslclient", "-crl_check", "-CRLfile", str(pki_lab.pki.crl_bundle)
+    )
     assert with_crl.returncode != 0 and "revoked" in with_crl.stdout + with_crl.stderr
     good = pki_lab.pki.issue_client("still-good")
-    assert openssl_verify(pki_lab, good.cert_path, "sslclient", "-crl_check", "-CRLfile",
-                          str(pki_lab.pki.crl_bundle)).returncode == 0
+    assert (
+        openssl_verify(
+            pki_lab, good.cert_path, "sslclient", "-crl_check", "-CRLfile", str(pki_lab.pki.crl_bundle)
+        ).returncode
+        == 0
+    )
 
 
 def test_crl_last_update_moves_forward_on_every_revoke(pki_lab: Lab) -> None:
@@ -116,7 +146,8 @@ def test_device_ca_has_the_ms_organization_access_name(pki_lab: Lab) -> None:
     cert = pki_lab.pki.device_ca.cert()
     assert cert.subject == MS_ORG_ACCESS_NAME
     assert cert.subject.rfc4514_string() == (
-        "OU=82dbaca4-3e81-46ca-9c73-0950c1eaca97,CN=MS-Organization-Access,DC=windows,DC=net")
+        "OU=82dbaca4-3e81-46ca-9c73-0950c1eaca97,CN=MS-Organization-Access,DC=windows,DC=net"
+    )
 
 
 def test_token_signing_certificates_and_x5t(pki_lab: Lab) -> None:
@@ -125,8 +156,9 @@ def test_token_signing_certificates_and_x5t(pki_lab: Lab) -> None:
 
     for ident in (pki_lab.pki.entra_signing, pki_lab.pki.site_signing):
         cert = ident.cert()
-        der = cert.public_bytes(__import__("cryptography.hazmat.primitives.serialization",
-                                           fromlist=["Encoding"]).Encoding.DER)
+        der = cert.public_bytes(
+            __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER
+        )
         assert x5t(cert) == base64.urlsafe_b64encode(hashlib.sha1(der).digest()).decode().rstrip("=")
     assert pki_lab.pki.entra_signing.cert().subject.rfc4514_string() == "CN=accounts.accesscontrol.windows.net"
 

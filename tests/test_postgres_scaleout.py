@@ -44,8 +44,9 @@ ENV = {"CMGLAB_CHANNEL_HEARTBEAT": "1", "CMGLAB_CHANNEL_BACKOFF_MAX": "1", "CMGL
 
 def postgres_bin() -> Path | None:
     """The server binaries' directory: on PATH, or Debian's /usr/lib/postgresql/<version>/bin."""
-    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                                                       reverse=True)), None)
+    found = shutil.which("initdb") or next(
+        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None
+    )
     return Path(found).parent if found else None
 
 
@@ -75,10 +76,18 @@ def postgres() -> Iterator[Postgres]:
         as_user = ["runuser", "-u", "postgres", "--"]
     data = root / "data"
     pg_ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "cmglab", "-E", "UTF8",
-                    "--no-sync"], check=True, capture_output=True, timeout=60)
-    subprocess.run([*pg_ctl, "-w", "-l", str(root / "server.log"), "-o", f"-k {root} -c listen_addresses='' -F",
-                    "start"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "cmglab", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    subprocess.run(
+        [*pg_ctl, "-w", "-l", str(root / "server.log"), "-o", f"-k {root} -c listen_addresses='' -F", "start"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     try:
         yield Postgres(root)
     finally:
@@ -135,8 +144,11 @@ class Site:
 
     def requests(self, which: Lab, service: str, **params: Any) -> list[dict[str, Any]]:
         with lab_client(which) as c:
-            reply = c.get(f"{which.url(service)}/_lab/requests", params={"limit": 2000, **params},
-                          headers={"Authorization": f"Bearer {which.admin_token()}"})
+            reply = c.get(
+                f"{which.url(service)}/_lab/requests",
+                params={"limit": 2000, **params},
+                headers={"Authorization": f"Bearer {which.admin_token()}"},
+            )
         return list(reply.json()["requests"])
 
     def rows(self, sql: str) -> list[Any]:
@@ -161,9 +173,12 @@ def replica_hosts(lab: Lab, path: Path) -> Path:
     """The lab's mapping with the replicated listeners (MP, CMG clients, connection point admin) on the second
     address. Both mappings send CMG instance 1's connector port (connector + 1) there."""
     c = lab.config
-    moved = {(c.hosts.management_point, c.ports.management_point), (c.hosts.management_point,
-             c.ports.management_point_http), (c.hosts.cmg, c.ports.cmg),
-             (c.hosts.cmg_connection_point, c.ports.cmg_connection_point)}
+    moved = {
+        (c.hosts.management_point, c.ports.management_point),
+        (c.hosts.management_point, c.ports.management_point_http),
+        (c.hosts.cmg, c.ports.cmg),
+        (c.hosts.cmg_connection_point, c.ports.cmg_connection_point),
+    }
     with (lab.dir / "hosts").open("a") as f:
         f.write(f"{c.hosts.cmg}:{c.ports.cmg_connector + 1}:{REPLICA_ADDR}\n")
     path.write_text("".join(f"{e}\n" for e in on_replica(lab.resolve(), lambda h, p: (h, p) in moved)))
@@ -193,8 +208,11 @@ def site(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     lab2 = Lab.load(lab.dir, Settings(lab_dir=lab.dir, hosts_file=hosts2, bind=REPLICA_ADDR))
     common = {**ENV, "CMGLAB_DATABASE_URL": url}
     first = LabProcesses(lab, env=common)
-    second = LabProcesses(lab2, env={**common, "CMGLAB_BIND": REPLICA_ADDR, "CMGLAB_HOSTS_FILE": str(hosts2),
-                                     "CMGLAB_CMG_INSTANCE": "1"}, replica="2")
+    second = LabProcesses(
+        lab2,
+        env={**common, "CMGLAB_BIND": REPLICA_ADDR, "CMGLAB_HOSTS_FILE": str(hosts2), "CMGLAB_CMG_INSTANCE": "1"},
+        replica="2",
+    )
     site = Site(lab, lab2, first, second, url)
     try:
         first.ensure("pki", "entra")
@@ -233,13 +251,17 @@ def test_registered_at_one_mp_served_by_the_other(site: Site, tmp_path: Path) ->
     assert r.returncode == 0, r.stderr + log_of(device, "PolicyAgent.log")[-2000:]
 
     def steps(which: Lab) -> set[str]:
-        return {str(rec["tracestate"]).rpartition("step:")[2] for rec in site.requests(which, "management-point")
-                if "dev:LAB01;" in str(rec.get("tracestate"))}
+        return {
+            str(rec["tracestate"]).rpartition("step:")[2]
+            for rec in site.requests(which, "management-point")
+            if "dev:LAB01;" in str(rec.get("tracestate"))
+        }
 
     assert "registration" in steps(site.lab) and "registration" not in steps(site.lab2)
     assert "policy" in steps(site.lab2)
-    [(approval, asked)] = site.rows("SELECT approval, last_policy_request FROM management_point.clients "
-                                    "WHERE netbios_name = 'LAB01'")
+    [(approval, asked)] = site.rows(
+        "SELECT approval, last_policy_request FROM management_point.clients WHERE netbios_name = 'LAB01'"
+    )
     assert approval == 1 and asked is not None
 
 
@@ -247,8 +269,10 @@ def test_fleet_onboards_through_both_cmg_instances(site: Site, tmp_path: Path) -
     """Two devices through CMG instance 0, two through instance 1. Each instance spreads its requests over
     both connection points, so both MP replicas serve the fleet: tokens issued by one are honoured by the
     other, and every device ends up in the one site database."""
-    runs = [runner.run(which, 2, concurrency=2, root=tmp_path / f"fleet{n}")
-            for n, which in enumerate((site.lab, site.lab2))]
+    runs = [
+        runner.run(which, 2, concurrency=2, root=tmp_path / f"fleet{n}")
+        for n, which in enumerate((site.lab, site.lab2))
+    ]
     for fleet in runs:
         failed = [(r.name, r.reason) for r in fleet.results if not r.ok]
         assert not failed, failed
@@ -260,8 +284,11 @@ def test_fleet_onboards_through_both_cmg_instances(site: Site, tmp_path: Path) -
     assert devices <= {r[0] for r in joined}
 
     def fleet_hops(which: Lab, service: str) -> int:
-        return sum(1 for rec in site.requests(which, service)
-                   if any(f"dev:{d};" in str(rec.get("tracestate")) for d in devices))
+        return sum(
+            1
+            for rec in site.requests(which, service)
+            if any(f"dev:{d};" in str(rec.get("tracestate")) for d in devices)
+        )
 
     for which in (site.lab, site.lab2):
         assert fleet_hops(which, "cmg") > 0 and fleet_hops(which, "management-point") > 0
@@ -281,8 +308,10 @@ def test_reset_through_one_replica(site: Site) -> None:
     """`POST /_lab/reset` at replica 2 empties the shared site database in one transaction: replica 1 then
     lists no clients but still has the seeded site settings."""
     with lab_client(site.lab2) as c:
-        reply = c.post(f"{site.lab2.url('management-point')}/_lab/reset",
-                       headers={"Authorization": f"Bearer {site.lab.admin_token()}"})
+        reply = c.post(
+            f"{site.lab2.url('management-point')}/_lab/reset",
+            headers={"Authorization": f"Bearer {site.lab.admin_token()}"},
+        )
         assert reply.status_code == 200, reply.text
     with lab_client(site.lab) as c:
         base = site.lab.url("management-point")

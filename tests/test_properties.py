@@ -35,8 +35,9 @@ NO_SURROGATES: tuple[Literal["Cs"]] = ("Cs",)  # Unicode surrogates: not text
 KEY = b.new_key()  # one RSA key for the module: generating keys per example would dominate the run
 
 # text an XML document can carry (XML 1.0 Char, no surrogates) and that the UTF-16 framing keeps
-xml_text = st.text(st.characters(blacklist_categories=NO_SURROGATES, blacklist_characters="\x00",
-                                 min_codepoint=0x20), max_size=60)
+xml_text = st.text(
+    st.characters(blacklist_categories=NO_SURROGATES, blacklist_characters="\x00", min_codepoint=0x20), max_size=60
+)
 names = st.from_regex(r"[A-Za-z][A-Za-z0-9_.]{0,20}", fullmatch=True)
 boundaries = st.from_regex(r"[A-Za-z0-9]{1,40}", fullmatch=True)
 
@@ -65,8 +66,11 @@ def test_multipart_and_message_parsers_raise_only_their_error(body: bytes, conte
 
 
 @FEW
-@given(cut=st.integers(min_value=0, max_value=2000), flip=st.integers(min_value=0, max_value=2000),
-       value=st.integers(min_value=0, max_value=255))
+@given(
+    cut=st.integers(min_value=0, max_value=2000),
+    flip=st.integers(min_value=0, max_value=2000),
+    value=st.integers(min_value=0, max_value=255),
+)
 def test_damaged_messages_raise_only_the_codec_error(cut: int, flip: int, value: int) -> None:
     raw = bytearray(cm.encode_request(cm.MsgHeader(target_endpoint="MP_LocationManager"), "<R a='1'/>"))
     raw[flip % len(raw)] = value
@@ -90,8 +94,11 @@ def test_message_round_trip(text: str, endpoint: str, host: str, compress: bool)
 
 
 @SOME
-@given(text=st.text(st.characters(blacklist_categories=NO_SURROGATES, blacklist_characters="\x00"), max_size=80),
-       bom=st.booleans(), crlf=st.booleans())
+@given(
+    text=st.text(st.characters(blacklist_categories=NO_SURROGATES, blacklist_characters="\x00"), max_size=80),
+    bom=st.booleans(),
+    crlf=st.booleans(),
+)
 def test_utf16_nul_framing_round_trip(text: str, bom: bool, crlf: bool) -> None:
     """A body is UTF-16LE + NUL (+ the bytes CR LF in a request): the text is what precedes the NUL, less the
     line breaks a decoder trims at its end (with nothing after the NUL, decode_utf16 trims them too)."""
@@ -150,8 +157,11 @@ def test_public_key_blob_round_trip() -> None:
 
 
 @SOME
-@given(blob=st.one_of(st.binary(max_size=300),
-                      st.binary(max_size=300).map(lambda t: bytes.fromhex("0602000000A40000") + b"RSA1" + t)))
+@given(
+    blob=st.one_of(
+        st.binary(max_size=300), st.binary(max_size=300).map(lambda t: bytes.fromhex("0602000000A40000") + b"RSA1" + t)
+    )
+)
 def test_public_key_blob_parser_raises_only_the_codec_error(blob: bytes) -> None:
     with contextlib.suppress(cm.CcmMessageError):
         cm.parse_public_key_blob(blob)
@@ -159,38 +169,73 @@ def test_public_key_blob_parser_raises_only_the_codec_error(blob: bytes) -> None
 
 # -- CcmMessaging: the <Msg> header and the ClientToken headers -----------------------------------
 @SOME
-@given(endpoint=names, source=names, target=names, reply_to=st.one_of(st.none(), names),
-       compression=st.sampled_from([None, "zlib", "none"]), length=st.integers(0, 2**31),
-       props=st.dictionaries(names, xml_text.map(str.strip), max_size=3))
-def test_msg_header_round_trip(endpoint: str, source: str, target: str, reply_to: str | None,
-                               compression: str | None, length: int, props: dict[str, str]) -> None:
-    h = cm.MsgHeader(target_endpoint=endpoint, source_host=source, target_host=target, reply_to=reply_to,
-                     reply_compression=compression, body_length=length, clientauth=props)
+@given(
+    endpoint=names,
+    source=names,
+    target=names,
+    reply_to=st.one_of(st.none(), names),
+    compression=st.sampled_from([None, "zlib", "none"]),
+    length=st.integers(0, 2**31),
+    props=st.dictionaries(names, xml_text.map(str.strip), max_size=3),
+)
+def test_msg_header_round_trip(
+    endpoint: str,
+    source: str,
+    target: str,
+    reply_to: str | None,
+    compression: str | None,
+    length: int,
+    props: dict[str, str],
+) -> None:
+    h = cm.MsgHeader(
+        target_endpoint=endpoint,
+        source_host=source,
+        target_host=target,
+        reply_to=reply_to,
+        reply_compression=compression,
+        body_length=length,
+        clientauth=props,
+    )
     back = cm.MsgHeader.from_xml(h.to_xml())
-    assert (back.target_endpoint, back.source_host, back.target_host, back.reply_to) == (endpoint, source, target,
-                                                                                          reply_to)
+    assert (back.target_endpoint, back.source_host, back.target_host, back.reply_to) == (
+        endpoint,
+        source,
+        target,
+        reply_to,
+    )
     assert (back.reply_compression, back.body_length, back.id, back.clientauth) == (compression, length, h.id, props)
 
 
 @SOME
-@given(text=st.one_of(st.text(max_size=200), st.text(max_size=100).map(lambda t: f"<Msg>{t}</Msg>"),
-                      st.from_regex(r"<Msg><Body Length=\"[^\"]{0,8}\" ?/><TargetAddress>[^<]{0,20}"
-                                    r"</TargetAddress></Msg>", fullmatch=True)))
+@given(
+    text=st.one_of(
+        st.text(max_size=200),
+        st.text(max_size=100).map(lambda t: f"<Msg>{t}</Msg>"),
+        st.from_regex(
+            r"<Msg><Body Length=\"[^\"]{0,8}\" ?/><TargetAddress>[^<]{0,20}"
+            r"</TargetAddress></Msg>",
+            fullmatch=True,
+        ),
+    )
+)
 def test_msg_header_parser_raises_only_the_codec_error(text: str) -> None:
     with contextlib.suppress(cm.CcmMessageError):
         cm.MsgHeader.from_xml(text)
 
 
 @FEW
-@given(ident=st.uuids(), when=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 1, 1),
-                                          timezones=st.just(UTC)))
+@given(
+    ident=st.uuids(),
+    when=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 1, 1), timezones=st.just(UTC)),
+)
 def test_client_token_headers_round_trip(ident: uuid.UUID, when: datetime) -> None:
     sms_id = f"GUID:{str(ident).upper()}"
     headers = cm.client_token_headers(sms_id, KEY, when)
     parsed_id, stamp = cm.parse_client_token(headers["ClientToken"])
     assert parsed_id == sms_id and cm.parse_timestamp(stamp) == when.replace(microsecond=0)
-    assert cm.verify_any(KEY.public_key(), cm.client_token_candidates(headers["ClientToken"]),
-                         headers["ClientTokenSignature"])
+    assert cm.verify_any(
+        KEY.public_key(), cm.client_token_candidates(headers["ClientToken"]), headers["ClientTokenSignature"]
+    )
 
 
 @SOME
@@ -209,48 +254,73 @@ def test_xml_parser_raises_only_the_codec_error(text: str | bytes) -> None:
 
 
 # -- CMTrace and SMS trace ------------------------------------------------------------------------
-SMSTRACE = re.compile(r"^(?P<text>.*)  \$\$<(?P<component>[^>]*)><(?P<date>\d\d-\d\d-\d{4}) "
-                      r"(?P<time>\d\d:\d\d:\d\d\.\d{3})(?P<bias>[+-]\d+)><thread=(?P<thread>\d+) "
-                      r"\(0x(?P<hex>[0-9A-F]+)\)>$", re.DOTALL)
-CMTRACE = re.compile(r'^<!\[LOG\[(?P<text>.*)\]LOG\]!><time="(?P<time>\d\d:\d\d:\d\d\.\d{3})(?P<bias>[+-]\d+)" '
-                     r'date="(?P<date>\d\d-\d\d-\d{4})" component="(?P<component>[^"]*)" context="" '
-                     r'type="(?P<type>\d)" thread="(?P<thread>\d+)" file="(?P<file>[^"]*)">$', re.DOTALL)
+SMSTRACE = re.compile(
+    r"^(?P<text>.*)  \$\$<(?P<component>[^>]*)><(?P<date>\d\d-\d\d-\d{4}) "
+    r"(?P<time>\d\d:\d\d:\d\d\.\d{3})(?P<bias>[+-]\d+)><thread=(?P<thread>\d+) "
+    r"\(0x(?P<hex>[0-9A-F]+)\)>$",
+    re.DOTALL,
+)
+CMTRACE = re.compile(
+    r'^<!\[LOG\[(?P<text>.*)\]LOG\]!><time="(?P<time>\d\d:\d\d:\d\d\.\d{3})(?P<bias>[+-]\d+)" '
+    r'date="(?P<date>\d\d-\d\d-\d{4})" component="(?P<component>[^"]*)" context="" '
+    r'type="(?P<type>\d)" thread="(?P<thread>\d+)" file="(?P<file>[^"]*)">$',
+    re.DOTALL,
+)
 log_times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 1, 1), timezones=st.just(UTC))
 
 
 @SOME
-@given(message=st.text(st.characters(blacklist_categories=NO_SURROGATES), max_size=100), component=names,
-       when=log_times, thread=st.integers(0, 2**32 - 1))
-def test_smstrace_fields_survive_and_line_breaks_become_tildes(message: str, component: str, when: datetime,
-                                                                thread: int) -> None:
+@given(
+    message=st.text(st.characters(blacklist_categories=NO_SURROGATES), max_size=100),
+    component=names,
+    when=log_times,
+    thread=st.integers(0, 2**32 - 1),
+)
+def test_smstrace_fields_survive_and_line_breaks_become_tildes(
+    message: str, component: str, when: datetime, thread: int
+) -> None:
     line = format_smstrace(message, component=component, when=when, thread=thread)
     assert "\r" not in line and "\n" not in line
     m = SMSTRACE.match(line)
     assert m is not None
     assert m["text"] == re.sub(r"\r\n|\n|\r", "~~", message)
     assert (m["component"], int(m["thread"]), int(m["hex"], 16)) == (component, thread, thread)
-    assert m["date"] == when.strftime("%m-%d-%Y") and m["time"] == when.strftime("%H:%M:%S.") + \
-        f"{when.microsecond // 1000:03d}"
+    assert (
+        m["date"] == when.strftime("%m-%d-%Y")
+        and m["time"] == when.strftime("%H:%M:%S.") + f"{when.microsecond // 1000:03d}"
+    )
 
 
 @SOME
-@given(message=st.text(st.characters(blacklist_categories=NO_SURROGATES), max_size=100).filter(
-    lambda t: "]LOG]!>" not in t), component=names, when=log_times, type_=st.sampled_from([1, 2, 3]),
-       thread=st.integers(0, 2**32 - 1), file=st.from_regex(r"[a-z_]{1,12}\.cpp:\d{1,5}", fullmatch=True))
-def test_cmtrace_fields_survive(message: str, component: str, when: datetime, type_: int, thread: int,
-                                file: str) -> None:
-    m = CMTRACE.match(format_cmtrace(message, component=component, when=when, type_=type_, thread=thread,
-                                     file=file))
+@given(
+    message=st.text(st.characters(blacklist_categories=NO_SURROGATES), max_size=100).filter(
+        lambda t: "]LOG]!>" not in t
+    ),
+    component=names,
+    when=log_times,
+    type_=st.sampled_from([1, 2, 3]),
+    thread=st.integers(0, 2**32 - 1),
+    file=st.from_regex(r"[a-z_]{1,12}\.cpp:\d{1,5}", fullmatch=True),
+)
+def test_cmtrace_fields_survive(
+    message: str, component: str, when: datetime, type_: int, thread: int, file: str
+) -> None:
+    m = CMTRACE.match(format_cmtrace(message, component=component, when=when, type_=type_, thread=thread, file=file))
     assert m is not None
-    assert (m["text"], m["component"], int(m["type"]), int(m["thread"]), m["file"]) == (message, component, type_,
-                                                                                       thread, file)
+    assert (m["text"], m["component"], int(m["type"]), int(m["thread"]), m["file"]) == (
+        message,
+        component,
+        type_,
+        thread,
+        file,
+    )
 
 
 @FEW
-@given(messages=st.lists(st.text(st.characters(blacklist_categories=NO_SURROGATES), max_size=40), min_size=1,
-                         max_size=5))
-def test_one_crlf_record_per_message_in_the_file(tmp_path_factory: pytest.TempPathFactory,
-                                                 messages: list[str]) -> None:
+@given(
+    messages=st.lists(st.text(st.characters(blacklist_categories=NO_SURROGATES), max_size=40), min_size=1, max_size=5)
+)
+def test_one_crlf_record_per_message_in_the_file(tmp_path_factory: pytest.TempPathFactory, messages: list[str]) -> None:
     path = tmp_path_factory.mktemp("smslog") / "Test.log"
     log = smstrace_logger(path, "Test")
     try:
@@ -280,14 +350,19 @@ def test_channel_decoder_raises_only_frame_errors(data: bytes) -> None:
             head.from_json(frame.json())
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                       max_size=3), max_leaves=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 @SOME
-@given(doc=st.dictionaries(st.sampled_from(["method", "url", "headers", "status", "reason", "extra", "x"]),
-                           json_values, max_size=6))
+@given(
+    doc=st.dictionaries(
+        st.sampled_from(["method", "url", "headers", "status", "reason", "extra", "x"]), json_values, max_size=6
+    )
+)
 def test_channel_heads_raise_only_frame_errors(doc: dict[str, object]) -> None:
     for head in (ch.RequestHead, ch.ResponseHead):
         with contextlib.suppress(ch.FrameError):
@@ -295,10 +370,16 @@ def test_channel_heads_raise_only_frame_errors(doc: dict[str, object]) -> None:
 
 
 @SOME
-@given(method=names, url=st.text(max_size=40), headers=st.lists(st.tuples(names, st.text(max_size=20)), max_size=3),
-       status=st.integers(100, 599), length=st.one_of(st.none(), st.integers(0, 2**40)))
-def test_channel_heads_round_trip(method: str, url: str, headers: list[tuple[str, str]], status: int,
-                                  length: int | None) -> None:
+@given(
+    method=names,
+    url=st.text(max_size=40),
+    headers=st.lists(st.tuples(names, st.text(max_size=20)), max_size=3),
+    status=st.integers(100, 599),
+    length=st.one_of(st.none(), st.integers(0, 2**40)),
+)
+def test_channel_heads_round_trip(
+    method: str, url: str, headers: list[tuple[str, str]], status: int, length: int | None
+) -> None:
     req = ch.RequestHead(method, url, headers, content_length=length, has_body=bool(length))
     assert ch.RequestHead.from_json(ch.decode(ch.encode(ch.Kind.REQUEST, uuid.uuid4(), req.to_json())).json()) == req
     resp = ch.ResponseHead(status, "r", headers)
@@ -307,8 +388,14 @@ def test_channel_heads_round_trip(method: str, url: str, headers: list[tuple[str
 
 # -- name mapping ---------------------------------------------------------------------------------
 @SOME
-@given(entries=st.lists(st.tuples(st.from_regex(r"[a-z0-9.-]{1,30}", fullmatch=True), st.integers(0, 65535),
-                                  st.ip_addresses().map(str)), max_size=5))
+@given(
+    entries=st.lists(
+        st.tuples(
+            st.from_regex(r"[a-z0-9.-]{1,30}", fullmatch=True), st.integers(0, 65535), st.ip_addresses().map(str)
+        ),
+        max_size=5,
+    )
+)
 def test_parse_resolve_round_trip(entries: list[tuple[str, int, str]]) -> None:
     lines = [f"{h}:{p}:[{a}]" if ":" in a else f"{h}:{p}:{a}" for h, p, a in entries]
     assert parse_resolve(lines) == {(h, p): a for h, p, a in entries}
@@ -334,11 +421,15 @@ def test_transport_key_round_trip() -> None:
 
 
 @SOME
-@given(raw=st.one_of(st.binary(max_size=300), st.binary(max_size=300).map(lambda t: b"RSA1" + t),
-                     json_values.map(lambda v: json.dumps(v).encode()),
-                     st.tuples(st.integers(0, 2**20), st.integers(0, 2**64), st.integers(0, 5000)).map(
-                         lambda t: bcrypt_blob(*t))),
-       b64=st.booleans())
+@given(
+    raw=st.one_of(
+        st.binary(max_size=300),
+        st.binary(max_size=300).map(lambda t: b"RSA1" + t),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.tuples(st.integers(0, 2**20), st.integers(0, 2**64), st.integers(0, 5000)).map(lambda t: bcrypt_blob(*t)),
+    ),
+    b64=st.booleans(),
+)
 def test_transport_key_parser_raises_only_drs_errors(raw: bytes, b64: bool) -> None:
     with contextlib.suppress(DRSError):
         parse_transport_key(base64.b64encode(raw).decode() if b64 else raw.decode("latin-1"))
@@ -352,8 +443,14 @@ def test_csr_check_raises_only_drs_errors(raw: bytes) -> None:
 
 
 @SOME
-@given(token=st.one_of(st.text(max_size=200), st.lists(st.binary(max_size=60), min_size=3, max_size=3).map(
-    lambda parts: ".".join(base64.urlsafe_b64encode(p).decode().rstrip("=") for p in parts))))
+@given(
+    token=st.one_of(
+        st.text(max_size=200),
+        st.lists(st.binary(max_size=60), min_size=3, max_size=3).map(
+            lambda parts: ".".join(base64.urlsafe_b64encode(p).decode().rstrip("=") for p in parts)
+        ),
+    )
+)
 def test_token_validators_raise_only_their_errors(token: str) -> None:
     cert = b.self_signed(KEY, b.name("site"), ekus=[])
     with contextlib.suppress(site_tokens.SiteTokenError):

@@ -16,8 +16,7 @@ from cmglab.runtime.lab import Lab
 
 def cmglab(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "80"}
-    return subprocess.run([sys.executable, "-m", "cmglab", *args], capture_output=True, text=True, timeout=120,
-                          env=env)
+    return subprocess.run([sys.executable, "-m", "cmglab", *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def crl_and_aia_ports(cert_file: Path) -> set[int]:
@@ -73,8 +72,13 @@ def test_dsregcmd_status_into_a_closed_pipe_prints_no_traceback(tmp_path: Path) 
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before dsregcmd writes: as `| head` after its lines
     try:
-        done = subprocess.run([sys.executable, "-m", "cmglab.agent.dsregcmd", "/status", "--home", str(home)],
-                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "cmglab.agent.dsregcmd", "/status", "--home", str(home)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(write_end)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
@@ -89,7 +93,6 @@ def test_readme_layout_matches_the_packages_and_draws_one_diagram() -> None:
     assert listed == packages
     blocks = readme.split("```")[1::2]
     assert sum("──▶" in b for b in blocks) == 1  # the one architecture diagram ("What runs")
-
 
 
 def test_a_service_process_output_is_its_own_run_only(tmp_path: Path) -> None:
@@ -164,9 +167,14 @@ def test_up_detach_names_the_lab_in_its_down_command(tmp_path: Path) -> None:
     lab = isolated_lab(tmp_path / "lab")
     try:
         with handover("127.0.0.1") as (env, fds):  # the ports this test reserved, passed on to the services
-            up = subprocess.run([sys.executable, "-m", "cmglab", "up", "--detach", "--lab", str(lab.dir)],
-                                capture_output=True, text=True, timeout=240, pass_fds=fds,
-                                env={**os.environ, "COLUMNS": "80", **env})
+            up = subprocess.run(
+                [sys.executable, "-m", "cmglab", "up", "--detach", "--lab", str(lab.dir)],
+                capture_output=True,
+                text=True,
+                timeout=240,
+                pass_fds=fds,
+                env={**os.environ, "COLUMNS": "80", **env},
+            )
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"stop it with cmglab down --lab {lab.dir}\n" in up.stdout, up.stdout
         down = cmglab("down", "--lab", str(lab.dir))

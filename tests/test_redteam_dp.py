@@ -129,15 +129,22 @@ def test_a_handshake_does_not_cross_connections(dp: Lab) -> None:
 
 def test_a_request_pipelined_behind_a_negotiate_is_not_served(dp: Lab) -> None:
     with Conn(dp) as conn:
-        conn.send(LISTING, negotiate(ntlm(dp)),
-                  extra=f"GET {LISTING} HTTP/1.1\r\nHost: dp.corp.lab.test\r\n\r\n".encode())
+        conn.send(
+            LISTING, negotiate(ntlm(dp)), extra=f"GET {LISTING} HTTP/1.1\r\nHost: dp.corp.lab.test\r\n\r\n".encode()
+        )
         assert conn.reply()[0] == 401
         status, _, body = conn.reply()
         assert status == 401 and b"MEM0000" not in body
 
 
-@pytest.mark.parametrize("target", ["/SMS_DP_SMSPKG$/%0aFORGED-redteam-1", "/%0d%0aFORGED-redteam-2",
-                                    "/SMS_DP_SMSPKG$/x%0d%0a2026-01-01%20cmglab.distribution_point%20FORGED-3"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/SMS_DP_SMSPKG$/%0aFORGED-redteam-1",
+        "/%0d%0aFORGED-redteam-2",
+        "/SMS_DP_SMSPKG$/x%0d%0a2026-01-01%20cmglab.distribution_point%20FORGED-3",
+    ],
+)
 def test_a_newline_in_the_path_is_http_sys_400_and_logged_as_one_line(dp: Lab, target: str) -> None:
     with Conn(dp) as conn:
         status, headers, body = conn.get(target)
@@ -145,8 +152,12 @@ def test_a_newline_in_the_path_is_http_sys_400_and_logged_as_one_line(dp: Lab, t
     assert headers["content-type"][0].startswith("text/html")
     iis = dp.dir / "logs" / "distribution-point" / "u_ex.log"
     marker = target.rsplit("FORGED", 1)[1]
-    wait_for(lambda: any(f"FORGED{marker}" in line and " 400 " in line for line in iis.read_text().splitlines()),
-             10, "the IIS log line")
+    wait_for(
+        lambda: any(f"FORGED{marker}" in line and " 400 " in line for line in iis.read_text().splitlines()),
+        10,
+        "the IIS log line",
+    )
     service = (dp.dir / "logs" / "processes" / "distribution-point.out").read_text()
-    assert not any(line.lstrip().startswith("FORGED") or line.startswith("2026-01-01")
-                   for line in service.splitlines()), service[-2000:]
+    assert not any(
+        line.lstrip().startswith("FORGED") or line.startswith("2026-01-01") for line in service.splitlines()
+    ), service[-2000:]

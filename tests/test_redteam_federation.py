@@ -28,11 +28,15 @@ from tests.support.sec_attacks import client, wait_for
 
 THRESHOLD, PERIOD = 3, 4
 SOAP = {"Content-Type": "application/soap+xml; charset=utf-8"}
-BOMB = (b'<?xml version="1.0"?><!DOCTYPE s:Envelope [<!ENTITY a "aaaaaaaaaaaaaaaa">'
-        + b"".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 16}">'.encode() for i in range(8))
-        + b']><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Header>&i;</s:Header></s:Envelope>')
-XXE = (b'<?xml version="1.0"?><!DOCTYPE s:Envelope [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-       b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Header>&x;</s:Header></s:Envelope>')
+BOMB = (
+    b'<?xml version="1.0"?><!DOCTYPE s:Envelope [<!ENTITY a "aaaaaaaaaaaaaaaa">'
+    + b"".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 16}">'.encode() for i in range(8))
+    + b']><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Header>&i;</s:Header></s:Envelope>'
+)
+XXE = (
+    b'<?xml version="1.0"?><!DOCTYPE s:Envelope [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Header>&x;</s:Header></s:Envelope>'
+)
 RST = """<s:Envelope xmlns:s='http://www.w3.org/2003/05/soap-envelope' xmlns:wsa='http://www.w3.org/2005/08/addressing'>
 <s:Header><wsse:Security xmlns:wsse='http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd'>
 <wsse:UsernameToken><wsse:Username>{user}</wsse:Username><wsse:Password>{password}</wsse:Password>
@@ -62,8 +66,11 @@ def federated_user(lab: Lab) -> tuple[str, str]:
 
 def sts(lab: Lab, body: bytes) -> httpx.Response:
     with client(lab) as c:
-        return c.post(f"{lab.url('entra', host='sts.fed.lab.test')}/adfs/services/trust/13/usernamemixed",
-                      content=body, headers=SOAP)
+        return c.post(
+            f"{lab.url('entra', host='sts.fed.lab.test')}/adfs/services/trust/13/usernamemixed",
+            content=body,
+            headers=SOAP,
+        )
 
 
 def sign_in(lab: Lab, user: str, password: str) -> httpx.Response:
@@ -98,13 +105,18 @@ def test_an_assertion_with_a_dtd_is_refused(fed: Lab) -> None:
     rstr = sign_in(fed, user, password)
     assert rstr.status_code == 200
     start = rstr.text.index("<saml:Assertion")
-    assertion = rstr.text[start:rstr.text.index("</saml:Assertion>") + len("</saml:Assertion>")]
+    assertion = rstr.text[start : rstr.text.index("</saml:Assertion>") + len("</saml:Assertion>")]
     doctype = '<!DOCTYPE saml:Assertion [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
     with client(fed) as c:
-        reply = c.post(f"{fed.url('entra')}/common/oauth2/token", data={
-            "client_id": "1b730954-1685-4b74-9bfd-dac224a7b894", "resource": DRS_RESOURCE,
-            "grant_type": "urn:ietf:params:oauth:grant-type:saml1_1-bearer",
-            "assertion": base64.b64encode((doctype + assertion).encode()).decode()})
+        reply = c.post(
+            f"{fed.url('entra')}/common/oauth2/token",
+            data={
+                "client_id": "1b730954-1685-4b74-9bfd-dac224a7b894",
+                "resource": DRS_RESOURCE,
+                "grant_type": "urn:ietf:params:oauth:grant-type:saml1_1-bearer",
+                "assertion": base64.b64encode((doctype + assertion).encode()).decode(),
+            },
+        )
     assert reply.status_code == 400 and reply.json()["error_codes"] == [50006], reply.text
 
 
@@ -123,10 +135,13 @@ def test_anonymous_windowstransport_requests_write_nothing(fed: Lab) -> None:
 def test_an_assertion_is_redeemed_once(fed: Lab) -> None:
     user, password = federated_user(fed)
     rstr = sign_in(fed, user, password).text
-    assertion = rstr[rstr.index("<saml:Assertion"):rstr.index("</saml:Assertion>") + len("</saml:Assertion>")]
-    form = {"client_id": "1b730954-1685-4b74-9bfd-dac224a7b894", "resource": DRS_RESOURCE,
-            "grant_type": "urn:ietf:params:oauth:grant-type:saml1_1-bearer",
-            "assertion": base64.b64encode(assertion.encode()).decode()}
+    assertion = rstr[rstr.index("<saml:Assertion") : rstr.index("</saml:Assertion>") + len("</saml:Assertion>")]
+    form = {
+        "client_id": "1b730954-1685-4b74-9bfd-dac224a7b894",
+        "resource": DRS_RESOURCE,
+        "grant_type": "urn:ietf:params:oauth:grant-type:saml1_1-bearer",
+        "assertion": base64.b64encode(assertion.encode()).decode(),
+    }
     with client(fed) as c:
         refused = c.post(f"{fed.url('entra')}/common/oauth2/token", data={**form, "resource": "https://nosuch"})
         first = c.post(f"{fed.url('entra')}/common/oauth2/token", data=form)

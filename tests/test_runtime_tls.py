@@ -42,21 +42,31 @@ def listeners(tls_lab: Lab) -> Iterator[dict[str, int]]:
     ports = dict(zip(["optional", "required", "required-nocrl", "none"], reserve_ports(4), strict=True))
 
     def tls(mode: str, crl: bool = True) -> TLS:
-        return TLS(ident.cert_path, ident.key_path, client_cert=mode,  # type: ignore[arg-type]
-                   client_ca=tls_lab.pki.ca_bundle, crl_files=[tls_lab.pki.crl_bundle], crl_check=crl)
+        return TLS(
+            ident.cert_path,
+            ident.key_path,
+            client_cert=mode,  # type: ignore[arg-type]
+            client_ca=tls_lab.pki.ca_bundle,
+            crl_files=[tls_lab.pki.crl_bundle],
+            crl_check=crl,
+        )
 
-    service = Service("tls-test", [
-        Listener("optional", whoami_app(), ports["optional"], tls=tls("optional")),
-        Listener("required", whoami_app(), ports["required"], tls=tls("required")),
-        Listener("required-nocrl", whoami_app(), ports["required-nocrl"], tls=tls("required", crl=False)),
-        Listener("none", whoami_app(), ports["none"], tls=tls("none")),
-    ])
+    service = Service(
+        "tls-test",
+        [
+            Listener("optional", whoami_app(), ports["optional"], tls=tls("optional")),
+            Listener("required", whoami_app(), ports["required"], tls=tls("required")),
+            Listener("required-nocrl", whoami_app(), ports["required-nocrl"], tls=tls("required", crl=False)),
+            Listener("none", whoami_app(), ports["none"], tls=tls("none")),
+        ],
+    )
     with ThreadedService(service):
         yield ports
 
 
-def client(lab: Lab, port: int, cert: tuple[Path, Path] | None = None,
-           names: tuple[str, ...] = ("cmg.lab.test",)) -> httpx.Client:
+def client(
+    lab: Lab, port: int, cert: tuple[Path, Path] | None = None, names: tuple[str, ...] = ("cmg.lab.test",)
+) -> httpx.Client:
     ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=cert)
     return httpclient.client(ctx=ctx, resolve=[f"{n}:{port}:127.0.0.1" for n in names], timeout=5)
 
@@ -112,7 +122,8 @@ def test_foreign_ca_certificate_is_refused(tls_lab: Lab, listeners: dict[str, in
 
 
 def test_revoked_certificate_refused_with_crl_check_and_accepted_without(
-        tls_lab: Lab, listeners: dict[str, int], caplog: pytest.LogCaptureFixture) -> None:
+    tls_lab: Lab, listeners: dict[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
     ident = tls_lab.pki.issue_client("soon-revoked")
     with client(tls_lab, listeners["required"], pair(ident)) as c:
         assert c.get(f"https://cmg.lab.test:{listeners['required']}/whoami").status_code == 200
@@ -139,6 +150,8 @@ def test_name_mapping_keeps_certificate_checks_on_the_real_name(tls_lab: Lab, li
 
 def test_resolve_entries_are_parsed_like_curl() -> None:
     assert httpclient.parse_resolve(["a.test:443:10.0.0.1", "# comment", "", "B.test:80:[::1]"]) == {
-        ("a.test", 443): "10.0.0.1", ("b.test", 80): "::1"}
+        ("a.test", 443): "10.0.0.1",
+        ("b.test", 80): "::1",
+    }
     with pytest.raises(ValueError, match="HOST:PORT:ADDR"):
         httpclient.parse_resolve(["nonsense"])

@@ -35,8 +35,11 @@ def test_database_files_are_owner_only(running: Lab) -> None:
 def test_the_naa_secret_is_not_in_the_site_database(running: Lab) -> None:
     naa = running.config.site.network_access_account
     data = b"".join(f.read_bytes() for f in (running.dir / "data").glob("management-point.db*"))
-    for secret in (naa.password, policy_crypto.obfuscate_secret(naa.password),
-                   policy_crypto.obfuscate_secret(naa.username)):
+    for secret in (
+        naa.password,
+        policy_crypto.obfuscate_secret(naa.password),
+        policy_crypto.obfuscate_secret(naa.username),
+    ):
         assert secret.encode() not in data and secret.encode("utf-16-le") not in data
 
 

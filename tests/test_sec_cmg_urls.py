@@ -19,28 +19,56 @@ from cmglab.wire import cmg_urls
 from tests.support.sec_attacks import admin, client, last_seq, raw_https, records_after, status_of, wait_for
 
 ROLE = "72057594037927939"
-CONFIG = {"allow_cmg": True, "endpoints": {ROLE: {"internal_url": "https://mp.corp.lab.test:8443",
-                                                  "paths": ["CCM_STS", "ccm_system/request", "SMS_MP", "CCM_Client"]}}}
+CONFIG = {
+    "allow_cmg": True,
+    "endpoints": {
+        ROLE: {
+            "internal_url": "https://mp.corp.lab.test:8443",
+            "paths": ["CCM_STS", "ccm_system/request", "SMS_MP", "CCM_Client"],
+        }
+    },
+}
 
 
 # -- in-process: parsing and rewrite -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("authority,ok", [
-    ("cmg.lab.test", True), ("CMG.LAB.TEST", True), ("cmg.lab.test:443", True), ("cmg.lab.test:8443", False),
-    ("x/CCM_Proxy_ServerAuth/1/_lab/clients?", False), ("cmg.lab.test@evil", False), ("evil", False),
-    ("cmg.lab.test/", False), ("", False), ("cmg.lab.test:443/x", False),
-])
+
+@pytest.mark.parametrize(
+    "authority,ok",
+    [
+        ("cmg.lab.test", True),
+        ("CMG.LAB.TEST", True),
+        ("cmg.lab.test:443", True),
+        ("cmg.lab.test:8443", False),
+        ("x/CCM_Proxy_ServerAuth/1/_lab/clients?", False),
+        ("cmg.lab.test@evil", False),
+        ("evil", False),
+        ("cmg.lab.test/", False),
+        ("", False),
+        ("cmg.lab.test:443/x", False),
+    ],
+)
 def test_authority_must_be_the_gateway(authority: str, ok: bool) -> None:
     assert cmg_urls.same_authority(authority, "cmg.lab.test", 443) is ok
 
 
-@pytest.mark.parametrize("raw", [
-    "/CCM_Proxy_ServerAuth/1/CCM_STS/../_lab/clients", "/CCM_Proxy_ServerAuth/1/./CCM_STS",
-    "/CCM_Proxy_ServerAuth/1/CCM_STS/%2e%2e/_lab", "/CCM_Proxy_ServerAuth/1/CCM_STS%2F..%2F_lab",
-    "/CCM_Proxy_ServerAuth/1/CCM_STS%5c..", "/CCM_Proxy_ServerAuth/1/CCM_STS/%252e%252e/x",
-    "/CCM_Proxy_ServerAuth/1//CCM_STS", "/CCM_Proxy_ServerAuth/1/CCM_STS\\..\\x", "https://evil/CCM_STS",
-    "*", "/CCM_Proxy_ServerAuth/1/CCM_STS%00", "/CCM_Proxy_ServerAuth/1/%ff%fe",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/CCM_Proxy_ServerAuth/1/CCM_STS/../_lab/clients",
+        "/CCM_Proxy_ServerAuth/1/./CCM_STS",
+        "/CCM_Proxy_ServerAuth/1/CCM_STS/%2e%2e/_lab",
+        "/CCM_Proxy_ServerAuth/1/CCM_STS%2F..%2F_lab",
+        "/CCM_Proxy_ServerAuth/1/CCM_STS%5c..",
+        "/CCM_Proxy_ServerAuth/1/CCM_STS/%252e%252e/x",
+        "/CCM_Proxy_ServerAuth/1//CCM_STS",
+        "/CCM_Proxy_ServerAuth/1/CCM_STS\\..\\x",
+        "https://evil/CCM_STS",
+        "*",
+        "/CCM_Proxy_ServerAuth/1/CCM_STS%00",
+        "/CCM_Proxy_ServerAuth/1/%ff%fe",
+    ],
+)
 def test_ambiguous_targets_are_refused(raw: str) -> None:
     with pytest.raises(cmg_urls.UrlRefused):
         routing.parse(raw)
@@ -49,9 +77,15 @@ def test_ambiguous_targets_are_refused(raw: str) -> None:
 def test_routes_are_parsed_from_validated_segments() -> None:
     route = routing.parse(f"/ccm_proxy_SERVERAUTH/{ROLE}/CCM_Client/a%20b.txt", "x=1&y=%20z")
     assert isinstance(route, routing.ProxyRoute)
-    assert (route.family, route.role_id, route.rest, route.endpoint) == ("ServerAuth", ROLE, "CCM_Client/a b.txt",
-                                                                        "CCM_Client")
-    assert route.url("cmg.lab.test") == f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_Client/a%20b.txt?x=1&y=%20z"
+    assert (route.family, route.role_id, route.rest, route.endpoint) == (
+        "ServerAuth",
+        ROLE,
+        "CCM_Client/a b.txt",
+        "CCM_Client",
+    )
+    assert (
+        route.url("cmg.lab.test") == f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_Client/a%20b.txt?x=1&y=%20z"
+    )
     assert routing.parse("/CCM_Proxy_ServerAuth/AADAuthInfo") == routing.AADAuthInfoRoute()
     assert routing.parse("/CCM_Proxy_ServerAuth/\u0661\u0662/CCM_STS") is None  # Arabic-Indic digits: no role ID
     assert routing.parse(f"/CCM_Proxy_ServerAuth/{ROLE}/") is not None  # a trailing slash is not ambiguous
@@ -65,28 +99,32 @@ def test_rewrite_builds_the_internal_url_from_parsed_parts() -> None:
     assert rw.internal_url == "https://mp.corp.lab.test:8443/SMS_MP/.sms_aut?MPLIST"
 
 
-@pytest.mark.parametrize("url", [
-    # the original attack, as the CMG used to forward it: the client's Host spliced into the URL
-    f"https://x/CCM_Proxy_ServerAuth/{ROLE}/_lab/clients?/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS",
-    f"https://cmg.lab.test:9999/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS",
-    f"https://u@cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS",
-    f"http://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS",
-    f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/_lab/clients",
-    f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_Cloud/config",
-    f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/ccm_system_windowsauth/request",
-    f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/SMS_MP_WindowsAuth/.sms_aut?MPLIST",
-    f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS/../_lab/clients",
-    f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS%2f..%2f_lab",
-    f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}0/CCM_STS",
-    f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS#frag",
-    "https://cmg.lab.test/_lab/clients",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        # the original attack, as the CMG used to forward it: the client's Host spliced into the URL
+        f"https://x/CCM_Proxy_ServerAuth/{ROLE}/_lab/clients?/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS",
+        f"https://cmg.lab.test:9999/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS",
+        f"https://u@cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS",
+        f"http://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS",
+        f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/_lab/clients",
+        f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_Cloud/config",
+        f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/ccm_system_windowsauth/request",
+        f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/SMS_MP_WindowsAuth/.sms_aut?MPLIST",
+        f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS/../_lab/clients",
+        f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS%2f..%2f_lab",
+        f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}0/CCM_STS",
+        f"https://cmg.lab.test/CCM_Proxy_ServerAuth/{ROLE}/CCM_STS#frag",
+        "https://cmg.lab.test/_lab/clients",
+    ],
+)
 def test_connection_point_refuses_what_was_not_published(url: str) -> None:
     with pytest.raises(RewriteError):
         rewrite(url, CONFIG, "cmg.lab.test")
 
 
 # -- over the network ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def cmg_lab(lab: Lab, lab_services: LabProcesses) -> Iterator[Lab]:
@@ -106,11 +144,14 @@ def _token(lab: Lab) -> str:
     return token
 
 
-def _request(lab: Lab, target: str, *, host: str | None = None, extra: str = "", method: str = "GET",
-             body: bytes = b"") -> bytes:
+def _request(
+    lab: Lab, target: str, *, host: str | None = None, extra: str = "", method: str = "GET", body: bytes = b""
+) -> bytes:
     host = host if host is not None else f"{lab.config.hosts.cmg}:{lab.port('cmg')}"
-    head = (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {_token(lab)}\r\n"
-            f"{extra}Connection: close\r\n\r\n")
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {_token(lab)}\r\n"
+        f"{extra}Connection: close\r\n\r\n"
+    )
     return head.encode("latin-1") + body
 
 
@@ -125,9 +166,14 @@ def test_a_host_header_cannot_choose_the_mp_path(cmg_lab: Lab) -> None:
     role = cmg_lab.config.site.role_id
     name = f"{cmg_lab.config.hosts.cmg}:{cmg_lab.port('cmg')}"
     tokenauth = f"/CCM_Proxy_ServerAuth/{role}/ccm_system_tokenauth/request"
-    for host in (f"x/CCM_Proxy_ServerAuth/{role}/_lab/clients?",
-                 f"{name}/CCM_Proxy_ServerAuth/{role}/CCM_Cloud/config?", "evil.example",
-                 f"{cmg_lab.config.hosts.cmg}:1", f"{name}@evil", f"{name}#"):
+    for host in (
+        f"x/CCM_Proxy_ServerAuth/{role}/_lab/clients?",
+        f"{name}/CCM_Proxy_ServerAuth/{role}/CCM_Cloud/config?",
+        "evil.example",
+        f"{cmg_lab.config.hosts.cmg}:1",
+        f"{name}@evil",
+        f"{name}#",
+    ):
         status, seen = _attack(cmg_lab, _request(cmg_lab, tokenauth, host=host))
         assert status == 400 and seen == [], (host, status, seen)
     status, seen = _attack(cmg_lab, _request(cmg_lab, tokenauth, extra=f"Host: {name}\r\n"))  # two Host headers
@@ -137,20 +183,28 @@ def test_a_host_header_cannot_choose_the_mp_path(cmg_lab: Lab) -> None:
 def test_absolute_form_and_path_tricks_are_refused(cmg_lab: Lab) -> None:
     role = cmg_lab.config.site.role_id
     base = f"/CCM_Proxy_ServerAuth/{role}"
-    for target in (f"https://evil{base}/ccm_system_tokenauth/request",
-                   f"https://{cmg_lab.config.hosts.cmg}{base}/ccm_system_tokenauth/request",
-                   f"{base}/ccm_system_tokenauth/request/../../_lab/clients",
-                   f"{base}/ccm_system_tokenauth/..%2f..%2f_lab/clients",
-                   f"{base}/CCM_STS/%2e%2e/CCM_Cloud/config", f"{base}/CCM_STS/%252e%252e/x",
-                   f"{base}/ccm_system_tokenauth\\..\\ccm_system_windowsauth/request"):
+    for target in (
+        f"https://evil{base}/ccm_system_tokenauth/request",
+        f"https://{cmg_lab.config.hosts.cmg}{base}/ccm_system_tokenauth/request",
+        f"{base}/ccm_system_tokenauth/request/../../_lab/clients",
+        f"{base}/ccm_system_tokenauth/..%2f..%2f_lab/clients",
+        f"{base}/CCM_STS/%2e%2e/CCM_Cloud/config",
+        f"{base}/CCM_STS/%252e%252e/x",
+        f"{base}/ccm_system_tokenauth\\..\\ccm_system_windowsauth/request",
+    ):
         status, seen = _attack(cmg_lab, _request(cmg_lab, target))
         assert status in (400, 404) and seen == [], (target, status, seen)
 
 
 def test_unpublished_vdirs_and_foreign_role_ids_are_404(cmg_lab: Lab) -> None:
     role = cmg_lab.config.site.role_id
-    for rest in ("_lab/clients", "CCM_Cloud/config", "ccm_system_windowsauth/request", "SMS_MP_WindowsAuth/.sms_aut",
-                 "ccm_system_tokenauthX/request"):
+    for rest in (
+        "_lab/clients",
+        "CCM_Cloud/config",
+        "ccm_system_windowsauth/request",
+        "SMS_MP_WindowsAuth/.sms_aut",
+        "ccm_system_tokenauthX/request",
+    ):
         status, seen = _attack(cmg_lab, _request(cmg_lab, f"/CCM_Proxy_ServerAuth/{role}/{rest}?MPLIST"))
         assert status == 404 and seen == [], (rest, status, seen)
     for other in (f"{role}0", "1", "-1", "%D9%A1", f"{role}%00"):  # U+0661 is a digit to str.isdigit
@@ -161,7 +215,7 @@ def test_unpublished_vdirs_and_foreign_role_ids_are_404(cmg_lab: Lab) -> None:
 
 def test_request_smuggling_shapes_are_refused(cmg_lab: Lab) -> None:
     target = f"/CCM_Proxy_ServerAuth/{cmg_lab.config.site.role_id}/ccm_system_tokenauth/request"
-    smuggled = (b"0\r\n\r\nGET /_lab/clients HTTP/1.1\r\nHost: mp\r\n\r\n")
+    smuggled = b"0\r\n\r\nGET /_lab/clients HTTP/1.1\r\nHost: mp\r\n\r\n"
     shapes = [
         ("CL+TE", "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", smuggled),
         ("two CLs", "Content-Length: 4\r\nContent-Length: 40\r\n", b"abcd"),
@@ -182,7 +236,9 @@ def test_the_record_shows_what_was_forwarded(cmg_lab: Lab) -> None:
     reply = raw_https(cmg_lab, "cmg", _request(cmg_lab, f"/ccm_proxy_SERVERAUTH/{role}/SMS_MP/.sms_aut?MPLIST"))
     assert status_of(reply) == 200, reply[:300]
     rec = next(r for r in records_after(cmg_lab, "cmg", before) if r["path"].lower().endswith(".sms_aut"))
-    assert rec["forwarded_url"] == f"https://{cmg_lab.config.hosts.cmg}/CCM_Proxy_ServerAuth/{role}/SMS_MP/.sms_aut?MPLIST"
+    assert (
+        rec["forwarded_url"] == f"https://{cmg_lab.config.hosts.cmg}/CCM_Proxy_ServerAuth/{role}/SMS_MP/.sms_aut?MPLIST"
+    )
     assert rec["rewritten_url"] == f"{cmg_lab.url('management-point')}/SMS_MP/.sms_aut?MPLIST"
 
 
@@ -203,8 +259,9 @@ def test_the_connector_listeners_lab_endpoints_need_the_admin_token(cmg_lab: Lab
 
     ident = cmg_lab.pki.issue_client(f"conn-{cmg_lab.port('cmg')}.corp.lab.test")
     port = cmg_lab.config.ports.cmg_connector
-    ctx = httpclient.ssl_context(ca_bundle=cmg_lab.pki.ca_bundle, client_cert=(Path(ident.cert_path),
-                                                                              Path(ident.key_path)))
+    ctx = httpclient.ssl_context(
+        ca_bundle=cmg_lab.pki.ca_bundle, client_cert=(Path(ident.cert_path), Path(ident.key_path))
+    )
     url = f"https://{cmg_lab.config.hosts.cmg}:{port}/_lab/requests"
     with httpclient.client(ctx=ctx, resolve=[f"{cmg_lab.config.hosts.cmg}:{port}:127.0.0.1"], timeout=10) as c:
         assert c.get(url).status_code == 401

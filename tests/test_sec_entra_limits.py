@@ -41,9 +41,16 @@ def entra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def ropc(lab: Lab, upn: str, password: str) -> dict[str, Any]:
     tenant = lab.config.primary_tenant.tenant_id
     with client(lab) as c:
-        reply = c.post(f"{lab.url('entra')}/{tenant}/oauth2/token", data={
-            "client_id": AAD_POWERSHELL, "grant_type": "password", "resource": DRS_RESOURCE,
-            "username": upn, "password": password})
+        reply = c.post(
+            f"{lab.url('entra')}/{tenant}/oauth2/token",
+            data={
+                "client_id": AAD_POWERSHELL,
+                "grant_type": "password",
+                "resource": DRS_RESOURCE,
+                "username": upn,
+                "password": password,
+            },
+        )
     body: dict[str, Any] = reply.json()
     body["status"] = reply.status_code
     return body
@@ -58,10 +65,15 @@ def test_device_quota_per_user(entra: Lab) -> None:
     token = ropc(entra, user.upn, user.password)["access_token"]
     drs = entra.url("entra", host="enterpriseregistration.windows.net")
     with client(entra) as c:
+
         def join(n: int) -> Any:
-            return c.post(f"{drs}/EnrollmentServer/device/", params={"api-version": "2.0"},
-                          json=join_body(new_key(), new_key(), name=f"QUOTA-{n}"),
-                          headers={"Authorization": f"Bearer {token}"})
+            return c.post(
+                f"{drs}/EnrollmentServer/device/",
+                params={"api-version": "2.0"},
+                json=join_body(new_key(), new_key(), name=f"QUOTA-{n}"),
+                headers={"Authorization": f"Bearer {token}"},
+            )
+
         for n in range(QUOTA):
             assert join(n).status_code == 201
         over = join(QUOTA)
@@ -74,10 +86,15 @@ def test_device_quota_per_user(entra: Lab) -> None:
 def test_device_code_polled_too_fast_is_slow_down(entra: Lab) -> None:
     login = entra.url("entra")
     with client(entra) as c:
-        start = c.post(f"{login}/organizations/oauth2/v2.0/devicecode",
-                       data={"client_id": AAD_POWERSHELL, "scope": "https://ConfigMgrService/.default"}).json()
-        poll = {"client_id": AAD_POWERSHELL, "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
-                "device_code": start["device_code"]}
+        start = c.post(
+            f"{login}/organizations/oauth2/v2.0/devicecode",
+            data={"client_id": AAD_POWERSHELL, "scope": "https://ConfigMgrService/.default"},
+        ).json()
+        poll = {
+            "client_id": AAD_POWERSHELL,
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "device_code": start["device_code"],
+        }
         first = c.post(f"{login}/organizations/oauth2/v2.0/token", data=poll).json()
         second = c.post(f"{login}/organizations/oauth2/v2.0/token", data=poll).json()
     assert first["error"] == "authorization_pending"
@@ -100,12 +117,19 @@ def test_ten_wrong_passwords_lock_the_account(entra: Lab) -> None:
 
 
 def test_unlock_ends_it_now(entra: Lab) -> None:
-    user = entra.config.primary_tenant.users[1] if len(entra.config.primary_tenant.users) > 1 \
+    user = (
+        entra.config.primary_tenant.users[1]
+        if len(entra.config.primary_tenant.users) > 1
         else entra.config.primary_tenant.users[0]
+    )
     for n in range(10):
         last = ropc(entra, user.upn, f"wrong-{n}")
     assert code(last) == 50053
-    out = subprocess.run([sys.executable, "-m", "cmglab", "entra", "unlock", user.upn, "--lab", str(entra.dir)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "cmglab", "entra", "unlock", user.upn, "--lab", str(entra.dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "unlocked" in out
     assert code(ropc(entra, user.upn, user.password)) == 0

@@ -56,18 +56,32 @@ def test_nested_json_is_400_everywhere(services: Lab, tmp_path_factory: pytest.T
     before = {s: last_seq(lab, s) for s in ("entra", "management-point", "cmg")}
     drs = lab.url("entra", host="enterpriseregistration.windows.net")
     with client(lab) as c:
-        sts = c.post(f"{lab.url('management-point')}/CCM_STS", content=body,
-                     headers={"Authorization": f"Bearer {bulk}", "Content-Type": "application/json"})
+        sts = c.post(
+            f"{lab.url('management-point')}/CCM_STS",
+            content=body,
+            headers={"Authorization": f"Bearer {bulk}", "Content-Type": "application/json"},
+        )
         assert sts.status_code == 400 and sts.json()["Error"] == "InvalidRequest", sts.text[:200]
-        via_cmg = c.post(f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/{lab.config.site.role_id}/CCM_STS", content=body,
-                         headers={"Authorization": f"Bearer {bulk}", "Content-Type": "application/json"})
+        via_cmg = c.post(
+            f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/{lab.config.site.role_id}/CCM_STS",
+            content=body,
+            headers={"Authorization": f"Bearer {bulk}", "Content-Type": "application/json"},
+        )
         assert via_cmg.status_code == 400 and via_cmg.json()["Error"] == "InvalidRequest", via_cmg.text[:200]
         user = material.entra_token(audience=DRS_RESOURCE)
-        join = c.post(f"{drs}/EnrollmentServer/device/", params={"api-version": "2.0"}, content=body,
-                      headers={"Authorization": f"Bearer {user}", "Content-Type": "application/json"})
+        join = c.post(
+            f"{drs}/EnrollmentServer/device/",
+            params={"api-version": "2.0"},
+            content=body,
+            headers={"Authorization": f"Bearer {user}", "Content-Type": "application/json"},
+        )
         assert join.status_code == 400 and join.json()["ErrorType"] == "InvalidParameter", join.text[:200]
-        hybrid = c.put(f"{drs}/EnrollmentServer/device/{uuid.uuid4()}", params={"api-version": "2.0"}, content=body,
-                       headers={"Content-Type": "application/json"})
+        hybrid = c.put(
+            f"{drs}/EnrollmentServer/device/{uuid.uuid4()}",
+            params={"api-version": "2.0"},
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
         assert hybrid.status_code == 400 and hybrid.json()["ErrorType"] == "InvalidParameter", hybrid.text[:200]
     for service, seq in before.items():
         assert all(r["status"] < 500 for r in records_after(lab, service, seq)), service

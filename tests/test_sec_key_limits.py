@@ -26,11 +26,19 @@ def _padded_sms_cert(key: rsa.RSAPrivateKey, names: int) -> x509.Certificate:
     cert = b.self_signed(key, b.name("ConfigMgr Client"), ekus=[b.SMS_SIGNING_EKU, b.SMS_EKU], data_encipherment=True)
     from cryptography.hazmat.primitives import hashes
 
-    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
-               .public_key(key.public_key()).serial_number(cert.serial_number)
-               .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
-               .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"n{i:05d}.padding.lab.test")
-                                                           for i in range(names)]), critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(key.public_key())
+        .serial_number(cert.serial_number)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(f"n{i:05d}.padding.lab.test") for i in range(names)]),
+            critical=False,
+        )
+    )
     return builder.sign(key, hashes.SHA256())
 
 
@@ -75,15 +83,31 @@ def test_drs_refuses_keys_over_4096_bits(services: Lab, tmp_path_factory: pytest
     token = Material(services, tmp_path_factory.mktemp("keys")).entra_token(audience=DRS_RESOURCE)
     drs = services.url("entra", host="enterpriseregistration.windows.net")
     name = f"BIGKEY-{uuid.uuid4().hex[:6]}"
-    bodies = [{"CertificateRequest": {"Type": "pkcs10", "Data": csr_b64(BIG_KEY)}, "TransportKey": bcrypt_blob_b64(
-        new_key())}, {"CertificateRequest": {"Type": "pkcs10", "Data": csr_b64(new_key())},
-                      "TransportKey": bcrypt_blob_b64(BIG_KEY)}]
+    bodies = [
+        {
+            "CertificateRequest": {"Type": "pkcs10", "Data": csr_b64(BIG_KEY)},
+            "TransportKey": bcrypt_blob_b64(new_key()),
+        },
+        {
+            "CertificateRequest": {"Type": "pkcs10", "Data": csr_b64(new_key())},
+            "TransportKey": bcrypt_blob_b64(BIG_KEY),
+        },
+    ]
     with client(services) as c:
         for body in bodies:
-            reply = c.post(f"{drs}/EnrollmentServer/device/", params={"api-version": "2.0"},
-                           json={**body, "TargetDomain": "lab.test", "DeviceType": "Windows",
-                                 "OSVersion": "10.0.19045.3803", "DeviceDisplayName": name, "JoinType": 0},
-                           headers={"Authorization": f"Bearer {token}"})
+            reply = c.post(
+                f"{drs}/EnrollmentServer/device/",
+                params={"api-version": "2.0"},
+                json={
+                    **body,
+                    "TargetDomain": "lab.test",
+                    "DeviceType": "Windows",
+                    "OSVersion": "10.0.19045.3803",
+                    "DeviceDisplayName": name,
+                    "JoinType": 0,
+                },
+                headers={"Authorization": f"Bearer {token}"},
+            )
             assert reply.status_code == 400 and "4096" in reply.json()["Message"], reply.text
         devices = c.get(f"{services.url('entra')}/_lab/devices").json()["devices"]
     assert not [d for d in devices if d.get("display_name") == name]

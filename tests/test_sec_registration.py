@@ -33,8 +33,11 @@ from tests.support.sec_registration import (
 
 def site_set(lab: Lab, name: str, value: str) -> None:
     """`cmglab site set`: lab.json and the running site together (a CLI run re-seeds from lab.json)."""
-    subprocess.run([sys.executable, "-m", "cmglab", "site", "set", name, value, "--lab", str(lab.dir)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "cmglab", "site", "set", name, value, "--lab", str(lab.dir)],
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +55,12 @@ def material(mp: Lab, tmp_path_factory: pytest.TempPathFactory) -> Material:
 
 
 def cli(lab: Lab, *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "cmglab", "clients", *args, "--lab", str(lab.dir)],
-                          check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "cmglab", "clients", *args, "--lab", str(lab.dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def victim(mp: Lab, material: Material) -> tuple[Box, str, dict[str, object]]:
@@ -86,8 +93,9 @@ def attack_aad(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[str, 
 def attack_pki(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[str, str]:
     name = f"attacker-{uuid.uuid4().hex[:6]}.corp.lab.test"
     ident = mp.pki.issue_client(name)
-    return post_registration(mp, box, sms_id, url=f"{mp_https(mp)}/ccm_system/request",
-                             cert=(Path(ident.cert_path), Path(ident.key_path)))
+    return post_registration(
+        mp, box, sms_id, url=f"{mp_https(mp)}/ccm_system/request", cert=(Path(ident.cert_path), Path(ident.key_path))
+    )
 
 
 def attack_domain(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[str, str]:
@@ -99,11 +107,22 @@ def attack_domain(mp: Lab, material: Material, box: Box, sms_id: str) -> dict[st
 
 
 ATTACKS: dict[str, Callable[[Lab, Material, Box, str], dict[str, str]]] = {
-    "self-signed": attack_self_signed, "bulk": attack_bulk, "token": attack_client_token, "aad": attack_aad,
-    "pki": attack_pki, "domain": attack_domain,
+    "self-signed": attack_self_signed,
+    "bulk": attack_bulk,
+    "token": attack_client_token,
+    "aad": attack_aad,
+    "pki": attack_pki,
+    "domain": attack_domain,
 }
-KEPT = ("signing_thumbprint", "netbios_name", "approval", "aad_device_id", "pki_thumbprint", "auth_kind",
-        "registered_at")
+KEPT = (
+    "signing_thumbprint",
+    "netbios_name",
+    "approval",
+    "aad_device_id",
+    "pki_thumbprint",
+    "auth_kind",
+    "registered_at",
+)
 
 
 @pytest.mark.parametrize("kind", list(ATTACKS))
@@ -117,7 +136,11 @@ def test_proposing_a_registered_smsid_gets_a_new_record(mp: Lab, material: Mater
     assert site_client(mp, attrs["SMSID"])["signing_thumbprint"] == attacker.thumbprint
     conflict = next(c for c in site_rows(mp, "conflicts") if c["signing_thumbprint"] == attacker.thumbprint)
     assert (conflict["sms_id"], conflict["status"], conflict["new_sms_id"], conflict["kind"]) == (
-        sms_id, "new", attrs["SMSID"], kind)
+        sms_id,
+        "new",
+        attrs["SMSID"],
+        kind,
+    )
     # its retry is the same new record, not another
     again = ATTACKS[kind](mp, material, attacker, sms_id) if kind in ("self-signed", "bulk", "domain") else attrs
     assert again["SMSID"] == attrs["SMSID"]
@@ -135,8 +158,12 @@ def test_the_owner_still_updates_its_record(mp: Lab, material: Material) -> None
     device = str(uuid.uuid4())
     first, second = Box("AADPC"), Box("AADPC")
     one = via_tokenauth(mp, first, ccm_token(mp, first, "AAD", material.entra_token(user=False, deviceid=device)))
-    two = via_tokenauth(mp, second, ccm_token(mp, second, "AAD", material.entra_token(user=False, deviceid=device),
-                                              one["SMSID"]), one["SMSID"])
+    two = via_tokenauth(
+        mp,
+        second,
+        ccm_token(mp, second, "AAD", material.entra_token(user=False, deviceid=device), one["SMSID"]),
+        one["SMSID"],
+    )
     assert two["SMSID"] == one["SMSID"] and two["ApprovalStatus"] == "3"
     assert site_client(mp, one["SMSID"])["signing_thumbprint"] == second.thumbprint
 
@@ -167,7 +194,8 @@ def test_manual_resolution(mp: Lab, material: Material) -> None:
         assert merge["Status"] == "0" and merge["SMSID"] == sms_id
         assert site_client(mp, sms_id)["signing_thumbprint"] == merged.thumbprint
         assert "Conflicting client records are resolved manually" in (
-            mp.dir / "logs" / "management-point" / "MP_RegistrationManager.log").read_text(errors="replace")
+            mp.dir / "logs" / "management-point" / "MP_RegistrationManager.log"
+        ).read_text(errors="replace")
     finally:
         site_set(mp, "conflicting-records", "automatic")
 
@@ -185,15 +213,18 @@ def test_domain_door_conflict_is_held_when_resolution_is_manual(mp: Lab, materia
         assert attrs["Status"] == "1" and "SMSID" not in attrs, attrs
         assert len(site_rows(mp, "clients")) == clients_before
         assert {k: site_client(mp, sms_id)[k] for k in KEPT} == {k: before[k] for k in KEPT}
-        pending = next(c for c in json.loads(cli(mp, "conflicts", "--json"))
-                       if c["signing_thumbprint"] == attacker.thumbprint)
+        pending = next(
+            c for c in json.loads(cli(mp, "conflicts", "--json")) if c["signing_thumbprint"] == attacker.thumbprint
+        )
         assert (pending["sms_id"], pending["status"], pending["kind"]) == (sms_id, "pending", "domain")
         cli(mp, "resolve", str(pending["id"]), "block")
         assert attack_domain(mp, material, attacker, sms_id)["Status"] == "3"
         assert {k: site_client(mp, sms_id)[k] for k in KEPT} == {k: before[k] for k in KEPT}
         log = (mp.dir / "logs" / "management-point" / "MP_RegistrationManager.log").read_text(errors="replace")
-        assert f"Registering device authenticated as domain account {mp.config.active_directory.netbios_name}" \
+        assert (
+            f"Registering device authenticated as domain account {mp.config.active_directory.netbios_name}"
             f"\\{attacker.name}$" in log
+        )
         assert f"Conflicting record detected for client '{sms_id}'" in log
     finally:
         site_set(mp, "conflicting-records", "automatic")

@@ -39,8 +39,9 @@ def private(path: Path) -> bool:
 def passwords(config: Any) -> list[str]:
     """Every `password` value in lab.json (Entra users, domain accounts, ...)."""
     if isinstance(config, dict):
-        return [v for k, v in config.items() if k == "password" and isinstance(v, str) and v] + \
-            [p for v in config.values() for p in passwords(v)]
+        return [v for k, v in config.items() if k == "password" and isinstance(v, str) and v] + [
+            p for v in config.values() for p in passwords(v)
+        ]
     if isinstance(config, list):
         return [p for v in config for p in passwords(v)]
     return []
@@ -81,11 +82,20 @@ def test_bulk_token_is_stored_nowhere(lab: Lab, lab_services: LabProcesses, tmp_
     MINTED.append(token)
     device = Device("BULKREST")
     with lab_client(lab) as c:
-        r = c.post(f"{https_url(lab)}/CCM_STS", json=device.proof("BulkRegistration", token),
-                   headers={"Authorization": f"Bearer {token}"})
+        r = c.post(
+            f"{https_url(lab)}/CCM_STS",
+            json=device.proof("BulkRegistration", token),
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert r.status_code == 200, r.text
-        reply = reply_body(ccm_post(c, f"{https_url(lab)}/ccm_system_tokenauth/request",
-                                    device.registration_message(), {"Authorization": f"Bearer {r.json()['Token']}"}))
+        reply = reply_body(
+            ccm_post(
+                c,
+                f"{https_url(lab)}/ccm_system_tokenauth/request",
+                device.registration_message(),
+                {"Authorization": f"Bearer {r.json()['Token']}"},
+            )
+        )
     assert cm.parse_xml(reply).get("Status") == "0"
     signature = token.rsplit(".", 1)[1].encode()  # the part no one can recompute
     holders = [p for p in lab.dir.rglob("*") if p.is_file() and signature in p.read_bytes()]
@@ -95,8 +105,9 @@ def test_bulk_token_is_stored_nowhere(lab: Lab, lab_services: LabProcesses, tmp_
 def test_device_token_cache_and_unique_token_are_sealed(lab: Lab, tmp_path: Path) -> None:
     device = new_device(lab.dir, tmp_path / "device")
     ccm, _ = lab.site_signer().ccm_token(token_type="Device")
-    unique, _ = lab.site_signer().client_token(sms_id="GUID:00000000-0000-0000-0000-000000000001",
-                                               cert_thumbprint="00" * 20)
+    unique, _ = lab.site_signer().client_token(
+        sms_id="GUID:00000000-0000-0000-0000-000000000001", cert_thumbprint="00" * 20
+    )
     TokenCache(device).put({"Token": ccm, "TokenType": "Device", "ExpiresOn": "2099-01-01T00:00:00Z"}, "AAD")
     ClientTokenStore(device).put(unique)
     assert TokenCache(device).valid() == ccm  # the agent reads back what it sealed

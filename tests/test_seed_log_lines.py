@@ -25,7 +25,7 @@ def spec_rows() -> list[tuple[str, str]]:
         if not line.startswith("| ") or line.startswith(("| file", "|---")):
             continue
         name = line.split(" | ", 1)[0].removeprefix("| ").strip()
-        pattern = line[line.index("`") + 1:line.rindex("`")].replace("\\|", "|")
+        pattern = line[line.index("`") + 1 : line.rindex("`")].replace("\\|", "|")
         rows.append((name, pattern))
     return rows
 

@@ -41,8 +41,9 @@ def test_https_only(mp: Lab) -> None:
     try:
         assert enforced(mp)["https-only"] is True
         with lab_client(mp) as c:
-            r = c.request("CCM_POST", f"{http}/ccm_system/request", content=b"",
-                          headers={"Content-Type": cm.CONTENT_TYPE})
+            r = c.request(
+                "CCM_POST", f"{http}/ccm_system/request", content=b"", headers={"Content-Type": cm.CONTENT_TYPE}
+            )
             assert r.status_code == 403 and "403.4" in r.text
             assert c.get(f"{http}/SMS_MP/.sms_aut?MPLIST").status_code == 403
             assert c.get(f"{mp.url('management-point')}/SMS_MP/.sms_aut?MPLIST").status_code == 200

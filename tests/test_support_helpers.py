@@ -11,5 +11,3 @@ def test_device_messages_round_trip() -> None:
     msg = cm.decode_message(d.registration_message(), cm.CONTENT_TYPE)
     assert msg.header.target_endpoint == "MP_ClientRegistration"
     assert msg.body.startswith("<ClientRegistrationRequest><Data ")
-
-

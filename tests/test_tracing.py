@@ -27,15 +27,17 @@ from tests.support.tracing import bulk_token, traced_sts
 
 
 def records(lab: Lab, service: str, trace_id: str) -> list[dict[str, Any]]:
-    url = (f"http://127.0.0.1:{lab.port(service)}" if service == "cmg-connection-point" else lab.url(service))
+    url = f"http://127.0.0.1:{lab.port(service)}" if service == "cmg-connection-point" else lab.url(service)
     with lab_client(lab) as c:
-        rows = c.get(f"{url}/_lab/requests",
-                     headers={"Authorization": f"Bearer {lab.admin_token()}"}).json()["requests"]
+        rows = c.get(f"{url}/_lab/requests", headers={"Authorization": f"Bearer {lab.admin_token()}"}).json()[
+            "requests"
+        ]
     return [r for r in rows if r.get("trace_id") == trace_id]
 
 
 def hop_chain(lab: Lab, trace_id: str) -> dict[str, dict[str, Any]]:
     """The trace's record at each of CMG, connection point and MP (waits for all three)."""
+
     def chain() -> dict[str, dict[str, Any]] | None:
         found = {s: records(lab, s, trace_id) for s in ("cmg", "cmg-connection-point", "management-point")}
         return {s: rows[0] for s, rows in found.items()} if all(found.values()) else None
@@ -65,10 +67,17 @@ class _OTLPHandler(BaseHTTPRequestHandler):
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     attrs = {a.key: a.value.string_value or a.value.int_value for a in span.attributes}
-                    self.server.spans.append({
-                        "service": service, "name": span.name, "trace_id": span.trace_id.hex(),
-                        "span_id": span.span_id.hex(), "parent_span_id": span.parent_span_id.hex() or None,
-                        "kind": span.kind, "attributes": attrs})
+                    self.server.spans.append(
+                        {
+                            "service": service,
+                            "name": span.name,
+                            "trace_id": span.trace_id.hex(),
+                            "span_id": span.span_id.hex(),
+                            "parent_span_id": span.parent_span_id.hex() or None,
+                            "kind": span.kind,
+                            "attributes": attrs,
+                        }
+                    )
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
         self.send_header("content-length", "0")
@@ -96,8 +105,9 @@ def trace_lab(tmp_path_factory: pytest.TempPathFactory, otlp: Collector) -> Iter
         procs.ensure("management-point", "cmg", "cmg-connection-point")
         wait_for(lambda: channel_up(lab) and cmg_points(lab), what="channel up")
         with lab_client(lab) as c:
-            wait_for(lambda: c.get(f"{lab.url('cmg')}/_lab/health").json()["site_config"],
-                     what="site config at the CMG")
+            wait_for(
+                lambda: c.get(f"{lab.url('cmg')}/_lab/health").json()["site_config"], what="site config at the CMG"
+            )
         yield lab
 
 
@@ -110,9 +120,14 @@ def test_traceparent_parse_and_format() -> None:
     assert tp.header() == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     child = tp.child()
     assert child.trace_id == tp.trace_id and child.span_id != tp.span_id and len(child.span_id) == 16
-    for bad in ("", "garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-"
-                + "0" * 16 + "-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"):
+    for bad in (
+        "",
+        "garbage",
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+    ):
         assert TraceParent.parse(bad) is None, bad
     # a future version may append fields: keep the known part
     assert TraceParent.parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz") is not None
@@ -134,8 +149,9 @@ def test_agent_operation_tags_every_request_with_one_trace() -> None:
         seen.append(request)
         return httpx.Response(200)
 
-    with httpx.Client(transport=httpx.MockTransport(handler),
-                      event_hooks={"request": [tracing.httpx_hook("LAB01")]}) as c:
+    with httpx.Client(
+        transport=httpx.MockTransport(handler), event_hooks={"request": [tracing.httpx_hook("LAB01")]}
+    ) as c:
         with tracing.operation("LAB01", "registration"):
             c.post("https://cmg.lab.test/CCM_Proxy_ServerAuth/1/ccm_system_tokenauth/request")
             c.post("https://cmg.lab.test/CCM_Proxy_ServerAuth/1/ccm_system_tokenauth/request")
@@ -175,11 +191,15 @@ def test_an_untraced_client_still_gets_one_trace_behind_the_cmg(trace_lab: Lab) 
     body = json.dumps(device.proof("BulkRegistration", "not-a-token")).encode()
     with lab_client(trace_lab) as c:
         c.get(f"{trace_lab.url('cmg')}/_lab/health")  # not recorded: /_lab/ requests never are
-        r = c.post(proxy_url(trace_lab, "CCM_STS"), content=body,
-                   headers={"Authorization": f"Bearer {bulk_token(trace_lab)}", "Content-Type": "application/json"})
+        r = c.post(
+            proxy_url(trace_lab, "CCM_STS"),
+            content=body,
+            headers={"Authorization": f"Bearer {bulk_token(trace_lab)}", "Content-Type": "application/json"},
+        )
     assert r.status_code in (400, 401, 403)  # refused at the MP: the proof does not match the token
-    cmg = next(row for row in records_all(trace_lab, "cmg") if row["path"].endswith("/CCM_STS")
-               and row["traceparent"] is None)
+    cmg = next(
+        row for row in records_all(trace_lab, "cmg") if row["path"].endswith("/CCM_STS") and row["traceparent"] is None
+    )
     assert cmg["parent_span_id"] is None and len(cmg["trace_id"]) == 32
     hops = hop_chain(trace_lab, cmg["trace_id"])
     assert hops["cmg-connection-point"]["parent_span_id"] == cmg["span_id"]
@@ -188,8 +208,9 @@ def test_an_untraced_client_still_gets_one_trace_behind_the_cmg(trace_lab: Lab) 
 
 def records_all(lab: Lab, service: str) -> list[dict[str, Any]]:
     with lab_client(lab) as c:
-        return c.get(f"{lab.url(service)}/_lab/requests",
-                     headers={"Authorization": f"Bearer {lab.admin_token()}"}).json()["requests"]
+        return c.get(
+            f"{lab.url(service)}/_lab/requests", headers={"Authorization": f"Bearer {lab.admin_token()}"}
+        ).json()["requests"]
 
 
 def test_spans_are_exported_over_otlp(trace_lab: Lab, otlp: Collector) -> None:

@@ -44,22 +44,28 @@ def token_request(lab: Lab, **form: str) -> TokenRequest:
 
 # -- Entra's grants ------------------------------------------------------------------------------------
 
+
 def test_password_grant_signs_the_user_in(unit_lab: Lab, entra: EntraParts) -> None:
     user = unit_lab.config.primary_tenant.users[0]
     app = unit_lab.config.apps[0]
-    result = entra.grants.token(token_request(unit_lab, grant_type="password", username=user.upn,
-                                              password=user.password, client_id=app.app_id))
+    result = entra.grants.token(
+        token_request(unit_lab, grant_type="password", username=user.upn, password=user.password, client_id=app.app_id)
+    )
     assert result.auth_kind is AuthKind.PASSWORD and result.auth_subject == user.upn.lower()
     assert result.body["token_type"] == "Bearer" and result.body["access_token"].count(".") == 2
 
 
-@pytest.mark.parametrize(("form", "code"), [
-    ({"grant_type": "magic"}, 70003),  # an unsupported grant type
-    ({"grant_type": "password", "username": "nobody@nowhere.test", "password": "x"}, 50034),
-    ({"grant_type": "password", "password": "x"}, 900144),  # a missing parameter
-])
-def test_a_bad_grant_is_refused_with_its_aadsts_code(unit_lab: Lab, entra: EntraParts, form: dict[str, str],
-                                                      code: int) -> None:
+@pytest.mark.parametrize(
+    ("form", "code"),
+    [
+        ({"grant_type": "magic"}, 70003),  # an unsupported grant type
+        ({"grant_type": "password", "username": "nobody@nowhere.test", "password": "x"}, 50034),
+        ({"grant_type": "password", "password": "x"}, 900144),  # a missing parameter
+    ],
+)
+def test_a_bad_grant_is_refused_with_its_aadsts_code(
+    unit_lab: Lab, entra: EntraParts, form: dict[str, str], code: int
+) -> None:
     app = unit_lab.config.apps[0]
     with pytest.raises(AADSTSError) as refused:
         entra.grants.token(token_request(unit_lab, client_id=app.app_id, **form))
@@ -69,8 +75,15 @@ def test_a_bad_grant_is_refused_with_its_aadsts_code(unit_lab: Lab, entra: Entra
 def test_wrong_password_is_50126(unit_lab: Lab, entra: EntraParts) -> None:
     user, app = unit_lab.config.primary_tenant.users[0], unit_lab.config.apps[0]
     with pytest.raises(AADSTSError) as refused:
-        entra.grants.token(token_request(unit_lab, grant_type="password", username=user.upn,
-                                         password=user.password + "-wrong", client_id=app.app_id))
+        entra.grants.token(
+            token_request(
+                unit_lab,
+                grant_type="password",
+                username=user.upn,
+                password=user.password + "-wrong",
+                client_id=app.app_id,
+            )
+        )
     assert refused.value.code == 50126
 
 
@@ -81,12 +94,16 @@ def test_srv_challenge_hands_out_a_nonce(unit_lab: Lab, entra: EntraParts) -> No
 
 # -- CCM_STS proofs ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("doc", "reason"), [
-    (["AAD"], "must be a JSON object"),
-    ({}, "ProofType must be one of"),
-    ({"ProofType": "Password"}, "ProofType must be one of"),
-    ({"ProofType": "ClientToken", "ClientId": 7}, "ClientId must be a string"),
-])
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        (["AAD"], "must be a JSON object"),
+        ({}, "ProofType must be one of"),
+        ({"ProofType": "Password"}, "ProofType must be one of"),
+        ({"ProofType": "ClientToken", "ClientId": 7}, "ClientId must be a string"),
+    ],
+)
 def test_a_malformed_sts_request_is_400(doc: Any, reason: str) -> None:
     with pytest.raises(STSError) as refused:
         STSRequest.from_json(doc, None)
@@ -102,7 +119,8 @@ def test_an_sts_request_names_its_proof() -> None:
 def test_a_token_proof_without_its_token_is_401(sts: TokenService, proof: Proof) -> None:
     with pytest.raises(STSError) as refused:
         (sts.bulk if proof is Proof.BULK_REGISTRATION else sts.client_token)(
-            STSRequest(proof, None, None, None, None, None))
+            STSRequest(proof, None, None, None, None, None)
+        )
     assert refused.value.status == 401
 
 

@@ -46,8 +46,9 @@ def _statuses(target: loadgen.Target, requests: list[loadgen.Request]) -> list[i
 
 
 def _with_token(request: loadgen.Request, token: str) -> loadgen.Request:
-    return loadgen.Request(request.method, request.path, {**request.headers, "Authorization": f"Bearer {token}"},
-                           request.body)
+    return loadgen.Request(
+        request.method, request.path, {**request.headers, "Authorization": f"Bearer {token}"}, request.body
+    )
 
 
 @pytest.mark.parametrize("via_cmg", [False, True], ids=["mp", "cmg"])
@@ -58,8 +59,16 @@ def test_a_token_unlike_a_known_one_is_verified_in_full(lab: Lab, lab_services: 
     request = scenarios.location_request(lab, path)
     target = scenarios._target(lab, "cmg" if via_cmg else "management-point")
     good = request.headers["Authorization"].removeprefix("Bearer ")
-    statuses = _statuses(target, [request, request, _with_token(request, _tampered_claim(good)),
-                                  _with_token(request, _tampered_signature(good)), request])
+    statuses = _statuses(
+        target,
+        [
+            request,
+            request,
+            _with_token(request, _tampered_claim(good)),
+            _with_token(request, _tampered_signature(good)),
+            request,
+        ],
+    )
     assert statuses == [200, 200, 401, 401, 200]
 
 

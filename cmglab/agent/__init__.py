@@ -5,4 +5,3 @@
 - `ccmexec`: the installed client (CcmExec: ClientIDManagerStartup, CcmMessaging, LocationServices,
   PolicyAgent), one cycle or a loop.
 """
-

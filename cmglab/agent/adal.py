@@ -88,15 +88,20 @@ class AdalOperationProvider:
         tenant = tenant_id or (state or {}).get("TenantId")
         cert = self.device.stores.device_cert()
         if state is None or cert is None or not tenant:
-            self.log.error("Failed to get AAD token: the device is not Azure AD joined or its WPJ certificate "
-                           "(MS-Organization-Access) is not in the Personal store. Check 'dsregcmd /status'.")
+            self.log.error(
+                "Failed to get AAD token: the device is not Azure AD joined or its WPJ certificate "
+                "(MS-Organization-Access) is not in the Personal store. Check 'dsregcmd /status'."
+            )
             raise NoWpjCertificate("the WPJ certificate is not found", WAM_BAD_KEYSET)
         account_url = f"{self.entra.login}/common/oauth2/token"
-        self.log.info(f"Getting AAD (device) token with: ClientId = {client_id}, ResourceUrl = {resource}, "
-                      f"AccountId = {account_url}")
+        self.log.info(
+            f"Getting AAD (device) token with: ClientId = {client_id}, ResourceUrl = {resource}, "
+            f"AccountId = {account_url}"
+        )
         try:
-            reply = self.entra.device_token(str(tenant), cert.cert(), cert.key(), client_id=client_id,
-                                            resource=resource)
+            reply = self.entra.device_token(
+                str(tenant), cert.cert(), cert.key(), client_id=client_id, resource=resource
+            )
             self.log.info(f"Retrieved AAD token for AAD device '{reply.claims.get('deviceid', state['DeviceId'])}'")
             return AadToken("device", reply)
         except KeysetError:
@@ -116,12 +121,16 @@ class AdalOperationProvider:
         self.log.info(f"Falling back to get user '{user_sid}' token for system...")
         record = load_prt(self.device)
         if account is None or not prt_valid(record):
-            self.log.error("Failed to get AAD (user) token: no Azure AD account with a primary refresh token is "
-                           "signed in to WAM on this device.")
+            self.log.error(
+                "Failed to get AAD (user) token: no Azure AD account with a primary refresh token is "
+                "signed in to WAM on this device."
+            )
             raise AadTokenError("neither a device nor a user token is available", WAM_NO_ACCOUNT)
         assert record is not None
-        self.log.info(f"Getting AAD (user) token with: ClientId = {client_id}, ResourceUrl = {resource}, "
-                      f"AccountId = {account.get('object_id')}")
+        self.log.info(
+            f"Getting AAD (user) token with: ClientId = {client_id}, ResourceUrl = {resource}, "
+            f"AccountId = {account.get('object_id')}"
+        )
         try:
             prt_client = PrtClient(self.entra)
             record = fresh(self.device, prt_client, record)

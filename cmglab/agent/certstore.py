@@ -58,8 +58,9 @@ class StoredCert:
         # The store holds only keys the agent made or `import_pem` checked on the way in: the RSA consistency
         # check (~70 ms a load) would otherwise run again for every signed message and token request.
         try:
-            key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None,
-                                                     unsafe_skip_rsa_key_validation=True)
+            key = serialization.load_pem_private_key(
+                self.key_path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
+            )
         except (OSError, ValueError, TypeError) as e:  # a damaged key container (`cmglab device break`)
             raise KeysetError(f"Keyset does not exist ({self.key_path.name}: {e})") from e
         if not isinstance(key, rsa.RSAPrivateKey):
@@ -98,8 +99,9 @@ class CertStores:
         return self.root / store
 
     # -- adding and removing -------------------------------------------------------------------
-    def add(self, store: str, cert: x509.Certificate, key: rsa.RSAPrivateKey | None = None,
-            friendly_name: str = "") -> StoredCert:
+    def add(
+        self, store: str, cert: x509.Certificate, key: rsa.RSAPrivateKey | None = None, friendly_name: str = ""
+    ) -> StoredCert:
         folder = self.folder(store)
         folder.mkdir(parents=True, exist_ok=True)
         tp = sha1_thumbprint(cert)
@@ -111,8 +113,9 @@ class CertStores:
         tmp.replace(folder / f"{tp}.crt")
         return self.get(store, tp)  # type: ignore[return-value]
 
-    def import_pem(self, store: str, cert_file: Path, key_file: Path | None = None,
-                   friendly_name: str = "") -> StoredCert:
+    def import_pem(
+        self, store: str, cert_file: Path, key_file: Path | None = None, friendly_name: str = ""
+    ) -> StoredCert:
         """Import the first certificate of a PEM file (a lab `pki issue-client` output) and its key."""
         cert = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
         key = None
@@ -210,4 +213,3 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return True
     except Exception:  # InvalidSignature, ValueError, TypeError: not this issuer
         return False
-

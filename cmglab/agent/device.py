@@ -1,21 +1,21 @@
 """A device is a directory standing in for a Windows machine (`--home DIR` or `CMGLAB_DEVICE_HOME`).
 
-    device.json                              name, FQDN, domain membership (the "computer")
-    Windows/System32/drivers/etc/hosts       curl-style HOST:PORT:ADDR lines (the device's name mapping)
-    Keys/dpapi.key                           the DPAPI stand-in machine key (0600)
-    Certificates/{My,SMS,Root}/              certificate stores (certstore.py)
-    State/AAD/join.json                      Entra join state (dsregcmd)
-    State/AAD/transport.key                  the DRS transport key (0600)
-    State/AAD/wam-accounts.bin               the signed-in user's WAM account (protected)
-    State/AAD/prt.bin                        the primary refresh token and its session key (protected)
-    State/AAD/attempt.json                   the last failed (pending) join attempt
-    State/CCM/client.json                    the installed client (ccmsetup/ccmexec)
-    State/CCM/tokens.bin                     CCM token cache (protected, with expiry)
-    State/CCM/client-token.bin               the MP-issued unique client token (protected)
-    State/CCM/Policy/                        downloaded policy bodies
-    Windows/ccmsetup/                        ccmsetup's download folder; Logs/ccmsetup.log
-    Windows/CCM/                             the installed client; Logs/*.log (CMTrace)
-    CryptnetUrlCache/                        CRLs the device fetched
+device.json                              name, FQDN, domain membership (the "computer")
+Windows/System32/drivers/etc/hosts       curl-style HOST:PORT:ADDR lines (the device's name mapping)
+Keys/dpapi.key                           the DPAPI stand-in machine key (0600)
+Certificates/{My,SMS,Root}/              certificate stores (certstore.py)
+State/AAD/join.json                      Entra join state (dsregcmd)
+State/AAD/transport.key                  the DRS transport key (0600)
+State/AAD/wam-accounts.bin               the signed-in user's WAM account (protected)
+State/AAD/prt.bin                        the primary refresh token and its session key (protected)
+State/AAD/attempt.json                   the last failed (pending) join attempt
+State/CCM/client.json                    the installed client (ccmsetup/ccmexec)
+State/CCM/tokens.bin                     CCM token cache (protected, with expiry)
+State/CCM/client-token.bin               the MP-issued unique client token (protected)
+State/CCM/Policy/                        downloaded policy bodies
+Windows/ccmsetup/                        ccmsetup's download folder; Logs/ccmsetup.log
+Windows/CCM/                             the installed client; Logs/*.log (CMTrace)
+CryptnetUrlCache/                        CRLs the device fetched
 """
 
 from __future__ import annotations
@@ -82,9 +82,16 @@ class Device:
 
     # -- creation ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, home: Path, *, name: str | None = None, domain: str | None = None,
-               machine_sid: str | None = None, hosts: list[str] | None = None,
-               ad_directory: str | None = None) -> Device:
+    def create(
+        cls,
+        home: Path,
+        *,
+        name: str | None = None,
+        domain: str | None = None,
+        machine_sid: str | None = None,
+        hosts: list[str] | None = None,
+        ad_directory: str | None = None,
+    ) -> Device:
         dev = cls(home)
         if dev.info_path.exists():
             raise DeviceError(f"a device already exists at {dev.home}")
@@ -95,9 +102,19 @@ class Device:
             (dev.home / sub).mkdir(parents=True, exist_ok=True)
         dev.write_hosts(hosts or [])
         dev.dpapi.protect(b"", "init")  # the machine key is made once, here
-        write_private(dev.info_path, json.dumps(
-            {"name": host, "fqdn": fqdn, "domain": domain, "machine_sid": machine_sid, "ad_directory": ad_directory},
-            indent=2).encode())
+        write_private(
+            dev.info_path,
+            json.dumps(
+                {
+                    "name": host,
+                    "fqdn": fqdn,
+                    "domain": domain,
+                    "machine_sid": machine_sid,
+                    "ad_directory": ad_directory,
+                },
+                indent=2,
+            ).encode(),
+        )
         return dev
 
     @classmethod
@@ -115,8 +132,9 @@ class Device:
     @property
     def info(self) -> DeviceInfo:
         data = json.loads(self.info_path.read_text())
-        return DeviceInfo(data["name"], data["fqdn"], data.get("domain"), data.get("machine_sid"),
-                          data.get("ad_directory"))
+        return DeviceInfo(
+            data["name"], data["fqdn"], data.get("domain"), data.get("machine_sid"), data.get("ad_directory")
+        )
 
     @property
     def hosts_path(self) -> Path:

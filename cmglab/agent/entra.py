@@ -36,8 +36,16 @@ USER_AGENT = f"Dsreg/10.0 (Windows {OS_VERSION})"
 class EntraError(Exception):
     """A refusal by Entra or the DRS: `code` is the AADSTS number when the reply has one."""
 
-    def __init__(self, message: str, *, status: int = 0, code: int | None = None, error: str = "",
-                 error_type: str = "", server_message: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        code: int | None = None,
+        error: str = "",
+        error_type: str = "",
+        server_message: str = "",
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.error = status, code, error
         self.error_type, self.server_message = error_type, server_message  # the DRS's ErrorType and Message
@@ -63,9 +71,14 @@ def _error(reply: httpx.Response, what: str) -> EntraError:
         digits = desc[6:].split(":", 1)[0]
         code = int(digits) if digits.isdigit() else None
     first = str(desc).split("\r\n", 1)[0]
-    return EntraError(f"{what} failed: HTTP {reply.status_code} {body.get('error', body.get('ErrorType', ''))}: "
-                      f"{first}", status=reply.status_code, code=code, error=str(body.get("error", "")),
-                      error_type=str(body.get("ErrorType", "")), server_message=first)
+    return EntraError(
+        f"{what} failed: HTTP {reply.status_code} {body.get('error', body.get('ErrorType', ''))}: {first}",
+        status=reply.status_code,
+        code=code,
+        error=str(body.get("error", "")),
+        error_type=str(body.get("ErrorType", "")),
+        server_message=first,
+    )
 
 
 def transport_key_blob(key: rsa.RSAPublicKey) -> str:
@@ -80,9 +93,11 @@ def transport_key_blob(key: rsa.RSAPublicKey) -> str:
 def csr(device_key: rsa.RSAPrivateKey) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    request = (x509.CertificateSigningRequestBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CSR_SUBJECT)]))
-               .sign(device_key, hashes.SHA256()))
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CSR_SUBJECT)]))
+        .sign(device_key, hashes.SHA256())
+    )
     return request.public_bytes(Encoding.DER)
 
 
@@ -132,19 +147,36 @@ class EntraClient:
             raise _error(reply, what)
         return _token_reply(reply.json())
 
-    def password_token(self, token_endpoint: str, *, client_id: str, resource: str, username: str,
-                       password: str) -> TokenReply:
+    def password_token(
+        self, token_endpoint: str, *, client_id: str, resource: str, username: str, password: str
+    ) -> TokenReply:
         """ROPC (v1): what the join web app does with the credentials the user typed."""
-        return self.token(token_endpoint, {"grant_type": "password", "client_id": client_id, "resource": resource,
-                                           "username": username, "password": password, "scope": "openid"},
-                          "password sign-in")
+        return self.token(
+            token_endpoint,
+            {
+                "grant_type": "password",
+                "client_id": client_id,
+                "resource": resource,
+                "username": username,
+                "password": password,
+                "scope": "openid",
+            },
+            "password sign-in",
+        )
 
     def saml_token(self, token_endpoint: str, *, client_id: str, resource: str, assertion: str) -> TokenReply:
         """A federated user's token: the STS's SAML 1.1 assertion (saml1_1-bearer grant)."""
-        return self.token(token_endpoint, {"grant_type": "urn:ietf:params:oauth:grant-type:saml1_1-bearer",
-                                           "client_id": client_id, "resource": resource, "scope": "openid",
-                                           "assertion": base64.b64encode(assertion.encode()).decode()},
-                          "federated sign-in")
+        return self.token(
+            token_endpoint,
+            {
+                "grant_type": "urn:ietf:params:oauth:grant-type:saml1_1-bearer",
+                "client_id": client_id,
+                "resource": resource,
+                "scope": "openid",
+                "assertion": base64.b64encode(assertion.encode()).decode(),
+            },
+            "federated sign-in",
+        )
 
     def nonce(self, tenant: str) -> str:
         reply = self.http.post(f"{self.login}/{tenant}/oauth2/token", data={"grant_type": "srv_challenge"})
@@ -155,47 +187,80 @@ class EntraClient:
             raise EntraError("srv_challenge reply without Nonce")
         return str(value)
 
-    def device_signed_request(self, tenant: str, cert: x509.Certificate, key: rsa.RSAPrivateKey,
-                              payload: dict[str, Any], what: str) -> TokenReply:
+    def device_signed_request(
+        self, tenant: str, cert: x509.Certificate, key: rsa.RSAPrivateKey, payload: dict[str, Any], what: str
+    ) -> TokenReply:
         """The device-certificate-signed jwt-bearer request (docs/protocol-notes.md, Entra §2.3)."""
         payload = {"request_nonce": self.nonce(tenant), **payload}
-        request = jwt.encode(payload, key, algorithm="RS256",
-                             headers={"typ": "JWT", "x5c": base64.b64encode(cert_der(cert)).decode(), "kdf_ver": 2})
-        return self.token(f"{self.login}/{tenant}/oauth2/token",
-                          {"windows_api_version": "2.2", "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
-                           "request": request}, what)
+        request = jwt.encode(
+            payload,
+            key,
+            algorithm="RS256",
+            headers={"typ": "JWT", "x5c": base64.b64encode(cert_der(cert)).decode(), "kdf_ver": 2},
+        )
+        return self.token(
+            f"{self.login}/{tenant}/oauth2/token",
+            {
+                "windows_api_version": "2.2",
+                "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "request": request,
+            },
+            what,
+        )
 
-    def device_token(self, tenant: str, cert: x509.Certificate, key: rsa.RSAPrivateKey, *, client_id: str,
-                     resource: str) -> TokenReply:
-        return self.device_signed_request(tenant, cert, key, {
-            "resource": resource, "client_id": client_id, "win_ver": OS_VERSION, "grant_type": "device_token",
-            "redirect_uri": f"ms-appx-web://Microsoft.AAD.BrokerPlugin/{client_id}", "iss": "aad:brokerplugin",
-        }, "device token")
+    def device_token(
+        self, tenant: str, cert: x509.Certificate, key: rsa.RSAPrivateKey, *, client_id: str, resource: str
+    ) -> TokenReply:
+        return self.device_signed_request(
+            tenant,
+            cert,
+            key,
+            {
+                "resource": resource,
+                "client_id": client_id,
+                "win_ver": OS_VERSION,
+                "grant_type": "device_token",
+                "redirect_uri": f"ms-appx-web://Microsoft.AAD.BrokerPlugin/{client_id}",
+                "iss": "aad:brokerplugin",
+            },
+            "device token",
+        )
 
     # -- DRS ----------------------------------------------------------------------------------
     def _drs_headers(self) -> dict[str, str]:
-        return {"User-Agent": USER_AGENT, "ocp-adrs-client-name": "Dsreg", "ocp-adrs-client-version": "10.0",
-                "client-request-id": str(uuid.uuid4()), "Accept": "application/json"}
+        return {
+            "User-Agent": USER_AGENT,
+            "ocp-adrs-client-name": "Dsreg",
+            "ocp-adrs-client-version": "10.0",
+            "client-request-id": str(uuid.uuid4()),
+            "Accept": "application/json",
+        }
 
     def drs_discover(self, domain: str) -> dict[str, Any]:
-        reply = self.http.get(f"{self.drs}/{domain}/discover", params={"api-version": "1.7"},
-                              headers=self._drs_headers())
+        reply = self.http.get(
+            f"{self.drs}/{domain}/discover", params={"api-version": "1.7"}, headers=self._drs_headers()
+        )
         if reply.status_code != 200:
             raise _error(reply, "DRS discovery")
         doc: dict[str, Any] = reply.json()
         return doc
 
     def join(self, endpoint: str, access_token: str, body: dict[str, Any]) -> dict[str, Any]:
-        reply = self.http.post(endpoint, params={"api-version": "2.0"}, json=body,
-                               headers={**self._drs_headers(), "Authorization": f"Bearer {access_token}"})
+        reply = self.http.post(
+            endpoint,
+            params={"api-version": "2.0"},
+            json=body,
+            headers={**self._drs_headers(), "Authorization": f"Bearer {access_token}"},
+        )
         if reply.status_code not in (200, 201):
             raise _error(reply, "device registration")
         doc: dict[str, Any] = reply.json()
         return doc
 
     def hybrid_join(self, endpoint: str, device_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        reply = self.http.put(f"{endpoint.rstrip('/')}/{device_id}", params={"api-version": "2.0"}, json=body,
-                              headers=self._drs_headers())
+        reply = self.http.put(
+            f"{endpoint.rstrip('/')}/{device_id}", params={"api-version": "2.0"}, json=body, headers=self._drs_headers()
+        )
         if reply.status_code not in (200, 201):
             raise _error(reply, "hybrid device registration")
         doc: dict[str, Any] = reply.json()
@@ -203,7 +268,8 @@ class EntraClient:
 
     def delete(self, endpoint: str, device_id: str) -> None:
         """DELETE with the device certificate at TLS (the caller's client carries it)."""
-        reply = self.http.delete(f"{endpoint.rstrip('/')}/{device_id}", params={"api-version": "1.0"},
-                                 headers=self._drs_headers())
+        reply = self.http.delete(
+            f"{endpoint.rstrip('/')}/{device_id}", params={"api-version": "1.0"}, headers=self._drs_headers()
+        )
         if reply.status_code not in (200, 204):
             raise _error(reply, "device delete")

@@ -54,9 +54,11 @@ def classify(exc: BaseException) -> NetworkError:
         cur = cur.__cause__ or cur.__context__
     for e in chain:
         if isinstance(e, ssl.SSLCertVerificationError):
-            return NetworkError(CERT_E_UNTRUSTEDROOT,
-                                f"A certificate chain processed, but terminated in a root certificate which is "
-                                f"not trusted by the trust provider ({e.verify_message})")
+            return NetworkError(
+                CERT_E_UNTRUSTEDROOT,
+                f"A certificate chain processed, but terminated in a root certificate which is "
+                f"not trusted by the trust provider ({e.verify_message})",
+            )
         if isinstance(e, ssl.SSLError):
             return NetworkError(WININET_E_SECURE_FAILURE, f"A security error occurred ({e.reason or e})")
     text = str(exc)
@@ -101,8 +103,10 @@ class RevocationChecker:
     def _peer_certificate(self, host: str, port: int) -> x509.Certificate:
         addr = self.hosts.get((host.lower(), port), host)
         try:
-            with socket.create_connection((addr, port), timeout=self.timeout) as sock, \
-                    self.ctx.wrap_socket(sock, server_hostname=host) as tls:
+            with (
+                socket.create_connection((addr, port), timeout=self.timeout) as sock,
+                self.ctx.wrap_socket(sock, server_hostname=host) as tls,
+            ):
                 der = tls.getpeercert(binary_form=True)
         except OSError as e:
             raise classify(e) from e
@@ -121,13 +125,16 @@ class RevocationChecker:
                 raise NetworkError(CERT_E_UNTRUSTEDROOT, f"no trusted issuer for {current.subject.rfc4514_string()}")
             url = _cdp(current)
             if url is None:
-                raise NetworkError(CRYPT_E_REVOCATION_OFFLINE,
-                                   f"{current.subject.rfc4514_string()} names no CRL distribution point")
+                raise NetworkError(
+                    CRYPT_E_REVOCATION_OFFLINE, f"{current.subject.rfc4514_string()} names no CRL distribution point"
+                )
             crl = self._crl(url, issuer)
             if crl.get_revoked_certificate_by_serial_number(current.serial_number) is not None:
-                raise NetworkError(CRYPT_E_REVOKED,
-                                   f"The certificate is revoked: {current.subject.rfc4514_string()} "
-                                   f"(serial {current.serial_number:x})")
+                raise NetworkError(
+                    CRYPT_E_REVOKED,
+                    f"The certificate is revoked: {current.subject.rfc4514_string()} "
+                    f"(serial {current.serial_number:x})",
+                )
             current = issuer
 
     def _cache_path(self, url: str) -> Path:
@@ -153,9 +160,11 @@ class RevocationChecker:
             if cached is not None and (cached.next_update_utc or now) > now:
                 crl = cached
         if crl is None:
-            raise NetworkError(CRYPT_E_REVOCATION_OFFLINE,
-                               f"The revocation function was unable to check revocation because the revocation "
-                               f"server was offline: {url} ({error or 'not a CRL'})")
+            raise NetworkError(
+                CRYPT_E_REVOCATION_OFFLINE,
+                f"The revocation function was unable to check revocation because the revocation "
+                f"server was offline: {url} ({error or 'not a CRL'})",
+            )
         if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
             raise NetworkError(CRYPT_E_REVOCATION_OFFLINE, f"the CRL from {url} is not signed by its issuer")
         if crl.next_update_utc is not None and crl.next_update_utc < now:
@@ -194,8 +203,9 @@ class _CheckingTransport(httpx.BaseTransport):
 
 
 class DeviceNetwork:
-    def __init__(self, device: Device, *, crl_check: bool = True, resolve: list[str] | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self, device: Device, *, crl_check: bool = True, resolve: list[str] | None = None, timeout: float | None = None
+    ) -> None:
         self.device = device
         self.crl_check = crl_check
         self.resolve = device.resolve(resolve)
@@ -228,5 +238,8 @@ class DeviceNetwork:
     def client(self, client_cert: StoredCert | None = None) -> httpx.Client:
         inner = self.transport(self.ssl_context(client_cert))
         # every request carries W3C trace headers tagged with the device and its step (the lab console)
-        return httpx.Client(transport=_CheckingTransport(inner, self.checker()), timeout=self.timeout,
-                            event_hooks={"request": [tracing.httpx_hook(self.device.info.name)]})
+        return httpx.Client(
+            transport=_CheckingTransport(inner, self.checker()),
+            timeout=self.timeout,
+            event_hooks={"request": [tracing.httpx_hook(self.device.info.name)]},
+        )

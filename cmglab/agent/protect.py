@@ -52,7 +52,7 @@ class DataProtector:
     def unprotect(self, blob: bytes, purpose: str) -> bytes:
         if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 12 + 16:
             raise ProtectError("not a protected blob")
-        nonce, sealed = blob[len(MAGIC):len(MAGIC) + 12], blob[len(MAGIC) + 12:]
+        nonce, sealed = blob[len(MAGIC) : len(MAGIC) + 12], blob[len(MAGIC) + 12 :]
         try:
             return AESGCM(self._machine_key()).decrypt(nonce, sealed, purpose.encode())
         except InvalidTag as e:

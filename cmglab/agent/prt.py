@@ -82,21 +82,40 @@ class PrtClient:
             raise _error(reply, what)
         return reply
 
-    def acquire(self, tenant: str, cert: x509.Certificate, key: rsa.RSAPrivateKey, transport_key: rsa.RSAPrivateKey,
-                *, username: str, password: str | None = None, assertion: str | None = None) -> PrtRecord:
+    def acquire(
+        self,
+        tenant: str,
+        cert: x509.Certificate,
+        key: rsa.RSAPrivateKey,
+        transport_key: rsa.RSAPrivateKey,
+        *,
+        username: str,
+        password: str | None = None,
+        assertion: str | None = None,
+    ) -> PrtRecord:
         """A PRT for the user who signs in, with the device key's signature ([MS-OAPXBC] 3.1.5.1.2.1): with
         the password (managed domain) or the federation service's SAML assertion (federated domain)."""
-        payload: dict[str, Any] = {"client_id": WINDOWS_SIGN_IN, "request_nonce": self.entra.nonce(tenant),
-                                   "scope": PRT_SCOPE, "group_sids": [], "win_ver": OS_VERSION}
+        payload: dict[str, Any] = {
+            "client_id": WINDOWS_SIGN_IN,
+            "request_nonce": self.entra.nonce(tenant),
+            "scope": PRT_SCOPE,
+            "group_sids": [],
+            "win_ver": OS_VERSION,
+        }
         if assertion is not None:
-            payload.update(grant_type="urn:ietf:params:oauth:grant-type:saml1_1-bearer",
-                           assertion=base64.b64encode(assertion.encode()).decode())
+            payload.update(
+                grant_type="urn:ietf:params:oauth:grant-type:saml1_1-bearer",
+                assertion=base64.b64encode(assertion.encode()).decode(),
+            )
         else:
             payload.update(grant_type="password", username=username, password=password or "")
         x5c = base64.b64encode(cert_der(cert)).decode()
         request = jwt.encode(payload, key, algorithm="RS256", headers={"typ": "JWT", "x5c": x5c, "kdf_ver": 2})
-        body = self._post(tenant, {"windows_api_version": "2.2", "grant_type": JWT_BEARER, "request": request,
-                                   "client_info": "1"}, "PRT request").json()
+        body = self._post(
+            tenant,
+            {"windows_api_version": "2.2", "grant_type": JWT_BEARER, "request": request, "client_info": "1"},
+            "PRT request",
+        ).json()
         try:
             session_key = prt_crypto.open_session_key(body["session_key_jwe"], transport_key)
             token, lifetime = str(body["refresh_token"]), int(body["refresh_token_expires_in"])
@@ -104,15 +123,31 @@ class PrtClient:
         except (KeyError, ValueError, TypeError, jwt.PyJWTError) as e:
             raise EntraError(f"PRT reply is not usable: {e}") from e
         tid, now = str(claims.get("tid", "")), int(time.time())
-        return PrtRecord(token, session_key.hex(), tid, username, f"{self.entra.login}/{tid}", now, now + lifetime,
-                         str(claims.get("oid", "")), claims.get("onprem_sid"))
+        return PrtRecord(
+            token,
+            session_key.hex(),
+            tid,
+            username,
+            f"{self.entra.login}/{tid}",
+            now,
+            now + lifetime,
+            str(claims.get("oid", "")),
+            claims.get("onprem_sid"),
+        )
 
     def _signed(self, record: PrtRecord, payload: dict[str, Any], what: str) -> dict[str, Any]:
-        payload = {"refresh_token": record.refresh_token, "request_nonce": self.entra.nonce(record.tenant_id),
-                   "win_ver": OS_VERSION, **payload}
+        payload = {
+            "refresh_token": record.refresh_token,
+            "request_nonce": self.entra.nonce(record.tenant_id),
+            "win_ver": OS_VERSION,
+            **payload,
+        }
         request = prt_crypto.sign(payload, record.key)
-        reply = self._post(record.tenant_id, {"windows_api_version": "2.2", "grant_type": JWT_BEARER,
-                                              "request": request, "client_info": "1"}, what)
+        reply = self._post(
+            record.tenant_id,
+            {"windows_api_version": "2.2", "grant_type": JWT_BEARER, "request": request, "client_info": "1"},
+            what,
+        )
         try:
             body: dict[str, Any] = json.loads(prt_crypto.decrypt_reply(reply.text, record.key))
         except (prt_crypto.PrtCryptoError, ValueError) as e:
@@ -120,19 +155,43 @@ class PrtClient:
         return body
 
     def renew(self, record: PrtRecord) -> PrtRecord:
-        body = self._signed(record, {"client_id": WINDOWS_SIGN_IN, "scope": PRT_SCOPE, "grant_type": "refresh_token",
-                                     "iss": "aad:brokerplugin", "previous_refresh_token": record.refresh_token},
-                            "PRT renewal")
+        body = self._signed(
+            record,
+            {
+                "client_id": WINDOWS_SIGN_IN,
+                "scope": PRT_SCOPE,
+                "grant_type": "refresh_token",
+                "iss": "aad:brokerplugin",
+                "previous_refresh_token": record.refresh_token,
+            },
+            "PRT renewal",
+        )
         now = int(time.time())
-        return PrtRecord(str(body["refresh_token"]), record.session_key, record.tenant_id, record.upn,
-                         record.authority, now, now + int(body.get("refresh_token_expires_in", 0)),
-                         record.object_id, record.onprem_sid)
+        return PrtRecord(
+            str(body["refresh_token"]),
+            record.session_key,
+            record.tenant_id,
+            record.upn,
+            record.authority,
+            now,
+            now + int(body.get("refresh_token_expires_in", 0)),
+            record.object_id,
+            record.onprem_sid,
+        )
 
     def token(self, record: PrtRecord, *, client_id: str, resource: str) -> TokenReply:
-        body = self._signed(record, {"client_id": client_id, "resource": resource, "scope": "openid",
-                                     "grant_type": "refresh_token", "iss": "aad:brokerplugin",
-                                     "redirect_uri": f"ms-appx-web://Microsoft.AAD.BrokerPlugin/{client_id}"},
-                            "token with the PRT")
+        body = self._signed(
+            record,
+            {
+                "client_id": client_id,
+                "resource": resource,
+                "scope": "openid",
+                "grant_type": "refresh_token",
+                "iss": "aad:brokerplugin",
+                "redirect_uri": f"ms-appx-web://Microsoft.AAD.BrokerPlugin/{client_id}",
+            },
+            "token with the PRT",
+        )
         return _token_reply(body)
 
 
@@ -143,4 +202,3 @@ def fresh(device: Device, client: PrtClient, record: PrtRecord, now: float | Non
     renewed = client.renew(record)
     save(device, renewed)
     return renewed
-

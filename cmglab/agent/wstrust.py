@@ -17,8 +17,12 @@ from cmglab.agent.entra import EntraError
 
 ACTION_13 = "http://docs.oasis-open.org/ws-sx/ws-trust/200512/RST/Issue"
 AUDIENCE = "urn:federation:MicrosoftOnline"
-NS = {"wsdl": "http://schemas.xmlsoap.org/wsdl/", "wsa10": "http://www.w3.org/2005/08/addressing",
-      "soap12": "http://schemas.xmlsoap.org/wsdl/soap12/", "s": "http://www.w3.org/2003/05/soap-envelope"}
+NS = {
+    "wsdl": "http://schemas.xmlsoap.org/wsdl/",
+    "wsa10": "http://www.w3.org/2005/08/addressing",
+    "soap12": "http://schemas.xmlsoap.org/wsdl/soap12/",
+    "s": "http://www.w3.org/2003/05/soap-envelope",
+}
 _TOKEN = re.compile(r"<(?:\w+:)?RequestedSecurityToken[^>]*>(.*)</(?:\w+:)?RequestedSecurityToken>", re.S)
 
 
@@ -61,7 +65,8 @@ def rst(username: str, password: str, endpoint: str) -> str:
         f"<wsa:Address>{AUDIENCE}</wsa:Address></wsa:EndpointReference></wsp:AppliesTo>"
         "<wst:KeyType>http://docs.oasis-open.org/ws-sx/ws-trust/200512/Bearer</wst:KeyType>"
         "<wst:RequestType>http://docs.oasis-open.org/ws-sx/ws-trust/200512/Issue</wst:RequestType>"
-        "</wst:RequestSecurityToken></s:Body></s:Envelope>")
+        "</wst:RequestSecurityToken></s:Body></s:Envelope>"
+    )
 
 
 def saml_assertion(http: httpx.Client, metadata_url: str, username: str, password: str) -> str:
@@ -70,8 +75,11 @@ def saml_assertion(http: httpx.Client, metadata_url: str, username: str, passwor
     if reply.status_code != 200:
         raise EntraError(f"federation metadata {metadata_url}: HTTP {reply.status_code}")
     endpoint = usernamemixed_endpoint(reply.text)
-    answer = http.post(endpoint, content=rst(username, password, endpoint),
-                       headers={"Content-Type": "application/soap+xml; charset=utf-8", "SOAPAction": ACTION_13})
+    answer = http.post(
+        endpoint,
+        content=rst(username, password, endpoint),
+        headers={"Content-Type": "application/soap+xml; charset=utf-8", "SOAPAction": ACTION_13},
+    )
     found = _TOKEN.search(answer.text)
     if answer.status_code == 200 and found:
         return found.group(1)
@@ -79,8 +87,9 @@ def saml_assertion(http: httpx.Client, metadata_url: str, username: str, passwor
         reason = SafeET.fromstring(answer.text).findtext("s:Body/s:Fault/s:Reason/s:Text", "", NS)
     except SafeET.ParseError:
         reason = answer.text[:200]
-    raise EntraError(f"the federation service refused the sign-in: HTTP {answer.status_code} {reason}",
-                     status=answer.status_code)
+    raise EntraError(
+        f"the federation service refused the sign-in: HTTP {answer.status_code} {reason}", status=answer.status_code
+    )
 
 
 def windows_rst(endpoint: str) -> str:
@@ -95,7 +104,8 @@ def windows_rst(endpoint: str) -> str:
         f"<wsa:Address>{AUDIENCE}</wsa:Address></wsa:EndpointReference></wsp:AppliesTo>"
         "<wst:KeyType>http://docs.oasis-open.org/ws-sx/ws-trust/200512/Bearer</wst:KeyType>"
         "<wst:RequestType>http://docs.oasis-open.org/ws-sx/ws-trust/200512/Issue</wst:RequestType>"
-        "</wst:RequestSecurityToken></s:Body></s:Envelope>")
+        "</wst:RequestSecurityToken></s:Body></s:Envelope>"
+    )
 
 
 def windows_assertion(http: httpx.Client, metadata_url: str, username: str, password: str) -> str:
@@ -111,17 +121,29 @@ def windows_assertion(http: httpx.Client, metadata_url: str, username: str, pass
     body = windows_rst(endpoint)
     ctx = spnego.client(username, password, hostname=httpx.URL(endpoint).host, service="HTTP", protocol="ntlm")
     headers = {"Content-Type": "application/soap+xml; charset=utf-8", "SOAPAction": ACTION_13}
-    answer = http.post(endpoint, content=body,
-                       headers={**headers, "Authorization": f"NTLM {base64.b64encode(ctx.step() or b'').decode()}"})
+    answer = http.post(
+        endpoint,
+        content=body,
+        headers={**headers, "Authorization": f"NTLM {base64.b64encode(ctx.step() or b'').decode()}"},
+    )
     if answer.status_code == 401:
-        challenge = next((v.split(" ", 1)[1] for k, v in answer.headers.multi_items()
-                          if k.lower() == "www-authenticate" and v.startswith("NTLM ")), None)
+        challenge = next(
+            (
+                v.split(" ", 1)[1]
+                for k, v in answer.headers.multi_items()
+                if k.lower() == "www-authenticate" and v.startswith("NTLM ")
+            ),
+            None,
+        )
         if challenge:
             token = ctx.step(base64.b64decode(challenge)) or b""
-            answer = http.post(endpoint, content=body,
-                               headers={**headers, "Authorization": f"NTLM {base64.b64encode(token).decode()}"})
+            answer = http.post(
+                endpoint, content=body, headers={**headers, "Authorization": f"NTLM {base64.b64encode(token).decode()}"}
+            )
     found = _TOKEN.search(answer.text)
     if answer.status_code == 200 and found:
         return found.group(1)
-    raise EntraError(f"the federation service refused the computer: HTTP {answer.status_code} {answer.text[:200]}",
-                     status=answer.status_code)
+    raise EntraError(
+        f"the federation service refused the computer: HTTP {answer.status_code} {answer.text[:200]}",
+        status=answer.status_code,
+    )

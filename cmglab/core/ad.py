@@ -53,11 +53,14 @@ def initial(config: LabConfig) -> dict[str, Any]:
     ad = config.active_directory
     base = domain_dn(ad.dns_name)
     doc: dict[str, Any] = {
-        "domain": ad.dns_name, "netbios": ad.netbios_name, "domain_sid": ad.domain_sid,
-        "scp": {"distinguishedName": f"CN={SCP_GUID},CN=Device Registration Configuration,CN=Services,"
-                                     f"CN=Configuration,{base}",
-                "keywords": [f"azureADName:{_scp_domain(config)}",
-                             f"azureADId:{config.primary_tenant.tenant_id}"]},
+        "domain": ad.dns_name,
+        "netbios": ad.netbios_name,
+        "domain_sid": ad.domain_sid,
+        "scp": {
+            "distinguishedName": f"CN={SCP_GUID},CN=Device Registration Configuration,CN=Services,"
+            f"CN=Configuration,{base}",
+            "keywords": [f"azureADName:{_scp_domain(config)}", f"azureADId:{config.primary_tenant.tenant_id}"],
+        },
         "computers": {},
     }
     for account in ad.accounts:
@@ -68,9 +71,14 @@ def initial(config: LabConfig) -> dict[str, Any]:
 
 def computer_object(dns_name: str, sam: str, sid: str) -> dict[str, Any]:
     name = sam.rstrip("$").upper()
-    return {"distinguishedName": f"CN={name},CN=Computers,{domain_dn(dns_name)}", "sAMAccountName": sam.upper(),
-            "objectGUID": str(uuid.uuid4()), "objectSid": sid, "dNSHostName": f"{name.lower()}.{dns_name}",
-            "userCertificate": []}
+    return {
+        "distinguishedName": f"CN={name},CN=Computers,{domain_dn(dns_name)}",
+        "sAMAccountName": sam.upper(),
+        "objectGUID": str(uuid.uuid4()),
+        "objectSid": sid,
+        "dNSHostName": f"{name.lower()}.{dns_name}",
+        "userCertificate": [],
+    }
 
 
 class LabDirectory:

@@ -274,11 +274,20 @@ def default_config(*, compose: bool = False) -> LabConfig:
         ),
         App(app_id="1b730954-1685-4b74-9bfd-dac224a7b894", display_name="Azure AD PowerShell"),
         App(app_id="29d9ed98-a469-4536-ade2-f981bc1d605e", display_name="Microsoft Authentication Broker"),
-        App(app_id="01cb2876-7ebd-4aa4-9cc9-d28bd4d359a9", display_name="Device Registration Service",
-            identifier_uri=DRS_RESOURCE, public_client=False),
+        App(
+            app_id="01cb2876-7ebd-4aa4-9cc9-d28bd4d359a9",
+            display_name="Device Registration Service",
+            identifier_uri=DRS_RESOURCE,
+            public_client=False,
+        ),
     ]
-    return LabConfig(tenants=[contoso, other], apps=apps, active_directory=ad, compose=compose,
-                     bind_address="0.0.0.0" if compose else "127.0.0.1")
+    return LabConfig(
+        tenants=[contoso, other],
+        apps=apps,
+        active_directory=ad,
+        compose=compose,
+        bind_address="0.0.0.0" if compose else "127.0.0.1",
+    )
 
 
 def write_private(path: Path, data: str | bytes) -> None:
@@ -302,8 +311,10 @@ def load_config(path: Path) -> LabConfig:
         raise LabConfigError(f"{path} is damaged (not a lab config: {e})") from e
     version = raw.get("version") if isinstance(raw, dict) else None
     if version != CONFIG_VERSION:
-        raise LabConfigError(f"{path} belongs to another cmglab version (lab version {version!r}; "
-                             f"this cmglab reads version {CONFIG_VERSION})")
+        raise LabConfigError(
+            f"{path} belongs to another cmglab version (lab version {version!r}; "
+            f"this cmglab reads version {CONFIG_VERSION})"
+        )
     try:
         return LabConfig.model_validate(raw)
     except ValidationError as e:

@@ -25,8 +25,9 @@ def _bias(when: datetime) -> int:
     return -int(offset.total_seconds() // 60) if offset else 0
 
 
-def format_cmtrace(message: str, *, component: str, when: datetime, type_: int = 1, thread: int = 0,
-                   file: str = "", context: str = "") -> str:
+def format_cmtrace(
+    message: str, *, component: str, when: datetime, type_: int = 1, thread: int = 0, file: str = "", context: str = ""
+) -> str:
     bias = _bias(when)
     bias_s = "+000" if bias == 0 else f"{bias:+d}"
     return (
@@ -54,16 +55,23 @@ def _when(record: logging.LogRecord) -> datetime:
 class CMTraceFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return format_cmtrace(
-            record.getMessage(), component=getattr(record, "component", record.name),
-            when=_when(record), type_=_TYPES.get(record.levelno, 1), thread=getattr(record, "tid", 0),
+            record.getMessage(),
+            component=getattr(record, "component", record.name),
+            when=_when(record),
+            type_=_TYPES.get(record.levelno, 1),
+            thread=getattr(record, "tid", 0),
             file=f"{record.filename}:{record.lineno}",
         )
 
 
 class SMSTraceFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return format_smstrace(record.getMessage(), component=getattr(record, "component", record.name),
-                               when=_when(record), thread=getattr(record, "tid", 0))
+        return format_smstrace(
+            record.getMessage(),
+            component=getattr(record, "component", record.name),
+            when=_when(record),
+            thread=getattr(record, "tid", 0),
+        )
 
 
 class _Component(logging.Filter):
@@ -143,7 +151,6 @@ def last_cmtrace_error(path: Path, since: str = "") -> str | None:
         return None
     if since:
         starts = [i for i, (_, text) in enumerate(entries) if since in text]
-        entries = entries[starts[-1]:] if starts else entries
+        entries = entries[starts[-1] :] if starts else entries
     errors = [text for kind, text in entries if kind == 3]
     return errors[-1] if errors else None
-

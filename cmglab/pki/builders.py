@@ -90,68 +90,111 @@ def _distribution(cdp: str | None, aia: str | None):  # type: ignore[no-untyped-
     if aia:
         exts.append(
             x509.AuthorityInformationAccess(
-                [x509.AccessDescription(x509.AuthorityInformationAccessOID.CA_ISSUERS,
-                                        x509.UniformResourceIdentifier(aia))]
+                [
+                    x509.AccessDescription(
+                        x509.AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(aia)
+                    )
+                ]
             )
         )
     return exts
 
 
-def self_signed_ca(key: RSAKey, subject: x509.Name, *, days: int = 3650,
-                   path_length: int | None = None) -> x509.Certificate:
+def self_signed_ca(
+    key: RSAKey, subject: x509.Name, *, days: int = 3650, path_length: int | None = None
+) -> x509.Certificate:
     now = utcnow() - timedelta(minutes=5)
     builder = (
         _base(subject, subject, key.public_key(), now, days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                          crl_sign=True, encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
     )
     return builder.sign(key, hashes.SHA256())
 
 
-def sub_ca(key: RSAKey, subject: x509.Name, issuer_cert: x509.Certificate, issuer_key: RSAKey, *,
-           days: int = 1825, cdp: str | None = None, aia: str | None = None) -> x509.Certificate:
+def sub_ca(
+    key: RSAKey,
+    subject: x509.Name,
+    issuer_cert: x509.Certificate,
+    issuer_key: RSAKey,
+    *,
+    days: int = 1825,
+    cdp: str | None = None,
+    aia: str | None = None,
+) -> x509.Certificate:
     now = utcnow() - timedelta(minutes=5)
     builder = (
         _base(subject, issuer_cert.subject, key.public_key(), now, days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                          crl_sign=True, encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
     for ext in _distribution(cdp, aia):
         builder = builder.add_extension(ext, critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def leaf(public_key, subject: x509.Name, issuer_cert: x509.Certificate, issuer_key: RSAKey, *,  # type: ignore[no-untyped-def]
-         ekus: Sequence[x509.ObjectIdentifier], san: Sequence[str] = (), days: int = 825,
-         cdp: str | None = None, aia: str | None = None,
-         extra: Sequence[x509.ExtensionType] = (), not_before: datetime | None = None,
-         key_encipherment: bool = True) -> x509.Certificate:
+def leaf(  # type: ignore[no-untyped-def]
+    public_key,
+    subject: x509.Name,
+    issuer_cert: x509.Certificate,
+    issuer_key: RSAKey,
+    *,
+    ekus: Sequence[x509.ObjectIdentifier],
+    san: Sequence[str] = (),
+    days: int = 825,
+    cdp: str | None = None,
+    aia: str | None = None,
+    extra: Sequence[x509.ExtensionType] = (),
+    not_before: datetime | None = None,
+    key_encipherment: bool = True,
+) -> x509.Certificate:
     start = not_before or (utcnow() - timedelta(minutes=5))
     builder = (
         _base(subject, issuer_cert.subject, public_key, start, days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False,
-                          key_encipherment=key_encipherment, data_encipherment=False,
-                          key_agreement=False, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=key_encipherment,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(list(ekus)), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(general_names(san)), critical=False)
@@ -160,35 +203,51 @@ def leaf(public_key, subject: x509.Name, issuer_cert: x509.Certificate, issuer_k
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def self_signed(key: RSAKey, subject: x509.Name, *, ekus: Sequence[x509.ObjectIdentifier],
-                days: int = 1825, data_encipherment: bool = False) -> x509.Certificate:
+def self_signed(
+    key: RSAKey,
+    subject: x509.Name,
+    *,
+    ekus: Sequence[x509.ObjectIdentifier],
+    days: int = 1825,
+    data_encipherment: bool = False,
+) -> x509.Certificate:
     """A self-signed end-entity certificate (token signing, SMS signing/encryption)."""
     now = utcnow() - timedelta(minutes=5)
-    builder = (
-        _base(subject, subject, key.public_key(), now, days)
-        .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False,
-                          key_encipherment=data_encipherment, data_encipherment=data_encipherment,
-                          key_agreement=False, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False),
-            critical=False,
-        )
+    builder = _base(subject, subject, key.public_key(), now, days).add_extension(
+        x509.KeyUsage(
+            digital_signature=True,
+            content_commitment=False,
+            key_encipherment=data_encipherment,
+            data_encipherment=data_encipherment,
+            key_agreement=False,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        ),
+        critical=False,
     )
     if ekus:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(ekus)), critical=False)
     return builder.sign(key, hashes.SHA256())
 
 
-def build_crl(issuer_cert: x509.Certificate, issuer_key: RSAKey, revoked: Iterable[tuple[int, datetime]],
-              *, number: int, last_update: datetime, days: int = 30) -> x509.CertificateRevocationList:
+def build_crl(
+    issuer_cert: x509.Certificate,
+    issuer_key: RSAKey,
+    revoked: Iterable[tuple[int, datetime]],
+    *,
+    number: int,
+    last_update: datetime,
+    days: int = 30,
+) -> x509.CertificateRevocationList:
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(issuer_cert.subject)
         .last_update(last_update)
         .next_update(last_update + timedelta(days=days))
         .add_extension(x509.CRLNumber(number), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
     for serial, when in revoked:
         builder = builder.add_revoked_certificate(

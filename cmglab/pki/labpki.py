@@ -22,12 +22,14 @@ from cmglab.pki import builders as b
 
 # Issuer DN of Entra device certificates (docs/protocol-notes.md, Entra §3.2): DC=net + DC=windows +
 # CN=MS-Organization-Access + OU=82dbaca4-3e81-46ca-9c73-0950c1eaca97.
-MS_ORG_ACCESS_NAME = x509.Name([
-    x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "net"),
-    x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "windows"),
-    x509.NameAttribute(NameOID.COMMON_NAME, "MS-Organization-Access"),
-    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "82dbaca4-3e81-46ca-9c73-0950c1eaca97"),
-])
+MS_ORG_ACCESS_NAME = x509.Name(
+    [
+        x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "net"),
+        x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "windows"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "MS-Organization-Access"),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "82dbaca4-3e81-46ca-9c73-0950c1eaca97"),
+    ]
+)
 LAB_ORG = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cmglab")
 # The Microsoft names (login.microsoftonline.com, enterpriseregistration.windows.net, ...) present a
 # certificate from a public CA that every Windows device trusts (the trusted root programme), not the
@@ -189,8 +191,14 @@ class LabPKI:
         if not self.issuing_ca.exists():
             root_cert, root_key = self.root_ca.cert(), self.root_ca.key()
             key = b.new_key()
-            cert = b.sub_ca(key, b.name("cmglab Issuing CA", LAB_ORG), root_cert, root_key,
-                            cdp=self.cdp_url("root-ca"), aia=self.aia_url("root-ca"))
+            cert = b.sub_ca(
+                key,
+                b.name("cmglab Issuing CA", LAB_ORG),
+                root_cert,
+                root_key,
+                cdp=self.cdp_url("root-ca"),
+                aia=self.aia_url("root-ca"),
+            )
             self._write(self.issuing_ca, cert, key)
             self._record("issuing-ca", cert, "root-ca", self.issuing_ca.cert_path)
             created.append("issuing-ca")
@@ -225,8 +233,12 @@ class LabPKI:
                 created.append(service)
         if not self.connection_point.exists():
             cp = self.config.hosts.cmg_connection_point
-            self.issue("cmg-connection-point", self.connection_point,
-                       [cp, self.config.hosts.compose["cmg-connection-point"]], [b.CLIENT_AUTH])
+            self.issue(
+                "cmg-connection-point",
+                self.connection_point,
+                [cp, self.config.hosts.compose["cmg-connection-point"]],
+                [b.CLIENT_AUTH],
+            )
             created.append("cmg-connection-point")
 
         self._write_bundle_and_aia()
@@ -245,28 +257,49 @@ class LabPKI:
         }[service]
         return [*names, hosts.compose_name(service), "localhost", "127.0.0.1"]
 
-    def issue(self, name: str, identity: Identity, san: list[str], ekus: list[x509.ObjectIdentifier],
-              *, days: int = 825, not_before: datetime | None = None, ca: str = "issuing-ca") -> Identity:
+    def issue(
+        self,
+        name: str,
+        identity: Identity,
+        san: list[str],
+        ekus: list[x509.ObjectIdentifier],
+        *,
+        days: int = 825,
+        not_before: datetime | None = None,
+        ca: str = "issuing-ca",
+    ) -> Identity:
         """Issue a leaf from the issuing CA (or the public root) with CDP/AIA, written as leaf + chain and
         a 0600 key."""
         issuer = self.public_root_ca if ca == "public-root-ca" else self.issuing_ca
         ca_cert, ca_key = issuer.cert(), issuer.key()
         key = b.new_key()
         org = PUBLIC_ORG if ca == "public-root-ca" else LAB_ORG
-        cert = b.leaf(key.public_key(), b.name(san[0], org), ca_cert, ca_key, ekus=ekus, san=san,
-                      days=days, cdp=self.cdp_url(ca), aia=self.aia_url(ca), not_before=not_before)
+        cert = b.leaf(
+            key.public_key(),
+            b.name(san[0], org),
+            ca_cert,
+            ca_key,
+            ekus=ekus,
+            san=san,
+            days=days,
+            cdp=self.cdp_url(ca),
+            aia=self.aia_url(ca),
+            not_before=not_before,
+        )
         self._write(identity, cert, key, chain=[] if ca == "public-root-ca" else [ca_cert])
         self._record(name, cert, ca, identity.cert_path)
         return identity
 
-    def issue_client(self, name: str, *, san: list[str] | None = None, days: int = 365,
-                     not_before: datetime | None = None) -> Identity:
+    def issue_client(
+        self, name: str, *, san: list[str] | None = None, days: int = 365, not_before: datetime | None = None
+    ) -> Identity:
         """A PKI client-authentication certificate (what `/usepkicert` and CCM_Proxy_MutualAuth use)."""
         identity = self.client(name)
         return self.issue(name, identity, san or [name], [b.CLIENT_AUTH], days=days, not_before=not_before)
 
-    def _write(self, identity: Identity, cert: x509.Certificate, key: b.RSAKey,
-               chain: list[x509.Certificate] | None = None) -> None:
+    def _write(
+        self, identity: Identity, cert: x509.Certificate, key: b.RSAKey, chain: list[x509.Certificate] | None = None
+    ) -> None:
         identity.cert_path.parent.mkdir(parents=True, exist_ok=True)
         identity.cert_path.write_bytes(b"".join(b.cert_pem(c) for c in [cert, *(chain or [])]))
         write_private(identity.key_path, b.key_pem(key))
@@ -314,8 +347,11 @@ class LabPKI:
         number = int(index.get("crl_number", 0)) + 1
         (self.root / "crl").mkdir(exist_ok=True)
         pems = []
-        for ca_name, ca in (("root-ca", self.root_ca), ("issuing-ca", self.issuing_ca),
-                            ("public-root-ca", self.public_root_ca)):
+        for ca_name, ca in (
+            ("root-ca", self.root_ca),
+            ("issuing-ca", self.issuing_ca),
+            ("public-root-ca", self.public_root_ca),
+        ):
             revoked = [
                 (int(serial, 16), datetime.fromisoformat(entry["revoked_at"]))
                 for serial, entry in index["certificates"].items()
@@ -335,18 +371,27 @@ class LabPKI:
 
     def show(self) -> list[dict]:
         index = self._index()
-        rows = [
-            {"serial": serial, **entry} for serial, entry in index["certificates"].items()
-        ]
-        for name, ident in (("root-ca", self.root_ca), ("public-root-ca", self.public_root_ca),
-                            ("ms-organization-access", self.device_ca),
-                            ("entra-token-signing", self.entra_signing),
-                            ("site-signing", self.site_signing)):
+        rows = [{"serial": serial, **entry} for serial, entry in index["certificates"].items()]
+        for name, ident in (
+            ("root-ca", self.root_ca),
+            ("public-root-ca", self.public_root_ca),
+            ("ms-organization-access", self.device_ca),
+            ("entra-token-signing", self.entra_signing),
+            ("site-signing", self.site_signing),
+        ):
             if ident.cert_path.exists():
                 cert = ident.cert()
-                rows.insert(0, {"serial": format(cert.serial_number, "x"), "name": name,
-                                "subject": cert.subject.rfc4514_string(), "issuer": "self",
-                                "path": str(ident.cert_path.relative_to(self.root)),
-                                "not_after": cert.not_valid_after_utc.isoformat(),
-                                "thumbprint": b.sha1_thumbprint(cert), "revoked_at": None})
+                rows.insert(
+                    0,
+                    {
+                        "serial": format(cert.serial_number, "x"),
+                        "name": name,
+                        "subject": cert.subject.rfc4514_string(),
+                        "issuer": "self",
+                        "path": str(ident.cert_path.relative_to(self.root)),
+                        "not_after": cert.not_valid_after_utc.isoformat(),
+                        "thumbprint": b.sha1_thumbprint(cert),
+                        "revoked_at": None,
+                    },
+                )
         return rows

@@ -104,8 +104,15 @@ class Budget:
 class Acceptor:
     """Serves one listening socket: what uvicorn's `Server.startup` would get from `loop.create_server`."""
 
-    def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol],
-                 ssl_context: ssl.SSLContext | None, budget: Budget, backlog: int, name: str) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext | None,
+        budget: Budget,
+        backlog: int,
+        name: str,
+    ) -> None:
         self.sock, self.factory, self.ssl = sock, protocol_factory, ssl_context
         self.budget, self.backlog, self.name = budget, backlog, name
         self._task: asyncio.Task[None] | None = None
@@ -143,8 +150,9 @@ class Acceptor:
     async def _handshake(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.connect_accepted_socket(self.factory, conn, ssl=self.ssl,
-                                               ssl_handshake_timeout=self.budget.handshake_timeout)
+            await loop.connect_accepted_socket(
+                self.factory, conn, ssl=self.ssl, ssl_handshake_timeout=self.budget.handshake_timeout
+            )
         except asyncio.CancelledError:  # dropped for a newer one, or the listener stops
             with contextlib.suppress(OSError):
                 conn.close()

@@ -58,8 +58,9 @@ def current_span(request: Request) -> ServerSpan:
     """The request's server span: what a call made on its behalf carries on (`tracing.propagate`)."""
     span = request.scope.get(SPAN_KEY)
     if span is None:  # an app without the recorder (unit tests): a span of its own
-        span = request.scope[SPAN_KEY] = ServerSpan.incoming(request.headers.get(TRACEPARENT),
-                                                              request.headers.get(TRACESTATE))
+        span = request.scope[SPAN_KEY] = ServerSpan.incoming(
+            request.headers.get(TRACEPARENT), request.headers.get(TRACESTATE)
+        )
     return span
 
 
@@ -148,8 +149,9 @@ class LabMiddleware:
         rec.started = datetime.now(UTC).isoformat(timespec="microseconds")  # order of arrival
         headers = dict(scope["headers"])
         sizes = {"in": 0, "out": 0, "status": 0}
-        scope[SPAN_KEY] = ServerSpan.incoming(headers.get(b"traceparent", b"").decode("latin-1"),
-                                              headers.get(b"tracestate", b"").decode("latin-1"))
+        scope[SPAN_KEY] = ServerSpan.incoming(
+            headers.get(b"traceparent", b"").decode("latin-1"), headers.get(b"tracestate", b"").decode("latin-1")
+        )
         error_body = bytearray()
 
         async def counting_receive() -> dict[str, Any]:
@@ -172,7 +174,7 @@ class LabMiddleware:
                 body = message.get("body", b"")
                 sizes["out"] += len(body)
                 if sizes["status"] >= 400 and len(error_body) < _REASON_BODY_MAX:
-                    error_body.extend(body[:_REASON_BODY_MAX - len(error_body)])
+                    error_body.extend(body[: _REASON_BODY_MAX - len(error_body)])
                 if not message.get("more_body", False):
                     # recorded before the client holds the whole reply, so that what it asks next sees it
                     finish(None)
@@ -186,8 +188,9 @@ class LabMiddleware:
                 if fault.rule.delay_ms:
                     await asyncio.sleep(fault.rule.delay_ms / 1000)
                 if fault.rule.drop:
-                    await counting_send({"type": "http.response.start", "status": 200,
-                                         "headers": [(b"content-length", b"1024")]})
+                    await counting_send(
+                        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1024")]}
+                    )
                     raise ConnectionAbortedError("fault injection: connection dropped")
                 if fault.rule.status is not None:
                     await _plain(counting_send, fault.rule.status, b"fault injected by cmglab\n")
@@ -199,8 +202,16 @@ class LabMiddleware:
         finally:
             finish(error)
 
-    def _finish(self, scope: Scope, rec: RequestRecord, headers: dict[bytes, bytes],
-                sizes: dict[str, int], started: float, error: str | None, error_body: bytes) -> None:
+    def _finish(
+        self,
+        scope: Scope,
+        rec: RequestRecord,
+        headers: dict[bytes, bytes],
+        sizes: dict[str, int],
+        started: float,
+        error: str | None,
+        error_body: bytes,
+    ) -> None:
         cert = client_cert_from_scope(scope)
         entry = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -251,8 +262,13 @@ class _ScopeOnly:
 
 
 async def _plain(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -263,8 +279,11 @@ def require_admin(lab: Lab) -> Callable[..., None]:
     def check(authorization: str | None = Header(default=None)) -> None:
         given = (authorization or "").removeprefix("Bearer ").strip()
         if not given or not secrets.compare_digest(given, token):
-            raise HTTPException(401, "the lab admin token is required (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "the lab admin token is required (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     return check
 
@@ -275,10 +294,16 @@ def lab_state(service: str, lab: Lab) -> LabState:
     return LabState(service, lab.settings.request_log_size, SpanExporter(endpoint, service) if endpoint else None)
 
 
-def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
-                      reset: Callable[[], Any] | None = None,
-                      health: Callable[[], dict[str, Any]] | None = None, private: bool = False,
-                      state: LabState | None = None) -> LabState:
+def install_lab_admin(
+    app: FastAPI,
+    *,
+    service: str,
+    lab: Lab,
+    reset: Callable[[], Any] | None = None,
+    health: Callable[[], dict[str, Any]] | None = None,
+    private: bool = False,
+    state: LabState | None = None,
+) -> LabState:
     """Add the /_lab endpoints and the recorder/fault middleware to a service's app. `private`: a listener
     on the internet (the CMG's client listener), where every /_lab endpoint but health needs the admin token:
     the recorded requests hold every client's identity and replayable signed content URLs. `state`: one made
@@ -303,8 +328,7 @@ def install_lab_admin(app: FastAPI, *, service: str, lab: Lab,
             except re.error as e:
                 raise HTTPException(422, f"bad path pattern: {e}") from e
             items = [r for r in items if pattern.search(r["path"])]
-        return {"service": service, "requests": items[: max(0, min(limit, len(items)))],
-                "last_seq": state.last_seq}
+        return {"service": service, "requests": items[: max(0, min(limit, len(items)))], "last_seq": state.last_seq}
 
     @router.post("/reset", dependencies=[Depends(admin_only)])
     async def lab_reset() -> dict[str, str]:

@@ -41,11 +41,19 @@ def build_package(lab: Lab, *, force: bool = False) -> Path:
     if manifest_path.exists() and not force and all((folder / f).exists() for f in FILES):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    msi = b"CMGLAB-MSI\r\n" + json.dumps({
-        "ProductName": "Configuration Manager Client", "ProductCode": site.client_product_code,
-        "ProductVersion": site.client_version, "Manufacturer": "cmglab",
-        "Properties": {"SMSSITECODE": site.code},
-    }, indent=2).encode()
+    msi = (
+        b"CMGLAB-MSI\r\n"
+        + json.dumps(
+            {
+                "ProductName": "Configuration Manager Client",
+                "ProductCode": site.client_product_code,
+                "ProductVersion": site.client_version,
+                "Manufacturer": "cmglab",
+                "Properties": {"SMSSITECODE": site.code},
+            },
+            indent=2,
+        ).encode()
+    )
     ccmsetup_xml = (
         '<?xml version="1.0" encoding="utf-8"?>\r\n'
         f'<Manifest Version="{site.client_version}" ProductCode="{site.client_product_code}" '
@@ -61,8 +69,10 @@ def build_package(lab: Lab, *, force: bool = False) -> Path:
         tmp.write_bytes(blob)
         tmp.replace(folder / name)
     manifest = {
-        "package_id": site.client_package_id, "version": PACKAGE_VERSION,
-        "client_version": site.client_version, "product_code": site.client_product_code,
+        "package_id": site.client_package_id,
+        "version": PACKAGE_VERSION,
+        "client_version": site.client_version,
+        "product_code": site.client_product_code,
         "files": [_entry(n, b) for n, b in blobs.items()],
     }
     tmp = folder / f"manifest.json.{os.getpid()}.tmp"

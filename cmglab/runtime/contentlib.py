@@ -54,8 +54,13 @@ class ContentFile:
 
 
 def valid_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and not name.startswith(".") and not _BAD_NAME.search(name) \
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and not name.startswith(".")
+        and not _BAD_NAME.search(name)
         and not name.endswith((" ", "."))
+    )
 
 
 class ContentLibrary:
@@ -80,8 +85,12 @@ class ContentLibrary:
         """A package by package ID, content ID, or either with its `.version` (case-insensitive)."""
         key = key.lower()
         for p in self.packages():
-            if key in (p.package_id.lower(), p.content_id.lower(), p.content_version.lower(),
-                       f"{p.package_id}.{p.version}".lower()):
+            if key in (
+                p.package_id.lower(),
+                p.content_id.lower(),
+                p.content_version.lower(),
+                f"{p.package_id}.{p.version}".lower(),
+            ):
                 return p
         return None
 
@@ -167,8 +176,11 @@ class ContentLibrary:
                             break
             except (NotADirectoryError, FileNotFoundError, PermissionError):
                 return None
-            if match is None or match.is_symlink() or not (match.is_dir(follow_symlinks=False)
-                                                           or match.is_file(follow_symlinks=False)):
+            if (
+                match is None
+                or match.is_symlink()
+                or not (match.is_dir(follow_symlinks=False) or match.is_file(follow_symlinks=False))
+            ):
                 return None
             current = Path(match.path)
         real_root, real = os.path.realpath(root), os.path.realpath(current)
@@ -179,8 +191,13 @@ class ContentLibrary:
     def children(self, folder: Path) -> list[os.DirEntry[str]]:
         """A folder's files and folders as the DP shows them (folders first, then by name)."""
         with os.scandir(folder) as it:
-            entries = [e for e in it if valid_name(e.name) and not e.is_symlink()
-                       and (e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False))]
+            entries = [
+                e
+                for e in it
+                if valid_name(e.name)
+                and not e.is_symlink()
+                and (e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False))
+            ]
         return sorted(entries, key=lambda e: (not e.is_dir(follow_symlinks=False), e.name.lower()))
 
     def files(self, package: Package) -> list[ContentFile]:

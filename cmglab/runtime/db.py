@@ -47,8 +47,12 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
         # session inside its first (Entra's smart lockout records a failure in a transaction of its own) once
         # exhausted the default 5 + 10 at 16 concurrent sign-ins, every thread waiting for a second connection
         # (QueuePool timeout after 30 s, then 500); SQLite connections are only file handles
-        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=SQLITE_POOL, max_overflow=SQLITE_OVERFLOW)
+        engine = create_engine(
+            u,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=SQLITE_POOL,
+            max_overflow=SQLITE_OVERFLOW,
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -44,8 +44,10 @@ class LabUnusable(LabNotInitialised):
 
 
 def way_out(lab_dir: Path) -> str:
-    return (f"start again from nothing: `cmglab init --force --lab {lab_dir}` (the compose lab: "
-            "`docker compose --profile client down -v`, then `docker compose up -d`)")
+    return (
+        f"start again from nothing: `cmglab init --force --lab {lab_dir}` (the compose lab: "
+        "`docker compose --profile client down -v`, then `docker compose up -d`)"
+    )
 
 
 # what the services make from a lab's config on their first start: stale once `init --force` remakes it
@@ -90,8 +92,15 @@ class Lab:
         return cls(lab_dir, _load_config(path), settings)
 
     @classmethod
-    def init(cls, lab_dir: Path, *, force: bool = False, compose: bool = False,
-             ports: Ports | None = None, settings: Settings | None = None) -> tuple[Lab, list[str]]:
+    def init(
+        cls,
+        lab_dir: Path,
+        *,
+        force: bool = False,
+        compose: bool = False,
+        ports: Ports | None = None,
+        settings: Settings | None = None,
+    ) -> tuple[Lab, list[str]]:
         """Create what is missing (config, admin token, PKI, hosts file); `force` regenerates all."""
         lab_dir = lab_dir.absolute()
         created: list[str] = []
@@ -107,8 +116,9 @@ class Lab:
             created.append("lab.json")
         lab = cls(lab_dir, _load_config(path), settings or Settings(lab_dir=lab_dir))
         if compose and not lab.config.compose:
-            raise LabUnusable(f"{lab_dir} holds a lab made for one machine (`cmglab up`), not for compose: "
-                              f"{way_out(lab_dir)}")
+            raise LabUnusable(
+                f"{lab_dir} holds a lab made for one machine (`cmglab up`), not for compose: {way_out(lab_dir)}"
+            )
         token = lab.dir / "admin-token"
         if force or not token.exists():
             write_private(token, secrets.token_urlsafe(32) + "\n")
@@ -204,9 +214,17 @@ class Lab:
         """Client package content the site distributes (the MP serves it, a content-enabled CMG too)."""
         return self.dir / "content"
 
-    def http_client(self, *, client_cert: tuple[Path, Path] | None = None, crl_check: bool = False,
-                    timeout: float | None = None, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
-        ctx = httpclient.ssl_context(ca_bundle=self.pki.ca_bundle, client_cert=client_cert,
-                                     crl_files=[self.pki.crl_bundle], crl_check=crl_check)
-        return httpclient.async_client(ctx=ctx, resolve=self.resolve(),
-                                       timeout=timeout or self.settings.upstream_timeout, limits=limits)
+    def http_client(
+        self,
+        *,
+        client_cert: tuple[Path, Path] | None = None,
+        crl_check: bool = False,
+        timeout: float | None = None,
+        limits: httpx.Limits | None = None,
+    ) -> httpx.AsyncClient:
+        ctx = httpclient.ssl_context(
+            ca_bundle=self.pki.ca_bundle, client_cert=client_cert, crl_files=[self.pki.crl_bundle], crl_check=crl_check
+        )
+        return httpclient.async_client(
+            ctx=ctx, resolve=self.resolve(), timeout=timeout or self.settings.upstream_timeout, limits=limits
+        )

@@ -23,8 +23,12 @@ import h11
 
 log = logging.getLogger("cmglab.limits")
 
-REASONS = {408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
-           431: "Request Header Fields Too Large"}
+REASONS = {
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+}
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,10 @@ class Limits:
 
 def plain_response(status: int, detail: str) -> bytes:
     body = f"{status} {REASONS[status]}: {detail}\n".encode()
-    return (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 class _HeadLimitsMixin:
@@ -88,8 +94,9 @@ class _HeadLimitsMixin:
             self.transport.close()
 
     def _refuse(self, status: int, detail: str) -> None:
-        log.warning("%s: refused %s from %s: %s", self.limits.listener, status,
-                    self.client[0] if self.client else "?", detail)
+        log.warning(
+            "%s: refused %s from %s: %s", self.limits.listener, status, self.client[0] if self.client else "?", detail
+        )
         self._reading_head = False
         self._disarm()
         self.transport.write(plain_response(status, detail))
@@ -162,9 +169,17 @@ def limit_body(app: Any, limits: Limits) -> Any:
         client = scope.get("client") or ("?",)
         log.warning("%s: refused 413 from %s: %s", limits.listener, client[0], detail)
         body = f"413 {REASONS[413]}: {detail}\n".encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def limited(scope: Any, receive: Any, send: Any) -> None:

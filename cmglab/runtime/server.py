@@ -75,9 +75,14 @@ class _HttpToolsProtocol(HttpToolsHeadLimits, TLSScopeHttpToolsProtocol):
 
 
 def limits_from(settings: Settings, listener: str = "") -> Limits:
-    return Limits(max_header_bytes=settings.max_header_bytes, max_url_bytes=settings.max_url_bytes,
-                  max_body_bytes=settings.max_body_bytes, head_timeout=settings.head_timeout,
-                  idle_timeout=KEEP_ALIVE_TIMEOUT, listener=listener)
+    return Limits(
+        max_header_bytes=settings.max_header_bytes,
+        max_url_bytes=settings.max_url_bytes,
+        max_body_bytes=settings.max_body_bytes,
+        head_timeout=settings.head_timeout,
+        idle_timeout=KEEP_ALIVE_TIMEOUT,
+        listener=listener,
+    )
 
 
 FD_HEADROOM = 256  # descriptors kept for the database, logs, upstream calls and the listeners themselves
@@ -88,9 +93,11 @@ def budget_from(settings: Settings) -> Budget:
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     most = settings.max_connections if soft == resource.RLIM_INFINITY else max(soft - FD_HEADROOM, 64)
-    return Budget(max_connections=min(settings.max_connections, most),
-                  max_handshakes=min(settings.max_handshakes, settings.max_connections),
-                  handshake_timeout=settings.tls_handshake_timeout)
+    return Budget(
+        max_connections=min(settings.max_connections, most),
+        max_handshakes=min(settings.max_handshakes, settings.max_connections),
+        handshake_timeout=settings.tls_handshake_timeout,
+    )
 
 
 class _Server(uvicorn.Server):
@@ -113,11 +120,14 @@ class _Server(uvicorn.Server):
 
         def create_protocol() -> asyncio.Protocol:
             return config.http_protocol_class(  # type: ignore[call-arg]
-                config=config, server_state=self.server_state, app_state=self.lifespan.state)
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
 
         self.budget.established.append(self.server_state.connections)
-        acceptors = [Acceptor(sock, create_protocol, config.ssl, self.budget, config.backlog, self.name)
-                     for sock in sockets or []]
+        acceptors = [
+            Acceptor(sock, create_protocol, config.ssl, self.budget, config.backlog, self.name)
+            for sock in sockets or []
+        ]
         for a in acceptors:
             a.start()
         self.servers = acceptors  # type: ignore[assignment]  # close() and wait_closed() are all uvicorn uses
@@ -133,22 +143,38 @@ def _config(listener: Listener, access_log: bool, limits: Limits) -> uvicorn.Con
     kwargs: dict[str, Any] = {}
     tls = listener.tls
     if tls is not None:
+
         def factory(_config: uvicorn.Config, _default: Callable[[], Any]) -> Any:
-            return server_context(certfile=tls.certfile, keyfile=tls.keyfile,
-                                  client_cert=tls.client_cert, client_ca=tls.client_ca,
-                                  crl_files=tls.crl_files, crl_check=tls.crl_check)
+            return server_context(
+                certfile=tls.certfile,
+                keyfile=tls.keyfile,
+                client_cert=tls.client_cert,
+                client_ca=tls.client_ca,
+                crl_files=tls.crl_files,
+                crl_check=tls.crl_check,
+            )
+
         kwargs["ssl_context_factory"] = factory
     base = _H11Protocol if listener.http == "h11" else _HttpToolsProtocol
     protocol = type(base.__name__, (base,), {"limits": limits})  # this listener's limits
     return uvicorn.Config(
-        limit_body(listener.app, limits), host=listener.host, port=listener.port, http=protocol,
+        limit_body(listener.app, limits),
+        host=listener.host,
+        port=listener.port,
+        http=protocol,
         # ours (limits.py) answers 431 first; h11's own limit would answer a bare 400
         h11_max_incomplete_event_size=limits.max_header_bytes + 4096,
         ws=TLSScopeWSProtocol,  # WebSocket upgrades see the client certificate too (CMG connector)
-        loop="uvloop", lifespan="on", access_log=access_log, log_level="warning",
+        loop="uvloop",
+        lifespan="on",
+        access_log=access_log,
+        log_level="warning",
         # Ctrl-C stops a lab within 2 s: requests in flight (an event stream, a held channel) get 1 s
-        timeout_graceful_shutdown=1, proxy_headers=False, server_header=False,
-        timeout_keep_alive=KEEP_ALIVE_TIMEOUT, **kwargs,
+        timeout_graceful_shutdown=1,
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
+        **kwargs,
     )
 
 
@@ -179,8 +205,14 @@ def listening_sockets(service: Service, shared: bool = False) -> list[socket.soc
     return made
 
 
-async def serve(service: Service, *, access_log: bool = False, stop: asyncio.Event | None = None,
-                settings: Settings | None = None, worker_argv: Sequence[str] = ()) -> None:
+async def serve(
+    service: Service,
+    *,
+    access_log: bool = False,
+    stop: asyncio.Event | None = None,
+    settings: Settings | None = None,
+    worker_argv: Sequence[str] = (),
+) -> None:
     """Serve SERVICE until STOP (or SIGINT/SIGTERM). With `worker_argv` (how to start this service again) and
     settings.workers > 1, that many more processes serve the same sockets (cmglab/runtime/workers.py)."""
     settings = settings or Settings()
@@ -188,21 +220,29 @@ async def serve(service: Service, *, access_log: bool = False, stop: asyncio.Eve
     bound = listening_sockets(service, shared=count > 1)
     children = workers.start_workers(count - 1, bound, worker_argv) if count > 1 else []
     if children:
-        log.info("%s: %d workers on the same listeners (pids %s and this one, %d)", service.name, count,
-                 ", ".join(str(c.pid) for c in children), os.getpid())
+        log.info(
+            "%s: %d workers on the same listeners (pids %s and this one, %d)",
+            service.name,
+            count,
+            ", ".join(str(c.pid) for c in children),
+            os.getpid(),
+        )
     budget = budget_from(settings)  # one per process: descriptors are the process'
-    servers = [_Server(_config(listener, access_log, limits_from(settings, listener.name)), budget, listener.name)
-               for listener in service.listeners]
+    servers = [
+        _Server(_config(listener, access_log, limits_from(settings, listener.name)), budget, listener.name)
+        for listener in service.listeners
+    ]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
             loop.add_signal_handler(sig, stop.set)
 
-    serving = [asyncio.create_task(s.serve(sockets=[sock]), name=f"listener:{listener.name}")
-               for s, sock, listener in zip(servers, bound, service.listeners, strict=True)]
-    background = [asyncio.create_task(job(), name=f"background:{service.name}")
-                  for job in service.background]
+    serving = [
+        asyncio.create_task(s.serve(sockets=[sock]), name=f"listener:{listener.name}")
+        for s, sock, listener in zip(servers, bound, service.listeners, strict=True)
+    ]
+    background = [asyncio.create_task(job(), name=f"background:{service.name}") for job in service.background]
     for listener in service.listeners:
         scheme = "https" if listener.tls else "http"
         log.info("%s listening on %s://%s:%d", listener.name, scheme, listener.host, listener.port)

@@ -38,9 +38,11 @@ class PortInUse(OSError):
         self.host, self.port, self.service = host, port, service
 
     def __str__(self) -> str:
-        return (f"{self.service}: port {self.port} on {self.host} is already in use by another process. "
-                f"Stop what holds it (another lab: cmglab down --lab DIR), or give this lab free ports "
-                f"(cmglab init --free-ports).")
+        return (
+            f"{self.service}: port {self.port} on {self.host} is already in use by another process. "
+            f"Stop what holds it (another lab: cmglab down --lab DIR), or give this lab free ports "
+            f"(cmglab init --free-ports)."
+        )
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -39,8 +39,11 @@ class LoggingSSLObject(ssl.SSLObject):
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
         except ssl.SSLCertVerificationError as e:
-            log.warning("TLS handshake refused: client certificate failed verification: %s (code %s)",
-                        e.verify_message, e.verify_code)
+            log.warning(
+                "TLS handshake refused: client certificate failed verification: %s (code %s)",
+                e.verify_message,
+                e.verify_code,
+            )
             raise
         except ssl.SSLError as e:
             log.warning("TLS handshake failed: %s", e.reason or e)
@@ -90,9 +93,15 @@ class _CRLWatch:
             log.warning("could not reload CRL: %s", e)
 
 
-def server_context(*, certfile: Path, keyfile: Path, client_cert: ClientCertMode = "none",
-                   client_ca: Path | None = None, crl_files: Sequence[Path] = (),
-                   crl_check: bool = True) -> ssl.SSLContext:
+def server_context(
+    *,
+    certfile: Path,
+    keyfile: Path,
+    client_cert: ClientCertMode = "none",
+    client_ca: Path | None = None,
+    crl_files: Sequence[Path] = (),
+    crl_check: bool = True,
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(certfile), str(keyfile))

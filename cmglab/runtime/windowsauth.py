@@ -37,7 +37,7 @@ IIS_401 = (
     '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" "http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\r\n'
     '<html xmlns="http://www.w3.org/1999/xhtml">\r\n<head>\r\n<meta http-equiv="Content-Type" '
     'content="text/html; charset=iso-8859-1"/>\r\n<title>401 - Unauthorized: Access is denied due to invalid '
-    "credentials.</title>\r\n</head>\r\n<body>\r\n<div id=\"header\"><h1>Server Error</h1></div>\r\n"
+    'credentials.</title>\r\n</head>\r\n<body>\r\n<div id="header"><h1>Server Error</h1></div>\r\n'
     '<div id="content">\r\n <div class="content-container"><fieldset>\r\n  <h2>401 - Unauthorized: Access is '
     "denied due to invalid credentials.</h2>\r\n  <h3>You do not have permission to view this directory or page "
     "using the credentials that you supplied.</h3>\r\n </fieldset></div>\r\n</div>\r\n</body>\r\n</html>\r\n"
@@ -132,8 +132,9 @@ class LabAccountsAuthenticator(WindowsAuthenticator):
     anonymous or already-authenticated request; the accounts (and the acceptor's file) are rebuilt only when
     it changed. A half-written lab.json keeps the accounts read last."""
 
-    def __init__(self, lab_json: Path, user_file: Path,
-                 accounts: Callable[[LabConfig], dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, lab_json: Path, user_file: Path, accounts: Callable[[LabConfig], dict[str, str]] | None = None
+    ) -> None:
         self._lab_json, self._user_file = lab_json, user_file
         self._accounts_of = accounts or domain_accounts
         self._lock = threading.Lock()

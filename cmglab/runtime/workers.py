@@ -61,11 +61,19 @@ def start_workers(count: int, socks: Sequence[socket.socket], argv: Sequence[str
     for index in range(1, count + 1):
         own = [sockets.sibling(s) for s in socks]
         spec = ",".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}={s.fileno()}" for s in own)
-        env = {**os.environ, sockets.FDS_ENV: spec, "CMGLAB_WORKERS": "1", WORKER_OF_ENV: str(os.getpid()),
-               WORKER_INDEX_ENV: str(index)}
+        env = {
+            **os.environ,
+            sockets.FDS_ENV: spec,
+            "CMGLAB_WORKERS": "1",
+            WORKER_OF_ENV: str(os.getpid()),
+            WORKER_INDEX_ENV: str(index),
+        }
         try:
-            children.append(subprocess.Popen([sys.executable, *argv], env=env, pass_fds=[s.fileno() for s in own],
-                                             stdin=subprocess.DEVNULL))
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, *argv], env=env, pass_fds=[s.fileno() for s in own], stdin=subprocess.DEVNULL
+                )
+            )
         finally:
             for mine, theirs in zip(socks, own, strict=True):
                 if theirs is not mine:

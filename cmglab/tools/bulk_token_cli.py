@@ -37,10 +37,13 @@ def _store(lab_dir: Path):  # type: ignore[no-untyped-def]
 
 
 @bulk_token_app.command("new")
-def new(lab: LabOption = DEFAULT_LAB,
-        lifetime: Annotated[int, typer.Option("--lifetime", help=f"Validity in minutes (max {BULK_MAX_MINUTES}).")]
-        = BULK_DEFAULT_MINUTES,
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def new(
+    lab: LabOption = DEFAULT_LAB,
+    lifetime: Annotated[
+        int, typer.Option("--lifetime", help=f"Validity in minutes (max {BULK_MAX_MINUTES}).")
+    ] = BULK_DEFAULT_MINUTES,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Create a bulk registration token: prints its GUID, validity period and the token."""
     if not 1 <= lifetime <= BULK_MAX_MINUTES:
         console.print(f"[red]The lifetime must be between 1 and {BULK_MAX_MINUTES} minutes (7 days).[/red]")
@@ -49,19 +52,29 @@ def new(lab: LabOption = DEFAULT_LAB,
     token, guid, start, end = the_lab.site_signer().bulk_token(minutes=lifetime)
     store.add_bulk_token(guid, lifetime, start, end)
     if as_json:
-        typer.echo(json.dumps({"guid": guid, "not_before": start.isoformat(), "not_after": end.isoformat(),
-                               "lifetime_minutes": lifetime, "token": token}))
+        typer.echo(
+            json.dumps(
+                {
+                    "guid": guid,
+                    "not_before": start.isoformat(),
+                    "not_after": end.isoformat(),
+                    "lifetime_minutes": lifetime,
+                    "token": token,
+                }
+            )
+        )
         return
     typer.echo(f"Token GUID: {guid}")
-    typer.echo(f"Token validity: from {start:%Y-%m-%d %H:%M:%S}Z to {end:%Y-%m-%d %H:%M:%S}Z "
-               f"({lifetime} minutes)")
+    typer.echo(f"Token validity: from {start:%Y-%m-%d %H:%M:%S}Z to {end:%Y-%m-%d %H:%M:%S}Z ({lifetime} minutes)")
     typer.echo("Bulk registration token (it is not stored by the site: copy it now):")
     typer.echo(token)
 
 
 @bulk_token_app.command("list")
-def list_tokens(lab: LabOption = DEFAULT_LAB,
-                as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def list_tokens(
+    lab: LabOption = DEFAULT_LAB,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """The bulk registration tokens the site knows (GUID, lifetime, state): the GUID is what `block` and
     `unblock` take."""
     _, store = _store(lab)
@@ -69,9 +82,20 @@ def list_tokens(lab: LabOption = DEFAULT_LAB,
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    print_rows(console, "bulk registration tokens", ("GUID", "state", "valid from (UTC)", "valid to (UTC)"),
-               [(r["guid"], "blocked" if r["blocked"] else ("expired" if r["expired"] else "active"),
-                 _when(r["not_before"]), _when(r["not_after"])) for r in rows])
+    print_rows(
+        console,
+        "bulk registration tokens",
+        ("GUID", "state", "valid from (UTC)", "valid to (UTC)"),
+        [
+            (
+                r["guid"],
+                "blocked" if r["blocked"] else ("expired" if r["expired"] else "active"),
+                _when(r["not_before"]),
+                _when(r["not_after"]),
+            )
+            for r in rows
+        ],
+    )
 
 
 def _when(iso: str) -> str:

@@ -24,8 +24,7 @@ from cmglab.tools.sitecli import print_site, site_app, site_view, tenant_app
 if TYPE_CHECKING:  # uvicorn is imported only by `cmglab serve`
     from cmglab.runtime.server import Service
 
-app = typer.Typer(help="cmglab: an Entra ID + ConfigMgr CMG/MP lab.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(help="cmglab: an Entra ID + ConfigMgr CMG/MP lab.", no_args_is_help=True, add_completion=False)
 pki_app = typer.Typer(help="The lab PKI: CAs, certificates, CRLs.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(devicecli.app, name="device")
@@ -46,35 +45,49 @@ def service_builder(name: str) -> Callable[[Lab], Service]:
     match name:
         case "entra":
             from cmglab.services.entra.service import build as entra
+
             return entra
         case "cmg":
             from cmglab.services.cmg.service import build as cmg
+
             return cmg
         case "cmg-connection-point":
             from cmglab.services.cmg_connection_point.service import build as connection_point
+
             return connection_point
         case "management-point":
             from cmglab.services.management_point.service import build as management_point
+
             return management_point
         case "pki":
             from cmglab.services.crl_host.service import build as crl_host
+
             return crl_host
         case "console":
             from cmglab.services.console.service import build as console_service
+
             return console_service
         case "distribution-point":
             from cmglab.services.distribution_point.service import build as distribution_point
+
             return distribution_point
     raise KeyError(name)
 
+
 @app.command()
-def init(lab: LabOption = DEFAULT_LAB,
-         force: Annotated[bool, typer.Option(help="Regenerate everything, PKI included.")] = False,
-         compose: Annotated[bool, typer.Option(help="Services reach each other by DNS on 443/80.")] = False,
-         free_ports: Annotated[bool, typer.Option(
-             "--free-ports", help="Pick ports no process listens on now and write them to lab.json (and the "
-                                  "hosts mapping), so that this lab runs beside another one.")] = False,
-         ) -> None:
+def init(
+    lab: LabOption = DEFAULT_LAB,
+    force: Annotated[bool, typer.Option(help="Regenerate everything, PKI included.")] = False,
+    compose: Annotated[bool, typer.Option(help="Services reach each other by DNS on 443/80.")] = False,
+    free_ports: Annotated[
+        bool,
+        typer.Option(
+            "--free-ports",
+            help="Pick ports no process listens on now and write them to lab.json (and the "
+            "hosts mapping), so that this lab runs beside another one.",
+        ),
+    ] = False,
+) -> None:
     """Create the lab directory: config, admin token, PKI, hosts mapping. Idempotent."""
     from cmglab.tools.labports import pick_free_ports, use_ports
 
@@ -82,8 +95,9 @@ def init(lab: LabOption = DEFAULT_LAB,
     fresh = force or not Lab.config_path(lab.absolute()).exists()
     try:
         with console.status("creating the lab (keys take a moment)..."):
-            the_lab, created = Lab.init(lab, force=force, compose=compose,
-                                        ports=pick_free_ports() if free_ports and fresh else None)
+            the_lab, created = Lab.init(
+                lab, force=force, compose=compose, ports=pick_free_ports() if free_ports and fresh else None
+            )
     except LabNotInitialised as e:  # a lab this cmglab cannot use: say so and how to start again, once
         console.print(str(e), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2) from e
@@ -92,8 +106,11 @@ def init(lab: LabOption = DEFAULT_LAB,
             picked = pick_free_ports()
             picked.pki = the_lab.config.ports.pki
             use_ports(the_lab, picked)
-            console.print(f"pki keeps port {picked.pki}: the lab's certificates name it in their CRL and AIA "
-                          "URLs (--force regenerates the lab, PKI included, on new ports)", soft_wrap=True)
+            console.print(
+                f"pki keeps port {picked.pki}: the lab's certificates name it in their CRL and AIA "
+                "URLs (--force regenerates the lab, PKI included, on new ports)",
+                soft_wrap=True,
+            )
         created.append("ports")
         ports = the_lab.config.ports
         console.print("ports: " + ", ".join(f"{k} {v}" for k, v in ports.model_dump().items()))
@@ -112,8 +129,7 @@ def lab_facts(lab: Lab) -> dict[str, Any]:
     c = lab.config
     services = {
         name: {"url": lab.url(name), "port": lab.port(name), "host": lab.host(name)}
-        for name in ("entra", "cmg", "management-point", "distribution-point", "pki", "console",
-                     "cmg-connection-point")
+        for name in ("entra", "cmg", "management-point", "distribution-point", "pki", "console", "cmg-connection-point")
     }
     services["cmg"]["connector_port"] = c.ports.cmg_connector if not c.compose else 10140
     services["management-point"]["http_port"] = c.ports.management_point_http if not c.compose else 80
@@ -124,19 +140,30 @@ def lab_facts(lab: Lab) -> dict[str, Any]:
         "services": services,
         "hosts_file": str(lab.dir / "hosts"),
         "resolve": lab.resolve(),
-        "site": {"code": c.site.code, "role_id": c.site.role_id, "hierarchy_id": c.site.hierarchy_id,
-                 "allow_cmg": c.site.allow_cmg, "client_version": c.site.client_version},
+        "site": {
+            "code": c.site.code,
+            "role_id": c.site.role_id,
+            "hierarchy_id": c.site.hierarchy_id,
+            "allow_cmg": c.site.allow_cmg,
+            "client_version": c.site.client_version,
+        },
         # CCMHOSTNAME= takes the CMG's name with its port (unless 443)
         "cmg_hostname": f"{cmg_address(lab)}/CCM_Proxy_MutualAuth/{c.site.role_id}",
         "tenants": [
-            {"tenant_id": t.tenant_id, "name": t.display_name, "onboarded": t.onboarded,
-             "domains": [d.name for d in t.domains],
-             "users": [{"upn": u.upn, "password": u.password, "object_id": u.object_id} for u in t.users]}
+            {
+                "tenant_id": t.tenant_id,
+                "name": t.display_name,
+                "onboarded": t.onboarded,
+                "domains": [d.name for d in t.domains],
+                "users": [{"upn": u.upn, "password": u.password, "object_id": u.object_id} for u in t.users],
+            }
             for t in c.tenants
         ],
         "configmgr_app": {"client_app_id": c.apps[0].app_id, "resource_uri": c.apps[1].identifier_uri},
-        "domain_accounts": [{"name": f"{c.active_directory.netbios_name}\\{a.name}", "password": a.password}
-                            for a in c.active_directory.accounts],
+        "domain_accounts": [
+            {"name": f"{c.active_directory.netbios_name}\\{a.name}", "password": a.password}
+            for a in c.active_directory.accounts
+        ],
         "ca_bundle": str(lab.pki.ca_bundle),
         "crl_bundle": str(lab.pki.crl_bundle),
         "admin_token_file": str(lab.dir / "admin-token"),
@@ -144,8 +171,10 @@ def lab_facts(lab: Lab) -> dict[str, Any]:
 
 
 @app.command()
-def info(lab: LabOption = DEFAULT_LAB,
-         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def info(
+    lab: LabOption = DEFAULT_LAB,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Print the lab's facts: URLs, ports, names, tenant, users, site, CA bundle, admin token. Values are never cut: a listing too wide for the terminal is printed one record per block."""  # noqa: E501
     the_lab = load_lab(lab)
     facts = lab_facts(the_lab)
@@ -157,15 +186,27 @@ def info(lab: LabOption = DEFAULT_LAB,
     if as_json:
         typer.echo(json.dumps(facts, indent=2))
         return
-    print_rows(console, "services", ("service", "url", "port"),
-               [(name, s["url"], str(s["port"])) for name, s in facts["services"].items()])
+    print_rows(
+        console,
+        "services",
+        ("service", "url", "port"),
+        [(name, s["url"], str(s["port"])) for name, s in facts["services"].items()],
+    )
     print_value(console, f"site code {facts['site']['code']}, MP role ID {facts['site']['role_id']}")
     print_value(console, f"CMG host name (CCMHOSTNAME=): {facts['cmg_hostname']}")
     print_value(console, "  (with its port: without it ccmsetup cannot connect, 0x80072EFD)")
-    print_rows(console, "Entra tenants", ("tenant", "tenant ID", "onboarded"),
-               [(t["name"], t["tenant_id"], "yes" if t["onboarded"] else "no") for t in facts["tenants"]])
-    print_rows(console, "Entra users", ("user", "password", "tenant"),
-               [(u["upn"], u["password"], t["name"]) for t in facts["tenants"] for u in t["users"]])
+    print_rows(
+        console,
+        "Entra tenants",
+        ("tenant", "tenant ID", "onboarded"),
+        [(t["name"], t["tenant_id"], "yes" if t["onboarded"] else "no") for t in facts["tenants"]],
+    )
+    print_rows(
+        console,
+        "Entra users",
+        ("user", "password", "tenant"),
+        [(u["upn"], u["password"], t["name"]) for t in facts["tenants"] for u in t["users"]],
+    )
     print_site(site)
     for a in facts["domain_accounts"]:
         print_value(console, f"domain account {a['name']} / {a['password']}")
@@ -180,11 +221,16 @@ def info(lab: LabOption = DEFAULT_LAB,
 
 
 @app.command()
-def serve(service: Annotated[str, typer.Argument(help=" | ".join(SERVICES_RUN))],
-          lab: LabOption = DEFAULT_LAB,
-          workers: Annotated[int | None, typer.Option(
-              help="Worker processes on the same listeners (entra, management-point, pki); default "
-                   "CMGLAB_WORKERS or 1.")] = None) -> None:
+def serve(
+    service: Annotated[str, typer.Argument(help=" | ".join(SERVICES_RUN))],
+    lab: LabOption = DEFAULT_LAB,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes on the same listeners (entra, management-point, pki); default CMGLAB_WORKERS or 1."
+        ),
+    ] = None,
+) -> None:
     """Run one lab service in the foreground (what `cmglab up` and the compose lab start)."""
     if service not in SERVICES_RUN:
         console.print(f"[red]unknown service {service!r}; one of {', '.join(SERVICES_RUN)}[/red]")
@@ -192,21 +238,26 @@ def serve(service: Annotated[str, typer.Argument(help=" | ".join(SERVICES_RUN))]
     from cmglab.runtime.workers import MULTI_WORKER
 
     if workers is not None and workers > 1 and service not in MULTI_WORKER:
-        console.print(f"[red]{service} keeps its state in one process: --workers is for "
-                      f"{', '.join(sorted(MULTI_WORKER))}[/red]")
+        console.print(
+            f"[red]{service} keeps its state in one process: --workers is for {', '.join(sorted(MULTI_WORKER))}[/red]"
+        )
         raise typer.Exit(2)
     if workers is not None:
         os.environ["CMGLAB_WORKERS"] = str(workers)
     the_lab = load_lab(lab)
     from cmglab.runtime.server import run_service
 
-    run_service(service_builder(service)(the_lab), access_log=the_lab.settings.access_log,
-                worker_argv=["-m", "cmglab", "serve", service, "--lab", str(the_lab.dir)])
+    run_service(
+        service_builder(service)(the_lab),
+        access_log=the_lab.settings.access_log,
+        worker_argv=["-m", "cmglab", "serve", service, "--lab", str(the_lab.dir)],
+    )
 
 
 @pki_app.command("init")
-def pki_init(lab: LabOption = DEFAULT_LAB,
-             force: Annotated[bool, typer.Option(help="Regenerate the whole PKI.")] = False) -> None:
+def pki_init(
+    lab: LabOption = DEFAULT_LAB, force: Annotated[bool, typer.Option(help="Regenerate the whole PKI.")] = False
+) -> None:
     """Create the missing parts of the PKI (CAs, service certificates, CRLs)."""
     the_lab = load_lab(lab)
     created = the_lab.pki.init(force=force)
@@ -214,11 +265,17 @@ def pki_init(lab: LabOption = DEFAULT_LAB,
 
 
 @pki_app.command("issue-client")
-def pki_issue_client(name: Annotated[str, typer.Argument(
-                         help="A label of your choice: the certificate's file names under <lab>/pki, its "
-                              "subject CN and DNS name, and what `cmglab pki revoke NAME` and `pki show` use.")],
-                     lab: LabOption = DEFAULT_LAB,
-                     days: Annotated[int, typer.Option(help="Validity in days.")] = 365) -> None:
+def pki_issue_client(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A label of your choice: the certificate's file names under <lab>/pki, its "
+            "subject CN and DNS name, and what `cmglab pki revoke NAME` and `pki show` use."
+        ),
+    ],
+    lab: LabOption = DEFAULT_LAB,
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
+) -> None:
     """Issue a PKI client-authentication certificate from the issuing CA (for a device:
     `cmglab device enrol --home DIR` issues one and puts it in the device's My store)."""
     the_lab = load_lab(lab)
@@ -247,31 +304,53 @@ def pki_crl(lab: LabOption = DEFAULT_LAB) -> None:
 
 
 @pki_app.command("show")
-def pki_show(lab: LabOption = DEFAULT_LAB,
-             as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def pki_show(
+    lab: LabOption = DEFAULT_LAB,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """List the lab's certificates with their thumbprints and revocation state (NAME is what
     `cmglab pki revoke` takes)."""
     rows = load_lab(lab).pki.show()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    print_rows(console, "lab certificates", ("name", "subject", "issuer", "thumbprint", "not after", "revoked"),
-               [(r["name"], r["subject"], r["issuer"], r["thumbprint"], r["not_after"][:10],
-                 r["revoked_at"][:19] if r["revoked_at"] else "") for r in rows])
+    print_rows(
+        console,
+        "lab certificates",
+        ("name", "subject", "issuer", "thumbprint", "not after", "revoked"),
+        [
+            (
+                r["name"],
+                r["subject"],
+                r["issuer"],
+                r["thumbprint"],
+                r["not_after"][:10],
+                r["revoked_at"][:19] if r["revoked_at"] else "",
+            )
+            for r in rows
+        ],
+    )
 
 
 def main() -> None:
     app()
 
 
-@app.command(help=f"Initialise what is missing, start the lab's {len(SERVICES)} service processes on loopback "
-                  f"({', '.join(SERVICES)}), wait until they are healthy and print how to install a device. "
-                  "Ctrl-C stops everything (or `cmglab down` after --detach).")
-def up(lab: LabOption = DEFAULT_LAB,
-       detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the lab running in the background.")]
-       = False,
-       workers: Annotated[int, typer.Option(help="Worker processes for Entra, the MP and the CRL host (the others "
-                                                 "keep state in one process).", min=1)] = 1) -> None:
+@app.command(
+    help=f"Initialise what is missing, start the lab's {len(SERVICES)} service processes on loopback "
+    f"({', '.join(SERVICES)}), wait until they are healthy and print how to install a device. "
+    "Ctrl-C stops everything (or `cmglab down` after --detach)."
+)
+def up(
+    lab: LabOption = DEFAULT_LAB,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the lab running in the background.")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes for Entra, the MP and the CRL host (the others keep state in one process).", min=1
+        ),
+    ] = 1,
+) -> None:
     from cmglab.tools import orchestrate
     from cmglab.tools.processes import ServiceFailed
 
@@ -288,11 +367,18 @@ def up(lab: LabOption = DEFAULT_LAB,
     except KeyboardInterrupt as e:
         console.print("interrupted; stopped what had started")
         raise typer.Exit(130) from e
-    print_rows(console, f"cmglab is up ({the_lab.dir})", ("service", "url"),
-               [(name, the_lab.url(name)) for name in ("entra", "cmg", "management-point", "distribution-point",
-                                                                      "pki", "console")])
-    print_value(console, f"hosts mapping: {the_lab.dir / 'hosts'} (clients take it from CMGLAB_HOSTS_FILE or "
-                         "--resolve)")
+    print_rows(
+        console,
+        f"cmglab is up ({the_lab.dir})",
+        ("service", "url"),
+        [
+            (name, the_lab.url(name))
+            for name in ("entra", "cmg", "management-point", "distribution-point", "pki", "console")
+        ],
+    )
+    print_value(
+        console, f"hosts mapping: {the_lab.dir / 'hosts'} (clients take it from CMGLAB_HOSTS_FILE or --resolve)"
+    )
     console.print("install a device:")
     for argv in orchestrate.device_commands(the_lab):
         print_value(console, f"  {shlex.join(argv)}")
@@ -300,8 +386,11 @@ def up(lab: LabOption = DEFAULT_LAB,
     for argv in orchestrate.check_commands(the_lab):
         print_value(console, f"  {shlex.join(argv)}")
     if detach:
-        down = ["cmglab", "down"] if the_lab.dir == DEFAULT_LAB.absolute() else ["cmglab", "down", "--lab",
-                                                                                  str(the_lab.dir)]
+        down = (
+            ["cmglab", "down"]
+            if the_lab.dir == DEFAULT_LAB.absolute()
+            else ["cmglab", "down", "--lab", str(the_lab.dir)]
+        )
         print_value(console, f"running in the background; stop it with {shlex.join(down)}")
         return
     run_foreground(the_lab, procs)
@@ -346,10 +435,15 @@ def down(lab: LabOption = DEFAULT_LAB) -> None:
 
 
 @app.command()
-def status(lab: LabOption = DEFAULT_LAB,
-           as_json: Annotated[bool, typer.Option(
-               "--json", help='Machine-readable: {"SERVICE": {"pid": PID or null, "health": STATE, "url": URL}}.'
-           )] = False) -> None:
+def status(
+    lab: LabOption = DEFAULT_LAB,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='Machine-readable: {"SERVICE": {"pid": PID or null, "health": STATE, "url": URL}}.'
+        ),
+    ] = False,
+) -> None:
     # one line in the docstring's place: --help prints a docstring's line breaks where they fall
     """Each service's process and health. A service counts as healthy only when what answers at its address is this lab (it knows this lab's ID); exits 1 unless every service is healthy."""  # noqa: E501
     from cmglab.tools import orchestrate
@@ -358,22 +452,35 @@ def status(lab: LabOption = DEFAULT_LAB,
     pids = orchestrate.running_pids(the_lab)
     states = orchestrate.health(the_lab)
     if as_json:
-        typer.echo(json.dumps({s: {"pid": pids.get(s), "health": h, "url": the_lab.url(s)}
-                               for s, h in states.items()}, indent=2))
+        typer.echo(
+            json.dumps(
+                {s: {"pid": pids.get(s), "health": h, "url": the_lab.url(s)} for s, h in states.items()}, indent=2
+            )
+        )
     else:
         # the port, not the URL, so that the table fits 80 columns (`--json` and `cmglab info` have the URLs)
-        print_rows(console, f"cmglab status ({the_lab.dir})", ("service", "pid", "port", "health"),
-                   [(s, str(pids.get(s, "-")), str(the_lab.port(s)), h) for s, h in states.items()])
+        print_rows(
+            console,
+            f"cmglab status ({the_lab.dir})",
+            ("service", "pid", "port", "health"),
+            [(s, str(pids.get(s, "-")), str(the_lab.port(s)), h) for s, h in states.items()],
+        )
     if any(h != "healthy" for h in states.values()):
         raise typer.Exit(1)
 
 
 @app.command()
-def health(service: Annotated[str, typer.Argument(help=" | ".join(SERVICES_RUN))],
-           lab: LabOption = DEFAULT_LAB,
-           address: Annotated[str | None, typer.Option(
-               help="Ask the process at this address, not whichever the service's name resolves to "
-                    "(replicas share the name; compose: 127.0.0.1, the container itself).")] = None) -> None:
+def health(
+    service: Annotated[str, typer.Argument(help=" | ".join(SERVICES_RUN))],
+    lab: LabOption = DEFAULT_LAB,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask the process at this address, not whichever the service's name resolves to "
+            "(replicas share the name; compose: 127.0.0.1, the container itself)."
+        ),
+    ] = None,
+) -> None:
     """Exit 0 when SERVICE answers /_lab/health (the compose health checks use this)."""
     from cmglab.tools import orchestrate
 
@@ -387,9 +494,11 @@ def health(service: Annotated[str, typer.Argument(help=" | ".join(SERVICES_RUN))
 
 
 @app.command()
-def logs(service: Annotated[str | None, typer.Argument(help="One service; all when omitted.")] = None,
-         lab: LabOption = DEFAULT_LAB,
-         follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f")] = True) -> None:
+def logs(
+    service: Annotated[str | None, typer.Argument(help="One service; all when omitted.")] = None,
+    lab: LabOption = DEFAULT_LAB,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f")] = True,
+) -> None:
     """Print the site systems' product logs (SMS-trace format) and follow them."""
     from cmglab.tools import orchestrate
 

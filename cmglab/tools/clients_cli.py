@@ -42,37 +42,49 @@ ACTIONS = ("new", "merge", "block")
 
 
 @app.command("list")
-def list_clients(lab: LabOption = DEFAULT_LAB,
-                 as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def list_clients(
+    lab: LabOption = DEFAULT_LAB,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """The registered clients: SMSID, name, kind of registration, approval."""
     _, store = _store(lab)
     rows = store.clients()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    print_rows(console, "clients", ("SMSID", "name", "kind", "approval", "signing thumbprint"),
-               [(r["sms_id"], r["netbios_name"], r["auth_kind"], str(r["approval"]), r["signing_thumbprint"])
-                for r in rows])
+    print_rows(
+        console,
+        "clients",
+        ("SMSID", "name", "kind", "approval", "signing thumbprint"),
+        [(r["sms_id"], r["netbios_name"], r["auth_kind"], str(r["approval"]), r["signing_thumbprint"]) for r in rows],
+    )
 
 
 @app.command("conflicts")
-def conflicts(lab: LabOption = DEFAULT_LAB,
-              as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def conflicts(
+    lab: LabOption = DEFAULT_LAB,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """The conflicting records: the SMSID each proposed, who proposed it, and its resolution."""
     _, store = _store(lab)
     rows = store.conflicts()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    print_rows(console, "conflicting records", ("ID", "SMSID proposed", "name", "kind", "status", "new SMSID"),
-               [(str(r["id"]), r["sms_id"], r["netbios_name"], r["kind"], r["status"], r["new_sms_id"] or "")
-                for r in rows])
+    print_rows(
+        console,
+        "conflicting records",
+        ("ID", "SMSID proposed", "name", "kind", "status", "new SMSID"),
+        [(str(r["id"]), r["sms_id"], r["netbios_name"], r["kind"], r["status"], r["new_sms_id"] or "") for r in rows],
+    )
 
 
 @app.command("resolve")
-def resolve(conflict_id: Annotated[int, typer.Argument(help="The ID `cmglab clients conflicts` shows.")],
-            action: Annotated[str, typer.Argument(help="new | merge | block")],
-            lab: LabOption = DEFAULT_LAB) -> None:
+def resolve(
+    conflict_id: Annotated[int, typer.Argument(help="The ID `cmglab clients conflicts` shows.")],
+    action: Annotated[str, typer.Argument(help="new | merge | block")],
+    lab: LabOption = DEFAULT_LAB,
+) -> None:
     """Resolve a conflicting record; the client's next registration attempt takes it."""
     if action not in ACTIONS:
         console.print(f"[red]The resolution is one of {', '.join(ACTIONS)}.[/red]")

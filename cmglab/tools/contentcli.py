@@ -30,10 +30,12 @@ def _library(path: Path) -> tuple[Lab, ContentLibrary]:
 
 
 @app.command()
-def add(path: Annotated[Path, typer.Argument(help="A folder (its files and subfolders) or one file.")],
-        name: Annotated[str, typer.Option(help="The package's name.")],
-        application: Annotated[bool, typer.Option(help="An application's content (Content_<GUID>).")] = False,
-        lab: LabOption = Path(".cmglab")) -> None:
+def add(
+    path: Annotated[Path, typer.Argument(help="A folder (its files and subfolders) or one file.")],
+    name: Annotated[str, typer.Option(help="The package's name.")],
+    application: Annotated[bool, typer.Option(help="An application's content (Content_<GUID>).")] = False,
+    lab: LabOption = Path(".cmglab"),
+) -> None:
     """Add a package to the site and distribute it to the DP (served at once, no restart)."""
     lab_, library = _library(lab)
     if not path.exists():
@@ -41,33 +43,53 @@ def add(path: Annotated[Path, typer.Argument(help="A folder (its files and subfo
         raise typer.Exit(2)
     entry = library.add(path, name, kind="application" if application else "package")
     files = library.files(entry)
-    console.print(f"added {entry.package_id} ({entry.name}): content {entry.content_version}, "
-                  f"{len(files)} file{'' if len(files) == 1 else 's'}")
+    console.print(
+        f"added {entry.package_id} ({entry.name}): content {entry.content_version}, "
+        f"{len(files)} file{'' if len(files) == 1 else 's'}"
+    )
     console.print(f"  {lab_.url('distribution-point')}/SMS_DP_SMSPKG$/{entry.content_version}", soft_wrap=True)
 
 
 @app.command("list")
-def list_(lab: LabOption = Path(".cmglab"),
-          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def list_(
+    lab: LabOption = Path(".cmglab"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """The packages on the DP: IDs, content IDs, files."""
     _, library = _library(lab)
-    rows = [{"package_id": p.package_id, "name": p.name, "kind": p.kind, "content_version": p.content_version,
-             "files": len(files), "bytes": sum(f.size for f in files)}
-            for p, files in ((p, library.files(p)) for p in library.packages())]
+    rows = [
+        {
+            "package_id": p.package_id,
+            "name": p.name,
+            "kind": p.kind,
+            "content_version": p.content_version,
+            "files": len(files),
+            "bytes": sum(f.size for f in files),
+        }
+        for p, files in ((p, library.files(p)) for p in library.packages())
+    ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    print_rows(console, "content on the distribution point", ("package", "name", "kind", "content", "files", "bytes"),
-               [tuple(str(v) for v in r.values()) for r in rows])
+    print_rows(
+        console,
+        "content on the distribution point",
+        ("package", "name", "kind", "content", "files", "bytes"),
+        [tuple(str(v) for v in r.values()) for r in rows],
+    )
 
 
 @app.command("dp")
-def dp_settings(anonymous: Annotated[bool | None, typer.Option(
-                    "--anonymous/--no-anonymous", help="Allow clients to connect anonymously.")] = None,
-                https: Annotated[bool | None, typer.Option(
-                    "--https/--http", help="HTTPS only, with PKI client certificates (NOCERT_ vdir excepted).")]
-                = None,
-                lab: LabOption = Path(".cmglab")) -> None:
+def dp_settings(
+    anonymous: Annotated[
+        bool | None, typer.Option("--anonymous/--no-anonymous", help="Allow clients to connect anonymously.")
+    ] = None,
+    https: Annotated[
+        bool | None,
+        typer.Option("--https/--http", help="HTTPS only, with PKI client certificates (NOCERT_ vdir excepted)."),
+    ] = None,
+    lab: LabOption = Path(".cmglab"),
+) -> None:
     """Show or change the distribution point's properties (applied by a running DP at its next request)."""
     lab_, _ = _library(lab)
     dp = lab_.config.distribution_point

@@ -36,17 +36,28 @@ def _lab(path: Path) -> Lab:
 
 
 @app.command()
-def create(home: HomeOption, lab: LabOption = Path(".cmglab"),
-           name: Annotated[str | None, typer.Option(
-               help="Computer name (NetBIOS, 15 characters); default: the device directory's name "
-                    "(./device01 -> DEVICE01).")] = None,
-           root_ca: Annotated[bool, typer.Option("--root-ca/--no-root-ca",
-                                                 help="Put the organisation's (lab) root CA in the Root "
-                                                      "store; the public CA that Microsoft's names chain to "
-                                                      "is always there.")] = True,
-           domain: Annotated[bool, typer.Option("--domain", help="Join the lab's AD domain.")] = False,
-           pki_cert: Annotated[bool, typer.Option("--pki-cert", help="Enrol a PKI client certificate.")] = False,
-           ) -> None:
+def create(
+    home: HomeOption,
+    lab: LabOption = Path(".cmglab"),
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Computer name (NetBIOS, 15 characters); default: the device directory's name "
+            "(./device01 -> DEVICE01)."
+        ),
+    ] = None,
+    root_ca: Annotated[
+        bool,
+        typer.Option(
+            "--root-ca/--no-root-ca",
+            help="Put the organisation's (lab) root CA in the Root "
+            "store; the public CA that Microsoft's names chain to "
+            "is always there.",
+        ),
+    ] = True,
+    domain: Annotated[bool, typer.Option("--domain", help="Join the lab's AD domain.")] = False,
+    pki_cert: Annotated[bool, typer.Option("--pki-cert", help="Enrol a PKI client certificate.")] = False,
+) -> None:
     """Create a device: stores, hosts mapping, DPAPI key, and (by default) the lab root CA."""
     the_lab = _lab(lab)
     ad = the_lab.config.active_directory
@@ -58,15 +69,23 @@ def create(home: HomeOption, lab: LabOption = Path(".cmglab"),
         directory.add_computer(account.name, str(account.sid))
     sid = account.sid if account else None
     try:
-        dev = Device.create(home, name=name, domain=ad.dns_name if domain else None, machine_sid=sid,
-                            hosts=the_lab.resolve(), ad_directory=str(directory.path) if domain else None)
+        dev = Device.create(
+            home,
+            name=name,
+            domain=ad.dns_name if domain else None,
+            machine_sid=sid,
+            hosts=the_lab.resolve(),
+            ad_directory=str(directory.path) if domain else None,
+        )
     except DeviceError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from e
     if account is not None:  # the machine account password, as the LSA secret $MACHINE.ACC keeps it
-        dev.dpapi.save(dev.home / "State" / "LSA" / "machine.bin",
-                       {"username": f"{ad.netbios_name}\\{account.name}", "password": account.password},
-                       MACHINE_ACCOUNT_PURPOSE)
+        dev.dpapi.save(
+            dev.home / "State" / "LSA" / "machine.bin",
+            {"username": f"{ad.netbios_name}\\{account.name}", "password": account.password},
+            MACHINE_ACCOUNT_PURPOSE,
+        )
     for cert in the_lab.pki.public_roots():  # Windows' trusted root programme: every device has it
         dev.stores.add(ROOT, cert, friendly_name=cert.subject.rfc4514_string())
     if root_ca:
@@ -84,17 +103,21 @@ def trust_lab_root(dev: Device, lab: Lab) -> None:
 
 BREAKAGES = {
     "device-key": "the Entra device key (the WPJ certificate's private key) is unusable: NTE_BAD_KEYSET "
-                  "(seed 001's sample run: WAM fails, ccmsetup falls back to the user token)",
+    "(seed 001's sample run: WAM fails, ccmsetup falls back to the user token)",
     "wpj-cert": "the WPJ certificate (MS-Organization-Access) is gone from the Personal store "
-                "(seed 001: 'The WPJ certificate isn't found')",
+    "(seed 001: 'The WPJ certificate isn't found')",
     "root-ca": "the organisation's root CA is gone from the Root store (seed 001: 'Root CA not present')",
 }
 
 
-@app.command("break", help="Break one part of a device the way the seeds' failures need: "
-             + "; ".join(f"{k}: {v}" for k, v in BREAKAGES.items()))
-def break_device(what: Annotated[str, typer.Argument(help=" | ".join(BREAKAGES))], home: HomeOption,
-                 lab: LabOption = Path(".cmglab")) -> None:
+@app.command(
+    "break",
+    help="Break one part of a device the way the seeds' failures need: "
+    + "; ".join(f"{k}: {v}" for k, v in BREAKAGES.items()),
+)
+def break_device(
+    what: Annotated[str, typer.Argument(help=" | ".join(BREAKAGES))], home: HomeOption, lab: LabOption = Path(".cmglab")
+) -> None:
     if what not in BREAKAGES:
         typer.echo(f"unknown breakage {what!r}: one of {', '.join(BREAKAGES)}", err=True)
         raise typer.Exit(2)
@@ -117,13 +140,17 @@ def break_device(what: Annotated[str, typer.Argument(help=" | ".join(BREAKAGES))
 
 
 @app.command("repair")
-def repair_device(what: Annotated[str, typer.Argument(help="root-ca")], home: HomeOption,
-                  lab: LabOption = Path(".cmglab")) -> None:
+def repair_device(
+    what: Annotated[str, typer.Argument(help="root-ca")], home: HomeOption, lab: LabOption = Path(".cmglab")
+) -> None:
     """Undo a breakage an administrator undoes in place: root-ca puts the lab root CA back in the Root store.
     (device-key and wpj-cert: join again, `dsregcmd /leave` then `dsregcmd /join`.)"""
     if what != "root-ca":
-        typer.echo("only root-ca is repaired in place; for device-key and wpj-cert join again "
-                   "(dsregcmd /leave, dsregcmd /join)", err=True)
+        typer.echo(
+            "only root-ca is repaired in place; for device-key and wpj-cert join again "
+            "(dsregcmd /leave, dsregcmd /join)",
+            err=True,
+        )
         raise typer.Exit(2)
     dev = Device.open(home)
     trust_lab_root(dev, _lab(lab))
@@ -143,8 +170,9 @@ def computer_account(lab: Lab, name: str) -> DomainAccount:
         account = next((a for a in ad.accounts if a.name.upper() == sam), None)
         if account is None:
             taken = {a.sid for a in ad.accounts}
-            sid = next(s for s in (f"{ad.domain_sid}-{1100 + secrets.randbelow(8000)}" for _ in range(100))
-                       if s not in taken)
+            sid = next(
+                s for s in (f"{ad.domain_sid}-{1100 + secrets.randbelow(8000)}" for _ in range(100)) if s not in taken
+            )
             account = DomainAccount(name=sam, sid=sid)
             ad.accounts.append(account)
             save_config(config, path)
@@ -189,11 +217,16 @@ def joined_elsewhere(home: Path, lab: Lab) -> str | None:
 
 
 @app.command()
-def onboard(home: Annotated[Path | None, typer.Option("--home", envvar="CMGLAB_DEVICE_HOME",
-                                                      help="The device directory (made if missing).")] = None,
-            new_in: Annotated[Path | None, typer.Option(
-                "--new-in", help="Make a new device in this directory (device01, device02, ...) each run.")] = None,
-            lab: LabOption = Path(".cmglab")) -> None:
+def onboard(
+    home: Annotated[
+        Path | None, typer.Option("--home", envvar="CMGLAB_DEVICE_HOME", help="The device directory (made if missing).")
+    ] = None,
+    new_in: Annotated[
+        Path | None,
+        typer.Option("--new-in", help="Make a new device in this directory (device01, device02, ...) each run."),
+    ] = None,
+    lab: LabOption = Path(".cmglab"),
+) -> None:
     """Make the device if needed, join it to Entra and install the client through the CMG: the commands
     `cmglab up` prints, run in order (the compose lab's `client` service runs this with --new-in).
     A device already joined to this lab's tenant is not joined again; one joined to another tenant (an earlier
@@ -213,8 +246,11 @@ def onboard(home: Annotated[Path | None, typer.Option("--home", envvar="CMGLAB_D
     assert home is not None
     other = joined_elsewhere(home, the_lab)
     if other:
-        typer.echo(f"the device at {home} is joined to tenant {other}, which this lab does not have (a device of an "
-                   "earlier lab): give another --home, or remove that device", err=True)
+        typer.echo(
+            f"the device at {home} is joined to tenant {other}, which this lab does not have (a device of an "
+            "earlier lab): give another --home, or remove that device",
+            err=True,
+        )
         raise typer.Exit(2)
     create, join, install = device_commands(the_lab, str(home))
     steps = [create, join, install]

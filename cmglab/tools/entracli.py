@@ -21,8 +21,10 @@ LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help=
 
 
 @app.command()
-def sync(lab: LabOption = Path(".cmglab"),
-         as_json: Annotated[bool, typer.Option("--json", help="The cycle's result as JSON.")] = False) -> None:
+def sync(
+    lab: LabOption = Path(".cmglab"),
+    as_json: Annotated[bool, typer.Option("--json", help="The cycle's result as JSON.")] = False,
+) -> None:
     """One Entra Connect sync cycle now (the Entra service must be running: `cmglab up`)."""
     try:
         the_lab = Lab.load(lab, Settings(lab_dir=lab))
@@ -32,11 +34,15 @@ def sync(lab: LabOption = Path(".cmglab"),
     ctx = httpclient.ssl_context(ca_bundle=the_lab.pki.ca_bundle)
     try:
         with httpclient.client(ctx=ctx, resolve=the_lab.resolve(), timeout=60) as http:
-            reply = http.post(f"{the_lab.url('entra')}/_lab/sync",
-                              headers={"Authorization": f"Bearer {the_lab.admin_token()}"})
+            reply = http.post(
+                f"{the_lab.url('entra')}/_lab/sync", headers={"Authorization": f"Bearer {the_lab.admin_token()}"}
+            )
     except httpx.HTTPError as e:
-        typer.echo(f"cmglab entra sync: Entra is not reachable at {the_lab.url('entra')} ({e}); start the lab "
-                   "with `cmglab up`", err=True)
+        typer.echo(
+            f"cmglab entra sync: Entra is not reachable at {the_lab.url('entra')} ({e}); start the lab "
+            "with `cmglab up`",
+            err=True,
+        )
         raise typer.Exit(1) from e
     if reply.status_code != 200:
         typer.echo(f"cmglab entra sync: HTTP {reply.status_code}: {reply.text[:300]}", err=True)
@@ -45,8 +51,10 @@ def sync(lab: LabOption = Path(".cmglab"),
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    typer.echo(f"Entra Connect sync: {len(result['added'])} device(s) added, {len(result['updated'])} updated, "
-               f"{result['unchanged']} unchanged, {len(result['skipped'])} computer(s) without userCertificate")
+    typer.echo(
+        f"Entra Connect sync: {len(result['added'])} device(s) added, {len(result['updated'])} updated, "
+        f"{result['unchanged']} unchanged, {len(result['skipped'])} computer(s) without userCertificate"
+    )
     for device_id in result["added"]:
         typer.echo(f"  added   {device_id}")
     for device_id in result["updated"]:
@@ -54,8 +62,10 @@ def sync(lab: LabOption = Path(".cmglab"),
 
 
 @app.command()
-def unlock(upn: Annotated[str, typer.Argument(help="The user's UPN, e.g. alice@contoso.onmicrosoft.com")],
-           lab: LabOption = Path(".cmglab")) -> None:
+def unlock(
+    upn: Annotated[str, typer.Argument(help="The user's UPN, e.g. alice@contoso.onmicrosoft.com")],
+    lab: LabOption = Path(".cmglab"),
+) -> None:
     """End a smart lockout (AADSTS50053) now and forget the user's wrong-password count."""
     from cmglab.services.entra.lockout import Lockouts
     from cmglab.services.entra.store import Store

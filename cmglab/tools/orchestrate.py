@@ -19,8 +19,13 @@ from cmglab.tools.processes import SERVICES, LabProcesses
 LOG_FILES = {
     "entra": [],
     "pki": [],
-    "management-point": ["CCM_STS.log", "MP_RegistrationManager.log", "ClientAuth.log", "MP_Location.log",
-                         "MP_Policy.log"],
+    "management-point": [
+        "CCM_STS.log",
+        "MP_RegistrationManager.log",
+        "ClientAuth.log",
+        "MP_Location.log",
+        "MP_Policy.log",
+    ],
     "cmg": ["CMGService.log"],
     "cmg-connection-point": ["SMS_CLOUD_PROXYCONNECTOR.log"],
     "console": [],
@@ -105,15 +110,19 @@ class Supervisor:
                 del self.procs.procs[name]
                 pid_file(self.lab, name).unlink(missing_ok=True)
                 self.coming_back.discard(name)
-                events.append(f"{name} {how}; not restarted: {RESTART_LIMIT} restarts within {RESTART_WINDOW:.0f} s "
-                              f"(its output: {sp.log_path})")
+                events.append(
+                    f"{name} {how}; not restarted: {RESTART_LIMIT} restarts within {RESTART_WINDOW:.0f} s "
+                    f"(its output: {sp.log_path})"
+                )
                 continue
             self.restarts[name] = [*recent, now]
             new = self.procs.start(name, wait=False)
             write_pid(self.lab, name, new.proc.pid)
             self.coming_back.add(name)
-            events.append(f"{name} {how}; restarted as pid {new.proc.pid} "
-                          f"(restart {len(recent) + 1} of {RESTART_LIMIT} within {RESTART_WINDOW:.0f} s)")
+            events.append(
+                f"{name} {how}; restarted as pid {new.proc.pid} "
+                f"(restart {len(recent) + 1} of {RESTART_LIMIT} within {RESTART_WINDOW:.0f} s)"
+            )
         if self.coming_back and now - self.asked >= 1.0:
             self.asked = now
             states = health(self.lab, tuple(self.coming_back))
@@ -167,8 +176,11 @@ def health(lab: Lab, services: tuple[str, ...] = SERVICES, address: str | None =
                 reply = c.get(f"{lab.url(service)}/_lab/health")
             except httpx.ConnectError as e:
                 # a certificate this lab's CA did not sign: another lab (or program) holds the port
-                out[service] = ("another lab answers (certificate not from this lab's CA)"
-                                if "CERTIFICATE_VERIFY_FAILED" in str(e) else "down (nothing listens)")
+                out[service] = (
+                    "another lab answers (certificate not from this lab's CA)"
+                    if "CERTIFICATE_VERIFY_FAILED" in str(e)
+                    else "down (nothing listens)"
+                )
                 continue
             except httpx.HTTPError as e:
                 out[service] = f"down ({type(e).__name__})"
@@ -198,8 +210,13 @@ def device_commands(lab: Lab, home: str = "./device01") -> list[list[str]]:
     return [
         ["cmglab", "device", "create", "--lab", str(lab.dir), "--home", home],
         ["dsregcmd", "/join", "--home", home, "--username", user.upn, "--password", user.password],
-        ["ccmsetup", "--home", home, f"CCMHOSTNAME={cmg}/CCM_Proxy_MutualAuth/{c.site.role_id}",
-         f"SMSSITECODE={c.site.code}"],
+        [
+            "ccmsetup",
+            "--home",
+            home,
+            f"CCMHOSTNAME={cmg}/CCM_Proxy_MutualAuth/{c.site.role_id}",
+            f"SMSSITECODE={c.site.code}",
+        ],
     ]
 
 

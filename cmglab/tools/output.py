@@ -16,8 +16,10 @@ from rich.table import Table
 
 
 def _longest_words(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[int]:
-    return [max((cell_len(word) for text in (col, *(r[i] for r in rows)) for word in text.split()), default=1)
-            for i, col in enumerate(columns)]
+    return [
+        max((cell_len(word) for text in (col, *(r[i] for r in rows)) for word in text.split()), default=1)
+        for i, col in enumerate(columns)
+    ]
 
 
 def _min_width(widest: Sequence[int]) -> int:
@@ -26,12 +28,15 @@ def _min_width(widest: Sequence[int]) -> int:
     return sum(w + 3 for w in widest) + 1
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], widest: Sequence[int],
-           width: int) -> Table:
+def _table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], widest: Sequence[int], width: int
+) -> Table:
     """Columns at least as wide as their longest word (so that rich wraps only at spaces), the room
     left given to the columns in order, up to their longest line."""
-    full = [max((cell_len(line) for text in (col, *(r[i] for r in rows)) for line in text.splitlines()), default=1)
-            for i, col in enumerate(columns)]
+    full = [
+        max((cell_len(line) for text in (col, *(r[i] for r in rows)) for line in text.splitlines()), default=1)
+        for i, col in enumerate(columns)
+    ]
     spare = width - _min_width(widest)
     widths = []
     for w, f in zip(widest, full, strict=True):

@@ -34,9 +34,18 @@ def isolated_lab(path: Path) -> Lab:
     benchmarks): its services must be started from this process (`LabProcesses`), which hands each one its
     sockets, so that no other program can take a port in between (cmglab/runtime/sockets.py)."""
     p = reserve_ports(10)
-    ports = Ports(entra=p[0], cmg=p[1], cmg_connector=p[2], management_point=p[3],
-                  management_point_http=p[4], pki=p[5], cmg_connection_point=p[6], console=p[7],
-                  distribution_point=p[8], distribution_point_http=p[9])
+    ports = Ports(
+        entra=p[0],
+        cmg=p[1],
+        cmg_connector=p[2],
+        management_point=p[3],
+        management_point_http=p[4],
+        pki=p[5],
+        cmg_connection_point=p[6],
+        console=p[7],
+        distribution_point=p[8],
+        distribution_point_http=p[9],
+    )
     lab, _ = Lab.init(path, ports=ports)
     for tenant in lab.config.tenants:  # a fleet or bench joins every device as one user: no device quota
         tenant.max_devices_per_user = None
@@ -117,10 +126,12 @@ class LabProcesses:
             with handover(self.env.get("CMGLAB_BIND") or self.lab.config.bind_address) as (handed_env, fds):
                 proc = subprocess.Popen(
                     [*self.prefix, sys.executable, "-m", "cmglab", "serve", name, "--lab", str(self.lab.dir)],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, "CMGLAB_LAB_DIR": str(self.lab.dir), **self.env, **handed_env,
-                         **several},
-                    start_new_session=self.detach, pass_fds=fds,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, "CMGLAB_LAB_DIR": str(self.lab.dir), **self.env, **handed_env, **several},
+                    start_new_session=self.detach,
+                    pass_fds=fds,
                 )
         finally:
             out.close()

@@ -21,10 +21,12 @@ from cmglab.core.settings import Settings
 from cmglab.runtime.lab import Lab, LabNotInitialised
 from cmglab.tools.output import print_rows
 
-site_app = typer.Typer(help="Site settings that apply to the running lab and persist in lab.json.",
-                       no_args_is_help=True)
-tenant_app = typer.Typer(help="Onboard or offboard an Entra tenant to the site (Cloud Services > Azure Services).",
-                         no_args_is_help=True)
+site_app = typer.Typer(
+    help="Site settings that apply to the running lab and persist in lab.json.", no_args_is_help=True
+)
+tenant_app = typer.Typer(
+    help="Onboard or offboard an Entra tenant to the site (Cloud Services > Azure Services).", no_args_is_help=True
+)
 console = Console()
 LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
 DEFAULT_LAB = Path(".cmglab")
@@ -77,8 +79,10 @@ def enforced(lab: Lab) -> dict[str, Any]:
     settings = store.settings()
     if not settings:
         raise LookupError("the site database was never seeded (the MP has not started yet)")
-    return {"settings": {name: settings.get(field) for name, field in SITE_SETTINGS.items()},
-            "tenants": {t["tenant_id"]: t["onboarded"] for t in store.tenants(False)}}
+    return {
+        "settings": {name: settings.get(field) for name, field in SITE_SETTINGS.items()},
+        "tenants": {t["tenant_id"]: t["onboarded"] for t in store.tenants(False)},
+    }
 
 
 def site_view(lab: Lab) -> dict[str, Any]:
@@ -90,10 +94,18 @@ def site_view(lab: Lab) -> dict[str, Any]:
         live = {"settings": configured, "tenants": {t.tenant_id: t.onboarded for t in lab.config.tenants}}
     return {
         "site_code": site.code,
-        "settings": {name: {"lab_json": value, "enforced": live["settings"].get(name)}
-                     for name, value in configured.items()},
-        "tenants": [{"name": t.display_name, "tenant_id": t.tenant_id, "lab_json": t.onboarded,
-                     "enforced": live["tenants"].get(t.tenant_id)} for t in lab.config.tenants],
+        "settings": {
+            name: {"lab_json": value, "enforced": live["settings"].get(name)} for name, value in configured.items()
+        },
+        "tenants": [
+            {
+                "name": t.display_name,
+                "tenant_id": t.tenant_id,
+                "lab_json": t.onboarded,
+                "enforced": live["tenants"].get(t.tenant_id),
+            }
+            for t in lab.config.tenants
+        ],
     }
 
 
@@ -103,14 +115,19 @@ def print_site(view: dict[str, Any]) -> None:
         note = "" if v["enforced"] == v["lab_json"] else " (applies at the MP's next start)"
         rows.append((name, json.dumps(v["enforced"]), f"{json.dumps(v['lab_json'])}{note}"))
     print_rows(console, f"site {view['site_code']} settings", ("setting", "enforced", "lab.json"), rows)
-    print_rows(console, "tenants onboarded to the site", ("tenant", "tenant ID", "onboarded", "lab.json"),
-               [(x["name"], x["tenant_id"], json.dumps(x["enforced"]), json.dumps(x["lab_json"]))
-                for x in view["tenants"]])
+    print_rows(
+        console,
+        "tenants onboarded to the site",
+        ("tenant", "tenant ID", "onboarded", "lab.json"),
+        [(x["name"], x["tenant_id"], json.dumps(x["enforced"]), json.dumps(x["lab_json"])) for x in view["tenants"]],
+    )
 
 
 @site_app.command("show")
-def show(lab: LabOption = DEFAULT_LAB,
-         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def show(
+    lab: LabOption = DEFAULT_LAB,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """The site settings and onboarded tenants: what the services enforce, and lab.json."""
     view = site_view(_lab(lab))
     if as_json:
@@ -120,9 +137,11 @@ def show(lab: LabOption = DEFAULT_LAB,
 
 
 @site_app.command("set")
-def set_setting(name: Annotated[str, typer.Argument(help=" | ".join(SITE_SETTINGS))],
-                value: Annotated[str, typer.Argument(help="true/false; all/domain/none; minutes")],
-                lab: LabOption = DEFAULT_LAB) -> None:
+def set_setting(
+    name: Annotated[str, typer.Argument(help=" | ".join(SITE_SETTINGS))],
+    value: Annotated[str, typer.Argument(help="true/false; all/domain/none; minutes")],
+    lab: LabOption = DEFAULT_LAB,
+) -> None:
     """Change a site setting in lab.json and in the running site (e.g. `cmglab site set allow-cmg false`)."""
     if name not in SITE_SETTINGS:
         console.print(f"[red]unknown setting {name!r}: one of {', '.join(SITE_SETTINGS)}[/red]")
@@ -135,35 +154,44 @@ def set_setting(name: Annotated[str, typer.Argument(help=" | ".join(SITE_SETTING
     the_lab = _lab(lab)
     setattr(the_lab.config.site, SITE_SETTINGS[name], parsed)
     _apply(the_lab)
-    typer.echo(f"{name} = {json.dumps(parsed)} (lab.json and the site database; the CMG takes it with the "
-               "connection point's next heartbeat)")
+    typer.echo(
+        f"{name} = {json.dumps(parsed)} (lab.json and the site database; the CMG takes it with the "
+        "connection point's next heartbeat)"
+    )
 
 
 def _onboard(tenant: str, lab_dir: Path, onboarded: bool) -> None:
     the_lab = _lab(lab_dir)
     key = tenant.lower()
-    match = [t for t in the_lab.config.tenants
-             if key in (t.display_name.lower(), t.tenant_id.lower(), t.initial_domain.lower())
-             or key == t.initial_domain.lower().split(".")[0]]
+    match = [
+        t
+        for t in the_lab.config.tenants
+        if key in (t.display_name.lower(), t.tenant_id.lower(), t.initial_domain.lower())
+        or key == t.initial_domain.lower().split(".")[0]
+    ]
     if not match:
         names = ", ".join(f"{t.display_name} ({t.initial_domain})" for t in the_lab.config.tenants)
         console.print(f"[red]no tenant {tenant!r} in the lab: {names}[/red]")
         raise typer.Exit(2)
     match[0].onboarded = onboarded
     _apply(the_lab)
-    typer.echo(f"tenant {match[0].display_name} ({match[0].tenant_id}) "
-               f"{'onboarded to' if onboarded else 'offboarded from'} site {the_lab.config.site.code}")
+    typer.echo(
+        f"tenant {match[0].display_name} ({match[0].tenant_id}) "
+        f"{'onboarded to' if onboarded else 'offboarded from'} site {the_lab.config.site.code}"
+    )
 
 
 @tenant_app.command("onboard")
-def onboard(tenant: Annotated[str, typer.Argument(help="Display name, tenant ID or domain.")],
-            lab: LabOption = DEFAULT_LAB) -> None:
+def onboard(
+    tenant: Annotated[str, typer.Argument(help="Display name, tenant ID or domain.")], lab: LabOption = DEFAULT_LAB
+) -> None:
     """Onboard the tenant: its devices get AADAuthInfo and CCM tokens through the CMG."""
     _onboard(tenant, lab, True)
 
 
 @tenant_app.command("offboard")
-def offboard(tenant: Annotated[str, typer.Argument(help="Display name, tenant ID or domain.")],
-             lab: LabOption = DEFAULT_LAB) -> None:
+def offboard(
+    tenant: Annotated[str, typer.Argument(help="Display name, tenant ID or domain.")], lab: LabOption = DEFAULT_LAB
+) -> None:
     """Offboard the tenant (seed 001: the CMG then gives its devices no AAD info)."""
     _onboard(tenant, lab, False)

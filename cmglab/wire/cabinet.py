@@ -10,7 +10,7 @@ def write_cab(files: dict[str, bytes]) -> bytes:
     """An uncompressed single-folder cabinet (MS-CAB: CFHEADER, CFFOLDER, CFFILE..., CFDATA...)."""
     names = list(files)
     data = b"".join(files[n] for n in names)
-    blocks = [data[i:i + 32768] for i in range(0, len(data), 32768)] or [b""]
+    blocks = [data[i : i + 32768] for i in range(0, len(data), 32768)] or [b""]
     cffiles = b""
     offset = 0
     for n in names:
@@ -23,8 +23,7 @@ def write_cab(files: dict[str, bytes]) -> bytes:
     first_data = coff_files + len(cffiles)
     cfdata = b"".join(struct.pack("<IHH", 0, len(b), len(b)) + b for b in blocks)
     total = first_data + len(cfdata)
-    header = b"MSCF" + struct.pack("<IIIIIBBHHHHH", 0, total, 0, coff_files, 0, 3, 1, 1, len(names), 0,
-                                   0x4C4D, 0)
+    header = b"MSCF" + struct.pack("<IIIIIBBHHHHH", 0, total, 0, coff_files, 0, 3, 1, 1, len(names), 0, 0x4C4D, 0)
     folder = struct.pack("<IHH", first_data, len(blocks), 0)  # typeCompress 0 = none
     return header + folder + cffiles + cfdata
 
@@ -42,11 +41,11 @@ def read_cab(blob: bytes) -> dict[str, bytes]:
     for _ in range(n_files):
         size, off = struct.unpack_from("<II", blob, pos)
         end = blob.index(b"\x00", pos + 16)
-        entries.append((blob[pos + 16:end].decode("ascii"), size, off))
+        entries.append((blob[pos + 16 : end].decode("ascii"), size, off))
         pos = end + 1
     data, pos = b"", first_data
     for _ in range(n_blocks):
         _, cb, _ = struct.unpack_from("<IHH", blob, pos)
-        data += blob[pos + 8:pos + 8 + cb]
+        data += blob[pos + 8 : pos + 8 + cb]
         pos += 8 + cb
-    return {name: data[off:off + size] for name, size, off in entries}
+    return {name: data[off : off + size] for name, size, off in entries}

@@ -54,6 +54,7 @@ class CcmMessageError(Exception):
 
 # -- XML ------------------------------------------------------------------------------------------
 
+
 def parse_xml(text: str | bytes) -> Element:
     """defusedxml parse (no DTDs, no entities, no external references); CcmMessageError otherwise."""
     try:
@@ -71,6 +72,7 @@ def utc_timestamp(when: datetime | None = None) -> str:
 
 
 # -- text framing -------------------------------------------------------------------------------
+
 
 def utf16(text: str) -> bytes:
     """UTF-16LE without BOM."""
@@ -105,6 +107,7 @@ def inflate(data: bytes, limit: int = MAX_DECOMPRESSED) -> bytes:
 
 
 # -- multipart ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Part:
@@ -179,6 +182,7 @@ def build_multipart(parts: Iterable[tuple[str, bytes]], boundary: str = BOUNDARY
 
 # -- the <Msg> header ---------------------------------------------------------------------------
 
+
 @dataclass
 class MsgHeader:
     target_endpoint: str = ""
@@ -206,14 +210,13 @@ class MsgHeader:
 
     def to_xml(self) -> str:
         """In the element order of the real sender (sccmwtf / SCCMSecrets / metasploit)."""
-        attrs = (f" ReplyCompression={quoteattr(self.reply_compression)}" if self.reply_compression else "")
+        attrs = f" ReplyCompression={quoteattr(self.reply_compression)}" if self.reply_compression else ""
         x = [f"<Msg{attrs} SchemaVersion={quoteattr(self.schema_version)}>"]
         x.append(f'<Body Type="ByteRange" Length="{self.body_length}" Offset="{self.body_offset}" />')
         x.append(f"<CorrelationID>{escape(self.correlation_id)}</CorrelationID>")
         hooks = []
         if self.clientauth is not None:
-            props = "".join(f"<Property Name={quoteattr(k)}>{escape(v)}</Property>"
-                            for k, v in self.clientauth.items())
+            props = "".join(f"<Property Name={quoteattr(k)}>{escape(v)}</Property>" for k, v in self.clientauth.items())
             hooks.append(f'<Hook2 Name="clientauth">{props}</Hook2>')
         hooks += self.extra_hooks
         if self.zlib:
@@ -292,6 +295,7 @@ class MsgHeader:
 
 # -- messages -----------------------------------------------------------------------------------
 
+
 @dataclass
 class CcmMessage:
     header: MsgHeader
@@ -311,16 +315,23 @@ def body_payload(body_xml: str, *, compress: bool = True, crlf: bool = True) -> 
     return (zlib.compress(raw) if compress else raw), length
 
 
-def encode_message(header: MsgHeader, payload: bytes, *, boundary: str = BOUNDARY,
-                   attachments: Iterable[bytes] = ()) -> bytes:
+def encode_message(
+    header: MsgHeader, payload: bytes, *, boundary: str = BOUNDARY, attachments: Iterable[bytes] = ()
+) -> bytes:
     """The multipart body of a request or reply; the header part is UTF-16 with BOM."""
     parts = [(HEADER_PART_TYPE, b"\xff\xfe" + utf16(header.to_xml())), (BODY_PART_TYPE, payload)]
     parts += [(BODY_PART_TYPE, a) for a in attachments]
     return build_multipart(parts, boundary)
 
 
-def encode_request(header: MsgHeader, body_xml: str, *, compress: bool = True,
-                   signer: rsa.RSAPrivateKey | None = None, boundary: str = BOUNDARY) -> bytes:
+def encode_request(
+    header: MsgHeader,
+    body_xml: str,
+    *,
+    compress: bool = True,
+    signer: rsa.RSAPrivateKey | None = None,
+    boundary: str = BOUNDARY,
+) -> bytes:
     """A complete request. With `signer` (and header.source_id set), the clientauth hook is filled:
     PublicKey blob, ClientIDSignature over UTF-16LE(SourceID)+NUL, PayloadSignature over the body."""
     payload, length = body_payload(body_xml, compress=compress)
@@ -338,8 +349,9 @@ def encode_request(header: MsgHeader, body_xml: str, *, compress: bool = True,
     return encode_message(header, payload, boundary=boundary)
 
 
-def decode_message(raw: bytes, content_type: str | None = None, *,
-                   max_decompressed: int = MAX_DECOMPRESSED) -> CcmMessage:
+def decode_message(
+    raw: bytes, content_type: str | None = None, *, max_decompressed: int = MAX_DECOMPRESSED
+) -> CcmMessage:
     """Parse a request (or reply): any boundary, header with or without BOM, body compressed when the
     zlib hook says so or the data starts with a zlib header, Length clamped to what is there."""
     boundary, parts = split_multipart(raw, content_type)
@@ -360,29 +372,35 @@ def decode_message(raw: bytes, content_type: str | None = None, *,
     return CcmMessage(header, header_xml, body, payload, boundary, [p.data for p in parts[2:]])
 
 
-def encode_reply(request: MsgHeader, body_xml: str, *, source_host: str,
-                 boundary: str = BOUNDARY) -> bytes:
+def encode_reply(request: MsgHeader, body_xml: str, *, source_host: str, boundary: str = BOUNDARY) -> bytes:
     """The MP's reply to `request`: zlib unless the request asked ReplyCompression="none"."""
     compress = (request.reply_compression or "zlib").lower() != "none"
     payload, length = body_payload(body_xml, compress=compress, crlf=False)
     reply = MsgHeader(
         target_endpoint=(request.reply_to or "").split(":")[-1] or "SccmMessaging",
-        correlation_id=request.id or ZERO_GUID, source_host=source_host,
+        correlation_id=request.id or ZERO_GUID,
+        source_host=source_host,
         target_address=request.reply_to or f"direct:{request.source_host}:SccmMessaging",
-        target_host=request.source_host, reply_mode="Sync", reply_compression=None,
-        body_length=length, zlib=compress, protocol=request.protocol or "http",
+        target_host=request.source_host,
+        reply_mode="Sync",
+        reply_compression=None,
+        body_length=length,
+        zlib=compress,
+        protocol=request.protocol or "http",
     )
     return encode_message(reply, payload, boundary=boundary)
 
 
-def decode_reply(raw: bytes, content_type: str | None = None, *,
-                 max_decompressed: int = MAX_DECOMPRESSED) -> tuple[MsgHeader, str]:
+def decode_reply(
+    raw: bytes, content_type: str | None = None, *, max_decompressed: int = MAX_DECOMPRESSED
+) -> tuple[MsgHeader, str]:
     """(reply header, reply body XML) of an MP reply."""
     msg = decode_message(raw, content_type, max_decompressed=max_decompressed)
     return msg.header, msg.body
 
 
 # -- signatures ---------------------------------------------------------------------------------
+
 
 def sign(key: rsa.RSAPrivateKey, data: bytes, *, digest_info: bool = True) -> bytes:
     """RSA PKCS#1 v1.5 SHA-256, bytes reversed. digest_info=False is CRYPT_NOHASHOID."""
@@ -433,8 +451,9 @@ def public_key_blob(key: rsa.RSAPublicKey) -> bytes:
     """PUBLICKEYBLOB: 06 02 0000 00A40000 'RSA1' bitlen exponent modulus(little-endian)."""
     nums = key.public_numbers()
     size = (key.key_size + 7) // 8
-    return (_BLOB_HEAD + key.key_size.to_bytes(4, "little") + nums.e.to_bytes(4, "little")
-            + nums.n.to_bytes(size, "little"))
+    return (
+        _BLOB_HEAD + key.key_size.to_bytes(4, "little") + nums.e.to_bytes(4, "little") + nums.n.to_bytes(size, "little")
+    )
 
 
 def parse_public_key_blob(blob: bytes) -> rsa.RSAPublicKey:
@@ -442,7 +461,7 @@ def parse_public_key_blob(blob: bytes) -> rsa.RSAPublicKey:
         raise CcmMessageError("not a PUBLICKEYBLOB")
     bits = int.from_bytes(blob[12:16], "little")
     e = int.from_bytes(blob[16:20], "little")
-    modulus = blob[20:20 + bits // 8]
+    modulus = blob[20 : 20 + bits // 8]
     if bits < 512 or len(modulus) != bits // 8:
         raise CcmMessageError("PUBLICKEYBLOB length does not match its bit length")
     try:
@@ -453,12 +472,15 @@ def parse_public_key_blob(blob: bytes) -> rsa.RSAPublicKey:
 
 # -- registration request body ------------------------------------------------------------------
 
+
 def registration_request(data_xml: str, key: rsa.RSAPrivateKey, *, sms_id: str | None = None) -> str:
     """<ClientRegistrationRequest> around a <Data> element, signed over UTF-16LE(data_xml)."""
     sig = sign_hex(key, utf16(data_xml))
     sig_attr = f" SMSID={quoteattr(sms_id)}" if sms_id else ""
-    return (f"<ClientRegistrationRequest>{data_xml}<Signature{sig_attr}><SignatureValue>{sig}"
-            f"</SignatureValue></Signature></ClientRegistrationRequest>")
+    return (
+        f"<ClientRegistrationRequest>{data_xml}<Signature{sig_attr}><SignatureValue>{sig}"
+        f"</SignatureValue></Signature></ClientRegistrationRequest>"
+    )
 
 
 def cert_hex(cert: x509.Certificate) -> str:
@@ -468,6 +490,7 @@ def cert_hex(cert: x509.Certificate) -> str:
 
 
 # -- ClientToken headers (.sms_pol) -------------------------------------------------------------
+
 
 def client_token_headers(sms_id: str, key: rsa.RSAPrivateKey, when: datetime | None = None) -> dict[str, str]:
     """`ClientToken: GUID:<id>;<time>;2` and its signature over UTF-16LE(token) + NUL."""

@@ -97,7 +97,7 @@ def decode(data: bytes) -> Frame:
 
 
 def chunks(body: bytes) -> list[bytes]:
-    return [body[i:i + CHUNK] for i in range(0, len(body), CHUNK)]
+    return [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)]
 
 
 @dataclass
@@ -124,11 +124,16 @@ class RequestHead:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RequestHead:
         with _malformed("REQUEST"):
-            return cls(method=str(data["method"]), url=str(data["url"]),
-                       headers=[(str(k), str(v)) for k, v in data.get("headers", [])],
-                       client_cert=data.get("client_cert"), client=data.get("client"),
-                       auth_kind=data.get("auth_kind"), content_length=data.get("content_length"),
-                       has_body=bool(data.get("has_body")))
+            return cls(
+                method=str(data["method"]),
+                url=str(data["url"]),
+                headers=[(str(k), str(v)) for k, v in data.get("headers", [])],
+                client_cert=data.get("client_cert"),
+                client=data.get("client"),
+                auth_kind=data.get("auth_kind"),
+                content_length=data.get("content_length"),
+                has_body=bool(data.get("has_body")),
+            )
 
 
 @dataclass
@@ -146,17 +151,31 @@ class ResponseHead:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ResponseHead:
         with _malformed("RESPONSE"):
-            return cls(status=int(data["status"]), reason=str(data.get("reason", "")),
-                       headers=[(str(k), str(v)) for k, v in data.get("headers", [])],
-                       internal_url=data.get("internal_url"), connection_point=data.get("connection_point"),
-                       extra=dict(data.get("extra") or {}))
+            return cls(
+                status=int(data["status"]),
+                reason=str(data.get("reason", "")),
+                headers=[(str(k), str(v)) for k, v in data.get("headers", [])],
+                internal_url=data.get("internal_url"),
+                connection_point=data.get("connection_point"),
+                extra=dict(data.get("extra") or {}),
+            )
 
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones a proxy sets itself: never forwarded either way.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
-    "trailer", "transfer-encoding", "upgrade", "host",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
 CLIENT_CERT_HEADER = "Client-Cert"  # RFC 9440, `:<base64 DER>:`
 
 

@@ -98,8 +98,13 @@ def proxy_target(raw_path: str, query: str = "") -> ProxyTarget | None:
 def parse_url(url: str, cmg_name: str) -> ProxyTarget:
     """The connection point's reading of the URL the CMG sent: https, the CMG's own name, a CCM_Proxy path."""
     parts = urlsplit(url)
-    if parts.scheme != "https" or (parts.hostname or "").lower() != cmg_name.lower() or parts.port is not None \
-            or parts.username is not None or parts.fragment:
+    if (
+        parts.scheme != "https"
+        or (parts.hostname or "").lower() != cmg_name.lower()
+        or parts.port is not None
+        or parts.username is not None
+        or parts.fragment
+    ):
         raise UrlRefused(f"{url[:120]!r} is not a URL of the CMG {cmg_name}")
     target = proxy_target(parts.path, parts.query)
     if target is None:

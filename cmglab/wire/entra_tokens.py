@@ -49,8 +49,11 @@ class EntraKeys:
         if kid in self.keys:
             return self.keys[kid]
         async with self._lock:
-            if (self.client is not None and kid not in self.keys
-                    and time.monotonic() - self._fetched_at > REFETCH_INTERVAL):
+            if (
+                self.client is not None
+                and kid not in self.keys
+                and time.monotonic() - self._fetched_at > REFETCH_INTERVAL
+            ):
                 await self._fetch()
         if kid not in self.keys:
             raise EntraTokenError(f"signing key {kid!r} is not one of Entra's keys")
@@ -82,7 +85,12 @@ class EntraKeys:
         issuers = [f"https://sts.windows.net/{tid}/", f"https://login.microsoftonline.com/{tid}/v2.0"]
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=["RS256"], audience=audiences, issuer=issuers, leeway=LEEWAY,
+                token,
+                key,
+                algorithms=["RS256"],
+                audience=audiences,
+                issuer=issuers,
+                leeway=LEEWAY,
                 options={"require": ["exp", "iss", "aud", "tid"]},
             )
         except jwt.ExpiredSignatureError as e:

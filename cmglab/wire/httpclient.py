@@ -37,8 +37,13 @@ def read_hosts_file(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def ssl_context(*, ca_bundle: Path | None, client_cert: tuple[Path, Path] | None = None,
-                crl_files: Sequence[Path] = (), crl_check: bool = False) -> ssl.SSLContext:
+def ssl_context(
+    *,
+    ca_bundle: Path | None,
+    client_cert: tuple[Path, Path] | None = None,
+    crl_files: Sequence[Path] = (),
+    crl_check: bool = False,
+) -> ssl.SSLContext:
     """A client context trusting the lab CA; with crl_check, the server certificate's CRL is checked
     (the CRL files must be loaded: a missing CRL fails the handshake, as on Windows)."""
     ctx = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
@@ -103,20 +108,29 @@ def _routed(request: httpx.Request, addr: str) -> httpx.Request:
     )
 
 
-def client(*, ctx: ssl.SSLContext, resolve: Iterable[str] = (), timeout: float = 30.0,
-           **kwargs: object) -> httpx.Client:
+def client(
+    *, ctx: ssl.SSLContext, resolve: Iterable[str] = (), timeout: float = 30.0, **kwargs: object
+) -> httpx.Client:
     hosts = parse_resolve(resolve)
     return httpx.Client(
         transport=HostMapTransport(hosts, lambda: httpx.HTTPTransport(verify=ctx)),
-        timeout=timeout, **kwargs,  # type: ignore[arg-type]
+        timeout=timeout,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
-def async_client(*, ctx: ssl.SSLContext, resolve: Iterable[str] = (), timeout: float = 30.0,
-                 limits: httpx.Limits | None = None, **kwargs: object) -> httpx.AsyncClient:
+def async_client(
+    *,
+    ctx: ssl.SSLContext,
+    resolve: Iterable[str] = (),
+    timeout: float = 30.0,
+    limits: httpx.Limits | None = None,
+    **kwargs: object,
+) -> httpx.AsyncClient:
     hosts = parse_resolve(resolve)
     lim = limits or httpx.Limits(max_connections=200, max_keepalive_connections=50)
     return httpx.AsyncClient(
         transport=AsyncHostMapTransport(hosts, lambda: httpx.AsyncHTTPTransport(verify=ctx, limits=lim)),
-        timeout=timeout, **kwargs,  # type: ignore[arg-type]
+        timeout=timeout,
+        **kwargs,  # type: ignore[arg-type]
     )

@@ -46,8 +46,17 @@ def unb64url(text: str) -> bytes:
 
 def derive_key(session_key: bytes, context: bytes) -> bytes:
     """SP 800-108 counter-mode HMAC-SHA256: [i]_4 || label || 0x00 || context || [256]_4, 32 bytes."""
-    kdf = KBKDFHMAC(algorithm=hashes.SHA256(), mode=Mode.CounterMode, length=32, rlen=4, llen=4,
-                    location=CounterLocation.BeforeFixed, label=LABEL, context=context, fixed=None)
+    kdf = KBKDFHMAC(
+        algorithm=hashes.SHA256(),
+        mode=Mode.CounterMode,
+        length=32,
+        rlen=4,
+        llen=4,
+        location=CounterLocation.BeforeFixed,
+        label=LABEL,
+        context=context,
+        fixed=None,
+    )
     return kdf.derive(session_key)
 
 
@@ -66,8 +75,15 @@ def seal_session_key(session_key: bytes, transport_key: rsa.RSAPublicKey) -> str
     header = b64url(json.dumps({"enc": "A256GCM", "alg": "RSA-OAEP"}, separators=(",", ":")).encode())
     iv = os.urandom(12)
     sealed = AESGCM(session_key).encrypt(iv, b"{}", header.encode("ascii"))
-    return ".".join([header, b64url(transport_key.encrypt(session_key, _OAEP)), b64url(iv), b64url(sealed[:-16]),
-                     b64url(sealed[-16:])])
+    return ".".join(
+        [
+            header,
+            b64url(transport_key.encrypt(session_key, _OAEP)),
+            b64url(iv),
+            b64url(sealed[:-16]),
+            b64url(sealed[-16:]),
+        ]
+    )
 
 
 def open_session_key(session_key_jwe: str, transport_key: rsa.RSAPrivateKey) -> bytes:
@@ -128,9 +144,9 @@ def verify(token: str, session_key: bytes) -> dict[str, Any]:
         raise PrtCryptoError("ctx is shorter than 16 bytes")
     key = derive_key(session_key, kdf_context(ctx, token.split(".")[1], kdf_version(header)))
     try:
-        payload: dict[str, Any] = jwt.decode(token, key, algorithms=["HS256"],
-                                             options={"verify_aud": False, "verify_iss": False,
-                                                      "verify_iat": False})
+        payload: dict[str, Any] = jwt.decode(
+            token, key, algorithms=["HS256"], options={"verify_aud": False, "verify_iss": False, "verify_iat": False}
+        )
     except jwt.PyJWTError as e:
         raise PrtCryptoError(f"the signature does not verify with the session key: {e}") from e
     return payload
@@ -139,8 +155,11 @@ def verify(token: str, session_key: bytes) -> dict[str, Any]:
 # -- session-key-encrypted replies ---------------------------------------------------------------
 def encrypt_reply(body: bytes, session_key: bytes) -> str:
     ctx = os.urandom(24)
-    header = b64url(json.dumps({"alg": "dir", "enc": "A256GCM", "ctx": base64.b64encode(ctx).decode()},
-                               separators=(",", ":")).encode())
+    header = b64url(
+        json.dumps(
+            {"alg": "dir", "enc": "A256GCM", "ctx": base64.b64encode(ctx).decode()}, separators=(",", ":")
+        ).encode()
+    )
     iv = os.urandom(12)
     sealed = AESGCM(derive_key(session_key, ctx)).encrypt(iv, body, header.encode("ascii"))
     return ".".join([header, "", b64url(iv), b64url(sealed[:-16]), b64url(sealed[-16:])])
@@ -154,7 +173,8 @@ def decrypt_reply(jwe: str, session_key: bytes) -> bytes:
         header = json.loads(unb64url(parts[0]))
         ctx = base64.b64decode(header["ctx"])
         key = derive_key(session_key, ctx)
-        return AESGCM(key).decrypt(unb64url(parts[2]), unb64url(parts[3]) + unb64url(parts[4]),
-                                   parts[0].encode("ascii"))
+        return AESGCM(key).decrypt(
+            unb64url(parts[2]), unb64url(parts[3]) + unb64url(parts[4]), parts[0].encode("ascii")
+        )
     except Exception as e:  # any failure here is "cannot decrypt"
         raise PrtCryptoError(f"cannot decrypt the reply with the session key: {e}") from e

@@ -35,11 +35,22 @@ class RequestRecord:
     def authenticated(self, kind: AuthKind, subject: str | None = None) -> None:
         self.auth_kind, self.auth_subject = kind, subject
 
-    def update(self, *, auth_kind: AuthKind | None = None, auth_subject: str | None = None, error: str | None = None,
-               result: str | None = None, **details: Any) -> None:
+    def update(
+        self,
+        *,
+        auth_kind: AuthKind | None = None,
+        auth_subject: str | None = None,
+        error: str | None = None,
+        result: str | None = None,
+        **details: Any,
+    ) -> None:
         """Set the fields given (None leaves a field as it is); other names are protocol details."""
-        for name, value in (("auth_kind", auth_kind), ("auth_subject", auth_subject), ("error", error),
-                            ("result", result)):
+        for name, value in (
+            ("auth_kind", auth_kind),
+            ("auth_subject", auth_subject),
+            ("error", error),
+            ("result", result),
+        ):
             if value is not None:
                 setattr(self, name, value)
         self.details.update(details)

@@ -65,46 +65,88 @@ class SiteSigner:
         start = now or datetime.now(UTC)
         return int(start.timestamp()), int((start + lifetime).timestamp())
 
-    def bulk_token(self, *, minutes: int = BULK_DEFAULT_MINUTES,
-                   now: datetime | None = None) -> tuple[str, str, datetime, datetime]:
+    def bulk_token(
+        self, *, minutes: int = BULK_DEFAULT_MINUTES, now: datetime | None = None
+    ) -> tuple[str, str, datetime, datetime]:
         """A bulk registration token: (token, its GUID, valid from, valid to)."""
         if not 1 <= minutes <= BULK_MAX_MINUTES:
             raise ValueError(f"lifetime must be 1..{BULK_MAX_MINUTES} minutes")
         nbf, exp = self._times(timedelta(minutes=minutes), now)
         unique = str(uuid.uuid4())
-        token = self._sign({
-            "SCCMTokenCategory": "SCCMPreAuthToken", "Authority": "SCCM", "License": "SCCM",
-            "Type": BULK, "TenantId": self.hierarchy_id.upper(), "UniqueId": unique,
-            "iss": issuer(self.hierarchy_id), "aud": AUDIENCE, "exp": exp, "nbf": nbf,
-        })
+        token = self._sign(
+            {
+                "SCCMTokenCategory": "SCCMPreAuthToken",
+                "Authority": "SCCM",
+                "License": "SCCM",
+                "Type": BULK,
+                "TenantId": self.hierarchy_id.upper(),
+                "UniqueId": unique,
+                "iss": issuer(self.hierarchy_id),
+                "aud": AUDIENCE,
+                "exp": exp,
+                "nbf": nbf,
+            }
+        )
         return token, unique, _dt(nbf), _dt(exp)
 
-    def ccm_token(self, *, token_type: str, sms_id: str | None = None, tenant_id: str | None = None,
-                  user_id: str | None = None, device_id: str | None = None, user_sid: str | None = None,
-                  now: datetime | None = None, lifetime: timedelta = CCM_TOKEN_LIFETIME) -> tuple[str, datetime]:
+    def ccm_token(
+        self,
+        *,
+        token_type: str,
+        sms_id: str | None = None,
+        tenant_id: str | None = None,
+        user_id: str | None = None,
+        device_id: str | None = None,
+        user_sid: str | None = None,
+        now: datetime | None = None,
+        lifetime: timedelta = CCM_TOKEN_LIFETIME,
+    ) -> tuple[str, datetime]:
         """A CCM token and its expiry. sms_id is `GUID:...` once the client is registered."""
         if token_type not in CCM_TYPES:
             raise ValueError(f"unknown CCM token type {token_type}")
         nbf, exp = self._times(lifetime, now)
         claims: dict[str, Any] = {
-            "SCCMTokenCategory": "SCCMClientAccessToken", "Authority": "SCCM", "License": "SCCM",
-            "Type": token_type, "HierarchyId": self.hierarchy_id, "UniqueId": str(uuid.uuid4()),
-            "iss": issuer(self.hierarchy_id), "aud": AUDIENCE, "exp": exp, "nbf": nbf, "iat": nbf,
+            "SCCMTokenCategory": "SCCMClientAccessToken",
+            "Authority": "SCCM",
+            "License": "SCCM",
+            "Type": token_type,
+            "HierarchyId": self.hierarchy_id,
+            "UniqueId": str(uuid.uuid4()),
+            "iss": issuer(self.hierarchy_id),
+            "aud": AUDIENCE,
+            "exp": exp,
+            "nbf": nbf,
+            "iat": nbf,
         }
-        optional = {"DeviceId": sms_id, "AADTenantId": tenant_id, "AADUserId": user_id,
-                    "AADDeviceId": device_id, "OnPremUserSid": user_sid}
+        optional = {
+            "DeviceId": sms_id,
+            "AADTenantId": tenant_id,
+            "AADUserId": user_id,
+            "AADDeviceId": device_id,
+            "OnPremUserSid": user_sid,
+        }
         claims.update({k: v for k, v in optional.items() if v})
         return self._sign(claims), _dt(exp)
 
     def client_token(self, *, sms_id: str, cert_thumbprint: str, now: datetime | None = None) -> tuple[str, datetime]:
         """The MP-issued unique token of a token-registered client, bound to its self-signed cert."""
         nbf, exp = self._times(CLIENT_TOKEN_LIFETIME, now)
-        token = self._sign({
-            "SCCMTokenCategory": "SCCMPreAuthToken", "Authority": "SCCM", "License": "SCCM",
-            "Type": CLIENT, "DeviceId": sms_id, "CertThumbprint": cert_thumbprint.upper(),
-            "UniqueId": str(uuid.uuid4()), "iss": issuer(self.hierarchy_id), "aud": AUDIENCE,
-            "exp": exp, "nbf": nbf, "iat": nbf,
-        })
+        token = self._sign(
+            {
+                "SCCMTokenCategory": "SCCMPreAuthToken",
+                "Authority": "SCCM",
+                "License": "SCCM",
+                "Type": CLIENT,
+                "DeviceId": sms_id,
+                "CertThumbprint": cert_thumbprint.upper(),
+                "UniqueId": str(uuid.uuid4()),
+                "iss": issuer(self.hierarchy_id),
+                "aud": AUDIENCE,
+                "exp": exp,
+                "nbf": nbf,
+                "iat": nbf,
+            }
+        )
         return token, _dt(exp)
 
 
@@ -112,8 +154,14 @@ def _dt(ts: int) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def verify(token: str, *, cert: x509.Certificate, hierarchy_id: str,
-           types: tuple[str, ...] | None = None, now: datetime | None = None) -> dict[str, Any]:
+def verify(
+    token: str,
+    *,
+    cert: x509.Certificate,
+    hierarchy_id: str,
+    types: tuple[str, ...] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """Claims of a site token after checking signature, x5t, issuer, audience, lifetime and type."""
     try:
         header = jwt.get_unverified_header(token)
@@ -125,8 +173,12 @@ def verify(token: str, *, cert: x509.Certificate, hierarchy_id: str,
         raise SiteTokenError("token not signed by this site's signing certificate (x5t)")
     try:
         claims: dict[str, Any] = jwt.decode(
-            token, cert.public_key(), algorithms=["RS256"], audience=AUDIENCE,  # type: ignore[arg-type]
-            issuer=issuer(hierarchy_id), leeway=LEEWAY,
+            token,
+            cert.public_key(),  # type: ignore[arg-type]
+            algorithms=["RS256"],
+            audience=AUDIENCE,
+            issuer=issuer(hierarchy_id),
+            leeway=LEEWAY,
             options={"require": ["exp", "nbf", "iss", "aud"], "verify_iat": False},
         )
     except jwt.ExpiredSignatureError as e:

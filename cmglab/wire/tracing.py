@@ -56,8 +56,17 @@ class Step(StrEnum):
 
 
 # the agent's operations, in onboarding order
-STEPS = (Step.JOIN, Step.AADINFO, Step.TOKEN, Step.CCMSTS, Step.LOCATION, Step.DOWNLOAD, Step.REGISTRATION,
-         Step.POLICY, Step.RENEWAL)
+STEPS = (
+    Step.JOIN,
+    Step.AADINFO,
+    Step.TOKEN,
+    Step.CCMSTS,
+    Step.LOCATION,
+    Step.DOWNLOAD,
+    Step.REGISTRATION,
+    Step.POLICY,
+    Step.RENEWAL,
+)
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _UNSAFE = re.compile(r"[^\x21-\x7e]|[,=;:]")  # what may not appear inside one of our sub-values
@@ -113,8 +122,7 @@ def cmglab_member(device: str, step: str) -> str:
 
 def with_cmglab(tracestate: str | None, device: str, step: str) -> str:
     """`tracestate` with our member first (W3C: the updating vendor moves to the left), others kept."""
-    others = [m.strip() for m in (tracestate or "").split(",")
-              if m.strip() and m.split("=", 1)[0].strip() != VENDOR]
+    others = [m.strip() for m in (tracestate or "").split(",") if m.strip() and m.split("=", 1)[0].strip() != VENDOR]
     return ",".join([cmglab_member(device, step), *others][:_MAX_MEMBERS])
 
 
@@ -155,8 +163,12 @@ class ServerSpan:
         return headers
 
     def record_fields(self) -> dict[str, Any]:
-        return {"trace_id": self.trace_id, "span_id": self.span_id, "parent_span_id": self.parent_span_id,
-                "tracestate": self.tracestate}
+        return {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "tracestate": self.tracestate,
+        }
 
 
 def header_value(headers: list[tuple[str, str]], name: str) -> str | None:
@@ -206,13 +218,29 @@ def operation(device: str, step: str) -> Iterator[TraceContext]:
 
 
 # CcmMessaging's header part is UTF-16LE XML naming the MP component the message is for
-_CCM_TARGETS = tuple((name.encode("utf-16-le"), step) for name, step in (
-    ("MP_LocationManager", Step.LOCATION), ("MP_ClientRegistration", Step.REGISTRATION),
-    ("MP_PolicyManager", Step.POLICY), ("MP_DdrEndpoint", Step.DDR)))
-_PATH_STEPS = (("aadauthinfo", Step.AADINFO), ("/ccm_sts", Step.CCMSTS), ("enrollmentserver", Step.JOIN),
-               ("/oauth2/", Step.TOKEN), ("openid-configuration", Step.DISCOVERY), ("/userrealm", Step.DISCOVERY),
-               ("/discover", Step.DISCOVERY), ("/crl/", Step.CRL), ("/aia/", Step.CRL), ("ccm_client", Step.DOWNLOAD),
-               ("downloadrestservice", Step.DOWNLOAD), ("sms_mp", Step.POLICY))
+_CCM_TARGETS = tuple(
+    (name.encode("utf-16-le"), step)
+    for name, step in (
+        ("MP_LocationManager", Step.LOCATION),
+        ("MP_ClientRegistration", Step.REGISTRATION),
+        ("MP_PolicyManager", Step.POLICY),
+        ("MP_DdrEndpoint", Step.DDR),
+    )
+)
+_PATH_STEPS = (
+    ("aadauthinfo", Step.AADINFO),
+    ("/ccm_sts", Step.CCMSTS),
+    ("enrollmentserver", Step.JOIN),
+    ("/oauth2/", Step.TOKEN),
+    ("openid-configuration", Step.DISCOVERY),
+    ("/userrealm", Step.DISCOVERY),
+    ("/discover", Step.DISCOVERY),
+    ("/crl/", Step.CRL),
+    ("/aia/", Step.CRL),
+    ("ccm_client", Step.DOWNLOAD),
+    ("downloadrestservice", Step.DOWNLOAD),
+    ("sms_mp", Step.POLICY),
+)
 
 
 def step_of(method: str, path: str, body: bytes = b"") -> str:
@@ -269,30 +297,46 @@ class SpanExporter:
         end = _ns(entry.get("time"))
         start = end - int(float(entry.get("elapsed_ms") or 0) * 1e6)
         flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
-        context = trace.SpanContext(int(entry["trace_id"], 16), int(entry["span_id"], 16), is_remote=False,
-                                    trace_flags=flags)
+        context = trace.SpanContext(
+            int(entry["trace_id"], 16), int(entry["span_id"], 16), is_remote=False, trace_flags=flags
+        )
         parent = None
         if entry.get("parent_span_id"):
-            parent = trace.SpanContext(int(entry["trace_id"], 16), int(entry["parent_span_id"], 16),
-                                       is_remote=True, trace_flags=flags)
+            parent = trace.SpanContext(
+                int(entry["trace_id"], 16), int(entry["parent_span_id"], 16), is_remote=True, trace_flags=flags
+            )
         status = int(entry.get("status") or 0)
         span = ReadableSpan(
-            name=f"{entry.get('method', '')} {entry.get('path', '')}", context=context, parent=parent,
-            resource=self.resource, kind=trace.SpanKind.SERVER, attributes=span_attributes(entry),
+            name=f"{entry.get('method', '')} {entry.get('path', '')}",
+            context=context,
+            parent=parent,
+            resource=self.resource,
+            kind=trace.SpanKind.SERVER,
+            attributes=span_attributes(entry),
             status=Status(StatusCode.ERROR if status >= 500 or entry.get("error") else StatusCode.UNSET),
-            start_time=start, end_time=end,
+            start_time=start,
+            end_time=end,
         )
         self.processor.on_end(span)
 
 
 def span_attributes(entry: dict[str, Any]) -> dict[str, str | int | float]:
-    names = {"method": "http.request.method", "url": "url.full", "status": "http.response.status_code",
-             "request_bytes": "http.request.body.size", "response_bytes": "http.response.body.size",
-             "rewritten_url": "cmglab.rewritten_url", "auth_kind": "cmglab.auth_kind",
-             "auth_subject": "cmglab.auth_subject", "client_cert_subject": "tls.client.subject",
-             "reason": "cmglab.reason", "error": "error.type"}
-    attrs: dict[str, str | int | float] = {attr: entry[key] for key, attr in names.items()
-                                           if isinstance(entry.get(key), str | int | float)}
+    names = {
+        "method": "http.request.method",
+        "url": "url.full",
+        "status": "http.response.status_code",
+        "request_bytes": "http.request.body.size",
+        "response_bytes": "http.response.body.size",
+        "rewritten_url": "cmglab.rewritten_url",
+        "auth_kind": "cmglab.auth_kind",
+        "auth_subject": "cmglab.auth_subject",
+        "client_cert_subject": "tls.client.subject",
+        "reason": "cmglab.reason",
+        "error": "error.type",
+    }
+    attrs: dict[str, str | int | float] = {
+        attr: entry[key] for key, attr in names.items() if isinstance(entry.get(key), str | int | float)
+    }
     attrs.update({f"cmglab.{k}": v for k, v in cmglab_fields(entry.get("tracestate")).items()})
     return attrs
 

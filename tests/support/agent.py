@@ -14,14 +14,21 @@ from cmglab.agent.device import Device
 _RECORD = re.compile(r"<!\[LOG\[(.*?)\]LOG\]!>", re.DOTALL)
 
 
-def run(module: str, *args: str, lab_dir: Path | None = None, env: dict[str, str] | None = None,
-        timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run(
+    module: str, *args: str, lab_dir: Path | None = None, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     """`python -m <module> args...` (cmglab.agent.ccmsetup, cmglab.agent.dsregcmd, cmglab, ...)."""
     full_env = {**os.environ, "CMGLAB_REGTASK_INTERVAL": "0.2", **(env or {})}
     if lab_dir is not None:
         full_env["CMGLAB_LAB_DIR"] = str(lab_dir)
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          env=full_env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        check=False,
+    )
 
 
 def messages(path: Path) -> list[str]:

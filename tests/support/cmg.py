@@ -79,8 +79,11 @@ def mp_requests(lab: Lab, path: str = "") -> list[dict[str, Any]]:
 
 def cmg_requests(lab: Lab, path: str = "") -> list[dict[str, Any]]:
     with lab_client(lab) as c:
-        return c.get(f"{lab.url('cmg')}/_lab/requests", params={"path": path},  # admin only at the CMG
-                     headers={"Authorization": f"Bearer {lab.admin_token()}"}).json()["requests"]
+        return c.get(
+            f"{lab.url('cmg')}/_lab/requests",
+            params={"path": path},  # admin only at the CMG
+            headers={"Authorization": f"Bearer {lab.admin_token()}"},
+        ).json()["requests"]
 
 
 def cp_requests(lab: Lab) -> list[dict[str, Any]]:
@@ -88,6 +91,10 @@ def cp_requests(lab: Lab) -> list[dict[str, Any]]:
 
 
 def new_bulk_token(lab: Lab) -> str:
-    out = subprocess.run([sys.executable, "-m", "cmglab", "bulk-token", "new", "--json", "--lab", str(lab.dir)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "cmglab", "bulk-token", "new", "--json", "--lab", str(lab.dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return str(json.loads(out)["token"])

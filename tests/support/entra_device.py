@@ -35,8 +35,11 @@ def new_key() -> rsa.RSAPrivateKey:
 
 
 def csr_b64(key: rsa.RSAPrivateKey, cn: str = PLACEHOLDER_CN) -> str:
-    csr = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])).sign(key, hashes.SHA256())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
     return base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode()
 
 
@@ -48,12 +51,24 @@ def bcrypt_blob_b64(key: rsa.RSAPrivateKey) -> str:
     return base64.b64encode(b"RSA1" + struct.pack("<LLLLL", key.key_size, len(e), len(n), 0, 0) + e + n).decode()
 
 
-def join_body(device_key: rsa.RSAPrivateKey, transport_key: rsa.RSAPrivateKey, *, join_type: int = 0,
-              name: str = "LAB-PC01", domain: str = "lab.test") -> dict[str, Any]:
-    return {"CertificateRequest": {"Type": "pkcs10", "Data": csr_b64(device_key)},
-            "TransportKey": bcrypt_blob_b64(transport_key), "TargetDomain": domain, "DeviceType": "Windows",
-            "OSVersion": "10.0.19045.3803", "DeviceDisplayName": name, "JoinType": join_type,
-            "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"}}
+def join_body(
+    device_key: rsa.RSAPrivateKey,
+    transport_key: rsa.RSAPrivateKey,
+    *,
+    join_type: int = 0,
+    name: str = "LAB-PC01",
+    domain: str = "lab.test",
+) -> dict[str, Any]:
+    return {
+        "CertificateRequest": {"Type": "pkcs10", "Data": csr_b64(device_key)},
+        "TransportKey": bcrypt_blob_b64(transport_key),
+        "TargetDomain": domain,
+        "DeviceType": "Windows",
+        "OSVersion": "10.0.19045.3803",
+        "DeviceDisplayName": name,
+        "JoinType": join_type,
+        "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"},
+    }
 
 
 def self_signed(cn: str) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
@@ -61,9 +76,16 @@ def self_signed(cn: str) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     key = new_key()
     now = datetime.now(UTC) - timedelta(minutes=1)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + timedelta(days=365)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
     return cert, key
 
 
@@ -97,11 +119,25 @@ class EntraClient:
         self.tenant = lab.config.primary_tenant
         self.alice = self.tenant.users[0]
 
-    def ropc(self, resource: str = DRS_RESOURCE, *, client_id: str = AAD_POWERSHELL, upn: str | None = None,
-             password: str | None = None, tenant: str = "common") -> httpx.Response:
-        return self.http.post(f"{self.login}/{tenant}/oauth2/token", data={
-            "client_id": client_id, "grant_type": "password", "resource": resource,
-            "username": upn or self.alice.upn, "password": password or self.alice.password})
+    def ropc(
+        self,
+        resource: str = DRS_RESOURCE,
+        *,
+        client_id: str = AAD_POWERSHELL,
+        upn: str | None = None,
+        password: str | None = None,
+        tenant: str = "common",
+    ) -> httpx.Response:
+        return self.http.post(
+            f"{self.login}/{tenant}/oauth2/token",
+            data={
+                "client_id": client_id,
+                "grant_type": "password",
+                "resource": resource,
+                "username": upn or self.alice.upn,
+                "password": password or self.alice.password,
+            },
+        )
 
     def drs_token(self) -> str:
         reply = self.ropc()
@@ -109,8 +145,12 @@ class EntraClient:
         return str(reply.json()["access_token"])
 
     def join(self, body: dict[str, Any], token: str | None = None) -> httpx.Response:
-        return self.http.post(f"{self.drs}/EnrollmentServer/device/", params={"api-version": "2.0"}, json=body,
-                              headers={"Authorization": f"Bearer {token or self.drs_token()}"})
+        return self.http.post(
+            f"{self.drs}/EnrollmentServer/device/",
+            params={"api-version": "2.0"},
+            json=body,
+            headers={"Authorization": f"Bearer {token or self.drs_token()}"},
+        )
 
     def join_device(self, tmp: Path, name: str = "LAB-PC01") -> Joined:
         key = new_key()
@@ -120,8 +160,11 @@ class EntraClient:
         device_id = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
         cert_path, key_path = tmp / f"{device_id}.pem", tmp / f"{device_id}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         return Joined(device_id, cert, key, cert_path, key_path)
 
     def nonce(self) -> str:
@@ -129,12 +172,18 @@ class EntraClient:
         assert reply.status_code == 200, reply.text
         return str(reply.json()["Nonce"])
 
-    def device_request(self, device: Joined, inner: dict[str, Any], *, tenant: str | None = None,
-                       nonce: str | None = None) -> httpx.Response:
+    def device_request(
+        self, device: Joined, inner: dict[str, Any], *, tenant: str | None = None, nonce: str | None = None
+    ) -> httpx.Response:
         payload = {"request_nonce": nonce or self.nonce(), **inner}
-        return self.http.post(f"{self.login}/{tenant or self.tenant.tenant_id}/oauth2/token", data={
-            "windows_api_version": "2.2", "grant_type": JWT_BEARER,
-            "request": signed_request(device.cert, device.key, payload)})
+        return self.http.post(
+            f"{self.login}/{tenant or self.tenant.tenant_id}/oauth2/token",
+            data={
+                "windows_api_version": "2.2",
+                "grant_type": JWT_BEARER,
+                "request": signed_request(device.cert, device.key, payload),
+            },
+        )
 
     def devices(self) -> list[dict[str, Any]]:
         reply = self.http.get(f"{self.login}/_lab/devices")
@@ -142,10 +191,18 @@ class EntraClient:
         return list(reply.json()["devices"])
 
 
-def device_token_request(resource: str = "https://ConfigMgrService", client_id: str = CONFIGMGR_CLIENT,
-                         ) -> dict[str, Any]:
-    return {"resource": resource, "client_id": client_id, "win_ver": "10.0.22621.608", "grant_type": "device_token",
-            "redirect_uri": f"ms-appx-web://Microsoft.AAD.BrokerPlugin/{client_id}", "iss": "aad:brokerplugin"}
+def device_token_request(
+    resource: str = "https://ConfigMgrService",
+    client_id: str = CONFIGMGR_CLIENT,
+) -> dict[str, Any]:
+    return {
+        "resource": resource,
+        "client_id": client_id,
+        "win_ver": "10.0.22621.608",
+        "grant_type": "device_token",
+        "redirect_uri": f"ms-appx-web://Microsoft.AAD.BrokerPlugin/{client_id}",
+        "iss": "aad:brokerplugin",
+    }
 
 
 @contextmanager

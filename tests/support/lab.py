@@ -19,19 +19,24 @@ from cmglab.wire import httpclient
 __all__ = ["lab_client", "lab_fixture", "new_lab", "reserve_ports"]
 
 
-def lab_client(lab: Lab, *, cert: tuple[Path, Path] | None = None, crl_check: bool = False,
-               timeout: float = 15) -> httpx.Client:
+def lab_client(
+    lab: Lab, *, cert: tuple[Path, Path] | None = None, crl_check: bool = False, timeout: float = 15
+) -> httpx.Client:
     """A sync httpx client as a device would have: lab CA trusted, names mapped to loopback."""
-    ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=cert,
-                                 crl_files=[lab.pki.crl_bundle], crl_check=crl_check)
+    ctx = httpclient.ssl_context(
+        ca_bundle=lab.pki.ca_bundle, client_cert=cert, crl_files=[lab.pki.crl_bundle], crl_check=crl_check
+    )
     return httpclient.client(ctx=ctx, resolve=lab.resolve(), timeout=timeout)
 
 
 def set_site(lab: Lab, **settings: Any) -> None:
     """Change the running site's settings (the MP's `POST /_lab/site`, admin token)."""
     with lab_client(lab) as c:
-        r = c.post(f"{lab.url('management-point')}/_lab/site", json=settings,
-                   headers={"Authorization": f"Bearer {lab.admin_token()}"})
+        r = c.post(
+            f"{lab.url('management-point')}/_lab/site",
+            json=settings,
+            headers={"Authorization": f"Bearer {lab.admin_token()}"},
+        )
         r.raise_for_status()
 
 

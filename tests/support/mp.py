@@ -25,14 +25,31 @@ from tests.support.lab import lab_client, set_site  # noqa: F401 (set_site: the 
 def self_signed_sms_cert(key: rsa.RSAPrivateKey, cn: str = "ConfigMgr Client") -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.now(UTC)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=365))
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=True, key_agreement=False, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([SMS_SIGNING_EKU, SMS_EKU]), critical=False)
-            .sign(key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=True,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([SMS_SIGNING_EKU, SMS_EKU]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
 
 
 _KEYS: list[rsa.RSAPrivateKey] = []
@@ -59,22 +76,31 @@ class Device:
 
     def registration_data(self, *, request_type: str = "Registration", sms_id: str = "") -> str:
         cert = cm.cert_hex(self.cert)
-        return (f'<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="{sms_id}" RequestType="{request_type}" '
-                f'TimeStamp="{cm.utc_timestamp()}"><AgentInformation AgentIdentity="CCMSetup.exe" '
-                f'AgentVersion="5.00.8968.1000" AgentType="0" /><Certificates><Encryption Encoding="HexBinary" '
-                f'KeyType="1">{cert}</Encryption><Signing Encoding="HexBinary" KeyType="1">{cert}</Signing>'
-                f'</Certificates><DiscoveryProperties><Property Name="Netbios Name" Value="{self.name}" />'
-                f'<Property Name="FQ Name" Value="{self.fqdn}" /><Property Name="Locale ID" Value="1033" />'
-                f'<Property Name="InternetFlag" Value="0" /></DiscoveryProperties></Data>')
+        return (
+            f'<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="{sms_id}" RequestType="{request_type}" '
+            f'TimeStamp="{cm.utc_timestamp()}"><AgentInformation AgentIdentity="CCMSetup.exe" '
+            f'AgentVersion="5.00.8968.1000" AgentType="0" /><Certificates><Encryption Encoding="HexBinary" '
+            f'KeyType="1">{cert}</Encryption><Signing Encoding="HexBinary" KeyType="1">{cert}</Signing>'
+            f'</Certificates><DiscoveryProperties><Property Name="Netbios Name" Value="{self.name}" />'
+            f'<Property Name="FQ Name" Value="{self.fqdn}" /><Property Name="Locale ID" Value="1033" />'
+            f'<Property Name="InternetFlag" Value="0" /></DiscoveryProperties></Data>'
+        )
 
     def confirmation_data(self) -> str:
-        return (f'<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="{self.sms_id}" RequestType="Confirmation" '
-                f'TimeStamp="{cm.utc_timestamp()}"><AgentInformation AgentIdentity="CCMSetup.exe" '
-                f'AgentVersion="5.00.8968.1000" AgentType="0" /></Data>')
+        return (
+            f'<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="{self.sms_id}" RequestType="Confirmation" '
+            f'TimeStamp="{cm.utc_timestamp()}"><AgentInformation AgentIdentity="CCMSetup.exe" '
+            f'AgentVersion="5.00.8968.1000" AgentType="0" /></Data>'
+        )
 
     def header(self, endpoint: str, target_host: str = "mp.corp.lab.test", **kw: Any) -> cm.MsgHeader:
-        return cm.MsgHeader(target_endpoint=endpoint, target_host=target_host, source_host=self.name,
-                            reply_to=f"direct:{self.name}:SccmMessaging", **kw)
+        return cm.MsgHeader(
+            target_endpoint=endpoint,
+            target_host=target_host,
+            source_host=self.name,
+            reply_to=f"direct:{self.name}:SccmMessaging",
+            **kw,
+        )
 
     def registration_message(self, *, sms_id: str = "") -> bytes:
         body = cm.registration_request(self.registration_data(sms_id=sms_id), self.key)
@@ -85,10 +111,12 @@ class Device:
         return cm.encode_request(self.header("MP_ClientRegistration"), body)
 
     def assignments_body(self) -> str:
-        return (f'<RequestAssignments SchemaVersion="1.00" ACK="false" RequestType="Always"><Identification>'
-                f"<Machine><ClientID>{self.sms_id}</ClientID><FQDN>{self.fqdn}</FQDN><NetBIOSName>{self.name}"
-                f"</NetBIOSName><SID /></Machine><User /></Identification><PolicySource>SMS:MEM</PolicySource>"
-                f'<Resource ResourceType="Machine" /><ServerCookie /></RequestAssignments>')
+        return (
+            f'<RequestAssignments SchemaVersion="1.00" ACK="false" RequestType="Always"><Identification>'
+            f"<Machine><ClientID>{self.sms_id}</ClientID><FQDN>{self.fqdn}</FQDN><NetBIOSName>{self.name}"
+            f"</NetBIOSName><SID /></Machine><User /></Identification><PolicySource>SMS:MEM</PolicySource>"
+            f'<Resource ResourceType="Machine" /><ServerCookie /></RequestAssignments>'
+        )
 
     def signed_message(self, endpoint: str, body: str, **kw: Any) -> bytes:
         return cm.encode_request(self.header(endpoint, source_id=self.sms_id, **kw), body, signer=self.key)
@@ -99,8 +127,14 @@ class Device:
 
     def proof(self, proof_type: str, token: str, **extra: Any) -> dict[str, Any]:
         stamp = cm.utc_timestamp()
-        return {"ProofType": proof_type, "ClientId": self.sms_id, "Certificate": cm.cert_hex(self.cert),
-                "Timestamp": stamp, "Signature": cm.sign_hex(self.key, cm.utf16(f"{token};{stamp}")), **extra}
+        return {
+            "ProofType": proof_type,
+            "ClientId": self.sms_id,
+            "Certificate": cm.cert_hex(self.cert),
+            "Timestamp": stamp,
+            "Signature": cm.sign_hex(self.key, cm.utf16(f"{token};{stamp}")),
+            **extra,
+        }
 
 
 def http_url(lab: Lab) -> str:
@@ -115,10 +149,15 @@ def client(lab: Lab, cert: tuple[Path, Path] | None = None) -> httpx.Client:
     return lab_client(lab, cert=cert)
 
 
-def ccm_post(c: httpx.Client, url: str, raw: bytes, headers: dict[str, str] | None = None,
-             content_type: str = cm.CONTENT_TYPE) -> httpx.Response:
-    return c.request("CCM_POST", url, content=raw,
-                     headers={"Content-Type": content_type, "User-Agent": cm.USER_AGENT, **(headers or {})})
+def ccm_post(
+    c: httpx.Client, url: str, raw: bytes, headers: dict[str, str] | None = None, content_type: str = cm.CONTENT_TYPE
+) -> httpx.Response:
+    return c.request(
+        "CCM_POST",
+        url,
+        content=raw,
+        headers={"Content-Type": content_type, "User-Agent": cm.USER_AGENT, **(headers or {})},
+    )
 
 
 def reply_body(resp: httpx.Response) -> str:
@@ -127,8 +166,13 @@ def reply_body(resp: httpx.Response) -> str:
     return body
 
 
-def register(lab: Lab, device: Device, c: httpx.Client | None = None, url: str | None = None,
-             headers: dict[str, str] | None = None) -> dict[str, str]:
+def register(
+    lab: Lab,
+    device: Device,
+    c: httpx.Client | None = None,
+    url: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, str]:
     """Register over HTTP /ccm_system/request (or `url`); the response's attributes."""
     own = c is None
     c = c or client(lab)

@@ -56,8 +56,21 @@ class Topology:
             sh("ip", "netns", "exec", host.ns, "sysctl", "-qw", "net.ipv4.ip_forward=0")
             for j, net in enumerate(host.networks):
                 inner, outer = f"{self.prefix}{i}n{j}", f"{self.prefix}{i}s{j}"
-                sh("ip", "link", "add", inner, "netns", host.ns, "type", "veth", "peer", "name", outer,
-                   "netns", self.switch)
+                sh(
+                    "ip",
+                    "link",
+                    "add",
+                    inner,
+                    "netns",
+                    host.ns,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    outer,
+                    "netns",
+                    self.switch,
+                )
                 sh("ip", "-n", self.switch, "link", "set", outer, "master", f"br-{net}", "up")
                 sh("ip", "-n", host.ns, "addr", "add", f"{host.addr(net)}/24", "dev", inner)
                 sh("ip", "-n", host.ns, "link", "set", inner, "up")
@@ -80,16 +93,28 @@ class Topology:
         shared = [n for n in other.networks if n in host.networks]
         return other.addr(shared[0]) if shared else None
 
-    def popen(self, host: Host, argv: list[str], *, env: dict[str, str] | None = None,
-              log: Path | None = None) -> subprocess.Popen[bytes]:
+    def popen(
+        self, host: Host, argv: list[str], *, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         out = log.open("ab") if log else subprocess.DEVNULL
-        return subprocess.Popen(["ip", "netns", "exec", host.ns, *argv], env={**os.environ, **(env or {})},
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            ["ip", "netns", "exec", host.ns, *argv],
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
-    def run(self, host: Host, argv: list[str], *, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", host.ns, *argv], env={**os.environ, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, host: Host, argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", host.ns, *argv],
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def down(self) -> None:
         for ns in [*(h.ns for h in self.hosts.values()), self.switch]:

@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 import spnego
 
-QUIET = ["--no-smb-server", "--no-wcf-server", "--no-raw-server", "--no-rpc-server", "--no-winrm-server",
-         "--no-mssql-server", "--no-rdp-server"]
+QUIET = [
+    "--no-smb-server",
+    "--no-wcf-server",
+    "--no-raw-server",
+    "--no-rpc-server",
+    "--no-winrm-server",
+    "--no-mssql-server",
+    "--no-rdp-server",
+]
 
 
 def ntlmrelayx() -> str:

@@ -59,8 +59,9 @@ class AliasedEntra(LabProcesses):
 
     def client(self, resolve: Iterable[str] = ()) -> httpx.Client:  # names on port 443: its own mapping
         ctx = httpclient.ssl_context(ca_bundle=self.lab.pki.ca_bundle)
-        return httpclient.client(ctx=ctx, resolve=[f"{h}:{PORT}:{self.addr}" for h in self.lab.config.hosts.entra],
-                                 timeout=5)
+        return httpclient.client(
+            ctx=ctx, resolve=[f"{h}:{PORT}:{self.addr}" for h in self.lab.config.hosts.entra], timeout=5
+        )
 
 
 @contextmanager
@@ -80,10 +81,21 @@ def write_hosts(path: Path, addr: str, names: Sequence[str]) -> Path:
     return path
 
 
-def run_resolved(argv: Sequence[str], *, hosts: Path, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_resolved(
+    argv: Sequence[str],
+    *,
+    hosts: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """Run `argv` with `hosts` as its /etc/hosts (private mount namespace)."""
     script = 'mount --bind "$0" /etc/hosts && exec "$@"'
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(hosts), *argv],
-                          env={**os.environ, **(env or {})}, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(hosts), *argv],
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -42,8 +42,10 @@ def raw_https(lab: Lab, service: str, data: bytes, *, timeout: float = 15) -> by
     server closes or `timeout` passes."""
     ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
     out = bytearray()
-    with socket.create_connection(("127.0.0.1", lab.port(service)), timeout=timeout) as sock, \
-            ctx.wrap_socket(sock, server_hostname=lab.host(service)) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", lab.port(service)), timeout=timeout) as sock,
+        ctx.wrap_socket(sock, server_hostname=lab.host(service)) as tls,
+    ):
         tls.sendall(data)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -65,12 +67,12 @@ def status_of(reply: bytes) -> int:
 
 def last_seq(lab: Lab, service: str) -> int:
     with client(lab) as c:
-        return int(c.get(f"{lab.url(service)}/_lab/requests", params={"limit": 0}, headers=admin(lab))
-                   .json()["last_seq"])
+        return int(
+            c.get(f"{lab.url(service)}/_lab/requests", params={"limit": 0}, headers=admin(lab)).json()["last_seq"]
+        )
 
 
 def records_after(lab: Lab, service: str, seq: int) -> list[dict[str, Any]]:
     with client(lab) as c:
-        reply = c.get(f"{lab.url(service)}/_lab/requests", params={"after": seq, "limit": 10000},
-                      headers=admin(lab))
+        reply = c.get(f"{lab.url(service)}/_lab/requests", params={"after": seq, "limit": 10000}, headers=admin(lab))
         return list(reply.json()["requests"])

@@ -17,8 +17,12 @@ from tests.support.mp import Device
 
 def bulk_token(lab: Lab, *, blocked: bool = False) -> str:
     def cli(*args: str) -> str:
-        return subprocess.run([sys.executable, "-m", "cmglab", "bulk-token", *args, "--lab", str(lab.dir)],
-                              check=True, capture_output=True, text=True).stdout
+        return subprocess.run(
+            [sys.executable, "-m", "cmglab", "bulk-token", *args, "--lab", str(lab.dir)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
 
     created = json.loads(cli("new", "--json"))
     if blocked:
@@ -31,6 +35,9 @@ def traced_sts(lab: Lab, device: Device, token: str, step: str = "ccmsts") -> tu
     headers = TraceContext.start(device.name, step)
     body = json.dumps(device.proof("BulkRegistration", token)).encode()
     with lab_client(lab) as c:
-        reply = c.post(proxy_url(lab, "CCM_STS"), content=body,
-                       headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", **headers})
+        reply = c.post(
+            proxy_url(lab, "CCM_STS"),
+            content=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", **headers},
+        )
     return reply, headers

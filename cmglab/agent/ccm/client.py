@@ -46,14 +46,18 @@ from cmglab.wire import tracing
 
 CCM_E_TRANSIENT = 0x87D00231  # what CcmMessaging reports for a post that failed ("Post to ... failed with")
 # the WinHTTP error names CCMHTTP logs for a request that got no answer (HRESULT_FROM_WIN32 low word)
-_WINHTTP_NAMES = {12002: "ERROR_WINHTTP_TIMEOUT", 12029: "ERROR_WINHTTP_CANNOT_CONNECT",
-                  12175: "ERROR_WINHTTP_SECURE_FAILURE"}
+_WINHTTP_NAMES = {
+    12002: "ERROR_WINHTTP_TIMEOUT",
+    12029: "ERROR_WINHTTP_CANNOT_CONNECT",
+    12175: "ERROR_WINHTTP_SECURE_FAILURE",
+}
 T = TypeVar("T")
 
 
 class MessagingError(Exception):
-    def __init__(self, message: str, *, status: int = 0, code: str = "", hresult: int = CCM_E_TRANSIENT,
-                 transient: bool = False) -> None:
+    def __init__(
+        self, message: str, *, status: int = 0, code: str = "", hresult: int = CCM_E_TRANSIENT, transient: bool = False
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.hresult, self.transient = status, code, hresult, transient
 
@@ -78,13 +82,16 @@ class Reply:
 
 
 def host_line(prefix: str, mp: ManagementPoint, path: str, token_auth: bool, flags: str, options: str) -> str:
-    return (f"{prefix}: Host={mp.host}, Path={path}, Port={mp.port}, Protocol={mp.scheme}, "
-            f"CcmTokenAuth={int(token_auth)}, Flags={flags}, Options={options}")
+    return (
+        f"{prefix}: Host={mp.host}, Path={path}, Port={mp.port}, Protocol={mp.scheme}, "
+        f"CcmTokenAuth={int(token_auth)}, Flags={flags}, Options={options}"
+    )
 
 
 class CcmClient:
-    def __init__(self, device: Device, network: DeviceNetwork, state: ClientState, *,
-                 regtoken: str | None = None) -> None:
+    def __init__(
+        self, device: Device, network: DeviceNetwork, state: ClientState, *, regtoken: str | None = None
+    ) -> None:
         self.device, self.network, self.state = device, network, state
         self._regtoken = regtoken  # in memory only, for the life of this ccmsetup
         self.conns = Connections(network)
@@ -121,12 +128,14 @@ class CcmClient:
                 return self.renew_token(mp, log)
         return self.renew_token(mp, log)
 
-    def renew_token(self, mp: ManagementPoint, log: logging.Logger, *, adal_logs: Logs | None = None,
-                    as_named: bool = False) -> str:
+    def renew_token(
+        self, mp: ManagementPoint, log: logging.Logger, *, adal_logs: Logs | None = None, as_named: bool = False
+    ) -> str:
         """as_named: log the STS URL under the name the client was given (ccmsetup's CCMHOSTNAME, seed 001
         §3.1), though a token request always goes to the CMG's ServerAuth path."""
-        reply, proof = retrying(lambda: self.obtain(mp, log, adal_logs or Logs(log), as_named), log,
-                                     "Failed to get CCM token")
+        reply, proof = retrying(
+            lambda: self.obtain(mp, log, adal_logs or Logs(log), as_named), log, "Failed to get CCM token"
+        )
         expires = self.cache.put(reply, proof)
         log.info(f"Cached encrypted token for '{SYSTEM_SID}'. Will expire at '{local_time(expires)}'")
         if reply.get("ClientToken"):
@@ -134,8 +143,9 @@ class CcmClient:
             log.info(f"Renewed the client's unique token; valid until {reply.get('ClientTokenExpiresOn')}")
         return str(reply["Token"])
 
-    def obtain(self, mp: ManagementPoint, log: logging.Logger, adal_logs: Logs,
-               as_named: bool = False) -> tuple[dict[str, Any], str]:
+    def obtain(
+        self, mp: ManagementPoint, log: logging.Logger, adal_logs: Logs, as_named: bool = False
+    ) -> tuple[dict[str, Any], str]:
         """A CCM token reply for the client's proof."""
         http = self.http(mp)
         shown = mp.url("CCM_STS", family=MUTUAL_AUTH) if as_named and mp.internet else None
@@ -145,32 +155,71 @@ class CcmClient:
                 aad = self.state.aad or {}
                 adal = AdalOperationProvider(self.device, self.conns.get(), self.network.resolve, adal_logs)
                 try:
-                    token = adal.get_token(client_id=aad["AADCLIENTAPPID"], resource=aad["AADRESOURCEURI"],
-                                           tenant_id=aad.get("AADTENANTID"))
+                    token = adal.get_token(
+                        client_id=aad["AADCLIENTAPPID"],
+                        resource=aad["AADRESOURCEURI"],
+                        tenant_id=aad.get("AADTENANTID"),
+                    )
                 except AadTokenError as e:
                     raise TokenUnavailable(str(e), code="AADTokenUnavailable", hresult=e.hresult) from e
-                return request_ccm_token(http, mp, proof_type="AAD", bearer=token.token, signing=self.signing,
-                                         client_id=sms_id, log=log, shown_url=shown), "AAD"
+                return request_ccm_token(
+                    http,
+                    mp,
+                    proof_type="AAD",
+                    bearer=token.token,
+                    signing=self.signing,
+                    client_id=sms_id,
+                    log=log,
+                    shown_url=shown,
+                ), "AAD"
             if mode == PKI:
-                return request_ccm_token(http, mp, proof_type="Certificate", bearer=None, signing=self.signing,
-                                         client_id=sms_id, log=log, shown_url=shown), "Certificate"
+                return request_ccm_token(
+                    http,
+                    mp,
+                    proof_type="Certificate",
+                    bearer=None,
+                    signing=self.signing,
+                    client_id=sms_id,
+                    log=log,
+                    shown_url=shown,
+                ), "Certificate"
             stored = self.client_tokens.get()
             if stored is not None:
                 renew = self.client_tokens.due_for_renewal()
                 if renew:
                     log.info("The client's unique token is a month old: asking for a new one")
-                return request_ccm_token(http, mp, proof_type="ClientToken", bearer=stored["Token"],
-                                         signing=self.signing, client_id=sms_id, log=log,
-                                         renew_client_token=renew, shown_url=shown), "ClientToken"
+                return request_ccm_token(
+                    http,
+                    mp,
+                    proof_type="ClientToken",
+                    bearer=stored["Token"],
+                    signing=self.signing,
+                    client_id=sms_id,
+                    log=log,
+                    renew_client_token=renew,
+                    shown_url=shown,
+                ), "ClientToken"
             if mode == BULK and self._regtoken:
-                return request_ccm_token(http, mp, proof_type="BulkRegistration", bearer=self._regtoken,
-                                         signing=self.signing, client_id=sms_id, log=log,
-                                         shown_url=shown), "BulkRegistration"
+                return request_ccm_token(
+                    http,
+                    mp,
+                    proof_type="BulkRegistration",
+                    bearer=self._regtoken,
+                    signing=self.signing,
+                    client_id=sms_id,
+                    log=log,
+                    shown_url=shown,
+                ), "BulkRegistration"
         except StsError as e:
-            raise TokenUnavailable(f"CCM_STS refused the {mode} proof: {e.code}: {e.reason}", code=e.code,
-                                   transient=e.status == 0 or transient_status(e.status)) from e
-        raise TokenUnavailable(f"the client has no proof for a CCM token (auth mode {mode or 'none'}, "
-                               "no unique client token)", code="NoProof")
+            raise TokenUnavailable(
+                f"CCM_STS refused the {mode} proof: {e.code}: {e.reason}",
+                code=e.code,
+                transient=e.status == 0 or transient_status(e.status),
+            ) from e
+        raise TokenUnavailable(
+            f"the client has no proof for a CCM token (auth mode {mode or 'none'}, no unique client token)",
+            code="NoProof",
+        )
 
     # -- CcmMessaging ---------------------------------------------------------------------------
     def vdir(self, mp: ManagementPoint, *, windows_auth: bool = False) -> str:
@@ -180,32 +229,74 @@ class CcmClient:
             return "ccm_system_windowsauth"
         return "ccm_system"
 
-    def send(self, mp: ManagementPoint, endpoint: str, body: str, *, log: logging.Logger, signed: bool = False,
-             windows_auth: bool = False, prefix: str = "ccmhttp", flags: str = "0x4200",
-             options: str = "0x1e0", remote_sync: bool = False, retry: bool = True, announced: bool = False) -> Reply:
+    def send(
+        self,
+        mp: ManagementPoint,
+        endpoint: str,
+        body: str,
+        *,
+        log: logging.Logger,
+        signed: bool = False,
+        windows_auth: bool = False,
+        prefix: str = "ccmhttp",
+        flags: str = "0x4200",
+        options: str = "0x1e0",
+        remote_sync: bool = False,
+        retry: bool = True,
+        announced: bool = False,
+    ) -> Reply:
         """One message, sent again (same message ID) while it fails transiently, unless `retry` is off."""
         info = self.device.info
-        header = cm.MsgHeader(target_endpoint=endpoint, target_host=mp.host, source_host=info.name,
-                              source_id=self.state.sms_id if signed else None,
-                              reply_to=f"direct:{info.name}:SccmMessaging")
+        header = cm.MsgHeader(
+            target_endpoint=endpoint,
+            target_host=mp.host,
+            source_host=info.name,
+            source_id=self.state.sms_id if signed else None,
+            reply_to=f"direct:{info.name}:SccmMessaging",
+        )
         if remote_sync:
-            log.info(f"Sending remote sync message '{header.id}' to host '{mp.name}' endpoint '{endpoint}'. "
-                     f"Flags 0x280, sender account {SYSTEM_SID}")
+            log.info(
+                f"Sending remote sync message '{header.id}' to host '{mp.name}' endpoint '{endpoint}'. "
+                f"Flags 0x280, sender account {SYSTEM_SID}"
+            )
         raw = cm.encode_request(header, body, signer=self.signing.key() if signed else None)
         path = mp.path(f"{self.vdir(mp, windows_auth=windows_auth)}/request")
         token = self.ccm_token(mp, log) if mp.token_auth else None  # renewed (and retried) on its own
 
         def post() -> Reply:
-            return self._post(mp, path, header, raw, token, log=log, windows_auth=windows_auth, prefix=prefix,
-                              flags=flags, options=options, announced=announced)
+            return self._post(
+                mp,
+                path,
+                header,
+                raw,
+                token,
+                log=log,
+                windows_auth=windows_auth,
+                prefix=prefix,
+                flags=flags,
+                options=options,
+                announced=announced,
+            )
 
         if not retry:
             return post()
         return retrying(post, log, f"Failed to send message '{header.id}' to endpoint '{endpoint}'")
 
-    def _post(self, mp: ManagementPoint, path: str, header: cm.MsgHeader, raw: bytes, token: str | None, *,
-              log: logging.Logger, windows_auth: bool, prefix: str, flags: str, options: str,
-              announced: bool = False) -> Reply:
+    def _post(
+        self,
+        mp: ManagementPoint,
+        path: str,
+        header: cm.MsgHeader,
+        raw: bytes,
+        token: str | None,
+        *,
+        log: logging.Logger,
+        windows_auth: bool,
+        prefix: str,
+        flags: str,
+        options: str,
+        announced: bool = False,
+    ) -> Reply:
         url = mp.base + path
         if not announced:  # else the caller logged the connection (ccmsetup: Host=, then Created connection)
             log.info(host_line(prefix, mp, path, token is not None, flags, options))
@@ -231,8 +322,12 @@ class CcmClient:
             ccmhttp_failure(log, mp, url, int(options, 16), status=reply.status_code)
             log.error(f"Post to {url} failed with 0x{CCM_E_TRANSIENT:08x}.")
             log.error(f"Message '{header.id}' to {url} failed: HTTP {reply.status_code} {code}: {reason}")
-            raise MessagingError(f"HTTP {reply.status_code} {code}: {reason}", status=reply.status_code, code=code,
-                                 transient=transient_status(reply.status_code))
+            raise MessagingError(
+                f"HTTP {reply.status_code} {code}: {reason}",
+                status=reply.status_code,
+                code=code,
+                transient=transient_status(reply.status_code),
+            )
         if not reply.content:
             log.error(f"Message '{header.id}' got an empty reply from {url} (not registered, or a bad signature)")
             raise MessagingError("empty reply", status=200, code="EmptyReply")
@@ -251,8 +346,10 @@ class CcmClient:
         account = machine_account(self.device)
         if account is None:
             raise NetworkError(0x8009030E, "this device has no domain machine account (not domain joined)")
-        ctx = spnego.client(account["username"], account["password"], hostname=httpx.URL(url).host,
-                            service="HTTP", protocol="ntlm")
+        ctx = spnego.client(
+            account["username"], account["password"], hostname=httpx.URL(url).host, service="HTTP", protocol="ntlm"
+        )
+
         def auth(token: bytes | None) -> dict[str, str]:
             return {**headers, "Authorization": f"NTLM {base64.b64encode(token or b'').decode()}"}
 
@@ -260,16 +357,29 @@ class CcmClient:
         for _ in range(2):
             if reply.status_code != 401:
                 return reply
-            challenge = next((v.split(" ", 1)[1] for k, v in reply.headers.multi_items()
-                              if k.lower() == "www-authenticate" and v.startswith(("NTLM ", "Negotiate "))), None)
+            challenge = next(
+                (
+                    v.split(" ", 1)[1]
+                    for k, v in reply.headers.multi_items()
+                    if k.lower() == "www-authenticate" and v.startswith(("NTLM ", "Negotiate "))
+                ),
+                None,
+            )
             if challenge is None:
                 return reply
             reply = http.request("CCM_POST", url, content=raw, headers=auth(ctx.step(base64.b64decode(challenge))))
         return reply
 
     # -- plain GETs through the same door (content, policy bodies) ------------------------------
-    def get(self, mp: ManagementPoint, url: str, log: logging.Logger, *, token: bool | None = None,
-            headers: dict[str, str] | None = None) -> httpx.Response:
+    def get(
+        self,
+        mp: ManagementPoint,
+        url: str,
+        log: logging.Logger,
+        *,
+        token: bool | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         """The reply to a GET (any status below 500); sent again while it fails transiently."""
         hdrs = dict(headers or {})
         with_token = token if token is not None else mp.token_auth
@@ -309,8 +419,15 @@ def retrying(attempt: Callable[[], T], log: logging.Logger, what: str) -> T:
             n += 1
 
 
-def ccmhttp_failure(log: logging.Logger, mp: ManagementPoint, url: str, options: int, *, status: int = 0,
-                    error: NetworkError | None = None) -> None:
+def ccmhttp_failure(
+    log: logging.Logger,
+    mp: ManagementPoint,
+    url: str,
+    options: int,
+    *,
+    status: int = 0,
+    error: NetworkError | None = None,
+) -> None:
     """The lines CCMHTTP writes for a request that failed (a real client's CcmMessaging.log,
     LocationServices.log): no answer → the WinHTTP error; an answer → its HTTP status."""
     if error is not None:
@@ -318,8 +435,9 @@ def ccmhttp_failure(log: logging.Logger, mp: ManagementPoint, url: str, options:
         text = _WINHTTP_NAMES.get(code, f"0x{error.hresult:08X}")
         log.error(f"[CCMHTTP] ERROR: URL={url}, Port={mp.port}, Options={options}, Code={code}, Text={text}")
     else:
-        log.error(f"[CCMHTTP] ERROR: URL={url}, Port={mp.port}, Options={options}, Code=0, "
-                  "Text=CCM_E_BAD_HTTP_STATUS_CODE")
+        log.error(
+            f"[CCMHTTP] ERROR: URL={url}, Port={mp.port}, Options={options}, Code=0, Text=CCM_E_BAD_HTTP_STATUS_CODE"
+        )
         log.error(f"[CCMHTTP] ERROR INFO: StatusCode={status} StatusText={_phrase(status)}")
     log.info(f"Successfully queued event on HTTP/HTTPS failure for server '{mp.host}'.")
 

@@ -32,7 +32,7 @@ def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
         n = length & 0x7F
         if n == 0 or n > 4:
             raise CMSError("unsupported DER length")
-        length = int.from_bytes(data[pos:pos + n], "big")
+        length = int.from_bytes(data[pos : pos + n], "big")
         pos += n
     if pos + length > len(data):
         raise CMSError("truncated DER")
@@ -62,7 +62,7 @@ def _oid(raw: bytes) -> str:
 def decrypt_enveloped(der: bytes, key: rsa.RSAPrivateKey) -> bytes:
     _, s, e = _tlv(der, 0)
     info = _children(der, s, e)
-    if len(info) < 2 or _oid(der[info[0][1]:info[0][2]]) != OID_ENVELOPED:
+    if len(info) < 2 or _oid(der[info[0][1] : info[0][2]]) != OID_ENVELOPED:
         raise CMSError("not a CMS EnvelopedData")
     _, s, e = _tlv(der, info[1][1])  # [0] EXPLICIT -> EnvelopedData SEQUENCE
     fields = _children(der, s, e)
@@ -76,10 +76,13 @@ def decrypt_enveloped(der: bytes, key: rsa.RSAPrivateKey) -> bytes:
     for _, rs, re_ in recipients:
         parts = _children(der, rs, re_)
         alg = _children(der, parts[2][1], parts[2][2])
-        alg_oid = _oid(der[alg[0][1]:alg[0][2]])
-        encrypted_key = der[parts[3][1]:parts[3][2]]
-        pad = (padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None) if alg_oid == OID_OAEP
-               else padding.PKCS1v15())
+        alg_oid = _oid(der[alg[0][1] : alg[0][2]])
+        encrypted_key = der[parts[3][1] : parts[3][2]]
+        pad = (
+            padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)
+            if alg_oid == OID_OAEP
+            else padding.PKCS1v15()
+        )
         try:
             cek = key.decrypt(encrypted_key, pad)
             break
@@ -88,8 +91,8 @@ def decrypt_enveloped(der: bytes, key: rsa.RSAPrivateKey) -> bytes:
     if cek is None:
         raise CMSError("no recipient of this EnvelopedData matches the key")
     alg = _children(der, enc_info[1][1], enc_info[1][2])
-    content_oid = _oid(der[alg[0][1]:alg[0][2]])
-    iv = der[alg[1][1]:alg[1][2]]
+    content_oid = _oid(der[alg[0][1] : alg[0][2]])
+    iv = der[alg[1][1] : alg[1][2]]
     tag, cs, ce = enc_info[2]
     # constructed [0]: OCTET STRING chunks
     content = b"".join(der[s2:e2] for _, s2, e2 in _children(der, cs, ce)) if tag == 0xA0 else der[cs:ce]

@@ -76,13 +76,24 @@ class DPSession:
             return reply
         import spnego
 
-        ctx = spnego.client(self.account["username"], self.account["password"], hostname=httpx.URL(url).host,
-                            service="HTTP", protocol="ntlm")
+        ctx = spnego.client(
+            self.account["username"],
+            self.account["password"],
+            hostname=httpx.URL(url).host,
+            service="HTTP",
+            protocol="ntlm",
+        )
         token = ctx.step() or b""
         for _ in range(2):
             reply = self.http.get(url, headers={"Authorization": f"NTLM {base64.b64encode(token).decode()}"})
-            challenge = next((v.split(" ", 1)[1] for k, v in reply.headers.multi_items()
-                              if k.lower() == "www-authenticate" and v.startswith("NTLM ")), None)
+            challenge = next(
+                (
+                    v.split(" ", 1)[1]
+                    for k, v in reply.headers.multi_items()
+                    if k.lower() == "www-authenticate" and v.startswith("NTLM ")
+                ),
+                None,
+            )
             if reply.status_code != 401 or challenge is None:
                 return reply
             token = ctx.step(base64.b64decode(challenge)) or b""
@@ -126,8 +137,9 @@ class DPSession:
             data = self._ok(url).content
             digest = hashlib.sha256(data).hexdigest().upper()
             if digest != m.group(1).upper():
-                raise DownloadError(f"{rel}: SHA-256 {digest} is not the content's {m.group(1).upper()}",
-                                    E_HASH_MISMATCH)
+                raise DownloadError(
+                    f"{rel}: SHA-256 {digest} is not the content's {m.group(1).upper()}", E_HASH_MISMATCH
+                )
             out.append(Fetched(rel, data, digest))
         return out
 
@@ -158,8 +170,10 @@ class ContentTransfer:
         self.ctm.info(f"CTM job {ctm_job} received {len(locations)} location(s)")
         dp_locations = [loc for loc in locations if loc.dp_type == "SERVER"]
         if not dp_locations:
-            self.ctm.error(f"CTM job {ctm_job} has no distribution point location for {package_id}: "
-                           f"no content in this boundary group")
+            self.ctm.error(
+                f"CTM job {ctm_job} has no distribution point location for {package_id}: "
+                f"no content in this boundary group"
+            )
             raise DownloadError(f"no distribution point holds {package_id}", E_NOT_FOUND)
         self.cache_root.mkdir(parents=True, exist_ok=True)
         used = [int(p.name) for p in self.cache_root.iterdir() if p.name.isdigit()]
@@ -167,8 +181,10 @@ class ContentTransfer:
         last: DownloadError | None = None
         for loc in dp_locations:
             dts_job = "{" + str(uuid.uuid4()).upper() + "}"
-            self.ctm.info(f"CTM job {ctm_job} (corresponding DTS job {dts_job}) started download from "
-                          f"'{loc.url}' for full content download.")
+            self.ctm.info(
+                f"CTM job {ctm_job} (corresponding DTS job {dts_job}) started download from "
+                f"'{loc.url}' for full content download."
+            )
             self.ctm.info(f"CTM job {ctm_job} entered phase CCM_DOWNLOADSTATUS_DOWNLOADING_DATA")
             self.dts.info(f"DTSJob {dts_job} created to download from '{loc.url}' to '{dest}'.")
             try:
@@ -176,8 +192,9 @@ class ContentTransfer:
             except (DownloadError, httpx.HTTPError, MessagingError) as e:
                 hresult = e.hresult if isinstance(e, DownloadError) else 0x80072EFD
                 self.dts.error(f"DTSJob {dts_job} failed to download from '{loc.url}': {e} (0x{hresult:08X})")
-                self.ctm.warning(f"CTM job {ctm_job} failed to download from '{loc.url}' (0x{hresult:08X}), "
-                                 f"trying the next location")
+                self.ctm.warning(
+                    f"CTM job {ctm_job} failed to download from '{loc.url}' (0x{hresult:08X}), trying the next location"
+                )
                 last = e if isinstance(e, DownloadError) else DownloadError(str(e), hresult)
                 continue
             for f in files:
@@ -187,11 +204,15 @@ class ContentTransfer:
             self.dts.info(f"DTSJob {dts_job} in state 'RetrievedData'.")
             self.dts.info(f"DTSJob {dts_job} successfully completed download.")
             self.dts.info(f"DTSJob {dts_job} in state 'NotifiedComplete'.")
-            self.dts.info(f"DTS job {dts_job} has completed: Status : SUCCESS, "
-                          f"Files: {len(files)}, Bytes: {sum(len(f.data) for f in files)}")
+            self.dts.info(
+                f"DTS job {dts_job} has completed: Status : SUCCESS, "
+                f"Files: {len(files)}, Bytes: {sum(len(f.data) for f in files)}"
+            )
             self.ctm.info(f"CTM job {ctm_job} successfully processed download completion.")
-            self.ctm.info(f"CTM job {ctm_job} entered phase CCM_DOWNLOADSTATUS_DOWNLOAD_SUCCESS "
-                          f"({package_id}.{version} in {dest})")
+            self.ctm.info(
+                f"CTM job {ctm_job} entered phase CCM_DOWNLOADSTATUS_DOWNLOAD_SUCCESS "
+                f"({package_id}.{version} in {dest})"
+            )
             return dest
         self.ctm.error(f"CTM job {ctm_job} failed: no location could serve {package_id}")
         raise last or DownloadError(f"{package_id}: no location", E_NOT_FOUND)
@@ -199,12 +220,17 @@ class ContentTransfer:
     def _dts(self, job: str, loc: ContentLocation) -> list[Fetched]:
         cv = content_version_of(loc)
         self.dts.info(f"DTSJob {job} in state 'DownloadingManifest'.")
-        session = DPSession(self.client.conns.get(self.client.pki_cert if loc.url.startswith("https:") else None),
-                            machine_account(self.client.device), self.dts)
+        session = DPSession(
+            self.client.conns.get(self.client.pki_cert if loc.url.startswith("https:") else None),
+            machine_account(self.client.device),
+            self.dts,
+        )
         self.dts.info(f"DTSJob {job} in state 'PendingDownload'.")
         self.dts.info(f"DTSJob {job} in state 'DownloadingData'.")
         files = session.fetch(loc.url, cv)
         for f in files:
-            self.dts.info(f"DTSJob {job}: downloaded '{f.path}' ({len(f.data)} bytes), SHA-256 {f.sha256} matches "
-                          f"the content's hash")
+            self.dts.info(
+                f"DTSJob {job}: downloaded '{f.path}' ({len(f.data)} bytes), SHA-256 {f.sha256} matches "
+                f"the content's hash"
+            )
         return files

@@ -39,21 +39,30 @@ class PolicyAgent:
     def request_assignments(self, mp: ManagementPoint) -> list[PolicyAssignment]:
         st, info = self.client.state, self.client.device.info
         self.log.info(f"Requesting Machine policy assignments from '{mp.name}'")
-        body = (f'<RequestAssignments SchemaVersion="1.00" ACK="false" RequestType="Always"><Identification>'
-                f"<Machine><ClientID>{st.sms_id}</ClientID><FQDN>{info.fqdn}</FQDN><NetBIOSName>{info.name}"
-                f"</NetBIOSName><SID /></Machine><User /></Identification><PolicySource>SMS:{st.site_code}"
-                f'</PolicySource><Resource ResourceType="Machine" /><ServerCookie /></RequestAssignments>')
-        reply = self.client.send(mp, "MP_PolicyManager", body, log=self.messaging_log, signed=True,
-                                 remote_sync=True)
+        body = (
+            f'<RequestAssignments SchemaVersion="1.00" ACK="false" RequestType="Always"><Identification>'
+            f"<Machine><ClientID>{st.sms_id}</ClientID><FQDN>{info.fqdn}</FQDN><NetBIOSName>{info.name}"
+            f"</NetBIOSName><SID /></Machine><User /></Identification><PolicySource>SMS:{st.site_code}"
+            f'</PolicySource><Resource ResourceType="Machine" /><ServerCookie /></RequestAssignments>'
+        )
+        reply = self.client.send(mp, "MP_PolicyManager", body, log=self.messaging_log, signed=True, remote_sync=True)
         root = parse_xml(reply.body)
         out = []
         for policy in root.iter("Policy"):
             loc = policy.find("PolicyLocation")
-            out.append(PolicyAssignment(policy.get("PolicyID", ""), policy.get("PolicyVersion", ""),
-                                        policy.get("PolicyCategory", ""), int(policy.get("PolicyFlags", "0")),
-                                        (loc.text or "").strip() if loc is not None else ""))
-        self.log.info(f"Received {len(out)} Machine policy assignment(s) "
-                      f"({sum(1 for p in out if p.secret)} secret) from '{mp.name}'")
+            out.append(
+                PolicyAssignment(
+                    policy.get("PolicyID", ""),
+                    policy.get("PolicyVersion", ""),
+                    policy.get("PolicyCategory", ""),
+                    int(policy.get("PolicyFlags", "0")),
+                    (loc.text or "").strip() if loc is not None else "",
+                )
+            )
+        self.log.info(
+            f"Received {len(out)} Machine policy assignment(s) "
+            f"({sum(1 for p in out if p.secret)} secret) from '{mp.name}'"
+        )
         return out
 
     def policy_url(self, mp: ManagementPoint, location: str) -> str:
@@ -68,8 +77,9 @@ class PolicyAgent:
         headers = client_token_headers(st.sms_id or "", self.client.signing.key()) if assignment.secret else {}
         reply = self.client.get(mp, url, self.log, headers=headers)
         if reply.status_code != 200 or reply.content.lstrip().upper().startswith(b"<HTML>"):
-            raise MessagingError(f"policy {assignment.policy_id} download refused: HTTP {reply.status_code}",
-                                 status=reply.status_code)
+            raise MessagingError(
+                f"policy {assignment.policy_id} download refused: HTTP {reply.status_code}", status=reply.status_code
+            )
         if assignment.secret:
             try:
                 plain = decrypt_enveloped(reply.content, self.client.encryption.key())
@@ -78,8 +88,10 @@ class PolicyAgent:
             text = decode_utf16(plain)
             blob = self.client.device.dpapi.protect(text.encode(), SECRET_PURPOSE)
             write_private(self.client.device.policy_dir / f"{assignment.policy_id}.bin", blob)
-            self.log.info(f"Downloaded secret policy {assignment.policy_id} ({assignment.category}); decrypted "
-                          "with the SMS Encryption certificate and stored protected")
+            self.log.info(
+                f"Downloaded secret policy {assignment.policy_id} ({assignment.category}); decrypted "
+                "with the SMS Encryption certificate and stored protected"
+            )
         else:
             text = decode_utf16(reply.content)
             write_private(self.client.device.policy_dir / f"{assignment.policy_id}.xml", text.encode())
@@ -89,15 +101,17 @@ class PolicyAgent:
 
     def apply_client_settings(self, text: str) -> None:
         """Client settings, Cloud Services: "Allow clients to use a cloud management gateway"."""
-        m = re.search(r'class="CCM_ClientCloudManagementGatewayConfig".*?name="AllowCMG"[^>]*><value>(\d)</value>',
-                      text, re.S)
+        m = re.search(
+            r'class="CCM_ClientCloudManagementGatewayConfig".*?name="AllowCMG"[^>]*><value>(\d)</value>', text, re.S
+        )
         if m is None:
             return
         allowed = m.group(1) == "1"
         st = self.client.state
         if allowed != st.allow_cmg:
-            self.log.info(f"Client setting 'Allow clients to use a cloud management gateway' is now "
-                          f"{'on' if allowed else 'off'}")
+            self.log.info(
+                f"Client setting 'Allow clients to use a cloud management gateway' is now {'on' if allowed else 'off'}"
+            )
         st.allow_cmg = allowed
 
     def evaluate(self, mp: ManagementPoint) -> int:

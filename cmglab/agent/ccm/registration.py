@@ -22,14 +22,16 @@ class RegistrationFailed(Exception):
 
 def _data_xml(client: CcmClient, sms_id: str, internet: bool) -> str:
     info = client.device.info
-    return (f'<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="{sms_id}" RequestType="Registration" '
-            f'TimeStamp="{utc_timestamp()}"><AgentInformation AgentIdentity="CcmExec.exe" '
-            f'AgentVersion="{client.state.version or "5.00.8968.1000"}" AgentType="0" />'
-            f'<Certificates><Encryption Encoding="HexBinary" KeyType="1">{cert_hex(client.encryption.cert())}'
-            f'</Encryption><Signing Encoding="HexBinary" KeyType="1">{cert_hex(client.signing.cert())}</Signing>'
-            f'</Certificates><DiscoveryProperties><Property Name="Netbios Name" Value="{info.name}" />'
-            f'<Property Name="FQ Name" Value="{info.fqdn}" /><Property Name="Locale ID" Value="1033" />'
-            f'<Property Name="InternetFlag" Value="{int(internet)}" /></DiscoveryProperties></Data>')
+    return (
+        f'<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="{sms_id}" RequestType="Registration" '
+        f'TimeStamp="{utc_timestamp()}"><AgentInformation AgentIdentity="CcmExec.exe" '
+        f'AgentVersion="{client.state.version or "5.00.8968.1000"}" AgentType="0" />'
+        f'<Certificates><Encryption Encoding="HexBinary" KeyType="1">{cert_hex(client.encryption.cert())}'
+        f'</Encryption><Signing Encoding="HexBinary" KeyType="1">{cert_hex(client.signing.cert())}</Signing>'
+        f'</Certificates><DiscoveryProperties><Property Name="Netbios Name" Value="{info.name}" />'
+        f'<Property Name="FQ Name" Value="{info.fqdn}" /><Property Name="Locale ID" Value="1033" />'
+        f'<Property Name="InternetFlag" Value="{int(internet)}" /></DiscoveryProperties></Data>'
+    )
 
 
 class ClientIDManager:
@@ -47,8 +49,9 @@ class ClientIDManager:
         if st.auth_mode == AAD:
             self.log.info("AADJoinStatusTask: Client hasn't been registered yet.")
         self.log.info("RegEndPoint: Event notification: CCM_RemoteClient_Reassigned")
-        self.log.info(f"RegEndPoint: Received notification for site assignment change from '<none>' to "
-                      f"'{st.site_code}'.")
+        self.log.info(
+            f"RegEndPoint: Received notification for site assignment change from '<none>' to '{st.site_code}'."
+        )
         self.register(mp)
 
     def register(self, mp: ManagementPoint) -> None:
@@ -77,8 +80,9 @@ class ClientIDManager:
                 time.sleep(interval)
         self.log.error(f"[RegTask] - Client registration failed after {attempts} attempt(s): {last}")
         st.sms_id, st.approval = None, None
-        raise RegistrationFailed(str(last), transient=isinstance(last, (MessagingError, TokenUnavailable))
-                                 and last.transient)
+        raise RegistrationFailed(
+            str(last), transient=isinstance(last, (MessagingError, TokenUnavailable)) and last.transient
+        )
 
     def _attempt(self, mp: ManagementPoint, proposed: str) -> None:
         client, st = self.client, self.client.state
@@ -99,8 +103,16 @@ class ClientIDManager:
         else:
             self.log.info("Registering client using its self-signed certificate.")
         body = registration_request(_data_xml(client, proposed, mp.internet), client.signing.key())
-        reply = client.send(mp, "MP_ClientRegistration", body, log=self.log, windows_auth=windows_auth,
-                            prefix="ccmhttp", flags="0x4100", options="0xe0")
+        reply = client.send(
+            mp,
+            "MP_ClientRegistration",
+            body,
+            log=self.log,
+            windows_auth=windows_auth,
+            prefix="ccmhttp",
+            flags="0x4100",
+            options="0xe0",
+        )
         root = parse_xml(reply.body)
         status = root.get("Status")
         if root.tag != "ClientRegistrationResponse" or status != "0" or not root.get("SMSID"):
@@ -114,7 +126,8 @@ class ClientIDManager:
                 st.auth_mode = TOKEN if st.auth_mode == BULK else st.auth_mode
             self.log.info("Received the client's unique token from the management point (valid 90 days).")
         st.save(client.device)
-        self.log.info(f"[RegTask] - Client is registered. Server assigned ClientID is {sms_id}. "
-                      f"Approval status {approval}")
+        self.log.info(
+            f"[RegTask] - Client is registered. Server assigned ClientID is {sms_id}. Approval status {approval}"
+        )
         if mp.token_auth or (st.auth_mode == PKI and mp.internet):
             client.renew_token(mp, self.log, adal_logs=self.adal_logs)

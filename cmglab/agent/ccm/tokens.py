@@ -38,8 +38,11 @@ def error_of(reply: httpx.Response) -> StsError:
         body = reply.json()
     except ValueError:
         body = {}
-    return StsError(reply.status_code, str(body.get("Error", f"HTTP{reply.status_code}")),
-                    str(body.get("Reason", reply.text[:200] or reply.reason_phrase)))
+    return StsError(
+        reply.status_code,
+        str(body.get("Error", f"HTTP{reply.status_code}")),
+        str(body.get("Reason", reply.text[:200] or reply.reason_phrase)),
+    )
 
 
 class TokenCache:
@@ -60,8 +63,12 @@ class TokenCache:
 
     def put(self, reply: dict[str, Any], proof: str, account: str = SYSTEM_SID) -> datetime:
         entries = self._all()
-        entries[account] = {"Token": reply["Token"], "TokenType": reply.get("TokenType"),
-                            "ExpiresOn": reply["ExpiresOn"], "Proof": proof}
+        entries[account] = {
+            "Token": reply["Token"],
+            "TokenType": reply.get("TokenType"),
+            "ExpiresOn": reply["ExpiresOn"],
+            "Proof": proof,
+        }
         self.device.dpapi.save(self.device.token_cache_path, entries, CACHE_PURPOSE)
         return parse_timestamp(reply["ExpiresOn"])
 
@@ -93,9 +100,11 @@ class ClientTokenStore:
         claims = jwt.decode(token, options={"verify_signature": False})
         issued = datetime.fromtimestamp(int(claims.get("iat", claims.get("nbf", 0))), UTC)
         exp = expires or datetime.fromtimestamp(int(claims["exp"]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.device.dpapi.save(self.device.client_token_path,
-                               {"Token": token, "IssuedAt": utc_timestamp(issued), "ExpiresOn": exp},
-                               CLIENT_TOKEN_PURPOSE)
+        self.device.dpapi.save(
+            self.device.client_token_path,
+            {"Token": token, "IssuedAt": utc_timestamp(issued), "ExpiresOn": exp},
+            CLIENT_TOKEN_PURPOSE,
+        )
 
     def due_for_renewal(self) -> bool:
         entry = self.get()
@@ -105,17 +114,30 @@ class ClientTokenStore:
         self.device.client_token_path.unlink(missing_ok=True)
 
 
-def request_ccm_token(http: httpx.Client, mp: ManagementPoint, *, proof_type: str, bearer: str | None,
-                      signing: StoredCert, client_id: str | None, log: logging.Logger,
-                      renew_client_token: bool = False, shown_url: str | None = None) -> dict[str, Any]:
+def request_ccm_token(
+    http: httpx.Client,
+    mp: ManagementPoint,
+    *,
+    proof_type: str,
+    bearer: str | None,
+    signing: StoredCert,
+    client_id: str | None,
+    log: logging.Logger,
+    renew_client_token: bool = False,
+    shown_url: str | None = None,
+) -> dict[str, Any]:
     """POST CCM_STS with a proof; the reply {"Token", "TokenType", "ExpiresOn"[, "ClientToken", ...]}.
     `shown_url`: the URL the log names, when it is not the one posted to (ccmsetup, seed 001 §3.1)."""
     url = mp.url("CCM_STS") if mp.internet else f"https://{mp.host}{_https_port(mp)}/CCM_STS"
     log.info(f"Getting CCM Token from STS server '{mp.name}'")
     log.info(f"Getting CCM Token from {shown_url or url}")
     stamp = utc_timestamp()
-    body: dict[str, Any] = {"ProofType": proof_type, "ClientId": client_id,
-                            "Certificate": signing.cert().public_bytes(_der()).hex().upper(), "Timestamp": stamp}
+    body: dict[str, Any] = {
+        "ProofType": proof_type,
+        "ClientId": client_id,
+        "Certificate": signing.cert().public_bytes(_der()).hex().upper(),
+        "Timestamp": stamp,
+    }
     if bearer is not None:
         body["Signature"] = sign_hex(signing.key(), utf16(f"{bearer};{stamp}"))
     if renew_client_token:

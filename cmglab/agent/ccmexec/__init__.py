@@ -33,8 +33,9 @@ def choose_mp(client: CcmClient) -> ManagementPoint | None:
             cl_log.info(f"Client is on the intranet: assigned management point '{mp.name}'")
             return mp
         except MessagingError as e:
-            loc_log.info(f"The intranet management point '{mp.name}' is not reachable ({e}): the client is on "
-                         "the internet")
+            loc_log.info(
+                f"The intranet management point '{mp.name}' is not reachable ({e}): the client is on the internet"
+            )
     cl_log.info("Client is on internet")
     return rotate_internet_mp(client, [loc_log, cl_log])
 
@@ -42,8 +43,10 @@ def choose_mp(client: CcmClient) -> ManagementPoint | None:
 def cycle_summary(state: ClientState, mp: ManagementPoint, policies: int) -> str:
     """The one line a successful cycle prints (CcmExec itself is a silent service; the lab says what it did)."""
     where = f"internet, through the CMG {mp.name}" if mp.internet else f"intranet, MP {mp.name}"
-    return (f"ccmexec: cycle complete: client {state.sms_id or 'not registered'} (approval {state.approval}, "
-            f"auth {state.auth_mode or 'none'}), {where}, {policies} policies applied")
+    return (
+        f"ccmexec: cycle complete: client {state.sms_id or 'not registered'} (approval {state.approval}, "
+        f"auth {state.auth_mode or 'none'}), {where}, {policies} policies applied"
+    )
 
 
 def download(client: CcmClient, mp: ManagementPoint, package_id: str) -> int:
@@ -60,8 +63,7 @@ def download(client: CcmClient, mp: ManagementPoint, package_id: str) -> int:
     return 0
 
 
-def cycle(device: Device, resolve: list[str], download_package: str | None = None,
-          renew_token: bool = False) -> int:
+def cycle(device: Device, resolve: list[str], download_package: str | None = None, renew_token: bool = False) -> int:
     state = ClientState.load(device)
     if state is None or not state.installed:
         print("ccmexec: the ConfigMgr client is not installed on this device (run ccmsetup)", file=sys.stderr)
@@ -83,8 +85,11 @@ def cycle(device: Device, resolve: list[str], download_package: str | None = Non
             return download(client, mp, download_package)
         if renew_token:
             if not mp.token_auth:
-                print(f"ccmexec: the client does not use a CCM token with {mp.name} (no token authentication): "
-                      "nothing to renew", file=sys.stderr)
+                print(
+                    f"ccmexec: the client does not use a CCM token with {mp.name} (no token authentication): "
+                    "nothing to renew",
+                    file=sys.stderr,
+                )
             client.force_token_renewal = True  # CcmMessaging renews it for the policy request, as in seed 001
         before = client.cache.get()
         policies = PolicyAgent(client).evaluate(mp)
@@ -109,10 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR")
     p.add_argument("--loop", action="store_true", help="keep running (one cycle every --interval seconds)")
     p.add_argument("--interval", type=float, default=3600.0, help="seconds between cycles with --loop")
-    p.add_argument("--download", metavar="PACKAGE_ID",
-                   help="download a package's content from the distribution point into the client cache")
-    p.add_argument("--renew-token", action="store_true",
-                   help="renew the CCM token now (CcmMessaging's renewal, as when it is close to expiry)")
+    p.add_argument(
+        "--download",
+        metavar="PACKAGE_ID",
+        help="download a package's content from the distribution point into the client cache",
+    )
+    p.add_argument(
+        "--renew-token",
+        action="store_true",
+        help="renew the CCM token now (CcmMessaging's renewal, as when it is close to expiry)",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         device = Device.open(args.home)

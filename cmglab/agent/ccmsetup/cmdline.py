@@ -33,8 +33,14 @@ SWITCHES = {
     "forceinstall": False,
 }
 PROPERTIES = (
-    "CCMHOSTNAME", "SMSSITECODE", "SMSMP", "AADTENANTID", "AADCLIENTAPPID", "AADRESOURCEURI",
-    "CCMFIRSTCERT", "CCMLOGLEVEL",
+    "CCMHOSTNAME",
+    "SMSSITECODE",
+    "SMSMP",
+    "AADTENANTID",
+    "AADCLIENTAPPID",
+    "AADRESOURCEURI",
+    "CCMFIRSTCERT",
+    "CCMLOGLEVEL",
 )
 
 
@@ -151,8 +157,9 @@ def parse(argv: list[str]) -> CcmSetupArgs:
                 raise CommandLineError(f"unknown property '{name}'")
             args.properties[key] = _strip_quotes(value.strip())
         else:
-            raise CommandLineError(f"unexpected argument {token!r}: parameters are /name[:value], "
-                                   f"properties NAME=value")
+            raise CommandLineError(
+                f"unexpected argument {token!r}: parameters are /name[:value], properties NAME=value"
+            )
     for mp in args.mp:
         if not mp.lower().startswith(("https://", "http://")):
             raise CommandLineError(f"/mp:{mp}: the management point must be a URL (https://... for a CMG)")

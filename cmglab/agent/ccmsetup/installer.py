@@ -62,8 +62,10 @@ class Installer:
         args, stores = self.args, self.device.stores
         pki = stores.pki_client_certs()
         if args.usepkicert and not pki:
-            raise SetupFailure("/usepkicert: no valid PKI client authentication certificate in the Personal store "
-                               "(clientAuth EKU, private key, chaining to a trusted root)")
+            raise SetupFailure(
+                "/usepkicert: no valid PKI client authentication certificate in the Personal store "
+                "(clientAuth EKU, private key, chaining to a trusted root)"
+            )
         state = ClientState(crl_check=not args.nocrlcheck, site_code=(args.site_code or "").upper())
         if state.site_code == "AUTO" and args.ccmhostname:
             raise SetupFailure("SMSSITECODE=AUTO cannot be used with CCMHOSTNAME: give the site code")
@@ -90,8 +92,10 @@ class Installer:
         source = intranet or internet[0]
         if pki:
             state.auth_mode, state.pki_thumbprint = PKI, pki[0].thumbprint
-            self.log.info(f"Found a valid PKI client authentication certificate {pki[0].thumbprint} "
-                          f"({pki[0].cert().subject.rfc4514_string()}): the client will use it (PKI client)")
+            self.log.info(
+                f"Found a valid PKI client authentication certificate {pki[0].thumbprint} "
+                f"({pki[0].cert().subject.rfc4514_string()}): the client will use it (PKI client)"
+            )
         elif args.regtoken is not None:
             state.auth_mode = BULK
         elif source.internet:
@@ -106,31 +110,42 @@ class Installer:
         state = join_state(self.device)
         tenant = a.prop("AADTENANTID") or (state or {}).get("TenantId")
         if a.prop("AADCLIENTAPPID") and a.prop("AADRESOURCEURI") and tenant:
-            return {"AADTENANTID": tenant, "AADCLIENTAPPID": a.prop("AADCLIENTAPPID") or "",
-                    "AADRESOURCEURI": a.prop("AADRESOURCEURI") or ""}
+            return {
+                "AADTENANTID": tenant,
+                "AADCLIENTAPPID": a.prop("AADCLIENTAPPID") or "",
+                "AADRESOURCEURI": a.prop("AADRESOURCEURI") or "",
+            }
         if not tenant or self.device.stores.device_cert() is None:
-            self.log.error("Failed to get AAD token: this device is not Azure AD joined (the WPJ certificate is not "
-                           "found). Use 'dsregcmd /status' and check the Device State section.")
+            self.log.error(
+                "Failed to get AAD token: this device is not Azure AD joined (the WPJ certificate is not "
+                "found). Use 'dsregcmd /status' and check the Device State section."
+            )
             raise SetupFailure("the WPJ certificate is not found")
         path = f"/CCM_Proxy_ServerAuth/AADAuthInfo?TenantID={tenant}"
         self.log.info(f"Getting AAD info from CMG '{mp.netloc}'")
-        self.log.info(f"SMS CCM 5.0: Host={mp.host}, Path={path}, Port={mp.port}, Protocol=https, CcmTokenAuth=0, "
-                      f"Flags=0x1304, Options=0xe0")
+        self.log.info(
+            f"SMS CCM 5.0: Host={mp.host}, Path={path}, Port={mp.port}, Protocol=https, CcmTokenAuth=0, "
+            f"Flags=0x1304, Options=0xe0"
+        )
         try:
             reply = client.conns.get().get(mp.base + path)
         except httpx.HTTPError as e:
             raise self.network_failure(e, f"Getting AAD info from CMG '{mp.netloc}'") from e
         self.connected(mp)
         if reply.status_code == 404:
-            self.log.error(f"The CMG has no AAD information for tenant {tenant}: the tenant is not onboarded to the "
-                           f"site ({reply.text[:200]})")
+            self.log.error(
+                f"The CMG has no AAD information for tenant {tenant}: the tenant is not onboarded to the "
+                f"site ({reply.text[:200]})"
+            )
             raise SetupFailure(f"tenant {tenant} is not onboarded (CMG gave no AAD properties)")
         if reply.status_code != 200:
             self.log.error(f"Getting AAD info from CMG failed: HTTP {reply.status_code} {reply.text[:200]}")
             raise Retryable(f"AADAuthInfo failed with HTTP {reply.status_code}")
         doc = reply.json()
-        self.log.info(f"Got AAD info from CMG: AADTENANTID={doc.get('AADTENANTID')}, AADCLIENTAPPID="
-                      f"{doc.get('AADCLIENTAPPID')}, AADRESOURCEURI={doc.get('AADRESOURCEURI')}")
+        self.log.info(
+            f"Got AAD info from CMG: AADTENANTID={doc.get('AADTENANTID')}, AADCLIENTAPPID="
+            f"{doc.get('AADCLIENTAPPID')}, AADRESOURCEURI={doc.get('AADRESOURCEURI')}"
+        )
         return {k: str(doc[k]) for k in ("AADTENANTID", "AADCLIENTAPPID", "AADRESOURCEURI")}
 
     def connected(self, mp: ManagementPoint) -> None:
@@ -142,19 +157,26 @@ class Installer:
         err = classify(e)
         self.log.error(f"{what} failed: {err.text}. Error 0x{err.hresult:08X}")
         if err.hresult in (CRYPT_E_REVOCATION_OFFLINE, CRYPT_E_REVOKED):
-            hint = ("the CRL of the server certificate cannot be checked: publish the CRL or use /nocrlcheck"
-                    if err.hresult == CRYPT_E_REVOCATION_OFFLINE else "a certificate in the chain is revoked")
+            hint = (
+                "the CRL of the server certificate cannot be checked: publish the CRL or use /nocrlcheck"
+                if err.hresult == CRYPT_E_REVOCATION_OFFLINE
+                else "a certificate in the chain is revoked"
+            )
             self.log.error(f"Certificate revocation check failed: {hint}")
             return SetupFailure(err.text)
         if err.hresult == 0x800B0109:
-            self.log.error("The root certificate authority of the server certificate is not in the device's "
-                           "Trusted Root store: add the root CA (the device cannot validate the CMG certificate)")
+            self.log.error(
+                "The root certificate authority of the server certificate is not in the device's "
+                "Trusted Root store: add the root CA (the device cannot validate the CMG certificate)"
+            )
             return SetupFailure(err.text)
         return Retryable(err.text)
 
     def not_published(self, mp: ManagementPoint) -> None:
-        self.log.error(f"The site is not reachable through '{mp.name}': HTTP 404. The CMG does not publish the "
-                       "management point (is \"Allow clients to use a cloud management gateway\" off for the site?)")
+        self.log.error(
+            f"The site is not reachable through '{mp.name}': HTTP 404. The CMG does not publish the "
+            'management point (is "Allow clients to use a cloud management gateway" off for the site?)'
+        )
 
     # -- steps 2-4 ----------------------------------------------------------------------------
     def contact_site(self, client: CcmClient, source: ManagementPoint) -> Package:
@@ -170,21 +192,31 @@ class Installer:
                 if e.code == "NotFound":
                     self.not_published(source)
                 if st.auth_mode == PKI and e.code in ("0x80072EFD", "0x80072F8F"):
-                    self.log.error("The CMG closed the connection after the TLS handshake: it refused the client "
-                                   "authentication certificate (revoked, expired or not trusted by the site)")
+                    self.log.error(
+                        "The CMG closed the connection after the TLS handshake: it refused the client "
+                        "authentication certificate (revoked, expired or not trusted by the site)"
+                    )
                 raise (Retryable if e.transient else SetupFailure)(str(e)) from e
         prefix = "ccmsetup"
         try:
-            reply = site_info(client, source, st.site_code or "", self.log, prefix=prefix,
-                              connected=(lambda: self.connected(source)) if source.internet else None)
+            reply = site_info(
+                client,
+                source,
+                st.site_code or "",
+                self.log,
+                prefix=prefix,
+                connected=(lambda: self.connected(source)) if source.internet else None,
+            )
             site = parse_xml(reply).find("Site")
             if site is None:
                 raise SetupFailure(f"the management point knows no site {st.site_code!r}")
             st.site_code = st.site_code or (site.findtext("SiteCode") or "")
             self.log.info(f"Checking the URL '{source.display_url}/CCM_Client/ccmsetup.cab'")
             path = source.path("CCM_Client")
-            self.log.info(f"{prefix}: Host={source.host}, Path={path}, Port={source.port}, Protocol={source.scheme}, "
-                          f"CcmTokenAuth={int(source.token_auth)}")
+            self.log.info(
+                f"{prefix}: Host={source.host}, Path={path}, Port={source.port}, Protocol={source.scheme}, "
+                f"CcmTokenAuth={int(source.token_auth)}"
+            )
             check = client.get(source, source.url("CCM_Client/ccmsetup.cab"), self.log)
             if check.status_code != 200:
                 raise Retryable(f"{source.url('CCM_Client/ccmsetup.cab')} answered HTTP {check.status_code}")
@@ -214,8 +246,9 @@ class Installer:
                 elif loc.dp_type == "SERVER":
                     files, hashes = self._dp(client, loc)
                 else:
-                    files = {name: self._get(client, mp, f"{loc.url}/{name}")
-                             for name in ("ccmsetup.cab", "client.msi")}
+                    files = {
+                        name: self._get(client, mp, f"{loc.url}/{name}") for name in ("ccmsetup.cab", "client.msi")
+                    }
                 break
             except MessagingError as e:
                 self.log.warning(f"Download from '{loc.url}' failed: {e}; trying the next location")
@@ -239,8 +272,9 @@ class Installer:
             self.log.error("client.msi does not match the hash in the ccmsetup manifest (ccmsetup.xml)")
             raise SetupFailure("client.msi: manifest hash failure", ExitCode.MANIFEST_HASH_FAILURE)
         self.log.info("Validated the client package against the ccmsetup manifest (SHA-256)")
-        return Package(self.download_dir, root.get("Version", ""), root.get("ProductCode", ""),
-                       self.download_dir / "client.msi")
+        return Package(
+            self.download_dir, root.get("Version", ""), root.get("ProductCode", ""), self.download_dir / "client.msi"
+        )
 
     def _dp(self, client: CcmClient, loc: Any) -> tuple[dict[str, bytes], dict[str, str]]:
         """From a distribution point, as the computer account when it asks for Windows authentication;
@@ -248,15 +282,19 @@ class Installer:
         from cmglab.agent.ccm.content import DownloadError, DPSession, content_version_of
 
         self.log.info(f"Downloading the client package from the distribution point '{loc.url}'")
-        session = DPSession(client.conns.get(client.pki_cert if loc.url.startswith("https:") else None),
-                            machine_account(client.device), self.log)
+        session = DPSession(
+            client.conns.get(client.pki_cert if loc.url.startswith("https:") else None),
+            machine_account(client.device),
+            self.log,
+        )
         try:
             fetched = session.fetch(loc.url, content_version_of(loc), {"ccmsetup.cab", "client.msi"})
         except (DownloadError, httpx.HTTPError) as e:
             raise MessagingError(f"{loc.url}: {e}") from e
         for f in fetched:
-            self.log.info(f"Downloaded '{loc.url}/{f.path}' ({len(f.data)} bytes), SHA-256 matches the content "
-                          f"library's hash")
+            self.log.info(
+                f"Downloaded '{loc.url}/{f.path}' ({len(f.data)} bytes), SHA-256 matches the content library's hash"
+            )
         if {f.path for f in fetched} != {"ccmsetup.cab", "client.msi"}:
             raise MessagingError(f"the distribution point's {loc.url} lacks the client files")
         return {f.path: f.data for f in fetched}, {f.path: f.sha256 for f in fetched}
@@ -300,8 +338,10 @@ class Installer:
     def run(self) -> ExitCode:
         existing = ClientState.load(self.device)
         if existing is not None and existing.installed and not self.args.forceinstall:
-            self.log.info(f"The client version {existing.version} is already installed and registered as "
-                          f"{existing.sms_id}: nothing to do (use /forceinstall to reinstall)")
+            self.log.info(
+                f"The client version {existing.version} is already installed and registered as "
+                f"{existing.sms_id}: nothing to do (use /forceinstall to reinstall)"
+            )
             return ExitCode.SUCCESS
         try:
             state, source = self.plan()

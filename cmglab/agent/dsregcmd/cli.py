@@ -39,17 +39,19 @@ def _normalise(argv: list[str]) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     # the actions are shown the Windows way (/join); --join is accepted too
     p = argparse.ArgumentParser(
-        prog="dsregcmd", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="dsregcmd",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="dsregcmd /join | /leave | /status | /cleanupaccounts [/debug] [/hybrid] [options]",
         description="Device registration (Entra join) for a lab device.\n\n"
-                    "actions (one of):\n"
-                    "  /join              join the device to Entra (--username UPN --password PW)\n"
-                    "  /join /hybrid      hybrid join (JoinType 6) of a domain-joined device (--tenant)\n"
-                    "  /leave             leave Entra\n"
-                    "  /status            print the device state (AzureAdJoined, DeviceId, TenantId, ...)\n"
-                    "  /cleanupaccounts   remove the signed-in user's WAM account\n"
-                    "  /debug             with /join: print each join stage",
-        epilog="example: dsregcmd /join --home ./device01 --username alice@lab.test --password '<from cmglab info>'")
+        "actions (one of):\n"
+        "  /join              join the device to Entra (--username UPN --password PW)\n"
+        "  /join /hybrid      hybrid join (JoinType 6) of a domain-joined device (--tenant)\n"
+        "  /leave             leave Entra\n"
+        "  /status            print the device state (AzureAdJoined, DeviceId, TenantId, ...)\n"
+        "  /cleanupaccounts   remove the signed-in user's WAM account\n"
+        "  /debug             with /join: print each join stage",
+        epilog="example: dsregcmd /join --home ./device01 --username alice@lab.test --password '<from cmglab info>'",
+    )
     group = p.add_mutually_exclusive_group()  # one is required: main() says so in the Windows words
     for action in ACTIONS:
         group.add_argument(f"--{action}", action="store_true", help=argparse.SUPPRESS)
@@ -59,8 +61,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--username", help="UPN of the user who joins the device")
     p.add_argument("--password", help="that user's password")
     p.add_argument("--hybrid", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--tenant", help="hybrid join: a tenant (domain or ID) instead of the one the service connection "
-                                    "point names")
+    p.add_argument(
+        "--tenant", help="hybrid join: a tenant (domain or ID) instead of the one the service connection point names"
+    )
     return p
 
 
@@ -89,9 +92,14 @@ def sso_state(device: Device | None) -> list[str]:
     record = load_prt(device) if device is not None else None
     if record is None or not prt_valid(record):
         return [_row("AzureAdPrt", "NO"), _row("EnterprisePrt", "NO")]
-    return [_row("AzureAdPrt", "YES"), _row("AzureAdPrtUpdateTime", _utc(record.updated_at)),
-            _row("AzureAdPrtExpiryTime", _utc(record.expires_at)), _row("AzureAdPrtAuthority", record.authority),
-            _row("EnterprisePrt", "NO"), _row("EnterprisePrtAuthority", "")]
+    return [
+        _row("AzureAdPrt", "YES"),
+        _row("AzureAdPrtUpdateTime", _utc(record.updated_at)),
+        _row("AzureAdPrtExpiryTime", _utc(record.expires_at)),
+        _row("AzureAdPrtAuthority", record.authority),
+        _row("EnterprisePrt", "NO"),
+        _row("EnterprisePrtAuthority", ""),
+    ]
 
 
 def status(device: Device) -> str:
@@ -101,8 +109,11 @@ def status(device: Device) -> str:
     hybrid = state.get("JoinType") == "Hybrid"
     cert = device.stores.device_cert()
     lines = _box("Device State")
-    lines += [_row("AzureAdJoined", "YES" if joined else "NO"), _row("EnterpriseJoined", "NO"),
-              _row("DomainJoined", "YES" if info.domain else "NO")]
+    lines += [
+        _row("AzureAdJoined", "YES" if joined else "NO"),
+        _row("EnterpriseJoined", "NO"),
+        _row("DomainJoined", "YES" if info.domain else "NO"),
+    ]
     if info.domain:
         lines.append(_row("DomainName", info.domain.split(".")[0].upper()))
     lines += [_row("Virtual Desktop", "NOT SET"), _row("Device Name", info.fqdn), ""]
@@ -111,26 +122,43 @@ def status(device: Device) -> str:
         lines += [_row("DeviceId", state["DeviceId"]), _row("Thumbprint", state["Thumbprint"])]
         if cert is not None:
             lines.append(_row("DeviceCertificateValidity", _validity(cert.cert())))
-        lines += [_row("KeyContainerId", state["Thumbprint"].lower()),
-                  _row("KeyProvider", "Microsoft Software Key Storage Provider"), _row("TpmProtected", "NO"),
-                  _row("DeviceAuthStatus", "SUCCESS" if cert is not None else
-                       "FAILED. Device certificate not found in the Personal store"), ""]
+        lines += [
+            _row("KeyContainerId", state["Thumbprint"].lower()),
+            _row("KeyProvider", "Microsoft Software Key Storage Provider"),
+            _row("TpmProtected", "NO"),
+            _row(
+                "DeviceAuthStatus",
+                "SUCCESS" if cert is not None else "FAILED. Device certificate not found in the Personal store",
+            ),
+            "",
+        ]
         lines += _box("Tenant Details")
-        lines += [_row("TenantName", state.get("TenantName", "")), _row("TenantId", state.get("TenantId", "")),
-                  _row("AuthCodeUrl", state.get("AuthCodeUrl", "")),
-                  _row("AccessTokenUrl", state.get("AccessTokenUrl", "")), _row("MdmUrl", ""),
-                  _row("MdmTouUrl", ""), _row("MdmComplianceUrl", ""), _row("SettingsUrl", ""),
-                  _row("JoinSrvVersion", "2.0"), _row("JoinSrvUrl", state.get("JoinSrvUrl", "")),
-                  _row("JoinSrvId", "urn:ms-drs:enterpriseregistration.windows.net"),
-                  _row("KeySrvVersion", "1.0"), _row("KeySrvUrl", state.get("KeySrvUrl", "")),
-                  _row("KeySrvId", "urn:ms-drs:enterpriseregistration.windows.net"), ""]
+        lines += [
+            _row("TenantName", state.get("TenantName", "")),
+            _row("TenantId", state.get("TenantId", "")),
+            _row("AuthCodeUrl", state.get("AuthCodeUrl", "")),
+            _row("AccessTokenUrl", state.get("AccessTokenUrl", "")),
+            _row("MdmUrl", ""),
+            _row("MdmTouUrl", ""),
+            _row("MdmComplianceUrl", ""),
+            _row("SettingsUrl", ""),
+            _row("JoinSrvVersion", "2.0"),
+            _row("JoinSrvUrl", state.get("JoinSrvUrl", "")),
+            _row("JoinSrvId", "urn:ms-drs:enterpriseregistration.windows.net"),
+            _row("KeySrvVersion", "1.0"),
+            _row("KeySrvUrl", state.get("KeySrvUrl", "")),
+            _row("KeySrvId", "urn:ms-drs:enterpriseregistration.windows.net"),
+            "",
+        ]
     account = wam_account(device) if joined else None
     lines += _box("User State")
-    lines += [_row("NgcSet", "NO"), _row("WorkplaceJoined", "NO"),
-              _row("WamDefaultSet", "YES" if account else "NO")]
+    lines += [_row("NgcSet", "NO"), _row("WorkplaceJoined", "NO"), _row("WamDefaultSet", "YES" if account else "NO")]
     if account:
-        lines += [_row("WamDefaultAuthority", "organizations"), _row("WamDefaultId", "https://login.microsoft.com"),
-                  _row("WamDefaultGUID", "{B16898C6-A148-4967-9171-64D755DA8520} (AzureAd)")]
+        lines += [
+            _row("WamDefaultAuthority", "organizations"),
+            _row("WamDefaultId", "https://login.microsoft.com"),
+            _row("WamDefaultGUID", "{B16898C6-A148-4967-9171-64D755DA8520} (AzureAd)"),
+        ]
     lines += ["", *_box("SSO State"), *sso_state(device if joined else None)]
     if hybrid:
         lines.append(_row("OnPremTgt", "NO"))
@@ -138,17 +166,26 @@ def status(device: Device) -> str:
     attempt = device.read_json(device.attempt_path) if not joined else None
     if attempt:
         lines += _box("Diagnostic Data")
-        lines += [_row("Diagnostics Reference", "www.microsoft.com/aadjerrors"), _row("User Context", "SYSTEM"),
-                  _row("Client Time", attempt["Time"]), _row("AD Connectivity Test", "PASS"),
-                  _row("AD Configuration Test", "PASS"), _row("DRS Discovery Test", "PASS"),
-                  _row("DRS Connectivity Test", "PASS"), _row("Token acquisition Test", "SKIPPED"),
-                  _row("Fallback to Sync-Join", "ENABLED"), "",
-                  _row("Previous Registration", attempt["Time"]),
-                  _row("Registration Type", attempt["RegistrationType"]), _row("Error Phase", attempt["ErrorPhase"]),
-                  _row("Client ErrorCode", attempt["ClientErrorCode"]),
-                  _row("Server ErrorCode", attempt["ServerErrorCode"]),
-                  _row("Server Message", attempt["ServerMessage"]), _row("Https Status", attempt["HttpsStatus"]),
-                  ""]
+        lines += [
+            _row("Diagnostics Reference", "www.microsoft.com/aadjerrors"),
+            _row("User Context", "SYSTEM"),
+            _row("Client Time", attempt["Time"]),
+            _row("AD Connectivity Test", "PASS"),
+            _row("AD Configuration Test", "PASS"),
+            _row("DRS Discovery Test", "PASS"),
+            _row("DRS Connectivity Test", "PASS"),
+            _row("Token acquisition Test", "SKIPPED"),
+            _row("Fallback to Sync-Join", "ENABLED"),
+            "",
+            _row("Previous Registration", attempt["Time"]),
+            _row("Registration Type", attempt["RegistrationType"]),
+            _row("Error Phase", attempt["ErrorPhase"]),
+            _row("Client ErrorCode", attempt["ClientErrorCode"]),
+            _row("Server ErrorCode", attempt["ServerErrorCode"]),
+            _row("Server Message", attempt["ServerMessage"]),
+            _row("Https Status", attempt["HttpsStatus"]),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -186,15 +223,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.leave:
             state = joiner.leave()
-            print("This device is not joined to Azure AD." if state is None else
-                  f"Device {state['DeviceId']} left Azure AD tenant {state['TenantId']}.")
+            print(
+                "This device is not joined to Azure AD."
+                if state is None
+                else f"Device {state['DeviceId']} left Azure AD tenant {state['TenantId']}."
+            )
             return 0
         if args.hybrid:
             state = joiner.hybrid_join(args.tenant)
         else:
             if not args.username or not args.password:
-                print("dsregcmd: /join needs --username UPN --password PASSWORD (the user who joins)",
-                      file=sys.stderr)
+                print("dsregcmd: /join needs --username UPN --password PASSWORD (the user who joins)", file=sys.stderr)
                 return 2
             state = joiner.join(args.username, args.password)
     except (JoinError, EntraError) as e:
@@ -202,9 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"DSREG: join failed: {e}", file=sys.stderr)
         attempt = device.read_json(device.attempt_path) if args.hybrid else None
         if attempt and attempt.get("ClientErrorCode") == "0x801c03f2":
-            print("DSREG: the hybrid join is pending (0x801c03f2, DSREG_E_DIRECTORY_FAILURE): Entra Connect has not "
-                  "synchronised this computer yet. Run `cmglab entra sync` (or wait for the sync cycle), then "
-                  "`dsregcmd /join --hybrid` again.", file=sys.stderr)
+            print(
+                "DSREG: the hybrid join is pending (0x801c03f2, DSREG_E_DIRECTORY_FAILURE): Entra Connect has not "
+                "synchronised this computer yet. Run `cmglab entra sync` (or wait for the sync cycle), then "
+                "`dsregcmd /join --hybrid` again.",
+                file=sys.stderr,
+            )
         return 1
     except (NetworkError, OSError) as e:
         err = classify(e)

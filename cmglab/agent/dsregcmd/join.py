@@ -91,18 +91,26 @@ class Joiner:
             realm = entra.user_realm(username)
             if realm.get("account_type") == "Federated":
                 metadata = str(realm.get("federation_metadata_url", ""))
-                self.log.info(f"Stage C: federated environment; WS-Trust sign-in at the federation service "
-                              f"({metadata})")
+                self.log.info(
+                    f"Stage C: federated environment; WS-Trust sign-in at the federation service ({metadata})"
+                )
                 assertion = saml_assertion(http, metadata, username, password)
-                drs_token = entra.saml_token(oidc["token_endpoint"], client_id=BROKER_CLIENT_ID,
-                                             resource=DRS_RESOURCE, assertion=assertion)
+                drs_token = entra.saml_token(
+                    oidc["token_endpoint"], client_id=BROKER_CLIENT_ID, resource=DRS_RESOURCE, assertion=assertion
+                )
             elif realm.get("account_type") == "Managed":
                 self.log.info("Stage C: managed environment; signing in with the user's password for the DRS")
-                drs_token = entra.password_token(oidc["token_endpoint"], client_id=BROKER_CLIENT_ID,
-                                                 resource=DRS_RESOURCE, username=username, password=password)
+                drs_token = entra.password_token(
+                    oidc["token_endpoint"],
+                    client_id=BROKER_CLIENT_ID,
+                    resource=DRS_RESOURCE,
+                    username=username,
+                    password=password,
+                )
             else:
-                raise JoinError(f"{domain} is not a domain of any Azure AD tenant (account_type "
-                                f"{realm.get('account_type')!r})")
+                raise JoinError(
+                    f"{domain} is not a domain of any Azure AD tenant (account_type {realm.get('account_type')!r})"
+                )
             tenant_id = str(drs_token.claims.get("tid", ""))
             if drs_token.claims.get("mdm_tou_url"):
                 self.log.info("Stage D: MDM terms of use accepted")
@@ -115,8 +123,11 @@ class Joiner:
             body = {
                 "CertificateRequest": {"Type": "pkcs10", "Data": base64.b64encode(csr(device_key)).decode()},
                 "TransportKey": transport_key_blob(transport_key.public_key()),
-                "TargetDomain": domain, "DeviceType": "Windows", "OSVersion": OS_VERSION,
-                "DeviceDisplayName": self.device.info.name, "JoinType": 0,
+                "TargetDomain": domain,
+                "DeviceType": "Windows",
+                "OSVersion": OS_VERSION,
+                "DeviceDisplayName": self.device.info.name,
+                "JoinType": 0,
                 "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"},
             }
             endpoint = discovery["DeviceJoinService"]["JoinEndpoint"]
@@ -144,16 +155,31 @@ class Joiner:
             assertion = None
             if realm.get("account_type") == "Federated":  # CloudAP asks the federation service first
                 assertion = saml_assertion(http, str(realm.get("federation_metadata_url", "")), username, password)
-            self.log.info(f"Requesting a primary refresh token for '{username}' (scope openid aza ugs"
-                          f"{', SAML assertion' if assertion else ''})")
-            record = PrtClient(entra).acquire(str(state["TenantId"]), cert.cert(), cert.key(), transport,
-                                              username=username, password=password, assertion=assertion)
+            self.log.info(
+                f"Requesting a primary refresh token for '{username}' (scope openid aza ugs"
+                f"{', SAML assertion' if assertion else ''})"
+            )
+            record = PrtClient(entra).acquire(
+                str(state["TenantId"]),
+                cert.cert(),
+                cert.key(),
+                transport,
+                username=username,
+                password=password,
+                assertion=assertion,
+            )
         prts.save(self.device, record)
-        account = {"upn": username, "object_id": record.object_id, "tenant_id": record.tenant_id,
-                   "onprem_sid": record.onprem_sid}
+        account = {
+            "upn": username,
+            "object_id": record.object_id,
+            "tenant_id": record.tenant_id,
+            "onprem_sid": record.onprem_sid,
+        }
         self.device.dpapi.save(self.device.wam_path, account, WAM_PURPOSE)
-        self.log.info(f"Primary refresh token acquired for '{username}': authority {record.authority}, expires "
-                      f"{datetime.fromtimestamp(record.expires_at, UTC):%Y-%m-%d %H:%M:%S} UTC")
+        self.log.info(
+            f"Primary refresh token acquired for '{username}': authority {record.authority}, expires "
+            f"{datetime.fromtimestamp(record.expires_at, UTC):%Y-%m-%d %H:%M:%S} UTC"
+        )
         return record
 
     def hybrid_join(self, tenant: str | None = None) -> dict[str, Any]:
@@ -184,8 +210,10 @@ class Joiner:
         der = cert_der(user_cert.cert())
         if base64.b64encode(der).decode() not in (computer.get("userCertificate") or []):
             directory.set_user_certificate(sam, der)
-            self.log.info(f"Stage C: the self-signed certificate CN={object_guid} was written to the userCertificate "
-                          f"of {computer['distinguishedName']}; Entra Connect synchronises it")
+            self.log.info(
+                f"Stage C: the self-signed certificate CN={object_guid} was written to the userCertificate "
+                f"of {computer['distinguishedName']}; Entra Connect synchronises it"
+            )
         with self.network.client() as http:
             entra = self._client(http)
             self.log.info(f"Stage E: DRS discovery for '{tenant}'")
@@ -194,8 +222,9 @@ class Joiner:
             if "." in tenant:  # a domain name: a federated domain joins through its federation service
                 realm = entra.user_realm(f"{info.name.lower()}@{tenant}")
                 if realm.get("account_type") == "Federated":
-                    reply, device_key, transport_key = self._federated_hybrid(http, entra, realm, discovery,
-                                                                              object_guid)
+                    reply, device_key, transport_key = self._federated_hybrid(
+                        http, entra, realm, discovery, object_guid
+                    )
                     self.device.attempt_path.unlink(missing_ok=True)
                     return self._complete(reply, device_key, transport_key, discovery, tenant_id, "Hybrid")
             device_key, transport_key = new_key(), new_key()
@@ -204,11 +233,18 @@ class Joiner:
             body = {
                 "CertificateRequest": {"Type": "pkcs10", "Data": base64.b64encode(csr(device_key)).decode()},
                 "ServerAdJoinData": {
-                    "TransportKey": transport_key_blob(transport_key.public_key()), "TargetDomain": tenant_id,
-                    "DeviceType": "Windows", "OSVersion": OS_VERSION, "DeviceDisplayName": info.name,
-                    "TargetDomainId": tenant_id, "SourceDomainController": f"dc.{info.domain}",
-                    "ClientIdentity": {"Type": "sha256signed", "Sid": sid,
-                                       "SignedBlob": base64.b64encode(signed).decode()},
+                    "TransportKey": transport_key_blob(transport_key.public_key()),
+                    "TargetDomain": tenant_id,
+                    "DeviceType": "Windows",
+                    "OSVersion": OS_VERSION,
+                    "DeviceDisplayName": info.name,
+                    "TargetDomainId": tenant_id,
+                    "SourceDomainController": f"dc.{info.domain}",
+                    "ClientIdentity": {
+                        "Type": "sha256signed",
+                        "Sid": sid,
+                        "SignedBlob": base64.b64encode(signed).decode(),
+                    },
                 },
                 "JoinType": 6,
                 "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"},
@@ -223,8 +259,9 @@ class Joiner:
         self.device.attempt_path.unlink(missing_ok=True)
         return self._complete(reply, device_key, transport_key, discovery, tenant_id, "Hybrid")
 
-    def _federated_hybrid(self, http: Any, entra: EntraClient, realm: dict[str, Any], discovery: dict[str, Any],
-                          object_guid: str) -> tuple[dict[str, Any], rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
+    def _federated_hybrid(
+        self, http: Any, entra: EntraClient, realm: dict[str, Any], discovery: dict[str, Any], object_guid: str
+    ) -> tuple[dict[str, Any], rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
         """Seed 002, federated hybrid: the computer authenticates to the federation service with its machine
         account (windowstransport) and gets its on-premises claims (accounttype DJ, onpremobjectguid,
         primarysid); Entra turns them into a DRS token; the join (JoinType 6) needs no Entra Connect sync."""
@@ -232,21 +269,34 @@ class Joiner:
         if account is None:
             raise JoinError("this computer has no machine account secret: join the domain again")
         metadata = str(realm.get("federation_metadata_url", ""))
-        self.log.info(f"Stage C: federated environment; the computer signs in at the federation service "
-                      f"(windowstransport, {metadata})")
+        self.log.info(
+            f"Stage C: federated environment; the computer signs in at the federation service "
+            f"(windowstransport, {metadata})"
+        )
         assertion = windows_assertion(http, metadata, account["username"], account["password"])
         oauth = (discovery.get("AuthenticationService") or {}).get("OAuth2") or {}
-        drs_token = entra.saml_token(oauth.get("TokenEndpoint") or f"{entra.login}/common/oauth2/token",
-                                     client_id=BROKER_CLIENT_ID, resource=DRS_RESOURCE, assertion=assertion)
-        self.log.info(f"Stage D: DRS token with on-premises claims (account_type "
-                      f"{drs_token.claims.get('account_type')}, on_prem_id {drs_token.claims.get('on_prem_id')})")
+        drs_token = entra.saml_token(
+            oauth.get("TokenEndpoint") or f"{entra.login}/common/oauth2/token",
+            client_id=BROKER_CLIENT_ID,
+            resource=DRS_RESOURCE,
+            assertion=assertion,
+        )
+        self.log.info(
+            f"Stage D: DRS token with on-premises claims (account_type "
+            f"{drs_token.claims.get('account_type')}, on_prem_id {drs_token.claims.get('on_prem_id')})"
+        )
         device_key, transport_key = new_key(), new_key()
         info = self.device.info
-        body = {"CertificateRequest": {"Type": "pkcs10", "Data": base64.b64encode(csr(device_key)).decode()},
-                "TransportKey": transport_key_blob(transport_key.public_key()),
-                "TargetDomain": discovery["TenantInfo"]["TenantId"], "DeviceType": "Windows",
-                "OSVersion": OS_VERSION, "DeviceDisplayName": info.name, "JoinType": 6,
-                "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"}}
+        body = {
+            "CertificateRequest": {"Type": "pkcs10", "Data": base64.b64encode(csr(device_key)).decode()},
+            "TransportKey": transport_key_blob(transport_key.public_key()),
+            "TargetDomain": discovery["TenantInfo"]["TenantId"],
+            "DeviceType": "Windows",
+            "OSVersion": OS_VERSION,
+            "DeviceDisplayName": info.name,
+            "JoinType": 6,
+            "attributes": {"ReuseDevice": "true", "ReturnClientSid": "true"},
+        }
         endpoint = discovery["DeviceJoinService"]["JoinEndpoint"]
         self.log.info(f"Stage G: federated hybrid registration request to {endpoint} (JoinType 6, {object_guid})")
         return entra.join(endpoint, drs_token.access_token, body), device_key, transport_key
@@ -254,14 +304,22 @@ class Joiner:
     def _pending(self, e: EntraError, object_guid: str) -> None:
         """What Windows records for a failed sync join: the phase, its client and server codes."""
         missing = e.status == 400 and e.code == 700003
-        attempt = {"Time": datetime.now(UTC).isoformat(), "ErrorPhase": "join", "RegistrationType": "sync",
-                   "ClientErrorCode": f"0x{DSREG_E_DIRECTORY_FAILURE if missing else DSREG_E_JOIN_FAILED:08x}",
-                   "ServerErrorCode": e.error_type or e.error, "ServerMessage": e.server_message,
-                   "HttpsStatus": e.status, "DeviceId": object_guid}
+        attempt = {
+            "Time": datetime.now(UTC).isoformat(),
+            "ErrorPhase": "join",
+            "RegistrationType": "sync",
+            "ClientErrorCode": f"0x{DSREG_E_DIRECTORY_FAILURE if missing else DSREG_E_JOIN_FAILED:08x}",
+            "ServerErrorCode": e.error_type or e.error,
+            "ServerMessage": e.server_message,
+            "HttpsStatus": e.status,
+            "DeviceId": object_guid,
+        }
         self.device.write_json(self.device.attempt_path, attempt)
         if missing:
-            self.log.warning(f"Hybrid join pending: the device object {object_guid} is not in Azure AD yet (Entra "
-                             f"Connect has not synchronised the computer). Error {attempt['ClientErrorCode']}")
+            self.log.warning(
+                f"Hybrid join pending: the device object {object_guid} is not in Azure AD yet (Entra "
+                f"Connect has not synchronised the computer). Error {attempt['ClientErrorCode']}"
+            )
 
     def user_certificate(self, object_guid: str | None = None) -> Any:
         """The self-signed `CN=<objectGUID>` certificate the computer writes to its AD userCertificate."""
@@ -276,27 +334,43 @@ class Joiner:
         cert = self_signed(key, x509_name(guid), ekus=[], days=365)
         return self.device.stores.add(MY, cert, key, "userCertificate")
 
-    def _complete(self, reply: dict[str, Any], device_key: rsa.RSAPrivateKey, transport_key: rsa.RSAPrivateKey,
-                  discovery: dict[str, Any], tenant_id: str, join_type: str) -> dict[str, Any]:
+    def _complete(
+        self,
+        reply: dict[str, Any],
+        device_key: rsa.RSAPrivateKey,
+        transport_key: rsa.RSAPrivateKey,
+        discovery: dict[str, Any],
+        tenant_id: str,
+        join_type: str,
+    ) -> dict[str, Any]:
         raw = (reply.get("Certificate") or {}).get("RawBody")
         if not raw:
             raise JoinError("the DRS reply has no device certificate")
         cert = x509.load_der_x509_certificate(base64.b64decode(raw))
         device_id = cert.subject.rfc4514_string().split(",")[0].removeprefix("CN=")
         # Stage H: key first, certificate, then the state that says "joined"
-        write_private(self.device.transport_key_path, transport_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        write_private(
+            self.device.transport_key_path,
+            transport_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+        )
         self.device.stores.add(MY, cert, device_key, "MS-Organization-Access device")
         info = discovery.get("TenantInfo") or {}
         oauth = (discovery.get("AuthenticationService") or {}).get("OAuth2") or {}
         state = {
-            "JoinType": join_type, "DeviceId": device_id, "Thumbprint": sha1_thumbprint(cert),
-            "TenantId": tenant_id or info.get("TenantId"), "TenantName": info.get("DisplayName", ""),
-            "TenantDomain": info.get("TenantName", ""), "AuthCodeUrl": oauth.get("AuthCodeEndpoint", ""),
+            "JoinType": join_type,
+            "DeviceId": device_id,
+            "Thumbprint": sha1_thumbprint(cert),
+            "TenantId": tenant_id or info.get("TenantId"),
+            "TenantName": info.get("DisplayName", ""),
+            "TenantDomain": info.get("TenantName", ""),
+            "AuthCodeUrl": oauth.get("AuthCodeEndpoint", ""),
             "AccessTokenUrl": oauth.get("TokenEndpoint", ""),
             "JoinSrvUrl": (discovery.get("DeviceJoinService") or {}).get("JoinEndpoint", ""),
             "KeySrvUrl": (discovery.get("KeyProvisioningService") or {}).get("KeyProvisionEndpoint", ""),
-            "JoinedAt": datetime.now(UTC).isoformat(), "User": (reply.get("User") or {}).get("Upn"),
+            "JoinedAt": datetime.now(UTC).isoformat(),
+            "User": (reply.get("User") or {}).get("Upn"),
             "Host": socket.gethostname(),
         }
         self.device.write_json(self.device.join_path, state)
@@ -325,7 +399,11 @@ class Joiner:
         cert = self.device.stores.device_cert()
         if cert is not None:
             self.device.stores.remove(MY, cert.thumbprint)
-        for path in (self.device.join_path, self.device.transport_key_path, self.device.wam_path,
-                     self.device.attempt_path):
+        for path in (
+            self.device.join_path,
+            self.device.transport_key_path,
+            self.device.wam_path,
+            self.device.attempt_path,
+        ):
             path.unlink(missing_ok=True)
         prts.forget(self.device)

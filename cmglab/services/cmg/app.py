@@ -61,8 +61,11 @@ def create_app(parts: Parts) -> FastAPI:
     async def proxied(request: Request, route: routing.ProxyRoute) -> Response:
         rec = record(request)
         if cmg.hub.config is None:
-            raise CMGError(503, "SiteNotConnected",
-                           "no connection point has connected yet: the site has published no URLs to this gateway")
+            raise CMGError(
+                503,
+                "SiteNotConnected",
+                "no connection point has connected yet: the site has published no URLs to this gateway",
+            )
         if routing.published(cmg.hub.config, route) is None:
             raise not_found(request.scope["path"])
         if route.family == routing.MUTUAL:
@@ -70,8 +73,9 @@ def create_app(parts: Parts) -> FastAPI:
         else:
             identity = await server_auth(request, route.endpoint)
         _annotate(rec, identity)
-        return await cmg.proxy.forward(request, route, auth_kind=identity.kind, client_cert=identity.client_cert,
-                                       rec=rec)
+        return await cmg.proxy.forward(
+            request, route, auth_kind=identity.kind, client_cert=identity.client_cert, rec=rec
+        )
 
     def aad_auth_info(request: Request) -> Response:
         tenant_id = (_query(request, "TenantID") or "").strip()
@@ -81,14 +85,17 @@ def create_app(parts: Parts) -> FastAPI:
             raise CMGError(503, "SiteNotConnected", "the site has not published its Entra tenants to this gateway")
         for tenant in cmg.hub.config.get("tenants") or []:
             if str(tenant.get("tenant_id", "")).lower() == tenant_id.lower():
-                return JSONResponse({
-                    "AADTENANTID": tenant["tenant_id"],
-                    "AADCLIENTAPPID": tenant.get("client_app_id"),
-                    "AADRESOURCEURI": tenant.get("resource_uri"),
-                    "AADAUTHORITY": tenant.get("authority"),
-                })
-        raise CMGError(404, "TenantNotOnboarded", f"tenant {tenant_id} is not onboarded to this site",
-                       TenantID=tenant_id)
+                return JSONResponse(
+                    {
+                        "AADTENANTID": tenant["tenant_id"],
+                        "AADCLIENTAPPID": tenant.get("client_app_id"),
+                        "AADRESOURCEURI": tenant.get("resource_uri"),
+                        "AADAUTHORITY": tenant.get("authority"),
+                    }
+                )
+        raise CMGError(
+            404, "TenantNotOnboarded", f"tenant {tenant_id} is not onboarded to this site", TenantID=tenant_id
+        )
 
     async def content_xml(request: Request) -> Response:
         identity = await server_auth(request, None)
@@ -113,8 +120,11 @@ def create_app(parts: Parts) -> FastAPI:
         header, the CMG's name and port): the forwarded URL is built from the CMG's name, never the client's."""
         hosts = request.headers.getlist("host")
         if len(hosts) != 1 or not cmg_urls.same_authority(hosts[0], cmg.lab.config.hosts.cmg, cmg.lab.port("cmg")):
-            raise CMGError(400, "InvalidHostname", f"the request names host {', '.join(hosts)[:120]!r}, "
-                           f"not this gateway ({cmg.lab.config.hosts.cmg})")
+            raise CMGError(
+                400,
+                "InvalidHostname",
+                f"the request names host {', '.join(hosts)[:120]!r}, not this gateway ({cmg.lab.config.hosts.cmg})",
+            )
         if len(request.headers.getlist("authorization")) > 1:
             # the CMG checks one credential; the site must never be handed another to read instead
             raise CMGError(400, "InvalidRequest", "the request has more than one Authorization header")

@@ -71,26 +71,32 @@ class Authenticator:
     # -- MutualAuth ------------------------------------------------------------------------------
     def mutual(self, cert: x509.Certificate | None) -> Identity:
         if cert is None:
-            raise AuthError(403, "CertificateRequired",
-                            "CCM_Proxy_MutualAuth needs a client authentication certificate (none presented)")
+            raise AuthError(
+                403,
+                "CertificateRequired",
+                "CCM_Proxy_MutualAuth needs a client authentication certificate (none presented)",
+            )
         try:
             cert.verify_directly_issued_by(self.issuing_ca)
         except Exception as e:  # ValueError, TypeError, InvalidSignature
-            raise AuthError(403, "CertificateNotTrusted",
-                            f"client certificate {subject(cert)} is not issued by the lab issuing CA: {e}") from e
+            raise AuthError(
+                403,
+                "CertificateNotTrusted",
+                f"client certificate {subject(cert)} is not issued by the lab issuing CA: {e}",
+            ) from e
         try:
             ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             ekus = None
         if ekus is None or ExtendedKeyUsageOID.CLIENT_AUTH not in ekus:
-            raise AuthError(403, "CertificateNotClientAuth",
-                            f"client certificate {subject(cert)} has no client authentication EKU")
+            raise AuthError(
+                403, "CertificateNotClientAuth", f"client certificate {subject(cert)} has no client authentication EKU"
+            )
         der = cert.public_bytes(Encoding.DER)
         return Identity(MUTUAL, f"{subject(cert)} ({thumbprint(cert)})", base64.b64encode(der).decode())
 
     # -- ServerAuth ------------------------------------------------------------------------------
-    async def server(self, authorization: str | None, endpoint: str | None,
-                     config: dict[str, Any] | None) -> Identity:
+    async def server(self, authorization: str | None, endpoint: str | None, config: dict[str, Any] | None) -> Identity:
         """`endpoint` is the first path segment after the role ID (None: a CMG-local route)."""
         token = _bearer(authorization)
         if token is None:
@@ -125,8 +131,9 @@ class Authenticator:
             if app.identifier_uri and app.identifier_uri in audiences:
                 audiences.add(app.app_id)
         try:
-            claims = await self.entra.validate(token, audiences=sorted(audiences) or ["https://ConfigMgrService"],
-                                               tenants=onboarded)
+            claims = await self.entra.validate(
+                token, audiences=sorted(audiences) or ["https://ConfigMgrService"], tenants=onboarded
+            )
         except EntraTokenError as e:
             if "not onboarded" in e.reason:
                 raise AuthError(403, "TenantNotOnboarded", e.reason) from e

@@ -143,9 +143,17 @@ class PointChannel:
         self.streams.clear()
 
     def snapshot(self) -> dict[str, Any]:
-        return {"name": self.name, "channel": self.id, "instance": self.instance, "subject": self.subject,
-                "thumbprint": self.thumbprint, "connected_at": self.connected_at, "in_flight": len(self.streams),
-                "served": self.served, "idle_s": round(time.monotonic() - self.last_seen, 1)}
+        return {
+            "name": self.name,
+            "channel": self.id,
+            "instance": self.instance,
+            "subject": self.subject,
+            "thumbprint": self.thumbprint,
+            "connected_at": self.connected_at,
+            "in_flight": len(self.streams),
+            "served": self.served,
+            "idle_s": round(time.monotonic() - self.last_seen, 1),
+        }
 
 
 class Hub:
@@ -168,22 +176,28 @@ class Hub:
 
     def add(self, point: PointChannel) -> None:
         self.points.append(point)
-        self.log.info(f"Connection point {point.name} connected: channel {point.id}, instance {point.instance}, "
-                      f"certificate {point.subject} ({point.thumbprint}). Connected points: {len(self.points)}")
+        self.log.info(
+            f"Connection point {point.name} connected: channel {point.id}, instance {point.instance}, "
+            f"certificate {point.subject} ({point.thumbprint}). Connected points: {len(self.points)}"
+        )
 
     def remove(self, point: PointChannel, reason: str) -> None:
         in_flight = len(point.streams)
         point.fail_all(reason)
         if point in self.points:
             self.points.remove(point)
-        self.log.warning(f"Connection point {point.name} disconnected: channel {point.id} ({reason}); "
-                         f"{in_flight} request(s) in flight failed. Connected points: {len(self.points)}")
+        self.log.warning(
+            f"Connection point {point.name} disconnected: channel {point.id} ({reason}); "
+            f"{in_flight} request(s) in flight failed. Connected points: {len(self.points)}"
+        )
 
     def set_config(self, point: PointChannel, config: dict[str, Any]) -> None:
         if config != self.config:
             endpoints = ", ".join(sorted(config.get("endpoints") or {})) or "none"
-            self.log.info(f"Received site configuration from {point.label}: site {config.get('site_code')}, "
-                          f"published endpoints: {endpoints}, tenants: {len(config.get('tenants') or [])}")
+            self.log.info(
+                f"Received site configuration from {point.label}: site {config.get('site_code')}, "
+                f"published endpoints: {endpoints}, tenants: {len(config.get('tenants') or [])}"
+            )
         self.config, self.config_from = config, point.label
 
     async def serve(self, point: PointChannel) -> None:
@@ -230,5 +244,9 @@ class Hub:
             self.log.warning(f"Ignored unexpected {frame.kind.name} frame from {point.label}")
 
     def snapshot(self) -> dict[str, Any]:
-        return {"instance": self.instance, "connection_points": [p.snapshot() for p in self.points],
-                "site_config": self.config is not None, "site_config_from": self.config_from}
+        return {
+            "instance": self.instance,
+            "connection_points": [p.snapshot() for p in self.points],
+            "site_config": self.config is not None,
+            "site_config_from": self.config_from,
+        }

@@ -45,8 +45,10 @@ class Registry:
             return f"certificate {subject(cert)} has no client authentication EKU"
         cns = [str(a.value).lower() for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         if not any(cn in self.names for cn in cns) and thumbprint(cert).lower() not in self.names:
-            return (f"certificate {subject(cert)} ({thumbprint(cert)}) is not a registered connection point "
-                    f"(registered: {', '.join(sorted(self.names))})")
+            return (
+                f"certificate {subject(cert)} ({thumbprint(cert)}) is not a registered connection point "
+                f"(registered: {', '.join(sorted(self.names))})"
+            )
         return None
 
 

@@ -31,8 +31,9 @@ class ContentFile:
 
 
 class ContentStore:
-    def __init__(self, root: Path, base_url: str, secret: bytes, *, enabled: bool, default_package: str,
-                 lifetime: int) -> None:
+    def __init__(
+        self, root: Path, base_url: str, secret: bytes, *, enabled: bool, default_package: str, lifetime: int
+    ) -> None:
         self.root, self.base_url, self.secret = root, base_url.rstrip("/"), secret
         self.enabled, self.default_package, self.lifetime = enabled, default_package, lifetime
         self._hashes: dict[Path, tuple[int, str]] = {}
@@ -67,8 +68,11 @@ class ContentStore:
 
     def files(self, package_id: str, config: dict[str, Any] | None) -> list[ContentFile]:
         folder = self._folder(package_id, config)
-        return [ContentFile(p.name, p.stat().st_size, self._sha256(p))
-                for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+        return [
+            ContentFile(p.name, p.stat().st_size, self._sha256(p))
+            for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith(".")
+        ]
 
     def _signature(self, package_id: str, name: str, expires: int) -> str:
         message = f"{package_id.upper()}/{name}:{expires}".encode()
@@ -84,12 +88,16 @@ class ContentStore:
         if content_id.split(".", 1)[0].lower() != published.lower():
             raise CMGError(404, "ContentNotFound", f"content {content_id} is not on this gateway")
         files = self.files(package_id, config)
-        lines = ['<?xml version="1.0" encoding="utf-8"?>',
-                 f"<ContentInfo PackageID={quoteattr(published)} ContentID={quoteattr(content_id)} "
-                 f'Version="{version}" FileCount="{len(files)}">']
+        lines = [
+            '<?xml version="1.0" encoding="utf-8"?>',
+            f"<ContentInfo PackageID={quoteattr(published)} ContentID={quoteattr(content_id)} "
+            f'Version="{version}" FileCount="{len(files)}">',
+        ]
         for f in files:
-            lines.append(f"  <File Name={quoteattr(f.name)} Size=\"{f.size}\" HashAlgorithm=\"SHA256\" "
-                         f"Hash=\"{f.sha256}\" URL={quoteattr(self.file_url(published, f.name))}/>")
+            lines.append(
+                f'  <File Name={quoteattr(f.name)} Size="{f.size}" HashAlgorithm="SHA256" '
+                f'Hash="{f.sha256}" URL={quoteattr(self.file_url(published, f.name))}/>'
+            )
         lines.append("</ContentInfo>")
         return "\n".join(lines) + "\n"
 

@@ -19,8 +19,9 @@ class CMGError(errors.ServiceError):
 
     def response(self, request: Request | None = None) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse({"Error": self.code, "Reason": self.reason, **self.extra}, status_code=self.status,
-                            headers=headers)
+        return JSONResponse(
+            {"Error": self.code, "Reason": self.reason, **self.extra}, status_code=self.status, headers=headers
+        )
 
 
 def not_found(path: str) -> CMGError:

@@ -38,10 +38,28 @@ class Parts:
         hub = Hub(log, lab.settings.channel_heartbeat, settings.instance)
         entra = EntraKeys(lab.http_client(timeout=10), lab.entra_jwks_url())
         secret = hmac.new(lab.admin_token().encode(), b"cmg-content-urls", hashlib.sha256).digest()
-        content = ContentStore(lab.content_dir, lab.url("cmg"), secret, enabled=lab.config.site.content_enabled_cmg,
-                               default_package=lab.config.site.client_package_id,
-                               lifetime=settings.content_url_lifetime)
-        proxy = Proxy(hub, log, name=lab.config.hosts.cmg, max_body=lab.settings.max_body_bytes,
-                      timeout=lab.settings.upstream_timeout)
-        return cls(lab=lab, settings=settings, hub=hub, auth=Authenticator(lab, entra), proxy=proxy,
-                   content=content, stats=TrafficStats(log), log=log)
+        content = ContentStore(
+            lab.content_dir,
+            lab.url("cmg"),
+            secret,
+            enabled=lab.config.site.content_enabled_cmg,
+            default_package=lab.config.site.client_package_id,
+            lifetime=settings.content_url_lifetime,
+        )
+        proxy = Proxy(
+            hub,
+            log,
+            name=lab.config.hosts.cmg,
+            max_body=lab.settings.max_body_bytes,
+            timeout=lab.settings.upstream_timeout,
+        )
+        return cls(
+            lab=lab,
+            settings=settings,
+            hub=hub,
+            auth=Authenticator(lab, entra),
+            proxy=proxy,
+            content=content,
+            stats=TrafficStats(log),
+            log=log,
+        )

@@ -24,8 +24,9 @@ from cmglab.wire.requests import RequestRecord
 from cmglab.wire.tracing import propagate
 
 # a client may not speak for the CMG: identity headers come from the CMG's own checks only
-_DROP_FROM_CLIENT = frozenset({"client-cert", "client-cert-chain", "x-forwarded-for", "x-forwarded-host",
-                               "x-forwarded-proto"})
+_DROP_FROM_CLIENT = frozenset(
+    {"client-cert", "client-cert-chain", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+)
 # the channel's own margin: the point cuts the MP off at upstream_timeout and says so first
 CHANNEL_MARGIN = 5.0
 
@@ -54,8 +55,9 @@ class Proxy:
     def __init__(self, hub: Hub, log: logging.Logger, *, name: str, max_body: int, timeout: float) -> None:
         self.hub, self.log, self.name, self.max_body, self.timeout = hub, log, name, max_body, timeout
 
-    async def forward(self, request: Request, route: ProxyTarget, *, auth_kind: str, client_cert: str | None,
-                      rec: RequestRecord) -> Response:
+    async def forward(
+        self, request: Request, route: ProxyTarget, *, auth_kind: str, client_cert: str | None, rec: RequestRecord
+    ) -> Response:
         """Forward the request whose `route` was authorised: the URL sent on is built from that route's parts
         and this gateway's name only, and recorded as `forwarded_url`."""
         length = request.headers.get("content-length")
@@ -67,12 +69,14 @@ class Proxy:
         rec.connection_point = point.label
         url = rec.forwarded_url = route.url(self.name)
         head = RequestHead(
-            method=request.method, url=url,
+            method=request.method,
+            url=url,
             # the frame carries the client's trace on, with the CMG's span as the point's parent
-            headers=propagate(end_to_end(list(request.headers.items()), drop=_DROP_FROM_CLIENT),
-                              current_span(request)),
-            client_cert=client_cert, client=request.client.host if request.client else None,
-            auth_kind=auth_kind, content_length=int(length) if length and length.isdigit() else None,
+            headers=propagate(end_to_end(list(request.headers.items()), drop=_DROP_FROM_CLIENT), current_span(request)),
+            client_cert=client_cert,
+            client=request.client.host if request.client else None,
+            auth_kind=auth_kind,
+            content_length=int(length) if length and length.isdigit() else None,
             has_body=(length is not None and length != "0") or "transfer-encoding" in request.headers,
         )
         stream = point.open_stream()

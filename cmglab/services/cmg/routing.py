@@ -16,8 +16,17 @@ from cmglab.wire import cmg_urls
 from cmglab.wire.cmg_urls import ProxyTarget as ProxyRoute
 from cmglab.wire.cmg_urls import UrlRefused
 
-__all__ = ["AADAuthInfoRoute", "ContentFileRoute", "ContentXmlRoute", "ProxyRoute", "Route", "UrlRefused",
-           "parse", "published", "stats_uri"]
+__all__ = [
+    "AADAuthInfoRoute",
+    "ContentFileRoute",
+    "ContentXmlRoute",
+    "ProxyRoute",
+    "Route",
+    "UrlRefused",
+    "parse",
+    "published",
+    "stats_uri",
+]
 
 MUTUAL, SERVER = "MutualAuth", "ServerAuth"
 

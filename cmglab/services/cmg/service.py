@@ -21,27 +21,43 @@ def build(lab: Lab) -> Service:
     ident = lab.pki.server("cmg")
 
     def tls(mode: str) -> TLS:
-        return TLS(ident.cert_path, ident.key_path, client_cert=mode,  # type: ignore[arg-type]
-                   client_ca=lab.pki.client_ca_bundle, crl_files=[lab.pki.crl_bundle], crl_check=lab.settings.crl_check)
+        return TLS(
+            ident.cert_path,
+            ident.key_path,
+            client_cert=mode,  # type: ignore[arg-type]
+            client_ca=lab.pki.client_ca_bundle,
+            crl_files=[lab.pki.crl_bundle],
+            crl_check=lab.settings.crl_check,
+        )
 
-    sync = LogSync(lab.log_dir("cmg") / "CMGService.log", lab.log_dir("site-server"), lab.config.hosts.cmg,
-                   settings.instance)
+    sync = LogSync(
+        lab.log_dir("cmg") / "CMGService.log", lab.log_dir("site-server"), lab.config.hosts.cmg, settings.instance
+    )
 
     async def final_summary() -> None:
         stats.flush()
         await sync.final()
 
-    log.info(f"CMG {lab.config.hosts.cmg} instance {settings.instance} starting: clients on port {lab.port('cmg')}, "
-             f"connection points on port {connector_port}")
+    log.info(
+        f"CMG {lab.config.hosts.cmg} instance {settings.instance} starting: clients on port {lab.port('cmg')}, "
+        f"connection points on port {connector_port}"
+    )
     return Service(
         "cmg",
         [
             # h11: CcmMessaging's CCM_POST verb must pass (httptools refuses unknown methods)
             Listener("cmg", create_app(parts), lab.port("cmg"), lab.bind(), tls("optional"), http="h11"),
-            Listener("cmg-connector", create_connector_app(lab, hub, Registry(lab, settings.extra_points()), log),
-                     connector_port, lab.bind(), tls("required")),
+            Listener(
+                "cmg-connector",
+                create_connector_app(lab, hub, Registry(lab, settings.extra_points()), log),
+                connector_port,
+                lab.bind(),
+                tls("required"),
+            ),
         ],
-        background=[functools.partial(stats.run, settings.summary_interval),
-                    functools.partial(sync.run, settings.log_sync_interval)],
+        background=[
+            functools.partial(stats.run, settings.summary_interval),
+            functools.partial(sync.run, settings.log_sync_interval),
+        ],
         on_stop=[final_summary],
     )

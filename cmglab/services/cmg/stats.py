@@ -26,9 +26,11 @@ class UriStats:
 
     def line(self, uri: str) -> str:
         average = round(self.elapsed_ms / self.request_count) if self.request_count else 0
-        return (f"RequestUri: {uri}  RequestCount: {self.request_count}  RequestSize: {self.request_size} Bytes  "
-                f"ResponseCount: {self.response_count}  ResponseSize: {self.response_size} Bytes  "
-                f"AverageElapsedTime: {average} ms")
+        return (
+            f"RequestUri: {uri}  RequestCount: {self.request_count}  RequestSize: {self.request_size} Bytes  "
+            f"ResponseCount: {self.response_count}  ResponseSize: {self.response_size} Bytes  "
+            f"AverageElapsedTime: {average} ms"
+        )
 
 
 class TrafficStats:

@@ -61,16 +61,21 @@ class SiteConfig:
             except (httpx.HTTPError, ValueError) as e:
                 error = f"{type(e).__name__}: {e}"
                 if error != self.error:
-                    self.log.warning(f"Failed to get the CMG configuration from {self.url}: {error}. "
-                                     "Keeping the last one." if self.value else
-                                     f"Failed to get the CMG configuration from {self.url}: {error}.")
+                    self.log.warning(
+                        f"Failed to get the CMG configuration from {self.url}: {error}. Keeping the last one."
+                        if self.value
+                        else f"Failed to get the CMG configuration from {self.url}: {error}."
+                    )
                 self.error = error
                 return self.value
             if value != self.value:
-                endpoints = ", ".join(f"{rid} -> {e.get('internal_url')}"
-                                      for rid, e in (value.get("endpoints") or {}).items()) or "none"
-                self.log.info(f"Got the CMG configuration from {self.url}: site {value.get('site_code')}, "
-                              f"endpoints: {endpoints}")
+                endpoints = (
+                    ", ".join(f"{rid} -> {e.get('internal_url')}" for rid, e in (value.get("endpoints") or {}).items())
+                    or "none"
+                )
+                self.log.info(
+                    f"Got the CMG configuration from {self.url}: site {value.get('site_code')}, endpoints: {endpoints}"
+                )
             self.value, self.error = value, None
             return value
 
@@ -78,9 +83,20 @@ class SiteConfig:
 class Channel:
     """One CMG instance: dial, serve, re-dial forever."""
 
-    def __init__(self, url: str, *, ssl_ctx: ssl.SSLContext, address: tuple[str, int] | None, name: str,
-                 instance: str, site: SiteConfig, forwarder: Forwarder, log: logging.Logger,
-                 heartbeat: float, backoff_max: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ssl_ctx: ssl.SSLContext,
+        address: tuple[str, int] | None,
+        name: str,
+        instance: str,
+        site: SiteConfig,
+        forwarder: Forwarder,
+        log: logging.Logger,
+        heartbeat: float,
+        backoff_max: float,
+    ) -> None:
         self.url, self.ssl_ctx, self.address = url, ssl_ctx, address
         self.name, self.instance, self.site, self.forwarder, self.log = name, instance, site, forwarder, log
         self.heartbeat, self.backoff_max = heartbeat, backoff_max
@@ -100,9 +116,15 @@ class Channel:
         return urlsplit(self.url).netloc
 
     def snapshot(self) -> dict[str, Any]:
-        return {"cmg": self.url, "state": self.state, "channel": self.channel_id,
-                "connected_since": self.connected_since, "connects": self.connects,
-                "last_error": self.last_error, "in_flight": len(self.inflight)}
+        return {
+            "cmg": self.url,
+            "state": self.state,
+            "channel": self.channel_id,
+            "connected_since": self.connected_since,
+            "connects": self.connects,
+            "last_error": self.last_error,
+            "in_flight": len(self.inflight),
+        }
 
     async def run(self) -> None:
         while True:
@@ -122,8 +144,10 @@ class Channel:
             self.attempt += 1
             delay = backoff_delay(self.attempt, self.backoff_max)
             self.state = "waiting"
-            self.log.warning(f"Channel to CMG {self.label} is down: {self.last_error}. "
-                             f"Reconnecting in {delay:.1f} s (attempt {self.attempt}).")
+            self.log.warning(
+                f"Channel to CMG {self.label} is down: {self.last_error}. "
+                f"Reconnecting in {delay:.1f} s (attempt {self.attempt})."
+            )
             await asyncio.sleep(delay)
 
     async def _drop_inflight(self) -> None:
@@ -148,10 +172,20 @@ class Channel:
         kwargs: dict[str, Any] = {}
         if self.address is not None:  # the lab's name mapping: connect there, verify and SNI the real name
             kwargs.update(host=self.address[0], port=self.address[1], server_hostname=host)
-        async with connect(self.url, ssl=self.ssl_ctx, proxy=None, open_timeout=OPEN_TIMEOUT, ping_interval=None,
-                           max_size=MAX_FRAME, compression=None, close_timeout=2, **kwargs) as ws:
-            await ws.send(encode(Kind.HELLO, payload={"connection_point": self.name, "instance": self.instance,
-                                                      "version": 1}))
+        async with connect(
+            self.url,
+            ssl=self.ssl_ctx,
+            proxy=None,
+            open_timeout=OPEN_TIMEOUT,
+            ping_interval=None,
+            max_size=MAX_FRAME,
+            compression=None,
+            close_timeout=2,
+            **kwargs,
+        ) as ws:
+            await ws.send(
+                encode(Kind.HELLO, payload={"connection_point": self.name, "instance": self.instance, "version": 1})
+            )
             welcome = decode(await asyncio.wait_for(ws.recv(decode=False), OPEN_TIMEOUT))
             if welcome.kind != Kind.WELCOME:
                 raise FrameError(f"expected WELCOME, got {welcome.kind.name}")
@@ -195,6 +229,7 @@ class Channel:
     def _finished(self, msg_id: uuid.UUID) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:
             self.inflight.pop(msg_id, None)
+
         return done
 
     async def _reader(self, ws: ClientConnection) -> None:
@@ -206,8 +241,9 @@ class Channel:
             if frame.kind == Kind.REQUEST:
                 head = RequestHead.from_json(frame.json())
                 queue: asyncio.Queue[BodyItem] = asyncio.Queue()
-                task = asyncio.create_task(self.forwarder.handle(frame.msg_id, head, queue, self.send,
-                                                                 self.site.value, self.label))
+                task = asyncio.create_task(
+                    self.forwarder.handle(frame.msg_id, head, queue, self.send, self.site.value, self.label)
+                )
                 self.inflight[frame.msg_id] = (task, queue)
                 task.add_done_callback(self._finished(frame.msg_id))
             elif frame.kind in (Kind.REQUEST_BODY, Kind.REQUEST_END, Kind.ABORT):

@@ -48,24 +48,48 @@ def _subject_of(b64: str | None) -> str | None:
 
 
 class Forwarder:
-    def __init__(self, upstream: Upstream, log: logging.Logger, state: LabState, *, name: str, cmg_name: str,
-                 max_body: int, timeout: float) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        log: logging.Logger,
+        state: LabState,
+        *,
+        name: str,
+        cmg_name: str,
+        max_body: int,
+        timeout: float,
+    ) -> None:
         self.upstream, self.log, self.state = upstream, log, state
         self.cmg_name = cmg_name  # the only authority a forwarded URL may name
         self.name, self.max_body, self.timeout = name, max_body, timeout
 
-    async def handle(self, msg_id: uuid.UUID, head: RequestHead, body: asyncio.Queue[BodyItem], send: Send,
-                     config: dict[str, Any] | None, cmg: str) -> None:
+    async def handle(
+        self,
+        msg_id: uuid.UUID,
+        head: RequestHead,
+        body: asyncio.Queue[BodyItem],
+        send: Send,
+        config: dict[str, Any] | None,
+        cmg: str,
+    ) -> None:
         started = time.perf_counter()
         sizes = {"in": 0, "out": 0}
         traceparent = header_value(head.headers, TRACEPARENT)
         span = ServerSpan.incoming(traceparent, header_value(head.headers, TRACESTATE))
         rec: dict[str, Any] = {
-            "started": datetime.now(UTC).isoformat(timespec="microseconds"), "service": "cmg-connection-point",
-            "method": head.method, "url": head.url, "path": head.url.split("://", 1)[-1].partition("/")[2],
-            "status": 0, "message_id": str(msg_id), "connection_point": self.name, "cmg": cmg,
-            "auth_kind": head.auth_kind, "client_cert_subject": _subject_of(head.client_cert),
-            "client_cert_forwarded": head.client_cert is not None, "traceparent": traceparent,
+            "started": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "service": "cmg-connection-point",
+            "method": head.method,
+            "url": head.url,
+            "path": head.url.split("://", 1)[-1].partition("/")[2],
+            "status": 0,
+            "message_id": str(msg_id),
+            "connection_point": self.name,
+            "cmg": cmg,
+            "auth_kind": head.auth_kind,
+            "client_cert_subject": _subject_of(head.client_cert),
+            "client_cert_forwarded": head.client_cert is not None,
+            "traceparent": traceparent,
             **span.record_fields(),
         }
         rec["path"] = "/" + rec["path"].split("?", 1)[0]
@@ -80,9 +104,11 @@ class Forwarder:
             status, reason = await self._call(msg_id, head, rw, body, send, sizes, span)
             rec["status"] = status
             elapsed = round((time.perf_counter() - started) * 1000)
-            self.log.info(f"MessageID: {msg_id} RequestURI: {rw.internal_url} EndpointName: {rw.endpoint} "
-                          f"ResponseHeader: HTTP/1.1 {status} {reason} \n ResponseBodySize: {sizes['out']} "
-                          f"ElapsedTime: {elapsed} ms")
+            self.log.info(
+                f"MessageID: {msg_id} RequestURI: {rw.internal_url} EndpointName: {rw.endpoint} "
+                f"ResponseHeader: HTTP/1.1 {status} {reason} \n ResponseBodySize: {sizes['out']} "
+                f"ElapsedTime: {elapsed} ms"
+            )
         except ForwardError as e:
             rec["status"], rec["error"] = e.status, e.reason
             target = rw.internal_url if rw else head.url
@@ -93,14 +119,18 @@ class Forwarder:
                 rec["error"] += f"; channel: {send_error}"
         except asyncio.CancelledError:
             rec["status"], rec["error"] = 499, "cancelled: the CMG aborted the request or the channel closed"
-            self.log.warning(f"MessageID: {msg_id} RequestURI: {rw.internal_url if rw else head.url} cancelled "
-                             "(aborted by the CMG or the channel closed)")
+            self.log.warning(
+                f"MessageID: {msg_id} RequestURI: {rw.internal_url if rw else head.url} cancelled "
+                "(aborted by the CMG or the channel closed)"
+            )
             raise
         except Exception as e:  # the channel went away under the reply: nobody left to tell
             rec["status"] = rec["status"] or 502
             rec["error"] = f"{type(e).__name__}: {e}"
-            self.log.warning(f"MessageID: {msg_id} RequestURI: {rw.internal_url if rw else head.url} failed: "
-                             f"channel lost while replying: {rec['error']}")
+            self.log.warning(
+                f"MessageID: {msg_id} RequestURI: {rw.internal_url if rw else head.url} failed: "
+                f"channel lost while replying: {rec['error']}"
+            )
         finally:
             rec["request_bytes"], rec["response_bytes"] = sizes["in"], sizes["out"]
             rec["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
@@ -118,8 +148,16 @@ class Forwarder:
             sizes["in"] += len(item)
             yield item
 
-    async def _call(self, msg_id: uuid.UUID, head: RequestHead, rw: Rewrite, body: asyncio.Queue[BodyItem],
-                    send: Send, sizes: dict[str, int], span: ServerSpan) -> tuple[int, str]:
+    async def _call(
+        self,
+        msg_id: uuid.UUID,
+        head: RequestHead,
+        rw: Rewrite,
+        body: asyncio.Queue[BodyItem],
+        send: Send,
+        sizes: dict[str, int],
+        span: ServerSpan,
+    ) -> tuple[int, str]:
         fault = self.state.match_fault(head.method, "/" + rw.internal_url.split("://", 1)[-1].partition("/")[2])
         if fault is not None:
             if fault.rule.delay_ms:
@@ -143,8 +181,13 @@ class Forwarder:
             length = next((v for k, v in headers_in if k.lower() == "content-length"), None)
             if length and length.isdigit() and int(length) > self.max_body:
                 raise ForwardError(502, f"the management point's reply of {length} bytes exceeds {self.max_body}")
-            reply = ResponseHead(response.status_code, response.reason_phrase, headers_in,
-                                 internal_url=rw.internal_url, connection_point=self.name)
+            reply = ResponseHead(
+                response.status_code,
+                response.reason_phrase,
+                headers_in,
+                internal_url=rw.internal_url,
+                connection_point=self.name,
+            )
             await send(encode(Kind.RESPONSE, msg_id, reply.to_json()))
             try:
                 async for chunk in response.body():

@@ -49,24 +49,57 @@ class Parts:
         mp = lab.http_client(client_cert=cert, crl_check=s.crl_check, timeout=s.upstream_timeout)
         site = SiteConfig(mp, settings.config_url(lab), log, max_age=min(s.channel_heartbeat / 2, 5.0))
         state = lab_state(SERVICE, lab)
-        ssl_ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=cert,
-                                         crl_files=[lab.pki.crl_bundle], crl_check=s.crl_check)
+        ssl_ctx = httpclient.ssl_context(
+            ca_bundle=lab.pki.ca_bundle, client_cert=cert, crl_files=[lab.pki.crl_bundle], crl_check=s.crl_check
+        )
         mapping = httpclient.parse_resolve(lab.resolve())
         upstream = Upstream(ssl_ctx, mapping, timeout=s.upstream_timeout)
-        forwarder = Forwarder(upstream, log, state, name=name, cmg_name=lab.config.hosts.cmg, max_body=s.max_body_bytes,
-                              timeout=s.upstream_timeout)
+        forwarder = Forwarder(
+            upstream,
+            log,
+            state,
+            name=name,
+            cmg_name=lab.config.hosts.cmg,
+            max_body=s.max_body_bytes,
+            timeout=s.upstream_timeout,
+        )
         instance = uuid.uuid4().hex[:12]
         channels: list[Channel] = []
         for url in settings.channel_urls(lab):
             parts = urlsplit(url)
             key = ((parts.hostname or "").lower(), parts.port or 443)
             address = (mapping[key], key[1]) if key in mapping else None
-            channels.append(Channel(url, ssl_ctx=ssl_ctx, address=address, name=name, instance=instance, site=site,
-                                    forwarder=forwarder, log=log, heartbeat=s.channel_heartbeat,
-                                    backoff_max=s.channel_backoff_max))
-        return cls(lab=lab, settings=settings, name=name, log=log, state=state, mp=mp, site=site,
-                   upstream=upstream, forwarder=forwarder, channels=channels)
+            channels.append(
+                Channel(
+                    url,
+                    ssl_ctx=ssl_ctx,
+                    address=address,
+                    name=name,
+                    instance=instance,
+                    site=site,
+                    forwarder=forwarder,
+                    log=log,
+                    heartbeat=s.channel_heartbeat,
+                    backoff_max=s.channel_backoff_max,
+                )
+            )
+        return cls(
+            lab=lab,
+            settings=settings,
+            name=name,
+            log=log,
+            state=state,
+            mp=mp,
+            site=site,
+            upstream=upstream,
+            forwarder=forwarder,
+            channels=channels,
+        )
 
     def health(self) -> dict[str, Any]:
-        return {"name": self.name, "channels": [c.snapshot() for c in self.channels],
-                "site_config": self.site.value is not None, "site_config_error": self.site.error}
+        return {
+            "name": self.name,
+            "channels": [c.snapshot() for c in self.channels],
+            "site_config": self.site.value is not None,
+            "site_config_error": self.site.error,
+        }

@@ -30,8 +30,10 @@ class Rewrite:
     endpoint: str  # the first path segment (CCM_STS, ccm_system, CCM_Client, ...)
 
     def log_line(self) -> str:
-        return (f"Switched to internal URL. Replaced '{self.replaced}' in   '{self.external_url}' with "
-                f"'{self.internal_base}' and got '{self.internal_url}'")
+        return (
+            f"Switched to internal URL. Replaced '{self.replaced}' in   '{self.external_url}' with "
+            f"'{self.internal_base}' and got '{self.internal_url}'"
+        )
 
 
 def rewrite(external_url: str, config: dict[str, Any] | None, cmg_name: str) -> Rewrite:

@@ -33,8 +33,9 @@ class CPSettings(BaseSettings):
     def channel_urls(self, lab: Lab) -> list[str]:
         urls = [u.strip().rstrip("/") for u in self.cmg_urls.split(",") if u.strip()]
         if not urls:
-            urls = [f"wss://{lab.config.hosts.cmg}:{lab.config.ports.cmg_connector + n}"
-                    for n in range(self.cmg_instances)]
+            urls = [
+                f"wss://{lab.config.hosts.cmg}:{lab.config.ports.cmg_connector + n}" for n in range(self.cmg_instances)
+            ]
         return [u if u.endswith(PATH) else u + PATH for u in urls]
 
     def config_url(self, lab: Lab) -> str:

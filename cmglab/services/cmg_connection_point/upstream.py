@@ -41,8 +41,11 @@ class _Connection:
     idle_since: float = 0.0
 
     def reusable(self) -> bool:
-        return (not self.reader.at_eof() and not self.writer.is_closing()
-                and time.monotonic() - self.idle_since < IDLE_SECONDS)
+        return (
+            not self.reader.at_eof()
+            and not self.writer.is_closing()
+            and time.monotonic() - self.idle_since < IDLE_SECONDS
+        )
 
     def close(self) -> None:
         self.writer.close()
@@ -90,8 +93,8 @@ class Upstream:
         addr = self.hosts.get((host.lower(), port), host)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(addr, port, ssl=self.ctx, server_hostname=host, limit=BLOCK),
-                self.timeout)
+                asyncio.open_connection(addr, port, ssl=self.ctx, server_hostname=host, limit=BLOCK), self.timeout
+            )
         except TimeoutError as e:
             raise UpstreamTimeout(f"connecting to {host}:{port} took over {self.timeout:g} s") from e
         except (OSError, ssl.SSLError) as e:
@@ -141,8 +144,9 @@ class Upstream:
         except (OSError, ssl.SSLError) as e:
             raise UpstreamError(f"{type(e).__name__}: {e}") from e
 
-    async def request(self, method: str, url: str, headers: list[tuple[str, str]],
-                      body: AsyncIterator[bytes] | None) -> Reply:
+    async def request(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: AsyncIterator[bytes] | None
+    ) -> Reply:
         parts = urlsplit(url)
         host = parts.hostname or ""
         key = (host.lower(), parts.port or 443)

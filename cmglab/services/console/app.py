@@ -39,10 +39,15 @@ def create_app(parts: Parts) -> FastAPI:
             title = (f"Journey of {device}" if device else "Journey (all devices)") + (f" · {step}" if step else "")
         listed = await console.devices.list()
         html = static_view.render(
-            site_code=console.lab.config.site.code, services=console.collector.service_list(),
-            devices=listed["devices"], conflicts=listed.get("conflicts"),
-            summaries=console.store.summaries(device=device, step=step, limit=300), traces=traces, title=title,
-            live_url=static_view.live_url(f"/trace/{trace_id}" if trace_id else "/", device, step))
+            site_code=console.lab.config.site.code,
+            services=console.collector.service_list(),
+            devices=listed["devices"],
+            conflicts=listed.get("conflicts"),
+            summaries=console.store.summaries(device=device, step=step, limit=300),
+            traces=traces,
+            title=title,
+            live_url=static_view.live_url(f"/trace/{trace_id}" if trace_id else "/", device, step),
+        )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/", include_in_schema=False, response_model=None)
@@ -69,8 +74,11 @@ def create_app(parts: Parts) -> FastAPI:
     @app.get("/api/traces")
     async def traces(device: str = "", step: str = "", limit: int = 200, background: bool = False) -> dict[str, Any]:
         """Trace summaries, newest first; `background=true` includes the site's own periodic requests."""
-        return {"traces": console.store.summaries(device=device, step=step, limit=max(1, min(limit, 1000)),
-                                                  background=background)}
+        return {
+            "traces": console.store.summaries(
+                device=device, step=step, limit=max(1, min(limit, 1000)), background=background
+            )
+        }
 
     @app.get("/api/journey")
     async def journey(device: str = "", step: str = "", limit: int = 30) -> dict[str, Any]:
@@ -83,19 +91,26 @@ def create_app(parts: Parts) -> FastAPI:
     async def trace(trace_id: str) -> dict[str, Any]:
         found = console.store.get(trace_id)
         if found is None:
-            raise ConsoleError(404, f"no trace {trace_id} (yet): the console keeps the newest "
-                                     f"{console.store.capacity} traces")
+            raise ConsoleError(
+                404, f"no trace {trace_id} (yet): the console keeps the newest {console.store.capacity} traces"
+            )
         return found.detail()
 
     @app.get("/api/events")
     async def events(device: str = "", step: str = "") -> StreamingResponse:
-        return StreamingResponse(console.hub.stream(device=device, step=step), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            console.hub.stream(device=device, step=step),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     @app.get("/api/session")
     async def session() -> dict[str, Any]:
-        return {"lab": str(console.lab.dir), "site_code": console.lab.config.site.code,
-                "poll_interval": console.collector.interval}
+        return {
+            "lab": str(console.lab.dir),
+            "site_code": console.lab.config.site.code,
+            "poll_interval": console.collector.interval,
+        }
 
     @app.post("/api/services/{name}/reset", dependencies=[Depends(admin_only)])
     async def reset_service(name: str) -> dict[str, Any]:
@@ -105,8 +120,9 @@ def create_app(parts: Parts) -> FastAPI:
             raise ConsoleError(404, f"no service {name!r}")
         token = console.lab.admin_token()
         try:
-            reply = await console.client.post(f"{service.url}/_lab/reset",
-                                              headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            reply = await console.client.post(
+                f"{service.url}/_lab/reset", headers={"Authorization": f"Bearer {token}"}, timeout=10
+            )
         except httpx.HTTPError as e:
             raise ConsoleError(502, f"{name}: {type(e).__name__}: {e}") from e
         return {"service": name, "status": reply.status_code}

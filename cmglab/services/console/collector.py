@@ -38,8 +38,7 @@ class ServiceView:
 
 
 class Collector:
-    def __init__(self, lab: Lab, client: httpx.AsyncClient, store: TraceStore, hub: EventHub,
-                 interval: float) -> None:
+    def __init__(self, lab: Lab, client: httpx.AsyncClient, store: TraceStore, hub: EventHub, interval: float) -> None:
         self.client, self.store, self.hub, self.interval = client, store, hub, interval
         self.admin = {"Authorization": f"Bearer {lab.admin_token()}"}
         self.services = {name: ServiceView(name, lab.url(name)) for name in WATCHED}
@@ -80,9 +79,12 @@ class Collector:
     async def _requests(self, service: ServiceView) -> list[dict[str, Any]]:
         try:
             # the admin token: the CMG's internet listener shows its records to the lab admin only
-            reply = await self.client.get(f"{service.url}/_lab/requests",
-                                          params={"after": service.cursor, "limit": 2000}, timeout=5,
-                                          headers=self.admin)
+            reply = await self.client.get(
+                f"{service.url}/_lab/requests",
+                params={"after": service.cursor, "limit": 2000},
+                timeout=5,
+                headers=self.admin,
+            )
             page = reply.json() if reply.status_code == 200 else {}
             records: list[dict[str, Any]] = page.get("requests", [])
             last_seq = int(page.get("last_seq", 0))

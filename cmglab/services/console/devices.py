@@ -51,22 +51,43 @@ class Devices:
             self._get(f"{self.entra}/_lab/devices", "devices", errors),
             self._get(f"{self.mp}/_lab/clients", "clients", errors),
             self._get(f"{self.mp}/_lab/tokens", "tokens", errors),
-            self._get(f"{self.mp}/_lab/conflicts", "conflicts", errors))
-        result = {"devices": merge(joined, clients, tokens, self.store.devices()), "conflicts": conflicts,
-                  "errors": errors}
+            self._get(f"{self.mp}/_lab/conflicts", "conflicts", errors),
+        )
+        result = {
+            "devices": merge(joined, clients, tokens, self.store.devices()),
+            "conflicts": conflicts,
+            "errors": errors,
+        }
         self._cache = (time.monotonic(), result)
         return result
 
 
-def merge(joined: list[dict[str, Any]], clients: list[dict[str, Any]], tokens: list[dict[str, Any]],
-          traced: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def merge(
+    joined: list[dict[str, Any]],
+    clients: list[dict[str, Any]],
+    tokens: list[dict[str, Any]],
+    traced: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
 
     def row(name: str) -> dict[str, Any]:
-        return rows.setdefault(name.lower(), {
-            "name": name, "entra_device_id": None, "joined": False, "join_type": None, "sms_id": None,
-            "registered": False, "approval": None, "installed": False, "ccm_token_expires": None,
-            "client_token_expires": None, "steps": {}, "last_seen": None})
+        return rows.setdefault(
+            name.lower(),
+            {
+                "name": name,
+                "entra_device_id": None,
+                "joined": False,
+                "join_type": None,
+                "sms_id": None,
+                "registered": False,
+                "approval": None,
+                "installed": False,
+                "ccm_token_expires": None,
+                "client_token_expires": None,
+                "steps": {},
+                "last_seen": None,
+            },
+        )
 
     by_device_id: dict[str, dict[str, Any]] = {}
     for d in joined:
@@ -77,8 +98,14 @@ def merge(joined: list[dict[str, Any]], clients: list[dict[str, Any]], tokens: l
         name = str(c.get("netbios_name") or c["sms_id"])
         r = by_device_id.get(str(c.get("aad_device_id") or "").lower()) or row(name)
         mine = [t for t in tokens if t.get("sms_id") == c["sms_id"]]
-        r.update(sms_id=c["sms_id"], registered=True, approval=c.get("approval"), installed=True,
-                 ccm_token_expires=_latest_expiry(mine, "ccm"), client_token_expires=_latest_expiry(mine, "client"))
+        r.update(
+            sms_id=c["sms_id"],
+            registered=True,
+            approval=c.get("approval"),
+            installed=True,
+            ccm_token_expires=_latest_expiry(mine, "ccm"),
+            client_token_expires=_latest_expiry(mine, "client"),
+        )
     for name, seen in traced.items():
         r = rows.get(name.lower()) or row(name)
         r.update(steps=seen["steps"], last_seen=seen["last_seen"])

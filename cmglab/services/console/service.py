@@ -19,7 +19,9 @@ def build(lab: Lab) -> Service:
     async def close_client() -> None:
         await parts.client.aclose()
 
-    return Service("console",
-                   [Listener("console", create_app(parts), lab.port("console"), lab.bind(),
-                             TLS(ident.cert_path, ident.key_path))],
-                   background=[parts.collector.run], on_stop=[close_client])
+    return Service(
+        "console",
+        [Listener("console", create_app(parts), lab.port("console"), lab.bind(), TLS(ident.cert_path, ident.key_path))],
+        background=[parts.collector.run],
+        on_stop=[close_client],
+    )

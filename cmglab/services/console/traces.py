@@ -18,9 +18,26 @@ from cmglab.wire.tracing import cmglab_fields
 
 CLIENT = "client"
 # hop fields the console shows as they were recorded
-_KEPT = ("service", "method", "url", "path", "status", "request_bytes", "response_bytes", "elapsed_ms",
-         "rewritten_url", "auth_kind", "auth_subject", "client_cert_subject", "trace_id", "span_id",
-         "parent_span_id", "tracestate", "connection_point", "time")
+_KEPT = (
+    "service",
+    "method",
+    "url",
+    "path",
+    "status",
+    "request_bytes",
+    "response_bytes",
+    "elapsed_ms",
+    "rewritten_url",
+    "auth_kind",
+    "auth_subject",
+    "client_cert_subject",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "tracestate",
+    "connection_point",
+    "time",
+)
 # where each service puts why it refused or failed a request
 _REASONS = ("reason", "result", "error", "refused")
 # the site's own periodic traffic (the connection point reads the published configuration every
@@ -65,10 +82,16 @@ class Trace:
         first = hops[0]
         failing = [h for h in hops if failed(h)]
         return {
-            "trace_id": self.trace_id, "device": self._tag("device"), "step": self._tag("step"),
-            "start": first["start"], "end": max(h["time"] for h in hops), "hops": len(hops),
-            "services": sorted({h["service"] for h in hops}), "title": f"{first['method']} {first['path']}",
-            "status": first.get("status"), "failed": bool(failing),
+            "trace_id": self.trace_id,
+            "device": self._tag("device"),
+            "step": self._tag("step"),
+            "start": first["start"],
+            "end": max(h["time"] for h in hops),
+            "hops": len(hops),
+            "services": sorted({h["service"] for h in hops}),
+            "title": f"{first['method']} {first['path']}",
+            "status": first.get("status"),
+            "failed": bool(failing),
             "reason": next((h["reason"] for h in reversed(self.sequence_hops()) if failed(h) and h["reason"]), None),
             "background": len(hops) == 1 and not first.get("device") and first["path"].lower() in BACKGROUND_PATHS,
         }
@@ -100,8 +123,9 @@ class Trace:
         for i, h in enumerate(hops):
             parent = by_span.get(h.get("parent_span_id") or "")
             depth = rows[parent]["depth"] + 1 if parent is not None else 0
-            rows.append({**h, "index": i, "caller": hops[parent]["service"] if parent is not None else CLIENT,
-                         "depth": depth})
+            rows.append(
+                {**h, "index": i, "caller": hops[parent]["service"] if parent is not None else CLIENT, "depth": depth}
+            )
         stack: list[int] = []
         for row in rows:  # replies of finished calls come before the next call at the same or lower depth
             while stack and rows[stack[-1]]["depth"] >= row["depth"]:
@@ -134,8 +158,9 @@ class TraceStore:
     def get(self, trace_id: str) -> Trace | None:
         return self.traces.get(trace_id.lower())
 
-    def summaries(self, *, device: str = "", step: str = "", limit: int = 200,
-                  background: bool = False) -> list[dict[str, Any]]:
+    def summaries(
+        self, *, device: str = "", step: str = "", limit: int = 200, background: bool = False
+    ) -> list[dict[str, Any]]:
         """Newest first, filtered by device and flow step (exact, case-insensitive)."""
         out = []
         for trace in sorted(self.traces.values(), key=lambda t: t.ordered_hops()[0]["start"], reverse=True):
@@ -163,5 +188,6 @@ class TraceStore:
 
 
 def matches(summary: dict[str, Any], device: str, step: str) -> bool:
-    return ((not device or summary["device"].lower() == device.lower())
-            and (not step or summary["step"].lower() == step.lower()))
+    return (not device or summary["device"].lower() == device.lower()) and (
+        not step or summary["step"].lower() == step.lower()
+    )

@@ -56,8 +56,13 @@ def _file_response(path: Path, request: Request) -> Response:
     span = ranges.parse(request.headers.get("range"), size)
     first, last = span if span else (0, size - 1)
     length = max(0, last - first + 1)
-    headers = {"Accept-Ranges": "bytes", "Last-Modified": formatdate(st.st_mtime, usegmt=True),
-               "ETag": f'"{st.st_mtime_ns:x}:{size:x}"', "Content-Length": str(length), "Server": SERVER}
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+        "ETag": f'"{st.st_mtime_ns:x}:{size:x}"',
+        "Content-Length": str(length),
+        "Server": SERVER,
+    }
     if span:
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
 
@@ -74,8 +79,9 @@ def _file_response(path: Path, request: Request) -> Response:
                 left -= len(block)
                 yield block
 
-    return StreamingResponse(body(), status_code=206 if span else 200, headers=headers,
-                             media_type="application/octet-stream")
+    return StreamingResponse(
+        body(), status_code=206 if span else 200, headers=headers, media_type="application/octet-stream"
+    )
 
 
 def create_app(parts: Parts) -> FastAPI:
@@ -114,8 +120,9 @@ def create_app(parts: Parts) -> FastAPI:
         host, base = link_base(request)
         html = listing.render(host, base, result.path, result.entries)
         # HEAD of a folder: no length (tools tell folders from files by it)
-        return Response(b"" if request.method == "HEAD" else html, media_type="text/html; charset=utf-8",
-                        headers={"Server": SERVER})
+        return Response(
+            b"" if request.method == "HEAD" else html, media_type="text/html; charset=utf-8", headers={"Server": SERVER}
+        )
 
     async def handle(request: Request) -> Response:
         started = time.monotonic()
@@ -149,8 +156,10 @@ def create_app(parts: Parts) -> FastAPI:
                 response.headers.append(name, value)
         except IISError as e:
             if e.status == 401:
-                win32 = {1: _SEC_I_CONTINUE_NEEDED if "continues" in e.reason else _WIN32_LOGON_FAILURE,
-                         2: _WIN32_ACCESS_DENIED}.get(e.substatus, 0)
+                win32 = {
+                    1: _SEC_I_CONTINUE_NEEDED if "continues" in e.reason else _WIN32_LOGON_FAILURE,
+                    2: _WIN32_ACCESS_DENIED,
+                }.get(e.substatus, 0)
             observe(request, e)
             response = e.response(request)
             substatus = e.substatus
@@ -158,11 +167,20 @@ def create_app(parts: Parts) -> FastAPI:
             substatus = 0
         server = request.scope.get("server") or ("-", 0)
         parts.iislog.write(
-            server_ip=str(server[0]), method=request.method, stem=request.url.path,
-            query=request.url.query, port=int(server[1] or 0), user=user,
-            client_ip=request.client.host if request.client else "-", user_agent=request.headers.get("user-agent"),
-            referer=request.headers.get("referer"), status=response.status_code, substatus=substatus,
-            win32=win32, millis=int((time.monotonic() - started) * 1000))
+            server_ip=str(server[0]),
+            method=request.method,
+            stem=request.url.path,
+            query=request.url.query,
+            port=int(server[1] or 0),
+            user=user,
+            client_ip=request.client.host if request.client else "-",
+            user_agent=request.headers.get("user-agent"),
+            referer=request.headers.get("referer"),
+            status=response.status_code,
+            substatus=substatus,
+            win32=win32,
+            millis=int((time.monotonic() - started) * 1000),
+        )
         return response
 
     app.router.routes.append(Route("/{path:path}", AnyMethod(handle), include_in_schema=False))

@@ -17,23 +17,33 @@ SERVER = "Microsoft-IIS/10.0"
 # (status, substatus) -> (title, explanation): IIS's custom error pages (remote requests)
 _IIS_PAGES = {
     (403, 4): ("403 - Forbidden: Access is denied.", "SSL is required to view this resource."),
-    (403, 7): ("403 - Forbidden: Client certificate required.",
-               "You must provide a client certificate to view this page."),
-    (404, 0): ("404 - File or directory not found.",
-               "The resource you are looking for might have been removed, had its name changed, or is "
-               "temporarily unavailable."),
-    (404, 11): ("404 - File or directory not found.",
-                "The request filtering module is configured to deny a request that contains a double escape "
-                "sequence."),
-    (405, 0): ("405 - HTTP verb used to access this page is not allowed.",
-               "The page you are looking for cannot be displayed because an invalid method (HTTP verb) was used "
-               "to attempt access."),
+    (403, 7): (
+        "403 - Forbidden: Client certificate required.",
+        "You must provide a client certificate to view this page.",
+    ),
+    (404, 0): (
+        "404 - File or directory not found.",
+        "The resource you are looking for might have been removed, had its name changed, or is "
+        "temporarily unavailable.",
+    ),
+    (404, 11): (
+        "404 - File or directory not found.",
+        "The request filtering module is configured to deny a request that contains a double escape sequence.",
+    ),
+    (405, 0): (
+        "405 - HTTP verb used to access this page is not allowed.",
+        "The page you are looking for cannot be displayed because an invalid method (HTTP verb) was used "
+        "to attempt access.",
+    ),
 }
 # HTTP.sys answers these itself, before IIS sees the request
 _HTTPSYS_PAGES = {
     400: ("Bad Request", "Bad Request - Invalid URL", "HTTP Error 400. The request URL is invalid."),
-    416: ("Requested Range Not Satisfiable", "Requested Range Not Satisfiable",
-          "HTTP Error 416. The requested range is not satisfiable."),
+    416: (
+        "Requested Range Not Satisfiable",
+        "Requested Range Not Satisfiable",
+        "HTTP Error 416. The requested range is not satisfiable.",
+    ),
 }
 
 
@@ -42,7 +52,7 @@ def _iis_page(title: str, text: str) -> str:
         '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
         '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\r\n<html xmlns="http://www.w3.org/1999/xhtml">\r\n'
         '<head>\r\n<meta http-equiv="Content-Type" content="text/html; charset=iso-8859-1"/>\r\n'
-        f"<title>{title}</title>\r\n</head>\r\n<body>\r\n<div id=\"header\"><h1>Server Error</h1></div>\r\n"
+        f'<title>{title}</title>\r\n</head>\r\n<body>\r\n<div id="header"><h1>Server Error</h1></div>\r\n'
         '<div id="content">\r\n <div class="content-container"><fieldset>\r\n'
         f"  <h2>{title}</h2>\r\n  <h3>{text}</h3>\r\n </fieldset></div>\r\n</div>\r\n</body>\r\n</html>\r\n"
     )
@@ -61,8 +71,9 @@ class IISError(errors.ServiceError):
     """A refusal: status and IIS substatus (logged in the IIS log's sc-substatus), why (for the logs),
     and extra headers (WWW-Authenticate, Content-Range)."""
 
-    def __init__(self, status: int, reason: str, *, substatus: int = 0,
-                 headers: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self, status: int, reason: str, *, substatus: int = 0, headers: list[tuple[str, str]] | None = None
+    ) -> None:
         super().__init__(reason)
         self.status, self.substatus, self.reason = status, substatus, reason
         self.headers = headers or []
@@ -101,7 +112,8 @@ def observe(request: Request, e: IISError) -> None:
     raw = request.scope.get("raw_path") or request.url.path.encode()
     path = raw.decode("latin-1").encode("unicode_escape").decode("ascii")
     logging.getLogger("cmglab.distribution_point").warning(
-        f"{request.method} {path} from {client}: {e.status}.{e.substatus} {e.reason}")
+        f"{request.method} {path} from {client}: {e.status}.{e.substatus} {e.reason}"
+    )
 
 
 def install_error_handler(app: FastAPI) -> None:

@@ -7,8 +7,10 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-FIELDS = ("date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) "
-          "cs(Referer) sc-status sc-substatus sc-win32-status time-taken")
+FIELDS = (
+    "date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) "
+    "cs(Referer) sc-status sc-substatus sc-win32-status time-taken"
+)
 
 
 def _field(value: str | None) -> str:
@@ -25,15 +27,47 @@ class IISLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.stat().st_size == 0:
             now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-            path.write_text(f"#Software: Microsoft Internet Information Services 10.0\n#Version: 1.0\n"
-                            f"#Date: {now}\n#Fields: {FIELDS}\n")
+            path.write_text(
+                f"#Software: Microsoft Internet Information Services 10.0\n#Version: 1.0\n"
+                f"#Date: {now}\n#Fields: {FIELDS}\n"
+            )
 
-    def write(self, *, server_ip: str, method: str, stem: str, query: str, port: int, user: str | None,
-              client_ip: str, user_agent: str | None, referer: str | None, status: int, substatus: int,
-              win32: int, millis: int) -> str:
+    def write(
+        self,
+        *,
+        server_ip: str,
+        method: str,
+        stem: str,
+        query: str,
+        port: int,
+        user: str | None,
+        client_ip: str,
+        user_agent: str | None,
+        referer: str | None,
+        status: int,
+        substatus: int,
+        win32: int,
+        millis: int,
+    ) -> str:
         now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        line = " ".join([now, server_ip, method, _field(stem), _field(query), str(port), _field(user), client_ip,
-                         _field(user_agent), _field(referer), str(status), str(substatus), str(win32), str(millis)])
+        line = " ".join(
+            [
+                now,
+                server_ip,
+                method,
+                _field(stem),
+                _field(query),
+                str(port),
+                _field(user),
+                client_ip,
+                _field(user_agent),
+                _field(referer),
+                str(status),
+                str(substatus),
+                str(win32),
+                str(millis),
+            ]
+        )
         with self.lock, self.path.open("a") as f:
             f.write(line + "\n")
         return line

@@ -48,10 +48,13 @@ def render(host: str, base: str, path: list[str], entries: list[Entry]) -> str:
         href = base + "/" + "/".join(quote(p, safe="$") for p in [*path, e.name])
         size = "&lt;dir&gt;" if e.is_dir else str(e.size)
         width = 12 + (len(size) - 5 if e.is_dir else 0)  # "&lt;dir&gt;" is shown as 5 characters
-        lines.append(f"{_stamp(e.mtime)} {size:>{width}} <A HREF=\"{escape(href)}\">{escape(e.name)}</A><br>")
+        lines.append(f'{_stamp(e.mtime)} {size:>{width}} <A HREF="{escape(href)}">{escape(e.name)}</A><br>')
     title = escape(f"{host} - {shown}")
-    return (f"<html><head><title>{title}</title></head><body><H1>{title}</H1><hr>\r\n\r\n<pre>"
-            + "".join(lines) + "</pre><hr></body></html>")
+    return (
+        f"<html><head><title>{title}</title></head><body><H1>{title}</H1><hr>\r\n\r\n<pre>"
+        + "".join(lines)
+        + "</pre><hr></body></html>"
+    )
 
 
 def filetime(mtime: float) -> int:
@@ -60,8 +63,10 @@ def filetime(mtime: float) -> int:
 
 def file_ini(f: ContentFile) -> str:
     """DataLib\\<content>.<version>\\<file>.INI: where the file's bytes are in FileLib (by hash)."""
-    return (f"[File]\r\nSize={f.size}\r\nTimeModified={filetime(f.mtime)}\r\nAttributes=32\r\n"
-            f"HashAlgorithm=SHA256\r\nHash={f.sha256}\r\n")
+    return (
+        f"[File]\r\nSize={f.size}\r\nTimeModified={filetime(f.mtime)}\r\nAttributes=32\r\n"
+        f"HashAlgorithm=SHA256\r\nHash={f.sha256}\r\n"
+    )
 
 
 def folder_ini(mtime: float) -> str:
@@ -77,9 +82,11 @@ def content_hash(files: list[ContentFile]) -> str:
 
 def content_ini(package: Package, files: list[ContentFile]) -> str:
     """DataLib\\<content>.<version>.INI."""
-    return (f"[Content]\r\nHash={content_hash(files)}\r\nHashAlgorithm=SHA256\r\nVersion={package.version}\r\n"
-            f"Size={sum(f.size for f in files)}\r\nFileCount={len(files)}\r\n"
-            f"[Package]\r\nPackageID={package.package_id}\r\n")
+    return (
+        f"[Content]\r\nHash={content_hash(files)}\r\nHashAlgorithm=SHA256\r\nVersion={package.version}\r\n"
+        f"Size={sum(f.size for f in files)}\r\nFileCount={len(files)}\r\n"
+        f"[Package]\r\nPackageID={package.package_id}\r\n"
+    )
 
 
 def pkglib_ini(package: Package) -> str:

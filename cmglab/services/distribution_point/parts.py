@@ -53,5 +53,6 @@ def windows_auth(lab: Lab) -> WindowsAuthenticator:
         naa = config.site.network_access_account
         return domain_accounts(config) | {naa.username.split("\\")[-1]: naa.password}
 
-    return LabAccountsAuthenticator(Lab.config_path(lab.dir), lab.dir / "data" / "distribution-point-ntlm-users",
-                                    accounts)
+    return LabAccountsAuthenticator(
+        Lab.config_path(lab.dir), lab.dir / "data" / "distribution-point-ntlm-users", accounts
+    )

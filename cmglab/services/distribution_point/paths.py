@@ -23,7 +23,7 @@ def segments(raw_path: bytes) -> list[str]:
     if raw[:7].lower() == b"http://" or raw[:8].lower() == b"https://":  # absolute-form request target
         rest = raw.split(b"//", 1)[1]
         raw = b"/" + rest.split(b"/", 1)[1] if b"/" in rest else b"/"
-    if b"%" in raw and not all(_ESCAPE.match(raw, i) for i in range(len(raw)) if raw[i:i + 1] == b"%"):
+    if b"%" in raw and not all(_ESCAPE.match(raw, i) for i in range(len(raw)) if raw[i : i + 1] == b"%"):
         raise IISError(400, "a malformed percent escape in the URL")
     try:
         path = unquote_to_bytes(raw).decode("utf-8")

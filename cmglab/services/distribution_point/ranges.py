@@ -32,8 +32,9 @@ def parse(header: str | None, size: int) -> tuple[int, int] | None:
     if not m or (not m.group(1) and not m.group(2)):
         return None
     first_s, last_s = m.group(1), m.group(2)
-    unsatisfiable = IISError(416, f"range {spec!r} of a {size}-byte file",
-                             headers=[("Content-Range", f"bytes */{size}")])
+    unsatisfiable = IISError(
+        416, f"range {spec!r} of a {size}-byte file", headers=[("Content-Range", f"bytes */{size}")]
+    )
     if len(first_s) > 19 or len(last_s) > 19 or int(first_s or 0) > MAX_INT64 or int(last_s or 0) > MAX_INT64:
         raise unsatisfiable
     if not first_s:  # the last N bytes

@@ -52,7 +52,7 @@ def _os_deployment(config: LabConfig) -> dict[str, str]:
           <Password>{_password()}</Password>
         </Credentials>
         <JoinDomain>{dns}</JoinDomain>
-        <MachineObjectOU>OU=Workstations,DC={dns.replace('.', ',DC=')}</MachineObjectOU>
+        <MachineObjectOU>OU=Workstations,DC={dns.replace(".", ",DC=")}</MachineObjectOU>
       </Identification>
     </component>
   </settings>
@@ -73,9 +73,9 @@ def _os_deployment(config: LabConfig) -> dict[str, str]:
     return {
         "unattend.xml": unattend.replace("\n", "\r\n"),
         "Scripts/SetupComplete.cmd": "@echo off\r\nrem Runs once after Windows Setup\r\n"
-                                     "powershell -ExecutionPolicy Bypass -File %~dp0Set-Baseline.ps1\r\n",
+        "powershell -ExecutionPolicy Bypass -File %~dp0Set-Baseline.ps1\r\n",
         "Scripts/Set-Baseline.ps1": "Set-ItemProperty -Path 'HKLM:\\SOFTWARE\\Policies\\Microsoft\\Windows\\"
-                                    "WindowsUpdate\\AU' -Name NoAutoUpdate -Value 0\r\n",
+        "WindowsUpdate\\AU' -Name NoAutoUpdate -Value 0\r\n",
     }
 
 
@@ -91,8 +91,8 @@ def _line_of_business(config: LabConfig) -> dict[str, str | bytes]:
             "  </appSettings>\r\n</configuration>\r\n"
         ),
         "install.ps1": "Start-Process msiexec.exe -ArgumentList '/i', \"$PSScriptRoot\\InventoryClient.msi\", "
-                       "'/qn' -Wait\r\nCopy-Item \"$PSScriptRoot\\appsettings.config\" "
-                       "'C:\\Program Files\\Inventory Client\\' -Force\r\n",
+        "'/qn' -Wait\r\nCopy-Item \"$PSScriptRoot\\appsettings.config\" "
+        "'C:\\Program Files\\Inventory Client\\' -Force\r\n",
         "InventoryClient.msi": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + secrets.token_bytes(4088),
     }
 

@@ -13,9 +13,18 @@ def build(lab: Lab) -> Service:
     app = create_app(Parts.from_lab(lab))
     ident = lab.pki.server("distribution-point")
     https = Listener(
-        "distribution-point", app, lab.port("distribution-point"), lab.bind(),
-        tls=TLS(ident.cert_path, ident.key_path, client_cert="optional", client_ca=lab.pki.client_ca_bundle,
-                crl_files=[lab.pki.crl_bundle], crl_check=lab.settings.crl_check),
+        "distribution-point",
+        app,
+        lab.port("distribution-point"),
+        lab.bind(),
+        tls=TLS(
+            ident.cert_path,
+            ident.key_path,
+            client_cert="optional",
+            client_ca=lab.pki.client_ca_bundle,
+            crl_files=[lab.pki.crl_bundle],
+            crl_check=lab.settings.crl_check,
+        ),
     )  # httptools: it takes absolute-form request targets (impacket requests the listing's http:// links)
     http_port = 80 if lab.config.compose else lab.config.ports.distribution_point_http
     plain = Listener("distribution-point-http", app, http_port, lab.bind(), tls=None)

@@ -150,8 +150,11 @@ class ContentView:
             path = self.library.by_hash(digest)
             if path is None:
                 raise not_found(f"FileLib {rest[2]}")
-            package = next(p for p in self.library.packages()
-                           if os.path.commonpath([self.library.folder(p), path]) == str(self.library.folder(p)))
+            package = next(
+                p
+                for p in self.library.packages()
+                if os.path.commonpath([self.library.folder(p), path]) == str(self.library.folder(p))
+            )
             return File(path, package)
         for p in self.library.packages():
             for f in self.library.files(p):
@@ -170,8 +173,13 @@ class ContentView:
     def _pkglib(self, vdir: str, rest: list[str]) -> Result:
         packages = [p for p in self.library.packages() if self.library.folder(p).is_dir()]
         if len(rest) == 1:
-            return Listing([vdir, rest[0]], [Entry(f"{p.package_id}.INI", False, len(listing.pkglib_ini(p)),
-                                                   _dir_mtime(self.library.folder(p))) for p in packages])
+            return Listing(
+                [vdir, rest[0]],
+                [
+                    Entry(f"{p.package_id}.INI", False, len(listing.pkglib_ini(p)), _dir_mtime(self.library.folder(p)))
+                    for p in packages
+                ],
+            )
         if len(rest) == 2 and rest[1].upper().endswith(".INI"):
             for p in packages:
                 if p.package_id.lower() == rest[1][:-4].lower():
@@ -181,9 +189,18 @@ class ContentView:
     def _signature(self, vdir: str, rest: list[str]) -> Result:
         if not rest:
             packages = [p for p in self.library.packages() if self.library.folder(p).is_dir()]
-            return Listing([vdir], [Entry(f"{p.content_version}.tar", False,
-                                          len(listing.signature(p, self.library.files(p))),
-                                          _dir_mtime(self.library.folder(p))) for p in packages])
+            return Listing(
+                [vdir],
+                [
+                    Entry(
+                        f"{p.content_version}.tar",
+                        False,
+                        len(listing.signature(p, self.library.files(p))),
+                        _dir_mtime(self.library.folder(p)),
+                    )
+                    for p in packages
+                ],
+            )
         if len(rest) == 1 and rest[0].lower().endswith(".tar"):
             package = self._versioned(rest[0][:-4])
             if self.library.folder(package).is_dir():

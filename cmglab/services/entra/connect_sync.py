@@ -62,17 +62,31 @@ class ConnectSync:
                 device_id = str(c["objectGUID"]).lower()
                 device = st.device_by_id(s, device_id)
                 if device is None:
-                    s.add(st.Device(object_id=st.new_guid(), device_id=device_id, tenant_id=tenant_id,
-                                    display_name=c["sAMAccountName"].rstrip("$"), trust_type="ServerAd",
-                                    join_type=None, onprem_sid=c["objectSid"], user_certificate=der))
+                    s.add(
+                        st.Device(
+                            object_id=st.new_guid(),
+                            device_id=device_id,
+                            tenant_id=tenant_id,
+                            display_name=c["sAMAccountName"].rstrip("$"),
+                            trust_type="ServerAd",
+                            join_type=None,
+                            onprem_sid=c["objectSid"],
+                            user_certificate=der,
+                        )
+                    )
                     result.added.append(device_id)
                 elif device.user_certificate != der or device.onprem_sid != c["objectSid"]:
                     device.user_certificate, device.onprem_sid = der, c["objectSid"]
                     result.updated.append(device_id)
                 else:
                     result.unchanged += 1
-        log.info("Entra Connect sync: %d added, %d updated, %d unchanged, %d without userCertificate",
-                 len(result.added), len(result.updated), result.unchanged, len(result.skipped))
+        log.info(
+            "Entra Connect sync: %d added, %d updated, %d unchanged, %d without userCertificate",
+            len(result.added),
+            len(result.updated),
+            result.unchanged,
+            len(result.skipped),
+        )
         return result
 
     async def every(self, interval: float) -> None:

@@ -36,25 +36,45 @@ class DeviceCodes:
             s.execute(delete(st.DeviceCodePoll).where(st.DeviceCodePoll.last_poll < st.now() - LIFETIME))
             device_code = "DAQABAAEAAA" + secrets.token_urlsafe(96)
             user_code = "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(9))
-            s.add(st.DeviceCode(code_hash=st.token_hash(device_code), user_code=user_code,
-                                tenant_key=tenant.tenant_id if tenant else segment.lower(),
-                                client_id=client.app_id, resource=params.get("resource"), scope=params.get("scope"),
-                                expires_at=st.now() + LIFETIME))
-        message = (f"To sign in, use a web browser to open the page {verification_url} and enter the code "
-                   f"{user_code} to authenticate.")
+            s.add(
+                st.DeviceCode(
+                    code_hash=st.token_hash(device_code),
+                    user_code=user_code,
+                    tenant_key=tenant.tenant_id if tenant else segment.lower(),
+                    client_id=client.app_id,
+                    resource=params.get("resource"),
+                    scope=params.get("scope"),
+                    expires_at=st.now() + LIFETIME,
+                )
+            )
+        message = (
+            f"To sign in, use a web browser to open the page {verification_url} and enter the code "
+            f"{user_code} to authenticate."
+        )
         if v2:
-            return {"user_code": user_code, "device_code": device_code, "verification_uri": verification_url,
-                    "expires_in": LIFETIME, "interval": INTERVAL, "message": message}
-        return {"user_code": user_code, "device_code": device_code, "verification_url": verification_url,
-                "expires_in": str(LIFETIME), "interval": str(INTERVAL), "message": message}
+            return {
+                "user_code": user_code,
+                "device_code": device_code,
+                "verification_uri": verification_url,
+                "expires_in": LIFETIME,
+                "interval": INTERVAL,
+                "message": message,
+            }
+        return {
+            "user_code": user_code,
+            "device_code": device_code,
+            "verification_url": verification_url,
+            "expires_in": str(LIFETIME),
+            "interval": str(INTERVAL),
+            "message": message,
+        }
 
     def sign_in(self, user_code: str, username: str, password: str) -> str:
         """The user enters the code and signs in: the code is approved for that user (their UPN back)."""
         with self.store.session() as s:
             row = s.scalar(select(st.DeviceCode).where(st.DeviceCode.user_code == user_code.strip().upper()))
             if row is None or row.expires_at < st.now():
-                raise AADSTSError(70018, "bad_verification_code",
-                                  "The code you entered is not valid or has expired.")
+                raise AADSTSError(70018, "bad_verification_code", "The code you entered is not valid or has expired.")
             tenant = st.tenant_by_key(s, row.tenant_key)  # None for common/organizations
             user = self.issuer.sign_in(s, tenant, username, password)
             row.user_id = user.object_id
@@ -78,16 +98,23 @@ class DeviceCodes:
             raise missing("device_code" if v2 else "code")
         row = s.get(st.DeviceCode, st.token_hash(device_code))
         if row is None or row.client_id != client_id:
-            raise AADSTSError(70000, "invalid_grant", "The provided value for the input parameter 'device_code' "
-                                                      "is not valid.")
+            raise AADSTSError(
+                70000, "invalid_grant", "The provided value for the input parameter 'device_code' is not valid."
+            )
         if row.expires_at < st.now():
-            raise AADSTSError(70019, "expired_token" if v2 else "code_expired",
-                              "Verification code expired.")
+            raise AADSTSError(70019, "expired_token" if v2 else "code_expired", "Verification code expired.")
         if row.user_id is None:
             if self._too_soon(row.code_hash):  # RFC 8628 §3.5: polled faster than the interval
-                raise AADSTSError(70016, "slow_down", "OAuth 2.0 device flow error. Polling too fast: wait the "
-                                                      f"interval ({INTERVAL} s) between requests.")
-            raise AADSTSError(70016, "authorization_pending",
-                              "OAuth 2.0 device flow error. Authorization is pending. Continue polling.")
+                raise AADSTSError(
+                    70016,
+                    "slow_down",
+                    "OAuth 2.0 device flow error. Polling too fast: wait the "
+                    f"interval ({INTERVAL} s) between requests.",
+                )
+            raise AADSTSError(
+                70016,
+                "authorization_pending",
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+            )
         s.delete(row)
         return row

@@ -71,29 +71,56 @@ def _guid(value: str | None) -> str:
 
 
 def tenant_view(t: st.Tenant, domains: list[st.Domain]) -> dict[str, Any]:
-    return {"tenant_id": t.tenant_id, "display_name": t.display_name, "initial_domain": t.initial_domain,
-            "region": t.region, "onboarded": t.onboarded,
-            "domains": [{"name": d.name, "federated": d.federated} for d in domains]}
+    return {
+        "tenant_id": t.tenant_id,
+        "display_name": t.display_name,
+        "initial_domain": t.initial_domain,
+        "region": t.region,
+        "onboarded": t.onboarded,
+        "domains": [{"name": d.name, "federated": d.federated} for d in domains],
+    }
 
 
 def user_view(u: st.User) -> dict[str, Any]:
-    return {"object_id": u.object_id, "tenant_id": u.tenant_id, "upn": u.upn, "display_name": u.display_name,
-            "onprem_sid": u.onprem_sid, "enabled": u.enabled}
+    return {
+        "object_id": u.object_id,
+        "tenant_id": u.tenant_id,
+        "upn": u.upn,
+        "display_name": u.display_name,
+        "onprem_sid": u.onprem_sid,
+        "enabled": u.enabled,
+    }
 
 
 def app_view(a: st.App) -> dict[str, Any]:
-    return {"app_id": a.app_id, "display_name": a.display_name, "identifier_uri": a.identifier_uri,
-            "public_client": a.public_client, "has_secret": a.secret_hash is not None,
-            "access_token_version": a.access_token_version}
+    return {
+        "app_id": a.app_id,
+        "display_name": a.display_name,
+        "identifier_uri": a.identifier_uri,
+        "public_client": a.public_client,
+        "has_secret": a.secret_hash is not None,
+        "access_token_version": a.access_token_version,
+    }
 
 
 def device_view(d: st.Device) -> dict[str, Any]:
-    return {"object_id": d.object_id, "device_id": d.device_id, "tenant_id": d.tenant_id,
-            "display_name": d.display_name, "device_type": d.device_type, "os_version": d.os_version,
-            "trust_type": d.trust_type, "join_type": d.join_type, "owner_id": d.owner_id,
-            "onprem_sid": d.onprem_sid, "cert_thumbprint": d.cert_thumbprint,
-            "registration_auth_methods": d.auth_methods.split(), "created_at": d.created_at,
-            "registered_at": d.registered_at, "enabled": d.enabled}
+    return {
+        "object_id": d.object_id,
+        "device_id": d.device_id,
+        "tenant_id": d.tenant_id,
+        "display_name": d.display_name,
+        "device_type": d.device_type,
+        "os_version": d.os_version,
+        "trust_type": d.trust_type,
+        "join_type": d.join_type,
+        "owner_id": d.owner_id,
+        "onprem_sid": d.onprem_sid,
+        "cert_thumbprint": d.cert_thumbprint,
+        "registration_auth_methods": d.auth_methods.split(),
+        "created_at": d.created_at,
+        "registered_at": d.registered_at,
+        "enabled": d.enabled,
+    }
 
 
 class Directory:
@@ -108,8 +135,10 @@ class Directory:
 
     def tenants(self) -> list[dict[str, Any]]:
         with self.store.session() as s:
-            return [tenant_view(t, list(s.scalars(select(st.Domain).where(st.Domain.tenant_id == t.tenant_id))))
-                    for t in s.scalars(select(st.Tenant).order_by(st.Tenant.display_name))]
+            return [
+                tenant_view(t, list(s.scalars(select(st.Domain).where(st.Domain.tenant_id == t.tenant_id))))
+                for t in s.scalars(select(st.Tenant).order_by(st.Tenant.display_name))
+            ]
 
     def add_tenant(self, t: TenantIn) -> dict[str, Any]:
         tenant_id = _guid(t.tenant_id)
@@ -118,8 +147,13 @@ class Directory:
         with self.store.session() as s:
             if s.get(st.Tenant, tenant_id) is not None or any(s.get(st.Domain, n) for n in names):
                 raise DirectoryError(409, "that tenant or one of its domains exists")
-            tenant = st.Tenant(tenant_id=tenant_id, display_name=t.display_name, initial_domain=t.initial_domain,
-                               region=t.region, onboarded=t.onboarded)
+            tenant = st.Tenant(
+                tenant_id=tenant_id,
+                display_name=t.display_name,
+                initial_domain=t.initial_domain,
+                region=t.region,
+                onboarded=t.onboarded,
+            )
             domains = [st.Domain(name=n, tenant_id=tenant_id, federated=f) for n, f in names.items()]
             s.add(tenant)
             s.flush()
@@ -141,9 +175,14 @@ class Directory:
                 raise DirectoryError(422, f"the UPN suffix of {u.upn} is not a domain of tenant {tenant.tenant_id}")
             if st.user_by_upn(s, u.upn) is not None:
                 raise DirectoryError(409, f"user {u.upn} exists")
-            user = st.User(object_id=_guid(u.object_id), tenant_id=tenant.tenant_id, upn=u.upn.lower(),
-                           display_name=u.display_name, password_hash=st.hash_secret(u.password),
-                           onprem_sid=u.onprem_sid)
+            user = st.User(
+                object_id=_guid(u.object_id),
+                tenant_id=tenant.tenant_id,
+                upn=u.upn.lower(),
+                display_name=u.display_name,
+                password_hash=st.hash_secret(u.password),
+                onprem_sid=u.onprem_sid,
+            )
             s.add(user)
             s.flush()
             return user_view(user)
@@ -157,9 +196,14 @@ class Directory:
             app_id = _guid(a.app_id)
             if s.get(st.App, app_id) is not None or (a.identifier_uri and st.app_by_resource(s, a.identifier_uri)):
                 raise DirectoryError(409, "an app with that ID or identifier URI exists")
-            app = st.App(app_id=app_id, display_name=a.display_name, identifier_uri=a.identifier_uri,
-                         secret_hash=st.hash_secret(a.client_secret) if a.client_secret else None,
-                         public_client=a.public_client, access_token_version=a.access_token_version)
+            app = st.App(
+                app_id=app_id,
+                display_name=a.display_name,
+                identifier_uri=a.identifier_uri,
+                secret_hash=st.hash_secret(a.client_secret) if a.client_secret else None,
+                public_client=a.public_client,
+                access_token_version=a.access_token_version,
+            )
             s.add(app)
             s.flush()
             return app_view(app)
@@ -182,9 +226,16 @@ class Directory:
             tenant = self._tenant(s, d.tenant)
             if st.device_by_id(s, device_id) is not None:
                 raise DirectoryError(409, f"device {device_id} exists")
-            device = st.Device(object_id=st.new_guid(), device_id=device_id, tenant_id=tenant.tenant_id,
-                               display_name=d.display_name, trust_type="ServerAd", join_type=None,
-                               onprem_sid=d.onprem_sid, user_certificate=der)
+            device = st.Device(
+                object_id=st.new_guid(),
+                device_id=device_id,
+                tenant_id=tenant.tenant_id,
+                display_name=d.display_name,
+                trust_type="ServerAd",
+                join_type=None,
+                onprem_sid=d.onprem_sid,
+                user_certificate=der,
+            )
             s.add(device)
             s.flush()
             return device_view(device)

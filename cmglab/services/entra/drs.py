@@ -54,8 +54,9 @@ def check_csr(data_b64: str) -> rsa.RSAPublicKey:
         raise _invalid("CertificateRequest.Data is not a DER PKCS#10 certificate request.") from e
     key = csr.public_key()
     if not isinstance(key, rsa.RSAPublicKey) or not MIN_RSA_BITS <= key.key_size <= key_limits.MAX_RSA_BITS:
-        raise _invalid(f"The certificate request must carry an RSA key of {MIN_RSA_BITS} to "
-                       f"{key_limits.MAX_RSA_BITS} bits.", 50032)
+        raise _invalid(
+            f"The certificate request must carry an RSA key of {MIN_RSA_BITS} to {key_limits.MAX_RSA_BITS} bits.", 50032
+        )
     if not csr.is_signature_valid:
         raise _invalid("The certificate request signature is invalid.", 50006)
     return key
@@ -70,8 +71,8 @@ def parse_transport_key(value_b64: str) -> rsa.RSAPublicKey:
         _, bits, e_len, n_len, p1, p2 = struct.unpack("<4sLLLLL", raw[:24])
         if p1 or p2 or len(raw) != 24 + e_len + n_len:
             raise _invalid("TransportKey is not a public BCRYPT_RSAKEY_BLOB.")
-        e = int.from_bytes(raw[24:24 + e_len], "big")
-        n = int.from_bytes(raw[24 + e_len:], "big")
+        e = int.from_bytes(raw[24 : 24 + e_len], "big")
+        n = int.from_bytes(raw[24 + e_len :], "big")
     else:
         try:
             jwk = jsonlimits.loads(raw)
@@ -93,8 +94,9 @@ def spki(key: rsa.RSAPublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def verify_signed_sid(sid_stamp: str, signed_blob_b64: str, user_certificate_der: bytes, expected_sid: str,
-                      now: datetime) -> None:
+def verify_signed_sid(
+    sid_stamp: str, signed_blob_b64: str, user_certificate_der: bytes, expected_sid: str, now: datetime
+) -> None:
     """Hybrid join proof: `<computer SID>.<yyyy-MM-dd HH:mm:ss>Z` signed (PKCS#1 v1.5, SHA-256) by the key
     of the certificate the computer wrote to its AD userCertificate, recent, and naming the synced SID."""
     sid, _, stamp = sid_stamp.rpartition(".")
@@ -103,18 +105,24 @@ def verify_signed_sid(sid_stamp: str, signed_blob_b64: str, user_certificate_der
     except ValueError as e:
         raise _invalid("ClientIdentity.Sid must be '<SID>.<yyyy-MM-dd HH:mm:ss>Z'.") from e
     if sid.upper() != expected_sid.upper():
-        raise DRSError(400, "AuthenticationError", 50155,
-                       "ClientIdentity.Sid does not match the device's on-premises SID.")
+        raise DRSError(
+            400, "AuthenticationError", 50155, "ClientIdentity.Sid does not match the device's on-premises SID."
+        )
     if abs(now - when) > SID_SKEW:
         raise DRSError(400, "AuthenticationError", 50013, "ClientIdentity.Sid timestamp is outside the allowed window.")
     key = x509.load_der_x509_certificate(user_certificate_der).public_key()
     assert isinstance(key, rsa.RSAPublicKey)
     try:
-        key.verify(_b64(signed_blob_b64, "ClientIdentity.SignedBlob"), sid_stamp.encode(), padding.PKCS1v15(),
-                   hashes.SHA256())
+        key.verify(
+            _b64(signed_blob_b64, "ClientIdentity.SignedBlob"), sid_stamp.encode(), padding.PKCS1v15(), hashes.SHA256()
+        )
     except InvalidSignature as e:
-        raise DRSError(400, "AuthenticationError", 50006,
-                       "ClientIdentity.SignedBlob does not verify with the device's userCertificate.") from e
+        raise DRSError(
+            400,
+            "AuthenticationError",
+            50006,
+            "ClientIdentity.SignedBlob does not verify with the device's userCertificate.",
+        ) from e
 
 
 def sid_from_guid(guid: str) -> str:
@@ -142,8 +150,16 @@ class DeviceCA:
     def __init__(self, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> None:
         self.cert, self.key = cert, key
 
-    def issue(self, device_key: rsa.RSAPublicKey, *, device_id: str, user_id: str | None, tenant_id: str,
-              joined: bool, region: str) -> DeviceCertificate:
+    def issue(
+        self,
+        device_key: rsa.RSAPublicKey,
+        *,
+        device_id: str,
+        user_id: str | None,
+        tenant_id: str,
+        joined: bool,
+        region: str,
+    ) -> DeviceCertificate:
         extra: list[x509.ExtensionType] = [
             x509.UnrecognizedExtension(OID_DEVICE_ID, uuid.UUID(device_id).bytes_le),
             x509.UnrecognizedExtension(OID_TENANT_ID, uuid.UUID(tenant_id).bytes_le),
@@ -152,8 +168,9 @@ class DeviceCA:
         ]
         if user_id:
             extra.append(x509.UnrecognizedExtension(OID_USER_ID, uuid.UUID(user_id).bytes_le))
-        cert = b.leaf(device_key, b.name(device_id), self.cert, self.key, ekus=[b.CLIENT_AUTH],
-                      days=DEVICE_CERT_DAYS, extra=extra)
+        cert = b.leaf(
+            device_key, b.name(device_id), self.cert, self.key, ekus=[b.CLIENT_AUTH], days=DEVICE_CERT_DAYS, extra=extra
+        )
         return DeviceCertificate(cert)
 
     def issued(self, cert: x509.Certificate, now: datetime) -> bool:

@@ -33,8 +33,9 @@ class EntraError(errors.ServiceError):
         trace_id = str(uuid.uuid4())
         # Entra echoes the client's request ID as the correlation ID
         correlation_id = request.headers.get("client-request-id") or str(uuid.uuid4())
-        return JSONResponse(self.body(trace_id=trace_id, correlation_id=correlation_id, when=datetime.now(UTC)),
-                            status_code=self.status)
+        return JSONResponse(
+            self.body(trace_id=trace_id, correlation_id=correlation_id, when=datetime.now(UTC)), status_code=self.status
+        )
 
 
 class AADSTSError(EntraError):
@@ -49,7 +50,7 @@ class AADSTSError(EntraError):
         return {
             "error": self.error,
             "error_description": f"AADSTS{self.code}: {self.message}\r\nTrace ID: {trace_id}\r\n"
-                                 f"Correlation ID: {correlation_id}\r\nTimestamp: {stamp}",
+            f"Correlation ID: {correlation_id}\r\nTimestamp: {stamp}",
             "error_codes": [self.code],
             "timestamp": stamp,
             "trace_id": trace_id,
@@ -69,8 +70,7 @@ class DRSError(EntraError):
         out: dict[str, Any] = {"ErrorType": self.error_type, "Message": f"AADSTS{self.code}: {self.message}"}
         if self.subcode:
             out["SubCode"] = self.subcode
-        out.update({"TraceId": trace_id, "CorrelationId": correlation_id,
-                    "Time": when.strftime("%m-%d-%Y %H:%M:%SZ")})
+        out.update({"TraceId": trace_id, "CorrelationId": correlation_id, "Time": when.strftime("%m-%d-%Y %H:%M:%SZ")})
         return out
 
 

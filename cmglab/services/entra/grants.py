@@ -77,8 +77,9 @@ class Grants:
                 return TokenResult({"Nonce": st.issue_nonce(s, NONCE_LIFETIME)}, AuthKind.SRV_CHALLENGE)
         handler = self.handlers.get(grant)
         if handler is None:
-            raise AADSTSError(70003, "unsupported_grant_type", f"The app requested an unsupported grant type "
-                                                               f"'{grant}'.")
+            raise AADSTSError(
+                70003, "unsupported_grant_type", f"The app requested an unsupported grant type '{grant}'."
+            )
         with self.store.session() as s:
             return handler(s, req)
 
@@ -94,13 +95,20 @@ class Grants:
     def _client_credentials(self, s: Session, req: TokenRequest) -> TokenResult:
         tenant = self.issuer.tenant(s, req.segment)
         if tenant is None:
-            raise AADSTSError(9001023, "invalid_request",
-                              "The grant type isn't supported over the /common or /consumers endpoints. "
-                              "Please use the /organizations or tenant-specific endpoint.")
+            raise AADSTSError(
+                9001023,
+                "invalid_request",
+                "The grant type isn't supported over the /common or /consumers endpoints. "
+                "Please use the /organizations or tenant-specific endpoint.",
+            )
         client = self.issuer.client(s, req.form, tenant.tenant_id)
         if client.auth == 0:
-            raise AADSTSError(7000218, "invalid_client", "The request body must contain the following parameter: "
-                                                         "'client_assertion' or 'client_secret'.", 401)
+            raise AADSTSError(
+                7000218,
+                "invalid_client",
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+                401,
+            )
         resource, _ = self.issuer.resource(s, req.form, v2=req.v2, tenant_name=tenant.tenant_id)
         sp = Principal("app", tenant.tenant_id, service_principal_id(tenant.tenant_id, client.app_id))
         issue = Issue(sp, resource, client.app_id, client.auth, (), req.ipaddr)
@@ -114,8 +122,14 @@ class Grants:
         resource, oidc = self.issuer.resource(s, req.form, v2=req.v2, tenant_name=req.segment)
         user = s.get(st.User, row.user_id)
         assert user is not None  # refresh tokens go with their user (cascade)
-        issue = Issue(user_principal(user, row.device_id), resource, client.app_id, client.auth,
-                      tuple(row.amr.split()), req.ipaddr)
+        issue = Issue(
+            user_principal(user, row.device_id),
+            resource,
+            client.app_id,
+            client.auth,
+            tuple(row.amr.split()),
+            req.ipaddr,
+        )
         return TokenResult(self._user_reply(s, issue, req, oidc), AuthKind.REFRESH_TOKEN, user.upn)
 
     def _device_code(self, s: Session, req: TokenRequest) -> TokenResult:
@@ -138,13 +152,20 @@ class Grants:
         fed = redeem_assertion(s, self.federation_key, require(req.form, "assertion"), tenant)
         if isinstance(fed, FederatedComputer):  # a federated hybrid join's computer: a DRS token only
             if resource.requested.lower() != DRS_RESOURCE.lower() and resource.app_id != DRS_APP_ID:
-                raise AADSTSError(500011, "invalid_resource", "A domain computer's token is for the device "
-                                                              "registration service only.")
+                raise AADSTSError(
+                    500011, "invalid_resource", "A domain computer's token is for the device registration service only."
+                )
             iat = st.now()
             token = self.issuer.signer.sign(computer_claims(fed, resource.requested, client.app_id, iat), v1=True)
-            body = {"token_type": "Bearer", "expires_in": "3599", "ext_expires_in": "3599",
-                    "expires_on": str(iat + 3599), "not_before": str(iat), "resource": resource.requested,
-                    "access_token": token}
+            body = {
+                "token_type": "Bearer",
+                "expires_in": "3599",
+                "ext_expires_in": "3599",
+                "expires_on": str(iat + 3599),
+                "not_before": str(iat),
+                "resource": resource.requested,
+                "access_token": token,
+            }
             return TokenResult(body, AuthKind.SAML, fed.object_guid)
         issue = Issue(user_principal(fed.user), resource, client.app_id, client.auth, fed.amr, req.ipaddr)
         return TokenResult(self._user_reply(s, issue, req, oidc), AuthKind.SAML, fed.user.upn)
@@ -155,9 +176,14 @@ class Grants:
 
     def _user_reply(self, s: Session, issue: Issue, req: TokenRequest, oidc: set[str]) -> dict[str, Any]:
         """v1 always returns a refresh and an ID token to a user; v2 when offline_access/openid were asked."""
-        return self.issuer.reply(s, issue, v2=req.v2, refresh=not req.v2 or "offline_access" in oidc,
-                                 id_token=not req.v2 or "openid" in oidc,
-                                 with_client_info=req.form.get("client_info") == "1")
+        return self.issuer.reply(
+            s,
+            issue,
+            v2=req.v2,
+            refresh=not req.v2 or "offline_access" in oidc,
+            id_token=not req.v2 or "openid" in oidc,
+            with_client_info=req.form.get("client_info") == "1",
+        )
 
     # -- the device-certificate-signed request -------------------------------------------------
     def _device_signed(self, s: Session, req: TokenRequest) -> TokenResult:
@@ -174,15 +200,19 @@ class Grants:
         if inner == "device_token":
             resource, _ = self.issuer.resource(s, payload, v2=req.v2, tenant_name=tenant.tenant_id)
             require(payload, "client_id")
-            principal = Principal("device", device.tenant_id, device.object_id, onprem_sid=device.onprem_sid,
-                                  device_id=device.device_id)
+            principal = Principal(
+                "device", device.tenant_id, device.object_id, onprem_sid=device.onprem_sid, device_id=device.device_id
+            )
             issue = Issue(principal, resource, None, 2, ("rsa",), req.ipaddr)
             # a device token reply is v1-shaped whatever the endpoint, without refresh or ID token
             body = self.issuer.reply(s, issue, v2=False, refresh=False, id_token=False, with_client_info=False)
             return TokenResult(body, AuthKind.DEVICE_TOKEN, device.device_id)
         if inner not in ("password", "refresh_token", SAML11_GRANT):
-            raise AADSTSError(70003, "unsupported_grant_type",
-                              f"The app requested an unsupported grant type '{inner}' in the signed request.")
+            raise AADSTSError(
+                70003,
+                "unsupported_grant_type",
+                f"The app requested an unsupported grant type '{inner}' in the signed request.",
+            )
         client = self.issuer.client(s, payload, tenant.tenant_id)
         if inner == "password":
             user = self.issuer.sign_in(s, tenant, require(payload, "username"), require(payload, "password"))
@@ -190,8 +220,11 @@ class Grants:
         elif inner == SAML11_GRANT:  # a federated user's sign-in ([MS-OAPXBC] 3.1.5.1.2.1)
             fed = redeem_assertion(s, self.federation_key, require(payload, "assertion"), tenant)
             if isinstance(fed, FederatedComputer):
-                raise AADSTSError(50008, "invalid_grant", "A primary refresh token is for a user: the SAML "
-                                                          "assertion names a computer.")
+                raise AADSTSError(
+                    50008,
+                    "invalid_grant",
+                    "A primary refresh token is for a user: the SAML assertion names a computer.",
+                )
             user, amr = fed.user, (*fed.amr, "rsa")
         else:
             row = self.issuer.redeem_refresh(s, require(payload, "refresh_token"), client.app_id, tenant)
@@ -203,8 +236,12 @@ class Grants:
             return TokenResult(body, AuthKind(f"prt_{inner}"), user.upn, {"device_id": device.device_id})
         resource, oidc = self.issuer.resource(s, payload, v2=req.v2, tenant_name=tenant.tenant_id)
         issue = Issue(user_principal(user, device.device_id), resource, client.app_id, client.auth, amr, req.ipaddr)
-        return TokenResult(self._user_reply(s, issue, req, oidc), AuthKind(f"device_{inner}"), user.upn,
-                           {"device_id": device.device_id})
+        return TokenResult(
+            self._user_reply(s, issue, req, oidc),
+            AuthKind(f"device_{inner}"),
+            user.upn,
+            {"device_id": device.device_id},
+        )
 
     def _verify_device_request(self, s: Session, request: str, segment: str) -> tuple[dict[str, Any], st.Device]:
         try:
@@ -213,34 +250,56 @@ class Grants:
             der = base64.b64decode(x5c[0] if isinstance(x5c, list) else x5c or "", validate=True)
             cert = x509.load_der_x509_certificate(der)
         except (jwt.PyJWTError, binascii.Error, ValueError, TypeError) as e:
-            raise AADSTSError(50027, "invalid_request",
-                              "JWT token is invalid or malformed: the request must be a JWS with the device "
-                              "certificate in its x5c header.") from e
+            raise AADSTSError(
+                50027,
+                "invalid_request",
+                "JWT token is invalid or malformed: the request must be a JWS with the device "
+                "certificate in its x5c header.",
+            ) from e
         if not self.device_ca.issued(cert, datetime.now(UTC)):
-            raise AADSTSError(50155, "invalid_grant",
-                              "Device authentication failed: the certificate is not a valid device certificate "
-                              "issued by MS-Organization-Access.")
+            raise AADSTSError(
+                50155,
+                "invalid_grant",
+                "Device authentication failed: the certificate is not a valid device certificate "
+                "issued by MS-Organization-Access.",
+            )
         try:
-            payload: dict[str, Any] = jwt.decode(request, cert.public_key(), algorithms=["RS256"],  # type: ignore[arg-type]
-                                                 options={"verify_aud": False, "verify_iss": False})
+            payload: dict[str, Any] = jwt.decode(
+                request,
+                cert.public_key(),  # type: ignore[arg-type]
+                algorithms=["RS256"],
+                options={"verify_aud": False, "verify_iss": False},
+            )
         except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as e:
-            raise AADSTSError(50013, "invalid_grant", "Assertion is invalid: it is not within its valid time "
-                                                      "range.") from e
+            raise AADSTSError(
+                50013, "invalid_grant", "Assertion is invalid: it is not within its valid time range."
+            ) from e
         except jwt.PyJWTError as e:
-            raise AADSTSError(50155, "invalid_grant", "Device authentication failed: the request signature does "
-                                                      "not verify with the device certificate.") from e
+            raise AADSTSError(
+                50155,
+                "invalid_grant",
+                "Device authentication failed: the request signature does not verify with the device certificate.",
+            ) from e
         device_id = device_id_of(cert) or ""
         device = st.device_by_id(s, device_id)
         tenant = self.issuer.tenant(s, segment)
-        if (device is None or not device.enabled or device.cert_thumbprint != sha1_thumbprint(cert)
-                or (tenant is not None and tenant.tenant_id != device.tenant_id)):
-            raise AADSTSError(700003, "invalid_grant",
-                              f"Device object was not found in the tenant '{segment}' directory.")
+        if (
+            device is None
+            or not device.enabled
+            or device.cert_thumbprint != sha1_thumbprint(cert)
+            or (tenant is not None and tenant.tenant_id != device.tenant_id)
+        ):
+            raise AADSTSError(
+                700003, "invalid_grant", f"Device object was not found in the tenant '{segment}' directory."
+            )
         nonce = require(payload, "request_nonce")
         with self.store.session() as own:  # committed now: a failure later still spends the nonce
             if not st.consume_nonce(own, nonce):
-                raise AADSTSError(50013, "invalid_grant",
-                                  "Assertion is invalid: the request nonce is unknown, expired or already used.")
+                raise AADSTSError(
+                    50013,
+                    "invalid_grant",
+                    "Assertion is invalid: the request nonce is unknown, expired or already used.",
+                )
         return payload, device
 
 

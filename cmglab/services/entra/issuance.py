@@ -33,8 +33,7 @@ OIDC_SCOPES = {"openid", "profile", "offline_access", "email"}
 
 
 def missing(name: str) -> AADSTSError:
-    return AADSTSError(900144, "invalid_request",
-                       f"The request body must contain the following parameter: '{name}'.")
+    return AADSTSError(900144, "invalid_request", f"The request body must contain the following parameter: '{name}'.")
 
 
 def require(params: Mapping[str, Any], name: str) -> str:
@@ -51,8 +50,15 @@ class Client:
 
 
 def user_principal(user: st.User, device_id: str | None = None) -> Principal:
-    return Principal("user", user.tenant_id, user.object_id, upn=user.upn, name=user.display_name or None,
-                     onprem_sid=user.onprem_sid, device_id=device_id)
+    return Principal(
+        "user",
+        user.tenant_id,
+        user.object_id,
+        upn=user.upn,
+        name=user.display_name or None,
+        onprem_sid=user.onprem_sid,
+        device_id=device_id,
+    )
 
 
 class Issuer:
@@ -67,9 +73,12 @@ class Issuer:
             return None
         tenant = st.tenant_by_key(s, segment)
         if tenant is None:
-            raise AADSTSError(90002, error,
-                              f"Tenant '{segment}' not found. Check to make sure you have the correct tenant ID "
-                              "and are signing into the correct cloud.")
+            raise AADSTSError(
+                90002,
+                error,
+                f"Tenant '{segment}' not found. Check to make sure you have the correct tenant ID "
+                "and are signing into the correct cloud.",
+            )
         return tenant
 
     @staticmethod
@@ -77,18 +86,23 @@ class Issuer:
         client_id = require(params, "client_id").lower()
         app = st.app_by_id(s, client_id)
         if app is None:
-            raise AADSTSError(700016, "unauthorized_client",
-                              f"Application with identifier '{client_id}' was not found in the directory "
-                              f"'{tenant_name}'.")
+            raise AADSTSError(
+                700016,
+                "unauthorized_client",
+                f"Application with identifier '{client_id}' was not found in the directory '{tenant_name}'.",
+            )
         secret = params.get("client_secret")
         if secret:
             if not st.verify_secret(secret, app.secret_hash):
                 raise AADSTSError(7000215, "invalid_client", "Invalid client secret provided.", 401)
             return Client(app.app_id, 1)
         if not app.public_client:
-            raise AADSTSError(7000218, "invalid_client",
-                              "The request body must contain the following parameter: 'client_assertion' or "
-                              "'client_secret'.", 401)
+            raise AADSTSError(
+                7000218,
+                "invalid_client",
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+                401,
+            )
         return Client(app.app_id, 0)
 
     @staticmethod
@@ -101,35 +115,45 @@ class Issuer:
             oidc = {x for x in scopes if x in OIDC_SCOPES}
             bases = {x.rpartition("/")[0] if "/" in x else st.GRAPH_APP_ID for x in scopes if x not in OIDC_SCOPES}
             if len(bases) > 1:
-                raise AADSTSError(28000, "invalid_scope",
-                                  "Provided value for the input parameter scope is not valid because it contains "
-                                  "more than one resource.")
+                raise AADSTSError(
+                    28000,
+                    "invalid_scope",
+                    "Provided value for the input parameter scope is not valid because it contains "
+                    "more than one resource.",
+                )
             requested = bases.pop() if bases else st.GRAPH_APP_ID
         else:
             requested = require(params, "resource")
         app = st.app_by_resource(s, requested)
         if app is None:
-            raise AADSTSError(500011, "invalid_resource",
-                              f"The resource principal named {requested} was not found in the tenant named "
-                              f"{tenant_name}. This can happen if the application has not been installed by "
-                              "the administrator of the tenant.")
+            raise AADSTSError(
+                500011,
+                "invalid_resource",
+                f"The resource principal named {requested} was not found in the tenant named "
+                f"{tenant_name}. This can happen if the application has not been installed by "
+                "the administrator of the tenant.",
+            )
         return Resource(app.app_id, requested, app.access_token_version), oidc
 
     def sign_in(self, s: Session, tenant: st.Tenant | None, username: str, password: str) -> st.User:
         user = st.user_by_upn(s, username)
         if user is None or (tenant is not None and user.tenant_id != tenant.tenant_id):
             where = tenant.display_name if tenant else username.rpartition("@")[2]
-            raise AADSTSError(50034, "invalid_grant",
-                              f"The user account {username} does not exist in the {where} directory. To sign "
-                              "into this application, the account must be added to the directory.")
+            raise AADSTSError(
+                50034,
+                "invalid_grant",
+                f"The user account {username} does not exist in the {where} directory. To sign "
+                "into this application, the account must be added to the directory.",
+            )
         if not user.enabled:
             raise AADSTSError(50057, "invalid_grant", "The user account is disabled.")
         self.lockouts.check(user.upn)
         if not st.verify_secret(password, user.password_hash):
             if self.lockouts.failed(user.upn, password):
                 raise AADSTSError(50053, "invalid_grant", LOCKED)
-            raise AADSTSError(50126, "invalid_grant",
-                              "Error validating credentials due to invalid username or password.")
+            raise AADSTSError(
+                50126, "invalid_grant", "Error validating credentials due to invalid username or password."
+            )
         self.lockouts.succeeded(user.upn)
         return user
 
@@ -139,17 +163,19 @@ class Issuer:
         if row is None:
             raise AADSTSError(9002313, "invalid_grant", "Invalid request. Request is malformed or invalid.")
         if row.expires_at < st.now():
-            raise AADSTSError(700082, "invalid_grant",
-                              "The refresh token has expired due to inactivity.")
+            raise AADSTSError(700082, "invalid_grant", "The refresh token has expired due to inactivity.")
         if row.client_id != client_id or (tenant is not None and row.tenant_id != tenant.tenant_id):
-            raise AADSTSError(70000, "invalid_grant",
-                              "Provided grant is invalid or malformed: the refresh token was issued to another "
-                              "client or tenant.")
+            raise AADSTSError(
+                70000,
+                "invalid_grant",
+                "Provided grant is invalid or malformed: the refresh token was issued to another client or tenant.",
+            )
         return row
 
     # -- the reply -----------------------------------------------------------------------------
-    def reply(self, s: Session, issue: Issue, *, v2: bool, refresh: bool, id_token: bool,
-              with_client_info: bool) -> dict[str, Any]:
+    def reply(
+        self, s: Session, issue: Issue, *, v2: bool, refresh: bool, id_token: bool, with_client_info: bool
+    ) -> dict[str, Any]:
         """Entra's token response: v1 with numbers as strings and `resource`, v2 with integers."""
         iat = st.now()
         p, r = issue.principal, issue.resource
@@ -161,8 +187,13 @@ class Issuer:
         if v2:
             body.update(expires_in=ACCESS_LIFETIME, ext_expires_in=ACCESS_LIFETIME)
         else:
-            body.update(expires_in=str(ACCESS_LIFETIME), ext_expires_in=str(ACCESS_LIFETIME),
-                        expires_on=str(iat + ACCESS_LIFETIME), not_before=str(iat), resource=r.requested)
+            body.update(
+                expires_in=str(ACCESS_LIFETIME),
+                ext_expires_in=str(ACCESS_LIFETIME),
+                expires_on=str(iat + ACCESS_LIFETIME),
+                not_before=str(iat),
+                resource=r.requested,
+            )
         body["access_token"] = self.signer.sign(access_claims(issue, iat), v1=r.version == 1)
         if p.kind == "user" and refresh:
             body["refresh_token"] = self._new_refresh(s, issue)
@@ -176,8 +207,15 @@ class Issuer:
     def _new_refresh(s: Session, issue: Issue) -> str:
         token = "1.A" + secrets.token_urlsafe(96)
         assert issue.client_id is not None
-        s.add(st.RefreshToken(token_hash=st.token_hash(token), tenant_id=issue.principal.tenant_id,
-                              user_id=issue.principal.object_id, client_id=issue.client_id,
-                              device_id=issue.principal.device_id, amr=" ".join(issue.amr),
-                              expires_at=st.now() + REFRESH_LIFETIME))
+        s.add(
+            st.RefreshToken(
+                token_hash=st.token_hash(token),
+                tenant_id=issue.principal.tenant_id,
+                user_id=issue.principal.object_id,
+                client_id=issue.client_id,
+                device_id=issue.principal.device_id,
+                amr=" ".join(issue.amr),
+                expires_at=st.now() + REFRESH_LIFETIME,
+            )
+        )
         return token

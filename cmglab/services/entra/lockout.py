@@ -16,7 +16,7 @@ from cmglab.core.labconfig import SmartLockout
 from cmglab.services.entra import store as st
 from cmglab.services.entra.errors import AADSTSError
 
-LOCKED = ("The account is locked, you've tried to sign in too many times with an incorrect user ID or password.")
+LOCKED = "The account is locked, you've tried to sign in too many times with an incorrect user ID or password."
 
 
 class Lockouts:

@@ -48,11 +48,19 @@ class Parts:
         issuer = Issuer(store, signer, Lockouts(store, lab.config.smart_lockout))
         device_codes = DeviceCodes(issuer)
         grants = Grants(issuer, ca, device_codes, lab.dir / "data" / "federation")
-        return cls(lab=lab, store=store, signer=signer, grants=grants, device_codes=device_codes,
-                   registration=Registration(store, signer, ca), directory=Directory(store),
-                   lab_hosts=list(lab.config.hosts.entra), login_host=lab.host("entra"),
-                   sync=ConnectSync(store, ad_path(lab.dir)),
-                   federation=FederationService(store, grants.federation_key, issuer.lockouts))
+        return cls(
+            lab=lab,
+            store=store,
+            signer=signer,
+            grants=grants,
+            device_codes=device_codes,
+            registration=Registration(store, signer, ca),
+            directory=Directory(store),
+            lab_hosts=list(lab.config.hosts.entra),
+            login_host=lab.host("entra"),
+            sync=ConnectSync(store, ad_path(lab.dir)),
+            federation=FederationService(store, grants.federation_key, issuer.lockouts),
+        )
 
     def drs_and_login_urls(self, request: Request) -> tuple[str, str]:
         """DRS discovery names the DRS and login hosts by their canonical names, on the port the client

@@ -62,29 +62,51 @@ class Prts:
         self.issuer, self.store = issuer, issuer.store
 
     # -- issuance ------------------------------------------------------------------------------
-    def issue(self, s: Session, *, user: st.User, device: st.Device, amr: tuple[str, ...], client_id: str,
-              ipaddr: str | None, session_key: bytes | None = None) -> dict[str, Any]:
+    def issue(
+        self,
+        s: Session,
+        *,
+        user: st.User,
+        device: st.Device,
+        amr: tuple[str, ...],
+        client_id: str,
+        ipaddr: str | None,
+        session_key: bytes | None = None,
+    ) -> dict[str, Any]:
         """A new PRT for (user, device) and the reply that carries it. A renewal passes the session key it
         keeps; a first issuance makes one and encrypts it to the device's transport key."""
         reply: dict[str, Any] = {"token_type": "pop"}
         if session_key is None:
             if not device.transport_key:
-                raise AADSTSError(50155, "invalid_grant", "Device authentication failed: the device has no "
-                                                          "transport key registered.")
+                raise AADSTSError(
+                    50155, "invalid_grant", "Device authentication failed: the device has no transport key registered."
+                )
             transport = load_der_public_key(device.transport_key)
             assert isinstance(transport, rsa.RSAPublicKey)  # the DRS accepts RSA transport keys only
             session_key = prt_crypto.new_session_key()
             reply["session_key_jwe"] = prt_crypto.seal_session_key(session_key, transport)
         token = "0.A" + secrets.token_urlsafe(128)  # roadlib takes a PRT without a '.' for base64
         now = st.now()
-        s.add(st.PrimaryRefreshToken(token_hash=st.token_hash(token), tenant_id=user.tenant_id,
-                                     user_id=user.object_id, device_id=device.device_id, session_key=session_key,
-                                     amr=" ".join(amr), issued_at=now, expires_at=now + PRT_LIFETIME))
+        s.add(
+            st.PrimaryRefreshToken(
+                token_hash=st.token_hash(token),
+                tenant_id=user.tenant_id,
+                user_id=user.object_id,
+                device_id=device.device_id,
+                session_key=session_key,
+                amr=" ".join(amr),
+                issued_at=now,
+                expires_at=now + PRT_LIFETIME,
+            )
+        )
         principal = user_principal(user, device.device_id)
         issue = Issue(principal, Resource(client_id, client_id, 1), client_id, 0, amr, ipaddr)
-        reply.update(refresh_token=token, refresh_token_expires_in=PRT_LIFETIME,
-                     id_token=self.issuer.signer.sign(id_claims(issue, now, v2=False), v1=True),
-                     client_info=client_info(principal))
+        reply.update(
+            refresh_token=token,
+            refresh_token_expires_in=PRT_LIFETIME,
+            id_token=self.issuer.signer.sign(id_claims(issue, now, v2=False), v1=True),
+            client_info=client_info(principal),
+        )
         return reply
 
     # -- verification --------------------------------------------------------------------------
@@ -96,42 +118,65 @@ class Prts:
             prt_crypto.kdf_version(header)
         except prt_crypto.PrtCryptoError as e:
             if "kdf_ver" in str(e):
-                raise AADSTSError(5000611, "invalid_request",
-                                  f"Symmetric Key Derivation Function version '{header.get('kdf_ver')}' is "
-                                  "invalid. Update the device for the latest updates.") from e
+                raise AADSTSError(
+                    5000611,
+                    "invalid_request",
+                    f"Symmetric Key Derivation Function version '{header.get('kdf_ver')}' is "
+                    "invalid. Update the device for the latest updates.",
+                ) from e
             raise malformed(str(e)) from e
         prt = payload.get("refresh_token")
         if not isinstance(prt, str) or not prt:
-            raise AADSTSError(900144, "invalid_request",
-                              "The request body must contain the following parameter: 'refresh_token'.")
+            raise AADSTSError(
+                900144, "invalid_request", "The request body must contain the following parameter: 'refresh_token'."
+            )
         row = s.get(st.PrimaryRefreshToken, st.token_hash(prt))
         if row is None:
-            raise AADSTSError(9002313, "invalid_grant", "Invalid request. Request is malformed or invalid: the "
-                                                        "primary refresh token is unknown or was renewed.")
+            raise AADSTSError(
+                9002313,
+                "invalid_grant",
+                "Invalid request. Request is malformed or invalid: the "
+                "primary refresh token is unknown or was renewed.",
+            )
         try:
             verified = prt_crypto.verify(token, row.session_key)
         except prt_crypto.PrtCryptoError as e:
-            raise AADSTSError(50155, "invalid_grant", "Device authentication failed: the request is not signed "
-                                                      "with the session key of the primary refresh token.") from e
+            raise AADSTSError(
+                50155,
+                "invalid_grant",
+                "Device authentication failed: the request is not signed "
+                "with the session key of the primary refresh token.",
+            ) from e
         nonce = verified.get("request_nonce")
         if not isinstance(nonce, str) or not nonce:
-            raise AADSTSError(900144, "invalid_request",
-                              "The request body must contain the following parameter: 'request_nonce'.")
+            raise AADSTSError(
+                900144, "invalid_request", "The request body must contain the following parameter: 'request_nonce'."
+            )
         with self.store.session() as own:  # committed now: a failure later still spends the nonce
             if not st.consume_nonce(own, nonce):
-                raise AADSTSError(50013, "invalid_grant",
-                                  "Assertion is invalid: the request nonce is unknown, expired or already used.")
+                raise AADSTSError(
+                    50013,
+                    "invalid_grant",
+                    "Assertion is invalid: the request nonce is unknown, expired or already used.",
+                )
         if row.expires_at < st.now():
             raise AADSTSError(700082, "invalid_grant", "The refresh token has expired due to inactivity.")
         tenant = self.issuer.tenant(s, segment)
         if tenant is not None and tenant.tenant_id != row.tenant_id:
-            raise AADSTSError(70000, "invalid_grant", "Provided grant is invalid or malformed: the primary "
-                                                      f"refresh token was issued by another tenant than '{segment}'.")
+            raise AADSTSError(
+                70000,
+                "invalid_grant",
+                "Provided grant is invalid or malformed: the primary "
+                f"refresh token was issued by another tenant than '{segment}'.",
+            )
         device = st.device_by_id(s, row.device_id)
         if device is None or device.tenant_id != row.tenant_id:
-            raise AADSTSError(700003, "invalid_grant",
-                              "Device object was not found in the tenant directory: the device the primary "
-                              "refresh token is bound to was deleted.")
+            raise AADSTSError(
+                700003,
+                "invalid_grant",
+                "Device object was not found in the tenant directory: the device the primary "
+                "refresh token is bound to was deleted.",
+            )
         if not device.enabled:
             raise AADSTSError(135011, "invalid_grant", "Device used during the authentication is disabled.")
         user = s.get(st.User, row.user_id)
@@ -140,22 +185,33 @@ class Prts:
         return PrtUse(row, user, verified)
 
     # -- use -----------------------------------------------------------------------------------
-    def signed_request(self, s: Session, request: str, segment: str,
-                       ipaddr: str | None) -> tuple[str, PrtUse, AuthKind]:
+    def signed_request(
+        self, s: Session, request: str, segment: str, ipaddr: str | None
+    ) -> tuple[str, PrtUse, AuthKind]:
         """A token request signed with the session key: (the encrypted reply, the use, what it was)."""
         use = self.verify_signed(s, request, segment)
         payload, row = use.payload, use.row
         grant = payload.get("grant_type")
         if grant != "refresh_token":
-            raise AADSTSError(70003, "unsupported_grant_type",
-                              f"The app requested an unsupported grant type '{grant}' in the signed request.")
+            raise AADSTSError(
+                70003,
+                "unsupported_grant_type",
+                f"The app requested an unsupported grant type '{grant}' in the signed request.",
+            )
         client = self.issuer.client(s, payload, row.tenant_id)
         amr = tuple(row.amr.split())
         device = st.device_by_id(s, row.device_id)
         assert device is not None  # verify_signed checked it
         if wants_prt(payload):
-            body = self.issue(s, user=use.user, device=device, amr=amr, client_id=client.app_id, ipaddr=ipaddr,
-                              session_key=row.session_key)
+            body = self.issue(
+                s,
+                user=use.user,
+                device=device,
+                amr=amr,
+                client_id=client.app_id,
+                ipaddr=ipaddr,
+                session_key=row.session_key,
+            )
             s.delete(row)  # the renewed PRT replaces it
             kind = AuthKind.PRT_RENEW
         else:
@@ -165,11 +221,15 @@ class Prts:
                 issue = Issue(principal, resource, client.app_id, client.auth, amr, ipaddr)
                 body = self.issuer.reply(s, issue, v2=False, refresh=True, id_token=True, with_client_info=True)
             else:  # an ID token and a refresh token only (roadlib: "resource is optional")
-                issue = Issue(principal, Resource(client.app_id, client.app_id, 1), client.app_id, client.auth, amr,
-                              ipaddr)
-                body = {"token_type": "Bearer", "refresh_token": self.issuer._new_refresh(s, issue),
-                        "id_token": self.issuer.signer.sign(id_claims(issue, st.now(), v2=False), v1=True),
-                        "client_info": client_info(principal)}
+                issue = Issue(
+                    principal, Resource(client.app_id, client.app_id, 1), client.app_id, client.auth, amr, ipaddr
+                )
+                body = {
+                    "token_type": "Bearer",
+                    "refresh_token": self.issuer._new_refresh(s, issue),
+                    "id_token": self.issuer.signer.sign(id_claims(issue, st.now(), v2=False), v1=True),
+                    "client_info": client_info(principal),
+                }
             kind = AuthKind.PRT_TOKEN
         return prt_crypto.encrypt_reply(json.dumps(body).encode(), row.session_key), use, kind
 
@@ -180,36 +240,61 @@ class Prts:
             use = self.verify_signed(s, cookie, segment, cookie=True)
             client = self.issuer.client(s, {"client_id": client_id}, use.row.tenant_id)
             code = "0.A" + secrets.token_urlsafe(64)
-            s.add(st.AuthorizationCode(code_hash=st.token_hash(code), tenant_id=use.row.tenant_id,
-                                       user_id=use.user.object_id, device_id=use.row.device_id,
-                                       client_id=client.app_id, redirect_uri=redirect_uri, amr=use.row.amr,
-                                       expires_at=st.now() + CODE_LIFETIME))
+            s.add(
+                st.AuthorizationCode(
+                    code_hash=st.token_hash(code),
+                    tenant_id=use.row.tenant_id,
+                    user_id=use.user.object_id,
+                    device_id=use.row.device_id,
+                    client_id=client.app_id,
+                    redirect_uri=redirect_uri,
+                    amr=use.row.amr,
+                    expires_at=st.now() + CODE_LIFETIME,
+                )
+            )
         return code, use
 
-    def redeem_code(self, s: Session, form: dict[str, str], segment: str, v2: bool,
-                    ipaddr: str | None) -> tuple[dict[str, Any], str]:
+    def redeem_code(
+        self, s: Session, form: dict[str, str], segment: str, v2: bool, ipaddr: str | None
+    ) -> tuple[dict[str, Any], str]:
         """grant_type=authorization_code: the code is single use (the delete is the use)."""
         code = require(form, "code")
         client = self.issuer.client(s, form, segment)
         row = s.get(st.AuthorizationCode, st.token_hash(code))
         with self.store.session() as own:
-            spent = own.execute(delete(st.AuthorizationCode).where(
-                st.AuthorizationCode.code_hash == st.token_hash(code)))
+            spent = own.execute(
+                delete(st.AuthorizationCode).where(st.AuthorizationCode.code_hash == st.token_hash(code))
+            )
         if row is None or not spent.rowcount or row.expires_at < st.now():  # type: ignore[attr-defined]
-            raise AADSTSError(70008, "invalid_grant", "The provided authorization code or refresh token has "
-                                                      "expired due to inactivity or was already redeemed.")
+            raise AADSTSError(
+                70008,
+                "invalid_grant",
+                "The provided authorization code or refresh token has "
+                "expired due to inactivity or was already redeemed.",
+            )
         if row.client_id != client.app_id or row.redirect_uri != form.get("redirect_uri", ""):
-            raise AADSTSError(70000, "invalid_grant", "Provided grant is invalid or malformed: the code was issued "
-                                                      "to another client or redirect URI.")
+            raise AADSTSError(
+                70000,
+                "invalid_grant",
+                "Provided grant is invalid or malformed: the code was issued to another client or redirect URI.",
+            )
         tenant = self.issuer.tenant(s, segment)
         if tenant is not None and tenant.tenant_id != row.tenant_id:
-            raise AADSTSError(70000, "invalid_grant", "Provided grant is invalid or malformed: the code was issued "
-                                                      "by another tenant.")
+            raise AADSTSError(
+                70000, "invalid_grant", "Provided grant is invalid or malformed: the code was issued by another tenant."
+            )
         user = s.get(st.User, row.user_id)
         assert user is not None
         resource, oidc = self.issuer.resource(s, form, v2=v2, tenant_name=row.tenant_id)
-        issue = Issue(user_principal(user, row.device_id), resource, client.app_id, client.auth,
-                      tuple(row.amr.split()), ipaddr)
-        body = self.issuer.reply(s, issue, v2=v2, refresh=not v2 or "offline_access" in oidc,
-                                 id_token=not v2 or "openid" in oidc, with_client_info=form.get("client_info") == "1")
+        issue = Issue(
+            user_principal(user, row.device_id), resource, client.app_id, client.auth, tuple(row.amr.split()), ipaddr
+        )
+        body = self.issuer.reply(
+            s,
+            issue,
+            v2=v2,
+            refresh=not v2 or "offline_access" in oidc,
+            id_token=not v2 or "openid" in oidc,
+            with_client_info=form.get("client_info") == "1",
+        )
         return body, user.upn

@@ -86,8 +86,9 @@ def _parse(model: type[M], body: bytes) -> M:
         return model.model_validate(data)
     except ValidationError as e:
         fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in e.errors())
-        raise DRSError(400, "InvalidParameter", 90014,
-                       f"The request is missing or has invalid fields: {fields}.") from e
+        raise DRSError(
+            400, "InvalidParameter", 90014, f"The request is missing or has invalid fields: {fields}."
+        ) from e
 
 
 def _membership(tenant_id: str) -> list[dict[str, Any]]:
@@ -114,18 +115,28 @@ class Registration:
             if tenant is None:
                 raise DRSError(404, "DirectoryError", 90002, f"Tenant '{key}' not found.")
             domain = s.get(st.Domain, key.lower())
-            return drs_discovery(drs_url, login_url, tenant.tenant_id, tenant.display_name,
-                                 domain.name if domain else tenant.initial_domain,
-                                 bool(domain and domain.federated))
+            return drs_discovery(
+                drs_url,
+                login_url,
+                tenant.tenant_id,
+                tenant.display_name,
+                domain.name if domain else tenant.initial_domain,
+                bool(domain and domain.federated),
+            )
 
     def nonce(self, tenant_id: str, lifetime: int) -> dict[str, Any]:
         with self.store.session() as s:
             if st.tenant_by_key(s, tenant_id) is None:
                 raise DRSError(404, "DirectoryError", 90002, f"Tenant '{tenant_id}' not found.")
             value = st.issue_nonce(s, lifetime)
-        return {"ReponseStatus": {"message": "Successfully created a nonce", "traceId": str(uuid.uuid4()),
-                                  "time": datetime.now(UTC).strftime("%m-%d-%Y %H:%M:%SZ")},
-                "Value": value}
+        return {
+            "ReponseStatus": {
+                "message": "Successfully created a nonce",
+                "traceId": str(uuid.uuid4()),
+                "time": datetime.now(UTC).strftime("%m-%d-%Y %H:%M:%SZ"),
+            },
+            "Value": value,
+        }
 
     # -- join / register -----------------------------------------------------------------------
     def _bearer(self, authorization: str | None) -> dict[str, Any]:
@@ -135,8 +146,9 @@ class Registration:
         try:
             return self.signer.verify(token.strip(), audience=[DRS_RESOURCE, DRS_APP_ID])
         except jwt.InvalidAudienceError as e:
-            raise DRSError(401, "AuthenticationError", 50027,
-                           f"Invalid JWT token: the audience is not {DRS_RESOURCE}.") from e
+            raise DRSError(
+                401, "AuthenticationError", 50027, f"Invalid JWT token: the audience is not {DRS_RESOURCE}."
+            ) from e
         except jwt.ExpiredSignatureError as e:
             raise DRSError(401, "AuthenticationError", 50027, "Invalid JWT token: the token has expired.") from e
         except jwt.PyJWTError as e:
@@ -151,9 +163,13 @@ class Registration:
         req = _parse(JoinRequest, body)
         trust = JOIN_TRUST.get(req.JoinType)
         if trust is None:
-            raise DRSError(400, "InvalidParameter", 90014,
-                           f"JoinType {req.JoinType} is not accepted here (hybrid join is PUT "
-                           "/EnrollmentServer/device/<id> with the signed SID).")
+            raise DRSError(
+                400,
+                "InvalidParameter",
+                90014,
+                f"JoinType {req.JoinType} is not accepted here (hybrid join is PUT "
+                "/EnrollmentServer/device/<id> with the signed SID).",
+            )
         if req.CertificateRequest.Type.lower() != "pkcs10":
             raise DRSError(400, "InvalidParameter", 90014, "CertificateRequest.Type must be pkcs10.")
         device_key = drs.check_csr(req.CertificateRequest.Data)
@@ -164,14 +180,31 @@ class Registration:
                 raise DRSError(401, "AuthenticationError", 50034, "The user of the token does not exist.")
             self._within_quota(s, tenant.tenant_id, user.object_id)
             device_id = st.new_guid()
-            cert = self.ca.issue(device_key, device_id=device_id, user_id=user.object_id, tenant_id=tenant.tenant_id,
-                                 joined=trust == "AzureAd", region=tenant.region)
-            s.add(st.Device(object_id=st.new_guid(), device_id=device_id, tenant_id=tenant.tenant_id,
-                            display_name=req.DeviceDisplayName, device_type=req.DeviceType,
-                            os_version=req.OSVersion, trust_type=trust, join_type=req.JoinType,
-                            owner_id=user.object_id, cert_thumbprint=cert.thumbprint,
-                            transport_key=drs.spki(transport), auth_methods=" ".join(claims.get("amr", [])),
-                            registered_at=st.now()))
+            cert = self.ca.issue(
+                device_key,
+                device_id=device_id,
+                user_id=user.object_id,
+                tenant_id=tenant.tenant_id,
+                joined=trust == "AzureAd",
+                region=tenant.region,
+            )
+            s.add(
+                st.Device(
+                    object_id=st.new_guid(),
+                    device_id=device_id,
+                    tenant_id=tenant.tenant_id,
+                    display_name=req.DeviceDisplayName,
+                    device_type=req.DeviceType,
+                    os_version=req.OSVersion,
+                    trust_type=trust,
+                    join_type=req.JoinType,
+                    owner_id=user.object_id,
+                    cert_thumbprint=cert.thumbprint,
+                    transport_key=drs.spki(transport),
+                    auth_methods=" ".join(claims.get("amr", [])),
+                    registered_at=st.now(),
+                )
+            )
             return _reply(cert, tenant.tenant_id, user.upn)
 
     def _within_quota(self, s: Session, tenant_id: str, user_id: str) -> None:
@@ -182,9 +215,13 @@ class Registration:
             return
         owned = s.scalar(select(func.count()).select_from(st.Device).where(st.Device.owner_id == user_id)) or 0
         if owned >= quota:
-            raise DRSError(400, "AuthorizationError", 240001,
-                           "The maximum number of devices that can be joined to the workplace by the user has been "
-                           f"reached ({quota}).")
+            raise DRSError(
+                400,
+                "AuthorizationError",
+                240001,
+                "The maximum number of devices that can be joined to the workplace by the user has been "
+                f"reached ({quota}).",
+            )
 
     def _federated_hybrid(self, claims: dict[str, Any], body: bytes) -> dict[str, Any]:
         """JoinType 6 with a DJ token (seed 002, federated hybrid): the device object is made from the
@@ -201,13 +238,26 @@ class Registration:
                 raise DRSError(401, "AuthenticationError", 50027, "Invalid JWT token: no tenant or on_prem_id.")
             device = st.device_by_id(s, device_id)
             if device is not None and device.tenant_id != tenant.tenant_id:
-                raise DRSError(400, "DirectoryError", 700003,
-                               f"The device object by the given id ({device_id}) is not found.")
-            cert = self.ca.issue(device_key, device_id=device_id, user_id=None, tenant_id=tenant.tenant_id,
-                                 joined=True, region=tenant.region)
+                raise DRSError(
+                    400, "DirectoryError", 700003, f"The device object by the given id ({device_id}) is not found."
+                )
+            cert = self.ca.issue(
+                device_key,
+                device_id=device_id,
+                user_id=None,
+                tenant_id=tenant.tenant_id,
+                joined=True,
+                region=tenant.region,
+            )
             if device is None:
-                device = st.Device(object_id=st.new_guid(), device_id=device_id, tenant_id=tenant.tenant_id,
-                                   trust_type="ServerAd", join_type=HYBRID_JOIN, onprem_sid=sid)
+                device = st.Device(
+                    object_id=st.new_guid(),
+                    device_id=device_id,
+                    tenant_id=tenant.tenant_id,
+                    trust_type="ServerAd",
+                    join_type=HYBRID_JOIN,
+                    onprem_sid=sid,
+                )
                 s.add(device)
             device.join_type, device.onprem_sid, device.cert_thumbprint = HYBRID_JOIN, sid, cert.thumbprint
             device.transport_key, device.registered_at = drs.spki(transport), st.now()
@@ -225,19 +275,35 @@ class Registration:
         with self.store.session() as s:
             device = st.device_by_id(s, device_id)
             if device is None or device.user_certificate is None or device.onprem_sid is None:
-                raise DRSError(400, "DirectoryError", 700003,
-                               f"The device object by the given id ({device_id}) is not found.",
-                               subcode="error_missing_device")
-            drs.verify_signed_sid(data.ClientIdentity.Sid, data.ClientIdentity.SignedBlob, device.user_certificate,
-                                  device.onprem_sid, datetime.now(UTC))
+                raise DRSError(
+                    400,
+                    "DirectoryError",
+                    700003,
+                    f"The device object by the given id ({device_id}) is not found.",
+                    subcode="error_missing_device",
+                )
+            drs.verify_signed_sid(
+                data.ClientIdentity.Sid,
+                data.ClientIdentity.SignedBlob,
+                device.user_certificate,
+                device.onprem_sid,
+                datetime.now(UTC),
+            )
             tenant = s.get(st.Tenant, device.tenant_id)
             assert tenant is not None
             target = data.TargetDomainId or data.TargetDomain
             if target and st.tenant_by_key(s, target) is not tenant:
-                raise DRSError(400, "InvalidParameter", 90002,
-                               f"TargetDomain '{target}' is not the tenant of the device.")
-            cert = self.ca.issue(device_key, device_id=device.device_id, user_id=None, tenant_id=tenant.tenant_id,
-                                 joined=True, region=tenant.region)
+                raise DRSError(
+                    400, "InvalidParameter", 90002, f"TargetDomain '{target}' is not the tenant of the device."
+                )
+            cert = self.ca.issue(
+                device_key,
+                device_id=device.device_id,
+                user_id=None,
+                tenant_id=tenant.tenant_id,
+                joined=True,
+                region=tenant.region,
+            )
             device.join_type, device.cert_thumbprint = HYBRID_JOIN, cert.thumbprint
             device.transport_key, device.registered_at = drs.spki(transport), st.now()
             device.display_name = data.DeviceDisplayName or device.display_name
@@ -247,16 +313,22 @@ class Registration:
     def delete(self, device_id: str, cert: x509.Certificate | None) -> dict[str, Any]:
         """Unjoin: the device proves itself with its certificate at TLS (no bearer)."""
         if cert is None:
-            raise DRSError(401, "AuthenticationError", 50155,
-                           "Device authentication failed: present the device certificate (TLS client auth).")
+            raise DRSError(
+                401,
+                "AuthenticationError",
+                50155,
+                "Device authentication failed: present the device certificate (TLS client auth).",
+            )
         if not self.ca.issued(cert, datetime.now(UTC)) or drs.device_id_of(cert) != device_id.lower():
-            raise DRSError(403, "AuthenticationError", 50155,
-                           "Device authentication failed: the certificate is not this device's.")
+            raise DRSError(
+                403, "AuthenticationError", 50155, "Device authentication failed: the certificate is not this device's."
+            )
         with self.store.session() as s:
             device = st.device_by_id(s, device_id)
             if device is None or device.cert_thumbprint != sha1_thumbprint(cert):
-                raise DRSError(404, "DirectoryError", 700003,
-                               f"The device object by the given id ({device_id}) is not found.")
+                raise DRSError(
+                    404, "DirectoryError", 700003, f"The device object by the given id ({device_id}) is not found."
+                )
             s.execute(delete(st.RefreshToken).where(st.RefreshToken.device_id == device.device_id))
             s.delete(device)
         return {}

@@ -53,15 +53,20 @@ def router(entra: Parts) -> APIRouter:
         cookie = request.cookies.get(PRT_COOKIE) or request.headers.get(PRT_COOKIE)
         try:
             if not client_id:
-                raise AADSTSError(900144, "invalid_request",
-                                  "The request body must contain the following parameter: 'client_id'.")
+                raise AADSTSError(
+                    900144, "invalid_request", "The request body must contain the following parameter: 'client_id'."
+                )
             if not redirect_allowed(redirect_uri, [h.lower() for h in entra.lab_hosts]):
-                raise AADSTSError(50011, "invalid_request",
-                                  f"The redirect URI '{redirect_uri}' specified in the request does not match the "
-                                  f"redirect URIs configured for the application '{client_id}'.")
+                raise AADSTSError(
+                    50011,
+                    "invalid_request",
+                    f"The redirect URI '{redirect_uri}' specified in the request does not match the "
+                    f"redirect URIs configured for the application '{client_id}'.",
+                )
             if not cookie:
-                raise AADSTSError(50058, "interaction_required",
-                                  "A silent sign-in request was sent but no user is signed in.")
+                raise AADSTSError(
+                    50058, "interaction_required", "A silent sign-in request was sent but no user is signed in."
+                )
             code, use = await run_in_threadpool(entra.grants.prts.authorize, cookie, tenant, client_id, redirect_uri)
         except AADSTSError as e:
             log.info("GET %s -> 200 sign-in page: %s", request.url.path, e)

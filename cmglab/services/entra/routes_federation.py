@@ -26,8 +26,9 @@ def windows_authenticator(lab: Lab) -> WindowsAuthenticator:
     """The lab AD's accounts as they are now (a domain join adds computers while the lab runs)."""
     ad = load_config(lab.dir / "lab.json").active_directory
     accounts = {a.name: a.password for a in ad.accounts}
-    user_file = write_user_file(lab.dir / "data" / "federation" / "ntlm-users", (ad.netbios_name, ad.dns_name),
-                                accounts)
+    user_file = write_user_file(
+        lab.dir / "data" / "federation" / "ntlm-users", (ad.netbios_name, ad.dns_name), accounts
+    )
     return WindowsAuthenticator(ad.netbios_name, list(accounts), user_file)
 
 
@@ -94,8 +95,10 @@ def router(sts: FederationService, lab: Lab) -> APIRouter:
         body = await request.body()
         try:
             if not sam.endswith("$"):
-                raise SoapFault("RequestFailed", "MSIS7068: the lab's windowstransport endpoint issues tokens to "
-                                                 "domain computers only.")
+                raise SoapFault(
+                    "RequestFailed",
+                    "MSIS7068: the lab's windowstransport endpoint issues tokens to domain computers only.",
+                )
             try:
                 computer = LabDirectory(ad_path(lab.dir), lab.config).computer(sam)
             except (ADError, OSError, ValueError) as e:

@@ -57,9 +57,15 @@ def router(entra: Parts) -> APIRouter:
 
     @r.get("/common/discovery/instance")
     def instance(request: Request, authorization_endpoint: str = "") -> JSONResponse:
-        return _json(discovery.instance_discovery(
-            base_url(request), request.url.hostname or "", authorization_endpoint,
-            request.query_params.get("api-version", "1.1"), entra.lab_hosts))
+        return _json(
+            discovery.instance_discovery(
+                base_url(request),
+                request.url.hostname or "",
+                authorization_endpoint,
+                request.query_params.get("api-version", "1.1"),
+                entra.lab_hosts,
+            )
+        )
 
     @r.get("/common/userrealm/{upn}")
     @r.get("/common/UserRealm/{upn}")

@@ -52,8 +52,9 @@ def router(entra: Parts) -> APIRouter:
 
     async def devicecode(request: Request, tenant: str, v2: bool) -> JSONResponse:
         form = await form_of(request)
-        body = await run_in_threadpool(entra.device_codes.start, tenant, form, v2=v2,
-                                       verification_url=f"{base_url(request)}/devicelogin")
+        body = await run_in_threadpool(
+            entra.device_codes.start, tenant, form, v2=v2, verification_url=f"{base_url(request)}/devicelogin"
+        )
         return JSONResponse(body, headers=NO_STORE)
 
     @r.post("/{tenant}/oauth2/devicecode")
@@ -72,8 +73,9 @@ def router(entra: Parts) -> APIRouter:
     async def devicelogin(request: Request) -> HTMLResponse:
         form = await form_of(request)
         try:
-            upn = await run_in_threadpool(entra.device_codes.sign_in, form.get("otc", ""), form.get("login", ""),
-                                          form.get("passwd", ""))
+            upn = await run_in_threadpool(
+                entra.device_codes.sign_in, form.get("otc", ""), form.get("login", ""), form.get("passwd", "")
+            )
         except AADSTSError as e:
             return HTMLResponse(LOGIN_FORM.format(message=html.escape(f"AADSTS{e.code}: {e.message}")), 400)
         record(request).update(auth_kind=AuthKind.DEVICE_LOGIN, auth_subject=upn)

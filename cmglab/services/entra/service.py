@@ -29,7 +29,6 @@ def client_ca_bundle(lab: Lab) -> Path:
 
 def build(lab: Lab) -> Service:
     ident = lab.pki.server("entra")
-    tls = TLS(ident.cert_path, ident.key_path, client_cert="optional", client_ca=client_ca_bundle(lab),
-              crl_check=False)
+    tls = TLS(ident.cert_path, ident.key_path, client_cert="optional", client_ca=client_ca_bundle(lab), crl_check=False)
     port = lab.settings.listen_port or lab.port("entra")
     return Service("entra", [Listener("entra", create_app(Parts.from_lab(lab)), port, lab.bind(), tls=tls)])

@@ -220,8 +220,15 @@ class Store(db.Store):
         c = self.config
         for t in c.tenants:
             if s.get(Tenant, t.tenant_id) is None:
-                s.add(Tenant(tenant_id=t.tenant_id, display_name=t.display_name,
-                             initial_domain=t.initial_domain, region=t.region, onboarded=t.onboarded))
+                s.add(
+                    Tenant(
+                        tenant_id=t.tenant_id,
+                        display_name=t.display_name,
+                        initial_domain=t.initial_domain,
+                        region=t.region,
+                        onboarded=t.onboarded,
+                    )
+                )
             domains = {d.name.lower(): d.federated for d in t.domains}
             domains.setdefault(t.initial_domain.lower(), False)
             for name, federated in domains.items():
@@ -229,17 +236,33 @@ class Store(db.Store):
                     s.add(Domain(name=name, tenant_id=t.tenant_id, federated=federated))
             for u in t.users:
                 if s.get(User, u.object_id) is None:
-                    s.add(User(object_id=u.object_id, tenant_id=t.tenant_id, upn=u.upn.lower(),
-                               display_name=u.display_name, password_hash=hash_secret(u.password),
-                               onprem_sid=u.onprem_sid))
+                    s.add(
+                        User(
+                            object_id=u.object_id,
+                            tenant_id=t.tenant_id,
+                            upn=u.upn.lower(),
+                            display_name=u.display_name,
+                            password_hash=hash_secret(u.password),
+                            onprem_sid=u.onprem_sid,
+                        )
+                    )
         first_party = [(i, n, uri, None, True, 1) for i, n, uri in FIRST_PARTY_APPS]
-        configured = [(a.app_id, a.display_name, a.identifier_uri, a.client_secret, a.public_client,
-                       a.access_token_version) for a in c.apps]
+        configured = [
+            (a.app_id, a.display_name, a.identifier_uri, a.client_secret, a.public_client, a.access_token_version)
+            for a in c.apps
+        ]
         for app_id, name, uri, secret, public, version in [*first_party, *configured]:
             if s.get(App, app_id) is None:
-                s.add(App(app_id=app_id, display_name=name, identifier_uri=uri,
-                          secret_hash=hash_secret(secret) if secret else None, public_client=public,
-                          access_token_version=version))
+                s.add(
+                    App(
+                        app_id=app_id,
+                        display_name=name,
+                        identifier_uri=uri,
+                        secret_hash=hash_secret(secret) if secret else None,
+                        public_client=public,
+                        access_token_version=version,
+                    )
+                )
 
 
 # -- lookups -----------------------------------------------------------------------------------

@@ -55,8 +55,14 @@ class Signer:
 
     def verify(self, token: str, *, audience: list[str]) -> dict[str, Any]:
         """Claims of a token this signer issued (signature, audience, lifetime); raises PyJWTError."""
-        claims: dict[str, Any] = jwt.decode(token, self.key.public_key(), algorithms=["RS256"], audience=audience,
-                                            options={"require": ["exp", "tid", "iss"]}, leeway=60)
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            self.key.public_key(),
+            algorithms=["RS256"],
+            audience=audience,
+            options={"require": ["exp", "tid", "iss"]},
+            leeway=60,
+        )
         return claims
 
     def jwk(self, issuer: str | None = None) -> dict[str, Any]:
@@ -65,9 +71,15 @@ class Signer:
         def as_b64(n: int) -> str:
             return b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
-        key: dict[str, Any] = {"kty": "RSA", "use": "sig", "kid": self.kid, "x5t": self.kid,
-                               "n": as_b64(numbers.n), "e": as_b64(numbers.e),
-                               "x5c": [base64.b64encode(cert_der(self.cert)).decode()]}
+        key: dict[str, Any] = {
+            "kty": "RSA",
+            "use": "sig",
+            "kid": self.kid,
+            "x5t": self.kid,
+            "n": as_b64(numbers.n),
+            "e": as_b64(numbers.e),
+            "x5c": [base64.b64encode(cert_der(self.cert)).decode()],
+        }
         if issuer is not None:
             key.update(issuer=issuer, cloud_instance_name="microsoftonline.com")
         return key
@@ -115,7 +127,9 @@ def access_claims(issue: Issue, iat: int) -> dict[str, Any]:
     claims: dict[str, Any] = {
         "aud": r.requested if v1 else r.app_id,
         "iss": (V1_ISSUER if v1 else V2_ISSUER).format(tid=p.tenant_id),
-        "iat": iat, "nbf": iat, "exp": iat + ACCESS_LIFETIME,
+        "iat": iat,
+        "nbf": iat,
+        "exp": iat + ACCESS_LIFETIME,
         "aio": _opaque(),
     }
     if p.kind != "app":
@@ -142,8 +156,9 @@ def access_claims(issue: Issue, iat: int) -> dict[str, Any]:
     claims["rh"] = _opaque()
     if p.kind == "user":
         claims["scp"] = "user_impersonation"
-    claims["sub"] = {"user": _pairwise_sub(p.object_id, issue.client_id), "app": p.object_id,
-                     "device": p.device_id}[p.kind]
+    claims["sub"] = {"user": _pairwise_sub(p.object_id, issue.client_id), "app": p.object_id, "device": p.device_id}[
+        p.kind
+    ]
     claims["tid"] = p.tenant_id
     if p.kind == "user" and v1:
         claims.update(unique_name=p.upn, upn=p.upn)
@@ -156,9 +171,13 @@ def id_claims(issue: Issue, iat: int, *, v2: bool) -> dict[str, Any]:
     claims: dict[str, Any] = {
         "aud": issue.client_id,
         "iss": (V2_ISSUER if v2 else V1_ISSUER).format(tid=p.tenant_id),
-        "iat": iat, "nbf": iat, "exp": iat + ACCESS_LIFETIME,
-        "name": p.name, "oid": p.object_id,
-        "sub": _pairwise_sub(p.object_id, issue.client_id), "tid": p.tenant_id,
+        "iat": iat,
+        "nbf": iat,
+        "exp": iat + ACCESS_LIFETIME,
+        "name": p.name,
+        "oid": p.object_id,
+        "sub": _pairwise_sub(p.object_id, issue.client_id),
+        "tid": p.tenant_id,
     }
     if v2:
         claims.update(preferred_username=p.upn, ver="2.0")

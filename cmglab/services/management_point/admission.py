@@ -79,8 +79,16 @@ def wants_token(kind: str) -> bool:
     return kind not in ("aad", "pki")
 
 
-def same_owner(*, record_signing: str, record_aad_device: str | None, record_pki: str | None, kind: str,
-               signing: str, aad_device: str | None, pki: str | None) -> bool:
+def same_owner(
+    *,
+    record_signing: str,
+    record_aad_device: str | None,
+    record_pki: str | None,
+    kind: str,
+    signing: str,
+    aad_device: str | None,
+    pki: str | None,
+) -> bool:
     """The request comes from the record's owner: its registered key, or its Entra device / PKI identity."""
     if record_signing.upper() == signing.upper():
         return True

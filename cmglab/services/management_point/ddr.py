@@ -25,5 +25,7 @@ def handle(mp: Parts, msg: CcmMessage) -> None:
         except CcmMessageError:
             log.warning(f"DDR {msg.header.id}: an attachment is not UTF-16 text; ignored")
     row = mp.store.add_ddr(sms_id=sms_id, netbios_name=netbios, signed=signed is not None, body="\n".join(bodies))
-    log.info(f"Received DDR {row} from {sms_id or 'an unknown client'} ({netbios}); "
-             f"{'signed by the registered key' if signed else 'not signed by a registered client'}")
+    log.info(
+        f"Received DDR {row} from {sms_id or 'an unknown client'} ({netbios}); "
+        f"{'signed by the registered key' if signed else 'not signed by a registered client'}"
+    )

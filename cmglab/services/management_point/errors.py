@@ -20,8 +20,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from cmglab.runtime import errors
 from cmglab.runtime.admin import record
 
-CERT_REQUIRED = ("<html><head><title>403 - Forbidden: Client certificate required</title></head><body>"
-                 "<h2>403.7 - Forbidden: Client certificate required.</h2></body></html>")
+CERT_REQUIRED = (
+    "<html><head><title>403 - Forbidden: Client certificate required</title></head><body>"
+    "<h2>403.7 - Forbidden: Client certificate required.</h2></body></html>"
+)
 FORBIDDEN = "<html><head><title>403 - Forbidden: Access is denied.</title></head><body></body></html>"
 HTML_ERROR = "<HTML><HEAD><TITLE>ERROR</TITLE></HEAD><BODY></BODY></HTML>"  # getpolicy.dll's refusal
 

@@ -55,8 +55,10 @@ def site_information(mp: Parts, root: Element, caller: Caller) -> str:
     mp_ports = mp.lab.config.ports
     http_port = 80 if mp.lab.config.compose else mp_ports.management_point_http
     https_port = 443 if mp.lab.config.compose else mp_ports.management_point
-    log.info(f"Site information requested for {site.code} ({caller.auth_kind}, "
-             f"{'internet' if caller.internet else 'intranet'})")
+    log.info(
+        f"Site information requested for {site.code} ({caller.auth_kind}, "
+        f"{'internet' if caller.internet else 'intranet'})"
+    )
     return (
         f'<SiteInfoReply SchemaVersion="1.00"><Site><SiteCode>{site.code}</SiteCode>'
         f"<SiteName>{escape(site.name)}</SiteName><Version>{site.client_version}</Version>"
@@ -119,20 +121,33 @@ def content_location(mp: Parts, root: Element, caller: Caller) -> str:
             dp_https = _dp_settings(mp).https
             base = mp.lab.url("distribution-point") if dp_https else _dp_http_url(mp)
             dp_host = mp.lab.config.hosts.distribution_point
-            records.append(_record(f"{base}/SMS_DP_SMSPKG$/{distributed.content_id}", dp_host, "SERVER",
-                                   63 if dp_https else 0,
-                                   signature=f"{base}/SMS_DP_SMSSIG$/{distributed.content_version}.tar"))
+            records.append(
+                _record(
+                    f"{base}/SMS_DP_SMSPKG$/{distributed.content_id}",
+                    dp_host,
+                    "SERVER",
+                    63 if dp_https else 0,
+                    signature=f"{base}/SMS_DP_SMSSIG$/{distributed.content_version}.tar",
+                )
+            )
         if is_client:
             scheme = caller.scheme
             base = mp.lab.url("management-point") if scheme == "https" else _mp_http_url(mp)
             records.append(_record(f"{base}/CCM_Client", mp.fqdn, "MP", int(scheme == "https") * 63))
-    log.info(f"Content location request for {package_id} ({'internet' if caller.internet else 'intranet'}): "
-             + (", ".join(r[0] for r in records) or "no location"))
+    log.info(
+        f"Content location request for {package_id} ({'internet' if caller.internet else 'intranet'}): "
+        + (", ".join(r[0] for r in records) or "no location")
+    )
     body = "".join(r[1] for r in records)
-    boundary = "" if caller.internet else (
-        '<BoundaryGroups BoundaryGroupListRetrieveTime="2026-01-01T00:00:00.000" IsOnVPN="0">'
-        '<BoundaryGroup GroupID="1" GroupGUID="2B1B6FFE-3C2E-4B5B-9E55-4C1A6B7D0001" GroupFlag="0"/>'
-        "</BoundaryGroups>")
+    boundary = (
+        ""
+        if caller.internet
+        else (
+            '<BoundaryGroups BoundaryGroupListRetrieveTime="2026-01-01T00:00:00.000" IsOnVPN="0">'
+            '<BoundaryGroup GroupID="1" GroupGUID="2B1B6FFE-3C2E-4B5B-9E55-4C1A6B7D0001" GroupFlag="0"/>'
+            "</BoundaryGroups>"
+        )
+    )
     return (
         f'<ContentLocationReply SchemaVersion="1.00" BGRVersion="1">{boundary}<ContentInfo PackageFlags="0" '
         f"PackageID={quoteattr(package_id)} Version={quoteattr(version)}><ContentHashValues/></ContentInfo>"
@@ -161,15 +176,16 @@ def _mp_http_url(mp: Parts) -> str:
     return f"http://{mp.fqdn}" + ("" if port == 80 else f":{port}")
 
 
-def _record(url: str, server: str, dp_type: str, ssl_state: int, *, signature: str | None = None
-            ) -> tuple[str, str]:
-    xml = (f"<LocationRecord><URL Name={quoteattr(url)} Signature={quoteattr(signature or url)}/>"
-           f'<ADSite Name="Default-First-Site-Name"/><IPSubnets><IPSubnet Address=""/></IPSubnets>'
-           f'<Metric Value=""/><Version>8968</Version><Capabilities SchemaVersion="1.0">'
-           f'<Property Name="SSLState" Value="{ssl_state}"/></Capabilities>'
-           f"<ServerRemoteName>{escape(server)}</ServerRemoteName><DPType>{dp_type}</DPType>"
-           f'<Windows Trust="1"/><Locality>{"INTERNET" if dp_type == "CLOUD" else "LOCAL"}</Locality>'
-           f"</LocationRecord>")
+def _record(url: str, server: str, dp_type: str, ssl_state: int, *, signature: str | None = None) -> tuple[str, str]:
+    xml = (
+        f"<LocationRecord><URL Name={quoteattr(url)} Signature={quoteattr(signature or url)}/>"
+        f'<ADSite Name="Default-First-Site-Name"/><IPSubnets><IPSubnet Address=""/></IPSubnets>'
+        f'<Metric Value=""/><Version>8968</Version><Capabilities SchemaVersion="1.0">'
+        f'<Property Name="SSLState" Value="{ssl_state}"/></Capabilities>'
+        f"<ServerRemoteName>{escape(server)}</ServerRemoteName><DPType>{dp_type}</DPType>"
+        f'<Windows Trust="1"/><Locality>{"INTERNET" if dp_type == "CLOUD" else "LOCAL"}</Locality>'
+        f"</LocationRecord>"
+    )
     return url, xml
 
 
@@ -186,10 +202,13 @@ def mp_location(mp: Parts, root: Element, caller: Caller) -> str:
         f"<FQDN>{escape(name)}</FQDN><SiteCode>{site.code}</SiteCode><Version>{site.mp_build}</Version>"
         f'<Capabilities SchemaVersion="1.0"><Property Name="SSL" Version="1"/></Capabilities>'
         f"<Internet>{internet}</Internet></LocationRecord>"
-        for name, internet in mps)
-    return (f'<MPLocationReply SchemaVersion="1.00"><Sites><Site><MPSite SiteCode="{site.code}" '
-            f'MasterSiteCode="{site.code}" SiteLocality="LOCAL"/><LocationRecords>{records}</LocationRecords>'
-            f"</Site></Sites></MPLocationReply>")
+        for name, internet in mps
+    )
+    return (
+        f'<MPLocationReply SchemaVersion="1.00"><Sites><Site><MPSite SiteCode="{site.code}" '
+        f'MasterSiteCode="{site.code}" SiteLocality="LOCAL"/><LocationRecords>{records}</LocationRecords>'
+        f"</Site></Sites></MPLocationReply>"
+    )
 
 
 def assigned_site(mp: Parts, root: Element, caller: Caller) -> str:

@@ -26,8 +26,10 @@ def dispatch(mp: Parts, raw: bytes, content_type: str | None, caller: Caller) ->
         log.warning(f"CCM_POST /{caller.vdir}/request: invalid message: {e}")
         return Reply(400, reason=f"invalid message: {e}")
     endpoint = msg.header.target_endpoint.lower()
-    log.info(f"CCM_POST /{caller.vdir}/request: message {msg.header.id} for {msg.header.target_endpoint} "
-             f"from {msg.header.source_host or '?'} ({caller.auth_kind})")
+    log.info(
+        f"CCM_POST /{caller.vdir}/request: message {msg.header.id} for {msg.header.target_endpoint} "
+        f"from {msg.header.source_host or '?'} ({caller.auth_kind})"
+    )
     try:
         if endpoint == "mp_clientregistration":
             xml: str | None = registration.handle(mp, msg, caller)

@@ -34,11 +34,14 @@ from cmglab.wire.ccm_messaging import (
 )
 
 CLIENT_TOKEN_SKEW = timedelta(hours=15)  # local time sent as "Z" by some tools (any time zone)
+
+
 def policy_url_version(version: str) -> str:
     return version.replace(".", "_")
 
 
 # -- assignments ----------------------------------------------------------------------------------
+
 
 @dataclass
 class SignedClient:
@@ -93,7 +96,7 @@ def reply_assignments(mp: Parts, msg: CcmMessage) -> str | None:
         f'<ReplyAssignments SchemaVersion="1.00" ReplyType="Full"><Identification><Machine>'
         f"<ClientID>{signed.sms_id}</ClientID><NetBIOSName>{escape(client.netbios_name)}</NetBIOSName>"
         f"<FQDN>{escape(client.fqdn)}</FQDN><SID/></Machine></Identification>"
-        f"<PolicySource>SMS:{mp.site_code}</PolicySource><Resource ResourceType=\"{escape(resource_type)}\"/>"
+        f'<PolicySource>SMS:{mp.site_code}</PolicySource><Resource ResourceType="{escape(resource_type)}"/>'
         f"<ServerCookie>{datetime.now(UTC):%Y-%m-%d %H:%M:%S}</ServerCookie>"
     ]
     for p in policies:
@@ -103,11 +106,14 @@ def reply_assignments(mp: Parts, msg: CcmMessage) -> str | None:
             f'<Policy PolicyID="{p.policy_id}" PolicyVersion="{p.version}" PolicyType="{p.policy_type}" '
             f'PolicyCategory="{p.category}" PolicyFlags="{p.flags}">'
             f'<PolicyLocation PolicyHash="SHA256:{_hash(p.body)}"><![CDATA[{url}]]></PolicyLocation>'
-            f"</Policy></PolicyAssignment>")
+            f"</Policy></PolicyAssignment>"
+        )
     parts.append("</ReplyAssignments>")
     secret = sum(1 for p in policies if p.secret)
-    log.info(f"Replied {len(policies)} policy assignment(s) ({secret} secret) to {signed.sms_id}"
-             + ("" if client.approval != NOT_APPROVED else " (client not approved: no secret policies)"))
+    log.info(
+        f"Replied {len(policies)} policy assignment(s) ({secret} secret) to {signed.sms_id}"
+        + ("" if client.approval != NOT_APPROVED else " (client not approved: no secret policies)")
+    )
     return "".join(parts)
 
 
@@ -118,6 +124,7 @@ def _hash(body: str) -> str:
 
 
 # -- policy bodies --------------------------------------------------------------------------------
+
 
 class PolicyDenied(Exception):
     pass
@@ -175,7 +182,8 @@ def authenticate_policy_request(mp: Parts, headers: dict[str, str]) -> Client:
         log.warning(f"Policy request from {sms_id}: ClientTokenSignature does not verify with its registered key")
         raise PolicyDenied("bad signature")
     if headers.get("ccmclientid") and not verify_any(
-            cert.public_key(), [utf16(stamp) + b"\x00\x00", utf16(stamp)], headers["ccmclienttimestampsignature"]):
+        cert.public_key(), [utf16(stamp) + b"\x00\x00", utf16(stamp)], headers["ccmclienttimestampsignature"]
+    ):
         raise PolicyDenied("bad timestamp signature")
     log.info(f"Policy request from {sms_id}: {'ClientToken' if token else 'CCMClientID'} signature verified")
     return client
@@ -199,6 +207,8 @@ def policy_body(mp: Parts, query: str, headers: dict[str, str]) -> PolicyBody:
         raise PolicyDenied("client not approved")
     cert = x509.load_der_x509_certificate(bytes.fromhex(client.encryption_cert))
     envelope = policy_crypto.envelope(utf16(policy.body) + b"\x00\x00", cert)
-    log.info(f"Served secret policy {policy_id} ({policy.category}) to {client.sms_id}, encrypted to its "
-             "encryption certificate (CMS, 3DES)")
+    log.info(
+        f"Served secret policy {policy_id} ({policy.category}) to {client.sms_id}, encrypted to its "
+        "encryption certificate (CMS, 3DES)"
+    )
     return PolicyBody(envelope, "application/octet-stream")

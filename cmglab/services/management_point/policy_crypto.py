@@ -36,6 +36,7 @@ OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
 
 # -- the obfuscated secret blob ------------------------------------------------------------------
 
+
 def derive_3des_key(material: bytes) -> bytes:
     """CryptDeriveKey(CALG_3DES) from a SHA-1 hash of `material` (the HMAC-style ipad/opad expansion)."""
     digest = hashlib.sha1(material).digest()
@@ -52,8 +53,15 @@ def obfuscate_secret(secret: str, *, material: bytes | None = None) -> str:
     plain = padder.update(secret.encode("utf-16-le")) + padder.finalize()
     enc = Cipher(TripleDES(derive_3des_key(material)), modes.CBC(b"\x00" * 8)).encryptor()
     data = enc.update(plain) + enc.finalize()
-    head = (b"\x89\x13\x00\x00" + material + len(plain).to_bytes(4, "little") + b"\x00" * 4
-            + len(data).to_bytes(4, "little") + b"\x03\x66\x00\x00" + b"\x00" * 4)
+    head = (
+        b"\x89\x13\x00\x00"
+        + material
+        + len(plain).to_bytes(4, "little")
+        + b"\x00" * 4
+        + len(data).to_bytes(4, "little")
+        + b"\x03\x66\x00\x00"
+        + b"\x00" * 4
+    )
     assert len(head) == 64
     return (head + data).hex().upper()
 
@@ -62,12 +70,13 @@ def deobfuscate_secret(blob_hex: str) -> str:
     blob = bytes.fromhex(blob_hex)
     length = int.from_bytes(blob[52:56], "little")
     dec = Cipher(TripleDES(derive_3des_key(blob[4:44])), modes.CBC(b"\x00" * 8)).decryptor()
-    plain = dec.update(blob[64:64 + length]) + dec.finalize()
+    plain = dec.update(blob[64 : 64 + length]) + dec.finalize()
     unpadder = sym_padding.PKCS7(64).unpadder()
     return (unpadder.update(plain) + unpadder.finalize()).decode("utf-16-le")
 
 
 # -- minimal DER ---------------------------------------------------------------------------------
+
 
 def _len(n: int) -> bytes:
     if n < 0x80:
@@ -109,8 +118,9 @@ def _octets(data: bytes) -> bytes:
 NULL = b"\x05\x00"
 
 
-def envelope(plaintext: bytes, recipient: x509.Certificate, *, cipher: str = "3des",
-             key_transport: str = "pkcs1") -> bytes:
+def envelope(
+    plaintext: bytes, recipient: x509.Certificate, *, cipher: str = "3des", key_transport: str = "pkcs1"
+) -> bytes:
     """CMS EnvelopedData (DER) of `plaintext` for `recipient`'s RSA key."""
     public_key = recipient.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey):
@@ -131,8 +141,9 @@ def envelope(plaintext: bytes, recipient: x509.Certificate, *, cipher: str = "3d
         wrapped = public_key.encrypt(key, padding.PKCS1v15())
         kt_alg = _seq(_oid(OID_RSA_ENCRYPTION), NULL)
     elif key_transport == "oaep":
-        wrapped = public_key.encrypt(key, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()),
-                                                       algorithm=hashes.SHA1(), label=None))
+        wrapped = public_key.encrypt(
+            key, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+        )
         kt_alg = _seq(_oid(OID_RSAES_OAEP), _seq())
     else:
         raise ValueError(f"unknown key transport {key_transport}")

@@ -154,34 +154,46 @@ def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Ca
     log = mp.logs.registration
     outcome = mp.store.retrying(
         lambda s: _admit(mp, s, who, settings),
-        on_race=lambda: log.info(f"Registration of {who.proposed} raced another for the same client; "
-                                 "processing it again"))
+        on_race=lambda: log.info(
+            f"Registration of {who.proposed} raced another for the same client; processing it again"
+        ),
+    )
     if outcome.status == REGISTERED:
-        log.info(f"Client {outcome.sms_id} registered ({who.kind}, message {message_id}); approval status "
-                 f"{outcome.approval}" + ("; issued a unique client token" if outcome.pre_auth_token else ""))
+        log.info(
+            f"Client {outcome.sms_id} registered ({who.kind}, message {message_id}); approval status "
+            f"{outcome.approval}" + ("; issued a unique client token" if outcome.pre_auth_token else "")
+        )
     return outcome
 
 
-def _registrant(mp: Parts, data: Element, raw_data: str, signature: str, caller: Caller,
-                message_id: str) -> Registrant:
+def _registrant(mp: Parts, data: Element, raw_data: str, signature: str, caller: Caller, message_id: str) -> Registrant:
     log = mp.logs.registration
     signing = _load_cert(data.findtext("Certificates/Signing"), "signing")
     encryption_hex = data.findtext("Certificates/Encryption")
     encryption = _load_cert(encryption_hex, "encryption") if encryption_hex else signing
     if not verify(signing.public_key(), utf16(raw_data), signature):
         mp.logs.clientauth.warning(
-            f"Registration signature verification failed for the signing certificate {thumbprint(signing)}")
+            f"Registration signature verification failed for the signing certificate {thumbprint(signing)}"
+        )
         raise RegistrationRefused("the registration request's signature does not verify with its signing certificate")
-    mp.logs.clientauth.info(f"Registration request {message_id}: signature verified with the signing certificate "
-                            f"{thumbprint(signing)}")
+    mp.logs.clientauth.info(
+        f"Registration request {message_id}: signature verified with the signing certificate {thumbprint(signing)}"
+    )
     props = _properties(data)
     agent = data.find("AgentInformation")
-    who = Registrant(kind="self-signed", proposed=normalise_sms_id(data.get("SMSID")), signing=signing,
-                     encryption=encryption, signing_tp=thumbprint(signing), netbios=props.get("Netbios Name", "") or "",
-                     fqdn=props.get("FQ Name", "") or props.get("Netbios Name", "") or "",
-                     agent_identity=agent.get("AgentIdentity", "") if agent is not None else "",
-                     agent_version=agent.get("AgentVersion", "") if agent is not None else "",
-                     domain_account=caller.domain_account, internet=caller.internet)
+    who = Registrant(
+        kind="self-signed",
+        proposed=normalise_sms_id(data.get("SMSID")),
+        signing=signing,
+        encryption=encryption,
+        signing_tp=thumbprint(signing),
+        netbios=props.get("Netbios Name", "") or "",
+        fqdn=props.get("FQ Name", "") or props.get("Netbios Name", "") or "",
+        agent_identity=agent.get("AgentIdentity", "") if agent is not None else "",
+        agent_version=agent.get("AgentVersion", "") if agent is not None else "",
+        domain_account=caller.domain_account,
+        internet=caller.internet,
+    )
     if caller.ccm_claims is not None:
         return _token_registrant(mp, caller.ccm_claims, who)
     if caller.pki_cert is not None:
@@ -201,10 +213,15 @@ def _token_registrant(mp: Parts, claims: dict[str, Any], who: Registrant) -> Reg
     if issued is None:
         raise RegistrationRefused("the CCM token was not issued by this site's token service")
     if issued.proof == "AAD":
-        log.info(f"Registering device using AAD auth: DeviceId='{issued.aad_device_id} ', "
-                 f"TenantId='{issued.aad_tenant_id}'")
-        return replace(who, kind="aad", aad_device=(issued.aad_device_id or "").lower() or None,
-                       aad_tenant=(issued.aad_tenant_id or "").lower() or None)
+        log.info(
+            f"Registering device using AAD auth: DeviceId='{issued.aad_device_id} ', TenantId='{issued.aad_tenant_id}'"
+        )
+        return replace(
+            who,
+            kind="aad",
+            aad_device=(issued.aad_device_id or "").lower() or None,
+            aad_tenant=(issued.aad_tenant_id or "").lower() or None,
+        )
     if issued.proof in ("BulkRegistration", "ClientToken") and (issued.cert_thumbprint or "") != who.signing_tp:
         raise RegistrationRefused(f"the {issued.proof} CCM token is bound to another certificate")
     if issued.proof == "BulkRegistration":
@@ -221,17 +238,27 @@ def _admit(mp: Parts, s: Session, who: Registrant, settings: dict[str, object]) 
     """One attempt, inside the store's transaction: read the proposed record, decide, write."""
     existing = s.get(Client, who.proposed) if who.proposed else None
     owner = existing is not None and admission.same_owner(
-        record_signing=existing.signing_thumbprint, record_aad_device=existing.aad_device_id,
-        record_pki=existing.pki_thumbprint, kind=who.kind, signing=who.signing_tp, aad_device=who.aad_device,
-        pki=who.pki_tp)
+        record_signing=existing.signing_thumbprint,
+        record_aad_device=existing.aad_device_id,
+        record_pki=existing.pki_thumbprint,
+        kind=who.kind,
+        signing=who.signing_tp,
+        aad_device=who.aad_device,
+        pki=who.pki_tp,
+    )
     conflict = _conflict(s, existing.sms_id, who.signing_tp) if existing is not None and not owner else None
     bulk = s.get(BulkToken, who.bulk_guid) if who.bulk_guid is not None else None
-    decision = admission.admit(admission.Request(
-        kind=who.kind, auto_approve=str(settings.get("auto_approve", "domain")).lower(),
-        existing_approval=existing.approval if existing is not None else None, same_owner=owner,
-        conflicts=str(settings.get("conflicting_records", admission.AUTOMATIC)),
-        resolution=conflict.status if conflict is not None else None,
-        token_blocked=who.bulk_guid is not None and (bulk is None or bulk.blocked)))
+    decision = admission.admit(
+        admission.Request(
+            kind=who.kind,
+            auto_approve=str(settings.get("auto_approve", "domain")).lower(),
+            existing_approval=existing.approval if existing is not None else None,
+            same_owner=owner,
+            conflicts=str(settings.get("conflicting_records", admission.AUTOMATIC)),
+            resolution=conflict.status if conflict is not None else None,
+            token_blocked=who.bulk_guid is not None and (bulk is None or bulk.blocked),
+        )
+    )
     log = mp.logs.registration
     if decision.action is admission.Action.REFUSE:
         raise RegistrationRefused(decision.reason)
@@ -251,29 +278,48 @@ def _admit(mp: Parts, s: Session, who: Registrant, settings: dict[str, object]) 
 
 
 def _conflict(s: Session, sms_id: str, signing_tp: str) -> ConflictRecord | None:
-    return s.scalars(select(ConflictRecord).where(ConflictRecord.sms_id == sms_id,
-                                                  ConflictRecord.signing_thumbprint == signing_tp)
-                     .order_by(ConflictRecord.id.desc())).first()
+    return s.scalars(
+        select(ConflictRecord)
+        .where(ConflictRecord.sms_id == sms_id, ConflictRecord.signing_thumbprint == signing_tp)
+        .order_by(ConflictRecord.id.desc())
+    ).first()
 
 
-def _note_conflict(mp: Parts, s: Session, conflict: ConflictRecord | None, existing: Client, who: Registrant,
-                   decision: admission.Decision) -> ConflictRecord:
+def _note_conflict(
+    mp: Parts,
+    s: Session,
+    conflict: ConflictRecord | None,
+    existing: Client,
+    who: Registrant,
+    decision: admission.Decision,
+) -> ConflictRecord:
     """Record (or count again) a conflicting record, and say so in MP_RegistrationManager.log."""
     log = mp.logs.registration
     if conflict is None:
-        conflict = ConflictRecord(sms_id=existing.sms_id, signing_thumbprint=who.signing_tp, kind=who.kind,
-                                  netbios_name=who.netbios, aad_device_id=who.aad_device, pki_thumbprint=who.pki_tp,
-                                  status="pending", attempts=0)
+        conflict = ConflictRecord(
+            sms_id=existing.sms_id,
+            signing_thumbprint=who.signing_tp,
+            kind=who.kind,
+            netbios_name=who.netbios,
+            aad_device_id=who.aad_device,
+            pki_thumbprint=who.pki_tp,
+            status="pending",
+            attempts=0,
+        )
         s.add(conflict)
-        log.warning(f"Conflicting record detected for client '{existing.sms_id}': it is registered with signing "
-                    f"certificate {existing.signing_thumbprint}, this {who.kind} registration request is signed "
-                    f"with {who.signing_tp} (Netbios Name '{who.netbios}')")
+        log.warning(
+            f"Conflicting record detected for client '{existing.sms_id}': it is registered with signing "
+            f"certificate {existing.signing_thumbprint}, this {who.kind} registration request is signed "
+            f"with {who.signing_tp} (Netbios Name '{who.netbios}')"
+        )
     conflict.attempts += 1
     conflict.last_seen = utcnow()
     if decision.action is admission.Action.HOLD:
         s.flush()
-        log.warning(f"Conflicting client records are resolved manually: the registration request is pending "
-                    f"(conflicting record {conflict.id}, `cmglab clients resolve {conflict.id}`)")
+        log.warning(
+            f"Conflicting client records are resolved manually: the registration request is pending "
+            f"(conflicting record {conflict.id}, `cmglab clients resolve {conflict.id}`)"
+        )
     elif decision.action is admission.Action.NEW_RECORD and conflict.status == "pending":
         conflict.status, conflict.resolved_at = "new", utcnow()
     return conflict
@@ -310,10 +356,19 @@ def _write(client: Client, who: Registrant, approval: int, *, keep: bool) -> Non
 
 def _client_token(mp: Parts, s: Session, sms_id: str, who: Registrant) -> str:
     token, expires = mp.signer.client_token(sms_id=sms_id, cert_thumbprint=who.signing_tp)
-    s.add(IssuedToken(unique_id=site_tokens_unique_id(token), kind="client", token_type=site_tokens.CLIENT,
-                      proof="Registration", sms_id=sms_id, cert_thumbprint=who.signing_tp,
-                      bulk_token_guid=who.bulk_guid, issued_at=utcnow(),
-                      expires_at=expires.astimezone(UTC).replace(tzinfo=None)))
+    s.add(
+        IssuedToken(
+            unique_id=site_tokens_unique_id(token),
+            kind="client",
+            token_type=site_tokens.CLIENT,
+            proof="Registration",
+            sms_id=sms_id,
+            cert_thumbprint=who.signing_tp,
+            bulk_token_guid=who.bulk_guid,
+            issued_at=utcnow(),
+            expires_at=expires.astimezone(UTC).replace(tzinfo=None),
+        )
+    )
     return token
 
 
@@ -323,8 +378,14 @@ def site_tokens_unique_id(token: str) -> str:
 
 def confirm(mp: Parts, data: Element, raw_data: str, signature: str, root: Element) -> Outcome:
     log = mp.logs.registration
-    sms_id = normalise_sms_id(data.get("SMSID") or (root.find("Signature").get("SMSID")  # type: ignore[union-attr]
-                                                    if root.find("Signature") is not None else None))
+    sms_id = normalise_sms_id(
+        data.get("SMSID")
+        or (
+            root.find("Signature").get("SMSID")  # type: ignore[union-attr]
+            if root.find("Signature") is not None
+            else None
+        )
+    )
     if sms_id is None:
         raise RegistrationRefused("Confirmation request without an SMSID", RESET)
     client = mp.store.get_client(sms_id)
@@ -337,4 +398,3 @@ def confirm(mp: Parts, data: Element, raw_data: str, signature: str, root: Eleme
         raise RegistrationRefused(f"signature of {sms_id} does not verify")
     log.info(f"Processing Confirmation request from Client '{sms_id}': registered, approval {client.approval}")
     return Outcome("Confirmation", REGISTERED, sms_id, client.approval)
-

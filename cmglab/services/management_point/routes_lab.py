@@ -60,8 +60,9 @@ def router(mp: Parts) -> APIRouter:
         row = await run_in_threadpool(mp.store.resolve_conflict, conflict_id, resolution.action)
         if row is None:
             raise HTTPException(404, "no such conflicting record")
-        mp.logs.registration.info(f"Conflicting record {conflict_id} for client '{row['sms_id']}' resolved by the "
-                                  f"admin: {resolution.action}")
+        mp.logs.registration.info(
+            f"Conflicting record {conflict_id} for client '{row['sms_id']}' resolved by the admin: {resolution.action}"
+        )
         return row
 
     @r.get("/tokens")
@@ -79,8 +80,18 @@ def router(mp: Parts) -> APIRouter:
     @r.get("/policies")
     async def policies() -> dict[str, Any]:
         rows = await run_in_threadpool(mp.store.policies)
-        return {"policies": [{"policy_id": p.policy_id, "version": p.version, "category": p.category,
-                              "flags": p.flags, "secret": p.secret} for p in rows]}
+        return {
+            "policies": [
+                {
+                    "policy_id": p.policy_id,
+                    "version": p.version,
+                    "category": p.category,
+                    "flags": p.flags,
+                    "secret": p.secret,
+                }
+                for p in rows
+            ]
+        }
 
     @r.get("/site")
     async def site() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from cmglab.services.management_point.transport import (
 
 VDIRS = ("ccm_system", "ccm_system_windowsauth", "ccm_system_altauth", "ccm_system_tokenauth")
 
+
 def router(mp: Parts) -> APIRouter:
     r = APIRouter()
 
@@ -50,11 +51,13 @@ def router(mp: Parts) -> APIRouter:
         return Response(reply.body, status_code=200, media_type=reply.content_type)
 
     for vdir in VDIRS:
+
         async def endpoint(request: Request, _vdir: str = vdir) -> Response:
             return await ccm_post(request, _vdir)
 
-        r.add_api_route(f"/{vdir}/request", endpoint, methods=["CCM_POST"], include_in_schema=False,
-                        name=f"{vdir}_request")
+        r.add_api_route(
+            f"/{vdir}/request", endpoint, methods=["CCM_POST"], include_in_schema=False, name=f"{vdir}_request"
+        )
 
     @r.api_route("/ccm_system_windowsauth/{rest:path}", methods=["GET", "HEAD", "POST"], include_in_schema=False)
     async def windowsauth_probe(request: Request, rest: str) -> Response:

@@ -18,26 +18,48 @@ from cmglab.services.management_point.transport import bearer, caller_of, read_b
 from cmglab.wire import jsonlimits
 from cmglab.wire.kinds import AuthKind
 
-CLOUD_PATHS = ["CCM_STS", "ccm_system/request", "ccm_system_tokenauth/request", "ccm_system_altauth/request",
-               "SMS_MP", "SMS_MP_TokenAuth", "CCM_Client"]
+CLOUD_PATHS = [
+    "CCM_STS",
+    "ccm_system/request",
+    "ccm_system_tokenauth/request",
+    "ccm_system_altauth/request",
+    "SMS_MP",
+    "SMS_MP_TokenAuth",
+    "CCM_Client",
+]
 
 
 def cloud_config(mp: Parts) -> dict[str, Any]:
     site = mp.lab.config.site
     settings = mp.store.settings()
     allow = bool(settings.get("allow_cmg", True))
-    endpoints = {str(site.role_id): {"internal_url": mp.lab.url("management-point"), "paths": CLOUD_PATHS}} \
-        if allow else {}
-    tenants = [{"tenant_id": t["tenant_id"], "client_app_id": t["client_app_id"], "resource_uri": t["resource_uri"],
-                "authority": f"https://login.microsoftonline.com/{t['tenant_id']}"}
-               for t in mp.store.tenants(onboarded_only=True)]
+    endpoints = (
+        {str(site.role_id): {"internal_url": mp.lab.url("management-point"), "paths": CLOUD_PATHS}} if allow else {}
+    )
+    tenants = [
+        {
+            "tenant_id": t["tenant_id"],
+            "client_app_id": t["client_app_id"],
+            "resource_uri": t["resource_uri"],
+            "authority": f"https://login.microsoftonline.com/{t['tenant_id']}",
+        }
+        for t in mp.store.tenants(onboarded_only=True)
+    ]
     try:
         version = int(package_manifest(mp.lab).get("version", 1))
     except (OSError, ValueError):
         version = 1
-    return {"site_code": site.code, "allow_cmg": allow, "endpoints": endpoints, "tenants": tenants,
-            "content": {"package_id": site.client_package_id, "version": version,
-                        "enabled": bool(settings.get("content_enabled_cmg", True))}}
+    return {
+        "site_code": site.code,
+        "allow_cmg": allow,
+        "endpoints": endpoints,
+        "tenants": tenants,
+        "content": {
+            "package_id": site.client_package_id,
+            "version": version,
+            "enabled": bool(settings.get("content_enabled_cmg", True)),
+        },
+    }
 
 
 def router(mp: Parts, sts: TokenService) -> APIRouter:

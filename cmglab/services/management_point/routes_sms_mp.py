@@ -31,6 +31,7 @@ def router(mp: Parts) -> APIRouter:
         return None
 
     for vdir in MP_VDIRS:
+
         async def sms_aut(request: Request, _vdir: str = vdir) -> Response:
             caller = caller_of(request, mp, _vdir)
             if (challenge := await authenticate(request, _vdir, caller)) is not None:

@@ -38,6 +38,6 @@ class Sealer:
         if not stored.startswith(_PREFIX):
             return stored  # stored before sealing (an older lab database)
         try:
-            return self.fernet.decrypt(stored[len(_PREFIX):].encode()).decode()
+            return self.fernet.decrypt(stored[len(_PREFIX) :].encode()).decode()
         except InvalidToken as e:
             raise ValueError("a sealed policy body does not open with this lab's site key") from e

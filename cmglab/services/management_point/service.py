@@ -17,9 +17,18 @@ def build(lab: Lab) -> Service:
     log_refusals_to(smstrace_logger(lab.log_dir("management-point") / "ClientAuth.log", "ClientAuth"))
     ident = lab.pki.server("management-point")
     https = Listener(
-        "management-point", app, lab.port("management-point"), lab.bind(),
-        tls=TLS(ident.cert_path, ident.key_path, client_cert="optional", client_ca=lab.pki.client_ca_bundle,
-                crl_files=[lab.pki.crl_bundle], crl_check=lab.settings.crl_check),
+        "management-point",
+        app,
+        lab.port("management-point"),
+        lab.bind(),
+        tls=TLS(
+            ident.cert_path,
+            ident.key_path,
+            client_cert="optional",
+            client_ca=lab.pki.client_ca_bundle,
+            crl_files=[lab.pki.crl_bundle],
+            crl_check=lab.settings.crl_check,
+        ),
         http="h11",  # CCM_POST
     )
     http_port = 80 if lab.config.compose else lab.config.ports.management_point_http

@@ -20,10 +20,12 @@ def answer(mp: Parts, query: str, caller: Caller) -> str | None:
     site = mp.lab.config.site
     ssl_state = "63" if caller.scheme == "https" else "0"
     if verb in ("MPLIST", "MPLIST1", "MPLIST2"):
-        return (f'<MPList><MP Name="{mp.fqdn.upper()}" FQDN="{mp.fqdn}" SiteCode="{site.code}">'
-                f"<Version>{site.mp_build}</Version>"
-                f'<Capabilities SchemaVersion="1.0"><Property Name="SSLState" Value="{ssl_state}"/></Capabilities>'
-                f"</MP></MPList>")
+        return (
+            f'<MPList><MP Name="{mp.fqdn.upper()}" FQDN="{mp.fqdn}" SiteCode="{site.code}">'
+            f"<Version>{site.mp_build}</Version>"
+            f'<Capabilities SchemaVersion="1.0"><Property Name="SSLState" Value="{ssl_state}"/></Capabilities>'
+            f"</MP></MPList>"
+        )
     if verb in ("MPCERT", "MPCERT2"):
         der = mp.server_cert.public_bytes(Encoding.DER).hex().upper()
         return f"<MPCERT><Certificate>{der}</Certificate></MPCERT>"
@@ -36,9 +38,13 @@ def answer(mp: Parts, query: str, caller: Caller) -> str | None:
         site_cert = mp.site_cert().public_bytes(Encoding.DER).hex().upper()
         media = ""
         if verb == "MPKEYINFORMATIONMEDIA":
-            media = (f'<UnknownMachines x86UnknownMachineGUID="{_unknown_machine(mp, "x86")}" '
-                     f'x64UnknownMachineGUID="{_unknown_machine(mp, "x64")}"/>')
-        return (f"<MPKEYINFORMATION><FQDN>{mp.fqdn}</FQDN><MACHINENAME>{mp.fqdn.split('.')[0].upper()}</MACHINENAME>"
-                f"<SITECODE>{site.code}</SITECODE><KEYDATA>{keydata}</KEYDATA><MPCERTIFICATE>{cert}</MPCERTIFICATE>"
-                f"<SITESIGNCERT>{site_cert}</SITESIGNCERT>{media}</MPKEYINFORMATION>")
+            media = (
+                f'<UnknownMachines x86UnknownMachineGUID="{_unknown_machine(mp, "x86")}" '
+                f'x64UnknownMachineGUID="{_unknown_machine(mp, "x64")}"/>'
+            )
+        return (
+            f"<MPKEYINFORMATION><FQDN>{mp.fqdn}</FQDN><MACHINENAME>{mp.fqdn.split('.')[0].upper()}</MACHINENAME>"
+            f"<SITECODE>{site.code}</SITECODE><KEYDATA>{keydata}</KEYDATA><MPCERTIFICATE>{cert}</MPCERTIFICATE>"
+            f"<SITESIGNCERT>{site_cert}</SITESIGNCERT>{media}</MPKEYINFORMATION>"
+        )
     return None

@@ -64,8 +64,6 @@ class Tenant(Base):
     onboarded: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
-
-
 class Client(Base):
     # What the client sends of itself (names, agent identity and version) is kept as Text: SQLite never
     # enforced a VARCHAR length, PostgreSQL refuses a longer value, and the MP does not judge these.
@@ -93,13 +91,22 @@ class Client(Base):
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "sms_id": self.sms_id, "netbios_name": self.netbios_name, "fqdn": self.fqdn,
-            "signing_thumbprint": self.signing_thumbprint, "pki_thumbprint": self.pki_thumbprint,
-            "auth_kind": self.auth_kind, "domain_account": self.domain_account,
-            "aad_device_id": self.aad_device_id, "aad_tenant_id": self.aad_tenant_id,
-            "bulk_token_guid": self.bulk_token_guid, "approval": self.approval, "internet": self.internet,
-            "agent_identity": self.agent_identity, "agent_version": self.agent_version,
-            "registered_at": iso(self.registered_at), "updated_at": iso(self.updated_at),
+            "sms_id": self.sms_id,
+            "netbios_name": self.netbios_name,
+            "fqdn": self.fqdn,
+            "signing_thumbprint": self.signing_thumbprint,
+            "pki_thumbprint": self.pki_thumbprint,
+            "auth_kind": self.auth_kind,
+            "domain_account": self.domain_account,
+            "aad_device_id": self.aad_device_id,
+            "aad_tenant_id": self.aad_tenant_id,
+            "bulk_token_guid": self.bulk_token_guid,
+            "approval": self.approval,
+            "internet": self.internet,
+            "agent_identity": self.agent_identity,
+            "agent_version": self.agent_version,
+            "registered_at": iso(self.registered_at),
+            "updated_at": iso(self.updated_at),
             "last_policy_request": iso(self.last_policy_request),
         }
 
@@ -122,11 +129,20 @@ class IssuedToken(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"unique_id": self.unique_id, "kind": self.kind, "token_type": self.token_type,
-                "proof": self.proof, "sms_id": self.sms_id, "cert_thumbprint": self.cert_thumbprint,
-                "bulk_token_guid": self.bulk_token_guid, "aad_tenant_id": self.aad_tenant_id,
-                "aad_device_id": self.aad_device_id, "aad_user_id": self.aad_user_id,
-                "issued_at": iso(self.issued_at), "expires_at": iso(self.expires_at)}
+        return {
+            "unique_id": self.unique_id,
+            "kind": self.kind,
+            "token_type": self.token_type,
+            "proof": self.proof,
+            "sms_id": self.sms_id,
+            "cert_thumbprint": self.cert_thumbprint,
+            "bulk_token_guid": self.bulk_token_guid,
+            "aad_tenant_id": self.aad_tenant_id,
+            "aad_device_id": self.aad_device_id,
+            "aad_user_id": self.aad_user_id,
+            "issued_at": iso(self.issued_at),
+            "expires_at": iso(self.expires_at),
+        }
 
 
 class BulkToken(Base):
@@ -142,10 +158,16 @@ class BulkToken(Base):
     blocked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"guid": self.guid, "lifetime_minutes": self.lifetime_minutes,
-                "not_before": iso(self.not_before), "not_after": iso(self.not_after),
-                "blocked": self.blocked, "created_at": iso(self.created_at), "blocked_at": iso(self.blocked_at),
-                "expired": as_utc(self.not_after) < datetime.now(UTC)}  # type: ignore[operator]
+        return {
+            "guid": self.guid,
+            "lifetime_minutes": self.lifetime_minutes,
+            "not_before": iso(self.not_before),
+            "not_after": iso(self.not_after),
+            "blocked": self.blocked,
+            "created_at": iso(self.created_at),
+            "blocked_at": iso(self.blocked_at),
+            "expired": as_utc(self.not_after) < datetime.now(UTC),  # type: ignore[operator]
+        }
 
 
 class ConflictRecord(Base):
@@ -172,11 +194,21 @@ class ConflictRecord(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "sms_id": self.sms_id, "signing_thumbprint": self.signing_thumbprint,
-                "kind": self.kind, "netbios_name": self.netbios_name, "aad_device_id": self.aad_device_id,
-                "pki_thumbprint": self.pki_thumbprint, "status": self.status, "new_sms_id": self.new_sms_id,
-                "attempts": self.attempts, "detected_at": iso(self.detected_at), "last_seen": iso(self.last_seen),
-                "resolved_at": iso(self.resolved_at)}
+        return {
+            "id": self.id,
+            "sms_id": self.sms_id,
+            "signing_thumbprint": self.signing_thumbprint,
+            "kind": self.kind,
+            "netbios_name": self.netbios_name,
+            "aad_device_id": self.aad_device_id,
+            "pki_thumbprint": self.pki_thumbprint,
+            "status": self.status,
+            "new_sms_id": self.new_sms_id,
+            "attempts": self.attempts,
+            "detected_at": iso(self.detected_at),
+            "last_seen": iso(self.last_seen),
+            "resolved_at": iso(self.resolved_at),
+        }
 
 
 class Policy(Base):
@@ -216,8 +248,13 @@ class Store(db.Store):
     (and reset) writes them over the database's rows, so an edit of lab.json applies on restart, and
     `cmglab site set` / `cmglab tenant onboard` write lab.json and these rows together (live)."""
 
-    def __init__(self, lab: Lab, url: str | None = None,
-                 policy_factory: Callable[[Lab], list[Policy]] | None = None, seed: bool = True) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        url: str | None = None,
+        policy_factory: Callable[[Lab], list[Policy]] | None = None,
+        seed: bool = True,
+    ) -> None:
         super().__init__(db.Database(url or lab.database_url("management-point"), Base, "management-point"))
         self.lab = lab
         self.sealer = Sealer(site_key(lab.dir))
@@ -241,8 +278,9 @@ class Store(db.Store):
     # -- seeding ------------------------------------------------------------------------------
     def fill(self, s: Session) -> None:
         defaults = {**site_settings(self.lab.config.site), "network_access_account": True}
-        server_app = next((a for a in self.lab.config.apps if a.identifier_uri and not a.public_client),
-                          self.lab.config.apps[0])
+        server_app = next(
+            (a for a in self.lab.config.apps if a.identifier_uri and not a.public_client), self.lab.config.apps[0]
+        )
         client_app = self.lab.config.apps[0]
         for name, value in defaults.items():
             row = s.get(SiteSetting, name)
@@ -255,10 +293,16 @@ class Store(db.Store):
             if existing is not None:
                 existing.onboarded = t.onboarded
             else:
-                s.add(Tenant(tenant_id=t.tenant_id, name=t.display_name, client_app_id=client_app.app_id,
-                             server_app_id=server_app.app_id,
-                             resource_uri=server_app.identifier_uri or "https://ConfigMgrService",
-                             onboarded=t.onboarded))
+                s.add(
+                    Tenant(
+                        tenant_id=t.tenant_id,
+                        name=t.display_name,
+                        client_app_id=client_app.app_id,
+                        server_app_id=server_app.app_id,
+                        resource_uri=server_app.identifier_uri or "https://ConfigMgrService",
+                        onboarded=t.onboarded,
+                    )
+                )
         has_policies = s.scalars(select(Policy).limit(1)).first() is not None
         if not has_policies and self.policy_factory is not None:
             for p in self.policy_factory(self.lab):
@@ -306,9 +350,18 @@ class Store(db.Store):
     def tenants(self, onboarded_only: bool = True) -> list[dict[str, Any]]:
         with self.session() as s:
             rows = s.scalars(select(Tenant))
-            return [{"tenant_id": t.tenant_id, "name": t.name, "client_app_id": t.client_app_id,
-                     "server_app_id": t.server_app_id, "resource_uri": t.resource_uri, "onboarded": t.onboarded}
-                    for t in rows if t.onboarded or not onboarded_only]
+            return [
+                {
+                    "tenant_id": t.tenant_id,
+                    "name": t.name,
+                    "client_app_id": t.client_app_id,
+                    "server_app_id": t.server_app_id,
+                    "resource_uri": t.resource_uri,
+                    "onboarded": t.onboarded,
+                }
+                for t in rows
+                if t.onboarded or not onboarded_only
+            ]
 
     # -- clients ------------------------------------------------------------------------------
     @staticmethod
@@ -369,9 +422,14 @@ class Store(db.Store):
     # -- bulk registration tokens -------------------------------------------------------------
     def add_bulk_token(self, guid: str, minutes: int, not_before: datetime, not_after: datetime) -> None:
         with self.session() as s:
-            s.add(BulkToken(guid=guid.lower(), lifetime_minutes=minutes,
-                            not_before=not_before.astimezone(UTC).replace(tzinfo=None),
-                            not_after=not_after.astimezone(UTC).replace(tzinfo=None)))
+            s.add(
+                BulkToken(
+                    guid=guid.lower(),
+                    lifetime_minutes=minutes,
+                    not_before=not_before.astimezone(UTC).replace(tzinfo=None),
+                    not_after=not_after.astimezone(UTC).replace(tzinfo=None),
+                )
+            )
 
     def bulk_token(self, guid: str) -> BulkToken | None:
         with self.session() as s:
@@ -415,9 +473,17 @@ class Store(db.Store):
 
     def ddrs(self) -> list[dict[str, Any]]:
         with self.session() as s:
-            return [{"id": d.id, "sms_id": d.sms_id, "netbios_name": d.netbios_name, "signed": d.signed,
-                     "received_at": iso(d.received_at), "size": len(d.body)}
-                    for d in s.scalars(select(Ddr).order_by(Ddr.id))]
+            return [
+                {
+                    "id": d.id,
+                    "sms_id": d.sms_id,
+                    "netbios_name": d.netbios_name,
+                    "signed": d.signed,
+                    "received_at": iso(d.received_at),
+                    "size": len(d.body),
+                }
+                for d in s.scalars(select(Ddr).order_by(Ddr.id))
+            ]
 
 
 def new_sms_id() -> str:

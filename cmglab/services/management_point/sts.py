@@ -56,8 +56,15 @@ class STSRequest:
                 raise STSError(400, "InvalidRequest", f"{name} must be a string")
             return v
 
-        return cls(Proof(proof), bearer, text("ClientId"), text("Certificate"), text("Timestamp"), text("Signature"),
-                   bool(doc.get("RenewClientToken", False)))
+        return cls(
+            Proof(proof),
+            bearer,
+            text("ClientId"),
+            text("Certificate"),
+            text("Timestamp"),
+            text("Signature"),
+            bool(doc.get("RenewClientToken", False)),
+        )
 
 
 def _ccm_reply(token: str, token_type: str, expires: datetime) -> dict[str, Any]:
@@ -99,17 +106,43 @@ class TokenService:
         return result
 
     # -- proofs ---------------------------------------------------------------------------------
-    def _issue(self, *, token_type: str, proof: str, sms_id: str | None, cert_tp: str | None = None,
-               bulk_guid: str | None = None, tenant: str | None = None, user: str | None = None,
-               device: str | None = None, user_sid: str | None = None) -> tuple[str, datetime]:
+    def _issue(
+        self,
+        *,
+        token_type: str,
+        proof: str,
+        sms_id: str | None,
+        cert_tp: str | None = None,
+        bulk_guid: str | None = None,
+        tenant: str | None = None,
+        user: str | None = None,
+        device: str | None = None,
+        user_sid: str | None = None,
+    ) -> tuple[str, datetime]:
         minutes = int(self.mp.store.setting("ccm_token_lifetime_minutes", 480))  # the site's setting, live
-        token, expires = self.mp.signer.ccm_token(token_type=token_type, sms_id=sms_id, tenant_id=tenant,
-                                                  user_id=user, device_id=device, user_sid=user_sid,
-                                                  lifetime=timedelta(minutes=minutes))
-        self.mp.store.record_token(unique_id=_unique_id(token), kind="ccm", token_type=token_type, proof=proof,
-                                   sms_id=sms_id, cert_thumbprint=cert_tp, bulk_token_guid=bulk_guid,
-                                   aad_tenant_id=tenant, aad_device_id=device, aad_user_id=user,
-                                   issued_at=utcnow(), expires_at=_naive(expires))
+        token, expires = self.mp.signer.ccm_token(
+            token_type=token_type,
+            sms_id=sms_id,
+            tenant_id=tenant,
+            user_id=user,
+            device_id=device,
+            user_sid=user_sid,
+            lifetime=timedelta(minutes=minutes),
+        )
+        self.mp.store.record_token(
+            unique_id=_unique_id(token),
+            kind="ccm",
+            token_type=token_type,
+            proof=proof,
+            sms_id=sms_id,
+            cert_thumbprint=cert_tp,
+            bulk_token_guid=bulk_guid,
+            aad_tenant_id=tenant,
+            aad_device_id=device,
+            aad_user_id=user,
+            issued_at=utcnow(),
+            expires_at=_naive(expires),
+        )
         return token, expires
 
     async def aad(self, req: STSRequest) -> dict[str, Any]:
@@ -128,22 +161,27 @@ class TokenService:
             raise STSError(403, "TenantNotOnboarded", f"tenant {tid} is not onboarded to site {self.mp.site_code}")
         device = str(claims.get("deviceid") or "").lower()
         user = str(claims.get("oid") or "").lower()
-        is_user = claims.get("idtyp", "user") != "device" and bool(claims.get("upn") or claims.get("unique_name")
-                                                                    or claims.get("scp"))
+        is_user = claims.get("idtyp", "user") != "device" and bool(
+            claims.get("upn") or claims.get("unique_name") or claims.get("scp")
+        )
         if not device:
             raise STSError(401, "InvalidProof", "the Entra token names no device (deviceid claim)")
         token_type = site_tokens.UDA if is_user else site_tokens.DEVICE
         # onprem_sid is the user's SID in a user token, the computer's in a hybrid device's token
         onprem_sid = str(claims.get("onprem_sid") or "")
         user_sid, device_sid = (onprem_sid, "") if is_user else ("", onprem_sid)
-        self.log.info(f"Validated AAD token. TokenType: {token_type} TenantId: {tid} UserId: {user if is_user else ''}"
-                      f" DeviceId: {device} OnPrem_UserSid: {user_sid} OnPrem_DeviceSid: {device_sid}")
+        self.log.info(
+            f"Validated AAD token. TokenType: {token_type} TenantId: {tid} UserId: {user if is_user else ''}"
+            f" DeviceId: {device} OnPrem_UserSid: {user_sid} OnPrem_DeviceSid: {device_sid}"
+        )
         self.log.info(f"TokenType is {token_type}")
-        return await run_in_threadpool(self._aad_issue, req, token_type, tid, user if is_user else None, device,
-                                       user_sid or None)
+        return await run_in_threadpool(
+            self._aad_issue, req, token_type, tid, user if is_user else None, device, user_sid or None
+        )
 
-    def _aad_issue(self, req: STSRequest, token_type: str, tid: str, user: str | None, device: str,
-                   user_sid: str | None) -> dict[str, Any]:
+    def _aad_issue(
+        self, req: STSRequest, token_type: str, tid: str, user: str | None, device: str, user_sid: str | None
+    ) -> dict[str, Any]:
         sms_id = None
         wanted = normalise_sms_id(req.client_id)
         if wanted:
@@ -156,10 +194,13 @@ class TokenService:
             known = self.mp.store.client_by_aad_device(device)
             sms_id = known.sms_id if known else "GUID:" + str(uuid.uuid4()).upper()
         sccm_user = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sccm-user:{tid}:{user}")) if user else ""
-        token, expires = self._issue(token_type=token_type, proof="AAD", sms_id=sms_id, tenant=tid, user=user,
-                                     device=device, user_sid=user_sid)
-        self.log.info(f"Created SCCM token, token type: {token_type}, hierarchyId: "
-                      f"{self.mp.lab.config.site.hierarchy_id}, userId: {sccm_user}, deviceId: {sms_id}")
+        token, expires = self._issue(
+            token_type=token_type, proof="AAD", sms_id=sms_id, tenant=tid, user=user, device=device, user_sid=user_sid
+        )
+        self.log.info(
+            f"Created SCCM token, token type: {token_type}, hierarchyId: "
+            f"{self.mp.lab.config.site.hierarchy_id}, userId: {sccm_user}, deviceId: {sms_id}"
+        )
         return _ccm_reply(token, token_type, expires)
 
     def _possession(self, req: STSRequest) -> x509.Certificate:
@@ -182,8 +223,9 @@ class TokenService:
         if not token:
             raise STSError(401, "InvalidProof", f"a {kind} proof needs the token in Authorization: Bearer")
         try:
-            return site_tokens.verify(token, cert=self.mp.signer.cert, hierarchy_id=self.mp.signer.hierarchy_id,
-                                      types=(kind,))
+            return site_tokens.verify(
+                token, cert=self.mp.signer.cert, hierarchy_id=self.mp.signer.hierarchy_id, types=(kind,)
+            )
         except site_tokens.SiteTokenError as e:
             code = "TokenExpired" if "expired" in e.reason else "InvalidProof"
             raise STSError(401, code, e.reason) from e
@@ -203,10 +245,13 @@ class TokenService:
             client = self.mp.store.get_client(sms_id)
             sms_id = sms_id if client is not None and client.signing_thumbprint == tp else None
         self.log.info(f"Validated bulk registration token {guid} (certificate {tp})")
-        token, expires = self._issue(token_type=site_tokens.DEVICE, proof="BulkRegistration", sms_id=sms_id,
-                                     cert_tp=tp, bulk_guid=guid)
-        self.log.info(f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
-                      f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}")
+        token, expires = self._issue(
+            token_type=site_tokens.DEVICE, proof="BulkRegistration", sms_id=sms_id, cert_tp=tp, bulk_guid=guid
+        )
+        self.log.info(
+            f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
+            f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}"
+        )
         return _ccm_reply(token, site_tokens.DEVICE, expires)
 
     def client_token(self, req: STSRequest) -> dict[str, Any]:
@@ -223,16 +268,27 @@ class TokenService:
             raise STSError(403, "NotRegistered", f"{sms_id} is not approved")
         self.log.info(f"Validated client token of {sms_id} (certificate {tp})")
         token, expires = self._issue(token_type=site_tokens.DEVICE, proof="ClientToken", sms_id=sms_id, cert_tp=tp)
-        self.log.info(f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
-                      f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id}")
+        self.log.info(
+            f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
+            f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id}"
+        )
         reply = _ccm_reply(token, site_tokens.DEVICE, expires)
         issued_at = datetime.fromtimestamp(int(claims.get("iat", claims["nbf"])), UTC)
         if req.renew_client_token or datetime.now(UTC) - issued_at >= site_tokens.CLIENT_TOKEN_RENEWAL:
             fresh, fresh_exp = self.mp.signer.client_token(sms_id=sms_id, cert_thumbprint=tp)
             with self.mp.store.session() as s:
-                s.add(IssuedToken(unique_id=_unique_id(fresh), kind="client", token_type=site_tokens.CLIENT,
-                                  proof="ClientToken", sms_id=sms_id, cert_thumbprint=tp, issued_at=utcnow(),
-                                  expires_at=_naive(fresh_exp)))
+                s.add(
+                    IssuedToken(
+                        unique_id=_unique_id(fresh),
+                        kind="client",
+                        token_type=site_tokens.CLIENT,
+                        proof="ClientToken",
+                        sms_id=sms_id,
+                        cert_thumbprint=tp,
+                        issued_at=utcnow(),
+                        expires_at=_naive(fresh_exp),
+                    )
+                )
             self.log.info(f"Renewed the unique client token of {sms_id}; valid until {fresh_exp:%Y-%m-%d %H:%M:%S}")
             reply["ClientToken"] = fresh
             reply["ClientTokenExpiresOn"] = fresh_exp.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -247,6 +303,8 @@ class TokenService:
         sms_id = client.sms_id if client else None
         self.log.info(f"Validated client certificate {tp} ({cert.subject.rfc4514_string()})")
         token, expires = self._issue(token_type=site_tokens.DEVICE, proof="Certificate", sms_id=sms_id, cert_tp=tp)
-        self.log.info(f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
-                      f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}")
+        self.log.info(
+            f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
+            f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}"
+        )
         return _ccm_reply(token, site_tokens.DEVICE, expires)

@@ -121,18 +121,23 @@ async def require_ccm_token(request: Request, mp: Parts, caller: Caller) -> None
             claims = await run_in_threadpool(mp.ccm_tokens.verify, token, site_tokens.CCM_TYPES)
     except site_tokens.SiteTokenError as e:
         log.warning(f"{request.method} {request.url.path}: CCM token refused: {e.reason}")
-        raise HTTPError(401, f"CCM token refused: {e.reason}",
-                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from e
+        raise HTTPError(
+            401, f"CCM token refused: {e.reason}", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        ) from e
     caller.ccm_claims = claims
     rec = record(request)
     subject = claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId")
     rec.authenticated(AuthKind.CCM_TOKEN, str(subject))
-    log.info(f"{request.method} {request.url.path}: CCM token accepted (type {claims.get('Type')}, "
-             f"device {rec.auth_subject})")
+    log.info(
+        f"{request.method} {request.url.path}: CCM token accepted (type {claims.get('Type')}, "
+        f"device {rec.auth_subject})"
+    )
 
 
-SSL_REQUIRED = ("<html><head><title>403 - Forbidden: SSL is required</title></head><body>"
-                "<h2>403.4 - Forbidden: SSL is required to view this resource.</h2></body></html>")
+SSL_REQUIRED = (
+    "<html><head><title>403 - Forbidden: SSL is required</title></head><body>"
+    "<h2>403.4 - Forbidden: SSL is required to view this resource.</h2></body></html>"
+)
 
 
 async def refused_http(request: Request, mp: Parts, caller: Caller) -> Response | None:

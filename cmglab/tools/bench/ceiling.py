@@ -24,8 +24,14 @@ def build(lab: Lab, port: int) -> Service:
         return JSONResponse({"ok": True})
 
     ident = lab.pki.server("cmg")
-    tls = TLS(ident.cert_path, ident.key_path, client_cert="required", client_ca=lab.pki.client_ca_bundle,
-              crl_files=[lab.pki.crl_bundle], crl_check=True)
+    tls = TLS(
+        ident.cert_path,
+        ident.key_path,
+        client_cert="required",
+        client_ca=lab.pki.client_ca_bundle,
+        crl_files=[lab.pki.crl_bundle],
+        crl_check=True,
+    )
     return Service("ceiling", [Listener("ceiling", app, port, lab.bind(), tls)])
 
 

@@ -15,30 +15,37 @@ from cmglab.runtime.lab import Lab
 console = Console()
 
 
-def bench(out: Annotated[Path, typer.Option(help="Where report.json and report.md go.")] = Path("bench/results"),
-          quick: Annotated[bool, typer.Option(help="Every section at tiny sizes (seconds, not minutes), no "
-                                                   "profiling: a smoke run.")] = False,
-          duration: Annotated[float | None, typer.Option(help="Seconds per measurement.")] = None,
-          connections: Annotated[int | None, typer.Option(help="Concurrent connections of the load "
-                                                               "generator.")] = None,
-          fleet: Annotated[list[int] | None, typer.Option(help="Fleet sizes of section 4 (repeat the "
-                                                               "option).")] = None,
-          fleet_concurrency: Annotated[int | None, typer.Option(help="Devices onboarding at once.")] = None,
-          hold: Annotated[int | None, typer.Option(help="Keep-alive connections held at the CMG.")] = None,
-          storm: Annotated[int | None, typer.Option(help="Connections of each kind in the handshake storms.")] = None,
-          profile: Annotated[bool | None, typer.Option(help="Profile the hot endpoints with py-spy.")] = None,
-          lab: Annotated[Path | None, typer.Option(help="Lab directory; by default a fresh one in OUT/lab, "
-                                                        "remade for every run.")] = None,
-          ) -> None:
+def bench(
+    out: Annotated[Path, typer.Option(help="Where report.json and report.md go.")] = Path("bench/results"),
+    quick: Annotated[
+        bool, typer.Option(help="Every section at tiny sizes (seconds, not minutes), no profiling: a smoke run.")
+    ] = False,
+    duration: Annotated[float | None, typer.Option(help="Seconds per measurement.")] = None,
+    connections: Annotated[int | None, typer.Option(help="Concurrent connections of the load generator.")] = None,
+    fleet: Annotated[list[int] | None, typer.Option(help="Fleet sizes of section 4 (repeat the option).")] = None,
+    fleet_concurrency: Annotated[int | None, typer.Option(help="Devices onboarding at once.")] = None,
+    hold: Annotated[int | None, typer.Option(help="Keep-alive connections held at the CMG.")] = None,
+    storm: Annotated[int | None, typer.Option(help="Connections of each kind in the handshake storms.")] = None,
+    profile: Annotated[bool | None, typer.Option(help="Profile the hot endpoints with py-spy.")] = None,
+    lab: Annotated[
+        Path | None, typer.Option(help="Lab directory; by default a fresh one in OUT/lab, remade for every run.")
+    ] = None,
+) -> None:
     """Measure the transport ceiling, the services against it, whole onboardings, held connections and profiles (measurements, not timed tests)."""  # noqa: E501
     from cmglab.runtime.sockets import reserve_ports
     from cmglab.tools.bench import runner
     from cmglab.tools.processes import isolated_lab
 
     base = runner.QUICK if quick else runner.Options()
-    given: dict[str, Any] = {"duration": duration, "connections": connections,
-                             "fleet_sizes": tuple(fleet) if fleet else None, "fleet_concurrency": fleet_concurrency,
-                             "hold": hold, "storm": storm, "profile": profile}
+    given: dict[str, Any] = {
+        "duration": duration,
+        "connections": connections,
+        "fleet_sizes": tuple(fleet) if fleet else None,
+        "fleet_concurrency": fleet_concurrency,
+        "hold": hold,
+        "storm": storm,
+        "profile": profile,
+    }
     opts = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     if lab is not None and (lab / "lab.json").exists():
         the_lab = Lab.load(lab)

@@ -67,54 +67,82 @@ POLICY_BODY = "MP secret policy body"
 CMG_FORWARD = "CMG + connection point forwarding one request"
 
 INVENTORY: dict[str, Need] = {
-    ROPC: Need({"pbkdf2": 1, "jwt_encode": 2},
-               "the password against its stored PBKDF2 hash; a v1 user reply carries an access and an ID token, "
-               "each signed (the refresh token is random bytes and a SHA-256)"),
-    DEVICE_TOKEN: Need({"rsa_verify": 1, "jwt_decode": 1, "jwt_encode": 1},
-                       "the device certificate in x5c was issued by MS-Organization-Access (one verification); "
-                       "the request JWS verifies with its key; the access token is signed"),
-    DRS_JOIN: Need({"jwt_decode": 1, "rsa_verify": 1, "rsa_sign": 1},
-                   "the user's DRS access token; the PKCS#10 self-signature; the device certificate signed by "
-                   "the device CA"),
-    STS_CERT: Need({"jwt_encode": 1},
-                   "the PKI certificate was checked at the TLS handshake (per connection); the CCM token is signed"),
-    STS_AAD: Need({"jwt_decode": 1, "jwt_encode": 1},
-                  "the Entra token (JWKS fetched once and cached); the CCM token is signed"),
-    STS_BULK: Need({"jwt_decode": 1, "rsa_verify": 1, "jwt_encode": 1},
-                   "the bulk registration token; the proof of possession (signature over token;timestamp); the "
-                   "CCM token is signed"),
-    STS_CLIENT: Need({"jwt_decode": 1, "rsa_verify": 1, "jwt_encode": 1},
-                     "the unique client token; the proof of possession; the CCM token is signed (a renewal, "
-                     "every 30 days, signs one more)"),
+    ROPC: Need(
+        {"pbkdf2": 1, "jwt_encode": 2},
+        "the password against its stored PBKDF2 hash; a v1 user reply carries an access and an ID token, "
+        "each signed (the refresh token is random bytes and a SHA-256)",
+    ),
+    DEVICE_TOKEN: Need(
+        {"rsa_verify": 1, "jwt_decode": 1, "jwt_encode": 1},
+        "the device certificate in x5c was issued by MS-Organization-Access (one verification); "
+        "the request JWS verifies with its key; the access token is signed",
+    ),
+    DRS_JOIN: Need(
+        {"jwt_decode": 1, "rsa_verify": 1, "rsa_sign": 1},
+        "the user's DRS access token; the PKCS#10 self-signature; the device certificate signed by the device CA",
+    ),
+    STS_CERT: Need(
+        {"jwt_encode": 1},
+        "the PKI certificate was checked at the TLS handshake (per connection); the CCM token is signed",
+    ),
+    STS_AAD: Need(
+        {"jwt_decode": 1, "jwt_encode": 1}, "the Entra token (JWKS fetched once and cached); the CCM token is signed"
+    ),
+    STS_BULK: Need(
+        {"jwt_decode": 1, "rsa_verify": 1, "jwt_encode": 1},
+        "the bulk registration token; the proof of possession (signature over token;timestamp); the "
+        "CCM token is signed",
+    ),
+    STS_CLIENT: Need(
+        {"jwt_decode": 1, "rsa_verify": 1, "jwt_encode": 1},
+        "the unique client token; the proof of possession; the CCM token is signed (a renewal, "
+        "every 30 days, signs one more)",
+    ),
     LOCATION: Need({"jwt_decode": 1}, "the CCM token in Authorization: Bearer"),
-    REGISTRATION: Need({"rsa_verify": 1, "jwt_encode": 1},
-                       "the registration <Data> signature with the signing certificate; the unique client token "
-                       "is signed (the PKI certificate was checked at the handshake)"),
-    POLICY: Need({"jwt_decode": 1, "rsa_verify": 1},
-                 "the CCM token (tokenauth); the PayloadSignature with the client's registered key"),
-    POLICY_BODY: Need({"rsa_verify": 1, "rsa_oaep": 1},
-                      "ClientTokenSignature with the registered key; the content key encrypted to the client's "
-                      "encryption certificate (CMS EnvelopedData; PKCS#1 v1.5 by default, costed as OAEP)"),
-    CMG_FORWARD: Need({"jwt_decode": 1},
-                      "ServerAuth: the CMG checks the CCM token before forwarding (MutualAuth: the certificate, at "
-                      "the handshake); channel frames and the connection point's HTTPS to the MP are transport: "
-                      "two more keep-alive hops"),
+    REGISTRATION: Need(
+        {"rsa_verify": 1, "jwt_encode": 1},
+        "the registration <Data> signature with the signing certificate; the unique client token "
+        "is signed (the PKI certificate was checked at the handshake)",
+    ),
+    POLICY: Need(
+        {"jwt_decode": 1, "rsa_verify": 1},
+        "the CCM token (tokenauth); the PayloadSignature with the client's registered key",
+    ),
+    POLICY_BODY: Need(
+        {"rsa_verify": 1, "rsa_oaep": 1},
+        "ClientTokenSignature with the registered key; the content key encrypted to the client's "
+        "encryption certificate (CMS EnvelopedData; PKCS#1 v1.5 by default, costed as OAEP)",
+    ),
+    CMG_FORWARD: Need(
+        {"jwt_decode": 1},
+        "ServerAuth: the CMG checks the CCM token before forwarding (MutualAuth: the certificate, at "
+        "the handshake); channel frames and the connection point's HTTPS to the MP are transport: "
+        "two more keep-alive hops",
+    ),
 }
 CMG_HOPS = 2  # the CMG's client-facing request and the connection point's request to the MP (keep-alive both)
 
 # Section 3's rows: the MP endpoint a request through the CMG reaches.
-THROUGH_CMG = {"CMG -> CP -> MP CCM_STS (MutualAuth)": STS_CERT,
-               "CMG -> CP -> MP location request (ServerAuth)": LOCATION}
+THROUGH_CMG = {
+    "CMG -> CP -> MP CCM_STS (MutualAuth)": STS_CERT,
+    "CMG -> CP -> MP location request (ServerAuth)": LOCATION,
+}
 
 # One onboarding (fleet mode), by service: the requests that need cryptography (step, inventory entry, how many).
 # Every other request (discovery, realm, nonce, AAD info, site information, content location, the download, CRLs)
 # costs transport only; the number of requests per onboarding is what the fleet counted in the same run.
 ONBOARDING: dict[str, list[tuple[str, str, int]]] = {
-    "entra": [("user token for the DRS (ROPC)", ROPC, 1), ("DRS join", DRS_JOIN, 1),
-              (label(Step.TOKEN, "device"), DEVICE_TOKEN, 1)],
-    "management-point": [(label(Step.CCMSTS), STS_AAD, 1), (label(Step.REGISTRATION), REGISTRATION, 1),
-                         (label(Step.CCMSTS, "registered"), STS_AAD, 1),
-                         (label(Step.POLICY, "assignments"), POLICY, 1)],
+    "entra": [
+        ("user token for the DRS (ROPC)", ROPC, 1),
+        ("DRS join", DRS_JOIN, 1),
+        (label(Step.TOKEN, "device"), DEVICE_TOKEN, 1),
+    ],
+    "management-point": [
+        (label(Step.CCMSTS), STS_AAD, 1),
+        (label(Step.REGISTRATION), REGISTRATION, 1),
+        (label(Step.CCMSTS, "registered"), STS_AAD, 1),
+        (label(Step.POLICY, "assignments"), POLICY, 1),
+    ],
     "cmg": [("ServerAuth requests forwarded (token checked)", CMG_FORWARD, 4)],
     "cmg-connection-point": [],
     "pki": [],  # the CRL host
@@ -125,6 +153,7 @@ ONBOARDING_HANDSHAKES = {"entra": 2, "cmg": 2, "pki": 2}
 
 
 # -- timing --------------------------------------------------------------------------------------------
+
 
 def _cpu_ms(op: Callable[[], Any], *, batches: int = 5, min_batch_s: float = 0.05) -> float:
     """CPU milliseconds of one call (this thread's CPU time, so a shared machine's waits do not count): the
@@ -152,8 +181,15 @@ def time_primitives(lab: Lab, tls_handshake_ms: float) -> dict[str, float]:
     ident = lab.pki.entra_signing
     key, cert = ident.key(), ident.cert()
     public = cert.public_key()
-    claims = {"aud": "https://ConfigMgrService", "iss": "https://sts.windows.net/x/", "sub": "bench",
-              "exp": int(time.time()) + 3600, "nbf": int(time.time()), "oid": "0" * 32, "deviceid": "1" * 32}
+    claims = {
+        "aud": "https://ConfigMgrService",
+        "iss": "https://sts.windows.net/x/",
+        "sub": "bench",
+        "exp": int(time.time()) + 3600,
+        "nbf": int(time.time()),
+        "oid": "0" * 32,
+        "deviceid": "1" * 32,
+    }
     token = jwt.encode(claims, key, algorithm="RS256", headers={"x5t": "bench"})
     blob = os.urandom(256)
     signature = key.sign(blob, padding.PKCS1v15(), hashes.SHA256())
@@ -163,8 +199,14 @@ def time_primitives(lab: Lab, tls_handshake_ms: float) -> dict[str, float]:
         "rsa_sign": _cpu_ms(lambda: key.sign(blob, padding.PKCS1v15(), hashes.SHA256())),
         "rsa_verify": _cpu_ms(lambda: public.verify(signature, blob, padding.PKCS1v15(), hashes.SHA256())),  # type: ignore[union-attr, call-arg, arg-type]
         "jwt_encode": _cpu_ms(lambda: jwt.encode(claims, key, algorithm="RS256", headers={"x5t": "bench"})),
-        "jwt_decode": _cpu_ms(lambda: jwt.decode(token, public, algorithms=["RS256"],  # type: ignore[arg-type]
-                                                 audience="https://ConfigMgrService")),
+        "jwt_decode": _cpu_ms(
+            lambda: jwt.decode(
+                token,
+                public,  # type: ignore[arg-type]
+                algorithms=["RS256"],
+                audience="https://ConfigMgrService",
+            )
+        ),
         "pbkdf2": _cpu_ms(lambda: hashlib.pbkdf2_hmac("sha256", b"Passw0rd!lab", salt, PBKDF2_ROUNDS)),
         "rsa_oaep": _cpu_ms(lambda: public.encrypt(os.urandom(24), oaep)),  # type: ignore[union-attr]
         "tls_handshake": round(max(0.0, tls_handshake_ms), 4),
@@ -172,6 +214,7 @@ def time_primitives(lab: Lab, tls_handshake_ms: float) -> dict[str, float]:
 
 
 # -- floors --------------------------------------------------------------------------------------------
+
 
 def crypto_ms(need: Need, prims: dict[str, float]) -> float:
     return sum(prims[op] * n for op, n in need.ops.items())
@@ -183,8 +226,9 @@ def floor_ms(endpoint: str, prims: dict[str, float], transport_ms: float) -> flo
 
 def cmg_floor_ms(endpoint: str, prims: dict[str, float], transport_ms: float) -> float:
     """Through the CMG: the MP's floor, the CMG's own check and two more keep-alive hops."""
-    return round(floor_ms(endpoint, prims, transport_ms) + CMG_HOPS * transport_ms
-                 + crypto_ms(INVENTORY[CMG_FORWARD], prims), 4)
+    return round(
+        floor_ms(endpoint, prims, transport_ms) + CMG_HOPS * transport_ms + crypto_ms(INVENTORY[CMG_FORWARD], prims), 4
+    )
 
 
 def annotate(row: dict[str, Any], floor: float) -> None:
@@ -200,20 +244,34 @@ def annotate(row: dict[str, Any], floor: float) -> None:
 
 def crypto_table(prims: dict[str, float]) -> dict[str, Any]:
     rows = [{"operation": op, "what": what, "cpu_ms": prims.get(op)} for op, what in PRIMITIVES.items()]
-    return {"title": "Cryptographic primitives, timed in-process in this run with the lab's keys (CPU ms each)",
-            "columns": ["operation", "what", "cpu_ms"], "rows": rows}
+    return {
+        "title": "Cryptographic primitives, timed in-process in this run with the lab's keys (CPU ms each)",
+        "columns": ["operation", "what", "cpu_ms"],
+        "rows": rows,
+    }
 
 
 def inventory_table(prims: dict[str, float], transport_ms: float) -> dict[str, Any]:
-    rows = [{"endpoint": name, "operations": ", ".join(f"{n} × {op}" for op, n in need.ops.items()),
-             "crypto_ms": round(crypto_ms(need, prims), 3), "floor_ms": floor_ms(name, prims, transport_ms),
-             "why": need.reason} for name, need in INVENTORY.items()]
-    return {"title": f"What each endpoint must do cryptographically (floor = {transport_ms:g} ms transport + crypto)",
-            "columns": ["endpoint", "operations", "crypto_ms", "floor_ms", "why"], "rows": rows}
+    rows = [
+        {
+            "endpoint": name,
+            "operations": ", ".join(f"{n} × {op}" for op, n in need.ops.items()),
+            "crypto_ms": round(crypto_ms(need, prims), 3),
+            "floor_ms": floor_ms(name, prims, transport_ms),
+            "why": need.reason,
+        }
+        for name, need in INVENTORY.items()
+    ]
+    return {
+        "title": f"What each endpoint must do cryptographically (floor = {transport_ms:g} ms transport + crypto)",
+        "columns": ["endpoint", "operations", "crypto_ms", "floor_ms", "why"],
+        "rows": rows,
+    }
 
 
-def onboarding_floor(prims: dict[str, float], transport_ms: float, requests: dict[str, float],
-                     measured: dict[str, float]) -> dict[str, Any]:
+def onboarding_floor(
+    prims: dict[str, float], transport_ms: float, requests: dict[str, float], measured: dict[str, float]
+) -> dict[str, Any]:
     """The itemised floor of one onboarding per service beside the measured CPU per onboarding. `requests`:
     service -> requests it answered per onboarding, `measured`: service -> CPU ms per onboarding (both from
     section 4's largest fleet)."""
@@ -227,18 +285,42 @@ def onboarding_floor(prims: dict[str, float], transport_ms: float, requests: dic
         asked = requests.get(service, 0.0)
         floor = asked * transport_ms + crypto_ms(Need(counts, ""), prims) + handshakes * prims["tls_handshake"]
         got = measured.get(service)
-        rows.append({"service": service, "requests": round(asked, 1),
-                     "signatures": counts.get("rsa_sign", 0) + counts.get("jwt_encode", 0),
-                     "verifications": counts.get("rsa_verify", 0) + counts.get("jwt_decode", 0),
-                     "pbkdf2": counts.get("pbkdf2", 0), "handshakes": handshakes, "floor_ms": round(floor, 2),
-                     "measured_cpu_ms": got, "ratio": round(floor / got, 3) if got else None,
-                     "items": "; ".join(f"{n} × {step}" for step, _, n in items) or "transport only"})
-    total: dict[str, Any] = {"service": "total", "floor_ms": round(sum(r["floor_ms"] for r in rows), 2),
-                             "measured_cpu_ms": round(sum(r["measured_cpu_ms"] or 0 for r in rows), 2) or None}
+        rows.append(
+            {
+                "service": service,
+                "requests": round(asked, 1),
+                "signatures": counts.get("rsa_sign", 0) + counts.get("jwt_encode", 0),
+                "verifications": counts.get("rsa_verify", 0) + counts.get("jwt_decode", 0),
+                "pbkdf2": counts.get("pbkdf2", 0),
+                "handshakes": handshakes,
+                "floor_ms": round(floor, 2),
+                "measured_cpu_ms": got,
+                "ratio": round(floor / got, 3) if got else None,
+                "items": "; ".join(f"{n} × {step}" for step, _, n in items) or "transport only",
+            }
+        )
+    total: dict[str, Any] = {
+        "service": "total",
+        "floor_ms": round(sum(r["floor_ms"] for r in rows), 2),
+        "measured_cpu_ms": round(sum(r["measured_cpu_ms"] or 0 for r in rows), 2) or None,
+    }
     total["ratio"] = round(total["floor_ms"] / total["measured_cpu_ms"], 3) if total["measured_cpu_ms"] else None
     rows.append(total)
-    return {"title": "One onboarding: the itemised floor per service (requests × transport, signatures, "
-                     "verifications, handshakes) beside the measured service CPU per onboarding (section 4's "
-                     "largest fleet); ratio = floor / measured",
-            "columns": ["service", "requests", "signatures", "verifications", "pbkdf2", "handshakes", "floor_ms",
-                        "measured_cpu_ms", "ratio", "items"], "rows": rows}
+    return {
+        "title": "One onboarding: the itemised floor per service (requests × transport, signatures, "
+        "verifications, handshakes) beside the measured service CPU per onboarding (section 4's "
+        "largest fleet); ratio = floor / measured",
+        "columns": [
+            "service",
+            "requests",
+            "signatures",
+            "verifications",
+            "pbkdf2",
+            "handshakes",
+            "floor_ms",
+            "measured_cpu_ms",
+            "ratio",
+            "items",
+        ],
+        "rows": rows,
+    }

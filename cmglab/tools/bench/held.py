@@ -73,8 +73,9 @@ async def open_held(target: loadgen.Target, count: int, raw: bytes) -> tuple[lis
     async def one() -> Connection | None:
         async with gate:
             try:
-                conn = await asyncio.open_connection(target.addr, target.port, ssl=target.ctx,
-                                                     server_hostname=target.host)
+                conn = await asyncio.open_connection(
+                    target.addr, target.port, ssl=target.ctx, server_hostname=target.host
+                )
             except (OSError, ssl.SSLError, TimeoutError) as e:
                 failures[_reason(e)] += 1
                 return None
@@ -101,8 +102,11 @@ async def _latency(lab: Lab, label: str, duration: float) -> list[dict[str, Any]
     location = next(s for s in scenarios.through_cmg(lab) if s.direct == scenarios.MP_LOCATION)
     aad = scenarios.aad_auth_info(lab)
     rows = []
-    for name, target, request in (("AADAuthInfo (answered by the CMG)", location.target, aad),
-                                  ("location request (CMG -> CP -> MP)", location.target, location.request)):
+    for name, target, request in (
+        ("AADAuthInfo (answered by the CMG)", location.target, aad),
+        ("location request (CMG -> CP -> MP)", location.target, location.request),
+    ):
+
         def repeat(_i: int, r: loadgen.Request = request) -> loadgen.Request:
             return r
 
@@ -128,15 +132,22 @@ async def _measure(lab: Lab, cmg_pid: int, count: int, duration: float) -> dict[
         writer.close()
     growth = rss_held - rss_before
     return {
-        "summary": {"target": count, "held": len(conns), "open_failures": sum(open_failures.values()),
-                    "open_seconds": round(open_seconds, 1),
-                    "opened_per_s": round(len(conns) / open_seconds, 1) if open_seconds else 0,
-                    "established_at_cmg": at_cmg, "still_answering": answered,
-                    "cmg_rss_before_mb": rss_before, "cmg_rss_held_mb": rss_held, "cmg_rss_after_mb": rss_after,
-                    "kb_per_connection": round(growth * 1024 / len(conns), 1) if conns else 0,
-                    "cmg_peak_rss_mb": procinfo.peak_rss_mb(cmg_pid)},
+        "summary": {
+            "target": count,
+            "held": len(conns),
+            "open_failures": sum(open_failures.values()),
+            "open_seconds": round(open_seconds, 1),
+            "opened_per_s": round(len(conns) / open_seconds, 1) if open_seconds else 0,
+            "established_at_cmg": at_cmg,
+            "still_answering": answered,
+            "cmg_rss_before_mb": rss_before,
+            "cmg_rss_held_mb": rss_held,
+            "cmg_rss_after_mb": rss_after,
+            "kb_per_connection": round(growth * 1024 / len(conns), 1) if conns else 0,
+            "cmg_peak_rss_mb": procinfo.peak_rss_mb(cmg_pid),
+        },
         "failures": [{"when": "opening", "reason": r, "connections": n} for r, n in open_failures.items()]
-                    + [{"when": "final request", "reason": r, "connections": n} for r, n in later_failures.items()],
+        + [{"when": "final request", "reason": r, "connections": n} for r, n in later_failures.items()],
         "latency": latency,
     }
 
@@ -147,19 +158,28 @@ def connections_section(lab: Lab, target: int, duration: float, nofile: int) -> 
         cmg_pid = pids(procs)["cmg"]
         result = asyncio.run(_measure(lab, cmg_pid, count, duration))
     s = result["summary"]
-    limited = (f" The target was {target:,}; RLIMIT_NOFILE's hard limit here ({nofile:,}) allowed {count:,}."
-               if count < target else "")
-    return {"title": f"5. Keep-alive client connections held by one CMG process (target {target:,})",
-            "note": f"Mutual-TLS connections (client certificate, CRL checked), one AADAuthInfo request each, then "
-                    f"idle keep-alive; opened {OPENING} at a time. established_at_cmg counts the CMG's "
-                    f"ESTABLISHED sockets on its client port (/proc/net/tcp); still_answering: held connections "
-                    f"that answered one more request after the latency runs. kb_per_connection: the CMG's RSS "
-                    f"growth per held connection. Latency: {LATENCY_CONNECTIONS} other keep-alive connections, "
-                    f"{duration:g} s per request kind, with none and with {s['held']:,} held. CMG, connection "
-                    f"point and MP on CPU {SERVER_CPU}, client on CPU {LOAD_CPU}.{limited}",
-            "columns": list(s), "rows": [s],
-            "tables": [{"title": "Request latency while the connections are held",
-                        "columns": ["held", "name", "requests", "errors", "rps", "p50_ms", "p95_ms", "p99_ms"],
-                        "rows": result["latency"]},
-                       {"title": "Failures", "columns": ["when", "reason", "connections"],
-                        "rows": result["failures"]}]}
+    limited = (
+        f" The target was {target:,}; RLIMIT_NOFILE's hard limit here ({nofile:,}) allowed {count:,}."
+        if count < target
+        else ""
+    )
+    return {
+        "title": f"5. Keep-alive client connections held by one CMG process (target {target:,})",
+        "note": f"Mutual-TLS connections (client certificate, CRL checked), one AADAuthInfo request each, then "
+        f"idle keep-alive; opened {OPENING} at a time. established_at_cmg counts the CMG's "
+        f"ESTABLISHED sockets on its client port (/proc/net/tcp); still_answering: held connections "
+        f"that answered one more request after the latency runs. kb_per_connection: the CMG's RSS "
+        f"growth per held connection. Latency: {LATENCY_CONNECTIONS} other keep-alive connections, "
+        f"{duration:g} s per request kind, with none and with {s['held']:,} held. CMG, connection "
+        f"point and MP on CPU {SERVER_CPU}, client on CPU {LOAD_CPU}.{limited}",
+        "columns": list(s),
+        "rows": [s],
+        "tables": [
+            {
+                "title": "Request latency while the connections are held",
+                "columns": ["held", "name", "requests", "errors", "rps", "p50_ms", "p95_ms", "p99_ms"],
+                "rows": result["latency"],
+            },
+            {"title": "Failures", "columns": ["when", "reason", "connections"], "rows": result["failures"]},
+        ],
+    }

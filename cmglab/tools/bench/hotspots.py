@@ -55,25 +55,70 @@ class Fix:
 # with the change reverted.
 BEFORE = "1dc448f with the change reverted, 16 connections, 8 s, mean of 2 runs"
 # the machine shared by several engineers (load average 18-22 on 2 CPUs): CPU per request is the steadier number
-TOKEN_CACHE_BEFORE = ("the token cache's commit reverted, 16 connections, 3 s, mean of 2 runs interleaved with 2 of "
-                      "the change, load average 18-22")
+TOKEN_CACHE_BEFORE = (
+    "the token cache's commit reverted, 16 connections, 3 s, mean of 2 runs interleaved with 2 of "
+    "the change, load average 18-22"
+)
 FIXES = (
-    Fix("Entra token (ROPC, v1)", "PBKDF2 rounds 20,000 -> 1,000 (cmglab/services/entra/store.py)", "entra",
-        rps=90.5, p50_ms=170.3, server_cpu_ms=10.69, process_cpu_ms=10.69),
-    Fix("CMG -> CP -> MP CCM_STS (MutualAuth)", "connection point: its own HTTP/1.1 client on the event loop's TLS "
+    Fix(
+        "Entra token (ROPC, v1)",
+        "PBKDF2 rounds 20,000 -> 1,000 (cmglab/services/entra/store.py)",
+        "entra",
+        rps=90.5,
+        p50_ms=170.3,
+        server_cpu_ms=10.69,
+        process_cpu_ms=10.69,
+    ),
+    Fix(
+        "CMG -> CP -> MP CCM_STS (MutualAuth)",
+        "connection point: its own HTTP/1.1 client on the event loop's TLS "
         "instead of httpx, a small request in one write (cmglab/services/cmg_connection_point/upstream.py)",
         "cmg-connection-point",
-        rps=77.9, p50_ms=179.3, server_cpu_ms=12.72, process_cpu_ms=4.41),
-    Fix("CMG -> CP -> MP location request (ServerAuth)", "the same", "cmg-connection-point",
-        rps=89.9, p50_ms=149.2, server_cpu_ms=10.23, process_cpu_ms=3.93),
-    Fix("MP location request (ccm_system_tokenauth)", "CCM tokens verified once, then known by their text: no RSA "
-        "verification and no thread hop on a repeat (cmglab/wire/site_tokens.py VerifiedTokens)", "management-point",
-        rps=530.8, p50_ms=25.98, server_cpu_ms=1.33, process_cpu_ms=1.33, before=TOKEN_CACHE_BEFORE),
-    Fix("MP policy assignments (signed request)", "the same (the CCM token of a tokenauth request)",
-        "management-point", rps=215.8, p50_ms=65.9, server_cpu_ms=3.46, process_cpu_ms=3.46,
-        before=TOKEN_CACHE_BEFORE),
-    Fix("CMG -> CP -> MP location request (ServerAuth)", "the same, at the CMG's ServerAuth check and the MP",
-        "cmg", rps=155.0, p50_ms=83.3, server_cpu_ms=4.02, process_cpu_ms=1.56, before=TOKEN_CACHE_BEFORE),
+        rps=77.9,
+        p50_ms=179.3,
+        server_cpu_ms=12.72,
+        process_cpu_ms=4.41,
+    ),
+    Fix(
+        "CMG -> CP -> MP location request (ServerAuth)",
+        "the same",
+        "cmg-connection-point",
+        rps=89.9,
+        p50_ms=149.2,
+        server_cpu_ms=10.23,
+        process_cpu_ms=3.93,
+    ),
+    Fix(
+        "MP location request (ccm_system_tokenauth)",
+        "CCM tokens verified once, then known by their text: no RSA "
+        "verification and no thread hop on a repeat (cmglab/wire/site_tokens.py VerifiedTokens)",
+        "management-point",
+        rps=530.8,
+        p50_ms=25.98,
+        server_cpu_ms=1.33,
+        process_cpu_ms=1.33,
+        before=TOKEN_CACHE_BEFORE,
+    ),
+    Fix(
+        "MP policy assignments (signed request)",
+        "the same (the CCM token of a tokenauth request)",
+        "management-point",
+        rps=215.8,
+        p50_ms=65.9,
+        server_cpu_ms=3.46,
+        process_cpu_ms=3.46,
+        before=TOKEN_CACHE_BEFORE,
+    ),
+    Fix(
+        "CMG -> CP -> MP location request (ServerAuth)",
+        "the same, at the CMG's ServerAuth check and the MP",
+        "cmg",
+        rps=155.0,
+        p50_ms=83.3,
+        server_cpu_ms=4.02,
+        process_cpu_ms=1.56,
+        before=TOKEN_CACHE_BEFORE,
+    ),
 )
 
 
@@ -88,6 +133,7 @@ def profile_section(lab: Lab, service_pids: dict[str, int], duration: float) -> 
     seconds = max(duration, MIN_SECONDS)
     found = []
     for s, names in _profiled(lab):
+
         def repeat(_i: int, request: loadgen.Request = s.request) -> loadgen.Request:
             return request
 
@@ -101,10 +147,16 @@ def profile_section(lab: Lab, service_pids: dict[str, int], duration: float) -> 
             return str(e)
         cpu = meter.per_request(result.requests)
         for name in names:
-            found.append({"scenario": s.name, "process": name, "rps_while_sampled": round(result.rps, 1),
-                          "cpu_ms_per_request": cpu.get(name, 0.0), "busy_samples": sum(profile.busy(stacks[name])
-                                                                                         .values()),
-                          "frames": profile.top_frames(stacks[name])})
+            found.append(
+                {
+                    "scenario": s.name,
+                    "process": name,
+                    "rps_while_sampled": round(result.rps, 1),
+                    "cpu_ms_per_request": cpu.get(name, 0.0),
+                    "busy_samples": sum(profile.busy(stacks[name]).values()),
+                    "frames": profile.top_frames(stacks[name]),
+                }
+            )
     return found
 
 
@@ -117,32 +169,69 @@ def section(profiles: list[dict[str, Any]] | str | None, sections: dict[str, Any
     fixes = []
     for f in FIXES:
         after = now.get(f.scenario, {})
-        fixes.append({"scenario": f.scenario, "change": f.change, "before": f.before or BEFORE,
-                      "before_rps": f.rps, "after_rps": after.get("rps"),
-                      "before_p50_ms": f.p50_ms, "after_p50_ms": after.get("p50_ms"),
-                      "before_cpu_ms": f.server_cpu_ms, "after_cpu_ms": after.get("server_cpu_ms"),
-                      "process": f.process, "before_process_cpu_ms": f.process_cpu_ms,
-                      "after_process_cpu_ms": after.get("cpu_ms_per_service", {}).get(f.process)})
-    tables = [{"title": "Before and after the fixes (before: measured as its column says; after: this run, at its own "
-                        "settings). "
-                        "cpu_ms: CPU time per request of every service process; process_cpu_ms: of the process "
-                        "the change is in",
-               "columns": ["scenario", "change", "before_rps", "after_rps", "before_p50_ms", "after_p50_ms",
-                           "before_cpu_ms", "after_cpu_ms", "process", "before_process_cpu_ms",
-                           "after_process_cpu_ms", "before"], "rows": fixes}]
+        fixes.append(
+            {
+                "scenario": f.scenario,
+                "change": f.change,
+                "before": f.before or BEFORE,
+                "before_rps": f.rps,
+                "after_rps": after.get("rps"),
+                "before_p50_ms": f.p50_ms,
+                "after_p50_ms": after.get("p50_ms"),
+                "before_cpu_ms": f.server_cpu_ms,
+                "after_cpu_ms": after.get("server_cpu_ms"),
+                "process": f.process,
+                "before_process_cpu_ms": f.process_cpu_ms,
+                "after_process_cpu_ms": after.get("cpu_ms_per_service", {}).get(f.process),
+            }
+        )
+    tables = [
+        {
+            "title": "Before and after the fixes (before: measured as its column says; after: this run, at its own "
+            "settings). "
+            "cpu_ms: CPU time per request of every service process; process_cpu_ms: of the process "
+            "the change is in",
+            "columns": [
+                "scenario",
+                "change",
+                "before_rps",
+                "after_rps",
+                "before_p50_ms",
+                "after_p50_ms",
+                "before_cpu_ms",
+                "after_cpu_ms",
+                "process",
+                "before_process_cpu_ms",
+                "after_process_cpu_ms",
+                "before",
+            ],
+            "rows": fixes,
+        }
+    ]
     if profiles is None:
         note = "Not profiled in this run (--quick or --no-profile). "
     elif isinstance(profiles, str):
         note = profiles + " "
     else:
-        note = ("py-spy at 200 Hz on each process of the scenario while 16 keep-alive connections drive it; "
-                "shares of the busy samples (idle event loop and waiting threads left out). Wall-clock samples: "
-                "a process waiting for the shared core counts where it was preempted, which inflates socket "
-                "sends that wake another service. ")
+        note = (
+            "py-spy at 200 Hz on each process of the scenario while 16 keep-alive connections drive it; "
+            "shares of the busy samples (idle event loop and waiting threads left out). Wall-clock samples: "
+            "a process waiting for the shared core counts where it was preempted, which inflates socket "
+            "sends that wake another service. "
+        )
         for p in profiles:
-            tables.append({"title": f"{p['scenario']} — {p['process']} ({p['cpu_ms_per_request']} ms CPU per "
-                                    f"request, {p['busy_samples']} busy samples, {p['rps_while_sampled']} req/s "
-                                    "while sampled)",
-                           "columns": ["frame", "total_pct", "self_pct"], "rows": p["frames"]})
-    return {"title": "6. Profiles", "note": note + FINDINGS, "profiled": profiles if isinstance(profiles, list) else [],
-            "tables": tables}
+            tables.append(
+                {
+                    "title": f"{p['scenario']} — {p['process']} ({p['cpu_ms_per_request']} ms CPU per "
+                    f"request, {p['busy_samples']} busy samples, {p['rps_while_sampled']} req/s "
+                    "while sampled)",
+                    "columns": ["frame", "total_pct", "self_pct"],
+                    "rows": p["frames"],
+                }
+            )
+    return {
+        "title": "6. Profiles",
+        "note": note + FINDINGS,
+        "profiled": profiles if isinstance(profiles, list) else [],
+        "tables": tables,
+    }

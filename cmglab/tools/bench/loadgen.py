@@ -38,8 +38,12 @@ class Request:
     body: bytes = b""
 
     def encode(self, host: str, keepalive: bool) -> bytes:
-        lines = [f"{self.method} {self.path} HTTP/1.1", f"Host: {host}",
-                 f"Content-Length: {len(self.body)}", "Connection: " + ("keep-alive" if keepalive else "close")]
+        lines = [
+            f"{self.method} {self.path} HTTP/1.1",
+            f"Host: {host}",
+            f"Content-Length: {len(self.body)}",
+            "Connection: " + ("keep-alive" if keepalive else "close"),
+        ]
         lines += [f"{k}: {v}" for k, v in self.headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
 
@@ -64,12 +68,18 @@ class Result:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
     def summary(self) -> dict[str, float | int | str | dict[int, int]]:
-        return {"name": self.name, "requests": self.requests, "errors": self.errors,
-                "seconds": round(self.seconds, 3), "rps": round(self.rps, 1),
-                "p50_ms": round(self.percentile(50), 3), "p95_ms": round(self.percentile(95), 3),
-                "p99_ms": round(self.percentile(99), 3),
-                "mean_ms": round(statistics.fmean(self.latencies_ms), 3) if self.latencies_ms else 0.0,
-                "statuses": self.statuses}
+        return {
+            "name": self.name,
+            "requests": self.requests,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.percentile(50), 3),
+            "p95_ms": round(self.percentile(95), 3),
+            "p99_ms": round(self.percentile(99), 3),
+            "mean_ms": round(statistics.fmean(self.latencies_ms), 3) if self.latencies_ms else 0.0,
+            "statuses": self.statuses,
+        }
 
 
 async def read_response(reader: asyncio.StreamReader) -> int:
@@ -100,8 +110,16 @@ async def _open(t: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection(t.addr, t.port, ssl=t.ctx, server_hostname=t.host if t.ctx else None)
 
 
-async def run(name: str, target: Target, make_request: Callable[[int], Request], *, connections: int = 16,
-              duration: float = 5.0, keepalive: bool = True, max_requests: int | None = None) -> Result:
+async def run(
+    name: str,
+    target: Target,
+    make_request: Callable[[int], Request],
+    *,
+    connections: int = 16,
+    duration: float = 5.0,
+    keepalive: bool = True,
+    max_requests: int | None = None,
+) -> Result:
     """Send requests from `connections` concurrent workers for `duration` seconds (or max_requests)."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}

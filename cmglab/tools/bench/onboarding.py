@@ -40,10 +40,17 @@ def fleet_run(lab: Lab, devices: int, concurrency: int, pool: Path) -> tuple[dic
         finally:
             shutil.rmtree(homes, ignore_errors=True)
         cpu = meter.seconds()
-        per_service = [{"devices": devices, "service": name, "rss_start_mb": start_rss[name],
-                        "peak_rss_mb": procinfo.peak_rss_mb(pid), "cpu_s": round(cpu[name], 2),
-                        "cpu_ms_per_onboarding": round(1000 * cpu[name] / max(1, result["succeeded"]), 1)}
-                       for name, pid in service_pids.items()]
+        per_service = [
+            {
+                "devices": devices,
+                "service": name,
+                "rss_start_mb": start_rss[name],
+                "peak_rss_mb": procinfo.peak_rss_mb(pid),
+                "cpu_s": round(cpu[name], 2),
+                "cpu_ms_per_onboarding": round(1000 * cpu[name] / max(1, result["succeeded"]), 1),
+            }
+            for name, pid in service_pids.items()
+        ]
     result["devices_cpu_s"] = round(cpu["devices"], 2)
     return result, per_service
 
@@ -55,35 +62,69 @@ def onboarding_section(lab: Lab, sizes: tuple[int, ...], concurrency: int, pool:
         result, per_service = fleet_run(lab, devices, concurrency, pool)
         summaries.append(result)
         requests = sum(n for service, n in result["requests"].items() if "via CMG" not in service)
-        throughput.append({"devices": devices, "concurrency": result["concurrency"],
-                           "succeeded": result["succeeded"], "failed": result["failed"],
-                           "seconds": result["seconds"], "onboardings_per_s": result["onboardings_per_s"],
-                           "requests_per_s": round(requests / result["seconds"], 1) if result["seconds"] else 0,
-                           "keys_generated": result["key_pool"]["fresh"],
-                           "services_cpu_s": round(sum(p["cpu_s"] for p in per_service), 2),
-                           "devices_cpu_s": result["devices_cpu_s"],
-                           "failed_by_reason": result["failed_by_reason"]})
+        throughput.append(
+            {
+                "devices": devices,
+                "concurrency": result["concurrency"],
+                "succeeded": result["succeeded"],
+                "failed": result["failed"],
+                "seconds": result["seconds"],
+                "onboardings_per_s": result["onboardings_per_s"],
+                "requests_per_s": round(requests / result["seconds"], 1) if result["seconds"] else 0,
+                "keys_generated": result["key_pool"]["fresh"],
+                "services_cpu_s": round(sum(p["cpu_s"] for p in per_service), 2),
+                "devices_cpu_s": result["devices_cpu_s"],
+                "failed_by_reason": result["failed_by_reason"],
+            }
+        )
         memory += per_service
-        tables.append({"title": f"{devices} devices: time in each step's requests, per device (ms)",
-                       "columns": ["step", "devices", "p50_ms", "p95_ms", "p99_ms"], "rows": result["steps"]})
+        tables.append(
+            {
+                "title": f"{devices} devices: time in each step's requests, per device (ms)",
+                "columns": ["step", "devices", "p50_ms", "p95_ms", "p99_ms"],
+                "rows": result["steps"],
+            }
+        )
         if result["failed_by_reason"]:
-            tables.append({"title": f"{devices} devices: failed by reason", "columns": ["reason", "devices"],
-                           "rows": [{"reason": r, "devices": n} for r, n in result["failed_by_reason"].items()]})
-    return {"title": "4. Full onboardings per second (fleet mode) and peak RSS of each service",
-            "note": f"Each device joins Entra, gets AAD info, tokens and the client through the CMG, registers "
-                    f"and runs one policy cycle (the agent's own code, in-process threads; keys from a "
-                    f"pre-generated pool). Services on CPU {SERVER_CPU}, fresh processes per size (peak_rss_mb "
-                    f"is VmHWM: the largest resident set during that run); devices on CPU {LOAD_CPU}. "
-                    "requests_per_s counts what the devices sent (a request through the CMG also reaches the MP); "
-                    "services_cpu_s: CPU time of every service process during the run (the server core's "
-                    f"capacity is `seconds`), devices_cpu_s: the fleet's own (CPU {LOAD_CPU}).",
-            "columns": ["devices", "concurrency", "succeeded", "failed", "seconds", "onboardings_per_s",
-                        "requests_per_s", "services_cpu_s", "devices_cpu_s", "keys_generated"],
-            "rows": throughput, "fleet_summaries": summaries,
-            "tables": [{"title": "Memory and CPU per service process",
-                        "columns": ["devices", "service", "rss_start_mb", "peak_rss_mb", "cpu_s",
-                                    "cpu_ms_per_onboarding"],
-                        "rows": memory}, *tables]}
+            tables.append(
+                {
+                    "title": f"{devices} devices: failed by reason",
+                    "columns": ["reason", "devices"],
+                    "rows": [{"reason": r, "devices": n} for r, n in result["failed_by_reason"].items()],
+                }
+            )
+    return {
+        "title": "4. Full onboardings per second (fleet mode) and peak RSS of each service",
+        "note": f"Each device joins Entra, gets AAD info, tokens and the client through the CMG, registers "
+        f"and runs one policy cycle (the agent's own code, in-process threads; keys from a "
+        f"pre-generated pool). Services on CPU {SERVER_CPU}, fresh processes per size (peak_rss_mb "
+        f"is VmHWM: the largest resident set during that run); devices on CPU {LOAD_CPU}. "
+        "requests_per_s counts what the devices sent (a request through the CMG also reaches the MP); "
+        "services_cpu_s: CPU time of every service process during the run (the server core's "
+        f"capacity is `seconds`), devices_cpu_s: the fleet's own (CPU {LOAD_CPU}).",
+        "columns": [
+            "devices",
+            "concurrency",
+            "succeeded",
+            "failed",
+            "seconds",
+            "onboardings_per_s",
+            "requests_per_s",
+            "services_cpu_s",
+            "devices_cpu_s",
+            "keys_generated",
+        ],
+        "rows": throughput,
+        "fleet_summaries": summaries,
+        "tables": [
+            {
+                "title": "Memory and CPU per service process",
+                "columns": ["devices", "service", "rss_start_mb", "peak_rss_mb", "cpu_s", "cpu_ms_per_onboarding"],
+                "rows": memory,
+            },
+            *tables,
+        ],
+    }
 
 
 def floor_table(section: dict[str, Any], transport_ms: float, prims: dict[str, float]) -> dict[str, Any]:
@@ -92,10 +133,15 @@ def floor_table(section: dict[str, Any], transport_ms: float, prims: dict[str, f
     done = max(1, fleet["succeeded"])
     asked = {service: n / done for service, n in fleet["requests"].items()}
     forwarded = asked.get("management-point (via CMG)", 0.0)
-    requests = {"entra": asked.get("entra", 0.0), "cmg": asked.get("cmg", 0.0), "pki": asked.get("pki", 0.0),
-                "management-point": asked.get("management-point", 0.0) + forwarded,
-                "cmg-connection-point": forwarded}
+    requests = {
+        "entra": asked.get("entra", 0.0),
+        "cmg": asked.get("cmg", 0.0),
+        "pki": asked.get("pki", 0.0),
+        "management-point": asked.get("management-point", 0.0) + forwarded,
+        "cmg-connection-point": forwarded,
+    }
     largest = section["rows"][-1]["devices"]
-    measured = {r["service"]: r["cpu_ms_per_onboarding"] for r in section["tables"][0]["rows"]
-                if r["devices"] == largest}
+    measured = {
+        r["service"]: r["cpu_ms_per_onboarding"] for r in section["tables"][0]["rows"] if r["devices"] == largest
+    }
     return floor.onboarding_floor(prims, transport_ms, requests, measured)

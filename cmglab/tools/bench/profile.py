@@ -18,16 +18,57 @@ from pathlib import Path
 from typing import Any
 
 # frames every request passes through: they say nothing about where the time goes
-_PLUMBING = ("run_forever", "_run_once", "_run (asyncio", "run (uvloop", "__call__ (", "app (", "handle (",
-             "run_until_complete", "wrapped_app", "run_asgi", "<module>", "main (", "run_service", "serve (",
-             "_bootstrap", "run (threading", "worker (concurrent", "run (concurrent", "call_next", "dispatch (",
-             "wrap (", "coro (", "run_endpoint_function", "_serve", "startup (", "run (asyncio", "run (uvicorn",
-             "(typer/", "(click/", "<frozen runpy>", "Queue.get (queue", "Condition.wait (threading",
-             "WorkerThread.run (anyio", "app_with_connection (", "_handle_selected (fastapi", "main (cmglab",
-             "Runner.run (asyncio", "run_sync_in_worker_thread (anyio", "run_in_threadpool (starlette")
+_PLUMBING = (
+    "run_forever",
+    "_run_once",
+    "_run (asyncio",
+    "run (uvloop",
+    "__call__ (",
+    "app (",
+    "handle (",
+    "run_until_complete",
+    "wrapped_app",
+    "run_asgi",
+    "<module>",
+    "main (",
+    "run_service",
+    "serve (",
+    "_bootstrap",
+    "run (threading",
+    "worker (concurrent",
+    "run (concurrent",
+    "call_next",
+    "dispatch (",
+    "wrap (",
+    "coro (",
+    "run_endpoint_function",
+    "_serve",
+    "startup (",
+    "run (asyncio",
+    "run (uvicorn",
+    "(typer/",
+    "(click/",
+    "<frozen runpy>",
+    "Queue.get (queue",
+    "Condition.wait (threading",
+    "WorkerThread.run (anyio",
+    "app_with_connection (",
+    "_handle_selected (fastapi",
+    "main (cmglab",
+    "Runner.run (asyncio",
+    "run_sync_in_worker_thread (anyio",
+    "run_in_threadpool (starlette",
+)
 # leaves of a process with nothing to do: the event loop in C (uvloop) or a thread waiting for work
-_IDLE = ("Runner.run (asyncio", "run_forever (asyncio", "WorkerThread.run (anyio", "Condition.wait (threading",
-         "wait (threading", "select (selectors", "_worker (concurrent")
+_IDLE = (
+    "Runner.run (asyncio",
+    "run_forever (asyncio",
+    "WorkerThread.run (anyio",
+    "Condition.wait (threading",
+    "wait (threading",
+    "select (selectors",
+    "_worker (concurrent",
+)
 
 
 def available() -> bool:
@@ -40,10 +81,29 @@ class Sampler:
     def __init__(self, service_pids: dict[str, int], seconds: float, rate: int = 200) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="cmglab-pyspy-"))
         self.seconds = seconds
-        self.procs = {name: subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate),
-             "--format", "raw", "--nolineno", "--nonblocking", "--output", str(self.dir / f"{name}.txt")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for name, pid in service_pids.items()}
+        self.procs = {
+            name: subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(max(1, round(seconds))),
+                    "--rate",
+                    str(rate),
+                    "--format",
+                    "raw",
+                    "--nolineno",
+                    "--nonblocking",
+                    "--output",
+                    str(self.dir / f"{name}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for name, pid in service_pids.items()
+        }
 
     def stacks(self) -> dict[str, Counter[str]]:
         """Wait for every recording; collapsed stacks per process ("f1;f2;...;leaf" -> samples)."""
@@ -86,5 +146,7 @@ def top_frames(stacks: Counter[str], n: int = 10, n_self: int = 5) -> list[dict[
             incl[frame] += count
     ranked = [f for f, _ in incl.most_common() if not any(p in f for p in _PLUMBING)][:n]
     ranked += [f for f, _ in self_counts.most_common() if f not in ranked][:n_self]
-    return [{"frame": f, "total_pct": round(100 * incl[f] / total, 1),
-             "self_pct": round(100 * self_counts[f] / total, 1)} for f in ranked]
+    return [
+        {"frame": f, "total_pct": round(100 * incl[f] / total, 1), "self_pct": round(100 * self_counts[f] / total, 1)}
+        for f in ranked
+    ]

@@ -13,13 +13,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-NOTE = ("Measurements, not tests: the machine may be shared with other work while they run, so treat single "
-        "numbers as noisy and compare within one report.")
+NOTE = (
+    "Measurements, not tests: the machine may be shared with other work while they run, so treat single "
+    "numbers as noisy and compare within one report."
+)
 
 
 def machine() -> dict[str, Any]:
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def write(out_dir: Path, sections: dict[str, Any], *, settings: dict[str, Any] | None = None) -> tuple[Path, Path]:
@@ -47,10 +53,14 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def render(doc: dict[str, Any]) -> str:
     m = doc["machine"]
-    settings = ", ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list | tuple) else v}"
-                         for k, v in doc.get("settings", {}).items())
-    parts = [f"# cmglab benchmark report\n\n{m['date']} · Python {m['python']} · {m['cpus']} CPUs · "
-             f"{m['platform']}\n\n{settings + '. ' if settings else ''}{NOTE}\n"]
+    settings = ", ".join(
+        f"{k} {', '.join(map(str, v)) if isinstance(v, list | tuple) else v}"
+        for k, v in doc.get("settings", {}).items()
+    )
+    parts = [
+        f"# cmglab benchmark report\n\n{m['date']} · Python {m['python']} · {m['cpus']} CPUs · "
+        f"{m['platform']}\n\n{settings + '. ' if settings else ''}{NOTE}\n"
+    ]
     for key, section in doc.items():
         if key in ("machine", "settings"):
             continue
@@ -58,6 +68,8 @@ def render(doc: dict[str, Any]) -> str:
         if section.get("rows"):
             parts.append(table(section["rows"], section["columns"]))
         for sub in section.get("tables", []):
-            parts.append(f"\n**{sub['title']}**\n\n" + (table(sub["rows"], sub["columns"]) if sub["rows"] else
-                                                        "(nothing measured)\n"))
+            parts.append(
+                f"\n**{sub['title']}**\n\n"
+                + (table(sub["rows"], sub["columns"]) if sub["rows"] else "(nothing measured)\n")
+            )
     return "".join(parts)

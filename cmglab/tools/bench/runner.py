@@ -20,10 +20,12 @@ from cmglab.tools.bench.pinned import LOAD_CPU, SERVER_CPU, CpuMeter, pids, pin_
 from cmglab.wire import httpclient
 
 COLUMNS = ["name", "requests", "errors", "rps", "p50_ms", "p95_ms", "p99_ms"]
-FLOOR_NOTE = ("floor_ms: the keep-alive transport (section 1) + the cryptography the protocol requires for the request "
-              "(section 1's tables, timed in this run); floor_rps = 1000 / floor_ms (one core); ratio_to_floor = "
-              "rps / floor_rps (goal >= 0.7); cpu_ratio_to_floor = floor_ms / server_cpu_ms (the same on an idle "
-              "machine, steadier on a shared one).")
+FLOOR_NOTE = (
+    "floor_ms: the keep-alive transport (section 1) + the cryptography the protocol requires for the request "
+    "(section 1's tables, timed in this run); floor_rps = 1000 / floor_ms (one core); ratio_to_floor = "
+    "rps / floor_rps (goal >= 0.7); cpu_ratio_to_floor = floor_ms / server_cpu_ms (the same on an idle "
+    "machine, steadier on a shared one)."
+)
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,16 @@ class Options:
 
 
 # a smoke run: every section, tiny sizes, no profiling (tests/test_bench_smoke.py)
-QUICK = Options(duration=0.5, connections=4, fleet_sizes=(5,), fleet_concurrency=5, hold=200, storm=200,
-                scaling_rounds=1, profile=False)
+QUICK = Options(
+    duration=0.5,
+    connections=4,
+    fleet_sizes=(5,),
+    fleet_concurrency=5,
+    hold=200,
+    storm=200,
+    scaling_rounds=1,
+    profile=False,
+)
 
 
 def wait_port(addr: str, port: int, timeout: float = 20) -> None:
@@ -57,10 +67,15 @@ def wait_port(addr: str, port: int, timeout: float = 20) -> None:
 def transport_ceiling(lab: Lab, port: int, opts: Options) -> dict[str, Any]:
     """Section 1: a trivial endpoint on the same runtime: keep-alive and one new handshake per request."""
     with sockets.handover("127.0.0.1") as (handed_env, fds):  # the reserved port, no race
-        proc = subprocess.Popen(pin_command([sys.executable, "-m", "cmglab.tools.bench.ceiling", "--lab",
-                                             str(lab.dir), "--port", str(port)]),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, **handed_env}, pass_fds=fds)
+        proc = subprocess.Popen(
+            pin_command(
+                [sys.executable, "-m", "cmglab.tools.bench.ceiling", "--lab", str(lab.dir), "--port", str(port)]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **handed_env},
+            pass_fds=fds,
+        )
     try:
         wait_port("127.0.0.1", port)
         client = lab.pki.issue_client("bench-client")
@@ -69,24 +84,35 @@ def transport_ceiling(lab: Lab, port: int, opts: Options) -> dict[str, Any]:
         rows = []
         for name, keepalive in (("keep-alive", True), ("new TLS handshake per request", False)):
             meter = CpuMeter({"ceiling": proc.pid})
-            result = asyncio.run(loadgen.run(name, target, lambda _i: loadgen.Request(path="/ping"),
-                                             connections=opts.connections, duration=opts.duration,
-                                             keepalive=keepalive))
+            result = asyncio.run(
+                loadgen.run(
+                    name,
+                    target,
+                    lambda _i: loadgen.Request(path="/ping"),
+                    connections=opts.connections,
+                    duration=opts.duration,
+                    keepalive=keepalive,
+                )
+            )
             rows.append({**result.summary(), "server_cpu_ms": meter.per_request(result.requests).get("ceiling", 0)})
     finally:
         proc.terminate()
         proc.wait(10)
-    return {"title": "1. Transport ceiling (uvicorn + TLS runtime, client certificate required, CRL on)",
-            "note": f"{opts.connections} concurrent connections, {opts.duration:g} s each; server on CPU "
-                    f"{SERVER_CPU}, load generator on CPU {LOAD_CPU}. server_cpu_ms: the server's CPU time per "
-                    "request.",
-            "columns": [*COLUMNS, "server_cpu_ms"], "rows": rows}
+    return {
+        "title": "1. Transport ceiling (uvicorn + TLS runtime, client certificate required, CRL on)",
+        "note": f"{opts.connections} concurrent connections, {opts.duration:g} s each; server on CPU "
+        f"{SERVER_CPU}, load generator on CPU {LOAD_CPU}. server_cpu_ms: the server's CPU time per "
+        "request.",
+        "columns": [*COLUMNS, "server_cpu_ms"],
+        "rows": rows,
+    }
 
 
 def measure(chosen: list[scenarios.Scenario], opts: Options, service_pids: dict[str, int]) -> list[dict[str, Any]]:
     """Each scenario for `duration`, with the CPU time every service process spent per request."""
     rows = []
     for s in chosen:
+
         def repeat(_i: int, request: loadgen.Request = s.request) -> loadgen.Request:
             return request
 
@@ -94,11 +120,18 @@ def measure(chosen: list[scenarios.Scenario], opts: Options, service_pids: dict[
         # and the MP's first registration of an SMSID is a check-then-insert that concurrent copies would race
         asyncio.run(loadgen.run(s.name, s.target, repeat, connections=1, duration=30, max_requests=1))
         meter = CpuMeter(service_pids)
-        result = asyncio.run(loadgen.run(s.name, s.target, repeat, connections=opts.connections,
-                                         duration=opts.duration))
+        result = asyncio.run(
+            loadgen.run(s.name, s.target, repeat, connections=opts.connections, duration=opts.duration)
+        )
         cpu = meter.per_request(result.requests)
-        rows.append({**result.summary(), "server_cpu_ms": round(sum(cpu.values()), 2), "cpu_ms_per_service": cpu,
-                     "cpu_split": ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items())})
+        rows.append(
+            {
+                **result.summary(),
+                "server_cpu_ms": round(sum(cpu.values()), 2),
+                "cpu_ms_per_service": cpu,
+                "cpu_split": ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items()),
+            }
+        )
     return rows
 
 
@@ -111,8 +144,14 @@ def floors(lab: Lab, ceiling: dict[str, Any]) -> tuple[float, dict[str, float]]:
     return keepalive, prims
 
 
-def services_sections(service_pids: dict[str, int], lab: Lab, ceiling_rps: float, opts: Options,
-                      transport_ms: float, prims: dict[str, float]) -> dict[str, Any]:
+def services_sections(
+    service_pids: dict[str, int],
+    lab: Lab,
+    ceiling_rps: float,
+    opts: Options,
+    transport_ms: float,
+    prims: dict[str, float],
+) -> dict[str, Any]:
     """Sections 2 and 3: each service's hot endpoint alone against the ceiling and its floor, and the CMG
     path against the same request sent to the MP directly and against its floor."""
     alone = measure([scenarios.entra_token(lab), *scenarios.mp_direct(lab)], opts, service_pids)
@@ -131,22 +170,45 @@ def services_sections(service_pids: dict[str, int], lab: Lab, ceiling_rps: float
         floor.annotate(proxied, floor.cmg_floor_ms(floor.THROUGH_CMG[s.name], prims, transport_ms))
     cpu_note = "server_cpu_ms: CPU time of every service process per request (cpu_split: by process, ms)."
     return {
-        "services": {"title": "2. Hot endpoints, each service alone (ratio to the keep-alive ceiling and to the "
-                              "endpoint's floor)",
-                     "note": "Keep-alive connections; every service process pinned to the server CPU. " + cpu_note
-                             + " " + FLOOR_NOTE,
-                     "columns": [*COLUMNS, "ratio_to_ceiling", "server_cpu_ms", "floor_ms", "floor_rps",
-                                 "ratio_to_floor", "cpu_ratio_to_floor", "cpu_split"], "rows": alone},
-        "cmg_path": {"title": "3. Through the CMG: client -> CMG -> channel -> connection point -> MP",
-                     "note": "The same requests as section 2, ratio to the MP answering directly. "
-                             "CMG, connection point and MP share the server CPU, so the ratio cannot pass "
-                             "mp_direct_cpu_ms / server_cpu_ms. cmg_added_cpu_ms: server_cpu_ms - "
-                             "mp_direct_cpu_ms (the CMG's and the connection point's share, goal <= 1 ms). floor: "
-                             "the MP's, the CMG's own check and two more keep-alive hops. " + cpu_note,
-                     "columns": [*COLUMNS, "ratio_to_mp_direct", "server_cpu_ms", "mp_direct_cpu_ms",
-                                 "cmg_added_cpu_ms", "floor_ms", "ratio_to_floor", "cpu_ratio_to_floor",
-                                 "cpu_split"],
-                     "rows": via_cmg},
+        "services": {
+            "title": "2. Hot endpoints, each service alone (ratio to the keep-alive ceiling and to the "
+            "endpoint's floor)",
+            "note": "Keep-alive connections; every service process pinned to the server CPU. "
+            + cpu_note
+            + " "
+            + FLOOR_NOTE,
+            "columns": [
+                *COLUMNS,
+                "ratio_to_ceiling",
+                "server_cpu_ms",
+                "floor_ms",
+                "floor_rps",
+                "ratio_to_floor",
+                "cpu_ratio_to_floor",
+                "cpu_split",
+            ],
+            "rows": alone,
+        },
+        "cmg_path": {
+            "title": "3. Through the CMG: client -> CMG -> channel -> connection point -> MP",
+            "note": "The same requests as section 2, ratio to the MP answering directly. "
+            "CMG, connection point and MP share the server CPU, so the ratio cannot pass "
+            "mp_direct_cpu_ms / server_cpu_ms. cmg_added_cpu_ms: server_cpu_ms - "
+            "mp_direct_cpu_ms (the CMG's and the connection point's share, goal <= 1 ms). floor: "
+            "the MP's, the CMG's own check and two more keep-alive hops. " + cpu_note,
+            "columns": [
+                *COLUMNS,
+                "ratio_to_mp_direct",
+                "server_cpu_ms",
+                "mp_direct_cpu_ms",
+                "cmg_added_cpu_ms",
+                "floor_ms",
+                "ratio_to_floor",
+                "cpu_ratio_to_floor",
+                "cpu_split",
+            ],
+            "rows": via_cmg,
+        },
     }
 
 
@@ -158,8 +220,9 @@ def run(lab: Lab, out_dir: Path, opts: Options, *, port: int, pool: Path) -> tup
     transport_ms, prims = floors(lab, sections["ceiling"])
     with running(lab) as procs:
         service_pids = pids(procs)
-        sections.update(services_sections(service_pids, lab, sections["ceiling"]["rows"][0]["rps"], opts,
-                                          transport_ms, prims))
+        sections.update(
+            services_sections(service_pids, lab, sections["ceiling"]["rows"][0]["rps"], opts, transport_ms, prims)
+        )
         profiles = hotspots.profile_section(lab, service_pids, opts.duration) if opts.profile else None
     sections["onboarding"] = onboarding.onboarding_section(lab, opts.fleet_sizes, opts.fleet_concurrency, pool)
     sections["onboarding"]["tables"].insert(1, onboarding.floor_table(sections["onboarding"], transport_ms, prims))

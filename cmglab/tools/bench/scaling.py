@@ -41,8 +41,9 @@ def _measure(s: scenarios.Scenario, pids: dict[str, int], connections: int, dura
     return {**result.summary(), "server_cpu_ms": round(sum(meter.per_request(result.requests).values()), 2)}
 
 
-def scaling_section(lab: Lab, connections: int, duration: float, counts: tuple[int, ...] = (1, 2),
-                    rounds: int = 2) -> dict[str, Any]:
+def scaling_section(
+    lab: Lab, connections: int, duration: float, counts: tuple[int, ...] = (1, 2), rounds: int = 2
+) -> dict[str, Any]:
     """ROUNDS rounds, each 1 then 2 workers (fresh processes), the best row of each kept: on a shared machine
     a slow moment then hits one round, not one worker count."""
     pinned = os.sched_getaffinity(0)
@@ -67,10 +68,13 @@ def scaling_section(lab: Lab, connections: int, duration: float, counts: tuple[i
     one = {r["name"]: r["rps"] for r in rows if r["workers"] == 1}
     for r in rows:
         r["scaling"] = round(r["rps"] / one[r["name"]], 2) if one.get(r["name"]) else None
-    return {"title": "8. Worker processes on one listener (Entra, MP): 1 and 2 workers",
-            "note": f"cmglab serve --workers N: N processes on one port, each on a socket of its own. {connections} "
-                    f"keep-alive connections, {duration:g} s per row, nothing pinned: the workers and the load "
-                    f"generator share the machine's {os.cpu_count()} CPUs; the best of {rounds} interleaved rounds. "
-                    "scaling: rps over the same request with 1 worker. server_cpu_ms: CPU of every worker process "
-                    "per request.",
-            "columns": COLUMNS, "rows": rows}
+    return {
+        "title": "8. Worker processes on one listener (Entra, MP): 1 and 2 workers",
+        "note": f"cmglab serve --workers N: N processes on one port, each on a socket of its own. {connections} "
+        f"keep-alive connections, {duration:g} s per row, nothing pinned: the workers and the load "
+        f"generator share the machine's {os.cpu_count()} CPUs; the best of {rounds} interleaved rounds. "
+        "scaling: rps over the same request with 1 worker. server_cpu_ms: CPU of every worker process "
+        "per request.",
+        "columns": COLUMNS,
+        "rows": rows,
+    }

@@ -75,9 +75,18 @@ def _storm(lab: Lab, pid: int, kind: str, count: int, hello: bytes, settle: floa
     while after > start * 1.1 and time.monotonic() - closed < settle:
         time.sleep(0.5)
         after = procinfo.rss_mb(pid)
-    return {"kind": kind, "connections": count, "refused_or_failed": int(failed), "opened_in_s": round(opened_s, 1),
-            "real_client_served": real_client, "rss_start_mb": start, "rss_peak_mb": peak, "rss_after_mb": after,
-            "after_vs_start": round(after / start, 3), "settled_in_s": round(time.monotonic() - closed, 1)}
+    return {
+        "kind": kind,
+        "connections": count,
+        "refused_or_failed": int(failed),
+        "opened_in_s": round(opened_s, 1),
+        "real_client_served": real_client,
+        "rss_start_mb": start,
+        "rss_peak_mb": peak,
+        "rss_after_mb": after,
+        "after_vs_start": round(after / start, 3),
+        "settled_in_s": round(time.monotonic() - closed, 1),
+    }
 
 
 def storm_section(lab: Lab, count: int, nofile: int, settle: float = 60) -> dict[str, Any]:
@@ -86,12 +95,15 @@ def storm_section(lab: Lab, count: int, nofile: int, settle: float = 60) -> dict
     with running(lab, "pki", "entra", "cmg") as procs:
         pid = pids(procs)["cmg"]
         rows = [_storm(lab, pid, kind, count, hello, settle) for kind in KINDS]
-    return {"title": f"7. Connection storms against one CMG process ({count:,} connections that never finish a "
-                     f"TLS handshake)",
-            "note": "Each kind opened as fast as one client can, held until all are open, then closed. The CMG keeps "
-                    "at most CMGLAB_MAX_HANDSHAKES (1,000) connections in their handshake (the oldest is dropped "
-                    "for a newcomer) and drops any after CMGLAB_TLS_HANDSHAKE_TIMEOUT (10 s); a second after a burst "
-                    "it collects cycles and trims the C heap. real_client_served: a real client's request answered "
-                    "while the storm was held. rss_after_mb: polled after the close until within 10 % of the start "
-                    f"or {settle:g} s (the goal: after_vs_start ≤ 1.1).",
-            "columns": list(rows[0]), "rows": rows}
+    return {
+        "title": f"7. Connection storms against one CMG process ({count:,} connections that never finish a "
+        f"TLS handshake)",
+        "note": "Each kind opened as fast as one client can, held until all are open, then closed. The CMG keeps "
+        "at most CMGLAB_MAX_HANDSHAKES (1,000) connections in their handshake (the oldest is dropped "
+        "for a newcomer) and drops any after CMGLAB_TLS_HANDSHAKE_TIMEOUT (10 s); a second after a burst "
+        "it collects cycles and trims the C heap. real_client_served: a real client's request answered "
+        "while the storm was held. rss_after_mb: polled after the close until within 10 % of the start "
+        f"or {settle:g} s (the goal: after_vs_start ≤ 1.1).",
+        "columns": list(rows[0]),
+        "rows": rows,
+    }

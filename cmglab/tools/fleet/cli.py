@@ -13,8 +13,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Fleet mode: many simulated devices join, install through the CMG, register and "
-                       "fetch policy.", invoke_without_command=True)
+app = typer.Typer(
+    help="Fleet mode: many simulated devices join, install through the CMG, register and fetch policy.",
+    invoke_without_command=True,
+)
 console = Console()
 
 LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
@@ -23,16 +25,21 @@ NEEDED = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 
 
 @app.callback()
-def fleet(ctx: typer.Context, lab: LabOption = Path(".cmglab"),
-          count: Annotated[int, typer.Option(min=1, help="Devices to onboard.")] = 10,
-          concurrency: Annotated[int, typer.Option(min=1, help="Devices onboarding at once.")] = 8,
-          key_pool: Annotated[Path | None, typer.Option(help="Pre-generated keys (`cmglab fleet keys`): a lab "
-                                                             "shortcut, real devices make fresh keys.")] = None,
-          directory: Annotated[Path | None, typer.Option("--dir", help="Fleet directory (device homes); "
-                                                         "default <lab>/fleet/<time>.")] = None,
-          crl_check: Annotated[bool, typer.Option(help="Devices check CRLs, as ccmsetup does by default.")] = True,
-          json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON.")] = None,
-          ) -> None:
+def fleet(
+    ctx: typer.Context,
+    lab: LabOption = Path(".cmglab"),
+    count: Annotated[int, typer.Option(min=1, help="Devices to onboard.")] = 10,
+    concurrency: Annotated[int, typer.Option(min=1, help="Devices onboarding at once.")] = 8,
+    key_pool: Annotated[
+        Path | None,
+        typer.Option(help="Pre-generated keys (`cmglab fleet keys`): a lab shortcut, real devices make fresh keys."),
+    ] = None,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Fleet directory (device homes); default <lab>/fleet/<time>.")
+    ] = None,
+    crl_check: Annotated[bool, typer.Option(help="Devices check CRLs, as ccmsetup does by default.")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON.")] = None,
+) -> None:
     """Onboard COUNT devices against the lab (services started for the run unless already up)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -50,8 +57,13 @@ def fleet(ctx: typer.Context, lab: LabOption = Path(".cmglab"),
         console.print(f"starting {', '.join(down)}")
         procs.ensure(*down)
     failed = 0
-    columns = (TextColumn("[bold]onboarding"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]}"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]onboarding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]}"),
+        TimeElapsedColumn(),
+    )
     try:
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("fleet", total=count, failed="")
@@ -61,8 +73,15 @@ def fleet(ctx: typer.Context, lab: LabOption = Path(".cmglab"),
                 failed += not result.ok
                 progress.update(task, advance=1, failed=f"[red]{failed} failed" if failed else "")
 
-            fleet_run = runner.run(the_lab, count, concurrency=concurrency, root=directory, key_pool=key_pool,
-                                   crl_check=crl_check, on_done=done)
+            fleet_run = runner.run(
+                the_lab,
+                count,
+                concurrency=concurrency,
+                root=directory,
+                key_pool=key_pool,
+                crl_check=crl_check,
+                on_done=done,
+            )
     finally:
         procs.stop_all()
     result = summary.summarise(fleet_run)
@@ -75,10 +94,11 @@ def fleet(ctx: typer.Context, lab: LabOption = Path(".cmglab"),
 
 
 @app.command()
-def keys(lab: LabOption = Path(".cmglab"),
-         count: Annotated[int, typer.Option(min=1, help="Devices the pool is for (4 keys each).")] = 100,
-         out: Annotated[Path | None, typer.Option(help="Pool file; default <lab>/fleet/keypool.pem.")] = None,
-         ) -> None:
+def keys(
+    lab: LabOption = Path(".cmglab"),
+    count: Annotated[int, typer.Option(min=1, help="Devices the pool is for (4 keys each).")] = 100,
+    out: Annotated[Path | None, typer.Option(help="Pool file; default <lab>/fleet/keypool.pem.")] = None,
+) -> None:
     """Pre-generate the RSA keys of COUNT devices (a lab shortcut: real devices make fresh keys)."""
     from cmglab.tools.fleet.keypool import generate
 
@@ -99,13 +119,20 @@ def locust(ctx: typer.Context) -> None:
 
 
 @app.command()
-def export(address: Annotated[str, typer.Option(help="The lab machine's address as the worker machines reach "
-                                                     "it (its services listening there: CMGLAB_BIND=0.0.0.0).")],
-           out: Annotated[Path, typer.Option(help="Directory to write (copy it to each worker machine).")],
-           lab: LabOption = Path(".cmglab"),
-           key_pool: Annotated[Path | None, typer.Option(help="Also copy this key pool (workers share it out "
-                                                              "by worker index).")] = None,
-           ) -> None:
+def export(
+    address: Annotated[
+        str,
+        typer.Option(
+            help="The lab machine's address as the worker machines reach "
+            "it (its services listening there: CMGLAB_BIND=0.0.0.0)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Directory to write (copy it to each worker machine).")],
+    lab: LabOption = Path(".cmglab"),
+    key_pool: Annotated[
+        Path | None, typer.Option(help="Also copy this key pool (workers share it out by worker index).")
+    ] = None,
+) -> None:
     """What a Locust worker on another machine needs of the lab: lab.json, the CA bundle and a hosts file
     mapping every lab name to ADDRESS. No CA or service keys, no admin token (lab.json has the lab users'
     passwords: devices join with them)."""

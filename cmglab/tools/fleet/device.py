@@ -109,8 +109,10 @@ class FleetNetwork(DeviceNetwork):
     def client(self, client_cert: StoredCert | None = None) -> httpx.Client:
         http = super().client(client_cert)
         hooks = http.event_hooks
-        http.event_hooks = {"request": [*hooks["request"], self.timer.on_request],
-                            "response": [*hooks["response"], self.timer.on_response]}
+        http.event_hooks = {
+            "request": [*hooks["request"], self.timer.on_request],
+            "response": [*hooks["response"], self.timer.on_response],
+        }
         return http
 
 
@@ -156,7 +158,8 @@ def _cycle(plan: FleetPlan, device: Device, name: str, started: float) -> Device
     try:
         if join_state(device) is None:
             Joiner(device, network, cmtrace_logger(device.home / "Windows" / "Logs" / "dsreg.log", "dsreg")).join(
-                plan.user.upn, plan.user.password)
+                plan.user.upn, plan.user.password
+            )
         state = ClientState.load(device)
         if state is None or not state.installed:
             installer = Installer(device, parse(plan.ccmsetup))

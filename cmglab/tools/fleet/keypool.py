@@ -53,8 +53,9 @@ class KeyPool:
         """The pool in `path`, or one of `shares` disjoint shares of it (processes sharing one pool file)."""
         pems = [part for part in path.read_bytes().split(_END) if part.strip()][share::shares]
         # these keys were made by generate(): skipping the (slow) RSA consistency check is safe here
-        keys = [serialization.load_pem_private_key(pem + _END, None, unsafe_skip_rsa_key_validation=True)
-                for pem in pems]
+        keys = [
+            serialization.load_pem_private_key(pem + _END, None, unsafe_skip_rsa_key_validation=True) for pem in pems
+        ]
         return cls([k for k in keys if isinstance(k, rsa.RSAPrivateKey)])
 
     def __len__(self) -> int:

@@ -56,20 +56,43 @@ class Failed(Exception):
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser: LocustArgumentParser) -> None:
-    parser.add_argument("--lab", env_var="CMGLAB_LAB_DIR", default=".cmglab", include_in_web_ui=False,
-                       help="the lab directory on this machine (a worker's: `cmglab fleet export`)")
-    parser.add_argument("--key-pool", env_var="CMGLAB_FLEET_KEY_POOL", default=None, include_in_web_ui=False,
-                       help="pre-generated keys (`cmglab fleet keys`), a lab shortcut; processes sharing one "
-                            "pool file take disjoint shares by worker index (set --expect-workers)")
-    parser.add_argument("--fleet-dir", default=None, include_in_web_ui=False,
-                       help="where the device homes go on this machine (default <lab>/fleet/locust-<run>)")
-    parser.add_argument("--cycle-wait", type=float, default=30.0,
-                       help="mean seconds between a device's client cycles (a real client: an hour)")
-    parser.add_argument("--renew-every", type=int, default=5,
-                       help="a device renews its CCM token every N cycles, starting with the first (a real "
-                            "client: when the token is close to expiry, hours apart)")
-    parser.add_argument("--no-crl-check", action="store_true", default=False,
-                       help="devices skip CRL checks (ccmsetup /nocrlcheck)")
+    parser.add_argument(
+        "--lab",
+        env_var="CMGLAB_LAB_DIR",
+        default=".cmglab",
+        include_in_web_ui=False,
+        help="the lab directory on this machine (a worker's: `cmglab fleet export`)",
+    )
+    parser.add_argument(
+        "--key-pool",
+        env_var="CMGLAB_FLEET_KEY_POOL",
+        default=None,
+        include_in_web_ui=False,
+        help="pre-generated keys (`cmglab fleet keys`), a lab shortcut; processes sharing one "
+        "pool file take disjoint shares by worker index (set --expect-workers)",
+    )
+    parser.add_argument(
+        "--fleet-dir",
+        default=None,
+        include_in_web_ui=False,
+        help="where the device homes go on this machine (default <lab>/fleet/locust-<run>)",
+    )
+    parser.add_argument(
+        "--cycle-wait",
+        type=float,
+        default=30.0,
+        help="mean seconds between a device's client cycles (a real client: an hour)",
+    )
+    parser.add_argument(
+        "--renew-every",
+        type=int,
+        default=5,
+        help="a device renews its CCM token every N cycles, starting with the first (a real "
+        "client: when the token is close to expiry, hours apart)",
+    )
+    parser.add_argument(
+        "--no-crl-check", action="store_true", default=False, help="devices skip CRL checks (ccmsetup /nocrlcheck)"
+    )
 
 
 @events.init.add_listener
@@ -113,13 +136,23 @@ class _Node:
     def report(self, step: str, response: httpx.Response, seconds: float) -> None:
         refused = Refused(f"HTTP {response.status_code}") if response.status_code >= 400 else None
         self.environment.events.request.fire(
-            request_type=self.plan.traffic.service(response.request), name=step, response_time=seconds * 1000,
-            response_length=int(response.headers.get("content-length") or 0), exception=refused, context={})
+            request_type=self.plan.traffic.service(response.request),
+            name=step,
+            response_time=seconds * 1000,
+            response_length=int(response.headers.get("content-length") or 0),
+            exception=refused,
+            context={},
+        )
 
     def flow(self, name: str, seconds: float, failure: str | None) -> None:
         self.environment.events.request.fire(
-            request_type="flow", name=name, response_time=seconds * 1000, response_length=0,
-            exception=Failed(failure) if failure is not None else None, context={})
+            request_type="flow",
+            name=name,
+            response_time=seconds * 1000,
+            response_length=0,
+            exception=Failed(failure) if failure is not None else None,
+            context={},
+        )
 
 
 _node: _Node | None = None

@@ -41,10 +41,15 @@ def plan(lab: Lab, root: Path, *, crl_check: bool = True) -> FleetPlan:
     if not crl_check:
         ccmsetup.append("/nocrlcheck")
     by_port = {lab.port(s): s for s in SERVICES}
-    return FleetPlan(root=root, hosts=lab.resolve(),
-                     roots=x509.load_pem_x509_certificates(lab.pki.ca_bundle.read_bytes()),
-                     user=c.primary_tenant.users[0], ccmsetup=ccmsetup, crl_check=crl_check,
-                     traffic=Traffic(by_port))
+    return FleetPlan(
+        root=root,
+        hosts=lab.resolve(),
+        roots=x509.load_pem_x509_certificates(lab.pki.ca_bundle.read_bytes()),
+        user=c.primary_tenant.users[0],
+        ccmsetup=ccmsetup,
+        crl_check=crl_check,
+        traffic=Traffic(by_port),
+    )
 
 
 def run_id() -> str:
@@ -62,8 +67,16 @@ def device_names(count: int) -> list[str]:
     return [device_name(run, i) for i in range(1, count + 1)]
 
 
-def run(lab: Lab, count: int, *, concurrency: int = 8, root: Path | None = None, key_pool: Path | None = None,
-        crl_check: bool = True, on_done: Callable[[DeviceResult], None] | None = None) -> FleetRun:
+def run(
+    lab: Lab,
+    count: int,
+    *,
+    concurrency: int = 8,
+    root: Path | None = None,
+    key_pool: Path | None = None,
+    crl_check: bool = True,
+    on_done: Callable[[DeviceResult], None] | None = None,
+) -> FleetRun:
     root = root or lab.dir / "fleet" / time.strftime("%Y%m%d-%H%M%S")
     the_plan = plan(lab, root, crl_check=crl_check)
     pool = KeyPool.load(key_pool) if key_pool else None
@@ -82,5 +95,11 @@ def run(lab: Lab, count: int, *, concurrency: int = 8, root: Path | None = None,
                     on_done(result)
     finally:
         keys.use_source(None)
-    return FleetRun(results, time.perf_counter() - started, dict(the_plan.traffic.counts), concurrency, pooled,
-                    pool.fresh if pool is not None else 0)
+    return FleetRun(
+        results,
+        time.perf_counter() - started,
+        dict(the_plan.traffic.counts),
+        concurrency,
+        pooled,
+        pool.fresh if pool is not None else 0,
+    )

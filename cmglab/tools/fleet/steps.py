@@ -27,10 +27,19 @@ def label(step: Step, detail: str | None = None) -> str:
 
 
 # in onboarding order: the summary table lists them so
-STEPS = (label(Step.JOIN), label(Step.AADINFO), label(Step.TOKEN, "device"), label(Step.CCMSTS),
-         label(Step.LOCATION, "site info"), label(Step.LOCATION, "content"), label(Step.DOWNLOAD),
-         label(Step.REGISTRATION), label(Step.CCMSTS, "registered"), label(Step.POLICY, "assignments"),
-         label(Step.POLICY, "bodies"))
+STEPS = (
+    label(Step.JOIN),
+    label(Step.AADINFO),
+    label(Step.TOKEN, "device"),
+    label(Step.CCMSTS),
+    label(Step.LOCATION, "site info"),
+    label(Step.LOCATION, "content"),
+    label(Step.DOWNLOAD),
+    label(Step.REGISTRATION),
+    label(Step.CCMSTS, "registered"),
+    label(Step.POLICY, "assignments"),
+    label(Step.POLICY, "bodies"),
+)
 
 _LOCATION = (("<SiteInformationRequest", "site info"), ("<ContentLocationRequest", "content"))
 

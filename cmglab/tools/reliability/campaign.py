@@ -72,11 +72,15 @@ def attack_listeners(lab: Lab, procs: LabProcesses, report: Report) -> None:
     cap = int(ENV["CMGLAB_MAX_BODY_BYTES"])
     for t in transport.targets(lab):
         if t.listener in ("entra", "management-point-http"):
-            method, path = ((b"POST", b"/common/oauth2/token") if t.listener == "entra"
-                            else (b"CCM_POST", b"/ccm_system/request"))
+            method, path = (
+                (b"POST", b"/common/oauth2/token") if t.listener == "entra" else (b"CCM_POST", b"/ccm_system/request")
+            )
             got = transport.chunked_body(lab, t, cert, method, path, cap=cap)
-            outcomes.append(transport.Outcome(t.listener, t.service, "chunked body over the cap", got == 413,
-                                              f"answered {got}, expected 413"))
+            outcomes.append(
+                transport.Outcome(
+                    t.listener, t.service, "chunked body over the cap", got == 413, f"answered {got}, expected 413"
+                )
+            )
     for o in outcomes:
         tally = report.services.setdefault(o.service, ServiceTally())  # pki and console too
         tally.inputs += 1
@@ -89,9 +93,16 @@ def attack_listeners(lab: Lab, procs: LabProcesses, report: Report) -> None:
 def drs_token(lab: Lab) -> str:
     user = lab.config.primary_tenant.users[0]
     with lab_http(lab) as c:
-        r = c.post(f"{lab.url('entra')}/common/oauth2/token", data={
-            "client_id": AAD_POWERSHELL, "grant_type": "password", "resource": DRS_RESOURCE,
-            "username": user.upn, "password": user.password})
+        r = c.post(
+            f"{lab.url('entra')}/common/oauth2/token",
+            data={
+                "client_id": AAD_POWERSHELL,
+                "grant_type": "password",
+                "resource": DRS_RESOURCE,
+                "username": user.upn,
+                "password": user.password,
+            },
+        )
         r.raise_for_status()
         return str(r.json()["access_token"])
 
@@ -113,9 +124,12 @@ def send_corpus(kit: corpus.Kit, report: Report) -> None:
                     report.finding("connection failure", probe.service, probe.name)
                 elif status not in probe.expect and status < 500:
                     tally.unexpected += 1
-                    report.finding("unexpected answer", probe.service, probe.name,
-                                   f"{'TLS refusal' if status == corpus.TLS else status}, expected "
-                                   f"{sorted(probe.expect)[:6]}")
+                    report.finding(
+                        "unexpected answer",
+                        probe.service,
+                        probe.name,
+                        f"{'TLS refusal' if status == corpus.TLS else status}, expected {sorted(probe.expect)[:6]}",
+                    )
                 elif status >= 500:
                     report.finding(str(status), probe.service, probe.name)
     finally:
@@ -128,8 +142,10 @@ def raw_status(to: tuple[str, int, str], data: bytes, ca_bundle: Path, timeout: 
     address, port, name = to
     ctx = ssl.create_default_context(cafile=str(ca_bundle))
     try:
-        with socket.create_connection((address, port), timeout=timeout) as sock, \
-                ctx.wrap_socket(sock, server_hostname=name) as tls:
+        with (
+            socket.create_connection((address, port), timeout=timeout) as sock,
+            ctx.wrap_socket(sock, server_hostname=name) as tls,
+        ):
             tls.sendall(data)
             head = b""
             while b"\r\n" not in head and len(head) < 4096:

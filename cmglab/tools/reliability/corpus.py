@@ -76,17 +76,24 @@ class Kit:
 
     # -- CcmMessaging material -----------------------------------------------------------------------
     def header(self, endpoint: str = "MP_ClientRegistration", **kw: Any) -> cm.MsgHeader:
-        return cm.MsgHeader(target_endpoint=endpoint, target_host=self.lab.config.hosts.management_point,
-                            source_host="RELIAB01", reply_to="direct:RELIAB01:SccmMessaging", **kw)
+        return cm.MsgHeader(
+            target_endpoint=endpoint,
+            target_host=self.lab.config.hosts.management_point,
+            source_host="RELIAB01",
+            reply_to="direct:RELIAB01:SccmMessaging",
+            **kw,
+        )
 
     def registration_data(self, cert_hex: str | None = None, extra_attr: str = "") -> str:
         cert = cert_hex if cert_hex is not None else cm.cert_hex(self.m.sms_cert)
-        return (f'<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="" RequestType="Registration" '
-                f'TimeStamp="{cm.utc_timestamp()}"{extra_attr}><AgentInformation AgentIdentity="CCMSetup.exe" '
-                f'AgentVersion="5.00.8968.1000" AgentType="0" /><Certificates><Encryption Encoding="HexBinary" '
-                f'KeyType="1">{cert}</Encryption><Signing Encoding="HexBinary" KeyType="1">{cert}</Signing>'
-                f'</Certificates><DiscoveryProperties><Property Name="Netbios Name" Value="RELIAB01" />'
-                f'<Property Name="FQ Name" Value="RELIAB01.corp.lab.test" /></DiscoveryProperties></Data>')
+        return (
+            f'<Data HashAlgorithm="1.2.840.113549.1.1.11" SMSID="" RequestType="Registration" '
+            f'TimeStamp="{cm.utc_timestamp()}"{extra_attr}><AgentInformation AgentIdentity="CCMSetup.exe" '
+            f'AgentVersion="5.00.8968.1000" AgentType="0" /><Certificates><Encryption Encoding="HexBinary" '
+            f'KeyType="1">{cert}</Encryption><Signing Encoding="HexBinary" KeyType="1">{cert}</Signing>'
+            f'</Certificates><DiscoveryProperties><Property Name="Netbios Name" Value="RELIAB01" />'
+            f'<Property Name="FQ Name" Value="RELIAB01.corp.lab.test" /></DiscoveryProperties></Data>'
+        )
 
     def victim(self) -> str:
         """The SMSID the kit's own identity registered (registered once, anonymously, on first use)."""
@@ -94,8 +101,12 @@ class Kit:
             from cmglab.tools.reliability.labview import lab_http
 
             with lab_http(self.lab) as c:
-                reply = c.request("CCM_POST", f"{self.mp_http}/ccm_system/request", content=self.registration(),
-                                  headers={"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT})
+                reply = c.request(
+                    "CCM_POST",
+                    f"{self.mp_http}/ccm_system/request",
+                    content=self.registration(),
+                    headers={"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT},
+                )
             _, body = cm.decode_reply(reply.content, reply.headers.get("content-type"))
             self._victim = cm.parse_xml(body).get("SMSID", "")
         return self._victim
@@ -114,10 +125,22 @@ class Kit:
         return self.with_body(payload)
 
 
-def ccm_post(url: Callable[[Kit], str], raw: Callable[[Kit], bytes], *, cert: Callable[[Kit], CertFiles] | None = None,
-             content_type: str = cm.CONTENT_TYPE, times: int = 1) -> Callable[[Kit], Req]:
-    return lambda k: Req("CCM_POST", url(k), {"Content-Type": content_type, "User-Agent": cm.USER_AGENT}, raw(k),
-                         cert(k) if cert else None, times)
+def ccm_post(
+    url: Callable[[Kit], str],
+    raw: Callable[[Kit], bytes],
+    *,
+    cert: Callable[[Kit], CertFiles] | None = None,
+    content_type: str = cm.CONTENT_TYPE,
+    times: int = 1,
+) -> Callable[[Kit], Req]:
+    return lambda k: Req(
+        "CCM_POST",
+        url(k),
+        {"Content-Type": content_type, "User-Agent": cm.USER_AGENT},
+        raw(k),
+        cert(k) if cert else None,
+        times,
+    )
 
 
 def mp_anonymous(k: Kit) -> str:
@@ -133,11 +156,15 @@ def pki(k: Kit) -> CertFiles:
 
 
 # -- hostile CcmMessaging envelopes -----------------------------------------------------------------
-BILLION_LAUGHS = ('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;'
-                  '&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;'
-                  '&c;&c;">]><ClientRegistrationRequest>&d;&d;&d;&d;&d;</ClientRegistrationRequest>')
-XXE = ('<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-       '<ClientRegistrationRequest>&x;</ClientRegistrationRequest>')
+BILLION_LAUGHS = (
+    '<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;'
+    '&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;'
+    '&c;&c;">]><ClientRegistrationRequest>&d;&d;&d;&d;&d;</ClientRegistrationRequest>'
+)
+XXE = (
+    '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    "<ClientRegistrationRequest>&x;</ClientRegistrationRequest>"
+)
 
 
 def _truncated_half(k: Kit) -> bytes:
@@ -258,33 +285,76 @@ MESSAGING: list[tuple[str, Callable[[Kit], bytes], frozenset[int]]] = [
 
 
 def messaging_probes() -> list[Probe]:
-    probes = [Probe("management-point", "ccm_messaging", name, ccm_post(mp_anonymous, raw), expect)
-              for name, raw, expect in MESSAGING]
+    probes = [
+        Probe("management-point", "ccm_messaging", name, ccm_post(mp_anonymous, raw), expect)
+        for name, raw, expect in MESSAGING
+    ]
     probes += [
-        Probe("management-point", "ccm_messaging", "wrong boundary in Content-Type",
-              ccm_post(mp_anonymous, lambda k: k.registration(), content_type='multipart/mixed; boundary="other"'),
-              E400),
-        Probe("management-point", "ccm_messaging", "two boundary parameters",
-              ccm_post(mp_anonymous, lambda k: k.registration(),
-                       content_type=f'multipart/mixed; boundary="other"; boundary="{cm.BOUNDARY}"'), E400),
-        Probe("management-point", "ccm_messaging", "empty boundary parameter",
-              ccm_post(mp_anonymous, lambda k: k.registration(), content_type='multipart/mixed; boundary=""'), E400),
-        Probe("management-point", "ccm_messaging", "text/plain Content-Type",
-              ccm_post(mp_anonymous, lambda k: k.registration(), content_type="text/plain"), E400),
-        Probe("management-point", "ccm_messaging", "replayed message ID (3 times)",
-              ccm_post(mp_anonymous, lambda k: k.registration(), times=3), E200),
-        Probe("management-point", "ccm_messaging", "body over the size cap",
-              ccm_post(mp_anonymous, lambda k: k.with_body(b"\x00" * (k.lab.settings.max_body_bytes + 1))),
-              frozenset({413})),
+        Probe(
+            "management-point",
+            "ccm_messaging",
+            "wrong boundary in Content-Type",
+            ccm_post(mp_anonymous, lambda k: k.registration(), content_type='multipart/mixed; boundary="other"'),
+            E400,
+        ),
+        Probe(
+            "management-point",
+            "ccm_messaging",
+            "two boundary parameters",
+            ccm_post(
+                mp_anonymous,
+                lambda k: k.registration(),
+                content_type=f'multipart/mixed; boundary="other"; boundary="{cm.BOUNDARY}"',
+            ),
+            E400,
+        ),
+        Probe(
+            "management-point",
+            "ccm_messaging",
+            "empty boundary parameter",
+            ccm_post(mp_anonymous, lambda k: k.registration(), content_type='multipart/mixed; boundary=""'),
+            E400,
+        ),
+        Probe(
+            "management-point",
+            "ccm_messaging",
+            "text/plain Content-Type",
+            ccm_post(mp_anonymous, lambda k: k.registration(), content_type="text/plain"),
+            E400,
+        ),
+        Probe(
+            "management-point",
+            "ccm_messaging",
+            "replayed message ID (3 times)",
+            ccm_post(mp_anonymous, lambda k: k.registration(), times=3),
+            E200,
+        ),
+        Probe(
+            "management-point",
+            "ccm_messaging",
+            "body over the size cap",
+            ccm_post(mp_anonymous, lambda k: k.with_body(b"\x00" * (k.lab.settings.max_body_bytes + 1))),
+            frozenset({413}),
+        ),
     ]
     # the same hostile bodies through the CMG and the connection point (MutualAuth: the PKI certificate)
-    for name, raw in [("truncated in the middle", _truncated_half), ("zlib bomb (64 MiB of NULs)", _zlib_bomb),
-                      ("XML bomb in the body", lambda k: k.with_xml_body(BILLION_LAUGHS)),
-                      ("replayed message ID (3 times)", lambda k: k.registration())]:
+    for name, raw in [
+        ("truncated in the middle", _truncated_half),
+        ("zlib bomb (64 MiB of NULs)", _zlib_bomb),
+        ("XML bomb in the body", lambda k: k.with_xml_body(BILLION_LAUGHS)),
+        ("replayed message ID (3 times)", lambda k: k.registration()),
+    ]:
         times = 3 if name.startswith("replayed") else 1
         expect = E200 if times > 1 else E400
-        probes.append(Probe("cmg", "ccm_messaging", f"{name} via CMG MutualAuth",
-                            ccm_post(cmg_mutual, raw, cert=pki, times=times), expect))
+        probes.append(
+            Probe(
+                "cmg",
+                "ccm_messaging",
+                f"{name} via CMG MutualAuth",
+                ccm_post(cmg_mutual, raw, cert=pki, times=times),
+                expect,
+            )
+        )
     return probes
 
 
@@ -297,13 +367,15 @@ def _site_claims(k: Kit, **over: Any) -> dict[str, Any]:
 
 def _site_signed(k: Kit, claims: dict[str, Any], **headers: Any) -> str:
     signer = k.lab.site_signer()
-    return jwt.encode(claims, signer.key, algorithm="RS256", headers={"typ": "JWT", "x5t": b.x5t(signer.cert),
-                                                                      **headers})
+    return jwt.encode(
+        claims, signer.key, algorithm="RS256", headers={"typ": "JWT", "x5t": b.x5t(signer.cert), **headers}
+    )
 
 
 def _alg_none(claims: dict[str, Any], **headers: Any) -> str:
     def part(d: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
     return f"{part({'alg': 'none', 'typ': 'JWT', **headers})}.{part(claims)}."
 
 
@@ -315,6 +387,7 @@ def _hs256_with_public_key(claims: dict[str, Any], cert: x509.Certificate, **hea
 
     def part(d: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
     head = part({"alg": "HS256", "typ": "JWT", **headers}) + "." + part(claims)
     pem = cert.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     mac = hmac.new(pem, head.encode(), hashlib.sha256).digest()
@@ -323,14 +396,21 @@ def _hs256_with_public_key(claims: dict[str, Any], cert: x509.Certificate, **hea
 
 SITE_TOKENS: list[tuple[str, Callable[[Kit], str]]] = [
     ("alg none", lambda k: _alg_none(_site_claims(k), x5t=b.x5t(k.lab.pki.site_signing.cert()))),
-    ("HS256 keyed with the site public key",
-     lambda k: _hs256_with_public_key(_site_claims(k), k.lab.pki.site_signing.cert(),
-                                      x5t=b.x5t(k.lab.pki.site_signing.cert()))),
-    ("x5t of another certificate",
-     lambda k: _site_signed(k, _site_claims(k), x5t=b.x5t(k.lab.pki.entra_signing.cert()))),
+    (
+        "HS256 keyed with the site public key",
+        lambda k: _hs256_with_public_key(
+            _site_claims(k), k.lab.pki.site_signing.cert(), x5t=b.x5t(k.lab.pki.site_signing.cert())
+        ),
+    ),
+    (
+        "x5t of another certificate",
+        lambda k: _site_signed(k, _site_claims(k), x5t=b.x5t(k.lab.pki.entra_signing.cert())),
+    ),
     ("expired", lambda k: k.m.ccm_token(expired=True)),
-    ("not yet valid", lambda k: k.lab.site_signer().ccm_token(
-        token_type="Device", now=datetime.now(UTC) + timedelta(hours=1))[0]),
+    (
+        "not yet valid",
+        lambda k: k.lab.site_signer().ccm_token(token_type="Device", now=datetime.now(UTC) + timedelta(hours=1))[0],
+    ),
     ("wrong audience", lambda k: _site_signed(k, _site_claims(k, aud="urn:other:service"))),
     ("wrong issuer (another hierarchy)", lambda k: _site_signed(k, _site_claims(k, iss=site_tokens.issuer("X")))),
     ("bulk token as a CCM token", lambda k: k.lab.site_signer().bulk_token(minutes=60)[0]),
@@ -339,31 +419,54 @@ SITE_TOKENS: list[tuple[str, Callable[[Kit], str]]] = [
 ]
 
 ENTRA_TOKENS: list[tuple[str, Callable[[Kit], str], frozenset[int]]] = [
-    ("alg none", lambda k: _alg_none(jwt.decode(k.m.entra_token(), options={"verify_signature": False}),
-                                     kid=b.x5t(k.lab.pki.entra_signing.cert())), E401),
-    ("HS256 keyed with the Entra public key",
-     lambda k: _hs256_with_public_key(jwt.decode(k.m.entra_token(), options={"verify_signature": False}),
-                                      k.lab.pki.entra_signing.cert(), kid=b.x5t(k.lab.pki.entra_signing.cert())), E401),
-    ("kid pointing at another key", lambda k: k.m.entra_token(headers={"kid": "bm90LWEta2V5", "x5t": "bm90LWEta2V5"}),
-     E401),
-    ("kid of the site signing certificate",
-     lambda k: k.m.entra_token(headers={"kid": b.x5t(k.lab.pki.site_signing.cert())}), E401),
+    (
+        "alg none",
+        lambda k: _alg_none(
+            jwt.decode(k.m.entra_token(), options={"verify_signature": False}),
+            kid=b.x5t(k.lab.pki.entra_signing.cert()),
+        ),
+        E401,
+    ),
+    (
+        "HS256 keyed with the Entra public key",
+        lambda k: _hs256_with_public_key(
+            jwt.decode(k.m.entra_token(), options={"verify_signature": False}),
+            k.lab.pki.entra_signing.cert(),
+            kid=b.x5t(k.lab.pki.entra_signing.cert()),
+        ),
+        E401,
+    ),
+    (
+        "kid pointing at another key",
+        lambda k: k.m.entra_token(headers={"kid": "bm90LWEta2V5", "x5t": "bm90LWEta2V5"}),
+        E401,
+    ),
+    (
+        "kid of the site signing certificate",
+        lambda k: k.m.entra_token(headers={"kid": b.x5t(k.lab.pki.site_signing.cert())}),
+        E401,
+    ),
     ("signed by another key", lambda k: k.m.entra_token(key=b.new_key()), E401),
     ("expired", lambda k: k.m.entra_token(exp=1_000_000_000, iat=999_990_000, nbf=999_990_000), E401),
     ("not yet valid", lambda k: k.m.entra_token(nbf=int(time.time()) + 3600), E401),
     ("wrong audience", lambda k: k.m.entra_token(audience="https://graph.windows.net"), E401),
-    ("issuer of another tenant", lambda k: k.m.entra_token(iss=f"https://sts.windows.net/{k.m.other_tenant_id}/"),
-     E401),
+    (
+        "issuer of another tenant",
+        lambda k: k.m.entra_token(iss=f"https://sts.windows.net/{k.m.other_tenant_id}/"),
+        E401,
+    ),
     ("tenant not onboarded", lambda k: k.m.entra_token(tenant_id=k.m.other_tenant_id), frozenset({403})),
     ("tid not a string", lambda k: k.m.entra_token(tid=["a", "b"]), E4XX),
 ]
 
 
-def _bearer_post(url: Callable[[Kit], str], token: Callable[[Kit], str], body: Callable[[Kit, str], bytes],
-                 method: str = "POST") -> Callable[[Kit], Req]:
+def _bearer_post(
+    url: Callable[[Kit], str], token: Callable[[Kit], str], body: Callable[[Kit, str], bytes], method: str = "POST"
+) -> Callable[[Kit], Req]:
     def build(k: Kit) -> Req:
         t = token(k)
         return Req(method, url(k), {"Authorization": f"Bearer {t}", "Content-Type": "application/json"}, body(k, t))
+
     return build
 
 
@@ -374,26 +477,87 @@ def _sts_body(proof: str) -> Callable[[Kit, str], bytes]:
 def jwt_probes() -> list[Probe]:
     probes: list[Probe] = []
     for name, token in SITE_TOKENS:
-        probes.append(Probe("cmg", "jwt", f"CCM token {name} at CMG tokenauth",
-                            _bearer_post(lambda k: k.proxy("ccm_system_tokenauth/request"), token,
-                                         lambda k, t: k.registration(), "CCM_POST"), E401))
-        probes.append(Probe("management-point", "jwt", f"CCM token {name} at MP tokenauth",
-                            _bearer_post(lambda k: f"{k.mp_https}/ccm_system_tokenauth/request", token,
-                                         lambda k, t: k.registration(), "CCM_POST"), E401))
+        probes.append(
+            Probe(
+                "cmg",
+                "jwt",
+                f"CCM token {name} at CMG tokenauth",
+                _bearer_post(
+                    lambda k: k.proxy("ccm_system_tokenauth/request"), token, lambda k, t: k.registration(), "CCM_POST"
+                ),
+                E401,
+            )
+        )
+        probes.append(
+            Probe(
+                "management-point",
+                "jwt",
+                f"CCM token {name} at MP tokenauth",
+                _bearer_post(
+                    lambda k: f"{k.mp_https}/ccm_system_tokenauth/request",
+                    token,
+                    lambda k, t: k.registration(),
+                    "CCM_POST",
+                ),
+                E401,
+            )
+        )
     for name, token, expect in ENTRA_TOKENS:
-        probes.append(Probe("cmg", "jwt", f"Entra token {name} at CMG CCM_STS",
-                            _bearer_post(lambda k: k.proxy("CCM_STS"), token, _sts_body("AAD")), expect))
-        probes.append(Probe("management-point", "jwt", f"Entra token {name} as an AAD proof at the MP",
-                            _bearer_post(lambda k: f"{k.mp_https}/CCM_STS", token, _sts_body("AAD")), expect | E401))
-        probes.append(Probe("entra", "jwt", f"Entra token {name} at DRS join",
-                            _bearer_post(lambda k: f"{k.drs}/EnrollmentServer/device/?api-version=2.0", token,
-                                         lambda k, t: json.dumps(join_body(k)).encode()), E4XX))
-    probes.append(Probe("management-point", "jwt", "blocked bulk token as a BulkRegistration proof",
-                        _bearer_post(lambda k: f"{k.mp_https}/CCM_STS", lambda k: k.m.blocked_bulk_token,
-                                     _sts_body("BulkRegistration")), frozenset({403})))
-    probes.append(Probe("management-point", "jwt", "bulk token proof signed over other bytes",
-                        _bearer_post(lambda k: f"{k.mp_https}/CCM_STS", lambda k: k.m.bulk_token(),
-                                     lambda k, t: json.dumps(k.m.proof("BulkRegistration", t + "x")).encode()), E401))
+        probes.append(
+            Probe(
+                "cmg",
+                "jwt",
+                f"Entra token {name} at CMG CCM_STS",
+                _bearer_post(lambda k: k.proxy("CCM_STS"), token, _sts_body("AAD")),
+                expect,
+            )
+        )
+        probes.append(
+            Probe(
+                "management-point",
+                "jwt",
+                f"Entra token {name} as an AAD proof at the MP",
+                _bearer_post(lambda k: f"{k.mp_https}/CCM_STS", token, _sts_body("AAD")),
+                expect | E401,
+            )
+        )
+        probes.append(
+            Probe(
+                "entra",
+                "jwt",
+                f"Entra token {name} at DRS join",
+                _bearer_post(
+                    lambda k: f"{k.drs}/EnrollmentServer/device/?api-version=2.0",
+                    token,
+                    lambda k, t: json.dumps(join_body(k)).encode(),
+                ),
+                E4XX,
+            )
+        )
+    probes.append(
+        Probe(
+            "management-point",
+            "jwt",
+            "blocked bulk token as a BulkRegistration proof",
+            _bearer_post(
+                lambda k: f"{k.mp_https}/CCM_STS", lambda k: k.m.blocked_bulk_token, _sts_body("BulkRegistration")
+            ),
+            frozenset({403}),
+        )
+    )
+    probes.append(
+        Probe(
+            "management-point",
+            "jwt",
+            "bulk token proof signed over other bytes",
+            _bearer_post(
+                lambda k: f"{k.mp_https}/CCM_STS",
+                lambda k: k.m.bulk_token(),
+                lambda k, t: json.dumps(k.m.proof("BulkRegistration", t + "x")).encode(),
+            ),
+            E401,
+        )
+    )
     return probes
 
 
@@ -420,10 +584,12 @@ TLS_CLIENTS: list[tuple[str, Callable[[Kit], CertFiles], frozenset[int], frozens
 
 def csr_b64(key: Any, cn: str = "7E980AD9-B86D-4306-9425-9AC066FB014A", extra: int = 0) -> str:
     builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    )
     if extra:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName(f"n{i}.example.test") for i in range(extra)]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(f"n{i}.example.test") for i in range(extra)]), critical=False
+        )
     csr = builder.sign(key, hashes.SHA256())
     return base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode()
 
@@ -435,15 +601,21 @@ def transport_key_b64(key: Any) -> str:
     n = key.public_key().public_numbers()
     e_b = n.e.to_bytes((n.e.bit_length() + 7) // 8, "big")
     n_b = n.n.to_bytes((n.n.bit_length() + 7) // 8, "big")
-    return base64.b64encode(b"RSA1" + struct.pack("<LLLLL", key.key_size, len(e_b), len(n_b), 0, 0)
-                            + e_b + n_b).decode()
+    return base64.b64encode(
+        b"RSA1" + struct.pack("<LLLLL", key.key_size, len(e_b), len(n_b), 0, 0) + e_b + n_b
+    ).decode()
 
 
 def join_body(k: Kit, **over: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"CertificateRequest": {"Type": "pkcs10", "Data": csr_b64(k.m.sms_key)},
-                            "TransportKey": transport_key_b64(k.m.sms_key), "TargetDomain": "lab.test",
-                            "DeviceType": "Windows", "OSVersion": "10.0.19045.3803",
-                            "DeviceDisplayName": "RELIAB-PC", "JoinType": 0}
+    body: dict[str, Any] = {
+        "CertificateRequest": {"Type": "pkcs10", "Data": csr_b64(k.m.sms_key)},
+        "TransportKey": transport_key_b64(k.m.sms_key),
+        "TargetDomain": "lab.test",
+        "DeviceType": "Windows",
+        "OSVersion": "10.0.19045.3803",
+        "DeviceDisplayName": "RELIAB-PC",
+        "JoinType": 0,
+    }
     body.update(over)
     return {key: value for key, value in body.items() if value is not _MISSING}
 
@@ -470,10 +642,16 @@ DRS_BODIES: list[tuple[str, Callable[[Kit], Any], frozenset[int]]] = [
     ("DeviceDisplayName an object", lambda k: join_body(k, DeviceDisplayName={"a": 1}), E400),
     ("CSR not base64", lambda k: join_body(k, CertificateRequest={"Type": "pkcs10", "Data": "%%%"}), E400),
     ("CSR not DER", lambda k: join_body(k, CertificateRequest={"Type": "pkcs10", "Data": "AAAA"}), E400),
-    ("CSR with a bad signature", lambda k: join_body(k, CertificateRequest={"Type": "pkcs10",
-                                                                            "Data": _bad_csr_signature(k)}), E400),
-    ("CSR with 5,000 SAN entries", lambda k: join_body(k, CertificateRequest={
-        "Type": "pkcs10", "Data": csr_b64(k.m.sms_key, extra=5000)}), E400 | {201}),
+    (
+        "CSR with a bad signature",
+        lambda k: join_body(k, CertificateRequest={"Type": "pkcs10", "Data": _bad_csr_signature(k)}),
+        E400,
+    ),
+    (
+        "CSR with 5,000 SAN entries",
+        lambda k: join_body(k, CertificateRequest={"Type": "pkcs10", "Data": csr_b64(k.m.sms_key, extra=5000)}),
+        E400 | {201},
+    ),
     ("oversized (4 MB display name)", lambda k: join_body(k, DeviceDisplayName="A" * 4_000_000), E4XX),
 ]
 
@@ -482,8 +660,13 @@ def _join(body: Callable[[Kit], Any]) -> Callable[[Kit], Req]:
     def build(k: Kit) -> Req:
         doc = body(k)
         raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-        return Req("POST", f"{k.drs}/EnrollmentServer/device/?api-version=2.0",
-                   {"Authorization": f"Bearer {k.drs_token}", "Content-Type": "application/json"}, raw)
+        return Req(
+            "POST",
+            f"{k.drs}/EnrollmentServer/device/?api-version=2.0",
+            {"Authorization": f"Bearer {k.drs_token}", "Content-Type": "application/json"},
+            raw,
+        )
+
     return build
 
 
@@ -492,12 +675,21 @@ STS_BODIES: list[tuple[str, Callable[[Kit], bytes], frozenset[int]]] = [
     ("a JSON array", lambda k: b"[]", E400),
     ("ProofType a number", lambda k: json.dumps({"ProofType": 5}).encode(), E400),
     ("ClientId a number", lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "ClientId": 7}).encode(), E4XX),
-    ("Certificate not hex", lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "Certificate": "zz"}).encode(),
-     E4XX),
-    ("Certificate hex of garbage", lambda k: json.dumps({**k.m.proof("ClientToken", "x"),
-                                                         "Certificate": "3082000A"}).encode(), E4XX),
-    ("Timestamp garbage", lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "Timestamp": "yesterday"}).encode(),
-     E4XX),
+    (
+        "Certificate not hex",
+        lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "Certificate": "zz"}).encode(),
+        E4XX,
+    ),
+    (
+        "Certificate hex of garbage",
+        lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "Certificate": "3082000A"}).encode(),
+        E4XX,
+    ),
+    (
+        "Timestamp garbage",
+        lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "Timestamp": "yesterday"}).encode(),
+        E4XX,
+    ),
     ("Signature a list", lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "Signature": [1]}).encode(), E4XX),
     ("over 1 MiB", lambda k: b'{"ProofType": "' + b"A" * (1024 * 1024 + 10) + b'"}', frozenset({413})),
 ]
@@ -510,31 +702,79 @@ def _sts(raw: Callable[[Kit], bytes]) -> Callable[[Kit], Req]:
 def certificate_probes() -> list[Probe]:
     probes: list[Probe] = []
     for name, cert, at_mp, at_cmg in TLS_CLIENTS:
-        probes.append(Probe("management-point", "certificate", f"TLS client certificate {name} at the MP",
-                            ccm_post(lambda k: f"{k.mp_https}/ccm_system/request", lambda k: k.registration(),
-                                     cert=cert), at_mp))
-        probes.append(Probe("cmg", "certificate", f"TLS client certificate {name} at CMG MutualAuth",
-                            ccm_post(cmg_mutual, lambda k: k.registration(), cert=cert), at_cmg))
-    probes.append(Probe("management-point", "certificate", "Client-Cert header from a device (not honoured)",
-                        lambda k: Req("CCM_POST", f"{k.mp_https}/ccm_system/request",
-                                      {"Content-Type": cm.CONTENT_TYPE, "Client-Cert": ":bm90IGEgY2VydA==:"},
-                                      k.registration()), frozenset({403})))
-    probes.append(Probe("management-point", "certificate", "garbage Client-Cert from the connection point",
-                        lambda k: Req("CCM_POST", f"{k.mp_https}/ccm_system/request",
-                                      {"Content-Type": cm.CONTENT_TYPE, "Client-Cert": ":bm90IGEgY2VydA==:"},
-                                      k.registration(), k.m.connection_point), E400))
+        probes.append(
+            Probe(
+                "management-point",
+                "certificate",
+                f"TLS client certificate {name} at the MP",
+                ccm_post(lambda k: f"{k.mp_https}/ccm_system/request", lambda k: k.registration(), cert=cert),
+                at_mp,
+            )
+        )
+        probes.append(
+            Probe(
+                "cmg",
+                "certificate",
+                f"TLS client certificate {name} at CMG MutualAuth",
+                ccm_post(cmg_mutual, lambda k: k.registration(), cert=cert),
+                at_cmg,
+            )
+        )
+    probes.append(
+        Probe(
+            "management-point",
+            "certificate",
+            "Client-Cert header from a device (not honoured)",
+            lambda k: Req(
+                "CCM_POST",
+                f"{k.mp_https}/ccm_system/request",
+                {"Content-Type": cm.CONTENT_TYPE, "Client-Cert": ":bm90IGEgY2VydA==:"},
+                k.registration(),
+            ),
+            frozenset({403}),
+        )
+    )
+    probes.append(
+        Probe(
+            "management-point",
+            "certificate",
+            "garbage Client-Cert from the connection point",
+            lambda k: Req(
+                "CCM_POST",
+                f"{k.mp_https}/ccm_system/request",
+                {"Content-Type": cm.CONTENT_TYPE, "Client-Cert": ":bm90IGEgY2VydA==:"},
+                k.registration(),
+                k.m.connection_point,
+            ),
+            E400,
+        )
+    )
     return probes
 
 
 def json_probes() -> list[Probe]:
     probes = [Probe("entra", "drs_json", f"DRS join: {name}", _join(body), expect) for name, body, expect in DRS_BODIES]
-    probes += [Probe("management-point", "sts_json", f"CCM_STS: {name}", _sts(raw), expect)
-               for name, raw, expect in STS_BODIES]
-    probes.append(Probe("entra", "drs_json", "DRS delete without the device certificate",
-                        lambda k: Req("DELETE", f"{k.drs}/EnrollmentServer/device/{uuid.uuid4()}"), E4XX))
-    probes.append(Probe("entra", "drs_json", "DRS delete of another device with a PKI certificate",
-                        lambda k: Req("DELETE", f"{k.drs}/EnrollmentServer/device/{uuid.uuid4()}",
-                                      cert=k.m.pki_client), E4XX))
+    probes += [
+        Probe("management-point", "sts_json", f"CCM_STS: {name}", _sts(raw), expect) for name, raw, expect in STS_BODIES
+    ]
+    probes.append(
+        Probe(
+            "entra",
+            "drs_json",
+            "DRS delete without the device certificate",
+            lambda k: Req("DELETE", f"{k.drs}/EnrollmentServer/device/{uuid.uuid4()}"),
+            E4XX,
+        )
+    )
+    probes.append(
+        Probe(
+            "entra",
+            "drs_json",
+            "DRS delete of another device with a PKI certificate",
+            lambda k: Req("DELETE", f"{k.drs}/EnrollmentServer/device/{uuid.uuid4()}", cert=k.m.pki_client),
+            E4XX,
+        )
+    )
     return probes
 
 
@@ -545,59 +785,95 @@ def probes() -> list[Probe]:
 # -- issue 15: the CMG as a way around itself, smuggling, takeover, nesting --------------------------------
 def raw(service: str, data: Callable[[Kit], bytes]) -> Callable[[Kit], Req]:
     """Bytes an HTTP library would refuse to send, written as they are over TLS to `service`."""
+
     def build(k: Kit) -> Req:
         lab = k.lab
-        return Req("RAW", lab.url(service), content=data(k),
-                   raw_to=(lab.config.bind_address, lab.port(service), lab.host(service)))
+        return Req(
+            "RAW",
+            lab.url(service),
+            content=data(k),
+            raw_to=(lab.config.bind_address, lab.port(service), lab.host(service)),
+        )
+
     return build
 
 
-def _cmg_request(target: str, *, host: str | None = None, extra: str = "", body: bytes = b"",
-                 method: str = "CCM_POST") -> Callable[[Kit], bytes]:
+def _cmg_request(
+    target: str, *, host: str | None = None, extra: str = "", body: bytes = b"", method: str = "CCM_POST"
+) -> Callable[[Kit], bytes]:
     """A request to the CMG with a valid CCM token; `{role}` in the target or Host is the site's role ID."""
+
     def data(k: Kit) -> bytes:
         role = str(k.lab.config.site.role_id)
         name = host if host is not None else f"{k.lab.config.hosts.cmg}:{k.lab.port('cmg')}"
         framed = "Content-Length" in extra or "Transfer-Encoding" in extra
         framing = "" if framed else f"Content-Length: {len(body)}\r\n"
-        head = (f"{method} {target} HTTP/1.1\r\nHost: {name}\r\nAuthorization: Bearer {k.m.ccm_token()}\r\n"
-                f"{extra}{framing}Connection: close\r\n\r\n")
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {name}\r\nAuthorization: Bearer {k.m.ccm_token()}\r\n"
+            f"{extra}{framing}Connection: close\r\n\r\n"
+        )
         return head.replace("{role}", role).encode("latin-1") + body
+
     return data
 
 
 TOKENAUTH = "/CCM_Proxy_ServerAuth/{role}/ccm_system_tokenauth/request"
 SMUGGLED = b"0\r\n\r\nGET /_lab/clients HTTP/1.1\r\nHost: mp\r\n\r\n"
 CMG_RAW: list[tuple[str, Callable[[Kit], bytes], frozenset[int]]] = [
-    ("Host smuggling a path to the MP's /_lab/clients",
-     _cmg_request(TOKENAUTH, host="x/CCM_Proxy_ServerAuth/{role}/_lab/clients?"), E400),
-    ("Host smuggling CCM_Cloud/config", _cmg_request(TOKENAUTH, host="x/CCM_Proxy_ServerAuth/{role}/CCM_Cloud/config?"),
-     E400),
+    (
+        "Host smuggling a path to the MP's /_lab/clients",
+        _cmg_request(TOKENAUTH, host="x/CCM_Proxy_ServerAuth/{role}/_lab/clients?"),
+        E400,
+    ),
+    (
+        "Host smuggling CCM_Cloud/config",
+        _cmg_request(TOKENAUTH, host="x/CCM_Proxy_ServerAuth/{role}/CCM_Cloud/config?"),
+        E400,
+    ),
     ("Host of another name", _cmg_request(TOKENAUTH, host="evil.example"), E400),
     ("two Host headers", _cmg_request(TOKENAUTH, extra="Host: evil.example\r\n"), E400),
     ("absolute-form target of another host", _cmg_request("https://evil" + TOKENAUTH), frozenset({400, 404})),
     ("dot-dot to /_lab", _cmg_request(TOKENAUTH + "/../../_lab/clients"), E400),
     ("encoded slash to /_lab", _cmg_request("/CCM_Proxy_ServerAuth/{role}/ccm_system_tokenauth%2f..%2f_lab"), E400),
     ("double-encoded dot-dot", _cmg_request("/CCM_Proxy_ServerAuth/{role}/CCM_STS/%252e%252e/x"), E400),
-    ("backslash traversal", _cmg_request("/CCM_Proxy_ServerAuth/{role}/CCM_STS\\..\\ccm_system_windowsauth"),
-     E400),
-    ("unpublished ccm_system_windowsauth", _cmg_request("/CCM_Proxy_ServerAuth/{role}/ccm_system_windowsauth/request"),
-     frozenset({404})),
-    ("unpublished CCM_Cloud/config", _cmg_request("/CCM_Proxy_ServerAuth/{role}/CCM_Cloud/config", method="GET"),
-     frozenset({404})),
-    ("unpublished /_lab through the proxy", _cmg_request("/CCM_Proxy_ServerAuth/{role}/_lab/clients", method="GET"),
-     frozenset({404})),
-    ("role ID tampered", _cmg_request("/CCM_Proxy_ServerAuth/{role}0/ccm_system_tokenauth/request"),
-     frozenset({404})),
-    ("role ID in Arabic-Indic digits", _cmg_request("/CCM_Proxy_ServerAuth/%D9%A1/ccm_system_tokenauth/request"),
-     frozenset({404})),
-    ("Content-Length and Transfer-Encoding",
-     _cmg_request(TOKENAUTH, extra="Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", body=SMUGGLED), E400),
-    ("two Content-Lengths", _cmg_request(TOKENAUTH, extra="Content-Length: 4\r\nContent-Length: 40\r\n",
-                                         body=b"abcd"), E400),
+    ("backslash traversal", _cmg_request("/CCM_Proxy_ServerAuth/{role}/CCM_STS\\..\\ccm_system_windowsauth"), E400),
+    (
+        "unpublished ccm_system_windowsauth",
+        _cmg_request("/CCM_Proxy_ServerAuth/{role}/ccm_system_windowsauth/request"),
+        frozenset({404}),
+    ),
+    (
+        "unpublished CCM_Cloud/config",
+        _cmg_request("/CCM_Proxy_ServerAuth/{role}/CCM_Cloud/config", method="GET"),
+        frozenset({404}),
+    ),
+    (
+        "unpublished /_lab through the proxy",
+        _cmg_request("/CCM_Proxy_ServerAuth/{role}/_lab/clients", method="GET"),
+        frozenset({404}),
+    ),
+    ("role ID tampered", _cmg_request("/CCM_Proxy_ServerAuth/{role}0/ccm_system_tokenauth/request"), frozenset({404})),
+    (
+        "role ID in Arabic-Indic digits",
+        _cmg_request("/CCM_Proxy_ServerAuth/%D9%A1/ccm_system_tokenauth/request"),
+        frozenset({404}),
+    ),
+    (
+        "Content-Length and Transfer-Encoding",
+        _cmg_request(TOKENAUTH, extra="Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", body=SMUGGLED),
+        E400,
+    ),
+    (
+        "two Content-Lengths",
+        _cmg_request(TOKENAUTH, extra="Content-Length: 4\r\nContent-Length: 40\r\n", body=b"abcd"),
+        E400,
+    ),
     ("a second Authorization header", _cmg_request(TOKENAUTH, extra="Authorization: Bearer other\r\n"), E400),
-    ("Transfer-Encoding other than chunked",
-     _cmg_request(TOKENAUTH, extra="Transfer-Encoding: gzip, chunked\r\n", body=SMUGGLED), frozenset({400, 501})),
+    (
+        "Transfer-Encoding other than chunked",
+        _cmg_request(TOKENAUTH, extra="Transfer-Encoding: gzip, chunked\r\n", body=SMUGGLED),
+        frozenset({400, 501}),
+    ),
 ]
 
 DEEP_JSON = b"[" * 20_000 + b"]" * 20_000  # 20 times the parser's recursion limit
@@ -606,28 +882,63 @@ DEEP_JSON = b"[" * 20_000 + b"]" * 20_000  # 20 times the parser's recursion lim
 def _takeover(k: Kit) -> bytes:
     """Another key proposing the SMSID the kit's own identity registered: a conflicting record, never an update."""
     other = b.new_key()
-    cert = b.self_signed(other, b.name("ConfigMgr Client"), ekus=[b.SMS_SIGNING_EKU, b.SMS_EKU],
-                         data_encipherment=True)
+    cert = b.self_signed(other, b.name("ConfigMgr Client"), ekus=[b.SMS_SIGNING_EKU, b.SMS_EKU], data_encipherment=True)
     data = k.registration_data(cm.cert_hex(cert)).replace('SMSID=""', f'SMSID="{k.victim()}"')
     return k.registration(cm.registration_request(data, other))
 
 
 def attack_probes() -> list[Probe]:
     probes = [Probe("cmg", "cmg_url", f"CMG: {name}", raw("cmg", data), expect) for name, data, expect in CMG_RAW]
-    probes.append(Probe("cmg", "cmg_url", "CMG /_lab/requests without the admin token",
-                        lambda k: Req("GET", f"{k.lab.url('cmg')}/_lab/requests"), E401))
-    probes.append(Probe("management-point", "registration", "registration proposing another client's SMSID",
-                        ccm_post(mp_anonymous, _takeover), E200))
-    probes.append(Probe("management-point", "sts_json", "CCM_STS: JSON nested 20,000 deep",
-                        _sts(lambda k: DEEP_JSON), E400))
-    probes.append(Probe("cmg", "sts_json", "CCM_STS through the CMG: JSON nested 20,000 deep",
-                        lambda k: Req("POST", k.proxy("CCM_STS"), {"Content-Type": "application/json",
-                                                                   "Authorization": f"Bearer {k.m.bulk_token()}"},
-                                      DEEP_JSON), E400))
+    probes.append(
+        Probe(
+            "cmg",
+            "cmg_url",
+            "CMG /_lab/requests without the admin token",
+            lambda k: Req("GET", f"{k.lab.url('cmg')}/_lab/requests"),
+            E401,
+        )
+    )
+    probes.append(
+        Probe(
+            "management-point",
+            "registration",
+            "registration proposing another client's SMSID",
+            ccm_post(mp_anonymous, _takeover),
+            E200,
+        )
+    )
+    probes.append(
+        Probe("management-point", "sts_json", "CCM_STS: JSON nested 20,000 deep", _sts(lambda k: DEEP_JSON), E400)
+    )
+    probes.append(
+        Probe(
+            "cmg",
+            "sts_json",
+            "CCM_STS through the CMG: JSON nested 20,000 deep",
+            lambda k: Req(
+                "POST",
+                k.proxy("CCM_STS"),
+                {"Content-Type": "application/json", "Authorization": f"Bearer {k.m.bulk_token()}"},
+                DEEP_JSON,
+            ),
+            E400,
+        )
+    )
     probes.append(Probe("entra", "drs_json", "DRS join: JSON nested 20,000 deep", _join(lambda k: DEEP_JSON), E400))
-    probes.append(Probe("entra", "drs_json", "hybrid-join PUT: JSON nested 20,000 deep",
-                        lambda k: Req("PUT", f"{k.drs}/EnrollmentServer/device/{uuid.uuid4()}?api-version=2.0",
-                                      {"Content-Type": "application/json"}, DEEP_JSON), E400))
+    probes.append(
+        Probe(
+            "entra",
+            "drs_json",
+            "hybrid-join PUT: JSON nested 20,000 deep",
+            lambda k: Req(
+                "PUT",
+                f"{k.drs}/EnrollmentServer/device/{uuid.uuid4()}?api-version=2.0",
+                {"Content-Type": "application/json"},
+                DEEP_JSON,
+            ),
+            E400,
+        )
+    )
     return probes
 
 
@@ -636,6 +947,7 @@ def _dp_request(target: str) -> Callable[[Kit], bytes]:
     def data(k: Kit) -> bytes:
         name = f"{k.lab.host('distribution-point')}:{k.lab.port('distribution-point')}"
         return f"GET {target} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode("latin-1")
+
     return data
 
 
@@ -652,5 +964,7 @@ DP_RAW: list[tuple[str, str, frozenset[int]]] = [
 
 
 def dp_probes() -> list[Probe]:
-    return [Probe("distribution-point", "dp_path", f"DP: {name}", raw("distribution-point", _dp_request(target)),
-                  expect) for name, target, expect in DP_RAW]
+    return [
+        Probe("distribution-point", "dp_path", f"DP: {name}", raw("distribution-point", _dp_request(target)), expect)
+        for name, target, expect in DP_RAW
+    ]

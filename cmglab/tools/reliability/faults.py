@@ -137,17 +137,29 @@ def schedule(*, upstream_timeout: float, client_timeout: float, concurrency: int
     return [
         Inject("entra", {"path": "/oauth2/token", "delay_ms": 1500, "times": 2 * n}, "Entra tokens 1.5 s late"),
         Kill("cmg-connection-point"),
-        Inject("management-point", {"path": "^/CCM_STS$", "delay_ms": late_for_point, "times": n},
-               f"CCM_STS answers {late_for_point} ms late, after the connection point's timeout"),
+        Inject(
+            "management-point",
+            {"path": "^/CCM_STS$", "delay_ms": late_for_point, "times": n},
+            f"CCM_STS answers {late_for_point} ms late, after the connection point's timeout",
+        ),
         Kill("management-point"),
-        Inject("cmg", {"path": "ccm_system_tokenauth/request", "drop": True, "times": n},
-               "CcmMessaging replies dropped mid-reply"),
+        Inject(
+            "cmg",
+            {"path": "ccm_system_tokenauth/request", "drop": True, "times": n},
+            "CcmMessaging replies dropped mid-reply",
+        ),
         LockDatabase(upstream_timeout + 2),
         Kill("cmg"),
-        Inject("management-point", {"path": "ccm_system_tokenauth/request", "status": 503, "times": n},
-               "CcmMessaging answered 503"),
-        Inject("cmg", {"path": "AADAuthInfo", "delay_ms": late_for_client, "times": 1},
-               f"AADAuthInfo answers {late_for_client} ms late, after the client's timeout"),
+        Inject(
+            "management-point",
+            {"path": "ccm_system_tokenauth/request", "status": 503, "times": n},
+            "CcmMessaging answered 503",
+        ),
+        Inject(
+            "cmg",
+            {"path": "AADAuthInfo", "delay_ms": late_for_client, "times": 1},
+            f"AADAuthInfo answers {late_for_client} ms late, after the client's timeout",
+        ),
     ]
 
 
@@ -189,8 +201,9 @@ class Injector(threading.Thread):
     k - `ahead` has begun. So each fault begins with devices still to start, which go through every step of
     an onboarding while it lasts, whatever step the fault hurts and however long the faults before it took."""
 
-    def __init__(self, faults: list[Fault], ctx: FaultContext, thresholds: list[int], progress: Progress,
-                 ahead: int) -> None:
+    def __init__(
+        self, faults: list[Fault], ctx: FaultContext, thresholds: list[int], progress: Progress, ahead: int
+    ) -> None:
         super().__init__(name="faults", daemon=True)
         self.faults, self.ctx, self.thresholds, self.progress, self.ahead = faults, ctx, thresholds, progress, ahead
         self.applied: list[Applied] = []

@@ -37,10 +37,12 @@ class Target:
 def targets(lab: Lab) -> list[Target]:
     bundle = str(lab.pki.ca_bundle)
     addr = lab.config.bind_address
-    return [Target("entra", f"https://{addr}:{lab.port('entra')}", bundle),
-            Target("cmg", f"https://{addr}:{lab.port('cmg')}", bundle),
-            Target("management-point", f"https://{addr}:{lab.port('management-point')}", bundle),
-            Target("cmg-connection-point", f"http://{addr}:{lab.port('cmg-connection-point')}", False)]
+    return [
+        Target("entra", f"https://{addr}:{lab.port('entra')}", bundle),
+        Target("cmg", f"https://{addr}:{lab.port('cmg')}", bundle),
+        Target("management-point", f"https://{addr}:{lab.port('management-point')}", bundle),
+        Target("cmg-connection-point", f"http://{addr}:{lab.port('cmg-connection-point')}", False),
+    ]
 
 
 def run(lab: Lab, view: LabView, report: Report, *, deadline: float, examples: int = 8) -> None:
@@ -66,14 +68,28 @@ def run(lab: Lab, view: LabView, report: Report, *, deadline: float, examples: i
                     _fuzz(op, mode, target, session, report, deadline, examples)
 
 
-def _fuzz(op: schemathesis.APIOperation, mode: GenerationMode, target: Target, session: requests.Session,
-          report: Report, deadline: float, examples: int) -> None:
+def _fuzz(
+    op: schemathesis.APIOperation,
+    mode: GenerationMode,
+    target: Target,
+    session: requests.Session,
+    report: Report,
+    deadline: float,
+    examples: int,
+) -> None:
     tally = report.tally(target.service)
 
     # no shrinking, no example database: the campaign counts answers, it does not minimise failures
-    @hypothesis.settings(max_examples=examples, deadline=None, database=None, derandomize=False,
-                         verbosity=Verbosity.quiet, print_blob=False, phases=[Phase.explicit, Phase.generate],
-                         suppress_health_check=list(HealthCheck))
+    @hypothesis.settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        verbosity=Verbosity.quiet,
+        print_blob=False,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @hypothesis.given(op.as_strategy(generation_mode=mode))
     def send(case: schemathesis.Case) -> None:
         if time.monotonic() >= deadline:
@@ -88,8 +104,7 @@ def _fuzz(op: schemathesis.APIOperation, mode: GenerationMode, target: Target, s
             report.finding("connection failure", target.service, what, repr(e))
             return
         if response.status_code >= 500:  # counted from the service's own records (labview), named here
-            report.finding(f"{response.status_code}", target.service, what,
-                           f"query={case.query!r} body={case.body!r}")
+            report.finding(f"{response.status_code}", target.service, what, f"query={case.query!r} body={case.body!r}")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # schemathesis warns about the schema's missing security schemes

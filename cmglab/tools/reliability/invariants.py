@@ -87,6 +87,8 @@ def check(view: LabView) -> dict[str, list[str]]:
 
 def rows(view: LabView) -> dict[str, Any]:
     """How many rows the checks looked at (the report shows that the checks saw something)."""
-    return {"mp_clients": len(view.listing("management-point", "clients")),
-            "mp_tokens": len(view.listing("management-point", "tokens")),
-            "entra_devices": len(view.listing("entra", "devices"))}
+    return {
+        "mp_clients": len(view.listing("management-point", "clients")),
+        "mp_tokens": len(view.listing("management-point", "tokens")),
+        "entra_devices": len(view.listing("entra", "devices")),
+    }

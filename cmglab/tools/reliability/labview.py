@@ -35,8 +35,11 @@ class LabView:
 
     def get(self, service: str, path: str, **params: Any) -> dict[str, Any]:
         # the admin token: the CMG's internet listener shows its /_lab listings to the lab admin only
-        r = self.http.get(f"{self.lab.url(service)}{path}", params=params,
-                          headers={"Authorization": f"Bearer {self.lab.admin_token()}"})
+        r = self.http.get(
+            f"{self.lab.url(service)}{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {self.lab.admin_token()}"},
+        )
         r.raise_for_status()
         data: dict[str, Any] = r.json()
         return data

@@ -29,8 +29,12 @@ CONFIGMGR_RESOURCE = "https://ConfigMgrService"
 
 def bulk_token_cli(lab: Lab, *args: str) -> str:
     """`cmglab bulk-token ...` as the administrator runs it (the site DB records the GUID)."""
-    return subprocess.run([sys.executable, "-m", "cmglab", "bulk-token", *args, "--lab", str(lab.dir)],
-                          check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "cmglab", "bulk-token", *args, "--lab", str(lab.dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 class Material:
@@ -45,14 +49,20 @@ class Material:
 
     @cached_property
     def sms_cert(self) -> x509.Certificate:
-        return b.self_signed(self.sms_key, b.name("ConfigMgr Client"), ekus=[b.SMS_SIGNING_EKU, b.SMS_EKU],
-                             data_encipherment=True)
+        return b.self_signed(
+            self.sms_key, b.name("ConfigMgr Client"), ekus=[b.SMS_SIGNING_EKU, b.SMS_EKU], data_encipherment=True
+        )
 
     def proof(self, proof_type: str, token: str, *, sms_id: str | None = None) -> dict[str, Any]:
         """A CCM_STS request body with its proof of possession by the SMS key."""
         stamp = cm.utc_timestamp()
-        return {"ProofType": proof_type, "ClientId": sms_id, "Certificate": cm.cert_hex(self.sms_cert),
-                "Timestamp": stamp, "Signature": cm.sign_hex(self.sms_key, cm.utf16(f"{token};{stamp}"))}
+        return {
+            "ProofType": proof_type,
+            "ClientId": sms_id,
+            "Certificate": cm.cert_hex(self.sms_cert),
+            "Timestamp": stamp,
+            "Signature": cm.sign_hex(self.sms_key, cm.utf16(f"{token};{stamp}")),
+        }
 
     # -- TLS client certificates ---------------------------------------------------------------------
     def _pki(self, name: str, **kw: Any) -> CertFiles:
@@ -73,8 +83,9 @@ class Material:
 
     @cached_property
     def expired_client(self) -> CertFiles:
-        return self._pki("reliability-expired.corp.lab.test", days=30,
-                         not_before=datetime.now(UTC) - timedelta(days=400))
+        return self._pki(
+            "reliability-expired.corp.lab.test", days=30, not_before=datetime.now(UTC) - timedelta(days=400)
+        )
 
     @cached_property
     def wrong_eku_client(self) -> CertFiles:
@@ -90,8 +101,15 @@ class Material:
         ca_key = b.new_key()
         ca = b.self_signed_ca(ca_key, b.name("Rogue Root CA"))
         key = b.new_key()
-        cert = b.leaf(key.public_key(), b.name("rogue.lab.test"), ca, ca_key, ekus=[b.CLIENT_AUTH],
-                      san=["rogue.lab.test"], days=30)
+        cert = b.leaf(
+            key.public_key(),
+            b.name("rogue.lab.test"),
+            ca,
+            ca_key,
+            ekus=[b.CLIENT_AUTH],
+            san=["rogue.lab.test"],
+            days=30,
+        )
         return self._files("foreign", [cert, ca], key)
 
     @cached_property
@@ -117,8 +135,9 @@ class Material:
         return token
 
     def client_unique_token(self) -> str:
-        token, _ = self.lab.site_signer().client_token(sms_id=f"GUID:{str(uuid.uuid4()).upper()}",
-                                                       cert_thumbprint=b.sha1_thumbprint(self.sms_cert))
+        token, _ = self.lab.site_signer().client_token(
+            sms_id=f"GUID:{str(uuid.uuid4()).upper()}", cert_thumbprint=b.sha1_thumbprint(self.sms_cert)
+        )
         return token
 
     def bulk_token(self) -> str:
@@ -132,24 +151,47 @@ class Material:
         return str(doc["token"])
 
     # -- Entra tokens ------------------------------------------------------------------------------------
-    def entra_token(self, *, user: bool = True, tenant_id: str | None = None, audience: str = CONFIGMGR_RESOURCE,
-                    key: Any = None, headers: dict[str, Any] | None = None, **claims: Any) -> str:
+    def entra_token(
+        self,
+        *,
+        user: bool = True,
+        tenant_id: str | None = None,
+        audience: str = CONFIGMGR_RESOURCE,
+        key: Any = None,
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
         """An Entra v1 access token signed with the lab's Entra key (kid = x5t), as Entra issues them;
         `claims` override or add claims, `headers` the JOSE header."""
         tenant = self.lab.config.primary_tenant
         tid = tenant_id or tenant.tenant_id
         now = int(time.time())
-        body: dict[str, Any] = {"aud": audience, "iss": f"https://sts.windows.net/{tid}/", "tid": tid,
-                                "iat": now, "nbf": now, "exp": now + 3600, "deviceid": str(uuid.uuid4()),
-                                "appid": self.lab.config.apps[0].app_id, "ver": "1.0",
-                                "idtyp": "user" if user else "device"}
+        body: dict[str, Any] = {
+            "aud": audience,
+            "iss": f"https://sts.windows.net/{tid}/",
+            "tid": tid,
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "deviceid": str(uuid.uuid4()),
+            "appid": self.lab.config.apps[0].app_id,
+            "ver": "1.0",
+            "idtyp": "user" if user else "device",
+        }
         user_row = tenant.users[0]
-        body.update({"oid": user_row.object_id, "upn": user_row.upn, "unique_name": user_row.upn}
-                    if user else {"oid": str(uuid.uuid4())})
+        body.update(
+            {"oid": user_row.object_id, "upn": user_row.upn, "unique_name": user_row.upn}
+            if user
+            else {"oid": str(uuid.uuid4())}
+        )
         body.update(claims)
         kid = b.x5t(self.lab.pki.entra_signing.cert())
-        return jwt.encode(body, key or self.lab.pki.entra_signing.key(), algorithm="RS256",
-                          headers={"kid": kid, "x5t": kid, **(headers or {})})
+        return jwt.encode(
+            body,
+            key or self.lab.pki.entra_signing.key(),
+            algorithm="RS256",
+            headers={"kid": kid, "x5t": kid, **(headers or {})},
+        )
 
     @property
     def other_tenant_id(self) -> str:

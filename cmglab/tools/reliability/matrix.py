@@ -57,9 +57,23 @@ ALLOW: dict[str, frozenset[str]] = {
     # the token endpoint is where credentials come from: it takes a grant, whoever asks. Entra checks a
     # presented certificate's chain at TLS (lab CA) but not the lab's CRL: Entra is not the site PKI's
     # relying party, so the revoked lab certificate passes where the foreign ones do not
-    "entra_token": frozenset({"none", "entra_user", "entra_device", "entra_other", "ccm", "ccm_expired",
-                              "client_unique", "bulk", "bulk_blocked", "pki", "pki_revoked", "connection_point",
-                              "admin"}),
+    "entra_token": frozenset(
+        {
+            "none",
+            "entra_user",
+            "entra_device",
+            "entra_other",
+            "ccm",
+            "ccm_expired",
+            "client_unique",
+            "bulk",
+            "bulk_blocked",
+            "pki",
+            "pki_revoked",
+            "connection_point",
+            "admin",
+        }
+    ),
     "drs_join": frozenset({"entra_user"}),
     "drs_delete": frozenset(),  # only the device's own certificate, which none of these is
     "cmg_mutual": frozenset({"pki", "connection_point"}),
@@ -89,8 +103,10 @@ def markdown() -> str:
     """The README table: one row per route family, one column per credential."""
     head = "| route family | " + " | ".join(label for _, label in CREDENTIALS) + " |"
     rule = "|---|" + "---|" * len(CREDENTIALS)
-    rows = [f"| {label} | " + " | ".join("allow" if expected(route, c) else "deny" for c, _ in CREDENTIALS) + " |"
-            for route, label in ROUTES]
+    rows = [
+        f"| {label} | " + " | ".join("allow" if expected(route, c) else "deny" for c, _ in CREDENTIALS) + " |"
+        for route, label in ROUTES
+    ]
     return "\n".join([head, rule, *rows]) + "\n"
 
 

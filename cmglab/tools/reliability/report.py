@@ -47,19 +47,33 @@ class Report:
         return t["server_errors"] == t["unhandled"] == t["unexpected"] == t["invariant_violations"] == 0
 
     def as_json(self) -> dict[str, Any]:
-        return {"budget_s": self.budget_s, "elapsed_s": round(self.elapsed_s, 1), "goals_met": self.goals_met(),
-                "totals": self.totals(), "services": {k: asdict(v) for k, v in self.services.items()},
-                "operations": self.operations, "findings": self.findings}
+        return {
+            "budget_s": self.budget_s,
+            "elapsed_s": round(self.elapsed_s, 1),
+            "goals_met": self.goals_met(),
+            "totals": self.totals(),
+            "services": {k: asdict(v) for k, v in self.services.items()},
+            "operations": self.operations,
+            "findings": self.findings,
+        }
 
     def markdown(self) -> str:
-        rows = ["| service | inputs | fuzzed | corpus | 5xx | unhandled | unexpected | invariant violations |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        rows = [
+            "| service | inputs | fuzzed | corpus | 5xx | unhandled | unexpected | invariant violations |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for name, t in [*self.services.items(), ("**total**", ServiceTally(**self.totals()))]:
-            rows.append(f"| {name} | {t.inputs} | {t.fuzzed} | {t.corpus} | {t.server_errors} | {t.unhandled} "
-                        f"| {t.unexpected} | {t.invariant_violations} |")
-        lines = [f"# Reliability campaign\n\nBudget {self.budget_s:.0f} s, ran {self.elapsed_s:.0f} s; "
-                 f"goals (0 5xx, 0 unhandled, 0 unexpected, 0 invariant violations): "
-                 f"{'met' if self.goals_met() else 'NOT met'}.\n", *rows, ""]
+            rows.append(
+                f"| {name} | {t.inputs} | {t.fuzzed} | {t.corpus} | {t.server_errors} | {t.unhandled} "
+                f"| {t.unexpected} | {t.invariant_violations} |"
+            )
+        lines = [
+            f"# Reliability campaign\n\nBudget {self.budget_s:.0f} s, ran {self.elapsed_s:.0f} s; "
+            f"goals (0 5xx, 0 unhandled, 0 unexpected, 0 invariant violations): "
+            f"{'met' if self.goals_met() else 'NOT met'}.\n",
+            *rows,
+            "",
+        ]
         if self.findings:
             lines += ["## Findings", ""]
             lines += [f"- {f['kind']} at {f['service']}: {f['what']} {f['detail']}".rstrip() for f in self.findings]

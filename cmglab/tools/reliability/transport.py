@@ -21,8 +21,11 @@ from cmglab.wire import httpclient
 
 # the limits a campaign lab runs with: small, so that each attack is cheap
 ENV = {
-    "CMGLAB_MAX_URL_BYTES": "4096", "CMGLAB_MAX_HEADER_BYTES": "16384",
-    "CMGLAB_HEAD_TIMEOUT": "1", "CMGLAB_TLS_HANDSHAKE_TIMEOUT": "1", "CMGLAB_MAX_HANDSHAKES": "40",
+    "CMGLAB_MAX_URL_BYTES": "4096",
+    "CMGLAB_MAX_HEADER_BYTES": "16384",
+    "CMGLAB_HEAD_TIMEOUT": "1",
+    "CMGLAB_TLS_HANDSHAKE_TIMEOUT": "1",
+    "CMGLAB_MAX_HANDSHAKES": "40",
 }
 MAX_BODY = 1024 * 1024  # CMGLAB_MAX_BODY_BYTES for the chunked-body attack (the campaign's own cap may be larger)
 
@@ -45,12 +48,10 @@ def targets(lab: Lab) -> list[Target]:
         Target("management-point", "management-point", p.management_point, h.management_point, True),
         Target("management-point-http", "management-point", p.management_point_http, h.management_point, False),
         Target("pki", "pki", p.pki, h.pki, False),
-        Target("cmg-connection-point", "cmg-connection-point", p.cmg_connection_point, h.cmg_connection_point,
-               False),
+        Target("cmg-connection-point", "cmg-connection-point", p.cmg_connection_point, h.cmg_connection_point, False),
         Target("console", "console", p.console, h.console, True),
         Target("distribution-point", "distribution-point", p.distribution_point, h.distribution_point, True),
-        Target("distribution-point-http", "distribution-point", p.distribution_point_http, h.distribution_point,
-               False),
+        Target("distribution-point-http", "distribution-point", p.distribution_point_http, h.distribution_point, False),
     ]
 
 
@@ -91,8 +92,9 @@ def status(answer: bytes) -> int | None:
 
 def long_url(lab: Lab, t: Target, cert: tuple[Path, Path] | None) -> int | None:
     with connect(lab, t, cert) as s:
-        return status(send_then_read(s, b"GET /" + b"a" * 8192 + b" HTTP/1.1\r\nHost: " + t.host.encode()
-                                     + b"\r\n\r\n"))
+        return status(
+            send_then_read(s, b"GET /" + b"a" * 8192 + b" HTTP/1.1\r\nHost: " + t.host.encode() + b"\r\n\r\n")
+        )
 
 
 def oversized_head(lab: Lab, t: Target, cert: tuple[Path, Path] | None) -> int | None:
@@ -103,16 +105,26 @@ def oversized_head(lab: Lab, t: Target, cert: tuple[Path, Path] | None) -> int |
 
 def declared_body(lab: Lab, t: Target, cert: tuple[Path, Path] | None) -> int | None:
     with connect(lab, t, cert) as s:
-        return status(send_then_read(s, b"POST /anything HTTP/1.1\r\nHost: " + t.host.encode()
-                                     + b"\r\nContent-Length: 268435456\r\n\r\n"))
+        return status(
+            send_then_read(
+                s, b"POST /anything HTTP/1.1\r\nHost: " + t.host.encode() + b"\r\nContent-Length: 268435456\r\n\r\n"
+            )
+        )
 
 
-def chunked_body(lab: Lab, t: Target, cert: tuple[Path, Path] | None, method: bytes, path: bytes,
-                 cap: int = MAX_BODY) -> int | None:
+def chunked_body(
+    lab: Lab, t: Target, cert: tuple[Path, Path] | None, method: bytes, path: bytes, cap: int = MAX_BODY
+) -> int | None:
     chunk = b"%x\r\n%s\r\n" % (65536, b"a" * 65536)
     with connect(lab, t, cert) as s:
-        s.sendall(method + b" " + path + b" HTTP/1.1\r\nHost: " + t.host.encode()
-                  + b"\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(
+            method
+            + b" "
+            + path
+            + b" HTTP/1.1\r\nHost: "
+            + t.host.encode()
+            + b"\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         return status(send_then_read(s, chunk * (cap // 65536 + 8)))
 
 
@@ -199,26 +211,41 @@ def campaign(lab: Lab, pids: dict[str, int], cert: tuple[Path, Path] | None) -> 
     """Every attack on every listener; PIDS: each service's process, for its descriptors."""
     for t in targets(lab):
         before = open_fds(pids[t.service])
-        for attack, run, want in (("request line over the cap", long_url, 414),
-                                  ("head over the cap", oversized_head, 431),
-                                  ("declared body over the cap", declared_body, 413)):
+        for attack, run, want in (
+            ("request line over the cap", long_url, 414),
+            ("head over the cap", oversized_head, 431),
+            ("declared body over the cap", declared_body, 413),
+        ):
             got = run(lab, t, cert)
             yield Outcome(t.listener, t.service, attack, got == want, f"answered {got}, expected {want}")
         answers = half_sent_heads(lab, t, cert)
         yield Outcome(t.listener, t.service, "half-sent heads", set(answers) == {408}, f"answered {set(answers)}")
         if t.tls:
             took = silent_connection_closed_in(t)
-            yield Outcome(t.listener, t.service, "no ClientHello", took is not None,
-                          f"closed after {took:.1f} s" if took is not None else "still open after 8 s")
+            yield Outcome(
+                t.listener,
+                t.service,
+                "no ClientHello",
+                took is not None,
+                f"closed after {took:.1f} s" if took is not None else "still open after 8 s",
+            )
         back = settle(lambda t=t, before=before: open_fds(pids[t.service]) <= before)  # type: ignore[misc]
-        yield Outcome(t.listener, t.service, "descriptors back after the attacks", back,
-                      f"{open_fds(pids[t.service])} open, {before} before")
+        yield Outcome(
+            t.listener,
+            t.service,
+            "descriptors back after the attacks",
+            back,
+            f"{open_fds(pids[t.service])} open, {before} before",
+        )
     cmg = next(t for t in targets(lab) if t.listener == "cmg")
     before = open_fds(pids["cmg"])
     flood = handshake_flood(lab, cmg, pids["cmg"])
-    yield Outcome("cmg", "cmg", "1,000 connections without ClientHello, a real client among them",
-                  flood.real_client_served and flood.held_fds_max <= before + 60,
-                  f"real client served: {flood.real_client_served}; descriptors at most {flood.held_fds_max} "
-                  f"({before} before)")
+    yield Outcome(
+        "cmg",
+        "cmg",
+        "1,000 connections without ClientHello, a real client among them",
+        flood.real_client_served and flood.held_fds_max <= before + 60,
+        f"real client served: {flood.real_client_served}; descriptors at most {flood.held_fds_max} ({before} before)",
+    )
     back = settle(lambda: open_fds(pids["cmg"]) <= before)
     yield Outcome("cmg", "cmg", "descriptors back after the flood", back, f"{open_fds(pids['cmg'])} open")

@@ -61,16 +61,27 @@ RETRY_LINES = {
 }
 
 
-def run(out: Path, devices: int, *, concurrency: int = 8, upstream_timeout: float = 5.0,
-        lab_dir: Path | None = None) -> FaultsReport:
+def run(
+    out: Path, devices: int, *, concurrency: int = 8, upstream_timeout: float = 5.0, lab_dir: Path | None = None
+) -> FaultsReport:
     """A faults-under-load run in a new lab (under `lab_dir`, else a temporary directory); writes the report."""
     started = time.monotonic()
     client_timeout = upstream_timeout + CHANNEL_MARGIN + 3  # the CMG's 504 arrives before the client gives up
-    report = FaultsReport(devices, concurrency, {"upstream (connection point -> MP)": upstream_timeout,
-                                                 "CMG -> connection point": upstream_timeout + CHANNEL_MARGIN,
-                                                 "client": client_timeout})
-    service_env = {"CMGLAB_UPSTREAM_TIMEOUT": str(upstream_timeout), "CMGLAB_REQUEST_LOG_SIZE": "1000000",
-                   "CMGLAB_CHANNEL_HEARTBEAT": "2", "CMGLAB_CHANNEL_BACKOFF_MAX": "2"}
+    report = FaultsReport(
+        devices,
+        concurrency,
+        {
+            "upstream (connection point -> MP)": upstream_timeout,
+            "CMG -> connection point": upstream_timeout + CHANNEL_MARGIN,
+            "client": client_timeout,
+        },
+    )
+    service_env = {
+        "CMGLAB_UPSTREAM_TIMEOUT": str(upstream_timeout),
+        "CMGLAB_REQUEST_LOG_SIZE": "1000000",
+        "CMGLAB_CHANNEL_HEARTBEAT": "2",
+        "CMGLAB_CHANNEL_BACKOFF_MAX": "2",
+    }
     agent_env = {"CMGLAB_CLIENT_TIMEOUT": str(client_timeout), "CMGLAB_REGTASK_INTERVAL": "1"}
     with tempfile.TemporaryDirectory(prefix="cmglab-faults-") as tmp:
         base = lab_dir or Path(tmp)
@@ -98,18 +109,23 @@ def run(out: Path, devices: int, *, concurrency: int = 8, upstream_timeout: floa
     return report
 
 
-def _run(report: FaultsReport, plan: FleetPlan, watch: RequestWatch, procs: LabProcesses, view: LabView,
-         upstream: float) -> None:
+def _run(
+    report: FaultsReport, plan: FleetPlan, watch: RequestWatch, procs: LabProcesses, view: LabView, upstream: float
+) -> None:
     lab = procs.lab
     names = runner.device_names(report.devices)
     records = RecordCollector(view, SERVICES)
     records.collect_all()
-    plan_faults = faults.schedule(upstream_timeout=upstream, client_timeout=watch.bound,
-                                  concurrency=report.concurrency)
+    plan_faults = faults.schedule(upstream_timeout=upstream, client_timeout=watch.bound, concurrency=report.concurrency)
     progress = faults.Progress()
     ahead = report.concurrency
-    injector = faults.Injector(plan_faults, faults.FaultContext(lab, procs, view.http, records.collect),
-                               faults.thresholds(len(names), len(plan_faults), ahead), progress, ahead)
+    injector = faults.Injector(
+        plan_faults,
+        faults.FaultContext(lab, procs, view.http, records.collect),
+        faults.thresholds(len(names), len(plan_faults), ahead),
+        progress,
+        ahead,
+    )
     injector.start()
     cycle_started = time.monotonic()
     first = fleet(plan, names, onboard, report.concurrency, progress, pace=injector.wait_turn)
@@ -128,19 +144,31 @@ def _run(report: FaultsReport, plan: FleetPlan, watch: RequestWatch, procs: LabP
     report.first_cycle_failed = dict(Counter(r.reason for r in first.values() if not r.ok).most_common())
     report.recovered = sum(1 for n in names if not first[n].ok and second[n].ok)
     report.unrecovered = [f"{n}: {second[n].reason}" for n in names if not first[n].ok and not second[n].ok]
-    report.lost = [f"{n}: onboarded, then its next cycle failed: {second[n].reason}"
-                   for n in names if first[n].ok and not second[n].ok]
+    report.lost = [
+        f"{n}: onboarded, then its next cycle failed: {second[n].reason}"
+        for n in names
+        if first[n].ok and not second[n].ok
+    ]
     report.lost += lost_at_the_site(plan, names, view, report)
     report.hanging = watch.slow + records.slow(upstream)
-    report.client_requests = {"sent": watch.requests, "no reply": watch.failures,
-                              "by status": dict(sorted(watch.statuses.items()))}
+    report.client_requests = {
+        "sent": watch.requests,
+        "no reply": watch.failures,
+        "by status": dict(sorted(watch.statuses.items())),
+    }
     report.longest_s = records.longest()
     report.retries = retry_lines(plan, names)
     report.invariant_violations = [line for lines in invariants.check(view).values() for line in lines]
 
 
-def fleet(plan: FleetPlan, names: list[str], cycle: Callable[[FleetPlan, str], DeviceResult], concurrency: int,
-          progress: faults.Progress, pace: Callable[[int, float], None] | None = None) -> dict[str, DeviceResult]:
+def fleet(
+    plan: FleetPlan,
+    names: list[str],
+    cycle: Callable[[FleetPlan, str], DeviceResult],
+    concurrency: int,
+    progress: faults.Progress,
+    pace: Callable[[int, float], None] | None = None,
+) -> dict[str, DeviceResult]:
     """Every device's `cycle`, `concurrency` at a time, each started when `pace` lets it."""
 
     def one(numbered: tuple[int, str]) -> DeviceResult:
@@ -185,10 +213,16 @@ def lost_at_the_site(plan: FleetPlan, names: list[str], view: LabView, report: F
             if unique not in tokens:
                 lost.append(f"{name}: holds CCM token {unique}, which the site never recorded")
     ours = {n.upper() for n in names}
-    report.orphans = sum(1 for c in clients if str(c.get("netbios_name", "")).upper() in ours
-                         and c["sms_id"] not in held)
-    report.checked = {"devices": len(names), "registrations the clients were told of": told,
-                      "site clients": len(clients), "site tokens": len(tokens), "Entra devices": len(entra)}
+    report.orphans = sum(
+        1 for c in clients if str(c.get("netbios_name", "")).upper() in ours and c["sms_id"] not in held
+    )
+    report.checked = {
+        "devices": len(names),
+        "registrations the clients were told of": told,
+        "site clients": len(clients),
+        "site tokens": len(tokens),
+        "Entra devices": len(entra),
+    }
     return lost
 
 
@@ -218,17 +252,29 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cmglab.tools.reliability.underload", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m cmglab.tools.reliability.underload",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, default=Path("reliability/results"))
     parser.add_argument("--devices", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--upstream-timeout", type=float, default=5.0,
-                        help="CMGLAB_UPSTREAM_TIMEOUT of the run's services (the client's is 8 s more)")
+    parser.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=5.0,
+        help="CMGLAB_UPSTREAM_TIMEOUT of the run's services (the client's is 8 s more)",
+    )
     parser.add_argument("--lab-dir", type=Path, help="keep the run's lab and fleet here (default: a temporary one)")
     args = parser.parse_args(argv)
-    report = run(args.out, args.devices, concurrency=args.concurrency, upstream_timeout=args.upstream_timeout,
-                 lab_dir=args.lab_dir)
+    report = run(
+        args.out,
+        args.devices,
+        concurrency=args.concurrency,
+        upstream_timeout=args.upstream_timeout,
+        lab_dir=args.lab_dir,
+    )
     sys.stdout.write(report.markdown())
     return 0 if report.goals_met() else 1
 

@@ -59,8 +59,7 @@ class RequestWatch:
 class _TimedBody(httpx.SyncByteStream):
     """A reply's body that tells the watch when its last byte arrived (or the reply broke off)."""
 
-    def __init__(self, response: httpx.Response, request: httpx.Request, started: float,
-                 watch: RequestWatch) -> None:
+    def __init__(self, response: httpx.Response, request: httpx.Request, started: float, watch: RequestWatch) -> None:
         assert isinstance(response.stream, httpx.SyncByteStream)  # what a sync transport answers with
         self.inner, self.status = response.stream, response.status_code
         self.request, self.started, self.watch = request, started, watch
@@ -94,8 +93,12 @@ class _Stopwatch(httpx.BaseTransport):
         except Exception:
             self.watch.done(request, time.monotonic() - started, None)
             raise
-        return httpx.Response(response.status_code, headers=response.headers, extensions=response.extensions,
-                              stream=_TimedBody(response, request, started, self.watch))
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            extensions=response.extensions,
+            stream=_TimedBody(response, request, started, self.watch),
+        )
 
     def close(self) -> None:
         self.inner.close()
@@ -119,8 +122,9 @@ class WatchedPlan(FleetPlan):
     def network(self, device: Device) -> FleetNetwork:
         if self.watch is None:
             return super().network(device)
-        return WatchedNetwork(device, DeviceTimer(self.traffic, self.observe), crl_check=self.crl_check,
-                              watch=self.watch)
+        return WatchedNetwork(
+            device, DeviceTimer(self.traffic, self.observe), crl_check=self.crl_check, watch=self.watch
+        )
 
 
 class RecordCollector:
@@ -155,5 +159,7 @@ class RecordCollector:
         return out
 
     def longest(self) -> dict[str, float]:
-        return {s: round(max((r.get("elapsed_ms", 0) for r in recs), default=0) / 1000, 1)
-                for s, recs in self.records.items()}
+        return {
+            s: round(max((r.get("elapsed_ms", 0) for r in recs), default=0) / 1000, 1)
+            for s, recs in self.records.items()
+        }
