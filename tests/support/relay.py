@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import spnego
 
+from cmglab.runtime.sockets import free_port_now
+
 QUIET = [
     "--no-smb-server",
     "--no-wcf-server",
@@ -75,3 +77,30 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def relay(tmp_path: Path, target: str, attack: list[str], victim: str, password: str, *, timeout: float) -> str:
+    """Run `ntlmrelayx.py -t TARGET ATTACK...` unmodified, have `victim` authenticate to its HTTP listener, and
+    return what the tool printed once it says the attack finished (or logged an error, or `timeout` passed)."""
+    http_port = free_port_now()  # ntlmrelayx binds its listener itself
+    out = tmp_path / "ntlmrelayx.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [ntlmrelayx(), "-t", target, *attack, "-ip", "127.0.0.1", "--http-port", str(http_port), *QUIET],
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        wait_listening(http_port, proc, deadline)
+        victim_authenticates(http_port, victim, password)
+        while time.monotonic() < deadline and proc.poll() is None:
+            so_far = out.read_text(errors="replace")
+            if "DONE - attack finished" in so_far or "[-]" in so_far:  # finished, or the attack logged an error
+                break
+            time.sleep(0.2)
+    finally:
+        stop(proc)
+    return out.read_text(errors="replace")
