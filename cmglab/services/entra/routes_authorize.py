@@ -70,7 +70,7 @@ def router(entra: Parts) -> APIRouter:
             code, use = await run_in_threadpool(entra.grants.prts.authorize, cookie, tenant, client_id, redirect_uri)
         except AADSTSError as e:
             log.info("GET %s -> 200 sign-in page: %s", request.url.path, e)
-            record(request).update(auth_kind=AuthKind.PRT_COOKIE, error=f"AADSTS{e.code}")
+            record(request).update(auth_kind=AuthKind.PRT_COOKIE, result=f"AADSTS{e.code}")
             return HTMLResponse(SIGN_IN_PAGE.format(message=html.escape(f"AADSTS{e.code}: {e.message}")))
         record(request).update(auth_kind=AuthKind.PRT_COOKIE, auth_subject=use.user.upn, device_id=use.row.device_id)
         params = {"code": code, "session_state": str(uuid.uuid4())}

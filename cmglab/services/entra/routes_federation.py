@@ -76,7 +76,7 @@ def router(sts: FederationService, lab: Lab) -> APIRouter:
         try:
             rstr = await run_in_threadpool(sts.issue, domain, body)
         except SoapFault as e:
-            record(request).update(auth_kind=AuthKind.WSTRUST, error=e.subcode)
+            record(request).update(auth_kind=AuthKind.WSTRUST, result=e.subcode)
             return Response(e.envelope(), status_code=500, media_type=SOAP)
         record(request).update(auth_kind=AuthKind.WSTRUST)
         return Response(rstr, media_type=SOAP)
@@ -89,7 +89,7 @@ def router(sts: FederationService, lab: Lab) -> APIRouter:
         auth = await run_in_threadpool(current.get)
         step = await auth.login(request)
         if not step.done:
-            record(request).update(auth_kind=AuthKind.WSTRUST_WINDOWS, error=step.error)
+            record(request).update(auth_kind=AuthKind.WSTRUST_WINDOWS, result=step.error)
             return unauthorized(step.headers)
         sam = (step.account or "").split("\\")[-1]
         body = await request.body()
@@ -107,7 +107,7 @@ def router(sts: FederationService, lab: Lab) -> APIRouter:
                 raise SoapFault("FailedAuthentication", f"ID3242: no computer object {sam} in the directory.")
             rstr = await run_in_threadpool(sts.issue_for_computer, domain, body, computer)
         except SoapFault as e:
-            record(request).update(auth_kind=AuthKind.WSTRUST_WINDOWS, auth_subject=step.account, error=e.subcode)
+            record(request).update(auth_kind=AuthKind.WSTRUST_WINDOWS, auth_subject=step.account, result=e.subcode)
             return Response(e.envelope(), status_code=500, media_type=SOAP)
         record(request).update(auth_kind=AuthKind.WSTRUST_WINDOWS, auth_subject=step.account)
         reply = Response(rstr, media_type=SOAP)

@@ -113,7 +113,9 @@ class Inject:
         deadline = time.monotonic() + self.cap_s
         try:
             while time.monotonic() < deadline:
-                mine = [f for f in ctx.http.get(url).json()["faults"] if f["id"] == fault_id]
+                listed = ctx.http.get(url, headers=ctx.admin())  # the CMG's /_lab is the admin's only
+                listed.raise_for_status()
+                mine = [f for f in listed.json()["faults"] if f["id"] == fault_id]
                 if not mine:  # the service removes a rule once its `times` are used up
                     hits = int(self.rule.get("times") or hits)
                     break
