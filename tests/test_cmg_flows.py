@@ -9,11 +9,13 @@ import re
 from collections.abc import Iterator
 from xml.etree import ElementTree
 
+import httpx
 import pytest
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
+from tests.support.agent import run
 from tests.support.cmg import (
     FAST_ENV,
     channel_up,
@@ -144,6 +146,62 @@ def test_client_package_through_the_cmg(flow_lab: Lab, ccm_token: str) -> None:
             assert int(files[name].get("Size", "0")) == len(data)
         tampered = files["client.msi"].get("URL", "").replace("sig=", "sig=0")
         assert c.get(tampered).status_code == 401
+
+
+CONTENT_LOCATION = (
+    '<ContentLocationRequest SchemaVersion="1.00" BGRVersion="1"><AssignedSite SiteCode="MEM"/>'
+    '<ClientPackage RequestForLatest="0" DeploymentFlags="4098"/><ClientLocationInfo LocationType="SMSPACKAGE" '
+    'UseAzure="1" UseInternetDP="1" AllowHTTP="1" DPTokenAuth="1"/></ContentLocationRequest>'
+)
+
+
+def test_content_enabled_cmg_follows_the_site_setting_live(
+    flow_lab: Lab, ccm_token: str, device: Device, services: LabProcesses
+) -> None:
+    """`cmglab site set content-enabled-cmg false` on the running lab: the CMG refuses its content (it takes
+    the setting with the connection point's next heartbeat) and content location through the CMG drops the
+    cloud record; `true` serves it again. No restart."""
+    pkg = flow_lab.config.site.client_package_id
+    wait_for(lambda: (flow_lab.content_dir / pkg / "ccmsetup.cab").exists(), what="client package distributed")
+    xml_url = f"{flow_lab.url('cmg')}/downloadrestservice.svc/getcontentxmlsecure?pid={pkg}&cid={pkg}"
+    bearer = {"Authorization": f"Bearer {ccm_token}"}
+
+    def content_xml() -> httpx.Response:
+        with lab_client(flow_lab) as c:
+            return c.get(xml_url, headers=bearer)
+
+    def cloud_records() -> list[str]:
+        raw = cm.encode_request(device.header("MP_LocationManager"), CONTENT_LOCATION)
+        with lab_client(flow_lab) as c:
+            reply = reply_body(ccm_post(c, proxy_url(flow_lab, "ccm_system_tokenauth/request"), raw, bearer))
+        return [
+            u.get("Name") or ""
+            for u in ElementTree.fromstring(reply).iter("URL")
+            if "downloadrestservice" in (u.get("Name") or "")
+        ]
+
+    def site_set(value: str) -> None:
+        r = run("cmglab", "site", "set", "content-enabled-cmg", value, "--lab", str(flow_lab.dir))
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    cmg_pid = services.procs["cmg"].proc.pid
+    served = content_xml()
+    assert served.status_code == 200, served.text
+    file_url = ElementTree.fromstring(served.content).findall("File")[0].get("URL", "")
+    assert cloud_records()
+    site_set("false")
+    try:
+        refused = wait_for(lambda: (r := content_xml()).status_code == 404 and r, what="the CMG to refuse content")
+        assert refused.json()["Error"] == "ContentNotEnabled"
+        with lab_client(flow_lab) as c:
+            assert c.get(file_url).status_code == 404  # a signed URL handed out before: refused too
+        assert cloud_records() == []  # the MP drops the CMG from content location at once
+        assert "content: disabled" in log_text(flow_lab, "cmg", "CMGService.log")
+    finally:
+        site_set("true")
+    wait_for(lambda: content_xml().status_code == 200, what="the CMG to serve content again")
+    assert cloud_records()
+    assert services.procs["cmg"].proc.pid == cmg_pid and services.procs["cmg"].alive()  # no restart
 
 
 def test_aad_auth_info(flow_lab: Lab, services: LabProcesses) -> None:

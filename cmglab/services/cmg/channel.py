@@ -196,7 +196,8 @@ class Hub:
             endpoints = ", ".join(sorted(config.get("endpoints") or {})) or "none"
             self.log.info(
                 f"Received site configuration from {point.label}: site {config.get('site_code')}, "
-                f"published endpoints: {endpoints}, tenants: {len(config.get('tenants') or [])}"
+                f"published endpoints: {endpoints}, tenants: {len(config.get('tenants') or [])}, "
+                f"content: {'enabled' if (config.get('content') or {}).get('enabled', True) else 'disabled'}"
             )
         self.config, self.config_from = config, point.label
 

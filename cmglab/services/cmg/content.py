@@ -38,12 +38,18 @@ class ContentStore:
         self.enabled, self.default_package, self.lifetime = enabled, default_package, lifetime
         self._hashes: dict[Path, tuple[int, str]] = {}
 
+    def enabled_by(self, config: dict[str, Any] | None) -> bool:
+        """The site setting "content-enabled CMG" as the connection point last published it (each heartbeat:
+        a change applies live); lab.json's value until the first configuration arrives."""
+        content = (config or {}).get("content") or {}
+        return bool(content["enabled"]) if "enabled" in content else self.enabled
+
     def package(self, config: dict[str, Any] | None) -> tuple[str, int]:
         content = (config or {}).get("content") or {}
         return str(content.get("package_id") or self.default_package), int(content.get("version") or 1)
 
     def _folder(self, package_id: str, config: dict[str, Any] | None) -> Path:
-        if not self.enabled:
+        if not self.enabled_by(config):
             raise CMGError(404, "ContentNotEnabled", "this cloud management gateway does not store content")
         published, _ = self.package(config)
         if package_id.lower() != published.lower():
