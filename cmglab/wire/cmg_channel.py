@@ -15,6 +15,12 @@ REQUEST (CMG -> point, JSON `RequestHead`), REQUEST_BODY*, REQUEST_END, then RES
 JSON `ResponseHead`), RESPONSE_BODY*, RESPONSE_END; ABORT (either way, JSON `{"status", "reason"}`)
 ends a message early: before RESPONSE the CMG answers `status`, after it the client connection is cut.
 
+Channel version 2 (HELLO's and WELCOME's `version`; each side uses it only when the other said 2): a message
+whose head and whole body fit one frame may travel as one REQUEST_WHOLE / RESPONSE_WHOLE frame instead of
+head, body and end, with the same meaning. Its payload: the head's JSON length (4 bytes, big-endian), the
+head's JSON, then the body. One WebSocket message instead of three each way: the usual CcmMessaging request
+and reply are a few KB.
+
 This module is the only one that knows the byte layout, so another transport can replace it.
 """
 
@@ -25,13 +31,16 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 PATH = "/CloudProxyChannel/v1"
 CHUNK = 64 * 1024  # body bytes per frame
 MAX_FRAME = CHUNK + 64 * 1024  # largest frame either end accepts (a JSON head with big headers)
 ZERO_ID = uuid.UUID(int=0)
+VERSION = 2  # this end's channel version: 2 adds the *_WHOLE frames
+WHOLE = 2  # the version from which a peer reads *_WHOLE frames
+_HEAD_LENGTH = 4  # bytes of a *_WHOLE frame's head length
 
 
 class Kind(enum.IntEnum):
@@ -43,9 +52,11 @@ class Kind(enum.IntEnum):
     REQUEST = 10
     REQUEST_BODY = 11
     REQUEST_END = 12
+    REQUEST_WHOLE = 13  # REQUEST + REQUEST_BODY + REQUEST_END (version 2)
     RESPONSE = 20
     RESPONSE_BODY = 21
     RESPONSE_END = 22
+    RESPONSE_WHOLE = 23  # RESPONSE + RESPONSE_BODY + RESPONSE_END (version 2)
     ABORT = 30
 
 
@@ -84,6 +95,24 @@ def encode(kind: Kind, msg_id: uuid.UUID = ZERO_ID, payload: bytes | dict[str, A
     return bytes([kind]) + msg_id.bytes + payload
 
 
+def encode_whole(kind: Kind, msg_id: uuid.UUID, head: dict[str, Any], body: bytes) -> bytes | None:
+    """A head and its whole body in one frame, or None when they do not fit one (send them apart)."""
+    head_json = json.dumps(head, separators=(",", ":")).encode()
+    if 17 + _HEAD_LENGTH + len(head_json) + len(body) > MAX_FRAME:
+        return None
+    return b"".join((bytes([kind]), msg_id.bytes, len(head_json).to_bytes(_HEAD_LENGTH, "big"), head_json, body))
+
+
+def split_whole(frame: Frame) -> tuple[dict[str, Any], bytes]:
+    """A *_WHOLE frame's head (JSON object) and body."""
+    payload = frame.payload
+    size = int.from_bytes(payload[:_HEAD_LENGTH], "big")
+    if len(payload) < _HEAD_LENGTH or _HEAD_LENGTH + size > len(payload):
+        raise FrameError(f"{frame.kind.name} frame: head length {size} exceeds the frame")
+    head = Frame(frame.kind, frame.msg_id, payload[_HEAD_LENGTH : _HEAD_LENGTH + size]).json()
+    return head, payload[_HEAD_LENGTH + size :]
+
+
 def decode(data: bytes) -> Frame:
     if len(data) < 17:
         raise FrameError(f"frame of {len(data)} bytes is shorter than its header")
@@ -104,7 +133,7 @@ def chunks(body: bytes) -> list[bytes]:
 class Hello:
     connection_point: str  # the point's name (its FQDN)
     instance: str  # one per process: tells two channels of the same point apart
-    version: int = 1
+    version: int = 1  # a point that says 2 reads REQUEST_WHOLE frames
 
 
 @dataclass
@@ -119,7 +148,16 @@ class RequestHead:
     has_body: bool = False  # REQUEST_BODY frames follow (Content-Length > 0 or a chunked body)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "method": self.method,
+            "url": self.url,
+            "headers": self.headers,
+            "client_cert": self.client_cert,
+            "client": self.client,
+            "auth_kind": self.auth_kind,
+            "content_length": self.content_length,
+            "has_body": self.has_body,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RequestHead:
@@ -146,7 +184,14 @@ class ResponseHead:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "headers": self.headers,
+            "internal_url": self.internal_url,
+            "connection_point": self.connection_point,
+            "extra": self.extra,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ResponseHead:

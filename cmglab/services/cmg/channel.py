@@ -18,7 +18,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from cmglab.wire.cmg_channel import Frame, FrameError, Kind, RequestHead, ResponseHead, chunks, decode, encode
+from cmglab.wire.cmg_channel import (
+    WHOLE,
+    Frame,
+    FrameError,
+    Kind,
+    RequestHead,
+    ResponseHead,
+    chunks,
+    decode,
+    encode,
+    encode_whole,
+    split_whole,
+)
 
 
 class Transport(Protocol):
@@ -37,7 +49,8 @@ class Aborted(Exception):
         self.status, self.reason = status, reason
 
 
-_END = Frame(Kind.RESPONSE_END)
+_REPLY_FRAMES = frozenset({Kind.RESPONSE, Kind.RESPONSE_BODY, Kind.RESPONSE_END, Kind.RESPONSE_WHOLE, Kind.ABORT})
+_LAST_FRAMES = frozenset({Kind.RESPONSE_END, Kind.RESPONSE_WHOLE, Kind.ABORT})  # a message's last frame
 
 
 class Stream:
@@ -47,6 +60,7 @@ class Stream:
         self.channel, self.msg_id = channel, msg_id
         self.queue: asyncio.Queue[Frame | BaseException] = asyncio.Queue()
         self.done = False
+        self.whole_body: bytes | None = None  # the reply's body, when it came in one RESPONSE_WHOLE frame
 
     def feed(self, item: Frame | BaseException) -> None:
         self.queue.put_nowait(item)
@@ -60,6 +74,20 @@ class Stream:
 
     async def send_end(self) -> None:
         await self.channel.send(encode(Kind.REQUEST_END, self.msg_id))
+
+    async def send_whole(self, head: RequestHead, body: bytes) -> None:
+        """Head, body and end: in one frame when the point reads them and they fit, else in three."""
+        frame = (
+            encode_whole(Kind.REQUEST_WHOLE, self.msg_id, head.to_json(), body)
+            if self.channel.version >= WHOLE
+            else None
+        )
+        if frame is not None:
+            await self.channel.send(frame)
+            return
+        await self.send_head(head)
+        await self.send_body(body)
+        await self.send_end()
 
     async def _next(self, timeout: float) -> Frame:
         try:
@@ -78,8 +106,16 @@ class Stream:
             frame = await self._next(timeout)
             if frame.kind == Kind.RESPONSE:
                 return ResponseHead.from_json(frame.json())
+            if frame.kind == Kind.RESPONSE_WHOLE:
+                head, self.whole_body = split_whole(frame)
+                self.done = True
+                return ResponseHead.from_json(head)
 
     async def body(self, timeout: float) -> AsyncIterator[bytes]:
+        if self.whole_body is not None:
+            if self.whole_body:
+                yield self.whole_body
+            return
         while True:
             frame = await self._next(timeout)
             if frame.kind == Kind.RESPONSE_END:
@@ -109,6 +145,7 @@ class PointChannel:
     subject: str
     thumbprint: str
     instance: str = ""
+    version: int = 1  # the channel version both ends speak (cmglab/wire/cmg_channel.py)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     connected_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     last_seen: float = field(default_factory=time.monotonic)
@@ -235,11 +272,11 @@ class Hub:
             await point.send(encode(Kind.PONG, payload=frame.payload))
         elif frame.kind == Kind.CONFIG:
             self.set_config(point, frame.json())
-        elif frame.kind in (Kind.RESPONSE, Kind.RESPONSE_BODY, Kind.RESPONSE_END, Kind.ABORT):
+        elif frame.kind in _REPLY_FRAMES:
             stream = point.streams.get(frame.msg_id)
             if stream is not None:
                 stream.feed(frame)
-                if frame.kind in (Kind.RESPONSE_END, Kind.ABORT):
+                if frame.kind in _LAST_FRAMES:
                     point.streams.pop(frame.msg_id, None)
         else:
             self.log.warning(f"Ignored unexpected {frame.kind.name} frame from {point.label}")

@@ -17,7 +17,7 @@ from cmglab.runtime.admin import install_lab_admin
 from cmglab.runtime.certinfo import client_cert, subject, thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.services.cmg.channel import Hub, PointChannel
-from cmglab.wire.cmg_channel import PATH, FrameError, Hello, Kind, decode, encode
+from cmglab.wire.cmg_channel import PATH, VERSION, FrameError, Hello, Kind, decode, encode
 
 HELLO_TIMEOUT = 10.0
 
@@ -77,8 +77,15 @@ def create_connector_app(lab: Lab, hub: Hub, registry: Registry, log: logging.Lo
             log.warning(f"Connection point channel from {peer} ({subject(cert)}) closed: bad opening: {e}")
             await ws.close(code=1002, reason="HELLO expected")
             return
-        point = PointChannel(ws, hello.connection_point, subject(cert), thumbprint(cert), instance=hello.instance)
-        await ws.send_bytes(encode(Kind.WELCOME, payload={"channel": point.id}))
+        point = PointChannel(
+            ws,
+            hello.connection_point,
+            subject(cert),
+            thumbprint(cert),
+            instance=hello.instance,
+            version=min(hello.version, VERSION),
+        )
+        await ws.send_bytes(encode(Kind.WELCOME, payload={"channel": point.id, "version": VERSION}))
         await hub.serve(point)
 
     return app

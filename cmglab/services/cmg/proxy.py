@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from cmglab.runtime.admin import current_span
 from cmglab.services.cmg.channel import Aborted, ChannelClosed, Hub, Stream
 from cmglab.services.cmg.errors import CMGError, no_point
-from cmglab.wire.cmg_channel import RequestHead, end_to_end
+from cmglab.wire.cmg_channel import CHUNK, RequestHead, end_to_end
 from cmglab.wire.cmg_urls import ProxyTarget
 from cmglab.wire.requests import RequestRecord
 from cmglab.wire.tracing import propagate
@@ -45,6 +45,19 @@ async def _pump(request: Request, stream: Stream, limit: int) -> int:
             await stream.send_body(chunk)
     await stream.send_end()
     return total
+
+
+async def _read_whole(request: Request, length: int | None, chunked: bool) -> bytes | None:
+    """The body of a request small enough for one channel frame (read before anything is sent), or None: a
+    chunked or a larger body streams."""
+    if chunked or (length or 0) > CHUNK:
+        return None
+    if not length:  # neither Content-Length nor chunked: no body (RFC 9112 §6.3)
+        return b""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+    return bytes(body)
 
 
 def _raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
@@ -79,17 +92,23 @@ class Proxy:
             content_length=int(length) if length and length.isdigit() else None,
             has_body=(length is not None and length != "0") or "transfer-encoding" in request.headers,
         )
+        # a small body is read first and goes with its head in one frame; a large or chunked one streams
+        whole = await _read_whole(request, head.content_length, "transfer-encoding" in request.headers)
         stream = point.open_stream()
         pump: asyncio.Task[int] | None = None
         try:
-            await stream.send_head(head)
-            pump = asyncio.create_task(_pump(request, stream, self.max_body))
-            reply = asyncio.create_task(stream.response(self.timeout + CHANNEL_MARGIN))
-            await asyncio.wait({pump, reply}, return_when=asyncio.FIRST_COMPLETED)
-            if pump.done() and pump.exception() is not None and not reply.done():
-                reply.cancel()
-                raise pump.exception()  # type: ignore[misc]
-            response_head = await reply
+            if whole is not None:
+                await stream.send_whole(head, whole)
+                response_head = await stream.response(self.timeout + CHANNEL_MARGIN)
+            else:
+                await stream.send_head(head)
+                pump = asyncio.create_task(_pump(request, stream, self.max_body))
+                reply = asyncio.create_task(stream.response(self.timeout + CHANNEL_MARGIN))
+                await asyncio.wait({pump, reply}, return_when=asyncio.FIRST_COMPLETED)
+                if pump.done() and pump.exception() is not None and not reply.done():
+                    reply.cancel()
+                    raise pump.exception()  # type: ignore[misc]
+                response_head = await reply
         except BodyTooLarge as e:
             await stream.abort(413, str(e))
             stream.close()
@@ -116,6 +135,13 @@ class Proxy:
         rec.rewritten_url = response_head.internal_url
         if response_head.connection_point:
             rec.connection_point = f"{response_head.connection_point}#{point.id}"
+        if stream.whole_body is not None:  # the whole reply came in one frame: no streaming needed
+            stream.close()
+            if len(stream.whole_body) > self.max_body:
+                raise CMGError(502, "UpstreamError", f"reply body exceeds {self.max_body} bytes")
+            whole_reply = Response(stream.whole_body, status_code=response_head.status)
+            whole_reply.raw_headers = _raw_headers(response_head.headers)
+            return whole_reply
 
         async def body() -> AsyncIterator[bytes]:
             sent = 0

@@ -25,7 +25,17 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from cmglab.services.cmg_connection_point.forwarder import BodyItem, Forwarder
-from cmglab.wire.cmg_channel import MAX_FRAME, FrameError, Kind, RequestHead, decode, encode
+from cmglab.wire.cmg_channel import (
+    MAX_FRAME,
+    VERSION,
+    WHOLE,
+    FrameError,
+    Kind,
+    RequestHead,
+    decode,
+    encode,
+    split_whole,
+)
 
 OPEN_TIMEOUT = 10.0
 BACKOFF_START = 0.5
@@ -109,6 +119,7 @@ class Channel:
         self.last_heard = time.monotonic()
         self.inflight: dict[uuid.UUID, tuple[asyncio.Task[None], asyncio.Queue[BodyItem]]] = {}
         self._ws: ClientConnection | None = None
+        self.whole_replies = False
         self._send_lock = asyncio.Lock()
 
     @property
@@ -184,13 +195,17 @@ class Channel:
             **kwargs,
         ) as ws:
             await ws.send(
-                encode(Kind.HELLO, payload={"connection_point": self.name, "instance": self.instance, "version": 1})
+                encode(
+                    Kind.HELLO, payload={"connection_point": self.name, "instance": self.instance, "version": VERSION}
+                )
             )
             welcome = decode(await asyncio.wait_for(ws.recv(decode=False), OPEN_TIMEOUT))
             if welcome.kind != Kind.WELCOME:
                 raise FrameError(f"expected WELCOME, got {welcome.kind.name}")
             self._ws = ws
-            self.channel_id = str(welcome.json().get("channel"))
+            info = welcome.json()
+            self.channel_id = str(info.get("channel"))
+            self.whole_replies = int(info.get("version") or 1) >= WHOLE  # the CMG reads RESPONSE_WHOLE
             self.connected_since = datetime.now(UTC).isoformat(timespec="seconds")
             self.connects += 1
             self.attempt = 0
@@ -238,11 +253,24 @@ class Channel:
                 raise FrameError("text frame on the channel")
             self.last_heard = time.monotonic()
             frame = decode(data)
-            if frame.kind == Kind.REQUEST:
-                head = RequestHead.from_json(frame.json())
+            if frame.kind in (Kind.REQUEST, Kind.REQUEST_WHOLE):
                 queue: asyncio.Queue[BodyItem] = asyncio.Queue()
+                body: asyncio.Queue[BodyItem] | bytes = queue
+                if frame.kind == Kind.REQUEST_WHOLE:
+                    head_json, body = split_whole(frame)
+                    head = RequestHead.from_json(head_json)
+                else:
+                    head = RequestHead.from_json(frame.json())
                 task = asyncio.create_task(
-                    self.forwarder.handle(frame.msg_id, head, queue, self.send, self.site.value, self.label)
+                    self.forwarder.handle(
+                        frame.msg_id,
+                        head,
+                        body,
+                        self.send,
+                        self.site.value,
+                        self.label,
+                        whole_replies=self.whole_replies,
+                    )
                 )
                 self.inflight[frame.msg_id] = (task, queue)
                 task.add_done_callback(self._finished(frame.msg_id))

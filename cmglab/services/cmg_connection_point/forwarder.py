@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import time
 import uuid
@@ -23,13 +24,18 @@ from cmglab.services.cmg_connection_point.errors import ForwardError
 from cmglab.services.cmg_connection_point.rewrite import Rewrite, RewriteError, rewrite
 from cmglab.services.cmg_connection_point.upstream import Upstream, UpstreamError, UpstreamTimeout
 from cmglab.wire.cmg_channel import (
+    CHUNK,
     CLIENT_CERT_HEADER,
     Kind,
     RequestHead,
     ResponseHead,
     encode,
+    encode_whole,
     end_to_end,
 )
+from cmglab.wire.cmg_channel import chunks as chunk_bytes
+from cmglab.wire.kinds import AuthKind
+from cmglab.wire.requests import Recorded, RequestRecord
 from cmglab.wire.tracing import TRACEPARENT, TRACESTATE, ServerSpan, header_value, propagate
 
 Send = Callable[[bytes], Awaitable[None]]
@@ -38,6 +44,14 @@ BodyItem = bytes | None | BaseException  # a chunk, the end, or an abort from th
 _DROP = frozenset({"client-cert", "client-cert-chain"})
 
 
+def _auth_kind(value: str | None) -> AuthKind | None:
+    try:
+        return AuthKind(value) if value else None
+    except ValueError:  # a kind this point does not know (a newer CMG): not recorded
+        return None
+
+
+@functools.lru_cache(maxsize=1024)  # a MutualAuth client sends the same certificate with every request
 def _subject_of(b64: str | None) -> str | None:
     if not b64:
         return None
@@ -67,42 +81,35 @@ class Forwarder:
         self,
         msg_id: uuid.UUID,
         head: RequestHead,
-        body: asyncio.Queue[BodyItem],
+        body: asyncio.Queue[BodyItem] | bytes,
         send: Send,
         config: dict[str, Any] | None,
         cmg: str,
+        *,
+        whole_replies: bool = False,
     ) -> None:
+        """`body`: the request's body frames as they come, or the whole body (a REQUEST_WHOLE frame);
+        `whole_replies`: the CMG reads RESPONSE_WHOLE frames (channel version 2)."""
         started = time.perf_counter()
-        sizes = {"in": 0, "out": 0}
+        sizes = {"in": len(body) if isinstance(body, bytes) else 0, "out": 0}
         traceparent = header_value(head.headers, TRACEPARENT)
         span = ServerSpan.incoming(traceparent, header_value(head.headers, TRACESTATE))
-        rec: dict[str, Any] = {
-            "started": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "service": "cmg-connection-point",
-            "method": head.method,
-            "url": head.url,
-            "path": head.url.split("://", 1)[-1].partition("/")[2],
-            "status": 0,
-            "message_id": str(msg_id),
-            "connection_point": self.name,
-            "cmg": cmg,
-            "auth_kind": head.auth_kind,
-            "client_cert_subject": _subject_of(head.client_cert),
-            "client_cert_forwarded": head.client_cert is not None,
-            "traceparent": traceparent,
-            **span.record_fields(),
-        }
-        rec["path"] = "/" + rec["path"].split("?", 1)[0]
+        rec = RequestRecord(
+            started=datetime.now(UTC).isoformat(timespec="microseconds"),
+            auth_kind=_auth_kind(head.auth_kind),
+            connection_point=self.name,
+        )
+        rec.note(message_id=str(msg_id), cmg=cmg, client_cert_forwarded=head.client_cert is not None)
+        status = 0
         rw: Rewrite | None = None
         try:
             try:
                 rw = rewrite(head.url, config, self.cmg_name)
             except RewriteError as e:
                 raise ForwardError(404, str(e)) from e
-            rec["rewritten_url"] = rw.internal_url
+            rec.rewritten_url = rw.internal_url
             self.log.info(rw.log_line())
-            status, reason = await self._call(msg_id, head, rw, body, send, sizes, span)
-            rec["status"] = status
+            status, reason = await self._call(msg_id, head, rw, body, send, sizes, span, whole_replies)
             elapsed = round((time.perf_counter() - started) * 1000)
             self.log.info(
                 f"MessageID: {msg_id} RequestURI: {rw.internal_url} EndpointName: {rw.endpoint} "
@@ -110,33 +117,57 @@ class Forwarder:
                 f"ElapsedTime: {elapsed} ms"
             )
         except ForwardError as e:
-            rec["status"], rec["error"] = e.status, e.reason
+            status, rec.error = e.status, e.reason
             target = rw.internal_url if rw else head.url
             self.log.warning(f"MessageID: {msg_id} RequestURI: {target} failed: {e.status} {e.reason}")
             try:
                 await send(e.frame(msg_id))
             except Exception as send_error:
-                rec["error"] += f"; channel: {send_error}"
+                rec.error += f"; channel: {send_error}"
         except asyncio.CancelledError:
-            rec["status"], rec["error"] = 499, "cancelled: the CMG aborted the request or the channel closed"
+            status, rec.error = 499, "cancelled: the CMG aborted the request or the channel closed"
             self.log.warning(
                 f"MessageID: {msg_id} RequestURI: {rw.internal_url if rw else head.url} cancelled "
                 "(aborted by the CMG or the channel closed)"
             )
             raise
         except Exception as e:  # the channel went away under the reply: nobody left to tell
-            rec["status"] = rec["status"] or 502
-            rec["error"] = f"{type(e).__name__}: {e}"
+            status = status or 502
+            rec.error = f"{type(e).__name__}: {e}"
             self.log.warning(
                 f"MessageID: {msg_id} RequestURI: {rw.internal_url if rw else head.url} failed: "
-                f"channel lost while replying: {rec['error']}"
+                f"channel lost while replying: {rec.error}"
             )
         finally:
-            rec["request_bytes"], rec["response_bytes"] = sizes["in"], sizes["out"]
-            rec["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            # like the recorder middleware's records: `time` is when the hop ended (start = time - elapsed)
-            rec["time"] = datetime.now(UTC).isoformat(timespec="milliseconds")
-            self.state.add(rec)
+            self.state.add(self._entry(head, rec, span, traceparent, status, sizes, started))
+
+    @staticmethod
+    def _entry(
+        head: RequestHead,
+        rec: RequestRecord,
+        span: ServerSpan,
+        traceparent: str | None,
+        status: int,
+        sizes: dict[str, int],
+        started: float,
+    ) -> dict[str, Any]:
+        """The hop's record, in the recorder middleware's shape (`cmglab.wire.requests.Recorded`): `time` is
+        when the hop ended (start = time - elapsed); the routes' part is the `RequestRecord`."""
+        entry: Recorded = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "service": "cmg-connection-point",
+            "method": head.method,
+            "url": head.url,
+            "path": "/" + head.url.split("://", 1)[-1].partition("/")[2].split("?", 1)[0],
+            "status": status,
+            "request_bytes": sizes["in"],
+            "response_bytes": sizes["out"],
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+            "client_cert_subject": _subject_of(head.client_cert),
+            "traceparent": traceparent,
+            **span.record_fields(),  # type: ignore[typeddict-item]
+        }
+        return {**entry, **rec.as_dict()}
 
     async def _body(self, body: asyncio.Queue[BodyItem], sizes: dict[str, int]) -> AsyncIterator[bytes]:
         while True:
@@ -153,10 +184,11 @@ class Forwarder:
         msg_id: uuid.UUID,
         head: RequestHead,
         rw: Rewrite,
-        body: asyncio.Queue[BodyItem],
+        body: asyncio.Queue[BodyItem] | bytes,
         send: Send,
         sizes: dict[str, int],
         span: ServerSpan,
+        whole_replies: bool,
     ) -> tuple[int, str]:
         fault = self.state.match_fault(head.method, "/" + rw.internal_url.split("://", 1)[-1].partition("/")[2])
         if fault is not None:
@@ -169,7 +201,11 @@ class Forwarder:
         headers = propagate(end_to_end(head.headers, drop=_DROP), span)  # the MP's parent is this hop
         if head.client_cert:
             headers.append((CLIENT_CERT_HEADER, f":{head.client_cert}:"))
-        content = self._body(body, sizes) if head.has_body else None
+        content: bytes | AsyncIterator[bytes] | None
+        if isinstance(body, bytes):
+            content = body if head.has_body else None
+        else:
+            content = self._body(body, sizes) if head.has_body else None
         try:
             response = await self.upstream.request(head.method, rw.internal_url, headers, content)
         except UpstreamTimeout as e:
@@ -188,9 +224,22 @@ class Forwarder:
                 internal_url=rw.internal_url,
                 connection_point=self.name,
             )
-            await send(encode(Kind.RESPONSE, msg_id, reply.to_json()))
             try:
-                async for chunk in response.body():
+                chunks = response.body()
+                if whole_replies and length and length.isdigit() and int(length) <= CHUNK:
+                    # a reply of known small size goes in one frame with its head (a streamed one as it comes)
+                    whole = b"".join([chunk async for chunk in chunks])
+                    sizes["out"] = len(whole)
+                    frame = encode_whole(Kind.RESPONSE_WHOLE, msg_id, reply.to_json(), whole)
+                    if frame is not None:
+                        await send(frame)
+                        return response.status_code, response.reason_phrase
+                    await send(encode(Kind.RESPONSE, msg_id, reply.to_json()))
+                    for piece in chunk_bytes(whole):
+                        await send(encode(Kind.RESPONSE_BODY, msg_id, piece))
+                else:
+                    await send(encode(Kind.RESPONSE, msg_id, reply.to_json()))
+                async for chunk in chunks:
                     sizes["out"] += len(chunk)
                     if sizes["out"] > self.max_body:
                         raise ForwardError(502, f"the management point's reply exceeds {self.max_body} bytes")

@@ -145,8 +145,9 @@ class Upstream:
             raise UpstreamError(f"{type(e).__name__}: {e}") from e
 
     async def request(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: AsyncIterator[bytes] | None
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes | AsyncIterator[bytes] | None
     ) -> Reply:
+        """`body`: none, all of it (a request that came in one frame), or its pieces as they come."""
         parts = urlsplit(url)
         host = parts.hostname or ""
         key = (host.lower(), parts.port or 443)
@@ -159,7 +160,9 @@ class Upstream:
             # one write per BLOCK of request, not one per part: a small request (the usual CcmMessaging
             # POST) leaves in one TLS record, and the MP wakes once for it
             pending = self._encode(conn, h11.Request(method=method, target=target, headers=sent))
-            if body is not None:
+            if isinstance(body, bytes):
+                pending += self._encode(conn, h11.Data(data=body)) if body else b""
+            elif body is not None:
                 async for chunk in body:
                     pending += self._encode(conn, h11.Data(data=chunk))
                     if len(pending) >= BLOCK:
