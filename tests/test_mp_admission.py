@@ -18,6 +18,7 @@ from cmglab.services.management_point.admission import (
     earned,
     same_owner,
 )
+from cmglab.wire.kinds import RegistrationKind
 
 # the decision table: (existing approval, same owner, conflicts, resolution, token blocked) -> action
 DECISIONS = [
@@ -43,7 +44,13 @@ DECISIONS = [
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("existing,owner,conflicts,resolution,blocked,action", DECISIONS)
 def test_decision_table(
-    kind: str, existing: int | None, owner: bool, conflicts: str, resolution: str | None, blocked: bool, action: Action
+    kind: RegistrationKind,
+    existing: int | None,
+    owner: bool,
+    conflicts: str,
+    resolution: str | None,
+    blocked: bool,
+    action: Action,
 ) -> None:
     decision = admit(
         Request(
@@ -63,21 +70,21 @@ def test_decision_table(
 
 # the approval table: kind, auto_approve -> approval earned, unique client token (when approved)
 APPROVALS = [
-    ("aad", "none", AAD_APPROVED, False),
-    ("bulk", "none", APPROVED, True),
-    ("token", "none", APPROVED, True),
-    ("pki", "none", APPROVED, False),
-    ("domain", "domain", APPROVED, True),
-    ("domain", "all", APPROVED, True),
-    ("domain", "none", NOT_APPROVED, False),
-    ("self-signed", "all", APPROVED, True),
-    ("self-signed", "domain", NOT_APPROVED, False),
-    ("self-signed", "none", NOT_APPROVED, False),
+    (RegistrationKind.AAD, "none", AAD_APPROVED, False),
+    (RegistrationKind.BULK, "none", APPROVED, True),
+    (RegistrationKind.TOKEN, "none", APPROVED, True),
+    (RegistrationKind.PKI, "none", APPROVED, False),
+    (RegistrationKind.DOMAIN, "domain", APPROVED, True),
+    (RegistrationKind.DOMAIN, "all", APPROVED, True),
+    (RegistrationKind.DOMAIN, "none", NOT_APPROVED, False),
+    (RegistrationKind.SELF_SIGNED, "all", APPROVED, True),
+    (RegistrationKind.SELF_SIGNED, "domain", NOT_APPROVED, False),
+    (RegistrationKind.SELF_SIGNED, "none", NOT_APPROVED, False),
 ]
 
 
 @pytest.mark.parametrize("kind,auto,approval,token", APPROVALS)
-def test_approval_table(kind: str, auto: str, approval: int, token: bool) -> None:
+def test_approval_table(kind: RegistrationKind, auto: str, approval: int, token: bool) -> None:
     assert earned(kind, auto) == approval
     created = admit(Request(kind=kind, auto_approve=auto, existing_approval=None))
     assert (created.action, created.approval, created.client_token) == (Action.CREATE, approval, token)
@@ -87,32 +94,40 @@ def test_approval_table(kind: str, auto: str, approval: int, token: bool) -> Non
 
 
 def test_an_update_keeps_the_higher_approval() -> None:
-    assert admit(Request("self-signed", "none", APPROVED, same_owner=True)).approval == APPROVED
-    assert admit(Request("domain", "all", NOT_APPROVED, same_owner=True)).approval == APPROVED
-    assert admit(Request("aad", "none", APPROVED, same_owner=True)).approval == AAD_APPROVED
+    assert admit(Request(RegistrationKind.SELF_SIGNED, "none", APPROVED, same_owner=True)).approval == APPROVED
+    assert admit(Request(RegistrationKind.DOMAIN, "all", NOT_APPROVED, same_owner=True)).approval == APPROVED
+    assert admit(Request(RegistrationKind.AAD, "none", APPROVED, same_owner=True)).approval == AAD_APPROVED
 
 
 @pytest.mark.parametrize(
     "kind,record,request_,owner",
     [
-        ("bulk", ("AA", None, None), ("aa", None, None), True),  # the registered key, any case
+        (RegistrationKind.BULK, ("AA", None, None), ("aa", None, None), True),  # the registered key, any case
         (
-            "bulk",
+            RegistrationKind.BULK,
             ("AA", "dev", "PKI"),
             ("BB", "dev", "PKI"),
             False,
         ),  # another key: device/PKI only count for their kind
-        ("aad", ("AA", "dev-1", None), ("BB", "DEV-1", None), True),
-        ("aad", ("AA", "dev-1", None), ("BB", "dev-2", None), False),
-        ("aad", ("AA", None, None), ("BB", "dev-1", None), False),  # a record with no device is not this device's
-        ("pki", ("AA", None, "P1"), ("BB", None, "p1"), True),
-        ("pki", ("AA", None, "P1"), ("BB", None, "P2"), False),
-        ("pki", ("AA", None, None), ("BB", None, "P2"), False),
-        ("self-signed", ("AA", None, None), ("BB", None, None), False),
+        (RegistrationKind.AAD, ("AA", "dev-1", None), ("BB", "DEV-1", None), True),
+        (RegistrationKind.AAD, ("AA", "dev-1", None), ("BB", "dev-2", None), False),
+        (
+            RegistrationKind.AAD,
+            ("AA", None, None),
+            ("BB", "dev-1", None),
+            False,
+        ),  # a record with no device is not this device's
+        (RegistrationKind.PKI, ("AA", None, "P1"), ("BB", None, "p1"), True),
+        (RegistrationKind.PKI, ("AA", None, "P1"), ("BB", None, "P2"), False),
+        (RegistrationKind.PKI, ("AA", None, None), ("BB", None, "P2"), False),
+        (RegistrationKind.SELF_SIGNED, ("AA", None, None), ("BB", None, None), False),
     ],
 )
 def test_same_owner(
-    kind: str, record: tuple[str, str | None, str | None], request_: tuple[str, str | None, str | None], owner: bool
+    kind: RegistrationKind,
+    record: tuple[str, str | None, str | None],
+    request_: tuple[str, str | None, str | None],
+    owner: bool,
 ) -> None:
     assert (
         same_owner(

@@ -17,6 +17,10 @@ class Proof(StrEnum):
     CERTIFICATE = "Certificate"  # the PKI client certificate from TLS
 
 
+# An issued token's `proof` when registration issued it (the unique client token): not a ProofType a client sends
+REGISTRATION_ISSUED = "Registration"
+
+
 class RegistrationKind(StrEnum):
     """How a client registered with the site (the client's auth mode; the site database's `auth_kind`)."""
 

@@ -43,6 +43,7 @@ from cmglab.agent.network import DeviceNetwork, NetworkError, classify
 from cmglab.agent.settings import AgentSettings
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire import tracing
+from cmglab.wire.kinds import Proof
 
 CCM_E_TRANSIENT = 0x87D00231  # what CcmMessaging reports for a post that failed ("Post to ... failed with")
 # the WinHTTP error names CCMHTTP logs for a request that got no answer (HRESULT_FROM_WIN32 low word)
@@ -145,7 +146,7 @@ class CcmClient:
 
     def obtain(
         self, mp: ManagementPoint, log: logging.Logger, adal_logs: Logs, as_named: bool = False
-    ) -> tuple[dict[str, Any], str]:
+    ) -> tuple[dict[str, Any], Proof]:
         """A CCM token reply for the client's proof."""
         http = self.http(mp)
         shown = mp.url("CCM_STS", family=MUTUAL_AUTH) if as_named and mp.internet else None
@@ -165,24 +166,24 @@ class CcmClient:
                 return request_ccm_token(
                     http,
                     mp,
-                    proof_type="AAD",
+                    proof_type=Proof.AAD,
                     bearer=token.token,
                     signing=self.signing,
                     client_id=sms_id,
                     log=log,
                     shown_url=shown,
-                ), "AAD"
+                ), Proof.AAD
             if mode == PKI:
                 return request_ccm_token(
                     http,
                     mp,
-                    proof_type="Certificate",
+                    proof_type=Proof.CERTIFICATE,
                     bearer=None,
                     signing=self.signing,
                     client_id=sms_id,
                     log=log,
                     shown_url=shown,
-                ), "Certificate"
+                ), Proof.CERTIFICATE
             stored = self.client_tokens.get()
             if stored is not None:
                 renew = self.client_tokens.due_for_renewal()
@@ -191,25 +192,25 @@ class CcmClient:
                 return request_ccm_token(
                     http,
                     mp,
-                    proof_type="ClientToken",
+                    proof_type=Proof.CLIENT_TOKEN,
                     bearer=stored["Token"],
                     signing=self.signing,
                     client_id=sms_id,
                     log=log,
                     renew_client_token=renew,
                     shown_url=shown,
-                ), "ClientToken"
+                ), Proof.CLIENT_TOKEN
             if mode == BULK and self._regtoken:
                 return request_ccm_token(
                     http,
                     mp,
-                    proof_type="BulkRegistration",
+                    proof_type=Proof.BULK_REGISTRATION,
                     bearer=self._regtoken,
                     signing=self.signing,
                     client_id=sms_id,
                     log=log,
                     shown_url=shown,
-                ), "BulkRegistration"
+                ), Proof.BULK_REGISTRATION
         except StsError as e:
             raise TokenUnavailable(
                 f"CCM_STS refused the {mode} proof: {e.code}: {e.reason}",

@@ -16,6 +16,7 @@ from cmglab.agent.certstore import StoredCert
 from cmglab.agent.device import SYSTEM_SID, Device
 from cmglab.agent.network import classify
 from cmglab.wire.ccm_messaging import parse_timestamp, sign_hex, utc_timestamp, utf16
+from cmglab.wire.kinds import Proof
 
 CACHE_PURPOSE = "CCM token cache"
 CLIENT_TOKEN_PURPOSE = "CCM client unique token"
@@ -118,7 +119,7 @@ def request_ccm_token(
     http: httpx.Client,
     mp: ManagementPoint,
     *,
-    proof_type: str,
+    proof_type: Proof,
     bearer: str | None,
     signing: StoredCert,
     client_id: str | None,

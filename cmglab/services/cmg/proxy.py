@@ -20,6 +20,7 @@ from cmglab.services.cmg.channel import Aborted, ChannelClosed, Hub, Stream
 from cmglab.services.cmg.errors import CMGError, no_point
 from cmglab.wire.cmg_channel import CHUNK, RequestHead, end_to_end
 from cmglab.wire.cmg_urls import ProxyTarget
+from cmglab.wire.kinds import AuthKind
 from cmglab.wire.requests import RequestRecord
 from cmglab.wire.tracing import propagate
 
@@ -69,7 +70,7 @@ class Proxy:
         self.hub, self.log, self.name, self.max_body, self.timeout = hub, log, name, max_body, timeout
 
     async def forward(
-        self, request: Request, route: ProxyTarget, *, auth_kind: str, client_cert: str | None, rec: RequestRecord
+        self, request: Request, route: ProxyTarget, *, auth_kind: AuthKind, client_cert: str | None, rec: RequestRecord
     ) -> Response:
         """Forward the request whose `route` was authorised: the URL sent on is built from that route's parts
         and this gateway's name only, and recorded as `forwarded_url`."""

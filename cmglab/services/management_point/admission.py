@@ -32,8 +32,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from cmglab.wire.kinds import RegistrationKind
+
 NOT_APPROVED, APPROVED, AAD_APPROVED = 0, 1, 3
-KINDS = ("aad", "bulk", "token", "pki", "domain", "self-signed")
+KINDS = tuple(RegistrationKind)
 AUTOMATIC, MANUAL = "automatic", "manual"  # hierarchy setting "conflicting client records"
 RESOLUTIONS = ("pending", "new", "merge", "block")
 
@@ -48,7 +50,7 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class Request:
-    kind: str  # one of KINDS
+    kind: RegistrationKind
     auto_approve: str  # all | domain | none
     existing_approval: int | None  # the proposed SMSID's record's approval; None: no such record
     same_owner: bool = False
@@ -65,18 +67,18 @@ class Decision:
     reason: str = ""
 
 
-def earned(kind: str, auto_approve: str) -> int:
-    if kind == "aad":
+def earned(kind: RegistrationKind, auto_approve: str) -> int:
+    if kind == RegistrationKind.AAD:
         return AAD_APPROVED
-    if kind in ("bulk", "token", "pki"):
+    if kind in (RegistrationKind.BULK, RegistrationKind.TOKEN, RegistrationKind.PKI):
         return APPROVED
-    if kind == "domain":
+    if kind == RegistrationKind.DOMAIN:
         return APPROVED if auto_approve in ("all", "domain") else NOT_APPROVED
     return APPROVED if auto_approve == "all" else NOT_APPROVED
 
 
-def wants_token(kind: str) -> bool:
-    return kind not in ("aad", "pki")
+def wants_token(kind: RegistrationKind) -> bool:
+    return kind not in (RegistrationKind.AAD, RegistrationKind.PKI)
 
 
 def same_owner(
@@ -84,7 +86,7 @@ def same_owner(
     record_signing: str,
     record_aad_device: str | None,
     record_pki: str | None,
-    kind: str,
+    kind: RegistrationKind,
     signing: str,
     aad_device: str | None,
     pki: str | None,
@@ -92,9 +94,9 @@ def same_owner(
     """The request comes from the record's owner: its registered key, or its Entra device / PKI identity."""
     if record_signing.upper() == signing.upper():
         return True
-    if kind == "aad" and aad_device and record_aad_device:
+    if kind == RegistrationKind.AAD and aad_device and record_aad_device:
         return record_aad_device.lower() == aad_device.lower()
-    if kind == "pki" and pki and record_pki:
+    if kind == RegistrationKind.PKI and pki and record_pki:
         return record_pki.upper() == pki.upper()
     return False
 
@@ -111,12 +113,12 @@ def admit(req: Request) -> Decision:
     if req.existing_approval is None:
         return _granted(Action.CREATE, req, earn, "a new client")
     if req.same_owner:
-        approval = AAD_APPROVED if req.kind == "aad" else max(earn, req.existing_approval)
+        approval = AAD_APPROVED if req.kind == RegistrationKind.AAD else max(earn, req.existing_approval)
         return _granted(Action.UPDATE, req, approval, "the record's owner")
     if req.resolution == "block":
         return Decision(Action.REFUSE, reason="the conflicting record was blocked by the administrator")
     if req.resolution == "merge":
-        approval = AAD_APPROVED if req.kind == "aad" else max(earn, req.existing_approval)
+        approval = AAD_APPROVED if req.kind == RegistrationKind.AAD else max(earn, req.existing_approval)
         return _granted(Action.UPDATE, req, approval, "the administrator merged the conflicting record")
     if req.resolution == "new" or req.conflicts == AUTOMATIC:
         return _granted(Action.NEW_RECORD, req, earn, "conflicting record: a new record")

@@ -37,6 +37,7 @@ from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.store import BulkToken, Client, ConflictRecord, IssuedToken, new_sms_id, utcnow
 from cmglab.wire import key_limits, site_tokens
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml, utc_timestamp, utf16, verify
+from cmglab.wire.kinds import REGISTRATION_ISSUED, Proof, RegistrationKind
 
 # Status values of ClientRegistrationResponse (SDK cc144675; sccmhunter)
 REGISTERED, PENDING, RESET, REJECTED = 0, 1, 2, 3
@@ -130,7 +131,7 @@ def _properties(data: Element) -> dict[str, str]:
 class Registrant:
     """Who a verified registration request says it is, and what its authentication proved."""
 
-    kind: str  # admission.KINDS
+    kind: RegistrationKind
     proposed: str | None  # the SMSID it proposes (normalised)
     signing: x509.Certificate
     encryption: x509.Certificate
@@ -182,7 +183,7 @@ def _registrant(mp: Parts, data: Element, raw_data: str, signature: str, caller:
     props = _properties(data)
     agent = data.find("AgentInformation")
     who = Registrant(
-        kind="self-signed",
+        kind=RegistrationKind.SELF_SIGNED,
         proposed=normalise_sms_id(data.get("SMSID")),
         signing=signing,
         encryption=encryption,
@@ -199,10 +200,10 @@ def _registrant(mp: Parts, data: Element, raw_data: str, signature: str, caller:
     if caller.pki_cert is not None:
         pki_tp = thumbprint(caller.pki_cert)
         log.info(f"Registering device using PKI certificate {pki_tp} ({caller.pki_cert.subject.rfc4514_string()})")
-        return replace(who, kind="pki", pki_tp=pki_tp)
+        return replace(who, kind=RegistrationKind.PKI, pki_tp=pki_tp)
     if caller.domain_account:
         log.info(f"Registering device authenticated as domain account {caller.domain_account}")
-        return replace(who, kind="domain")
+        return replace(who, kind=RegistrationKind.DOMAIN)
     return who
 
 
@@ -212,25 +213,28 @@ def _token_registrant(mp: Parts, claims: dict[str, Any], who: Registrant) -> Reg
     issued = mp.store.issued(str(claims.get("UniqueId", "")))
     if issued is None:
         raise RegistrationRefused("the CCM token was not issued by this site's token service")
-    if issued.proof == "AAD":
+    if issued.proof == Proof.AAD:
         log.info(
             f"Registering device using AAD auth: DeviceId='{issued.aad_device_id} ', TenantId='{issued.aad_tenant_id}'"
         )
         return replace(
             who,
-            kind="aad",
+            kind=RegistrationKind.AAD,
             aad_device=(issued.aad_device_id or "").lower() or None,
             aad_tenant=(issued.aad_tenant_id or "").lower() or None,
         )
-    if issued.proof in ("BulkRegistration", "ClientToken") and (issued.cert_thumbprint or "") != who.signing_tp:
+    if (
+        issued.proof in (Proof.BULK_REGISTRATION, Proof.CLIENT_TOKEN)
+        and (issued.cert_thumbprint or "") != who.signing_tp
+    ):
         raise RegistrationRefused(f"the {issued.proof} CCM token is bound to another certificate")
-    if issued.proof == "BulkRegistration":
+    if issued.proof == Proof.BULK_REGISTRATION:
         log.info(f"Registering device using bulk registration token {issued.bulk_token_guid}")
-        return replace(who, kind="bulk", bulk_guid=issued.bulk_token_guid or "")
-    if issued.proof == "ClientToken":
-        return replace(who, kind="token", proposed=who.proposed or issued.sms_id)
-    if issued.proof == "Certificate":
-        return replace(who, kind="pki", pki_tp=issued.cert_thumbprint)
+        return replace(who, kind=RegistrationKind.BULK, bulk_guid=issued.bulk_token_guid or "")
+    if issued.proof == Proof.CLIENT_TOKEN:
+        return replace(who, kind=RegistrationKind.TOKEN, proposed=who.proposed or issued.sms_id)
+    if issued.proof == Proof.CERTIFICATE:
+        return replace(who, kind=RegistrationKind.PKI, pki_tp=issued.cert_thumbprint)
     raise RegistrationRefused(f"a CCM token from a {issued.proof} proof cannot register a client")
 
 
@@ -361,7 +365,7 @@ def _client_token(mp: Parts, s: Session, sms_id: str, who: Registrant) -> str:
             unique_id=site_tokens_unique_id(token),
             kind="client",
             token_type=site_tokens.CLIENT,
-            proof="Registration",
+            proof=REGISTRATION_ISSUED,
             sms_id=sms_id,
             cert_thumbprint=who.signing_tp,
             bulk_token_guid=who.bulk_guid,

@@ -110,7 +110,7 @@ class TokenService:
         self,
         *,
         token_type: str,
-        proof: str,
+        proof: Proof,
         sms_id: str | None,
         cert_tp: str | None = None,
         bulk_guid: str | None = None,
@@ -195,7 +195,13 @@ class TokenService:
             sms_id = known.sms_id if known else "GUID:" + str(uuid.uuid4()).upper()
         sccm_user = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sccm-user:{tid}:{user}")) if user else ""
         token, expires = self._issue(
-            token_type=token_type, proof="AAD", sms_id=sms_id, tenant=tid, user=user, device=device, user_sid=user_sid
+            token_type=token_type,
+            proof=Proof.AAD,
+            sms_id=sms_id,
+            tenant=tid,
+            user=user,
+            device=device,
+            user_sid=user_sid,
         )
         self.log.info(
             f"Created SCCM token, token type: {token_type}, hierarchyId: "
@@ -246,7 +252,7 @@ class TokenService:
             sms_id = sms_id if client is not None and client.signing_thumbprint == tp else None
         self.log.info(f"Validated bulk registration token {guid} (certificate {tp})")
         token, expires = self._issue(
-            token_type=site_tokens.DEVICE, proof="BulkRegistration", sms_id=sms_id, cert_tp=tp, bulk_guid=guid
+            token_type=site_tokens.DEVICE, proof=Proof.BULK_REGISTRATION, sms_id=sms_id, cert_tp=tp, bulk_guid=guid
         )
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
@@ -267,7 +273,7 @@ class TokenService:
         if client.approval == NOT_APPROVED:
             raise STSError(403, "NotRegistered", f"{sms_id} is not approved")
         self.log.info(f"Validated client token of {sms_id} (certificate {tp})")
-        token, expires = self._issue(token_type=site_tokens.DEVICE, proof="ClientToken", sms_id=sms_id, cert_tp=tp)
+        token, expires = self._issue(token_type=site_tokens.DEVICE, proof=Proof.CLIENT_TOKEN, sms_id=sms_id, cert_tp=tp)
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id}"
@@ -282,7 +288,7 @@ class TokenService:
                         unique_id=_unique_id(fresh),
                         kind="client",
                         token_type=site_tokens.CLIENT,
-                        proof="ClientToken",
+                        proof=Proof.CLIENT_TOKEN,
                         sms_id=sms_id,
                         cert_thumbprint=tp,
                         issued_at=utcnow(),
@@ -302,7 +308,7 @@ class TokenService:
         client = self.mp.store.client_by_pki(tp)
         sms_id = client.sms_id if client else None
         self.log.info(f"Validated client certificate {tp} ({cert.subject.rfc4514_string()})")
-        token, expires = self._issue(token_type=site_tokens.DEVICE, proof="Certificate", sms_id=sms_id, cert_tp=tp)
+        token, expires = self._issue(token_type=site_tokens.DEVICE, proof=Proof.CERTIFICATE, sms_id=sms_id, cert_tp=tp)
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}"

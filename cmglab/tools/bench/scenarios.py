@@ -22,6 +22,7 @@ from cmglab.runtime.lab import Lab
 from cmglab.tools.bench.loadgen import Request, Target
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire import httpclient, site_tokens
+from cmglab.wire.kinds import Proof
 
 # a PKI client's registration (the carrier is the TLS client certificate): the <Data> the agent sends
 REGISTRATION = (
@@ -99,7 +100,7 @@ def entra_token(lab: Lab) -> Scenario:
 
 def sts_request(path: str = "/CCM_STS") -> Request:
     return Request(
-        "POST", path, {"Content-Type": "application/json"}, json.dumps({"ProofType": "Certificate"}).encode()
+        "POST", path, {"Content-Type": "application/json"}, json.dumps({"ProofType": Proof.CERTIFICATE}).encode()
     )
 
 
@@ -167,7 +168,7 @@ def client_token_sts_request(lab: Lab, client: BenchClient) -> Request:
     token, _ = lab.site_signer().client_token(sms_id=client.sms_id, cert_thumbprint=thumbprint(client.cert))
     when = cm.utc_timestamp()
     body = {
-        "ProofType": "ClientToken",
+        "ProofType": Proof.CLIENT_TOKEN,
         "ClientId": client.sms_id,
         "Certificate": cm.cert_hex(client.cert),
         "Timestamp": when,

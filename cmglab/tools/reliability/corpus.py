@@ -27,6 +27,7 @@ from cmglab.pki import builders as b
 from cmglab.tools.reliability.material import CertFiles, Material
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire import site_tokens
+from cmglab.wire.kinds import Proof
 
 TLS = -1  # the expected "answer" when the TLS handshake must refuse the client certificate
 E400 = frozenset({400})
@@ -470,7 +471,7 @@ def _bearer_post(
     return build
 
 
-def _sts_body(proof: str) -> Callable[[Kit, str], bytes]:
+def _sts_body(proof: Proof) -> Callable[[Kit, str], bytes]:
     return lambda k, t: json.dumps(k.m.proof(proof, t)).encode()
 
 
@@ -508,7 +509,7 @@ def jwt_probes() -> list[Probe]:
                 "cmg",
                 "jwt",
                 f"Entra token {name} at CMG CCM_STS",
-                _bearer_post(lambda k: k.proxy("CCM_STS"), token, _sts_body("AAD")),
+                _bearer_post(lambda k: k.proxy("CCM_STS"), token, _sts_body(Proof.AAD)),
                 expect,
             )
         )
@@ -517,7 +518,7 @@ def jwt_probes() -> list[Probe]:
                 "management-point",
                 "jwt",
                 f"Entra token {name} as an AAD proof at the MP",
-                _bearer_post(lambda k: f"{k.mp_https}/CCM_STS", token, _sts_body("AAD")),
+                _bearer_post(lambda k: f"{k.mp_https}/CCM_STS", token, _sts_body(Proof.AAD)),
                 expect | E401,
             )
         )
@@ -540,7 +541,7 @@ def jwt_probes() -> list[Probe]:
             "jwt",
             "blocked bulk token as a BulkRegistration proof",
             _bearer_post(
-                lambda k: f"{k.mp_https}/CCM_STS", lambda k: k.m.blocked_bulk_token, _sts_body("BulkRegistration")
+                lambda k: f"{k.mp_https}/CCM_STS", lambda k: k.m.blocked_bulk_token, _sts_body(Proof.BULK_REGISTRATION)
             ),
             frozenset({403}),
         )
@@ -553,7 +554,7 @@ def jwt_probes() -> list[Probe]:
             _bearer_post(
                 lambda k: f"{k.mp_https}/CCM_STS",
                 lambda k: k.m.bulk_token(),
-                lambda k, t: json.dumps(k.m.proof("BulkRegistration", t + "x")).encode(),
+                lambda k, t: json.dumps(k.m.proof(Proof.BULK_REGISTRATION, t + "x")).encode(),
             ),
             E401,
         )
@@ -674,23 +675,23 @@ STS_BODIES: list[tuple[str, Callable[[Kit], bytes], frozenset[int]]] = [
     ("not JSON", lambda k: b"{", E400),
     ("a JSON array", lambda k: b"[]", E400),
     ("ProofType a number", lambda k: json.dumps({"ProofType": 5}).encode(), E400),
-    ("ClientId a number", lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "ClientId": 7}).encode(), E4XX),
+    ("ClientId a number", lambda k: json.dumps({**k.m.proof(Proof.CLIENT_TOKEN, "x"), "ClientId": 7}).encode(), E4XX),
     (
         "Certificate not hex",
-        lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "Certificate": "zz"}).encode(),
+        lambda k: json.dumps({**k.m.proof(Proof.CLIENT_TOKEN, "x"), "Certificate": "zz"}).encode(),
         E4XX,
     ),
     (
         "Certificate hex of garbage",
-        lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "Certificate": "3082000A"}).encode(),
+        lambda k: json.dumps({**k.m.proof(Proof.CLIENT_TOKEN, "x"), "Certificate": "3082000A"}).encode(),
         E4XX,
     ),
     (
         "Timestamp garbage",
-        lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "Timestamp": "yesterday"}).encode(),
+        lambda k: json.dumps({**k.m.proof(Proof.CLIENT_TOKEN, "x"), "Timestamp": "yesterday"}).encode(),
         E4XX,
     ),
-    ("Signature a list", lambda k: json.dumps({**k.m.proof("ClientToken", "x"), "Signature": [1]}).encode(), E4XX),
+    ("Signature a list", lambda k: json.dumps({**k.m.proof(Proof.CLIENT_TOKEN, "x"), "Signature": [1]}).encode(), E4XX),
     ("over 1 MiB", lambda k: b'{"ProofType": "' + b"A" * (1024 * 1024 + 10) + b'"}', frozenset({413})),
 ]
 

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 from cmglab.tools.reliability.labview import LabView
+from cmglab.wire.kinds import REGISTRATION_ISSUED, Proof
 
 _SMSID = re.compile(r"^GUID:[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_PROOFS = {"AAD", "BulkRegistration", "ClientToken", "Certificate", "Registration"}
+_PROOFS = {*Proof, REGISTRATION_ISSUED}
 
 
 def mp_clients(view: LabView) -> list[str]:

@@ -22,6 +22,7 @@ from cmglab.core.labconfig import write_private
 from cmglab.pki import builders as b
 from cmglab.runtime.lab import Lab
 from cmglab.wire import ccm_messaging as cm
+from cmglab.wire.kinds import Proof
 
 CertFiles = tuple[Path, Path]
 CONFIGMGR_RESOURCE = "https://ConfigMgrService"
@@ -53,7 +54,7 @@ class Material:
             self.sms_key, b.name("ConfigMgr Client"), ekus=[b.SMS_SIGNING_EKU, b.SMS_EKU], data_encipherment=True
         )
 
-    def proof(self, proof_type: str, token: str, *, sms_id: str | None = None) -> dict[str, Any]:
+    def proof(self, proof_type: Proof, token: str, *, sms_id: str | None = None) -> dict[str, Any]:
         """A CCM_STS request body with its proof of possession by the SMS key."""
         stamp = cm.utc_timestamp()
         return {
