@@ -93,6 +93,8 @@ def jwks_app(lab: Lab) -> FastAPI:
     return app
 
 
+# not lab_fixture: a lab of its own, its services with short timeouts (FAST_ENV) and, without the real
+# Entra, a stand-in JWKS service
 @pytest.fixture(scope="module")
 def auth_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return new_lab(tmp_path_factory.mktemp("cmgauth") / "lab")

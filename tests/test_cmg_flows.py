@@ -33,6 +33,7 @@ from tests.support.lab import lab_client, new_lab
 from tests.support.mp import Device, ccm_post, reply_body
 
 
+# not lab_fixture: a lab of its own, its services with a short heartbeat and summary interval (FAST_ENV)
 @pytest.fixture(scope="module")
 def flow_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return new_lab(tmp_path_factory.mktemp("cmgflow") / "lab")

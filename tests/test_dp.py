@@ -19,16 +19,16 @@ import spnego
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.runtime.lab import Lab
 from cmglab.services.distribution_point.listing import SIGNATURE_MARK
-from cmglab.tools.processes import LabProcesses
+from tests.support.lab import lab_fixture
 
 CANARY = "cmglab-canary-outside-the-content-library"
 
 
-@pytest.fixture(scope="module")
-def dp(lab: Lab, lab_services: LabProcesses) -> Lab:
+def _canary(lab: Lab) -> None:
     (lab.dir / "canary.txt").write_text(CANARY)
-    lab_services.ensure("management-point", "distribution-point")  # the MP builds the client package
-    return lab
+
+
+dp = lab_fixture("management-point", "distribution-point", prepare=_canary)  # the MP builds the client package
 
 
 def http_base(lab: Lab) -> str:

@@ -7,17 +7,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pytest
-
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from tests.support.agent import assert_lines, log_of, new_device, run
+from tests.support.lab import lab_fixture
 
-
-@pytest.fixture(scope="module", autouse=True)
-def services(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure("pki", "management-point", "distribution-point")  # clients check the DP certificate's CRL
+# clients check the DP certificate's CRL
+services = lab_fixture("pki", "management-point", "distribution-point", autouse=True)
 
 
 def test_intranet_client_installs_and_downloads_from_the_dp(lab: Lab, tmp_path: Path) -> None:

@@ -11,18 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
+from tests.support.lab import lab_fixture
 from tests.support.relay import relay
 
-
-@pytest.fixture(scope="module")
-def dp(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("management-point", "distribution-point")  # the MP builds the client package
-    return lab
+dp = lab_fixture("management-point", "distribution-point")  # the MP builds the client package
 
 
 def test_ntlmrelayx_sccm_dp_lists_and_downloads_the_packages(dp: Lab, tmp_path: Path) -> None:

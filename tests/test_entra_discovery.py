@@ -6,21 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire.entra_tokens import EntraKeys
-from tests.support.entra_device import DRS_RESOURCE, EntraClient, entra_client
+from tests.support.entra_device import DRS_RESOURCE, EntraClient, entra_session
+from tests.support.lab import lab_fixture
 
-
-@pytest.fixture(scope="module")
-def entra(lab: Lab, lab_services: LabProcesses) -> Iterator[EntraClient]:
-    with entra_client(lab, lab_services) as client:
-        yield client
+entra = lab_fixture("entra", session=entra_session)
 
 
 def test_openid_configuration_issuers(entra: EntraClient) -> None:

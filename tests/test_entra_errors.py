@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from cmglab.pki.labpki import MS_ORG_ACCESS_NAME
-from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.support.entra_device import (
     CONFIGMGR_CLIENT,
@@ -24,16 +22,13 @@ from tests.support.entra_device import (
     bcrypt_blob_b64,
     device_token_request,
     entra_client,
+    entra_session,
     join_body,
     new_key,
 )
-from tests.support.lab import new_lab
+from tests.support.lab import lab_fixture, new_lab
 
-
-@pytest.fixture(scope="module")
-def entra(lab: Lab, lab_services: LabProcesses) -> Iterator[EntraClient]:
-    with entra_client(lab, lab_services) as client:
-        yield client
+entra = lab_fixture("entra", session=entra_session)
 
 
 @pytest.fixture(scope="module")

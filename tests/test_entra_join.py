@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.x509.oid import NameOID
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from tests.support.entra_device import (
     DRS_RESOURCE,
     EntraClient,
@@ -25,20 +22,17 @@ from tests.support.entra_device import (
     claims,
     csr_b64,
     device_token_request,
-    entra_client,
+    entra_session,
     join_body,
     new_key,
     self_signed,
 )
-from tests.support.lab import lab_client
+from tests.support.lab import lab_client, lab_fixture
 
 MS_ORG_ACCESS = "OU=82dbaca4-3e81-46ca-9c73-0950c1eaca97,CN=MS-Organization-Access,DC=windows,DC=net"
 
 
-@pytest.fixture(scope="module")
-def entra(lab: Lab, lab_services: LabProcesses) -> Iterator[EntraClient]:
-    with entra_client(lab, lab_services) as client:
-        yield client
+entra = lab_fixture("entra", session=entra_session)
 
 
 def ext(cert: x509.Certificate, suffix: int) -> bytes:

@@ -7,41 +7,35 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import prt_crypto
 from tests.support.entra_device import (
     CONFIGMGR_CLIENT,
     JWT_BEARER,
     EntraClient,
     claims,
-    entra_client,
+    entra_session,
     join_body,
     new_key,
 )
-from tests.support.lab import lab_client
+from tests.support.lab import lab_client, lab_fixture
 
 WINDOWS_SIGN_IN = "38aa3b87-a06d-4817-b275-7a316988d93b"
 CONFIGMGR = "https://ConfigMgrService"
 
 
-@pytest.fixture(scope="module")
-def entra(lab: Lab, lab_services: LabProcesses) -> Iterator[EntraClient]:
-    with entra_client(lab, lab_services) as client:
-        yield client
+entra = lab_fixture("entra", session=entra_session)
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,15 @@ from tests.support.entra_device import (
     EntraClient,
     claims,
     device_token_request,
-    entra_client,
+    entra_session,
 )
+from tests.support.lab import lab_fixture
 from tests.support.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
 
 CONFIGMGR = "https://ConfigMgrService"
 
 
-@pytest.fixture(scope="module")
-def entra(lab: Lab, lab_services: LabProcesses) -> Iterator[EntraClient]:
-    with entra_client(lab, lab_services) as client:
-        yield client
+entra = lab_fixture("entra", session=entra_session)
 
 
 def server_app(lab: Lab) -> tuple[str, str]:

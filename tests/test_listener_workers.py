@@ -28,6 +28,7 @@ AAD_POWERSHELL = "1b730954-1685-4b74-9bfd-dac224a7b894"
 DRS_RESOURCE = "urn:ms-drs:enterpriseregistration.windows.net"
 
 
+# not lab_fixture: a lab of its own, Entra with two worker processes, started and killed per test
 @pytest.fixture(scope="module")
 def workers_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return isolated_lab(tmp_path_factory.mktemp("workers") / "lab")

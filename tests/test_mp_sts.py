@@ -12,7 +12,6 @@ import jwt
 import pytest
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
 from tests.support.agent import run
 from tests.support.lab import lab_fixture
@@ -120,10 +119,7 @@ def test_bad_requests(mp: Lab) -> None:
 # -- Entra (needs the Entra service: its JWKS is what the MP validates against) -------------------
 
 
-@pytest.fixture(scope="module")
-def entra(mp: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("entra")
-    return mp
+entra = lab_fixture("management-point", "entra")
 
 
 def entra_token(

@@ -38,6 +38,7 @@ def fits(text: str, width: int = 80) -> None:
     assert all(len(line) <= width for line in text.splitlines()), text
 
 
+# not lab_fixture: the lab a newcomer makes with `cmglab init --free-ports`, no services started here
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     path = tmp_path_factory.mktemp("newcomer") / "lab"

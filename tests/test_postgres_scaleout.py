@@ -200,6 +200,7 @@ def wait_for_points(site: Site, count: int, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+# not lab_fixture: a lab of its own on PostgreSQL, each service twice (replicas on a second address)
 @pytest.fixture(scope="module")
 def site(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     lab = isolated_lab(tmp_path_factory.mktemp("scaleout") / "lab")

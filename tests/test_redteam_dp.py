@@ -26,6 +26,7 @@ from tests.support.sec_attacks import wait_for
 LISTING = "/SMS_DP_SMSPKG$/Datalib"
 
 
+# not lab_fixture: a lab of its own, so that the DP's connection-level attacks reach no other test's DP
 @pytest.fixture(scope="module")
 def dp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = isolated_lab(tmp_path_factory.mktemp("redteam-dp") / "lab")

@@ -8,16 +8,13 @@ from __future__ import annotations
 import pytest
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
+from tests.support.lab import lab_fixture
 from tests.support.sec_attacks import client
 
 CLIENT = "1b730954-1685-4b74-9bfd-dac224a7b894"
 
 
-@pytest.fixture(scope="module")
-def entra(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("entra")
-    return lab
+entra = lab_fixture("entra")
 
 
 @pytest.mark.parametrize(

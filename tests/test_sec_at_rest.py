@@ -12,17 +12,14 @@ import pytest
 from cmglab.runtime.lab import Lab
 from cmglab.services.management_point import policy_crypto
 from cmglab.services.management_point.sealing import Sealer, site_key
-from cmglab.tools.processes import LabProcesses
+from tests.support.lab import lab_fixture
 
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.fixture(scope="module")
-def running(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("entra", "management-point")
-    return lab
+running = lab_fixture("entra", "management-point")
 
 
 def test_database_files_are_owner_only(running: Lab) -> None:

@@ -26,6 +26,7 @@ PERIOD = 4
 QUOTA = 2
 
 
+# not lab_fixture: a lab of its own, lab.json changed before Entra starts (see the module's docstring)
 @pytest.fixture(scope="module")
 def entra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = isolated_lab(tmp_path_factory.mktemp("lockout") / "lab")

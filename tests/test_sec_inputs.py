@@ -5,16 +5,15 @@ hybrid-join PUT; the bounded-depth reader in-process."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from cmglab.core.labconfig import DRS_RESOURCE
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.tools.reliability.material import Material
 from cmglab.wire import jsonlimits
-from tests.support.sec_attacks import client, last_seq, records_after, wait_for
+from tests.support.lab import lab_fixture
+from tests.support.sec_attacks import client, last_seq, records_after
 
 DEEP = b"[" * 200_000 + b"]" * 200_000
 DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
@@ -36,16 +35,12 @@ def test_depth_is_checked_before_parsing() -> None:
         jsonlimits.loads(str([nested]))
 
 
-@pytest.fixture(scope="module")
-def services(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab_services.ensure("entra", "management-point", "cmg", "cmg-connection-point")
+def cmg_has_site_config(lab: Lab) -> bool:
+    with client(lab) as c:
+        return bool(c.get(f"{lab.url('cmg')}/_lab/health").json().get("site_config"))
 
-    def ready() -> bool:
-        with client(lab) as c:
-            return bool(c.get(f"{lab.url('cmg')}/_lab/health").json().get("site_config"))
 
-    wait_for(ready, 60, "the CMG's site configuration")
-    yield lab
+services = lab_fixture("entra", "management-point", "cmg", "cmg-connection-point", ready=cmg_has_site_config)
 
 
 @pytest.mark.parametrize("body", [DEEP, DEEP_OBJECT], ids=["array", "object"])

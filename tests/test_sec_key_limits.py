@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cmglab.core.labconfig import DRS_RESOURCE
 from cmglab.pki import builders as b
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.tools.reliability.material import Material
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire import key_limits
 from tests.support.entra_device import bcrypt_blob_b64, csr_b64, new_key
+from tests.support.lab import lab_fixture
 from tests.support.sec_registration import Box, post_registration, site_rows
 
 
@@ -57,10 +57,7 @@ def test_limits_in_process() -> None:
         key_limits.check_key(BIG_KEY.public_key(), "x")
 
 
-@pytest.fixture(scope="module")
-def services(lab: Lab, lab_services: LabProcesses) -> Lab:
-    lab_services.ensure("entra", "management-point")
-    return lab
+services = lab_fixture("entra", "management-point")
 
 
 class BigBox(Box):

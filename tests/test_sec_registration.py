@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ import pytest
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.tools.reliability.material import Material
+from tests.support.lab import lab_fixture, set_site_in_lab_json
 from tests.support.sec_registration import (
     Box,
     ccm_token,
@@ -30,23 +31,8 @@ from tests.support.sec_registration import (
     via_windowsauth,
 )
 
-
-def site_set(lab: Lab, name: str, value: str) -> None:
-    """`cmglab site set`: lab.json and the running site together (a CLI run re-seeds from lab.json)."""
-    subprocess.run(
-        [sys.executable, "-m", "cmglab", "site", "set", name, value, "--lab", str(lab.dir)],
-        check=True,
-        capture_output=True,
-    )
-
-
-@pytest.fixture(scope="module")
-def mp(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab_services.ensure("entra", "management-point")
-    auto = lab.config.site.auto_approve
-    site_set(lab, "auto-approve", "all")
-    yield lab
-    site_set(lab, "auto-approve", auto)
+# the module's `cmglab clients` runs re-seed the site from lab.json: the setting goes there too
+mp = lab_fixture("entra", "management-point", site={"auto_approve": "all"}, site_in_lab_json=True)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +155,7 @@ def test_the_owner_still_updates_its_record(mp: Lab, material: Material) -> None
 
 
 def test_manual_resolution(mp: Lab, material: Material) -> None:
-    site_set(mp, "conflicting-records", "manual")
+    set_site_in_lab_json(mp, conflicting_records="manual")
     try:
         _, sms_id, before = victim(mp, material)
         held, blocked, merged = (Box(f"HOLD{n}") for n in range(3))
@@ -197,14 +183,14 @@ def test_manual_resolution(mp: Lab, material: Material) -> None:
             mp.dir / "logs" / "management-point" / "MP_RegistrationManager.log"
         ).read_text(errors="replace")
     finally:
-        site_set(mp, "conflicting-records", "automatic")
+        set_site_in_lab_json(mp, conflicting_records="automatic")
 
 
 def test_domain_door_conflict_is_held_when_resolution_is_manual(mp: Lab, material: Material) -> None:
     """The domain door (NTLM at ccm_system_windowsauth) under `conflicting-records manual`: the domain computer's
     claim on another client's SMSID is held (Status 1, no record written), listed as pending for the admin, the
     owner's record untouched; `block` then refuses it."""
-    site_set(mp, "conflicting-records", "manual")
+    set_site_in_lab_json(mp, conflicting_records="manual")
     try:
         _, sms_id, before = victim(mp, material)
         attacker = Box(f"DOM{uuid.uuid4().hex[:4].upper()}")
@@ -227,7 +213,7 @@ def test_domain_door_conflict_is_held_when_resolution_is_manual(mp: Lab, materia
         )
         assert f"Conflicting record detected for client '{sms_id}'" in log
     finally:
-        site_set(mp, "conflicting-records", "automatic")
+        set_site_in_lab_json(mp, conflicting_records="automatic")
 
 
 def test_an_aad_proof_cannot_claim_another_clients_smsid(mp: Lab, material: Material) -> None:

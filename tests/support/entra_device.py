@@ -206,8 +206,15 @@ def device_token_request(
 
 
 @contextmanager
-def entra_client(lab: Lab, lab_services: LabProcesses) -> Iterator[EntraClient]:
-    """The session lab's Entra service (started if needed) and a client for it."""
-    lab_services.ensure("entra")
+def entra_session(lab: Lab) -> Iterator[EntraClient]:
+    """A client for the lab's (running) Entra: `entra = lab_fixture("entra", session=entra_session)`."""
     with lab_client(lab) as http:
         yield EntraClient(lab, http)
+
+
+@contextmanager
+def entra_client(lab: Lab, lab_services: LabProcesses) -> Iterator[EntraClient]:
+    """The lab's Entra service (started if needed) and a client for it."""
+    lab_services.ensure("entra")
+    with entra_session(lab) as client:
+        yield client
