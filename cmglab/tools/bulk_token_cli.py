@@ -13,27 +13,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cmglab.core.settings import Settings
-from cmglab.runtime.lab import Lab, LabNotInitialised
 from cmglab.tools.output import print_rows
+from cmglab.tools.site_store import open_site_store
 from cmglab.wire.site_tokens import BULK_DEFAULT_MINUTES, BULK_MAX_MINUTES
 
 bulk_token_app = typer.Typer(help="Bulk registration tokens (BulkRegistrationTokenTool.exe).", no_args_is_help=True)
 console = Console()
 LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
 DEFAULT_LAB = Path(".cmglab")
-
-
-def _store(lab_dir: Path):  # type: ignore[no-untyped-def]
-    from cmglab.services.management_point.policy_defaults import default_policies
-    from cmglab.services.management_point.store import Store
-
-    try:
-        lab = Lab.load(lab_dir, Settings(lab_dir=lab_dir))
-    except LabNotInitialised as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
-    return lab, Store(lab, policy_factory=default_policies)
 
 
 @bulk_token_app.command("new")
@@ -48,7 +35,7 @@ def new(
     if not 1 <= lifetime <= BULK_MAX_MINUTES:
         console.print(f"[red]The lifetime must be between 1 and {BULK_MAX_MINUTES} minutes (7 days).[/red]")
         raise typer.Exit(1)
-    the_lab, store = _store(lab)
+    the_lab, store = open_site_store(lab, seed=True)
     token, guid, start, end = the_lab.site_signer().bulk_token(minutes=lifetime)
     store.add_bulk_token(guid, lifetime, start, end)
     if as_json:
@@ -77,7 +64,7 @@ def list_tokens(
 ) -> None:
     """The bulk registration tokens the site knows (GUID, lifetime, state): the GUID is what `block` and
     `unblock` take."""
-    _, store = _store(lab)
+    _, store = open_site_store(lab, seed=True)
     rows = store.bulk_tokens()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -104,7 +91,7 @@ def _when(iso: str) -> str:
 
 
 def _set_blocked(lab_dir: Path, guid: str, blocked: bool) -> None:
-    _, store = _store(lab_dir)
+    _, store = open_site_store(lab_dir, seed=True)
     if not store.set_bulk_blocked(guid, blocked):
         console.print(f"[red]No bulk registration token with GUID {guid}.[/red]")
         raise typer.Exit(1)

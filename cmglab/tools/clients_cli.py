@@ -17,24 +17,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cmglab.core.settings import Settings
-from cmglab.runtime.lab import Lab, LabNotInitialised
 from cmglab.tools.bulk_token_cli import DEFAULT_LAB, LabOption
 from cmglab.tools.output import print_rows
+from cmglab.tools.site_store import open_site_store
 
 console = Console()
-
-
-def _store(lab_dir: Path):  # type: ignore[no-untyped-def]
-    """The site database as the running site holds it (no seeding: nothing written over its settings)."""
-    from cmglab.services.management_point.store import Store
-
-    try:
-        lab = Lab.load(lab_dir, Settings(lab_dir=lab_dir))
-    except LabNotInitialised as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
-    return lab, Store(lab, seed=False)
 
 
 app = typer.Typer(help="The site's clients and conflicting records.", no_args_is_help=True)
@@ -47,7 +34,7 @@ def list_clients(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The registered clients: SMSID, name, kind of registration, approval."""
-    _, store = _store(lab)
+    _, store = open_site_store(lab, seed=False)
     rows = store.clients()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -66,7 +53,7 @@ def conflicts(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The conflicting records: the SMSID each proposed, who proposed it, and its resolution."""
-    _, store = _store(lab)
+    _, store = open_site_store(lab, seed=False)
     rows = store.conflicts()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -89,7 +76,7 @@ def resolve(
     if action not in ACTIONS:
         console.print(f"[red]The resolution is one of {', '.join(ACTIONS)}.[/red]")
         raise typer.Exit(1)
-    _, store = _store(Path(lab))
+    _, store = open_site_store(Path(lab), seed=False)
     row = store.resolve_conflict(conflict_id, action)
     if row is None:
         console.print(f"[red]No conflicting record {conflict_id}.[/red]")
