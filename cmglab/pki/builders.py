@@ -100,29 +100,38 @@ def _distribution(cdp: str | None, aia: str | None):  # type: ignore[no-untyped-
     return exts
 
 
+def _key_usage(
+    *, cert_sign: bool = False, key_encipherment: bool = False, data_encipherment: bool = False
+) -> x509.KeyUsage:
+    """Digital signature always; a CA also signs certificates and CRLs."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=data_encipherment,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _ca(
+    subject: x509.Name, issuer: x509.Name, public_key: rsa.RSAPublicKey, days: int, path_length: int | None
+) -> x509.CertificateBuilder:
+    """What every CA certificate of the lab has: basic constraints (a CA) and key usage (signs certificates, CRLs)."""
+    return (
+        _base(subject, issuer, public_key, utcnow() - timedelta(minutes=5), days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+    )
+
+
 def self_signed_ca(
     key: RSAKey, subject: x509.Name, *, days: int = 3650, path_length: int | None = None
 ) -> x509.Certificate:
-    now = utcnow() - timedelta(minutes=5)
-    builder = (
-        _base(subject, subject, key.public_key(), now, days)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
-    return builder.sign(key, hashes.SHA256())
+    return _ca(subject, subject, key.public_key(), days, path_length).sign(key, hashes.SHA256())
 
 
 def sub_ca(
@@ -135,25 +144,8 @@ def sub_ca(
     cdp: str | None = None,
     aia: str | None = None,
 ) -> x509.Certificate:
-    now = utcnow() - timedelta(minutes=5)
-    builder = (
-        _base(subject, issuer_cert.subject, key.public_key(), now, days)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+    builder = _ca(subject, issuer_cert.subject, key.public_key(), days, 0).add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
     )
     for ext in _distribution(cdp, aia):
         builder = builder.add_extension(ext, critical=False)
@@ -179,20 +171,7 @@ def leaf(  # type: ignore[no-untyped-def]
     builder = (
         _base(subject, issuer_cert.subject, public_key, start, days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=key_encipherment,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(key_encipherment=key_encipherment), critical=True)
         .add_extension(x509.ExtendedKeyUsage(list(ekus)), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
@@ -214,18 +193,7 @@ def self_signed(
     """A self-signed end-entity certificate (token signing, SMS signing/encryption)."""
     now = utcnow() - timedelta(minutes=5)
     builder = _base(subject, subject, key.public_key(), now, days).add_extension(
-        x509.KeyUsage(
-            digital_signature=True,
-            content_commitment=False,
-            key_encipherment=data_encipherment,
-            data_encipherment=data_encipherment,
-            key_agreement=False,
-            key_cert_sign=False,
-            crl_sign=False,
-            encipher_only=False,
-            decipher_only=False,
-        ),
-        critical=False,
+        _key_usage(key_encipherment=data_encipherment, data_encipherment=data_encipherment), critical=False
     )
     if ekus:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(ekus)), critical=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,42 +13,16 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
-from cmglab.pki.builders import SMS_EKU, SMS_SIGNING_EKU
+from cmglab.pki.builders import SMS_EKU, SMS_SIGNING_EKU, name, self_signed
 from cmglab.runtime.lab import Lab
 from cmglab.wire import ccm_messaging as cm
 from tests.support.lab import lab_client, set_site  # noqa: F401 (set_site: the MP tests' own)
 
 
 def self_signed_sms_cert(key: rsa.RSAPrivateKey, cn: str = "ConfigMgr Client") -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=True,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([SMS_SIGNING_EKU, SMS_EKU]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    """The device's self-signed SMS certificate (signing and encryption), built as the project builds one."""
+    return self_signed(key, name(cn), ekus=[SMS_SIGNING_EKU, SMS_EKU], data_encipherment=True)
 
 
 _KEYS: list[rsa.RSAPrivateKey] = []
