@@ -8,9 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
-import subprocess
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,10 +17,10 @@ from cryptography import x509
 
 from cmglab.runtime.lab import Lab
 from cmglab.services.entra.federation import FederationKey, FederationService
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import prt_crypto
-from tests.support.entra_device import DRS_RESOURCE, EntraClient, Joined, claims, entra_client, join_body, new_key
-from tests.support.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
+from tests.support.entra_device import DRS_RESOURCE, EntraClient, Joined, claims, entra_session, join_body, new_key
+from tests.support.lab import lab_fixture
+from tests.support.roadtx import Roadtx, roadtx_fixture
 
 SAML11 = "urn:ietf:params:oauth:grant-type:saml1_1-bearer"
 
@@ -48,10 +45,7 @@ RST = """<s:Envelope xmlns:s='http://www.w3.org/2003/05/soap-envelope' xmlns:wsa
 </wst:RequestSecurityToken></s:Body></s:Envelope>"""
 
 
-@pytest.fixture(scope="module")
-def entra(lab: Lab, lab_services: LabProcesses) -> Iterator[EntraClient]:
-    with entra_client(lab, lab_services) as client:
-        yield client
+entra = lab_fixture("entra", session=entra_session)
 
 
 def sts_assertion(entra: EntraClient, user: str, password: str) -> httpx.Response:
@@ -131,25 +125,7 @@ def test_tampered_and_expired_assertions_are_refused(entra: EntraClient, lab: La
 
 
 # -- roadtx, unmodified ------------------------------------------------------------------------
-Roadtx = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="module")
-def roadtx(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roadtx]:
-    if not namespaces_available() or not shutil.which("roadtx"):
-        pytest.skip("needs root, mount namespaces (unshare) and roadtx")
-    lab_services.ensure("entra")
-    with entra_on_443(lab) as addr:
-        hosts = write_hosts(tmp_path_factory.mktemp("roadtx-fed") / "hosts", addr, lab.config.hosts.entra)
-
-        def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-            done = run_resolved(
-                ["roadtx", *args], hosts=hosts, cwd=cwd, env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)}
-            )
-            assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
-            return done
-
-        yield run
+roadtx = roadtx_fixture("roadtx-fed")
 
 
 @pytest.mark.netns

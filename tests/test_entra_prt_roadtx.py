@@ -5,41 +5,41 @@ the PRT cookie at the authorize endpoint (`roadtx gettokens --prt ... --prt-sess
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from tests.support.entra_device import CONFIGMGR_CLIENT, DRS_RESOURCE, claims
-from tests.support.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
+from tests.support.roadtx import Roadtx, roadtx_fixture
 
 pytestmark = pytest.mark.netns
 
-Roadtx = Callable[..., subprocess.CompletedProcess[str]]
 CONFIGMGR = "https://ConfigMgrService"
 
 
-@pytest.fixture(scope="module")
-def roadtx(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roadtx]:
-    if not namespaces_available() or not shutil.which("roadtx"):
-        pytest.skip("needs root, mount namespaces (unshare) and roadtx")
-    lab_services.ensure("entra")
-    with entra_on_443(lab) as addr:
-        hosts = write_hosts(tmp_path_factory.mktemp("roadtx-prt") / "hosts", addr, lab.config.hosts.entra)
+roadtx = roadtx_fixture("roadtx-prt")
 
-        def run(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-            done = run_resolved(
-                ["roadtx", *args], hosts=hosts, cwd=cwd, env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)}
-            )
-            if ok:
-                assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
-            return done
 
-        yield run
+def prtauth(
+    roadtx: Roadtx, joined: Path, tokenfile: str, *prt: str, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`roadtx prtauth` for ConfigMgr into `tokenfile`, with the device's PRT (or the one `prt` names)."""
+    return roadtx(
+        "prtauth",
+        *prt,
+        "-c",
+        CONFIGMGR_CLIENT,
+        "-r",
+        CONFIGMGR,
+        "-ru",
+        "https://login.microsoftonline.com/common/oauth2/nativeclient",
+        "--tokenfile",
+        tokenfile,
+        cwd=joined,
+        ok=ok,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,18 +69,7 @@ def test_roadtx_prt_prtauth_renew(roadtx: Roadtx, joined: Path, lab: Lab) -> Non
     )
 
     # a token for ConfigMgr with the PRT (the request signed with the derived key, the reply a JWE)
-    roadtx(
-        "prtauth",
-        "-c",
-        CONFIGMGR_CLIENT,
-        "-r",
-        CONFIGMGR,
-        "-ru",
-        "https://login.microsoftonline.com/common/oauth2/nativeclient",
-        "--tokenfile",
-        "cm.json",
-        cwd=joined,
-    )
+    prtauth(roadtx, joined, "cm.json")
     token = claims(json.loads((joined / "cm.json").read_text())["accessToken"])
     assert token["aud"] == CONFIGMGR and token["upn"] == alice.upn and token["deviceid"]
     assert token["amr"] == ["pwd", "rsa"] and token["appid"] == CONFIGMGR_CLIENT
@@ -89,34 +78,9 @@ def test_roadtx_prt_prtauth_renew(roadtx: Roadtx, joined: Path, lab: Lab) -> Non
     roadtx("prt", "-a", "renew", cwd=joined)
     renewed = json.loads((joined / "roadtx.prt").read_text())
     assert renewed["refresh_token"] != prt["refresh_token"] and renewed["session_key"] == prt["session_key"]
-    roadtx(
-        "prtauth",
-        "-c",
-        CONFIGMGR_CLIENT,
-        "-r",
-        CONFIGMGR,
-        "-ru",
-        "https://login.microsoftonline.com/common/oauth2/nativeclient",
-        "--tokenfile",
-        "cm2.json",
-        cwd=joined,
-    )
-    old = roadtx(
-        "prtauth",
-        "--prt",
-        prt["refresh_token"],
-        "--prt-sessionkey",
-        prt["session_key"],
-        "-c",
-        CONFIGMGR_CLIENT,
-        "-r",
-        CONFIGMGR,
-        "-ru",
-        "https://login.microsoftonline.com/common/oauth2/nativeclient",
-        "--tokenfile",
-        "cm3.json",
-        cwd=joined,
-        ok=False,
+    prtauth(roadtx, joined, "cm2.json")
+    old = prtauth(
+        roadtx, joined, "cm3.json", "--prt", prt["refresh_token"], "--prt-sessionkey", prt["session_key"], ok=False
     )
     assert "AADSTS9002313" in old.stdout + old.stderr and not (joined / "cm3.json").exists()
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
-import subprocess
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,32 +16,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from tests.support.entra_device import CONFIGMGR_CLIENT, DRS_RESOURCE, claims, self_signed
 from tests.support.lab import lab_client
-from tests.support.resolved_names import entra_on_443, namespaces_available, run_resolved, write_hosts
+from tests.support.roadtx import Roadtx, roadtx_fixture
 
 pytestmark = pytest.mark.netns
 
-Roadtx = Callable[..., subprocess.CompletedProcess[str]]
 
-
-@pytest.fixture(scope="module")
-def roadtx(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roadtx]:
-    if not namespaces_available() or not shutil.which("roadtx"):
-        pytest.skip("needs root, mount namespaces (unshare) and roadtx")
-    lab_services.ensure("entra")
-    with entra_on_443(lab) as addr:
-        hosts = write_hosts(tmp_path_factory.mktemp("roadtx") / "hosts", addr, lab.config.hosts.entra)
-
-        def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-            done = run_resolved(
-                ["roadtx", *args], hosts=hosts, cwd=cwd, env={"REQUESTS_CA_BUNDLE": str(lab.pki.ca_bundle)}
-            )
-            assert done.returncode == 0, done.stdout + done.stderr
-            return done
-
-        yield run
+roadtx = roadtx_fixture("roadtx")
 
 
 def devices(lab: Lab) -> dict[str, dict]:
