@@ -271,6 +271,22 @@ def test_server_auth_ccm_token_is_not_a_proof_and_a_proof_is_not_a_ccm_token(
     _refused(auth_lab, "CCM_STS", {"Authorization": f"Bearer {ccm}"}, 401, "InvalidToken")
 
 
+def test_a_known_token_is_still_refused_where_its_type_does_not_belong(auth_lab: Lab, services: LabProcesses) -> None:
+    """The CMG remembers site tokens it verified (by their text): one accepted where it belongs is still
+    refused where it does not, the next time too."""
+    bulk = new_bulk_token(auth_lab)
+    ccm, _ = auth_lab.site_signer().ccm_token(token_type="Device")
+    with lab_client(auth_lab) as c:
+        for token, path in ((bulk, "CCM_STS"), (ccm, "ccm_system_tokenauth/request")):
+            c.request(
+                "CCM_POST", proxy_url(auth_lab, path), content=b"{}", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert cmg_requests(auth_lab, path.split("/")[0])[0].get("refused") is None  # passed the CMG: known now
+    for _ in range(2):
+        _refused(auth_lab, "ccm_system_tokenauth/request", {"Authorization": f"Bearer {bulk}"}, 401, "InvalidToken")
+        _refused(auth_lab, "CCM_STS", {"Authorization": f"Bearer {ccm}"}, 401, "InvalidToken")
+
+
 def test_refusals_are_logged(auth_lab: Lab, services: LabProcesses) -> None:
     text = (auth_lab.dir / "logs" / "cmg" / "CMGService.log").read_text()
     assert "401 TokenRequired: CCM_Proxy_ServerAuth needs Authorization: Bearer <token>" in text

@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import jwt
 from cryptography import x509
@@ -28,6 +29,7 @@ from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
 from cmglab.wire.kinds import AuthKind
 
 STS_ENDPOINT = "ccm_sts"
+KNOWN_CERTIFICATES = 4096  # MutualAuth identities remembered (the oldest go first)
 
 # auth_kind values (recorded at the CMG and sent to the point)
 MUTUAL = AuthKind.MUTUAL
@@ -67,9 +69,24 @@ class Authenticator:
         # every request of a ServerAuth client carries the same CCM token: verified once, then known by its text
         self.site_tokens = site_tokens.VerifiedTokens(self.site_cert, lab.config.site.hierarchy_id)
         self.issuing_ca = lab.pki.issuing_ca.cert()
+        # a client sends the same certificate on every request: its identity is worked out once (the TLS layer
+        # checked chain and CRL at the handshake; what is checked here depends on the certificate alone)
+        self._mutual: OrderedDict[x509.Certificate, Identity] = OrderedDict()
 
     # -- MutualAuth ------------------------------------------------------------------------------
     def mutual(self, cert: x509.Certificate | None) -> Identity:
+        if cert is None:
+            return self._check_mutual(cert)  # refused
+        known = self._mutual.get(cert)  # by the certificate's DER (cryptography's __eq__/__hash__)
+        if known is not None:
+            return known
+        identity = self._check_mutual(cert)
+        self._mutual[cert] = identity
+        while len(self._mutual) > KNOWN_CERTIFICATES:
+            self._mutual.popitem(last=False)
+        return identity
+
+    def _check_mutual(self, cert: x509.Certificate | None) -> Identity:
         if cert is None:
             raise AuthError(
                 403,
@@ -101,11 +118,15 @@ class Authenticator:
         token = _bearer(authorization)
         if token is None:
             raise AuthError(401, "TokenRequired", "CCM_Proxy_ServerAuth needs Authorization: Bearer <token>")
+        sts = (endpoint or "").lower() == STS_ENDPOINT
+        # a site token verified before (its exact text): the header need not be read again to know it is the site's
+        known = self._site(token, (site_tokens.BULK, site_tokens.CLIENT) if sts else site_tokens.CCM_TYPES, known=True)
+        if known is not None:
+            return known
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:
             raise AuthError(401, "InvalidToken", f"bearer token is not a JWT: {e}") from e
-        sts = (endpoint or "").lower() == STS_ENDPOINT
         if header.get("x5t") == self.site_x5t:
             types = (site_tokens.BULK, site_tokens.CLIENT) if sts else site_tokens.CCM_TYPES
             return self._site(token, types)
@@ -113,12 +134,19 @@ class Authenticator:
             return await self._entra(token, config)
         return self._site(token, site_tokens.CCM_TYPES)  # refused with the site module's reason
 
-    def _site(self, token: str, types: tuple[str, ...]) -> Identity:
+    @overload
+    def _site(self, token: str, types: tuple[str, ...], *, known: Literal[False] = False) -> Identity: ...
+    @overload
+    def _site(self, token: str, types: tuple[str, ...], *, known: Literal[True]) -> Identity | None: ...
+    def _site(self, token: str, types: tuple[str, ...], *, known: bool = False) -> Identity | None:
+        """`known`: only a token verified before (None when it is not)."""
         try:
-            claims = self.site_tokens.verify(token, types)
+            claims = self.site_tokens.known(token, types) if known else self.site_tokens.verify(token, types)
         except site_tokens.SiteTokenError as e:
             code = "TokenExpired" if "expired" in e.reason else "InvalidToken"
             raise AuthError(401, code, f"site token refused: {e.reason}") from e
+        if claims is None:
+            return None
         kind = {site_tokens.BULK: BULK_TOKEN, site_tokens.CLIENT: CLIENT_TOKEN}.get(claims.get("Type", ""), CCM_TOKEN)
         who = claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId") or "?"
         return Identity(kind, f"{claims.get('Type')} {who}", claims=claims)
