@@ -21,14 +21,13 @@ import websockets.sync.client
 
 from cmglab.core.labconfig import DRS_RESOURCE
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import LabProcesses
 from cmglab.tools.reliability import matrix
 from cmglab.tools.reliability.material import CertFiles, Material
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire import cmg_channel
 from tests.support.cmg import proxy_url
 from tests.support.entra_device import EntraClient, join_body, new_key
-from tests.support.lab import lab_client
+from tests.support.lab import lab_client, lab_fixture
 from tests.support.mp import Device, ccm_post, http_url, https_url, lab_rows, reply_body
 
 ROOT = Path(__file__).parent.parent
@@ -81,9 +80,11 @@ class Credentials:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+services = lab_fixture("entra", "management-point", "cmg", "cmg-connection-point")
+
+
 @pytest.fixture(scope="module")
-def creds(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Credentials:
-    lab_services.ensure("entra", "management-point", "cmg", "cmg-connection-point")
+def creds(lab: Lab, services: Lab, tmp_path_factory: pytest.TempPathFactory) -> Credentials:
     material = Material(lab, tmp_path_factory.mktemp("matrix"))
     assert material.revoked_client  # revoked before any row runs: every row sees the same CRL
     device = Device("MATRIX01")

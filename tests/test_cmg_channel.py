@@ -141,6 +141,8 @@ def _pattern(size: int) -> bytes:
     return (hashlib.sha256(b"cmglab").digest() * (size // 32 + 1))[:size]
 
 
+# not lab_fixture: a lab of its own, the CMG and connection point with short intervals (FAST_ENV) in front of
+# a stand-in upstream
 @pytest.fixture(scope="module")
 def chan_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return new_lab(tmp_path_factory.mktemp("cmgchan") / "lab")

@@ -33,6 +33,7 @@ from tests.support.lab import lab_client, new_lab, reserve_ports
 MANIFEST = "CCM_Client/manifest.json"
 
 
+# not lab_fixture: a lab of its own, whose services the tests stop and kill (FAST_ENV, a short upstream timeout)
 @pytest.fixture(scope="module")
 def res_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return new_lab(tmp_path_factory.mktemp("cmgres") / "lab")

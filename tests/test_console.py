@@ -9,23 +9,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography import x509
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import SERVICES, LabProcesses
+from cmglab.tools.processes import SERVICES
 from cmglab.wire.tracing import TraceParent
-from tests.support.cmg import wait_for
-from tests.support.lab import lab_client, new_lab
+from tests.support.cmg import cmg_has_site_config, wait_for
+from tests.support.lab import lab_client, lab_fixture, new_lab
 from tests.support.mp import Device
 from tests.support.tracing import bulk_token, traced_sts
 
-
-@pytest.fixture(scope="module", autouse=True)
-def console(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure(*SERVICES)  # the console comes last: `cmglab up` starts the same set
-    with lab_client(lab) as c:
-        wait_for(lambda: c.get(f"{lab.url('cmg')}/_lab/health").json()["site_config"], what="site config at the CMG")
+# the console comes last: `cmglab up` starts the same set
+console = lab_fixture(*SERVICES, autouse=True, ready=cmg_has_site_config)
 
 
 def api(lab: Lab, path: str, **params: Any) -> Any:

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import SERVICES, LabProcesses
+from cmglab.tools.processes import SERVICES
 from cmglab.wire.tracing import TraceParent
-from tests.support.cmg import wait_for
-from tests.support.lab import lab_client
+from tests.support.cmg import cmg_has_site_config, wait_for
+from tests.support.lab import lab_client, lab_fixture
 from tests.support.mp import Device
 from tests.support.tracing import bulk_token, traced_sts
 
@@ -30,11 +30,7 @@ THROUGH_THE_CMG = [("client", "cmg"), ("cmg", CP), (CP, MP)]
 
 # Runs a client-agent command with `tracing.httpx_hook` on every httpx client it makes: what the agent's own
 # HTTP layer does once it carries trace headers itself (see docs/architecture.md, "Tracing").
-@pytest.fixture(scope="module", autouse=True)
-def console(lab: Lab, lab_services: LabProcesses) -> None:
-    lab_services.ensure(*SERVICES)
-    with lab_client(lab) as c:
-        wait_for(lambda: c.get(f"{lab.url('cmg')}/_lab/health").json()["site_config"], what="site config at the CMG")
+console = lab_fixture(*SERVICES, autouse=True, ready=cmg_has_site_config)
 
 
 @pytest.fixture(scope="module")

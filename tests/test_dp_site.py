@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.cli import app
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import httpclient
+from tests.support.lab import lab_fixture
 
 
 def dp_set(lab: Lab, *flags: str) -> None:
@@ -22,14 +22,16 @@ def dp_set(lab: Lab, *flags: str) -> None:
     assert result.exit_code == 0, result.output
 
 
+dp = lab_fixture("management-point", "distribution-point")  # the MP builds the client package
+
+
 @pytest.fixture()
-def anonymous_https(lab: Lab, lab_services: LabProcesses) -> Iterator[Lab]:
-    lab_services.ensure("management-point", "distribution-point")  # the MP builds the client package
-    dp_set(lab, "--anonymous", "--https")
+def anonymous_https(dp: Lab) -> Iterator[Lab]:
+    dp_set(dp, "--anonymous", "--https")
     try:
-        yield lab
+        yield dp
     finally:
-        dp_set(lab, "--no-anonymous", "--http")
+        dp_set(dp, "--no-anonymous", "--http")
 
 
 def https_client(lab: Lab, cert: tuple[Path, Path] | None = None) -> httpx.Client:

@@ -39,6 +39,7 @@ LISTENERS = (
 )
 
 
+# not lab_fixture: a lab of its own, its services started with the small listener limits under test
 @pytest.fixture(scope="module")
 def limits_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return isolated_lab(tmp_path_factory.mktemp("limits") / "lab")

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.processes import SERVICES, LabProcesses
+from cmglab.tools.processes import SERVICES
 from cmglab.wire.tracing import TraceContext
-from tests.support.lab import lab_client
+from tests.support.lab import lab_client, lab_fixture
 
 CHROMIUM = "/usr/bin/chromium"
 DEVICE = "STATIC01"
@@ -28,10 +28,12 @@ def wait_for(check: Any, what: str, timeout: float = 60) -> Any:
     return found
 
 
+services = lab_fixture(*SERVICES)
+
+
 @pytest.fixture(scope="module")
-def trace_id(lab: Lab, lab_services: LabProcesses) -> str:
+def trace_id(lab: Lab, services: Lab) -> str:
     """One traced request of the device (an OIDC discovery), once the console has it."""
-    lab_services.ensure(*SERVICES)
     ctx = TraceContext.begin(DEVICE, "join")
     tenant = lab.config.primary_tenant.tenant_id
     with lab_client(lab) as c:

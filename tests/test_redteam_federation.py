@@ -47,6 +47,7 @@ RST = """<s:Envelope xmlns:s='http://www.w3.org/2003/05/soap-envelope' xmlns:wsa
 </wst:RequestSecurityToken></s:Body></s:Envelope>"""
 
 
+# not lab_fixture: a lab of its own, lab.json's smart lockout changed before Entra starts
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = isolated_lab(tmp_path_factory.mktemp("redteam-fed") / "lab")

@@ -7,16 +7,15 @@ request from it. Plus in-process unit tests of the parsing and the rewrite."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from cmglab.runtime.lab import Lab
 from cmglab.services.cmg import routing
 from cmglab.services.cmg_connection_point.rewrite import RewriteError, rewrite
-from cmglab.tools.processes import LabProcesses
 from cmglab.wire import cmg_urls
-from tests.support.sec_attacks import admin, client, last_seq, raw_https, records_after, status_of, wait_for
+from tests.support.cmg import cmg_serving
+from tests.support.lab import lab_fixture
+from tests.support.sec_attacks import admin, client, last_seq, raw_https, records_after, status_of
 
 ROLE = "72057594037927939"
 CONFIG = {
@@ -126,17 +125,7 @@ def test_connection_point_refuses_what_was_not_published(url: str) -> None:
 # -- over the network ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cmg_lab(lab: Lab, lab_services: LabProcesses) -> Iterator[Lab]:
-    lab_services.ensure("management-point", "cmg", "cmg-connection-point")
-
-    def ready() -> bool:
-        with client(lab) as c:
-            health = c.get(f"{lab.url('cmg')}/_lab/health").json()
-        return bool(health.get("connection_points")) and bool(health.get("site_config"))
-
-    wait_for(ready, 60, "the CMG's channel and site configuration")
-    yield lab
+cmg_lab = lab_fixture("management-point", "cmg", "cmg-connection-point", ready=cmg_serving)
 
 
 def _token(lab: Lab) -> str:

@@ -12,6 +12,7 @@ from cmglab.core.labconfig import DRS_RESOURCE
 from cmglab.runtime.lab import Lab
 from cmglab.tools.reliability.material import Material
 from cmglab.wire import jsonlimits
+from tests.support.cmg import cmg_has_site_config
 from tests.support.lab import lab_fixture
 from tests.support.sec_attacks import client, last_seq, records_after
 
@@ -33,11 +34,6 @@ def test_depth_is_checked_before_parsing() -> None:
     assert jsonlimits.loads(str(nested)) == nested
     with pytest.raises(ValueError):
         jsonlimits.loads(str([nested]))
-
-
-def cmg_has_site_config(lab: Lab) -> bool:
-    with client(lab) as c:
-        return bool(c.get(f"{lab.url('cmg')}/_lab/health").json().get("site_config"))
 
 
 services = lab_fixture("entra", "management-point", "cmg", "cmg-connection-point", ready=cmg_has_site_config)

@@ -13,6 +13,7 @@ from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.support.agent import messages, new_device, run
+from tests.support.lab import lab_fixture
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "seed-log-lines.md"
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
@@ -37,9 +38,11 @@ def test_the_spec_parses() -> None:
         re.compile(pattern)
 
 
+services = lab_fixture(*SERVICES)
+
+
 @pytest.fixture(scope="module")
-def seed_run(lab: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Device:
-    lab_services.ensure(*SERVICES)
+def seed_run(lab: Lab, services: Lab, lab_services: LabProcesses, tmp_path_factory: pytest.TempPathFactory) -> Device:
     home = tmp_path_factory.mktemp("seed") / "seed01"
     device = new_device(lab.dir, home)
     user = lab.config.primary_tenant.users[0]

@@ -72,6 +72,17 @@ def cmg_health(lab: Lab) -> dict[str, Any]:
         return c.get(f"{lab.url('cmg')}/_lab/health").json()
 
 
+def cmg_has_site_config(lab: Lab) -> bool:
+    """The CMG holds the site's configuration (a connection point's heartbeat brought it)."""
+    return bool(cmg_health(lab).get("site_config"))
+
+
+def cmg_serving(lab: Lab) -> bool:
+    """The CMG has a connection point's channel and the site's configuration: it can forward."""
+    health = cmg_health(lab)
+    return bool(health.get("connection_points")) and bool(health.get("site_config"))
+
+
 def mp_requests(lab: Lab, path: str = "") -> list[dict[str, Any]]:
     with lab_client(lab) as c:
         return c.get(f"{lab.url('management-point')}/_lab/requests", params={"path": path}).json()["requests"]
