@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from cmglab.core.labconfig import SITE_SETTINGS
+from cmglab.core.labconfig import SiteSettings
 from cmglab.core.settings import Settings
 from cmglab.runtime.db import make_engine
 from cmglab.runtime.lab import Lab
@@ -121,8 +121,8 @@ def test_stores_created_at_once_on_one_database(postgres: Postgres, tmp_path: Pa
     engine = make_engine(url)
     with engine.connect() as c:
         count = lambda table: c.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()  # noqa: E731
-        # every site setting once, and the network access account switch: no row seeded twice by the racing stores
-        assert count("management_point.site_settings") == len(SITE_SETTINGS) + 1
+        # every site setting once: no row seeded twice by the racing stores
+        assert count("management_point.site_settings") == len(SiteSettings.model_fields)
         assert count("management_point.policies") == len(default_policies(lab))
         assert count("management_point.tenants") == len(lab.config.tenants) == count("entra.tenants")
     engine.dispose()

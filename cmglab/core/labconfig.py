@@ -10,9 +10,9 @@ import os
 import secrets
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 CONFIG_VERSION = 1
 
@@ -93,7 +93,61 @@ class NetworkAccessAccount(BaseModel):
     password: str = Field(default_factory=_password)
 
 
-class Site(BaseModel):
+AutoApprove = Literal["all", "domain", "none"]
+ConflictingRecords = Literal["automatic", "manual"]
+AUTO_APPROVE: tuple[AutoApprove, ...] = ("all", "domain", "none")
+CONFLICTING_RECORDS: tuple[ConflictingRecords, ...] = ("automatic", "manual")
+
+
+class SiteSettings(BaseModel):
+    """The site settings a running lab enforces (lab.json's `site` holds them; the MP's store persists and
+    returns this model; `cmglab site set`, `POST /_lab/site` and `cmglab info` speak it)."""
+
+    allow_cmg: bool = True  # "Allow Configuration Manager cloud management gateway traffic"
+    # client setting (Cloud Services): "Allow clients to use a cloud management gateway", delivered by policy
+    client_allow_cmg: bool = True
+    auto_approve: AutoApprove = "domain"  # approval of self-signed registrations
+    # hierarchy setting "Conflicting client records": automatic (create a new record) | manual (hold it for the
+    # admin: `cmglab clients conflicts`, `cmglab clients resolve`)
+    conflicting_records: ConflictingRecords = "automatic"
+    # Communication Security "Clients check the CRL for site systems": delivered to clients with the site
+    # information (SiteInfoReply); ccmsetup's /nocrlcheck still turns it off on one client
+    client_crl_check: bool = True
+    content_enabled_cmg: bool = True
+    ccm_token_lifetime_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)  # CCM_STS tokens: 8 hours
+    https_only: bool = False  # Communication Security "HTTPS only": the MP refuses client traffic over HTTP
+
+    @field_validator("auto_approve", "conflicting_records", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def site_settings(self) -> SiteSettings:
+        """These settings alone (of a `Site`: without its names and IDs)."""
+        return SiteSettings.model_validate(self.model_dump(include=set(SiteSettings.model_fields)))
+
+    def changed(self, changes: dict[str, Any]) -> SiteSettings:
+        """These settings with `changes` (field name → value, validated: ValidationError on a bad one)."""
+        return SiteSettings.model_validate({**self.site_settings().model_dump(), **changes})
+
+
+class SiteSettingsChange(BaseModel):
+    """A change of some site settings (`POST /_lab/site`): the fields given, each validated as in SiteSettings."""
+
+    allow_cmg: bool | None = None
+    client_allow_cmg: bool | None = None
+    auto_approve: AutoApprove | None = None
+    conflicting_records: ConflictingRecords | None = None
+    client_crl_check: bool | None = None
+    content_enabled_cmg: bool | None = None
+    ccm_token_lifetime_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60)
+    https_only: bool | None = None
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class Site(SiteSettings):
     code: str = "MEM"
     name: str = "cmglab primary site"
     role_id: int = DEFAULT_ROLE_ID
@@ -101,17 +155,6 @@ class Site(BaseModel):
     client_version: str = "5.00.8968.1000"
     client_product_code: str = "{66653948-0717-4D50-B0B9-ED66FDED2DDB}"
     mp_build: int = 8968
-    allow_cmg: bool = True  # "Allow Configuration Manager cloud management gateway traffic"
-    # client setting (Cloud Services): "Allow clients to use a cloud management gateway", delivered by policy
-    client_allow_cmg: bool = True
-    auto_approve: str = "domain"  # all | domain | none: approval of self-signed registrations
-    # hierarchy setting "Conflicting client records": automatic (create a new record) | manual (hold it for the
-    # admin: `cmglab clients conflicts`, `cmglab clients resolve`)
-    conflicting_records: Literal["automatic", "manual"] = "automatic"
-    client_crl_check: bool = True  # "Clients check the CRL for site systems"
-    content_enabled_cmg: bool = True
-    ccm_token_lifetime_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)  # CCM_STS tokens: 8 hours
-    https_only: bool = False  # Communication Security "HTTPS only": the MP refuses client traffic over HTTP
     client_package_id: str = "MEM00001"
     network_access_account: NetworkAccessAccount = NetworkAccessAccount()
 
@@ -127,8 +170,8 @@ class DistributionPoint(BaseModel):
     https: bool = False
 
 
-# the site settings a running lab enforces: `cmglab site set NAME VALUE` name → lab.json `site` field
-SITE_SETTINGS = {
+# `cmglab site set NAME VALUE`: NAME → the SiteSettings field
+SITE_SETTINGS: dict[str, str] = {
     "allow-cmg": "allow_cmg",
     "client-allow-cmg": "client_allow_cmg",
     "auto-approve": "auto_approve",
@@ -138,8 +181,7 @@ SITE_SETTINGS = {
     "https-only": "https_only",
     "ccm-token-lifetime": "ccm_token_lifetime_minutes",
 }
-AUTO_APPROVE = ("all", "domain", "none")
-CONFLICTING_RECORDS = ("automatic", "manual")
+assert set(SITE_SETTINGS.values()) == set(SiteSettings.model_fields)
 
 
 class Hosts(BaseModel):

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
-from cmglab.core.labconfig import AUTO_APPROVE, CONFLICTING_RECORDS, SITE_SETTINGS, save_config
+from cmglab.core.labconfig import SITE_SETTINGS, SiteSettings, save_config
 from cmglab.core.settings import Settings
 from cmglab.runtime.lab import Lab, LabNotInitialised
 from cmglab.tools.output import print_rows
@@ -30,7 +31,6 @@ tenant_app = typer.Typer(
 console = Console()
 LabOption = Annotated[Path, typer.Option("--lab", envvar="CMGLAB_LAB_DIR", help="The lab directory.")]
 DEFAULT_LAB = Path(".cmglab")
-TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
 def _lab(lab_dir: Path) -> Lab:
@@ -50,25 +50,13 @@ def _apply(lab: Lab) -> None:
     Store(lab, policy_factory=default_policies)  # its seed writes lab.json's settings and tenants over the rows
 
 
-def parse_value(name: str, raw: str) -> Any:
-    field = SITE_SETTINGS[name]
-    if field == "auto_approve":
-        if raw.lower() not in AUTO_APPROVE:
-            raise ValueError(f"auto-approve is one of {', '.join(AUTO_APPROVE)}")
-        return raw.lower()
-    if field == "conflicting_records":
-        if raw.lower() not in CONFLICTING_RECORDS:
-            raise ValueError(f"conflicting-records is one of {', '.join(CONFLICTING_RECORDS)}")
-        return raw.lower()
-    if field == "ccm_token_lifetime_minutes":
-        if not raw.isdigit() or not 1 <= int(raw) <= 7 * 24 * 60:
-            raise ValueError("ccm-token-lifetime is minutes, 1 to 10080")
-        return int(raw)
-    if raw.lower() in TRUE:
-        return True
-    if raw.lower() in FALSE:
-        return False
-    raise ValueError(f"{name} is true or false")
+def parse_value(name: str, raw: str, current: SiteSettings) -> SiteSettings:
+    """`current` with the setting `name` (a `cmglab site set` name) parsed from `raw` as SiteSettings types it:
+    true/false (yes/no, on/off, 1/0), all/domain/none, automatic/manual, minutes 1 to 10080."""
+    try:
+        return current.changed({SITE_SETTINGS[name]: raw})
+    except ValidationError as e:
+        raise ValueError(f"{name}: {e.errors()[0]['msg']}") from e
 
 
 def enforced(lab: Lab) -> dict[str, Any]:
@@ -76,18 +64,24 @@ def enforced(lab: Lab) -> dict[str, Any]:
     from cmglab.services.management_point.store import Store
 
     store = Store(lab, seed=False)  # read only: nothing written over what the running services hold
-    settings = store.settings()
-    if not settings:
+    settings = store.stored_site_settings()
+    if settings is None:
         raise LookupError("the site database was never seeded (the MP has not started yet)")
     return {
-        "settings": {name: settings.get(field) for name, field in SITE_SETTINGS.items()},
+        "settings": settings_by_name(settings),
         "tenants": {t["tenant_id"]: t["onboarded"] for t in store.tenants(False)},
     }
 
 
+def settings_by_name(settings: SiteSettings) -> dict[str, Any]:
+    """The settings under their `cmglab site set` names."""
+    values = settings.model_dump()
+    return {name: values[field] for name, field in SITE_SETTINGS.items()}
+
+
 def site_view(lab: Lab) -> dict[str, Any]:
     site = lab.config.site
-    configured = {name: getattr(site, field) for name, field in SITE_SETTINGS.items()}
+    configured = settings_by_name(site.site_settings())
     try:
         live = enforced(lab)
     except LookupError:  # no site database yet (the MP never started): lab.json is what it will enforce
@@ -146,13 +140,16 @@ def set_setting(
     if name not in SITE_SETTINGS:
         console.print(f"[red]unknown setting {name!r}: one of {', '.join(SITE_SETTINGS)}[/red]")
         raise typer.Exit(2)
+    the_lab = _lab(lab)
+    site = the_lab.config.site
     try:
-        parsed = parse_value(name, value)
+        settings = parse_value(name, value, site.site_settings())
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e
-    the_lab = _lab(lab)
-    setattr(the_lab.config.site, SITE_SETTINGS[name], parsed)
+    for field, new in settings.model_dump().items():
+        setattr(site, field, new)
+    parsed = getattr(settings, SITE_SETTINGS[name])
     _apply(the_lab)
     typer.echo(
         f"{name} = {json.dumps(parsed)} (lab.json and the site database; the CMG takes it with the "

@@ -108,9 +108,8 @@ def content_location(mp: Parts, root: Element, caller: Caller) -> str:
     if caller.internet:
         # the cloud holds the client package only (content-enabled CMG); other content stays on the intranet DP
         if is_client:
-            settings = mp.store.settings()
             base = cmg_base(mp)
-            if settings.get("content_enabled_cmg", True):
+            if mp.store.site_settings().content_enabled_cmg:
                 url = f"{base}/downloadrestservice.svc/getcontentxmlsecure?pid={package_id}&cid={package_id}"
                 records.append(_record(url, mp.lab.config.hosts.cmg, "CLOUD", 1))
             prefix = "CCM_Proxy_MutualAuth" if caller.pki_cert is not None else "CCM_Proxy_ServerAuth"

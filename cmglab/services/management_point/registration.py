@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cmglab.core.labconfig import SiteSettings
 from cmglab.runtime.certinfo import thumbprint
 from cmglab.services.management_point import admission
 from cmglab.services.management_point.admission import NOT_APPROVED
@@ -151,7 +152,7 @@ class Registrant:
 def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Caller, message_id: str) -> Outcome:
     """Verify the request, tell who it is, then admit it (admission.py) in one transaction the store retries."""
     who = _registrant(mp, data, raw_data, signature, caller, message_id)
-    settings = mp.store.settings()
+    settings = mp.store.site_settings()
     log = mp.logs.registration
     outcome = mp.store.retrying(
         lambda s: _admit(mp, s, who, settings),
@@ -238,7 +239,7 @@ def _token_registrant(mp: Parts, claims: dict[str, Any], who: Registrant) -> Reg
     raise RegistrationRefused(f"a CCM token from a {issued.proof} proof cannot register a client")
 
 
-def _admit(mp: Parts, s: Session, who: Registrant, settings: dict[str, object]) -> Outcome:
+def _admit(mp: Parts, s: Session, who: Registrant, settings: SiteSettings) -> Outcome:
     """One attempt, inside the store's transaction: read the proposed record, decide, write."""
     existing = s.get(Client, who.proposed) if who.proposed else None
     owner = existing is not None and admission.same_owner(
@@ -255,10 +256,10 @@ def _admit(mp: Parts, s: Session, who: Registrant, settings: dict[str, object]) 
     decision = admission.admit(
         admission.Request(
             kind=who.kind,
-            auto_approve=str(settings.get("auto_approve", "domain")).lower(),
+            auto_approve=settings.auto_approve,
             existing_approval=existing.approval if existing is not None else None,
             same_owner=owner,
-            conflicts=str(settings.get("conflicting_records", admission.AUTOMATIC)),
+            conflicts=settings.conflicting_records,
             resolution=conflict.status if conflict is not None else None,
             token_blocked=who.bulk_guid is not None and (bulk is None or bulk.blocked),
         )

@@ -10,14 +10,8 @@ from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from cmglab.core.labconfig import SiteSettingsChange
 from cmglab.services.management_point.parts import Parts
-
-
-class SettingsChange(BaseModel):
-    allow_cmg: bool | None = None
-    auto_approve: str | None = None
-    content_enabled_cmg: bool | None = None
-    conflicting_records: Literal["automatic", "manual"] | None = None
 
 
 class Resolution(BaseModel):
@@ -95,16 +89,13 @@ def router(mp: Parts) -> APIRouter:
 
     @r.get("/site")
     async def site() -> dict[str, Any]:
-        settings = await run_in_threadpool(mp.store.settings)
+        settings = await run_in_threadpool(mp.store.site_settings)
         tenants = await run_in_threadpool(mp.store.tenants, False)
-        return {"site_code": mp.site_code, "settings": settings, "tenants": tenants}
+        return {"site_code": mp.site_code, "settings": settings.model_dump(), "tenants": tenants}
 
     @r.post("/site", dependencies=[Depends(require_admin)])
-    async def change_site(change: SettingsChange) -> dict[str, Any]:
-        if change.auto_approve is not None and change.auto_approve not in ("all", "domain", "none"):
-            raise HTTPException(422, "auto_approve is all, domain or none")
-        for name, value in change.model_dump(exclude_none=True).items():
-            await run_in_threadpool(mp.store.set_setting, name, value)
-        return {"settings": await run_in_threadpool(mp.store.settings)}
+    async def change_site(change: SiteSettingsChange) -> dict[str, Any]:
+        settings = await run_in_threadpool(mp.store.change_site_settings, change)
+        return {"settings": settings.model_dump()}
 
     return r

@@ -31,8 +31,8 @@ CLOUD_PATHS = [
 
 def cloud_config(mp: Parts) -> dict[str, Any]:
     site = mp.lab.config.site
-    settings = mp.store.settings()
-    allow = bool(settings.get("allow_cmg", True))
+    settings = mp.store.site_settings()
+    allow = settings.allow_cmg
     endpoints = (
         {str(site.role_id): {"internal_url": mp.lab.url("management-point"), "paths": CLOUD_PATHS}} if allow else {}
     )
@@ -57,7 +57,7 @@ def cloud_config(mp: Parts) -> dict[str, Any]:
         "content": {
             "package_id": site.client_package_id,
             "version": version,
-            "enabled": bool(settings.get("content_enabled_cmg", True)),
+            "enabled": settings.content_enabled_cmg,
         },
     }
 

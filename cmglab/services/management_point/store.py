@@ -17,8 +17,7 @@ from sqlalchemy import Boolean, DateTime, Integer, String, Text, UniqueConstrain
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from cmglab.core.labconfig import SITE_SETTINGS
-from cmglab.core.labconfig import Site as LabSite
+from cmglab.core.labconfig import SiteSettings, SiteSettingsChange
 from cmglab.runtime import db
 from cmglab.runtime.lab import Lab
 from cmglab.services.management_point.admission import APPROVED, NOT_APPROVED
@@ -47,6 +46,8 @@ class Base(DeclarativeBase):
 
 
 class SiteSetting(Base):
+    """One field of SiteSettings (its name, its value as JSON); the store reads and writes the model whole."""
+
     __tablename__ = "site_settings"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)  # JSON
@@ -236,11 +237,6 @@ class Ddr(Base):
     body: Mapped[str] = mapped_column(Text)
 
 
-def site_settings(site: LabSite) -> dict[str, Any]:
-    """The site settings the services enforce, from lab.json's `site` (names as the database keeps them)."""
-    return {name: getattr(site, name) for name in SITE_SETTINGS.values()}
-
-
 class Store(db.Store):
     """The MP's database. `fill` seeds the site settings, tenants and policies from the lab config.
 
@@ -277,17 +273,11 @@ class Store(db.Store):
 
     # -- seeding ------------------------------------------------------------------------------
     def fill(self, s: Session) -> None:
-        defaults = {**site_settings(self.lab.config.site), "network_access_account": True}
+        self._write_site_settings(s, self.lab.config.site.site_settings())
         server_app = next(
             (a for a in self.lab.config.apps if a.identifier_uri and not a.public_client), self.lab.config.apps[0]
         )
         client_app = self.lab.config.apps[0]
-        for name, value in defaults.items():
-            row = s.get(SiteSetting, name)
-            if row is None:
-                s.add(SiteSetting(name=name, value=json.dumps(value)))
-            else:
-                row.value = json.dumps(value)
         for t in self.lab.config.tenants:
             existing = s.get(Tenant, t.tenant_id)
             if existing is not None:
@@ -322,22 +312,37 @@ class Store(db.Store):
             p.body = self.sealer.seal(client_settings_xml(p.policy_id, p.version, site.code, site.client_allow_cmg))
 
     # -- settings ----------------------------------------------------------------------------
-    def setting(self, name: str, default: Any = None) -> Any:
-        with self.session() as s:
-            row = s.get(SiteSetting, name)
-            return json.loads(row.value) if row else default
-
-    def set_setting(self, name: str, value: Any) -> None:
-        with self.session() as s:
+    @staticmethod
+    def _write_site_settings(s: Session, settings: SiteSettings) -> None:
+        for name, value in settings.model_dump().items():
             row = s.get(SiteSetting, name)
             if row is None:
                 s.add(SiteSetting(name=name, value=json.dumps(value)))
             else:
                 row.value = json.dumps(value)
 
-    def settings(self) -> dict[str, Any]:
+    @staticmethod
+    def _read_site_settings(s: Session) -> SiteSettings | None:
+        rows = {r.name: json.loads(r.value) for r in s.scalars(select(SiteSetting))}
+        known = {name: value for name, value in rows.items() if name in SiteSettings.model_fields}
+        return SiteSettings.model_validate(known) if known else None
+
+    def stored_site_settings(self) -> SiteSettings | None:
+        """The settings the site database holds; None when it was never seeded (the MP never started)."""
         with self.session() as s:
-            return {r.name: json.loads(r.value) for r in s.scalars(select(SiteSetting))}
+            return self._read_site_settings(s)
+
+    def site_settings(self) -> SiteSettings:
+        """The settings the services enforce (read per request: a change applies live)."""
+        return self.stored_site_settings() or self.lab.config.site.site_settings()
+
+    def change_site_settings(self, change: SiteSettingsChange) -> SiteSettings:
+        """The running site's settings with `change` (lab.json untouched: its next seed puts them back)."""
+        with self.session() as s:
+            current = self._read_site_settings(s) or self.lab.config.site.site_settings()
+            updated = current.changed(change.given())
+            self._write_site_settings(s, updated)
+            return updated
 
     def set_onboarded(self, tenant_id: str, onboarded: bool) -> bool:
         with self.session() as s:

@@ -119,7 +119,7 @@ class TokenService:
         device: str | None = None,
         user_sid: str | None = None,
     ) -> tuple[str, datetime]:
-        minutes = int(self.mp.store.setting("ccm_token_lifetime_minutes", 480))  # the site's setting, live
+        minutes = self.mp.store.site_settings().ccm_token_lifetime_minutes  # the site's setting, live
         token, expires = self.mp.signer.ccm_token(
             token_type=token_type,
             sms_id=sms_id,

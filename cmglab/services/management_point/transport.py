@@ -142,7 +142,7 @@ SSL_REQUIRED = (
 
 async def refused_http(request: Request, mp: Parts, caller: Caller) -> Response | None:
     """Site setting "HTTPS only" (Communication Security): the MP's vdirs require SSL, 403.4 over HTTP."""
-    if caller.scheme != "http" or not await run_in_threadpool(mp.store.setting, "https_only", False):
+    if caller.scheme != "http" or not (await run_in_threadpool(mp.store.site_settings)).https_only:
         return None
     mp.logs.isapi.warning(f"{request.method} {request.url.path} over HTTP refused: the site is HTTPS only (403.4)")
     record(request).result = "refused: HTTPS only"
