@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import ssl
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -185,13 +186,14 @@ def _load_crl(data: bytes) -> x509.CertificateRevocationList | None:
 
 
 class _CheckingTransport(httpx.BaseTransport):
-    def __init__(self, inner: httpx.BaseTransport, checker: RevocationChecker | None) -> None:
-        self.inner, self.checker = inner, checker
+    def __init__(self, inner: httpx.BaseTransport, checker: Callable[[], RevocationChecker | None]) -> None:
+        self.inner, self.checker = inner, checker  # asked per request: the site's CRL setting may change
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         try:
-            if self.checker is not None and request.url.scheme == "https":
-                self.checker.ensure(request.url.host, request.url.port or 443)
+            checker = self.checker()
+            if checker is not None and request.url.scheme == "https":
+                checker.ensure(request.url.host, request.url.port or 443)
             return self.inner.handle_request(request)
         except NetworkError:
             raise
@@ -239,7 +241,7 @@ class DeviceNetwork:
         inner = self.transport(self.ssl_context(client_cert))
         # every request carries W3C trace headers tagged with the device and its step (the lab console)
         return httpx.Client(
-            transport=_CheckingTransport(inner, self.checker()),
+            transport=_CheckingTransport(inner, self.checker),
             timeout=self.timeout,
             event_hooks={"request": [tracing.httpx_hook(self.device.info.name)]},
         )

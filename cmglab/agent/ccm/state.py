@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -109,7 +110,8 @@ class ClientState:
     auth_mode: str = ""
     internet_mps: list[dict[str, Any]] = field(default_factory=list)
     intranet_mp: dict[str, Any] | None = None
-    crl_check: bool = True
+    crl_check: bool = True  # in effect: the site's setting (SiteInfoReply) unless ccmsetup /nocrlcheck
+    nocrlcheck: bool = False  # ccmsetup /nocrlcheck: overrides the site's setting
     pki_thumbprint: str | None = None
     registered_at: str | None = None
     client_token_issued: str | None = None
@@ -117,6 +119,20 @@ class ClientState:
     last_policy: str | None = None
     aad: dict[str, str] | None = None  # AADTENANTID / AADCLIENTAPPID / AADRESOURCEURI in use
     allow_cmg: bool = True  # client settings policy: "Allow clients to use a cloud management gateway"
+
+    def follow_site_crl_setting(self, site_checks_crl: bool | None, log: logging.Logger) -> bool:
+        """The site's "Clients check the CRL for site systems" from its site information; /nocrlcheck wins.
+        True when the client's revocation checking changed."""
+        if site_checks_crl is None:
+            return False
+        changed = False
+        wanted = site_checks_crl and not self.nocrlcheck
+        if wanted != self.crl_check:
+            how = "on" if wanted else "off" if site_checks_crl is False else "off (ccmsetup /nocrlcheck)"
+            log.info(f"Site setting 'Clients check the CRL for site systems' applied: revocation checking is {how}")
+            changed = True
+        self.crl_check = wanted
+        return changed
 
     @classmethod
     def load(cls, device: Device) -> ClientState | None:

@@ -21,6 +21,8 @@ from cmglab.agent.ccm.registration import ClientIDManager, RegistrationFailed
 from cmglab.agent.ccm.state import TOKEN, ClientState, ManagementPoint
 from cmglab.agent.device import Device, DeviceError
 from cmglab.agent.network import DeviceNetwork
+from cmglab.wire.ccm_messaging import parse_xml
+from cmglab.wire.site_security import site_checks_crl
 
 
 def choose_mp(client: CcmClient) -> ManagementPoint | None:
@@ -29,7 +31,11 @@ def choose_mp(client: CcmClient) -> ManagementPoint | None:
     if st.intranet_mp:
         mp = ManagementPoint(**st.intranet_mp)
         try:  # a probe: one unanswered request means the client is not on the intranet
-            site_info(client, mp, st.site_code, loc_log, retry=False)
+            reply = site_info(client, mp, st.site_code, loc_log, retry=False)
+            site = parse_xml(reply).find("Site")
+            if site is not None and st.follow_site_crl_setting(site_checks_crl(site), loc_log):
+                client.network.crl_check = st.crl_check  # from the next connection on
+                st.save(dev)
             cl_log.info(f"Client is on the intranet: assigned management point '{mp.name}'")
             return mp
         except MessagingError as e:

@@ -30,6 +30,7 @@ from cmglab.agent.dsregcmd.join import join_state
 from cmglab.agent.network import CRYPT_E_REVOCATION_OFFLINE, CRYPT_E_REVOKED, DeviceNetwork, NetworkError, classify
 from cmglab.wire.cabinet import read_cab
 from cmglab.wire.ccm_messaging import parse_xml
+from cmglab.wire.site_security import site_checks_crl
 
 
 class SetupFailure(Exception):
@@ -66,7 +67,9 @@ class Installer:
                 "/usepkicert: no valid PKI client authentication certificate in the Personal store "
                 "(clientAuth EKU, private key, chaining to a trusted root)"
             )
-        state = ClientState(crl_check=not args.nocrlcheck, site_code=(args.site_code or "").upper())
+        state = ClientState(
+            crl_check=not args.nocrlcheck, nocrlcheck=args.nocrlcheck, site_code=(args.site_code or "").upper()
+        )
         if state.site_code == "AUTO" and args.ccmhostname:
             raise SetupFailure("SMSSITECODE=AUTO cannot be used with CCMHOSTNAME: give the site code")
         internet = [ManagementPoint.from_ccmhostname(args.ccmhostname, pki=bool(pki))] if args.ccmhostname else []
@@ -211,6 +214,7 @@ class Installer:
             if site is None:
                 raise SetupFailure(f"the management point knows no site {st.site_code!r}")
             st.site_code = st.site_code or (site.findtext("SiteCode") or "")
+            st.follow_site_crl_setting(site_checks_crl(site), self.log)  # for the installed client
             self.log.info(f"Checking the URL '{source.display_url}/CCM_Client/ccmsetup.cab'")
             path = source.path("CCM_Client")
             self.log.info(

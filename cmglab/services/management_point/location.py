@@ -18,6 +18,7 @@ from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.parts import Parts
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml
+from cmglab.wire.site_security import security_mode_mask_ex
 
 
 def handle(mp: Parts, msg: CcmMessage, caller: Caller) -> str:
@@ -55,6 +56,8 @@ def site_information(mp: Parts, root: Element, caller: Caller) -> str:
     mp_ports = mp.lab.config.ports
     http_port = 80 if mp.lab.config.compose else mp_ports.management_point_http
     https_port = 443 if mp.lab.config.compose else mp_ports.management_point
+    # the site's "Clients check the CRL for site systems", live: clients take it from this reply
+    mask_ex = security_mode_mask_ex(mp.store.site_settings().client_crl_check)
     log.info(
         f"Site information requested for {site.code} ({caller.auth_kind}, "
         f"{'internet' if caller.internet else 'intranet'})"
@@ -64,7 +67,7 @@ def site_information(mp: Parts, root: Element, caller: Caller) -> str:
         f"<SiteName>{escape(site.name)}</SiteName><Version>{site.client_version}</Version>"
         f"<BuildNumber>{site.mp_build}</BuildNumber><HierarchyID>{site.hierarchy_id}</HierarchyID>"
         f"<DefaultMP>{mp.fqdn}</DefaultMP>"
-        f"<SecurityConfiguration><SecurityModeMask>0</SecurityModeMask><SecurityModeMaskEx>1088</SecurityModeMaskEx>"
+        f"<SecurityConfiguration><SecurityModeMask>0</SecurityModeMask><SecurityModeMaskEx>{mask_ex}</SecurityModeMaskEx>"
         f"<HTTPPort>{http_port}</HTTPPort><HTTPSPort>{https_port}</HTTPSPort>"
         f"<CertificateSelectionCriteria></CertificateSelectionCriteria><CertificateStoreName></CertificateStoreName>"
         f"<CertificateSelectFirstFlag>1</CertificateSelectFirstFlag>"
