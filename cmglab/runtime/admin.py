@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
@@ -86,22 +85,22 @@ class LabState:
 
     def __init__(self, service: str, size: int, exporter: SpanExporter | None = None) -> None:
         self.service = service
-        self.requests: deque[dict[str, Any]] = deque(maxlen=size)
+        self.requests: deque[RequestRecord] = deque(maxlen=size)
         self.faults: list[_Fault] = []
         self._ids = itertools.count(1)
         self.last_seq = 0  # never reset: a reader polls with ?after=<the last seq it saw>
         self.exporter = exporter
-        self.observers: list[Callable[[dict[str, Any]], None]] = []  # e.g. the CMG's per-URI summaries
+        self.observers: list[Callable[[RequestRecord], None]] = []  # e.g. the CMG's per-URI summaries
 
-    def add(self, entry: dict[str, Any]) -> None:
+    def add(self, rec: RequestRecord) -> None:
         """Record one request (newest first) and export it as a span when a collector is configured."""
         self.last_seq += 1
-        entry["seq"] = self.last_seq
-        self.requests.appendleft(entry)
+        rec.seq = self.last_seq
+        self.requests.appendleft(rec)
         if self.exporter is not None:
-            self.exporter.export(entry)
+            self.exporter.export(rec.as_dict())
         for observe in self.observers:
-            observe(entry)
+            observe(rec)
 
     def add_fault(self, rule: FaultRule) -> _Fault:
         fault = _Fault(next(self._ids), rule, re.compile(rule.path, re.IGNORECASE))
@@ -125,13 +124,73 @@ class LabState:
         self.faults.clear()
 
 
-def _external_url(scope: Scope) -> str:
-    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+def _external_url(scope: Scope, host: str) -> str:
     path = (scope.get("raw_path") or b"").decode("latin-1") or scope["path"]
     query = scope.get("query_string", b"").decode("latin-1")
     if path.lower().startswith(("http://", "https://")):  # an absolute-form target (RFC 9112 §3.2.2) is the URL
         return path + (f"?{query}" if query else "")
     return f"{scope.get('scheme', 'https')}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def _cert_names(scope: Scope) -> tuple[str | None, str | None]:
+    """The client certificate's subject and thumbprint, worked out once per connection (its requests share
+    the TLS extension dict)."""
+    tls = scope.get("extensions", {}).get("tls")
+    if not tls or not tls.get("client_cert_der"):
+        return None, None
+    names: tuple[str | None, str | None] | None = tls.get("_names")
+    if names is None:
+        cert = client_cert_from_scope(scope)
+        names = tls["_names"] = (subject(cert), thumbprint(cert))
+    return names
+
+
+class _Exchange:
+    """One request on its way through the recorder: counts what goes in and out and records it once."""
+
+    __slots__ = ("error_body", "rec", "receive", "recorded", "scope", "send", "started", "state")
+
+    def __init__(self, state: LabState, scope: Scope, receive: Receive, send: Send, rec: RequestRecord) -> None:
+        self.state, self.scope, self.receive, self.send, self.rec = state, scope, receive, send, rec
+        self.started = time.perf_counter()
+        self.error_body = b""
+        self.recorded = False
+
+    async def counting_receive(self) -> dict[str, Any]:
+        message = await self.receive()
+        body = message.get("body")
+        if body:
+            self.rec.request_bytes += len(body)
+        return message
+
+    async def counting_send(self, message: dict[str, Any]) -> None:
+        rec = self.rec
+        if message["type"] == "http.response.start":
+            rec.status = message["status"]
+        elif message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            rec.response_bytes += len(body)
+            if rec.status >= 400 and len(self.error_body) < _REASON_BODY_MAX:
+                self.error_body += body[: _REASON_BODY_MAX - len(self.error_body)]
+            if not message.get("more_body", False):
+                # recorded before the client holds the whole reply, so that what it asks next sees it
+                self.finish(None)
+        await self.send(message)
+
+    def finish(self, error: str | None) -> None:
+        if self.recorded:
+            return
+        self.recorded = True
+        rec = self.rec
+        rec.ended_at = time.time()
+        rec.elapsed_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        if not rec.status and error:
+            rec.status = 500
+        if error:
+            rec.error = error
+        if self.error_body:
+            rec.reason = error_reason(self.error_body)
+        self.state.add(rec)
 
 
 class LabMiddleware:
@@ -144,98 +203,55 @@ class LabMiddleware:
         if scope["type"] != "http" or scope["path"].startswith(ADMIN_PREFIX):
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
         rec: RequestRecord = scope.setdefault(RECORD_KEY, RequestRecord())
-        rec.started = datetime.now(UTC).isoformat(timespec="microseconds")  # order of arrival
-        headers = dict(scope["headers"])
-        sizes = {"in": 0, "out": 0, "status": 0}
-        scope[SPAN_KEY] = ServerSpan.incoming(
-            headers.get(b"traceparent", b"").decode("latin-1"), headers.get(b"tracestate", b"").decode("latin-1")
-        )
-        error_body = bytearray()
-
-        async def counting_receive() -> dict[str, Any]:
-            message = await receive()
-            sizes["in"] += len(message.get("body", b""))
-            return message
-
-        recorded = False
-
-        def finish(error: str | None) -> None:
-            nonlocal recorded
-            if not recorded:
-                recorded = True
-                self._finish(scope, rec, headers, sizes, started, error, bytes(error_body))
-
-        async def counting_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                sizes["status"] = message["status"]
-            elif message["type"] == "http.response.body":
-                body = message.get("body", b"")
-                sizes["out"] += len(body)
-                if sizes["status"] >= 400 and len(error_body) < _REASON_BODY_MAX:
-                    error_body.extend(body[: _REASON_BODY_MAX - len(error_body)])
-                if not message.get("more_body", False):
-                    # recorded before the client holds the whole reply, so that what it asks next sees it
-                    finish(None)
-            await send(message)
-
+        rec.started_at = time.time()  # order of arrival
+        self._begin(scope, rec)
+        exchange = _Exchange(self.state, scope, receive, send, rec)
         error: str | None = None
         try:
-            fault = self.state.match_fault(scope["method"], scope["path"])
+            fault = self.state.match_fault(scope["method"], scope["path"]) if self.state.faults else None
             if fault is not None:
                 rec.fault = fault.id
                 if fault.rule.delay_ms:
                     await asyncio.sleep(fault.rule.delay_ms / 1000)
                 if fault.rule.drop:
-                    await counting_send(
+                    await exchange.counting_send(
                         {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1024")]}
                     )
                     raise ConnectionAbortedError("fault injection: connection dropped")
                 if fault.rule.status is not None:
-                    await _plain(counting_send, fault.rule.status, b"fault injected by cmglab\n")
+                    await _plain(exchange.counting_send, fault.rule.status, b"fault injected by cmglab\n")
                     return
-            await self.app(scope, counting_receive, counting_send)
+            await self.app(scope, exchange.counting_receive, exchange.counting_send)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
             raise
         finally:
-            finish(error)
+            exchange.finish(error)
 
-    def _finish(
-        self,
-        scope: Scope,
-        rec: RequestRecord,
-        headers: dict[bytes, bytes],
-        sizes: dict[str, int],
-        started: float,
-        error: str | None,
-        error_body: bytes,
-    ) -> None:
-        cert = client_cert_from_scope(scope)
-        entry = {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "service": self.state.service,
-            "method": scope["method"],
-            "url": _external_url(scope),
-            "path": scope["path"],
-            "status": sizes["status"] or (500 if error else 0),
-            "request_bytes": sizes["in"],
-            "response_bytes": sizes["out"],
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
-            "client_cert_subject": subject(cert) if cert else None,
-            "client_cert_thumbprint": thumbprint(cert) if cert else None,
-            "traceparent": headers.get(b"traceparent", b"").decode("latin-1") or None,
-            "user_agent": headers.get(b"user-agent", b"").decode("latin-1") or None,
-            **scope[SPAN_KEY].record_fields(),
-        }
-        if error:
-            entry["error"] = error
-        reason = error_reason(error_body)
-        if reason:
-            entry["reason"] = reason
-        entry.update(rec.as_dict())
-        self.state.add(entry)
+    def _begin(self, scope: Scope, rec: RequestRecord) -> None:
+        """What the request says of itself: who sent it, how it addressed the service, its trace context."""
+        traceparent = tracestate = user_agent = host = None
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                traceparent = value.decode("latin-1")
+            elif name == b"tracestate":
+                tracestate = value.decode("latin-1")
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+            elif name == b"host":
+                host = value.decode("latin-1")
+        span = scope[SPAN_KEY] = ServerSpan.incoming(traceparent, tracestate)
+        rec.service, rec.method, rec.path = self.state.service, scope["method"], scope["path"]
+        rec.url = _external_url(scope, host or "")
+        rec.traceparent, rec.user_agent = traceparent or None, user_agent or None
+        rec.trace_id, rec.span_id, rec.parent_span_id, rec.tracestate = (
+            span.trace_id,
+            span.span_id,
+            span.parent_span_id,
+            span.tracestate,
+        )
+        rec.client_cert_subject, rec.client_cert_thumbprint = _cert_names(scope)
 
 
 def error_reason(body: bytes) -> str | None:
@@ -321,14 +337,15 @@ def install_lab_admin(
 
     @router.get("/requests", dependencies=reads)
     async def lab_requests(limit: int = 200, path: str | None = None, after: int = 0) -> dict[str, Any]:
-        items = [r for r in state.requests if r["seq"] > after] if after else list(state.requests)
+        items = [r for r in state.requests if r.seq > after] if after else list(state.requests)
         if path:
             try:
                 pattern = re.compile(path, re.IGNORECASE)
             except re.error as e:
                 raise HTTPException(422, f"bad path pattern: {e}") from e
-            items = [r for r in items if pattern.search(r["path"])]
-        return {"service": service, "requests": items[: max(0, min(limit, len(items)))], "last_seq": state.last_seq}
+            items = [r for r in items if pattern.search(r.path or "")]
+        chosen = items[: max(0, min(limit, len(items)))]
+        return {"service": service, "requests": [r.as_dict() for r in chosen], "last_seq": state.last_seq}
 
     @router.post("/reset", dependencies=[Depends(admin_only)])
     async def lab_reset() -> dict[str, str]:

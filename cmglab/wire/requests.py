@@ -2,25 +2,59 @@
 the console (its traces), the reliability tools (their findings and timings) and the tests.
 
 The recorder (`cmglab.runtime.admin`) fills what every request has (method, URL, status, sizes, timing, the
-client certificate, the trace context); the routes fill what only they know (`RequestRecord`: who the caller
-was and how it authenticated, what became of the request). One record is one JSON object; absent fields are
-left out, so a record carries only what was learnt of its request.
+client certificate, the trace context); the routes fill what only they know (who the caller was and how it
+authenticated, what became of the request). Both write one typed `RequestRecord`, kept as it is (no JSON is
+made on the request's path); a reader gets it as one JSON object (`Recorded`), where fields nothing was learnt
+of are left out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from cmglab.wire.kinds import AuthKind
 
+# the recorder's fields every recorded request shows, null when unknown (the others are left out when unknown)
+_ALWAYS = frozenset(
+    {"client_cert_subject", "client_cert_thumbprint", "traceparent", "user_agent", "parent_span_id", "tracestate"}
+)
 
-@dataclass
+
+def _iso(when: float, timespec: str) -> str:
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec=timespec)
+
+
+@dataclass(slots=True)
 class RequestRecord:
-    """What the routes of a service note about the current request (`cmglab.runtime.admin.record(request)`)."""
+    """One request as its service keeps it. The recorder fills the first fields as the request arrives and
+    ends; the routes note who the caller was and what became of it (`cmglab.runtime.admin.record(request)`).
+    Kept as it is until someone reads it: `as_dict` makes the JSON object (`Recorded`)."""
 
-    started: str | None = None  # ISO time of arrival (the recorder's)
-    fault: int | None = None  # the /_lab/faults rule that applied (the recorder's)
+    # the recorder's
+    seq: int = 0  # per process, never reset: a reader polls with ?after=<the last seq it saw>
+    service: str | None = None
+    method: str | None = None
+    url: str | None = None  # as the client addressed it (scheme, Host, raw path, query)
+    path: str | None = None
+    status: int = 0
+    request_bytes: int = 0
+    response_bytes: int = 0
+    elapsed_ms: float | None = None
+    client_cert_subject: str | None = None
+    client_cert_thumbprint: str | None = None
+    traceparent: str | None = None  # as received
+    user_agent: str | None = None
+    trace_id: str | None = None  # the server span (cmglab.wire.tracing.ServerSpan)
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    tracestate: str | None = None
+    reason: str | None = None  # an error reply's reason, read from its JSON body
+    started_at: float | None = None  # time.time() of arrival: `started` in the JSON
+    ended_at: float | None = None  # time.time() the reply ended: `time` in the JSON
+    fault: int | None = None  # the /_lab/faults rule that applied
+    # the routes'
     auth_kind: AuthKind | None = None  # how the caller was authenticated
     auth_subject: str | None = None  # who it was (a UPN, a device ID, a certificate subject, ...)
     via: str | None = None  # "connection-point": the MP saw it through the CMG and a connection point
@@ -60,8 +94,22 @@ class RequestRecord:
         self.details.update(details)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}
-        return {**{k: v for k, v in out.items() if v is not None}, **self.details}
+        """The record as `GET /_lab/requests` shows it (`Recorded`): unknown fields left out, but for the
+        recorder's that are null when unknown; then the protocol details under their own names."""
+        out: dict[str, Any] = {}
+        if self.ended_at is not None:
+            out["time"] = _iso(self.ended_at, "milliseconds")
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if value is not None or name in _ALWAYS:
+                out[name] = value
+        if self.started_at is not None:
+            out["started"] = _iso(self.started_at, "microseconds")
+        out.update(self.details)
+        return out
+
+
+_FIELDS = tuple(f.name for f in fields(RequestRecord) if f.name not in ("details", "started_at", "ended_at"))
 
 
 class Recorded(TypedDict, total=False):
@@ -100,6 +148,3 @@ class Recorded(TypedDict, total=False):
     connection_point: str
     message_id: str  # connection point: the channel message it forwarded
     cmg: str  # connection point: the CMG instance the message came from
-
-
-COMMON = frozenset(f.name for f in fields(RequestRecord)) - {"details"}

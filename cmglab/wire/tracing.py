@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import random
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,12 +73,17 @@ _UNSAFE = re.compile(r"[^\x21-\x7e]|[,=;:]")  # what may not appear inside one o
 _MAX_MEMBERS = 32  # W3C: at most 32 list-members
 
 
+# Trace and span IDs need to be unique, not secret (W3C trace context §"Privacy"): a fast PRNG, as the
+# OpenTelemetry SDK's own RandomIdGenerator uses, instead of a getrandom() system call for every request.
+# The module's generator: Python reseeds it in a forked child, so that worker processes never share IDs.
+
+
 def new_trace_id() -> str:
-    return secrets.token_hex(16)
+    return f"{random.getrandbits(128) or 1:032x}"  # all zeros is the invalid ID
 
 
 def new_span_id() -> str:
-    return secrets.token_hex(8)
+    return f"{random.getrandbits(64) or 1:016x}"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from cmglab.wire.requests import RequestRecord
 
 
 @dataclass
@@ -38,16 +39,16 @@ class TrafficStats:
         self.log = log
         self.current: dict[str, UriStats] = {}
 
-    def observe(self, uri_of: Callable[[str], str]) -> Callable[[dict[str, Any]], None]:
+    def observe(self, uri_of: Callable[[str], str]) -> Callable[[RequestRecord], None]:
         """A recorder observer (`LabState.observers`): count each recorded client request under its URI."""
 
-        def count(entry: dict[str, Any]) -> None:
-            s = self.current.setdefault(uri_of(entry["path"]), UriStats())
+        def count(rec: RequestRecord) -> None:
+            s = self.current.setdefault(uri_of(rec.path or ""), UriStats())
             s.request_count += 1
-            s.request_size += entry["request_bytes"]
-            s.response_count += 1 if entry["status"] else 0
-            s.response_size += entry["response_bytes"]
-            s.elapsed_ms += entry["elapsed_ms"]
+            s.request_size += rec.request_bytes
+            s.response_count += 1 if rec.status else 0
+            s.response_size += rec.response_bytes
+            s.elapsed_ms += rec.elapsed_ms or 0.0
 
         return count
 

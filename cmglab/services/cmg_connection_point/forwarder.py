@@ -14,7 +14,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -35,7 +34,7 @@ from cmglab.wire.cmg_channel import (
 )
 from cmglab.wire.cmg_channel import chunks as chunk_bytes
 from cmglab.wire.kinds import AuthKind
-from cmglab.wire.requests import Recorded, RequestRecord
+from cmglab.wire.requests import RequestRecord
 from cmglab.wire.tracing import TRACEPARENT, TRACESTATE, ServerSpan, header_value, propagate
 
 Send = Callable[[bytes], Awaitable[None]]
@@ -95,7 +94,7 @@ class Forwarder:
         traceparent = header_value(head.headers, TRACEPARENT)
         span = ServerSpan.incoming(traceparent, header_value(head.headers, TRACESTATE))
         rec = RequestRecord(
-            started=datetime.now(UTC).isoformat(timespec="microseconds"),
+            started_at=time.time(),
             auth_kind=_auth_kind(head.auth_kind),
             connection_point=self.name,
         )
@@ -139,10 +138,10 @@ class Forwarder:
                 f"channel lost while replying: {rec.error}"
             )
         finally:
-            self.state.add(self._entry(head, rec, span, traceparent, status, sizes, started))
+            self.state.add(self._finished(head, rec, span, traceparent, status, sizes, started))
 
     @staticmethod
-    def _entry(
+    def _finished(
         head: RequestHead,
         rec: RequestRecord,
         span: ServerSpan,
@@ -150,24 +149,22 @@ class Forwarder:
         status: int,
         sizes: dict[str, int],
         started: float,
-    ) -> dict[str, Any]:
-        """The hop's record, in the recorder middleware's shape (`cmglab.wire.requests.Recorded`): `time` is
-        when the hop ended (start = time - elapsed); the routes' part is the `RequestRecord`."""
-        entry: Recorded = {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "service": "cmg-connection-point",
-            "method": head.method,
-            "url": head.url,
-            "path": "/" + head.url.split("://", 1)[-1].partition("/")[2].split("?", 1)[0],
-            "status": status,
-            "request_bytes": sizes["in"],
-            "response_bytes": sizes["out"],
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
-            "client_cert_subject": _subject_of(head.client_cert),
-            "traceparent": traceparent,
-            **span.record_fields(),  # type: ignore[typeddict-item]
-        }
-        return {**entry, **rec.as_dict()}
+    ) -> RequestRecord:
+        """The hop's record with the recorder middleware's fields: ended when the hop ended (start = time -
+        elapsed); the routes' part was written on the way."""
+        rec.ended_at = time.time()
+        rec.service, rec.method, rec.url = "cmg-connection-point", head.method, head.url
+        rec.path = "/" + head.url.split("://", 1)[-1].partition("/")[2].split("?", 1)[0]
+        rec.status, rec.request_bytes, rec.response_bytes = status, sizes["in"], sizes["out"]
+        rec.elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+        rec.client_cert_subject, rec.traceparent = _subject_of(head.client_cert), traceparent
+        rec.trace_id, rec.span_id, rec.parent_span_id, rec.tracestate = (
+            span.trace_id,
+            span.span_id,
+            span.parent_span_id,
+            span.tracestate,
+        )
+        return rec
 
     async def _body(self, body: asyncio.Queue[BodyItem], sizes: dict[str, int]) -> AsyncIterator[bytes]:
         while True:
