@@ -334,7 +334,12 @@ class Store(db.Store):
 
     def site_settings(self) -> SiteSettings:
         """The settings the services enforce (read per request: a change applies live)."""
-        return self.stored_site_settings() or self.lab.config.site.site_settings()
+        with self.session() as s:
+            return self.site_settings_in(s)
+
+    def site_settings_in(self, s: Session) -> SiteSettings:
+        """The same, read inside the caller's unit of work (one session for a whole request)."""
+        return self._read_site_settings(s) or self.lab.config.site.site_settings()
 
     def change_site_settings(self, change: SiteSettingsChange) -> SiteSettings:
         """The running site's settings with `change` (lab.json untouched: its next seed puts them back)."""
@@ -383,11 +388,19 @@ class Store(db.Store):
 
     def client_by_pki(self, thumbprint: str) -> Client | None:
         with self.session() as s:
-            return s.scalars(select(Client).where(Client.pki_thumbprint == thumbprint.upper())).first()
+            return self.client_with_pki(s, thumbprint)
+
+    @staticmethod
+    def client_with_pki(s: Session, thumbprint: str) -> Client | None:
+        return s.scalars(select(Client).where(Client.pki_thumbprint == thumbprint.upper())).first()
 
     def client_by_aad_device(self, device_id: str) -> Client | None:
         with self.session() as s:
-            return s.scalars(select(Client).where(Client.aad_device_id == device_id.lower())).first()
+            return self.client_with_aad_device(s, device_id)
+
+    @staticmethod
+    def client_with_aad_device(s: Session, device_id: str) -> Client | None:
+        return s.scalars(select(Client).where(Client.aad_device_id == device_id.lower())).first()
 
     def approve(self, sms_id: str, approved: bool = True) -> bool:
         with self.session() as s:
@@ -405,10 +418,6 @@ class Store(db.Store):
     def issued(self, unique_id: str) -> IssuedToken | None:
         with self.session() as s:
             return s.get(IssuedToken, unique_id)
-
-    def record_token(self, **fields: Any) -> None:
-        with self.session() as s:
-            s.add(IssuedToken(**fields))
 
     # -- conflicting records ------------------------------------------------------------------
     def conflicts(self) -> list[dict[str, Any]]:
@@ -438,7 +447,11 @@ class Store(db.Store):
 
     def bulk_token(self, guid: str) -> BulkToken | None:
         with self.session() as s:
-            return s.get(BulkToken, guid.lower())
+            return self.bulk_token_in(s, guid)
+
+    @staticmethod
+    def bulk_token_in(s: Session, guid: str) -> BulkToken | None:
+        return s.get(BulkToken, guid.lower())
 
     def bulk_tokens(self) -> list[dict[str, Any]]:
         with self.session() as s:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.certinfo import thumbprint
@@ -22,7 +23,7 @@ from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.errors import STSError
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
-from cmglab.services.management_point.store import NOT_APPROVED, IssuedToken, utcnow
+from cmglab.services.management_point.store import NOT_APPROVED, IssuedToken, Store, utcnow
 from cmglab.wire import key_limits, site_tokens
 from cmglab.wire.ccm_messaging import parse_timestamp, utf16, verify
 from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
@@ -108,6 +109,7 @@ class TokenService:
     # -- proofs ---------------------------------------------------------------------------------
     def _issue(
         self,
+        s: Session,
         *,
         token_type: str,
         proof: Proof,
@@ -119,7 +121,7 @@ class TokenService:
         device: str | None = None,
         user_sid: str | None = None,
     ) -> tuple[str, datetime]:
-        minutes = self.mp.store.site_settings().ccm_token_lifetime_minutes  # the site's setting, live
+        minutes = self.mp.store.site_settings_in(s).ccm_token_lifetime_minutes  # the site's setting, live
         token, expires = self.mp.signer.ccm_token(
             token_type=token_type,
             sms_id=sms_id,
@@ -129,19 +131,21 @@ class TokenService:
             user_sid=user_sid,
             lifetime=timedelta(minutes=minutes),
         )
-        self.mp.store.record_token(
-            unique_id=_unique_id(token),
-            kind="ccm",
-            token_type=token_type,
-            proof=proof,
-            sms_id=sms_id,
-            cert_thumbprint=cert_tp,
-            bulk_token_guid=bulk_guid,
-            aad_tenant_id=tenant,
-            aad_device_id=device,
-            aad_user_id=user,
-            issued_at=utcnow(),
-            expires_at=_naive(expires),
+        s.add(
+            IssuedToken(
+                unique_id=_unique_id(token),
+                kind="ccm",
+                token_type=token_type,
+                proof=proof,
+                sms_id=sms_id,
+                cert_thumbprint=cert_tp,
+                bulk_token_guid=bulk_guid,
+                aad_tenant_id=tenant,
+                aad_device_id=device,
+                aad_user_id=user,
+                issued_at=utcnow(),
+                expires_at=_naive(expires),
+            )
         )
         return token, expires
 
@@ -184,25 +188,27 @@ class TokenService:
     ) -> dict[str, Any]:
         sms_id = None
         wanted = normalise_sms_id(req.client_id)
-        if wanted:
-            client = self.mp.store.get_client(wanted)
-            # only the Entra device that registered it: an AAD proof proves no SMS key, so a record without a
-            # device ID (registered any other way) is not this device's to claim (issue 15)
-            if client is not None and client.aad_device_id == device:
-                sms_id = wanted
-        if sms_id is None:
-            known = self.mp.store.client_by_aad_device(device)
-            sms_id = known.sms_id if known else "GUID:" + str(uuid.uuid4()).upper()
+        with self.mp.store.session() as s:  # one unit of work: the client, the site's setting, the token's row
+            if wanted:
+                client = Store.client(s, wanted)
+                # only the Entra device that registered it: an AAD proof proves no SMS key, so a record without a
+                # device ID (registered any other way) is not this device's to claim (issue 15)
+                if client is not None and client.aad_device_id == device:
+                    sms_id = wanted
+            if sms_id is None:
+                known = Store.client_with_aad_device(s, device)
+                sms_id = known.sms_id if known else "GUID:" + str(uuid.uuid4()).upper()
+            token, expires = self._issue(
+                s,
+                token_type=token_type,
+                proof=Proof.AAD,
+                sms_id=sms_id,
+                tenant=tid,
+                user=user,
+                device=device,
+                user_sid=user_sid,
+            )
         sccm_user = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sccm-user:{tid}:{user}")) if user else ""
-        token, expires = self._issue(
-            token_type=token_type,
-            proof=Proof.AAD,
-            sms_id=sms_id,
-            tenant=tid,
-            user=user,
-            device=device,
-            user_sid=user_sid,
-        )
         self.log.info(
             f"Created SCCM token, token type: {token_type}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: {sccm_user}, deviceId: {sms_id}"
@@ -239,21 +245,27 @@ class TokenService:
     def bulk(self, req: STSRequest) -> dict[str, Any]:
         claims = self._site_token(req.bearer, site_tokens.BULK)
         guid = str(claims.get("UniqueId", "")).lower()
-        record = self.mp.store.bulk_token(guid)
-        if record is None:
-            raise STSError(401, "InvalidProof", f"bulk registration token {guid} was not issued by this site")
-        if record.blocked:
-            raise STSError(403, "BulkTokenBlocked", f"bulk registration token {guid} is blocked")
-        cert = self._possession(req)
-        tp = thumbprint(cert)
-        sms_id = normalise_sms_id(req.client_id)
-        if sms_id:
-            client = self.mp.store.get_client(sms_id)
-            sms_id = sms_id if client is not None and client.signing_thumbprint == tp else None
-        self.log.info(f"Validated bulk registration token {guid} (certificate {tp})")
-        token, expires = self._issue(
-            token_type=site_tokens.DEVICE, proof=Proof.BULK_REGISTRATION, sms_id=sms_id, cert_tp=tp, bulk_guid=guid
-        )
+        with self.mp.store.session() as s:  # one unit of work: the bulk token, the client, the issued token's row
+            record = Store.bulk_token_in(s, guid)
+            if record is None:
+                raise STSError(401, "InvalidProof", f"bulk registration token {guid} was not issued by this site")
+            if record.blocked:
+                raise STSError(403, "BulkTokenBlocked", f"bulk registration token {guid} is blocked")
+            cert = self._possession(req)
+            tp = thumbprint(cert)
+            sms_id = normalise_sms_id(req.client_id)
+            if sms_id:
+                client = Store.client(s, sms_id)
+                sms_id = sms_id if client is not None and client.signing_thumbprint == tp else None
+            self.log.info(f"Validated bulk registration token {guid} (certificate {tp})")
+            token, expires = self._issue(
+                s,
+                token_type=site_tokens.DEVICE,
+                proof=Proof.BULK_REGISTRATION,
+                sms_id=sms_id,
+                cert_tp=tp,
+                bulk_guid=guid,
+            )
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}"
@@ -267,48 +279,63 @@ class TokenService:
         if str(claims.get("CertThumbprint", "")).upper() != tp:
             raise STSError(401, "InvalidProof", "the client token is bound to another certificate")
         sms_id = str(claims.get("DeviceId", ""))
-        client = self.mp.store.get_client(sms_id)
-        if client is None or client.signing_thumbprint != tp:
-            raise STSError(403, "NotRegistered", f"{sms_id} is not registered with this certificate")
-        if client.approval == NOT_APPROVED:
-            raise STSError(403, "NotRegistered", f"{sms_id} is not approved")
-        self.log.info(f"Validated client token of {sms_id} (certificate {tp})")
-        token, expires = self._issue(token_type=site_tokens.DEVICE, proof=Proof.CLIENT_TOKEN, sms_id=sms_id, cert_tp=tp)
+        with self.mp.store.session() as s:  # one unit of work: the client, the site's setting, the token's rows
+            client = Store.client(s, sms_id)
+            if client is None or client.signing_thumbprint != tp:
+                raise STSError(403, "NotRegistered", f"{sms_id} is not registered with this certificate")
+            if client.approval == NOT_APPROVED:
+                raise STSError(403, "NotRegistered", f"{sms_id} is not approved")
+            self.log.info(f"Validated client token of {sms_id} (certificate {tp})")
+            token, expires = self._issue(
+                s, token_type=site_tokens.DEVICE, proof=Proof.CLIENT_TOKEN, sms_id=sms_id, cert_tp=tp
+            )
+            reply = _ccm_reply(token, site_tokens.DEVICE, expires)
+            renewed = self._renew(s, req, claims, sms_id, tp, reply)
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id}"
         )
-        reply = _ccm_reply(token, site_tokens.DEVICE, expires)
-        issued_at = datetime.fromtimestamp(int(claims.get("iat", claims["nbf"])), UTC)
-        if req.renew_client_token or datetime.now(UTC) - issued_at >= site_tokens.CLIENT_TOKEN_RENEWAL:
-            fresh, fresh_exp = self.mp.signer.client_token(sms_id=sms_id, cert_thumbprint=tp)
-            with self.mp.store.session() as s:
-                s.add(
-                    IssuedToken(
-                        unique_id=_unique_id(fresh),
-                        kind="client",
-                        token_type=site_tokens.CLIENT,
-                        proof=Proof.CLIENT_TOKEN,
-                        sms_id=sms_id,
-                        cert_thumbprint=tp,
-                        issued_at=utcnow(),
-                        expires_at=_naive(fresh_exp),
-                    )
-                )
-            self.log.info(f"Renewed the unique client token of {sms_id}; valid until {fresh_exp:%Y-%m-%d %H:%M:%S}")
-            reply["ClientToken"] = fresh
-            reply["ClientTokenExpiresOn"] = fresh_exp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if renewed is not None:
+            self.log.info(f"Renewed the unique client token of {sms_id}; valid until {renewed:%Y-%m-%d %H:%M:%S}")
         return reply
+
+    def _renew(
+        self, s: Session, req: STSRequest, claims: dict[str, Any], sms_id: str, tp: str, reply: dict[str, Any]
+    ) -> datetime | None:
+        """A fresh unique client token into `reply` when asked for or when the old one is due for renewal;
+        its expiry (None: not renewed)."""
+        issued_at = datetime.fromtimestamp(int(claims.get("iat", claims["nbf"])), UTC)
+        if not req.renew_client_token and datetime.now(UTC) - issued_at < site_tokens.CLIENT_TOKEN_RENEWAL:
+            return None
+        fresh, fresh_exp = self.mp.signer.client_token(sms_id=sms_id, cert_thumbprint=tp)
+        s.add(
+            IssuedToken(
+                unique_id=_unique_id(fresh),
+                kind="client",
+                token_type=site_tokens.CLIENT,
+                proof=Proof.CLIENT_TOKEN,
+                sms_id=sms_id,
+                cert_thumbprint=tp,
+                issued_at=utcnow(),
+                expires_at=_naive(fresh_exp),
+            )
+        )
+        reply["ClientToken"] = fresh
+        reply["ClientTokenExpiresOn"] = fresh_exp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return fresh_exp
 
     def certificate(self, req: STSRequest, caller: Caller) -> dict[str, Any]:
         cert = caller.pki_cert
         if cert is None:
             raise STSError(403, "CertificateRequired", "a Certificate proof needs a PKI client certificate at TLS")
         tp = thumbprint(cert)
-        client = self.mp.store.client_by_pki(tp)
-        sms_id = client.sms_id if client else None
-        self.log.info(f"Validated client certificate {tp} ({cert.subject.rfc4514_string()})")
-        token, expires = self._issue(token_type=site_tokens.DEVICE, proof=Proof.CERTIFICATE, sms_id=sms_id, cert_tp=tp)
+        with self.mp.store.session() as s:  # one unit of work: the client, the site's setting, the token's row
+            client = Store.client_with_pki(s, tp)
+            sms_id = client.sms_id if client else None
+            self.log.info(f"Validated client certificate {tp} ({cert.subject.rfc4514_string()})")
+            token, expires = self._issue(
+                s, token_type=site_tokens.DEVICE, proof=Proof.CERTIFICATE, sms_id=sms_id, cert_tp=tp
+            )
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}"
