@@ -87,6 +87,18 @@ def test_entra_install_register_renew_policy_uninstall(lab: Lab, tmp_path: Path)
         r"Getting AAD \(device\) token with: ClientId =",
         r"Retrieved AAD token for AAD device '",
     )
+    # the seed's order: the registration carries the fresh Entra token; the CCM token comes after approval
+    reg = log_of(device, "ClientIDManagerStartup.log").splitlines()
+    start = next(i for i, line in enumerate(reg) if "Registering client using AAD auth." in line)
+    done = next(i for i, line in enumerate(reg) if "Approval status 3" in line)
+    assert start < done and not any("CCM Token" in line for line in reg[start:done]), reg[start:done]
+    assert any("Appending AAD token to the header." in line for line in reg[start:done]), reg[start:done]
+    assert "Getting CCM Token from STS server '" in reg[done + 1], reg[done:]
+    mp_logs = lab.dir / "logs" / "management-point"
+    assert re.search(
+        r"ccm_system_tokenauth/request: Entra token accepted \(tenant [0-9a-f-]{36}, device [0-9a-f-]{36}",
+        (mp_logs / "ClientAuth.log").read_text(),
+    )
     state = ClientState.load(device)
     assert state is not None and state.installed and state.approval == 3 and state.auth_mode == "aad"
     assert state.sms_id and state.sms_id.startswith("GUID:")

@@ -141,3 +141,57 @@ def test_same_owner(
         )
         is owner
     )
+
+
+# the Entra table (issue 17): the verdict on the Entra token a registration carries -> its decision, whatever the
+# proposed SMSID's record (none, the device's own, another device's)
+ENTRA_VERDICTS = [
+    ("valid", None),
+    ("forged", Action.REFUSE),  # unknown key, bad signature, alg none
+    ("malformed", Action.REFUSE),
+    ("expired", Action.REFUSE),
+    ("wrong-audience", Action.REFUSE),
+    ("wrong-issuer", Action.REFUSE),
+    ("other-tenant", Action.REFUSE),
+    ("no-device", Action.REFUSE),
+    ("unavailable", Action.REFUSE),
+]
+
+
+@pytest.mark.parametrize("verdict,refused", ENTRA_VERDICTS)
+@pytest.mark.parametrize(
+    "existing,owner,action",
+    [(None, False, Action.CREATE), (APPROVED, True, Action.UPDATE), (APPROVED, False, Action.NEW_RECORD)],
+)
+def test_entra_table(verdict: str, refused: Action | None, existing: int | None, owner: bool, action: Action) -> None:
+    decision = admit(
+        Request("aad", "none", existing_approval=existing, same_owner=owner, conflicts=AUTOMATIC, entra=verdict)
+    )
+    if refused is not None:
+        assert decision.action is refused and decision.approval is None and decision.reason
+        assert not decision.client_token
+    else:  # a valid Entra token: approval 3, no unique token, and another device's record is never taken over
+        assert (decision.action, decision.approval, decision.client_token) == (action, AAD_APPROVED, False)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "aad"])
+def test_an_entra_token_registers_only_as_aad(kind: str) -> None:
+    assert admit(Request(kind, "all", None, entra="valid")).action is Action.REFUSE
+
+
+def test_an_entra_device_owns_only_its_own_record() -> None:
+    """Device A's Entra token proposing device B's SMSID: not the owner (another key, another device)."""
+
+    def owner(record_device: str, device: str) -> bool:
+        return same_owner(
+            record_signing="BB",
+            record_aad_device=record_device,
+            record_pki=None,
+            kind="aad",
+            signing="AA",
+            aad_device=device,
+            pki=None,
+        )
+
+    assert not owner("dev-b", "dev-a")
+    assert owner("dev-a", "DEV-A")

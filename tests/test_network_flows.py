@@ -219,8 +219,8 @@ CMG_HOPS = [
     ("GET", r"/downloadrestservice\.svc/getcontentxmlsecure"),  # 4. content-enabled CMG
     ("GET", r"/downloadrestservice\.svc/content/\w+/ccmsetup\.cab"),
     ("GET", r"/downloadrestservice\.svc/content/\w+/client\.msi"),
-    ("POST", rf"{ROLE}/CCM_STS"),  # registration 2: fresh Entra token -> CCM token
-    ("CCM_POST", rf"{ROLE}/ccm_system_tokenauth/request"),  # registration 3: MP_ClientRegistration
+    # registration 2-3: MP_ClientRegistration carrying the fresh Entra token (no CCM_STS before it)
+    ("CCM_POST", rf"{ROLE}/ccm_system_tokenauth/request"),
     ("POST", rf"{ROLE}/CCM_STS"),  # registration 4: new CCM token, cached
 ]
 ENTRA_HOPS = [  # seed 002 A-H (dsregcmd /join), then the device tokens ccmsetup and the client ask for

@@ -76,3 +76,32 @@ def log_text(lab: Lab, device: Device, name: str) -> str:
 def test_seed_line(lab: Lab, seed_run: Device, name: str, pattern: str) -> None:
     text = log_text(lab, seed_run, name)
     assert re.search(pattern, text, re.IGNORECASE | re.MULTILINE), f"{name} lacks {pattern!r}:\n{text[-3000:]}"
+
+
+# seed 001 "Client registration" 1-4 in its order (issue 17): the registration carries the fresh Entra token; the
+# CCM token is asked for only after the approval
+REGISTRATION_ORDER = [
+    r"AADJoinStatusTask: Client hasn't been registered yet\.",
+    r"RegEndPoint: Event notification: CCM_RemoteClient_Reassigned",
+    r"RegEndPoint: Received notification for site assignment change from '<none>' to '",
+    r"\[RegTask\] - Starting registration, attempt 1\.",
+    r"\[RegTask\] - Client is not registered\. Sending registration request for GUID:",
+    r"Registering client using AAD auth\.",
+    r"\[RegTask\] - Client is registered\. Server assigned ClientID is GUID:[0-9A-F-]{36}\. Approval status 3",
+    r"Getting CCM Token from STS server '",
+    r"Getting CCM Token from https://\S+/CCM_STS",
+    r"Cached encrypted token for 'S-1-5-18'\. Will expire at '",
+]
+
+
+def test_the_registration_follows_the_seeds_order(lab: Lab, seed_run: Device) -> None:
+    lines = log_text(lab, seed_run, "ClientIDManagerStartup.log").splitlines()
+    at = [next(i for i, line in enumerate(lines) if re.search(rx, line)) for rx in REGISTRATION_ORDER]
+    assert at == sorted(at), list(zip(REGISTRATION_ORDER, at, strict=True))
+    registering, approved = at[REGISTRATION_ORDER.index(r"Registering client using AAD auth\.")], at[6]
+    assert not [line for line in lines[registering:approved] if "CCM Token" in line], lines[registering:approved]
+    # the Entra token it carried came after WAM's failure, from the signed-in user (seed 001's sample run)
+    adal = log_text(lab, seed_run, "ADALOperationProvider.log")
+    assert adal.index("Unknown error (Error: D0090016; Source: Unknown)") < adal.index(
+        "Retrieved AAD token for AAD user"
+    )

@@ -22,10 +22,22 @@ LEEWAY = 300  # Entra tolerates 5 minutes of clock skew
 REFETCH_INTERVAL = 5.0
 
 
+# why a token was refused (`EntraTokenError.kind`): what the MP's registration admission decides on
+MALFORMED, FORGED, EXPIRED, WRONG_AUDIENCE, WRONG_ISSUER, OTHER_TENANT, UNAVAILABLE = (
+    "malformed",
+    "forged",
+    "expired",
+    "wrong-audience",
+    "wrong-issuer",
+    "other-tenant",
+    "unavailable",
+)
+
+
 class EntraTokenError(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, kind: str = FORGED) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.kind = reason, kind
 
 
 class EntraKeys:
@@ -56,7 +68,7 @@ class EntraKeys:
             ):
                 await self._fetch()
         if kid not in self.keys:
-            raise EntraTokenError(f"signing key {kid!r} is not one of Entra's keys")
+            raise EntraTokenError(f"signing key {kid!r} is not one of Entra's keys", FORGED)
         return self.keys[kid]
 
     async def _fetch(self) -> None:
@@ -67,7 +79,7 @@ class EntraKeys:
             reply.raise_for_status()
             doc = reply.json()
         except (httpx.HTTPError, ValueError) as e:
-            raise EntraTokenError(f"could not fetch Entra keys from {self.jwks_url}: {e}") from e
+            raise EntraTokenError(f"could not fetch Entra keys from {self.jwks_url}: {e}", UNAVAILABLE) from e
         self.keys = {k["kid"]: PyJWK(k).key for k in doc.get("keys", []) if "kid" in k}
 
     async def validate(self, token: str, *, audiences: list[str], tenants: set[str] | None = None) -> dict[str, Any]:
@@ -77,9 +89,9 @@ class EntraKeys:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as e:
-            raise EntraTokenError(f"not a JWT: {e}") from e
+            raise EntraTokenError(f"not a JWT: {e}", MALFORMED) from e
         if header.get("alg") != "RS256":
-            raise EntraTokenError(f"algorithm {header.get('alg')!r} not accepted")
+            raise EntraTokenError(f"algorithm {header.get('alg')!r} not accepted", FORGED)
         tid = str(unverified.get("tid", ""))
         key = await self.key(str(header.get("kid") or header.get("x5t") or ""))
         issuers = [f"https://sts.windows.net/{tid}/", f"https://login.microsoftonline.com/{tid}/v2.0"]
@@ -94,13 +106,17 @@ class EntraKeys:
                 options={"require": ["exp", "iss", "aud", "tid"]},
             )
         except jwt.ExpiredSignatureError as e:
-            raise EntraTokenError("Entra token expired") from e
+            raise EntraTokenError("Entra token expired", EXPIRED) from e
         except jwt.InvalidAudienceError as e:
-            raise EntraTokenError(f"Entra token audience {unverified.get('aud')!r} is not {audiences}") from e
+            raise EntraTokenError(
+                f"Entra token audience {unverified.get('aud')!r} is not {audiences}", WRONG_AUDIENCE
+            ) from e
         except jwt.InvalidIssuerError as e:
-            raise EntraTokenError(f"Entra token issuer {unverified.get('iss')!r} does not match its tenant") from e
+            raise EntraTokenError(
+                f"Entra token issuer {unverified.get('iss')!r} does not match its tenant", WRONG_ISSUER
+            ) from e
         except jwt.PyJWTError as e:
-            raise EntraTokenError(f"Entra token rejected: {e}") from e
+            raise EntraTokenError(f"Entra token rejected: {e}", FORGED) from e
         if tenants is not None and tid.lower() not in tenants:
-            raise EntraTokenError(f"tenant {tid} is not onboarded to this site")
+            raise EntraTokenError(f"tenant {tid} is not onboarded to this site", OTHER_TENANT)
         return claims

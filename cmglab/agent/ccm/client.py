@@ -130,12 +130,21 @@ class CcmClient:
         return self.renew_token(mp, log)
 
     def renew_token(
-        self, mp: ManagementPoint, log: logging.Logger, *, adal_logs: Logs | None = None, as_named: bool = False
+        self,
+        mp: ManagementPoint,
+        log: logging.Logger,
+        *,
+        adal_logs: Logs | None = None,
+        as_named: bool = False,
+        entra_token: str | None = None,
     ) -> str:
         """as_named: log the STS URL under the name the client was given (ccmsetup's CCMHOSTNAME, seed 001
-        §3.1), though a token request always goes to the CMG's ServerAuth path."""
+        §3.1), though a token request always goes to the CMG's ServerAuth path. entra_token: the AAD proof
+        to use (the one the registration just carried) instead of asking Entra again."""
         reply, proof = retrying(
-            lambda: self.obtain(mp, log, adal_logs or Logs(log), as_named), log, "Failed to get CCM token"
+            lambda: self.obtain(mp, log, adal_logs or Logs(log), as_named, entra_token),
+            log,
+            "Failed to get CCM token",
         )
         expires = self.cache.put(reply, proof)
         log.info(f"Cached encrypted token for '{SYSTEM_SID}'. Will expire at '{local_time(expires)}'")
@@ -144,8 +153,26 @@ class CcmClient:
             log.info(f"Renewed the client's unique token; valid until {reply.get('ClientTokenExpiresOn')}")
         return str(reply["Token"])
 
+    def entra_token(self, adal_logs: Logs) -> str:
+        """A fresh Entra token for the site's resource (AADRESOURCEURI): the device's, else the signed-in
+        user's (ADALOperationProvider.log, seed 001)."""
+        aad = self.state.aad or {}
+        adal = AdalOperationProvider(self.device, self.conns.get(), self.network.resolve, adal_logs)
+        try:
+            token = adal.get_token(
+                client_id=aad["AADCLIENTAPPID"], resource=aad["AADRESOURCEURI"], tenant_id=aad.get("AADTENANTID")
+            )
+        except AadTokenError as e:
+            raise TokenUnavailable(str(e), code="AADTokenUnavailable", hresult=e.hresult) from e
+        return token.token
+
     def obtain(
-        self, mp: ManagementPoint, log: logging.Logger, adal_logs: Logs, as_named: bool = False
+        self,
+        mp: ManagementPoint,
+        log: logging.Logger,
+        adal_logs: Logs,
+        as_named: bool = False,
+        entra_token: str | None = None,
     ) -> tuple[dict[str, Any], Proof]:
         """A CCM token reply for the client's proof."""
         http = self.http(mp)
@@ -153,21 +180,11 @@ class CcmClient:
         mode, sms_id = self.state.auth_mode, self.state.sms_id
         try:
             if mode == AAD:
-                aad = self.state.aad or {}
-                adal = AdalOperationProvider(self.device, self.conns.get(), self.network.resolve, adal_logs)
-                try:
-                    token = adal.get_token(
-                        client_id=aad["AADCLIENTAPPID"],
-                        resource=aad["AADRESOURCEURI"],
-                        tenant_id=aad.get("AADTENANTID"),
-                    )
-                except AadTokenError as e:
-                    raise TokenUnavailable(str(e), code="AADTokenUnavailable", hresult=e.hresult) from e
                 return request_ccm_token(
                     http,
                     mp,
                     proof_type=Proof.AAD,
-                    bearer=token.token,
+                    bearer=entra_token or self.entra_token(adal_logs),
                     signing=self.signing,
                     client_id=sms_id,
                     log=log,
@@ -245,8 +262,10 @@ class CcmClient:
         remote_sync: bool = False,
         retry: bool = True,
         announced: bool = False,
+        entra_token: str | None = None,
     ) -> Reply:
-        """One message, sent again (same message ID) while it fails transiently, unless `retry` is off."""
+        """One message, sent again (same message ID) while it fails transiently, unless `retry` is off.
+        `entra_token`: the message carries it instead of the CCM token (registration with Entra auth)."""
         info = self.device.info
         header = cm.MsgHeader(
             target_endpoint=endpoint,
@@ -262,7 +281,7 @@ class CcmClient:
             )
         raw = cm.encode_request(header, body, signer=self.signing.key() if signed else None)
         path = mp.path(f"{self.vdir(mp, windows_auth=windows_auth)}/request")
-        token = self.ccm_token(mp, log) if mp.token_auth else None  # renewed (and retried) on its own
+        token = entra_token or (self.ccm_token(mp, log) if mp.token_auth else None)  # renewed (and retried) on its own
 
         def post() -> Reply:
             return self._post(
@@ -277,6 +296,7 @@ class CcmClient:
                 flags=flags,
                 options=options,
                 announced=announced,
+                entra=entra_token is not None,
             )
 
         if not retry:
@@ -297,6 +317,7 @@ class CcmClient:
         flags: str,
         options: str,
         announced: bool = False,
+        entra: bool = False,
     ) -> Reply:
         url = mp.base + path
         if not announced:  # else the caller logged the connection (ccmsetup: Host=, then Created connection)
@@ -305,7 +326,7 @@ class CcmClient:
                 log.info(f"Target URL scheme is HTTPS: {url}")
         headers = {"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT}
         if token is not None:
-            log.info("Appending CCM Token to the header.")
+            log.info("Appending AAD token to the header." if entra else "Appending CCM Token to the header.")
             headers["Authorization"] = f"Bearer {token}"
         http = self.http(mp)
         try:

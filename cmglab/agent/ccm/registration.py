@@ -87,10 +87,11 @@ class ClientIDManager:
     def _attempt(self, mp: ManagementPoint, proposed: str) -> None:
         client, st = self.client, self.client.state
         self.log.info(f"[RegTask] - Client is not registered. Sending registration request for {proposed} ...")
-        windows_auth = False
+        windows_auth, entra_token = False, None
         if st.auth_mode == AAD:
             self.log.info("Registering client using AAD auth.")
-            client.renew_token(mp, self.log, adal_logs=self.adal_logs)  # a fresh Entra token, a new CCM token
+            if mp.token_auth:  # seed 001 "Client registration" 2: a fresh Entra token registers the client
+                entra_token = client.entra_token(self.adal_logs)
         elif st.auth_mode == BULK:
             self.log.info("Registering client using bulk registration token.")
         elif st.auth_mode == TOKEN:
@@ -112,6 +113,7 @@ class ClientIDManager:
             prefix="ccmhttp",
             flags="0x4100",
             options="0xe0",
+            entra_token=entra_token,
         )
         root = parse_xml(reply.body)
         status = root.get("Status")
@@ -130,4 +132,5 @@ class ClientIDManager:
             f"[RegTask] - Client is registered. Server assigned ClientID is {sms_id}. Approval status {approval}"
         )
         if mp.token_auth or (st.auth_mode == PKI and mp.internet):
-            client.renew_token(mp, self.log, adal_logs=self.adal_logs)
+            # seed 001 "Client registration" 4: then a new CCM token (for AAD: a fresh Entra token as its proof)
+            client.renew_token(mp, self.log, adal_logs=self.adal_logs, entra_token=entra_token)

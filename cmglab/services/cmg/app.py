@@ -17,7 +17,7 @@ from starlette.routing import Route
 from cmglab.runtime.admin import install_lab_admin, record
 from cmglab.runtime.certinfo import client_cert
 from cmglab.services.cmg import routing
-from cmglab.services.cmg.auth import Identity
+from cmglab.services.cmg.auth import MESSAGING_PATH, Identity
 from cmglab.services.cmg.errors import CMGError, install_error_handler, not_found
 from cmglab.services.cmg.parts import Parts
 from cmglab.wire import cmg_urls
@@ -55,8 +55,10 @@ def create_app(parts: Parts) -> FastAPI:
     state.observers.append(cmg.stats.observe(routing.stats_uri))  # CMGService.log counts what the recorder sees
     install_error_handler(app, cmg.log)
 
-    async def server_auth(request: Request, endpoint: str | None) -> Identity:
-        return await cmg.auth.server(request.headers.get("authorization"), endpoint, cmg.hub.config)
+    async def server_auth(request: Request, endpoint: str | None, *, messaging: bool = False) -> Identity:
+        return await cmg.auth.server(
+            request.headers.get("authorization"), endpoint, cmg.hub.config, messaging=messaging
+        )
 
     async def proxied(request: Request, route: routing.ProxyRoute) -> Response:
         rec = record(request)
@@ -71,7 +73,8 @@ def create_app(parts: Parts) -> FastAPI:
         if route.family == routing.MUTUAL:
             identity = cmg.auth.mutual(client_cert(request))
         else:
-            identity = await server_auth(request, route.endpoint)
+            messaging = request.method.upper() == "CCM_POST" and route.rest.lower() == MESSAGING_PATH
+            identity = await server_auth(request, route.endpoint, messaging=messaging)
         _annotate(rec, identity)
         return await cmg.proxy.forward(
             request, route, auth_kind=identity.kind, client_cert=identity.client_cert, rec=rec

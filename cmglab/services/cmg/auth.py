@@ -5,7 +5,10 @@
 - ServerAuth: `Authorization: Bearer <token>`, checked here before anything is forwarded:
   a CCM token (site signature, audience, issuer, expiry; types UDA/Device) for every route; on
   `CCM_STS` instead the proof token: an Entra token (Entra's JWKS, audience = the site's resource,
-  tenant onboarded to the site) or a site-signed bulk registration / client unique token.
+  tenant onboarded to the site) or a site-signed bulk registration / client unique token; on
+  `CCM_POST ccm_system_tokenauth/request` a CCM token or an Entra token (checked as for CCM_STS): the
+  client registers with a fresh Entra token before it has a CCM token (seed 001, "Client registration"
+  2-3). The CMG does not open the message: the MP admits an Entra token for MP_ClientRegistration only.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from cmglab.pki.builders import x5t
 from cmglab.runtime.certinfo import subject, thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.services.cmg.errors import CMGError
-from cmglab.wire import site_tokens
+from cmglab.wire import entra_tokens, site_tokens
 from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
 from cmglab.wire.kinds import AuthKind
 
 STS_ENDPOINT = "ccm_sts"
 KNOWN_CERTIFICATES = 4096  # MutualAuth identities remembered (the oldest go first)
+MESSAGING_PATH = "ccm_system_tokenauth/request"  # CcmMessaging with a token (the registration's carrier)
 
 # auth_kind values (recorded at the CMG and sent to the point)
 MUTUAL = AuthKind.MUTUAL
@@ -113,8 +117,16 @@ class Authenticator:
         return Identity(MUTUAL, f"{subject(cert)} ({thumbprint(cert)})", base64.b64encode(der).decode())
 
     # -- ServerAuth ------------------------------------------------------------------------------
-    async def server(self, authorization: str | None, endpoint: str | None, config: dict[str, Any] | None) -> Identity:
-        """`endpoint` is the first path segment after the role ID (None: a CMG-local route)."""
+    async def server(
+        self,
+        authorization: str | None,
+        endpoint: str | None,
+        config: dict[str, Any] | None,
+        *,
+        messaging: bool = False,
+    ) -> Identity:
+        """`endpoint` is the first path segment after the role ID (None: a CMG-local route); `messaging`:
+        the request is `CCM_POST <role>/ccm_system_tokenauth/request`, where an Entra token may register."""
         token = _bearer(authorization)
         if token is None:
             raise AuthError(401, "TokenRequired", "CCM_Proxy_ServerAuth needs Authorization: Bearer <token>")
@@ -130,7 +142,7 @@ class Authenticator:
         if header.get("x5t") == self.site_x5t:
             types = (site_tokens.BULK, site_tokens.CLIENT) if sts else site_tokens.CCM_TYPES
             return self._site(token, types)
-        if sts:
+        if sts or messaging:
             return await self._entra(token, config)
         return self._site(token, site_tokens.CCM_TYPES)  # refused with the site module's reason
 
@@ -163,11 +175,11 @@ class Authenticator:
                 token, audiences=sorted(audiences) or ["https://ConfigMgrService"], tenants=onboarded
             )
         except EntraTokenError as e:
-            if "not onboarded" in e.reason:
+            if e.kind == entra_tokens.OTHER_TENANT:
                 raise AuthError(403, "TenantNotOnboarded", e.reason) from e
-            if e.reason.startswith("could not fetch"):
+            if e.kind == entra_tokens.UNAVAILABLE:
                 raise AuthError(503, "EntraUnavailable", e.reason) from e
-            code = "TokenExpired" if "expired" in e.reason else "InvalidToken"
+            code = "TokenExpired" if e.kind == entra_tokens.EXPIRED else "InvalidToken"
             raise AuthError(401, code, e.reason) from e
         who = claims.get("upn") or claims.get("unique_name") or claims.get("deviceid") or claims.get("oid") or "?"
         return Identity(ENTRA_TOKEN, f"{who} (tenant {claims.get('tid')})", claims=claims)

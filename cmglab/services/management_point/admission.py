@@ -4,6 +4,7 @@
 
 | proposed SMSID's record | same owner | conflicting records | earlier resolution | decision |
 |---|---|---|---|---|
+| any | any | any | any, and the Entra token the request carries is refused (see below) | REFUSE |
 | any | any | any | any, and the proof token is blocked | REFUSE |
 | none | – | – | – | CREATE (the proposed SMSID, or a new one) |
 | exists | yes | – | – | UPDATE (approval: the higher of the record's and the earned one) |
@@ -12,6 +13,21 @@
 | exists | no | any | `new` | NEW_RECORD (the record that resolution created, or a new one) |
 | exists | no | automatic | none | NEW_RECORD (a new SMSID; the conflict is recorded as resolved `new`) |
 | exists | no | manual | none / `pending` | HOLD (Status 1, no SMSID; the conflict waits for the admin) |
+
+The Entra token a registration carries on `ccm_system_tokenauth` (`entra`, seed 001 "Client registration" 2-3:
+a fresh Entra token registers the client, before any CCM token): the transport validated it against the site's
+copy of Entra's keys and reports its verdict; only `valid` registers (kind aad, approval 3, owner = its device):
+
+| `entra` | decision |
+|---|---|
+| None (no Entra token: a CCM token, a certificate, Windows, anonymous) | as here |
+| `valid` (an Entra key's RS256, its tenant's issuer, audience = AADRESOURCEURI, not expired) | kind aad, as here |
+| `forged` (unknown key, bad signature, alg none or any alg but RS256), `malformed` | REFUSE |
+| `expired` | REFUSE |
+| `wrong-audience` (not the site's resource URI / server app), `wrong-issuer` | REFUSE |
+| `other-tenant` (a tenant not onboarded to the site) | REFUSE |
+| `no-device` (a valid token that names no Entra device: a user token without `deviceid`) | REFUSE |
+| `unavailable` (Entra's keys could not be read) | REFUSE |
 
 "Same owner" (`same_owner`): the request is signed with the record's registered key, or comes from the same
 Entra device (AAD) or the same PKI client certificate. Anything else proposing a registered SMSID is a
@@ -38,6 +54,17 @@ NOT_APPROVED, APPROVED, AAD_APPROVED = 0, 1, 3
 KINDS = tuple(RegistrationKind)
 AUTOMATIC, MANUAL = "automatic", "manual"  # hierarchy setting "conflicting client records"
 RESOLUTIONS = ("pending", "new", "merge", "block")
+ENTRA_VALID, ENTRA_NO_DEVICE = "valid", "no-device"  # besides entra_tokens' refusal kinds
+ENTRA_REFUSALS = {
+    "forged": "the Entra token is forged (not signed by an Entra key with RS256)",
+    "malformed": "the Entra token is not a JWT",
+    "expired": "the Entra token has expired",
+    "wrong-audience": "the Entra token is not for this site's resource (AADRESOURCEURI)",
+    "wrong-issuer": "the Entra token's issuer is not its tenant's",
+    "other-tenant": "the Entra token's tenant is not onboarded to this site",
+    ENTRA_NO_DEVICE: "the Entra token names no Entra device (deviceid)",
+    "unavailable": "Entra's signing keys are unavailable",
+}
 
 
 class Action(enum.Enum):
@@ -57,6 +84,7 @@ class Request:
     conflicts: str = AUTOMATIC
     resolution: str | None = None  # an earlier resolution of this conflict (RESOLUTIONS)
     token_blocked: bool = False  # the bulk token the proof came from is blocked (re-read in the transaction)
+    entra: str | None = None  # the verdict on the Entra token the request carries (None: it carries none)
 
 
 @dataclass(frozen=True)
@@ -107,6 +135,12 @@ def _granted(action: Action, req: Request, approval: int, reason: str) -> Decisi
 
 def admit(req: Request) -> Decision:
     """The decision for one registration request (the module's table)."""
+    if req.entra is not None and req.entra != ENTRA_VALID:
+        return Decision(
+            Action.REFUSE, reason=ENTRA_REFUSALS.get(req.entra, f"the Entra token is refused ({req.entra})")
+        )
+    if req.entra == ENTRA_VALID and req.kind != "aad":
+        return Decision(Action.REFUSE, reason="an Entra token registers an Entra (aad) registration only")
     if req.token_blocked:
         return Decision(Action.REFUSE, reason="the bulk registration token is blocked")
     earn = earned(req.kind, req.auto_approve)

@@ -19,6 +19,9 @@ class Caller:
     via_connection_point: bool = False  # the request came through the CMG and a connection point
     domain_account: str | None = None  # CORP\NAME$ after Windows authentication
     ccm_claims: dict[str, Any] | None = None  # a verified CCM token (Authorization: Bearer)
+    # an Entra token instead (registration only): the verdict on it (admission.ENTRA_*) and, when valid, its claims
+    entra_verdict: str | None = None
+    entra_claims: dict[str, Any] | None = None
 
     @property
     def internet(self) -> bool:
@@ -28,6 +31,8 @@ class Caller:
     def auth_kind(self) -> AuthKind:
         if self.ccm_claims is not None:
             return AuthKind.CCM_TOKEN
+        if self.entra_claims is not None:
+            return AuthKind.ENTRA_TOKEN
         if self.domain_account:
             return AuthKind.WINDOWS
         if self.pki_cert is not None:

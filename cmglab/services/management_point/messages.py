@@ -30,6 +30,12 @@ def dispatch(mp: Parts, raw: bytes, content_type: str | None, caller: Caller) ->
         f"CCM_POST /{caller.vdir}/request: message {msg.header.id} for {msg.header.target_endpoint} "
         f"from {msg.header.source_host or '?'} ({caller.auth_kind})"
     )
+    if caller.entra_verdict is not None and endpoint != "mp_clientregistration":
+        mp.logs.clientauth.warning(
+            f"Message {msg.header.id} for {msg.header.target_endpoint} refused: an Entra token admits "
+            "MP_ClientRegistration only (other messages need a CCM token)"
+        )
+        return Reply(401, reason="an Entra token admits MP_ClientRegistration messages only")
     try:
         if endpoint == "mp_clientregistration":
             xml: str | None = registration.handle(mp, msg, caller)

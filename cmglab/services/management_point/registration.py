@@ -4,6 +4,7 @@ How the request was authenticated decides the kind of registration and its appro
 
 | carrier | kind | ApprovalStatus | unique token (PreAuthToken) |
 |---|---|---|---|
+| `ccm_system_tokenauth` + an Entra token (seed 001's order: registration, then CCM_STS) | aad | 3 | no |
 | `ccm_system_tokenauth` + CCM token from an `AAD` proof | aad | 3 | no |
 | `ccm_system_tokenauth` + CCM token from a `BulkRegistration` proof (same cert) | bulk | 1 | yes |
 | `ccm_system_tokenauth` + CCM token from a `ClientToken` proof | token | 1 | yes (fresh) |
@@ -147,6 +148,7 @@ class Registrant:
     aad_tenant: str | None = None
     bulk_guid: str | None = None
     pki_tp: str | None = None
+    entra: str | None = None  # the verdict on the Entra token it carries (admission.Request.entra)
 
 
 def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Caller, message_id: str) -> Outcome:
@@ -196,6 +198,8 @@ def _registrant(mp: Parts, data: Element, raw_data: str, signature: str, caller:
         domain_account=caller.domain_account,
         internet=caller.internet,
     )
+    if caller.entra_verdict is not None:
+        return _entra_registrant(mp, caller, who)
     if caller.ccm_claims is not None:
         return _token_registrant(mp, caller.ccm_claims, who)
     if caller.pki_cert is not None:
@@ -206,6 +210,17 @@ def _registrant(mp: Parts, data: Element, raw_data: str, signature: str, caller:
         log.info(f"Registering device authenticated as domain account {caller.domain_account}")
         return replace(who, kind=RegistrationKind.DOMAIN)
     return who
+
+
+def _entra_registrant(mp: Parts, caller: Caller, who: Registrant) -> Registrant:
+    """A registration carrying an Entra token (the transport's verdict on it decides in admission.py): the
+    Entra device it names is the owner, as when it came through a CCM token from an AAD proof."""
+    claims = caller.entra_claims
+    if claims is None:
+        return replace(who, kind="aad", entra=caller.entra_verdict)
+    device, tenant = str(claims.get("deviceid", "")).lower(), str(claims.get("tid", "")).lower()
+    mp.logs.registration.info(f"Registering device using AAD auth: DeviceId='{device} ', TenantId='{tenant}'")
+    return replace(who, kind="aad", aad_device=device, aad_tenant=tenant, entra=caller.entra_verdict)
 
 
 def _token_registrant(mp: Parts, claims: dict[str, Any], who: Registrant) -> Registrant:
@@ -262,6 +277,7 @@ def _admit(mp: Parts, s: Session, who: Registrant, settings: SiteSettings) -> Ou
             conflicts=settings.conflicting_records,
             resolution=conflict.status if conflict is not None else None,
             token_blocked=who.bulk_guid is not None and (bulk is None or bulk.blocked),
+            entra=who.entra,
         )
     )
     log = mp.logs.registration

@@ -13,7 +13,7 @@ from cmglab.services.management_point.transport import (
     caller_of,
     read_body,
     refused_http,
-    require_ccm_token,
+    require_token,
     windows_logon,
 )
 
@@ -40,7 +40,7 @@ def router(mp: Parts) -> APIRouter:
                 return challenge
             caller.domain_account = account
         elif vdir == "ccm_system_tokenauth":
-            await require_ccm_token(request, mp, caller)
+            await require_token(request, mp, caller)
         if not raw:
             return Response(b"", status_code=200)
         reply = await run_in_threadpool(dispatch, mp, raw, request.headers.get("content-type"), caller)

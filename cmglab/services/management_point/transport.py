@@ -6,18 +6,21 @@ import base64
 import binascii
 from typing import Any
 
+import jwt
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from cmglab.pki.builders import x5t
 from cmglab.runtime.admin import record
 from cmglab.runtime.certinfo import client_cert
 from cmglab.runtime.windowsauth import unauthorized
+from cmglab.services.management_point.admission import ENTRA_NO_DEVICE, ENTRA_VALID
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.errors import HTTPError
 from cmglab.services.management_point.parts import Parts
-from cmglab.wire import site_tokens
+from cmglab.wire import entra_tokens, site_tokens
 from cmglab.wire.kinds import AuthKind
 
 Scope = dict[str, Any]
@@ -105,6 +108,58 @@ def bearer(request: Request) -> str | None:
     value = request.headers.get("authorization") or ""
     scheme, _, token = value.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _site_signed(mp: Parts, token: str) -> bool:
+    """The token names the site's signing certificate (a CCM token); anything else is taken for an Entra token."""
+    try:
+        return jwt.get_unverified_header(token).get("x5t") == x5t(mp.signer.cert)
+    except jwt.PyJWTError:
+        return True  # not a JWT at all: refused by the CCM token check, with its reason
+
+
+async def require_token(request: Request, mp: Parts, caller: Caller) -> None:
+    """`ccm_system_tokenauth`: a CCM token, or an Entra token (seed 001 "Client registration" 2-3: the client
+    registers with a fresh Entra token, then asks CCM_STS for its CCM token). An Entra token is validated here
+    and its verdict handed on: the message layer admits it for MP_ClientRegistration only, and registration
+    admission (admission.py) refuses every verdict but `valid`."""
+    token = bearer(request)
+    if token is None or _site_signed(mp, token):
+        await require_ccm_token(request, mp, caller)
+        return
+    verdict, claims, reason = await entra_verdict(mp, token)
+    caller.entra_verdict, caller.entra_claims = verdict, claims
+    log = mp.logs.clientauth
+    if claims is None:
+        log.warning(f"{request.method} {request.url.path}: Entra token refused ({verdict}): {reason}")
+        record(request).result = f"refused: Entra token {verdict}"
+        return
+    device = str(claims.get("deviceid", "")).lower()
+    record(request).authenticated(AuthKind.ENTRA_TOKEN, f"{device} (tenant {claims.get('tid')})")
+    log.info(
+        f"{request.method} {request.url.path}: Entra token accepted (tenant {claims.get('tid')}, device {device}, "
+        f"audience {claims.get('aud')}): admitted for registration only"
+    )
+
+
+async def entra_verdict(mp: Parts, token: str) -> tuple[str, dict[str, Any] | None, str]:
+    """(verdict, claims when valid, reason when not) of an Entra token, with the site's copy of Entra's keys:
+    RS256 by an Entra key, its tenant's issuer, not expired, its tenant onboarded, and its audience that
+    tenant's resource URI (AADRESOURCEURI) or server app ID; it must name an Entra device."""
+    tenants = await run_in_threadpool(mp.store.tenants, False)
+    onboarded = {t["tenant_id"].lower(): t for t in tenants if t["onboarded"]}
+    audiences = sorted({a for t in tenants for a in (t["resource_uri"], t["server_app_id"]) if a})
+    try:
+        claims = await mp.entra_keys.validate(token, audiences=audiences or ["-"], tenants=set(onboarded))
+    except entra_tokens.EntraTokenError as e:
+        return e.kind, None, e.reason
+    tenant = onboarded[str(claims["tid"]).lower()]
+    aud = claims.get("aud")
+    if aud not in (tenant["resource_uri"], tenant["server_app_id"]):
+        return entra_tokens.WRONG_AUDIENCE, None, f"audience {aud!r} is not tenant {claims['tid']}'s resource URI"
+    if not claims.get("deviceid"):
+        return ENTRA_NO_DEVICE, None, "the Entra token names no device (deviceid claim)"
+    return ENTRA_VALID, claims, ""
 
 
 async def require_ccm_token(request: Request, mp: Parts, caller: Caller) -> None:

@@ -1,0 +1,186 @@
+"""Issue 17: registration with Entra auth in seed 001's order. The registration message carries a fresh Entra
+token (`Authorization: Bearer` on `ccm_system_tokenauth`) through the CMG; the CMG validates it (Entra's keys,
+issuer, audience = the site's AADRESOURCEURI, onboarded tenant, expiry) and the MP validates it again and admits it
+(admission.py: approval 3, owner = the Entra device). Attacks over real sockets: forged, alg none, expired, other
+tenant, wrong audience — refused at the CMG (its JSON error, CMGService.log, the MP never sees them) and at the
+MP directly (Status 3, ClientAuth.log and MP_RegistrationManager.log); nothing written to the site database."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cmglab.pki import builders as b
+from cmglab.runtime.lab import Lab
+from cmglab.tools.reliability.material import Material
+from cmglab.wire import ccm_messaging as cm
+from tests.support.client import SERVICES
+from tests.support.cmg import cmg_health, log_text, mp_requests, proxy_url, wait_for
+from tests.support.lab import lab_fixture
+from tests.support.sec_attacks import client
+from tests.support.sec_registration import Box, mp_https, site_client, site_rows
+
+cmg_lab = lab_fixture(*SERVICES)
+
+
+@pytest.fixture(scope="module")
+def material(cmg_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Material:
+    wait_for(lambda: cmg_health(cmg_lab)["site_config"], what="site configuration at the CMG")
+    return Material(cmg_lab, tmp_path_factory.mktemp("entra-reg"))
+
+
+def _b64(doc: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+
+def _alg_none(m: Material) -> str:
+    """The classic unsigned token: a valid-looking Entra body, `alg: none`, an empty signature."""
+    now = int(time.time())
+    tid = m.lab.config.primary_tenant.tenant_id
+    claims: dict[str, Any] = {"aud": "https://ConfigMgrService", "iss": f"https://sts.windows.net/{tid}/", "tid": tid}
+    claims |= {"iat": now, "nbf": now, "exp": now + 3600, "deviceid": str(uuid.uuid4()), "idtyp": "device"}
+    header = {"alg": "none", "typ": "JWT", "kid": b.x5t(m.lab.pki.entra_signing.cert())}
+    return f"{_b64(header)}.{_b64(claims)}."
+
+
+def _expired(m: Material) -> str:
+    past = int(time.time()) - 7200
+    return m.entra_token(user=False, iat=past, nbf=past, exp=past + 600)
+
+
+# attack -> (the token, the CMG's status and Error, the MP's verdict in ClientAuth.log)
+ATTACKS: dict[str, tuple[Callable[[Material], str], int, str, str]] = {
+    "forged": (lambda m: m.entra_token(user=False, key=b.new_key()), 401, "InvalidToken", "forged"),
+    "alg-none": (_alg_none, 401, "InvalidToken", "forged"),
+    "expired": (_expired, 401, "TokenExpired", "expired"),
+    "other-tenant": (
+        lambda m: m.entra_token(user=False, tenant_id=m.other_tenant_id),
+        403,
+        "TenantNotOnboarded",
+        "other-tenant",
+    ),
+    "wrong-audience": (
+        lambda m: m.entra_token(user=False, audience="https://graph.microsoft.com"),
+        401,
+        "InvalidToken",
+        "wrong-audience",
+    ),
+}
+
+
+def _post(lab: Lab, url: str, box: Box, token: str, sms_id: str = "") -> Any:
+    with client(lab) as c:
+        return c.request(
+            "CCM_POST",
+            url,
+            content=box.message(sms_id),
+            headers={"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT, "Authorization": f"Bearer {token}"},
+        )
+
+
+def register(lab: Lab, box: Box, token: str, sms_id: str = "", *, via_cmg: bool = True) -> dict[str, str]:
+    """The ClientRegistrationResponse's attributes for a registration carrying `token`."""
+    url = proxy_url(lab, "ccm_system_tokenauth/request") if via_cmg else f"{mp_https(lab)}/ccm_system_tokenauth/request"
+    reply = _post(lab, url, box, token, sms_id)
+    assert reply.status_code == 200, (reply.status_code, reply.text[:300])
+    _, body = cm.decode_reply(reply.content, reply.headers.get("content-type"))
+    return dict(cm.parse_xml(body).attrib)
+
+
+def _clients(lab: Lab) -> list[dict[str, Any]]:
+    return site_rows(lab, "clients")
+
+
+def test_an_entra_token_registers_through_the_cmg_with_approval_3(cmg_lab: Lab, material: Material) -> None:
+    device = str(uuid.uuid4())
+    box = Box(f"AAD{uuid.uuid4().hex[:4].upper()}")
+    attrs = register(cmg_lab, box, material.entra_token(user=False, deviceid=device))
+    assert attrs["Status"] == "0" and attrs["ApprovalStatus"] == "3" and "PreAuthToken" not in attrs, attrs
+    row = site_client(cmg_lab, attrs["SMSID"])
+    assert (row["aad_device_id"], row["auth_kind"], row["signing_thumbprint"]) == (device, "aad", box.thumbprint)
+    seen = [r for r in mp_requests(cmg_lab, "ccm_system_tokenauth") if r.get("auth_kind") == "EntraToken"]
+    assert seen and seen[-1]["via"] == "connection-point", seen
+    reg_log = log_text(cmg_lab, "management-point", "MP_RegistrationManager.log")
+    assert f"Registering device using AAD auth: DeviceId='{device} ', TenantId='" in reg_log
+    assert f"Processing Registration request from Client '{attrs['SMSID']}'" in reg_log
+
+
+def test_a_user_token_of_a_device_registers_too(cmg_lab: Lab, material: Material) -> None:
+    """The fallback (seed 001's sample run): the signed-in user's token, which names the device."""
+    device = str(uuid.uuid4())
+    attrs = register(cmg_lab, Box("AADUSER"), material.entra_token(user=True, deviceid=device))
+    assert attrs["Status"] == "0" and attrs["ApprovalStatus"] == "3", attrs
+    assert site_client(cmg_lab, attrs["SMSID"])["aad_device_id"] == device
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_a_bad_entra_token_is_refused_at_the_cmg(cmg_lab: Lab, material: Material, attack: str) -> None:
+    make, status, error, _ = ATTACKS[attack]
+    before_mp, before_clients = len(mp_requests(cmg_lab, "ccm_system_tokenauth")), _clients(cmg_lab)
+    reply = _post(cmg_lab, proxy_url(cmg_lab, "ccm_system_tokenauth/request"), Box("EVIL"), make(material))
+    assert reply.status_code == status and reply.json()["Error"] == error, reply.text
+    assert len(mp_requests(cmg_lab, "ccm_system_tokenauth")) == before_mp  # the site never saw it
+    assert _clients(cmg_lab) == before_clients
+    assert re.search(
+        rf"CCM_POST /CCM_Proxy_ServerAuth/\d+/ccm_system_tokenauth/request from \S+: {status} {error}: ",
+        log_text(cmg_lab, "cmg", "CMGService.log"),
+    )
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_a_bad_entra_token_is_refused_by_the_mp_itself(cmg_lab: Lab, material: Material, attack: str) -> None:
+    """Past the CMG (the MP's own door on the internal network): the MP validates again and admission refuses."""
+    make, _, _, verdict = ATTACKS[attack]
+    before = _clients(cmg_lab)
+    box = Box(f"EVIL{uuid.uuid4().hex[:4].upper()}")
+    attrs = register(cmg_lab, box, make(material), via_cmg=False)
+    assert attrs["Status"] == "3" and "SMSID" not in attrs, attrs
+    assert _clients(cmg_lab) == before  # nothing written
+    assert f"Entra token refused ({verdict})" in log_text(cmg_lab, "management-point", "ClientAuth.log")
+    assert "Registration request refused: the Entra token" in log_text(
+        cmg_lab, "management-point", "MP_RegistrationManager.log"
+    )
+
+
+def test_an_entra_token_cannot_take_over_another_devices_record(cmg_lab: Lab, material: Material) -> None:
+    victim, attacker = Box("VICTIMAAD"), Box("EVILAAD")
+    own = register(cmg_lab, victim, material.entra_token(user=False, deviceid=str(uuid.uuid4())))
+    before = site_client(cmg_lab, own["SMSID"])
+    evil = register(cmg_lab, attacker, material.entra_token(user=False, deviceid=str(uuid.uuid4())), own["SMSID"])
+    assert evil["Status"] == "0" and evil["SMSID"] != own["SMSID"], evil
+    assert site_client(cmg_lab, own["SMSID"]) == before
+    # the same Entra device with a new key (a reinstalled client) still updates its own record
+    device = before["aad_device_id"]
+    again = register(cmg_lab, Box("VICTIMAAD"), material.entra_token(user=False, deviceid=device), own["SMSID"])
+    assert again["SMSID"] == own["SMSID"] and again["ApprovalStatus"] == "3"
+
+
+def test_an_entra_token_admits_registration_only(cmg_lab: Lab, material: Material) -> None:
+    """Past the CMG's door an Entra token is no CCM token: any other message is refused by the MP (401)."""
+    box = Box("AADPOLICY")
+    header = cm.MsgHeader(
+        target_endpoint="MP_LocationManager",
+        target_host=cmg_lab.config.hosts.management_point,
+        source_host=box.name,
+        reply_to=f"direct:{box.name}:SccmMessaging",
+    )
+    body = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="MEM" /></SiteInformationRequest>'
+    with client(cmg_lab) as c:
+        reply = c.request(
+            "CCM_POST",
+            proxy_url(cmg_lab, "ccm_system_tokenauth/request"),
+            content=cm.encode_request(header, body),
+            headers={
+                "Content-Type": cm.CONTENT_TYPE,
+                "Authorization": f"Bearer {material.entra_token(user=False)}",
+            },
+        )
+    assert reply.status_code == 401, reply.text
+    assert "admits MP_ClientRegistration only" in log_text(cmg_lab, "management-point", "ClientAuth.log")
