@@ -204,6 +204,14 @@ def attempt(creds: Credentials, route: str, cred: str) -> int:
                 return c.post(f"{lab.url('cmg')}/_lab/reset", headers=headers).status_code
             if route == "cmg_lab_requests":
                 return c.get(f"{lab.url('cmg')}/_lab/requests", headers=headers).status_code
+            if route in ("cmg_server_message", "mp_tokenauth_message"):  # the registered device's policy request
+                url = (
+                    proxy_url(lab, "ccm_system_tokenauth/request")
+                    if route == "cmg_server_message"
+                    else f"{https_url(lab)}/ccm_system_tokenauth/request"
+                )
+                message = device.signed_message("MP_PolicyManager", device.assignments_body())
+                return ccm_post(c, url, message, headers).status_code
             url = {
                 "cmg_mutual": proxy_url(lab, "ccm_system/request", "MutualAuth"),
                 "cmg_server_other": proxy_url(lab, "ccm_system_tokenauth/request"),

@@ -3,7 +3,7 @@ token (`Authorization: Bearer` on `ccm_system_tokenauth`) through the CMG; the C
 issuer, audience = the site's AADRESOURCEURI, onboarded tenant, expiry) and the MP validates it again and admits it
 (admission.py: approval 3, owner = the Entra device). Attacks over real sockets: forged, alg none, expired, other
 tenant, wrong audience — refused at the CMG (its JSON error, CMGService.log, the MP never sees them) and at the
-MP directly (Status 3, ClientAuth.log and MP_RegistrationManager.log); nothing written to the site database."""
+MP directly (401, ClientAuth.log); nothing written to the site database."""
 
 from __future__ import annotations
 
@@ -136,16 +136,17 @@ def test_a_bad_entra_token_is_refused_at_the_cmg(cmg_lab: Lab, material: Materia
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_a_bad_entra_token_is_refused_by_the_mp_itself(cmg_lab: Lab, material: Material, attack: str) -> None:
-    """Past the CMG (the MP's own door on the internal network): the MP validates again and admission refuses."""
+    """Past the CMG (the MP's own door on the internal network): the MP validates again and refuses with 401
+    (admission.entra_refusal) before it reads the message, as it refuses a bad CCM token."""
     make, _, _, verdict = ATTACKS[attack]
     before = _clients(cmg_lab)
-    box = Box(f"EVIL{uuid.uuid4().hex[:4].upper()}")
-    attrs = register(cmg_lab, box, make(material), via_cmg=False)
-    assert attrs["Status"] == "3" and "SMSID" not in attrs, attrs
+    reply = _post(cmg_lab, f"{mp_https(cmg_lab)}/ccm_system_tokenauth/request", Box("EVILMP"), make(material))
+    assert reply.status_code == 401 and "invalid_token" in reply.headers["www-authenticate"], reply.text
+    assert reply.json()["detail"].startswith("Entra token refused: the Entra token")
     assert _clients(cmg_lab) == before  # nothing written
-    assert f"Entra token refused ({verdict})" in log_text(cmg_lab, "management-point", "ClientAuth.log")
-    assert "Registration request refused: the Entra token" in log_text(
-        cmg_lab, "management-point", "MP_RegistrationManager.log"
+    assert re.search(
+        rf"CCM_POST /ccm_system_tokenauth/request: Entra token refused \({verdict}\): ",
+        log_text(cmg_lab, "management-point", "ClientAuth.log"),
     )
 
 

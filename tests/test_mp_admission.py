@@ -16,6 +16,7 @@ from cmglab.services.management_point.admission import (
     Request,
     admit,
     earned,
+    entra_refusal,
     same_owner,
 )
 from cmglab.wire.kinds import RegistrationKind
@@ -195,3 +196,10 @@ def test_an_entra_device_owns_only_its_own_record() -> None:
 
     assert not owner("dev-b", "dev-a")
     assert owner("dev-a", "DEV-A")
+
+
+@pytest.mark.parametrize("verdict,refused", ENTRA_VERDICTS)
+def test_the_transport_asks_the_same_entra_table(verdict: str, refused: Action | None) -> None:
+    decision = entra_refusal(verdict)
+    assert (decision.action if decision else None) is refused
+    assert entra_refusal(None) is None

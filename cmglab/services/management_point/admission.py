@@ -16,7 +16,9 @@
 
 The Entra token a registration carries on `ccm_system_tokenauth` (`entra`, seed 001 "Client registration" 2-3:
 a fresh Entra token registers the client, before any CCM token): the transport validated it against the site's
-copy of Entra's keys and reports its verdict; only `valid` registers (kind aad, approval 3, owner = its device):
+copy of Entra's keys and reports its verdict; only `valid` registers (kind aad, approval 3, owner = its device).
+The MP's transport applies this table (`entra_refusal`) before it reads the message, answering a refused verdict
+with 401 (ClientAuth.log) as it does a bad CCM token; `admit` applies it again:
 
 | `entra` | decision |
 |---|---|
@@ -133,12 +135,18 @@ def _granted(action: Action, req: Request, approval: int, reason: str) -> Decisi
     return Decision(action, approval, wants_token(req.kind) and approval != NOT_APPROVED, reason)
 
 
+def entra_refusal(verdict: str | None) -> Decision | None:
+    """The Entra table alone: REFUSE for every verdict but `valid` (None: the request carries no Entra token).
+    The MP's transport asks it first and answers 401 before it reads the message; `admit` asks it again."""
+    if verdict is None or verdict == ENTRA_VALID:
+        return None
+    return Decision(Action.REFUSE, reason=ENTRA_REFUSALS.get(verdict, f"the Entra token is refused ({verdict})"))
+
+
 def admit(req: Request) -> Decision:
     """The decision for one registration request (the module's table)."""
-    if req.entra is not None and req.entra != ENTRA_VALID:
-        return Decision(
-            Action.REFUSE, reason=ENTRA_REFUSALS.get(req.entra, f"the Entra token is refused ({req.entra})")
-        )
+    if (refused := entra_refusal(req.entra)) is not None:
+        return refused
     if req.entra == ENTRA_VALID and req.kind != "aad":
         return Decision(Action.REFUSE, reason="an Entra token registers an Entra (aad) registration only")
     if req.token_blocked:

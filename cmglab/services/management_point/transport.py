@@ -16,7 +16,7 @@ from cmglab.pki.builders import x5t
 from cmglab.runtime.admin import record
 from cmglab.runtime.certinfo import client_cert
 from cmglab.runtime.windowsauth import unauthorized
-from cmglab.services.management_point.admission import ENTRA_NO_DEVICE, ENTRA_VALID
+from cmglab.services.management_point.admission import ENTRA_NO_DEVICE, ENTRA_VALID, entra_refusal
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.errors import HTTPError
 from cmglab.services.management_point.parts import Parts
@@ -120,20 +120,24 @@ def _site_signed(mp: Parts, token: str) -> bool:
 
 async def require_token(request: Request, mp: Parts, caller: Caller) -> None:
     """`ccm_system_tokenauth`: a CCM token, or an Entra token (seed 001 "Client registration" 2-3: the client
-    registers with a fresh Entra token, then asks CCM_STS for its CCM token). An Entra token is validated here
-    and its verdict handed on: the message layer admits it for MP_ClientRegistration only, and registration
-    admission (admission.py) refuses every verdict but `valid`."""
+    registers with a fresh Entra token, then asks CCM_STS for its CCM token). An Entra token is validated here:
+    any verdict but `valid` is refused with 401 (admission.entra_refusal) before the message is read; a valid one
+    is handed on, and the message layer admits it for MP_ClientRegistration only."""
     token = bearer(request)
     if token is None or _site_signed(mp, token):
         await require_ccm_token(request, mp, caller)
         return
     verdict, claims, reason = await entra_verdict(mp, token)
-    caller.entra_verdict, caller.entra_claims = verdict, claims
     log = mp.logs.clientauth
-    if claims is None:
+    refused = entra_refusal(verdict)
+    if refused is not None or claims is None:
         log.warning(f"{request.method} {request.url.path}: Entra token refused ({verdict}): {reason}")
-        record(request).result = f"refused: Entra token {verdict}"
-        return
+        raise HTTPError(
+            401,
+            f"Entra token refused: {refused.reason if refused else verdict}",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    caller.entra_verdict, caller.entra_claims = verdict, claims
     device = str(claims.get("deviceid", "")).lower()
     record(request).authenticated(AuthKind.ENTRA_TOKEN, f"{device} (tenant {claims.get('tid')})")
     log.info(

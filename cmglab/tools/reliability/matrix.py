@@ -37,11 +37,13 @@ ROUTES: list[tuple[str, str]] = [
     ("drs_delete", "DRS delete `DELETE /EnrollmentServer/device/{id}`"),
     ("cmg_mutual", "CMG `CCM_Proxy_MutualAuth/<id>/ccm_system/request`"),
     ("cmg_server_sts", "CMG `CCM_Proxy_ServerAuth/<id>/CCM_STS`"),
-    ("cmg_server_other", "CMG `CCM_Proxy_ServerAuth/<id>/ccm_system_tokenauth/request`"),
+    ("cmg_server_other", "CMG `CCM_Proxy_ServerAuth/<id>/ccm_system_tokenauth/request`, registration"),
+    ("cmg_server_message", "CMG `CCM_Proxy_ServerAuth/<id>/ccm_system_tokenauth/request`, any other message"),
     ("cmg_connector", "CMG connector `wss://…/CloudProxyChannel/v1`"),
     ("mp_ccm_system_http", "MP `ccm_system/request` (HTTP)"),
     ("mp_ccm_system_https", "MP `ccm_system/request` (HTTPS)"),
-    ("mp_tokenauth", "MP `ccm_system_tokenauth/request`"),
+    ("mp_tokenauth", "MP `ccm_system_tokenauth/request`, registration"),
+    ("mp_tokenauth_message", "MP `ccm_system_tokenauth/request`, any other message"),
     ("mp_sts_aad", "MP `CCM_STS`, AAD proof"),
     ("mp_sts_bulk", "MP `CCM_STS`, BulkRegistration proof"),
     ("mp_sts_client", "MP `CCM_STS`, ClientToken proof"),
@@ -78,11 +80,15 @@ ALLOW: dict[str, frozenset[str]] = {
     "drs_delete": frozenset(),  # only the device's own certificate, which none of these is
     "cmg_mutual": frozenset({"pki", "connection_point"}),
     "cmg_server_sts": frozenset({"entra_user", "entra_device", "client_unique", "bulk"}),
-    "cmg_server_other": frozenset({"ccm"}),
+    # a registration carries a fresh Entra token (seed 001 "Client registration" 2-3; issue 17); every other
+    # message a CCM token: the CMG passes either on this path, the MP admits an Entra token for registration only
+    "cmg_server_other": frozenset({"ccm", "entra_user", "entra_device"}),
+    "cmg_server_message": frozenset({"ccm"}),
     "cmg_connector": frozenset({"connection_point"}),
     "mp_ccm_system_http": frozenset(k for k, _ in CREDENTIALS),  # anonymous door: nothing to check
     "mp_ccm_system_https": frozenset({"pki"}),
-    "mp_tokenauth": frozenset({"ccm"}),
+    "mp_tokenauth": frozenset({"ccm", "entra_user", "entra_device"}),
+    "mp_tokenauth_message": frozenset({"ccm"}),
     "mp_sts_aad": frozenset({"entra_user", "entra_device"}),
     "mp_sts_bulk": frozenset({"bulk"}),
     "mp_sts_client": frozenset({"client_unique"}),
