@@ -166,7 +166,14 @@ ENTRA_VERDICTS = [
 )
 def test_entra_table(verdict: str, refused: Action | None, existing: int | None, owner: bool, action: Action) -> None:
     decision = admit(
-        Request("aad", "none", existing_approval=existing, same_owner=owner, conflicts=AUTOMATIC, entra=verdict)
+        Request(
+            RegistrationKind.AAD,
+            "none",
+            existing_approval=existing,
+            same_owner=owner,
+            conflicts=AUTOMATIC,
+            entra=verdict,
+        )
     )
     if refused is not None:
         assert decision.action is refused and decision.approval is None and decision.reason
@@ -175,8 +182,8 @@ def test_entra_table(verdict: str, refused: Action | None, existing: int | None,
         assert (decision.action, decision.approval, decision.client_token) == (action, AAD_APPROVED, False)
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k != "aad"])
-def test_an_entra_token_registers_only_as_aad(kind: str) -> None:
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != RegistrationKind.AAD])
+def test_an_entra_token_registers_only_as_aad(kind: RegistrationKind) -> None:
     assert admit(Request(kind, "all", None, entra="valid")).action is Action.REFUSE
 
 
@@ -188,7 +195,7 @@ def test_an_entra_device_owns_only_its_own_record() -> None:
             record_signing="BB",
             record_aad_device=record_device,
             record_pki=None,
-            kind="aad",
+            kind=RegistrationKind.AAD,
             signing="AA",
             aad_device=device,
             pki=None,

@@ -147,7 +147,7 @@ def admit(req: Request) -> Decision:
     """The decision for one registration request (the module's table)."""
     if (refused := entra_refusal(req.entra)) is not None:
         return refused
-    if req.entra == ENTRA_VALID and req.kind != "aad":
+    if req.entra == ENTRA_VALID and req.kind != RegistrationKind.AAD:
         return Decision(Action.REFUSE, reason="an Entra token registers an Entra (aad) registration only")
     if req.token_blocked:
         return Decision(Action.REFUSE, reason="the bulk registration token is blocked")

@@ -217,10 +217,10 @@ def _entra_registrant(mp: Parts, caller: Caller, who: Registrant) -> Registrant:
     Entra device it names is the owner, as when it came through a CCM token from an AAD proof."""
     claims = caller.entra_claims
     if claims is None:
-        return replace(who, kind="aad", entra=caller.entra_verdict)
+        return replace(who, kind=RegistrationKind.AAD, entra=caller.entra_verdict)
     device, tenant = str(claims.get("deviceid", "")).lower(), str(claims.get("tid", "")).lower()
     mp.logs.registration.info(f"Registering device using AAD auth: DeviceId='{device} ', TenantId='{tenant}'")
-    return replace(who, kind="aad", aad_device=device, aad_tenant=tenant, entra=caller.entra_verdict)
+    return replace(who, kind=RegistrationKind.AAD, aad_device=device, aad_tenant=tenant, entra=caller.entra_verdict)
 
 
 def _token_registrant(mp: Parts, claims: dict[str, Any], who: Registrant) -> Registrant:
