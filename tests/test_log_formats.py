@@ -1,4 +1,4 @@
-"""The two ConfigMgr log formats, byte for byte against the examples in docs/protocol-notes.md, ConfigMgr §4-5."""
+"""The two ConfigMgr log formats, byte for byte against the examples in docs/protocol-notes.md, ConfigMgr §5."""
 
 from __future__ import annotations
 

@@ -118,7 +118,8 @@ def cms_decrypt(der: bytes, key: rsa.RSAPrivateKey) -> bytes:
 
 
 def deobfuscate(blob_hex: str) -> str:
-    """research §1.4: key material [4:44], length [52:56], data [64:], CALG at hex [112:116]."""
+    """docs/protocol-notes.md, ConfigMgr §1.4: key material [4:44], length [52:56], data [64:], CALG at hex
+    [112:116]."""
     blob = bytes.fromhex(blob_hex)
     assert blob[:2] == b"\x89\x13" and blob_hex[112:116] == "0366"
     h = hashlib.sha1(blob[4:44]).digest()

@@ -1,5 +1,5 @@
-"""The installed client's identity and its way to the site: the one object every component uses
-(anchors-and-style.md §1.7: one object owning the device identity, one method per protocol step).
+"""The installed client's identity and its way to the site: the one object every component uses (it owns
+the device identity; one method per protocol step).
 
 - `ccm_token(mp)`: a cached CCM token, renewed when expired or close to it, with the client's proof
   (Entra token, bulk registration token during ccmsetup only, the MP-issued unique token, or the

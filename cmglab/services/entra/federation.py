@@ -370,8 +370,8 @@ class FederatedComputer:
 
 
 def computer_claims(c: FederatedComputer, resource: str, client_id: str, iat: int) -> dict[str, Any]:
-    """The DRS token of a federated hybrid join (research §2.5: account_type DJ, on_prem_id, primary_sid,
-    amr wia)."""
+    """The DRS token of a federated hybrid join (docs/protocol-notes.md, Entra §2.5: account_type DJ,
+    on_prem_id, primary_sid, amr wia)."""
     return {
         "aud": resource,
         "iss": f"https://sts.windows.net/{c.tenant_id}/",

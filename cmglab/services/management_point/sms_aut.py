@@ -1,4 +1,5 @@
-"""`.sms_aut` answers: MPLIST, MPCERT, MPKEYINFORMATION(MEDIA), SITESIGNCERT (research §2.2)."""
+"""`.sms_aut` answers: MPLIST, MPCERT, MPKEYINFORMATION(MEDIA), SITESIGNCERT
+(docs/protocol-notes.md, ConfigMgr §2.2)."""
 
 from __future__ import annotations
 
