@@ -18,6 +18,7 @@ test:
 
 lint:
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 typecheck:
 	$(PY) -m mypy

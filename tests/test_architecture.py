@@ -4,6 +4,7 @@
 
 A package imports only from the layers below it and from itself; a service never imports another service
 (they speak through wire); no cycles between packages; no importlib or __import__ to get around any of it.
+Tests import shared helpers from tests/support/, never another test module.
 Imports inside functions count like the others.
 """
 
@@ -160,6 +161,41 @@ def test_every_top_level_package_is_in_the_rule() -> None:
 
 def test_test_helpers_do_not_ship_in_the_product() -> None:
     assert not [p for p in PACKAGE.rglob("*.py") if p.stem in ("testing", "conftest") or p.stem.startswith("test_")]
+
+
+def against_the_test_rule(imports: list[Import]) -> list[str]:
+    """A test module imports shared helpers from tests/support/, never another test module (or conftest), and
+    imports by name: no importlib or __import__ in the tests either."""
+    out = []
+    for i in imports:
+        parts = i.target.split(".")
+        name = parts[1] if parts[0] == "tests" and len(parts) > 1 else parts[0]
+        if parts[0] in ("importlib", "__import__") or name.startswith("test_") or name == "conftest":
+            out.append(i.where)
+    return out
+
+
+def test_tests_import_helpers_from_support_only() -> None:
+    imports = [i for path in sorted((ROOT / "tests").rglob("*.py")) for i in imports_of(path)]
+    assert against_the_test_rule(imports) == []
+
+
+@pytest.mark.parametrize(
+    ("target", "broken"),
+    [
+        ("tests.test_mp_sts", True),
+        ("tests.test_mp_sts.register", True),
+        ("test_mp_sts", True),
+        ("tests.conftest", True),
+        ("importlib", True),
+        ("__import__", True),
+        ("tests.support.lab", False),
+        ("tests.support.lab.lab_fixture", False),
+        ("cmglab.wire.tracing", False),
+    ],
+)
+def test_the_test_rule_catches_what_it_should(target: str, broken: bool) -> None:
+    assert bool(against_the_test_rule([Import("tests.test_x", target, 1)])) is broken
 
 
 @pytest.mark.parametrize(

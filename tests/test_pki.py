@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import ipaddress
 import json
 import stat
 import subprocess
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
@@ -74,7 +78,7 @@ def test_server_certificates_verify_with_their_names(pki_lab: Lab, service: str)
     chain = x509.load_pem_x509_certificates(ident.cert_path.read_bytes())
     store = Store([pki_lab.pki.root_ca.cert()])
     for name in pki_lab.pki.server_names(service):
-        identity = IPAddress(__import__("ipaddress").ip_address(name)) if name[0].isdigit() else DNSName(name)
+        identity = IPAddress(ipaddress.ip_address(name)) if name[0].isdigit() else DNSName(name)
         verifier = PolicyBuilder().store(store).build_server_verifier(identity)
         verifier.verify(chain[0], chain[1:])  # raises if chain, EKU, SAN or validity is wrong
     assert ExtendedKeyUsageOID.SERVER_AUTH in chain[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -151,14 +155,9 @@ def test_device_ca_has_the_ms_organization_access_name(pki_lab: Lab) -> None:
 
 
 def test_token_signing_certificates_and_x5t(pki_lab: Lab) -> None:
-    import base64
-    import hashlib
-
     for ident in (pki_lab.pki.entra_signing, pki_lab.pki.site_signing):
         cert = ident.cert()
-        der = cert.public_bytes(
-            __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER
-        )
+        der = cert.public_bytes(Encoding.DER)
         assert x5t(cert) == base64.urlsafe_b64encode(hashlib.sha1(der).digest()).decode().rstrip("=")
     assert pki_lab.pki.entra_signing.cert().subject.rfc4514_string() == "CN=accounts.accesscontrol.windows.net"
 
