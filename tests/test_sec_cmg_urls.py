@@ -13,20 +13,21 @@ from cmglab.runtime.lab import Lab
 from cmglab.services.cmg import routing
 from cmglab.services.cmg_connection_point.rewrite import RewriteError, rewrite
 from cmglab.wire import cmg_urls
+from cmglab.wire.cloud_config import CloudConfig, PublishedEndpoint
 from tests.support.cmg import cmg_serving
 from tests.support.lab import lab_fixture
 from tests.support.sec_attacks import admin, client, last_seq, raw_https, records_after, status_of
 
 ROLE = "72057594037927939"
-CONFIG = {
-    "allow_cmg": True,
-    "endpoints": {
-        ROLE: {
-            "internal_url": "https://mp.corp.lab.test:8443",
-            "paths": ["CCM_STS", "ccm_system/request", "SMS_MP", "CCM_Client"],
-        }
+CONFIG = CloudConfig(
+    allow_cmg=True,
+    endpoints={
+        ROLE: PublishedEndpoint(
+            internal_url="https://mp.corp.lab.test:8443",
+            paths=["CCM_STS", "ccm_system/request", "SMS_MP", "CCM_Client"],
+        )
     },
-}
+)
 
 
 # -- in-process: parsing and rewrite -------------------------------------------------------------------------

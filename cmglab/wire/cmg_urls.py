@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
+
+from cmglab.wire.cloud_config import CloudConfig
 
 Family = Literal["MutualAuth", "ServerAuth"]
 FAMILIES: dict[str, Family] = {"mutualauth": "MutualAuth", "serverauth": "ServerAuth"}
@@ -112,16 +114,16 @@ def parse_url(url: str, cmg_name: str) -> ProxyTarget:
     return target
 
 
-def published(config: dict[str, Any] | None, role_id: str, rest: str) -> str | None:
+def published(config: CloudConfig | None, role_id: str, rest: str) -> str | None:
     """The published path that lets `<role_id>/<rest>` through, or None. A published path matches the same
     path or anything below it, case-insensitively."""
-    if not config or not config.get("allow_cmg", True):
+    if config is None or not config.allow_cmg:
         return None
-    endpoint = (config.get("endpoints") or {}).get(role_id)
-    if not endpoint:
+    endpoint = config.endpoints.get(role_id)
+    if endpoint is None:
         return None
     rest = rest.lower()
-    for path in endpoint.get("paths") or []:
+    for path in endpoint.paths:
         p = str(path).strip("/").lower()
         if p and (rest == p or rest.startswith(p + "/")):
             return str(path)

@@ -86,16 +86,16 @@ def create_app(parts: Parts) -> FastAPI:
             raise CMGError(400, "InvalidRequest", "AADAuthInfo needs ?TenantID=<tenant GUID>")
         if cmg.hub.config is None:
             raise CMGError(503, "SiteNotConnected", "the site has not published its Entra tenants to this gateway")
-        for tenant in cmg.hub.config.get("tenants") or []:
-            if str(tenant.get("tenant_id", "")).lower() == tenant_id.lower():
-                return JSONResponse(
-                    {
-                        "AADTENANTID": tenant["tenant_id"],
-                        "AADCLIENTAPPID": tenant.get("client_app_id"),
-                        "AADRESOURCEURI": tenant.get("resource_uri"),
-                        "AADAUTHORITY": tenant.get("authority"),
-                    }
-                )
+        tenant = cmg.hub.config.tenant(tenant_id)
+        if tenant is not None:
+            return JSONResponse(
+                {
+                    "AADTENANTID": tenant.tenant_id,
+                    "AADCLIENTAPPID": tenant.client_app_id,
+                    "AADRESOURCEURI": tenant.resource_uri,
+                    "AADAUTHORITY": tenant.authority,
+                }
+            )
         raise CMGError(
             404, "TenantNotOnboarded", f"tenant {tenant_id} is not onboarded to this site", TenantID=tenant_id
         )

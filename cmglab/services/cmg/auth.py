@@ -28,6 +28,7 @@ from cmglab.runtime.certinfo import subject, thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.services.cmg.errors import CMGError
 from cmglab.wire import entra_tokens, site_tokens
+from cmglab.wire.cloud_config import CloudConfig
 from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
 from cmglab.wire.kinds import AuthKind
 
@@ -121,7 +122,7 @@ class Authenticator:
         self,
         authorization: str | None,
         endpoint: str | None,
-        config: dict[str, Any] | None,
+        config: CloudConfig | None,
         *,
         messaging: bool = False,
     ) -> Identity:
@@ -163,10 +164,10 @@ class Authenticator:
         who = claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId") or "?"
         return Identity(kind, f"{claims.get('Type')} {who}", claims=claims)
 
-    async def _entra(self, token: str, config: dict[str, Any] | None) -> Identity:
-        tenants = [t for t in (config or {}).get("tenants") or [] if t.get("tenant_id")]
-        onboarded = {str(t["tenant_id"]).lower() for t in tenants}
-        audiences = {str(t["resource_uri"]) for t in tenants if t.get("resource_uri")}
+    async def _entra(self, token: str, config: CloudConfig | None) -> Identity:
+        tenants = [t for t in (config.tenants if config is not None else []) if t.tenant_id]
+        onboarded = {t.tenant_id.lower() for t in tenants}
+        audiences = {t.resource_uri for t in tenants if t.resource_uri}
         for app in self.lab.config.apps:  # the server app: v2 tokens carry its app ID as audience
             if app.identifier_uri and app.identifier_uri in audiences:
                 audiences.add(app.app_id)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from cmglab.wire.cloud_config import CloudConfig
 from cmglab.wire.cmg_channel import (
     WHOLE,
     Frame,
@@ -201,7 +202,7 @@ class Hub:
         self.heartbeat = heartbeat
         self.instance = instance  # this CMG VM instance's number (several CMG processes: which one answered)
         self.points: list[PointChannel] = []
-        self.config: dict[str, Any] | None = None
+        self.config: CloudConfig | None = None
         self.config_from: str | None = None
         self._rr = itertools.count()
 
@@ -228,13 +229,13 @@ class Hub:
             f"{in_flight} request(s) in flight failed. Connected points: {len(self.points)}"
         )
 
-    def set_config(self, point: PointChannel, config: dict[str, Any]) -> None:
+    def set_config(self, point: PointChannel, config: CloudConfig) -> None:
         if config != self.config:
-            endpoints = ", ".join(sorted(config.get("endpoints") or {})) or "none"
+            endpoints = ", ".join(sorted(config.endpoints)) or "none"
             self.log.info(
-                f"Received site configuration from {point.label}: site {config.get('site_code')}, "
-                f"published endpoints: {endpoints}, tenants: {len(config.get('tenants') or [])}, "
-                f"content: {'enabled' if (config.get('content') or {}).get('enabled', True) else 'disabled'}"
+                f"Received site configuration from {point.label}: site {config.site_code}, "
+                f"published endpoints: {endpoints}, tenants: {len(config.tenants)}, "
+                f"content: {'enabled' if config.content.enabled else 'disabled'}"
             )
         self.config, self.config_from = config, point.label
 
@@ -271,7 +272,12 @@ class Hub:
         if frame.kind == Kind.PING:
             await point.send(encode(Kind.PONG, payload=frame.payload))
         elif frame.kind == Kind.CONFIG:
-            self.set_config(point, frame.json())
+            try:
+                config = CloudConfig.model_validate(frame.json())
+            except ValueError as e:  # the point sent what is not the site's configuration: keep the last one
+                self.log.warning(f"Ignored a site configuration from {point.label} that does not parse: {e}")
+            else:
+                self.set_config(point, config)
         elif frame.kind in _REPLY_FRAMES:
             stream = point.streams.get(frame.msg_id)
             if stream is not None:

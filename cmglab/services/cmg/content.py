@@ -14,11 +14,11 @@ import hmac
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from cmglab.services.cmg.errors import CMGError
+from cmglab.wire.cloud_config import CloudConfig
 
 CONTENT_PREFIX = "/downloadrestservice.svc/content"
 
@@ -38,17 +38,17 @@ class ContentStore:
         self.enabled, self.default_package, self.lifetime = enabled, default_package, lifetime
         self._hashes: dict[Path, tuple[int, str]] = {}
 
-    def enabled_by(self, config: dict[str, Any] | None) -> bool:
+    def enabled_by(self, config: CloudConfig | None) -> bool:
         """The site setting "content-enabled CMG" as the connection point last published it (each heartbeat:
         a change applies live); lab.json's value until the first configuration arrives."""
-        content = (config or {}).get("content") or {}
-        return bool(content["enabled"]) if "enabled" in content else self.enabled
+        return config.content.enabled if config is not None else self.enabled
 
-    def package(self, config: dict[str, Any] | None) -> tuple[str, int]:
-        content = (config or {}).get("content") or {}
-        return str(content.get("package_id") or self.default_package), int(content.get("version") or 1)
+    def package(self, config: CloudConfig | None) -> tuple[str, int]:
+        if config is None:
+            return self.default_package, 1
+        return config.content.package_id or self.default_package, config.content.version or 1
 
-    def _folder(self, package_id: str, config: dict[str, Any] | None) -> Path:
+    def _folder(self, package_id: str, config: CloudConfig | None) -> Path:
         if not self.enabled_by(config):
             raise CMGError(404, "ContentNotEnabled", "this cloud management gateway does not store content")
         published, _ = self.package(config)
@@ -72,7 +72,7 @@ class ContentStore:
         self._hashes[path] = (stamp, value)
         return value
 
-    def files(self, package_id: str, config: dict[str, Any] | None) -> list[ContentFile]:
+    def files(self, package_id: str, config: CloudConfig | None) -> list[ContentFile]:
         folder = self._folder(package_id, config)
         return [
             ContentFile(p.name, p.stat().st_size, self._sha256(p))
@@ -89,7 +89,7 @@ class ContentStore:
         sig = self._signature(package_id, name, expires)
         return f"{self.base_url}{CONTENT_PREFIX}/{quote(package_id)}/{quote(name)}?se={expires}&sig={sig}"
 
-    def content_xml(self, package_id: str, content_id: str, config: dict[str, Any] | None) -> str:
+    def content_xml(self, package_id: str, content_id: str, config: CloudConfig | None) -> str:
         published, version = self.package(config)
         if content_id.split(".", 1)[0].lower() != published.lower():
             raise CMGError(404, "ContentNotFound", f"content {content_id} is not on this gateway")
@@ -112,7 +112,7 @@ class ContentStore:
             return False
         return hmac.compare_digest(sig, self._signature(package_id, name, int(expires)))
 
-    def path(self, package_id: str, name: str, config: dict[str, Any] | None) -> Path:
+    def path(self, package_id: str, name: str, config: CloudConfig | None) -> Path:
         folder = self._folder(package_id, config)
         target = folder / name
         if "/" in name or "\\" in name or name.startswith(".") or not target.is_file():

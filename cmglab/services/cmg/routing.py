@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from cmglab.wire import cmg_urls
+from cmglab.wire.cloud_config import CloudConfig
 from cmglab.wire.cmg_urls import ProxyTarget as ProxyRoute
 from cmglab.wire.cmg_urls import UrlRefused
 
@@ -68,7 +68,7 @@ def parse(raw_path: str, query: str = "") -> Route | None:
     return None
 
 
-def published(config: dict[str, Any] | None, route: ProxyRoute) -> str | None:
+def published(config: CloudConfig | None, route: ProxyRoute) -> str | None:
     """The published path that lets `route` through, or None (404 at the CMG)."""
     return cmg_urls.published(config, route.role_id, route.rest)
 

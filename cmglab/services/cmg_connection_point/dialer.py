@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from cmglab.services.cmg_connection_point.forwarder import BodyItem, Forwarder
+from cmglab.wire.cloud_config import CloudConfig
 from cmglab.wire.cmg_channel import (
     MAX_FRAME,
     VERSION,
@@ -52,12 +53,12 @@ class SiteConfig:
 
     def __init__(self, client: httpx.AsyncClient, url: str, log: logging.Logger, max_age: float) -> None:
         self.client, self.url, self.log, self.max_age = client, url, log, max_age
-        self.value: dict[str, Any] | None = None
+        self.value: CloudConfig | None = None
         self.fetched_at = 0.0
         self.error: str | None = None
         self._lock = asyncio.Lock()
 
-    async def get(self) -> dict[str, Any] | None:
+    async def get(self) -> CloudConfig | None:
         async with self._lock:
             if self.value is not None and time.monotonic() - self.fetched_at < self.max_age:
                 return self.value
@@ -65,10 +66,8 @@ class SiteConfig:
             try:
                 reply = await self.client.get(self.url)
                 reply.raise_for_status()
-                value = reply.json()
-                if not isinstance(value, dict):
-                    raise ValueError("not a JSON object")
-            except (httpx.HTTPError, ValueError) as e:
+                value = CloudConfig.model_validate_json(reply.content)
+            except (httpx.HTTPError, ValueError) as e:  # pydantic's ValidationError is a ValueError
                 error = f"{type(e).__name__}: {e}"
                 if error != self.error:
                     self.log.warning(
@@ -79,12 +78,9 @@ class SiteConfig:
                 self.error = error
                 return self.value
             if value != self.value:
-                endpoints = (
-                    ", ".join(f"{rid} -> {e.get('internal_url')}" for rid, e in (value.get("endpoints") or {}).items())
-                    or "none"
-                )
+                endpoints = ", ".join(f"{rid} -> {e.internal_url}" for rid, e in value.endpoints.items()) or "none"
                 self.log.info(
-                    f"Got the CMG configuration from {self.url}: site {value.get('site_code')}, endpoints: {endpoints}"
+                    f"Got the CMG configuration from {self.url}: site {value.site_code}, endpoints: {endpoints}"
                 )
             self.value, self.error = value, None
             return value
@@ -230,7 +226,7 @@ class Channel:
     async def _send_config(self) -> None:
         config = await self.site.get()
         if config is not None:
-            await self.send(encode(Kind.CONFIG, payload=config))
+            await self.send(encode(Kind.CONFIG, payload=config.model_dump()))
 
     async def _heartbeat(self) -> None:
         while True:

@@ -14,7 +14,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from cryptography import x509
 
@@ -22,6 +21,7 @@ from cmglab.runtime.admin import LabState
 from cmglab.services.cmg_connection_point.errors import ForwardError
 from cmglab.services.cmg_connection_point.rewrite import Rewrite, RewriteError, rewrite
 from cmglab.services.cmg_connection_point.upstream import Upstream, UpstreamError, UpstreamTimeout
+from cmglab.wire.cloud_config import CloudConfig
 from cmglab.wire.cmg_channel import (
     CHUNK,
     CLIENT_CERT_HEADER,
@@ -82,7 +82,7 @@ class Forwarder:
         head: RequestHead,
         body: asyncio.Queue[BodyItem] | bytes,
         send: Send,
-        config: dict[str, Any] | None,
+        config: CloudConfig | None,
         cmg: str,
         *,
         whole_replies: bool = False,

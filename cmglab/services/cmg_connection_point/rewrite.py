@@ -11,9 +11,9 @@ parsed parts, so no client-chosen byte can change which host or vdir the MP call
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from cmglab.wire import cmg_urls
+from cmglab.wire.cloud_config import CloudConfig
 
 
 class RewriteError(Exception):
@@ -36,17 +36,17 @@ class Rewrite:
         )
 
 
-def rewrite(external_url: str, config: dict[str, Any] | None, cmg_name: str) -> Rewrite:
+def rewrite(external_url: str, config: CloudConfig | None, cmg_name: str) -> Rewrite:
     """RewriteError: not a URL of `cmg_name`, not a CCM_Proxy path, or a path the site did not publish."""
     try:
         target = cmg_urls.parse_url(external_url, cmg_name)
     except cmg_urls.UrlRefused as e:
         raise RewriteError(str(e)) from e
-    endpoint = ((config or {}).get("endpoints") or {}).get(target.role_id)
-    if not endpoint or not endpoint.get("internal_url"):
+    endpoint = config.endpoints.get(target.role_id) if config is not None else None
+    if endpoint is None or not endpoint.internal_url:
         raise RewriteError(f"role ID {target.role_id} is not in the site's published endpoint table")
     if cmg_urls.published(config, target.role_id, target.rest) is None:
         raise RewriteError(f"{target.rest[:120]} is not a path the site published for role ID {target.role_id}")
-    base = f"{str(endpoint['internal_url']).rstrip('/')}/{target.quoted_rest()}"
+    base = f"{endpoint.internal_url.rstrip('/')}/{target.quoted_rest()}"
     internal = base + (f"?{target.query}" if target.query else "")
     return Rewrite(external_url, external_url.split("?", 1)[0], base, internal, target.role_id, target.endpoint)

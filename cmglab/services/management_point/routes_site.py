@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -16,6 +14,7 @@ from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.sts import STSRequest, TokenService
 from cmglab.services.management_point.transport import bearer, caller_of, read_body, require_ccm_token
 from cmglab.wire import jsonlimits
+from cmglab.wire.cloud_config import CloudConfig, CloudContent, OnboardedTenant, PublishedEndpoint
 from cmglab.wire.kinds import AuthKind
 
 CLOUD_PATHS = [
@@ -29,37 +28,35 @@ CLOUD_PATHS = [
 ]
 
 
-def cloud_config(mp: Parts) -> dict[str, Any]:
+def cloud_config(mp: Parts) -> CloudConfig:
     site = mp.lab.config.site
     settings = mp.store.site_settings()
     allow = settings.allow_cmg
     endpoints = (
-        {str(site.role_id): {"internal_url": mp.lab.url("management-point"), "paths": CLOUD_PATHS}} if allow else {}
+        {str(site.role_id): PublishedEndpoint(internal_url=mp.lab.url("management-point"), paths=CLOUD_PATHS)}
+        if allow
+        else {}
     )
     tenants = [
-        {
-            "tenant_id": t["tenant_id"],
-            "client_app_id": t["client_app_id"],
-            "resource_uri": t["resource_uri"],
-            "authority": f"https://login.microsoftonline.com/{t['tenant_id']}",
-        }
+        OnboardedTenant(
+            tenant_id=t["tenant_id"],
+            client_app_id=t["client_app_id"],
+            resource_uri=t["resource_uri"],
+            authority=f"https://login.microsoftonline.com/{t['tenant_id']}",
+        )
         for t in mp.store.tenants(onboarded_only=True)
     ]
     try:
         version = int(package_manifest(mp.lab).get("version", 1))
     except (OSError, ValueError):
         version = 1
-    return {
-        "site_code": site.code,
-        "allow_cmg": allow,
-        "endpoints": endpoints,
-        "tenants": tenants,
-        "content": {
-            "package_id": site.client_package_id,
-            "version": version,
-            "enabled": settings.content_enabled_cmg,
-        },
-    }
+    return CloudConfig(
+        site_code=site.code,
+        allow_cmg=allow,
+        endpoints=endpoints,
+        tenants=tenants,
+        content=CloudContent(package_id=site.client_package_id, version=version, enabled=settings.content_enabled_cmg),
+    )
 
 
 def router(mp: Parts, sts: TokenService) -> APIRouter:
@@ -88,7 +85,7 @@ def router(mp: Parts, sts: TokenService) -> APIRouter:
         caller = caller_of(request, mp, "ccm_cloud")
         if not caller.via_connection_point:
             raise HTTPError(403, "only a CMG connection point of this site may read the cloud configuration")
-        return JSONResponse(await run_in_threadpool(cloud_config, mp))
+        return JSONResponse((await run_in_threadpool(cloud_config, mp)).model_dump())
 
     @r.api_route("/ccm_client/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def ccm_client(request: Request, name: str) -> Response:
