@@ -24,7 +24,7 @@ from cryptography import x509
 
 from cmglab.agent.certstore import StoredCert
 from cmglab.agent.device import Device
-from cmglab.agent.settings import AgentSettings
+from cmglab.agent.settings import agent_settings
 from cmglab.wire import httpclient, tracing
 
 # Windows error codes the device's logs report
@@ -211,7 +211,7 @@ class DeviceNetwork:
         self.device = device
         self.crl_check = crl_check
         self.resolve = device.resolve(resolve)
-        self.timeout = timeout if timeout is not None else AgentSettings().client_timeout
+        self.timeout = timeout if timeout is not None else agent_settings().client_timeout
         self._checker: RevocationChecker | None = None
 
     def ssl_context(self, client_cert: StoredCert | None = None) -> ssl.SSLContext:

@@ -40,7 +40,7 @@ from cmglab.agent.ccm.tokens import ClientTokenStore, StsError, TokenCache, loca
 from cmglab.agent.certstore import StoredCert
 from cmglab.agent.device import SYSTEM_SID, Device, machine_account
 from cmglab.agent.network import DeviceNetwork, NetworkError, classify
-from cmglab.agent.settings import AgentSettings
+from cmglab.agent.settings import agent_settings
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire import tracing
 from cmglab.wire.kinds import Proof
@@ -427,7 +427,7 @@ class CcmClient:
 
 def retrying(attempt: Callable[[], T], log: logging.Logger, what: str) -> T:
     """`attempt()` until it succeeds, fails for good (not transient) or the attempts are spent."""
-    settings = AgentSettings()
+    settings = agent_settings()
     n = 1
     while True:
         try:
