@@ -53,6 +53,16 @@ def isolated_lab(path: Path) -> Lab:
     return lab
 
 
+def load_factor(cap: float = 4.0) -> float:
+    """How much slower than idle the machine may be now: the 1-minute load average per CPU, from 1 to `cap`
+    (deadlines for starting services and bench budgets are multiplied by it)."""
+    try:
+        per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return 1.0
+    return min(cap, max(1.0, per_cpu))
+
+
 def listening_on(port: int) -> int:
     """How many sockets listen on PORT in this network namespace (one per worker: /proc/net/tcp)."""
     count = 0
@@ -182,10 +192,16 @@ class LabProcesses:
                 time.sleep(0.1)
 
     def wait_healthy(self, names: Iterable[str], timeout: float = 30) -> None:
-        timeout *= max(1, self.workers)  # the first worker builds the service, then the others do, in turn
-        deadline = time.monotonic() + timeout
+        """Poll each service's /_lab/health (and, with several workers, their sockets) until all answer. The
+        deadline scales: N workers build the service in turn, and a loaded machine starts everything slower
+        (`load_factor`). A timeout says what was last seen."""
+        base, factor = timeout, load_factor()
+        timeout = base * max(1, self.workers) * factor
+        started = time.monotonic()
+        deadline = started + timeout
         with self.client() as c:
             for name in names:
+                seen = "no answer yet"
                 while True:
                     sp = self.procs.get(name)
                     if sp is not None and not sp.alive():
@@ -193,14 +209,23 @@ class LabProcesses:
                             raise ServiceFailed(sp.output().strip().splitlines()[-1])
                         raise ServiceFailed(f"{name} exited with {sp.proc.returncode}:\n{sp.output()[-3000:]}")
                     try:
-                        if c.get(self.health_url(name)).status_code == 200 and self._all_workers_listen(name):
+                        status = c.get(self.health_url(name)).status_code
+                        seen = f"health answered HTTP {status}"
+                        if status == 200 and self._all_workers_listen(name):
                             break
-                    except httpx.HTTPError:
-                        pass
+                        if status == 200:
+                            listening = listening_on(self.lab.port(name))
+                            seen = f"healthy, but {listening} of {self.workers} workers listen"
+                    except httpx.HTTPError as e:
+                        seen = f"health not answering ({type(e).__name__})"
                     if time.monotonic() > deadline:
                         tail = sp.output()[-3000:] if sp else ""
-                        raise ServiceFailed(f"{name} not healthy after {timeout}s:\n{tail}")
-                    time.sleep(0.1)
+                        raise ServiceFailed(
+                            f"{name} not healthy after {time.monotonic() - started:.0f}s (deadline {timeout:.0f}s: "
+                            f"{base:g}s x {max(1, self.workers)} worker(s) x load factor {factor:.1f}, load "
+                            f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs); last: {seen}:\n{tail}"
+                        )
+                    time.sleep(0.1)  # the poll's interval
 
     def _all_workers_listen(self, name: str) -> bool:
         """Healthy is one worker answering: with several, wait until each listens on its own socket."""

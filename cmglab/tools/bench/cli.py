@@ -57,6 +57,10 @@ def bench(
     # the key pool outlives the lab: 4 RSA keys per device take minutes to make for 1,000 devices
     pool = out / "keypool.pem"
     with console.status("benchmarking (minutes; --quick for a smoke run)..."):
-        json_path, md_path = runner.run(the_lab, out, opts, port=port, pool=pool)
+        json_path, md_path, failed = runner.run(the_lab, out, opts, port=port, pool=pool)
     print(md_path.read_text())
     console.print(f"report: {json_path} and {md_path}")
+    if failed:  # the report is written and says which; the exit status says it too (make bench fails)
+        for f in failed:
+            console.print(f"[red]failed: {f['title']}: {f['reason']}[/red]")
+        raise typer.Exit(1)

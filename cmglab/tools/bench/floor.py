@@ -220,8 +220,9 @@ def crypto_ms(need: Need, prims: dict[str, float]) -> float:
     return sum(prims[op] * n for op, n in need.ops.items())
 
 
-def floor_ms(endpoint: str, prims: dict[str, float], transport_ms: float) -> float:
-    return round(transport_ms + crypto_ms(INVENTORY[endpoint], prims), 4)
+def floor_ms(endpoint: str, prims: dict[str, float], transport_ms: float, requests: int = 1) -> float:
+    """`requests`: keep-alive requests per operation (a device token asks for its nonce first: 2)."""
+    return round(requests * transport_ms + crypto_ms(INVENTORY[endpoint], prims), 4)
 
 
 def cmg_floor_ms(endpoint: str, prims: dict[str, float], transport_ms: float) -> float:

@@ -50,7 +50,8 @@ def _reason(e: BaseException) -> str:
 async def _exchange(conn: Connection, raw: bytes) -> int:
     reader, writer = conn
     writer.write(raw)
-    return await loadgen.read_response(reader)
+    status, _ = await loadgen.read_response(reader)
+    return status
 
 
 async def _ask(conn: Connection, raw: bytes, failures: Counter[str]) -> int | None:

@@ -36,6 +36,9 @@ class Request:
     path: str = "/"
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    # a request that needs the reply of this one first (a nonce, then the signed request): built from this
+    # reply's body and sent on the same connection; the pair counts as one operation, timed as a whole
+    then: Callable[[bytes], Request] | None = None
 
     def encode(self, host: str, keepalive: bool) -> bytes:
         lines = [
@@ -82,8 +85,8 @@ class Result:
         }
 
 
-async def read_response(reader: asyncio.StreamReader) -> int:
-    """Read one response; returns its status. Handles Content-Length and chunked bodies."""
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Read one response; returns its status and body. Handles Content-Length and chunked bodies."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     length = None
@@ -95,15 +98,16 @@ async def read_response(reader: asyncio.StreamReader) -> int:
             length = int(value)
         elif lname == b"transfer-encoding" and b"chunked" in value.lower():
             chunked = True
+    body = b""
     if chunked:
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
+            body += (await reader.readexactly(size + 2))[:size]
             if size == 0:
                 break
     elif length:
-        await reader.readexactly(length)
-    return status
+        body = await reader.readexactly(length)
+    return status, body
 
 
 async def _open(t: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -135,14 +139,17 @@ async def run(
         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         while more():
             counter += 1
-            request = make_request(counter).encode(target.authority, keepalive)
+            request: Request | None = make_request(counter)
             started = time.perf_counter()
             try:
                 if conn is None:
                     conn = await _open(target)
                 reader, writer = conn
-                writer.write(request)
-                status = await read_response(reader)
+                status = 0
+                while request is not None:
+                    writer.write(request.encode(target.authority, keepalive or request.then is not None))
+                    status, body = await read_response(reader)
+                    request = request.then(body) if request.then is not None and status == 200 else None
                 latencies.append((time.perf_counter() - started) * 1000)
                 statuses[status] = statuses.get(status, 0) + 1
             except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ValueError):

@@ -28,9 +28,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write(out_dir: Path, sections: dict[str, Any], *, settings: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def write(
+    out_dir: Path,
+    sections: dict[str, Any],
+    *,
+    settings: dict[str, Any] | None = None,
+    failed: list[dict[str, Any]] | None = None,
+) -> tuple[Path, Path]:
+    """`failed`: the sections (or steps) that raised or ran out of time (guard.py), listed first."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"machine": machine(), "settings": settings or {}, **sections}
+    doc = {"machine": machine(), "settings": settings or {}, "failed": failed or [], **sections}
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
     md_path = out_dir / "report.md"
@@ -61,8 +68,14 @@ def render(doc: dict[str, Any]) -> str:
         f"# cmglab benchmark report\n\n{m['date']} · Python {m['python']} · {m['cpus']} CPUs · "
         f"{m['platform']}\n\n{settings + '. ' if settings else ''}{NOTE}\n"
     ]
+    if doc.get("failed"):
+        parts.append(
+            "\n**Failed:** "
+            + "; ".join(f"{f['title']} ({f['section']}): {f['reason']} after {f['after_s']} s" for f in doc["failed"])
+            + ". The other sections ran.\n"
+        )
     for key, section in doc.items():
-        if key in ("machine", "settings"):
+        if key in ("machine", "settings", "failed"):
             continue
         parts.append(f"\n## {section.get('title', key)}\n\n{section.get('note', '')}\n\n")
         if section.get("rows"):

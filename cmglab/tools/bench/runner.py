@@ -15,7 +15,20 @@ from typing import Any
 
 from cmglab.runtime import sockets
 from cmglab.runtime.lab import Lab
-from cmglab.tools.bench import floor, held, hotspots, loadgen, onboarding, procinfo, report, scaling, scenarios, storm
+from cmglab.tools.bench import (
+    entra_scenarios,
+    floor,
+    held,
+    hotspots,
+    loadgen,
+    onboarding,
+    procinfo,
+    report,
+    scaling,
+    scenarios,
+    storm,
+)
+from cmglab.tools.bench.guard import Guard
 from cmglab.tools.bench.pinned import LOAD_CPU, SERVER_CPU, CpuMeter, pids, pin_command, pin_self, running
 from cmglab.wire import httpclient
 
@@ -112,10 +125,7 @@ def measure(chosen: list[scenarios.Scenario], opts: Options, service_pids: dict[
     """Each scenario for `duration`, with the CPU time every service process spent per request."""
     rows = []
     for s in chosen:
-
-        def repeat(_i: int, request: loadgen.Request = s.request) -> loadgen.Request:
-            return request
-
+        repeat = s.make
         # one request first: lazy set-up (a JWKS fetch, a first registration's row) is not what is measured,
         # and the MP's first registration of an SMSID is a check-then-insert that concurrent copies would race
         asyncio.run(loadgen.run(s.name, s.target, repeat, connections=1, duration=30, max_requests=1))
@@ -149,16 +159,25 @@ def services_sections(
     lab: Lab,
     ceiling_rps: float,
     opts: Options,
-    transport_ms: float,
-    prims: dict[str, float],
+    transport_ms: float | None,
+    prims: dict[str, float] | None,
+    pool: Path | None = None,
 ) -> dict[str, Any]:
     """Sections 2 and 3: each service's hot endpoint alone against the ceiling and its floor, and the CMG
-    path against the same request sent to the MP directly and against its floor."""
-    alone = measure([scenarios.entra_token(lab), *scenarios.mp_direct(lab)], opts, service_pids)
-    for row in alone:
+    path against the same request sent to the MP directly and against its floor (no floors when section 1
+    failed). `pool`: the fleet's key pool, whose keys the DRS join rows use."""
+    joins = int(opts.duration * 400) + 50  # more than one core can join in the time (a new device each)
+    chosen_alone = [
+        scenarios.entra_token(lab),
+        *entra_scenarios.entra_rows(lab, pool, joins),
+        *scenarios.mp_direct(lab),
+    ]
+    alone = measure(chosen_alone, opts, service_pids)
+    for s, row in zip(chosen_alone, alone, strict=True):
+        row["requests_per_op"] = s.requests
         row["ratio_to_ceiling"] = round(row["rps"] / ceiling_rps, 3) if ceiling_rps else 0
-        if row["name"] in floor.INVENTORY:
-            floor.annotate(row, floor.floor_ms(row["name"], prims, transport_ms))
+        if row["name"] in floor.INVENTORY and prims is not None and transport_ms is not None:
+            floor.annotate(row, floor.floor_ms(row["name"], prims, transport_ms, requests=s.requests))
     chosen = scenarios.through_cmg(lab)
     via_cmg = measure(chosen, opts, service_pids)
     direct = {row["name"]: row for row in alone}
@@ -167,18 +186,22 @@ def services_sections(
         proxied["ratio_to_mp_direct"] = round(proxied["rps"] / rps, 3) if rps else 0
         proxied["mp_direct_cpu_ms"] = direct[s.direct]["server_cpu_ms"]
         proxied["cmg_added_cpu_ms"] = round(proxied["server_cpu_ms"] - proxied["mp_direct_cpu_ms"], 2)
-        floor.annotate(proxied, floor.cmg_floor_ms(floor.THROUGH_CMG[s.name], prims, transport_ms))
+        if prims is not None and transport_ms is not None:
+            floor.annotate(proxied, floor.cmg_floor_ms(floor.THROUGH_CMG[s.name], prims, transport_ms))
     cpu_note = "server_cpu_ms: CPU time of every service process per request (cpu_split: by process, ms)."
     return {
         "services": {
             "title": "2. Hot endpoints, each service alone (ratio to the keep-alive ceiling and to the "
             "endpoint's floor)",
-            "note": "Keep-alive connections; every service process pinned to the server CPU. "
-            + cpu_note
-            + " "
-            + FLOOR_NOTE,
+            "note": "Keep-alive connections; every service process pinned to the server CPU. A row is one "
+            "operation: the device token's is two requests (a srv_challenge nonce, then the request signed with "
+            "the device key after it arrives, as the agent does; requests_per_op, and its floor counts both "
+            "transports); each DRS join registers a new device (keys and CSR made before the measurement); the "
+            "AAD and BulkRegistration CCM_STS rows carry the device's Entra token or a site-issued bulk token "
+            "with the proof of possession. " + cpu_note + " " + FLOOR_NOTE,
             "columns": [
                 *COLUMNS,
+                "requests_per_op",
                 "ratio_to_ceiling",
                 "server_cpu_ms",
                 "floor_ms",
@@ -212,22 +235,100 @@ def services_sections(
     }
 
 
-def run(lab: Lab, out_dir: Path, opts: Options, *, port: int, pool: Path) -> tuple[Path, Path]:
-    """Every section in turn; `pool` is the fleet's key pool file (made or grown when too small)."""
+# each section's budget before the load factor (guard.py): generous, so that only a hang or a machine far
+# slower than expected reaches it; what a section is sized by (duration, fleet, held connections) counts
+def budgets(opts: Options) -> dict[str, float]:
+    per_row = opts.duration + 40  # a measurement, its one warm-up request and its processes' lag
+    return {
+        "ceiling": 120 + 2 * per_row,
+        "key pool": 120 + 0.5 * max(opts.fleet_sizes),  # generated once, reused by later runs
+        "services": 300 + 16 * per_row,
+        "profiles": 180 + 3 * max(opts.duration, hotspots.MIN_SECONDS) * 4,
+        "onboarding": sum(300 + 3 * n for n in opts.fleet_sizes),
+        "connections": 300 + opts.hold / 10 + 4 * opts.duration,
+        "storm": 3 * (120 + opts.storm / 20) + 120,
+        "workers": opts.scaling_rounds * 2 * (240 + 3 * (opts.duration + 2 + 40)),
+    }
+
+
+TITLES = {
+    "ceiling": "1. Transport ceiling",
+    "services": "2. Hot endpoints, each service alone",
+    "cmg_path": "3. Through the CMG",
+    "onboarding": "4. Full onboardings per second (fleet mode)",
+    "connections": "5. Held keep-alive connections at the CMG",
+    "profiles": "6. Profiles",
+    "storm": "7. Handshake storms",
+    "workers": "8. Worker processes on one listener",
+}
+
+
+def run(lab: Lab, out_dir: Path, opts: Options, *, port: int, pool: Path) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """Every section in turn, each within its budget; `pool` is the fleet's key pool file (made or grown when
+    too small). Returns the report's paths and the sections that failed (also in the report)."""
     pin_self()
     nofile = procinfo.lift_nofile()  # before the services start: they inherit it (the CMG holds `hold` sockets)
-    sections: dict[str, Any] = {"ceiling": transport_ceiling(lab, port, opts)}
-    transport_ms, prims = floors(lab, sections["ceiling"])
+    guard = Guard()
+    budget = budgets(opts)
+    sections: dict[str, Any] = {
+        "ceiling": guard.section(
+            "ceiling", TITLES["ceiling"], budget["ceiling"], lambda: transport_ceiling(lab, port, opts)
+        )
+    }
+    parts = (
+        None
+        if sections["ceiling"].get("failed")
+        else guard.run("ceiling", "floors", budget["ceiling"], lambda: floors(lab, sections["ceiling"]))
+    )
+    transport_ms, prims = parts if parts is not None else (None, None)
+    guard.run("key pool", "key pool", budget["key pool"], lambda: onboarding.ensure_pool(pool, max(opts.fleet_sizes)))
+    profiles: list[dict[str, Any]] | str | None = None
     with running(lab) as procs:
         service_pids = pids(procs)
-        sections.update(
-            services_sections(service_pids, lab, sections["ceiling"]["rows"][0]["rps"], opts, transport_ms, prims)
+        ceiling_rps = sections["ceiling"]["rows"][0]["rps"] if sections["ceiling"]["rows"] else 0.0
+        found = guard.run(
+            "services",
+            TITLES["services"],
+            budget["services"],
+            lambda: services_sections(service_pids, lab, ceiling_rps, opts, transport_ms, prims, pool),
         )
-        profiles = hotspots.profile_section(lab, service_pids, opts.duration) if opts.profile else None
-    sections["onboarding"] = onboarding.onboarding_section(lab, opts.fleet_sizes, opts.fleet_concurrency, pool)
-    sections["onboarding"]["tables"].insert(1, onboarding.floor_table(sections["onboarding"], transport_ms, prims))
-    sections["connections"] = held.connections_section(lab, opts.hold, opts.duration, nofile)
+        sections.update(
+            found
+            if found is not None
+            else {key: guard.stub("services", TITLES[key]) for key in ("services", "cmg_path")}
+        )
+        if opts.profile:
+            profiles = guard.run(
+                "profiles",
+                TITLES["profiles"],
+                budget["profiles"],
+                lambda: hotspots.profile_section(lab, service_pids, opts.duration),
+            )
+            if profiles is None:
+                profiles = "profiling failed: " + guard.failed[-1]["reason"]
+    sections["onboarding"] = guard.section(
+        "onboarding",
+        TITLES["onboarding"],
+        budget["onboarding"],
+        lambda: onboarding.onboarding_section(lab, opts.fleet_sizes, opts.fleet_concurrency, pool),
+    )
+    if prims is not None and transport_ms is not None and not sections["onboarding"].get("failed"):
+        sections["onboarding"]["tables"].insert(1, onboarding.floor_table(sections["onboarding"], transport_ms, prims))
+    sections["connections"] = guard.section(
+        "connections",
+        TITLES["connections"],
+        budget["connections"],
+        lambda: held.connections_section(lab, opts.hold, opts.duration, nofile),
+    )
     sections["profiles"] = hotspots.section(profiles, sections)
-    sections["storm"] = storm.storm_section(lab, opts.storm, nofile)
-    sections["workers"] = scaling.scaling_section(lab, opts.connections, opts.duration, rounds=opts.scaling_rounds)
-    return report.write(out_dir, sections, settings=asdict(opts))
+    sections["storm"] = guard.section(
+        "storm", TITLES["storm"], budget["storm"], lambda: storm.storm_section(lab, opts.storm, nofile)
+    )
+    sections["workers"] = guard.section(
+        "workers",
+        TITLES["workers"],
+        budget["workers"],
+        lambda: scaling.scaling_section(lab, opts.connections, opts.duration, rounds=opts.scaling_rounds),
+    )
+    json_path, md_path = report.write(out_dir, sections, settings=asdict(opts), failed=guard.failed)
+    return json_path, md_path, guard.failed

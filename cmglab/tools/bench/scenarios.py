@@ -54,6 +54,11 @@ class Scenario:
     target: Target
     request: Request
     direct: str = ""  # through the CMG: the name of the same request sent to the MP directly
+    requests: int = 1  # HTTP requests per operation (a nonce first: 2); the floor counts each one's transport
+    variants: list[Request] | None = None  # sent in turn instead of `request` (a new device per request)
+
+    def make(self, i: int) -> Request:
+        return self.variants[i % len(self.variants)] if self.variants else self.request
 
 
 def _ctx(lab: Lab, client_cert: bool) -> ssl.SSLContext:

@@ -88,11 +88,16 @@ def run(
     try:
         with ThreadPoolExecutor(concurrency, thread_name_prefix="fleet") as workers:
             futures = [workers.submit(onboard, the_plan, name) for name in device_names(count)]
-            for future in as_completed(futures):
-                result = future.result()
-                results.append(result)
-                if on_done is not None:
-                    on_done(result)
+            try:
+                for future in as_completed(futures):
+                    result = future.result()
+                    results.append(result)
+                    if on_done is not None:
+                        on_done(result)
+            except BaseException:  # interrupted (a bench budget, Ctrl-C): the devices not started never start
+                for future in futures:
+                    future.cancel()
+                raise
     finally:
         keys.use_source(None)
     return FleetRun(
