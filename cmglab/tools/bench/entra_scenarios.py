@@ -35,6 +35,7 @@ from cmglab.runtime.lab import Lab
 from cmglab.tools.bench import floor, loadgen
 from cmglab.tools.bench.scenarios import BenchClient, Scenario, _target
 from cmglab.tools.fleet.keypool import KeyPool
+from cmglab.tools.site_store import open_site_store
 from cmglab.wire import ccm_messaging as cm
 from cmglab.wire import httpclient
 
@@ -192,12 +193,10 @@ def sts_aad(lab: Lab, device: JoinedDevice) -> Scenario:
 
 
 def bulk_token(lab: Lab) -> str:
-    """A bulk registration token recorded in the site database, as `cmglab bulk-token new` does."""
-    from cmglab.services.management_point.policy_defaults import default_policies
-    from cmglab.services.management_point.store import Store
-
+    """A bulk registration token recorded in the running site's database, as `cmglab bulk-token new` does."""
     token, guid, start, end = lab.site_signer().bulk_token(minutes=60)
-    Store(lab, policy_factory=default_policies).add_bulk_token(guid, 60, start, end)
+    _, store = open_site_store(lab.dir, seed=False)
+    store.add_bulk_token(guid, 60, start, end)
     return token
 
 
