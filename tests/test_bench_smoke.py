@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 SECTIONS = ("ceiling", "services", "cmg_path", "onboarding", "connections", "profiles", "storm", "workers")
 
 
@@ -18,6 +20,7 @@ def only_ok(rows: list[dict[str, Any]], ok: frozenset[str] = frozenset({"200"}))
         assert row["statuses"] and set(row["statuses"]) <= ok, row  # JSON keys: the status codes as strings
 
 
+@pytest.mark.timeout(600)  # a shared machine: every section at tiny sizes still takes minutes
 def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "results"
     # a process of its own: the bench pins itself to a CPU and lifts its open-files limit

@@ -55,6 +55,7 @@ class Guard:
     """Runs sections under their budgets and remembers which failed."""
 
     failed: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall-clock seconds each step took
 
     def run(self, key: str, title: str, budget_s: float, fn: Callable[[], T]) -> T | None:
         """fn() within budget_s × the load factor, or None (recorded) when it raised or ran out of time."""
@@ -75,6 +76,8 @@ class Guard:
                 }
             )
             return None
+        finally:
+            self.seconds[title] = round(time.monotonic() - started, 1)
 
     def section(self, key: str, title: str, budget_s: float, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """A section's dict, or a stub with its title saying it failed and why."""

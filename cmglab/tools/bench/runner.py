@@ -330,5 +330,6 @@ def run(lab: Lab, out_dir: Path, opts: Options, *, port: int, pool: Path) -> tup
         budget["workers"],
         lambda: scaling.scaling_section(lab, opts.connections, opts.duration, rounds=opts.scaling_rounds),
     )
+    sections["profiles"]["section_seconds"] = guard.seconds  # where a slow run's time went (JSON only)
     json_path, md_path = report.write(out_dir, sections, settings=asdict(opts), failed=guard.failed)
     return json_path, md_path, guard.failed
