@@ -140,11 +140,12 @@ class CcmClient:
     ) -> str:
         """as_named: log the STS URL under the name the client was given (ccmsetup's CCMHOSTNAME, seed 001
         §3.1), though a token request always goes to the CMG's ServerAuth path. entra_token: the AAD proof
-        to use (the one the registration just carried) instead of asking Entra again."""
+        to use (the one the registration just carried) instead of asking Entra again. adal_logs: where the Entra
+        token request logs; the installed client's ADAL provider writes ADALOperationProvider.log (seed 001),
+        never the caller's component log (CcmMessaging.log shows the renewal only)."""
+        adal = adal_logs or Logs(self.device.ccm_log("ADALOperationProvider.log"))
         reply, proof = retrying(
-            lambda: self.obtain(mp, log, adal_logs or Logs(log), as_named, entra_token),
-            log,
-            "Failed to get CCM token",
+            lambda: self.obtain(mp, log, adal, as_named, entra_token), log, "Failed to get CCM token"
         )
         expires = self.cache.put(reply, proof)
         log.info(f"Cached encrypted token for '{SYSTEM_SID}'. Will expire at '{local_time(expires)}'")
