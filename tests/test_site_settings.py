@@ -11,7 +11,7 @@ from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
 from tests.support.agent import run
-from tests.support.lab import lab_client, lab_fixture
+from tests.support.lab import lab_client, lab_fixture, set_site
 
 mp = lab_fixture("management-point")
 
@@ -76,3 +76,22 @@ def test_lab_json_edit_applies_on_restart(mp: Lab, lab_services: LabProcesses) -
         lab_services.stop("management-point")
         lab_services.start("management-point")
     assert enforced(mp)["auto-approve"] == mp.config.site.auto_approve
+
+
+def test_post_lab_site_takes_the_typed_settings(mp: Lab) -> None:
+    """`POST /_lab/site` validates against the one SiteSettings model: a bad value is a 422 and changes
+    nothing; a good one is what `cmglab site show` then reports as enforced, with lab.json untouched."""
+    before, config = enforced(mp), Lab.config_path(mp.dir).read_text()
+    url, admin = f"{mp.url('management-point')}/_lab/site", {"Authorization": f"Bearer {mp.admin_token()}"}
+    with lab_client(mp) as c:
+        assert c.post(url, json={"auto_approve": "sometimes"}, headers=admin).status_code == 422
+        assert c.post(url, json={"ccm_token_lifetime_minutes": 0}, headers=admin).status_code == 422
+        assert enforced(mp) == before
+        r = c.post(url, json={"ccm_token_lifetime_minutes": 30}, headers=admin)
+        assert r.status_code == 200 and r.json()["settings"]["ccm_token_lifetime_minutes"] == 30
+    try:
+        assert enforced(mp) == {**before, "ccm-token-lifetime": 30}
+        assert Lab.config_path(mp.dir).read_text() == config
+    finally:
+        set_site(mp, ccm_token_lifetime_minutes=mp.config.site.ccm_token_lifetime_minutes)
+    assert enforced(mp) == before
