@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from cmglab.core.labconfig import AutoApprove, ConflictingRecords
 from cmglab.services.management_point.admission import (
     AAD_APPROVED,
     APPROVED,
@@ -48,7 +49,7 @@ def test_decision_table(
     kind: RegistrationKind,
     existing: int | None,
     owner: bool,
-    conflicts: str,
+    conflicts: ConflictingRecords,
     resolution: str | None,
     blocked: bool,
     action: Action,
@@ -85,7 +86,7 @@ APPROVALS = [
 
 
 @pytest.mark.parametrize("kind,auto,approval,token", APPROVALS)
-def test_approval_table(kind: RegistrationKind, auto: str, approval: int, token: bool) -> None:
+def test_approval_table(kind: RegistrationKind, auto: AutoApprove, approval: int, token: bool) -> None:
     assert earned(kind, auto) == approval
     created = admit(Request(kind=kind, auto_approve=auto, existing_approval=None))
     assert (created.action, created.approval, created.client_token) == (Action.CREATE, approval, token)

@@ -50,11 +50,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from cmglab.core.labconfig import AutoApprove, ConflictingRecords
 from cmglab.wire.kinds import RegistrationKind
 
 NOT_APPROVED, APPROVED, AAD_APPROVED = 0, 1, 3
 KINDS = tuple(RegistrationKind)
-AUTOMATIC, MANUAL = "automatic", "manual"  # hierarchy setting "conflicting client records"
+AUTOMATIC: ConflictingRecords = "automatic"  # hierarchy setting "conflicting client records"
+MANUAL: ConflictingRecords = "manual"
 RESOLUTIONS = ("pending", "new", "merge", "block")
 ENTRA_VALID, ENTRA_NO_DEVICE = "valid", "no-device"  # besides entra_tokens' refusal kinds
 ENTRA_REFUSALS = {
@@ -80,10 +82,10 @@ class Action(enum.Enum):
 @dataclass(frozen=True)
 class Request:
     kind: RegistrationKind
-    auto_approve: str  # all | domain | none
+    auto_approve: AutoApprove  # the site settings' all | domain | none
     existing_approval: int | None  # the proposed SMSID's record's approval; None: no such record
     same_owner: bool = False
-    conflicts: str = AUTOMATIC
+    conflicts: ConflictingRecords = AUTOMATIC
     resolution: str | None = None  # an earlier resolution of this conflict (RESOLUTIONS)
     token_blocked: bool = False  # the bulk token the proof came from is blocked (re-read in the transaction)
     entra: str | None = None  # the verdict on the Entra token the request carries (None: it carries none)
@@ -97,7 +99,7 @@ class Decision:
     reason: str = ""
 
 
-def earned(kind: RegistrationKind, auto_approve: str) -> int:
+def earned(kind: RegistrationKind, auto_approve: AutoApprove) -> int:
     if kind == RegistrationKind.AAD:
         return AAD_APPROVED
     if kind in (RegistrationKind.BULK, RegistrationKind.TOKEN, RegistrationKind.PKI):
