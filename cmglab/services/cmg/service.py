@@ -10,10 +10,12 @@ from cmglab.runtime.tls import log_refusals_to
 from cmglab.services.cmg.app import create_app
 from cmglab.services.cmg.connector import Registry, create_connector_app
 from cmglab.services.cmg.logsync import LogSync
+from cmglab.services.cmg.memory import fix_mmap_threshold
 from cmglab.services.cmg.parts import Parts
 
 
 def build(lab: Lab) -> Service:
+    fix_mmap_threshold()  # idle keep-alive connections: their TLS read buffers resident only where written
     parts = Parts.from_lab(lab)
     settings, hub, stats, log = parts.settings, parts.hub, parts.stats, parts.log
     log_refusals_to(log)  # a revoked client certificate refused at TLS shows in CMGService.log
