@@ -283,7 +283,23 @@ def test_revoked_client_certificate(lab: Lab, tmp_path: Path) -> None:
     assert enrol.returncode == 0, enrol.stderr
     label = enrol.stdout.strip()
     assert run("cmglab", "pki", "revoke", label, "--lab", str(lab.dir)).returncode == 0
-    time.sleep(1.5)  # the CMG reloads the CRL files when they change
+    ident = (lab.dir / "pki" / "clients" / label / f"{label}.crt", lab.dir / "pki" / "clients" / label / f"{label}.key")
+    mutual = f"{lab.url('cmg')}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}/ccm_system/request"
+
+    def refused() -> bool:  # the CMG reloads the CRL files when they change
+        try:
+            with lab_client(lab, cert=ident, timeout=5) as c:
+                c.get(mutual)
+        except httpx.HTTPError:
+            return True
+        return False
+
+    deadline = time.monotonic() + 30
+    while not refused():
+        assert time.monotonic() < deadline, "the CMG never refused the revoked certificate"
+        time.sleep(0.2)
+    cmg_log = lab.dir / "logs" / "cmg" / "CMGService.log"
+    seen = len(cmg_log.read_text(errors="replace"))  # the refusals of the wait above
     r = install(lab, device, "/usepkicert")
     assert r.returncode == 6
     assert_lines(
@@ -294,14 +310,14 @@ def test_revoked_client_certificate(lab: Lab, tmp_path: Path) -> None:
         r"it refused the client authentication certificate \(revoked",
     )
     assert_clean(device)
-    # the refusal is in a product log that `cmglab logs` follows, not only on the service's stdout
-    cmg_log = lab.dir / "logs" / "cmg" / "CMGService.log"
+    # ccmsetup's refusal is in a product log that `cmglab logs` shows, not only on the service's stdout
+    refusal = "TLS handshake refused: client certificate failed verification: certificate revoked"
     deadline = time.monotonic() + 10
-    while "certificate revoked" not in cmg_log.read_text(errors="replace") and time.monotonic() < deadline:
+    while refusal not in cmg_log.read_text(errors="replace")[seen:]:
+        assert time.monotonic() < deadline, cmg_log.read_text(errors="replace")[seen:]
         time.sleep(0.2)
-    assert "TLS handshake refused: client certificate failed verification: certificate revoked" in cmg_log.read_text(
-        errors="replace"
-    )
+    shown = run("cmglab", "logs", "cmg", "--no-follow", "--lab", str(lab.dir))
+    assert shown.returncode == 0 and f"CMGService.log: {refusal}" in shown.stdout, shown.stdout[-2000:]
     # fixed: the revoked certificate replaced by a new one
     revoked = [c.thumbprint for c in device.stores.certificates("My")]
     assert run("cmglab", "device", "enrol", "--lab", str(lab.dir), "--home", str(device.home)).returncode == 0

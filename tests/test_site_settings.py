@@ -12,6 +12,7 @@ from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
 from tests.support.agent import run
 from tests.support.lab import lab_client, lab_fixture, set_site
+from tests.support.mp import Device, register
 
 mp = lab_fixture("management-point")
 
@@ -95,3 +96,23 @@ def test_post_lab_site_takes_the_typed_settings(mp: Lab) -> None:
     finally:
         set_site(mp, ccm_token_lifetime_minutes=mp.config.site.ccm_token_lifetime_minutes)
     assert enforced(mp) == before
+
+
+def test_auto_approve_applies_live_and_persists(mp: Lab, lab_services: LabProcesses) -> None:
+    """`cmglab site set auto-approve all` on the running MP: the next self-signed registration is approved at once,
+    lab.json holds the value, and the MP keeps enforcing it after a restart; `domain` (the default) holds the next
+    one for approval again."""
+    default = mp.config.site.auto_approve
+    assert default != "all" and register(mp, Device("HELD01"))["ApprovalStatus"] == "0"
+    cmglab(mp, "site", "set", "auto-approve", "all")
+    try:
+        assert register(mp, Device("AUTO01"))["ApprovalStatus"] == "1"
+        assert load_config(Lab.config_path(mp.dir)).site.auto_approve == "all"
+        lab_services.stop("management-point")
+        lab_services.start("management-point")
+        assert enforced(mp)["auto-approve"] == "all"
+        assert register(mp, Device("AUTO02"))["ApprovalStatus"] == "1"
+    finally:
+        cmglab(mp, "site", "set", "auto-approve", default)
+    assert load_config(Lab.config_path(mp.dir)).site.auto_approve == default
+    assert register(mp, Device("HELD02"))["ApprovalStatus"] == "0"
