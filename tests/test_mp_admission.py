@@ -3,9 +3,13 @@ tables in its docstring: pure, no database, no network."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from pydantic import ValidationError
 
 from cmglab.core.labconfig import AutoApprove, ConflictingRecords
+from cmglab.services.management_point import admission
 from cmglab.services.management_point.admission import (
     AAD_APPROVED,
     APPROVED,
@@ -20,7 +24,8 @@ from cmglab.services.management_point.admission import (
     entra_refusal,
     same_owner,
 )
-from cmglab.wire.kinds import RegistrationKind
+from cmglab.services.management_point.routes_lab import Resolution
+from cmglab.wire.kinds import RESOLUTIONS, ConflictStatus, RegistrationKind
 
 # the decision table: (existing approval, same owner, conflicts, resolution, token blocked) -> action
 DECISIONS = [
@@ -29,17 +34,17 @@ DECISIONS = [
     (None, False, AUTOMATIC, None, False, Action.CREATE),
     (None, False, MANUAL, None, False, Action.CREATE),
     (APPROVED, True, AUTOMATIC, None, False, Action.UPDATE),
-    (APPROVED, True, MANUAL, "block", False, Action.UPDATE),  # the owner itself is never a conflict
-    (APPROVED, False, AUTOMATIC, "block", False, Action.REFUSE),
-    (APPROVED, False, MANUAL, "block", False, Action.REFUSE),
-    (APPROVED, False, MANUAL, "merge", False, Action.UPDATE),
-    (APPROVED, False, AUTOMATIC, "merge", False, Action.UPDATE),
-    (APPROVED, False, MANUAL, "new", False, Action.NEW_RECORD),
-    (APPROVED, False, AUTOMATIC, "new", False, Action.NEW_RECORD),
+    (APPROVED, True, MANUAL, ConflictStatus.BLOCK, False, Action.UPDATE),  # the owner itself is never a conflict
+    (APPROVED, False, AUTOMATIC, ConflictStatus.BLOCK, False, Action.REFUSE),
+    (APPROVED, False, MANUAL, ConflictStatus.BLOCK, False, Action.REFUSE),
+    (APPROVED, False, MANUAL, ConflictStatus.MERGE, False, Action.UPDATE),
+    (APPROVED, False, AUTOMATIC, ConflictStatus.MERGE, False, Action.UPDATE),
+    (APPROVED, False, MANUAL, ConflictStatus.NEW, False, Action.NEW_RECORD),
+    (APPROVED, False, AUTOMATIC, ConflictStatus.NEW, False, Action.NEW_RECORD),
     (APPROVED, False, AUTOMATIC, None, False, Action.NEW_RECORD),
     (NOT_APPROVED, False, AUTOMATIC, None, False, Action.NEW_RECORD),
     (APPROVED, False, MANUAL, None, False, Action.HOLD),
-    (APPROVED, False, MANUAL, "pending", False, Action.HOLD),
+    (APPROVED, False, MANUAL, ConflictStatus.PENDING, False, Action.HOLD),
 ]
 
 
@@ -50,7 +55,7 @@ def test_decision_table(
     existing: int | None,
     owner: bool,
     conflicts: ConflictingRecords,
-    resolution: str | None,
+    resolution: ConflictStatus | None,
     blocked: bool,
     action: Action,
 ) -> None:
@@ -211,3 +216,44 @@ def test_the_transport_asks_the_same_entra_table(verdict: str, refused: Action |
     decision = entra_refusal(verdict)
     assert (decision.action if decision else None) is refused
     assert entra_refusal(None) is None
+
+
+def docstring_tables() -> list[list[list[str]]]:
+    """The markdown tables of admission.py's docstring, each a list of rows of cells (header rows left out)."""
+    tables: list[list[list[str]]] = []
+    rows: list[list[str]] = []
+    for line in [*(admission.__doc__ or "").splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+        elif rows:
+            tables.append(rows[2:])  # the header and its |---| line
+            rows = []
+    return tables
+
+
+def named_verdicts(cell: str) -> list[str]:
+    """The verdicts an Entra table cell names: its `quoted` words outside parentheses."""
+    return re.findall(r"`([\w-]+)`", re.sub(r"\([^)]*\)", "", cell))
+
+
+def test_the_tables_above_are_the_docstrings() -> None:
+    """The tables this module checks are the docstring's: the same decisions, the same Entra verdicts, the same
+    conflict resolutions."""
+    decisions, entra, approvals = docstring_tables()
+    named = {row[-1].split(" ", 1)[0] for row in decisions}
+    assert named == {a.name for a in Action} == {action.name for *_, action in DECISIONS}
+    resolutions = {r.strip("`") for row in decisions for r in row[3].split(" / ") if r.startswith("`")}
+    assert resolutions == set(ConflictStatus) == {r for *_, r, _, _ in DECISIONS if r is not None}
+    assert {v for row in entra for v in named_verdicts(row[0])} == {v for v, _ in ENTRA_VERDICTS}
+    refused = {v for row in entra if row[1] == "REFUSE" for v in named_verdicts(row[0])}
+    assert refused == {v for v, r in ENTRA_VERDICTS if r is Action.REFUSE}
+    assert {k for row in approvals for k in row[0].split(", ")} == {str(k) for k in RegistrationKind}
+
+
+@pytest.mark.parametrize("action", [*RESOLUTIONS, ConflictStatus.PENDING, "takeover"])
+def test_the_admin_resolves_a_conflict_to_new_merge_or_block_only(action: str) -> None:
+    if action in RESOLUTIONS:
+        assert Resolution(action=action).action is ConflictStatus(action)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ValidationError):
+            Resolution(action=action)  # type: ignore[arg-type]

@@ -20,12 +20,12 @@ from rich.console import Console
 from cmglab.tools.bulk_token_cli import DEFAULT_LAB, LabOption
 from cmglab.tools.output import print_rows
 from cmglab.tools.site_store import open_site_store
+from cmglab.wire.kinds import RESOLUTIONS, ConflictStatus
 
 console = Console()
 
 
 app = typer.Typer(help="The site's clients and conflicting records.", no_args_is_help=True)
-ACTIONS = ("new", "merge", "block")
 
 
 @app.command("list")
@@ -73,11 +73,11 @@ def resolve(
     lab: LabOption = DEFAULT_LAB,
 ) -> None:
     """Resolve a conflicting record; the client's next registration attempt takes it."""
-    if action not in ACTIONS:
-        console.print(f"[red]The resolution is one of {', '.join(ACTIONS)}.[/red]")
+    if action not in RESOLUTIONS:
+        console.print(f"[red]The resolution is one of {', '.join(RESOLUTIONS)}.[/red]")
         raise typer.Exit(1)
     _, store = open_site_store(Path(lab), seed=False)
-    row = store.resolve_conflict(conflict_id, action)
+    row = store.resolve_conflict(conflict_id, ConflictStatus(action))
     if row is None:
         console.print(f"[red]No conflicting record {conflict_id}.[/red]")
         raise typer.Exit(1)

@@ -32,6 +32,20 @@ class RegistrationKind(StrEnum):
     TOKEN = "token"
 
 
+class ConflictStatus(StrEnum):
+    """A conflicting client record's state (the site database's `status`, `/_lab/conflicts`): held for the
+    admin, or resolved by the admin (`new`, `merge`, `block`) or by automatic handling (`new`)."""
+
+    PENDING = "pending"  # held: manual handling, the admin has not said yet
+    NEW = "new"  # a new record (a new SMSID) for the conflicting client
+    MERGE = "merge"  # the admin said: the same machine, it updates the record
+    BLOCK = "block"  # refused
+
+
+# what the admin may resolve a conflicting record to (`cmglab clients resolve`, POST /_lab/conflicts/{id}/resolve)
+RESOLUTIONS = (ConflictStatus.NEW, ConflictStatus.MERGE, ConflictStatus.BLOCK)
+
+
 class AuthKind(StrEnum):
     """How a service authenticated a request: the request record's `auth_kind`."""
 

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from cmglab.services.console.traces import failed
+from cmglab.wire.kinds import ConflictStatus
 
 
 def _row(cells: Iterable[Any], cls: str = "") -> str:
@@ -59,7 +60,7 @@ def render(
     conflict_rows = [
         _row(
             (c["sms_id"], c.get("netbios_name") or "", c["kind"], c["status"], c.get("new_sms_id") or ""),
-            "fail" if c["status"] == "pending" else "",
+            "fail" if c["status"] == ConflictStatus.PENDING else "",
         )
         for c in conflicts or []
     ]

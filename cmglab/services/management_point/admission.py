@@ -49,15 +49,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from cmglab.core.labconfig import AutoApprove, ConflictingRecords
-from cmglab.wire.kinds import RegistrationKind
+from cmglab.wire.kinds import ConflictStatus, RegistrationKind
 
 NOT_APPROVED, APPROVED, AAD_APPROVED = 0, 1, 3
 KINDS = tuple(RegistrationKind)
-AUTOMATIC: ConflictingRecords = "automatic"  # hierarchy setting "conflicting client records"
-MANUAL: ConflictingRecords = "manual"
-RESOLUTIONS = ("pending", "new", "merge", "block")
+# hierarchy setting "conflicting client records"
+AUTOMATIC: Final[ConflictingRecords] = "automatic"
+MANUAL: Final[ConflictingRecords] = "manual"
 ENTRA_VALID, ENTRA_NO_DEVICE = "valid", "no-device"  # besides entra_tokens' refusal kinds
 ENTRA_REFUSALS = {
     "forged": "the Entra token is forged (not signed by an Entra key with RS256)",
@@ -86,7 +87,7 @@ class Request:
     existing_approval: int | None  # the proposed SMSID's record's approval; None: no such record
     same_owner: bool = False
     conflicts: ConflictingRecords = AUTOMATIC
-    resolution: str | None = None  # an earlier resolution of this conflict (RESOLUTIONS)
+    resolution: ConflictStatus | None = None  # this conflict's state, when it was seen before
     token_blocked: bool = False  # the bulk token the proof came from is blocked (re-read in the transaction)
     entra: str | None = None  # the verdict on the Entra token the request carries (None: it carries none)
 
@@ -159,11 +160,11 @@ def admit(req: Request) -> Decision:
     if req.same_owner:
         approval = AAD_APPROVED if req.kind == RegistrationKind.AAD else max(earn, req.existing_approval)
         return _granted(Action.UPDATE, req, approval, "the record's owner")
-    if req.resolution == "block":
+    if req.resolution is ConflictStatus.BLOCK:
         return Decision(Action.REFUSE, reason="the conflicting record was blocked by the administrator")
-    if req.resolution == "merge":
+    if req.resolution is ConflictStatus.MERGE:
         approval = AAD_APPROVED if req.kind == RegistrationKind.AAD else max(earn, req.existing_approval)
         return _granted(Action.UPDATE, req, approval, "the administrator merged the conflicting record")
-    if req.resolution == "new" or req.conflicts == AUTOMATIC:
+    if req.resolution is ConflictStatus.NEW or req.conflicts == AUTOMATIC:
         return _granted(Action.NEW_RECORD, req, earn, "conflicting record: a new record")
     return Decision(Action.HOLD, reason="conflicting record: held for manual resolution")

@@ -39,7 +39,7 @@ from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.store import BulkToken, Client, ConflictRecord, IssuedToken, new_sms_id, utcnow
 from cmglab.wire import key_limits, site_tokens
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml, utc_timestamp, utf16, verify
-from cmglab.wire.kinds import REGISTRATION_ISSUED, Proof, RegistrationKind
+from cmglab.wire.kinds import REGISTRATION_ISSUED, ConflictStatus, Proof, RegistrationKind
 
 # Status values of ClientRegistrationResponse (SDK cc144675; sccmhunter)
 REGISTERED, PENDING, RESET, REJECTED = 0, 1, 2, 3
@@ -275,7 +275,7 @@ def _admit(mp: Parts, s: Session, who: Registrant, settings: SiteSettings) -> Ou
             existing_approval=existing.approval if existing is not None else None,
             same_owner=owner,
             conflicts=settings.conflicting_records,
-            resolution=conflict.status if conflict is not None else None,
+            resolution=ConflictStatus(conflict.status) if conflict is not None else None,
             token_blocked=who.bulk_guid is not None and (bulk is None or bulk.blocked),
             entra=who.entra,
         )
@@ -324,7 +324,7 @@ def _note_conflict(
             netbios_name=who.netbios,
             aad_device_id=who.aad_device,
             pki_thumbprint=who.pki_tp,
-            status="pending",
+            status=ConflictStatus.PENDING,
             attempts=0,
         )
         s.add(conflict)
@@ -341,8 +341,8 @@ def _note_conflict(
             f"Conflicting client records are resolved manually: the registration request is pending "
             f"(conflicting record {conflict.id}, `cmglab clients resolve {conflict.id}`)"
         )
-    elif decision.action is admission.Action.NEW_RECORD and conflict.status == "pending":
-        conflict.status, conflict.resolved_at = "new", utcnow()
+    elif decision.action is admission.Action.NEW_RECORD and conflict.status == ConflictStatus.PENDING:
+        conflict.status, conflict.resolved_at = ConflictStatus.NEW, utcnow()
     return conflict
 
 

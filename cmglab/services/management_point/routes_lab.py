@@ -4,18 +4,26 @@ read-only GETs without a token; changes (approve, site settings) need the lab ad
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.core.labconfig import SiteSettingsChange
 from cmglab.services.management_point.parts import Parts
+from cmglab.wire.kinds import RESOLUTIONS, ConflictStatus
 
 
 class Resolution(BaseModel):
-    action: Literal["new", "merge", "block"]
+    action: ConflictStatus
+
+    @field_validator("action")
+    @classmethod
+    def _an_admin_resolution(cls, action: ConflictStatus) -> ConflictStatus:
+        if action not in RESOLUTIONS:
+            raise ValueError(f"a resolution is one of {', '.join(RESOLUTIONS)}")
+        return action
 
 
 def router(mp: Parts) -> APIRouter:

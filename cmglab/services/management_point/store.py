@@ -22,6 +22,7 @@ from cmglab.runtime import db
 from cmglab.runtime.lab import Lab
 from cmglab.services.management_point.admission import APPROVED, NOT_APPROVED
 from cmglab.services.management_point.sealing import Sealer, site_key
+from cmglab.wire.kinds import ConflictStatus
 
 T = TypeVar("T")
 
@@ -187,7 +188,7 @@ class ConflictRecord(Base):
     netbios_name: Mapped[str] = mapped_column(Text, default="")
     aad_device_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     pki_thumbprint: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=ConflictStatus.PENDING)  # a ConflictStatus
     new_sms_id: Mapped[str | None] = mapped_column(String(48), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     detected_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -424,8 +425,8 @@ class Store(db.Store):
         with self.session() as s:
             return [c.as_dict() for c in s.scalars(select(ConflictRecord).order_by(ConflictRecord.id))]
 
-    def resolve_conflict(self, conflict_id: int, action: str) -> dict[str, Any] | None:
-        """The admin's resolution (new | merge | block), taken by the client's next registration attempt."""
+    def resolve_conflict(self, conflict_id: int, action: ConflictStatus) -> dict[str, Any] | None:
+        """The admin's resolution (one of `RESOLUTIONS`), taken by the client's next registration attempt."""
         with self.session() as s:
             row = s.get(ConflictRecord, conflict_id)
             if row is None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cmglab.tools.reliability.labview import LabView
-from cmglab.wire.kinds import REGISTRATION_ISSUED, Proof
+from cmglab.wire.kinds import REGISTRATION_ISSUED, ConflictStatus, Proof
 
 _SMSID = re.compile(r"^GUID:[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -40,11 +40,15 @@ def mp_conflicts(view: LabView) -> list[str]:
     bad = []
     for c in view.listing("management-point", "conflicts"):
         proposed = clients.get(c["sms_id"])
-        if c["status"] not in ("pending", "new", "merge", "block"):
+        if c["status"] not in tuple(ConflictStatus):
             bad.append(f"conflict {c['id']}: status {c['status']!r}")
-        if c["status"] != "merge" and proposed and proposed["signing_thumbprint"] == c["signing_thumbprint"]:
+        if (
+            c["status"] != ConflictStatus.MERGE
+            and proposed
+            and proposed["signing_thumbprint"] == c["signing_thumbprint"]
+        ):
             bad.append(f"conflict {c['id']}: {c['sms_id']} was taken over by certificate {c['signing_thumbprint']}")
-        if c["status"] == "new":
+        if c["status"] == ConflictStatus.NEW:
             own = clients.get(c.get("new_sms_id") or "")
             if own is None or own["signing_thumbprint"] != c["signing_thumbprint"] or own["sms_id"] == c["sms_id"]:
                 bad.append(f"conflict {c['id']}: resolved new, but {c.get('new_sms_id')} is not its own record")
