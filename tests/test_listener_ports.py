@@ -19,6 +19,7 @@ from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses, ServiceFailed, isolated_lab
 
 
+# not lab_fixture: a lab of its own, the tests start, stop and take its ports themselves
 @pytest.fixture(scope="module")
 def ports_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return isolated_lab(tmp_path_factory.mktemp("ports") / "lab")

@@ -50,6 +50,7 @@ def test_nocrlcheck_overrides_the_site() -> None:
     assert follows.crl_check is True
 
 
+# not lab_fixture: a lab of its own, the test revokes the distribution point's certificate
 @pytest.fixture(scope="module")
 def crl_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = new_lab(tmp_path_factory.mktemp("crlcheck") / "lab")

@@ -97,6 +97,7 @@ def otlp() -> Iterator[Collector]:
     server.shutdown()
 
 
+# not lab_fixture: a lab of its own, its services export spans to this module's collector (CMGLAB_OTLP_ENDPOINT)
 @pytest.fixture(scope="module")
 def trace_lab(tmp_path_factory: pytest.TempPathFactory, otlp: Collector) -> Iterator[Lab]:
     lab = new_lab(tmp_path_factory.mktemp("tracing") / "lab")
