@@ -86,6 +86,29 @@ def test_crl_unreachable_then_nocrlcheck(lab: Lab, tmp_path: Path) -> None:
     assert "Enabled SSL revocation check." not in log_of(device, "ccmsetup.log").split("/nocrlcheck")[-1]
 
 
+def test_crl_host_down_until_started(lab: Lab, lab_services: LabProcesses, tmp_path: Path) -> None:
+    """README remedy for "CRL check is enabled": the CRL host is down (the device never fetched the CRLs), ccmsetup
+    fails as the seed says; once the CRL host runs again (`cmglab serve pki`, part of `cmglab up`) it installs."""
+    device = joined_device(lab, tmp_path / "dev")
+    shutil.rmtree(device.crl_cache)
+    lab_services.stop("pki")
+    try:
+        r = install(lab, device)
+        assert r.returncode == 6
+        assert_lines(
+            device,
+            "ccmsetup.log",
+            r"0x80092013",
+            r"revocation server was offline",
+            r"Certificate revocation check failed: .*/nocrlcheck",
+        )
+        assert_clean(device)
+    finally:
+        lab_services.start("pki")
+    r = install(lab, device)
+    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-2000:]
+
+
 def test_no_wpj_certificate(lab: Lab, tmp_path: Path) -> None:
     """README remedy: join again (dsregcmd /leave, dsregcmd /join), then check dsregcmd /status."""
     device = joined_device(lab, tmp_path / "dev")
@@ -93,7 +116,13 @@ def test_no_wpj_certificate(lab: Lab, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     r = install(lab, device)
     assert r.returncode == 6
-    assert_lines(device, "ccmsetup.log", r"the WPJ certificate is not found", r"dsregcmd /status")
+    assert_lines(
+        device,
+        "ccmsetup.log",
+        r"Failed to get AAD token: this device is not Azure AD joined \(the WPJ certificate is not found\)",
+        r"dsregcmd /status' and check the Device State section",
+        r"dsregcmd /status",
+    )
     assert_clean(device)
     assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
     u = lab.config.primary_tenant.users[0]
