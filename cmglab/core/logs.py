@@ -52,25 +52,61 @@ def _when(record: logging.LogRecord) -> datetime:
     return datetime.fromtimestamp(record.created).astimezone()
 
 
+class _Stamp:
+    """A record's local date, time and bias as the two formats write them. Every service request logs a few
+    lines: the date, the time to the second and the bias are worked out once per second, not per line."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, str, str, int] = (-1, "", "", 0)
+
+    def of(self, created: float) -> tuple[str, str, int, int]:
+        """("MM-DD-YYYY", "HH:MM:SS", milliseconds, bias in minutes)."""
+        micros = round(created * 1_000_000)
+        second, ms = divmod(micros, 1_000_000)
+        last = self._last
+        if last[0] != second:
+            when = datetime.fromtimestamp(second).astimezone()
+            last = self._last = (second, f"{when:%m-%d-%Y}", f"{when:%H:%M:%S}", _bias(when))
+        return last[1], last[2], ms // 1000, last[3]
+
+
+def _one_line(message: str) -> str:
+    if "\n" not in message and "\r" not in message:
+        return message
+    return message.replace("\r\n", "~~").replace("\n", "~~").replace("\r", "~~")
+
+
 class CMTraceFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamp = _Stamp()
+
     def format(self, record: logging.LogRecord) -> str:
-        return format_cmtrace(
-            record.getMessage(),
-            component=getattr(record, "component", record.name),
-            when=_when(record),
-            type_=_TYPES.get(record.levelno, 1),
-            thread=getattr(record, "tid", 0),
-            file=f"{record.filename}:{record.lineno}",
+        # format_cmtrace's output, with the time from the per-second stamp
+        date, time_, ms, bias = self.stamp.of(record.created)
+        bias_s = "+000" if bias == 0 else f"{bias:+d}"
+        component = getattr(record, "component", record.name)
+        return (
+            f'<![LOG[{record.getMessage()}]LOG]!><time="{time_}.{ms:03d}{bias_s}" date="{date}" '
+            f'component="{component}" context="" type="{_TYPES.get(record.levelno, 1)}" '
+            f'thread="{getattr(record, "tid", 0)}" file="{record.filename}:{record.lineno}">'
         )
 
 
 class SMSTraceFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamp = _Stamp()
+
     def format(self, record: logging.LogRecord) -> str:
-        return format_smstrace(
-            record.getMessage(),
-            component=getattr(record, "component", record.name),
-            when=_when(record),
-            thread=getattr(record, "tid", 0),
+        # format_smstrace's output, with the time from the per-second stamp
+        date, time_, ms, bias = self.stamp.of(record.created)
+        bias_s = "+00" if bias == 0 else f"{bias:+d}"
+        thread = getattr(record, "tid", 0)
+        component = getattr(record, "component", record.name)
+        return (
+            f"{_one_line(record.getMessage())}  $$<{component}><{date} {time_}.{ms:03d}{bias_s}>"
+            f"<thread={thread} (0x{thread:04X})>"
         )
 
 
