@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cmglab.core.labconfig import load_config
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.support.agent import assert_lines, log_of, new_device, run
@@ -172,6 +173,7 @@ def test_tenant_not_onboarded(lab: Lab, tmp_path: Path) -> None:
     aad_info = f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/AADAuthInfo?TenantID={other.tenant_id}"
     cmglab(lab, "tenant", "onboard", other.display_name)
     try:
+        assert load_config(Lab.config_path(lab.dir)).tenants[1].onboarded  # persisted, not only live
         view = json.loads(cmglab(lab, "site", "show", "--json"))
         assert next(t for t in view["tenants"] if t["tenant_id"] == other.tenant_id)["enforced"] is True
         wait_cmg(lab, aad_info, lambda status: status == 200)
@@ -180,6 +182,7 @@ def test_tenant_not_onboarded(lab: Lab, tmp_path: Path) -> None:
     finally:
         cmglab(lab, "tenant", "offboard", other.display_name)
     wait_cmg(lab, aad_info, lambda status: status == 404)
+    assert not load_config(Lab.config_path(lab.dir)).tenants[1].onboarded
 
 
 def test_device_and_user_token_both_unavailable(lab: Lab, tmp_path: Path) -> None:
@@ -363,6 +366,7 @@ def test_allow_cmg_off(lab: Lab, tmp_path: Path) -> None:
     sts = f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/{lab.config.site.role_id}/CCM_STS"
     cmglab(lab, "site", "set", "allow-cmg", "false")
     try:
+        assert load_config(Lab.config_path(lab.dir)).site.allow_cmg is False  # persisted, not only live
         wait_cmg(lab, sts, lambda status: status == 404)
         r = install(lab, device)
         assert r.returncode == 6

@@ -41,6 +41,7 @@ def test_https_only(mp: Lab) -> None:
     cmglab(mp, "site", "set", "https-only", "true")
     try:
         assert enforced(mp)["https-only"] is True
+        assert load_config(Lab.config_path(mp.dir)).site.https_only is True  # persisted, not only live
         with lab_client(mp) as c:
             r = c.request(
                 "CCM_POST", f"{http}/ccm_system/request", content=b"", headers={"Content-Type": cm.CONTENT_TYPE}
