@@ -504,6 +504,32 @@ def jwt_probes() -> list[Probe]:
             )
         )
     for name, token, expect in ENTRA_TOKENS:
+        # a registration carries a fresh Entra token (seed 001's order, issue 17): both doors check it as CCM_STS does
+        probes.append(
+            Probe(
+                "cmg",
+                "jwt",
+                f"Entra token {name} at CMG tokenauth (registration)",
+                _bearer_post(
+                    lambda k: k.proxy("ccm_system_tokenauth/request"), token, lambda k, t: k.registration(), "CCM_POST"
+                ),
+                expect,
+            )
+        )
+        probes.append(
+            Probe(
+                "management-point",
+                "jwt",
+                f"Entra token {name} at MP tokenauth (registration)",
+                _bearer_post(
+                    lambda k: f"{k.mp_https}/ccm_system_tokenauth/request",
+                    token,
+                    lambda k, t: k.registration(),
+                    "CCM_POST",
+                ),
+                expect | E401,
+            )
+        )
         probes.append(
             Probe(
                 "cmg",
