@@ -25,7 +25,7 @@ from cmglab.services.management_point.admission import (
     same_owner,
 )
 from cmglab.services.management_point.routes_lab import Resolution
-from cmglab.wire.kinds import RESOLUTIONS, ConflictStatus, RegistrationKind
+from cmglab.wire.kinds import RESOLUTIONS, ConflictStatus, EntraVerdict, RegistrationKind
 
 # the decision table: (existing approval, same owner, conflicts, resolution, token blocked) -> action
 DECISIONS = [
@@ -153,15 +153,15 @@ def test_same_owner(
 # the Entra table (issue 17): the verdict on the Entra token a registration carries -> its decision, whatever the
 # proposed SMSID's record (none, the device's own, another device's)
 ENTRA_VERDICTS = [
-    ("valid", None),
-    ("forged", Action.REFUSE),  # unknown key, bad signature, alg none
-    ("malformed", Action.REFUSE),
-    ("expired", Action.REFUSE),
-    ("wrong-audience", Action.REFUSE),
-    ("wrong-issuer", Action.REFUSE),
-    ("other-tenant", Action.REFUSE),
-    ("no-device", Action.REFUSE),
-    ("unavailable", Action.REFUSE),
+    (EntraVerdict.VALID, None),
+    (EntraVerdict.FORGED, Action.REFUSE),  # unknown key, bad signature, alg none
+    (EntraVerdict.MALFORMED, Action.REFUSE),
+    (EntraVerdict.EXPIRED, Action.REFUSE),
+    (EntraVerdict.WRONG_AUDIENCE, Action.REFUSE),
+    (EntraVerdict.WRONG_ISSUER, Action.REFUSE),
+    (EntraVerdict.OTHER_TENANT, Action.REFUSE),
+    (EntraVerdict.NO_DEVICE, Action.REFUSE),
+    (EntraVerdict.UNAVAILABLE, Action.REFUSE),
 ]
 
 
@@ -170,7 +170,9 @@ ENTRA_VERDICTS = [
     "existing,owner,action",
     [(None, False, Action.CREATE), (APPROVED, True, Action.UPDATE), (APPROVED, False, Action.NEW_RECORD)],
 )
-def test_entra_table(verdict: str, refused: Action | None, existing: int | None, owner: bool, action: Action) -> None:
+def test_entra_table(
+    verdict: EntraVerdict, refused: Action | None, existing: int | None, owner: bool, action: Action
+) -> None:
     decision = admit(
         Request(
             RegistrationKind.AAD,
@@ -190,7 +192,7 @@ def test_entra_table(verdict: str, refused: Action | None, existing: int | None,
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != RegistrationKind.AAD])
 def test_an_entra_token_registers_only_as_aad(kind: RegistrationKind) -> None:
-    assert admit(Request(kind, "all", None, entra="valid")).action is Action.REFUSE
+    assert admit(Request(kind, "all", None, entra=EntraVerdict.VALID)).action is Action.REFUSE
 
 
 def test_an_entra_device_owns_only_its_own_record() -> None:
@@ -212,7 +214,7 @@ def test_an_entra_device_owns_only_its_own_record() -> None:
 
 
 @pytest.mark.parametrize("verdict,refused", ENTRA_VERDICTS)
-def test_the_transport_asks_the_same_entra_table(verdict: str, refused: Action | None) -> None:
+def test_the_transport_asks_the_same_entra_table(verdict: EntraVerdict, refused: Action | None) -> None:
     decision = entra_refusal(verdict)
     assert (decision.action if decision else None) is refused
     assert entra_refusal(None) is None
@@ -244,7 +246,7 @@ def test_the_tables_above_are_the_docstrings() -> None:
     assert named == {a.name for a in Action} == {action.name for *_, action in DECISIONS}
     resolutions = {r.strip("`") for row in decisions for r in row[3].split(" / ") if r.startswith("`")}
     assert resolutions == set(ConflictStatus) == {r for *_, r, _, _ in DECISIONS if r is not None}
-    assert {v for row in entra for v in named_verdicts(row[0])} == {v for v, _ in ENTRA_VERDICTS}
+    assert {v for row in entra for v in named_verdicts(row[0])} == {v for v, _ in ENTRA_VERDICTS} == set(EntraVerdict)
     refused = {v for row in entra if row[1] == "REFUSE" for v in named_verdicts(row[0])}
     assert refused == {v for v, r in ENTRA_VERDICTS if r is Action.REFUSE}
     assert {k for row in approvals for k in row[0].split(", ")} == {str(k) for k in RegistrationKind}

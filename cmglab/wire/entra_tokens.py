@@ -17,25 +17,20 @@ from cryptography import x509
 from jwt import PyJWK
 
 from cmglab.pki.builders import x5t
+from cmglab.wire.kinds import EntraVerdict
 
 LEEWAY = 300  # Entra tolerates 5 minutes of clock skew
 REFETCH_INTERVAL = 5.0
 
 
 # why a token was refused (`EntraTokenError.kind`): what the MP's registration admission decides on
-MALFORMED, FORGED, EXPIRED, WRONG_AUDIENCE, WRONG_ISSUER, OTHER_TENANT, UNAVAILABLE = (
-    "malformed",
-    "forged",
-    "expired",
-    "wrong-audience",
-    "wrong-issuer",
-    "other-tenant",
-    "unavailable",
-)
+MALFORMED, FORGED, EXPIRED = EntraVerdict.MALFORMED, EntraVerdict.FORGED, EntraVerdict.EXPIRED
+WRONG_AUDIENCE, WRONG_ISSUER = EntraVerdict.WRONG_AUDIENCE, EntraVerdict.WRONG_ISSUER
+OTHER_TENANT, UNAVAILABLE = EntraVerdict.OTHER_TENANT, EntraVerdict.UNAVAILABLE
 
 
 class EntraTokenError(Exception):
-    def __init__(self, reason: str, kind: str = FORGED) -> None:
+    def __init__(self, reason: str, kind: EntraVerdict = FORGED) -> None:
         super().__init__(reason)
         self.reason, self.kind = reason, kind
 

@@ -32,6 +32,21 @@ class RegistrationKind(StrEnum):
     TOKEN = "token"
 
 
+class EntraVerdict(StrEnum):
+    """The verdict on an Entra token a client presents (`cmglab.wire.entra_tokens` finds the refusals; the MP's
+    registration admission decides on the verdict)."""
+
+    VALID = "valid"
+    NO_DEVICE = "no-device"  # valid, but it names no Entra device (no `deviceid`)
+    MALFORMED = "malformed"  # not a JWT
+    FORGED = "forged"  # not signed by an Entra key with RS256
+    EXPIRED = "expired"
+    WRONG_AUDIENCE = "wrong-audience"
+    WRONG_ISSUER = "wrong-issuer"
+    OTHER_TENANT = "other-tenant"  # a tenant not onboarded to the site
+    UNAVAILABLE = "unavailable"  # Entra's keys could not be read
+
+
 class ConflictStatus(StrEnum):
     """A conflicting client record's state (the site database's `status`, `/_lab/conflicts`): held for the
     admin, or resolved by the admin (`new`, `merge`, `block`) or by automatic handling (`new`)."""

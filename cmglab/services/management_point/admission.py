@@ -52,23 +52,23 @@ from dataclasses import dataclass
 from typing import Final
 
 from cmglab.core.labconfig import AutoApprove, ConflictingRecords
-from cmglab.wire.kinds import ConflictStatus, RegistrationKind
+from cmglab.wire.kinds import ConflictStatus, EntraVerdict, RegistrationKind
 
 NOT_APPROVED, APPROVED, AAD_APPROVED = 0, 1, 3
 KINDS = tuple(RegistrationKind)
 # hierarchy setting "conflicting client records"
 AUTOMATIC: Final[ConflictingRecords] = "automatic"
 MANUAL: Final[ConflictingRecords] = "manual"
-ENTRA_VALID, ENTRA_NO_DEVICE = "valid", "no-device"  # besides entra_tokens' refusal kinds
-ENTRA_REFUSALS = {
-    "forged": "the Entra token is forged (not signed by an Entra key with RS256)",
-    "malformed": "the Entra token is not a JWT",
-    "expired": "the Entra token has expired",
-    "wrong-audience": "the Entra token is not for this site's resource (AADRESOURCEURI)",
-    "wrong-issuer": "the Entra token's issuer is not its tenant's",
-    "other-tenant": "the Entra token's tenant is not onboarded to this site",
-    ENTRA_NO_DEVICE: "the Entra token names no Entra device (deviceid)",
-    "unavailable": "Entra's signing keys are unavailable",
+ENTRA_VALID, ENTRA_NO_DEVICE = EntraVerdict.VALID, EntraVerdict.NO_DEVICE
+ENTRA_REFUSALS: dict[EntraVerdict, str] = {
+    EntraVerdict.FORGED: "the Entra token is forged (not signed by an Entra key with RS256)",
+    EntraVerdict.MALFORMED: "the Entra token is not a JWT",
+    EntraVerdict.EXPIRED: "the Entra token has expired",
+    EntraVerdict.WRONG_AUDIENCE: "the Entra token is not for this site's resource (AADRESOURCEURI)",
+    EntraVerdict.WRONG_ISSUER: "the Entra token's issuer is not its tenant's",
+    EntraVerdict.OTHER_TENANT: "the Entra token's tenant is not onboarded to this site",
+    EntraVerdict.NO_DEVICE: "the Entra token names no Entra device (deviceid)",
+    EntraVerdict.UNAVAILABLE: "Entra's signing keys are unavailable",
 }
 
 
@@ -89,7 +89,7 @@ class Request:
     conflicts: ConflictingRecords = AUTOMATIC
     resolution: ConflictStatus | None = None  # this conflict's state, when it was seen before
     token_blocked: bool = False  # the bulk token the proof came from is blocked (re-read in the transaction)
-    entra: str | None = None  # the verdict on the Entra token the request carries (None: it carries none)
+    entra: EntraVerdict | None = None  # the verdict on the Entra token the request carries (None: it carries none)
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def _granted(action: Action, req: Request, approval: int, reason: str) -> Decisi
     return Decision(action, approval, wants_token(req.kind) and approval != NOT_APPROVED, reason)
 
 
-def entra_refusal(verdict: str | None) -> Decision | None:
+def entra_refusal(verdict: EntraVerdict | None) -> Decision | None:
     """The Entra table alone: REFUSE for every verdict but `valid` (None: the request carries no Entra token).
     The MP's transport asks it first and answers 401 before it reads the message; `admit` asks it again."""
     if verdict is None or verdict == ENTRA_VALID:

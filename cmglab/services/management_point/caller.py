@@ -7,7 +7,7 @@ from typing import Any
 
 from cryptography import x509
 
-from cmglab.wire.kinds import AuthKind
+from cmglab.wire.kinds import AuthKind, EntraVerdict
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Caller:
     domain_account: str | None = None  # CORP\NAME$ after Windows authentication
     ccm_claims: dict[str, Any] | None = None  # a verified CCM token (Authorization: Bearer)
     # an Entra token instead (registration only): the verdict on it (admission.ENTRA_*) and, when valid, its claims
-    entra_verdict: str | None = None
+    entra_verdict: EntraVerdict | None = None
     entra_claims: dict[str, Any] | None = None
 
     @property

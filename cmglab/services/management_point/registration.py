@@ -39,7 +39,7 @@ from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.store import BulkToken, Client, ConflictRecord, IssuedToken, new_sms_id, utcnow
 from cmglab.wire import key_limits, site_tokens
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml, utc_timestamp, utf16, verify
-from cmglab.wire.kinds import REGISTRATION_ISSUED, ConflictStatus, Proof, RegistrationKind
+from cmglab.wire.kinds import REGISTRATION_ISSUED, ConflictStatus, EntraVerdict, Proof, RegistrationKind
 
 # Status values of ClientRegistrationResponse (SDK cc144675; sccmhunter)
 REGISTERED, PENDING, RESET, REJECTED = 0, 1, 2, 3
@@ -148,7 +148,7 @@ class Registrant:
     aad_tenant: str | None = None
     bulk_guid: str | None = None
     pki_tp: str | None = None
-    entra: str | None = None  # the verdict on the Entra token it carries (admission.Request.entra)
+    entra: EntraVerdict | None = None  # the verdict on the Entra token it carries (admission.Request.entra)
 
 
 def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Caller, message_id: str) -> Outcome:

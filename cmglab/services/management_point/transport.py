@@ -21,7 +21,7 @@ from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.errors import HTTPError
 from cmglab.services.management_point.parts import Parts
 from cmglab.wire import entra_tokens, site_tokens
-from cmglab.wire.kinds import AuthKind
+from cmglab.wire.kinds import AuthKind, EntraVerdict
 
 Scope = dict[str, Any]
 
@@ -146,7 +146,7 @@ async def require_token(request: Request, mp: Parts, caller: Caller) -> None:
     )
 
 
-async def entra_verdict(mp: Parts, token: str) -> tuple[str, dict[str, Any] | None, str]:
+async def entra_verdict(mp: Parts, token: str) -> tuple[EntraVerdict, dict[str, Any] | None, str]:
     """(verdict, claims when valid, reason when not) of an Entra token, with the site's copy of Entra's keys:
     RS256 by an Entra key, its tenant's issuer, not expired, its tenant onboarded, and its audience that
     tenant's resource URI (AADRESOURCEURI) or server app ID; it must name an Entra device."""
