@@ -1,6 +1,7 @@
 """What the code cites is in the repository (issue 19): a docstring or comment that names a document names one
 under docs/, and a section of docs/protocol-notes.md ("Entra §2.6", "ConfigMgr §2", "mTLS §1", "Lab §3") that
-the notes define. Notes kept outside the repository (the research notes, the lab contract) are never cited."""
+the notes define, and a seed ("seed 001 §3.1") that the notes' seed table lists. Notes kept outside the repository
+(the research notes, the lab contract) are never cited."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ SOURCES = sorted([*(ROOT / "cmglab").rglob("*.py"), *(ROOT / "tests").rglob("*.p
 
 # "docs/protocol-notes.md, Entra §2.6", "protocol-notes.md, Lab §3", "docs/protocol-notes.md, Entra §3.2–3.4"
 SECTION = re.compile(r"protocol-notes\.md, (Entra|ConfigMgr|mTLS|Lab) §(\d+)")
+SEED = re.compile(r"\bseeds? (\d{3})\b", re.IGNORECASE)
 DOCUMENT = re.compile(r"\bdocs/[\w./-]+\.md\b")
 # citations of notes that live outside the repository
 OUTSIDE = re.compile(r"research ?§|research/|lab[ -]contract ?§|anchors-and-style|spec/lab-contract", re.IGNORECASE)
@@ -42,6 +44,14 @@ def test_cited_protocol_note_sections_exist() -> None:
         if not re.search(rf"\*\*{area} §{major}\b", NOTES):
             missing.append((where, citation))
     assert missing == []
+
+
+def test_cited_seeds_are_in_the_notes_seed_table() -> None:
+    listed = set(re.findall(r"^\| (\d{3}) \|", NOTES, re.MULTILINE))
+    assert listed == {"000", "001", "002", "003", "004"}
+    numbers = [(where, m.group(1)) for where, citation in cited(SEED) if (m := SEED.match(citation))]
+    assert numbers, "the code cites the seeds"
+    assert [(where, number) for where, number in numbers if number not in listed] == []
 
 
 def test_nothing_cites_notes_outside_the_repository() -> None:
