@@ -263,3 +263,24 @@ def test_the_connector_listeners_lab_endpoints_need_the_admin_token(cmg_lab: Lab
     with httpclient.client(ctx=ctx, resolve=[f"{cmg_lab.config.hosts.cmg}:{port}:127.0.0.1"], timeout=10) as c:
         assert c.get(url).status_code == 401
         assert c.get(url, headers=admin(cmg_lab)).status_code == 200
+
+
+def test_troubleshooting_row_invalid_hostname_and_url(cmg_lab: Lab) -> None:
+    """README's troubleshooting row "the CMG answers 400 InvalidHostname / InvalidUrl": the codes as the row names
+    them, and its remedy (the CMG's own name, a plain path) gets the same request through to the site."""
+    sts = f"/CCM_Proxy_ServerAuth/{cmg_lab.config.site.role_id}/CCM_STS"
+    wrong_host = raw_https(cmg_lab, "cmg", _request(cmg_lab, sts, host="cmg.example.com", method="POST"))
+    assert status_of(wrong_host) == 400 and b'"Error":"InvalidHostname"' in wrong_host, wrong_host[:400]
+    ambiguous = raw_https(cmg_lab, "cmg", _request(cmg_lab, f"{sts}/%2e%2e/CCM_STS", method="POST"))
+    assert status_of(ambiguous) == 400 and b'"Error":"InvalidUrl"' in ambiguous, ambiguous[:400]
+    token, *_ = cmg_lab.site_signer().bulk_token()  # a token the CMG verifies and lets through to the site
+    before = last_seq(cmg_lab, "management-point")
+    with client(cmg_lab) as c:
+        fixed = c.post(
+            f"{cmg_lab.url('cmg')}{sts}",
+            content=b'{"ProofType":"BulkRegistration"}',
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert fixed.status_code != 400, fixed.text
+    # forwarded: the site answered it (whatever it made of the token)
+    assert [r for r in records_after(cmg_lab, "management-point", before) if not _site_config_poll(r)], fixed.text
