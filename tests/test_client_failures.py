@@ -418,8 +418,17 @@ def test_public_ca_client_certificate_is_refused(lab: Lab, tmp_path: Path) -> No
     cert_file.write_bytes(b.cert_pem(cert))
     key_file.write_bytes(b.key_pem(key))
     ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=(cert_file, key_file))
+    client_auth = lab.dir / "logs" / "management-point" / "ClientAuth.log"
+    seen = len(client_auth.read_text(errors="replace")) if client_auth.exists() else 0
     with httpclient.client(ctx=ctx, resolve=lab.resolve(), timeout=10) as c, pytest.raises(httpx.HTTPError):
         c.get(f"{lab.url('management-point')}/SMS_MP/.sms_aut?MPLIST")
+    # the refusal is in the MP's ClientAuth.log, which `cmglab logs` follows, not only on the process's stdout
+    deadline = time.monotonic() + 10
+    while "TLS handshake refused: client certificate failed verification" not in (
+        client_auth.read_text(errors="replace")[seen:] if client_auth.exists() else ""
+    ):
+        assert time.monotonic() < deadline, "ClientAuth.log lacks the refused handshake"
+        time.sleep(0.2)
     with lab_client(lab) as c:  # without the certificate the same request is served
         assert c.get(f"{lab.url('management-point')}/SMS_MP/.sms_aut?MPLIST").status_code == 200
 
