@@ -61,17 +61,11 @@ def test_no_root_ca_device_joins_but_cannot_reach_the_cmg(lab: Lab, tmp_path: Pa
 
 
 def test_crl_unreachable_then_nocrlcheck(lab: Lab, tmp_path: Path) -> None:
+    """README remedy: /nocrlcheck on the ccmsetup command line (`cmglab device break crl` shows the failure)."""
     device = joined_device(lab, tmp_path / "dev")
-    shutil.rmtree(device.crl_cache)  # a device that never fetched the CRLs
-    hosts = device.hosts_path.read_text()
-    pki = lab.config.hosts.pki
-    # the CRL host is unreachable from this device (its address answers nothing)
-    device.write_hosts(
-        [
-            line if not line.startswith(f"{pki}:") else line.rsplit(":", 1)[0] + ":127.0.0.9"
-            for line in hosts.splitlines()
-        ]
-    )
+    r = run("cmglab", "device", "break", "crl", "--home", str(device.home), "--lab", str(lab.dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not device.crl_cache.exists()  # a device that never fetched the CRLs
     r = install(lab, device)
     assert r.returncode == 6
     assert_lines(
@@ -85,6 +79,24 @@ def test_crl_unreachable_then_nocrlcheck(lab: Lab, tmp_path: Path) -> None:
     r = install(lab, device, "/nocrlcheck")
     assert r.returncode == 0, r.stderr
     assert "Enabled SSL revocation check." not in log_of(device, "ccmsetup.log").split("/nocrlcheck")[-1]
+
+
+def test_crl_break_then_repair(lab: Lab, tmp_path: Path) -> None:
+    """`cmglab device break crl`: the CRL cannot be fetched, ccmsetup fails as seed 001's "CRL check is enabled";
+    `cmglab device repair crl` (the CRL published where the device reaches it): ccmsetup installs."""
+    device = joined_device(lab, tmp_path / "dev")
+    hosts = device.hosts_path.read_text()
+    assert run("cmglab", "device", "break", "crl", "--home", str(device.home), "--lab", str(lab.dir)).returncode == 0
+    assert device.hosts_path.read_text() != hosts
+    r = install(lab, device)
+    assert r.returncode == 6
+    assert_lines(device, "ccmsetup.log", r"0x80092013", r"revocation server was offline")
+    assert_clean(device)
+    r = run("cmglab", "device", "repair", "crl", "--home", str(device.home), "--lab", str(lab.dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(device.hosts_path.read_text().splitlines()) == sorted(hosts.splitlines())
+    r = install(lab, device)
+    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-2000:]
 
 
 def test_crl_host_down_until_started(lab: Lab, lab_services: LabProcesses, tmp_path: Path) -> None:

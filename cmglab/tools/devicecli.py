@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import secrets
+import shutil
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -107,7 +108,23 @@ BREAKAGES = {
     "wpj-cert": "the WPJ certificate (MS-Organization-Access) is gone from the Personal store "
     "(seed 001: 'The WPJ certificate isn't found')",
     "root-ca": "the organisation's root CA is gone from the Root store (seed 001: 'Root CA not present')",
+    "crl": "the CRL host's name maps to an address where nothing answers, and no CRL is cached "
+    "(seed 001: 'CRL check is enabled' and the CRL is not published where the device can reach it)",
 }
+REPAIRS = ("root-ca", "crl")
+UNREACHABLE = "127.0.0.9"  # a loopback address the lab's listeners (bound to 127.0.0.1) do not answer on
+
+
+def crl_host_entries(dev: Device, lab: Lab, address: str | None) -> list[str]:
+    """The device's hosts file with the CRL host's entries mapped to `address` (None: the lab's own mapping)."""
+    pki = lab.config.hosts.pki
+    own = [e for e in lab.resolve() if e.startswith(f"{pki}:")]
+    kept = [e for e in (dev.hosts_path.read_text().splitlines() if dev.hosts_path.exists() else []) if e.strip()]
+    kept = [e for e in kept if not e.startswith(f"{pki}:")]
+    if address is None:
+        return kept + own
+    ports = {e.split(":")[1] for e in own} or {str(lab.port("pki"))}
+    return kept + [f"{pki}:{port}:{address}" for port in sorted(ports)]
 
 
 @app.command(
@@ -131,6 +148,9 @@ def break_device(
             cert.key_path.write_bytes(b"")
         else:
             dev.stores.remove(MY, cert.thumbprint)
+    elif what == "crl":
+        dev.write_hosts(crl_host_entries(dev, _lab(lab), UNREACHABLE))
+        shutil.rmtree(dev.crl_cache, ignore_errors=True)
     else:
         organisation = {c.fingerprint(hashes.SHA256()) for c in _lab(lab).pki.organisation_roots()}
         for sc in dev.stores.certificates(ROOT):
@@ -141,18 +161,23 @@ def break_device(
 
 @app.command("repair")
 def repair_device(
-    what: Annotated[str, typer.Argument(help="root-ca")], home: HomeOption, lab: LabOption = Path(".cmglab")
+    what: Annotated[str, typer.Argument(help=" | ".join(REPAIRS))], home: HomeOption, lab: LabOption = Path(".cmglab")
 ) -> None:
-    """Undo a breakage an administrator undoes in place: root-ca puts the lab root CA back in the Root store.
-    (device-key and wpj-cert: join again, `dsregcmd /leave` then `dsregcmd /join`.)"""
-    if what != "root-ca":
+    """Undo a breakage an administrator undoes in place: root-ca puts the lab root CA back in the Root store; crl
+    maps the CRL host's name as the lab does (the CRL is published again). (device-key and wpj-cert: join again,
+    `dsregcmd /leave` then `dsregcmd /join`.)"""
+    if what not in REPAIRS:
         typer.echo(
-            "only root-ca is repaired in place; for device-key and wpj-cert join again "
+            f"only {' and '.join(REPAIRS)} are repaired in place; for device-key and wpj-cert join again "
             "(dsregcmd /leave, dsregcmd /join)",
             err=True,
         )
         raise typer.Exit(2)
     dev = Device.open(home)
+    if what == "crl":
+        dev.write_hosts(crl_host_entries(dev, _lab(lab), None))
+        typer.echo(f"{dev.info.name}: the CRL host's name maps as the lab's does")
+        return
     trust_lab_root(dev, _lab(lab))
     typer.echo(f"{dev.info.name}: the lab root CA is in the Root store")
 
