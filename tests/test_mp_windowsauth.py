@@ -158,6 +158,26 @@ def test_authentication_lasts_for_the_connection(mp: Lab) -> None:
         assert r.status_code == 401
 
 
+def test_negotiate_over_https_lasts_for_the_connection(mp: Lab) -> None:
+    """Negotiate (SPNEGO) over TLS persists as NTLM does (IIS authPersistNonNTLM): the next request on the
+    connection, without an Authorization header, is the account's; another connection is anonymous."""
+    user, password = account(mp, "alice")
+    url = f"{https_url(mp)}/ccm_system_windowsauth/request"
+    with client(mp) as c:
+        assert ntlm_post(c, url, b"", user, password, scheme="Negotiate", protocol="negotiate").status_code == 200
+        device = Device("LAB06")
+        again = c.request(
+            "CCM_POST",
+            url,  # no Authorization
+            content=device.registration_message(),
+            headers={"Content-Type": cm.CONTENT_TYPE, "User-Agent": cm.USER_AGENT},
+        )
+        assert again.status_code == 200
+        assert cm.parse_xml(reply_body(again)).get("ApprovalStatus") == "1"
+    with client(mp) as other:
+        assert other.request("CCM_POST", url, content=b"x").status_code == 401
+
+
 def test_failed_handshake_leaves_the_connection_anonymous(mp: Lab) -> None:
     user, password = account(mp, "LAB01$")
     with client(mp) as c:
