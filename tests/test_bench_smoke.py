@@ -24,13 +24,24 @@ def only_ok(rows: list[dict[str, Any]], ok: frozenset[str] = frozenset({"200"}))
 def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "results"
     # a process of its own: the bench pins itself to a CPU and lifts its open-files limit
-    run = subprocess.run(
+    bench = subprocess.Popen(
         [sys.executable, "-m", "cmglab", "bench", "--quick", "--out", str(out)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=480,  # bounded inside too: each section has its budget (guard.py)
     )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    try:
+        try:
+            stdout, stderr = bench.communicate(timeout=480)  # bounded inside too: each section has a budget
+        except subprocess.TimeoutExpired:
+            bench.terminate()  # SIGTERM, not a kill: the bench unwinds and stops the services it started
+            stdout, stderr = bench.communicate(timeout=60)
+            raise AssertionError("the quick bench ran past 480 s:\n" + stdout[-3000:] + stderr[-3000:]) from None
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    assert bench.returncode == 0, stdout[-3000:] + stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     markdown = (out / "report.md").read_text()
     assert set(SECTIONS) <= set(report) and report["settings"]["hold"] == 200

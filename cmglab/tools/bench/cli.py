@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,10 @@ from rich.console import Console
 from cmglab.runtime.lab import Lab
 
 console = Console()
+
+
+def _unwind(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def bench(
@@ -56,6 +61,10 @@ def bench(
     (port,) = reserve_ports(1)  # the transport ceiling's: handed to it by the runner
     # the key pool outlives the lab: 4 RSA keys per device take minutes to make for 1,000 devices
     pool = out / "keypool.pem"
+    # stopped from outside (SIGTERM: `timeout`, a test's deadline; SIGINT even when started in the background):
+    # unwind, so that every section's finally block stops the services it started
+    signal.signal(signal.SIGTERM, _unwind)
+    signal.signal(signal.SIGINT, _unwind)
     with console.status("benchmarking (minutes; --quick for a smoke run)..."):
         json_path, md_path, failed = runner.run(the_lab, out, opts, port=port, pool=pool)
     print(md_path.read_text())
