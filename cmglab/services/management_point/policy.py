@@ -10,17 +10,20 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from xml.sax.saxutils import escape
 
 from cryptography import x509
+from sqlalchemy import select
 
 from cmglab.services.management_point import policy_crypto
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
-from cmglab.services.management_point.store import NOT_APPROVED, Client, utcnow
+from cmglab.services.management_point.sealing import Sealer
+from cmglab.services.management_point.store import NOT_APPROVED, Client, Policy, utcnow
 from cmglab.wire.ccm_messaging import (
     CcmMessage,
     CcmMessageError,
@@ -85,11 +88,12 @@ def reply_assignments(mp: Parts, msg: CcmMessage) -> str | None:
     if claimed and claimed.upper() != signed.sms_id:
         log.warning(f"Policy assignment request names ClientID {claimed} but is signed by {signed.sms_id}")
         return None
-    with mp.store.session() as s:
+    with mp.store.session() as s:  # one unit of work: the client's last request time, the policies as stored
         row = s.get(Client, signed.sms_id)
         if row is not None:
             row.last_policy_request = utcnow()
-    policies = [p for p in mp.store.policies() if not p.secret or client.approval != NOT_APPROVED]
+        stored = list(s.scalars(select(Policy).order_by(Policy.category)))
+    policies = [p for p in stored if not p.secret or client.approval != NOT_APPROVED]
     resource = root.find("Resource")
     resource_type = resource.get("ResourceType", "Machine") if resource is not None else "Machine"
     parts = [
@@ -105,7 +109,8 @@ def reply_assignments(mp: Parts, msg: CcmMessage) -> str | None:
             f'<PolicyAssignment PolicyAssignmentID="{p.assignment_id}">'
             f'<Policy PolicyID="{p.policy_id}" PolicyVersion="{p.version}" PolicyType="{p.policy_type}" '
             f'PolicyCategory="{p.category}" PolicyFlags="{p.flags}">'
-            f'<PolicyLocation PolicyHash="SHA256:{_hash(p.body)}"><![CDATA[{url}]]></PolicyLocation>'
+            f'<PolicyLocation PolicyHash="SHA256:{_stored_hash(mp.store.sealer, p.body)}">'
+            f"<![CDATA[{url}]]></PolicyLocation>"
             f"</Policy></PolicyAssignment>"
         )
     parts.append("</ReplyAssignments>")
@@ -121,6 +126,13 @@ def _hash(body: str) -> str:
     import hashlib
 
     return hashlib.sha256(utf16(body)).hexdigest().upper()
+
+
+@functools.lru_cache(maxsize=256)
+def _stored_hash(sealer: Sealer, stored: str) -> str:
+    """The PolicyHash of a body as the store keeps it (sealed): opened and hashed once per stored text, not per
+    request (a changed body is sealed anew, a new text)."""
+    return _hash(sealer.open(stored))
 
 
 # -- policy bodies --------------------------------------------------------------------------------
