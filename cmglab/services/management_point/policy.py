@@ -17,13 +17,15 @@ from datetime import UTC, datetime, timedelta
 from xml.sax.saxutils import escape
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cmglab.services.management_point import policy_crypto
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
 from cmglab.services.management_point.sealing import Sealer
-from cmglab.services.management_point.store import NOT_APPROVED, Client, Policy, utcnow
+from cmglab.services.management_point.store import NOT_APPROVED, Client, Policy, Store, utcnow
 from cmglab.wire.ccm_messaging import (
     CcmMessage,
     CcmMessageError,
@@ -52,8 +54,9 @@ class SignedClient:
     client: Client
 
 
-def verify_signed_message(mp: Parts, msg: CcmMessage) -> SignedClient | None:
-    """The registered client that signed `msg`, or None (logged in ClientAuth.log)."""
+def verify_signed_message(mp: Parts, msg: CcmMessage, s: Session | None = None) -> SignedClient | None:
+    """The registered client that signed `msg`, or None (logged in ClientAuth.log). `s`: the caller's unit of
+    work, when the request has one (the client is looked up in it)."""
     log = mp.logs.clientauth
     h = msg.header
     auth = h.clientauth
@@ -61,12 +64,13 @@ def verify_signed_message(mp: Parts, msg: CcmMessage) -> SignedClient | None:
         log.warning(f"Message {h.id} to {h.target_endpoint} is not signed (no clientauth hook / SourceID)")
         return None
     sms_id = normalise_sms_id(h.source_id)
-    client = mp.store.get_client(sms_id) if sms_id else None
+    client = None
+    if sms_id:
+        client = Store.client(s, sms_id) if s is not None else mp.store.get_client(sms_id)
     if client is None or sms_id is None:
         log.warning(f"Message {h.id} from unknown client '{h.source_id}': not registered")
         return None
-    cert = x509.load_der_x509_certificate(bytes.fromhex(client.signing_cert))
-    if not verify(cert.public_key(), msg.payload, auth["PayloadSignature"]):
+    if not verify(_signing_key(client.signing_cert), msg.payload, auth["PayloadSignature"]):
         log.warning(f"Message {h.id}: PayloadSignature of {sms_id} does not verify with its registered key")
         return None
     log.info(f"Message {h.id} to {h.target_endpoint}: signed by {sms_id}, PayloadSignature verified")
@@ -79,19 +83,18 @@ def reply_assignments(mp: Parts, msg: CcmMessage) -> str | None:
     root = parse_xml(msg.body)
     if root.tag != "RequestAssignments":
         raise CcmMessageError(f"MP_PolicyManager cannot process <{root.tag}>")
-    signed = verify_signed_message(mp, msg)
-    if signed is None:
-        log.warning(f"Policy assignment request {msg.header.id} refused: not signed by a registered client")
-        return None
-    client = signed.client
-    claimed = (root.findtext("Identification/Machine/ClientID") or "").strip()
-    if claimed and claimed.upper() != signed.sms_id:
-        log.warning(f"Policy assignment request names ClientID {claimed} but is signed by {signed.sms_id}")
-        return None
-    with mp.store.session() as s:  # one unit of work: the client's last request time, the policies as stored
-        row = s.get(Client, signed.sms_id)
-        if row is not None:
-            row.last_policy_request = utcnow()
+    # one unit of work: the signer's record and its last request time, the policies as stored
+    with mp.store.session() as s:
+        signed = verify_signed_message(mp, msg, s)
+        if signed is None:
+            log.warning(f"Policy assignment request {msg.header.id} refused: not signed by a registered client")
+            return None
+        client = signed.client
+        claimed = (root.findtext("Identification/Machine/ClientID") or "").strip()
+        if claimed and claimed.upper() != signed.sms_id:
+            log.warning(f"Policy assignment request names ClientID {claimed} but is signed by {signed.sms_id}")
+            return None
+        client.last_policy_request = utcnow()
         stored = list(s.scalars(select(Policy).order_by(Policy.category)))
     policies = [p for p in stored if not p.secret or client.approval != NOT_APPROVED]
     resource = root.find("Resource")
@@ -126,6 +129,12 @@ def _hash(body: str) -> str:
     import hashlib
 
     return hashlib.sha256(utf16(body)).hexdigest().upper()
+
+
+@functools.lru_cache(maxsize=4096)
+def _signing_key(cert_hex: str) -> CertificatePublicKeyTypes:
+    """A registered client's signing key, from its certificate as the store keeps it (parsed once per text)."""
+    return x509.load_der_x509_certificate(bytes.fromhex(cert_hex)).public_key()
 
 
 @functools.lru_cache(maxsize=256)
