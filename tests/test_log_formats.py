@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from cmglab.core.logs import cmtrace_logger, format_cmtrace, format_smstrace, smstrace_logger
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cmglab.core.logs import (
+    CMTraceFormatter,
+    SMSTraceFormatter,
+    cmtrace_logger,
+    format_cmtrace,
+    format_smstrace,
+    smstrace_logger,
+)
 
 CMTRACE_EXAMPLE = (
     '<![LOG[Sending StatusMessage]LOG]!><time="10:35:33.086-60" date="09-07-2022" '
@@ -58,3 +69,38 @@ def test_file_loggers_write_crlf_records_in_their_format(tmp_path: Path) -> None
     smstrace_logger(site_log, "CCM_STS").info("ProcessRequest - Start")
     line = site_log.read_bytes().decode()
     assert line.startswith("ProcessRequest - Start  $$<CCM_STS><") and line.endswith(")>\r\n")
+
+
+# a record's creation time in whole microseconds between 2001 and 2096: the float a LogRecord holds
+created_times = st.integers(1_000_000_000 * 1_000_000, 4_000_000_000 * 1_000_000).map(lambda us: us / 1_000_000)
+log_records = st.tuples(
+    st.text(st.characters(blacklist_categories=["Cs"]), max_size=80),
+    st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL]),
+    created_times,
+    st.integers(0, 2**32 - 1),
+)
+
+
+def _record(message: str, level: int, created: float, thread: int) -> logging.LogRecord:
+    record = logging.LogRecord("cmglab.test", level, "/src/ccmexec.py", 42, message, None, None)
+    record.created = created
+    record.component = "CcmExec"
+    record.tid = thread
+    return record
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.lists(log_records, min_size=1, max_size=6))
+def test_formatters_write_format_cmtrace_and_format_smstrace_byte_for_byte(
+    records: list[tuple[str, int, float, int]],
+) -> None:
+    # one formatter per format across several records: its per-second stamp cache is exercised too
+    cmtrace, smstrace = CMTraceFormatter(), SMSTraceFormatter()
+    types = {logging.DEBUG: 1, logging.INFO: 1, logging.WARNING: 2, logging.ERROR: 3, logging.CRITICAL: 3}
+    for message, level, created, thread in records:
+        record = _record(message, level, created, thread)
+        when = datetime.fromtimestamp(created).astimezone()
+        assert cmtrace.format(record) == format_cmtrace(
+            message, component="CcmExec", when=when, type_=types[level], thread=thread, file="ccmexec.py:42"
+        )
+        assert smstrace.format(record) == format_smstrace(message, component="CcmExec", when=when, thread=thread)

@@ -25,31 +25,67 @@ def _bias(when: datetime) -> int:
     return -int(offset.total_seconds() // 60) if offset else 0
 
 
+def render_cmtrace(
+    message: str,
+    *,
+    component: str,
+    date: str,
+    time: str,
+    ms: int,
+    bias: int,
+    type_: int = 1,
+    thread: int = 0,
+    file: str = "",
+    context: str = "",
+) -> str:
+    """One CMTrace record from its time already split into parts ("MM-DD-YYYY", "HH:MM:SS", milliseconds,
+    bias in minutes): format_cmtrace and CMTraceFormatter both write through this one function."""
+    bias_s = "+000" if bias == 0 else f"{bias:+d}"
+    return (
+        f'<![LOG[{message}]LOG]!><time="{time}.{ms:03d}{bias_s}" date="{date}" component="{component}" '
+        f'context="{context}" type="{type_}" thread="{thread}" file="{file}">'
+    )
+
+
+def render_smstrace(message: str, *, component: str, date: str, time: str, ms: int, bias: int, thread: int = 0) -> str:
+    """One SMS-trace record from its time's parts (as render_cmtrace): format_smstrace and SMSTraceFormatter
+    both write through this one function."""
+    bias_s = "+00" if bias == 0 else f"{bias:+d}"
+    return f"{_one_line(message)}  $$<{component}><{date} {time}.{ms:03d}{bias_s}><thread={thread} (0x{thread:04X})>"
+
+
+def _one_line(message: str) -> str:
+    # every line break, a lone CR included, becomes ~~: one record per message, one CRLF at its end
+    if "\n" not in message and "\r" not in message:
+        return message
+    return message.replace("\r\n", "~~").replace("\n", "~~").replace("\r", "~~")
+
+
+def _parts(when: datetime) -> tuple[str, str, int, int]:
+    return f"{when:%m-%d-%Y}", f"{when:%H:%M:%S}", when.microsecond // 1000, _bias(when)
+
+
 def format_cmtrace(
     message: str, *, component: str, when: datetime, type_: int = 1, thread: int = 0, file: str = "", context: str = ""
 ) -> str:
-    bias = _bias(when)
-    bias_s = "+000" if bias == 0 else f"{bias:+d}"
-    return (
-        f'<![LOG[{message}]LOG]!><time="{when:%H:%M:%S}.{when.microsecond // 1000:03d}{bias_s}" '
-        f'date="{when:%m-%d-%Y}" component="{component}" context="{context}" type="{type_}" '
-        f'thread="{thread}" file="{file}">'
+    date, time, ms, bias = _parts(when)
+    return render_cmtrace(
+        message,
+        component=component,
+        date=date,
+        time=time,
+        ms=ms,
+        bias=bias,
+        type_=type_,
+        thread=thread,
+        file=file,
+        context=context,
     )
 
 
 def format_smstrace(message: str, *, component: str, when: datetime, thread: int = 0) -> str:
-    bias = _bias(when)
-    bias_s = "+00" if bias == 0 else f"{bias:+d}"
-    # every line break, a lone CR included, becomes ~~: one record per message, one CRLF at its end
-    text = message.replace("\r\n", "~~").replace("\n", "~~").replace("\r", "~~")
-    return (
-        f"{text}  $$<{component}><{when:%m-%d-%Y %H:%M:%S}.{when.microsecond // 1000:03d}{bias_s}>"
-        f"<thread={thread} (0x{thread:04X})>"
-    )
-
-
-def _when(record: logging.LogRecord) -> datetime:
-    return datetime.fromtimestamp(record.created).astimezone()
+    date, time, ms, bias = _parts(when)
+    return render_smstrace(message, component=component, date=date, time=time, ms=ms, bias=bias, thread=thread)
 
 
 class _Stamp:
@@ -70,26 +106,23 @@ class _Stamp:
         return last[1], last[2], ms // 1000, last[3]
 
 
-def _one_line(message: str) -> str:
-    if "\n" not in message and "\r" not in message:
-        return message
-    return message.replace("\r\n", "~~").replace("\n", "~~").replace("\r", "~~")
-
-
 class CMTraceFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
         self.stamp = _Stamp()
 
     def format(self, record: logging.LogRecord) -> str:
-        # format_cmtrace's output, with the time from the per-second stamp
-        date, time_, ms, bias = self.stamp.of(record.created)
-        bias_s = "+000" if bias == 0 else f"{bias:+d}"
-        component = getattr(record, "component", record.name)
-        return (
-            f'<![LOG[{record.getMessage()}]LOG]!><time="{time_}.{ms:03d}{bias_s}" date="{date}" '
-            f'component="{component}" context="" type="{_TYPES.get(record.levelno, 1)}" '
-            f'thread="{getattr(record, "tid", 0)}" file="{record.filename}:{record.lineno}">'
+        date, time, ms, bias = self.stamp.of(record.created)
+        return render_cmtrace(
+            record.getMessage(),
+            component=getattr(record, "component", record.name),
+            date=date,
+            time=time,
+            ms=ms,
+            bias=bias,
+            type_=_TYPES.get(record.levelno, 1),
+            thread=getattr(record, "tid", 0),
+            file=f"{record.filename}:{record.lineno}",
         )
 
 
@@ -99,14 +132,15 @@ class SMSTraceFormatter(logging.Formatter):
         self.stamp = _Stamp()
 
     def format(self, record: logging.LogRecord) -> str:
-        # format_smstrace's output, with the time from the per-second stamp
-        date, time_, ms, bias = self.stamp.of(record.created)
-        bias_s = "+00" if bias == 0 else f"{bias:+d}"
-        thread = getattr(record, "tid", 0)
-        component = getattr(record, "component", record.name)
-        return (
-            f"{_one_line(record.getMessage())}  $$<{component}><{date} {time_}.{ms:03d}{bias_s}>"
-            f"<thread={thread} (0x{thread:04X})>"
+        date, time, ms, bias = self.stamp.of(record.created)
+        return render_smstrace(
+            record.getMessage(),
+            component=getattr(record, "component", record.name),
+            date=date,
+            time=time,
+            ms=ms,
+            bias=bias,
+            thread=getattr(record, "tid", 0),
         )
 
 
