@@ -1,7 +1,7 @@
-"""What the code cites is in the repository (issue 19): a docstring or comment that names a document names one
-under docs/, and a section of docs/protocol-notes.md ("Entra §2.6", "ConfigMgr §2", "mTLS §1", "Lab §3") that
-the notes define, and a seed ("seed 001 §3.1") that the notes' seed table lists. Notes kept outside the repository
-(the research notes, the lab contract) are never cited."""
+"""What the code and docs cite is in the repository (issue 19): a docstring, comment or doc (docs/*.md, README.md)
+that names a document names one under docs/, and a section of docs/protocol-notes.md ("Entra §2.6", "ConfigMgr
+§2", "mTLS §1", "Lab §3") that the notes define, and a seed ("seed 001 §3.1") that the notes' seed table lists.
+Notes kept outside the repository (the research notes, the lab contract) are never cited."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = (ROOT / "docs" / "protocol-notes.md").read_text(encoding="utf-8")
-SOURCES = sorted([*(ROOT / "cmglab").rglob("*.py"), *(ROOT / "tests").rglob("*.py")])
+SOURCES = sorted(
+    [
+        *(ROOT / "cmglab").rglob("*.py"),
+        *(ROOT / "tests").rglob("*.py"),
+        *(ROOT / "docs").glob("*.md"),
+        ROOT / "README.md",
+    ]
+)
 
 # "docs/protocol-notes.md, Entra §2.6", "protocol-notes.md, Lab §3", "docs/protocol-notes.md, Entra §3.2–3.4"
 SECTION = re.compile(r"protocol-notes\.md, (Entra|ConfigMgr|mTLS|Lab) §(\d+)")
@@ -21,7 +28,7 @@ OUTSIDE = re.compile(r"research ?§|research/|lab[ -]contract ?§|anchors-and-st
 
 
 def cited(pattern: re.Pattern[str]) -> list[tuple[str, str]]:
-    """(file:line, the match) for every match in cmglab/ and tests/, this module left out."""
+    """(file:line, the match) for every match in cmglab/, tests/, docs/*.md and README.md, this module left out."""
     out: list[tuple[str, str]] = []
     for path in SOURCES:
         if path == Path(__file__).resolve():
