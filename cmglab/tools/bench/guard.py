@@ -4,6 +4,10 @@ A section runs under a budget (SIGALRM in the main thread: the section's own `fi
 processes it started); a budget scales with the machine's load, since a shared machine slows everything. A
 section that fails or runs out of time becomes a stub (its title, `failed` and a note saying why), the report
 lists it at the top, and the sections after it still run.
+
+SectionTimeout is a BaseException: the alarm fires at an arbitrary bytecode, and an `except Exception` in code
+the section runs must not swallow it (the section would then run unbounded). Clean-up runs under `cleanup()`,
+which disarms the alarm, so that the budget never interrupts the `finally` that stops a section's processes.
 """
 
 from __future__ import annotations
@@ -22,8 +26,24 @@ from cmglab.tools.processes import load_factor
 T = TypeVar("T")
 
 
-class SectionTimeout(Exception):
-    """A section ran past its budget."""
+class SectionTimeout(BaseException):
+    """A section ran past its budget (not an Exception: see the module's docstring)."""
+
+
+@contextmanager
+def cleanup() -> Iterator[None]:
+    """Disarm the section's alarm while the block runs (a section's clean-up), then re-arm what was left of it.
+
+    Outside the main thread, or with no alarm armed, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    left, _interval = signal.setitimer(signal.ITIMER_REAL, 0)
+    try:
+        yield
+    finally:
+        if left > 0:  # the clean-up's own time does not count against the budget
+            signal.setitimer(signal.ITIMER_REAL, left)
 
 
 @contextmanager
@@ -64,12 +84,13 @@ class Guard:
         try:
             with time_limit(budget, title):
                 return fn()
-        except Exception as e:  # one section's failure is reported; the others still run
+        except (Exception, SectionTimeout) as e:  # one section's failure is reported; the others still run
             self.failed.append(
                 {
                     "section": key,
                     "title": title,
                     "reason": _reason(e),
+                    "timed_out": isinstance(e, SectionTimeout),  # ran out of its budget, rather than raised
                     "after_s": round(time.monotonic() - started, 1),
                     "budget_s": round(budget),
                     "trace": traceback.format_exc()[-3000:],

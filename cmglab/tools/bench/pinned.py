@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.bench import procinfo
+from cmglab.tools.bench.guard import cleanup
 from cmglab.tools.processes import LabProcesses
 
 SERVER_CPU, LOAD_CPU = 0, 1
@@ -38,7 +39,8 @@ def running(lab: Lab, *names: str) -> Iterator[LabProcesses]:
         procs.ensure(*(names or SERVICES))
         yield procs
     finally:
-        procs.stop_all()
+        with cleanup():  # the section's budget never interrupts stopping its services
+            procs.stop_all()
 
 
 def pids(procs: LabProcesses) -> dict[str, int]:

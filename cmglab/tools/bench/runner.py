@@ -28,7 +28,7 @@ from cmglab.tools.bench import (
     scenarios,
     storm,
 )
-from cmglab.tools.bench.guard import Guard
+from cmglab.tools.bench.guard import Guard, cleanup
 from cmglab.tools.bench.pinned import LOAD_CPU, SERVER_CPU, CpuMeter, pids, pin_command, pin_self, running
 from cmglab.wire import httpclient
 
@@ -109,8 +109,9 @@ def transport_ceiling(lab: Lab, port: int, opts: Options) -> dict[str, Any]:
             )
             rows.append({**result.summary(), "server_cpu_ms": meter.per_request(result.requests).get("ceiling", 0)})
     finally:
-        proc.terminate()
-        proc.wait(10)
+        with cleanup():  # the section's budget never interrupts stopping the ceiling's server
+            proc.terminate()
+            proc.wait(10)
     return {
         "title": "1. Transport ceiling (uvicorn + TLS runtime, client certificate required, CRL on)",
         "note": f"{opts.connections} concurrent connections, {opts.duration:g} s each; server on CPU "

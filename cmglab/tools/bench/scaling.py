@@ -14,6 +14,7 @@ from typing import Any
 
 from cmglab.runtime.lab import Lab
 from cmglab.tools.bench import loadgen, scenarios
+from cmglab.tools.bench.guard import cleanup
 from cmglab.tools.bench.pinned import CpuMeter
 from cmglab.tools.processes import LabProcesses
 
@@ -61,7 +62,8 @@ def scaling_section(
                         if row["rps"] > best.get((s.name, workers), {"rps": -1.0})["rps"]:
                             best[(s.name, workers)] = row
                 finally:
-                    procs.stop_all()
+                    with cleanup():  # the section's budget never interrupts stopping its services
+                        procs.stop_all()
     finally:
         os.sched_setaffinity(0, pinned)
     rows = sorted(best.values(), key=lambda r: (r["workers"], list(best).index((r["name"], r["workers"]))))
