@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from cryptography import x509
@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.x509.oid import NameOID
 
-from cmglab.pki import builders as b
 from cmglab.runtime.lab import Lab
 from tests.support.lab import lab_client, lab_fixture
 
@@ -43,9 +43,40 @@ def sccm_sign(key: rsa.RSAPrivateKey, data: bytes) -> str:
 
 
 def make_cert(key: rsa.RSAPrivateKey) -> x509.Certificate:
-    # the one piece taken from the project: a self-signed certificate with the SMS EKUs is no protocol
-    # knowledge (the tools make it with cryptography the same way); every byte the MP reads is built here
-    return b.self_signed(key, b.name("ConfigMgr Client"), ekus=[b.SMS_SIGNING_EKU, b.SMS_EKU], data_encipherment=True)
+    """Self-signed with the SMS EKUs, built with plain cryptography as the tools do (not the project's PKI
+    builders: a bug in their EKU or key usage must not be shared by both sides of this test)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ConfigMgr Client")])
+    t = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(t - timedelta(days=2))
+        .not_valid_after(t + timedelta(days=365))
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                key_cert_sign=False,
+                key_agreement=False,
+                content_commitment=False,
+                data_encipherment=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(  # SMS signing, SMS
+                [x509.ObjectIdentifier("1.3.6.1.4.1.311.101.2"), x509.ObjectIdentifier("1.3.6.1.4.1.311.101")]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
 
 
 def envelope(header_xml: str, payload: bytes) -> bytes:

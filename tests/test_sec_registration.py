@@ -31,8 +31,9 @@ from tests.support.sec_registration import (
     via_windowsauth,
 )
 
-# the module's `cmglab clients` runs re-seed the site from lab.json: the setting goes there too
-mp = lab_fixture("entra", "management-point", site={"auto_approve": "all"}, site_in_lab_json=True)
+# the running site's setting only: nothing in the module re-seeds the site from lab.json (`cmglab clients`
+# opens the site store with seed=False, the console never opens it)
+mp = lab_fixture("entra", "management-point", site={"auto_approve": "all"})
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_a_token_unlike_a_known_one_is_verified_in_full(lab: Lab, lab_services: 
     role = lab.config.site.role_id
     path = f"/CCM_Proxy_ServerAuth/{role}/ccm_system_tokenauth/request" if via_cmg else "/ccm_system_tokenauth/request"
     request = scenarios.location_request(lab, path)
-    target = scenarios._target(lab, "cmg" if via_cmg else "management-point")
+    target = scenarios.service_target(lab, "cmg" if via_cmg else "management-point")
     good = request.headers["Authorization"].removeprefix("Bearer ")
     statuses = _statuses(
         target,

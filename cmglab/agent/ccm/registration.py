@@ -9,7 +9,7 @@ import uuid
 from cmglab.agent.adal import Logs
 from cmglab.agent.ccm.client import CcmClient, MessagingError, TokenUnavailable
 from cmglab.agent.ccm.state import AAD, BULK, DOMAIN, PKI, SELF_SIGNED, TOKEN, ManagementPoint
-from cmglab.agent.settings import AgentSettings
+from cmglab.agent.settings import agent_settings
 from cmglab.wire import tracing
 from cmglab.wire.ccm_messaging import cert_hex, parse_xml, registration_request, utc_timestamp
 
@@ -58,7 +58,7 @@ class ClientIDManager:
         """RegTask: attempts with a sleep between them (the real task sleeps minutes, then tries again);
         the proposed SMSID stays the same across attempts, so a registration the site completed but
         whose reply was lost is the same client when the next attempt arrives."""
-        settings = AgentSettings()
+        settings = agent_settings()
         attempts, interval = settings.regtask_attempts, settings.regtask_interval
         st = self.client.state
         proposed = "GUID:" + str(uuid.uuid4()).upper()

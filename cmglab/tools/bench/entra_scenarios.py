@@ -33,7 +33,7 @@ from cmglab.core.labconfig import CONFIGMGR_CLIENT_APP_ID, CONFIGMGR_RESOURCE_UR
 from cmglab.pki.builders import cert_der, new_key
 from cmglab.runtime.lab import Lab
 from cmglab.tools.bench import floor, loadgen
-from cmglab.tools.bench.scenarios import BenchClient, Scenario, _target
+from cmglab.tools.bench.scenarios import BenchClient, Scenario, service_target
 from cmglab.tools.fleet.keypool import KeyPool
 from cmglab.tools.site_store import open_site_store
 from cmglab.wire import ccm_messaging as cm
@@ -134,7 +134,7 @@ def device_token(lab: Lab, device: JoinedDevice) -> Scenario:
         return loadgen.Request("POST", path, FORM, urlencode(form).encode())
 
     challenge = loadgen.Request("POST", path, FORM, b"grant_type=srv_challenge", then=signed)
-    return Scenario(floor.DEVICE_TOKEN, _target(lab, "entra"), challenge, requests=2)
+    return Scenario(floor.DEVICE_TOKEN, service_target(lab, "entra"), challenge, requests=2)
 
 
 def _join_keys(pool: Path | None, joins: int) -> list[rsa.RSAPrivateKey]:
@@ -161,7 +161,7 @@ def drs_join(lab: Lab, device: JoinedDevice, pool: Path | None, joins: int) -> S
         "Authorization": f"Bearer {device.drs_token}",
     }
     requests = [loadgen.Request("POST", "/EnrollmentServer/device/?api-version=2.0", headers, b) for b in bodies]
-    return Scenario(floor.DRS_JOIN, _target(lab, "entra"), requests[0], variants=requests)
+    return Scenario(floor.DRS_JOIN, service_target(lab, "entra"), requests[0], variants=requests)
 
 
 def _proof_body(proof: str, bearer: str, client: BenchClient) -> bytes:
@@ -189,7 +189,9 @@ def sts_aad(lab: Lab, device: JoinedDevice) -> Scenario:
     token = aad_device_token(lab, device)
     body = _proof_body("AAD", token, BenchClient.new())
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-    return Scenario(floor.STS_AAD, _target(lab, "management-point"), loadgen.Request("POST", "/CCM_STS", headers, body))
+    return Scenario(
+        floor.STS_AAD, service_target(lab, "management-point"), loadgen.Request("POST", "/CCM_STS", headers, body)
+    )
 
 
 def bulk_token(lab: Lab) -> str:
@@ -205,7 +207,7 @@ def sts_bulk(lab: Lab) -> Scenario:
     body = _proof_body("BulkRegistration", token, BenchClient.new())
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     return Scenario(
-        floor.STS_BULK, _target(lab, "management-point"), loadgen.Request("POST", "/CCM_STS", headers, body)
+        floor.STS_BULK, service_target(lab, "management-point"), loadgen.Request("POST", "/CCM_STS", headers, body)
     )
 
 

@@ -70,13 +70,14 @@ def _ctx(lab: Lab, client_cert: bool) -> ssl.SSLContext:
     )
 
 
-def _target(lab: Lab, service: str, client_cert: bool = False) -> Target:
+def service_target(lab: Lab, service: str, client_cert: bool = False) -> Target:
+    """A connection to one service of the lab (a PKI client's certificate presented when `client_cert`)."""
     return Target(lab.config.bind_address, lab.port(service), lab.host(service), _ctx(lab, client_cert))
 
 
 def cmg_mutual_target(lab: Lab) -> Target:
     """A PKI client's connection to the CMG: its certificate presented at TLS."""
-    return _target(lab, "cmg", client_cert=True)
+    return service_target(lab, "cmg", client_cert=True)
 
 
 def entra_token(lab: Lab) -> Scenario:
@@ -93,7 +94,7 @@ def entra_token(lab: Lab) -> Scenario:
     )
     return Scenario(
         "Entra token (ROPC, v1)",
-        _target(lab, "entra"),
+        service_target(lab, "entra"),
         Request(
             "POST",
             f"/{tenant.tenant_id}/oauth2/token",
@@ -214,13 +215,15 @@ def mp_direct(lab: Lab) -> list[Scenario]:
     (`through_cmg`). The registration comes before the scenarios that need its client registered."""
     client = BenchClient.new()
     return [
-        Scenario(MP_STS, _target(lab, "management-point", client_cert=True), sts_request()),
-        Scenario(MP_LOCATION, _target(lab, "management-point"), location_request(lab)),
+        Scenario(MP_STS, service_target(lab, "management-point", client_cert=True), sts_request()),
+        Scenario(MP_LOCATION, service_target(lab, "management-point"), location_request(lab)),
         Scenario(
-            MP_REGISTRATION, _target(lab, "management-point", client_cert=True), registration_request(lab, client)
+            MP_REGISTRATION,
+            service_target(lab, "management-point", client_cert=True),
+            registration_request(lab, client),
         ),
-        Scenario(MP_STS_CLIENT, _target(lab, "management-point"), client_token_sts_request(lab, client)),
-        Scenario(MP_POLICY, _target(lab, "management-point"), policy_request(lab, client)),
+        Scenario(MP_STS_CLIENT, service_target(lab, "management-point"), client_token_sts_request(lab, client)),
+        Scenario(MP_POLICY, service_target(lab, "management-point"), policy_request(lab, client)),
     ]
 
 
@@ -235,7 +238,7 @@ def through_cmg(lab: Lab) -> list[Scenario]:
         ),
         Scenario(
             "CMG -> CP -> MP location request (ServerAuth)",
-            _target(lab, "cmg"),
+            service_target(lab, "cmg"),
             location_request(lab, f"/CCM_Proxy_ServerAuth/{role}/ccm_system_tokenauth/request"),
             direct=MP_LOCATION,
         ),
