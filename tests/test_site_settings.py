@@ -5,6 +5,10 @@ what the services enforce."""
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
 
 from cmglab.core.labconfig import load_config, save_config
 from cmglab.runtime.lab import Lab
@@ -117,3 +121,78 @@ def test_auto_approve_applies_live_and_persists(mp: Lab, lab_services: LabProces
         cmglab(mp, "site", "set", "auto-approve", default)
     assert load_config(Lab.config_path(mp.dir)).site.auto_approve == default
     assert register(mp, Device("HELD02"))["ApprovalStatus"] == "0"
+
+
+def _post_site(lab: Lab, settings: dict[str, object]) -> httpx.Response:
+    with lab_client(lab) as c:
+        return c.post(
+            f"{lab.url('management-point')}/_lab/site",
+            json=settings,
+            headers={"Authorization": f"Bearer {lab.admin_token()}"},
+        )
+
+
+def test_post_lab_site_reads_values_as_lab_json_does(mp: Lab) -> None:
+    """The change is validated by SiteSettings itself: `ALL` is `all` over `POST /_lab/site` as in lab.json and
+    `cmglab site set`; an unknown setting is a 422 and changes nothing."""
+    before = enforced(mp)
+    assert _post_site(mp, {"no_such_setting": True}).status_code == 422
+    assert _post_site(mp, {"auto_approve": "all", "no_such_setting": True}).status_code == 422
+    assert enforced(mp) == before
+    r = _post_site(mp, {"auto_approve": "ALL"})
+    try:
+        assert r.status_code == 200, r.text
+        assert r.json()["settings"]["auto_approve"] == "all"
+        assert enforced(mp) == {**before, "auto-approve": "all"}
+    finally:
+        set_site(mp, auto_approve=mp.config.site.auto_approve)
+    assert enforced(mp) == before
+
+
+def test_concurrent_changes_of_different_settings_both_stay(mp: Lab) -> None:
+    """Two admins change different settings at the same moment, round after round: each change writes only its
+    own row, so neither puts back the other's old value."""
+    before = enforced(mp)
+    rounds = 12
+    start = threading.Barrier(2)
+
+    def change(setting: str, values: list[object]) -> None:
+        for value in values:
+            start.wait(timeout=60)
+            r = _post_site(mp, {setting: value})
+            assert r.status_code == 200, r.text
+
+    lifetimes: list[object] = [100 + i for i in range(rounds)]
+    records: list[object] = ["manual" if i % 2 == 0 else "automatic" for i in range(rounds)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            done = [
+                pool.submit(change, "ccm_token_lifetime_minutes", lifetimes),
+                pool.submit(change, "conflicting_records", records),
+            ]
+            for f in done:
+                f.result(timeout=120)
+        now = enforced(mp)
+        assert (now["ccm-token-lifetime"], now["conflicting-records"]) == (lifetimes[-1], records[-1])
+    finally:
+        set_site(
+            mp,
+            ccm_token_lifetime_minutes=mp.config.site.ccm_token_lifetime_minutes,
+            conflicting_records=mp.config.site.conflicting_records,
+        )
+    assert enforced(mp) == before
+
+
+def test_a_live_change_survives_read_only_commands(mp: Lab) -> None:
+    """`cmglab bulk-token list` (and `site show`) only read the site database: a running site's change made over
+    `POST /_lab/site` (lab.json untouched) is still enforced after them."""
+    before = enforced(mp)
+    lifetime = mp.config.site.ccm_token_lifetime_minutes + 7
+    set_site(mp, ccm_token_lifetime_minutes=lifetime)
+    try:
+        cmglab(mp, "bulk-token", "list", "--json")
+        cmglab(mp, "bulk-token", "list")
+        assert enforced(mp) == {**before, "ccm-token-lifetime": lifetime}
+    finally:
+        set_site(mp, ccm_token_lifetime_minutes=mp.config.site.ccm_token_lifetime_minutes)
+    assert enforced(mp) == before

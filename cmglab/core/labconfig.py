@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIG_VERSION = 1
 
@@ -132,19 +132,27 @@ class SiteSettings(BaseModel):
 
 
 class SiteSettingsChange(BaseModel):
-    """A change of some site settings (`POST /_lab/site`): the fields given, each validated as in SiteSettings."""
+    """A change of some site settings (`POST /_lab/site`): any of SiteSettings' fields (null: not given), each
+    validated by SiteSettings itself, so there is one model of the settings (its types, bounds and
+    validators: `{"auto_approve": "ALL"}` is `all` here as in lab.json). An unknown name is refused."""
 
-    allow_cmg: bool | None = None
-    client_allow_cmg: bool | None = None
-    auto_approve: AutoApprove | None = None
-    conflicting_records: ConflictingRecords | None = None
-    client_crl_check: bool | None = None
-    content_enabled_cmg: bool | None = None
-    ccm_token_lifetime_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60)
-    https_only: bool | None = None
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _through_site_settings(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("a site settings change is an object: setting name -> value")
+        given = {name: value for name, value in data.items() if value is not None}
+        unknown = sorted(set(given) - set(SiteSettings.model_fields))
+        if unknown:
+            raise ValueError(f"unknown site settings: {', '.join(unknown)}")
+        # the fields not given take SiteSettings' defaults here only to validate the given ones
+        return SiteSettings.model_validate(given).model_dump(include=set(given))
 
     def given(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        """The settings given, validated (field name -> value)."""
+        return dict(self.model_extra or {})
 
 
 class Site(SiteSettings):
@@ -181,7 +189,6 @@ SITE_SETTINGS: dict[str, str] = {
     "https-only": "https_only",
     "ccm-token-lifetime": "ccm_token_lifetime_minutes",
 }
-assert set(SITE_SETTINGS.values()) == set(SiteSettings.model_fields)
 
 
 class Hosts(BaseModel):

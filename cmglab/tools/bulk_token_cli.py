@@ -35,7 +35,7 @@ def new(
     if not 1 <= lifetime <= BULK_MAX_MINUTES:
         console.print(f"[red]The lifetime must be between 1 and {BULK_MAX_MINUTES} minutes (7 days).[/red]")
         raise typer.Exit(1)
-    the_lab, store = open_site_store(lab, seed=True)
+    the_lab, store = open_site_store(lab, seed=False)
     token, guid, start, end = the_lab.site_signer().bulk_token(minutes=lifetime)
     store.add_bulk_token(guid, lifetime, start, end)
     if as_json:
@@ -64,7 +64,8 @@ def list_tokens(
 ) -> None:
     """The bulk registration tokens the site knows (GUID, lifetime, state): the GUID is what `block` and
     `unblock` take."""
-    _, store = open_site_store(lab, seed=True)
+    # no seed: this command and new/block/unblock touch only the bulk token table, never the site's settings
+    _, store = open_site_store(lab, seed=False)
     rows = store.bulk_tokens()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -91,7 +92,7 @@ def _when(iso: str) -> str:
 
 
 def _set_blocked(lab_dir: Path, guid: str, blocked: bool) -> None:
-    _, store = open_site_store(lab_dir, seed=True)
+    _, store = open_site_store(lab_dir, seed=False)
     if not store.set_bulk_blocked(guid, blocked):
         console.print(f"[red]No bulk registration token with GUID {guid}.[/red]")
         raise typer.Exit(1)

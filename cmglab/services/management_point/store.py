@@ -359,12 +359,20 @@ class Store(db.Store):
         return self._read_site_settings(s) or self.lab.config.site.site_settings()
 
     def change_site_settings(self, change: SiteSettingsChange) -> SiteSettings:
-        """The running site's settings with `change` (lab.json untouched: its next seed puts them back)."""
-        with self.session() as s:
+        """The running site's settings with `change` (lab.json untouched: its next seed puts them back). Only
+        the rows of the settings given are written (and any row missing, from the merged model), so two
+        changes of different settings at once both stay; under the store's exclusive lock (PostgreSQL: one
+        MP replica's change at a time)."""
+        given = change.given()
+        with self.db.exclusive() as s:
             current = self._read_site_settings(s) or self.lab.config.site.site_settings()
-            updated = current.changed(change.given())
-            self._write_site_settings(s, updated)
-            return updated
+            updated = current.changed(given)  # the merged model validates: nothing written if it does not
+            stored = set(s.scalars(select(SiteSetting.name)))
+            values = updated.model_dump()
+            for name in sorted(set(given) | (set(values) - stored)):
+                s.merge(SiteSetting(name=name, value=json.dumps(values[name])))
+            s.flush()
+            return self._read_site_settings(s) or updated  # with any other change made meanwhile
 
     def set_onboarded(self, tenant_id: str, onboarded: bool) -> bool:
         with self.session() as s:
