@@ -22,9 +22,9 @@ from cmglab.runtime.lab import Lab
 from cmglab.tools.reliability.material import Material
 from cmglab.wire import ccm_messaging as cm
 from tests.support.client import SERVICES
-from tests.support.cmg import cmg_health, log_text, mp_requests, proxy_url, wait_for
+from tests.support.cmg import cmg_health, log_after, log_offset, proxy_url, wait_for
 from tests.support.lab import lab_fixture
-from tests.support.sec_attacks import client
+from tests.support.sec_attacks import client, last_seq, records_after
 from tests.support.sec_registration import Box, mp_https, site_client, site_rows
 
 cmg_lab = lab_fixture(*SERVICES)
@@ -98,16 +98,26 @@ def _clients(lab: Lab) -> list[dict[str, Any]]:
     return site_rows(lab, "clients")
 
 
+REG_LOG, CLIENT_AUTH_LOG, CMG_LOG = "MP_RegistrationManager.log", "ClientAuth.log", "CMGService.log"
+
+
+def _tokenauth_after(lab: Lab, seq: int) -> list[dict[str, Any]]:
+    """The MP's records of ccm_system_tokenauth requests since `seq`, newest first."""
+    return [r for r in records_after(lab, "management-point", seq) if "ccm_system_tokenauth" in (r.get("path") or "")]
+
+
 def test_an_entra_token_registers_through_the_cmg_with_approval_3(cmg_lab: Lab, material: Material) -> None:
     device = str(uuid.uuid4())
     box = Box(f"AAD{uuid.uuid4().hex[:4].upper()}")
+    seq, offset = last_seq(cmg_lab, "management-point"), log_offset(cmg_lab, "management-point", REG_LOG)
     attrs = register(cmg_lab, box, material.entra_token(user=False, deviceid=device))
     assert attrs["Status"] == "0" and attrs["ApprovalStatus"] == "3" and "PreAuthToken" not in attrs, attrs
     row = site_client(cmg_lab, attrs["SMSID"])
     assert (row["aad_device_id"], row["auth_kind"], row["signing_thumbprint"]) == (device, "aad", box.thumbprint)
-    seen = [r for r in mp_requests(cmg_lab, "ccm_system_tokenauth") if r.get("auth_kind") == "EntraToken"]
-    assert seen and seen[-1]["via"] == "connection-point", seen
-    reg_log = log_text(cmg_lab, "management-point", "MP_RegistrationManager.log")
+    seen = wait_for(lambda: _tokenauth_after(cmg_lab, seq), what="the MP's record of the registration")
+    # newest first: this test's request is the newest, and the only Entra token one since `seq`
+    assert [r.get("auth_kind") for r in seen] == ["EntraToken"] and seen[0]["via"] == "connection-point", seen
+    reg_log = log_after(cmg_lab, "management-point", REG_LOG, offset)
     assert f"Registering device using AAD auth: DeviceId='{device} ', TenantId='" in reg_log
     assert f"Processing Registration request from Client '{attrs['SMSID']}'" in reg_log
 
@@ -123,14 +133,15 @@ def test_a_user_token_of_a_device_registers_too(cmg_lab: Lab, material: Material
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_a_bad_entra_token_is_refused_at_the_cmg(cmg_lab: Lab, material: Material, attack: str) -> None:
     make, status, error, _ = ATTACKS[attack]
-    before_mp, before_clients = len(mp_requests(cmg_lab, "ccm_system_tokenauth")), _clients(cmg_lab)
+    seq, before_clients = last_seq(cmg_lab, "management-point"), _clients(cmg_lab)
+    offset = log_offset(cmg_lab, "cmg", CMG_LOG)
     reply = _post(cmg_lab, proxy_url(cmg_lab, "ccm_system_tokenauth/request"), Box("EVIL"), make(material))
     assert reply.status_code == status and reply.json()["Error"] == error, reply.text
-    assert len(mp_requests(cmg_lab, "ccm_system_tokenauth")) == before_mp  # the site never saw it
+    assert _tokenauth_after(cmg_lab, seq) == []  # the site never saw it
     assert _clients(cmg_lab) == before_clients
     assert re.search(
         rf"CCM_POST /CCM_Proxy_ServerAuth/\d+/ccm_system_tokenauth/request from \S+: {status} {error}: ",
-        log_text(cmg_lab, "cmg", "CMGService.log"),
+        log_after(cmg_lab, "cmg", CMG_LOG, offset),
     )
 
 
@@ -139,14 +150,14 @@ def test_a_bad_entra_token_is_refused_by_the_mp_itself(cmg_lab: Lab, material: M
     """Past the CMG (the MP's own door on the internal network): the MP validates again and refuses with 401
     (admission.entra_refusal) before it reads the message, as it refuses a bad CCM token."""
     make, _, _, verdict = ATTACKS[attack]
-    before = _clients(cmg_lab)
+    before, offset = _clients(cmg_lab), log_offset(cmg_lab, "management-point", CLIENT_AUTH_LOG)
     reply = _post(cmg_lab, f"{mp_https(cmg_lab)}/ccm_system_tokenauth/request", Box("EVILMP"), make(material))
     assert reply.status_code == 401 and "invalid_token" in reply.headers["www-authenticate"], reply.text
     assert reply.json()["detail"].startswith("Entra token refused: the Entra token")
     assert _clients(cmg_lab) == before  # nothing written
     assert re.search(
         rf"CCM_POST /ccm_system_tokenauth/request: Entra token refused \({verdict}\): ",
-        log_text(cmg_lab, "management-point", "ClientAuth.log"),
+        log_after(cmg_lab, "management-point", CLIENT_AUTH_LOG, offset),
     )
 
 
@@ -173,6 +184,7 @@ def test_an_entra_token_admits_registration_only(cmg_lab: Lab, material: Materia
         reply_to=f"direct:{box.name}:SccmMessaging",
     )
     body = '<SiteInformationRequest SchemaVersion="1.00"><SiteCode Name="MEM" /></SiteInformationRequest>'
+    offset = log_offset(cmg_lab, "management-point", CLIENT_AUTH_LOG)
     with client(cmg_lab) as c:
         reply = c.request(
             "CCM_POST",
@@ -184,4 +196,4 @@ def test_an_entra_token_admits_registration_only(cmg_lab: Lab, material: Materia
             },
         )
     assert reply.status_code == 401, reply.text
-    assert "admits MP_ClientRegistration only" in log_text(cmg_lab, "management-point", "ClientAuth.log")
+    assert "admits MP_ClientRegistration only" in log_after(cmg_lab, "management-point", CLIENT_AUTH_LOG, offset)

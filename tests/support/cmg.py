@@ -67,6 +67,21 @@ def log_text(lab: Lab, service: str, name: str) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def log_offset(lab: Lab, service: str, name: str) -> int:
+    """Where the log ends now: what a request writes after this is `log_after(..., offset)`."""
+    path = lab.dir / "logs" / service / name
+    return path.stat().st_size if path.exists() else 0
+
+
+def log_after(lab: Lab, service: str, name: str, offset: int) -> str:
+    """What the log gained since `offset` (the whole log if it was rolled over meanwhile)."""
+    path = lab.dir / "logs" / service / name
+    if not path.exists():
+        return ""
+    data = path.read_bytes()
+    return (data[offset:] if len(data) >= offset else data).decode(errors="replace")
+
+
 def cmg_health(lab: Lab) -> dict[str, Any]:
     with lab_client(lab) as c:
         return c.get(f"{lab.url('cmg')}/_lab/health").json()
