@@ -2,10 +2,11 @@
 
 - TLS trusts the device's Root store only (no system CAs): a device without the lab root CA fails
   like Windows with CERT_E_UNTRUSTEDROOT;
-- revocation checking is on by default (ccmsetup's "Enabled SSL revocation check."): before the
-  first request to a host the server's chain is checked against the CRLs named in each certificate's
-  CDP, fetched over plain HTTP (cached in CryptnetUrlCache). A CRL the device cannot fetch fails with
-  CRYPT_E_REVOCATION_OFFLINE unless `/nocrlcheck`; a revoked certificate with CRYPT_E_REVOKED;
+- revocation checking is on by default (ccmsetup's "Enabled SSL revocation check."): on each new TLS
+  connection, before its first request, the server's chain is checked against the CRLs named in each
+  certificate's CDP, fetched over plain HTTP once per process and URL (kept in the device's CryptnetUrlCache).
+  A CRL the device cannot fetch fails with CRYPT_E_REVOCATION_OFFLINE unless `/nocrlcheck`;
+  a revoked certificate with CRYPT_E_REVOKED;
 - an optional client certificate from a store (PKI client, Entra device certificate);
 - names mapped curl-style (`HOST:PORT:ADDR`) so URLs, SNI and name checks keep the real names.
 """
@@ -13,11 +14,12 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import ssl
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -84,36 +86,40 @@ def _cdp(cert: x509.Certificate) -> str | None:
     return None
 
 
+# CRLs this process fetched, per device cache file: (the file's stat when written, the CRL, the CA it was
+# verified against). Used while that file is unchanged and the CRL is within its NextUpdate, so a fleet's device
+# downloads each CRL once per onboarding; `cmglab device break crl` (removes the file) ends the reuse.
+_FETCHED: dict[Path, tuple[tuple[int, int], x509.CertificateRevocationList, x509.Certificate]] = {}
+_FETCHED_LOCK = threading.Lock()
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 class RevocationChecker:
-    """Checks a server's certificate chain against its CDP CRLs, once per host:port per process."""
+    """Checks a server's certificate chain against its CDP CRLs, on the connection the device makes: the
+    certificate the TLS handshake verified, before the first request is sent on it (Windows' chain engine)."""
 
     def __init__(self, device: Device, ctx: ssl.SSLContext, resolve: list[str], timeout: float = 10) -> None:
         self.device, self.ctx, self.timeout = device, ctx, timeout
         self.resolve = resolve
-        self.hosts = httpclient.parse_resolve(resolve)
-        self.checked: set[tuple[str, int]] = set()
+        self.checked: set[bytes] = set()  # leaf certificates (DER) this checker found good
 
-    def ensure(self, host: str, port: int) -> None:
-        key = (host.lower(), port)
-        if key in self.checked:
-            return
-        leaf = self._peer_certificate(host, port)
-        self.check_chain(leaf)
-        self.checked.add(key)
-
-    def _peer_certificate(self, host: str, port: int) -> x509.Certificate:
-        addr = self.hosts.get((host.lower(), port), host)
-        try:
-            with (
-                socket.create_connection((addr, port), timeout=self.timeout) as sock,
-                self.ctx.wrap_socket(sock, server_hostname=host) as tls,
-            ):
-                der = tls.getpeercert(binary_form=True)
-        except OSError as e:
-            raise classify(e) from e
+    def check_connection(self, tls: Any, host: str) -> None:
+        """The peer certificate of a TLS connection just made (httpcore's "ssl_object": an SSLObject, or the
+        socket's inner _ssl object, whose getpeercert takes its flag positionally); raises NetworkError."""
+        der = tls.getpeercert(True) if tls is not None else None
         if not der:
             raise NetworkError(WININET_E_SECURE_FAILURE, f"{host} presented no certificate")
-        return x509.load_der_x509_certificate(der)
+        if der in self.checked:
+            return
+        self.check_chain(x509.load_der_x509_certificate(der))
+        self.checked.add(der)
 
     def check_chain(self, cert: x509.Certificate) -> None:
         roots = self.device.stores.roots()
@@ -144,6 +150,12 @@ class RevocationChecker:
     def _crl(self, url: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
         now = datetime.now(UTC)
         cache = self._cache_path(url)
+        with _FETCHED_LOCK:
+            fetched = _FETCHED.get(cache)
+        if fetched is not None:
+            stat, kept, verified_by = fetched
+            if stat == _stat_key(cache) and verified_by == issuer and (kept.next_update_utc or now) > now:
+                return kept  # fetched by this process, its cache file untouched since
         data: bytes | None = None
         error = ""
         try:
@@ -173,6 +185,10 @@ class RevocationChecker:
         if data:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_bytes(data)
+            stat_now = _stat_key(cache)
+            if stat_now is not None:
+                with _FETCHED_LOCK:
+                    _FETCHED[cache] = (stat_now, crl, issuer)
         return crl
 
 
@@ -185,6 +201,27 @@ def _load_crl(data: bytes) -> x509.CertificateRevocationList | None:
         return None
 
 
+def _on_handshake(checker: RevocationChecker, request: httpx.Request) -> Callable[[str, dict[str, Any]], None]:
+    """httpcore's trace hook: when a new connection's TLS handshake completes (before the request goes out on
+    it), its peer certificate's revocation is checked; a connection that fails the check is closed."""
+    outer = request.extensions.get("trace")
+    host = request.url.host
+
+    def trace(event: str, info: dict[str, Any]) -> None:
+        if outer is not None:
+            outer(event, info)
+        if event != "connection.start_tls.complete":
+            return
+        stream = info["return_value"]
+        try:
+            checker.check_connection(stream.get_extra_info("ssl_object"), host)
+        except BaseException:
+            stream.close()
+            raise
+
+    return trace
+
+
 class _CheckingTransport(httpx.BaseTransport):
     def __init__(self, inner: httpx.BaseTransport, checker: Callable[[], RevocationChecker | None]) -> None:
         self.inner, self.checker = inner, checker  # asked per request: the site's CRL setting may change
@@ -193,7 +230,7 @@ class _CheckingTransport(httpx.BaseTransport):
         try:
             checker = self.checker()
             if checker is not None and request.url.scheme == "https":
-                checker.ensure(request.url.host, request.url.port or 443)
+                request.extensions = {**request.extensions, "trace": _on_handshake(checker, request)}
             return self.inner.handle_request(request)
         except NetworkError:
             raise

@@ -6,8 +6,8 @@ re-implement them to time their parts. It classifies each request the agent send
 step the agent put in `tracestate` (the join is one operation), else `tracing.step_of` (the URL, and for
 CcmMessaging the MP component the message is for), then a detail where one step holds several of the
 fleet's timings (`Step.LOCATION` is site information and content location; a CCM token before and after
-registration). A device's CRL checks (RevocationChecker, its own client) are not requests of the device's
-clients: their time falls into the first request to each host.
+registration). A device's CRL downloads (RevocationChecker, its own client) are not requests of the device's
+clients: their time falls into the first request on each new connection.
 """
 
 from __future__ import annotations
