@@ -8,7 +8,6 @@ time -> 504; request body over the limit -> 413; reply body over the limit -> cu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from cmglab.runtime.admin import current_span
 from cmglab.services.cmg.channel import Aborted, ChannelClosed, Hub, Stream
 from cmglab.services.cmg.errors import CMGError, no_point
-from cmglab.wire.cmg_channel import CHUNK, RequestHead, end_to_end
+from cmglab.wire.cmg_channel import CHUNK, RequestHead, ResponseHead, end_to_end
 from cmglab.wire.cmg_urls import ProxyTarget
 from cmglab.wire.kinds import AuthKind
 from cmglab.wire.requests import RequestRecord
@@ -61,6 +60,16 @@ async def _read_whole(request: Request, length: int | None, chunked: bool) -> by
     return bytes(body)
 
 
+async def _settle(*tasks: asyncio.Task[object] | None) -> None:
+    """Cancel the helper tasks of a request and wait for them, their outcome (an error included) retrieved:
+    nothing of a finished request keeps running. A cancellation of the caller itself still propagates."""
+    pending = [t for t in tasks if t is not None]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
 def _raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in end_to_end(headers)]
 
@@ -97,6 +106,7 @@ class Proxy:
         whole = await _read_whole(request, head.content_length, "transfer-encoding" in request.headers)
         stream = point.open_stream()
         pump: asyncio.Task[int] | None = None
+        reply: asyncio.Task[ResponseHead] | None = None
         try:
             if whole is not None:
                 await stream.send_whole(head, whole)
@@ -113,31 +123,35 @@ class Proxy:
         except BodyTooLarge as e:
             await stream.abort(413, str(e))
             stream.close()
+            await _settle(pump, reply)
             raise CMGError(413, "RequestTooLarge", str(e)) from e
         except ClientDisconnect:
             await stream.abort(499, "client went away")
             stream.close()
+            await _settle(pump, reply)
             raise
         except ChannelClosed as e:
             stream.close()
+            await _settle(pump, reply)
             self.log.warning(f"Request {request.method} {url} failed: connection point {point.label} dropped: {e}")
             raise CMGError(502, "ConnectionPointLost", f"the connection point dropped the request: {e}") from e
         except Aborted as e:
             await stream.abort(e.status, e.reason)
             stream.close()
+            await _settle(pump, reply)
             self.log.warning(f"Request {request.method} {url} failed at {point.label}: {e.status} {e.reason}")
             raise CMGError(e.status, "UpstreamError" if e.status != 504 else "UpstreamTimeout", e.reason) from e
         except BaseException:
             await stream.abort(502, "CMG error")
             stream.close()
-            if pump is not None:
-                pump.cancel()
+            await _settle(pump, reply)
             raise
         rec.rewritten_url = response_head.internal_url
         if response_head.connection_point:
             rec.connection_point = f"{response_head.connection_point}#{point.id}"
         if stream.whole_body is not None:  # the whole reply came in one frame: no streaming needed
             stream.close()
+            await _settle(pump)  # an early answer (a 4xx before the whole upload): stop sending its body
             if len(stream.whole_body) > self.max_body:
                 raise CMGError(502, "UpstreamError", f"reply body exceeds {self.max_body} bytes")
             whole_reply = Response(stream.whole_body, status_code=response_head.status)
@@ -158,11 +172,7 @@ class Proxy:
             finally:
                 await stream.abort(499, "client went away")  # no-op when the reply completed
                 stream.close()
-                if pump is not None and not pump.done():
-                    pump.cancel()
-                if pump is not None:
-                    with contextlib.suppress(BaseException):
-                        await pump
+                await _settle(pump)
 
         response = StreamingResponse(body(), status_code=response_head.status)
         response.raw_headers = _raw_headers(response_head.headers)
