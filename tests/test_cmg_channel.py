@@ -10,6 +10,7 @@ import base64
 import hashlib
 import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -294,6 +295,42 @@ def test_slow_upstream_is_cut_off(chan_lab: Lab, client: httpx.Client) -> None:
     assert r.status_code == 504, r.text
     assert 2.5 < elapsed < 8
     assert "did not answer within 3 s" in r.json()["Reason"]
+
+
+def test_a_declared_body_that_stalls_is_408_and_closed(chan_lab: Lab, procs: LabProcesses, upstream: Upstream) -> None:
+    """Attack (issue 20 review, 4): an authenticated MutualAuth client declares a 60 KB body (one channel frame,
+    read whole before forwarding), sends 1 KB and stalls. The CMG answers 408 in its error shape within its
+    timeout (CMGLAB_UPSTREAM_TIMEOUT, 3 s here) and closes the connection; nothing reaches the site."""
+    from cmglab.wire import httpclient
+
+    device = chan_lab.pki.issue_client("device-stall")
+    ctx = httpclient.ssl_context(ca_bundle=chan_lab.pki.ca_bundle, client_cert=(device.cert_path, device.key_path))
+    before = len(upstream.seen)
+    path = f"/CCM_Proxy_MutualAuth/{chan_lab.config.site.role_id}/echo"
+    host = f"{chan_lab.config.hosts.cmg}:{chan_lab.port('cmg')}"
+    raw = socket.create_connection(("127.0.0.1", chan_lab.port("cmg")), timeout=20)
+    with ctx.wrap_socket(raw, server_hostname=chan_lab.config.hosts.cmg) as tls:
+        tls.sendall(f"CCM_POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 60000\r\n\r\n".encode() + b"x" * 1000)
+        got = b""
+        deadline = time.monotonic() + 20  # the bound is 3 s; generous for a loaded machine
+        while time.monotonic() < deadline:
+            data = tls.recv(65536)  # the socket's own timeout bounds each wait
+            if not data:
+                break  # the CMG closed the connection
+            got += data
+        else:
+            raise AssertionError(f"the connection was not closed; got {got[:200]!r}")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), got[:300]
+    assert b"connection: close" in head.lower()
+    assert b'"Error":"RequestTimeout"' in body and b"60000 bytes declared" in body
+    assert len(upstream.seen) == before
+    wait_for(
+        lambda: re.search(
+            rf"CCM_POST {re.escape(path)} from \S+: 408 RequestTimeout", log_text(chan_lab, "cmg", "CMGService.log")
+        ),
+        what="the 408 in CMGService.log",
+    )
 
 
 def test_logs_have_the_seed_lines(chan_lab: Lab, client: httpx.Client) -> None:

@@ -13,12 +13,16 @@ from cmglab.runtime.admin import record
 
 
 class CMGError(errors.ServiceError):
+    close = False  # answer with `Connection: close`: the connection is in no state to carry another request
+
     def __init__(self, status: int, code: str, reason: str, **extra: str) -> None:
         super().__init__(reason)
         self.status, self.code, self.reason, self.extra = status, code, reason, extra
 
     def response(self, request: Request | None = None) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.close:
+            headers["Connection"] = "close"
         return JSONResponse(
             {"Error": self.code, "Reason": self.reason, **self.extra}, status_code=self.status, headers=headers
         )
@@ -26,6 +30,16 @@ class CMGError(errors.ServiceError):
 
 def not_found(path: str) -> CMGError:
     return CMGError(404, "NotFound", f"{path} is not a URL this cloud management gateway publishes")
+
+
+def body_timeout(seconds: float, declared: int | None) -> CMGError:
+    """The client declared a body and did not send it in time: 408 (RFC 9110 §15.5.9), and the connection is
+    closed (the rest of that body may still arrive)."""
+    error = CMGError(
+        408, "RequestTimeout", f"the request body ({declared} bytes declared) did not arrive within {seconds:g} s"
+    )
+    error.close = True
+    return error
 
 
 def no_point() -> CMGError:

@@ -2,7 +2,8 @@
 
 Fail fast: no point connected -> 503 at once; the point's channel drops before the reply starts ->
 502 (after it started: the client connection is cut, never a silently short body); no reply head in
-time -> 504; request body over the limit -> 413; reply body over the limit -> cut.
+time -> 504; request body over the limit -> 413; reply body over the limit -> cut; a one-frame body not
+received within the timeout -> 408 and the connection closed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 
 from cmglab.runtime.admin import current_span
 from cmglab.services.cmg.channel import Aborted, ChannelClosed, Hub, Stream
-from cmglab.services.cmg.errors import CMGError, no_point
+from cmglab.services.cmg.errors import CMGError, body_timeout, no_point
 from cmglab.wire.cmg_channel import CHUNK, RequestHead, ResponseHead, end_to_end
 from cmglab.wire.cmg_urls import ProxyTarget
 from cmglab.wire.kinds import AuthKind
@@ -103,7 +104,11 @@ class Proxy:
             has_body=(length is not None and length != "0") or "transfer-encoding" in request.headers,
         )
         # a small body is read first and goes with its head in one frame; a large or chunked one streams
-        whole = await _read_whole(request, head.content_length, "transfer-encoding" in request.headers)
+        try:  # bounded: a client that declares a body and stalls holds nothing past the timeout
+            async with asyncio.timeout(self.timeout):
+                whole = await _read_whole(request, head.content_length, "transfer-encoding" in request.headers)
+        except TimeoutError:
+            raise body_timeout(self.timeout, head.content_length) from None
         stream = point.open_stream()
         pump: asyncio.Task[int] | None = None
         reply: asyncio.Task[ResponseHead] | None = None
