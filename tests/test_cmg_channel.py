@@ -333,6 +333,34 @@ def test_a_declared_body_that_stalls_is_408_and_closed(chan_lab: Lab, procs: Lab
     )
 
 
+def test_a_refusal_before_the_body_closes_the_connection(chan_lab: Lab, upstream: Upstream) -> None:
+    """Attack (issue 20 review): an unauthenticated client declares a body, sends a little of it and trickles
+    the rest. The CMG refuses the request (401, no token) without reading the body, and closes the connection
+    instead of waiting for bytes it will never read; nothing reaches the site."""
+    from cmglab.wire import httpclient
+
+    ctx = httpclient.ssl_context(ca_bundle=chan_lab.pki.ca_bundle)
+    before = len(upstream.seen)
+    host = f"{chan_lab.config.hosts.cmg}:{chan_lab.port('cmg')}"
+    head = f"CCM_POST {proxy_url(chan_lab, 'CCM_STS').split(host, 1)[1]} HTTP/1.1\r\nHost: {host}\r\n"
+    raw = socket.create_connection(("127.0.0.1", chan_lab.port("cmg")), timeout=20)
+    with ctx.wrap_socket(raw, server_hostname=chan_lab.config.hosts.cmg) as tls:
+        tls.sendall(f"{head}Content-Length: 100000\r\n\r\n".encode() + b"{" * 10)
+        got = b""
+        deadline = time.monotonic() + 20  # the CMG answers at once; generous for a loaded machine
+        while time.monotonic() < deadline:
+            data = tls.recv(65536)  # the socket's own timeout bounds each wait
+            if not data:
+                break  # the CMG closed the connection
+            got += data
+        else:
+            raise AssertionError(f"the connection was not closed; got {got[:200]!r}")
+    head_out = got.partition(b"\r\n\r\n")[0].lower()
+    assert head_out.startswith(b"http/1.1 401 "), got[:300]
+    assert b"connection: close" in head_out
+    assert len(upstream.seen) == before
+
+
 def test_logs_have_the_seed_lines(chan_lab: Lab, client: httpx.Client) -> None:
     for _ in range(3):
         assert (

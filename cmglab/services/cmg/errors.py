@@ -21,11 +21,18 @@ class CMGError(errors.ServiceError):
 
     def response(self, request: Request | None = None) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
-        if self.close:
+        if self.close or (request is not None and declares_body(request)):
             headers["Connection"] = "close"
         return JSONResponse(
             {"Error": self.code, "Reason": self.reason, **self.extra}, status_code=self.status, headers=headers
         )
+
+
+def declares_body(request: Request) -> bool:
+    """A refused request may still be sending the body it declared, which the CMG will not read: keeping the
+    connection would let an unauthenticated client hold it open by trickling that body, so it is closed."""
+    length = request.headers.get("content-length", "0")
+    return "transfer-encoding" in request.headers or length.strip() not in ("", "0")
 
 
 def not_found(path: str) -> CMGError:
