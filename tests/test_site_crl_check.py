@@ -36,6 +36,15 @@ def test_the_crl_bit_of_the_site_information() -> None:
     assert site_security.site_checks_crl(site(None)) is None  # type: ignore[arg-type]
 
 
+def test_https_only_is_in_the_mask() -> None:
+    """Communication Security "HTTPS only" (review finding 10): the mask says so, with or without the CRL bit."""
+    mask = site_security.security_mode_mask_ex
+    assert (mask(False, https_only=True), mask(True, https_only=True)) == (31, 63)
+    assert (mask(False, https_only=False), mask(True, https_only=False)) == (1088, 1120)
+    assert site_security.site_checks_crl(site(63)) is True  # type: ignore[arg-type]
+    assert site_security.site_checks_crl(site(31)) is False  # type: ignore[arg-type]
+
+
 def test_nocrlcheck_overrides_the_site() -> None:
     log = logging.getLogger("test")
     pinned = ClientState(crl_check=False, nocrlcheck=True)

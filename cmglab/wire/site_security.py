@@ -12,10 +12,13 @@ from xml.etree.ElementTree import Element
 
 CHECK_CRL = 0x20
 BASE_MASK_EX = 0x440  # HTTPS or HTTP with enhanced HTTP: the lab site's mask without the CRL bit (1088)
+HTTPS_ONLY_MASK_EX = 0x1F  # HTTPS only (IISSSLState 31; enhanced HTTP does not apply): without the CRL bit
 
 
-def security_mode_mask_ex(crl_check: bool) -> int:
-    return BASE_MASK_EX | (CHECK_CRL if crl_check else 0)
+def security_mode_mask_ex(crl_check: bool, https_only: bool = False) -> int:
+    """The mask of the site's Communication Security: HTTPS only 31 / 63 (with the CRL check), HTTPS or HTTP
+    with enhanced HTTP 1088 / 1120."""
+    return (HTTPS_ONLY_MASK_EX if https_only else BASE_MASK_EX) | (CHECK_CRL if crl_check else 0)
 
 
 def site_checks_crl(site: Element) -> bool | None:

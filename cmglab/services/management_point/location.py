@@ -57,7 +57,8 @@ def site_information(mp: Parts, root: Element, caller: Caller) -> str:
     http_port = 80 if mp.lab.config.compose else mp_ports.management_point_http
     https_port = 443 if mp.lab.config.compose else mp_ports.management_point
     # the site's "Clients check the CRL for site systems", live: clients take it from this reply
-    mask_ex = security_mode_mask_ex(mp.store.site_settings().client_crl_check)
+    settings = mp.store.site_settings()
+    mask_ex = security_mode_mask_ex(settings.client_crl_check, settings.https_only)
     log.info(
         f"Site information requested for {site.code} ({caller.auth_kind}, "
         f"{'internet' if caller.internet else 'intranet'})"
