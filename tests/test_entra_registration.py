@@ -175,7 +175,8 @@ def test_an_entra_token_cannot_take_over_another_devices_record(cmg_lab: Lab, ma
 
 
 def test_an_entra_token_admits_registration_only(cmg_lab: Lab, material: Material) -> None:
-    """Past the CMG's door an Entra token is no CCM token: any other message is refused by the MP (401)."""
+    """Past the CMG's door an Entra token is no CCM token: any other message is refused by the MP with 403
+    (authenticated, not authorised: a 401 would ask for credentials the caller already presented)."""
     box = Box("AADPOLICY")
     header = cm.MsgHeader(
         target_endpoint="MP_LocationManager",
@@ -195,5 +196,85 @@ def test_an_entra_token_admits_registration_only(cmg_lab: Lab, material: Materia
                 "Authorization": f"Bearer {material.entra_token(user=False)}",
             },
         )
-    assert reply.status_code == 401, reply.text
+    assert reply.status_code == 403, reply.text
     assert "admits MP_ClientRegistration only" in log_after(cmg_lab, "management-point", CLIENT_AUTH_LOG, offset)
+
+
+# -- one Entra rule at every door (review finding 1): tenant A's token carrying tenant B's audience ----------------
+TENANT_B_URI, TENANT_B_APP = "https://ConfigMgrService-TenantB", str(uuid.uuid4())
+
+
+def _tenant_row(lab: Lab, tenant_id: str, **values: Any) -> dict[str, Any]:
+    """Set columns of a tenant's row in the site database (a second onboarding, with its own server app);
+    the old values back."""
+    from cmglab.services.management_point.store import Store, Tenant
+
+    with Store(lab, seed=False).session() as s:
+        row = s.get(Tenant, tenant_id)
+        assert row is not None
+        old = {k: getattr(row, k) for k in values}
+        for k, v in values.items():
+            setattr(row, k, v)
+    return old
+
+
+def _cmg_sts_error(lab: Lab, token: str) -> str:
+    with client(lab) as c:
+        reply = c.post(proxy_url(lab, "CCM_STS"), json=Box("PROBE").proof("AAD", token), headers=_bearer(token))
+    return str(reply.json().get("Error", ""))
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def tenant_b(cmg_lab: Lab, material: Material) -> Any:
+    """The lab's second tenant onboarded with its own resource URI and server app ID, until the CMG holds it
+    (its published configuration); put back as it was afterwards, until the CMG has dropped it again."""
+    tid = material.other_tenant_id
+    old = _tenant_row(cmg_lab, tid, onboarded=True, resource_uri=TENANT_B_URI, server_app_id=TENANT_B_APP)
+    # B's own token without a device passes the CMG once it holds B (the MP then refuses it: InvalidProof)
+    own = material.entra_token(user=False, tenant_id=tid, audience=TENANT_B_URI, deviceid=None)
+    try:
+        wait_for(lambda: _cmg_sts_error(cmg_lab, own) == "InvalidProof", timeout=60, what="tenant B at the CMG")
+        yield tid
+    finally:
+        _tenant_row(cmg_lab, tid, **old)
+        back = material.entra_token(user=False, tenant_id=tid, deviceid=None)
+        wait_for(lambda: _cmg_sts_error(cmg_lab, back) == "TenantNotOnboarded", timeout=60, what="B gone at the CMG")
+
+
+@pytest.mark.parametrize("audience", [TENANT_B_URI, TENANT_B_APP], ids=["resource-uri", "server-app-id"])
+def test_a_token_of_tenant_a_with_tenant_bs_audience_is_refused_at_every_door(
+    cmg_lab: Lab, material: Material, tenant_b: str, audience: str
+) -> None:
+    """Both tenants onboarded: tenant A's token whose audience is tenant B's resource URI (or server app ID) is
+    refused at the CMG's CCM_STS and registration path, the MP's CCM_STS and its ccm_system_tokenauth
+    registration; the site writes nothing (no client, no issued token)."""
+    token = material.entra_token(user=False, audience=audience)  # the primary tenant (A)
+    clients, tokens = _clients(cmg_lab), site_rows(cmg_lab, "tokens")
+    seq = last_seq(cmg_lab, "management-point")
+    offset = log_offset(cmg_lab, "management-point", CLIENT_AUTH_LOG)
+    box = Box("CROSSTENANT")
+    with client(cmg_lab) as c:
+        cmg_sts = c.post(proxy_url(cmg_lab, "CCM_STS"), json=box.proof("AAD", token), headers=_bearer(token))
+    assert cmg_sts.status_code == 401 and cmg_sts.json()["Error"] == "InvalidToken", cmg_sts.text
+    cmg_reg = _post(cmg_lab, proxy_url(cmg_lab, "ccm_system_tokenauth/request"), box, token)
+    assert cmg_reg.status_code == 401 and cmg_reg.json()["Error"] == "InvalidToken", cmg_reg.text
+    forwarded = [r for r in records_after(cmg_lab, "management-point", seq) if "CCM_Cloud" not in r["path"]]
+    assert forwarded == [], forwarded  # the CMG forwarded neither (the connection point's config polls aside)
+    with client(cmg_lab) as c:
+        mp_sts = c.post(f"{mp_https(cmg_lab)}/CCM_STS", json=box.proof("AAD", token), headers=_bearer(token))
+    assert mp_sts.status_code == 401 and mp_sts.json()["Error"] == "InvalidProof", mp_sts.text
+    assert "is not tenant" in mp_sts.json()["Reason"], mp_sts.text
+    mp_reg = _post(cmg_lab, f"{mp_https(cmg_lab)}/ccm_system_tokenauth/request", box, token)
+    assert mp_reg.status_code == 401 and "invalid_token" in mp_reg.headers["www-authenticate"], mp_reg.text
+    assert re.search(
+        r"CCM_POST /ccm_system_tokenauth/request: Entra token refused \(wrong-audience\): ",
+        log_after(cmg_lab, "management-point", CLIENT_AUTH_LOG, offset),
+    )
+    assert (_clients(cmg_lab), site_rows(cmg_lab, "tokens")) == (clients, tokens)  # nothing written
+    # tenant B's own token with that audience is the control: it passes the rule (and registers)
+    own = material.entra_token(user=False, tenant_id=tenant_b, audience=audience)
+    assert register(cmg_lab, Box("TENANTB"), own)["ApprovalStatus"] == "3"

@@ -26,6 +26,7 @@ class OnboardedTenant(_Published):
     tenant_id: str
     client_app_id: str = ""
     resource_uri: str = ""
+    server_app_id: str = ""  # the tenant's server app: v2 tokens carry it as their audience
     authority: str = ""
 
 

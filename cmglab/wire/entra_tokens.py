@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -27,6 +29,7 @@ REFETCH_INTERVAL = 5.0
 MALFORMED, FORGED, EXPIRED = EntraVerdict.MALFORMED, EntraVerdict.FORGED, EntraVerdict.EXPIRED
 WRONG_AUDIENCE, WRONG_ISSUER = EntraVerdict.WRONG_AUDIENCE, EntraVerdict.WRONG_ISSUER
 OTHER_TENANT, UNAVAILABLE = EntraVerdict.OTHER_TENANT, EntraVerdict.UNAVAILABLE
+NO_DEVICE = EntraVerdict.NO_DEVICE
 
 
 class EntraTokenError(Exception):
@@ -77,9 +80,12 @@ class EntraKeys:
             raise EntraTokenError(f"could not fetch Entra keys from {self.jwks_url}: {e}", UNAVAILABLE) from e
         self.keys = {k["kid"]: PyJWK(k).key for k in doc.get("keys", []) if "kid" in k}
 
-    async def validate(self, token: str, *, audiences: list[str], tenants: set[str] | None = None) -> dict[str, Any]:
+    async def validate(
+        self, token: str, *, audiences: list[str], tenants: set[str] | None = None, off_loop: bool = False
+    ) -> dict[str, Any]:
         """Claims of an Entra token: RS256 signature by an Entra key, Entra issuer matching `tid`,
-        one of `audiences`, lifetime, and (when given) a tenant in `tenants`."""
+        one of `audiences`, lifetime, and (when given) a tenant in `tenants`. `off_loop`: the RSA
+        verification runs in a worker thread (a service that must keep its event loop free)."""
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -90,8 +96,9 @@ class EntraKeys:
         tid = str(unverified.get("tid", ""))
         key = await self.key(str(header.get("kid") or header.get("x5t") or ""))
         issuers = [f"https://sts.windows.net/{tid}/", f"https://login.microsoftonline.com/{tid}/v2.0"]
-        try:
-            claims: dict[str, Any] = jwt.decode(
+
+        def decode() -> dict[str, Any]:
+            return jwt.decode(
                 token,
                 key,
                 algorithms=["RS256"],
@@ -100,6 +107,9 @@ class EntraKeys:
                 leeway=LEEWAY,
                 options={"require": ["exp", "iss", "aud", "tid"]},
             )
+
+        try:
+            claims = await asyncio.to_thread(decode) if off_loop else decode()
         except jwt.ExpiredSignatureError as e:
             raise EntraTokenError("Entra token expired", EXPIRED) from e
         except jwt.InvalidAudienceError as e:
@@ -114,4 +124,43 @@ class EntraKeys:
             raise EntraTokenError(f"Entra token rejected: {e}", FORGED) from e
         if tenants is not None and tid.lower() not in tenants:
             raise EntraTokenError(f"tenant {tid} is not onboarded to this site", OTHER_TENANT)
+        return claims
+
+
+@dataclass(frozen=True)
+class TenantAudience:
+    """What an onboarded tenant's tokens must be issued for: the resource URI (AADRESOURCEURI, v1 tokens)
+    or the server app ID (v2 tokens) of the server app onboarded in THAT tenant."""
+
+    resource_uri: str
+    server_app_id: str = ""
+
+    def admits(self, aud: Any) -> bool:
+        auds = [aud] if isinstance(aud, str) else list(aud or [])
+        mine = {a for a in (self.resource_uri, self.server_app_id) if a}
+        return bool(auds) and all(a in mine for a in auds)
+
+
+@dataclass(frozen=True)
+class EntraPolicy:
+    """The site's one acceptance rule for an Entra token, applied at every door (the CMG, the MP's CCM_STS AAD
+    proof, the MP's registration over ccm_system_tokenauth): RS256 by an Entra key, the issuer of its `tid`,
+    not expired, its tenant onboarded (a key of `tenants`, lower-case), its audience bound to THAT tenant
+    (a token of tenant A carrying tenant B's resource URI is refused, even with both onboarded), and a
+    `deviceid` when `require_device`. Refusals raise `EntraTokenError` with its `kind`."""
+
+    tenants: Mapping[str, TenantAudience]
+    require_device: bool = True
+
+    async def claims(self, keys: EntraKeys, token: str, *, off_loop: bool = False) -> dict[str, Any]:
+        audiences = sorted({a for t in self.tenants.values() for a in (t.resource_uri, t.server_app_id) if a})
+        claims = await keys.validate(token, audiences=audiences or ["-"], tenants=set(self.tenants), off_loop=off_loop)
+        tid = str(claims["tid"]).lower()
+        if not self.tenants[tid].admits(claims.get("aud")):
+            raise EntraTokenError(
+                f"Entra token audience {claims.get('aud')!r} is not tenant {tid}'s resource URI or server app ID",
+                WRONG_AUDIENCE,
+            )
+        if self.require_device and not claims.get("deviceid"):
+            raise EntraTokenError("the Entra token names no device (deviceid claim)", NO_DEVICE)
         return claims

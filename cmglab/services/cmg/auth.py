@@ -4,8 +4,9 @@
   issued by the lab issuing CA, with the clientAuth EKU.
 - ServerAuth: `Authorization: Bearer <token>`, checked here before anything is forwarded:
   a CCM token (site signature, audience, issuer, expiry; types UDA/Device) for every route; on
-  `CCM_STS` instead the proof token: an Entra token (Entra's JWKS, audience = the site's resource,
-  tenant onboarded to the site) or a site-signed bulk registration / client unique token; on
+  `CCM_STS` instead the proof token: an Entra token (Entra's JWKS; `entra_tokens.EntraPolicy`: tenant
+  onboarded to the site, audience THAT tenant's resource URI or server app ID, as the site published them)
+  or a site-signed bulk registration / client unique token; on
   `CCM_POST ccm_system_tokenauth/request` a CCM token or an Entra token (checked as for CCM_STS): the
   client registers with a fresh Entra token before it has a CCM token (seed 001, "Client registration"
   2-3). The CMG does not open the message: the MP admits an Entra token for MP_ClientRegistration only.
@@ -29,7 +30,7 @@ from cmglab.runtime.lab import Lab
 from cmglab.services.cmg.errors import CMGError
 from cmglab.wire import entra_tokens, site_tokens
 from cmglab.wire.cloud_config import CloudConfig
-from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
+from cmglab.wire.entra_tokens import EntraKeys, EntraPolicy, EntraTokenError, TenantAudience
 from cmglab.wire.kinds import AuthKind
 
 STS_ENDPOINT = "ccm_sts"
@@ -165,16 +166,18 @@ class Authenticator:
         return Identity(kind, f"{claims.get('Type')} {who}", claims=claims)
 
     async def _entra(self, token: str, config: CloudConfig | None) -> Identity:
-        tenants = [t for t in (config.tenants if config is not None else []) if t.tenant_id]
-        onboarded = {t.tenant_id.lower() for t in tenants}
-        audiences = {t.resource_uri for t in tenants if t.resource_uri}
-        for app in self.lab.config.apps:  # the server app: v2 tokens carry its app ID as audience
-            if app.identifier_uri and app.identifier_uri in audiences:
-                audiences.add(app.app_id)
+        # the site's one Entra rule over the tenants the site published (CloudConfig, refreshed on every
+        # heartbeat): each token's audience bound to its own tenant; the MP requires the device claim
+        policy = EntraPolicy(
+            {
+                t.tenant_id.lower(): TenantAudience(t.resource_uri, t.server_app_id)
+                for t in (config.tenants if config is not None else [])
+                if t.tenant_id
+            },
+            require_device=False,
+        )
         try:
-            claims = await self.entra.validate(
-                token, audiences=sorted(audiences) or ["https://ConfigMgrService"], tenants=onboarded
-            )
+            claims = await policy.claims(self.entra, token)
         except EntraTokenError as e:
             if e.kind == entra_tokens.OTHER_TENANT:
                 raise AuthError(403, "TenantNotOnboarded", e.reason) from e

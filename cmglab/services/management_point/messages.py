@@ -35,7 +35,8 @@ def dispatch(mp: Parts, raw: bytes, content_type: str | None, caller: Caller) ->
             f"Message {msg.header.id} for {msg.header.target_endpoint} refused: an Entra token admits "
             "MP_ClientRegistration only (other messages need a CCM token)"
         )
-        return Reply(401, reason="an Entra token admits MP_ClientRegistration messages only")
+        # authenticated, not authorised for this message: 403 (a 401 would ask for credentials it already has)
+        return Reply(403, reason="an Entra token admits MP_ClientRegistration messages only")
     try:
         if endpoint == "mp_clientregistration":
             xml: str | None = registration.handle(mp, msg, caller)

@@ -216,8 +216,7 @@ def _entra_registrant(mp: Parts, caller: Caller, who: Registrant) -> Registrant:
     """A registration carrying an Entra token (the transport's verdict on it decides in admission.py): the
     Entra device it names is the owner, as when it came through a CCM token from an AAD proof."""
     claims = caller.entra_claims
-    if claims is None:
-        return replace(who, kind=RegistrationKind.AAD, entra=caller.entra_verdict)
+    assert claims is not None  # the transport sets the verdict only together with valid claims (require_token)
     device, tenant = str(claims.get("deviceid", "")).lower(), str(claims.get("tid", "")).lower()
     mp.logs.registration.info(f"Registering device using AAD auth: DeviceId='{device} ', TenantId='{tenant}'")
     return replace(who, kind=RegistrationKind.AAD, aad_device=device, aad_tenant=tenant, entra=caller.entra_verdict)

@@ -42,6 +42,7 @@ def cloud_config(mp: Parts) -> CloudConfig:
             tenant_id=t["tenant_id"],
             client_app_id=t["client_app_id"],
             resource_uri=t["resource_uri"],
+            server_app_id=t["server_app_id"],
             authority=f"https://login.microsoftonline.com/{t['tenant_id']}",
         )
         for t in mp.store.tenants(onboarded_only=True)

@@ -23,6 +23,7 @@ from cmglab.runtime import db
 from cmglab.runtime.lab import Lab
 from cmglab.services.management_point.admission import APPROVED, NOT_APPROVED
 from cmglab.services.management_point.sealing import Sealer, site_key
+from cmglab.wire.entra_tokens import EntraPolicy, TenantAudience
 from cmglab.wire.kinds import ConflictStatus
 
 T = TypeVar("T")
@@ -381,6 +382,16 @@ class Store(db.Store):
                 return False
             row.onboarded = onboarded
             return True
+
+    def entra_policy(self, require_device: bool = True) -> EntraPolicy:
+        """The site's Entra-token rule over the onboarded tenants, each bound to its own audience."""
+        return EntraPolicy(
+            {
+                t["tenant_id"].lower(): TenantAudience(t["resource_uri"], t["server_app_id"])
+                for t in self.tenants(onboarded_only=True)
+            },
+            require_device,
+        )
 
     def tenants(self, onboarded_only: bool = True) -> list[dict[str, Any]]:
         with self.session() as s:

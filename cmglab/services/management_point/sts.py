@@ -24,7 +24,7 @@ from cmglab.services.management_point.errors import STSError
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
 from cmglab.services.management_point.store import NOT_APPROVED, IssuedToken, Store, utcnow
-from cmglab.wire import key_limits, site_tokens
+from cmglab.wire import entra_tokens, key_limits, site_tokens
 from cmglab.wire.ccm_messaging import parse_timestamp, utf16, verify
 from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
 from cmglab.wire.kinds import Proof
@@ -152,24 +152,23 @@ class TokenService:
     async def aad(self, req: STSRequest) -> dict[str, Any]:
         if not req.bearer:
             raise STSError(401, "InvalidProof", "an AAD proof needs the Entra token in Authorization: Bearer")
-        tenants = await run_in_threadpool(self.mp.store.tenants, False)
-        audiences = sorted({t["resource_uri"] for t in tenants} | {t["server_app_id"] for t in tenants})
+        # the site's one Entra rule (entra_tokens.EntraPolicy): the audience bound to the token's own tenant
+        policy = await run_in_threadpool(self.mp.store.entra_policy)
         try:
-            claims = await self.entra.validate(req.bearer, audiences=audiences)
+            claims = await policy.claims(self.entra, req.bearer, off_loop=True)
         except EntraTokenError as e:
-            code = "TokenExpired" if "expired" in e.reason else "InvalidProof"
+            if e.kind == entra_tokens.OTHER_TENANT:
+                raise STSError(403, "TenantNotOnboarded", f"{e.reason} (site {self.mp.site_code})") from e
+            if e.kind == entra_tokens.UNAVAILABLE:
+                raise STSError(503, "EntraUnavailable", e.reason) from e
+            code = "TokenExpired" if e.kind == entra_tokens.EXPIRED else "InvalidProof"
             raise STSError(401, code, e.reason) from e
-        tid = str(claims.get("tid", "")).lower()
-        onboarded = {t["tenant_id"].lower() for t in tenants if t["onboarded"]}
-        if tid not in onboarded:
-            raise STSError(403, "TenantNotOnboarded", f"tenant {tid} is not onboarded to site {self.mp.site_code}")
+        tid = str(claims["tid"]).lower()
         device = str(claims.get("deviceid") or "").lower()
         user = str(claims.get("oid") or "").lower()
         is_user = claims.get("idtyp", "user") != "device" and bool(
             claims.get("upn") or claims.get("unique_name") or claims.get("scp")
         )
-        if not device:
-            raise STSError(401, "InvalidProof", "the Entra token names no device (deviceid claim)")
         token_type = site_tokens.UDA if is_user else site_tokens.DEVICE
         # onprem_sid is the user's SID in a user token, the computer's in a hybrid device's token
         onprem_sid = str(claims.get("onprem_sid") or "")

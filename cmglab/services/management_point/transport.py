@@ -16,7 +16,7 @@ from cmglab.pki.builders import x5t
 from cmglab.runtime.admin import record
 from cmglab.runtime.certinfo import client_cert
 from cmglab.runtime.windowsauth import unauthorized
-from cmglab.services.management_point.admission import ENTRA_NO_DEVICE, ENTRA_VALID, entra_refusal
+from cmglab.services.management_point.admission import ENTRA_VALID, entra_refusal
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.errors import HTTPError
 from cmglab.services.management_point.parts import Parts
@@ -147,22 +147,15 @@ async def require_token(request: Request, mp: Parts, caller: Caller) -> None:
 
 
 async def entra_verdict(mp: Parts, token: str) -> tuple[EntraVerdict, dict[str, Any] | None, str]:
-    """(verdict, claims when valid, reason when not) of an Entra token, with the site's copy of Entra's keys:
-    RS256 by an Entra key, its tenant's issuer, not expired, its tenant onboarded, and its audience that
-    tenant's resource URI (AADRESOURCEURI) or server app ID; it must name an Entra device."""
-    tenants = await run_in_threadpool(mp.store.tenants, False)
-    onboarded = {t["tenant_id"].lower(): t for t in tenants if t["onboarded"]}
-    audiences = sorted({a for t in tenants for a in (t["resource_uri"], t["server_app_id"]) if a})
+    """(verdict, claims when valid, reason when not) of an Entra token under the site's one rule
+    (`entra_tokens.EntraPolicy`, the MP's copy of Entra's keys): RS256 by an Entra key, its tenant's issuer, not
+    expired, its tenant onboarded, its audience THAT tenant's resource URI (AADRESOURCEURI) or server app ID, and
+    an Entra device named. The RSA verification runs off the event loop, as for a CCM token."""
+    policy = await run_in_threadpool(mp.store.entra_policy)
     try:
-        claims = await mp.entra_keys.validate(token, audiences=audiences or ["-"], tenants=set(onboarded))
+        claims = await policy.claims(mp.entra_keys, token, off_loop=True)
     except entra_tokens.EntraTokenError as e:
         return e.kind, None, e.reason
-    tenant = onboarded[str(claims["tid"]).lower()]
-    aud = claims.get("aud")
-    if aud not in (tenant["resource_uri"], tenant["server_app_id"]):
-        return entra_tokens.WRONG_AUDIENCE, None, f"audience {aud!r} is not tenant {claims['tid']}'s resource URI"
-    if not claims.get("deviceid"):
-        return ENTRA_NO_DEVICE, None, "the Entra token names no device (deviceid claim)"
     return ENTRA_VALID, claims, ""
 
 

@@ -82,6 +82,7 @@ ALLOW: dict[str, frozenset[str]] = {
     "cmg_server_sts": frozenset({"entra_user", "entra_device", "client_unique", "bulk"}),
     # a registration carries a fresh Entra token (seed 001 "Client registration" 2-3; issue 17); every other
     # message a CCM token: the CMG passes either on this path, the MP admits an Entra token for registration only
+    # (any other message with one: 403, authenticated but not authorised)
     "cmg_server_other": frozenset({"ccm", "entra_user", "entra_device"}),
     "cmg_server_message": frozenset({"ccm"}),
     "cmg_connector": frozenset({"connection_point"}),
