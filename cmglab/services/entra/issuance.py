@@ -147,14 +147,14 @@ class Issuer:
             )
         if not user.enabled:
             raise AADSTSError(50057, "invalid_grant", "The user account is disabled.")
-        self.lockouts.check(user.upn)
+        lock = self.lockouts.state(s, user.upn)  # in this session: one unit of work per request
         if not st.verify_secret(password, user.password_hash):
             if self.lockouts.failed(user.upn, password):
                 raise AADSTSError(50053, "invalid_grant", LOCKED)
             raise AADSTSError(
                 50126, "invalid_grant", "Error validating credentials due to invalid username or password."
             )
-        self.lockouts.succeeded(user.upn)
+        self.lockouts.reset(lock)
         return user
 
     @staticmethod

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 
+from sqlalchemy.orm import Session
+
 from cmglab.core.labconfig import SmartLockout
 from cmglab.services.entra import store as st
 from cmglab.services.entra.errors import AADSTSError
@@ -26,9 +28,22 @@ class Lockouts:
     def check(self, upn: str) -> None:
         """AADSTS50053 while the account is locked."""
         with self.store.session() as s:
-            row = s.get(st.Lockout, upn.lower())
-            if row is not None and row.locked_until > st.now():
-                raise AADSTSError(50053, "invalid_grant", LOCKED)
+            self.state(s, upn)
+
+    @staticmethod
+    def state(s: Session, upn: str) -> st.Lockout | None:
+        """The account's lockout row, read in the caller's unit of work (a sign-in's own session: no extra
+        session per request); AADSTS50053 while the account is locked."""
+        row = s.get(st.Lockout, upn.lower())
+        if row is not None and row.locked_until > st.now():
+            raise AADSTSError(50053, "invalid_grant", LOCKED)
+        return row
+
+    @staticmethod
+    def reset(row: st.Lockout | None) -> None:
+        """A right password: the count starts again (committed with the caller's unit of work)."""
+        if row is not None and (row.failures or row.recent):
+            row.failures, row.recent = 0, ""
 
     def failed(self, upn: str, password: str) -> bool:
         """Count a wrong password; True when this one locked the account."""
@@ -50,9 +65,7 @@ class Lockouts:
 
     def succeeded(self, upn: str) -> None:
         with self.store.session() as s:
-            row = s.get(st.Lockout, upn.lower())
-            if row is not None:
-                row.failures, row.recent = 0, ""
+            self.reset(s.get(st.Lockout, upn.lower()))
 
     def unlock(self, upn: str) -> bool:
         """End a lockout and forget the count (`cmglab entra unlock`); False: nothing was recorded."""
