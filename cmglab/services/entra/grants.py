@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -190,10 +192,11 @@ class Grants:
         """`request` is a JWS signed by the device key, its certificate in the `x5c` header; its payload
         carries a fresh srv_challenge nonce and an inner grant."""
         request = require(req.form, "request")
-        if _session_key_signed(request):  # a request made with a PRT ([MS-OAPXBC] 3.1.5.1.3)
+        header = jws_header(request)
+        if _session_key_signed(header):  # a request made with a PRT ([MS-OAPXBC] 3.1.5.1.3)
             jwe, use, kind = self.prts.signed_request(s, request, req.segment, req.ipaddr)
             return TokenResult({}, kind, use.user.upn, {"device_id": use.row.device_id}, jwe=jwe)
-        payload, device = self._verify_device_request(s, request, req.segment)
+        payload, device = self._verify_device_request(s, request, header, req.segment)
         inner = require(payload, "grant_type")
         tenant = s.get(st.Tenant, device.tenant_id)
         assert tenant is not None
@@ -243,9 +246,12 @@ class Grants:
             {"device_id": device.device_id},
         )
 
-    def _verify_device_request(self, s: Session, request: str, segment: str) -> tuple[dict[str, Any], st.Device]:
+    def _verify_device_request(
+        self, s: Session, request: str, header: dict[str, Any] | None, segment: str
+    ) -> tuple[dict[str, Any], st.Device]:
         try:
-            header = jwt.get_unverified_header(request)
+            if header is None:
+                raise ValueError("not a JWS")
             x5c = header.get("x5c")
             der = base64.b64decode(x5c[0] if isinstance(x5c, list) else x5c or "", validate=True)
             cert = x509.load_der_x509_certificate(der)
@@ -274,6 +280,14 @@ class Grants:
             raise AADSTSError(
                 50013, "invalid_grant", "Assertion is invalid: it is not within its valid time range."
             ) from e
+        except jwt.InvalidSignatureError:
+            raise AADSTSError(
+                50155,
+                "invalid_grant",
+                "Device authentication failed: the request signature does not verify with the device certificate.",
+            ) from None
+        except jwt.DecodeError as e:  # a payload or signature segment that is not base64url JSON
+            raise AADSTSError(50027, "invalid_request", "JWT token is invalid or malformed.") from e
         except jwt.PyJWTError as e:
             raise AADSTSError(
                 50155,
@@ -303,10 +317,24 @@ class Grants:
         return payload, device
 
 
-def _session_key_signed(request: str) -> bool:
-    """An HS256 request with a `ctx` header is signed with a PRT session key, not the device key."""
+BASE64URL_SEGMENT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+
+
+def jws_header(request: str) -> dict[str, Any] | None:
+    """The (unverified) JOSE header of a compact JWS, None when it is not one; it only picks the verifier and
+    its key: PyJWT's decode then parses and checks the whole request. Decoded once per request here, instead of
+    by PyJWT's get_unverified_header twice, which checks every character of every segment in Python (~0.15 ms
+    for a request with a certificate in its header)."""
+    segment = request.partition(".")[0]
+    if len(segment.rstrip("=")) % 4 == 1 or not BASE64URL_SEGMENT.fullmatch(segment):
+        return None
     try:
-        header = jwt.get_unverified_header(request)
-    except jwt.PyJWTError:
-        return False
-    return header.get("alg") == "HS256" and "ctx" in header and "x5c" not in header
+        header = json.loads(base64.urlsafe_b64decode(segment.rstrip("=") + "=" * (-len(segment.rstrip("=")) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _session_key_signed(header: dict[str, Any] | None) -> bool:
+    """An HS256 request with a `ctx` header is signed with a PRT session key, not the device key."""
+    return header is not None and header.get("alg") == "HS256" and "ctx" in header and "x5c" not in header
