@@ -241,7 +241,8 @@ def tenant_b(cmg_lab: Lab, material: Material) -> Any:
         yield tid
     finally:
         _tenant_row(cmg_lab, tid, **old)
-        back = material.entra_token(user=False, tenant_id=tid, deviceid=None)
+        # B's token with B's OWN audience: "not onboarded" comes before the audience (review 2, finding 2)
+        back = material.entra_token(user=False, tenant_id=tid, audience=TENANT_B_URI, deviceid=None)
         wait_for(lambda: _cmg_sts_error(cmg_lab, back) == "TenantNotOnboarded", timeout=60, what="B gone at the CMG")
 
 
@@ -278,3 +279,27 @@ def test_a_token_of_tenant_a_with_tenant_bs_audience_is_refused_at_every_door(
     # tenant B's own token with that audience is the control: it passes the rule (and registers)
     own = material.entra_token(user=False, tenant_id=tenant_b, audience=audience)
     assert register(cmg_lab, Box("TENANTB"), own)["ApprovalStatus"] == "3"
+
+
+def _mp_sts(lab: Lab, token: str) -> tuple[int, str]:
+    with client(lab) as c:
+        reply = c.post(f"{mp_https(lab)}/CCM_STS", json=Box("PROBE").proof("AAD", token), headers=_bearer(token))
+    return reply.status_code, str(reply.json().get("Error", ""))
+
+
+def test_every_tenant_offboarded_gives_tenant_not_onboarded(cmg_lab: Lab, material: Material) -> None:
+    """Seed 003/004's symptom with no tenant onboarded at all: the primary tenant's token (its own audience) gets
+    403 TenantNotOnboarded at the CMG's and the MP's CCM_STS, not a 401 wrong audience (the audience is checked
+    against the token's own tenant, after the tenant; review 2, finding 2)."""
+    tid = cmg_lab.config.primary_tenant.tenant_id
+    token = material.entra_token(user=False, deviceid=None)
+    old = _tenant_row(cmg_lab, tid, onboarded=False)
+    try:
+        wait_for(lambda: _cmg_sts_error(cmg_lab, token) == "TenantNotOnboarded", timeout=60, what="A gone at the CMG")
+        with client(cmg_lab) as c:
+            cmg_sts = c.post(proxy_url(cmg_lab, "CCM_STS"), json=Box("OFF").proof("AAD", token), headers=_bearer(token))
+        assert cmg_sts.status_code == 403 and cmg_sts.json()["Error"] == "TenantNotOnboarded", cmg_sts.text
+        assert _mp_sts(cmg_lab, token) == (403, "TenantNotOnboarded")
+    finally:
+        _tenant_row(cmg_lab, tid, **old)
+        wait_for(lambda: _cmg_sts_error(cmg_lab, token) == "InvalidProof", timeout=60, what="A back at the CMG")

@@ -81,11 +81,12 @@ class EntraKeys:
         self.keys = {k["kid"]: PyJWK(k).key for k in doc.get("keys", []) if "kid" in k}
 
     async def validate(
-        self, token: str, *, audiences: list[str], tenants: set[str] | None = None, off_loop: bool = False
+        self, token: str, *, audiences: list[str] | None, tenants: set[str] | None = None, off_loop: bool = False
     ) -> dict[str, Any]:
         """Claims of an Entra token: RS256 signature by an Entra key, Entra issuer matching `tid`,
-        one of `audiences`, lifetime, and (when given) a tenant in `tenants`. `off_loop`: the RSA
-        verification runs in a worker thread (a service that must keep its event loop free)."""
+        one of `audiences` (None: the `aud` claim must be present but the caller binds it), lifetime,
+        and (when given) a tenant in `tenants`. `off_loop`: the RSA verification runs in a worker
+        thread (a service that must keep its event loop free)."""
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -105,7 +106,7 @@ class EntraKeys:
                 audience=audiences,
                 issuer=issuers,
                 leeway=LEEWAY,
-                options={"require": ["exp", "iss", "aud", "tid"]},
+                options={"require": ["exp", "iss", "aud", "tid"], "verify_aud": audiences is not None},
             )
 
         try:
@@ -153,8 +154,9 @@ class EntraPolicy:
     require_device: bool = True
 
     async def claims(self, keys: EntraKeys, token: str, *, off_loop: bool = False) -> dict[str, Any]:
-        audiences = sorted({a for t in self.tenants.values() for a in (t.resource_uri, t.server_app_id) if a})
-        claims = await keys.validate(token, audiences=audiences or ["-"], tenants=set(self.tenants), off_loop=off_loop)
+        # order matters for what the admin is told: signature, issuer and lifetime first (no audience), then
+        # "tenant not onboarded" (seed 003/004's 403), then the audience of THAT tenant
+        claims = await keys.validate(token, audiences=None, tenants=set(self.tenants), off_loop=off_loop)
         tid = str(claims["tid"]).lower()
         if not self.tenants[tid].admits(claims.get("aud")):
             raise EntraTokenError(
