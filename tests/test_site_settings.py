@@ -7,11 +7,15 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
-from cmglab.core.labconfig import load_config, save_config
+from cmglab.core.labconfig import SiteSettings, SiteSettingsChange, load_config, save_config
 from cmglab.runtime.lab import Lab
+from cmglab.services.management_point.store import Store
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import ccm_messaging as cm
 from tests.support.agent import run
@@ -156,11 +160,16 @@ def test_concurrent_changes_of_different_settings_both_stay(mp: Lab) -> None:
     rounds = 12
     start = threading.Barrier(2)
 
+    checked = threading.Barrier(2)  # both changes of a round made: check the round before the next one starts
+
     def change(setting: str, values: list[object]) -> None:
-        for value in values:
+        for i, value in enumerate(values):
             start.wait(timeout=60)
             r = _post_site(mp, {setting: value})
             assert r.status_code == 200, r.text
+            if checked.wait(timeout=60) == 0:  # one thread checks this round: a lost update shows at once
+                now = enforced(mp)
+                assert (now["ccm-token-lifetime"], now["conflicting-records"]) == (lifetimes[i], records[i]), i
 
     lifetimes: list[object] = [100 + i for i in range(rounds)]
     records: list[object] = ["manual" if i % 2 == 0 else "automatic" for i in range(rounds)]
@@ -181,6 +190,48 @@ def test_concurrent_changes_of_different_settings_both_stay(mp: Lab) -> None:
             conflicting_records=mp.config.site.conflicting_records,
         )
     assert enforced(mp) == before
+
+
+def test_changes_read_together_then_written_both_stay(mp: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deterministic: two changes of different settings that BOTH read the settings before EITHER writes (a
+    barrier between the read and the write), the second written after the first is committed (in-process, on a
+    site database of its own): neither puts back the other's old value (a read-all/write-all change loses one)."""
+    store = Store(mp, url=f"sqlite:///{tmp_path / 'site.db'}")
+    read = Store._read_site_settings
+    between = threading.Barrier(2)
+    first_written = threading.Event()
+    mine = threading.local()
+
+    def read_then_wait(s: Any) -> SiteSettings | None:
+        settings = read(s)
+        if not getattr(mine, "read", False):  # the change's read (not its read-back after the write)
+            mine.read = True
+            between.wait(timeout=30)
+            if mine.second:
+                assert first_written.wait(timeout=30)
+        return settings
+
+    def change(values: dict[str, object], second: bool) -> None:
+        mine.second = second
+        try:
+            store.change_site_settings(SiteSettingsChange.model_validate(values))
+        finally:
+            if not second:
+                first_written.set()
+
+    monkeypatch.setattr(Store, "_read_site_settings", staticmethod(read_then_wait))
+    lifetime = mp.config.site.ccm_token_lifetime_minutes + 11
+    records = "automatic" if mp.config.site.conflicting_records == "manual" else "manual"
+    with ThreadPoolExecutor(2) as pool:
+        done = [
+            pool.submit(change, {"ccm_token_lifetime_minutes": lifetime}, False),
+            pool.submit(change, {"conflicting_records": records}, True),
+        ]
+        for f in done:
+            f.result(timeout=60)
+    monkeypatch.undo()
+    now = store.site_settings()
+    assert (now.ccm_token_lifetime_minutes, now.conflicting_records) == (lifetime, records)
 
 
 def test_a_live_change_survives_read_only_commands(mp: Lab) -> None:

@@ -362,8 +362,9 @@ class Store(db.Store):
     def change_site_settings(self, change: SiteSettingsChange) -> SiteSettings:
         """The running site's settings with `change` (lab.json untouched: its next seed puts them back). Only
         the rows of the settings given are written (and any row missing, from the merged model), so two
-        changes of different settings at once both stay; under the store's exclusive lock (PostgreSQL: one
-        MP replica's change at a time)."""
+        changes of different settings at once both stay: on SQLite writing only the named rows is what keeps
+        both (`exclusive()` takes no lock there); on PostgreSQL the advisory lock also runs one MP replica's
+        change at a time."""
         given = change.given()
         with self.db.exclusive() as s:
             current = self._read_site_settings(s) or self.lab.config.site.site_settings()
