@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cmglab.runtime.lab import Lab
+from cmglab.services.entra import store as st
 from cmglab.services.entra.errors import AADSTSError
 from cmglab.services.entra.grants import TokenRequest
 from cmglab.services.entra.parts import Parts as EntraParts
@@ -90,6 +91,23 @@ def test_wrong_password_is_50126(unit_lab: Lab, entra: EntraParts) -> None:
 def test_srv_challenge_hands_out_a_nonce(unit_lab: Lab, entra: EntraParts) -> None:
     result = entra.grants.token(token_request(unit_lab, grant_type="srv_challenge"))
     assert result.auth_kind is AuthKind.SRV_CHALLENGE and result.body["Nonce"]
+
+
+def test_an_expired_nonce_is_refused_before_it_is_pruned(entra: EntraParts) -> None:
+    """Attack: a nonce past its lifetime whose row is still there (expired rows are pruned every
+    NONCE_PRUNE_SECONDS, not per nonce) is not good for a signed request."""
+    with entra.store.session() as s:
+        s.add(st.Nonce(value="expired-nonce", expires_at=st.now() - 1))
+    with entra.store.session() as s:
+        st.issue_nonce(s, 300)  # within the prune interval of an earlier nonce: the expired row may stay
+    with entra.store.session() as s:
+        assert st.consume_nonce(s, "expired-nonce") is False
+    with entra.store.session() as s:
+        fresh = st.issue_nonce(s, 300)
+    with entra.store.session() as s:
+        assert st.consume_nonce(s, fresh) is True
+    with entra.store.session() as s:
+        assert st.consume_nonce(s, fresh) is False  # single use
 
 
 # -- CCM_STS proofs ------------------------------------------------------------------------------------
