@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,9 +89,28 @@ def _cdp(cert: x509.Certificate) -> str | None:
 
 # CRLs this process fetched, per device cache file: (the file's stat when written, the CRL, the CA it was
 # verified against). Used while that file is unchanged and the CRL is within its NextUpdate, so a fleet's device
-# downloads each CRL once per onboarding; `cmglab device break crl` (removes the file) ends the reuse.
-_FETCHED: dict[Path, tuple[tuple[int, int], x509.CertificateRevocationList, x509.Certificate]] = {}
+# downloads each CRL once per onboarding; `cmglab device break crl` (removes the file) ends the reuse. An LRU of
+# FETCHED_MAX entries: a fleet or bench process runs thousands of devices (3 CRLs each) whose homes come and go.
+_Fetched = tuple[tuple[int, int], x509.CertificateRevocationList, x509.Certificate]
+FETCHED_MAX = 1024
+_FETCHED: OrderedDict[Path, _Fetched] = OrderedDict()
 _FETCHED_LOCK = threading.Lock()
+
+
+def _recall(cache: Path) -> _Fetched | None:
+    with _FETCHED_LOCK:
+        fetched = _FETCHED.get(cache)
+        if fetched is not None:
+            _FETCHED.move_to_end(cache)
+        return fetched
+
+
+def _remember(cache: Path, fetched: _Fetched) -> None:
+    with _FETCHED_LOCK:
+        _FETCHED[cache] = fetched
+        _FETCHED.move_to_end(cache)
+        while len(_FETCHED) > FETCHED_MAX:
+            _FETCHED.popitem(last=False)
 
 
 def _stat_key(path: Path) -> tuple[int, int] | None:
@@ -150,8 +170,7 @@ class RevocationChecker:
     def _crl(self, url: str, issuer: x509.Certificate) -> x509.CertificateRevocationList:
         now = datetime.now(UTC)
         cache = self._cache_path(url)
-        with _FETCHED_LOCK:
-            fetched = _FETCHED.get(cache)
+        fetched = _recall(cache)
         if fetched is not None:
             stat, kept, verified_by = fetched
             if stat == _stat_key(cache) and verified_by == issuer and (kept.next_update_utc or now) > now:
@@ -187,8 +206,7 @@ class RevocationChecker:
             cache.write_bytes(data)
             stat_now = _stat_key(cache)
             if stat_now is not None:
-                with _FETCHED_LOCK:
-                    _FETCHED[cache] = (stat_now, crl, issuer)
+                _remember(cache, (stat_now, crl, issuer))
         return crl
 
 

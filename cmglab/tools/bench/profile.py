@@ -116,7 +116,21 @@ class Sampler:
                 found[name] = parse((self.dir / f"{name}.txt").read_text())
             return found
         finally:
+            self.stop()
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stop(self) -> None:
+        """Kill and reap every recording still running: one py-spy failed, or the section ran out of its budget
+        while waiting, and the others must not outlive the section (nor be left as zombies)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass  # unkillable (uninterruptible sleep): nothing more to do from here
+            if proc.stderr is not None:
+                proc.stderr.close()
 
 
 def parse(raw: str) -> Counter[str]:

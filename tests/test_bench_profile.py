@@ -1,0 +1,28 @@
+"""The bench's profile section (review 2, finding 6): when one py-spy recording fails, the other recordings are
+stopped and reaped, not left running past the section."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cmglab.tools.bench.profile import Sampler
+
+
+def test_one_failed_recording_stops_the_others() -> None:
+    sampler = Sampler.__new__(Sampler)  # its recordings by hand: a py-spy that fails, one still recording
+    sampler.dir, sampler.seconds = Path(tempfile.mkdtemp(prefix="cmglab-pyspy-test-")), 1.0
+    failing = [sys.executable, "-c", "import sys; sys.stderr.write('no such process'); sys.exit(1)"]
+    recording = [sys.executable, "-c", "import time; time.sleep(120)"]
+    sampler.procs = {
+        name: subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for name, cmd in (("cmg", failing), ("management-point", recording))
+    }
+    with pytest.raises(RuntimeError, match="py-spy failed on cmg: no such process"):
+        sampler.stacks()
+    assert sampler.procs["management-point"].returncode is not None  # killed and reaped
+    assert not sampler.dir.exists()
