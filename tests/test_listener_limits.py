@@ -7,6 +7,8 @@ The attacks themselves live in cmglab/tools/reliability/transport.py (the reliab
 from __future__ import annotations
 
 import socket
+import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,6 +129,103 @@ def test_handshake_flood_leaves_room_for_real_clients(limits_lab: Lab, procs: La
     assert flood.real_client_served and flood.held_fds_max <= before + 40 + 20
     assert attack.settle(lambda: attack.open_fds(pid(procs, "cmg")) <= before)
     assert attack.real_client_ok(limits_lab, "cmg")
+
+
+GONE = (BrokenPipeError, ConnectionResetError, ssl.SSLError)
+
+
+def read_reply(s: socket.socket) -> bytes:
+    """One whole reply (its Content-Length read)."""
+    got = b""
+    deadline = time.monotonic() + 20  # generous for a loaded machine
+    while time.monotonic() < deadline:
+        head, sep, body = got.partition(b"\r\n\r\n")
+        fields = (h.partition(b":") for h in head.split(b"\r\n")[1:])
+        length = next((int(v) for k, _, v in fields if k.strip().lower() == b"content-length"), None)
+        if sep and length is not None and len(body) >= length:
+            return got
+        try:
+            data = s.recv(65536)
+        except TimeoutError:
+            continue
+        assert data, f"closed before the reply was complete: {got[:300]!r}"
+        got += data
+    raise AssertionError(f"no complete reply: {got[:300]!r}")
+
+
+def health(t: Target, body: bytes | None = None, length: int = 0) -> bytes:
+    head = b"GET /_lab/health HTTP/1.1\r\nHost: " + t.host.encode() + b"\r\n"
+    return head + (b"Content-Length: %d\r\n" % length if length else b"") + b"\r\n" + (body or b"")
+
+
+def reply_to_a_declared_body(s: socket.socket, t: Target) -> bytes:
+    """`GET /_lab/health` (no auth) declaring a 5-byte body it does not send yet: answered at once."""
+    s.sendall(health(t, length=5))
+    return read_reply(s)
+
+
+def closed_within(s: socket.socket, seconds: float, trickle: bytes = b"") -> bool:
+    """Whether the server closes `s` within `seconds`, while `trickle` is sent one byte per socket timeout."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if trickle:
+                s.sendall(trickle[:1])
+                trickle = trickle[1:]
+            if not s.recv(65536):
+                return True
+        except TimeoutError:
+            continue
+        except GONE:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("where", ["pki", "cmg"])  # an httptools listener, an h11 one over TLS
+def test_a_body_trickled_after_the_reply_does_not_hold_the_connection(
+    limits_lab: Lab, procs: LabProcesses, where: str, cert: tuple[Path, Path]
+) -> None:
+    """Attack (issue 20, review 2 finding 1): an unauthenticated request declares a body, is answered at once, and
+    the body is trickled a byte at a time. Each byte used to cancel the keep-alive timer and, the reply being
+    complete, no other timer ran: the connection was held forever. It is now closed after the reply."""
+    t = next(t for t in attack.targets(limits_lab) if t.listener == where)
+    with attack.connect(limits_lab, t, cert, timeout=0.5) as s:
+        assert attack.status(reply_to_a_declared_body(s, t)) == 200
+        assert closed_within(s, 15, trickle=b"{" * 5)
+
+
+# the h11 listeners: httptools already counted a head begun after the body (and the fix closes the connection first)
+@pytest.mark.parametrize("where", ["cmg", "management-point-http"])
+def test_the_head_after_a_late_body_is_bounded_too(
+    limits_lab: Lab, procs: LabProcesses, where: str, cert: tuple[Path, Path]
+) -> None:
+    """Attack (same finding): the body arrives after the reply, then a next request head is begun and never
+    finished. It used to escape the head timeout (1 s here) and stay open; it is closed now."""
+    t = next(t for t in attack.targets(limits_lab) if t.listener == where)
+    with attack.connect(limits_lab, t, cert, timeout=0.5) as s:
+        assert attack.status(reply_to_a_declared_body(s, t)) == 200
+        try:
+            s.sendall(b"{" * 5)
+            s.sendall(b"GET /_lab/health HTTP/1.1\r\nHost: " + t.host.encode() + b"\r\nX-Slow: ")
+        except GONE:
+            return  # closed already
+        assert closed_within(s, 15)
+
+
+@pytest.mark.parametrize("where", ["pki", "cmg"])
+def test_keep_alive_still_holds_for_complete_requests(
+    limits_lab: Lab, procs: LabProcesses, where: str, cert: tuple[Path, Path]
+) -> None:
+    """Only a connection whose request body is unread is closed: complete requests (with a body or without)
+    share one connection, and it stays open after them."""
+    t = next(t for t in attack.targets(limits_lab) if t.listener == where)
+    with attack.connect(limits_lab, t, cert, timeout=0.5) as s:
+        for _ in range(3):
+            s.sendall(health(t))
+            assert attack.status(read_reply(s)) == 200
+            s.sendall(health(t, b"{}", length=2))
+            assert attack.status(read_reply(s)) == 200
+        assert not closed_within(s, 2)
 
 
 def test_connection_cap(tmp_path: Path) -> None:

@@ -6,6 +6,10 @@
   limit at all: 256 MiB of headers were once answered 200).
 - A head must arrive within `head_timeout` of its first byte (408), and a new connection must start one within
   `idle_timeout` (closed silently): half-sent heads no longer hold connections forever (slowloris).
+- A reply that completes before its request body has fully arrived closes the connection after it (as IIS does
+  not read an unwanted body forever): otherwise a client trickling that body cancels every keep-alive timer, and
+  the connection outlives every timeout. When a new request cycle starts, the idle (or head) timer is armed
+  again, so the next head is bounded too.
 - A body over `max_body_bytes` answers 413: at once from Content-Length, or as soon as a chunked body passes the
   cap (the application never buffers more).
 
@@ -137,15 +141,53 @@ class _HeadLimitsMixin:
     def _after_feed(self) -> None:
         pass
 
+    def _close_if_body_unread(self, unread: bool) -> None:
+        """The reply is out but the request body is not all in: close after the reply rather than wait on it."""
+        if unread and not self.transport.is_closing():
+            log.info(
+                "%s: closing the connection from %s: replied before its request body arrived",
+                self.limits.listener,
+                self.client[0] if self.client else "?",
+            )
+            self._reading_head = False
+            self._disarm()
+            self.transport.close()  # flushes the reply first
+
+    def _await_next_head(self, pending: bytes = b"") -> None:
+        """Between requests: the next head must start within the idle timeout (or end within the head timeout)."""
+        if self.transport.is_closing():
+            return
+        self._head_reset()
+        self._arm(self.limits.idle_timeout)
+        if pending:  # bytes of the next head the parser already holds
+            self._head_within_limits(pending)
+
 
 class HttpToolsHeadLimits(_HeadLimitsMixin):
     def on_headers_complete(self) -> None:
         self._head_done()
         super().on_headers_complete()  # type: ignore[misc]
 
+    cycle: Any
+    pipeline: Any
+    parser: Any
+    _should_upgrade: Any
+
     def on_message_complete(self) -> None:  # a pipelined next head is counted from here
+        upgrade = self.parser.should_upgrade() and self._should_upgrade()  # a WebSocket: no next head, no timer
         super().on_message_complete()  # type: ignore[misc]
-        self._head_reset()
+        if not upgrade and self.cycle is not None and self.cycle.response_complete:  # the reply went first
+            self._await_next_head()
+        else:
+            self._head_reset()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle  # a later pipelined request's cycle is not complete yet
+        self._close_if_body_unread(cycle is not None and cycle.response_complete and cycle.more_body)
+        pipelined = bool(self.pipeline)  # a next request whose head is in already starts now
+        super().on_response_complete()  # type: ignore[misc]
+        if self._reading_head and not self._head_bytes and not pipelined:
+            self._await_next_head()
 
 
 class H11HeadLimits(_HeadLimitsMixin):
@@ -154,10 +196,19 @@ class H11HeadLimits(_HeadLimitsMixin):
     def _after_feed(self) -> None:
         if self._reading_head and self.conn.their_state is not h11.IDLE:
             self._head_done()
+        elif not self._reading_head and self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
+            self._await_next_head(self.conn.trailing_data[0])  # the body ended after the reply: a new cycle
 
     def on_response_complete(self) -> None:  # h11 holds a pipelined head until here (uvicorn pauses reading)
-        self._head_reset()
+        self._close_if_body_unread(self.conn.their_state is h11.SEND_BODY)
+        if self.transport.is_closing():
+            super().on_response_complete()  # type: ignore[misc]
+            return
+        self._await_next_head()
         super().on_response_complete()  # type: ignore[misc]
+        pending = self.conn.trailing_data[0]  # a pipelined head h11 held back and has not parsed yet
+        if self._reading_head and self.conn.their_state is h11.IDLE and pending:
+            self._head_within_limits(pending)
         self._after_feed()
 
 
