@@ -10,7 +10,6 @@ import base64
 import hashlib
 import os
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from cmglab.services.cmg.app import AnyMethod
 from cmglab.tools.processes import LabProcesses
 from tests.support.cmg import FAST_ENV, bearer, channel_up, cmg_points, cp_health, log_text, proxy_url, wait_for
 from tests.support.lab import lab_client, new_lab
+from tests.support.sec_attacks import raw_https
 from tests.support.threaded import ThreadedService
 
 PATHS = ["CCM_STS", "ccm_system/request", "ccm_system_tokenauth/request", "echo", "slow", "big", "drip"]
@@ -301,25 +301,20 @@ def test_a_declared_body_that_stalls_is_408_and_closed(chan_lab: Lab, procs: Lab
     """Attack (issue 20 review, 4): an authenticated MutualAuth client declares a 60 KB body (one channel frame,
     read whole before forwarding), sends 1 KB and stalls. The CMG answers 408 in its error shape within its
     timeout (CMGLAB_UPSTREAM_TIMEOUT, 3 s here) and closes the connection; nothing reaches the site."""
-    from cmglab.wire import httpclient
-
     device = chan_lab.pki.issue_client("device-stall")
-    ctx = httpclient.ssl_context(ca_bundle=chan_lab.pki.ca_bundle, client_cert=(device.cert_path, device.key_path))
     before = len(upstream.seen)
     path = f"/CCM_Proxy_MutualAuth/{chan_lab.config.site.role_id}/echo"
     host = f"{chan_lab.config.hosts.cmg}:{chan_lab.port('cmg')}"
-    raw = socket.create_connection(("127.0.0.1", chan_lab.port("cmg")), timeout=20)
-    with ctx.wrap_socket(raw, server_hostname=chan_lab.config.hosts.cmg) as tls:
-        tls.sendall(f"CCM_POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 60000\r\n\r\n".encode() + b"x" * 1000)
-        got = b""
-        deadline = time.monotonic() + 20  # the bound is 3 s; generous for a loaded machine
-        while time.monotonic() < deadline:
-            data = tls.recv(65536)  # the socket's own timeout bounds each wait
-            if not data:
-                break  # the CMG closed the connection
-            got += data
-        else:
-            raise AssertionError(f"the connection was not closed; got {got[:200]!r}")
+    request = f"CCM_POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 60000\r\n\r\n"
+    # the bound is 3 s; 20 s is generous for a loaded machine
+    got = raw_https(
+        chan_lab,
+        "cmg",
+        request.encode() + b"x" * 1000,
+        timeout=20,
+        cert=(device.cert_path, device.key_path),
+        must_close=True,
+    )
     head, _, body = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), got[:300]
     assert b"connection: close" in head.lower()
@@ -337,24 +332,13 @@ def test_a_refusal_before_the_body_closes_the_connection(chan_lab: Lab, upstream
     """Attack (issue 20 review): an unauthenticated client declares a body, sends a little of it and trickles
     the rest. The CMG refuses the request (401, no token) without reading the body, and closes the connection
     instead of waiting for bytes it will never read; nothing reaches the site."""
-    from cmglab.wire import httpclient
-
-    ctx = httpclient.ssl_context(ca_bundle=chan_lab.pki.ca_bundle)
     before = len(upstream.seen)
     host = f"{chan_lab.config.hosts.cmg}:{chan_lab.port('cmg')}"
     head = f"CCM_POST {proxy_url(chan_lab, 'CCM_STS').split(host, 1)[1]} HTTP/1.1\r\nHost: {host}\r\n"
-    raw = socket.create_connection(("127.0.0.1", chan_lab.port("cmg")), timeout=20)
-    with ctx.wrap_socket(raw, server_hostname=chan_lab.config.hosts.cmg) as tls:
-        tls.sendall(f"{head}Content-Length: 100000\r\n\r\n".encode() + b"{" * 10)
-        got = b""
-        deadline = time.monotonic() + 20  # the CMG answers at once; generous for a loaded machine
-        while time.monotonic() < deadline:
-            data = tls.recv(65536)  # the socket's own timeout bounds each wait
-            if not data:
-                break  # the CMG closed the connection
-            got += data
-        else:
-            raise AssertionError(f"the connection was not closed; got {got[:200]!r}")
+    # the CMG answers at once; 20 s is generous for a loaded machine
+    got = raw_https(
+        chan_lab, "cmg", f"{head}Content-Length: 100000\r\n\r\n".encode() + b"{" * 10, timeout=20, must_close=True
+    )
     head_out = got.partition(b"\r\n\r\n")[0].lower()
     assert head_out.startswith(b"http/1.1 401 "), got[:300]
     assert b"connection: close" in head_out

@@ -37,11 +37,15 @@ def admin(lab: Lab) -> dict[str, str]:
     return {"Authorization": f"Bearer {lab.admin_token()}"}
 
 
-def raw_https(lab: Lab, service: str, data: bytes, *, timeout: float = 15) -> bytes:
-    """Send `data` as is over TLS to a service (SNI and certificate check on its lab name); read until the
-    server closes or `timeout` passes."""
-    ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
+def raw_https(
+    lab: Lab, service: str, data: bytes, *, timeout: float = 15, cert: Any = None, must_close: bool = False
+) -> bytes:
+    """Send `data` as is over TLS to a service (SNI and certificate check on its lab name; `cert`: the client
+    certificate, as (cert_path, key_path)); read until the server closes or `timeout` passes. `must_close`: the
+    server has to close the connection within `timeout` (an AssertionError otherwise)."""
+    ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=cert)
     out = bytearray()
+    closed = False
     with (
         socket.create_connection(("127.0.0.1", lab.port(service)), timeout=timeout) as sock,
         ctx.wrap_socket(sock, server_hostname=lab.host(service)) as tls,
@@ -51,11 +55,17 @@ def raw_https(lab: Lab, service: str, data: bytes, *, timeout: float = 15) -> by
         while time.monotonic() < deadline:
             try:
                 chunk = tls.recv(65536)
-            except (ssl.SSLError, ConnectionError, TimeoutError):
+            except TimeoutError:
+                break
+            except (ssl.SSLError, ConnectionError):
+                closed = True
                 break
             if not chunk:
+                closed = True
                 break
             out.extend(chunk)
+    if must_close and not closed:
+        raise AssertionError(f"{service} did not close the connection within {timeout:g} s; got {bytes(out[:200])!r}")
     return bytes(out)
 
 
