@@ -231,18 +231,23 @@ def _websocket(lab: Lab, cert: CertFiles | None, headers: dict[str, str]) -> int
     if cert:
         ctx.load_cert_chain(*map(str, cert))
     port = lab.config.ports.cmg_connector
-    try:
-        ws = websockets.sync.client.connect(
-            f"wss://{lab.config.bind_address}:{port}{cmg_channel.PATH}",
-            ssl=ctx,
-            server_hostname=lab.config.hosts.cmg,
-            additional_headers=headers,
-            open_timeout=10,
-        )
-    except websockets.exceptions.InvalidStatus as e:
-        return e.response.status_code
-    except (OSError, websockets.exceptions.WebSocketException):
-        return 0  # the connector requires a client certificate at TLS: without one, or a bad one, it hangs up
+    # a connection that fails before any answer is tried once more (a refused credential fails both times: the
+    # connector hangs up at TLS); an HTTP answer (101, 401, 403) is the decision and is never retried
+    for attempt_left in (1, 0):
+        try:
+            ws = websockets.sync.client.connect(
+                f"wss://{lab.config.bind_address}:{port}{cmg_channel.PATH}",
+                ssl=ctx,
+                server_hostname=lab.config.hosts.cmg,
+                additional_headers=headers,
+                open_timeout=10,
+            )
+            break
+        except websockets.exceptions.InvalidStatus as e:
+            return e.response.status_code
+        except (OSError, websockets.exceptions.WebSocketException):
+            if not attempt_left:
+                return 0  # the connector requires a client certificate at TLS: without one, or a bad one, it hangs up
     # the CMG expects a HELLO first; how it ends an idle channel is not the question
     with contextlib.suppress(websockets.exceptions.WebSocketException, OSError), ws:
         pass
