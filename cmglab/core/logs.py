@@ -16,6 +16,7 @@ import re
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 _TYPES = {logging.DEBUG: 1, logging.INFO: 1, logging.WARNING: 2, logging.ERROR: 3, logging.CRITICAL: 3}
 
@@ -106,42 +107,38 @@ class _Stamp:
         return last[1], last[2], ms // 1000, last[3]
 
 
-class CMTraceFormatter(logging.Formatter):
+class _StampedFormatter(logging.Formatter):
+    """What both trace formats take from a record; the date and time are worked out once per second."""
+
     def __init__(self) -> None:
         super().__init__()
         self.stamp = _Stamp()
 
-    def format(self, record: logging.LogRecord) -> str:
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
         date, time, ms, bias = self.stamp.of(record.created)
+        return {
+            "component": getattr(record, "component", record.name),
+            "date": date,
+            "time": time,
+            "ms": ms,
+            "bias": bias,
+            "thread": getattr(record, "tid", 0),
+        }
+
+
+class CMTraceFormatter(_StampedFormatter):
+    def format(self, record: logging.LogRecord) -> str:
         return render_cmtrace(
             record.getMessage(),
-            component=getattr(record, "component", record.name),
-            date=date,
-            time=time,
-            ms=ms,
-            bias=bias,
+            **self.fields(record),
             type_=_TYPES.get(record.levelno, 1),
-            thread=getattr(record, "tid", 0),
             file=f"{record.filename}:{record.lineno}",
         )
 
 
-class SMSTraceFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stamp = _Stamp()
-
+class SMSTraceFormatter(_StampedFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        date, time, ms, bias = self.stamp.of(record.created)
-        return render_smstrace(
-            record.getMessage(),
-            component=getattr(record, "component", record.name),
-            date=date,
-            time=time,
-            ms=ms,
-            bias=bias,
-            thread=getattr(record, "tid", 0),
-        )
+        return render_smstrace(record.getMessage(), **self.fields(record))
 
 
 class _Component(logging.Filter):
