@@ -32,7 +32,7 @@ from tests.support.sec_registration import (
 )
 
 # the running site's setting only: nothing in the module re-seeds the site from lab.json (`cmglab clients`
-# opens the site store with seed=False, the console never opens it)
+# opens the site store with seed=False, `cmglab site set` writes only the setting it names)
 mp = lab_fixture("entra", "management-point", site={"auto_approve": "all"})
 
 

@@ -5,6 +5,8 @@ what the services enforce."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -247,3 +249,64 @@ def test_a_live_change_survives_read_only_commands(mp: Lab) -> None:
     finally:
         set_site(mp, ccm_token_lifetime_minutes=mp.config.site.ccm_token_lifetime_minutes)
     assert enforced(mp) == before
+
+
+def console_script(lab: Lab, *args: str) -> str:
+    """The installed `cmglab` console script (the command a user types), beside this Python."""
+    script = Path(sys.executable).with_name("cmglab")
+    result = subprocess.run(
+        [str(script), *args, "--lab", str(lab.dir)], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_cmglab_site_set_and_tenant_write_only_what_they_name(mp: Lab) -> None:
+    """A change of setting A over `POST /_lab/site`, then `cmglab site set B` and `cmglab tenant onboard`: A is still
+    enforced (the commands write the running site's row of what they name, not all of lab.json's settings), B and
+    the tenant are enforced and in lab.json."""
+    before, before_config = enforced(mp), load_config(Lab.config_path(mp.dir))
+    lifetime = mp.config.site.ccm_token_lifetime_minutes + 13
+    records = "automatic" if mp.config.site.conflicting_records == "manual" else "manual"
+    other = mp.config.tenants[1]
+    assert not other.onboarded
+    set_site(mp, ccm_token_lifetime_minutes=lifetime)  # A: the running site only
+    try:
+        console_script(mp, "site", "set", "conflicting-records", records)  # B
+        assert enforced(mp) == {**before, "ccm-token-lifetime": lifetime, "conflicting-records": records}
+        config = load_config(Lab.config_path(mp.dir))
+        assert config.site.conflicting_records == records
+        assert config.site.ccm_token_lifetime_minutes == mp.config.site.ccm_token_lifetime_minutes  # lab.json: B only
+        console_script(mp, "tenant", "onboard", other.tenant_id)
+        view = json.loads(console_script(mp, "site", "show", "--json"))
+        assert {t["tenant_id"]: t["enforced"] for t in view["tenants"]}[other.tenant_id] is True
+        assert enforced(mp) == {**before, "ccm-token-lifetime": lifetime, "conflicting-records": records}
+    finally:
+        console_script(mp, "tenant", "offboard", other.tenant_id)
+        console_script(mp, "site", "set", "conflicting-records", mp.config.site.conflicting_records)
+        set_site(mp, ccm_token_lifetime_minutes=mp.config.site.ccm_token_lifetime_minutes)
+    assert enforced(mp) == before
+    assert load_config(Lab.config_path(mp.dir)) == before_config
+
+
+def test_a_change_of_client_allow_cmg_is_a_new_client_settings_policy(mp: Lab, tmp_path: Path) -> None:
+    """`client_allow_cmg` reaches clients by policy: a change of it alone (`cmglab site set client-allow-cmg` or
+    `POST /_lab/site`) is a new version of the client settings policy with the new value (in-process, on a site
+    database of its own); a change of another setting leaves the policy as it is."""
+    from cmglab.services.management_point.policy_defaults import default_policies
+
+    store = Store(mp, url=f"sqlite:///{tmp_path / 'site.db'}", policy_factory=default_policies)
+
+    def client_settings() -> tuple[str, str]:
+        policy = next(p for p in store.policies() if p.category == "ClientSettings")
+        return policy.version, policy.body
+
+    version, body = client_settings()
+    assert 'name="AllowCMG" type="11"><value>1</value>' in body
+    store.change_site_settings(SiteSettingsChange.model_validate({"ccm_token_lifetime_minutes": 31}))
+    assert client_settings() == (version, body)
+    store.change_site_settings(SiteSettingsChange.model_validate({"client_allow_cmg": False}))
+    new_version, new_body = client_settings()
+    assert float(new_version) > float(version)
+    assert 'name="AllowCMG" type="11"><value>0</value>' in new_body
+    store.dispose()

@@ -1,10 +1,11 @@
 """`cmglab site` and `cmglab tenant`: the site's settings (Administration > Site Configuration) and the
 Entra tenants onboarded to it (Cloud Services > Azure Services), on a lab that may be running.
 
-lab.json is the single source: a command writes lab.json and the site database's rows together, so
-the change applies to the running lab at once (the MP reads its settings per request; the CMG gets
-them with the connection point's next heartbeat) and persists across restarts. A hand edit of
-lab.json applies at the MP's next start, which writes lab.json over the database rows.
+lab.json is the persistent record: a command writes lab.json and the site database's row of the one setting
+or tenant it names, so the change applies to the running lab at once (the MP reads its settings per request;
+the CMG gets them with the connection point's next heartbeat) and persists across restarts, and a change of
+another setting made over `POST /_lab/site` stays. A hand edit of lab.json applies at the MP's next start,
+which writes lab.json over the database rows.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from cmglab.core.labconfig import SITE_SETTINGS, SiteSettings, save_config
+from cmglab.core.labconfig import SITE_SETTINGS, SiteSettings, SiteSettingsChange, Tenant, save_config
 from cmglab.core.settings import Settings
 from cmglab.runtime.lab import Lab, LabNotInitialised
 from cmglab.tools.output import print_rows
@@ -41,13 +42,25 @@ def _lab(lab_dir: Path) -> Lab:
         raise typer.Exit(2) from e
 
 
-def _apply(lab: Lab) -> None:
-    """Persist lab.json, then write it over the site database's rows (what the services enforce)."""
+def _apply(lab: Lab, *, setting: str | None = None, tenant: Tenant | None = None) -> None:
+    """Persist lab.json, then write lab.json's value of the one `setting` (a SiteSettings field) or `tenant` it
+    names over the running site's row: a change made to another setting (`POST /_lab/site`) stays. A site
+    database never seeded (the MP never started) is seeded from all of lab.json, as the MP's start would."""
     from cmglab.services.management_point.policy_defaults import default_policies
     from cmglab.services.management_point.store import Store
 
     save_config(lab.config, Lab.config_path(lab.dir))
-    Store(lab, policy_factory=default_policies)  # its seed writes lab.json's settings and tenants over the rows
+    store = Store(lab, policy_factory=default_policies, seed=False)
+    try:
+        if store.stored_site_settings() is None:
+            store.seed()
+        elif setting is not None:
+            value = getattr(lab.config.site, setting)
+            store.change_site_settings(SiteSettingsChange.model_validate({setting: value}))
+        elif tenant is not None:
+            store.write_lab_tenant(tenant)
+    finally:
+        store.dispose()
 
 
 def parse_value(name: str, raw: str, current: SiteSettings) -> SiteSettings:
@@ -150,7 +163,7 @@ def set_setting(
     for field, new in settings.model_dump().items():
         setattr(site, field, new)
     parsed = getattr(settings, SITE_SETTINGS[name])
-    _apply(the_lab)
+    _apply(the_lab, setting=SITE_SETTINGS[name])
     typer.echo(
         f"{name} = {json.dumps(parsed)} (lab.json and the site database; the CMG takes it with the "
         "connection point's next heartbeat)"
@@ -171,7 +184,7 @@ def _onboard(tenant: str, lab_dir: Path, onboarded: bool) -> None:
         console.print(f"[red]no tenant {tenant!r} in the lab: {names}[/red]")
         raise typer.Exit(2)
     match[0].onboarded = onboarded
-    _apply(the_lab)
+    _apply(the_lab, tenant=match[0])
     typer.echo(
         f"tenant {match[0].display_name} ({match[0].tenant_id}) "
         f"{'onboarded to' if onboarded else 'offboarded from'} site {the_lab.config.site.code}"

@@ -47,8 +47,8 @@ def set_site(lab: Lab, **settings: Any) -> None:
 
 
 def set_site_in_lab_json(lab: Lab, **settings: Any) -> None:
-    """Change site settings with `cmglab site set`: lab.json and the running site together, so that a later
-    `cmglab` command that re-seeds the site database from lab.json keeps them."""
+    """Change site settings with `cmglab site set`: lab.json and the running site together, so that they
+    outlive an MP restart."""
     names = {field: name for name, field in SITE_SETTINGS.items()}
     for field, value in settings.items():
         text = json.dumps(value) if isinstance(value, bool) else str(value)
@@ -80,7 +80,7 @@ def lab_fixture(
     "entra", autouse=True)` starts what a module needs; `mp = lab_fixture("management-point")` hands the lab to
     the tests that ask for `mp`. Options, all for the module and undone after it:
     - `site`: site settings applied to the running site (`POST /_lab/site`); with `site_in_lab_json`, through
-      `cmglab site set` (lab.json too), for modules whose `cmglab` commands re-seed the site from lab.json;
+      `cmglab site set` (lab.json too), for modules that restart the MP (its start seeds from lab.json);
     - `prepare(lab)`: runs before the services start (files they read at start);
     - `ready(lab)`: polled until true after they start (what a service learns later, a CMG's site config);
     - `session(lab)`: a context manager; the fixture hands its value to the tests instead of the lab

@@ -18,6 +18,7 @@ from sqlalchemy import Boolean, DateTime, Integer, String, Text, UniqueConstrain
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from cmglab.core import labconfig
 from cmglab.core.labconfig import SiteSettings, SiteSettingsChange
 from cmglab.runtime import db
 from cmglab.runtime.lab import Lab
@@ -262,7 +263,7 @@ class Store(db.Store):
 
     lab.json is the single source of the site settings and of which tenants are onboarded: every start
     (and reset) writes them over the database's rows, so an edit of lab.json applies on restart, and
-    `cmglab site set` / `cmglab tenant onboard` write lab.json and these rows together (live)."""
+    `cmglab site set` / `cmglab tenant onboard` write lab.json and the row of what they name (live)."""
 
     def __init__(
         self,
@@ -294,42 +295,49 @@ class Store(db.Store):
     # -- seeding ------------------------------------------------------------------------------
     def fill(self, s: Session) -> None:
         self._write_site_settings(s, self.lab.config.site.site_settings())
-        server_app = next(
-            (a for a in self.lab.config.apps if a.identifier_uri and not a.public_client), self.lab.config.apps[0]
-        )
-        client_app = self.lab.config.apps[0]
         for t in self.lab.config.tenants:
-            existing = s.get(Tenant, t.tenant_id)
-            if existing is not None:
-                existing.onboarded = t.onboarded
-            else:
-                s.add(
-                    Tenant(
-                        tenant_id=t.tenant_id,
-                        name=t.display_name,
-                        client_app_id=client_app.app_id,
-                        server_app_id=server_app.app_id,
-                        resource_uri=server_app.identifier_uri or "https://ConfigMgrService",
-                        onboarded=t.onboarded,
-                    )
-                )
+            self._write_tenant(s, t)
         has_policies = s.scalars(select(Policy).limit(1)).first() is not None
         if not has_policies and self.policy_factory is not None:
             for p in self.policy_factory(self.lab):
                 p.body = self.sealer.seal(p.body)  # at rest under the site key (the NAA secret policy)
                 s.add(p)
-        self._apply_client_settings(s)
+        self._apply_client_settings(s, self.lab.config.site.client_allow_cmg)
 
-    def _apply_client_settings(self, s: Session) -> None:
-        """The client settings policy follows lab.json: a changed value is a new policy version."""
+    def _write_tenant(self, s: Session, tenant: labconfig.Tenant) -> None:
+        """lab.json's tenant as the site's row: whether it is onboarded (a new row takes the lab's apps)."""
+        existing = s.get(Tenant, tenant.tenant_id)
+        if existing is not None:
+            existing.onboarded = tenant.onboarded
+            return
+        apps = self.lab.config.apps
+        server_app = next((a for a in apps if a.identifier_uri and not a.public_client), apps[0])
+        s.add(
+            Tenant(
+                tenant_id=tenant.tenant_id,
+                name=tenant.display_name,
+                client_app_id=apps[0].app_id,
+                server_app_id=server_app.app_id,
+                resource_uri=server_app.identifier_uri or "https://ConfigMgrService",
+                onboarded=tenant.onboarded,
+            )
+        )
+
+    def write_lab_tenant(self, tenant: labconfig.Tenant) -> None:
+        """One tenant of lab.json over its row in the running site (`cmglab tenant onboard`), nothing else."""
+        with self.session() as s:
+            self._write_tenant(s, tenant)
+
+    def _apply_client_settings(self, s: Session, allow_cmg: bool) -> None:
+        """The client settings policy follows the setting: a changed value is a new policy version."""
         from cmglab.services.management_point.policy_defaults import client_settings_xml
 
-        site = self.lab.config.site
+        code = self.lab.config.site.code
         for p in s.scalars(select(Policy).where(Policy.category == "ClientSettings")):
-            if f'name="AllowCMG" type="11"><value>{int(site.client_allow_cmg)}</value>' in self.sealer.open(p.body):
+            if f'name="AllowCMG" type="11"><value>{int(allow_cmg)}</value>' in self.sealer.open(p.body):
                 continue
             p.version = f"{float(p.version) + 1:.2f}"
-            p.body = self.sealer.seal(client_settings_xml(p.policy_id, p.version, site.code, site.client_allow_cmg))
+            p.body = self.sealer.seal(client_settings_xml(p.policy_id, p.version, code, allow_cmg))
 
     # -- settings ----------------------------------------------------------------------------
     @staticmethod
@@ -360,7 +368,8 @@ class Store(db.Store):
         return self._read_site_settings(s) or self.lab.config.site.site_settings()
 
     def change_site_settings(self, change: SiteSettingsChange) -> SiteSettings:
-        """The running site's settings with `change` (lab.json untouched: its next seed puts them back). Only
+        """The running site's settings with `change` (`POST /_lab/site`: lab.json untouched, so the MP's next start
+        puts lab.json's values back; `cmglab site set`: lab.json's value of the one setting it names). Only
         the rows of the settings given are written (and any row missing, from the merged model), so two
         changes of different settings at once both stay: on SQLite writing only the named rows is what keeps
         both (`exclusive()` takes no lock there); on PostgreSQL the advisory lock also runs one MP replica's
@@ -373,6 +382,8 @@ class Store(db.Store):
             values = updated.model_dump()
             for name in sorted(set(given) | (set(values) - stored)):
                 s.merge(SiteSetting(name=name, value=json.dumps(values[name])))
+            if "client_allow_cmg" in given:  # delivered by policy: the client settings policy follows it
+                self._apply_client_settings(s, updated.client_allow_cmg)
             s.flush()
             return self._read_site_settings(s) or updated  # with any other change made meanwhile
 
