@@ -19,7 +19,18 @@ from cmglab.core.labconfig import load_config
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from tests.support.agent import assert_lines, log_of, new_device, run
-from tests.support.client import SERVICES, assert_clean, install, joined_device, new_bulk_token
+from tests.support.client import (
+    CRL_CHECK_FAILED,
+    CRL_OFFLINE,
+    SERVICES,
+    device_command,
+    fails_clean,
+    install,
+    installs,
+    joined_device,
+    new_bulk_token,
+    rejoin,
+)
 from tests.support.lab import lab_client, lab_fixture
 
 services = lab_fixture(*SERVICES, autouse=True)
@@ -28,21 +39,16 @@ services = lab_fixture(*SERVICES, autouse=True)
 def test_root_ca_missing(lab: Lab, tmp_path: Path) -> None:
     """README remedy: the root CA back in the device's Root store (`cmglab device repair root-ca`)."""
     device = joined_device(lab, tmp_path / "dev")
-    r = run("cmglab", "device", "break", "root-ca", "--home", str(device.home), "--lab", str(lab.dir))
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = install(lab, device)
-    assert r.returncode == 6
-    assert_lines(
+    device_command(lab, device, "break", "root-ca")
+    fails_clean(
+        lab,
         device,
-        "ccmsetup.log",
         r"0x800B0109",
         r"not in the device's Trusted Root store",
         r"CcmSetup is exiting with return code 6",
     )
-    assert_clean(device)
-    r = run("cmglab", "device", "repair", "root-ca", "--home", str(device.home), "--lab", str(lab.dir))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert install(lab, device).returncode == 0
+    device_command(lab, device, "repair", "root-ca")
+    installs(lab, device)
 
 
 def test_no_root_ca_device_joins_but_cannot_reach_the_cmg(lab: Lab, tmp_path: Path) -> None:
@@ -54,30 +60,16 @@ def test_no_root_ca_device_joins_but_cannot_reach_the_cmg(lab: Lab, tmp_path: Pa
         "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password", u.password
     )
     assert join.returncode == 0, join.stdout + join.stderr
-    r = install(lab, device)
-    assert r.returncode == 6
-    assert_lines(device, "ccmsetup.log", r"0x800B0109", r"not in the device's Trusted Root store")
-    assert_clean(device)
+    fails_clean(lab, device, r"0x800B0109", r"not in the device's Trusted Root store")
 
 
 def test_crl_unreachable_then_nocrlcheck(lab: Lab, tmp_path: Path) -> None:
     """README remedy: /nocrlcheck on the ccmsetup command line (`cmglab device break crl` shows the failure)."""
     device = joined_device(lab, tmp_path / "dev")
-    r = run("cmglab", "device", "break", "crl", "--home", str(device.home), "--lab", str(lab.dir))
-    assert r.returncode == 0, r.stdout + r.stderr
+    device_command(lab, device, "break", "crl")
     assert not device.crl_cache.exists()  # a device that never fetched the CRLs
-    r = install(lab, device)
-    assert r.returncode == 6
-    assert_lines(
-        device,
-        "ccmsetup.log",
-        r"0x80092013",
-        r"revocation server was offline",
-        r"Certificate revocation check failed: .*/nocrlcheck",
-    )
-    assert_clean(device)
-    r = install(lab, device, "/nocrlcheck")
-    assert r.returncode == 0, r.stderr
+    fails_clean(lab, device, *CRL_OFFLINE, CRL_CHECK_FAILED)
+    installs(lab, device, "/nocrlcheck")
     assert "Enabled SSL revocation check." not in log_of(device, "ccmsetup.log").split("/nocrlcheck")[-1]
 
 
@@ -86,17 +78,12 @@ def test_crl_break_then_repair(lab: Lab, tmp_path: Path) -> None:
     `cmglab device repair crl` (the CRL published where the device reaches it): ccmsetup installs."""
     device = joined_device(lab, tmp_path / "dev")
     hosts = device.hosts_path.read_text()
-    assert run("cmglab", "device", "break", "crl", "--home", str(device.home), "--lab", str(lab.dir)).returncode == 0
+    device_command(lab, device, "break", "crl")
     assert device.hosts_path.read_text() != hosts
-    r = install(lab, device)
-    assert r.returncode == 6
-    assert_lines(device, "ccmsetup.log", r"0x80092013", r"revocation server was offline")
-    assert_clean(device)
-    r = run("cmglab", "device", "repair", "crl", "--home", str(device.home), "--lab", str(lab.dir))
-    assert r.returncode == 0, r.stdout + r.stderr
+    fails_clean(lab, device, *CRL_OFFLINE)
+    device_command(lab, device, "repair", "crl")
     assert sorted(device.hosts_path.read_text().splitlines()) == sorted(hosts.splitlines())
-    r = install(lab, device)
-    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-2000:]
+    installs(lab, device)
 
 
 def test_crl_host_down_until_started(lab: Lab, lab_services: LabProcesses, tmp_path: Path) -> None:
@@ -106,48 +93,27 @@ def test_crl_host_down_until_started(lab: Lab, lab_services: LabProcesses, tmp_p
     shutil.rmtree(device.crl_cache)
     lab_services.stop("pki")
     try:
-        r = install(lab, device)
-        assert r.returncode == 6
-        assert_lines(
-            device,
-            "ccmsetup.log",
-            r"0x80092013",
-            r"revocation server was offline",
-            r"Certificate revocation check failed: .*/nocrlcheck",
-        )
-        assert_clean(device)
+        fails_clean(lab, device, *CRL_OFFLINE, CRL_CHECK_FAILED)
     finally:
         lab_services.start("pki")
-    r = install(lab, device)
-    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-2000:]
+    installs(lab, device)
 
 
 def test_no_wpj_certificate(lab: Lab, tmp_path: Path) -> None:
     """README remedy: join again (dsregcmd /leave, dsregcmd /join), then check dsregcmd /status."""
     device = joined_device(lab, tmp_path / "dev")
-    r = run("cmglab", "device", "break", "wpj-cert", "--home", str(device.home), "--lab", str(lab.dir))
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = install(lab, device)
-    assert r.returncode == 6
-    assert_lines(
+    device_command(lab, device, "break", "wpj-cert")
+    fails_clean(
+        lab,
         device,
-        "ccmsetup.log",
         r"Failed to get AAD token: this device is not Azure AD joined \(the WPJ certificate is not found\)",
         r"dsregcmd /status' and check the Device State section",
         r"dsregcmd /status",
     )
-    assert_clean(device)
-    assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
-    u = lab.config.primary_tenant.users[0]
-    assert (
-        run(
-            "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password", u.password
-        ).returncode
-        == 0
-    )
+    rejoin(lab, device)
     status = run("cmglab.agent.dsregcmd", "/status", "--home", str(device.home))
     assert re.search(r"AzureAdJoined\s*:\s*YES", status.stdout), status.stdout
-    assert install(lab, device).returncode == 0
+    installs(lab, device)
 
 
 def cmglab(lab: Lab, *args: str) -> str:
@@ -173,15 +139,12 @@ def test_tenant_not_onboarded(lab: Lab, tmp_path: Path) -> None:
     other = lab.config.tenants[1]
     assert not other.onboarded
     device = joined_device(lab, tmp_path / "dev", tenant=1)
-    r = install(lab, device)
-    assert r.returncode == 6
-    assert_lines(
+    fails_clean(
+        lab,
         device,
-        "ccmsetup.log",
         r"Getting AAD info from CMG '",
         rf"no AAD information for tenant {other.tenant_id}: the tenant is not onboarded",
     )
-    assert_clean(device)
     aad_info = f"{lab.url('cmg')}/CCM_Proxy_ServerAuth/AADAuthInfo?TenantID={other.tenant_id}"
     cmglab(lab, "tenant", "onboard", other.display_name)
     try:
@@ -189,8 +152,7 @@ def test_tenant_not_onboarded(lab: Lab, tmp_path: Path) -> None:
         view = json.loads(cmglab(lab, "site", "show", "--json"))
         assert next(t for t in view["tenants"] if t["tenant_id"] == other.tenant_id)["enforced"] is True
         wait_cmg(lab, aad_info, lambda status: status == 200)
-        r = install(lab, device)
-        assert r.returncode == 0, log_of(device, "ccmsetup.log")[-2000:]
+        installs(lab, device)
     finally:
         cmglab(lab, "tenant", "offboard", other.display_name)
     wait_cmg(lab, aad_info, lambda status: status == 404)
@@ -203,11 +165,9 @@ def test_device_and_user_token_both_unavailable(lab: Lab, tmp_path: Path) -> Non
     copy = tmp_path / "copy"
     shutil.copytree(device.home, copy)
     assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(copy)).returncode == 0
-    r = install(lab, device)
-    assert r.returncode == 6
-    assert_lines(
+    fails_clean(
+        lab,
         device,
-        "ccmsetup.log",
         r"Getting AAD \(device\) token with",
         r"Failed to get AAD token for 'S-1-5-18' from WAM API\. Error 0x",
         r"Falling back to get user '\S+' token for system\.\.\.",
@@ -215,16 +175,8 @@ def test_device_and_user_token_both_unavailable(lab: Lab, tmp_path: Path) -> Non
         r"Failed to get AAD \(user\) token",
         r"Failed to get a CCM token: neither a device nor a user token is available",
     )
-    assert_clean(device)
-    assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
-    u = lab.config.primary_tenant.users[0]
-    assert (
-        run(
-            "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password", u.password
-        ).returncode
-        == 0
-    )
-    assert install(lab, device).returncode == 0
+    rejoin(lab, device)
+    installs(lab, device)
 
 
 def test_user_token_fallback(lab: Lab, tmp_path: Path, admin_headers: dict[str, str]) -> None:
@@ -293,14 +245,12 @@ def test_blocked_bulk_token(lab: Lab, tmp_path: Path) -> None:
     guid = next(v for k, v in bulk.items() if k.lower() in ("guid", "token_guid", "unique_id", "id"))
     assert run("cmglab", "bulk-token", "block", guid, "--lab", str(lab.dir)).returncode == 0
     device = new_device(lab.dir, tmp_path / "dev")
-    r = install(lab, device, f"/regtoken:{bulk['token']}")
-    assert r.returncode == 6
-    assert_lines(device, "ccmsetup.log", r"BulkTokenBlocked", r"/regtoken:<redacted \d+ characters>")
-    assert_clean(device)
+    fails_clean(
+        lab, device, r"BulkTokenBlocked", r"/regtoken:<redacted \d+ characters>", extra=(f"/regtoken:{bulk['token']}",)
+    )
     assert bulk["token"] not in log_of(device, "ccmsetup.log")
     assert run("cmglab", "bulk-token", "unblock", guid, "--lab", str(lab.dir)).returncode == 0
-    r = install(lab, device, f"/regtoken:{bulk['token']}")
-    assert r.returncode == 0, r.stderr
+    installs(lab, device, f"/regtoken:{bulk['token']}")
 
 
 def test_expired_bulk_token(lab: Lab, tmp_path: Path) -> None:
@@ -312,13 +262,9 @@ def test_expired_bulk_token(lab: Lab, tmp_path: Path) -> None:
     token, guid, start, end = lab.site_signer().bulk_token(minutes=1, now=datetime.now(UTC) - timedelta(minutes=10))
     Store(lab, policy_factory=default_policies).add_bulk_token(guid, 1, start, end)
     device = new_device(lab.dir, tmp_path / "dev")
-    r = install(lab, device, f"/regtoken:{token}")
-    assert r.returncode == 6
-    assert_lines(device, "ccmsetup.log", r"TokenExpired", r"/regtoken:<redacted \d+ characters>")
-    assert_clean(device)
+    fails_clean(lab, device, r"TokenExpired", r"/regtoken:<redacted \d+ characters>", extra=(f"/regtoken:{token}",))
     assert token not in log_of(device, "ccmsetup.log")
-    r = install(lab, device, f"/regtoken:{new_bulk_token(lab)['token']}")
-    assert r.returncode == 0, r.stderr
+    installs(lab, device, f"/regtoken:{new_bulk_token(lab)['token']}")
 
 
 def test_revoked_client_certificate(lab: Lab, tmp_path: Path) -> None:
@@ -344,16 +290,14 @@ def test_revoked_client_certificate(lab: Lab, tmp_path: Path) -> None:
         time.sleep(0.2)
     cmg_log = lab.dir / "logs" / "cmg" / "CMGService.log"
     seen = len(cmg_log.read_text(errors="replace"))  # the refusals of the wait above
-    r = install(lab, device, "/usepkicert")
-    assert r.returncode == 6
-    assert_lines(
+    fails_clean(
+        lab,
         device,
-        "ccmsetup.log",
         r"Found a valid PKI client authentication certificate",
         r"CCM_STS refused the pki proof: 0x80072(EFD|F8F)",
         r"it refused the client authentication certificate \(revoked",
+        extra=("/usepkicert",),
     )
-    assert_clean(device)
     # ccmsetup's refusal is in a product log that `cmglab logs` shows, not only on the service's stdout
     refusal = "TLS handshake refused: client certificate failed verification: certificate revoked"
     deadline = time.monotonic() + 10
@@ -368,8 +312,7 @@ def test_revoked_client_certificate(lab: Lab, tmp_path: Path) -> None:
     for thumbprint in revoked:
         device.stores.remove("My", thumbprint)
     assert len(device.stores.pki_client_certs()) == 1
-    r = install(lab, device, "/usepkicert")
-    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-2000:]
+    installs(lab, device, "/usepkicert")
 
 
 def test_allow_cmg_off(lab: Lab, tmp_path: Path) -> None:
@@ -380,21 +323,18 @@ def test_allow_cmg_off(lab: Lab, tmp_path: Path) -> None:
     try:
         assert load_config(Lab.config_path(lab.dir)).site.allow_cmg is False  # persisted, not only live
         wait_cmg(lab, sts, lambda status: status == 404)
-        r = install(lab, device)
-        assert r.returncode == 6
-        assert_lines(device, "ccmsetup.log", r"HTTP 404", r"Allow clients to use a cloud management gateway")
-        assert_clean(device)
+        fails_clean(lab, device, r"HTTP 404", r"Allow clients to use a cloud management gateway")
     finally:
         cmglab(lab, "site", "set", "allow-cmg", "true")
     wait_cmg(lab, sts, lambda status: status != 404)
-    assert install(lab, device).returncode == 0
+    installs(lab, device)
 
 
 def test_client_setting_allow_cmg_off(lab: Lab, tmp_path: Path) -> None:
     """Seed 003: with the client setting "Allow clients to use a cloud management gateway" off, a client does not
     use the CMG whatever token it holds; the setting reaches it by policy (`cmglab site set client-allow-cmg`)."""
     device = joined_device(lab, tmp_path / "dev")
-    assert install(lab, device).returncode == 0
+    installs(lab, device)
     cmglab(lab, "site", "set", "client-allow-cmg", "false")
     try:
         first = run("cmglab.agent.ccmexec", "--home", str(device.home))  # through the CMG: gets the new policy

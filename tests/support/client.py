@@ -9,9 +9,14 @@ from pathlib import Path
 
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
-from tests.support.agent import new_device, run
+from tests.support.agent import assert_lines, log_of, new_device, run
 
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
+
+# The README troubleshooting row "CRL check is enabled": ccmsetup.log's lines of the failure (seed 001), and the
+# line that names its remedy when the device holds no CRL at all
+CRL_OFFLINE = (r"0x80092013", r"revocation server was offline")
+CRL_CHECK_FAILED = r"Certificate revocation check failed: .*/nocrlcheck"
 
 
 def ccmhostname(lab: Lab) -> str:
@@ -46,3 +51,34 @@ def new_bulk_token(lab: Lab, minutes: int = 60) -> dict[str, str]:
     assert r.returncode == 0, r.stderr
     doc: dict[str, str] = json.loads(r.stdout)
     return doc
+
+
+def device_command(lab: Lab, device: Device, verb: str, what: str) -> None:
+    """`cmglab device break WHAT` (a troubleshooting row's cause) or `cmglab device repair WHAT` (its remedy)."""
+    r = run("cmglab", "device", verb, what, "--home", str(device.home), "--lab", str(lab.dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def fails_clean(lab: Lab, device: Device, *lines: str, extra: tuple[str, ...] = ()) -> None:
+    """ccmsetup (with `extra` on its command line) exits 6, ccmsetup.log has every one of `lines` (patterns), and
+    nothing is half-written."""
+    r = install(lab, device, *extra)
+    assert r.returncode == 6, r.stdout + r.stderr
+    assert_lines(device, "ccmsetup.log", *lines)
+    assert_clean(device)
+
+
+def installs(lab: Lab, device: Device, *extra: str) -> None:
+    """ccmsetup (with `extra` on its command line) installs: the remedy worked."""
+    r = install(lab, device, *extra)
+    assert r.returncode == 0, r.stderr + log_of(device, "ccmsetup.log")[-3000:]
+
+
+def rejoin(lab: Lab, device: Device) -> None:
+    """`dsregcmd /leave`, then `dsregcmd /join` as the primary tenant's first user."""
+    assert run("cmglab.agent.dsregcmd", "/leave", "--home", str(device.home)).returncode == 0
+    u = lab.config.primary_tenant.users[0]
+    join = run(
+        "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password", u.password
+    )
+    assert join.returncode == 0, join.stdout + join.stderr
