@@ -11,7 +11,7 @@ from cmglab.agent.ccm.tokens import ClientTokenStore
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
 from tests.support.agent import assert_lines, log_of, new_device, run
-from tests.support.client import SERVICES, assert_clean, ccmhostname, ccmsetup, new_bulk_token
+from tests.support.client import SERVICES, assert_clean, ccmhostname, ccmsetup, intranet_ccmsetup, new_bulk_token
 from tests.support.lab import lab_fixture
 
 services = lab_fixture(*SERVICES, autouse=True)
@@ -78,8 +78,7 @@ def test_bulk_registration_token(lab: Lab, tmp_path: Path) -> None:
 
 def test_internal_registration_then_roaming(lab: Lab, tmp_path: Path) -> None:
     device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "LAB01")
-    mp_http = f"http://{lab.config.hosts.management_point}:{lab.config.ports.management_point_http}"
-    r = ccmsetup(device, f"/mp:{mp_http}", f"SMSMP={mp_http}", f"CCMHOSTNAME={ccmhostname(lab)}", "SMSSITECODE=MEM")
+    r = intranet_ccmsetup(lab, device, f"CCMHOSTNAME={ccmhostname(lab)}")
     assert r.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
     assert_lines(
         device,

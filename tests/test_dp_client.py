@@ -10,6 +10,7 @@ from pathlib import Path
 from cmglab.runtime.contentlib import ContentLibrary
 from cmglab.runtime.lab import Lab
 from tests.support.agent import assert_lines, log_of, new_device, run
+from tests.support.client import intranet_ccmsetup, intranet_client
 from tests.support.lab import lab_fixture
 
 # clients check the DP certificate's CRL
@@ -17,13 +18,8 @@ services = lab_fixture("pki", "management-point", "distribution-point", autouse=
 
 
 def test_intranet_client_installs_and_downloads_from_the_dp(lab: Lab, tmp_path: Path) -> None:
-    device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "LAB01")
-    mp_http = f"http://{lab.config.hosts.management_point}:{lab.config.ports.management_point_http}"
+    device = intranet_client(lab, tmp_path / "dev", "LAB01")
     dp_http = f"http://{lab.config.hosts.distribution_point}:{lab.config.ports.distribution_point_http}"
-    r = run(
-        "cmglab.agent.ccmsetup", "--home", str(device.home), f"/mp:{mp_http}", f"SMSMP={mp_http}", "SMSSITECODE=MEM"
-    )
-    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
     assert_lines(
         device,
         "ccmsetup.log",
@@ -64,8 +60,7 @@ def test_intranet_client_installs_and_downloads_from_the_dp(lab: Lab, tmp_path: 
 
 def test_a_device_without_a_domain_account_is_refused_by_the_dp(lab: Lab, tmp_path: Path) -> None:
     device = new_device(lab.dir, tmp_path / "dev", "--name", "WG01")
-    mp_http = f"http://{lab.config.hosts.management_point}:{lab.config.ports.management_point_http}"
-    run("cmglab.agent.ccmsetup", "--home", str(device.home), f"/mp:{mp_http}", f"SMSMP={mp_http}", "SMSSITECODE=MEM")
+    intranet_ccmsetup(lab, device)
     # the DP answers 401 (no computer account): ccmsetup falls back to the MP's CCM_Client
     text = log_of(device, "ccmsetup.log")
     assert "HTTP 401 (access denied); trying the next location" in text, text[-3000:]
@@ -77,18 +72,7 @@ def test_https_dp_takes_the_clients_pki_certificate(lab: Lab, tmp_path: Path) ->
 
     from cmglab.tools.cli import app
 
-    device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "LAB01", "--pki-cert")
-    mp_http = f"http://{lab.config.hosts.management_point}:{lab.config.ports.management_point_http}"
-    r = run(
-        "cmglab.agent.ccmsetup",
-        "--home",
-        str(device.home),
-        f"/mp:{mp_http}",
-        f"SMSMP={mp_http}",
-        "SMSSITECODE=MEM",
-        "/usepkicert",
-    )
-    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
+    device = intranet_client(lab, tmp_path / "dev", "LAB01", pki_cert=True)
     assert CliRunner().invoke(app, ["content", "dp", "--https", "--lab", str(lab.dir)]).exit_code == 0
     try:
         r = run("cmglab.agent.ccmexec", "--home", str(device.home), "--download", "MEM00002")

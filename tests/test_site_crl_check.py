@@ -20,7 +20,8 @@ from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
 from cmglab.tools.processes import LabProcesses
 from cmglab.wire import site_security
-from tests.support.agent import log_of, new_device, run
+from tests.support.agent import log_of, run
+from tests.support.client import intranet_client
 from tests.support.lab import new_lab
 
 
@@ -81,18 +82,7 @@ def download(device: Device) -> tuple[int, str]:
 
 def test_clients_follow_the_site_crl_setting_live(crl_lab: Lab, tmp_path: Path) -> None:
     lab = crl_lab
-    device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "CRL01", "--pki-cert")
-    mp_http = f"http://{lab.config.hosts.management_point}:{lab.config.ports.management_point_http}"
-    r = run(
-        "cmglab.agent.ccmsetup",
-        "--home",
-        str(device.home),
-        f"/mp:{mp_http}",
-        f"SMSMP={mp_http}",
-        "SMSSITECODE=MEM",
-        "/usepkicert",
-    )
-    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
+    device = intranet_client(lab, tmp_path / "dev", "CRL01", pki_cert=True)
     cmglab(lab, "content", "dp", "--https")
     assert download(device)[0] == 0  # the DP's certificate is good
     assert "revoked" in cmglab(lab, "pki", "revoke", "distribution-point")

@@ -46,6 +46,25 @@ def install(lab: Lab, device: Device, *extra: str) -> subprocess.CompletedProces
     return ccmsetup(device, f"CCMHOSTNAME={ccmhostname(lab)}", "SMSSITECODE=MEM", *extra)
 
 
+def mp_http(lab: Lab) -> str:
+    """The MP's HTTP address, where an intranet client finds it (`/mp:`, `SMSMP=`)."""
+    return f"http://{lab.config.hosts.management_point}:{lab.config.ports.management_point_http}"
+
+
+def intranet_ccmsetup(lab: Lab, device: Device, *extra: str) -> subprocess.CompletedProcess[str]:
+    """ccmsetup as on the intranet: from the MP over HTTP (`/mp:` and `SMSMP=`), site MEM, then `extra`."""
+    return ccmsetup(device, f"/mp:{mp_http(lab)}", f"SMSMP={mp_http(lab)}", "SMSSITECODE=MEM", *extra)
+
+
+def intranet_client(lab: Lab, home: Path, name: str, *, pki_cert: bool = False) -> Device:
+    """The domain computer `name`, installed as an intranet client (`intranet_ccmsetup`); with `pki_cert`, it holds
+    a PKI client certificate and ccmsetup uses it (`/usepkicert`: an HTTPS DP takes it)."""
+    device = new_device(lab.dir, home, "--domain", "--name", name, *(("--pki-cert",) if pki_cert else ()))
+    r = intranet_ccmsetup(lab, device, *(("/usepkicert",) if pki_cert else ()))
+    assert r.returncode == 0, log_of(device, "ccmsetup.log")[-3000:]
+    return device
+
+
 def new_bulk_token(lab: Lab, minutes: int = 60) -> dict[str, str]:
     r = run("cmglab", "bulk-token", "new", "--lab", str(lab.dir), "--lifetime", str(minutes), "--json")
     assert r.returncode == 0, r.stderr
