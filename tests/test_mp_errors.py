@@ -3,14 +3,16 @@ half-registered."""
 
 from __future__ import annotations
 
+import re
 import zlib
 
 import pytest
 
+from cmglab.runtime.certinfo import thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.wire import ccm_messaging as cm
 from tests.support.lab import lab_fixture
-from tests.support.mp import Device, ccm_post, client, http_url, lab_rows, reply_body, wait_log
+from tests.support.mp import Device, ccm_post, client, http_url, lab_rows, new_key, register, reply_body, wait_log
 
 mp = lab_fixture("management-point", site={"auto_approve": "all"})
 
@@ -136,6 +138,49 @@ def test_unknown_smsid(mp: Lab) -> None:
     wait_log(mp, "MP_RegistrationManager.log", r"Confirmation request from unknown Client 'GUID:12345678-1234")
     resp = post(mp, device.signed_message("MP_PolicyManager", device.assignments_body()))
     assert resp.status_code == 200 and resp.content == b""
+
+
+REFUSAL = r'<ClientRegistrationResponse ResponseType="{kind}" TimeStamp="[^"]+" Status="{status}"/>'
+
+
+def record(message: str) -> str:
+    """An SMS-trace record whose message is `message` to the letter."""
+    return r"(?:^|\n)" + re.escape(message) + r"  \$\$<"
+
+
+def refused_line(reason: str) -> str:
+    return record(f"Registration request refused: {reason}")
+
+
+def test_refusals_say_why_in_the_logs_and_answer_the_mps_way(mp: Lab) -> None:
+    """The refusals that first say why in a product log, to the letter: a registration signed with another key,
+    a confirmation from an unknown client (reset: register again), a confirmation signed with a key other than
+    the registered one; each answered a bare ClientRegistrationResponse (no SMSID, no ApprovalStatus)."""
+    device = Device("ERR10")
+    data = device.registration_data()
+    resp = post(mp, cm.encode_request(device.header("MP_ClientRegistration"), cm.registration_request(data, new_key())))
+    assert re.fullmatch(REFUSAL.format(kind="Registration", status=3), reply_body(resp)), reply_body(resp)
+    exact = f"Registration signature verification failed for the signing certificate {thumbprint(device.cert)}"
+    wait_log(mp, "ClientAuth.log", record(exact))
+    reason = "the registration request's signature does not verify with its signing certificate"
+    wait_log(mp, "MP_RegistrationManager.log", refused_line(reason))
+
+    stranger = Device("ERR11")
+    stranger.sms_id = "GUID:0A0B0C0D-1234-1234-1234-123456789ABC"
+    resp = post(mp, stranger.confirmation_message())
+    assert re.fullmatch(REFUSAL.format(kind="Confirmation", status=2), reply_body(resp)), reply_body(resp)
+    exact = f"Confirmation request from unknown Client '{stranger.sms_id}': asking it to register again"
+    wait_log(mp, "MP_RegistrationManager.log", record(exact))
+    wait_log(mp, "MP_RegistrationManager.log", refused_line(f"unknown client {stranger.sms_id}"))
+
+    assert register(mp, device)["Status"] == "0"
+    impostor = Device("ERR10")  # another key, the registered client's SMSID
+    impostor.sms_id = device.sms_id
+    resp = post(mp, impostor.confirmation_message())
+    assert re.fullmatch(REFUSAL.format(kind="Confirmation", status=3), reply_body(resp)), reply_body(resp)
+    exact = f"Confirmation signature from {device.sms_id} does not verify with its registered key"
+    wait_log(mp, "ClientAuth.log", record(exact))
+    wait_log(mp, "MP_RegistrationManager.log", refused_line(f"signature of {device.sms_id} does not verify"))
 
 
 def test_unknown_endpoint_and_missing_parts(mp: Lab) -> None:
