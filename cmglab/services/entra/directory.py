@@ -127,7 +127,7 @@ class Directory:
     def __init__(self, store: st.Store) -> None:
         self.store = store
 
-    def _tenant(self, s: Any, key: str) -> st.Tenant:
+    def _tenant(self, s: Any, key: str) -> st.TenantInfo:
         tenant = st.tenant_by_key(s, key)
         if tenant is None:
             raise DirectoryError(404, f"no tenant {key!r}")
@@ -147,6 +147,7 @@ class Directory:
         with self.store.session() as s:
             if s.get(st.Tenant, tenant_id) is not None or any(s.get(st.Domain, n) for n in names):
                 raise DirectoryError(409, "that tenant or one of its domains exists")
+            st.new_generation(s)  # every process's cache of the directory starts over
             tenant = st.Tenant(
                 tenant_id=tenant_id,
                 display_name=t.display_name,
@@ -196,6 +197,7 @@ class Directory:
             app_id = _guid(a.app_id)
             if s.get(st.App, app_id) is not None or (a.identifier_uri and st.app_by_resource(s, a.identifier_uri)):
                 raise DirectoryError(409, "an app with that ID or identifier URI exists")
+            st.new_generation(s)
             app = st.App(
                 app_id=app_id,
                 display_name=a.display_name,

@@ -397,7 +397,7 @@ def _when(value: str | None) -> datetime:
 
 
 def redeem_assertion(
-    s: Session, key: FederationKey, assertion_b64: str, tenant: st.Tenant | None
+    s: Session, key: FederationKey, assertion_b64: str, tenant: st.TenantInfo | None
 ) -> FederatedSignIn | FederatedComputer:
     """A SAML 1.1 assertion from the federation of the user's domain: signature, validity, audience, issuer,
     then the user by UPN (the ImmutableID must be the user's)."""
@@ -475,7 +475,7 @@ def redeem_assertion(
     return FederatedSignIn(user, ("fed",))
 
 
-def _computer(s: Session, verified: Any, audience: str, tenant: st.Tenant | None) -> FederatedComputer:
+def _computer(s: Session, verified: Any, audience: str, tenant: st.TenantInfo | None) -> FederatedComputer:
     ns = {"saml": SAML_NS}
 
     def attribute(name: str) -> str:

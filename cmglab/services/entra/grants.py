@@ -198,7 +198,7 @@ class Grants:
             return TokenResult({}, kind, use.user.upn, {"device_id": use.row.device_id}, jwe=jwe)
         payload, device = self._verify_device_request(s, request, header, req.segment)
         inner = require(payload, "grant_type")
-        tenant = s.get(st.Tenant, device.tenant_id)
+        tenant = st.tenant_by_id(s, device.tenant_id)
         assert tenant is not None
         if inner == "device_token":
             resource, _ = self.issuer.resource(s, payload, v2=req.v2, tenant_name=tenant.tenant_id)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from cmglab.services.entra import store as st
@@ -30,6 +31,7 @@ from cmglab.services.entra.tokens import (
 
 REFRESH_LIFETIME = 90 * 24 * 3600
 OIDC_SCOPES = {"openid", "profile", "offline_access", "email"}
+REFRESH_INSERT = insert(st.RefreshToken)  # one statement, its values given per execution
 
 
 def missing(name: str) -> AADSTSError:
@@ -67,7 +69,7 @@ class Issuer:
 
     # -- who and what --------------------------------------------------------------------------
     @staticmethod
-    def tenant(s: Session, segment: str, error: str = "invalid_request") -> st.Tenant | None:
+    def tenant(s: Session, segment: str, error: str = "invalid_request") -> st.TenantInfo | None:
         """The tenant the path names; None for `common`/`organizations` (the user's decides)."""
         if segment.lower() in MULTI_TENANT:
             return None
@@ -135,7 +137,7 @@ class Issuer:
             )
         return Resource(app.app_id, requested, app.access_token_version), oidc
 
-    def sign_in(self, s: Session, tenant: st.Tenant | None, username: str, password: str) -> st.User:
+    def sign_in(self, s: Session, tenant: st.TenantInfo | None, username: str, password: str) -> st.User:
         user = st.user_by_upn(s, username)
         if user is None or (tenant is not None and user.tenant_id != tenant.tenant_id):
             where = tenant.display_name if tenant else username.rpartition("@")[2]
@@ -158,7 +160,7 @@ class Issuer:
         return user
 
     @staticmethod
-    def redeem_refresh(s: Session, token: str, client_id: str, tenant: st.Tenant | None) -> st.RefreshToken:
+    def redeem_refresh(s: Session, token: str, client_id: str, tenant: st.TenantInfo | None) -> st.RefreshToken:
         row = s.get(st.RefreshToken, st.token_hash(token))
         if row is None:
             raise AADSTSError(9002313, "invalid_grant", "Invalid request. Request is malformed or invalid.")
@@ -207,15 +209,18 @@ class Issuer:
     def _new_refresh(s: Session, issue: Issue) -> str:
         token = "1.A" + secrets.token_urlsafe(96)
         assert issue.client_id is not None
-        s.add(
-            st.RefreshToken(
-                token_hash=st.token_hash(token),
-                tenant_id=issue.principal.tenant_id,
-                user_id=issue.principal.object_id,
-                client_id=issue.client_id,
-                device_id=issue.principal.device_id,
-                amr=" ".join(issue.amr),
-                expires_at=st.now() + REFRESH_LIFETIME,
-            )
+        # a Core insert, not an ORM object: nothing reads the row back, and the unit of work's flush of one object
+        # cost ~0.1 ms of CPU per sign-in
+        s.connection().execute(
+            REFRESH_INSERT,
+            {
+                "token_hash": st.token_hash(token),
+                "tenant_id": issue.principal.tenant_id,
+                "user_id": issue.principal.object_id,
+                "client_id": issue.client_id,
+                "device_id": issue.principal.device_id,
+                "amr": " ".join(issue.amr),
+                "expires_at": st.now() + REFRESH_LIFETIME,
+            },
         )
         return token

@@ -175,7 +175,7 @@ class Registration:
         device_key = drs.check_csr(req.CertificateRequest.Data)
         transport = drs.parse_transport_key(req.TransportKey)
         with self.store.session() as s:
-            tenant, user = s.get(st.Tenant, claims["tid"]), s.get(st.User, claims.get("oid", ""))
+            tenant, user = st.tenant_by_id(s, claims["tid"]), s.get(st.User, claims.get("oid", ""))
             if tenant is None or user is None or not user.enabled:
                 raise DRSError(401, "AuthenticationError", 50034, "The user of the token does not exist.")
             self._within_quota(s, tenant.tenant_id, user.object_id)
@@ -292,7 +292,8 @@ class Registration:
             tenant = s.get(st.Tenant, device.tenant_id)
             assert tenant is not None
             target = data.TargetDomainId or data.TargetDomain
-            if target and st.tenant_by_key(s, target) is not tenant:
+            found = st.tenant_by_key(s, target) if target else None
+            if target and (found is None or found.tenant_id != tenant.tenant_id):
                 raise DRSError(
                     400, "InvalidParameter", 90002, f"TargetDomain '{target}' is not the tenant of the device."
                 )
