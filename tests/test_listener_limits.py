@@ -251,3 +251,21 @@ def test_connection_cap(tmp_path: Path) -> None:
         assert attack.settle(served)
     finally:
         p.stop_all()
+
+
+def test_idle_timeout_setting(tmp_path: Path) -> None:
+    """CMGLAB_IDLE_TIMEOUT (IIS's 120 s by default; the bench's held-connections section raises it) closes a
+    keep-alive connection idle after its reply, and one that never sent anything."""
+    lab = isolated_lab(tmp_path / "lab")
+    p = LabProcesses(lab, env={"CMGLAB_IDLE_TIMEOUT": "1"})
+    try:
+        p.start("pki")
+        t = next(t for t in attack.targets(lab) if t.listener == "pki")
+        with attack.connect(lab, t, None, timeout=0.5) as s:
+            s.sendall(health(t))
+            assert attack.status(read_reply(s)) == 200
+            assert closed_within(s, 15)
+        with attack.connect(lab, t, None, timeout=0.5) as s:
+            assert closed_within(s, 15)
+    finally:
+        p.stop_all()

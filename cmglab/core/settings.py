@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # seconds from a request head's first byte to its end (408; slowloris), and for a TLS handshake
     head_timeout: float = 20.0
     tls_handshake_timeout: float = 10.0
+    # seconds an idle keep-alive connection is kept (IIS's connection timeout: 120 s, what a client of a real CMG
+    # sees); `cmglab bench` section 5 raises it so that opening 20,000 connections does not outlast it
+    idle_timeout: float = 120.0
     # per process, all listeners: open connections (past it new ones are closed at once), and of them how many
     # may be in their TLS handshake (past it the oldest is dropped for the newcomer)
     max_connections: int = 20_000

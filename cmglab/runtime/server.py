@@ -80,7 +80,7 @@ def limits_from(settings: Settings, listener: str = "") -> Limits:
         max_url_bytes=settings.max_url_bytes,
         max_body_bytes=settings.max_body_bytes,
         head_timeout=settings.head_timeout,
-        idle_timeout=KEEP_ALIVE_TIMEOUT,
+        idle_timeout=settings.idle_timeout,
         listener=listener,
     )
 
@@ -134,11 +134,6 @@ class _Server(uvicorn.Server):
         self.started = True
 
 
-# IIS's connection timeout (120 s), not uvicorn's 5 s: a CMG holds its clients' idle keep-alive
-# connections (a real CMG VM instance: 6,000 of them), it does not make them reconnect
-KEEP_ALIVE_TIMEOUT = 120
-
-
 def _config(listener: Listener, access_log: bool, limits: Limits) -> uvicorn.Config:
     kwargs: dict[str, Any] = {}
     tls = listener.tls
@@ -173,7 +168,9 @@ def _config(listener: Listener, access_log: bool, limits: Limits) -> uvicorn.Con
         timeout_graceful_shutdown=1,
         proxy_headers=False,
         server_header=False,
-        timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
+        # IIS's connection timeout (settings.idle_timeout, 120 s), not uvicorn's 5 s: a CMG holds its clients'
+        # idle keep-alive connections (a real CMG VM instance: 6,000 of them), it does not make them reconnect
+        timeout_keep_alive=limits.idle_timeout,
         **kwargs,
     )
 

@@ -32,9 +32,10 @@ def pin_self() -> None:
 
 
 @contextmanager
-def running(lab: Lab, *names: str) -> Iterator[LabProcesses]:
-    """Fresh service processes (the lab's start order, pinned to the server CPU), stopped afterwards."""
-    procs = LabProcesses(lab, prefix=pin_command([]))
+def running(lab: Lab, *names: str, env: dict[str, str] | None = None) -> Iterator[LabProcesses]:
+    """Fresh service processes (the lab's start order, pinned to the server CPU; `env`: CMGLAB_* settings they
+    run with), stopped afterwards."""
+    procs = LabProcesses(lab, env=dict(env or {}), prefix=pin_command([]))
     try:
         procs.ensure(*(names or SERVICES))
         yield procs
