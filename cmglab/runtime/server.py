@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -170,7 +171,7 @@ def _config(listener: Listener, access_log: bool, limits: Limits) -> uvicorn.Con
         server_header=False,
         # IIS's connection timeout (settings.idle_timeout, 120 s), not uvicorn's 5 s: a CMG holds its clients'
         # idle keep-alive connections (a real CMG VM instance: 6,000 of them), it does not make them reconnect
-        timeout_keep_alive=limits.idle_timeout,
+        timeout_keep_alive=math.ceil(limits.idle_timeout),  # ours (limits.py) closes at the exact time
         **kwargs,
     )
 
