@@ -212,6 +212,11 @@ class VerifiedTokens:
         self._claims: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __contains__(self, token: object) -> bool:
+        """Whether this exact text was verified before as this site's token (lifetime and type not checked)."""
+        with self._lock:
+            return token in self._claims
+
     def known(self, token: str, types: tuple[str, ...] | None = None) -> dict[str, Any] | None:
         """The claims of a token verified before (lifetime and type checked now), or None if it is not known.
         Raises SiteTokenError as `verify` would for a known token that has expired or is of another type."""

@@ -18,8 +18,14 @@ def create_app(parts: Parts) -> FastAPI:
     app.state.parts = parts
     app.include_router(routes_messaging.router(parts))
     app.include_router(routes_sms_mp.router(parts))
-    app.include_router(routes_site.router(parts, TokenService(parts, parts.entra_keys)))
+    sts = TokenService(parts, parts.entra_keys)
+    app.include_router(routes_site.router(parts, sts))
     app.include_router(routes_lab.router(parts))
     install_lab_admin(app, service="management-point", lab=parts.lab, reset=parts.store.reset)
     install_error_handler(app)
+    # the same handlers, answered without FastAPI's layers when wrapped in fastpath.LeanRoutes (service.py)
+    app.state.lean_routes = {
+        **routes_messaging.lean_routes(parts),
+        ("POST", "/ccm_sts"): routes_site.sts_handler(parts, sts),
+    }
     return app

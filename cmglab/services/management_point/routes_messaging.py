@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -18,13 +20,11 @@ from cmglab.services.management_point.transport import (
 )
 
 VDIRS = ("ccm_system", "ccm_system_windowsauth", "ccm_system_altauth", "ccm_system_tokenauth")
+Handler = Callable[[Request, str], Awaitable[Response]]
 
 
-def router(mp: Parts) -> APIRouter:
-    r = APIRouter()
-
-    async def windows_login(request: Request) -> tuple[str | None, Response | None]:
-        return await windows_logon(mp, request)
+def messaging_handler(mp: Parts) -> Handler:
+    """`CCM_POST /<vdir>/request`: the one handler behind the FastAPI routes and the lean path (fastpath.py)."""
 
     async def ccm_post(request: Request, vdir: str) -> Response:
         raw = await read_body(request, mp.lab.settings.max_body_bytes)  # read first: NTLM keeps the connection
@@ -35,7 +35,7 @@ def router(mp: Parts) -> APIRouter:
             mp.logs.isapi.warning(f"CCM_POST {request.url.path} over HTTPS without a client certificate: 403.7")
             raise IISError(403, CERT_REQUIRED)
         if vdir == "ccm_system_windowsauth":
-            account, challenge = await windows_login(request)
+            account, challenge = await windows_logon(mp, request)
             if challenge is not None:
                 return challenge
             caller.domain_account = account
@@ -50,6 +50,26 @@ def router(mp: Parts) -> APIRouter:
             return Response(reply.reason or "", status_code=reply.status, media_type="text/plain")
         return Response(reply.body, status_code=200, media_type=reply.content_type)
 
+    return ccm_post
+
+
+def lean_routes(mp: Parts) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
+    """(method, path) -> handler of the exact routes the lean path answers (fastpath.py)."""
+    ccm_post = messaging_handler(mp)
+
+    def of(vdir: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await ccm_post(request, vdir)
+
+        return endpoint
+
+    return {("CCM_POST", f"/{vdir}/request"): of(vdir) for vdir in VDIRS}
+
+
+def router(mp: Parts) -> APIRouter:
+    r = APIRouter()
+    ccm_post = messaging_handler(mp)
+
     for vdir in VDIRS:
 
         async def endpoint(request: Request, _vdir: str = vdir) -> Response:
@@ -61,7 +81,7 @@ def router(mp: Parts) -> APIRouter:
 
     @r.api_route("/ccm_system_windowsauth/{rest:path}", methods=["GET", "HEAD", "POST"], include_in_schema=False)
     async def windowsauth_probe(request: Request, rest: str) -> Response:
-        _, challenge = await windows_login(request)
+        _, challenge = await windows_logon(mp, request)
         if challenge is not None:
             return challenge
         raise IISError(403, FORBIDDEN)  # no directory browsing

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -60,10 +62,9 @@ def cloud_config(mp: Parts) -> CloudConfig:
     )
 
 
-def router(mp: Parts, sts: TokenService) -> APIRouter:
-    r = APIRouter()
+def sts_handler(mp: Parts, sts: TokenService) -> Callable[[Request], Awaitable[Response]]:
+    """`POST /CCM_STS`: the one handler behind the FastAPI route and the lean path (fastpath.py)."""
 
-    @r.post("/ccm_sts", include_in_schema=False)
     async def ccm_sts(request: Request) -> Response:
         caller = caller_of(request, mp, "ccm_sts")
         if caller.scheme != "https":
@@ -80,6 +81,13 @@ def router(mp: Parts, sts: TokenService) -> APIRouter:
         reply = await sts.process(req, caller, url)
         record(request).auth_kind = AuthKind.of_proof(req.proof_type)
         return JSONResponse(reply)
+
+    return ccm_sts
+
+
+def router(mp: Parts, sts: TokenService) -> APIRouter:
+    r = APIRouter()
+    r.add_api_route("/ccm_sts", sts_handler(mp, sts), methods=["POST"], include_in_schema=False)
 
     @r.get("/ccm_cloud/config", include_in_schema=False)
     async def ccm_cloud_config(request: Request) -> Response:

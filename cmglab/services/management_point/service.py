@@ -8,12 +8,14 @@ from cmglab.runtime.server import Service
 from cmglab.runtime.site_system import site_system
 from cmglab.runtime.tls import log_refusals_to
 from cmglab.services.management_point.app import create_app
+from cmglab.services.management_point.fastpath import LeanRoutes
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.transport import IISPaths
 
 
 def build(lab: Lab) -> Service:
-    app = IISPaths(create_app(Parts.from_lab(lab)))
+    # CcmMessaging's CCM_POST and CCM_STS skip FastAPI's layers (fastpath.py); the rest is the FastAPI app
+    app = IISPaths(LeanRoutes(create_app(Parts.from_lab(lab))))
     # a refused client certificate (revoked, foreign CA) in the product log admins read (seeds 003/004)
     log_refusals_to(smstrace_logger(lab.log_dir("management-point") / "ClientAuth.log", "ClientAuth"))
     # h11 on both listeners: CcmMessaging's CCM_POST is no method llhttp (httptools) knows

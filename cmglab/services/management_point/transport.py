@@ -124,7 +124,8 @@ async def require_token(request: Request, mp: Parts, caller: Caller) -> None:
     any verdict but `valid` is refused with 401 (admission.entra_refusal) before the message is read; a valid one
     is handed on, and the message layer admits it for MP_ClientRegistration only."""
     token = bearer(request)
-    if token is None or _site_signed(mp, token):
+    # a token verified before as a CCM token is site-signed: no header to parse again
+    if token is None or token in mp.ccm_tokens or _site_signed(mp, token):
         await require_ccm_token(request, mp, caller)
         return
     verdict, claims, reason = await entra_verdict(mp, token)
