@@ -192,7 +192,22 @@ POLICY_SIGNER_BEFORE = (
     "main 829e5f5 (the signer's lookup in a session of its own, its certificate parsed per request), 16 "
     "connections, 3 s, mean of 2 runs interleaved with 2 of the change, load average 4-8.5"
 )
+LEAN_BEFORE = (
+    "main 0ebbee8 (CCM_POST and CCM_STS through FastAPI's middleware, router and dependencies), 16 connections, "
+    "4 s, mean of 2 runs interleaved with 2 of the change, load average 13-21 (one main run's ClientToken and "
+    "policy rows, stalled at 2 and 42 req/s, left out)"
+)
+_LEAN = (
+    "CcmMessaging's CCM_POST and CCM_STS answered by a lean ASGI path: the same handlers under the same "
+    "LabMiddleware and exception handlers, without FastAPI's layers; a known CCM token's header not parsed "
+    "again (cmglab/services/management_point/fastpath.py)"
+)
 MP_FIXES = (
+    Fix(scenarios.MP_LOCATION, _LEAN, "management-point", 355.2, None, 1.29, 1.29, before=LEAN_BEFORE),
+    Fix(scenarios.MP_POLICY, "the same", "management-point", 207.8, None, 2.54, 2.54, before=LEAN_BEFORE),
+    Fix(scenarios.MP_REGISTRATION, "the same", "management-point", 278.7, None, 2.47, 2.47, before=LEAN_BEFORE),
+    Fix(scenarios.MP_STS, "the same", "management-point", 209.8, None, 2.66, 2.66, before=LEAN_BEFORE),
+    Fix(scenarios.MP_STS_CLIENT, "the same", "management-point", 130.0, None, 3.23, 3.23, before=LEAN_BEFORE),
     Fix(
         "MP policy assignments (signed request)",
         "the signed message's client looked up in the request's one session, its signing key parsed once per "
