@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
 from cmglab.services.management_point.errors import CERT_REQUIRED, FORBIDDEN, IISError
@@ -13,6 +12,7 @@ from cmglab.services.management_point.messages import dispatch
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.transport import (
     caller_of,
+    off_loop,
     read_body,
     refused_http,
     require_token,
@@ -43,7 +43,7 @@ def messaging_handler(mp: Parts) -> Handler:
             await require_token(request, mp, caller)
         if not raw:
             return Response(b"", status_code=200)
-        reply = await run_in_threadpool(dispatch, mp, raw, request.headers.get("content-type"), caller)
+        reply = await off_loop(dispatch, mp, raw, request.headers.get("content-type"), caller)
         if reply.reason:
             record(request).result = reply.reason
         if reply.status != 200:
