@@ -19,6 +19,7 @@ from cmglab.runtime.certinfo import client_cert
 from cmglab.services.cmg import routing
 from cmglab.services.cmg.auth import MESSAGING_PATH, Identity
 from cmglab.services.cmg.errors import CMGError, install_error_handler, not_found
+from cmglab.services.cmg.front import Front
 from cmglab.services.cmg.parts import Parts
 from cmglab.wire import cmg_urls
 from cmglab.wire.kinds import AuthKind
@@ -48,7 +49,7 @@ class AnyMethod:
         await response(scope, receive, send)
 
 
-def create_app(parts: Parts) -> FastAPI:
+def create_app(parts: Parts) -> Front:
     cmg = parts
     app = FastAPI(title="cmglab cloud management gateway", docs_url=None, redoc_url=None, openapi_url=None)
     state = install_lab_admin(app, service="cmg", lab=cmg.lab, health=cmg.hub.snapshot, private=True)
@@ -155,4 +156,4 @@ def create_app(parts: Parts) -> FastAPI:
 
     # an ASGI endpoint (not a function) takes every method, CCM_POST included, as IIS does
     app.router.routes.append(Route("/{path:path}", AnyMethod(handle), include_in_schema=False))
-    return app
+    return Front(app, state, handle)  # the gateway's URLs reach `handle` without FastAPI's layers

@@ -92,7 +92,8 @@ class Stream:
 
     async def _next(self, timeout: float) -> Frame:
         try:
-            item = await asyncio.wait_for(self.queue.get(), timeout)
+            async with asyncio.timeout(timeout):  # no Task per wait, as wait_for makes
+                item = await self.queue.get()
         except TimeoutError:
             raise Aborted(504, f"no reply from the connection point within {timeout:g} s") from None
         if isinstance(item, BaseException):
@@ -246,7 +247,8 @@ class Hub:
         try:
             while True:
                 try:
-                    data = await asyncio.wait_for(point.transport.receive_bytes(), self.heartbeat * 3)
+                    async with asyncio.timeout(self.heartbeat * 3):
+                        data = await point.transport.receive_bytes()
                 except TimeoutError:
                     reason = f"no heartbeat for {self.heartbeat * 3:g} s"
                     with contextlib.suppress(Exception):

@@ -121,7 +121,8 @@ class Upstream:
             if isinstance(event, h11.Event):
                 return event
             try:
-                data = await asyncio.wait_for(conn.reader.read(BLOCK), self.timeout)
+                async with asyncio.timeout(self.timeout):  # no Task per read, as wait_for makes
+                    data = await conn.reader.read(BLOCK)
             except TimeoutError as e:
                 raise UpstreamTimeout(f"no data from the management point for {self.timeout:g} s") from e
             except (OSError, ssl.SSLError) as e:
@@ -138,7 +139,8 @@ class Upstream:
     async def _write(self, conn: _Connection, data: bytes) -> None:
         conn.writer.write(data)
         try:
-            await asyncio.wait_for(conn.writer.drain(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await conn.writer.drain()
         except TimeoutError as e:
             raise UpstreamTimeout(f"the management point took no data for {self.timeout:g} s") from e
         except (OSError, ssl.SSLError) as e:
