@@ -57,6 +57,9 @@ class Listener:
     # "h11" for listeners that must accept non-standard verbs (CcmMessaging's CCM_POST): llhttp
     # (httptools) refuses any method it does not know
     http: Literal["httptools", "h11"] = "httptools"
+    # connections kept for this listener alone, outside the process's shared budget: the CMG's connector, so
+    # that clients filling the internet-facing listener never lock its connection points out
+    reserved: int = 0
 
 
 @dataclass
@@ -89,11 +92,12 @@ def limits_from(settings: Settings, listener: str = "") -> Limits:
 FD_HEADROOM = 256  # descriptors kept for the database, logs, upstream calls and the listeners themselves
 
 
-def budget_from(settings: Settings) -> Budget:
+def budget_from(settings: Settings, reserved: int = 0) -> Budget:
+    """The budget the process's listeners share; `reserved`: descriptors the listeners with one of their own keep."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    most = settings.max_connections if soft == resource.RLIM_INFINITY else max(soft - FD_HEADROOM, 64)
+    most = settings.max_connections if soft == resource.RLIM_INFINITY else max(soft - FD_HEADROOM - reserved, 64)
     return Budget(
         max_connections=min(settings.max_connections, most),
         max_handshakes=min(settings.max_handshakes, settings.max_connections),
@@ -225,9 +229,16 @@ async def serve(
             ", ".join(str(c.pid) for c in children),
             os.getpid(),
         )
-    budget = budget_from(settings)  # one per process: descriptors are the process'
+    # one per process (descriptors are the process'), and one of its own for a listener with a reserve
+    budget = budget_from(settings, reserved=sum(listener.reserved for listener in service.listeners))
+
+    def budget_of(listener: Listener) -> Budget:
+        if not listener.reserved:
+            return budget
+        return Budget(listener.reserved, listener.reserved, handshake_timeout=settings.tls_handshake_timeout)
+
     servers = [
-        _Server(_config(listener, access_log, limits_from(settings, listener.name)), budget, listener.name)
+        _Server(_config(listener, access_log, limits_from(settings, listener.name)), budget_of(listener), listener.name)
         for listener in service.listeners
     ]
     stop = stop or asyncio.Event()

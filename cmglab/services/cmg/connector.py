@@ -20,6 +20,9 @@ from cmglab.services.cmg.channel import Hub, PointChannel
 from cmglab.wire.cmg_channel import PATH, VERSION, FrameError, Hello, Kind, decode, encode
 
 HELLO_TIMEOUT = 10.0
+# the connector's own connection budget (runtime.server Listener.reserved): a site's few connection points and
+# the admin's /_lab calls, never crowded out by clients holding the client listener's connections
+RESERVED_CONNECTIONS = 64
 
 
 class Registry:

@@ -1,0 +1,47 @@
+"""The CMG's connection cap cannot lock its connection points out (issue 20: a valid connection point's channel
+was once refused at the connector). CMGLAB_MAX_CONNECTIONS bounds a process' connections across its listeners;
+clients on the internet-facing listener could fill it, and the connector would then close a connection point's
+connection unanswered. The connector keeps connections of its own (runtime.server Listener.reserved)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from pathlib import Path
+
+from cmglab.tools.processes import LabProcesses, isolated_lab
+from tests.support.cmg import FAST_ENV, channel_up, wait_for
+
+CAP = 8
+
+
+def _tls_client(host: str, port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSLSocket:
+    sock = socket.create_connection((host, port), timeout=10)
+    return ctx.wrap_socket(sock, server_hostname=name)  # the handshake completes here
+
+
+def test_clients_filling_the_cmg_do_not_lock_its_connection_point_out(tmp_path: Path) -> None:
+    lab = isolated_lab(tmp_path / "lab")
+    procs = LabProcesses(lab, env={**FAST_ENV, "CMGLAB_MAX_CONNECTIONS": str(CAP)})
+    held: list[socket.socket] = []
+    try:
+        procs.start("cmg")
+        ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
+        where = (lab.config.bind_address, lab.port("cmg"), ctx, lab.config.hosts.cmg)
+        refused = False
+        for _ in range(CAP + 4):  # idle keep-alive clients until the cap refuses one (the start's checks hold some)
+            try:
+                held.append(_tls_client(*where))
+            except (OSError, ssl.SSLError):  # closed at accept, before any TLS
+                refused = True
+                break
+        assert refused and held, "the cap was not reached: the test proves nothing"
+
+        procs.start("cmg-connection-point")
+        wait_for(lambda: channel_up(lab), 30, "the connection point's channel while clients hold the CMG's cap")
+    finally:
+        for s in held:
+            with contextlib.suppress(OSError):
+                s.close()
+        procs.stop_all()
