@@ -155,3 +155,17 @@ def test_resolve_entries_are_parsed_like_curl() -> None:
     }
     with pytest.raises(ValueError, match="HOST:PORT:ADDR"):
         httpclient.parse_resolve(["nonsense"])
+
+
+def test_the_tls_extension_builds_the_pem_chain_when_read() -> None:
+    """An idle connection keeps the DER only (issue 20); `client_cert_chain` is still the ASGI extension's field."""
+    import ssl
+
+    from cmglab.runtime.tls import TLSExtension
+
+    der = b"0\x03\x02\x01\x01"  # PEM is its base64: any bytes do
+    ext = TLSExtension([der], client_cert_der=der, tls_version="TLSv1.3", cipher=None)
+    assert "client_cert_chain" in ext and ext.get("missing") is None
+    assert ext.get("client_cert_chain") == ext["client_cert_chain"] == [ssl.DER_cert_to_PEM_cert(der)]
+    with pytest.raises(KeyError):
+        ext["missing"]

@@ -14,6 +14,7 @@ also the request's server span (`cmglab.runtime.tracing`): trace and span IDs, t
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import json
@@ -28,7 +29,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel
 
-from cmglab.runtime.certinfo import client_cert, subject, thumbprint
+from cmglab.runtime.certinfo import client_cert, parsed, subject, thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.wire.requests import RequestRecord
 from cmglab.wire.tracing import TRACEPARENT, TRACESTATE, ServerSpan, SpanExporter
@@ -133,16 +134,18 @@ def _external_url(scope: Scope, host: str) -> str:
 
 
 def _cert_names(scope: Scope) -> tuple[str | None, str | None]:
-    """The client certificate's subject and thumbprint, worked out once per connection (its requests share
-    the TLS extension dict)."""
+    """The client certificate's subject and thumbprint, worked out once per certificate (among the latest 1,024):
+    not kept by each idle keep-alive connection (issue 20)."""
     tls = scope.get("extensions", {}).get("tls")
     if not tls or not tls.get("client_cert_der"):
         return None, None
-    names: tuple[str | None, str | None] | None = tls.get("_names")
-    if names is None:
-        cert = client_cert_from_scope(scope)
-        names = tls["_names"] = (subject(cert), thumbprint(cert))
-    return names
+    return _names_of(tls["client_cert_der"])
+
+
+@functools.lru_cache(maxsize=1024)
+def _names_of(der: bytes) -> tuple[str | None, str | None]:
+    cert = parsed(der)
+    return subject(cert), thumbprint(cert)
 
 
 class _Exchange:

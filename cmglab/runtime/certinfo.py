@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from cryptography import x509
 from starlette.requests import HTTPConnection
 
@@ -12,10 +14,14 @@ def client_cert(conn: HTTPConnection) -> x509.Certificate | None:
     tls = conn.scope.get("extensions", {}).get("tls")
     if not tls or not tls.get("client_cert_der"):
         return None
-    cached = tls.get("_parsed")
-    if cached is None:  # one parse per connection: the dict is shared by its requests
-        cached = tls["_parsed"] = x509.load_der_x509_certificate(tls["client_cert_der"])
-    return cached
+    return parsed(tls["client_cert_der"])
+
+
+@functools.lru_cache(maxsize=1024)
+def parsed(der: bytes) -> x509.Certificate:
+    """One parse per certificate among the latest 1,024 (a connection's requests share its DER object, whose hash
+    Python keeps): not a parsed copy kept by each idle keep-alive connection (issue 20)."""
+    return x509.load_der_x509_certificate(der)
 
 
 def thumbprint(cert: x509.Certificate) -> str:

@@ -153,6 +153,13 @@ class _HeadLimitsMixin:
             self._disarm()
             self.transport.close()  # flushes the reply first
 
+    def _one_idle_timer(self) -> None:
+        """uvicorn arms a keep-alive timer of its own (the same idle timeout) after each reply; ours, armed for the
+        next head, closes the connection just the same (or sooner): an idle connection keeps one timer, not two."""
+        unset = getattr(self, "_unset_keepalive_if_required", None)
+        if self._timer is not None and unset is not None:
+            unset()
+
     def _await_next_head(self, pending: bytes = b"") -> None:
         """Between requests: the next head must start within the idle timeout (or end within the head timeout)."""
         if self.transport.is_closing():
@@ -188,6 +195,7 @@ class HttpToolsHeadLimits(_HeadLimitsMixin):
         super().on_response_complete()  # type: ignore[misc]
         if self._reading_head and not self._head_bytes and not pipelined:
             self._await_next_head()
+        self._one_idle_timer()
 
 
 class H11HeadLimits(_HeadLimitsMixin):
@@ -210,6 +218,7 @@ class H11HeadLimits(_HeadLimitsMixin):
         if self._reading_head and self.conn.their_state is h11.IDLE and pending:
             self._head_within_limits(pending)
         self._after_feed()
+        self._one_idle_timer()
 
 
 def limit_body(app: Any, limits: Limits) -> Any:
