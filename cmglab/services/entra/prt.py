@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
-from sqlalchemy import delete
+from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
 from cmglab.services.entra import store as st
@@ -35,6 +35,7 @@ from cmglab.wire import prt_crypto
 from cmglab.wire.kinds import AuthKind
 
 PRT_LIFETIME = 14 * 24 * 3600  # refresh_token_expires_in: Windows renews every 4 hours of use
+PRT_INSERT = insert(st.PrimaryRefreshToken)  # one statement, its values given per issuance
 CODE_LIFETIME = 600
 PRT_SCOPE = "aza"
 
@@ -87,17 +88,18 @@ class Prts:
             reply["session_key_jwe"] = prt_crypto.seal_session_key(session_key, transport)
         token = "0.A" + secrets.token_urlsafe(128)  # roadlib takes a PRT without a '.' for base64
         now = st.now()
-        s.add(
-            st.PrimaryRefreshToken(
-                token_hash=st.token_hash(token),
-                tenant_id=user.tenant_id,
-                user_id=user.object_id,
-                device_id=device.device_id,
-                session_key=session_key,
-                amr=" ".join(amr),
-                issued_at=now,
-                expires_at=now + PRT_LIFETIME,
-            )
+        s.connection().execute(  # a Core insert: nothing reads the row back in this unit of work
+            PRT_INSERT,
+            {
+                "token_hash": st.token_hash(token),
+                "tenant_id": user.tenant_id,
+                "user_id": user.object_id,
+                "device_id": device.device_id,
+                "session_key": session_key,
+                "amr": " ".join(amr),
+                "issued_at": now,
+                "expires_at": now + PRT_LIFETIME,
+            },
         )
         principal = user_principal(user, device.device_id)
         issue = Issue(principal, Resource(client_id, client_id, 1), client_id, 0, amr, ipaddr)

@@ -16,7 +16,7 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, ForeignKey, LargeBinary, String, delete, func, select, update
+from sqlalchemy import Engine, ForeignKey, LargeBinary, String, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -442,14 +442,20 @@ def issue_nonce(s: Session, lifetime: int) -> str:
         _nonces_pruned_at = time.monotonic()
         s.execute(delete(Nonce).where(Nonce.expires_at < now()))
     value = "AwABEgEAAAADAOz_BQD0_" + secrets.token_urlsafe(48)
-    s.add(Nonce(value=value, expires_at=now() + lifetime))
+    s.connection().execute(_NONCE_INSERT, {"value": value, "expires_at": now() + lifetime})
     return value
 
 
 def consume_nonce(s: Session, value: str) -> bool:
     """True once for a nonce that was issued and has not expired: the delete is the use."""
-    result = s.execute(delete(Nonce).where(Nonce.value == value, Nonce.expires_at >= now()))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    result = s.connection().execute(_NONCE_USE, {"value": value, "now": now()})
+    return bool(result.rowcount)
+
+
+# Prebuilt Core statements run on the session's connection (values per execution): an ORM object's flush or an
+# ORM-enabled DELETE through the session costs ~0.1 ms more CPU per nonce
+_NONCE_INSERT = insert(Nonce)
+_NONCE_USE = delete(Nonce).where(Nonce.value == bindparam("value"), Nonce.expires_at >= bindparam("now"))
 
 
 def spend_assertion(s: Session, assertion_id: str, expires_at: int) -> bool:

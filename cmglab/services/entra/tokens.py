@@ -48,6 +48,7 @@ class Signer:
 
     def __init__(self, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> None:
         self.key, self.cert, self.kid = key, cert, x5t(cert)
+        self.public_key = key.public_key()  # derived once, not per verification
 
     def sign(self, claims: dict[str, Any], *, v1: bool) -> str:
         headers = {"typ": "JWT", "kid": self.kid, **({"x5t": self.kid} if v1 else {})}
@@ -57,7 +58,7 @@ class Signer:
         """Claims of a token this signer issued (signature, audience, lifetime); raises PyJWTError."""
         claims: dict[str, Any] = jwt.decode(
             token,
-            self.key.public_key(),
+            self.public_key,
             algorithms=["RS256"],
             audience=audience,
             options={"require": ["exp", "tid", "iss"]},

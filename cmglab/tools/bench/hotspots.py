@@ -365,7 +365,35 @@ DIRECTORY_CACHE_BEFORE = (
     "ORM object), 16 connections, 3 s, mean of 2 runs interleaved with 2 of the change (after: ROPC 3.01 and "
     "2.97 ms, device token 4.07 and 3.76 ms per operation), load average 9.9-13.3"
 )
+CORE_WRITES_BEFORE = (
+    "main 790b829 (nonces added and spent, devices added as ORM objects and an ORM-enabled DELETE through the "
+    "session; the signer's public key derived per verification), 16 connections, 3 s, mean of 3 runs interleaved "
+    "with 3 of the change (after: device token 3.33, 3.17 and 3.16 ms per operation, DRS join 2.42, 2.61 and "
+    "2.44 ms), load average 10.4-23.0"
+)
 ENTRA_FIXES = (
+    Fix(
+        floor.DEVICE_TOKEN,
+        "the srv_challenge nonce added and spent by prebuilt Core statements on the session's connection (the "
+        "DELETE is still the use, committed at once) (cmglab/services/entra/store.py)",
+        "entra",
+        rps=113.6,
+        p50_ms=None,
+        server_cpu_ms=4.02,
+        process_cpu_ms=4.02,
+        before=CORE_WRITES_BEFORE,
+    ),
+    Fix(
+        floor.DRS_JOIN,
+        "the new device row one prebuilt Core insert, the bearer verified with a public key derived once "
+        "(cmglab/services/entra/registration.py, tokens.py)",
+        "entra",
+        rps=212.1,
+        p50_ms=None,
+        server_cpu_ms=2.86,
+        process_cpu_ms=2.86,
+        before=CORE_WRITES_BEFORE,
+    ),
     Fix(
         "Entra token (ROPC, v1)",
         "tenants and apps from a per-process cache checked against a directory generation row once per request "
