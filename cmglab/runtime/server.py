@@ -23,6 +23,7 @@ import uvicorn
 from cmglab.core.settings import Settings
 from cmglab.runtime import sockets, workers
 from cmglab.runtime.acceptor import Acceptor, Budget
+from cmglab.runtime.anyverb import AnyMethodMixin
 from cmglab.runtime.limits import H11HeadLimits, HttpToolsHeadLimits, Limits, limit_body
 from cmglab.runtime.tls import (
     ClientCertMode,
@@ -54,9 +55,9 @@ class Listener:
     port: int
     host: str = "127.0.0.1"
     tls: TLS | None = None
-    # "h11" for listeners that must accept non-standard verbs (CcmMessaging's CCM_POST): llhttp
-    # (httptools) refuses any method it does not know
-    http: Literal["httptools", "h11"] = "httptools"
+    # "any-method" for listeners that must accept non-standard verbs (CcmMessaging's CCM_POST): llhttp
+    # (httptools) refuses any method it does not know, anyverb.py feeds it a stand-in; "h11": uvicorn's h11
+    http: Literal["httptools", "any-method", "h11"] = "httptools"
     # connections kept for this listener alone, outside the process's shared budget: the CMG's connector, so
     # that clients filling the internet-facing listener never lock its connection points out
     reserved: int = 0
@@ -76,6 +77,17 @@ class _H11Protocol(H11HeadLimits, TLSScopeH11Protocol):
 
 class _HttpToolsProtocol(HttpToolsHeadLimits, TLSScopeHttpToolsProtocol):
     pass
+
+
+class _AnyMethodProtocol(HttpToolsHeadLimits, AnyMethodMixin, TLSScopeHttpToolsProtocol):
+    pass
+
+
+_PROTOCOLS: dict[str, type[asyncio.Protocol]] = {
+    "httptools": _HttpToolsProtocol,
+    "any-method": _AnyMethodProtocol,
+    "h11": _H11Protocol,
+}
 
 
 def limits_from(settings: Settings, listener: str = "") -> Limits:
@@ -155,7 +167,7 @@ def _config(listener: Listener, access_log: bool, limits: Limits) -> uvicorn.Con
             )
 
         kwargs["ssl_context_factory"] = factory
-    base = _H11Protocol if listener.http == "h11" else _HttpToolsProtocol
+    base = _PROTOCOLS[listener.http]
     protocol = type(base.__name__, (base,), {"limits": limits})  # this listener's limits
     return uvicorn.Config(
         limit_body(listener.app, limits),

@@ -10,7 +10,7 @@ from cmglab.runtime.server import TLS, Listener, Service
 
 
 def site_system(
-    lab: Lab, name: str, app: Any, *, http_port: int, http: Literal["httptools", "h11"] = "httptools"
+    lab: Lab, name: str, app: Any, *, http_port: int, http: Literal["httptools", "any-method", "h11"] = "httptools"
 ) -> Service:
     """`name`'s HTTPS listener on its port, the client certificate optional at TLS (from the organisation's
     CAs, checked against the lab's CRLs), and its HTTP listener `<name>-http` on `http_port` (80 in compose)."""

@@ -18,5 +18,7 @@ def build(lab: Lab) -> Service:
     app = IISPaths(LeanRoutes(create_app(Parts.from_lab(lab))))
     # a refused client certificate (revoked, foreign CA) in the product log admins read (seeds 003/004)
     log_refusals_to(smstrace_logger(lab.log_dir("management-point") / "ClientAuth.log", "ClientAuth"))
-    # h11 on both listeners: CcmMessaging's CCM_POST is no method llhttp (httptools) knows
-    return site_system(lab, "management-point", app, http_port=lab.config.ports.management_point_http, http="h11")
+    # llhttp on both listeners, taking CcmMessaging's CCM_POST (a method it does not know) by anyverb.py
+    return site_system(
+        lab, "management-point", app, http_port=lab.config.ports.management_point_http, http="any-method"
+    )

@@ -1,0 +1,124 @@
+"""The any-method listener protocol (cmglab/runtime/anyverb.py): llhttp fed a stand-in for a method it does not
+know (CcmMessaging's CCM_POST) while the application sees the method that was sent, over a real socket: one
+request at a time, several on one keep-alive connection, pipelined in one write (Content-Length, chunked and
+bodyless, mixed with known methods), a head a byte at a time; the body bytes reach the application unchanged
+even when they look like a CCM_POST head; a bad method token is still a 400."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cmglab.runtime.server import Listener, Service
+from tests.support.lab import reserve_ports
+from tests.support.threaded import ThreadedService
+
+
+async def echo(scope: Any, receive: Any, send: Any) -> None:
+    """Answers `<method> <path> <body>`."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    reply = scope["method"].encode() + b" " + scope["path"].encode() + b" " + body
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(reply)).encode())]}
+    )
+    await send({"type": "http.response.body", "body": reply})
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    (p,) = reserve_ports(1)
+    with ThreadedService(Service("anyverb", [Listener("anyverb", echo, p, http="any-method")])):
+        yield p
+
+
+def request(method: bytes, path: bytes, body: bytes | None = None, chunked: bool = False) -> bytes:
+    head = method + b" " + path + b" HTTP/1.1\r\nHost: mp\r\n"
+    if chunked:
+        assert body is not None
+        lines = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:5], body[5:]) if part)
+        return head + b"Transfer-Encoding: chunked\r\n\r\n" + lines + b"0\r\n\r\n"
+    if body is not None:
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    return head + b"\r\n"
+
+
+def replies(sock: socket.socket, count: int) -> list[bytes]:
+    """The bodies of COUNT replies (each with a Content-Length)."""
+    buf, out = b"", list[bytes]()
+    while len(out) < count:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buf[:end].lower()
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(buf) >= end + 4 + length:
+                status = head.split(b" ")[1]
+                out.append(status + b" " + buf[end + 4 : end + 4 + length])
+                buf = buf[end + 4 + length :]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(out)} replies"
+        buf += chunk
+    return out
+
+
+def connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return s
+
+
+# a body that contains what a pipelined CCM_POST head looks like: it must reach the application unchanged
+TRAP = b"x\r\n\r\nCCM_POST /trap HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_ccm_post_one_at_a_time_on_one_connection(port: int) -> None:
+    with connect(port) as s:
+        for body in (b"one", TRAP, b""):
+            s.sendall(request(b"CCM_POST", b"/ccm_system/request", body))
+            assert replies(s, 1) == [b"200 CCM_POST /ccm_system/request " + body]
+        s.sendall(request(b"GET", b"/x"))
+        assert replies(s, 1) == [b"200 GET /x "]
+
+
+def test_pipelined_in_one_write(port: int) -> None:
+    sent = [
+        (request(b"CCM_POST", b"/a", TRAP), b"200 CCM_POST /a " + TRAP),
+        (request(b"GET", b"/b"), b"200 GET /b "),
+        (request(b"CCM_POST", b"/c", b"chunked body " + TRAP, chunked=True), b"200 CCM_POST /c chunked body " + TRAP),
+        (request(b"CCM_POST", b"/d"), b"200 CCM_POST /d "),
+        (request(b"PROPFIND", b"/e"), b"200 PROPFIND /e "),  # the stand-in itself stays what it is
+        (request(b"POST", b"/f", b"ccm"), b"200 POST /f ccm"),
+        (request(b"X", b"/g", b"1"), b"200 X /g 1"),  # any token, as h11 took it
+        (request(b"CCM_POST", b"/h", b"last"), b"200 CCM_POST /h last"),
+    ]
+    with connect(port) as s:
+        s.sendall(b"".join(r for r, _ in sent))
+        assert replies(s, len(sent)) == [want for _, want in sent]
+
+
+def test_a_byte_at_a_time(port: int) -> None:
+    data = b"\r\n" + request(b"CCM_POST", b"/slow", TRAP) + request(b"CCM_POST", b"/next", b"z", chunked=True)
+    with connect(port) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            s.sendall(data[i : i + 1])
+        assert replies(s, 2) == [b"200 CCM_POST /slow " + TRAP, b"200 CCM_POST /next z"]
+
+
+@pytest.mark.parametrize("line", [b"CCM(POST) /x HTTP/1.1", b"C" * 80 + b" /x HTTP/1.1"])
+def test_a_bad_method_is_still_400(port: int, line: bytes) -> None:
+    with connect(port) as s:
+        s.sendall(line + b"\r\nHost: mp\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400 ")
