@@ -1,4 +1,4 @@
-"""The MP's lean path (cmglab/services/management_point/fastpath.py) answers its routes exactly as the FastAPI
+"""The MP's lean path (cmglab/runtime/fastpath.py) answers its routes exactly as the FastAPI
 app would: the same reply (status, body, headers) for a success, each of the MP's typed errors, Starlette's
 HTTPException and an unhandled exception (plain 500), the same request record, the same fault rules. The live
 routes behind it are covered over real sockets by tests/test_mp_*.py."""
@@ -14,9 +14,9 @@ from fastapi import FastAPI, Request, Response
 from starlette.exceptions import HTTPException
 
 from cmglab.runtime.admin import FaultRule, LabMiddleware, LabState, record
+from cmglab.runtime.fastpath import LeanRoutes
 from cmglab.runtime.limits import Limits, limit_body
 from cmglab.services.management_point.errors import FORBIDDEN, HTTPError, IISError, STSError, install_error_handler
-from cmglab.services.management_point.fastpath import LeanRoutes
 from cmglab.wire.kinds import AuthKind
 
 PATH = "/ccm_system_tokenauth/request"

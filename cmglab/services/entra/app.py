@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import install_lab_admin, require_admin
 from cmglab.services.entra import (
+    lean,
     routes_admin,
     routes_authorize,
     routes_drs,
@@ -36,4 +37,6 @@ def create_app(parts: Parts) -> FastAPI:
     install_lab_admin(app, service="entra", lab=lab, reset=lambda: run_in_threadpool(parts.store.reset))
     install_error_handler(app)
     app.state.parts = parts
+    # the same handlers, answered without FastAPI's layers when wrapped in lean.EntraLeanRoutes (service.py)
+    app.state.lean_routes = lean.lean_routes(parts)
     return app

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.admin import record
@@ -15,8 +16,21 @@ from cmglab.services.entra.parts import Parts
 from cmglab.wire.kinds import AuthKind
 
 
+def join_handler(entra: Parts) -> Callable[[Request], Awaitable[Response]]:
+    """`POST /EnrollmentServer/device/`: the one handler behind the FastAPI routes and the lean path (lean.py)."""
+
+    async def join(request: Request) -> Response:
+        body = await request.body()
+        reply = await run_in_threadpool(entra.registration.join, request.headers.get("authorization"), body)
+        record(request).update(auth_kind=AuthKind.DRS_JOIN, auth_subject=reply.get("User", {}).get("Upn"))
+        return JSONResponse(reply, status_code=201)
+
+    return join
+
+
 def router(entra: Parts) -> APIRouter:
     r = APIRouter()
+    join_device = join_handler(entra)
 
     @r.get("/{tenant}/discover")
     @r.get("/{tenant}/Discover")
@@ -30,11 +44,8 @@ def router(entra: Parts) -> APIRouter:
 
     @r.post("/EnrollmentServer/device/")
     @r.post("/EnrollmentServer/device")
-    async def join(request: Request) -> JSONResponse:
-        body = await request.body()
-        reply = await run_in_threadpool(entra.registration.join, request.headers.get("authorization"), body)
-        record(request).update(auth_kind=AuthKind.DRS_JOIN, auth_subject=reply.get("User", {}).get("Upn"))
-        return JSONResponse(reply, status_code=201)
+    async def join(request: Request) -> Response:
+        return await join_device(request)
 
     @r.put("/EnrollmentServer/device/{device_id}")
     async def hybrid_join(device_id: str, request: Request) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
@@ -30,8 +31,12 @@ async def form_of(request: Request) -> dict[str, str]:
     return dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
 
 
-def router(entra: Parts) -> APIRouter:
-    r = APIRouter()
+TokenHandler = Callable[[Request, str, bool], Awaitable[Response]]
+
+
+def token_handler(entra: Parts) -> TokenHandler:
+    """`POST /<tenant>/oauth2[/v2.0]/token`: the one handler behind the FastAPI routes and the lean path
+    (cmglab/runtime/fastpath.py, lean.py)."""
 
     async def token(request: Request, tenant: str, v2: bool) -> Response:
         req = TokenRequest(tenant, v2, await form_of(request), request.client.host if request.client else None)
@@ -42,13 +47,20 @@ def router(entra: Parts) -> APIRouter:
             return Response(result.jwe, media_type="application/jose", headers=NO_STORE)
         return JSONResponse(result.body, headers=NO_STORE)
 
+    return token
+
+
+def router(entra: Parts) -> APIRouter:
+    r = APIRouter()
+    token = token_handler(entra)
+
     @r.post("/{tenant}/oauth2/token")
     async def token_v1(tenant: str, request: Request) -> Response:
-        return await token(request, tenant, v2=False)
+        return await token(request, tenant, False)
 
     @r.post("/{tenant}/oauth2/v2.0/token")
     async def token_v2(tenant: str, request: Request) -> Response:
-        return await token(request, tenant, v2=True)
+        return await token(request, tenant, True)
 
     async def devicecode(request: Request, tenant: str, v2: bool) -> JSONResponse:
         form = await form_of(request)

@@ -14,6 +14,7 @@ from cmglab.pki.builders import cert_pem
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.services.entra.app import create_app
+from cmglab.services.entra.lean import EntraLeanRoutes
 from cmglab.services.entra.parts import Parts
 
 
@@ -31,4 +32,6 @@ def build(lab: Lab) -> Service:
     ident = lab.pki.server("entra")
     tls = TLS(ident.cert_path, ident.key_path, client_cert="optional", client_ca=client_ca_bundle(lab), crl_check=False)
     port = lab.settings.listen_port or lab.port("entra")
-    return Service("entra", [Listener("entra", create_app(Parts.from_lab(lab)), port, lab.bind(), tls=tls)])
+    # the token endpoints and the DRS join skip FastAPI's layers (lean.py); the rest is the FastAPI app
+    app = EntraLeanRoutes(create_app(Parts.from_lab(lab)))
+    return Service("entra", [Listener("entra", app, port, lab.bind(), tls=tls)])

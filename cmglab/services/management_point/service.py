@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from cmglab.core.logs import smstrace_logger
+from cmglab.runtime.fastpath import LeanRoutes
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import Service
 from cmglab.runtime.site_system import site_system
 from cmglab.runtime.tls import log_refusals_to
 from cmglab.services.management_point.app import create_app
-from cmglab.services.management_point.fastpath import LeanRoutes
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.transport import IISPaths
 

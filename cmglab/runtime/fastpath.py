@@ -1,5 +1,5 @@
-"""A lean ASGI path for the MP's hottest exact routes: `CCM_POST /<vdir>/request` (CcmMessaging) and
-`POST /CCM_STS`.
+"""A lean ASGI path for a service's hottest routes: the MP's `CCM_POST /<vdir>/request` (CcmMessaging) and
+`POST /CCM_STS`, Entra's token endpoints and DRS join (a subclass matches their tenant segment).
 
 FastAPI's layers (its error middleware, exception middleware, exit stacks, router, dependency solving) cost
 about a quarter of a location request's CPU and add nothing to these routes, which take the raw `Request`
@@ -31,15 +31,20 @@ HANDLER_KEY = "cmglab.lean_handler"
 
 class LeanRoutes:
     """ASGI: the routes in `app.state.lean_routes` ((method, path) -> handler) answered directly, everything
-    else by APP. Sits inside `IISPaths` (the path it matches is already IIS's lower-cased origin form)."""
+    else by APP. The MP's sits inside `IISPaths` (the path it matches is already IIS's lower-cased origin form);
+    a subclass may match paths with parameters (`handler`), as long as no earlier route of APP takes them."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.routes: dict[tuple[str, str], Handler] = app.state.lean_routes
         self.recorded = LabMiddleware(self._answer, state=app.state.lab)
 
+    def handler(self, method: str, path: str) -> Handler | None:
+        """The handler answering METHOD PATH on the lean path, None for the FastAPI app."""
+        return self.routes.get((method, path))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self.routes.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
+        handler = self.handler(scope["method"], scope["path"]) if scope["type"] == "http" else None
         if handler is None:
             await self.app(scope, receive, send)
             return
