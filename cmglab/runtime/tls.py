@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
@@ -187,8 +188,14 @@ class _TLSScopeMixin:
         if getattr(me, "headers", None) is scope.get("headers"):
             me.headers = None
         cycle = getattr(me, "cycle", None)
-        if cycle is not None and cycle.scope is scope and cycle.response_complete:
-            cycle.scope = None  # read only by the cycle's send (access log) before the reply completes
+        if cycle is None or cycle.scope is not scope or not cycle.response_complete:
+            return
+        cycle.scope = None  # read only by the cycle's send (access log) before the reply completes
+        # h11: once our side is DONE (or the next cycle IDLE), a late body's events skip the cycle and a new
+        # request makes its own, so the finished cycle (its events, body buffer) goes too; httptools' callbacks
+        # read the last cycle unguarded, so it stays there
+        if isinstance(self, H11Protocol) and me.conn.our_state in (h11.DONE, h11.IDLE):
+            me.cycle = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         state: ConnectionState | None = getattr(self, "_connection_state", None)

@@ -18,6 +18,7 @@ from typing import Any
 
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import FD_HEADROOM
+from cmglab.services.cmg.connector import RESERVED_CONNECTIONS
 from cmglab.tools.bench import loadgen, procinfo, scenarios
 from cmglab.tools.bench.pinned import LOAD_CPU, SERVER_CPU, pids, running
 
@@ -163,8 +164,10 @@ async def _measure(lab: Lab, cmg_pid: int, count: int, duration: float) -> dict[
 
 
 def connections_section(lab: Lab, target: int, duration: float, nofile: int) -> dict[str, Any]:
-    # the bench process holds the client ends; the CMG (same hard limit) keeps FD_HEADROOM for itself
-    count = min(target, nofile - SPARE_FILES, nofile - FD_HEADROOM - LATENCY_CONNECTIONS - CMG_SPARE)
+    # the bench process holds the client ends; the CMG (same hard limit) keeps FD_HEADROOM for itself and
+    # RESERVED_CONNECTIONS for its connector, and must still take the latency runs' connections
+    cmg_room = nofile - FD_HEADROOM - RESERVED_CONNECTIONS - LATENCY_CONNECTIONS - CMG_SPARE
+    count = min(target, nofile - SPARE_FILES, cmg_room)
     env = {"CMGLAB_IDLE_TIMEOUT": str(HELD_IDLE_TIMEOUT)}
     with running(lab, "pki", "management-point", "cmg", "cmg-connection-point", env=env) as procs:
         cmg_pid = pids(procs)["cmg"]
@@ -172,7 +175,8 @@ def connections_section(lab: Lab, target: int, duration: float, nofile: int) -> 
     s = result["summary"]
     limited = (
         f" The target was {target:,}; RLIMIT_NOFILE's hard limit here ({nofile:,}, for the bench and the CMG, "
-        f"which keeps {FD_HEADROOM} descriptors for itself) allowed {count:,}."
+        f"which keeps {FD_HEADROOM} descriptors for itself and {RESERVED_CONNECTIONS} connections for its connector) "
+        f"allowed {count:,}."
         if count < target
         else ""
     )
