@@ -113,6 +113,40 @@ def _remember(cache: Path, fetched: _Fetched) -> None:
             _FETCHED.popitem(last=False)
 
 
+# TLS contexts without a client certificate, shared by every device (thread) of the process whose Root store
+# holds the same certificates: keyed by the store's bytes, read again for each context asked, so a changed Root
+# store (`cmglab device break root`) gets a new context. Building one costs ~1.5 ms of CPU (OpenSSL's context,
+# the bundle parsed); an onboarding asks five. Never changed once made (SSLContext is safe to share for wrapping).
+TRUST_CONTEXTS_MAX = 16
+_TRUST_CONTEXTS: OrderedDict[bytes, ssl.SSLContext] = OrderedDict()
+_TRUST_CONTEXTS_LOCK = threading.Lock()
+
+
+def _new_context(bundle: bytes, client_cert: StoredCert | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no system CAs: the Root store only
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if bundle:
+        ctx.load_verify_locations(cadata=bundle.decode())
+    if client_cert is not None and client_cert.key_path is not None:
+        ctx.load_cert_chain(str(client_cert.cert_path), str(client_cert.key_path))
+    return ctx
+
+
+def _trust_context(bundle: bytes) -> ssl.SSLContext:
+    with _TRUST_CONTEXTS_LOCK:
+        ctx = _TRUST_CONTEXTS.get(bundle)
+        if ctx is not None:
+            _TRUST_CONTEXTS.move_to_end(bundle)
+            return ctx
+    ctx = _new_context(bundle, None)
+    with _TRUST_CONTEXTS_LOCK:
+        _TRUST_CONTEXTS[bundle] = ctx
+        while len(_TRUST_CONTEXTS) > TRUST_CONTEXTS_MAX:
+            _TRUST_CONTEXTS.popitem(last=False)
+    return ctx
+
+
 def _stat_key(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
@@ -129,6 +163,7 @@ class RevocationChecker:
         self.device, self.ctx, self.timeout = device, ctx, timeout
         self.resolve = resolve
         self.checked: set[bytes] = set()  # leaf certificates (DER) this checker found good
+        self._http: httpx.Client | None = None  # CRL downloads of the chain walk under way
 
     def check_connection(self, tls: Any, host: str) -> None:
         """The peer certificate of a TLS connection just made (httpcore's "ssl_object": an SSLObject, or the
@@ -142,6 +177,14 @@ class RevocationChecker:
         self.checked.add(der)
 
     def check_chain(self, cert: x509.Certificate) -> None:
+        try:
+            self._walk(cert)
+        finally:
+            if self._http is not None:  # the walk's CRL downloads shared one keep-alive connection per host
+                self._http.close()
+                self._http = None
+
+    def _walk(self, cert: x509.Certificate) -> None:
         roots = self.device.stores.roots()
         current = cert
         for _ in range(5):
@@ -178,8 +221,9 @@ class RevocationChecker:
         data: bytes | None = None
         error = ""
         try:
-            with httpclient.client(ctx=self.ctx, resolve=self.resolve, timeout=self.timeout) as c:
-                reply = c.get(url)
+            if self._http is None:
+                self._http = httpclient.client(ctx=self.ctx, resolve=self.resolve, timeout=self.timeout)
+            reply = self._http.get(url)
             if reply.status_code == 200:
                 data = reply.content
             else:
@@ -270,15 +314,11 @@ class DeviceNetwork:
         self._checker: RevocationChecker | None = None
 
     def ssl_context(self, client_cert: StoredCert | None = None) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no system CAs: the Root store only
-        ctx.check_hostname = True
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        """The device's Root store as the only trust (read now); with a client certificate, its own context."""
         bundle = self.device.stores.trust_bundle()
-        if bundle:
-            ctx.load_verify_locations(cadata=bundle.decode())
-        if client_cert is not None and client_cert.key_path is not None:
-            ctx.load_cert_chain(str(client_cert.cert_path), str(client_cert.key_path))
-        return ctx
+        if client_cert is None or client_cert.key_path is None:
+            return _trust_context(bundle)
+        return _new_context(bundle, client_cert)
 
     def checker(self) -> RevocationChecker | None:
         if not self.crl_check:

@@ -24,13 +24,17 @@ class ProtectError(Exception):
 
 def write_private(path: Path, data: bytes) -> None:
     """Write a file readable by its owner only, atomically (a crash leaves the old file or none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = f"{path}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileNotFoundError:  # the folder's first file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o600)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)  # a .tmp left by a crash keeps its old mode through O_TRUNC
         f.write(data)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    os.replace(tmp, path)
 
 
 class DataProtector:
