@@ -157,26 +157,32 @@ class _CRLFFileHandler(logging.FileHandler):
 
 
 _handlers: dict[tuple[Path, str], logging.Handler] = {}
+# The file loggers, kept here rather than in logging's registry: a registered logger is never freed, and
+# every setLevel and close walked all of them, so a fleet process (thousands of devices, 8 logs each) paid
+# per log file a cost that grew with every device before it.
+_loggers: dict[tuple[Path, str, str], logging.Logger] = {}
 _lock = threading.Lock()
 
 
 def _file_logger(path: Path, component: str, formatter: logging.Formatter) -> logging.Logger:
     path = path.absolute()
-    logger = logging.getLogger(f"cmglab.log.{path}.{component}")
+    kind = type(formatter).__name__
     with _lock:
-        if not logger.handlers:
-            key = (path, type(formatter).__name__)
-            handler = _handlers.get(key)
-            if handler is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                handler = _CRLFFileHandler(path, encoding="utf-8")
-                handler.setFormatter(formatter)
-                _handlers[key] = handler
-            logger.addHandler(handler)
-            logger.addFilter(_Component(component))
-            logger.setLevel(logging.DEBUG)
-            logger.propagate = False
-    return logger
+        logger = _loggers.get((path, component, kind))
+        if logger is not None:
+            return logger
+        handler = _handlers.get((path, kind))
+        if handler is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = _CRLFFileHandler(path, encoding="utf-8")
+            handler.setFormatter(formatter)
+            _handlers[(path, kind)] = handler
+        logger = logging.Logger(f"cmglab.log.{path}.{component}", logging.DEBUG)  # not in logging's registry
+        logger.addHandler(handler)
+        logger.addFilter(_Component(component))
+        logger.propagate = False
+        _loggers[(path, component, kind)] = logger
+        return logger
 
 
 def cmtrace_logger(path: Path, component: str) -> logging.Logger:
@@ -191,15 +197,17 @@ def smstrace_logger(path: Path, component: str) -> logging.Logger:
 
 def close_file_loggers(prefix: Path | None = None) -> None:
     """Close the log files under `prefix` (all when None): a device or lab that is being removed."""
+    under = None if prefix is None else prefix.absolute()
     with _lock:
         for (path, kind), handler in list(_handlers.items()):
-            if prefix is None or path.is_relative_to(prefix.absolute()):
+            if under is None or path.is_relative_to(under):
                 handler.close()
                 del _handlers[(path, kind)]
-                for name in list(logging.root.manager.loggerDict):
-                    logger = logging.root.manager.loggerDict[name]
-                    if isinstance(logger, logging.Logger) and handler in logger.handlers:
-                        logger.removeHandler(handler)
+        for key, logger in list(_loggers.items()):
+            if under is None or key[0].is_relative_to(under):
+                for handler in list(logger.handlers):
+                    logger.removeHandler(handler)
+                del _loggers[key]
 
 
 _CMTRACE_ENTRY = re.compile(r'<!\[LOG\[(?P<text>.*?)\]LOG\]!><[^>]*\btype="(?P<type>\d)"', re.DOTALL)
