@@ -356,6 +356,19 @@ DEVICE_BEFORE = (
     "section 4 alone: 100 devices, concurrency 16, the change reverted, mean of 2 runs interleaved with 2 of the "
     "change (after: 98.8 and 98.9 ms), load average 15-19"
 )
+# perfagent's changes: main 0ebbee8 (before) and the change (after), section 4's fleet_run alone, interleaved
+CONTEXTS_BEFORE = (
+    "main 0ebbee8 (a new TLS context per client, a new client per CRL): section 4 alone, 100 devices, concurrency "
+    "16, mean of 2 runs (87.1, 90.2 ms) interleaved with 2 of the change (after: 78.7 and 85.6 ms), load average "
+    "14-20"
+)
+LOGGERS_BEFORE_MS = 97.1
+LOGGERS_BEFORE = (
+    "main 0ebbee8 (file loggers in logging's registry; with change 1 not applied): section 4 alone, 400 devices "
+    "(keys: a 400-key pool repeated), concurrency 16, mean of 2 runs (92.0, 102.2 ms) interleaved with 2 of both "
+    "changes (after: 86.3 and 85.0 ms), load average 19-20; the logger part grows with the fleet (a device's logs "
+    "cost 37 ms at the 1000th device on main)"
+)
 DEVICE_FIXES = (
     Fix(
         ONBOARDING,
@@ -367,6 +380,32 @@ DEVICE_FIXES = (
         server_cpu_ms=145.1,
         process_cpu_ms=145.1,
         before=DEVICE_BEFORE,
+        onboarding=True,
+    ),
+    Fix(
+        ONBOARDING,
+        "agent: TLS contexts without a client certificate shared by the devices whose Root store holds the same "
+        "certificates (5 per onboarding, ~1.4 ms each), one CRL client per chain walk, cheaper atomic private "
+        "writes (cmglab/agent/network.py, protect.py)",
+        "devices",
+        rps=2.3,
+        p50_ms=None,
+        server_cpu_ms=88.7,
+        process_cpu_ms=88.7,
+        before=CONTEXTS_BEFORE,
+        onboarding=True,
+    ),
+    Fix(
+        ONBOARDING,
+        "core logs: the file loggers kept in a table of their own instead of logging's registry, whose every "
+        "setLevel and close walked the loggers of all devices before (a device's 8 logs set up and closed: 37 ms "
+        "at the 1000th device of a process, 136 ms at the 2000th -> 1.7 ms) (cmglab/core/logs.py)",
+        "devices",
+        rps=2.6,
+        p50_ms=None,
+        server_cpu_ms=LOGGERS_BEFORE_MS,
+        process_cpu_ms=LOGGERS_BEFORE_MS,
+        before=LOGGERS_BEFORE,
         onboarding=True,
     ),
 )
