@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,45 +228,6 @@ def test_keep_alive_still_holds_for_complete_requests(
             s.sendall(health(t, b"{}", length=2))
             assert attack.status(read_reply(s)) == 200
         assert not closed_within(s, 2)
-
-
-def send_quietly(s: socket.socket, data: bytes) -> None:
-    try:
-        s.sendall(data)
-    except (*GONE, TimeoutError):
-        pass  # the server closed after the reply: what was not read is its to drop
-
-
-# plain-HTTP listeners of each protocol (a plain socket may send and read from two threads), answered without
-# reading the request body; the MP's reply is larger than the smallest receive window (without the drain it was
-# a reset every time), the CRL host's (httptools) fits it and checks the drain's close there
-@pytest.mark.parametrize(
-    ("where", "path"),
-    [("pki", b"/aia/issuing-ca.crt"), ("management-point-http", b"/SMS_MP/.sms_aut?MPKEYINFORMATIONEX")],
-)
-def test_a_client_whose_body_is_already_sent_gets_the_reply(
-    limits_lab: Lab, procs: LabProcesses, where: str, path: bytes
-) -> None:
-    """A client that sends its whole request (a 512 KiB body, under the cap) and reads slowly (the smallest receive
-    buffer), answered without the body being read: it gets the whole reply, then the close. Closing a socket with
-    unread bytes in its buffer sends a reset, and the reset throws away the part of the reply still waiting to be
-    sent: the server reads and discards the rest of the body (a bounded amount, for a short time) first."""
-    t = next(t for t in attack.targets(limits_lab) if t.listener == where)
-    body = b"{" * (512 * 1024)
-    head = b"GET " + path + b" HTTP/1.1\r\nHost: " + t.host.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's minimum: the reply waits on the reader
-        s.settimeout(5)
-        s.connect(("127.0.0.1", t.port))
-        sender = threading.Thread(target=send_quietly, args=(s, head + body), daemon=True)
-        sender.start()
-        sender.join(timeout=30)
-        try:
-            reply = read_reply(s)
-        except GONE as e:
-            raise AssertionError(f"a reset instead of the whole reply: {e!r}") from e
-        assert attack.status(reply) == 200, reply[:300]
-        assert closed_within(s, 15)
 
 
 def test_connection_cap(tmp_path: Path) -> None:

@@ -8,10 +8,7 @@
   `idle_timeout` (closed silently): half-sent heads no longer hold connections forever (slowloris).
 - A reply that completes before its request body has fully arrived closes the connection after it (as IIS does
   not read an unwanted body forever): otherwise a client trickling that body cancels every keep-alive timer, and
-  the connection outlives every timeout. Before the close, what still comes of the body is read and discarded,
-  up to `drain_bytes` and for `drain_timeout` at most: a socket closed with unread bytes in its buffer sends a
-  reset, which throws away the part of the reply not yet sent (a client that sent its whole body before reading
-  would see a reset instead of the answer). When a new request cycle starts, the idle (or head) timer is armed
+  the connection outlives every timeout. When a new request cycle starts, the idle (or head) timer is armed
   again, so the next head is bounded too.
 - A body over `max_body_bytes` answers 413: at once from Content-Length, or as soon as a chunked body passes the
   cap (the application never buffers more).
@@ -45,8 +42,6 @@ class Limits:
     max_body_bytes: int = 16 * 1024 * 1024
     head_timeout: float = 20.0
     idle_timeout: float = 120.0
-    drain_bytes: int = 1024 * 1024  # of an unread body, read and discarded before the close
-    drain_timeout: float = 1.0
     listener: str = ""
 
 
@@ -65,13 +60,10 @@ class _HeadLimitsMixin:
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     client: tuple[str, int] | None
-    flow: Any  # uvicorn's FlowControl: it pauses reading while a body waits for the application
-    server_state: Any
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._timer: asyncio.TimerHandle | None = None
-        self._drain_left: int | None = None  # bytes still to discard before the close (None: not closing)
         self._head_reset()
         self._arm(self.limits.idle_timeout)
 
@@ -141,9 +133,6 @@ class _HeadLimitsMixin:
         return True
 
     def data_received(self, data: bytes) -> None:
-        if self._drain_left is not None:
-            self._discard(data)
-            return
         if self._reading_head and not self._head_within_limits(data):
             return
         super().data_received(data)  # type: ignore[misc]
@@ -152,10 +141,8 @@ class _HeadLimitsMixin:
     def _after_feed(self) -> None:
         pass
 
-    def _close_if_body_unread(self, unread: bool) -> bool:
-        """The reply is out but the request body is not all in: close after the reply rather than wait on it,
-        draining what comes of the body first (bounded). True when the connection is closing: the protocol
-        starts no next request cycle."""
+    def _close_if_body_unread(self, unread: bool) -> None:
+        """The reply is out but the request body is not all in: close after the reply rather than wait on it."""
         if unread and not self.transport.is_closing():
             log.info(
                 "%s: closing the connection from %s: replied before its request body arrived",
@@ -163,17 +150,6 @@ class _HeadLimitsMixin:
                 self.client[0] if self.client else "?",
             )
             self._reading_head = False
-            self._drain_left = self.limits.drain_bytes
-            self._arm(self.limits.drain_timeout)  # then _timed_out closes (no head is being read)
-            self.server_state.total_requests += 1  # as uvicorn's on_response_complete counts it
-            self.flow.resume_reading()  # paused while the body waited for the application
-        return self._drain_left is not None or self.transport.is_closing()
-
-    def _discard(self, data: bytes) -> None:
-        """Bytes of the unread body after the reply: dropped; past `drain_bytes`, the connection closes at once."""
-        assert self._drain_left is not None
-        self._drain_left -= len(data)
-        if self._drain_left < 0 and not self.transport.is_closing():
             self._disarm()
             self.transport.close()  # flushes the reply first
 
@@ -214,10 +190,7 @@ class HttpToolsHeadLimits(_HeadLimitsMixin):
 
     def on_response_complete(self) -> None:
         cycle = self.cycle  # a later pipelined request's cycle is not complete yet
-        if self._close_if_body_unread(cycle is not None and cycle.response_complete and cycle.more_body):
-            if self.transport.is_closing():
-                super().on_response_complete()  # type: ignore[misc]
-            return
+        self._close_if_body_unread(cycle is not None and cycle.response_complete and cycle.more_body)
         pipelined = bool(self.pipeline)  # a next request whose head is in already starts now
         super().on_response_complete()  # type: ignore[misc]
         if self._reading_head and not self._head_bytes and not pipelined:
@@ -235,9 +208,9 @@ class H11HeadLimits(_HeadLimitsMixin):
             self._await_next_head(self.conn.trailing_data[0])  # the body ended after the reply: a new cycle
 
     def on_response_complete(self) -> None:  # h11 holds a pipelined head until here (uvicorn pauses reading)
-        if self._close_if_body_unread(self.conn.their_state is h11.SEND_BODY):
-            if self.transport.is_closing():
-                super().on_response_complete()  # type: ignore[misc]
+        self._close_if_body_unread(self.conn.their_state is h11.SEND_BODY)
+        if self.transport.is_closing():
+            super().on_response_complete()  # type: ignore[misc]
             return
         self._await_next_head()
         super().on_response_complete()  # type: ignore[misc]
