@@ -24,6 +24,7 @@ from tests.support.client import (
     CRL_OFFLINE,
     SERVICES,
     device_command,
+    enrolled_then_revoked,
     fails_clean,
     install,
     installs,
@@ -269,25 +270,7 @@ def test_expired_bulk_token(lab: Lab, tmp_path: Path) -> None:
 
 def test_revoked_client_certificate(lab: Lab, tmp_path: Path) -> None:
     device = new_device(lab.dir, tmp_path / "dev", "--name", "REVOKED1")
-    enrol = run("cmglab", "device", "enrol", "--lab", str(lab.dir), "--home", str(device.home))
-    assert enrol.returncode == 0, enrol.stderr
-    label = enrol.stdout.strip()
-    assert run("cmglab", "pki", "revoke", label, "--lab", str(lab.dir)).returncode == 0
-    ident = (lab.dir / "pki" / "clients" / label / f"{label}.crt", lab.dir / "pki" / "clients" / label / f"{label}.key")
-    mutual = f"{lab.url('cmg')}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}/ccm_system/request"
-
-    def refused() -> bool:  # the CMG reloads the CRL files when they change
-        try:
-            with lab_client(lab, cert=ident, timeout=5) as c:
-                c.get(mutual)
-        except httpx.HTTPError:
-            return True
-        return False
-
-    deadline = time.monotonic() + 30
-    while not refused():
-        assert time.monotonic() < deadline, "the CMG never refused the revoked certificate"
-        time.sleep(0.2)
+    enrolled_then_revoked(lab, device)
     cmg_log = lab.dir / "logs" / "cmg" / "CMGService.log"
     seen = len(cmg_log.read_text(errors="replace"))  # the refusals of the wait above
     fails_clean(

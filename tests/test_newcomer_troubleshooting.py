@@ -13,12 +13,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
-
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
 from tests.support.agent import log_of, new_device, run
-from tests.support.lab import lab_client, lab_fixture
+from tests.support.client import enrolled_then_revoked, install, joined_device
+from tests.support.lab import lab_fixture
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NEEDED = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
@@ -67,29 +66,6 @@ def sizes(lab: Lab, device: Device, cause: str) -> dict[str, int]:
     return {name: len(read_log(lab, device, name)) if name != "ccmsetup.log" else 0 for name, _ in pointers(row(cause))}
 
 
-def ccmhostname(lab: Lab) -> str:
-    return f"{lab.url('cmg').removeprefix('https://')}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}"
-
-
-def install(lab: Lab, device: Device, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run(
-        "cmglab.agent.ccmsetup",
-        "--home",
-        str(device.home),
-        f"CCMHOSTNAME={ccmhostname(lab)}",
-        "SMSSITECODE=MEM",
-        *extra,
-    )
-
-
-def joined(lab: Lab, home: Path) -> Device:
-    device = new_device(lab.dir, home)
-    user = lab.config.primary_tenant.users[0]
-    r = run("cmglab.agent.dsregcmd", "/join", "--home", str(home), "--username", user.upn, "--password", user.password)
-    assert r.returncode == 0, r.stderr
-    return device
-
-
 def cmglab(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
     r = run("cmglab", *args, "--lab", str(lab.dir))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -108,7 +84,7 @@ def fails_then(lab: Lab, device: Device, cause: str, remedy: Callable[[], tuple[
 def test_crl_unreachable(lab: Lab, tmp_path: Path) -> None:
     cause = "CRL check is enabled"
     assert "/nocrlcheck" in row(cause)
-    device = joined(lab, tmp_path / "dev")
+    device = joined_device(lab, tmp_path / "dev")
     shutil.rmtree(device.crl_cache)  # never fetched the CRLs, and the CRL host's name goes nowhere
     pki = lab.config.hosts.pki
     device.write_hosts(
@@ -155,23 +131,7 @@ def test_revoked_certificate(lab: Lab, tmp_path: Path) -> None:
     cause = "revoked"
     assert "cmglab device enrol --home DIR" in row(cause)
     device = new_device(lab.dir, tmp_path / "dev", "--name", "REVOKED2")
-    label = cmglab(lab, "device", "enrol", "--home", str(device.home)).stdout.strip()
-    cmglab(lab, "pki", "revoke", label)
-    ident = (lab.dir / "pki" / "clients" / label / f"{label}.crt", lab.dir / "pki" / "clients" / label / f"{label}.key")
-    mutual = f"{lab.url('cmg')}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}/ccm_system/request"
-
-    def refused() -> bool:  # the CMG reloads its CRLs when the files change
-        try:
-            with lab_client(lab, cert=ident, timeout=5) as c:
-                c.get(mutual)
-        except httpx.HTTPError:
-            return True
-        return False
-
-    deadline = time.monotonic() + 30
-    while not refused():
-        assert time.monotonic() < deadline, "the CMG never refused the revoked certificate"
-        time.sleep(0.2)
+    enrolled_then_revoked(lab, device)
     time.sleep(1.1)  # the next certificate must expire later than the revoked one (whole seconds)
 
     def enrol() -> tuple[str, ...]:

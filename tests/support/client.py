@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
+
+import httpx
 
 from cmglab.agent.device import Device
 from cmglab.runtime.lab import Lab
 from tests.support.agent import assert_lines, log_of, new_device, run
+from tests.support.lab import lab_client
 
 SERVICES = ("pki", "entra", "management-point", "cmg", "cmg-connection-point")
 
@@ -101,3 +105,28 @@ def rejoin(lab: Lab, device: Device) -> None:
         "cmglab.agent.dsregcmd", "/join", "--home", str(device.home), "--username", u.upn, "--password", u.password
     )
     assert join.returncode == 0, join.stdout + join.stderr
+
+
+def enrolled_then_revoked(lab: Lab, device: Device) -> None:
+    """`cmglab device enrol` (a PKI client certificate for the device), then `cmglab pki revoke` of it: returns once
+    the CMG refuses that certificate (it reloads its CRLs when the files change)."""
+    enrol = run("cmglab", "device", "enrol", "--lab", str(lab.dir), "--home", str(device.home))
+    assert enrol.returncode == 0, enrol.stderr
+    label = enrol.stdout.strip()
+    revoke = run("cmglab", "pki", "revoke", label, "--lab", str(lab.dir))
+    assert revoke.returncode == 0, revoke.stdout + revoke.stderr
+    ident = (lab.dir / "pki" / "clients" / label / f"{label}.crt", lab.dir / "pki" / "clients" / label / f"{label}.key")
+    mutual = f"{lab.url('cmg')}/CCM_Proxy_MutualAuth/{lab.config.site.role_id}/ccm_system/request"
+
+    def refused() -> bool:
+        try:
+            with lab_client(lab, cert=ident, timeout=5) as c:
+                c.get(mutual)
+        except httpx.HTTPError:
+            return True
+        return False
+
+    deadline = time.monotonic() + 30
+    while not refused():
+        assert time.monotonic() < deadline, "the CMG never refused the revoked certificate"
+        time.sleep(0.2)
