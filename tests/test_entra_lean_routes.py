@@ -39,6 +39,17 @@ def lean(lab: Lab) -> EntraLeanRoutes:
         ("POST", "/a/b/oauth2/token", False),
         ("POST", "/common/oauth2/devicecode", False),
         ("POST", "/_lab/reset", False),
+        ("GET", "/lab.test/.well-known/openid-configuration", True),
+        ("GET", "/common/userrealm/user@lab.test", True),
+        ("GET", "/common/UserRealm/user@lab.test", True),
+        ("GET", "/lab.test/discover", True),
+        ("GET", "/lab.test/Discover", True),
+        ("GET", "/common/userrealm/", False),
+        ("GET", "/lab.test/v2.0/.well-known/openid-configuration", False),
+        ("GET", "/common/discovery/keys", False),
+        ("GET", "/discovery/keys", False),
+        ("GET", "/_lab/health", False),
+        ("POST", "/lab.test/discover", False),
     ],
 )
 def test_the_lean_path_takes_only_its_routes(lean: EntraLeanRoutes, method: str, path: str, taken: bool) -> None:
@@ -50,6 +61,15 @@ def post(lean: EntraLeanRoutes, path: str, form: dict[str, str]) -> httpx.Respon
         transport = httpx.ASGITransport(app=lean)
         async with httpx.AsyncClient(transport=transport, base_url="https://login.microsoftonline.com") as client:
             return await client.post(path, data=form)
+
+    return asyncio.run(go())
+
+
+def get(lean: EntraLeanRoutes, path: str) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=lean)
+        async with httpx.AsyncClient(transport=transport, base_url="https://login.microsoftonline.com") as client:
+            return await client.get(path)
 
     return asyncio.run(go())
 
@@ -68,6 +88,14 @@ def test_a_sign_in_on_the_lean_path_is_answered_and_recorded_as_by_the_app(lab: 
     assert reply.headers["cache-control"] == "no-store, no-cache"
     last = lean.app.state.lab.requests[-1]
     assert last.auth_kind == "password" and last.auth_subject == user.upn.lower()
+
+    realm = get(lean, f"/common/userrealm/{user.upn}?api-version=2.0")
+    assert realm.status_code == 200 and realm.json()["NameSpaceType"] == "Managed"
+    domain = lab.config.primary_tenant.initial_domain
+    for path in (f"/{domain}/.well-known/openid-configuration", f"/{domain}/discover"):
+        assert get(lean, path).status_code == 200
+    unknown = get(lean, "/nowhere.test/discover")
+    assert unknown.status_code == 404 and unknown.json()["ErrorType"] == "DirectoryError"
 
     refused = post(lean, "/common/oauth2/v2.0/token", {"grant_type": "magic"})
     assert refused.status_code == 400

@@ -28,15 +28,23 @@ def join_handler(entra: Parts) -> Callable[[Request], Awaitable[Response]]:
     return join
 
 
-def router(entra: Parts) -> APIRouter:
-    r = APIRouter()
-    join_device = join_handler(entra)
+def discover_handler(entra: Parts) -> Callable[[str, Request], dict[str, Any]]:
+    """`GET /<tenant>/discover` (a worker thread: it reads the store): the one handler behind the FastAPI routes
+    and the lean path (lean.py)."""
 
-    @r.get("/{tenant}/discover")
-    @r.get("/{tenant}/Discover")
     def discover(tenant: str, request: Request) -> dict[str, Any]:
         drs_url, login_url = entra.drs_and_login_urls(request)
         return entra.registration.discover(tenant, drs_url=drs_url, login_url=login_url)
+
+    return discover
+
+
+def router(entra: Parts) -> APIRouter:
+    r = APIRouter()
+    join_device = join_handler(entra)
+    discover = discover_handler(entra)
+    r.get("/{tenant}/discover")(discover)
+    r.get("/{tenant}/Discover")(discover)
 
     @r.get("/EnrollmentServer/nonce/{tenant}/")
     def nonce(tenant: str) -> dict[str, Any]:

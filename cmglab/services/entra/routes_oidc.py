@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,23 +22,53 @@ def _json(body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(body, headers=CACHED)
 
 
+def tenant_segment(entra: Parts, segment: str) -> tuple[str, str | None]:
+    """The segment the documents use (the tenant GUID, or common/organizations) and the region."""
+    with entra.store.session() as s:
+        tenant = Issuer.tenant(s, segment, error="invalid_tenant")
+    return (tenant.tenant_id, tenant.region) if tenant else (segment.lower(), None)
+
+
+def openid_v1_handler(entra: Parts) -> Callable[[str, Request], JSONResponse]:
+    """`GET /<tenant>/.well-known/openid-configuration` (run in a worker thread: it reads the store): the one
+    handler behind the FastAPI route and the lean path (lean.py)."""
+
+    def openid_v1(tenant: str, request: Request) -> JSONResponse:
+        segment, region = tenant_segment(entra, tenant)
+        return _json(discovery.openid_v1(base_url(request), segment, region))
+
+    return openid_v1
+
+
+def userrealm_handler(entra: Parts) -> Callable[[str, Request], JSONResponse]:
+    """`GET /common/userrealm/<upn>` (a worker thread): the one handler behind the FastAPI routes and the lean
+    path (lean.py)."""
+
+    def userrealm(upn: str, request: Request) -> JSONResponse:
+        with entra.store.session() as s:
+            domain = s.get(st.Domain, upn.rpartition("@")[2].lower())
+            tenant = s.get(st.Tenant, domain.tenant_id) if domain else None
+            name, federated = (domain.name, domain.federated) if domain else (None, False)
+            brand = tenant.display_name if tenant else None
+        if request.query_params.get("api-version") == "2.0":
+            return JSONResponse(discovery.userrealm_v2(upn, name, federated, brand))
+        port = request.url.port
+        sts = f"https://sts.{name}{f':{port}' if port and port != 443 else ''}/adfs/services/trust"
+        return JSONResponse(discovery.userrealm_v1(upn, name, federated, sts))
+
+    return userrealm
+
+
 def router(entra: Parts) -> APIRouter:
     r = APIRouter()
+    r.get("/{tenant}/.well-known/openid-configuration")(openid_v1_handler(entra))
 
-    def tenant_segment(segment: str) -> tuple[str, str | None]:
-        """The segment the documents use (the tenant GUID, or common/organizations) and the region."""
-        with entra.store.session() as s:
-            tenant = Issuer.tenant(s, segment, error="invalid_tenant")
-        return (tenant.tenant_id, tenant.region) if tenant else (segment.lower(), None)
-
-    @r.get("/{tenant}/.well-known/openid-configuration")
-    def openid_v1(tenant: str, request: Request) -> JSONResponse:
-        segment, region = tenant_segment(tenant)
-        return _json(discovery.openid_v1(base_url(request), segment, region))
+    def tenant_segment_of(segment: str) -> tuple[str, str | None]:
+        return tenant_segment(entra, segment)
 
     @r.get("/{tenant}/v2.0/.well-known/openid-configuration")
     def openid_v2(tenant: str, request: Request) -> JSONResponse:
-        segment, region = tenant_segment(tenant)
+        segment, region = tenant_segment_of(tenant)
         return _json(discovery.openid_v2(base_url(request), segment, region))
 
     @r.get("/common/discovery/keys")
@@ -47,12 +78,12 @@ def router(entra: Parts) -> APIRouter:
 
     @r.get("/{tenant}/discovery/keys")
     def tenant_keys_v1(tenant: str) -> JSONResponse:
-        tenant_segment(tenant)
+        tenant_segment_of(tenant)
         return keys_v1()
 
     @r.get("/{tenant}/discovery/v2.0/keys")
     def keys_v2(tenant: str) -> JSONResponse:
-        tenant_segment(tenant)  # the key is shared by every tenant: its issuer is the template
+        tenant_segment_of(tenant)  # the key is shared by every tenant: its issuer is the template
         return _json({"keys": [entra.signer.jwk(V2_ISSUER.format(tid="{tenantid}"))]})
 
     @r.get("/common/discovery/instance")
@@ -67,18 +98,8 @@ def router(entra: Parts) -> APIRouter:
             )
         )
 
-    @r.get("/common/userrealm/{upn}")
-    @r.get("/common/UserRealm/{upn}")
-    def userrealm(upn: str, request: Request) -> JSONResponse:
-        with entra.store.session() as s:
-            domain = s.get(st.Domain, upn.rpartition("@")[2].lower())
-            tenant = s.get(st.Tenant, domain.tenant_id) if domain else None
-            name, federated = (domain.name, domain.federated) if domain else (None, False)
-            brand = tenant.display_name if tenant else None
-        if request.query_params.get("api-version") == "2.0":
-            return JSONResponse(discovery.userrealm_v2(upn, name, federated, brand))
-        port = request.url.port
-        sts = f"https://sts.{name}{f':{port}' if port and port != 443 else ''}/adfs/services/trust"
-        return JSONResponse(discovery.userrealm_v1(upn, name, federated, sts))
+    userrealm = userrealm_handler(entra)
+    r.get("/common/userrealm/{upn}")(userrealm)
+    r.get("/common/UserRealm/{upn}")(userrealm)
 
     return r
