@@ -2,7 +2,8 @@
 know (CcmMessaging's CCM_POST) while the application sees the method that was sent, over a real socket: one
 request at a time, several on one keep-alive connection, pipelined in one write (Content-Length, chunked and
 bodyless, mixed with known methods), a head a byte at a time; the body bytes reach the application unchanged
-even when they look like a CCM_POST head; a bad method token is still a 400."""
+even when they look like a CCM_POST head; a bad method token is still a 400; an absolute-form target is given
+to the application as it came."""
 
 from __future__ import annotations
 
@@ -118,6 +119,36 @@ def test_a_byte_at_a_time(port: int) -> None:
 def test_a_bad_method_is_still_400(port: int, line: bytes) -> None:
     with connect(port) as s:
         s.sendall(line + b"\r\nHost: mp\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400 ")
+
+
+def test_an_absolute_form_target_reaches_the_app_as_it_came(port: int) -> None:
+    """uvicorn's httptools protocol keeps only an absolute-form target's path (its host silently dropped): the
+    any-method protocol gives the target as h11 did, so that the CMG refuses `CCM_POST https://evil/...`."""
+    with connect(port) as s:
+        s.sendall(request(b"CCM_POST", b"https://evil/CCM_Proxy_ServerAuth/1/x?q", b"a"))
+        s.sendall(request(b"GET", b"http://h/b%20c"))
+        assert replies(s, 2) == [b"200 CCM_POST https://evil/CCM_Proxy_ServerAuth/1/x a", b"200 GET http://h/b c "]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"CCM_POST /x HTTP/1.1\r\nHost: mp\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"CCM_POST /x HTTP/1.1\r\nHost: mp\r\nTransfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"CCM_POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"GET /\xff HTTP/1.1\r\nHost: mp\r\n\r\n",
+    ],
+)
+def test_what_h11_refused_is_still_400(port: int, head: bytes) -> None:
+    """llhttp takes `Transfer-Encoding: gzip, chunked` as chunked (a request smuggling shape) and a HTTP/1.1
+    request without Host; h11 refused both, and so does the any-method protocol."""
+    with connect(port) as s:
+        s.sendall(head)
         reply = b""
         while chunk := s.recv(65536):
             reply += chunk

@@ -181,7 +181,7 @@ def closed_within(s: socket.socket, seconds: float, trickle: bytes = b"") -> boo
     return False
 
 
-# an httptools listener, an h11 one over TLS, the any-method one (anyverb.py)
+# an httptools listener and the any-method ones (anyverb.py) of the CMG and the MP, over TLS
 @pytest.mark.parametrize("where", ["pki", "cmg", "management-point"])
 def test_a_body_trickled_after_the_reply_does_not_hold_the_connection(
     limits_lab: Lab, procs: LabProcesses, where: str, cert: tuple[Path, Path]
@@ -195,8 +195,8 @@ def test_a_body_trickled_after_the_reply_does_not_hold_the_connection(
         assert closed_within(s, 15, trickle=b"{" * 5)
 
 
-# the h11 listener and the any-method one (anyverb.py: llhttp fed one message at a time); httptools already
-# counted a head begun after the body (and the fix closes the connection first)
+# the any-method listeners (anyverb.py: llhttp fed one message at a time) over TLS and plain HTTP; httptools
+# already counted a head begun after the body (and the fix closes the connection first)
 @pytest.mark.parametrize("where", ["cmg", "management-point-http"])
 def test_the_head_after_a_late_body_is_bounded_too(
     limits_lab: Lab, procs: LabProcesses, where: str, cert: tuple[Path, Path]

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import urllib.parse
 from typing import Any
+
+import httptools
 
 STAND_IN = b"PROPFIND"
 # the methods llhttp parses as themselves (its request methods); CONNECT and PRI are left to it
@@ -87,16 +90,32 @@ class AnyMethodMixin:
     def on_headers_complete(self) -> None:
         self._in_head = False
         transfer = length = None
+        transfers = hosts = 0
         for name, value in self.headers:
             if name == b"transfer-encoding":
-                transfer = value
+                transfer, transfers = value, transfers + 1
             elif name == b"content-length":
                 length = value
+            elif name == b"host":
+                hosts += 1
+        # what h11 refuses and llhttp takes (a 400 from uvicorn, as h11's refusals were): a Transfer-Encoding other
+        # than `chunked` alone (llhttp reads `gzip, chunked` as chunked: a smuggling shape), no Host in HTTP/1.1
+        if transfer is not None and (transfers > 1 or transfer.strip().lower() != b"chunked"):
+            raise httptools.HttpParserError("Transfer-Encoding other than chunked")
+        if not hosts and self.parser.get_http_version() == "1.1":  # type: ignore[attr-defined]
+            raise httptools.HttpParserError("no Host header")
         self._chunked = transfer is not None
         self._body_left = int(length) if transfer is None and length is not None and length.isdigit() else 0
         super().on_headers_complete()  # type: ignore[misc]
         if self._method is not None:
             self.scope["method"] = self._method  # the app runs later: it sees the method that was sent
+        url: bytes = self.url  # type: ignore[attr-defined]
+        if url[:1] != b"/" and "path" in self.scope:
+            # an absolute-form (or asterisk) target: uvicorn's httptools protocol keeps only the URL's path and
+            # drops its scheme and host; h11 gives the target as it came, and the apps decide (the CMG refuses it)
+            raw_path, _, query = url.partition(b"?")
+            self.scope["raw_path"], self.scope["query_string"] = raw_path, query
+            self.scope["path"] = urllib.parse.unquote(raw_path.decode("ascii"))
 
     def on_message_complete(self) -> None:
         self._at_start, self._chunked, self._body_left = True, False, 0

@@ -47,8 +47,9 @@ def build(lab: Lab) -> Service:
     return Service(
         "cmg",
         [
-            # h11: CcmMessaging's CCM_POST verb must pass (httptools refuses unknown methods)
-            Listener("cmg", create_app(parts), lab.port("cmg"), lab.bind(), tls("optional"), http="h11"),
+            # any-method: llhttp that takes CcmMessaging's CCM_POST verb (runtime/anyverb.py); the connection
+            # points' WebSocket channel is on the connector listener below
+            Listener("cmg", create_app(parts), lab.port("cmg"), lab.bind(), tls("optional"), http="any-method"),
             Listener(
                 "cmg-connector",
                 create_connector_app(lab, hub, Registry(lab, settings.extra_points()), log),
