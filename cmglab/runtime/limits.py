@@ -6,10 +6,12 @@
   limit at all: 256 MiB of headers were once answered 200).
 - A head must arrive within `head_timeout` of its first byte (408), and a new connection must start one within
   `idle_timeout` (closed silently): half-sent heads no longer hold connections forever (slowloris).
-- A reply that completes before its request body has fully arrived closes the connection after it (as IIS does
-  not read an unwanted body forever): otherwise a client trickling that body cancels every keep-alive timer, and
-  the connection outlives every timeout. When a new request cycle starts, the idle (or head) timer is armed
-  again, so the next head is bounded too.
+- A reply that starts before its request body has fully arrived says `Connection: close` and the connection
+  closes after it (as IIS does not read an unwanted body forever): otherwise a client trickling that body cancels
+  every keep-alive timer, and the connection outlives every timeout. The header tells a keep-alive client not
+  to send its next request on a connection about to close (it would meet the FIN: "Server disconnected"); the
+  close stands even if the body completes before the reply ends. When a new request cycle starts, the idle (or
+  head) timer is armed again, so the next head is bounded too.
 - A body over `max_body_bytes` answers 413: at once from Content-Length, or as soon as a chunked body passes the
   cap (the application never buffers more).
 
@@ -26,6 +28,8 @@ from typing import Any
 import h11
 
 log = logging.getLogger("cmglab.limits")
+
+CLOSE = (b"connection", b"close")
 
 REASONS = {
     408: "Request Timeout",
@@ -60,12 +64,41 @@ class _HeadLimitsMixin:
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     client: tuple[str, int] | None
+    app: Any
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._timer: asyncio.TimerHandle | None = None
         self._head_reset()
         self._arm(self.limits.idle_timeout)
+        self._inner_app, self.app = self.app, self._app_closing_early_replies  # uvicorn reads self.app per request
+
+    def _body_pending(self, scope: Any) -> bool:
+        """Whether the request of `scope` (the one being answered) has not all arrived at the protocol yet."""
+        raise NotImplementedError
+
+    async def _app_closing_early_replies(self, scope: Any, receive: Any, send: Any) -> None:
+        """A request whose body is all in when its application starts (almost every one: the parser has the
+        whole message before the task runs) is answered as it is; otherwise the reply's start is checked."""
+        if scope["type"] == "http" and self._body_pending(scope):
+            send = self._closing_if_early(scope, send)
+        await self._inner_app(scope, receive, send)
+
+    def _closing_if_early(self, scope: Any, send: Any) -> Any:
+        async def send_closing_if_early(message: Any) -> None:
+            if message["type"] == "http.response.start" and self._body_pending(scope):
+                headers = list(message.get("headers", ()))
+                if not any(n.lower() == b"connection" and b"close" in v.lower() for n, v in headers):
+                    message = {**message, "headers": [*headers, CLOSE]}
+                log.info(
+                    "%s: closing the connection from %s: replied before its request body arrived",
+                    self.limits.listener,
+                    self.client[0] if self.client else "?",
+                )
+            # uvicorn (httptools and h11 alike) closes the connection after a reply that says Connection: close
+            await send(message)
+
+        return send_closing_if_early
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -142,7 +175,8 @@ class _HeadLimitsMixin:
         pass
 
     def _close_if_body_unread(self, unread: bool) -> None:
-        """The reply is out but the request body is not all in: close after the reply rather than wait on it."""
+        """The reply is out but the request body is not all in: close after the reply rather than wait on it (a
+        backstop: a reply started early said Connection: close and uvicorn closed the connection already)."""
         if unread and not self.transport.is_closing():
             log.info(
                 "%s: closing the connection from %s: replied before its request body arrived",
@@ -180,6 +214,11 @@ class HttpToolsHeadLimits(_HeadLimitsMixin):
     parser: Any
     _should_upgrade: Any
 
+    def _body_pending(self, scope: Any) -> bool:
+        # the latest cycle; a later request's head only parses once this one's body is complete
+        cycle = self.cycle
+        return cycle is not None and cycle.scope is scope and bool(cycle.more_body)
+
     def on_message_complete(self) -> None:  # a pipelined next head is counted from here
         upgrade = self.parser.should_upgrade() and self._should_upgrade()  # a WebSocket: no next head, no timer
         super().on_message_complete()  # type: ignore[misc]
@@ -200,6 +239,12 @@ class HttpToolsHeadLimits(_HeadLimitsMixin):
 
 class H11HeadLimits(_HeadLimitsMixin):
     conn: h11.Connection
+    cycle: Any
+
+    def _body_pending(self, scope: Any) -> bool:
+        # h11 parses one request at a time (a pipelined one waits), so their state is this request's
+        cycle = self.cycle
+        return cycle is not None and cycle.scope is scope and self.conn.their_state is h11.SEND_BODY
 
     def _after_feed(self) -> None:
         if self._reading_head and self.conn.their_state is not h11.IDLE:
