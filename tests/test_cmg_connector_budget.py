@@ -10,6 +10,7 @@ import socket
 import ssl
 from pathlib import Path
 
+from cmglab.services.cmg.connector import RESERVED_CONNECTIONS
 from cmglab.tools.processes import LabProcesses, isolated_lab
 from tests.support.cmg import FAST_ENV, channel_up, wait_for
 
@@ -18,7 +19,17 @@ CAP = 8
 
 def _tls_client(host: str, port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSLSocket:
     sock = socket.create_connection((host, port), timeout=10)
-    return ctx.wrap_socket(sock, server_hostname=name)  # the handshake completes here
+    tls = ctx.wrap_socket(sock, server_hostname=name)  # the client's side of the handshake completes here
+    # one request answered: the CMG's side has completed it too (TLS 1.3: the server reads the client's Finished
+    # after the client is done; a connection still in its handshake there may be dropped for a newcomer)
+    tls.sendall(f"GET /_lab/health HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = tls.recv(4096)
+        if not chunk:
+            raise ConnectionResetError("closed before a reply")
+        reply += chunk
+    return tls
 
 
 def test_clients_filling_the_cmg_do_not_lock_its_connection_point_out(tmp_path: Path) -> None:
@@ -40,6 +51,33 @@ def test_clients_filling_the_cmg_do_not_lock_its_connection_point_out(tmp_path: 
 
         procs.start("cmg-connection-point")
         wait_for(lambda: channel_up(lab), 30, "the connection point's channel while clients hold the CMG's cap")
+    finally:
+        for s in held:
+            with contextlib.suppress(OSError):
+                s.close()
+        procs.stop_all()
+
+
+def test_raw_sockets_flooding_the_connector_do_not_lock_its_connection_point_out(tmp_path: Path) -> None:
+    """Review 3, finding 1: sockets that never send a ClientHello once filled the connector's reserve (64) and every
+    connection point was closed at accept until they timed out. Only completed handshakes hold its slots now; a
+    handshake waiting on the connector is dropped for a newcomer. The handshake timeout is raised past the test's
+    deadline so that the flood cannot simply time out."""
+    lab = isolated_lab(tmp_path / "lab")
+    procs = LabProcesses(lab, env={**FAST_ENV, "CMGLAB_TLS_HANDSHAKE_TIMEOUT": "120"})
+    held: list[socket.socket] = []
+    try:
+        procs.start("cmg")
+        connector = (lab.config.bind_address, lab.config.ports.cmg_connector)
+        for _ in range(RESERVED_CONNECTIONS + 16):  # raw TCP, no ClientHello, held open
+            held.append(socket.create_connection(connector, timeout=10))
+        procs.start("cmg-connection-point")
+        wait_for(lambda: channel_up(lab), 30, "the connection point's channel while raw sockets flood the connector")
+        procs.stop("cmg-connection-point")  # and it reconnects through a fresh flood
+        for _ in range(RESERVED_CONNECTIONS + 16):
+            held.append(socket.create_connection(connector, timeout=10))
+        procs.start("cmg-connection-point")
+        wait_for(lambda: channel_up(lab), 30, "the connection point's channel after a second flood")
     finally:
         for s in held:
             with contextlib.suppress(OSError):

@@ -5,8 +5,9 @@ ClientHello once took all of a CMG's descriptors (every client then failed), and
 back. Here each listener accepts in its own loop, and per process:
 
 - at most `max_connections` connections are open (handshaking or established, all listeners together); past
-  that a new connection is closed at once, so the process keeps descriptors for its database, logs and upstream
-  calls;
+  that the oldest connection still in its TLS handshake is dropped for the newcomer, and when every open one has
+  completed its handshake the newcomer is closed at once, so the process keeps descriptors for its database, logs
+  and upstream calls;
 - at most `max_handshakes` of them are still in their TLS handshake; when that many wait, the oldest is dropped
   for the newcomer: a real client finishes its handshake in milliseconds, a connection that sends nothing is
   the one that waits, so a flood of them cannot lock real clients out;
@@ -66,6 +67,17 @@ class Budget:
 
     def open_connections(self) -> int:
         return sum(len(c) for c in self.established) + len(self.handshaking)
+
+    def make_room(self) -> bool:
+        """At the cap, drop the oldest connection still in its TLS handshake for a newcomer (False: every open
+        one has completed its handshake). Only completed handshakes hold a slot: sockets that never send a
+        ClientHello cannot fill the budget and lock out a peer with a certificate (review 3, finding 1)."""
+        if not self.handshaking:
+            return False
+        oldest, _ = self.handshaking.popitem(last=False)
+        oldest.cancel()
+        self.dropped += 1
+        return True
 
     def refuse(self, conn: socket.socket, why: str) -> None:
         self.refused += 1
@@ -133,7 +145,7 @@ class Acceptor:
                     next(iter(self.budget.handshaking)).cancel()
                 await asyncio.sleep(0.05)
                 continue
-            if self.budget.open_connections() >= self.budget.max_connections:
+            if self.budget.open_connections() >= self.budget.max_connections and not self.budget.make_room():
                 self.budget.refuse(conn, f"{self.budget.max_connections} connections open (max_connections)")
                 continue
             if self.ssl is None:

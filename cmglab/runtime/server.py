@@ -59,7 +59,8 @@ class Listener:
     # (httptools) refuses any method it does not know, anyverb.py feeds it a stand-in; "h11": uvicorn's h11
     http: Literal["httptools", "any-method", "h11"] = "httptools"
     # connections kept for this listener alone, outside the process's shared budget: the CMG's connector, so
-    # that clients filling the internet-facing listener never lock its connection points out
+    # that clients filling the internet-facing listener never lock its connection points out. Only completed
+    # handshakes hold these slots (acceptor.Budget.make_room): raw sockets flooding the connector cannot fill them
     reserved: int = 0
 
 

@@ -21,7 +21,8 @@ from cmglab.wire.cmg_channel import PATH, VERSION, FrameError, Hello, Kind, deco
 
 HELLO_TIMEOUT = 10.0
 # the connector's own connection budget (runtime.server Listener.reserved): a site's few connection points and
-# the admin's /_lab calls, never crowded out by clients holding the client listener's connections
+# the admin's /_lab calls, never crowded out by clients holding the client listener's connections; a connection
+# still in its TLS handshake is dropped for a newcomer, so only completed mutual-TLS handshakes hold these slots
 RESERVED_CONNECTIONS = 64
 
 
