@@ -1,7 +1,8 @@
-"""The SQLite engine's pool holds two sessions for every request thread at once (anyio runs a service's sync
-endpoints on 40 threads). Entra's sign-in holds a session and opens a second for the smart-lockout count: with
-SQLAlchemy's default 5 + 10 connections, 16 sign-ins at once in the bench once left every thread waiting for a
-second connection, then 500 after 30 s. Here 40 threads each hold one session and then all open a second."""
+"""The SQLite engine's pool holds two sessions for every thread that may hold them at once (anyio runs a
+service's sync endpoints on 40 threads, and the MP its message work on 40 more: 80). Entra's sign-in holds a
+session and opens a second for the smart-lockout count: with SQLAlchemy's default 5 + 10 connections, 16 sign-ins
+at once in the bench once left every thread waiting for a second connection, then 500 after 30 s. Here 80
+threads each hold one session, then all hold a second at once."""
 
 from __future__ import annotations
 
@@ -12,21 +13,25 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from cmglab.runtime.db import make_engine
+from cmglab.runtime.db import SESSION_THREADS, make_engine
 
-THREADS = 40  # anyio's default thread limiter
+# anyio's default thread limiter (40) plus the MP's own `mp-work` executor beside it (40; review 3, finding 5)
+THREADS = SESSION_THREADS
 
 
 def test_two_sessions_per_request_thread_never_run_the_pool_dry(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'pool.db'}")
     everyone_holds_one = threading.Barrier(THREADS)
+    everyone_holds_two = threading.Barrier(THREADS)
 
     def request(_i: int) -> int:
         with Session(engine) as outer:
             outer.execute(text("select 1"))  # the request's own session has its connection
             everyone_holds_one.wait(timeout=20)  # a pool of 15 never lets 40 get here: the barrier breaks
             with Session(engine) as inner:  # the smart-lockout count's own transaction
-                return int(inner.execute(text("select 1")).scalar_one())
+                value = int(inner.execute(text("select 1")).scalar_one())
+                everyone_holds_two.wait(timeout=20)  # a pool of 100 never lets 80 get here
+                return value
 
     try:
         with ThreadPoolExecutor(THREADS) as pool:

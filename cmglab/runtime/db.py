@@ -21,7 +21,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 Seed = Callable[[Session], None]
-SQLITE_POOL, SQLITE_OVERFLOW = 20, 80
+# threads of one process that may hold sessions at once: anyio's default limiter (40: FastAPI's sync routes,
+# run_in_threadpool) plus a service's own executor beside it (the MP's 40 `mp-work` threads,
+# management_point/transport.py `off_loop`: a cheaper hop than anyio's, so kept, and counted here)
+ANYIO_THREADS = 40
+OWN_EXECUTOR_THREADS = 40
+SESSION_THREADS = ANYIO_THREADS + OWN_EXECUTOR_THREADS
+SQLITE_POOL = 20
+SQLITE_OVERFLOW = 2 * SESSION_THREADS - SQLITE_POOL
 
 
 def _owner_only(database: str | None) -> None:
@@ -43,7 +50,7 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         _owner_only(u.database)
-        # a pool big enough for two sessions per request thread (anyio's 40): a request that opens a second
+        # a pool big enough for two sessions per request thread (SESSION_THREADS): a request that opens a second
         # session inside its first (Entra's smart lockout records a failure in a transaction of its own) once
         # exhausted the default 5 + 10 at 16 concurrent sign-ins, every thread waiting for a second connection
         # (QueuePool timeout after 30 s, then 500); SQLite connections are only file handles

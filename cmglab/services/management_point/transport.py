@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from cmglab.pki.builders import x5t
 from cmglab.runtime.admin import record
 from cmglab.runtime.certinfo import client_cert
+from cmglab.runtime.db import OWN_EXECUTOR_THREADS
 from cmglab.runtime.windowsauth import unauthorized
 from cmglab.services.management_point.admission import ENTRA_VALID, entra_refusal
 from cmglab.services.management_point.caller import Caller
@@ -30,8 +31,10 @@ from cmglab.wire.kinds import AuthKind, EntraVerdict
 Scope = dict[str, Any]
 T = TypeVar("T")
 
-# as many threads as anyio's default limiter (40): the MP's message work, off the event loop
-_WORK = ThreadPoolExecutor(max_workers=40, thread_name_prefix="mp-work")
+# the MP's message work, off the event loop, on threads beside anyio's 40 (not bounded by its limiter): the
+# database pool counts both (runtime/db.py SESSION_THREADS), so up to 80 threads holding two sessions each
+# never wait for a connection
+_WORK = ThreadPoolExecutor(max_workers=OWN_EXECUTOR_THREADS, thread_name_prefix="mp-work")
 
 
 async def off_loop(func: Callable[..., T], *args: Any) -> T:
