@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,21 +27,24 @@ class Settings(BaseSettings):
     hosts_file: Path | None = None
     # check client certificates against the lab CRLs on listeners that take them
     crl_check: bool = True
+    # the listener limits (to max_handshakes) take positive values only: 0 or less would refuse or close every
+    # connection at once, so a typo in e.g. CMGLAB_IDLE_TIMEOUT stops the service at start instead (review 3)
     # largest request or reply body a service accepts or forwards (413 while reading, before any authentication)
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     # every listener: longest request line (414) and request head, request line and header fields (431)
-    max_url_bytes: int = 16 * 1024
-    max_header_bytes: int = 64 * 1024
+    max_url_bytes: int = Field(default=16 * 1024, gt=0)
+    max_header_bytes: int = Field(default=64 * 1024, gt=0)
     # seconds from a request head's first byte to its end (408; slowloris), and for a TLS handshake
-    head_timeout: float = 20.0
-    tls_handshake_timeout: float = 10.0
+    head_timeout: float = Field(default=20.0, gt=0)
+    tls_handshake_timeout: float = Field(default=10.0, gt=0)
     # seconds an idle keep-alive connection is kept (IIS's connection timeout: 120 s, what a client of a real CMG
     # sees); `cmglab bench` section 5 raises it so that opening 20,000 connections does not outlast it
-    idle_timeout: float = 120.0
-    # per process, all listeners: open connections (past it new ones are closed at once), and of them how many
+    idle_timeout: float = Field(default=120.0, gt=0)
+    # per process, all listeners: open connections (past it the oldest still in its TLS handshake is dropped for a
+    # newcomer; when none is, new ones are closed at once), and of them how many
     # may be in their TLS handshake (past it the oldest is dropped for the newcomer)
-    max_connections: int = 20_000
-    max_handshakes: int = 1_000
+    max_connections: int = Field(default=20_000, gt=0)
+    max_handshakes: int = Field(default=1_000, gt=0)
     # worker processes on one listener for the services whose state is in their database (Entra, MP, CRL host)
     workers: int = 1
     # how long the CMG waits for a connection point's reply, and the point for the MP

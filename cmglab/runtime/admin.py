@@ -29,7 +29,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel
 
-from cmglab.runtime.certinfo import client_cert, parsed, subject, thumbprint
+from cmglab.runtime.certinfo import parsed, subject, thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.wire.requests import RequestRecord
 from cmglab.wire.tracing import TRACEPARENT, TRACESTATE, ServerSpan, SpanExporter
@@ -269,15 +269,6 @@ def error_reason(body: bytes) -> str | None:
     text = doc.get("Reason") or doc.get("error_description") or doc.get("detail")
     parts = [str(p).splitlines()[0] for p in (code, text) if p and isinstance(p, str | int)]
     return ": ".join(parts)[:300] or None
-
-
-def client_cert_from_scope(scope: Scope):  # type: ignore[no-untyped-def]
-    return client_cert(_ScopeOnly(scope))  # type: ignore[arg-type]
-
-
-class _ScopeOnly:
-    def __init__(self, scope: Scope) -> None:
-        self.scope = scope
 
 
 async def _plain(send: Send, status: int, body: bytes) -> None:
