@@ -26,7 +26,7 @@ from cmglab.runtime.admin import install_lab_admin
 from cmglab.runtime.certinfo import client_cert
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
-from cmglab.services.cmg.app import AnyMethod
+from cmglab.services.distribution_point.app import AnyMethod
 from cmglab.tools.processes import LabProcesses
 from tests.support.cmg import FAST_ENV, bearer, channel_up, cmg_points, cp_health, log_text, proxy_url, wait_for
 from tests.support.lab import lab_client, new_lab

@@ -6,13 +6,10 @@ AADAuthInfo, or serve content. Every refusal happens here, before the site sees 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
 
 from cmglab.runtime.admin import install_lab_admin, record
 from cmglab.runtime.certinfo import client_cert
@@ -36,17 +33,6 @@ def _query(request: Request, name: str) -> str | None:
 
 def _annotate(rec: RequestRecord, identity: Identity) -> None:
     rec.authenticated(identity.kind, identity.subject)
-
-
-class AnyMethod:
-    """A request handler as a plain ASGI app: Starlette limits function endpoints to GET/HEAD."""
-
-    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
-        self.handler = handler
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        response = await self.handler(Request(scope, receive))
-        await response(scope, receive, send)
 
 
 def create_app(parts: Parts) -> Front:
@@ -154,6 +140,6 @@ def create_app(parts: Parts) -> Front:
             return await content_file(request, route)
         raise not_found(request.scope["path"])
 
-    # an ASGI endpoint (not a function) takes every method, CCM_POST included, as IIS does
-    app.router.routes.append(Route("/{path:path}", AnyMethod(handle), include_in_schema=False))
-    return Front(app, state, handle)  # the gateway's URLs reach `handle` without FastAPI's layers
+    # the gateway's URLs (every method, CCM_POST included, as IIS) reach `handle` through Front, without FastAPI's
+    # layers; the FastAPI app serves only /_lab/ and targets that are not a path: anything else there is its 404
+    return Front(app, state, handle)
