@@ -8,6 +8,7 @@ to the application as it came."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,3 +154,109 @@ def test_what_h11_refused_is_still_400(port: int, head: bytes) -> None:
         while chunk := s.recv(65536):
             reply += chunk
         assert reply.startswith(b"HTTP/1.1 400 ")
+
+
+def until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a socket timeout fails the test: the connection stayed open)."""
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+    return reply
+
+
+def chunked_cost(port: int, data: bytes) -> float:
+    """CPU seconds of this process (the listener runs in a thread of it) for one CCM_POST of DATA as one chunk."""
+    head = b"CCM_POST /big HTTP/1.1\r\nHost: mp\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with connect(port) as s:
+        start = time.process_time()
+        s.sendall(head + b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n")
+        assert replies(s, 1) == [b"200 CCM_POST /big " + data]
+        return time.process_time() - start
+
+
+def test_a_chunk_of_newlines_costs_what_a_chunk_of_letters_does(port: int) -> None:
+    """review3 finding 2: chunk data was fed to llhttp one line at a time (a chunk of LFs cost superlinear CPU on
+    the event loop, unauthenticated); it is fed by the chunk sizes now, whatever the data holds."""
+    size = 300_000
+    letters = min(chunked_cost(port, b"x" * size) for _ in range(3))
+    newlines = min(chunked_cost(port, b"\n" * size) for _ in range(3))
+    assert newlines <= 4 * letters + 0.05, (newlines, letters)
+
+
+@pytest.mark.parametrize("upgrade", [b"foo", b"websocket", b"h2c"])
+def test_an_upgrade_is_refused_and_its_body_never_runs(port: int, upgrade: bytes) -> None:
+    """review3 finding 3: llhttp stops at an Upgrade head; its body was then run as the next request (smuggling).
+    These listeners serve no upgrade: 400 and the connection closed, the body never parsed."""
+    hidden = b"GET /hidden HTTP/1.1\r\nHost: mp\r\n\r\n"
+    head = b"CCM_POST /ccm_system/request HTTP/1.1\r\nHost: mp\r\nConnection: Upgrade\r\nUpgrade: %s\r\n" % upgrade
+    with connect(port) as s:
+        s.sendall(head + b"Content-Length: %d\r\n\r\n" % len(hidden) + hidden)
+        reply = until_closed(s)
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"hidden" not in reply and reply.count(b"HTTP/1.1") == 1
+
+
+def test_connect_is_refused(port: int) -> None:
+    with connect(port) as s:
+        s.sendall(b"CONNECT mp:443 HTTP/1.1\r\nHost: mp:443\r\n\r\nGET /hidden HTTP/1.1\r\nHost: mp\r\n\r\n")
+        reply = until_closed(s)
+    assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1") == 1
+
+
+@pytest.mark.parametrize("length", [b"3 ", b"+3", b"3, 3", b"0x3", b"3\t"])
+def test_a_content_length_that_is_not_digits_is_refused(port: int, length: bytes) -> None:
+    """review3 finding 4: `Content-Length: 3 ` was 0 to our framing and 3 to llhttp: refused now (400, closed)."""
+    with connect(port) as s:
+        s.sendall(
+            b"POST /a HTTP/1.1\r\nHost: mp\r\nContent-Length: "
+            + length
+            + b"\r\n\r\nabcGET /b HTTP/1.1\r\nHost: mp\r\n\r\n"
+        )
+        reply = until_closed(s)
+    assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1") == 1
+
+
+def test_two_content_lengths_are_refused(port: int) -> None:
+    with connect(port) as s:
+        s.sendall(b"POST /a HTTP/1.1\r\nHost: mp\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc")
+        assert until_closed(s).startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_head_completing_inside_a_fed_piece_never_rewrites_the_next_body(port: int) -> None:
+    """review3 finding 4 (anyverb_desync.py): after A's OWS Content-Length, B's head was parsed inside a raw piece
+    and B's body (`CCM_POST /x ...`) taken for a head: rewritten to PROPFIND, the request boundary moved."""
+    body_b = b"CCM_POST /x HTTP/1.1\r\n\r\n"
+    with connect(port) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(
+            b"POST /a HTTP/1.1\r\nHost: mp\r\nContent-Length: 3 \r\n\r\nabc"
+            b"POST /b HTTP/1.1\r\nHost: mp\r\nContent-Length: %d\r\n\r\n" % len(body_b)
+        )
+        try:
+            s.sendall(body_b)
+        except OSError:
+            pass  # already closed
+        reply = until_closed(s)
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"PROPFIND" not in reply and reply.count(b"HTTP/1.1") == 1
+
+
+def test_a_method_is_never_stamped_on_the_next_message(port: int) -> None:
+    """review3 finding 4 (anyverb_method.py): the previous message's real method reached the next one's scope
+    (a GET dispatched as CCM_POST)."""
+    with connect(port) as s:
+        s.sendall(
+            b"CCM_POST /a HTTP/1.1\r\nHost: mp\r\nContent-Length: 3 \r\n\r\nabcGET /b HTTP/1.1\r\nHost: mp\r\n\r\n"
+        )
+        reply = until_closed(s)
+    assert b"CCM_POST /b" not in reply and reply.startswith(b"HTTP/1.1 400 ")
+    with connect(port) as s:  # and by the framing alone: a stand-in message, then a known one on one connection
+        s.sendall(request(b"CCM_POST", b"/a", b"abc") + request(b"GET", b"/b") + request(b"PROPFIND", b"/c"))
+        assert replies(s, 3) == [b"200 CCM_POST /a abc", b"200 GET /b ", b"200 PROPFIND /c "]
+
+
+def test_a_head_ending_in_bare_lfs_never_shifts_a_boundary(port: int) -> None:
+    """Our framing finds a head's end at CRLF CRLF; should llhttp end it elsewhere (bare LFs) the message ends
+    where llhttp and the framing agree, or the connection is closed: never a body read as a head."""
+    with connect(port) as s:
+        s.sendall(b"POST /a HTTP/1.1\nHost: mp\nContent-Length: 3\n\nabcGET /hidden HTTP/1.1\r\nHost: mp\r\n\r\n")
+        reply = until_closed(s)
+    assert b"hidden" not in reply
