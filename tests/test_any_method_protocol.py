@@ -3,7 +3,9 @@ know (CcmMessaging's CCM_POST) while the application sees the method that was se
 request at a time, several on one keep-alive connection, pipelined in one write (Content-Length, chunked and
 bodyless, mixed with known methods), a head a byte at a time; the body bytes reach the application unchanged
 even when they look like a CCM_POST head; a bad method token is still a 400; an absolute-form target is given
-to the application as it came."""
+to the application as it came; review 3's streams (findings 2-4): a chunk of LFs costs what letters do, an
+Upgrade is refused before its body runs, a Content-Length that is not digits is refused, and no method is
+stamped on the next message."""
 
 from __future__ import annotations
 

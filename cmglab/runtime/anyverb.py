@@ -7,11 +7,15 @@ every request head are known: a method llhttp does not know is handed to it as a
 method token at the start of a head is ever replaced (the head limits in limits.py count the bytes as they
 came); bodies, headers and the target are fed as they arrived.
 
-Where each message ends is taken from llhttp itself: a head is fed up to its blank line, then a
-Content-Length body exactly, a chunked one line by line (every chunk line and the last one end in LF), so a
-message always completes at the end of a piece and the next byte is the next head's first. Pipelined
-requests in one read are therefore split and each one's method seen. A method that is not an RFC 9110 token,
-or is longer than 64 bytes, is fed as it came, and llhttp refuses it (400).
+Where each message ends is the framing's, and llhttp must agree: a head is fed up to its blank line, then a
+Content-Length body exactly (the value must be one strict digit string, as llhttp and we then read the same
+length), a chunked one by its chunk sizes (each size line, then that many bytes of data in one piece whatever
+they hold, the CRLF, the trailer lines bounded as a head is). llhttp must begin a message only where a head is fed
+and complete one only at the end of the piece the framing says ends it; otherwise the connection is refused (400)
+or closed. Pipelined requests in one read are therefore split and each one's method seen. A request with
+`Upgrade` (or CONNECT) is refused (400, closed): these listeners take no upgrade, and llhttp would stop at its
+head and read its body as the next request. A method that is not an RFC 9110 token, or is longer than 64 bytes,
+is fed as it came, and llhttp refuses it (400).
 """
 
 from __future__ import annotations
