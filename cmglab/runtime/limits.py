@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import h11
+import httptools
 
 log = logging.getLogger("cmglab.limits")
 
@@ -207,6 +208,15 @@ class _HeadLimitsMixin:
 class HttpToolsHeadLimits(_HeadLimitsMixin):
     def on_headers_complete(self) -> None:
         self._head_done()
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            # an upgrade uvicorn does not serve (anything but a WebSocket, or CONNECT): llhttp stops at the head, so
+            # uvicorn dropped the body or, arriving in a later read, parsed it as the next request (smuggling)
+            log.warning(
+                "%s: refused 400 from %s: an upgrade this listener does not serve",
+                self.limits.listener,
+                self.client[0] if self.client else "?",
+            )
+            raise httptools.HttpParserError("unsupported upgrade")  # uvicorn answers 400 and closes
         super().on_headers_complete()  # type: ignore[misc]
 
     cycle: Any
