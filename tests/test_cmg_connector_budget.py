@@ -83,3 +83,40 @@ def test_raw_sockets_flooding_the_connector_do_not_lock_its_connection_point_out
             with contextlib.suppress(OSError):
                 s.close()
         procs.stop_all()
+
+
+def _silent_tls(host: str, port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSLSocket | None:
+    """A completed mutual-TLS handshake that then sends nothing (None: closed at accept, the slots being full)."""
+    try:
+        return ctx.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname=name)
+    except (OSError, ssl.SSLError):
+        return None
+
+
+def test_silent_device_certificates_do_not_hold_the_connectors_slots(tmp_path: Path) -> None:
+    """connfix "what is left": the connector's TLS takes any lab-CA client certificate (a device's too); the
+    registered-connection-point check comes at the WebSocket. Completed handshakes that stay silent held the 64
+    reserved slots until the idle timeout (120 s) and the connection point could not connect. A connector
+    connection must now send its request within CONNECTOR_HEAD_DEADLINE (10 s), and a silent one is dropped
+    without waiting on a TLS close_notify it would never send (a close held the slot 30 s longer)."""
+    lab = isolated_lab(tmp_path / "lab")
+    procs = LabProcesses(lab, env=dict(FAST_ENV))
+    held: list[ssl.SSLSocket] = []
+    try:
+        procs.start("cmg")
+        device = lab.pki.issue_client("silent-device")
+        ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
+        ctx.load_cert_chain(str(device.cert_path), str(device.key_path))
+        where = (lab.config.bind_address, lab.config.ports.cmg_connector, ctx, lab.config.hosts.cmg)
+        for _ in range(RESERVED_CONNECTIONS + 8):
+            s = _silent_tls(*where)
+            if s is not None:
+                held.append(s)
+        assert len(held) >= RESERVED_CONNECTIONS, "the slots were not filled: the test proves nothing"
+        procs.start("cmg-connection-point")
+        wait_for(lambda: channel_up(lab), 40, "the connection point's channel while device certificates sit silent")
+    finally:
+        for s in held:
+            with contextlib.suppress(OSError):
+                s.close()
+        procs.stop_all()

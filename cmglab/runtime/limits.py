@@ -48,6 +48,9 @@ class Limits:
     head_timeout: float = 20.0
     idle_timeout: float = 120.0
     listener: str = ""
+    # an idle connection is dropped at once, not closed (TLS: a close waits up to 30 s for the peer's close_notify,
+    # which a silent peer never sends, and the connection holds its slot meanwhile): the CMG connector's
+    drop_idle: bool = False
 
 
 def plain_response(status: int, detail: str) -> bytes:
@@ -128,6 +131,8 @@ class _HeadLimitsMixin:
             return
         if self._reading_head and self._head_bytes:
             self._refuse(408, f"request head not complete within {self.limits.head_timeout:g} s")
+        elif self.limits.drop_idle:  # a connection that sent nothing (more): nothing to flush
+            self.transport.abort()
         else:  # a connection that never sent anything
             self.transport.close()
 

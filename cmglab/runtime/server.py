@@ -62,6 +62,9 @@ class Listener:
     # that clients filling the internet-facing listener never lock its connection points out. Only completed
     # handshakes hold these slots (acceptor.Budget.make_room): raw sockets flooding the connector cannot fill them
     reserved: int = 0
+    # a shorter idle and head timeout than the settings' (seconds): the connector's, as any lab-CA certificate (a
+    # device's too) completes its TLS and would otherwise hold one of the reserved slots for the idle timeout
+    head_deadline: float | None = None
 
 
 @dataclass
@@ -91,14 +94,18 @@ _PROTOCOLS: dict[str, type[asyncio.Protocol]] = {
 }
 
 
-def limits_from(settings: Settings, listener: str = "") -> Limits:
+def limits_from(settings: Settings, listener: str = "", head_deadline: float | None = None) -> Limits:
+    head_timeout, idle_timeout = settings.head_timeout, settings.idle_timeout
+    if head_deadline is not None:
+        head_timeout, idle_timeout = min(head_timeout, head_deadline), min(idle_timeout, head_deadline)
     return Limits(
         max_header_bytes=settings.max_header_bytes,
         max_url_bytes=settings.max_url_bytes,
         max_body_bytes=settings.max_body_bytes,
-        head_timeout=settings.head_timeout,
-        idle_timeout=settings.idle_timeout,
+        head_timeout=head_timeout,
+        idle_timeout=idle_timeout,
         listener=listener,
+        drop_idle=head_deadline is not None,
     )
 
 
@@ -251,7 +258,11 @@ async def serve(
         return Budget(listener.reserved, listener.reserved, handshake_timeout=settings.tls_handshake_timeout)
 
     servers = [
-        _Server(_config(listener, access_log, limits_from(settings, listener.name)), budget_of(listener), listener.name)
+        _Server(
+            _config(listener, access_log, limits_from(settings, listener.name, listener.head_deadline)),
+            budget_of(listener),
+            listener.name,
+        )
         for listener in service.listeners
     ]
     stop = stop or asyncio.Event()

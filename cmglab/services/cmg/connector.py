@@ -24,6 +24,10 @@ HELLO_TIMEOUT = 10.0
 # the admin's /_lab calls, never crowded out by clients holding the client listener's connections; a connection
 # still in its TLS handshake is dropped for a newcomer, so only completed mutual-TLS handshakes hold these slots
 RESERVED_CONNECTIONS = 64
+# a connector connection must send its request (the channel's WebSocket upgrade: a connection point sends it at once)
+# within this, and may idle no longer between requests: any lab-CA certificate (a device's too) passes the TLS, the
+# registered-connection-point check comes at the WebSocket, so silent connections must not hold the slots for long
+CONNECTOR_HEAD_DEADLINE = 10.0
 
 
 class Registry:

@@ -8,7 +8,7 @@ from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.runtime.tls import log_refusals_to
 from cmglab.services.cmg.app import create_app
-from cmglab.services.cmg.connector import RESERVED_CONNECTIONS, Registry, create_connector_app
+from cmglab.services.cmg.connector import CONNECTOR_HEAD_DEADLINE, RESERVED_CONNECTIONS, Registry, create_connector_app
 from cmglab.services.cmg.logsync import LogSync
 from cmglab.services.cmg.memory import fix_mmap_threshold
 from cmglab.services.cmg.parts import Parts
@@ -57,6 +57,7 @@ def build(lab: Lab) -> Service:
                 lab.bind(),
                 tls("required"),
                 reserved=RESERVED_CONNECTIONS,
+                head_deadline=CONNECTOR_HEAD_DEADLINE,
             ),
         ],
         background=[
