@@ -116,6 +116,25 @@ def test_foreground_up_restarts_a_killed_service_and_stops_within_2_s(
     assert orchestrate.running_pids(lab) == {} and lab_processes(lab) == []
 
 
+def test_cmglab_down_stops_a_foreground_up(up_process: tuple[Lab, subprocess.Popen[str], list[str]]) -> None:
+    """`cmglab down` from another shell stops a foreground lab: the services stay down (its supervisor does not
+    restart them) and `up` itself ends, as on Ctrl-C."""
+    lab, proc, seen = up_process
+    assert orchestrate.foreground_pid_file(lab).read_text().strip() == str(proc.pid)
+    down = subprocess.run(
+        [sys.executable, "-m", "cmglab", "down", "--lab", str(lab.dir)], capture_output=True, text=True, timeout=60
+    )
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert f"stopped the foreground cmglab up (pid {proc.pid})" in down.stdout, down.stdout
+    read_until(proc, "stopped ", seen, timeout=30)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    printed = "".join(seen)
+    assert "restarted as pid" not in printed, printed
+    assert orchestrate.running_pids(lab) == {} and lab_processes(lab) == []
+    assert not orchestrate.foreground_pid_file(lab).exists()
+
+
 def test_up_that_cannot_start_a_service_stops_the_others(tmp_path: Path) -> None:
     lab = isolated_lab(tmp_path / "lab")
     break_cmg(lab)

@@ -339,7 +339,7 @@ def main() -> None:
 @app.command(
     help=f"Initialise what is missing, start the lab's {len(SERVICES)} service processes on loopback "
     f"({', '.join(SERVICES)}), wait until they are healthy and print how to install a device. "
-    "Ctrl-C stops everything (or `cmglab down` after --detach)."
+    "Ctrl-C stops everything (so does `cmglab down`, also after --detach)."
 )
 def up(
     lab: LabOption = DEFAULT_LAB,
@@ -411,27 +411,36 @@ def run_foreground(the_lab: Lab, procs: Any) -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    console.print("Ctrl-C stops the lab")  # only now: the handler is in place
-    supervisor = orchestrate.Supervisor(the_lab, procs)
-    while not stop["now"]:
-        for event in supervisor.check():
-            console.print(event, style="yellow", markup=False, highlight=False)
-        time.sleep(0.2)
-    began = time.monotonic()
-    mine = list(procs.procs)
-    procs.stop_all(timeout=orchestrate.STOP_TIMEOUT)  # ours: waited for (reaped), killed after the timeout
-    others = orchestrate.stop_pids(the_lab, timeout=orchestrate.STOP_TIMEOUT)  # a --detach lab's, if any
-    stopped = [*mine, *(o for o in others if o not in mine)]
-    print_value(console, f"stopped {', '.join(stopped) or 'nothing'} in {time.monotonic() - began:.1f} s")
+    here = orchestrate.foreground_pid_file(the_lab)
+    here.write_text(f"{os.getpid()}\n")  # `cmglab down` stops this process, not only its services
+    console.print("Ctrl-C stops the lab (so does cmglab down from another shell)")  # only now: the handler is in place
+    try:
+        supervisor = orchestrate.Supervisor(the_lab, procs)
+        while not stop["now"]:
+            for event in supervisor.check():
+                console.print(event, style="yellow", markup=False, highlight=False)
+            time.sleep(0.2)
+        began = time.monotonic()
+        mine = list(procs.procs)
+        procs.stop_all(timeout=orchestrate.STOP_TIMEOUT)  # ours: waited for (reaped), killed after the timeout
+        others = orchestrate.stop_pids(the_lab, timeout=orchestrate.STOP_TIMEOUT)  # a --detach lab's, if any
+        stopped = [*mine, *(o for o in others if o not in mine)]
+        print_value(console, f"stopped {', '.join(stopped) or 'nothing'} in {time.monotonic() - began:.1f} s")
+    finally:
+        here.unlink(missing_ok=True)
 
 
 @app.command()
 def down(lab: LabOption = DEFAULT_LAB) -> None:
-    """Stop a lab started with `cmglab up --detach`."""
+    """Stop a lab: one started with `cmglab up --detach`, or a foreground `cmglab up` in another terminal."""
     from cmglab.tools import orchestrate
 
-    stopped = orchestrate.stop_pids(load_lab(lab))
-    console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+    the_lab = load_lab(lab)
+    foreground = orchestrate.stop_foreground(the_lab)  # it stops its services itself, as on Ctrl-C
+    stopped = orchestrate.stop_pids(the_lab)  # a --detach lab's, and whatever the foreground one left
+    if foreground is not None:
+        console.print(f"stopped the foreground cmglab up (pid {foreground})")
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing else was running")
 
 
 @app.command()

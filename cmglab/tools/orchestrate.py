@@ -37,6 +37,28 @@ def pid_file(lab: Lab, service: str) -> Path:
     return lab.dir / "run" / f"{service}.pid"
 
 
+def foreground_pid_file(lab: Lab) -> Path:
+    """Where a foreground `cmglab up` says it runs, so that `cmglab down` stops it (its supervisor would restart
+    services stopped under it)."""
+    return lab.dir / "run" / "up.pid"
+
+
+def stop_foreground(lab: Lab, timeout: float = 10) -> int | None:
+    """Ask a foreground `cmglab up` of this lab to stop (as Ctrl-C does) and wait until it has: its pid, or None
+    when none runs."""
+    path = foreground_pid_file(lab)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):  # none, a stale file, or not ours to signal
+        path.unlink(missing_ok=True)
+        return None
+    deadline = time.monotonic() + timeout
+    while path.exists() and not _gone(pid) and time.monotonic() < deadline:  # it removes the file when done
+        time.sleep(0.05)
+    return pid
+
+
 def running_pids(lab: Lab) -> dict[str, int]:
     pids = {}
     for service in SERVICES:
