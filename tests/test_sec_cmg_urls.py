@@ -155,8 +155,9 @@ def _attack(lab: Lab, data: bytes) -> tuple[int, list[dict[str, object]]]:
 def _site_config_poll(record: dict[str, object]) -> bool:
     """The connection point's own poll for the site's CMG configuration (its httpx client, every few seconds),
     which may land while an attack runs; a forwarded attack carries no such User-Agent (the raw requests send
-    none)."""
-    return record.get("path") == "/CCM_Cloud/config" and str(record.get("user_agent", "")).startswith("python-httpx/")
+    none). The MP records the path IIS-style, lower-cased."""
+    path, agent = str(record.get("path", "")), str(record.get("user_agent", ""))
+    return path.lower() == "/ccm_cloud/config" and agent.startswith("python-httpx/")
 
 
 def test_a_host_header_cannot_choose_the_mp_path(cmg_lab: Lab) -> None:
