@@ -4,11 +4,14 @@ every listing has --json, `info` gives CCMHOSTNAME= with its port, labs side by 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -103,10 +106,19 @@ def test_pki_show_shows_whole_names_and_thumbprints(lab: Lab, columns: str | Non
 
 
 def test_free_ports_give_each_lab_its_own_ports(lab: Lab, tmp_path: Path) -> None:
+    """A second lab beside a running first one: the first lab's ports are held (as its services would hold
+    them), so the kernel never offers them again; an idle lab's ports can be offered twice, by design."""
     other = tmp_path / "second"
-    made = cmglab("init", "--lab", str(other), "--free-ports")
+    mine = lab.config.ports.model_dump()
+    with ExitStack() as held:
+        for port in mine.values():
+            s = held.enter_context(socket.socket())
+            with contextlib.suppress(OSError):  # already taken by someone else: held just the same
+                s.bind(("127.0.0.1", port))
+                s.listen()
+        made = cmglab("init", "--lab", str(other), "--free-ports")
     assert made.returncode == 0, made.stderr
-    mine, theirs = lab.config.ports.model_dump(), Lab.load(other).config.ports.model_dump()
+    theirs = Lab.load(other).config.ports.model_dump()
     assert set(mine.values()).isdisjoint(theirs.values()) and len(set(theirs.values())) == len(theirs)
     hosts = (other / "hosts").read_text()
     assert f"cmg.lab.test:{theirs['cmg']}:127.0.0.1" in hosts and f":{Ports().cmg}:" not in hosts
