@@ -8,13 +8,28 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cmglab.services.cmg.connector import RESERVED_CONNECTIONS
 from cmglab.tools.processes import LabProcesses, isolated_lab
 from tests.support.cmg import FAST_ENV, channel_up, wait_for
 
 CAP = 8
+
+
+@contextlib.contextmanager
+def _holding(procs: LabProcesses) -> Iterator[list[Any]]:
+    """The sockets a test holds against the lab: all closed, and the lab's processes stopped, also on failure."""
+    held: list[Any] = []
+    try:
+        yield held
+    finally:
+        for s in held:
+            with contextlib.suppress(OSError):
+                s.close()
+        procs.stop_all()
 
 
 def _tls_client(host: str, port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSLSocket:
@@ -35,8 +50,7 @@ def _tls_client(host: str, port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSL
 def test_clients_filling_the_cmg_do_not_lock_its_connection_point_out(tmp_path: Path) -> None:
     lab = isolated_lab(tmp_path / "lab")
     procs = LabProcesses(lab, env={**FAST_ENV, "CMGLAB_MAX_CONNECTIONS": str(CAP)})
-    held: list[socket.socket] = []
-    try:
+    with _holding(procs) as held:
         procs.start("cmg")
         ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
         where = (lab.config.bind_address, lab.port("cmg"), ctx, lab.config.hosts.cmg)
@@ -51,11 +65,6 @@ def test_clients_filling_the_cmg_do_not_lock_its_connection_point_out(tmp_path: 
 
         procs.start("cmg-connection-point")
         wait_for(lambda: channel_up(lab), 30, "the connection point's channel while clients hold the CMG's cap")
-    finally:
-        for s in held:
-            with contextlib.suppress(OSError):
-                s.close()
-        procs.stop_all()
 
 
 def test_raw_sockets_flooding_the_connector_do_not_lock_its_connection_point_out(tmp_path: Path) -> None:
@@ -65,8 +74,7 @@ def test_raw_sockets_flooding_the_connector_do_not_lock_its_connection_point_out
     deadline so that the flood cannot simply time out."""
     lab = isolated_lab(tmp_path / "lab")
     procs = LabProcesses(lab, env={**FAST_ENV, "CMGLAB_TLS_HANDSHAKE_TIMEOUT": "120"})
-    held: list[socket.socket] = []
-    try:
+    with _holding(procs) as held:
         procs.start("cmg")
         connector = (lab.config.bind_address, lab.config.ports.cmg_connector)
         for _ in range(RESERVED_CONNECTIONS + 16):  # raw TCP, no ClientHello, held open
@@ -78,11 +86,6 @@ def test_raw_sockets_flooding_the_connector_do_not_lock_its_connection_point_out
             held.append(socket.create_connection(connector, timeout=10))
         procs.start("cmg-connection-point")
         wait_for(lambda: channel_up(lab), 30, "the connection point's channel after a second flood")
-    finally:
-        for s in held:
-            with contextlib.suppress(OSError):
-                s.close()
-        procs.stop_all()
 
 
 def _silent_tls(host: str, port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSLSocket | None:
@@ -101,8 +104,7 @@ def test_silent_device_certificates_do_not_hold_the_connectors_slots(tmp_path: P
     without waiting on a TLS close_notify it would never send (a close held the slot 30 s longer)."""
     lab = isolated_lab(tmp_path / "lab")
     procs = LabProcesses(lab, env=dict(FAST_ENV))
-    held: list[ssl.SSLSocket] = []
-    try:
+    with _holding(procs) as held:
         procs.start("cmg")
         device = lab.pki.issue_client("silent-device")
         ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
@@ -115,8 +117,3 @@ def test_silent_device_certificates_do_not_hold_the_connectors_slots(tmp_path: P
         assert len(held) >= RESERVED_CONNECTIONS, "the slots were not filled: the test proves nothing"
         procs.start("cmg-connection-point")
         wait_for(lambda: channel_up(lab), 40, "the connection point's channel while device certificates sit silent")
-    finally:
-        for s in held:
-            with contextlib.suppress(OSError):
-                s.close()
-        procs.stop_all()
