@@ -8,6 +8,7 @@ Used by the reliability campaign (`make reliability`) and by tests/test_listener
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -128,12 +129,18 @@ def chunked_body(
         return status(send_then_read(s, chunk * (cap // 65536 + 8)))
 
 
-def half_sent_heads(lab: Lab, t: Target, cert: tuple[Path, Path] | None, count: int = 20) -> list[int | None]:
+@dataclass(frozen=True)
+class HalfSent:
+    answers: list[int | None]
+    ports: list[int]  # the attack's own ends of its connections (the server's peers)
+
+
+def half_sent_heads(lab: Lab, t: Target, cert: tuple[Path, Path] | None, count: int = 20) -> HalfSent:
     socks = [connect(lab, t, cert) for _ in range(count)]
     try:
         for s in socks:
             s.sendall(b"GET / HTTP/1.1\r\nHost: " + t.host.encode() + b"\r\nX-Slow: ")
-        return [status(read_all(s)) for s in socks]
+        return HalfSent([status(read_all(s)) for s in socks], [s.getsockname()[1] for s in socks])
     finally:
         for s in socks:
             s.close()
@@ -189,6 +196,36 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def held_peers(pid: int, peers: list[int]) -> list[str]:
+    """The TCP connections process PID still holds open to one of the local ports PEERS, as `port state` (the
+    process's own descriptors matched by inode against its network namespace's socket tables)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed while we looked
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    wanted, held = set(peers), []
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/net/{table}") as rows:
+            for row in list(rows)[1:]:
+                f = row.split()
+                port = int(f[2].rsplit(":", 1)[1], 16)
+                if port in wanted and f[9] in inodes:
+                    held.append(f"{port} {TCP_STATES.get(f[3], f[3])}")
+    return held
+
+
+TCP_STATES = {
+    "01": "ESTABLISHED",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+}
+
+
 def settle(check: Callable[[], bool], timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while not check():
@@ -218,7 +255,7 @@ def campaign(lab: Lab, pids: dict[str, int], cert: tuple[Path, Path] | None) -> 
         ):
             got = run(lab, t, cert)
             yield Outcome(t.listener, t.service, attack, got == want, f"answered {got}, expected {want}")
-        answers = half_sent_heads(lab, t, cert)
+        answers = half_sent_heads(lab, t, cert).answers
         yield Outcome(t.listener, t.service, "half-sent heads", set(answers) == {408}, f"answered {set(answers)}")
         if t.tls:
             took = silent_connection_closed_in(t)
