@@ -10,10 +10,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import QueuePool
 
-from cmglab.runtime.db import SESSION_THREADS, make_engine
+from cmglab.runtime.db import POOL_SIZE, SESSION_THREADS, make_engine
 
 # anyio's default thread limiter (40) plus the MP's own `mp-work` executor beside it (40; review 3, finding 5)
 THREADS = SESSION_THREADS
@@ -38,3 +39,24 @@ def test_two_sessions_per_request_thread_never_run_the_pool_dry(tmp_path: Path) 
             assert list(pool.map(request, range(THREADS))) == [1] * THREADS
     finally:
         engine.dispose()
+
+
+def _pool_bounds(engine: Engine) -> tuple[int, int]:
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool.size(), pool.size() + pool._max_overflow
+
+
+def test_postgresql_pool_is_sized_by_the_same_rule_as_sqlites(tmp_path: Path) -> None:
+    """PostgreSQL's pool was 10 + 20: fewer connections than the 80 threads that may hold two sessions each, so
+    30 requests each holding one and waiting for a second once held every connection until the pool's 30 s timeout.
+    Both engines now take one rule (runtime/db.py POOL_SIZE, MAX_OVERFLOW). No server needed: an engine connects
+    only when a session first asks."""
+    sqlite = make_engine(f"sqlite:///{tmp_path / 'pool.db'}")
+    postgres = make_engine(f"postgresql://cmglab@/cmglab?host={tmp_path}", schema="management_point")
+    try:
+        assert postgres.dialect.name == "postgresql"
+        assert _pool_bounds(postgres) == _pool_bounds(sqlite) == (POOL_SIZE, 2 * SESSION_THREADS)
+    finally:
+        sqlite.dispose()
+        postgres.dispose()

@@ -27,8 +27,10 @@ Seed = Callable[[Session], None]
 ANYIO_THREADS = 40
 OWN_EXECUTOR_THREADS = 40
 SESSION_THREADS = ANYIO_THREADS + OWN_EXECUTOR_THREADS
-SQLITE_POOL = 20
-SQLITE_OVERFLOW = 2 * SESSION_THREADS - SQLITE_POOL
+# every engine's pool, SQLite's and PostgreSQL's alike: two sessions for each of those threads (a request that opens
+# a second session inside its first must never wait on a pool its own peers hold dry), POOL_SIZE of them kept open
+POOL_SIZE = 20
+MAX_OVERFLOW = 2 * SESSION_THREADS - POOL_SIZE
 
 
 def _owner_only(database: str | None) -> None:
@@ -57,8 +59,8 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
         engine = create_engine(
             u,
             connect_args={"check_same_thread": False, "timeout": 30},
-            pool_size=SQLITE_POOL,
-            max_overflow=SQLITE_OVERFLOW,
+            pool_size=POOL_SIZE,
+            max_overflow=MAX_OVERFLOW,
         )
 
         @event.listens_for(engine, "connect")
@@ -76,7 +78,10 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
             u = u.set(drivername="postgresql+psycopg")
         if schema:
             args["options"] = f"-c search_path={schema}"
-    return create_engine(u, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=args)
+    # the same pool as SQLite's (10 + 20 once: fewer connections than the threads that hold them, so 30 requests
+    # each holding one session and waiting for a second held every connection until the pool's 30 s timeout); the
+    # server must allow 2 * SESSION_THREADS connections per process (README, "Scale-out")
+    return create_engine(u, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, connect_args=args)
 
 
 class Database:
