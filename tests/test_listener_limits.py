@@ -10,12 +10,14 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import pytest
 
+from cmglab.core.settings import Settings
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import Listener, Service
 from cmglab.tools.processes import LabProcesses, isolated_lab
@@ -101,6 +103,24 @@ def test_chunked_body_over_the_cap_is_413_while_reading(
     token or signature is looked at."""
     t = next(t for t in attack.targets(limits_lab) if t.listener == where)
     assert attack.chunked_body(limits_lab, t, cert, method, path) == 413
+
+
+@pytest.mark.parametrize(
+    ("where", "method", "path"),
+    [("entra", b"POST", b"/common/oauth2/token"), ("management-point-http", b"CCM_POST", b"/ccm_system/request")],
+)
+def test_a_million_one_byte_chunks_are_413_at_the_chunk_cap(
+    limits_lab: Lab, procs: LabProcesses, where: str, method: bytes, path: bytes, cert: tuple[Path, Path]
+) -> None:
+    """Each chunk of a chunked body costs the parser a Python callback whatever its size (~4 us): a million
+    one-byte chunks, 1 MB of body under the byte cap, were read to the end. Refused 413 once past
+    CMGLAB_MAX_BODY_CHUNKS (4,096) while reading, on an httptools listener and an any-method one, and another
+    client is served meanwhile."""
+    t = next(t for t in attack.targets(limits_lab) if t.listener == where)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(attack.tiny_chunks, limits_lab, t, cert, method, path)
+        assert attack.real_client_ok(limits_lab, t.service)
+        assert answer.result(timeout=120) == 413
 
 
 def test_half_sent_heads_are_closed(
@@ -431,3 +451,38 @@ def test_an_unsupported_upgrade_cannot_smuggle_its_body_as_a_request(
         got += read_until_closed(s, 15)
     assert got.count(b"HTTP/1.1 ") == 1, got[:600]
     assert attack.status(got) == 400, got[:300]
+
+
+async def body_length(scope: Any, receive: Any, send: Any) -> None:
+    """Reads the whole request body and answers its length."""
+    if scope["type"] != "http":
+        return
+    length, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        length, more = length + len(message.get("body", b"")), message.get("more_body", False)
+    body = str(length).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("http", ["httptools", "any-method"])
+def test_the_chunk_cap_takes_its_count_and_refuses_one_more(http: Protocol) -> None:
+    """CMGLAB_MAX_BODY_CHUNKS (4,096 by default) data chunks are read to the end; one more is 413 and closed."""
+    cap = Settings().max_body_chunks
+    port = reserve_ports(1)[0]
+    method = b"CCM_POST" if http == "any-method" else b"POST"
+    head = method + b" /x HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with ThreadedService(Service("chunks", [Listener("chunks", body_length, port, http=http)])):
+        for count, status in ((cap, 200), (cap + 1, 413)):
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(head + b"1\r\nx\r\n" * count + b"0\r\n\r\n")
+                reply = read_reply(s)
+                assert attack.status(reply) == status, reply[:300]
+                if status == 200:
+                    assert reply.endswith(b"\r\n\r\n%d" % count)
+                else:
+                    assert says_close(reply) and b"chunked body of over" in reply
+                    assert closed_within(s, 15)

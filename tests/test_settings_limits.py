@@ -11,6 +11,7 @@ from cmglab.core.settings import Settings
 
 LIMITS = (
     "MAX_BODY_BYTES",
+    "MAX_BODY_CHUNKS",
     "MAX_URL_BYTES",
     "MAX_HEADER_BYTES",
     "HEAD_TIMEOUT",

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # connection at once, so a typo in e.g. CMGLAB_IDLE_TIMEOUT stops the service at start instead (review 3)
     # largest request or reply body a service accepts or forwards (413 while reading, before any authentication)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # most chunks in one chunked request body (413 past it, while reading): each chunk costs the parser a Python
+    # callback whatever its size (~4 us: a million one-byte chunks, 1 MB of body, were seconds of CPU)
+    max_body_chunks: int = Field(default=4096, gt=0)
     # every listener: longest request line (414) and request head, request line and header fields (431)
     max_url_bytes: int = Field(default=16 * 1024, gt=0)
     max_header_bytes: int = Field(default=64 * 1024, gt=0)

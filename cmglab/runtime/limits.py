@@ -14,6 +14,9 @@
   head) timer is armed again, so the next head is bounded too.
 - A body over `max_body_bytes` answers 413: at once from Content-Length, or as soon as a chunked body passes the
   cap (the application never buffers more).
+- A chunked body of more than `max_body_chunks` chunks answers 413 (httptools listeners, which are all the
+  services'): each chunk costs a Python callback whatever its size, so a million one-byte chunks (1 MB, under the
+  byte cap) once cost seconds of CPU.
 
 Every refusal is logged (`cmglab.limits`) with the peer and the listener.
 """
@@ -45,6 +48,7 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_url_bytes: int = 16 * 1024
     max_body_bytes: int = 16 * 1024 * 1024
+    max_body_chunks: int = 4096
     head_timeout: float = 20.0
     idle_timeout: float = 120.0
     listener: str = ""
@@ -211,8 +215,12 @@ class _HeadLimitsMixin:
 
 
 class HttpToolsHeadLimits(_HeadLimitsMixin):
+    _chunks = 0  # chunk headers of the message being read (llhttp's on_chunk_header: the last, empty chunk too)
+    _too_many_chunks = False
+
     def on_headers_complete(self) -> None:
         self._head_done()
+        self._chunks = 0
         if self.parser.should_upgrade() and not self._should_upgrade():
             # an upgrade uvicorn does not serve (anything but a WebSocket, or CONNECT): llhttp stops at the head, so
             # uvicorn dropped the body or, arriving in a later read, parsed it as the next request (smuggling)
@@ -228,6 +236,33 @@ class HttpToolsHeadLimits(_HeadLimitsMixin):
     pipeline: Any
     parser: Any
     _should_upgrade: Any
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        if self._chunks > self.limits.max_body_chunks + 1:  # the cap's data chunks and the last, empty one
+            self._too_many_chunks = True
+            raise httptools.HttpParserError("too many chunks")  # llhttp stops here; uvicorn calls send_400_response
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._too_many_chunks:
+            super().send_400_response(msg)  # type: ignore[misc]
+            return
+        cycle = self.cycle  # the application may be reading the body: it sees a disconnect, and answers nothing
+        started = cycle is not None and cycle.response_started
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        detail = f"chunked body of over {self.limits.max_body_chunks} chunks"
+        if started:  # a reply is under way: no second one, the connection closes
+            log.warning(
+                "%s: closing the connection from %s: %s",
+                self.limits.listener,
+                self.client[0] if self.client else "?",
+                detail,
+            )
+            self.transport.close()
+            return
+        self._refuse(413, detail)
 
     def _body_pending(self, scope: Any) -> bool:
         # the latest cycle; a later request's head only parses once this one's body is complete

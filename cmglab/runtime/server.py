@@ -102,6 +102,7 @@ def limits_from(settings: Settings, listener: str = "", head_deadline: float | N
         max_header_bytes=settings.max_header_bytes,
         max_url_bytes=settings.max_url_bytes,
         max_body_bytes=settings.max_body_bytes,
+        max_body_chunks=settings.max_body_chunks,
         head_timeout=head_timeout,
         idle_timeout=idle_timeout,
         listener=listener,

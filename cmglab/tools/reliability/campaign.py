@@ -81,6 +81,16 @@ def attack_listeners(lab: Lab, procs: LabProcesses, report: Report) -> None:
                     t.listener, t.service, "chunked body over the cap", got == 413, f"answered {got}, expected 413"
                 )
             )
+            got = transport.tiny_chunks(lab, t, cert, method, path)
+            outcomes.append(
+                transport.Outcome(
+                    t.listener,
+                    t.service,
+                    "one-byte chunks past the chunk cap",
+                    got == 413,
+                    f"answered {got}, expected 413",
+                )
+            )
     for o in outcomes:
         tally = report.services.setdefault(o.service, ServiceTally())  # pki and console too
         tally.inputs += 1

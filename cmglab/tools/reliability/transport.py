@@ -129,6 +129,15 @@ def chunked_body(
         return status(send_then_read(s, chunk * (cap // 65536 + 8)))
 
 
+def tiny_chunks(
+    lab: Lab, t: Target, cert: tuple[Path, Path] | None, method: bytes, path: bytes, count: int = 1_000_000
+) -> int | None:
+    """COUNT one-byte chunks (a body under the byte cap, past the chunk cap): each costs the parser a callback."""
+    head = method + b" " + path + b" HTTP/1.1\r\nHost: " + t.host.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with connect(lab, t, cert) as s:
+        return status(send_then_read(s, head + b"1\r\nx\r\n" * count + b"0\r\n\r\n"))
+
+
 @dataclass(frozen=True)
 class HalfSent:
     answers: list[int | None]
