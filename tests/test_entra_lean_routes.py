@@ -1,19 +1,24 @@
 """Entra's lean path (cmglab/services/entra/lean.py) takes only the paths its FastAPI routes would give the same
-handlers, and answers them as the app does: the sign-in recorded by the lab middleware, an AADSTS error in Entra's
-envelope. The routes behind it are covered over real sockets by tests/test_entra_*.py."""
+handlers, and answers them as the app does (tests/support/lean.py: the same reply bytes, headers and request
+record): a sign-in, the discovery reads, an AADSTS error and a DRS error in Entra's envelopes, Starlette's
+HTTPException and an unhandled exception (a 500). The routes behind it are covered over real sockets by
+tests/test_entra_*.py."""
 
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from starlette.exceptions import HTTPException
 
+from cmglab.runtime.fastpath import LeanRoutes
 from cmglab.runtime.lab import Lab
 from cmglab.services.entra.app import create_app
-from cmglab.services.entra.lean import EntraLeanRoutes
 from cmglab.services.entra.parts import Parts
 from tests.support.lab import new_lab
+from tests.support.lean import assert_same
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +27,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 
 @pytest.fixture(scope="module")
-def lean(lab: Lab) -> EntraLeanRoutes:
-    return EntraLeanRoutes(create_app(Parts.from_lab(lab)))
+def parts(lab: Lab) -> Parts:
+    return Parts.from_lab(lab)
+
+
+@pytest.fixture(scope="module")
+def lean(parts: Parts) -> LeanRoutes:
+    return LeanRoutes(create_app(parts))
 
 
 @pytest.mark.parametrize(
@@ -52,11 +62,11 @@ def lean(lab: Lab) -> EntraLeanRoutes:
         ("POST", "/lab.test/discover", False),
     ],
 )
-def test_the_lean_path_takes_only_its_routes(lean: EntraLeanRoutes, method: str, path: str, taken: bool) -> None:
+def test_the_lean_path_takes_only_its_routes(lean: LeanRoutes, method: str, path: str, taken: bool) -> None:
     assert (lean.handler(method, path) is not None) is taken
 
 
-def post(lean: EntraLeanRoutes, path: str, form: dict[str, str]) -> httpx.Response:
+def post(lean: LeanRoutes, path: str, form: dict[str, str]) -> httpx.Response:
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=lean)
         async with httpx.AsyncClient(transport=transport, base_url="https://login.microsoftonline.com") as client:
@@ -65,7 +75,7 @@ def post(lean: EntraLeanRoutes, path: str, form: dict[str, str]) -> httpx.Respon
     return asyncio.run(go())
 
 
-def get(lean: EntraLeanRoutes, path: str) -> httpx.Response:
+def get(lean: LeanRoutes, path: str) -> httpx.Response:
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=lean)
         async with httpx.AsyncClient(transport=transport, base_url="https://login.microsoftonline.com") as client:
@@ -74,7 +84,7 @@ def get(lean: EntraLeanRoutes, path: str) -> httpx.Response:
     return asyncio.run(go())
 
 
-def test_a_sign_in_on_the_lean_path_is_answered_and_recorded_as_by_the_app(lab: Lab, lean: EntraLeanRoutes) -> None:
+def test_a_sign_in_on_the_lean_path_is_answered_and_recorded_as_by_the_app(lab: Lab, lean: LeanRoutes) -> None:
     user, app = lab.config.primary_tenant.users[0], lab.config.apps[0]
     form = {
         "grant_type": "password",
@@ -101,3 +111,66 @@ def test_a_sign_in_on_the_lean_path_is_answered_and_recorded_as_by_the_app(lab: 
     assert refused.status_code == 400
     body = refused.json()
     assert body["error"] == "unsupported_grant_type" and body["error_codes"] == [70003]
+
+
+BASE = "https://login.microsoftonline.com"
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+# made fresh per request: trace and correlation IDs, times, signed and random tokens
+FRESH = (
+    UUID,
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ",
+    r"\d\d-\d\d-\d{4} \d\d:\d\d:\d\dZ",
+    r"eyJ[\w-]*\.[\w-]*\.[\w-]*",
+    r'"refresh_token":"[^"]*"',
+    r'"(?:expires_on|not_before)":"\d+"',
+)
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def ropc(lab: Lab, password: str | None = None) -> bytes:
+    user, app = lab.config.primary_tenant.users[0], lab.config.apps[0]
+    form = {
+        "grant_type": "password",
+        "username": user.upn,
+        "password": password or user.password,
+        "client_id": app.app_id,
+        "resource": "https://graph.microsoft.com",
+    }
+    return urlencode(form).encode()
+
+
+def test_the_same_answers_as_the_app(lab: Lab, lean: LeanRoutes) -> None:
+    app, tenant = lean.app, lab.config.primary_tenant
+    domain, upn = tenant.initial_domain, tenant.users[0].upn
+    for path in (f"/{domain}/.well-known/openid-configuration", f"/common/userrealm/{upn}?api-version=2.0"):
+        assert assert_same(app, "GET", path, base_url=BASE).status == 200
+    assert assert_same(app, "GET", f"/common/UserRealm/{upn}", base_url=BASE).status == 200
+    assert assert_same(app, "GET", f"/{domain}/discover", base_url=BASE).status == 200
+    unknown = assert_same(app, "GET", "/nowhere.test/discover", base_url=BASE, fresh=FRESH)
+    assert unknown.status == 404 and b'"ErrorType":"DirectoryError"' in unknown.body  # a DRSError
+    signed_in = assert_same(
+        app, "POST", f"/{tenant.tenant_id}/oauth2/token", base_url=BASE, headers=FORM, content=ropc(lab), fresh=FRESH
+    )
+    assert signed_in.status == 200 and signed_in.record["auth_kind"] == "password"
+    refused = assert_same(
+        app, "POST", "/common/oauth2/v2.0/token", base_url=BASE, headers=FORM, content=b"grant_type=magic", fresh=FRESH
+    )
+    assert refused.status == 400 and b"AADSTS70003" in refused.body  # an AADSTSError
+    unauthenticated = assert_same(app, "POST", "/EnrollmentServer/device/", base_url=BASE, content=b"{}", fresh=FRESH)
+    assert unauthenticated.status == 401
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(HTTPException(429, "slow down"), 429), (RuntimeError("a bug"), 500)], ids=["http", "boom"]
+)
+def test_an_exception(
+    lab: Lab, parts: Parts, lean: LeanRoutes, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int
+) -> None:
+    def token(request: object) -> None:
+        raise error
+
+    monkeypatch.setattr(parts.grants, "token", token)
+    answer = assert_same(lean.app, "POST", "/common/oauth2/token", base_url=BASE, headers=FORM, content=ropc(lab))
+    assert answer.status == status
+    if status == 500:
+        assert answer.body == b"Internal Server Error" and answer.record["error"] == "RuntimeError: a bug"

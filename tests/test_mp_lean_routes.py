@@ -1,16 +1,19 @@
-"""The MP's lean path (cmglab/runtime/fastpath.py) answers its routes exactly as the FastAPI
-app would: the same reply (status, body, headers) for a success, each of the MP's typed errors, Starlette's
-HTTPException and an unhandled exception (plain 500), the same request record, the same fault rules. The live
-routes behind it are covered over real sockets by tests/test_mp_*.py."""
+"""The MP's lean path (cmglab/runtime/fastpath.py) answers its routes exactly as the FastAPI app would
+(tests/support/lean.py): the same reply (status, body, headers) for a success, each of the MP's typed errors,
+Starlette's HTTPException, an unhandled exception (plain 500) and a typed error once the reply has started, the
+same request record, the same fault rules. The live routes behind it are covered over real sockets by
+tests/test_mp_*.py."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 
 from cmglab.runtime.admin import FaultRule, LabMiddleware, LabState, record
@@ -18,8 +21,10 @@ from cmglab.runtime.fastpath import LeanRoutes
 from cmglab.runtime.limits import Limits, limit_body
 from cmglab.services.management_point.errors import FORBIDDEN, HTTPError, IISError, STSError, install_error_handler
 from cmglab.wire.kinds import AuthKind
+from tests.support.lean import assert_same, exchange
 
 PATH = "/ccm_system_tokenauth/request"
+BASE = "https://mp.lab"
 
 
 async def handler(request: Request) -> Response:
@@ -35,6 +40,13 @@ async def handler(request: Request) -> Response:
         raise HTTPException(404, "no such thing")
     if what == "boom":
         raise RuntimeError("a bug")
+    if what == "late":  # a typed error once the reply has started: Starlette's RuntimeError, the reply cut
+
+        async def cut() -> AsyncIterator[bytes]:
+            yield b"part"
+            raise IISError(403, FORBIDDEN)
+
+        return StreamingResponse(cut())
     record(request).authenticated(AuthKind.CCM_TOKEN, "GUID:1")
     return Response(b"echo:" + body, media_type="application/octet-stream")
 
@@ -50,30 +62,14 @@ def make_app() -> tuple[FastAPI, LabState]:
     return app, state
 
 
-async def exchange(app: Any, what: str) -> tuple[httpx.Response, dict[str, Any]]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="https://mp.lab") as c:
-        resp = await c.request("CCM_POST", PATH, content=b"payload", headers={"x-what": what})
-    return resp, app
-
-
-def run(app: Any, state: LabState, what: str) -> tuple[int, bytes, dict[str, str], dict[str, Any]]:
-    resp, _ = asyncio.run(exchange(app, what))
-    rec = state.requests[0].as_dict()
-    for varying in ("seq", "time", "started", "elapsed_ms", "trace_id", "span_id", "traceparent"):
-        rec.pop(varying, None)
-    return resp.status_code, resp.content, dict(resp.headers), rec
-
-
-@pytest.mark.parametrize("what", ["ok", "iis", "http", "sts", "starlette", "boom"])
+@pytest.mark.parametrize("what", ["ok", "iis", "http", "sts", "starlette", "boom", "late"])
 def test_same_reply_and_record_as_fastapi(what: str) -> None:
-    app, state = make_app()
-    via_fastapi = run(app, state, what)
-    lean_app, lean_state = make_app()
-    via_lean = run(LeanRoutes(lean_app), lean_state, what)
-    assert via_lean == via_fastapi
+    app, _ = make_app()
+    lean = assert_same(app, "CCM_POST", PATH, base_url=BASE, headers={"x-what": what}, content=b"payload")
     if what == "boom":
-        assert via_lean[0] == 500 and via_lean[1] == b"Internal Server Error"
+        assert lean.status == 500 and lean.body == b"Internal Server Error"
+    if what == "late":
+        assert lean.record["error"].startswith("RuntimeError: Caught handled exception")
 
 
 def test_only_its_exact_routes_are_lean() -> None:
@@ -105,9 +101,9 @@ def test_only_its_exact_routes_are_lean() -> None:
 def test_fault_rules_and_body_limit_apply() -> None:
     app, state = make_app()
     state.add_fault(FaultRule(path="tokenauth", status=503))
-    status, body, _, rec = run(LeanRoutes(app), state, "ok")
-    assert (status, body) == (503, b"fault injected by cmglab\n") and rec["fault"] is not None
+    faulted = exchange(LeanRoutes(app), state, "CCM_POST", PATH, base_url=BASE, content=b"payload")
+    assert (faulted.status, faulted.body) == (503, b"fault injected by cmglab\n") and faulted.record["fault"]
     state.faults.clear()
     limited = limit_body(LeanRoutes(app), Limits(max_body_bytes=4))
-    resp, _ = asyncio.run(exchange(limited, "ok"))
-    assert resp.status_code == 413
+    resp = exchange(limited, state, "CCM_POST", PATH, base_url=BASE, headers={"x-what": "ok"}, content=b"payload")
+    assert resp.status == 413

@@ -13,14 +13,16 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from cmglab.runtime.admin import install_lab_admin, record
 from cmglab.runtime.certinfo import client_cert
+from cmglab.runtime.fastpath import ANY, any_method_route
 from cmglab.services.cmg import routing
 from cmglab.services.cmg.auth import MESSAGING_PATH, Identity
 from cmglab.services.cmg.errors import CMGError, install_error_handler, not_found
-from cmglab.services.cmg.front import Front
 from cmglab.services.cmg.parts import Parts
 from cmglab.wire import cmg_urls
 from cmglab.wire.kinds import AuthKind
 from cmglab.wire.requests import RequestRecord
+
+GATEWAY_URLS = "/{path:path}"
 
 
 def _query(request: Request, name: str) -> str | None:
@@ -35,7 +37,7 @@ def _annotate(rec: RequestRecord, identity: Identity) -> None:
     rec.authenticated(identity.kind, identity.subject)
 
 
-def create_app(parts: Parts) -> Front:
+def create_app(parts: Parts) -> FastAPI:
     cmg = parts
     app = FastAPI(title="cmglab cloud management gateway", docs_url=None, redoc_url=None, openapi_url=None)
     state = install_lab_admin(app, service="cmg", lab=cmg.lab, health=cmg.hub.snapshot, private=True)
@@ -140,6 +142,8 @@ def create_app(parts: Parts) -> Front:
             return await content_file(request, route)
         raise not_found(request.scope["path"])
 
-    # the gateway's URLs (every method, CCM_POST included, as IIS) reach `handle` through Front, without FastAPI's
-    # layers; the FastAPI app serves only /_lab/ and targets that are not a path: anything else there is its 404
-    return Front(app, state, handle)
+    # every URL but the /_lab/ routes above (every method, CCM_POST included, as IIS) is `handle`'s; service.py
+    # serves it on the lean path (runtime/fastpath.py), past FastAPI's layers
+    app.router.routes.append(any_method_route(GATEWAY_URLS, handle))
+    app.state.lean_routes = {(ANY, GATEWAY_URLS): handle}
+    return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from cmglab.runtime.fastpath import LeanRoutes
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.runtime.tls import log_refusals_to
@@ -49,7 +50,10 @@ def build(lab: Lab) -> Service:
         [
             # any-method: llhttp that takes CcmMessaging's CCM_POST verb (runtime/anyverb.py); the connection
             # points' WebSocket channel is on the connector listener below
-            Listener("cmg", create_app(parts), lab.port("cmg"), lab.bind(), tls("optional"), http="any-method"),
+            # the gateway's URLs on the lean path (runtime/fastpath.py), /_lab/ on the FastAPI app
+            Listener(
+                "cmg", LeanRoutes(create_app(parts)), lab.port("cmg"), lab.bind(), tls("optional"), http="any-method"
+            ),
             Listener(
                 "cmg-connector",
                 create_connector_app(lab, hub, Registry(lab, settings.extra_points()), log),

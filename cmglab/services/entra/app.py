@@ -37,6 +37,6 @@ def create_app(parts: Parts) -> FastAPI:
     install_lab_admin(app, service="entra", lab=lab, reset=lambda: run_in_threadpool(parts.store.reset))
     install_error_handler(app)
     app.state.parts = parts
-    # the same handlers, answered without FastAPI's layers when wrapped in lean.EntraLeanRoutes (service.py)
+    # the same handlers, answered without FastAPI's layers when wrapped in fastpath.LeanRoutes (service.py)
     app.state.lean_routes = lean.lean_routes(parts)
     return app

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 from cmglab.pki.builders import cert_pem
+from cmglab.runtime.fastpath import LeanRoutes
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.services.entra.app import create_app
-from cmglab.services.entra.lean import EntraLeanRoutes
 from cmglab.services.entra.parts import Parts
 
 
@@ -32,6 +32,7 @@ def build(lab: Lab) -> Service:
     ident = lab.pki.server("entra")
     tls = TLS(ident.cert_path, ident.key_path, client_cert="optional", client_ca=client_ca_bundle(lab), crl_check=False)
     port = lab.settings.listen_port or lab.port("entra")
-    # the token endpoints and the DRS join skip FastAPI's layers (lean.py); the rest is the FastAPI app
-    app = EntraLeanRoutes(create_app(Parts.from_lab(lab)))
+    # the token endpoints, the DRS join and the discovery reads skip FastAPI's layers (lean.py); the rest is the
+    # FastAPI app
+    app = LeanRoutes(create_app(Parts.from_lab(lab)))
     return Service("entra", [Listener("entra", app, port, lab.bind(), tls=tls)])

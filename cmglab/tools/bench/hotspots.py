@@ -212,7 +212,7 @@ FIXES = (
     Fix(
         "CMG -> CP -> MP CCM_STS (MutualAuth)",
         "CMG: its URLs served as plain ASGI past FastAPI's router and middleware (the recorder, the error handler "
-        "and the 500 kept; cmglab/services/cmg/front.py); asyncio.timeout, not wait_for, per channel frame and "
+        "and the 500 kept; now cmglab/runtime/fastpath.py); asyncio.timeout, not wait_for, per channel frame and "
         "MP read (CMG 0.94 -> 0.76, CP 0.69 -> 0.64 ms)",
         "cmg",
         rps=166.6,
