@@ -6,15 +6,19 @@ connection unanswered. The connector keeps connections of its own (runtime.serve
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cmglab.services.cmg.connector import RESERVED_CONNECTIONS
+from cmglab.runtime.lab import Lab
+from cmglab.services.cmg.connector import CONNECTOR_HEAD_DEADLINE, RESERVED_CONNECTIONS
 from cmglab.tools.processes import LabProcesses, isolated_lab
-from tests.support.cmg import FAST_ENV, channel_up, wait_for
+from cmglab.wire import httpclient
+from tests.support.cmg import FAST_ENV, channel_up, log_text, wait_for
 
 CAP = 8
 
@@ -96,19 +100,19 @@ def _silent_tls(host: str, port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSL
         return None
 
 
-def test_silent_device_certificates_do_not_hold_the_connectors_slots(tmp_path: Path) -> None:
-    """connfix "what is left": the connector's TLS takes any lab-CA client certificate (a device's too); the
-    registered-connection-point check comes at the WebSocket. Completed handshakes that stay silent held the 64
-    reserved slots until the idle timeout (120 s) and the connection point could not connect. A connector
-    connection must now send its request within CONNECTOR_HEAD_DEADLINE (10 s), and a silent one is dropped
-    without waiting on a TLS close_notify it would never send (a close held the slot 30 s longer)."""
+def test_silent_admitted_connections_do_not_hold_the_connectors_slots(tmp_path: Path) -> None:
+    """connfix "what is left": completed handshakes that stay silent held the 64 reserved slots until the idle timeout
+    (120 s) and the connection point could not connect. A connector connection must now send its request within
+    CONNECTOR_HEAD_DEADLINE (10 s), and a silent one is dropped without waiting on a TLS close_notify it would never
+    send (a close held the slot 30 s longer). A device's certificate no longer gets that far (the test below), so
+    the silent peer here holds one the connector admits: the lab admin's, as if it had leaked."""
     lab = isolated_lab(tmp_path / "lab")
     procs = LabProcesses(lab, env=dict(FAST_ENV))
     with _holding(procs) as held:
         procs.start("cmg")
-        device = lab.pki.issue_client("silent-device")
+        admin = lab.pki.lab_admin
         ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
-        ctx.load_cert_chain(str(device.cert_path), str(device.key_path))
+        ctx.load_cert_chain(str(admin.cert_path), str(admin.key_path))
         where = (lab.config.bind_address, lab.config.ports.cmg_connector, ctx, lab.config.hosts.cmg)
         for _ in range(RESERVED_CONNECTIONS + 8):
             s = _silent_tls(*where)
@@ -116,4 +120,116 @@ def test_silent_device_certificates_do_not_hold_the_connectors_slots(tmp_path: P
                 held.append(s)
         assert len(held) >= RESERVED_CONNECTIONS, "the slots were not filled: the test proves nothing"
         procs.start("cmg-connection-point")
-        wait_for(lambda: channel_up(lab), 40, "the connection point's channel while device certificates sit silent")
+        wait_for(lambda: channel_up(lab), 40, "the connection point's channel while admitted peers sit silent")
+
+
+def _closed_by_server(s: ssl.SSLSocket) -> bool:
+    """Whether the server has closed S (a non-blocking look: TLS 1.3 session tickets alone are not a close)."""
+    try:
+        return s.recv(1) == b""
+    except ssl.SSLWantReadError:
+        return False
+    except OSError:  # reset, or EOF without close_notify: the connector drops, it does not close politely
+        return True
+
+
+class _ReconnectingDevices:
+    """The attack: THREADS threads, each keeping PER_THREAD mutual-TLS connections with a device's certificate
+    open on the connector and opening a new one whenever the server has closed one (a connection closed at accept,
+    the slots being full, is retried at once too)."""
+
+    THREADS, PER_THREAD = 8, 10
+
+    def __init__(self, where: tuple[str, int, ssl.SSLContext, str]) -> None:
+        self.where, self.stop, self.attempts, self.lock = where, threading.Event(), 0, threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.THREADS)]
+
+    def __enter__(self) -> _ReconnectingDevices:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _run(self) -> None:
+        held: list[ssl.SSLSocket] = []
+        try:
+            while not self.stop.is_set():
+                for gone in [s for s in held if _closed_by_server(s)]:
+                    held.remove(gone)
+                    gone.close()
+                if len(held) >= self.PER_THREAD:
+                    self.stop.wait(0.02)  # a poll of its own connections: the server decides how long they live
+                    continue
+                with self.lock:
+                    self.attempts += 1
+                new = _silent_tls(*self.where)
+                if new is None:  # closed at accept: the slots are full (the old connector), come back soon
+                    self.stop.wait(0.02)
+                    continue
+                new.setblocking(False)
+                held.append(new)
+        finally:
+            for s in held:
+                s.close()
+
+
+def test_device_certificates_reconnecting_in_a_loop_never_hold_the_connector(tmp_path: Path) -> None:
+    """Review finding (CLOSING3 "left"): the connector's TLS takes any lab-CA client certificate, the registered
+    connection point check came at the WebSocket, so a device's certificate held a connector slot until the head
+    deadline (10 s) and 80 of them reconnecting in a loop kept all 64 slots: the connection point could not
+    (re)connect. The connector now admits at the handshake's completion only its connection points and the lab
+    admin: a device's connection is dropped at once (before it sends a byte), never counted in the reserve, and
+    logged in CMGService.log (once per certificate per REFUSAL_LOG_EVERY, however often it comes back)."""
+    lab = isolated_lab(tmp_path / "lab")
+    procs = LabProcesses(lab, env=dict(FAST_ENV))
+    with _holding(procs) as held:
+        procs.start("cmg")
+        device = lab.pki.issue_client("looping-device.corp.lab.test")
+        ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
+        ctx.load_cert_chain(str(device.cert_path), str(device.key_path))
+        where = (lab.config.bind_address, lab.config.ports.cmg_connector, ctx, lab.config.hosts.cmg)
+
+        one = _silent_tls(*where)  # TLS 1.3: the client's side completes before the connector has read its certificate
+        assert one is not None
+        held.append(one)
+        one.settimeout(CONNECTOR_HEAD_DEADLINE / 2)  # dropped at once, not at the head deadline
+        try:
+            assert one.recv(1) == b"", "the connector answered a device's connection"
+        except TimeoutError:
+            raise AssertionError("a device's connection was still open on the connector") from None
+        except OSError:
+            pass  # reset, or EOF without close_notify: dropped
+
+        with _ReconnectingDevices(where) as attack:
+            procs.start("cmg-connection-point")
+            wait_for(lambda: channel_up(lab), 30, "the connection point's channel while devices reconnect in a loop")
+            procs.stop("cmg-connection-point")  # and it reconnects through the same attack
+            procs.start("cmg-connection-point")
+            wait_for(lambda: channel_up(lab), 30, "the connection point's channel reconnecting through the attack")
+            assert _admin_lab_requests(lab) == 200
+            assert attack.attempts > 2 * _ReconnectingDevices.THREADS * _ReconnectingDevices.PER_THREAD, (
+                "the attack hardly reconnected: it proves nothing"
+            )
+        refusals = re.findall(
+            r"Rejected connection from \S+ at the connector's TLS handshake: certificate CN=looping-device\.corp"
+            r"\.lab\.test[^\n]* is not a registered connection point",
+            log_text(lab, "cmg", "CMGService.log"),
+        )
+        assert 1 <= len(refusals) < attack.attempts // 4, (len(refusals), attack.attempts)
+
+
+def _admin_lab_requests(lab: Lab) -> int:
+    """The admin's /_lab call on the connector listener: the lab admin's certificate and token."""
+    port = lab.config.ports.cmg_connector
+    admin = lab.pki.lab_admin
+    ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=(admin.cert_path, admin.key_path))
+    with httpclient.client(ctx=ctx, resolve=[f"{lab.config.hosts.cmg}:{port}:127.0.0.1"], timeout=10) as c:
+        r = c.get(
+            f"https://{lab.config.hosts.cmg}:{port}/_lab/requests",
+            headers={"Authorization": f"Bearer {lab.admin_token()}"},
+        )
+        return r.status_code

@@ -250,20 +250,24 @@ def test_lab_endpoints_on_the_internet_listener_need_the_admin_token(cmg_lab: La
 
 
 def test_the_connector_listeners_lab_endpoints_need_the_admin_token(cmg_lab: Lab) -> None:
-    """The connector listener takes any lab-CA client certificate at TLS (a device's PKI one too)."""
-    from pathlib import Path
+    """The connector listener keeps only its connection points' and the lab admin's connections past the TLS
+    handshake (a device's PKI certificate passes the TLS and is dropped there); /_lab needs the admin token too."""
+    import httpx
 
     from cmglab.wire import httpclient
 
-    ident = cmg_lab.pki.issue_client(f"conn-{cmg_lab.port('cmg')}.corp.lab.test")
     port = cmg_lab.config.ports.cmg_connector
-    ctx = httpclient.ssl_context(
-        ca_bundle=cmg_lab.pki.ca_bundle, client_cert=(Path(ident.cert_path), Path(ident.key_path))
-    )
     url = f"https://{cmg_lab.config.hosts.cmg}:{port}/_lab/requests"
-    with httpclient.client(ctx=ctx, resolve=[f"{cmg_lab.config.hosts.cmg}:{port}:127.0.0.1"], timeout=10) as c:
+    resolve = [f"{cmg_lab.config.hosts.cmg}:{port}:127.0.0.1"]
+    admin_cert = (cmg_lab.pki.lab_admin.cert_path, cmg_lab.pki.lab_admin.key_path)
+    ctx = httpclient.ssl_context(ca_bundle=cmg_lab.pki.ca_bundle, client_cert=admin_cert)
+    with httpclient.client(ctx=ctx, resolve=resolve, timeout=10) as c:
         assert c.get(url).status_code == 401
         assert c.get(url, headers=admin(cmg_lab)).status_code == 200
+    device = cmg_lab.pki.issue_client(f"conn-{cmg_lab.port('cmg')}.corp.lab.test")
+    ctx = httpclient.ssl_context(ca_bundle=cmg_lab.pki.ca_bundle, client_cert=(device.cert_path, device.key_path))
+    with httpclient.client(ctx=ctx, resolve=resolve, timeout=10) as c, pytest.raises(httpx.TransportError):
+        c.get(url, headers=admin(cmg_lab))  # even with the token: no answer, the connection is dropped
 
 
 def test_troubleshooting_row_invalid_hostname_and_url(cmg_lab: Lab) -> None:

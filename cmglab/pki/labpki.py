@@ -40,6 +40,7 @@ PUBLIC_SERVICES = ("entra",)
 
 SERVER_SERVICES = ("entra", "cmg", "management-point", "console", "distribution-point")
 CA_NAMES = ("root-ca", "issuing-ca", "public-root-ca")
+LAB_ADMIN = "cmglab-lab-admin"  # the lab admin's client certificate: its name, subject CN and SAN
 CRL_BACKDATE = timedelta(minutes=10)
 
 
@@ -111,6 +112,12 @@ class LabPKI:
     @property
     def connection_point(self) -> Identity:
         return self.identity("cmg-connection-point")
+
+    @property
+    def lab_admin(self) -> Identity:
+        """The lab admin's client certificate: the one besides the connection points' that the CMG's connector
+        listener admits at TLS (its /_lab calls), as a device's certificate is refused there."""
+        return self.identity(LAB_ADMIN)
 
     def server(self, service: str) -> Identity:
         return self.identity(service)
@@ -240,6 +247,9 @@ class LabPKI:
                 [b.CLIENT_AUTH],
             )
             created.append("cmg-connection-point")
+        if not self.lab_admin.exists():
+            self.issue(LAB_ADMIN, self.lab_admin, [LAB_ADMIN], [b.CLIENT_AUTH])
+            created.append(LAB_ADMIN)
 
         self._write_bundle_and_aia()
         if created or not self.crl_bundle.exists():

@@ -26,6 +26,8 @@ from cmglab.runtime.acceptor import Acceptor, Budget
 from cmglab.runtime.anyverb import AnyMethodMixin
 from cmglab.runtime.limits import H11HeadLimits, HttpToolsHeadLimits, Limits, limit_body
 from cmglab.runtime.tls import (
+    Admit,
+    AdmitAtHandshake,
     ClientCertMode,
     TLSScopeH11Protocol,
     TLSScopeHttpToolsProtocol,
@@ -65,6 +67,9 @@ class Listener:
     # a shorter idle and head timeout than the settings' (seconds): the connector's, as any lab-CA certificate (a
     # device's too) completes its TLS and would otherwise hold one of the reserved slots for the idle timeout
     head_deadline: float | None = None
+    # which peers may keep a connection, decided as its TLS handshake completes (runtime/tls.py AdmitAtHandshake): the
+    # connector's, which admits only connection points and the lab admin of all the certificates its TLS accepts
+    admit: Admit | None = None
 
 
 @dataclass
@@ -177,7 +182,9 @@ def _config(listener: Listener, access_log: bool, limits: Limits) -> uvicorn.Con
 
         kwargs["ssl_context_factory"] = factory
     base = _PROTOCOLS[listener.http]
-    protocol = type(base.__name__, (base,), {"limits": limits})  # this listener's limits
+    protocol: type = type(base.__name__, (base,), {"limits": limits})  # this listener's limits
+    if listener.admit is not None:
+        protocol = type(base.__name__, (AdmitAtHandshake, protocol), {"admit": staticmethod(listener.admit)})
     return uvicorn.Config(
         limit_body(listener.app, limits),
         host=listener.host,

@@ -10,13 +10,15 @@
 - The same protocol classes give every connection (plain or TLS) a `runtime.connection.ConnectionState`
   in `scope["extensions"]`, closed when the connection is lost (IIS's connection-based Windows auth).
 - `LoggingSSLObject`: asyncio logs nothing about a refused handshake; this says why.
+- `AdmitAtHandshake`: for a listener that admits only some of the certificates its TLS accepts (the CMG's
+  connector): the peer is decided as its handshake completes, before the HTTP protocol holds the connection.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +32,9 @@ from cmglab.runtime.connection import CONNECTION_EXTENSION, ConnectionState
 log = logging.getLogger("cmglab.tls")
 
 ClientCertMode = Literal["none", "optional", "required"]
+# whether a peer may keep its connection, from its client certificate (DER; None: it sent none) and its address;
+# the callable logs why not
+Admit = Callable[[bytes | None, str], bool]
 _VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
@@ -202,6 +207,31 @@ class _TLSScopeMixin:
         if state is not None:
             state.close()
         super().connection_lost(exc)  # type: ignore[misc]
+
+
+class AdmitAtHandshake:
+    """First in a listener's protocol class: `admit` (the listener's) decides each peer when its TLS handshake
+    completes (asyncio calls `connection_made` then, with the client certificate verified), the earliest the stack
+    allows: TLS 1.3 sends the client's certificate in its last flight, and Python has no verify callback. A refused
+    connection is dropped at once (no close_notify to wait for) and the HTTP protocol never sees it: it never counts
+    among the listener's connections (its budget, runtime/acceptor.py) nor reads a byte of HTTP."""
+
+    admit: Admit
+    _refused = False
+
+    def connection_made(self, transport: Any) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        peer = transport.get_extra_info("peername")
+        if not self.admit(der, f"{peer[0]}:{peer[1]}" if peer else "?"):
+            self._refused = True
+            transport.abort()
+            return
+        super().connection_made(transport)  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._refused:  # a refused one was never set up
+            super().connection_lost(exc)  # type: ignore[misc]
 
 
 class TLSScopeHttpToolsProtocol(_TLSScopeMixin, HttpToolsProtocol):

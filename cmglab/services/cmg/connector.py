@@ -2,19 +2,22 @@
 points open their channel here (cmglab/wire/cmg_channel.py). Only registered connection points
 get in: a certificate from the lab issuing CA, with the clientAuth EKU, whose subject CN is the
 lab's connection point name (or listed in CMGLAB_CMG_CONNECTION_POINTS by CN or thumbprint).
+Besides them only the lab admin's certificate (its /_lab calls) keeps a connection: any other
+certificate the TLS accepts (a device's PKI one) is dropped as its handshake completes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fastapi import FastAPI, WebSocket
 
 from cmglab.runtime.admin import install_lab_admin
-from cmglab.runtime.certinfo import client_cert, subject, thumbprint
+from cmglab.runtime.certinfo import client_cert, parsed, subject, thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.services.cmg.channel import Hub, PointChannel
 from cmglab.wire.cmg_channel import PATH, VERSION, FrameError, Hello, Kind, decode, encode
@@ -25,9 +28,13 @@ HELLO_TIMEOUT = 10.0
 # still in its TLS handshake is dropped for a newcomer, so only completed mutual-TLS handshakes hold these slots
 RESERVED_CONNECTIONS = 64
 # a connector connection must send its request (the channel's WebSocket upgrade: a connection point sends it at once)
-# within this, and may idle no longer between requests: any lab-CA certificate (a device's too) passes the TLS, the
-# registered-connection-point check comes at the WebSocket, so silent connections must not hold the slots for long
+# within this, and may idle no longer between requests: only connection points and the lab admin keep a connection
+# past the handshake (ConnectorAdmission), and even theirs, silent, must not hold the slots for long
 CONNECTOR_HEAD_DEADLINE = 10.0
+# a certificate refused at the handshake is logged once in this many seconds, with how many more were meanwhile:
+# an attacker reconnecting in a loop does not write a line per attempt
+REFUSAL_LOG_EVERY = 10.0
+_REFUSALS_KEPT = 1024  # certificates whose last refusal line is remembered (more: forgotten, logged again)
 
 
 class Registry:
@@ -60,9 +67,51 @@ class Registry:
         return None
 
 
+class ConnectorAdmission:
+    """Who keeps a connector connection, decided as its TLS handshake completes (runtime/tls.py AdmitAtHandshake):
+    a registered connection point, or the lab admin (the /_lab calls; its certificate by thumbprint). The TLS takes
+    any lab-CA client certificate (a device's PKI one too): such a peer once held a connector slot for up to the head
+    deadline per connection and could reconnect in a loop. Refused here, it is dropped at once, never counted among
+    the connector's connections, and logged in CMGService.log."""
+
+    def __init__(self, registry: Registry, admins: set[str], log: logging.Logger) -> None:
+        self.registry, self.admins, self.log = registry, {a.lower() for a in admins}, log
+        self._logged: dict[str, tuple[float, int]] = {}  # thumbprint: when last logged, refusals since
+
+    @classmethod
+    def of(cls, lab: Lab, registry: Registry, log: logging.Logger) -> ConnectorAdmission:
+        admin = lab.pki.lab_admin
+        return cls(registry, {thumbprint(admin.cert())} if admin.exists() else set(), log)
+
+    def __call__(self, der: bytes | None, peer: str) -> bool:
+        cert = parsed(der) if der else None
+        if cert is not None and thumbprint(cert).lower() in self.admins:
+            return True
+        problem = self.registry.refuse(cert)
+        if problem is None:
+            return True
+        self._refused(thumbprint(cert) if cert is not None else "", peer, problem)
+        return False
+
+    def _refused(self, key: str, peer: str, problem: str) -> None:
+        now = time.monotonic()
+        last, since = self._logged.get(key, (-REFUSAL_LOG_EVERY, 0))
+        if now - last < REFUSAL_LOG_EVERY:
+            self._logged[key] = (last, since + 1)
+            return
+        if len(self._logged) >= _REFUSALS_KEPT:
+            self._logged.clear()
+        self._logged[key] = (now, 0)
+        more = f" ({since} more refused since the last such line)" if since else ""
+        self.log.warning(
+            f"Rejected connection from {peer} at the connector's TLS handshake: {problem}; only registered "
+            f"connection points and the lab admin may connect{more}"
+        )
+
+
 def create_connector_app(lab: Lab, hub: Hub, registry: Registry, log: logging.Logger) -> FastAPI:
     app = FastAPI(title="cmglab CMG connector", docs_url=None, redoc_url=None, openapi_url=None)
-    # any lab-CA client certificate (a device's PKI one too) passes this listener's TLS: /_lab is the admin's
+    # the lab admin's certificate reaches /_lab (ConnectorAdmission), which wants the admin token as well
     install_lab_admin(app, service="cmg-connector", lab=lab, health=hub.snapshot, private=True)
 
     @app.websocket(PATH)

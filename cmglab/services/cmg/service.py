@@ -9,7 +9,13 @@ from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
 from cmglab.runtime.tls import log_refusals_to
 from cmglab.services.cmg.app import create_app
-from cmglab.services.cmg.connector import CONNECTOR_HEAD_DEADLINE, RESERVED_CONNECTIONS, Registry, create_connector_app
+from cmglab.services.cmg.connector import (
+    CONNECTOR_HEAD_DEADLINE,
+    RESERVED_CONNECTIONS,
+    ConnectorAdmission,
+    Registry,
+    create_connector_app,
+)
 from cmglab.services.cmg.logsync import LogSync
 from cmglab.services.cmg.memory import fix_mmap_threshold
 from cmglab.services.cmg.parts import Parts
@@ -41,6 +47,7 @@ def build(lab: Lab) -> Service:
         stats.flush()
         await sync.final()
 
+    registry = Registry(lab, settings.extra_points())
     log.info(
         f"CMG {lab.config.hosts.cmg} instance {settings.instance} starting: clients on port {lab.port('cmg')}, "
         f"connection points on port {connector_port}"
@@ -56,12 +63,13 @@ def build(lab: Lab) -> Service:
             ),
             Listener(
                 "cmg-connector",
-                create_connector_app(lab, hub, Registry(lab, settings.extra_points()), log),
+                create_connector_app(lab, hub, registry, log),
                 connector_port,
                 lab.bind(),
                 tls("required"),
                 reserved=RESERVED_CONNECTIONS,
                 head_deadline=CONNECTOR_HEAD_DEADLINE,
+                admit=ConnectorAdmission.of(lab, registry, log),
             ),
         ],
         background=[

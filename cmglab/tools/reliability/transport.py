@@ -61,6 +61,10 @@ def connect(lab: Lab, t: Target, cert: tuple[Path, Path] | None, timeout: float 
     if not t.tls:
         return raw
     ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
+    if t.listener == "cmg-connector":
+        # it keeps only its connection points' and the lab admin's connections past the handshake (a device's is
+        # dropped there): these attacks on what comes after are sent with the admin's (as if it had leaked)
+        cert = (lab.pki.lab_admin.cert_path, lab.pki.lab_admin.key_path)
     if cert:  # the connector listener wants one; the others take it or leave it
         ctx.load_cert_chain(*map(str, cert))
     return ctx.wrap_socket(raw, server_hostname=t.host)
