@@ -6,6 +6,7 @@ The attacks themselves live in cmglab/tools/reliability/transport.py (the reliab
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -486,3 +487,42 @@ def test_the_chunk_cap_takes_its_count_and_refuses_one_more(http: Protocol) -> N
                 else:
                     assert says_close(reply) and b"chunked body of over" in reply
                     assert closed_within(s, 15)
+
+
+async def reply_then_read(scope: Any, receive: Any, send: Any) -> None:
+    """Starts its reply, then reads the request body (a streaming answer), then ends the reply."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        more = message.get("more_body", False)
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("http", ["httptools", "any-method"])
+def test_the_chunk_cap_closes_a_connection_whose_reply_is_under_way(http: Protocol) -> None:
+    """Past the cap while the application has started its reply: no second reply (a 413 inside the 200's body),
+    the connection closes and the reply is never completed."""
+    cap = Settings().max_body_chunks
+    port = reserve_ports(1)[0]
+    method = b"CCM_POST" if http == "any-method" else b"POST"
+    head = method + b" /x HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: chunked\r\n\r\n"
+    service = Service("chunks", [Listener("chunks", reply_then_read, port, http=http)])
+    with ThreadedService(service), socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        s.sendall(head + b"1\r\nx\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:  # the reply's head, before the rest of the body
+            got += s.recv(65536)
+        assert attack.status(got) == 200
+        with contextlib.suppress(OSError):
+            s.sendall(b"1\r\nx\r\n" * (cap + 1) + b"0\r\n\r\n")
+        s.settimeout(15)
+        rest = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):  # until the server closes
+                rest += chunk
+        assert rest == b"", rest[:300]  # neither the reply's end nor a second reply
