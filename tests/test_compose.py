@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from cmglab.runtime.db import MAX_OVERFLOW, POOL_SIZE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,6 +92,9 @@ def test_scale_profile_runs_replicas_on_one_postgres_site_database(scaled: dict[
     s = scaled["services"]
     assert networks(s["postgres"]) == {"internal"}  # the site database: no route from the internet
     assert s["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    # two MP replicas of up to 160 pooled connections each (runtime/db.py) fit under the server's limit
+    max_connections = int(s["postgres"]["command"][-1].removeprefix("max_connections="))
+    assert max_connections >= 2 * (POOL_SIZE + MAX_OVERFLOW)
     for mp in ("management-point", "management-point-2"):
         assert s[mp]["command"] == ["serve", "management-point"]
         assert s[mp]["environment"]["CMGLAB_DATABASE_URL"] == SITE_DB
