@@ -223,12 +223,20 @@ class FakeReply:
 
     def __init__(self, body: bytes, headers: list[tuple[str, str]]) -> None:
         self.status_code, self.reason_phrase = 200, "OK"
-        self.headers = [(k.encode(), v.encode()) for k, v in [("Content-Length", str(len(body))), *headers]]
+        self.headers = [("Content-Length", str(len(body))), *headers]
+        self.content_length = len(body)
         self._body = body
+        self._read = False
 
     async def body(self) -> AsyncIterator[bytes]:
-        yield self._body[: len(self._body) // 2]
-        yield self._body[len(self._body) // 2 :]
+        if not self._read:
+            self._read = True
+            yield self._body[: len(self._body) // 2]
+            yield self._body[len(self._body) // 2 :]
+
+    async def read(self) -> bytes:
+        self._read = True
+        return self._body
 
     async def aclose(self) -> None:
         return None

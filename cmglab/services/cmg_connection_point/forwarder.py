@@ -210,22 +210,20 @@ class Forwarder:
         except UpstreamError as e:
             raise ForwardError(502, f"could not reach the management point {rw.internal_base}: {e}") from e
         try:
-            headers_in = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
-            length = next((v for k, v in headers_in if k.lower() == "content-length"), None)
-            if length and length.isdigit() and int(length) > self.max_body:
+            length = response.content_length  # one digit string or none (upstream checked)
+            if length is not None and length > self.max_body:
                 raise ForwardError(502, f"the management point's reply of {length} bytes exceeds {self.max_body}")
             reply = ResponseHead(
                 response.status_code,
                 response.reason_phrase,
-                headers_in,
+                response.headers,
                 internal_url=rw.internal_url,
                 connection_point=self.name,
             )
             try:
-                chunks = response.body()
-                if whole_replies and length and length.isdigit() and int(length) <= CHUNK:
+                if whole_replies and length is not None and length <= CHUNK:
                     # a reply of known small size goes in one frame with its head (a streamed one as it comes)
-                    whole = b"".join([chunk async for chunk in chunks])
+                    whole = await response.read()
                     sizes["out"] = len(whole)
                     frame = encode_whole(Kind.RESPONSE_WHOLE, msg_id, reply.to_json(), whole)
                     if frame is not None:
@@ -236,7 +234,7 @@ class Forwarder:
                         await send(encode(Kind.RESPONSE_BODY, msg_id, piece))
                 else:
                     await send(encode(Kind.RESPONSE, msg_id, reply.to_json()))
-                async for chunk in chunks:
+                async for chunk in response.body():  # none left when read whole
                     sizes["out"] += len(chunk)
                     if sizes["out"] > self.max_body:
                         raise ForwardError(502, f"the management point's reply exceeds {self.max_body} bytes")
