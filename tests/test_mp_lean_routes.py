@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 
 from cmglab.runtime.admin import FaultRule, LabMiddleware, LabState, record
-from cmglab.runtime.fastpath import LeanRoutes
+from cmglab.runtime.fastpath import ANY, LeanRoutes
 from cmglab.runtime.limits import Limits, limit_body
 from cmglab.services.management_point.errors import FORBIDDEN, HTTPError, IISError, STSError, install_error_handler
 from cmglab.wire.kinds import AuthKind
@@ -107,3 +107,18 @@ def test_fault_rules_and_body_limit_apply() -> None:
     limited = limit_body(LeanRoutes(app), Limits(max_body_bytes=4))
     resp = exchange(limited, state, "CCM_POST", PATH, base_url=BASE, headers={"x-what": "ok"}, content=b"payload")
     assert resp.status == 413
+
+
+def test_path_parameters_are_matched_and_converted_as_by_the_route() -> None:
+    app, _ = make_app()
+    app.state.lean_routes = {
+        ("GET", "/items/{n:int}"): handler,
+        ("GET", "/{tenant}/x"): handler,
+        (ANY, "/{p:path}"): handler,
+    }
+    lean = LeanRoutes(app)
+    assert lean.match("GET", "/items/7") == (handler, {"n": 7})  # int, as Starlette's convertor gives the route
+    assert lean.match("GET", "/t1/x") == (handler, {"tenant": "t1"})
+    assert lean.match("POST", "/t1/x") == (handler, {"p": "t1/x"})  # ANY takes every method, in the table's order
+    assert lean.match("GET", "/items/y") == (handler, {"p": "items/y"})  # not an int
+    assert lean.match("GET", "/_lab/health") is None

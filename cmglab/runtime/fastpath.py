@@ -35,14 +35,14 @@ exit stacks and dependency solving (lean handlers declare no dependencies).
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from re import Pattern
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.convertors import Convertor
+from starlette.convertors import Convertor, PathConvertor, StringConvertor
 from starlette.exceptions import HTTPException
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.routing import Match, Route, compile_path
@@ -63,10 +63,15 @@ _NO_PARAMS: dict[str, Any] = {}
 class _Template:
     """A lean route with path parameters, compiled as Starlette compiles the FastAPI route's path."""
 
-    method: str
-    regex: Pattern[str]
-    convertors: dict[str, Convertor[Any]]
+    regex: re.Pattern[str]
+    convertors: dict[str, Convertor[Any]] | None  # None: every parameter a string as matched (str, path)
     handler: Handler
+
+    def params(self, found: re.Match[str]) -> dict[str, Any]:
+        matched = found.groupdict()
+        if self.convertors is not None:
+            matched = {name: self.convertors[name].convert(value) for name, value in matched.items()}
+        return matched
 
 
 class LeanRoutes:
@@ -78,15 +83,21 @@ class LeanRoutes:
             raise ValueError("the lean path does not apply FastAPI's max_body_size: limit the listener instead")
         self.app = app
         self.exact: dict[tuple[str, str], Handler] = {}
-        self.templates: list[_Template] = []
+        templates: list[tuple[str, _Template]] = []
         table: LeanTable = app.state.lean_routes
         for (method, path), handler in table.items():
             regex, _, convertors = compile_path(path)
-            if convertors:
-                self.templates.append(_Template(method, regex, convertors, handler))
-            else:
+            if not convertors:
                 self.exact[(method, path)] = handler
+                continue
+            as_matched = all(isinstance(c, StringConvertor | PathConvertor) for c in convertors.values())
+            templates.append((method, _Template(regex, None if as_matched else convertors, handler)))
         self.any_method = any(method == ANY for method, _ in self.exact)
+        # per method, in the table's order (ANY routes in every list); a method no template names: ANY's list
+        self.templates: dict[str, list[_Template]] = {}
+        for method in {m for m, _ in templates if m != ANY}:
+            self.templates[method] = [t for m, t in templates if m in (method, ANY)]
+        self.any_templates = [t for m, t in templates if m == ANY]
         # Starlette's split (build_middleware_stack): 500/Exception for the last resort, the rest by status/class
         last_resort: ExceptionHandler | None = None
         self.by_status: dict[int, ExceptionHandler] = {}
@@ -117,12 +128,10 @@ class LeanRoutes:
             handler = self.exact.get((ANY, path))
         if handler is not None:
             return handler, _NO_PARAMS
-        for t in self.templates:
-            if t.method == method or t.method == ANY:
-                found = t.regex.match(path)
-                if found is not None:
-                    params = {k: t.convertors[k].convert(v) for k, v in found.groupdict().items()}
-                    return t.handler, params
+        for t in self.templates.get(method, self.any_templates):
+            found = t.regex.match(path)
+            if found is not None:
+                return t.handler, t.params(found)
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
