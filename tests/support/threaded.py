@@ -11,8 +11,9 @@ from cmglab.runtime.server import Service, serve
 
 
 class ThreadedService:
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, service: Service, uvloop: bool = False) -> None:
+        """`uvloop`: on uvloop's event loop, as the lab's own processes serve (run_service); asyncio's otherwise."""
+        self.service, self.uvloop = service, uvloop
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop: asyncio.Event | None = None
         self.error: BaseException | None = None
@@ -25,7 +26,12 @@ class ThreadedService:
             await serve(self.service, stop=self.stop)
 
         try:
-            asyncio.run(main())
+            if self.uvloop:
+                import uvloop
+
+                uvloop.run(main())
+            else:
+                asyncio.run(main())
         except BaseException as e:  # surfaced to the test by __enter__/__exit__
             self.error = e
 

@@ -40,6 +40,10 @@ FINDINGS = (
 # did, measured by hand (/tmp scripts around the bench's held.open_held: the CMG alone on CPU 0, its RSS before and
 # after 2,000 held connections; the request log's 2,000 records, bounded, are in both columns)
 MEMORY_BEFORE = "2,000 held, the CMG's RSS growth per connection, the commit before vs the change, load average 12-20"
+STORM_BEFORE = (
+    "section 7 alone (silent kind, 5,000 connections): the CMG's RSS after the storm less its start, per storm "
+    "connection; main and the commits since 08396d1 (6 runs) vs the change (3 runs), load average 17-40"
+)
 HELD_20K = "section 5 alone, target 20,000 (19,680 and 19,660 held), the commit before vs the change, load 12-24"
 MEMORY_FIXES: tuple[tuple[str, float, float, str], ...] = (
     (
@@ -53,6 +57,17 @@ MEMORY_FIXES: tuple[tuple[str, float, float, str], ...] = (
     ),
     ("h11: the finished request's cycle let go too (cmglab/runtime/tls.py)", 52.3, 50.7, MEMORY_BEFORE),
     ("the same, at a 20,000 target", 51.4, 50.1, HELD_20K),
+    (
+        "after a storm of connections that never send a ClientHello (section 7's silent kind): httptools' parser "
+        "made when the connection is made, not with the protocol; it holds the protocol's callbacks, so every "
+        "silent connection's protocol waited for the cyclic collector and was freed among survivors in Python's "
+        "allocator arenas, never given back (since the CMG's client listener moved from h11 to the any-method "
+        "llhttp protocol, 08396d1). RSS after / start 1.127-1.156 -> 1.064-1.066, not settled in 20-60 s -> "
+        "settled in 2.0 s (cmglab/runtime/tls.py)",
+        2.1,
+        1.0,
+        STORM_BEFORE,
+    ),
 )
 # what the rest is (/work/notes/perfmem.md has the measurements)
 MEMORY_SPLIT = (
@@ -680,8 +695,8 @@ def _memory_table(sections: dict[str, Any]) -> dict[str, Any]:
     rows = sections.get("connections", {}).get("rows") or [{}]
     now = rows[0].get("kb_per_connection")
     return {
-        "title": f"Memory per idle keep-alive mutual-TLS connection at the CMG (section 5 in this run: {now} KB). "
-        + MEMORY_SPLIT,
+        "title": f"Memory per idle keep-alive mutual-TLS connection at the CMG (section 5 in this run: {now} KB; "
+        "the storm row: what a connection storm leaves behind, section 7). " + MEMORY_SPLIT,
         "columns": ["change", "before_kb", "after_kb", "before"],
         "rows": [{"change": c, "before_kb": b, "after_kb": a, "before": how} for c, b, a, how in MEMORY_FIXES],
     }
