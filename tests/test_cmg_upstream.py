@@ -7,6 +7,7 @@ gets its own reply, on a new connection). The forwarder turns them into the chan
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -391,7 +392,7 @@ def test_a_request_that_could_change_meaning_at_the_mp_is_never_sent(
 def _forwarder(upstream: Upstream, max_body: int) -> Forwarder:
     return Forwarder(
         upstream,
-        __import__("logging").getLogger("test_cmg_upstream"),
+        logging.getLogger("test_cmg_upstream"),
         LabState("cmg-connection-point", 10),
         name="cmgcp.upstream.test",
         cmg_name="cmg.upstream.test",
