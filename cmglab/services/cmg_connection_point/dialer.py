@@ -113,7 +113,7 @@ class Channel:
         self.connects = 0
         self.attempt = 0
         self.last_heard = time.monotonic()
-        self.inflight: dict[uuid.UUID, tuple[asyncio.Task[None], asyncio.Queue[BodyItem]]] = {}
+        self.inflight: dict[uuid.UUID, tuple[asyncio.Task[None], asyncio.Queue[BodyItem] | None]] = {}
         self._ws: ClientConnection | None = None
         self.whole_replies = False
         self._send_lock = asyncio.Lock()
@@ -250,13 +250,14 @@ class Channel:
             self.last_heard = time.monotonic()
             frame = decode(data)
             if frame.kind in (Kind.REQUEST, Kind.REQUEST_WHOLE):
-                queue: asyncio.Queue[BodyItem] = asyncio.Queue()
-                body: asyncio.Queue[BodyItem] | bytes = queue
+                queue: asyncio.Queue[BodyItem] | None = None  # none for a whole request: no frames follow
+                body: asyncio.Queue[BodyItem] | bytes
                 if frame.kind == Kind.REQUEST_WHOLE:
                     head_json, body = split_whole(frame)
                     head = RequestHead.from_json(head_json)
                 else:
                     head = RequestHead.from_json(frame.json())
+                    body = queue = asyncio.Queue()
                 task = asyncio.create_task(
                     self.forwarder.handle(
                         frame.msg_id,
@@ -274,13 +275,15 @@ class Channel:
                 entry = self.inflight.get(frame.msg_id)
                 if entry is None:
                     continue
-                task, queue = entry
-                if frame.kind == Kind.REQUEST_BODY:
-                    queue.put_nowait(frame.payload)
-                elif frame.kind == Kind.REQUEST_END:
-                    queue.put_nowait(None)
-                else:
+                task, body_queue = entry
+                if frame.kind == Kind.ABORT:
                     task.cancel()
+                elif body_queue is None:  # body frames for a whole request: the CMG breaks the protocol
+                    continue
+                elif frame.kind == Kind.REQUEST_BODY:
+                    body_queue.put_nowait(frame.payload)
+                else:
+                    body_queue.put_nowait(None)
             elif frame.kind == Kind.PONG:
                 pass
             else:

@@ -41,6 +41,7 @@ Send = Callable[[bytes], Awaitable[None]]
 BodyItem = bytes | None | BaseException  # a chunk, the end, or an abort from the CMG
 
 _DROP = frozenset({"client-cert", "client-cert-chain"})
+REWRITES = 1024  # rewritten URLs remembered (a query string makes a URL of its own)
 
 
 def _auth_kind(value: str | None) -> AuthKind | None:
@@ -75,6 +76,18 @@ class Forwarder:
         self.upstream, self.log, self.state = upstream, log, state
         self.cmg_name = cmg_name  # the only authority a forwarded URL may name
         self.name, self.max_body, self.timeout = name, max_body, timeout
+        # rewrite() is a function of the URL and the site's configuration: its answers for the configuration
+        # object in use (a new one, each heartbeat's, starts afresh); refusals are worked out each time
+        self._rewrites: dict[str, Rewrite] = {}
+        self._rewrites_for: CloudConfig | None = None
+
+    def _rewrite(self, url: str, config: CloudConfig | None) -> Rewrite:
+        if config is not self._rewrites_for or len(self._rewrites) >= REWRITES:
+            self._rewrites, self._rewrites_for = {}, config
+        rw = self._rewrites.get(url)
+        if rw is None:
+            rw = self._rewrites[url] = rewrite(url, config, self.cmg_name)
+        return rw
 
     async def handle(
         self,
@@ -103,7 +116,7 @@ class Forwarder:
         rw: Rewrite | None = None
         try:
             try:
-                rw = rewrite(head.url, config, self.cmg_name)
+                rw = self._rewrite(head.url, config)
             except RewriteError as e:
                 raise ForwardError(404, str(e)) from e
             rec.rewritten_url = rw.internal_url
@@ -187,7 +200,11 @@ class Forwarder:
         span: ServerSpan,
         whole_replies: bool,
     ) -> tuple[int, str]:
-        fault = self.state.match_fault(head.method, "/" + rw.internal_url.split("://", 1)[-1].partition("/")[2])
+        fault = (
+            self.state.match_fault(head.method, "/" + rw.internal_url.split("://", 1)[-1].partition("/")[2])
+            if self.state.faults
+            else None
+        )
         if fault is not None:
             if fault.rule.delay_ms:
                 await asyncio.sleep(fault.rule.delay_ms / 1000)
