@@ -127,6 +127,11 @@ CP_CLIENT_BEFORE = (
     "runs interleaved with 3 of the change, load average 13-20 (the change's location runs 2 and 3, at load 13-20, "
     "inflated in all three processes: MP 1.46 and 1.39 ms against 0.94)"
 )
+CP_TRIMS_BEFORE = (
+    "main 638afae (a rewrite per request), 16 connections, 8 s, mean of 4 runs interleaved with 4 of the change, "
+    "load average 27-43: every process's CPU per request 2-3x an idle machine's, so compare the CP's CPU per MP CPU "
+    "in the change's text (the MP's code the same in both)"
+)
 FIXES = (
     Fix(
         "Entra token (ROPC, v1)",
@@ -293,6 +298,28 @@ FIXES = (
         server_cpu_ms=2.35,
         process_cpu_ms=0.61,
         before=CP_CLIENT_BEFORE,
+    ),
+    Fix(
+        "CMG -> CP -> MP CCM_STS (MutualAuth)",
+        "connection point: its rewrites remembered for the site configuration in use, fault rules matched only when "
+        "there are some, no body queue for a whole request (cmglab/services/cmg_connection_point/forwarder.py, "
+        "dialer.py; CP / MP 0.273 -> 0.264)",
+        "cmg-connection-point",
+        rps=21.5,
+        p50_ms=586.6,
+        server_cpu_ms=12.28,
+        process_cpu_ms=2.11,
+        before=CP_TRIMS_BEFORE,
+    ),
+    Fix(
+        "CMG -> CP -> MP location request (ServerAuth)",
+        "the same (CP / MP 0.444 -> 0.415)",
+        "cmg-connection-point",
+        rps=32.4,
+        p50_ms=499.8,
+        server_cpu_ms=6.72,
+        process_cpu_ms=1.49,
+        before=CP_TRIMS_BEFORE,
     ),
 )
 
