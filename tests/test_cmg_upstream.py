@@ -312,6 +312,30 @@ def test_bytes_after_a_reply_or_between_requests_are_never_read_as_the_next_repl
     assert mp.connections == 4  # /two+/next, /extra+/next... each after-reply byte cost its connection
 
 
+def test_a_chunked_replys_trailer_never_joins_its_head(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """llhttp reports a chunked reply's trailer fields through the same callback as its head's: they are read and
+    dropped (as h11 did), never handed on as reply headers (a Set-Cookie or Location after the body, arriving in
+    the head's read, once reached the client in the CMG's head), and an endless trailer is cut at MAX_HEAD."""
+    trailed = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Head: 1\r\n\r\n5\r\nhello\r\n0\r\n"
+        b"Set-Cookie: stolen=1\r\nLocation: https://evil.test/\r\n\r\n"
+    )
+    endless = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n" + b"X-T: abcdef\r\n" * 4096
+    scripts = {"/trailed": reply(trailed), "/endless": reply(endless + b"\r\n")}
+
+    async def body(upstream: Upstream, mp: FakeMP) -> None:
+        response = await upstream.request("GET", url(mp, "/trailed"), [], None)
+        assert await response.read() == b"hello"
+        assert [k for k, _ in response.headers] == ["Transfer-Encoding", "X-Head"]
+        await response.aclose()
+        assert await fetch(upstream, mp, "/next") == b"hello"  # the trailed reply ended in step: reused
+        with pytest.raises(UpstreamError, match="trailer exceeds"):
+            await fetch(upstream, mp, "/endless")
+        assert await fetch(upstream, mp, "/next") == b"hello"
+
+    assert _run_mp(tls, scripts, body).connections == 2
+
+
 def test_an_unframed_reply_ends_at_the_close_and_is_not_reused(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     async def body(upstream: Upstream, mp: FakeMP) -> None:
         assert await fetch(upstream, mp, "/eof") == b"until the end"

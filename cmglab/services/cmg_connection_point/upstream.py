@@ -13,9 +13,10 @@ controls, header names that are tokens and values that are field-values (a byte 
 reaches the MP), its Content-Length exactly the body's. A reply's head is at most MAX_HEAD bytes and must
 arrive within the timeout; its framing is one Content-Length digit string or `Transfer-Encoding: chunked`
 alone (anything else, both, a switch of protocols, or bytes llhttp refuses: UpstreamError, a 502); a body
-with neither ends at the close. A connection goes back to the pool only at a message boundary: our request
-written in full, the reply read to its end, keep-alive on both sides, and no byte from the MP after its end
-or while the connection waits in the pool.
+with neither ends at the close; a chunked reply's trailer is read and dropped (at most MAX_HEAD bytes), never
+one of the head's fields. A connection goes back to the pool only at a message boundary: our request written in
+full, the reply read to its end, keep-alive on both sides, and no byte from the MP after its end or while the
+connection waits in the pool.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class _Connection(asyncio.Protocol):
         self.sent = False  # our request was written in full
         self.error: UpstreamError | None = None  # what broke the exchange
         self.head_size = 0  # head bytes so far, the informational replies' included
+        self.trailer_size = 0  # a chunked reply's trailer fields, read and dropped (as h11's EndOfMessage)
         self.reason = b""
         self.raw: list[tuple[bytes, bytes]] = []
         self.status = 0  # the final reply's, once its head is complete
@@ -195,6 +197,11 @@ class _Connection(asyncio.Protocol):
         self.reason += status  # may come in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:  # a chunked reply's trailer (llhttp reports it as a header): never one of the head's
+            self.trailer_size += len(name) + len(value) + 4
+            if self.trailer_size > MAX_HEAD:
+                raise UpstreamError(f"the management point's reply trailer exceeds {MAX_HEAD} bytes")
+            return
         self.raw.append((name, value))
 
     def on_headers_complete(self) -> None:
