@@ -104,3 +104,32 @@ def test_formatters_write_format_cmtrace_and_format_smstrace_byte_for_byte(
             message, component="CcmExec", when=when, type_=types[level], thread=thread, file="ccmexec.py:42"
         )
         assert smstrace.format(record) == format_smstrace(message, component="CcmExec", when=when, thread=thread)
+
+
+def test_an_sms_trace_logger_writes_what_loggings_own_path_writes(tmp_path: Path) -> None:
+    """The SMS-trace loggers write a plain message without a LogRecord: each line is the one the formatter makes of
+    the record logging's own path makes (args, a second handler or a closed file take that path itself)."""
+    path = tmp_path / "SMS_CLOUD_PROXYCONNECTOR.log"
+    log = smstrace_logger(path, "SMS_CLOUD_PROXYCONNECTOR")
+    messages = ["Switched to internal URL.", "two\nlines \r\n here", "", "ünïcode ✓", "100% %s %d"]
+    for message in messages:
+        log.info(message)
+    log.warning("with %s", "args")
+    log.handlers[0].close()  # logging's path reopens a closed file (FileHandler)
+    log.info("after close")
+    reference = SMSTraceFormatter()
+    lines = path.read_bytes().decode().split("\r\n")
+    assert lines[-1] == "" and len(lines) == len(messages) + 3
+    for line, message in zip(lines, [*messages, "with args", "after close"], strict=False):
+        text, _, stamp = line.rpartition("  $$<")
+        thread = int(stamp.rsplit("thread=", 1)[1].split(" ")[0])
+        record = _record(message, logging.INFO, 0.0, thread)
+        expected = reference.format(record)
+        assert text == expected.rpartition("  $$<")[0]  # the same text (the time differs: another record)
+        assert stamp.startswith("SMS_CLOUD_PROXYCONNECTOR><") and stamp.endswith(f"(0x{thread:04X})>")
+    extra = logging.FileHandler(tmp_path / "copy.log")
+    log.addHandler(extra)  # a second handler: logging's path, both files written
+    log.info("copied")
+    extra.close()
+    assert (tmp_path / "copy.log").read_text().strip() == "copied"
+    assert path.read_bytes().decode().split("\r\n")[-2].startswith("copied  $$<SMS_CLOUD_PROXYCONNECTOR><")

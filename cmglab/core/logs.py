@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,73 @@ class _CRLFFileHandler(logging.FileHandler):
     terminator = "\r\n"
 
 
-_handlers: dict[tuple[Path, str], logging.Handler] = {}
+class _SMSTraceLogger(logging.Logger):
+    """An SMS-trace file logger. Its format takes nothing from a record but the time, the thread and the message
+    (it names no source file), so a plain message (no args, exc_info, extra or stack) is written without a
+    LogRecord: no caller lookup, no record object, no filter pass; the same line under the handler's lock.
+    Services log a few lines per request, and logging's path was most of their cost. Anything else, or a logger
+    given another handler or filter, takes logging's own path."""
+
+    def __init__(self, name: str, component: str, handler: logging.FileHandler) -> None:
+        super().__init__(name, logging.DEBUG)
+        self.component = component
+        self.file = handler
+        self.addHandler(handler)
+        self.addFilter(_Component(component))
+        self.propagate = False
+
+    def _log(
+        self,
+        level: int,
+        msg: object,
+        args: Any,
+        exc_info: Any = None,
+        extra: Any = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+    ) -> None:
+        handler = self.file
+        formatter = handler.formatter
+        if (
+            args
+            or exc_info
+            or extra
+            or stack_info
+            or self.disabled
+            or len(self.handlers) != 1
+            or len(self.filters) != 1
+            or handler.filters
+            or level < handler.level
+            or type(formatter) is not SMSTraceFormatter
+        ):
+            super()._log(level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
+            return
+        date, clock, ms, bias = formatter.stamp.of(time.time())
+        line = render_smstrace(
+            str(msg),
+            component=self.component,
+            date=date,
+            time=clock,
+            ms=ms,
+            bias=bias,
+            thread=threading.get_native_id(),
+        )
+        handler.acquire()
+        try:
+            stream = handler.stream
+            if stream is not None:
+                stream.write(line + handler.terminator)
+                stream.flush()
+        except Exception:
+            handler.handleError(self.makeRecord(self.name, level, "(unknown file)", 0, msg, (), None))
+            return
+        finally:
+            handler.release()
+        if stream is None:  # closed: logging's path reopens the file as it would
+            super()._log(level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
+
+
+_handlers: dict[tuple[Path, str], _CRLFFileHandler] = {}
 # The file loggers, kept here rather than in logging's registry: a registered logger is never freed, and
 # every setLevel and close walked all of them, so a fleet process (thousands of devices, 8 logs each) paid
 # per log file a cost that grew with every device before it.
@@ -168,19 +235,23 @@ def _file_logger(path: Path, component: str, formatter: logging.Formatter) -> lo
     path = path.absolute()
     kind = type(formatter).__name__
     with _lock:
-        logger = _loggers.get((path, component, kind))
-        if logger is not None:
-            return logger
+        known = _loggers.get((path, component, kind))
+        if known is not None:
+            return known
         handler = _handlers.get((path, kind))
         if handler is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             handler = _CRLFFileHandler(path, encoding="utf-8")
             handler.setFormatter(formatter)
             _handlers[(path, kind)] = handler
-        logger = logging.Logger(f"cmglab.log.{path}.{component}", logging.DEBUG)  # not in logging's registry
-        logger.addHandler(handler)
-        logger.addFilter(_Component(component))
-        logger.propagate = False
+        name = f"cmglab.log.{path}.{component}"  # not in logging's registry
+        if isinstance(formatter, SMSTraceFormatter):
+            logger: logging.Logger = _SMSTraceLogger(name, component, handler)
+        else:
+            logger = logging.Logger(name, logging.DEBUG)
+            logger.addHandler(handler)
+            logger.addFilter(_Component(component))
+            logger.propagate = False
         _loggers[(path, component, kind)] = logger
         return logger
 
@@ -205,8 +276,8 @@ def close_file_loggers(prefix: Path | None = None) -> None:
                 del _handlers[(path, kind)]
         for key, logger in list(_loggers.items()):
             if under is None or key[0].is_relative_to(under):
-                for handler in list(logger.handlers):
-                    logger.removeHandler(handler)
+                for attached in list(logger.handlers):
+                    logger.removeHandler(attached)
                 del _loggers[key]
 
 
