@@ -132,6 +132,12 @@ CP_TRIMS_BEFORE = (
     "load average 27-43: every process's CPU per request 2-3x an idle machine's, so compare the CP's CPU per MP CPU "
     "in the change's text (the MP's code the same in both)"
 )
+SMS_TRACE_BEFORE = (
+    "main 0ce75f4's tree (SMS-trace lines through logging's LogRecord path), 16 connections, 8 s, mean of 3 runs "
+    "interleaved with 2 of the change (a third failed to start at load 36), load average 33-36: every process's "
+    "CPU per request ~3x an idle machine's, so compare the CP's CPU per CMG CPU in the change's text (the CMG "
+    "writes no per-request SMS-trace line)"
+)
 FIXES = (
     Fix(
         "Entra token (ROPC, v1)",
@@ -320,6 +326,28 @@ FIXES = (
         server_cpu_ms=6.72,
         process_cpu_ms=1.49,
         before=CP_TRIMS_BEFORE,
+    ),
+    Fix(
+        "CMG -> CP -> MP CCM_STS (MutualAuth)",
+        "SMS-trace loggers write a plain message without a LogRecord (no caller lookup, record or handler dispatch; "
+        "the same line; cmglab/core/logs.py), ~28 -> ~9 us per line in-process: the connection point writes two per "
+        "request (CP / CMG 0.796 -> 0.738)",
+        "cmg-connection-point",
+        rps=18.2,
+        p50_ms=822.9,
+        server_cpu_ms=17.10,
+        process_cpu_ms=2.85,
+        before=SMS_TRACE_BEFORE,
+    ),
+    Fix(
+        "CMG -> CP -> MP location request (ServerAuth)",
+        "the same (CP / CMG 0.764 -> 0.696)",
+        "cmg-connection-point",
+        rps=27.5,
+        p50_ms=543.7,
+        server_cpu_ms=8.93,
+        process_cpu_ms=1.95,
+        before=SMS_TRACE_BEFORE,
     ),
 )
 
