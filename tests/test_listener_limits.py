@@ -526,3 +526,41 @@ def test_the_chunk_cap_closes_a_connection_whose_reply_is_under_way(http: Protoc
             while chunk := s.recv(65536):  # until the server closes
                 rest += chunk
         assert rest == b"", rest[:300]  # neither the reply's end nor a second reply
+
+
+async def headers_after_body(scope: Any, receive: Any, send: Any) -> None:
+    """Reads the whole body, then answers with the request's header names (as an app reading headers late)."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        more = message.get("more_body", False)
+    names = b",".join(name for name, _ in scope["headers"])
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(names))]})
+    await send({"type": "http.response.body", "body": names})
+
+
+@pytest.mark.parametrize("http", ["httptools", "any-method"])
+def test_a_chunked_trailer_never_joins_the_headers_and_is_bounded(http: Protocol) -> None:
+    """llhttp reports a chunked body's trailer fields as headers, and uvicorn appended them to scope["headers"]
+    (read after the body, a trailer `Authorization` or `Client-Cert` was a header) without bound: 200 MB of
+    trailer lines cost the httptools listener 2.2 GB. Trailer fields are dropped, and past max_header_bytes
+    of them the request is refused 431 and the connection closed."""
+    port = reserve_ports(1)[0]
+    method = b"CCM_POST" if http == "any-method" else b"POST"
+    head = method + b" /x HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
+    with ThreadedService(Service("trailers", [Listener("trailers", headers_after_body, port, http=http)])):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(head + b"Client-Cert: :forged:\r\nAuthorization: Bearer x\r\n\r\n")
+            reply = read_reply(s)
+            assert attack.status(reply) == 200 and reply.endswith(b"\r\n\r\nhost,transfer-encoding"), reply[-200:]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            lines = b"X-T: 0123456789abcdef\r\n" * (Settings().max_header_bytes // 16)
+            with contextlib.suppress(OSError):
+                s.sendall(head + lines + b"\r\n")
+            reply = read_reply(s)
+            assert attack.status(reply) in (400, 431), reply[:300]  # the any-method listener's own bound: 400
+            assert closed_within(s, 15)

@@ -17,6 +17,8 @@
 - A chunked body of more than `max_body_chunks` chunks answers 413 (httptools listeners, which are all the
   services'): each chunk costs a Python callback whatever its size, so a million one-byte chunks (1 MB, under the
   byte cap) once cost seconds of CPU.
+- A chunked body's trailer fields are dropped (uvicorn appended them to the request's headers, without bound);
+  past `max_header_bytes` of them the request answers 431.
 
 Every refusal is logged (`cmglab.limits`) with the peer and the listener.
 """
@@ -216,11 +218,28 @@ class _HeadLimitsMixin:
 
 class HttpToolsHeadLimits(_HeadLimitsMixin):
     _chunks = 0  # chunk headers of the message being read (llhttp's on_chunk_header: the last, empty chunk too)
-    _too_many_chunks = False
+    _trailer: int | None = None  # None in a head; else the chunked trailer's bytes so far (the head is complete)
+    _body_refusal: tuple[int, str] | None = None  # the body refused while read (chunk cap, trailer): not a plain 400
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._trailer is None:
+            super().on_header(name, value)  # type: ignore[misc]
+            return
+        # a chunked body's trailer field, which llhttp reports as a header: uvicorn would append it to the
+        # request's headers (scope["headers"] is its list), unbounded. Dropped, at most max_header_bytes of them
+        self._trailer += len(name) + len(value) + 4
+        if self._trailer > self.limits.max_header_bytes:
+            self._body_refusal = (431, f"chunked trailer of over {self.limits.max_header_bytes} bytes")
+            raise httptools.HttpParserError("chunked trailer too large")
+
+    def on_message_begin(self) -> None:
+        self._trailer = None
+        super().on_message_begin()  # type: ignore[misc]
 
     def on_headers_complete(self) -> None:
         self._head_done()
         self._chunks = 0
+        self._trailer = 0
         if self.parser.should_upgrade() and not self._should_upgrade():
             # an upgrade uvicorn does not serve (anything but a WebSocket, or CONNECT): llhttp stops at the head, so
             # uvicorn dropped the body or, arriving in a later read, parsed it as the next request (smuggling)
@@ -240,11 +259,11 @@ class HttpToolsHeadLimits(_HeadLimitsMixin):
     def on_chunk_header(self) -> None:
         self._chunks += 1
         if self._chunks > self.limits.max_body_chunks + 1:  # the cap's data chunks and the last, empty one
-            self._too_many_chunks = True
+            self._body_refusal = (413, f"chunked body of over {self.limits.max_body_chunks} chunks")
             raise httptools.HttpParserError("too many chunks")  # llhttp stops here; uvicorn calls send_400_response
 
     def send_400_response(self, msg: str) -> None:
-        if not self._too_many_chunks:
+        if self._body_refusal is None:
             super().send_400_response(msg)  # type: ignore[misc]
             return
         cycle = self.cycle  # the application may be reading the body: it sees a disconnect, and answers nothing
@@ -252,7 +271,7 @@ class HttpToolsHeadLimits(_HeadLimitsMixin):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
-        detail = f"chunked body of over {self.limits.max_body_chunks} chunks"
+        status, detail = self._body_refusal
         if started:  # a reply is under way: no second one, the connection closes
             log.warning(
                 "%s: closing the connection from %s: %s",
@@ -262,7 +281,7 @@ class HttpToolsHeadLimits(_HeadLimitsMixin):
             )
             self.transport.close()
             return
-        self._refuse(413, detail)
+        self._refuse(status, detail)
 
     def _body_pending(self, scope: Any) -> bool:
         # the latest cycle; a later request's head only parses once this one's body is complete
