@@ -3,14 +3,16 @@ secret policies only to the registered key, as CMS to its encryption certificate
 
 from __future__ import annotations
 
+import hashlib
 import re
+from xml.sax.saxutils import quoteattr
 
 import pytest
 
 from cmglab.runtime.lab import Lab
 from cmglab.services.management_point.policy_crypto import deobfuscate_secret
 from cmglab.wire import ccm_messaging as cm
-from tests.support.lab import lab_fixture
+from tests.support.lab import lab_fixture, set_site, set_site_in_lab_json
 from tests.support.mp import (
     Device,
     ccm_post,
@@ -193,3 +195,79 @@ def test_ddr_is_stored(mp: Lab, device: Device) -> None:
     ddrs = [d for d in lab_rows(mp, "ddrs") if d["sms_id"] == device.sms_id]
     assert ddrs and ddrs[-1]["signed"] is True and ddrs[-1]["netbios_name"] == device.name
     wait_log(mp, "MP_DDR.log", rf"Received DDR \d+ from {device.sms_id}")
+
+
+def _client_settings(mp: Lab, device: Device) -> tuple[str, str, str]:
+    """(PolicyVersion, PolicyHash, the body served at its URL) of the client settings policy as assigned now."""
+    root = cm.parse_xml(assignments(mp, device))
+    policy = next(
+        p
+        for p in root.iter("Policy")
+        if p.get("PolicyCategory") == "ClientSettings"  # the one policy a site setting changes
+    )
+    location = policy.find("PolicyLocation")
+    assert location is not None and location.text
+    with client(mp) as c:
+        served = c.get(http_url(mp) + location.text.removeprefix("http://<mp>"))
+    assert served.status_code == 200 and served.content[:2] == b"\xff\xfe" and served.content[-2:] == b"\x00\x00"
+    # the PolicyHash is the served body's (UTF-16LE, without the BOM and the terminator)
+    assert location.get("PolicyHash") == "SHA256:" + hashlib.sha256(served.content[2:-2]).hexdigest().upper()
+    return policy.get("PolicyVersion") or "", location.get("PolicyHash") or "", served.content.decode("utf-16")
+
+
+def test_assignments_follow_a_policy_change_on_the_running_site(mp: Lab, device: Device) -> None:
+    """The assignments are built once per state of the site's policies, never served stale: a change of
+    `client_allow_cmg` on the running site (a new version of the client settings policy) is in the very next
+    reply, whether the MP made it (`POST /_lab/site`) or another process wrote the site database
+    (`cmglab site set`), and so is the change back."""
+    version, digest, body = _client_settings(mp, device)
+    allowed = 'name="AllowCMG" type="11"><value>1</value>' in body
+    set_site(mp, client_allow_cmg=not allowed)
+    try:
+        changed, changed_digest, changed_body = _client_settings(mp, device)
+        assert float(changed) > float(version) and changed_digest != digest
+        assert f'name="AllowCMG" type="11"><value>{int(not allowed)}</value>' in changed_body
+        set_site_in_lab_json(mp, client_allow_cmg=allowed)  # another process, straight into the site database
+        back, back_digest, back_body = _client_settings(mp, device)
+        assert float(back) > float(changed) and back_digest not in (digest, changed_digest)
+        assert f'name="AllowCMG" type="11"><value>{int(allowed)}</value>' in back_body
+    finally:
+        set_site(mp, client_allow_cmg=allowed)
+        set_site_in_lab_json(mp, client_allow_cmg=mp.config.site.client_allow_cmg)
+
+
+def test_assignments_carry_hostile_values_escaped(mp: Lab) -> None:
+    """What a client said of itself at registration (its NetBIOS and FQ names) and the ResourceType it asks for
+    come back in ReplyAssignments as the same text, escaped: markup and quotes in them add no element and no
+    attribute."""
+    netbios, fqdn = "EV\"IL<&>'", 'a]]>b&amp;c<d>"e\' f="1'
+    resource_type = 'Machine" Injected="1'
+    device = Device("HOSTILE")
+    data = (
+        device.registration_data()
+        .replace(
+            f'<Property Name="Netbios Name" Value="{device.name}" />',
+            f'<Property Name="Netbios Name" Value={quoteattr(netbios)} />',
+        )
+        .replace(
+            f'<Property Name="FQ Name" Value="{device.fqdn}" />', f'<Property Name="FQ Name" Value={quoteattr(fqdn)} />'
+        )
+    )
+    with client(mp) as c:
+        resp = ccm_post(
+            c,
+            f"{http_url(mp)}/ccm_system/request",
+            cm.encode_request(device.header("MP_ClientRegistration"), cm.registration_request(data, device.key)),
+        )
+        device.sms_id = cm.parse_xml(reply_body(resp)).get("SMSID")
+        assert device.sms_id
+        body = device.assignments_body().replace('ResourceType="Machine"', f"ResourceType={quoteattr(resource_type)}")
+        reply = reply_body(
+            ccm_post(c, f"{http_url(mp)}/ccm_system/request", device.signed_message("MP_PolicyManager", body))
+        )
+    root = cm.parse_xml(reply)
+    assert root.findtext("Identification/Machine/NetBIOSName") == netbios
+    assert root.findtext("Identification/Machine/FQDN") == fqdn
+    resource = root.find("Resource")
+    assert resource is not None and resource.attrib == {"ResourceType": resource_type}
+    assert [child.tag for child in root.find("Identification/Machine")] == ["ClientID", "NetBIOSName", "FQDN", "SID"]  # type: ignore[union-attr]

@@ -84,6 +84,10 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
     return create_engine(u, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, connect_args=args)
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 class Database:
     """An engine, its session factory and the metadata of one service's store (`name`: the service)."""
 
@@ -117,6 +121,43 @@ class Database:
                 cursor.close()
         finally:
             conn.close()  # back to the pool, which rolls back whatever the driver began
+
+    @property
+    def integrity_errors(self) -> tuple[type[Exception], ...]:
+        """A constraint refused a write: SQLAlchemy's error, or the driver's own in a `driver_unit`."""
+        return (IntegrityError, self.engine.dialect.loaded_dbapi.IntegrityError)
+
+    def sql(self, statement: str) -> str:
+        """STATEMENT (`?` placeholders) in the driver's own parameter style, for `driver_unit`'s cursor: SQLite's
+        `?`, psycopg's `%s`."""
+        style = self.engine.dialect.paramstyle
+        if style == "qmark":
+            return statement
+        if style in ("format", "pyformat"):
+            return statement.replace("%", "%%").replace("?", "%s")
+        raise ValueError(f"no plain-SQL placeholders for the {style!r} parameter style")
+
+    @contextmanager
+    def driver_unit(self) -> Iterator[Any]:
+        """A unit of work in plain SQL (a DB-API cursor; statements from `sql()`) on a pooled driver connection:
+        committed when the block ends, rolled back if it raises. For a hot request's few fixed statements: no
+        session, no ORM rows, no statement compilation or caching keys."""
+        conn = self.engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                yield cursor
+                conn.commit()
+            finally:
+                cursor.close()
+        finally:
+            conn.close()  # back to the pool, which rolls back whatever was not committed
+
+    def bind(self, column: Any) -> Callable[[Any], Any]:
+        """How SQLAlchemy writes COLUMN's values on this database (SQLite keeps a DateTime as text in its own
+        format), for a value a `driver_unit` writes: the same bytes as an ORM write."""
+        process = column.type.bind_processor(self.engine.dialect)
+        return process if process is not None else _same
 
     @contextmanager
     def exclusive(self) -> Iterator[Session]:

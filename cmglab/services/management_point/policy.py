@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from xml.sax.saxutils import escape
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from cmglab.services.management_point import policy_crypto
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
 from cmglab.services.management_point.sealing import Sealer
-from cmglab.services.management_point.store import NOT_APPROVED, Client, Policy, Store, utcnow
+from cmglab.services.management_point.store import NOT_APPROVED, Client
+from cmglab.services.management_point.units import PolicyRow, Signer
 from cmglab.wire.ccm_messaging import (
     CcmMessage,
     CcmMessageError,
@@ -39,6 +39,7 @@ from cmglab.wire.ccm_messaging import (
 )
 
 CLIENT_TOKEN_SKEW = timedelta(hours=15)  # local time sent as "Z" by some tools (any time zone)
+SECRET = 4  # PolicyFlags: a secret policy (its body only to an approved client's registered key)
 
 
 def policy_url_version(version: str) -> str:
@@ -51,12 +52,14 @@ def policy_url_version(version: str) -> str:
 @dataclass
 class SignedClient:
     sms_id: str
-    client: Client
+    client: Signer
 
 
-def verify_signed_message(mp: Parts, msg: CcmMessage, s: Session | None = None) -> SignedClient | None:
-    """The registered client that signed `msg`, or None (logged in ClientAuth.log). `s`: the caller's unit of
-    work, when the request has one (the client is looked up in it)."""
+def verify_signed_message(
+    mp: Parts, msg: CcmMessage, lookup: Callable[[str], Signer | None] | None = None
+) -> SignedClient | None:
+    """The registered client that signed `msg`, or None (logged in ClientAuth.log). `lookup`: the client's
+    record in the caller's unit of work, when the request has one (else a read of its own)."""
     log = mp.logs.clientauth
     h = msg.header
     auth = h.clientauth
@@ -66,7 +69,7 @@ def verify_signed_message(mp: Parts, msg: CcmMessage, s: Session | None = None) 
     sms_id = normalise_sms_id(h.source_id)
     client = None
     if sms_id:
-        client = Store.client(s, sms_id) if s is not None else mp.store.get_client(sms_id)
+        client = (lookup or mp.store.signer)(sms_id)
     if client is None or sms_id is None:
         log.warning(f"Message {h.id} from unknown client '{h.source_id}': not registered")
         return None
@@ -77,6 +80,47 @@ def verify_signed_message(mp: Parts, msg: CcmMessage, s: Session | None = None) 
     return SignedClient(sms_id, client)
 
 
+def _attr(value: object) -> str:
+    """An attribute value between double quotes."""
+    return escape(str(value), _QUOTE)
+
+
+_QUOTE = {'"': "&quot;"}
+
+
+@dataclass(frozen=True)
+class Assignments:
+    """The <PolicyAssignment> elements of one state of the site's policies, built once per state: every policy's
+    (for an approved client) and the non-secret ones' (for a client not approved)."""
+
+    every: str
+    public: str
+    count: int
+    public_count: int
+    secret: int
+
+
+@functools.lru_cache(maxsize=8)
+def assignments_of(sealer: Sealer, rows: tuple[PolicyRow, ...]) -> Assignments:
+    """ROWS (the policies as stored, by category) as reply elements: a new state of the policies (a new version,
+    body or flag) is a new key, so a reply never names a policy the site no longer holds."""
+    every, public = [], []
+    for policy_id, version, policy_type, category, flags, assignment_id, body in rows:
+        url = f"http://<mp>/SMS_MP/.sms_pol?{policy_id}.{policy_url_version(version)}"
+        element = (
+            f'<PolicyAssignment PolicyAssignmentID="{_attr(assignment_id)}">'
+            f'<Policy PolicyID="{_attr(policy_id)}" PolicyVersion="{_attr(version)}" PolicyType="{_attr(policy_type)}" '
+            f'PolicyCategory="{_attr(category)}" PolicyFlags="{_attr(flags)}">'
+            f'<PolicyLocation PolicyHash="SHA256:{_stored_hash(sealer, body)}">'
+            f"<![CDATA[{url}]]></PolicyLocation>"
+            f"</Policy></PolicyAssignment>"
+        )
+        every.append(element)
+        if not int(flags) & SECRET:
+            public.append(element)
+    return Assignments("".join(every), "".join(public), len(every), len(public), len(every) - len(public))
+
+
 def reply_assignments(mp: Parts, msg: CcmMessage) -> str | None:
     """ReplyAssignments XML, or None for the empty reply (unsigned, unknown client, bad signature)."""
     log = mp.logs.policy
@@ -84,8 +128,8 @@ def reply_assignments(mp: Parts, msg: CcmMessage) -> str | None:
     if root.tag != "RequestAssignments":
         raise CcmMessageError(f"MP_PolicyManager cannot process <{root.tag}>")
     # one unit of work: the signer's record and its last request time, the policies as stored
-    with mp.store.session() as s:
-        signed = verify_signed_message(mp, msg, s)
+    with mp.store.unit() as unit:
+        signed = verify_signed_message(mp, msg, unit.signer)
         if signed is None:
             log.warning(f"Policy assignment request {msg.header.id} refused: not signed by a registered client")
             return None
@@ -94,35 +138,26 @@ def reply_assignments(mp: Parts, msg: CcmMessage) -> str | None:
         if claimed and claimed.upper() != signed.sms_id:
             log.warning(f"Policy assignment request names ClientID {claimed} but is signed by {signed.sms_id}")
             return None
-        client.last_policy_request = utcnow()
-        stored = list(s.scalars(select(Policy).order_by(Policy.category)))
-    policies = [p for p in stored if not p.secret or client.approval != NOT_APPROVED]
+        unit.touch(signed.sms_id)
+        rows = unit.policies()
+    approved = client.approval != NOT_APPROVED
+    built = assignments_of(mp.store.sealer, rows)
     resource = root.find("Resource")
     resource_type = resource.get("ResourceType", "Machine") if resource is not None else "Machine"
-    parts = [
+    reply = (
         f'<ReplyAssignments SchemaVersion="1.00" ReplyType="Full"><Identification><Machine>'
         f"<ClientID>{signed.sms_id}</ClientID><NetBIOSName>{escape(client.netbios_name)}</NetBIOSName>"
         f"<FQDN>{escape(client.fqdn)}</FQDN><SID/></Machine></Identification>"
-        f'<PolicySource>SMS:{mp.site_code}</PolicySource><Resource ResourceType="{escape(resource_type)}"/>'
+        f'<PolicySource>SMS:{escape(mp.site_code)}</PolicySource><Resource ResourceType="{_attr(resource_type)}"/>'
         f"<ServerCookie>{datetime.now(UTC):%Y-%m-%d %H:%M:%S}</ServerCookie>"
-    ]
-    for p in policies:
-        url = f"http://<mp>/SMS_MP/.sms_pol?{p.policy_id}.{policy_url_version(p.version)}"
-        parts.append(
-            f'<PolicyAssignment PolicyAssignmentID="{p.assignment_id}">'
-            f'<Policy PolicyID="{p.policy_id}" PolicyVersion="{p.version}" PolicyType="{p.policy_type}" '
-            f'PolicyCategory="{p.category}" PolicyFlags="{p.flags}">'
-            f'<PolicyLocation PolicyHash="SHA256:{_stored_hash(mp.store.sealer, p.body)}">'
-            f"<![CDATA[{url}]]></PolicyLocation>"
-            f"</Policy></PolicyAssignment>"
-        )
-    parts.append("</ReplyAssignments>")
-    secret = sum(1 for p in policies if p.secret)
-    log.info(
-        f"Replied {len(policies)} policy assignment(s) ({secret} secret) to {signed.sms_id}"
-        + ("" if client.approval != NOT_APPROVED else " (client not approved: no secret policies)")
+        f"{built.every if approved else built.public}</ReplyAssignments>"
     )
-    return "".join(parts)
+    log.info(
+        f"Replied {built.count if approved else built.public_count} policy assignment(s) "
+        f"({built.secret if approved else 0} secret) to {signed.sms_id}"
+        + ("" if approved else " (client not approved: no secret policies)")
+    )
+    return reply
 
 
 def _hash(body: str) -> str:

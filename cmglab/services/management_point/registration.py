@@ -37,6 +37,7 @@ from cmglab.services.management_point.admission import NOT_APPROVED
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.store import BulkToken, Client, ConflictRecord, IssuedToken, new_sms_id, utcnow
+from cmglab.services.management_point.units import ClientKeys, SiteUnit, TokenRecord
 from cmglab.wire import key_limits, site_tokens
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml, utc_timestamp, utf16, verify
 from cmglab.wire.kinds import REGISTRATION_ISSUED, ConflictStatus, EntraVerdict, Proof, RegistrationKind
@@ -156,12 +157,14 @@ def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Ca
     who = _registrant(mp, data, raw_data, signature, caller, message_id)
     settings = mp.store.site_settings()
     log = mp.logs.registration
-    outcome = mp.store.retrying(
-        lambda s: _admit(mp, s, who, settings),
-        on_race=lambda: log.info(
-            f"Registration of {who.proposed} raced another for the same client; processing it again"
-        ),
-    )
+
+    def raced() -> None:
+        log.info(f"Registration of {who.proposed} raced another for the same client; processing it again")
+
+    # a new client or its record's owner in plain SQL; a conflicting record (rare, with its bookkeeping) by the ORM
+    outcome = mp.store.retrying_unit(lambda u: _admit_plain(mp, u, who, settings), on_race=raced)
+    if outcome is None:
+        outcome = mp.store.retrying(lambda s: _admit(mp, s, who, settings), on_race=raced)
     if outcome.status == REGISTERED:
         log.info(
             f"Client {outcome.sms_id} registered ({who.kind}, message {message_id}); approval status "
@@ -251,6 +254,68 @@ def _token_registrant(mp: Parts, claims: dict[str, Any], who: Registrant) -> Reg
     if issued.proof == Proof.CERTIFICATE:
         return replace(who, kind=RegistrationKind.PKI, pki_tp=issued.cert_thumbprint)
     raise RegistrationRefused(f"a CCM token from a {issued.proof} proof cannot register a client")
+
+
+def _admit_plain(mp: Parts, u: SiteUnit, who: Registrant, settings: SiteSettings) -> Outcome | None:
+    """`_admit` for a request with no conflicting record (a new client, or the record's owner), in one plain-SQL
+    unit of work; None, with nothing written, when the proposed record belongs to someone else."""
+    existing = u.client(who.proposed) if who.proposed else None
+    owner = existing is not None and admission.same_owner(
+        record_signing=existing.signing_thumbprint,
+        record_aad_device=existing.aad_device_id,
+        record_pki=existing.pki_thumbprint,
+        kind=who.kind,
+        signing=who.signing_tp,
+        aad_device=who.aad_device,
+        pki=who.pki_tp,
+    )
+    if existing is not None and not owner:
+        return None
+    blocked = u.bulk_blocked(who.bulk_guid) if who.bulk_guid is not None else None
+    decision = admission.admit(
+        admission.Request(
+            kind=who.kind,
+            auto_approve=settings.auto_approve,
+            existing_approval=existing.approval if existing is not None else None,
+            same_owner=owner,
+            conflicts=settings.conflicting_records,
+            resolution=None,
+            token_blocked=who.bulk_guid is not None and (blocked is None or blocked),
+            entra=who.entra,
+        )
+    )
+    if decision.action is admission.Action.REFUSE:
+        raise RegistrationRefused(decision.reason)
+    if decision.action not in (admission.Action.CREATE, admission.Action.UPDATE):  # only with a conflict
+        return None
+    sms_id = existing.sms_id if existing is not None else who.proposed or new_sms_id()
+    mp.logs.registration.info(f"Processing Registration request from Client '{sms_id}'")
+    approval = decision.approval or NOT_APPROVED
+    u.write_client(sms_id, _values(who, approval, existing), new=existing is None)
+    token = _client_token(mp, u, sms_id, who) if decision.client_token else None
+    return Outcome("Registration", REGISTERED, sms_id, approval, token)
+
+
+def _values(who: Registrant, approval: int, existing: ClientKeys | None) -> dict[str, Any]:
+    """The client row as this request describes it (`_write`'s values): an existing record keeps what it lacks."""
+    return {
+        "netbios_name": who.netbios,
+        "fqdn": who.fqdn,
+        "signing_cert": _hex(who.signing),
+        "encryption_cert": _hex(who.encryption),
+        "signing_thumbprint": who.signing_tp,
+        "pki_thumbprint": who.pki_tp or (existing.pki_thumbprint if existing else None),
+        "auth_kind": str(who.kind),
+        "domain_account": who.domain_account,
+        "aad_device_id": who.aad_device or (existing.aad_device_id if existing else None),
+        "aad_tenant_id": who.aad_tenant or (existing.aad_tenant_id if existing else None),
+        "bulk_token_guid": who.bulk_guid or (existing.bulk_token_guid if existing else None),
+        "approval": approval,
+        "internet": who.internet,
+        "agent_identity": who.agent_identity,
+        "agent_version": who.agent_version,
+        "updated_at": utcnow(),
+    }
 
 
 def _admit(mp: Parts, s: Session, who: Registrant, settings: SiteSettings) -> Outcome:
@@ -374,21 +439,22 @@ def _write(client: Client, who: Registrant, approval: int, *, keep: bool) -> Non
     client.updated_at = utcnow()
 
 
-def _client_token(mp: Parts, s: Session, sms_id: str, who: Registrant) -> str:
+def _client_token(mp: Parts, u: Session | SiteUnit, sms_id: str, who: Registrant) -> str:
     token, expires = mp.signer.client_token(sms_id=sms_id, cert_thumbprint=who.signing_tp)
-    s.add(
-        IssuedToken(
-            unique_id=site_tokens_unique_id(token),
-            kind="client",
-            token_type=site_tokens.CLIENT,
-            proof=REGISTRATION_ISSUED,
-            sms_id=sms_id,
-            cert_thumbprint=who.signing_tp,
-            bulk_token_guid=who.bulk_guid,
-            issued_at=utcnow(),
-            expires_at=expires.astimezone(UTC).replace(tzinfo=None),
-        )
+    record = TokenRecord(
+        unique_id=site_tokens_unique_id(token),
+        kind="client",
+        token_type=site_tokens.CLIENT,
+        proof=REGISTRATION_ISSUED,
+        sms_id=sms_id,
+        cert_thumbprint=who.signing_tp,
+        bulk_token_guid=who.bulk_guid,
+        expires_at=expires.astimezone(UTC).replace(tzinfo=None),
     )
+    if isinstance(u, SiteUnit):
+        u.record(record)
+    else:
+        u.add(IssuedToken(**vars(record), issued_at=utcnow()))
     return token
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from cmglab.core import labconfig
 from cmglab.core.labconfig import SiteSettings, SiteSettingsChange
 from cmglab.runtime import db
 from cmglab.runtime.lab import Lab
+from cmglab.services.management_point import units
 from cmglab.services.management_point.admission import APPROVED, NOT_APPROVED
 from cmglab.services.management_point.sealing import Sealer, site_key
 from cmglab.wire.entra_tokens import EntraPolicy, TenantAudience
@@ -276,6 +278,12 @@ class Store(db.Store):
         self.lab = lab
         self.sealer = Sealer(site_key(lab.dir))
         self.policy_factory = policy_factory
+        self.statements = units.Statements(
+            self.db,
+            lambda rows: _settings_of(rows) or self.lab.config.site.site_settings(),
+            when=self.db.bind(Client.__table__.c.updated_at),
+            flag=self.db.bind(Client.__table__.c.internet),
+        )
         if seed:  # False: a reader of what the running site holds (`cmglab site show`)
             self.seed()
 
@@ -363,10 +371,6 @@ class Store(db.Store):
         """The settings the services enforce (read per request: a change applies live)."""
         return self.stored_site_settings() or self.lab.config.site.site_settings()
 
-    def site_settings_in(self, s: Session) -> SiteSettings:
-        """The same, read inside the caller's unit of work (one session for a whole request)."""
-        return self._read_site_settings(s) or self.lab.config.site.site_settings()
-
     def change_site_settings(self, change: SiteSettingsChange) -> SiteSettings:
         """The running site's settings with `change` (`POST /_lab/site`: lab.json untouched, so the MP's next start
         puts lab.json's values back; `cmglab site set`: lab.json's value of the one setting it names). Only
@@ -430,25 +434,31 @@ class Store(db.Store):
         with self.session() as s:
             return self.client(s, sms_id)
 
+    @contextmanager
+    def unit(self) -> Iterator[units.SiteUnit]:
+        """A hot request's unit of work in plain SQL (units.py), committed when the block ends."""
+        with self.db.driver_unit() as cursor:
+            yield units.SiteUnit(self.statements, cursor)
+
+    def retrying_unit(self, work: Callable[[units.SiteUnit], T], on_race: Callable[[], None] | None = None) -> T:
+        """`retrying` for a plain-SQL unit: the insert that loses a race on the primary key is a driver error."""
+        try:
+            with self.unit() as u:
+                return work(u)
+        except self.db.integrity_errors:
+            if on_race is not None:
+                on_race()
+        with self.unit() as u:
+            return work(u)
+
+    def signer(self, sms_id: str) -> units.Signer | None:
+        """The registered client's signing certificate and what a reply names of it (plain SQL, no session)."""
+        with self.unit() as u:
+            return u.signer(sms_id)
+
     def clients(self) -> list[dict[str, Any]]:
         with self.session() as s:
             return [c.as_dict() for c in s.scalars(select(Client).order_by(Client.registered_at))]
-
-    def client_by_pki(self, thumbprint: str) -> Client | None:
-        with self.session() as s:
-            return self.client_with_pki(s, thumbprint)
-
-    @staticmethod
-    def client_with_pki(s: Session, thumbprint: str) -> Client | None:
-        return s.scalars(select(Client).where(Client.pki_thumbprint == thumbprint.upper())).first()
-
-    def client_by_aad_device(self, device_id: str) -> Client | None:
-        with self.session() as s:
-            return self.client_with_aad_device(s, device_id)
-
-    @staticmethod
-    def client_with_aad_device(s: Session, device_id: str) -> Client | None:
-        return s.scalars(select(Client).where(Client.aad_device_id == device_id.lower())).first()
 
     def approve(self, sms_id: str, approved: bool = True) -> bool:
         with self.session() as s:
@@ -492,14 +502,6 @@ class Store(db.Store):
                     not_after=not_after.astimezone(UTC).replace(tzinfo=None),
                 )
             )
-
-    def bulk_token(self, guid: str) -> BulkToken | None:
-        with self.session() as s:
-            return self.bulk_token_in(s, guid)
-
-    @staticmethod
-    def bulk_token_in(s: Session, guid: str) -> BulkToken | None:
-        return s.get(BulkToken, guid.lower())
 
     def bulk_tokens(self) -> list[dict[str, Any]]:
         with self.session() as s:

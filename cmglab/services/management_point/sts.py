@@ -9,13 +9,14 @@ unique token when asked (`"RenewClientToken": true`) or when it is older than 30
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.certinfo import thumbprint
@@ -23,7 +24,8 @@ from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.errors import STSError
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
-from cmglab.services.management_point.store import NOT_APPROVED, IssuedToken, Store, utcnow
+from cmglab.services.management_point.store import NOT_APPROVED
+from cmglab.services.management_point.units import SiteUnit, TokenRecord
 from cmglab.wire import entra_tokens, key_limits, site_tokens
 from cmglab.wire.ccm_messaging import parse_timestamp, utf16, verify
 from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
@@ -77,9 +79,9 @@ def _naive(dt: datetime) -> datetime:
 
 
 def _unique_id(token: str) -> str:
-    import jwt
-
-    return str(jwt.decode(token, options={"verify_signature": False})["UniqueId"])
+    """The UniqueId claim of a token this site has just signed (its payload read back: no check needed)."""
+    payload = token.split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["UniqueId"])
 
 
 class TokenService:
@@ -109,7 +111,7 @@ class TokenService:
     # -- proofs ---------------------------------------------------------------------------------
     def _issue(
         self,
-        s: Session,
+        unit: SiteUnit,
         *,
         token_type: str,
         proof: Proof,
@@ -121,7 +123,7 @@ class TokenService:
         device: str | None = None,
         user_sid: str | None = None,
     ) -> tuple[str, datetime]:
-        minutes = self.mp.store.site_settings_in(s).ccm_token_lifetime_minutes  # the site's setting, live
+        minutes = unit.site_settings().ccm_token_lifetime_minutes  # the site's setting, live
         token, expires = self.mp.signer.ccm_token(
             token_type=token_type,
             sms_id=sms_id,
@@ -131,8 +133,8 @@ class TokenService:
             user_sid=user_sid,
             lifetime=timedelta(minutes=minutes),
         )
-        s.add(
-            IssuedToken(
+        unit.record(
+            TokenRecord(
                 unique_id=_unique_id(token),
                 kind="ccm",
                 token_type=token_type,
@@ -143,7 +145,6 @@ class TokenService:
                 aad_tenant_id=tenant,
                 aad_device_id=device,
                 aad_user_id=user,
-                issued_at=utcnow(),
                 expires_at=_naive(expires),
             )
         )
@@ -187,18 +188,17 @@ class TokenService:
     ) -> dict[str, Any]:
         sms_id = None
         wanted = normalise_sms_id(req.client_id)
-        with self.mp.store.session() as s:  # one unit of work: the client, the site's setting, the token's row
+        with self.mp.store.unit() as unit:  # one unit of work: the client, the site's setting, the token's row
             if wanted:
-                client = Store.client(s, wanted)
+                client = unit.client(wanted)
                 # only the Entra device that registered it: an AAD proof proves no SMS key, so a record without a
                 # device ID (registered any other way) is not this device's to claim (issue 15)
                 if client is not None and client.aad_device_id == device:
                     sms_id = wanted
             if sms_id is None:
-                known = Store.client_with_aad_device(s, device)
-                sms_id = known.sms_id if known else "GUID:" + str(uuid.uuid4()).upper()
+                sms_id = unit.client_by_aad_device(device) or "GUID:" + str(uuid.uuid4()).upper()
             token, expires = self._issue(
-                s,
+                unit,
                 token_type=token_type,
                 proof=Proof.AAD,
                 sms_id=sms_id,
@@ -244,21 +244,21 @@ class TokenService:
     def bulk(self, req: STSRequest) -> dict[str, Any]:
         claims = self._site_token(req.bearer, site_tokens.BULK)
         guid = str(claims.get("UniqueId", "")).lower()
-        with self.mp.store.session() as s:  # one unit of work: the bulk token, the client, the issued token's row
-            record = Store.bulk_token_in(s, guid)
-            if record is None:
+        with self.mp.store.unit() as unit:  # one unit of work: the bulk token, the client, the token's row
+            blocked = unit.bulk_blocked(guid)
+            if blocked is None:
                 raise STSError(401, "InvalidProof", f"bulk registration token {guid} was not issued by this site")
-            if record.blocked:
+            if blocked:
                 raise STSError(403, "BulkTokenBlocked", f"bulk registration token {guid} is blocked")
             cert = self._possession(req)
             tp = thumbprint(cert)
             sms_id = normalise_sms_id(req.client_id)
             if sms_id:
-                client = Store.client(s, sms_id)
+                client = unit.client(sms_id)
                 sms_id = sms_id if client is not None and client.signing_thumbprint == tp else None
             self.log.info(f"Validated bulk registration token {guid} (certificate {tp})")
             token, expires = self._issue(
-                s,
+                unit,
                 token_type=site_tokens.DEVICE,
                 proof=Proof.BULK_REGISTRATION,
                 sms_id=sms_id,
@@ -278,18 +278,18 @@ class TokenService:
         if str(claims.get("CertThumbprint", "")).upper() != tp:
             raise STSError(401, "InvalidProof", "the client token is bound to another certificate")
         sms_id = str(claims.get("DeviceId", ""))
-        with self.mp.store.session() as s:  # one unit of work: the client, the site's setting, the token's rows
-            client = Store.client(s, sms_id)
+        with self.mp.store.unit() as unit:  # one unit of work: the client, the site's setting, the token's rows
+            client = unit.client(sms_id)
             if client is None or client.signing_thumbprint != tp:
                 raise STSError(403, "NotRegistered", f"{sms_id} is not registered with this certificate")
             if client.approval == NOT_APPROVED:
                 raise STSError(403, "NotRegistered", f"{sms_id} is not approved")
             self.log.info(f"Validated client token of {sms_id} (certificate {tp})")
             token, expires = self._issue(
-                s, token_type=site_tokens.DEVICE, proof=Proof.CLIENT_TOKEN, sms_id=sms_id, cert_tp=tp
+                unit, token_type=site_tokens.DEVICE, proof=Proof.CLIENT_TOKEN, sms_id=sms_id, cert_tp=tp
             )
             reply = _ccm_reply(token, site_tokens.DEVICE, expires)
-            renewed = self._renew(s, req, claims, sms_id, tp, reply)
+            renewed = self._renew(unit, req, claims, sms_id, tp, reply)
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id}"
@@ -299,7 +299,7 @@ class TokenService:
         return reply
 
     def _renew(
-        self, s: Session, req: STSRequest, claims: dict[str, Any], sms_id: str, tp: str, reply: dict[str, Any]
+        self, unit: SiteUnit, req: STSRequest, claims: dict[str, Any], sms_id: str, tp: str, reply: dict[str, Any]
     ) -> datetime | None:
         """A fresh unique client token into `reply` when asked for or when the old one is due for renewal;
         its expiry (None: not renewed)."""
@@ -307,15 +307,14 @@ class TokenService:
         if not req.renew_client_token and datetime.now(UTC) - issued_at < site_tokens.CLIENT_TOKEN_RENEWAL:
             return None
         fresh, fresh_exp = self.mp.signer.client_token(sms_id=sms_id, cert_thumbprint=tp)
-        s.add(
-            IssuedToken(
+        unit.record(
+            TokenRecord(
                 unique_id=_unique_id(fresh),
                 kind="client",
                 token_type=site_tokens.CLIENT,
                 proof=Proof.CLIENT_TOKEN,
                 sms_id=sms_id,
                 cert_thumbprint=tp,
-                issued_at=utcnow(),
                 expires_at=_naive(fresh_exp),
             )
         )
@@ -328,12 +327,11 @@ class TokenService:
         if cert is None:
             raise STSError(403, "CertificateRequired", "a Certificate proof needs a PKI client certificate at TLS")
         tp = thumbprint(cert)
-        with self.mp.store.session() as s:  # one unit of work: the client, the site's setting, the token's row
-            client = Store.client_with_pki(s, tp)
-            sms_id = client.sms_id if client else None
+        with self.mp.store.unit() as unit:  # one unit of work: the client, the site's setting, the token's row
+            sms_id = unit.client_by_pki(tp)
             self.log.info(f"Validated client certificate {tp} ({cert.subject.rfc4514_string()})")
             token, expires = self._issue(
-                s, token_type=site_tokens.DEVICE, proof=Proof.CERTIFICATE, sms_id=sms_id, cert_tp=tp
+                unit, token_type=site_tokens.DEVICE, proof=Proof.CERTIFICATE, sms_id=sms_id, cert_tp=tp
             )
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
