@@ -4,10 +4,12 @@ signatures (DigestInfo and CRYPT_NOHASHOID), PUBLICKEYBLOB, ClientToken; parse e
 from __future__ import annotations
 
 import zlib
+from xml.etree.ElementTree import Element
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from defusedxml import ElementTree as DefusedET
 
 from cmglab.wire import ccm_messaging as cm
 
@@ -134,3 +136,41 @@ def test_client_token_helpers() -> None:
     assert cm.parse_client_token("{0db5a7a8-1d89-4b6a-8b0b-3c8bdb0c7c11};2024-01-01T00:00:00Z")[0] == ident
     with pytest.raises(cm.CcmMessageError):
         cm.parse_client_token("nonsense")
+
+
+def _shape(el: Element) -> tuple[object, ...]:
+    return (el.tag, el.attrib, el.text, el.tail, [_shape(child) for child in el])
+
+
+PARSED_ALIKE = [
+    '<?xml version="1.0" encoding="UTF-16"?><Msg SchemaVersion="1.1"><ID>{1}</ID></Msg>',
+    '<a x="&#233;&quot;&apos;" y=\'"\'>&amp;&lt;&gt;&#x41;<b/>tail<![CDATA[<!-- ]]><!-- c --></a>',
+    '<a xmlns:p="urn:p"><p:b p:c="1">\n text </p:b></a>',
+    '<a><![CDATA[<!DOCTYPE x [<!ENTITY y "z">]>]]></a>',  # named in text only: the defusedxml path, parsed
+]
+REFUSED = [
+    '<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]><a>&lol2;</a>',
+    '<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>',
+    '<!DOCTYPE r SYSTEM "http://127.0.0.1:1/x.dtd"><r/>',
+    "<a>&x;</a>",  # an entity never declared
+    "<a>&#1;</a>",
+    "<a",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", PARSED_ALIKE)
+def test_parse_xml_reads_what_defusedxml_reads(text: str) -> None:
+    """parse_xml takes the C parser for text without a DTD: the same tree as defusedxml's, text or bytes."""
+    expected = _shape(DefusedET.fromstring(text, forbid_dtd=True))
+    assert _shape(cm.parse_xml(text)) == expected
+    assert _shape(cm.parse_xml(text.encode("utf-8") if "UTF-16" not in text else text.encode("utf-16"))) == expected
+
+
+@pytest.mark.parametrize("text", REFUSED)
+def test_parse_xml_refuses_dtds_and_entities_on_every_path(text: str) -> None:
+    """A DTD (entity bombs, external entities, an external DTD) or an undeclared entity is refused as text and
+    as bytes, with the codec's own error."""
+    for doc in (text, text.encode("utf-8"), text.encode("utf-16")):
+        with pytest.raises(cm.CcmMessageError):
+            cm.parse_xml(doc)
