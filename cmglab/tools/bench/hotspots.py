@@ -391,6 +391,26 @@ _ANYVERB = (
     "the MP's listeners on llhttp (httptools) instead of h11: each message fed on its own and CCM_POST fed as a "
     "stand-in method, the sent method back in the scope (cmglab/runtime/anyverb.py)"
 )
+# perfmp3: the machine was loaded far past its 2 cores (load average 20-45) while these were measured, and the
+# end-to-end CPU per request swung 3-10x between runs of the same code; the before row is the last full bench run on
+# an idle machine, the per-change numbers (interleaved, in-process or end to end) are in each change's text
+PLAIN_SQL_BEFORE = (
+    "the full bench run of 2026-11-26 01:03 on main 228e12f (section 2: 16 connections, 5 s, the ORM sessions and "
+    "defusedxml), not interleaved: interleaved runs at load average 20-45 gave no steady end-to-end number"
+)
+_PLAIN_SQL = (
+    "policy assignments, CCM_STS and registration read and write their rows as one plain-SQL unit of work on a "
+    "driver connection instead of an ORM session (cmglab/services/management_point/units.py); the assignment "
+    "elements built once per state of the policies. In-process CPU of the message work, interleaved 3+3 at load "
+    "22-45: policy 3.46 -> 1.32 ms, CCM_STS Certificate 5.54 -> 2.05, ClientToken 6.48 -> 2.95, registration "
+    "6.3-7.0 -> 2.1-2.6; end to end (2+2, load 9-16) policy 2.36 -> 1.11 ms"
+)
+_CODEC = (
+    "CcmMessaging replies compressed once per text; XML without a DTD parsed by the C ElementTree parser, not "
+    "defusedxml's pure-Python one (cmglab/wire/ccm_messaging.py). In-process, interleaved: the reply cache "
+    "1.15 -> 0.73 ms, the C parser 1.17-1.31 -> 0.93-1.15 ms (load 22-45); end to end (2+2, load 13-20) the reply "
+    "cache 1.21 -> 0.79 ms"
+)
 MP_FIXES = (
     Fix(scenarios.MP_LOCATION, _ANYVERB, "management-point", 766.4, None, 0.93, 0.93, before=ANYVERB_BEFORE),
     Fix(scenarios.MP_STS, "the same", "management-point", 317.0, None, 2.42, 2.42, before=ANYVERB_BEFORE),
@@ -488,6 +508,20 @@ MP_FIXES = (
         process_cpu_ms=3.19,
         before=SETTINGS_BEFORE,
     ),
+    Fix(scenarios.MP_POLICY, _PLAIN_SQL, "management-point", 459.0, 29.67, 2.15, 2.15, before=PLAIN_SQL_BEFORE),
+    Fix(scenarios.MP_STS, "the same (CCM_STS)", "management-point", 450.0, 34.18, 2.19, 2.19, before=PLAIN_SQL_BEFORE),
+    Fix(scenarios.MP_STS_CLIENT, "the same", "management-point", 365.0, 41.78, 2.71, 2.71, before=PLAIN_SQL_BEFORE),
+    Fix(
+        scenarios.MP_REGISTRATION,
+        "the same (a registration without a conflicting record; a conflict keeps the ORM path)",
+        "management-point",
+        452.0,
+        33.52,
+        2.19,
+        2.19,
+        before=PLAIN_SQL_BEFORE,
+    ),
+    Fix(scenarios.MP_LOCATION, _CODEC, "management-point", 1221.0, 11.22, 0.81, 0.81, before=PLAIN_SQL_BEFORE),
 )
 
 # the agent's CPU per onboarding (section 4's devices_cpu_s / succeeded), perfbench's changes
