@@ -98,16 +98,11 @@ def test_an_expired_nonce_is_refused_before_it_is_pruned(entra: EntraParts) -> N
     NONCE_PRUNE_SECONDS, not per nonce) is not good for a signed request."""
     with entra.store.session() as s:
         s.add(st.Nonce(value="expired-nonce", expires_at=st.now() - 1))
-    with entra.store.session() as s:
-        st.issue_nonce(s, 300)  # within the prune interval of an earlier nonce: the expired row may stay
-    with entra.store.session() as s:
-        assert st.consume_nonce(s, "expired-nonce") is False
-    with entra.store.session() as s:
-        fresh = st.issue_nonce(s, 300)
-    with entra.store.session() as s:
-        assert st.consume_nonce(s, fresh) is True
-    with entra.store.session() as s:
-        assert st.consume_nonce(s, fresh) is False  # single use
+    entra.store.issue_nonce(300)  # within the prune interval of an earlier nonce: the expired row may stay
+    assert entra.store.consume_nonce("expired-nonce") is False
+    fresh = entra.store.issue_nonce(300)
+    assert entra.store.consume_nonce(fresh) is True
+    assert entra.store.consume_nonce(fresh) is False  # single use
 
 
 # -- CCM_STS proofs ------------------------------------------------------------------------------------

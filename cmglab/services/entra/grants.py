@@ -75,8 +75,7 @@ class Grants:
     def token(self, req: TokenRequest) -> TokenResult:
         grant = require(req.form, "grant_type")
         if grant == "srv_challenge":  # no tenant or client: a nonce for a signed request to come
-            with self.store.session() as s:
-                return TokenResult({"Nonce": st.issue_nonce(s, NONCE_LIFETIME)}, AuthKind.SRV_CHALLENGE)
+            return TokenResult({"Nonce": self.store.issue_nonce(NONCE_LIFETIME)}, AuthKind.SRV_CHALLENGE)
         handler = self.handlers.get(grant)
         if handler is None:
             raise AADSTSError(
@@ -307,13 +306,12 @@ class Grants:
                 700003, "invalid_grant", f"Device object was not found in the tenant '{segment}' directory."
             )
         nonce = require(payload, "request_nonce")
-        with self.store.session() as own:  # committed now: a failure later still spends the nonce
-            if not st.consume_nonce(own, nonce):
-                raise AADSTSError(
-                    50013,
-                    "invalid_grant",
-                    "Assertion is invalid: the request nonce is unknown, expired or already used.",
-                )
+        if not self.store.consume_nonce(nonce):  # committed now: a failure later still spends the nonce
+            raise AADSTSError(
+                50013,
+                "invalid_grant",
+                "Assertion is invalid: the request nonce is unknown, expired or already used.",
+            )
         return payload, device
 
 

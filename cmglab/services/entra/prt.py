@@ -154,13 +154,12 @@ class Prts:
             raise AADSTSError(
                 900144, "invalid_request", "The request body must contain the following parameter: 'request_nonce'."
             )
-        with self.store.session() as own:  # committed now: a failure later still spends the nonce
-            if not st.consume_nonce(own, nonce):
-                raise AADSTSError(
-                    50013,
-                    "invalid_grant",
-                    "Assertion is invalid: the request nonce is unknown, expired or already used.",
-                )
+        if not self.store.consume_nonce(nonce):  # committed now: a failure later still spends the nonce
+            raise AADSTSError(
+                50013,
+                "invalid_grant",
+                "Assertion is invalid: the request nonce is unknown, expired or already used.",
+            )
         if row.expires_at < st.now():
             raise AADSTSError(700082, "invalid_grant", "The refresh token has expired due to inactivity.")
         tenant = self.issuer.tenant(s, segment)

@@ -16,7 +16,19 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, ForeignKey, LargeBinary, String, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    ForeignKey,
+    LargeBinary,
+    String,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -238,6 +250,18 @@ class Store(db.Store):
         super().__init__(db.Database(url, Base, "entra"))
         self.config = config
 
+    # A nonce's own unit of work is one Core transaction on a pooled connection, not an ORM session: nothing in it
+    # reads rows back (~0.07 ms of CPU less per srv_challenge and per signed request that spends its nonce)
+    def issue_nonce(self, lifetime: int) -> str:
+        """A new server nonce, committed."""
+        with self.db.engine.begin() as conn:
+            return issue_nonce(conn, lifetime)
+
+    def consume_nonce(self, value: str) -> bool:
+        """`consume_nonce` committed at once: a failure later in the request still spends the nonce."""
+        with self.db.engine.begin() as conn:
+            return consume_nonce(conn, value)
+
     def fill(self, s: Session) -> None:
         if s.get(DirectoryGeneration, 1) is None or self._missing(s):
             new_generation(s)
@@ -433,22 +457,22 @@ NONCE_PRUNE_SECONDS = 10.0  # expired nonces deleted at most this often per proc
 _nonces_pruned_at = -NONCE_PRUNE_SECONDS
 
 
-def issue_nonce(s: Session, lifetime: int) -> str:
+def issue_nonce(conn: Connection, lifetime: int) -> str:
     """A new server nonce. Expired rows are pruned every NONCE_PRUNE_SECONDS, not per nonce: the delete scans
     the table (~0.3 ms of CPU per nonce request with a thousand unused nonces) and is housekeeping only,
     `consume_nonce` refuses an expired nonce whether or not its row is gone yet."""
     global _nonces_pruned_at
     if time.monotonic() - _nonces_pruned_at >= NONCE_PRUNE_SECONDS:
         _nonces_pruned_at = time.monotonic()
-        s.execute(delete(Nonce).where(Nonce.expires_at < now()))
+        conn.execute(_NONCE_PRUNE, {"now": now()})
     value = "AwABEgEAAAADAOz_BQD0_" + secrets.token_urlsafe(48)
-    s.connection().execute(_NONCE_INSERT, {"value": value, "expires_at": now() + lifetime})
+    conn.execute(_NONCE_INSERT, {"value": value, "expires_at": now() + lifetime})
     return value
 
 
-def consume_nonce(s: Session, value: str) -> bool:
+def consume_nonce(conn: Connection, value: str) -> bool:
     """True once for a nonce that was issued and has not expired: the delete is the use."""
-    result = s.connection().execute(_NONCE_USE, {"value": value, "now": now()})
+    result = conn.execute(_NONCE_USE, {"value": value, "now": now()})
     return bool(result.rowcount)
 
 
@@ -456,6 +480,7 @@ def consume_nonce(s: Session, value: str) -> bool:
 # ORM-enabled DELETE through the session costs ~0.1 ms more CPU per nonce
 _NONCE_INSERT = insert(Nonce)
 _NONCE_USE = delete(Nonce).where(Nonce.value == bindparam("value"), Nonce.expires_at >= bindparam("now"))
+_NONCE_PRUNE = delete(Nonce).where(Nonce.expires_at < bindparam("now"))
 
 
 def spend_assertion(s: Session, assertion_id: str, expires_at: int) -> bool:
