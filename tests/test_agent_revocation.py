@@ -41,13 +41,13 @@ def mp_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def crl_downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every CRL download the agent starts (the real client still does it)."""
     started: list[str] = []
-    real = agent_network.httpclient.client
+    real = agent_network.crl_client
 
-    def counting(**kwargs: Any) -> httpx.Client:
+    def counting(*args: Any) -> httpx.Client:
         started.append("crl")
-        return real(**kwargs)
+        return real(*args)
 
-    monkeypatch.setattr(agent_network.httpclient, "client", counting)
+    monkeypatch.setattr(agent_network, "crl_client", counting)
     return started
 
 

@@ -9,6 +9,9 @@
   a revoked certificate with CRYPT_E_REVOKED;
 - an optional client certificate from a store (PKI client, Entra device certificate);
 - names mapped curl-style (`HOST:PORT:ADDR`) so URLs, SNI and name checks keep the real names.
+
+The clients are httpx clients (`H1Client`) on the lab's lean HTTP/1.1 transport (cmglab/wire/h1transport.py):
+the agent's CPU per request was mostly httpx's and httpcore's own Python (bench section 4).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from cmglab.agent.certstore import StoredCert
 from cmglab.agent.device import Device
 from cmglab.agent.settings import agent_settings
 from cmglab.wire import httpclient, tracing
+from cmglab.wire.h1transport import H1Client, H1Transport
 
 # Windows error codes the device's logs report
 CERT_E_UNTRUSTEDROOT = 0x800B0109
@@ -166,8 +170,9 @@ class RevocationChecker:
         self._http: httpx.Client | None = None  # CRL downloads of the chain walk under way
 
     def check_connection(self, tls: Any, host: str) -> None:
-        """The peer certificate of a TLS connection just made (httpcore's "ssl_object": an SSLObject, or the
-        socket's inner _ssl object, whose getpeercert takes its flag positionally); raises NetworkError."""
+        """The peer certificate of a TLS connection just made (the trace's "ssl_object": an SSL socket or
+        object, or a socket's inner _ssl object, whose getpeercert takes its flag positionally); raises
+        NetworkError."""
         der = tls.getpeercert(True) if tls is not None else None
         if not der:
             raise NetworkError(WININET_E_SECURE_FAILURE, f"{host} presented no certificate")
@@ -222,7 +227,7 @@ class RevocationChecker:
         error = ""
         try:
             if self._http is None:
-                self._http = httpclient.client(ctx=self.ctx, resolve=self.resolve, timeout=self.timeout)
+                self._http = crl_client(self.ctx, self.resolve, self.timeout)
             reply = self._http.get(url)
             if reply.status_code == 200:
                 data = reply.content
@@ -254,6 +259,11 @@ class RevocationChecker:
         return crl
 
 
+def crl_client(ctx: ssl.SSLContext, resolve: list[str], timeout: float) -> httpx.Client:
+    """The client of one chain walk's CRL downloads (plain HTTP, one keep-alive connection per host)."""
+    return H1Client(transport=H1Transport(ctx, httpclient.parse_resolve(resolve)), timeout=timeout)
+
+
 def _load_crl(data: bytes) -> x509.CertificateRevocationList | None:
     try:
         if data.lstrip().startswith(b"-----"):
@@ -264,8 +274,9 @@ def _load_crl(data: bytes) -> x509.CertificateRevocationList | None:
 
 
 def _on_handshake(checker: RevocationChecker, request: httpx.Request) -> Callable[[str, dict[str, Any]], None]:
-    """httpcore's trace hook: when a new connection's TLS handshake completes (before the request goes out on
-    it), its peer certificate's revocation is checked; a connection that fails the check is closed."""
+    """httpx's trace extension (as httpcore and H1Transport call it): when a new connection's TLS handshake
+    completes (before the request goes out on it), its peer certificate's revocation is checked; a connection
+    that fails the check is closed."""
     outer = request.extensions.get("trace")
     host = request.url.host
 
@@ -310,6 +321,7 @@ class DeviceNetwork:
         self.device = device
         self.crl_check = crl_check
         self.resolve = device.resolve(resolve)
+        self.hosts = httpclient.parse_resolve(self.resolve)
         self.timeout = timeout if timeout is not None else agent_settings().client_timeout
         self._checker: RevocationChecker | None = None
 
@@ -329,13 +341,12 @@ class DeviceNetwork:
 
     def transport(self, ctx: ssl.SSLContext) -> httpx.BaseTransport:
         """What sends the device's requests once revocation is checked (a fleet wraps it to watch them)."""
-        hosts = httpclient.parse_resolve(self.resolve)
-        return httpclient.HostMapTransport(hosts, lambda: httpx.HTTPTransport(verify=ctx))
+        return H1Transport(ctx, self.hosts)
 
     def client(self, client_cert: StoredCert | None = None) -> httpx.Client:
         inner = self.transport(self.ssl_context(client_cert))
         # every request carries W3C trace headers tagged with the device and its step (the lab console)
-        return httpx.Client(
+        return H1Client(
             transport=_CheckingTransport(inner, self.checker),
             timeout=self.timeout,
             event_hooks={"request": [tracing.httpx_hook(self.device.info.name)]},
