@@ -3,17 +3,20 @@ handshake when they must be, CRL checking on and off, and the lab's name mapping
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Request
 
 from cmglab.pki import builders as b
 from cmglab.runtime.certinfo import client_cert, describe
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import TLS, Listener, Service
+from cmglab.runtime.tls import PeerCertificate, server_context, tls_extension
 from cmglab.wire import httpclient
 from tests.support.lab import new_lab, reserve_ports
 from tests.support.threaded import ThreadedService
@@ -157,15 +160,59 @@ def test_resolve_entries_are_parsed_like_curl() -> None:
         httpclient.parse_resolve(["nonsense"])
 
 
-def test_the_tls_extension_builds_the_pem_chain_when_read() -> None:
-    """An idle connection keeps the DER only (issue 20); `client_cert_chain` is still the ASGI extension's field."""
-    import ssl
+def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> ssl.SSLObject:
+    """A real TLS handshake over memory BIOs; the server's SSL object."""
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="cmg.lab.test")
+    for _ in range(10):
+        done = 0
+        for side in (client, server):
+            try:
+                side.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if done == 2:
+            return server
+    raise AssertionError("handshake did not complete")
 
-    from cmglab.runtime.tls import TLSExtension
 
-    der = b"0\x03\x02\x01\x01"  # PEM is its base64: any bytes do
-    ext = TLSExtension([der], client_cert_der=der, tls_version="TLSv1.3", cipher=None)
-    assert "client_cert_chain" in ext and ext.get("missing") is None
-    assert ext.get("client_cert_chain") == ext["client_cert_chain"] == [ssl.DER_cert_to_PEM_cert(der)]
+def test_an_idle_connection_keeps_no_copy_of_its_certificate(tls_lab: Lab) -> None:
+    """Issue 20: the TLS extension and the peer certificate's dictionary (uvloop keeps it per connection) are read
+    from the SSL object when asked; what a request read goes when it ends. The values are the handshake's."""
+    ident = tls_lab.pki.server("cmg")
+    server_ctx = server_context(
+        certfile=ident.cert_path,
+        keyfile=ident.key_path,
+        client_cert="optional",
+        client_ca=tls_lab.pki.ca_bundle,
+        crl_files=[tls_lab.pki.crl_bundle],
+    )
+    assert server_ctx.options & ssl.OP_NO_RENEGOTIATION
+    device = tls_lab.pki.issue_client("idle-client")
+    der = device.cert().public_bytes(serialization.Encoding.DER)
+    client_ctx = httpclient.ssl_context(ca_bundle=tls_lab.pki.ca_bundle, client_cert=pair(device))
+    server = _handshake(server_ctx, client_ctx)
+
+    peercert = server.getpeercert()
+    assert isinstance(peercert, PeerCertificate) and peercert == ssl.SSLObject.getpeercert(server)
+    assert dict(peercert["subject"][-1])["commonName"] == "idle-client"
+    ext = tls_extension(server)
+    assert len(ext) == 0 and "client_cert_der" in ext and "client_cert_chain" in ext  # nothing kept until read
+    assert ext  # present (`if not tls` tells plain HTTP) though nothing is read yet
+    assert ext["client_cert_der"] == der and ext.get("client_cert_der") is ext["client_cert_der"]  # once a request
+    assert ext["client_cert_chain"] == [ssl.DER_cert_to_PEM_cert(der)]
+    assert ext["tls_version"] == server.version() and ext["cipher"] == server.cipher()[0]
+    assert ext.get("missing") is None and "missing" not in ext
     with pytest.raises(KeyError):
         ext["missing"]
+    ext.release()
+    assert len(ext) == 0 and ext["client_cert_der"] == der
+
+    anonymous = _handshake(server_ctx, httpclient.ssl_context(ca_bundle=tls_lab.pki.ca_bundle))
+    assert anonymous.getpeercert() is None and anonymous.getpeercert(True) is None
+    ext = tls_extension(anonymous)
+    assert ext.get("client_cert_der") is None and ext["client_cert_chain"] == []

@@ -33,6 +33,8 @@ from typing import Any
 import h11
 import httptools
 
+from cmglab.runtime.idle import Deadlines, Slot
+
 log = logging.getLogger("cmglab.limits")
 
 CLOSE = (b"connection", b"close")
@@ -71,6 +73,7 @@ class _HeadLimitsMixin:
     """For uvicorn's HTTP protocols: counts each request head's bytes before the parser sees them."""
 
     limits: Limits
+    deadlines: Deadlines  # the listener's (runtime/server.py)
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     client: tuple[str, int] | None
@@ -78,7 +81,7 @@ class _HeadLimitsMixin:
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Slot | None = None  # the head or idle deadline's slot (idle.py: no timer per connection)
         self._head_reset()
         self._arm(self.limits.idle_timeout)
         self._inner_app, self.app = self.app, self._app_closing_early_replies  # uvicorn reads self.app per request
@@ -116,11 +119,11 @@ class _HeadLimitsMixin:
 
     def _arm(self, delay: float) -> None:
         self._disarm()
-        self._timer = self.loop.call_later(delay, self._timed_out)
+        self._timer = self.deadlines.arm(self, self.loop, delay)
 
     def _disarm(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            self.deadlines.disarm(self, self._timer)
             self._timer = None
 
     def _head_reset(self) -> None:
@@ -131,7 +134,7 @@ class _HeadLimitsMixin:
         self._reading_head = False
         self._disarm()
 
-    def _timed_out(self) -> None:
+    def timed_out(self) -> None:
         self._timer = None
         if self.transport.is_closing():
             return

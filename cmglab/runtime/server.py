@@ -24,6 +24,7 @@ from cmglab.core.settings import Settings
 from cmglab.runtime import sockets, workers
 from cmglab.runtime.acceptor import Acceptor, Budget
 from cmglab.runtime.anyverb import AnyMethodMixin
+from cmglab.runtime.idle import Deadlines
 from cmglab.runtime.limits import H11HeadLimits, HttpToolsHeadLimits, Limits, limit_body
 from cmglab.runtime.tls import (
     Admit,
@@ -182,7 +183,8 @@ def _config(listener: Listener, access_log: bool, limits: Limits) -> uvicorn.Con
 
         kwargs["ssl_context_factory"] = factory
     base = _PROTOCOLS[listener.http]
-    protocol: type = type(base.__name__, (base,), {"limits": limits})  # this listener's limits
+    # this listener's limits, and its connections' head and idle deadlines (one timer per slot of time)
+    protocol: type = type(base.__name__, (base,), {"limits": limits, "deadlines": Deadlines()})
     if listener.admit is not None:
         protocol = type(base.__name__, (AdmitAtHandshake, protocol), {"admit": staticmethod(listener.admit)})
     return uvicorn.Config(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 from cmglab.runtime.connection import CONNECTION_EXTENSION, ConnectionState
+from cmglab.runtime.idle import LeanFlowControl, Pipeline
 
 log = logging.getLogger("cmglab.tls")
 
@@ -39,7 +40,43 @@ Admit = Callable[[bytes | None, str], bool]
 _VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
+class PeerCertificate(Mapping[str, Any]):
+    """`getpeercert()`'s dictionary, decoded from the connection's certificate when first read. uvloop asks every
+    server-side connection for it at the end of its handshake and keeps it in the transport's extra info: ~2 KB
+    and 31 objects per idle keep-alive connection that nothing here reads (issue 20). The certificate it decodes
+    is the one OpenSSL verified at the handshake (renegotiation is off: `server_context`)."""
+
+    __slots__ = ("_decoded", "_sslobj")
+
+    def __init__(self, sslobj: ssl.SSLObject) -> None:
+        self._sslobj = sslobj
+        self._decoded: dict[str, Any] | None = None
+
+    def _cert(self) -> dict[str, Any]:
+        if self._decoded is None:
+            self._decoded = dict(ssl.SSLObject.getpeercert(self._sslobj) or {})
+        return self._decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._cert()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cert())
+
+    def __len__(self) -> int:
+        return len(self._cert())
+
+    def __repr__(self) -> str:
+        return repr(self._cert())
+
+
 class LoggingSSLObject(ssl.SSLObject):
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """As ssl.SSLObject's (None without a peer certificate), the dictionary form decoded when read."""
+        if binary_form or self.context.verify_mode == ssl.CERT_NONE or super().getpeercert(True) is None:
+            return super().getpeercert(binary_form)
+        return PeerCertificate(self)
+
     def do_handshake(self) -> None:
         try:
             super().do_handshake()
@@ -113,6 +150,8 @@ def server_context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(certfile), str(keyfile))
     ctx.verify_mode = _VERIFY[client_cert]
+    # the peer certificate a request reads (TLSExtension, read when asked) is the handshake's, verified as above
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     if client_cert != "none":
         if client_ca is None:
             raise ValueError("a listener that takes client certificates needs client_ca")
@@ -125,41 +164,56 @@ def server_context(
 
 
 class TLSExtension(dict[str, Any]):
-    """One connection's ASGI TLS extension. `client_cert_chain` (PEM, the extension's field) is built when first
-    read: the lab's own readers take `client_cert_der`, and an idle keep-alive connection (a CMG holds thousands)
-    should not keep a PEM copy of its certificate besides the DER (issue 20)."""
+    """One connection's ASGI TLS extension (`client_cert_chain`, PEM, the extension's field; `client_cert_der`,
+    `tls_version`, `cipher`), each read from the connection's SSL object when a request first asks for it and kept
+    until that request ends (`release`): an idle keep-alive connection (a CMG holds thousands) keeps no copy of its
+    certificate, only the SSL object the transport holds anyway (issue 20). The certificate is the one OpenSSL
+    verified at the handshake (renegotiation is off: `server_context`)."""
 
-    CHAIN = "client_cert_chain"
+    __slots__ = ("_ssl",)
+    FIELDS = frozenset({"client_cert_chain", "client_cert_der", "tls_version", "cipher"})
 
-    def __init__(self, chain_der: list[bytes], **fields: Any) -> None:
-        super().__init__(**fields)
-        self._chain_der = chain_der
+    def __init__(self, ssl_object: ssl.SSLObject) -> None:
+        super().__init__()
+        self._ssl = ssl_object
 
     def __missing__(self, key: str) -> Any:
-        if key != self.CHAIN:
+        if key not in self.FIELDS:
             raise KeyError(key)
-        value = self[key] = [ssl.DER_cert_to_PEM_cert(c) for c in self._chain_der]
+        tls = self._ssl
+        if key == "client_cert_der":
+            value: Any = tls.getpeercert(binary_form=True)
+        elif key == "client_cert_chain":
+            value = [ssl.DER_cert_to_PEM_cert(c) for c in self._chain_der()]
+        elif key == "tls_version":
+            value = tls.version()
+        else:
+            value = (tls.cipher() or (None,))[0]
+        self[key] = value
         return value
 
+    def _chain_der(self) -> list[bytes]:
+        der = self["client_cert_der"]
+        if der and hasattr(self._ssl, "get_verified_chain"):  # Python >= 3.13
+            return list(self._ssl.get_verified_chain())
+        return [der] if der else []
+
     def __contains__(self, key: object) -> bool:
-        return key == self.CHAIN or super().__contains__(key)
+        return key in self.FIELDS or super().__contains__(key)
+
+    def __bool__(self) -> bool:  # a TLS connection's extension, read or not yet (`if not tls` means plain HTTP)
+        return True
 
     def get(self, key: str, default: Any = None) -> Any:
         return self[key] if key in self else default  # noqa: SIM401 (dict.get skips __missing__)
 
+    def release(self) -> None:
+        """The request is over: the fields read for it go (the next request reads them again)."""
+        self.clear()
 
-def tls_extension(ssl_object: ssl.SSLObject) -> dict[str, Any]:
-    der = ssl_object.getpeercert(binary_form=True)
-    if der and hasattr(ssl_object, "get_verified_chain"):  # Python >= 3.13
-        chain = list(ssl_object.get_verified_chain())
-    else:
-        chain = [der] if der else []
-    return TLSExtension(
-        chain,
-        client_cert_der=der,
-        tls_version=ssl_object.version(),
-        cipher=(ssl_object.cipher() or (None,))[0],
-    )
+
+def tls_extension(ssl_object: ssl.SSLObject) -> TLSExtension:
+    return TLSExtension(ssl_object)
 
 
 class _TLSScopeMixin:
@@ -167,6 +221,11 @@ class _TLSScopeMixin:
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        me: Any = self
+        if isinstance(self, (H11Protocol, HttpToolsProtocol)):  # nothing holds uvicorn's yet: no request began
+            me.flow = LeanFlowControl(transport)
+        if isinstance(self, HttpToolsProtocol):
+            me.pipeline = Pipeline()
         ssl_object = transport.get_extra_info("ssl_object")
         tls = tls_extension(ssl_object) if ssl_object is not None else None  # plain HTTP: no TLS extension
         state = self._connection_state = ConnectionState()
@@ -177,7 +236,11 @@ class _TLSScopeMixin:
             extensions[CONNECTION_EXTENSION] = state
             if tls is not None:
                 extensions["tls"] = tls
-            await inner(scope, receive, send)
+            try:
+                await inner(scope, receive, send)
+            finally:
+                if tls is not None:
+                    tls.release()
             self._release_request(scope)
 
         self.app = app_with_connection  # per connection; uvicorn reads self.app for every request
@@ -198,9 +261,13 @@ class _TLSScopeMixin:
             return
         cycle.scope = None  # read only by the cycle's send (access log) before the reply completes
         # h11: once our side is DONE (or the next cycle IDLE), a late body's events skip the cycle and a new
-        # request makes its own, so the finished cycle (its events, body buffer) goes too; httptools' callbacks
-        # read the last cycle unguarded, so it stays there
-        if isinstance(self, H11Protocol) and me.conn.our_state in (h11.DONE, h11.IDLE):
+        # request makes its own, so the finished cycle (its events, body buffer) goes too. httptools: its body and
+        # message-complete callbacks read the current message's cycle unguarded, so the cycle goes only once llhttp
+        # completed its message (more_body False: no late body can follow); the next head makes a new cycle, and
+        # every other reader checks for None (issue 20: ~2 KB per idle connection)
+        h11_done = isinstance(self, H11Protocol) and me.conn.our_state in (h11.DONE, h11.IDLE)
+        llhttp_done = isinstance(self, HttpToolsProtocol) and me.cycle is cycle and not cycle.more_body
+        if h11_done or llhttp_done:
             me.cycle = None
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from cmglab.core.settings import Settings
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.server import FD_HEADROOM
 from cmglab.services.cmg.connector import RESERVED_CONNECTIONS
@@ -164,22 +165,32 @@ async def _measure(lab: Lab, cmg_pid: int, count: int, duration: float) -> dict[
     }
 
 
+def files_needed(target: int) -> int:
+    """The open-files limit with which `target` connections can really be held: the CMG's (its own descriptors,
+    its connector's reserve, the latency connections) and the bench's, which holds the client ends."""
+    cmg = target + FD_HEADROOM + RESERVED_CONNECTIONS + LATENCY_CONNECTIONS + CMG_SPARE
+    return max(cmg, target + SPARE_FILES)
+
+
 def connections_section(lab: Lab, target: int, duration: float, nofile: int) -> dict[str, Any]:
     # the bench process holds the client ends; the CMG (same hard limit) keeps FD_HEADROOM for itself and
     # RESERVED_CONNECTIONS for its connector, and must still take the latency runs' connections
     cmg_room = nofile - FD_HEADROOM - RESERVED_CONNECTIONS - LATENCY_CONNECTIONS - CMG_SPARE
     count = min(target, nofile - SPARE_FILES, cmg_room)
-    env = {"CMGLAB_IDLE_TIMEOUT": str(HELD_IDLE_TIMEOUT)}
+    # the CMG's own cap (CMGLAB_MAX_CONNECTIONS, 20,000 by default) must take the latency runs' connections too
+    cap = max(Settings().max_connections, count + LATENCY_CONNECTIONS + CMG_SPARE)
+    env = {"CMGLAB_IDLE_TIMEOUT": str(HELD_IDLE_TIMEOUT), "CMGLAB_MAX_CONNECTIONS": str(cap)}
     with running(lab, "pki", "management-point", "cmg", "cmg-connection-point", env=env) as procs:
         cmg_pid = pids(procs)["cmg"]
         result = asyncio.run(_measure(lab, cmg_pid, count, duration))
     s = result["summary"]
     limited = (
-        f" The target was {target:,}; RLIMIT_NOFILE's hard limit here ({nofile:,}, for the bench and the CMG, "
-        f"which keeps {FD_HEADROOM} descriptors for itself and {RESERVED_CONNECTIONS} connections for its connector) "
-        f"allowed {count:,}."
+        f" The target was {target:,}; RLIMIT_NOFILE here ({nofile:,}, for the bench and the CMG, which keeps "
+        f"{FD_HEADROOM} descriptors for itself and {RESERVED_CONNECTIONS} connections for its connector) allowed "
+        f"{count:,}: holding {target:,} needs a limit of {files_needed(target):,}, and this process may not raise "
+        f"its hard limit (no CAP_SYS_RESOURCE; /proc/sys/fs/nr_open is {procinfo.nr_open():,})."
         if count < target
-        else ""
+        else f" RLIMIT_NOFILE: {nofile:,} (the bench raises it for the target where the system allows)."
     )
     return {
         "title": f"5. Keep-alive client connections held by one CMG process (target {target:,})",
@@ -190,7 +201,8 @@ def connections_section(lab: Lab, target: int, duration: float, nofile: int) -> 
         f"growth per connection the CMG holds (min of held and established_at_cmg: a connection the CMG closed "
         f"is never counted). Every service of this section (PKI, MP, CMG, connection point) runs with "
         f"CMGLAB_IDLE_TIMEOUT={HELD_IDLE_TIMEOUT} s here (IIS's and the lab's default: 120 s) so that opening "
-        f"does not outlast the CMG's (the one holding the connections). Latency: "
+        f"does not outlast the CMG's (the one holding the connections), and the CMG's CMGLAB_MAX_CONNECTIONS at "
+        f"{cap:,}. Latency: "
         f"{LATENCY_CONNECTIONS} other keep-alive connections, "
         f"{duration:g} s per request kind, with none and with {s['held']:,} held. CMG, connection "
         f"point and MP on CPU {SERVER_CPU}, client on CPU {LOAD_CPU}.{limited}",

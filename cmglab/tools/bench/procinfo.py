@@ -29,9 +29,27 @@ def peak_rss_mb(pid: int) -> float:
     return round(_status_kb(pid, "VmHWM") / 1024, 1)
 
 
-def lift_nofile() -> int:
-    """The soft open-files limit up to the hard one (thousands of sockets); returns the new limit."""
+def nr_open() -> int:
+    """The kernel's ceiling for a process's open-files limit (/proc/sys/fs/nr_open)."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def lift_nofile(want: int = 0) -> int:
+    """The open-files limit for thousands of sockets (the services started afterwards inherit it): soft and hard
+    raised to `want` (at most nr_open) where this process may raise its hard limit (root with CAP_SYS_RESOURCE),
+    else the soft limit up to the hard one. Returns the limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(want, nr_open() or want)
+    if target > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+            return target
+        except (ValueError, OSError):  # not allowed here: the hard limit stands
+            pass
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard

@@ -268,7 +268,8 @@ def run(lab: Lab, out_dir: Path, opts: Options, *, port: int, pool: Path) -> tup
     """Every section in turn, each within its budget; `pool` is the fleet's key pool file (made or grown when
     too small). Returns the report's paths and the sections that failed (also in the report)."""
     pin_self()
-    nofile = procinfo.lift_nofile()  # before the services start: they inherit it (the CMG holds `hold` sockets)
+    # before the services start: they inherit it (the CMG holds `hold` sockets, the bench their client ends)
+    nofile = procinfo.lift_nofile(max(held.files_needed(opts.hold), opts.storm + storm.SPARE_FILES))
     guard = Guard()
     budget = budgets(opts)
     sections: dict[str, Any] = {

@@ -1,0 +1,84 @@
+"""The per-connection stand-ins of runtime/idle.py (issue 20: memory per idle keep-alive connection): deadlines by
+slots of time are never early and share a timer, a disarmed one never fires; flow control makes its event only
+while writing is paused; the pipeline keeps uvicorn's order. The listeners that use them are exercised on real
+sockets by test_listener_limits.py (idle, head and trickle timeouts) and test_any_method_protocol.py (pipelining)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from cmglab.runtime.idle import Deadlines, LeanFlowControl, Pipeline
+
+
+class Owner:
+    def __init__(self, loop: asyncio.AbstractEventLoop, done: asyncio.Event, expected: int, fired: list[Any]) -> None:
+        self.loop, self.done, self.expected, self.fired = loop, done, expected, fired
+        self.armed_at = loop.time()
+
+    def timed_out(self) -> None:
+        self.fired.append((self, self.loop.time()))
+        if len(self.fired) == self.expected:
+            self.done.set()
+
+
+def test_deadlines_are_never_early_share_a_timer_and_a_disarmed_one_never_fires() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines, done = Deadlines(), asyncio.Event()
+        fired: list[tuple[Owner, float]] = []
+        delay = 0.3
+        owners = [Owner(loop, done, 99, fired) for _ in range(100)]
+        slots = [deadlines.arm(o, loop, delay) for o in owners]
+        assert deadlines.pending() <= 2  # armed within one slot's width (delay / 128) or two: not 100 timers
+        deadlines.disarm(owners[0], slots[0])
+        await asyncio.wait_for(done.wait(), 30)
+        assert owners[0] not in {o for o, _ in fired} and len(fired) == 99
+        # never early (within the loop timers' own millisecond precision)
+        assert all(at >= o.armed_at + delay - 0.002 for o, at in fired)
+        assert deadlines.pending() == 0
+
+        lone, again = Owner(loop, asyncio.Event(), 1, []), Owner(loop, asyncio.Event(), 1, [])
+        deadlines.disarm(lone, deadlines.arm(lone, loop, 0.05))
+        deadlines.disarm(again, deadlines.arm(again, loop, 0.05))  # a request's head timeout, armed and disarmed
+        assert deadlines.pending() <= 2  # the emptied slot waits for its one timer: none added per arming
+        while deadlines.pending():
+            await asyncio.sleep(0.02)
+        assert lone.fired == again.fired == []
+
+    asyncio.run(scenario())
+
+
+class _Transport:
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_flow_control_makes_its_event_only_while_writing_is_paused() -> None:
+    async def scenario() -> None:
+        flow = LeanFlowControl(_Transport())  # type: ignore[arg-type]
+        await asyncio.wait_for(flow.drain(), 5)  # writable: returns at once
+        assert flow._writable is None
+        flow.pause_writing()
+        assert flow.write_paused and flow._writable is not None
+        waiting = asyncio.create_task(flow.drain())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        flow.resume_writing()
+        await asyncio.wait_for(waiting, 5)
+        assert not flow.write_paused and flow._writable is None
+
+    asyncio.run(scenario())
+
+
+def test_the_pipeline_keeps_uvicorns_order() -> None:
+    ours, theirs = Pipeline(), deque[int]()
+    for i in range(5):
+        ours.appendleft(i)
+        theirs.appendleft(i)
+    assert bool(ours) and [ours.pop() for _ in range(5)] == [theirs.pop() for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert not ours
