@@ -45,6 +45,10 @@ STORM_BEFORE = (
     "connection; main and the commits since 08396d1 (6 runs) vs the change (3 runs), load average 17-40"
 )
 HELD_20K = "section 5 alone, target 20,000 (19,680 and 19,660 held), the commit before vs the change, load 12-24"
+IDLE_BEFORE = (
+    "2,000 held (the bench's open_held, mutual TLS, one AADAuthInfo each), the CMG in a process of its own with "
+    "CMGLAB_IDLE_TIMEOUT=900, its RSS growth per connection: main 228e12f vs the change, load average 16-20"
+)
 MEMORY_FIXES: tuple[tuple[str, float, float, str], ...] = (
     (
         "the finished request's scope and headers let go once its reply is out; the TLS extension's PEM chain "
@@ -68,17 +72,29 @@ MEMORY_FIXES: tuple[tuple[str, float, float, str], ...] = (
         1.0,
         STORM_BEFORE,
     ),
+    (
+        "an idle keep-alive connection keeps no copy of its certificate: uvloop's peer-certificate dictionary and "
+        "the ASGI TLS extension's fields read from the SSL object when asked (renegotiation off: the handshake's); "
+        "httptools' finished cycle let go once llhttp completed its message; uvicorn's per-connection Event and "
+        "pipeline deque replaced; the head and idle timeouts by slots of time, one loop timer per slot instead of "
+        "one per connection (cmglab/runtime/tls.py, idle.py, limits.py)",
+        52.3,
+        45.4,
+        IDLE_BEFORE,
+    ),
 )
-# what the rest is (/work/notes/perfmem.md has the measurements)
+# what the rest is (/work/notes/perfmem.md and perfmem2.md have the measurements)
 MEMORY_SPLIT = (
     "Where an idle mutual-TLS connection's memory is (CMG, 2,000 held, measured by hand): OpenSSL with CPython's "
     "SSLObject and uvloop's two memory BIOs ~32.6 KB of heap (18.7 KB without a client certificate: the client's "
     "certificate and issuing CA, parsed per connection, cost ~14 KB; the BIOs keep buffers the size of the "
     "largest handshake flight, ~9 KB; SSL_MODE_RELEASE_BUFFERS is already set by CPython, no session is cached), "
-    "uvloop's 256 KiB read buffer 1 resident page (4 KB), uvloop's transport with the certificate as a dict "
-    "(~2 KB), uvicorn's protocol, h11 state, the idle timer (~1.6 KB) and the runtime's per-connection objects "
-    "(Python objects per connection, tracemalloc: 18.7 KB before the fixes, 11.1 KB after). The 32 KB goal is "
-    "below what OpenSSL alone keeps for a connection with a client certificate."
+    "uvloop's 256 KiB read buffer 1 resident page (4 KB), uvicorn's protocol (its instance dictionary ~1.5 KB: "
+    "past 30 attributes Python gives it a 128-slot table), the llhttp parser with its bound callbacks (~0.9 KB) "
+    "and the runtime's per-connection objects (Python objects per connection, tracemalloc: 18.7 KB before the "
+    "fixes, ~11 KB after the first two, less since the certificate dictionary (~2 KB), the idle timer (~1.6 KB), "
+    "the finished llhttp cycle (~2 KB) and uvicorn's deques went). The 32 KB goal is below what OpenSSL alone "
+    "keeps for a connection with a client certificate."
 )
 MIN_SECONDS = 3.0  # fewer samples than this say little
 ONBOARDING = "whole onboarding (section 4, smallest fleet): the devices' CPU"
