@@ -564,3 +564,26 @@ def test_a_chunked_trailer_never_joins_the_headers_and_is_bounded(http: Protocol
             reply = read_reply(s)
             assert attack.status(reply) in (400, 431), reply[:300]  # the any-method listener's own bound: 400
             assert closed_within(s, 15)
+
+
+@pytest.mark.parametrize("http", ["httptools", "any-method"])
+@pytest.mark.parametrize("endless", [b"1;ext=", b"1\r\nx\r\n0\r\nX-T: "], ids=["extension", "trailer-line"])
+def test_an_endless_chunk_extension_or_trailer_line_is_cut(http: Protocol, endless: bytes) -> None:
+    """llhttp bounds neither a chunk extension nor a trailer line (httptools buffers the line whole): 60 MB of either
+    once went in on an httptools listener without a byte counted (+56 MB of memory for the line). Past
+    max_header_bytes (plus a little per chunk) the request is refused and the connection closed."""
+    port = reserve_ports(1)[0]
+    method = b"CCM_POST" if http == "any-method" else b"POST"
+    head = method + b" /x HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: chunked\r\n\r\n"
+    service = Service("framing", [Listener("framing", body_length, port, http=http)])
+    with ThreadedService(service), socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(head + endless)
+        sent, refused = 0, False
+        while sent < 16 * 2**20 and not refused:
+            try:
+                s.sendall(b"a" * 65536)
+                sent += 65536
+            except OSError:
+                refused = True
+        assert refused or closed_within(s, 15), f"{sent} bytes taken"
+        assert sent < 4 * 2**20, f"{sent} bytes taken before the refusal"

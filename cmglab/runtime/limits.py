@@ -18,7 +18,8 @@
   services'): each chunk costs a Python callback whatever its size, so a million one-byte chunks (1 MB, under the
   byte cap) once cost seconds of CPU.
 - A chunked body's trailer fields are dropped (uvicorn appended them to the request's headers, without bound);
-  past `max_header_bytes` of them the request answers 431.
+  past `max_header_bytes` of them, or of chunk framing (size lines, extensions, a trailer line llhttp buffers
+  whole) beyond FRAMING_PER_CHUNK per chunk, the request answers 431.
 
 Every refusal is logged (`cmglab.limits`) with the peer and the listener.
 """
@@ -219,10 +220,34 @@ class _HeadLimitsMixin:
             self._head_within_limits(pending)
 
 
+FRAMING_PER_CHUNK = 64  # a chunk's size line and the CRLF after its data, with room for a short extension
+
+
 class HttpToolsHeadLimits(_HeadLimitsMixin):
     _chunks = 0  # chunk headers of the message being read (llhttp's on_chunk_header: the last, empty chunk too)
     _trailer: int | None = None  # None in a head; else the chunked trailer's bytes so far (the head is complete)
     _body_refusal: tuple[int, str] | None = None  # the body refused while read (chunk cap, trailer): not a plain 400
+    # a chunked body's bytes read that were not its data (size lines, extensions, trailer): llhttp bounds none, and
+    # httptools buffers a trailer line whole; at most max_header_bytes plus FRAMING_PER_CHUNK per chunk
+    _framing = 0
+    _in_body = False  # after a head (not an upgrade's) until the next message begins: its reads are counted
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_body:
+            self._framing += len(data)
+        super().data_received(data)
+        if (
+            self._in_body
+            and self._framing > self.limits.max_header_bytes + FRAMING_PER_CHUNK * self._chunks
+            and self._body_refusal is None
+            and not self.transport.is_closing()
+        ):
+            self._body_refusal = (431, f"chunk framing or trailer of over {self.limits.max_header_bytes} bytes")
+            self.send_400_response("chunk framing too large")
+
+    def on_body(self, body: bytes) -> None:
+        self._framing -= len(body)
+        super().on_body(body)  # type: ignore[misc]
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._trailer is None:
@@ -236,14 +261,16 @@ class HttpToolsHeadLimits(_HeadLimitsMixin):
             raise httptools.HttpParserError("chunked trailer too large")
 
     def on_message_begin(self) -> None:
-        self._trailer = None
+        self._trailer, self._in_body = None, False
         super().on_message_begin()  # type: ignore[misc]
 
     def on_headers_complete(self) -> None:
         self._head_done()
-        self._chunks = 0
+        self._chunks = self._framing = 0
         self._trailer = 0
-        if self.parser.should_upgrade() and not self._should_upgrade():
+        upgrade = self.parser.should_upgrade()
+        self._in_body = not upgrade  # a WebSocket's frames are not this message's body
+        if upgrade and not self._should_upgrade():
             # an upgrade uvicorn does not serve (anything but a WebSocket, or CONNECT): llhttp stops at the head, so
             # uvicorn dropped the body or, arriving in a later read, parsed it as the next request (smuggling)
             log.warning(
