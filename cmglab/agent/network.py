@@ -16,6 +16,7 @@ the agent's CPU per request was mostly httpx's and httpcore's own Python (bench 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ssl
 import threading
@@ -122,8 +123,6 @@ def _remember(cache: Path, fetched: _Fetched) -> None:
 # store (`cmglab device break root`) gets a new context. Building one costs ~1.5 ms of CPU (OpenSSL's context,
 # the bundle parsed); an onboarding asks five. Never changed once made (SSLContext is safe to share for wrapping).
 TRUST_CONTEXTS_MAX = 16
-_TRUST_CONTEXTS: OrderedDict[bytes, ssl.SSLContext] = OrderedDict()
-_TRUST_CONTEXTS_LOCK = threading.Lock()
 
 
 def _new_context(bundle: bytes, client_cert: StoredCert | None) -> ssl.SSLContext:
@@ -137,18 +136,9 @@ def _new_context(bundle: bytes, client_cert: StoredCert | None) -> ssl.SSLContex
     return ctx
 
 
+@functools.lru_cache(maxsize=TRUST_CONTEXTS_MAX)  # thread-safe; two threads may both build one, harmless
 def _trust_context(bundle: bytes) -> ssl.SSLContext:
-    with _TRUST_CONTEXTS_LOCK:
-        ctx = _TRUST_CONTEXTS.get(bundle)
-        if ctx is not None:
-            _TRUST_CONTEXTS.move_to_end(bundle)
-            return ctx
-    ctx = _new_context(bundle, None)
-    with _TRUST_CONTEXTS_LOCK:
-        _TRUST_CONTEXTS[bundle] = ctx
-        while len(_TRUST_CONTEXTS) > TRUST_CONTEXTS_MAX:
-            _TRUST_CONTEXTS.popitem(last=False)
-    return ctx
+    return _new_context(bundle, None)
 
 
 def _stat_key(path: Path) -> tuple[int, int] | None:

@@ -29,6 +29,7 @@ generators and its cookie bookkeeping when there is nothing to keep.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import select
@@ -36,7 +37,6 @@ import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -336,23 +336,12 @@ def _says_close(headers: list[tuple[bytes, bytes]]) -> bool:
 
 _HTTPX_LOG = logging.getLogger("httpx")
 URLS_MAX = 512  # distinct URL strings kept parsed (a fleet's devices ask the same few dozen)
-_URLS: OrderedDict[str, httpx.URL] = OrderedDict()
-_URLS_LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=URLS_MAX)  # thread-safe
 def parsed_url(url: str) -> httpx.URL:
     """httpx.URL(url), parsed once per process (an httpx.URL is immutable: its copy_* methods make new ones)."""
-    with _URLS_LOCK:
-        parsed = _URLS.get(url)
-        if parsed is not None:
-            _URLS.move_to_end(url)
-            return parsed
-    parsed = httpx.URL(url)
-    with _URLS_LOCK:
-        _URLS[url] = parsed
-        while len(_URLS) > URLS_MAX:
-            _URLS.popitem(last=False)
-    return parsed
+    return httpx.URL(url)
 
 
 class H1Client(httpx.Client):

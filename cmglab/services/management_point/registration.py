@@ -256,11 +256,9 @@ def _token_registrant(mp: Parts, claims: dict[str, Any], who: Registrant) -> Reg
     raise RegistrationRefused(f"a CCM token from a {issued.proof} proof cannot register a client")
 
 
-def _admit_plain(mp: Parts, u: SiteUnit, who: Registrant, settings: SiteSettings) -> Outcome | None:
-    """`_admit` for a request with no conflicting record (a new client, or the record's owner), in one plain-SQL
-    unit of work; None, with nothing written, when the proposed record belongs to someone else."""
-    existing = u.client(who.proposed) if who.proposed else None
-    owner = existing is not None and admission.same_owner(
+def _owned_by(existing: Client | ClientKeys | None, who: Registrant) -> bool:
+    """The proposed record exists and the request comes from its owner (both ways of admitting ask this)."""
+    return existing is not None and admission.same_owner(
         record_signing=existing.signing_thumbprint,
         record_aad_device=existing.aad_device_id,
         record_pki=existing.pki_thumbprint,
@@ -269,21 +267,40 @@ def _admit_plain(mp: Parts, u: SiteUnit, who: Registrant, settings: SiteSettings
         aad_device=who.aad_device,
         pki=who.pki_tp,
     )
-    if existing is not None and not owner:
-        return None
-    blocked = u.bulk_blocked(who.bulk_guid) if who.bulk_guid is not None else None
-    decision = admission.admit(
+
+
+def _decide(
+    who: Registrant,
+    settings: SiteSettings,
+    existing: Client | ClientKeys | None,
+    owner: bool,
+    resolution: ConflictStatus | None,
+    bulk_blocked: bool | None,
+) -> admission.Decision:
+    """The site's decision on this request; BULK_BLOCKED None: the bulk token is unknown (refused as blocked)."""
+    return admission.admit(
         admission.Request(
             kind=who.kind,
             auto_approve=settings.auto_approve,
             existing_approval=existing.approval if existing is not None else None,
             same_owner=owner,
             conflicts=settings.conflicting_records,
-            resolution=None,
-            token_blocked=who.bulk_guid is not None and (blocked is None or blocked),
+            resolution=resolution,
+            token_blocked=who.bulk_guid is not None and (bulk_blocked is None or bulk_blocked),
             entra=who.entra,
         )
     )
+
+
+def _admit_plain(mp: Parts, u: SiteUnit, who: Registrant, settings: SiteSettings) -> Outcome | None:
+    """`_admit` for a request with no conflicting record (a new client, or the record's owner), in one plain-SQL
+    unit of work; None, with nothing written, when the proposed record belongs to someone else."""
+    existing = u.client(who.proposed) if who.proposed else None
+    owner = _owned_by(existing, who)
+    if existing is not None and not owner:
+        return None
+    blocked = u.bulk_blocked(who.bulk_guid) if who.bulk_guid is not None else None
+    decision = _decide(who, settings, existing, owner, None, blocked)
     if decision.action is admission.Action.REFUSE:
         raise RegistrationRefused(decision.reason)
     if decision.action not in (admission.Action.CREATE, admission.Action.UPDATE):  # only with a conflict
@@ -321,29 +338,11 @@ def _values(who: Registrant, approval: int, existing: ClientKeys | None) -> dict
 def _admit(mp: Parts, s: Session, who: Registrant, settings: SiteSettings) -> Outcome:
     """One attempt, inside the store's transaction: read the proposed record, decide, write."""
     existing = s.get(Client, who.proposed) if who.proposed else None
-    owner = existing is not None and admission.same_owner(
-        record_signing=existing.signing_thumbprint,
-        record_aad_device=existing.aad_device_id,
-        record_pki=existing.pki_thumbprint,
-        kind=who.kind,
-        signing=who.signing_tp,
-        aad_device=who.aad_device,
-        pki=who.pki_tp,
-    )
+    owner = _owned_by(existing, who)
     conflict = _conflict(s, existing.sms_id, who.signing_tp) if existing is not None and not owner else None
     bulk = s.get(BulkToken, who.bulk_guid) if who.bulk_guid is not None else None
-    decision = admission.admit(
-        admission.Request(
-            kind=who.kind,
-            auto_approve=settings.auto_approve,
-            existing_approval=existing.approval if existing is not None else None,
-            same_owner=owner,
-            conflicts=settings.conflicting_records,
-            resolution=ConflictStatus(conflict.status) if conflict is not None else None,
-            token_blocked=who.bulk_guid is not None and (bulk is None or bulk.blocked),
-            entra=who.entra,
-        )
-    )
+    resolution = ConflictStatus(conflict.status) if conflict is not None else None
+    decision = _decide(who, settings, existing, owner, resolution, bulk.blocked if bulk is not None else None)
     log = mp.logs.registration
     if decision.action is admission.Action.REFUSE:
         raise RegistrationRefused(decision.reason)
