@@ -360,3 +360,29 @@ def test_client_errors_name_their_request() -> None:
     with H1Client(transport=H1Transport(None)) as c, pytest.raises(httpx.ConnectError) as e:
         c.get(f"http://127.0.0.1:{port}/nothing")
     assert e.value.request.url.path == "/nothing"
+
+
+def test_bytes_past_the_reply_never_join_it() -> None:
+    """A reply followed, in the same read, by bytes past its end (another reply, part of one, garbage): llhttp
+    parses on past the first message within one feed, and the second's status, header fields (a Set-Cookie the
+    client then kept) and body joined the first reply ("okevil"), its connection pooled. Now the first reply
+    stands as sent and its connection, out of step, is closed (as the connection point's MP client does)."""
+    tails = [
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=smuggled\r\nContent-Length: 4\r\n\r\nevil",
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=smuggled\r\n",  # part of a head: its whole lines joined too
+        b"garbage",
+    ]
+    accepted: list[int] = []
+
+    def handle(conn: socket.socket, n: int) -> None:
+        accepted.append(n)
+        while read_request(conn):
+            conn.sendall(OK + tails[min(n, len(tails) - 1)])  # one write: one read at the client
+
+    with server(handle) as (port, _), H1Client(transport=H1Transport(None)) as c:
+        for _ in tails:
+            reply = c.get(f"http://127.0.0.1:{port}/")
+            assert (reply.status_code, reply.text, reply.headers.get_list("content-length")) == (200, "ok", ["2"])
+            assert "set-cookie" not in reply.headers
+        assert not c.cookies
+    assert accepted == [0, 1, 2]  # never reused

@@ -75,6 +75,10 @@ class _Stream:
         self.sock.close()
 
 
+class _PastTheReply(Exception):
+    """Stops llhttp at bytes past the reply's end (another reply, part of one, garbage)."""
+
+
 class _Reply:
     """llhttp's callbacks for one reply; interim 1xx replies (other than 101) are skipped."""
 
@@ -89,6 +93,12 @@ class _Reply:
         self.status = 0
         self.keep_alive = False  # llhttp's verdict, read with the head (the parser resets once the reply ends)
         self.version = b"HTTP/1.1"
+        self.past = False  # llhttp began another message after this reply's end, within the same read
+
+    def on_message_begin(self) -> None:
+        if self.done:  # llhttp parses on past a reply's end within one feed: nothing after it may join it
+            self.past = True
+            raise _PastTheReply
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -288,7 +298,8 @@ def _send(sock: socket.socket, data: bytes, timeout: float | None) -> None:
 
 
 def _receive(sock: socket.socket, head_only: bool, timeout: float | None) -> tuple[_Reply, bool]:
-    """The reply, and whether its body ran to the connection's end (no length: not reusable)."""
+    """The reply, and whether its connection cannot carry another exchange (a body that ran to the connection's
+    end, or bytes past the reply)."""
     reply = _Reply(head_only)
     received = 0
     try:
@@ -316,6 +327,8 @@ def _receive(sock: socket.socket, head_only: bool, timeout: float | None) -> tup
             if not reply.head_done and received > MAX_HEAD_BYTES:
                 raise httpx.RemoteProtocolError("the reply head is too large")
     except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:  # nothing here asks for an Upgrade
+        if reply.past:  # the reply was whole before what followed it: it stands, its connection (out of step) goes
+            return reply, True
         raise httpx.RemoteProtocolError(f"malformed reply: {e}") from e
     return reply, False
 
