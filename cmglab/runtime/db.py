@@ -156,7 +156,8 @@ class Database:
     def bind(self, column: Any) -> Callable[[Any], Any]:
         """How SQLAlchemy writes COLUMN's values on this database (SQLite keeps a DateTime as text in its own
         format), for a value a `driver_unit` writes: the same bytes as an ORM write."""
-        process = column.type.bind_processor(self.engine.dialect)
+        dialect = self.engine.dialect  # the dialect's own type (SQLite's DATETIME): the generic one binds as is
+        process = column.type.dialect_impl(dialect).bind_processor(dialect)
         return process if process is not None else _same
 
     @contextmanager
