@@ -386,3 +386,37 @@ def test_bytes_past_the_reply_never_join_it() -> None:
             assert "set-cookie" not in reply.headers
         assert not c.cookies
     assert accepted == [0, 1, 2]  # never reused
+
+
+def test_the_name_checked_is_the_urls_own_for_an_idn(pki: dict[str, Path], tmp_path: Path) -> None:
+    """An internationalised name: httpx.URL.host is its Unicode form (faß.lab.test), which the ssl module and
+    getaddrinfo encode by IDNA 2003 (fass.lab.test, another name); the URL, the Host header and httpcore name
+    xn--fa-hia.lab.test (IDNA 2008). The transport once sent that other name as SNI and accepted its certificate."""
+    ca_key = builders.new_key()
+    ca = builders.self_signed_ca(ca_key, builders.name("H1 IDN Root"))
+    paths = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem"}
+    paths["ca"].write_bytes(builders.cert_pem(ca))
+
+    def serve_as(name: str) -> None:
+        key = builders.new_key()
+        cert = builders.leaf(
+            key.public_key(), builders.name(name), ca, ca_key, ekus=[ExtendedKeyUsageOID.SERVER_AUTH], san=[name]
+        )
+        paths["cert"].write_bytes(builders.cert_pem(cert))
+        paths["key"].write_bytes(builders.key_pem(key))
+
+    url_name, other = "xn--fa-hia.lab.test", "fass.lab.test"
+    serve_as(other)  # a certificate for the IDNA 2003 name only
+    with server(keep_alive(OK), paths) as (port, snis):
+        hosts = {(url_name, port): "127.0.0.1", ("faß.lab.test", port): "127.0.0.1"}
+        with httpx.Client(transport=H1Transport(client_context(paths), hosts)) as c:
+            with pytest.raises(httpx.ConnectError) as refused:
+                c.get(f"https://faß.lab.test:{port}/")
+            assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+    assert snis == [url_name]
+    serve_as(url_name)
+    with server(keep_alive(OK), paths) as (port, snis):
+        transport = H1Transport(client_context(paths), {(url_name, port): "127.0.0.1"})
+        with httpx.Client(transport=transport) as c:
+            assert c.get(f"https://faß.lab.test:{port}/").text == "ok"
+    assert snis == [url_name]

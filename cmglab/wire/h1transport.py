@@ -158,9 +158,10 @@ class H1Transport(httpx.BaseTransport):
         scheme = url.scheme
         if scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol '{scheme}://'.")
-        host = url.host
+        # the name on the wire: IDNA 2008 A-labels, as the Host header says and httpcore used
+        host = url.raw_host.decode("ascii")
         port = url.port or _DEFAULT_PORTS[scheme]
-        key = (scheme, host.lower(), port)
+        key = (scheme, host, port)  # httpx keeps the host lower-case
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         data = _serialise(request)
         sock = self._pooled(key) or self._connect(request, key, timeouts)
@@ -221,7 +222,7 @@ class H1Transport(httpx.BaseTransport):
         scheme, host, port = key
         trace: Trace | None = request.extensions.get("trace")
         timeout = timeouts.get("connect")
-        address = (self.hosts.get((host, port), request.url.host), port)
+        address = (self.hosts.get((host, port), host), port)
         if trace is not None:
             trace("connection.connect_tcp.started", {"host": address[0], "port": port, "timeout": timeout})
         try:
@@ -235,7 +236,8 @@ class H1Transport(httpx.BaseTransport):
             trace("connection.connect_tcp.complete", {"return_value": _Stream(sock)})
         if scheme != "https":
             return sock
-        server_hostname = request.extensions.get("sni_hostname") or request.url.host
+        # never url.host, the Unicode form: ssl would encode it by IDNA 2003 (faß -> fass), another name
+        server_hostname = request.extensions.get("sni_hostname") or host
         if trace is not None:
             trace("connection.start_tls.started", {"server_hostname": server_hostname, "timeout": timeout})
         try:
