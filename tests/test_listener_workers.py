@@ -22,6 +22,7 @@ from cmglab.core.labconfig import Ports
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.sockets import PORT_IN_USE_EXIT, reserve_ports
 from cmglab.tools.processes import LabProcesses, isolated_lab, listening_on
+from cmglab.tools.reliability import transport as attack
 from tests.support.lab import lab_client
 
 AAD_POWERSHELL = "1b730954-1685-4b74-9bfd-dac224a7b894"
@@ -78,21 +79,19 @@ def token(lab: Lab) -> int:
         ).status_code
 
 
-def sockets_of(pid: int) -> int:
-    fd_dir = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fd_dir.iterdir() if os.readlink(fd).startswith("socket:"))
-
-
 def test_two_workers_serve_one_listener(workers_lab: Lab, entra: LabProcesses) -> None:
     """Each worker listens on a socket of its own (SO_REUSEPORT): the kernel spreads 32 connections over both
     (all 32 on one: odds 2^-31), and requests on new connections are all answered."""
     first = entra.procs["entra"].proc.pid
     (second,) = children(first)
-    before = {pid: sockets_of(pid) for pid in (first, second)}
     held = [socket.create_connection(("127.0.0.1", workers_lab.port("entra"))) for _ in range(32)]
+    ports = [s.getsockname()[1] for s in held]
     try:
-        wait_until(lambda: sum(sockets_of(p) - n for p, n in before.items()) >= 32, "32 connections accepted")
-        assert all(sockets_of(pid) > before[pid] for pid in (first, second))
+        # by the connections' own ports, not by each process's socket count, which its own work may change
+        wait_until(
+            lambda: sum(len(attack.held_peers(p, ports)) for p in (first, second)) >= 32, "32 connections accepted"
+        )
+        assert all(attack.held_peers(pid, ports) for pid in (first, second))
     finally:
         for s in held:
             s.close()
