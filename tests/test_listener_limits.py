@@ -93,10 +93,14 @@ def test_body_over_the_cap_is_413_without_reading_it(limits_lab: Lab, target: Ta
     assert attack.declared_body(limits_lab, target, cert) == 413
 
 
-@pytest.mark.parametrize(
+# a chunked body at an httptools listener (Entra) and an any-method one (the MP's CCM_POST)
+CHUNKED_BODY_TARGETS = pytest.mark.parametrize(
     ("where", "method", "path"),
     [("entra", b"POST", b"/common/oauth2/token"), ("management-point-http", b"CCM_POST", b"/ccm_system/request")],
 )
+
+
+@CHUNKED_BODY_TARGETS
 def test_chunked_body_over_the_cap_is_413_while_reading(
     limits_lab: Lab, procs: LabProcesses, where: str, method: bytes, path: bytes, cert: tuple[Path, Path]
 ) -> None:
@@ -106,10 +110,7 @@ def test_chunked_body_over_the_cap_is_413_while_reading(
     assert attack.chunked_body(limits_lab, t, cert, method, path) == 413
 
 
-@pytest.mark.parametrize(
-    ("where", "method", "path"),
-    [("entra", b"POST", b"/common/oauth2/token"), ("management-point-http", b"CCM_POST", b"/ccm_system/request")],
-)
+@CHUNKED_BODY_TARGETS
 def test_a_million_one_byte_chunks_are_413_at_the_chunk_cap(
     limits_lab: Lab, procs: LabProcesses, where: str, method: bytes, path: bytes, cert: tuple[Path, Path]
 ) -> None:
