@@ -6,6 +6,7 @@ a section that raised fails the test, and so does more than one section out of i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,8 @@ def check_storm(report: dict[str, Any]) -> None:
 def check_workers(report: dict[str, Any]) -> None:
     scaled = report["workers"]["rows"]
     assert sorted({r["workers"] for r in scaled}) == [1, 2] and all(r["scaling"] for r in scaled)
+    # one core per worker: 1 worker on CPU 0, 2 workers on CPUs 0 and 1 (where the machine has two)
+    assert {r["workers"]: r["cpus"] for r in scaled} == {1: "0", 2: "0+1" if (os.cpu_count() or 1) > 1 else "0"}
     only_ok(scaled)
 
 

@@ -31,6 +31,13 @@ def pin_self() -> None:
         os.sched_setaffinity(0, {LOAD_CPU})
 
 
+def pin_process(pid: int, cpu: int) -> None:
+    """Every thread of `pid` on `cpu`: sched_setaffinity on a PID moves only its main thread, and a thread
+    inherits the mask of the thread that starts it, so the pool threads made later stay on it too."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(task), {cpu})
+
+
 @contextmanager
 def running(lab: Lab, *names: str, env: dict[str, str] | None = None) -> Iterator[LabProcesses]:
     """Fresh service processes (the lab's start order, pinned to the server CPU; `env`: CMGLAB_* settings they
