@@ -37,7 +37,7 @@ from cmglab.services.management_point.admission import NOT_APPROVED
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.store import BulkToken, Client, ConflictRecord, IssuedToken, new_sms_id, utcnow
-from cmglab.services.management_point.units import ClientKeys, SiteUnit, TokenRecord
+from cmglab.services.management_point.units import ClientKeys, RecordGone, SiteUnit, TokenRecord
 from cmglab.wire import key_limits, site_tokens
 from cmglab.wire.ccm_messaging import CcmMessage, CcmMessageError, parse_xml, utc_timestamp, utf16, verify
 from cmglab.wire.kinds import REGISTRATION_ISSUED, ConflictStatus, EntraVerdict, Proof, RegistrationKind
@@ -162,7 +162,11 @@ def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Ca
         log.info(f"Registration of {who.proposed} raced another for the same client; processing it again")
 
     # a new client or its record's owner in plain SQL; a conflicting record (rare, with its bookkeeping) by the ORM
-    outcome = mp.store.retrying_unit(lambda u: _admit_plain(mp, u, who, settings), on_race=raced)
+    try:
+        outcome = mp.store.retrying_unit(lambda u: _admit_plain(mp, u, who, settings), on_race=raced)
+    except RecordGone:  # rolled back: decided again on what the site holds now, as a request after the delete
+        log.info(f"The record of {who.proposed} was deleted while its registration was processed; processing it again")
+        outcome = None
     if outcome is None:
         outcome = mp.store.retrying(lambda s: _admit(mp, s, who, settings), on_race=raced)
     if outcome.status == REGISTERED:

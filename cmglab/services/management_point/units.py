@@ -69,6 +69,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+class RecordGone(Exception):
+    """A client record read by a unit was deleted (by another connection) before the unit updated it."""
+
+
 @dataclass(frozen=True)
 class Signer:
     """What the MP needs of the registered client that signed a message."""
@@ -196,7 +200,8 @@ class SiteUnit:
         )
 
     def write_client(self, sms_id: str, values: dict[str, Any], *, new: bool) -> None:
-        """A registration's client row: VALUES holds every field of CLIENT_FIELDS (datetimes naive UTC)."""
+        """A registration's client row: VALUES holds every field of CLIENT_FIELDS (datetimes naive UTC).
+        RecordGone: the existing record this unit read was deleted before the update (nothing was written)."""
         row = [values[f] for f in CLIENT_FIELDS]
         row[CLIENT_FIELDS.index("internet")] = self.q.flag(values["internet"])
         row[CLIENT_FIELDS.index("updated_at")] = self.q.when(values["updated_at"])
@@ -204,3 +209,5 @@ class SiteUnit:
             self.cursor.execute(self.q.sql[_INSERT_CLIENT], (sms_id, self.q.when(values["updated_at"]), *row))
         else:
             self.cursor.execute(self.q.sql[_UPDATE_CLIENT], (*row, sms_id))
+            if self.cursor.rowcount != 1:  # the ORM's flush says StaleDataError here
+                raise RecordGone(sms_id)

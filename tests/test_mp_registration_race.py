@@ -1,0 +1,87 @@
+"""Registration's plain-SQL path (management_point/registration.py `_admit_plain`) against a record deleted
+between its read and its write, and its bulk-token lookup beside the ORM path's. The MP runs in this process
+(its own lab, real sockets) so that the race is made at the exact point, without sleeps: the unit's read of
+the record deletes it from another connection right after reading it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import delete, select
+
+from cmglab.runtime.fastpath import LeanRoutes
+from cmglab.runtime.lab import Lab
+from cmglab.runtime.site_system import site_system
+from cmglab.services.management_point.app import create_app
+from cmglab.services.management_point.parts import Parts
+from cmglab.services.management_point.store import Client, IssuedToken
+from cmglab.services.management_point.transport import IISPaths
+from cmglab.services.management_point.units import ClientKeys, SiteUnit
+from cmglab.wire import ccm_messaging as cm
+from tests.support.lab import new_lab, set_site
+from tests.support.mp import Device, ccm_post, client, http_url, register, reply_body, wait_log
+from tests.support.threaded import ThreadedService
+
+
+@pytest.fixture(scope="module")
+def race_lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return new_lab(tmp_path_factory.mktemp("race") / "lab")
+
+
+@pytest.fixture(scope="module")
+def parts(race_lab: Lab) -> Iterator[Parts]:
+    mp = Parts.from_lab(race_lab)
+    app = IISPaths(LeanRoutes(create_app(mp)))
+    service = site_system(
+        race_lab, "management-point", app, http_port=race_lab.config.ports.management_point_http, http="any-method"
+    )
+    with ThreadedService(service):
+        set_site(race_lab, auto_approve="all")  # an approved client gets its client token at registration
+        yield mp
+
+
+def _client_rows(mp: Parts, sms_id: str) -> list[str]:
+    with mp.store.session() as s:
+        return list(s.scalars(select(Client.sms_id).where(Client.sms_id == sms_id)))
+
+
+def _token_rows(mp: Parts, sms_id: str) -> list[str]:
+    with mp.store.session() as s:
+        return list(s.scalars(select(IssuedToken.kind).where(IssuedToken.sms_id == sms_id)))
+
+
+def test_a_record_deleted_between_read_and_write_is_never_registered_unwritten(
+    race_lab: Lab, parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner re-registers while its record is deleted (an admin's delete from another connection, right
+    after the plain unit read it): the UPDATE hits no row. The answer must describe what the site holds: a
+    REGISTERED reply with a client token names a client record that exists (the ORM path's outcome for a
+    request arriving after the delete: the record made again). Old code: REGISTERED with a client token and an
+    issued_tokens row, no client row."""
+    device = Device("RACE01")
+    first = register(race_lab, device)
+    assert first["Status"] == "0" and first["PreAuthToken"]
+    sms_id = first["SMSID"]
+    assert _client_rows(parts, sms_id) == [sms_id]
+
+    read = SiteUnit.client
+    deleted: list[str] = []
+
+    def read_then_deleted(unit: SiteUnit, who: str) -> ClientKeys | None:
+        keys = read(unit, who)
+        if keys is not None and keys.sms_id == sms_id and not deleted:
+            with parts.store.session() as s:  # another connection, committed before the unit writes
+                s.execute(delete(Client).where(Client.sms_id == sms_id))
+            deleted.append(sms_id)
+        return keys
+
+    monkeypatch.setattr(SiteUnit, "client", read_then_deleted)
+    with client(race_lab) as c:
+        reply = ccm_post(c, f"{http_url(race_lab)}/ccm_system/request", device.registration_message(sms_id=sms_id))
+    again = dict(cm.parse_xml(reply_body(reply)).attrib)
+    assert deleted == [sms_id]  # the race was made at the point between the read and the write
+    assert again["Status"] == "0" and again["SMSID"] == sms_id and again["PreAuthToken"]
+    assert _client_rows(parts, sms_id) == [sms_id]  # the registered client exists
+    assert _token_rows(parts, sms_id) == ["client", "client"]  # the first registration's and this one's
+    wait_log(race_lab, "MP_RegistrationManager.log", rf"The record of {sms_id} was deleted while its registration")
