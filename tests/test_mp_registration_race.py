@@ -5,7 +5,10 @@ the record deletes it from another connection right after reading it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, select
@@ -13,12 +16,14 @@ from sqlalchemy import delete, select
 from cmglab.runtime.fastpath import LeanRoutes
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.site_system import site_system
+from cmglab.services.management_point import registration
 from cmglab.services.management_point.app import create_app
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.store import Client, IssuedToken
 from cmglab.services.management_point.transport import IISPaths
 from cmglab.services.management_point.units import ClientKeys, SiteUnit
 from cmglab.wire import ccm_messaging as cm
+from cmglab.wire.kinds import RegistrationKind
 from tests.support.lab import new_lab, set_site
 from tests.support.mp import Device, ccm_post, client, http_url, register, reply_body, wait_log
 from tests.support.threaded import ThreadedService
@@ -85,3 +90,53 @@ def test_a_record_deleted_between_read_and_write_is_never_registered_unwritten(
     assert _client_rows(parts, sms_id) == [sms_id]  # the registered client exists
     assert _token_rows(parts, sms_id) == ["client", "client"]  # the first registration's and this one's
     wait_log(race_lab, "MP_RegistrationManager.log", rf"The record of {sms_id} was deleted while its registration")
+
+
+def _bulk_registrant(mp: Parts, device: Device, guid: str) -> registration.Registrant:
+    from cmglab.runtime.certinfo import thumbprint
+
+    return registration.Registrant(
+        kind=RegistrationKind.BULK,
+        proposed=None,
+        signing=device.cert,
+        encryption=device.cert,
+        signing_tp=thumbprint(device.cert),
+        netbios=device.name,
+        fqdn=device.fqdn,
+        agent_identity="CCMSetup.exe",
+        agent_version="5.00.8968.1000",
+        domain_account=None,
+        internet=False,
+        bulk_guid=guid,
+    )
+
+
+def _verdicts(mp: Parts, who: registration.Registrant) -> list[Any]:
+    """The plain path's and the ORM path's answer to WHO (each in its own transaction)."""
+    settings = mp.store.site_settings()
+    answers: list[Any] = []
+    for admit in (
+        lambda: mp.store.retrying_unit(lambda u: registration._admit_plain(mp, u, who, settings)),
+        lambda: mp.store.retrying(lambda s: registration._admit(mp, s, who, settings)),
+    ):
+        try:
+            outcome = admit()
+            answers.append(outcome.status if outcome is not None else None)
+        except registration.RegistrationRefused as refused:
+            answers.append(f"refused: {refused}")
+    return answers
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_a_bulk_tokens_guid_is_looked_up_by_one_rule_on_both_paths(parts: Parts, blocked: bool) -> None:
+    """The bulk token's GUID in any case names the same token on the plain and the ORM path (the site keeps
+    GUIDs lower-cased): both admit it, or both refuse it when blocked. Old code: the ORM path looked the GUID
+    up as is and called an upper-case one never issued (refused) where the plain path admitted it."""
+    guid = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    parts.store.add_bulk_token(guid, 60, now - timedelta(minutes=1), now + timedelta(hours=1))
+    if blocked:
+        assert parts.store.set_bulk_blocked(guid, True)
+    plain, orm = _verdicts(parts, _bulk_registrant(parts, Device("BULK01"), guid.upper()))
+    assert plain == orm
+    assert str(plain).startswith("refused") if blocked else plain == registration.REGISTERED, plain

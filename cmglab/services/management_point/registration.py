@@ -344,7 +344,7 @@ def _admit(mp: Parts, s: Session, who: Registrant, settings: SiteSettings) -> Ou
     existing = s.get(Client, who.proposed) if who.proposed else None
     owner = _owned_by(existing, who)
     conflict = _conflict(s, existing.sms_id, who.signing_tp) if existing is not None and not owner else None
-    bulk = s.get(BulkToken, who.bulk_guid) if who.bulk_guid is not None else None
+    bulk = s.get(BulkToken, who.bulk_guid.lower()) if who.bulk_guid is not None else None  # as SiteUnit.bulk_blocked
     resolution = ConflictStatus(conflict.status) if conflict is not None else None
     decision = _decide(who, settings, existing, owner, resolution, bulk.blocked if bulk is not None else None)
     log = mp.logs.registration
