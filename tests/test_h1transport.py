@@ -420,3 +420,25 @@ def test_the_name_checked_is_the_urls_own_for_an_idn(pki: dict[str, Path], tmp_p
         with httpx.Client(transport=transport) as c:
             assert c.get(f"https://faß.lab.test:{port}/").text == "ok"
     assert snis == [url_name]
+
+
+def test_a_connection_is_reused_only_for_the_name_it_was_verified_for(pki: dict[str, Path]) -> None:
+    """A request's `sni_hostname` extension names the server the handshake verifies: a connection verified for
+    that name was pooled under the URL's host alone and reused for a later request to the URL without the
+    extension, whose own name (other.lab.test, not in the certificate) was never checked."""
+    accepted: list[int] = []
+
+    def handle(conn: socket.socket, n: int) -> None:
+        accepted.append(n)
+        keep_alive(OK)(conn, n)
+
+    with server(handle, pki) as (port, snis):
+        transport = H1Transport(client_context(pki), {("other.lab.test", port): "127.0.0.1"})
+        url = f"https://other.lab.test:{port}/"
+        with httpx.Client(transport=transport) as c:
+            assert c.get(url, extensions={"sni_hostname": NAME}).text == "ok"
+            with pytest.raises(httpx.ConnectError) as refused:
+                c.get(url)  # checks other.lab.test: a new handshake, which fails
+            assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+            assert c.get(url, extensions={"sni_hostname": NAME}).text == "ok"  # the verified one, reused
+    assert snis == [NAME, "other.lab.test"] and accepted == [0]

@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 transport for httpx's synchronous Client: blocking sockets, the ssl module's TLS, llhttp
-(httptools) to read replies, a pool of idle keep-alive connections per (scheme, host, port), and the lab's
-curl-style name mapping (`HostMap`).
+(httptools) to read replies, a pool of idle keep-alive connections per (scheme, host, port, the name TLS
+verified), and the lab's curl-style name mapping (`HostMap`).
 
 Why not httpx's own transport here: the client agent is synchronous, and profiling a fleet's onboarding
 (`cmglab bench`, section 4) showed httpcore and h11 costing about as much CPU per request as the agent's own
@@ -9,7 +9,8 @@ retries, streaming replies):
 
 - TLS with the caller's context: server verification, the client certificate it holds, SNI and the name
   check on the URL's real host (or the request's `sni_hostname` extension) while the socket goes to the mapped
-  address; a connection is pooled under the real name, so one verified for a name is never used for another;
+  address; a connection is pooled under the name it was verified for (and the URL's), so one verified for a
+  name is never used for a request that would check another;
 - httpx's `trace` request extension, for the events `connection.connect_tcp.{started,complete}` and
   `connection.start_tls.{started,complete}` as httpcore sends them (`return_value` a stream whose
   `get_extra_info("ssl_object")` is the TLS socket): the agent checks a new connection's certificate there;
@@ -52,6 +53,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token: a method, a header name
 _BAD_IN_VALUE = re.compile(rb"[\r\n\x00]")  # what would end a header line early (h11 refuses them too)
 Trace = Callable[[str, dict[str, Any]], None]
+_Key = tuple[str, str, int, str]  # a pooled connection's scheme, host (A-labels), port and the name TLS verified
 
 
 class _Stream:
@@ -147,7 +149,7 @@ class H1Transport(httpx.BaseTransport):
         if ctx is not None:
             ctx.set_alpn_protocols(["http/1.1"])  # as httpcore offers it
         self.keepalive_expiry, self.max_idle_per_host = keepalive_expiry, max_idle_per_host
-        self._idle: dict[tuple[str, str, int], list[tuple[socket.socket, float]]] = {}
+        self._idle: dict[_Key, list[tuple[socket.socket, float]]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -161,7 +163,9 @@ class H1Transport(httpx.BaseTransport):
         # the name on the wire: IDNA 2008 A-labels, as the Host header says and httpcore used
         host = url.raw_host.decode("ascii")
         port = url.port or _DEFAULT_PORTS[scheme]
-        key = (scheme, host, port)  # httpx keeps the host lower-case
+        # the name the handshake verifies is part of the key: a connection is reused only for that name
+        verified = (request.extensions.get("sni_hostname") or host) if scheme == "https" else ""
+        key = (scheme, host, port, verified)  # httpx keeps the host lower-case
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         data = _serialise(request)
         sock = self._pooled(key) or self._connect(request, key, timeouts)
@@ -196,7 +200,7 @@ class H1Transport(httpx.BaseTransport):
 
     # the pool
 
-    def _pooled(self, key: tuple[str, str, int]) -> socket.socket | None:
+    def _pooled(self, key: _Key) -> socket.socket | None:
         now = time.monotonic()
         while True:
             with self._lock:
@@ -208,7 +212,7 @@ class H1Transport(httpx.BaseTransport):
                 return sock
             sock.close()  # expired, or the server closed it (or sent what nobody asked for)
 
-    def _release(self, key: tuple[str, str, int], sock: socket.socket) -> None:
+    def _release(self, key: _Key, sock: socket.socket) -> None:
         with self._lock:
             socks = self._idle.setdefault(key, [])
             if not self._closed and len(socks) < self.max_idle_per_host:
@@ -216,10 +220,8 @@ class H1Transport(httpx.BaseTransport):
                 return
         sock.close()
 
-    def _connect(
-        self, request: httpx.Request, key: tuple[str, str, int], timeouts: dict[str, float | None]
-    ) -> socket.socket:
-        scheme, host, port = key
+    def _connect(self, request: httpx.Request, key: _Key, timeouts: dict[str, float | None]) -> socket.socket:
+        scheme, host, port, server_hostname = key
         trace: Trace | None = request.extensions.get("trace")
         timeout = timeouts.get("connect")
         address = (self.hosts.get((host, port), host), port)
@@ -236,8 +238,7 @@ class H1Transport(httpx.BaseTransport):
             trace("connection.connect_tcp.complete", {"return_value": _Stream(sock)})
         if scheme != "https":
             return sock
-        # never url.host, the Unicode form: ssl would encode it by IDNA 2003 (faß -> fass), another name
-        server_hostname = request.extensions.get("sni_hostname") or host
+        # server_hostname: never url.host, the Unicode form: ssl would encode it by IDNA 2003 (faß -> fass)
         if trace is not None:
             trace("connection.start_tls.started", {"server_hostname": server_hostname, "timeout": timeout})
         try:
