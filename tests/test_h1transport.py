@@ -442,3 +442,25 @@ def test_a_connection_is_reused_only_for_the_name_it_was_verified_for(pki: dict[
             assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
             assert c.get(url, extensions={"sni_hostname": NAME}).text == "ok"  # the verified one, reused
     assert snis == [NAME, "other.lab.test"] and accepted == [0]
+
+
+def test_a_connection_whose_request_was_not_all_sent_is_never_pooled() -> None:
+    """The server answers (keep-alive) after the head and closes without reading the body: the send fails, the
+    reply is read (httpcore's early-reply rule), and the connection, not at a clean boundary, is closed rather
+    than pooled."""
+    closed = threading.Event()
+
+    def answer_early_then_close(conn: socket.socket, n: int) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        conn.sendall(OK)  # keep-alive by the reply's own words
+        conn.close()  # with the body unread: a reset, which fails the client's send
+        closed.set()
+
+    transport = H1Transport(None)
+    with server(answer_early_then_close) as (port, _), httpx.Client(transport=transport) as c:
+        reply = c.post(f"http://127.0.0.1:{port}/", content=b"x" * (64 * 1024 * 1024))
+        assert (reply.status_code, reply.text) == (200, "ok")
+        assert closed.wait(5)
+        assert not any(transport._idle.values())  # closed, never pooled

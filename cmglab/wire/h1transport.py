@@ -18,8 +18,9 @@ retries, streaming replies):
 - httpx's exceptions with httpcore's texts (ConnectError/ConnectTimeout chained to the socket or ssl error,
   ReadTimeout, WriteTimeout, ReadError, RemoteProtocolError "Server disconnected without sending a
   response."); like httpcore, a request whose body the server stopped reading still gets the reply it sent;
-- keep-alive as the reply allows it (llhttp's verdict), an idle connection dropped after `keepalive_expiry`
-  seconds or when its socket turns readable while idle (the server closed it).
+- keep-alive as the reply allows it (llhttp's verdict), never after a request whose send failed (the
+  connection is not at a clean boundary), an idle connection dropped after `keepalive_expiry` seconds or when
+  its socket turns readable while idle (the server closed it).
 
 The whole reply body is read before the Response is returned (the agent reads every reply whole).
 
@@ -170,12 +171,12 @@ class H1Transport(httpx.BaseTransport):
         data = _serialise(request)
         sock = self._pooled(key) or self._connect(request, key, timeouts)
         try:
-            _send(sock, data, timeouts.get("write"))
+            sent = _send(sock, data, timeouts.get("write"))
             reply, until_close = _receive(sock, request.method == "HEAD", timeouts.get("read"))
         except BaseException:
             sock.close()
             raise
-        keep = not until_close and reply.keep_alive and not _says_close(request.headers.raw)
+        keep = sent and not until_close and reply.keep_alive and not _says_close(request.headers.raw)
         if keep and reply.status != 101:
             self._release(key, sock)
         else:
@@ -288,7 +289,8 @@ def _serialise(request: httpx.Request) -> bytes:
     return b"".join(parts)
 
 
-def _send(sock: socket.socket, data: bytes, timeout: float | None) -> None:
+def _send(sock: socket.socket, data: bytes, timeout: float | None) -> bool:
+    """Whether the whole request went out."""
     try:
         sock.settimeout(timeout)
         sock.sendall(data)
@@ -296,8 +298,9 @@ def _send(sock: socket.socket, data: bytes, timeout: float | None) -> None:
         raise httpx.WriteTimeout(str(e)) from e
     except OSError:
         # as httpcore: the server may have answered (413, 401) and closed before reading the whole request;
-        # its reply is read below, and a connection that has none fails there
-        pass
+        # its reply is read below, and a connection that has none fails there (either way it is never reused)
+        return False
+    return True
 
 
 def _receive(sock: socket.socket, head_only: bool, timeout: float | None) -> tuple[_Reply, bool]:
