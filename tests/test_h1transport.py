@@ -464,3 +464,20 @@ def test_a_connection_whose_request_was_not_all_sent_is_never_pooled() -> None:
         assert (reply.status_code, reply.text) == (200, "ok")
         assert closed.wait(5)
         assert not any(transport._idle.values())  # closed, never pooled
+
+
+def test_a_head_replys_body_bytes_never_join_it() -> None:
+    """A reply to HEAD ends with its head, whatever its Content-Length says: body bytes sent with it (in the same
+    read) once joined the reply (llhttp is not told it answers HEAD); now they are bytes past the reply, and its
+    connection, out of step, is closed."""
+    accepted: list[int] = []
+
+    def handle(conn: socket.socket, n: int) -> None:
+        accepted.append(n)
+        keep_alive(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")(conn, n)
+
+    with server(handle) as (port, _), httpx.Client(transport=H1Transport(None)) as c:
+        for _ in range(2):
+            reply = c.head(f"http://127.0.0.1:{port}/")
+            assert (reply.status_code, reply.content, reply.headers["content-length"]) == (200, b"", "4")
+    assert accepted == [0, 1]

@@ -120,6 +120,9 @@ class _Reply:
             self.done = True
 
     def on_body(self, data: bytes) -> None:
+        if self.done:  # a reply to HEAD ends with its head (llhttp does not know it answers HEAD)
+            self.past = True
+            raise _PastTheReply
         self.body.append(data)
 
     def on_message_complete(self) -> None:
