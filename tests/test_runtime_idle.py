@@ -6,8 +6,11 @@ sockets by test_listener_limits.py (idle, head and trickle timeouts) and test_an
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Any
+
+import pytest
 
 from cmglab.runtime.idle import Deadlines, LeanFlowControl, Pipeline
 
@@ -48,6 +51,43 @@ def test_deadlines_are_never_early_share_a_timer_and_a_disarmed_one_never_fires(
         assert lone.fired == again.fired == []
 
     asyncio.run(scenario())
+
+
+class _Raising:
+    """An owner whose timeout fails; hash 0, so that its slot (a set) hands it out first (CPython's set.pop)."""
+
+    def __hash__(self) -> int:
+        return 0
+
+    def timed_out(self) -> None:
+        raise RuntimeError("this owner's timeout fails")
+
+
+class _Ordinary(Owner):
+    def __hash__(self) -> int:
+        return 1
+
+
+def test_an_owner_whose_timeout_raises_leaves_the_rest_of_its_slot_timing_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One owner raising in timed_out() once ended its slot's loop: the others, already taken out of the popped
+    slot, never timed out (a connection's half-sent head could then hold it for ever). Each owner's timeout is
+    now its own: the failure is logged and the rest of the slot still times out."""
+
+    async def scenario() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        deadlines, done, fired = Deadlines(), asyncio.Event(), []
+        raising, ordinary = _Raising(), _Ordinary(loop, done, 1, fired)
+        first, second = deadlines.arm(raising, loop, 0.05), deadlines.arm(ordinary, loop, 0.05)
+        assert first is second  # one slot: the case the loop over a slot's owners must survive
+        await asyncio.wait_for(done.wait(), 10)  # generous for a loaded machine; never reached when it works
+        return fired
+
+    with caplog.at_level(logging.ERROR, logger="cmglab.idle"):
+        fired = asyncio.run(scenario())
+    assert [o for o, _ in fired] and isinstance(fired[0][0], _Ordinary)
+    assert any("this owner's timeout fails" in (r.exc_text or "") for r in caplog.records)
 
 
 class _Transport:

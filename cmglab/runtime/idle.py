@@ -13,10 +13,13 @@ keep-alive connections (a CMG instance: 6,000 and more; issue 20: memory per idl
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import Any, Protocol
 
 from uvicorn.protocols.http.flow_control import FlowControl
+
+log = logging.getLogger("cmglab.idle")
 
 
 class LeanFlowControl(FlowControl):
@@ -100,7 +103,11 @@ class Deadlines:
     def _expire(self, key: _Key) -> None:
         slot = self._slots.pop(key, None)
         while slot:
-            slot.pop().timed_out()
+            owner = slot.pop()
+            try:
+                owner.timed_out()
+            except Exception:  # one owner's failure must not leave the rest of its slot (popped) never timed out
+                log.exception("a connection's timeout failed; the other deadlines of its slot still fire")
 
     def pending(self) -> int:
         """Slots whose timer has not fired yet (tests)."""
