@@ -77,7 +77,8 @@ def test_an_owner_whose_timeout_raises_leaves_the_rest_of_its_slot_timing_out(
 
     async def scenario() -> list[Any]:
         loop = asyncio.get_running_loop()
-        deadlines, done, fired = Deadlines(), asyncio.Event(), []
+        deadlines, done = Deadlines(), asyncio.Event()
+        fired: list[tuple[Owner, float]] = []
         raising, ordinary = _Raising(), _Ordinary(loop, done, 1, fired)
         first, second = deadlines.arm(raising, loop, 0.05), deadlines.arm(ordinary, loop, 0.05)
         assert first is second  # one slot: the case the loop over a slot's owners must survive
