@@ -1,12 +1,14 @@
 """Attacks on the listeners themselves (issue 15), over raw sockets as the attack campaign sent them: heads and
 URLs too long, bodies too big, heads and handshakes that never end, floods of connections that never say
 ClientHello. Every listener answers 414/431/413/408 while reading, before any authentication; nothing stays
-open afterwards (the services' descriptors come back to where they were) and real clients still get through.
+open afterwards (the services hold none of the attacks' connections, found by their ports) and real clients
+still get through.
 The attacks themselves live in cmglab/tools/reliability/transport.py (the reliability campaign runs them too)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 import time
@@ -135,7 +137,7 @@ def test_half_sent_heads_are_closed(
     sent = attack.half_sent_heads(limits_lab, target, cert)
     assert set(sent.answers) == {408}
     service = pid(procs, target.service)
-    assert attack.settle(lambda: not attack.held_peers(service, sent.ports)), attack.held_peers(service, sent.ports)
+    assert attack.released(service, sent.ports), attack.unreleased(service, sent.ports)
 
 
 def test_the_held_connection_check_sees_a_kept_alive_client(
@@ -149,7 +151,26 @@ def test_the_held_connection_check_sees_a_kept_alive_client(
         assert attack.status(s.recv(65536)) == 200
         port = s.getsockname()[1]
         assert attack.held_peers(service, [port]) == [f"{port} ESTABLISHED"]
-    assert attack.settle(lambda: not attack.held_peers(service, [port]))
+    assert attack.released(service, [port])
+
+
+def test_the_released_check_sees_a_connection_queued_or_kept() -> None:
+    """`released` fails while a server keeps the connections: queued and not accepted yet (in no process's
+    descriptors, but the server could accept it and keep it), accepted and kept; it passes once they are closed."""
+    me = os.getpid()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        clients = [socket.create_connection(server.getsockname()[:2], timeout=5) for _ in range(3)]
+        ports = [c.getsockname()[1] for c in clients]
+        for c in clients:
+            c.close()
+        assert not attack.released(me, ports, timeout=0.5)
+        assert all(entry.endswith("(not accepted)") for entry in attack.unreleased(me, ports))
+        kept = [server.accept()[0] for _ in clients]
+        assert not attack.released(me, ports, timeout=0.5)
+        assert len(attack.held_peers(me, ports)) == 3
+        for k in kept:
+            k.close()
+        assert attack.released(me, ports)
 
 
 def test_silent_connections_are_dropped_at_the_handshake_timeout(
@@ -163,14 +184,16 @@ def test_silent_connections_are_dropped_at_the_handshake_timeout(
 
 
 def test_handshake_flood_leaves_room_for_real_clients(limits_lab: Lab, procs: LabProcesses) -> None:
-    """1,000 connections that never say ClientHello against a CMG that keeps at most 40 waiting: it never
-    holds many more descriptors than that, a real client is served in the middle of the flood, and the
-    descriptors come back."""
+    """1,000 connections that never say ClientHello against a CMG that keeps at most 40 waiting: it never holds
+    many more of them than that, a real client is served in the middle of the flood, and none is held afterwards.
+    Counted by the flood's own ports, not by the CMG's descriptor total, which its own work may change meanwhile
+    (the connection point's channel, a thread's first database connection)."""
     cmg = next(t for t in attack.targets(limits_lab) if t.listener == "cmg")
-    before = attack.open_fds(pid(procs, "cmg"))
-    flood = attack.handshake_flood(limits_lab, cmg, pid(procs, "cmg"))
-    assert flood.real_client_served and flood.held_fds_max <= before + 40 + 20
-    assert attack.settle(lambda: attack.open_fds(pid(procs, "cmg")) <= before)
+    service = pid(procs, "cmg")
+    flood = attack.handshake_flood(limits_lab, cmg, service)
+    assert flood.real_client_served
+    assert flood.held_max <= int(LIMITS["CMGLAB_MAX_HANDSHAKES"]) + attack.FLOOD_SLACK, flood.held_max
+    assert attack.released(service, flood.ports), attack.unreleased(service, flood.ports)
     assert attack.real_client_ok(limits_lab, "cmg")
 
 
