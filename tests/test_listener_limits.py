@@ -478,29 +478,41 @@ def test_an_unsupported_upgrade_cannot_smuggle_its_body_as_a_request(
     assert attack.status(got) == 400, got[:300]
 
 
-async def body_length(scope: Any, receive: Any, send: Any) -> None:
-    """Reads the whole request body and answers its length."""
-    if scope["type"] != "http":
-        return
+async def read_body(receive: Any) -> int | None:
+    """Reads the whole request body: its length (None: the client left before its end)."""
     length, more = 0, True
     while more:
         message = await receive()
         if message["type"] != "http.request":
-            return
+            return None
         length, more = length + len(message.get("body", b"")), message.get("more_body", False)
+    return length
+
+
+async def body_length(scope: Any, receive: Any, send: Any) -> None:
+    """Reads the whole request body and answers its length."""
+    if scope["type"] != "http" or (length := await read_body(receive)) is None:
+        return
     body = str(length).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
     await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.contextmanager
+def chunked_service(app: Any, http: Protocol) -> Iterator[tuple[int, bytes]]:
+    """APP served in this process on a listener of protocol HTTP: its port, and the head of a chunked request
+    for it (CCM_POST on the any-method listener)."""
+    port = reserve_ports(1)[0]
+    method = b"CCM_POST" if http == "any-method" else b"POST"
+    with ThreadedService(Service("chunked", [Listener("chunked", app, port, http=http)])):
+        yield port, method + b" /x HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 @pytest.mark.parametrize("http", ["httptools", "any-method"])
 def test_the_chunk_cap_takes_its_count_and_refuses_one_more(http: Protocol) -> None:
     """CMGLAB_MAX_BODY_CHUNKS (4,096 by default) data chunks are read to the end; one more is 413 and closed."""
     cap = Settings().max_body_chunks
-    port = reserve_ports(1)[0]
-    method = b"CCM_POST" if http == "any-method" else b"POST"
-    head = method + b" /x HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: chunked\r\n\r\n"
-    with ThreadedService(Service("chunks", [Listener("chunks", body_length, port, http=http)])):
+    with chunked_service(body_length, http) as (port, head):
         for count, status in ((cap, 200), (cap + 1, 413)):
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                 s.sendall(head + b"1\r\nx\r\n" * count + b"0\r\n\r\n")
@@ -518,13 +530,8 @@ async def reply_then_read(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        more = message.get("more_body", False)
-    await send({"type": "http.response.body", "body": b"ok"})
+    if await read_body(receive) is not None:
+        await send({"type": "http.response.body", "body": b"ok"})
 
 
 @pytest.mark.parametrize("http", ["httptools", "any-method"])
@@ -532,11 +539,10 @@ def test_the_chunk_cap_closes_a_connection_whose_reply_is_under_way(http: Protoc
     """Past the cap while the application has started its reply: no second reply (a 413 inside the 200's body),
     the connection closes and the reply is never completed."""
     cap = Settings().max_body_chunks
-    port = reserve_ports(1)[0]
-    method = b"CCM_POST" if http == "any-method" else b"POST"
-    head = method + b" /x HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: chunked\r\n\r\n"
-    service = Service("chunks", [Listener("chunks", reply_then_read, port, http=http)])
-    with ThreadedService(service), socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+    with (
+        chunked_service(reply_then_read, http) as (port, head),
+        socket.create_connection(("127.0.0.1", port), timeout=0.5) as s,
+    ):
         s.sendall(head + b"1\r\nx\r\n")
         got = b""
         while b"\r\n\r\n" not in got:  # the reply's head, before the rest of the body
@@ -554,14 +560,8 @@ def test_the_chunk_cap_closes_a_connection_whose_reply_is_under_way(http: Protoc
 
 async def headers_after_body(scope: Any, receive: Any, send: Any) -> None:
     """Reads the whole body, then answers with the request's header names (as an app reading headers late)."""
-    if scope["type"] != "http":
+    if scope["type"] != "http" or await read_body(receive) is None:
         return
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        more = message.get("more_body", False)
     names = b",".join(name for name, _ in scope["headers"])
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(names))]})
     await send({"type": "http.response.body", "body": names})
@@ -573,10 +573,8 @@ def test_a_chunked_trailer_never_joins_the_headers_and_is_bounded(http: Protocol
     (read after the body, a trailer `Authorization` or `Client-Cert` was a header) without bound: 200 MB of
     trailer lines cost the httptools listener 2.2 GB. Trailer fields are dropped, and past max_header_bytes
     of them the request is refused 431 and the connection closed."""
-    port = reserve_ports(1)[0]
-    method = b"CCM_POST" if http == "any-method" else b"POST"
-    head = method + b" /x HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
-    with ThreadedService(Service("trailers", [Listener("trailers", headers_after_body, port, http=http)])):
+    with chunked_service(headers_after_body, http) as (port, head):
+        head += b"1\r\nx\r\n0\r\n"  # one chunk, the last chunk, then the trailer
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(head + b"Client-Cert: :forged:\r\nAuthorization: Bearer x\r\n\r\n")
             reply = read_reply(s)
@@ -596,11 +594,10 @@ def test_an_endless_chunk_extension_or_trailer_line_is_cut(http: Protocol, endle
     """llhttp bounds neither a chunk extension nor a trailer line (httptools buffers the line whole): 60 MB of either
     once went in on an httptools listener without a byte counted (+56 MB of memory for the line). Past
     max_header_bytes (plus a little per chunk) the request is refused and the connection closed."""
-    port = reserve_ports(1)[0]
-    method = b"CCM_POST" if http == "any-method" else b"POST"
-    head = method + b" /x HTTP/1.1\r\nHost: lab\r\nTransfer-Encoding: chunked\r\n\r\n"
-    service = Service("framing", [Listener("framing", body_length, port, http=http)])
-    with ThreadedService(service), socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    with (
+        chunked_service(body_length, http) as (port, head),
+        socket.create_connection(("127.0.0.1", port), timeout=5) as s,
+    ):
         s.sendall(head + endless)
         sent, refused = 0, False
         while sent < 16 * 2**20 and not refused:
