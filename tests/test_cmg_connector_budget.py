@@ -14,6 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+
+from cmglab.pki.builders import CLIENT_AUTH
+from cmglab.pki.labpki import LAB_ADMIN
 from cmglab.runtime.lab import Lab
 from cmglab.services.cmg.connector import CONNECTOR_HEAD_DEADLINE, RESERVED_CONNECTIONS
 from cmglab.tools.processes import LabProcesses, isolated_lab
@@ -222,14 +227,40 @@ def test_device_certificates_reconnecting_in_a_loop_never_hold_the_connector(tmp
         assert 1 <= len(refusals) < attack.attempts // 4, (len(refusals), attack.attempts)
 
 
-def _admin_lab_requests(lab: Lab) -> int:
-    """The admin's /_lab call on the connector listener: the lab admin's certificate and token."""
+def _admin_lab_requests(lab: Lab, cert: tuple[Path, Path] | None = None) -> int:
+    """The admin's /_lab call on the connector listener: the lab admin's certificate (or CERT) and token."""
     port = lab.config.ports.cmg_connector
     admin = lab.pki.lab_admin
-    ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=(admin.cert_path, admin.key_path))
+    ctx = httpclient.ssl_context(ca_bundle=lab.pki.ca_bundle, client_cert=cert or (admin.cert_path, admin.key_path))
     with httpclient.client(ctx=ctx, resolve=[f"{lab.config.hosts.cmg}:{port}:127.0.0.1"], timeout=10) as c:
         r = c.get(
             f"https://{lab.config.hosts.cmg}:{port}/_lab/requests",
             headers={"Authorization": f"Bearer {lab.admin_token()}"},
         )
         return r.status_code
+
+
+def test_a_reissued_lab_admin_certificate_is_admitted_and_the_one_before_is_not(tmp_path: Path) -> None:
+    """Review 4, F5: the connector took the lab admin's thumbprint once at the CMG's start, so a certificate
+    re-issued while it ran was refused (and the one before still admitted) until a restart. The admitted one is
+    the certificate the file holds now: the new one gets in at once, the one before (still valid, not revoked)
+    is refused at the handshake like any other non-admin certificate, and logged as such."""
+    lab = isolated_lab(tmp_path / "lab")
+    procs = LabProcesses(lab, env=dict(FAST_ENV))
+    with _holding(procs):
+        procs.start("cmg")
+        admin = lab.pki.lab_admin
+        before = (tmp_path / "before.crt", tmp_path / "before.key")
+        before[0].write_bytes(admin.cert_path.read_bytes())
+        before[1].write_bytes(admin.key_path.read_bytes())
+        assert _admin_lab_requests(lab) == 200
+        lab.pki.issue(LAB_ADMIN, admin, [LAB_ADMIN], [CLIENT_AUTH])  # re-issued while the CMG runs
+        assert admin.cert_path.read_bytes() != before[0].read_bytes()
+        assert _admin_lab_requests(lab) == 200, "the re-issued admin certificate was refused"
+        with pytest.raises(httpx.TransportError):  # dropped at the handshake: no reply
+            _admin_lab_requests(lab, before)
+        wait_for(
+            lambda: "certificate CN=cmglab-lab-admin" in log_text(lab, "cmg", "CMGService.log"),
+            10,
+            "the refusal of the admin's certificate before the re-issue in CMGService.log",
+        )

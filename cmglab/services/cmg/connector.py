@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -67,25 +68,55 @@ class Registry:
         return None
 
 
+class AdminCertificate:
+    """The lab admin's certificate as its file (pki/cmglab-lab-admin) holds it now: re-issued while the CMG runs,
+    the new one is admitted and the one before is not, with no restart. One stat per look; the file is read again
+    only when it changed (inode, size or modification time) or changed just now."""
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._thumbprint: str | None = None
+
+    def thumbprint(self) -> str | None:
+        """The current certificate's thumbprint (lower-case); None while there is none (or it is being written)."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            self._seen, self._thumbprint = None, None
+            return None
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        # a file changed within RACY_NS of our look may change again within the file system's timestamp
+        # granularity (same size, same mtime): read it again until its change is older than that (as git does)
+        if seen != self._seen or time.time_ns() - st.st_mtime_ns < self.RACY_NS:
+            try:
+                tp: str | None = thumbprint(x509.load_pem_x509_certificate(self.path.read_bytes())).lower()
+            except (OSError, ValueError):  # caught mid-write: no admin until the file is whole (its size changes)
+                tp = None
+            self._seen, self._thumbprint = seen, tp
+        return self._thumbprint
+
+
 class ConnectorAdmission:
     """Who keeps a connector connection, decided as its TLS handshake completes (runtime/tls.py AdmitAtHandshake):
-    a registered connection point, or the lab admin (the /_lab calls; its certificate by thumbprint). The TLS takes
-    any lab-CA client certificate (a device's PKI one too): such a peer once held a connector slot for up to the head
-    deadline per connection and could reconnect in a loop. Refused here, it is dropped at once, never counted among
-    the connector's connections, and logged in CMGService.log."""
+    a registered connection point, or the lab admin (the /_lab calls; the certificate its file holds now, by
+    thumbprint). The TLS takes any lab-CA client certificate (a device's PKI one too): such a peer once held a
+    connector slot for up to the head deadline per connection and could reconnect in a loop. Refused here, it is
+    dropped at once, never counted among the connector's connections, and logged in CMGService.log."""
 
-    def __init__(self, registry: Registry, admins: set[str], log: logging.Logger) -> None:
-        self.registry, self.admins, self.log = registry, {a.lower() for a in admins}, log
+    def __init__(self, registry: Registry, admin: AdminCertificate | None, log: logging.Logger) -> None:
+        self.registry, self.admin, self.log = registry, admin, log
         self._logged: dict[str, tuple[float, int]] = {}  # thumbprint: when last logged, refusals since
 
     @classmethod
     def of(cls, lab: Lab, registry: Registry, log: logging.Logger) -> ConnectorAdmission:
-        admin = lab.pki.lab_admin
-        return cls(registry, {thumbprint(admin.cert())} if admin.exists() else set(), log)
+        return cls(registry, AdminCertificate(lab.pki.lab_admin.cert_path), log)
 
     def __call__(self, der: bytes | None, peer: str) -> bool:
         cert = parsed(der) if der else None
-        if cert is not None and thumbprint(cert).lower() in self.admins:
+        if cert is not None and self.admin is not None and thumbprint(cert).lower() == self.admin.thumbprint():
             return True
         problem = self.registry.refuse(cert)
         if problem is None:
