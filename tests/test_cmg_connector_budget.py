@@ -6,6 +6,7 @@ connection unanswered. The connector keeps connections of its own (runtime.serve
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import ssl
@@ -16,11 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmglab.pki.builders import CLIENT_AUTH
 from cmglab.pki.labpki import LAB_ADMIN
 from cmglab.runtime.lab import Lab
-from cmglab.services.cmg.connector import CONNECTOR_HEAD_DEADLINE, RESERVED_CONNECTIONS
+from cmglab.services.cmg.connector import CONNECTOR_HEAD_DEADLINE, RESERVED_CONNECTIONS, ConnectorAdmission, Registry
 from cmglab.tools.processes import LabProcesses, isolated_lab
 from cmglab.wire import httpclient
 from tests.support.cmg import FAST_ENV, channel_up, log_text, wait_for
@@ -264,3 +267,43 @@ def test_a_reissued_lab_admin_certificate_is_admitted_and_the_one_before_is_not(
             10,
             "the refusal of the admin's certificate before the re-issue in CMGService.log",
         )
+
+
+class _CountingRegistry(Registry):
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(lab, set())
+        self.looked: list[str | None] = []
+
+    def refuse(self, cert: x509.Certificate | None) -> str | None:
+        problem = super().refuse(cert)
+        self.looked.append(problem)
+        return problem
+
+
+def test_a_certificate_refused_again_costs_no_second_signature_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review 4, F5: admission runs on the event loop, and the registry's verdict (a signature verification) was
+    made again for every connection: a device reconnecting in a loop cost one each time. The verdict, a function of
+    the certificate alone, is kept: each certificate is checked once; refusals and their log lines are as before
+    (the device refused, once logged with the rest counted; the connection point and no certificate as ever)."""
+    lab = isolated_lab(tmp_path / "lab")
+    registry = _CountingRegistry(lab)
+    admission = ConnectorAdmission.of(lab, registry, logging.getLogger("cmglab.test.connector"))
+    device = lab.pki.issue_client("looping-device.corp.lab.test").cert().public_bytes(Encoding.DER)
+    point = lab.pki.connection_point.cert().public_bytes(Encoding.DER)
+    with caplog.at_level(logging.WARNING, logger="cmglab.test.connector"):
+        for n in range(5):
+            assert admission(device, f"192.0.2.7:{40000 + n}") is False
+            assert admission(point, f"192.0.2.8:{40000 + n}") is True
+        assert admission(None, "192.0.2.9:40000") is False
+    # the device, the connection point, no certificate: each looked at once
+    assert len(registry.looked) == 3, registry.looked
+    assert "is not a registered connection point" in str(registry.looked[0])
+    assert registry.looked[1:] == [None, "no client certificate"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("Rejected connection from 192.0.2.7:40000 at the connector's TLS handshake: ")
+    assert "CN=looping-device.corp.lab.test" in lines[0] and "is not a registered connection point" in lines[0]
+    assert "only registered connection points and the lab admin may connect" in lines[0]
+    assert "no client certificate" in lines[1]

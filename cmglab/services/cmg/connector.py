@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from cryptography import x509
@@ -36,6 +37,7 @@ CONNECTOR_HEAD_DEADLINE = 10.0
 # an attacker reconnecting in a loop does not write a line per attempt
 REFUSAL_LOG_EVERY = 10.0
 _REFUSALS_KEPT = 1024  # certificates whose last refusal line is remembered (more: forgotten, logged again)
+_VERDICTS_KEPT = 256  # certificates whose admission verdict is remembered (a signature check each otherwise)
 
 
 class Registry:
@@ -104,11 +106,16 @@ class ConnectorAdmission:
     a registered connection point, or the lab admin (the /_lab calls; the certificate its file holds now, by
     thumbprint). The TLS takes any lab-CA client certificate (a device's PKI one too): such a peer once held a
     connector slot for up to the head deadline per connection and could reconnect in a loop. Refused here, it is
-    dropped at once, never counted among the connector's connections, and logged in CMGService.log."""
+    dropped at once, never counted among the connector's connections, and logged in CMGService.log.
+
+    This runs on the event loop: the registry's verdict on a certificate (a signature verification) is kept for the
+    latest _VERDICTS_KEPT certificates, by their exact DER (it depends on nothing else: the issuing CA and the
+    registered names are fixed while the CMG runs), so a peer reconnecting in a loop costs one verification."""
 
     def __init__(self, registry: Registry, admin: AdminCertificate | None, log: logging.Logger) -> None:
         self.registry, self.admin, self.log = registry, admin, log
         self._logged: dict[str, tuple[float, int]] = {}  # thumbprint: when last logged, refusals since
+        self._verdicts: OrderedDict[bytes, str | None] = OrderedDict()  # DER: the registry's refusal (None: admitted)
 
     @classmethod
     def of(cls, lab: Lab, registry: Registry, log: logging.Logger) -> ConnectorAdmission:
@@ -118,11 +125,24 @@ class ConnectorAdmission:
         cert = parsed(der) if der else None
         if cert is not None and self.admin is not None and thumbprint(cert).lower() == self.admin.thumbprint():
             return True
-        problem = self.registry.refuse(cert)
+        problem = self._verdict(der, cert)
         if problem is None:
             return True
         self._refused(thumbprint(cert) if cert is not None else "", peer, problem)
         return False
+
+    def _verdict(self, der: bytes | None, cert: x509.Certificate | None) -> str | None:
+        if der is None:
+            return self.registry.refuse(cert)
+        try:
+            self._verdicts.move_to_end(der)
+            return self._verdicts[der]
+        except KeyError:
+            pass
+        problem = self._verdicts[der] = self.registry.refuse(cert)
+        if len(self._verdicts) > _VERDICTS_KEPT:
+            self._verdicts.popitem(last=False)
+        return problem
 
     def _refused(self, key: str, peer: str, problem: str) -> None:
         now = time.monotonic()
