@@ -481,3 +481,28 @@ def test_a_head_replys_body_bytes_never_join_it() -> None:
             reply = c.head(f"http://127.0.0.1:{port}/")
             assert (reply.status_code, reply.content, reply.headers["content-length"]) == (200, b"", "4")
     assert accepted == [0, 1]
+
+
+@pytest.mark.parametrize("follow_redirects", [False, True])  # the short road, and httpx's own send
+def test_the_client_reads_no_proxy_from_the_environment_on_either_road(
+    monkeypatch: pytest.MonkeyPatch, follow_redirects: bool
+) -> None:
+    """H1Client sends on its one transport on both roads: its short road never reads HTTP(S)_PROXY/ALL_PROXY, and
+    httpx's own send (auth, redirects, streams) takes no proxy from the environment either, since httpx makes its
+    proxy mounts only for a client built without a transport (review 5 thought it did: it did not; this guards it,
+    as a mount would be httpx's own transport, without the agent's TLS context, name map and revocation check)."""
+    proxied: list[bytes] = []
+
+    def proxy(conn: socket.socket, n: int) -> None:
+        while request := read_request(conn):
+            proxied.append(request)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nproxied")
+
+    with server(keep_alive(OK)) as (port, _), server(proxy) as (proxy_port, _):
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy_port}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        with H1Client(transport=H1Transport(None), timeout=5) as c:
+            reply = c.get(f"http://127.0.0.1:{port}/", follow_redirects=follow_redirects)
+    assert (reply.text, proxied) == ("ok", [])

@@ -368,9 +368,11 @@ def parsed_url(url: str) -> httpx.URL:
 
 class H1Client(httpx.Client):
     """httpx.Client (same API, same Request and Response objects, event hooks, timeouts) for one transport and
-    no proxies. `send` takes a shorter road for a plain request, the agent's every one: request hooks, the
-    transport, cookies kept only when the reply sets some, response hooks, the body read. A request with auth,
-    redirects to follow or a streamed reply goes through httpx's own `send`."""
+    no proxies: HTTP(S)_PROXY, ALL_PROXY and NO_PROXY are read on neither road (httpx mounts environment proxies
+    only for a client built without a transport; the agent talks only to the lab, by its own name map). `send`
+    takes a shorter road for a plain request, the agent's every one: request hooks, the transport, cookies kept
+    only when the reply sets some, response hooks, the body read. A request with auth, redirects to follow or a
+    streamed reply goes through httpx's own `send`."""
 
     def __init__(self, *, transport: httpx.BaseTransport, **kwargs: Any) -> None:
         super().__init__(transport=transport, **kwargs)
