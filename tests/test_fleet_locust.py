@@ -22,6 +22,7 @@ from tests.support.lab import lab_client, lab_fixture
 
 FLOWS = ("onboarding", "policy cycle", "token renewal")
 DEVICES = 3
+ATTEMPTS = 3  # master ports tried: one free when picked may be taken before the master binds it
 # a client cycle every ~second: each device renews its token (first cycle) and polls policy several times
 RUN = ("--headless", "-u", str(DEVICES), "-r", str(DEVICES), "--run-time", "15s", "--cycle-wait", "1", "--only-summary")
 
@@ -74,20 +75,9 @@ def test_locust_drives_the_fleet(lab: Lab, tmp_path: Path) -> None:
     check_fleet(lab, tmp_path / "locust", tmp_path / "devices")
 
 
-def test_distributed_master_and_worker(lab: Lab, tmp_path: Path) -> None:
-    exported = tmp_path / "worker-lab"
-    subprocess.run(
-        cmglab("fleet", "export", "--lab", str(lab.dir), "--address", lab.config.bind_address, "--out", str(exported)),
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    assert sorted(str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file()) == [
-        "hosts",
-        "lab.json",
-        "pki/ca-bundle.pem",
-    ]
-    port = str(free_port_now())  # locust binds it itself
+def master_and_worker(exported: Path, tmp_path: Path, port: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """A Locust master and one worker on PORT (locust binds it itself: it cannot be handed a socket): the
+    master's run and the worker's exit code."""
     worker_log = tmp_path / "worker.log"
     with worker_log.open("w") as log:
         worker = subprocess.Popen(
@@ -125,11 +115,33 @@ def test_distributed_master_and_worker(lab: Lab, tmp_path: Path) -> None:
                 "--csv",
                 str(tmp_path / "locust"),
             )
-            worker.wait(timeout=60)  # the master tells its workers to quit at the end of the run
+            if master.returncode == 0:
+                worker.wait(timeout=60)  # the master tells its workers to quit at the end of the run
         finally:
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
+    return master, worker.returncode
+
+
+def test_distributed_master_and_worker(lab: Lab, tmp_path: Path) -> None:
+    exported = tmp_path / "worker-lab"
+    subprocess.run(
+        cmglab("fleet", "export", "--lab", str(lab.dir), "--address", lab.config.bind_address, "--out", str(exported)),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert sorted(str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file()) == [
+        "hosts",
+        "lab.json",
+        "pki/ca-bundle.pem",
+    ]
+    for _ in range(ATTEMPTS):
+        master, worker = master_and_worker(exported, tmp_path, str(free_port_now()))
+        if master.returncode and "Address already in use" in master.stderr:
+            continue  # free when picked, taken before the master bound it: another port
+        break
     assert master.returncode == 0, master.stderr[-4000:]
-    assert worker.returncode == 0, worker_log.read_text()[-4000:]
+    assert worker == 0, (tmp_path / "worker.log").read_text()[-4000:]
     check_fleet(lab, tmp_path / "locust", tmp_path / "devices")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import http.client
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 import spnego
 
 from cmglab.runtime.sockets import free_port_now
+from cmglab.tools.reliability import transport
 
 QUIET = [
     "--no-smb-server",
@@ -34,15 +34,17 @@ def ntlmrelayx() -> str:
     return tool
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes], deadline: float) -> None:
+def wait_listening(port: int, proc: subprocess.Popen[bytes], deadline: float, out: Path) -> bool:
+    """Until ntlmrelayx itself listens on PORT (by its own descriptors: a connection would also succeed on
+    another program that took the port first); False if its bind found the port taken."""
     while time.monotonic() < deadline:
+        if transport.listens_itself(proc.pid, port):
+            return True
+        if "Address already in use" in out.read_text(errors="replace"):
+            return False
         if proc.poll() is not None:
             pytest.fail(f"ntlmrelayx exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
+        time.sleep(0.1)
     pytest.fail("ntlmrelayx's HTTP listener did not come up")
 
 
@@ -79,28 +81,34 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+ATTEMPTS = 3  # ports tried: one is free when picked, and another program may take it before ntlmrelayx binds it
+
+
 def relay(tmp_path: Path, target: str, attack: list[str], victim: str, password: str, *, timeout: float) -> str:
     """Run `ntlmrelayx.py -t TARGET ATTACK...` unmodified, have `victim` authenticate to its HTTP listener, and
     return what the tool printed once it says the attack finished (or logged an error, or `timeout` passed)."""
-    http_port = free_port_now()  # ntlmrelayx binds its listener itself
     out = tmp_path / "ntlmrelayx.out"
-    with out.open("wb") as sink:
-        proc = subprocess.Popen(
-            [ntlmrelayx(), "-t", target, *attack, "-ip", "127.0.0.1", "--http-port", str(http_port), *QUIET],
-            cwd=tmp_path,
-            stdin=subprocess.PIPE,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        wait_listening(http_port, proc, deadline)
-        victim_authenticates(http_port, victim, password)
-        while time.monotonic() < deadline and proc.poll() is None:
-            so_far = out.read_text(errors="replace")
-            if "DONE - attack finished" in so_far or "[-]" in so_far:  # finished, or the attack logged an error
-                break
-            time.sleep(0.2)
-    finally:
-        stop(proc)
-    return out.read_text(errors="replace")
+    deadline = time.monotonic() + timeout
+    for _ in range(ATTEMPTS):
+        http_port = free_port_now()  # ntlmrelayx binds its listener itself: it cannot be handed a socket
+        with out.open("wb") as sink:
+            proc = subprocess.Popen(
+                [ntlmrelayx(), "-t", target, *attack, "-ip", "127.0.0.1", "--http-port", str(http_port), *QUIET],
+                cwd=tmp_path,
+                stdin=subprocess.PIPE,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            if not wait_listening(http_port, proc, deadline, out):
+                continue  # taken before ntlmrelayx bound it: another port
+            victim_authenticates(http_port, victim, password)
+            while time.monotonic() < deadline and proc.poll() is None:
+                so_far = out.read_text(errors="replace")
+                if "DONE - attack finished" in so_far or "[-]" in so_far:  # finished, or the attack logged an error
+                    break
+                time.sleep(0.2)
+            return out.read_text(errors="replace")
+        finally:
+            stop(proc)
+    pytest.fail(f"ntlmrelayx found its HTTP port taken {ATTEMPTS} times:\n{out.read_text(errors='replace')}")

@@ -224,31 +224,52 @@ def handshake_flood(lab: Lab, t: Target, pid: int, count: int = 1000) -> Flood:
     return Flood(most, served, ports)
 
 
+def _tcp_rows(pid: int) -> Iterator[list[str]]:
+    """The fields of each TCP socket's row in process PID's network namespace (/proc/PID/net/tcp, tcp6)."""
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/net/{table}") as rows:
+            for row in list(rows)[1:]:
+                yield row.split()
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1], 16)
+
+
 def _peer_rows(pid: int, peers: list[int]) -> Iterator[tuple[int, str, str]]:
     """(peer port, state, inode) of each TCP socket in process PID's network namespace whose remote end is one
     of the local ports PEERS."""
     wanted = set(peers)
-    for table in ("tcp", "tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/net/{table}") as rows:
-            for row in list(rows)[1:]:
-                f = row.split()
-                port = int(f[2].rsplit(":", 1)[1], 16)
-                if port in wanted:
-                    yield port, f[3], f[9]
+    for f in _tcp_rows(pid):
+        if (port := _port(f[2])) in wanted:
+            yield port, f[3], f[9]
 
 
-def held_peers(pid: int, peers: list[int]) -> list[str]:
-    """The TCP connections process PID still holds open to one of the local ports PEERS, as `port state` (the
-    process's own descriptors matched by inode against its network namespace's socket tables)."""
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process PID has open."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):  # closed while we looked
             link = os.readlink(f"/proc/{pid}/fd/{fd}")
             if link.startswith("socket:["):
                 inodes.add(link[8:-1])
+    return inodes
+
+
+def held_peers(pid: int, peers: list[int]) -> list[str]:
+    """The TCP connections process PID still holds open to one of the local ports PEERS, as `port state` (the
+    process's own descriptors matched by inode against its network namespace's socket tables)."""
+    inodes = socket_inodes(pid)
     return [
         f"{port} {TCP_STATES.get(state, state)}" for port, state, inode in _peer_rows(pid, peers) if inode in inodes
     ]
+
+
+def listens_itself(pid: int, port: int) -> bool:
+    """Whether process PID itself listens on PORT (by inode, as `held_peers`): a connection to the port would
+    also succeed if another program had taken it."""
+    inodes = socket_inodes(pid)
+    return any(f[3] == "0A" and _port(f[1]) == port and f[9] in inodes for f in _tcp_rows(pid))
 
 
 def queued_peers(pid: int, peers: list[int]) -> list[str]:
