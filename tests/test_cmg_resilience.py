@@ -87,7 +87,9 @@ def test_the_point_redials_a_restarted_cmg_by_itself(res_lab: Lab, procs: LabPro
     wait_for(lambda: cp_health(res_lab)["channels"][0]["state"] != "connected", timeout=10, what="channel down")
     procs.start("cmg")
     wait_up(res_lab)
-    assert cp_health(res_lab)["channels"][0]["connects"] == before + 1
+    # re-dialled: at least once (under load a heartbeat missed for 3 s may make it re-dial once more; the
+    # point's reconnect count is its own work, "exactly one" is not what this test means)
+    assert cp_health(res_lab)["channels"][0]["connects"] > before
     with lab_client(res_lab) as c:
         assert get_manifest(c, res_lab).content == manifest_bytes(res_lab)
     log = (res_lab.dir / "logs" / "cmg-connection-point" / "SMS_CLOUD_PROXYCONNECTOR.log").read_text()
