@@ -20,7 +20,7 @@ from cmglab.agent.device import Device
 from cmglab.core.labconfig import Ports
 from cmglab.runtime.lab import Lab
 from cmglab.tools.labports import pick_free_ports
-from cmglab.tools.processes import SERVICES, LabProcesses
+from cmglab.tools.processes import SERVICES, LabProcesses, isolated_lab
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 WIDTHS = ("80", "50", None)  # None: a pipe with no COLUMNS (rich then draws 80 columns)
@@ -130,7 +130,10 @@ def test_free_ports_give_each_lab_its_own_ports(lab: Lab, tmp_path: Path) -> Non
     assert isinstance(pick_free_ports(), Ports)
 
 
-def test_status_exits_non_zero_when_down_and_tells_another_lab_from_its_own(lab: Lab, tmp_path: Path) -> None:
+def test_status_exits_non_zero_when_down_and_tells_another_lab_from_its_own(tmp_path: Path) -> None:
+    # a lab on ports this process reserved, not the `init --free-ports` one: those were free when picked and may
+    # be taken before its services start here (LabProcesses hands a reserved port's socket to its service)
+    lab = isolated_lab(tmp_path / "first")
     down = cmglab("status", "--json", "--lab", str(lab.dir))
     assert down.returncode == 1
     assert {v["health"] for v in json.loads(down.stdout).values()} == {"down (nothing listens)"}

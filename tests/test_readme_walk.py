@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography import x509
 
 from cmglab.runtime.lab import Lab
+from cmglab.runtime.sockets import reserve_ports
 
 
 def cmglab(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,14 +53,24 @@ def test_init_force_starts_from_a_clean_state(tmp_path: Path) -> None:
 
     made = cmglab("init", "--lab", str(tmp_path / "lab"), "--free-ports")
     assert made.returncode == 0, made.stdout + made.stderr
-    with LabProcesses(Lab.load(tmp_path / "lab")) as procs:
+    with LabProcesses(entra_on_a_reserved_port(tmp_path / "lab")) as procs:
         procs.ensure("entra")
     assert (tmp_path / "lab" / "data" / "entra.db").exists()
     again = cmglab("init", "--lab", str(tmp_path / "lab"), "--free-ports", "--force")
     assert again.returncode == 0, again.stdout + again.stderr
     assert not (tmp_path / "lab" / "data" / "entra.db").exists()
-    with LabProcesses(Lab.load(tmp_path / "lab")) as procs:
+    with LabProcesses(entra_on_a_reserved_port(tmp_path / "lab")) as procs:
         procs.ensure("entra")  # raises ServiceFailed if Entra cannot start
+
+
+def entra_on_a_reserved_port(lab_dir: Path) -> Lab:
+    """The lab with Entra moved to a port this process reserved (LabProcesses hands its socket to Entra): the
+    one `init --free-ports` picked was free then, and another program may take it before Entra binds it."""
+    from cmglab.tools.labports import use_ports
+
+    lab = Lab.load(lab_dir)
+    use_ports(lab, lab.config.ports.model_copy(update={"entra": reserve_ports(1)[0]}))
+    return Lab.load(lab_dir)
 
 
 def test_dsregcmd_status_into_a_closed_pipe_prints_no_traceback(tmp_path: Path) -> None:
