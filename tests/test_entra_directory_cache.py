@@ -11,8 +11,8 @@ import pytest
 
 from cmglab.runtime.lab import Lab
 from cmglab.services.entra import store as st
-from cmglab.services.entra.directory import AppIn, TenantIn
-from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra.directory import AppIn, DomainIn, TenantIn
+from cmglab.services.entra.errors import AADSTSError, DRSError
 from cmglab.services.entra.grants import TokenRequest
 from cmglab.services.entra.issuance import Issuer
 from cmglab.services.entra.parts import Parts
@@ -94,3 +94,35 @@ def test_rows_added_in_a_unit_of_work_that_rolls_back_are_not_cached(lab: Lab) -
         assert refused_code(lab, parts, NEW_APP) == 700016
     finally:
         parts.store.dispose()
+
+
+def test_a_domain_another_worker_reset_away_leaves_the_realm_and_the_drs_discovery(lab: Lab) -> None:
+    """The user realm and DRS discovery read domains from the cache: a federated domain another worker added is
+    found (and cached), and once that worker's reset removed it, neither finds it any more."""
+    worker_a, worker_b = Parts.from_lab(lab), Parts.from_lab(lab)
+    urls = {"drs_url": "https://enterpriseregistration.windows.net", "login_url": "https://login.microsoftonline.com"}
+    try:
+        with worker_a.store.session() as s:
+            assert st.domain_by_name(s, "fed.added.test") is None  # a miss is not remembered
+        worker_b.directory.add_tenant(
+            TenantIn(
+                tenant_id=NEW_TENANT,
+                display_name="Added",
+                initial_domain="added.onmicrosoft.com",
+                domains=[DomainIn(name="Fed.Added.Test", federated=True)],
+            )
+        )
+        for _ in range(2):  # found, then from the cache
+            with worker_a.store.session() as s:
+                assert st.domain_by_name(s, "FED.added.test") == st.DomainInfo("fed.added.test", NEW_TENANT, True)
+            doc = worker_a.registration.discover("fed.added.test", **urls)
+            assert doc["IdentityProviderService"]["Federated"] is True
+        worker_b.store.reset()
+        with worker_a.store.session() as s:
+            assert st.domain_by_name(s, "fed.added.test") is None
+        with pytest.raises(DRSError) as refused:
+            worker_a.registration.discover("fed.added.test", **urls)
+        assert refused.value.status == 404
+    finally:
+        worker_a.store.dispose()
+        worker_b.store.dispose()

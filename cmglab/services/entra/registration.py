@@ -115,7 +115,7 @@ class Registration:
             tenant = st.tenant_by_key(s, key)
             if tenant is None:
                 raise DRSError(404, "DirectoryError", 90002, f"Tenant '{key}' not found.")
-            domain = s.get(st.Domain, key.lower())
+            domain = st.domain_by_name(s, key)
             return drs_discovery(
                 drs_url,
                 login_url,

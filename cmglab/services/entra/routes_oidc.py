@@ -45,9 +45,9 @@ def userrealm_handler(entra: Parts) -> Callable[[str, Request], JSONResponse]:
     path (lean.py)."""
 
     def userrealm(upn: str, request: Request) -> JSONResponse:
-        with entra.store.session() as s:
-            domain = s.get(st.Domain, upn.rpartition("@")[2].lower())
-            tenant = s.get(st.Tenant, domain.tenant_id) if domain else None
+        with entra.store.session() as s:  # the domain and its tenant from the directory cache (store.py)
+            domain = st.domain_by_name(s, upn.rpartition("@")[2])
+            tenant = st.tenant_by_id(s, domain.tenant_id) if domain else None
             name, federated = (domain.name, domain.federated) if domain else (None, False)
             brand = tenant.display_name if tenant else None
         if request.query_params.get("api-version") == "2.0":

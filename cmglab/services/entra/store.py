@@ -350,6 +350,15 @@ class AppInfo:
     access_token_version: int
 
 
+@dataclass(frozen=True)
+class DomainInfo:
+    """A domain row (domains, as tenants, are only ever added while the service runs)."""
+
+    name: str  # lower case
+    tenant_id: str
+    federated: bool
+
+
 @dataclass
 class _Snapshot:
     """Tenants and apps found under one directory generation (found ones only: a miss always asks the
@@ -359,6 +368,7 @@ class _Snapshot:
     tenants: dict[str, TenantInfo] = field(default_factory=dict)  # by lower-case ID or domain name
     apps: dict[str, AppInfo] = field(default_factory=dict)  # by lower-case ID
     resources: dict[str, AppInfo] = field(default_factory=dict)  # by lower-case identifier URI without "/"
+    domains: dict[str, DomainInfo] = field(default_factory=dict)  # by lower-case name
 
 
 _SNAPSHOT = "entra.directory"
@@ -413,6 +423,20 @@ def tenant_by_id(s: Session, tenant_id: str) -> TenantInfo | None:
     """A tenant by its ID only (a verified token's `tid`, a device's tenant)."""
     found = tenant_by_key(s, tenant_id)
     return found if found is not None and found.tenant_id == tenant_id else None
+
+
+def domain_by_name(s: Session, name: str) -> DomainInfo | None:
+    """A domain by its name (case-insensitive), from the directory cache: the user realm and DRS discovery read
+    it for every device (two ORM lookups a user realm request before: ~0.3 ms of CPU)."""
+    key = name.lower()
+    snap = _directory(s)
+    found = snap.domains.get(key)
+    if found is None:
+        row = s.get(Domain, key)
+        if row is None:
+            return None
+        found = snap.domains[key] = DomainInfo(row.name, row.tenant_id, row.federated)
+    return found
 
 
 def user_by_upn(s: Session, upn: str) -> User | None:
