@@ -23,7 +23,7 @@ from cmglab.services.management_point.store import Client, IssuedToken
 from cmglab.services.management_point.transport import IISPaths
 from cmglab.services.management_point.units import ClientKeys, SiteUnit
 from cmglab.wire import ccm_messaging as cm
-from cmglab.wire.kinds import RegistrationKind
+from cmglab.wire.kinds import ConflictStatus, RegistrationKind
 from tests.support.lab import new_lab, set_site
 from tests.support.mp import Device, ccm_post, client, http_url, register, reply_body, wait_log
 from tests.support.threaded import ThreadedService
@@ -140,3 +140,39 @@ def test_a_bulk_tokens_guid_is_looked_up_by_one_rule_on_both_paths(parts: Parts,
     plain, orm = _verdicts(parts, _bulk_registrant(parts, Device("BULK01"), guid.upper()))
     assert plain == orm
     assert str(plain).startswith("refused") if blocked else plain == registration.REGISTERED, plain
+
+
+def test_a_merged_record_deleted_between_read_and_write_is_registered_again_not_a_500(
+    race_lab: Lab, parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ORM path's side of the race above (review 6): a conflicting record the admin merged is updated there
+    (not on the plain path), and an admin's delete of that record from another connection right after the
+    session read it made the flush's UPDATE hit no row: SQLAlchemy's StaleDataError escaped register() as a
+    bare 500. It is decided again, as the plain path does, on what the site holds now: the record made again,
+    REGISTERED, with the same line in MP_RegistrationManager.log. Old code: HTTP 500, no client row."""
+    owner, other = Device("MERGEA"), Device("MERGEB")
+    sms_id = register(race_lab, owner)["SMSID"]
+    with client(race_lab) as c:  # a conflicting record (automatic: a new record for now)
+        ccm_post(c, f"{http_url(race_lab)}/ccm_system/request", other.registration_message(sms_id=sms_id))
+    (conflict,) = [c for c in parts.store.conflicts() if c["sms_id"] == sms_id]
+    assert parts.store.resolve_conflict(conflict["id"], ConflictStatus.MERGE) is not None
+
+    owned_by = registration._owned_by
+    deleted: list[str] = []
+
+    def read_then_deleted(existing: Any, who: registration.Registrant) -> bool:
+        if isinstance(existing, Client) and existing.sms_id == sms_id and not deleted:  # the ORM path's read
+            with parts.store.session() as s:  # another connection, committed before the session writes
+                s.execute(delete(Client).where(Client.sms_id == sms_id))
+            deleted.append(sms_id)
+        return owned_by(existing, who)
+
+    monkeypatch.setattr(registration, "_owned_by", read_then_deleted)
+    with client(race_lab) as c:
+        reply = ccm_post(c, f"{http_url(race_lab)}/ccm_system/request", other.registration_message(sms_id=sms_id))
+    assert deleted == [sms_id]  # the race was made between the ORM path's read and its write
+    assert reply.status_code == 200, reply.status_code
+    again = dict(cm.parse_xml(reply_body(reply)).attrib)
+    assert again["Status"] == "0" and again["SMSID"] == sms_id, again
+    assert _client_rows(parts, sms_id) == [sms_id]  # the registered client exists
+    wait_log(race_lab, "MP_RegistrationManager.log", rf"The record of {sms_id} was deleted while its registration")

@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from cmglab.core.labconfig import SiteSettings
 from cmglab.runtime.certinfo import thumbprint
@@ -162,13 +163,20 @@ def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Ca
         log.info(f"Registration of {who.proposed} raced another for the same client; processing it again")
 
     # a new client or its record's owner in plain SQL; a conflicting record (rare, with its bookkeeping) by the ORM
+    def gone() -> None:
+        log.info(f"The record of {who.proposed} was deleted while its registration was processed; processing it again")
+
     try:
         outcome = mp.store.retrying_unit(lambda u: _admit_plain(mp, u, who, settings), on_race=raced)
     except RecordGone:  # rolled back: decided again on what the site holds now, as a request after the delete
-        log.info(f"The record of {who.proposed} was deleted while its registration was processed; processing it again")
+        gone()
         outcome = None
     if outcome is None:
-        outcome = mp.store.retrying(lambda s: _admit(mp, s, who, settings), on_race=raced)
+        try:
+            outcome = mp.store.retrying(lambda s: _admit(mp, s, who, settings), on_race=raced)
+        except StaleDataError:  # the ORM's RecordGone (a merged record's UPDATE hit no row): rolled back, again
+            gone()
+            outcome = mp.store.retrying(lambda s: _admit(mp, s, who, settings), on_race=raced)
     if outcome.status == REGISTERED:
         log.info(
             f"Client {outcome.sms_id} registered ({who.kind}, message {message_id}); approval status "
