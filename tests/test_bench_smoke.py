@@ -99,11 +99,12 @@ def check_services(report: dict[str, Any]) -> None:
     _crypto, inventory = report["ceiling"]["tables"]
     only_ok(report["services"]["rows"], frozenset({"200", "201"}))  # a DRS join answers 201 Created
     # a row for every endpoint of the inventory that is measured alone (the policy body and CMG forwarding
-    # are parts of other rows)
+    # are parts of other rows, the PRT sign-in of an onboarding's floor)
     measured = {row["name"] for row in report["services"]["rows"]}
     assert {r["endpoint"] for r in inventory["rows"]} - measured == {
         "MP secret policy body",
         "CMG + connection point forwarding one request",
+        "Entra PRT (device-signed password grant)",
     }
     device_token = next(r for r in report["services"]["rows"] if r["name"].startswith("Entra device token"))
     assert device_token["requests_per_op"] == 2  # its srv_challenge nonce, then the signed request
@@ -121,7 +122,9 @@ def check_onboarding(report: dict[str, Any], with_floor: bool) -> None:
     assert all(r["peak_rss_mb"] >= r["rss_start_mb"] > 0 for r in memory)
     if with_floor:  # the floor table is built from the ceiling section's primitives
         floor = {r["service"]: r for r in onboarding["tables"][1]["rows"]}
-        assert floor["total"]["floor_ms"] > 0 and floor["entra"]["signatures"] > 0 and floor["entra"]["pbkdf2"] == 1
+        assert (
+            floor["total"]["floor_ms"] > 0 and floor["entra"]["signatures"] > 0 and floor["entra"]["pbkdf2"] == 2
+        )  # ROPC, PRT
         assert all(r["measured_cpu_ms"] for r in floor.values())
     steps = {r["step"] for r in onboarding["tables"][2 if with_floor else 1]["rows"]}
     assert {"join", "registration", "policy (assignments)", "whole onboarding"} <= steps

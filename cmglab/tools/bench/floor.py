@@ -56,6 +56,7 @@ class Need:
 ROPC = "Entra token (ROPC, v1)"
 DEVICE_TOKEN = "Entra device token (jwt-bearer, device certificate)"
 DRS_JOIN = "Entra DRS join"
+PRT_SIGN_IN = "Entra PRT (device-signed password grant)"
 STS_CERT = "MP CCM_STS (Certificate proof)"
 STS_AAD = "MP CCM_STS (AAD proof)"
 STS_BULK = "MP CCM_STS (BulkRegistration proof)"
@@ -80,6 +81,12 @@ INVENTORY: dict[str, Need] = {
     DRS_JOIN: Need(
         {"jwt_decode": 1, "rsa_verify": 1, "rsa_sign": 1},
         "the user's DRS access token; the PKCS#10 self-signature; the device certificate signed by the device CA",
+    ),
+    PRT_SIGN_IN: Need(
+        {"rsa_verify": 1, "jwt_decode": 1, "pbkdf2": 1, "rsa_oaep": 1, "jwt_encode": 1},
+        "CloudAP's sign-in on the joined device ([MS-OAPXBC] 3.1.5.1.2): the device certificate (one verification), "
+        "the request JWS, the password's PBKDF2; the new session key encrypted to the transport key; the ID "
+        "token signed (the PRT itself is random bytes and a SHA-256)",
     ),
     STS_CERT: Need(
         {"jwt_encode": 1},
@@ -135,7 +142,9 @@ ONBOARDING: dict[str, list[tuple[str, str, int]]] = {
     "entra": [
         ("user token for the DRS (ROPC)", ROPC, 1),
         ("DRS join", DRS_JOIN, 1),
-        (label(Step.TOKEN, "device"), DEVICE_TOKEN, 1),
+        ("PRT at the user's sign-in", PRT_SIGN_IN, 1),
+        # the join's and the install's (the fleet records 2.0 device_token requests per onboarding)
+        (label(Step.TOKEN, "device"), DEVICE_TOKEN, 2),
     ],
     "management-point": [
         (label(Step.CCMSTS), STS_AAD, 1),
@@ -147,9 +156,11 @@ ONBOARDING: dict[str, list[tuple[str, str, int]]] = {
     "cmg-connection-point": [],
     "pki": [],  # the CRL host
 }
-# new TLS connections per onboarding, by the service that accepts them: each of the agent's programs (dsregcmd,
-# ccmsetup, ccmexec) opens one connection per host; the connection point reuses its channel and MP connections
-ONBOARDING_HANDSHAKES = {"entra": 2, "cmg": 2, "pki": 2}
+# new TLS connections per onboarding, by the service that accepts them: each of the agent's clients opens one
+# connection per host; the connection point reuses its channel and MP connections. Entra: 4 (counted at its
+# acceptor during a 200-device fleet, 2026-11-26: 803 handshakes): the join's to the login host and to the DRS,
+# the PRT sign-in's and the install's device token's, each a client of its own
+ONBOARDING_HANDSHAKES = {"entra": 4, "cmg": 2, "pki": 2}
 
 
 # -- timing --------------------------------------------------------------------------------------------
