@@ -307,3 +307,28 @@ def test_a_certificate_refused_again_costs_no_second_signature_check(
     assert "CN=looping-device.corp.lab.test" in lines[0] and "is not a registered connection point" in lines[0]
     assert "only registered connection points and the lab admin may connect" in lines[0]
     assert "no client certificate" in lines[1]
+
+
+def test_a_connection_point_revoked_while_the_cmg_runs_is_refused_though_its_verdict_is_kept(tmp_path: Path) -> None:
+    """Review 6 (a guard for the kept verdicts above): the connector keeps the registry's verdict on a connection
+    point's certificate, but revocation is the TLS's, checked at every handshake against the CRL as it is now.
+    Admitted (its verdict kept), then revoked while the CMG runs: its next connection is refused, and the CRL
+    refusal is in CMGService.log."""
+    lab = isolated_lab(tmp_path / "lab")
+    procs = LabProcesses(lab, env=dict(FAST_ENV))
+    with _holding(procs) as held:
+        procs.start("cmg")
+        point = lab.pki.connection_point
+        ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
+        ctx.load_cert_chain(str(point.cert_path), str(point.key_path))
+        where = (lab.config.bind_address, lab.config.ports.cmg_connector, ctx, lab.config.hosts.cmg)
+        for _ in range(2):  # admitted, the second time by the kept verdict
+            held.append(_tls_client(*where))
+        assert lab.pki.revoke(format(point.cert().serial_number, "x"))
+        with pytest.raises((OSError, ssl.SSLError)):  # refused at the handshake, or dropped before any reply
+            held.append(_tls_client(*where))
+        wait_for(
+            lambda: "revoked" in log_text(lab, "cmg", "CMGService.log"),
+            10,
+            "the revoked connection point's refusal in CMGService.log",
+        )
