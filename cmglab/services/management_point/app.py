@@ -27,5 +27,7 @@ def create_app(parts: Parts) -> FastAPI:
     app.state.lean_routes = {
         **routes_messaging.lean_routes(parts),
         ("POST", "/ccm_sts"): routes_site.sts_handler(parts, sts),
+        ("GET", "/ccm_client/{name}"): routes_site.client_file_handler(parts),
+        **routes_sms_mp.lean_routes(parts),
     }
     return app

@@ -24,8 +24,8 @@ from cmglab.services.management_point import policy_crypto
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
 from cmglab.services.management_point.sealing import Sealer
-from cmglab.services.management_point.store import NOT_APPROVED, Client
-from cmglab.services.management_point.units import PolicyRow, Signer
+from cmglab.services.management_point.store import NOT_APPROVED
+from cmglab.services.management_point.units import PolicyRow, Recipient, Signer
 from cmglab.wire.ccm_messaging import (
     CcmMessage,
     CcmMessageError,
@@ -206,8 +206,11 @@ def parse_policy_query(query: str) -> tuple[str, str | None]:
     return "{" + ident.upper() + "}", version or None
 
 
-def authenticate_policy_request(mp: Parts, headers: dict[str, str]) -> Client:
-    """The registered client that signed a policy GET (ClientToken or CCMClientID headers)."""
+def authenticate_policy_request(
+    mp: Parts, headers: dict[str, str], lookup: Callable[[str], Recipient | None]
+) -> Recipient:
+    """The registered client that signed a policy GET (ClientToken or CCMClientID headers); LOOKUP: its record
+    in the request's unit of work."""
     log = mp.logs.clientauth
     token = headers.get("clienttoken")
     if token:
@@ -225,7 +228,7 @@ def authenticate_policy_request(mp: Parts, headers: dict[str, str]) -> Client:
             raise PolicyDenied("CCMClientTimestampSignature missing")
     else:
         raise PolicyDenied("no ClientToken / CCMClientID headers")
-    client = mp.store.get_client(sms_id)
+    client = lookup(sms_id)
     if client is None:
         log.warning(f"Policy request from unknown client {sms_id}")
         raise PolicyDenied(f"unknown client {sms_id}")
@@ -233,12 +236,12 @@ def authenticate_policy_request(mp: Parts, headers: dict[str, str]) -> Client:
     if abs(datetime.now(UTC) - when) > CLIENT_TOKEN_SKEW:
         log.warning(f"Policy request from {sms_id}: token time {stamp} is too far from now")
         raise PolicyDenied("stale ClientToken")
-    cert = x509.load_der_x509_certificate(bytes.fromhex(client.signing_cert))
-    if not verify_any(cert.public_key(), candidates, sig):
+    key = _signing_key(client.signing_cert)
+    if not verify_any(key, candidates, sig):
         log.warning(f"Policy request from {sms_id}: ClientTokenSignature does not verify with its registered key")
         raise PolicyDenied("bad signature")
     if headers.get("ccmclientid") and not verify_any(
-        cert.public_key(), [utf16(stamp) + b"\x00\x00", utf16(stamp)], headers["ccmclienttimestampsignature"]
+        key, [utf16(stamp) + b"\x00\x00", utf16(stamp)], headers["ccmclienttimestampsignature"]
     ):
         raise PolicyDenied("bad timestamp signature")
     log.info(f"Policy request from {sms_id}: {'ClientToken' if token else 'CCMClientID'} signature verified")
@@ -248,23 +251,34 @@ def authenticate_policy_request(mp: Parts, headers: dict[str, str]) -> Client:
 def policy_body(mp: Parts, query: str, headers: dict[str, str]) -> PolicyBody:
     log = mp.logs.policy
     policy_id, _version = parse_policy_query(query)
-    policy = mp.store.policy(policy_id)
-    if policy is None:
-        raise LookupError(policy_id)
-    if not policy.secret:
-        log.info(f"Served policy {policy_id} ({policy.category})")
-        return PolicyBody(b"\xff\xfe" + utf16(policy.body) + b"\x00\x00", "text/xml; charset=UTF-16")
-    try:
-        client = authenticate_policy_request(mp, headers)
-    except CcmMessageError as e:
-        raise PolicyDenied(str(e)) from e
+    # one unit of work in plain SQL: the policy as stored and, for a secret one, the client asking
+    with mp.store.unit() as unit:
+        row = unit.policy(policy_id)
+        if row is None:
+            raise LookupError(policy_id)
+        category, flags, stored = row[3], int(row[4]), row[6]
+        if not flags & SECRET:
+            log.info(f"Served policy {policy_id} ({category})")
+            return PolicyBody(_public_body(mp.store.sealer, stored), "text/xml; charset=UTF-16")
+        try:
+            client = authenticate_policy_request(mp, headers, unit.recipient)
+        except CcmMessageError as e:
+            raise PolicyDenied(str(e)) from e
     if client.approval == NOT_APPROVED:
         log.warning(f"Secret policy {policy_id} refused to {client.sms_id}: client not approved")
         raise PolicyDenied("client not approved")
     cert = x509.load_der_x509_certificate(bytes.fromhex(client.encryption_cert))
-    envelope = policy_crypto.envelope(utf16(policy.body) + b"\x00\x00", cert)
+    body = mp.store.sealer.open(stored)  # a secret body is opened per request, never kept in the clear
+    envelope = policy_crypto.envelope(utf16(body) + b"\x00\x00", cert)
     log.info(
-        f"Served secret policy {policy_id} ({policy.category}) to {client.sms_id}, encrypted to its "
+        f"Served secret policy {policy_id} ({category}) to {client.sms_id}, encrypted to its "
         "encryption certificate (CMS, 3DES)"
     )
     return PolicyBody(envelope, "application/octet-stream")
+
+
+@functools.lru_cache(maxsize=256)
+def _public_body(sealer: Sealer, stored: str) -> bytes:
+    """A non-secret policy's reply body (UTF-16LE with its BOM and NUL), opened and encoded once per stored text
+    (a changed body is sealed anew, a new text)."""
+    return b"\xff\xfe" + utf16(sealer.open(stored)) + b"\x00\x00"

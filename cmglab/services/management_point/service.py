@@ -14,7 +14,7 @@ from cmglab.services.management_point.transport import IISPaths
 
 
 def build(lab: Lab) -> Service:
-    # CcmMessaging's CCM_POST and CCM_STS skip FastAPI's layers (fastpath.py); the rest is the FastAPI app
+    # CcmMessaging's CCM_POST, CCM_STS, policy bodies and client files skip FastAPI's layers (fastpath.py)
     app = IISPaths(LeanRoutes(create_app(Parts.from_lab(lab))))
     # a refused client certificate (revoked, foreign CA) in the product log admins read (seeds 003/004)
     log_refusals_to(smstrace_logger(lab.log_dir("management-point") / "ClientAuth.log", "ClientAuth"))

@@ -522,11 +522,6 @@ class Store(db.Store):
             rows = list(s.scalars(select(Policy).order_by(Policy.category)))
         return [self._opened(p) for p in rows]
 
-    def policy(self, policy_id: str) -> Policy | None:
-        with self.session() as s:
-            row = s.get(Policy, policy_id.upper())
-        return self._opened(row) if row is not None else None
-
     def _opened(self, row: Policy) -> Policy:
         """A policy with its body opened, detached from its session (never written back in the clear)."""
         row.body = self.sealer.open(row.body)

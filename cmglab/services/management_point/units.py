@@ -22,6 +22,10 @@ _TOUCH = "UPDATE clients SET last_policy_request = ? WHERE sms_id = ?"
 _POLICIES = (
     "SELECT policy_id, version, policy_type, category, flags, assignment_id, body FROM policies ORDER BY category"
 )
+_POLICY = (
+    "SELECT policy_id, version, policy_type, category, flags, assignment_id, body FROM policies WHERE policy_id = ?"
+)
+_RECIPIENT = "SELECT signing_cert, encryption_cert, approval FROM clients WHERE sms_id = ?"
 _CLIENT = (
     "SELECT signing_thumbprint, approval, aad_device_id, aad_tenant_id, pki_thumbprint, bulk_token_guid "
     "FROM clients WHERE sms_id = ?"
@@ -59,7 +63,7 @@ _INSERT_CLIENT = (
 )
 _UPDATE_CLIENT = f"UPDATE clients SET {', '.join(f'{f} = ?' for f in CLIENT_FIELDS)} WHERE sms_id = ?"
 _STATEMENTS: tuple[str, ...] = (_SIGNER, _TOUCH, _CLIENT, _CLIENT_BY_PKI, _CLIENT_BY_AAD, _BULK_BLOCKED, _RECORD)
-_STATEMENTS += (_INSERT_CLIENT, _UPDATE_CLIENT)
+_STATEMENTS += (_INSERT_CLIENT, _UPDATE_CLIENT, _POLICY, _RECIPIENT)
 
 # a policy as stored (its body sealed): policy_id, version, policy_type, category, flags, assignment_id, body
 PolicyRow = tuple[str, str, str, str, int, str, str]
@@ -82,6 +86,17 @@ class Signer:
     approval: int
     netbios_name: str
     fqdn: str
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """What a secret policy body needs of the registered client asking for it: the key that signs its request,
+    the certificate the body is encrypted to, its approval."""
+
+    sms_id: str
+    signing_cert: str  # hex DER
+    encryption_cert: str  # hex DER
+    approval: int
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,15 @@ class SiteUnit:
         """Every policy as stored, by category: the rows themselves say when the site's policy changed."""
         self.cursor.execute(_POLICIES)
         return tuple(tuple(row) for row in self.cursor.fetchall())
+
+    def policy(self, policy_id: str) -> PolicyRow | None:
+        """One policy as stored (its body sealed)."""
+        row = self._one(_POLICY, policy_id.upper())
+        return tuple(row) if row else None
+
+    def recipient(self, sms_id: str) -> Recipient | None:
+        row = self._one(_RECIPIENT, sms_id.upper())
+        return Recipient(sms_id.upper(), str(row[0]), str(row[1]), int(row[2])) if row else None
 
     # -- clients, tokens ----------------------------------------------------------------------------
     def client(self, sms_id: str) -> ClientKeys | None:
