@@ -247,6 +247,16 @@ class Ddr(Base):
 _SETTINGS_SQL = f"SELECT name, value FROM {SiteSetting.__tablename__} ORDER BY name"
 
 
+_TENANTS_SQL = f"SELECT tenant_id, resource_uri, server_app_id, onboarded FROM {Tenant.__tablename__} ORDER BY 1"
+
+
+@functools.lru_cache(maxsize=8)
+def _entra_policy_of(rows: tuple[tuple[str, str, str], ...], require_device: bool) -> EntraPolicy:
+    """The Entra-token rule of the onboarded tenants' rows (tenant ID, resource URI, server app ID): immutable, so
+    one rule serves every request until the rows change."""
+    return EntraPolicy({t.lower(): TenantAudience(r, a) for t, r, a in rows}, require_device)
+
+
 def _settings_of(rows: Iterable[Sequence[Any]]) -> SiteSettings | None:
     """The settings of the site_settings rows: parsed and validated again only when their text changed
     (a copy each time: the cached one stays as read)."""
@@ -400,14 +410,11 @@ class Store(db.Store):
             return True
 
     def entra_policy(self, require_device: bool = True) -> EntraPolicy:
-        """The site's Entra-token rule over the onboarded tenants, each bound to its own audience."""
-        return EntraPolicy(
-            {
-                t["tenant_id"].lower(): TenantAudience(t["resource_uri"], t["server_app_id"])
-                for t in self.tenants(onboarded_only=True)
-            },
-            require_device,
-        )
+        """The site's Entra-token rule over the onboarded tenants, each bound to its own audience: the tenants read
+        per request in plain SQL (an onboarding applies live), the rule built again only when they changed."""
+        rows = self.db.read(_TENANTS_SQL)
+        onboarded = tuple((str(t), str(r), str(a or "")) for t, r, a, on in rows if on)
+        return _entra_policy_of(onboarded, require_device)
 
     def tenants(self, onboarded_only: bool = True) -> list[dict[str, Any]]:
         with self.session() as s:
