@@ -87,9 +87,9 @@ class EntraKeys:
         one of `audiences` (None: the `aud` claim must be present but the caller binds it), lifetime,
         and (when given) a tenant in `tenants`. `off_loop`: the RSA verification runs in a worker
         thread (a service that must keep its event loop free)."""
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+        try:  # header and claims in one parse (PyJWT checks each segment's characters one by one)
+            parsed = jwt.decode_complete(token, options={"verify_signature": False})
+            header, unverified = parsed["header"], parsed["payload"]
         except jwt.PyJWTError as e:
             raise EntraTokenError(f"not a JWT: {e}", MALFORMED) from e
         if header.get("alg") != "RS256":
