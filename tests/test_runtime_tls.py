@@ -3,6 +3,8 @@ handshake when they must be, CRL checking on and off, and the lab's name mapping
 
 from __future__ import annotations
 
+import logging
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,3 +218,49 @@ def test_an_idle_connection_keeps_no_copy_of_its_certificate(tls_lab: Lab) -> No
     assert anonymous.getpeercert() is None and anonymous.getpeercert(True) is None
     ext = tls_extension(anonymous)
     assert ext.get("client_cert_der") is None and ext["client_cert_chain"] == []
+
+
+def _resumable_whoami(
+    ctx: ssl.SSLContext, port: int, session: ssl.SSLSession | None = None
+) -> tuple[bytes, ssl.SSLSession | None, bool]:
+    """GET /whoami on a connection of its own, offering SESSION for resumption: the reply's status line (b"" when
+    the connection was refused or dropped), the session to offer next time, and whether this one resumed."""
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="cmg.lab.test", session=session) as s,
+        ):
+            s.sendall(b"GET /whoami HTTP/1.1\r\nHost: cmg.lab.test\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+            return reply.split(b"\r\n", 1)[0], s.session, bool(s.session_reused)
+    except (ssl.SSLError, OSError):
+        return b"", None, False
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_resumed_session_of_a_revoked_certificate_is_refused(
+    tls_lab: Lab, listeners: dict[str, int], version: ssl.TLSVersion, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review 6, attack: keep a TLS session, have the certificate revoked, resume the session. A resumed session
+    keeps its first handshake's certificate and OpenSSL checks no CRL on resumption: the revoked certificate went
+    on being served (TLS 1.2 session ID or ticket, TLS 1.3 ticket) for the session's lifetime. Now a resumed
+    handshake's certificate is checked against the CRL as it is now and refused (logged as a full handshake's
+    refusal is); a resumed session of a certificate not revoked is served as before."""
+    name = f"resumes-after-revoke-{version.name}"
+    ctx = httpclient.ssl_context(ca_bundle=tls_lab.pki.ca_bundle, client_cert=pair(tls_lab.pki.issue_client(name)))
+    ctx.maximum_version = version
+    port = listeners["required"]
+    status, session, _ = _resumable_whoami(ctx, port)
+    assert b" 200 " in status
+    if version is ssl.TLSVersion.TLSv1_2:  # the attack is real here: a valid certificate's session does resume
+        status, session, resumed = _resumable_whoami(ctx, port, session)
+        assert b" 200 " in status and resumed
+    tls_lab.pki.revoke(name)
+    with caplog.at_level(logging.WARNING, logger="cmglab.tls"):
+        status, _, resumed = _resumable_whoami(ctx, port, session)
+    assert b" 200 " not in status, f"the revoked certificate's session was served (resumed: {resumed})"
+    # a resumption was offered (TLS 1.3: only with a ticket; a listener may issue none): its refusal is logged
+    if session is not None and (version is ssl.TLSVersion.TLSv1_2 or session.has_ticket):
+        assert any(f"a resumed session of CN={name}" in r.getMessage() for r in caplog.records), caplog.text

@@ -6,7 +6,8 @@
   one covers upgraded connections (the CMG connector channel).
 - `server_context`: client certificate none/optional/required, CRL checking of the leaf, and the
   CRL files re-read when they change (checked at each handshake, a stat call), so a revoke is seen
-  by the next connection without a restart.
+  by the next connection without a restart; a resumed session's certificate is checked against them
+  too (OpenSSL checks none on resumption).
 - The same protocol classes give every connection (plain or TLS) a `runtime.connection.ConnectionState`
   in `scope["extensions"]`, closed when the connection is lost (IIS's connection-based Windows auth).
 - `LoggingSSLObject`: asyncio logs nothing about a refused handshake; this says why.
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 import h11
 import httptools
+from cryptography import x509
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
@@ -92,6 +94,26 @@ class LoggingSSLObject(ssl.SSLObject):
         except ssl.SSLError as e:
             log.warning("TLS handshake failed: %s", e.reason or e)
             raise
+        if self.session_reused:
+            self._check_resumed()
+
+    def _check_resumed(self) -> None:
+        """A resumed session (TLS 1.2 session ID or ticket, TLS 1.3 ticket) keeps the certificate of its first
+        handshake, and OpenSSL checks it against no CRL again: a revoked certificate would be served for the
+        session's lifetime. Checked here against the CRLs as they are now (review 6)."""
+        watch = self.context.sni_callback
+        der = super().getpeercert(True)
+        if not isinstance(watch, _CRLWatch) or der is None:
+            return
+        cert = x509.load_der_x509_certificate(der)
+        if watch.revoked(cert):
+            log.warning(
+                "TLS handshake refused: client certificate failed verification: certificate revoked (code 23): "
+                "a resumed session of %s (serial %x)",
+                cert.subject.rfc4514_string(),
+                cert.serial_number,
+            )
+            raise ssl.SSLError("a resumed session's client certificate is revoked")
 
 
 class _ProductLogHandler(logging.Handler):
@@ -113,11 +135,13 @@ def log_refusals_to(target: logging.Logger) -> None:
 
 
 class _CRLWatch:
-    """Loads the CRL files into the context again whenever one of them changes on disk."""
+    """Loads the CRL files into the context again whenever one of them changes on disk, and keeps what they
+    revoke (issuer, serial) for the resumed sessions, which OpenSSL does not check (`LoggingSSLObject`)."""
 
     def __init__(self, ctx: ssl.SSLContext, files: Sequence[Path]) -> None:
         self.ctx, self.files = ctx, list(files)
         self.stamps: dict[Path, float] = {}
+        self._revoked: dict[Path, frozenset[tuple[bytes, int]]] = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -127,14 +151,36 @@ class _CRLWatch:
             except FileNotFoundError:
                 continue
             if self.stamps.get(f) != stamp:
+                revoked = _revoked_in(f.read_bytes())  # ValueError: half-written, read again next time
                 self.ctx.load_verify_locations(cafile=str(f))
-                self.stamps[f] = stamp
+                self._revoked[f], self.stamps[f] = revoked, stamp
+
+    def revoked(self, cert: x509.Certificate) -> bool:
+        """Whether CERT is revoked by the CRLs as they are now."""
+        try:
+            self.refresh()
+        except (OSError, ssl.SSLError, ValueError) as e:
+            log.warning("could not reload CRL: %s", e)
+        key = (cert.issuer.public_bytes(), cert.serial_number)
+        return any(key in revoked for revoked in self._revoked.values())
 
     def __call__(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
         try:
             self.refresh()
-        except (OSError, ssl.SSLError) as e:  # a half-written file: keep the CRL already loaded
+        except (OSError, ssl.SSLError, ValueError) as e:  # a half-written file: keep the CRL already loaded
             log.warning("could not reload CRL: %s", e)
+
+
+_PEM_CRL = b"-----BEGIN X509 CRL-----"
+
+
+def _revoked_in(data: bytes) -> frozenset[tuple[bytes, int]]:
+    """(issuer, serial) of every certificate the CRLs in DATA (PEM, one or more; or one DER) revoke."""
+    if _PEM_CRL in data:
+        crls = [x509.load_pem_x509_crl(_PEM_CRL + block) for block in data.split(_PEM_CRL)[1:]]
+    else:
+        crls = [x509.load_der_x509_crl(data)]
+    return frozenset((crl.issuer.public_bytes(), r.serial_number) for crl in crls for r in crl)
 
 
 def server_context(
