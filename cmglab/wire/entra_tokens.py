@@ -19,6 +19,7 @@ from cryptography import x509
 from jwt import PyJWK
 
 from cmglab.pki.builders import x5t
+from cmglab.wire import jwt_peek
 from cmglab.wire.kinds import EntraVerdict
 
 LEEWAY = 300  # Entra tolerates 5 minutes of clock skew
@@ -87,9 +88,8 @@ class EntraKeys:
         one of `audiences` (None: the `aud` claim must be present but the caller binds it), lifetime,
         and (when given) a tenant in `tenants`. `off_loop`: the RSA verification runs in a worker
         thread (a service that must keep its event loop free)."""
-        try:  # header and claims in one parse (PyJWT checks each segment's characters one by one)
-            parsed = jwt.decode_complete(token, options={"verify_signature": False})
-            header, unverified = parsed["header"], parsed["payload"]
+        try:  # header and claims in one parse, without PyJWT's per-character scan (jwt_peek; PyJWT's error otherwise)
+            header, unverified = jwt_peek.header_and_claims(token)
         except jwt.PyJWTError as e:
             raise EntraTokenError(f"not a JWT: {e}", MALFORMED) from e
         if header.get("alg") != "RS256":

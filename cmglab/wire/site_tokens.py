@@ -23,6 +23,7 @@ import jwt
 from cryptography import x509
 
 from cmglab.pki.builders import RSAKey, x5t
+from cmglab.wire import jwt_peek
 
 AUDIENCE = "urn:sccm:service"
 CCM_TOKEN_LIFETIME = timedelta(hours=8)
@@ -164,7 +165,7 @@ def verify(
 ) -> dict[str, Any]:
     """Claims of a site token after checking signature, x5t, issuer, audience, lifetime and type."""
     try:
-        header = jwt.get_unverified_header(token)
+        header = jwt_peek.header(token)
     except jwt.PyJWTError as e:
         raise SiteTokenError(f"not a JWT: {e}") from e
     if header.get("alg") != "RS256":

@@ -28,7 +28,7 @@ from cmglab.pki.builders import x5t
 from cmglab.runtime.certinfo import subject, thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.services.cmg.errors import CMGError
-from cmglab.wire import entra_tokens, site_tokens
+from cmglab.wire import entra_tokens, jwt_peek, site_tokens
 from cmglab.wire.cloud_config import CloudConfig
 from cmglab.wire.entra_tokens import EntraKeys, EntraPolicy, EntraTokenError, TenantAudience
 from cmglab.wire.kinds import AuthKind
@@ -138,7 +138,7 @@ class Authenticator:
         if known is not None:
             return known
         try:
-            header = jwt.get_unverified_header(token)
+            header = jwt_peek.header(token)
         except jwt.PyJWTError as e:
             raise AuthError(401, "InvalidToken", f"bearer token is not a JWT: {e}") from e
         if header.get("x5t") == self.site_x5t:

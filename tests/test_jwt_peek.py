@@ -1,0 +1,98 @@
+"""jwt_peek reads a token's unverified header and claims exactly as PyJWT does: the same values for what PyJWT
+loads, PyJWT's own error (type and text) for what it refuses, whatever the token's shape."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cmglab.wire import jwt_peek
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+TOKEN = jwt.encode(
+    {"aud": "https://cmg", "tid": "t-1", "exp": 2_000_000_000, "deviceid": "d-1"},
+    KEY,
+    algorithm="RS256",
+    headers={"kid": "k1", "x5t": "abc"},
+)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return "ok", fn()
+    except Exception as e:  # the error PyJWT raises is part of the contract
+        return type(e).__name__, str(e)
+
+
+def pyjwt_both(token: Any) -> Any:
+    return jwt.get_unverified_header(token), jwt.decode(token, options={"verify_signature": False})
+
+
+def assert_same(token: Any) -> None:
+    assert outcome(lambda: jwt_peek.header(token)) == outcome(lambda: jwt.get_unverified_header(token))
+    assert outcome(lambda: jwt_peek.header_and_claims(token)) == outcome(lambda: pyjwt_both(token))
+
+
+HEADER, PAYLOAD, SIGNATURE = TOKEN.split(".")
+SHAPES = [
+    TOKEN,
+    TOKEN + "=",  # padding where none belongs
+    f"{HEADER}==.{PAYLOAD}.{SIGNATURE}",
+    f"{HEADER}.{PAYLOAD}.{SIGNATURE}.x",  # four segments
+    f"{HEADER}.{PAYLOAD}",  # two
+    "",
+    "...",
+    f"{HEADER}!.{PAYLOAD}.{SIGNATURE}",  # junk outside the alphabet
+    f"{HEADER}.{PAYLOAD}.{SIGNATURE[:-1]}",  # a length PyJWT refuses (or a non-canonical last character)
+    f"{HEADER[:-1]}B.{PAYLOAD}.{SIGNATURE}",
+    f"{HEADER}.{PAYLOAD}.{SIGNATURE[:-1]}B",
+    f"{HEADER}.{PAYLOAD}.{SIGNATURE}é",
+    f"{b64(b'[1, 2]')}.{PAYLOAD}.{SIGNATURE}",  # a header that is no JSON object
+    f"{b64(b'not json')}.{PAYLOAD}.{SIGNATURE}",
+    f"{b64(json.dumps({'alg': 'RS256', 'kid': 7}).encode())}.{PAYLOAD}.{SIGNATURE}",  # kid not a string
+    f"{b64(json.dumps({'alg': 'RS256', 'b64': False}).encode())}.{PAYLOAD}.{SIGNATURE}",
+    f"{b64(json.dumps({'alg': 'RS256', 'b64': False}).encode())}..{SIGNATURE}",
+    f"{b64(json.dumps({'alg': 'RS256', 'crit': ['exp']}).encode())}.{PAYLOAD}.{SIGNATURE}",
+    f"{b64(json.dumps({'alg': 'RS256', 'crit': ['b64'], 'b64': True}).encode())}.{PAYLOAD}.{SIGNATURE}",
+    f"{HEADER}.{b64(b'[1]')}.{SIGNATURE}",  # claims that are no JSON object
+    f"{HEADER}.{b64(b'{')}.{SIGNATURE}",
+    f"{HEADER}..{SIGNATURE}",
+    f"{HEADER}.{PAYLOAD}.",
+]
+
+
+@pytest.mark.parametrize("token", SHAPES)
+def test_each_shape_reads_as_pyjwt_reads_it(token: str) -> None:
+    assert_same(token)
+
+
+def test_a_token_that_is_not_a_string_gets_pyjwts_answer() -> None:
+    assert_same(TOKEN.encode())
+    assert_same(None)
+
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=.!+/ é"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, len(TOKEN)), st.integers(0, 3), st.text(ALPHABET, max_size=4))
+def test_any_edit_of_a_token_reads_as_pyjwt_reads_it(at: int, cut: int, insert: str) -> None:
+    assert_same(TOKEN[:at] + insert + TOKEN[at + cut :])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(ALPHABET, max_size=40))
+def test_any_short_text_reads_as_pyjwt_reads_it(token: str) -> None:
+    assert_same(token)
