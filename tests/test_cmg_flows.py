@@ -145,6 +145,9 @@ def test_client_package_through_the_cmg(flow_lab: Lab, ccm_token: str) -> None:
             data = c.get(files[name].get("URL", "")).content  # a signed URL: no token needed
             assert data == (folder / name).read_bytes()
             assert int(files[name].get("Size", "0")) == len(data)
+        # a range of a file (FileResponse's own answer) beside the whole file (from the CMG's memory)
+        part = c.get(files["ccmsetup.cab"].get("URL", ""), headers={"Range": "bytes=0-3"})
+        assert part.status_code == 206 and part.content == (folder / "ccmsetup.cab").read_bytes()[:4]
         tampered = files["client.msi"].get("URL", "").replace("sig=", "sig=0")
         assert c.get(tampered).status_code == 401
 

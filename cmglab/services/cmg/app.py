@@ -23,6 +23,7 @@ from cmglab.wire.kinds import AuthKind
 from cmglab.wire.requests import RequestRecord
 
 GATEWAY_URLS = "/{path:path}"
+CONTENT_TYPE = "application/octet-stream"  # a package file from the CMG's storage
 
 
 def _query(request: Request, name: str) -> str | None:
@@ -105,7 +106,17 @@ def create_app(parts: Parts) -> FastAPI:
         else:
             _annotate(rec, await server_auth(request, None))
         path = cmg.content.path(route.package_id, route.filename, cmg.hub.config)
-        return FileResponse(path, media_type="application/octet-stream")
+        # a whole small file from memory; HEAD, a range request and a large file as FileResponse answers them
+        small = (
+            cmg.content.small_file(path, CONTENT_TYPE)
+            if request.method == "GET" and "range" not in request.headers
+            else None
+        )
+        if small is not None:
+            whole = Response(small.body)
+            whole.raw_headers = list(small.raw_headers)
+            return whole
+        return FileResponse(path, media_type=CONTENT_TYPE)
 
     def route_of(request: Request) -> routing.Route | None:
         """The route, read from the raw target only when the client named this gateway in `Host` (one

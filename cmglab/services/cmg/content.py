@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
@@ -21,6 +24,8 @@ from cmglab.services.cmg.errors import CMGError
 from cmglab.wire.cloud_config import CloudConfig
 
 CONTENT_PREFIX = "/downloadrestservice.svc/content"
+SMALL_FILE = 256 * 1024  # a file up to this size is answered from memory (read once per version)
+KEPT_FILES = 64  # small files kept (the oldest go first)
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,28 @@ class ContentFile:
     sha256: str
 
 
+@dataclass(frozen=True)
+class SmallFile:
+    """A package file's bytes and the headers Starlette's FileResponse sends for it (same names, order and values:
+    its content type, accept-ranges, and from the file's stat: length, last-modified, the ETag of mtime-size)."""
+
+    stamp: tuple[int, int, int, int]  # device, inode, mtime (ns), size: the version read
+    body: bytes
+    raw_headers: list[tuple[bytes, bytes]]
+
+
+def _file_headers(st: os.stat_result, media_type: str) -> list[tuple[bytes, bytes]]:
+    etag_base = f"{st.st_mtime}-{st.st_size}"
+    etag = f'"{hashlib.md5(etag_base.encode(), usedforsecurity=False).hexdigest()}"'
+    return [
+        (b"content-type", media_type.encode("latin-1")),
+        (b"accept-ranges", b"bytes"),
+        (b"content-length", str(st.st_size).encode("latin-1")),
+        (b"last-modified", formatdate(st.st_mtime, usegmt=True).encode("latin-1")),
+        (b"etag", etag.encode("latin-1")),
+    ]
+
+
 class ContentStore:
     def __init__(
         self, root: Path, base_url: str, secret: bytes, *, enabled: bool, default_package: str, lifetime: int
@@ -37,6 +64,7 @@ class ContentStore:
         self.root, self.base_url, self.secret = root, base_url.rstrip("/"), secret
         self.enabled, self.default_package, self.lifetime = enabled, default_package, lifetime
         self._hashes: dict[Path, tuple[int, str]] = {}
+        self._small: OrderedDict[Path, SmallFile] = OrderedDict()
 
     def enabled_by(self, config: CloudConfig | None) -> bool:
         """The site setting "content-enabled CMG" as the connection point last published it (each heartbeat:
@@ -111,6 +139,27 @@ class ContentStore:
         if not expires or not sig or not expires.isdigit() or int(expires) < time.time():
             return False
         return hmac.compare_digest(sig, self._signature(package_id, name, int(expires)))
+
+    def small_file(self, path: Path, media_type: str) -> SmallFile | None:
+        """`path` (a file `path` resolved) from memory when it is small: every device downloads the same client
+        files, and FileResponse takes four thread-pool round trips (stat, open, read, close) and a task group per
+        download of a few hundred bytes (issue 20). Each request stats the file: a file replaced (another inode,
+        mtime or size) is read again. None: too large, or it changed while being read (FileResponse serves it)."""
+        st = path.stat()
+        if st.st_size > SMALL_FILE:
+            return None
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._small.get(path)
+        if cached is not None and cached.stamp == stamp:
+            self._small.move_to_end(path)
+            return cached
+        body = path.read_bytes()
+        if len(body) != st.st_size:
+            return None
+        small = self._small[path] = SmallFile(stamp, body, _file_headers(st, media_type))
+        while len(self._small) > KEPT_FILES:
+            self._small.popitem(last=False)
+        return small
 
     def path(self, package_id: str, name: str, config: CloudConfig | None) -> Path:
         folder = self._folder(package_id, config)
