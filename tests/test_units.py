@@ -105,6 +105,41 @@ def test_an_expired_nonce_is_refused_before_it_is_pruned(entra: EntraParts) -> N
     assert entra.store.consume_nonce(fresh) is False  # single use
 
 
+def test_a_device_signed_request_reads_the_device_row_as_it_is_now(entra: EntraParts) -> None:
+    """The device check's row (`device_facts`, a Core select, not the ORM entity) says what the row says at the
+    time of the request: a disabled device reads as disabled, a new certificate thumbprint as new, a deleted one as
+    gone; the device ID matches case-insensitively (the certificate's CN may be upper case)."""
+    tenant = entra.store.config.tenants[0].tenant_id
+    device_id = "0f3c2b1a-9d8e-4c7b-a6f5-e4d3c2b1a090"
+    with entra.store.session() as s:
+        s.add(
+            st.Device(
+                object_id=st.new_guid(),
+                device_id=device_id,
+                tenant_id=tenant,
+                trust_type="AzureAd",
+                join_type=0,
+                cert_thumbprint="AA" * 20,
+                transport_key=b"spki",
+            )
+        )
+    with entra.store.session() as s:
+        facts = st.device_facts(s, device_id.upper())
+        assert facts is not None and facts.enabled is True and facts.cert_thumbprint == "AA" * 20
+        assert facts.tenant_id == tenant and facts.transport_key == b"spki" and facts.onprem_sid is None
+        assert st.device_facts(s, "00000000-0000-4000-8000-000000000000") is None
+    with entra.store.session() as s:
+        row = st.device_by_id(s, device_id)
+        assert row is not None
+        row.enabled, row.cert_thumbprint = False, "BB" * 20
+    with entra.store.session() as s:
+        facts = st.device_facts(s, device_id)
+        assert facts is not None and facts.enabled is False and facts.cert_thumbprint == "BB" * 20
+        s.delete(st.device_by_id(s, device_id))
+    with entra.store.session() as s:
+        assert st.device_facts(s, device_id) is None
+
+
 # -- CCM_STS proofs ------------------------------------------------------------------------------------
 
 

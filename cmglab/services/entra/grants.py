@@ -247,7 +247,7 @@ class Grants:
 
     def _verify_device_request(
         self, s: Session, request: str, header: dict[str, Any] | None, segment: str
-    ) -> tuple[dict[str, Any], st.Device]:
+    ) -> tuple[dict[str, Any], st.DeviceFacts]:
         try:
             if header is None:
                 raise ValueError("not a JWS")
@@ -294,7 +294,7 @@ class Grants:
                 "Device authentication failed: the request signature does not verify with the device certificate.",
             ) from e
         device_id = device_id_of(cert) or ""
-        device = st.device_by_id(s, device_id)
+        device = st.device_facts(s, device_id)
         tenant = self.issuer.tenant(s, segment)
         if (
             device is None

@@ -68,7 +68,7 @@ class Prts:
         s: Session,
         *,
         user: st.User,
-        device: st.Device,
+        device: st.Device | st.DeviceFacts,
         amr: tuple[str, ...],
         client_id: str,
         ipaddr: str | None,

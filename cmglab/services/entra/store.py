@@ -14,7 +14,7 @@ import secrets
 import time
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from sqlalchemy import (
     Connection,
@@ -470,6 +470,31 @@ def app_by_resource(s: Session, resource: str) -> AppInfo | None:
 
 def device_by_id(s: Session, device_id: str) -> Device | None:
     return s.scalar(select(Device).where(Device.device_id == device_id.lower()))
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What a device-signed token request checks and issues from (`device_facts`): read, never written back."""
+
+    object_id: str
+    device_id: str
+    tenant_id: str
+    enabled: bool
+    cert_thumbprint: str | None
+    onprem_sid: str | None
+    transport_key: bytes | None
+
+
+_DEVICE_FACTS = select(*(Device.__table__.c[f.name] for f in fields(DeviceFacts))).where(
+    Device.__table__.c.device_id == bindparam("device_id")
+)
+
+
+def device_facts(s: Session, device_id: str) -> DeviceFacts | None:
+    """The device row's columns a device-signed request needs, by one prebuilt Core select in the request's unit
+    of work (the ORM entity's select and load cost ~0.16 ms more CPU, three times per onboarding)."""
+    row = s.connection().execute(_DEVICE_FACTS, {"device_id": device_id.lower()}).first()
+    return None if row is None else DeviceFacts(*row)
 
 
 def new_guid() -> str:
