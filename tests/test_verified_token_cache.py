@@ -86,3 +86,27 @@ def test_a_known_token_expires_and_keeps_its_type(lab: Lab, monkeypatch: pytest.
         cache.known(token, site_tokens.CCM_TYPES)
     monkeypatch.undo()
     assert cache.known(token) is None  # forgotten once expired: a later use is verified in full (PyJWT's clock)
+
+
+def test_a_token_the_site_issued_is_known_as_verified_and_nothing_else_is(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CCM_STS hands the token it signed to the MP's cache (`issued`): its first use skips the verification. It
+    is known with the claims a full verification gives, still expires and keeps its type; a token that differs
+    from it by a claim or the signature is not known, and the full verification refuses it."""
+    signer = lab.site_signer()
+    cache = site_tokens.VerifiedTokens(signer.cert, signer.hierarchy_id)
+    token, expires = signer.ccm_token(token_type=site_tokens.DEVICE, lifetime=timedelta(minutes=5))
+    cache.issued(token)
+    fresh = site_tokens.VerifiedTokens(signer.cert, signer.hierarchy_id)
+    assert cache.known(token, site_tokens.CCM_TYPES) == fresh.verify(token, site_tokens.CCM_TYPES)
+    for forged in (_tampered_claim(token), _tampered_signature(token)):
+        assert forged not in cache and cache.known(forged) is None
+        with pytest.raises(site_tokens.SiteTokenError):
+            cache.verify(forged, site_tokens.CCM_TYPES)
+    with pytest.raises(site_tokens.SiteTokenError, match="not accepted"):
+        cache.known(token, (site_tokens.CLIENT,))
+    later = (expires + timedelta(seconds=site_tokens.LEEWAY + 1)).timestamp()
+    monkeypatch.setattr(site_tokens.time, "time", lambda: later)
+    with pytest.raises(site_tokens.SiteTokenError, match="expired"):
+        cache.known(token, site_tokens.CCM_TYPES)

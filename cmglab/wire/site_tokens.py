@@ -11,6 +11,8 @@ shape, so a real format could replace it.
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 import uuid
@@ -236,16 +238,27 @@ class VerifiedTokens:
             raise SiteTokenError(f"token type {claims.get('Type')!r} not accepted here")
         return dict(claims)
 
+    def issued(self, token: str) -> None:
+        """TOKEN, which this site's signer has just made with this cache's certificate, known from its first use:
+        its claims read back from its own text, with no verification (the signature is this site's own, the
+        claims the ones it signed). Lifetime and type are checked on each use, as for a verified token."""
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        self._remember(token, claims)
+
+    def _remember(self, token: str, claims: dict[str, Any]) -> None:
+        with self._lock:
+            self._claims[token] = dict(claims)
+            while len(self._claims) > self.size:
+                self._claims.popitem(last=False)
+
     def verify(self, token: str, types: tuple[str, ...] | None = None) -> dict[str, Any]:
         """`known`, else `verify` in full (then remembered; its type is checked after, as for a known one)."""
         claims = self.known(token, types)
         if claims is not None:
             return claims
         claims = verify(token, cert=self.cert, hierarchy_id=self.hierarchy_id)
-        with self._lock:
-            self._claims[token] = dict(claims)
-            while len(self._claims) > self.size:
-                self._claims.popitem(last=False)
+        self._remember(token, claims)
         if types is not None and claims.get("Type") not in types:
             raise SiteTokenError(f"token type {claims.get('Type')!r} not accepted here")
         return claims

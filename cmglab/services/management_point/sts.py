@@ -104,6 +104,8 @@ class TokenService:
         except STSError as e:
             self.log.warning(f"Failed to issue token ({req.proof_type} proof): {e.code}: {e.reason}")
             raise
+        # the token was signed and its row committed: known to this MP's token checks from its first use
+        self.mp.ccm_tokens.issued(result["Token"])
         self.log.info("Issued token")
         self.log.info("Return token to client")
         return result
