@@ -14,6 +14,7 @@ from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.sms_aut import answer as sms_aut_answer
 from cmglab.services.management_point.transport import (
     caller_of,
+    off_loop,
     refused_http,
     require_ccm_token,
     windows_logon,
@@ -35,7 +36,7 @@ def policy_handler(mp: Parts, vdir: str) -> PolicyHandler:
             return challenge
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
-            body = await run_in_threadpool(policy_logic.policy_body, mp, request.url.query, headers)
+            body = await off_loop(policy_logic.policy_body, mp, request.url.query, headers)
         except LookupError as e:
             mp.logs.policy.warning(f"Policy request for unknown policy {e}")
             raise HTTPError(404, "no such policy") from e

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.certinfo import thumbprint
 from cmglab.services.management_point.caller import Caller
@@ -25,6 +24,7 @@ from cmglab.services.management_point.errors import STSError
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
 from cmglab.services.management_point.store import NOT_APPROVED
+from cmglab.services.management_point.transport import off_loop
 from cmglab.services.management_point.units import SiteUnit, TokenRecord
 from cmglab.wire import entra_tokens, key_limits, site_tokens
 from cmglab.wire.ccm_messaging import parse_timestamp, utf16, verify
@@ -96,11 +96,11 @@ class TokenService:
             if req.proof_type == Proof.AAD:
                 result = await self.aad(req)
             elif req.proof_type == Proof.BULK_REGISTRATION:
-                result = await run_in_threadpool(self.bulk, req)
+                result = await off_loop(self.bulk, req)
             elif req.proof_type == Proof.CLIENT_TOKEN:
-                result = await run_in_threadpool(self.client_token, req)
+                result = await off_loop(self.client_token, req)
             else:
-                result = await run_in_threadpool(self.certificate, req, caller)
+                result = await off_loop(self.certificate, req, caller)
         except STSError as e:
             self.log.warning(f"Failed to issue token ({req.proof_type} proof): {e.code}: {e.reason}")
             raise
@@ -156,7 +156,7 @@ class TokenService:
         if not req.bearer:
             raise STSError(401, "InvalidProof", "an AAD proof needs the Entra token in Authorization: Bearer")
         # the site's one Entra rule (entra_tokens.EntraPolicy): the audience bound to the token's own tenant
-        policy = await run_in_threadpool(self.mp.store.entra_policy)
+        policy = await off_loop(self.mp.store.entra_policy)
         try:
             claims = await policy.claims(self.entra, req.bearer, off_loop=True)
         except EntraTokenError as e:
@@ -181,7 +181,7 @@ class TokenService:
             f" DeviceId: {device} OnPrem_UserSid: {user_sid} OnPrem_DeviceSid: {device_sid}"
         )
         self.log.info(f"TokenType is {token_type}")
-        return await run_in_threadpool(
+        return await off_loop(
             self._aad_issue, req, token_type, tid, user if is_user else None, device, user_sid or None
         )
 

@@ -14,7 +14,6 @@ import jwt
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from fastapi import Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from cmglab.pki.builders import x5t
 from cmglab.runtime.admin import record
@@ -25,7 +24,7 @@ from cmglab.services.management_point.admission import ENTRA_VALID, entra_refusa
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.errors import HTTPError
 from cmglab.services.management_point.parts import Parts
-from cmglab.wire import entra_tokens, site_tokens
+from cmglab.wire import entra_tokens, jwt_peek, site_tokens
 from cmglab.wire.kinds import AuthKind, EntraVerdict
 
 Scope = dict[str, Any]
@@ -131,7 +130,7 @@ def bearer(request: Request) -> str | None:
 def _site_signed(mp: Parts, token: str) -> bool:
     """The token names the site's signing certificate (a CCM token); anything else is taken for an Entra token."""
     try:
-        return jwt.get_unverified_header(token).get("x5t") == x5t(mp.signer.cert)
+        return jwt_peek.header(token).get("x5t") == x5t(mp.signer.cert)
     except jwt.PyJWTError:
         return True  # not a JWT at all: refused by the CCM token check, with its reason
 
@@ -170,7 +169,7 @@ async def entra_verdict(mp: Parts, token: str) -> tuple[EntraVerdict, dict[str, 
     (`entra_tokens.EntraPolicy`, the MP's copy of Entra's keys): RS256 by an Entra key, its tenant's issuer, not
     expired, its tenant onboarded, its audience THAT tenant's resource URI (AADRESOURCEURI) or server app ID, and
     an Entra device named. The RSA verification runs off the event loop, as for a CCM token."""
-    policy = await run_in_threadpool(mp.store.entra_policy)
+    policy = await off_loop(mp.store.entra_policy)
     try:
         claims = await policy.claims(mp.entra_keys, token, off_loop=True)
     except entra_tokens.EntraTokenError as e:
@@ -189,7 +188,7 @@ async def require_ccm_token(request: Request, mp: Parts, caller: Caller) -> None
         # a token verified before is known by its text (no RSA, no thread hop); a new one is verified off the loop
         claims = mp.ccm_tokens.known(token, site_tokens.CCM_TYPES)
         if claims is None:
-            claims = await run_in_threadpool(mp.ccm_tokens.verify, token, site_tokens.CCM_TYPES)
+            claims = await off_loop(mp.ccm_tokens.verify, token, site_tokens.CCM_TYPES)
     except site_tokens.SiteTokenError as e:
         log.warning(f"{request.method} {request.url.path}: CCM token refused: {e.reason}")
         raise HTTPError(
@@ -213,7 +212,7 @@ SSL_REQUIRED = (
 
 async def refused_http(request: Request, mp: Parts, caller: Caller) -> Response | None:
     """Site setting "HTTPS only" (Communication Security): the MP's vdirs require SSL, 403.4 over HTTP."""
-    if caller.scheme != "http" or not (await run_in_threadpool(mp.store.site_settings)).https_only:
+    if caller.scheme != "http" or not (await off_loop(mp.store.site_settings)).https_only:
         return None
     mp.logs.isapi.warning(f"{request.method} {request.url.path} over HTTP refused: the site is HTTPS only (403.4)")
     record(request).result = "refused: HTTPS only"
