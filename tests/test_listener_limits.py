@@ -137,7 +137,7 @@ def test_half_sent_heads_are_closed(
     sent = attack.half_sent_heads(limits_lab, target, cert)
     assert set(sent.answers) == {408}
     service = pid(procs, target.service)
-    assert attack.released(service, sent.ports), attack.unreleased(service, sent.ports)
+    assert attack.released(service, sent.ports, target.port), attack.unreleased(service, sent.ports, target.port)
 
 
 def test_the_held_connection_check_sees_a_kept_alive_client(
@@ -150,8 +150,8 @@ def test_the_held_connection_check_sees_a_kept_alive_client(
         s.sendall(b"GET /_lab/health HTTP/1.1\r\nHost: " + t.host.encode() + b"\r\n\r\n")
         assert attack.status(s.recv(65536)) == 200
         port = s.getsockname()[1]
-        assert attack.held_peers(service, [port]) == [f"{port} ESTABLISHED"]
-    assert attack.released(service, [port])
+        assert attack.held_peers(service, [port], t.port) == [f"{port} ESTABLISHED"]
+    assert attack.released(service, [port], t.port)
 
 
 def test_the_released_check_sees_a_connection_queued_or_kept() -> None:
@@ -193,7 +193,7 @@ def test_handshake_flood_leaves_room_for_real_clients(limits_lab: Lab, procs: La
     flood = attack.handshake_flood(limits_lab, cmg, service)
     assert flood.real_client_served
     assert flood.held_max <= int(LIMITS["CMGLAB_MAX_HANDSHAKES"]) + attack.FLOOD_SLACK, flood.held_max
-    assert attack.released(service, flood.ports), attack.unreleased(service, flood.ports)
+    assert attack.released(service, flood.ports, cmg.port), attack.unreleased(service, flood.ports, cmg.port)
     assert attack.real_client_ok(limits_lab, "cmg")
 
 

@@ -216,8 +216,8 @@ def handshake_flood(lab: Lab, t: Target, pid: int, count: int = 1000) -> Flood:
             if i == count // 2:
                 served = real_client_ok(lab, t.service)
             if i % 100 == 0:
-                most = max(most, len(held_peers(pid, ports)))
-        most = max(most, len(held_peers(pid, ports)))
+                most = max(most, len(held_peers(pid, ports, t.port)))
+        most = max(most, len(held_peers(pid, ports, t.port)))
     finally:
         for s in flood:
             s.close()
@@ -236,12 +236,13 @@ def _port(address: str) -> int:
     return int(address.rsplit(":", 1)[1], 16)
 
 
-def _peer_rows(pid: int, peers: list[int]) -> Iterator[tuple[int, str, str]]:
+def _peer_rows(pid: int, peers: list[int], at: int | None) -> Iterator[tuple[int, str, str]]:
     """(peer port, state, inode) of each TCP socket in process PID's network namespace whose remote end is one
-    of the local ports PEERS."""
+    of the local ports PEERS and, given AT, whose own end is port AT (the listener they connected to: a peer
+    port let go may be taken at once by another connection, to another port or another server)."""
     wanted = set(peers)
     for f in _tcp_rows(pid):
-        if (port := _port(f[2])) in wanted:
+        if (port := _port(f[2])) in wanted and (at is None or _port(f[1]) == at):
             yield port, f[3], f[9]
 
 
@@ -256,12 +257,13 @@ def socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def held_peers(pid: int, peers: list[int]) -> list[str]:
-    """The TCP connections process PID still holds open to one of the local ports PEERS, as `port state` (the
-    process's own descriptors matched by inode against its network namespace's socket tables)."""
+def held_peers(pid: int, peers: list[int], at: int | None = None) -> list[str]:
+    """The TCP connections process PID still holds open to one of the local ports PEERS (on its port AT when
+    given), as `port state` (the process's own descriptors matched by inode against its network namespace's
+    socket tables)."""
     inodes = socket_inodes(pid)
     return [
-        f"{port} {TCP_STATES.get(state, state)}" for port, state, inode in _peer_rows(pid, peers) if inode in inodes
+        f"{port} {TCP_STATES.get(state, state)}" for port, state, inode in _peer_rows(pid, peers, at) if inode in inodes
     ]
 
 
@@ -270,17 +272,6 @@ def listens_itself(pid: int, port: int) -> bool:
     also succeed if another program had taken it."""
     inodes = socket_inodes(pid)
     return any(f[3] == "0A" and _port(f[1]) == port and f[9] in inodes for f in _tcp_rows(pid))
-
-
-def queued_peers(pid: int, peers: list[int]) -> list[str]:
-    """The connections from the local ports PEERS still waiting in a listener's accept queue in process PID's
-    network namespace, as `port state`: established (or closed by the client) and never accepted, so in no
-    process's descriptors yet (their inode is 0)."""
-    return [
-        f"{port} {TCP_STATES[state]} (not accepted)"
-        for port, state, inode in _peer_rows(pid, peers)
-        if inode == "0" and state in ("01", "08")
-    ]
 
 
 TCP_STATES = {
@@ -302,15 +293,28 @@ def settle(check: Callable[[], bool], timeout: float = 20) -> bool:
     return True
 
 
-def unreleased(pid: int, ports: list[int]) -> list[str]:
-    """The connections from PORTS that process PID holds, or that still wait to be accepted (it could accept one
-    later and keep it)."""
-    return held_peers(pid, ports) + queued_peers(pid, ports)
+def unreleased(pid: int, ports: list[int], at: int | None = None) -> list[str]:
+    """The connections from PORTS (to port AT when given) that process PID holds, as `port state`, or that still
+    wait in its accept queue, as `port state (not accepted)`: established or closed by the client, and in no
+    descriptor yet (inode 0); it could accept one later and keep it. One read of the table, then the
+    descriptors: a connection accepted in between is seen held (its descriptor is in place once its inode is
+    in the table, but for the instant accept() takes), never missed between two reads."""
+    rows = list(_peer_rows(pid, ports, at))
+    inodes = socket_inodes(pid)
+    found = []
+    for port, state, inode in rows:
+        if inode in inodes:
+            found.append(f"{port} {TCP_STATES.get(state, state)}")
+        elif inode == "0" and state in ("01", "08"):
+            found.append(f"{port} {TCP_STATES[state]} (not accepted)")
+    return found
 
 
-def released(pid: int, ports: list[int], timeout: float = 20) -> bool:
-    """Whether, within TIMEOUT, none of the connections from PORTS is held by process PID or waits for it."""
-    return settle(lambda: not unreleased(pid, ports), timeout)
+def released(pid: int, ports: list[int], at: int | None = None, timeout: float = 20) -> bool:
+    """Whether, within TIMEOUT, none of the connections from PORTS (to port AT when given) is held by process
+    PID or waits for it: on two reads in a row (the instant of an accept() between the table and the descriptors
+    cannot hide a connection twice)."""
+    return settle(lambda: not unreleased(pid, ports, at) and not unreleased(pid, ports, at), timeout)
 
 
 @dataclass(frozen=True)
@@ -348,13 +352,13 @@ def campaign(lab: Lab, pids: dict[str, int], cert: tuple[Path, Path] | None) -> 
                 f"closed after {took:.1f} s" if took is not None else "still open after 8 s",
             )
         pid = pids[t.service]
-        closed = released(pid, ports)
+        closed = released(pid, ports, t.port)
         yield Outcome(
             t.listener,
             t.service,
             "none of the attacks' connections held afterwards",
             closed,
-            f"{len(ports)} connections, still held: {unreleased(pid, ports) or 'none'}",
+            f"{len(ports)} connections, still held: {unreleased(pid, ports, t.port) or 'none'}",
         )
     cmg = next(t for t in targets(lab) if t.listener == "cmg")
     flood = handshake_flood(lab, cmg, pids["cmg"])
@@ -367,6 +371,6 @@ def campaign(lab: Lab, pids: dict[str, int], cert: tuple[Path, Path] | None) -> 
         f"real client served: {flood.real_client_served}; at most {flood.held_max} of the flood held at once "
         f"(cap {cap})",
     )
-    closed = released(pids["cmg"], flood.ports)
-    held = unreleased(pids["cmg"], flood.ports)
+    closed = released(pids["cmg"], flood.ports, cmg.port)
+    held = unreleased(pids["cmg"], flood.ports, cmg.port)
     yield Outcome("cmg", "cmg", "none of the flood's connections held afterwards", closed, f"still held: {len(held)}")
