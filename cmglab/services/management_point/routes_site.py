@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
 
 from cmglab.runtime.admin import record
 from cmglab.runtime.client_package import FILES, package_dir
@@ -15,7 +18,7 @@ from cmglab.runtime.client_package import manifest as package_manifest
 from cmglab.services.management_point.errors import HTTPError, STSError
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.sts import STSRequest, TokenService
-from cmglab.services.management_point.transport import bearer, caller_of, read_body, require_ccm_token
+from cmglab.services.management_point.transport import bearer, caller_of, off_loop, read_body, require_ccm_token
 from cmglab.wire import jsonlimits
 from cmglab.wire.cloud_config import CloudConfig, CloudContent, OnboardedTenant, PublishedEndpoint
 from cmglab.wire.kinds import AuthKind
@@ -86,6 +89,36 @@ def sts_handler(mp: Parts, sts: TokenService) -> Callable[[Request], Awaitable[R
     return ccm_sts
 
 
+def _head_of(path: Path, size: int) -> bytes:
+    with path.open("rb") as f:
+        return f.read(size)
+
+
+class ClientFile(FileResponse):
+    """A client package file: FileResponse, except that a whole small file (a plain GET, under one chunk) is read
+    in one thread hop and sent as one message, where FileResponse takes anyio's three (open, read, close; ~0.1 ms
+    of CPU each when the worker sleeps between requests, as in a fleet) and a task group watching for the
+    client's disconnect. HEAD, ranges and larger files are FileResponse's own; the headers are always its."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = self.stat_result
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "GET"
+            or found is None
+            or found.st_size >= self.chunk_size
+            or Headers(scope=scope).get("range") is not None
+        ):
+            await super().__call__(scope, receive, send)
+            return
+        body = await off_loop(_head_of, Path(self.path), self.chunk_size)
+        if len(body) >= self.chunk_size:  # it grew since its stat: streamed as FileResponse streams it
+            await super().__call__(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 def client_file_handler(mp: Parts) -> Callable[[Request], Awaitable[Response]]:
     """`GET /CCM_Client/<file>`: the client package (the FastAPI route's and the lean path's one handler)."""
     allowed = (*FILES, "manifest.json")
@@ -104,7 +137,7 @@ def client_file_handler(mp: Parts) -> Callable[[Request], Awaitable[Response]]:
             found = None
         if found is None or not stat.S_ISREG(found.st_mode):
             raise HTTPError(404, "the client package has not been distributed")
-        return FileResponse(path, media_type="application/octet-stream", stat_result=found)
+        return ClientFile(path, media_type="application/octet-stream", stat_result=found)
 
     return ccm_client
 
