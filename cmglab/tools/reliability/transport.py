@@ -2,9 +2,9 @@
 a request line and a head past their caps, a body past its cap (declared, and chunked), heads begun and never
 finished, TCP connections that never say ClientHello, and a flood of them with a real client in the middle.
 Each must be refused while reading (414/431/413/408, or closed), and leave nothing open behind it: checked by
-the attacks' own connections (`held_peers`: the service holds none of their peer ports), never by the service's
-descriptor or socket total, which its own work changes meanwhile (a thread's first database connection, a
-keep-alive client, the connection pool).
+the attacks' own connections (`released`: the service neither holds nor queues a connection from one of their
+ports to the listener's port), never by the service's descriptor or socket total, which its own work changes
+meanwhile (a thread's first database connection, a keep-alive client, the connection pool).
 
 Used by the reliability campaign (`make reliability`) and by tests/test_listener_limits.py.
 """
