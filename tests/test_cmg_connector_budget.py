@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmglab.pki.builders import CLIENT_AUTH
-from cmglab.pki.labpki import LAB_ADMIN
+from cmglab.pki.labpki import LAB_ADMIN, Identity
 from cmglab.runtime.lab import Lab
 from cmglab.services.cmg.connector import CONNECTOR_HEAD_DEADLINE, RESERVED_CONNECTIONS, ConnectorAdmission, Registry
 from cmglab.tools.processes import LabProcesses, isolated_lab
@@ -100,6 +100,13 @@ def test_raw_sockets_flooding_the_connector_do_not_lock_its_connection_point_out
         wait_for(lambda: channel_up(lab), 30, "the connection point's channel after a second flood")
 
 
+def _connector_peer(lab: Lab, identity: Identity) -> tuple[str, int, ssl.SSLContext, str]:
+    """Where and as whom a test dials the CMG's connector: the lab's CA trusted, `identity`'s certificate sent."""
+    ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
+    ctx.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+    return lab.config.bind_address, lab.config.ports.cmg_connector, ctx, lab.config.hosts.cmg
+
+
 def _silent_tls(host: str, port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSLSocket | None:
     """A completed mutual-TLS handshake that then sends nothing (None: closed at accept, the slots being full)."""
     try:
@@ -119,9 +126,7 @@ def test_silent_admitted_connections_do_not_hold_the_connectors_slots(tmp_path: 
     with _holding(procs) as held:
         procs.start("cmg")
         admin = lab.pki.lab_admin
-        ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
-        ctx.load_cert_chain(str(admin.cert_path), str(admin.key_path))
-        where = (lab.config.bind_address, lab.config.ports.cmg_connector, ctx, lab.config.hosts.cmg)
+        where = _connector_peer(lab, admin)
         for _ in range(RESERVED_CONNECTIONS + 8):
             s = _silent_tls(*where)
             if s is not None:
@@ -197,9 +202,7 @@ def test_device_certificates_reconnecting_in_a_loop_never_hold_the_connector(tmp
     with _holding(procs) as held:
         procs.start("cmg")
         device = lab.pki.issue_client("looping-device.corp.lab.test")
-        ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
-        ctx.load_cert_chain(str(device.cert_path), str(device.key_path))
-        where = (lab.config.bind_address, lab.config.ports.cmg_connector, ctx, lab.config.hosts.cmg)
+        where = _connector_peer(lab, device)
 
         one = _silent_tls(*where)  # TLS 1.3: the client's side completes before the connector has read its certificate
         assert one is not None
@@ -319,9 +322,7 @@ def test_a_connection_point_revoked_while_the_cmg_runs_is_refused_though_its_ver
     with _holding(procs) as held:
         procs.start("cmg")
         point = lab.pki.connection_point
-        ctx = ssl.create_default_context(cafile=str(lab.pki.ca_bundle))
-        ctx.load_cert_chain(str(point.cert_path), str(point.key_path))
-        where = (lab.config.bind_address, lab.config.ports.cmg_connector, ctx, lab.config.hosts.cmg)
+        where = _connector_peer(lab, point)
         for _ in range(2):  # admitted, the second time by the kept verdict
             held.append(_tls_client(*where))
         assert lab.pki.revoke(format(point.cert().serial_number, "x"))

@@ -14,7 +14,9 @@ import secrets
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -402,21 +404,31 @@ def _app_info(a: App) -> AppInfo:
     return AppInfo(a.app_id, a.display_name, a.identifier_uri, a.secret_hash, a.public_client, a.access_token_version)
 
 
+Info = TypeVar("Info")
+
+
+def _cached(table: dict[str, Info], key: str, load: Callable[[], Info | None]) -> Info | None:
+    """The directory cache's entry for `key`, loaded and kept on a miss; what is not found is never kept."""
+    found = table.get(key)
+    if found is None:
+        found = load()
+        if found is not None:
+            table[key] = found
+    return found
+
+
 def tenant_by_key(s: Session, key: str) -> TenantInfo | None:
     """A tenant by its ID or one of its domain names (case-insensitive)."""
     key = key.lower()
-    snap = _directory(s)
-    found = snap.tenants.get(key)
-    if found is not None:
-        return found
-    tenant = s.get(Tenant, key)
-    if tenant is None:
-        domain = s.get(Domain, key)
-        tenant = s.get(Tenant, domain.tenant_id) if domain else None
-    if tenant is None:
-        return None
-    found = snap.tenants[key] = _tenant_info(tenant)
-    return found
+
+    def load() -> TenantInfo | None:
+        tenant = s.get(Tenant, key)
+        if tenant is None:
+            domain = s.get(Domain, key)
+            tenant = s.get(Tenant, domain.tenant_id) if domain else None
+        return _tenant_info(tenant) if tenant is not None else None
+
+    return _cached(_directory(s).tenants, key, load)
 
 
 def tenant_by_id(s: Session, tenant_id: str) -> TenantInfo | None:
@@ -429,14 +441,12 @@ def domain_by_name(s: Session, name: str) -> DomainInfo | None:
     """A domain by its name (case-insensitive), from the directory cache: the user realm and DRS discovery read
     it for every device (two ORM lookups a user realm request before: ~0.3 ms of CPU)."""
     key = name.lower()
-    snap = _directory(s)
-    found = snap.domains.get(key)
-    if found is None:
+
+    def load() -> DomainInfo | None:
         row = s.get(Domain, key)
-        if row is None:
-            return None
-        found = snap.domains[key] = DomainInfo(row.name, row.tenant_id, row.federated)
-    return found
+        return DomainInfo(row.name, row.tenant_id, row.federated) if row is not None else None
+
+    return _cached(_directory(s).domains, key, load)
 
 
 def user_by_upn(s: Session, upn: str) -> User | None:
@@ -445,27 +455,23 @@ def user_by_upn(s: Session, upn: str) -> User | None:
 
 def app_by_id(s: Session, app_id: str) -> AppInfo | None:
     key = app_id.lower()
-    snap = _directory(s)
-    found = snap.apps.get(key)
-    if found is None:
+
+    def load() -> AppInfo | None:
         app = s.get(App, key)
-        if app is None:
-            return None
-        found = snap.apps[key] = _app_info(app)
-    return found
+        return _app_info(app) if app is not None else None
+
+    return _cached(_directory(s).apps, key, load)
 
 
 def app_by_resource(s: Session, resource: str) -> AppInfo | None:
     """The app a resource names: its identifier URI (case-insensitive, trailing slash optional) or ID."""
     key = resource.lower().rstrip("/")
-    snap = _directory(s)
-    found = snap.resources.get(key)
-    if found is None:
+
+    def load() -> AppInfo | None:
         app = s.scalar(select(App).where(func.rtrim(func.lower(App.identifier_uri), "/") == key)) or s.get(App, key)
-        if app is None:
-            return None
-        found = snap.resources[key] = _app_info(app)
-    return found
+        return _app_info(app) if app is not None else None
+
+    return _cached(_directory(s).resources, key, load)
 
 
 def device_by_id(s: Session, device_id: str) -> Device | None:
