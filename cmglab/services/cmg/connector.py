@@ -134,11 +134,9 @@ class ConnectorAdmission:
     def _verdict(self, der: bytes | None, cert: x509.Certificate | None) -> str | None:
         if der is None:
             return self.registry.refuse(cert)
-        try:
+        if der in self._verdicts:
             self._verdicts.move_to_end(der)
             return self._verdicts[der]
-        except KeyError:
-            pass
         problem = self._verdicts[der] = self.registry.refuse(cert)
         if len(self._verdicts) > _VERDICTS_KEPT:
             self._verdicts.popitem(last=False)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
+
+from starlette.responses import FileResponse
 
 from cmglab.services.cmg.errors import CMGError
 from cmglab.wire.cloud_config import CloudConfig
@@ -43,18 +43,6 @@ class SmallFile:
     stamp: tuple[int, int, int, int]  # device, inode, mtime (ns), size: the version read
     body: bytes
     raw_headers: list[tuple[bytes, bytes]]
-
-
-def _file_headers(st: os.stat_result, media_type: str) -> list[tuple[bytes, bytes]]:
-    etag_base = f"{st.st_mtime}-{st.st_size}"
-    etag = f'"{hashlib.md5(etag_base.encode(), usedforsecurity=False).hexdigest()}"'
-    return [
-        (b"content-type", media_type.encode("latin-1")),
-        (b"accept-ranges", b"bytes"),
-        (b"content-length", str(st.st_size).encode("latin-1")),
-        (b"last-modified", formatdate(st.st_mtime, usegmt=True).encode("latin-1")),
-        (b"etag", etag.encode("latin-1")),
-    ]
 
 
 class ContentStore:
@@ -156,7 +144,11 @@ class ContentStore:
         body = path.read_bytes()
         if len(body) != st.st_size:
             return None
-        small = self._small[path] = SmallFile(stamp, body, _file_headers(st, media_type))
+        small = self._small[path] = SmallFile(
+            stamp,
+            body,
+            FileResponse(path, media_type=media_type, stat_result=st).raw_headers,  # its own headers
+        )
         while len(self._small) > KEPT_FILES:
             self._small.popitem(last=False)
         return small
