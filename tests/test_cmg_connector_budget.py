@@ -44,6 +44,16 @@ def _holding(procs: LabProcesses) -> Iterator[list[Any]]:
         procs.stop_all()
 
 
+@contextlib.contextmanager
+def _cmg_holding(tmp_path: Path) -> Iterator[tuple[Lab, LabProcesses, list[Any]]]:
+    """A lab of its own with its CMG running (FAST_ENV), and the sockets the test holds against it (_holding)."""
+    lab = isolated_lab(tmp_path / "lab")
+    procs = LabProcesses(lab, env=dict(FAST_ENV))
+    with _holding(procs) as held:
+        procs.start("cmg")
+        yield lab, procs, held
+
+
 def _tls_client(host: str, port: int, ctx: ssl.SSLContext, name: str) -> ssl.SSLSocket:
     sock = socket.create_connection((host, port), timeout=10)
     tls = ctx.wrap_socket(sock, server_hostname=name)  # the client's side of the handshake completes here
@@ -121,10 +131,7 @@ def test_silent_admitted_connections_do_not_hold_the_connectors_slots(tmp_path: 
     CONNECTOR_HEAD_DEADLINE (10 s), and a silent one is dropped without waiting on a TLS close_notify it would never
     send (a close held the slot 30 s longer). A device's certificate no longer gets that far (the test below), so
     the silent peer here holds one the connector admits: the lab admin's, as if it had leaked."""
-    lab = isolated_lab(tmp_path / "lab")
-    procs = LabProcesses(lab, env=dict(FAST_ENV))
-    with _holding(procs) as held:
-        procs.start("cmg")
+    with _cmg_holding(tmp_path) as (lab, procs, held):
         admin = lab.pki.lab_admin
         where = _connector_peer(lab, admin)
         for _ in range(RESERVED_CONNECTIONS + 8):
@@ -197,10 +204,7 @@ def test_device_certificates_reconnecting_in_a_loop_never_hold_the_connector(tmp
     (re)connect. The connector now admits at the handshake's completion only its connection points and the lab
     admin: a device's connection is dropped at once (before it sends a byte), never counted in the reserve, and
     logged in CMGService.log (once per certificate per REFUSAL_LOG_EVERY, however often it comes back)."""
-    lab = isolated_lab(tmp_path / "lab")
-    procs = LabProcesses(lab, env=dict(FAST_ENV))
-    with _holding(procs) as held:
-        procs.start("cmg")
+    with _cmg_holding(tmp_path) as (lab, procs, held):
         device = lab.pki.issue_client("looping-device.corp.lab.test")
         where = _connector_peer(lab, device)
 
@@ -251,10 +255,7 @@ def test_a_reissued_lab_admin_certificate_is_admitted_and_the_one_before_is_not(
     re-issued while it ran was refused (and the one before still admitted) until a restart. The admitted one is
     the certificate the file holds now: the new one gets in at once, the one before (still valid, not revoked)
     is refused at the handshake like any other non-admin certificate, and logged as such."""
-    lab = isolated_lab(tmp_path / "lab")
-    procs = LabProcesses(lab, env=dict(FAST_ENV))
-    with _holding(procs):
-        procs.start("cmg")
+    with _cmg_holding(tmp_path) as (lab, _, _):
         admin = lab.pki.lab_admin
         before = (tmp_path / "before.crt", tmp_path / "before.key")
         before[0].write_bytes(admin.cert_path.read_bytes())
@@ -317,10 +318,7 @@ def test_a_connection_point_revoked_while_the_cmg_runs_is_refused_though_its_ver
     point's certificate, but revocation is the TLS's, checked at every handshake against the CRL as it is now.
     Admitted (its verdict kept), then revoked while the CMG runs: its next connection is refused, and the CRL
     refusal is in CMGService.log."""
-    lab = isolated_lab(tmp_path / "lab")
-    procs = LabProcesses(lab, env=dict(FAST_ENV))
-    with _holding(procs) as held:
-        procs.start("cmg")
+    with _cmg_holding(tmp_path) as (lab, _, held):
         point = lab.pki.connection_point
         where = _connector_peer(lab, point)
         for _ in range(2):  # admitted, the second time by the kept verdict
