@@ -18,6 +18,7 @@ from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from cmglab.pki import builders as b
 from cmglab.pki.builders import x5t
 from cmglab.pki.labpki import MS_ORG_ACCESS_NAME
 from cmglab.runtime.lab import Lab
@@ -225,3 +226,19 @@ def test_info_json_tells_scripts_everything(pki_lab: Lab) -> None:
 def test_commands_on_a_missing_lab_say_how_to_create_it(tmp_path: Path) -> None:
     out = cmglab("info", "--lab", str(tmp_path / "nowhere"))
     assert out.returncode == 2 and "cmglab init" in out.stdout
+
+
+def test_a_leaf_issuer_makes_the_certificate_leaf_makes() -> None:
+    """The DRS's LeafIssuer (prebuilt constant extensions) issues what `builders.leaf` issues for the same key,
+    subject, EKUs, lifetime and extra extensions: the same extensions in the same order, names and lifetime."""
+    ca_key = b.new_key()
+    ca = b.self_signed(ca_key, b.name("MS-Organization-Access"), ekus=[])
+    device_key = b.new_key().public_key()
+    extra = [x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.840.113556.1.5.284.7"), b"1")]
+    made = b.LeafIssuer(ca, ca_key, ekus=[b.CLIENT_AUTH], days=3650).issue(device_key, b.name("dev-1"), extra)
+    reference = b.leaf(device_key, b.name("dev-1"), ca, ca_key, ekus=[b.CLIENT_AUTH], days=3650, extra=extra)
+    assert list(made.extensions) == list(reference.extensions)
+    assert (made.subject, made.issuer, made.version) == (reference.subject, reference.issuer, reference.version)
+    lifetime = made.not_valid_after_utc - made.not_valid_before_utc
+    assert lifetime == reference.not_valid_after_utc - reference.not_valid_before_utc
+    made.verify_directly_issued_by(ca)

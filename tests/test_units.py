@@ -4,20 +4,28 @@ rewrite has its own in tests/test_sec_cmg_urls.py."""
 
 from __future__ import annotations
 
+import base64
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
+from cmglab.agent import entra as agent_entra
+from cmglab.pki.builders import new_key
 from cmglab.runtime.lab import Lab
+from cmglab.services.entra import drs as drs_crypto
 from cmglab.services.entra import store as st
-from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra.errors import AADSTSError, DRSError
 from cmglab.services.entra.grants import TokenRequest
 from cmglab.services.entra.parts import Parts as EntraParts
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.errors import STSError
 from cmglab.services.management_point.parts import Parts as MPParts
 from cmglab.services.management_point.sts import STSRequest, TokenService
+from cmglab.tools.bench.entra_scenarios import join_body
 from cmglab.wire.kinds import AuthKind, Proof
 from tests.support.lab import new_lab
 
@@ -138,6 +146,48 @@ def test_a_device_signed_request_reads_the_device_row_as_it_is_now(entra: EntraP
         s.delete(st.device_by_id(s, device_id))
     with entra.store.session() as s:
         assert st.device_facts(s, device_id) is None
+
+
+def test_a_drs_join_reads_its_user_as_the_row_is_now(unit_lab: Lab, entra: EntraParts) -> None:
+    """Attack: a DRS token of a user who was disabled or deleted after it was issued joins no device. The join reads
+    the user by a Core select (`user_facts`, not the ORM entity): what the row says at the time of the join. The
+    device certificate it issues is the MS-Organization-Access CA's, with the user's ID in it."""
+    tenant = unit_lab.config.primary_tenant
+    upn, password = f"joiner@{tenant.users[0].upn.split('@', 1)[1]}", "Joiner-Pass-1"
+    object_id = st.new_guid()
+    with entra.store.session() as s:
+        s.add(st.User(object_id=object_id, tenant_id=tenant.tenant_id, upn=upn, password_hash=st.hash_secret(password)))
+    drs = entra.grants.token(
+        token_request(
+            unit_lab,
+            grant_type="password",
+            username=upn,
+            password=password,
+            client_id=agent_entra.BROKER_CLIENT_ID,
+            resource=agent_entra.DRS_RESOURCE,
+        )
+    ).body["access_token"]
+
+    def join() -> dict[str, Any]:
+        return entra.registration.join(f"Bearer {drs}", join_body(upn.split("@", 1)[1], new_key(), new_key()))
+
+    reply = join()
+    assert reply["User"]["Upn"] == upn
+    cert = x509.load_der_x509_certificate(base64.b64decode(reply["Certificate"]["RawBody"]))
+    assert entra.registration.ca.issued(cert, datetime.now(UTC))
+    assert uuid.UUID(object_id).bytes_le in [e.value.value for e in cert.extensions if e.oid == drs_crypto.OID_USER_ID]
+    with entra.store.session() as s:
+        user = s.get(st.User, object_id)
+        assert user is not None
+        user.enabled = False
+    with pytest.raises(DRSError) as refused:
+        join()
+    assert refused.value.code == 50034
+    with entra.store.session() as s:
+        s.delete(s.get(st.User, object_id))
+    with pytest.raises(DRSError) as refused:
+        join()
+    assert refused.value.code == 50034
 
 
 # -- CCM_STS proofs ------------------------------------------------------------------------------------

@@ -182,6 +182,38 @@ def leaf(  # type: ignore[no-untyped-def]
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+class LeafIssuer:
+    """`leaf` for many certificates of one issuer with the same EKUs and lifetime (the DRS's device certificates):
+    the issuer's name, the constant extensions and the authority key identifier (a hash of the issuer's public key)
+    made once, and the builder given its extensions in one list instead of one copy per `add_extension` (~0.05-0.1
+    ms of CPU less per certificate). The certificate is the one `leaf` makes (no SAN, CDP or AIA)."""
+
+    def __init__(
+        self, issuer_cert: x509.Certificate, issuer_key: RSAKey, *, ekus: Sequence[x509.ObjectIdentifier], days: int
+    ) -> None:
+        self.issuer_name, self.issuer_key, self.validity = issuer_cert.subject, issuer_key, timedelta(days=days)
+        self.constant = [
+            x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=False, path_length=None)),
+            x509.Extension(x509.KeyUsage.oid, True, _key_usage(key_encipherment=True)),
+            x509.Extension(x509.ExtendedKeyUsage.oid, False, x509.ExtendedKeyUsage(list(ekus))),
+            x509.Extension(
+                x509.AuthorityKeyIdentifier.oid,
+                False,
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            ),
+        ]
+
+    def issue(self, public_key, subject: x509.Name, extra: Sequence[x509.ExtensionType] = ()) -> x509.Certificate:  # type: ignore[no-untyped-def]
+        start = utcnow() - timedelta(minutes=5)
+        ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+        extensions = [x509.Extension(ski.oid, False, ski), *self.constant]
+        extensions += [x509.Extension(ext.oid, False, ext) for ext in extra]
+        builder = x509.CertificateBuilder(
+            self.issuer_name, subject, public_key, x509.random_serial_number(), start, start + self.validity, extensions
+        )
+        return builder.sign(self.issuer_key, hashes.SHA256())
+
+
 def self_signed(
     key: RSAKey,
     subject: x509.Name,

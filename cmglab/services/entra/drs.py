@@ -12,6 +12,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -135,8 +136,8 @@ def sid_from_guid(guid: str) -> str:
 class DeviceCertificate:
     cert: x509.Certificate
 
-    @property
-    def thumbprint(self) -> str:
+    @cached_property
+    def thumbprint(self) -> str:  # the join's reply and its device row: worked out once
         return b.sha1_thumbprint(self.cert)
 
     @property
@@ -149,6 +150,7 @@ class DeviceCA:
 
     def __init__(self, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> None:
         self.cert, self.key = cert, key
+        self.leaves = b.LeafIssuer(cert, key, ekus=[b.CLIENT_AUTH], days=DEVICE_CERT_DAYS)
 
     def issue(
         self,
@@ -168,10 +170,7 @@ class DeviceCA:
         ]
         if user_id:
             extra.append(x509.UnrecognizedExtension(OID_USER_ID, uuid.UUID(user_id).bytes_le))
-        cert = b.leaf(
-            device_key, b.name(device_id), self.cert, self.key, ekus=[b.CLIENT_AUTH], days=DEVICE_CERT_DAYS, extra=extra
-        )
-        return DeviceCertificate(cert)
+        return DeviceCertificate(self.leaves.issue(device_key, b.name(device_id), extra))
 
     def issued(self, cert: x509.Certificate, now: datetime) -> bool:
         """Whether this CA signed `cert` and it is within its validity period."""

@@ -176,7 +176,7 @@ class Registration:
         device_key = drs.check_csr(req.CertificateRequest.Data)
         transport = drs.parse_transport_key(req.TransportKey)
         with self.store.session() as s:
-            tenant, user = st.tenant_by_id(s, claims["tid"]), s.get(st.User, claims.get("oid", ""))
+            tenant, user = st.tenant_by_id(s, claims["tid"]), st.user_facts(s, str(claims.get("oid", "")))
             if tenant is None or user is None or not user.enabled:
                 raise DRSError(401, "AuthenticationError", 50034, "The user of the token does not exist.")
             self._within_quota(s, tenant.tenant_id, user.object_id)

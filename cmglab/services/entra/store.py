@@ -453,6 +453,30 @@ def user_by_upn(s: Session, upn: str) -> User | None:
     return s.scalar(select(User).where(User.upn == upn.lower()))
 
 
+@dataclass(frozen=True)
+class UserFacts:
+    """A user row's columns as a request reads them (`user_facts`): read, never written back."""
+
+    object_id: str
+    tenant_id: str
+    upn: str
+    display_name: str
+    onprem_sid: str | None
+    enabled: bool
+
+
+_USER_FACTS = select(*(User.__table__.c[f.name] for f in fields(UserFacts))).where(
+    User.__table__.c.object_id == bindparam("object_id")
+)
+
+
+def user_facts(s: Session, object_id: str) -> UserFacts | None:
+    """A user by object ID, by one prebuilt Core select in the request's unit of work (the DRS join's user: the ORM
+    entity's get and load cost ~0.1 ms more CPU)."""
+    row = s.connection().execute(_USER_FACTS, {"object_id": object_id}).first()
+    return None if row is None else UserFacts(*row)
+
+
 def app_by_id(s: Session, app_id: str) -> AppInfo | None:
     key = app_id.lower()
 
