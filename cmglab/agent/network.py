@@ -34,6 +34,7 @@ from cmglab.agent.device import Device
 from cmglab.agent.settings import agent_settings
 from cmglab.wire import httpclient, tracing
 from cmglab.wire.h1transport import H1Client, H1Transport
+from cmglab.wire.tls_sessions import SessionCache
 
 # Windows error codes the device's logs report
 CERT_E_UNTRUSTEDROOT = 0x800B0109
@@ -123,6 +124,7 @@ def _remember(cache: Path, fetched: _Fetched) -> None:
 # store (`cmglab device break root`) gets a new context. Building one costs ~1.5 ms of CPU (OpenSSL's context,
 # the bundle parsed); an onboarding asks five. Never changed once made (SSLContext is safe to share for wrapping).
 TRUST_CONTEXTS_MAX = 16
+CLIENT_CONTEXTS_MAX = 16  # per device network: contexts with a client certificate (a device holds one or two)
 
 
 def _new_context(bundle: bytes, client_cert: StoredCert | None) -> ssl.SSLContext:
@@ -314,13 +316,25 @@ class DeviceNetwork:
         self.hosts = httpclient.parse_resolve(self.resolve)
         self.timeout = timeout if timeout is not None else agent_settings().client_timeout
         self._checker: RevocationChecker | None = None
+        # the device's TLS sessions, as Schannel's client cache (per process here; per device in a fleet)
+        self.tls_sessions = SessionCache()
+        self._client_contexts: dict[tuple[bytes, str, Any, Any], ssl.SSLContext] = {}
 
     def ssl_context(self, client_cert: StoredCert | None = None) -> ssl.SSLContext:
-        """The device's Root store as the only trust (read now); with a client certificate, its own context."""
+        """The device's Root store as the only trust (read now); with a client certificate, a context of its own,
+        kept while the Root store and the certificate's files are unchanged (a TLS session is resumed only on
+        the context it was made on)."""
         bundle = self.device.stores.trust_bundle()
         if client_cert is None or client_cert.key_path is None:
             return _trust_context(bundle)
-        return _new_context(bundle, client_cert)
+        key = (bundle, client_cert.thumbprint, _stat_key(client_cert.cert_path), _stat_key(client_cert.key_path))
+        ctx = self._client_contexts.get(key)
+        if ctx is None:
+            ctx = _new_context(bundle, client_cert)
+            if len(self._client_contexts) >= CLIENT_CONTEXTS_MAX:
+                self._client_contexts.clear()
+            self._client_contexts[key] = ctx
+        return ctx
 
     def checker(self) -> RevocationChecker | None:
         if not self.crl_check:
@@ -329,12 +343,15 @@ class DeviceNetwork:
             self._checker = RevocationChecker(self.device, self.ssl_context(), self.resolve)
         return self._checker
 
-    def transport(self, ctx: ssl.SSLContext) -> httpx.BaseTransport:
-        """What sends the device's requests once revocation is checked (a fleet wraps it to watch them)."""
-        return H1Transport(ctx, self.hosts)
+    def transport(self, ctx: ssl.SSLContext, credential: str | None = None) -> httpx.BaseTransport:
+        """What sends the device's requests once revocation is checked (a fleet wraps it to watch them); TLS
+        sessions resumed from the device's cache under CREDENTIAL (the client certificate's thumbprint)."""
+        return H1Transport(ctx, self.hosts, sessions=self.tls_sessions, credential=credential)
 
     def client(self, client_cert: StoredCert | None = None) -> httpx.Client:
-        inner = self.transport(self.ssl_context(client_cert))
+        ctx = self.ssl_context(client_cert)
+        credential = client_cert.thumbprint if client_cert is not None and client_cert.key_path is not None else None
+        inner = self.transport(ctx, credential)
         # every request carries W3C trace headers tagged with the device and its step (the lab console)
         return H1Client(
             transport=_CheckingTransport(inner, self.checker),

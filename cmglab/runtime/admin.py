@@ -255,6 +255,9 @@ class LabMiddleware:
             span.tracestate,
         )
         rec.client_cert_subject, rec.client_cert_thumbprint = _cert_names(scope)
+        tls = scope.get("extensions", {}).get("tls")
+        if tls:
+            rec.tls_resumed = tls.get("session_reused")
 
 
 def error_reason(body: bytes) -> str | None:

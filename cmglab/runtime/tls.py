@@ -211,13 +211,15 @@ def server_context(
 
 class TLSExtension(dict[str, Any]):
     """One connection's ASGI TLS extension (`client_cert_chain`, PEM, the extension's field; `client_cert_der`,
-    `tls_version`, `cipher`), each read from the connection's SSL object when a request first asks for it and kept
-    until that request ends (`release`): an idle keep-alive connection (a CMG holds thousands) keeps no copy of its
-    certificate, only the SSL object the transport holds anyway (issue 20). The certificate is the one OpenSSL
-    verified at the handshake (renegotiation is off: `server_context`)."""
+    `tls_version`, `cipher`, `session_reused`), each read from the connection's SSL object when a request first asks
+    for it and kept until that request ends (`release`): an idle keep-alive connection (a CMG holds thousands) keeps
+    no copy of its certificate, only the SSL object the transport holds anyway (issue 20). The certificate is the one
+    OpenSSL verified at the handshake (renegotiation is off: `server_context`); on a resumed session (an abbreviated
+    handshake) the session's, verified at its first handshake and checked against the CRLs at this one
+    (`LoggingSSLObject`)."""
 
     __slots__ = ("_ssl",)
-    FIELDS = frozenset({"client_cert_chain", "client_cert_der", "tls_version", "cipher"})
+    FIELDS = frozenset({"client_cert_chain", "client_cert_der", "tls_version", "cipher", "session_reused"})
 
     def __init__(self, ssl_object: ssl.SSLObject) -> None:
         super().__init__()
@@ -233,6 +235,8 @@ class TLSExtension(dict[str, Any]):
             value = [ssl.DER_cert_to_PEM_cert(c) for c in self._chain_der()]
         elif key == "tls_version":
             value = tls.version()
+        elif key == "session_reused":  # an abbreviated handshake: the certificate is the session's (see below)
+            value = tls.session_reused
         else:
             value = (tls.cipher() or (None,))[0]
         self[key] = value
@@ -240,9 +244,12 @@ class TLSExtension(dict[str, Any]):
 
     def _chain_der(self) -> list[bytes]:
         der = self["client_cert_der"]
-        if der and hasattr(self._ssl, "get_verified_chain"):  # Python >= 3.13
-            return list(self._ssl.get_verified_chain())
-        return [der] if der else []
+        if not der:
+            return []
+        # Python >= 3.13. A resumed session has no verified chain (OpenSSL verifies none): the session's certificate
+        # alone, as it was verified at the session's first handshake and checked against the CRLs at this one
+        chain = self._ssl.get_verified_chain() if hasattr(self._ssl, "get_verified_chain") else None
+        return list(chain) if chain else [der]
 
     def __contains__(self, key: object) -> bool:
         return key in self.FIELDS or super().__contains__(key)

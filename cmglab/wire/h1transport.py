@@ -14,6 +14,9 @@ retries, streaming replies):
 - httpx's `trace` request extension, for the events `connection.connect_tcp.{started,complete}` and
   `connection.start_tls.{started,complete}` as httpcore sends them (`return_value` a stream whose
   `get_extra_info("ssl_object")` is the TLS socket): the agent checks a new connection's certificate there;
+- TLS session resumption with a `SessionCache` (cmglab/wire/tls_sessions.py, as Windows' Schannel): a new
+  connection offers the session kept for (the name it verifies, the port, the transport's client credential); a
+  connection's session is kept once its handshake and the trace hook's checks passed and its first reply was read;
 - httpx's timeouts (the request's `timeout` extension: connect for TCP and the TLS handshake, read, write);
 - httpx's exceptions with httpcore's texts (ConnectError/ConnectTimeout chained to the socket or ssl error,
   ReadTimeout, WriteTimeout, ReadError, RemoteProtocolError "Server disconnected without sending a
@@ -47,6 +50,7 @@ import httptools
 import httpx
 
 from cmglab.wire.httpclient import HostMap
+from cmglab.wire.tls_sessions import SessionCache, SessionKey
 
 READ_BYTES = 64 * 1024
 MAX_HEAD_BYTES = 64 * 1024  # a reply head larger than this is a protocol error (h11's own limit is 16 KiB + 1)
@@ -148,8 +152,13 @@ class H1Transport(httpx.BaseTransport):
         *,
         keepalive_expiry: float = 5.0,
         max_idle_per_host: int = 10,
+        sessions: SessionCache | None = None,
+        credential: str | None = None,
     ) -> None:
         self.ctx, self.hosts = ctx, hosts or {}
+        # TLS sessions resumed from (and kept in) SESSIONS under this client credential (the client certificate
+        # CTX holds, None without): cmglab/wire/tls_sessions.py
+        self.sessions, self.credential = sessions, credential
         if ctx is not None:
             ctx.set_alpn_protocols(["http/1.1"])  # as httpcore offers it
         self.keepalive_expiry, self.max_idle_per_host = keepalive_expiry, max_idle_per_host
@@ -172,13 +181,23 @@ class H1Transport(httpx.BaseTransport):
         key = (scheme, host, port, verified)  # httpx keeps the host lower-case
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         data = _serialise(request)
-        sock = self._pooled(key) or self._connect(request, key, timeouts)
+        sock = self._pooled(key)
+        new = sock is None
+        if sock is None:
+            sock = self._connect(request, key, timeouts)
         try:
             sent = _send(sock, data, timeouts.get("write"))
             reply, until_close = _receive(sock, request.method == "HEAD", timeouts.get("read"))
         except BaseException:
+            if new and isinstance(sock, ssl.SSLSocket) and self.sessions is not None:
+                # TLS 1.3: a server refuses a resumed session after the client's handshake ended (a revoked
+                # certificate's): the session it refused is not offered again
+                self._forget(bool(sock.session_reused), self.sessions.key(verified, port, self.credential))
             sock.close()
             raise
+        if new and isinstance(sock, ssl.SSLSocket) and self.sessions is not None:
+            # verified (the handshake, the trace hook's checks) and a reply read: a TLS 1.3 ticket is in by now
+            self.sessions.keep(sock.context, self.sessions.key(verified, port, self.credential), sock)
         keep = sent and not until_close and reply.keep_alive and not _says_close(request.headers.raw)
         if keep and reply.status != 101:
             self._release(key, sock)
@@ -245,23 +264,36 @@ class H1Transport(httpx.BaseTransport):
         # server_hostname: never url.host, the Unicode form: ssl would encode it by IDNA 2003 (faß -> fass)
         if trace is not None:
             trace("connection.start_tls.started", {"server_hostname": server_hostname, "timeout": timeout})
+        ctx = self.ctx or ssl.create_default_context()
+        session_key: SessionKey | None = None
+        session: ssl.SSLSession | None = None
+        if self.sessions is not None:
+            session_key = self.sessions.key(server_hostname, port, self.credential)
+            session = self.sessions.offer(ctx, session_key)
         try:
             sock.settimeout(timeout)
-            ctx = self.ctx or ssl.create_default_context()
-            tls = ctx.wrap_socket(sock, server_hostname=server_hostname)
+            tls = ctx.wrap_socket(sock, server_hostname=server_hostname, session=session)
         except TimeoutError as e:
             sock.close()
+            self._forget(session is not None, session_key)
             raise httpx.ConnectTimeout(str(e)) from e
         except OSError as e:  # ssl.SSLError among them (a failed verification: SSLCertVerificationError)
             sock.close()
+            self._forget(session is not None, session_key)
             raise httpx.ConnectError(str(e)) from e
         if trace is not None:
             try:
                 trace("connection.start_tls.complete", {"return_value": _Stream(tls)})
             except BaseException:
                 tls.close()
+                self._forget(session is not None, session_key)
                 raise
         return tls
+
+    def _forget(self, offered: bool, key: SessionKey | None) -> None:
+        """A connection that failed with an offered (or resumed) session: the next one makes a full handshake."""
+        if offered and self.sessions is not None and key is not None:
+            self.sessions.forget(key)
 
 
 def _serialise(request: httpx.Request) -> bytes:

@@ -44,6 +44,7 @@ class RequestRecord:
     elapsed_ms: float | None = None
     client_cert_subject: str | None = None
     client_cert_thumbprint: str | None = None
+    tls_resumed: bool | None = None  # whether the connection's TLS session was resumed (None: plain HTTP)
     traceparent: str | None = None  # as received
     user_agent: str | None = None
     trace_id: str | None = None  # the server span (cmglab.wire.tracing.ServerSpan)
@@ -128,6 +129,7 @@ class Recorded(TypedDict, total=False):
     elapsed_ms: float
     client_cert_subject: str | None
     client_cert_thumbprint: str | None
+    tls_resumed: bool  # the connection's TLS session was resumed (an abbreviated handshake); absent: plain HTTP
     traceparent: str | None  # as received
     user_agent: str | None
     trace_id: str  # the server span (cmglab.wire.tracing.ServerSpan.record_fields)

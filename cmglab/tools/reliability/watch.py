@@ -109,8 +109,8 @@ class WatchedNetwork(FleetNetwork):
         super().__init__(device, timer, crl_check=crl_check)
         self.watch = watch
 
-    def transport(self, ctx: ssl.SSLContext) -> httpx.BaseTransport:
-        return _Stopwatch(super().transport(ctx), self.watch)
+    def transport(self, ctx: ssl.SSLContext, credential: str | None = None) -> httpx.BaseTransport:
+        return _Stopwatch(super().transport(ctx, credential), self.watch)
 
 
 @dataclass
