@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from cmglab.agent.certstore import MY, ROOT
 from cmglab.agent.device import Device
@@ -68,25 +69,31 @@ def pki_device(lab: Lab, home: Path, name: str) -> tuple[Device, Any]:
     return device, device.stores.add(MY, ident.cert(), ident.key(), "PKI client")
 
 
-def test_the_cmg_sees_the_sessions_certificate_on_a_resumed_mutual_auth_connection(lab: Lab, tmp_path: Path) -> None:
-    """A PKI client's second connection to the CMG's MutualAuth URLs resumes; the CMG authenticates it by the
-    session's certificate (the one verified at the first handshake, checked against the CRL again at this one).
-    Another certificate on the same device is never offered that session: a full handshake, its own identity."""
-    device, first = pki_device(lab, tmp_path / "dev", "RESUMEPKI")
-    second = device.stores.add(MY, *_issued(lab, "RESUMEPKI-2"), "PKI client 2")
+@pytest.mark.parametrize("service", ["cmg", "management-point"])
+def test_a_resumed_connection_is_known_by_its_sessions_certificate(lab: Lab, tmp_path: Path, service: str) -> None:
+    """A PKI client's second connection to the CMG's MutualAuth URLs (or to the MP's HTTPS listener) resumes; the
+    service knows the caller by the session's certificate (the one verified at the first handshake, checked against
+    the CRL again at this one). Another certificate on the same device is never offered that session: a full
+    handshake, its own identity."""
+    device, first = pki_device(lab, tmp_path / "dev", f"RESUMEPKI-{service[:3]}")
+    second = device.stores.add(MY, *_issued(lab, f"RESUMEPKI-{service[:3]}-2"), "PKI client 2")
     network = DeviceNetwork(device, crl_check=False)
-    url = proxy_url(lab, "ccm_system/request", "MutualAuth")
-    since = last_seq(lab, "cmg")
+    if service == "cmg":
+        url = proxy_url(lab, "ccm_system/request", "MutualAuth")
+    else:
+        url = f"{lab.url(service)}/ccm_system/request"
+    since = last_seq(lab, service)
     for cert in (first, first, second):
         with network.client(client_cert=cert) as http:  # a client of its own: a new connection each
             http.request("CCM_POST", url, content=b"not a message")
-    seen = [r for r in records_since(lab, "cmg", since) if r["path"].endswith("/ccm_system/request")]
+    seen = [r for r in records_since(lab, service, since) if r["path"].endswith("/ccm_system/request")]
     assert [(r["tls_resumed"], r["client_cert_thumbprint"]) for r in seen] == [
         (False, first.thumbprint),
         (True, first.thumbprint),
         (False, second.thumbprint),
     ], seen
-    assert seen[0].get("auth_subject") == seen[1].get("auth_subject") and seen[1].get("auth_kind"), seen
+    if service == "cmg":  # MutualAuth: the CMG authenticated the caller by that certificate both times
+        assert seen[1].get("auth_kind") and seen[0].get("auth_subject") == seen[1].get("auth_subject"), seen
 
 
 def _issued(lab: Lab, name: str) -> tuple[Any, Any]:
