@@ -126,6 +126,7 @@ def check_onboarding(report: dict[str, Any], with_floor: bool) -> None:
             floor["total"]["floor_ms"] > 0 and floor["entra"]["signatures"] > 0 and floor["entra"]["pbkdf2"] == 2
         )  # ROPC, PRT
         assert all(r["measured_cpu_ms"] for r in floor.values())
+        assert floor["pki"]["floor_ms"] is None and floor["pki"]["ratio"] is None  # not itemised: no floor, not 0
     steps = {r["step"] for r in onboarding["tables"][2 if with_floor else 1]["rows"]}
     assert {"join", "registration", "policy (assignments)", "whole onboarding"} <= steps
 

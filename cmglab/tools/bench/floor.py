@@ -163,10 +163,12 @@ ONBOARDING: dict[str, list[tuple[str, str, int]]] = {
 # then ccmexec's). The agent resumes TLS sessions as Schannel does (cmglab/wire/tls_sessions.py), so only the first
 # connection to each name is a full handshake: Entra 2 (login host, DRS) + 2 resumed, the CMG 1 + 1 resumed (each
 # service's request records, `tls_resumed`: tests/test_agent_tls_resumption.py). A resumed handshake signs and
-# verifies no certificate (an X25519 exchange and the ticket's AES): not counted. The CRL host (pki) takes 2 new
-# connections per onboarding over plain HTTP: no handshake (its CRL downloads go through the revocation checker's
-# own client, which the fleet does not count, so its row's floor is 0).
-ONBOARDING_HANDSHAKES = {"entra": 2, "cmg": 1, "pki": 0}
+# verifies no certificate (an X25519 exchange and the ticket's AES): not counted.
+ONBOARDING_HANDSHAKES = {"entra": 2, "cmg": 1}
+# services whose part of an onboarding the fleet cannot itemise: their row has no floor (not a floor of 0) and
+# their CPU still counts in the total. The CRL host serves plain HTTP (no handshake); the devices' CRL downloads
+# go through the revocation checker's own client, which the fleet does not count.
+NOT_ITEMISED = {"pki": "CRL downloads over plain HTTP (the revocation checker's own client: not counted)"}
 
 
 # -- timing --------------------------------------------------------------------------------------------
@@ -301,7 +303,11 @@ def onboarding_floor(
                 counts[op] = counts.get(op, 0) + k * n
         handshakes = ONBOARDING_HANDSHAKES.get(service, 0)
         asked = requests.get(service, 0.0)
-        floor = asked * transport_ms + crypto_ms(Need(counts, ""), prims) + handshakes * prims["tls_handshake"]
+        floor: float | None = (
+            asked * transport_ms + crypto_ms(Need(counts, ""), prims) + handshakes * prims["tls_handshake"]
+        )
+        if service in NOT_ITEMISED:
+            floor = None
         got = measured.get(service)
         rows.append(
             {
@@ -311,15 +317,17 @@ def onboarding_floor(
                 "verifications": counts.get("rsa_verify", 0) + counts.get("jwt_decode", 0),
                 "pbkdf2": counts.get("pbkdf2", 0),
                 "handshakes": handshakes,
-                "floor_ms": round(floor, 2),
+                "floor_ms": None if floor is None else round(floor, 2),
                 "measured_cpu_ms": got,
-                "ratio": round(floor / got, 3) if got else None,
-                "items": "; ".join(f"{n} × {step}" for step, _, n in items) or "transport only",
+                "ratio": round(floor / got, 3) if got and floor is not None else None,
+                "items": NOT_ITEMISED.get(service)
+                or "; ".join(f"{n} × {step}" for step, _, n in items)
+                or "transport only",
             }
         )
     total: dict[str, Any] = {
         "service": "total",
-        "floor_ms": round(sum(r["floor_ms"] for r in rows), 2),
+        "floor_ms": round(sum(r["floor_ms"] or 0 for r in rows), 2),
         "measured_cpu_ms": round(sum(r["measured_cpu_ms"] or 0 for r in rows), 2) or None,
     }
     total["ratio"] = round(total["floor_ms"] / total["measured_cpu_ms"], 3) if total["measured_cpu_ms"] else None
