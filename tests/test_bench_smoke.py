@@ -152,6 +152,11 @@ def check_workers(report: dict[str, Any]) -> None:
     # one core per worker: 1 worker on CPU 0, 2 workers on CPUs 0 and 1 (where the machine has two)
     assert {r["workers"]: r["cpus"] for r in scaled} == {1: "0", 2: "0+1" if (os.cpu_count() or 1) > 1 else "0"}
     only_ok(scaled)
+    # the load generator's own CPU beside the workers': per request, its share of the CPUs, both together
+    columns = report["workers"]["columns"]
+    assert columns.index("server_cpu_ms") < columns.index("loadgen_cpu_ms") < columns.index("busy_cpus")
+    assert all(r["loadgen_cpu_ms"] >= 0 and r["loadgen_cpus"] >= 0 and r["busy_cpus"] > 0 for r in scaled)
+    assert "load generator took" in report["workers"]["note"] and "Load average" in report["workers"]["note"]
 
 
 def check_profiles(report: dict[str, Any]) -> None:

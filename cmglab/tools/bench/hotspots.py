@@ -4,7 +4,6 @@ machine before each change; "after" is this run's row for the same scenario (sec
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -1057,7 +1056,7 @@ def profile_section(lab: Lab, service_pids: dict[str, int], duration: float) -> 
         chosen = {name: service_pids[name] for name in names}
         meter = CpuMeter(chosen)
         sampler = profile.Sampler(chosen, seconds)
-        result = asyncio.run(loadgen.run(s.name, s.target, repeat, connections=16, duration=seconds))
+        result = loadgen.run_sync(s.name, s.target, repeat, connections=16, duration=seconds)
         try:
             stacks = sampler.stacks()
         except RuntimeError as e:  # no ptrace here (not root, no CAP_SYS_PTRACE)

@@ -3,7 +3,6 @@ load generator to CPU 1 (when the machine has two), so the numbers say what one 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
@@ -97,15 +96,13 @@ def transport_ceiling(lab: Lab, port: int, opts: Options) -> dict[str, Any]:
         rows = []
         for name, keepalive in (("keep-alive", True), ("new TLS handshake per request", False)):
             meter = CpuMeter({"ceiling": proc.pid})
-            result = asyncio.run(
-                loadgen.run(
-                    name,
-                    target,
-                    lambda _i: loadgen.Request(path="/ping"),
-                    connections=opts.connections,
-                    duration=opts.duration,
-                    keepalive=keepalive,
-                )
+            result = loadgen.run_sync(
+                name,
+                target,
+                lambda _i: loadgen.Request(path="/ping"),
+                connections=opts.connections,
+                duration=opts.duration,
+                keepalive=keepalive,
             )
             rows.append({**result.summary(), "server_cpu_ms": meter.per_request(result.requests).get("ceiling", 0)})
     finally:
@@ -129,11 +126,9 @@ def measure(chosen: list[scenarios.Scenario], opts: Options, service_pids: dict[
         repeat = s.make
         # one request first: lazy set-up (a JWKS fetch, a first registration's row) is not what is measured,
         # and the MP's first registration of an SMSID is a check-then-insert that concurrent copies would race
-        asyncio.run(loadgen.run(s.name, s.target, repeat, connections=1, duration=30, max_requests=1))
+        loadgen.run_sync(s.name, s.target, repeat, connections=1, duration=30, max_requests=1)
         meter = CpuMeter(service_pids)
-        result = asyncio.run(
-            loadgen.run(s.name, s.target, repeat, connections=opts.connections, duration=opts.duration)
-        )
+        result = loadgen.run_sync(s.name, s.target, repeat, connections=opts.connections, duration=opts.duration)
         cpu = meter.per_request(result.requests)
         rows.append(
             {

@@ -4,23 +4,37 @@ Each worker, its thread pool included, is pinned to a CPU of its own (worker k o
 what one more worker on one more core adds. Unpinned, a single worker is not a one-core baseline: its
 signatures and PBKDF2 run in its thread pool and release the GIL, so it already spreads over both CPUs of a
 2-CPU machine (Entra ROPC: ~1.3 CPUs on 2026-11-26). The load generator is not pinned and shares the CPUs
-with the workers, so 2x is out of reach by construction.
+with the workers, so 2x is out of reach by construction: each row says how much of the CPUs it took
+(`loadgen_cpus`) and how busy the machine was with the workers and the generator together (`busy_cpus`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
 from cmglab.runtime.lab import Lab
-from cmglab.tools.bench import loadgen, scenarios
+from cmglab.tools.bench import loadgen, procinfo, scenarios
 from cmglab.tools.bench.guard import cleanup
 from cmglab.tools.bench.pinned import CpuMeter, pin_process
 from cmglab.tools.processes import LabProcesses
 
-COLUMNS = ["name", "workers", "cpus", "requests", "errors", "rps", "p50_ms", "p99_ms", "server_cpu_ms", "scaling"]
+COLUMNS = [
+    "name",
+    "workers",
+    "cpus",
+    "requests",
+    "errors",
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "server_cpu_ms",
+    "loadgen_cpu_ms",
+    "loadgen_cpus",
+    "busy_cpus",
+    "scaling",
+]
 
 
 def worker_pids(procs: LabProcesses, names: tuple[str, ...]) -> dict[str, int]:
@@ -43,10 +57,33 @@ def _measure(s: scenarios.Scenario, pids: dict[str, int], connections: int, dura
     def repeat(_i: int, request: loadgen.Request = s.request) -> loadgen.Request:
         return request
 
-    asyncio.run(loadgen.run(s.name, s.target, repeat, connections=connections, duration=2))  # warm every worker
+    loadgen.run_sync(s.name, s.target, repeat, connections=connections, duration=2)  # warm every worker
     meter = CpuMeter(pids)
-    result = asyncio.run(loadgen.run(s.name, s.target, repeat, connections=connections, duration=duration))
-    return {**result.summary(), "server_cpu_ms": round(sum(meter.per_request(result.requests).values()), 2)}
+    generator = procinfo.cpu_seconds(os.getpid())  # this process is the load generator
+    result = loadgen.run_sync(s.name, s.target, repeat, connections=connections, duration=duration)
+    generator = procinfo.cpu_seconds(os.getpid()) - generator
+    workers = sum(meter.seconds().values())
+    return {
+        **result.summary(),
+        "server_cpu_ms": round(sum(meter.per_request(result.requests).values()), 2),
+        "loadgen_cpu_ms": round(1000 * generator / max(1, result.requests), 3),
+        "loadgen_cpus": round(generator / result.seconds, 2) if result.seconds else 0.0,
+        "busy_cpus": round((workers + generator) / result.seconds, 2) if result.seconds else 0.0,
+    }
+
+
+def _generator_share(rows: list[dict[str, Any]], workers: int, cpus: int) -> str:
+    """What the generator took of the CPUs in the rows with the most workers, in words."""
+    taken = [r["loadgen_cpus"] for r in rows if r["workers"] == workers]
+    busy = [r["busy_cpus"] for r in rows if r["workers"] == workers]
+    if not taken:
+        return ""
+    return (
+        f"With {workers} workers the load generator took {min(taken):.2f}-{max(taken):.2f} CPUs "
+        f"({100 * min(taken) / cpus:.0f}-{100 * max(taken) / cpus:.0f} % of the {cpus}), CPU the workers could not "
+        f"have; workers and generator together kept {min(busy):.2f}-{max(busy):.2f} of the {cpus} CPUs busy "
+        "(below that, the CPUs went to other load on the machine or the workers waited). "
+    )
 
 
 def scaling_section(
@@ -54,6 +91,7 @@ def scaling_section(
 ) -> dict[str, Any]:
     """ROUNDS rounds, each 1 then 2 workers (fresh processes), the best row of each kept: on a shared machine
     a slow moment then hits one round, not one worker count."""
+    load_before = os.getloadavg()[0]
     pinned = os.sched_getaffinity(0)
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     best: dict[tuple[str, int], dict[str, Any]] = {}
@@ -76,6 +114,7 @@ def scaling_section(
                         procs.stop_all()
     finally:
         os.sched_setaffinity(0, pinned)
+    cpus = os.cpu_count() or 1
     rows = sorted(best.values(), key=lambda r: (r["workers"], list(best).index((r["name"], r["workers"]))))
     one = {r["name"]: r["rps"] for r in rows if r["workers"] == 1}
     for r in rows:
@@ -84,10 +123,13 @@ def scaling_section(
         "title": "8. Worker processes on one listener (Entra, MP): 1 and 2 workers",
         "note": f"cmglab serve --workers N: N processes on one port, each on a socket of its own. {connections} "
         f"keep-alive connections, {duration:g} s per row; worker k and its threads pinned to CPU k (one core "
-        f"per worker), the load generator not pinned: it shares the machine's {os.cpu_count()} CPUs with the "
+        f"per worker), the load generator not pinned: it shares the machine's {cpus} CPUs with the "
         f"workers; the best of {rounds} interleaved rounds. "
         "scaling: rps over the same request with 1 worker. server_cpu_ms: CPU of every worker process "
-        "per request.",
+        "per request. loadgen_cpu_ms: the load generator's own CPU per request (the bench process: uvloop, "
+        "one protocol per connection, loadgen.py); loadgen_cpus: its CPU-seconds per second; busy_cpus: the "
+        f"workers' and the generator's together. {_generator_share(rows, max(counts), cpus)}"
+        f"Load average (1 min) {load_before:.2f} before the section, {os.getloadavg()[0]:.2f} after.",
         "columns": COLUMNS,
         "rows": rows,
     }
