@@ -206,3 +206,35 @@ def test_entries_expire_and_the_cache_is_bounded(lab: Lab, port: int) -> None:
     for credential in ("a", "b", "c"):
         whoami(ctx, port, small, credential)
     assert len(small) == 2 and SessionCache.key(NAME, port, "a") not in small
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_resuming_never_extends_a_sessions_life_past_its_full_handshake(
+    lab: Lab, port: int, version: ssl.TLSVersion
+) -> None:
+    """A resumed connection authenticates nothing again (TLS 1.3 issues it a new ticket all the same): keeping its
+    session afresh at each resumption would let a device that reconnects often trust one full handshake's
+    verification of the server (its certificate's validity, its name) forever. ClientCacheTime counts from the
+    full handshake (RFC 8446 4.6.1: limit the total lifetime of the keying material)."""
+    clock = _Clock()
+    key = SessionCache.key(NAME, port, None)
+    ctx, sessions = context(lab, None, version), SessionCache(clock=clock, lifetime=100)
+    assert whoami(ctx, port, sessions)["resumed"] is False
+    clock.now += 90
+    assert whoami(ctx, port, sessions)["resumed"] is True
+    clock.now += 11  # 101 s after the full handshake
+    assert sessions.offer(ctx, key) is None
+    assert whoami(ctx, port, sessions)["resumed"] is False  # a full handshake, which starts the clock again
+    clock.now += 99
+    assert sessions.offer(ctx, key) is not None
+    # a resumed connection whose entry went meanwhile (forgotten, evicted) keeps nothing: its origin is unknown
+
+    def forget(event: str, info: dict[str, Any]) -> None:
+        if event == "connection.start_tls.complete":
+            assert info["return_value"].get_extra_info("ssl_object").session_reused
+            sessions.forget(key)
+
+    transport = H1Transport(ctx, {(NAME, port): "127.0.0.1"}, sessions=sessions)
+    with httpx.Client(transport=transport, timeout=10) as c:
+        assert c.get(f"https://{NAME}:{port}/whoami", extensions={"trace": forget}).json()["resumed"] is True
+    assert key not in sessions
