@@ -28,7 +28,7 @@ import httptools
 from cryptography import x509
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from cmglab.runtime.connection import CONNECTION_EXTENSION, ConnectionState
 from cmglab.runtime.idle import LeanFlowControl, Pipeline
@@ -377,6 +377,6 @@ class TLSScopeH11Protocol(_TLSScopeMixin, H11Protocol):
     pass
 
 
-class TLSScopeWSProtocol(_TLSScopeMixin, WSProtocol):
+class TLSScopeWSProtocol(_TLSScopeMixin, WebSocketsSansIOProtocol):
     """WebSocket connections: uvicorn hands an upgraded connection to a separate protocol object
     built from `config.loaded_app`, so it needs the same wrapper to see the client certificate."""

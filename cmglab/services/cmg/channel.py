@@ -244,25 +244,42 @@ class Hub:
         """Read the point's frames until its channel closes or goes silent."""
         self.add(point)
         reason = "channel closed"
+        limit = self.heartbeat * 3
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.heartbeat * 3):
-                        data = await point.transport.receive_bytes()
-                except TimeoutError:
-                    reason = f"no heartbeat for {self.heartbeat * 3:g} s"
-                    with contextlib.suppress(Exception):
-                        await point.transport.close(1011, reason)
-                    return
-                point.last_seen = time.monotonic()
-                try:
-                    frame = decode(data)
-                except FrameError as e:
-                    reason = f"protocol error: {e}"
-                    with contextlib.suppress(Exception):
-                        await point.transport.close(1002, reason[:120])
-                    return
-                await self._dispatch(point, frame)
+            try:
+                async with asyncio.timeout(None) as silent:
+                    # one loop timer per quiet spell, not one per frame (a frame per request): when it fires, a
+                    # point heard from since is given its full limit again from its last frame
+                    def check() -> None:
+                        left = point.last_seen + limit - time.monotonic()
+                        if left > 0:
+                            timer[0] = loop.call_later(left, check)
+                        else:
+                            silent.reschedule(loop.time())  # now: the wait for a frame ends in TimeoutError
+
+                    timer = [loop.call_later(limit, check)]
+                    try:
+                        while True:
+                            data = await point.transport.receive_bytes()
+                            point.last_seen = time.monotonic()
+                            try:
+                                frame = decode(data)
+                            except FrameError as e:
+                                reason = f"protocol error: {e}"
+                                with contextlib.suppress(Exception):
+                                    await point.transport.close(1002, reason[:120])
+                                return
+                            await self._dispatch(point, frame)
+                    finally:
+                        timer[0].cancel()
+            except TimeoutError:
+                if not silent.expired():
+                    raise
+                reason = f"no heartbeat for {limit:g} s"
+                with contextlib.suppress(Exception):
+                    await point.transport.close(1011, reason)
+                return
         except ChannelClosed as e:
             reason = str(e)
         except Exception as e:  # the WebSocket went away (WebSocketDisconnect, connection reset)

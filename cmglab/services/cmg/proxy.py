@@ -18,16 +18,19 @@ from starlette.responses import Response, StreamingResponse
 from cmglab.runtime.admin import current_span
 from cmglab.services.cmg.channel import Aborted, ChannelClosed, Hub, Stream
 from cmglab.services.cmg.errors import CMGError, body_timeout, no_point
-from cmglab.wire.cmg_channel import CHUNK, RequestHead, ResponseHead, end_to_end
+from cmglab.wire.cmg_channel import CHUNK, HOP_BY_HOP, RequestHead, ResponseHead, end_to_end
 from cmglab.wire.cmg_urls import ProxyTarget
 from cmglab.wire.kinds import AuthKind
 from cmglab.wire.requests import RequestRecord
-from cmglab.wire.tracing import propagate
+from cmglab.wire.tracing import TRACEPARENT, TRACESTATE, ServerSpan
 
 # a client may not speak for the CMG: identity headers come from the CMG's own checks only
 _DROP_FROM_CLIENT = frozenset(
     {"client-cert", "client-cert-chain", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
 )
+# never taken from the client's request: hop-by-hop headers, the identity headers above and the client's trace
+# headers (the frame carries the CMG's span instead); ASGI header names are lower case bytes
+_NOT_FORWARDED = frozenset(name.encode() for name in HOP_BY_HOP | _DROP_FROM_CLIENT | {TRACEPARENT, TRACESTATE})
 # the channel's own margin: the point cuts the MP off at upstream_timeout and says so first
 CHANNEL_MARGIN = 5.0
 
@@ -71,6 +74,13 @@ async def _settle(*tasks: asyncio.Task[object] | None) -> None:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _forwarded_headers(raw: list[tuple[bytes, bytes]], span: ServerSpan) -> list[tuple[str, str]]:
+    """The client's end-to-end headers in one pass (`end_to_end` then `propagate`, as they were): this hop's
+    trace headers last."""
+    kept = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k.lower() not in _NOT_FORWARDED]
+    return kept + span.outgoing()
+
+
 def _raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in end_to_end(headers)]
 
@@ -96,7 +106,7 @@ class Proxy:
             method=request.method,
             url=url,
             # the frame carries the client's trace on, with the CMG's span as the point's parent
-            headers=propagate(end_to_end(list(request.headers.items()), drop=_DROP_FROM_CLIENT), current_span(request)),
+            headers=_forwarded_headers(request.scope["headers"], current_span(request)),
             client_cert=client_cert,
             client=request.client.host if request.client else None,
             auth_kind=auth_kind,

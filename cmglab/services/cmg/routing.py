@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cmglab.wire import cmg_urls
@@ -25,10 +26,15 @@ __all__ = [
     "UrlRefused",
     "parse",
     "published",
+    "read",
     "stats_uri",
 ]
 
 MUTUAL, SERVER = "MutualAuth", "ServerAuth"
+# A client asks for the same few URLs again and again: the route of a target up to this long (path and query) is
+# remembered among the latest ROUTES read; a longer one is read each time, and a refused one is never remembered.
+REMEMBERED_TARGET = 512
+ROUTES = 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,13 @@ Route = ProxyRoute | AADAuthInfoRoute | ContentXmlRoute | ContentFileRoute
 
 
 def parse(raw_path: str, query: str = "") -> Route | None:
+    """`read`, remembered for a short target (every route is immutable)."""
+    if len(raw_path) + len(query) <= REMEMBERED_TARGET:
+        return _remembered(raw_path, query)
+    return read(raw_path, query)
+
+
+def read(raw_path: str, query: str = "") -> Route | None:
     """The route of a request target as the client sent it (raw, percent-encoded): every route is read from
     the same validated segments that a proxied request is later rebuilt from. UrlRefused: a target that
     could be read two ways (cmglab/wire/cmg_urls.py)."""
@@ -66,6 +79,9 @@ def parse(raw_path: str, query: str = "") -> Route | None:
         if len(parts) == 4 and lower[1] == "content":
             return ContentFileRoute(parts[2], parts[3])
     return None
+
+
+_remembered = functools.lru_cache(maxsize=ROUTES)(read)
 
 
 def published(config: CloudConfig | None, route: ProxyRoute) -> str | None:
