@@ -186,19 +186,22 @@ class _Clock:
 
 
 def test_entries_expire_and_the_cache_is_bounded(lab: Lab, port: int) -> None:
-    """An entry lives Schannel's ClientCacheTime (10 h) or the server's lifetime for the session (the listeners':
-    OpenSSL's 2 h), whichever ends first; the least recently used entry goes first past the bound."""
+    """An entry lives Schannel's ClientCacheTime (10 h) from its full handshake, not OpenSSL's client default of
+    2 h (`SSLSession.timeout`, which says nothing of the server's lifetime); the least recently used entry goes
+    first past the bound."""
     assert CLIENT_CACHE_TIME == 10 * 3600  # Schannel's default
     clock = _Clock()
     key = SessionCache.key(NAME, port, None)
     for version in VERSIONS:
         ctx, sessions = context(lab, None, version), SessionCache(clock=clock)
         whoami(ctx, port, sessions)
-        clock.now += 7200 - 1
+        clock.now += 7200 + 1  # past OpenSSL's client default: still Schannel's
+        assert sessions.offer(ctx, key) is not None
+        clock.now += CLIENT_CACHE_TIME - 7200 - 2
         assert sessions.offer(ctx, key) is not None
         clock.now += 2
-        assert sessions.offer(ctx, key) is None and key not in sessions  # past the server's lifetime
-        shorter = SessionCache(clock=clock, lifetime=60)  # ours shorter than the server's: ours
+        assert sessions.offer(ctx, key) is None and key not in sessions  # 10 h after the full handshake
+        shorter = SessionCache(clock=clock, lifetime=60)
         whoami(ctx, port, shorter)
         clock.now += 61
         assert shorter.offer(ctx, key) is None

@@ -11,10 +11,12 @@ one. This is that cache for the lab's clients, in memory, used through the ssl m
 - a session is kept only by `keep`, which the caller calls once the connection's handshake verified the server
   (a context with CERT_REQUIRED and check_hostname; never one that verifies nothing) and whatever it checks on top
   (the agent's revocation check) passed, after a reply was read: TLS 1.3 tickets arrive after the handshake;
-- an entry expires after `lifetime` (10 h, Schannel's default) counted from the full handshake that authenticated
-  the server, or the server's own lifetime for the session, whichever comes first: a resumed connection's session
-  (TLS 1.3 issues it a new ticket) keeps its full handshake's deadline, so resuming never extends how long one
-  verification is trusted (RFC 8446 4.6.1); the cache holds at most `max_entries` (least recently used goes first);
+- an entry expires `lifetime` (10 h, Schannel's default) after the full handshake that authenticated the server:
+  a resumed connection's session (TLS 1.3 issues it a new ticket) keeps that deadline, so resuming never extends
+  how long one verification is trusted (RFC 8446 4.6.1). The server's own lifetime for a session is not visible
+  here (`SSLSession.timeout` is the client's own OpenSSL default, 2 h, whatever the server said) and needs no
+  copy: a server refuses a session past its own lifetime (a full handshake, whose session is kept afresh). The
+  cache holds at most `max_entries` (least recently used goes first);
 - an offered session the server refused, or a connection that failed with it, is forgotten (`forget`): the next
   connection makes a full handshake, as Schannel purges an entry a handshake failed with.
 
@@ -40,8 +42,7 @@ SessionKey = tuple[str, int, str | None]  # the verified name (lower case), the 
 class _Entry:
     ctx: ssl.SSLContext
     session: ssl.SSLSession
-    expires: float
-    authenticated_until: float  # the full handshake's time + lifetime: no resumption extends it
+    expires: float  # the full handshake's time + lifetime: no resumption extends it
 
 
 def verifies_server(ctx: ssl.SSLContext) -> bool:
@@ -98,18 +99,15 @@ class SessionCache:
         session = resumable(tls)
         if session is None:
             return False
-        now = self.clock()
-        # the server's lifetime for it (a TLS 1.3 ticket's, a TLS 1.2 session's timeout) when shorter than ours
-        server_until = now + float(session.timeout or self.lifetime)
         with self._lock:
             if tls.session_reused:  # authenticated by the full handshake its entry was kept from
                 origin = self._entries.get(key)
                 if origin is None or origin.ctx is not ctx:
                     return False  # forgotten or evicted meanwhile: when that handshake was is unknown
-                authenticated_until = origin.authenticated_until
+                expires = origin.expires
             else:
-                authenticated_until = now + self.lifetime
-            self._entries[key] = _Entry(ctx, session, min(authenticated_until, server_until), authenticated_until)
+                expires = self.clock() + self.lifetime
+            self._entries[key] = _Entry(ctx, session, expires)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
