@@ -1,5 +1,6 @@
 """jwt_peek reads a token's unverified header and claims exactly as PyJWT does: the same values for what PyJWT
-loads, PyJWT's own error (type and text) for what it refuses, whatever the token's shape."""
+loads, PyJWT's own error (type and text) for what it refuses, whatever the token's shape; its verifying `decode`
+answers as `jwt.decode` with the same key and checks."""
 
 from __future__ import annotations
 
@@ -96,3 +97,43 @@ def test_any_edit_of_a_token_reads_as_pyjwt_reads_it(at: int, cut: int, insert: 
 @given(st.text(ALPHABET, max_size=40))
 def test_any_short_text_reads_as_pyjwt_reads_it(token: str) -> None:
     assert_same(token)
+
+
+VERIFY: dict[str, Any] = {"algorithms": ["RS256"], "audience": ["https://cmg"], "options": {"require": ["exp", "tid"]}}
+
+
+def assert_same_verified(token: Any, key: Any = None, **checks: Any) -> None:
+    key = KEY.public_key() if key is None else key
+    kwargs = {**VERIFY, **checks}
+    assert outcome(lambda: jwt_peek.decode(token, key, **kwargs)) == outcome(lambda: jwt.decode(token, key, **kwargs))
+
+
+@pytest.mark.parametrize("token", SHAPES)
+def test_each_shape_verifies_as_pyjwt_verifies_it(token: str) -> None:
+    assert_same_verified(token)
+
+
+def test_decode_checks_the_signature_the_algorithm_and_the_claims_as_pyjwt() -> None:
+    assert jwt_peek.decode(TOKEN, KEY.public_key(), **VERIFY)["deviceid"] == "d-1"
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert_same_verified(TOKEN, other.public_key())  # another key: InvalidSignatureError
+    assert_same_verified(TOKEN, algorithms=["ES256"])  # an algorithm not allowed
+    assert_same_verified(TOKEN, audience=["https://elsewhere"])
+    assert_same_verified(jwt.encode({"aud": "https://cmg", "tid": "t", "exp": 1}, KEY, algorithm="RS256"))  # expired
+    assert_same_verified(jwt.encode({"aud": "https://cmg", "exp": 2_000_000_000}, KEY, algorithm="RS256"))  # no tid
+    forged = f"{b64(json.dumps({'alg': 'none'}).encode())}.{PAYLOAD}."
+    assert_same_verified(forged)
+    hs = jwt.encode({"aud": "https://cmg", "tid": "t", "exp": 2_000_000_000}, "s" * 32, algorithm="HS256")
+    assert_same_verified(hs)
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt_peek.decode(
+            f"{HEADER}.{b64(json.dumps({'aud': 'https://cmg', 'tid': 'x'}).encode())}.{SIGNATURE}",
+            KEY.public_key(),
+            **VERIFY,
+        )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(TOKEN)), st.integers(0, 3), st.text(ALPHABET, max_size=4))
+def test_any_edit_of_a_token_verifies_as_pyjwt_verifies_it(at: int, cut: int, insert: str) -> None:
+    assert_same_verified(TOKEN[:at] + insert + TOKEN[at + cut :])

@@ -6,8 +6,9 @@ time it loads a token: ~50 µs for a 1.3 KB token, and a token the CMG checks wa
 header to pick the path, the header again to pick the key, the claims for the tenant, then the verification).
 `header` and `header_and_claims` accept exactly what PyJWT's loading accepts (its alphabet by one regular
 expression, its length, padding and canonical-encoding rules, a JSON object header with a string `kid`) and hand
-anything else to PyJWT's own function, so a malformed token is refused with PyJWT's own error. Nothing here
-verifies: `jwt.decode` with the key still checks the signature, the algorithm and the claims (issue 20).
+anything else to PyJWT's own function, so a malformed token is refused with PyJWT's own error. `header` and
+`header_and_claims` do not verify; `decode` is `jwt.decode` (PyJWT checks the signature, the algorithm and the
+claims) with the token loaded the same lean way (issue 20).
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _load(token: object) -> tuple[dict[str, Any], bytes] | None:
-    """The header and the payload's bytes of a compact JWS PyJWT would load, else None."""
+def _parts(token: object) -> tuple[dict[str, Any], bytes, bytes, bytes] | None:
+    """The header, the payload's bytes, the signing input and the signature's bytes of a compact JWS PyJWT would
+    load, else None."""
     if not isinstance(token, str) or not token.isascii():
         return None
-    parts = token.encode("ascii").split(b".")
+    raw = token.encode("ascii")
+    parts = raw.split(b".")
     if len(parts) != 3:
         return None
     header_seg, payload_seg, signature_seg = (_segment(p) for p in parts)
@@ -60,7 +63,13 @@ def _load(token: object) -> tuple[dict[str, Any], bytes] | None:
         return None
     if "kid" in header and not isinstance(header["kid"], str):
         return None
-    return header, payload_seg
+    return header, payload_seg, raw[: len(raw) - len(parts[2]) - 1], signature_seg
+
+
+def _load(token: object) -> tuple[dict[str, Any], bytes] | None:
+    """The header and the payload's bytes of a compact JWS PyJWT would load, else None."""
+    found = _parts(token)
+    return None if found is None else (found[0], found[1])
 
 
 def header(token: str) -> dict[str, Any]:
@@ -79,3 +88,39 @@ def header_and_claims(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if loaded is None or claims is None:
         return jwt.get_unverified_header(token), jwt.decode(token, options={"verify_signature": False})
     return loaded[0], claims
+
+
+class _LeanJWS(jwt.PyJWS):
+    """PyJWT's JWS with the token loaded by `_parts` (a regular expression per segment) and by PyJWT's own loading
+    whenever `_parts` says no: the same (payload, signing input, header, signature), PyJWT's errors for the rest.
+    Everything after the loading (the algorithm allowed, the signature, the claims) is PyJWT's."""
+
+    def _load(self, token: str | bytes) -> tuple[bytes, bytes, dict[str, Any], bytes]:
+        found = _parts(token)
+        if found is None:
+            return super()._load(token)
+        header, payload, signing_input, signature = found
+        return payload, signing_input, header, signature
+
+
+def _lean_pyjwt() -> jwt.PyJWT:
+    """A PyJWT whose `decode` loads the token as `_LeanJWS` does. PyJWT (2.10+) keeps its JWS in `_jws`; where a
+    release does not, this is plain PyJWT."""
+    pyjwt = jwt.PyJWT()
+    jws = getattr(pyjwt, "_jws", None)
+    if isinstance(jws, jwt.PyJWS):
+        lean = _LeanJWS()
+        lean.options = jws.options
+        pyjwt._jws = lean
+    return pyjwt
+
+
+_VERIFIER = _lean_pyjwt()
+
+
+def decode(token: str, key: Any, **kwargs: Any) -> dict[str, Any]:
+    """`jwt.decode(token, key, **kwargs)` (the same checks, claims and errors) without PyJWT's per-character scan of
+    the token (~0.1 ms for a 1.4 KB token, ~0.17 ms for a device's signed request with its certificate in x5c): the
+    DRS join's bearer token and the device-signed token requests (issue 20)."""
+    claims: dict[str, Any] = _VERIFIER.decode(token, key, **kwargs)
+    return claims
