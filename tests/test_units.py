@@ -190,6 +190,60 @@ def test_a_drs_join_reads_its_user_as_the_row_is_now(unit_lab: Lab, entra: Entra
     assert refused.value.code == 50034
 
 
+def test_a_password_sign_in_reads_the_user_and_the_lockout_row_as_they_are_now(
+    unit_lab: Lab, entra: EntraParts
+) -> None:
+    """The sign-in's one select of the user with their lockout row (`sign_in_facts`): wrong passwords are counted, a
+    right one starts the count again (the row's failures and remembered digests cleared in the sign-in's unit of
+    work), a locked account answers 50053 even to the right password, a disabled user 50057, an unknown one 50034."""
+    tenant = unit_lab.config.primary_tenant
+    upn, password = f"Counted@{tenant.users[0].upn.split('@', 1)[1]}", "Counted-Pass-1"
+    object_id = st.new_guid()
+    with entra.store.session() as s:
+        s.add(
+            st.User(
+                object_id=object_id, tenant_id=tenant.tenant_id, upn=upn.lower(), password_hash=st.hash_secret(password)
+            )
+        )
+
+    def sign_in(given: str, who: str = upn) -> str:
+        return entra.grants.token(
+            token_request(
+                unit_lab, grant_type="password", username=who, password=given, client_id=unit_lab.config.apps[0].app_id
+            )
+        ).body["access_token"]
+
+    def refused(given: str, who: str = upn) -> int:
+        with pytest.raises(AADSTSError) as e:
+            sign_in(given, who)
+        return e.value.code
+
+    def lockout() -> tuple[int, int, str] | None:
+        with entra.store.session() as s:
+            row = s.get(st.Lockout, upn.lower())
+            return None if row is None else (row.failures, row.locked_until, row.recent)
+
+    assert refused("wrong-1") == 50126 and refused("wrong-2") == 50126
+    counted = lockout()
+    assert counted is not None and counted[0] == 2 and len(counted[2].split()) == 2
+    assert sign_in(password)  # the UPN's case does not matter
+    assert lockout() == (0, 0, "")
+    with entra.store.session() as s:
+        row = s.get(st.Lockout, upn.lower())
+        assert row is not None
+        row.locked_until = st.now() + 600
+    assert refused(password) == 50053
+    with entra.store.session() as s:
+        row = s.get(st.Lockout, upn.lower())
+        assert row is not None
+        row.locked_until = 0
+        user = s.get(st.User, object_id)
+        assert user is not None
+        user.enabled = False
+    assert refused(password) == 50057
+    assert refused(password, "nobody@" + upn.split("@", 1)[1]) == 50034
+
+
 # -- CCM_STS proofs ------------------------------------------------------------------------------------
 
 

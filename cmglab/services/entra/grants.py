@@ -217,6 +217,7 @@ class Grants:
                 f"The app requested an unsupported grant type '{inner}' in the signed request.",
             )
         client = self.issuer.client(s, payload, tenant.tenant_id)
+        user: st.User | st.UserFacts
         if inner == "password":
             user = self.issuer.sign_in(s, tenant, require(payload, "username"), require(payload, "password"))
             amr: tuple[str, ...] = ("pwd", "rsa")

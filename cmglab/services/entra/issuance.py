@@ -51,7 +51,7 @@ class Client:
     auth: int  # appidacr: 0 public, 1 secret
 
 
-def user_principal(user: st.User, device_id: str | None = None) -> Principal:
+def user_principal(user: st.User | st.UserFacts, device_id: str | None = None) -> Principal:
     return Principal(
         "user",
         user.tenant_id,
@@ -137,9 +137,9 @@ class Issuer:
             )
         return Resource(app.app_id, requested, app.access_token_version), oidc
 
-    def sign_in(self, s: Session, tenant: st.TenantInfo | None, username: str, password: str) -> st.User:
-        user = st.user_by_upn(s, username)
-        if user is None or (tenant is not None and user.tenant_id != tenant.tenant_id):
+    def sign_in(self, s: Session, tenant: st.TenantInfo | None, username: str, password: str) -> st.UserFacts:
+        found = st.sign_in_facts(s, username)  # the user and the lockout row: one select in this unit of work
+        if found is None or (tenant is not None and found.user.tenant_id != tenant.tenant_id):
             where = tenant.display_name if tenant else username.rpartition("@")[2]
             raise AADSTSError(
                 50034,
@@ -147,16 +147,19 @@ class Issuer:
                 f"The user account {username} does not exist in the {where} directory. To sign "
                 "into this application, the account must be added to the directory.",
             )
+        user = found.user
         if not user.enabled:
             raise AADSTSError(50057, "invalid_grant", "The user account is disabled.")
-        lock = self.lockouts.state(s, user.upn)  # in this session: one unit of work per request
-        if not st.verify_secret(password, user.password_hash):
+        if found.locked_until > st.now():  # smart lockout (lockout.py): refused whatever the password
+            raise AADSTSError(50053, "invalid_grant", LOCKED)
+        if not st.verify_secret(password, found.password_hash):
             if self.lockouts.failed(user.upn, password):
                 raise AADSTSError(50053, "invalid_grant", LOCKED)
             raise AADSTSError(
                 50126, "invalid_grant", "Error validating credentials due to invalid username or password."
             )
-        self.lockouts.reset(lock)
+        if found.lock_failures or found.lock_recent:
+            st.reset_lockout(s, user.upn)
         return user
 
     @staticmethod

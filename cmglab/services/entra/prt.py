@@ -67,7 +67,7 @@ class Prts:
         self,
         s: Session,
         *,
-        user: st.User,
+        user: st.User | st.UserFacts,
         device: st.Device | st.DeviceFacts,
         amr: tuple[str, ...],
         client_id: str,

@@ -470,6 +470,48 @@ _USER_FACTS = select(*(User.__table__.c[f.name] for f in fields(UserFacts))).whe
 )
 
 
+@dataclass(frozen=True)
+class SignInFacts:
+    """What a password sign-in reads (`sign_in_facts`): the user, the password hash and the user's smart-lockout
+    counters (zero when no row: nothing recorded)."""
+
+    user: UserFacts
+    password_hash: str
+    lock_failures: int
+    locked_until: int
+    lock_recent: str
+
+
+_users, _lockouts = User.__table__, Lockout.__table__
+_SIGN_IN_FACTS = (
+    select(
+        *(_users.c[f.name] for f in fields(UserFacts)),
+        _users.c.password_hash,
+        func.coalesce(_lockouts.c.failures, 0),
+        func.coalesce(_lockouts.c.locked_until, 0),
+        func.coalesce(_lockouts.c.recent, ""),
+    )
+    .select_from(_users.outerjoin(_lockouts, _lockouts.c.upn == _users.c.upn))
+    .where(_users.c.upn == bindparam("upn"))
+)
+_LOCKOUT_RESET = update(Lockout).where(Lockout.upn == bindparam("key")).values(failures=0, recent="")
+
+
+def sign_in_facts(s: Session, upn: str) -> SignInFacts | None:
+    """A user by UPN (case-insensitive) with their lockout counters, by one prebuilt Core select in the sign-in's unit
+    of work (the user's ORM select and the lockout row's ORM get cost ~0.15-0.2 ms more CPU per sign-in)."""
+    row = s.connection().execute(_SIGN_IN_FACTS, {"upn": upn.lower()}).first()
+    if row is None:
+        return None
+    n = len(fields(UserFacts))
+    return SignInFacts(UserFacts(*row[:n]), *row[n:])
+
+
+def reset_lockout(s: Session, upn: str) -> None:
+    """A right password: the lockout count starts again, in the sign-in's unit of work."""
+    s.connection().execute(_LOCKOUT_RESET, {"key": upn.lower()})
+
+
 def user_facts(s: Session, object_id: str) -> UserFacts | None:
     """A user by object ID, by one prebuilt Core select in the request's unit of work (the DRS join's user: the ORM
     entity's get and load cost ~0.1 ms more CPU)."""
