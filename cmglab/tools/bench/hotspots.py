@@ -892,6 +892,20 @@ DRS_JOIN_LEAN_BEFORE = (
     "1.894, 2.439 ms of Entra's CPU per join (mean 2.44 -> 2.17, -0.27 ms, -11 %), load average 13.6-16.2; the join's "
     "worker thread alone, in process (thread CPU, 400 joins, 3 + 3): 1.82 -> 1.57 ms"
 )
+SIGN_IN_FACTS_BEFORE = (
+    "main 1bca971 (the user by an ORM select, the lockout row by an ORM get): Entra alone, section 2's ROPC "
+    "scenario, 16 connections, 8 s, main and the change interleaved 2 + 2: 2.766, 2.732 -> 2.500, 2.482 ms of "
+    "Entra's CPU per sign-in (-0.26 ms, -9 %), load average 15-19; again 3 + 3 (with the JWS and nonce changes, "
+    "which ROPC does not use): 2.672, 3.207, 2.791 -> 2.469, 2.867, 2.276 ms, load average 11-16"
+)
+JWS_NONCE_BEFORE = (
+    "main 1bca971 (jwt.decode, which checks every character of the token in Python; each nonce in a Core "
+    "transaction): Entra alone, section 2's device token scenario (srv_challenge + the signed request), 16 "
+    "connections, 8 s, main and the change interleaved 3 + 3: 2.383, 2.507, 2.577 -> 2.331, 2.433, 2.400 ms of "
+    "Entra's CPU per operation (-0.10 ms, -4 %), load average 12-16; in process: the nonce's issue + use 0.18 -> "
+    "0.065 ms, the request's decode (3.4 KB) 0.23 -> 0.10 ms; the DRS join (its bearer token decoded the same way) "
+    "2.087 -> 2.035 ms in the same runs (within the noise; its decode 0.123 -> 0.064 ms in process)"
+)
 ENTRA_FIXES = (
     Fix(
         "Entra token (ROPC, v1)",
@@ -1066,6 +1080,32 @@ ENTRA_FIXES = (
         server_cpu_ms=2.44,
         process_cpu_ms=2.44,
         before=DRS_JOIN_LEAN_BEFORE,
+    ),
+    Fix(
+        "Entra token (ROPC, v1)",
+        "the password sign-in reads its user and the lockout row by one prebuilt Core select (users LEFT JOIN "
+        "lockouts: SignInFacts), not an ORM select and an ORM get; the same checks in the same order, a right "
+        "password clears the count by one UPDATE (cmglab/services/entra/store.py, issuance.py)",
+        "entra",
+        rps=179.0,
+        p50_ms=None,
+        server_cpu_ms=2.75,
+        process_cpu_ms=2.75,
+        before=SIGN_IN_FACTS_BEFORE,
+    ),
+    Fix(
+        floor.DEVICE_TOKEN,
+        "the device-signed request verified by jwt_peek.decode (jwt.decode: PyJWT's checks and errors, the token "
+        "loaded by one regular expression per segment instead of PyJWT's per-character scan); the srv_challenge "
+        "nonce issued and spent in plain-SQL units of work on a pooled driver connection, not a Core transaction "
+        "each (the DELETE is still the use, committed at once) (cmglab/wire/jwt_peek.py, "
+        "cmglab/services/entra/grants.py, tokens.py, store.py)",
+        "entra",
+        rps=182.5,
+        p50_ms=None,
+        server_cpu_ms=2.49,
+        process_cpu_ms=2.49,
+        before=JWS_NONCE_BEFORE,
     ),
 )
 
