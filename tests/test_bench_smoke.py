@@ -156,6 +156,7 @@ def check_workers(report: dict[str, Any]) -> None:
     columns = report["workers"]["columns"]
     assert columns.index("server_cpu_ms") < columns.index("loadgen_cpu_ms") < columns.index("busy_cpus")
     assert all(r["loadgen_cpu_ms"] >= 0 and r["loadgen_cpus"] >= 0 and r["busy_cpus"] > 0 for r in scaled)
+    assert all(len(r["worker_cpus"].split("+")) == r["workers"] for r in scaled)  # one share per worker
     assert "load generator took" in report["workers"]["note"] and "Load average" in report["workers"]["note"]
     # section 6's before/after of the generator's change reads its after from these rows
     (loadgen,) = [t for t in report["profiles"]["tables"] if t["title"].startswith("The load generator")]

@@ -33,6 +33,7 @@ COLUMNS = [
     "loadgen_cpu_ms",
     "loadgen_cpus",
     "busy_cpus",
+    "worker_cpus",
     "scaling",
 ]
 
@@ -62,13 +63,19 @@ def _measure(s: scenarios.Scenario, pids: dict[str, int], connections: int, dura
     generator = procinfo.cpu_seconds(os.getpid())  # this process is the load generator
     result = loadgen.run_sync(s.name, s.target, repeat, connections=connections, duration=duration)
     generator = procinfo.cpu_seconds(os.getpid()) - generator
-    workers = sum(meter.seconds().values())
+    spent = meter.seconds()
+    workers = sum(spent.values())
+    per_worker: dict[int, float] = {}  # worker k of each service (on CPU k): an idle one shows here
+    for worker, seconds in spent.items():
+        index = int(worker.partition("#")[2] or 0)
+        per_worker[index] = per_worker.get(index, 0.0) + seconds
     return {
         **result.summary(),
         "server_cpu_ms": round(sum(meter.per_request(result.requests).values()), 2),
         "loadgen_cpu_ms": round(1000 * generator / max(1, result.requests), 3),
         "loadgen_cpus": round(generator / result.seconds, 2) if result.seconds else 0.0,
         "busy_cpus": round((workers + generator) / result.seconds, 2) if result.seconds else 0.0,
+        "worker_cpus": "+".join(f"{per_worker[k] / (result.seconds or 1):.2f}" for k in sorted(per_worker)),
     }
 
 
@@ -128,7 +135,8 @@ def scaling_section(
         "scaling: rps over the same request with 1 worker. server_cpu_ms: CPU of every worker process "
         "per request. loadgen_cpu_ms: the load generator's own CPU per request (the bench process: uvloop, "
         "one protocol per connection, loadgen.py); loadgen_cpus: its CPU-seconds per second; busy_cpus: the "
-        f"workers' and the generator's together. {_generator_share(rows, max(counts), cpus)}"
+        "workers' and the generator's together; worker_cpus: each worker's CPU-seconds per second (worker 0+1: "
+        f"one below the other's is a worker left waiting). {_generator_share(rows, max(counts), cpus)}"
         f"Load average (1 min) {load_before:.2f} before the section, {os.getloadavg()[0]:.2f} after.",
         "columns": COLUMNS,
         "rows": rows,
