@@ -158,7 +158,7 @@ SMS_TRACE_BEFORE = (
 )
 CMG_TRIMS_BEFORE = (
     "main ed1bb6d (the connector's WebSocket on uvicorn's wsproto protocol, a timer per channel frame, the route "
-    "read per request), 16 connections, 8 s, mean of 4 runs interleaved with 4 of the change, load average 13-21: "
+    "read per request), 16 connections, 8 s, mean of 7 runs interleaved with 7 of the change, load average 11-21: "
     "every process's CPU per request 1.5-2x an idle machine's and swinging with the load, so compare the CMG's CPU "
     "per MP CPU in the change's text (the MP's code the same in both; every run of the change below every run of "
     "main). The WebSocket protocol alone, 3+3 runs, load 14-17: CMG / MP 0.429 -> 0.403 (CCM_STS), 0.776 -> 0.744 "
@@ -446,22 +446,22 @@ FIXES = (
         "unmasking) instead of wsproto's pure-Python one; one loop timer per silent spell of a channel, not one per "
         "frame; a short request target's route remembered (immutable; refusals never); the client's headers "
         "filtered for the frame in one pass (cmglab/runtime/tls.py, services/cmg/channel.py, routing.py, proxy.py; "
-        "CMG / MP 0.438 -> 0.391)",
+        "CMG / MP 0.440 -> 0.384)",
         "cmg",
-        rps=160.5,
-        p50_ms=91.9,
-        server_cpu_ms=2.87,
-        process_cpu_ms=0.74,
+        rps=141.6,
+        p50_ms=88.6,
+        server_cpu_ms=2.77,
+        process_cpu_ms=0.72,
         before=CMG_TRIMS_BEFORE,
     ),
     Fix(
         "CMG -> CP -> MP location request (ServerAuth)",
-        "the same (CMG / MP 0.768 -> 0.714)",
+        "the same (CMG / MP 0.780 -> 0.690)",
         "cmg",
-        rps=493.4,
-        p50_ms=28.5,
-        server_cpu_ms=1.56,
-        process_cpu_ms=0.54,
+        rps=387.5,
+        p50_ms=43.2,
+        server_cpu_ms=1.58,
+        process_cpu_ms=0.55,
         before=CMG_TRIMS_BEFORE,
     ),
 )
