@@ -88,44 +88,69 @@ class EntraKeys:
         one of `audiences` (None: the `aud` claim must be present but the caller binds it), lifetime,
         and (when given) a tenant in `tenants`. `off_loop`: the RSA verification runs in a worker
         thread (a service that must keep its event loop free)."""
-        try:  # header and claims in one parse, without PyJWT's per-character scan (jwt_peek; PyJWT's error otherwise)
-            header, unverified = jwt_peek.header_and_claims(token)
-        except jwt.PyJWTError as e:
-            raise EntraTokenError(f"not a JWT: {e}", MALFORMED) from e
-        if header.get("alg") != "RS256":
-            raise EntraTokenError(f"algorithm {header.get('alg')!r} not accepted", FORGED)
-        tid = str(unverified.get("tid", ""))
+        header, unverified = _peek(token)
         key = await self.key(str(header.get("kid") or header.get("x5t") or ""))
-        issuers = [f"https://sts.windows.net/{tid}/", f"https://login.microsoftonline.com/{tid}/v2.0"]
+        if off_loop:
+            return await asyncio.to_thread(_checked, token, key, unverified, audiences, tenants)
+        return _checked(token, key, unverified, audiences, tenants)
 
-        def decode() -> dict[str, Any]:
-            return jwt.decode(
-                token,
-                key,
-                algorithms=["RS256"],
-                audience=audiences,
-                issuer=issuers,
-                leeway=LEEWAY,
-                options={"require": ["exp", "iss", "aud", "tid"], "verify_aud": audiences is not None},
-            )
+    def validate_now(
+        self, token: str, *, audiences: list[str] | None, tenants: set[str] | None = None
+    ) -> dict[str, Any]:
+        """`validate` in the calling thread, for keys that are never fetched (`from_certificates`, the MP's):
+        the same checks, errors and order, with no await, so that a worker thread can check a token and go on
+        with the request's work in the same hop."""
+        if self.client is not None:
+            raise TypeError("validate_now needs keys that are never fetched (EntraKeys.from_certificates)")
+        header, unverified = _peek(token)
+        kid = str(header.get("kid") or header.get("x5t") or "")
+        if kid not in self.keys:
+            raise EntraTokenError(f"signing key {kid!r} is not one of Entra's keys", FORGED)
+        return _checked(token, self.keys[kid], unverified, audiences, tenants)
 
-        try:
-            claims = await asyncio.to_thread(decode) if off_loop else decode()
-        except jwt.ExpiredSignatureError as e:
-            raise EntraTokenError("Entra token expired", EXPIRED) from e
-        except jwt.InvalidAudienceError as e:
-            raise EntraTokenError(
-                f"Entra token audience {unverified.get('aud')!r} is not {audiences}", WRONG_AUDIENCE
-            ) from e
-        except jwt.InvalidIssuerError as e:
-            raise EntraTokenError(
-                f"Entra token issuer {unverified.get('iss')!r} does not match its tenant", WRONG_ISSUER
-            ) from e
-        except jwt.PyJWTError as e:
-            raise EntraTokenError(f"Entra token rejected: {e}", FORGED) from e
-        if tenants is not None and tid.lower() not in tenants:
-            raise EntraTokenError(f"tenant {tid} is not onboarded to this site", OTHER_TENANT)
-        return claims
+
+def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The unverified header and claims of an RS256 token; EntraTokenError for anything else."""
+    try:  # header and claims in one parse, without PyJWT's per-character scan (jwt_peek; PyJWT's error otherwise)
+        header, unverified = jwt_peek.header_and_claims(token)
+    except jwt.PyJWTError as e:
+        raise EntraTokenError(f"not a JWT: {e}", MALFORMED) from e
+    if header.get("alg") != "RS256":
+        raise EntraTokenError(f"algorithm {header.get('alg')!r} not accepted", FORGED)
+    return header, unverified
+
+
+def _checked(
+    token: str, key: Any, unverified: dict[str, Any], audiences: list[str] | None, tenants: set[str] | None
+) -> dict[str, Any]:
+    """The verified claims of TOKEN under KEY (`EntraKeys.validate`'s checks after the key is found)."""
+    tid = str(unverified.get("tid", ""))
+    issuers = [f"https://sts.windows.net/{tid}/", f"https://login.microsoftonline.com/{tid}/v2.0"]
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=["RS256"],
+            audience=audiences,
+            issuer=issuers,
+            leeway=LEEWAY,
+            options={"require": ["exp", "iss", "aud", "tid"], "verify_aud": audiences is not None},
+        )
+    except jwt.ExpiredSignatureError as e:
+        raise EntraTokenError("Entra token expired", EXPIRED) from e
+    except jwt.InvalidAudienceError as e:
+        raise EntraTokenError(
+            f"Entra token audience {unverified.get('aud')!r} is not {audiences}", WRONG_AUDIENCE
+        ) from e
+    except jwt.InvalidIssuerError as e:
+        raise EntraTokenError(
+            f"Entra token issuer {unverified.get('iss')!r} does not match its tenant", WRONG_ISSUER
+        ) from e
+    except jwt.PyJWTError as e:
+        raise EntraTokenError(f"Entra token rejected: {e}", FORGED) from e
+    if tenants is not None and tid.lower() not in tenants:
+        raise EntraTokenError(f"tenant {tid} is not onboarded to this site", OTHER_TENANT)
+    return claims
 
 
 @dataclass(frozen=True)
@@ -156,7 +181,14 @@ class EntraPolicy:
     async def claims(self, keys: EntraKeys, token: str, *, off_loop: bool = False) -> dict[str, Any]:
         # order matters for what the admin is told: signature, issuer and lifetime first (no audience), then
         # "tenant not onboarded" (seed 003/004's 403), then the audience of THAT tenant
-        claims = await keys.validate(token, audiences=None, tenants=set(self.tenants), off_loop=off_loop)
+        return self._bound(await keys.validate(token, audiences=None, tenants=set(self.tenants), off_loop=off_loop))
+
+    def claims_now(self, keys: EntraKeys, token: str) -> dict[str, Any]:
+        """`claims` in the calling thread (`EntraKeys.validate_now`: keys that are never fetched)."""
+        return self._bound(keys.validate_now(token, audiences=None, tenants=set(self.tenants)))
+
+    def _bound(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """CLAIMS, verified, if their audience is their own tenant's and a device is named as required."""
         tid = str(claims["tid"]).lower()
         if not self.tenants[tid].admits(claims.get("aud")):
             raise EntraTokenError(

@@ -12,6 +12,7 @@ shape, so a real format could replace it.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 import time
@@ -23,6 +24,8 @@ from typing import Any
 
 import jwt
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from cmglab.pki.builders import RSAKey, x5t
 from cmglab.wire import jwt_peek
@@ -51,6 +54,11 @@ class SiteTokenError(Exception):
         self.reason = reason
 
 
+def _b64(data: bytes) -> bytes:
+    """base64url without padding (RFC 7515 §2), as PyJWT encodes each segment."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
 def issuer(hierarchy_id: str) -> str:
     return f"urn:sccm:oauth2:{hierarchy_id.lower()}"
 
@@ -61,8 +69,20 @@ class SiteSigner:
     key: RSAKey
     cert: x509.Certificate
 
+    @functools.cached_property
+    def _header_segment(self) -> bytes:
+        """The JWS header every token of this signer carries, encoded once: what PyJWT writes for
+        `headers={"typ": "JWT", "x5t": ...}` (its keys sorted, compact separators)."""
+        header = {"alg": "RS256", "typ": "JWT", "x5t": x5t(self.cert)}
+        return _b64(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
+
     def _sign(self, claims: dict[str, Any]) -> str:
-        return jwt.encode(claims, self.key, algorithm="RS256", headers={"typ": "JWT", "x5t": x5t(self.cert)})
+        """CLAIMS as an RS256 JWS, the same text as `jwt.encode(claims, key, "RS256", headers={"typ": "JWT", "x5t":
+        ...})` (RSA PKCS#1 v1.5 is deterministic: tests/test_site_tokens_sign.py), without PyJWT's per-token
+        header building, key preparation and claim checks (the claims are this module's own: strings and ints)."""
+        signing_input = self._header_segment + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
+        signature = self.key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        return (signing_input + b"." + _b64(signature)).decode()
 
     def _times(self, lifetime: timedelta, now: datetime | None) -> tuple[int, int]:
         start = now or datetime.now(UTC)
@@ -153,6 +173,13 @@ class SiteSigner:
         return token, _dt(exp)
 
 
+def claims_of(token: str) -> dict[str, Any]:
+    """The claims of a token this site has just signed, read back from its own text (no check: the caller made it)."""
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
+
+
 def _dt(ts: int) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
@@ -238,13 +265,12 @@ class VerifiedTokens:
             raise SiteTokenError(f"token type {claims.get('Type')!r} not accepted here")
         return dict(claims)
 
-    def issued(self, token: str) -> None:
+    def issued(self, token: str, claims: dict[str, Any] | None = None) -> None:
         """TOKEN, which this site's signer has just made with this cache's certificate, known from its first use:
-        its claims read back from its own text, with no verification (the signature is this site's own, the
-        claims the ones it signed). Lifetime and type are checked on each use, as for a verified token."""
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        self._remember(token, claims)
+        its claims read back from its own text (CLAIMS: the caller's reading of that text, `claims_of`), with no
+        verification (the signature is this site's own, the claims the ones it signed). Lifetime and type are
+        checked on each use, as for a verified token."""
+        self._remember(token, claims_of(token) if claims is None else claims)
 
     def _remember(self, token: str, claims: dict[str, Any]) -> None:
         with self._lock:

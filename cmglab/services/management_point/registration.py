@@ -32,10 +32,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from cmglab.core.labconfig import SiteSettings
-from cmglab.runtime.certinfo import thumbprint
 from cmglab.services.management_point import admission
 from cmglab.services.management_point.admission import NOT_APPROVED
-from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.caller import Caller, cert_from_hex, cert_subject, cert_thumbprint
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.store import BulkToken, Client, ConflictRecord, IssuedToken, new_sms_id, utcnow
 from cmglab.services.management_point.units import ClientKeys, RecordGone, SiteUnit, TokenRecord
@@ -83,7 +82,7 @@ def _load_cert(hex_der: str | None, what: str) -> x509.Certificate:
     if not hex_der:
         raise RegistrationRefused(f"no {what} certificate in the request")
     try:
-        return key_limits.load_hex_cert(hex_der, f"the {what} certificate")
+        return cert_from_hex(hex_der, f"the {what} certificate")
     except key_limits.TooLarge as e:
         raise RegistrationRefused(str(e)) from e
     except ValueError as e:
@@ -156,7 +155,6 @@ class Registrant:
 def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Caller, message_id: str) -> Outcome:
     """Verify the request, tell who it is, then admit it (admission.py) in one transaction the store retries."""
     who = _registrant(mp, data, raw_data, signature, caller, message_id)
-    settings = mp.store.site_settings()
     log = mp.logs.registration
 
     def raced() -> None:
@@ -167,11 +165,13 @@ def register(mp: Parts, data: Element, raw_data: str, signature: str, caller: Ca
         log.info(f"The record of {who.proposed} was deleted while its registration was processed; processing it again")
 
     try:
-        outcome = mp.store.retrying_unit(lambda u: _admit_plain(mp, u, who, settings), on_race=raced)
+        # the site's settings read in the unit that decides on them (one connection, one transaction)
+        outcome = mp.store.retrying_unit(lambda u: _admit_plain(mp, u, who, u.site_settings()), on_race=raced)
     except RecordGone:  # rolled back: decided again on what the site holds now, as a request after the delete
         gone()
         outcome = None
     if outcome is None:
+        settings = mp.store.site_settings()
         try:
             outcome = mp.store.retrying(lambda s: _admit(mp, s, who, settings), on_race=raced)
         except StaleDataError:  # the ORM's RecordGone (a merged record's UPDATE hit no row): rolled back, again
@@ -192,11 +192,11 @@ def _registrant(mp: Parts, data: Element, raw_data: str, signature: str, caller:
     encryption = _load_cert(encryption_hex, "encryption") if encryption_hex else signing
     if not verify(signing.public_key(), utf16(raw_data), signature):
         mp.logs.clientauth.warning(
-            f"Registration signature verification failed for the signing certificate {thumbprint(signing)}"
+            f"Registration signature verification failed for the signing certificate {cert_thumbprint(signing)}"
         )
         raise RegistrationRefused("the registration request's signature does not verify with its signing certificate")
     mp.logs.clientauth.info(
-        f"Registration request {message_id}: signature verified with the signing certificate {thumbprint(signing)}"
+        f"Registration request {message_id}: signature verified with the signing certificate {cert_thumbprint(signing)}"
     )
     props = _properties(data)
     agent = data.find("AgentInformation")
@@ -205,7 +205,7 @@ def _registrant(mp: Parts, data: Element, raw_data: str, signature: str, caller:
         proposed=normalise_sms_id(data.get("SMSID")),
         signing=signing,
         encryption=encryption,
-        signing_tp=thumbprint(signing),
+        signing_tp=cert_thumbprint(signing),
         netbios=props.get("Netbios Name", "") or "",
         fqdn=props.get("FQ Name", "") or props.get("Netbios Name", "") or "",
         agent_identity=agent.get("AgentIdentity", "") if agent is not None else "",
@@ -218,8 +218,8 @@ def _registrant(mp: Parts, data: Element, raw_data: str, signature: str, caller:
     if caller.ccm_claims is not None:
         return _token_registrant(mp, caller.ccm_claims, who)
     if caller.pki_cert is not None:
-        pki_tp = thumbprint(caller.pki_cert)
-        log.info(f"Registering device using PKI certificate {pki_tp} ({caller.pki_cert.subject.rfc4514_string()})")
+        pki_tp = cert_thumbprint(caller.pki_cert)
+        log.info(f"Registering device using PKI certificate {pki_tp} ({cert_subject(caller.pki_cert)})")
         return replace(who, kind=RegistrationKind.PKI, pki_tp=pki_tp)
     if caller.domain_account:
         log.info(f"Registering device authenticated as domain account {caller.domain_account}")

@@ -9,8 +9,6 @@ unique token when asked (`"RenewClientToken": true`) or when it is older than 30
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,15 +16,14 @@ from typing import Any
 
 from cryptography import x509
 
-from cmglab.runtime.certinfo import thumbprint
-from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.caller import Caller, cert_from_hex, cert_subject, cert_thumbprint
 from cmglab.services.management_point.errors import STSError
 from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
 from cmglab.services.management_point.store import NOT_APPROVED
 from cmglab.services.management_point.transport import off_loop
 from cmglab.services.management_point.units import SiteUnit, TokenRecord
-from cmglab.wire import entra_tokens, key_limits, site_tokens
+from cmglab.wire import entra_tokens, site_tokens
 from cmglab.wire.ccm_messaging import parse_timestamp, utf16, verify
 from cmglab.wire.entra_tokens import EntraKeys, EntraTokenError
 from cmglab.wire.kinds import Proof
@@ -78,12 +75,6 @@ def _naive(dt: datetime) -> datetime:
     return dt.astimezone(UTC).replace(tzinfo=None)
 
 
-def _unique_id(token: str) -> str:
-    """The UniqueId claim of a token this site has just signed (its payload read back: no check needed)."""
-    payload = token.split(".")[1]
-    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["UniqueId"])
-
-
 class TokenService:
     def __init__(self, mp: Parts, entra: EntraKeys) -> None:
         self.mp, self.entra = mp, entra
@@ -104,8 +95,6 @@ class TokenService:
         except STSError as e:
             self.log.warning(f"Failed to issue token ({req.proof_type} proof): {e.code}: {e.reason}")
             raise
-        # the token was signed and its row committed: known to this MP's token checks from its first use
-        self.mp.ccm_tokens.issued(result["Token"])
         self.log.info("Issued token")
         self.log.info("Return token to client")
         return result
@@ -124,7 +113,9 @@ class TokenService:
         user: str | None = None,
         device: str | None = None,
         user_sid: str | None = None,
-    ) -> tuple[str, datetime]:
+    ) -> tuple[str, datetime, dict[str, Any]]:
+        """A CCM token, its expiry and its claims (read back from its text), its row written in UNIT; once UNIT
+        has committed, `_known` makes it known to the MP's token checks."""
         minutes = unit.site_settings().ccm_token_lifetime_minutes  # the site's setting, live
         token, expires = self.mp.signer.ccm_token(
             token_type=token_type,
@@ -135,9 +126,10 @@ class TokenService:
             user_sid=user_sid,
             lifetime=timedelta(minutes=minutes),
         )
+        claims = site_tokens.claims_of(token)
         unit.record(
             TokenRecord(
-                unique_id=_unique_id(token),
+                unique_id=str(claims["UniqueId"]),
                 kind="ccm",
                 token_type=token_type,
                 proof=proof,
@@ -150,15 +142,24 @@ class TokenService:
                 expires_at=_naive(expires),
             )
         )
-        return token, expires
+        return token, expires, claims
+
+    def _known(self, token: str, claims: dict[str, Any]) -> None:
+        """The token was signed and its row committed: known to this MP's token checks from its first use."""
+        self.mp.ccm_tokens.issued(token, claims)
 
     async def aad(self, req: STSRequest) -> dict[str, Any]:
         if not req.bearer:
             raise STSError(401, "InvalidProof", "an AAD proof needs the Entra token in Authorization: Bearer")
+        # the rule's read, the token's verification and the issue in one thread hop (crypto and database off the
+        # event loop), where they took three (issue 20)
+        return await off_loop(self._aad, req, req.bearer)
+
+    def _aad(self, req: STSRequest, bearer: str) -> dict[str, Any]:
         # the site's one Entra rule (entra_tokens.EntraPolicy): the audience bound to the token's own tenant
-        policy = await off_loop(self.mp.store.entra_policy)
+        policy = self.mp.store.entra_policy()
         try:
-            claims = await policy.claims(self.entra, req.bearer, off_loop=True)
+            claims = policy.claims_now(self.entra, bearer)
         except EntraTokenError as e:
             if e.kind == entra_tokens.OTHER_TENANT:
                 raise STSError(403, "TenantNotOnboarded", f"{e.reason} (site {self.mp.site_code})") from e
@@ -181,9 +182,7 @@ class TokenService:
             f" DeviceId: {device} OnPrem_UserSid: {user_sid} OnPrem_DeviceSid: {device_sid}"
         )
         self.log.info(f"TokenType is {token_type}")
-        return await off_loop(
-            self._aad_issue, req, token_type, tid, user if is_user else None, device, user_sid or None
-        )
+        return self._aad_issue(req, token_type, tid, user if is_user else None, device, user_sid or None)
 
     def _aad_issue(
         self, req: STSRequest, token_type: str, tid: str, user: str | None, device: str, user_sid: str | None
@@ -199,7 +198,7 @@ class TokenService:
                     sms_id = wanted
             if sms_id is None:
                 sms_id = unit.client_by_aad_device(device) or "GUID:" + str(uuid.uuid4()).upper()
-            token, expires = self._issue(
+            token, expires, signed = self._issue(
                 unit,
                 token_type=token_type,
                 proof=Proof.AAD,
@@ -210,6 +209,7 @@ class TokenService:
                 user_sid=user_sid,
             )
         sccm_user = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sccm-user:{tid}:{user}")) if user else ""
+        self._known(token, signed)
         self.log.info(
             f"Created SCCM token, token type: {token_type}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: {sccm_user}, deviceId: {sms_id}"
@@ -221,24 +221,23 @@ class TokenService:
         if not req.certificate_hex or not req.timestamp or not req.signature or not req.bearer:
             raise STSError(400, "InvalidRequest", "Certificate, Timestamp and Signature are required with this proof")
         try:
-            cert = key_limits.load_hex_cert(req.certificate_hex, "Certificate")
+            cert = cert_from_hex(req.certificate_hex, "Certificate")
             when = parse_timestamp(req.timestamp)
         except Exception as e:
             raise STSError(400, "InvalidRequest", f"bad Certificate or Timestamp: {e}") from e
         if abs(datetime.now(UTC) - when) > PROOF_SKEW:
             raise STSError(401, "InvalidProof", "the proof's Timestamp is too far from the server's time")
         if not verify(cert.public_key(), utf16(f"{req.bearer};{req.timestamp}"), req.signature):
-            self.mp.logs.clientauth.warning(f"CCM_STS proof of possession failed for certificate {thumbprint(cert)}")
+            tp = cert_thumbprint(cert)
+            self.mp.logs.clientauth.warning(f"CCM_STS proof of possession failed for certificate {tp}")
             raise STSError(401, "InvalidProof", "the signature does not verify with the certificate's key")
         return cert
 
     def _site_token(self, token: str | None, kind: str) -> dict[str, Any]:
         if not token:
             raise STSError(401, "InvalidProof", f"a {kind} proof needs the token in Authorization: Bearer")
-        try:
-            return site_tokens.verify(
-                token, cert=self.mp.signer.cert, hierarchy_id=self.mp.signer.hierarchy_id, types=(kind,)
-            )
+        try:  # a site token verified before is known by its text (a bulk token serves many devices): no RSA
+            return self.mp.ccm_tokens.verify(token, (kind,))
         except site_tokens.SiteTokenError as e:
             code = "TokenExpired" if "expired" in e.reason else "InvalidProof"
             raise STSError(401, code, e.reason) from e
@@ -253,13 +252,13 @@ class TokenService:
             if blocked:
                 raise STSError(403, "BulkTokenBlocked", f"bulk registration token {guid} is blocked")
             cert = self._possession(req)
-            tp = thumbprint(cert)
+            tp = cert_thumbprint(cert)
             sms_id = normalise_sms_id(req.client_id)
             if sms_id:
                 client = unit.client(sms_id)
                 sms_id = sms_id if client is not None and client.signing_thumbprint == tp else None
             self.log.info(f"Validated bulk registration token {guid} (certificate {tp})")
-            token, expires = self._issue(
+            token, expires, signed = self._issue(
                 unit,
                 token_type=site_tokens.DEVICE,
                 proof=Proof.BULK_REGISTRATION,
@@ -267,6 +266,7 @@ class TokenService:
                 cert_tp=tp,
                 bulk_guid=guid,
             )
+        self._known(token, signed)
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}"
@@ -276,7 +276,7 @@ class TokenService:
     def client_token(self, req: STSRequest) -> dict[str, Any]:
         claims = self._site_token(req.bearer, site_tokens.CLIENT)
         cert = self._possession(req)
-        tp = thumbprint(cert)
+        tp = cert_thumbprint(cert)
         if str(claims.get("CertThumbprint", "")).upper() != tp:
             raise STSError(401, "InvalidProof", "the client token is bound to another certificate")
         sms_id = str(claims.get("DeviceId", ""))
@@ -287,11 +287,12 @@ class TokenService:
             if client.approval == NOT_APPROVED:
                 raise STSError(403, "NotRegistered", f"{sms_id} is not approved")
             self.log.info(f"Validated client token of {sms_id} (certificate {tp})")
-            token, expires = self._issue(
+            token, expires, signed = self._issue(
                 unit, token_type=site_tokens.DEVICE, proof=Proof.CLIENT_TOKEN, sms_id=sms_id, cert_tp=tp
             )
             reply = _ccm_reply(token, site_tokens.DEVICE, expires)
             renewed = self._renew(unit, req, claims, sms_id, tp, reply)
+        self._known(token, signed)
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id}"
@@ -311,7 +312,7 @@ class TokenService:
         fresh, fresh_exp = self.mp.signer.client_token(sms_id=sms_id, cert_thumbprint=tp)
         unit.record(
             TokenRecord(
-                unique_id=_unique_id(fresh),
+                unique_id=str(site_tokens.claims_of(fresh)["UniqueId"]),
                 kind="client",
                 token_type=site_tokens.CLIENT,
                 proof=Proof.CLIENT_TOKEN,
@@ -328,13 +329,14 @@ class TokenService:
         cert = caller.pki_cert
         if cert is None:
             raise STSError(403, "CertificateRequired", "a Certificate proof needs a PKI client certificate at TLS")
-        tp = thumbprint(cert)
+        tp = cert_thumbprint(cert)
         with self.mp.store.unit() as unit:  # one unit of work: the client, the site's setting, the token's row
             sms_id = unit.client_by_pki(tp)
-            self.log.info(f"Validated client certificate {tp} ({cert.subject.rfc4514_string()})")
-            token, expires = self._issue(
+            self.log.info(f"Validated client certificate {tp} ({cert_subject(cert)})")
+            token, expires, signed = self._issue(
                 unit, token_type=site_tokens.DEVICE, proof=Proof.CERTIFICATE, sms_id=sms_id, cert_tp=tp
             )
+        self._known(token, signed)
         self.log.info(
             f"Created SCCM token, token type: {site_tokens.DEVICE}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: , deviceId: {sms_id or ''}"

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import contextvars
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from cmglab.runtime.certinfo import client_cert
 from cmglab.runtime.db import OWN_EXECUTOR_THREADS
 from cmglab.runtime.windowsauth import unauthorized
 from cmglab.services.management_point.admission import ENTRA_VALID, entra_refusal
-from cmglab.services.management_point.caller import Caller
+from cmglab.services.management_point.caller import Caller, cert_subject
 from cmglab.services.management_point.errors import HTTPError
 from cmglab.services.management_point.parts import Parts
 from cmglab.wire import entra_tokens, jwt_peek, site_tokens
@@ -82,16 +83,19 @@ def _cn(name: x509.Name) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
-def is_connection_point(mp: Parts, cert: x509.Certificate | None) -> bool:
-    """The connection point's client-auth certificate (TLS already chained it to the lab CA)."""
-    if cert is None:
-        return False
-    expected = mp.connection_point_cert
+@functools.lru_cache(maxsize=1024)  # once per certificate, as caller.cert_subject
+def _same_point(cert: x509.Certificate, expected: x509.Certificate) -> bool:
     return _cn(cert.subject).lower() == _cn(expected.subject).lower() and cert.issuer == expected.issuer
 
 
+def is_connection_point(mp: Parts, cert: x509.Certificate | None) -> bool:
+    """The connection point's client-auth certificate (TLS already chained it to the lab CA)."""
+    return cert is not None and _same_point(cert, mp.connection_point_cert)
+
+
+@functools.lru_cache(maxsize=1024)
 def forwarded_client_cert(value: str) -> x509.Certificate:
-    """RFC 9440 `Client-Cert: :<base64 DER>:`."""
+    """RFC 9440 `Client-Cert: :<base64 DER>:` (parsed once per header text among the latest 1,024)."""
     raw = value.strip()
     if raw.startswith(":") and raw.endswith(":"):
         raw = raw[1:-1]
@@ -112,10 +116,11 @@ def caller_of(request: Request, mp: Parts, vdir: str) -> Caller:
     else:
         pki = tls_cert
     host = (request.headers.get("host") or "").rsplit(":", 1)[0]
-    caller = Caller(vdir=vdir, scheme=request.url.scheme, host=host, pki_cert=pki, via_connection_point=via_cp)
+    scheme = request.scope.get("scheme", "http")  # request.url.scheme, without building the URL
+    caller = Caller(vdir=vdir, scheme=scheme, host=host, pki_cert=pki, via_connection_point=via_cp)
     rec = record(request)
     if pki is not None:
-        rec.authenticated(AuthKind.PKI_CERTIFICATE, pki.subject.rfc4514_string())
+        rec.authenticated(AuthKind.PKI_CERTIFICATE, cert_subject(pki))
     if via_cp:
         rec.via = "connection-point"
     return caller
@@ -169,9 +174,14 @@ async def entra_verdict(mp: Parts, token: str) -> tuple[EntraVerdict, dict[str, 
     (`entra_tokens.EntraPolicy`, the MP's copy of Entra's keys): RS256 by an Entra key, its tenant's issuer, not
     expired, its tenant onboarded, its audience THAT tenant's resource URI (AADRESOURCEURI) or server app ID, and
     an Entra device named. The RSA verification runs off the event loop, as for a CCM token."""
-    policy = await off_loop(mp.store.entra_policy)
+    return await off_loop(_entra_verdict_now, mp, token)
+
+
+def _entra_verdict_now(mp: Parts, token: str) -> tuple[EntraVerdict, dict[str, Any] | None, str]:
+    """`entra_verdict` in the calling thread: the rule's read and the verification in one hop."""
+    policy = mp.store.entra_policy()
     try:
-        claims = await policy.claims(mp.entra_keys, token, off_loop=True)
+        claims = policy.claims_now(mp.entra_keys, token)
     except entra_tokens.EntraTokenError as e:
         return e.kind, None, e.reason
     return ENTRA_VALID, claims, ""

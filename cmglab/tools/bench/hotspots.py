@@ -562,6 +562,22 @@ MP_AAD_BEFORE = (
     "interleaved A/B was one connection at a time (a fleet's arrival), the MP alone, 2+2 at load 12-14: "
     "2.38 -> 2.00 ms with the rule's plain-SQL read, 2.00 -> 1.85 with one parse of the token"
 )
+# perfmp6's changes: before = the idle full run of 05:23 (section 2; the MP's code as main 4ff9550's); the
+# interleaved A/B (two MPs up at once, main 4ff9550 and the change, driven in turn) in the text
+MP_STS_BEFORE = (
+    "the idle full run of 2026-11-26 05:23 (main cacbf04; the MP's code as main 4ff9550's), section 2: 16 "
+    "connections, 5 s. Interleaved, the MP alone: main 4ff9550 and the change up at once (two labs), driven in turn "
+    "(A B, then B A), 16 connections, 8 s, 4 + 4 runs at load 16-22, MP CPU per request: CCM_STS Certificate "
+    "1.713 -> 1.354 ms (-21 %), BulkRegistration 1.797 -> 1.448 (-19 %), ClientToken 1.813 -> 1.575 (-13 %), "
+    "registration 1.351 -> 1.118 (-17 %), AAD 1.795 -> 1.825 (unchanged at 16 connections); AAD one connection at "
+    "a time (a fleet's arrival), 6 s, 4 + 4 at load 15-16: 2.439 -> 2.021 ms (-17 %, each run below its pair)"
+)
+_MP_STS_WORK = (
+    "CCM_STS: a site token signed without PyJWT's per-token header and claim work (the same text: "
+    "wire/site_tokens.py SiteSigner._sign), its claims read back once (for its row and for the token checks); a "
+    "client certificate's subject, thumbprint and parse kept per certificate (management_point/caller.py); the "
+    "caller's scheme without building the URL"
+)
 MP_FIXES = (
     Fix(scenarios.MP_LOCATION, _ANYVERB, "management-point", 766.4, None, 0.93, 0.93, before=ANYVERB_BEFORE),
     Fix(scenarios.MP_STS, "the same", "management-point", 317.0, None, 2.42, 2.42, before=ANYVERB_BEFORE),
@@ -739,6 +755,35 @@ MP_FIXES = (
         server_cpu_ms=2.02,
         process_cpu_ms=2.02,
         before=MP_AAD_BEFORE,
+    ),
+    *(
+        Fix(name, change, "management-point", rps, p50, cpu, cpu, before=MP_STS_BEFORE)
+        for name, change, rps, p50, cpu in (
+            (scenarios.MP_STS, _MP_STS_WORK, 944.0, 15.79, 1.05),
+            (
+                floor.STS_AAD,
+                "the same; the Entra token's rule read, its check and the issue in one thread hop, not three",
+                735.0,
+                21.34,
+                1.35,
+            ),
+            (floor.STS_BULK, "the same; the bulk token verified once, then known by its text", 778.0, 18.11, 1.28),
+            (
+                scenarios.MP_STS_CLIENT,
+                "the same; the client token verified once, then known by its text",
+                741.0,
+                19.09,
+                1.34,
+            ),
+            (
+                scenarios.MP_REGISTRATION,
+                "the same (the registration's certificates, thumbprints and subject); the "
+                "site's settings read in the registration's unit, not on a connection of their own",
+                1005.0,
+                12.54,
+                0.98,
+            ),
+        )
     ),
 )
 
