@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -264,3 +266,34 @@ def test_a_resumed_session_of_a_revoked_certificate_is_refused(
     # a resumption was offered (TLS 1.3: only with a ticket; a listener may issue none): its refusal is logged
     if session is not None and (version is ssl.TLSVersion.TLSv1_2 or session.has_ticket):
         assert any(f"a resumed session of CN={name}" in r.getMessage() for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("mode", ["required", "required-nocrl"])
+def test_a_resumed_session_of_an_expired_certificate_is_refused(
+    tls_lab: Lab, listeners: dict[str, int], version: ssl.TLSVersion, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review 7, attack: a client certificate about to expire makes a full handshake, then resumes its session
+    after the certificate's NotAfter. OpenSSL verifies nothing on resumption, and the CMG and the MP take the
+    certificate's validity from the TLS layer: the expired certificate went on being served for the session's
+    lifetime (the server's 2 h), whatever the CRL setting. Now a resumed session's certificate is refused once it
+    has expired, logged as a full handshake's refusal is."""
+    name = f"expires-while-resumed-{version.name}-{mode}"
+    lifetime = timedelta(seconds=4)  # a day's certificate that began a day ago, less these seconds
+    ident = tls_lab.pki.issue_client(name, days=1, not_before=datetime.now(UTC) - timedelta(days=1) + lifetime)
+    not_after = ident.cert().not_valid_after_utc
+    ctx = httpclient.ssl_context(ca_bundle=tls_lab.pki.ca_bundle, client_cert=pair(ident))
+    ctx.maximum_version = version
+    port = listeners[mode]
+    status, session, _ = _resumable_whoami(ctx, port)
+    assert b" 200 " in status and datetime.now(UTC) < not_after, "the certificate expired before its handshake"
+    deadline = time.monotonic() + 30
+    while datetime.now(UTC) <= not_after + timedelta(seconds=1) and time.monotonic() < deadline:
+        time.sleep(0.1)  # poll the clock until the certificate has expired
+    assert session is not None and (version is ssl.TLSVersion.TLSv1_2 or session.has_ticket)
+    with caplog.at_level(logging.WARNING, logger="cmglab.tls"):
+        status, _, resumed = _resumable_whoami(ctx, port, session)
+    assert b" 200 " not in status, f"the expired certificate's session was served (resumed: {resumed})"
+    assert any(
+        f"certificate has expired (code 10): a resumed session of CN={name}" in r.getMessage() for r in caplog.records
+    ), caplog.text

@@ -7,7 +7,7 @@
 - `server_context`: client certificate none/optional/required, CRL checking of the leaf, and the
   CRL files re-read when they change (checked at each handshake, a stat call), so a revoke is seen
   by the next connection without a restart; a resumed session's certificate is checked against them
-  too (OpenSSL checks none on resumption).
+  and for expiry too (OpenSSL verifies nothing on resumption).
 - The same protocol classes give every connection (plain or TLS) a `runtime.connection.ConnectionState`
   in `scope["extensions"]`, closed when the connection is lost (IIS's connection-based Windows auth).
 - `LoggingSSLObject`: asyncio logs nothing about a refused handshake; this says why.
@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import h11
 import httptools
@@ -99,21 +100,29 @@ class LoggingSSLObject(ssl.SSLObject):
 
     def _check_resumed(self) -> None:
         """A resumed session (TLS 1.2 session ID or ticket, TLS 1.3 ticket) keeps the certificate of its first
-        handshake, and OpenSSL checks it against no CRL again: a revoked certificate would be served for the
-        session's lifetime. Checked here against the CRLs as they are now (review 6)."""
-        watch = self.context.sni_callback
+        handshake, and OpenSSL verifies nothing of it again: an expired or revoked certificate would be served for
+        the session's lifetime, and the services take a certificate's validity from this layer. Checked here as a
+        full handshake would: its validity period now (review 7) and the CRLs as they are now (review 6). A
+        resumed session has no chain: the issuing CA's own validity was checked at the first handshake."""
         der = super().getpeercert(True)
-        if not isinstance(watch, _CRLWatch) or der is None:
+        if der is None or self.context.verify_mode == ssl.CERT_NONE:
             return
         cert = x509.load_der_x509_certificate(der)
-        if watch.revoked(cert):
-            log.warning(
-                "TLS handshake refused: client certificate failed verification: certificate revoked (code 23): "
-                "a resumed session of %s (serial %x)",
-                cert.subject.rfc4514_string(),
-                cert.serial_number,
-            )
-            raise ssl.SSLError("a resumed session's client certificate is revoked")
+        if cert.not_valid_after_utc < datetime.now(UTC):
+            self._refuse_resumed(cert, "certificate has expired (code 10)")
+        watch = self.context.sni_callback
+        if isinstance(watch, _CRLWatch) and watch.revoked(cert):
+            self._refuse_resumed(cert, "certificate revoked (code 23)")
+
+    @staticmethod
+    def _refuse_resumed(cert: x509.Certificate, why: str) -> NoReturn:
+        log.warning(
+            "TLS handshake refused: client certificate failed verification: %s: a resumed session of %s (serial %x)",
+            why,
+            cert.subject.rfc4514_string(),
+            cert.serial_number,
+        )
+        raise ssl.SSLError(f"a resumed session's client certificate failed verification: {why}")
 
 
 class _ProductLogHandler(logging.Handler):
