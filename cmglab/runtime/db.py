@@ -23,7 +23,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 Seed = Callable[[Session], None]
 # threads of one process that may hold sessions at once: anyio's default limiter (40: FastAPI's sync routes,
 # run_in_threadpool) plus a service's own executor beside it (the MP's 40 `mp-work` threads,
-# management_point/transport.py `off_loop`: a cheaper hop than anyio's, so kept, and counted here)
+# management_point/transport.py `off_loop`; Entra's 40 `entra-work`, runtime/offload.py: a cheaper hop than
+# anyio's, so kept, and counted here)
 ANYIO_THREADS = 40
 OWN_EXECUTOR_THREADS = 40
 SESSION_THREADS = ANYIO_THREADS + OWN_EXECUTOR_THREADS

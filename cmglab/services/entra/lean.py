@@ -8,10 +8,9 @@ from collections.abc import Callable
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from cmglab.runtime.fastpath import Handler, LeanTable
-from cmglab.services.entra.parts import Parts
+from cmglab.services.entra.parts import Parts, off_loop
 from cmglab.services.entra.routes_drs import discover_handler, join_handler
 from cmglab.services.entra.routes_oidc import openid_v1_handler, userrealm_handler
 from cmglab.services.entra.routes_token import token_handler
@@ -21,7 +20,7 @@ def _in_thread(work: Callable[[str, Request], Response], param: str) -> Handler:
     """WORK (a store read) on a worker thread, as FastAPI runs the sync route, given its path parameter."""
 
     async def answer(request: Request) -> Response:
-        return await run_in_threadpool(work, request.path_params[param], request)
+        return await off_loop(work, request.path_params[param], request)
 
     return answer
 

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from cmglab.core.ad import ad_path
 from cmglab.runtime.lab import Lab
+from cmglab.runtime.offload import Offload
 from cmglab.services.entra.connect_sync import ConnectSync
 from cmglab.services.entra.device_code import DeviceCodes
 from cmglab.services.entra.directory import Directory
@@ -22,6 +23,9 @@ from cmglab.services.entra.store import Store
 from cmglab.services.entra.tokens import Signer
 
 DRS_HOST = "enterpriseregistration.windows.net"
+# the hot routes' work (token grants, DRS join, the onboarding's discovery reads) off the event loop on Entra's own
+# threads: a cheaper hop than Starlette's run_in_threadpool (runtime/offload.py)
+off_loop = Offload("entra-work").run
 
 
 @dataclass

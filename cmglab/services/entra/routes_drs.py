@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from cmglab.runtime.admin import record
 from cmglab.runtime.certinfo import client_cert
 from cmglab.services.entra.grants import NONCE_LIFETIME
-from cmglab.services.entra.parts import Parts
+from cmglab.services.entra.parts import Parts, off_loop
 from cmglab.wire.kinds import AuthKind
 
 
@@ -21,7 +21,7 @@ def join_handler(entra: Parts) -> Callable[[Request], Awaitable[Response]]:
 
     async def join(request: Request) -> Response:
         body = await request.body()
-        reply = await run_in_threadpool(entra.registration.join, request.headers.get("authorization"), body)
+        reply = await off_loop(entra.registration.join, request.headers.get("authorization"), body)
         record(request).update(auth_kind=AuthKind.DRS_JOIN, auth_subject=reply.get("User", {}).get("Upn"))
         return JSONResponse(reply, status_code=201)
 

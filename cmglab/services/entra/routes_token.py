@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from cmglab.runtime.admin import record
 from cmglab.services.entra.errors import AADSTSError
 from cmglab.services.entra.grants import TokenRequest
-from cmglab.services.entra.parts import Parts, base_url
+from cmglab.services.entra.parts import Parts, base_url, off_loop
 from cmglab.wire.kinds import AuthKind
 
 NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
@@ -40,7 +40,7 @@ def token_handler(entra: Parts) -> TokenHandler:
 
     async def token(request: Request, tenant: str, v2: bool) -> Response:
         req = TokenRequest(tenant, v2, await form_of(request), request.client.host if request.client else None)
-        result = await run_in_threadpool(entra.grants.token, req)
+        result = await off_loop(entra.grants.token, req)
         rec = record(request)
         rec.update(auth_kind=result.auth_kind, auth_subject=result.auth_subject, **result.extra)
         if result.jwe is not None:  # a reply to a PRT-signed request: a JWE under the session key

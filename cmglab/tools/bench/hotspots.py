@@ -953,6 +953,13 @@ JWS_NONCE_BEFORE = (
     "0.065 ms, the request's decode (3.4 KB) 0.23 -> 0.10 ms; the DRS join (its bearer token decoded the same way) "
     "2.087 -> 2.035 ms in the same runs (within the noise; its decode 0.123 -> 0.064 ms in process)"
 )
+ENTRA_OFFLOAD_BEFORE = (
+    "main 0542267 (Starlette's run_in_threadpool: anyio's hop, ~0.045 ms of loop CPU against ~0.02 for the loop's "
+    "executor in a micro-benchmark on uvloop): Entra alone, section 2's scenarios, 16 connections, 8 s, main and "
+    "the change interleaved 3 + 3, load average 8.4-11.1, ms of Entra's CPU per operation (event-loop thread): "
+    "device token 3.020, 2.447, 2.202 -> 2.681, 2.009, 2.156 (loop 0.75 -> 0.60); DRS join 2.236, 2.524, 2.663 -> "
+    "2.181, 1.926, 2.234 (loop 0.41 -> 0.32); ROPC 2.339, 2.485, 3.042 -> 2.351, 2.295, 2.486 (loop 0.43 -> 0.38)"
+)
 ENTRA_FIXES = (
     Fix(
         "Entra token (ROPC, v1)",
@@ -1153,6 +1160,45 @@ ENTRA_FIXES = (
         server_cpu_ms=2.49,
         process_cpu_ms=2.49,
         before=JWS_NONCE_BEFORE,
+    ),
+    Fix(
+        floor.DEVICE_TOKEN,
+        "Entra's lean handlers (token grants, DRS join, discovery reads) hand their work to Entra's own threads by "
+        "the event loop's executor (runtime/offload.py, the same hop as the MP's off_loop) instead of Starlette's "
+        "run_in_threadpool (cmglab/runtime/offload.py, cmglab/services/entra/parts.py, routes_token.py, "
+        "routes_drs.py, lean.py)",
+        "entra",
+        rps=314.0,
+        p50_ms=None,
+        server_cpu_ms=2.56,
+        process_cpu_ms=2.56,
+        before=ENTRA_OFFLOAD_BEFORE,
+    ),
+    Fix(
+        floor.DRS_JOIN,
+        "Entra's lean handlers (token grants, DRS join, discovery reads) hand their work to Entra's own threads by "
+        "the event loop's executor (runtime/offload.py, the same hop as the MP's off_loop) instead of Starlette's "
+        "run_in_threadpool (cmglab/runtime/offload.py, cmglab/services/entra/parts.py, routes_token.py, "
+        "routes_drs.py, lean.py)",
+        "entra",
+        rps=361.0,
+        p50_ms=None,
+        server_cpu_ms=2.47,
+        process_cpu_ms=2.47,
+        before=ENTRA_OFFLOAD_BEFORE,
+    ),
+    Fix(
+        "Entra token (ROPC, v1)",
+        "Entra's lean handlers (token grants, DRS join, discovery reads) hand their work to Entra's own threads by "
+        "the event loop's executor (runtime/offload.py, the same hop as the MP's off_loop) instead of Starlette's "
+        "run_in_threadpool (cmglab/runtime/offload.py, cmglab/services/entra/parts.py, routes_token.py, "
+        "routes_drs.py, lean.py)",
+        "entra",
+        rps=358.0,
+        p50_ms=None,
+        server_cpu_ms=2.62,
+        process_cpu_ms=2.62,
+        before=ENTRA_OFFLOAD_BEFORE,
     ),
 )
 
