@@ -2,8 +2,8 @@
 
 `Offload.run(func, *args)` hands FUNC to the thread pool by the event loop's own executor hop, which costs less CPU
 than Starlette's `run_in_threadpool` (anyio: async-library sniffing, a capacity limiter and run variables per
-call; ~0.045 against ~0.02 ms per hop, measured on uvloop, issue 20). Entra's hot handlers use it; the MP's
-`off_loop` (management_point/transport.py) is the same hop on a pool of its own. The caller's context variables
+call; ~0.045 against ~0.02 ms per hop, measured on uvloop, issue 20). Entra's hot handlers and the MP's
+`off_loop` (management_point/transport.py) use it, each service on a pool of its own. The caller's context variables
 go with it, as with anyio. A cancelled caller stops waiting; the work runs on to its end on its thread (a unit of
 work is committed whole or not at all: tests/test_mp_cancelled_work.py).
 

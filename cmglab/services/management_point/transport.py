@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextvars
 import functools
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import jwt
 from cryptography import x509
@@ -19,7 +15,7 @@ from fastapi import Request, Response
 from cmglab.pki.builders import x5t
 from cmglab.runtime.admin import record
 from cmglab.runtime.certinfo import client_cert
-from cmglab.runtime.db import OWN_EXECUTOR_THREADS
+from cmglab.runtime.offload import Offload
 from cmglab.runtime.windowsauth import unauthorized
 from cmglab.services.management_point.admission import ENTRA_VALID, entra_refusal
 from cmglab.services.management_point.caller import Caller, cert_subject
@@ -29,19 +25,11 @@ from cmglab.wire import entra_tokens, jwt_peek, site_tokens
 from cmglab.wire.kinds import AuthKind, EntraVerdict
 
 Scope = dict[str, Any]
-T = TypeVar("T")
 
-# the MP's message work, off the event loop, on threads beside anyio's 40 (not bounded by its limiter): the
-# database pool counts both (runtime/db.py SESSION_THREADS), so up to 80 threads holding two sessions each
-# never wait for a connection
-_WORK = ThreadPoolExecutor(max_workers=OWN_EXECUTOR_THREADS, thread_name_prefix="mp-work")
-
-
-async def off_loop(func: Callable[..., T], *args: Any) -> T:
-    """FUNC(*ARGS) on a worker thread (the message work, its crypto and database stay off the event loop) by
-    the loop's own executor hop, which costs less CPU than anyio's (no async-library sniffing, capacity
-    limiter or run vars per call); the caller's context variables go with it, as with anyio."""
-    return await asyncio.get_running_loop().run_in_executor(_WORK, contextvars.copy_context().run, func, *args)
+# the MP's message work (its crypto and database) off the event loop, on a pool of its own beside anyio's 40 (not
+# bounded by its limiter): the database pool counts both (runtime/db.py SESSION_THREADS), so up to 80 threads
+# holding two sessions each never wait for a connection
+off_loop = Offload("mp-work").run
 
 
 class IISPaths:
