@@ -152,6 +152,23 @@ def sub_ca(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def _leaf_constants(
+    issuer_key: RSAKey, ekus: Sequence[x509.ObjectIdentifier], key_encipherment: bool
+) -> list[x509.Extension[x509.ExtensionType]]:
+    """A leaf's extensions that depend only on its issuer and its kind, in `leaf`'s order (after the subject key
+    identifier): basic constraints and key usage (critical), the EKUs, the authority key identifier."""
+    return [
+        x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=False, path_length=None)),
+        x509.Extension(x509.KeyUsage.oid, True, _key_usage(key_encipherment=key_encipherment)),
+        x509.Extension(x509.ExtendedKeyUsage.oid, False, x509.ExtendedKeyUsage(list(ekus))),
+        x509.Extension(
+            x509.AuthorityKeyIdentifier.oid,
+            False,
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+        ),
+    ]
+
+
 def leaf(  # type: ignore[no-untyped-def]
     public_key,
     subject: x509.Name,
@@ -168,13 +185,9 @@ def leaf(  # type: ignore[no-untyped-def]
     key_encipherment: bool = True,
 ) -> x509.Certificate:
     start = not_before or (utcnow() - timedelta(minutes=5))
-    builder = (
-        _base(subject, issuer_cert.subject, public_key, start, days)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(key_encipherment=key_encipherment), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(list(ekus)), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
-    )
+    builder = _base(subject, issuer_cert.subject, public_key, start, days)
+    for constant in _leaf_constants(issuer_key, ekus, key_encipherment):
+        builder = builder.add_extension(constant.value, critical=constant.critical)
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(general_names(san)), critical=False)
     for ext in [*_distribution(cdp, aia), *extra]:
@@ -192,16 +205,7 @@ class LeafIssuer:
         self, issuer_cert: x509.Certificate, issuer_key: RSAKey, *, ekus: Sequence[x509.ObjectIdentifier], days: int
     ) -> None:
         self.issuer_name, self.issuer_key, self.validity = issuer_cert.subject, issuer_key, timedelta(days=days)
-        self.constant = [
-            x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=False, path_length=None)),
-            x509.Extension(x509.KeyUsage.oid, True, _key_usage(key_encipherment=True)),
-            x509.Extension(x509.ExtendedKeyUsage.oid, False, x509.ExtendedKeyUsage(list(ekus))),
-            x509.Extension(
-                x509.AuthorityKeyIdentifier.oid,
-                False,
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            ),
-        ]
+        self.constant = _leaf_constants(issuer_key, ekus, key_encipherment=True)
 
     def issue(self, public_key, subject: x509.Name, extra: Sequence[x509.ExtensionType] = ()) -> x509.Certificate:  # type: ignore[no-untyped-def]
         start = utcnow() - timedelta(minutes=5)
