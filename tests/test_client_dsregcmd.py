@@ -122,8 +122,9 @@ def test_hybrid_join(lab: Lab, tmp_path: Path) -> None:
     assert computer is not None and computer["objectSid"] == info.machine_sid
     assert any(a.name == "HYB-PC07$" for a in load_config(lab.dir / "lab.json").active_directory.accounts)
     # before the sync: the DRS does not know the computer; the attempt is pending
-    early = run("cmglab.agent.dsregcmd", "/join", "--hybrid", "--home", str(device.home))
+    early = run("cmglab.agent.dsregcmd", "/join", "/hybrid", "--home", str(device.home))  # the README's line
     assert early.returncode == 1 and "0x801c03f2" in early.stderr and "cmglab entra sync" in early.stderr
+    assert "then `dsregcmd /join /hybrid` again" in early.stderr  # what the help and the README show
     assert not device.join_path.exists()
     status = run("cmglab.agent.dsregcmd", "/status", "--home", str(device.home)).stdout
     assert re.search(r"^\s+AzureAdJoined : NO$", status, re.M)

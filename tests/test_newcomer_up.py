@@ -51,14 +51,14 @@ def break_cmg(lab: Lab) -> None:
     (lab.dir / "pki" / "cmg" / "cmg.key").write_text("not a key\n")
 
 
-def start_up(lab: Lab, *args: str) -> subprocess.Popen[str]:
+def start_up(lab: Lab, *args: str, columns: int = 80) -> subprocess.Popen[str]:
     with handover("127.0.0.1") as (env, fds):  # the ports this test reserved, passed on to the services
         return subprocess.Popen(
             [sys.executable, "-m", "cmglab", "up", "--lab", str(lab.dir), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "COLUMNS": "80", **env},
+            env={**os.environ, "COLUMNS": str(columns), **env},
             pass_fds=fds,
         )
 
@@ -77,7 +77,7 @@ def read_until(proc: subprocess.Popen[str], text: str, seen: list[str], timeout:
 @pytest.fixture
 def up_process(tmp_path: Path) -> Iterator[tuple[Lab, subprocess.Popen[str], list[str]]]:
     lab = isolated_lab(tmp_path / "lab")
-    proc = start_up(lab)
+    proc = start_up(lab, columns=50)  # narrower than its messages: each must stay one line (a log file is read so)
     seen: list[str] = []
     try:
         read_until(proc, "Ctrl-C stops the lab", seen)
@@ -99,6 +99,7 @@ def test_foreground_up_restarts_a_killed_service_and_stops_within_2_s(
     assert set(pids) == set(SERVICES)
     os.kill(pids["cmg"], signal.SIGKILL)
     read_until(proc, "cmg was killed by SIGKILL; restarted as pid", seen, timeout=10)
+    assert re.fullmatch(r"cmg was killed by SIGKILL; restarted as pid \d+ \(restart 1 of 3 within 60 s\)\n", seen[-1])
     assert not is_zombie(pids["cmg"]), "the killed CMG was never reaped"
     read_until(proc, "cmg is healthy again", seen, timeout=90)
     new = orchestrate.running_pids(lab)["cmg"]

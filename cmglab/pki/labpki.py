@@ -346,7 +346,7 @@ class LabPKI:
         return serials
 
     def write_crls(self) -> None:
-        """Regenerate both CRLs. lastUpdate always moves forward so that a process that already
+        """Regenerate the three CAs' CRLs. lastUpdate always moves forward so that a process that already
         loaded the previous CRL prefers the new one (OpenSSL keeps the newest lastUpdate); it is
         backdated so that quick successive revokes never date a CRL in the future ("not yet valid")."""
         index = self._index()

@@ -297,7 +297,7 @@ def pki_revoke(name: str, lab: LabOption = DEFAULT_LAB) -> None:
 
 @pki_app.command("crl")
 def pki_crl(lab: LabOption = DEFAULT_LAB) -> None:
-    """Regenerate both CRLs (new lastUpdate/nextUpdate)."""
+    """Regenerate the three CRLs: root CA, issuing CA, public root CA (new lastUpdate/nextUpdate)."""
     the_lab = load_lab(lab)
     the_lab.pki.write_crls()
     console.print(f"CRLs written to {the_lab.pki.crl_bundle.parent}")
@@ -362,7 +362,7 @@ def up(
         with console.status(f"starting {', '.join(SERVICES)}..."):
             procs = orchestrate.start_all(the_lab, detach=detach, workers=workers)
     except ServiceFailed as e:  # start_all has stopped what it started
-        console.print(str(e), style="red", markup=False, highlight=False)
+        console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from e
     except KeyboardInterrupt as e:
         console.print("interrupted; stopped what had started")
@@ -413,12 +413,14 @@ def run_foreground(the_lab: Lab, procs: Any) -> None:
     signal.signal(signal.SIGTERM, _stop)
     here = orchestrate.foreground_pid_file(the_lab)
     here.write_text(f"{os.getpid()}\n")  # `cmglab down` stops this process, not only its services
-    console.print("Ctrl-C stops the lab (so does cmglab down from another shell)")  # only now: the handler is in place
+    # only now: the handler is in place
+    console.print("Ctrl-C stops the lab (so does cmglab down from another shell)", soft_wrap=True)
     try:
         supervisor = orchestrate.Supervisor(the_lab, procs)
         while not stop["now"]:
             for event in supervisor.check():
-                console.print(event, style="yellow", markup=False, highlight=False)
+                # one line each, whatever the width: `cmglab up > up.log` is read (and grepped) line by line
+                console.print(event, style="yellow", markup=False, highlight=False, soft_wrap=True)
             time.sleep(0.2)
         began = time.monotonic()
         mine = list(procs.procs)

@@ -177,6 +177,7 @@ Parameters:  /mp:<url>[;<url>]  /regtoken:<token>  /nocrlcheck  /usepkicert  /re
              /downloadtimeout:<minutes>  /forceinstall  /uninstall
 Properties:  CCMHOSTNAME=<cmg>/CCM_Proxy_MutualAuth/<roleId>  SMSSITECODE=<site>  SMSMP=<mp>
              AADTENANTID=  AADCLIENTAPPID=  AADRESOURCEURI=  CCMFIRSTCERT=1
+             CCMLOGLEVEL=<n> (accepted; the lab's log level is fixed)
 Exit codes:  0 success, 6 error, 7 reboot required, 8 already running, 9 prerequisite failure,
              10 manifest hash failure
 """

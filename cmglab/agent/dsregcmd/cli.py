@@ -1,6 +1,6 @@
-"""dsregcmd's command line: `/join`, `/leave`, `/status`, `/cleanupaccounts` (or `--join`, ...), with
+"""dsregcmd's command line: `/join`, `/leave`, `/status`, `/signin`, `/cleanupaccounts` (or `--join`, ...), with
 `/debug` echoing the join stages. Lab options: `--home DIR`, `--resolve HOST:PORT:ADDR`,
-`--username UPN --password PW` (the user who signs in to join), `--hybrid [--tenant DOMAIN]`, and
+`--username UPN --password PW` (the user who signs in to join), `/hybrid [--tenant DOMAIN]`, and
 `/signin --username UPN --password PW` (a user signs in on the joined device: a primary refresh token).
 """
 
@@ -41,13 +41,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dsregcmd",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="dsregcmd /join | /leave | /status | /cleanupaccounts [/debug] [/hybrid] [options]",
+        usage="dsregcmd /join | /leave | /status | /signin | /cleanupaccounts [/debug] [/hybrid] [options]",
         description="Device registration (Entra join) for a lab device.\n\n"
         "actions (one of):\n"
         "  /join              join the device to Entra (--username UPN --password PW)\n"
         "  /join /hybrid      hybrid join (JoinType 6) of a domain-joined device (--tenant)\n"
         "  /leave             leave Entra\n"
         "  /status            print the device state (AzureAdJoined, DeviceId, TenantId, ...)\n"
+        "  /signin            sign a user in on the joined device: a PRT (--username UPN --password PW)\n"
         "  /cleanupaccounts   remove the signed-in user's WAM account\n"
         "  /debug             with /join: print each join stage",
         epilog="example: dsregcmd /join --home ./device01 --username alice@lab.test --password '<from cmglab info>'",
@@ -58,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--home", type=Path, help="the device directory (default $CMGLAB_DEVICE_HOME)")
     p.add_argument("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR")
-    p.add_argument("--username", help="UPN of the user who joins the device")
+    p.add_argument("--username", help="UPN of the user who joins the device (/join) or signs in (/signin)")
     p.add_argument("--password", help="that user's password")
     p.add_argument("--hybrid", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(_normalise(sys.argv[1:] if argv is None else argv))
     if not any(getattr(args, action) for action in ACTIONS):
-        p.error("one action is required: /join, /leave, /status or /cleanupaccounts")
+        p.error("one action is required: /join, /leave, /status, /signin or /cleanupaccounts")
     try:
         device = Device.open(args.home)
     except DeviceError as e:
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 "DSREG: the hybrid join is pending (0x801c03f2, DSREG_E_DIRECTORY_FAILURE): Entra Connect has not "
                 "synchronised this computer yet. Run `cmglab entra sync` (or wait for the sync cycle), then "
-                "`dsregcmd /join --hybrid` again.",
+                "`dsregcmd /join /hybrid` again.",
                 file=sys.stderr,
             )
         return 1
