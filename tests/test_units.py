@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 
 from cmglab.agent import entra as agent_entra
-from cmglab.pki.builders import new_key
+from cmglab.pki.builders import new_key, sha1_thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.services.entra import drs as drs_crypto
 from cmglab.services.entra import store as st
@@ -188,6 +188,55 @@ def test_a_drs_join_reads_its_user_as_the_row_is_now(unit_lab: Lab, entra: Entra
     with pytest.raises(DRSError) as refused:
         join()
     assert refused.value.code == 50034
+
+
+def test_a_join_in_plain_sql_writes_the_row_the_orm_wrote_and_reads_as_a_session_does(
+    unit_lab: Lab, entra: EntraParts
+) -> None:
+    """The DRS join runs as one plain-SQL unit (`Store.plain`): the device row it writes is what the ORM insert wrote
+    (every column, the defaults included, read back by the ORM), and a plain unit's reads (directory cache, user and
+    device facts) answer as a session's do."""
+    tenant = unit_lab.config.primary_tenant
+    user = tenant.users[0]
+    drs = entra.grants.token(
+        token_request(
+            unit_lab,
+            grant_type="password",
+            username=user.upn,
+            password=user.password,
+            client_id=agent_entra.BROKER_CLIENT_ID,
+            resource=agent_entra.DRS_RESOURCE,
+        )
+    ).body["access_token"]
+    device_key, transport_key = new_key(), new_key()
+    before = st.now()
+    reply = entra.registration.join(f"Bearer {drs}", join_body(user.upn.split("@", 1)[1], device_key, transport_key))
+    cert = x509.load_der_x509_certificate(base64.b64decode(reply["Certificate"]["RawBody"]))
+    device_id = drs_crypto.device_id_of(cert)
+    assert device_id is not None
+    with entra.store.session() as s:
+        row = st.device_by_id(s, device_id)
+        assert row is not None
+        owner = st.sign_in_facts(s, user.upn)
+        assert owner is not None
+        assert uuid.UUID(row.object_id) and row.object_id != device_id
+        assert (row.tenant_id, row.owner_id) == (tenant.tenant_id, owner.user.object_id)
+        assert (row.device_type, row.trust_type, row.join_type, row.auth_methods) == ("Windows", "AzureAd", 0, "pwd")
+        assert row.display_name and row.os_version
+        assert row.cert_thumbprint == sha1_thumbprint(cert) == reply["Certificate"]["Thumbprint"]
+        assert row.transport_key == drs_crypto.spki(transport_key.public_key())
+        assert row.onprem_sid is None and row.user_certificate is None
+        assert row.enabled is True
+        assert before <= row.created_at <= st.now() and before <= (row.registered_at or 0) <= st.now()
+        in_session = (st.device_facts(s, device_id), st.user_facts(s, owner.user.object_id))
+        tenant_in_session = st.tenant_by_id(s, tenant.tenant_id)
+    with entra.store.plain() as u:
+        assert (st.device_facts(u, device_id.upper()), st.user_facts(u, owner.user.object_id)) == in_session
+        assert st.device_facts(u, st.new_guid()) is None and st.user_facts(u, st.new_guid()) is None
+        assert st.tenant_by_id(u, tenant.tenant_id) == tenant_in_session
+        assert st.tenant_by_id(u, st.new_guid()) is None and st.tenant_by_id(u, tenant.tenant_id.upper()) is None
+    facts = in_session[0]
+    assert facts is not None and facts.enabled is True and isinstance(facts.transport_key, bytes)
 
 
 def test_a_password_sign_in_reads_the_user_and_the_lockout_row_as_they_are_now(

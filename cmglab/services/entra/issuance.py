@@ -69,7 +69,7 @@ class Issuer:
 
     # -- who and what --------------------------------------------------------------------------
     @staticmethod
-    def tenant(s: Session, segment: str, error: str = "invalid_request") -> st.TenantInfo | None:
+    def tenant(s: st.Unit, segment: str, error: str = "invalid_request") -> st.TenantInfo | None:
         """The tenant the path names; None for `common`/`organizations` (the user's decides)."""
         if segment.lower() in MULTI_TENANT:
             return None
@@ -84,7 +84,7 @@ class Issuer:
         return tenant
 
     @staticmethod
-    def client(s: Session, params: Mapping[str, Any], tenant_name: str) -> Client:
+    def client(s: st.Unit, params: Mapping[str, Any], tenant_name: str) -> Client:
         client_id = require(params, "client_id").lower()
         app = st.app_by_id(s, client_id)
         if app is None:
@@ -108,7 +108,7 @@ class Issuer:
         return Client(app.app_id, 0)
 
     @staticmethod
-    def resource(s: Session, params: Mapping[str, Any], *, v2: bool, tenant_name: str) -> tuple[Resource, set[str]]:
+    def resource(s: st.Unit, params: Mapping[str, Any], *, v2: bool, tenant_name: str) -> tuple[Resource, set[str]]:
         """The resource and the OIDC scopes asked for. v1 names it in `resource`; v2 in `scope` as
         `<resource>/.default` or `<resource>/<permission>` (Microsoft Graph when it names none)."""
         oidc: set[str] = set()
@@ -179,7 +179,7 @@ class Issuer:
 
     # -- the reply -----------------------------------------------------------------------------
     def reply(
-        self, s: Session, issue: Issue, *, v2: bool, refresh: bool, id_token: bool, with_client_info: bool
+        self, s: st.Unit, issue: Issue, *, v2: bool, refresh: bool, id_token: bool, with_client_info: bool
     ) -> dict[str, Any]:
         """Entra's token response: v1 with numbers as strings and `resource`, v2 with integers."""
         iat = st.now()
@@ -201,6 +201,7 @@ class Issuer:
             )
         body["access_token"] = self.signer.sign(access_claims(issue, iat), v1=r.version == 1)
         if p.kind == "user" and refresh:
+            assert isinstance(s, Session)  # a refresh token is written in a session's unit of work
             body["refresh_token"] = self._new_refresh(s, issue)
         if p.kind == "user" and id_token:
             body["id_token"] = self.signer.sign(id_claims(issue, iat, v2=v2), v1=not v2)
