@@ -10,8 +10,12 @@ DPType SERVER), then, for the client package, the MP's `CCM_Client` URL.
 
 from __future__ import annotations
 
+import functools
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape, quoteattr
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from cmglab.core.labconfig import DistributionPoint, load_config
 from cmglab.runtime.contentlib import ContentLibrary
@@ -52,7 +56,7 @@ def site_information(mp: Parts, root: Element, caller: Caller) -> str:
     if asked and asked.upper() != site.code.upper():
         log.warning(f"SiteInformationRequest for unknown site {asked}")
         return '<SiteInfoReply SchemaVersion="1.00"/>'
-    cert_hex = mp.site_cert().public_bytes(_der()).hex().upper()
+    cert_hex = _cert_hex(mp.site_cert())
     mp_ports = mp.lab.config.ports
     http_port = 80 if mp.lab.config.compose else mp_ports.management_point_http
     https_port = 443 if mp.lab.config.compose else mp_ports.management_point
@@ -81,10 +85,10 @@ def site_information(mp: Parts, root: Element, caller: Caller) -> str:
     )
 
 
-def _der():  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.DER
+@functools.lru_cache(maxsize=4)
+def _cert_hex(cert: x509.Certificate) -> str:
+    """The site signing certificate as SiteSigningCert carries it (hex DER, upper case): once per certificate."""
+    return cert.public_bytes(Encoding.DER).hex().upper()
 
 
 def cmg_base(mp: Parts) -> str:

@@ -120,6 +120,12 @@ def bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def _target(request: Request) -> str:
+    """METHOD PATH for a token check's log line: the scope's path (the exact route's), without building the URL
+    Starlette's `request.url` parses (~10 us of the loop's CPU per tokenauth request)."""
+    return f"{request.scope['method']} {request.scope['path']}"
+
+
 def _site_signed(mp: Parts, token: str) -> bool:
     """The token names the site's signing certificate (a CCM token); anything else is taken for an Entra token."""
     try:
@@ -142,7 +148,7 @@ async def require_token(request: Request, mp: Parts, caller: Caller) -> None:
     log = mp.logs.clientauth
     refused = entra_refusal(verdict)
     if refused is not None or claims is None:
-        log.warning(f"{request.method} {request.url.path}: Entra token refused ({verdict}): {reason}")
+        log.warning(f"{_target(request)}: Entra token refused ({verdict}): {reason}")
         raise HTTPError(
             401,
             f"Entra token refused: {refused.reason if refused else verdict}",
@@ -152,7 +158,7 @@ async def require_token(request: Request, mp: Parts, caller: Caller) -> None:
     device = str(claims.get("deviceid", "")).lower()
     record(request).authenticated(AuthKind.ENTRA_TOKEN, f"{device} (tenant {claims.get('tid')})")
     log.info(
-        f"{request.method} {request.url.path}: Entra token accepted (tenant {claims.get('tid')}, device {device}, "
+        f"{_target(request)}: Entra token accepted (tenant {claims.get('tid')}, device {device}, "
         f"audience {claims.get('aud')}): admitted for registration only"
     )
 
@@ -180,7 +186,7 @@ async def require_ccm_token(request: Request, mp: Parts, caller: Caller) -> None
     token = bearer(request)
     log = mp.logs.clientauth
     if token is None:
-        log.warning(f"{request.method} {request.url.path}: no CCM token (Authorization: Bearer) on a token-auth path")
+        log.warning(f"{_target(request)}: no CCM token (Authorization: Bearer) on a token-auth path")
         raise HTTPError(401, "a CCM token is required", headers={"WWW-Authenticate": "Bearer"})
     try:
         # a token verified before is known by its text (no RSA, no thread hop); a new one is verified off the loop
@@ -188,7 +194,7 @@ async def require_ccm_token(request: Request, mp: Parts, caller: Caller) -> None
         if claims is None:
             claims = await off_loop(mp.ccm_tokens.verify, token, site_tokens.CCM_TYPES)
     except site_tokens.SiteTokenError as e:
-        log.warning(f"{request.method} {request.url.path}: CCM token refused: {e.reason}")
+        log.warning(f"{_target(request)}: CCM token refused: {e.reason}")
         raise HTTPError(
             401, f"CCM token refused: {e.reason}", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         ) from e
@@ -196,10 +202,7 @@ async def require_ccm_token(request: Request, mp: Parts, caller: Caller) -> None
     rec = record(request)
     subject = claims.get("DeviceId") or claims.get("AADDeviceId") or claims.get("UniqueId")
     rec.authenticated(AuthKind.CCM_TOKEN, str(subject))
-    log.info(
-        f"{request.method} {request.url.path}: CCM token accepted (type {claims.get('Type')}, "
-        f"device {rec.auth_subject})"
-    )
+    log.info(f"{_target(request)}: CCM token accepted (type {claims.get('Type')}, device {rec.auth_subject})")
 
 
 SSL_REQUIRED = (
