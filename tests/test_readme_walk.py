@@ -193,3 +193,65 @@ def test_up_detach_names_the_lab_in_its_down_command(tmp_path: Path) -> None:
         assert orchestrate.running_pids(lab) == {}
     finally:
         orchestrate.stop_pids(lab, timeout=5)
+
+
+def test_ports_edited_in_lab_json_move_the_lab_names_and_a_moved_crl_host_is_named(tmp_path: Path) -> None:
+    """lab.json's ports edited by hand, then `cmglab init` (or `up`): the hosts file kept each name's old
+    mapping beside the new one, and the agent, which takes a name's lowest mapped port, joined Entra on the old
+    port (0x80072EFD). A moved CRL host is one the lab's certificates do not name: init says so and how to mend
+    it, and after `cmglab pki init --force` they name the new port."""
+    import json
+
+    from cmglab.agent.entra import base_url
+
+    lab_dir = tmp_path / "lab"
+    assert cmglab("init", "--lab", str(lab_dir), "--free-ports").returncode == 0
+    config = json.loads((lab_dir / "lab.json").read_text())
+    free = reserve_ports(len(config["ports"]))
+    config["ports"] = dict(zip(config["ports"], free, strict=True))
+    (lab_dir / "lab.json").write_text(json.dumps(config))
+    again = cmglab("init", "--lab", str(lab_dir))
+    assert again.returncode == 0, again.stdout + again.stderr
+    lab = Lab.load(lab_dir)
+    lines = (lab_dir / "hosts").read_text().splitlines()
+    assert sorted(lines) == sorted(lab.loopback_resolve()), lines  # each lab name at lab.json's ports only
+    assert base_url("login.microsoftonline.com", lines) == f"https://login.microsoftonline.com:{lab.port('entra')}"
+    said = " ".join(again.stdout.split())
+    assert f"lab.json puts the CRL host at http://pki.lab.test:{lab.config.ports.pki}, but" in said, said
+    assert f"cmglab pki init --force --lab {lab_dir}" in said and "0x80092013" in said, said
+    assert cmglab("pki", "init", "--force", "--lab", str(lab_dir)).returncode == 0
+    assert crl_and_aia_ports(lab_dir / "pki" / "cmg" / "cmg.crt") == {lab.config.ports.pki}
+    assert "revocation checks fail" not in cmglab("init", "--lab", str(lab_dir)).stdout
+
+
+def test_a_replica_mapping_added_by_hand_survives_init(tmp_path: Path) -> None:
+    """README "Scale-out" adds `cmg.lab.test:10141:127.0.0.2` to the hosts file, then runs `cmglab up`: the
+    mapping of a lab name at a port lab.json does not give stays while nothing of that name moved."""
+    lab_dir = tmp_path / "lab"
+    assert cmglab("init", "--lab", str(lab_dir), "--free-ports").returncode == 0
+    lab = Lab.load(lab_dir)
+    replica = f"cmg.lab.test:{lab.config.ports.cmg_connector + 1}:127.0.0.2"
+    with (lab_dir / "hosts").open("a") as f:
+        f.write(f"{replica}\n")
+    assert cmglab("init", "--lab", str(lab_dir)).returncode == 0
+    assert replica in (lab_dir / "hosts").read_text().splitlines()
+
+
+def test_a_mistyped_device_or_an_unusable_lab_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """`cmglab device repair root-ca --home DIR` (the troubleshooting table's remedy) with a DIR that holds no
+    device, and `cmglab up` on a lab.json of another cmglab version, printed a 25- and a 60-line traceback."""
+    import json
+
+    lab_dir = tmp_path / "lab"
+    assert cmglab("init", "--lab", str(lab_dir), "--free-ports").returncode == 0
+    for args in (("repair", "root-ca"), ("break", "crl"), ("enrol",)):
+        r = cmglab("device", *args, "--home", str(tmp_path / "no-such-device"), "--lab", str(lab_dir))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().startswith("cmglab device: no device at") and len(r.stderr.splitlines()) == 1
+    config = json.loads((lab_dir / "lab.json").read_text())
+    (lab_dir / "lab.json").write_text(json.dumps({**config, "version": 99}))
+    for args in (("up",), ("site", "show"), ("bulk-token", "list")):
+        r = cmglab(*args, "--lab", str(lab_dir))
+        printed = r.stdout + r.stderr
+        assert r.returncode == 2 and "Traceback" not in printed, printed
+        assert len(printed.strip().splitlines()) == 1 and "cmglab init --force" in printed, printed

@@ -160,6 +160,16 @@ class LabPKI:
     def aia_url(self, ca: str) -> str:
         return f"{self.config.pki_url}/aia/{ca}.crt"
 
+    def stale_cdp(self) -> str | None:
+        """The CRL URL the lab's certificates name when lab.json now puts the CRL host elsewhere (its port edited
+        by hand after the PKI was made): every revocation check would ask a host that is not there. None when they
+        agree, or before there is a PKI."""
+        if not self.issuing_ca.exists():
+            return None
+        cdp = self.issuing_ca.cert().extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        named = [str(n.value) for point in cdp for n in point.full_name or []]
+        return None if not named or self.cdp_url("root-ca") in named else named[0]
+
     # -- index ---------------------------------------------------------------------------------
     def _index(self) -> dict:
         if self.index_path.exists():

@@ -43,6 +43,12 @@ class LabUnusable(LabNotInitialised):
     """A lab directory this cmglab cannot use as it is; the message says how to start again."""
 
 
+def _host_port(entry: str) -> tuple[str, str]:
+    """A HOST:PORT:ADDR mapping's name (lower-cased) and port."""
+    host, _, rest = entry.strip().partition(":")
+    return host.lower(), rest.partition(":")[0]
+
+
 def way_out(lab_dir: Path) -> str:
     return (
         f"start again from nothing: `cmglab init --force --lab {lab_dir}` (the compose lab: "
@@ -130,13 +136,19 @@ class Lab:
         if force or not hosts.exists():
             hosts.write_text("".join(f"{e}\n" for e in entries))
             created.append("hosts")
-        else:  # a lab made before a service existed (the console): map its names, keep the rest as it is
-            mapped = {tuple(e.split(":")[:2]) for e in httpclient.read_hosts_file(hosts)}
-            missing = [e for e in entries if tuple(e.split(":")[:2]) not in mapped]
+        else:  # keep the file as it is (a replica's extra mapping too: README "Scale-out"), and map a lab name
+            # lab.json gives a port the file lacks: a service added since (the console), or ports edited by hand.
+            # That name's mappings at ports lab.json no longer gives go: the agent takes the lowest mapped port
+            # of a name, so it would dial the old one
+            lines = httpclient.read_hosts_file(hosts)
+            mapped = {_host_port(e) for e in lines}
+            missing = [e for e in entries if _host_port(e) not in mapped]
             if missing:
-                with hosts.open("a") as f:
-                    f.writelines(f"{e}\n" for e in missing)
-                created.append("hosts (" + ", ".join(e.split(":")[0] for e in missing) + ")")
+                wanted = {_host_port(e) for e in entries}
+                moved = {_host_port(e)[0] for e in missing}
+                kept = [e for e in lines if _host_port(e)[0] not in moved or _host_port(e) in wanted]
+                hosts.write_text("".join(f"{e}\n" for e in [*kept, *missing]))
+                created.append("hosts (" + ", ".join(dict.fromkeys(e.split(":")[0] for e in missing)) + ")")
         for sub in ("data", "logs"):
             (lab.dir / sub).mkdir(exist_ok=True)
         return lab, created

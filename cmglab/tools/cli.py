@@ -118,6 +118,23 @@ def init(
         console.print(f"[green]lab ready at {the_lab.dir}[/green]; created: {', '.join(created)}")
     else:
         console.print(f"lab at {the_lab.dir} is complete; nothing changed")
+    warn_stale_pki(the_lab)
+
+
+def warn_stale_pki(lab: Lab) -> None:
+    """Say so when lab.json's CRL host port is not the one the lab's certificates name (edited by hand after
+    the PKI was made): every device's revocation check would fail, far from the cause."""
+    named = lab.pki.stale_cdp()
+    if named:
+        console.print(
+            f"lab.json puts the CRL host at {lab.config.pki_url}, but the lab's certificates name {named} (made "
+            "before the port changed), so devices' revocation checks fail (0x80092013). Put ports.pki back in "
+            f"lab.json, or make the PKI again on the new port: cmglab pki init --force --lab {lab.dir} (then "
+            "make devices again)",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def cmg_address(lab: Lab) -> str:
@@ -354,10 +371,15 @@ def up(
     from cmglab.tools import orchestrate
     from cmglab.tools.processes import ServiceFailed
 
-    with console.status("preparing the lab..."):
-        the_lab, created = Lab.init(lab)
+    try:
+        with console.status("preparing the lab..."):
+            the_lab, created = Lab.init(lab)
+    except LabNotInitialised as e:  # a lab this cmglab cannot use: say so and how to start again, as init does
+        console.print(str(e), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from e
     if created:
         console.print(f"created {', '.join(created)} in {the_lab.dir}")
+    warn_stale_pki(the_lab)
     try:
         with console.status(f"starting {', '.join(SERVICES)}..."):
             procs = orchestrate.start_all(the_lab, detach=detach, workers=workers)

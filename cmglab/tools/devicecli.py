@@ -36,6 +36,15 @@ def _lab(path: Path) -> Lab:
         raise typer.Exit(2) from e
 
 
+def _device(home: Path) -> Device:
+    """The device at HOME, or one line saying there is none there and how to make it (as dsregcmd says it)."""
+    try:
+        return Device.open(home)
+    except DeviceError as e:
+        typer.echo(f"cmglab device: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
 @app.command()
 def create(
     home: HomeOption,
@@ -138,7 +147,7 @@ def break_device(
     if what not in BREAKAGES:
         typer.echo(f"unknown breakage {what!r}: one of {', '.join(BREAKAGES)}", err=True)
         raise typer.Exit(2)
-    dev = Device.open(home)
+    dev = _device(home)
     if what in ("device-key", "wpj-cert"):
         cert = dev.stores.device_cert()
         if cert is None or cert.key_path is None:
@@ -173,7 +182,7 @@ def repair_device(
             err=True,
         )
         raise typer.Exit(2)
-    dev = Device.open(home)
+    dev = _device(home)
     if what == "crl":
         dev.write_hosts(crl_host_entries(dev, _lab(lab), None))
         typer.echo(f"{dev.info.name}: the CRL host's name maps as the lab's does")
@@ -218,7 +227,7 @@ def enrol(dev: Device, lab: Lab) -> str:
 @app.command("enrol")
 def enrol_cmd(home: HomeOption, lab: LabOption = Path(".cmglab")) -> None:
     """Enrol a PKI client-authentication certificate (prints its PKI name, for `cmglab pki revoke`)."""
-    dev = Device.open(home)
+    dev = _device(home)
     typer.echo(enrol(dev, _lab(lab)))
 
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import typer
-from rich.console import Console
-
-from cmglab.core.settings import Settings
-from cmglab.runtime.lab import Lab, LabNotInitialised
+from cmglab.runtime.lab import Lab
+from cmglab.tools.labdir import load_lab
 
 if TYPE_CHECKING:
     from cmglab.services.management_point.store import Store
@@ -23,9 +20,5 @@ def open_site_store(lab_dir: Path, *, seed: bool) -> tuple[Lab, Store]:
     from cmglab.services.management_point.policy_defaults import default_policies
     from cmglab.services.management_point.store import Store
 
-    try:
-        lab = Lab.load(lab_dir, Settings(lab_dir=lab_dir))
-    except LabNotInitialised as e:
-        Console().print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
+    lab = load_lab(lab_dir)  # the reason on one line, never read as markup (a path may hold brackets)
     return lab, Store(lab, policy_factory=default_policies) if seed else Store(lab, seed=False)

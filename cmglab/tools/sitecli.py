@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from cmglab.core.labconfig import SITE_SETTINGS, SiteSettings, SiteSettingsChange, Tenant, save_config
-from cmglab.core.settings import Settings
-from cmglab.runtime.lab import Lab, LabNotInitialised
+from cmglab.runtime.lab import Lab
+from cmglab.tools.labdir import load_lab
 from cmglab.tools.output import print_rows
 
 site_app = typer.Typer(
@@ -35,11 +35,7 @@ DEFAULT_LAB = Path(".cmglab")
 
 
 def _lab(lab_dir: Path) -> Lab:
-    try:
-        return Lab.load(lab_dir, Settings(lab_dir=lab_dir))
-    except LabNotInitialised as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from e
+    return load_lab(lab_dir)  # the reason on one line, never read as markup (a path may hold brackets)
 
 
 def _apply(lab: Lab, *, setting: str | None = None, tenant: Tenant | None = None) -> None:
