@@ -242,9 +242,10 @@ def test_a_join_in_plain_sql_writes_the_row_the_orm_wrote_and_reads_as_a_session
 def test_a_password_sign_in_reads_the_user_and_the_lockout_row_as_they_are_now(
     unit_lab: Lab, entra: EntraParts
 ) -> None:
-    """The sign-in's one select of the user with their lockout row (`sign_in_facts`): wrong passwords are counted, a
-    right one starts the count again (the row's failures and remembered digests cleared in the sign-in's unit of
-    work), a locked account answers 50053 even to the right password, a disabled user 50057, an unknown one 50034."""
+    """The sign-in's one select of the user with their lockout row (`sign_in_facts`; ROPC's in a plain-SQL unit, as
+    a session reads it): wrong passwords are counted, a right one starts the count again (the row's failures and
+    remembered digests cleared in the sign-in's unit of work), a locked account answers 50053 even to the right
+    password, a disabled user 50057, an unknown one 50034."""
     tenant = unit_lab.config.primary_tenant
     upn, password = f"Counted@{tenant.users[0].upn.split('@', 1)[1]}", "Counted-Pass-1"
     object_id = st.new_guid()
@@ -275,6 +276,10 @@ def test_a_password_sign_in_reads_the_user_and_the_lockout_row_as_they_are_now(
     assert refused("wrong-1") == 50126 and refused("wrong-2") == 50126
     counted = lockout()
     assert counted is not None and counted[0] == 2 and len(counted[2].split()) == 2
+    with entra.store.session() as s, entra.store.plain() as u:  # ROPC's plain-SQL unit reads as a session does
+        facts = st.sign_in_facts(u, upn.upper())
+        assert facts == st.sign_in_facts(s, upn) and facts is not None and facts.lock_failures == 2
+        assert facts.user.enabled is True and st.sign_in_facts(u, "nobody@" + upn.split("@", 1)[1]) is None
     assert sign_in(password)  # the UPN's case does not matter
     assert lockout() == (0, 0, "")
     with entra.store.session() as s:

@@ -137,7 +137,7 @@ class Issuer:
             )
         return Resource(app.app_id, requested, app.access_token_version), oidc
 
-    def sign_in(self, s: Session, tenant: st.TenantInfo | None, username: str, password: str) -> st.UserFacts:
+    def sign_in(self, s: st.Unit, tenant: st.TenantInfo | None, username: str, password: str) -> st.UserFacts:
         found = st.sign_in_facts(s, username)  # the user and the lockout row: one select in this unit of work
         if found is None or (tenant is not None and found.user.tenant_id != tenant.tenant_id):
             where = tenant.display_name if tenant else username.rpartition("@")[2]

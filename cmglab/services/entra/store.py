@@ -554,9 +554,24 @@ _SIGN_IN_FACTS = (
 _LOCKOUT_RESET = update(Lockout).where(Lockout.upn == bindparam("key")).values(failures=0, recent="")
 
 
-def sign_in_facts(s: Session, upn: str) -> SignInFacts | None:
-    """A user by UPN (case-insensitive) with their lockout counters, by one prebuilt Core select in the sign-in's unit
+_SIGN_IN_FACTS_SQL = (
+    f"SELECT {', '.join('users.' + f.name for f in fields(UserFacts))}, users.password_hash, "
+    "coalesce(lockouts.failures, 0), coalesce(lockouts.locked_until, 0), coalesce(lockouts.recent, '') "
+    "FROM users LEFT OUTER JOIN lockouts ON lockouts.upn = users.upn WHERE users.upn = ?"
+)
+_LOCKOUT_RESET_SQL = "UPDATE lockouts SET failures = 0, recent = '' WHERE upn = ?"
+
+
+def sign_in_facts(s: Unit, upn: str) -> SignInFacts | None:
+    """A user by UPN (case-insensitive) with their lockout counters, by one prebuilt select in the sign-in's unit
     of work (the user's ORM select and the lockout row's ORM get cost ~0.15-0.2 ms more CPU per sign-in)."""
+    if isinstance(s, Plain):
+        found = s.one(_SIGN_IN_FACTS_SQL, (upn.lower(),))
+        if found is None:
+            return None
+        object_id, tenant_id, name, display_name, onprem_sid, enabled, password_hash, failures, until, recent = found
+        user = UserFacts(object_id, tenant_id, name, display_name, onprem_sid, bool(enabled))
+        return SignInFacts(user, password_hash, failures, until, recent)
     row = s.connection().execute(_SIGN_IN_FACTS, {"upn": upn.lower()}).first()
     if row is None:
         return None
@@ -564,9 +579,12 @@ def sign_in_facts(s: Session, upn: str) -> SignInFacts | None:
     return SignInFacts(UserFacts(*row[:n]), *row[n:])
 
 
-def reset_lockout(s: Session, upn: str) -> None:
+def reset_lockout(s: Unit, upn: str) -> None:
     """A right password: the lockout count starts again, in the sign-in's unit of work."""
-    s.connection().execute(_LOCKOUT_RESET, {"key": upn.lower()})
+    if isinstance(s, Plain):
+        s.run(_LOCKOUT_RESET_SQL, (upn.lower(),))
+    else:
+        s.connection().execute(_LOCKOUT_RESET, {"key": upn.lower()})
 
 
 def user_facts(s: Unit, object_id: str) -> UserFacts | None:
