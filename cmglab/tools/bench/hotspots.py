@@ -990,6 +990,12 @@ PLAIN_UNITS_BEFORE = (
     "change run beside a test run, loop thread 0.87); DRS join 2.204, 2.238, 1.972 -> 1.481, 1.557, 1.604 (mean "
     "2.14 -> 1.55, -28 %); in process (one thread): join 1.52 -> 1.11 ms, the signed request 1.25 -> 1.02 ms"
 )
+ROPC_PLAIN_BEFORE = (
+    "main 9541bbb (the sign-in's reads and the lockout reset in the reply's ORM session): Entra alone, section 2's "
+    "ROPC scenario, 16 connections, 8 s, main and the change interleaved 3 + 3, load average 14.8-20.4: 2.466, "
+    "2.658, 2.258 -> 2.316, 2.242, 2.145 ms of Entra's CPU per sign-in (mean 2.46 -> 2.23, -9 %); in process "
+    "(one thread) 1.75 -> 1.66 ms"
+)
 ENTRA_FIXES = (
     Fix(
         "Entra token (ROPC, v1)",
@@ -1254,6 +1260,19 @@ ENTRA_FIXES = (
         server_cpu_ms=2.14,
         process_cpu_ms=2.14,
         before=PLAIN_UNITS_BEFORE,
+    ),
+    Fix(
+        "Entra token (ROPC, v1)",
+        "the password grant's checks and sign-in in a plain-SQL unit of work (Store.plain: the directory "
+        "generation, the user with the lockout row and a lockout reset by fixed statements on a pooled driver "
+        "connection), the reply and its refresh token in a session after it (cmglab/services/entra/grants.py, "
+        "store.py)",
+        "entra",
+        rps=185.4,
+        p50_ms=None,
+        server_cpu_ms=2.46,
+        process_cpu_ms=2.46,
+        before=ROPC_PLAIN_BEFORE,
     ),
 )
 
