@@ -102,3 +102,26 @@ def test_readme_lists_ccmsetup_parameters_properties_and_exit_codes_as_ccmsetup_
     assert codes, said
     for code, meaning in re.findall(r"(\d+) ([a-z ]+?)(?:[,:]|$)", codes[1]):
         assert f"{code} {meaning}" in usage, f"README: {code} {meaning}; ccmsetup --help: {USAGE}"
+
+
+def test_every_setting_the_readme_names_is_one_the_lab_reads() -> None:
+    """Each `CMGLAB_*` the README names is a field of a settings class (its prefix + the field's name), a name the
+    code reads itself, or one docker-compose.yml interpolates; `CMGLAB_X_*` names a family of them."""
+    from cmglab.agent.settings import AgentSettings
+    from cmglab.core.settings import Settings
+    from cmglab.services.cmg.settings import CMGSettings
+    from cmglab.services.cmg_connection_point.settings import CPSettings
+
+    root = Path(__file__).resolve().parents[1]
+    known = {
+        str(cls.model_config.get("env_prefix", "")) + field.upper()
+        for cls in (Settings, AgentSettings, CMGSettings, CPSettings)
+        for field in cls.model_fields
+    }
+    sources = [p.read_text() for p in (root / "cmglab").rglob("*.py")] + [(root / "docker-compose.yml").read_text()]
+    known |= {name for text in sources for name in re.findall(r"CMGLAB_[A-Z0-9_]*[A-Z0-9]", text)}
+    named = set(re.findall(r"CMGLAB_[A-Z0-9_]*[A-Z0-9](?:_\*)?", README))
+    unknown = [
+        n for n in sorted(named) if not (any(k.startswith(n[:-1]) for k in known) if n.endswith("*") else n in known)
+    ]
+    assert not unknown, unknown
