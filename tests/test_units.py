@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from sqlalchemy import select
 
 from cmglab.agent import entra as agent_entra
 from cmglab.pki.builders import new_key, sha1_thumbprint
@@ -237,6 +238,40 @@ def test_a_join_in_plain_sql_writes_the_row_the_orm_wrote_and_reads_as_a_session
         assert st.tenant_by_id(u, st.new_guid()) is None and st.tenant_by_id(u, tenant.tenant_id.upper()) is None
     facts = in_session[0]
     assert facts is not None and facts.enabled is True and isinstance(facts.transport_key, bytes)
+
+
+def test_ropc_writes_its_refresh_token_row_in_its_plain_unit_as_a_session_writes_it(
+    unit_lab: Lab, entra: EntraParts
+) -> None:
+    """ROPC runs in one plain-SQL unit: its refresh token's row (hashed; tenant, user, client, no device, amr, 90
+    days) is the row the session's Core insert wrote, read back by the ORM; it redeems; a failed sign-in writes none."""
+    user = unit_lab.config.primary_tenant.users[0]
+    form = {"client_id": agent_entra.BROKER_CLIENT_ID, "resource": agent_entra.DRS_RESOURCE, "username": user.upn}
+
+    def rows() -> dict[str, tuple[Any, ...]]:
+        with entra.store.session() as s:
+            return {
+                r.token_hash: (r.tenant_id, r.user_id, r.client_id, r.device_id, r.amr, r.expires_at - r.created_at)
+                for r in s.scalars(select(st.RefreshToken))
+            }
+
+    before = rows()
+    body = entra.grants.token(token_request(unit_lab, grant_type="password", password=user.password, **form)).body
+    made = {k: v for k, v in rows().items() if k not in before}
+    assert list(made) == [st.token_hash(body["refresh_token"])] and body["refresh_token"] not in made
+    with entra.store.session() as s:
+        owner = st.sign_in_facts(s, user.upn)
+        row = s.get(st.RefreshToken, st.token_hash(body["refresh_token"]))
+    assert owner is not None and row is not None and abs(row.created_at - st.now()) <= 5
+    as_a_session_writes = (unit_lab.config.primary_tenant.tenant_id, owner.user.object_id)
+    assert made[row.token_hash] == (*as_a_session_writes, agent_entra.BROKER_CLIENT_ID, None, "pwd", 90 * 24 * 3600)
+    again = entra.grants.token(
+        token_request(unit_lab, grant_type="refresh_token", refresh_token=body["refresh_token"], **form)
+    )
+    assert again.body["access_token"]
+    with pytest.raises(AADSTSError):
+        entra.grants.token(token_request(unit_lab, grant_type="password", password="not-it", **form))
+    assert len(rows()) == len(before) + 1 + ("refresh_token" in again.body)
 
 
 def test_a_password_sign_in_reads_the_user_and_the_lockout_row_as_they_are_now(
