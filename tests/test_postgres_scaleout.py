@@ -8,6 +8,7 @@ Both connection points keep a channel to both CMG instances (instance n on the c
 
 from __future__ import annotations
 
+import base64
 import glob
 import os
 import shutil
@@ -22,19 +23,29 @@ from typing import Any
 
 import psycopg
 import pytest
+from cryptography import x509
 from sqlalchemy import text
 
-from cmglab.core.labconfig import SiteSettings
+from cmglab.agent import entra as agent_entra
+from cmglab.core.labconfig import CONFIGMGR_CLIENT_APP_ID, CONFIGMGR_RESOURCE_URI, SiteSettings
 from cmglab.core.settings import Settings
+from cmglab.pki.builders import new_key
 from cmglab.runtime.db import make_engine
 from cmglab.runtime.lab import Lab
+from cmglab.services.entra import drs as drs_crypto
+from cmglab.services.entra import store as st
+from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra.grants import JWT_BEARER, TokenRequest, TokenResult
+from cmglab.services.entra.parts import Parts as EntraParts
 from cmglab.services.entra.store import Store as EntraStore
 from cmglab.services.management_point.policy_defaults import default_policies
 from cmglab.services.management_point.store import Store as MPStore
+from cmglab.tools.bench.entra_scenarios import join_body
 from cmglab.tools.fleet import runner
 from cmglab.tools.processes import LabProcesses, isolated_lab
 from tests.support.agent import log_of, new_device, run
 from tests.support.client import ccmsetup
+from tests.support.entra_device import signed_request
 from tests.support.lab import lab_client
 from tests.support.mp import Device, lab_rows, register
 
@@ -132,6 +143,87 @@ def _entra(url: str, lab: Lab) -> EntraStore:
     store = EntraStore(url, lab.config)
     store.seed()
     return store
+
+
+def test_entra_plain_sql_units_run_on_postgresql(postgres: Postgres, tmp_path: Path) -> None:
+    """Entra's hot requests in plain-SQL units (`Store.plain`, the driver's own cursor: psycopg's `%s` placeholders, a
+    bytea, a boolean) on PostgreSQL, where SQLite's loose typing hides nothing: ROPC's sign-in (a wrong password
+    counted, a right one resetting the count by its UPDATE), the DRS join's quota count and device INSERT (read back
+    by the ORM as the ORM wrote it), and a device token (the device row's facts, the nonce single use, a disabled
+    device refused)."""
+    lab = isolated_lab(tmp_path / "lab")
+    url = postgres.create_database("plain_units")
+    entra = EntraParts.from_lab(Lab.load(lab.dir, Settings(lab_dir=lab.dir, database_url=url)))
+    tenant = lab.config.primary_tenant
+    user = tenant.users[0]
+
+    def token(**form: str) -> TokenResult:
+        return entra.grants.token(TokenRequest(segment=tenant.tenant_id, v2=False, form=form, ipaddr="192.0.2.1"))
+
+    def ropc(password: str) -> TokenResult:
+        return token(
+            grant_type="password",
+            username=user.upn,
+            password=password,
+            client_id=agent_entra.BROKER_CLIENT_ID,
+            resource=agent_entra.DRS_RESOURCE,
+        )
+
+    def lockout() -> tuple[int, str] | None:
+        with entra.store.session() as s:
+            row = s.get(st.Lockout, user.upn.lower())
+            return None if row is None else (row.failures, row.recent)
+
+    try:
+        with pytest.raises(AADSTSError) as refused:
+            ropc("not-the-password")
+        assert refused.value.code == 50126
+        counted = lockout()
+        assert counted is not None and counted[0] == 1 and counted[1]  # the wrong password's digest remembered
+        drs = ropc(user.password).body["access_token"]
+        assert lockout() == (0, "")  # the plain unit's UPDATE, committed
+
+        device_key, transport_key = new_key(), new_key()
+        reply = entra.registration.join(
+            f"Bearer {drs}", join_body(user.upn.split("@", 1)[1], device_key, transport_key)
+        )
+        cert = x509.load_der_x509_certificate(base64.b64decode(reply["Certificate"]["RawBody"]))
+        device_id = drs_crypto.device_id_of(cert)
+        assert device_id is not None
+        with entra.store.session() as s:
+            row = st.device_by_id(s, device_id)
+            assert row is not None
+            assert row.enabled is True and row.onprem_sid is None and row.user_certificate is None
+            assert row.transport_key == drs_crypto.spki(transport_key.public_key())
+            assert isinstance(row.created_at, int) and isinstance(row.registered_at, int)
+            assert (row.tenant_id, row.trust_type, row.join_type, row.auth_methods) == (
+                tenant.tenant_id,
+                "AzureAd",
+                0,
+                "pwd",
+            )
+
+        def device_token() -> TokenResult:
+            nonce = token(grant_type="srv_challenge").body["Nonce"]
+            payload = {
+                "request_nonce": nonce,
+                "resource": CONFIGMGR_RESOURCE_URI,
+                "client_id": CONFIGMGR_CLIENT_APP_ID,
+                "grant_type": "device_token",
+            }
+            return token(grant_type=JWT_BEARER, request=signed_request(cert, device_key, payload))
+
+        issued = device_token()
+        assert issued.auth_subject == device_id and issued.body["access_token"].count(".") == 2
+        with entra.store.session() as s:
+            found = st.device_by_id(s, device_id)
+            assert found is not None
+            found.enabled = False
+        with pytest.raises(AADSTSError) as refused:
+            device_token()
+        assert refused.value.code == 700003
+    finally:
+        entra.store.db.dispose()
 
 
 @dataclass
