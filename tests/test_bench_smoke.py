@@ -161,6 +161,9 @@ def check_workers(report: dict[str, Any]) -> None:
     # section 6's before/after of the generator's change reads its after from these rows
     (loadgen,) = [t for t in report["profiles"]["tables"] if t["title"].startswith("The load generator")]
     assert loadgen["rows"] and all(r["after_cpu_ms"] is not None for r in loadgen["rows"])
+    # and its before/after of the SQLite writers' lock (ROPC's 2-worker row)
+    (writers,) = [t for t in report["profiles"]["tables"] if t["title"].startswith("Writers of one SQLite")]
+    assert writers["rows"] and all(r["after_scaling"] and r["after_worker_cpus"] for r in writers["rows"])
 
 
 def check_profiles(report: dict[str, Any]) -> None:

@@ -20,6 +20,8 @@ from sqlalchemy import Engine, create_engine, event, func, make_url, select, tex
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from cmglab.runtime.sqlite_writes import SerializedConnection, write_lock
+
 Seed = Callable[[Session], None]
 # threads of one process that may hold sessions at once: anyio's default limiter (40: FastAPI's sync routes,
 # run_in_threadpool) plus a service's own executor beside it (the MP's 40 `mp-work` threads,
@@ -31,13 +33,20 @@ SESSION_THREADS = ANYIO_THREADS + OWN_EXECUTOR_THREADS
 # every engine's pool, SQLite's and PostgreSQL's alike: two sessions for each of those threads (a request that opens
 # a second session inside its first must never wait on a pool its own peers hold dry), POOL_SIZE of them kept open
 POOL_SIZE = 20
+# seconds a SQLite writer waits for the write lock (SQLite's busy timeout, and runtime/sqlite_writes.py's own)
+BUSY_TIMEOUT = 30.0
 MAX_OVERFLOW = 2 * SESSION_THREADS - POOL_SIZE
+
+
+def _is_file(database: str | None) -> bool:
+    """A SQLite URL's database is a plain file path (not in memory, not a `file:` URI)."""
+    return bool(database) and database != ":memory:" and not str(database).startswith("file:")
 
 
 def _owner_only(database: str | None) -> None:
     """A SQLite database file is created 0600 (it holds the site's clients and secrets): SQLite gives its WAL
     and shared-memory files the database file's permissions."""
-    if not database or database == ":memory:" or database.startswith("file:"):
+    if not database or not _is_file(database):
         return
     path = Path(database)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,13 +62,15 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         _owner_only(u.database)
+        # one writer at a time across the service's worker processes, woken at once (runtime/sqlite_writes.py)
+        writes = write_lock(Path(u.database), BUSY_TIMEOUT) if u.database and _is_file(u.database) else None
         # a pool big enough for two sessions per request thread (SESSION_THREADS): a request that opens a second
         # session inside its first (Entra's smart lockout records a failure in a transaction of its own) once
         # exhausted the default 5 + 10 at 16 concurrent sign-ins, every thread waiting for a second connection
         # (QueuePool timeout after 30 s, then 500); SQLite connections are only file handles
         engine = create_engine(
             u,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT, "factory": SerializedConnection},
             pool_size=POOL_SIZE,
             max_overflow=MAX_OVERFLOW,
         )
@@ -71,6 +82,7 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            dbapi_conn.writer = writes
 
         return engine
     args: dict[str, Any] = {}

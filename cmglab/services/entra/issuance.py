@@ -202,10 +202,13 @@ class Issuer:
                 resource=r.requested,
             )
         body["access_token"] = self.signer.sign(access_claims(issue, iat), v1=r.version == 1)
+        # every signature before the refresh token's insert: the insert takes the database's write lock, held
+        # until the unit of work commits, and every other writer (the other worker processes) waits for it
+        signed_id = self.signer.sign(id_claims(issue, iat, v2=v2), v1=not v2) if p.kind == "user" and id_token else None
         if p.kind == "user" and refresh:
             body["refresh_token"] = self._new_refresh(s, issue)
-        if p.kind == "user" and id_token:
-            body["id_token"] = self.signer.sign(id_claims(issue, iat, v2=v2), v1=not v2)
+        if signed_id is not None:
+            body["id_token"] = signed_id
         if p.kind == "user" and with_client_info:
             body["client_info"] = client_info(p)
         return body

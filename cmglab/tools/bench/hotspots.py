@@ -1395,6 +1395,59 @@ def loadgen_table(workers: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+WRITERS_BEFORE = (
+    "main 77d244d, section 8's ROPC rows (workers pinned, 16 connections, 5 s), 6 runs of each interleaved with 5-6 "
+    "of the change, load average 11-23 (scaling unreadable at that load: the wait and hold are the measure)"
+)
+WRITERS_CHANGE = (
+    "SQLite's writers take turns through a lock that wakes the next one at once (a thread lock, then flock beside "
+    "the database, from a transaction's first write to its commit: runtime/sqlite_writes.py) instead of SQLite's "
+    "busy handler, which sleeps 1, 2, 5, 10... ms between tries; Entra signs the ID token before the refresh "
+    "token's insert, so the write lock is no longer held across a signature (issuance.py)"
+)
+# scenario; before: section 8's scaling and worker_cpus in the idle run of 2026-11-26 09:00; the A/B (2 workers):
+# wall ms a sign-in waited in the refresh-token insert, and held the write lock after it, before -> after
+WRITERS_FIXES: tuple[tuple[str, float, str, str, str], ...] = (
+    ("Entra token (ROPC, v1)", 1.46, "0.77+0.90", "40.4 -> 17.1", "3.5 -> 0.98"),
+)
+
+
+def writers_table(workers: dict[str, Any]) -> dict[str, Any]:
+    """The SQLite writers' change, before and after; after: section 8's rows with the most workers in this run."""
+    rows = workers.get("rows") or []
+    most = max((r["workers"] for r in rows), default=0)
+    now = {r["name"]: r for r in rows if r["workers"] == most}
+    return {
+        "title": "Writers of one SQLite store in several worker processes (section 8; added after it runs): "
+        + WRITERS_CHANGE
+        + ". insert_wait_ms / lock_held_ms: the interleaved runs 'before' was measured with (wall time per sign-in, "
+        "instrumented there only); after: this run.",
+        "columns": [
+            "scenario",
+            "before_scaling",
+            "after_scaling",
+            "before_worker_cpus",
+            "after_worker_cpus",
+            "insert_wait_ms",
+            "lock_held_ms",
+            "before",
+        ],
+        "rows": [
+            {
+                "scenario": name,
+                "before_scaling": scaling,
+                "after_scaling": now.get(name, {}).get("scaling"),
+                "before_worker_cpus": cpus,
+                "after_worker_cpus": now.get(name, {}).get("worker_cpus"),
+                "insert_wait_ms": wait,
+                "lock_held_ms": held,
+                "before": WRITERS_BEFORE,
+            }
+            for name, scaling, cpus, wait, held in WRITERS_FIXES
+        ],
+    }
+
+
 def _rows_by_name(sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["name"]: row for key in ("services", "cmg_path") for row in sections.get(key, {}).get("rows", [])}
 

@@ -329,6 +329,7 @@ def run(lab: Lab, out_dir: Path, opts: Options, *, port: int, pool: Path) -> tup
     )
     # section 6's table of the load generator's change: its after is section 8's, measured last
     sections["profiles"].setdefault("tables", []).insert(2, hotspots.loadgen_table(sections["workers"]))
+    sections["profiles"]["tables"].insert(3, hotspots.writers_table(sections["workers"]))
     sections["profiles"]["section_seconds"] = guard.seconds  # where a slow run's time went (JSON only)
     json_path, md_path = report.write(out_dir, sections, settings=asdict(opts), failed=guard.failed)
     return json_path, md_path, guard.failed

@@ -1,0 +1,198 @@
+"""Writers of one SQLite store in several processes (`cmglab serve --workers N`) take turns through
+runtime/sqlite_writes.py's lock (a thread lock, then `flock` on `<database>-writer`): held from a unit of work's
+first write until it commits or rolls back, never by a read. Real processes write concurrently through the lab's
+own `Database` (ORM sessions and plain-SQL units alike): no write is lost, none fails with "database is locked"."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Integer, String, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from cmglab.runtime.db import Database
+
+# the child's store: the same table as _Write below
+_CHILD = textwrap.dedent(
+    """
+    import sys, threading
+    from sqlalchemy import Integer, String, func, select
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+    from cmglab.runtime.db import Database
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Write(Base):
+        __tablename__ = "writes"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        writer: Mapped[str] = mapped_column(String(40))
+        n: Mapped[int] = mapped_column(Integer)
+
+    db = Database("sqlite:///" + sys.argv[1], Base, "writers")
+    mode, name = sys.argv[2], sys.argv[3]
+    if mode == "hold":  # a unit of work that has written and waits for the parent's word to commit
+        with db.session() as s:
+            s.add(Write(writer=name, n=0))
+            s.flush()
+            print("holding", flush=True)
+            sys.stdin.readline()
+        print("committed", flush=True)
+        sys.exit(0)
+    threads, count = int(sys.argv[4]), int(sys.argv[5])
+    failures = []
+
+    def write(thread):
+        try:
+            for n in range(count):
+                tag = f"{name}/{thread}"
+                if n % 2:  # a plain-SQL unit: two inserts and a read between them
+                    with db.driver_unit() as cur:
+                        cur.execute("INSERT INTO writes (writer, n) VALUES (?, ?)", (tag, n))
+                        cur.execute("SELECT count(*) FROM writes")
+                        cur.execute("UPDATE writes SET n = n WHERE writer = ?", (tag,))
+                else:  # an ORM unit of work: a read, then a write
+                    with db.session() as s:
+                        s.execute(select(func.count()).select_from(Write))
+                        s.add(Write(writer=tag, n=n))
+        except Exception as exc:
+            failures.append(repr(exc))
+
+    print("ready", flush=True)
+    sys.stdin.readline()  # every writer starts at the parent's word
+    pool = [threading.Thread(target=write, args=(t,)) for t in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    print("failures", failures, flush=True)
+    sys.exit(1 if failures else 0)
+    """
+)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Write(_Base):
+    __tablename__ = "writes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    writer: Mapped[str] = mapped_column(String(40))
+    n: Mapped[int] = mapped_column(Integer)
+
+
+def _child(path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@contextmanager
+def _store(path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{path}", _Base, "writers")
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+def _lock_free(path: Path) -> bool:
+    """Whether another open file could take the writers' lock now."""
+    fd = os.open(path.with_name(path.name + "-writer"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing the only descriptor lets a lock taken here go
+    return True
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "writers.db"
+    threads, count = 4, 150
+    with _store(path):  # the tables, before the writers start
+        pass
+    children = [_child(path, "write", name, str(threads), str(count)) for name in ("a", "b")]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        outputs = [child.communicate(timeout=300)[0] for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert [child.returncode for child in children] == [0, 0], outputs
+    with _store(path) as db, db.session() as s:
+        rows = s.execute(select(_Write.writer, func.count()).group_by(_Write.writer)).all()
+    assert dict(rows) == {f"{name}/{t}": count for name in ("a", "b") for t in range(threads)}
+    assert _lock_free(path)
+
+
+def test_a_written_unit_holds_the_lock_across_processes_until_it_commits(tmp_path: Path) -> None:
+    path = tmp_path / "writers.db"
+    with _store(path):
+        pass
+    child = _child(path, "hold", "held")
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "holding"
+        assert not _lock_free(path)  # the child's write holds it
+        child.stdin.write("commit\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "committed"
+        assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert _lock_free(path)
+    with _store(path) as db, db.session() as s:
+        assert s.execute(select(func.count()).select_from(_Write)).scalar() == 1
+
+
+def test_reads_never_take_the_lock_and_every_end_of_a_write_lets_it_go(tmp_path: Path) -> None:
+    path = tmp_path / "writers.db"
+    with _store(path) as db:
+        with db.session() as s:  # a read-only unit of work
+            s.execute(select(func.count()).select_from(_Write))
+            assert _lock_free(path)
+        with db.session() as s:  # a write: held until the commit
+            s.add(_Write(writer="x", n=1))
+            s.flush()
+            assert not _lock_free(path)
+        assert _lock_free(path)
+        with pytest.raises(RuntimeError), db.session() as s:  # a rolled-back write
+            s.add(_Write(writer="y", n=2))
+            s.flush()
+            assert not _lock_free(path)
+            raise RuntimeError("roll back")
+        assert _lock_free(path)
+        with db.driver_unit() as cursor:  # a plain-SQL unit with a refused statement: held until it commits
+            cursor.execute("INSERT INTO writes (writer, n) VALUES ('z', 3)")
+            with pytest.raises(db.integrity_errors):
+                cursor.execute("INSERT INTO writes (id, writer, n) VALUES (1, 'dup', 4)")
+            assert not _lock_free(path)
+        assert _lock_free(path)
+        with db.engine.connect() as conn:  # autocommit DDL takes it for the statement only
+            conn.execute(text("CREATE TABLE IF NOT EXISTS extra (id INTEGER PRIMARY KEY)"))
+            assert _lock_free(path)
+        with db.session() as s:
+            assert [w for (w,) in s.execute(select(_Write.writer).order_by(_Write.id))] == ["x", "z"]
