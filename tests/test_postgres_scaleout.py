@@ -47,6 +47,7 @@ from tests.support.agent import log_of, new_device, run
 from tests.support.client import ccmsetup
 from tests.support.entra_device import signed_request
 from tests.support.lab import lab_client
+from tests.support.lockout import locked_once, new_user, wrong_passwords_at_once
 from tests.support.mp import Device, lab_rows, register
 
 REPLICA_ADDR = "127.0.0.2"
@@ -149,8 +150,8 @@ def test_entra_plain_sql_units_run_on_postgresql(postgres: Postgres, tmp_path: P
     """Entra's hot requests in plain-SQL units (`Store.plain`, the driver's own cursor: psycopg's `%s` placeholders, a
     bytea, a boolean) on PostgreSQL, where SQLite's loose typing hides nothing: ROPC's sign-in (a wrong password
     counted, a right one resetting the count by its UPDATE), the DRS join's quota count and device INSERT (read back
-    by the ORM as the ORM wrote it), and a device token (the device row's facts, the nonce single use, a disabled
-    device refused)."""
+    by the ORM as the ORM wrote it), a device token (the device row's facts, a disabled device refused), and smart
+    lockout counting wrong passwords sent at once."""
     lab = isolated_lab(tmp_path / "lab")
     url = postgres.create_database("plain_units")
     entra = EntraParts.from_lab(Lab.load(lab.dir, Settings(lab_dir=lab.dir, database_url=url)))
@@ -222,6 +223,12 @@ def test_entra_plain_sql_units_run_on_postgresql(postgres: Postgres, tmp_path: P
         with pytest.raises(AADSTSError) as refused:
             device_token()
         assert refused.value.code == 700003
+
+        # smart lockout's count under wrong passwords sent at once: each counted (the row locked FOR UPDATE here)
+        raced, threshold = f"raced@{user.upn.split('@', 1)[1]}", lab.config.smart_lockout.threshold
+        new_user(entra, tenant.tenant_id, raced, "Raced-Pass-1")
+        answers = wrong_passwords_at_once(entra, tenant.tenant_id, raced, agent_entra.BROKER_CLIENT_ID, threshold)
+        assert locked_once(answers, threshold), answers
     finally:
         entra.store.db.dispose()
 

@@ -29,6 +29,7 @@ from cmglab.services.management_point.sts import STSRequest, TokenService
 from cmglab.tools.bench.entra_scenarios import join_body
 from cmglab.wire.kinds import AuthKind, Proof
 from tests.support.lab import new_lab
+from tests.support.lockout import locked_once, new_user, wrong_passwords_at_once
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +273,22 @@ def test_ropc_writes_its_refresh_token_row_in_its_plain_unit_as_a_session_writes
     with pytest.raises(AADSTSError):
         entra.grants.token(token_request(unit_lab, grant_type="password", password="not-it", **form))
     assert len(rows()) == len(before) + 1 + ("refresh_token" in again.body)
+
+
+def test_wrong_passwords_sent_at_once_are_each_counted(unit_lab: Lab, entra: EntraParts) -> None:
+    """Attack: smart lockout's count raced. THRESHOLD distinct wrong passwords sent at the same moment (parallel
+    connections) each answer 50126 but the last counted, which locks the account (50053): each failure is counted.
+    The count was read, then written back plus one, so parallel failures overwrote each other (9 sent, 2 counted),
+    and a user's first failures at once collided on the row's insert (a 500, not the protocol's error)."""
+    tenant = unit_lab.config.primary_tenant
+    upn = f"raced@{tenant.users[0].upn.split('@', 1)[1]}"
+    new_user(entra, tenant.tenant_id, upn, "Raced-Pass-1")
+    threshold = unit_lab.config.smart_lockout.threshold
+    answers = wrong_passwords_at_once(entra, tenant.tenant_id, upn, unit_lab.config.apps[0].app_id, threshold)
+    assert locked_once(answers, threshold), answers
+    with entra.store.session() as s:
+        row = s.get(st.Lockout, upn)
+        assert row is not None and row.locked_until > st.now()
 
 
 def test_a_password_sign_in_reads_the_user_and_the_lockout_row_as_they_are_now(

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import hashlib
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from cmglab.core.labconfig import SmartLockout
 from cmglab.services.entra import store as st
 from cmglab.services.entra.errors import AADSTSError
 
+# the account's row made if missing, by the same statement on SQLite and PostgreSQL: a write before the count is read,
+# so that it is read under SQLite's write lock (PostgreSQL: the row lock of `failed`'s FOR UPDATE)
+_ENSURE_ROW = text(
+    "INSERT INTO lockouts (upn, failures, locked_until, recent) VALUES (:upn, 0, 0, '') ON CONFLICT (upn) DO NOTHING"
+)
 LOCKED = "The account is locked, you've tried to sign in too many times with an incorrect user ID or password."
 
 
@@ -48,11 +54,13 @@ class Lockouts:
     def failed(self, upn: str, password: str) -> bool:
         """Count a wrong password; True when this one locked the account."""
         digest = hashlib.sha256(f"{upn.lower()}\0{password}".encode()).hexdigest()[:16]
+        # the count is read, then written back plus one: wrong passwords sent at once (parallel connections, several
+        # workers) must each read what the one before wrote, or they overwrite each other and the lockout never
+        # comes; and a user's first failures at once must not collide on the row's insert (a 500)
         with self.store.session() as s:
-            row = s.get(st.Lockout, upn.lower())
-            if row is None:
-                row = st.Lockout(upn=upn.lower(), failures=0, locked_until=0, recent="")
-                s.add(row)
+            s.execute(_ENSURE_ROW, {"upn": upn.lower()})
+            row = s.get(st.Lockout, upn.lower(), with_for_update=True)
+            assert row is not None
             recent = row.recent.split()
             if digest in recent:
                 return False
