@@ -193,26 +193,6 @@ def build_multipart(parts: Iterable[tuple[str, bytes]], boundary: str = BOUNDARY
 # -- the <Msg> header ---------------------------------------------------------------------------
 
 
-# the <Msg> children read as text (MsgHeader.from_xml)
-_HEADER_TEXTS = frozenset(
-    (
-        "ID",
-        "SentTime",
-        "CorrelationID",
-        "TargetAddress",
-        "TargetHost",
-        "SourceHost",
-        "SourceID",
-        "ReplyTo",
-        "ReplyMode",
-        "Protocol",
-        "Priority",
-        "Timeout",
-        "TargetEndpoint",
-    )
-)
-
-
 @dataclass
 class MsgHeader:
     target_endpoint: str = ""
@@ -282,24 +262,9 @@ class MsgHeader:
         if root.tag != "Msg":
             raise CcmMessageError(f"header root is <{root.tag}>, not <Msg>")
 
-        # one pass over the children, the first of each name kept (what root.find gives): thirteen finds, each a
-        # walk of the children, cost more than the rest of the header's parse
-        texts: dict[str, str] = {}
-        body: Element | None = None
-        hooks: Element | None = None
-        attachments: list[dict[str, str]] = []
-        for el in root:
-            tag = el.tag
-            if tag in _HEADER_TEXTS:
-                if tag not in texts:
-                    texts[tag] = (el.text or "").strip()
-            elif tag == "Body":
-                body = el if body is None else body
-            elif tag == "Hooks":
-                hooks = el if hooks is None else hooks
-            elif tag == "Attachment":
-                attachments.append(dict(el.attrib))
-        child = texts.get
+        def child(name: str) -> str | None:
+            el = root.find(name)
+            return (el.text or "").strip() if el is not None else None
 
         h = cls(target_endpoint="", id=child("ID") or "", sent_time=child("SentTime") or "")
         h.correlation_id = child("CorrelationID") or ZERO_GUID
@@ -318,6 +283,7 @@ class MsgHeader:
         if not endpoint and h.target_address:  # mp:[http]MP_LocationManager, raw:httpsync:{mp}:MP_X
             endpoint = re.split(r"[:\]]", h.target_address)[-1]
         h.target_endpoint = endpoint or ""
+        body = root.find("Body")
         if body is not None:
             try:
                 h.body_length = int(body.get("Length", "0"))
@@ -325,6 +291,7 @@ class MsgHeader:
             except ValueError as e:
                 raise CcmMessageError(f"bad Body Length/Offset: {e}") from e
         h.zlib = False
+        hooks = root.find("Hooks")
         if hooks is not None:
             for hook in hooks:
                 name = (hook.get("Name") or "").lower()
@@ -332,7 +299,7 @@ class MsgHeader:
                     h.zlib = True
                 elif name == "clientauth":
                     h.clientauth = {p.get("Name", ""): (p.text or "").strip() for p in hook.findall("Property")}
-        h.attachments = attachments
+        h.attachments = [dict(a.attrib) for a in root.findall("Attachment")]
         return h
 
 
