@@ -118,11 +118,11 @@ class Registration:
 
     # -- discovery and nonces ------------------------------------------------------------------
     def discover(self, key: str, *, drs_url: str, login_url: str) -> dict[str, Any]:
-        with self.store.session() as s:
-            tenant = st.tenant_by_key(s, key)
+        with self.store.plain() as u:  # the tenant and domain from the directory cache, no session
+            tenant = st.tenant_by_key(u, key)
             if tenant is None:
                 raise DRSError(404, "DirectoryError", 90002, f"Tenant '{key}' not found.")
-            domain = st.domain_by_name(s, key)
+            domain = st.domain_by_name(u, key)
             return drs_discovery(
                 drs_url,
                 login_url,

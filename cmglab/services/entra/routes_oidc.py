@@ -24,8 +24,8 @@ def _json(body: dict[str, Any]) -> JSONResponse:
 
 def tenant_segment(entra: Parts, segment: str) -> tuple[str, str | None]:
     """The segment the documents use (the tenant GUID, or common/organizations) and the region."""
-    with entra.store.session() as s:
-        tenant = Issuer.tenant(s, segment, error="invalid_tenant")
+    with entra.store.plain() as u:  # plain SQL: the generation read, the tenant from the directory cache
+        tenant = Issuer.tenant(u, segment, error="invalid_tenant")
     return (tenant.tenant_id, tenant.region) if tenant else (segment.lower(), None)
 
 
@@ -45,9 +45,9 @@ def userrealm_handler(entra: Parts) -> Callable[[str, Request], JSONResponse]:
     path (lean.py)."""
 
     def userrealm(upn: str, request: Request) -> JSONResponse:
-        with entra.store.session() as s:  # the domain and its tenant from the directory cache (store.py)
-            domain = st.domain_by_name(s, upn.rpartition("@")[2])
-            tenant = st.tenant_by_id(s, domain.tenant_id) if domain else None
+        with entra.store.plain() as u:  # the domain and its tenant from the directory cache (store.py), no session
+            domain = st.domain_by_name(u, upn.rpartition("@")[2])
+            tenant = st.tenant_by_id(u, domain.tenant_id) if domain else None
             name, federated = (domain.name, domain.federated) if domain else (None, False)
             brand = tenant.display_name if tenant else None
         if request.query_params.get("api-version") == "2.0":
