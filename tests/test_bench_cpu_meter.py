@@ -7,6 +7,7 @@ failed. Here a child spends a known few milliseconds of CPU between the meter's 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -45,3 +46,33 @@ def test_a_few_milliseconds_of_another_process_are_measured() -> None:
     # the burn, plus the child's own reads and writes around it: never a whole 10 ms clock tick, never 0
     assert spent <= measured <= spent + 0.002, (spent, measured)
     assert ms > 0
+
+
+def _started(burn: float, cpu: int) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(burn)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    os.sched_setaffinity(child.pid, {cpu})
+    return child
+
+
+def test_the_time_a_process_waits_for_its_cpu_is_measured() -> None:
+    """Two processes that each want 50 ms of one CPU at once: one of them waits while the other runs (the wait a
+    stalled bench row's services show when the host's other load holds their CPU)."""
+    cpu = max(os.sched_getaffinity(0))  # the benches pin their services to the first CPU: the other is quieter
+    children = [_started(0.05, cpu), _started(0.05, cpu)]
+    try:
+        meter = CpuMeter({str(i): c.pid for i, c in enumerate(children)})
+        for c in children:
+            assert c.stdin is not None
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        spent = [float(c.stdout.readline()) for c in children if c.stdout is not None]
+        waited = meter.waited()
+    finally:
+        for c in children:
+            c.kill()
+            c.wait()
+    assert min(spent) >= 0.05
+    assert sum(waited.values()) >= 0.025, waited  # one CPU for both: together they waited at least half a burn

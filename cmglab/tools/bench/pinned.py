@@ -56,7 +56,8 @@ def pids(procs: LabProcesses) -> dict[str, int]:
 
 
 class CpuMeter:
-    """CPU seconds each service process spends between start() and per_request()."""
+    """CPU seconds each service process spends between start() and per_request(), and how long its threads waited
+    for a CPU meanwhile (waited())."""
 
     def __init__(self, service_pids: dict[str, int]) -> None:
         self.pids = service_pids
@@ -64,6 +65,14 @@ class CpuMeter:
 
     def start(self) -> None:
         self.begin = {name: procinfo.cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.waits = {name: procinfo.run_queue_wait_seconds(pid) for name, pid in self.pids.items()}
+
+    def waited(self) -> dict[str, float]:
+        """Seconds each process's threads were runnable but not running since start(): a row whose services
+        waited most of its duration was starved of the server CPU by the host's other load, not slow."""
+        return {
+            name: max(0.0, procinfo.run_queue_wait_seconds(pid) - self.waits[name]) for name, pid in self.pids.items()
+        }
 
     def seconds(self) -> dict[str, float]:
         return {name: procinfo.cpu_seconds(pid) - self.begin[name] for name, pid in self.pids.items()}

@@ -25,6 +25,19 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def run_queue_wait_seconds(pid: int) -> float:
+    """How long `pid`'s live threads have been runnable but not running (/proc/<pid>/task/*/schedstat, field 2;
+    0 where the kernel keeps no scheduler statistics): a process the host's other load kept off its CPU."""
+    waited = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                waited += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):  # the thread ended meanwhile, or no schedstat
+            continue
+    return waited / 1e9
+
+
 def _status_kb(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -130,12 +130,15 @@ def measure(chosen: list[scenarios.Scenario], opts: Options, service_pids: dict[
         meter = CpuMeter(service_pids)
         result = loadgen.run_sync(s.name, s.target, repeat, connections=opts.connections, duration=opts.duration)
         cpu = meter.per_request(result.requests)
+        waited = meter.waited()
         rows.append(
             {
                 **result.summary(),
                 "server_cpu_ms": round(sum(cpu.values()), 2),
                 "cpu_ms_per_service": cpu,
                 "cpu_split": ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items()),
+                "services_waited_s": round(sum(waited.values()), 2),
+                "waited_per_service_s": {name: round(w, 2) for name, w in waited.items()},
             }
         )
     return rows
@@ -184,7 +187,12 @@ def services_sections(
         proxied["cmg_added_cpu_ms"] = round(proxied["server_cpu_ms"] - proxied["mp_direct_cpu_ms"], 2)
         if prims is not None and transport_ms is not None:
             floor.annotate(proxied, floor.cmg_floor_ms(floor.THROUGH_CMG[s.name], prims, transport_ms))
-    cpu_note = "server_cpu_ms: CPU time of every service process per request (cpu_split: by process, ms)."
+    cpu_note = (
+        "server_cpu_ms: CPU time of every service process per request (cpu_split: by process, ms). "
+        "services_waited_s: seconds the service processes' threads were runnable but not running during the row "
+        "(schedstat, summed over the processes): near or over the row's duration, the host's other load kept the "
+        "services off their CPU and the row's rps and latency say so, not the code."
+    )
     return {
         "services": {
             "title": "2. Hot endpoints, each service alone (ratio to the keep-alive ceiling and to the "
@@ -225,6 +233,7 @@ def services_sections(
                 "ratio_to_floor",
                 "cpu_ratio_to_floor",
                 "cpu_split",
+                "services_waited_s",
             ],
             "rows": via_cmg,
         },
