@@ -46,8 +46,8 @@ from cmglab.tools.processes import LabProcesses, isolated_lab
 from tests.support.agent import log_of, new_device, run
 from tests.support.client import ccmsetup
 from tests.support.entra_device import signed_request
+from tests.support.entra_races import joins_at_once, locked_once, new_user, wrong_passwords_at_once
 from tests.support.lab import lab_client
-from tests.support.lockout import locked_once, new_user, wrong_passwords_at_once
 from tests.support.mp import Device, lab_rows, register
 
 REPLICA_ADDR = "127.0.0.2"
@@ -146,15 +146,19 @@ def _entra(url: str, lab: Lab) -> EntraStore:
     return store
 
 
-def test_entra_plain_sql_units_run_on_postgresql(postgres: Postgres, tmp_path: Path) -> None:
+def test_entra_plain_sql_units_run_on_postgresql(
+    postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Entra's hot requests in plain-SQL units (`Store.plain`, the driver's own cursor: psycopg's `%s` placeholders, a
     bytea, a boolean) on PostgreSQL, where SQLite's loose typing hides nothing: ROPC's sign-in (a wrong password
     counted, a right one resetting the count by its UPDATE), the DRS join's quota count and device INSERT (read back
     by the ORM as the ORM wrote it), a device token (the device row's facts, a disabled device refused), and smart
-    lockout counting wrong passwords sent at once."""
+    lockout and the device quota holding under requests sent at once."""
     lab = isolated_lab(tmp_path / "lab")
     url = postgres.create_database("plain_units")
-    entra = EntraParts.from_lab(Lab.load(lab.dir, Settings(lab_dir=lab.dir, database_url=url)))
+    on_postgres = Lab.load(lab.dir, Settings(lab_dir=lab.dir, database_url=url))
+    on_postgres.config.primary_tenant.max_devices_per_user = 2
+    entra = EntraParts.from_lab(on_postgres)
     tenant = lab.config.primary_tenant
     user = tenant.users[0]
 
@@ -229,6 +233,19 @@ def test_entra_plain_sql_units_run_on_postgresql(postgres: Postgres, tmp_path: P
         new_user(entra, tenant.tenant_id, raced, "Raced-Pass-1")
         answers = wrong_passwords_at_once(entra, tenant.tenant_id, raced, agent_entra.BROKER_CLIENT_ID, threshold)
         assert locked_once(answers, threshold), answers
+
+        # the device quota under one user's joins sent at once: no more than the quota joined (the user's row locked)
+        joiner = f"joiner@{user.upn.split('@', 1)[1]}"
+        new_user(entra, tenant.tenant_id, joiner, "Joiner-Pass-1")
+        drs = token(
+            grant_type="password",
+            username=joiner,
+            password="Joiner-Pass-1",
+            client_id=agent_entra.BROKER_CLIENT_ID,
+            resource=agent_entra.DRS_RESOURCE,
+        ).body["access_token"]
+        answers = joins_at_once(entra, drs, joiner.split("@", 1)[1], 6, monkeypatch)
+        assert sorted(answers, key=str) == [240001] * 4 + ["joined"] * 2, answers
     finally:
         entra.store.db.dispose()
 

@@ -28,8 +28,8 @@ from cmglab.services.management_point.parts import Parts as MPParts
 from cmglab.services.management_point.sts import STSRequest, TokenService
 from cmglab.tools.bench.entra_scenarios import join_body
 from cmglab.wire.kinds import AuthKind, Proof
+from tests.support.entra_races import joins_at_once, locked_once, new_user, wrong_passwords_at_once
 from tests.support.lab import new_lab
-from tests.support.lockout import locked_once, new_user, wrong_passwords_at_once
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +289,34 @@ def test_wrong_passwords_sent_at_once_are_each_counted(unit_lab: Lab, entra: Ent
     with entra.store.session() as s:
         row = s.get(st.Lockout, upn)
         assert row is not None and row.locked_until > st.now()
+
+
+def test_a_users_joins_sent_at_once_stay_within_the_device_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: the device quota raced. A user's DRS joins sent at the same moment (parallel connections) each counted
+    the user's devices, then inserted: with a quota of 2, 8 joins that all counted before any inserted joined 8
+    devices (6 at once, unforced: 3 to 6). Now no more than the quota are joined, the rest refused with 240001 (the
+    protocol's error)."""
+    lab = new_lab(tmp_path / "lab")
+    lab.config.primary_tenant.max_devices_per_user = 2
+    entra = EntraParts.from_lab(lab)
+    try:
+        user = lab.config.primary_tenant.users[0]
+        drs = entra.grants.token(
+            token_request(
+                lab,
+                grant_type="password",
+                username=user.upn,
+                password=user.password,
+                client_id=agent_entra.BROKER_CLIENT_ID,
+                resource=agent_entra.DRS_RESOURCE,
+            )
+        ).body["access_token"]
+        answers = joins_at_once(entra, drs, user.upn.split("@", 1)[1], 8, monkeypatch)
+        assert sorted(answers, key=str) == [240001] * 6 + ["joined"] * 2, answers
+    finally:
+        entra.store.db.dispose()
 
 
 def test_a_password_sign_in_reads_the_user_and_the_lockout_row_as_they_are_now(

@@ -44,6 +44,9 @@ DEVICE_INSERT_SQL = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 OWNED_SQL = "SELECT count(*) FROM devices WHERE owner_id = ?"
+# the joining user's row locked until the join commits (PostgreSQL: a row lock; SQLite: the write lock), so that a
+# user's joins sent at once count each other's devices: without it each counted, then inserted, past the quota
+LOCK_OWNER_SQL = "UPDATE users SET enabled = enabled WHERE object_id = ?"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -196,6 +199,10 @@ class Registration:
                 joined=trust == "AzureAd",
                 region=tenant.region,
             )
+            # counted again under the lock, after the signature (the lock is never held across it); the check above
+            # refuses an ordinary over-quota join before any signing
+            u.run(LOCK_OWNER_SQL, (user.object_id,))
+            self._within_quota(u, tenant.tenant_id, user.object_id)
             u.run(
                 DEVICE_INSERT_SQL,
                 (
