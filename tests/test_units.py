@@ -20,14 +20,17 @@ from cmglab.runtime.lab import Lab
 from cmglab.services.entra import drs as drs_crypto
 from cmglab.services.entra import store as st
 from cmglab.services.entra.errors import AADSTSError, DRSError
-from cmglab.services.entra.grants import TokenRequest
+from cmglab.services.entra.grants import JWT_BEARER, TokenRequest
 from cmglab.services.entra.parts import Parts as EntraParts
+from cmglab.services.entra.prt import PRT_LIFETIME
 from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.errors import STSError
 from cmglab.services.management_point.parts import Parts as MPParts
 from cmglab.services.management_point.sts import STSRequest, TokenService
 from cmglab.tools.bench.entra_scenarios import join_body
 from cmglab.wire.kinds import AuthKind, Proof
+from cmglab.wire.prt_crypto import open_session_key
+from tests.support.entra_device import signed_request
 from tests.support.entra_races import joins_at_once, locked_once, new_user, wrong_passwords_at_once
 from tests.support.lab import new_lab
 
@@ -317,6 +320,64 @@ def test_a_users_joins_sent_at_once_stay_within_the_device_quota(
         assert sorted(answers, key=str) == [240001] * 6 + ["joined"] * 2, answers
     finally:
         entra.store.db.dispose()
+
+
+def test_a_device_signed_password_grant_writes_its_prt_or_refresh_row_in_its_plain_unit(
+    unit_lab: Lab, entra: EntraParts
+) -> None:
+    """CloudAP's sign-in (the device-signed password grant) runs in one plain-SQL unit: the PRT's row (hashed, bound
+    to the user and the device, with the session key the reply seals to the transport key) or, without the PRT
+    scope, the user's refresh token bound to the device; a wrong password writes neither."""
+    tenant = unit_lab.config.primary_tenant
+    user = tenant.users[0]
+    drs = entra.grants.token(
+        token_request(
+            unit_lab,
+            grant_type="password",
+            username=user.upn,
+            password=user.password,
+            client_id=agent_entra.BROKER_CLIENT_ID,
+            resource=agent_entra.DRS_RESOURCE,
+        )
+    ).body["access_token"]
+    device_key, transport_key = new_key(), new_key()
+    joined = entra.registration.join(f"Bearer {drs}", join_body(user.upn.split("@", 1)[1], device_key, transport_key))
+    cert = x509.load_der_x509_certificate(base64.b64decode(joined["Certificate"]["RawBody"]))
+    device_id = drs_crypto.device_id_of(cert)
+
+    def signed(password: str, **inner: str) -> dict[str, Any]:
+        nonce = entra.grants.token(token_request(unit_lab, grant_type="srv_challenge")).body["Nonce"]
+        payload = {"request_nonce": nonce, "client_id": agent_entra.BROKER_CLIENT_ID, "grant_type": "password"}
+        request = signed_request(cert, device_key, {**payload, "username": user.upn, "password": password, **inner})
+        form = {"windows_api_version": "2.2", "grant_type": JWT_BEARER, "request": request}
+        return entra.grants.token(TokenRequest(tenant.tenant_id, False, form, "192.0.2.1")).body
+
+    def counts() -> tuple[int, int]:
+        with entra.store.session() as s:
+            return len(s.scalars(select(st.PrimaryRefreshToken)).all()), len(s.scalars(select(st.RefreshToken)).all())
+
+    prt = signed(user.password, scope="openid aza ugs")
+    with entra.store.session() as s:
+        row = s.get(st.PrimaryRefreshToken, st.token_hash(prt["refresh_token"]))
+        owner = st.sign_in_facts(s, user.upn)
+    assert row is not None and owner is not None
+    assert (row.tenant_id, row.user_id, row.device_id, row.amr) == (
+        tenant.tenant_id,
+        owner.user.object_id,
+        device_id,
+        "pwd rsa",
+    )
+    assert row.expires_at - row.issued_at == PRT_LIFETIME and abs(row.issued_at - st.now()) <= 5
+    assert row.session_key == open_session_key(prt["session_key_jwe"], transport_key)
+    tokens = signed(user.password, resource=agent_entra.DRS_RESOURCE)
+    with entra.store.session() as s:
+        refresh = s.get(st.RefreshToken, st.token_hash(tokens["refresh_token"]))
+    assert refresh is not None and (refresh.device_id, refresh.amr) == (device_id, "pwd rsa")
+    before = counts()
+    with pytest.raises(AADSTSError):
+        signed("not-the-password", scope="openid aza ugs")
+    assert counts() == before
+    signed(user.password, resource=agent_entra.DRS_RESOURCE)  # the count of wrong passwords starts again
 
 
 def test_a_password_sign_in_reads_the_user_and_the_lockout_row_as_they_are_now(

@@ -224,12 +224,14 @@ class Grants:
                 # a device token reply is v1-shaped whatever the endpoint, without refresh or ID token
                 body = self.issuer.reply(u, issue, v2=False, refresh=False, id_token=False, with_client_info=False)
                 return TokenResult(body, AuthKind.DEVICE_TOKEN, device.device_id)
+            if inner == "password":  # CloudAP's sign-in: its reads and its one row (PRT or refresh) are fixed too
+                return self._device_signed_user(u, req, payload, device, tenant, inner)
         with self.store.session() as s:
             return self._device_signed_user(s, req, payload, device, tenant, inner)
 
     def _device_signed_user(
         self,
-        s: Session,
+        s: st.Unit,
         req: TokenRequest,
         payload: dict[str, Any],
         device: st.DeviceFacts,
@@ -249,6 +251,7 @@ class Grants:
             user = self.issuer.sign_in(s, tenant, require(payload, "username"), require(payload, "password"))
             amr: tuple[str, ...] = ("pwd", "rsa")
         elif inner == SAML11_GRANT:  # a federated user's sign-in ([MS-OAPXBC] 3.1.5.1.2.1)
+            assert isinstance(s, Session)  # a plain unit is given for the password grant only
             fed = redeem_assertion(s, self.federation_key, require(payload, "assertion"), tenant)
             if isinstance(fed, FederatedComputer):
                 raise AADSTSError(
@@ -258,6 +261,7 @@ class Grants:
                 )
             user, amr = fed.user, (*fed.amr, "rsa")
         else:
+            assert isinstance(s, Session)  # a plain unit is given for the password grant only
             row = self.issuer.redeem_refresh(s, require(payload, "refresh_token"), client.app_id, tenant)
             found = s.get(st.User, row.user_id)
             assert found is not None

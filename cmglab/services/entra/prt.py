@@ -36,6 +36,8 @@ from cmglab.wire.kinds import AuthKind
 
 PRT_LIFETIME = 14 * 24 * 3600  # refresh_token_expires_in: Windows renews every 4 hours of use
 PRT_INSERT = insert(st.PrimaryRefreshToken)  # one statement, its values given per issuance
+PRT_COLUMNS = ("token_hash", "tenant_id", "user_id", "device_id", "session_key", "amr", "issued_at", "expires_at")
+PRT_INSERT_SQL = f"INSERT INTO primary_refresh_tokens ({', '.join(PRT_COLUMNS)}) VALUES ({', '.join('?' * 8)})"
 CODE_LIFETIME = 600
 PRT_SCOPE = "aza"
 
@@ -65,7 +67,7 @@ class Prts:
     # -- issuance ------------------------------------------------------------------------------
     def issue(
         self,
-        s: Session,
+        s: st.Unit,
         *,
         user: st.User | st.UserFacts,
         device: st.Device | st.DeviceFacts,
@@ -88,19 +90,20 @@ class Prts:
             reply["session_key_jwe"] = prt_crypto.seal_session_key(session_key, transport)
         token = "0.A" + secrets.token_urlsafe(128)  # roadlib takes a PRT without a '.' for base64
         now = st.now()
-        s.connection().execute(  # a Core insert: nothing reads the row back in this unit of work
-            PRT_INSERT,
-            {
-                "token_hash": st.token_hash(token),
-                "tenant_id": user.tenant_id,
-                "user_id": user.object_id,
-                "device_id": device.device_id,
-                "session_key": session_key,
-                "amr": " ".join(amr),
-                "issued_at": now,
-                "expires_at": now + PRT_LIFETIME,
-            },
+        row = (
+            st.token_hash(token),
+            user.tenant_id,
+            user.object_id,
+            device.device_id,
+            session_key,
+            " ".join(amr),
+            now,
+            now + PRT_LIFETIME,
         )
+        if isinstance(s, st.Plain):  # the device-signed password grant's plain-SQL unit: the same row
+            s.run(PRT_INSERT_SQL, row)
+        else:  # a Core insert: nothing reads the row back in this unit of work
+            s.connection().execute(PRT_INSERT, dict(zip(PRT_COLUMNS, row, strict=True)))
         principal = user_principal(user, device.device_id)
         issue = Issue(principal, Resource(client_id, client_id, 1), client_id, 0, amr, ipaddr)
         reply.update(
