@@ -1029,6 +1029,13 @@ DISCOVERY_PLAIN_BEFORE = (
     "0.223, 0.220, 0.234 ms of Entra's CPU per request (mean 0.40 -> 0.23; four such requests per onboarding), load "
     "average 10.8-12.8"
 )
+PRT_PLAIN_BEFORE = (
+    "the 09:00 idle full run of 2026-11-26 (main 30ff732, section 4, 1,000 devices: 16.0 onboardings/s, 56.2 ms of "
+    "the services' CPU, Entra 21.4 ms per onboarding), before every plain-SQL unit of this round. The PRT sign-in "
+    "alone (srv_challenge + the device-signed password grant with scope openid aza ugs, as CloudAP sends it): Entra "
+    "alone, 16 keep-alive connections, 8 s, main 88cafd5 and the change interleaved 3 + 3: 2.837, 2.881, 2.972 -> "
+    "2.516, 2.392, 2.252 ms of Entra's CPU per sign-in (mean 2.90 -> 2.39), load average 7.5-10.6"
+)
 ENTRA_FIXES = (
     Fix(
         "Entra token (ROPC, v1)",
@@ -1330,6 +1337,19 @@ ENTRA_FIXES = (
         server_cpu_ms=56.2,
         process_cpu_ms=21.4,
         before=DISCOVERY_PLAIN_BEFORE,
+        onboarding=True,
+    ),
+    Fix(
+        ONBOARDING_SERVICES,
+        "the PRT sign-in (the device-signed password grant) in one plain-SQL unit: the client, the user with the "
+        "lockout row and the PRT's row by fixed statements, committed together, instead of an ORM session after the "
+        "device's checks (cmglab/services/entra/grants.py, prt.py)",
+        "entra",
+        rps=16.0,
+        p50_ms=None,
+        server_cpu_ms=56.2,
+        process_cpu_ms=21.4,
+        before=PRT_PLAIN_BEFORE,
         onboarding=True,
     ),
 )
