@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Integer, String, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from cmglab.runtime import db as db_module
 from cmglab.runtime.db import Database
 
 # the child's store: the same table as _Write below
@@ -196,3 +198,61 @@ def test_reads_never_take_the_lock_and_every_end_of_a_write_lets_it_go(tmp_path:
             assert _lock_free(path)
         with db.session() as s:
             assert [w for (w,) in s.execute(select(_Write.writer).order_by(_Write.id))] == ["x", "z"]
+
+
+def test_a_worker_that_keeps_a_write_open_makes_the_others_fail_in_time_not_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wedged worker (a thread stuck inside a unit that has written, a stopped process) holds the lock: a writer
+    of another process gets SQLite's own answer after the busy timeout, as it did before the lock existed, and is
+    never left waiting on `flock` for as long as the wedged one lives."""
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT", 0.5)
+    path = tmp_path / "writers.db"
+    with _store(path):
+        pass
+    child = _child(path, "hold", "wedged")
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "holding"
+        with _store(path) as db:
+            with pytest.raises(OperationalError, match="database is locked"), db.session() as s:
+                s.add(_Write(writer="late", n=1))
+                s.flush()
+            child.stdin.write("commit\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "committed"
+            with db.session() as s:  # the lock let go, the next write goes through
+                s.add(_Write(writer="after", n=2))
+            with db.session() as s:
+                assert sorted(w for (w,) in s.execute(select(_Write.writer))) == ["after", "wedged"]
+        assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert _lock_free(path)
+
+
+def test_the_connections_own_shortcuts_take_the_lock_too(tmp_path: Path) -> None:
+    """sqlite3's Connection.execute / executemany / executescript make a cursor of their own: a write through them
+    is serialized like any other."""
+    path = tmp_path / "writers.db"
+    with _store(path) as db:
+        pooled = db.engine.raw_connection()
+        try:
+            conn = pooled.driver_connection
+            assert conn is not None
+            conn.execute("INSERT INTO writes (writer, n) VALUES ('shortcut', 1)")
+            assert not _lock_free(path)
+            conn.commit()
+            assert _lock_free(path)
+            conn.executemany("INSERT INTO writes (writer, n) VALUES (?, ?)", [("many", 2), ("many", 3)])
+            assert not _lock_free(path)
+            conn.rollback()
+            assert _lock_free(path)
+            conn.executescript("INSERT INTO writes (writer, n) VALUES ('script', 4);")
+            assert _lock_free(path)
+        finally:
+            pooled.close()
+        with db.session() as s:
+            assert sorted(w for (w,) in s.execute(select(_Write.writer))) == ["script", "shortcut"]

@@ -4,9 +4,12 @@ SQLite lets one connection write at a time. A connection that finds the write lo
 handler, which sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries: a waiter sleeps far longer than the holder's
 write takes (Entra's 2 workers, ROPC: 46 % of their samples waiting there, 2026-11-26). Here a connection takes a
 lock of our own before its first write statement and lets it go when its transaction ends (commit, rollback,
-close): a thread lock within the process, then `flock` on a file beside the database across processes. Both wake
-a waiter as soon as the holder lets go, and as SQLite's own lock is then free, its busy handler never sleeps.
-SQLite's lock and busy timeout stay underneath (another program writing the file still waits there).
+close): a thread lock within the process, then `flock` on a file beside the database across processes. The
+thread lock wakes a waiter as soon as the holder lets go; `flock` is tried without blocking every 0.1-1 ms, so a
+waiter in another process is at most 1 ms late, and the wait has SQLite's limit (30 s, then "database is locked"):
+a blocking `flock` has no timeout, and a worker that kept a transaction open would stall every other worker for as
+long instead of failing their requests. As SQLite's own lock is free when ours is had, its busy handler never
+sleeps; it stays underneath (another program writing the file still waits there).
 
 Only writes are serialized: reads never take the lock (WAL readers do not block writers or each other). The
 lock is taken in the thread that writes (the services' worker threads), never on an event loop.
@@ -18,6 +21,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +29,8 @@ from typing import Any
 
 # the statements that write without a transaction of their own, or open one: everything but these
 _READS = ("select", "pragma", "explain")
+# seconds between tries of another process's `flock`: the first, and the most (doubling in between)
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.0001, 0.001
 
 
 class WriteLock:
@@ -46,15 +52,32 @@ class WriteLock:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def acquire(self) -> None:
-        # the same limit as SQLite's busy timeout, and its error: a thread that waits on a write of its own
-        # (a second unit of work inside a first that has written) fails as it would have on SQLite's lock
+        # the same limit as SQLite's busy timeout, and its error, for the whole wait: a thread that waits on a
+        # write of its own (a second unit of work inside a first that has written) or on a wedged worker fails
+        # as it would have on SQLite's lock
+        deadline = time.monotonic() + self.timeout
         if not self._threads.acquire(timeout=self.timeout):
             raise sqlite3.OperationalError("database is locked")
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)  # blocks this worker thread only; the holder is another process
+            self._flock_by(deadline)
         except BaseException:
             self._threads.release()
             raise
+
+    def _flock_by(self, deadline: float) -> None:
+        """The other processes' turn: `flock` tried without blocking (a blocking one cannot be given a limit),
+        in this worker thread only."""
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise sqlite3.OperationalError("database is locked") from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _LONGEST_PAUSE)
 
     def release(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -135,6 +158,23 @@ class SerializedConnection(sqlite3.Connection):
 
     def cursor(self, factory: Any = SerializedCursor) -> Any:
         return super().cursor(factory)
+
+    # the connection's shortcuts make a plain sqlite3.Cursor of their own: through ours, so they take the lock too
+    def execute(self, sql: str, parameters: Any = (), /) -> SerializedCursor:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> SerializedCursor:
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
+        """A script may write anywhere in it: the lock for the whole script (it runs outside any transaction)."""
+        if self.writer is None or self.holding:
+            return super().executescript(sql_script)
+        self.take()
+        try:
+            return super().executescript(sql_script)
+        finally:
+            self.settle()
 
     def take(self) -> None:
         assert self.writer is not None
