@@ -43,6 +43,7 @@ from cmglab.services.management_point.store import Store as MPStore
 from cmglab.tools.bench.entra_scenarios import join_body
 from cmglab.tools.fleet import runner
 from cmglab.tools.processes import LabProcesses, isolated_lab
+from cmglab.wire.prt_crypto import open_session_key
 from tests.support.agent import log_of, new_device, run
 from tests.support.client import ccmsetup
 from tests.support.entra_device import signed_request
@@ -152,8 +153,9 @@ def test_entra_plain_sql_units_run_on_postgresql(
     """Entra's hot requests in plain-SQL units (`Store.plain`, the driver's own cursor: psycopg's `%s` placeholders, a
     bytea, a boolean) on PostgreSQL, where SQLite's loose typing hides nothing: ROPC's sign-in (a wrong password
     counted, a right one resetting the count by its UPDATE), the DRS join's quota count and device INSERT (read back
-    by the ORM as the ORM wrote it), a device token (the device row's facts, a disabled device refused), and smart
-    lockout and the device quota holding under requests sent at once."""
+    by the ORM as the ORM wrote it), a device token (the device row's facts, a disabled device refused), CloudAP's
+    PRT sign-in (its row, the session key a bytea), and smart lockout and the device quota holding under requests
+    sent at once."""
     lab = isolated_lab(tmp_path / "lab")
     url = postgres.create_database("plain_units")
     on_postgres = Lab.load(lab.dir, Settings(lab_dir=lab.dir, database_url=url))
@@ -220,6 +222,16 @@ def test_entra_plain_sql_units_run_on_postgresql(
 
         issued = device_token()
         assert issued.auth_subject == device_id and issued.body["access_token"].count(".") == 2
+
+        # CloudAP's sign-in (the device-signed password grant, its plain unit): the PRT's row and its session key
+        nonce = token(grant_type="srv_challenge").body["Nonce"]
+        inner = {"request_nonce": nonce, "client_id": agent_entra.BROKER_CLIENT_ID, "grant_type": "password"}
+        inner.update(username=user.upn, password=user.password, scope="openid aza ugs")
+        prt = token(grant_type=JWT_BEARER, request=signed_request(cert, device_key, inner)).body
+        with entra.store.session() as s:
+            prt_row = s.get(st.PrimaryRefreshToken, st.token_hash(prt["refresh_token"]))
+            assert prt_row is not None and (prt_row.device_id, prt_row.amr) == (device_id, "pwd rsa")
+            assert prt_row.session_key == open_session_key(prt["session_key_jwe"], transport_key)
         with entra.store.session() as s:
             found = st.device_by_id(s, device_id)
             assert found is not None
