@@ -187,8 +187,20 @@ def test_entra_plain_sql_units_run_on_postgresql(
         assert refused.value.code == 50126
         counted = lockout()
         assert counted is not None and counted[0] == 1 and counted[1]  # the wrong password's digest remembered
-        drs = ropc(user.password).body["access_token"]
+        signed_in = ropc(user.password).body
+        drs = signed_in["access_token"]
         assert lockout() == (0, "")  # the plain unit's UPDATE, committed
+
+        def redeem(refresh_token: str) -> str:  # a grant in an ORM session: the same plain SQL on its connection
+            renewed = token(
+                grant_type="refresh_token",
+                refresh_token=refresh_token,
+                client_id=agent_entra.BROKER_CLIENT_ID,
+                resource=agent_entra.DRS_RESOURCE,
+            )
+            return str(renewed.body["refresh_token"])
+
+        assert redeem(redeem(signed_in["refresh_token"]))  # each new row written as ROPC's, and redeemable
 
         device_key, transport_key = new_key(), new_key()
         reply = entra.registration.join(

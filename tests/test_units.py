@@ -119,7 +119,7 @@ def test_an_expired_nonce_is_refused_before_it_is_pruned(entra: EntraParts) -> N
 
 
 def test_a_device_signed_request_reads_the_device_row_as_it_is_now(entra: EntraParts) -> None:
-    """The device check's row (`device_facts`, a Core select, not the ORM entity) says what the row says at the
+    """The device check's row (`device_facts`, one plain-SQL select, not the ORM entity) says what the row says at the
     time of the request: a disabled device reads as disabled, a new certificate thumbprint as new, a deleted one as
     gone; the device ID matches case-insensitively (the certificate's CN may be upper case)."""
     tenant = entra.store.config.tenants[0].tenant_id
@@ -155,7 +155,7 @@ def test_a_device_signed_request_reads_the_device_row_as_it_is_now(entra: EntraP
 
 def test_a_drs_join_reads_its_user_as_the_row_is_now(unit_lab: Lab, entra: EntraParts) -> None:
     """Attack: a DRS token of a user who was disabled or deleted after it was issued joins no device. The join reads
-    the user by a Core select (`user_facts`, not the ORM entity): what the row says at the time of the join. The
+    the user by one plain-SQL select (`user_facts`, not the ORM entity): what the row says at the time of the join. The
     device certificate it issues is the MS-Organization-Access CA's, with the user's ID in it."""
     tenant = unit_lab.config.primary_tenant
     upn, password = f"joiner@{tenant.users[0].upn.split('@', 1)[1]}", "Joiner-Pass-1"

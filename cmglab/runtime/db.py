@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, make_url, select, text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -101,6 +102,17 @@ def _same(value: Any) -> Any:
     return value
 
 
+def driver_sql(dialect: Dialect, statement: str) -> str:
+    """STATEMENT (`?` placeholders) in DIALECT's driver's own parameter style (a driver cursor's, or
+    `Connection.exec_driver_sql`'s): SQLite's `?`, psycopg's `%s`."""
+    style = dialect.paramstyle
+    if style == "qmark":
+        return statement
+    if style in ("format", "pyformat"):
+        return statement.replace("%", "%%").replace("?", "%s")
+    raise ValueError(f"no plain-SQL placeholders for the {style!r} parameter style")
+
+
 class Database:
     """An engine, its session factory and the metadata of one service's store (`name`: the service)."""
 
@@ -141,14 +153,8 @@ class Database:
         return (IntegrityError, self.engine.dialect.loaded_dbapi.IntegrityError)
 
     def sql(self, statement: str) -> str:
-        """STATEMENT (`?` placeholders) in the driver's own parameter style, for `driver_unit`'s cursor: SQLite's
-        `?`, psycopg's `%s`."""
-        style = self.engine.dialect.paramstyle
-        if style == "qmark":
-            return statement
-        if style in ("format", "pyformat"):
-            return statement.replace("%", "%%").replace("?", "%s")
-        raise ValueError(f"no plain-SQL placeholders for the {style!r} parameter style")
+        """STATEMENT (`?` placeholders) in the driver's own parameter style, for `driver_unit`'s cursor."""
+        return driver_sql(self.engine.dialect, statement)
 
     @contextmanager
     def driver_unit(self) -> Iterator[Any]:

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from cmglab.services.entra import store as st
@@ -31,7 +30,6 @@ from cmglab.services.entra.tokens import (
 
 REFRESH_LIFETIME = 90 * 24 * 3600
 OIDC_SCOPES = {"openid", "profile", "offline_access", "email"}
-REFRESH_INSERT = insert(st.RefreshToken)  # one statement, its values given per execution
 REFRESH_COLUMNS = ("token_hash", "tenant_id", "user_id", "client_id", "device_id", "amr", "created_at", "expires_at")
 REFRESH_INSERT_SQL = f"INSERT INTO refresh_tokens ({', '.join(REFRESH_COLUMNS)}) VALUES ({', '.join('?' * 8)})"
 
@@ -227,10 +225,7 @@ class Issuer:
             st.now(),
             st.now() + REFRESH_LIFETIME,
         )
-        if isinstance(s, st.Plain):  # ROPC's plain-SQL unit: the same row, committed with the unit
-            s.run(REFRESH_INSERT_SQL, row)
-            return token
-        # a Core insert, not an ORM object: nothing reads the row back, and the unit of work's flush of one object
+        # plain SQL, not an ORM object: nothing reads the row back, and the unit of work's flush of one object
         # cost ~0.1 ms of CPU per sign-in
-        s.connection().execute(REFRESH_INSERT, dict(zip(REFRESH_COLUMNS, row, strict=True)))
+        st.sql_run(s, REFRESH_INSERT_SQL, row)
         return token

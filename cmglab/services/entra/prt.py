@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
-from sqlalchemy import delete, insert
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from cmglab.services.entra import store as st
@@ -35,7 +35,6 @@ from cmglab.wire import prt_crypto
 from cmglab.wire.kinds import AuthKind
 
 PRT_LIFETIME = 14 * 24 * 3600  # refresh_token_expires_in: Windows renews every 4 hours of use
-PRT_INSERT = insert(st.PrimaryRefreshToken)  # one statement, its values given per issuance
 PRT_COLUMNS = ("token_hash", "tenant_id", "user_id", "device_id", "session_key", "amr", "issued_at", "expires_at")
 PRT_INSERT_SQL = f"INSERT INTO primary_refresh_tokens ({', '.join(PRT_COLUMNS)}) VALUES ({', '.join('?' * 8)})"
 CODE_LIFETIME = 600
@@ -100,10 +99,7 @@ class Prts:
             now,
             now + PRT_LIFETIME,
         )
-        if isinstance(s, st.Plain):  # the device-signed password grant's plain-SQL unit: the same row
-            s.run(PRT_INSERT_SQL, row)
-        else:  # a Core insert: nothing reads the row back in this unit of work
-            s.connection().execute(PRT_INSERT, dict(zip(PRT_COLUMNS, row, strict=True)))
+        st.sql_run(s, PRT_INSERT_SQL, row)  # plain SQL: nothing reads the row back in this unit of work
         principal = user_principal(user, device.device_id)
         issue = Issue(principal, Resource(client_id, client_id, 1), client_id, 0, amr, ipaddr)
         reply.update(

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import jwt
 from cryptography import x509
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete
 
 from cmglab.core.labconfig import DRS_RESOURCE
 from cmglab.pki.builders import sha1_thumbprint
@@ -231,11 +231,8 @@ class Registration:
         quota = configured.max_devices_per_user if configured is not None else 50
         if quota is None:  # Unlimited
             return
-        if isinstance(s, st.Plain):
-            found = s.one(OWNED_SQL, (user_id,))
-            owned = found[0] if found else 0
-        else:
-            owned = s.scalar(select(func.count()).select_from(st.Device).where(st.Device.owner_id == user_id)) or 0
+        found = st.sql_one(s, OWNED_SQL, (user_id,))
+        owned = found[0] if found else 0
         if owned >= quota:
             raise DRSError(
                 400,
