@@ -99,13 +99,16 @@ class Prts:
             now,
             now + PRT_LIFETIME,
         )
-        st.sql_run(s, PRT_INSERT_SQL, row)  # plain SQL: nothing reads the row back in this unit of work
         principal = user_principal(user, device.device_id)
         issue = Issue(principal, Resource(client_id, client_id, 1), client_id, 0, amr, ipaddr)
+        id_token = self.issuer.signer.sign(id_claims(issue, now, v2=False), v1=True)
+        # the row after the signature: on SQLite its insert takes the store's write lock until the unit commits
+        # (runtime/sqlite_writes.py), and no writer should wait out an RSA signature
+        st.sql_run(s, PRT_INSERT_SQL, row)  # plain SQL: nothing reads the row back in this unit of work
         reply.update(
             refresh_token=token,
             refresh_token_expires_in=PRT_LIFETIME,
-            id_token=self.issuer.signer.sign(id_claims(issue, now, v2=False), v1=True),
+            id_token=id_token,
             client_info=client_info(principal),
         )
         return reply
