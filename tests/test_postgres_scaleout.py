@@ -8,7 +8,6 @@ Both connection points keep a channel to both CMG instances (instance n on the c
 
 from __future__ import annotations
 
-import base64
 import glob
 import os
 import shutil
@@ -23,13 +22,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from cryptography import x509
 from sqlalchemy import text
 
 from cmglab.agent import entra as agent_entra
 from cmglab.core.labconfig import CONFIGMGR_CLIENT_APP_ID, CONFIGMGR_RESOURCE_URI, SiteSettings
 from cmglab.core.settings import Settings
-from cmglab.pki.builders import new_key
 from cmglab.runtime.db import make_engine
 from cmglab.runtime.lab import Lab
 from cmglab.services.entra import drs as drs_crypto
@@ -40,7 +37,6 @@ from cmglab.services.entra.parts import Parts as EntraParts
 from cmglab.services.entra.store import Store as EntraStore
 from cmglab.services.management_point.policy_defaults import default_policies
 from cmglab.services.management_point.store import Store as MPStore
-from cmglab.tools.bench.entra_scenarios import join_body
 from cmglab.tools.fleet import runner
 from cmglab.tools.processes import LabProcesses, isolated_lab
 from cmglab.wire.prt_crypto import open_session_key
@@ -48,6 +44,7 @@ from tests.support.agent import log_of, new_device, run
 from tests.support.client import ccmsetup
 from tests.support.entra_device import signed_request
 from tests.support.entra_races import joins_at_once, locked_once, new_user, wrong_passwords_at_once
+from tests.support.entra_units import join_device
 from tests.support.lab import lab_client
 from tests.support.mp import Device, lab_rows, register
 
@@ -202,13 +199,13 @@ def test_entra_plain_sql_units_run_on_postgresql(
 
         assert redeem(redeem(signed_in["refresh_token"]))  # each new row written as ROPC's, and redeemable
 
-        device_key, transport_key = new_key(), new_key()
-        reply = entra.registration.join(
-            f"Bearer {drs}", join_body(user.upn.split("@", 1)[1], device_key, transport_key)
+        joined = join_device(entra, drs, user.upn)
+        cert, device_id, device_key, transport_key = (
+            joined.cert,
+            joined.device_id,
+            joined.device_key,
+            joined.transport_key,
         )
-        cert = x509.load_der_x509_certificate(base64.b64decode(reply["Certificate"]["RawBody"]))
-        device_id = drs_crypto.device_id_of(cert)
-        assert device_id is not None
         with entra.store.session() as s:
             row = st.device_by_id(s, device_id)
             assert row is not None

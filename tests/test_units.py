@@ -4,18 +4,16 @@ rewrite has its own in tests/test_sec_cmg_urls.py."""
 
 from __future__ import annotations
 
-import base64
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
 from sqlalchemy import select
 
 from cmglab.agent import entra as agent_entra
-from cmglab.pki.builders import new_key, sha1_thumbprint
+from cmglab.pki.builders import sha1_thumbprint
 from cmglab.runtime.lab import Lab
 from cmglab.services.entra import drs as drs_crypto
 from cmglab.services.entra import store as st
@@ -27,11 +25,11 @@ from cmglab.services.management_point.caller import Caller
 from cmglab.services.management_point.errors import STSError
 from cmglab.services.management_point.parts import Parts as MPParts
 from cmglab.services.management_point.sts import STSRequest, TokenService
-from cmglab.tools.bench.entra_scenarios import join_body
 from cmglab.wire.kinds import AuthKind, Proof
 from cmglab.wire.prt_crypto import open_session_key
 from tests.support.entra_device import signed_request
 from tests.support.entra_races import joins_at_once, locked_once, new_user, wrong_passwords_at_once
+from tests.support.entra_units import JoinedDevice, drs_token, join_device
 from tests.support.lab import new_lab
 
 
@@ -162,23 +160,14 @@ def test_a_drs_join_reads_its_user_as_the_row_is_now(unit_lab: Lab, entra: Entra
     object_id = st.new_guid()
     with entra.store.session() as s:
         s.add(st.User(object_id=object_id, tenant_id=tenant.tenant_id, upn=upn, password_hash=st.hash_secret(password)))
-    drs = entra.grants.token(
-        token_request(
-            unit_lab,
-            grant_type="password",
-            username=upn,
-            password=password,
-            client_id=agent_entra.BROKER_CLIENT_ID,
-            resource=agent_entra.DRS_RESOURCE,
-        )
-    ).body["access_token"]
+    drs = drs_token(entra, tenant.tenant_id, upn, password)
 
-    def join() -> dict[str, Any]:
-        return entra.registration.join(f"Bearer {drs}", join_body(upn.split("@", 1)[1], new_key(), new_key()))
+    def join() -> JoinedDevice:
+        return join_device(entra, drs, upn)
 
-    reply = join()
-    assert reply["User"]["Upn"] == upn
-    cert = x509.load_der_x509_certificate(base64.b64decode(reply["Certificate"]["RawBody"]))
+    joined = join()
+    assert joined.reply["User"]["Upn"] == upn
+    cert = joined.cert
     assert entra.registration.ca.issued(cert, datetime.now(UTC))
     assert uuid.UUID(object_id).bytes_le in [e.value.value for e in cert.extensions if e.oid == drs_crypto.OID_USER_ID]
     with entra.store.session() as s:
@@ -203,22 +192,10 @@ def test_a_join_in_plain_sql_writes_the_row_the_orm_wrote_and_reads_as_a_session
     device facts) answer as a session's do."""
     tenant = unit_lab.config.primary_tenant
     user = tenant.users[0]
-    drs = entra.grants.token(
-        token_request(
-            unit_lab,
-            grant_type="password",
-            username=user.upn,
-            password=user.password,
-            client_id=agent_entra.BROKER_CLIENT_ID,
-            resource=agent_entra.DRS_RESOURCE,
-        )
-    ).body["access_token"]
-    device_key, transport_key = new_key(), new_key()
+    drs = drs_token(entra, tenant.tenant_id, user.upn, user.password)
     before = st.now()
-    reply = entra.registration.join(f"Bearer {drs}", join_body(user.upn.split("@", 1)[1], device_key, transport_key))
-    cert = x509.load_der_x509_certificate(base64.b64decode(reply["Certificate"]["RawBody"]))
-    device_id = drs_crypto.device_id_of(cert)
-    assert device_id is not None
+    joined = join_device(entra, drs, user.upn)
+    reply, cert, device_id, transport_key = joined.reply, joined.cert, joined.device_id, joined.transport_key
     with entra.store.session() as s:
         row = st.device_by_id(s, device_id)
         assert row is not None
@@ -330,20 +307,8 @@ def test_a_device_signed_password_grant_writes_its_prt_or_refresh_row_in_its_pla
     scope, the user's refresh token bound to the device; a wrong password writes neither."""
     tenant = unit_lab.config.primary_tenant
     user = tenant.users[0]
-    drs = entra.grants.token(
-        token_request(
-            unit_lab,
-            grant_type="password",
-            username=user.upn,
-            password=user.password,
-            client_id=agent_entra.BROKER_CLIENT_ID,
-            resource=agent_entra.DRS_RESOURCE,
-        )
-    ).body["access_token"]
-    device_key, transport_key = new_key(), new_key()
-    joined = entra.registration.join(f"Bearer {drs}", join_body(user.upn.split("@", 1)[1], device_key, transport_key))
-    cert = x509.load_der_x509_certificate(base64.b64decode(joined["Certificate"]["RawBody"]))
-    device_id = drs_crypto.device_id_of(cert)
+    joined = join_device(entra, drs_token(entra, tenant.tenant_id, user.upn, user.password), user.upn)
+    cert, device_id, device_key, transport_key = joined.cert, joined.device_id, joined.device_key, joined.transport_key
 
     def signed(password: str, **inner: str) -> dict[str, Any]:
         nonce = entra.grants.token(token_request(unit_lab, grant_type="srv_challenge")).body["Nonce"]
