@@ -9,92 +9,26 @@ import fcntl
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Integer, String, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cmglab.runtime import db as db_module
 from cmglab.runtime.db import Database
+from tests.support import sqlite_writers as writers
+from tests.support.sqlite_writers import Write
 
-# the child's store: the same table as _Write below
-_CHILD = textwrap.dedent(
-    """
-    import sys, threading
-    from sqlalchemy import Integer, String, func, select
-    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-    from cmglab.runtime.db import Database
-
-    class Base(DeclarativeBase):
-        pass
-
-    class Write(Base):
-        __tablename__ = "writes"
-        id: Mapped[int] = mapped_column(Integer, primary_key=True)
-        writer: Mapped[str] = mapped_column(String(40))
-        n: Mapped[int] = mapped_column(Integer)
-
-    db = Database("sqlite:///" + sys.argv[1], Base, "writers")
-    mode, name = sys.argv[2], sys.argv[3]
-    if mode == "hold":  # a unit of work that has written and waits for the parent's word to commit
-        with db.session() as s:
-            s.add(Write(writer=name, n=0))
-            s.flush()
-            print("holding", flush=True)
-            sys.stdin.readline()
-        print("committed", flush=True)
-        sys.exit(0)
-    threads, count = int(sys.argv[4]), int(sys.argv[5])
-    failures = []
-
-    def write(thread):
-        try:
-            for n in range(count):
-                tag = f"{name}/{thread}"
-                if n % 2:  # a plain-SQL unit: two inserts and a read between them
-                    with db.driver_unit() as cur:
-                        cur.execute("INSERT INTO writes (writer, n) VALUES (?, ?)", (tag, n))
-                        cur.execute("SELECT count(*) FROM writes")
-                        cur.execute("UPDATE writes SET n = n WHERE writer = ?", (tag,))
-                else:  # an ORM unit of work: a read, then a write
-                    with db.session() as s:
-                        s.execute(select(func.count()).select_from(Write))
-                        s.add(Write(writer=tag, n=n))
-        except Exception as exc:
-            failures.append(repr(exc))
-
-    print("ready", flush=True)
-    sys.stdin.readline()  # every writer starts at the parent's word
-    pool = [threading.Thread(target=write, args=(t,)) for t in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    print("failures", failures, flush=True)
-    sys.exit(1 if failures else 0)
-    """
-)
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class _Write(_Base):
-    __tablename__ = "writes"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    writer: Mapped[str] = mapped_column(String(40))
-    n: Mapped[int] = mapped_column(Integer)
+REPO = Path(__file__).resolve().parents[1]  # the writer processes import tests.support from here
 
 
 def _child(path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path), *args],
+        [sys.executable, "-m", "tests.support.sqlite_writers", str(path), *args],
+        cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -103,7 +37,7 @@ def _child(path: Path, *args: str) -> subprocess.Popen[str]:
 
 @contextmanager
 def _store(path: Path) -> Iterator[Database]:
-    db = Database(f"sqlite:///{path}", _Base, "writers")
+    db = writers.store(str(path))
     try:
         yield db
     finally:
@@ -143,7 +77,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
                 child.wait()
     assert [child.returncode for child in children] == [0, 0], outputs
     with _store(path) as db, db.session() as s:
-        rows = s.execute(select(_Write.writer, func.count()).group_by(_Write.writer)).all()
+        rows = s.execute(select(Write.writer, func.count()).group_by(Write.writer)).all()
     assert dict(rows) == {f"{name}/{t}": count for name in ("a", "b") for t in range(threads)}
     assert _lock_free(path)
 
@@ -167,22 +101,22 @@ def test_a_written_unit_holds_the_lock_across_processes_until_it_commits(tmp_pat
             child.wait()
     assert _lock_free(path)
     with _store(path) as db, db.session() as s:
-        assert s.execute(select(func.count()).select_from(_Write)).scalar() == 1
+        assert s.execute(select(func.count()).select_from(Write)).scalar() == 1
 
 
 def test_reads_never_take_the_lock_and_every_end_of_a_write_lets_it_go(tmp_path: Path) -> None:
     path = tmp_path / "writers.db"
     with _store(path) as db:
         with db.session() as s:  # a read-only unit of work
-            s.execute(select(func.count()).select_from(_Write))
+            s.execute(select(func.count()).select_from(Write))
             assert _lock_free(path)
         with db.session() as s:  # a write: held until the commit
-            s.add(_Write(writer="x", n=1))
+            s.add(Write(writer="x", n=1))
             s.flush()
             assert not _lock_free(path)
         assert _lock_free(path)
         with pytest.raises(RuntimeError), db.session() as s:  # a rolled-back write
-            s.add(_Write(writer="y", n=2))
+            s.add(Write(writer="y", n=2))
             s.flush()
             assert not _lock_free(path)
             raise RuntimeError("roll back")
@@ -197,7 +131,7 @@ def test_reads_never_take_the_lock_and_every_end_of_a_write_lets_it_go(tmp_path:
             conn.execute(text("CREATE TABLE IF NOT EXISTS extra (id INTEGER PRIMARY KEY)"))
             assert _lock_free(path)
         with db.session() as s:
-            assert [w for (w,) in s.execute(select(_Write.writer).order_by(_Write.id))] == ["x", "z"]
+            assert [w for (w,) in s.execute(select(Write.writer).order_by(Write.id))] == ["x", "z"]
 
 
 def test_a_worker_that_keeps_a_write_open_makes_the_others_fail_in_time_not_hang(
@@ -216,15 +150,15 @@ def test_a_worker_that_keeps_a_write_open_makes_the_others_fail_in_time_not_hang
         assert child.stdout.readline().strip() == "holding"
         with _store(path) as db:
             with pytest.raises(OperationalError, match="database is locked"), db.session() as s:
-                s.add(_Write(writer="late", n=1))
+                s.add(Write(writer="late", n=1))
                 s.flush()
             child.stdin.write("commit\n")
             child.stdin.flush()
             assert child.stdout.readline().strip() == "committed"
             with db.session() as s:  # the lock let go, the next write goes through
-                s.add(_Write(writer="after", n=2))
+                s.add(Write(writer="after", n=2))
             with db.session() as s:
-                assert sorted(w for (w,) in s.execute(select(_Write.writer))) == ["after", "wedged"]
+                assert sorted(w for (w,) in s.execute(select(Write.writer))) == ["after", "wedged"]
         assert child.wait(timeout=60) == 0
     finally:
         if child.poll() is None:
@@ -255,4 +189,4 @@ def test_the_connections_own_shortcuts_take_the_lock_too(tmp_path: Path) -> None
         finally:
             pooled.close()
         with db.session() as s:
-            assert sorted(w for (w,) in s.execute(select(_Write.writer))) == ["script", "shortcut"]
+            assert sorted(w for (w,) in s.execute(select(Write.writer))) == ["script", "shortcut"]
