@@ -35,6 +35,11 @@ def _child(path: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _tables(path: Path) -> None:
+    """The store's file with its table, and no connection left open."""
+    writers.store(str(path)).dispose()
+
+
 @contextmanager
 def _store(path: Path) -> Iterator[Database]:
     db = writers.store(str(path))
@@ -59,8 +64,7 @@ def _lock_free(path: Path) -> bool:
 def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "writers.db"
     threads, count = 4, 150
-    with _store(path):  # the tables, before the writers start
-        pass
+    _tables(path)  # before the writers start
     children = [_child(path, "write", name, str(threads), str(count)) for name in ("a", "b")]
     try:
         for child in children:
@@ -84,8 +88,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
 
 def test_a_written_unit_holds_the_lock_across_processes_until_it_commits(tmp_path: Path) -> None:
     path = tmp_path / "writers.db"
-    with _store(path):
-        pass
+    _tables(path)
     child = _child(path, "hold", "held")
     try:
         assert child.stdout is not None and child.stdin is not None
@@ -142,8 +145,7 @@ def test_a_worker_that_keeps_a_write_open_makes_the_others_fail_in_time_not_hang
     never left waiting on `flock` for as long as the wedged one lives."""
     monkeypatch.setattr(db_module, "BUSY_TIMEOUT", 0.5)
     path = tmp_path / "writers.db"
-    with _store(path):
-        pass
+    _tables(path)
     child = _child(path, "hold", "wedged")
     try:
         assert child.stdout is not None and child.stdin is not None
