@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography import x509
 from sqlalchemy.orm import Session
 
 from cmglab.core.labconfig import DRS_RESOURCE
-from cmglab.pki.builders import sha1_thumbprint
 from cmglab.services.entra import store as st
 from cmglab.services.entra.device_code import DEVICE_CODE_GRANT, DeviceCodes
-from cmglab.services.entra.drs import DeviceCA, device_id_of
+from cmglab.services.entra.drs import DeviceCA
 from cmglab.services.entra.errors import AADSTSError
 from cmglab.services.entra.federation import FederatedComputer, FederationKey, computer_claims, redeem_assertion
 from cmglab.services.entra.issuance import Issuer, require, user_principal
@@ -285,16 +283,20 @@ class Grants:
             if header is None:
                 raise ValueError("not a JWS")
             x5c = header.get("x5c")
-            der = base64.b64decode(x5c[0] if isinstance(x5c, list) else x5c or "", validate=True)
-            cert = x509.load_der_x509_certificate(der)
-        except (jwt.PyJWTError, binascii.Error, ValueError, TypeError) as e:
+            text = x5c[0] if isinstance(x5c, list) else x5c or ""
+            if not isinstance(text, str):
+                raise TypeError("x5c is not base64 text")
+            # read and its CA signature verified once per certificate (kept by its text); its validity, the
+            # request's signature, the device row and the nonce are checked on every request
+            cert = self.device_ca.signed.get(text)
+        except (jwt.PyJWTError, binascii.Error, ValueError, TypeError, IndexError) as e:
             raise AADSTSError(
                 50027,
                 "invalid_request",
                 "JWT token is invalid or malformed: the request must be a JWS with the device "
                 "certificate in its x5c header.",
             ) from e
-        if not self.device_ca.issued(cert, datetime.now(UTC)):
+        if cert is None or not cert.valid(datetime.now(UTC)):
             raise AADSTSError(
                 50155,
                 "invalid_grant",
@@ -304,7 +306,7 @@ class Grants:
         try:
             payload: dict[str, Any] = jwt_peek.decode(  # jwt.decode without its per-character scan
                 request,
-                cert.public_key(),
+                cert.public_key,
                 algorithms=["RS256"],
                 options={"verify_aud": False, "verify_iss": False},
             )
@@ -326,13 +328,12 @@ class Grants:
                 "invalid_grant",
                 "Device authentication failed: the request signature does not verify with the device certificate.",
             ) from e
-        device_id = device_id_of(cert) or ""
-        device = st.device_facts(s, device_id)
+        device = st.device_facts(s, cert.device_id or "")
         tenant = self.issuer.tenant(s, segment)
         if (
             device is None
             or not device.enabled
-            or device.cert_thumbprint != sha1_thumbprint(cert)
+            or device.cert_thumbprint != cert.thumbprint
             or (tenant is not None and tenant.tenant_id != device.tenant_id)
         ):
             raise AADSTSError(
