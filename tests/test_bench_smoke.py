@@ -23,31 +23,39 @@ def only_ok(rows: list[dict[str, Any]], ok: frozenset[str] = frozenset({"200"}))
         assert row["statuses"] and set(row["statuses"]) <= ok, row  # JSON keys: the status codes as strings
 
 
-@pytest.mark.timeout(600)  # a shared machine: every section at tiny sizes still takes minutes
-def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
-    out = tmp_path / "results"
-    # a process of its own: the bench pins itself to a CPU and lifts its open-files limit
+def run_bench(out: Path, *options: str, timeout: float = 480) -> dict[str, Any]:
+    """`cmglab bench --quick OPTIONS` in a process of its own (the bench pins itself to a CPU and lifts its
+    open-files limit): its report. Nothing may have raised; the exit status says whether
+    anything failed (a budget may have run out)."""
     bench = subprocess.Popen(
-        [sys.executable, "-m", "cmglab", "bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "cmglab", "bench", "--quick", "--out", str(out), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         try:
-            stdout, stderr = bench.communicate(timeout=480)  # bounded inside too: each section has a budget
+            stdout, stderr = bench.communicate(timeout=timeout)  # bounded inside too: each section has a budget
         except subprocess.TimeoutExpired:
             bench.terminate()  # SIGTERM, not a kill: the bench unwinds and stops the services it started
             stdout, stderr = bench.communicate(timeout=60)
-            raise AssertionError("the quick bench ran past 480 s:\n" + stdout[-3000:] + stderr[-3000:]) from None
+            raise AssertionError(
+                f"the quick bench ran past {timeout:g} s:\n" + stdout[-3000:] + stderr[-3000:]
+            ) from None
     finally:
         if bench.poll() is None:
             bench.kill()
             bench.wait()
     report = json.loads((out / "report.json").read_text())
-    # the exit status says whether anything failed; nothing may have raised, a budget may have run out
     assert bench.returncode == (1 if report["failed"] else 0), stdout[-3000:] + stderr[-3000:]
     assert [f for f in report["failed"] if not f["timed_out"]] == [], report["failed"]
+    return report
+
+
+@pytest.mark.timeout(600)  # a shared machine: every section at tiny sizes still takes minutes
+def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    report = run_bench(out)
     markdown = (out / "report.md").read_text()
     assert set(SECTIONS) <= set(report) and report["settings"]["hold"] == 200
     for number, key in enumerate(SECTIONS, 1):
@@ -83,6 +91,13 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
 def check_ceiling(report: dict[str, Any]) -> None:
     only_ok(report["ceiling"]["rows"])
     crypto, inventory = report["ceiling"]["tables"]  # the floor's parts, timed in the same run
+    # the primitives timed after section 1, after section 3 and at the end; each floor holds the fastest timing
+    timings = ["after_s1_ms", "after_s3_ms", "end_ms"]
+    assert crypto["columns"] == ["operation", "what", *timings, "used_ms"]
+    for row in crypto["rows"]:
+        timed = [row[t] for t in timings if row[t] is not None]
+        assert len(timed) == (1 if row["operation"] == "tls_handshake" else 3), row  # the handshake: section 1's
+        assert row["used_ms"] == min(timed) > 0, row
     assert {r["operation"] for r in crypto["rows"]} >= {
         "rsa_sign",
         "rsa_verify",
@@ -92,7 +107,19 @@ def check_ceiling(report: dict[str, Any]) -> None:
         "rsa_oaep",
         "tls_handshake",
     }
-    assert all(r["cpu_ms"] > 0 for r in crypto["rows"]) and all(r["floor_ms"] > 0 for r in inventory["rows"])
+    assert all(r["floor_ms"] > 0 for r in inventory["rows"])
+
+
+@pytest.mark.timeout(300)
+def test_quick_bench_runs_one_section_alone(tmp_path: Path) -> None:
+    """`--only held`: section 5 alone (the 20,000-held run), nothing else started or reported."""
+    report = run_bench(tmp_path / "results", "--only", "held", timeout=240)
+    assert set(report) - {"machine", "settings", "failed"} == {"connections"}
+    assert report["settings"]["sections"] == "only 5 connections"
+    if not report["failed"]:
+        check_connections(report)
+    else:  # its budget ran out on a slow machine: a stub saying so
+        assert report["connections"]["title"].endswith("(FAILED)"), report["failed"]
 
 
 def check_services(report: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""`cmglab bench [--quick]`: run the benchmarks and write bench/results/report.{json,md}."""
+"""`cmglab bench [--quick] [--only SECTION]`: run the benchmarks (all or some) and write report.{json,md}."""
 
 from __future__ import annotations
 
@@ -35,11 +35,24 @@ def bench(
     lab: Annotated[
         Path | None, typer.Option(help="Lab directory; by default a fresh one in OUT/lab, remade for every run.")
     ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Run only this section (repeat the option): its number 1-8 or name (ceiling, services, cmg, "
+            "onboarding, held, profiles, storm, workers). 2 and 3 are measured together; 2-4 also run 1 for "
+            "their floors."
+        ),
+    ] = None,
 ) -> None:
     """Measure the transport ceiling, the services against it, whole onboardings, held connections and profiles (measurements, not timed tests)."""  # noqa: E501
     from cmglab.runtime.sockets import reserve_ports
-    from cmglab.tools.bench import runner
+    from cmglab.tools.bench import runner, sections
     from cmglab.tools.processes import isolated_lab
+
+    try:  # before anything starts: a wrong name is the caller's mistake, said at once
+        chosen = sections.select(only) if only else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--only") from None
 
     base = runner.QUICK if quick else runner.Options()
     given: dict[str, Any] = {
@@ -66,7 +79,7 @@ def bench(
     signal.signal(signal.SIGTERM, _unwind)
     signal.signal(signal.SIGINT, _unwind)
     with console.status("benchmarking (minutes; --quick for a smoke run)..."):
-        json_path, md_path, failed = runner.run(the_lab, out, opts, port=port, pool=pool)
+        json_path, md_path, failed = runner.run(the_lab, out, opts, port=port, pool=pool, only=chosen)
     print(md_path.read_text())
     console.print(f"report: {json_path} and {md_path}")
     if failed:  # the report is written and says which; the exit status says it too (make bench fails)

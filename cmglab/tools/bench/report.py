@@ -1,7 +1,7 @@
 """The benchmark report: one JSON document and a Markdown rendering of it.
 
 A section is a title, a note, and either one table (`columns` + `rows`) or several (`tables`: each a
-title, columns and rows); a row's value for a column may be missing (rendered empty).
+title, columns and rows, and an optional note); a row's value for a column may be missing (rendered empty).
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def render(doc: dict[str, Any]) -> str:
         for sub in section.get("tables", []):
             parts.append(
                 f"\n**{sub['title']}**\n\n"
+                + (f"{sub['note']}\n\n" if sub.get("note") else "")
                 + (table(sub["rows"], sub["columns"]) if sub["rows"] else "(nothing measured)\n")
             )
     return "".join(parts)

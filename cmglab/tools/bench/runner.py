@@ -29,14 +29,15 @@ from cmglab.tools.bench import (
 )
 from cmglab.tools.bench.guard import Guard, cleanup
 from cmglab.tools.bench.pinned import LOAD_CPU, SERVER_CPU, CpuMeter, pids, pin_command, pin_self, running
+from cmglab.tools.bench.sections import TITLES
 from cmglab.wire import httpclient
 
 COLUMNS = ["name", "requests", "errors", "rps", "p50_ms", "p95_ms", "p99_ms"]
 FLOOR_NOTE = (
     "floor_ms: the keep-alive transport (section 1) + the cryptography the protocol requires for the request "
-    "(section 1's tables, timed in this run); floor_rps = 1000 / floor_ms (one core); ratio_to_floor = "
-    "rps / floor_rps (goal >= 0.7); cpu_ratio_to_floor = floor_ms / server_cpu_ms (the same on an idle "
-    "machine, steadier on a shared one)."
+    "(section 1's tables: each primitive's fastest timing in this run); floor_rps = 1000 / floor_ms (one "
+    "core); ratio_to_floor = rps / floor_rps (goal >= 0.7); cpu_ratio_to_floor = floor_ms / server_cpu_ms "
+    "(the same on an idle machine, steadier on a shared one)."
 )
 
 
@@ -144,13 +145,30 @@ def measure(chosen: list[scenarios.Scenario], opts: Options, service_pids: dict[
     return rows
 
 
-def floors(lab: Lab, ceiling: dict[str, Any]) -> tuple[float, dict[str, float]]:
-    """The keep-alive transport cost and each cryptographic primitive's, from section 1 and timed now; section 1
-    gets the tables of both and of the endpoints' inventory."""
+def first_timing(lab: Lab, ceiling: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """The keep-alive transport cost (section 1's row) and the primitives' first timing, with the TLS handshake
+    from section 1's rows."""
     keepalive, handshake = ceiling["rows"][0]["server_cpu_ms"], ceiling["rows"][1]["server_cpu_ms"]
-    prims = floor.time_primitives(lab, handshake - keepalive)
-    ceiling["tables"] = [floor.crypto_table(prims), floor.inventory_table(prims, keepalive)]
-    return keepalive, prims
+    return keepalive, {**floor.time_primitives(lab), **floor.handshake_ms(keepalive, handshake)}
+
+
+def settle_floors(sections: dict[str, Any], transport_ms: float, timings: dict[str, dict[str, float]]) -> None:
+    """Every floor and ratio of sections 1-4 from the fastest timing of each primitive (floor.fastest), once all
+    timings are in: rows measured before a later, faster timing get their floors from it. Section 1 gets the
+    primitives' table (every timing and the one used) and the endpoints' inventory; section 4 its itemised floor."""
+    prims = floor.fastest(timings)
+    if "ceiling" in sections:
+        sections["ceiling"]["tables"] = [floor.crypto_table(timings), floor.inventory_table(prims, transport_ms)]
+    for row in sections.get("services", {}).get("rows", []):
+        if row["name"] in floor.INVENTORY:
+            requests = row.get("requests_per_op", 1)
+            floor.annotate(row, floor.floor_ms(row["name"], prims, transport_ms, requests=requests))
+    for row in sections.get("cmg_path", {}).get("rows", []):
+        if row["name"] in floor.THROUGH_CMG:
+            floor.annotate(row, floor.cmg_floor_ms(floor.THROUGH_CMG[row["name"]], prims, transport_ms))
+    fleet = sections.get("onboarding")
+    if fleet is not None and fleet.get("rows") and not fleet.get("failed"):
+        fleet["tables"].insert(1, onboarding.floor_table(fleet, transport_ms, prims))
 
 
 def services_sections(
@@ -158,13 +176,11 @@ def services_sections(
     lab: Lab,
     ceiling_rps: float,
     opts: Options,
-    transport_ms: float | None,
-    prims: dict[str, float] | None,
     pool: Path | None = None,
 ) -> dict[str, Any]:
-    """Sections 2 and 3: each service's hot endpoint alone against the ceiling and its floor, and the CMG
-    path against the same request sent to the MP directly and against its floor (no floors when section 1
-    failed). `pool`: the fleet's key pool, whose keys the DRS join rows use."""
+    """Sections 2 and 3: each service's hot endpoint alone against the ceiling, and the CMG path against the
+    same request sent to the MP directly (their floors are added at the end of the run, settle_floors; none when
+    section 1 failed). `pool`: the fleet's key pool, whose keys the DRS join rows use."""
     joins = int(opts.duration * 400) + 50  # more than one core can join in the time (a new device each)
     chosen_alone = [
         scenarios.entra_token(lab),
@@ -175,8 +191,6 @@ def services_sections(
     for s, row in zip(chosen_alone, alone, strict=True):
         row["requests_per_op"] = s.requests
         row["ratio_to_ceiling"] = round(row["rps"] / ceiling_rps, 3) if ceiling_rps else 0
-        if row["name"] in floor.INVENTORY and prims is not None and transport_ms is not None:
-            floor.annotate(row, floor.floor_ms(row["name"], prims, transport_ms, requests=s.requests))
     chosen = scenarios.through_cmg(lab)
     via_cmg = measure(chosen, opts, service_pids)
     direct = {row["name"]: row for row in alone}
@@ -185,8 +199,6 @@ def services_sections(
         proxied["ratio_to_mp_direct"] = round(proxied["rps"] / rps, 3) if rps else 0
         proxied["mp_direct_cpu_ms"] = direct[s.direct]["server_cpu_ms"]
         proxied["cmg_added_cpu_ms"] = round(proxied["server_cpu_ms"] - proxied["mp_direct_cpu_ms"], 2)
-        if prims is not None and transport_ms is not None:
-            floor.annotate(proxied, floor.cmg_floor_ms(floor.THROUGH_CMG[s.name], prims, transport_ms))
     cpu_note = (
         "server_cpu_ms: CPU time of every service process per request (cpu_split: by process, ms). "
         "services_waited_s: seconds the service processes' threads were runnable but not running during the row "
@@ -256,89 +268,115 @@ def budgets(opts: Options) -> dict[str, float]:
     }
 
 
-TITLES = {
-    "ceiling": "1. Transport ceiling",
-    "services": "2. Hot endpoints, each service alone",
-    "cmg_path": "3. Through the CMG",
-    "onboarding": "4. Full onboardings per second (fleet mode)",
-    "connections": "5. Held keep-alive connections at the CMG",
-    "profiles": "6. Profiles",
-    "storm": "7. Handshake storms",
-    "workers": "8. Worker processes on one listener",
-}
-
-
-def run(lab: Lab, out_dir: Path, opts: Options, *, port: int, pool: Path) -> tuple[Path, Path, list[dict[str, Any]]]:
-    """Every section in turn, each within its budget; `pool` is the fleet's key pool file (made or grown when
-    too small). Returns the report's paths and the sections that failed (also in the report)."""
+def run(
+    lab: Lab,
+    out_dir: Path,
+    opts: Options,
+    *,
+    port: int,
+    pool: Path,
+    only: tuple[frozenset[str], str] | None = None,
+) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """Every section in turn (or those of `only`: sections.select's keys and its sentence for the report), each
+    within its budget; `pool` is the fleet's key pool file (made or grown when too small). Returns the report's
+    paths and the sections that failed (also in the report)."""
+    chosen, ran = only if only is not None else (frozenset(TITLES), "")
     pin_self()
     # before the services start: they inherit it (the CMG holds `hold` sockets, the bench their client ends)
     nofile = procinfo.lift_nofile(max(held.files_needed(opts.hold), opts.storm + storm.SPARE_FILES))
     guard = Guard()
     budget = budgets(opts)
-    sections: dict[str, Any] = {
-        "ceiling": guard.section(
+    sections: dict[str, Any] = {}
+    transport_ms: float | None = None
+    timings: dict[str, dict[str, float]] = {}  # the primitives' timings by moment (floor.MOMENTS)
+    if "ceiling" in chosen:
+        sections["ceiling"] = guard.section(
             "ceiling", TITLES["ceiling"], budget["ceiling"], lambda: transport_ceiling(lab, port, opts)
         )
-    }
-    parts = (
-        None
-        if sections["ceiling"].get("failed")
-        else guard.run("ceiling", "floors", budget["ceiling"], lambda: floors(lab, sections["ceiling"]))
-    )
-    transport_ms, prims = parts if parts is not None else (None, None)
-    guard.run("key pool", "key pool", budget["key pool"], lambda: onboarding.ensure_pool(pool, max(opts.fleet_sizes)))
+        first = (
+            None
+            if sections["ceiling"].get("failed")
+            else guard.run("ceiling", "floors", budget["ceiling"], lambda: first_timing(lab, sections["ceiling"]))
+        )
+        if first is not None:
+            transport_ms, timings["after_s1_ms"] = first
+
+    def time_again(moment: str) -> None:
+        """The primitives timed once more (the host's speed drifts over a run; the fastest timing is used)."""
+        if transport_ms is None:
+            return
+        again = guard.run("ceiling", f"floors ({moment})", budget["ceiling"], lambda: floor.time_primitives(lab))
+        if again is not None:
+            timings[moment] = again
+
+    if chosen & {"services", "onboarding"}:
+        guard.run(
+            "key pool", "key pool", budget["key pool"], lambda: onboarding.ensure_pool(pool, max(opts.fleet_sizes))
+        )
     profiles: list[dict[str, Any]] | str | None = None
-    with running(lab) as procs:
-        service_pids = pids(procs)
-        ceiling_rps = sections["ceiling"]["rows"][0]["rps"] if sections["ceiling"]["rows"] else 0.0
-        found = guard.run(
-            "services",
-            TITLES["services"],
-            budget["services"],
-            lambda: services_sections(service_pids, lab, ceiling_rps, opts, transport_ms, prims, pool),
+    if chosen & {"services", "profiles"}:
+        with running(lab) as procs:
+            service_pids = pids(procs)
+            if "services" in chosen:
+                ceiling_rows = sections.get("ceiling", {}).get("rows")
+                ceiling_rps = ceiling_rows[0]["rps"] if ceiling_rows else 0.0
+                found = guard.run(
+                    "services",
+                    TITLES["services"],
+                    budget["services"],
+                    lambda: services_sections(service_pids, lab, ceiling_rps, opts, pool),
+                )
+                sections.update(
+                    found
+                    if found is not None
+                    else {key: guard.stub("services", TITLES[key]) for key in ("services", "cmg_path")}
+                )
+            if "profiles" in chosen and opts.profile:
+                profiles = guard.run(
+                    "profiles",
+                    TITLES["profiles"],
+                    budget["profiles"],
+                    lambda: hotspots.profile_section(lab, service_pids, opts.duration),
+                )
+                if profiles is None:
+                    profiles = "profiling failed: " + guard.failed[-1]["reason"]
+        time_again("after_s3_ms")
+    if "onboarding" in chosen:
+        sections["onboarding"] = guard.section(
+            "onboarding",
+            TITLES["onboarding"],
+            budget["onboarding"],
+            lambda: onboarding.onboarding_section(lab, opts.fleet_sizes, opts.fleet_concurrency, pool),
         )
-        sections.update(
-            found
-            if found is not None
-            else {key: guard.stub("services", TITLES[key]) for key in ("services", "cmg_path")}
+    if "connections" in chosen:
+        sections["connections"] = guard.section(
+            "connections",
+            TITLES["connections"],
+            budget["connections"],
+            lambda: held.connections_section(lab, opts.hold, opts.duration, nofile),
         )
-        if opts.profile:
-            profiles = guard.run(
-                "profiles",
-                TITLES["profiles"],
-                budget["profiles"],
-                lambda: hotspots.profile_section(lab, service_pids, opts.duration),
-            )
-            if profiles is None:
-                profiles = "profiling failed: " + guard.failed[-1]["reason"]
-    sections["onboarding"] = guard.section(
-        "onboarding",
-        TITLES["onboarding"],
-        budget["onboarding"],
-        lambda: onboarding.onboarding_section(lab, opts.fleet_sizes, opts.fleet_concurrency, pool),
-    )
-    if prims is not None and transport_ms is not None and not sections["onboarding"].get("failed"):
-        sections["onboarding"]["tables"].insert(1, onboarding.floor_table(sections["onboarding"], transport_ms, prims))
-    sections["connections"] = guard.section(
-        "connections",
-        TITLES["connections"],
-        budget["connections"],
-        lambda: held.connections_section(lab, opts.hold, opts.duration, nofile),
-    )
-    sections["profiles"] = hotspots.section(profiles, sections)
-    sections["storm"] = guard.section(
-        "storm", TITLES["storm"], budget["storm"], lambda: storm.storm_section(lab, opts.storm, nofile)
-    )
-    sections["workers"] = guard.section(
-        "workers",
-        TITLES["workers"],
-        budget["workers"],
-        lambda: scaling.scaling_section(lab, opts.connections, opts.duration, rounds=opts.scaling_rounds),
-    )
-    # section 6's table of the load generator's change: its after is section 8's, measured last
-    sections["profiles"].setdefault("tables", []).insert(2, hotspots.loadgen_table(sections["workers"]))
-    sections["profiles"]["tables"].insert(3, hotspots.writers_table(sections["workers"]))
-    sections["profiles"]["section_seconds"] = guard.seconds  # where a slow run's time went (JSON only)
-    json_path, md_path = report.write(out_dir, sections, settings=asdict(opts), failed=guard.failed)
+    if "profiles" in chosen:
+        sections["profiles"] = hotspots.section(profiles, sections)
+    if "storm" in chosen:
+        sections["storm"] = guard.section(
+            "storm", TITLES["storm"], budget["storm"], lambda: storm.storm_section(lab, opts.storm, nofile)
+        )
+    if "workers" in chosen:
+        sections["workers"] = guard.section(
+            "workers",
+            TITLES["workers"],
+            budget["workers"],
+            lambda: scaling.scaling_section(lab, opts.connections, opts.duration, rounds=opts.scaling_rounds),
+        )
+    if "profiles" in chosen:
+        # section 6's table of the load generator's change: its after is section 8's, measured last
+        workers = sections.get("workers", {})
+        sections["profiles"].setdefault("tables", []).insert(2, hotspots.loadgen_table(workers))
+        sections["profiles"]["tables"].insert(3, hotspots.writers_table(workers))
+        sections["profiles"]["section_seconds"] = guard.seconds  # where a slow run's time went (JSON only)
+    time_again("end_ms")
+    if transport_ms is not None:
+        settle_floors(sections, transport_ms, timings)
+    settings = asdict(opts) | ({"sections": ran} if ran else {})
+    json_path, md_path = report.write(out_dir, sections, settings=settings, failed=guard.failed)
     return json_path, md_path, guard.failed
