@@ -12,11 +12,13 @@ from typing import Any
 import jwt
 import pytest
 
+from cmglab.agent import entra as agent_entra
 from cmglab.core.labconfig import CONFIGMGR_CLIENT_APP_ID, CONFIGMGR_RESOURCE_URI
 from cmglab.pki import builders as b
 from cmglab.runtime.lab import Lab
 from cmglab.services.entra import store as st
-from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra import tokens
+from cmglab.services.entra.errors import AADSTSError, DRSError
 from cmglab.services.entra.grants import JWT_BEARER, TokenRequest
 from cmglab.services.entra.parts import Parts
 from tests.support.entra_device import new_key, signed_request
@@ -126,3 +128,42 @@ def test_a_malformed_x5c_is_50027(lab: Lab, entra: Parts, joined: JoinedDevice, 
     payload = {"request_nonce": entra.store.issue_nonce(300), "grant_type": "device_token"}
     request = jwt.encode(payload, joined.device_key, algorithm="RS256", headers={"x5c": x5c})
     assert _refused(lab, entra, request) == 50027
+
+
+def test_a_known_drs_token_is_still_checked_for_its_lifetime_and_audience(
+    lab: Lab, entra: Parts, joined: JoinedDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: a DRS token verified before is refused once it has expired (PyJWT's 60 s leeway, then 50027), a token
+    for another audience verified before is not a DRS token, and a token one character off is verified in full."""
+    tenant = lab.config.primary_tenant
+    user = tenant.users[0]
+    drs = drs_token(entra, tenant.tenant_id, user.upn, user.password)
+    join_device(entra, drs, user.upn)
+    join_device(entra, drs, user.upn)  # known by its text now
+    exp = jwt.decode(drs, options={"verify_signature": False})["exp"]
+    monkeypatch.setattr(tokens.time, "time", lambda: exp + tokens.VERIFY_LEEWAY - 1.0)
+    join_device(entra, drs, user.upn)  # within the leeway
+    monkeypatch.setattr(tokens.time, "time", lambda: exp + tokens.VERIFY_LEEWAY + 1.0)
+    with pytest.raises(DRSError) as refused:
+        join_device(entra, drs, user.upn)
+    assert refused.value.code == 50027 and "expired" in refused.value.message
+    monkeypatch.undo()
+    # a Graph token, verified for Graph's audience, is not a DRS bearer
+    form = {
+        "grant_type": "password",
+        "username": user.upn,
+        "password": user.password,
+        "client_id": agent_entra.BROKER_CLIENT_ID,
+        "resource": "https://graph.microsoft.com",
+    }
+    graph = str(entra.grants.token(TokenRequest(tenant.tenant_id, False, form, "192.0.2.1")).body["access_token"])
+    entra.signer.verify(graph, audience=["https://graph.microsoft.com"])
+    with pytest.raises(DRSError) as refused:
+        join_device(entra, graph, user.upn)
+    assert refused.value.code == 50027 and "audience" in refused.value.message
+    # one character off the signature: verified in full and refused
+    head, _, sig = drs.rpartition(".")
+    forged = f"{head}.{sig[:-2]}{'A' if sig[-2] != 'A' else 'B'}{sig[-1]}"
+    with pytest.raises(DRSError) as refused:
+        join_device(entra, forged, user.upn)
+    assert refused.value.code == 50027

@@ -9,6 +9,7 @@ Runs in a worker thread; raises `DRSError`.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -101,9 +102,14 @@ def _parse(model: type[M], body: bytes) -> M:
         ) from e
 
 
+@functools.lru_cache(maxsize=256)
+def _admin_sids(tenant_id: str) -> tuple[str, ...]:
+    """The tenant's administrator role and group as SIDs (derived from the tenant ID: the same for every join)."""
+    return tuple(drs.sid_from_guid(str(uuid.uuid5(uuid.UUID(tenant_id), name))) for name in _ADMIN_OBJECTS)
+
+
 def _membership(tenant_id: str) -> list[dict[str, Any]]:
-    sids = [drs.sid_from_guid(str(uuid.uuid5(uuid.UUID(tenant_id), name))) for name in _ADMIN_OBJECTS]
-    return [{"LocalSID": ADMINISTRATORS, "AddSIDs": sids}]
+    return [{"LocalSID": ADMINISTRATORS, "AddSIDs": list(_admin_sids(tenant_id))}]
 
 
 def _reply(cert: drs.DeviceCertificate, tenant_id: str, upn: str | None) -> dict[str, Any]:
