@@ -1,0 +1,122 @@
+"""runtime/offload.py: the hop that runs a request's work (crypto, database) on a service's worker threads and
+resumes the caller on the event loop with what the work gave (its result or its exception, with the caller's context
+variables), never on the loop's own thread; at most its threads at once, the rest waiting their turn; a caller
+cancelled before its work started does not start it (one cancelled while its work runs: test_mp_cancelled_work)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+
+import pytest
+
+from cmglab.runtime.offload import Offload
+
+WAIT = 20  # seconds: generous for a loaded machine, never reached when it works
+who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+def test_the_work_runs_off_the_loop_with_the_callers_context_and_gives_its_result_or_its_exception() -> None:
+    pool = Offload("t-work")
+
+    def work(a: int, b: int) -> tuple[int, str, int]:
+        return a + b, who.get(), threading.get_ident()
+
+    def fails() -> None:
+        raise KeyError("no such row")
+
+    async def main() -> None:
+        who.set("caller")
+        total, seen, thread = await pool.run(work, 2, 3)
+        assert (total, seen) == (5, "caller")
+        assert thread != threading.get_ident()  # not the loop's thread
+        with pytest.raises(KeyError, match="no such row"):
+            await pool.run(fails)
+        assert (await pool.run(work, 1, 1))[0] == 2  # a thread that raised serves on
+
+    asyncio.run(main())
+    pool.shutdown()
+
+
+def test_no_more_threads_than_the_pool_has_and_queued_work_runs_in_its_turn() -> None:
+    pool = Offload("t-work", max_threads=2)
+    running, most, lock = 0, 0, threading.Lock()
+    release = threading.Event()
+
+    def work(n: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        assert release.wait(WAIT)
+        with lock:
+            running -= 1
+        return n
+
+    async def main() -> list[int]:
+        tasks = [asyncio.ensure_future(pool.run(work, n)) for n in range(6)]
+        await asyncio.sleep(0)
+        release.set()
+        return await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+
+    assert asyncio.run(main()) == list(range(6))
+    assert most <= 2 and len(pool.threads) == 2
+    pool.shutdown()
+
+
+def test_work_whose_caller_was_cancelled_before_it_started_is_not_started() -> None:
+    pool = Offload("t-work", max_threads=1)
+    busy, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def hold() -> None:
+        busy.set()
+        assert release.wait(WAIT)
+        ran.append("hold")
+
+    async def main() -> None:
+        first = asyncio.ensure_future(pool.run(hold))
+        assert await asyncio.to_thread(busy.wait, WAIT)
+        queued = asyncio.ensure_future(pool.run(ran.append, "queued"))  # the only thread is busy: it waits
+        await asyncio.sleep(0)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        release.set()
+        await asyncio.wait_for(first, WAIT)
+        assert await pool.run(len, "after") == 5  # the thread went past the cancelled item to this one
+
+    asyncio.run(main())
+    assert ran == ["hold"]
+    pool.shutdown()
+
+
+def test_shutdown_waits_for_the_work_under_way_and_refuses_more() -> None:
+    pool = Offload("t-work")
+    started, go_on = threading.Event(), threading.Event()
+    finished: list[str] = []
+
+    def work() -> None:
+        started.set()
+        assert go_on.wait(WAIT)
+        finished.append("work")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(pool.run(work))
+        assert await asyncio.to_thread(started.wait, WAIT)
+        stopping = threading.Thread(target=pool.shutdown)
+        stopping.start()
+        deadline = time.monotonic() + WAIT
+        while not pool.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert pool.closed and stopping.is_alive()  # it waits for the work under way
+        with pytest.raises(RuntimeError, match="shut down"):
+            await pool.run(len, "x")
+        go_on.set()
+        await asyncio.to_thread(stopping.join, WAIT)
+        assert not stopping.is_alive() and finished == ["work"]
+        await asyncio.wait_for(task, WAIT)
+
+    asyncio.run(main())
