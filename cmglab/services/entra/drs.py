@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
-import hashlib
 import struct
 import threading
 import uuid
@@ -24,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from cmglab.pki import builders as b
-from cmglab.services.entra import device_cert_der as der
 from cmglab.services.entra.errors import DRSError
 from cmglab.wire import jsonlimits, key_limits
 
@@ -139,30 +136,15 @@ def sid_from_guid(guid: str) -> str:
 
 @dataclass(frozen=True)
 class DeviceCertificate:
-    der: bytes
+    cert: x509.Certificate
 
     @cached_property
     def thumbprint(self) -> str:  # the join's reply and its device row: worked out once
-        return hashlib.sha1(self.der).hexdigest().upper()
+        return b.sha1_thumbprint(self.cert)
 
     @property
     def der_b64(self) -> str:
-        return base64.b64encode(self.der).decode()
-
-    @cached_property
-    def cert(self) -> x509.Certificate:
-        return x509.load_der_x509_certificate(self.der)
-
-
-@functools.lru_cache(maxsize=4096)
-def _guid_le(guid: str) -> bytes:
-    """A tenant's or user's GUID as Windows stores it (little-endian), parsed once per GUID."""
-    return uuid.UUID(guid).bytes_le
-
-
-_DEVICE_ID, _USER_ID, _TENANT_ID, _JOIN_TYPE, _REGION = (
-    der.oid(o) for o in (OID_DEVICE_ID, OID_USER_ID, OID_TENANT_ID, OID_JOIN_TYPE, OID_REGION)
-)
+        return base64.b64encode(b.cert_der(self.cert)).decode()
 
 
 class DeviceCA:
@@ -170,9 +152,7 @@ class DeviceCA:
 
     def __init__(self, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> None:
         self.cert, self.key = cert, key
-        leaves = b.LeafIssuer(cert, key, ekus=[b.CLIENT_AUTH], days=DEVICE_CERT_DAYS)
-        # the certificate LeafIssuer would make, written as DER (device_cert_der.py): ~0.1 ms of CPU less per join
-        self.leaves = der.DeviceCertificateDER(cert, key, leaves.constant, leaves.validity)
+        self.leaves = b.LeafIssuer(cert, key, ekus=[b.CLIENT_AUTH], days=DEVICE_CERT_DAYS)
         self.signed = SignedCertificates(self)
 
     def issue(
@@ -185,16 +165,15 @@ class DeviceCA:
         joined: bool,
         region: str,
     ) -> DeviceCertificate:
-        extra = [
-            (_DEVICE_ID, uuid.UUID(device_id).bytes_le),
-            (_TENANT_ID, _guid_le(tenant_id)),
-            (_JOIN_TYPE, b"1" if joined else b"0"),
-            (_REGION, region.encode()),
+        extra: list[x509.ExtensionType] = [
+            x509.UnrecognizedExtension(OID_DEVICE_ID, uuid.UUID(device_id).bytes_le),
+            x509.UnrecognizedExtension(OID_TENANT_ID, uuid.UUID(tenant_id).bytes_le),
+            x509.UnrecognizedExtension(OID_JOIN_TYPE, b"1" if joined else b"0"),
+            x509.UnrecognizedExtension(OID_REGION, region.encode()),
         ]
         if user_id:
-            extra.append((_USER_ID, _guid_le(user_id)))
-        start = b.utcnow() - timedelta(minutes=5)
-        return DeviceCertificate(self.leaves.issue(device_key, device_id, extra, not_before=start))
+            extra.append(x509.UnrecognizedExtension(OID_USER_ID, uuid.UUID(user_id).bytes_le))
+        return DeviceCertificate(self.leaves.issue(device_key, b.name(device_id), extra))
 
     def issued(self, cert: x509.Certificate, now: datetime) -> bool:
         """Whether this CA signed `cert` and it is within its validity period."""

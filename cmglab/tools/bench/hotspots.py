@@ -1050,15 +1050,6 @@ KNOWN_BEARER_BEFORE = (
     "change (with the device certificates read once, e7e3d80) interleaved 2 + 2, load average 9.8-11.2: 1.396, "
     "1.437 -> 1.199, 1.212 ms of Entra's CPU per join (mean 1.42 -> 1.21; workers 1.15 -> 0.96)"
 )
-CERT_DER_BEFORE = (
-    "main 850cfe0 (the device certificate made by cryptography's CertificateBuilder: a Python object per name, "
-    "extension and identifier, then its Rust encoder, ~0.08 ms of CPU beyond the RSA signature): Entra alone, "
-    "section 2's DRS join scenario, 16 keep-alive connections, 8 s, main and the change interleaved 3 + 3, load "
-    "average 10.1-13.9: 1.387, 1.210, 1.201 -> 1.090, 1.129 ms of Entra's CPU per join (the change's third run "
-    "starved beside a test run, 260 joins, 1.308: left out; workers 0.93-1.02 -> 0.65-0.83); in process, "
-    "interleaved 8 + 8 blocks: the certificate with its thumbprint and DER 0.447 -> 0.406 ms (the RSA signature "
-    "alone 0.364)"
-)
 ENTRA_FIXES = (
     Fix(
         "Entra token (ROPC, v1)",
@@ -1398,18 +1389,6 @@ ENTRA_FIXES = (
         server_cpu_ms=1.42,
         process_cpu_ms=1.42,
         before=KNOWN_BEARER_BEFORE,
-    ),
-    Fix(
-        floor.DRS_JOIN,
-        "the device certificate written as DER around the CA's signature (the issuer, the constant extensions and "
-        "the OIDs encoded once; byte for byte the certificate the builder makes with the same serial and validity) "
-        "(cmglab/services/entra/device_cert_der.py, drs.py)",
-        "entra",
-        rps=500.0,
-        p50_ms=None,
-        server_cpu_ms=1.27,
-        process_cpu_ms=1.27,
-        before=CERT_DER_BEFORE,
     ),
 )
 
