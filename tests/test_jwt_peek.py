@@ -137,3 +137,23 @@ def test_decode_checks_the_signature_the_algorithm_and_the_claims_as_pyjwt() -> 
 @given(st.integers(0, len(TOKEN)), st.integers(0, 3), st.text(ALPHABET, max_size=4))
 def test_any_edit_of_a_token_verifies_as_pyjwt_verifies_it(at: int, cut: int, insert: str) -> None:
     assert_same_verified(TOKEN[:at] + insert + TOKEN[at + cut :])
+
+
+def test_decode_knows_a_header_by_its_exact_bytes_and_hands_out_copies() -> None:
+    """A header segment seen before (a device's ~2.5 KB header with its certificate, issue 20) is not decoded again:
+    the same bytes hold the same header. A header changed after it was handed out stays as it was for the next
+    token, and a segment one character off is read afresh (here: a header PyJWT refuses, with PyJWT's error)."""
+    known = jwt_peek.KnownHeaders(size=2)
+    header_seg = TOKEN.split(".")[0].encode()
+    found = jwt_peek._parts(TOKEN, known)
+    assert found is not None and found[0] == jwt.get_unverified_header(TOKEN)
+    found[0]["alg"] = "none"
+    again = jwt_peek._parts(TOKEN, known)
+    assert again is not None and again[0]["alg"] == "RS256" and known.get(header_seg) == again[0]
+    for size in range(3):  # bounded: the oldest goes first
+        known.add(f"seg{size}".encode(), {"n": size})
+    assert known.get(header_seg) is None and known.get(b"seg2") == {"n": 2}
+    assert_same_verified(TOKEN)
+    assert_same_verified(TOKEN)  # known now
+    assert_same_verified(f"{b64(json.dumps({'alg': 'RS256', 'kid': 7}).encode())}.{PAYLOAD}.{SIGNATURE}")
+    assert_same_verified(f"{HEADER}A.{PAYLOAD}.{SIGNATURE}")

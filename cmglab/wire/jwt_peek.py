@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import re
+import threading
 from typing import Any
 
 import jwt
@@ -45,23 +46,59 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _parts(token: object) -> tuple[dict[str, Any], bytes, bytes, bytes] | None:
+class KnownHeaders:
+    """JOSE header segments that `_parts` accepted, by their exact bytes, with the header they hold (bounded, the
+    oldest first): a device signs every request with the same header (its certificate in x5c, ~2.5 KB of base64),
+    so its decoding and canonical-encoding check are done once (issue 20). The segment's bytes are the whole input
+    of that work: the same bytes give the same header. Each use gets its own copy of the header."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._known: dict[bytes, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, segment: bytes) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._known.get(segment)
+        return None if found is None else dict(found)
+
+    def add(self, segment: bytes, header: dict[str, Any]) -> None:
+        with self._lock:
+            if len(self._known) >= self.size:
+                self._known.pop(next(iter(self._known)))
+            self._known[segment] = dict(header)
+
+
+def _header(segment: bytes) -> dict[str, Any] | None:
+    """The JOSE header of a segment PyJWT would load, else None."""
+    decoded = _segment(segment)
+    header = None if decoded is None else _json_object(decoded)
+    # b64=false (a detached payload) and crit: PyJWT's own rules
+    if header is None or "b64" in header or "crit" in header:
+        return None
+    if "kid" in header and not isinstance(header["kid"], str):
+        return None
+    return header
+
+
+def _parts(token: object, known: KnownHeaders | None = None) -> tuple[dict[str, Any], bytes, bytes, bytes] | None:
     """The header, the payload's bytes, the signing input and the signature's bytes of a compact JWS PyJWT would
-    load, else None."""
+    load, else None. KNOWN: header segments accepted before."""
     if not isinstance(token, str) or not token.isascii():
         return None
     raw = token.encode("ascii")
     parts = raw.split(b".")
     if len(parts) != 3:
         return None
-    header_seg, payload_seg, signature_seg = (_segment(p) for p in parts)
-    if header_seg is None or payload_seg is None or signature_seg is None:
-        return None
-    header = _json_object(header_seg)
-    # b64=false (a detached payload) and crit: PyJWT's own rules
-    if header is None or "b64" in header or "crit" in header:
-        return None
-    if "kid" in header and not isinstance(header["kid"], str):
+    header = known.get(parts[0]) if known is not None else None
+    if header is None:
+        header = _header(parts[0])
+        if header is None:
+            return None
+        if known is not None:
+            known.add(parts[0], header)
+    payload_seg, signature_seg = _segment(parts[1]), _segment(parts[2])
+    if payload_seg is None or signature_seg is None:
         return None
     return header, payload_seg, raw[: len(raw) - len(parts[2]) - 1], signature_seg
 
@@ -95,8 +132,10 @@ class _LeanJWS(jwt.PyJWS):
     whenever `_parts` says no: the same (payload, signing input, header, signature), PyJWT's errors for the rest.
     Everything after the loading (the algorithm allowed, the signature, the claims) is PyJWT's."""
 
+    known = KnownHeaders()  # the headers `decode` met: Entra's device-signed requests and DRS bearers
+
     def _load(self, token: str | bytes) -> tuple[bytes, bytes, dict[str, Any], bytes]:
-        found = _parts(token)
+        found = _parts(token, self.known)
         if found is None:
             return super()._load(token)
         header, payload, signing_input, signature = found

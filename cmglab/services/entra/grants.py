@@ -352,19 +352,30 @@ class Grants:
 BASE64URL_SEGMENT = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
+_KNOWN_HEADERS = jwt_peek.KnownHeaders()  # a device's requests share one header (its certificate in x5c)
+
+
 def jws_header(request: str) -> dict[str, Any] | None:
     """The (unverified) JOSE header of a compact JWS, None when it is not one; it only picks the verifier and
     its key: PyJWT's decode then parses and checks the whole request. Decoded once per request here, instead of
     by PyJWT's get_unverified_header twice, which checks every character of every segment in Python (~0.15 ms
-    for a request with a certificate in its header)."""
+    for a request with a certificate in its header), and once per header text: a header seen before is known by
+    its exact text (~0.02 ms for a device's ~2.5 KB header)."""
     segment = request.partition(".")[0]
     if len(segment.rstrip("=")) % 4 == 1 or not BASE64URL_SEGMENT.fullmatch(segment):
         return None
+    key = segment.encode("ascii")  # the pattern holds ASCII only
+    known = _KNOWN_HEADERS.get(key)
+    if known is not None:
+        return known
     try:
         header = json.loads(base64.urlsafe_b64decode(segment.rstrip("=") + "=" * (-len(segment.rstrip("=")) % 4)))
     except (binascii.Error, ValueError, RecursionError):
         return None
-    return header if isinstance(header, dict) else None
+    if not isinstance(header, dict):
+        return None
+    _KNOWN_HEADERS.add(key, header)
+    return header
 
 
 def _session_key_signed(header: dict[str, Any] | None) -> bool:
