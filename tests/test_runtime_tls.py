@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -220,6 +221,36 @@ def test_an_idle_connection_keeps_no_copy_of_its_certificate(tls_lab: Lab) -> No
     assert anonymous.getpeercert() is None and anonymous.getpeercert(True) is None
     ext = tls_extension(anonymous)
     assert ext.get("client_cert_der") is None and ext["client_cert_chain"] == []
+
+
+def test_connections_share_their_cipher_and_listener_address(tls_lab: Lab) -> None:
+    """Issue 20: what every connection repeats (the cipher uvloop keeps per connection, the listener's address in
+    uvicorn's protocol and each request's scope) is one shared object, not a copy per idle connection; the values
+    are unchanged."""
+    ident = tls_lab.pki.server("cmg")
+    seen: list[tuple[Any, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append((scope["server"], scope["extensions"]["tls"]["cipher"]))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    (port,) = reserve_ports(1)
+    service = Service("share-test", [Listener("share", app, port, tls=TLS(ident.cert_path, ident.key_path))])
+    with ThreadedService(service):
+        for _ in range(2):  # two connections of their own
+            with client(tls_lab, port) as c:
+                assert c.get(f"https://cmg.lab.test:{port}/").status_code == 200
+    (server_a, cipher_a), (server_b, cipher_b) = seen
+    assert server_a == ("127.0.0.1", port) and server_a is server_b
+    assert cipher_a == cipher_b
+
+    server_ctx = server_context(certfile=ident.cert_path, keyfile=ident.key_path)
+    client_ctx = httpclient.ssl_context(ca_bundle=tls_lab.pki.ca_bundle)
+    one, two = _handshake(server_ctx, client_ctx), _handshake(server_ctx, client_ctx)
+    assert one.cipher() == ssl.SSLObject.cipher(one) and one.cipher() is two.cipher()
 
 
 def _resumable_whoami(

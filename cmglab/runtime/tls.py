@@ -41,6 +41,17 @@ ClientCertMode = Literal["none", "optional", "required"]
 # the callable logs why not
 Admit = Callable[[bytes | None, str], bool]
 _VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+# Values every connection of a process repeats (its cipher, its listener's address), one shared copy each: an idle
+# keep-alive connection otherwise keeps its own (issue 20). Bounded: a process sees a handful of distinct ones.
+_SHARED_MAX = 256
+_shared: dict[Any, Any] = {}
+
+
+def _one_copy(value: Any) -> Any:
+    """VALUE (hashable, immutable), or an equal one already seen: the one copy kept."""
+    if value is None or (len(_shared) >= _SHARED_MAX and value not in _shared):
+        return value
+    return _shared.setdefault(value, value)
 
 
 class PeerCertificate(Mapping[str, Any]):
@@ -74,6 +85,11 @@ class PeerCertificate(Mapping[str, Any]):
 
 
 class LoggingSSLObject(ssl.SSLObject):
+    def cipher(self) -> tuple[str, str, int] | None:
+        """As ssl.SSLObject's, one shared tuple per distinct value: uvloop asks every connection at the end of its
+        handshake and keeps the answer in the transport's extra info (~0.2 KB per idle connection, issue 20)."""
+        return _one_copy(super().cipher())
+
     def getpeercert(self, binary_form: bool = False) -> Any:
         """As ssl.SSLObject's (None without a peer certificate), the dictionary form decoded when read."""
         if binary_form or self.context.verify_mode == ssl.CERT_NONE or super().getpeercert(True) is None:
@@ -284,6 +300,8 @@ class _TLSScopeMixin:
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         me: Any = self
+        if getattr(me, "server", None) is not None:  # the listener's address: the same for each connection
+            me.server = _one_copy(me.server)
         if isinstance(self, (H11Protocol, HttpToolsProtocol)):  # nothing holds uvicorn's yet: no request began
             me.flow = LeanFlowControl(transport)
         if isinstance(self, HttpToolsProtocol):

@@ -48,6 +48,12 @@ IDLE_BEFORE = (
     "2,000 held (the bench's open_held, mutual TLS, one AADAuthInfo each), the CMG in a process of its own with "
     "CMGLAB_IDLE_TIMEOUT=900, its RSS growth per connection: main 228e12f vs the change, load average 16-20"
 )
+SHARED_BEFORE = (
+    "2,000 held (the bench's open_held, mutual TLS, one AADAuthInfo each), the CMG in a process of its own with "
+    "CMGLAB_IDLE_TIMEOUT=900, its RSS growth per connection: main 18fc97c (4 runs: 45.37, 45.37, 45.37, 45.79) vs "
+    "the change (2 runs: 45.17, 45.22; the anonymous mappings, where Python's small objects are, 10.09-10.20 -> "
+    "9.87-9.88 KB), load average 6-12"
+)
 MEMORY_FIXES: tuple[tuple[str, float, float, str], ...] = (
     (
         "the finished request's scope and headers let go once its reply is out; the TLS extension's PEM chain "
@@ -81,19 +87,31 @@ MEMORY_FIXES: tuple[tuple[str, float, float, str], ...] = (
         45.4,
         IDLE_BEFORE,
     ),
+    (
+        "the cipher uvloop keeps per connection and the listener's address uvicorn keeps per connection: one shared "
+        "copy each (cmglab/runtime/tls.py)",
+        45.5,
+        45.2,
+        SHARED_BEFORE,
+    ),
 )
-# what the rest is (/work/notes/perfmem.md and perfmem2.md have the measurements)
+# what the rest is (/work/notes/perfmem.md, perfmem2.md and mem9.md have the measurements)
 MEMORY_SPLIT = (
-    "Where an idle mutual-TLS connection's memory is (CMG, 2,000 held, measured by hand): OpenSSL with CPython's "
-    "SSLObject and uvloop's two memory BIOs ~32.6 KB of heap (18.7 KB without a client certificate: the client's "
-    "certificate and issuing CA, parsed per connection, cost ~14 KB; the BIOs keep buffers the size of the "
-    "largest handshake flight, ~9 KB; SSL_MODE_RELEASE_BUFFERS is already set by CPython, no session is cached), "
-    "uvloop's 256 KiB read buffer 1 resident page (4 KB), uvicorn's protocol (its instance dictionary ~1.5 KB: "
-    "past 30 attributes Python gives it a 128-slot table), the llhttp parser with its bound callbacks (~0.9 KB) "
-    "and the runtime's per-connection objects (Python objects per connection, tracemalloc: 18.7 KB before the "
-    "fixes, ~11 KB after the first two, less since the certificate dictionary (~2 KB), the idle timer (~1.6 KB), "
-    "the finished llhttp cycle (~2 KB) and uvicorn's deques went). The 32 KB goal is below what OpenSSL alone "
-    "keeps for a connection with a client certificate."
+    "Where an idle mutual-TLS 1.3 connection's memory is (CMG, 2,000 held, measured by hand, /work/notes/mem9.md): "
+    "45.4 KB of RSS = 35.3 KB of malloc heap + 10.1 KB of anonymous mappings; glibc holds no free heap worth "
+    "giving back (0.5 MB free of 93 MB after the burst; malloc_trim returns nothing). OpenSSL 3.0 alone keeps "
+    "32.6 KB of heap (30.5 KB asked for in 208 blocks, OpenSSL's own allocator hooks by source line, the CMG's "
+    "context): the SSL object 7.6 KB; uvloop's two memory BIOs' buffers, the size of the largest flight each "
+    "carried and never shrunk, 6.8 KB (3.2 the client's certificate flight, 3.5 the server's); the client's "
+    "certificate and issuing CA as it sent them, parsed (the leaf in the session, the CA in its peer chain) ~9.5 KB "
+    "(5.7 KB of heap per parsed X509); both directions' AES-GCM keys 2.3 KB; the session 0.9 KB; the handshake hash "
+    "0.6 KB; both key shares 0.7 KB; the rest (certificate and verify settings, sigalgs, locks) ~2 KB. Not there: "
+    "record buffers (CPython sets SSL_MODE_RELEASE_BUFFERS), cached sessions (stateless tickets; num_tickets 0 "
+    "changes nothing), CRL state (the same without the CRL check). With uvloop's 256 KiB read buffer (1 resident "
+    "page, 4 KB) that is 36.6 KB before any Python object: the 32 KB goal is below what this TLS stack keeps. "
+    "Python's part (~9 KB): uvicorn's protocol (its instance dictionary 1.6 KB: it has 51 attributes, and past "
+    "some 20 Python gives it a 128-slot table), the llhttp parser with its bound callbacks (~0.9 KB), uvloop's SSL "
+    "protocol and transport, the runtime's per-connection objects."
 )
 MIN_SECONDS = 3.0  # fewer samples than this say little
 ONBOARDING = "whole onboarding (section 4, smallest fleet): the devices' CPU"
