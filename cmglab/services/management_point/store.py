@@ -23,7 +23,7 @@ from cmglab.core import labconfig
 from cmglab.core.labconfig import SiteSettings, SiteSettingsChange
 from cmglab.runtime import db
 from cmglab.runtime.lab import Lab
-from cmglab.services.management_point import units
+from cmglab.services.management_point import settings_watch, units
 from cmglab.services.management_point.admission import APPROVED, NOT_APPROVED
 from cmglab.services.management_point.sealing import Sealer, site_key
 from cmglab.wire.entra_tokens import EntraPolicy, TenantAudience
@@ -260,8 +260,13 @@ def _entra_policy_of(rows: tuple[tuple[str, str, str], ...], require_device: boo
 def _settings_of(rows: Iterable[Sequence[Any]]) -> SiteSettings | None:
     """The settings of the site_settings rows: parsed and validated again only when their text changed
     (a copy each time: the cached one stays as read)."""
-    parsed = _parsed_settings(tuple((str(name), str(value)) for name, value in rows))
+    parsed = _parsed_rows(rows)
     return parsed.model_copy() if parsed is not None else None
+
+
+def _parsed_rows(rows: Iterable[Sequence[Any]]) -> SiteSettings | None:
+    """The settings of the site_settings rows, as parsed (shared: never handed out without a copy)."""
+    return _parsed_settings(tuple((str(name), str(value)) for name, value in rows))
 
 
 @functools.lru_cache(maxsize=8)
@@ -284,8 +289,10 @@ class Store(db.Store):
         policy_factory: Callable[[Lab], list[Policy]] | None = None,
         seed: bool = True,
     ) -> None:
-        super().__init__(db.Database(url or lab.database_url("management-point"), Base, "management-point"))
+        url = url or lab.database_url("management-point")
+        super().__init__(db.Database(url, Base, "management-point"))
         self.lab = lab
+        self._url = url
         self.sealer = Sealer(site_key(lab.dir))
         self.policy_factory = policy_factory
         self.statements = units.Statements(
@@ -374,8 +381,26 @@ class Store(db.Store):
         return _settings_of(s.connection().exec_driver_sql(_SETTINGS_SQL))
 
     def stored_site_settings(self) -> SiteSettings | None:
-        """The settings the site database holds; None when it was never seeded (the MP never started)."""
-        return _settings_of(self.db.read(_SETTINGS_SQL))
+        """The settings the site database holds; None when it was never seeded (the MP never started). Read again
+        whenever anything was committed to the database since the last read (settings_watch.py; on PostgreSQL
+        every time); a copy each time, as `_settings_of` gives."""
+        watch = self._settings_watch
+        if watch is None:
+            return _settings_of(self.db.read(_SETTINGS_SQL))
+        parsed = watch.read(lambda: _parsed_rows(self.db.read(_SETTINGS_SQL)))
+        return parsed.model_copy() if parsed is not None else None
+
+    @functools.cached_property
+    def _settings_watch(self) -> settings_watch.Watch[SiteSettings | None] | None:
+        """The stored settings as last read, kept while nothing was committed to the SQLite file since; opened on
+        the first read (a store that only writes never opens it)."""
+        return settings_watch.Watch.of(self._url, db.BUSY_TIMEOUT)
+
+    def dispose(self) -> None:
+        watch = self.__dict__.pop("_settings_watch", None)
+        if watch is not None:
+            watch.close()
+        super().dispose()
 
     def site_settings(self) -> SiteSettings:
         """The settings the services enforce (read per request: a change applies live)."""
