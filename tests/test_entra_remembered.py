@@ -6,6 +6,8 @@ the device row and the nonce, the token's lifetime and audience are checked on e
 from __future__ import annotations
 
 import base64
+import gc
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -167,3 +169,26 @@ def test_a_known_drs_token_is_still_checked_for_its_lifetime_and_audience(
     with pytest.raises(DRSError) as refused:
         join_device(entra, forged, user.upn)
     assert refused.value.code == 50027
+
+
+def test_large_headers_of_refused_requests_are_not_kept(lab: Lab, entra: Parts, joined: JoinedDevice) -> None:
+    """Attack: device-signed requests whose JOSE headers are each different and large (a form may be 16 MiB), with a
+    real device certificate in x5c and another key's signature: each refused, and none kept afterwards (the
+    headers known by their text, jwt_peek.KnownHeaders, are decoded before any signature is checked)."""
+    x5c = base64.b64encode(b.cert_der(joined.cert)).decode()
+    key = new_key()
+    payload = {"request_nonce": "n", "grant_type": "device_token"}
+    _refused(lab, entra, jwt.encode(payload, key, algorithm="RS256", headers={"x5c": [x5c]}))  # the certificate known
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(8):
+            pad = f"{n:04}" + "A" * 512 * 1024
+            assert _refused(lab, entra, jwt.encode(payload, key, algorithm="RS256", headers={"x5c": [x5c], "p": pad}))
+            del pad
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1024 * 1024, f"{kept} bytes kept after 8 refused requests of ~0.7 MB each"

@@ -50,7 +50,11 @@ class KnownHeaders:
     """JOSE header segments that `_parts` accepted, by their exact bytes, with the header they hold (bounded, the
     oldest first): a device signs every request with the same header (its certificate in x5c, ~2.5 KB of base64),
     so its decoding and canonical-encoding check are done once (issue 20). The segment's bytes are the whole input
-    of that work: the same bytes give the same header. Each use gets its own copy of the header."""
+    of that work: the same bytes give the same header. Each use gets its own copy of the header. Headers are
+    kept before any signature is checked, so only segments of at most MAX_SEGMENT bytes (a device's, with room
+    for a larger certificate): a larger one, which a 16 MiB form can hold, is decoded afresh each time."""
+
+    MAX_SEGMENT = 8 * 1024
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
@@ -63,6 +67,8 @@ class KnownHeaders:
         return None if found is None else dict(found)
 
     def add(self, segment: bytes, header: dict[str, Any]) -> None:
+        if len(segment) > self.MAX_SEGMENT:
+            return
         with self._lock:
             if len(self._known) >= self.size:
                 self._known.pop(next(iter(self._known)))
