@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -16,6 +18,7 @@ from cmglab.runtime.offload import Offload
 
 WAIT = 20  # seconds: generous for a loaded machine, never reached when it works
 who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+who_span: contextvars.ContextVar[object] = contextvars.ContextVar("who_span")
 
 
 def test_the_work_runs_off_the_loop_with_the_callers_context_and_gives_its_result_or_its_exception() -> None:
@@ -120,3 +123,25 @@ def test_shutdown_waits_for_the_work_under_way_and_refuses_more() -> None:
         await asyncio.wait_for(task, WAIT)
 
     asyncio.run(main())
+
+
+def test_an_idle_thread_keeps_nothing_of_the_work_it_ran() -> None:
+    """What a request handed its thread (its form with a password, its context variables) is let go when the work
+    is done, not kept until the thread's next work."""
+    pool = Offload("t-work", max_threads=1)
+
+    class Form(dict[str, str]):
+        pass
+
+    form, span = Form(password="Passw0rd!lab"), Form(request="the caller's")
+    gone = weakref.ref(form), weakref.ref(span)
+
+    async def main(form: Form, span: Form) -> int:
+        who_span.set(span)
+        return await pool.run(len, form)
+
+    assert asyncio.run(main(form, span)) == 1
+    del form, span
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None] and len(pool.threads) == 1
+    pool.shutdown()

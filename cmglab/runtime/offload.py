@@ -75,7 +75,8 @@ class _Worker:
                     loop.call_soon_threadsafe(_settle, future, result, error)
                 except RuntimeError:  # the loop closed meanwhile: nobody waits for it
                     pass
-                del future, result, error
+                del result, error
+            del future, loop, context, func, args  # the request's form, its context: not kept while idle
             with pool.lock:
                 if pool.backlog:
                     item = pool.backlog.popleft()
