@@ -6,11 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from cmglab.tools.bench.profile import Sampler
+from cmglab.tools.bench.profile import Sampler, busy
 
 
 def test_one_failed_recording_stops_the_others() -> None:
@@ -26,3 +27,14 @@ def test_one_failed_recording_stops_the_others() -> None:
         sampler.stacks()
     assert sampler.procs["management-point"].returncode is not None  # killed and reaped
     assert not sampler.dir.exists()
+
+
+def test_the_services_idle_request_threads_are_not_busy_samples() -> None:
+    """A thread of a service's own pool (runtime/offload.py) waiting for work is idle, as a thread of an executor
+    is: the stacks are py-spy's own for such threads (`py-spy record --format raw --nolineno`)."""
+    waiting = (
+        "Thread._bootstrap (threading.py);Thread._bootstrap_inner (threading.py);Thread.run (threading.py);"
+        "_Worker.loop (cmglab/runtime/offload.py)"
+    )
+    working = waiting + ";sign (cmglab/services/entra/signing.py)"
+    assert busy(Counter({waiting: 396, working: 4})) == Counter({working: 4})

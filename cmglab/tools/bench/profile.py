@@ -68,6 +68,7 @@ _IDLE = (
     "wait (threading",
     "select (selectors",
     "_worker (concurrent",
+    "_Worker.loop (cmglab/runtime/offload",  # the services' own request threads, waiting for their next item
 )
 
 
