@@ -104,11 +104,12 @@ def header(endpoint: str, length: int, mp_host: str, extra_hooks: str = "", sour
 
 
 def read_reply(resp: httpx.Response) -> str:
-    """As sccmwtf does: the application/octet-stream part, zlib, UTF-16."""
+    """As sccmwtf does: the application/octet-stream part, zlib, UTF-16. Only the CRLF before the next delimiter
+    is cut: a compressed body may itself end in 0x0d or 0x0a (its Adler-32's last byte), which rstrip would eat."""
     for part in resp.content.split(f"--{B}".encode()):
         head, _, content = part.partition(b"\r\n\r\n")
         if b"application/octet-stream" in head:
-            return zlib.decompress(content.rstrip(b"\r\n")).decode("utf-16")
+            return zlib.decompress(content.removesuffix(b"\r\n")).decode("utf-16")
     raise AssertionError(f"no octet-stream part in {resp.content[:200]!r}")
 
 
