@@ -226,6 +226,22 @@ def test_aad_refusals(entra: Lab) -> None:
     wait_log(mp, "CCM_STS.log", r"Failed to issue token \(AAD proof\): TenantNotOnboarded")
 
 
+def test_a_known_entra_token_is_refused_once_its_tenant_is_offboarded(entra: Lab) -> None:
+    """The MP knows an accepted Entra token by its text only under the same rule (entra_known.py, issue 20): its
+    tenant offboarded live (`cmglab tenant offboard`), the same token is refused at the next request; onboarded
+    again, it is admitted."""
+    token, tenant = entra_token(entra), entra.config.primary_tenant.tenant_id
+    for _ in range(2):  # accepted, then known
+        assert sts(entra, token, {"ProofType": "AAD"})[0] == 200
+    assert run("cmglab", "tenant", "offboard", tenant, "--lab", str(entra.dir)).returncode == 0
+    try:
+        status, reply = sts(entra, token, {"ProofType": "AAD"})
+        assert status == 403 and reply["Error"] == "TenantNotOnboarded"
+    finally:
+        assert run("cmglab", "tenant", "onboard", tenant, "--lab", str(entra.dir)).returncode == 0
+    assert sts(entra, token, {"ProofType": "AAD"})[0] == 200
+
+
 def test_ccm_token_lifetime_is_the_site_setting(mp: Lab, token_client: tuple[Device, str]) -> None:
     """`cmglab site set ccm-token-lifetime MINUTES` applies to the running MP's next token."""
     device, unique = token_client

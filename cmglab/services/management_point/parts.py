@@ -9,6 +9,7 @@ from functools import cached_property
 from cryptography import x509
 
 from cmglab.runtime.lab import Lab
+from cmglab.services.management_point.entra_known import KnownEntraTokens
 from cmglab.services.management_point.mplogs import MPLogs
 from cmglab.services.management_point.policy_defaults import default_policies
 from cmglab.services.management_point.store import Store
@@ -43,6 +44,11 @@ class Parts:
     def ccm_tokens(self) -> VerifiedTokens:
         """CCM tokens verified once, then known by their text (what every tokenauth request carries)."""
         return VerifiedTokens(self.signer.cert, self.signer.hierarchy_id)
+
+    @cached_property
+    def entra_known(self) -> KnownEntraTokens:
+        """Entra tokens accepted under the site's rule, known by their text while the rule is the same."""
+        return KnownEntraTokens()
 
     @cached_property
     def server_cert(self) -> x509.Certificate:

@@ -434,10 +434,11 @@ class Store(db.Store):
             row.onboarded = onboarded
             return True
 
-    def entra_policy(self, require_device: bool = True) -> EntraPolicy:
+    def entra_policy(self, require_device: bool = True, unit: units.SiteUnit | None = None) -> EntraPolicy:
         """The site's Entra-token rule over the onboarded tenants, each bound to its own audience: the tenants read
-        per request in plain SQL (an onboarding applies live), the rule built again only when they changed."""
-        rows = self.db.read(_TENANTS_SQL)
+        per request in plain SQL (an onboarding applies live; in UNIT when the request has one), the rule built
+        again only when they changed (the same object while they do not: entra_known.py)."""
+        rows = unit.rows(_TENANTS_SQL) if unit is not None else self.db.read(_TENANTS_SQL)
         onboarded = tuple((str(t), str(r), str(a or "")) for t, r, a, on in rows if on)
         return _entra_policy_of(onboarded, require_device)
 

@@ -156,65 +156,78 @@ class TokenService:
         return await off_loop(self._aad, req, req.bearer)
 
     def _aad(self, req: STSRequest, bearer: str) -> dict[str, Any]:
-        # the site's one Entra rule (entra_tokens.EntraPolicy): the audience bound to the token's own tenant
-        policy = self.mp.store.entra_policy()
-        try:
-            claims = policy.claims_now(self.entra, bearer)
-        except EntraTokenError as e:
-            if e.kind == entra_tokens.OTHER_TENANT:
-                raise STSError(403, "TenantNotOnboarded", f"{e.reason} (site {self.mp.site_code})") from e
-            if e.kind == entra_tokens.UNAVAILABLE:
-                raise STSError(503, "EntraUnavailable", e.reason) from e
-            code = "TokenExpired" if e.kind == entra_tokens.EXPIRED else "InvalidProof"
-            raise STSError(401, code, e.reason) from e
-        tid = str(claims["tid"]).lower()
-        device = str(claims.get("deviceid") or "").lower()
-        user = str(claims.get("oid") or "").lower()
-        is_user = claims.get("idtyp", "user") != "device" and bool(
-            claims.get("upn") or claims.get("unique_name") or claims.get("scp")
-        )
-        token_type = site_tokens.UDA if is_user else site_tokens.DEVICE
-        # onprem_sid is the user's SID in a user token, the computer's in a hybrid device's token
-        onprem_sid = str(claims.get("onprem_sid") or "")
-        user_sid, device_sid = (onprem_sid, "") if is_user else ("", onprem_sid)
-        self.log.info(
-            f"Validated AAD token. TokenType: {token_type} TenantId: {tid} UserId: {user if is_user else ''}"
-            f" DeviceId: {device} OnPrem_UserSid: {user_sid} OnPrem_DeviceSid: {device_sid}"
-        )
-        self.log.info(f"TokenType is {token_type}")
-        return self._aad_issue(req, token_type, tid, user if is_user else None, device, user_sid or None)
-
-    def _aad_issue(
-        self, req: STSRequest, token_type: str, tid: str, user: str | None, device: str, user_sid: str | None
-    ) -> dict[str, Any]:
-        sms_id = None
-        wanted = normalise_sms_id(req.client_id)
-        with self.mp.store.unit() as unit:  # one unit of work: the client, the site's setting, the token's row
-            if wanted:
-                client = unit.client(wanted)
-                # only the Entra device that registered it: an AAD proof proves no SMS key, so a record without a
-                # device ID (registered any other way) is not this device's to claim (issue 15)
-                if client is not None and client.aad_device_id == device:
-                    sms_id = wanted
-            if sms_id is None:
-                sms_id = unit.client_by_aad_device(device) or "GUID:" + str(uuid.uuid4()).upper()
-            token, expires, signed = self._issue(
-                unit,
-                token_type=token_type,
-                proof=Proof.AAD,
-                sms_id=sms_id,
-                tenant=tid,
-                user=user,
-                device=device,
-                user_sid=user_sid,
+        # one unit of work: the site's Entra rule, the client, the site's setting, the token's row (one pooled
+        # connection where the rule's read took one of its own)
+        with self.mp.store.unit() as unit:
+            # the site's one Entra rule (entra_tokens.EntraPolicy): the audience bound to the token's own tenant; a
+            # token accepted before under the same rule is known by its text (entra_known.py)
+            policy = self.mp.store.entra_policy(unit=unit)
+            try:
+                claims = self.mp.entra_known.claims_now(policy, self.entra, bearer)
+            except EntraTokenError as e:
+                if e.kind == entra_tokens.OTHER_TENANT:
+                    raise STSError(403, "TenantNotOnboarded", f"{e.reason} (site {self.mp.site_code})") from e
+                if e.kind == entra_tokens.UNAVAILABLE:
+                    raise STSError(503, "EntraUnavailable", e.reason) from e
+                code = "TokenExpired" if e.kind == entra_tokens.EXPIRED else "InvalidProof"
+                raise STSError(401, code, e.reason) from e
+            tid = str(claims["tid"]).lower()
+            device = str(claims.get("deviceid") or "").lower()
+            user = str(claims.get("oid") or "").lower()
+            is_user = claims.get("idtyp", "user") != "device" and bool(
+                claims.get("upn") or claims.get("unique_name") or claims.get("scp")
             )
-        sccm_user = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sccm-user:{tid}:{user}")) if user else ""
+            token_type = site_tokens.UDA if is_user else site_tokens.DEVICE
+            # onprem_sid is the user's SID in a user token, the computer's in a hybrid device's token
+            onprem_sid = str(claims.get("onprem_sid") or "")
+            user_sid, device_sid = (onprem_sid, "") if is_user else ("", onprem_sid)
+            self.log.info(
+                f"Validated AAD token. TokenType: {token_type} TenantId: {tid} UserId: {user if is_user else ''}"
+                f" DeviceId: {device} OnPrem_UserSid: {user_sid} OnPrem_DeviceSid: {device_sid}"
+            )
+            self.log.info(f"TokenType is {token_type}")
+            uid = user if is_user else None
+            sms_id, token, expires, signed = self._aad_issue(unit, req, token_type, tid, uid, device, user_sid or None)
+        sccm_user = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sccm-user:{tid}:{uid}")) if uid else ""
         self._known(token, signed)
         self.log.info(
             f"Created SCCM token, token type: {token_type}, hierarchyId: "
             f"{self.mp.lab.config.site.hierarchy_id}, userId: {sccm_user}, deviceId: {sms_id}"
         )
         return _ccm_reply(token, token_type, expires)
+
+    def _aad_issue(
+        self,
+        unit: SiteUnit,
+        req: STSRequest,
+        token_type: str,
+        tid: str,
+        user: str | None,
+        device: str,
+        user_sid: str | None,
+    ) -> tuple[str, str, datetime, dict[str, Any]]:
+        """(the client's SMSID, the CCM token, its expiry, its claims), its row written in UNIT."""
+        sms_id = None
+        wanted = normalise_sms_id(req.client_id)
+        if wanted:
+            client = unit.client(wanted)
+            # only the Entra device that registered it: an AAD proof proves no SMS key, so a record without a
+            # device ID (registered any other way) is not this device's to claim (issue 15)
+            if client is not None and client.aad_device_id == device:
+                sms_id = wanted
+        if sms_id is None:
+            sms_id = unit.client_by_aad_device(device) or "GUID:" + str(uuid.uuid4()).upper()
+        token, expires, signed = self._issue(
+            unit,
+            token_type=token_type,
+            proof=Proof.AAD,
+            sms_id=sms_id,
+            tenant=tid,
+            user=user,
+            device=device,
+            user_sid=user_sid,
+        )
+        return sms_id, token, expires, signed
 
     def _possession(self, req: STSRequest) -> x509.Certificate:
         """The self-signed certificate of the request, after checking its signature over token;time."""

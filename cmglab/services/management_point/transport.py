@@ -174,8 +174,8 @@ async def entra_verdict(mp: Parts, token: str) -> tuple[EntraVerdict, dict[str, 
 def _entra_verdict_now(mp: Parts, token: str) -> tuple[EntraVerdict, dict[str, Any] | None, str]:
     """`entra_verdict` in the calling thread: the rule's read and the verification in one hop."""
     policy = mp.store.entra_policy()
-    try:
-        claims = policy.claims_now(mp.entra_keys, token)
+    try:  # a token accepted before under the same rule: known by its text (entra_known.py)
+        claims = mp.entra_known.claims_now(policy, mp.entra_keys, token)
     except entra_tokens.EntraTokenError as e:
         return e.kind, None, e.reason
     return ENTRA_VALID, claims, ""

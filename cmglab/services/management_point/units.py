@@ -154,6 +154,11 @@ class SiteUnit:
         self.cursor.execute(self.q.sql[statement], params)
         return self.cursor.fetchone()
 
+    def rows(self, statement: str) -> list[tuple[Any, ...]]:
+        """The rows of a read without parameters (the store's own statements, read in this unit)."""
+        self.cursor.execute(statement)
+        return [tuple(row) for row in self.cursor.fetchall()]
+
     # -- policy assignments -----------------------------------------------------------------------
     def signer(self, sms_id: str) -> Signer | None:
         row = self._one(_SIGNER, sms_id.upper())
