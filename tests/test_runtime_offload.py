@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import os
 import threading
 import time
 import weakref
@@ -144,4 +145,17 @@ def test_an_idle_thread_keeps_nothing_of_the_work_it_ran() -> None:
     del form, span
     gc.collect()
     assert [ref() for ref in gone] == [None, None] and len(pool.threads) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux's SCHED_BATCH")
+def test_the_workers_do_not_preempt_the_loop_when_woken_and_the_loop_keeps_its_own_policy() -> None:
+    pool = Offload("t-work")
+    before = os.sched_getscheduler(0)
+
+    async def main() -> tuple[int, int]:
+        return await pool.run(os.sched_getscheduler, 0), os.sched_getscheduler(0)
+
+    worker, loop = asyncio.run(main())
+    assert worker == os.SCHED_BATCH
+    assert loop == before  # the caller's thread as it was
     pool.shutdown()
