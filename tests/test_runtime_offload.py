@@ -159,3 +159,22 @@ def test_the_workers_do_not_preempt_the_loop_when_woken_and_the_loop_keeps_its_o
     assert worker == os.SCHED_BATCH
     assert loop == before  # the caller's thread as it was
     pool.shutdown()
+
+
+def test_a_thread_that_cannot_start_fails_its_caller_and_the_pool_serves_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = Offload("t-work")
+    start = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def main() -> None:
+        monkeypatch.setattr(threading.Thread, "start", refused)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await pool.run(len, "x")
+        assert pool.threads == []  # the thread that never started holds no place
+        monkeypatch.setattr(threading.Thread, "start", start)
+        assert await asyncio.wait_for(pool.run(len, "xy"), WAIT) == 2
+
+    asyncio.run(main())
+    pool.shutdown()

@@ -139,7 +139,14 @@ class Offload:
             worker = _Worker(self, item)
             thread = threading.Thread(target=worker.loop, name=f"{self.name}_{len(self.threads)}", daemon=True)
             self.threads.append(thread)
-        thread.start()
+        try:
+            thread.start()
+        except (
+            BaseException
+        ):  # no thread to be had (the process' limit): the caller gets the error, as from an executor
+            with self.lock:
+                self.threads.remove(thread)
+            raise
 
     def shutdown(self) -> None:
         """Let every thread end once the work it has and the queued work are done (the interpreter's exit waits)."""
