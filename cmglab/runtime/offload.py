@@ -141,9 +141,8 @@ class Offload:
             self.threads.append(thread)
         try:
             thread.start()
-        except (
-            BaseException
-        ):  # no thread to be had (the process' limit): the caller gets the error, as from an executor
+        except BaseException:
+            # no thread to be had (the process' thread limit): the caller gets the error, as from an executor
             with self.lock:
                 self.threads.remove(thread)
             raise
