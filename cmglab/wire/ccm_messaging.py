@@ -391,22 +391,25 @@ def _reply_payload(body_xml: str, compress: bool) -> tuple[bytes, int]:
 
 
 def encode_reply(request: MsgHeader, body_xml: str, *, source_host: str, boundary: str = BOUNDARY) -> bytes:
-    """The MP's reply to `request`: zlib unless the request asked ReplyCompression="none"."""
+    """The MP's reply to `request`: zlib unless the request asked ReplyCompression="none". Its header is the text
+    `MsgHeader.to_xml` writes for a reply's fields (tests/test_ccm_reply_header.py), written directly: a reply
+    header has no hooks but zlib's, no attachments, no optional element but those of a reply."""
     compress = (request.reply_compression or "zlib").lower() != "none"
     payload, length = _reply_payload(body_xml, compress)
-    reply = MsgHeader(
-        target_endpoint=(request.reply_to or "").split(":")[-1] or "SccmMessaging",
-        correlation_id=request.id or ZERO_GUID,
-        source_host=source_host,
-        target_address=request.reply_to or f"direct:{request.source_host}:SccmMessaging",
-        target_host=request.source_host,
-        reply_mode="Sync",
-        reply_compression=None,
-        body_length=length,
-        zlib=compress,
-        protocol=request.protocol or "http",
+    target_address = request.reply_to or f"direct:{request.source_host}:SccmMessaging"
+    target_endpoint = (request.reply_to or "").split(":")[-1] or "SccmMessaging"
+    header = (
+        f'<Msg SchemaVersion="1.1"><Body Type="ByteRange" Length="{length}" Offset="0" />'
+        f"<CorrelationID>{escape(request.id or ZERO_GUID)}</CorrelationID>"
+        + ('<Hooks><Hook3 Name="zlib-compress" /></Hooks>' if compress else "")
+        + f'<ID>{guid()}</ID><Payload Type="inline" /><Priority>0</Priority>'
+        f"<Protocol>{escape(request.protocol or 'http')}</Protocol><ReplyMode>Sync</ReplyMode>"
+        f"<SentTime>{utc_timestamp()}</SentTime><SourceHost>{escape(source_host)}</SourceHost>"
+        f"<TargetAddress>{escape(target_address)}</TargetAddress>"
+        f"<TargetEndpoint>{escape(target_endpoint)}</TargetEndpoint>"
+        f"<TargetHost>{escape(request.source_host)}</TargetHost><Timeout>60000</Timeout></Msg>"
     )
-    return encode_message(reply, payload, boundary=boundary)
+    return build_multipart([(HEADER_PART_TYPE, b"\xff\xfe" + utf16(header)), (BODY_PART_TYPE, payload)], boundary)
 
 
 def decode_reply(
