@@ -662,7 +662,8 @@ MP_REPLY_HEADER_BEFORE = (
     f"{IDLE_1206}. In process: a location reply 14.9 -> 10.3 us. Interleaved, the MP alone: main 4031b60 and the "
     "change up at once (two labs), driven in turn, 16 connections, 8 s, 3 + 3 runs at load 6.5-8.5, MP CPU per "
     "request: location 0.356 -> 0.338 ms (3 of 3 runs below their pair), policy 0.647 -> 0.587 (3 of 3), "
-    "registration 0.914 -> 0.855 (2 of 3; A's 1.083 an outlier)"
+    "registration 0.914 -> 0.855 (2 of 3; A's 1.083 an outlier); again 2 + 2 at load 8.0-8.2: location 0.335 -> "
+    "0.324 (2 of 2), policy 0.594 -> 0.587 (2 of 2)"
 )
 PERFMP9_FIXES = (
     Fix(
