@@ -74,7 +74,7 @@ def test_a_known_device_certificate_is_still_checked_on_every_request(
     for _ in range(2):  # the second request finds the certificate by its text
         body = _device_token(lab, entra, _request(lab, entra, joined.cert, joined.device_key))
         assert jwt.decode(body["access_token"], options={"verify_signature": False})["deviceid"] == joined.device_id
-    assert x5c in signed._known
+    assert x5c in signed
     # the request's signature: by the device key, per request
     assert _refused(lab, entra, _request(lab, entra, joined.cert, new_key())) == 50155
     # the nonce: single use, per request
@@ -107,7 +107,7 @@ def test_a_certificate_the_ca_did_not_sign_or_out_of_its_validity_is_refused_eac
     forged = b.leaf(joined.device_key.public_key(), joined.cert.subject, own_ca, own_ca_key, ekus=[b.CLIENT_AUTH])
     for _ in range(2):
         assert _refused(lab, entra, _request(lab, entra, forged, joined.device_key)) == 50155
-    assert base64.b64encode(b.cert_der(forged)).decode() not in ca.signed._known
+    assert base64.b64encode(b.cert_der(forged)).decode() not in ca.signed
     ended = datetime.now(UTC) - timedelta(days=1)
     expired = b.leaf(
         joined.device_key.public_key(),
@@ -121,7 +121,7 @@ def test_a_certificate_the_ca_did_not_sign_or_out_of_its_validity_is_refused_eac
     assert expired.not_valid_after_utc < datetime.now(UTC)
     for _ in range(2):
         assert _refused(lab, entra, _request(lab, entra, expired, joined.device_key)) == 50155
-    assert base64.b64encode(b.cert_der(expired)).decode() in ca.signed._known
+    assert base64.b64encode(b.cert_der(expired)).decode() in ca.signed
 
 
 @pytest.mark.parametrize("x5c", [[], [7], "not base64!", base64.b64encode(b"not a certificate").decode()])

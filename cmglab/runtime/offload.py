@@ -19,6 +19,7 @@ both (`SESSION_THREADS`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import threading
@@ -58,10 +59,8 @@ def _yield_on_wakeup() -> None:
     batch = getattr(os, "SCHED_BATCH", None)
     if batch is None:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.sched_setscheduler(0, batch, os.sched_param(0))
-    except OSError:
-        pass
 
 
 class _Worker:

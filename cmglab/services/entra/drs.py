@@ -212,6 +212,11 @@ class SignedCertificates:
         self._known: dict[str, SignedCertificate] = {}
         self._lock = threading.Lock()
 
+    def __contains__(self, x5c: object) -> bool:
+        """Whether the certificate of this exact text is kept (its CA signature verified before)."""
+        with self._lock:
+            return x5c in self._known
+
     def get(self, x5c: str) -> SignedCertificate | None:
         """The certificate of base64 `x5c` if the CA signed it, None if it did not (not kept); raises
         binascii.Error / ValueError where `x5c` is not base64 of a DER certificate."""
