@@ -31,10 +31,12 @@ def test_one_failed_recording_stops_the_others() -> None:
 
 def test_the_services_idle_request_threads_are_not_busy_samples() -> None:
     """A thread of a service's own pool (runtime/offload.py) waiting for work is idle, as a thread of an executor
-    is: the stacks are py-spy's own for such threads (`py-spy record --format raw --nolineno`)."""
+    is, and so is one waiting for its turn to write to SQLite (runtime/sqlite_writes.py): the stacks are py-spy's
+    own for such threads (`py-spy record --format raw --nolineno`; the frames between them abridged)."""
     waiting = (
         "Thread._bootstrap (threading.py);Thread._bootstrap_inner (threading.py);Thread.run (threading.py);"
         "_Worker.loop (cmglab/runtime/offload.py)"
     )
     working = waiting + ";sign (cmglab/services/entra/signing.py)"
-    assert busy(Counter({waiting: 396, working: 4})) == Counter({working: 4})
+    waiting_to_write = waiting + ";WriteLock.acquire (cmglab/runtime/sqlite_writes.py)"
+    assert busy(Counter({waiting: 396, working: 4, waiting_to_write: 30})) == Counter({working: 4})

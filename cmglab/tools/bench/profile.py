@@ -69,6 +69,7 @@ _IDLE = (
     "select (selectors",
     "_worker (concurrent",
     "_Worker.loop (cmglab/runtime/offload",  # the services' own request threads, waiting for their next item
+    "WriteLock.acquire (cmglab/runtime/sqlite_writes",  # a request thread waiting for its turn to write (SQLite)
 )
 
 
