@@ -87,10 +87,8 @@ class _Worker:
                     result = context.run(func, *args)
                 except BaseException as e:  # handed to the caller, as the executor's future does
                     error = e
-                try:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits for it
                     loop.call_soon_threadsafe(_settle, future, result, error)
-                except RuntimeError:  # the loop closed meanwhile: nobody waits for it
-                    pass
                 del result, error
             del future, loop, context, func, args  # the request's form, its context: not kept while idle
             with pool.lock:

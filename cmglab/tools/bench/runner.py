@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -289,10 +290,13 @@ def run(
     sections: dict[str, Any] = {}
     transport_ms: float | None = None
     timings: dict[str, dict[str, float]] = {}  # the primitives' timings by moment (floor.MOMENTS)
+
+    def measure(name: str, run: Callable[[], dict[str, Any]]) -> None:
+        """Section NAME, measured by RUN under its title and time budget (a failure reported in its place)."""
+        sections[name] = guard.section(name, TITLES[name], budget[name], run)
+
     if "ceiling" in chosen:
-        sections["ceiling"] = guard.section(
-            "ceiling", TITLES["ceiling"], budget["ceiling"], lambda: transport_ceiling(lab, port, opts)
-        )
+        measure("ceiling", lambda: transport_ceiling(lab, port, opts))
         first = (
             None
             if sections["ceiling"].get("failed")
@@ -342,31 +346,18 @@ def run(
                     profiles = "profiling failed: " + guard.failed[-1]["reason"]
         time_again("after_s3_ms")
     if "onboarding" in chosen:
-        sections["onboarding"] = guard.section(
-            "onboarding",
-            TITLES["onboarding"],
-            budget["onboarding"],
-            lambda: onboarding.onboarding_section(lab, opts.fleet_sizes, opts.fleet_concurrency, pool),
+        measure(
+            "onboarding", lambda: onboarding.onboarding_section(lab, opts.fleet_sizes, opts.fleet_concurrency, pool)
         )
     if "connections" in chosen:
-        sections["connections"] = guard.section(
-            "connections",
-            TITLES["connections"],
-            budget["connections"],
-            lambda: held.connections_section(lab, opts.hold, opts.duration, nofile),
-        )
+        measure("connections", lambda: held.connections_section(lab, opts.hold, opts.duration, nofile))
     if "profiles" in chosen:
         sections["profiles"] = hotspots.section(profiles, sections)
     if "storm" in chosen:
-        sections["storm"] = guard.section(
-            "storm", TITLES["storm"], budget["storm"], lambda: storm.storm_section(lab, opts.storm, nofile)
-        )
+        measure("storm", lambda: storm.storm_section(lab, opts.storm, nofile))
     if "workers" in chosen:
-        sections["workers"] = guard.section(
-            "workers",
-            TITLES["workers"],
-            budget["workers"],
-            lambda: scaling.scaling_section(lab, opts.connections, opts.duration, rounds=opts.scaling_rounds),
+        measure(
+            "workers", lambda: scaling.scaling_section(lab, opts.connections, opts.duration, rounds=opts.scaling_rounds)
         )
     if "profiles" in chosen:
         # section 6's table of the load generator's change: its after is section 8's, measured last
