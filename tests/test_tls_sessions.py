@@ -241,3 +241,18 @@ def test_resuming_never_extends_a_sessions_life_past_its_full_handshake(
     with httpx.Client(transport=transport, timeout=10) as c:
         assert c.get(f"https://{NAME}:{port}/whoami", extensions={"trace": forget}).json()["resumed"] is True
     assert key not in sessions
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_session_is_never_offered_past_the_servers_certificate(lab: Lab, port: int, version: ssl.TLSVersion) -> None:
+    """Resuming authenticates nothing again: a session kept 10 h from a server certificate with 50 s left would let
+    a client accept the certificate after its notAfter, which a full handshake refuses. The entry ends with it."""
+    clock, not_after = _Clock(), lab.pki.server("cmg").cert().not_valid_after_utc.timestamp()
+    key = SessionCache.key(NAME, port, None)
+    ctx = context(lab, None, version)
+    sessions = SessionCache(clock=clock, wall=lambda: not_after - 50 - (clock.now - 1000.0))
+    whoami(ctx, port, sessions)
+    clock.now += 49
+    assert sessions.offer(ctx, key) is not None
+    clock.now += 2  # the certificate has expired
+    assert sessions.offer(ctx, key) is None and key not in sessions

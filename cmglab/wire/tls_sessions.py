@@ -13,7 +13,8 @@ one. This is that cache for the lab's clients, in memory, used through the ssl m
   (the agent's revocation check) passed, after a reply was read: TLS 1.3 tickets arrive after the handshake;
 - an entry expires `lifetime` (10 h, Schannel's default) after the full handshake that authenticated the server:
   a resumed connection's session (TLS 1.3 issues it a new ticket) keeps that deadline, so resuming never extends
-  how long one verification is trusted (RFC 8446 4.6.1). The server's own lifetime for a session is not visible
+  how long one verification is trusted (RFC 8446 4.6.1); nor past the server certificate's notAfter, which a full
+  handshake would refuse from then on. The server's own lifetime for a session is not visible
   here (`SSLSession.timeout` is the client's own OpenSSL default, 2 h, whatever the server said) and needs no
   copy: a server refuses a session past its own lifetime (a full handshake, whose session is kept afresh). The
   cache holds at most `max_entries` (least recently used goes first);
@@ -70,8 +71,9 @@ class SessionCache:
         lifetime: float = CLIENT_CACHE_TIME,
         max_entries: int = MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
-        self.lifetime, self.max_entries, self.clock = lifetime, max_entries, clock
+        self.lifetime, self.max_entries, self.clock, self.wall = lifetime, max_entries, clock, wall
         self._entries: OrderedDict[SessionKey, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -106,12 +108,17 @@ class SessionCache:
                     return False  # forgotten or evicted meanwhile: when that handshake was is unknown
                 expires = origin.expires
             else:
-                expires = self.clock() + self.lifetime
+                expires = self.clock() + min(self.lifetime, self._validity_left(tls))
             self._entries[key] = _Entry(ctx, session, expires)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return True
+
+    def _validity_left(self, tls: ssl.SSLSocket | ssl.SSLObject) -> float:
+        """Seconds until the verified server certificate's notAfter (the clock is monotonic, notAfter is not)."""
+        not_after = (tls.getpeercert() or {}).get("notAfter")
+        return ssl.cert_time_to_seconds(str(not_after)) - self.wall() if not_after else 0.0
 
     def forget(self, key: SessionKey) -> None:
         with self._lock:
