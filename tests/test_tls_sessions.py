@@ -37,6 +37,10 @@ def whoami_app() -> FastAPI:
     def whoami(request: Request) -> dict[str, Any]:
         tls = request.scope["extensions"]["tls"]
         cert = client_cert(request)
+        # a resumed session has no verified chain (Python 3.13's get_verified_chain): the session's certificate
+        chain = tls["client_cert_chain"]
+        if cert and chain[0] != ssl.DER_cert_to_PEM_cert(tls["client_cert_der"]):
+            raise ValueError("the chain does not start with the client certificate")
         return {"resumed": tls["session_reused"], "thumbprint": thumbprint(cert) if cert else None}
 
     return app
