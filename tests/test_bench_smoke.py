@@ -184,6 +184,9 @@ def check_workers(report: dict[str, Any]) -> None:
     assert columns.index("server_cpu_ms") < columns.index("loadgen_cpu_ms") < columns.index("busy_cpus")
     assert all(r["loadgen_cpu_ms"] >= 0 and r["loadgen_cpus"] >= 0 and r["busy_cpus"] > 0 for r in scaled)
     assert all(len(r["worker_cpus"].split("+")) == r["workers"] for r in scaled)  # one share per worker
+    # beside the goal's plain factor, the factor per worker CPU-second (the generator's share left out)
+    assert all(r["rps_per_cpu"] > 0 and r["scaling_per_cpu"] for r in scaled)
+    assert all(r["scaling"] == r["scaling_per_cpu"] == 1 for r in scaled if r["workers"] == 1)
     assert "load generator took" in report["workers"]["note"] and "Load average" in report["workers"]["note"]
     # section 6's before/after of the generator's change reads its after from these rows
     (loadgen,) = [t for t in report["profiles"]["tables"] if t["title"].startswith("The load generator")]

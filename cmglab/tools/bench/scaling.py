@@ -34,7 +34,9 @@ COLUMNS = [
     "loadgen_cpus",
     "busy_cpus",
     "worker_cpus",
+    "rps_per_cpu",
     "scaling",
+    "scaling_per_cpu",
 ]
 
 
@@ -76,6 +78,7 @@ def _measure(s: scenarios.Scenario, pids: dict[str, int], connections: int, dura
         "loadgen_cpus": round(generator / result.seconds, 2) if result.seconds else 0.0,
         "busy_cpus": round((workers + generator) / result.seconds, 2) if result.seconds else 0.0,
         "worker_cpus": "+".join(f"{per_worker[k] / (result.seconds or 1):.2f}" for k in sorted(per_worker)),
+        "rps_per_cpu": round(result.requests / workers, 1) if workers else 0.0,
     }
 
 
@@ -91,6 +94,18 @@ def _generator_share(rows: list[dict[str, Any]], workers: int, cpus: int) -> str
         f"have; workers and generator together kept {min(busy):.2f}-{max(busy):.2f} of the {cpus} CPUs busy "
         "(below that, the CPUs went to other load on the machine or the workers waited). "
     )
+
+
+def add_factors(rows: list[dict[str, Any]]) -> None:
+    """Each row's factors over the 1-worker row of the same request: `scaling`, its rps over that row's (what the
+    goal measures), and `scaling_per_cpu`, its worker count times its requests per worker CPU-second over that
+    row's: the factor had each worker a core to itself, the load generator's share (and other load) left out."""
+    one = {r["name"]: r for r in rows if r["workers"] == 1}
+    for r in rows:
+        first = one.get(r["name"], {})
+        r["scaling"] = round(r["rps"] / first["rps"], 2) if first.get("rps") else None
+        per_cpu = first.get("rps_per_cpu")
+        r["scaling_per_cpu"] = round(r["workers"] * r["rps_per_cpu"] / per_cpu, 2) if per_cpu else None
 
 
 def scaling_section(
@@ -123,16 +138,20 @@ def scaling_section(
         os.sched_setaffinity(0, pinned)
     cpus = os.cpu_count() or 1
     rows = sorted(best.values(), key=lambda r: (r["workers"], list(best).index((r["name"], r["workers"]))))
-    one = {r["name"]: r["rps"] for r in rows if r["workers"] == 1}
-    for r in rows:
-        r["scaling"] = round(r["rps"] / one[r["name"]], 2) if one.get(r["name"]) else None
+    add_factors(rows)
     return {
         "title": "8. Worker processes on one listener (Entra, MP): 1 and 2 workers",
         "note": f"cmglab serve --workers N: N processes on one port, each on a socket of its own. {connections} "
         f"keep-alive connections, {duration:g} s per row; worker k and its threads pinned to CPU k (one core "
         f"per worker), the load generator not pinned: it shares the machine's {cpus} CPUs with the "
         f"workers; the best of {rounds} interleaved rounds. "
-        "scaling: rps over the same request with 1 worker. server_cpu_ms: CPU of every worker process "
+        "scaling: rps over the same request with 1 worker (the goal's measure: >= 1.7 with 2). rps_per_cpu: "
+        "requests per CPU-second of the workers; scaling_per_cpu: the workers' count times rps_per_cpu over the "
+        "1-worker row's, i.e. the factor had each worker its core to itself (the generator on another machine, as "
+        "real clients are): it leaves out the generator's share and other load, not what the workers cost each "
+        "other or lose with fewer connections each (16 over 2 workers: ~8 each; a worker's CPU per request rises "
+        "~10 % from 16 connections to 8, README 'Why location scales least'). "
+        "server_cpu_ms: CPU of every worker process "
         "per request. loadgen_cpu_ms: the load generator's own CPU per request (the bench process: uvloop, "
         "one protocol per connection, loadgen.py); loadgen_cpus: its CPU-seconds per second; busy_cpus: the "
         "workers' and the generator's together; worker_cpus: each worker's CPU-seconds per second (worker 0+1: "
