@@ -44,7 +44,12 @@ def cert_der(cert: x509.Certificate) -> bytes:
 
 def sha1_thumbprint(cert: x509.Certificate) -> str:
     """Upper-case hex SHA-1 of the DER certificate, as Windows and ConfigMgr show it."""
-    return hashlib.sha1(cert_der(cert)).hexdigest().upper()
+    return der_thumbprint(cert_der(cert))
+
+
+def der_thumbprint(der: bytes) -> str:
+    """`sha1_thumbprint` of a certificate already DER-encoded."""
+    return hashlib.sha1(der).hexdigest().upper()
 
 
 def x5t(cert: x509.Certificate) -> str:

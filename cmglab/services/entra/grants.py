@@ -277,7 +277,7 @@ class Grants:
         )
 
     def _verify_device_request(
-        self, s: st.Unit, request: str, header: dict[str, Any] | None, segment: str
+        self, s: st.Plain, request: str, header: dict[str, Any] | None, segment: str
     ) -> tuple[dict[str, Any], st.DeviceFacts]:
         try:
             if header is None:
@@ -340,7 +340,8 @@ class Grants:
                 700003, "invalid_grant", f"Device object was not found in the tenant '{segment}' directory."
             )
         nonce = require(payload, "request_nonce")
-        if not self.store.consume_nonce(nonce):  # committed now: a failure later still spends the nonce
+        # committed now, on this unit's connection: a failure later still spends the nonce
+        if not self.store.consume_nonce(nonce, s):
             raise AADSTSError(
                 50013,
                 "invalid_grant",

@@ -204,7 +204,12 @@ class DeviceCodePoll(Base):
 
 
 class Nonce(Base):
+    """A server nonce, issued and spent (deleted) once per device-signed request. On SQLite the row is its primary
+    key's index entry (WITHOUT ROWID): an issue and a spend each write one B-tree, not a table and its key's index
+    (~0.01 ms of CPU less per pair; labs made before keep their rowid table, which works the same)."""
+
     __tablename__ = "nonces"
+    __table_args__ = ({"sqlite_with_rowid": False},)
     value: Mapped[str] = mapped_column(String(128), primary_key=True)
     expires_at: Mapped[int]
 
@@ -273,9 +278,17 @@ class Store(db.Store):
         with self.db.driver_unit() as cursor:
             yield Plain(self, cursor)
 
-    def consume_nonce(self, value: str) -> bool:
+    def consume_nonce(self, value: str, unit: Plain | None = None) -> bool:
         """True once for a nonce that was issued and has not expired (the delete is the use), committed at once: a
-        failure later in the request still spends the nonce."""
+        failure later in the request still spends the nonce. UNIT: the request's own plain unit, whose connection
+        spends it and commits at once (the unit goes on), instead of a unit of its own (a pooled connection's
+        checkout and return, and a first statement on a connection whose page cache another writer made stale:
+        ~0.02 ms of CPU per device-signed request)."""
+        if unit is not None:
+            unit.run(_NONCE_USE_SQL, (value, now()))
+            spent = unit.cursor.rowcount == 1
+            unit.commit()
+            return bool(spent)
         with self.db.driver_unit() as cursor:
             cursor.execute(self.db.sql(_NONCE_USE_SQL), (value, now()))
             return bool(cursor.rowcount == 1)
@@ -442,6 +455,10 @@ class Plain:
 
     def run(self, sql: str, params: tuple[Any, ...]) -> None:
         self.cursor.execute(self.db.sql(sql), params)
+
+    def commit(self) -> None:
+        """What the unit wrote so far, committed now; what it runs next is committed when the block ends."""
+        self.cursor.connection.commit()
 
     def in_session(self, load: Callable[[Session], Info | None]) -> Info | None:
         with self.store.session() as s:
