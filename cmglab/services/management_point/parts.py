@@ -9,9 +9,11 @@ from functools import cached_property
 from cryptography import x509
 
 from cmglab.runtime.lab import Lab
+from cmglab.services.management_point.assignment_reads import AssignmentReads
 from cmglab.services.management_point.entra_known import KnownEntraTokens
 from cmglab.services.management_point.mplogs import MPLogs
 from cmglab.services.management_point.policy_defaults import default_policies
+from cmglab.services.management_point.signed_payloads import VerifiedPayloads
 from cmglab.services.management_point.store import Store
 from cmglab.services.management_point.windowsauth import WindowsAuth
 from cmglab.wire.entra_tokens import EntraKeys
@@ -44,6 +46,16 @@ class Parts:
     def ccm_tokens(self) -> VerifiedTokens:
         """CCM tokens verified once, then known by their text (what every tokenauth request carries)."""
         return VerifiedTokens(self.signer.cert, self.signer.hierarchy_id)
+
+    @cached_property
+    def assignment_reads(self) -> AssignmentReads:
+        """A policy assignment request's rows, kept while nothing is committed to the site's SQLite file."""
+        return AssignmentReads(self.store)
+
+    @cached_property
+    def verified_payloads(self) -> VerifiedPayloads:
+        """PayloadSignatures verified before, by registered certificate (what a client signs the same each cycle)."""
+        return VerifiedPayloads()
 
     @cached_property
     def entra_known(self) -> KnownEntraTokens:

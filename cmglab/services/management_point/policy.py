@@ -25,7 +25,7 @@ from cmglab.services.management_point.parts import Parts
 from cmglab.services.management_point.registration import normalise_sms_id
 from cmglab.services.management_point.sealing import Sealer
 from cmglab.services.management_point.store import NOT_APPROVED
-from cmglab.services.management_point.units import PolicyRow, Recipient, Signer
+from cmglab.services.management_point.units import PolicyRow, Recipient, Signer, utcnow
 from cmglab.wire.ccm_messaging import (
     CcmMessage,
     CcmMessageError,
@@ -39,6 +39,9 @@ from cmglab.wire.ccm_messaging import (
 )
 
 CLIENT_TOKEN_SKEW = timedelta(hours=15)  # local time sent as "Z" by some tools (any time zone)
+# a client's last policy request is written when the one stored is this old (or none): a client asking again
+# within it costs no write (README "Policy assignments")
+REQUEST_TIME_RESOLUTION = timedelta(minutes=1)
 SECRET = 4  # PolicyFlags: a secret policy (its body only to an approved client's registered key)
 
 
@@ -73,7 +76,14 @@ def verify_signed_message(
     if client is None or sms_id is None:
         log.warning(f"Message {h.id} from unknown client '{h.source_id}': not registered")
         return None
-    if not verify(_signing_key(client.signing_cert), msg.payload, auth["PayloadSignature"]):
+    signature = auth["PayloadSignature"]
+    # verified before with this registered certificate: the same answer (signed_payloads.py)
+    if not mp.verified_payloads.check(
+        client.signing_cert,
+        msg.payload,
+        signature,
+        lambda: verify(_signing_key(client.signing_cert), msg.payload, signature),
+    ):
         log.warning(f"Message {h.id}: PayloadSignature of {sms_id} does not verify with its registered key")
         return None
     log.info(f"Message {h.id} to {h.target_endpoint}: signed by {sms_id}, PayloadSignature verified")
@@ -121,29 +131,47 @@ def assignments_of(sealer: Sealer, rows: tuple[PolicyRow, ...]) -> Assignments:
     return Assignments("".join(every), "".join(public), len(every), len(public), len(every) - len(public))
 
 
+def _request_fields(body: str) -> tuple[str, str]:
+    """(the ClientID it names, its ResourceType) of a RequestAssignments body; CcmMessageError for another."""
+    root = parse_xml(body)
+    if root.tag != "RequestAssignments":
+        raise CcmMessageError(f"MP_PolicyManager cannot process <{root.tag}>")
+    resource = root.find("Resource")
+    resource_type = resource.get("ResourceType", "Machine") if resource is not None else "Machine"
+    return (root.findtext("Identification/Machine/ClientID") or "").strip(), resource_type
+
+
+# a client sends the same body every cycle (it names only the client): parsed once per text among the latest 1,024
+# of at most 4 KB each (a refusal raises, and is never kept)
+_remembered_fields = functools.lru_cache(maxsize=1024)(_request_fields)
+REMEMBERED_BODY = 4096
+
+
+def _request_of(body: str) -> tuple[str, str]:
+    return (_remembered_fields if len(body) <= REMEMBERED_BODY else _request_fields)(body)
+
+
 def reply_assignments(mp: Parts, msg: CcmMessage) -> str | None:
     """ReplyAssignments XML, or None for the empty reply (unsigned, unknown client, bad signature)."""
     log = mp.logs.policy
-    root = parse_xml(msg.body)
-    if root.tag != "RequestAssignments":
-        raise CcmMessageError(f"MP_PolicyManager cannot process <{root.tag}>")
-    # one unit of work: the signer's record and its last request time, the policies as stored
-    with mp.store.unit() as unit:
-        signed = verify_signed_message(mp, msg, unit.signer)
-        if signed is None:
-            log.warning(f"Policy assignment request {msg.header.id} refused: not signed by a registered client")
-            return None
-        client = signed.client
-        claimed = (root.findtext("Identification/Machine/ClientID") or "").strip()
-        if claimed and claimed.upper() != signed.sms_id:
-            log.warning(f"Policy assignment request names ClientID {claimed} but is signed by {signed.sms_id}")
-            return None
-        unit.touch(signed.sms_id)
-        rows = unit.policies()
+    claimed, resource_type = _request_of(msg.body)
+    # the signer's record and the policies as stored, as current as a read now (assignment_reads.py)
+    kept = mp.assignment_reads.now()
+    signed = verify_signed_message(mp, msg, kept.signer)
+    if signed is None:
+        log.warning(f"Policy assignment request {msg.header.id} refused: not signed by a registered client")
+        return None
+    client = signed.client
+    if claimed and claimed.upper() != signed.sms_id:
+        log.warning(f"Policy assignment request names ClientID {claimed} but is signed by {signed.sms_id}")
+        return None
+    now = utcnow()
+    if client.last_policy_request is None or abs(now - client.last_policy_request) >= REQUEST_TIME_RESOLUTION:
+        with mp.store.unit() as unit:  # committed before the reply
+            unit.touch(signed.sms_id, now)
+    rows = kept.policies()
     approved = client.approval != NOT_APPROVED
     built = assignments_of(mp.store.sealer, rows)
-    resource = root.find("Resource")
-    resource_type = resource.get("ResourceType", "Machine") if resource is not None else "Machine"
     reply = (
         f'<ReplyAssignments SchemaVersion="1.00" ReplyType="Full"><Identification><Machine>'
         f"<ClientID>{signed.sms_id}</ClientID><NetBIOSName>{escape(client.netbios_name)}</NetBIOSName>"

@@ -390,6 +390,12 @@ class Store(db.Store):
         parsed = watch.read(lambda: _parsed_rows(self.db.read(_SETTINGS_SQL)))
         return parsed.model_copy() if parsed is not None else None
 
+    def data_version(self) -> int | None:
+        """A number that changed if any other connection committed to the SQLite file since it was last asked
+        (`PRAGMA data_version` on the settings watch's connection); None on PostgreSQL (no such counter)."""
+        watch = self._settings_watch
+        return watch.version() if watch is not None else None
+
     @functools.cached_property
     def _settings_watch(self) -> settings_watch.Watch[SiteSettings | None] | None:
         """The stored settings as last read, kept while nothing was committed to the SQLite file since; opened on

@@ -17,7 +17,7 @@ from typing import Any
 from cmglab.core.labconfig import SiteSettings
 from cmglab.runtime import db
 
-_SIGNER = "SELECT signing_cert, approval, netbios_name, fqdn FROM clients WHERE sms_id = ?"
+_SIGNER = "SELECT signing_cert, approval, netbios_name, fqdn, last_policy_request FROM clients WHERE sms_id = ?"
 _TOUCH = "UPDATE clients SET last_policy_request = ? WHERE sms_id = ?"
 _POLICIES = (
     "SELECT policy_id, version, policy_type, category, flags, assignment_id, body FROM policies ORDER BY category"
@@ -73,6 +73,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def _naive(value: Any) -> datetime | None:
+    """A DateTime column as the driver gives it (SQLite: its text; PostgreSQL: a naive datetime)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
 class RecordGone(Exception):
     """A client record read by a unit was deleted (by another connection) before the unit updated it."""
 
@@ -86,6 +93,7 @@ class Signer:
     approval: int
     netbios_name: str
     fqdn: str
+    last_policy_request: datetime | None = None  # naive UTC, as the table keeps it
 
 
 @dataclass(frozen=True)
@@ -162,11 +170,13 @@ class SiteUnit:
     # -- policy assignments -----------------------------------------------------------------------
     def signer(self, sms_id: str) -> Signer | None:
         row = self._one(_SIGNER, sms_id.upper())
-        return Signer(sms_id.upper(), str(row[0]), int(row[1]), row[2] or "", row[3] or "") if row else None
+        if not row:
+            return None
+        return Signer(sms_id.upper(), str(row[0]), int(row[1]), row[2] or "", row[3] or "", _naive(row[4]))
 
-    def touch(self, sms_id: str) -> None:
-        """The client's last policy request is now."""
-        self.cursor.execute(self.q.sql[_TOUCH], (self.q.when(utcnow()), sms_id.upper()))
+    def touch(self, sms_id: str, when: datetime) -> None:
+        """The client's last policy request (naive UTC)."""
+        self.cursor.execute(self.q.sql[_TOUCH], (self.q.when(when), sms_id.upper()))
 
     def policies(self) -> tuple[PolicyRow, ...]:
         """Every policy as stored, by category: the rows themselves say when the site's policy changed."""

@@ -732,6 +732,56 @@ PERFMP9_FIXES = (
     ),
 )
 
+IDLE_1451 = "the idle full run of 2026-11-26 14:51, section 2: 16 connections, 5 s"
+POLICY_KEPT_BEFORE = (
+    f"{IDLE_1451}. Interleaved, the MP alone (with the CRL host), a fresh lab per run, 16 connections, 8-10 s, MP "
+    "CPU per request (location, untouched, as the control: 0.28-0.39 in every run): main 516ada9 0.55, 0.54, 0.59 "
+    "ms; with the rows kept and the time's resolution 0.40, 0.39, 0.42, 0.40, 0.50, 0.42, 0.49, 0.39 (-24 %); with "
+    "the PayloadSignatures remembered too 0.36, 0.32, 0.40, 0.41, 0.42, 0.43, 0.37, 0.41, 0.36 (-9 % more, below "
+    "its pair in 4 of 4 pairs of the balanced set); again 4 + 4 (load 15-19): 0.42, 0.44, 0.39, 0.40 -> with the "
+    "request body's fields remembered 0.38, 0.38, 0.34, 0.37 (-10 %, 4 of 4 pairs), load average 10-19 in all. In "
+    "process (dispatch's thread CPU): 300-330 -> 191 -> 150 -> 125 us (a location request 107-114)"
+)
+PERFPOLICY10_FIXES = (
+    Fix(
+        scenarios.MP_POLICY,
+        "policy assignments: the signer's row and the policies kept while nothing was committed to the MP's SQLite "
+        "file (PRAGMA data_version; bounded, a client not found never kept; management_point/assignment_reads.py), "
+        "and the client's last policy request written (before the reply) only when the one stored is a minute old "
+        "or none, instead of a write and commit per request (policy.py; management_point/README.md says why)",
+        "management-point",
+        1760.0,
+        8.933,
+        0.56,
+        0.56,
+        before=POLICY_KEPT_BEFORE,
+    ),
+    Fix(
+        scenarios.MP_POLICY,
+        "a PayloadSignature verified before with the client's registered certificate remembered by a digest of "
+        "certificate, signature and payload (a client signs the same body the same way each cycle; bounded, a "
+        "failure never kept; management_point/signed_payloads.py)",
+        "management-point",
+        1760.0,
+        8.933,
+        0.56,
+        0.56,
+        before=POLICY_KEPT_BEFORE,
+    ),
+    Fix(
+        scenarios.MP_POLICY,
+        "a RequestAssignments body's ClientID and ResourceType parsed once per text (it names only the client; the "
+        "latest 1,024 bodies of at most 4 KB, a refusal never kept; the ClientID still checked against the signer "
+        "per request; policy.py)",
+        "management-point",
+        1760.0,
+        8.933,
+        0.56,
+        0.56,
+        before=POLICY_KEPT_BEFORE,
+    ),
+)
+
 MP_FIXES = (
     Fix(scenarios.MP_LOCATION, _ANYVERB, "management-point", 766.4, None, 0.93, 0.93, before=ANYVERB_BEFORE),
     Fix(scenarios.MP_STS, "the same", "management-point", 317.0, None, 2.42, 2.42, before=ANYVERB_BEFORE),
@@ -941,6 +991,7 @@ MP_FIXES = (
     ),
     *PERFMP8_FIXES,
     *PERFMP9_FIXES,
+    *PERFPOLICY10_FIXES,
 )
 
 # the agent's CPU per onboarding (section 4's devices_cpu_s / succeeded), perfbench's changes
