@@ -1,6 +1,7 @@
 """Several worker processes on one listener (issue 20): `cmglab serve entra --workers 2` serves from two
 processes on the same socket, each able to answer alone; stopping the first stops all; killing it outright
-takes the others with it (nothing left listening); services that keep state in one process refuse --workers."""
+takes the others with it (nothing left listening); services that keep state in one process refuse --workers; several
+workers are each pinned to a CPU (all their threads), unless turned off, and one worker is not."""
 
 from __future__ import annotations
 
@@ -101,6 +102,67 @@ def test_two_workers_serve_one_listener(workers_lab: Lab, entra: LabProcesses) -
     assert gone(first) and gone(second)
 
 
+def cpus_of(pid: int) -> set[int]:
+    """The CPUs any thread of PID may run on (each thread has a mask of its own)."""
+    return {cpu for task in Path(f"/proc/{pid}/task").iterdir() for cpu in os.sched_getaffinity(int(task.name))}
+
+
+def pinned_cpu(pid: int) -> int | None:
+    """The one CPU every thread of PID is pinned to, or None."""
+    cpus = cpus_of(pid)
+    return cpus.pop() if len(cpus) == 1 else None
+
+
+def test_two_workers_are_each_pinned_to_a_cpu_of_their_own(workers_lab: Lab, entra: LabProcesses) -> None:
+    """Each worker's event loop and pool threads share one CPU (issue 20: spread over CPUs, they hand the GIL
+    across them); with two CPUs or more, the workers' CPUs differ. Requests first, so that the pools have threads."""
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(lambda _: token(workers_lab), range(8))) == {200}
+    first = entra.procs["entra"].proc.pid
+    (second,) = children(first)
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) > 1:
+        assert [pinned_cpu(first), pinned_cpu(second)] == allowed[:2]  # Entra's share: the first CPUs
+    else:
+        assert cpus_of(first) == cpus_of(second) == set(allowed)
+
+
+def workers_cpus(first: int) -> list[set[int]]:
+    """The CPUs each worker's threads may run on: the first process's, then each other worker's."""
+    return [cpus_of(pid) for pid in (first, *children(first))]
+
+
+def test_pinning_workers_can_be_turned_off(workers_lab: Lab) -> None:
+    """`--no-pin-workers` (serve; `cmglab up` passes it on as the environment variable) and CMGLAB_PIN_WORKERS=0."""
+    allowed = os.sched_getaffinity(0)
+    port = workers_lab.port("pki")
+    argv = [sys.executable, "-m", "cmglab", "serve", "pki", "--workers", "2", "--no-pin-workers"]
+    first = subprocess.Popen(
+        [*argv, "--lab", str(workers_lab.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: listening_on(port) == 2, "two workers listening")
+        assert workers_cpus(first.pid) == [allowed, allowed]
+    finally:
+        first.terminate()
+        first.wait(15)
+    wait_until(lambda: listening_on(port) == 0, "all workers gone")
+    procs = LabProcesses(workers_lab, workers=2, env={"CMGLAB_PIN_WORKERS": "0"})
+    try:
+        assert workers_cpus(procs.start("pki").proc.pid) == [allowed, allowed]
+    finally:
+        procs.stop_all()
+
+
+def test_one_worker_is_not_pinned(workers_lab: Lab) -> None:
+    """Its threads' GIL-free work (signatures, hashing) may use every CPU."""
+    procs = LabProcesses(workers_lab)
+    try:
+        assert workers_cpus(procs.start("pki").proc.pid) == [os.sched_getaffinity(0)]
+    finally:
+        procs.stop_all()
+
+
 def test_workers_go_when_the_first_is_killed(workers_lab: Lab, entra: LabProcesses) -> None:
     first = entra.procs["entra"].proc.pid
     wait_until(lambda: len(children(first)) == 1, "a second worker")
@@ -151,7 +213,7 @@ def test_workers_are_settable_in_up_serve_and_compose() -> None:
             timeout=60,
             env={**os.environ, "COLUMNS": "200"},
         )
-        assert "--workers" in shown.stdout, command
+        assert "--workers" in shown.stdout and "--no-pin-workers" in shown.stdout, command
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is needed (Debian package docker-compose)"
     root = Path(__file__).resolve().parent.parent
@@ -165,3 +227,7 @@ def test_workers_are_settable_in_up_serve_and_compose() -> None:
         "management-point",
     }
     assert "CMGLAB_WORKERS" not in services["cmg"].get("environment", {})
+    assert {s for s, v in services.items() if "CMGLAB_PIN_WORKERS" in v.get("environment", {})} >= {
+        "entra",
+        "management-point",
+    }

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     max_handshakes: int = Field(default=1_000, gt=0)
     # worker processes on one listener for the services whose state is in their database (Entra, MP, CRL host)
     workers: int = 1
+    # with several workers, each pinned to a CPU of its own (its event loop and threads with it; runtime/workers.py)
+    pin_workers: bool = True
     # how long the CMG waits for a connection point's reply, and the point for the MP
     upstream_timeout: float = 30.0
     # connection point <-> CMG channel heartbeat and reconnect backoff

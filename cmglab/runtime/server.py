@@ -277,7 +277,10 @@ async def serve(
     settings = settings or Settings()
     count = workers.effective_workers(service.name, settings.workers) if worker_argv else 1
     bound = listening_sockets(service, shared=count > 1)
-    children = workers.start_workers(count - 1, bound, worker_argv) if count > 1 else []
+    cpus = workers.worker_cpus(service.name, count) if count > 1 and settings.pin_workers else None
+    children = workers.start_workers(count - 1, bound, worker_argv, cpus) if count > 1 else []
+    # after the others started (they inherit this process's CPUs), before any listener or pool starts a thread
+    workers.pin_to(cpus[0] if cpus else workers.handed_cpu())
     if children:
         log.info(
             "%s: %d workers on the same listeners (pids %s and this one, %d)",

@@ -247,6 +247,14 @@ def serve(
             help="Worker processes on the same listeners (entra, management-point, pki); default CMGLAB_WORKERS or 1."
         ),
     ] = None,
+    pin_workers: Annotated[
+        bool | None,
+        typer.Option(
+            "--pin-workers/--no-pin-workers",
+            help="With several workers, each on a CPU of its own (its threads with it); default CMGLAB_PIN_WORKERS "
+            "or on.",
+        ),
+    ] = None,
 ) -> None:
     """Run one lab service in the foreground (what `cmglab up` and the compose lab start)."""
     if service not in SERVICES_RUN:
@@ -261,6 +269,8 @@ def serve(
         raise typer.Exit(2)
     if workers is not None:
         os.environ["CMGLAB_WORKERS"] = str(workers)
+    if pin_workers is not None:
+        os.environ["CMGLAB_PIN_WORKERS"] = str(int(pin_workers))
     the_lab = load_lab(lab)
     from cmglab.runtime.server import run_service
 
@@ -367,6 +377,12 @@ def up(
             help="Worker processes for Entra, the MP and the CRL host (the others keep state in one process).", min=1
         ),
     ] = 1,
+    pin_workers: Annotated[
+        bool,
+        typer.Option(
+            "--pin-workers/--no-pin-workers", help="With several workers, each on a CPU of its own (its threads too)."
+        ),
+    ] = True,
 ) -> None:
     from cmglab.tools import orchestrate
     from cmglab.tools.processes import ServiceFailed
@@ -382,7 +398,7 @@ def up(
     warn_stale_pki(the_lab)
     try:
         with console.status(f"starting {', '.join(SERVICES)}..."):
-            procs = orchestrate.start_all(the_lab, detach=detach, workers=workers)
+            procs = orchestrate.start_all(the_lab, detach=detach, workers=workers, pin_workers=pin_workers)
     except ServiceFailed as e:  # start_all has stopped what it started
         console.print(str(e), style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from e

@@ -81,11 +81,13 @@ def write_pid(lab: Lab, service: str, pid: int) -> None:
     path.write_text(f"{pid}\n")
 
 
-def start_all(lab: Lab, *, detach: bool = False, workers: int = 1) -> LabProcesses:
+def start_all(lab: Lab, *, detach: bool = False, workers: int = 1, pin_workers: bool = True) -> LabProcesses:
     """Start every service that is not already running, then wait until all are healthy; `workers` processes
-    for each service that can have several (Entra, MP, CRL host). When one fails (or Ctrl-C comes first),
-    the services this call started are stopped before it raises."""
-    procs = LabProcesses(lab, detach=detach, workers=workers)
+    for each service that can have several (Entra, MP, CRL host), each on a CPU of its own unless not
+    `pin_workers`. When one fails (or Ctrl-C comes first), the services this call started are stopped before it
+    raises."""
+    env = {} if pin_workers else {"CMGLAB_PIN_WORKERS": "0"}
+    procs = LabProcesses(lab, env=env, detach=detach, workers=workers)
     already = running_pids(lab)
     try:
         for service in SERVICES:
