@@ -22,7 +22,8 @@ import yaml
 from cmglab.core.labconfig import Ports
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.sockets import PORT_IN_USE_EXIT, reserve_ports
-from cmglab.tools.processes import LabProcesses, isolated_lab, listening_on
+from cmglab.tools import orchestrate
+from cmglab.tools.processes import LabProcesses, ServiceProcess, isolated_lab, listening_on
 from cmglab.tools.reliability import transport as attack
 from tests.support.lab import lab_client
 
@@ -161,6 +162,25 @@ def test_one_worker_is_not_pinned(workers_lab: Lab) -> None:
         assert workers_cpus(procs.start("pki").proc.pid) == [os.sched_getaffinity(0)]
     finally:
         procs.stop_all()
+
+
+def test_up_passes_no_pin_workers_on(workers_lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cmglab up --no-pin-workers`: its services start with CMGLAB_PIN_WORKERS=0 (what `serve` does with it: above)."""
+    made: list[LabProcesses] = []
+
+    class Refused(Exception):
+        pass
+
+    class Recorded(LabProcesses):
+        def start(self, name: str, *, wait: bool = True, timeout: float = 30) -> ServiceProcess:
+            made.append(self)
+            raise Refused(name)  # nothing started: only how it would have been
+
+    monkeypatch.setattr(orchestrate, "LabProcesses", Recorded)
+    for pin, env in ((True, {}), (False, {"CMGLAB_PIN_WORKERS": "0"})):
+        with pytest.raises(Refused):
+            orchestrate.start_all(workers_lab, workers=2, pin_workers=pin)
+        assert made[-1].env == env and made[-1].workers == 2
 
 
 def test_workers_go_when_the_first_is_killed(workers_lab: Lab, entra: LabProcesses) -> None:
