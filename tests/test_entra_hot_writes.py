@@ -1,13 +1,15 @@
 """What Entra's hot requests write, and when (issue 20): a device-signed request spends its srv_challenge nonce on its
 own unit of work's connection, committed at once (a failure later still spends it; a request refused before the
-nonce is checked leaves it usable); the nonces table has no rowid on SQLite (an older lab's rowid table works the
-same); a DRS join without a device quota writes its device row only, and one with a quota still locks the user's row
-and counts again."""
+nonce is checked leaves it usable; one request sent on several connections at once is answered once); the nonces
+table has no rowid on SQLite (an older lab's rowid table works the same); a DRS join without a device quota writes
+its device row only, and one with a quota still locks the user's row and counts again."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -88,6 +90,24 @@ def test_a_request_refused_before_its_nonce_leaves_it_usable(lab: Lab, entra: Pa
     assert _nonce_rows(entra, nonce) == 1
     assert _device_token(lab, entra, _request(joined, nonce))["access_token"]
     assert _refused(lab, entra, _request(joined, nonce)) == 50013
+
+
+def test_concurrent_requests_with_one_nonce_are_answered_once(lab: Lab, entra: Parts, joined: JoinedDevice) -> None:
+    """Attack: send one signed request (one nonce) on several connections at once, to be answered more than once.
+    Each spends the nonce on its own connection: one DELETE finds the row, every other is refused (50013)."""
+    nonce, racers = entra.store.issue_nonce(300), 8
+    request, start = _request(joined, nonce), threading.Barrier(racers)
+
+    def race(_: int) -> int:
+        start.wait()
+        try:
+            return 0 if _device_token(lab, entra, request)["access_token"] else -1
+        except AADSTSError as refused:
+            return refused.code
+
+    with ThreadPoolExecutor(racers) as pool:
+        outcomes = sorted(pool.map(race, range(racers)))
+    assert outcomes == [0] + [50013] * (racers - 1)
 
 
 def test_the_nonces_table_has_no_rowid_and_an_older_rowid_table_works_the_same(lab: Lab, entra: Parts) -> None:
