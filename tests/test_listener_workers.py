@@ -5,6 +5,7 @@ workers are each pinned to a CPU (all their threads), unless turned off, and one
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from cmglab.core.labconfig import Ports
+from cmglab.runtime import workers
 from cmglab.runtime.lab import Lab
 from cmglab.runtime.sockets import PORT_IN_USE_EXIT, reserve_ports
 from cmglab.tools import orchestrate
@@ -162,6 +164,15 @@ def test_one_worker_is_not_pinned(workers_lab: Lab) -> None:
         assert workers_cpus(procs.start("pki").proc.pid) == [os.sched_getaffinity(0)]
     finally:
         procs.stop_all()
+
+
+def test_a_worker_that_cannot_be_pinned_still_serves(caplog: pytest.LogCaptureFixture) -> None:
+    """A CPU it may not use (taken from its set since the first process chose it; here one past the machine's): the
+    worker warns and runs unpinned, where the kernel's refusal (EINVAL) once stopped it from starting."""
+    before = cpus_of(os.getpid())
+    with caplog.at_level(logging.WARNING, "cmglab.workers"):
+        workers.pin_to(max(os.sched_getaffinity(0)) + 4096)
+    assert "not pinned" in caplog.text and cpus_of(os.getpid()) == before
 
 
 def test_up_passes_no_pin_workers_on(workers_lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:

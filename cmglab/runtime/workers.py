@@ -67,9 +67,13 @@ def pin_to(cpu: int | None) -> None:
     if cpu is None:
         return
     tasks = Path("/proc/self/task")
-    for tid in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
-        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setaffinity(tid, {cpu})
+    try:
+        for tid in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(tid, {cpu})
+    except OSError as e:  # a CPU taken away since it was chosen, a sandbox refusing: pinning only saves CPU time
+        log.warning("worker %d not pinned to CPU %d (%s): it runs where the scheduler puts it", os.getpid(), cpu, e)
+        return
     log.info("worker %d pinned to CPU %d", os.getpid(), cpu)
 
 
