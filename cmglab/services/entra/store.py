@@ -284,14 +284,13 @@ class Store(db.Store):
         spends it and commits at once (the unit goes on), instead of a unit of its own (a pooled connection's
         checkout and return, and a first statement on a connection whose page cache another writer made stale:
         ~0.02 ms of CPU per device-signed request)."""
-        if unit is not None:
-            unit.run(_NONCE_USE_SQL, (value, now()))
-            spent = unit.cursor.rowcount == 1
-            unit.commit()
-            return bool(spent)
-        with self.db.driver_unit() as cursor:
-            cursor.execute(self.db.sql(_NONCE_USE_SQL), (value, now()))
-            return bool(cursor.rowcount == 1)
+        if unit is None:
+            with self.plain() as own:
+                return self.consume_nonce(value, own)
+        unit.run(_NONCE_USE_SQL, (value, now()))
+        spent = unit.cursor.rowcount == 1
+        unit.commit()
+        return bool(spent)
 
     def fill(self, s: Session) -> None:
         if s.get(DirectoryGeneration, 1) is None or self._missing(s):
