@@ -5,7 +5,9 @@ only while nothing at all was committed; each read hands out a copy."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -91,3 +93,33 @@ def test_each_read_is_a_copy(lab: Lab, tmp_path: Path) -> None:
 @pytest.mark.parametrize("url", ["postgresql+psycopg://u@h/db", "sqlite://", "sqlite:///:memory:"])
 def test_no_watch_without_a_sqlite_file(url: str) -> None:
     assert Watch.of(url, 1.0) is None
+
+
+def test_two_first_reads_at_once_open_one_watch(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 10: two watches on one store would count data_version each from its own start, and a version kept
+    from one compared with the other's could serve rows read before a commit (cached_property takes no lock from
+    Python 3.12 on). Two threads asking first at once open one watch: the second waits for the first's."""
+    store = _store(lab, tmp_path / "site.db")
+    opened: list[Watch[object] | None] = []
+    both_inside = threading.Barrier(2)
+    open_watch = Watch.of
+
+    def opening(url: str, busy_timeout: float) -> Watch[object] | None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_inside.wait(timeout=0.5)  # passes only if the other thread is opening one too
+        opened.append(open_watch(url, busy_timeout))
+        return opened[-1]
+
+    monkeypatch.setattr(Watch, "of", opening)
+    try:
+        threads = [threading.Thread(target=store.data_version) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(opened) == 1 and store._settings_watch is opened[0]
+    finally:
+        store.dispose()
+        for w in opened[1:]:
+            if w is not None:
+                w.close()

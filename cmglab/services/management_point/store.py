@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -275,6 +276,9 @@ def _parsed_settings(rows: tuple[tuple[str, str], ...]) -> SiteSettings | None:
     return SiteSettings.model_validate(known) if known else None
 
 
+_WATCH_OPENING = threading.Lock()  # opening a store's settings watch (once per store: never contended)
+
+
 class Store(db.Store):
     """The MP's database. `fill` seeds the site settings, tenants and policies from the lab config.
 
@@ -399,8 +403,14 @@ class Store(db.Store):
     @functools.cached_property
     def _settings_watch(self) -> settings_watch.Watch[SiteSettings | None] | None:
         """The stored settings as last read, kept while nothing was committed to the SQLite file since; opened on
-        the first read (a store that only writes never opens it)."""
-        return settings_watch.Watch.of(self._url, db.BUSY_TIMEOUT)
+        the first read (a store that only writes never opens it). Once per store, under a lock: cached_property
+        has none from Python 3.12 on, and two first requests at once would open two watches whose data_version
+        counters start alike, so a version kept from one would be compared with the other's."""
+        with _WATCH_OPENING:
+            if "_settings_watch" not in self.__dict__:
+                self.__dict__["_settings_watch"] = settings_watch.Watch.of(self._url, db.BUSY_TIMEOUT)
+            watch: settings_watch.Watch[SiteSettings | None] | None = self.__dict__["_settings_watch"]
+            return watch
 
     def dispose(self) -> None:
         watch = self.__dict__.pop("_settings_watch", None)
