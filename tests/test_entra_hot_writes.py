@@ -20,10 +20,9 @@ from cmglab.runtime.lab import Lab
 from cmglab.services.entra import registration
 from cmglab.services.entra import store as st
 from cmglab.services.entra.errors import AADSTSError
-from cmglab.services.entra.grants import JWT_BEARER, TokenRequest
 from cmglab.services.entra.parts import Parts
 from tests.support.entra_device import new_key, signed_request
-from tests.support.entra_units import JoinedDevice, drs_token, join_device
+from tests.support.entra_units import JoinedDevice, device_token, drs_token, join_device, join_primary_user
 from tests.support.lab import new_lab
 
 
@@ -41,13 +40,7 @@ def entra(lab: Lab) -> Iterator[Parts]:
 
 @pytest.fixture(scope="module")
 def joined(lab: Lab, entra: Parts) -> JoinedDevice:
-    user = lab.config.primary_tenant.users[0]
-    return join_device(entra, drs_token(entra, lab.config.primary_tenant.tenant_id, user.upn, user.password), user.upn)
-
-
-def _device_token(lab: Lab, entra: Parts, request: str) -> dict[str, Any]:
-    form = {"windows_api_version": "2.2", "grant_type": JWT_BEARER, "request": request}
-    return entra.grants.token(TokenRequest(lab.config.primary_tenant.tenant_id, False, form, "192.0.2.1")).body
+    return join_primary_user(lab, entra)
 
 
 def _request(joined: JoinedDevice, nonce: str, resource: str = CONFIGMGR_RESOURCE_URI, key: Any = None) -> str:
@@ -62,7 +55,7 @@ def _request(joined: JoinedDevice, nonce: str, resource: str = CONFIGMGR_RESOURC
 
 def _refused(lab: Lab, entra: Parts, request: str) -> int:
     with pytest.raises(AADSTSError) as refused:
-        _device_token(lab, entra, request)
+        device_token(lab, entra, request)
     return refused.value.code
 
 
@@ -88,7 +81,7 @@ def test_a_request_refused_before_its_nonce_leaves_it_usable(lab: Lab, entra: Pa
     nonce = entra.store.issue_nonce(300)
     assert _refused(lab, entra, _request(joined, nonce, key=new_key())) == 50155
     assert _nonce_rows(entra, nonce) == 1
-    assert _device_token(lab, entra, _request(joined, nonce))["access_token"]
+    assert device_token(lab, entra, _request(joined, nonce))["access_token"]
     assert _refused(lab, entra, _request(joined, nonce)) == 50013
 
 
@@ -101,7 +94,7 @@ def test_concurrent_requests_with_one_nonce_are_answered_once(lab: Lab, entra: P
     def race(_: int) -> int:
         start.wait()
         try:
-            return 0 if _device_token(lab, entra, request)["access_token"] else -1
+            return 0 if device_token(lab, entra, request)["access_token"] else -1
         except AADSTSError as refused:
             return refused.code
 

@@ -21,10 +21,10 @@ from cmglab.runtime.lab import Lab
 from cmglab.services.entra import store as st
 from cmglab.services.entra import tokens
 from cmglab.services.entra.errors import AADSTSError, DRSError
-from cmglab.services.entra.grants import JWT_BEARER, TokenRequest
+from cmglab.services.entra.grants import TokenRequest
 from cmglab.services.entra.parts import Parts
 from tests.support.entra_device import new_key, signed_request
-from tests.support.entra_units import JoinedDevice, drs_token, join_device
+from tests.support.entra_units import JoinedDevice, device_token, drs_token, join_device, join_primary_user
 from tests.support.lab import new_lab
 
 
@@ -40,13 +40,7 @@ def entra(lab: Lab) -> Parts:
 
 @pytest.fixture(scope="module")
 def joined(lab: Lab, entra: Parts) -> JoinedDevice:
-    user = lab.config.primary_tenant.users[0]
-    return join_device(entra, drs_token(entra, lab.config.primary_tenant.tenant_id, user.upn, user.password), user.upn)
-
-
-def _device_token(lab: Lab, entra: Parts, request: str) -> dict[str, Any]:
-    form = {"windows_api_version": "2.2", "grant_type": JWT_BEARER, "request": request}
-    return entra.grants.token(TokenRequest(lab.config.primary_tenant.tenant_id, False, form, "192.0.2.1")).body
+    return join_primary_user(lab, entra)
 
 
 def _request(lab: Lab, entra: Parts, cert: Any, key: Any, nonce: str | None = None) -> str:
@@ -62,7 +56,7 @@ def _request(lab: Lab, entra: Parts, cert: Any, key: Any, nonce: str | None = No
 
 def _refused(lab: Lab, entra: Parts, request: str) -> int:
     with pytest.raises(AADSTSError) as refused:
-        _device_token(lab, entra, request)
+        device_token(lab, entra, request)
     return refused.value.code
 
 
@@ -72,14 +66,14 @@ def test_a_known_device_certificate_is_still_checked_on_every_request(
     signed = entra.grants.device_ca.signed
     x5c = base64.b64encode(b.cert_der(joined.cert)).decode()
     for _ in range(2):  # the second request finds the certificate by its text
-        body = _device_token(lab, entra, _request(lab, entra, joined.cert, joined.device_key))
+        body = device_token(lab, entra, _request(lab, entra, joined.cert, joined.device_key))
         assert jwt.decode(body["access_token"], options={"verify_signature": False})["deviceid"] == joined.device_id
     assert x5c in signed
     # the request's signature: by the device key, per request
     assert _refused(lab, entra, _request(lab, entra, joined.cert, new_key())) == 50155
     # the nonce: single use, per request
     nonce = entra.store.issue_nonce(300)
-    _device_token(lab, entra, _request(lab, entra, joined.cert, joined.device_key, nonce))
+    device_token(lab, entra, _request(lab, entra, joined.cert, joined.device_key, nonce))
     assert _refused(lab, entra, _request(lab, entra, joined.cert, joined.device_key, nonce)) == 50013
     # the device row: a device disabled after its certificate was known is refused
     with entra.store.session() as s:
@@ -93,7 +87,7 @@ def test_a_known_device_certificate_is_still_checked_on_every_request(
             row = st.device_by_id(s, joined.device_id)
             assert row is not None
             row.enabled = True
-    _device_token(lab, entra, _request(lab, entra, joined.cert, joined.device_key))
+    device_token(lab, entra, _request(lab, entra, joined.cert, joined.device_key))
 
 
 def test_a_certificate_the_ca_did_not_sign_or_out_of_its_validity_is_refused_each_time(

@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cmglab.agent import entra as agent_entra
 from cmglab.pki.builders import new_key
+from cmglab.runtime.lab import Lab
 from cmglab.services.entra import drs as drs_crypto
-from cmglab.services.entra.grants import TokenRequest
+from cmglab.services.entra.grants import JWT_BEARER, TokenRequest
 from cmglab.services.entra.parts import Parts
 from cmglab.tools.bench.entra_scenarios import join_body
 
@@ -46,3 +47,15 @@ def join_device(entra: Parts, drs: str, upn: str) -> JoinedDevice:
     device_id = drs_crypto.device_id_of(cert)
     assert device_id is not None
     return JoinedDevice(reply, cert, device_id, device_key, transport_key)
+
+
+def join_primary_user(lab: Lab, entra: Parts) -> JoinedDevice:
+    """A device joined by the primary tenant's first user."""
+    user = lab.config.primary_tenant.users[0]
+    return join_device(entra, drs_token(entra, lab.config.primary_tenant.tenant_id, user.upn, user.password), user.upn)
+
+
+def device_token(lab: Lab, entra: Parts, request: str) -> dict[str, Any]:
+    """The token endpoint's reply to a device-signed jwt-bearer REQUEST in the primary tenant."""
+    form = {"windows_api_version": "2.2", "grant_type": JWT_BEARER, "request": request}
+    return entra.grants.token(TokenRequest(lab.config.primary_tenant.tenant_id, False, form, "192.0.2.1")).body
