@@ -180,7 +180,7 @@ def test_up_passes_no_pin_workers_on(workers_lab: Lab, monkeypatch: pytest.Monke
     made: list[LabProcesses] = []
 
     class Refused(Exception):
-        pass
+        """What the recorded start raises instead of starting a service."""
 
     class Recorded(LabProcesses):
         def start(self, name: str, *, wait: bool = True, timeout: float = 30) -> ServiceProcess:

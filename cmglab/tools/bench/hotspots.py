@@ -742,43 +742,29 @@ POLICY_KEPT_BEFORE = (
     "request body's fields remembered 0.38, 0.38, 0.34, 0.37 (-10 %, 4 of 4 pairs), load average 10-19 in all. In "
     "process (dispatch's thread CPU): 300-330 -> 191 -> 150 -> 125 us (a location request 107-114)"
 )
+
+
+def _policy_kept(change: str) -> Fix:
+    """A policy change of perfpolicy10's: the 14:51 run's row before, its interleaved runs in POLICY_KEPT_BEFORE."""
+    return Fix(scenarios.MP_POLICY, change, "management-point", 1760.0, 8.933, 0.56, 0.56, before=POLICY_KEPT_BEFORE)
+
+
 PERFPOLICY10_FIXES = (
-    Fix(
-        scenarios.MP_POLICY,
+    _policy_kept(
         "policy assignments: the signer's row and the policies kept while nothing was committed to the MP's SQLite "
         "file (PRAGMA data_version; bounded, a client not found never kept; management_point/assignment_reads.py), "
         "and the client's last policy request written (before the reply) only when the one stored is a minute old "
-        "or none, instead of a write and commit per request (policy.py; management_point/README.md says why)",
-        "management-point",
-        1760.0,
-        8.933,
-        0.56,
-        0.56,
-        before=POLICY_KEPT_BEFORE,
+        "or none, instead of a write and commit per request (policy.py; management_point/README.md says why)"
     ),
-    Fix(
-        scenarios.MP_POLICY,
+    _policy_kept(
         "a PayloadSignature verified before with the client's registered certificate remembered by a digest of "
         "certificate, signature and payload (a client signs the same body the same way each cycle; bounded, a "
-        "failure never kept; management_point/signed_payloads.py)",
-        "management-point",
-        1760.0,
-        8.933,
-        0.56,
-        0.56,
-        before=POLICY_KEPT_BEFORE,
+        "failure never kept; management_point/signed_payloads.py)"
     ),
-    Fix(
-        scenarios.MP_POLICY,
+    _policy_kept(
         "a RequestAssignments body's ClientID and ResourceType parsed once per text (it names only the client; the "
         "latest 1,024 bodies of at most 4 KB, a refusal never kept; the ClientID still checked against the signer "
-        "per request; policy.py)",
-        "management-point",
-        1760.0,
-        8.933,
-        0.56,
-        0.56,
-        before=POLICY_KEPT_BEFORE,
+        "per request; policy.py)"
     ),
 )
 
