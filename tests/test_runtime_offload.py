@@ -15,6 +15,7 @@ import weakref
 
 import pytest
 
+from cmglab.runtime import offload
 from cmglab.runtime.offload import Offload
 
 WAIT = 20  # seconds: generous for a loaded machine, never reached when it works
@@ -178,3 +179,60 @@ def test_a_thread_that_cannot_start_fails_its_caller_and_the_pool_serves_on(monk
 
     asyncio.run(main())
     pool.shutdown()
+
+
+def test_work_beyond_the_awake_threads_waits_for_one_of_them_and_wakes_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `awake` threads running, new work is queued and the first thread to finish takes it without sleeping
+    (no other thread woken, none started); STALL made long here so that only that way is left."""
+    monkeypatch.setattr(offload, "STALL", 10 * WAIT)
+    pool = Offload("t-work", max_threads=8, awake=1)
+    started, release = threading.Event(), threading.Event()
+
+    def first() -> str:
+        started.set()
+        assert release.wait(WAIT)
+        return threading.current_thread().name
+
+    async def main() -> list[str]:
+        tasks = [asyncio.ensure_future(pool.run(first))]
+        await asyncio.to_thread(started.wait, WAIT)
+        tasks += [asyncio.ensure_future(pool.run(lambda: threading.current_thread().name)) for _ in range(4)]
+        await asyncio.sleep(0)
+        assert len(pool.backlog) == 4 and pool.busy == 1
+        release.set()
+        return await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+
+    names = asyncio.run(main())
+    assert len(set(names)) == 1 and len(pool.threads) == 1 and pool.busy == 0
+    pool.shutdown()
+
+
+def test_work_queued_behind_stuck_awake_threads_gets_a_thread_of_its_own() -> None:
+    """The awake threads waiting on a lock or a database (here an event) hold queued work up for STALL only."""
+    pool = Offload("t-work", max_threads=8, awake=2)
+    running, release = threading.Semaphore(0), threading.Event()
+
+    def stuck() -> None:
+        running.release()
+        assert release.wait(WAIT)
+
+    async def main() -> int:
+        stuck_ones = [asyncio.ensure_future(pool.run(stuck)) for _ in range(2)]
+        for _ in range(2):
+            assert await asyncio.to_thread(running.acquire, True, WAIT)
+        answer = await asyncio.wait_for(pool.run(len, "abc"), WAIT)  # queued, then a thread of its own
+        assert not release.is_set() and len(pool.threads) == 3
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*stuck_ones), WAIT)
+        return answer
+
+    assert asyncio.run(main()) == 3
+    pool.shutdown()
+
+
+def test_the_mp_runs_four_message_works_at_once_of_its_forty_threads() -> None:
+    from cmglab.services.management_point import transport
+
+    assert transport.mp_work.awake == transport.MP_WORK_AWAKE == 4 and transport.mp_work.max_threads == 40

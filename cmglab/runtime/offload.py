@@ -10,7 +10,8 @@ Why not the loop's `run_in_executor` (a `ThreadPoolExecutor` and `asyncio.wrap_f
 two done-callbacks and two state copies, and checks for an idle thread through a `Semaphore`: ~16 us of CPU per hop
 against ~8.5 us here, 16 callers on uvloop (issue 20; Starlette's `run_in_threadpool` through anyio costs more
 still). Here a hop is one asyncio future, one item handed to a waiting thread (the most recently idle one: its caches
-are warm; threads start as work comes, at most OWN_EXECUTOR_THREADS) and one `call_soon_threadsafe` back.
+are warm; threads start as work comes, at most OWN_EXECUTOR_THREADS) and one `call_soon_threadsafe` back. A pool
+may run fewer of its threads at once (`awake`), the rest of the work waiting for them up to STALL.
 
 The pools sit beside anyio's (FastAPI's sync routes keep that one): runtime/db.py sizes every engine's pool for
 both (`SESSION_THREADS`).
@@ -23,6 +24,7 @@ import contextlib
 import contextvars
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +40,9 @@ _Item = tuple[
 ]
 
 _pools: weakref.WeakSet[Offload] = weakref.WeakSet()
+# seconds work may wait in the backlog for one of the `awake` threads before a thread of its own is woken for it
+# (`Offload`'s awake): the awake ones may be waiting on a lock or a database, not running
+STALL = 0.02
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -93,8 +98,9 @@ class _Worker:
             del future, loop, context, func, args  # the request's form, its context: not kept while idle
             with pool.lock:
                 if pool.backlog:
-                    item = pool.backlog.popleft()
+                    item = pool.backlog.popleft()[1]
                     continue
+                pool.busy -= 1
                 if pool.closed:
                     return
                 pool.idle.append(self)
@@ -103,13 +109,23 @@ class _Worker:
 
 
 class Offload:
-    """A named pool of up to OWN_EXECUTOR_THREADS threads (started as work comes)."""
+    """A named pool of up to OWN_EXECUTOR_THREADS threads (started as work comes).
 
-    def __init__(self, name: str, max_threads: int = OWN_EXECUTOR_THREADS) -> None:
+    AWAKE (at most max_threads, all of them by default): while that many threads run work, new work waits in the
+    backlog for the first of them to finish, which takes it without sleeping, instead of waking a thread of its
+    own: on a CPU the event loop shares, work that is CPU under one GIL gains nothing from more threads but their
+    wake-ups and GIL hand-offs. Work that waited STALL seconds gets a thread of its own (up to max_threads), so
+    awake threads waiting on a lock or a database hold nothing up for longer."""
+
+    def __init__(self, name: str, max_threads: int = OWN_EXECUTOR_THREADS, awake: int | None = None) -> None:
         self.name, self.max_threads = name, max_threads
+        self.awake = max_threads if awake is None else min(awake, max_threads)
         self.lock = threading.Lock()
         self.idle: list[_Worker] = []  # waiting threads, the most recently idle last
-        self.backlog: deque[_Item] = deque()  # work waiting for a thread (all max_threads busy)
+        self.busy = 0  # threads running work (or handed it)
+        # work waiting for a thread, with when it was queued (time.monotonic)
+        self.backlog: deque[tuple[float, _Item]] = deque()
+        self.check: asyncio.AbstractEventLoop | None = None  # the loop a stall check is pending on
         self.threads: list[threading.Thread] = []
         self.closed = False
         _pools.add(self)
@@ -122,27 +138,69 @@ class Offload:
         return await future
 
     def submit(self, item: _Item) -> None:
+        """On ITEM's loop: ITEM to an idle thread, a new one, or the backlog (see the class)."""
         with self.lock:
             if self.closed:
                 raise RuntimeError(f"{self.name}: the pool is shut down")
-            if self.idle:
-                worker = self.idle.pop()
-                worker.item = item
-                worker.wake.release()
+            if self.busy >= self.awake:  # (all max_threads busy among them)
+                self.backlog.append((time.monotonic(), item))
+                if self.busy < self.max_threads:
+                    self._check_later(item[1], STALL)
                 return
-            if len(self.threads) >= self.max_threads:
-                self.backlog.append(item)
-                return
-            worker = _Worker(self, item)
-            thread = threading.Thread(target=worker.loop, name=f"{self.name}_{len(self.threads)}", daemon=True)
-            self.threads.append(thread)
+            thread = self._hand(item)
+        if thread is not None:
+            self._start(thread)
+
+    def _hand(self, item: _Item) -> threading.Thread | None:
+        """Under the lock: ITEM to the most recently idle thread, or to a new thread (returned, to be started)."""
+        self.busy += 1
+        if self.idle:
+            worker = self.idle.pop()
+            worker.item = item
+            worker.wake.release()
+            return None
+        worker = _Worker(self, item)
+        thread = threading.Thread(target=worker.loop, name=f"{self.name}_{len(self.threads)}", daemon=True)
+        self.threads.append(thread)
+        return thread
+
+    def _start(self, thread: threading.Thread) -> None:
         try:
             thread.start()
         except BaseException:
             # no thread to be had (the process' thread limit): the caller gets the error, as from an executor
             with self.lock:
                 self.threads.remove(thread)
+                self.busy -= 1
             raise
+
+    def _check_later(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Under the lock: a stall check on LOOP in DELAY seconds, unless one is pending on a running loop."""
+        if self.check is None or self.check.is_closed():
+            loop.call_later(delay, self._unstall)
+            self.check = loop
+
+    def _unstall(self) -> None:
+        """On the loop: work queued STALL seconds ago or more gets a thread of its own (the awake ones are stuck)."""
+        started: list[tuple[threading.Thread, tuple[float, _Item]]] = []
+        with self.lock:
+            self.check = None
+            now = time.monotonic()
+            while self.backlog and now - self.backlog[0][0] >= STALL and self.busy < self.max_threads:
+                if not self.idle and len(self.threads) >= self.max_threads:
+                    break
+                queued = self.backlog.popleft()
+                thread = self._hand(queued[1])
+                if thread is not None:
+                    started.append((thread, queued))
+            if self.backlog and self.busy < self.max_threads and not self.closed:
+                self._check_later(self.backlog[0][1][1], max(0.0, self.backlog[0][0] + STALL - now))
+        for thread, queued in started:
+            try:
+                self._start(thread)
+            except RuntimeError:  # no thread to be had: the work waits for a busy one, first in the line
+                with self.lock:
+                    self.backlog.appendleft(queued)
 
     def shutdown(self) -> None:
         """Let every thread end once the work it has and the queued work are done (the interpreter's exit waits)."""
