@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +17,7 @@ from cmglab.core.logs import (
     cmtrace_logger,
     format_cmtrace,
     format_smstrace,
+    held_lines,
     smstrace_logger,
 )
 
@@ -133,3 +136,89 @@ def test_an_sms_trace_logger_writes_what_loggings_own_path_writes(tmp_path: Path
     extra.close()
     assert (tmp_path / "copy.log").read_text().strip() == "copied"
     assert path.read_bytes().decode().split("\r\n")[-2].startswith("copied  $$<SMS_CLOUD_PROXYCONNECTOR><")
+
+
+def _messages(path: Path) -> list[tuple[str, int]]:
+    """(message, thread ID) of each SMS-trace line of PATH, in file order."""
+    lines = path.read_bytes().decode().split("\r\n")
+    assert lines[-1] == ""
+    out = []
+    for line in lines[:-1]:
+        text, _, stamp = line.rpartition("  $$<")
+        out.append((text, int(stamp.rsplit("thread=", 1)[1].split(" ")[0])))
+    return out
+
+
+def test_held_lines_are_written_together_in_order_with_each_threads_own_id(tmp_path: Path) -> None:
+    """A request's lines held (`held_lines`) land in one piece at the block's end, in the order logged: a request
+    that logs its whole block while another is halfway through its own is not interleaved with it, and each line
+    names its own thread, as a line written at once does."""
+    path = tmp_path / "CCM_STS.log"
+    log = smstrace_logger(path, "CCM_STS")
+    halfway, other_done = threading.Event(), threading.Event()
+    ids: dict[str, int] = {}
+
+    def first() -> None:
+        ids["first"] = threading.get_native_id()
+        with held_lines(log):
+            log.info("first 1")
+            log.info("first 2")
+            halfway.set()
+            other_done.wait()
+            log.info("first 3")
+
+    def second() -> None:
+        ids["second"] = threading.get_native_id()
+        halfway.wait()
+        with held_lines(log):
+            log.info("second 1")
+            log.info("second 2")
+        other_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _messages(path) == [
+        ("second 1", ids["second"]),
+        ("second 2", ids["second"]),
+        ("first 1", ids["first"]),
+        ("first 2", ids["first"]),
+        ("first 3", ids["first"]),
+    ]
+
+
+def test_held_lines_are_written_when_the_block_raises(tmp_path: Path) -> None:
+    """A failing request loses no line: what it logged before the error, its failure line last, is written."""
+    path = tmp_path / "CCM_STS.log"
+    log = smstrace_logger(path, "CCM_STS")
+    with pytest.raises(RuntimeError), held_lines(log):
+        log.info("ProcessRequest - Start")
+        log.warning("Failed to issue token")
+        raise RuntimeError("the database is gone")
+    assert [text for text, _ in _messages(path)] == ["ProcessRequest - Start", "Failed to issue token"]
+
+
+def test_a_line_on_loggings_own_path_comes_after_the_lines_held_before_it(tmp_path: Path) -> None:
+    """A line with args takes logging's path, which writes at once: the lines held before it are written first, so
+    the file keeps the order they were logged in; a nested block leaves its lines to the outer one."""
+    path = tmp_path / "MP_RegistrationManager.log"
+    log = smstrace_logger(path, "MP_RegistrationManager")
+    with held_lines(log):
+        log.info("first")
+        with held_lines(log):
+            log.info("nested")
+        assert not path.read_bytes()  # held until the outer block ends
+        log.info("with %s", "args")
+        log.info("last")
+    assert [text for text, _ in _messages(path)] == ["first", "nested", "with args", "last"]
+
+
+def test_held_lines_of_another_logger_are_written_as_logged(tmp_path: Path) -> None:
+    """Any logger but an SMS-trace file logger is unchanged inside the block: each line written when logged."""
+    path = tmp_path / "CcmMessaging.log"
+    log = cmtrace_logger(path, "CcmMessaging")
+    with held_lines(log):
+        log.info("at once")
+        assert "at once" in path.read_text()

@@ -15,6 +15,8 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -157,6 +159,16 @@ class _CRLFFileHandler(logging.FileHandler):
     terminator = "\r\n"
 
 
+class _Held:
+    """The lines one thread logs inside `held_lines`, as rendered when logged: (level, message, line)."""
+
+    __slots__ = ("lines", "thread")
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, object, str]] = []
+        self.thread = threading.get_native_id()  # one thread's lines: its ID asked once (a syscall each time)
+
+
 class _SMSTraceLogger(logging.Logger):
     """An SMS-trace file logger. Its format takes nothing from a record but the time, the thread and the message
     (it names no source file), so a plain message (no args, exc_info, extra or stack) is written without a
@@ -171,6 +183,20 @@ class _SMSTraceLogger(logging.Logger):
         self.addHandler(handler)
         self.addFilter(_Component(component))
         self.propagate = False
+        self._holding = threading.local()  # .held: this thread's _Held inside `held`, else None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """`held_lines` for this logger: the lines this thread logs in the block, written at its end."""
+        if getattr(self._holding, "held", None) is not None:  # inside another block: that one writes them
+            yield
+            return
+        held = self._holding.held = _Held()
+        try:
+            yield
+        finally:
+            self._holding.held = None
+            self._write(held.lines)
 
     def _log(
         self,
@@ -184,6 +210,7 @@ class _SMSTraceLogger(logging.Logger):
     ) -> None:
         handler = self.file
         formatter = handler.formatter
+        held: _Held | None = getattr(self._holding, "held", None)
         if (
             args
             or exc_info
@@ -196,6 +223,9 @@ class _SMSTraceLogger(logging.Logger):
             or level < handler.level
             or type(formatter) is not SMSTraceFormatter
         ):
+            if held is not None:  # the lines held so far first: the file keeps the order they were logged in
+                self._write(held.lines)
+                held.lines = []
             super()._log(level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
             return
         date, clock, ms, bias = formatter.stamp.of(time.time())
@@ -206,21 +236,43 @@ class _SMSTraceLogger(logging.Logger):
             time=clock,
             ms=ms,
             bias=bias,
-            thread=threading.get_native_id(),
+            thread=held.thread if held is not None else threading.get_native_id(),
         )
+        if held is not None:
+            held.lines.append((level, msg, line))
+        else:
+            self._write([(level, msg, line)])
+
+    def _write(self, lines: list[tuple[int, object, str]]) -> None:
+        """LINES (level, message, rendered line) in one write and flush, under the handler's lock."""
+        if not lines:
+            return
+        handler = self.file
         handler.acquire()
         try:
             stream = handler.stream
             if stream is not None:
-                stream.write(line + handler.terminator)
+                stream.write("".join(line + handler.terminator for _, _, line in lines))
                 stream.flush()
         except Exception:
+            level, msg, _ = lines[0]
             handler.handleError(self.makeRecord(self.name, level, "(unknown file)", 0, msg, (), None))
             return
         finally:
             handler.release()
         if stream is None:  # closed: logging's path reopens the file as it would
-            super()._log(level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
+            for level, msg, _ in lines:
+                super()._log(level, msg, ())
+
+
+def held_lines(logger: logging.Logger) -> AbstractContextManager[None]:
+    """The lines this thread logs to LOGGER inside the block, written together at its end in one write (one lock,
+    one flush: a request's few lines cost one write, not one each), in the order logged, each with the time it was
+    logged; also when the block raises (a failing request's lines, its failure's among them, are never lost).
+    Another thread's lines meanwhile come before or after them, not between. A line that takes logging's own path
+    (args, another handler) writes the lines held before it first. Any logger but an SMS-trace file logger
+    (`smstrace_logger`) writes its lines as logged."""
+    return logger.held() if isinstance(logger, _SMSTraceLogger) else nullcontext()
 
 
 _handlers: dict[tuple[Path, str], _CRLFFileHandler] = {}

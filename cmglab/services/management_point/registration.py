@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from cmglab.core.labconfig import SiteSettings
+from cmglab.core.logs import held_lines
 from cmglab.services.management_point import admission
 from cmglab.services.management_point.admission import NOT_APPROVED
 from cmglab.services.management_point.caller import Caller, cert_from_hex, cert_subject, cert_thumbprint
@@ -124,18 +125,20 @@ def _parse(msg: CcmMessage) -> tuple[Element, Element, str, str]:
 
 def handle(mp: Parts, msg: CcmMessage, caller: Caller) -> str:
     log = mp.logs.registration
-    try:
-        root, data, raw_data, signature = _parse(msg)
-        request_type = data.get("RequestType", "Registration")
-        if request_type.lower() == "confirmation":
-            return confirm(mp, data, raw_data, signature, root).to_xml()
-        if request_type.lower() != "registration":
-            raise RegistrationRefused(f"unknown RequestType {request_type!r}")
-        return register(mp, data, raw_data, signature, caller, msg.header.id).to_xml()
-    except RegistrationRefused as e:
-        log.warning(f"Registration request refused: {e.reason}")
-        kind = "Confirmation" if "Confirmation" in msg.body[:400] else "Registration"
-        return Outcome(kind, e.status).to_xml()
+    # the request's MP_RegistrationManager.log lines in one write when it ends, answered or failed (held_lines)
+    with held_lines(log):
+        try:
+            root, data, raw_data, signature = _parse(msg)
+            request_type = data.get("RequestType", "Registration")
+            if request_type.lower() == "confirmation":
+                return confirm(mp, data, raw_data, signature, root).to_xml()
+            if request_type.lower() != "registration":
+                raise RegistrationRefused(f"unknown RequestType {request_type!r}")
+            return register(mp, data, raw_data, signature, caller, msg.header.id).to_xml()
+        except RegistrationRefused as e:
+            log.warning(f"Registration request refused: {e.reason}")
+            kind = "Confirmation" if "Confirmation" in msg.body[:400] else "Registration"
+            return Outcome(kind, e.status).to_xml()
 
 
 def _properties(data: Element) -> dict[str, str]:

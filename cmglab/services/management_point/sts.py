@@ -16,6 +16,7 @@ from typing import Any
 
 from cryptography import x509
 
+from cmglab.core.logs import held_lines
 from cmglab.services.management_point.caller import Caller, cert_from_hex, cert_subject, cert_thumbprint
 from cmglab.services.management_point.errors import STSError
 from cmglab.services.management_point.parts import Parts
@@ -86,23 +87,25 @@ class TokenService:
         return await off_loop(self._process_now, req, caller, url)
 
     def _process_now(self, req: STSRequest, caller: Caller, url: str) -> dict[str, Any]:
-        self.log.info("ProcessRequest - Start")
-        self.log.info(f"Incoming request URL: {url}")
-        try:
-            if req.proof_type == Proof.AAD:
-                result = self.aad(req)
-            elif req.proof_type == Proof.BULK_REGISTRATION:
-                result = self.bulk(req)
-            elif req.proof_type == Proof.CLIENT_TOKEN:
-                result = self.client_token(req)
-            else:
-                result = self.certificate(req, caller)
-        except STSError as e:
-            self.log.warning(f"Failed to issue token ({req.proof_type} proof): {e.code}: {e.reason}")
-            raise
-        self.log.info("Issued token")
-        self.log.info("Return token to client")
-        return result
+        # the request's CCM_STS.log lines in one write when it ends, answered or failed (core/logs.py held_lines)
+        with held_lines(self.log):
+            self.log.info("ProcessRequest - Start")
+            self.log.info(f"Incoming request URL: {url}")
+            try:
+                if req.proof_type == Proof.AAD:
+                    result = self.aad(req)
+                elif req.proof_type == Proof.BULK_REGISTRATION:
+                    result = self.bulk(req)
+                elif req.proof_type == Proof.CLIENT_TOKEN:
+                    result = self.client_token(req)
+                else:
+                    result = self.certificate(req, caller)
+            except STSError as e:
+                self.log.warning(f"Failed to issue token ({req.proof_type} proof): {e.code}: {e.reason}")
+                raise
+            self.log.info("Issued token")
+            self.log.info("Return token to client")
+            return result
 
     # -- proofs ---------------------------------------------------------------------------------
     def _issue(

@@ -782,6 +782,28 @@ PERFPOLICY11_FIXES = (
     Fix(scenarios.MP_LOCATION, "the same", "management-point", 2955.8, None, 0.34, 0.34, before=PERFPOLICY11_BEFORE),
 )
 
+IDLE_1800 = "the idle full run of 2026-11-26 18:00 (main 08089b5), section 2: 16 connections, 5 s"
+HELD_LINES_BEFORE = (
+    f"{IDLE_1800}. Interleaved, the MP alone: main and the change up at once (two labs, each importing its own "
+    "tree), driven in turn (A B, then B A), 16 connections, 3-4 s slices, MP CPU per request, medians (pairs with the "
+    "change lower): main 6a3c449, load 9.4-12: Certificate 0.861 -> 0.817 ms (4/8), registration 0.697 -> 0.682 "
+    "(4/8), ClientToken 0.951 -> 0.867 (7/8), BulkRegistration 1.014 -> 0.968 (5/8); main 527ec34, load 7-9: "
+    "Certificate 0.847 -> 0.857 (3/8) and 0.770 -> 0.747 (7/8), registration 0.740 -> 0.771 (1/8) and 0.787 -> 0.734 "
+    "(7/8), ClientToken 0.928 -> 0.901 (7/8) and 0.921 -> 0.927 (6/8): 51 of 80 pairs lower. In process: six "
+    "CCM_STS lines 28-33 -> 16-18 us; per CCM_STS request 5 writes and 5 gettid calls fewer (perf stat)"
+)
+_HELD = (
+    "a CCM_STS request's six CCM_STS.log lines and a registration's three MP_RegistrationManager.log lines written "
+    "in one write when the request ends, answered or failed (the same lines in the same order, each with its own "
+    "time; core/logs.py held_lines, sts.py, registration.py)"
+)
+PERFSTS11_FIXES = (
+    Fix(floor.STS_CERT, _HELD, "management-point", 1355.0, 11.249, 0.73, 0.73, before=HELD_LINES_BEFORE),
+    Fix(floor.STS_CLIENT, "the same", "management-point", 1250.0, 11.855, 0.79, 0.79, before=HELD_LINES_BEFORE),
+    Fix(floor.STS_BULK, "the same", "management-point", 1270.0, 11.731, 0.78, 0.78, before=HELD_LINES_BEFORE),
+    Fix(scenarios.MP_REGISTRATION, "the same", "management-point", 1579.0, 9.791, 0.63, 0.63, before=HELD_LINES_BEFORE),
+)
+
 MP_FIXES = (
     Fix(scenarios.MP_LOCATION, _ANYVERB, "management-point", 766.4, None, 0.93, 0.93, before=ANYVERB_BEFORE),
     Fix(scenarios.MP_STS, "the same", "management-point", 317.0, None, 2.42, 2.42, before=ANYVERB_BEFORE),
@@ -993,6 +1015,7 @@ MP_FIXES = (
     *PERFMP9_FIXES,
     *PERFPOLICY10_FIXES,
     *PERFPOLICY11_FIXES,
+    *PERFSTS11_FIXES,
 )
 
 # the agent's CPU per onboarding (section 4's devices_cpu_s / succeeded), perfbench's changes
