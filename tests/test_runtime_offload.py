@@ -232,7 +232,14 @@ def test_work_queued_behind_stuck_awake_threads_gets_a_thread_of_its_own() -> No
     pool.shutdown()
 
 
-def test_the_mp_runs_four_message_works_at_once_of_its_forty_threads() -> None:
+def test_the_services_run_one_work_at_once_per_cpu_and_at_least_four(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MP's and Entra's pools let one thread per CPU of the process run at once (at least 4) of their 40."""
+    from cmglab.services.entra import parts
     from cmglab.services.management_point import transport
 
-    assert transport.mp_work.awake == transport.MP_WORK_AWAKE == 4 and transport.mp_work.max_threads == 40
+    for pool in (transport.mp_work, parts.entra_work):
+        assert pool.awake == offload.awake_for_cpus() and pool.max_threads == 40
+    monkeypatch.setattr(offload.os, "sched_getaffinity", lambda pid: set(range(2)))
+    assert offload.awake_for_cpus() == 4
+    monkeypatch.setattr(offload.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert offload.awake_for_cpus() == 16

@@ -43,6 +43,18 @@ _pools: weakref.WeakSet[Offload] = weakref.WeakSet()
 # seconds work may wait in the backlog for one of the `awake` threads before a thread of its own is woken for it
 # (`Offload`'s awake): the awake ones may be waiting on a lock or a database, not running
 STALL = 0.02
+AWAKE_AT_LEAST = 4
+
+
+def awake_for_cpus() -> int:
+    """How many of a pool's threads a service lets run work at once (`Offload`'s awake): one per CPU the process
+    may run on, at least AWAKE_AT_LEAST. Python work under one GIL gains nothing from more threads than that, only
+    their wake-ups; signatures and hashing release the GIL, so a process free to use every CPU keeps one each."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        cpus = os.cpu_count() or 1
+    return max(AWAKE_AT_LEAST, cpus)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from cmglab.core.ad import ad_path
 from cmglab.runtime.lab import Lab
-from cmglab.runtime.offload import Offload
+from cmglab.runtime.offload import Offload, awake_for_cpus
 from cmglab.services.entra.connect_sync import ConnectSync
 from cmglab.services.entra.device_code import DeviceCodes
 from cmglab.services.entra.directory import Directory
@@ -24,8 +24,9 @@ from cmglab.services.entra.tokens import Signer
 
 DRS_HOST = "enterpriseregistration.windows.net"
 # the hot routes' work (token grants, DRS join, the onboarding's discovery reads) off the event loop on Entra's own
-# threads: a cheaper hop than Starlette's run_in_threadpool (runtime/offload.py)
-off_loop = Offload("entra-work").run
+# threads: a cheaper hop than Starlette's run_in_threadpool (runtime/offload.py), as many running at once as the MP's
+entra_work = Offload("entra-work", awake=awake_for_cpus())
+off_loop = entra_work.run
 
 
 @dataclass

@@ -15,7 +15,7 @@ from fastapi import Request, Response
 from cmglab.pki.builders import x5t
 from cmglab.runtime.admin import record
 from cmglab.runtime.certinfo import client_cert
-from cmglab.runtime.offload import Offload
+from cmglab.runtime.offload import Offload, awake_for_cpus
 from cmglab.runtime.windowsauth import unauthorized
 from cmglab.services.management_point.admission import ENTRA_VALID, entra_refusal
 from cmglab.services.management_point.caller import Caller, cert_subject
@@ -28,12 +28,11 @@ Scope = dict[str, Any]
 
 # the MP's message work (its crypto and database) off the event loop, on a pool of its own beside anyio's 40 (not
 # bounded by its limiter): the database pool counts both (runtime/db.py SESSION_THREADS), so up to 80 threads
-# holding two sessions each never wait for a connection. MP_WORK_AWAKE of its threads run at once, further work
-# waiting its turn (up to runtime/offload.py's STALL, then it gets a thread of its own): the MP's message work is CPU
-# under one GIL, and with a thread woken for each of 16 connections' requests the threads took ~0.18 ms of CPU per
-# policy request against dispatch()'s 0.13 ms alone (issue 20)
-MP_WORK_AWAKE = 4
-mp_work = Offload("mp-work", awake=MP_WORK_AWAKE)
+# holding two sessions each never wait for a connection. Only as many of its threads as awake_for_cpus() run at once,
+# further work waiting its turn (up to runtime/offload.py's STALL, then it gets a thread of its own): with a thread
+# woken for each of 16 connections' requests on one CPU the threads took ~0.18 ms of CPU per policy request against
+# dispatch()'s 0.13 ms alone (issue 20)
+mp_work = Offload("mp-work", awake=awake_for_cpus())
 off_loop = mp_work.run
 
 
