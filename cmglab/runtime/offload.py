@@ -187,13 +187,16 @@ class Offload:
             raise
 
     def _check_later(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        """Under the lock: a stall check on LOOP in DELAY seconds, unless one is pending on a running loop."""
+        """Under the lock, on LOOP's thread: a stall check on LOOP in DELAY seconds, unless one is pending on a loop
+        not closed."""
         if self.check is None or self.check.is_closed():
-            loop.call_later(delay, self._unstall)
+            loop.call_later(delay, self._unstall, loop)
             self.check = loop
 
-    def _unstall(self) -> None:
-        """On the loop: work queued STALL seconds ago or more gets a thread of its own (the awake ones are stuck)."""
+    def _unstall(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On LOOP: work queued STALL seconds ago or more gets a thread of its own (the awake ones are stuck). The
+        next check stays on LOOP, running here: the loop of the work next in line may be closed, or another thread's
+        (its timers are not to be touched from this one)."""
         started: list[tuple[threading.Thread, tuple[float, _Item]]] = []
         with self.lock:
             self.check = None
@@ -206,13 +209,14 @@ class Offload:
                 if thread is not None:
                     started.append((thread, queued))
             if self.backlog and self.busy < self.max_threads and not self.closed:
-                self._check_later(self.backlog[0][1][1], max(0.0, self.backlog[0][0] + STALL - now))
+                self._check_later(loop, max(0.0, self.backlog[0][0] + STALL - now))
         for thread, queued in started:
             try:
                 self._start(thread)
-            except RuntimeError:  # no thread to be had: the work waits for a busy one, first in the line
+            except RuntimeError:  # no thread to be had: the work is first in line again, tried again after STALL
                 with self.lock:
                     self.backlog.appendleft(queued)
+                    self._check_later(loop, STALL)
 
     def shutdown(self) -> None:
         """Let every thread end once the work it has and the queued work are done (the interpreter's exit waits)."""
