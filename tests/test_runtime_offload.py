@@ -318,8 +318,26 @@ def test_the_services_run_one_work_at_once_per_cpu_and_at_least_four(monkeypatch
     from cmglab.services.management_point import transport
 
     for pool in (transport.mp_work, parts.entra_work):
-        assert pool.awake == offload.awake_for_cpus() and pool.max_threads == 40
+        assert pool.awake_of is offload.awake_for_cpus and pool.max_threads == 40
     monkeypatch.setattr(offload.os, "sched_getaffinity", lambda pid: set(range(2)))
     assert offload.awake_for_cpus() == 4
     monkeypatch.setattr(offload.os, "sched_getaffinity", lambda pid: set(range(16)))
     assert offload.awake_for_cpus() == 16
+
+
+def test_a_pool_awake_for_the_cpus_counts_them_when_it_starts_its_first_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service's pools are made when it is imported, its worker pinned to one CPU after (runtime/workers.py
+    pin_to, before it serves): on a 16-CPU machine a pinned worker lets 4 of its threads run at once, not 16."""
+    cpus = set(range(16))
+    monkeypatch.setattr(offload.os, "sched_getaffinity", lambda pid: cpus)
+    pool = Offload("t-work", awake=offload.awake_for_cpus)
+    cpus = {3}  # the worker pinned
+
+    async def main() -> int:
+        return await pool.run(len, "abc")
+
+    assert asyncio.run(main()) == 3
+    assert pool.awake == 4
+    cpus = set(range(16))  # counted once, not per thread
+    assert asyncio.run(main()) == 3 and pool.awake == 4
+    pool.shutdown()

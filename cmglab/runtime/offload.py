@@ -127,11 +127,16 @@ class Offload:
     backlog for the first of them to finish, which takes it without sleeping, instead of waking a thread of its
     own: on a CPU the event loop shares, work that is CPU under one GIL gains nothing from more threads but their
     wake-ups and GIL hand-offs. Work that waited STALL seconds gets a thread of its own (up to max_threads), so
-    awake threads waiting on a lock or a database hold nothing up for longer."""
+    awake threads waiting on a lock or a database hold nothing up for longer. AWAKE may be a function
+    (`awake_for_cpus`), asked when the pool starts its first thread: a service's pools are made when its modules
+    are imported, and its worker pinned to a CPU after that, before it serves (runtime/workers.py pin_to)."""
 
-    def __init__(self, name: str, max_threads: int = OWN_EXECUTOR_THREADS, awake: int | None = None) -> None:
+    def __init__(
+        self, name: str, max_threads: int = OWN_EXECUTOR_THREADS, awake: int | Callable[[], int] | None = None
+    ) -> None:
         self.name, self.max_threads = name, max_threads
-        self.awake = max_threads if awake is None else min(awake, max_threads)
+        self.awake_of = awake
+        self.awake = min(awake, max_threads) if isinstance(awake, int) else max_threads
         self.lock = threading.Lock()
         self.idle: list[_Worker] = []  # waiting threads, the most recently idle last
         self.busy = 0  # threads running work (or handed it)
@@ -171,6 +176,8 @@ class Offload:
             worker.item = item
             worker.wake.release()
             return None
+        if not self.threads and callable(self.awake_of):  # the pool's first thread: the process is pinned by now
+            self.awake = min(self.awake_of(), self.max_threads)
         worker = _Worker(self, item)
         thread = threading.Thread(target=worker.loop, name=f"{self.name}_{len(self.threads)}", daemon=True)
         self.threads.append(thread)

@@ -25,7 +25,7 @@ from cmglab.services.entra.tokens import Signer
 DRS_HOST = "enterpriseregistration.windows.net"
 # the hot routes' work (token grants, DRS join, the onboarding's discovery reads) off the event loop on Entra's own
 # threads: a cheaper hop than Starlette's run_in_threadpool (runtime/offload.py), as many running at once as the MP's
-entra_work = Offload("entra-work", awake=awake_for_cpus())
+entra_work = Offload("entra-work", awake=awake_for_cpus)
 off_loop = entra_work.run
 
 

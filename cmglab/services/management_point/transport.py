@@ -28,11 +28,12 @@ Scope = dict[str, Any]
 
 # the MP's message work (its crypto and database) off the event loop, on a pool of its own beside anyio's 40 (not
 # bounded by its limiter): the database pool counts both (runtime/db.py SESSION_THREADS), so up to 80 threads
-# holding two sessions each never wait for a connection. Only as many of its threads as awake_for_cpus() run at once,
+# holding two sessions each never wait for a connection. Only as many of its threads as awake_for_cpus() (the
+# worker's CPUs, pinned by the time the pool starts a thread) run at once,
 # further work waiting its turn (up to runtime/offload.py's STALL, then it gets a thread of its own): with a thread
 # woken for each of 16 connections' requests on one CPU the threads took ~0.18 ms of CPU per policy request against
 # dispatch()'s 0.13 ms alone (issue 20)
-mp_work = Offload("mp-work", awake=awake_for_cpus())
+mp_work = Offload("mp-work", awake=awake_for_cpus)
 off_loop = mp_work.run
 
 
