@@ -20,6 +20,7 @@ from cmglab.core.logs import (
     held_lines,
     smstrace_logger,
 )
+from tests.support.waits import WAIT
 
 CMTRACE_EXAMPLE = (
     '<![LOG[Sending StatusMessage]LOG]!><time="10:35:33.086-60" date="09-07-2022" '
@@ -164,12 +165,12 @@ def test_held_lines_are_written_together_in_order_with_each_threads_own_id(tmp_p
             log.info("first 1")
             log.info("first 2")
             halfway.set()
-            other_done.wait()
+            assert other_done.wait(WAIT)
             log.info("first 3")
 
     def second() -> None:
         ids["second"] = threading.get_native_id()
-        halfway.wait()
+        assert halfway.wait(WAIT)
         with held_lines(log):
             log.info("second 1")
             log.info("second 2")
@@ -179,7 +180,8 @@ def test_held_lines_are_written_together_in_order_with_each_threads_own_id(tmp_p
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(WAIT)
+    assert not any(t.is_alive() for t in threads)
     assert _messages(path) == [
         ("second 1", ids["second"]),
         ("second 2", ids["second"]),

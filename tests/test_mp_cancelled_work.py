@@ -16,8 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cmglab.runtime.db import Database
 from cmglab.services.management_point.transport import off_loop
-
-WAIT = 20  # seconds: generous for a loaded machine, never reached when it works
+from tests.support.waits import WAIT
 
 
 class _Base(DeclarativeBase):

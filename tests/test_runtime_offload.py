@@ -18,8 +18,8 @@ import pytest
 
 from cmglab.runtime import offload
 from cmglab.runtime.offload import Offload
+from tests.support.waits import WAIT
 
-WAIT = 20  # seconds: generous for a loaded machine, never reached when it works
 who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
 who_span: contextvars.ContextVar[object] = contextvars.ContextVar("who_span")
 
