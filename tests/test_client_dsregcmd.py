@@ -176,13 +176,14 @@ def test_entra_connect_cycle_syncs_on_its_schedule(lab: Lab, tmp_path: Path) -> 
 
     from cmglab.core.ad import ad_path
     from cmglab.services.entra.connect_sync import ConnectSync
+    from cmglab.services.entra.nonces import NonceKey
     from cmglab.services.entra.store import Store, device_by_id
 
     device = new_device(lab.dir, tmp_path / "dev", "--domain", "--name", "HYB-SCHED1")
     assert run("cmglab.agent.dsregcmd", "/join", "--hybrid", "--home", str(device.home)).returncode == 1
     computer = LabDirectory(Path(str(device.info.ad_directory))).computer("HYB-SCHED1$")
     assert computer is not None and computer["userCertificate"]
-    store = Store(lab.database_url("entra"), lab.config)
+    store = Store(lab.database_url("entra"), lab.config, NonceKey.of_lab(lab))
 
     def synced() -> bool:
         with store.session() as s:

@@ -20,6 +20,7 @@ from cmglab.runtime.lab import Lab
 from cmglab.services.entra import registration
 from cmglab.services.entra import store as st
 from cmglab.services.entra.errors import AADSTSError
+from cmglab.services.entra.nonces import NonceKey
 from cmglab.services.entra.parts import Parts
 from tests.support.entra_device import new_key, signed_request
 from tests.support.entra_units import JoinedDevice, device_token, drs_token, join_device, join_primary_user
@@ -71,7 +72,7 @@ def test_a_request_that_fails_after_its_nonce_still_spends_it(lab: Lab, entra: P
     replay is refused for the nonce (50013), not answered again."""
     nonce = entra.store.issue_nonce(300)
     assert _refused(lab, entra, _request(joined, nonce, resource="https://unknown.example")) == 500011
-    assert _nonce_rows(entra, nonce) == 0
+    assert _nonce_rows(entra, nonce) == 1  # spent
     assert _refused(lab, entra, _request(joined, nonce)) == 50013
 
 
@@ -80,14 +81,14 @@ def test_a_request_refused_before_its_nonce_leaves_it_usable(lab: Lab, entra: Pa
     and the device's own request with that nonce is answered once, then refused."""
     nonce = entra.store.issue_nonce(300)
     assert _refused(lab, entra, _request(joined, nonce, key=new_key())) == 50155
-    assert _nonce_rows(entra, nonce) == 1
+    assert _nonce_rows(entra, nonce) == 0  # not spent
     assert device_token(lab, entra, _request(joined, nonce))["access_token"]
     assert _refused(lab, entra, _request(joined, nonce)) == 50013
 
 
 def test_concurrent_requests_with_one_nonce_are_answered_once(lab: Lab, entra: Parts, joined: JoinedDevice) -> None:
     """Attack: send one signed request (one nonce) on several connections at once, to be answered more than once.
-    Each spends the nonce on its own connection: one DELETE finds the row, every other is refused (50013)."""
+    Each spends the nonce on its own connection: one INSERT writes its row, every other finds it (50013)."""
     nonce, racers = entra.store.issue_nonce(300), 8
     request, start = _request(joined, nonce), threading.Barrier(racers)
 
@@ -114,7 +115,7 @@ def test_the_nonces_table_has_no_rowid_and_an_older_rowid_table_works_the_same(l
         conn.execute(
             "CREATE TABLE nonces (value VARCHAR(128) NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (value))"
         )
-    store = st.Store(older.database_url("entra"), older.config)
+    store = st.Store(older.database_url("entra"), older.config, NonceKey.of_lab(older))
     try:
         store.seed()
         nonce = store.issue_nonce(300)

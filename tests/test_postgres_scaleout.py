@@ -33,6 +33,7 @@ from cmglab.services.entra import drs as drs_crypto
 from cmglab.services.entra import store as st
 from cmglab.services.entra.errors import AADSTSError
 from cmglab.services.entra.grants import JWT_BEARER, TokenRequest, TokenResult
+from cmglab.services.entra.nonces import NonceKey
 from cmglab.services.entra.parts import Parts as EntraParts
 from cmglab.services.entra.store import Store as EntraStore
 from cmglab.services.management_point.policy_defaults import default_policies
@@ -139,7 +140,7 @@ def test_stores_created_at_once_on_one_database(postgres: Postgres, tmp_path: Pa
 
 
 def _entra(url: str, lab: Lab) -> EntraStore:
-    store = EntraStore(url, lab.config)
+    store = EntraStore(url, lab.config, NonceKey.of_lab(lab))
     store.seed()
     return store
 

@@ -19,6 +19,7 @@ from cmglab.services.entra import drs as drs_crypto
 from cmglab.services.entra import store as st
 from cmglab.services.entra.errors import AADSTSError, DRSError
 from cmglab.services.entra.grants import JWT_BEARER, TokenRequest
+from cmglab.services.entra.nonces import NonceKey
 from cmglab.services.entra.parts import Parts as EntraParts
 from cmglab.services.entra.prt import PRT_LIFETIME
 from cmglab.services.management_point.caller import Caller
@@ -104,16 +105,21 @@ def test_srv_challenge_hands_out_a_nonce(unit_lab: Lab, entra: EntraParts) -> No
     assert result.auth_kind is AuthKind.SRV_CHALLENGE and result.body["Nonce"]
 
 
-def test_an_expired_nonce_is_refused_before_it_is_pruned(entra: EntraParts) -> None:
-    """Attack: a nonce past its lifetime whose row is still there (expired rows are pruned every
-    NONCE_PRUNE_SECONDS, not per nonce) is not good for a signed request."""
-    with entra.store.session() as s:
-        s.add(st.Nonce(value="expired-nonce", expires_at=st.now() - 1))
-    entra.store.issue_nonce(300)  # within the prune interval of an earlier nonce: the expired row may stay
-    assert entra.store.consume_nonce("expired-nonce") is False
-    fresh = entra.store.issue_nonce(300)
-    assert entra.store.consume_nonce(fresh) is True
-    assert entra.store.consume_nonce(fresh) is False  # single use
+def test_a_nonce_is_good_once_before_it_expires_and_only_as_this_lab_issued_it(entra: EntraParts) -> None:
+    """Attack: a nonce past its lifetime, one made with another key, one whose text was changed and the same nonce
+    spelt with other unused bits in its last character are not good for a signed request; a fresh one is, once."""
+    store = entra.store
+    fresh = store.issue_nonce(300)
+    expired = store.nonce_key.issue(st.now() - 1)
+    forged = NonceKey(b"\0" * 32).issue(st.now() + 300)
+    changed = fresh[:-2] + ("A" if fresh[-2] != "A" else "B") + fresh[-1]
+    b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    respelt = fresh[:-1] + b64[b64.index(fresh[-1]) + 1]  # 54 characters for 40 bytes: the last one's 4 low bits unused
+    assert store.nonce_key.expiry(expired) is not None  # well made, but past its expiry
+    for refused in (expired, forged, changed, respelt, "expired-nonce", ""):
+        assert store.consume_nonce(refused) is False
+    assert store.consume_nonce(fresh) is True
+    assert store.consume_nonce(fresh) is False  # single use
 
 
 def test_a_device_signed_request_reads_the_device_row_as_it_is_now(entra: EntraParts) -> None:

@@ -68,6 +68,7 @@ def unlock(
 ) -> None:
     """End a smart lockout (AADSTS50053) now and forget the user's wrong-password count."""
     from cmglab.services.entra.lockout import Lockouts
+    from cmglab.services.entra.nonces import NonceKey
     from cmglab.services.entra.store import Store
 
     try:
@@ -75,7 +76,7 @@ def unlock(
     except LabNotInitialised as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from e
-    store = Store(the_lab.database_url("entra"), the_lab.config)
+    store = Store(the_lab.database_url("entra"), the_lab.config, NonceKey.of_lab(the_lab))
     try:
         unlocked = Lockouts(store, the_lab.config.smart_lockout).unlock(upn)
     finally:

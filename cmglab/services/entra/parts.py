@@ -18,6 +18,7 @@ from cmglab.services.entra.federation import FederationService
 from cmglab.services.entra.grants import Grants
 from cmglab.services.entra.issuance import Issuer
 from cmglab.services.entra.lockout import Lockouts
+from cmglab.services.entra.nonces import NonceKey
 from cmglab.services.entra.registration import Registration
 from cmglab.services.entra.store import Store
 from cmglab.services.entra.tokens import Signer
@@ -45,7 +46,7 @@ class Parts:
 
     @classmethod
     def from_lab(cls, lab: Lab) -> Parts:
-        store = Store(lab.database_url("entra"), lab.config)
+        store = Store(lab.database_url("entra"), lab.config, NonceKey.of_lab(lab))
         store.seed()
         signing = lab.pki.entra_signing
         signer = Signer(signing.key(), signing.cert())

@@ -145,7 +145,7 @@ class Registration:
         with self.store.session() as s:
             if st.tenant_by_key(s, tenant_id) is None:
                 raise DRSError(404, "DirectoryError", 90002, f"Tenant '{tenant_id}' not found.")
-            value = st.issue_nonce(s.connection(), lifetime)
+            value = self.store.issue_nonce(lifetime)
         return {
             "ReponseStatus": {
                 "message": "Successfully created a nonce",

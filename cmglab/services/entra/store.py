@@ -20,15 +20,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Connection,
     Engine,
     ForeignKey,
     LargeBinary,
     String,
-    bindparam,
     delete,
     func,
-    insert,
     select,
     update,
 )
@@ -38,6 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from cmglab.core.labconfig import LabConfig
 from cmglab.runtime import db
+from cmglab.services.entra.nonces import NonceKey
 
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 
@@ -204,9 +202,10 @@ class DeviceCodePoll(Base):
 
 
 class Nonce(Base):
-    """A server nonce, issued and spent (deleted) once per device-signed request. On SQLite the row is its primary
-    key's index entry (WITHOUT ROWID): an issue and a spend each write one B-tree, not a table and its key's index
-    (~0.01 ms of CPU less per pair; labs made before keep their rowid table, which works the same)."""
+    """A server nonce spent by a device-signed request, kept until it expires (nonces.py: an issued nonce has no
+    row; its first use inserts one, and any other use finds it). On SQLite the row is its primary key's index entry
+    (WITHOUT ROWID): a spend writes one B-tree, not a table and its key's index (labs made before keep their rowid
+    table, which works the same)."""
 
     __tablename__ = "nonces"
     __table_args__ = ({"sqlite_with_rowid": False},)
@@ -255,21 +254,14 @@ def new_generation(s: Session) -> None:
 class Store(db.Store):
     """The directory and the login host's short-lived state, seeded from the lab config."""
 
-    def __init__(self, url: str, config: LabConfig) -> None:
+    def __init__(self, url: str, config: LabConfig, nonce_key: NonceKey) -> None:
         super().__init__(db.Database(url, Base, "entra"))
         self.config = config
+        self.nonce_key = nonce_key
 
-    # A nonce's own unit of work is plain SQL on a pooled driver connection (`driver_unit`), not an ORM session nor a
-    # Core transaction: nothing in it reads rows back, and its statements are fixed (~0.11 ms of CPU less per
-    # srv_challenge + the signed request that spends its nonce than a Core transaction each)
     def issue_nonce(self, lifetime: int) -> str:
-        """A new server nonce, committed (expired ones pruned as `issue_nonce` does)."""
-        value = new_nonce_value()
-        with self.db.driver_unit() as cursor:
-            if _prune_due():
-                cursor.execute(self.db.sql(_NONCE_PRUNE_SQL), (now(),))
-            cursor.execute(self.db.sql(_NONCE_INSERT_SQL), (value, now() + lifetime))
-        return value
+        """A new server nonce, good for LIFETIME seconds: nothing is written until it is used (nonces.py)."""
+        return self.nonce_key.issue(now() + lifetime)
 
     @contextmanager
     def plain(self) -> Iterator[Plain]:
@@ -279,15 +271,20 @@ class Store(db.Store):
             yield Plain(self, cursor)
 
     def consume_nonce(self, value: str, unit: Plain | None = None) -> bool:
-        """True once for a nonce that was issued and has not expired (the delete is the use), committed at once: a
-        failure later in the request still spends the nonce. UNIT: the request's own plain unit, whose connection
-        spends it and commits at once (the unit goes on), instead of a unit of its own (a pooled connection's
-        checkout and return, and a first statement on a connection whose page cache another writer made stale:
-        ~0.02 ms of CPU per device-signed request)."""
+        """True once for a nonce this lab issued that has not expired (its row's insert is the use), committed at
+        once: a failure later in the request still spends the nonce. Any other text is refused before a write.
+        UNIT: the request's own plain unit, whose connection spends it and commits at once (the unit goes on),
+        instead of a unit of its own (a pooled connection's checkout and return, and a first statement on a
+        connection whose page cache another writer made stale: ~0.02 ms of CPU per device-signed request)."""
+        expires_at = self.nonce_key.expiry(value)
+        if expires_at is None or expires_at < now():
+            return False
         if unit is None:
             with self.plain() as own:
                 return self.consume_nonce(value, own)
-        unit.run(_NONCE_USE_SQL, (value, now()))
+        if _prune_due():
+            unit.run(_NONCE_PRUNE_SQL, (now(),))
+        unit.run(_NONCE_SPEND_SQL, (value, expires_at))
         spent = unit.cursor.rowcount == 1
         unit.commit()
         return bool(spent)
@@ -667,15 +664,14 @@ def new_guid() -> str:
     return str(uuid.uuid4())
 
 
-# -- server nonces (srv_challenge, DRS nonce service) -------------------------------------------
-NONCE_PRUNE_SECONDS = 10.0  # expired nonces deleted at most this often per process (a use checks expiry anyway)
+# -- server nonces (srv_challenge, DRS nonce service): the spent ones -----------------------------
+NONCE_PRUNE_SECONDS = 10.0  # expired spent nonces deleted at most this often per process (an expired one is refused)
 _nonces_pruned_at = -NONCE_PRUNE_SECONDS
 
 
 def _prune_due() -> bool:
-    """Whether this process prunes expired nonces now: every NONCE_PRUNE_SECONDS, not per nonce (the delete scans
-    the table, ~0.3 ms of CPU per nonce request with a thousand unused nonces); housekeeping only, a use refuses an
-    expired nonce whether or not its row is gone yet."""
+    """Whether this process prunes expired spent nonces now: every NONCE_PRUNE_SECONDS, not per use (the delete
+    scans the table); housekeeping only, an expired nonce is refused by its own expiry before any row is read."""
     global _nonces_pruned_at
     if time.monotonic() - _nonces_pruned_at < NONCE_PRUNE_SECONDS:
         return False
@@ -683,27 +679,9 @@ def _prune_due() -> bool:
     return True
 
 
-def new_nonce_value() -> str:
-    return "AwABEgEAAAADAOz_BQD0_" + secrets.token_urlsafe(48)
-
-
-def issue_nonce(conn: Connection, lifetime: int) -> str:
-    """A new server nonce in the caller's transaction (the DRS nonce service); expired rows pruned now and then."""
-    if _prune_due():
-        conn.execute(_NONCE_PRUNE, {"now": now()})
-    value = new_nonce_value()
-    conn.execute(_NONCE_INSERT, {"value": value, "expires_at": now() + lifetime})
-    return value
-
-
-# Prebuilt Core statements run on the caller's connection (the DRS nonce service; values per execution): an ORM
-# object's flush costs ~0.1 ms more CPU per nonce
-_NONCE_INSERT = insert(Nonce)
-_NONCE_PRUNE = delete(Nonce).where(Nonce.expires_at < bindparam("now"))
-# the Store's own nonce units of work (`driver_unit`): the insert, the use and the prune in plain SQL (`?`
-# placeholders, which `Database.sql` makes the driver's)
-_NONCE_INSERT_SQL = "INSERT INTO nonces (value, expires_at) VALUES (?, ?)"
-_NONCE_USE_SQL = "DELETE FROM nonces WHERE value = ? AND expires_at >= ?"
+# the spend and the prune in plain SQL (`?` placeholders, which `Database.sql` makes the driver's); the spend
+# inserts nothing for a nonce used before (SQLite and PostgreSQL alike), and its row count says which it was
+_NONCE_SPEND_SQL = "INSERT INTO nonces (value, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
 _NONCE_PRUNE_SQL = "DELETE FROM nonces WHERE expires_at < ?"
 
 
