@@ -122,6 +122,22 @@ def test_a_nonce_is_good_once_before_it_expires_and_only_as_this_lab_issued_it(e
     assert store.consume_nonce(fresh) is False  # single use
 
 
+def test_a_spent_nonce_is_not_pruned_while_a_clock_behind_still_takes_it(
+    entra: EntraParts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: spend a nonce, then replay it on a replica whose clock is behind, after one whose clock is ahead
+    pruned the rows it saw as expired. The row is what refuses the replay, so it outlives the nonce's expiry by
+    NONCE_CLOCK_SKEW, and the replay is refused."""
+    store, behind = entra.store, st.now()
+    spent = store.nonce_key.issue(behind + 5)
+    assert store.consume_nonce(spent) is True
+    monkeypatch.setattr(st, "_prune_due", lambda: True)
+    monkeypatch.setattr(st, "now", lambda: behind + 30)  # a clock 30 s ahead spends a nonce of its own and prunes
+    assert store.consume_nonce(store.issue_nonce(300)) is True
+    monkeypatch.setattr(st, "now", lambda: behind)
+    assert store.consume_nonce(spent) is False
+
+
 def test_a_device_signed_request_reads_the_device_row_as_it_is_now(entra: EntraParts) -> None:
     """The device check's row (`device_facts`, one plain-SQL select, not the ORM entity) says what the row says at the
     time of the request: a disabled device reads as disabled, a new certificate thumbprint as new, a deleted one as

@@ -2,9 +2,10 @@
 
 A nonce carries the time it expires and 16 random bytes, with a MAC under a key every Entra process of the lab
 derives from the lab's admin token (as the CMG signs its content URLs), so any worker or replica checks a nonce
-another issued. Its first use writes it to the store's `nonces` table, where it stays until it expires: the row's
-primary key makes the use single, also when one nonce is sent on several connections at once. Issuing writes
-nothing, as Entra's own opaque nonces need no lookup (issue 20: one database write less per device-signed request).
+another issued. Its first use writes it to the store's `nonces` table, where it stays until a minute after it
+expires (store.NONCE_CLOCK_SKEW, for clocks that differ): the row's primary key makes the use single, also when one
+nonce is sent on several connections at once. Issuing writes nothing, as Entra's own opaque nonces need no lookup
+(issue 20: one database write less per device-signed request).
 """
 
 from __future__ import annotations

@@ -202,10 +202,10 @@ class DeviceCodePoll(Base):
 
 
 class Nonce(Base):
-    """A server nonce spent by a device-signed request, kept until it expires (nonces.py: an issued nonce has no
-    row; its first use inserts one, and any other use finds it). On SQLite the row is its primary key's index entry
-    (WITHOUT ROWID): a spend writes one B-tree, not a table and its key's index (labs made before keep their rowid
-    table, which works the same)."""
+    """A server nonce spent by a device-signed request, kept until NONCE_CLOCK_SKEW after it expires (nonces.py: an
+    issued nonce has no row; its first use inserts one, and any other use finds it). On SQLite the row is its primary
+    key's index entry (WITHOUT ROWID): a spend writes one B-tree, not a table and its key's index (labs made before
+    keep their rowid table, which works the same)."""
 
     __tablename__ = "nonces"
     __table_args__ = ({"sqlite_with_rowid": False},)
@@ -283,7 +283,7 @@ class Store(db.Store):
             with self.plain() as own:
                 return self.consume_nonce(value, own)
         if _prune_due():
-            unit.run(_NONCE_PRUNE_SQL, (now(),))
+            unit.run(_NONCE_PRUNE_SQL, (now() - NONCE_CLOCK_SKEW,))
         unit.run(_NONCE_SPEND_SQL, (value, expires_at))
         spent = unit.cursor.rowcount == 1
         unit.commit()
@@ -666,6 +666,10 @@ def new_guid() -> str:
 
 # -- server nonces (srv_challenge, DRS nonce service): the spent ones -----------------------------
 NONCE_PRUNE_SECONDS = 10.0  # expired spent nonces deleted at most this often per process (an expired one is refused)
+# A spent nonce's row outlives its expiry by this much: the row is all that refuses its replay, so a process whose
+# clock is ahead (another replica, or this one before a step back) must not prune it while a process whose clock is
+# behind still takes the nonce as unexpired
+NONCE_CLOCK_SKEW = 60
 _nonces_pruned_at = -NONCE_PRUNE_SECONDS
 
 
