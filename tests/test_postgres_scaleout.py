@@ -145,6 +145,34 @@ def _entra(url: str, lab: Lab) -> EntraStore:
     return store
 
 
+def test_one_nonce_spent_at_once_on_two_entra_replicas_is_taken_once(postgres: Postgres, tmp_path: Path) -> None:
+    """Attack: send one nonce to two Entra replicas on one PostgreSQL database, on several connections at once, to
+    have it taken more than once. Either replica checks the other's nonce (one lab key), and the first insert of its
+    row is the only use (ON CONFLICT DO NOTHING: the others wait for it and find the row); another lab's is refused."""
+    lab, url = isolated_lab(tmp_path / "lab"), postgres.create_database("nonces")
+    replicas = [_entra(url, lab), _entra(url, lab)]
+    try:
+        nonce, racers = replicas[0].issue_nonce(300), 8
+        start, taken = threading.Barrier(racers), []
+
+        def spend(store: EntraStore) -> None:
+            start.wait()
+            taken.append(store.consume_nonce(nonce))
+
+        threads = [threading.Thread(target=spend, args=(replicas[i % 2],)) for i in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(taken) == [False] * (racers - 1) + [True]
+        assert replicas[1].consume_nonce(replicas[1].issue_nonce(300)) is True
+        other_lab = NonceKey(b"another lab" * 3).issue(st.now() + 300)
+        assert replicas[0].consume_nonce(other_lab) is False
+    finally:
+        for store in replicas:
+            store.db.dispose()
+
+
 def test_entra_plain_sql_units_run_on_postgresql(
     postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
