@@ -109,6 +109,9 @@ def test_the_nonces_table_has_no_rowid_and_an_older_rowid_table_works_the_same(l
     with sqlite3.connect(database) as conn:
         (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'nonces'").fetchone()
     assert "WITHOUT ROWID" in sql.upper()
+    with sqlite3.connect(database) as conn:  # the prune of expired spent nonces reads the key's range, not the table
+        plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {st._NONCE_PRUNE_SQL}", (0,)))
+    assert "USING PRIMARY KEY (expires_at<?)" in plan
     older = new_lab(lab.dir.parent / "older" / "lab")
     with sqlite3.connect(older.dir / "data" / "entra.db") as conn:  # the table as labs made before had it
         conn.execute("DROP TABLE IF EXISTS nonces")

@@ -203,14 +203,17 @@ class DeviceCodePoll(Base):
 
 class Nonce(Base):
     """A server nonce spent by a device-signed request, kept until NONCE_CLOCK_SKEW after it expires (nonces.py: an
-    issued nonce has no row; its first use inserts one, and any other use finds it). On SQLite the row is its primary
-    key's index entry (WITHOUT ROWID): a spend writes one B-tree, not a table and its key's index (labs made before
-    keep their rowid table, which works the same)."""
+    issued nonce has no row; its first use inserts one, and any other use finds it). The key is the expiry, then the
+    nonce: a nonce's text fixes its expiry, so the pair is unique exactly when the nonce is, and the prune of expired
+    rows reads the key's first part instead of the whole table (every spent nonce of the last minutes: ~250,000 rows
+    at 700 device tokens per second). On SQLite the row is its key's index entry (WITHOUT ROWID): a spend writes one
+    B-tree, not a table and its key's index (labs made before keep their table, which works the same, the prune
+    reading all of it)."""
 
     __tablename__ = "nonces"
     __table_args__ = ({"sqlite_with_rowid": False},)
+    expires_at: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     value: Mapped[str] = mapped_column(String(128), primary_key=True)
-    expires_at: Mapped[int]
 
 
 class SpentAssertion(Base):
