@@ -677,8 +677,8 @@ _nonces_pruned_at = -NONCE_PRUNE_SECONDS
 
 
 def _prune_due() -> bool:
-    """Whether this process prunes expired spent nonces now: every NONCE_PRUNE_SECONDS, not per use (the delete
-    scans the table); housekeeping only, an expired nonce is refused by its own expiry before any row is read."""
+    """Whether this process prunes expired spent nonces now: every NONCE_PRUNE_SECONDS, not per use (one delete of
+    every row expired since); housekeeping only, an expired nonce is refused by its expiry before any row is read."""
     global _nonces_pruned_at
     if time.monotonic() - _nonces_pruned_at < NONCE_PRUNE_SECONDS:
         return False
