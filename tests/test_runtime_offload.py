@@ -233,13 +233,31 @@ def test_work_queued_behind_stuck_awake_threads_gets_a_thread_of_its_own() -> No
     pool.shutdown()
 
 
+class StuckPool:
+    """A pool of one awake thread (of 8) and work (`stuck`) that holds its thread until `release` is set; on leaving
+    the block, also on failure, the thread is released and the pool shut down."""
+
+    def __init__(self) -> None:
+        self.pool = Offload("t-work", max_threads=8, awake=1)
+        self.running, self.release = threading.Event(), threading.Event()
+
+    def stuck(self) -> None:
+        self.running.set()
+        assert self.release.wait(WAIT)
+
+    def __enter__(self) -> StuckPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.pool.shutdown()
+
+
 def test_work_whose_own_thread_could_not_start_is_tried_again_while_the_awake_ones_are_stuck(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Work queued behind a stuck awake thread whose thread of its own was refused (the process' thread limit) is
     not left to the stuck one: the stall check is tried again, and the work runs once a thread can be had."""
-    pool = Offload("t-work", max_threads=8, awake=1)
-    running, release = threading.Event(), threading.Event()
     start = threading.Thread.start
     refused: list[str] = []
 
@@ -249,25 +267,18 @@ def test_work_whose_own_thread_could_not_start_is_tried_again_while_the_awake_on
             raise RuntimeError("can't start new thread")
         start(self)
 
-    def stuck() -> None:
-        running.set()
-        assert release.wait(WAIT)
-
-    async def main() -> int:
-        first = asyncio.ensure_future(pool.run(stuck))
-        assert await asyncio.to_thread(running.wait, WAIT)
+    async def main(held: StuckPool) -> int:
+        first = asyncio.ensure_future(held.pool.run(held.stuck))
+        assert await asyncio.to_thread(held.running.wait, WAIT)
         monkeypatch.setattr(threading.Thread, "start", refused_once)
-        answer = await asyncio.wait_for(pool.run(len, "abc"), WAIT)
-        assert refused == ["t-work_1"] and not release.is_set()
-        release.set()
+        answer = await asyncio.wait_for(held.pool.run(len, "abc"), WAIT)
+        assert refused == ["t-work_1"] and not held.release.is_set()
+        held.release.set()
         await asyncio.wait_for(first, WAIT)
         return answer
 
-    try:
-        assert asyncio.run(main()) == 3
-    finally:
-        release.set()
-        pool.shutdown()
+    with StuckPool() as held:
+        assert asyncio.run(main(held)) == 3
 
 
 def test_the_stall_check_stays_on_its_own_loop_when_the_next_work_is_a_closed_loops(
@@ -276,40 +287,31 @@ def test_the_stall_check_stays_on_its_own_loop_when_the_next_work_is_a_closed_lo
     """Work queued from two event loops: the stall check that runs on the first is armed again on that loop, not on
     the loop of the work next in line, which here is closed (or would be run by another thread): the stalled work
     gets its thread. The other loop's work is queued later by a clock of the test's (no waiting on the real one)."""
-    pool = Offload("t-work", max_threads=8, awake=1)
-    running, release = threading.Event(), threading.Event()
     clock, home = [0.0], threading.get_ident()
     monkeypatch.setattr(
         offload, "time", types.SimpleNamespace(monotonic=lambda: clock[0] if threading.get_ident() == home else 1.0)
     )
 
-    def stuck() -> None:
-        running.set()
-        assert release.wait(WAIT)
-
-    async def queue_then_close() -> None:  # the other loop: its work queued (at 1.0), then the loop closed
+    async def queue_then_close(pool: Offload) -> None:  # the other loop: its work queued (at 1.0), then closed
         left = asyncio.ensure_future(pool.run(len, "other"))
         await asyncio.sleep(0)
         assert not left.done()  # cancelled as its loop ends
 
-    async def main() -> int:
-        first = asyncio.ensure_future(pool.run(stuck))
-        assert await asyncio.to_thread(running.wait, WAIT)
-        queued = asyncio.ensure_future(pool.run(len, "abc"))  # at 0.0: a stall check on this loop
+    async def main(held: StuckPool) -> int:
+        first = asyncio.ensure_future(held.pool.run(held.stuck))
+        assert await asyncio.to_thread(held.running.wait, WAIT)
+        queued = asyncio.ensure_future(held.pool.run(len, "abc"))  # at 0.0: a stall check on this loop
         await asyncio.sleep(0)
-        await asyncio.to_thread(asyncio.run, queue_then_close())
-        assert len(pool.backlog) == 2
+        await asyncio.to_thread(asyncio.run, queue_then_close(held.pool))
+        assert len(held.pool.backlog) == 2
         clock[0] = 1.0  # this loop's work has waited past STALL, the other loop's not
         answer = await asyncio.wait_for(queued, WAIT)
-        release.set()
+        held.release.set()
         await asyncio.wait_for(first, WAIT)
         return answer
 
-    try:
-        assert asyncio.run(main()) == 3
-    finally:
-        release.set()
-        pool.shutdown()
+    with StuckPool() as held:
+        assert asyncio.run(main(held)) == 3
 
 
 def test_the_services_run_one_work_at_once_per_cpu_and_at_least_four(monkeypatch: pytest.MonkeyPatch) -> None:
